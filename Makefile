@@ -1,0 +1,108 @@
+# kiln — one build for the compiler (kilnc), the runtime library and CLI (kiln), and the tests.
+#
+#   make            build out/bin/kilnc, out/bin/kiln, out/lib/libkiln.a
+#   make test       everything CI runs: unit tests, then the same tests under ASan+UBSan
+#   make demo       install what is missing, build, and run the bundled example
+#   make deps       install the Debian packages the build needs (only those missing)
+#   make SAN=1 ...  any target with AddressSanitizer+UBSan, objects under out/san/
+#
+# Lua, jansson, PCRE2 and utf8proc are linked statically: the GPU machines have none of them
+# (see ../shared/GPU.md). NVRTC, cuBLASLt and NCCL are linked normally; libcuda is dlopen'd.
+
+CUDA    ?= /usr/local/cuda
+CC      ?= gcc
+SAN     ?= 0
+
+ifeq ($(SAN),1)
+B       := out/san
+SANFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+else
+B       := out
+SANFLAGS :=
+endif
+
+WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wno-unused-parameter -Wno-sign-compare
+CFLAGS   := -std=c11 -O2 -g -D_GNU_SOURCE $(WARN) $(SANFLAGS) -MMD -MP \
+            -Iruntime -Icompiler -I/usr/include/lua5.4 -I$(CUDA)/include
+LDFLAGS  := $(SANFLAGS) -L$(CUDA)/lib64 -Wl,-rpath,$(CUDA)/lib64
+STATIC   := -l:liblua5.4.a -l:libjansson.a -l:libpcre2-8.a -l:libutf8proc.a
+SYSLIBS  := -lm -ldl -lpthread
+
+# ---- sources (listed, not globbed) ----
+RUNTIME_SRC := runtime/util.c runtime/safetensors.c
+RUNTIME_CMD := runtime/cmd_tokenize.c
+COMPILER_SRC := compiler/config.c compiler/graph.c compiler/spec.c compiler/registry.c \
+                compiler/passes/verify.c compiler/passes/bind_weights.c
+# Runtime tests link libkiln.a only; compiler tests link both libraries.
+RUNTIME_TESTS  := safetensors
+COMPILER_TESTS := config graph spec registry cli
+
+RUNTIME_OBJ  := $(RUNTIME_SRC:%.c=$(B)/obj/%.o)
+COMPILER_OBJ := $(COMPILER_SRC:%.c=$(B)/obj/%.o)
+TEST_BINS    := $(RUNTIME_TESTS:%=$(B)/tests/test_%) $(COMPILER_TESTS:%=$(B)/tests/test_%)
+
+.PHONY: all test check deps demo clean
+all: $(B)/bin/kilnc $(B)/bin/kiln $(B)/lib/libkiln.a
+
+$(B)/obj/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(B)/lib/libkiln.a: $(RUNTIME_OBJ)
+	@mkdir -p $(@D)
+	$(AR) rcs $@ $^
+
+$(B)/lib/libkilnc.a: $(COMPILER_OBJ)
+	@mkdir -p $(@D)
+	$(AR) rcs $@ $^
+
+$(B)/bin/kilnc: $(B)/obj/compiler/main.o $(B)/lib/libkilnc.a $(B)/lib/libkiln.a
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $^ $(STATIC) $(SYSLIBS)
+
+$(B)/bin/kiln: $(B)/obj/runtime/main.o $(RUNTIME_CMD:%.c=$(B)/obj/%.o) $(B)/lib/libkiln.a
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $^ $(STATIC) $(SYSLIBS)
+
+$(RUNTIME_TESTS:%=$(B)/tests/test_%): $(B)/tests/test_%: $(B)/obj/tests/test_%.o $(B)/lib/libkiln.a
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $^ $(STATIC) -lcmocka $(SYSLIBS)
+
+$(COMPILER_TESTS:%=$(B)/tests/test_%): $(B)/tests/test_%: $(B)/obj/tests/test_%.o $(B)/lib/libkilnc.a $(B)/lib/libkiln.a
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $^ $(STATIC) -lcmocka $(SYSLIBS)
+
+# Runs every unit test from the repository root (fixtures are found by relative path). The
+# CLI tests find the binaries through KILNC / KILN.
+check: all $(TEST_BINS)
+	@fail=0; for t in $(TEST_BINS); do \
+	  echo "== $$t"; \
+	  KILNC=$(B)/bin/kilnc KILN=$(B)/bin/kiln $$t || fail=1; \
+	done; \
+	if [ $$fail = 0 ]; then echo "== all tests passed ($(B))"; else echo "== TESTS FAILED ($(B))"; exit 1; fi
+
+test: deps
+	$(MAKE) check
+	$(MAKE) SAN=1 check
+
+# ---- dependencies: Debian packages, installed only when missing ----
+DEB_PKGS := liblua5.4-dev libjansson-dev libcmocka-dev libpcre2-dev libutf8proc-dev
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+deps:
+	@missing=$$(for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; \
+	done); \
+	if [ -n "$$missing" ]; then \
+	  echo "make deps: installing$$(echo ' '$$missing)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	else echo "make deps: all packages present"; fi
+	@test -x $(CUDA)/bin/nvcc || test -f $(CUDA)/include/nvrtc.h || \
+	  { echo "make deps: the CUDA toolkit is not in $(CUDA) (set CUDA=...); see README.md"; exit 1; }
+
+demo: deps all
+	examples/demo.sh
+
+clean:
+	rm -rf out
+
+-include $(shell find out -name '*.d' 2>/dev/null)

@@ -1,0 +1,8 @@
+/* cli — the `kiln` subcommands. Each lives in its own file (cmd_<name>.c) and is listed once in
+ * main.c's table; each prints its own --help and returns the process exit status. */
+#ifndef KILN_CLI_H
+#define KILN_CLI_H
+
+int cmd_tokenize(int argc, char **argv);
+
+#endif
