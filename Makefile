@@ -23,7 +23,8 @@ endif
 
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wno-unused-parameter -Wno-sign-compare
 CFLAGS   := -std=c11 -O2 -g -D_GNU_SOURCE $(WARN) $(SANFLAGS) -MMD -MP \
-            -Iruntime -Icompiler -I/usr/include/lua5.4 -I$(CUDA)/include
+            -Iruntime -Icompiler -I/usr/include/lua5.4 -I$(CUDA)/include \
+            -DKILN_SOURCE_DIR=\"$(CURDIR)\"
 LDFLAGS  := $(SANFLAGS) -L$(CUDA)/lib64 -Wl,-rpath,$(CUDA)/lib64
 STATIC   := -l:liblua5.4.a -l:libjansson.a -l:libpcre2-8.a -l:libutf8proc.a
 SYSLIBS  := -lm -ldl -lpthread

@@ -1,0 +1,388 @@
+/* config — see config.h. */
+#include "config.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static config *wrap(json_t *root, const char *path, kerr *err)
+{
+    if (!json_is_object(root)) {
+        kerr_add(err, "%s: expected a JSON object at the top level, got %s", path,
+                 config_kind(root));
+        json_decref(root);
+        return NULL;
+    }
+    config *c = xcalloc(1, sizeof *c);
+    c->path = xstrdup(path);
+    c->root = root;
+    return c;
+}
+
+config *config_load(const char *path, kerr *err)
+{
+    json_error_t je;
+    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+    if (!root) {
+        if (je.line < 0 || !util_is_file(path))
+            kerr_add(err, "%s: cannot read: %s", path, je.text);
+        else
+            kerr_add(err, "%s:%d:%d: not valid JSON: %s", path, je.line, je.column, je.text);
+        return NULL;
+    }
+    return wrap(root, path, err);
+}
+
+config *config_parse(const char *text, const char *path, kerr *err)
+{
+    json_error_t je;
+    json_t *root = json_loads(text, JSON_REJECT_DUPLICATES, &je);
+    if (!root) {
+        kerr_add(err, "%s:%d:%d: not valid JSON: %s", path, je.line, je.column, je.text);
+        return NULL;
+    }
+    return wrap(root, path, err);
+}
+
+void config_free(config *c)
+{
+    if (!c)
+        return;
+    json_decref(c->root);
+    free(c->path);
+    free(c);
+}
+
+const char *config_kind(const json_t *v)
+{
+    switch (v ? json_typeof(v) : JSON_NULL) {
+    case JSON_OBJECT: return "an object";
+    case JSON_ARRAY: return "an array";
+    case JSON_STRING: return "a string";
+    case JSON_INTEGER: return "an integer";
+    case JSON_REAL: return "a number";
+    case JSON_TRUE:
+    case JSON_FALSE: return "a boolean";
+    default: return "null";
+    }
+}
+
+static json_t *lookup(json_t *obj, const char *field)
+{
+    char key[256];
+    const char *p = field;
+    while (obj) {
+        const char *dot = strchr(p, '.');
+        size_t n = dot ? (size_t)(dot - p) : strlen(p);
+        if (n >= sizeof key || !json_is_object(obj))
+            return NULL;
+        memcpy(key, p, n);
+        key[n] = 0;
+        obj = json_object_get(obj, key);
+        if (!dot)
+            break;
+        p = dot + 1;
+    }
+    return json_is_null(obj) ? NULL : obj;
+}
+
+json_t *config_get(const config *c, const char *field) { return lookup(c->root, field); }
+int config_has(const config *c, const char *field) { return config_get(c, field) != NULL; }
+
+/* Shared shape of every typed read: absent -> default or error; wrong type -> error. */
+static int missing(const config *c, const char *field, const char *want, kerr *err)
+{
+    return kerr_add(err, "%s: field '%s' is missing (expected %s)", c->path, field, want);
+}
+
+static int wrong(const config *c, const char *field, const char *want, const json_t *v, kerr *err)
+{
+    char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+    kerr_add(err, "%s: field '%s': expected %s, got %s %s", c->path, field, want, config_kind(v),
+             s ? s : "");
+    free(s);
+    return -1;
+}
+
+int config_int(const config *c, const char *field, int has_def, int64_t def, int64_t *out,
+               kerr *err)
+{
+    json_t *v = config_get(c, field);
+    if (!v) {
+        if (!has_def)
+            return missing(c, field, "an integer", err);
+        *out = def;
+        return 0;
+    }
+    if (json_is_integer(v)) {
+        *out = json_integer_value(v);
+        return 0;
+    }
+    if (json_is_real(v)) {
+        double d = json_real_value(v);
+        if (d == floor(d) && fabs(d) < 9e15) {
+            *out = (int64_t)d;
+            return 0;
+        }
+    }
+    return wrong(c, field, "an integer", v, err);
+}
+
+int config_float(const config *c, const char *field, int has_def, double def, double *out,
+                 kerr *err)
+{
+    json_t *v = config_get(c, field);
+    if (!v) {
+        if (!has_def)
+            return missing(c, field, "a number", err);
+        *out = def;
+        return 0;
+    }
+    if (json_is_number(v)) {
+        *out = json_number_value(v);
+        return 0;
+    }
+    return wrong(c, field, "a number", v, err);
+}
+
+int config_bool(const config *c, const char *field, int has_def, int def, int *out, kerr *err)
+{
+    json_t *v = config_get(c, field);
+    if (!v) {
+        if (!has_def)
+            return missing(c, field, "true or false", err);
+        *out = def;
+        return 0;
+    }
+    if (json_is_boolean(v)) {
+        *out = json_is_true(v);
+        return 0;
+    }
+    return wrong(c, field, "true or false", v, err);
+}
+
+int config_string(const config *c, const char *field, int has_def, const char *def,
+                  const char **out, kerr *err)
+{
+    json_t *v = config_get(c, field);
+    if (!v) {
+        if (!has_def)
+            return missing(c, field, "a string", err);
+        *out = def;
+        return 0;
+    }
+    if (json_is_string(v)) {
+        *out = json_string_value(v);
+        return 0;
+    }
+    return wrong(c, field, "a string", v, err);
+}
+
+int config_architecture(const config *c, const char **out, kerr *err)
+{
+    json_t *a = config_get(c, "architectures");
+    if (!a)
+        return kerr_add(err,
+                        "%s: field 'architectures' is missing: kiln picks the archspec from it "
+                        "(e.g. [\"LlamaForCausalLM\"]); add it, or name a spec with --spec FILE",
+                        c->path);
+    if (!json_is_array(a) || json_array_size(a) == 0 || !json_is_string(json_array_get(a, 0)))
+        return wrong(c, "architectures", "a non-empty array of strings", a, err);
+    *out = json_string_value(json_array_get(a, 0));
+    return 0;
+}
+
+/* ---------------------------------------------------------------- rope */
+
+static const char *rope_names[] = {
+#define X(e, s) s,
+    ROPE_TYPES(X)
+#undef X
+};
+_Static_assert(ARRAY_LEN(rope_names) == ROPE_NTYPES, "rope name table out of sync");
+
+const char *rope_type_name(rope_type t) { return (unsigned)t < ROPE_NTYPES ? rope_names[t] : "?"; }
+
+/* A float field of the rope object `r` (named `where` in messages). */
+static int rope_num(const config *c, json_t *r, const char *where, const char *key, int has_def,
+                    double def, double *out, kerr *err)
+{
+    json_t *v = r ? json_object_get(r, key) : NULL;
+    if (!v || json_is_null(v)) {
+        if (!has_def)
+            return kerr_add(err, "%s: field '%s.%s' is missing (expected a number; required by "
+                                 "this rope type)",
+                            c->path, where, key);
+        *out = def;
+        return 0;
+    }
+    if (!json_is_number(v)) {
+        char *s = xasprintf("%s.%s", where, key);
+        wrong(c, s, "a number", v, err);
+        free(s);
+        return -1;
+    }
+    *out = json_number_value(v);
+    return 0;
+}
+
+int config_rope(const config *c, const char *layer_type, const char *theta_field,
+                double default_theta, rope_params *out, kerr *err)
+{
+    memset(out, 0, sizeof *out);
+    char wbuf[160];
+    const char *where = "rope_parameters";
+    json_t *r = config_get(c, "rope_parameters");
+    if (r && layer_type && json_is_object(r) && json_object_get(r, layer_type)) {
+        r = json_object_get(r, layer_type);
+        snprintf(wbuf, sizeof wbuf, "rope_parameters.%s", layer_type);
+        where = wbuf;
+    }
+    if (!r) {
+        r = config_get(c, "rope_scaling");
+        where = "rope_scaling";
+    }
+    if (r && !json_is_object(r))
+        return wrong(c, where, "an object", r, err);
+
+    /* Type: "rope_type", or the older "type"; absent means default. */
+    const char *tname = "default";
+    json_t *tv = r ? json_object_get(r, "rope_type") : NULL;
+    if (!tv || json_is_null(tv))
+        tv = r ? json_object_get(r, "type") : NULL;
+    if (tv && !json_is_null(tv)) {
+        if (!json_is_string(tv)) {
+            char *s = xasprintf("%s.rope_type", where);
+            wrong(c, s, "a string", tv, err);
+            free(s);
+            return -1;
+        }
+        tname = json_string_value(tv);
+    }
+    int t = -1;
+    for (int i = 0; i < ROPE_NTYPES; i++)
+        if (strcmp(tname, rope_names[i]) == 0)
+            t = i;
+    if (t < 0)
+        return kerr_add(err,
+                        "%s: field '%s.rope_type' is '%s', which kiln does not implement "
+                        "(supported: default, linear, dynamic, yarn, llama3)",
+                        c->path, where, tname);
+    out->type = (rope_type)t;
+
+    /* Base: inside the rope object first (transformers 5), then the top-level field. */
+    double theta = 0;
+    int have_theta = 0;
+    json_t *thv = r ? json_object_get(r, "rope_theta") : NULL;
+    if (thv && !json_is_null(thv)) {
+        if (rope_num(c, r, where, "rope_theta", 0, 0, &theta, err))
+            return -1;
+        have_theta = 1;
+    }
+    if (!have_theta) {
+        const char *f = theta_field ? theta_field : "rope_theta";
+        if (config_float(c, f, 1, default_theta, &theta, err))
+            return -1;
+    }
+    if (!(theta > 1))
+        return kerr_add(err, "%s: rope base (rope_theta) is %g; expected a number > 1", c->path,
+                        theta);
+    out->theta = theta;
+
+    double partial = 1;
+    json_t *pv = r ? json_object_get(r, "partial_rotary_factor") : NULL;
+    if (pv && !json_is_null(pv)) {
+        if (rope_num(c, r, where, "partial_rotary_factor", 0, 1, &partial, err))
+            return -1;
+    } else if (config_float(c, "partial_rotary_factor", 1, 1.0, &partial, err)) {
+        return -1;
+    }
+    if (!(partial > 0 && partial <= 1))
+        return kerr_add(err, "%s: partial_rotary_factor is %g; expected 0 < x <= 1", c->path,
+                        partial);
+    out->partial = partial;
+
+    int64_t maxpos;
+    if (config_int(c, "max_position_embeddings", 1, 0, &maxpos, err))
+        return -1;
+    out->max_pos = maxpos;
+    out->attention_factor = 1;
+
+    double d;
+    switch (out->type) {
+    case ROPE_DEFAULT:
+        break;
+    case ROPE_LINEAR:
+    case ROPE_DYNAMIC:
+        if (rope_num(c, r, where, "factor", 0, 0, &out->factor, err))
+            return -1;
+        if (out->type == ROPE_DYNAMIC && maxpos <= 0)
+            return kerr_add(err, "%s: dynamic rope needs 'max_position_embeddings'", c->path);
+        break;
+    case ROPE_LLAMA3:
+        if (rope_num(c, r, where, "factor", 0, 0, &out->factor, err) ||
+            rope_num(c, r, where, "low_freq_factor", 0, 0, &out->low_freq_factor, err) ||
+            rope_num(c, r, where, "high_freq_factor", 0, 0, &out->high_freq_factor, err) ||
+            rope_num(c, r, where, "original_max_position_embeddings", 1, (double)maxpos, &d, err))
+            return -1;
+        out->original_max_pos = (int64_t)d;
+        if (out->high_freq_factor == out->low_freq_factor)
+            return kerr_add(err, "%s: llama3 rope needs high_freq_factor != low_freq_factor",
+                            c->path);
+        break;
+    case ROPE_YARN: {
+        /* transformers: original_max_position_embeddings from the top-level field when present
+         * (Phi-3 style), else from the rope object, else max_position_embeddings. */
+        if (config_has(c, "original_max_position_embeddings")) {
+            int64_t o;
+            if (config_int(c, "original_max_position_embeddings", 0, 0, &o, err))
+                return -1;
+            d = (double)o;
+        } else if (rope_num(c, r, where, "original_max_position_embeddings", 1, (double)maxpos,
+                            &d, err)) {
+            return -1;
+        }
+        out->original_max_pos = (int64_t)d;
+        if (out->original_max_pos <= 0)
+            return kerr_add(err, "%s: yarn rope needs original_max_position_embeddings", c->path);
+        json_t *fv = r ? json_object_get(r, "factor") : NULL;
+        if (!fv || json_is_null(fv))
+            out->factor = (double)maxpos / (double)out->original_max_pos;
+        else if (rope_num(c, r, where, "factor", 0, 0, &out->factor, err))
+            return -1;
+        double bf, bs, mscale, mall;
+        if (rope_num(c, r, where, "beta_fast", 1, 32, &bf, err) ||
+            rope_num(c, r, where, "beta_slow", 1, 1, &bs, err) ||
+            rope_num(c, r, where, "mscale", 1, 0, &mscale, err) ||
+            rope_num(c, r, where, "mscale_all_dim", 1, 0, &mall, err))
+            return -1;
+        /* transformers uses `x or default`, so an explicit 0 also means the default. */
+        out->beta_fast = bf ? bf : 32;
+        out->beta_slow = bs ? bs : 1;
+        json_t *tr = r ? json_object_get(r, "truncate") : NULL;
+        out->truncate = tr && json_is_boolean(tr) ? json_is_true(tr) : 1;
+        json_t *af = r ? json_object_get(r, "attention_factor") : NULL;
+        if (af && !json_is_null(af)) {
+            if (rope_num(c, r, where, "attention_factor", 0, 1, &out->attention_factor, err))
+                return -1;
+        } else {
+            double f = out->factor;
+#define MSCALE(scale, m) ((scale) <= 1 ? 1.0 : 0.1 * (m) * log(scale) + 1.0)
+            if (mscale != 0 && mall != 0)
+                out->attention_factor = MSCALE(f, mscale) / MSCALE(f, mall);
+            else
+                out->attention_factor = MSCALE(f, 1.0);
+#undef MSCALE
+        }
+        break;
+    }
+    default:
+        break;
+    }
+    if (out->type != ROPE_DEFAULT && !(out->factor > 0))
+        return kerr_add(err, "%s: rope '%s' needs a positive 'factor', got %g", c->path, tname,
+                        out->factor);
+    return 0;
+}

@@ -1,0 +1,185 @@
+/* graph — kiln's graph IR: what an archspec builds and every pass transforms.
+ *
+ * A graph is an array of nodes in topological order (a node's inputs always come before it).
+ * Building records nodes and computes nothing (as in ggml). Every op is defined once, in
+ * KG_OPS below, which feeds the enum, the printed names and the Lua-visible names.
+ *
+ * Shapes are static, except the token dimension T (KG_T), which is dimension 0 of every
+ * activation; constants (weights and views of weights) have no T. Pooled outputs are per
+ * sequence (KG_S). Every node carries a name with its layer ("L3.attn.q") so intermediates
+ * can be compared with a reference layer by layer, and the archspec file:line that made it.
+ *
+ * The builder functions (graph_linear, ...) check their arguments and infer shapes; a misuse
+ * is a user error reported with the spec location, never an assert. graph_verify re-checks
+ * the invariants after every pass, where a failure is a compiler bug.
+ */
+#ifndef KILN_GRAPH_H
+#define KILN_GRAPH_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "config.h"
+#include "safetensors.h"
+#include "util.h"
+
+#define KG_T (-1)       /* the token dimension */
+#define KG_S (-2)       /* the sequence dimension of pooled outputs */
+#define KG_MAX_DIMS 4
+#define KG_MAX_IN 10
+
+/* X(enum, printed name) */
+#define KG_OPS(X)                                                                              \
+    X(INPUT, "input")           /* token ids, positions or token types: [T] */                 \
+    X(WEIGHT, "weight")         /* a checkpoint tensor, by its HF name */                      \
+    X(RESHAPE, "reshape")       /* same elements, new shape (T stays dim 0) */                 \
+    X(SLICE, "slice")           /* a contiguous range of one dimension */                      \
+    X(CONCAT, "concat")         /* along one dimension */                                      \
+    X(TRANSPOSE, "transpose")   /* swap two dimensions of a constant (e.g. Conv1D weights) */  \
+    X(EMBED, "embed")           /* rows of a table [V, H] gathered by ids [T] -> [T, H] */      \
+    X(LINEAR, "linear")         /* x [T, in] . w[out, in]^T (+ bias [out]) -> [T, out] */      \
+    X(RMS_NORM, "rms_norm")     /* over the last dimension, weight [H] (optionally 1 + w) */   \
+    X(LAYER_NORM, "layer_norm") /* over the last dimension, weight [H], bias [H] or none */    \
+    X(ROPE, "rope")             /* rotary embedding of [T, heads*head_dim] by positions */     \
+    X(ATTENTION, "attention")   /* q, k, v [T, heads*head_dim] -> [T, heads*head_dim] */       \
+    X(SILU, "silu")                                                                            \
+    X(GELU, "gelu")             /* exact, with erf */                                          \
+    X(GELU_TANH, "gelu_tanh")   /* the tanh approximation */                                   \
+    X(RELU, "relu")                                                                            \
+    X(ADD, "add")               /* elementwise; b may be a constant broadcast over T */        \
+    X(MUL, "mul")                                                                              \
+    X(SCALE, "scale")           /* x * constant */                                             \
+    X(MOE, "moe")               /* routed experts (+ optional shared expert) */                \
+    X(POOL, "pool")             /* per sequence: mean, first (cls) or last token */            \
+    X(LOGITS, "logits")         /* x [T, H] . w [V, H]^T -> [T, V]; the generate output */
+
+typedef enum {
+#define X(e, s) KG_##e,
+    KG_OPS(X)
+#undef X
+    KG_NOPS
+} kg_op;
+
+typedef enum { KG_IN_IDS, KG_IN_POSITIONS, KG_IN_TOKEN_TYPES, KG_NINPUTS } kg_input_kind;
+typedef enum { KG_POOL_MEAN, KG_POOL_CLS, KG_POOL_LAST } kg_pool_mode;
+typedef enum { KG_ACT_SILU, KG_ACT_GELU, KG_ACT_GELU_TANH, KG_ACT_RELU } kg_act;
+
+typedef struct kg_attn {
+    int n_heads, n_kv_heads, head_dim;
+    int causal;     /* 0: bidirectional (encoders) */
+    int window;     /* sliding window in tokens (a query sees the last `window` keys); 0 = none */
+    int alibi;      /* add ALiBi biases (slopes from n_heads, as BLOOM) */
+    double softcap; /* logit soft cap (tanh); 0 = none */
+    double scale;   /* multiplies q.k; 1/sqrt(head_dim) unless the spec says otherwise */
+    int layer;      /* KV-cache slot, numbered in build order */
+} kg_attn;
+
+typedef struct kg_rope {
+    rope_params p;
+    int head_dim;    /* per head */
+    int rot_dim;     /* rotated dimensions per head (partial rotary: < head_dim) */
+    int interleaved; /* pairs (2i, 2i+1) as GPT-J; 0: halves (i, i + rot/2) as Llama/NeoX */
+} kg_rope;
+
+typedef struct kg_moe {
+    int n_experts, top_k;
+    int renormalize; /* top-k probabilities renormalised to sum 1 (Mixtral) */
+    int act;         /* kg_act of the gated expert MLP: down(act(gate(x)) * up(x)) */
+    int has_shared;  /* a shared expert MLP added to every token (Qwen2-MoE) */
+    int shared_gate; /* ... scaled by sigmoid(x . shared_gate_w) */
+} kg_moe;
+
+/* MOE inputs, by position */
+enum { KG_MOE_X, KG_MOE_ROUTER, KG_MOE_GATE, KG_MOE_UP, KG_MOE_DOWN,
+       KG_MOE_SH_GATE, KG_MOE_SH_UP, KG_MOE_SH_DOWN, KG_MOE_SH_GATE_W };
+
+typedef struct kg_node {
+    kg_op op;
+    int n_in;
+    int in[KG_MAX_IN];
+    st_dtype dtype; /* F32 for activations (the compute dtype is chosen later), I64 for inputs,
+                       the checkpoint's dtype for weights */
+    int ndim;
+    int64_t shape[KG_MAX_DIMS];
+    int is_const;   /* a weight or a view of weights only */
+    char *name;
+    const char *spec_file; /* interned in the graph */
+    int spec_line;
+
+    /* attributes, by op */
+    int input_kind;          /* INPUT */
+    char *weight;            /* WEIGHT: the HF tensor name */
+    const st_tensor *bound;  /* WEIGHT: set by bind_weights */
+    int dim, dim2;           /* SLICE, CONCAT: dim; TRANSPOSE: dim, dim2 */
+    int64_t start, len;      /* SLICE */
+    double eps;              /* norms */
+    int unit_offset;         /* RMS_NORM: scale by (1 + w), as Gemma */
+    double scalar;           /* SCALE */
+    kg_attn attn;
+    kg_rope rope;
+    kg_moe moe;
+    int pool_mode, pool_normalize;
+} kg_node;
+
+typedef struct kgraph {
+    int n, cap;
+    kg_node *nodes;
+    int output;         /* LOGITS or POOL node; -1 until set */
+    int n_layers;       /* attention nodes, i.e. KV-cache slots */
+    int inputs[KG_NINPUTS]; /* node of each input kind, or -1 */
+    char prefix[64];    /* current name prefix ("L3"), set by graph_scope */
+    int nstrings;
+    char **strings;     /* interned spec file names */
+    const char *cur_file; int cur_line; /* location stamped on new nodes */
+} kgraph;
+
+const char *kg_op_name(kg_op op);
+/* -1 when unknown */
+int kg_op_parse(const char *name);
+
+kgraph *graph_new(void);
+void graph_free(kgraph *g);
+/* Sets the location stamped on nodes created next (spec.c calls this before each op). */
+void graph_set_loc(kgraph *g, const char *file, int line);
+/* Name prefix for nodes created next, e.g. "L3"; NULL or "" clears it. */
+void graph_scope(kgraph *g, const char *prefix);
+int graph_is_const(const kgraph *g, int id);
+
+/* Builders. Each returns the new node id, or -1 after adding a message to err. `name` may be
+ * NULL (an automatic name is used). Shapes use KG_T for the token dimension. */
+int graph_input(kgraph *g, kg_input_kind kind, kerr *err);
+int graph_weight(kgraph *g, const char *hf_name, int ndim, const int64_t *shape, kerr *err);
+int graph_reshape(kgraph *g, int x, int ndim, const int64_t *shape, const char *name, kerr *err);
+int graph_slice(kgraph *g, int x, int dim, int64_t start, int64_t len, const char *name,
+                kerr *err);
+int graph_concat(kgraph *g, const int *xs, int n, int dim, const char *name, kerr *err);
+int graph_transpose(kgraph *g, int x, int d0, int d1, const char *name, kerr *err);
+int graph_embed(kgraph *g, int table, int ids, const char *name, kerr *err);
+int graph_linear(kgraph *g, int x, int w, int b, const char *name, kerr *err);
+int graph_rms_norm(kgraph *g, int x, int w, double eps, int unit_offset, const char *name,
+                   kerr *err);
+int graph_layer_norm(kgraph *g, int x, int w, int b, double eps, const char *name, kerr *err);
+int graph_rope(kgraph *g, int x, int pos, const kg_rope *r, const char *name, kerr *err);
+int graph_attention(kgraph *g, int q, int k, int v, const kg_attn *a, const char *name,
+                    kerr *err);
+int graph_unary(kgraph *g, kg_op op, int x, const char *name, kerr *err);
+int graph_binary(kgraph *g, kg_op op, int a, int b, const char *name, kerr *err);
+int graph_scale(kgraph *g, int x, double s, const char *name, kerr *err);
+/* ins: KG_MOE_* order; shared-expert slots -1 when absent. */
+int graph_moe(kgraph *g, const int ins[9], const kg_moe *m, const char *name, kerr *err);
+int graph_pool(kgraph *g, int x, int mode, int normalize, const char *name, kerr *err);
+int graph_logits(kgraph *g, int x, int w, const char *name, kerr *err);
+
+/* Invariants (topological order, shapes per op, T placement); messages name the node.
+ * A failure after a pass is a compiler bug. */
+int graph_verify(const kgraph *g, kerr *err);
+
+/* Text form: one line per node,
+ *   %12 L3.attn.q = linear(%9 L3.attn_norm, %10 w:model.layers.3...) : [T, 4096] f32  @llama.lua:30 */
+void graph_print(const kgraph *g, FILE *f);
+
+/* "[T, 4096]" */
+const char *graph_shape_str(const kg_node *n, char *buf, size_t cap);
+uint64_t graph_numel_const(const kg_node *n);
+
+#endif

@@ -1,0 +1,39 @@
+/* kc — the compiler's one context, passed first to every pass and command.
+ *
+ * kilnc runs once and exits: what a kc owns is freed by kc_free at the end, and passes may
+ * allocate without tracking small bookkeeping beyond that.
+ */
+#ifndef KILN_KC_H
+#define KILN_KC_H
+
+#include "config.h"
+#include "graph.h"
+#include "registry.h"
+#include "safetensors.h"
+#include "spec.h"
+#include "util.h"
+
+typedef struct kc {
+    /* inputs */
+    char *model_dir;
+    char *config_path;
+    config *cfg;
+    st_set *weights;      /* NULL when the folder has no safetensors (graph-only runs) */
+    registry *reg;
+    spec_info own_spec;   /* --spec FILE */
+    const spec_info *spec;
+    kgraph *g;
+
+    /* options */
+    int strict;           /* unused checkpoint tensors are errors */
+
+    /* results of bind_weights */
+    uint64_t n_params;    /* elements of the checkpoint tensors the graph uses */
+    int n_bound;          /* distinct checkpoint tensors used */
+    int n_unused;         /* checkpoint tensors left unused (after the spec's ignore list) */
+    int n_ignored;        /* unused but matched by the spec's ignore list */
+
+    kerr warn;            /* warnings, printed by the command */
+} kc;
+
+#endif

@@ -1,0 +1,419 @@
+/* kilnc — the compiler's command line.
+ *
+ *   kilnc archs                  list the architectures the archspecs serve
+ *   kilnc check MODEL_DIR        resolve, build, bind; a one-screen summary or every error
+ *   kilnc graph MODEL_DIR        print the graph IR (after any pass: --dump-after=PASS)
+ *
+ * The pipeline is one list (passes[] below), run in order with the verifier between passes.
+ * User errors (bad input) print "kilnc: error: ..." and exit 1; internal bugs abort.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "graph.h"
+#include "kc.h"
+#include "passes/passes.h"
+#include "registry.h"
+#include "safetensors.h"
+#include "spec.h"
+#include "util.h"
+
+#define KILN_VERSION "0.1.0"
+
+/* ---------------------------------------------------------------- the pipeline */
+
+typedef struct pass {
+    const char *name;
+    int (*run)(kc *c, kerr *err);
+    const char *what;
+} pass;
+
+static const pass passes[] = {
+    {"bind_weights", pass_bind_weights, "tie weight nodes to checkpoint tensors"},
+};
+
+static int pass_index(const char *name)
+{
+    if (strcmp(name, "build") == 0)
+        return -1;
+    for (size_t i = 0; i < ARRAY_LEN(passes); i++)
+        if (strcmp(passes[i].name, name) == 0)
+            return (int)i;
+    return -2;
+}
+
+/* Runs passes[0..upto] (all when upto < 0 is not "build"), verifying after each; prints the
+ * graph after `dump_after` when set. */
+static int run_passes(kc *c, int upto, const char *dump_after, kerr *err)
+{
+    if (graph_verify(c->g, err)) {
+        kerr_add(err, "internal error: the graph built by %s fails verification (a kilnc bug; "
+                      "please report it with the spec and config.json)",
+                 c->spec->path);
+        return -1;
+    }
+    if (dump_after && strcmp(dump_after, "build") == 0)
+        graph_print(c->g, stdout);
+    for (int i = 0; i <= upto && i < (int)ARRAY_LEN(passes); i++) {
+        if (passes[i].run(c, err))
+            return -1;
+        if (graph_verify(c->g, err)) {
+            kerr_add(err, "internal error: the graph fails verification after pass '%s' (a kilnc "
+                          "bug)", passes[i].name);
+            return -1;
+        }
+        if (dump_after && strcmp(dump_after, passes[i].name) == 0)
+            graph_print(c->g, stdout);
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- options */
+
+typedef struct opts {
+    const char *model;
+    const char *spec;
+    char *spec_path[16];
+    int n_spec_path;
+    int strict;
+    const char *dump_after;
+    int help;
+} opts;
+
+/* Parses the options every model command shares. Returns -1 after printing an error. */
+static int parse_opts(int argc, char **argv, opts *o, int allow_dump)
+{
+    memset(o, 0, sizeof *o);
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *val = NULL;
+#define TAKE(flag)                                                                              \
+    (strcmp(a, flag) == 0 ? (i + 1 < argc ? (val = argv[++i], 1)                               \
+                                          : (fprintf(stderr, "kilnc: %s needs a value\n", flag), \
+                                             exit(2), 0))                                       \
+     : strncmp(a, flag "=", sizeof(flag)) == 0 ? (val = a + sizeof(flag), 1)                    \
+                                               : 0)
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0)
+            o->help = 1;
+        else if (TAKE("--spec"))
+            o->spec = val;
+        else if (TAKE("--spec-path")) {
+            if (o->n_spec_path == 16) {
+                fprintf(stderr, "kilnc: at most 16 --spec-path folders\n");
+                return -1;
+            }
+            o->spec_path[o->n_spec_path++] = (char *)val;
+        } else if (strcmp(a, "--strict") == 0)
+            o->strict = 1;
+        else if (allow_dump && TAKE("--dump-after"))
+            o->dump_after = val;
+        else if (a[0] == '-' && a[1]) {
+            fprintf(stderr, "kilnc: unknown option '%s' (see --help)\n", a);
+            return -1;
+        } else if (!o->model)
+            o->model = a;
+        else {
+            fprintf(stderr, "kilnc: unexpected argument '%s' (one MODEL_DIR expected)\n", a);
+            return -1;
+        }
+#undef TAKE
+    }
+    return 0;
+}
+
+static const char common_help[] =
+    "  --spec FILE        use this archspec instead of resolving config.json's architectures\n"
+    "  --spec-path DIR    also search DIR for archspecs (repeatable; before KILN_SPEC_PATH and\n"
+    "                     the built-in archspecs/)\n"
+    "  --strict           checkpoint tensors the spec does not use are errors, not warnings\n"
+    "  -h, --help         this help\n";
+
+/* ---------------------------------------------------------------- setup */
+
+static void kc_free(kc *c)
+{
+    graph_free(c->g);
+    st_close(c->weights);
+    config_free(c->cfg);
+    registry_free(c->reg);
+    spec_info_free(&c->own_spec);
+    free(c->model_dir);
+    free(c->config_path);
+}
+
+static void print_err(kerr *e)
+{
+    const char *m = kerr_msg(e);
+    /* one "kilnc: error:" per message; continuation lines as they are */
+    const char *p = m;
+    while (*p) {
+        const char *nl = strchr(p, '\n');
+        size_t n = nl ? (size_t)(nl - p) : strlen(p);
+        if (p[0] == ' ')
+            fprintf(stderr, "%.*s\n", (int)n, p);
+        else
+            fprintf(stderr, "kilnc: error: %.*s\n", (int)n, p);
+        p = nl ? nl + 1 : p + n;
+    }
+}
+
+static void print_warn(kc *c, int max)
+{
+    if (!c->warn.n)
+        return;
+    const char *m = kerr_msg(&c->warn);
+    int shown = 0;
+    for (const char *p = m; *p && shown < max; shown++) {
+        const char *nl = strchr(p, '\n');
+        size_t n = nl ? (size_t)(nl - p) : strlen(p);
+        fprintf(stderr, "kilnc: %.*s\n", (int)n, p);
+        p = nl ? nl + 1 : p + n;
+    }
+    if (c->warn.n > max)
+        fprintf(stderr, "kilnc: ... and %d more warnings\n", c->warn.n - max);
+}
+
+/* Loads config, checkpoint and spec, and builds the graph. need_weights: a checkpoint must be
+ * present (check, ref, compile); graph printing works from config.json alone. */
+static int kc_open(kc *c, const opts *o, int need_weights, kerr *err)
+{
+    memset(c, 0, sizeof *c);
+    c->strict = o->strict;
+    if (!util_is_dir(o->model))
+        return kerr_add(err, "%s: not a folder (expected a Hugging Face model folder with "
+                             "config.json and *.safetensors)",
+                        o->model);
+    c->model_dir = xstrdup(o->model);
+    c->config_path = util_path_join(o->model, "config.json");
+    if (!util_is_file(c->config_path))
+        return kerr_add(err, "%s: no config.json in this folder", o->model);
+    c->cfg = config_load(c->config_path, err);
+    if (!c->cfg)
+        return -1;
+    char *st_idx = util_path_join(o->model, "model.safetensors.index.json");
+    char *st_one = util_path_join(o->model, "model.safetensors");
+    int have_st = util_is_file(st_idx) || util_is_file(st_one);
+    free(st_idx);
+    free(st_one);
+    if (have_st || need_weights) {
+        c->weights = st_open(o->model, err);
+        if (!c->weights)
+            return -1;
+    }
+    c->reg = registry_load(o->spec_path, o->n_spec_path, err);
+    if (!c->reg)
+        return -1;
+    if (o->spec) {
+        if (spec_probe(o->spec, c->reg->lib_dir, &c->own_spec, err))
+            return -1;
+        c->spec = &c->own_spec;
+    } else {
+        c->spec = registry_resolve(c->reg, c->cfg, err);
+        if (!c->spec)
+            return -1;
+    }
+    c->g = spec_build(c->spec, c->reg->lib_dir, c->cfg, c->weights, err);
+    return c->g ? 0 : -1;
+}
+
+/* ---------------------------------------------------------------- commands */
+
+static int cmd_archs(int argc, char **argv)
+{
+    opts o;
+    if (parse_opts(argc, argv, &o, 0))
+        return 2;
+    if (o.help) {
+        printf("usage: kilnc archs [--spec-path DIR]\n\n"
+               "Lists every architecture name the archspecs serve, with the spec file and task.\n"
+               "Specs in --spec-path folders and KILN_SPEC_PATH shadow the built-in ones.\n");
+        return 0;
+    }
+    kerr err;
+    kerr_clear(&err);
+    registry *r = registry_load(o.spec_path, o.n_spec_path, &err);
+    if (!r) {
+        print_err(&err);
+        return 1;
+    }
+    printf("%-32s %-10s %-9s %s\n", "ARCHITECTURE", "SPEC", "TASK", "FILE");
+    for (int i = 0; i < r->n; i++)
+        for (int k = 0; k < r->specs[i].n_archs; k++) {
+            const spec_info *s = &r->specs[i];
+            const spec_info *winner = registry_find(r, s->archs[k]);
+            printf("%-32s %-10s %-9s %s%s\n", s->archs[k], s->name, spec_task_name(s->task),
+                   s->path, winner != s ? "  (shadowed)" : "");
+        }
+    for (int i = 0; i < r->nbroken; i++)
+        fprintf(stderr, "kilnc: warning: spec failed to load: %s\n", r->broken[i]);
+    registry_free(r);
+    return 0;
+}
+
+static void count_dtypes(const kgraph *g, char *buf, size_t cap)
+{
+    int cnt[ST_NDTYPES] = {0};
+    for (int i = 0; i < g->n; i++)
+        if (g->nodes[i].op == KG_WEIGHT && g->nodes[i].bound)
+            cnt[g->nodes[i].dtype]++;
+    size_t n = 0;
+    buf[0] = 0;
+    for (int d = 0; d < ST_NDTYPES; d++)
+        if (cnt[d])
+            n += (size_t)snprintf(buf + n, cap - n, "%s%s x%d", n ? ", " : "",
+                                  st_dtype_name((st_dtype)d), cnt[d]);
+}
+
+static int cmd_check(int argc, char **argv)
+{
+    opts o;
+    if (parse_opts(argc, argv, &o, 0))
+        return 2;
+    if (o.help || !o.model) {
+        fprintf(o.help ? stdout : stderr,
+                "usage: kilnc check MODEL_DIR [options]\n\n"
+                "Resolves the archspec for MODEL_DIR/config.json, builds the graph and binds every\n"
+                "weight to the checkpoint; prints a summary, or every problem found.\n\n%s",
+                common_help);
+        return o.help ? 0 : 2;
+    }
+    kc c;
+    kerr err;
+    kerr_clear(&err);
+    int rc = kc_open(&c, &o, 1, &err) || run_passes(&c, (int)ARRAY_LEN(passes) - 1, NULL, &err);
+    print_warn(&c, 20);
+    if (rc) {
+        print_err(&err);
+        fprintf(stderr, "kilnc: check failed: %d problem%s\n", err.n, err.n == 1 ? "" : "s");
+        kc_free(&c);
+        return 1;
+    }
+    const kgraph *g = c.g;
+    const char *arch = "?";
+    config_architecture(c.cfg, &arch, &err);
+    char pc[32], dt[256], sh[96];
+    int first_attn = -1;
+    for (int i = 0; i < g->n && first_attn < 0; i++)
+        if (g->nodes[i].op == KG_ATTENTION)
+            first_attn = i;
+    const kg_node *out = &g->nodes[g->output];
+    printf("model         %s\n", c.model_dir);
+    printf("architecture  %s\n", arch);
+    printf("archspec      %s (%s, task %s)\n", c.spec->path, c.spec->name,
+           spec_task_name(c.spec->task));
+    if (first_attn >= 0) {
+        const kg_attn *a = &g->nodes[first_attn].attn;
+        printf("layers        %d, %d heads / %d kv heads, head_dim %d\n", g->n_layers,
+               a->n_heads, a->n_kv_heads, a->head_dim);
+    }
+    printf("output        %s %s\n", out->name, graph_shape_str(out, sh, sizeof sh));
+    count_dtypes(g, dt, sizeof dt);
+    printf("parameters    %s in %d tensors (%s)\n",
+           util_human_count((double)c.n_params, pc, sizeof pc), c.n_bound, dt);
+    printf("checkpoint    %d tensors in %d file%s: %d used, %d unused%s\n", c.weights->n,
+           c.weights->nfiles, c.weights->nfiles == 1 ? "" : "s", c.n_bound, c.n_unused,
+           c.n_ignored ? " (plus ignored by the spec)" : "");
+    printf("graph         %d nodes\n", g->n);
+    printf("ok\n");
+    kc_free(&c);
+    return 0;
+}
+
+static int cmd_graph(int argc, char **argv)
+{
+    opts o;
+    if (parse_opts(argc, argv, &o, 1))
+        return 2;
+    if (o.help || !o.model) {
+        fprintf(o.help ? stdout : stderr,
+                "usage: kilnc graph MODEL_DIR [--dump-after=PASS] [options]\n\n"
+                "Prints the graph IR, one node per line:\n"
+                "  %%ID NAME = OP(INPUTS; ATTRIBUTES) SHAPE DTYPE  @SPEC:LINE\n"
+                "By default after the last pass; --dump-after=PASS prints it after PASS instead.\n"
+                "Passes, in order: build");
+        for (size_t i = 0; i < ARRAY_LEN(passes); i++)
+            fprintf(o.help ? stdout : stderr, ", %s", passes[i].name);
+        fprintf(o.help ? stdout : stderr, "\n\n  --dump-after=PASS  print after PASS\n%s",
+                common_help);
+        return o.help ? 0 : 2;
+    }
+    int upto = (int)ARRAY_LEN(passes) - 1;
+    if (o.dump_after) {
+        int k = pass_index(o.dump_after);
+        if (k == -2) {
+            fprintf(stderr, "kilnc: error: --dump-after: unknown pass '%s' (passes: build",
+                    o.dump_after);
+            for (size_t i = 0; i < ARRAY_LEN(passes); i++)
+                fprintf(stderr, ", %s", passes[i].name);
+            fprintf(stderr, ")\n");
+            return 2;
+        }
+        upto = k;
+    }
+    kc c;
+    kerr err;
+    kerr_clear(&err);
+    int rc = kc_open(&c, &o, 0, &err);
+    if (rc == 0 && !c.weights && upto >= 0) {
+        fprintf(stderr, "kilnc: note: no safetensors in %s; printing the graph as built\n",
+                o.model);
+        upto = -1;
+        if (!o.dump_after)
+            o.dump_after = "build";
+    }
+    if (rc == 0)
+        rc = run_passes(&c, upto, o.dump_after ? o.dump_after : passes[upto].name, &err);
+    print_warn(&c, 20);
+    if (rc) {
+        print_err(&err);
+        kc_free(&c);
+        return 1;
+    }
+    kc_free(&c);
+    return 0;
+}
+
+static const struct {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *help;
+} commands[] = {
+    {"archs", cmd_archs, "list the architectures the archspecs serve"},
+    {"check", cmd_check, "check a checkpoint against its archspec; print a summary"},
+    {"graph", cmd_graph, "print the graph IR of a model (after any pass)"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: kilnc COMMAND [ARGS...]\n\n"
+               "kiln's compiler: Hugging Face checkpoint + archspec -> graph -> artifact.\n\n"
+               "commands:\n");
+    for (size_t i = 0; i < ARRAY_LEN(commands); i++)
+        fprintf(f, "  %-8s %s\n", commands[i].name, commands[i].help);
+    fprintf(f, "\n'kilnc COMMAND --help' describes each command. 'kilnc --version' prints the "
+               "version.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("kilnc %s\n", KILN_VERSION);
+        return 0;
+    }
+    for (size_t i = 0; i < ARRAY_LEN(commands); i++)
+        if (strcmp(argv[1], commands[i].name) == 0)
+            return commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "kilnc: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,150 @@
+/* bind_weights — ties every WEIGHT node to its checkpoint tensor.
+ *
+ * Checks, reporting all problems at once: the tensor exists (else the closest checkpoint name
+ * is suggested, which catches most prefix typos), its shape is the one the spec expects, and
+ * its dtype is one kiln computes with (F32, F16, BF16). Sets each node's dtype to the
+ * checkpoint's. Checkpoint tensors that no node uses are listed by name: a warning, or an
+ * error with --strict, since an unused tensor usually means the spec skips part of the model.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "passes.h"
+
+/* Edit distance, bounded: returns > limit as soon as it is certain. */
+static int distance(const char *a, const char *b, int limit)
+{
+    int la = (int)strlen(a), lb = (int)strlen(b);
+    if (abs(la - lb) > limit)
+        return limit + 1;
+    int *prev = xmalloc(sizeof(int) * (size_t)(lb + 1)), *cur = xmalloc(sizeof(int) * (size_t)(lb + 1));
+    for (int j = 0; j <= lb; j++)
+        prev[j] = j;
+    for (int i = 1; i <= la; i++) {
+        cur[0] = i;
+        int best = cur[0];
+        for (int j = 1; j <= lb; j++) {
+            int d = prev[j - 1] + (a[i - 1] != b[j - 1]);
+            if (prev[j] + 1 < d)
+                d = prev[j] + 1;
+            if (cur[j - 1] + 1 < d)
+                d = cur[j - 1] + 1;
+            cur[j] = d;
+            if (d < best)
+                best = d;
+        }
+        int *t = prev;
+        prev = cur;
+        cur = t;
+        if (best > limit) {
+            free(prev);
+            free(cur);
+            return limit + 1;
+        }
+    }
+    int d = prev[lb];
+    free(prev);
+    free(cur);
+    return d;
+}
+
+static const char *closest(const st_set *w, const char *name)
+{
+    int limit = (int)strlen(name) / 3 + 1, best = limit + 1;
+    const char *r = NULL;
+    for (int i = 0; i < w->n; i++) {
+        int d = distance(name, w->tensors[i].name, best - 1 < limit ? best - 1 : limit);
+        if (d < best) {
+            best = d;
+            r = w->tensors[i].name;
+        }
+    }
+    return r;
+}
+
+static const char *loc(const kg_node *n, char *buf, size_t cap)
+{
+    if (!n->spec_file)
+        return "";
+    snprintf(buf, cap, " (asked for at %s:%d)", n->spec_file, n->spec_line);
+    return buf;
+}
+
+int pass_bind_weights(kc *c, kerr *err)
+{
+    kgraph *g = c->g;
+    const st_set *w = c->weights;
+    if (!w)
+        return kerr_add(err, "%s: no checkpoint to bind weights from", c->model_dir);
+    unsigned char *used = xcalloc((size_t)(w->n ? w->n : 1), 1);
+    int rc = 0;
+    c->n_params = 0;
+    c->n_bound = 0;
+    for (int i = 0; i < g->n; i++) {
+        kg_node *n = &g->nodes[i];
+        if (n->op != KG_WEIGHT)
+            continue;
+        char where[600], a[128], b[128];
+        const st_tensor *t = st_find(w, n->weight);
+        if (!t) {
+            const char *near = closest(w, n->weight);
+            if (near)
+                rc = kerr_add(err, "%s: tensor '%s' is not in the checkpoint%s; did you mean '%s'?",
+                              w->origin, n->weight, loc(n, where, sizeof where), near);
+            else
+                rc = kerr_add(err, "%s: tensor '%s' is not in the checkpoint%s", w->origin,
+                              n->weight, loc(n, where, sizeof where));
+            continue;
+        }
+        used[t - w->tensors] = 1;
+        int same = t->ndim == n->ndim;
+        for (int d = 0; same && d < n->ndim; d++)
+            same = t->shape[d] == n->shape[d];
+        if (!same) {
+            rc = kerr_add(err, "%s: tensor '%s' has shape %s, the spec expects %s%s",
+                          w->files[t->file].path, n->weight,
+                          st_shape_str(t->ndim, t->shape, a, sizeof a),
+                          graph_shape_str(n, b, sizeof b), loc(n, where, sizeof where));
+            continue;
+        }
+        if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16) {
+            rc = kerr_add(err,
+                          "%s: tensor '%s' has dtype %s; kiln reads F32, F16 and BF16 weights "
+                          "(quantised checkpoints are not supported yet)",
+                          w->files[t->file].path, n->weight, st_dtype_name(t->dtype));
+            continue;
+        }
+        n->bound = t;
+        n->dtype = t->dtype;
+        c->n_params += t->numel;
+        c->n_bound++;
+    }
+
+    /* Unused tensors, minus those the spec declares it ignores. */
+    const char **names = xmalloc(sizeof(char *) * (size_t)(w->n ? w->n : 1));
+    int nu = 0;
+    for (int i = 0; i < w->n; i++)
+        if (!used[i])
+            names[nu++] = w->tensors[i].name;
+    unsigned char *ign = xcalloc((size_t)(nu ? nu : 1), 1);
+    if (spec_filter_ignored(c->spec, names, nu, ign, err))
+        rc = -1;
+    c->n_unused = c->n_ignored = 0;
+    for (int i = 0; i < nu; i++) {
+        if (ign[i]) {
+            c->n_ignored++;
+            continue;
+        }
+        c->n_unused++;
+        if (c->strict)
+            rc = kerr_add(err, "%s: tensor '%s' is not used by %s (--strict)", w->origin,
+                          names[i], c->spec->path);
+        else
+            kerr_add(&c->warn, "warning: checkpoint tensor '%s' is not used by %s", names[i],
+                     c->spec->path);
+    }
+    free(ign);
+    free(names);
+    free(used);
+    return rc;
+}

@@ -1,0 +1,15 @@
+/* passes — the compiler's passes over the graph IR. Each is one file, takes the compiler
+ * context first, returns 0 or -1 with every problem it found in err. The order they run in is
+ * one list in main.c; graph_verify runs between them. */
+#ifndef KILN_PASSES_H
+#define KILN_PASSES_H
+
+#include "kc.h"
+
+/* Invariants of the IR (graph_verify); failure after a pass is a compiler bug. */
+int pass_verify(kc *c, kerr *err);
+/* Every weight the spec asks for exists in the checkpoint with the expected shape and a
+ * supported dtype; unused checkpoint tensors are listed (warnings, errors with --strict). */
+int pass_bind_weights(kc *c, kerr *err);
+
+#endif

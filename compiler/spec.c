@@ -1,0 +1,1024 @@
+/* spec — see spec.h. The Lua bindings of the graph builder (g), tensors and the config view
+ * (cfg). Argument checks use luaL_check*, so a spec author gets "bad argument #2 to 'linear'"
+ * for free; op-level checks come from graph.c and are raised with the spec's file:line.
+ *
+ * One Lua state per build or probe; nothing survives it. The builder state is kept in the
+ * Lua registry, so tensors are plain (graph-local) node ids in a small userdata.
+ */
+#include "spec.h"
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MT_GRAPH "kiln.Graph"
+#define MT_TENSOR "kiln.Tensor"
+#define MT_CONFIG "kiln.Config"
+
+static const char *task_names[] = {"generate", "embed", "classify"};
+_Static_assert(ARRAY_LEN(task_names) == TASK_N, "task table out of sync");
+const char *spec_task_name(spec_task t) { return (unsigned)t < TASK_N ? task_names[t] : "?"; }
+
+typedef struct builder {
+    kgraph *g;
+    const config *cfg;
+    const st_set *w;
+    kerr err; /* scratch for graph.c messages */
+} builder;
+
+static builder *get_builder(lua_State *L)
+{
+    lua_getfield(L, LUA_REGISTRYINDEX, "kiln.builder");
+    builder *b = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    if (!b)
+        luaL_error(L, "no graph is being built (g is only valid inside build)");
+    return b;
+}
+
+/* The archspec location that caused the current call: the innermost Lua frame that is not in
+ * the DSL's own kiln.lua and not a one-line wrapper (`local function w(n, s) return
+ * g:weight(n, s) end`), so messages point at the line of the spec that uses the op. */
+static void spec_where(lua_State *L, char *file, size_t cap, int *line)
+{
+    lua_Debug ar;
+    file[0] = 0;
+    *line = 0;
+    int fallback = 1; /* still using a frame we would rather skip */
+    for (int level = 1; lua_getstack(L, level, &ar); level++) {
+        if (!lua_getinfo(L, "Sl", &ar) || ar.currentline <= 0 || ar.source[0] != '@')
+            continue;
+        const char *src = ar.source + 1;
+        size_t n = strlen(src);
+        int is_lib = n >= 8 && strcmp(src + n - 8, "kiln.lua") == 0;
+        int wrapper = ar.lastlinedefined - ar.linedefined <= 2 && ar.linedefined > 0;
+        if (!file[0] || (fallback && !is_lib)) {
+            snprintf(file, cap, "%s", src);
+            *line = ar.currentline;
+            fallback = wrapper;
+        }
+        if (!is_lib && !wrapper)
+            return;
+    }
+}
+
+/* Raises the builder's collected messages as a Lua error located at the spec line. */
+static int raise_err(lua_State *L, builder *b)
+{
+    char file[512];
+    int line;
+    spec_where(L, file, sizeof file, &line);
+    const char *msg = kerr_msg(&b->err);
+    if (file[0])
+        lua_pushfstring(L, "%s:%d: %s", file, line, msg);
+    else
+        lua_pushstring(L, msg);
+    kerr_clear(&b->err);
+    return lua_error(L);
+}
+
+/* Stamps the location on nodes built by the current call. */
+static builder *begin(lua_State *L)
+{
+    builder *b = get_builder(L);
+    char file[512];
+    int line;
+    spec_where(L, file, sizeof file, &line);
+    graph_set_loc(b->g, file[0] ? file : NULL, line);
+    kerr_clear(&b->err);
+    return b;
+}
+
+/* ---------------------------------------------------------------- tensors */
+
+static int push_tensor(lua_State *L, builder *b, int id)
+{
+    if (id < 0)
+        return raise_err(L, b);
+    int *u = lua_newuserdatauv(L, sizeof(int), 0);
+    *u = id;
+    luaL_setmetatable(L, MT_TENSOR);
+    return 1;
+}
+
+static int check_tensor(lua_State *L, int idx)
+{
+    int *u = luaL_checkudata(L, idx, MT_TENSOR);
+    return *u;
+}
+
+static int opt_tensor(lua_State *L, int idx)
+{
+    if (lua_isnoneornil(L, idx))
+        return -1;
+    return check_tensor(L, idx);
+}
+
+/* An integral number (Lua 5.4's `/` makes floats: 64.0 is accepted, 64.5 is not). */
+static int64_t check_int(lua_State *L, int idx, const char *what)
+{
+    if (lua_isinteger(L, idx))
+        return lua_tointeger(L, idx);
+    if (lua_type(L, idx) == LUA_TNUMBER) {
+        double d = lua_tonumber(L, idx);
+        if (d == floor(d) && fabs(d) < 9e15)
+            return (int64_t)d;
+        luaL_error(L, "%s must be a whole number, got %f", what, d);
+    }
+    luaL_error(L, "%s must be a whole number, got %s", what, luaL_typename(L, idx));
+    return 0;
+}
+
+/* A name given as the last, optional, string argument. */
+static const char *opt_name(lua_State *L, int idx)
+{
+    return lua_type(L, idx) == LUA_TSTRING ? lua_tostring(L, idx) : NULL;
+}
+
+/* Shape table {T, 64} / {"T", 64} / {4096, 4096}. */
+static int check_shape(lua_State *L, int idx, int64_t *shape)
+{
+    luaL_checktype(L, idx, LUA_TTABLE);
+    int n = (int)luaL_len(L, idx);
+    if (n < 1 || n > KG_MAX_DIMS)
+        luaL_error(L, "a shape has 1 to %d dimensions, got %d", KG_MAX_DIMS, n);
+    for (int i = 0; i < n; i++) {
+        lua_geti(L, idx, i + 1);
+        if (lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "T") == 0)
+            shape[i] = KG_T;
+        else {
+            char what[32];
+            snprintf(what, sizeof what, "shape[%d]", i + 1);
+            shape[i] = check_int(L, -1, what);
+        }
+        lua_pop(L, 1);
+    }
+    return n;
+}
+
+static int t_reshape(lua_State *L)
+{
+    int x = check_tensor(L, 1);
+    int64_t sh[KG_MAX_DIMS];
+    int n = check_shape(L, 2, sh);
+    builder *b = begin(L);
+    return push_tensor(L, b, graph_reshape(b->g, x, n, sh, opt_name(L, 3), &b->err));
+}
+
+static int t_slice(lua_State *L)
+{
+    int x = check_tensor(L, 1);
+    int dim = (int)check_int(L, 2, "dim");
+    int64_t start = check_int(L, 3, "start"), len = check_int(L, 4, "len");
+    builder *b = begin(L);
+    return push_tensor(L, b, graph_slice(b->g, x, dim, start, len, opt_name(L, 5), &b->err));
+}
+
+static int t_transpose(lua_State *L)
+{
+    int x = check_tensor(L, 1);
+    int d0 = (int)check_int(L, 2, "dim0"), d1 = (int)check_int(L, 3, "dim1");
+    builder *b = begin(L);
+    return push_tensor(L, b, graph_transpose(b->g, x, d0, d1, opt_name(L, 4), &b->err));
+}
+
+static int t_shape(lua_State *L)
+{
+    int x = check_tensor(L, 1);
+    builder *b = get_builder(L);
+    const kg_node *n = &b->g->nodes[x];
+    lua_createtable(L, n->ndim, 0);
+    for (int i = 0; i < n->ndim; i++) {
+        if (n->shape[i] == KG_T)
+            lua_pushliteral(L, "T");
+        else
+            lua_pushinteger(L, n->shape[i]);
+        lua_seti(L, -2, i + 1);
+    }
+    return 1;
+}
+
+static int t_name(lua_State *L)
+{
+    int x = check_tensor(L, 1);
+    lua_pushstring(L, get_builder(L)->g->nodes[x].name);
+    return 1;
+}
+
+static int t_tostring(lua_State *L)
+{
+    int x = check_tensor(L, 1);
+    const kg_node *n = &get_builder(L)->g->nodes[x];
+    char sh[96];
+    lua_pushfstring(L, "tensor %%%d %s %s", x, n->name, graph_shape_str(n, sh, sizeof sh));
+    return 1;
+}
+
+static int binop(lua_State *L, kg_op op)
+{
+    /* tensor * number scales; tensor op tensor is elementwise. */
+    if (op == KG_MUL && lua_type(L, 2) == LUA_TNUMBER) {
+        int x = check_tensor(L, 1);
+        builder *b = begin(L);
+        return push_tensor(L, b, graph_scale(b->g, x, lua_tonumber(L, 2), NULL, &b->err));
+    }
+    if (op == KG_MUL && lua_type(L, 1) == LUA_TNUMBER) {
+        int x = check_tensor(L, 2);
+        builder *b = begin(L);
+        return push_tensor(L, b, graph_scale(b->g, x, lua_tonumber(L, 1), NULL, &b->err));
+    }
+    int a = check_tensor(L, 1), c = check_tensor(L, 2);
+    builder *b = begin(L);
+    return push_tensor(L, b, graph_binary(b->g, op, a, c, opt_name(L, 3), &b->err));
+}
+
+static int t_add(lua_State *L) { return binop(L, KG_ADD); }
+static int t_mul(lua_State *L) { return binop(L, KG_MUL); }
+
+static const luaL_Reg tensor_methods[] = {
+    {"reshape", t_reshape}, {"slice", t_slice}, {"transpose", t_transpose},
+    {"shape", t_shape},     {"name", t_name},   {NULL, NULL}};
+
+/* ---------------------------------------------------------------- graph builder (g) */
+
+static int g_input(lua_State *L)
+{
+    static const char *kinds[] = {"ids", "positions", "token_types", NULL};
+    luaL_checkudata(L, 1, MT_GRAPH);
+    int k = luaL_checkoption(L, 2, NULL, kinds);
+    builder *b = begin(L);
+    return push_tensor(L, b, graph_input(b->g, (kg_input_kind)k, &b->err));
+}
+
+static int g_weight(lua_State *L)
+{
+    luaL_checkudata(L, 1, MT_GRAPH);
+    const char *name = luaL_checkstring(L, 2);
+    int64_t sh[KG_MAX_DIMS];
+    int n = check_shape(L, 3, sh);
+    builder *b = begin(L);
+    return push_tensor(L, b, graph_weight(b->g, name, n, sh, &b->err));
+}
+
+static int g_has_weight(lua_State *L)
+{
+    luaL_checkudata(L, 1, MT_GRAPH);
+    const char *name = luaL_checkstring(L, 2);
+    builder *b = get_builder(L);
+    lua_pushboolean(L, b->w && st_find(b->w, name) != NULL);
+    return 1;
+}
+
+/* The checkpoint's shape of a tensor, or nil: for specs that must look (e.g. which of two
+ * layouts a checkpoint uses). */
+static int g_weight_shape(lua_State *L)
+{
+    luaL_checkudata(L, 1, MT_GRAPH);
+    const char *name = luaL_checkstring(L, 2);
+    builder *b = get_builder(L);
+    const st_tensor *t = b->w ? st_find(b->w, name) : NULL;
+    if (!t) {
+        lua_pushnil(L);
+        return 1;
+    }
+    lua_createtable(L, t->ndim, 0);
+    for (int i = 0; i < t->ndim; i++) {
+        lua_pushinteger(L, t->shape[i]);
+        lua_seti(L, -2, i + 1);
+    }
+    return 1;
+}
+
+static int g_layer(lua_State *L)
+{
+    luaL_checkudata(L, 1, MT_GRAPH);
+    builder *b = get_builder(L);
+    if (lua_isnoneornil(L, 2)) {
+        graph_scope(b->g, NULL);
+    } else if (lua_type(L, 2) == LUA_TSTRING) {
+        graph_scope(b->g, lua_tostring(L, 2));
+    } else {
+        char p[32];
+        snprintf(p, sizeof p, "L%lld", (long long)check_int(L, 2, "layer"));
+        graph_scope(b->g, p);
+    }
+    return 0;
+}
+
+static int g_embed(lua_State *L)
+{
+    luaL_checkudata(L, 1, MT_GRAPH);
+    int t = check_tensor(L, 2), ids = check_tensor(L, 3);
+    builder *b = begin(L);
+    return push_tensor(L, b, graph_embed(b->g, t, ids, opt_name(L, 4), &b->err));
+}
+
+static int g_linear(lua_State *L)
+{
+    luaL_checkudata(L, 1, MT_GRAPH);
+    int x = check_tensor(L, 2), w = check_tensor(L, 3);
+    int bias = -1;
+    const char *name = NULL;
+    if (lua_type(L, 4) == LUA_TSTRING)
+        name = lua_tostring(L, 4);
+    else {
+        bias = opt_tensor(L, 4);
+        name = opt_name(L, 5);
+    }
+    builder *b = begin(L);
+    return push_tensor(L, b, graph_linear(b->g, x, w, bias, name, &b->err));
+}
+
+static int g_rms_norm(lua_State *L)
+{
+    luaL_checkudata(L, 1, MT_GRAPH);
+    int x = check_tensor(L, 2), w = check_tensor(L, 3);
+    double eps = luaL_checknumber(L, 4);
+    int offset = 0;
+    const char *name = opt_name(L, 5);
+    if (lua_type(L, 5) == LUA_TTABLE) { /* {offset = 1} for (1 + w) weights */
+        lua_getfield(L, 5, "offset");
+        offset = lua_toboolean(L, -1) && lua_tonumber(L, -1) != 0;
+        lua_pop(L, 1);
+        name = opt_name(L, 6);
+    }
+    builder *b = begin(L);
+    return push_tensor(L, b, graph_rms_norm(b->g, x, w, eps, offset, name, &b->err));
+}
+
+static int g_layer_norm(lua_State *L)
+{
+    luaL_checkudata(L, 1, MT_GRAPH);
+    int x = check_tensor(L, 2), w = check_tensor(L, 3), bias = opt_tensor(L, 4);
+    double eps = luaL_checknumber(L, 5);
+    builder *b = begin(L);
+    return push_tensor(L, b, graph_layer_norm(b->g, x, w, bias, eps, opt_name(L, 6), &b->err));
+}
+
+/* Optional fields of an options table. */
+static int64_t opt_field_int(lua_State *L, int t, const char *k, int64_t def)
+{
+    lua_getfield(L, t, k);
+    int64_t v = lua_isnil(L, -1) ? def : check_int(L, -1, k);
+    lua_pop(L, 1);
+    return v;
+}
+
+static double opt_field_num(lua_State *L, int t, const char *k, double def)
+{
+    lua_getfield(L, t, k);
+    double v = def;
+    if (!lua_isnil(L, -1)) {
+        if (lua_type(L, -1) != LUA_TNUMBER)
+            luaL_error(L, "option '%s' must be a number, got %s", k, luaL_typename(L, -1));
+        v = lua_tonumber(L, -1);
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+static int opt_field_bool(lua_State *L, int t, const char *k, int def)
+{
+    lua_getfield(L, t, k);
+    int v = lua_isnil(L, -1) ? def : lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+static int64_t req_field_int(lua_State *L, int t, const char *k, const char *op)
+{
+    lua_getfield(L, t, k);
+    if (lua_isnil(L, -1))
+        luaL_error(L, "%s: option '%s' is required", op, k);
+    int64_t v = check_int(L, -1, k);
+    lua_pop(L, 1);
+    return v;
+}
+
+static int req_field_tensor(lua_State *L, int t, const char *k, const char *op)
+{
+    lua_getfield(L, t, k);
+    if (lua_isnil(L, -1))
+        luaL_error(L, "%s: option '%s' is required", op, k);
+    int id = check_tensor(L, -1);
+    lua_pop(L, 1);
+    return id;
+}
+
+/* Rope parameters from the table cfg:rope() returns (possibly edited by the spec). */
+static void rope_from_table(lua_State *L, int t, rope_params *p)
+{
+    luaL_checktype(L, t, LUA_TTABLE);
+    memset(p, 0, sizeof *p);
+    lua_getfield(L, t, "type");
+    const char *ty = lua_tostring(L, -1);
+    int found = -1;
+    for (int i = 0; ty && i < ROPE_NTYPES; i++)
+        if (strcmp(ty, rope_type_name((rope_type)i)) == 0)
+            found = i;
+    if (found < 0)
+        luaL_error(L, "rope: params.type '%s' is not one of default, linear, dynamic, yarn, llama3",
+                   ty ? ty : "nil");
+    lua_pop(L, 1);
+    p->type = (rope_type)found;
+    p->theta = opt_field_num(L, t, "theta", 10000);
+    p->partial = opt_field_num(L, t, "partial", 1);
+    p->factor = opt_field_num(L, t, "factor", 1);
+    p->max_pos = opt_field_int(L, t, "max_position_embeddings", 0);
+    p->original_max_pos = opt_field_int(L, t, "original_max_position_embeddings", 0);
+    p->low_freq_factor = opt_field_num(L, t, "low_freq_factor", 1);
+    p->high_freq_factor = opt_field_num(L, t, "high_freq_factor", 4);
+    p->beta_fast = opt_field_num(L, t, "beta_fast", 32);
+    p->beta_slow = opt_field_num(L, t, "beta_slow", 1);
+    p->attention_factor = opt_field_num(L, t, "attention_factor", 1);
+    p->truncate = opt_field_bool(L, t, "truncate", 1);
+}
+
+/* g:rope(x, positions, {head_dim=, params=cfg:rope(), rotary_dim=, interleaved=}) */
+static int g_rope(lua_State *L)
+{
+    luaL_checkudata(L, 1, MT_GRAPH);
+    int x = check_tensor(L, 2), pos = check_tensor(L, 3);
+    luaL_checktype(L, 4, LUA_TTABLE);
+    kg_rope r = {0};
+    r.head_dim = (int)req_field_int(L, 4, "head_dim", "rope");
+    lua_getfield(L, 4, "params");
+    if (lua_isnil(L, -1))
+        luaL_error(L, "rope: option 'params' is required (use cfg:rope())");
+    rope_from_table(L, lua_gettop(L), &r.p);
+    lua_pop(L, 1);
+    /* transformers: dim = int(head_dim * partial_rotary_factor) */
+    r.rot_dim = (int)opt_field_int(L, 4, "rotary_dim", (int64_t)(r.head_dim * r.p.partial));
+    r.interleaved = opt_field_bool(L, 4, "interleaved", 0);
+    builder *b = begin(L);
+    return push_tensor(L, b, graph_rope(b->g, x, pos, &r, opt_name(L, 5), &b->err));
+}
+
+/* g:attention(q, k, v, {heads=, kv_heads=, head_dim=, causal=, window=, alibi=, softcap=,
+ * scale=}) */
+static int g_attention(lua_State *L)
+{
+    luaL_checkudata(L, 1, MT_GRAPH);
+    int q = check_tensor(L, 2), k = check_tensor(L, 3), v = check_tensor(L, 4);
+    luaL_checktype(L, 5, LUA_TTABLE);
+    kg_attn a = {0};
+    a.n_heads = (int)req_field_int(L, 5, "heads", "attention");
+    a.n_kv_heads = (int)opt_field_int(L, 5, "kv_heads", a.n_heads);
+    a.head_dim = (int)req_field_int(L, 5, "head_dim", "attention");
+    a.causal = opt_field_bool(L, 5, "causal", 1);
+    a.window = (int)opt_field_int(L, 5, "window", 0);
+    a.alibi = opt_field_bool(L, 5, "alibi", 0);
+    a.softcap = opt_field_num(L, 5, "softcap", 0);
+    a.scale = opt_field_num(L, 5, "scale", a.head_dim > 0 ? 1.0 / sqrt((double)a.head_dim) : 1);
+    builder *b = begin(L);
+    return push_tensor(L, b, graph_attention(b->g, q, k, v, &a, opt_name(L, 6), &b->err));
+}
+
+static int unary(lua_State *L, kg_op op)
+{
+    luaL_checkudata(L, 1, MT_GRAPH);
+    int x = check_tensor(L, 2);
+    builder *b = begin(L);
+    return push_tensor(L, b, graph_unary(b->g, op, x, opt_name(L, 3), &b->err));
+}
+static int g_silu(lua_State *L) { return unary(L, KG_SILU); }
+static int g_gelu(lua_State *L) { return unary(L, KG_GELU); }
+static int g_gelu_tanh(lua_State *L) { return unary(L, KG_GELU_TANH); }
+static int g_relu(lua_State *L) { return unary(L, KG_RELU); }
+
+static int g_binary(lua_State *L, kg_op op)
+{
+    luaL_checkudata(L, 1, MT_GRAPH);
+    int a = check_tensor(L, 2), c = check_tensor(L, 3);
+    builder *b = begin(L);
+    return push_tensor(L, b, graph_binary(b->g, op, a, c, opt_name(L, 4), &b->err));
+}
+static int g_add(lua_State *L) { return g_binary(L, KG_ADD); }
+static int g_mul(lua_State *L) { return g_binary(L, KG_MUL); }
+
+static int g_scale(lua_State *L)
+{
+    luaL_checkudata(L, 1, MT_GRAPH);
+    int x = check_tensor(L, 2);
+    double s = luaL_checknumber(L, 3);
+    builder *b = begin(L);
+    return push_tensor(L, b, graph_scale(b->g, x, s, opt_name(L, 4), &b->err));
+}
+
+/* g:concat({a, b, c}, dim) */
+static int g_concat(lua_State *L)
+{
+    luaL_checkudata(L, 1, MT_GRAPH);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    int n = (int)luaL_len(L, 2);
+    if (n < 1 || n > KG_MAX_IN)
+        luaL_error(L, "concat: 1 to %d tensors, got %d", KG_MAX_IN, n);
+    int xs[KG_MAX_IN];
+    for (int i = 0; i < n; i++) {
+        lua_geti(L, 2, i + 1);
+        xs[i] = check_tensor(L, -1);
+        lua_pop(L, 1);
+    }
+    int dim = (int)check_int(L, 3, "dim");
+    builder *b = begin(L);
+    return push_tensor(L, b, graph_concat(b->g, xs, n, dim, opt_name(L, 4), &b->err));
+}
+
+static int parse_act(lua_State *L, int t, const char *k)
+{
+    static const char *acts[] = {"silu", "gelu", "gelu_tanh", "relu", NULL};
+    lua_getfield(L, t, k);
+    int v = KG_ACT_SILU;
+    if (!lua_isnil(L, -1)) {
+        const char *s = lua_tostring(L, -1);
+        v = -1;
+        for (int i = 0; s && acts[i]; i++)
+            if (strcmp(s, acts[i]) == 0)
+                v = i;
+        if (v < 0)
+            luaL_error(L, "option '%s' must be silu, gelu, gelu_tanh or relu", k);
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+/* g:moe(x, {router=, gate=, up=, down=, top_k=, renormalize=, act=,
+ *           shared={gate=, up=, down=, gate_weight=}}) */
+static int g_moe(lua_State *L)
+{
+    luaL_checkudata(L, 1, MT_GRAPH);
+    int ins[9] = {check_tensor(L, 2), -1, -1, -1, -1, -1, -1, -1, -1};
+    luaL_checktype(L, 3, LUA_TTABLE);
+    ins[KG_MOE_ROUTER] = req_field_tensor(L, 3, "router", "moe");
+    ins[KG_MOE_GATE] = req_field_tensor(L, 3, "gate", "moe");
+    ins[KG_MOE_UP] = req_field_tensor(L, 3, "up", "moe");
+    ins[KG_MOE_DOWN] = req_field_tensor(L, 3, "down", "moe");
+    kg_moe m = {0};
+    m.top_k = (int)req_field_int(L, 3, "top_k", "moe");
+    m.renormalize = opt_field_bool(L, 3, "renormalize", 1);
+    m.act = parse_act(L, 3, "act");
+    lua_getfield(L, 3, "shared");
+    if (!lua_isnil(L, -1)) {
+        int s = lua_gettop(L);
+        luaL_checktype(L, s, LUA_TTABLE);
+        m.has_shared = 1;
+        ins[KG_MOE_SH_GATE] = req_field_tensor(L, s, "gate", "moe.shared");
+        ins[KG_MOE_SH_UP] = req_field_tensor(L, s, "up", "moe.shared");
+        ins[KG_MOE_SH_DOWN] = req_field_tensor(L, s, "down", "moe.shared");
+        lua_getfield(L, s, "gate_weight");
+        if (!lua_isnil(L, -1)) {
+            ins[KG_MOE_SH_GATE_W] = check_tensor(L, -1);
+            m.shared_gate = 1;
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    builder *b = begin(L);
+    m.n_experts = ins[KG_MOE_ROUTER] >= 0 ? (int)b->g->nodes[ins[KG_MOE_ROUTER]].shape[0] : 0;
+    return push_tensor(L, b, graph_moe(b->g, ins, &m, opt_name(L, 4), &b->err));
+}
+
+/* g:pool(x, {mode="mean"|"cls"|"last", normalize=bool}) */
+static int g_pool(lua_State *L)
+{
+    static const char *modes[] = {"mean", "cls", "last", NULL};
+    luaL_checkudata(L, 1, MT_GRAPH);
+    int x = check_tensor(L, 2);
+    int mode = KG_POOL_MEAN, norm = 0;
+    if (!lua_isnoneornil(L, 3)) {
+        luaL_checktype(L, 3, LUA_TTABLE);
+        lua_getfield(L, 3, "mode");
+        if (!lua_isnil(L, -1))
+            mode = luaL_checkoption(L, -1, NULL, modes);
+        lua_pop(L, 1);
+        norm = opt_field_bool(L, 3, "normalize", 0);
+    }
+    builder *b = begin(L);
+    return push_tensor(L, b, graph_pool(b->g, x, mode, norm, opt_name(L, 4), &b->err));
+}
+
+static int g_logits(lua_State *L)
+{
+    luaL_checkudata(L, 1, MT_GRAPH);
+    int x = check_tensor(L, 2), w = check_tensor(L, 3);
+    builder *b = begin(L);
+    return push_tensor(L, b, graph_logits(b->g, x, w, opt_name(L, 4), &b->err));
+}
+
+static const luaL_Reg graph_methods[] = {
+    {"input", g_input},       {"weight", g_weight},         {"has_weight", g_has_weight},
+    {"weight_shape", g_weight_shape},                       {"layer", g_layer},
+    {"embed", g_embed},       {"linear", g_linear},         {"rms_norm", g_rms_norm},
+    {"layer_norm", g_layer_norm},                           {"rope", g_rope},
+    {"attention", g_attention},                             {"silu", g_silu},
+    {"gelu", g_gelu},         {"gelu_tanh", g_gelu_tanh},   {"relu", g_relu},
+    {"add", g_add},           {"mul", g_mul},               {"scale", g_scale},
+    {"concat", g_concat},     {"moe", g_moe},               {"pool", g_pool},
+    {"logits", g_logits},     {NULL, NULL}};
+
+/* ---------------------------------------------------------------- config view (cfg) */
+
+static const config *get_cfg(lua_State *L)
+{
+    const config **u = luaL_checkudata(L, 1, MT_CONFIG);
+    return *u;
+}
+
+/* Raises a config error at the spec line that asked. */
+static int cfg_fail(lua_State *L, kerr *e)
+{
+    char file[512];
+    int line;
+    spec_where(L, file, sizeof file, &line);
+    if (file[0])
+        lua_pushfstring(L, "%s (needed by %s:%d)", kerr_msg(e), file, line);
+    else
+        lua_pushstring(L, kerr_msg(e));
+    return lua_error(L);
+}
+
+static int c_int(lua_State *L)
+{
+    const config *c = get_cfg(L);
+    const char *f = luaL_checkstring(L, 2);
+    int has_def = !lua_isnoneornil(L, 3);
+    int64_t def = has_def ? check_int(L, 3, "default") : 0, v;
+    kerr e;
+    kerr_clear(&e);
+    if (config_int(c, f, has_def, def, &v, &e))
+        return cfg_fail(L, &e);
+    lua_pushinteger(L, v);
+    return 1;
+}
+
+static int c_float(lua_State *L)
+{
+    const config *c = get_cfg(L);
+    const char *f = luaL_checkstring(L, 2);
+    int has_def = !lua_isnoneornil(L, 3);
+    double def = has_def ? luaL_checknumber(L, 3) : 0, v;
+    kerr e;
+    kerr_clear(&e);
+    if (config_float(c, f, has_def, def, &v, &e))
+        return cfg_fail(L, &e);
+    lua_pushnumber(L, v);
+    return 1;
+}
+
+static int c_bool(lua_State *L)
+{
+    const config *c = get_cfg(L);
+    const char *f = luaL_checkstring(L, 2);
+    int has_def = !lua_isnoneornil(L, 3);
+    int def = has_def ? lua_toboolean(L, 3) : 0, v;
+    kerr e;
+    kerr_clear(&e);
+    if (config_bool(c, f, has_def, def, &v, &e))
+        return cfg_fail(L, &e);
+    lua_pushboolean(L, v);
+    return 1;
+}
+
+static int c_str(lua_State *L)
+{
+    const config *c = get_cfg(L);
+    const char *f = luaL_checkstring(L, 2);
+    int has_def = !lua_isnoneornil(L, 3);
+    const char *def = has_def ? luaL_checkstring(L, 3) : NULL, *v;
+    kerr e;
+    kerr_clear(&e);
+    if (config_string(c, f, has_def, def, &v, &e))
+        return cfg_fail(L, &e);
+    lua_pushstring(L, v);
+    return 1;
+}
+
+static int c_has(lua_State *L)
+{
+    lua_pushboolean(L, config_has(get_cfg(L), luaL_checkstring(L, 2)));
+    return 1;
+}
+
+static int c_path(lua_State *L)
+{
+    lua_pushstring(L, get_cfg(L)->path);
+    return 1;
+}
+
+static void push_rope(lua_State *L, const rope_params *p)
+{
+    lua_createtable(L, 0, 12);
+    lua_pushstring(L, rope_type_name(p->type));
+    lua_setfield(L, -2, "type");
+#define NUM(f, k) (lua_pushnumber(L, (lua_Number)(p->f)), lua_setfield(L, -2, k))
+    NUM(theta, "theta");
+    NUM(partial, "partial");
+    NUM(factor, "factor");
+    NUM(attention_factor, "attention_factor");
+    lua_pushinteger(L, p->max_pos);
+    lua_setfield(L, -2, "max_position_embeddings");
+    lua_pushinteger(L, p->original_max_pos);
+    lua_setfield(L, -2, "original_max_position_embeddings");
+    NUM(low_freq_factor, "low_freq_factor");
+    NUM(high_freq_factor, "high_freq_factor");
+    NUM(beta_fast, "beta_fast");
+    NUM(beta_slow, "beta_slow");
+#undef NUM
+    lua_pushboolean(L, p->truncate);
+    lua_setfield(L, -2, "truncate");
+}
+
+/* cfg:rope{layer_type=, theta_field=, default_theta=} -> table */
+static int c_rope(lua_State *L)
+{
+    const config *c = get_cfg(L);
+    const char *layer_type = NULL, *theta_field = NULL;
+    double def_theta = 10000;
+    if (!lua_isnoneornil(L, 2)) {
+        luaL_checktype(L, 2, LUA_TTABLE);
+        lua_getfield(L, 2, "layer_type");
+        layer_type = lua_tostring(L, -1);
+        lua_getfield(L, 2, "theta_field");
+        theta_field = lua_tostring(L, -1);
+        def_theta = opt_field_num(L, 2, "default_theta", 10000);
+    }
+    rope_params p;
+    kerr e;
+    kerr_clear(&e);
+    if (config_rope(c, layer_type, theta_field, def_theta, &p, &e))
+        return cfg_fail(L, &e);
+    push_rope(L, &p);
+    return 1;
+}
+
+static const luaL_Reg config_methods[] = {
+    {"int", c_int}, {"float", c_float}, {"bool", c_bool}, {"str", c_str},
+    {"has", c_has}, {"path", c_path},   {"rope", c_rope}, {NULL, NULL}};
+
+/* ---------------------------------------------------------------- states */
+
+static void new_metatable(lua_State *L, const char *name, const luaL_Reg *methods)
+{
+    luaL_newmetatable(L, name);
+    lua_newtable(L);
+    luaL_setfuncs(L, methods, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+}
+
+/* Adds Lua frames of the traceback to error messages from build(); C frames are noise to a
+ * spec author. */
+static int msgh(lua_State *L)
+{
+    const char *msg = lua_tostring(L, 1);
+    if (!msg)
+        msg = luaL_typename(L, 1);
+    luaL_traceback(L, L, NULL, 1);
+    const char *tb = lua_tostring(L, -1);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    luaL_addstring(&b, msg);
+    /* keep only "\n\tfile.lua:N: in ..." lines */
+    for (const char *p = tb; p && *p;) {
+        const char *nl = strchr(p, '\n');
+        size_t n = nl ? (size_t)(nl - p) : strlen(p);
+        if (n > 1 && p[0] == '\t' && memmem(p, n, ".lua:", 5) && !memmem(p, n, "[C]", 3)) {
+            luaL_addstring(&b, "\n    ");
+            luaL_addlstring(&b, p + 1, n - 1);
+        }
+        p = nl ? nl + 1 : NULL;
+    }
+    luaL_pushresult(&b);
+    return 1;
+}
+
+static lua_State *new_state(const char *lib_dir)
+{
+    lua_State *L = luaL_newstate();
+    if (!L)
+        return NULL;
+    luaL_openlibs(L);
+    /* require "kiln" finds archspecs/kiln.lua and nothing else from the file system. */
+    lua_getglobal(L, "package");
+    lua_pushfstring(L, "%s/?.lua", lib_dir);
+    lua_setfield(L, -2, "path");
+    lua_pushliteral(L, "");
+    lua_setfield(L, -2, "cpath");
+    lua_pop(L, 1);
+    new_metatable(L, MT_GRAPH, graph_methods);
+    new_metatable(L, MT_CONFIG, config_methods);
+    luaL_newmetatable(L, MT_TENSOR);
+    luaL_newlib(L, tensor_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, t_add);
+    lua_setfield(L, -2, "__add");
+    lua_pushcfunction(L, t_mul);
+    lua_setfield(L, -2, "__mul");
+    lua_pushcfunction(L, t_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pop(L, 1);
+    return L;
+}
+
+/* Runs the spec file; leaves its returned table on the stack. */
+static int load_spec(lua_State *L, const char *path, kerr *err)
+{
+    lua_pushcfunction(L, msgh);
+    int h = lua_gettop(L);
+    if (luaL_loadfile(L, path) != LUA_OK) {
+        kerr_add(err, "%s", lua_tostring(L, -1));
+        lua_pop(L, 2);
+        return -1;
+    }
+    if (lua_pcall(L, 0, 1, h) != LUA_OK) {
+        kerr_add(err, "%s", lua_tostring(L, -1));
+        lua_pop(L, 2);
+        return -1;
+    }
+    lua_remove(L, h);
+    if (!lua_istable(L, -1)) {
+        kerr_add(err, "%s: must return an archspec table (return kiln.archspec{...}), returned %s",
+                 path, luaL_typename(L, -1));
+        lua_pop(L, 1);
+        return -1;
+    }
+    return 0;
+}
+
+void spec_info_free(spec_info *s)
+{
+    if (!s)
+        return;
+    free(s->path);
+    free(s->name);
+    for (int i = 0; i < s->n_archs; i++)
+        free(s->archs[i]);
+    free(s->archs);
+    for (int i = 0; i < s->n_ignore; i++)
+        free(s->ignore[i]);
+    free(s->ignore);
+    memset(s, 0, sizeof *s);
+}
+
+int spec_probe(const char *path, const char *lib_dir, spec_info *out, kerr *err)
+{
+    memset(out, 0, sizeof *out);
+    lua_State *L = new_state(lib_dir);
+    if (!L)
+        return kerr_add(err, "%s: cannot create a Lua state (out of memory)", path);
+    int rc = -1;
+    if (load_spec(L, path, err))
+        goto done;
+    int t = lua_gettop(L);
+    lua_getfield(L, t, "name");
+    if (!lua_isstring(L, -1)) {
+        kerr_add(err, "%s: the archspec has no 'name' (a string)", path);
+        goto done;
+    }
+    out->name = xstrdup(lua_tostring(L, -1));
+    lua_getfield(L, t, "task");
+    const char *task = lua_tostring(L, -1);
+    int ti = -1;
+    for (int i = 0; task && i < TASK_N; i++)
+        if (strcmp(task, task_names[i]) == 0)
+            ti = i;
+    if (ti < 0) {
+        kerr_add(err, "%s: 'task' must be \"generate\", \"embed\" or \"classify\", got %s", path,
+                 task ? task : "nothing");
+        goto done;
+    }
+    out->task = (spec_task)ti;
+    lua_getfield(L, t, "architectures");
+    if (!lua_istable(L, -1) || luaL_len(L, -1) < 1) {
+        kerr_add(err, "%s: 'architectures' must list the HF architecture names this spec serves "
+                      "(e.g. {\"LlamaForCausalLM\"})",
+                 path);
+        goto done;
+    }
+    int n = (int)luaL_len(L, -1);
+    out->archs = xcalloc((size_t)n, sizeof(char *));
+    for (int i = 0; i < n; i++) {
+        lua_geti(L, -1, i + 1);
+        if (!lua_isstring(L, -1)) {
+            kerr_add(err, "%s: architectures[%d] is not a string", path, i + 1);
+            goto done;
+        }
+        out->archs[out->n_archs++] = xstrdup(lua_tostring(L, -1));
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    lua_getfield(L, t, "ignore");
+    if (!lua_isnil(L, -1)) {
+        if (!lua_istable(L, -1)) {
+            kerr_add(err, "%s: 'ignore' must be a list of Lua patterns of tensor names", path);
+            goto done;
+        }
+        int ni = (int)luaL_len(L, -1);
+        out->ignore = xcalloc((size_t)(ni ? ni : 1), sizeof(char *));
+        for (int i = 0; i < ni; i++) {
+            lua_geti(L, -1, i + 1);
+            if (!lua_isstring(L, -1)) {
+                kerr_add(err, "%s: ignore[%d] is not a string", path, i + 1);
+                goto done;
+            }
+            out->ignore[out->n_ignore++] = xstrdup(lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+    lua_getfield(L, t, "build");
+    if (!lua_isfunction(L, -1)) {
+        kerr_add(err, "%s: 'build' must be a function(g, cfg)", path);
+        goto done;
+    }
+    out->path = xstrdup(path);
+    rc = 0;
+done:
+    lua_close(L);
+    if (rc)
+        spec_info_free(out);
+    return rc;
+}
+
+int spec_filter_ignored(const spec_info *spec, const char *const *names, int n,
+                        unsigned char *ignored, kerr *err)
+{
+    memset(ignored, 0, (size_t)n);
+    if (!spec->n_ignore)
+        return 0;
+    lua_State *L = luaL_newstate();
+    if (!L)
+        return kerr_add(err, "cannot create a Lua state (out of memory)");
+    luaL_openlibs(L);
+    int rc = 0;
+    lua_getglobal(L, "string");
+    lua_getfield(L, -1, "find");
+    int find = lua_gettop(L);
+    for (int i = 0; i < n && rc == 0; i++)
+        for (int k = 0; k < spec->n_ignore && !ignored[i]; k++) {
+            lua_pushvalue(L, find);
+            lua_pushstring(L, names[i]);
+            lua_pushstring(L, spec->ignore[k]);
+            if (lua_pcall(L, 2, 1, 0) != LUA_OK) {
+                rc = kerr_add(err, "%s: ignore pattern '%s': %s", spec->path, spec->ignore[k],
+                              lua_tostring(L, -1));
+                break;
+            }
+            ignored[i] = !lua_isnil(L, -1);
+            lua_pop(L, 1);
+        }
+    lua_close(L);
+    return rc;
+}
+
+kgraph *spec_build(const spec_info *spec, const char *lib_dir, const config *cfg,
+                   const st_set *weights, kerr *err)
+{
+    lua_State *L = new_state(lib_dir);
+    if (!L) {
+        kerr_add(err, "%s: cannot create a Lua state (out of memory)", spec->path);
+        return NULL;
+    }
+    builder *b = xcalloc(1, sizeof *b);
+    b->g = graph_new();
+    b->cfg = cfg;
+    b->w = weights;
+    lua_pushlightuserdata(L, b);
+    lua_setfield(L, LUA_REGISTRYINDEX, "kiln.builder");
+    kgraph *g = NULL;
+    if (load_spec(L, spec->path, err))
+        goto done;
+    lua_getfield(L, -1, "build");
+    if (!lua_isfunction(L, -1)) {
+        kerr_add(err, "%s: 'build' must be a function(g, cfg)", spec->path);
+        goto done;
+    }
+    lua_pushcfunction(L, msgh);
+    lua_insert(L, -2);
+    int h = lua_gettop(L) - 1;
+    lua_newuserdatauv(L, 0, 0);
+    luaL_setmetatable(L, MT_GRAPH);
+    const config **cu = lua_newuserdatauv(L, sizeof(config *), 0);
+    *cu = cfg;
+    luaL_setmetatable(L, MT_CONFIG);
+    if (lua_pcall(L, 2, 0, h) != LUA_OK) {
+        kerr_add(err, "%s", lua_tostring(L, -1));
+        goto done;
+    }
+    if (b->g->output < 0) {
+        kerr_add(err, "%s: build() finished without an output: end with g:logits(x, head) for "
+                      "task generate, or g:pool(x, {...}) for task embed",
+                 spec->path);
+        goto done;
+    }
+    g = b->g;
+    b->g = NULL;
+done:
+    lua_close(L);
+    graph_free(b->g);
+    free(b);
+    return g;
+}
