@@ -33,7 +33,8 @@ SYSLIBS  := -lm -ldl -lpthread
 RUNTIME_SRC := runtime/util.c runtime/safetensors.c
 RUNTIME_CMD := runtime/cmd_tokenize.c
 COMPILER_SRC := compiler/config.c compiler/graph.c compiler/spec.c compiler/registry.c \
-                compiler/passes/verify.c compiler/passes/bind_weights.c
+                compiler/passes/verify.c compiler/passes/bind_weights.c \
+                compiler/posenc.c compiler/ref.c
 # Runtime tests link libkiln.a only; compiler tests link both libraries.
 RUNTIME_TESTS  := safetensors
 COMPILER_TESTS := config graph spec registry cli

@@ -3,6 +3,7 @@
  *   kilnc archs                  list the architectures the archspecs serve
  *   kilnc check MODEL_DIR        resolve, build, bind; a one-screen summary or every error
  *   kilnc graph MODEL_DIR        print the graph IR (after any pass: --dump-after=PASS)
+ *   kilnc ref MODEL_DIR --ids .. run the fp32 CPU reference: prefill, greedy decode, dump
  *
  * The pipeline is one list (passes[] below), run in order with the verifier between passes.
  * User errors (bad input) print "kilnc: error: ..." and exit 1; internal bugs abort.
@@ -15,6 +16,7 @@
 #include "graph.h"
 #include "kc.h"
 #include "passes/passes.h"
+#include "ref.h"
 #include "registry.h"
 #include "safetensors.h"
 #include "spec.h"
@@ -80,12 +82,16 @@ typedef struct opts {
     int strict;
     const char *dump_after;
     int help;
+    /* ref */
+    const char *ids, *types, *dump, *dump_nodes;
+    int max_new;
 } opts;
 
 /* Parses the options every model command shares. Returns -1 after printing an error. */
 static int parse_opts(int argc, char **argv, opts *o, int allow_dump)
 {
     memset(o, 0, sizeof *o);
+    o->max_new = 16;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *val = NULL;
@@ -107,8 +113,26 @@ static int parse_opts(int argc, char **argv, opts *o, int allow_dump)
             o->spec_path[o->n_spec_path++] = (char *)val;
         } else if (strcmp(a, "--strict") == 0)
             o->strict = 1;
-        else if (allow_dump && TAKE("--dump-after"))
+        else if (allow_dump == 1 && TAKE("--dump-after"))
             o->dump_after = val;
+        else if (allow_dump == 2 && TAKE("--ids"))
+            o->ids = val;
+        else if (allow_dump == 2 && TAKE("--token-types"))
+            o->types = val;
+        else if (allow_dump == 2 && TAKE("--dump"))
+            o->dump = val;
+        else if (allow_dump == 2 && TAKE("--dump-nodes"))
+            o->dump_nodes = val;
+        else if (allow_dump == 2 && TAKE("--max-new")) {
+            char *end;
+            long v = strtol(val, &end, 10);
+            if (*end || v < 0 || v > 1000000) {
+                fprintf(stderr, "kilnc: --max-new expects a number of tokens >= 0, got '%s'\n",
+                        val);
+                return -1;
+            }
+            o->max_new = (int)v;
+        }
         else if (a[0] == '-' && a[1]) {
             fprintf(stderr, "kilnc: unknown option '%s' (see --help)\n", a);
             return -1;
@@ -375,6 +399,190 @@ static int cmd_graph(int argc, char **argv)
     return 0;
 }
 
+/* "1,2,3" -> ids. Returns the count, or -1 after printing what is wrong. */
+static int parse_ids(const char *flag, const char *s, int64_t **out)
+{
+    int n = 0, cap = 64;
+    int64_t *v = xmalloc(sizeof(int64_t) * (size_t)cap);
+    const char *p = s;
+    while (*p) {
+        char *end;
+        long long x = strtoll(p, &end, 10);
+        if (end == p || x < 0 || (*end && *end != ',')) {
+            fprintf(stderr, "kilnc: %s expects comma-separated non-negative integers, got '%s'\n",
+                    flag, s);
+            free(v);
+            return -1;
+        }
+        if (n == cap)
+            v = xrealloc(v, sizeof(int64_t) * (size_t)(cap *= 2));
+        v[n++] = x;
+        p = *end ? end + 1 : end;
+    }
+    if (n == 0) {
+        fprintf(stderr, "kilnc: %s is empty\n", flag);
+        free(v);
+        return -1;
+    }
+    *out = v;
+    return n;
+}
+
+static int argmax(const float *x, int n)
+{
+    int b = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[b])
+            b = i;
+    return b;
+}
+
+static int cmd_ref(int argc, char **argv)
+{
+    opts o;
+    if (parse_opts(argc, argv, &o, 2))
+        return 2;
+    if (o.help || !o.model || !o.ids) {
+        fprintf(o.help ? stdout : stderr,
+                "usage: kilnc ref MODEL_DIR --ids 1,2,3 [--max-new N] [--dump FILE] [options]\n\n"
+                "Runs the model on the CPU in fp32, straight from the checkpoint: the prompt in one\n"
+                "forward (prefill), then N greedy tokens one at a time with a KV cache (exactly N:\n"
+                "end-of-sequence does not stop it). Prints the generated ids. For embedding models,\n"
+                "prints the pooled vector.\n\n"
+                "  --ids LIST          prompt token ids, comma separated\n"
+                "  --token-types LIST  token type ids (BERT-style models; default all 0)\n"
+                "  --max-new N         tokens to generate (default 16)\n"
+                "  --dump FILE         write a safetensors file: logits F32 [prompt_len, vocab] and\n"
+                "                      tokens I64 [N]; for embedding models last_hidden_state F32\n"
+                "                      [len, hidden] and embedding F32 [hidden]\n"
+                "  --dump-nodes PAT    also dump the prefill value of every node whose name contains\n"
+                "                      PAT (e.g. mlp_residual: each layer's output), named as in\n"
+                "                      'kilnc graph'\n%s",
+                common_help);
+        return o.help ? 0 : 2;
+    }
+    int64_t *ids = NULL, *types = NULL;
+    int n = parse_ids("--ids", o.ids, &ids);
+    if (n < 0)
+        return 2;
+    if (o.types) {
+        int nt = parse_ids("--token-types", o.types, &types);
+        if (nt < 0 || nt != n) {
+            if (nt >= 0)
+                fprintf(stderr, "kilnc: --token-types has %d entries, --ids has %d\n", nt, n);
+            free(ids);
+            free(types);
+            return 2;
+        }
+    }
+    kc c;
+    kerr err;
+    kerr_clear(&err);
+    ref *r = NULL;
+    st_writer *dw = NULL;
+    float *prompt_logits = NULL;
+    int64_t *gen = NULL;
+    int rc = kc_open(&c, &o, 1, &err) || run_passes(&c, (int)ARRAY_LEN(passes) - 1, NULL, &err);
+    print_warn(&c, 5);
+    if (rc)
+        goto fail;
+    const kgraph *g = c.g;
+    int embed = g->nodes[g->output].op == KG_POOL;
+    r = ref_new(g, n + (embed ? 0 : o.max_new), &err);
+    if (!r)
+        goto fail;
+    int pool_in = embed ? g->nodes[g->output].in[0] : -1;
+    if (embed)
+        ref_keep(r, pool_in);
+    if (o.dump_nodes)
+        for (int i = 0; i < g->n; i++)
+            if (!g->nodes[i].is_const && g->nodes[i].op != KG_INPUT &&
+                strstr(g->nodes[i].name, o.dump_nodes))
+                ref_keep(r, i);
+    double t0 = util_now();
+    if (ref_forward(r, ids, types, n, &err))
+        goto fail;
+    double t_prefill = util_now() - t0;
+    int rows, cols;
+    const float *out = ref_output(r, &rows, &cols);
+    if (o.dump) {
+        dw = st_writer_new();
+        st_writer_meta(dw, "producer", "kilnc ref");
+        for (int i = 0; o.dump_nodes && i < g->n; i++) {
+            int rr, cc;
+            const float *v = ref_value(r, i, &rr, &cc);
+            if (!v || i == g->output || i == pool_in)
+                continue;
+            float *copy = xmalloc(sizeof(float) * (size_t)rr * (size_t)cc);
+            memcpy(copy, v, sizeof(float) * (size_t)rr * (size_t)cc);
+            int64_t sh[2] = {rr, cc};
+            st_writer_add_owned(dw, g->nodes[i].name, ST_F32, 2, sh, copy);
+        }
+    }
+    if (embed) {
+        int rr, cc;
+        const float *hid = ref_value(r, pool_in, &rr, &cc);
+        printf("embedding [%d]:", cols);
+        for (int j = 0; j < cols && j < 8; j++)
+            printf(" %.6f", out[j]);
+        printf("%s\n", cols > 8 ? " ..." : "");
+        fprintf(stderr, "kilnc ref: %d tokens in %.3f s\n", n, t_prefill);
+        if (dw) {
+            float *h = xmalloc(sizeof(float) * (size_t)rr * (size_t)cc);
+            memcpy(h, hid, sizeof(float) * (size_t)rr * (size_t)cc);
+            float *e = xmalloc(sizeof(float) * (size_t)cols);
+            memcpy(e, out, sizeof(float) * (size_t)cols);
+            int64_t sh[2] = {rr, cc}, se[1] = {cols};
+            st_writer_add_owned(dw, "last_hidden_state", ST_F32, 2, sh, h);
+            st_writer_add_owned(dw, "embedding", ST_F32, 1, se, e);
+        }
+    } else {
+        prompt_logits = xmalloc(sizeof(float) * (size_t)rows * (size_t)cols);
+        memcpy(prompt_logits, out, sizeof(float) * (size_t)rows * (size_t)cols);
+        gen = xmalloc(sizeof(int64_t) * (size_t)(o.max_new ? o.max_new : 1));
+        double t1 = util_now();
+        for (int i = 0; i < o.max_new; i++) {
+            const float *last = i == 0 ? prompt_logits + (size_t)(rows - 1) * (size_t)cols : out;
+            gen[i] = argmax(last, cols);
+            if (i + 1 == o.max_new)
+                break;
+            if (ref_forward(r, &gen[i], NULL, 1, &err))
+                goto fail;
+            out = ref_output(r, &rows, &cols);
+        }
+        double t_dec = util_now() - t1;
+        for (int i = 0; i < o.max_new; i++)
+            printf(i ? ",%lld" : "%lld", (long long)gen[i]);
+        printf("\n");
+        fprintf(stderr, "kilnc ref: prefill %d tokens %.3f s; %d new tokens %.3f s (%.2f tok/s)\n",
+                n, t_prefill, o.max_new, t_dec,
+                o.max_new > 1 && t_dec > 0 ? (o.max_new - 1) / t_dec : 0.0);
+        if (dw) {
+            int64_t sl[2] = {n, cols}, st[1] = {o.max_new};
+            st_writer_add_owned(dw, "logits", ST_F32, 2, sl, prompt_logits);
+            st_writer_add_owned(dw, "tokens", ST_I64, 1, st, gen);
+            prompt_logits = NULL;
+            gen = NULL;
+        }
+    }
+    if (dw && st_writer_write(dw, o.dump, NULL, NULL, &err))
+        goto fail;
+    rc = 0;
+    goto done;
+fail:
+    print_err(&err);
+    rc = 1;
+done:
+    st_writer_free(dw);
+    free(prompt_logits);
+    free(gen);
+    ref_free(r);
+    kc_free(&c);
+    free(ids);
+    free(types);
+    return rc;
+}
+
 static const struct {
     const char *name;
     int (*fn)(int, char **);
@@ -383,6 +591,7 @@ static const struct {
     {"archs", cmd_archs, "list the architectures the archspecs serve"},
     {"check", cmd_check, "check a checkpoint against its archspec; print a summary"},
     {"graph", cmd_graph, "print the graph IR of a model (after any pass)"},
+    {"ref", cmd_ref, "run a model on the CPU in fp32 (the reference): generate or embed"},
 };
 
 static void usage(FILE *f)

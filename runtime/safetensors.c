@@ -419,6 +419,7 @@ typedef struct {
     int64_t shape[ST_MAX_DIMS];
     uint64_t nbytes;
     const void *data;
+    void *owned;
     st_fill_fn fill;
     void *ctx;
 } wentry;
@@ -440,8 +441,10 @@ void st_writer_free(st_writer *w)
 {
     if (!w)
         return;
-    for (int i = 0; i < w->n; i++)
+    for (int i = 0; i < w->n; i++) {
         free(w->e[i].name);
+        free(w->e[i].owned);
+    }
     free(w->e);
     json_decref(w->meta);
     free(w);
@@ -474,6 +477,14 @@ void st_writer_add(st_writer *w, const char *name, st_dtype dt, int ndim, const 
                    const void *data)
 {
     add_entry(w, name, dt, ndim, shape)->data = data;
+}
+
+void st_writer_add_owned(st_writer *w, const char *name, st_dtype dt, int ndim,
+                         const int64_t *shape, void *data)
+{
+    wentry *e = add_entry(w, name, dt, ndim, shape);
+    e->data = data;
+    e->owned = data;
 }
 
 void st_writer_add_fill(st_writer *w, const char *name, st_dtype dt, int ndim,

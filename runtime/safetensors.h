@@ -101,6 +101,9 @@ void st_writer_free(st_writer *w);
 void st_writer_meta(st_writer *w, const char *key, const char *value);
 void st_writer_add(st_writer *w, const char *name, st_dtype dt, int ndim, const int64_t *shape,
                    const void *data);
+/* As st_writer_add, but the writer owns `data` (malloc'd) and frees it. */
+void st_writer_add_owned(st_writer *w, const char *name, st_dtype dt, int ndim,
+                         const int64_t *shape, void *data);
 void st_writer_add_fill(st_writer *w, const char *name, st_dtype dt, int ndim,
                         const int64_t *shape, st_fill_fn fill, void *ctx);
 /* progress(ctx, bytes_done, bytes_total) is called as data is written; may be NULL. */

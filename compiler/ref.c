@@ -1,0 +1,758 @@
+/* ref — see ref.h. Each op is computed the way HF transformers computes it in fp32 (the
+ * comments name the module), in plain loops: this file is read to answer "what should the
+ * kernel compute", so clarity wins over speed everywhere but the matrix-vector inner loop.
+ */
+#include "ref.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "posenc.h"
+
+/* A constant: a weight read in place, or a materialised view. Always contiguous, row-major. */
+typedef struct cval {
+    st_dtype dt;       /* F32, F16 or BF16 */
+    const void *data;
+    uint64_t numel;
+    float *owned;      /* materialised data (dt F32), freed with the ref */
+    int ready;
+} cval;
+
+typedef struct kv {
+    float *k, *v; /* [max_seq, kv_heads * head_dim] */
+} kv;
+
+struct ref {
+    const kgraph *g;
+    int max_seq;
+    int len;          /* tokens already in the cache */
+    int n;            /* tokens of the current forward */
+    int64_t *pos;     /* [n] positions of the current forward */
+    const int64_t *ids, *types;
+    cval *consts;     /* per node */
+    float **val;      /* per node, [n, row] */
+    int *last_use;    /* per node: the last node reading it */
+    unsigned char *keep;
+    kv *cache;        /* per attention layer */
+    float *scratch;   /* row conversion buffer */
+    size_t scratch_len;
+};
+
+/* ---------------------------------------------------------------- helpers */
+
+static int64_t row_width(const kg_node *n)
+{
+    int64_t w = 1;
+    for (int i = 1; i < n->ndim; i++)
+        w *= n->shape[i];
+    return w;
+}
+
+static float elem(st_dtype dt, const void *p, uint64_t i)
+{
+    switch (dt) {
+    case ST_F32: return ((const float *)p)[i];
+    case ST_BF16: return util_bf16_to_f32(((const uint16_t *)p)[i]);
+    case ST_F16: return util_f16_to_f32(((const uint16_t *)p)[i]);
+    default: return NAN;
+    }
+}
+
+/* `width` elements starting at element `off` of a constant, as floats: in place when the
+ * constant is F32, else converted into buf. */
+static const float *crow(const cval *c, uint64_t off, int64_t width, float *buf)
+{
+    if (c->dt == ST_F32)
+        return (const float *)c->data + off;
+    if (c->dt == ST_BF16) {
+        const uint16_t *s = (const uint16_t *)c->data + off;
+        for (int64_t i = 0; i < width; i++)
+            buf[i] = util_bf16_to_f32(s[i]);
+    } else {
+        for (int64_t i = 0; i < width; i++)
+            buf[i] = elem(c->dt, c->data, off + (uint64_t)i);
+    }
+    return buf;
+}
+
+static float dot(const float *a, const float *b, int64_t n)
+{
+    /* eight partial sums: lets the compiler vectorise without -ffast-math */
+    float s[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++)
+            s[k] += a[i + k] * b[i + k];
+    float t = 0;
+    for (; i < n; i++)
+        t += a[i] * b[i];
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7])) + t;
+}
+
+static float *scratch(ref *r, size_t n)
+{
+    if (n > r->scratch_len) {
+        free(r->scratch);
+        r->scratch = xmalloc(sizeof(float) * n);
+        r->scratch_len = n;
+    }
+    return r->scratch;
+}
+
+/* Splits a shape around `dim`: outer = prod(shape[:dim]), inner = prod(shape[dim+1:]). */
+static void around(const int64_t *shape, int ndim, int dim, int64_t rows0, int64_t *outer,
+                   int64_t *inner)
+{
+    *outer = 1;
+    *inner = 1;
+    for (int i = 0; i < ndim; i++) {
+        int64_t s = i == 0 && shape[0] < 0 ? rows0 : shape[i];
+        if (i < dim)
+            *outer *= s;
+        else if (i > dim)
+            *inner *= s;
+    }
+}
+
+static void slice_f32(const float *src, const int64_t *sshape, int ndim, int dim, int64_t start,
+                      int64_t len, int64_t rows0, float *dst)
+{
+    int64_t outer, inner;
+    around(sshape, ndim, dim, rows0, &outer, &inner);
+    int64_t sd = sshape[dim];
+    for (int64_t o = 0; o < outer; o++)
+        memcpy(dst + o * len * inner, src + (o * sd + start) * inner,
+               sizeof(float) * (size_t)(len * inner));
+}
+
+/* ---------------------------------------------------------------- constants */
+
+static const cval *const_get(ref *r, int id);
+
+static float *materialize_f32(const cval *c)
+{
+    float *f = xmalloc(sizeof(float) * (c->numel ? c->numel : 1));
+    for (uint64_t i = 0; i < c->numel; i++)
+        f[i] = elem(c->dt, c->data, i);
+    return f;
+}
+
+static const cval *const_get(ref *r, int id)
+{
+    cval *c = &r->consts[id];
+    if (c->ready)
+        return c;
+    const kg_node *n = &r->g->nodes[id];
+    c->numel = graph_numel_const(n);
+    switch (n->op) {
+    case KG_WEIGHT:
+        c->dt = n->bound->dtype;
+        c->data = n->bound->data;
+        break;
+    case KG_RESHAPE: { /* contiguous: same bytes, new shape */
+        const cval *s = const_get(r, n->in[0]);
+        c->dt = s->dt;
+        c->data = s->data;
+        break;
+    }
+    case KG_SLICE: {
+        const cval *s = const_get(r, n->in[0]);
+        const kg_node *sn = &r->g->nodes[n->in[0]];
+        int64_t outer, inner;
+        around(sn->shape, sn->ndim, n->dim, 0, &outer, &inner);
+        if (outer == 1) { /* a contiguous block: alias it */
+            c->dt = s->dt;
+            c->data = (const char *)s->data + (size_t)(n->start * inner) * st_dtype_size(s->dt);
+        } else {
+            float *src = s->dt == ST_F32 ? (float *)s->data : materialize_f32(s);
+            c->owned = xmalloc(sizeof(float) * c->numel);
+            slice_f32(src, sn->shape, sn->ndim, n->dim, n->start, n->len, 0, c->owned);
+            if (src != s->data)
+                free(src);
+            c->dt = ST_F32;
+            c->data = c->owned;
+        }
+        break;
+    }
+    case KG_CONCAT: {
+        c->owned = xmalloc(sizeof(float) * c->numel);
+        int64_t outer, inner;
+        around(n->shape, n->ndim, n->dim, 0, &outer, &inner);
+        int64_t at = 0;
+        for (int k = 0; k < n->n_in; k++) {
+            const cval *s = const_get(r, n->in[k]);
+            int64_t d = r->g->nodes[n->in[k]].shape[n->dim];
+            for (int64_t o = 0; o < outer; o++)
+                for (int64_t i = 0; i < d * inner; i++)
+                    c->owned[(o * n->shape[n->dim] + at) * inner + i] =
+                        elem(s->dt, s->data, (uint64_t)(o * d * inner + i));
+            at += d;
+        }
+        c->dt = ST_F32;
+        c->data = c->owned;
+        break;
+    }
+    case KG_TRANSPOSE: {
+        const cval *s = const_get(r, n->in[0]);
+        const kg_node *sn = &r->g->nodes[n->in[0]];
+        int64_t sstride[KG_MAX_DIMS], idx[KG_MAX_DIMS] = {0};
+        int64_t st = 1;
+        for (int i = sn->ndim - 1; i >= 0; i--) {
+            sstride[i] = st;
+            st *= sn->shape[i];
+        }
+        /* output dim a reads source dim b and vice versa */
+        int64_t ostride[KG_MAX_DIMS];
+        for (int i = 0; i < n->ndim; i++)
+            ostride[i] = sstride[i];
+        ostride[n->dim] = sstride[n->dim2];
+        ostride[n->dim2] = sstride[n->dim];
+        c->owned = xmalloc(sizeof(float) * c->numel);
+        for (uint64_t o = 0; o < c->numel; o++) {
+            int64_t si = 0;
+            for (int i = 0; i < n->ndim; i++)
+                si += idx[i] * ostride[i];
+            c->owned[o] = elem(s->dt, s->data, (uint64_t)si);
+            for (int i = n->ndim - 1; i >= 0; i--) {
+                if (++idx[i] < n->shape[i])
+                    break;
+                idx[i] = 0;
+            }
+        }
+        c->dt = ST_F32;
+        c->data = c->owned;
+        break;
+    }
+    default:
+        /* graph_verify guarantees constants are built only from the ops above */
+        abort();
+    }
+    c->ready = 1;
+    return c;
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
+ref *ref_new(const kgraph *g, int max_seq, kerr *err)
+{
+    if (max_seq < 1) {
+        kerr_add(err, "ref: max_seq must be positive");
+        return NULL;
+    }
+    for (int i = 0; i < g->n; i++)
+        if (g->nodes[i].op == KG_WEIGHT && !g->nodes[i].bound) {
+            kerr_add(err, "ref: weight '%s' is not bound (run bind_weights first)",
+                     g->nodes[i].weight);
+            return NULL;
+        }
+    ref *r = xcalloc(1, sizeof *r);
+    r->g = g;
+    r->max_seq = max_seq;
+    r->consts = xcalloc((size_t)g->n, sizeof(cval));
+    r->val = xcalloc((size_t)g->n, sizeof(float *));
+    r->keep = xcalloc((size_t)g->n, 1);
+    r->last_use = xmalloc(sizeof(int) * (size_t)g->n);
+    for (int i = 0; i < g->n; i++)
+        r->last_use[i] = i;
+    for (int i = 0; i < g->n; i++)
+        for (int k = 0; k < g->nodes[i].n_in; k++)
+            if (g->nodes[i].in[k] >= 0)
+                r->last_use[g->nodes[i].in[k]] = i;
+    r->keep[g->output] = 1;
+    r->cache = xcalloc((size_t)(g->n_layers ? g->n_layers : 1), sizeof(kv));
+    for (int i = 0; i < g->n; i++) {
+        const kg_node *n = &g->nodes[i];
+        if (n->op != KG_ATTENTION)
+            continue;
+        size_t w = (size_t)n->attn.n_kv_heads * (size_t)n->attn.head_dim;
+        kv *c = &r->cache[n->attn.layer];
+        c->k = calloc((size_t)max_seq * w, sizeof(float));
+        c->v = calloc((size_t)max_seq * w, sizeof(float));
+        if (!c->k || !c->v) {
+            kerr_add(err, "ref: cannot allocate the KV cache for %d tokens", max_seq);
+            ref_free(r);
+            return NULL;
+        }
+    }
+    return r;
+}
+
+static void free_values(ref *r, int keep_kept)
+{
+    for (int i = 0; i < r->g->n; i++)
+        if (!(keep_kept && r->keep[i])) {
+            free(r->val[i]);
+            r->val[i] = NULL;
+        }
+}
+
+void ref_free(ref *r)
+{
+    if (!r)
+        return;
+    free_values(r, 0);
+    for (int i = 0; i < r->g->n; i++)
+        free(r->consts[i].owned);
+    for (int i = 0; i < r->g->n_layers; i++) {
+        free(r->cache[i].k);
+        free(r->cache[i].v);
+    }
+    free(r->cache);
+    free(r->consts);
+    free(r->val);
+    free(r->keep);
+    free(r->last_use);
+    free(r->pos);
+    free(r->scratch);
+    free(r);
+}
+
+void ref_reset(ref *r)
+{
+    r->len = 0;
+    free_values(r, 0);
+}
+
+int ref_len(const ref *r) { return r->len; }
+void ref_keep(ref *r, int node) { r->keep[node] = 1; }
+
+const float *ref_value(const ref *r, int node, int *rows, int *cols)
+{
+    const kg_node *n = &r->g->nodes[node];
+    if (!r->val[node])
+        return NULL;
+    *rows = n->op == KG_POOL ? 1 : r->n;
+    *cols = (int)row_width(n);
+    return r->val[node];
+}
+
+const float *ref_output(const ref *r, int *rows, int *cols)
+{
+    return ref_value(r, r->g->output, rows, cols);
+}
+
+/* ---------------------------------------------------------------- ops */
+
+static float *alloc_val(ref *r, const kg_node *n)
+{
+    return xcalloc((size_t)(r->n * row_width(n)), sizeof(float));
+}
+
+/* A float row source for an activation or a broadcast constant. */
+static const float *arg(ref *r, int id)
+{
+    if (r->g->nodes[id].is_const) {
+        const cval *c = const_get(r, id);
+        if (c->dt != ST_F32) { /* small (a bias or norm weight): materialise once */
+            cval *m = &r->consts[id];
+            m->owned = materialize_f32(c);
+            m->dt = ST_F32;
+            m->data = m->owned;
+        }
+        return (const float *)r->consts[id].data;
+    }
+    return r->val[id];
+}
+
+static int op_embed(ref *r, int id, float *out, kerr *err)
+{
+    const kg_node *n = &r->g->nodes[id];
+    const kg_node *tn = &r->g->nodes[n->in[0]], *in = &r->g->nodes[n->in[1]];
+    const cval *t = const_get(r, n->in[0]);
+    int64_t rows = tn->shape[0], h = tn->shape[1];
+    for (int i = 0; i < r->n; i++) {
+        int64_t ix = in->input_kind == KG_IN_IDS         ? r->ids[i]
+                     : in->input_kind == KG_IN_POSITIONS ? r->pos[i]
+                     : r->types                          ? r->types[i]
+                                                         : 0;
+        if (ix < 0 || ix >= rows) {
+            static const char *what[] = {"token id", "position", "token type"};
+            return kerr_add(err, "%s %lld is out of range for %s (%lld rows)%s",
+                            what[in->input_kind], (long long)ix, tn->name, (long long)rows,
+                            in->input_kind == KG_IN_POSITIONS
+                                ? ": the sequence is longer than the model's maximum"
+                                : "");
+        }
+        float *o = out + i * h;
+        const float *row = crow(t, (uint64_t)(ix * h), h, o);
+        if (row != o)
+            memcpy(o, row, sizeof(float) * (size_t)h);
+    }
+    return 0;
+}
+
+static void op_linear(ref *r, const kg_node *n, float *out)
+{
+    const kg_node *wn = &r->g->nodes[n->in[1]];
+    const cval *w = const_get(r, n->in[1]);
+    const float *x = r->val[n->in[0]];
+    const float *b = n->n_in > 2 && n->in[2] >= 0 ? arg(r, n->in[2]) : NULL;
+    int64_t o = wn->shape[0], k = wn->shape[1];
+    float *buf = scratch(r, (size_t)k);
+    for (int64_t j = 0; j < o; j++) {
+        const float *wr = crow(w, (uint64_t)(j * k), k, buf);
+        for (int t = 0; t < r->n; t++)
+            out[t * o + j] = dot(x + t * k, wr, k) + (b ? b[j] : 0.0f);
+    }
+}
+
+/* LlamaRMSNorm: x * rsqrt(mean(x^2) + eps) * w  (Gemma: * (1 + w)) */
+static void op_rms_norm(ref *r, const kg_node *n, float *out)
+{
+    const float *x = r->val[n->in[0]], *w = arg(r, n->in[1]);
+    int64_t h = n->shape[n->ndim - 1], rows = r->n * row_width(n) / h;
+    for (int64_t i = 0; i < rows; i++) {
+        const float *xi = x + i * h;
+        float ss = 0;
+        for (int64_t j = 0; j < h; j++)
+            ss += xi[j] * xi[j];
+        float inv = 1.0f / sqrtf(ss / (float)h + (float)n->eps);
+        for (int64_t j = 0; j < h; j++)
+            out[i * h + j] = xi[j] * inv * (n->unit_offset ? 1.0f + w[j] : w[j]);
+    }
+}
+
+/* torch.nn.LayerNorm: (x - mean) / sqrt(var + eps) * w + b, biased variance */
+static void op_layer_norm(ref *r, const kg_node *n, float *out)
+{
+    const float *x = r->val[n->in[0]], *w = arg(r, n->in[1]);
+    const float *b = n->n_in > 2 && n->in[2] >= 0 ? arg(r, n->in[2]) : NULL;
+    int64_t h = n->shape[n->ndim - 1], rows = r->n * row_width(n) / h;
+    for (int64_t i = 0; i < rows; i++) {
+        const float *xi = x + i * h;
+        float mean = 0, var = 0;
+        for (int64_t j = 0; j < h; j++)
+            mean += xi[j];
+        mean /= (float)h;
+        for (int64_t j = 0; j < h; j++)
+            var += (xi[j] - mean) * (xi[j] - mean);
+        var /= (float)h;
+        float inv = 1.0f / sqrtf(var + (float)n->eps);
+        for (int64_t j = 0; j < h; j++)
+            out[i * h + j] = (xi[j] - mean) * inv * w[j] + (b ? b[j] : 0.0f);
+    }
+}
+
+/* apply_rotary_pos_emb: x * cos + rotate_half(x) * sin on the first rot_dim of each head,
+ * pairs (i, i + rot/2); GPT-J style pairs (2i, 2i + 1) when interleaved. */
+static void op_rope(ref *r, const kg_node *n, float *out)
+{
+    const kg_rope *ro = &n->rope;
+    const float *x = r->val[n->in[0]];
+    int64_t w = n->shape[1], hd = ro->head_dim, heads = w / hd, half = ro->rot_dim / 2;
+    float *inv = scratch(r, (size_t)half);
+    posenc_rope_inv_freq(ro, r->len + r->n, inv);
+    float sc = posenc_rope_scale(ro);
+    memcpy(out, x, sizeof(float) * (size_t)(r->n * w));
+    for (int t = 0; t < r->n; t++) {
+        float p = (float)r->pos[t];
+        for (int64_t i = 0; i < half; i++) {
+            float ang = p * inv[i];
+            float c = cosf(ang) * sc, s = sinf(ang) * sc;
+            for (int64_t h = 0; h < heads; h++) {
+                const float *xh = x + t * w + h * hd;
+                float *oh = out + t * w + h * hd;
+                int64_t a = ro->interleaved ? 2 * i : i, b = ro->interleaved ? 2 * i + 1 : i + half;
+                oh[a] = xh[a] * c - xh[b] * s;
+                oh[b] = xh[b] * c + xh[a] * s;
+            }
+        }
+    }
+}
+
+/* Scaled dot-product attention over the cache (eager attention in HF, fp32 softmax). */
+static void op_attention(ref *r, const kg_node *n, float *out)
+{
+    const kg_attn *a = &n->attn;
+    int64_t hd = a->head_dim, kw = (int64_t)a->n_kv_heads * hd, qw = (int64_t)a->n_heads * hd;
+    int group = a->n_heads / a->n_kv_heads;
+    kv *c = &r->cache[a->layer];
+    const float *q = r->val[n->in[0]], *k = r->val[n->in[1]], *v = r->val[n->in[2]];
+    for (int t = 0; t < r->n; t++) {
+        memcpy(c->k + (r->len + t) * kw, k + t * kw, sizeof(float) * (size_t)kw);
+        memcpy(c->v + (r->len + t) * kw, v + t * kw, sizeof(float) * (size_t)kw);
+    }
+    int total = r->len + r->n;
+    float *slopes = NULL;
+    if (a->alibi) {
+        slopes = xmalloc(sizeof(float) * (size_t)a->n_heads);
+        posenc_alibi_slopes(a->n_heads, slopes);
+    }
+    float *p = xmalloc(sizeof(float) * (size_t)total);
+    for (int t = 0; t < r->n; t++) {
+        int qpos = r->len + t;
+        int lo = 0, hi = a->causal ? qpos : total - 1;
+        /* a query sees the `window` most recent keys, itself included */
+        if (a->window > 0 && qpos - a->window + 1 > lo)
+            lo = qpos - a->window + 1;
+        for (int h = 0; h < a->n_heads; h++) {
+            const float *qh = q + t * qw + h * hd;
+            int kh = h / group;
+            float mx = -INFINITY;
+            for (int j = lo; j <= hi; j++) {
+                float s = dot(qh, c->k + j * kw + kh * hd, hd) * (float)a->scale;
+                if (a->softcap > 0)
+                    s = tanhf(s / (float)a->softcap) * (float)a->softcap;
+                if (slopes)
+                    s += slopes[h] * (float)(j - qpos);
+                p[j] = s;
+                if (s > mx)
+                    mx = s;
+            }
+            float sum = 0;
+            for (int j = lo; j <= hi; j++) {
+                p[j] = expf(p[j] - mx);
+                sum += p[j];
+            }
+            float *oh = out + t * qw + h * hd;
+            for (int64_t d = 0; d < hd; d++)
+                oh[d] = 0;
+            for (int j = lo; j <= hi; j++) {
+                float wgt = p[j] / sum;
+                const float *vj = c->v + j * kw + kh * hd;
+                for (int64_t d = 0; d < hd; d++)
+                    oh[d] += wgt * vj[d];
+            }
+        }
+    }
+    free(p);
+    free(slopes);
+}
+
+static float act(int which, float x)
+{
+    switch (which) {
+    case KG_ACT_SILU: return x / (1.0f + expf(-x));
+    case KG_ACT_GELU: return 0.5f * x * (1.0f + erff(x * (float)M_SQRT1_2));
+    case KG_ACT_GELU_TANH:
+        return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+    default: return x > 0 ? x : 0;
+    }
+}
+
+static void op_unary(ref *r, const kg_node *n, float *out)
+{
+    int which = n->op == KG_SILU ? KG_ACT_SILU : n->op == KG_GELU ? KG_ACT_GELU
+                : n->op == KG_GELU_TANH                          ? KG_ACT_GELU_TANH
+                                                                 : KG_ACT_RELU;
+    const float *x = r->val[n->in[0]];
+    int64_t m = r->n * row_width(n);
+    for (int64_t i = 0; i < m; i++)
+        out[i] = act(which, x[i]);
+}
+
+static void op_binary(ref *r, const kg_node *n, float *out)
+{
+    const float *a = r->val[n->in[0]], *b = arg(r, n->in[1]);
+    int64_t w = row_width(n), bstride = r->g->nodes[n->in[1]].is_const ? 0 : w;
+    for (int t = 0; t < r->n; t++)
+        for (int64_t j = 0; j < w; j++) {
+            float x = a[t * w + j], y = b[t * bstride + j];
+            out[t * w + j] = n->op == KG_ADD ? x + y : x * y;
+        }
+}
+
+/* One gated expert MLP on one token: down(act(gate x) * up x), rows `e` of stacked weights. */
+static void expert(ref *r, const cval *g, const cval *u, const cval *d, int64_t e, int64_t I,
+                   int64_t H, int which, const float *x, float *hbuf, float *y)
+{
+    float *buf = scratch(r, (size_t)(I > H ? I : H));
+    for (int64_t j = 0; j < I; j++) {
+        float gv = dot(x, crow(g, (uint64_t)((e * I + j) * H), H, buf), H);
+        float uv = dot(x, crow(u, (uint64_t)((e * I + j) * H), H, buf), H);
+        hbuf[j] = act(which, gv) * uv;
+    }
+    for (int64_t j = 0; j < H; j++)
+        y[j] = dot(hbuf, crow(d, (uint64_t)((e * H + j) * I), I, buf), I);
+}
+
+/* MixtralSparseMoeBlock: softmax over all experts, top-k, optional renormalisation;
+ * Qwen2MoeSparseMoeBlock adds sigmoid(x . gate_w) * shared_expert(x). */
+static void op_moe(ref *r, const kg_node *n, float *out)
+{
+    const kg_moe *m = &n->moe;
+    const float *x = r->val[n->in[KG_MOE_X]];
+    int64_t H = n->shape[1], E = m->n_experts;
+    int64_t I = r->g->nodes[n->in[KG_MOE_GATE]].shape[1];
+    const cval *router = const_get(r, n->in[KG_MOE_ROUTER]);
+    const cval *g = const_get(r, n->in[KG_MOE_GATE]), *u = const_get(r, n->in[KG_MOE_UP]),
+               *d = const_get(r, n->in[KG_MOE_DOWN]);
+    float *prob = xmalloc(sizeof(float) * (size_t)E), *y = xmalloc(sizeof(float) * (size_t)H);
+    float *rowbuf = xmalloc(sizeof(float) * (size_t)H);
+    int64_t I2 = m->has_shared ? r->g->nodes[n->in[KG_MOE_SH_GATE]].shape[0] : 0;
+    float *hbuf = xmalloc(sizeof(float) * (size_t)(I > I2 ? I : I2));
+    int *chosen = xmalloc(sizeof(int) * (size_t)m->top_k);
+    for (int t = 0; t < r->n; t++) {
+        const float *xt = x + t * H;
+        float *ot = out + t * H;
+        float mx = -INFINITY, sum = 0;
+        for (int64_t e = 0; e < E; e++) {
+            prob[e] = dot(xt, crow(router, (uint64_t)(e * H), H, rowbuf), H);
+            if (prob[e] > mx)
+                mx = prob[e];
+        }
+        for (int64_t e = 0; e < E; e++)
+            sum += prob[e] = expf(prob[e] - mx);
+        for (int64_t e = 0; e < E; e++)
+            prob[e] /= sum;
+        /* top-k, ties to the lower index as torch.topk does on CPU */
+        float ksum = 0;
+        for (int k = 0; k < m->top_k; k++) {
+            int best = -1;
+            for (int64_t e = 0; e < E; e++) {
+                int taken = 0;
+                for (int j = 0; j < k; j++)
+                    taken |= chosen[j] == e;
+                if (!taken && (best < 0 || prob[e] > prob[best]))
+                    best = (int)e;
+            }
+            chosen[k] = best;
+            ksum += prob[best];
+        }
+        for (int64_t j = 0; j < H; j++)
+            ot[j] = 0;
+        for (int k = 0; k < m->top_k; k++) {
+            float wgt = m->renormalize ? prob[chosen[k]] / ksum : prob[chosen[k]];
+            expert(r, g, u, d, chosen[k], I, H, m->act, xt, hbuf, y);
+            for (int64_t j = 0; j < H; j++)
+                ot[j] += wgt * y[j];
+        }
+        if (m->has_shared) {
+            const cval *sg = const_get(r, n->in[KG_MOE_SH_GATE]),
+                       *su = const_get(r, n->in[KG_MOE_SH_UP]),
+                       *sd = const_get(r, n->in[KG_MOE_SH_DOWN]);
+            expert(r, sg, su, sd, 0, I2, H, m->act, xt, hbuf, y);
+            float gate = 1;
+            if (m->shared_gate) {
+                const cval *gw = const_get(r, n->in[KG_MOE_SH_GATE_W]);
+                gate = 1.0f / (1.0f + expf(-dot(xt, crow(gw, 0, H, rowbuf), H)));
+            }
+            for (int64_t j = 0; j < H; j++)
+                ot[j] += gate * y[j];
+        }
+    }
+    free(prob);
+    free(y);
+    free(rowbuf);
+    free(hbuf);
+    free(chosen);
+}
+
+static void op_pool(ref *r, const kg_node *n, float *out)
+{
+    const float *x = r->val[n->in[0]];
+    int64_t H = n->shape[1];
+    for (int64_t j = 0; j < H; j++)
+        out[j] = 0;
+    if (n->pool_mode == KG_POOL_MEAN) {
+        for (int t = 0; t < r->n; t++)
+            for (int64_t j = 0; j < H; j++)
+                out[j] += x[t * H + j];
+        for (int64_t j = 0; j < H; j++)
+            out[j] /= (float)r->n;
+    } else {
+        int t = n->pool_mode == KG_POOL_CLS ? 0 : r->n - 1;
+        memcpy(out, x + t * H, sizeof(float) * (size_t)H);
+    }
+    if (n->pool_normalize) { /* F.normalize(p=2, eps=1e-12) */
+        float ss = 0;
+        for (int64_t j = 0; j < H; j++)
+            ss += out[j] * out[j];
+        float nrm = sqrtf(ss);
+        if (nrm < 1e-12f)
+            nrm = 1e-12f;
+        for (int64_t j = 0; j < H; j++)
+            out[j] /= nrm;
+    }
+}
+
+int ref_forward(ref *r, const int64_t *ids, const int64_t *types, int n, kerr *err)
+{
+    const kgraph *g = r->g;
+    if (n < 1)
+        return kerr_add(err, "ref: no tokens to process");
+    if (r->len + n > r->max_seq)
+        return kerr_add(err, "ref: %d tokens exceed the reference's limit of %d", r->len + n,
+                        r->max_seq);
+    int embed_task = g->nodes[g->output].op == KG_POOL;
+    if (embed_task && r->len > 0)
+        return kerr_add(err, "ref: an embedding model runs one forward per sequence (reset "
+                             "first)");
+    free_values(r, 0);
+    r->n = n;
+    r->ids = ids;
+    r->types = types;
+    free(r->pos);
+    r->pos = xmalloc(sizeof(int64_t) * (size_t)n);
+    for (int i = 0; i < n; i++)
+        r->pos[i] = r->len + i;
+
+    for (int id = 0; id < g->n; id++) {
+        const kg_node *nd = &g->nodes[id];
+        if (nd->is_const || nd->op == KG_INPUT)
+            continue;
+        float *out = nd->op == KG_POOL ? xcalloc((size_t)row_width(nd), sizeof(float))
+                                       : alloc_val(r, nd);
+        int64_t w = row_width(nd);
+        switch (nd->op) {
+        case KG_EMBED:
+            if (op_embed(r, id, out, err)) {
+                free(out);
+                return -1;
+            }
+            break;
+        case KG_LINEAR:
+        case KG_LOGITS: op_linear(r, nd, out); break;
+        case KG_RMS_NORM: op_rms_norm(r, nd, out); break;
+        case KG_LAYER_NORM: op_layer_norm(r, nd, out); break;
+        case KG_ROPE: op_rope(r, nd, out); break;
+        case KG_ATTENTION: op_attention(r, nd, out); break;
+        case KG_SILU:
+        case KG_GELU:
+        case KG_GELU_TANH:
+        case KG_RELU: op_unary(r, nd, out); break;
+        case KG_ADD:
+        case KG_MUL: op_binary(r, nd, out); break;
+        case KG_SCALE:
+            for (int64_t i = 0; i < n * w; i++)
+                out[i] = r->val[nd->in[0]][i] * (float)nd->scalar;
+            break;
+        case KG_RESHAPE: memcpy(out, r->val[nd->in[0]], sizeof(float) * (size_t)(n * w)); break;
+        case KG_SLICE: {
+            const kg_node *s = &g->nodes[nd->in[0]];
+            slice_f32(r->val[nd->in[0]], s->shape, s->ndim, nd->dim, nd->start, nd->len, n, out);
+            break;
+        }
+        case KG_CONCAT: {
+            int64_t outer, inner, at = 0;
+            around(nd->shape, nd->ndim, nd->dim, n, &outer, &inner);
+            for (int k = 0; k < nd->n_in; k++) {
+                int64_t d = g->nodes[nd->in[k]].shape[nd->dim];
+                for (int64_t o = 0; o < outer; o++)
+                    memcpy(out + (o * nd->shape[nd->dim] + at) * inner,
+                           r->val[nd->in[k]] + o * d * inner, sizeof(float) * (size_t)(d * inner));
+                at += d;
+            }
+            break;
+        }
+        case KG_MOE: op_moe(r, nd, out); break;
+        case KG_POOL: op_pool(r, nd, out); break;
+        default:
+            free(out);
+            return kerr_add(err, "ref: op %s is not implemented in the reference",
+                            kg_op_name(nd->op));
+        }
+        r->val[id] = out;
+        /* free inputs whose last reader this was */
+        for (int k = 0; k < nd->n_in; k++) {
+            int in = nd->in[k];
+            if (in >= 0 && r->last_use[in] == id && !r->keep[in] && !g->nodes[in].is_const) {
+                free(r->val[in]);
+                r->val[in] = NULL;
+            }
+        }
+    }
+    r->len += n;
+    return 0;
+}
