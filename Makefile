@@ -30,13 +30,14 @@ STATIC   := -l:liblua5.4.a -l:libjansson.a -l:libpcre2-8.a -l:libutf8proc.a
 SYSLIBS  := -lm -ldl -lpthread
 
 # ---- sources (listed, not globbed) ----
-RUNTIME_SRC := runtime/util.c runtime/safetensors.c
+RUNTIME_SRC := runtime/util.c runtime/safetensors.c \
+               runtime/tokenizer.c runtime/tok_util.c runtime/tok_text.c runtime/tok_model.c
 RUNTIME_CMD := runtime/cmd_tokenize.c
 COMPILER_SRC := compiler/config.c compiler/graph.c compiler/spec.c compiler/registry.c \
                 compiler/passes/verify.c compiler/passes/bind_weights.c \
                 compiler/posenc.c compiler/ref.c
 # Runtime tests link libkiln.a only; compiler tests link both libraries.
-RUNTIME_TESTS  := safetensors
+RUNTIME_TESTS  := safetensors tokenizer
 COMPILER_TESTS := config graph spec registry cli
 
 RUNTIME_OBJ  := $(RUNTIME_SRC:%.c=$(B)/obj/%.o)

@@ -1,0 +1,625 @@
+/* tok_model — the models of tokenizer.json: BPE, WordPiece and WordLevel, as HF `tokenizers`
+ * defines them.
+ *
+ * BPE follows models/bpe/model.rs and word.rs step for step, because ties and odd vocabularies
+ * depend on the exact procedure: each character (with continuing_subword_prefix on all but the
+ * first and end_of_word_suffix on the last) is looked up; a miss becomes <0xXX> byte tokens when
+ * byte_fallback is on and all exist, else unk (consecutive unks fused when fuse_unk); then merges
+ * run from a priority queue ordered by (rank, position), skipping stale entries the way HF does.
+ * ignore_merges (Llama-3) returns a whole word found in the vocabulary as one token. Merges load
+ * from both "a b" strings and ["a", "b"] pairs; a duplicated pair keeps its last rank, as HF's
+ * map does. Results per word are cached (direct-mapped, words under 256 bytes), which changes
+ * nothing but speed. Dropout > 0 is refused: it makes encoding random.
+ *
+ * WordPiece is greedy longest-match-first with max_input_chars_per_word; WordLevel is a lookup.
+ * Unigram is not supported (error naming it).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "tok_impl.h"
+
+enum { M_BPE, M_WORDPIECE, M_WORDLEVEL };
+
+#define CACHE_SLOTS 16384
+#define CACHE_MAX_WORD 256
+
+typedef struct merge_slot {
+    uint64_t key; /* (a << 32 | b) + 1; 0 = empty */
+    uint32_t rank;
+    int32_t new_id;
+} merge_slot;
+
+typedef struct cache_ent {
+    uint64_t hash;
+    char *word; /* word bytes followed by the ids */
+    uint32_t len, nids;
+} cache_ent;
+
+typedef struct heap_ent {
+    uint32_t rank, pos;
+    int32_t new_id;
+} heap_ent;
+
+struct tok_model {
+    int type;
+    tok_strmap vocab;
+    char **id2tok; /* (max_id + 1) entries, NULL where no token */
+    uint32_t *id2len;
+    int32_t max_id;
+    /* BPE */
+    merge_slot *merges;
+    size_t merges_cap;
+    char *unk;
+    int32_t unk_id;
+    char *prefix, *suffix;
+    size_t prefix_len, suffix_len;
+    int fuse_unk, byte_fallback, ignore_merges;
+    int32_t byte_ids[256];
+    int32_t ascii_ids[128]; /* single-byte character -> id, -1 absent (no prefix/suffix case) */
+    cache_ent *cache;
+    /* scratch for one word */
+    int32_t *sc, *sprev, *snext;
+    uint32_t *slen;
+    size_t scap;
+    heap_ent *heap;
+    size_t heap_n, heap_cap;
+    tok_sbuf tmp;
+    /* WordPiece */
+    size_t max_chars;
+};
+
+/* ---------------------------------------------------------------- merge map */
+
+static uint64_t mkey(int32_t a, int32_t b) { return (((uint64_t)(uint32_t)a << 32) | (uint32_t)b) + 1; }
+
+static size_t mhash(uint64_t k)
+{
+    k ^= k >> 31;
+    k *= 0x9E3779B97F4A7C15ull;
+    k ^= k >> 29;
+    return (size_t)k;
+}
+
+static merge_slot *merge_find(const tok_model *m, int32_t a, int32_t b)
+{
+    if (!m->merges_cap)
+        return NULL;
+    uint64_t k = mkey(a, b);
+    size_t j = mhash(k) & (m->merges_cap - 1);
+    while (m->merges[j].key) {
+        if (m->merges[j].key == k)
+            return &m->merges[j];
+        j = (j + 1) & (m->merges_cap - 1);
+    }
+    return NULL;
+}
+
+static void merge_put(tok_model *m, int32_t a, int32_t b, uint32_t rank, int32_t new_id)
+{
+    uint64_t k = mkey(a, b);
+    size_t j = mhash(k) & (m->merges_cap - 1);
+    while (m->merges[j].key && m->merges[j].key != k)
+        j = (j + 1) & (m->merges_cap - 1);
+    m->merges[j] = (merge_slot){k, rank, new_id};
+}
+
+/* ---------------------------------------------------------------- loading */
+
+void tok_model_free(tok_model *m)
+{
+    if (!m)
+        return;
+    tok_strmap_free(&m->vocab);
+    if (m->id2tok)
+        for (int32_t i = 0; i <= m->max_id; i++)
+            free(m->id2tok[i]);
+    free(m->id2tok);
+    free(m->id2len);
+    free(m->merges);
+    free(m->unk);
+    free(m->prefix);
+    free(m->suffix);
+    if (m->cache)
+        for (size_t i = 0; i < CACHE_SLOTS; i++)
+            free(m->cache[i].word);
+    free(m->cache);
+    free(m->sc);
+    free(m->sprev);
+    free(m->snext);
+    free(m->slen);
+    free(m->heap);
+    free(m->tmp.s);
+    free(m);
+}
+
+static char *opt_str(json_t *j, const char *k, size_t *len)
+{
+    json_t *v = json_object_get(j, k);
+    if (!json_is_string(v)) {
+        if (len)
+            *len = 0;
+        return NULL;
+    }
+    if (len)
+        *len = json_string_length(v);
+    return xstrdup(json_string_value(v));
+}
+
+static int load_vocab(tok_model *m, json_t *vocab, const char *where, kerr *err)
+{
+    if (!json_is_object(vocab))
+        return kerr_add(err, "%s: model.vocab must be an object of token -> id", where);
+    const char *k;
+    json_t *v;
+    m->max_id = -1;
+    json_object_foreach(vocab, k, v)
+    {
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT32_MAX)
+            return kerr_add(err, "%s: model.vocab[\"%s\"]: expected a non-negative integer id", where,
+                            k);
+        int32_t id = (int32_t)json_integer_value(v);
+        tok_strmap_set(&m->vocab, k, strlen(k), id);
+        if (id > m->max_id)
+            m->max_id = id;
+    }
+    m->id2tok = xcalloc((size_t)m->max_id + 2, sizeof *m->id2tok);
+    m->id2len = xcalloc((size_t)m->max_id + 2, sizeof *m->id2len);
+    for (size_t i = 0; i < m->vocab.n; i++) {
+        const struct tok_strkey *e = &m->vocab.keys[i];
+        if (m->id2tok[e->val])
+            continue; /* two tokens with one id: keep the first */
+        m->id2tok[e->val] = xmalloc(e->len + 1);
+        memcpy(m->id2tok[e->val], m->vocab.pool + e->off, e->len + 1);
+        m->id2len[e->val] = e->len;
+    }
+    return 0;
+}
+
+static int load_bpe(tok_model *m, json_t *j, const char *where, kerr *err)
+{
+    json_t *drop = json_object_get(j, "dropout");
+    if (json_is_number(drop) && json_number_value(drop) > 0.0)
+        return kerr_add(err, "%s: BPE dropout %g is not supported (it makes encoding random; set it "
+                             "to null)",
+                        where, json_number_value(drop));
+    m->unk = opt_str(j, "unk_token", NULL);
+    m->prefix = opt_str(j, "continuing_subword_prefix", &m->prefix_len);
+    m->suffix = opt_str(j, "end_of_word_suffix", &m->suffix_len);
+    json_t *fu = json_object_get(j, "fuse_unk"), *bf = json_object_get(j, "byte_fallback"),
+           *im = json_object_get(j, "ignore_merges");
+    m->fuse_unk = json_is_true(fu);
+    m->byte_fallback = json_is_true(bf);
+    m->ignore_merges = json_is_true(im);
+    m->unk_id = -1;
+    if (m->unk && !tok_strmap_get(&m->vocab, m->unk, strlen(m->unk), &m->unk_id))
+        m->unk_id = -2; /* HF fails only when the unk token is needed; so do we */
+    for (int b = 0; b < 256; b++) {
+        char code[8];
+        snprintf(code, sizeof code, "<0x%02X>", b);
+        if (!tok_strmap_get(&m->vocab, code, 6, &m->byte_ids[b]))
+            m->byte_ids[b] = -1;
+    }
+    for (int c = 0; c < 128; c++) {
+        char ch = (char)c;
+        if (!tok_strmap_get(&m->vocab, &ch, 1, &m->ascii_ids[c]))
+            m->ascii_ids[c] = -1;
+    }
+    json_t *merges = json_object_get(j, "merges");
+    if (!json_is_array(merges))
+        return kerr_add(err, "%s: BPE model needs a \"merges\" array", where);
+    size_t nm = json_array_size(merges);
+    m->merges_cap = 16;
+    while (m->merges_cap < nm * 2)
+        m->merges_cap *= 2;
+    m->merges = xcalloc(m->merges_cap, sizeof *m->merges);
+    tok_sbuf b = {0};
+    for (size_t i = 0; i < nm; i++) {
+        json_t *e = json_array_get(merges, i);
+        const char *a, *c;
+        size_t al, cl;
+        char *split_at = NULL;
+        if (json_is_string(e)) {
+            const char *s = json_string_value(e);
+            split_at = strchr(s, ' ');
+            if (!split_at || strchr(split_at + 1, ' ')) {
+                free(b.s);
+                return kerr_add(err, "%s: merges[%zu] = \"%s\": expected two tokens separated by "
+                                     "one space",
+                                where, i, s);
+            }
+            a = s;
+            al = (size_t)(split_at - s);
+            c = split_at + 1;
+            cl = strlen(c);
+        } else if (json_is_array(e) && json_array_size(e) == 2 &&
+                   json_is_string(json_array_get(e, 0)) && json_is_string(json_array_get(e, 1))) {
+            a = json_string_value(json_array_get(e, 0));
+            al = json_string_length(json_array_get(e, 0));
+            c = json_string_value(json_array_get(e, 1));
+            cl = json_string_length(json_array_get(e, 1));
+        } else {
+            free(b.s);
+            return kerr_add(err, "%s: merges[%zu]: expected \"a b\" or [\"a\", \"b\"]", where, i);
+        }
+        int32_t ia, ic, inew;
+        if (!tok_strmap_get(&m->vocab, a, al, &ia) || !tok_strmap_get(&m->vocab, c, cl, &ic)) {
+            free(b.s);
+            return kerr_add(err, "%s: merges[%zu]: token \"%.*s\" is not in the vocabulary", where,
+                            i, (int)(tok_strmap_get(&m->vocab, a, al, &ia) ? cl : al),
+                            tok_strmap_get(&m->vocab, a, al, &ia) ? c : a);
+        }
+        b.n = 0;
+        tok_sbuf_put(&b, a, al);
+        if (cl < m->prefix_len) {
+            free(b.s);
+            return kerr_add(err, "%s: merges[%zu]: \"%s\" is shorter than the subword prefix", where,
+                            i, c);
+        }
+        tok_sbuf_put(&b, c + m->prefix_len, cl - m->prefix_len);
+        if (!tok_strmap_get(&m->vocab, b.s, b.n, &inew)) {
+            kerr_add(err, "%s: merges[%zu]: merged token \"%s\" is not in the vocabulary", where, i,
+                     b.s);
+            free(b.s);
+            return -1;
+        }
+        merge_put(m, ia, ic, (uint32_t)i, inew);
+    }
+    free(b.s);
+    m->cache = xcalloc(CACHE_SLOTS, sizeof *m->cache);
+    return 0;
+}
+
+tok_model *tok_model_load(json_t *j, const char *where, kerr *err)
+{
+    if (!json_is_object(j)) {
+        kerr_add(err, "%s: \"model\" is missing or not an object", where);
+        return NULL;
+    }
+    const char *type = json_string_value(json_object_get(j, "type"));
+    json_t *vocab = json_object_get(j, "vocab");
+    if (!type) /* very old files have no "type"; HF then guesses from the fields */
+        type = json_object_get(j, "merges")                     ? "BPE"
+               : json_object_get(j, "max_input_chars_per_word") ? "WordPiece"
+               : json_is_array(vocab)                          ? "Unigram"
+                                                               : "WordLevel";
+    tok_model *m = xcalloc(1, sizeof *m);
+    if (strcmp(type, "BPE") == 0)
+        m->type = M_BPE;
+    else if (strcmp(type, "WordPiece") == 0)
+        m->type = M_WORDPIECE;
+    else if (strcmp(type, "WordLevel") == 0)
+        m->type = M_WORDLEVEL;
+    else {
+        kerr_add(err, "%s: unsupported model \"%s\" (kiln supports BPE, WordPiece and WordLevel)",
+                 where, type);
+        free(m);
+        return NULL;
+    }
+    if (load_vocab(m, vocab, where, err))
+        goto fail;
+    if (m->type == M_BPE) {
+        if (load_bpe(m, j, where, err))
+            goto fail;
+    } else {
+        m->unk = opt_str(j, "unk_token", NULL);
+        if (!m->unk)
+            m->unk = xstrdup(m->type == M_WORDPIECE ? "[UNK]" : "<unk>");
+        if (!tok_strmap_get(&m->vocab, m->unk, strlen(m->unk), &m->unk_id))
+            m->unk_id = -2;
+        if (m->type == M_WORDPIECE) {
+            m->prefix = opt_str(j, "continuing_subword_prefix", &m->prefix_len);
+            if (!m->prefix)
+                m->prefix = xstrdup("##"), m->prefix_len = 2;
+            json_t *mc = json_object_get(j, "max_input_chars_per_word");
+            m->max_chars = json_is_integer(mc) ? (size_t)json_integer_value(mc) : 100;
+        }
+    }
+    return m;
+fail:
+    tok_model_free(m);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- queries */
+
+int tok_model_token_to_id(const tok_model *m, const char *s, size_t len, int32_t *id)
+{
+    return tok_strmap_get(&m->vocab, s, len, id);
+}
+
+const char *tok_model_id_to_token(const tok_model *m, int32_t id, size_t *len)
+{
+    if (id < 0 || id > m->max_id || !m->id2tok[id])
+        return NULL;
+    if (len)
+        *len = m->id2len[id];
+    return m->id2tok[id];
+}
+
+size_t tok_model_vocab_size(const tok_model *m) { return m->vocab.n; }
+int32_t tok_model_max_id(const tok_model *m) { return m->max_id; }
+
+/* ---------------------------------------------------------------- BPE */
+
+static void scratch(tok_model *m, size_t n)
+{
+    if (n <= m->scap)
+        return;
+    size_t c = m->scap ? m->scap : 64;
+    while (c < n)
+        c *= 2;
+    m->sc = xrealloc(m->sc, c * sizeof *m->sc);
+    m->sprev = xrealloc(m->sprev, c * sizeof *m->sprev);
+    m->snext = xrealloc(m->snext, c * sizeof *m->snext);
+    m->slen = xrealloc(m->slen, c * sizeof *m->slen);
+    m->scap = c;
+}
+
+static int heap_less(const heap_ent *a, const heap_ent *b)
+{
+    return a->rank != b->rank ? a->rank < b->rank : a->pos < b->pos;
+}
+
+static void heap_push(tok_model *m, heap_ent e)
+{
+    if (m->heap_n == m->heap_cap) {
+        m->heap_cap = m->heap_cap ? m->heap_cap * 2 : 64;
+        m->heap = xrealloc(m->heap, m->heap_cap * sizeof *m->heap);
+    }
+    size_t i = m->heap_n++;
+    while (i > 0) {
+        size_t p = (i - 1) / 2;
+        if (!heap_less(&e, &m->heap[p]))
+            break;
+        m->heap[i] = m->heap[p];
+        i = p;
+    }
+    m->heap[i] = e;
+}
+
+static heap_ent heap_pop(tok_model *m)
+{
+    heap_ent top = m->heap[0], last = m->heap[--m->heap_n];
+    size_t i = 0, n = m->heap_n;
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, s = i;
+        const heap_ent *best = &last;
+        if (l < n && heap_less(&m->heap[l], best))
+            s = l, best = &m->heap[l];
+        if (r < n && heap_less(&m->heap[r], best))
+            s = r;
+        if (s == i)
+            break;
+        m->heap[i] = m->heap[s];
+        i = s;
+    }
+    if (n)
+        m->heap[i] = last;
+    return top;
+}
+
+static int unk_id(tok_model *m, kerr *err)
+{
+    if (m->unk_id == -2)
+        return kerr_add(err, "tokenizer: the unk token \"%s\" is not in the model's vocabulary",
+                        m->unk);
+    return m->unk_id;
+}
+
+/* HF's merge_word + merge_all: writes the ids of w's tokens to out. */
+static int bpe_word(tok_model *m, const char *w, size_t n, tok_ivec *out, kerr *err)
+{
+    scratch(m, n + 1);
+    size_t ns = 0;
+    int32_t pend_unk = -1;
+    uint32_t pend_len = 0;
+    int plain = !m->prefix && !m->suffix;
+#define ADD(id_, len_) (m->sc[ns] = (id_), m->slen[ns] = (uint32_t)(len_), ns++)
+    for (size_t i = 0; i < n;) {
+        size_t at = i;
+        i += tok_u8_len((unsigned char)w[i]);
+        size_t bl = i - at;
+        int32_t id = -1;
+        const char *key = w + at;
+        size_t klen = bl;
+        if (plain && bl == 1) {
+            id = m->ascii_ids[(unsigned char)w[at]];
+        } else {
+            if (!plain) {
+                m->tmp.n = 0;
+                if (at > 0 && m->prefix)
+                    tok_sbuf_put(&m->tmp, m->prefix, m->prefix_len);
+                tok_sbuf_put(&m->tmp, w + at, bl);
+                if (i == n && m->suffix)
+                    tok_sbuf_put(&m->tmp, m->suffix, m->suffix_len);
+                key = m->tmp.s;
+                klen = m->tmp.n;
+            }
+            if (!tok_strmap_get(&m->vocab, key, klen, &id))
+                id = -1;
+        }
+        if (id >= 0) {
+            if (pend_unk >= 0) {
+                ADD(pend_unk, pend_len);
+                pend_unk = -1;
+            }
+            ADD(id, bl);
+            continue;
+        }
+        if (m->byte_fallback) {
+            int all = 1;
+            for (size_t k = 0; k < klen && all; k++)
+                all = m->byte_ids[(unsigned char)key[k]] >= 0;
+            if (all) {
+                /* HF adds the byte tokens without flushing a pending unk first; so do we. */
+                scratch(m, ns + klen + n + 1);
+                for (size_t k = 0; k < klen; k++)
+                    ADD(m->byte_ids[(unsigned char)key[k]], 1);
+                continue;
+            }
+        }
+        if (m->unk) {
+            int u = unk_id(m, err);
+            if (u < 0)
+                return -1;
+            if (pend_unk >= 0 && m->fuse_unk)
+                pend_len += (uint32_t)bl;
+            else {
+                if (pend_unk >= 0)
+                    ADD(pend_unk, pend_len);
+                pend_unk = u;
+                pend_len = (uint32_t)bl;
+            }
+        }
+    }
+    if (pend_unk >= 0)
+        ADD(pend_unk, pend_len);
+#undef ADD
+    for (size_t k = 0; k < ns; k++) {
+        m->sprev[k] = (int32_t)k - 1;
+        m->snext[k] = k + 1 < ns ? (int32_t)k + 1 : -1;
+    }
+    m->heap_n = 0;
+    for (size_t k = 0; k + 1 < ns; k++) {
+        merge_slot *ms = merge_find(m, m->sc[k], m->sc[k + 1]);
+        if (ms)
+            heap_push(m, (heap_ent){ms->rank, (uint32_t)k, ms->new_id});
+    }
+    while (m->heap_n) {
+        heap_ent top = heap_pop(m);
+        size_t p = top.pos;
+        if (m->slen[p] == 0 || m->snext[p] == -1)
+            continue;
+        size_t nx = (size_t)m->snext[p];
+        merge_slot *ms = merge_find(m, m->sc[p], m->sc[nx]);
+        if (!ms || ms->new_id != top.new_id)
+            continue;
+        m->sc[p] = top.new_id;
+        m->slen[p] += m->slen[nx];
+        m->snext[p] = m->snext[nx];
+        m->slen[nx] = 0;
+        if (m->snext[nx] >= 0)
+            m->sprev[m->snext[nx]] = (int32_t)p;
+        if (m->sprev[p] >= 0) {
+            size_t pv = (size_t)m->sprev[p];
+            merge_slot *mp = merge_find(m, m->sc[pv], m->sc[p]);
+            if (mp)
+                heap_push(m, (heap_ent){mp->rank, (uint32_t)pv, mp->new_id});
+        }
+        if (m->snext[p] >= 0) {
+            merge_slot *mn = merge_find(m, m->sc[p], m->sc[m->snext[p]]);
+            if (mn)
+                heap_push(m, (heap_ent){mn->rank, (uint32_t)p, mn->new_id});
+        }
+    }
+    for (size_t k = 0; k < ns; k++)
+        if (m->slen[k])
+            tok_ivec_push(out, m->sc[k]);
+    return 0;
+}
+
+static int bpe_tokenize(tok_model *m, const char *s, size_t n, tok_ivec *out, kerr *err)
+{
+    if (n == 0)
+        return 0;
+    int32_t id;
+    if (m->ignore_merges && tok_strmap_get(&m->vocab, s, n, &id)) {
+        tok_ivec_push(out, id);
+        return 0;
+    }
+    if (n >= CACHE_MAX_WORD)
+        return bpe_word(m, s, n, out, err);
+    uint64_t h = tok_hash(s, n);
+    cache_ent *ce = &m->cache[h & (CACHE_SLOTS - 1)];
+    if (ce->word && ce->hash == h && ce->len == n && memcmp(ce->word, s, n) == 0) {
+        for (uint32_t k = 0; k < ce->nids; k++) {
+            int32_t x;
+            memcpy(&x, ce->word + n + k * sizeof x, sizeof x);
+            tok_ivec_push(out, x);
+        }
+        return 0;
+    }
+    size_t before = out->n;
+    if (bpe_word(m, s, n, out, err))
+        return -1;
+    size_t nids = out->n - before;
+    free(ce->word);
+    ce->word = xmalloc(n + nids * sizeof(int32_t));
+    memcpy(ce->word, s, n);
+    memcpy(ce->word + n, out->v + before, nids * sizeof(int32_t));
+    ce->hash = h;
+    ce->len = (uint32_t)n;
+    ce->nids = (uint32_t)nids;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- WordPiece, WordLevel */
+
+static int wordpiece_tokenize(tok_model *m, const char *s, size_t n, tok_ivec *out, kerr *err)
+{
+    size_t nchars = 0;
+    for (size_t i = 0; i < n; i += tok_u8_len((unsigned char)s[i]))
+        nchars++;
+    size_t before = out->n;
+    if (nchars <= m->max_chars) {
+        size_t start = 0;
+        while (start < n) {
+            size_t end = n;
+            int32_t found = -1;
+            while (start < end) {
+                const char *key = s + start;
+                size_t klen = end - start;
+                if (start > 0) {
+                    m->tmp.n = 0;
+                    tok_sbuf_put(&m->tmp, m->prefix, m->prefix_len);
+                    tok_sbuf_put(&m->tmp, s + start, end - start);
+                    key = m->tmp.s;
+                    klen = m->tmp.n;
+                }
+                int32_t id;
+                if (tok_strmap_get(&m->vocab, key, klen, &id)) {
+                    found = id;
+                    break;
+                }
+                do /* back off one character */
+                    end--;
+                while (end > start && ((unsigned char)s[end] & 0xC0) == 0x80);
+            }
+            if (found < 0)
+                goto bad;
+            tok_ivec_push(out, found);
+            start = end;
+        }
+        return 0;
+    }
+bad:
+    out->n = before;
+    if (unk_id(m, err) < 0)
+        return kerr_add(err, "tokenizer: WordPiece needs its unk token for \"%.*s\"", (int)n, s);
+    tok_ivec_push(out, m->unk_id);
+    return 0;
+}
+
+int tok_model_tokenize(tok_model *m, const char *s, size_t len, tok_ivec *out, kerr *err)
+{
+    switch (m->type) {
+    case M_BPE:
+        return bpe_tokenize(m, s, len, out, err);
+    case M_WORDPIECE:
+        return wordpiece_tokenize(m, s, len, out, err);
+    case M_WORDLEVEL: {
+        int32_t id;
+        if (tok_strmap_get(&m->vocab, s, len, &id)) {
+            tok_ivec_push(out, id);
+            return 0;
+        }
+        if (unk_id(m, err) < 0)
+            return kerr_add(err, "tokenizer: WordLevel needs its unk token for \"%.*s\"", (int)len,
+                            s);
+        tok_ivec_push(out, m->unk_id);
+        return 0;
+    }
+    }
+    return kerr_add(err, "tokenizer: internal error: model type %d", m->type);
+}

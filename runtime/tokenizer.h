@@ -1,0 +1,66 @@
+/* tokenizer — Hugging Face tokenizer.json, in C, giving the ids HF `tokenizers` gives.
+ *
+ * tok_load reads tokenizer.json (and, in a folder, tokenizer_config.json, special_tokens_map.json,
+ * generation_config.json and config.json for bos/eos and transformers' add_bos/add_eos rule) and
+ * builds the pipeline HF defines: added/special tokens are split out first, then the normalizer,
+ * the pre-tokenizer, the model (BPE, WordPiece, WordLevel) and the post-processor run. Decoding
+ * runs the decoder chain. See tokenizer.c for the list of supported components and the rules for
+ * invalid UTF-8 input.
+ *
+ * A tokenizer is used by one thread at a time (it keeps a BPE word cache and scratch buffers);
+ * load one per thread to encode in parallel. Nothing here prints or exits: errors go to `err`.
+ */
+#ifndef KILN_TOKENIZER_H
+#define KILN_TOKENIZER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util.h"
+
+typedef struct tokenizer tokenizer;
+
+/* path: a tokenizer.json file, or a folder holding one (a compiled model folder or an HF
+ * checkpoint). Returns NULL with a message naming the file and the problem. */
+tokenizer *tok_load(const char *path, kerr *err);
+void tok_free(tokenizer *t);
+
+/* Encodes len bytes of text (UTF-8; invalid bytes become U+FFFD, see tokenizer.c).
+ * add_special: add the post-processor's special tokens (HF encode's default is 1).
+ * *ids is malloc'd (free it); *n its length. Returns 0, or -1 with err set. */
+int tok_encode(tokenizer *t, const char *text, size_t len, int add_special, int32_t **ids,
+               size_t *n, kerr *err);
+
+/* Decodes ids to UTF-8 text as HF decode(ids, skip_special_tokens) does: unknown ids are dropped,
+ * byte sequences that are not UTF-8 become U+FFFD. *text is malloc'd and NUL-terminated. */
+int tok_decode(tokenizer *t, const int32_t *ids, size_t n, int skip_special, char **text,
+               size_t *len, kerr *err);
+
+/* Streaming decoder for generation: push ids one by one and get the text they complete.
+ * Text is released only once it is final (the decoded prefix cannot change any more and it does
+ * not end inside a UTF-8 character), so concatenating every piece returned, then the text of
+ * tok_stream_finish, gives tok_decode of all ids. */
+typedef struct tok_stream tok_stream;
+tok_stream *tok_stream_new(tokenizer *t, int skip_special);
+/* *text: malloc'd, NUL-terminated, possibly empty ("" when nothing is complete yet). */
+int tok_stream_push(tok_stream *s, int32_t id, char **text, size_t *len, kerr *err);
+/* Whatever is still held back (e.g. a trailing incomplete byte sequence, as U+FFFD). */
+int tok_stream_finish(tok_stream *s, char **text, size_t *len, kerr *err);
+void tok_stream_free(tok_stream *s);
+
+/* Special ids, -1 when the tokenizer's files name none. bos/eos come from generation_config.json,
+ * tokenizer_config.json, special_tokens_map.json or config.json, in that order. */
+int32_t tok_bos_id(const tokenizer *t);
+int32_t tok_eos_id(const tokenizer *t);
+/* Every end-of-sequence id (generation_config.json may list several); returns the count. */
+size_t tok_eos_ids(const tokenizer *t, const int32_t **ids);
+/* Number of ids: one more than the largest id of the model or the added tokens. */
+size_t tok_vocab_size(const tokenizer *t);
+/* The token's string (model vocabulary or added token), NULL if the id is unknown. */
+const char *tok_id_to_token(const tokenizer *t, int32_t id);
+/* -1 if the token is not in the vocabulary or the added tokens. */
+int32_t tok_token_to_id(const tokenizer *t, const char *token);
+/* 1 if the id is an added token marked special (what skip_special skips). */
+int tok_is_special(const tokenizer *t, int32_t id);
+
+#endif
