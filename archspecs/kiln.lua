@@ -34,6 +34,16 @@ function kiln.archspec(spec)
   return spec
 end
 
+-- The first of `prefixes` under which the checkpoint has `probe`: checkpoints saved from the
+-- bare model lack the task head's prefix ("transformer.", "bert.", "model."). Falls back to the
+-- first prefix, so a missing tensor is reported under its usual name.
+function kiln.prefix(g, prefixes, probe)
+  for _, p in ipairs(prefixes) do
+    if g:has_weight(p .. probe) then return p end
+  end
+  return prefixes[1]
+end
+
 -- Applies the activation named like HF's `hidden_act` ("silu", "gelu", "gelu_new", ...).
 local ACTS = {
   silu = "silu", swish = "silu",

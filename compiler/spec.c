@@ -7,6 +7,7 @@
  */
 #include "spec.h"
 
+#include <jansson.h>
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
@@ -702,6 +703,52 @@ static int c_has(lua_State *L)
     return 1;
 }
 
+/* Any JSON value as a Lua value (objects and arrays as tables, null as nil). */
+static void push_json(lua_State *L, json_t *v, int depth)
+{
+    luaL_checkstack(L, 4, "config value nested too deeply");
+    switch (v ? json_typeof(v) : JSON_NULL) {
+    case JSON_OBJECT: {
+        lua_newtable(L);
+        const char *k;
+        json_t *x;
+        json_object_foreach(v, k, x)
+        {
+            if (depth < 32)
+                push_json(L, x, depth + 1);
+            else
+                lua_pushnil(L);
+            lua_setfield(L, -2, k);
+        }
+        break;
+    }
+    case JSON_ARRAY: {
+        lua_newtable(L);
+        for (size_t i = 0; i < json_array_size(v); i++) {
+            if (depth < 32)
+                push_json(L, json_array_get(v, i), depth + 1);
+            else
+                lua_pushnil(L);
+            lua_seti(L, -2, (lua_Integer)i + 1);
+        }
+        break;
+    }
+    case JSON_STRING: lua_pushstring(L, json_string_value(v)); break;
+    case JSON_INTEGER: lua_pushinteger(L, json_integer_value(v)); break;
+    case JSON_REAL: lua_pushnumber(L, json_real_value(v)); break;
+    case JSON_TRUE: lua_pushboolean(L, 1); break;
+    case JSON_FALSE: lua_pushboolean(L, 0); break;
+    default: lua_pushnil(L); break;
+    }
+}
+
+/* cfg:get(field) -> the raw value (nil when absent), for lists such as layer_types. */
+static int c_get(lua_State *L)
+{
+    push_json(L, config_get(get_cfg(L), luaL_checkstring(L, 2)), 0);
+    return 1;
+}
+
 static int c_path(lua_State *L)
 {
     lua_pushstring(L, get_cfg(L)->path);
@@ -756,7 +803,7 @@ static int c_rope(lua_State *L)
 
 static const luaL_Reg config_methods[] = {
     {"int", c_int}, {"float", c_float}, {"bool", c_bool}, {"str", c_str},
-    {"has", c_has}, {"path", c_path},   {"rope", c_rope}, {NULL, NULL}};
+    {"has", c_has}, {"get", c_get},     {"path", c_path}, {"rope", c_rope}, {NULL, NULL}};
 
 /* ---------------------------------------------------------------- states */
 
