@@ -97,6 +97,15 @@ int tok_u8_encode(int32_t cp, char out[4]);
  * of replacements made; with b NULL it only counts them. */
 size_t tok_u8_sanitize(tok_sbuf *b, const char *s, size_t n);
 
+/* jansson cannot hold U+0000 in object keys (vocabularies sometimes have "\u0000"), so the
+ * loader rewrites that escape to U+10FFFF (a noncharacter) before parsing, and strings read from
+ * the vocabulary, merges and added tokens go through tok_nul_fix, which turns it back into a NUL
+ * byte. Returns s itself when there is nothing to fix, else b's buffer. */
+#define TOK_NUL_SENTINEL "\xF4\x8F\xBF\xBF"
+const char *tok_nul_fix(tok_sbuf *b, const char *s, size_t n, size_t *out_n);
+/* Parses a JSON file with that rewrite. NULL with a message (file:line:col) on error. */
+json_t *tok_json_load(const char *path, kerr *err);
+
 /* Character classes as the Rust standard library and HF tokenizers define them. */
 int tok_is_whitespace(int32_t cp);  /* char::is_whitespace (White_Space property) */
 int tok_is_numeric(int32_t cp);     /* char::is_numeric: Nd, Nl, No */

@@ -152,17 +152,21 @@ static int load_vocab(tok_model *m, json_t *vocab, const char *where, kerr *err)
         return kerr_add(err, "%s: model.vocab must be an object of token -> id", where);
     const char *k;
     json_t *v;
+    tok_sbuf fix = {0};
     m->max_id = -1;
     json_object_foreach(vocab, k, v)
     {
         if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT32_MAX)
-            return kerr_add(err, "%s: model.vocab[\"%s\"]: expected a non-negative integer id", where,
+            return free(fix.s), kerr_add(err, "%s: model.vocab[\"%s\"]: expected a non-negative integer id", where,
                             k);
         int32_t id = (int32_t)json_integer_value(v);
-        tok_strmap_set(&m->vocab, k, strlen(k), id);
+        size_t kn;
+        const char *key = tok_nul_fix(&fix, k, strlen(k), &kn);
+        tok_strmap_set(&m->vocab, key, kn, id);
         if (id > m->max_id)
             m->max_id = id;
     }
+    free(fix.s);
     m->id2tok = xcalloc((size_t)m->max_id + 2, sizeof *m->id2tok);
     m->id2len = xcalloc((size_t)m->max_id + 2, sizeof *m->id2len);
     for (size_t i = 0; i < m->vocab.n; i++) {
@@ -242,24 +246,29 @@ static int load_bpe(tok_model *m, json_t *j, const char *where, kerr *err)
             free(b.s);
             return kerr_add(err, "%s: merges[%zu]: expected \"a b\" or [\"a\", \"b\"]", where, i);
         }
-        int32_t ia, ic, inew;
+        tok_sbuf fa = {0}, fc = {0};
+        a = tok_nul_fix(&fa, a, al, &al);
+        c = tok_nul_fix(&fc, c, cl, &cl);
+        int32_t ia = -1, ic = -1, inew = -1;
+        int bad = 0;
         if (!tok_strmap_get(&m->vocab, a, al, &ia) || !tok_strmap_get(&m->vocab, c, cl, &ic)) {
-            free(b.s);
-            return kerr_add(err, "%s: merges[%zu]: token \"%.*s\" is not in the vocabulary", where,
-                            i, (int)(tok_strmap_get(&m->vocab, a, al, &ia) ? cl : al),
-                            tok_strmap_get(&m->vocab, a, al, &ia) ? c : a);
+            int a_ok = ia >= 0;
+            bad = kerr_add(err, "%s: merges[%zu]: token \"%.*s\" is not in the vocabulary", where,
+                           i, (int)(a_ok ? cl : al), a_ok ? c : a);
+        } else if (cl < m->prefix_len) {
+            bad = kerr_add(err, "%s: merges[%zu]: \"%.*s\" is shorter than the subword prefix",
+                           where, i, (int)cl, c);
+        } else {
+            b.n = 0;
+            tok_sbuf_put(&b, a, al);
+            tok_sbuf_put(&b, c + m->prefix_len, cl - m->prefix_len);
+            if (!tok_strmap_get(&m->vocab, b.s, b.n, &inew))
+                bad = kerr_add(err, "%s: merges[%zu]: merged token \"%s\" is not in the vocabulary",
+                               where, i, b.s);
         }
-        b.n = 0;
-        tok_sbuf_put(&b, a, al);
-        if (cl < m->prefix_len) {
-            free(b.s);
-            return kerr_add(err, "%s: merges[%zu]: \"%s\" is shorter than the subword prefix", where,
-                            i, c);
-        }
-        tok_sbuf_put(&b, c + m->prefix_len, cl - m->prefix_len);
-        if (!tok_strmap_get(&m->vocab, b.s, b.n, &inew)) {
-            kerr_add(err, "%s: merges[%zu]: merged token \"%s\" is not in the vocabulary", where, i,
-                     b.s);
+        free(fa.s);
+        free(fc.s);
+        if (bad) {
             free(b.s);
             return -1;
         }

@@ -332,9 +332,9 @@ static int norm_one(const tok_norm *nm, tok_ctx *c, const char *s, size_t n, tok
                 int cat = utf8proc_category(cp);
                 int ctrl = cp != 9 && cp != 10 && cp != 13 &&
                            (cat == UTF8PROC_CATEGORY_CC || cat == UTF8PROC_CATEGORY_CF ||
-                            cat == UTF8PROC_CATEGORY_CN || cat == UTF8PROC_CATEGORY_CO ||
+                            cat == UTF8PROC_CATEGORY_CO ||
                             cat == UTF8PROC_CATEGORY_CS);
-                if (cp == 0 || cp == 0xFFFD || ctrl) {
+                if (cp == 0 || cp == 0xFFFD || ctrl) { /* Cn (unassigned) is kept, as in HF */
                     if (at == 0)
                         *lead_gone = 1;
                     continue;

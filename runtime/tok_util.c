@@ -315,6 +315,59 @@ size_t tok_u8_sanitize(tok_sbuf *b, const char *s, size_t n)
     return bad_count;
 }
 
+const char *tok_nul_fix(tok_sbuf *b, const char *s, size_t n, size_t *out_n)
+{
+    *out_n = n;
+    if (n < 4 || !memmem(s, n, TOK_NUL_SENTINEL, 4))
+        return s;
+    b->n = 0;
+    for (size_t i = 0; i < n;) {
+        if (i + 4 <= n && memcmp(s + i, TOK_NUL_SENTINEL, 4) == 0) {
+            tok_sbuf_putc(b, 0);
+            i += 4;
+        } else
+            tok_sbuf_putc(b, s[i++]);
+    }
+    *out_n = b->n;
+    return b->s;
+}
+
+json_t *tok_json_load(const char *path, kerr *err)
+{
+    size_t len;
+    char *text = util_read_file(path, &len, err);
+    if (!text)
+        return NULL;
+    tok_sbuf b = {0};
+    const char *src = text;
+    size_t slen = len;
+    if (memmem(text, len, "u0000", 5)) {
+        for (size_t i = 0; i < len;) {
+            if (text[i] == '\\' && i + 5 < len && text[i + 1] == 'u' &&
+                memcmp(text + i + 2, "0000", 4) == 0) {
+                size_t k = 0; /* backslashes before this one: even = this one starts an escape */
+                while (k < i && text[i - 1 - k] == '\\')
+                    k++;
+                if (k % 2 == 0) {
+                    tok_sbuf_put(&b, "\\uDBFF\\uDFFF", 12);
+                    i += 6;
+                    continue;
+                }
+            }
+            tok_sbuf_putc(&b, text[i++]);
+        }
+        src = b.s;
+        slen = b.n;
+    }
+    json_error_t je;
+    json_t *j = json_loadb(src, slen, JSON_ALLOW_NUL, &je);
+    if (!j)
+        kerr_add(err, "%s:%d:%d: invalid JSON: %s", path, je.line, je.column, je.text);
+    free(b.s);
+    free(text);
+    return j;
+}
+
 /* ---------------------------------------------------------------- Unicode classes */
 
 int tok_category(int32_t cp) { return utf8proc_category(cp); }

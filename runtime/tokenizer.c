@@ -202,7 +202,8 @@ static int add_token(tokenizer *t, json_t *j, size_t i, int32_t *next_id, kerr *
         return kerr_add(err, "%s: added_tokens[%zu]: expected an object with a string \"content\"",
                         t->file, i);
     added_tok a = {0};
-    a.len = json_string_length(c);
+    tok_sbuf fix = {0};
+    const char *s = tok_nul_fix(&fix, json_string_value(c), json_string_length(c), &a.len);
     if (a.len == 0)
         return 0;
     a.single_word = json_is_true(json_object_get(j, "single_word"));
@@ -211,19 +212,22 @@ static int add_token(tokenizer *t, json_t *j, size_t i, int32_t *next_id, kerr *
     a.special = json_is_true(json_object_get(j, "special"));
     json_t *nz = json_object_get(j, "normalized");
     a.normalized = json_is_boolean(nz) ? json_is_true(nz) : !a.special;
-    const char *s = json_string_value(c);
     int32_t idx;
     if (tok_strmap_get(&t->added_map, s, a.len, &idx)) {
         added_tok *o = &t->added[idx];
         if (o->single_word == a.single_word && o->lstrip == a.lstrip && o->rstrip == a.rstrip &&
-            o->normalized == a.normalized && o->special == a.special)
+            o->normalized == a.normalized && o->special == a.special) {
+            free(fix.s);
             return 0;
+        }
     }
     a.id = token_to_id(t, s, a.len);
     if (a.id < 0)
         a.id = (*next_id)++;
     a.content = xmalloc(a.len + 1);
-    memcpy(a.content, s, a.len + 1);
+    memcpy(a.content, s, a.len);
+    a.content[a.len] = 0;
+    free(fix.s);
     if (a.normalized && t->norm) {
         const char *o;
         size_t on;
@@ -661,6 +665,18 @@ static tok_sbuf *slist_add(slist *l)
     return b;
 }
 
+/* Appends b, taking ownership of its buffer. */
+static void slist_push(slist *l, tok_sbuf b)
+{
+    if (l->n == l->cap) {
+        l->cap = l->cap ? l->cap * 2 : 16;
+        l->v = xrealloc(l->v, l->cap * sizeof *l->v);
+    }
+    if (!b.s)
+        tok_sbuf_put(&b, "", 0);
+    l->v[l->n++] = b;
+}
+
 static void slist_free(slist *l)
 {
     for (size_t i = 0; i < l->n; i++)
@@ -754,7 +770,7 @@ static int dec_chain(const dec *d, slist *l, kerr *err)
         for (size_t t = 0; t < l->n; t++)
             tok_sbuf_put(&all, l->v[t].s, l->v[t].n);
         slist_free(l);
-        *slist_add(l) = all;
+        slist_push(l, all);
         return 0;
     }
     case D_BYTEFALLBACK: {
@@ -779,7 +795,7 @@ static int dec_chain(const dec *d, slist *l, kerr *err)
             if (bytes.n) {
                 tok_sbuf chk = {0};
                 if (tok_u8_sanitize(&chk, bytes.s, bytes.n) == 0)
-                    *slist_add(&out) = chk;
+                    slist_push(&out, chk);
                 else {
                     free(chk.s);
                     for (size_t k = 0; k < bytes.n; k++)
@@ -788,9 +804,7 @@ static int dec_chain(const dec *d, slist *l, kerr *err)
                 bytes.n = 0;
             }
             if (t < l->n) {
-                tok_sbuf *o = slist_add(&out);
-                free(o->s);
-                *o = l->v[t];
+                slist_push(&out, l->v[t]);
                 l->v[t].s = NULL;
             }
         }
@@ -933,11 +947,7 @@ static json_t *load_json(const char *path, int required, kerr *err)
             kerr_add(err, "%s: no such file", path);
         return NULL;
     }
-    json_error_t je;
-    json_t *j = json_load_file(path, JSON_ALLOW_NUL, &je);
-    if (!j)
-        kerr_add(err, "%s:%d:%d: invalid JSON: %s", path, je.line, je.column, je.text);
-    return j;
+    return tok_json_load(path, err);
 }
 
 /* "bos_token": "<s>" or {"content": "<s>", ...} -> id, -1 */

@@ -1,0 +1,587 @@
+/* test_tokenizer — the tokenizer against HF `tokenizers` on the fixture corpus.
+ *
+ * For every tokenizer.json in tests/fixtures/tokenizers (made by make_tokenizer_fixtures.py):
+ * every corpus record must encode to HF's ids and decode to HF's text, and random id sequences
+ * must decode as HF decodes them (special tokens skipped and kept). Records that are not valid
+ * UTF-8 are fed as raw bytes; HF was given bytes.decode("utf-8", "replace"). Also: streaming
+ * decode, config-folder rules (bos/eos, add_bos/add_eos), error messages, and `kiln tokenize`.
+ */
+#include <jansson.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "tokenizer.h"
+#include "util.h"
+
+#define FIX "tests/fixtures/tokenizers"
+
+static const char *flavours[] = {"llama3_bpe",     "gpt2_bpe",      "qwen2_bpe",
+                                 "roberta_bpe",    "llama2_sp_bpe", "mistral_sp_bpe",
+                                 "metaspace_bpe",  "bert_wordpiece", "nfkc_wordpiece",
+                                 "suffix_bpe",     "wordlevel",     "minilm_bert"};
+
+typedef struct rec {
+    char *bytes;
+    size_t len;
+} rec;
+
+static rec *corpus;
+static size_t ncorpus;
+
+static int hexval(char c) { return c <= '9' ? c - '0' : (c | 32) - 'a' + 10; }
+
+static json_t *load_line(const char *line, size_t n)
+{
+    json_error_t je;
+    json_t *j = json_loadb(line, n, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
+    if (!j)
+        fail_msg("bad fixture line: %s", je.text);
+    return j;
+}
+
+static int setup_corpus(void **state)
+{
+    (void)state;
+    FILE *f = fopen(FIX "/corpus.jsonl", "r");
+    if (!f)
+        return -1;
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t got;
+    while ((got = getline(&line, &cap, f)) > 0) {
+        json_t *j = load_line(line, (size_t)got);
+        corpus = xrealloc(corpus, (ncorpus + 1) * sizeof *corpus);
+        rec *r = &corpus[ncorpus++];
+        if (json_is_string(j)) {
+            r->len = json_string_length(j);
+            r->bytes = xmalloc(r->len + 1);
+            memcpy(r->bytes, json_string_value(j), r->len);
+        } else {
+            const char *hx = json_string_value(json_object_get(j, "hex"));
+            r->len = strlen(hx) / 2;
+            r->bytes = xmalloc(r->len + 1);
+            for (size_t i = 0; i < r->len; i++)
+                r->bytes[i] = (char)(hexval(hx[2 * i]) * 16 + hexval(hx[2 * i + 1]));
+        }
+        json_decref(j);
+    }
+    free(line);
+    fclose(f);
+    return ncorpus >= 2000 ? 0 : -1;
+}
+
+static int teardown_corpus(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < ncorpus; i++)
+        free(corpus[i].bytes);
+    free(corpus);
+    return 0;
+}
+
+static tokenizer *load_flavour(const char *name)
+{
+    kerr err;
+    kerr_clear(&err);
+    char *p = xasprintf(FIX "/%s.json", name);
+    tokenizer *t = tok_load(p, &err);
+    if (!t)
+        fail_msg("%s: %s", p, kerr_msg(&err));
+    free(p);
+    return t;
+}
+
+static void ids_from_json(json_t *a, int32_t **ids, size_t *n)
+{
+    *n = json_array_size(a);
+    *ids = xmalloc((*n + 1) * sizeof **ids);
+    for (size_t i = 0; i < *n; i++)
+        (*ids)[i] = (int32_t)json_integer_value(json_array_get(a, i));
+}
+
+static int valid_utf8(const char *s, size_t n)
+{
+    json_t *j = json_stringn(s, n); /* jansson validates UTF-8 */
+    int ok = j != NULL;
+    json_decref(j);
+    return ok;
+}
+
+/* Streams ids through a tok_stream and checks the pieces join to the full decode. */
+static void check_stream(tokenizer *t, const int32_t *ids, size_t n, const char *full, size_t flen,
+                         const char *name, size_t line)
+{
+    kerr err;
+    kerr_clear(&err);
+    tok_stream *s = tok_stream_new(t, 1);
+    char *acc = xmalloc(flen + 64);
+    size_t an = 0;
+    for (size_t i = 0; i <= n; i++) {
+        char *piece;
+        size_t pl;
+        int rc = i < n ? tok_stream_push(s, ids[i], &piece, &pl, &err)
+                       : tok_stream_finish(s, &piece, &pl, &err);
+        if (rc)
+            fail_msg("%s line %zu: stream: %s", name, line, kerr_msg(&err));
+        if (!valid_utf8(piece, pl))
+            fail_msg("%s line %zu: stream piece %zu is not valid UTF-8", name, line, i);
+        if (an + pl > flen)
+            fail_msg("%s line %zu: stream produced more text than decode", name, line);
+        memcpy(acc + an, piece, pl);
+        an += pl;
+        free(piece);
+    }
+    if (an != flen || memcmp(acc, full, flen) != 0)
+        fail_msg("%s line %zu: streamed text differs from decode:\n  decode: %.*s\n  stream: %.*s",
+                 name, line, (int)flen, full, (int)an, acc);
+    free(acc);
+    tok_stream_free(s);
+}
+
+static void check_flavour(const char *name)
+{
+    tokenizer *t = load_flavour(name);
+    char *p = xasprintf(FIX "/%s.expected.jsonl", name);
+    FILE *f = fopen(p, "r");
+    assert_non_null(f);
+    char *line = NULL;
+    size_t cap = 0, lineno = 0, bad = 0;
+    ssize_t got;
+    kerr err;
+    while ((got = getline(&line, &cap, f)) > 0) {
+        assert_true(lineno < ncorpus);
+        json_t *j = load_line(line, (size_t)got);
+        int32_t *exp;
+        size_t nexp;
+        ids_from_json(json_array_get(j, 0), &exp, &nexp);
+        const char *etext = json_string_value(json_array_get(j, 1));
+        size_t etlen = json_string_length(json_array_get(j, 1));
+        rec *r = &corpus[lineno];
+        int32_t *ids;
+        size_t n;
+        kerr_clear(&err);
+        if (tok_encode(t, r->bytes, r->len, 1, &ids, &n, &err))
+            fail_msg("%s line %zu: encode failed: %s", name, lineno + 1, kerr_msg(&err));
+        if (n != nexp || memcmp(ids, exp, n * sizeof *ids) != 0) {
+            size_t k = 0;
+            while (k < n && k < nexp && ids[k] == exp[k])
+                k++;
+            print_error("%s corpus line %zu: ids differ from HF at index %zu (got %zu ids, HF %zu): "
+                        "got %d, HF %d\n",
+                        name, lineno + 1, k, n, nexp, k < n ? ids[k] : -1,
+                        k < nexp ? exp[k] : -1);
+            bad++;
+        }
+        char *text;
+        size_t tlen;
+        if (tok_decode(t, exp, nexp, 1, &text, &tlen, &err))
+            fail_msg("%s line %zu: decode failed: %s", name, lineno + 1, kerr_msg(&err));
+        if (tlen != etlen || memcmp(text, etext, tlen) != 0) {
+            print_error("%s corpus line %zu: decode differs from HF:\n  HF:   %s\n  kiln: %s\n", name,
+                        lineno + 1, etext, text);
+            bad++;
+        }
+        /* streaming on a sample of lines (all lines would double the ASan run time) */
+        if (lineno % 7 == 0)
+            check_stream(t, exp, nexp, text, tlen, name, lineno + 1);
+        free(text);
+        free(ids);
+        free(exp);
+        json_decref(j);
+        lineno++;
+    }
+    fclose(f);
+    free(p);
+    assert_int_equal(lineno, ncorpus);
+    /* random id sequences: HF's decode with and without skipping special tokens */
+    p = xasprintf(FIX "/%s.decode.jsonl", name);
+    f = fopen(p, "r");
+    assert_non_null(f);
+    size_t ndec = 0;
+    while ((got = getline(&line, &cap, f)) > 0) {
+        json_t *j = load_line(line, (size_t)got);
+        int32_t *ids;
+        size_t n;
+        ids_from_json(json_array_get(j, 0), &ids, &n);
+        for (int skip = 1; skip >= 0; skip--) {
+            json_t *e = json_array_get(j, skip ? 1 : 2);
+            char *text;
+            size_t tlen;
+            kerr_clear(&err);
+            assert_int_equal(tok_decode(t, ids, n, skip, &text, &tlen, &err), 0);
+            if (tlen != json_string_length(e) || memcmp(text, json_string_value(e), tlen) != 0) {
+                print_error("%s decode.jsonl line %zu (skip_special=%d):\n  HF:   %s\n  kiln: %s\n",
+                            name, ndec + 1, skip, json_string_value(e), text);
+                bad++;
+            }
+            free(text);
+        }
+        free(ids);
+        json_decref(j);
+        ndec++;
+    }
+    fclose(f);
+    free(p);
+    free(line);
+    assert_true(ndec >= 100);
+    tok_free(t);
+    if (bad)
+        fail_msg("%s: %zu mismatches with HF (listed above)", name, bad);
+}
+
+static void test_flavour(void **state) { check_flavour((const char *)*state); }
+
+/* ---------------------------------------------------------------- specific behaviour */
+
+static void test_stream_holds_partial_utf8(void **state)
+{
+    (void)state;
+    tokenizer *t = load_flavour("llama2_sp_bpe");
+    kerr err;
+    kerr_clear(&err);
+    /* A character missing from this small vocabulary falls back to <0xXX> byte tokens. */
+    int32_t *ids;
+    size_t n;
+    const char *s = "\xF0\x9F\xA6\x84"; /* U+1F984, absent from the corpus */
+    assert_int_equal(tok_encode(t, s, strlen(s), 0, &ids, &n, &err), 0);
+    assert_true(n >= 4);
+    int32_t b0 = tok_token_to_id(t, "<0xF0>");
+    assert_int_equal(ids[n - 4], b0);
+    tok_stream *st = tok_stream_new(t, 1);
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        char *piece;
+        size_t pl;
+        assert_int_equal(tok_stream_push(st, ids[i], &piece, &pl, &err), 0);
+        if (i >= n - 4 && i < n - 1)
+            assert_int_equal(pl, 0); /* nothing until the 4th byte completes the character */
+        total += pl;
+        if (i == n - 1)
+            assert_true(pl >= 4 && memcmp(piece + pl - 4, s, 4) == 0);
+        free(piece);
+    }
+    assert_true(total >= 4);
+    tok_stream_free(st);
+    /* an incomplete sequence at the end comes out as U+FFFD on finish, like decode */
+    st = tok_stream_new(t, 1);
+    char *piece;
+    size_t pl;
+    assert_int_equal(tok_stream_push(st, b0, &piece, &pl, &err), 0);
+    assert_int_equal(pl, 0);
+    free(piece);
+    assert_int_equal(tok_stream_finish(st, &piece, &pl, &err), 0);
+    assert_string_equal(piece, "\xEF\xBF\xBD");
+    free(piece);
+    tok_stream_free(st);
+    free(ids);
+    tok_free(t);
+}
+
+static void test_invalid_utf8_is_replaced(void **state)
+{
+    (void)state;
+    tokenizer *t = load_flavour("gpt2_bpe");
+    kerr err;
+    kerr_clear(&err);
+    int32_t *a, *b;
+    size_t na, nb;
+    /* each maximal invalid subsequence becomes one U+FFFD */
+    assert_int_equal(tok_encode(t, "x\xE6\x97y\xFF", 5, 1, &a, &na, &err), 0);
+    assert_int_equal(tok_encode(t, "x\xEF\xBF\xBDy\xEF\xBF\xBD", 8, 1, &b, &nb, &err), 0);
+    assert_int_equal(na, nb);
+    assert_memory_equal(a, b, na * sizeof *a);
+    free(a);
+    free(b);
+    /* empty input: no ids, no error */
+    assert_int_equal(tok_encode(t, "", 0, 1, &a, &na, &err), 0);
+    assert_int_equal(na, 0);
+    free(a);
+    tok_free(t);
+}
+
+static void test_queries(void **state)
+{
+    (void)state;
+    tokenizer *t = load_flavour("bert_wordpiece");
+    int32_t cls = tok_token_to_id(t, "[CLS]");
+    assert_true(cls >= 0);
+    assert_string_equal(tok_id_to_token(t, cls), "[CLS]");
+    assert_true(tok_is_special(t, cls));
+    assert_false(tok_is_special(t, tok_token_to_id(t, "the")));
+    assert_int_equal(tok_vocab_size(t), 1500);
+    assert_null(tok_id_to_token(t, 99999));
+    assert_int_equal(tok_token_to_id(t, "no-such-token-here"), -1);
+    assert_int_equal(tok_bos_id(t), -1); /* a bare tokenizer.json names no bos/eos */
+    assert_int_equal(tok_eos_id(t), -1);
+    /* add_special = 0 leaves out [CLS]/[SEP] */
+    kerr err;
+    kerr_clear(&err);
+    int32_t *ids;
+    size_t n;
+    assert_int_equal(tok_encode(t, "the", 3, 0, &ids, &n, &err), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(ids[0], tok_token_to_id(t, "the"));
+    free(ids);
+    assert_int_equal(tok_encode(t, "the", 3, 1, &ids, &n, &err), 0);
+    assert_int_equal(n, 3);
+    assert_int_equal(ids[0], cls);
+    free(ids);
+    tok_free(t);
+}
+
+static char *tmpdir;
+
+static void write_text(const char *dir, const char *name, const char *text)
+{
+    char *p = util_path_join(dir, name);
+    kerr err;
+    kerr_clear(&err);
+    assert_int_equal(util_write_file(p, text, strlen(text), &err), 0);
+    free(p);
+}
+
+static void copy_fixture(const char *name, const char *dir)
+{
+    char *src = xasprintf(FIX "/%s.json", name);
+    size_t len;
+    kerr err;
+    kerr_clear(&err);
+    char *data = util_read_file(src, &len, &err);
+    assert_non_null(data);
+    char *dst = util_path_join(dir, "tokenizer.json");
+    assert_int_equal(util_write_file(dst, data, len, &err), 0);
+    free(dst);
+    free(data);
+    free(src);
+}
+
+static void test_config_folder(void **state)
+{
+    (void)state;
+    char *dir = util_path_join(tmpdir, "llama2");
+    kerr err;
+    kerr_clear(&err);
+    assert_int_equal(util_mkdirs(dir, &err), 0);
+    copy_fixture("llama2_sp_bpe", dir);
+    write_text(dir, "tokenizer_config.json",
+               "{\"add_bos_token\": true, \"add_eos_token\": true, \"bos_token\": \"<s>\","
+               " \"eos_token\": {\"content\": \"</s>\", \"special\": true}}");
+    write_text(dir, "generation_config.json", "{\"bos_token_id\": 1, \"eos_token_id\": [2, 0]}");
+    tokenizer *t = tok_load(dir, &err);
+    if (!t)
+        fail_msg("%s", kerr_msg(&err));
+    assert_int_equal(tok_bos_id(t), 1);
+    assert_int_equal(tok_eos_id(t), 2);
+    const int32_t *eos;
+    assert_int_equal(tok_eos_ids(t, &eos), 2);
+    assert_int_equal(eos[1], 0);
+    int32_t *ids;
+    size_t n;
+    assert_int_equal(tok_encode(t, "hi", 2, 1, &ids, &n, &err), 0);
+    assert_true(n >= 3);
+    assert_int_equal(ids[0], 1);     /* <s> */
+    assert_int_equal(ids[n - 1], 2); /* </s>, added because add_eos_token is true */
+    free(ids);
+    tok_free(t);
+    /* add_bos_token false removes the template's <s>, as transformers does */
+    write_text(dir, "tokenizer_config.json", "{\"add_bos_token\": false, \"bos_token\": \"<s>\"}");
+    char *gc = util_path_join(dir, "generation_config.json");
+    assert_int_equal(remove(gc), 0);
+    free(gc);
+    assert_non_null(t = tok_load(dir, &err));
+    assert_int_equal(tok_bos_id(t), 1); /* from tokenizer_config.json */
+    assert_int_equal(tok_encode(t, "hi", 2, 1, &ids, &n, &err), 0);
+    assert_true(n >= 1 && ids[0] != 1);
+    free(ids);
+    tok_free(t);
+    /* a broken config file is an error naming it */
+    write_text(dir, "tokenizer_config.json", "{\"add_bos_token\": tru");
+    assert_null(tok_load(dir, &err));
+    assert_non_null(strstr(kerr_msg(&err), "tokenizer_config.json:1:"));
+    assert_non_null(strstr(kerr_msg(&err), "invalid JSON"));
+    free(dir);
+}
+
+static void expect_load_error(const char *json, const char *want1, const char *want2)
+{
+    char *p = util_path_join(tmpdir, "bad.json");
+    kerr err;
+    kerr_clear(&err);
+    assert_int_equal(util_write_file(p, json, strlen(json), &err), 0);
+    tokenizer *t = tok_load(p, &err);
+    assert_null(t);
+    const char *m = kerr_msg(&err);
+    if (!strstr(m, want1) || (want2 && !strstr(m, want2)) || !strstr(m, p))
+        fail_msg("error message '%s' lacks '%s' / '%s' / the path", m, want1, want2 ? want2 : "");
+    free(p);
+}
+
+#define MODEL_OK "\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2}, \"merges\": [\"a b\"]}"
+
+static void test_errors(void **state)
+{
+    (void)state;
+    kerr err;
+    kerr_clear(&err);
+    assert_null(tok_load("tests/fixtures/tokenizers/nope.json", &err));
+    assert_non_null(strstr(kerr_msg(&err), "nope.json: no such file"));
+    kerr_clear(&err);
+    assert_null(tok_load("tests/fixtures", &err));
+    assert_non_null(strstr(kerr_msg(&err), "no tokenizer.json in this folder"));
+    expect_load_error("{\"model\": ", "invalid JSON", ":1:");
+    expect_load_error("[1, 2]", "expected a JSON object", NULL);
+    expect_load_error("{\"normalizer\": {\"type\": \"Precompiled\", \"precompiled_charsmap\": \"\"}, " MODEL_OK "}",
+                      "unsupported normalizer \"Precompiled\"", NULL);
+    expect_load_error("{\"pre_tokenizer\": {\"type\": \"UnicodeScripts\"}, " MODEL_OK "}",
+                      "unsupported pre_tokenizer \"UnicodeScripts\"", NULL);
+    expect_load_error("{\"decoder\": {\"type\": \"Mystery\"}, " MODEL_OK "}",
+                      "unsupported decoder \"Mystery\"", NULL);
+    expect_load_error("{\"post_processor\": {\"type\": \"Mystery\"}, " MODEL_OK "}",
+                      "unsupported post_processor \"Mystery\"", NULL);
+    expect_load_error("{\"model\": {\"type\": \"Unigram\", \"vocab\": [[\"a\", 0.0]]}}",
+                      "unsupported model \"Unigram\"", NULL);
+    expect_load_error("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [\"a b\"]}}",
+                      "merges[0]", "\"b\" is not in the vocabulary");
+    expect_load_error("{\"model\": {\"type\": \"BPE\", \"dropout\": 0.1, \"vocab\": {}, \"merges\": []}}",
+                      "dropout", NULL);
+    expect_load_error("{\"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": {\"Regex\": \"(a\"}, "
+                      "\"behavior\": \"Isolated\", \"invert\": false}, " MODEL_OK "}",
+                      "does not compile", "(a");
+    expect_load_error("{\"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": {\"String\": \"x\"}, "
+                      "\"behavior\": \"Sideways\", \"invert\": false}, " MODEL_OK "}",
+                      "unknown split behavior Sideways", NULL);
+    expect_load_error("{}", "\"model\" is missing", NULL);
+}
+
+/* A vocabulary key "\u0000" (jansson cannot hold NUL in keys; the loader works around it). */
+static void test_nul_in_vocab(void **state)
+{
+    (void)state;
+    char *p = util_path_join(tmpdir, "nul.json");
+    const char *j = "{\"model\": {\"type\": \"WordLevel\", \"unk_token\": \"<unk>\", "
+                    "\"vocab\": {\"<unk>\": 0, \"\\u0000\": 1, \"a\\\\u0000\": 2}}}";
+    kerr err;
+    kerr_clear(&err);
+    assert_int_equal(util_write_file(p, j, strlen(j), &err), 0);
+    tokenizer *t = tok_load(p, &err);
+    if (!t)
+        fail_msg("%s", kerr_msg(&err));
+    int32_t *ids;
+    size_t n;
+    assert_int_equal(tok_encode(t, "\0", 1, 1, &ids, &n, &err), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(ids[0], 1);
+    free(ids);
+    assert_int_equal(tok_token_to_id(t, "a\\u0000"), 2); /* an escaped backslash stays text */
+    tok_free(t);
+    free(p);
+}
+
+static void test_cli(void **state)
+{
+    (void)state;
+    const char *kiln = getenv("KILN");
+    if (!kiln || access(kiln, X_OK) != 0) {
+        print_message("test_cli: KILN is not set to the kiln binary (make check sets it); "
+                      "checking the command with out/bin/kiln if it exists\n");
+        kiln = access("out/bin/kiln", X_OK) == 0 ? "out/bin/kiln" : NULL;
+    }
+    if (!kiln) {
+        print_message("test_cli: SKIPPED, no kiln binary built\n");
+        skip();
+    }
+    char *in = util_path_join(tmpdir, "in.jsonl"), *out = util_path_join(tmpdir, "out.jsonl");
+    write_text(tmpdir, "in.jsonl", "\"hello world\"\n\"\"\n42\n\"caf\\u00e9 \\ud83d\\udc4d\"\n");
+    char *cmd = xasprintf("%s tokenize " FIX "/bert_wordpiece.json < %s > %s 2>/dev/null", kiln, in,
+                          out);
+    int rc = system(cmd);
+    assert_int_not_equal(rc, 0); /* line 3 is not a string */
+    size_t len;
+    kerr err;
+    kerr_clear(&err);
+    char *got = util_read_file(out, &len, &err);
+    assert_non_null(got);
+    /* [CLS] hello world [SEP], [CLS] [SEP], null, [CLS] cafe [UNK]... [SEP] */
+    tokenizer *t = load_flavour("bert_wordpiece");
+    int32_t *ids;
+    size_t n;
+    assert_int_equal(tok_encode(t, "hello world", 11, 1, &ids, &n, &err), 0);
+    json_t *j = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(j, json_integer(ids[i]));
+    char *first = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    free(ids);
+    char *nl = strchr(got, '\n');
+    assert_non_null(nl);
+    *nl = 0;
+    assert_string_equal(got, first);
+    assert_non_null(strstr(nl + 1, "\nnull\n"));
+    free(first);
+    free(got);
+    free(cmd);
+    /* --decode round trip */
+    write_text(tmpdir, "in.jsonl", "[2, 3]\n[]\n\"x\"\n");
+    cmd = xasprintf("%s tokenize " FIX "/bert_wordpiece.json --decode < %s > %s 2>/dev/null", kiln,
+                    in, out);
+    assert_int_not_equal(system(cmd), 0);
+    got = util_read_file(out, &len, &err);
+    assert_string_equal(got, "\"\"\n\"\"\nnull\n"); /* [CLS] [SEP] skipped */
+    free(got);
+    free(cmd);
+    cmd = xasprintf("%s tokenize --help > %s", kiln, out);
+    assert_int_equal(system(cmd), 0);
+    got = util_read_file(out, &len, &err);
+    assert_non_null(strstr(got, "usage: kiln tokenize PATH"));
+    free(got);
+    free(cmd);
+    free(in);
+    free(out);
+    tok_free(t);
+}
+
+static int setup_tmp(void **state)
+{
+    (void)state;
+    char tmpl[] = "/tmp/kiln-tok-XXXXXX";
+    if (!mkdtemp(tmpl))
+        return -1;
+    tmpdir = xstrdup(tmpl);
+    return setup_corpus(state);
+}
+
+static int teardown_tmp(void **state)
+{
+    char *cmd = xasprintf("rm -rf '%s'", tmpdir);
+    int rc = system(cmd);
+    (void)rc;
+    free(cmd);
+    free(tmpdir);
+    return teardown_corpus(state);
+}
+
+int main(void)
+{
+#define FLAVOUR(i) {flavours[i], test_flavour, NULL, NULL, (void *)flavours[i]}
+    const struct CMUnitTest tests[] = {
+        FLAVOUR(0), FLAVOUR(1), FLAVOUR(2), FLAVOUR(3), FLAVOUR(4),  FLAVOUR(5),
+        FLAVOUR(6), FLAVOUR(7), FLAVOUR(8), FLAVOUR(9), FLAVOUR(10), FLAVOUR(11),
+        cmocka_unit_test(test_stream_holds_partial_utf8),
+        cmocka_unit_test(test_invalid_utf8_is_replaced),
+        cmocka_unit_test(test_queries),
+        cmocka_unit_test(test_config_folder),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_nul_in_vocab),
+        cmocka_unit_test(test_cli),
+    };
+    _Static_assert(sizeof flavours / sizeof flavours[0] == 12, "one FLAVOUR() per flavour");
+    return cmocka_run_group_tests(tests, setup_tmp, teardown_tmp);
+}
