@@ -28,14 +28,15 @@ CFLAGS   := -std=c11 -O2 -g -D_GNU_SOURCE $(WARN) $(SANFLAGS) -MMD -MP \
 LDFLAGS  := $(SANFLAGS) -L$(CUDA)/lib64 -Wl,-rpath,$(CUDA)/lib64
 STATIC   := -l:liblua5.4.a -l:libjansson.a -l:libpcre2-8.a -l:libutf8proc.a
 SYSLIBS  := -lm -ldl -lpthread
+CUDALIBS := -lnvrtc
 
 # ---- sources (listed, not globbed) ----
-RUNTIME_SRC := runtime/util.c runtime/safetensors.c \
+RUNTIME_SRC := runtime/util.c runtime/safetensors.c runtime/kcuda.c \
                runtime/tokenizer.c runtime/tok_util.c runtime/tok_text.c runtime/tok_model.c
 RUNTIME_CMD := runtime/cmd_tokenize.c
 COMPILER_SRC := compiler/config.c compiler/graph.c compiler/spec.c compiler/registry.c \
                 compiler/passes/verify.c compiler/passes/bind_weights.c \
-                compiler/posenc.c compiler/ref.c
+                compiler/posenc.c compiler/ref.c compiler/knvrtc.c
 # Runtime tests link libkiln.a only; compiler tests link both libraries.
 RUNTIME_TESTS  := safetensors tokenizer
 COMPILER_TESTS := config graph spec registry cli
@@ -51,6 +52,10 @@ $(B)/obj/%.o: %.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -c $< -o $@
 
+$(B)/obj/tests/gpu/%.o: tests/gpu/%.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -Itests/gpu -c $< -o $@
+
 $(B)/lib/libkiln.a: $(RUNTIME_OBJ)
 	@mkdir -p $(@D)
 	$(AR) rcs $@ $^
@@ -61,7 +66,15 @@ $(B)/lib/libkilnc.a: $(COMPILER_OBJ)
 
 $(B)/bin/kilnc: $(B)/obj/compiler/main.o $(B)/lib/libkilnc.a $(B)/lib/libkiln.a
 	@mkdir -p $(@D)
-	$(CC) $(LDFLAGS) -o $@ $^ $(STATIC) $(SYSLIBS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(STATIC) $(CUDALIBS) $(SYSLIBS)
+
+# The kernel test harness: run on the GPU machine by tests/gpu/run.sh; without a GPU it only
+# compiles every kernel case for sm_80 and sm_90a (make check runs that).
+KTEST_SRC := tests/gpu/ktest.c tests/gpu/ktest_elementwise.c tests/gpu/ktest_gemv.c \
+             tests/gpu/ktest_attention.c tests/gpu/ktest_moe.c tests/gpu/ktest_sample.c
+$(B)/bin/kiln-ktest: $(KTEST_SRC:%.c=$(B)/obj/%.o) $(B)/lib/libkilnc.a $(B)/lib/libkiln.a
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $^ $(STATIC) $(CUDALIBS) $(SYSLIBS)
 
 $(B)/bin/kiln: $(B)/obj/runtime/main.o $(RUNTIME_CMD:%.c=$(B)/obj/%.o) $(B)/lib/libkiln.a
 	@mkdir -p $(@D)
@@ -73,7 +86,7 @@ $(RUNTIME_TESTS:%=$(B)/tests/test_%): $(B)/tests/test_%: $(B)/obj/tests/test_%.o
 
 $(COMPILER_TESTS:%=$(B)/tests/test_%): $(B)/tests/test_%: $(B)/obj/tests/test_%.o $(B)/lib/libkilnc.a $(B)/lib/libkiln.a
 	@mkdir -p $(@D)
-	$(CC) $(LDFLAGS) -o $@ $^ $(STATIC) -lcmocka $(SYSLIBS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(STATIC) -lcmocka $(CUDALIBS) $(SYSLIBS)
 
 # Runs every unit test from the repository root (fixtures are found by relative path). The
 # CLI tests find the binaries through KILNC / KILN.
@@ -87,6 +100,19 @@ check: all $(TEST_BINS)
 test: deps
 	$(MAKE) check
 	$(MAKE) SAN=1 check
+
+# ---- tokenizer benchmark: a 128k-vocab byte-level BPE trained by the fixture script (needs a
+# python with HF tokenizers: TOK_PYTHON=...), then encode MB/s; see tests/bench_tokenizer.c
+TOK_PYTHON ?= python3
+TOK_BENCH  := out/bench/tokenizer
+$(TOK_BENCH)/tokenizer.json: tests/fixtures/tokenizers/make_tokenizer_fixtures.py
+	$(TOK_PYTHON) $< --bench $(TOK_BENCH)
+$(B)/tests/bench_tokenizer: $(B)/obj/tests/bench_tokenizer.o $(B)/lib/libkiln.a
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $^ $(STATIC) $(SYSLIBS)
+.PHONY: bench-tokenizer
+bench-tokenizer: $(B)/tests/bench_tokenizer $(TOK_BENCH)/tokenizer.json
+	$(B)/tests/bench_tokenizer $(TOK_BENCH)/tokenizer.json $(TOK_BENCH)/bench.txt
 
 # ---- dependencies: Debian packages, installed only when missing ----
 DEB_PKGS := liblua5.4-dev libjansson-dev libcmocka-dev libpcre2-dev libutf8proc-dev

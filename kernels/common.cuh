@@ -1,0 +1,128 @@
+// common.cuh — device helpers every kernel template uses: element types and conversions,
+// 16-byte vector loads, warp and block reductions. Compiled by NVRTC into each model's
+// generated translation unit (no host code here).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "kiln_step.h"
+
+namespace kiln {
+
+typedef __nv_bfloat16 bf16;
+typedef __half f16;
+
+// Conversions between the storage types (bf16, f16, float) and float.
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(bf16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f(f16 x) { return __half2float(x); }
+
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ bf16 from_f<bf16>(float x) { return __float2bfloat16(x); }
+template <> __device__ __forceinline__ f16 from_f<f16>(float x) { return __float2half(x); }
+
+// Eight 16-bit elements in one 16-byte load or store.
+struct alignas(16) vec8 {
+    unsigned short u[8];
+};
+
+template <typename T>
+__device__ __forceinline__ void load8(const T *p, float out[8])
+{
+    vec8 v = *reinterpret_cast<const vec8 *>(p);
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        T e;
+        *reinterpret_cast<unsigned short *>(&e) = v.u[i];
+        out[i] = to_f(e);
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void store8(T *p, const float in[8])
+{
+    vec8 v;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        T e = from_f<T>(in[i]);
+        v.u[i] = *reinterpret_cast<unsigned short *>(&e);
+    }
+    *reinterpret_cast<vec8 *>(p) = v;
+}
+
+__device__ __forceinline__ float warp_sum(float x)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+
+__device__ __forceinline__ float warp_max(float x)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+    return x;
+}
+
+// Sum over the block; every thread gets the result. `scratch` holds >= 32 floats.
+template <int THREADS>
+__device__ __forceinline__ float block_sum(float x, float *scratch)
+{
+    x = warp_sum(x);
+    if (THREADS <= 32)
+        return x;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    __syncthreads(); // scratch may still be read by a previous reduction
+    if (lane == 0)
+        scratch[warp] = x;
+    __syncthreads();
+    x = lane < THREADS / 32 ? scratch[lane] : 0.f;
+    return warp_sum(x);
+}
+
+template <int THREADS>
+__device__ __forceinline__ float block_max(float x, float *scratch)
+{
+    x = warp_max(x);
+    if (THREADS <= 32)
+        return x;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    __syncthreads();
+    if (lane == 0)
+        scratch[warp] = x;
+    __syncthreads();
+    x = lane < THREADS / 32 ? scratch[lane] : -INFINITY;
+    return warp_max(x);
+}
+
+// Activations, computed in float (the same formulas as compiler/ref.c).
+enum act_kind { ACT_SILU = 0, ACT_GELU = 1, ACT_GELU_TANH = 2, ACT_RELU = 3 };
+
+template <int ACT>
+__device__ __forceinline__ float act(float x)
+{
+    if (ACT == ACT_SILU)
+        return x / (1.f + __expf(-x));
+    if (ACT == ACT_GELU)
+        return 0.5f * x * (1.f + erff(x * 0.70710678118654752f));
+    if (ACT == ACT_GELU_TANH)
+        return 0.5f * x * (1.f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+    return fmaxf(x, 0.f);
+}
+
+// Address of the K or V row of (sequence s, position p) in a paged cache layer of
+// [blocks][KILN_BLOCK][n_kv * hd] elements.
+template <typename T>
+__device__ __forceinline__ const T *kv_row(const T *base, const kiln_step &st, int s, int p,
+                                           int row_elems)
+{
+    const int *bt = st.block_table + s * st.max_blocks;
+    const int blk = bt[p / KILN_BLOCK];
+    return base + ((long long)blk * KILN_BLOCK + p % KILN_BLOCK) * row_elems;
+}
+
+} // namespace kiln

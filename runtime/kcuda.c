@@ -1,0 +1,85 @@
+/* kcuda — see kcuda.h. */
+#include "kcuda.h"
+
+#include <dlfcn.h>
+#include <stdio.h>
+#include <string.h>
+
+typedef CUresult (*get_proc_fn)(const char *, void **, int, cuuint64_t,
+                                CUdriverProcAddressQueryResult *);
+
+int kcuda_load(kcuda *c, kerr *err)
+{
+    memset(c, 0, sizeof *c);
+    c->lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!c->lib)
+        return kerr_add(err, "no NVIDIA driver on this machine (libcuda.so.1 not found: %s); "
+                             "kiln needs a GPU to run models (use 'kilnc ref' on the CPU)",
+                        dlerror());
+    get_proc_fn gpa = (get_proc_fn)dlsym(c->lib, "cuGetProcAddress_v2");
+    if (!gpa) {
+        kcuda_unload(c);
+        return kerr_add(err, "the NVIDIA driver is too old: libcuda.so.1 has no "
+                             "cuGetProcAddress_v2 (kiln needs a CUDA 12 or newer driver)");
+    }
+    int missing = 0;
+#define X(f)                                                                                    \
+    {                                                                                           \
+        CUdriverProcAddressQueryResult q;                                                       \
+        void *p = NULL;                                                                         \
+        if (gpa(#f, &p, CUDA_VERSION, CU_GET_PROC_ADDRESS_DEFAULT, &q) != CUDA_SUCCESS || !p) { \
+            kerr_add(err, "the NVIDIA driver lacks %s (it is older than CUDA %d.%d)", #f,      \
+                     CUDA_VERSION / 1000, CUDA_VERSION % 1000 / 10);                            \
+            missing = 1;                                                                        \
+        }                                                                                       \
+        c->f = (__typeof__(c->f))p;                                                             \
+    }
+    KCUDA_FUNCS(X)
+#undef X
+    if (missing) {
+        kcuda_unload(c);
+        return -1;
+    }
+    CUresult rc = c->cuInit(0);
+    if (rc != CUDA_SUCCESS) {
+        char b[160];
+        kerr_add(err, "the NVIDIA driver is installed but cannot start: cuInit failed: %s",
+                 kcuda_errstr(c, rc, b, sizeof b));
+        kcuda_unload(c);
+        return -1;
+    }
+    int n = 0;
+    if (c->cuDeviceGetCount(&n) != CUDA_SUCCESS || n == 0) {
+        kcuda_unload(c);
+        return kerr_add(err, "no CUDA GPU is visible (check nvidia-smi and "
+                             "CUDA_VISIBLE_DEVICES)");
+    }
+    c->cuDriverGetVersion(&c->driver_version);
+    return 0;
+}
+
+void kcuda_unload(kcuda *c)
+{
+    if (c->lib)
+        dlclose(c->lib);
+    memset(c, 0, sizeof *c);
+}
+
+const char *kcuda_errstr(const kcuda *c, CUresult rc, char *buf, size_t cap)
+{
+    const char *name = NULL, *desc = NULL;
+    if (c->cuGetErrorName)
+        c->cuGetErrorName(rc, &name);
+    if (c->cuGetErrorString)
+        c->cuGetErrorString(rc, &desc);
+    snprintf(buf, cap, "%s (%s)", name ? name : "CUDA_ERROR_?", desc ? desc : "no description");
+    return buf;
+}
+
+int kcuda_fail(const kcuda *c, CUresult rc, const char *call, const char *file, int line,
+               kerr *err)
+{
+    char b[200];
+    return kerr_add(err, "%s:%d: %s failed: %s", file, line, call,
+                    kcuda_errstr(c, rc, b, sizeof b));
+}

@@ -1,0 +1,59 @@
+/* kcuda — the CUDA driver API, loaded at run time with dlopen.
+ *
+ * kiln never links libcuda: the library exists only where a driver is installed, and a binary
+ * that links it cannot even start elsewhere. kcuda_load() dlopens libcuda.so.1, resolves every
+ * entry point below through cuGetProcAddress (so each gets the version this header was written
+ * against), and fails with one clear sentence when there is no driver or no GPU.
+ *
+ * KCU(c, call, err) is the one check macro: on failure it appends
+ * "file:line: cuXxx(...) failed: CUDA_ERROR_NAME (description)" to err and returns -1.
+ */
+#ifndef KILN_CUDA_H
+#define KILN_CUDA_H
+
+#include <cuda.h>
+
+#include "util.h"
+
+/* X(name): every driver entry point kiln uses. */
+#define KCUDA_FUNCS(X)                                                                          \
+    X(cuInit) X(cuDriverGetVersion) X(cuDeviceGet) X(cuDeviceGetCount) X(cuDeviceGetName)       \
+    X(cuDeviceGetAttribute) X(cuDeviceTotalMem) X(cuDevicePrimaryCtxRetain)                     \
+    X(cuDevicePrimaryCtxRelease) X(cuCtxSetCurrent) X(cuCtxSynchronize) X(cuModuleLoadData)     \
+    X(cuModuleLoadDataEx) X(cuModuleUnload) X(cuModuleGetFunction) X(cuFuncSetAttribute)        \
+    X(cuFuncGetAttribute) X(cuLaunchKernel) X(cuMemAlloc) X(cuMemFree) X(cuMemGetInfo)          \
+    X(cuMemAllocHost) X(cuMemFreeHost) X(cuMemcpyHtoD) X(cuMemcpyDtoH) X(cuMemcpyDtoD)          \
+    X(cuMemcpyHtoDAsync) X(cuMemcpyDtoHAsync) X(cuMemcpyDtoDAsync) X(cuMemsetD8)                \
+    X(cuMemsetD8Async) X(cuMemsetD32Async) X(cuStreamCreate) X(cuStreamDestroy)                 \
+    X(cuStreamSynchronize) X(cuStreamBeginCapture) X(cuStreamEndCapture)                        \
+    X(cuGraphInstantiateWithFlags) X(cuGraphLaunch) X(cuGraphExecDestroy) X(cuGraphDestroy)     \
+    X(cuEventCreate) X(cuEventDestroy) X(cuEventRecord) X(cuEventSynchronize)                   \
+    X(cuEventElapsedTime) X(cuGetErrorName) X(cuGetErrorString)
+
+typedef struct kcuda {
+    void *lib;
+    int driver_version; /* e.g. 13000 */
+#define X(f) __typeof__(f) *f;
+    KCUDA_FUNCS(X)
+#undef X
+} kcuda;
+
+/* Loads the driver and initialises it. On a machine without a driver or GPU, returns -1 with
+ * one sentence saying which. */
+int kcuda_load(kcuda *c, kerr *err);
+void kcuda_unload(kcuda *c);
+
+/* "CUDA_ERROR_OUT_OF_MEMORY (out of memory)" into buf. */
+const char *kcuda_errstr(const kcuda *c, CUresult rc, char *buf, size_t cap);
+
+int kcuda_fail(const kcuda *c, CUresult rc, const char *call, const char *file, int line,
+               kerr *err);
+
+#define KCU(c, call, err)                                                                       \
+    do {                                                                                        \
+        CUresult kcu_rc_ = (c)->call;                                                           \
+        if (kcu_rc_ != CUDA_SUCCESS)                                                            \
+            return kcuda_fail((c), kcu_rc_, #call, __FILE__, __LINE__, (err));                  \
+    } while (0)
+
+#endif

@@ -1,0 +1,293 @@
+/* ktest — see ktest.h. `kiln-ktest [FILTER]` runs every kernel test case (or those whose name
+ * contains FILTER) on GPU 0 and prints a summary table last; exit status 1 on any failure.
+ *
+ * Without a GPU (or with --compile-only) it still compiles every case's translation unit with
+ * NVRTC for sm_80 and sm_90a, so CI proves the templates instantiate; the device calls then do
+ * nothing and no comparison is made. */
+#include "ktest.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "knvrtc.h"
+
+static void die(kt *t, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "ktest: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    (void)t;
+    exit(2);
+}
+
+#define CK(call)                                                                                \
+    do {                                                                                        \
+        kerr e_;                                                                                \
+        kerr_clear(&e_);                                                                        \
+        if (kcuda_check_(t, (t->cu.call), #call, __LINE__, &e_))                                \
+            die(t, "%s", kerr_msg(&e_));                                                        \
+    } while (0)
+
+static int kcuda_check_(kt *t, CUresult rc, const char *call, int line, kerr *e)
+{
+    if (rc == CUDA_SUCCESS)
+        return 0;
+    return kcuda_fail(&t->cu, rc, call, "ktest.c", line, e);
+}
+
+CUmodule kt_module(kt *t, const char *name, const char *src)
+{
+    char *tmpl = util_path_join(t->root, "templates");
+    char *kern = util_path_join(t->root, "kernels");
+    const char *inc[] = {tmpl, kern, NULL};
+    static const char *both[] = {"sm_80", "sm_90a", NULL};
+    const char *one[] = {t->arch, NULL};
+    const char **archs = t->compile_only ? both : one;
+    CUmodule m = NULL;
+    for (int i = 0; archs[i]; i++) {
+        nvrtc_result r;
+        kerr e;
+        kerr_clear(&e);
+        if (nvrtc_compile(src, name, archs[i], inc, &r, &e)) {
+            kt_result(t, name, 0, "NVRTC compile failed (log above)");
+            fprintf(stderr, "%s\n--- source ---\n%s\n", kerr_msg(&e), src);
+            continue;
+        }
+        if (t->compile_only)
+            t->compiled++;
+        else
+            CK(cuModuleLoadData(&m, r.code));
+        nvrtc_result_free(&r);
+    }
+    free(tmpl);
+    free(kern);
+    return m;
+}
+
+CUfunction kt_func(kt *t, CUmodule m, const char *name)
+{
+    CUfunction f = NULL;
+    if (t->compile_only || !m)
+        return NULL;
+    CK(cuModuleGetFunction(&f, m, name));
+    return f;
+}
+
+CUdeviceptr kt_alloc(kt *t, size_t bytes)
+{
+    if (t->compile_only)
+        return 0;
+    CUdeviceptr d;
+    CK(cuMemAlloc(&d, bytes ? bytes : 16));
+    CK(cuMemsetD8(d, 0xFF, bytes ? bytes : 16));
+    return d;
+}
+
+CUdeviceptr kt_upload(kt *t, const void *host, size_t bytes)
+{
+    if (t->compile_only)
+        return 0;
+    CUdeviceptr d = kt_alloc(t, bytes);
+    if (bytes)
+        CK(cuMemcpyHtoD(d, host, bytes));
+    return d;
+}
+
+void kt_download(kt *t, void *host, CUdeviceptr d, size_t bytes)
+{
+    if (t->compile_only) {
+        memset(host, 0, bytes);
+        return;
+    }
+    CK(cuCtxSynchronize());
+    if (bytes)
+        CK(cuMemcpyDtoH(host, d, bytes));
+}
+
+void kt_free(kt *t, CUdeviceptr d)
+{
+    if (!t->compile_only)
+        CK(cuMemFree(d));
+}
+
+void kt_launch(kt *t, CUfunction f, const char *name, unsigned gx, unsigned gy, unsigned gz,
+               unsigned bx, size_t smem, void **args)
+{
+    if (t->compile_only)
+        return;
+    if (!f)
+        die(t, "kernel %s: no function (its module failed to compile)", name);
+    if (smem > 48 * 1024)
+        CK(cuFuncSetAttribute(f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, (int)smem));
+    CUresult rc = t->cu.cuLaunchKernel(f, gx, gy, gz, bx, 1, 1, (unsigned)smem, t->stream, args, NULL);
+    if (rc == CUDA_SUCCESS)
+        rc = t->cu.cuStreamSynchronize(t->stream);
+    if (rc != CUDA_SUCCESS) {
+        char b[200];
+        die(t, "kernel %s (grid %u,%u,%u block %u smem %zu) failed: %s", name, gx, gy, gz, bx,
+            smem, kcuda_errstr(&t->cu, rc, b, sizeof b));
+    }
+}
+
+float kt_randf(kt *t)
+{
+    /* xorshift64*: reproducible from the seed printed at start */
+    t->rng ^= t->rng >> 12;
+    t->rng ^= t->rng << 25;
+    t->rng ^= t->rng >> 27;
+    uint64_t r = t->rng * 2685821657736338717ull;
+    return (float)((double)(r >> 11) / (double)(1ull << 53) * 2.0 - 1.0);
+}
+
+void kt_fill(kt *t, float *x, size_t n, float scale)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = kt_randf(t) * scale;
+}
+
+uint16_t *kt_to_bf16(const float *x, size_t n)
+{
+    uint16_t *o = xmalloc(sizeof(uint16_t) * (n ? n : 1));
+    for (size_t i = 0; i < n; i++)
+        o[i] = util_f32_to_bf16(x[i]);
+    return o;
+}
+
+float *kt_from_bf16(const uint16_t *x, size_t n)
+{
+    float *o = xmalloc(sizeof(float) * (n ? n : 1));
+    for (size_t i = 0; i < n; i++)
+        o[i] = util_bf16_to_f32(x[i]);
+    return o;
+}
+
+void kt_round_bf16(float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = util_bf16_to_f32(util_f32_to_bf16(x[i]));
+}
+
+static void add_row(kt *t, const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    t->summary = xrealloc(t->summary, t->summary_len + (size_t)n + 1);
+    memcpy(t->summary + t->summary_len, line, (size_t)n + 1);
+    t->summary_len += (size_t)n;
+}
+
+void kt_result(kt *t, const char *name, int ok, const char *detail)
+{
+    if (t->compile_only && ok)
+        return;
+    t->cases++;
+    if (!ok)
+        t->failures++;
+    add_row(t, "%-48s %-4s %s\n", name, ok ? "ok" : "FAIL", detail);
+    printf("%s %s %s\n", ok ? "ok  " : "FAIL", name, detail);
+    fflush(stdout);
+}
+
+int kt_check(kt *t, const char *name, const float *got, const float *want, size_t n, double tol)
+{
+    if (t->compile_only)
+        return 1;
+    double num = 0, den = 0;
+    size_t bad = 0, first = (size_t)-1, nan = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(got[i])) {
+            nan++;
+            if (first == (size_t)-1)
+                first = i;
+            continue;
+        }
+        double d = (double)got[i] - (double)want[i];
+        num += d * d;
+        den += (double)want[i] * want[i];
+        if (fabs(d) > 1e-2 + 5e-2 * fabs(want[i])) {
+            if (first == (size_t)-1)
+                first = i;
+            bad++;
+        }
+    }
+    double rel = sqrt(num / (den > 0 ? den : 1));
+    int ok = nan == 0 && rel <= tol;
+    char detail[256];
+    if (first != (size_t)-1)
+        snprintf(detail, sizeof detail, "rel_l2 %.2e (tol %.0e), %zu non-finite, %zu far; first at [%zu]: got %g want %g",
+                 rel, tol, nan, bad, first, got[first], want[first]);
+    else
+        snprintf(detail, sizeof detail, "rel_l2 %.2e (tol %.0e), n=%zu", rel, tol, n);
+    kt_result(t, name, ok, detail);
+    return ok;
+}
+
+int kt_want(kt *t, const char *name) { return !t->filter || strstr(name, t->filter); }
+
+static void run_all(kt *t)
+{
+    ktest_elementwise(t);
+    ktest_gemv(t);
+    ktest_attention(t);
+    ktest_moe(t);
+    ktest_sample(t);
+}
+
+int main(int argc, char **argv)
+{
+    kt ts, *t = &ts;
+    memset(t, 0, sizeof ts);
+    int ai = 1;
+    if (argc > 1 && strcmp(argv[1], "--compile-only") == 0) {
+        t->compile_only = 1;
+        ai++;
+    }
+    t->filter = argc > ai ? argv[ai] : getenv("KTEST_FILTER");
+    const char *root = getenv("KILN_ROOT");
+    t->root = root && *root ? root : ".";
+    t->rng = 88172645463325252ull;
+    kerr e;
+    kerr_clear(&e);
+    if (!t->compile_only && kcuda_load(&t->cu, &e)) {
+        printf("ktest: no GPU (%s)\nktest: compiling every kernel case for sm_80 and sm_90a "
+               "instead; NOTHING IS RUN OR COMPARED\n",
+               kerr_msg(&e));
+        t->compile_only = 1;
+    }
+    if (t->compile_only) {
+        strcpy(t->arch, "sm_90a");
+        run_all(t);
+        printf("ktest: compile-only: %d translation units compiled, %d failed\n", t->compiled,
+               t->failures);
+        return t->failures ? 1 : 0;
+    }
+    CUdevice dev;
+    int maj = 0, min = 0;
+    char name[256];
+    CK(cuDeviceGet(&dev, 0));
+    CK(cuDeviceGetAttribute(&maj, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev));
+    CK(cuDeviceGetAttribute(&min, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev));
+    CK(cuDeviceGetName(name, sizeof name, dev));
+    CK(cuDevicePrimaryCtxRetain(&t->ctx, dev));
+    CK(cuCtxSetCurrent(t->ctx));
+    CK(cuStreamCreate(&t->stream, 0));
+    snprintf(t->arch, sizeof t->arch, "sm_%d%d%s", maj, min, maj == 9 ? "a" : "");
+    const char *seed = getenv("KTEST_SEED");
+    unsigned long long s0 = seed ? strtoull(seed, NULL, 10) : (unsigned long long)(util_now() * 1e6);
+    t->rng = s0 ? s0 : 88172645463325252ull;
+    printf("ktest: %s (%s), NVRTC %s, seed %llu (KTEST_SEED to repeat)\n", name, t->arch,
+           nvrtc_version_str(), s0);
+    run_all(t);
+    printf("\n%-48s %-4s %s\n%s", "KERNEL CASE", "", "RESULT", t->summary ? t->summary : "");
+    printf("ktest: %d cases, %d failed (%s, seed %llu)\n", t->cases, t->failures, name, s0);
+    return t->failures ? 1 : 0;
+}
