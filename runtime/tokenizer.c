@@ -6,9 +6,10 @@
  * split out of it (their patterns are normalized too); (3) the pre-tokenizer splits the rest;
  * (4) the model turns each piece into ids; (5) truncation, the post-processor (TemplateProcessing,
  * BertProcessing, RobertaProcessing, ByteLevel, Sequence) and padding run as tokenizer.json says.
- * Added tokens get ids exactly as AddedVocabulary::add_tokens assigns them. When a folder's
- * tokenizer_config.json sets add_bos_token or add_eos_token, the post-processor is replaced by
- * [bos] $A [eos] as transformers (v5) does when it loads the same folder.
+ * Added tokens get ids exactly as AddedVocabulary::add_tokens assigns them. add_bos_token and
+ * add_eos_token in tokenizer_config.json do not change the ids: transformers 5.17 also leaves
+ * tokenizer.json's post-processor in charge (checked with AutoTokenizer, with and without a
+ * post-processor and with Llama/Gemma tokenizer classes); the config files only name bos/eos.
  *
  * Decode: ids -> token strings (added tokens first, unknown ids dropped, special tokens dropped
  * when asked), then the decoder chain (ByteLevel, Metaspace, WordPiece, BPEDecoder, ByteFallback,
@@ -1003,26 +1004,6 @@ static int load_special_ids(tokenizer *t, const char *dir, kerr *err)
             if (e >= 0)
                 t->eos_list[t->neos++] = e;
         }
-    }
-    /* transformers v5: explicit add_bos_token/add_eos_token, or no post-processor, means the
-     * post-processor becomes [bos] $A [eos] per those flags. */
-    json_t *ab = json_object_get(tc, "add_bos_token"), *ae = json_object_get(tc, "add_eos_token");
-    if (tc && (ab || ae || !t->post)) {
-        int32_t b = config_token(t, tc, "bos_token"), e = config_token(t, tc, "eos_token");
-        if (b < 0)
-            b = config_token(t, stm, "bos_token");
-        if (e < 0)
-            e = config_token(t, stm, "eos_token");
-        post *p = xcalloc(1, sizeof *p);
-        p->type = PP_TEMPLATE;
-        p->items = xmalloc(3 * sizeof *p->items);
-        if (json_is_true(ab) && b >= 0)
-            p->items[p->nitems++] = b;
-        p->items[p->nitems++] = PP_SEQ_A;
-        if (json_is_true(ae) && e >= 0)
-            p->items[p->nitems++] = e;
-        post_free(t->post);
-        t->post = p;
     }
     json_decref(gen);
     json_decref(tc);

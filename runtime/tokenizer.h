@@ -1,7 +1,7 @@
 /* tokenizer — Hugging Face tokenizer.json, in C, giving the ids HF `tokenizers` gives.
  *
  * tok_load reads tokenizer.json (and, in a folder, tokenizer_config.json, special_tokens_map.json,
- * generation_config.json and config.json for bos/eos and transformers' add_bos/add_eos rule) and
+ * generation_config.json and config.json, which name the bos/eos tokens) and
  * builds the pipeline HF defines: added/special tokens are split out first, then the normalizer,
  * the pre-tokenizer, the model (BPE, WordPiece, WordLevel) and the post-processor run. Decoding
  * runs the decoder chain. See tokenizer.c for the list of supported components and the rules for
