@@ -34,8 +34,8 @@ CUDALIBS := -lnvrtc
 RUNTIME_SRC := runtime/util.c runtime/safetensors.c runtime/kcuda.c \
                runtime/tokenizer.c runtime/tok_util.c runtime/tok_text.c runtime/tok_model.c
 RUNTIME_CMD := runtime/cmd_tokenize.c
-COMPILER_SRC := compiler/config.c compiler/graph.c compiler/spec.c compiler/registry.c \
-                compiler/passes/verify.c compiler/passes/bind_weights.c \
+COMPILER_SRC := compiler/pipeline.c compiler/config.c compiler/graph.c compiler/spec.c compiler/registry.c \
+                compiler/passes/verify.c compiler/passes/bind_weights.c compiler/passes/fuse.c \
                 compiler/posenc.c compiler/ref.c compiler/knvrtc.c
 # Runtime tests link libkiln.a only; compiler tests link both libraries.
 RUNTIME_TESTS  := safetensors tokenizer

@@ -119,6 +119,14 @@ typedef struct kg_node {
     kg_rope rope;
     kg_moe moe;
     int pool_mode, pool_normalize;
+    int epi_act;             /* LINEAR: -1, or a kg_act: the gated epilogue act(x.Wg) * (x.Wu)
+                                over the two halves of the weight's rows (fuse pass) */
+
+    /* set by passes */
+    int fused_into;          /* -1, or the node whose kernel computes this value (fuse) */
+    int view_of;             /* SLICE of an activation read in place: the node it views (fuse) */
+    int64_t buf;             /* byte offset in the activation slab, -1 if none (plan_memory) */
+    int64_t buf_bytes;
 } kg_node;
 
 typedef struct kgraph {
@@ -169,6 +177,15 @@ int graph_scale(kgraph *g, int x, double s, const char *name, kerr *err);
 int graph_moe(kgraph *g, const int ins[9], const kg_moe *m, const char *name, kerr *err);
 int graph_pool(kgraph *g, int x, int mode, int normalize, const char *name, kerr *err);
 int graph_logits(kgraph *g, int x, int w, const char *name, kerr *err);
+
+/* For passes: appends a copy of `proto` (strings duplicated, inputs as given), returning its
+ * id. The caller keeps the order topological. */
+int graph_append(kgraph *g, const kg_node *proto);
+/* Removes nodes nothing depends on (the output and inputs are kept), renumbering the rest in
+ * order. Returns the number removed. */
+int graph_compact(kgraph *g);
+/* Number of nodes reading node `id`. */
+int graph_users(const kgraph *g, int id);
 
 /* Invariants (topological order, shapes per op, T placement); messages name the node.
  * A failure after a pass is a compiler bug. */

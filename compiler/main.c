@@ -15,7 +15,7 @@
 #include "config.h"
 #include "graph.h"
 #include "kc.h"
-#include "passes/passes.h"
+#include "pipeline.h"
 #include "ref.h"
 #include "registry.h"
 #include "safetensors.h"
@@ -23,54 +23,6 @@
 #include "util.h"
 
 #define KILN_VERSION "0.1.0"
-
-/* ---------------------------------------------------------------- the pipeline */
-
-typedef struct pass {
-    const char *name;
-    int (*run)(kc *c, kerr *err);
-    const char *what;
-} pass;
-
-static const pass passes[] = {
-    {"bind_weights", pass_bind_weights, "tie weight nodes to checkpoint tensors"},
-};
-
-static int pass_index(const char *name)
-{
-    if (strcmp(name, "build") == 0)
-        return -1;
-    for (size_t i = 0; i < ARRAY_LEN(passes); i++)
-        if (strcmp(passes[i].name, name) == 0)
-            return (int)i;
-    return -2;
-}
-
-/* Runs passes[0..upto] (all when upto < 0 is not "build"), verifying after each; prints the
- * graph after `dump_after` when set. */
-static int run_passes(kc *c, int upto, const char *dump_after, kerr *err)
-{
-    if (graph_verify(c->g, err)) {
-        kerr_add(err, "internal error: the graph built by %s fails verification (a kilnc bug; "
-                      "please report it with the spec and config.json)",
-                 c->spec->path);
-        return -1;
-    }
-    if (dump_after && strcmp(dump_after, "build") == 0)
-        graph_print(c->g, stdout);
-    for (int i = 0; i <= upto && i < (int)ARRAY_LEN(passes); i++) {
-        if (passes[i].run(c, err))
-            return -1;
-        if (graph_verify(c->g, err)) {
-            kerr_add(err, "internal error: the graph fails verification after pass '%s' (a kilnc "
-                          "bug)", passes[i].name);
-            return -1;
-        }
-        if (dump_after && strcmp(dump_after, passes[i].name) == 0)
-            graph_print(c->g, stdout);
-    }
-    return 0;
-}
 
 /* ---------------------------------------------------------------- options */
 
@@ -147,6 +99,12 @@ static int parse_opts(int argc, char **argv, opts *o, int allow_dump)
     return 0;
 }
 
+static kc_opts kopts(const opts *o, int need_weights)
+{
+    kc_opts k = {o->spec, o->spec_path, o->n_spec_path, o->strict, need_weights};
+    return k;
+}
+
 static const char common_help[] =
     "  --spec FILE        use this archspec instead of resolving config.json's architectures\n"
     "  --spec-path DIR    also search DIR for archspecs (repeatable; before KILN_SPEC_PATH and\n"
@@ -155,17 +113,6 @@ static const char common_help[] =
     "  -h, --help         this help\n";
 
 /* ---------------------------------------------------------------- setup */
-
-static void kc_free(kc *c)
-{
-    graph_free(c->g);
-    st_close(c->weights);
-    config_free(c->cfg);
-    registry_free(c->reg);
-    spec_info_free(&c->own_spec);
-    free(c->model_dir);
-    free(c->config_path);
-}
 
 static void print_err(kerr *e)
 {
@@ -197,49 +144,6 @@ static void print_warn(kc *c, int max)
     }
     if (c->warn.n > max)
         fprintf(stderr, "kilnc: ... and %d more warnings\n", c->warn.n - max);
-}
-
-/* Loads config, checkpoint and spec, and builds the graph. need_weights: a checkpoint must be
- * present (check, ref, compile); graph printing works from config.json alone. */
-static int kc_open(kc *c, const opts *o, int need_weights, kerr *err)
-{
-    memset(c, 0, sizeof *c);
-    c->strict = o->strict;
-    if (!util_is_dir(o->model))
-        return kerr_add(err, "%s: not a folder (expected a Hugging Face model folder with "
-                             "config.json and *.safetensors)",
-                        o->model);
-    c->model_dir = xstrdup(o->model);
-    c->config_path = util_path_join(o->model, "config.json");
-    if (!util_is_file(c->config_path))
-        return kerr_add(err, "%s: no config.json in this folder", o->model);
-    c->cfg = config_load(c->config_path, err);
-    if (!c->cfg)
-        return -1;
-    char *st_idx = util_path_join(o->model, "model.safetensors.index.json");
-    char *st_one = util_path_join(o->model, "model.safetensors");
-    int have_st = util_is_file(st_idx) || util_is_file(st_one);
-    free(st_idx);
-    free(st_one);
-    if (have_st || need_weights) {
-        c->weights = st_open(o->model, err);
-        if (!c->weights)
-            return -1;
-    }
-    c->reg = registry_load(o->spec_path, o->n_spec_path, err);
-    if (!c->reg)
-        return -1;
-    if (o->spec) {
-        if (spec_probe(o->spec, c->reg->lib_dir, &c->own_spec, err))
-            return -1;
-        c->spec = &c->own_spec;
-    } else {
-        c->spec = registry_resolve(c->reg, c->cfg, err);
-        if (!c->spec)
-            return -1;
-    }
-    c->g = spec_build(c->spec, c->reg->lib_dir, c->cfg, c->weights, err);
-    return c->g ? 0 : -1;
 }
 
 /* ---------------------------------------------------------------- commands */
@@ -306,7 +210,8 @@ static int cmd_check(int argc, char **argv)
     kc c;
     kerr err;
     kerr_clear(&err);
-    int rc = kc_open(&c, &o, 1, &err) || run_passes(&c, (int)ARRAY_LEN(passes) - 1, NULL, &err);
+    kc_opts ko = kopts(&o, 1);
+    int rc = kc_open(&c, o.model, &ko, &err) || kc_run(&c, NULL, NULL, NULL, &err);
     print_warn(&c, 20);
     if (rc) {
         print_err(&err);
@@ -357,38 +262,38 @@ static int cmd_graph(int argc, char **argv)
                 "  %%ID NAME = OP(INPUTS; ATTRIBUTES) SHAPE DTYPE  @SPEC:LINE\n"
                 "By default after the last pass; --dump-after=PASS prints it after PASS instead.\n"
                 "Passes, in order: build");
-        for (size_t i = 0; i < ARRAY_LEN(passes); i++)
-            fprintf(o.help ? stdout : stderr, ", %s", passes[i].name);
+        for (int i = 0; i < kc_npasses(); i++)
+            fprintf(o.help ? stdout : stderr, ", %s", kc_pass_name(i));
         fprintf(o.help ? stdout : stderr, "\n\n  --dump-after=PASS  print after PASS\n%s",
                 common_help);
         return o.help ? 0 : 2;
     }
-    int upto = (int)ARRAY_LEN(passes) - 1;
+    const char *upto = NULL;
     if (o.dump_after) {
-        int k = pass_index(o.dump_after);
-        if (k == -2) {
+        if (kc_pass_index(o.dump_after) == -2) {
             fprintf(stderr, "kilnc: error: --dump-after: unknown pass '%s' (passes: build",
                     o.dump_after);
-            for (size_t i = 0; i < ARRAY_LEN(passes); i++)
-                fprintf(stderr, ", %s", passes[i].name);
+            for (int i = 0; i < kc_npasses(); i++)
+                fprintf(stderr, ", %s", kc_pass_name(i));
             fprintf(stderr, ")\n");
             return 2;
         }
-        upto = k;
+        upto = o.dump_after;
     }
     kc c;
     kerr err;
     kerr_clear(&err);
-    int rc = kc_open(&c, &o, 0, &err);
-    if (rc == 0 && !c.weights && upto >= 0) {
+    kc_opts ko = kopts(&o, 0);
+    int rc = kc_open(&c, o.model, &ko, &err);
+    if (rc == 0 && !c.weights && !(upto && strcmp(upto, "build") == 0)) {
         fprintf(stderr, "kilnc: note: no safetensors in %s; printing the graph as built\n",
                 o.model);
-        upto = -1;
-        if (!o.dump_after)
-            o.dump_after = "build";
+        upto = o.dump_after = "build";
     }
-    if (rc == 0)
-        rc = run_passes(&c, upto, o.dump_after ? o.dump_after : passes[upto].name, &err);
+    if (rc == 0) {
+        const char *dump = o.dump_after ? o.dump_after : kc_pass_name(kc_npasses() - 1);
+        rc = kc_run(&c, upto, dump, stdout, &err);
+    }
     print_warn(&c, 20);
     if (rc) {
         print_err(&err);
@@ -482,7 +387,9 @@ static int cmd_ref(int argc, char **argv)
     st_writer *dw = NULL;
     float *prompt_logits = NULL;
     int64_t *gen = NULL;
-    int rc = kc_open(&c, &o, 1, &err) || run_passes(&c, (int)ARRAY_LEN(passes) - 1, NULL, &err);
+    /* the reference interprets the unfused graph: it is the oracle the passes are checked by */
+    kc_opts ko = kopts(&o, 1);
+    int rc = kc_open(&c, o.model, &ko, &err) || kc_run(&c, "bind_weights", NULL, NULL, &err);
     print_warn(&c, 5);
     if (rc)
         goto fail;

@@ -382,6 +382,10 @@ static int op_embed(ref *r, int id, float *out, kerr *err)
     return 0;
 }
 
+static float act(int which, float x);
+
+/* y = x . w^T (+ b). With the gated epilogue (fuse pass), w holds [gate; up] rows and
+ * y = act(x . gate^T) * (x . up^T), as the unfused graph computed it. */
 static void op_linear(ref *r, const kg_node *n, float *out)
 {
     const kg_node *wn = &r->g->nodes[n->in[1]];
@@ -389,7 +393,20 @@ static void op_linear(ref *r, const kg_node *n, float *out)
     const float *x = r->val[n->in[0]];
     const float *b = n->n_in > 2 && n->in[2] >= 0 ? arg(r, n->in[2]) : NULL;
     int64_t o = wn->shape[0], k = wn->shape[1];
-    float *buf = scratch(r, (size_t)k);
+    float *buf = scratch(r, (size_t)k * 2);
+    if (n->epi_act >= 0) {
+        int64_t half = o / 2;
+        for (int64_t j = 0; j < half; j++) {
+            const float *gr = crow(w, (uint64_t)(j * k), k, buf);
+            const float *ur = crow(w, (uint64_t)((j + half) * k), k, buf + k);
+            for (int t = 0; t < r->n; t++) {
+                float g = dot(x + t * k, gr, k) + (b ? b[j] : 0.0f);
+                float u = dot(x + t * k, ur, k) + (b ? b[j + half] : 0.0f);
+                out[t * half + j] = act(n->epi_act, g) * u;
+            }
+        }
+        return;
+    }
     for (int64_t j = 0; j < o; j++) {
         const float *wr = crow(w, (uint64_t)(j * k), k, buf);
         for (int t = 0; t < r->n; t++)

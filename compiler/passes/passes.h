@@ -12,4 +12,7 @@ int pass_verify(kc *c, kerr *err);
  * supported dtype; unused checkpoint tensors are listed (warnings, errors with --strict). */
 int pass_bind_weights(kc *c, kerr *err);
 
+/* Fewer, larger kernels: q/k/v and gate/up GEMM fusion, add+norm, rope+KV write. */
+int pass_fuse(kc *c, kerr *err);
+
 #endif

@@ -1,0 +1,108 @@
+/* pipeline — see pipeline.h. The one list of passes is here. */
+#include "pipeline.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "passes/passes.h"
+
+typedef struct pass {
+    const char *name;
+    int (*run)(kc *c, kerr *err);
+} pass;
+
+/* The pipeline: one pass per line, graph_verify between them (kc_run). */
+static const pass passes[] = {
+    {"bind_weights", pass_bind_weights},
+    {"fuse", pass_fuse},
+};
+
+int kc_npasses(void) { return (int)ARRAY_LEN(passes); }
+const char *kc_pass_name(int i) { return passes[i].name; }
+
+int kc_pass_index(const char *name)
+{
+    if (strcmp(name, "build") == 0)
+        return -1;
+    for (size_t i = 0; i < ARRAY_LEN(passes); i++)
+        if (strcmp(passes[i].name, name) == 0)
+            return (int)i;
+    return -2;
+}
+
+int kc_run(kc *c, const char *upto, const char *dump_after, FILE *dump, kerr *err)
+{
+    int last = upto ? kc_pass_index(upto) : (int)ARRAY_LEN(passes) - 1;
+    if (last == -2)
+        return kerr_add(err, "unknown pass '%s'", upto);
+    if (graph_verify(c->g, err))
+        return kerr_add(err, "internal error: the graph built by %s fails verification (a kilnc "
+                             "bug; please report it with the spec and config.json)",
+                        c->spec->path);
+    if (dump_after && strcmp(dump_after, "build") == 0)
+        graph_print(c->g, dump);
+    for (int i = 0; i <= last; i++) {
+        if (passes[i].run(c, err))
+            return -1;
+        if (graph_verify(c->g, err))
+            return kerr_add(err, "internal error: the graph fails verification after pass '%s' "
+                                 "(a kilnc bug)",
+                            passes[i].name);
+        if (dump_after && strcmp(dump_after, passes[i].name) == 0)
+            graph_print(c->g, dump);
+    }
+    return 0;
+}
+
+void kc_free(kc *c)
+{
+    graph_free(c->g);
+    st_close(c->weights);
+    config_free(c->cfg);
+    registry_free(c->reg);
+    spec_info_free(&c->own_spec);
+    free(c->model_dir);
+    free(c->config_path);
+    memset(c, 0, sizeof *c);
+}
+
+int kc_open(kc *c, const char *model, const kc_opts *o, kerr *err)
+{
+    memset(c, 0, sizeof *c);
+    c->strict = o->strict;
+    if (!util_is_dir(model))
+        return kerr_add(err, "%s: not a folder (expected a Hugging Face model folder with "
+                             "config.json and *.safetensors)",
+                        model);
+    c->model_dir = xstrdup(model);
+    c->config_path = util_path_join(model, "config.json");
+    if (!util_is_file(c->config_path))
+        return kerr_add(err, "%s: no config.json in this folder", model);
+    c->cfg = config_load(c->config_path, err);
+    if (!c->cfg)
+        return -1;
+    char *st_idx = util_path_join(model, "model.safetensors.index.json");
+    char *st_one = util_path_join(model, "model.safetensors");
+    int have_st = util_is_file(st_idx) || util_is_file(st_one);
+    free(st_idx);
+    free(st_one);
+    if (have_st || o->need_weights) {
+        c->weights = st_open(model, err);
+        if (!c->weights)
+            return -1;
+    }
+    c->reg = registry_load(o->spec_path, o->n_spec_path, err);
+    if (!c->reg)
+        return -1;
+    if (o->spec) {
+        if (spec_probe(o->spec, c->reg->lib_dir, &c->own_spec, err))
+            return -1;
+        c->spec = &c->own_spec;
+    } else {
+        c->spec = registry_resolve(c->reg, c->cfg, err);
+        if (!c->spec)
+            return -1;
+    }
+    c->g = spec_build(c->spec, c->reg->lib_dir, c->cfg, c->weights, err);
+    return c->g ? 0 : -1;
+}

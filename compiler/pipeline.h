@@ -1,0 +1,32 @@
+/* pipeline — the compiler's passes in order, and the setup every command shares: read
+ * config.json and the checkpoint, resolve and run the archspec, then run passes with the
+ * verifier between them. main.c's commands and the tests both go through here. */
+#ifndef KILN_PIPELINE_H
+#define KILN_PIPELINE_H
+
+#include <stdio.h>
+
+#include "kc.h"
+
+typedef struct kc_opts {
+    const char *spec;      /* --spec FILE, or NULL to resolve from config.json */
+    char *const *spec_path;/* --spec-path folders */
+    int n_spec_path;
+    int strict;
+    int need_weights;      /* a checkpoint must be present (else graph-only) */
+} kc_opts;
+
+/* Loads config, checkpoint and spec, and builds the graph. On error kc_free still applies. */
+int kc_open(kc *c, const char *model_dir, const kc_opts *o, kerr *err);
+void kc_free(kc *c);
+
+/* Runs the passes up to and including `upto` (NULL: all), verifying after each; prints the
+ * graph to `dump` after the pass named `dump_after` ("build" = before the first pass). */
+int kc_run(kc *c, const char *upto, const char *dump_after, FILE *dump, kerr *err);
+
+/* Pass names in order; -1 for "build", -2 when unknown. */
+int kc_pass_index(const char *name);
+int kc_npasses(void);
+const char *kc_pass_name(int i);
+
+#endif
