@@ -137,6 +137,10 @@ static int add(kgraph *g, kg_op op, const char *name, int ndim, const int64_t *s
     n->is_const = op == KG_WEIGHT || (all_const && op != KG_INPUT);
     n->spec_file = g->cur_file;
     n->spec_line = g->cur_line;
+    n->epi_act = -1;
+    n->fused_into = -1;
+    n->view_of = -1;
+    n->buf = -1;
     char auto_name[64];
     if (!name || !*name) {
         snprintf(auto_name, sizeof auto_name, "%s.%d", op_names[op], id);
@@ -422,7 +426,7 @@ int graph_linear(kgraph *g, int x, int w, int b, const char *name, kerr *err)
         return fail(err, "linear", "the weight must be 2-d [out, in], got %s",
                     desc(g, w, d, sizeof d));
     if (wn->shape[1] != xn->shape[1])
-        return fail(err, "linear", "input %s has width %lld but weight %s expects %lld",
+        return fail(err, "linear", "input %s has width %lld but %s expects %lld",
                     desc(g, x, d, sizeof d), (long long)xn->shape[1], desc(g, w, e, sizeof e),
                     (long long)wn->shape[1]);
     if (b >= 0) {
@@ -677,7 +681,7 @@ int graph_logits(kgraph *g, int x, int w, const char *name, kerr *err)
     const kg_node *xn = &g->nodes[x], *wn = &g->nodes[w];
     char d[200], e[200];
     if (xn->ndim != 2 || wn->ndim != 2 || wn->shape[1] != xn->shape[1])
-        return fail(err, "logits", "input %s does not fit head weight %s [vocab, hidden]",
+        return fail(err, "logits", "input %s does not fit head %s [vocab, hidden]",
                     desc(g, x, d, sizeof d), desc(g, w, e, sizeof e));
     if (g->output >= 0)
         return fail(err, "logits", "the graph already has an output (%s)",
@@ -783,6 +787,12 @@ static void print_attrs(const kg_node *n, FILE *f)
                 n->moe.has_shared ? (n->moe.shared_gate ? " shared(gated)" : " shared") : "");
         break;
     }
+    case KG_LINEAR:
+        if (n->epi_act >= 0) {
+            static const char *acts[] = {"silu", "gelu", "gelu_tanh", "relu"};
+            fprintf(f, "; gated=%s", acts[n->epi_act]);
+        }
+        break;
     case KG_POOL: {
         static const char *modes[] = {"mean", "cls", "last"};
         fprintf(f, "; %s%s", modes[n->pool_mode], n->pool_normalize ? " normalize" : "");
@@ -807,6 +817,12 @@ void graph_print(const kgraph *g, FILE *f)
         fprintf(f, ") %s %s", graph_shape_str(n, sh, sizeof sh), st_dtype_name(n->dtype));
         if (n->is_const && n->op != KG_WEIGHT)
             fprintf(f, " const");
+        if (n->fused_into >= 0)
+            fprintf(f, " [computed by %%%d]", n->fused_into);
+        if (n->view_of >= 0)
+            fprintf(f, " [view of %%%d]", n->view_of);
+        if (n->buf >= 0)
+            fprintf(f, " [slab +%lld, %lld B/token]", (long long)n->buf, (long long)n->buf_bytes);
         if (n->spec_file) {
             const char *base = strrchr(n->spec_file, '/');
             fprintf(f, "  @%s:%d", base ? base + 1 : n->spec_file, n->spec_line);
@@ -815,4 +831,83 @@ void graph_print(const kgraph *g, FILE *f)
     }
     if (g->output >= 0)
         fprintf(f, "output %%%d %s\n", g->output, g->nodes[g->output].name);
+}
+
+/* ---------------------------------------------------------------- rewriting */
+
+int graph_append(kgraph *g, const kg_node *proto)
+{
+    if (g->n == g->cap) {
+        g->cap = g->cap ? g->cap * 2 : 256;
+        g->nodes = xrealloc(g->nodes, sizeof(kg_node) * (size_t)g->cap);
+    }
+    int id = g->n++;
+    kg_node *n = &g->nodes[id];
+    *n = *proto;
+    n->name = xstrdup(proto->name ? proto->name : "node");
+    n->weight = proto->weight ? xstrdup(proto->weight) : NULL;
+    return id;
+}
+
+int graph_users(const kgraph *g, int id)
+{
+    int u = 0;
+    for (int i = id + 1; i < g->n; i++)
+        for (int k = 0; k < g->nodes[i].n_in; k++)
+            u += g->nodes[i].in[k] == id;
+    return u;
+}
+
+int graph_compact(kgraph *g)
+{
+    unsigned char *live = xcalloc((size_t)(g->n ? g->n : 1), 1);
+    if (g->output >= 0)
+        live[g->output] = 1;
+    for (int k = 0; k < KG_NINPUTS; k++)
+        if (g->inputs[k] >= 0)
+            live[g->inputs[k]] = 1;
+    for (int i = g->n - 1; i >= 0; i--) {
+        if (!live[i])
+            continue;
+        const kg_node *n = &g->nodes[i];
+        for (int k = 0; k < n->n_in; k++)
+            if (n->in[k] >= 0)
+                live[n->in[k]] = 1;
+        if (n->fused_into >= 0)
+            live[n->fused_into] = 1;
+        if (n->view_of >= 0)
+            live[n->view_of] = 1;
+    }
+    int *map = xmalloc(sizeof(int) * (size_t)(g->n ? g->n : 1));
+    int m = 0, removed = 0;
+    for (int i = 0; i < g->n; i++) {
+        if (!live[i]) {
+            map[i] = -1;
+            free(g->nodes[i].name);
+            free(g->nodes[i].weight);
+            removed++;
+            continue;
+        }
+        map[i] = m;
+        g->nodes[m++] = g->nodes[i];
+    }
+    g->n = m;
+    for (int i = 0; i < g->n; i++) {
+        kg_node *n = &g->nodes[i];
+        for (int k = 0; k < n->n_in; k++)
+            if (n->in[k] >= 0)
+                n->in[k] = map[n->in[k]];
+        if (n->fused_into >= 0)
+            n->fused_into = map[n->fused_into];
+        if (n->view_of >= 0)
+            n->view_of = map[n->view_of];
+    }
+    if (g->output >= 0)
+        g->output = map[g->output];
+    for (int k = 0; k < KG_NINPUTS; k++)
+        if (g->inputs[k] >= 0)
+            g->inputs[k] = map[g->inputs[k]];
+    free(map);
+    free(live);
+    return removed;
 }
