@@ -689,13 +689,13 @@ int ref_forward(ref *r, const int64_t *ids, const int64_t *types, int n, kerr *e
     const kgraph *g = r->g;
     if (n < 1)
         return kerr_add(err, "ref: no tokens to process");
-    if (r->len + n > r->max_seq)
-        return kerr_add(err, "ref: %d tokens exceed the reference's limit of %d", r->len + n,
-                        r->max_seq);
     int embed_task = g->nodes[g->output].op == KG_POOL;
     if (embed_task && r->len > 0)
         return kerr_add(err, "ref: an embedding model runs one forward per sequence (reset "
                              "first)");
+    if (r->len + n > r->max_seq)
+        return kerr_add(err, "ref: %d tokens exceed the reference's limit of %d", r->len + n,
+                        r->max_seq);
     free_values(r, 0);
     r->n = n;
     r->ids = ids;

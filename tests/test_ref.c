@@ -1,0 +1,403 @@
+/* test_ref — the CPU reference against HF transformers' own outputs (tests/fixtures/, made by
+ * tests/fixtures/make_fixtures.py), for every fixture:
+ *
+ *   - prefill logits at every prompt position within relative L2 1e-4 of HF's;
+ *   - the 16 greedy tokens identical to HF generate(), decoded one at a time with the KV cache;
+ *   - each decode step's logits equal to a full re-prefill of the same sequence;
+ *   - the fused graph (after pass fuse) computes the same logits as the unfused one;
+ *   - BERT: last hidden state and the pooled, normalised embedding.
+ * And negative cases: errors a spec author or user meets, with their messages.
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "pipeline.h"
+#include "ref.h"
+#include "safetensors.h"
+
+#define FIX "tests/fixtures/"
+
+static const char *generate_fixtures[] = {
+    "llama",        "llama_tied_oldstyle", "llama_linear_oldstyle", "mistral", "qwen2",
+    "qwen",         "mixtral",             "mixtral4",              "bloom",   "bloom6",
+    "llama_bf16",   "mistral_bf16",        "qwen2_bf16",            "qwen_bf16", "mixtral_bf16",
+    "bloom_bf16",
+};
+
+static double rel_l2(const float *a, const float *b, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - (double)b[i];
+        num += d * d;
+        den += (double)b[i] * b[i];
+    }
+    return sqrt(num / (den > 0 ? den : 1));
+}
+
+static int argmax(const float *x, int n)
+{
+    int b = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[b])
+            b = i;
+    return b;
+}
+
+/* Opens a fixture through the pipeline up to `upto`. */
+static void open_fixture(kc *c, const char *name, const char *upto)
+{
+    char dir[256];
+    snprintf(dir, sizeof dir, FIX "%s", name);
+    kc_opts o = {.need_weights = 1};
+    kerr err;
+    kerr_clear(&err);
+    if (kc_open(c, dir, &o, &err) || kc_run(c, upto, NULL, NULL, &err)) {
+        fail_msg("%s: %s", name, kerr_msg(&err));
+    }
+}
+
+static st_set *expected(const char *name)
+{
+    char path[256];
+    snprintf(path, sizeof path, FIX "%s/expected.safetensors", name);
+    kerr err;
+    kerr_clear(&err);
+    st_set *s = st_open(path, &err);
+    if (!s)
+        fail_msg("%s", kerr_msg(&err));
+    return s;
+}
+
+static const st_tensor *need(const st_set *s, const char *name)
+{
+    const st_tensor *t = st_find(s, name);
+    if (!t)
+        fail_msg("%s: no tensor '%s'", s->origin, name);
+    return t;
+}
+
+static int64_t *ids_of(const st_tensor *t)
+{
+    int64_t *v = malloc(sizeof(int64_t) * t->numel);
+    memcpy(v, t->data, sizeof(int64_t) * t->numel);
+    return v;
+}
+
+/* Prefill logits, greedy tokens, decode-vs-reprefill, for one fixture and one graph stage. */
+static void check_generate(const char *name, const char *upto)
+{
+    kc c;
+    open_fixture(&c, name, upto);
+    st_set *ex = expected(name);
+    const st_tensor *ti = need(ex, "input_ids"), *tl = need(ex, "logits"), *tt = need(ex, "tokens");
+    const st_tensor *tg = need(ex, "gen_logits");
+    int n = (int)ti->numel, V = (int)tl->shape[1], N = (int)tt->numel;
+    int64_t *ids = ids_of(ti);
+    const int64_t *want_tok = tt->data;
+    kerr err;
+    kerr_clear(&err);
+    ref *r = ref_new(c.g, n + N, &err);
+    assert_non_null(r);
+    assert_int_equal(ref_forward(r, ids, NULL, n, &err), 0);
+    int rows, cols;
+    const float *lg = ref_output(r, &rows, &cols);
+    assert_int_equal(rows, n);
+    assert_int_equal(cols, V);
+    /* every prompt position */
+    for (int i = 0; i < n; i++) {
+        double e = rel_l2(lg + (size_t)i * V, (const float *)tl->data + (size_t)i * V, (size_t)V);
+        if (!(e < 1e-4))
+            fail_msg("%s (%s): logits at position %d: relative L2 error %.3g >= 1e-4", name,
+                     upto, i, e);
+    }
+    /* greedy decode with the cache; each step's logits against HF's and a full re-prefill */
+    int64_t *seq = malloc(sizeof(int64_t) * (size_t)(n + N));
+    memcpy(seq, ids, sizeof(int64_t) * (size_t)n);
+    float *last = malloc(sizeof(float) * (size_t)V);
+    memcpy(last, lg + (size_t)(n - 1) * V, sizeof(float) * (size_t)V);
+    ref *full = ref_new(c.g, n + N, &err);
+    assert_non_null(full);
+    for (int s = 0; s < N; s++) {
+        double e = rel_l2(last, (const float *)tg->data + (size_t)s * V, (size_t)V);
+        if (!(e < 1e-4))
+            fail_msg("%s (%s): decode step %d logits: relative L2 error %.3g vs HF", name, upto,
+                     s, e);
+        int tok = argmax(last, V);
+        if (tok != want_tok[s])
+            fail_msg("%s (%s): greedy token %d is %d, HF generated %lld", name, upto, s, tok,
+                     (long long)want_tok[s]);
+        seq[n + s] = tok;
+        if (s + 1 == N)
+            break;
+        assert_int_equal(ref_forward(r, &seq[n + s], NULL, 1, &err), 0);
+        const float *step = ref_output(r, &rows, &cols);
+        assert_int_equal(rows, 1);
+        memcpy(last, step, sizeof(float) * (size_t)V);
+        /* the same sequence in one prefill must give the same last row */
+        if (s % 5 == 0) {
+            ref_reset(full);
+            assert_int_equal(ref_forward(full, seq, NULL, n + s + 1, &err), 0);
+            const float *fl = ref_output(full, &rows, &cols);
+            double d = rel_l2(last, fl + (size_t)(rows - 1) * V, (size_t)V);
+            if (!(d < 1e-5))
+                fail_msg("%s (%s): incremental decode step %d differs from re-prefill: %.3g",
+                         name, upto, s, d);
+        }
+    }
+    ref_free(full);
+    ref_free(r);
+    free(seq);
+    free(last);
+    free(ids);
+    st_close(ex);
+    kc_free(&c);
+}
+
+static void test_generate_fixtures(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < ARRAY_LEN(generate_fixtures); i++)
+        check_generate(generate_fixtures[i], "bind_weights");
+}
+
+static void test_generate_fixtures_fused(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < ARRAY_LEN(generate_fixtures); i++)
+        check_generate(generate_fixtures[i], "fuse");
+}
+
+static void check_embed(const char *name, const char *upto)
+{
+    kc c;
+    open_fixture(&c, name, upto);
+    st_set *ex = expected(name);
+    const st_tensor *ti = need(ex, "input_ids"), *tt = need(ex, "token_type_ids");
+    const st_tensor *th = need(ex, "last_hidden_state"), *te = need(ex, "embedding");
+    int n = (int)ti->numel, H = (int)te->numel;
+    int64_t *ids = ids_of(ti), *types = ids_of(tt);
+    kerr err;
+    kerr_clear(&err);
+    ref *r = ref_new(c.g, n, &err);
+    assert_non_null(r);
+    int pool_in = c.g->nodes[c.g->output].in[0];
+    ref_keep(r, pool_in);
+    assert_int_equal(ref_forward(r, ids, types, n, &err), 0);
+    int rows, cols;
+    const float *emb = ref_output(r, &rows, &cols);
+    assert_int_equal(cols, H);
+    double e = rel_l2(emb, te->data, (size_t)H);
+    if (!(e < 1e-4))
+        fail_msg("%s (%s): embedding relative L2 error %.3g", name, upto, e);
+    const float *hid = ref_value(r, pool_in, &rows, &cols);
+    assert_non_null(hid);
+    assert_int_equal(rows, n);
+    e = rel_l2(hid, th->data, (size_t)n * H);
+    if (!(e < 1e-4))
+        fail_msg("%s (%s): last_hidden_state relative L2 error %.3g", name, upto, e);
+    /* an embedding model runs one forward per sequence */
+    assert_int_equal(ref_forward(r, ids, types, 1, &err), -1);
+    assert_non_null(strstr(kerr_msg(&err), "one forward per sequence"));
+    ref_free(r);
+    free(ids);
+    free(types);
+    st_close(ex);
+    kc_free(&c);
+}
+
+static void test_embed_fixtures(void **state)
+{
+    (void)state;
+    check_embed("bert", "bind_weights");
+    check_embed("bert", "fuse");
+    check_embed("bert_bf16", "bind_weights");
+}
+
+/* Layer by layer: HF's hidden.<i> (the residual stream after layer i-1) equals the reference's
+ * L<i-1>.mlp_residual: what archspecs/README.md tells spec authors to compare. */
+static void test_layer_by_layer(void **state)
+{
+    (void)state;
+    kc c;
+    open_fixture(&c, "llama", "bind_weights");
+    st_set *ex = expected("llama");
+    const st_tensor *ti = need(ex, "input_ids");
+    int64_t *ids = ids_of(ti);
+    kerr err;
+    kerr_clear(&err);
+    ref *r = ref_new(c.g, (int)ti->numel, &err);
+    int found = 0;
+    for (int i = 0; i < c.g->n; i++)
+        if (strstr(c.g->nodes[i].name, "mlp_residual") || !strcmp(c.g->nodes[i].name, "embed"))
+            ref_keep(r, i);
+    assert_int_equal(ref_forward(r, ids, NULL, (int)ti->numel, &err), 0);
+    for (int i = 0; i < c.g->n; i++) {
+        const char *nm = c.g->nodes[i].name;
+        int layer = -1;
+        if (!strcmp(nm, "embed"))
+            layer = 0;
+        else if (sscanf(nm, "L%d.mlp_residual", &layer) == 1)
+            layer++;
+        else
+            continue;
+        char hn[32];
+        snprintf(hn, sizeof hn, "hidden.%d", layer);
+        const st_tensor *h = st_find(ex, hn);
+        int rows, cols;
+        const float *v = ref_value(r, i, &rows, &cols);
+        if (!h || !v || layer == (int)c.g->n_layers) /* the last hidden.<L> is post-norm */
+            continue;
+        double e = rel_l2(v, h->data, h->numel);
+        if (!(e < 1e-5))
+            fail_msg("llama: %s vs HF %s: relative L2 %.3g", nm, hn, e);
+        found++;
+    }
+    assert_true(found >= 2);
+    ref_free(r);
+    free(ids);
+    st_close(ex);
+    kc_free(&c);
+}
+
+/* ---------------------------------------------------------------- negative cases */
+
+static char tmpdir[256];
+
+static void write_text(const char *dir, const char *name, const char *text)
+{
+    char p[512];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    FILE *f = fopen(p, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* A copy of a fixture's checkpoint with config.json replaced (tensors symlinked). */
+static void variant(const char *fixture, const char *from, const char *to, char *dir,
+                    size_t cap)
+{
+    snprintf(dir, cap, "%s/%s", tmpdir, fixture);
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "rm -rf %s && mkdir -p %s && ln -s $PWD/" FIX "%s/model.safetensors %s/",
+             dir, dir, fixture, dir);
+    assert_int_equal(system(cmd), 0);
+    char src[512];
+    snprintf(src, sizeof src, FIX "%s/config.json", fixture);
+    FILE *f = fopen(src, "r");
+    assert_non_null(f);
+    char buf[1 << 15];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = 0;
+    fclose(f);
+    char *at = strstr(buf, from);
+    if (!at)
+        fail_msg("%s: '%s' not in config.json", fixture, from);
+    char out[1 << 15];
+    snprintf(out, sizeof out, "%.*s%s%s", (int)(at - buf), buf, to, at + strlen(from));
+    write_text(dir, "config.json", out);
+}
+
+static int open_err(const char *dir, char *msg, size_t cap)
+{
+    kc c;
+    kc_opts o = {.need_weights = 1};
+    kerr err;
+    kerr_clear(&err);
+    int rc = kc_open(&c, dir, &o, &err) || kc_run(&c, NULL, NULL, NULL, &err);
+    snprintf(msg, cap, "%s", kerr_msg(&err));
+    kc_free(&c);
+    return rc;
+}
+
+static void test_heads_not_divisible(void **state)
+{
+    (void)state;
+    char dir[512], msg[4096];
+    /* llama: 6 heads, 2 kv heads -> 4 kv heads (6 % 4 != 0) */
+    variant("llama", "\"num_key_value_heads\": 2", "\"num_key_value_heads\": 4", dir, sizeof dir);
+    assert_int_not_equal(open_err(dir, msg, sizeof msg), 0);
+    assert_non_null(strstr(msg, "not divisible"));
+    assert_non_null(strstr(msg, "llama.lua:"));
+}
+
+static void test_missing_expert(void **state)
+{
+    (void)state;
+    /* mixtral (Hub layout) told it has 9 experts: expert 8's tensors are missing */
+    char dir[512], msg[8192];
+    variant("mixtral", "\"num_local_experts\": 8", "\"num_local_experts\": 9", dir, sizeof dir);
+    assert_int_not_equal(open_err(dir, msg, sizeof msg), 0);
+    assert_non_null(strstr(msg, "block_sparse_moe.experts.8.w1.weight"));
+    assert_non_null(strstr(msg, "not in the checkpoint"));
+    assert_non_null(strstr(msg, "block_sparse_moe.gate.weight")); /* router shape [8,H] vs [9,H] */
+}
+
+static void test_token_out_of_range(void **state)
+{
+    (void)state;
+    kc c;
+    open_fixture(&c, "qwen2", "bind_weights");
+    kerr err;
+    kerr_clear(&err);
+    ref *r = ref_new(c.g, 8, &err);
+    int64_t ids[2] = {5, 100000};
+    assert_int_equal(ref_forward(r, ids, NULL, 2, &err), -1);
+    assert_non_null(strstr(kerr_msg(&err), "token id 100000 is out of range"));
+    kerr_clear(&err);
+    int64_t ok[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    assert_int_equal(ref_forward(r, ok, NULL, 8, &err), 0);
+    assert_int_equal(ref_forward(r, ok, NULL, 1, &err), -1); /* past max_seq */
+    assert_non_null(strstr(kerr_msg(&err), "exceed"));
+    ref_free(r);
+    kc_free(&c);
+}
+
+static void test_unsupported_rope(void **state)
+{
+    (void)state;
+    char dir[512], msg[4096];
+    variant("llama", "\"rope_type\": \"llama3\"", "\"rope_type\": \"longrope\"", dir, sizeof dir);
+    assert_int_not_equal(open_err(dir, msg, sizeof msg), 0);
+    assert_non_null(strstr(msg, "config.json"));
+    assert_non_null(strstr(msg, "longrope"));
+    assert_non_null(strstr(msg, "supported"));
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/kiln_test_ref.XXXXXX");
+    return mkdtemp(tmpdir) ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_generate_fixtures),
+        cmocka_unit_test(test_generate_fixtures_fused),
+        cmocka_unit_test(test_embed_fixtures),
+        cmocka_unit_test(test_layer_by_layer),
+        cmocka_unit_test(test_heads_not_divisible),
+        cmocka_unit_test(test_missing_expert),
+        cmocka_unit_test(test_token_out_of_range),
+        cmocka_unit_test(test_unsupported_rope),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
