@@ -239,6 +239,33 @@ int config_rope(const config *c, const char *layer_type, const char *theta_field
         r = json_object_get(r, layer_type);
         snprintf(wbuf, sizeof wbuf, "rope_parameters.%s", layer_type);
         where = wbuf;
+    } else if (r && json_is_object(r) && json_object_size(r) > 0) {
+        /* Keyed per layer type (every member an object) but no entry picked: reading it as
+         * flat would silently give the default base to every layer. */
+        char keys[256];
+        size_t kn = 0;
+        const char *k;
+        json_t *v;
+        int keyed = 1;
+        keys[0] = 0;
+        json_object_foreach(r, k, v)
+        {
+            if (!json_is_object(v)) {
+                keyed = 0;
+                break;
+            }
+            if (kn < sizeof keys)
+                kn += (size_t)snprintf(keys + kn, sizeof keys - kn, "%s%s", kn ? ", " : "", k);
+        }
+        if (keyed) {
+            if (layer_type)
+                return kerr_add(err, "%s: field 'rope_parameters' is keyed by layer type (%s) "
+                                     "and has no entry for layer type '%s'",
+                                c->path, keys, layer_type);
+            return kerr_add(err, "%s: field 'rope_parameters' is keyed by layer type (%s); the "
+                                 "archspec must ask for one: cfg:rope{layer_type=\"...\"}",
+                            c->path, keys);
+        }
     }
     if (!r) {
         r = config_get(c, "rope_scaling");

@@ -115,6 +115,11 @@ static int valid_id(const kgraph *g, int id) { return id >= 0 && id < g->n; }
 static int add(kgraph *g, kg_op op, const char *name, int ndim, const int64_t *shape, int nin,
                const int *in)
 {
+    /* Callers pass shapes of existing nodes (g->nodes[x].shape): copied before the realloc
+     * below can move them. */
+    int64_t sh[KG_MAX_DIMS] = {0};
+    for (int i = 0; i < ndim && i < KG_MAX_DIMS; i++)
+        sh[i] = shape[i];
     if (g->n == g->cap) {
         g->cap = g->cap ? g->cap * 2 : 256;
         g->nodes = xrealloc(g->nodes, sizeof(kg_node) * (size_t)g->cap);
@@ -126,7 +131,7 @@ static int add(kgraph *g, kg_op op, const char *name, int ndim, const int64_t *s
     n->dtype = ST_F32;
     n->ndim = ndim;
     for (int i = 0; i < ndim; i++)
-        n->shape[i] = shape[i];
+        n->shape[i] = sh[i];
     n->n_in = nin;
     int all_const = nin > 0;
     for (int i = 0; i < nin; i++) {
@@ -837,15 +842,16 @@ void graph_print(const kgraph *g, FILE *f)
 
 int graph_append(kgraph *g, const kg_node *proto)
 {
+    kg_node p = *proto; /* proto may be a node of g, which the realloc below can move */
     if (g->n == g->cap) {
         g->cap = g->cap ? g->cap * 2 : 256;
         g->nodes = xrealloc(g->nodes, sizeof(kg_node) * (size_t)g->cap);
     }
     int id = g->n++;
     kg_node *n = &g->nodes[id];
-    *n = *proto;
-    n->name = xstrdup(proto->name ? proto->name : "node");
-    n->weight = proto->weight ? xstrdup(proto->weight) : NULL;
+    *n = p;
+    n->name = xstrdup(p.name ? p.name : "node");
+    n->weight = p.weight ? xstrdup(p.weight) : NULL;
     return id;
 }
 

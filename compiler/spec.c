@@ -59,7 +59,7 @@ static void spec_where(lua_State *L, char *file, size_t cap, int *line)
         if (!file[0] || (fallback && !is_lib)) {
             snprintf(file, cap, "%s", src);
             *line = ar.currentline;
-            fallback = wrapper;
+            fallback = wrapper || is_lib;
         }
         if (!is_lib && !wrapper)
             return;
@@ -881,7 +881,13 @@ static int load_spec(lua_State *L, const char *path, kerr *err)
         return -1;
     }
     if (lua_pcall(L, 0, 1, h) != LUA_OK) {
-        kerr_add(err, "%s", lua_tostring(L, -1));
+        /* `return kiln.archspec{...}` is a tail call, so kiln.lua's error(msg, 2) has no
+         * location to add: name the spec file then. */
+        const char *msg = lua_tostring(L, -1);
+        if (strncmp(msg, path, strlen(path)) == 0)
+            kerr_add(err, "%s", msg);
+        else
+            kerr_add(err, "%s: %s", path, msg);
         lua_pop(L, 2);
         return -1;
     }

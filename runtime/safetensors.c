@@ -185,9 +185,24 @@ static int load_file(st_set *s, const char *path, kerr *err)
                         (unsigned long long)hlen);
     json_error_t je;
     json_t *root = json_loadb((const char *)p + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &je);
-    if (!root)
+    if (!root) {
+        /* jansson does not name a duplicate key; its error position is just past the key's
+         * closing quote, so the name is read back from the header. */
+        const char *h = (const char *)p + 8;
+        int q = je.position - 1;
+        if (json_error_code(&je) == json_error_duplicate_key && q >= 1 &&
+            (uint64_t)q < hlen && h[q] == '"') {
+            int b = q - 1;
+            while (b >= 0 && !(h[b] == '"' && (b == 0 || h[b - 1] != '\\')))
+                b--;
+            if (b >= 0)
+                return kerr_add(err, "%s: tensor '%.*s' appears twice in the header (duplicate "
+                                     "key)",
+                                path, q - b - 1, h + b + 1);
+        }
         return kerr_add(err, "%s: header is not valid JSON (byte %d of the header: %s)", path,
                         je.position, je.text);
+    }
     if (!json_is_object(root)) {
         json_decref(root);
         return kerr_add(err, "%s: header JSON is not an object", path);
@@ -254,6 +269,8 @@ static int load_index(st_set *s, const char *index_path, kerr *err)
 {
     json_error_t je;
     json_t *root = json_load_file(index_path, JSON_REJECT_DUPLICATES, &je);
+    if (!root && je.line < 0)
+        return kerr_add(err, "%s: cannot read: %s", index_path, je.text);
     if (!root)
         return kerr_add(err, "%s: not valid JSON (line %d: %s)", index_path, je.line, je.text);
     json_t *map = json_object_get(root, "weight_map");
@@ -300,7 +317,8 @@ static int load_index(st_set *s, const char *index_path, kerr *err)
     }
     if (rc == 0) {
         /* Every tensor the index names must be in the shard it names. */
-        qsort(s->tensors, (size_t)s->n, sizeof(st_tensor), cmp_tensor_name);
+        if (s->n) /* qsort(NULL, 0) is undefined */
+            qsort(s->tensors, (size_t)s->n, sizeof(st_tensor), cmp_tensor_name);
         json_object_foreach(map, key, v)
         {
             const st_tensor *t = st_find(s, key);
@@ -350,7 +368,8 @@ st_set *st_open(const char *path, kerr *err)
         st_close(s);
         return NULL;
     }
-    qsort(s->tensors, (size_t)s->n, sizeof(st_tensor), cmp_tensor_name);
+    if (s->n) /* qsort(NULL, 0) is undefined */
+        qsort(s->tensors, (size_t)s->n, sizeof(st_tensor), cmp_tensor_name);
     for (int i = 1; i < s->n; i++)
         if (strcmp(s->tensors[i - 1].name, s->tensors[i].name) == 0) {
             kerr_add(err, "%s: tensor '%s' appears in both %s and %s", path, s->tensors[i].name,
@@ -509,7 +528,8 @@ static int cmp_wentry(const void *a, const void *b)
 int st_writer_write(st_writer *w, const char *path, void (*progress)(void *, uint64_t, uint64_t),
                     void *pctx, kerr *err)
 {
-    qsort(w->e, (size_t)w->n, sizeof(wentry), cmp_wentry);
+    if (w->n) /* qsort(NULL, 0) is undefined */
+        qsort(w->e, (size_t)w->n, sizeof(wentry), cmp_wentry);
     json_t *h = json_object();
     if (json_object_size(w->meta))
         json_object_set(h, "__metadata__", w->meta);
@@ -524,6 +544,11 @@ int st_writer_write(st_writer *w, const char *path, void (*progress)(void *, uin
         json_object_set_new(t, "dtype", json_string(st_dtype_name(e->dt)));
         json_object_set_new(t, "shape", sh);
         json_object_set_new(t, "data_offsets", of);
+        if (json_object_get(h, e->name)) { /* set_new would replace it: a corrupt file */
+            json_decref(t);
+            json_decref(h);
+            return kerr_add(err, "%s: tensor '%s' is added twice", path, e->name);
+        }
         if (json_object_set_new(h, e->name, t)) {
             json_decref(h);
             return kerr_add(err, "%s: cannot add tensor '%s' to the header", path, e->name);

@@ -48,11 +48,15 @@ static int distance(const char *a, const char *b, int limit)
     return d;
 }
 
-static const char *closest(const st_set *w, const char *name)
+/* Among the checkpoint tensors no weight node asks for (`used`): a renamed tensor is one of
+ * those, while another layer's tensor one edit away is not what the user meant. */
+static const char *closest(const st_set *w, const unsigned char *used, const char *name)
 {
     int limit = (int)strlen(name) / 3 + 1, best = limit + 1;
     const char *r = NULL;
     for (int i = 0; i < w->n; i++) {
+        if (used[i])
+            continue;
         int d = distance(name, w->tensors[i].name, best - 1 < limit ? best - 1 : limit);
         if (d < best) {
             best = d;
@@ -77,6 +81,11 @@ int pass_bind_weights(kc *c, kerr *err)
     if (!w)
         return kerr_add(err, "%s: no checkpoint to bind weights from", c->model_dir);
     unsigned char *used = xcalloc((size_t)(w->n ? w->n : 1), 1);
+    for (int i = 0; i < g->n; i++) { /* marked first, for closest() */
+        const st_tensor *t = g->nodes[i].op == KG_WEIGHT ? st_find(w, g->nodes[i].weight) : NULL;
+        if (t)
+            used[t - w->tensors] = 1;
+    }
     int rc = 0;
     c->n_params = 0;
     c->n_bound = 0;
@@ -87,7 +96,7 @@ int pass_bind_weights(kc *c, kerr *err)
         char where[600], a[128], b[128];
         const st_tensor *t = st_find(w, n->weight);
         if (!t) {
-            const char *near = closest(w, n->weight);
+            const char *near = closest(w, used, n->weight);
             if (near)
                 rc = kerr_add(err, "%s: tensor '%s' is not in the checkpoint%s; did you mean '%s'?",
                               w->origin, n->weight, loc(n, where, sizeof where), near);

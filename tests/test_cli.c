@@ -1,0 +1,686 @@
+/* test_cli — the kilnc command line, run as a program (the binary named by $KILNC).
+ *
+ * Usage and option errors (exit 2), `kilnc archs`, `kilnc check` on a tiny random-weight Llama
+ * checkpoint the test writes itself and on its broken variants (exit 1, with the message that
+ * names the file and the tensor or field), and `kilnc graph`. Every run's stderr is also checked
+ * for sanitizer reports, since under `make SAN=1 check` kilnc is the sanitized build.
+ */
+#include "testutil.h"
+
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+
+extern char **environ;
+
+static const char *KILNC;
+static char *D;
+
+static int setup(void **state)
+{
+    (void)state;
+    D = tu_tmpdir();
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    tu_rmrf(D);
+    D = NULL;
+    return 0;
+}
+
+typedef struct run {
+    int code;  /* exit status; 128+signal when killed */
+    char *out; /* stdout */
+    char *err; /* stderr */
+} run;
+
+static void run_free(run *r)
+{
+    free(r->out);
+    free(r->err);
+}
+
+/* Runs KILNC with the given arguments (NULL-terminated), capturing stdout and stderr. */
+static run kilnc_v(const char *first, va_list ap)
+{
+    const char *argv[32];
+    int n = 0;
+    argv[n++] = KILNC;
+    for (const char *a = first; a; a = va_arg(ap, const char *)) {
+        assert_true(n < 31);
+        argv[n++] = a;
+    }
+    argv[n] = NULL;
+    char *outp = tu_path(D, ".stdout"), *errp = tu_path(D, ".stderr");
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 1, outp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_addopen(&fa, 2, errp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    pid_t pid;
+    int rc = posix_spawn(&pid, KILNC, &fa, NULL, (char *const *)argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    if (rc != 0)
+        fail_msg("cannot run %s: %s", KILNC, strerror(rc));
+    int st;
+    if (waitpid(pid, &st, 0) != pid)
+        fail_msg("waitpid failed");
+    run r;
+    r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    r.out = tu_read(outp, NULL);
+    r.err = tu_read(errp, NULL);
+    unlink(outp);
+    unlink(errp);
+    free(outp);
+    free(errp);
+    /* no crash and no sanitizer report, whatever the input */
+    assert_not_contains(r.err, "Sanitizer");
+    assert_not_contains(r.err, "runtime error:");
+    assert_true(r.code < 128);
+    return r;
+}
+
+static run kilnc(const char *first, ...)
+{
+    va_list ap;
+    va_start(ap, first);
+    run r = kilnc_v(first, ap);
+    va_end(ap);
+    return r;
+}
+
+static void expect_code(const run *r, int code, const char *file, int line)
+{
+    if (r->code == code)
+        return;
+    print_error("%s:%d: exit status %d, expected %d\n--- stdout\n%s--- stderr\n%s---\n", file,
+                line, r->code, code, r->out, r->err);
+    _fail(file, line);
+}
+#define EXPECT_CODE(r, code) expect_code(&(r), (code), __FILE__, __LINE__)
+
+static int count_lines_starting(const char *text, const char *prefix)
+{
+    int n = 0;
+    size_t k = strlen(prefix);
+    for (const char *p = text; p && *p;) {
+        if (strncmp(p, prefix, k) == 0)
+            n++;
+        p = strchr(p, '\n');
+        if (p)
+            p++;
+    }
+    return n;
+}
+
+/* A folder `name` under D with a tiny Llama checkpoint (variant o). */
+static char *model(const char *name, const tu_llama *o)
+{
+    char *dir = tu_path(D, name);
+    tu_mkdir(dir);
+    tu_write_llama(dir, o);
+    return dir;
+}
+
+/* The line of archspecs/llama.lua holding `needle`, as "llama.lua:N". */
+static char *llama_line(const char *needle)
+{
+    char *src = xasprintf("%s/archspecs/llama.lua", KILN_SOURCE_DIR);
+    char *text = tu_read(src, NULL);
+    const char *p = strstr(text, needle);
+    assert_non_null(p);
+    int line = 1;
+    for (const char *q = text; q < p; q++)
+        line += *q == '\n';
+    char *r = xasprintf("llama.lua:%d", line);
+    free(text);
+    free(src);
+    return r;
+}
+
+/* ---------------------------------------------------------------- usage */
+
+static void test_help(void **state)
+{
+    (void)state;
+    static const char *forms[] = {"--help", "-h", "help"};
+    for (size_t i = 0; i < ARRAY_LEN(forms); i++) {
+        run r = kilnc(forms[i], NULL);
+        EXPECT_CODE(r, 0);
+        assert_contains(r.out, "usage: kilnc COMMAND [ARGS...]");
+        assert_contains(r.out, "  archs ");
+        assert_contains(r.out, "  check ");
+        assert_contains(r.out, "  graph ");
+        assert_string_equal(r.err, "");
+        run_free(&r);
+    }
+    run r = kilnc("--version", NULL);
+    EXPECT_CODE(r, 0);
+    assert_starts_with(r.out, "kilnc ");
+    run_free(&r);
+}
+
+static void test_command_help(void **state)
+{
+    (void)state;
+    run r = kilnc("archs", "--help", NULL);
+    EXPECT_CODE(r, 0);
+    assert_starts_with(r.out, "usage: kilnc archs");
+    run_free(&r);
+    r = kilnc("check", "--help", NULL);
+    EXPECT_CODE(r, 0);
+    assert_starts_with(r.out, "usage: kilnc check MODEL_DIR [options]");
+    assert_contains(r.out, "--spec FILE");
+    assert_contains(r.out, "--spec-path DIR");
+    assert_contains(r.out, "--strict");
+    assert_string_equal(r.err, "");
+    run_free(&r);
+    r = kilnc("graph", "-h", NULL);
+    EXPECT_CODE(r, 0);
+    assert_starts_with(r.out, "usage: kilnc graph MODEL_DIR [--dump-after=PASS] [options]");
+    assert_contains(r.out, "Passes, in order: build, bind_weights");
+    assert_contains(r.out, "--dump-after=PASS");
+    run_free(&r);
+}
+
+static void test_usage_errors(void **state)
+{
+    (void)state;
+    run r = kilnc(NULL);
+    EXPECT_CODE(r, 2);
+    assert_contains(r.err, "usage: kilnc COMMAND");
+    assert_string_equal(r.out, "");
+    run_free(&r);
+    r = kilnc("compile-all", NULL);
+    EXPECT_CODE(r, 2);
+    assert_starts_with(r.err, "kilnc: unknown command 'compile-all'");
+    assert_contains(r.err, "usage: kilnc COMMAND");
+    run_free(&r);
+    r = kilnc("check", "--frobnicate", D, NULL);
+    EXPECT_CODE(r, 2);
+    assert_string_equal(r.err, "kilnc: unknown option '--frobnicate' (see --help)\n");
+    run_free(&r);
+    r = kilnc("archs", "--dump-after=build", NULL); /* only graph takes it */
+    EXPECT_CODE(r, 2);
+    assert_contains(r.err, "unknown option '--dump-after=build'");
+    run_free(&r);
+    r = kilnc("check", NULL);
+    EXPECT_CODE(r, 2);
+    assert_starts_with(r.err, "usage: kilnc check MODEL_DIR");
+    run_free(&r);
+    r = kilnc("graph", NULL);
+    EXPECT_CODE(r, 2);
+    assert_starts_with(r.err, "usage: kilnc graph MODEL_DIR");
+    run_free(&r);
+    r = kilnc("check", "a", "b", NULL);
+    EXPECT_CODE(r, 2);
+    assert_contains(r.err, "unexpected argument 'b' (one MODEL_DIR expected)");
+    run_free(&r);
+    r = kilnc("check", D, "--spec", NULL);
+    EXPECT_CODE(r, 2);
+    assert_contains(r.err, "kilnc: --spec needs a value");
+    run_free(&r);
+}
+
+/* ---------------------------------------------------------------- archs */
+
+static void test_archs(void **state)
+{
+    (void)state;
+    run r = kilnc("archs", NULL);
+    EXPECT_CODE(r, 0);
+    assert_starts_with(r.out, "ARCHITECTURE");
+    assert_contains(r.out, "LlamaForCausalLM");
+    assert_contains(r.out, "MistralForCausalLM");
+    assert_contains(r.out, "archspecs/llama.lua");
+    assert_not_contains(r.out, "(shadowed)");
+    run_free(&r);
+
+    char *dir = tu_path(D, "specs");
+    tu_mkdir(dir);
+    free(tu_write(dir, "mine.lua", "local kiln = require \"kiln\"\n"
+                                   "return kiln.archspec { name = \"mine\", architectures = "
+                                   "{ \"LlamaForCausalLM\" }, task = \"generate\", build = "
+                                   "function(g, cfg) end }\n"));
+    free(tu_write(dir, "broken.lua", "return {\n"));
+    r = kilnc("archs", "--spec-path", dir, NULL);
+    EXPECT_CODE(r, 0);
+    assert_contains(r.out, "mine.lua");
+    assert_contains(r.out, "llama.lua  (shadowed)");
+    assert_contains(r.err, "kilnc: warning: spec failed to load: ");
+    assert_contains(r.err, "broken.lua");
+    run_free(&r);
+    free(dir);
+}
+
+/* ---------------------------------------------------------------- check */
+
+static void test_check_ok(void **state)
+{
+    (void)state;
+    char *m = model("tiny", NULL);
+    run r = kilnc("check", m, NULL);
+    EXPECT_CODE(r, 0);
+    assert_contains(r.out, "architecture  LlamaForCausalLM\n");
+    assert_contains(r.out, "archspecs/llama.lua (llama, task generate)\n");
+    assert_contains(r.out, "layers        2, 4 heads / 2 kv heads, head_dim 4\n");
+    assert_contains(r.out, "output        logits [T, 64]\n");
+    assert_contains(r.out, "parameters    6.74K in 21 tensors (F32 x20, BF16 x1)\n");
+    assert_contains(r.out, "checkpoint    21 tensors in 1 file: 21 used, 0 unused\n");
+    assert_contains(r.out, "graph         58 nodes\n");
+    assert_true(strlen(r.out) >= 3 && strcmp(r.out + strlen(r.out) - 3, "ok\n") == 0);
+    assert_string_equal(r.err, ""); /* no warnings */
+    run_free(&r);
+    /* --strict changes nothing when every tensor is used */
+    r = kilnc("check", "--strict", m, NULL);
+    EXPECT_CODE(r, 0);
+    run_free(&r);
+    free(m);
+}
+
+static void test_check_missing_folder(void **state)
+{
+    (void)state;
+    char *m = tu_path(D, "nowhere");
+    run r = kilnc("check", m, NULL);
+    EXPECT_CODE(r, 1);
+    char *want = xasprintf("kilnc: error: %s: not a folder (expected a Hugging Face model folder "
+                           "with config.json and *.safetensors)\n",
+                           m);
+    assert_starts_with(r.err, want);
+    assert_contains(r.err, "kilnc: check failed: 1 problem\n");
+    assert_string_equal(r.out, "");
+    free(want);
+    run_free(&r);
+    free(m);
+}
+
+static void test_check_no_config(void **state)
+{
+    (void)state;
+    char *m = tu_path(D, "empty");
+    tu_mkdir(m);
+    run r = kilnc("check", m, NULL);
+    EXPECT_CODE(r, 1);
+    char *want = xasprintf("kilnc: error: %s: no config.json in this folder\n", m);
+    assert_starts_with(r.err, want);
+    free(want);
+    run_free(&r);
+    free(m);
+}
+
+static void test_check_bad_config(void **state)
+{
+    (void)state;
+    tu_llama o = {.config = "{\n  \"architectures\": [\"LlamaForCausalLM\"],\n"
+                            "  \"hidden_size\": 16\n  \"vocab_size\": 64\n}\n"};
+    char *m = model("badjson", &o);
+    run r = kilnc("check", m, NULL);
+    EXPECT_CODE(r, 1);
+    char *want = xasprintf("kilnc: error: %s/config.json:4:", m);
+    assert_starts_with(r.err, want);
+    assert_contains(r.err, "not valid JSON");
+    free(want);
+    run_free(&r);
+    free(m);
+    /* valid JSON, a field of the wrong type: file, field, expected vs got, spec line */
+    o.config = "{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": \"16\"}";
+    m = model("badfield", &o);
+    r = kilnc("check", m, NULL);
+    EXPECT_CODE(r, 1);
+    char *line = llama_line("cfg:int(\"hidden_size\")");
+    want = xasprintf("kilnc: error: %s/config.json: field 'hidden_size': expected an integer, got "
+                     "a string \"16\" (needed by ",
+                     m);
+    assert_starts_with(r.err, want);
+    assert_contains(r.err, line);
+    free(line);
+    free(want);
+    run_free(&r);
+    free(m);
+}
+
+static void test_check_missing_tensor(void **state)
+{
+    (void)state;
+    /* a near miss: the closest checkpoint name is suggested */
+    tu_llama o = {.rename_from = "model.layers.1.self_attn.o_proj.weight",
+                  .rename_to = "model.layers.1.self_attn.out_proj.weight"};
+    char *m = model("renamed", &o);
+    run r = kilnc("check", m, NULL);
+    EXPECT_CODE(r, 1);
+    char *want = xasprintf("kilnc: error: %s: tensor 'model.layers.1.self_attn.o_proj.weight' is "
+                           "not in the checkpoint (asked for at ",
+                           m);
+    assert_contains(r.err, want);
+    char *line = llama_line("o_proj.weight");
+    assert_contains(r.err, line);
+    assert_contains(r.err, "did you mean 'model.layers.1.self_attn.out_proj.weight'?");
+    /* and the renamed tensor is reported unused */
+    assert_contains(r.err, "kilnc: warning: checkpoint tensor "
+                           "'model.layers.1.self_attn.out_proj.weight' is not used by ");
+    assert_contains(r.err, "kilnc: check failed: 1 problem\n");
+    free(line);
+    free(want);
+    run_free(&r);
+    free(m);
+    /* nothing close: no suggestion */
+    tu_llama o2 = {.skip = "lm_head.weight"};
+    m = model("nohead", &o2);
+    r = kilnc("check", m, NULL);
+    EXPECT_CODE(r, 1);
+    assert_contains(r.err, "tensor 'lm_head.weight' is not in the checkpoint (asked for at ");
+    assert_not_contains(r.err, "did you mean");
+    run_free(&r);
+    free(m);
+}
+
+static void test_check_wrong_shape(void **state)
+{
+    (void)state;
+    tu_llama o = {.wrong_shape = "model.layers.0.mlp.gate_proj.weight"};
+    char *m = model("shape", &o);
+    run r = kilnc("check", m, NULL);
+    EXPECT_CODE(r, 1);
+    char *want = xasprintf("kilnc: error: %s/model.safetensors: tensor "
+                           "'model.layers.0.mlp.gate_proj.weight' has shape [33, 16], the spec "
+                           "expects [32, 16] (asked for at ",
+                           m);
+    assert_starts_with(r.err, want);
+    char *line = llama_line("gate_proj.weight");
+    assert_contains(r.err, line);
+    free(line);
+    free(want);
+    run_free(&r);
+    free(m);
+}
+
+static void test_check_unsupported_dtype(void **state)
+{
+    (void)state;
+    tu_llama o = {.as_i8 = "model.norm.weight"};
+    char *m = model("i8", &o);
+    run r = kilnc("check", m, NULL);
+    EXPECT_CODE(r, 1);
+    char *want = xasprintf("kilnc: error: %s/model.safetensors: tensor 'model.norm.weight' has "
+                           "dtype I8; kiln reads F32, F16 and BF16 weights",
+                           m);
+    assert_starts_with(r.err, want);
+    free(want);
+    run_free(&r);
+    free(m);
+}
+
+static void test_check_all_problems_at_once(void **state)
+{
+    (void)state;
+    tu_llama o = {.skip = "model.layers.0.mlp.up_proj.weight",
+                  .wrong_shape = "model.layers.1.mlp.down_proj.weight",
+                  .as_i8 = "model.layers.1.input_layernorm.weight"};
+    char *m = model("many", &o);
+    run r = kilnc("check", m, NULL);
+    EXPECT_CODE(r, 1);
+    assert_contains(r.err, "'model.layers.0.mlp.up_proj.weight' is not in the checkpoint");
+    assert_contains(r.err, "'model.layers.1.mlp.down_proj.weight' has shape [17, 32]");
+    assert_contains(r.err, "'model.layers.1.input_layernorm.weight' has dtype I8");
+    assert_contains(r.err, "kilnc: check failed: 3 problems\n");
+    run_free(&r);
+    free(m);
+}
+
+static void test_check_unused_tensor(void **state)
+{
+    (void)state;
+    tu_llama o = {.extra = "model.extra.weight"};
+    char *m = model("extra", &o);
+    run r = kilnc("check", m, NULL);
+    EXPECT_CODE(r, 0);
+    char *want = xasprintf("kilnc: warning: checkpoint tensor 'model.extra.weight' is not used by "
+                           "%s/archspecs/llama.lua\n",
+                           KILN_SOURCE_DIR);
+    assert_string_equal(r.err, want);
+    free(want);
+    assert_contains(r.out, "checkpoint    22 tensors in 1 file: 21 used, 1 unused\n");
+    run_free(&r);
+    r = kilnc("check", m, "--strict", NULL);
+    EXPECT_CODE(r, 1);
+    want = xasprintf("kilnc: error: %s: tensor 'model.extra.weight' is not used by "
+                     "%s/archspecs/llama.lua (--strict)\n",
+                     m, KILN_SOURCE_DIR);
+    assert_contains(r.err, want);
+    free(want);
+    run_free(&r);
+    free(m);
+    /* a tensor the spec's ignore list covers: neither a warning nor a --strict error */
+    tu_llama o2 = {.extra = "model.layers.0.self_attn.rotary_emb.inv_freq"};
+    m = model("inv_freq", &o2);
+    r = kilnc("check", "--strict", m, NULL);
+    EXPECT_CODE(r, 0);
+    assert_string_equal(r.err, "");
+    assert_contains(r.out, "21 used, 0 unused (plus ignored by the spec)\n");
+    run_free(&r);
+    free(m);
+}
+
+static void test_check_truncated_safetensors(void **state)
+{
+    (void)state;
+    char *m = model("trunc", NULL);
+    char *st = tu_path(m, "model.safetensors");
+    size_t n;
+    char *bytes = tu_read(st, &n);
+    tu_write_bytes(st, bytes, n - 10);
+    run r = kilnc("check", m, NULL);
+    EXPECT_CODE(r, 1);
+    char *want = xasprintf("kilnc: error: %s: ", st);
+    assert_starts_with(r.err, want);
+    assert_contains(r.err, "truncated");
+    free(want);
+    run_free(&r);
+    /* cut inside the header */
+    tu_write_bytes(st, bytes, 20);
+    r = kilnc("check", m, NULL);
+    EXPECT_CODE(r, 1);
+    assert_contains(r.err, "runs past the end of the file (20 bytes); the file is truncated");
+    run_free(&r);
+    free(bytes);
+    free(st);
+    free(m);
+}
+
+static void test_check_no_weights(void **state)
+{
+    (void)state;
+    tu_llama o = {.no_weights = 1};
+    char *m = model("cfgonly", &o);
+    run r = kilnc("check", m, NULL);
+    EXPECT_CODE(r, 1);
+    char *want = xasprintf("kilnc: error: %s: no model.safetensors or model.safetensors.index.json "
+                           "in this folder",
+                           m);
+    assert_starts_with(r.err, want);
+    free(want);
+    run_free(&r);
+    free(m);
+}
+
+static const char GPT9_CONFIG[] =
+    "{\"architectures\": [\"GPT9ForCausalLM\"], \"hidden_size\": 16, \"num_hidden_layers\": 2,"
+    " \"num_attention_heads\": 4, \"num_key_value_heads\": 2, \"intermediate_size\": 32,"
+    " \"vocab_size\": 64}";
+
+static void test_check_unknown_architecture(void **state)
+{
+    (void)state;
+    tu_llama o = {.config = GPT9_CONFIG};
+    char *m = model("gpt9", &o);
+    run r = kilnc("check", m, NULL);
+    EXPECT_CODE(r, 1);
+    char *want = xasprintf("kilnc: error: %s/config.json: architecture 'GPT9ForCausalLM' has no "
+                           "archspec.\n  known architectures: ",
+                           m);
+    assert_starts_with(r.err, want);
+    free(want);
+    assert_contains(r.err, "LlamaForCausalLM");
+    assert_contains(r.err, "\n  to add it: write a spec (a short Lua file; see ");
+    assert_contains(r.err, "README.md");
+    assert_contains(r.err, "--spec FILE");
+    run_free(&r);
+    /* --spec FILE bypasses resolution */
+    char *spec = xasprintf("%s/archspecs/llama.lua", KILN_SOURCE_DIR);
+    r = kilnc("check", m, "--spec", spec, NULL);
+    EXPECT_CODE(r, 0);
+    assert_contains(r.out, "architecture  GPT9ForCausalLM\n");
+    assert_contains(r.out, "ok\n");
+    run_free(&r);
+    /* a --spec that does not exist */
+    char *gone = tu_path(D, "gone.lua");
+    r = kilnc("check", m, "--spec", gone, NULL);
+    EXPECT_CODE(r, 1);
+    want = xasprintf("kilnc: error: cannot open %s", gone);
+    assert_starts_with(r.err, want);
+    free(want);
+    run_free(&r);
+    free(gone);
+    free(spec);
+    free(m);
+}
+
+/* ---------------------------------------------------------------- graph */
+
+/* The node lines of `kilnc graph` output are numbered %0, %1, ... in order, and the one other
+ * line is "output %K" of an existing node. Returns the number of nodes. */
+static int check_numbering(const char *out)
+{
+    int n = 0;
+    for (const char *p = out; *p;) {
+        if (*p == '%') {
+            char want[16];
+            snprintf(want, sizeof want, "%%%-4d ", n);
+            if (strncmp(p, want, strlen(want)) != 0)
+                fail_msg("node line %d is numbered wrong:\n%.80s", n, p);
+            n++;
+        } else {
+            int k = -1;
+            if (sscanf(p, "output %%%d ", &k) != 1 || k < 0 || k >= n)
+                fail_msg("unexpected line in kilnc graph output:\n%.80s", p);
+        }
+        p = strchr(p, '\n');
+        assert_non_null(p); /* every line ends */
+        p++;
+    }
+    assert_int_equal(count_lines_starting(out, "output %"), 1);
+    return n;
+}
+
+static void test_graph(void **state)
+{
+    (void)state;
+    char *m = model("g", NULL);
+    /* as built: one line per node, in build order */
+    run r = kilnc("graph", "--dump-after=build", m, NULL);
+    EXPECT_CODE(r, 0);
+    assert_int_equal(check_numbering(r.out), 58);
+    assert_starts_with(r.out, "%0    ids = input(ids) [T] I64  @llama.lua:");
+    assert_contains(r.out, "\noutput %57 logits\n");
+    assert_contains(r.out, "model.embed_tokens.weight = weight(\"model.embed_tokens.weight\") "
+                           "[64, 16] F32"); /* before binding */
+    assert_contains(r.out, " L1.attn = attention(");
+    assert_contains(r.out, "heads=4 kv=2 head_dim=4 causal scale=0.5 kv_slot=1) [T, 16] F32");
+    assert_string_equal(r.err, "");
+    run_free(&r);
+
+    /* after bind_weights the weights carry the checkpoint's dtype */
+    r = kilnc("graph", m, "--dump-after", "bind_weights", NULL);
+    EXPECT_CODE(r, 0);
+    assert_int_equal(check_numbering(r.out), 58);
+    assert_contains(r.out, "model.embed_tokens.weight = weight(\"model.embed_tokens.weight\") "
+                           "[64, 16] BF16");
+    run_free(&r);
+
+    /* after the last pass, whatever the pipeline holds */
+    r = kilnc("graph", m, NULL);
+    EXPECT_CODE(r, 0);
+    assert_true(check_numbering(r.out) > 0);
+    assert_contains(r.out, " ids = input(ids) [T] I64");
+    assert_string_equal(r.err, "");
+    run_free(&r);
+
+    r = kilnc("graph", m, "--dump-after=nosuchpass", NULL);
+    EXPECT_CODE(r, 2);
+    assert_starts_with(r.err, "kilnc: error: --dump-after: unknown pass 'nosuchpass' (passes: "
+                              "build, bind_weights");
+    assert_string_equal(r.out, "");
+    run_free(&r);
+    free(m);
+}
+
+static void test_graph_without_weights(void **state)
+{
+    (void)state;
+    tu_llama o = {.no_weights = 1};
+    char *m = model("g2", &o);
+    run r = kilnc("graph", m, NULL);
+    EXPECT_CODE(r, 0);
+    char *want = xasprintf("kilnc: note: no safetensors in %s; printing the graph as built\n", m);
+    assert_string_equal(r.err, want);
+    free(want);
+    assert_int_equal(check_numbering(r.out), 58);
+    run_free(&r);
+    free(m);
+    /* a broken checkpoint is still an error for graph */
+    m = model("g3", NULL);
+    char *st = tu_path(m, "model.safetensors");
+    tu_write_bytes(st, "abc", 3);
+    r = kilnc("graph", m, NULL);
+    EXPECT_CODE(r, 1);
+    want = xasprintf("kilnc: error: %s: file is 3 bytes, too short", st);
+    assert_starts_with(r.err, want);
+    free(want);
+    run_free(&r);
+    free(st);
+    free(m);
+}
+
+int main(void)
+{
+    KILNC = getenv("KILNC");
+    if (!KILNC || !*KILNC) {
+        fprintf(stderr, "test_cli: KILNC is not set: run it through `make check`, or as\n"
+                        "  KILNC=out/bin/kilnc out/tests/test_cli\n");
+        return 1;
+    }
+    if (access(KILNC, X_OK) != 0) {
+        fprintf(stderr, "test_cli: KILNC=%s is not an executable\n", KILNC);
+        return 1;
+    }
+    /* the child sees only the built-in specs */
+    unsetenv("KILN_SPEC_PATH");
+    unsetenv("KILN_ARCHSPECS");
+#define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+    const struct CMUnitTest tests[] = {
+        T(test_help),
+        T(test_command_help),
+        T(test_usage_errors),
+        T(test_archs),
+        T(test_check_ok),
+        T(test_check_missing_folder),
+        T(test_check_no_config),
+        T(test_check_bad_config),
+        T(test_check_missing_tensor),
+        T(test_check_wrong_shape),
+        T(test_check_unsupported_dtype),
+        T(test_check_all_problems_at_once),
+        T(test_check_unused_tensor),
+        T(test_check_truncated_safetensors),
+        T(test_check_no_weights),
+        T(test_check_unknown_architecture),
+        T(test_graph),
+        T(test_graph_without_weights),
+    };
+#undef T
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
