@@ -337,6 +337,42 @@ static void test_queries(void **state)
     tok_free(t);
 }
 
+/* Random bytes (mostly invalid UTF-8, NULs, controls) through every flavour: encode never fails,
+ * every id decodes, decoded text is valid UTF-8 and streaming it gives the same text. */
+static void test_random_bytes(void **state)
+{
+    (void)state;
+    uint64_t x = 0x9E3779B97F4A7C15ull;
+    for (size_t f = 0; f < sizeof flavours / sizeof flavours[0]; f++) {
+        tokenizer *t = load_flavour(flavours[f]);
+        for (int it = 0; it < 60; it++) {
+            char buf[96];
+            size_t n = (size_t)(it % 96);
+            for (size_t i = 0; i < n; i++) {
+                x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                /* mix raw bytes with ASCII and pieces of special tokens */
+                buf[i] = (x & 3) == 0 ? "<s>[CLS] \n\t\xe2\x96\x81"[(x >> 8) % 14] : (char)(x >> 16);
+            }
+            int32_t *ids;
+            size_t nids;
+            kerr err;
+            kerr_clear(&err);
+            if (tok_encode(t, buf, n, 1, &ids, &nids, &err))
+                fail_msg("%s: encode of random bytes failed: %s", flavours[f], kerr_msg(&err));
+            for (size_t k = 0; k < nids; k++)
+                assert_non_null(tok_id_to_token(t, ids[k]));
+            char *text;
+            size_t tl;
+            assert_int_equal(tok_decode(t, ids, nids, 1, &text, &tl, &err), 0);
+            assert_true(valid_utf8(text, tl));
+            check_stream(t, ids, nids, text, tl, flavours[f], (size_t)it);
+            free(text);
+            free(ids);
+        }
+        tok_free(t);
+    }
+}
+
 static char *tmpdir;
 
 static void write_text(const char *dir, const char *name, const char *text)
@@ -575,6 +611,7 @@ int main(void)
         FLAVOUR(6), FLAVOUR(7), FLAVOUR(8), FLAVOUR(9), FLAVOUR(10), FLAVOUR(11),
         cmocka_unit_test(test_stream_holds_partial_utf8),
         cmocka_unit_test(test_invalid_utf8_is_replaced),
+        cmocka_unit_test(test_random_bytes),
         cmocka_unit_test(test_queries),
         cmocka_unit_test(test_config_folder),
         cmocka_unit_test(test_errors),
