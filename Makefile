@@ -31,11 +31,11 @@ SYSLIBS  := -lm -ldl -lpthread
 CUDALIBS := -lnvrtc
 
 # ---- sources (listed, not globbed) ----
-RUNTIME_SRC := runtime/util.c runtime/safetensors.c runtime/kcuda.c \
+RUNTIME_SRC := runtime/util.c runtime/safetensors.c runtime/kcuda.c runtime/artifact.c \
                runtime/tokenizer.c runtime/tok_util.c runtime/tok_text.c runtime/tok_model.c
 RUNTIME_CMD := runtime/cmd_tokenize.c
 COMPILER_SRC := compiler/pipeline.c compiler/config.c compiler/graph.c compiler/spec.c compiler/registry.c \
-                compiler/passes/verify.c compiler/passes/bind_weights.c compiler/passes/fuse.c \
+                compiler/passes/verify.c compiler/passes/bind_weights.c compiler/passes/fuse.c compiler/passes/plan_memory.c compiler/lower.c compiler/pack.c \
                 compiler/posenc.c compiler/ref.c compiler/knvrtc.c
 # Runtime tests link libkiln.a only; compiler tests link both libraries.
 RUNTIME_TESTS  := safetensors tokenizer

@@ -26,6 +26,12 @@ typedef struct kc {
 
     /* options */
     int strict;           /* unused checkpoint tensors are errors */
+    int max_tokens;       /* tokens per step the buffers are sized for (plan_memory) */
+    int max_seqs;         /* sequences per step */
+    int max_seq_len;      /* tokens per sequence (prompt + generated) */
+    st_dtype act_dtype;   /* compute dtype on the GPU: BF16 or F16 */
+    int64_t slab_bytes;   /* result of plan_memory */
+    struct lowered *low;  /* result of schedule: kernels, launch lists, weights (lower.h) */
 
     /* results of bind_weights */
     uint64_t n_params;    /* elements of the checkpoint tensors the graph uses */

@@ -12,9 +12,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "config.h"
 #include "graph.h"
 #include "kc.h"
+#include "knvrtc.h"
+#include "lower.h"
+#include "pack.h"
 #include "pipeline.h"
 #include "ref.h"
 #include "registry.h"
@@ -37,6 +42,9 @@ typedef struct opts {
     /* ref */
     const char *ids, *types, *dump, *dump_nodes;
     int max_new;
+    /* compile */
+    const char *out, *sm, *dtype;
+    int max_seq_len, max_batch, max_tokens;
 } opts;
 
 /* Parses the options every model command shares. Returns -1 after printing an error. */
@@ -67,7 +75,27 @@ static int parse_opts(int argc, char **argv, opts *o, int allow_dump)
             o->strict = 1;
         else if (allow_dump == 1 && TAKE("--dump-after"))
             o->dump_after = val;
-        else if (allow_dump == 2 && TAKE("--ids"))
+        else if (allow_dump == 3 && (TAKE("-o") || TAKE("--out")))
+            o->out = val;
+        else if (allow_dump == 3 && TAKE("--sm"))
+            o->sm = val;
+        else if (allow_dump == 3 && TAKE("--dtype"))
+            o->dtype = val;
+        else if (allow_dump == 3 &&
+                 (TAKE("--max-seq-len") || TAKE("--max-batch") || TAKE("--max-tokens"))) {
+            char *end;
+            long v = strtol(val, &end, 10);
+            if (*end || v < 1 || v > (1L << 24)) {
+                fprintf(stderr, "kilnc: %s expects a positive number, got '%s'\n", a, val);
+                return -1;
+            }
+            if (strstr(a, "seq-len"))
+                o->max_seq_len = (int)v;
+            else if (strstr(a, "batch"))
+                o->max_batch = (int)v;
+            else
+                o->max_tokens = (int)v;
+        } else if (allow_dump == 2 && TAKE("--ids"))
             o->ids = val;
         else if (allow_dump == 2 && TAKE("--token-types"))
             o->types = val;
@@ -101,7 +129,8 @@ static int parse_opts(int argc, char **argv, opts *o, int allow_dump)
 
 static kc_opts kopts(const opts *o, int need_weights)
 {
-    kc_opts k = {o->spec, o->spec_path, o->n_spec_path, o->strict, need_weights};
+    kc_opts k = {.spec = o->spec, .spec_path = o->spec_path, .n_spec_path = o->n_spec_path,
+                 .strict = o->strict, .need_weights = need_weights};
     return k;
 }
 
@@ -490,6 +519,268 @@ done:
     return rc;
 }
 
+/* Copies a file if it exists; returns 1 when copied, 0 when absent, -1 on error. */
+static int copy_if_present(const char *dir, const char *name, const char *out, kerr *err)
+{
+    char *src = util_path_join(dir, name), *dst = util_path_join(out, name);
+    int rc = 0;
+    if (util_is_file(src)) {
+        size_t len;
+        char *data = util_read_file(src, &len, err);
+        rc = data && util_write_file(dst, data, len, err) == 0 ? 1 : -1;
+        free(data);
+    }
+    free(src);
+    free(dst);
+    return rc;
+}
+
+/* End-of-sequence and begin-of-sequence ids: generation_config.json first (it may list several
+ * eos ids), then config.json. */
+static void special_ids(const kc *c, ka_manifest *m)
+{
+    char *gp = util_path_join(c->model_dir, "generation_config.json");
+    kerr quiet;
+    kerr_clear(&quiet);
+    config *gc = util_is_file(gp) ? config_load(gp, &quiet) : NULL;
+    free(gp);
+    const config *srcs[2] = {gc, c->cfg};
+    m->bos = -1;
+    for (int k = 0; k < 2 && !m->n_eos; k++) {
+        if (!srcs[k])
+            continue;
+        json_t *e = config_get(srcs[k], "eos_token_id");
+        if (json_is_integer(e)) {
+            m->eos = xmalloc(sizeof(int));
+            m->eos[m->n_eos++] = (int)json_integer_value(e);
+        } else if (json_is_array(e)) {
+            m->eos = xcalloc(json_array_size(e) + 1, sizeof(int));
+            for (size_t i = 0; i < json_array_size(e); i++)
+                if (json_is_integer(json_array_get(e, i)))
+                    m->eos[m->n_eos++] = (int)json_integer_value(json_array_get(e, i));
+        }
+    }
+    for (int k = 0; k < 2 && m->bos < 0; k++) {
+        int64_t b;
+        if (srcs[k] && config_has(srcs[k], "bos_token_id") &&
+            config_int(srcs[k], "bos_token_id", 0, 0, &b, &quiet) == 0)
+            m->bos = (int)b;
+    }
+    config_free(gc);
+}
+
+static uint64_t file_fnv(const char *path)
+{
+    size_t len;
+    kerr quiet;
+    kerr_clear(&quiet);
+    char *d = util_read_file(path, &len, &quiet);
+    uint64_t h = d ? util_fnv1a(d, len, UTIL_FNV_SEED) : 0;
+    free(d);
+    return h;
+}
+
+static int cmd_compile(int argc, char **argv)
+{
+    opts o;
+    if (parse_opts(argc, argv, &o, 3))
+        return 2;
+    if (o.help || !o.model || !o.out) {
+        fprintf(o.help ? stdout : stderr,
+                "usage: kilnc compile MODEL_DIR -o OUT_DIR [options]\n\n"
+                "Compiles a Hugging Face checkpoint for NVIDIA GPUs, on any machine (no GPU "
+                "needed):\n"
+                "  OUT_DIR/model.kiln                     kernels (cubin per SM, PTX), schedule, "
+                "manifest\n"
+                "  OUT_DIR/shards/rank0-of-1.safetensors  weights in runtime layout and dtype\n"
+                "  OUT_DIR/tokenizer*.json ...            the tokenizer files, when present\n"
+                "Run it with 'kiln run OUT_DIR'.\n\n"
+                "  -o, --out DIR      output folder (created)\n"
+                "  --sm LIST          GPU architectures, e.g. 80,90a (default 80,90a); PTX for the "
+                "lowest is\n"
+                "                     kept so newer GPUs can JIT it\n"
+                "  --dtype bf16|fp16  compute dtype (default bf16)\n"
+                "  --max-seq-len N    tokens per sequence, prompt + generated (default 2048, at most\n"
+                "                     the model's max_position_embeddings)\n"
+                "  --max-batch N      sequences per step (default 16)\n"
+                "  --max-tokens N     tokens per prefill step; longer prompts are prefilled in "
+                "chunks\n"
+                "                     (default 1024)\n%s",
+                common_help);
+        return o.help ? 0 : 2;
+    }
+    st_dtype dt = ST_BF16;
+    if (o.dtype && strcmp(o.dtype, "bf16") && strcmp(o.dtype, "fp16") && strcmp(o.dtype, "f16")) {
+        fprintf(stderr, "kilnc: --dtype expects bf16 or fp16, got '%s'\n", o.dtype);
+        return 2;
+    }
+    if (o.dtype && strcmp(o.dtype, "bf16"))
+        dt = ST_F16;
+    /* architectures */
+    char sms[8][16];
+    int nsm = 0;
+    {
+        char *list = xstrdup(o.sm ? o.sm : "80,90a"), *save = NULL;
+        for (char *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+            const char *t = strncmp(tok, "sm_", 3) == 0 ? tok + 3 : tok;
+            int ok = strlen(t) >= 2 && strlen(t) <= 4;
+            for (const char *q = t; *q && ok; q++)
+                ok = (*q >= '0' && *q <= '9') || (*q == 'a' && q[1] == 0 && q > t + 1);
+            if (!ok || nsm == 8) {
+                fprintf(stderr, "kilnc: --sm: '%s' is not an SM like 80, 89, 90a (at most 8)\n",
+                        tok);
+                free(list);
+                return 2;
+            }
+            snprintf(sms[nsm++], sizeof sms[0], "sm_%s", t);
+        }
+        free(list);
+        if (!nsm) {
+            fprintf(stderr, "kilnc: --sm is empty\n");
+            return 2;
+        }
+    }
+    kc c;
+    kerr err;
+    kerr_clear(&err);
+    kc_opts ko = kopts(&o, 1);
+    ko.max_seq_len = o.max_seq_len;
+    ko.max_seqs = o.max_batch;
+    ko.max_tokens = o.max_tokens;
+    ko.act_dtype = dt;
+    double t0 = util_now();
+    int rc = kc_open(&c, o.model, &ko, &err);
+    if (rc == 0 && c.spec->task == TASK_CLASSIFY)
+        rc = kerr_add(&err, "%s: task classify is not compiled for the GPU yet", c.spec->path);
+    if (rc == 0) {
+        int64_t maxpos = 0;
+        config_int(c.cfg, "max_position_embeddings", 1, 0, &maxpos, &err);
+        if (maxpos > 0 && c.max_seq_len > maxpos) {
+            if (o.max_seq_len)
+                rc = kerr_add(&err, "--max-seq-len %d exceeds the model's "
+                                    "max_position_embeddings %lld",
+                              c.max_seq_len, (long long)maxpos);
+            else
+                c.max_seq_len = (int)maxpos;
+        }
+        if (c.max_tokens > c.max_seq_len * c.max_seqs)
+            c.max_tokens = c.max_seq_len * c.max_seqs;
+    }
+    rc = rc || kc_run(&c, NULL, NULL, NULL, &err);
+    print_warn(&c, 20);
+    lowered *l = c.low;
+    char *src = NULL, *root = NULL, *tdir = NULL, *kdir = NULL, *shard_dir = NULL;
+    char *shard = NULL, *artifact = NULL;
+    nvrtc_result code[9];
+    memset(code, 0, sizeof code);
+    if (rc)
+        goto out;
+    const char *name = strrchr(o.model, '/') && strrchr(o.model, '/')[1] ? strrchr(o.model, '/') + 1 : o.model;
+    src = codegen_source(l, name);
+    root = xstrdup(c.reg->lib_dir);
+    *strrchr(root, '/') = 0; /* archspecs/ -> the installation root */
+    tdir = util_path_join(root, "templates");
+    kdir = util_path_join(root, "kernels");
+    const char *inc[] = {tdir, kdir, NULL};
+    fprintf(stderr, "kilnc: %s: %d kernels, %d prefill / %d decode steps, %d weights\n", name,
+            l->ninst, l->m.nprefill, l->m.ndecode, l->m.nweights);
+    /* lowest SM's PTX first, then a cubin per SM */
+    const char *targets[9];
+    char ptx_target[24];
+    snprintf(ptx_target, sizeof ptx_target, "compute_%s", sms[0] + 3);
+    if (ptx_target[strlen(ptx_target) - 1] == 'a')
+        ptx_target[strlen(ptx_target) - 1] = 0;
+    targets[0] = ptx_target;
+    for (int i = 0; i < nsm; i++)
+        targets[i + 1] = sms[i];
+    for (int i = 0; i <= nsm && rc == 0; i++) {
+        char unit[256];
+        snprintf(unit, sizeof unit, "%s.cu", name);
+        rc = nvrtc_compile(src, unit, targets[i], inc, &code[i], &err);
+        if (rc == 0)
+            fprintf(stderr, "kilnc: %-10s %s (%.1f s%s)\n", targets[i],
+                    i ? "cubin" : "ptx", code[i].seconds, code[i].cached ? ", cached" : "");
+    }
+    if (rc)
+        goto out;
+    shard_dir = util_path_join(o.out, "shards");
+    if (util_mkdirs(shard_dir, &err)) {
+        rc = -1;
+        goto out;
+    }
+    shard = util_path_join(shard_dir, "rank0-of-1.safetensors");
+    ka_manifest *m = &l->m;
+    if (pack_shard(&c, l, shard, 1, &m->shard_header_fnv, &err)) {
+        rc = -1;
+        goto out;
+    }
+    m->shard = xstrdup("shards/rank0-of-1.safetensors");
+    m->model_name = xstrdup(name);
+    config_architecture(c.cfg, (const char **)&m->arch, &err);
+    m->arch = xstrdup(m->arch ? m->arch : "?");
+    m->spec_name = xstrdup(c.spec->name);
+    m->task = xstrdup(spec_task_name(c.spec->task));
+    m->kilnc_version = xstrdup(KILN_VERSION);
+    m->spec_hash = file_fnv(c.spec->path);
+    m->config_hash = file_fnv(c.config_path);
+    uint64_t lh = UTIL_FNV_SEED;
+    for (int i = 0; i < m->nweights; i++) {
+        lh = util_fnv1a(m->weights[i].name, strlen(m->weights[i].name), lh);
+        lh = util_fnv1a(m->weights[i].shape, sizeof(int64_t) * 4, lh);
+    }
+    m->layout_hash = lh;
+    special_ids(&c, m);
+    /* blobs: PTX, cubins, the generated source */
+    const void *data[11];
+    m->nblobs = nsm + 2;
+    m->blobs = xcalloc((size_t)m->nblobs, sizeof(ka_blob));
+    m->blobs[0] = (ka_blob){xasprintf("ptx.%s", targets[0]), 0, code[0].len - 1, 0};
+    data[0] = code[0].code;
+    for (int i = 0; i < nsm; i++) {
+        m->blobs[i + 1] = (ka_blob){xasprintf("cubin.%s", sms[i]), 0, code[i + 1].len, 0};
+        data[i + 1] = code[i + 1].code;
+    }
+    m->blobs[nsm + 1] = (ka_blob){xstrdup("source.cu"), 0, strlen(src), 0};
+    data[nsm + 1] = src;
+    artifact = util_path_join(o.out, "model.kiln");
+    if (ka_write(artifact, m, data, &err)) {
+        rc = -1;
+        goto out;
+    }
+    static const char *tok_files[] = {"tokenizer.json", "tokenizer_config.json",
+                                      "special_tokens_map.json", "generation_config.json"};
+    int copied = 0;
+    for (size_t i = 0; i < ARRAY_LEN(tok_files) && rc == 0; i++) {
+        int r = copy_if_present(c.model_dir, tok_files[i], o.out, &err);
+        if (r < 0)
+            rc = -1;
+        copied += r > 0 && i == 0;
+    }
+    if (rc == 0) {
+        char sz[32];
+        fprintf(stderr, "kilnc: wrote %s (%s kernels for", artifact, "compiled");
+        for (int i = 0; i < nsm; i++)
+            fprintf(stderr, " %s", sms[i]);
+        fprintf(stderr, " + %s), %s (%s)%s in %.1f s\n", targets[0], shard,
+                util_human_bytes((double)c.n_params * (double)st_dtype_size(dt), sz, sizeof sz),
+                copied ? ", tokenizer" : ", no tokenizer.json (ids only)", util_now() - t0);
+    }
+out:
+    if (rc)
+        print_err(&err);
+    for (int i = 0; i < 9; i++)
+        nvrtc_result_free(&code[i]);
+    free(src);
+    free(root);
+    free(tdir);
+    free(kdir);
+    free(shard_dir);
+    free(shard);
+    free(artifact);
+    kc_free(&c);
+    return rc ? 1 : 0;
+}
+
 static const struct {
     const char *name;
     int (*fn)(int, char **);
@@ -499,6 +790,7 @@ static const struct {
     {"check", cmd_check, "check a checkpoint against its archspec; print a summary"},
     {"graph", cmd_graph, "print the graph IR of a model (after any pass)"},
     {"ref", cmd_ref, "run a model on the CPU in fp32 (the reference): generate or embed"},
+    {"compile", cmd_compile, "compile a checkpoint into a GPU artifact (no GPU needed)"},
 };
 
 static void usage(FILE *f)

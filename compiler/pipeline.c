@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lower.h"
 #include "passes/passes.h"
 
 typedef struct pass {
@@ -15,6 +16,8 @@ typedef struct pass {
 static const pass passes[] = {
     {"bind_weights", pass_bind_weights},
     {"fuse", pass_fuse},
+    {"plan_memory", pass_plan_memory},
+    {"schedule", pass_schedule},
 };
 
 int kc_npasses(void) { return (int)ARRAY_LEN(passes); }
@@ -48,14 +51,22 @@ int kc_run(kc *c, const char *upto, const char *dump_after, FILE *dump, kerr *er
             return kerr_add(err, "internal error: the graph fails verification after pass '%s' "
                                  "(a kilnc bug)",
                             passes[i].name);
-        if (dump_after && strcmp(dump_after, passes[i].name) == 0)
-            graph_print(c->g, dump);
+        if (dump_after && strcmp(dump_after, passes[i].name) == 0) {
+            if (passes[i].run == pass_schedule)
+                lower_print(c->low, dump);
+            else
+                graph_print(c->g, dump);
+        }
     }
     return 0;
 }
 
 void kc_free(kc *c)
 {
+    if (c->low) {
+        lowered_free(c->low);
+        free(c->low);
+    }
     graph_free(c->g);
     st_close(c->weights);
     config_free(c->cfg);
@@ -70,6 +81,10 @@ int kc_open(kc *c, const char *model, const kc_opts *o, kerr *err)
 {
     memset(c, 0, sizeof *c);
     c->strict = o->strict;
+    c->max_tokens = o->max_tokens ? o->max_tokens : 1024;
+    c->max_seqs = o->max_seqs ? o->max_seqs : 16;
+    c->max_seq_len = o->max_seq_len ? o->max_seq_len : 2048;
+    c->act_dtype = o->act_dtype == ST_F16 ? ST_F16 : ST_BF16;
     if (!util_is_dir(model))
         return kerr_add(err, "%s: not a folder (expected a Hugging Face model folder with "
                              "config.json and *.safetensors)",
@@ -105,4 +120,16 @@ int kc_open(kc *c, const char *model, const kc_opts *o, kerr *err)
     }
     c->g = spec_build(c->spec, c->reg->lib_dir, c->cfg, c->weights, err);
     return c->g ? 0 : -1;
+}
+
+int pass_schedule(kc *c, kerr *err)
+{
+    lowered *l = xcalloc(1, sizeof *l);
+    if (lower(c, l, err)) {
+        lowered_free(l);
+        free(l);
+        return -1;
+    }
+    c->low = l;
+    return 0;
 }

@@ -14,6 +14,8 @@ typedef struct kc_opts {
     int n_spec_path;
     int strict;
     int need_weights;      /* a checkpoint must be present (else graph-only) */
+    int max_tokens, max_seqs, max_seq_len; /* 0: defaults 1024, 16, 2048 */
+    st_dtype act_dtype;    /* ST_BF16 (default) or ST_F16 */
 } kc_opts;
 
 /* Loads config, checkpoint and spec, and builds the graph. On error kc_free still applies. */

@@ -8,6 +8,11 @@
 
 #include "kiln_step.h"
 
+// NVRTC has no <math.h>: the constants kernels use.
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+
 namespace kiln {
 
 typedef __nv_bfloat16 bf16;

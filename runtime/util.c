@@ -25,13 +25,19 @@ int kerr_add(kerr *e, const char *fmt, ...)
     e->n++;
     if (e->truncated)
         return -1;
-    size_t room = KERR_CAP - e->len;
     va_list ap;
     va_start(ap, fmt);
-    int w = vsnprintf(e->buf + e->len, room, fmt, ap);
+    char *msg = NULL;
+    int w = vasprintf(&msg, fmt, ap);
     va_end(ap);
-    if (w < 0 || (size_t)w + 2 > room) {
-        /* Keep what fits and mark the cut, so the reader knows more went wrong. */
+    if (w < 0)
+        return -1;
+    /* A message's own line breaks are indented by two spaces, so readers (and the CLIs'
+     * error printers) can tell a continuation line from the next message. */
+    size_t room = KERR_CAP - e->len, need = 2;
+    for (const char *p = msg; *p; p++)
+        need += *p == '\n' ? 3 : 1;
+    if (need > room) {
         static const char more[] = "\n... (more errors; fix the above first)\n";
         size_t keep = KERR_CAP - sizeof more;
         if (e->len > keep)
@@ -39,9 +45,17 @@ int kerr_add(kerr *e, const char *fmt, ...)
         memcpy(e->buf + e->len, more, sizeof more);
         e->len += sizeof more - 1;
         e->truncated = 1;
+        free(msg);
         return -1;
     }
-    e->len += (size_t)w;
+    for (const char *p = msg; *p; p++) {
+        e->buf[e->len++] = *p;
+        if (*p == '\n' && p[1]) {
+            e->buf[e->len++] = ' ';
+            e->buf[e->len++] = ' ';
+        }
+    }
+    free(msg);
     e->buf[e->len++] = '\n';
     e->buf[e->len] = 0;
     return -1;

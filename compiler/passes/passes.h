@@ -15,4 +15,12 @@ int pass_bind_weights(kc *c, kerr *err);
 /* Fewer, larger kernels: q/k/v and gate/up GEMM fusion, add+norm, rope+KV write. */
 int pass_fuse(kc *c, kerr *err);
 
+/* Activation buffers in one slab, reused by liveness, for kc.max_tokens tokens. */
+int pass_plan_memory(kc *c, kerr *err);
+/* The launch schedules for prefill and decode and the kernel instances (lower.c). */
+int pass_schedule(kc *c, kerr *err);
+/* Whether a node gets its own slab buffer; the node whose buffer a view reads. */
+int plan_needs_buffer(const kgraph *g, int id);
+int plan_storage_of(const kgraph *g, int id);
+
 #endif

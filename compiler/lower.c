@@ -1,0 +1,930 @@
+/* lower — see lower.h. One function per op family turns a node into steps; each step is
+ * appended to the prefill schedule, the decode schedule, or both. Launch shapes follow the
+ * contracts at the top of each template file (templates/README.md). */
+#include "lower.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "passes/passes.h"
+#include "posenc.h"
+
+#define PRE 1
+#define DEC 2
+#define BOTH 3
+
+#define GEMV_MAX 8       /* rows up to which linears use the GEMV kernel */
+#define GEMV_THREADS 256
+#define ATTN_THREADS 128
+
+typedef struct lw {
+    kc *c;
+    kgraph *g;
+    lowered *L;
+    ka_manifest *m;
+    int64_t esize;       /* bytes per activation element */
+    int64_t scratch;     /* scratch bytes the current node uses */
+    int *wmap;           /* node -> weight index, -1 */
+    int cpre, cdec, cw, cc;
+    kerr *err;
+} lw;
+
+/* ---------------------------------------------------------------- kernels and steps */
+
+static int kern(lw *w, const char *op, int threads, int smem, const char *params, const char *fmt,
+                ...) __attribute__((format(printf, 6, 7)));
+static int kern(lw *w, const char *op, int threads, int smem, const char *params, const char *fmt,
+                ...)
+{
+    char call[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(call, sizeof call, fmt, ap);
+    va_end(ap);
+    lowered *L = w->L;
+    for (int i = 0; i < L->ninst; i++)
+        if (strcmp(L->inst_call[i], call) == 0)
+            return i;
+    int i = L->ninst++;
+    L->inst_call = xrealloc(L->inst_call, sizeof(char *) * (size_t)L->ninst);
+    L->inst_params = xrealloc(L->inst_params, sizeof(char *) * (size_t)L->ninst);
+    L->inst_call[i] = xstrdup(call);
+    L->inst_params[i] = xstrdup(params);
+    ka_manifest *m = w->m;
+    m->kernels = xrealloc(m->kernels, sizeof(ka_kernel) * (size_t)L->ninst);
+    m->kernels[i] = (ka_kernel){xasprintf("k%d_%s", i, op), threads, smem};
+    m->nkernels = L->ninst;
+    return i;
+}
+
+static void push(lw *w, int which, const ka_step *s)
+{
+    ka_manifest *m = w->m;
+    if (which & PRE) {
+        if (m->nprefill == w->cpre)
+            m->prefill = xrealloc(m->prefill, sizeof(ka_step) * (size_t)(w->cpre = w->cpre * 2 + 16));
+        m->prefill[m->nprefill] = *s;
+        m->prefill[m->nprefill++].label = xstrdup(s->label ? s->label : "");
+    }
+    if (which & DEC) {
+        if (m->ndecode == w->cdec)
+            m->decode = xrealloc(m->decode, sizeof(ka_step) * (size_t)(w->cdec = w->cdec * 2 + 16));
+        m->decode[m->ndecode] = *s;
+        m->decode[m->ndecode++].label = xstrdup(s->label ? s->label : "");
+    }
+}
+
+static ka_grid G(int t, int s, int q, int add, int div) { return (ka_grid){t, s, q, add, div}; }
+static ka_grid G1(void) { return G(0, 0, 0, 1, 1); }
+
+static ka_step kstep(int kernel, const char *label, ka_grid x, ka_grid y, ka_grid z)
+{
+    ka_step s;
+    memset(&s, 0, sizeof s);
+    s.kind = KA_KERNEL;
+    s.kernel = kernel;
+    s.label = (char *)label;
+    s.grid[0] = x;
+    s.grid[1] = y;
+    s.grid[2] = z;
+    return s;
+}
+
+static void add_arg(ka_step *s, ka_arg a) { s->args[s->nargs++] = a; }
+static ka_arg A(ka_arg_kind k, int64_t i) { return (ka_arg){k, i, 0}; }
+static ka_arg AF(double f) { return (ka_arg){KA_ARG_F32, 0, f}; }
+static ka_arg ANULL(void) { return A(KA_ARG_NULL, 0); }
+
+/* Weight #i holding const node `id` (registered once). */
+static int wid(lw *w, int id)
+{
+    if (w->wmap[id] >= 0)
+        return w->wmap[id];
+    const kg_node *n = &w->g->nodes[id];
+    ka_manifest *m = w->m;
+    if (m->nweights == w->cw) {
+        w->cw = w->cw * 2 + 16;
+        m->weights = xrealloc(m->weights, sizeof(ka_weight) * (size_t)w->cw);
+        w->L->weight_node = xrealloc(w->L->weight_node, sizeof(int) * (size_t)w->cw);
+    }
+    int i = m->nweights++;
+    ka_weight *kw = &m->weights[i];
+    memset(kw, 0, sizeof *kw);
+    kw->name = xasprintf("%s#%d", n->name, id);
+    kw->ndim = n->ndim;
+    int64_t numel = 1;
+    for (int d = 0; d < n->ndim; d++) {
+        kw->shape[d] = n->shape[d];
+        numel *= n->shape[d];
+    }
+    kw->nbytes = numel * w->esize;
+    w->L->weight_node[i] = id;
+    return w->wmap[id] = i;
+}
+
+static ka_arg AW(lw *w, int id) { return A(KA_ARG_WEIGHT, wid(w, id)); }
+
+static int add_const(lw *w, const char *name, const float *v, int n)
+{
+    ka_manifest *m = w->m;
+    for (int i = 0; i < m->nconsts; i++)
+        if (m->consts[i].n == n && !memcmp(m->consts[i].v, v, sizeof(float) * (size_t)n))
+            return i;
+    if (m->nconsts == w->cc)
+        m->consts = xrealloc(m->consts, sizeof(ka_const) * (size_t)(w->cc = w->cc * 2 + 8));
+    ka_const *c = &m->consts[m->nconsts];
+    c->name = xstrdup(name);
+    c->n = n;
+    c->v = xmalloc(sizeof(float) * (size_t)(n ? n : 1));
+    memcpy(c->v, v, sizeof(float) * (size_t)n);
+    return m->nconsts++;
+}
+
+/* ---------------------------------------------------------------- buffers */
+
+static int64_t row_width(const kg_node *n)
+{
+    int64_t r = 1;
+    for (int i = 1; i < n->ndim; i++)
+        r *= n->shape[i];
+    return r;
+}
+
+/* A node's activation as a pointer argument, with the row stride (elements) it is read with.
+ * Views read their storage in place (a column offset for q/k/v slices). */
+static int act_arg(lw *w, int id, ka_arg *a, int64_t *stride)
+{
+    const kgraph *g = w->g;
+    int64_t col = 0;
+    int s = id;
+    for (;;) {
+        const kg_node *n = &g->nodes[s];
+        if (n->view_of >= 0) {
+            col += n->start;
+            s = n->view_of;
+        } else if (n->op == KG_RESHAPE && !n->is_const) {
+            s = n->in[0];
+        } else {
+            break;
+        }
+    }
+    const kg_node *sn = &g->nodes[s];
+    if (sn->buf < 0)
+        return kerr_add(w->err, "lower: %s has no buffer (internal error)", g->nodes[id].name);
+    *a = A(KA_ARG_BUF, sn->buf + col * w->esize);
+    if (stride)
+        *stride = row_width(sn);
+    return 0;
+}
+
+/* An activation that kernels read as contiguous rows of its own width. */
+static int dense_arg(lw *w, int id, ka_arg *a)
+{
+    int64_t stride;
+    if (act_arg(w, id, a, &stride))
+        return -1;
+    if (stride != row_width(&w->g->nodes[id]))
+        return kerr_add(w->err,
+                        "lower: %s reads a column slice of another activation; the GPU code "
+                        "generator supports such slices only as q/k/v of one fused projection",
+                        w->g->nodes[id].name);
+    return 0;
+}
+
+static int64_t scratch_at(lw *w, int64_t bytes)
+{
+    int64_t off = w->scratch;
+    w->scratch += (bytes + 255) / 256 * 256;
+    return off;
+}
+
+/* Threads for a row kernel over H elements (8 per thread per pass). */
+static int row_threads(int64_t H)
+{
+    int64_t t = (H / 8 + 31) / 32 * 32;
+    return t < 32 ? 32 : t > 256 ? 256 : (int)t;
+}
+
+#define ELEM_THREADS 256
+static ka_grid elems(int64_t W) { return G((int)W, 0, 0, 0, 8 * ELEM_THREADS); }
+
+/* ---------------------------------------------------------------- ops */
+
+static int need8(lw *w, const kg_node *n, int64_t v, const char *what)
+{
+    if (v % 8 == 0)
+        return 0;
+    return kerr_add(w->err,
+                    "%s: %s is %lld, not a multiple of 8: kiln's GPU kernels read rows in 16-byte "
+                    "vectors (every released checkpoint satisfies this; the CPU reference `kilnc "
+                    "ref` runs this model)",
+                    n->name, what, (long long)v);
+}
+
+static int low_embed(lw *w, int id)
+{
+    const kg_node *n = &w->g->nodes[id];
+    const kg_node *in = &w->g->nodes[n->in[1]];
+    int64_t H = n->shape[1];
+    if (need8(w, n, H, "the embedding width"))
+        return -1;
+    int th = row_threads(H);
+    int k = kern(w, "embed", th, 0, "const kiln_step st, const DT *table, DT *out",
+                 "kiln::embed<DT, %lld, %d, 0, %d>(st, table, out)", (long long)H, in->input_kind,
+                 th);
+    ka_step s = kstep(k, n->name, G(1, 0, 0, 0, 1), G1(), G1());
+    ka_arg out;
+    if (act_arg(w, id, &out, NULL))
+        return -1;
+    add_arg(&s, A(KA_ARG_STEP, 0));
+    add_arg(&s, AW(w, n->in[0]));
+    add_arg(&s, out);
+    push(w, BOTH, &s);
+    return 0;
+}
+
+static int low_norm(lw *w, int id)
+{
+    const kgraph *g = w->g;
+    const kg_node *n = &g->nodes[id];
+    int rms = n->op == KG_RMS_NORM;
+    int64_t H = n->shape[n->ndim - 1], rpt = row_width(n) / H;
+    if (need8(w, n, H, "the normalised width"))
+        return -1;
+    int th = row_threads(H);
+    ka_arg x, res = ANULL(), res_out = ANULL(), out;
+    int residual = 0;
+    const kg_node *a = &g->nodes[n->in[0]];
+    if (a->op == KG_ADD && a->fused_into == id) {
+        residual = 1;
+        if (dense_arg(w, a->in[0], &x) || dense_arg(w, a->in[1], &res))
+            return -1;
+        if (plan_needs_buffer(g, n->in[0]) && dense_arg(w, n->in[0], &res_out))
+            return -1;
+    } else if (dense_arg(w, n->in[0], &x)) {
+        return -1;
+    }
+    if (dense_arg(w, id, &out))
+        return -1;
+    int k;
+    ka_step s;
+    if (rms) {
+        k = kern(w, "rms_norm", th, 0,
+                 "const kiln_step st, const DT *x, const DT *res, const DT *w, DT *out, "
+                 "DT *res_out, float eps",
+                 "kiln::rms_norm<DT, %lld, %lld, %d, %d, %d>(st, x, res, w, out, res_out, eps)",
+                 (long long)H, (long long)rpt, th, n->unit_offset, residual);
+        s = kstep(k, n->name, G((int)rpt, 0, 0, 0, 1), G1(), G1());
+        add_arg(&s, A(KA_ARG_STEP, 0));
+        add_arg(&s, x);
+        add_arg(&s, res);
+        add_arg(&s, AW(w, n->in[1]));
+    } else {
+        int bias = n->n_in > 2 && n->in[2] >= 0;
+        k = kern(w, "layer_norm", th, 0,
+                 "const kiln_step st, const DT *x, const DT *res, const DT *w, const DT *b, "
+                 "DT *out, DT *res_out, float eps",
+                 "kiln::layer_norm<DT, %lld, %lld, %d, %d, %d>(st, x, res, w, b, out, res_out, "
+                 "eps)",
+                 (long long)H, (long long)rpt, th, residual, bias);
+        s = kstep(k, n->name, G((int)rpt, 0, 0, 0, 1), G1(), G1());
+        add_arg(&s, A(KA_ARG_STEP, 0));
+        add_arg(&s, x);
+        add_arg(&s, res);
+        add_arg(&s, AW(w, n->in[1]));
+        add_arg(&s, bias ? AW(w, n->in[2]) : ANULL());
+    }
+    add_arg(&s, out);
+    add_arg(&s, res_out);
+    add_arg(&s, AF(n->eps));
+    push(w, BOTH, &s);
+    return 0;
+}
+
+/* The GEMV step (decode-sized rows). rows: KA_ROWS_T or KA_ROWS_S. */
+static ka_step gemv_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg bias, ka_arg y,
+                         int64_t N, int64_t K, int gated, int act, int out_f32, ka_rows rows)
+{
+    int k = kern(w, "gemv", GEMV_THREADS, 0,
+                 "const kiln_step st, const DT *x, const DT *w, const DT *bias, void *y, int M",
+                 "kiln::gemv<DT, %lld, %lld, %d, %s, %s, %d, %s, %d>(st, x, w, bias, y, M)",
+                 (long long)N, (long long)K, GEMV_MAX, bias.kind == KA_ARG_NULL ? "false" : "true",
+                 gated ? "true" : "false", act < 0 ? 0 : act, out_f32 ? "true" : "false",
+                 GEMV_THREADS);
+    int64_t nout = gated ? N / 2 : N, rpb = (GEMV_THREADS / 32) * (gated ? 2 : 4);
+    ka_step s = kstep(k, n->name, G(0, 0, 0, (int)nout, (int)rpb), G1(), G1());
+    s.size = KA_SIZE_SMALL;
+    s.rows = rows;
+    add_arg(&s, A(KA_ARG_STEP, 0));
+    add_arg(&s, x);
+    add_arg(&s, wt);
+    add_arg(&s, bias);
+    add_arg(&s, y);
+    add_arg(&s, A(KA_ARG_M, 0));
+    return s;
+}
+
+static ka_step gemm_step(const kg_node *n, ka_arg x, ka_arg wt, ka_arg bias, ka_arg y, int64_t N,
+                         int64_t K, int64_t ldx, int64_t ldy, int out_f32, ka_rows rows)
+{
+    ka_step s;
+    memset(&s, 0, sizeof s);
+    s.kind = KA_GEMM;
+    s.label = n->name;
+    s.size = KA_SIZE_LARGE;
+    s.rows = rows;
+    s.x = x;
+    s.w = wt;
+    s.bias = bias;
+    s.y = y;
+    s.n = N;
+    s.k = K;
+    s.ldx = ldx;
+    s.ldy = ldy;
+    s.out_f32 = out_f32;
+    return s;
+}
+
+static int low_linear(lw *w, int id)
+{
+    const kgraph *g = w->g;
+    const kg_node *n = &g->nodes[id];
+    const kg_node *wn = &g->nodes[n->in[1]];
+    int64_t N = wn->shape[0], K = wn->shape[1];
+    int gated = n->epi_act >= 0;
+    if (need8(w, n, K, "the input width"))
+        return -1;
+    ka_arg x, y, wt = AW(w, n->in[1]);
+    ka_arg bias = n->n_in > 2 && n->in[2] >= 0 ? AW(w, n->in[2]) : ANULL();
+    if (dense_arg(w, n->in[0], &x))
+        return -1;
+
+    if (n->op == KG_LOGITS) { /* float logits; the last row of each sequence unless all */
+        ka_arg lg = A(KA_ARG_LOGITS, 0);
+        int th = row_threads(K);
+        int kg = kern(w, "gather_last", th, 0, "const kiln_step st, const DT *x, DT *out",
+                      "kiln::gather_last<DT, %lld, %d>(st, x, out)", (long long)K, th);
+        ka_arg last = A(KA_ARG_SCRATCH, scratch_at(w, (int64_t)w->c->max_seqs * K * w->esize));
+        ka_step s = kstep(kg, n->name, G(0, 1, 0, 0, 1), G1(), G1());
+        s.logits = KA_LOGITS_LAST;
+        add_arg(&s, A(KA_ARG_STEP, 0));
+        add_arg(&s, x);
+        add_arg(&s, last);
+        push(w, PRE, &s);
+        s = gemm_step(n, last, wt, bias, lg, N, K, K, N, 1, KA_ROWS_S);
+        s.logits = KA_LOGITS_LAST;
+        push(w, PRE, &s);
+        s = gemv_step(w, n, last, wt, bias, lg, N, K, 0, -1, 1, KA_ROWS_S);
+        s.logits = KA_LOGITS_LAST;
+        push(w, PRE, &s);
+        s = gemm_step(n, x, wt, bias, lg, N, K, K, N, 1, KA_ROWS_T);
+        s.logits = KA_LOGITS_ALL;
+        push(w, PRE, &s);
+        s = gemv_step(w, n, x, wt, bias, lg, N, K, 0, -1, 1, KA_ROWS_T);
+        s.logits = KA_LOGITS_ALL;
+        push(w, PRE, &s);
+        /* decode: every row is the last of its sequence */
+        s = gemm_step(n, x, wt, bias, lg, N, K, K, N, 1, KA_ROWS_T);
+        push(w, DEC, &s);
+        s = gemv_step(w, n, x, wt, bias, lg, N, K, 0, -1, 1, KA_ROWS_T);
+        push(w, DEC, &s);
+        w->m->vocab = (int)N;
+        return 0;
+    }
+
+    if (dense_arg(w, id, &y))
+        return -1;
+    if (!gated) {
+        ka_step s = gemm_step(n, x, wt, bias, y, N, K, K, N, 0, KA_ROWS_T);
+        push(w, BOTH, &s);
+        s = gemv_step(w, n, x, wt, bias, y, N, K, 0, -1, 0, KA_ROWS_T);
+        push(w, BOTH, &s);
+        return 0;
+    }
+    /* gated: GEMM into scratch [T, N] then act(gate) * up; or one GEMV with the epilogue */
+    int64_t I = N / 2;
+    if (need8(w, n, I, "the gated width"))
+        return -1;
+    ka_arg tmp = A(KA_ARG_SCRATCH, scratch_at(w, (int64_t)w->c->max_tokens * N * w->esize));
+    ka_step s = gemm_step(n, x, wt, bias, tmp, N, K, K, N, 0, KA_ROWS_T);
+    push(w, BOTH, &s);
+    int ka = kern(w, "act_mul", ELEM_THREADS, 0, "const kiln_step st, const DT *gu, DT *out",
+                  "kiln::act_mul<DT, %lld, %d, %d>(st, gu, out)", (long long)I, n->epi_act,
+                  ELEM_THREADS);
+    s = kstep(ka, n->name, elems(I), G1(), G1());
+    s.size = KA_SIZE_LARGE;
+    add_arg(&s, A(KA_ARG_STEP, 0));
+    add_arg(&s, tmp);
+    add_arg(&s, y);
+    push(w, BOTH, &s);
+    s = gemv_step(w, n, x, wt, bias, y, N, K, 1, n->epi_act, 0, KA_ROWS_T);
+    push(w, BOTH, &s);
+    return 0;
+}
+
+/* Flash attention for prefill; split-KV decode plus the merge of its splits for decode
+ * (templates/attention.cuh gives the launch rules used here). */
+#define ATTN_BM 64
+#define DECODE_SPLITS 16
+#define DECODE_THREADS 128
+
+static int attention_steps(lw *w, const kg_node *n, ka_arg q, ka_arg out, ka_arg slopes)
+{
+    const kg_attn *at = &n->attn;
+    int NH = at->n_heads, NKV = at->n_kv_heads, HD = at->head_dim;
+    int W = at->window, softcap = at->softcap > 0;
+    int bn = HD > 128 ? 32 : 64;
+    int smem = (ATTN_BM + 2 * bn) * (HD + 8) * (int)w->esize;
+    int kp = kern(w, "attn_prefill", 2 * ATTN_BM, smem,
+                  "const kiln_step st, const DT *q, const DT *k_cache, const DT *v_cache, DT *out, "
+                  "float scale, float softcap, const float *alibi_slopes",
+                  "kiln::attn_prefill<DT, %d, %d, %d, %d, %d, %d, %d, %d, %d>(st, q, k_cache, "
+                  "v_cache, out, scale, softcap, alibi_slopes)",
+                  NH, NKV, HD, at->causal, W, at->alibi, softcap, ATTN_BM, bn);
+    /* grid (ceil(T / BM) + n_seqs, NH, 1) */
+    ka_step s = kstep(kp, n->name, G(1, ATTN_BM, 0, 0, ATTN_BM), G(0, 0, 0, NH, 1), G1());
+    add_arg(&s, A(KA_ARG_STEP, 0));
+    add_arg(&s, q);
+    add_arg(&s, A(KA_ARG_KV_K, at->layer));
+    add_arg(&s, A(KA_ARG_KV_V, at->layer));
+    add_arg(&s, out);
+    add_arg(&s, AF(at->scale));
+    add_arg(&s, AF(at->softcap));
+    add_arg(&s, slopes);
+    push(w, PRE, &s);
+
+    /* decode: query heads per CTA sharing one kv head, as many as fit 48 KB */
+    int G_ = NH / NKV, hpc = 1;
+    for (int h = G_; h >= 1; h--)
+        if (G_ % h == 0 &&
+            (h * HD + (DECODE_THREADS / 32) * h * (HD + 2)) * 4 <= 48 * 1024) {
+            hpc = h;
+            break;
+        }
+    ka_arg ws = A(KA_ARG_SCRATCH,
+                  scratch_at(w, (int64_t)w->c->max_seqs * NH * DECODE_SPLITS * (HD + 2) * 4));
+    int kd = kern(w, "attn_decode", DECODE_THREADS, 0,
+                  "const kiln_step st, const DT *q, const DT *k_cache, const DT *v_cache, "
+                  "float *ws, float scale, float softcap, const float *alibi_slopes",
+                  "kiln::attn_decode<DT, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d>(st, q, k_cache, "
+                  "v_cache, ws, scale, softcap, alibi_slopes)",
+                  NH, NKV, HD, at->causal, W, at->alibi, softcap, DECODE_SPLITS, hpc,
+                  DECODE_THREADS);
+    s = kstep(kd, n->name, G(0, 0, 0, DECODE_SPLITS, 1), G(0, 0, 0, NH / hpc, 1),
+              G(0, 1, 0, 0, 1));
+    add_arg(&s, A(KA_ARG_STEP, 0));
+    add_arg(&s, q);
+    add_arg(&s, A(KA_ARG_KV_K, at->layer));
+    add_arg(&s, A(KA_ARG_KV_V, at->layer));
+    add_arg(&s, ws);
+    add_arg(&s, AF(at->scale));
+    add_arg(&s, AF(at->softcap));
+    add_arg(&s, slopes);
+    push(w, DEC, &s);
+    int kc_ = kern(w, "attn_combine", DECODE_THREADS, 0,
+                   "const kiln_step st, const float *ws, DT *out",
+                   "kiln::attn_combine<DT, %d, %d, %d, %d>(st, ws, out)", NH, HD, DECODE_SPLITS,
+                   DECODE_THREADS);
+    s = kstep(kc_, n->name, G(0, 0, 0, NH, 1), G(0, 1, 0, 0, 1), G1());
+    add_arg(&s, A(KA_ARG_STEP, 0));
+    add_arg(&s, ws);
+    add_arg(&s, out);
+    push(w, DEC, &s);
+    return 0;
+}
+
+/* Routed experts: route, gate+up with the activation, down weighted and summed per token
+ * (templates/moe.cuh). The expert gate and up weights are packed as one [E, 2I, H] tensor. */
+#define MOE_THREADS 256
+
+static int low_moe(lw *w, int id)
+{
+    kgraph *g = w->g;
+    const kg_node *n = &g->nodes[id];
+    const kg_moe *mo = &n->moe;
+    if (mo->has_shared)
+        return kerr_add(w->err, "%s: MoE shared experts are not supported by the GPU code "
+                                "generator yet (the CPU reference runs them)",
+                        n->name);
+    int64_t H = n->shape[1], E = mo->n_experts, I = g->nodes[n->in[KG_MOE_GATE]].shape[1];
+    if (need8(w, n, H, "the hidden width") || need8(w, n, I, "the expert width"))
+        return -1;
+    ka_arg x, out;
+    if (dense_arg(w, n->in[KG_MOE_X], &x) || dense_arg(w, id, &out))
+        return -1;
+    /* [E, 2I, H] = concat(gate, up) along dim 1: a constant node the packer materialises */
+    kg_node p;
+    memset(&p, 0, sizeof p);
+    p.op = KG_CONCAT;
+    p.is_const = 1;
+    p.n_in = 2;
+    p.in[0] = n->in[KG_MOE_GATE];
+    p.in[1] = n->in[KG_MOE_UP];
+    p.dim = 1;
+    p.ndim = 3;
+    p.shape[0] = E;
+    p.shape[1] = 2 * I;
+    p.shape[2] = H;
+    p.dtype = g->nodes[n->in[KG_MOE_GATE]].dtype;
+    p.epi_act = p.fused_into = p.view_of = -1;
+    p.buf = -1;
+    char *nm = xasprintf("%s.gate_up", n->name);
+    p.name = nm;
+    p.spec_file = n->spec_file;
+    p.spec_line = n->spec_line;
+    int gu = graph_append(g, &p);
+    free(nm);
+    n = &g->nodes[id]; /* the node array may have moved */
+    int K = mo->top_k;
+    int64_t T = w->c->max_tokens;
+    ka_arg idx = A(KA_ARG_SCRATCH, scratch_at(w, T * K * 4));
+    ka_arg wts = A(KA_ARG_SCRATCH, scratch_at(w, T * K * 4));
+    ka_arg hb = A(KA_ARG_SCRATCH, scratch_at(w, T * K * I * w->esize));
+    int kr = kern(w, "moe_route", MOE_THREADS, 0,
+                  "const kiln_step st, const DT *x, const DT *router, int *idx, float *wts",
+                  "kiln::moe_route<DT, %lld, %lld, %d, %s, %d>(st, x, router, idx, wts)",
+                  (long long)E, (long long)H, K, mo->renormalize ? "true" : "false", MOE_THREADS);
+    ka_step s = kstep(kr, n->name, G(1, 0, 0, 0, 1), G1(), G1());
+    add_arg(&s, A(KA_ARG_STEP, 0));
+    add_arg(&s, x);
+    add_arg(&s, AW(w, n->in[KG_MOE_ROUTER]));
+    add_arg(&s, idx);
+    add_arg(&s, wts);
+    push(w, BOTH, &s);
+    int warps = MOE_THREADS / 32;
+    int kg = kern(w, "moe_gate_up", MOE_THREADS, 0,
+                  "const kiln_step st, const DT *x, const int *idx, const DT *gate_up, DT *hbuf",
+                  "kiln::moe_gate_up<DT, %lld, %lld, %lld, %d, %d, %d>(st, x, idx, gate_up, hbuf)",
+                  (long long)E, (long long)H, (long long)I, K, mo->act, MOE_THREADS);
+    s = kstep(kg, n->name, G(K, 0, 0, 0, 1), G(0, 0, 0, (int)I, 2 * warps), G1());
+    add_arg(&s, A(KA_ARG_STEP, 0));
+    add_arg(&s, x);
+    add_arg(&s, idx);
+    add_arg(&s, AW(w, gu));
+    add_arg(&s, hb);
+    push(w, BOTH, &s);
+    int kd = kern(w, "moe_down", MOE_THREADS, 0,
+                  "const kiln_step st, const DT *hbuf, const int *idx, const float *wts, "
+                  "const DT *down, DT *out, const DT *add",
+                  "kiln::moe_down<DT, %lld, %lld, %lld, %d, %d>(st, hbuf, idx, wts, down, out, add)",
+                  (long long)E, (long long)H, (long long)I, K, MOE_THREADS);
+    s = kstep(kd, n->name, G(1, 0, 0, 0, 1), G(0, 0, 0, (int)H, 4 * warps), G1());
+    add_arg(&s, A(KA_ARG_STEP, 0));
+    add_arg(&s, hb);
+    add_arg(&s, idx);
+    add_arg(&s, wts);
+    add_arg(&s, AW(w, n->in[KG_MOE_DOWN]));
+    add_arg(&s, out);
+    add_arg(&s, ANULL());
+    push(w, BOTH, &s);
+    return 0;
+}
+
+/* The q and k rotations fused into the attention, and the attention itself. */
+static int low_attention(lw *w, int id)
+{
+    const kgraph *g = w->g;
+    const kg_node *n = &g->nodes[id];
+    const kg_attn *at = &n->attn;
+    int NH = at->n_heads, NKV = at->n_kv_heads, HD = at->head_dim;
+    if (need8(w, n, HD, "head_dim"))
+        return -1;
+    int qn = n->in[0], kn = n->in[1], vn = n->in[2];
+    const kg_node *qr = &g->nodes[qn], *kr = &g->nodes[kn];
+    int q_roped = qr->op == KG_ROPE && qr->fused_into == id;
+    int k_roped = kr->op == KG_ROPE && kr->fused_into == id;
+    if (q_roped != k_roped)
+        return kerr_add(w->err, "%s: rotary embedding on q but not k (or the reverse) is not "
+                                "supported by the GPU code generator",
+                        n->name);
+    int qs = q_roped ? qr->in[0] : qn, ks = k_roped ? kr->in[0] : kn;
+    ka_arg aq, ak, av;
+    int64_t sq, sk, sv;
+    if (act_arg(w, qs, &aq, &sq) || act_arg(w, ks, &ak, &sk) || act_arg(w, vn, &av, &sv))
+        return -1;
+    if (sq != sk || sk != sv)
+        return kerr_add(w->err, "%s: q, k and v must come from one fused projection for the GPU "
+                                "code generator (their rows have widths %lld, %lld, %lld)",
+                        n->name, (long long)sq, (long long)sk, (long long)sv);
+    /* the rotated (or copied) queries */
+    ka_arg qout;
+    if (q_roped) {
+        if (dense_arg(w, qn, &qout))
+            return -1;
+    } else {
+        qout = A(KA_ARG_SCRATCH,
+                 scratch_at(w, (int64_t)w->c->max_tokens * NH * HD * w->esize));
+    }
+    int rot = 0, il = 0, dyn = 0;
+    ka_arg inv = ANULL();
+    double scale = 1, dbase = 0, dfac = 0;
+    int64_t dmax = 0;
+    if (q_roped) {
+        const kg_rope *r = &qr->rope;
+        if (memcmp(&qr->rope, &kr->rope, sizeof(kg_rope)) != 0)
+            return kerr_add(w->err, "%s: q and k rotate differently; not supported on the GPU",
+                            n->name);
+        rot = r->rot_dim;
+        il = r->interleaved;
+        dyn = r->p.type == ROPE_DYNAMIC;
+        float *tab = xmalloc(sizeof(float) * (size_t)(rot / 2 + 1));
+        posenc_rope_inv_freq(r, 0, tab);
+        char nm[96];
+        snprintf(nm, sizeof nm, "rope.%s.%d", rope_type_name(r->p.type), rot);
+        inv = A(KA_ARG_CONST, add_const(w, nm, tab, rot / 2));
+        free(tab);
+        scale = posenc_rope_scale(r);
+        dbase = r->p.theta;
+        dfac = r->p.factor;
+        dmax = r->p.max_pos;
+    }
+    int kr_k = kern(w, "rope_kv", ATTN_THREADS, 0,
+                    "const kiln_step st, const DT *q, const DT *k, const DT *v, int in_stride, "
+                    "DT *q_out, DT *k_cache, DT *v_cache, const float *inv_freq, "
+                    "float rope_scale, float dyn_base, float dyn_factor, int dyn_max_pos",
+                    "kiln::rope_kv<DT, %d, %d, %d, %d, %d, %d, %d>(st, q, k, v, in_stride, q_out, "
+                    "k_cache, v_cache, inv_freq, rope_scale, dyn_base, dyn_factor, dyn_max_pos)",
+                    NH, NKV, HD, rot, il, dyn, ATTN_THREADS);
+    ka_step s = kstep(kr_k, n->name, G(1, 0, 0, 0, 1), G1(), G1());
+    add_arg(&s, A(KA_ARG_STEP, 0));
+    add_arg(&s, aq);
+    add_arg(&s, ak);
+    add_arg(&s, av);
+    add_arg(&s, A(KA_ARG_I32, sq));
+    add_arg(&s, qout);
+    add_arg(&s, A(KA_ARG_KV_K, at->layer));
+    add_arg(&s, A(KA_ARG_KV_V, at->layer));
+    add_arg(&s, inv);
+    add_arg(&s, AF(scale));
+    add_arg(&s, AF(dbase));
+    add_arg(&s, AF(dfac));
+    add_arg(&s, A(KA_ARG_I32, dmax));
+    push(w, BOTH, &s);
+
+    ka_arg out;
+    if (dense_arg(w, id, &out))
+        return -1;
+    ka_arg slopes = ANULL();
+    if (at->alibi) {
+        float *sl = xmalloc(sizeof(float) * (size_t)NH);
+        posenc_alibi_slopes(NH, sl);
+        char nm[64];
+        snprintf(nm, sizeof nm, "alibi.%d", NH);
+        slopes = A(KA_ARG_CONST, add_const(w, nm, sl, NH));
+        free(sl);
+    }
+    ka_manifest *m = w->m;
+    if (at->layer >= m->n_layers) {
+        m->layers = xrealloc(m->layers, sizeof(ka_layer) * (size_t)(at->layer + 1));
+        for (int l = m->n_layers; l <= at->layer; l++)
+            m->layers[l] = (ka_layer){0, 0};
+        m->n_layers = at->layer + 1;
+    }
+    m->layers[at->layer] = (ka_layer){NKV, HD};
+    return attention_steps(w, n, qout, out, slopes);
+}
+
+static int low_elementwise(lw *w, int id)
+{
+    const kgraph *g = w->g;
+    const kg_node *n = &g->nodes[id];
+    int64_t W = row_width(n);
+    if (need8(w, n, W, "the row width"))
+        return -1;
+    ka_arg x, out;
+    if (dense_arg(w, n->in[0], &x) || dense_arg(w, id, &out))
+        return -1;
+    int k;
+    ka_step s;
+    switch (n->op) {
+    case KG_SILU:
+    case KG_GELU:
+    case KG_GELU_TANH:
+    case KG_RELU: {
+        int act = n->op == KG_SILU ? 0 : n->op == KG_GELU ? 1 : n->op == KG_GELU_TANH ? 2 : 3;
+        k = kern(w, "unary", ELEM_THREADS, 0, "const kiln_step st, const DT *x, DT *out",
+                 "kiln::unary<DT, %lld, %d, %d>(st, x, out)", (long long)W, act, ELEM_THREADS);
+        s = kstep(k, n->name, elems(W), G1(), G1());
+        add_arg(&s, A(KA_ARG_STEP, 0));
+        add_arg(&s, x);
+        add_arg(&s, out);
+        break;
+    }
+    case KG_ADD:
+    case KG_MUL: {
+        int bc = g->nodes[n->in[1]].is_const;
+        ka_arg b;
+        if (bc)
+            b = AW(w, n->in[1]);
+        else if (dense_arg(w, n->in[1], &b))
+            return -1;
+        k = kern(w, "binary", ELEM_THREADS, 0, "const kiln_step st, const DT *a, const DT *b, DT *out",
+                 "kiln::binary<DT, %lld, %d, %d, %d>(st, a, b, out)", (long long)W,
+                 n->op == KG_MUL, bc, ELEM_THREADS);
+        s = kstep(k, n->name, elems(W), G1(), G1());
+        add_arg(&s, A(KA_ARG_STEP, 0));
+        add_arg(&s, x);
+        add_arg(&s, b);
+        add_arg(&s, out);
+        break;
+    }
+    case KG_SCALE:
+        k = kern(w, "scale", ELEM_THREADS, 0, "const kiln_step st, const DT *x, DT *out, float s",
+                 "kiln::scale<DT, %lld, %d>(st, x, out, s)", (long long)W, ELEM_THREADS);
+        s = kstep(k, n->name, elems(W), G1(), G1());
+        add_arg(&s, A(KA_ARG_STEP, 0));
+        add_arg(&s, x);
+        add_arg(&s, out);
+        add_arg(&s, AF(n->scalar));
+        break;
+    default:
+        return kerr_add(w->err, "%s: op %s is not lowered", n->name, kg_op_name(n->op));
+    }
+    push(w, BOTH, &s);
+    return 0;
+}
+
+static int low_pool(lw *w, int id)
+{
+    const kg_node *n = &w->g->nodes[id];
+    int64_t H = n->shape[1];
+    ka_arg x;
+    if (need8(w, n, H, "the pooled width") || dense_arg(w, n->in[0], &x))
+        return -1;
+    int th = row_threads(H);
+    int k = kern(w, "pool", th, 0, "const kiln_step st, const DT *x, float *out",
+                 "kiln::pool<DT, %lld, %d, %d, %d>(st, x, out)", (long long)H, n->pool_mode,
+                 n->pool_normalize, th);
+    ka_step s = kstep(k, n->name, G(0, 1, 0, 0, 1), G1(), G1());
+    add_arg(&s, A(KA_ARG_STEP, 0));
+    add_arg(&s, x);
+    add_arg(&s, A(KA_ARG_OUT, 0));
+    push(w, BOTH, &s);
+    w->m->output_pool = 1;
+    w->m->hidden = (int)H;
+    return 0;
+}
+
+static int low_node(lw *w, int id)
+{
+    const kg_node *n = &w->g->nodes[id];
+    if (n->is_const || n->op == KG_INPUT || n->fused_into >= 0 || n->view_of >= 0 ||
+        n->op == KG_RESHAPE)
+        return 0;
+    switch (n->op) {
+    case KG_EMBED: return low_embed(w, id);
+    case KG_RMS_NORM:
+    case KG_LAYER_NORM: return low_norm(w, id);
+    case KG_LINEAR:
+    case KG_LOGITS: return low_linear(w, id);
+    case KG_ATTENTION: return low_attention(w, id);
+    case KG_MOE: return low_moe(w, id);
+    case KG_POOL: return low_pool(w, id);
+    case KG_ROPE:
+        return kerr_add(w->err, "%s: a rotary embedding that does not feed an attention is not "
+                                "supported by the GPU code generator",
+                        n->name);
+    case KG_SLICE:
+    case KG_CONCAT:
+        return kerr_add(w->err, "%s: %s of activations is not supported by the GPU code "
+                                "generator yet (slice or concatenate the weights instead)",
+                        n->name, kg_op_name(n->op));
+    default: return low_elementwise(w, id);
+    }
+}
+
+int lower(kc *c, lowered *out, kerr *err)
+{
+    memset(out, 0, sizeof *out);
+    lw w;
+    memset(&w, 0, sizeof w);
+    w.c = c;
+    w.g = c->g;
+    w.L = out;
+    w.m = &out->m;
+    w.err = err;
+    w.esize = (int64_t)st_dtype_size(c->act_dtype);
+    w.wmap = xmalloc(sizeof(int) * (size_t)c->g->n * 2 + sizeof(int));
+    for (int i = 0; i < c->g->n * 2; i++)
+        w.wmap[i] = -1;
+    ka_manifest *m = w.m;
+    m->sample_kernel = -1;
+    m->bos = -1;
+    int64_t scratch_max = 0;
+    int n0 = c->g->n; /* low_moe may append constant nodes */
+    for (int i = 0; i < n0; i++) {
+        w.scratch = 0;
+        if (low_node(&w, i)) {
+            free(w.wmap);
+            return -1;
+        }
+        if (w.scratch > scratch_max)
+            scratch_max = w.scratch;
+    }
+    if (!m->output_pool) {
+        int k = kern(&w, "sample", 256, 0,
+                     "const kiln_step st, const float *logits, const kiln_sample *params, "
+                     "int *out_ids, unsigned long long step",
+                     "kiln::sample<%d, 256>(st, logits, params, out_ids, step)", m->vocab);
+        m->sample_kernel = k;
+        m->hidden = (int)c->g->nodes[c->g->nodes[c->g->output].in[0]].shape[1];
+    }
+    m->slab_bytes = c->slab_bytes;
+    m->scratch_bytes = scratch_max;
+    m->max_tokens = c->max_tokens;
+    m->max_seqs = c->max_seqs;
+    m->max_seq_len = c->max_seq_len;
+    m->gemv_max = GEMV_MAX;
+    m->dtype = xstrdup(c->act_dtype == ST_F16 ? "f16" : "bf16");
+    free(w.wmap);
+    return 0;
+}
+
+void lowered_free(lowered *l)
+{
+    for (int i = 0; i < l->ninst; i++) {
+        free(l->inst_call[i]);
+        free(l->inst_params[i]);
+    }
+    free(l->inst_call);
+    free(l->inst_params);
+    free(l->weight_node);
+    ka_manifest_free(&l->m);
+    memset(l, 0, sizeof *l);
+}
+
+char *codegen_source(const lowered *l, const char *model_name)
+{
+    size_t cap = 1 << 16, len = 0;
+    char *s = xmalloc(cap);
+#define OUT(...)                                                                                \
+    do {                                                                                        \
+        int n_ = snprintf(NULL, 0, __VA_ARGS__);                                                \
+        while (len + (size_t)n_ + 1 > cap)                                                      \
+            s = xrealloc(s, cap *= 2);                                                          \
+        len += (size_t)snprintf(s + len, cap - len, __VA_ARGS__);                               \
+    } while (0)
+    OUT("// generated by kilnc for %s -- do not edit.\n"
+        "// Each kernel below instantiates a template from templates/ with this model's shapes;\n"
+        "// the runtime launches them as model.kiln's schedule says.\n\n",
+        model_name);
+    OUT("#include \"elementwise.cuh\"\n#include \"gemv.cuh\"\n#include \"attention.cuh\"\n"
+        "#include \"moe.cuh\"\n#include \"sample.cuh\"\n\n");
+    OUT("typedef %s DT;\n\n", strcmp(l->m.dtype, "f16") == 0 ? "kiln::f16" : "kiln::bf16");
+    for (int i = 0; i < l->ninst; i++)
+        OUT("extern \"C\" __global__ void __launch_bounds__(%d) %s(%s)\n{\n    %s;\n}\n\n",
+            l->m.kernels[i].block, l->m.kernels[i].name, l->inst_params[i], l->inst_call[i]);
+#undef OUT
+    return s;
+}
+
+static void print_arg(const ka_arg *a, FILE *f)
+{
+    if (a->kind == KA_ARG_F32)
+        fprintf(f, "%g", a->f);
+    else if (a->kind == KA_ARG_STEP || a->kind == KA_ARG_NULL || a->kind == KA_ARG_M ||
+             a->kind == KA_ARG_LOGITS || a->kind == KA_ARG_OUT)
+        fprintf(f, "%s", ka_arg_kind_name(a->kind));
+    else
+        fprintf(f, "%s:%lld", ka_arg_kind_name(a->kind), (long long)a->i);
+}
+
+static void print_steps(const lowered *l, const ka_step *st, int n, FILE *f)
+{
+    static const char *sz[] = {"", " [rows<=gemv_max]", " [rows>gemv_max]"};
+    static const char *lg[] = {"", " [last rows]", " [all rows]"};
+    for (int i = 0; i < n; i++) {
+        const ka_step *s = &st[i];
+        fprintf(f, "  %3d %-28s ", i, s->label);
+        if (s->kind == KA_GEMM) {
+            fprintf(f, "gemm n=%lld k=%lld rows=%s x=", (long long)s->n, (long long)s->k,
+                    s->rows == KA_ROWS_S ? "S" : "T");
+            print_arg(&s->x, f);
+            fprintf(f, " w=");
+            print_arg(&s->w, f);
+            fprintf(f, " y=");
+            print_arg(&s->y, f);
+        } else {
+            fprintf(f, "%s(", l->m.kernels[s->kernel].name);
+            for (int k = 0; k < s->nargs; k++) {
+                if (k)
+                    fprintf(f, ", ");
+                print_arg(&s->args[k], f);
+            }
+            fprintf(f, ")");
+        }
+        fprintf(f, "%s%s\n", sz[s->size], lg[s->logits]);
+    }
+}
+
+void lower_print(const lowered *l, FILE *f)
+{
+    fprintf(f, "kernels: %d, weights: %d, slab %lld bytes, scratch %lld bytes\n", l->ninst,
+            l->m.nweights, (long long)l->m.slab_bytes, (long long)l->m.scratch_bytes);
+    fprintf(f, "prefill (%d steps):\n", l->m.nprefill);
+    print_steps(l, l->m.prefill, l->m.nprefill, f);
+    fprintf(f, "decode (%d steps):\n", l->m.ndecode);
+    print_steps(l, l->m.decode, l->m.ndecode, f);
+}

@@ -1,0 +1,35 @@
+/* lower — turns the planned graph into what the GPU runs: the kernel instances (template
+ * instantiations, deduplicated), the launch schedules for prefill and decode, the weights the
+ * shard must hold in runtime layout, and the constant tables (rope frequencies, ALiBi slopes).
+ * The result fills an artifact manifest (runtime/artifact.h); codegen_source turns its kernel
+ * instances into the generated translation unit.
+ *
+ * Not lowered yet (a clear error names the node): activation slices other than the q/k/v views
+ * of a fused projection, activation concatenation, MoE shared experts, an attention whose q, k
+ * and v do not come from one fused projection.
+ */
+#ifndef KILN_LOWER_H
+#define KILN_LOWER_H
+
+#include "artifact.h"
+#include "kc.h"
+
+typedef struct lowered {
+    ka_manifest m;
+    int ninst;
+    char **inst_params; /* per kernel: the C++ parameter list of its wrapper */
+    char **inst_call;   /* per kernel: the template call */
+    int *weight_node;   /* per weight: the const node whose value it holds */
+} lowered;
+
+/* The graph must have been through plan_memory. */
+int lower(kc *c, lowered *out, kerr *err);
+void lowered_free(lowered *l);
+
+/* The generated CUDA translation unit (banner, includes, one wrapper per kernel). */
+char *codegen_source(const lowered *l, const char *model_name);
+
+/* Prints the schedules in text (kilnc graph --dump-after=schedule). */
+void lower_print(const lowered *l, FILE *f);
+
+#endif
