@@ -1,0 +1,730 @@
+// attention.cuh — scaled dot-product attention over the paged KV cache (see templates/README.md).
+//
+// Three kernels:
+//   attn_prefill   every query row of the step; FlashAttention-2 style tiles on the tensor cores
+//                  (mma.sync m16n8k16, bf16/f16 in, float accumulate) when HD % 16 == 0, else a
+//                  plain per-row CUDA-core path (tiny test models: head dims 24, 40 ...).
+//   attn_decode    one query per sequence (the last row of each sequence in the step), the keys
+//   attn_combine   split over NSPLIT CTAs (flash-decoding); attn_combine merges the splits.
+//
+// Semantics (the same as compiler/ref.c's op_attention): query row t belongs to sequence
+// s = tok_seq[t] at position p = tok_pos[t]; it sees the cached keys j of s in [lo, hi] with
+//     hi = CAUSAL ? min(p, kvlen - 1) : kvlen - 1,  lo = WINDOW > 0 ? max(0, p - WINDOW + 1) : 0
+// (kvlen = seq_kvlen[s]; the keys of this step are already in the cache, written by rope_kv);
+//     score(j) = (q . k_j) * scale;  SOFTCAP: softcap * tanh(score / softcap);
+//                ALIBI: + alibi_slopes[h] * (j - p)
+// softmax over [lo, hi] in float, out = sum_j p_j v_j. Query head h reads kv head h / (NH / NKV).
+// q and out are [T, NH*HD] rows in step order; the caches [blocks][KILN_BLOCK][NKV*HD].
+// Pointers must be 16-byte aligned (16-byte vector accesses).
+//
+// What this file does not do: it never reads a cache row at or beyond kvlen (those rows, and
+// block-table columns past the sequence's last block, may hold anything); it uses no wgmma / TMA
+// (mma.sync runs on sm_80 and sm_90a alike) and does not pipeline K/V tiles beyond overlapping
+// the V load with Q.K^T — correctness and clarity first. Softmax probabilities are rounded to DT
+// before the P.V product (as FlashAttention does); the running sums stay in float.
+#pragma once
+
+#include "common.cuh"
+
+namespace kiln {
+
+// ---------------------------------------------------------------------------------------------
+// Shared helpers
+
+// -inf (NVRTC has no INFINITY macro; fast math keeps infinities)
+#define ATTN_NINF __int_as_float((int)0xff800000u)
+
+// tanh from one exp: absolute error ~1e-7, so softcap * tanh stays accurate for any softcap
+// (the fast-math tanhf approximation has ~5e-4 relative error, 0.015 at softcap 30).
+__device__ __forceinline__ float attn_tanh(float x)
+{
+    x = fminf(fmaxf(x, -15.f), 15.f);
+    const float e = __expf(2.f * x);
+    return (e - 1.f) / (e + 1.f);
+}
+
+template <int SOFTCAP, int ALIBI>
+__device__ __forceinline__ float attn_score(float dot, float scale, float softcap, float slope,
+                                            int j, int p)
+{
+    float x = dot * scale;
+    if (SOFTCAP)
+        x = softcap * attn_tanh(x / softcap);
+    if (ALIBI)
+        x += slope * (float)(j - p);
+    return x;
+}
+
+// Keys [lo, hi] that the query at position p of a sequence with kvlen keys sees (lo > hi: none).
+template <int CAUSAL, int WINDOW>
+__device__ __forceinline__ void attn_key_range(int p, int kvlen, int &lo, int &hi)
+{
+    hi = kvlen - 1;
+    if (CAUSAL && p < hi)
+        hi = p;
+    lo = 0;
+    if (WINDOW > 0 && p - WINDOW + 1 > lo)
+        lo = p - WINDOW + 1;
+}
+
+// Prefill grids are flat over the query tiles of all sequences: tile i of the grid is found by
+// walking the sequences (each sequence has ceil(rows / BM) tiles; sum <= ceil(T / BM) + n_seqs).
+// Within a sequence the last tile comes first: under a causal mask it has the most keys, so the
+// long CTAs start early. Returns false for the grid's surplus tiles.
+template <int BM>
+__device__ __forceinline__ bool attn_find_tile(const kiln_step &st, int tile, int &s, int &row0,
+                                               int &nrows)
+{
+    for (int i = 0; i < st.n_seqs; i++) {
+        const int a = st.seq_start[i], b = st.seq_start[i + 1];
+        const int nt = b > a ? (b - a + BM - 1) / BM : 0;
+        if (tile < nt) {
+            s = i;
+            row0 = a + (nt - 1 - tile) * BM;
+            nrows = min(BM, b - row0);
+            return true;
+        }
+        tile -= nt;
+    }
+    return false;
+}
+
+template <typename DT>
+__device__ __forceinline__ void attn_unpack8(const vec8 &v, float f[8])
+{
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        DT e;
+        *reinterpret_cast<unsigned short *>(&e) = v.u[i];
+        f[i] = to_f(e);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tensor-core pieces (sm_80+): cp.async copies, the m16n8k16 MMA, packing two floats.
+
+__device__ __forceinline__ void attn_cp16(void *smem, const void *gmem)
+{
+    const unsigned a = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(a), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void attn_cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void attn_cp_wait()
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void attn_zero16(void *smem)
+{
+    *reinterpret_cast<uint4 *>(smem) = make_uint4(0u, 0u, 0u, 0u);
+}
+
+// D = A(16x16, row) * B(16x8, col) + D. Fragments (g = lane / 4, c = lane % 4; a register holds
+// two 16-bit elements, the lower index in the low half):
+//   A: a0 (row g, k 2c..2c+1), a1 (row g+8, k 2c..), a2 (row g, k 2c+8..), a3 (row g+8, k 2c+8..)
+//   B: b0 (k 2c..2c+1, col g), b1 (k 2c+8..2c+9, col g)
+//   D: d0,d1 (row g, cols 2c, 2c+1), d2,d3 (row g+8, cols 2c, 2c+1)
+template <typename DT>
+__device__ __forceinline__ void attn_mma(float (&d)[4], const unsigned (&a)[4], unsigned b0,
+                                         unsigned b1);
+template <>
+__device__ __forceinline__ void attn_mma<bf16>(float (&d)[4], const unsigned (&a)[4], unsigned b0,
+                                               unsigned b1)
+{
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void attn_mma<f16>(float (&d)[4], const unsigned (&a)[4], unsigned b0,
+                                              unsigned b1)
+{
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <typename DT> __device__ __forceinline__ unsigned attn_pack2(float lo, float hi);
+template <> __device__ __forceinline__ unsigned attn_pack2<bf16>(float lo, float hi)
+{
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); // .x (low half) = lo
+    return *reinterpret_cast<unsigned *>(&v);
+}
+template <> __device__ __forceinline__ unsigned attn_pack2<f16>(float lo, float hi)
+{
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<unsigned *>(&v);
+}
+
+__device__ __forceinline__ unsigned attn_ld32(const void *smem)
+{
+    return *reinterpret_cast<const unsigned *>(smem);
+}
+
+// ---------------------------------------------------------------------------------------------
+// attn_prefill, tensor-core path (HD % 16 == 0).
+//
+// CTA = BM query rows of ONE sequence x ONE query head; BM / 16 warps, warp w owns rows
+// [16w, 16w + 16) of the tile. Shared memory (dynamic): Q [BM][HD+8], K [BN][HD+8],
+// V [BN][HD+8] in DT (8 elements of padding per row: the 32-bit fragment loads below are then
+// free of bank conflicts for every HD % 16 == 0). The CTA walks the key tiles [kb, kb + BN)
+// covering the union of its rows' key ranges; each tile row is looked up in the block table
+// on its own (so BN need not relate to KILN_BLOCK), rows >= kvlen are zero-filled.
+// Per tile: S = Q K^T (fp32 accumulators), scale / softcap / alibi / mask per element, online
+// softmax (running max m and sum l per row, in float), O = O * alpha + P V with P rounded to DT
+// and fed to the MMA straight from the S accumulators (the D layout of two adjacent 8-key
+// n-tiles is the A layout of one 16-key k-step).
+template <typename DT, int NH, int NKV, int HD, int CAUSAL, int WINDOW, int ALIBI, int SOFTCAP,
+          int BM, int BN>
+__device__ __forceinline__ void attn_prefill_mma(const kiln_step &st, const DT *q,
+                                                 const DT *k_cache, const DT *v_cache, DT *out,
+                                                 float scale, float softcap,
+                                                 const float *alibi_slopes)
+{
+    constexpr int THREADS = 2 * BM, LD = HD + 8, C8 = HD / 8, QW = NH * HD, KW = NKV * HD;
+    extern __shared__ __align__(16) unsigned char attn_smem_[];
+    DT *sQ = reinterpret_cast<DT *>(attn_smem_); // [BM][LD]
+    DT *sK = sQ + BM * LD;                         // [BN][LD]
+    DT *sV = sK + BN * LD;                         // [BN][LD]
+    __shared__ int s_klo, s_khi;
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int g = lane / 4, c = lane % 4;
+    const int h = blockIdx.y, kvh = h / (NH / NKV);
+    int s = 0, row0 = 0, nrows = 0;
+    if (!attn_find_tile<BM>(st, blockIdx.x, s, row0, nrows))
+        return; // uniform over the CTA
+    const int kvlen = st.seq_kvlen[s];
+
+    // Q tile; rows past the sequence's rows are zeros (computed on, never written)
+    for (int i = tid; i < BM * C8; i += THREADS) {
+        const int r = i / C8, d = (i % C8) * 8;
+        DT *dst = sQ + r * LD + d;
+        if (r < nrows)
+            attn_cp16(dst, q + (long long)(row0 + r) * QW + h * HD + d);
+        else
+            attn_zero16(dst);
+    }
+    attn_cp_commit();
+
+    // the keys any row of the tile sees: [klo, khi]
+    if (tid == 0) {
+        s_klo = 0x7fffffff;
+        s_khi = -1;
+    }
+    __syncthreads();
+    for (int r = tid; r < nrows; r += THREADS) {
+        int lo, hi;
+        attn_key_range<CAUSAL, WINDOW>(st.tok_pos[row0 + r], kvlen, lo, hi);
+        if (lo <= hi) {
+            atomicMin(&s_klo, lo);
+            atomicMax(&s_khi, hi);
+        }
+    }
+    __syncthreads();
+    const int klo = s_klo, khi = s_khi;
+
+    // this thread's two rows: g and g + 8 of its warp's 16 (i = 0, 1)
+    int qp[2], qlo[2], qhi[2];
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int r = warp * 16 + g + 8 * i;
+        qp[i] = 0;
+        qlo[i] = 1;
+        qhi[i] = 0; // padding row: sees nothing
+        if (r < nrows) {
+            qp[i] = st.tok_pos[row0 + r];
+            attn_key_range<CAUSAL, WINDOW>(qp[i], kvlen, qlo[i], qhi[i]);
+        }
+    }
+    const float slope = ALIBI ? alibi_slopes[h] : 0.f;
+
+    float o[HD / 8][4];
+#pragma unroll
+    for (int n = 0; n < HD / 8; n++)
+        o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+    float m[2] = {ATTN_NINF, ATTN_NINF}, l[2] = {0.f, 0.f};
+
+    for (int kb = klo >= 0 && klo <= khi ? (klo / BN) * BN : 0; kb <= khi; kb += BN) {
+        // K then V tile (two cp.async groups, so S can start before V has landed)
+        for (int i = tid; i < BN * C8; i += THREADS) {
+            const int r = i / C8, d = (i % C8) * 8, j = kb + r;
+            DT *dst = sK + r * LD + d;
+            if (j < kvlen)
+                attn_cp16(dst, kv_row(k_cache, st, s, j, KW) + kvh * HD + d);
+            else
+                attn_zero16(dst);
+        }
+        attn_cp_commit();
+        for (int i = tid; i < BN * C8; i += THREADS) {
+            const int r = i / C8, d = (i % C8) * 8, j = kb + r;
+            DT *dst = sV + r * LD + d;
+            if (j < kvlen)
+                attn_cp16(dst, kv_row(v_cache, st, s, j, KW) + kvh * HD + d);
+            else
+                attn_zero16(dst);
+        }
+        attn_cp_commit();
+        attn_cp_wait<1>(); // Q (first tile) and K have landed
+        __syncthreads();
+
+        // S = Q K^T: 16 rows x BN keys per warp
+        float sc[BN / 8][4];
+#pragma unroll
+        for (int n = 0; n < BN / 8; n++)
+            sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; kk++) {
+            const DT *qa = sQ + (warp * 16 + g) * LD + kk * 16 + 2 * c;
+            const unsigned a[4] = {attn_ld32(qa), attn_ld32(qa + 8 * LD), attn_ld32(qa + 8),
+                                   attn_ld32(qa + 8 * LD + 8)};
+#pragma unroll
+            for (int n = 0; n < BN / 8; n++) {
+                const DT *kp = sK + (n * 8 + g) * LD + kk * 16 + 2 * c; // B[k=d][n=key]
+                attn_mma<DT>(sc[n], a, attn_ld32(kp), attn_ld32(kp + 8));
+            }
+        }
+
+        // scores, mask, online softmax (element e of n-tile n: row i = e / 2, key
+        // kb + 8n + 2c + (e & 1)); the 4 threads of a quad share rows, so row reductions are
+        // over the quad (xor 1, 2)
+        float mx[2] = {ATTN_NINF, ATTN_NINF};
+#pragma unroll
+        for (int n = 0; n < BN / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int i = e / 2, j = kb + n * 8 + 2 * c + (e & 1);
+                const float x = attn_score<SOFTCAP, ALIBI>(sc[n][e], scale, softcap, slope, j, qp[i]);
+                sc[n][e] = j >= qlo[i] && j <= qhi[i] ? x : ATTN_NINF;
+                mx[i] = fmaxf(mx[i], sc[n][e]);
+            }
+        float alpha[2], mu[2], ls[2] = {0.f, 0.f};
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+            const float mn = fmaxf(m[i], mx[i]);
+            mu[i] = mn == ATTN_NINF ? 0.f : mn; // no key yet: keep exp() away from -inf - -inf
+            alpha[i] = __expf(m[i] - mu[i]);     // 0 while m was -inf
+            m[i] = mn;
+        }
+#pragma unroll
+        for (int n = 0; n < BN / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                sc[n][e] = __expf(sc[n][e] - mu[e / 2]); // masked: exp(-inf) = 0
+                ls[e / 2] += sc[n][e];
+            }
+#pragma unroll
+        for (int i = 0; i < 2; i++)
+            l[i] = l[i] * alpha[i] + ls[i]; // this thread's columns; summed over the quad at the end
+#pragma unroll
+        for (int n = 0; n < HD / 8; n++) {
+            o[n][0] *= alpha[0];
+            o[n][1] *= alpha[0];
+            o[n][2] *= alpha[1];
+            o[n][3] *= alpha[1];
+        }
+
+        attn_cp_wait<0>(); // V has landed
+        __syncthreads();
+
+        // O += P V: k-step kk covers keys [16kk, 16kk + 16) of the tile = n-tiles 2kk, 2kk + 1
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++) {
+            const unsigned a[4] = {attn_pack2<DT>(sc[2 * kk][0], sc[2 * kk][1]),
+                                   attn_pack2<DT>(sc[2 * kk][2], sc[2 * kk][3]),
+                                   attn_pack2<DT>(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
+                                   attn_pack2<DT>(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
+            // B[k=key][n=dim] = V[key][dim]: b0 = V[16kk + 2c, +1][8n + g], b1 = keys + 8
+            const unsigned short *vp =
+                reinterpret_cast<const unsigned short *>(sV + (kk * 16 + 2 * c) * LD + g);
+#pragma unroll
+            for (int n = 0; n < HD / 8; n++) {
+                const unsigned short *v0 = vp + n * 8;
+                const unsigned b0 = (unsigned)v0[0] | ((unsigned)v0[LD] << 16);
+                const unsigned b1 = (unsigned)v0[8 * LD] | ((unsigned)v0[9 * LD] << 16);
+                attn_mma<DT>(o[n], a, b0, b1);
+            }
+        }
+        __syncthreads(); // every warp is done with sK / sV before the next tile lands
+    }
+    attn_cp_wait<0>(); // no key tile at all (cannot happen for valid input): Q's group
+
+    // normalise and write this thread's two rows (pairs of dims, 4-byte stores)
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int r = warp * 16 + g + 8 * i;
+        if (r < nrows) {
+            const float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;
+            DT *dst = out + (long long)(row0 + r) * QW + h * HD + 2 * c;
+#pragma unroll
+            for (int n = 0; n < HD / 8; n++)
+                *reinterpret_cast<unsigned *>(dst + n * 8) =
+                    attn_pack2<DT>(o[n][2 * i] * inv, o[n][2 * i + 1] * inv);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One warp attends one query (HPC query heads sharing a kv head) over keys [k0, k1), on the
+// CUDA cores. Used by attn_decode (keys split over the warps of a CTA) and by the prefill
+// fallback (HD % 16 != 0).
+//
+// Lanes: a K/V row is CH = HD/8 chunks of 16 bytes; a key is handled by LPK lanes (CH rounded
+// up to a power of two, at most 32), each holding CPL chunks; a warp takes KPW = 32/LPK keys
+// at a time ("slots"). Key groups: group gi covers keys k0 + gi*KPW + [0, KPW); this warp takes
+// the groups grp0, grp0 + ngrp, grp0 + 2 ngrp, ... Each slot keeps its own online softmax
+// state per head (m, l, o); at the end the slots are merged across the warp (butterfly), so
+// every lane returns the warp's state for its chunks (chunk ch = sub + c*LPK, c < CPL,
+// where sub = lane % LPK). m = -inf, l = 0, o = 0 when the warp saw no key.
+template <int HD> struct attn_lanes {
+    static constexpr int CH = HD / 8;
+    static constexpr int LPK = CH > 16 ? 32 : CH > 8 ? 16 : CH > 4 ? 8 : CH > 2 ? 4 : CH > 1 ? 2 : 1;
+    static constexpr int CPL = (CH + LPK - 1) / LPK;
+    static constexpr int KPW = 32 / LPK;
+};
+
+// merge (mo, lo, oo) into (m, l, o): scale each side by exp(its max - the new max)
+__device__ __forceinline__ void attn_merge_w(float m, float mo, float &mn, float &wa, float &wb)
+{
+    mn = fmaxf(m, mo);
+    wa = m == ATTN_NINF ? 0.f : __expf(m - mn);
+    wb = mo == ATTN_NINF ? 0.f : __expf(mo - mn);
+}
+
+template <typename DT, int NKV, int HD, int HPC, int SOFTCAP, int ALIBI>
+__device__ __forceinline__ void
+attn_warp_keys(const kiln_step &st, int s, const DT *k_cache, const DT *v_cache, int kvh, int k0,
+               int k1, int grp0, int ngrp, const float *qs /* smem [HPC][HD] */, float scale,
+               float softcap, const float (&slope)[HPC], int qpos, float (&m)[HPC],
+               float (&l)[HPC], float (&o)[HPC][attn_lanes<HD>::CPL * 8])
+{
+    using LN = attn_lanes<HD>;
+    constexpr int U = 2, KW = NKV * HD; // U key groups loaded before any is used
+    const int lane = threadIdx.x % 32, slot = lane / LN::LPK, sub = lane % LN::LPK;
+#pragma unroll
+    for (int hh = 0; hh < HPC; hh++) {
+        m[hh] = ATTN_NINF;
+        l[hh] = 0.f;
+#pragma unroll
+        for (int i = 0; i < LN::CPL * 8; i++)
+            o[hh][i] = 0.f;
+    }
+
+    for (int gb = grp0; k0 + gb * LN::KPW < k1; gb += ngrp * U) { // warp-uniform
+        vec8 kr[U][LN::CPL], vr[U][LN::CPL];
+        int jj[U];
+        bool ok[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            jj[u] = k0 + (gb + u * ngrp) * LN::KPW + slot;
+            ok[u] = jj[u] < k1;
+            const DT *kp = k_cache, *vp = v_cache;
+            if (ok[u]) { // never touch the block table past the range
+                kp = kv_row(k_cache, st, s, jj[u], KW) + kvh * HD;
+                vp = kv_row(v_cache, st, s, jj[u], KW) + kvh * HD;
+            }
+#pragma unroll
+            for (int cc = 0; cc < LN::CPL; cc++) {
+                const int ch = sub + cc * LN::LPK;
+                if (ok[u] && ch < LN::CH) {
+                    kr[u][cc] = *reinterpret_cast<const vec8 *>(kp + ch * 8);
+                    vr[u][cc] = *reinterpret_cast<const vec8 *>(vp + ch * 8);
+                } else {
+#pragma unroll
+                    for (int i = 0; i < 8; i++)
+                        kr[u][cc].u[i] = vr[u][cc].u[i] = 0;
+                }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            float kf[LN::CPL][8], vf[LN::CPL][8];
+#pragma unroll
+            for (int cc = 0; cc < LN::CPL; cc++) {
+                attn_unpack8<DT>(kr[u][cc], kf[cc]);
+                attn_unpack8<DT>(vr[u][cc], vf[cc]);
+            }
+#pragma unroll
+            for (int hh = 0; hh < HPC; hh++) {
+                float d = 0.f;
+#pragma unroll
+                for (int cc = 0; cc < LN::CPL; cc++) {
+                    const int ch = sub + cc * LN::LPK;
+                    if (ch < LN::CH) {
+                        const float4 *qv = reinterpret_cast<const float4 *>(qs + hh * HD + ch * 8);
+                        const float4 q0 = qv[0], q1 = qv[1];
+                        d += q0.x * kf[cc][0] + q0.y * kf[cc][1] + q0.z * kf[cc][2] +
+                             q0.w * kf[cc][3] + q1.x * kf[cc][4] + q1.y * kf[cc][5] +
+                             q1.z * kf[cc][6] + q1.w * kf[cc][7];
+                    }
+                }
+#pragma unroll
+                for (int off = LN::LPK / 2; off > 0; off >>= 1) // all lanes, every time
+                    d += __shfl_xor_sync(0xffffffffu, d, off);
+                if (ok[u]) {
+                    const float x = attn_score<SOFTCAP, ALIBI>(d, scale, softcap, slope[hh],
+                                                               jj[u], qpos);
+                    const float mn = fmaxf(m[hh], x);     // finite: x is
+                    const float a = __expf(m[hh] - mn);   // 0 on the first key
+                    const float pj = __expf(x - mn);
+                    l[hh] = l[hh] * a + pj;
+#pragma unroll
+                    for (int cc = 0; cc < LN::CPL; cc++)
+#pragma unroll
+                        for (int i = 0; i < 8; i++)
+                            o[hh][cc * 8 + i] = o[hh][cc * 8 + i] * a + pj * vf[cc][i];
+                    m[hh] = mn;
+                }
+            }
+        }
+    }
+
+    // merge the slots (lanes with the same sub, different slot) across the warp
+#pragma unroll
+    for (int off = LN::LPK; off < 32; off <<= 1)
+#pragma unroll
+        for (int hh = 0; hh < HPC; hh++) {
+            const float mo = __shfl_xor_sync(0xffffffffu, m[hh], off);
+            const float lo = __shfl_xor_sync(0xffffffffu, l[hh], off);
+            float mn, wa, wb;
+            attn_merge_w(m[hh], mo, mn, wa, wb);
+            l[hh] = l[hh] * wa + lo * wb;
+#pragma unroll
+            for (int i = 0; i < LN::CPL * 8; i++) {
+                const float oo = __shfl_xor_sync(0xffffffffu, o[hh][i], off);
+                o[hh][i] = o[hh][i] * wa + oo * wb;
+            }
+            m[hh] = mn;
+        }
+}
+
+// ---------------------------------------------------------------------------------------------
+// attn_prefill, CUDA-core fallback (HD % 16 != 0). Same grid and block as the tensor-core path;
+// warp w of the CTA handles rows w, w + BM/16, ... of the tile, one row at a time, all its keys.
+template <typename DT, int NH, int NKV, int HD, int CAUSAL, int WINDOW, int ALIBI, int SOFTCAP,
+          int BM>
+__device__ __forceinline__ void attn_prefill_rows(const kiln_step &st, const DT *q,
+                                                  const DT *k_cache, const DT *v_cache, DT *out,
+                                                  float scale, float softcap,
+                                                  const float *alibi_slopes)
+{
+    using LN = attn_lanes<HD>;
+    constexpr int WARPS = BM / 16, QW = NH * HD;
+    __shared__ __align__(16) float qs[WARPS][HD];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int h = blockIdx.y, kvh = h / (NH / NKV);
+    int s = 0, row0 = 0, nrows = 0;
+    if (!attn_find_tile<BM>(st, blockIdx.x, s, row0, nrows))
+        return;
+    const int kvlen = st.seq_kvlen[s];
+    const float slope[1] = {ALIBI ? alibi_slopes[h] : 0.f};
+
+    for (int r = warp; r < nrows; r += WARPS) { // warp-uniform
+        const int t = row0 + r, p = st.tok_pos[t];
+        int lo, hi;
+        attn_key_range<CAUSAL, WINDOW>(p, kvlen, lo, hi);
+        for (int d = lane; d < HD; d += 32)
+            qs[warp][d] = to_f(q[(long long)t * QW + h * HD + d]);
+        __syncwarp();
+        float m[1], l[1], o[1][LN::CPL * 8];
+        attn_warp_keys<DT, NKV, HD, 1, SOFTCAP, ALIBI>(st, s, k_cache, v_cache, kvh, lo, hi + 1,
+                                                       0, 1, &qs[warp][0], scale, softcap, slope,
+                                                       p, m, l, o);
+        const float inv = l[0] > 0.f ? 1.f / l[0] : 0.f;
+        if (lane < LN::LPK) { // slot 0 writes; every slot holds the same merged values
+#pragma unroll
+            for (int cc = 0; cc < LN::CPL; cc++) {
+                const int ch = lane + cc * LN::LPK;
+                if (ch < LN::CH) {
+                    float v[8];
+#pragma unroll
+                    for (int i = 0; i < 8; i++)
+                        v[i] = o[0][cc * 8 + i] * inv;
+                    store8(out + (long long)t * QW + h * HD + ch * 8, v);
+                }
+            }
+        }
+        __syncwarp(); // qs is rewritten for the next row
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// attn_prefill — every query row of the step.
+//
+//   grid  (ceil(T / BM) + n_seqs, NH, 1)     x: query tiles of all sequences (surplus CTAs exit)
+//   block 2 * BM threads                      (BM / 16 warps)
+//   dynamic shared memory (BM + 2 * BN) * (HD + 8) * sizeof(DT) bytes (the same formula for
+//         both paths; the HD % 16 != 0 fallback uses none of it and (BM/16)*HD*4 bytes static).
+//         Over 48 KB needs CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES raised first.
+//
+//   DT       bf16 or f16            NH, NKV  query / kv heads (NH % NKV == 0)
+//   HD       head dim, % 8 == 0 and <= 256; % 16 == 0 takes the tensor-core path
+//   CAUSAL   0/1                    WINDOW   0 = none, else keys [p - WINDOW + 1, p] at most
+//   ALIBI    0/1: + alibi_slopes[h] * (j - p)   SOFTCAP 0/1: softcap * tanh(score / softcap)
+//   BM       query rows per CTA, % 16 == 0 (default 64 -> 128 threads)
+//   BN       keys per tile, % 16 == 0 (default 64, 32 when HD > 128 to bound registers)
+//   scale    the score scale (usually 1/sqrt(HD)); softcap, alibi_slopes [NH] read only when
+//            enabled.
+template <typename DT, int NH, int NKV, int HD, int CAUSAL, int WINDOW, int ALIBI, int SOFTCAP,
+          int BM = 64, int BN = (HD > 128 ? 32 : 64)>
+__device__ __forceinline__ void attn_prefill(const kiln_step st, const DT *q, const DT *k_cache,
+                                             const DT *v_cache, DT *out, float scale,
+                                             float softcap, const float *alibi_slopes)
+{
+    static_assert(NH % NKV == 0, "attn_prefill: NH must be a multiple of NKV");
+    static_assert(HD % 8 == 0 && HD <= 256, "attn_prefill: HD must be a multiple of 8, <= 256");
+    static_assert(BM % 16 == 0 && BM >= 16 && BM <= 256, "attn_prefill: BM must be 16..256, % 16");
+    static_assert(BN % 16 == 0 && BN >= 16, "attn_prefill: BN must be a multiple of 16");
+    if constexpr (HD % 16 == 0)
+        attn_prefill_mma<DT, NH, NKV, HD, CAUSAL, WINDOW, ALIBI, SOFTCAP, BM, BN>(
+            st, q, k_cache, v_cache, out, scale, softcap, alibi_slopes);
+    else
+        attn_prefill_rows<DT, NH, NKV, HD, CAUSAL, WINDOW, ALIBI, SOFTCAP, BM>(
+            st, q, k_cache, v_cache, out, scale, softcap, alibi_slopes);
+}
+
+// ---------------------------------------------------------------------------------------------
+// attn_decode — the last query row t = seq_start[s+1] - 1 of each sequence, keys split.
+//
+//   grid  (NSPLIT, NH / HPC, n_seqs)   block THREADS (multiple of 32)   static shared memory
+//         (HPC*HD + (THREADS/32)*HPC*(HD+2)) * 4 bytes (<= 48 KB, checked)
+//   workspace ws: n_seqs * NH * NSPLIT * (HD + 2) floats; record (s, h, split) at
+//         ((s * NH + h) * NSPLIT + split) * (HD + 2) holds o[HD] (unnormalised), m, l.
+//         Every record of the grid is written (an empty split: o = 0, m = -inf, l = 0).
+//
+// CTA (split, y, s) handles query heads [y*HPC, y*HPC + HPC) (HPC divides NH/NKV, so they share
+// one kv head, whose K/V rows are read once for all of them) over the split's keys: the key
+// range [lo, hi] of the query (same rules as attn_prefill) is cut into NSPLIT contiguous
+// pieces of ceil(n / NSPLIT) keys; the warps of the CTA interleave over the piece and merge
+// in shared memory. A sequence with no row in the step is skipped (nothing written).
+//
+//   NSPLIT  key splits per (sequence, head group)   HPC query heads per CTA (1 .. NH/NKV)
+//   other parameters as attn_prefill.
+template <typename DT, int NH, int NKV, int HD, int CAUSAL, int WINDOW, int ALIBI, int SOFTCAP,
+          int NSPLIT, int HPC, int THREADS>
+__device__ __forceinline__ void attn_decode(const kiln_step st, const DT *q, const DT *k_cache,
+                                            const DT *v_cache, float *ws, float scale,
+                                            float softcap, const float *alibi_slopes)
+{
+    using LN = attn_lanes<HD>;
+    constexpr int WARPS = THREADS / 32, G = NH / NKV, QW = NH * HD, RS = HD + 2;
+    static_assert(NH % NKV == 0, "attn_decode: NH must be a multiple of NKV");
+    static_assert(G % HPC == 0, "attn_decode: HPC must divide NH / NKV");
+    static_assert(HD % 8 == 0, "attn_decode: HD must be a multiple of 8");
+    static_assert(THREADS % 32 == 0 && THREADS >= 32 && THREADS <= 1024, "attn_decode: THREADS");
+    static_assert(NSPLIT >= 1, "attn_decode: NSPLIT >= 1");
+    static_assert((HPC * HD + WARPS * HPC * (HD + 2)) * 4 <= 48 * 1024,
+                  "attn_decode: HPC * HD * THREADS too large for 48 KB of shared memory");
+    __shared__ __align__(16) float qs[HPC * HD];
+    __shared__ __align__(16) float po[WARPS][HPC][HD];
+    __shared__ float pm[WARPS][HPC], pl[WARPS][HPC];
+
+    const int sp = blockIdx.x, hq0 = blockIdx.y * HPC, s = blockIdx.z, kvh = hq0 / G;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int a = st.seq_start[s], b = st.seq_start[s + 1];
+    if (b <= a)
+        return;
+    const int t = b - 1, p = st.tok_pos[t], kvlen = st.seq_kvlen[s];
+    int lo, hi;
+    attn_key_range<CAUSAL, WINDOW>(p, kvlen, lo, hi);
+    const int n = hi >= lo ? hi - lo + 1 : 0;
+    const int chunk = (n + NSPLIT - 1) / NSPLIT;
+    const int k0 = lo + sp * chunk, k1 = min(hi + 1, k0 + chunk); // k0 >= k1: empty split
+
+    for (int i = threadIdx.x; i < HPC * HD; i += THREADS) // heads hq0.. are contiguous in q
+        qs[i] = to_f(q[(long long)t * QW + hq0 * HD + i]);
+    float slope[HPC];
+#pragma unroll
+    for (int hh = 0; hh < HPC; hh++)
+        slope[hh] = ALIBI ? alibi_slopes[hq0 + hh] : 0.f;
+    __syncthreads();
+
+    float m[HPC], l[HPC], o[HPC][LN::CPL * 8];
+    attn_warp_keys<DT, NKV, HD, HPC, SOFTCAP, ALIBI>(st, s, k_cache, v_cache, kvh, k0, k1, warp,
+                                                     WARPS, qs, scale, softcap, slope, p, m, l, o);
+    if (lane < LN::LPK) {
+#pragma unroll
+        for (int hh = 0; hh < HPC; hh++)
+#pragma unroll
+            for (int cc = 0; cc < LN::CPL; cc++) {
+                const int ch = lane + cc * LN::LPK;
+                if (ch < LN::CH)
+#pragma unroll
+                    for (int i = 0; i < 8; i++)
+                        po[warp][hh][ch * 8 + i] = o[hh][cc * 8 + i];
+            }
+        if (lane == 0)
+#pragma unroll
+            for (int hh = 0; hh < HPC; hh++) {
+                pm[warp][hh] = m[hh];
+                pl[warp][hh] = l[hh];
+            }
+    }
+    __syncthreads();
+
+    for (int i = threadIdx.x; i < HPC * HD; i += THREADS) {
+        const int hh = i / HD, d = i % HD;
+        float M = ATTN_NINF;
+#pragma unroll
+        for (int w = 0; w < WARPS; w++)
+            M = fmaxf(M, pm[w][hh]);
+        float acc = 0.f, L = 0.f;
+#pragma unroll
+        for (int w = 0; w < WARPS; w++) {
+            const float wt = pm[w][hh] == ATTN_NINF ? 0.f : __expf(pm[w][hh] - M);
+            acc += wt * po[w][hh][d];
+            L += wt * pl[w][hh];
+        }
+        float *rec = ws + ((long long)(s * NH + hq0 + hh) * NSPLIT + sp) * RS;
+        rec[d] = acc;
+        if (d == 0) {
+            rec[HD] = M;
+            rec[HD + 1] = L;
+        }
+    }
+}
+
+// attn_combine — merges attn_decode's splits and writes row t = seq_start[s+1] - 1 of out
+// ([T, NH*HD], the layout attn_prefill writes); other rows are not touched.
+//
+//   grid (NH, n_seqs)   block THREADS (any multiple of 32; HD threads are enough)   no smem
+template <typename DT, int NH, int HD, int NSPLIT, int THREADS>
+__device__ __forceinline__ void attn_combine(const kiln_step st, const float *ws, DT *out)
+{
+    constexpr int RS = HD + 2;
+    const int h = blockIdx.x, s = blockIdx.y;
+    const int a = st.seq_start[s], b = st.seq_start[s + 1];
+    if (b <= a)
+        return;
+    const float *rec = ws + (long long)(s * NH + h) * NSPLIT * RS;
+    float M = ATTN_NINF;
+#pragma unroll
+    for (int i = 0; i < NSPLIT; i++)
+        M = fmaxf(M, rec[i * RS + HD]);
+    float w[NSPLIT], L = 0.f;
+#pragma unroll
+    for (int i = 0; i < NSPLIT; i++) {
+        const float mi = rec[i * RS + HD];
+        w[i] = mi == ATTN_NINF ? 0.f : __expf(mi - M);
+        L += w[i] * rec[i * RS + HD + 1];
+    }
+    const float inv = L > 0.f ? 1.f / L : 0.f;
+    for (int d = threadIdx.x; d < HD; d += THREADS) {
+        float acc = 0.f;
+#pragma unroll
+        for (int i = 0; i < NSPLIT; i++)
+            acc += w[i] * rec[i * RS + d];
+        out[(long long)(b - 1) * NH * HD + h * HD + d] = from_f<DT>(acc * inv);
+    }
+}
+
+} // namespace kiln
