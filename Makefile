@@ -28,12 +28,13 @@ CFLAGS   := -std=c11 -O2 -g -D_GNU_SOURCE $(WARN) $(SANFLAGS) -MMD -MP \
 LDFLAGS  := $(SANFLAGS) -L$(CUDA)/lib64 -Wl,-rpath,$(CUDA)/lib64
 STATIC   := -l:liblua5.4.a -l:libjansson.a -l:libpcre2-8.a -l:libutf8proc.a
 SYSLIBS  := -lm -ldl -lpthread
-CUDALIBS := -lnvrtc
+CUDALIBS := -lnvrtc -lcublasLt
 
 # ---- sources (listed, not globbed) ----
 RUNTIME_SRC := runtime/util.c runtime/safetensors.c runtime/kcuda.c runtime/artifact.c \
+               runtime/gemm.c runtime/engine.c \
                runtime/tokenizer.c runtime/tok_util.c runtime/tok_text.c runtime/tok_model.c
-RUNTIME_CMD := runtime/cmd_tokenize.c
+RUNTIME_CMD := runtime/cmd_tokenize.c runtime/cmd_run.c runtime/cmd_inspect.c
 COMPILER_SRC := compiler/pipeline.c compiler/config.c compiler/graph.c compiler/spec.c compiler/registry.c \
                 compiler/passes/verify.c compiler/passes/bind_weights.c compiler/passes/fuse.c compiler/passes/plan_memory.c compiler/lower.c compiler/pack.c \
                 compiler/posenc.c compiler/ref.c compiler/knvrtc.c
@@ -78,11 +79,11 @@ $(B)/bin/kiln-ktest: $(KTEST_SRC:%.c=$(B)/obj/%.o) $(B)/lib/libkilnc.a $(B)/lib/
 
 $(B)/bin/kiln: $(B)/obj/runtime/main.o $(RUNTIME_CMD:%.c=$(B)/obj/%.o) $(B)/lib/libkiln.a
 	@mkdir -p $(@D)
-	$(CC) $(LDFLAGS) -o $@ $^ $(STATIC) $(SYSLIBS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(STATIC) -lcublasLt $(SYSLIBS)
 
 $(RUNTIME_TESTS:%=$(B)/tests/test_%): $(B)/tests/test_%: $(B)/obj/tests/test_%.o $(B)/lib/libkiln.a
 	@mkdir -p $(@D)
-	$(CC) $(LDFLAGS) -o $@ $^ $(STATIC) -lcmocka $(SYSLIBS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(STATIC) -lcmocka -lcublasLt $(SYSLIBS)
 
 $(COMPILER_TESTS:%=$(B)/tests/test_%): $(B)/tests/test_%: $(B)/obj/tests/test_%.o $(B)/lib/libkilnc.a $(B)/lib/libkiln.a
 	@mkdir -p $(@D)

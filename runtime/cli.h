@@ -4,5 +4,7 @@
 #define KILN_CLI_H
 
 int cmd_tokenize(int argc, char **argv);
+int cmd_run(int argc, char **argv);
+int cmd_inspect(int argc, char **argv);
 
 #endif

@@ -9,6 +9,8 @@ static const struct {
     int (*fn)(int argc, char **argv);
     const char *help;
 } commands[] = {
+    {"run", cmd_run, "generate with a compiled model on the GPU (or embed)"},
+    {"inspect", cmd_inspect, "print what a compiled model holds"},
     {"tokenize", cmd_tokenize, "encode or decode text with a model's tokenizer.json"},
 };
 

@@ -105,7 +105,7 @@ void kt_download(kt *t, void *host, CUdeviceptr d, size_t bytes)
         memset(host, 0, bytes);
         return;
     }
-    CK(cuCtxSynchronize());
+    CK(cuStreamSynchronize(t->stream));
     if (bytes)
         CK(cuMemcpyDtoH(host, d, bytes));
 }

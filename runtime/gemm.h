@@ -1,0 +1,20 @@
+/* gemm — the prefill-sized linears, through cuBLASLt: y[M, N] = x[M, K] . w[N, K]^T (+ bias),
+ * row-major activations and PyTorch-layout weights, bf16 or fp16 inputs with fp32 accumulation,
+ * output in the input dtype or fp32 (logits). Heuristic choices are cached per shape. */
+#ifndef KILN_GEMM_H
+#define KILN_GEMM_H
+
+#include <stdint.h>
+
+#include "kcuda.h"
+#include "util.h"
+
+typedef struct kgemm kgemm;
+
+kgemm *kgemm_new(const kcuda *cu, kerr *err);
+void kgemm_free(kgemm *g);
+int kgemm_run(kgemm *g, CUstream stream, int f16, int out_f32, int64_t M, int64_t N, int64_t K,
+              CUdeviceptr x, int64_t ldx, CUdeviceptr w, CUdeviceptr bias, CUdeviceptr y,
+              int64_t ldy, kerr *err);
+
+#endif
