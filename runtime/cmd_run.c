@@ -53,6 +53,7 @@ static void usage(FILE *f)
             "embedding models, returns the pooled vectors). Several --ids/--prompt run as one\n"
             "batch.\n\n"
             "  --ids LIST         a prompt as token ids (repeatable)\n"
+            "  --token-types LIST token type ids of the preceding --ids (BERT-style models)\n"
             "  --prompt TEXT      a prompt as text, encoded with the model's tokenizer.json\n"
             "  --max-new N        tokens to generate per sequence (default 32)\n"
             "  --ignore-eos       generate exactly N tokens (default: stop at end-of-sequence)\n"
@@ -70,7 +71,7 @@ static void usage(FILE *f)
 int cmd_run(int argc, char **argv)
 {
     const char *dir = NULL, *dump = NULL;
-    const char *prompts[MAX_SEQS];
+    const char *prompts[MAX_SEQS], *types_arg[MAX_SEQS] = {0};
     int is_text[MAX_SEQS];
     int np = 0, max_new = 32, ignore_eos = 0;
     kiln_sample sp = {0, 1, 0, 0, 0};
@@ -88,6 +89,12 @@ int cmd_run(int argc, char **argv)
             }
             is_text[np] = a[2] == 'p';
             prompts[np++] = argv[++i];
+        } else if (!strcmp(a, "--token-types") && has) {
+            if (!np) {
+                fprintf(stderr, "kiln run: --token-types follows the --ids it belongs to\n");
+                return 2;
+            }
+            types_arg[np - 1] = argv[++i];
         } else if (!strcmp(a, "--max-new") && has) {
             max_new = atoi(argv[++i]);
             if (max_new < 0) {
@@ -139,9 +146,10 @@ int cmd_run(int argc, char **argv)
     char *tokpath = util_path_join(dir, "tokenizer.json");
     int have_tok = util_is_file(tokpath);
     km_seq seqs[MAX_SEQS];
-    int32_t *ids[MAX_SEQS];
+    int32_t *ids[MAX_SEQS], *types[MAX_SEQS];
     memset(seqs, 0, sizeof seqs);
     memset(ids, 0, sizeof ids);
+    memset(types, 0, sizeof types);
     kmodel *m = NULL;
     st_writer *dw = NULL;
     for (int i = 0; i < np; i++)
@@ -170,6 +178,17 @@ int cmd_run(int argc, char **argv)
                     prompts[i]);
             rc = 2;
             goto out;
+        }
+        if (types_arg[i]) {
+            int nt = parse_ids(types_arg[i], &types[i]);
+            if (nt != n) {
+                fprintf(stderr, "kiln run: --token-types '%s' must give one type per prompt token "
+                                "(%d)\n",
+                        types_arg[i], n);
+                rc = 2;
+                goto out;
+            }
+            seqs[i].types = types[i];
         }
         seqs[i].prompt = ids[i];
         seqs[i].n_prompt = n;
@@ -254,6 +273,7 @@ out:
     tok_free(tok);
     for (int i = 0; i < np; i++) {
         free(ids[i]);
+        free(types[i]);
         free(seqs[i].out);
         free(seqs[i].embedding);
         free(seqs[i].prompt_logits);

@@ -1,0 +1,92 @@
+#!/bin/bash
+# tests/gpu/run.sh — everything the GPU machine checks, in one call, summary table last.
+#
+#   1. the kernel tests: every template against its CPU reference (kiln-ktest)
+#   2. every fixture compiled (kilnc compile), run (kiln run --dump) and compared with HF's
+#      outputs and the CPU reference (kilnc ref): logits at every prompt position, greedy tokens
+#   3. batching: four prompts of different lengths in one call equal each run alone
+#
+# Binaries come built from the build machine (make; carried as out/bin); CUDA 13 and Python with
+# numpy + safetensors are on the GPU machine. Full logs go to $OUT (or ./out/gpu-logs).
+# Exit status 1 if anything failed.
+set -u
+cd "$(dirname "$0")/../.."
+LOG=${OUT:-out/gpu-logs}
+mkdir -p "$LOG"
+BIN=out/bin
+ART=/tmp/kiln-art
+mkdir -p $ART
+export KILN_ROOT=$PWD
+SM=${KILN_SM:-90a}
+PY=${PYTHON:-python3}
+SUMMARY=$LOG/summary.txt
+: > "$SUMMARY"
+fail=0
+row() { echo "$1" | tee -a "$SUMMARY"; }
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$LOG/gpu.txt" 2>&1
+CARD=$(head -1 "$LOG/gpu.txt")
+echo "card: $CARD; commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')" | tee -a "$SUMMARY"
+
+# 1. kernels
+if $BIN/kiln-ktest > "$LOG/ktest.log" 2>&1; then ks=ok; else ks=FAIL; fail=1; fi
+row "$(printf '%-24s %-4s %s' kernels $ks "$(tail -1 "$LOG/ktest.log")")"
+grep -E "^FAIL" "$LOG/ktest.log" | head -20 | tee -a "$SUMMARY"
+
+# 2. fixtures
+GEN="llama llama_tied_oldstyle llama_linear_oldstyle mistral qwen2 qwen mixtral mixtral4 bloom bloom6
+     llama_bf16 mistral_bf16 qwen2_bf16 qwen_bf16 mixtral_bf16 bloom_bf16"
+EMB="bert bert_bf16"
+# compile all in parallel (NVRTC is single-threaded per unit)
+for f in $GEN $EMB; do
+  echo "$BIN/kilnc compile tests/fixtures/$f -o $ART/$f --sm $SM --max-batch 8 > $LOG/compile_$f.log 2>&1 || echo COMPILE_FAIL $f"
+done | xargs -P 12 -I{} bash -c "{}" > "$LOG/compile_failures.txt"
+for f in $GEN; do
+  if grep -q "COMPILE_FAIL $f\$" "$LOG/compile_failures.txt"; then
+    row "$(printf '%-24s FAIL compile: %s' $f "$(grep -m1 error $LOG/compile_$f.log)")"; fail=1; continue
+  fi
+  ids=$($PY tests/gpu/compare.py ids tests/fixtures/$f)
+  $BIN/kilnc ref tests/fixtures/$f --ids $ids --max-new 16 --dump $ART/$f.ref.st > $LOG/ref_$f.log 2>&1
+  if ! $BIN/kiln run $ART/$f --ids $ids --max-new 16 --ignore-eos --dump $ART/$f.kiln.st > $LOG/run_$f.log 2>&1; then
+    row "$(printf '%-24s FAIL run: %s' $f "$(grep -m1 -i error $LOG/run_$f.log)")"; fail=1; continue
+  fi
+  $PY tests/gpu/compare.py gen $f tests/fixtures/$f $ART/$f.kiln.st $ART/$f.ref.st >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
+  tail -1 "$SUMMARY"
+done
+for f in $EMB; do
+  if grep -q "COMPILE_FAIL $f\$" "$LOG/compile_failures.txt"; then
+    row "$(printf '%-24s FAIL compile' $f)"; fail=1; continue
+  fi
+  ids=$($PY tests/gpu/compare.py ids tests/fixtures/$f); types=$($PY tests/gpu/compare.py types tests/fixtures/$f)
+  if ! $BIN/kiln run $ART/$f --ids $ids --token-types $types --dump $ART/$f.kiln.st > $LOG/run_$f.log 2>&1; then
+    row "$(printf '%-24s FAIL run: %s' $f "$(grep -m1 -i error $LOG/run_$f.log)")"; fail=1; continue
+  fi
+  $PY tests/gpu/compare.py embed $f tests/fixtures/$f $ART/$f.kiln.st >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
+  tail -1 "$SUMMARY"
+done
+
+# 3. batching: 4 prompts of different lengths, together and alone
+for f in llama mixtral bloom qwen2; do
+  [ -f $ART/$f/model.kiln ] || continue
+  full=$($PY tests/gpu/compare.py ids tests/fixtures/$f)
+  IFS=, read -ra T <<< "$full"
+  p1=$(IFS=,; echo "${T[*]:0:5}"); p2=$(IFS=,; echo "${T[*]:3:17}"); p3=$full; p4=$(IFS=,; echo "${T[*]:1:9}")
+  singles=()
+  i=0
+  for p in $p1 $p2 $p3 $p4; do
+    $BIN/kiln run $ART/$f --ids $p --max-new 12 --ignore-eos --dump $ART/$f.single$i.st > $LOG/batch_$f.$i.log 2>&1
+    singles+=($ART/$f.single$i.st); i=$((i+1))
+  done
+  if $BIN/kiln run $ART/$f --ids $p1 --ids $p2 --ids $p3 --ids $p4 --max-new 12 --ignore-eos --dump $ART/$f.batch.st > $LOG/batch_$f.log 2>&1; then
+    $PY tests/gpu/compare.py batch "$f batch" "${singles[@]}" -- $ART/$f.batch.st >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
+  else
+    row "$(printf '%-24s FAIL batch run: %s' $f "$(grep -m1 -i error $LOG/batch_$f.log)")"; fail=1
+  fi
+  tail -1 "$SUMMARY"
+done
+
+echo
+echo "== summary ($CARD)"
+cat "$SUMMARY"
+[ $fail = 0 ] && echo "== ALL PASSED" || echo "== FAILURES (logs in $LOG)"
+exit $fail
