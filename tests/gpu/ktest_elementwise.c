@@ -1,4 +1,837 @@
-/* ktest_elementwise — kernel tests of templates/elementwise.cuh (see ktest.h). Not written yet. */
+/* ktest_elementwise — kernel tests of templates/elementwise.cuh (see ktest.h).
+ *
+ * Every case instantiates one template in its own translation unit, runs it on fresh random bf16
+ * inputs and compares with a CPU reference written here from compiler/ref.c's and
+ * compiler/posenc.c's definitions: float math, rounded to bf16 wherever the kernel stores bf16.
+ * Outputs start poisoned (NaN), so an element the kernel forgets fails.
+ *
+ * Tolerances (relative L2, see kt_check):
+ *  - TOL_EXACT (0) for ops whose result is one IEEE operation on bf16 inputs rounded once to bf16
+ *    (copies, the residual sum, add, mul, scale): kernel and reference must agree bit for bit.
+ *  - TOL_BF16 for float computations stored as bf16: both sides round (almost) the same float,
+ *    so a correct kernel differs only by rare one-ulp flips (rel ~1e-4); 5e-3 is about one bf16
+ *    ulp (2^-8) everywhere, far below what a wrong index or formula gives.
+ *  - TOL_F32 for float outputs (pool), summed in the same order as the reference.
+ *
+ * Steps with several sequences use a block table that is not the identity (blocks handed out
+ * in shuffled order, block 0 left as scratch), lengths that are not multiples of KILN_BLOCK, and
+ * a padding token with tok_slot -1 where the op writes the KV cache.
+ */
 #include "ktest.h"
 
-void ktest_elementwise(kt *t) { (void)t; }
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../kernels/kiln_step.h"
+
+#define TOL_EXACT 0.0
+#define TOL_BF16 5e-3
+#define TOL_F32 1e-5
+
+/* ---- helpers ---------------------------------------------------------------------------- */
+
+static int rand_int(kt *t, int n)
+{
+    int r = (int)((kt_randf(t) + 1.0f) * 0.5f * (float)n);
+    return r < 0 ? 0 : r >= n ? n - 1 : r;
+}
+
+static float bf(float x) { return util_bf16_to_f32(util_f32_to_bf16(x)); }
+
+/* n random values in [-scale, scale) + offset, rounded to bf16 (the kernel's exact inputs). */
+static float *rand_bf16(kt *t, size_t n, float scale, float offset)
+{
+    float *x = xmalloc(sizeof(float) * (n ? n : 1));
+    kt_fill(t, x, n, scale);
+    for (size_t i = 0; i < n; i++)
+        x[i] += offset;
+    kt_round_bf16(x, n);
+    return x;
+}
+
+static CUdeviceptr up_bf16(kt *t, const float *x, size_t n)
+{
+    uint16_t *h = kt_to_bf16(x, n);
+    CUdeviceptr d = kt_upload(t, h, sizeof(uint16_t) * n);
+    free(h);
+    return d;
+}
+
+static float *down_bf16(kt *t, CUdeviceptr d, size_t n)
+{
+    uint16_t *h = xmalloc(sizeof(uint16_t) * (n ? n : 1));
+    kt_download(t, h, d, sizeof(uint16_t) * n);
+    float *f = kt_from_bf16(h, n);
+    free(h);
+    return f;
+}
+
+static float *down_f32(kt *t, CUdeviceptr d, size_t n)
+{
+    float *f = xmalloc(sizeof(float) * (n ? n : 1));
+    kt_download(t, f, d, sizeof(float) * n);
+    return f;
+}
+
+/* kt_check, and on failure the first mismatching elements as [row, col] of `width`. */
+static int check(kt *t, const char *name, const float *got, const float *want, size_t n,
+                 size_t width, double tol)
+{
+    int ok = kt_check(t, name, got, want, n, tol);
+    if (ok || t->compile_only)
+        return ok;
+    int shown = 0;
+    for (size_t i = 0; i < n && shown < 8; i++) {
+        double d = fabs((double)got[i] - (double)want[i]);
+        double lim = tol == 0 ? 0 : 4e-3 * fabs(want[i]) + 1e-3;
+        if (!(d <= lim)) {
+            fprintf(stderr, "    %s: [%zu, %zu] got %.6g want %.6g\n", name, i / width,
+                    i % width, got[i], want[i]);
+            shown++;
+        }
+    }
+    return ok;
+}
+
+/* Compiles `src` (kernel "k") and returns it; NULL in compile-only mode or when the compile
+ * failed (already recorded as a failed case): *skip tells the caller to stop there. */
+static CUfunction kfunc(kt *t, const char *name, const char *src, int *skip)
+{
+    CUmodule m = kt_module(t, name, src);
+    *skip = !t->compile_only && !m;
+    return kt_func(t, m, "k");
+}
+
+static unsigned grid_for(long long elems, int threads)
+{
+    long long per = 8LL * threads;
+    return (unsigned)((elems + per - 1) / per);
+}
+
+/* ---- steps: sequences, block table, slots -------------------------------------------- */
+
+typedef struct seqcfg {
+    int n;              /* sequences */
+    int past[8], nnew[8];
+    int pad;            /* token index given tok_slot -1, or -1 */
+} seqcfg;
+
+typedef struct kstep {
+    kiln_step st; /* device pointers: passed by value to the kernel */
+    int T, n_seqs, max_blocks, num_blocks;
+    int *ids, *pos, *type, *seq, *slot, *start, *kvlen, *bt; /* host copies */
+    CUdeviceptr d[8];
+} kstep;
+
+static void step_make(kt *t, kstep *s, const seqcfg *c, int vocab)
+{
+    memset(s, 0, sizeof *s);
+    int T = 0, need = 0, maxb = 1;
+    for (int i = 0; i < c->n; i++) {
+        int b = (c->past[i] + c->nnew[i] + KILN_BLOCK - 1) / KILN_BLOCK;
+        T += c->nnew[i];
+        need += b;
+        if (b > maxb)
+            maxb = b;
+    }
+    s->T = T;
+    s->n_seqs = c->n;
+    s->max_blocks = maxb;
+    s->num_blocks = need + 3; /* block 0 is the scratch block; two spare blocks stay unused */
+    int nb = s->num_blocks - 1, *perm = xmalloc(sizeof(int) * (size_t)nb);
+    for (int i = 0; i < nb; i++)
+        perm[i] = i + 1;
+    for (int i = nb - 1; i > 0; i--) { /* Fisher-Yates */
+        int j = rand_int(t, i + 1), x = perm[i];
+        perm[i] = perm[j];
+        perm[j] = x;
+    }
+    s->bt = xcalloc((size_t)(c->n * maxb), sizeof(int));
+    int used = 0;
+    for (int i = 0; i < c->n; i++)
+        for (int b = 0; b < (c->past[i] + c->nnew[i] + KILN_BLOCK - 1) / KILN_BLOCK; b++)
+            s->bt[i * maxb + b] = perm[used++];
+    free(perm);
+    size_t tn = (size_t)(T ? T : 1);
+    s->ids = xmalloc(sizeof(int) * tn);
+    s->pos = xmalloc(sizeof(int) * tn);
+    s->type = xmalloc(sizeof(int) * tn);
+    s->seq = xmalloc(sizeof(int) * tn);
+    s->slot = xmalloc(sizeof(int) * tn);
+    s->start = xmalloc(sizeof(int) * (size_t)(c->n + 1));
+    s->kvlen = xmalloc(sizeof(int) * (size_t)c->n);
+    int k = 0;
+    for (int i = 0; i < c->n; i++) {
+        s->start[i] = k;
+        s->kvlen[i] = c->past[i] + c->nnew[i];
+        for (int j = 0; j < c->nnew[i]; j++, k++) {
+            int p = c->past[i] + j;
+            s->ids[k] = rand_int(t, vocab);
+            s->pos[k] = p;
+            s->type[k] = rand_int(t, 2);
+            s->seq[k] = i;
+            s->slot[k] = s->bt[i * maxb + p / KILN_BLOCK] * KILN_BLOCK + p % KILN_BLOCK;
+        }
+    }
+    s->start[c->n] = T;
+    if (c->pad >= 0 && c->pad < T)
+        s->slot[c->pad] = -1;
+    int *arrs[8] = {s->ids, s->pos, s->type, s->seq, s->slot, s->start, s->kvlen, s->bt};
+    size_t lens[8] = {tn, tn, tn, tn, tn, (size_t)c->n + 1, (size_t)c->n,
+                      (size_t)(c->n * maxb)};
+    for (int i = 0; i < 8; i++)
+        s->d[i] = kt_upload(t, arrs[i], sizeof(int) * lens[i]);
+    s->st.T = T;
+    s->st.n_seqs = c->n;
+    s->st.max_blocks = maxb;
+    s->st.tok_ids = s->d[0];
+    s->st.tok_pos = s->d[1];
+    s->st.tok_type = s->d[2];
+    s->st.tok_seq = s->d[3];
+    s->st.tok_slot = s->d[4];
+    s->st.seq_start = s->d[5];
+    s->st.seq_kvlen = s->d[6];
+    s->st.block_table = s->d[7];
+}
+
+static void step_free(kt *t, kstep *s)
+{
+    for (int i = 0; i < 8; i++)
+        kt_free(t, s->d[i]);
+    free(s->ids);
+    free(s->pos);
+    free(s->type);
+    free(s->seq);
+    free(s->slot);
+    free(s->start);
+    free(s->kvlen);
+    free(s->bt);
+}
+
+/* A single sequence of T new tokens (for ops that only look at st.T). */
+static seqcfg one_seq(int T)
+{
+    seqcfg c = {.n = 1, .pad = -1};
+    c.nnew[0] = T;
+    return c;
+}
+
+/* Step shapes shared by the cases. */
+static const seqcfg CFG_DECODE = {5, {0, 31, 32, 100, 70}, {1, 1, 1, 1, 1}, 2};
+static const seqcfg CFG_PREFILL = {3, {0, 0, 37}, {29, 7, 28}, 30}; /* T = 64 */
+static const seqcfg CFG_ONE = {1, {0}, {1}, -1};
+static const seqcfg CFG_LONG = {2, {20011, 5}, {3, 4}, -1}; /* positions past 20000 */
+static const seqcfg CFG_POOL = {4, {0, 3, 0, 0}, {5, 1, 17, 9}, -1};
+
+static int cfg_T(const seqcfg *c)
+{
+    int T = 0;
+    for (int i = 0; i < c->n; i++)
+        T += c->nnew[i];
+    return T;
+}
+
+/* The activations, as compiler/ref.c computes them. */
+static float act_ref(int which, float x)
+{
+    switch (which) {
+    case 0: return x / (1.0f + expf(-x));
+    case 1: return 0.5f * x * (1.0f + erff(x * (float)M_SQRT1_2));
+    case 2: return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+    default: return x > 0 ? x : 0;
+    }
+}
+
+static const char *act_name(int a)
+{
+    static const char *n[] = {"silu", "gelu", "gelu_tanh", "relu"};
+    return n[a & 3];
+}
+
+/* ---- embed -------------------------------------------------------------------------------- */
+
+static void t_embed(kt *t, int H, int SRC, int ACC, int THREADS, const seqcfg *c)
+{
+    char name[160], src[1024];
+    snprintf(name, sizeof name, "elementwise/embed H=%d SRC=%d%s T=%d", H, SRC,
+             ACC ? " acc" : "", cfg_T(c));
+    if (!kt_want(t, name))
+        return;
+    snprintf(src, sizeof src,
+             "#include \"elementwise.cuh\"\n"
+             "extern \"C\" __global__ void __launch_bounds__(%d) k(const kiln_step st, "
+             "const kiln::bf16 *table, kiln::bf16 *out)\n"
+             "{ kiln::embed<kiln::bf16, %d, %d, %d, %d>(st, table, out); }\n",
+             THREADS, H, SRC, ACC, THREADS);
+    int skip;
+    CUfunction f = kfunc(t, name, src, &skip);
+    if (skip)
+        return;
+    const int rows = 1024; /* vocab, positions (< 1024 here) and types (2) all index this */
+    kstep s;
+    step_make(t, &s, c, rows);
+    size_t n = (size_t)s.T * H;
+    float *table = rand_bf16(t, (size_t)rows * H, 1.0f, 0.f);
+    float *out0 = rand_bf16(t, n, 1.0f, 0.f);
+    CUdeviceptr dt = up_bf16(t, table, (size_t)rows * H);
+    CUdeviceptr dout = ACC ? up_bf16(t, out0, n) : kt_alloc(t, sizeof(uint16_t) * n);
+    void *args[] = {&s.st, &dt, &dout};
+    kt_launch(t, f, name, (unsigned)s.T, 1, 1, (unsigned)THREADS, 0, args);
+    float *got = down_bf16(t, dout, n), *want = xmalloc(sizeof(float) * n);
+    for (int i = 0; i < s.T; i++) {
+        int id = SRC == 0 ? s.ids[i] : SRC == 1 ? s.pos[i] : s.type[i];
+        for (int j = 0; j < H; j++)
+            want[(size_t)i * H + j] = ACC ? bf(out0[(size_t)i * H + j] + table[(size_t)id * H + j])
+                                          : table[(size_t)id * H + j];
+    }
+    check(t, name, got, want, n, (size_t)H, TOL_EXACT);
+    free(table), free(out0), free(got), free(want);
+    kt_free(t, dt), kt_free(t, dout);
+    step_free(t, &s);
+}
+
+/* ---- rms_norm / layer_norm ---------------------------------------------------------------- */
+
+/* LN = 0: rms_norm<.., UNIT_OFFSET = opt>; LN = 1: layer_norm<.., BIAS = opt>. inplace: res_out
+ * is res. */
+static void t_norm(kt *t, int LN, int H, int RPT, int THREADS, int opt, int RES, int T, int inplace)
+{
+    char name[160], src[1400];
+    snprintf(name, sizeof name, "elementwise/%s H=%d RPT=%d T=%d%s%s%s",
+             LN ? "layer_norm" : "rms_norm", H, RPT, T, RES ? " res" : "",
+             opt ? (LN ? " bias" : " unit_offset") : "", inplace ? " inplace" : "");
+    if (!kt_want(t, name))
+        return;
+    if (LN)
+        snprintf(src, sizeof src,
+                 "#include \"elementwise.cuh\"\n"
+                 "extern \"C\" __global__ void __launch_bounds__(%d) k(const kiln_step st, "
+                 "const kiln::bf16 *x, const kiln::bf16 *res, const kiln::bf16 *w, "
+                 "const kiln::bf16 *b, kiln::bf16 *out, kiln::bf16 *res_out, float eps)\n"
+                 "{ kiln::layer_norm<kiln::bf16, %d, %d, %d, %d, %d>(st, x, res, w, b, out, "
+                 "res_out, eps); }\n",
+                 THREADS, H, RPT, THREADS, RES, opt);
+    else
+        snprintf(src, sizeof src,
+                 "#include \"elementwise.cuh\"\n"
+                 "extern \"C\" __global__ void __launch_bounds__(%d) k(const kiln_step st, "
+                 "const kiln::bf16 *x, const kiln::bf16 *res, const kiln::bf16 *w, "
+                 "kiln::bf16 *out, kiln::bf16 *res_out, float eps)\n"
+                 "{ kiln::rms_norm<kiln::bf16, %d, %d, %d, %d, %d>(st, x, res, w, out, res_out, "
+                 "eps); }\n",
+                 THREADS, H, RPT, THREADS, opt, RES);
+    int skip;
+    CUfunction f = kfunc(t, name, src, &skip);
+    if (skip)
+        return;
+    seqcfg c = one_seq(T);
+    kstep s;
+    step_make(t, &s, &c, 16);
+    const int rows = T * RPT;
+    size_t n = (size_t)rows * H;
+    /* an offset on x so layer_norm's mean matters; w around 1 (UNIT_OFFSET: an offset w) */
+    float *x = rand_bf16(t, n, 1.0f, LN ? 0.75f : 0.f);
+    float *res = rand_bf16(t, n, 1.0f, 0.f);
+    float *w = rand_bf16(t, (size_t)H, 0.5f, (!LN && opt) ? 0.f : 1.0f);
+    float *b = rand_bf16(t, (size_t)H, 0.5f, 0.f);
+    const float eps = LN ? 1e-5f : 1e-6f;
+    CUdeviceptr dx = up_bf16(t, x, n), dw = up_bf16(t, w, (size_t)H);
+    CUdeviceptr db = up_bf16(t, b, (size_t)H);
+    CUdeviceptr dres = RES ? up_bf16(t, res, n) : 0;
+    CUdeviceptr dro = RES ? (inplace ? dres : kt_alloc(t, sizeof(uint16_t) * n)) : 0;
+    CUdeviceptr dout = kt_alloc(t, sizeof(uint16_t) * n);
+    float epsv = eps;
+    if (LN) {
+        void *args[] = {&s.st, &dx, &dres, &dw, &db, &dout, &dro, &epsv};
+        kt_launch(t, f, name, (unsigned)rows, 1, 1, (unsigned)THREADS, 0, args);
+    } else {
+        void *args[] = {&s.st, &dx, &dres, &dw, &dout, &dro, &epsv};
+        kt_launch(t, f, name, (unsigned)rows, 1, 1, (unsigned)THREADS, 0, args);
+    }
+    float *sum = xmalloc(sizeof(float) * n), *want = xmalloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++)
+        sum[i] = RES ? bf(x[i] + res[i]) : x[i];
+    for (int r = 0; r < rows; r++) {
+        const float *v = sum + (size_t)r * H;
+        float *o = want + (size_t)r * H;
+        if (LN) { /* op_layer_norm */
+            float mean = 0, var = 0;
+            for (int j = 0; j < H; j++)
+                mean += v[j];
+            mean /= (float)H;
+            for (int j = 0; j < H; j++)
+                var += (v[j] - mean) * (v[j] - mean);
+            var /= (float)H;
+            float inv = 1.0f / sqrtf(var + eps);
+            for (int j = 0; j < H; j++)
+                o[j] = bf((v[j] - mean) * inv * w[j] + (opt ? b[j] : 0.0f));
+        } else { /* op_rms_norm */
+            float ss = 0;
+            for (int j = 0; j < H; j++)
+                ss += v[j] * v[j];
+            float inv = 1.0f / sqrtf(ss / (float)H + eps);
+            for (int j = 0; j < H; j++)
+                o[j] = bf(v[j] * inv * (opt ? 1.0f + w[j] : w[j]));
+        }
+    }
+    float *got = down_bf16(t, dout, n);
+    check(t, name, got, want, n, (size_t)H, TOL_BF16);
+    if (RES) {
+        char rn[200];
+        snprintf(rn, sizeof rn, "%s res_out", name);
+        float *gr = down_bf16(t, dro, n);
+        check(t, rn, gr, sum, n, (size_t)H, TOL_EXACT);
+        free(gr);
+    }
+    free(x), free(res), free(w), free(b), free(sum), free(want), free(got);
+    kt_free(t, dx), kt_free(t, dw), kt_free(t, db), kt_free(t, dout);
+    if (RES) {
+        kt_free(t, dres);
+        if (!inplace)
+            kt_free(t, dro);
+    }
+    step_free(t, &s);
+}
+
+/* ---- rope_kv -------------------------------------------------------------------------------- */
+
+/* posenc.c default_freqs */
+static void freqs_ref(double base, int dim, float *out)
+{
+    for (int i = 0; i < dim / 2; i++) {
+        float e = (float)(2 * i) / (float)dim;
+        out[i] = 1.0f / powf((float)base, e);
+    }
+}
+
+/* layout 0: q, k, v are column blocks of one fused row (in_stride = (NH + 2 NKV) HD);
+ * layout 1: three separate buffers with one padded stride (NH HD + 8; needs NH >= NKV). */
+static void t_rope(kt *t, int NH, int NKV, int HD, int ROT, int INTER, int DYN, int THREADS,
+                   int layout, const seqcfg *c, const char *cname, float rscale)
+{
+    char name[200], src[1600];
+    snprintf(name, sizeof name, "elementwise/rope_kv NH=%d NKV=%d HD=%d ROT=%d%s%s %s %s T=%d%s",
+             NH, NKV, HD, ROT, INTER ? " interleaved" : "", DYN ? " dynamic" : "",
+             layout ? "strided" : "fused", cname, cfg_T(c), rscale != 1.0f ? " scaled" : "");
+    if (!kt_want(t, name))
+        return;
+    snprintf(src, sizeof src,
+             "#include \"elementwise.cuh\"\n"
+             "extern \"C\" __global__ void __launch_bounds__(%d) k(const kiln_step st, "
+             "const kiln::bf16 *q, const kiln::bf16 *k, const kiln::bf16 *v, int in_stride, "
+             "kiln::bf16 *q_out, kiln::bf16 *k_cache, kiln::bf16 *v_cache, const float *inv_freq, "
+             "float rope_scale, float dyn_base, float dyn_factor, int dyn_max_pos)\n"
+             "{ kiln::rope_kv<kiln::bf16, %d, %d, %d, %d, %d, %d, %d>(st, q, k, v, in_stride, "
+             "q_out, k_cache, v_cache, inv_freq, rope_scale, dyn_base, dyn_factor, "
+             "dyn_max_pos); }\n",
+             THREADS, NH, NKV, HD, ROT, INTER, DYN, THREADS);
+    int skip;
+    CUfunction f = kfunc(t, name, src, &skip);
+    if (skip)
+        return;
+    kstep s;
+    step_make(t, &s, c, 1000);
+    const int T = s.T, QW = NH * HD, KW = NKV * HD, half = ROT / 2;
+    const float theta = 10000.0f, factor = 2.0f;
+    const int max_pos = 64;
+    int stride = layout == 0 ? QW + 2 * KW : QW + 8;
+    size_t rows_n = (size_t)T * stride;
+    /* host inputs: in the fused layout one buffer; else three */
+    float *bufq = rand_bf16(t, rows_n, 1.0f, 0.f);
+    float *bufk = layout ? rand_bf16(t, rows_n, 1.0f, 0.f) : bufq;
+    float *bufv = layout ? rand_bf16(t, rows_n, 1.0f, 0.f) : bufq;
+    const size_t ko = layout ? 0 : (size_t)QW, vo = layout ? 0 : (size_t)(QW + KW);
+    CUdeviceptr dq = up_bf16(t, bufq, rows_n);
+    CUdeviceptr dk = layout ? up_bf16(t, bufk, rows_n) : dq + 2 * ko;
+    CUdeviceptr dv = layout ? up_bf16(t, bufv, rows_n) : dq + 2 * vo;
+    size_t crow = (size_t)s.num_blocks * KILN_BLOCK, cn = crow * KW;
+    CUdeviceptr dkc = kt_alloc(t, sizeof(uint16_t) * cn), dvc = kt_alloc(t, sizeof(uint16_t) * cn);
+    CUdeviceptr dqo = kt_alloc(t, sizeof(uint16_t) * (size_t)T * QW);
+    float *inv = xmalloc(sizeof(float) * (size_t)(half ? half : 1));
+    inv[0] = 0;
+    freqs_ref(theta, ROT, inv);
+    CUdeviceptr dinv = kt_upload(t, inv, sizeof(float) * (size_t)(half ? half : 1));
+    int in_stride = stride, dmp = max_pos;
+    float rs = rscale, dbase = theta, dfac = factor;
+    void *args[] = {&s.st, &dq, &dk, &dv, &in_stride, &dqo, &dkc, &dvc, &dinv, &rs, &dbase, &dfac,
+                    &dmp};
+    kt_launch(t, f, name, (unsigned)T, 1, 1, (unsigned)THREADS, 0, args);
+
+    /* reference: op_rope on q and k (posenc_rope_inv_freq for the dynamic base), v copied */
+    float *wq = xmalloc(sizeof(float) * (size_t)T * QW);
+    float *wk = xmalloc(sizeof(float) * (size_t)T * KW), *wv = xmalloc(sizeof(float) * (size_t)T * KW);
+    float *tinv = xmalloc(sizeof(float) * (size_t)(half ? half : 1));
+    float *cs = xmalloc(sizeof(float) * (size_t)(half ? half : 1));
+    float *sn = xmalloc(sizeof(float) * (size_t)(half ? half : 1));
+    for (int tk = 0; tk < T; tk++) {
+        if (DYN) {
+            double base = theta, L = (double)s.kvlen[s.seq[tk]];
+            if (L > max_pos)
+                base = theta * pow((double)factor * L / (double)max_pos - ((double)factor - 1),
+                                   (double)ROT / (double)(ROT - 2));
+            freqs_ref(base, ROT, tinv);
+        } else if (half) {
+            memcpy(tinv, inv, sizeof(float) * (size_t)half);
+        }
+        float p = (float)s.pos[tk];
+        for (int i = 0; i < half; i++) {
+            float ang = p * tinv[i];
+            cs[i] = cosf(ang) * rscale;
+            sn[i] = sinf(ang) * rscale;
+        }
+        for (int part = 0; part < 3; part++) {
+            int heads = part == 0 ? NH : NKV;
+            const float *in = (part == 0 ? bufq : part == 1 ? bufk : bufv) + (size_t)tk * stride +
+                              (part == 0 ? 0 : part == 1 ? ko : vo);
+            float *o = part == 0 ? wq + (size_t)tk * QW : (part == 1 ? wk : wv) + (size_t)tk * KW;
+            memcpy(o, in, sizeof(float) * (size_t)heads * HD);
+            if (part == 2)
+                continue;
+            for (int h = 0; h < heads; h++)
+                for (int i = 0; i < half; i++) {
+                    int a = INTER ? 2 * i : i, b = INTER ? 2 * i + 1 : i + half;
+                    const float *xh = in + h * HD;
+                    o[h * HD + a] = bf(xh[a] * cs[i] - xh[b] * sn[i]);
+                    o[h * HD + b] = bf(xh[b] * cs[i] + xh[a] * sn[i]);
+                }
+        }
+    }
+    float *gq = down_bf16(t, dqo, (size_t)T * QW);
+    char cn2[240];
+    snprintf(cn2, sizeof cn2, "%s q", name);
+    check(t, cn2, gq, wq, (size_t)T * QW, (size_t)QW, TOL_BF16);
+
+    /* the cache: rows of tokens with a slot hold k / v; every other row stays poisoned */
+    uint16_t *hk = xmalloc(sizeof(uint16_t) * cn), *hv = xmalloc(sizeof(uint16_t) * cn);
+    kt_download(t, hk, dkc, sizeof(uint16_t) * cn);
+    kt_download(t, hv, dvc, sizeof(uint16_t) * cn);
+    char *written = xcalloc(crow, 1);
+    float *gk = xmalloc(sizeof(float) * (size_t)T * KW), *gv = xmalloc(sizeof(float) * (size_t)T * KW);
+    float *ek = xmalloc(sizeof(float) * (size_t)T * KW), *ev = xmalloc(sizeof(float) * (size_t)T * KW);
+    size_t nw = 0;
+    for (int tk = 0; tk < T; tk++) {
+        if (s.slot[tk] < 0)
+            continue;
+        size_t r = (size_t)s.slot[tk];
+        written[r] = 1;
+        for (int j = 0; j < KW; j++) {
+            gk[nw * KW + j] = util_bf16_to_f32(hk[r * KW + j]);
+            gv[nw * KW + j] = util_bf16_to_f32(hv[r * KW + j]);
+            ek[nw * KW + j] = wk[(size_t)tk * KW + j];
+            ev[nw * KW + j] = wv[(size_t)tk * KW + j];
+        }
+        nw++;
+    }
+    snprintf(cn2, sizeof cn2, "%s k cache", name);
+    check(t, cn2, gk, ek, nw * KW, (size_t)KW, TOL_BF16);
+    snprintf(cn2, sizeof cn2, "%s v cache", name);
+    check(t, cn2, gv, ev, nw * KW, (size_t)KW, TOL_EXACT);
+    size_t clobbered = 0, first = (size_t)-1;
+    for (size_t r = 0; r < crow; r++) {
+        if (written[r])
+            continue;
+        for (int j = 0; j < KW; j++)
+            if (hk[r * KW + j] != 0xFFFF || hv[r * KW + j] != 0xFFFF) {
+                if (first == (size_t)-1)
+                    first = r;
+                clobbered++;
+                break;
+            }
+    }
+    char detail[200];
+    if (clobbered)
+        snprintf(detail, sizeof detail, "%zu unwritten cache rows changed (first: row %zu = block %zu row %zu)",
+                 clobbered, first, first / KILN_BLOCK, first % KILN_BLOCK);
+    else
+        snprintf(detail, sizeof detail, "%zu rows written, %zu others untouched", nw, crow - nw);
+    snprintf(cn2, sizeof cn2, "%s cache untouched", name);
+    kt_result(t, cn2, t->compile_only || clobbered == 0, detail);
+
+    free(bufq);
+    if (layout)
+        free(bufk), free(bufv);
+    free(inv), free(tinv), free(cs), free(sn), free(wq), free(wk), free(wv), free(gq);
+    free(hk), free(hv), free(written), free(gk), free(gv), free(ek), free(ev);
+    kt_free(t, dq);
+    if (layout)
+        kt_free(t, dk), kt_free(t, dv);
+    kt_free(t, dkc), kt_free(t, dvc), kt_free(t, dqo), kt_free(t, dinv);
+    step_free(t, &s);
+}
+
+/* ---- act_mul, unary, binary, scale ---------------------------------------------------------- */
+
+static void t_act_mul(kt *t, int I, int ACT, int THREADS, int T)
+{
+    char name[160], src[1024];
+    snprintf(name, sizeof name, "elementwise/act_mul I=%d %s T=%d", I, act_name(ACT), T);
+    if (!kt_want(t, name))
+        return;
+    snprintf(src, sizeof src,
+             "#include \"elementwise.cuh\"\n"
+             "extern \"C\" __global__ void __launch_bounds__(%d) k(const kiln_step st, "
+             "const kiln::bf16 *gu, kiln::bf16 *out)\n"
+             "{ kiln::act_mul<kiln::bf16, %d, %d, %d>(st, gu, out); }\n",
+             THREADS, I, ACT, THREADS);
+    int skip;
+    CUfunction f = kfunc(t, name, src, &skip);
+    if (skip)
+        return;
+    seqcfg c = one_seq(T);
+    kstep s;
+    step_make(t, &s, &c, 16);
+    size_t n = (size_t)T * I;
+    float *gu = rand_bf16(t, 2 * n, 4.0f, 0.f);
+    CUdeviceptr dgu = up_bf16(t, gu, 2 * n), dout = kt_alloc(t, sizeof(uint16_t) * n);
+    void *args[] = {&s.st, &dgu, &dout};
+    kt_launch(t, f, name, grid_for((long long)n, THREADS), 1, 1, (unsigned)THREADS, 0, args);
+    float *want = xmalloc(sizeof(float) * n);
+    for (int i = 0; i < T; i++)
+        for (int j = 0; j < I; j++) {
+            const float *row = gu + (size_t)i * 2 * I;
+            want[(size_t)i * I + j] = bf(act_ref(ACT, row[j]) * row[I + j]);
+        }
+    float *got = down_bf16(t, dout, n);
+    check(t, name, got, want, n, (size_t)I, TOL_BF16);
+    free(gu), free(want), free(got);
+    kt_free(t, dgu), kt_free(t, dout);
+    step_free(t, &s);
+}
+
+/* kind 0: unary<ACT = arg>; 1: binary<OP = arg, BCAST>; 2: scale */
+static void t_pointwise(kt *t, int kind, int W, int arg, int BCAST, int THREADS, int T)
+{
+    char name[160], src[1024];
+    if (kind == 0)
+        snprintf(name, sizeof name, "elementwise/unary W=%d %s T=%d", W, act_name(arg), T);
+    else if (kind == 1)
+        snprintf(name, sizeof name, "elementwise/binary W=%d %s%s T=%d", W, arg ? "mul" : "add",
+                 BCAST ? " bcast" : "", T);
+    else
+        snprintf(name, sizeof name, "elementwise/scale W=%d T=%d", W, T);
+    if (!kt_want(t, name))
+        return;
+    if (kind == 0)
+        snprintf(src, sizeof src,
+                 "#include \"elementwise.cuh\"\n"
+                 "extern \"C\" __global__ void __launch_bounds__(%d) k(const kiln_step st, "
+                 "const kiln::bf16 *x, kiln::bf16 *out)\n"
+                 "{ kiln::unary<kiln::bf16, %d, %d, %d>(st, x, out); }\n",
+                 THREADS, W, arg, THREADS);
+    else if (kind == 1)
+        snprintf(src, sizeof src,
+                 "#include \"elementwise.cuh\"\n"
+                 "extern \"C\" __global__ void __launch_bounds__(%d) k(const kiln_step st, "
+                 "const kiln::bf16 *a, const kiln::bf16 *b, kiln::bf16 *out)\n"
+                 "{ kiln::binary<kiln::bf16, %d, %d, %d, %d>(st, a, b, out); }\n",
+                 THREADS, W, arg, BCAST, THREADS);
+    else
+        snprintf(src, sizeof src,
+                 "#include \"elementwise.cuh\"\n"
+                 "extern \"C\" __global__ void __launch_bounds__(%d) k(const kiln_step st, "
+                 "const kiln::bf16 *x, kiln::bf16 *out, float s)\n"
+                 "{ kiln::scale<kiln::bf16, %d, %d>(st, x, out, s); }\n",
+                 THREADS, W, THREADS);
+    int skip;
+    CUfunction f = kfunc(t, name, src, &skip);
+    if (skip)
+        return;
+    seqcfg c = one_seq(T);
+    kstep s;
+    step_make(t, &s, &c, 16);
+    size_t n = (size_t)T * W, nb = BCAST ? (size_t)W : n;
+    float *a = rand_bf16(t, n, kind == 0 ? 4.0f : 1.0f, 0.f);
+    float *b = rand_bf16(t, nb, 1.0f, 0.f);
+    float sc = 0.3535534f; /* 1/sqrt(8): not a power of two, so the product rounds */
+    CUdeviceptr da = up_bf16(t, a, n), db = up_bf16(t, b, nb);
+    CUdeviceptr dout = kt_alloc(t, sizeof(uint16_t) * n);
+    unsigned g = grid_for((long long)n, THREADS);
+    if (kind == 0) {
+        void *args[] = {&s.st, &da, &dout};
+        kt_launch(t, f, name, g, 1, 1, (unsigned)THREADS, 0, args);
+    } else if (kind == 1) {
+        void *args[] = {&s.st, &da, &db, &dout};
+        kt_launch(t, f, name, g, 1, 1, (unsigned)THREADS, 0, args);
+    } else {
+        void *args[] = {&s.st, &da, &dout, &sc};
+        kt_launch(t, f, name, g, 1, 1, (unsigned)THREADS, 0, args);
+    }
+    float *want = xmalloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++) {
+        float y = b[BCAST ? i % (size_t)W : i];
+        want[i] = kind == 0 ? bf(act_ref(arg, a[i]))
+                  : kind == 1 ? bf(arg ? a[i] * y : a[i] + y)
+                              : bf(a[i] * sc);
+    }
+    float *got = down_bf16(t, dout, n);
+    check(t, name, got, want, n, (size_t)W, kind == 0 ? TOL_BF16 : TOL_EXACT);
+    free(a), free(b), free(want), free(got);
+    kt_free(t, da), kt_free(t, db), kt_free(t, dout);
+    step_free(t, &s);
+}
+
+/* ---- gather_last, pool -------------------------------------------------------------------- */
+
+static void t_gather_last(kt *t, int H, int THREADS, const seqcfg *c, const char *cname)
+{
+    char name[160], src[1024];
+    snprintf(name, sizeof name, "elementwise/gather_last H=%d %s seqs=%d", H, cname, c->n);
+    if (!kt_want(t, name))
+        return;
+    snprintf(src, sizeof src,
+             "#include \"elementwise.cuh\"\n"
+             "extern \"C\" __global__ void __launch_bounds__(%d) k(const kiln_step st, "
+             "const kiln::bf16 *x, kiln::bf16 *out)\n"
+             "{ kiln::gather_last<kiln::bf16, %d, %d>(st, x, out); }\n",
+             THREADS, H, THREADS);
+    int skip;
+    CUfunction f = kfunc(t, name, src, &skip);
+    if (skip)
+        return;
+    kstep s;
+    step_make(t, &s, c, 16);
+    size_t n = (size_t)s.T * H, no = (size_t)s.n_seqs * H;
+    float *x = rand_bf16(t, n, 1.0f, 0.f);
+    CUdeviceptr dx = up_bf16(t, x, n), dout = kt_alloc(t, sizeof(uint16_t) * no);
+    void *args[] = {&s.st, &dx, &dout};
+    kt_launch(t, f, name, (unsigned)s.n_seqs, 1, 1, (unsigned)THREADS, 0, args);
+    float *want = xmalloc(sizeof(float) * no);
+    for (int q = 0; q < s.n_seqs; q++)
+        memcpy(want + (size_t)q * H, x + (size_t)(s.start[q + 1] - 1) * H, sizeof(float) * H);
+    float *got = down_bf16(t, dout, no);
+    check(t, name, got, want, no, (size_t)H, TOL_EXACT);
+    free(x), free(want), free(got);
+    kt_free(t, dx), kt_free(t, dout);
+    step_free(t, &s);
+}
+
+static void t_pool(kt *t, int H, int MODE, int NORM, int THREADS, const seqcfg *c)
+{
+    static const char *mn[] = {"mean", "first", "last"};
+    char name[160], src[1024];
+    snprintf(name, sizeof name, "elementwise/pool H=%d %s%s seqs=%d T=%d", H, mn[MODE],
+             NORM ? " normalize" : "", c->n, cfg_T(c));
+    if (!kt_want(t, name))
+        return;
+    snprintf(src, sizeof src,
+             "#include \"elementwise.cuh\"\n"
+             "extern \"C\" __global__ void __launch_bounds__(%d) k(const kiln_step st, "
+             "const kiln::bf16 *x, float *out)\n"
+             "{ kiln::pool<kiln::bf16, %d, %d, %d, %d>(st, x, out); }\n",
+             THREADS, H, MODE, NORM, THREADS);
+    int skip;
+    CUfunction f = kfunc(t, name, src, &skip);
+    if (skip)
+        return;
+    kstep s;
+    step_make(t, &s, c, 16);
+    size_t n = (size_t)s.T * H, no = (size_t)s.n_seqs * H;
+    float *x = rand_bf16(t, n, 1.0f, 0.25f);
+    CUdeviceptr dx = up_bf16(t, x, n), dout = kt_alloc(t, sizeof(float) * no);
+    void *args[] = {&s.st, &dx, &dout};
+    kt_launch(t, f, name, (unsigned)s.n_seqs, 1, 1, (unsigned)THREADS, 0, args);
+    float *want = xcalloc(no, sizeof(float));
+    for (int q = 0; q < s.n_seqs; q++) { /* op_pool */
+        float *o = want + (size_t)q * H;
+        int lo = s.start[q], hi = s.start[q + 1];
+        if (MODE == 0) {
+            for (int r = lo; r < hi; r++)
+                for (int j = 0; j < H; j++)
+                    o[j] += x[(size_t)r * H + j];
+            for (int j = 0; j < H; j++)
+                o[j] /= (float)(hi - lo);
+        } else {
+            memcpy(o, x + (size_t)(MODE == 1 ? lo : hi - 1) * H, sizeof(float) * H);
+        }
+        if (NORM) {
+            float ss = 0;
+            for (int j = 0; j < H; j++)
+                ss += o[j] * o[j];
+            float nrm = sqrtf(ss);
+            if (nrm < 1e-12f)
+                nrm = 1e-12f;
+            for (int j = 0; j < H; j++)
+                o[j] /= nrm;
+        }
+    }
+    float *got = down_f32(t, dout, no);
+    check(t, name, got, want, no, (size_t)H, TOL_F32);
+    free(x), free(want), free(got);
+    kt_free(t, dx), kt_free(t, dout);
+    step_free(t, &s);
+}
+
+/* ---- the cases ---------------------------------------------------------------------------- */
+
+void ktest_elementwise(kt *t)
+{
+    /* embed: token ids / positions / token types, plain and accumulating */
+    t_embed(t, 64, 0, 0, 32, &CFG_ONE);
+    t_embed(t, 4096, 0, 0, 256, &CFG_PREFILL);
+    t_embed(t, 4096, 1, 1, 256, &CFG_DECODE);
+    t_embed(t, 768, 2, 1, 128, &CFG_PREFILL);
+
+    /* rms_norm: (H, RPT, THREADS, UNIT_OFFSET, RESIDUAL, T, inplace) */
+    t_norm(t, 0, 64, 1, 32, 0, 0, 7, 0);
+    t_norm(t, 0, 128, 4, 32, 0, 0, 7, 0);     /* per-head norm: 4 heads of 128 per token */
+    t_norm(t, 0, 128, 8, 64, 1, 0, 1, 0);     /* more threads than chunks */
+    t_norm(t, 0, 4096, 1, 128, 0, 1, 1, 0);
+    t_norm(t, 0, 4096, 1, 128, 0, 1, 64, 1);  /* in-place residual update */
+    t_norm(t, 0, 4096, 1, 256, 1, 1, 7, 0);   /* Gemma: 1 + w */
+    t_norm(t, 0, 8192, 1, 512, 0, 1, 3, 1);
+    t_norm(t, 0, 2304, 1, 128, 1, 0, 7, 0);   /* 288 chunks: a partial last round */
+
+    /* layer_norm: (H, RPT, THREADS, BIAS, RESIDUAL, T, inplace) */
+    t_norm(t, 1, 64, 1, 32, 1, 0, 7, 0);
+    t_norm(t, 1, 768, 1, 128, 1, 1, 64, 0);
+    t_norm(t, 1, 768, 1, 128, 1, 1, 7, 1);
+    t_norm(t, 1, 4096, 1, 256, 0, 1, 1, 0);
+    t_norm(t, 1, 128, 4, 32, 0, 0, 7, 0);
+
+    /* rope_kv: (NH, NKV, HD, ROT, INTERLEAVED, DYNAMIC, THREADS, layout, step, scale) */
+    t_rope(t, 4, 2, 64, 64, 0, 0, 128, 0, &CFG_PREFILL, "prefill", 1.0f);
+    t_rope(t, 4, 2, 64, 64, 0, 0, 128, 0, &CFG_DECODE, "decode", 1.0f);
+    t_rope(t, 4, 2, 64, 64, 0, 0, 128, 0, &CFG_ONE, "one", 1.0f);
+    t_rope(t, 32, 8, 128, 128, 0, 0, 256, 0, &CFG_DECODE, "decode", 1.0f);   /* Llama-3-8B */
+    t_rope(t, 32, 8, 128, 128, 0, 0, 256, 0, &CFG_LONG, "long", 1.0f);
+    t_rope(t, 8, 8, 128, 128, 0, 0, 128, 1, &CFG_PREFILL, "prefill", 1.0f);  /* MHA, strided */
+    t_rope(t, 8, 2, 128, 64, 1, 0, 128, 0, &CFG_PREFILL, "prefill", 1.0f);   /* GPT-J style */
+    t_rope(t, 4, 4, 64, 16, 0, 0, 64, 1, &CFG_DECODE, "decode", 1.0f);      /* partial (NeoX) */
+    t_rope(t, 4, 4, 80, 20, 0, 0, 64, 1, &CFG_PREFILL, "prefill", 1.0f);    /* ROT/2 = 10 */
+    t_rope(t, 4, 2, 80, 20, 1, 0, 64, 0, &CFG_DECODE, "decode", 1.0f);      /* straddles a chunk */
+    t_rope(t, 4, 2, 64, 64, 0, 1, 128, 0, &CFG_PREFILL, "prefill", 1.0f);
+    t_rope(t, 4, 2, 64, 64, 0, 1, 128, 0, &CFG_DECODE, "decode", 1.0f);
+    t_rope(t, 8, 4, 128, 128, 0, 1, 128, 0, &CFG_LONG, "long", 1.0f);
+    t_rope(t, 4, 2, 64, 64, 0, 0, 128, 0, &CFG_PREFILL, "prefill", 1.25f);  /* yarn factor */
+    t_rope(t, 4, 2, 64, 0, 0, 0, 128, 0, &CFG_PREFILL, "prefill", 1.0f);    /* no rotation */
+
+    /* act_mul: (I, ACT, THREADS, T) */
+    t_act_mul(t, 64, 0, 128, 7);
+    t_act_mul(t, 11008, 0, 256, 3);
+    t_act_mul(t, 256, 1, 128, 64);
+    t_act_mul(t, 1024, 2, 256, 7);
+    t_act_mul(t, 512, 3, 128, 1);
+
+    /* unary / binary / scale: (kind, W, ACT or OP, BCAST, THREADS, T) */
+    for (int a = 0; a < 4; a++)
+        t_pointwise(t, 0, 64, a, 0, 128, 7);
+    t_pointwise(t, 0, 4096, 1, 0, 256, 3);
+    t_pointwise(t, 1, 64, 0, 0, 128, 7);
+    t_pointwise(t, 1, 4096, 1, 0, 256, 5);
+    t_pointwise(t, 1, 768, 0, 1, 128, 64);
+    t_pointwise(t, 1, 128, 1, 1, 128, 7);
+    t_pointwise(t, 2, 64, 0, 0, 128, 1);
+    t_pointwise(t, 2, 4096, 0, 0, 256, 7);
+
+    /* gather_last and pool over sequences of 5, 1, 17 and 9 tokens */
+    t_gather_last(t, 64, 32, &CFG_POOL, "pool");
+    t_gather_last(t, 4096, 256, &CFG_PREFILL, "prefill");
+    t_gather_last(t, 4096, 256, &CFG_ONE, "one");
+    t_pool(t, 64, 0, 0, 32, &CFG_POOL);
+    t_pool(t, 384, 0, 1, 64, &CFG_POOL);
+    t_pool(t, 768, 1, 1, 128, &CFG_POOL);
+    t_pool(t, 768, 2, 0, 128, &CFG_POOL);
+    t_pool(t, 4096, 0, 1, 256, &CFG_PREFILL);
+}

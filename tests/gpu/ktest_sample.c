@@ -1,4 +1,554 @@
-/* ktest_sample — kernel tests of templates/sample.cuh (see ktest.h). Not written yet. */
+/* ktest_sample — kernel tests of templates/sample.cuh (see ktest.h).
+ *
+ * What is checked, against a CPU replica of the kernel's documented definition (below):
+ *  - greedy (temperature <= 0) equals the CPU argmax exactly, ties to the lowest index, NaN
+ *    logits ignored;
+ *  - top_k = 1, and a peaked distribution with a small top_p, return the argmax;
+ *  - a draw is reproducible (same seed and step, same ids), and always inside the top-k /
+ *    top-p set;
+ *  - distribution: many draws (different steps and sequence indices) of a fixed row, compared
+ *    with the expected probabilities after top-k / top-p by a chi-square bound, and draw by draw
+ *    with the CPU replica (they differ only where __expf and expf round a weight differently
+ *    right at an interval boundary: allowed for 0.1% of the draws).
+ *
+ * The replica follows sample.cuh: weights w = round(exp((l - m) / T) * 2^31), the k-th largest
+ * logit as top-k threshold (ties kept), the top-p threshold as the largest logit whose tokens
+ * reach ceil(top_p * kept weight), u from the splitmix64-based hash of (seed, step, sequence),
+ * r = floor(u * W), and the kept tokens laid out in thread-major order.
+ */
 #include "ktest.h"
 
-void ktest_sample(kt *t) { (void)t; }
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../kernels/kiln_step.h"
+
+typedef unsigned long long u64;
+
+/* ---- the CPU replica -------------------------------------------------------------------- */
+
+static u64 mix64(u64 z)
+{
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static double uniform(u64 seed, u64 step, u64 seq)
+{
+    const u64 G = 0x9E3779B97F4A7C15ull;
+    u64 h = mix64(seed + G);
+    h = mix64(h + (step + 1) * G);
+    h = mix64(h + (seq + 1) * G);
+    return (double)(h >> 11) * (1.0 / 9007199254740992.0);
+}
+
+static float clean(float l)
+{
+    uint32_t u;
+    memcpy(&u, &l, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        u = 0xff800000u;
+    else if ((u & 0x7fffffffu) == 0)
+        u = 0;
+    memcpy(&l, &u, 4);
+    return l;
+}
+
+static uint32_t key_of(float l)
+{
+    uint32_t u;
+    memcpy(&u, &l, 4);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+static uint32_t weight_of(float l, float m, float inv_t)
+{
+    float y = (l - m) * inv_t;
+    return (uint32_t)lrintf(expf(y) * 2147483648.0f);
+}
+
+typedef struct plan {
+    int greedy, argmax;
+    uint32_t thr; /* kept: key >= thr */
+    float m, inv_t;
+} plan;
+
+typedef struct kw {
+    uint32_t key, w;
+} kw;
+
+static int cmp_kw_desc(const void *a, const void *b)
+{
+    uint32_t x = ((const kw *)a)->key, y = ((const kw *)b)->key;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+static plan make_plan(const float *l, int V, const kiln_sample *p)
+{
+    plan P;
+    memset(&P, 0, sizeof P);
+    float m = -INFINITY;
+    for (int i = 0; i < V; i++) {
+        float c = clean(l[i]);
+        if (i == 0 || c > m) {
+            m = c;
+            P.argmax = i;
+        }
+    }
+    P.m = m;
+    if (!(p->temperature > 0.f) || !isfinite(m)) {
+        P.greedy = 1;
+        return P;
+    }
+    P.inv_t = 1.0f / p->temperature;
+    kw *a = xmalloc(sizeof(kw) * (size_t)V);
+    for (int i = 0; i < V; i++) {
+        float c = clean(l[i]);
+        a[i].key = key_of(c);
+        a[i].w = weight_of(c, m, P.inv_t);
+    }
+    qsort(a, (size_t)V, sizeof(kw), cmp_kw_desc);
+    uint32_t thr = 0;
+    if (p->top_k > 0 && p->top_k < V)
+        thr = a[p->top_k - 1].key;
+    if (p->top_p < 1.f) {
+        u64 kept = 0;
+        for (int i = 0; i < V && a[i].key >= thr; i++)
+            kept += a[i].w;
+        double want = ceil((double)fmaxf(p->top_p, 0.f) * (double)kept);
+        u64 target = (u64)want;
+        if (target < 1)
+            target = 1;
+        if (target > kept)
+            target = kept;
+        u64 cum = 0;
+        for (int i = 0; i < V && a[i].key >= thr; i++) {
+            cum += a[i].w;
+            int group_end = i + 1 == V || a[i + 1].key != a[i].key;
+            if (group_end && cum >= target) {
+                thr = a[i].key;
+                break;
+            }
+        }
+    }
+    P.thr = thr;
+    free(a);
+    return P;
+}
+
+static int kept(const plan *P, const float *l, int i) { return key_of(clean(l[i])) >= P->thr; }
+
+/* Kept weights of a row under plan P (0 for tokens not kept) and their sum. */
+static u64 kept_weights(const float *l, int V, const plan *P, uint32_t *w)
+{
+    u64 total = 0;
+    for (int i = 0; i < V; i++) {
+        w[i] = kept(P, l, i) ? weight_of(clean(l[i]), P->m, P->inv_t) : 0;
+        total += w[i];
+    }
+    return total;
+}
+
+/* The kernel's draw for (seed, step, seq), given the kept weights w and their sum. */
+static int draw_ref(const kiln_sample *p, const plan *P, const uint32_t *w, u64 total, int V,
+                    u64 step, int seq, int threads)
+{
+    if (P->greedy || total == 0)
+        return P->argmax;
+    double u = uniform(p->seed, step, (u64)seq);
+    u64 r = (u64)(u * (double)total);
+    if (r >= total)
+        r = total - 1;
+    u64 acc = 0;
+    for (int tid = 0; tid < threads; tid++)
+        for (int i = tid; i < V; i += threads)
+            if (w[i]) {
+                acc += w[i];
+                if (acc > r)
+                    return i;
+            }
+    return P->argmax;
+}
+
+/* ---- running the kernel ------------------------------------------------------------------ */
+
+static CUfunction sampler(kt *t, const char *name, int V, int threads, int *skip)
+{
+    char src[768];
+    snprintf(src, sizeof src,
+             "#include \"sample.cuh\"\n"
+             "extern \"C\" __global__ void __launch_bounds__(%d) k(const kiln_step st, "
+             "const float *logits, const kiln_sample *params, int *out_ids, "
+             "unsigned long long step)\n"
+             "{ kiln::sample<%d, %d>(st, logits, params, out_ids, step); }\n",
+             threads, V, threads);
+    CUmodule m = kt_module(t, name, src);
+    *skip = !t->compile_only && !m;
+    return kt_func(t, m, "k");
+}
+
+typedef struct batch {
+    int n, V, threads;
+    CUdeviceptr dl, dp, dout;
+    kiln_step st;
+} batch;
+
+static void batch_open(kt *t, batch *b, const float *logits, const kiln_sample *params, int n,
+                       int V, int threads)
+{
+    memset(b, 0, sizeof *b);
+    b->n = n;
+    b->V = V;
+    b->threads = threads;
+    b->dl = kt_upload(t, logits, sizeof(float) * (size_t)n * V);
+    b->dp = kt_upload(t, params, sizeof(kiln_sample) * (size_t)n);
+    b->dout = kt_alloc(t, sizeof(int) * (size_t)n);
+    b->st.T = n;
+    b->st.n_seqs = n;
+}
+
+/* Launches one step; ids[n] gets the draws. */
+static void batch_run(kt *t, batch *b, CUfunction f, const char *name, u64 step, int *ids)
+{
+    void *args[] = {&b->st, &b->dl, &b->dp, &b->dout, &step};
+    kt_launch(t, f, name, (unsigned)b->n, 1, 1, (unsigned)b->threads, 0, args);
+    kt_download(t, ids, b->dout, sizeof(int) * (size_t)b->n);
+}
+
+static void batch_close(kt *t, batch *b)
+{
+    kt_free(t, b->dl);
+    kt_free(t, b->dp);
+    kt_free(t, b->dout);
+}
+
+static kiln_sample sp(float temperature, int top_k, float top_p, u64 seed)
+{
+    kiln_sample p;
+    memset(&p, 0, sizeof p);
+    p.temperature = temperature;
+    p.top_k = top_k;
+    p.top_p = top_p;
+    p.seed = seed;
+    return p;
+}
+
+static int rand_int(kt *t, int n)
+{
+    int r = (int)((kt_randf(t) + 1.0f) * 0.5f * (float)n);
+    return r < 0 ? 0 : r >= n ? n - 1 : r;
+}
+
+/* Compares ids with want[], records one row; the detail names the first mismatches. */
+static void expect_ids(kt *t, const char *name, const int *ids, const int *want, int n)
+{
+    char detail[256];
+    int bad = 0, len = 0;
+    detail[0] = 0;
+    for (int i = 0; i < n; i++)
+        if (ids[i] != want[i]) {
+            if (bad < 4 && len < 180)
+                len += snprintf(detail + len, sizeof detail - (size_t)len,
+                                "%sseq %d: got %d want %d", bad ? "; " : "", i, ids[i], want[i]);
+            bad++;
+        }
+    if (!bad)
+        snprintf(detail, sizeof detail, "%d sequences match", n);
+    else if (bad > 4)
+        snprintf(detail + len, sizeof detail - (size_t)len, " (%d mismatches)", bad);
+    kt_result(t, name, t->compile_only || bad == 0, detail);
+}
+
+/* ---- cases ------------------------------------------------------------------------------- */
+
+/* greedy: random rows, ties at the maximum, the maximum last, NaN and -inf entries */
+static void t_greedy(kt *t, int V, int threads)
+{
+    char name[160];
+    snprintf(name, sizeof name, "sample/greedy V=%d THREADS=%d", V, threads);
+    if (!kt_want(t, name))
+        return;
+    int skip;
+    CUfunction f = sampler(t, name, V, threads, &skip);
+    if (skip)
+        return;
+    enum { N = 6 };
+    float *l = xmalloc(sizeof(float) * (size_t)N * V);
+    kt_fill(t, l, (size_t)N * V, 8.0f);
+    kiln_sample p[N];
+    for (int s = 0; s < N; s++)
+        p[s] = sp(0.f, rand_int(t, 50), 0.5f, 100 + s); /* top-k / top-p ignored when greedy */
+    p[1].temperature = -1.f;
+    float *r2 = l + 2 * (size_t)V, *r3 = l + 3 * (size_t)V, *r4 = l + 4 * (size_t)V;
+    float *r5 = l + 5 * (size_t)V;
+    r2[17 % V] = r2[V / 2] = r2[V - 1] = 100.f; /* ties: the lowest index wins */
+    r3[V - 1] = 50.f;
+    r4[0] = r4[V - 1] = 60.f;
+    r5[3 % V] = NAN;
+    r5[(V / 3) % V] = -INFINITY;
+    r5[V - 1] = NAN;
+    int want[N], ids[N];
+    for (int s = 0; s < N; s++) {
+        plan P = make_plan(l + (size_t)s * V, V, &p[s]);
+        want[s] = P.argmax;
+    }
+    batch b;
+    batch_open(t, &b, l, p, N, V, threads);
+    batch_run(t, &b, f, name, 3, ids);
+    expect_ids(t, name, ids, want, N);
+    batch_close(t, &b);
+    free(l);
+}
+
+/* top_k = 1 and a peaked row with top_p = 0.01 both give the argmax */
+static void t_forced(kt *t, int V, int threads)
+{
+    char name[160];
+    snprintf(name, sizeof name, "sample/top_k=1, peaked top_p=0.01 V=%d THREADS=%d", V, threads);
+    if (!kt_want(t, name))
+        return;
+    int skip;
+    CUfunction f = sampler(t, name, V, threads, &skip);
+    if (skip)
+        return;
+    enum { N = 12 };
+    float *l = xmalloc(sizeof(float) * (size_t)N * V);
+    kiln_sample p[N];
+    int want[N], ids[N];
+    for (int s = 0; s < N; s++) {
+        float *r = l + (size_t)s * V;
+        if (s < 6) { /* top_k = 1 on a spread row, with and without top_p */
+            kt_fill(t, r, (size_t)V, 6.0f);
+            p[s] = sp(s % 2 ? 0.7f : 1.3f, 1, s < 3 ? 1.0f : 0.6f, 7 + s);
+        } else { /* peaked: one logit +14 over [-1, 1); the top token has most of the mass */
+            kt_fill(t, r, (size_t)V, 1.0f);
+            r[rand_int(t, V)] += 14.f;
+            p[s] = sp(1.0f, s < 9 ? 0 : 50, 0.01f, 7 + s);
+        }
+        plan P = make_plan(r, V, &p[s]);
+        want[s] = P.argmax;
+    }
+    batch b;
+    batch_open(t, &b, l, p, N, V, threads);
+    batch_run(t, &b, f, name, 11, ids);
+    expect_ids(t, name, ids, want, N);
+    batch_close(t, &b);
+    free(l);
+}
+
+/* The same (seed, step) twice gives the same ids; every draw lies in the top-k / top-p set
+ * (checked against the set for top_p + 0.02, so a boundary token that __expf and expf weigh a
+ * hair apart cannot fail it; top-k is exact). */
+static void t_reproducible(kt *t, int V, int threads)
+{
+    char name[160];
+    snprintf(name, sizeof name, "sample/reproducible V=%d THREADS=%d", V, threads);
+    if (!kt_want(t, name))
+        return;
+    int skip;
+    CUfunction f = sampler(t, name, V, threads, &skip);
+    if (skip)
+        return;
+    enum { N = 16 };
+    static const float temps[] = {0.7f, 1.0f, 1.3f};
+    static const float tops[] = {1.0f, 0.9f, 0.5f, 0.95f};
+    const int ks[] = {0, 50, 1000, V + 5, -1};
+    float *l = xmalloc(sizeof(float) * (size_t)N * V);
+    kt_fill(t, l, (size_t)N * V, 4.0f);
+    kiln_sample p[N];
+    for (int s = 0; s < N; s++)
+        p[s] = sp(temps[s % 3], ks[s % 5], tops[s % 4], 1000 + (u64)s * 7919);
+    int a[N], b2[N], c[N];
+    batch b;
+    batch_open(t, &b, l, p, N, V, threads);
+    batch_run(t, &b, f, name, 7, a);
+    batch_run(t, &b, f, name, 7, b2);
+    batch_run(t, &b, f, name, 8, c);
+    batch_close(t, &b);
+    char n2[200], detail[200];
+    snprintf(n2, sizeof n2, "%s same step", name);
+    expect_ids(t, n2, b2, a, N);
+    int outside = 0, first = -1, changed = 0;
+    for (int s = 0; s < N; s++) {
+        kiln_sample loose = p[s];
+        if (loose.top_p < 1.f)
+            loose.top_p = fminf(1.f, loose.top_p + 0.02f);
+        plan P = make_plan(l + (size_t)s * V, V, &loose);
+        for (int r = 0; r < 2; r++) {
+            int id = r ? c[s] : a[s];
+            if (id < 0 || id >= V || !kept(&P, l + (size_t)s * V, id)) {
+                outside++;
+                if (first < 0)
+                    first = s;
+            }
+        }
+        changed += a[s] != c[s];
+    }
+    if (outside)
+        snprintf(detail, sizeof detail, "%d draws outside the top-k/top-p set (first: seq %d, id %d)",
+                 outside, first, a[first]);
+    else
+        snprintf(detail, sizeof detail, "%d draws inside their sets; %d of %d changed with the step",
+                 2 * N, changed, N);
+    snprintf(n2, sizeof n2, "%s in set", name);
+    kt_result(t, n2, t->compile_only || outside == 0, detail);
+    free(l);
+}
+
+/* Distribution of many draws of one row (the same row for n sequences, `launches` steps):
+ * chi-square against the kept set's probabilities w_i / W, every draw inside the set, and draw
+ * by draw agreement with the CPU replica. want_kept: the size of the kept set the case was
+ * designed for (a check of the test itself). */
+static void t_distribution(kt *t, const char *label, int V, int threads, const float *row,
+                           kiln_sample p, int want_kept, int n, int launches)
+{
+    char name[200];
+    snprintf(name, sizeof name, "sample/distribution V=%d %s T=%.2g k=%d p=%.4g", V, label,
+             p.temperature, p.top_k, p.top_p);
+    if (!kt_want(t, name))
+        return;
+    int skip;
+    CUfunction f = sampler(t, name, V, threads, &skip);
+    if (skip)
+        return;
+    float *l = xmalloc(sizeof(float) * (size_t)n * V);
+    kiln_sample *ps = xmalloc(sizeof(kiln_sample) * (size_t)n);
+    for (int s = 0; s < n; s++) {
+        memcpy(l + (size_t)s * V, row, sizeof(float) * (size_t)V);
+        ps[s] = p;
+    }
+    plan P = make_plan(row, V, &p);
+    uint32_t *w = xmalloc(sizeof(uint32_t) * (size_t)V);
+    u64 Wi = kept_weights(row, V, &P, w);
+    double W = (double)Wi;
+    int nk = 0;
+    for (int i = 0; i < V; i++)
+        nk += kept(&P, row, i);
+    u64 *count = xcalloc((size_t)V, sizeof(u64));
+    int *ids = xmalloc(sizeof(int) * (size_t)n);
+    long outside = 0, disagree = 0, total = (long)n * launches;
+    batch b;
+    batch_open(t, &b, l, ps, n, V, threads);
+    for (int k = 0; k < launches; k++) {
+        batch_run(t, &b, f, name, (u64)(1000 + k), ids);
+        for (int s = 0; s < n; s++) {
+            int id = ids[s];
+            if (id < 0 || id >= V || !kept(&P, row, id)) {
+                outside++;
+                continue;
+            }
+            count[id]++;
+            disagree += id != draw_ref(&p, &P, w, Wi, V, (u64)(1000 + k), s, threads);
+        }
+    }
+    batch_close(t, &b);
+    double chi2 = 0;
+    int worst = -1;
+    double worst_c = -1;
+    for (int i = 0; i < V; i++) {
+        if (!kept(&P, row, i))
+            continue;
+        double e = (double)total * w[i] / W;
+        double c = e > 0 ? ((double)count[i] - e) * ((double)count[i] - e) / e : 0;
+        chi2 += c;
+        if (c > worst_c) {
+            worst_c = c;
+            worst = i;
+        }
+    }
+    int df = nk - 1;
+    /* P(chi2_df > bound) is below ~1e-4 for every df here */
+    double bound = df + 6.0 * sqrt(2.0 * df) + 6.0;
+    char detail[256], n2[240];
+    if (nk != want_kept) {
+        snprintf(n2, sizeof n2, "%s setup", name);
+        snprintf(detail, sizeof detail, "the CPU plan keeps %d tokens, the case wants %d", nk,
+                 want_kept);
+        kt_result(t, n2, 0, detail);
+    }
+    snprintf(n2, sizeof n2, "%s chi2", name);
+    if (worst >= 0)
+        snprintf(detail, sizeof detail,
+                 "chi2 %.1f (bound %.1f, df %d, %ld draws, %ld outside the set of %d); worst id %d: "
+                 "%llu drawn, %.1f expected",
+                 chi2, bound, df, total, outside, nk, worst, count[worst],
+                 (double)total * w[worst] / W);
+    else
+        snprintf(detail, sizeof detail, "empty set");
+    kt_result(t, n2, t->compile_only || (outside == 0 && chi2 <= bound), detail);
+    snprintf(n2, sizeof n2, "%s replica", name);
+    snprintf(detail, sizeof detail, "%ld of %ld draws differ from the CPU replica (allowed %ld)",
+             disagree, total, total / 1000);
+    kt_result(t, n2, t->compile_only || disagree <= total / 1000, detail);
+    free(l), free(ps), free(count), free(ids), free(w);
+}
+
+static int cmp_double_desc(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* top_p halfway between the cumulative probabilities of the `keep` - 1 and the `keep` most
+ * likely tokens (after top-k): the nucleus is `keep` tokens with a wide margin. */
+static float top_p_for(const float *row, int V, float temperature, int top_k, int keep)
+{
+    kiln_sample p = sp(temperature, top_k, 1.0f, 0);
+    plan P = make_plan(row, V, &p);
+    double *w = xmalloc(sizeof(double) * (size_t)V), W = 0;
+    int n = 0;
+    for (int i = 0; i < V; i++)
+        if (kept(&P, row, i)) {
+            w[n] = weight_of(clean(row[i]), P.m, P.inv_t);
+            W += w[n++];
+        }
+    qsort(w, (size_t)n, sizeof(double), cmp_double_desc);
+    /* the nucleus is the smallest set reaching top_p: keep - 1 tokens fall short of the
+     * midpoint, keep tokens pass it */
+    double c0 = 0;
+    for (int i = 0; i < keep - 1; i++)
+        c0 += w[i];
+    double c1 = c0 + w[keep - 1];
+    free(w);
+    return (float)((c0 + c1) / 2 / W);
+}
+
+void ktest_sample(kt *t)
+{
+    /* greedy, forced and reproducibility over real vocabulary sizes */
+    t_greedy(t, 8, 32);
+    t_greedy(t, 1000, 256);
+    t_greedy(t, 32000, 256);
+    t_greedy(t, 151936, 1024);
+    t_forced(t, 1000, 128);
+    t_forced(t, 128256, 1024);
+    t_reproducible(t, 32000, 256);
+    t_reproducible(t, 151936, 1024);
+
+    /* distributions of a fixed row of 8 (shuffled, not sorted) */
+    static const float L8[8] = {0.3f, 2.0f, -1.0f, 1.2f, 0.9f, -0.4f, 1.7f, 0.1f};
+    static const float TIES[8] = {1.0f, 0.2f, 1.0f, -0.5f, 1.0f, 0.0f, 0.5f, -1.0f};
+    t_distribution(t, "plain", 8, 32, L8, sp(1.0f, 0, 1.0f, 1234), 8, 4096, 16);
+    t_distribution(t, "top-k", 8, 256, L8, sp(0.7f, 5, 1.0f, 1234), 5, 4096, 16);
+    t_distribution(t, "top-p 4 of 8", 8, 32, L8, sp(1.0f, 0, top_p_for(L8, 8, 1.0f, 0, 4), 99),
+                   4, 4096, 16);
+    t_distribution(t, "top-k+top-p 5 of 6", 8, 64, L8,
+                   sp(1.5f, 6, top_p_for(L8, 8, 1.5f, 6, 5), 5), 5, 4096, 16);
+    /* ties at the k-th logit are all kept (TopKLogitsWarper): tokens 0, 2, 4 at 1/3 each */
+    t_distribution(t, "tied top-k", 8, 32, TIES, sp(1.0f, 2, 1.0f, 77), 3, 4096, 16);
+
+    /* a large row: four dominant tokens among 50000, through the full-vocabulary searches */
+    enum { VB = 50000 };
+    float *big = xmalloc(sizeof(float) * VB);
+    kt_fill(t, big, VB, 2.0f);
+    static const float boost[4] = {16.f, 15.5f, 15.f, 14.f};
+    for (int j = 0; j < 4; j++)
+        big[(j * 12347 + 101) % VB] = boost[j];
+    t_distribution(t, "top-k 3", VB, 512, big, sp(1.0f, 3, 1.0f, 4242), 3, 64, 32);
+    t_distribution(t, "top-p 4", VB, 512, big, sp(1.0f, 0, top_p_for(big, VB, 1.0f, 0, 4), 4243),
+                   4, 64, 32);
+    free(big);
+}

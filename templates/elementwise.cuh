@@ -1,0 +1,484 @@
+// elementwise.cuh — the memory-bound ops of a transformer step: embedding lookup, RMSNorm and
+// LayerNorm (optionally fused with the residual add), rotary embedding fused with the KV-cache
+// write, gated activations, unary/binary/scale elementwise ops, last-token gather and pooling.
+// Contracts (signatures, grids) are in templates/README.md; the functions computed are those of
+// compiler/ref.c and compiler/posenc.c (the CPU reference), in float, stored as DT.
+//
+// Common rules of this file:
+//  - Every width (H, I, W, HD) is a multiple of 8: rows are moved as 16-byte vectors
+//    (load8/store8), so every row and every pointer handed in must be 16-byte aligned.
+//  - THREADS is the block size the caller launches (a multiple of 32, at most 1024).
+//  - A row-wise op keeps its row in registers: thread `tid` owns the 8-element chunks
+//    tid, tid + THREADS, ... (NCH = ceil(H / 8 / THREADS) of them, unrolled with compile-time
+//    indices), so a norm reads x once and writes once. Pick THREADS so that NCH stays small
+//    (H / 8 / THREADS <= 8 keeps it at 64 floats a thread).
+//  - Each thread reads the elements it writes before writing them and no thread reads another's
+//    elements, so in-place use (res_out == res, or == x) is safe; nothing is __restrict__.
+//  - Offsets are computed in 64 bits (a 256k x 8k embedding table has 2^31 elements).
+//
+// Built with --use_fast_math (compiler/knvrtc.c): expf/sinf/cosf/powf/division become the fast
+// approximations. Where that matters (rope angles reach tens of thousands of radians, and the
+// dynamic-NTK frequencies must match posenc.c) the math is done in double, which fast-math
+// does not touch, and rounded to float where the reference rounds.
+#pragma once
+
+#include "common.cuh"
+
+namespace kiln {
+namespace ew_detail { // helpers, kept out of kiln:: so other families' names cannot clash
+
+// Chunks of 8 per row and per thread, for a row of H elements over THREADS threads.
+template <int H, int THREADS>
+struct row_chunks {
+    static_assert(H % 8 == 0, "row width must be a multiple of 8 (16-byte vectors)");
+    static_assert(THREADS % 32 == 0 && THREADS >= 32 && THREADS <= 1024,
+                  "THREADS must be a multiple of 32 in [32, 1024]");
+    static constexpr int CH = H / 8;                          // chunks in a row
+    static constexpr int NCH = (CH + THREADS - 1) / THREADS;  // chunks per thread (upper bound)
+};
+
+// Loads this thread's chunks of row `off` of x into v; with RESIDUAL, v = round_DT(x + res)
+// and that rounded sum is stored to res_out (HF adds the residual in the storage dtype, and the
+// norm reads that rounded value). Chunks past the row end are zero.
+template <typename DT, int H, int THREADS, int RESIDUAL>
+__device__ __forceinline__ void load_row_residual(const DT *x, const DT *res, DT *res_out,
+                                                  long long off,
+                                                  float (&v)[row_chunks<H, THREADS>::NCH][8])
+{
+    typedef ew_detail::row_chunks<H, THREADS> RC;
+#pragma unroll
+    for (int k = 0; k < RC::NCH; k++) {
+        const int c = threadIdx.x + k * THREADS;
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            v[k][i] = 0.f;
+        if (c < RC::CH) {
+            load8(x + off + c * 8, v[k]);
+            if (RESIDUAL) {
+                float r[8];
+                load8(res + off + c * 8, r);
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+                    v[k][i] = to_f(from_f<DT>(v[k][i] + r[i]));
+                store8(res_out + off + c * 8, v[k]); // exact: v is already representable
+            }
+        }
+    }
+}
+
+} // namespace ew_detail
+
+// ---------------------------------------------------------------------------------------------
+// embed: out[t] = table[id] (ACC: out[t] = round(out[t] + table[id])), id from SRC:
+// 0 tok_ids, 1 tok_pos, 2 tok_type.  Grid (T) x THREADS: block t copies one row of H.
+template <typename DT, int H, int SRC, int ACC, int THREADS>
+__device__ __forceinline__ void embed(const kiln_step st, const DT *table, DT *out)
+{
+    typedef ew_detail::row_chunks<H, THREADS> RC;
+    static_assert(SRC >= 0 && SRC <= 2, "SRC: 0 tok_ids, 1 tok_pos, 2 tok_type");
+    const int t = blockIdx.x;
+    if (t >= st.T)
+        return;
+    const int *ids = SRC == 0 ? st.tok_ids : SRC == 1 ? st.tok_pos : st.tok_type;
+    const DT *src = table + (long long)ids[t] * H;
+    DT *dst = out + (long long)t * H;
+    for (int c = threadIdx.x; c < RC::CH; c += THREADS) {
+        float a[8];
+        load8(src + c * 8, a);
+        if (ACC) {
+            float b[8];
+            load8(dst + c * 8, b);
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                a[i] = b[i] + a[i];
+        }
+        store8(dst + c * 8, a);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// rms_norm: rows of H, RPT rows per token (RPT > 1 for per-head norms of a [T, RPT*H] tensor).
+//   s = RESIDUAL ? round(x + res) : x;   res_out = s (RESIDUAL only)
+//   out = s * rsqrt(mean(s^2) + eps) * (UNIT_OFFSET ? 1 + w : w)
+// Grid (T*RPT) x THREADS: block r normalises row r (elements [r*H, (r+1)*H)).
+template <typename DT, int H, int RPT, int THREADS, int UNIT_OFFSET, int RESIDUAL>
+__device__ __forceinline__ void rms_norm(const kiln_step st, const DT *x, const DT *res,
+                                         const DT *w, DT *out, DT *res_out, float eps)
+{
+    typedef ew_detail::row_chunks<H, THREADS> RC;
+    static_assert(RPT >= 1, "RPT >= 1");
+    __shared__ float scratch[32];
+    const long long row = blockIdx.x;
+    if (row >= (long long)st.T * RPT) // uniform over the block, before any barrier
+        return;
+    const long long off = row * H;
+    float v[RC::NCH][8];
+    ew_detail::load_row_residual<DT, H, THREADS, RESIDUAL>(x, res, res_out, off, v);
+    float ss = 0.f;
+#pragma unroll
+    for (int k = 0; k < RC::NCH; k++)
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            ss += v[k][i] * v[k][i];
+    ss = block_sum<THREADS>(ss, scratch);
+    const float inv = rsqrtf(ss / (float)H + eps);
+#pragma unroll
+    for (int k = 0; k < RC::NCH; k++) {
+        const int c = threadIdx.x + k * THREADS;
+        if (c < RC::CH) {
+            float wv[8], o[8];
+            load8(w + c * 8, wv);
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                o[i] = v[k][i] * inv * (UNIT_OFFSET ? 1.f + wv[i] : wv[i]);
+            store8(out + off + c * 8, o);
+        }
+    }
+}
+
+// layer_norm: as rms_norm, out = (s - mean) / sqrt(var + eps) * w (+ b when BIAS), biased
+// variance (torch.nn.LayerNorm), computed in two passes over the row held in registers.
+// Grid (T*RPT) x THREADS.
+template <typename DT, int H, int RPT, int THREADS, int RESIDUAL, int BIAS>
+__device__ __forceinline__ void layer_norm(const kiln_step st, const DT *x, const DT *res,
+                                           const DT *w, const DT *b, DT *out, DT *res_out,
+                                           float eps)
+{
+    typedef ew_detail::row_chunks<H, THREADS> RC;
+    static_assert(RPT >= 1, "RPT >= 1");
+    __shared__ float scratch[32];
+    const long long row = blockIdx.x;
+    if (row >= (long long)st.T * RPT)
+        return;
+    const long long off = row * H;
+    float v[RC::NCH][8];
+    ew_detail::load_row_residual<DT, H, THREADS, RESIDUAL>(x, res, res_out, off, v);
+    float sum = 0.f;
+#pragma unroll
+    for (int k = 0; k < RC::NCH; k++)
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            sum += v[k][i];
+    const float mean = block_sum<THREADS>(sum, scratch) / (float)H;
+    float var = 0.f;
+#pragma unroll
+    for (int k = 0; k < RC::NCH; k++) {
+        const int c = threadIdx.x + k * THREADS;
+        if (c < RC::CH) // chunks past the row end hold 0, not `mean`
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                var += (v[k][i] - mean) * (v[k][i] - mean);
+    }
+    var = block_sum<THREADS>(var, scratch) / (float)H;
+    const float inv = rsqrtf(var + eps);
+#pragma unroll
+    for (int k = 0; k < RC::NCH; k++) {
+        const int c = threadIdx.x + k * THREADS;
+        if (c < RC::CH) {
+            float wv[8], bv[8], o[8];
+            load8(w + c * 8, wv);
+            if (BIAS)
+                load8(b + c * 8, bv);
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                o[i] = (v[k][i] - mean) * inv * wv[i] + (BIAS ? bv[i] : 0.f);
+            store8(out + off + c * 8, o);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// rope_kv: rotary embedding of q and k fused with the KV-cache write, one token per block.
+// Grid (T) x THREADS.
+//   q, k, v: row t at q + t*in_stride (in elements; a multiple of 8), NH*HD / NKV*HD / NKV*HD
+//            wide (they may be column blocks of one fused qkv row).
+//   q_out [T, NH*HD]: rotated q.  k_cache/v_cache: row `st.tok_slot[t]` (NKV*HD elements,
+//            i.e. element offset slot*NKV*HD) gets rotated k / plain v; nothing when slot < 0.
+// Rotation of the first ROT dims of each head, i < ROT/2, pair (a, b) = (i, i + ROT/2), or
+// (2i, 2i+1) when INTERLEAVED (GPT-J):
+//   out[a] = x[a]*c - x[b]*s,  out[b] = x[b]*c + x[a]*s,  dims >= ROT copied unchanged,
+//   c = cos(pos * inv_freq[i]) * rope_scale, s = sin(pos * inv_freq[i]) * rope_scale,
+// the angle rounded to float as in ref.c, cos/sin evaluated in double (positions reach tens of
+// thousands of radians, far outside what fast-math __sinf handles) and rounded to float.
+// DYNAMIC (dynamic NTK): inv_freq is ignored and recomputed per token as posenc.c does, with
+// seq_len L = st.seq_kvlen[st.tok_seq[t]]:
+//   base = L > dyn_max_pos ? dyn_base * (dyn_factor*L/dyn_max_pos - (dyn_factor-1))^(ROT/(ROT-2))
+//                          : dyn_base,
+//   inv_freq[i] = 1 / powf((float)base, (float)(2i) / ROT)
+// (double math rounded to float at the same places as posenc.c). ROT == 0: copies only.
+template <typename DT, int NH, int NKV, int HD, int ROT, int INTERLEAVED, int DYNAMIC, int THREADS>
+__device__ __forceinline__ void rope_kv(const kiln_step st, const DT *q, const DT *k, const DT *v,
+                                        int in_stride, DT *q_out, DT *k_cache, DT *v_cache,
+                                        const float *inv_freq, float rope_scale, float dyn_base,
+                                        float dyn_factor, int dyn_max_pos)
+{
+    static_assert(HD % 8 == 0, "head_dim must be a multiple of 8 (16-byte vectors)");
+    static_assert(ROT >= 0 && ROT <= HD && ROT % 2 == 0, "0 <= ROT <= HD, ROT even");
+    static_assert(!DYNAMIC || ROT > 2, "dynamic NTK needs ROT > 2");
+    static_assert(THREADS % 32 == 0 && THREADS <= 1024, "THREADS: multiple of 32, <= 1024");
+    constexpr int HALF = ROT / 2;
+    constexpr int QC = NH * HD / 8, KC = NKV * HD / 8; // 8-element chunks of q and of k (= v)
+    __shared__ float cs[HALF > 0 ? HALF : 1], sn[HALF > 0 ? HALF : 1];
+
+    const int t = blockIdx.x;
+    if (t >= st.T)
+        return;
+    if (HALF > 0) {
+        const float pos = (float)st.tok_pos[t];
+        double base = (double)dyn_base;
+        if (DYNAMIC) {
+            const int L = st.seq_kvlen[st.tok_seq[t]];
+            if (dyn_max_pos > 0 && L > dyn_max_pos)
+                base = (double)dyn_base *
+                       pow((double)dyn_factor * (double)L / (double)dyn_max_pos -
+                               ((double)dyn_factor - 1.0),
+                           (double)ROT / (double)(ROT - 2));
+        }
+        for (int i = threadIdx.x; i < HALF; i += THREADS) {
+            float f;
+            if (DYNAMIC) {
+                // posenc.c: e = (float)(2i) / (float)ROT; 1.0f / powf((float)base, e).
+                // Float division and pow done in double then rounded: the same float (double
+                // rounding is innocuous for a quotient, and powf is correctly rounded or 1 ulp).
+                const float e = (float)((double)(2 * i) / (double)ROT);
+                const float pw = (float)pow((double)(float)base, (double)e);
+                f = (float)(1.0 / (double)pw);
+            } else {
+                f = inv_freq[i];
+            }
+            const float ang = pos * f; // rounded to float, as the reference does
+            double sd, cd;
+            sincos((double)ang, &sd, &cd);
+            cs[i] = (float)cd * rope_scale;
+            sn[i] = (float)sd * rope_scale;
+        }
+        __syncthreads();
+    }
+
+    const int slot = st.tok_slot[t];
+    const long long in_off = (long long)t * in_stride;
+    for (int u = threadIdx.x; u < QC + 2 * KC; u += THREADS) {
+        const DT *src;
+        DT *dst;
+        int e;      // element index within the q (or k, v) row
+        bool rot;
+        if (u < QC) {
+            e = u * 8;
+            src = q + in_off + e;
+            dst = q_out + (long long)t * (NH * HD) + e;
+            rot = true;
+        } else if (u < QC + KC) {
+            if (slot < 0)
+                continue;
+            e = (u - QC) * 8;
+            src = k + in_off + e;
+            dst = k_cache + (long long)slot * (NKV * HD) + e;
+            rot = true;
+        } else {
+            if (slot < 0)
+                continue;
+            e = (u - QC - KC) * 8;
+            src = v + in_off + e;
+            dst = v_cache + (long long)slot * (NKV * HD) + e;
+            rot = false;
+        }
+        float xv[8];
+        load8(src, xv);
+        const int d0 = e % HD; // dim of xv[0] within its head; the chunk never crosses heads
+        if (HALF > 0 && rot && d0 < ROT) {
+            // Partner of dim d: d^1 (interleaved, inside the chunk), else d +- HALF.
+            float pv[8];
+            if (INTERLEAVED) {
+#pragma unroll
+                for (int j = 0; j < 8; j++)
+                    pv[j] = xv[j ^ 1];
+            } else if (HALF % 8 == 0) {
+                // the chunk lies wholly in [0, HALF) or in [HALF, ROT): one aligned vector
+                load8(src + (d0 < HALF ? HALF : -HALF), pv);
+            } else {
+                // partial rotary with ROT/2 not a multiple of 8 (e.g. ROT = 20): element loads
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    const int d = d0 + j;
+                    pv[j] = d < ROT ? to_f(src[j + (d < HALF ? HALF : -HALF)]) : 0.f;
+                }
+            }
+            float o[8];
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                const int d = d0 + j;
+                if (d < ROT) {
+                    const bool first = INTERLEAVED ? (d & 1) == 0 : d < HALF;
+                    const int i = INTERLEAVED ? d >> 1 : (first ? d : d - HALF);
+                    const float c = cs[i], s = sn[i];
+                    o[j] = first ? xv[j] * c - pv[j] * s : xv[j] * c + pv[j] * s;
+                } else {
+                    o[j] = xv[j];
+                }
+            }
+            store8(dst, o);
+        } else {
+            store8(dst, xv);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// act_mul: gu rows are [gate(I) | up(I)]; out[t, j] = act<ACT>(gate[t, j]) * up[t, j].
+// Grid (ceil(T*I / (8*THREADS))) x THREADS: one 8-element chunk per thread.
+template <typename DT, int I, int ACT, int THREADS>
+__device__ __forceinline__ void act_mul(const kiln_step st, const DT *gu, DT *out)
+{
+    static_assert(I % 8 == 0, "I must be a multiple of 8 (16-byte vectors)");
+    const long long idx = ((long long)blockIdx.x * THREADS + threadIdx.x) * 8;
+    if (idx >= (long long)st.T * I)
+        return;
+    const long long t = idx / I, j = idx % I; // a chunk never crosses rows (I % 8 == 0)
+    const DT *g = gu + t * (2LL * I) + j;
+    float a[8], b[8];
+    load8(g, a);
+    load8(g + I, b);
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+        a[i] = act<ACT>(a[i]) * b[i];
+    store8(out + idx, a);
+}
+
+// unary: out = act<ACT>(x) over [T, W]. Grid (ceil(T*W / (8*THREADS))) x THREADS.
+template <typename DT, int W, int ACT, int THREADS>
+__device__ __forceinline__ void unary(const kiln_step st, const DT *x, DT *out)
+{
+    static_assert(W % 8 == 0, "W must be a multiple of 8 (16-byte vectors)");
+    const long long idx = ((long long)blockIdx.x * THREADS + threadIdx.x) * 8;
+    if (idx >= (long long)st.T * W)
+        return;
+    float a[8];
+    load8(x + idx, a);
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+        a[i] = act<ACT>(a[i]);
+    store8(out + idx, a);
+}
+
+// binary: out = a OP b over [T, W], OP 0 add, 1 mul; BCAST: b is one row [W] used for every
+// token. Grid (ceil(T*W / (8*THREADS))) x THREADS.
+template <typename DT, int W, int OP, int BCAST, int THREADS>
+__device__ __forceinline__ void binary(const kiln_step st, const DT *a, const DT *b, DT *out)
+{
+    static_assert(W % 8 == 0, "W must be a multiple of 8 (16-byte vectors)");
+    static_assert(OP == 0 || OP == 1, "OP: 0 add, 1 mul");
+    const long long idx = ((long long)blockIdx.x * THREADS + threadIdx.x) * 8;
+    if (idx >= (long long)st.T * W)
+        return;
+    float x[8], y[8];
+    load8(a + idx, x);
+    load8(b + (BCAST ? idx % W : idx), y);
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+        x[i] = OP == 0 ? x[i] + y[i] : x[i] * y[i];
+    store8(out + idx, x);
+}
+
+// scale: out = x * s over [T, W]. Grid (ceil(T*W / (8*THREADS))) x THREADS.
+template <typename DT, int W, int THREADS>
+__device__ __forceinline__ void scale(const kiln_step st, const DT *x, DT *out, float s)
+{
+    static_assert(W % 8 == 0, "W must be a multiple of 8 (16-byte vectors)");
+    const long long idx = ((long long)blockIdx.x * THREADS + threadIdx.x) * 8;
+    if (idx >= (long long)st.T * W)
+        return;
+    float a[8];
+    load8(x + idx, a);
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+        a[i] = a[i] * s;
+    store8(out + idx, a);
+}
+
+// ---------------------------------------------------------------------------------------------
+// gather_last: out[s] = x[seq_start[s+1] - 1], rows of H (the last token of each sequence, whose
+// logits are wanted). Every sequence has at least one token in the step.
+// Grid (n_seqs) x THREADS.
+template <typename DT, int H, int THREADS>
+__device__ __forceinline__ void gather_last(const kiln_step st, const DT *x, DT *out)
+{
+    typedef ew_detail::row_chunks<H, THREADS> RC;
+    const int s = blockIdx.x;
+    if (s >= st.n_seqs)
+        return;
+    const DT *src = x + (long long)(st.seq_start[s + 1] - 1) * H;
+    DT *dst = out + (long long)s * H;
+    for (int c = threadIdx.x; c < RC::CH; c += THREADS) // a bit-exact 16-byte copy
+        *reinterpret_cast<vec8 *>(dst + c * 8) = *reinterpret_cast<const vec8 *>(src + c * 8);
+}
+
+// pool: out[s] (float, [n_seqs, H]) = MODE 0: the mean of the sequence's rows
+// [seq_start[s], seq_start[s+1]) (summed in float in row order), 1: its first row, 2: its last
+// row; NORMALIZE: out[s] /= max(||out[s]||_2, 1e-12) (F.normalize). Every sequence has at least
+// one token. Grid (n_seqs) x THREADS.
+template <typename DT, int H, int MODE, int NORMALIZE, int THREADS>
+__device__ __forceinline__ void pool(const kiln_step st, const DT *x, float *out)
+{
+    typedef ew_detail::row_chunks<H, THREADS> RC;
+    static_assert(MODE >= 0 && MODE <= 2, "MODE: 0 mean, 1 first, 2 last");
+    __shared__ float scratch[32];
+    const int s = blockIdx.x;
+    if (s >= st.n_seqs)
+        return;
+    const int lo = st.seq_start[s], hi = st.seq_start[s + 1];
+    float a[RC::NCH][8];
+#pragma unroll
+    for (int k = 0; k < RC::NCH; k++)
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            a[k][i] = 0.f;
+    const int r0 = MODE == 0 ? lo : MODE == 1 ? lo : hi - 1;
+    const int r1 = MODE == 0 ? hi : r0 + 1;
+    for (int r = r0; r < r1; r++) {
+#pragma unroll
+        for (int k = 0; k < RC::NCH; k++) {
+            const int c = threadIdx.x + k * THREADS;
+            if (c < RC::CH) {
+                float b[8];
+                load8(x + (long long)r * H + c * 8, b);
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+                    a[k][i] += b[i];
+            }
+        }
+    }
+    if (MODE == 0) {
+        const float n = (float)(hi - lo > 0 ? hi - lo : 1);
+#pragma unroll
+        for (int k = 0; k < RC::NCH; k++)
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                a[k][i] = a[k][i] / n;
+    }
+    if (NORMALIZE) {
+        float ss = 0.f;
+#pragma unroll
+        for (int k = 0; k < RC::NCH; k++)
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                ss += a[k][i] * a[k][i];
+        const float nrm = fmaxf(sqrtf(block_sum<THREADS>(ss, scratch)), 1e-12f);
+#pragma unroll
+        for (int k = 0; k < RC::NCH; k++)
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                a[k][i] = a[k][i] / nrm;
+    }
+    float *dst = out + (long long)s * H;
+#pragma unroll
+    for (int k = 0; k < RC::NCH; k++) {
+        const int c = threadIdx.x + k * THREADS;
+        if (c < RC::CH) {
+            float4 *d4 = reinterpret_cast<float4 *>(dst + c * 8);
+            d4[0] = make_float4(a[k][0], a[k][1], a[k][2], a[k][3]);
+            d4[1] = make_float4(a[k][4], a[k][5], a[k][6], a[k][7]);
+        }
+    }
+}
+
+} // namespace kiln
