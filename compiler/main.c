@@ -25,6 +25,7 @@
 #include "registry.h"
 #include "safetensors.h"
 #include "spec.h"
+#include "tokenizer.h"
 #include "util.h"
 
 #define KILN_VERSION "0.1.0"
@@ -40,7 +41,7 @@ typedef struct opts {
     const char *dump_after;
     int help;
     /* ref */
-    const char *ids, *types, *dump, *dump_nodes;
+    const char *ids, *types, *dump, *dump_nodes, *prompt;
     int max_new;
     /* compile */
     const char *out, *sm, *dtype;
@@ -97,6 +98,8 @@ static int parse_opts(int argc, char **argv, opts *o, int allow_dump)
                 o->max_tokens = (int)v;
         } else if (allow_dump == 2 && TAKE("--ids"))
             o->ids = val;
+        else if (allow_dump == 2 && TAKE("--prompt"))
+            o->prompt = val;
         else if (allow_dump == 2 && TAKE("--token-types"))
             o->types = val;
         else if (allow_dump == 2 && TAKE("--dump"))
@@ -376,14 +379,17 @@ static int cmd_ref(int argc, char **argv)
     opts o;
     if (parse_opts(argc, argv, &o, 2))
         return 2;
-    if (o.help || !o.model || !o.ids) {
+    if (o.help || !o.model || (!o.ids == !o.prompt)) {
         fprintf(o.help ? stdout : stderr,
-                "usage: kilnc ref MODEL_DIR --ids 1,2,3 [--max-new N] [--dump FILE] [options]\n\n"
+                "usage: kilnc ref MODEL_DIR (--ids 1,2,3 | --prompt TEXT) [--max-new N] [--dump "
+                "FILE] [options]\n\n"
                 "Runs the model on the CPU in fp32, straight from the checkpoint: the prompt in one\n"
                 "forward (prefill), then N greedy tokens one at a time with a KV cache (exactly N:\n"
                 "end-of-sequence does not stop it). Prints the generated ids. For embedding models,\n"
                 "prints the pooled vector.\n\n"
                 "  --ids LIST          prompt token ids, comma separated\n"
+                "  --prompt TEXT       the prompt as text, encoded with MODEL_DIR/tokenizer.json\n"
+                "                      (the output is decoded too)\n"
                 "  --token-types LIST  token type ids (BERT-style models; default all 0)\n"
                 "  --max-new N         tokens to generate (default 16)\n"
                 "  --dump FILE         write a safetensors file: logits F32 [prompt_len, vocab] and\n"
@@ -396,9 +402,33 @@ static int cmd_ref(int argc, char **argv)
         return o.help ? 0 : 2;
     }
     int64_t *ids = NULL, *types = NULL;
-    int n = parse_ids("--ids", o.ids, &ids);
-    if (n < 0)
+    int n;
+    tokenizer *tok = NULL;
+    if (o.prompt) {
+        kerr te;
+        kerr_clear(&te);
+        tok = tok_load(o.model, &te);
+        int32_t *t32 = NULL;
+        size_t nt = 0;
+        if (!tok || tok_encode(tok, o.prompt, strlen(o.prompt), 1, &t32, &nt, &te)) {
+            fprintf(stderr, "kilnc: error: %s\n", kerr_msg(&te));
+            tok_free(tok);
+            return 1;
+        }
+        n = (int)nt;
+        ids = xmalloc(sizeof(int64_t) * (nt ? nt : 1));
+        for (size_t i = 0; i < nt; i++)
+            ids[i] = t32[i];
+        free(t32);
+        if (n == 0) {
+            fprintf(stderr, "kilnc: error: the prompt encodes to no tokens\n");
+            tok_free(tok);
+            free(ids);
+            return 1;
+        }
+    } else if ((n = parse_ids("--ids", o.ids, &ids)) < 0) {
         return 2;
+    }
     if (o.types) {
         int nt = parse_ids("--token-types", o.types, &types);
         if (nt < 0 || nt != n) {
@@ -490,6 +520,19 @@ static int cmd_ref(int argc, char **argv)
         for (int i = 0; i < o.max_new; i++)
             printf(i ? ",%lld" : "%lld", (long long)gen[i]);
         printf("\n");
+        if (tok) {
+            int32_t *g32 = xmalloc(sizeof(int32_t) * (size_t)(o.max_new ? o.max_new : 1));
+            for (int i = 0; i < o.max_new; i++)
+                g32[i] = (int32_t)gen[i];
+            char *text = NULL;
+            size_t tl;
+            kerr te;
+            kerr_clear(&te);
+            if (tok_decode(tok, g32, (size_t)o.max_new, 1, &text, &tl, &te) == 0)
+                printf("%s%s\n", o.prompt, text);
+            free(text);
+            free(g32);
+        }
         fprintf(stderr, "kilnc ref: prefill %d tokens %.3f s; %d new tokens %.3f s (%.2f tok/s)\n",
                 n, t_prefill, o.max_new, t_dec,
                 o.max_new > 1 && t_dec > 0 ? (o.max_new - 1) / t_dec : 0.0);
@@ -514,6 +557,7 @@ done:
     free(gen);
     ref_free(r);
     kc_free(&c);
+    tok_free(tok);
     free(ids);
     free(types);
     return rc;
@@ -686,7 +730,7 @@ static int cmd_compile(int argc, char **argv)
             l->ninst, l->m.nprefill, l->m.ndecode, l->m.nweights);
     /* lowest SM's PTX first, then a cubin per SM */
     const char *targets[9];
-    char ptx_target[24];
+    char ptx_target[160];
     snprintf(ptx_target, sizeof ptx_target, "compute_%s", sms[0] + 3);
     if (ptx_target[strlen(ptx_target) - 1] == 'a')
         ptx_target[strlen(ptx_target) - 1] = 0;
