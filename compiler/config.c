@@ -235,7 +235,13 @@ int config_rope(const config *c, const char *layer_type, const char *theta_field
     char wbuf[160];
     const char *where = "rope_parameters";
     json_t *r = config_get(c, "rope_parameters");
-    if (r && layer_type && json_is_object(r) && json_object_get(r, layer_type)) {
+    /* transformers: `rope_parameters = rope_scaling or rope_parameters` — a non-empty
+     * rope_scaling wins when a file has both */
+    json_t *rs = config_get(c, "rope_scaling");
+    if (rs && json_is_object(rs) && json_object_size(rs) > 0) {
+        r = rs;
+        where = "rope_scaling";
+    } else if (r && layer_type && json_is_object(r) && json_object_get(r, layer_type)) {
         r = json_object_get(r, layer_type);
         snprintf(wbuf, sizeof wbuf, "rope_parameters.%s", layer_type);
         where = wbuf;

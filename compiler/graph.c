@@ -678,7 +678,7 @@ int graph_pool(kgraph *g, int x, int mode, int normalize, const char *name, kerr
     return id;
 }
 
-int graph_logits(kgraph *g, int x, int w, const char *name, kerr *err)
+int graph_logits(kgraph *g, int x, int w, int b, const char *name, kerr *err)
 {
     if (need_ids(g, "logits", err, 2, x, w) || need_act(g, "logits", x, "the input", err) ||
         need_const(g, "logits", w, "the head weight", err))
@@ -691,9 +691,12 @@ int graph_logits(kgraph *g, int x, int w, const char *name, kerr *err)
     if (g->output >= 0)
         return fail(err, "logits", "the graph already has an output (%s)",
                     g->nodes[g->output].name);
+    if (b >= 0 && (need_ids(g, "logits", err, 1, b) || need_const(g, "logits", b, "the bias", err) ||
+                   need_shape(g, "logits", b, "the bias", err, 1, wn->shape[0])))
+        return -1;
     int64_t sh[2] = {KG_T, wn->shape[0]};
-    int in[2] = {x, w};
-    int id = add(g, KG_LOGITS, name, 2, sh, 2, in);
+    int in[3] = {x, w, b};
+    int id = add(g, KG_LOGITS, name, 2, sh, b >= 0 ? 3 : 2, in);
     g->output = id;
     return id;
 }
@@ -714,7 +717,8 @@ int graph_verify(const kgraph *g, kerr *err)
             BAD("verify: %%%d %s: %d inputs", i, n->name, n->n_in);
         for (int k = 0; k < n->n_in && k < KG_MAX_IN; k++) {
             int in = n->in[k];
-            int optional = (n->op == KG_LINEAR && k == 2) || (n->op == KG_LAYER_NORM && k == 2) ||
+            int optional = ((n->op == KG_LINEAR || n->op == KG_LOGITS) && k == 2) ||
+                           (n->op == KG_LAYER_NORM && k == 2) ||
                            (n->op == KG_MOE && k >= KG_MOE_SH_GATE);
             if (in == -1 && optional)
                 continue;

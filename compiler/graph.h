@@ -176,7 +176,8 @@ int graph_scale(kgraph *g, int x, double s, const char *name, kerr *err);
 /* ins: KG_MOE_* order; shared-expert slots -1 when absent. */
 int graph_moe(kgraph *g, const int ins[9], const kg_moe *m, const char *name, kerr *err);
 int graph_pool(kgraph *g, int x, int mode, int normalize, const char *name, kerr *err);
-int graph_logits(kgraph *g, int x, int w, const char *name, kerr *err);
+/* b: the head's bias [V] or -1 */
+int graph_logits(kgraph *g, int x, int w, int b, const char *name, kerr *err);
 
 /* For passes: appends a copy of `proto` (strings duplicated, inputs as given), returning its
  * id. The caller keeps the order topological. */

@@ -361,6 +361,10 @@ static int low_linear(lw *w, int id)
     if (dense_arg(w, n->in[0], &x))
         return -1;
 
+    if (n->op == KG_LOGITS && bias.kind != KA_ARG_NULL)
+        return kerr_add(w->err, "%s: an LM head with a bias is not supported by the GPU code "
+                                "generator yet (the CPU reference runs it)",
+                        n->name);
     if (n->op == KG_LOGITS) { /* float logits; the last row of each sequence unless all */
         ka_arg lg = A(KA_ARG_LOGITS, 0);
         int th = row_threads(K);

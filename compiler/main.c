@@ -20,6 +20,7 @@
 #include "knvrtc.h"
 #include "lower.h"
 #include "pack.h"
+#include "passes/passes.h"
 #include "pipeline.h"
 #include "ref.h"
 #include "registry.h"
@@ -243,7 +244,11 @@ static int cmd_check(int argc, char **argv)
     kerr err;
     kerr_clear(&err);
     kc_opts ko = kopts(&o, 1);
-    int rc = kc_open(&c, o.model, &ko, &err) || kc_run(&c, NULL, NULL, NULL, &err);
+    /* the GPU lowering is reported, not required: the CPU reference runs what it cannot */
+    int rc = kc_open(&c, o.model, &ko, &err) || kc_run(&c, "plan_memory", NULL, NULL, &err);
+    kerr gpu;
+    kerr_clear(&gpu);
+    int gpu_ok = rc == 0 && pass_schedule(&c, &gpu) == 0;
     print_warn(&c, 20);
     if (rc) {
         print_err(&err);
@@ -277,6 +282,11 @@ static int cmd_check(int argc, char **argv)
            c.weights->nfiles, c.weights->nfiles == 1 ? "" : "s", c.n_bound, c.n_unused,
            c.n_ignored ? " (plus ignored by the spec)" : "");
     printf("graph         %d nodes\n", g->n);
+    if (gpu_ok)
+        printf("gpu           %d kernels, %d prefill / %d decode steps (kilnc compile)\n",
+               c.low->ninst, c.low->m.nprefill, c.low->m.ndecode);
+    else
+        printf("gpu           not supported yet, the CPU reference only: %s\n", kerr_msg(&gpu));
     printf("ok\n");
     kc_free(&c);
     return 0;
@@ -396,8 +406,8 @@ static int cmd_ref(int argc, char **argv)
                 "                      tokens I64 [N]; for embedding models last_hidden_state F32\n"
                 "                      [len, hidden] and embedding F32 [hidden]\n"
                 "  --dump-nodes PAT    also dump the prefill value of every node whose name contains\n"
-                "                      PAT (e.g. mlp_residual: each layer's output), named as in\n"
-                "                      'kilnc graph'\n%s",
+                "                      PAT (e.g. mlp_residual: each layer's output; '' for all),\n"
+                "                      named as in 'kilnc graph --dump-after=build'\n%s",
                 common_help);
         return o.help ? 0 : 2;
     }

@@ -342,7 +342,9 @@ static int g_rms_norm(lua_State *L)
     const char *name = opt_name(L, 5);
     if (lua_type(L, 5) == LUA_TTABLE) { /* {offset = 1} for (1 + w) weights */
         lua_getfield(L, 5, "offset");
-        offset = lua_toboolean(L, -1) && lua_tonumber(L, -1) != 0;
+        /* offset = true or offset = 1: scale by (1 + w) */
+        offset = lua_isboolean(L, -1) ? lua_toboolean(L, -1)
+                                      : (lua_isnumber(L, -1) && lua_tonumber(L, -1) != 0);
         lua_pop(L, 1);
         name = opt_name(L, 6);
     }
@@ -604,9 +606,16 @@ static int g_pool(lua_State *L)
 static int g_logits(lua_State *L)
 {
     luaL_checkudata(L, 1, MT_GRAPH);
-    int x = check_tensor(L, 2), w = check_tensor(L, 3);
+    int x = check_tensor(L, 2), w = check_tensor(L, 3), bias = -1;
+    const char *name;
+    if (lua_type(L, 4) == LUA_TSTRING || lua_isnoneornil(L, 4)) {
+        name = opt_name(L, 4);
+    } else { /* g:logits(x, head, bias [, name]) */
+        bias = check_tensor(L, 4);
+        name = opt_name(L, 5);
+    }
     builder *b = begin(L);
-    return push_tensor(L, b, graph_logits(b->g, x, w, opt_name(L, 4), &b->err));
+    return push_tensor(L, b, graph_logits(b->g, x, w, bias, name, &b->err));
 }
 
 static const luaL_Reg graph_methods[] = {

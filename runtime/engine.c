@@ -342,8 +342,9 @@ kmodel *km_load(const char *dir, const km_opts *o, kerr *err)
         goto fail;
     m->m = &m->af->m;
     m->esize = 2;
+    /* everything that can be checked without a GPU is checked first */
     if (check_schedule(m, m->m->prefill, m->m->nprefill, "prefill", err) ||
-        check_schedule(m, m->m->decode, m->m->ndecode, "decode", err))
+        check_schedule(m, m->m->decode, m->m->ndecode, "decode", err) || load_shard(m, dir, err))
         goto fail;
     if (kcuda_load(&m->cu, err))
         goto fail;
@@ -382,7 +383,7 @@ kmodel *km_load(const char *dir, const km_opts *o, kerr *err)
             goto fail;
         }
     }
-    if (load_shard(m, dir, err) || upload_weights(m, err) || alloc_runtime(m, err))
+    if (upload_weights(m, err) || alloc_runtime(m, err))
         goto fail;
     m->gemm = kgemm_new(&m->cu, err);
     if (!m->gemm)

@@ -628,14 +628,17 @@ static void test_rope_parameters_new_style(void **state)
                 "\"rope_theta\": 500000}}",
                 NULL);
     assert_close(p.theta, 500000);
-    /* rope_parameters wins over rope_scaling */
+    /* a non-empty rope_scaling wins over rope_parameters, as transformers 5.17 does
+     * (`rope_parameters = rope_scaling or rope_parameters`; checked with LlamaConfig.from_dict:
+     * linear, factor 2, theta 10000) */
     p = rope_ok("{\"rope_scaling\": {\"type\": \"linear\", \"factor\": 2}, "
                 "\"rope_parameters\": {\"rope_type\": \"llama3\", \"rope_theta\": 500000, "
                 "\"factor\": 32, \"low_freq_factor\": 1, \"high_freq_factor\": 4, "
                 "\"original_max_position_embeddings\": 8192}}",
                 NULL);
-    assert_int_equal(p.type, ROPE_LLAMA3);
-    assert_close(p.factor, 32);
+    assert_int_equal(p.type, ROPE_LINEAR);
+    assert_close(p.factor, 2);
+    assert_close(p.theta, 10000);
     /* no base inside: the top-level rope_theta */
     p = rope_ok("{\"rope_theta\": 20000, \"rope_parameters\": {\"rope_type\": \"linear\", "
                 "\"factor\": 2}}",

@@ -573,7 +573,7 @@ static void test_pool(void **state)
     assert_int_equal(G->nodes[p].pool_normalize, 1);
     EXPECT_ERR(graph_pool(G, x, KG_POOL_CLS, 0, NULL, &E), "pool",
                "the graph already has an output (pooled)");
-    EXPECT_ERR(graph_logits(G, x, W2("head", 5, 8), NULL, &E), "logits",
+    EXPECT_ERR(graph_logits(G, x, W2("head", 5, 8), -1, NULL, &E), "logits",
                "the graph already has an output (pooled)");
 }
 
@@ -582,15 +582,15 @@ static void test_logits(void **state)
     (void)state;
     int x = act("x", 8);
     int head = W2("lm_head.weight", 32, 8);
-    EXPECT_ERR(graph_logits(G, x, W2("wide", 32, 16), NULL, &E), "logits",
+    EXPECT_ERR(graph_logits(G, x, W2("wide", 32, 16), -1, NULL, &E), "logits",
                "input x [T, 8] does not fit head weight 'wide' [32, 16] [vocab, hidden]");
-    EXPECT_ERR(graph_logits(G, x, x, NULL, &E), "logits",
+    EXPECT_ERR(graph_logits(G, x, x, -1, NULL, &E), "logits",
                "the head weight must be a weight (or a view of weights), got activation x");
     assert_int_equal(G->output, -1); /* failures set nothing */
-    int l = ok(graph_logits(G, x, head, "logits", &E));
+    int l = ok(graph_logits(G, x, head, -1, "logits", &E));
     assert_shape(l, "[T, 32]");
     assert_int_equal(G->output, l);
-    EXPECT_ERR(graph_logits(G, x, head, NULL, &E), "logits",
+    EXPECT_ERR(graph_logits(G, x, head, -1, NULL, &E), "logits",
                "the graph already has an output (logits)");
     EXPECT_ERR(graph_pool(G, x, KG_POOL_MEAN, 0, NULL, &E), "pool",
                "the graph already has an output (logits)");
@@ -635,7 +635,7 @@ static void test_many_nodes(void **state)
     }
     assert_true(G->n > 1024);
     int head = W2("head", 4, 8);
-    ok(graph_logits(G, x, head, "logits", &E));
+    ok(graph_logits(G, x, head, -1, "logits", &E));
     assert_int_equal(graph_verify(G, &E), 0);
     /* graph_append of a copy of one of the graph's own nodes, across a growth of the array */
     while (G->n % 256)
@@ -658,7 +658,7 @@ static void build_small(void)
     int h = ok(graph_rms_norm(G, x, W1("norm", 8), 1e-5, 0, "norm", &E));
     int y = ok(graph_linear(G, h, W2("proj", 8, 8), -1, "proj", &E));
     int r = ok(graph_binary(G, KG_ADD, x, y, "res", &E));
-    ok(graph_logits(G, r, emb, "logits", &E));
+    ok(graph_logits(G, r, emb, -1, "logits", &E));
 }
 
 static void test_verify_ok(void **state)
@@ -804,7 +804,7 @@ static void test_print_golden(void **state)
     graph_scope(G, NULL);
     graph_set_loc(G, "/specs/tiny.lua", 12);
     int ln = ok(graph_layer_norm(G, res, W1("norm.weight", 4), -1, 1e-6, "final_norm", &E));
-    ok(graph_logits(G, ln, emb, "logits", &E));
+    ok(graph_logits(G, ln, emb, -1, "logits", &E));
     assert_int_equal(graph_verify(G, &E), 0);
 
     char *text = print_graph();
