@@ -91,11 +91,16 @@ $(COMPILER_TESTS:%=$(B)/tests/test_%): $(B)/tests/test_%: $(B)/obj/tests/test_%.
 
 # Runs every unit test from the repository root (fixtures are found by relative path). The
 # CLI tests find the binaries through KILNC / KILN.
-check: all $(TEST_BINS)
+# Without a GPU, kiln-ktest compiles every kernel test case for sm_80 and sm_90a (plain build only:
+# NVRTC is not sanitised).
+check: all $(TEST_BINS) $(if $(filter 0,$(SAN)),$(B)/bin/kiln-ktest)
 	@fail=0; for t in $(TEST_BINS); do \
 	  echo "== $$t"; \
 	  KILNC=$(B)/bin/kilnc KILN=$(B)/bin/kiln $$t || fail=1; \
 	done; \
+	if [ "$(SAN)" = 0 ]; then echo "== kernel templates (kiln-ktest --compile-only)"; \
+	  KILN_ROOT=. $(B)/bin/kiln-ktest --compile-only > $(B)/ktest-compile.log 2>&1 || \
+	  { cat $(B)/ktest-compile.log; fail=1; }; tail -1 $(B)/ktest-compile.log; fi; \
 	if [ $$fail = 0 ]; then echo "== all tests passed ($(B))"; else echo "== TESTS FAILED ($(B))"; exit 1; fi
 
 test: deps

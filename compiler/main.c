@@ -333,8 +333,10 @@ static int cmd_graph(int argc, char **argv)
         upto = o.dump_after = "build";
     }
     if (rc == 0) {
-        const char *dump = o.dump_after ? o.dump_after : kc_pass_name(kc_npasses() - 1);
-        rc = kc_run(&c, upto, dump, stdout, &err);
+        /* by default the graph after the last pass that rewrites it; the schedule is shown
+         * only when asked for (--dump-after=schedule) */
+        const char *dump = o.dump_after ? o.dump_after : "plan_memory";
+        rc = kc_run(&c, upto ? upto : dump, dump, stdout, &err);
     }
     print_warn(&c, 20);
     if (rc) {

@@ -167,9 +167,9 @@ const spec_info *registry_resolve(const registry *r, const config *cfg, kerr *er
         }
     kerr_add(err,
              "%s: architecture '%s' has no archspec.\n"
-             "  known architectures: %s\n"
-             "  to add it: write a spec (a short Lua file; see %s/README.md), then pass\n"
-             "  --spec FILE, or put it in a folder given by --spec-path DIR or KILN_SPEC_PATH",
+             "known architectures: %s\n"
+             "to add it: write a spec (a short Lua file; see %s/README.md), then pass\n"
+             "--spec FILE, or put it in a folder given by --spec-path DIR or KILN_SPEC_PATH",
              cfg->path, arch, len ? known : "(none)", r->lib_dir);
     for (int i = 0; i < r->nbroken; i++)
         kerr_add(err, "  note: this spec failed to load and may be the one you meant:\n  %s",
