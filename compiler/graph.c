@@ -305,7 +305,8 @@ int graph_reshape(kgraph *g, int x, int ndim, const int64_t *shape, const char *
         if (shape[i] <= 0)
             return fail(err, "reshape", "dimension %d is %lld; expected a positive size", i,
                         (long long)shape[i]);
-        numel *= shape[i];
+        if (__builtin_mul_overflow(numel, shape[i], &numel))
+            return fail(err, "reshape", "the new shape's element count overflows");
     }
     int64_t have = act ? row_numel(n) : (int64_t)graph_numel_const(n);
     if (numel != have) {
@@ -333,7 +334,7 @@ int graph_slice(kgraph *g, int x, int dim, int64_t start, int64_t len, const cha
     if (n->shape[dd] == KG_T)
         return fail(err, "slice", "cannot slice the token dimension T of %s",
                     desc(g, x, d, sizeof d));
-    if (start < 0 || len <= 0 || start + len > n->shape[dd])
+    if (start < 0 || len <= 0 || start > n->shape[dd] || len > n->shape[dd] - start)
         return fail(err, "slice", "range [%lld, %lld) is outside dimension %d (size %lld) of %s",
                     (long long)start, (long long)(start + len), dd, (long long)n->shape[dd],
                     desc(g, x, d, sizeof d));
@@ -373,7 +374,8 @@ int graph_concat(kgraph *g, const int *xs, int n, int dim, const char *name, ker
         if (!ok)
             return fail(err, "concat", "%s does not match %s outside dimension %d",
                         desc(g, xs[i], d, sizeof d), desc(g, xs[0], e, sizeof e), dd);
-        sh[dd] += o->shape[dd];
+        if (__builtin_add_overflow(sh[dd], o->shape[dd], &sh[dd]))
+            return fail(err, "concat", "the concatenated size overflows");
     }
     int id = add(g, KG_CONCAT, name, f->ndim, sh, n, xs);
     g->nodes[id].dim = dd;
@@ -543,10 +545,10 @@ int graph_attention(kgraph *g, int q, int k, int v, const kg_attn *a, const char
     }
     char dq[200], dk[200], dv[200];
     return fail(err, "attention",
-                "with %d heads, %d kv heads and head_dim %d, expected q [T, %d] and k, v [T, %d]; "
-                "got q %s, k %s, v %s",
-                a->n_heads, a->n_kv_heads, a->head_dim, a->n_heads * a->head_dim,
-                a->n_kv_heads * a->head_dim, desc(g, q, dq, sizeof dq), desc(g, k, dk, sizeof dk),
+                "with %d heads, %d kv heads and head_dim %d, expected q [T, %lld] and k, v [T, "
+                "%lld]; got q %s, k %s, v %s",
+                a->n_heads, a->n_kv_heads, a->head_dim, (long long)a->n_heads * a->head_dim,
+                (long long)a->n_kv_heads * a->head_dim, desc(g, q, dq, sizeof dq), desc(g, k, dk, sizeof dk),
                 desc(g, v, dv, sizeof dv));
 }
 

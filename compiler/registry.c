@@ -161,6 +161,8 @@ const spec_info *registry_resolve(const registry *r, const config *cfg, kerr *er
     for (int i = 0; i < r->n; i++)
         for (int k = 0; k < r->specs[i].n_archs; k++) {
             const char *a = r->specs[i].archs[k];
+            if (registry_find(r, a) != &r->specs[i])
+                continue; /* shadowed: listed once, for the spec that serves it */
             if (len + strlen(a) + 4 >= cap)
                 known = xrealloc(known, cap *= 2);
             len += (size_t)sprintf(known + len, "%s%s", len ? ", " : "", a);

@@ -362,10 +362,19 @@ static int g_layer_norm(lua_State *L)
 }
 
 /* Optional fields of an options table. */
+/* Options become C ints (heads, head_dim, window, top_k ...): out of range is an error, not a
+ * silent truncation. */
+static int64_t in_int_range(lua_State *L, const char *k, int64_t v)
+{
+    if (v < -((int64_t)1 << 30) || v > ((int64_t)1 << 30))
+        luaL_error(L, "option '%s' is %lld, out of range", k, (long long)v);
+    return v;
+}
+
 static int64_t opt_field_int(lua_State *L, int t, const char *k, int64_t def)
 {
     lua_getfield(L, t, k);
-    int64_t v = lua_isnil(L, -1) ? def : check_int(L, -1, k);
+    int64_t v = lua_isnil(L, -1) ? def : in_int_range(L, k, check_int(L, -1, k));
     lua_pop(L, 1);
     return v;
 }
@@ -396,7 +405,7 @@ static int64_t req_field_int(lua_State *L, int t, const char *k, const char *op)
     lua_getfield(L, t, k);
     if (lua_isnil(L, -1))
         luaL_error(L, "%s: option '%s' is required", op, k);
-    int64_t v = check_int(L, -1, k);
+    int64_t v = in_int_range(L, k, check_int(L, -1, k));
     lua_pop(L, 1);
     return v;
 }
@@ -832,10 +841,22 @@ static int msgh(lua_State *L)
     const char *msg = lua_tostring(L, 1);
     if (!msg)
         msg = luaL_typename(L, 1);
+    /* Errors raised by luaL_check* ("bad argument #2 to 'linear' ...") carry no location:
+     * give them the spec line, as every other error has. */
+    char where[600] = "";
+    if (!strstr(msg, ".lua:")) {
+        char file[512];
+        int line;
+        spec_where(L, file, sizeof file, &line);
+        size_t fl = strlen(file);
+        if (file[0] && !(fl >= 8 && strcmp(file + fl - 8, "kiln.lua") == 0))
+            snprintf(where, sizeof where, "%s:%d: ", file, line);
+    }
     luaL_traceback(L, L, NULL, 1);
     const char *tb = lua_tostring(L, -1);
     luaL_Buffer b;
     luaL_buffinit(L, &b);
+    luaL_addstring(&b, where);
     luaL_addstring(&b, msg);
     /* keep only "\n\tfile.lua:N: in ..." lines */
     for (const char *p = tb; p && *p;) {

@@ -815,6 +815,23 @@ static void test_llama_many_layers(void **state)
     graph_free(g);
 }
 
+/* luaL_check* errors ("bad argument #2 to 'linear'") get the spec line too */
+static void test_bad_argument_located(void **state)
+{
+    (void)state;
+    char *text, *path;
+    const char *m = build_fails("    local x = g:embed(g:weight(\"e\", {64, 16}), g:input(\"ids\"))\n"
+                                "    local y = g:linear(x, \"not a tensor\")\n"
+                                "    return y\n",
+                                TOY_CONFIG, &text, &path);
+    char *want = xasprintf("%s:%d: ", path, line_of(text, "not a tensor"));
+    assert_starts_with(m, want);
+    assert_non_null(strstr(m, "bad argument #2 to 'linear'"));
+    free(want);
+    free(text);
+    free(path);
+}
+
 static void test_llama_missing_field(void **state)
 {
     (void)state;
@@ -856,6 +873,7 @@ int main(void)
         T(test_failing_op),
         T(test_failing_op_through_wrappers),
         T(test_bad_argument),
+        T(test_bad_argument_located),
         T(test_missing_config_field),
         T(test_config_defaults_and_rope),
         T(test_bad_declarations_raw),
