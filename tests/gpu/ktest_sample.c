@@ -9,7 +9,9 @@
  *  - distribution: many draws (different steps and sequence indices) of a fixed row, compared
  *    with the expected probabilities after top-k / top-p by a chi-square bound, and draw by draw
  *    with the CPU replica (they differ only where __expf and expf round a weight differently
- *    right at an interval boundary: allowed for 0.1% of the draws).
+ *    right at an interval boundary: allowed for 0.1% of the draws) — each case through both
+ *    paths of the kernel, the shared-memory shortcut and the full-row search (PREFILTER = 0);
+ *  - the shortcut and the full-row path draw the same token, bit for bit, on model-like rows.
  *
  * The replica follows sample.cuh: weights w = round(exp((l - m) / T) * 2^31), the k-th largest
  * logit as top-k threshold (ties kept), the top-p threshold as the largest logit whose tokens
@@ -175,7 +177,8 @@ static int draw_ref(const kiln_sample *p, const plan *P, const uint32_t *w, u64 
 
 /* ---- running the kernel ------------------------------------------------------------------ */
 
-static CUfunction sampler(kt *t, const char *name, int V, int threads, int *skip)
+/* prefilter 1: the default sample<V, THREADS> (with the shortcut); 0: the full-row path only */
+static CUfunction sampler(kt *t, const char *name, int V, int threads, int prefilter, int *skip)
 {
     char src[768];
     snprintf(src, sizeof src,
@@ -183,8 +186,8 @@ static CUfunction sampler(kt *t, const char *name, int V, int threads, int *skip
              "extern \"C\" __global__ void __launch_bounds__(%d) k(const kiln_step st, "
              "const float *logits, const kiln_sample *params, int *out_ids, "
              "unsigned long long step)\n"
-             "{ kiln::sample<%d, %d>(st, logits, params, out_ids, step); }\n",
-             threads, V, threads);
+             "{ kiln::sample<%d, %d%s>(st, logits, params, out_ids, step); }\n",
+             threads, V, threads, prefilter ? "" : ", 0");
     CUmodule m = kt_module(t, name, src);
     *skip = !t->compile_only && !m;
     return kt_func(t, m, "k");
@@ -272,7 +275,7 @@ static void t_greedy(kt *t, int V, int threads)
     if (!kt_want(t, name))
         return;
     int skip;
-    CUfunction f = sampler(t, name, V, threads, &skip);
+    CUfunction f = sampler(t, name, V, threads, 1, &skip);
     if (skip)
         return;
     enum { N = 6 };
@@ -311,7 +314,7 @@ static void t_forced(kt *t, int V, int threads)
     if (!kt_want(t, name))
         return;
     int skip;
-    CUfunction f = sampler(t, name, V, threads, &skip);
+    CUfunction f = sampler(t, name, V, threads, 1, &skip);
     if (skip)
         return;
     enum { N = 12 };
@@ -349,7 +352,7 @@ static void t_reproducible(kt *t, int V, int threads)
     if (!kt_want(t, name))
         return;
     int skip;
-    CUfunction f = sampler(t, name, V, threads, &skip);
+    CUfunction f = sampler(t, name, V, threads, 1, &skip);
     if (skip)
         return;
     enum { N = 16 };
@@ -398,20 +401,102 @@ static void t_reproducible(kt *t, int V, int threads)
     free(l);
 }
 
+/* Whether sample.cuh's shortcut applies to a row (the kernel's rule, with expf for __expf: an
+ * estimate for reporting, exact except right at a cut). */
+static int shortcut_applies(const float *l, int V, const kiln_sample *p)
+{
+    static const float cuts[8] = {-2.f, -4.f, -6.f, -8.f, -10.f, -13.f, -16.f, -22.5f};
+    plan P = make_plan(l, V, p);
+    int use_k = p->top_k > 0 && p->top_k < V, use_p = p->top_p < 1.f;
+    if (P.greedy || (!use_k && !use_p))
+        return 0;
+    u64 cnt[8] = {0}, mass[8] = {0}, all = 0;
+    for (int i = 0; i < V; i++) {
+        float y = (clean(l[i]) - P.m) * P.inv_t;
+        uint32_t w = (uint32_t)lrintf(expf(y) * 2147483648.0f);
+        all += w;
+        for (int j = 0; j < 8; j++)
+            if (y >= cuts[j]) {
+                cnt[j]++;
+                mass[j] += w;
+            }
+    }
+    u64 target = (u64)ceil((double)fmaxf(p->top_p, 0.f) * (double)all);
+    target = target < 1 ? 1 : target > all ? all : target;
+    for (int j = 0; j < 8; j++)
+        if (use_k ? cnt[j] >= (u64)p->top_k || j == 7 : mass[j] >= target)
+            return cnt[j] <= 3072;
+    return 0;
+}
+
+/* The shortcut and the full-row path draw the same token, bit for bit, on rows shaped like a
+ * trained model's (a few hundred likely tokens over a flat tail). */
+static void t_paths(kt *t, int V, int threads)
+{
+    char name[160];
+    snprintf(name, sizeof name, "sample/shortcut == full-row V=%d THREADS=%d", V, threads);
+    if (!kt_want(t, name))
+        return;
+    int skip1, skip0;
+    CUfunction f1 = sampler(t, name, V, threads, 1, &skip1);
+    CUfunction f0 = sampler(t, name, V, threads, 0, &skip0);
+    if (skip1 || skip0)
+        return;
+    enum { N = 60 };
+    static const float temps[] = {0.7f, 1.0f, 1.3f};
+    static const int ks[] = {0, 1, 5, 50, 200, 4000};
+    static const float tops[] = {1.0f, 0.5f, 0.9f, 0.99f, 0.95f};
+    float *l = xmalloc(sizeof(float) * (size_t)N * V);
+    kt_fill(t, l, (size_t)N * V, 2.0f);
+    kiln_sample p[N];
+    int through = 0;
+    for (int s = 0; s < N; s++) {
+        float *r = l + (size_t)s * V;
+        for (int j = 0; j < 300; j++)
+            r[rand_int(t, V)] += 14.f + 6.f * kt_randf(t);
+        if (s % 10 == 9) /* 12 tokens so far above the rest that nothing else weighs anything */
+            for (int j = 0; j < 12; j++)
+                r[rand_int(t, V)] = 60.f + 8.f * kt_randf(t);
+        p[s] = sp(temps[s % 3], ks[s % 6], tops[s % 5], 31 + (u64)s);
+        through += shortcut_applies(r, V, &p[s]);
+    }
+    int a[N], b[N];
+    batch bt;
+    batch_open(t, &bt, l, p, N, V, threads);
+    int bad = 0;
+    for (u64 step = 0; step < 3; step++) {
+        batch_run(t, &bt, f1, name, step, a);
+        batch_run(t, &bt, f0, name, step, b);
+        for (int s = 0; s < N; s++)
+            bad += a[s] != b[s];
+    }
+    batch_close(t, &bt);
+    char detail[200];
+    snprintf(detail, sizeof detail, "%d of %d draws differ; %d of %d rows take the shortcut", bad,
+             3 * N, through, N);
+    kt_result(t, name, t->compile_only || bad == 0, detail);
+    if (through < N / 2) {
+        char n2[200];
+        snprintf(n2, sizeof n2, "%s setup", name);
+        kt_result(t, n2, 0, detail);
+    }
+    free(l);
+}
+
 /* Distribution of many draws of one row (the same row for n sequences, `launches` steps):
  * chi-square against the kept set's probabilities w_i / W, every draw inside the set, and draw
  * by draw agreement with the CPU replica. want_kept: the size of the kept set the case was
  * designed for (a check of the test itself). */
-static void t_distribution(kt *t, const char *label, int V, int threads, const float *row,
-                           kiln_sample p, int want_kept, int n, int launches)
+static void t_distribution1(kt *t, const char *label, int V, int threads, const float *row,
+                            kiln_sample p, int want_kept, int n, int launches, int prefilter)
 {
     char name[200];
-    snprintf(name, sizeof name, "sample/distribution V=%d %s T=%.2g k=%d p=%.4g", V, label,
-             p.temperature, p.top_k, p.top_p);
+    snprintf(name, sizeof name, "sample/distribution V=%d %s T=%.2g k=%d p=%.4g%s", V, label,
+             p.temperature, p.top_k, p.top_p, prefilter ? "" : " full-row");
     if (!kt_want(t, name))
         return;
     int skip;
-    CUfunction f = sampler(t, name, V, threads, &skip);
+    CUfunction f = sampler(t, name, V, threads, prefilter, &skip);
     if (skip)
         return;
     float *l = xmalloc(sizeof(float) * (size_t)n * V);
@@ -424,9 +509,10 @@ static void t_distribution(kt *t, const char *label, int V, int threads, const f
     uint32_t *w = xmalloc(sizeof(uint32_t) * (size_t)V);
     u64 Wi = kept_weights(row, V, &P, w);
     double W = (double)Wi;
-    int nk = 0;
+    int nk = 0; /* the support: kept tokens of positive weight (a kept token of weight 0 is
+                 * never drawn) */
     for (int i = 0; i < V; i++)
-        nk += kept(&P, row, i);
+        nk += w[i] > 0;
     u64 *count = xcalloc((size_t)V, sizeof(u64));
     int *ids = xmalloc(sizeof(int) * (size_t)n);
     long outside = 0, disagree = 0, total = (long)n * launches;
@@ -436,7 +522,7 @@ static void t_distribution(kt *t, const char *label, int V, int threads, const f
         batch_run(t, &b, f, name, (u64)(1000 + k), ids);
         for (int s = 0; s < n; s++) {
             int id = ids[s];
-            if (id < 0 || id >= V || !kept(&P, row, id)) {
+            if (id < 0 || id >= V || w[id] == 0) {
                 outside++;
                 continue;
             }
@@ -449,7 +535,7 @@ static void t_distribution(kt *t, const char *label, int V, int threads, const f
     int worst = -1;
     double worst_c = -1;
     for (int i = 0; i < V; i++) {
-        if (!kept(&P, row, i))
+        if (w[i] == 0)
             continue;
         double e = (double)total * w[i] / W;
         double c = e > 0 ? ((double)count[i] - e) * ((double)count[i] - e) / e : 0;
@@ -492,6 +578,14 @@ static int cmp_double_desc(const void *a, const void *b)
     return x < y ? 1 : x > y ? -1 : 0;
 }
 
+/* Both paths of the kernel (with the shortcut, and full-row only) on the same case. */
+static void t_distribution(kt *t, const char *label, int V, int threads, const float *row,
+                           kiln_sample p, int want_kept, int n, int launches)
+{
+    t_distribution1(t, label, V, threads, row, p, want_kept, n, launches, 1);
+    t_distribution1(t, label, V, threads, row, p, want_kept, n, launches, 0);
+}
+
 /* top_p halfway between the cumulative probabilities of the `keep` - 1 and the `keep` most
  * likely tokens (after top-k): the nucleus is `keep` tokens with a wide margin. */
 static float top_p_for(const float *row, int V, float temperature, int top_k, int keep)
@@ -527,6 +621,8 @@ void ktest_sample(kt *t)
     t_forced(t, 128256, 1024);
     t_reproducible(t, 32000, 256);
     t_reproducible(t, 151936, 1024);
+    t_paths(t, 32000, 256);
+    t_paths(t, 151936, 1024);
 
     /* distributions of a fixed row of 8 (shuffled, not sorted) */
     static const float L8[8] = {0.3f, 2.0f, -1.0f, 1.2f, 0.9f, -0.4f, 1.7f, 0.1f};
@@ -550,5 +646,13 @@ void ktest_sample(kt *t)
     t_distribution(t, "top-k 3", VB, 512, big, sp(1.0f, 3, 1.0f, 4242), 3, 64, 32);
     t_distribution(t, "top-p 4", VB, 512, big, sp(1.0f, 0, top_p_for(big, VB, 1.0f, 0, 4), 4243),
                    4, 64, 32);
+    /* five tokens so far above the rest that no other token has any weight, and k = 100: the
+     * top-k set holds 95 tokens that can never be drawn */
+    for (int i = 0; i < VB; i++)
+        big[i] = 2.0f * kt_randf(t);
+    static const float far[5] = {64.f, 63.5f, 63.f, 62.f, 61.f};
+    for (int j = 0; j < 5; j++)
+        big[(j * 9973 + 7) % VB] = far[j];
+    t_distribution(t, "5 far above", VB, 1024, big, sp(1.0f, 100, 1.0f, 4244), 5, 64, 32);
     free(big);
 }
