@@ -828,10 +828,10 @@ int lower(kc *c, lowered *out, kerr *err)
             scratch_max = w.scratch;
     }
     if (!m->output_pool) {
-        int k = kern(&w, "sample", 256, 0,
+        int k = kern(&w, "sample", 1024, 0,
                      "const kiln_step st, const float *logits, const kiln_sample *params, "
                      "int *out_ids, unsigned long long step",
-                     "kiln::sample<%d, 256>(st, logits, params, out_ids, step)", m->vocab);
+                     "kiln::sample<%d, 1024>(st, logits, params, out_ids, step)", m->vocab);
         m->sample_kernel = k;
         m->hidden = (int)c->g->nodes[c->g->nodes[c->g->output].in[0]].shape[1];
     }
