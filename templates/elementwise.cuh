@@ -38,8 +38,8 @@ struct row_chunks {
 };
 
 // Loads this thread's chunks of row `off` of x into v; with RESIDUAL, v = round_DT(x + res)
-// and that rounded sum is stored to res_out (HF adds the residual in the storage dtype, and the
-// norm reads that rounded value). Chunks past the row end are zero.
+// and that rounded sum is stored to res_out unless it is null (HF adds the residual in the
+// storage dtype, and the norm reads that rounded value). Chunks past the row end are zero.
 template <typename DT, int H, int THREADS, int RESIDUAL>
 __device__ __forceinline__ void load_row_residual(const DT *x, const DT *res, DT *res_out,
                                                   long long off,
@@ -60,7 +60,8 @@ __device__ __forceinline__ void load_row_residual(const DT *x, const DT *res, DT
 #pragma unroll
                 for (int i = 0; i < 8; i++)
                     v[k][i] = to_f(from_f<DT>(v[k][i] + r[i]));
-                store8(res_out + off + c * 8, v[k]); // exact: v is already representable
+                if (res_out) // null when nothing else reads the sum (e.g. before the final norm)
+                    store8(res_out + off + c * 8, v[k]); // exact: v is already representable
             }
         }
     }

@@ -11,7 +11,8 @@
 # Exit status 1 if anything failed.
 set -u
 cd "$(dirname "$0")/../.."
-LOG=${OUT:-out/gpu-logs}
+LOG=/tmp/kiln-gpu-logs
+rm -rf $LOG
 mkdir -p "$LOG"
 BIN=out/bin
 ART=/tmp/kiln-art
@@ -92,4 +93,9 @@ echo
 echo "== summary ($CARD)"
 cat "$SUMMARY"
 [ $fail = 0 ] && echo "== ALL PASSED" || echo "== FAILURES (logs in $LOG)"
+# the device tool brings back at most 8 files: one archive of every log, and the summary
+if [ -n "${OUT:-}" ]; then
+  tar czf "$OUT/gpu-logs.tgz" -C /tmp kiln-gpu-logs
+  cp "$SUMMARY" "$OUT/summary.txt"
+fi
 exit $fail
