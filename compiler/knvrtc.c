@@ -1,6 +1,7 @@
 /* knvrtc — see knvrtc.h. */
 #include "knvrtc.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <nvrtc.h>
 #include <stdio.h>
@@ -37,6 +38,46 @@ static char *cache_dir(void)
         return xasprintf("%s/kiln", x);
     const char *h = getenv("HOME");
     return h && *h ? xasprintf("%s/.cache/kiln", h) : NULL;
+}
+
+static int cmp_names(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The headers a unit can include live in the include folders; their contents are part of the
+ * cache key, so editing a template recompiles what uses it. */
+static uint64_t hash_dir(const char *dir, uint64_t h)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return h;
+    char **names = NULL;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.') {
+            names = xrealloc(names, sizeof(char *) * (size_t)(n + 1));
+            names[n++] = xstrdup(e->d_name);
+        }
+    closedir(d);
+    qsort(names, (size_t)n, sizeof(char *), cmp_names);
+    for (int i = 0; i < n; i++) {
+        char *p = util_path_join(dir, names[i]);
+        size_t len;
+        kerr quiet;
+        kerr_clear(&quiet);
+        char *data = util_is_file(p) ? util_read_file(p, &len, &quiet) : NULL;
+        if (data) {
+            h = util_fnv1a(names[i], strlen(names[i]) + 1, h);
+            h = util_fnv1a(data, len, h);
+        }
+        free(data);
+        free(p);
+        free(names[i]);
+    }
+    free(names);
+    return h;
 }
 
 void nvrtc_result_free(nvrtc_result *r)
@@ -83,6 +124,8 @@ int nvrtc_compile(const char *src, const char *name, const char *target,
         h = util_fnv1a(opts[i], strlen(opts[i]) + 1, h);
     const char *ver = nvrtc_version_str();
     h = util_fnv1a(ver, strlen(ver), h);
+    for (int i = 0; include_dirs && include_dirs[i]; i++)
+        h = hash_dir(include_dirs[i], h);
     char *dir = cache_dir(), *path = NULL;
     if (dir) {
         path = xasprintf("%s/nvrtc-%016llx.%s", dir, (unsigned long long)h, ptx ? "ptx" : "cubin");

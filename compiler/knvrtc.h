@@ -1,7 +1,7 @@
 /* knvrtc — compiles generated CUDA C++ to cubin (one per SM) and PTX, with a compile cache.
  *
- * The cache key is hash(source, options, target, NVRTC version), so a rebuild with the same
- * inputs is a file read; entries live in $KILN_CACHE, else $XDG_CACHE_HOME/kiln, else
+ * The cache key is hash(source, options, target, NVRTC version, and the contents of every file
+ * in the include folders), so a rebuild with the same inputs is a file read; entries live in $KILN_CACHE, else $XDG_CACHE_HOME/kiln, else
  * ~/.cache/kiln (set KILN_CACHE=off to disable). A compile error returns the full NVRTC log,
  * which names the kernel and the line in the generated source.
  *
