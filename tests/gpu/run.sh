@@ -3,7 +3,9 @@
 #
 #   1. the kernel tests: every template against its CPU reference (kiln-ktest)
 #   2. every fixture compiled (kilnc compile), run (kiln run --dump) and compared with HF's
-#      outputs and the CPU reference (kilnc ref): logits at every prompt position, greedy tokens
+#      outputs and the CPU reference (kilnc ref): logits at every prompt position, greedy tokens;
+#      in bf16 against HF's own bf16 error (hf_bf16.py), and the fp32 fixtures again in fp16
+#      against the absolute bound 2e-2 (compare.py says why both)
 #   3. batching: four prompts of different lengths in one call equal each run alone
 #
 # Binaries come built from the build machine (make; carried as out/bin); CUDA 13 and Python with
@@ -37,10 +39,17 @@ KTEST_PID=$!
 GEN="llama llama_tied_oldstyle llama_linear_oldstyle mistral qwen2 qwen mixtral mixtral4 bloom bloom6
      llama_bf16 mistral_bf16 qwen2_bf16 qwen_bf16 mixtral_bf16 bloom_bf16"
 EMB="bert bert_bf16"
-# compile all in parallel (NVRTC is single-threaded per unit)
-for f in $GEN $EMB; do
-  echo "$BIN/kilnc compile tests/fixtures/$f -o $ART/$f --sm $SM --max-batch 8 > $LOG/compile_$f.log 2>&1 || echo COMPILE_FAIL $f"
-done | xargs -P 12 -I{} bash -c "{}" > "$LOG/compile_failures.txt"
+FP16="llama llama_tied_oldstyle llama_linear_oldstyle mistral qwen2 qwen mixtral mixtral4 bloom bloom6"
+# compile all in parallel (NVRTC is single-threaded per unit), and HF's bf16 baseline meanwhile
+$PY tests/gpu/hf_bf16.py $ART $GEN > $LOG/hf_bf16.log 2>&1 &
+HF_PID=$!
+{ for f in $GEN $EMB; do
+    echo "$BIN/kilnc compile tests/fixtures/$f -o $ART/$f --sm $SM --max-batch 8 > $LOG/compile_$f.log 2>&1 || echo COMPILE_FAIL $f"
+  done
+  for f in $FP16; do
+    echo "$BIN/kilnc compile tests/fixtures/$f -o $ART/${f}_fp16 --dtype fp16 --sm $SM --max-batch 8 > $LOG/compile_${f}_fp16.log 2>&1 || echo COMPILE_FAIL ${f}_fp16"
+  done; } | xargs -P 12 -I{} bash -c "{}" > "$LOG/compile_failures.txt"
+wait $HF_PID
 for f in $GEN; do
   if grep -q "COMPILE_FAIL $f\$" "$LOG/compile_failures.txt"; then
     row "$(printf '%-24s FAIL compile: %s' $f "$(grep -m1 error $LOG/compile_$f.log)")"; fail=1; continue
@@ -50,7 +59,19 @@ for f in $GEN; do
   if ! $BIN/kiln run $ART/$f --ids $ids --max-new 16 --ignore-eos --dump $ART/$f.kiln.st > $LOG/run_$f.log 2>&1; then
     row "$(printf '%-24s FAIL run: %s' $f "$(grep -m1 -i error $LOG/run_$f.log)")"; fail=1; continue
   fi
-  $PY tests/gpu/compare.py gen $f tests/fixtures/$f $ART/$f.kiln.st $ART/$f.ref.st >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
+  base=$ART/$f.hfbf16.st; [ -f $base ] || base=
+  $PY tests/gpu/compare.py gen $f tests/fixtures/$f $ART/$f.kiln.st $ART/$f.ref.st $base >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
+  tail -1 "$SUMMARY"
+done
+for f in $FP16; do
+  if grep -q "COMPILE_FAIL ${f}_fp16\$" "$LOG/compile_failures.txt"; then
+    row "$(printf '%-24s FAIL compile' ${f}_fp16)"; fail=1; continue
+  fi
+  ids=$($PY tests/gpu/compare.py ids tests/fixtures/$f)
+  if ! $BIN/kiln run $ART/${f}_fp16 --ids $ids --max-new 16 --ignore-eos --dump $ART/${f}_fp16.kiln.st > $LOG/run_${f}_fp16.log 2>&1; then
+    row "$(printf '%-24s FAIL run: %s' ${f}_fp16 "$(grep -m1 -i error $LOG/run_${f}_fp16.log)")"; fail=1; continue
+  fi
+  $PY tests/gpu/compare.py gen ${f}_fp16 tests/fixtures/$f $ART/${f}_fp16.kiln.st $ART/$f.ref.st >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
   tail -1 "$SUMMARY"
 done
 for f in $EMB; do
