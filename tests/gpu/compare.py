@@ -11,12 +11,15 @@ has them). Each subcommand prints one summary row and exits 1 when the check fai
 
 Criteria: greedy tokens identical to HF's for the first tokens where HF's top-2 margin is clear
 (margin > 0.1 * std of that row's logits: below, rounding may legitimately flip the argmax, and
-everything after a flip differs), the CPU reference's tokens identical to HF's, and the logits of
-every prompt position within relative L2 2e-2 of HF's fp32 logits — or, when HF's own bf16
-computation of the same model (HFBF16, from hf_bf16.py) is already further off than that, no
-worse than 1.25 times HF-bf16's error (max and median over positions). The fixtures' weights
-are scaled up so that greedy tokens are decisive; that also amplifies rounding, so HF itself in
-bf16 misses 2e-2 on most of them (tests/gpu/RESULTS.md has the numbers).
+everything after a flip differs), and the CPU reference's tokens identical to HF's. Logits, per
+prompt position, relative L2 against HF's fp32 logits:
+  - without a baseline (fp16 runs): every position within 2e-2;
+  - with HFBF16, HF's own bf16 logits of the same model (hf_bf16.py): the median and the 90th
+    percentile over positions within max(2e-2, 1.25 x HF-bf16's). The fixtures' weights are
+    scaled up so that greedy tokens are decisive; that also amplifies rounding, so HF itself in
+    bf16 misses 2e-2 at most positions of most fixtures, and a near-tie (an MoE router gap of
+    0.02) can flip at a single position in either implementation: a per-position maximum would
+    compare two rounding accidents. tests/gpu/RESULTS.md has the numbers.
 """
 import sys
 
@@ -54,20 +57,22 @@ def cmd_gen(name, fix, kiln_dump, ref_dump, hf_bf16=None):
     errs = [rel(kl[i], hf_logits[i]) for i in range(n)]
     worst, med = max(errs), float(np.median(errs))
     worst_ref = max(rel(kl[i], r["logits"][i]) for i in range(n))
-    bound_max = bound_med = LOGIT_TOL
-    base = ""
+    p50, p90 = med, float(np.quantile(errs, 0.9))
     if hf_bf16:
         b = load_file(hf_bf16)["logits"]
         berrs = [rel(b[i], hf_logits[i]) for i in range(n)]
-        bound_max = max(LOGIT_TOL, 1.25 * max(berrs))
-        bound_med = max(LOGIT_TOL, 1.25 * float(np.median(berrs)))
-        base = f"; HF-bf16 max {max(berrs):.2e} med {float(np.median(berrs)):.2e}"
+        b50, b90 = float(np.median(berrs)), float(np.quantile(berrs, 0.9))
+        logits_ok = p50 <= max(LOGIT_TOL, 1.25 * b50) and p90 <= max(LOGIT_TOL, 1.25 * b90)
+        base = f" p90 {p90:.2e}; HF-bf16 p50 {b50:.2e} p90 {b90:.2e} max {max(berrs):.2e}"
+    else:
+        logits_ok = worst <= LOGIT_TOL
+        base = ""
     ref_ok = np.array_equal(r["tokens"], hf_tok)
     clear = clear_prefix(ex)
     same = 0
     while same < min(len(kt), len(hf_tok)) and kt[same] == hf_tok[same]:
         same += 1
-    ok = worst <= bound_max and med <= bound_med and same >= clear and ref_ok
+    ok = logits_ok and same >= clear and ref_ok
     print(f"{name:24s} {'ok' if ok else 'FAIL':4s} logits rel_l2 max {worst:.2e} med {med:.2e}"
           f"{base}; vs ref {worst_ref:.2e}; tokens {same}/{len(hf_tok)} = HF (clear: {clear}); "
           f"ref tokens {'=' if ref_ok else '!='} HF")

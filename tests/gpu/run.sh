@@ -29,7 +29,7 @@ row() { echo "$1" | tee -a "$SUMMARY"; }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$LOG/gpu.txt" 2>&1
 CARD=$(head -1 "$LOG/gpu.txt")
-echo "card: $CARD; commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')" | tee -a "$SUMMARY"
+echo "card: $CARD; commit ${KILN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo "?")}" | tee -a "$SUMMARY"
 
 # 1. kernels, in the background (mostly NVRTC time) while the fixtures compile and run
 $BIN/kiln-ktest > "$LOG/ktest.log" 2>&1 &
