@@ -229,16 +229,17 @@ int cmd_run(int argc, char **argv)
             char *text;
             size_t len;
             if (tok_decode(tok, seqs[i].out, (size_t)seqs[i].n_out, 1, &text, &len, &err) == 0) {
-                printf("%s%s\n", np > 1 ? "    " : "", text);
+                /* a text prompt is printed with its continuation */
+                printf("%s%s%s\n", np > 1 ? "    " : "", is_text[i] ? prompts[i] : "", text);
                 free(text);
             }
         }
     }
     fprintf(stderr,
-            "kiln: load %.2f s, prefill %d tokens %.3f s, time to first token %.3f s, decode %d "
-            "tokens %.3f s (%.1f tok/s)\n",
-            st.load_s, st.prefill_tokens, st.prefill_s, st.ttft_s, st.decode_tokens, st.decode_s,
-            st.decode_s > 0 ? st.decode_tokens / st.decode_s : 0.0);
+            "kiln: load %.2f s, prefill %d tokens %.2f ms, time to first token %.2f ms, decode %d "
+            "tokens %.2f ms (%.1f tok/s)\n",
+            st.load_s, st.prefill_tokens, st.prefill_s * 1e3, st.ttft_s * 1e3, st.decode_tokens,
+            st.decode_s * 1e3, st.decode_s > 0 ? st.decode_tokens / st.decode_s : 0.0);
     if (dump) {
         dw = st_writer_new();
         st_writer_meta(dw, "producer", "kiln run");
