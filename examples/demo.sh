@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# examples/demo.sh — what `make demo` runs after building: compile the example model
+# (examples/tinyfortune, a small Llama trained on Debian's fortune cookies) and generate text.
+#
+#   1. out/bin/kilnc compile examples/tinyfortune -o out/demo   (no GPU needed; skipped when
+#      out/demo is newer than the model and kilnc)
+#   2. on a machine with an NVIDIA GPU: out/bin/kiln run out/demo --prompt TEXT
+#      elsewhere:                        out/bin/kilnc ref examples/tinyfortune (fp32, CPU)
+#   3. prints which one ran, the prompt, the generated text and the speed.
+#
+# Environment: DEMO_PROMPT (default "A fool and"), DEMO_MAX_NEW (default 40 tokens),
+# DEMO_DEVICE=cpu to use the CPU reference even where a GPU exists, KILNC/KILN (the binaries),
+# DEMO_MODEL/DEMO_OUT (model folder, compile output). Generation is greedy and stops at the end
+# of the fortune (<|endoftext|>), on both paths.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MODEL=${DEMO_MODEL:-examples/tinyfortune}
+OUT=${DEMO_OUT:-out/demo}
+PROMPT=${DEMO_PROMPT:-A fool and}
+MAX_NEW=${DEMO_MAX_NEW:-40}
+KILNC=${KILNC:-out/bin/kilnc}
+KILN=${KILN:-out/bin/kiln}
+LOG=$OUT.log
+mkdir -p "$(dirname "$OUT")"
+
+die() { echo "demo: $*" >&2; exit 1; }
+now() { date +%s.%N; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
+# One JSON string (kiln tokenize's output) to raw text. jansson escapes only '"', '\' and
+# control characters, so this is all of it.
+unjson() {
+  awk 'function hex(h,   i, v) { v = 0; for (i = 1; i <= 4; i++) v = v * 16 + index("0123456789abcdef", tolower(substr(h, i, 1))) - 1; return v }
+  { s = substr($0, 2, length($0) - 2); out = ""; n = length(s)
+    for (i = 1; i <= n; i++) {
+      c = substr(s, i, 1)
+      if (c != "\\") { out = out c; continue }
+      c = substr(s, ++i, 1)
+      if (c == "n") out = out "\n"; else if (c == "t") out = out "\t"; else if (c == "r") out = out "\r"
+      else if (c == "b") out = out "\b"; else if (c == "f") out = out "\f"
+      else if (c == "u") { v = hex(substr(s, i + 1, 4)); i += 4; if (v > 0 && v < 128) out = out sprintf("%c", v); else out = out "?" }
+      else out = out c
+    }
+    printf "%s", out }'
+}
+# Text to one JSON string line.
+json() {
+  printf '%s' "$1" | awk 'BEGIN { ORS = "" } { gsub(/\\/, "\\\\"); gsub(/"/, "\\\""); gsub(/\t/, "\\t"); gsub(/\r/, "\\r")
+    line[NR] = $0 } END { printf "\""; for (i = 1; i <= NR; i++) printf "%s%s", (i > 1 ? "\\n" : ""), line[i]; printf "\"\n" }'
+}
+indent() { sed 's/^/           /' | sed '1s/^           //'; }
+
+[ -x "$KILNC" ] && [ -x "$KILN" ] || die "$KILNC and $KILN are not built (run make)"
+[ -f "$MODEL/config.json" ] || die "$MODEL/config.json is missing (see examples/README.md)"
+
+cfg() { sed -n "s/.*\"$1\": *\([0-9][0-9]*\).*/\1/p" "$MODEL/config.json" | head -n 1; }
+size=$(du -h "$MODEL/model.safetensors" | cut -f1)
+echo "== kiln demo: $MODEL, a small Llama trained on Debian's fortune cookies"
+echo "   $(cfg num_hidden_layers) layers, hidden $(cfg hidden_size), vocab $(cfg vocab_size); $size of bf16 weights"
+
+# ---- 1. compile
+stale=0
+[ -f "$OUT/model.kiln" ] || stale=1
+for f in "$MODEL"/*.json "$MODEL"/*.safetensors "$KILNC"; do
+  [ "$f" -nt "$OUT/model.kiln" ] && stale=1
+done
+if [ $stale = 1 ]; then
+  echo "== compile: $KILNC compile $MODEL -o $OUT --max-seq-len 512 --max-batch 8"
+  t0=$(now)
+  rm -rf "$OUT"
+  if ! "$KILNC" compile "$MODEL" -o "$OUT" --max-seq-len 512 --max-batch 8 >"$LOG" 2>&1; then
+    cat "$LOG" >&2
+    rm -rf "$OUT"
+    die "kilnc compile failed"
+  fi
+  echo "   $(tail -n 1 "$LOG" | sed 's/^kilnc: //') [$(secs "$t0" "$(now)") s]"
+else
+  echo "== compile: $OUT is up to date (kilnc compile $MODEL -o $OUT)"
+fi
+
+# ---- 2. generate: on the GPU where one exists, else with the CPU reference
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+device=cpu why=""
+if [ "${DEMO_DEVICE:-}" = cpu ]; then
+  why="DEMO_DEVICE=cpu"
+elif "$KILN" run "$OUT" --prompt "$PROMPT" --max-new "$MAX_NEW" >"$tmp/out" 2>"$tmp/err"; then
+  device=gpu
+elif grep -q "no NVIDIA driver\|no CUDA GPU" "$tmp/err"; then
+  why=$(grep -o "no NVIDIA driver[^(;]*\|no CUDA GPU[^(;]*" "$tmp/err" | head -n 1 | sed 's/ *$//')
+else
+  cat "$tmp/err" >&2
+  die "kiln run failed on this GPU machine (above); DEMO_DEVICE=cpu runs the CPU reference instead"
+fi
+
+if [ $device = gpu ]; then
+  gpu=$(sed -n 's/^kiln: \(.*\)/\1/p' "$tmp/err" | grep -v "load .* s, prefill" | head -n 1)
+  echo "== generate: GPU, $KILN run $OUT --prompt ... --max-new $MAX_NEW"
+  [ -n "$gpu" ] && echo "   $gpu"
+  text=$(tail -n +2 "$tmp/out")
+  n_gen=$(head -n 1 "$tmp/out" | awk -F, 'NF { print NF } !NF { print 0 }')
+  speed=$(grep "tok/s" "$tmp/err" | tail -n 1 | sed 's/^kiln: //')
+else
+  echo "== generate: CPU, $KILNC ref (the fp32 reference interpreter; no GPU here: $why)"
+  ids=$(json "$PROMPT" | "$KILN" tokenize "$MODEL" | tr -d '[]')
+  [ -n "$ids" ] || die "could not tokenize the prompt"
+  "$KILNC" ref "$MODEL" --ids "$ids" --max-new "$MAX_NEW" >"$tmp/out" 2>"$tmp/err" ||
+    { cat "$tmp/err" >&2; die "kilnc ref failed"; }
+  # stop at the end of the fortune, as kiln run does
+  eos=$(sed -n 's/.*"eos_token_id": *\([0-9][0-9]*\).*/\1/p' "$MODEL/generation_config.json" 2>/dev/null | head -n 1)
+  gen=$(tail -n 1 "$tmp/out" | tr ',' '\n' | awk -v e="${eos:--1}" '$1 == e { exit } { print }' | paste -sd, -)
+  n_gen=$(printf '%s' "$gen" | awk -F, 'NF { print NF } !NF { print 0 }')
+  text=$(echo "[$gen]" | "$KILN" tokenize "$MODEL" --decode | unjson)
+  speed=$(grep "tok/s" "$tmp/err" | tail -n 1 | sed 's/^kilnc ref: //')
+  [ "$n_gen" -lt "$MAX_NEW" ] && speed="$speed (kilnc ref does not stop at the end of a fortune)"
+fi
+
+# ---- 3. show
+echo
+echo "prompt:    $PROMPT"
+printf 'generated: %s%s\n' "$PROMPT" "$text" | indent
+echo
+if [ "$n_gen" -lt "$MAX_NEW" ]; then
+  echo "length:    $n_gen tokens, to the end of the fortune (at most $MAX_NEW: DEMO_MAX_NEW)"
+else
+  echo "length:    $n_gen tokens (DEMO_MAX_NEW)"
+fi
+echo "speed:     $speed"
+echo "ran on:    $( [ $device = gpu ] && echo "the GPU, with kiln run" || echo "the CPU, with kilnc ref (fp32 reference)")"
