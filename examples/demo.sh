@@ -98,6 +98,7 @@ if [ $device = gpu ]; then
   echo "== generate: GPU, $KILN run $OUT --prompt ... --max-new $MAX_NEW"
   [ -n "$gpu" ] && echo "   $gpu"
   text=$(tail -n +2 "$tmp/out")
+  text=${text#"$PROMPT"} # kiln run prints a text prompt with its continuation
   n_gen=$(head -n 1 "$tmp/out" | awk -F, 'NF { print NF } !NF { print 0 }')
   speed=$(grep "tok/s" "$tmp/err" | tail -n 1 | sed 's/^kiln: //')
 else
