@@ -86,6 +86,24 @@ for f in $EMB; do
   tail -1 "$SUMMARY"
 done
 
+# the example model (examples/tinyfortune): kiln run's greedy tokens vs HF's and the reference
+EX=examples/tinyfortune
+if $BIN/kilnc compile $EX -o $ART/tinyfortune --sm $SM > $LOG/compile_tinyfortune.log 2>&1; then
+  ids=$($PY tests/gpu/compare.py ids $EX)
+  nnew=$($PY -c "from safetensors.numpy import load_file; print(len(load_file('$EX/expected.safetensors')['tokens']))")
+  $BIN/kilnc ref $EX --ids $ids --max-new $nnew --dump $ART/tinyfortune.ref.st > $LOG/ref_tinyfortune.log 2>&1
+  if $BIN/kiln run $ART/tinyfortune --ids $ids --max-new $nnew --ignore-eos --dump $ART/tinyfortune.kiln.st > $LOG/run_tinyfortune.log 2>&1; then
+    $PY tests/gpu/compare.py gen tinyfortune $EX $ART/tinyfortune.kiln.st $ART/tinyfortune.ref.st >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
+    tail -1 "$SUMMARY"
+    $BIN/kiln run $ART/tinyfortune --prompt "A fool and" --max-new 40 > $LOG/text_tinyfortune.log 2>&1
+    row "$(printf '%-24s text: %s' tinyfortune "$(tail -1 $LOG/text_tinyfortune.log)")"
+  else
+    row "$(printf '%-24s FAIL run: %s' tinyfortune "$(grep -m1 -i error $LOG/run_tinyfortune.log)")"; fail=1
+  fi
+else
+  row "$(printf '%-24s FAIL compile' tinyfortune)"; fail=1
+fi
+
 # 3. batching: 4 prompts of different lengths, together and alone
 for f in llama mixtral bloom qwen2; do
   [ -f $ART/$f/model.kiln ] || continue
