@@ -96,7 +96,7 @@ if $BIN/kilnc compile $EX -o $ART/tinyfortune --sm $SM > $LOG/compile_tinyfortun
     $PY tests/gpu/compare.py gen tinyfortune $EX $ART/tinyfortune.kiln.st $ART/tinyfortune.ref.st >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
     tail -1 "$SUMMARY"
     $BIN/kiln run $ART/tinyfortune --prompt "A fool and" --max-new 40 > $LOG/text_tinyfortune.log 2>&1
-    row "$(printf '%-24s text: %s' tinyfortune "$(tail -1 $LOG/text_tinyfortune.log)")"
+    row "$(printf "%-24s text: %s" tinyfortune "$(grep -m1 "^A fool and" $LOG/text_tinyfortune.log)")"
   else
     row "$(printf '%-24s FAIL run: %s' tinyfortune "$(grep -m1 -i error $LOG/run_tinyfortune.log)")"; fail=1
   fi
