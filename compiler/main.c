@@ -351,29 +351,15 @@ static int cmd_graph(int argc, char **argv)
 /* "1,2,3" -> ids. Returns the count, or -1 after printing what is wrong. */
 static int parse_ids(const char *flag, const char *s, int64_t **out)
 {
-    int n = 0, cap = 64;
-    int64_t *v = xmalloc(sizeof(int64_t) * (size_t)cap);
-    const char *p = s;
-    while (*p) {
-        char *end;
-        long long x = strtoll(p, &end, 10);
-        if (end == p || x < 0 || (*end && *end != ',')) {
-            fprintf(stderr, "kilnc: %s expects comma-separated non-negative integers, got '%s'\n",
-                    flag, s);
-            free(v);
-            return -1;
-        }
-        if (n == cap)
-            v = xrealloc(v, sizeof(int64_t) * (size_t)(cap *= 2));
-        v[n++] = x;
-        p = *end ? end + 1 : end;
-    }
-    if (n == 0) {
+    int n = util_parse_ids(s, out);
+    if (n < 0)
+        fprintf(stderr, "kilnc: %s expects comma-separated non-negative integers, got '%s'\n",
+                flag, s);
+    else if (n == 0) {
         fprintf(stderr, "kilnc: %s is empty\n", flag);
-        free(v);
+        free(*out);
         return -1;
     }
-    *out = v;
     return n;
 }
 

@@ -62,7 +62,7 @@ static int cmp_str(const void *a, const void *b)
 }
 
 /* Loads every *.lua in dir except kiln.lua, in name order. */
-static void load_dir(registry *r, const char *dir, kerr *err)
+static void load_dir(registry *r, const char *dir)
 {
     DIR *d = opendir(dir);
     if (!d) {
@@ -98,7 +98,6 @@ static void load_dir(registry *r, const char *dir, kerr *err)
         free(names[i]);
     }
     free(names);
-    (void)err;
 }
 
 registry *registry_load(char *const *user_dirs, int n_user, kerr *err)
@@ -109,16 +108,16 @@ registry *registry_load(char *const *user_dirs, int n_user, kerr *err)
     registry *r = xcalloc(1, sizeof *r);
     r->lib_dir = lib;
     for (int i = 0; i < n_user; i++)
-        load_dir(r, user_dirs[i], err);
+        load_dir(r, user_dirs[i]);
     const char *env = getenv("KILN_SPEC_PATH");
     if (env && *env) {
         char *copy = xstrdup(env), *save = NULL;
         for (char *tok = strtok_r(copy, ":", &save); tok; tok = strtok_r(NULL, ":", &save))
             if (*tok)
-                load_dir(r, tok, err);
+                load_dir(r, tok);
         free(copy);
     }
-    load_dir(r, lib, err);
+    load_dir(r, lib);
     return r;
 }
 

@@ -20,28 +20,24 @@
 
 #define MAX_SEQS 256
 
+/* util_parse_ids, narrowed to the runtime's int32 ids; -1 for anything else or an empty list. */
 static int parse_ids(const char *s, int32_t **out)
 {
-    int n = 0, cap = 64;
-    int32_t *v = xmalloc(sizeof(int32_t) * (size_t)cap);
-    const char *p = s;
-    while (*p) {
-        char *end;
-        long x = strtol(p, &end, 10);
-        if (end == p || x < 0 || x > 0x7fffffff || (*end && *end != ',')) {
-            free(v);
-            return -1;
-        }
-        if (n == cap)
-            v = xrealloc(v, sizeof(int32_t) * (size_t)(cap *= 2));
-        v[n++] = (int32_t)x;
-        p = *end ? end + 1 : end;
-    }
-    if (!n) {
+    int64_t *v;
+    int n = util_parse_ids(s, &v);
+    if (n < 0)
+        return -1;
+    int ok = n > 0;
+    for (int i = 0; i < n; i++)
+        ok &= v[i] <= 0x7fffffff;
+    if (!ok) {
         free(v);
         return -1;
     }
-    *out = v;
+    *out = xmalloc(sizeof(int32_t) * (size_t)n);
+    for (int i = 0; i < n; i++)
+        (*out)[i] = (int32_t)v[i];
+    free(v);
     return n;
 }
 

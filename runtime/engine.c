@@ -678,8 +678,6 @@ int km_generate(kmodel *m, km_seq *seqs, int n, km_stats *stats, kerr *err)
                      i, man->max_tokens);
             goto done;
         }
-        for (int t = 0; q->types && t < q->n_prompt; t++)
-            ; /* token types are passed as given */
         for (int t = 0; t < q->n_prompt; t++)
             if (q->prompt[t] < 0 || (man->vocab > 0 && q->prompt[t] >= man->vocab)) {
                 kerr_add(err, "sequence %d: token id %d at position %d is outside the vocabulary "

@@ -33,6 +33,14 @@ static int lt_fail(cublasStatus_t st, const char *what, kerr *err)
     return kerr_add(err, "cuBLASLt %s failed: status %d", what, (int)st);
 }
 
+static void drop(entry *e)
+{
+    cublasLtMatmulDescDestroy(e->op);
+    cublasLtMatrixLayoutDestroy(e->a);
+    cublasLtMatrixLayoutDestroy(e->b);
+    cublasLtMatrixLayoutDestroy(e->d);
+}
+
 kgemm *kgemm_new(const kcuda *cu, kerr *err)
 {
     kgemm *g = xcalloc(1, sizeof *g);
@@ -57,12 +65,8 @@ void kgemm_free(kgemm *g)
 {
     if (!g)
         return;
-    for (int i = 0; i < g->n; i++) {
-        cublasLtMatmulDescDestroy(g->cache[i].op);
-        cublasLtMatrixLayoutDestroy(g->cache[i].a);
-        cublasLtMatrixLayoutDestroy(g->cache[i].b);
-        cublasLtMatrixLayoutDestroy(g->cache[i].d);
-    }
+    for (int i = 0; i < g->n; i++)
+        drop(&g->cache[i]);
     if (g->ws)
         g->cu->cuMemFree(g->ws);
     cublasLtDestroy(g->h);
@@ -79,12 +83,8 @@ static entry *plan(kgemm *g, int f16, int out_f32, int bias, int64_t M, int64_t 
             return e;
     }
     if (g->n == CACHE) { /* full: start over (shapes per model are few; this is a guard) */
-        for (int i = 0; i < g->n; i++) {
-            cublasLtMatmulDescDestroy(g->cache[i].op);
-            cublasLtMatrixLayoutDestroy(g->cache[i].a);
-            cublasLtMatrixLayoutDestroy(g->cache[i].b);
-            cublasLtMatrixLayoutDestroy(g->cache[i].d);
-        }
+        for (int i = 0; i < g->n; i++)
+            drop(&g->cache[i]);
         g->n = 0;
     }
     entry *e = &g->cache[g->n];
@@ -130,10 +130,7 @@ static entry *plan(kgemm *g, int f16, int out_f32, int bias, int64_t M, int64_t 
     if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
         kerr_add(err, "cuBLASLt has no algorithm for a %lldx%lldx%lld %s GEMM (status %d)",
                  (long long)M, (long long)N, (long long)K, f16 ? "fp16" : "bf16", (int)st);
-        cublasLtMatmulDescDestroy(e->op);
-        cublasLtMatrixLayoutDestroy(e->a);
-        cublasLtMatrixLayoutDestroy(e->b);
-        cublasLtMatrixLayoutDestroy(e->d);
+        drop(e);
         return NULL;
     }
     e->algo = res.algo;

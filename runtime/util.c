@@ -297,6 +297,26 @@ uint16_t util_f32_to_f16(float f)
     return (uint16_t)h;
 }
 
+int util_parse_ids(const char *s, int64_t **out)
+{
+    int n = 0, cap = 64;
+    int64_t *v = xmalloc(sizeof(int64_t) * (size_t)cap);
+    for (const char *p = s; *p;) {
+        char *end;
+        long long x = strtoll(p, &end, 10);
+        if (end == p || x < 0 || (*end && *end != ',')) {
+            free(v);
+            return -1;
+        }
+        if (n == cap)
+            v = xrealloc(v, sizeof(int64_t) * (size_t)(cap *= 2));
+        v[n++] = x;
+        p = *end ? end + 1 : end;
+    }
+    *out = v;
+    return n;
+}
+
 const char *util_human_count(double n, char *buf, size_t cap)
 {
     static const char *suffix[] = {"", "K", "M", "B", "T"};

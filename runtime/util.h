@@ -63,6 +63,10 @@ uint16_t util_f32_to_bf16(float f);
 float util_f16_to_f32(uint16_t h);
 uint16_t util_f32_to_f16(float f);
 
+/* "1,2,3" (non-negative integers, comma separated) into a malloc'd array. Returns the count
+ * (0 for ""), or -1 when the text is not such a list. */
+int util_parse_ids(const char *s, int64_t **out);
+
 /* Human-readable count: 1.23M, 8.03B. Writes into buf. */
 const char *util_human_count(double n, char *buf, size_t cap);
 const char *util_human_bytes(double n, char *buf, size_t cap);

@@ -29,29 +29,11 @@
 #include "pipeline.h"
 #include "ref.h"
 #include "safetensors.h"
+#include "testutil.h"
 #include "tokenizer.h"
 
 #define MODEL "examples/tinyfortune"
 
-static double rel_l2(const float *a, const float *b, size_t n)
-{
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)a[i] - (double)b[i];
-        num += d * d;
-        den += (double)b[i] * b[i];
-    }
-    return sqrt(num / (den > 0 ? den : 1));
-}
-
-static int argmax(const float *x, int n)
-{
-    int b = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[b])
-            b = i;
-    return b;
-}
 
 /* HF's top-1 minus top-2, and the row's standard deviation. */
 static void margin_std(const float *x, int n, double *margin, double *std)
@@ -162,7 +144,7 @@ static void check_greedy(const char *upto)
     assert_int_equal(cols, V);
     double worst = 0;
     for (int i = 0; i < n; i++) {
-        double e = rel_l2(lg + (size_t)i * V, (const float *)tl->data + (size_t)i * V, (size_t)V);
+        double e = tu_rel_l2(lg + (size_t)i * V, (const float *)tl->data + (size_t)i * V, (size_t)V);
         worst = fmax(worst, e);
         if (!(e < 1e-3))
             fail_msg("%s (%s): logits at prompt position %d: relative L2 error %.3g >= 1e-3",
@@ -177,14 +159,14 @@ static void check_greedy(const char *upto)
     int checked = 0, own = -1;
     for (int s = 0; s < N; s++) {
         const float *hf = (const float *)tg->data + (size_t)s * V;
-        double e = rel_l2(last, hf, (size_t)V);
+        double e = tu_rel_l2(last, hf, (size_t)V);
         worst = fmax(worst, e);
         if (!(e < 1e-3))
             fail_msg("%s (%s): greedy step %d logits: relative L2 error %.3g >= 1e-3 vs HF", MODEL,
                      upto, s, e);
         double margin, sd;
         margin_std(hf, V, &margin, &sd);
-        int64_t tok = argmax(last, V);
+        int64_t tok = tu_argmax(last, V);
         if (margin >= 0.1 * sd) {
             if (tok != want[s])
                 fail_msg("%s (%s): greedy token %d is %lld, HF's is %lld (HF's top-2 margin "

@@ -21,6 +21,7 @@
 #include "pipeline.h"
 #include "ref.h"
 #include "safetensors.h"
+#include "testutil.h"
 
 #define FIX "tests/fixtures/"
 
@@ -31,25 +32,6 @@ static const char *generate_fixtures[] = {
     "bloom_bf16",
 };
 
-static double rel_l2(const float *a, const float *b, size_t n)
-{
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)a[i] - (double)b[i];
-        num += d * d;
-        den += (double)b[i] * b[i];
-    }
-    return sqrt(num / (den > 0 ? den : 1));
-}
-
-static int argmax(const float *x, int n)
-{
-    int b = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[b])
-            b = i;
-    return b;
-}
 
 /* Opens a fixture through the pipeline up to `upto`. */
 static void open_fixture(kc *c, const char *name, const char *upto)
@@ -113,7 +95,7 @@ static void check_generate(const char *name, const char *upto)
     assert_int_equal(cols, V);
     /* every prompt position */
     for (int i = 0; i < n; i++) {
-        double e = rel_l2(lg + (size_t)i * V, (const float *)tl->data + (size_t)i * V, (size_t)V);
+        double e = tu_rel_l2(lg + (size_t)i * V, (const float *)tl->data + (size_t)i * V, (size_t)V);
         if (!(e < 1e-4))
             fail_msg("%s (%s): logits at position %d: relative L2 error %.3g >= 1e-4", name,
                      upto, i, e);
@@ -126,11 +108,11 @@ static void check_generate(const char *name, const char *upto)
     ref *full = ref_new(c.g, n + N, &err);
     assert_non_null(full);
     for (int s = 0; s < N; s++) {
-        double e = rel_l2(last, (const float *)tg->data + (size_t)s * V, (size_t)V);
+        double e = tu_rel_l2(last, (const float *)tg->data + (size_t)s * V, (size_t)V);
         if (!(e < 1e-4))
             fail_msg("%s (%s): decode step %d logits: relative L2 error %.3g vs HF", name, upto,
                      s, e);
-        int tok = argmax(last, V);
+        int tok = tu_argmax(last, V);
         if (tok != want_tok[s])
             fail_msg("%s (%s): greedy token %d is %d, HF generated %lld", name, upto, s, tok,
                      (long long)want_tok[s]);
@@ -146,7 +128,7 @@ static void check_generate(const char *name, const char *upto)
             ref_reset(full);
             assert_int_equal(ref_forward(full, seq, NULL, n + s + 1, &err), 0);
             const float *fl = ref_output(full, &rows, &cols);
-            double d = rel_l2(last, fl + (size_t)(rows - 1) * V, (size_t)V);
+            double d = tu_rel_l2(last, fl + (size_t)(rows - 1) * V, (size_t)V);
             if (!(d < 1e-5))
                 fail_msg("%s (%s): incremental decode step %d differs from re-prefill: %.3g",
                          name, upto, s, d);
@@ -194,13 +176,13 @@ static void check_embed(const char *name, const char *upto)
     int rows, cols;
     const float *emb = ref_output(r, &rows, &cols);
     assert_int_equal(cols, H);
-    double e = rel_l2(emb, te->data, (size_t)H);
+    double e = tu_rel_l2(emb, te->data, (size_t)H);
     if (!(e < 1e-4))
         fail_msg("%s (%s): embedding relative L2 error %.3g", name, upto, e);
     const float *hid = ref_value(r, pool_in, &rows, &cols);
     assert_non_null(hid);
     assert_int_equal(rows, n);
-    e = rel_l2(hid, th->data, (size_t)n * H);
+    e = tu_rel_l2(hid, th->data, (size_t)n * H);
     if (!(e < 1e-4))
         fail_msg("%s (%s): last_hidden_state relative L2 error %.3g", name, upto, e);
     /* an embedding model runs one forward per sequence */
@@ -255,7 +237,7 @@ static void test_layer_by_layer(void **state)
         const float *v = ref_value(r, i, &rows, &cols);
         if (!h || !v || layer == (int)c.g->n_layers) /* the last hidden.<L> is post-norm */
             continue;
-        double e = rel_l2(v, h->data, h->numel);
+        double e = tu_rel_l2(v, h->data, h->numel);
         if (!(e < 1e-5))
             fail_msg("llama: %s vs HF %s: relative L2 %.3g", nm, hn, e);
         found++;

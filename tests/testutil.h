@@ -15,6 +15,7 @@
 #ifndef KILN_TESTUTIL_H
 #define KILN_TESTUTIL_H
 
+#include <math.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -69,6 +70,28 @@ static inline void tu_assert_starts_with(const char *s, const char *prefix, cons
 #define assert_starts_with(s, prefix) tu_assert_starts_with((s), (prefix), __FILE__, __LINE__)
 
 /* ---------------------------------------------------------------- files */
+
+/* Relative L2 error of a against b. */
+static inline double tu_rel_l2(const float *a, const float *b, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - (double)b[i];
+        num += d * d;
+        den += (double)b[i] * b[i];
+    }
+    return sqrt(num / (den > 0 ? den : 1));
+}
+
+/* Index of the largest element, ties to the lowest (torch.argmax). */
+static inline int tu_argmax(const float *x, int n)
+{
+    int b = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[b])
+            b = i;
+    return b;
+}
 
 static inline void tu_die(const char *what, const char *path)
 {

@@ -231,6 +231,23 @@ int kt_check(kt *t, const char *name, const float *got, const float *want, size_
     return ok;
 }
 
+double kt_act(int which, double x)
+{
+    switch (which) {
+    case ACT_SILU: return x / (1.0 + exp(-x));
+    case ACT_GELU: return 0.5 * x * (1.0 + erf(x * M_SQRT1_2));
+    case ACT_GELU_TANH:
+        return 0.5 * x * (1.0 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
+    default: return x > 0 ? x : 0;
+    }
+}
+
+const char *kt_act_name(int which)
+{
+    static const char *n[] = {"silu", "gelu", "gelu_tanh", "relu"};
+    return n[which & 3];
+}
+
 int kt_want(kt *t, const char *name) { return !t->filter || strstr(name, t->filter); }
 
 static void run_all(kt *t)

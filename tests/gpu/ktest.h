@@ -64,6 +64,12 @@ void kt_result(kt *t, const char *case_name, int ok, const char *detail);
 /* Whether a case should run (KTEST_FILTER). */
 int kt_want(kt *t, const char *case_name);
 
+/* Activation kinds, numbered as kernels/common.cuh's act_kind, their reference in double, and
+ * their names for case labels. */
+enum { ACT_SILU, ACT_GELU, ACT_GELU_TANH, ACT_RELU };
+double kt_act(int which, double x);
+const char *kt_act_name(int which);
+
 /* The families; each file tests/gpu/ktest_<family>.c defines one. */
 void ktest_elementwise(kt *t);
 void ktest_gemv(kt *t);

@@ -244,12 +244,6 @@ static float act_ref(int which, float x)
     }
 }
 
-static const char *act_name(int a)
-{
-    static const char *n[] = {"silu", "gelu", "gelu_tanh", "relu"};
-    return n[a & 3];
-}
-
 /* ---- embed -------------------------------------------------------------------------------- */
 
 static void t_embed(kt *t, int H, int SRC, int ACC, int THREADS, const seqcfg *c)
@@ -566,7 +560,7 @@ static void t_rope(kt *t, int NH, int NKV, int HD, int ROT, int INTER, int DYN, 
 static void t_act_mul(kt *t, int I, int ACT, int THREADS, int T)
 {
     char name[160], src[1024];
-    snprintf(name, sizeof name, "elementwise/act_mul I=%d %s T=%d", I, act_name(ACT), T);
+    snprintf(name, sizeof name, "elementwise/act_mul I=%d %s T=%d", I, kt_act_name(ACT), T);
     if (!kt_want(t, name))
         return;
     snprintf(src, sizeof src,
@@ -605,7 +599,7 @@ static void t_pointwise(kt *t, int kind, int W, int arg, int BCAST, int THREADS,
 {
     char name[160], src[1024];
     if (kind == 0)
-        snprintf(name, sizeof name, "elementwise/unary W=%d %s T=%d", W, act_name(arg), T);
+        snprintf(name, sizeof name, "elementwise/unary W=%d %s T=%d", W, kt_act_name(arg), T);
     else if (kind == 1)
         snprintf(name, sizeof name, "elementwise/binary W=%d %s%s T=%d", W, arg ? "mul" : "add",
                  BCAST ? " bcast" : "", T);

@@ -28,7 +28,6 @@
 #include "util.h"
 #include "../../kernels/kiln_step.h"
 
-enum { ACT_SILU, ACT_GELU, ACT_GELU_TANH, ACT_RELU }; /* kernels/common.cuh act_kind */
 
 typedef struct gcase {
     int N, K, M, mmax;
@@ -36,23 +35,6 @@ typedef struct gcase {
     int threads;
     int f16; /* storage type f16 instead of bf16 */
 } gcase;
-
-static double act_ref(int which, double x)
-{
-    switch (which) {
-    case ACT_SILU: return x / (1.0 + exp(-x));
-    case ACT_GELU: return 0.5 * x * (1.0 + erf(x * M_SQRT1_2));
-    case ACT_GELU_TANH:
-        return 0.5 * x * (1.0 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
-    default: return x > 0 ? x : 0;
-    }
-}
-
-static const char *act_name(int which)
-{
-    static const char *n[] = {"silu", "gelu", "gelu_tanh", "relu"};
-    return n[which];
-}
 
 /* Rounds through the storage type and returns the 16-bit copy to upload. */
 static uint16_t *to_dt(float *x, size_t n, int f16)
@@ -76,7 +58,7 @@ static void gemv_case(kt *t, const gcase *c)
     if (MMAX != 8)
         at += snprintf(name + at, sizeof name - at, " MMAX=%d", MMAX);
     if (c->gated)
-        at += snprintf(name + at, sizeof name - at, " gated %s", act_name(c->act));
+        at += snprintf(name + at, sizeof name - at, " gated %s", kt_act_name(c->act));
     if (c->bias)
         at += snprintf(name + at, sizeof name - at, " bias");
     if (c->f32)
@@ -155,7 +137,7 @@ static void gemv_case(kt *t, const gcase *c)
                 acc[r] = s + (c->bias ? b[n] : 0.0);
             }
             want[(size_t)m * NOUT + o] =
-                (float)(c->gated ? act_ref(c->act, acc[0]) * acc[1] : acc[0]);
+                (float)(c->gated ? kt_act(c->act, acc[0]) * acc[1] : acc[0]);
         }
     }
 

@@ -32,7 +32,6 @@
 #include "util.h"
 #include "../../kernels/kiln_step.h"
 
-enum { ACT_SILU, ACT_GELU, ACT_GELU_TANH, ACT_RELU }; /* kernels/common.cuh act_kind */
 
 typedef struct mcase {
     int E, H, I, TOPK, renorm, act;
@@ -42,23 +41,6 @@ typedef struct mcase {
     int det;   /* also check that moe_down is bit-for-bit repeatable */
     int Ts[8]; /* token counts, 0-terminated (at most 7) */
 } mcase;
-
-static double act_ref(int which, double x)
-{
-    switch (which) {
-    case ACT_SILU: return x / (1.0 + exp(-x));
-    case ACT_GELU: return 0.5 * x * (1.0 + erf(x * M_SQRT1_2));
-    case ACT_GELU_TANH:
-        return 0.5 * x * (1.0 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
-    default: return x > 0 ? x : 0;
-    }
-}
-
-static const char *act_name(int which)
-{
-    static const char *n[] = {"silu", "gelu", "gelu_tanh", "relu"};
-    return n[which];
-}
 
 /* "moe/E=8 top2 renorm silu H=264 I=200 +add T=5 route idx": the name of stage s of a case */
 enum { N_STAGES = 5 };
@@ -70,7 +52,7 @@ static void case_name(char *buf, size_t size, const mcase *c, int T, int s)
     if (c->threads != 256)
         snprintf(th, sizeof th, " threads=%d", c->threads);
     snprintf(buf, size, "moe/E=%d top%d%s %s H=%d I=%d%s%s%s T=%d %s", c->E, c->TOPK,
-             c->renorm ? " renorm" : "", act_name(c->act), c->H, c->I,
+             c->renorm ? " renorm" : "", kt_act_name(c->act), c->H, c->I,
              c->add == 1 ? " +add" : c->add == 2 ? " +add(in place)" : "", c->ties ? " ties" : "",
              th, T, stage[s]);
 }
@@ -208,7 +190,7 @@ static void moe_run(kt *t, const mcase *c, CUfunction f_route, CUfunction f_gu, 
         const float *we = gu + (size_t)ridx[pr] * 2 * I * H;
         for (int j = 0; j < I; j++) {
             double g = dotd(xt, we + (size_t)j * H, H), u = dotd(xt, we + (size_t)(I + j) * H, H);
-            href[pr * I + j] = (float)(act_ref(c->act, g) * u);
+            href[pr * I + j] = (float)(kt_act(c->act, g) * u);
         }
     }
     memcpy(hr16, href, sizeof(float) * nh);
@@ -344,7 +326,7 @@ static void moe_config(kt *t, const mcase *c)
     /* one translation unit per configuration, shared by its token counts */
     char name[160], src[2048];
     snprintf(name, sizeof name, "moe/E=%d top%d%s %s H=%d I=%d threads=%d", c->E, c->TOPK,
-             c->renorm ? " renorm" : "", act_name(c->act), c->H, c->I, c->threads);
+             c->renorm ? " renorm" : "", kt_act_name(c->act), c->H, c->I, c->threads);
     int want = 0;
     for (int i = 0; c->Ts[i]; i++)
         for (int s = 0; s < N_STAGES; s++) {
