@@ -103,8 +103,27 @@ size_t tok_u8_sanitize(tok_sbuf *b, const char *s, size_t n);
  * byte. Returns s itself when there is nothing to fix, else b's buffer. */
 #define TOK_NUL_SENTINEL "\xF4\x8F\xBF\xBF"
 const char *tok_nul_fix(tok_sbuf *b, const char *s, size_t n, size_t *out_n);
+/* A number read from tokenizer.json: v must be a JSON integer with lo <= v <= hi (a fraction, a
+ * string, a missing field or an out-of-range value is refused). The message starts with the
+ * printf-formatted place (file and field path) and says what was found and what is expected:
+ * "tokenizer.json: padding.strategy.Fixed: -5; expected an integer from 1 to 16777216". */
+int tok_json_int(json_t *v, long long lo, long long hi, long long *out, kerr *err, const char *fmt,
+                 ...) __attribute__((format(printf, 6, 7)));
+/* A token id: 0 <= id < TOK_MAX_ID (tokenizer.h). */
+int tok_json_id(json_t *v, int32_t *id, kerr *err, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 /* Parses a JSON file with that rewrite. NULL with a message (file:line:col) on error. */
 json_t *tok_json_load(const char *path, kerr *err);
+
+/* GPT-2's byte-level alphabet: byte b is the character whose UTF-8 is utf8[b] (len[b] bytes);
+ * byte_of[cp] is b + 1 for the 256 characters of the alphabet (cp < 324), 0 elsewhere.
+ * Built once, thread-safely, on first use; read-only afterwards. */
+typedef struct tok_bytelevel {
+    char utf8[256][3];
+    uint8_t len[256];
+    int16_t byte_of[324];
+} tok_bytelevel;
+const tok_bytelevel *tok_bytelevel_table(void);
 
 /* Character classes as the Rust standard library and HF tokenizers define them. */
 int tok_is_whitespace(int32_t cp);  /* char::is_whitespace (White_Space property) */
@@ -115,9 +134,10 @@ int tok_category(int32_t cp);       /* utf8proc category */
 
 /* ---------------------------------------------------------------- regex */
 
+/* A compiled pattern is read-only after loading and shared by every thread; the match data a
+ * match writes into belongs to the caller (one per tok_ctx, see tok_match_data_new). */
 typedef struct tok_regex {
     pcre2_code *code;
-    pcre2_match_data *md;
     int jit;
     char *literal; /* non-NULL: a plain string pattern, matched with memmem */
     size_t literal_len;
@@ -127,11 +147,15 @@ typedef struct tok_regex {
 int tok_regex_compile(tok_regex *re, const char *pattern, int onig, const char *where, kerr *err);
 void tok_regex_literal(tok_regex *re, const char *s, size_t n);
 void tok_regex_free(tok_regex *re);
+/* Match data for tok_regex_next (whole-match offsets only); free with pcre2_match_data_free. */
+pcre2_match_data *tok_match_data_new(void);
 /* Finds the next match at or after `from`, with Oniguruma's find_iter rule for empty matches
  * (the caller passes the end of the previous match as `prev_end`, or (size_t)-1).
- * Returns 1 and [*ms, *me) on a match, 0 when none, -1 on a matcher error. */
-int tok_regex_next(tok_regex *re, const char *s, size_t n, size_t from, size_t prev_end, size_t *ms,
-                   size_t *me);
+ * md: the caller's match data (may be NULL for a literal pattern).
+ * Returns 1 and [*ms, *me) on a match, 0 when none, -1 on a matcher error (e.g. PCRE2's match
+ * limit, which bounds the work a hostile pattern can cause). */
+int tok_regex_next(const tok_regex *re, pcre2_match_data *md, const char *s, size_t n, size_t from,
+                   size_t prev_end, size_t *ms, size_t *me);
 
 /* ---------------------------------------------------------------- pieces of text */
 
@@ -160,7 +184,11 @@ typedef struct tok_norm tok_norm;
 typedef struct tok_pretok tok_pretok;
 typedef struct tok_ctx tok_ctx;
 
-/* Scratch owned by a tokenizer for one encode call. */
+typedef struct tok_bpe_scratch tok_bpe_scratch;
+
+/* Everything one encode call writes: a tokenizer keeps a pool of these (tokenizer.c) and each
+ * tok_encode takes one for itself, so the loaded pipeline itself stays read-only and calls from
+ * several threads never share scratch. */
 struct tok_ctx {
     tok_arena arena;
     tok_sbuf sb, sb2;
@@ -169,7 +197,11 @@ struct tok_ctx {
         int match;
     } *segs;
     size_t nsegs, segs_cap;
-    tok_pieces spare; /* the other half of a double-buffered piece list */
+    tok_pieces pieces, spare; /* a double-buffered piece list */
+    tok_ivec ids;
+    pcre2_match_data *md;
+    tok_bpe_scratch *bpe; /* the BPE model's word buffers and word cache, made on first use */
+    tok_ctx *next;        /* the pool's free list */
 };
 
 /* `where` names the file for messages. Return NULL (and add to err) on an unknown type. */
@@ -190,7 +222,9 @@ int tok_pretok_apply(const tok_pretok *p, tok_ctx *c, tok_pieces *io, kerr *err)
 typedef struct tok_model tok_model;
 tok_model *tok_model_load(json_t *j, const char *where, kerr *err);
 void tok_model_free(tok_model *m);
-int tok_model_tokenize(tok_model *m, const char *s, size_t len, tok_ivec *out, kerr *err);
+/* Appends the ids of one pre-tokenized piece to c->ids. */
+int tok_model_tokenize(const tok_model *m, tok_ctx *c, const char *s, size_t len, kerr *err);
+void tok_bpe_scratch_free(tok_bpe_scratch *b);
 int tok_model_token_to_id(const tok_model *m, const char *s, size_t len, int32_t *id);
 /* NULL when the id is not in the model's vocabulary. */
 const char *tok_model_id_to_token(const tok_model *m, int32_t id, size_t *len);

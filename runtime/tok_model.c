@@ -44,9 +44,11 @@ typedef struct heap_ent {
 struct tok_model {
     int type;
     tok_strmap vocab;
-    char **id2tok; /* (max_id + 1) entries, NULL where no token */
+    char **id2tok; /* nids = max_id + 1 entries, NULL where no token */
     uint32_t *id2len;
-    int32_t max_id;
+    int32_t max_id; /* < TOK_MAX_ID, checked before id2tok is sized by it */
+    size_t nids;
+    size_t max_key; /* bytes of the longest vocabulary entry: no longer match can exist */
     /* BPE */
     merge_slot *merges;
     size_t merges_cap;
@@ -57,17 +59,37 @@ struct tok_model {
     int fuse_unk, byte_fallback, ignore_merges;
     int32_t byte_ids[256];
     int32_t ascii_ids[128]; /* single-byte character -> id, -1 absent (no prefix/suffix case) */
-    cache_ent *cache;
-    /* scratch for one word */
+    /* WordPiece */
+    size_t max_chars;
+};
+
+/* What tokenizing writes: per tok_ctx, so a loaded model is read-only and shared by threads. */
+struct tok_bpe_scratch {
+    cache_ent *cache; /* CACHE_SLOTS entries */
+    /* one word */
     int32_t *sc, *sprev, *snext;
     uint32_t *slen;
     size_t scap;
     heap_ent *heap;
     size_t heap_n, heap_cap;
     tok_sbuf tmp;
-    /* WordPiece */
-    size_t max_chars;
 };
+
+void tok_bpe_scratch_free(tok_bpe_scratch *b)
+{
+    if (!b)
+        return;
+    for (size_t i = 0; i < CACHE_SLOTS; i++)
+        free(b->cache[i].word);
+    free(b->cache);
+    free(b->sc);
+    free(b->sprev);
+    free(b->snext);
+    free(b->slen);
+    free(b->heap);
+    free(b->tmp.s);
+    free(b);
+}
 
 /* ---------------------------------------------------------------- merge map */
 
@@ -112,7 +134,7 @@ void tok_model_free(tok_model *m)
         return;
     tok_strmap_free(&m->vocab);
     if (m->id2tok)
-        for (int32_t i = 0; i <= m->max_id; i++)
+        for (size_t i = 0; i < m->nids; i++)
             free(m->id2tok[i]);
     free(m->id2tok);
     free(m->id2len);
@@ -120,16 +142,6 @@ void tok_model_free(tok_model *m)
     free(m->unk);
     free(m->prefix);
     free(m->suffix);
-    if (m->cache)
-        for (size_t i = 0; i < CACHE_SLOTS; i++)
-            free(m->cache[i].word);
-    free(m->cache);
-    free(m->sc);
-    free(m->sprev);
-    free(m->snext);
-    free(m->slen);
-    free(m->heap);
-    free(m->tmp.s);
     free(m);
 }
 
@@ -156,19 +168,25 @@ static int load_vocab(tok_model *m, json_t *vocab, const char *where, kerr *err)
     m->max_id = -1;
     json_object_foreach(vocab, k, v)
     {
-        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT32_MAX)
-            return free(fix.s), kerr_add(err, "%s: model.vocab[\"%s\"]: expected a non-negative integer id", where,
-                            k);
-        int32_t id = (int32_t)json_integer_value(v);
+        int32_t id;
+        if (tok_json_id(v, &id, err, "%s: model.vocab[\"%.60s%s\"]", where, k,
+                        strlen(k) > 60 ? "..." : "")) {
+            free(fix.s);
+            return -1;
+        }
         size_t kn;
         const char *key = tok_nul_fix(&fix, k, strlen(k), &kn);
         tok_strmap_set(&m->vocab, key, kn, id);
         if (id > m->max_id)
             m->max_id = id;
+        if (kn > m->max_key)
+            m->max_key = kn;
     }
     free(fix.s);
-    m->id2tok = xcalloc((size_t)m->max_id + 2, sizeof *m->id2tok);
-    m->id2len = xcalloc((size_t)m->max_id + 2, sizeof *m->id2len);
+    /* every id is below TOK_MAX_ID here, so these tables are at most 2 x 128 MiB */
+    m->nids = (size_t)m->max_id + 1;
+    m->id2tok = xcalloc(m->nids + 1, sizeof *m->id2tok);
+    m->id2len = xcalloc(m->nids + 1, sizeof *m->id2len);
     for (size_t i = 0; i < m->vocab.n; i++) {
         const struct tok_strkey *e = &m->vocab.keys[i];
         if (m->id2tok[e->val])
@@ -228,7 +246,7 @@ static int load_bpe(tok_model *m, json_t *j, const char *where, kerr *err)
             split_at = strchr(s, ' ');
             if (!split_at || strchr(split_at + 1, ' ')) {
                 free(b.s);
-                return kerr_add(err, "%s: merges[%zu] = \"%s\": expected two tokens separated by "
+                return kerr_add(err, "%s: merges[%zu] = \"%.60s\": expected two tokens separated by "
                                      "one space",
                                 where, i, s);
             }
@@ -253,17 +271,18 @@ static int load_bpe(tok_model *m, json_t *j, const char *where, kerr *err)
         int bad = 0;
         if (!tok_strmap_get(&m->vocab, a, al, &ia) || !tok_strmap_get(&m->vocab, c, cl, &ic)) {
             int a_ok = ia >= 0;
-            bad = kerr_add(err, "%s: merges[%zu]: token \"%.*s\" is not in the vocabulary", where,
-                           i, (int)(a_ok ? cl : al), a_ok ? c : a);
+            size_t bl = a_ok ? cl : al;
+            bad = kerr_add(err, "%s: merges[%zu]: token \"%.*s%s\" is not in the vocabulary", where,
+                           i, (int)(bl > 60 ? 60 : bl), a_ok ? c : a, bl > 60 ? "..." : "");
         } else if (cl < m->prefix_len) {
             bad = kerr_add(err, "%s: merges[%zu]: \"%.*s\" is shorter than the subword prefix",
-                           where, i, (int)cl, c);
+                           where, i, (int)(cl > 60 ? 60 : cl), c);
         } else {
             b.n = 0;
             tok_sbuf_put(&b, a, al);
             tok_sbuf_put(&b, c + m->prefix_len, cl - m->prefix_len);
             if (!tok_strmap_get(&m->vocab, b.s, b.n, &inew))
-                bad = kerr_add(err, "%s: merges[%zu]: merged token \"%s\" is not in the vocabulary",
+                bad = kerr_add(err, "%s: merges[%zu]: merged token \"%.60s\" is not in the vocabulary",
                                where, i, b.s);
         }
         free(fa.s);
@@ -275,7 +294,6 @@ static int load_bpe(tok_model *m, json_t *j, const char *where, kerr *err)
         merge_put(m, ia, ic, (uint32_t)i, inew);
     }
     free(b.s);
-    m->cache = xcalloc(CACHE_SLOTS, sizeof *m->cache);
     return 0;
 }
 
@@ -300,7 +318,7 @@ tok_model *tok_model_load(json_t *j, const char *where, kerr *err)
     else if (strcmp(type, "WordLevel") == 0)
         m->type = M_WORDLEVEL;
     else {
-        kerr_add(err, "%s: unsupported model \"%s\" (kiln supports BPE, WordPiece and WordLevel)",
+        kerr_add(err, "%s: unsupported model \"%.60s\" (kiln supports BPE, WordPiece and WordLevel)",
                  where, type);
         free(m);
         return NULL;
@@ -321,7 +339,14 @@ tok_model *tok_model_load(json_t *j, const char *where, kerr *err)
             if (!m->prefix)
                 m->prefix = xstrdup("##"), m->prefix_len = 2;
             json_t *mc = json_object_get(j, "max_input_chars_per_word");
-            m->max_chars = json_is_integer(mc) ? (size_t)json_integer_value(mc) : 100;
+            m->max_chars = 100;
+            if (mc && !json_is_null(mc)) {
+                long long x;
+                if (tok_json_int(mc, 0, TOK_MAX_LEN, &x, err, "%s: model.max_input_chars_per_word",
+                                 where))
+                    goto fail;
+                m->max_chars = (size_t)x;
+            }
         }
     }
     return m;
@@ -351,18 +376,18 @@ int32_t tok_model_max_id(const tok_model *m) { return m->max_id; }
 
 /* ---------------------------------------------------------------- BPE */
 
-static void scratch(tok_model *m, size_t n)
+static void scratch(tok_bpe_scratch *w, size_t n)
 {
-    if (n <= m->scap)
+    if (n <= w->scap)
         return;
-    size_t c = m->scap ? m->scap : 64;
+    size_t c = w->scap ? w->scap : 64;
     while (c < n)
         c *= 2;
-    m->sc = xrealloc(m->sc, c * sizeof *m->sc);
-    m->sprev = xrealloc(m->sprev, c * sizeof *m->sprev);
-    m->snext = xrealloc(m->snext, c * sizeof *m->snext);
-    m->slen = xrealloc(m->slen, c * sizeof *m->slen);
-    m->scap = c;
+    w->sc = xrealloc(w->sc, c * sizeof *w->sc);
+    w->sprev = xrealloc(w->sprev, c * sizeof *w->sprev);
+    w->snext = xrealloc(w->snext, c * sizeof *w->snext);
+    w->slen = xrealloc(w->slen, c * sizeof *w->slen);
+    w->scap = c;
 }
 
 static int heap_less(const heap_ent *a, const heap_ent *b)
@@ -370,80 +395,81 @@ static int heap_less(const heap_ent *a, const heap_ent *b)
     return a->rank != b->rank ? a->rank < b->rank : a->pos < b->pos;
 }
 
-static void heap_push(tok_model *m, heap_ent e)
+static void heap_push(tok_bpe_scratch *w, heap_ent e)
 {
-    if (m->heap_n == m->heap_cap) {
-        m->heap_cap = m->heap_cap ? m->heap_cap * 2 : 64;
-        m->heap = xrealloc(m->heap, m->heap_cap * sizeof *m->heap);
+    if (w->heap_n == w->heap_cap) {
+        w->heap_cap = w->heap_cap ? w->heap_cap * 2 : 64;
+        w->heap = xrealloc(w->heap, w->heap_cap * sizeof *w->heap);
     }
-    size_t i = m->heap_n++;
+    size_t i = w->heap_n++;
     while (i > 0) {
         size_t p = (i - 1) / 2;
-        if (!heap_less(&e, &m->heap[p]))
+        if (!heap_less(&e, &w->heap[p]))
             break;
-        m->heap[i] = m->heap[p];
+        w->heap[i] = w->heap[p];
         i = p;
     }
-    m->heap[i] = e;
+    w->heap[i] = e;
 }
 
-static heap_ent heap_pop(tok_model *m)
+static heap_ent heap_pop(tok_bpe_scratch *w)
 {
-    heap_ent top = m->heap[0], last = m->heap[--m->heap_n];
-    size_t i = 0, n = m->heap_n;
+    heap_ent top = w->heap[0], last = w->heap[--w->heap_n];
+    size_t i = 0, n = w->heap_n;
     for (;;) {
         size_t l = 2 * i + 1, r = l + 1, s = i;
         const heap_ent *best = &last;
-        if (l < n && heap_less(&m->heap[l], best))
-            s = l, best = &m->heap[l];
-        if (r < n && heap_less(&m->heap[r], best))
+        if (l < n && heap_less(&w->heap[l], best))
+            s = l, best = &w->heap[l];
+        if (r < n && heap_less(&w->heap[r], best))
             s = r;
         if (s == i)
             break;
-        m->heap[i] = m->heap[s];
+        w->heap[i] = w->heap[s];
         i = s;
     }
     if (n)
-        m->heap[i] = last;
+        w->heap[i] = last;
     return top;
 }
 
-static int unk_id(tok_model *m, kerr *err)
+static int unk_id(const tok_model *m, kerr *err)
 {
     if (m->unk_id == -2)
-        return kerr_add(err, "tokenizer: the unk token \"%s\" is not in the model's vocabulary",
+        return kerr_add(err, "tokenizer: the unk token \"%.60s\" is not in the model's vocabulary",
                         m->unk);
     return m->unk_id;
 }
 
-/* HF's merge_word + merge_all: writes the ids of w's tokens to out. */
-static int bpe_word(tok_model *m, const char *w, size_t n, tok_ivec *out, kerr *err)
+/* HF's merge_word + merge_all: writes the ids of the tokens of word wd to out. */
+static int bpe_word(const tok_model *m, tok_bpe_scratch *w, const char *wd, size_t n, tok_ivec *out,
+                    kerr *err)
 {
-    scratch(m, n + 1);
+    scratch(w, n + 1);
     size_t ns = 0;
     int32_t pend_unk = -1;
     uint32_t pend_len = 0;
     int plain = !m->prefix && !m->suffix;
-#define ADD(id_, len_) (m->sc[ns] = (id_), m->slen[ns] = (uint32_t)(len_), ns++)
+#define ADD(id_, len_) (w->sc[ns] = (id_), w->slen[ns] = (uint32_t)(len_), ns++)
     for (size_t i = 0; i < n;) {
         size_t at = i;
-        i += tok_u8_len((unsigned char)w[i]);
+        i += tok_u8_len((unsigned char)wd[i]);
         size_t bl = i - at;
         int32_t id = -1;
-        const char *key = w + at;
+        const char *key = wd + at;
         size_t klen = bl;
         if (plain && bl == 1) {
-            id = m->ascii_ids[(unsigned char)w[at]];
+            id = m->ascii_ids[(unsigned char)wd[at]];
         } else {
             if (!plain) {
-                m->tmp.n = 0;
+                w->tmp.n = 0;
                 if (at > 0 && m->prefix)
-                    tok_sbuf_put(&m->tmp, m->prefix, m->prefix_len);
-                tok_sbuf_put(&m->tmp, w + at, bl);
+                    tok_sbuf_put(&w->tmp, m->prefix, m->prefix_len);
+                tok_sbuf_put(&w->tmp, wd + at, bl);
                 if (i == n && m->suffix)
-                    tok_sbuf_put(&m->tmp, m->suffix, m->suffix_len);
-                key = m->tmp.s;
-                klen = m->tmp.n;
+                    tok_sbuf_put(&w->tmp, m->suffix, m->suffix_len);
+                key = w->tmp.s;
+                klen = w->tmp.n;
             }
             if (!tok_strmap_get(&m->vocab, key, klen, &id))
                 id = -1;
@@ -462,7 +488,7 @@ static int bpe_word(tok_model *m, const char *w, size_t n, tok_ivec *out, kerr *
                 all = m->byte_ids[(unsigned char)key[k]] >= 0;
             if (all) {
                 /* HF adds the byte tokens without flushing a pending unk first; so do we. */
-                scratch(m, ns + klen + n + 1);
+                scratch(w, ns + klen + n + 1);
                 for (size_t k = 0; k < klen; k++)
                     ADD(m->byte_ids[(unsigned char)key[k]], 1);
                 continue;
@@ -486,49 +512,50 @@ static int bpe_word(tok_model *m, const char *w, size_t n, tok_ivec *out, kerr *
         ADD(pend_unk, pend_len);
 #undef ADD
     for (size_t k = 0; k < ns; k++) {
-        m->sprev[k] = (int32_t)k - 1;
-        m->snext[k] = k + 1 < ns ? (int32_t)k + 1 : -1;
+        w->sprev[k] = (int32_t)k - 1;
+        w->snext[k] = k + 1 < ns ? (int32_t)k + 1 : -1;
     }
-    m->heap_n = 0;
+    w->heap_n = 0;
     for (size_t k = 0; k + 1 < ns; k++) {
-        merge_slot *ms = merge_find(m, m->sc[k], m->sc[k + 1]);
+        merge_slot *ms = merge_find(m, w->sc[k], w->sc[k + 1]);
         if (ms)
-            heap_push(m, (heap_ent){ms->rank, (uint32_t)k, ms->new_id});
+            heap_push(w, (heap_ent){ms->rank, (uint32_t)k, ms->new_id});
     }
-    while (m->heap_n) {
-        heap_ent top = heap_pop(m);
+    while (w->heap_n) {
+        heap_ent top = heap_pop(w);
         size_t p = top.pos;
-        if (m->slen[p] == 0 || m->snext[p] == -1)
+        if (w->slen[p] == 0 || w->snext[p] == -1)
             continue;
-        size_t nx = (size_t)m->snext[p];
-        merge_slot *ms = merge_find(m, m->sc[p], m->sc[nx]);
+        size_t nx = (size_t)w->snext[p];
+        merge_slot *ms = merge_find(m, w->sc[p], w->sc[nx]);
         if (!ms || ms->new_id != top.new_id)
             continue;
-        m->sc[p] = top.new_id;
-        m->slen[p] += m->slen[nx];
-        m->snext[p] = m->snext[nx];
-        m->slen[nx] = 0;
-        if (m->snext[nx] >= 0)
-            m->sprev[m->snext[nx]] = (int32_t)p;
-        if (m->sprev[p] >= 0) {
-            size_t pv = (size_t)m->sprev[p];
-            merge_slot *mp = merge_find(m, m->sc[pv], m->sc[p]);
+        w->sc[p] = top.new_id;
+        w->slen[p] += w->slen[nx];
+        w->snext[p] = w->snext[nx];
+        w->slen[nx] = 0;
+        if (w->snext[nx] >= 0)
+            w->sprev[w->snext[nx]] = (int32_t)p;
+        if (w->sprev[p] >= 0) {
+            size_t pv = (size_t)w->sprev[p];
+            merge_slot *mp = merge_find(m, w->sc[pv], w->sc[p]);
             if (mp)
-                heap_push(m, (heap_ent){mp->rank, (uint32_t)pv, mp->new_id});
+                heap_push(w, (heap_ent){mp->rank, (uint32_t)pv, mp->new_id});
         }
-        if (m->snext[p] >= 0) {
-            merge_slot *mn = merge_find(m, m->sc[p], m->sc[m->snext[p]]);
+        if (w->snext[p] >= 0) {
+            merge_slot *mn = merge_find(m, w->sc[p], w->sc[w->snext[p]]);
             if (mn)
-                heap_push(m, (heap_ent){mn->rank, (uint32_t)p, mn->new_id});
+                heap_push(w, (heap_ent){mn->rank, (uint32_t)p, mn->new_id});
         }
     }
     for (size_t k = 0; k < ns; k++)
-        if (m->slen[k])
-            tok_ivec_push(out, m->sc[k]);
+        if (w->slen[k])
+            tok_ivec_push(out, w->sc[k]);
     return 0;
 }
 
-static int bpe_tokenize(tok_model *m, const char *s, size_t n, tok_ivec *out, kerr *err)
+static int bpe_tokenize(const tok_model *m, tok_bpe_scratch *w, const char *s, size_t n,
+                        tok_ivec *out, kerr *err)
 {
     if (n == 0)
         return 0;
@@ -538,9 +565,9 @@ static int bpe_tokenize(tok_model *m, const char *s, size_t n, tok_ivec *out, ke
         return 0;
     }
     if (n >= CACHE_MAX_WORD)
-        return bpe_word(m, s, n, out, err);
+        return bpe_word(m, w, s, n, out, err);
     uint64_t h = tok_hash(s, n);
-    cache_ent *ce = &m->cache[h & (CACHE_SLOTS - 1)];
+    cache_ent *ce = &w->cache[h & (CACHE_SLOTS - 1)];
     if (ce->word && ce->hash == h && ce->len == n && memcmp(ce->word, s, n) == 0) {
         for (uint32_t k = 0; k < ce->nids; k++) {
             int32_t x;
@@ -550,7 +577,7 @@ static int bpe_tokenize(tok_model *m, const char *s, size_t n, tok_ivec *out, ke
         return 0;
     }
     size_t before = out->n;
-    if (bpe_word(m, s, n, out, err))
+    if (bpe_word(m, w, s, n, out, err))
         return -1;
     size_t nids = out->n - before;
     free(ce->word);
@@ -565,7 +592,8 @@ static int bpe_tokenize(tok_model *m, const char *s, size_t n, tok_ivec *out, ke
 
 /* ---------------------------------------------------------------- WordPiece, WordLevel */
 
-static int wordpiece_tokenize(tok_model *m, const char *s, size_t n, tok_ivec *out, kerr *err)
+static int wordpiece_tokenize(const tok_model *m, tok_bpe_scratch *w, const char *s, size_t n,
+                              tok_ivec *out, kerr *err)
 {
     size_t nchars = 0;
     for (size_t i = 0; i < n; i += tok_u8_len((unsigned char)s[i]))
@@ -574,17 +602,21 @@ static int wordpiece_tokenize(tok_model *m, const char *s, size_t n, tok_ivec *o
     if (nchars <= m->max_chars) {
         size_t start = 0;
         while (start < n) {
-            size_t end = n;
+            /* No vocabulary entry is longer than max_key bytes, so a longer candidate cannot
+             * match: starting there keeps a long word linear instead of quadratic. */
+            size_t end = n - start > m->max_key ? start + m->max_key : n;
+            while (end > start && end < n && ((unsigned char)s[end] & 0xC0) == 0x80)
+                end--;
             int32_t found = -1;
             while (start < end) {
                 const char *key = s + start;
                 size_t klen = end - start;
                 if (start > 0) {
-                    m->tmp.n = 0;
-                    tok_sbuf_put(&m->tmp, m->prefix, m->prefix_len);
-                    tok_sbuf_put(&m->tmp, s + start, end - start);
-                    key = m->tmp.s;
-                    klen = m->tmp.n;
+                    w->tmp.n = 0;
+                    tok_sbuf_put(&w->tmp, m->prefix, m->prefix_len);
+                    tok_sbuf_put(&w->tmp, s + start, end - start);
+                    key = w->tmp.s;
+                    klen = w->tmp.n;
                 }
                 int32_t id;
                 if (tok_strmap_get(&m->vocab, key, klen, &id)) {
@@ -605,18 +637,24 @@ static int wordpiece_tokenize(tok_model *m, const char *s, size_t n, tok_ivec *o
 bad:
     out->n = before;
     if (unk_id(m, err) < 0)
-        return kerr_add(err, "tokenizer: WordPiece needs its unk token for \"%.*s\"", (int)n, s);
+        return kerr_add(err, "tokenizer: WordPiece needs its unk token for \"%.*s\"",
+                        (int)(n > 60 ? 60 : n), s);
     tok_ivec_push(out, m->unk_id);
     return 0;
 }
 
-int tok_model_tokenize(tok_model *m, const char *s, size_t len, tok_ivec *out, kerr *err)
+int tok_model_tokenize(const tok_model *m, tok_ctx *c, const char *s, size_t len, kerr *err)
 {
+    if (!c->bpe) {
+        c->bpe = xcalloc(1, sizeof *c->bpe);
+        c->bpe->cache = xcalloc(CACHE_SLOTS, sizeof *c->bpe->cache);
+    }
+    tok_ivec *out = &c->ids;
     switch (m->type) {
     case M_BPE:
-        return bpe_tokenize(m, s, len, out, err);
+        return bpe_tokenize(m, c->bpe, s, len, out, err);
     case M_WORDPIECE:
-        return wordpiece_tokenize(m, s, len, out, err);
+        return wordpiece_tokenize(m, c->bpe, s, len, out, err);
     case M_WORDLEVEL: {
         int32_t id;
         if (tok_strmap_get(&m->vocab, s, len, &id)) {
@@ -624,8 +662,8 @@ int tok_model_tokenize(tok_model *m, const char *s, size_t len, tok_ivec *out, k
             return 0;
         }
         if (unk_id(m, err) < 0)
-            return kerr_add(err, "tokenizer: WordLevel needs its unk token for \"%.*s\"", (int)len,
-                            s);
+            return kerr_add(err, "tokenizer: WordLevel needs its unk token for \"%.*s\"",
+                            (int)(len > 60 ? 60 : len), s);
         tok_ivec_push(out, m->unk_id);
         return 0;
     }

@@ -56,28 +56,10 @@ static int parse_behavior(json_t *v, int def, const char *where, kerr *err)
     for (int i = 0; s && i < 5; i++)
         if (strcmp(s, names[i]) == 0)
             return i;
-    kerr_add(err, "%s: unknown split behavior %s (expected Removed, Isolated, MergedWithPrevious, "
+    kerr_add(err, "%s: unknown split behavior %.60s (expected Removed, Isolated, MergedWithPrevious, "
                   "MergedWithNext or Contiguous)",
              where, s ? s : "(not a string)");
     return -1;
-}
-
-/* The 256 byte -> character table of GPT-2's byte-level alphabet, as UTF-8. */
-static char bl_utf8[256][3];
-static uint8_t bl_len[256];
-static void bl_init(void)
-{
-    if (bl_len[0])
-        return;
-    int k = 0;
-    for (int b = 0; b < 256; b++) {
-        int keep = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE);
-        int32_t cp = keep ? b : 256 + k++;
-        char u[4];
-        int n = tok_u8_encode(cp, u);
-        memcpy(bl_utf8[b], u, (size_t)n);
-        bl_len[b] = (uint8_t)n;
-    }
 }
 
 /* ---------------------------------------------------------------- normalizers */
@@ -175,7 +157,7 @@ tok_norm *tok_norm_load(json_t *j, const char *where, kerr *err)
         json_t *sa = json_object_get(j, "strip_accents");
         n->strip_accents = json_is_boolean(sa) ? json_is_true(sa) : n->lowercase;
     } else {
-        kerr_add(err, "%s: unsupported normalizer \"%s\" (kiln supports NFC, NFD, NFKC, NFKD, "
+        kerr_add(err, "%s: unsupported normalizer \"%.60s\" (kiln supports NFC, NFD, NFKC, NFKD, "
                       "Lowercase, StripAccents, Replace, Prepend, Strip, BertNormalizer, Nmt, "
                       "ByteLevel, Sequence)",
                  where, type);
@@ -266,11 +248,12 @@ static int norm_one(const tok_norm *nm, tok_ctx *c, const char *s, size_t n, tok
                 tok_sbuf_put(o, s + at, i - at);
         }
         return 0;
-    case N_BYTELEVEL: /* the ByteLevel pre-tokenizer's byte mapping, on the whole string */
-        bl_init();
+    case N_BYTELEVEL: { /* the ByteLevel pre-tokenizer's byte mapping, on the whole string */
+        const tok_bytelevel *bl = tok_bytelevel_table();
         for (; i < n; i++)
-            tok_sbuf_put(o, bl_utf8[(unsigned char)s[i]], bl_len[(unsigned char)s[i]]);
+            tok_sbuf_put(o, bl->utf8[(unsigned char)s[i]], bl->len[(unsigned char)s[i]]);
         return 0;
+    }
     case N_PREPEND:
         if (n)
             tok_sbuf_put(o, nm->content, nm->content_len);
@@ -302,9 +285,8 @@ static int norm_one(const tok_norm *nm, tok_ctx *c, const char *s, size_t n, tok
     }
     case N_REPLACE: {
         size_t pos = 0, prev = (size_t)-1, ms, me;
-        tok_regex *re = (tok_regex *)&nm->re;
         for (;;) {
-            int r = tok_regex_next(re, s, n, pos, prev, &ms, &me);
+            int r = tok_regex_next(&nm->re, c->md, s, n, pos, prev, &ms, &me);
             if (r < 0)
                 return kerr_add(err, "tokenizer: normalizer Replace: regex match failed");
             if (r == 0)
@@ -526,7 +508,7 @@ tok_pretok *tok_pretok_load(json_t *j, const char *where, kerr *err)
         else if (ps && strcmp(ps, "never") == 0)
             p->prepend_scheme = PREPEND_NEVER;
         else if (ps && strcmp(ps, "always") != 0) {
-            kerr_add(err, "%s: unknown prepend_scheme \"%s\" (expected always, first or never)", w,
+            kerr_add(err, "%s: unknown prepend_scheme \"%.60s\" (expected always, first or never)", w,
                      ps);
             goto fail;
         }
@@ -564,9 +546,12 @@ tok_pretok *tok_pretok_load(json_t *j, const char *where, kerr *err)
     } else if (strcmp(type, "FixedLength") == 0) {
         p->type = P_FIXED;
         json_t *l = json_object_get(j, "length");
-        p->length = json_is_integer(l) ? (size_t)json_integer_value(l) : 5;
+        long long x = 5;
+        if (l && !json_is_null(l) && tok_json_int(l, 1, TOK_MAX_LEN, &x, err, "%s.length", w))
+            goto fail;
+        p->length = (size_t)x;
     } else {
-        kerr_add(err, "%s: unsupported pre_tokenizer \"%s\" (kiln supports ByteLevel, Split, "
+        kerr_add(err, "%s: unsupported pre_tokenizer \"%.60s\" (kiln supports ByteLevel, Split, "
                       "Metaspace, Whitespace, WhitespaceSplit, BertPreTokenizer, Digits, "
                       "Punctuation, CharDelimiterSplit, FixedLength, Sequence)",
                  where, type);
@@ -589,12 +574,13 @@ static void seg_push(tok_ctx *c, size_t s, size_t e, int match)
     c->segs[c->nsegs++] = (struct tok_seg){s, e, match};
 }
 
-static int segs_regex(tok_ctx *c, tok_regex *re, const char *s, size_t n, int invert, kerr *err)
+static int segs_regex(tok_ctx *c, const tok_regex *re, const char *s, size_t n, int invert,
+                      kerr *err)
 {
     c->nsegs = 0;
     size_t prev = 0, pos = 0, last_end = (size_t)-1, ms, me;
     while (pos <= n) {
-        int r = tok_regex_next(re, s, n, pos, last_end, &ms, &me);
+        int r = tok_regex_next(re, c->md, s, n, pos, last_end, &ms, &me);
         if (r < 0)
             return kerr_add(err, "tokenizer: pre_tokenizer regex match failed");
         if (r == 0)
@@ -712,22 +698,23 @@ static int pretok_one(const tok_pretok *p, tok_ctx *c, const tok_piece *pc, tok_
         }
         size_t first = out->n;
         if (p->use_regex) {
-            if (segs_regex(c, (tok_regex *)&p->re, q.s, q.len, 0, err))
+            if (segs_regex(c, &p->re, q.s, q.len, 0, err))
                 return -1;
             split_emit(c, &q, TOK_ISOLATED, out);
         } else
             tok_pieces_push(out, q.s, q.len, -1, q.origin);
         /* Map every byte of the new pieces to its byte-level character. */
+        const tok_bytelevel *bl = tok_bytelevel_table();
         for (size_t i = first; i < out->n; i++) {
             tok_piece *o = &out->v[i];
             size_t m = 0;
             for (size_t b = 0; b < o->len; b++)
-                m += bl_len[(unsigned char)o->s[b]];
+                m += bl->len[(unsigned char)o->s[b]];
             char *t = tok_arena_alloc(&c->arena, m + 1), *w = t;
             for (size_t b = 0; b < o->len; b++) {
                 unsigned char x = (unsigned char)o->s[b];
-                memcpy(w, bl_utf8[x], bl_len[x]);
-                w += bl_len[x];
+                memcpy(w, bl->utf8[x], bl->len[x]);
+                w += bl->len[x];
             }
             *w = 0;
             o->s = t;
@@ -736,12 +723,12 @@ static int pretok_one(const tok_pretok *p, tok_ctx *c, const tok_piece *pc, tok_
         return 0;
     }
     case P_SPLIT:
-        if (segs_regex(c, (tok_regex *)&p->re, s, n, p->invert, err))
+        if (segs_regex(c, &p->re, s, n, p->invert, err))
             return -1;
         split_emit(c, pc, p->behavior, out);
         return 0;
     case P_WHITESPACE:
-        if (segs_regex(c, (tok_regex *)&p->re, s, n, 1, err))
+        if (segs_regex(c, &p->re, s, n, 1, err))
             return -1;
         split_emit(c, pc, TOK_REMOVED, out);
         return 0;
@@ -829,7 +816,6 @@ int tok_pretok_apply(const tok_pretok *p, tok_ctx *c, tok_pieces *io, kerr *err)
                 return -1;
         return 0;
     }
-    bl_init();
     tok_pieces *out = &c->spare;
     out->n = 0;
     for (size_t i = 0; i < io->n; i++) {

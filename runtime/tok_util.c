@@ -5,6 +5,10 @@
  *
  * It does not know about tokenizer.json; see tok_text.c, tok_model.c and tokenizer.c for that.
  */
+#include <assert.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <utf8proc.h>
@@ -368,6 +372,79 @@ json_t *tok_json_load(const char *path, kerr *err)
     return j;
 }
 
+/* ---------------------------------------------------------------- byte-level alphabet */
+
+/* Built once per process under pthread_once, so tokenizers used from several threads (or
+ * loaded by several threads) never see a half-filled table. */
+static tok_bytelevel bl_table;
+static pthread_once_t bl_once = PTHREAD_ONCE_INIT;
+
+static void bl_build(void)
+{
+    int k = 0;
+    for (int b = 0; b < 256; b++) {
+        int keep = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE);
+        int32_t cp = keep ? b : 256 + k++;
+        char u[4];
+        int n = tok_u8_encode(cp, u);
+        memcpy(bl_table.utf8[b], u, (size_t)n);
+        bl_table.len[b] = (uint8_t)n;
+        bl_table.byte_of[cp] = (int16_t)(b + 1);
+    }
+}
+
+const tok_bytelevel *tok_bytelevel_table(void)
+{
+    int rc = pthread_once(&bl_once, bl_build);
+    assert(rc == 0);
+    (void)rc;
+    return &bl_table;
+}
+
+/* ---------------------------------------------------------------- checked JSON numbers */
+
+int tok_json_int(json_t *v, long long lo, long long hi, long long *out, kerr *err, const char *fmt,
+                 ...)
+{
+    if (json_is_integer(v) && json_integer_value(v) >= lo && json_integer_value(v) <= hi) {
+        *out = json_integer_value(v);
+        return 0;
+    }
+    char where[512], got[96];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(where, sizeof where, fmt, ap);
+    va_end(ap);
+    if (!v)
+        snprintf(got, sizeof got, "missing");
+    else if (json_is_integer(v))
+        snprintf(got, sizeof got, "%lld", (long long)json_integer_value(v));
+    else if (json_is_real(v))
+        snprintf(got, sizeof got, "%.17g", json_real_value(v));
+    else if (json_is_string(v))
+        snprintf(got, sizeof got, "\"%.40s\"%s", json_string_value(v),
+                 json_string_length(v) > 40 ? "..." : "");
+    else
+        snprintf(got, sizeof got, "%s",
+                 json_is_true(v) ? "true" : json_is_false(v) ? "false" : json_is_null(v) ? "null"
+                 : json_is_array(v) ? "an array" : "an object");
+    return kerr_add(err, "%s: %s; expected an integer from %lld to %lld", where, got, lo, hi);
+}
+
+int tok_json_id(json_t *v, int32_t *id, kerr *err, const char *fmt, ...)
+{
+    char where[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(where, sizeof where, fmt, ap);
+    va_end(ap);
+    long long x;
+    if (tok_json_int(v, 0, TOK_MAX_ID - 1, &x, err, "%s", where))
+        return -1;
+    *id = (int32_t)x;
+    return 0;
+}
+
 /* ---------------------------------------------------------------- Unicode classes */
 
 int tok_category(int32_t cp) { return utf8proc_category(cp); }
@@ -499,11 +576,10 @@ int tok_regex_compile(tok_regex *re, const char *pattern, int onig, const char *
     if (!re->code) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(ec, msg, sizeof msg);
-        return kerr_add(err, "%s: regex /%s/ does not compile: %s (at offset %zu)", where, pattern,
+        return kerr_add(err, "%s: regex /%.200s/ does not compile: %s (at offset %zu)", where, pattern,
                         (const char *)msg, (size_t)eo);
     }
     re->jit = pcre2_jit_compile(re->code, PCRE2_JIT_COMPLETE) == 0;
-    re->md = pcre2_match_data_create_from_pattern(re->code, NULL);
     return 0;
 }
 
@@ -518,15 +594,26 @@ void tok_regex_literal(tok_regex *re, const char *s, size_t n)
 
 void tok_regex_free(tok_regex *re)
 {
-    if (re->md)
-        pcre2_match_data_free(re->md);
     if (re->code)
         pcre2_code_free(re->code);
     free(re->literal);
     memset(re, 0, sizeof *re);
 }
 
-static int regex_at(tok_regex *re, const char *s, size_t n, size_t from, size_t *ms, size_t *me)
+pcre2_match_data *tok_match_data_new(void)
+{
+    /* One pair: only the whole match is read. A pattern with capture groups then returns 0
+     * ("ovector too small"), with the whole match still in pair 0. */
+    pcre2_match_data *md = pcre2_match_data_create(1, NULL);
+    if (!md) {
+        fprintf(stderr, "kiln: out of memory creating PCRE2 match data\n");
+        abort();
+    }
+    return md;
+}
+
+static int regex_at(const tok_regex *re, pcre2_match_data *md, const char *s, size_t n, size_t from,
+                    size_t *ms, size_t *me)
 {
     if (re->literal) {
         if (re->literal_len == 0) {
@@ -540,23 +627,24 @@ static int regex_at(tok_regex *re, const char *s, size_t n, size_t from, size_t 
         *me = *ms + re->literal_len;
         return 1;
     }
-    int rc = re->jit ? pcre2_jit_match(re->code, (PCRE2_SPTR)s, n, from, PCRE2_NO_UTF_CHECK, re->md, NULL)
-                     : pcre2_match(re->code, (PCRE2_SPTR)s, n, from, PCRE2_NO_UTF_CHECK, re->md, NULL);
+    assert(md);
+    int rc = re->jit ? pcre2_jit_match(re->code, (PCRE2_SPTR)s, n, from, PCRE2_NO_UTF_CHECK, md, NULL)
+                     : pcre2_match(re->code, (PCRE2_SPTR)s, n, from, PCRE2_NO_UTF_CHECK, md, NULL);
     if (rc == PCRE2_ERROR_NOMATCH)
         return 0;
     if (rc < 0)
         return -1;
-    PCRE2_SIZE *ov = pcre2_get_ovector_pointer(re->md);
+    PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
     *ms = ov[0];
     *me = ov[1];
     return 1;
 }
 
-int tok_regex_next(tok_regex *re, const char *s, size_t n, size_t from, size_t prev_end, size_t *ms,
-                   size_t *me)
+int tok_regex_next(const tok_regex *re, pcre2_match_data *md, const char *s, size_t n, size_t from,
+                   size_t prev_end, size_t *ms, size_t *me)
 {
     while (from <= n) {
-        int r = regex_at(re, s, n, from, ms, me);
+        int r = regex_at(re, md, s, n, from, ms, me);
         if (r <= 0)
             return r;
         /* Oniguruma's iterator refuses an empty match right where the last match ended and

@@ -27,6 +27,7 @@
  */
 #include "tokenizer.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -109,11 +110,50 @@ struct tokenizer {
     int32_t bos, eos_list[16];
     size_t neos;
     size_t vocab_size;
-    /* scratch */
-    tok_ctx ctx;
-    tok_pieces pieces;
-    tok_ivec ids;
+    /* Scratch for encode calls: a free list of contexts, each used by one call at a time. The
+     * rest of the struct is read-only after tok_load (see tokenizer.h on threads). */
+    pthread_mutex_t pool_lock;
+    tok_ctx *pool;
 };
+
+/* ---------------------------------------------------------------- encode contexts */
+
+static tok_ctx *ctx_get(tokenizer *t)
+{
+    pthread_mutex_lock(&t->pool_lock);
+    tok_ctx *c = t->pool;
+    if (c)
+        t->pool = c->next;
+    pthread_mutex_unlock(&t->pool_lock);
+    if (!c) {
+        c = xcalloc(1, sizeof *c);
+        c->md = tok_match_data_new();
+    }
+    return c;
+}
+
+static void ctx_put(tokenizer *t, tok_ctx *c)
+{
+    tok_arena_reset(&c->arena);
+    pthread_mutex_lock(&t->pool_lock);
+    c->next = t->pool;
+    t->pool = c;
+    pthread_mutex_unlock(&t->pool_lock);
+}
+
+static void ctx_free(tok_ctx *c)
+{
+    tok_arena_free(&c->arena);
+    free(c->sb.s);
+    free(c->sb2.s);
+    free(c->segs);
+    free(c->pieces.v);
+    free(c->spare.v);
+    free(c->ids.v);
+    pcre2_match_data_free(c->md);
+    tok_bpe_scratch_free(c->bpe);
+    free(c);
+}
 
 /* ---------------------------------------------------------------- trie */
 
@@ -196,12 +236,18 @@ static int32_t token_to_id(const tokenizer *t, const char *s, size_t n)
 }
 
 /* One entry of "added_tokens", added as AddedVocabulary::add_tokens does. */
-static int add_token(tokenizer *t, json_t *j, size_t i, int32_t *next_id, kerr *err)
+static int add_token(tokenizer *t, tok_ctx *ctx, json_t *j, size_t i, int32_t *next_id, kerr *err)
 {
     json_t *c = json_object_get(j, "content");
     if (!json_is_string(c))
         return kerr_add(err, "%s: added_tokens[%zu]: expected an object with a string \"content\"",
                         t->file, i);
+    /* The id in the file is only checked (HF assigns ids itself, see below, and refuses one that
+     * is not a u32); kiln also bounds it like every other id. */
+    json_t *fid = json_object_get(j, "id");
+    int32_t file_id;
+    if (fid && tok_json_id(fid, &file_id, err, "%s: added_tokens[%zu].id", t->file, i))
+        return -1;
     added_tok a = {0};
     tok_sbuf fix = {0};
     const char *s = tok_nul_fix(&fix, json_string_value(c), json_string_length(c), &a.len);
@@ -223,8 +269,15 @@ static int add_token(tokenizer *t, json_t *j, size_t i, int32_t *next_id, kerr *
         }
     }
     a.id = token_to_id(t, s, a.len);
-    if (a.id < 0)
+    if (a.id < 0) {
+        if (*next_id >= TOK_MAX_ID) {
+            free(fix.s);
+            return kerr_add(err, "%s: added_tokens[%zu]: the new token would get id %d; ids must be "
+                                 "below %d",
+                            t->file, i, (int)*next_id, TOK_MAX_ID);
+        }
         a.id = (*next_id)++;
+    }
     a.content = xmalloc(a.len + 1);
     memcpy(a.content, s, a.len);
     a.content[a.len] = 0;
@@ -233,7 +286,7 @@ static int add_token(tokenizer *t, json_t *j, size_t i, int32_t *next_id, kerr *
         const char *o;
         size_t on;
         int lead = 0;
-        if (tok_norm_apply(t->norm, &t->ctx, a.content, a.len, &o, &on, &lead, err)) {
+        if (tok_norm_apply(t->norm, ctx, a.content, a.len, &o, &on, &lead, err)) {
             free(a.content);
             return -1;
         }
@@ -270,11 +323,17 @@ static int load_added(tokenizer *t, json_t *arr, kerr *err)
         return 0;
     if (!json_is_array(arr))
         return kerr_add(err, "%s: \"added_tokens\" must be an array", t->file);
-    /* next_id as HF computes it before the (single) add_tokens call of deserialization */
-    int32_t next_id = (int32_t)tok_model_vocab_size(t->model);
+    /* next_id as HF computes it before the (single) add_tokens call of deserialization; capped so
+     * that a vocabulary of more than TOK_MAX_ID entries cannot wrap it */
+    size_t vn = tok_model_vocab_size(t->model);
+    int32_t next_id = vn < TOK_MAX_ID ? (int32_t)vn : TOK_MAX_ID;
+    tok_ctx *c = ctx_get(t);
     for (size_t i = 0; i < json_array_size(arr); i++)
-        if (add_token(t, json_array_get(arr, i), i, &next_id, err))
+        if (add_token(t, c, json_array_get(arr, i), i, &next_id, err)) {
+            ctx_put(t, c);
             return -1;
+        }
+    ctx_put(t, c);
     /* Build the two matchers; iterate by id like HF's map does (first pattern wins on ties). */
     memset(t->plain.root, -1, sizeof t->plain.root);
     memset(t->normed.root, -1, sizeof t->normed.root);
@@ -303,7 +362,7 @@ static int prev_char_is_word(const char *s, size_t at)
 }
 
 /* AddedVocabulary::find_matches + split_with_indices on one piece, appending to out. */
-static void split_added(tokenizer *t, const trie *tr, const tok_piece *pc, tok_pieces *out)
+static void split_added(const tokenizer *t, const trie *tr, const tok_piece *pc, tok_pieces *out)
 {
     const char *s = pc->s;
     size_t n = pc->len, start_off = 0;
@@ -374,20 +433,22 @@ static void post_free(post *p)
     free(p);
 }
 
-static int pair_id(json_t *v, int32_t *id)
+/* "cls": ["[CLS]", 101] */
+static int pair_id(const tokenizer *t, json_t *j, const char *where, const char *key, int32_t *id,
+                   kerr *err)
 {
-    json_t *x = json_array_get(v, 1);
-    if (!json_is_array(v) || !json_is_integer(x))
-        return -1;
-    *id = (int32_t)json_integer_value(x);
-    return 0;
+    json_t *v = json_object_get(j, key);
+    if (!json_is_array(v) || json_array_size(v) != 2 || !json_is_string(json_array_get(v, 0)))
+        return kerr_add(err, "%s: %s.%s: expected a [token, id] pair", t->file, where, key);
+    return tok_json_id(json_array_get(v, 1), id, err, "%s: %s.%s[1]", t->file, where, key);
 }
 
-static post *post_load(tokenizer *t, json_t *j, kerr *err)
+/* where: the field path for messages ("post_processor", "post_processor.processors[1]"). */
+static post *post_load(tokenizer *t, json_t *j, const char *where, kerr *err)
 {
     const char *type = json_string_value(json_object_get(j, "type"));
     if (!type) {
-        kerr_add(err, "%s: post_processor without a \"type\"", t->file);
+        kerr_add(err, "%s: %s without a \"type\"", t->file, where);
         return NULL;
     }
     post *p = xcalloc(1, sizeof *p);
@@ -395,16 +456,13 @@ static post *post_load(tokenizer *t, json_t *j, kerr *err)
         p->type = PP_BYTELEVEL;
     } else if (strcmp(type, "BertProcessing") == 0 || strcmp(type, "RobertaProcessing") == 0) {
         p->type = type[0] == 'B' ? PP_BERT : PP_ROBERTA;
-        if (pair_id(json_object_get(j, "cls"), &p->cls) || pair_id(json_object_get(j, "sep"), &p->sep)) {
-            kerr_add(err, "%s: post_processor %s: \"cls\" and \"sep\" must be [token, id] pairs",
-                     t->file, type);
+        if (pair_id(t, j, where, "cls", &p->cls, err) || pair_id(t, j, where, "sep", &p->sep, err))
             goto fail;
-        }
     } else if (strcmp(type, "TemplateProcessing") == 0) {
         p->type = PP_TEMPLATE;
         json_t *single = json_object_get(j, "single"), *sp = json_object_get(j, "special_tokens");
         if (!json_is_array(single)) {
-            kerr_add(err, "%s: post_processor TemplateProcessing needs a \"single\" array", t->file);
+            kerr_add(err, "%s: %s: TemplateProcessing needs a \"single\" array", t->file, where);
             goto fail;
         }
         size_t cap = 0;
@@ -414,7 +472,7 @@ static post *post_load(tokenizer *t, json_t *j, kerr *err)
             if (sq) {
                 const char *which = json_string_value(json_object_get(sq, "id"));
                 if (!which || strcmp(which, "A") != 0) {
-                    kerr_add(err, "%s: TemplateProcessing single template uses sequence %s "
+                    kerr_add(err, "%s: TemplateProcessing single template uses sequence %.60s "
                                   "(expected A)",
                              t->file, which ? which : "?");
                     goto fail;
@@ -428,34 +486,40 @@ static post *post_load(tokenizer *t, json_t *j, kerr *err)
             json_t *def = json_object_get(sp, name ? name : "");
             json_t *ids = json_object_get(def, "ids");
             if (!name || !json_is_array(ids)) {
-                kerr_add(err, "%s: TemplateProcessing: special token %s has no entry with \"ids\" in "
+                kerr_add(err, "%s: TemplateProcessing: special token %.60s has no entry with \"ids\" in "
                               "\"special_tokens\"",
                          t->file, name ? name : "(unnamed)");
                 goto fail;
             }
             for (size_t k = 0; k < json_array_size(ids); k++) {
+                int32_t id;
+                if (tok_json_id(json_array_get(ids, k), &id, err,
+                                "%s: %s.special_tokens[\"%.60s\"].ids[%zu]", t->file, where, name, k))
+                    goto fail;
                 if (p->nitems == cap)
                     p->items = xrealloc(p->items, (cap = cap * 2 + 8) * sizeof *p->items);
-                p->items[p->nitems++] = (int32_t)json_integer_value(json_array_get(ids, k));
+                p->items[p->nitems++] = id;
             }
         }
     } else if (strcmp(type, "Sequence") == 0) {
         p->type = PP_SEQ;
         json_t *a = json_object_get(j, "processors");
         if (!json_is_array(a)) {
-            kerr_add(err, "%s: post_processor Sequence needs a \"processors\" array", t->file);
+            kerr_add(err, "%s: %s: Sequence needs a \"processors\" array", t->file, where);
             goto fail;
         }
         p->subs = xcalloc(json_array_size(a) + 1, sizeof *p->subs);
         for (size_t i = 0; i < json_array_size(a); i++) {
-            if (!(p->subs[p->nsubs] = post_load(t, json_array_get(a, i), err)))
+            char sub[256];
+            snprintf(sub, sizeof sub, "%s.processors[%zu]", where, i);
+            if (!(p->subs[p->nsubs] = post_load(t, json_array_get(a, i), sub, err)))
                 goto fail;
             p->nsubs++;
         }
     } else {
-        kerr_add(err, "%s: unsupported post_processor \"%s\" (kiln supports TemplateProcessing, "
-                      "BertProcessing, RobertaProcessing, ByteLevel, Sequence)",
-                 t->file, type);
+        kerr_add(err, "%s: %s: unsupported post_processor \"%.60s\" (kiln supports "
+                      "TemplateProcessing, BertProcessing, RobertaProcessing, ByteLevel, Sequence)",
+                 t->file, where, type);
         goto fail;
     }
     return p;
@@ -592,9 +656,15 @@ static dec *dec_load(tokenizer *t, json_t *j, kerr *err)
     } else if (strcmp(type, "Strip") == 0) {
         d->type = D_STRIP;
         d->cp = jchar(j, "content", ' ');
-        json_t *s = json_object_get(j, "start"), *e = json_object_get(j, "stop");
-        d->start = json_is_integer(s) ? (size_t)json_integer_value(s) : 0;
-        d->stop = json_is_integer(e) ? (size_t)json_integer_value(e) : 0;
+        const char *k[2] = {"start", "stop"};
+        size_t *dst[2] = {&d->start, &d->stop};
+        for (int q = 0; q < 2; q++) {
+            json_t *v = json_object_get(j, k[q]);
+            long long x = 0;
+            if (v && tok_json_int(v, 0, TOK_MAX_LEN, &x, err, "%s: decoder Strip.%s", t->file, k[q]))
+                goto fail;
+            *dst[q] = (size_t)x;
+        }
         if (d->cp < 0) {
             kerr_add(err, "%s: decoder Strip: \"content\" must be one character", t->file);
             goto fail;
@@ -637,7 +707,7 @@ static dec *dec_load(tokenizer *t, json_t *j, kerr *err)
             d->nsubs++;
         }
     } else {
-        kerr_add(err, "%s: unsupported decoder \"%s\" (kiln supports ByteLevel, Metaspace, "
+        kerr_add(err, "%s: unsupported decoder \"%.60s\" (kiln supports ByteLevel, Metaspace, "
                       "WordPiece, BPEDecoder, ByteFallback, Fuse, Strip, Replace, CTC, Sequence)",
                  t->file, type);
         goto fail;
@@ -720,22 +790,6 @@ static void wp_cleanup(tok_sbuf *b)
     }
 }
 
-static int32_t bl_byte_of(int32_t cp)
-{
-    /* Inverse of GPT-2's byte -> char table: -1 when cp is not in the alphabet. */
-    static int16_t inv[324];
-    static int ready;
-    if (!ready) {
-        int k = 0;
-        for (int b = 0; b < 256; b++) {
-            int keep = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE);
-            inv[keep ? b : 256 + k++] = (int16_t)(b + 1);
-        }
-        ready = 1;
-    }
-    return cp >= 0 && cp < 324 && inv[cp] ? inv[cp] - 1 : -1;
-}
-
 static int dec_chain(const dec *d, slist *l, kerr *err)
 {
     switch (d->type) {
@@ -746,11 +800,13 @@ static int dec_chain(const dec *d, slist *l, kerr *err)
         return 0;
     case D_BYTELEVEL: {
         tok_sbuf raw = {0};
+        const tok_bytelevel *bl = tok_bytelevel_table();
         for (size_t t = 0; t < l->n; t++) {
             const char *s = l->v[t].s;
             size_t n = l->v[t].n, i = 0, mark = raw.n;
             while (i < n) {
-                int32_t b = bl_byte_of(tok_u8_next(s, &i));
+                int32_t cp = tok_u8_next(s, &i);
+                int32_t b = cp >= 0 && cp < (int32_t)ARRAY_LEN(bl->byte_of) ? bl->byte_of[cp] - 1 : -1;
                 if (b < 0) { /* not all byte-level: the token's own bytes */
                     raw.n = mark;
                     tok_sbuf_put(&raw, s, n);
@@ -832,6 +888,7 @@ static int dec_chain(const dec *d, slist *l, kerr *err)
     }
     size_t last = l->n ? l->n - 1 : 0;
     size_t keep = 0;
+    pcre2_match_data *md = NULL;
     for (size_t t = 0; t < l->n; t++) {
         tok_sbuf *b = &l->v[t];
         tok_sbuf o = {0};
@@ -898,10 +955,13 @@ static int dec_chain(const dec *d, slist *l, kerr *err)
         }
         case D_REPLACE: {
             size_t p0 = 0, prev = (size_t)-1, ms, me;
+            if (!d->re.literal && !md)
+                md = tok_match_data_new(); /* decode keeps no scratch in the tokenizer */
             for (;;) {
-                int r = tok_regex_next((tok_regex *)&d->re, b->s, b->n, p0, prev, &ms, &me);
+                int r = tok_regex_next(&d->re, md, b->s, b->n, p0, prev, &ms, &me);
                 if (r < 0) {
                     free(o.s);
+                    pcre2_match_data_free(md);
                     return kerr_add(err, "tokenizer: decoder Replace: regex match failed");
                 }
                 if (r == 0)
@@ -936,6 +996,8 @@ static int dec_chain(const dec *d, slist *l, kerr *err)
         l->v[keep++] = o;
     }
     l->n = keep;
+    if (md)
+        pcre2_match_data_free(md);
     return 0;
 }
 
@@ -962,80 +1024,151 @@ static int32_t config_token(const tokenizer *t, json_t *cfg, const char *key)
     return token_to_id(t, json_string_value(v), json_string_length(v));
 }
 
+/* An id field of a config file ("bos_token_id": 1): -1 when absent or null, else checked. */
+static int config_id(json_t *cfg, const char *file, const char *key, int32_t *id, kerr *err)
+{
+    json_t *v = json_object_get(cfg, key);
+    *id = -1;
+    if (!v || json_is_null(v))
+        return 0;
+    return tok_json_id(v, id, err, "%s: %s", file, key);
+}
+
+/* "eos_token_id": 2 or [2, 32000] (generation_config.json may list several). */
+static int config_eos(tokenizer *t, json_t *cfg, const char *file, kerr *err)
+{
+    json_t *v = json_object_get(cfg, "eos_token_id");
+    if (!json_is_array(v)) {
+        int32_t id;
+        if (config_id(cfg, file, "eos_token_id", &id, err))
+            return -1;
+        if (id >= 0)
+            t->eos_list[t->neos++] = id;
+        return 0;
+    }
+    if (json_array_size(v) > ARRAY_LEN(t->eos_list))
+        return kerr_add(err, "%s: eos_token_id lists %zu ids; kiln takes at most %zu", file,
+                        json_array_size(v), ARRAY_LEN(t->eos_list));
+    for (size_t i = 0; i < json_array_size(v); i++)
+        if (tok_json_id(json_array_get(v, i), &t->eos_list[t->neos++], err, "%s: eos_token_id[%zu]",
+                        file, i))
+            return -1;
+    return 0;
+}
+
 static int load_special_ids(tokenizer *t, const char *dir, kerr *err)
 {
     json_t *gen = NULL, *tc = NULL, *stm = NULL, *cfg = NULL;
-    int rc = 0, nerr = err ? err->n : 0;
+    int rc = 0;
+    char *pgen = NULL, *pcfg = NULL;
     if (dir) {
-        char *p;
-        p = util_path_join(dir, "generation_config.json"), gen = load_json(p, 0, err), free(p);
-        p = util_path_join(dir, "tokenizer_config.json"), tc = load_json(p, 0, err), free(p);
-        p = util_path_join(dir, "special_tokens_map.json"), stm = load_json(p, 0, err), free(p);
-        p = util_path_join(dir, "config.json"), cfg = load_json(p, 0, err), free(p);
-        if (err && err->n > nerr)
+        /* an absent file is fine; one that is there but does not parse is an error */
+        pgen = util_path_join(dir, "generation_config.json");
+        char *ptc = util_path_join(dir, "tokenizer_config.json");
+        char *pstm = util_path_join(dir, "special_tokens_map.json");
+        pcfg = util_path_join(dir, "config.json");
+        if ((!(gen = load_json(pgen, 0, err)) && util_is_file(pgen)) |
+            (!(tc = load_json(ptc, 0, err)) && util_is_file(ptc)) |
+            (!(stm = load_json(pstm, 0, err)) && util_is_file(pstm)) |
+            (!(cfg = load_json(pcfg, 0, err)) && util_is_file(pcfg)))
             rc = -1;
+        free(ptc);
+        free(pstm);
     }
     t->bos = -1;
     t->neos = 0;
-    json_t *v;
+    int32_t cfg_bos = -1;
     /* bos */
-    if (json_is_integer(v = json_object_get(gen, "bos_token_id")))
-        t->bos = (int32_t)json_integer_value(v);
+    if (rc == 0 && (config_id(gen, pgen, "bos_token_id", &t->bos, err) ||
+                    config_id(cfg, pcfg, "bos_token_id", &cfg_bos, err)))
+        rc = -1;
     if (t->bos < 0)
         t->bos = config_token(t, tc, "bos_token");
     if (t->bos < 0)
         t->bos = config_token(t, stm, "bos_token");
-    if (t->bos < 0 && json_is_integer(v = json_object_get(cfg, "bos_token_id")))
-        t->bos = (int32_t)json_integer_value(v);
-    /* eos: generation_config may list several */
-    json_t *srcs[2] = {gen, cfg};
-    for (int s = 0; s < 2 && t->neos == 0; s++) {
-        v = json_object_get(srcs[s], "eos_token_id");
-        if (json_is_integer(v))
-            t->eos_list[t->neos++] = (int32_t)json_integer_value(v);
-        else if (json_is_array(v))
-            for (size_t i = 0; i < json_array_size(v) && t->neos < ARRAY_LEN(t->eos_list); i++)
-                if (json_is_integer(json_array_get(v, i)))
-                    t->eos_list[t->neos++] = (int32_t)json_integer_value(json_array_get(v, i));
-        if (s == 0 && t->neos == 0) {
-            int32_t e = config_token(t, tc, "eos_token");
-            if (e < 0)
-                e = config_token(t, stm, "eos_token");
-            if (e >= 0)
-                t->eos_list[t->neos++] = e;
-        }
+    if (t->bos < 0)
+        t->bos = cfg_bos;
+    /* eos: generation_config.json, then the token named by the tokenizer's config files, then
+     * config.json */
+    if (rc == 0 && config_eos(t, gen, pgen, err))
+        rc = -1;
+    if (rc == 0 && t->neos == 0) {
+        int32_t e = config_token(t, tc, "eos_token");
+        if (e < 0)
+            e = config_token(t, stm, "eos_token");
+        if (e >= 0)
+            t->eos_list[t->neos++] = e;
     }
+    if (rc == 0 && t->neos == 0 && config_eos(t, cfg, pcfg, err))
+        rc = -1;
     json_decref(gen);
     json_decref(tc);
     json_decref(stm);
     json_decref(cfg);
+    free(pgen);
+    free(pcfg);
     return rc;
+}
+
+/* An optional length field: absent or null leaves *out as it is. */
+static int opt_len(tokenizer *t, json_t *o, const char *path, const char *key, long long lo,
+                   size_t *out, kerr *err)
+{
+    json_t *v = json_object_get(o, key);
+    long long x;
+    if (!v || json_is_null(v))
+        return 0;
+    if (tok_json_int(v, lo, TOK_MAX_LEN, &x, err, "%s: %s.%s", t->file, path, key))
+        return -1;
+    *out = (size_t)x;
+    return 0;
 }
 
 static int load_trunc_pad(tokenizer *t, json_t *root, kerr *err)
 {
     json_t *tr = json_object_get(root, "truncation");
-    if (json_is_object(tr)) {
-        json_t *ml = json_object_get(tr, "max_length");
-        if (!json_is_integer(ml))
-            return kerr_add(err, "%s: truncation.max_length must be an integer", t->file);
+    if (tr && !json_is_null(tr)) {
+        if (!json_is_object(tr))
+            return kerr_add(err, "%s: truncation: expected an object or null", t->file);
+        long long x;
+        if (tok_json_int(json_object_get(tr, "max_length"), 1, TOK_MAX_LEN, &x, err,
+                         "%s: truncation.max_length", t->file))
+            return -1;
         t->trunc = 1;
-        t->trunc_max = (size_t)json_integer_value(ml);
+        t->trunc_max = (size_t)x;
+        size_t stride = 0;
+        if (opt_len(t, tr, "truncation", "stride", 0, &stride, err))
+            return -1;
+        if (stride >= t->trunc_max)
+            return kerr_add(err, "%s: truncation.stride: %zu; expected less than max_length (%zu)",
+                            t->file, stride, t->trunc_max);
         const char *dir = json_string_value(json_object_get(tr, "direction"));
         const char *st = json_string_value(json_object_get(tr, "strategy"));
         t->trunc_left = dir && strcmp(dir, "Left") == 0;
         t->trunc_only_second = st && strcmp(st, "OnlySecond") == 0;
     }
     json_t *pd = json_object_get(root, "padding");
-    if (json_is_object(pd)) {
+    if (pd && !json_is_null(pd)) {
+        if (!json_is_object(pd))
+            return kerr_add(err, "%s: padding: expected an object or null", t->file);
         t->pad = 1;
-        json_t *st = json_object_get(pd, "strategy"), *fx = json_object_get(st, "Fixed");
-        if (json_is_integer(fx))
-            t->pad_fixed = (size_t)json_integer_value(fx);
-        json_t *m = json_object_get(pd, "pad_to_multiple_of");
-        t->pad_multiple = json_is_integer(m) ? (size_t)json_integer_value(m) : 0;
+        json_t *st = json_object_get(pd, "strategy");
+        if (json_is_object(st)) {
+            long long x;
+            if (tok_json_int(json_object_get(st, "Fixed"), 1, TOK_MAX_LEN, &x, err,
+                             "%s: padding.strategy.Fixed", t->file))
+                return -1;
+            t->pad_fixed = (size_t)x;
+        } else if (st && (!json_is_string(st) || strcmp(json_string_value(st), "BatchLongest") != 0))
+            return kerr_add(err, "%s: padding.strategy: expected \"BatchLongest\" or {\"Fixed\": N}",
+                            t->file);
+        t->pad_multiple = 0;
+        if (opt_len(t, pd, "padding", "pad_to_multiple_of", 0, &t->pad_multiple, err))
+            return -1;
         json_t *pid = json_object_get(pd, "pad_id");
-        t->pad_id = json_is_integer(pid) ? (int32_t)json_integer_value(pid) : 0;
+        t->pad_id = 0;
+        if (pid && tok_json_id(pid, &t->pad_id, err, "%s: padding.pad_id", t->file))
+            return -1;
         const char *dir = json_string_value(json_object_get(pd, "direction"));
         t->pad_left = dir && strcmp(dir, "Left") == 0;
     }
@@ -1062,6 +1195,7 @@ tokenizer *tok_load(const char *path, kerr *err)
             dir = slash ? xasprintf("%.*s", (int)(slash - path), path) : xstrdup(".");
     }
     tokenizer *t = xcalloc(1, sizeof *t);
+    pthread_mutex_init(&t->pool_lock, NULL);
     t->file = file;
     t->bos = -1;
     memset(t->plain.root, -1, sizeof t->plain.root);
@@ -1084,7 +1218,7 @@ tokenizer *tok_load(const char *path, kerr *err)
         !(t->pretok = tok_pretok_load(v, file, err)))
         goto fail;
     if ((v = json_object_get(root, "post_processor")) && !json_is_null(v) &&
-        !(t->post = post_load(t, v, err)))
+        !(t->post = post_load(t, v, "post_processor", err)))
         goto fail;
     if ((v = json_object_get(root, "decoder")) && !json_is_null(v)) {
         if (!(t->dec = dec_load(t, v, err)))
@@ -1102,7 +1236,6 @@ tokenizer *tok_load(const char *path, kerr *err)
         if ((size_t)t->added[i].id + 1 > vs)
             vs = (size_t)t->added[i].id + 1;
     t->vocab_size = vs;
-    tok_arena_reset(&t->ctx.arena);
     json_decref(root);
     free(dir);
     return t;
@@ -1132,23 +1265,21 @@ void tok_free(tokenizer *t)
     free(t->id2added);
     free(t->plain.n);
     free(t->normed.n);
-    tok_arena_free(&t->ctx.arena);
-    free(t->ctx.sb.s);
-    free(t->ctx.sb2.s);
-    free(t->ctx.segs);
-    free(t->ctx.spare.v);
-    free(t->pieces.v);
-    free(t->ids.v);
+    while (t->pool) {
+        tok_ctx *c = t->pool;
+        t->pool = c->next;
+        ctx_free(c);
+    }
+    pthread_mutex_destroy(&t->pool_lock);
     free(t->file);
     free(t);
 }
 
 /* ---------------------------------------------------------------- encode */
 
-static int encode_pieces(tokenizer *t, const char *text, size_t len, kerr *err)
+static int encode_pieces(const tokenizer *t, tok_ctx *c, const char *text, size_t len, kerr *err)
 {
-    tok_ctx *c = &t->ctx;
-    tok_pieces *io = &t->pieces, *out = &c->spare;
+    tok_pieces *io = &c->pieces, *out = &c->spare;
     io->n = 0;
     tok_pieces_push(io, text, len, -1, 1);
     /* (1) non-normalized added tokens on the raw text */
@@ -1187,11 +1318,11 @@ static int encode_pieces(tokenizer *t, const char *text, size_t len, kerr *err)
     if (t->pretok && tok_pretok_apply(t->pretok, c, io, err))
         return -1;
     /* (4) model */
-    t->ids.n = 0;
+    c->ids.n = 0;
     for (size_t i = 0; i < io->n; i++) {
         if (io->v[i].id >= 0)
-            tok_ivec_push(&t->ids, io->v[i].id);
-        else if (tok_model_tokenize(t->model, io->v[i].s, io->v[i].len, &t->ids, err))
+            tok_ivec_push(&c->ids, io->v[i].id);
+        else if (tok_model_tokenize(t->model, c, io->v[i].s, io->v[i].len, err))
             return -1;
     }
     return 0;
@@ -1202,7 +1333,7 @@ int tok_encode(tokenizer *t, const char *text, size_t len, int add_special, int3
 {
     *ids = NULL;
     *n = 0;
-    tok_ctx *c = &t->ctx;
+    tok_ctx *c = ctx_get(t);
     c->sb2.n = 0;
     const char *clean = text;
     if (len) {
@@ -1214,13 +1345,15 @@ int tok_encode(tokenizer *t, const char *text, size_t len, int add_special, int3
             len = c->sb2.n;
         }
     }
-    int rc = encode_pieces(t, clean ? clean : "", len, err);
-    tok_arena_reset(&c->arena);
-    if (rc)
-        return -1;
+    int rc = encode_pieces(t, c, clean ? clean : "", len, err);
     /* (5) truncation, post-processing, padding (Tokenizer::post_process) */
-    tok_ivec out = t->ids;
-    t->ids = (tok_ivec){0};
+    tok_ivec out = c->ids;
+    c->ids = (tok_ivec){0};
+    ctx_put(t, c);
+    if (rc) {
+        free(out.v);
+        return -1;
+    }
     if (t->trunc) {
         size_t added = add_special ? post_added(t->post) : 0;
         if (added > t->trunc_max) {

@@ -7,8 +7,18 @@
  * runs the decoder chain. See tokenizer.c for the list of supported components and the rules for
  * invalid UTF-8 input.
  *
- * A tokenizer is used by one thread at a time (it keeps a BPE word cache and scratch buffers);
- * load one per thread to encode in parallel. Nothing here prints or exits: errors go to `err`.
+ * Threads: a loaded tokenizer may be shared. tok_encode, tok_decode and the queries may be
+ * called on one tokenizer from any number of threads at once (a server does); the pipeline is
+ * read-only after tok_load, and each tok_encode call takes its own scratch (buffers and a BPE word
+ * cache) from a mutex-guarded pool in the tokenizer, so calls never share writable state. A
+ * tok_stream is a per-request object: one thread at a time per stream, any number of streams on
+ * one tokenizer. tok_load and tok_free are not concurrent with anything on the same tokenizer
+ * (free it only after every call on it has returned). Nothing here prints or exits: errors go to
+ * `err`, which must be the calling thread's own.
+ *
+ * Limits: every id read from tokenizer.json (or the config files) must be 0 <= id < TOK_MAX_ID,
+ * and lengths such as padding and truncation are bounded by TOK_MAX_LEN; tok_load refuses larger
+ * or non-integer values naming the file and the field, before sizing anything by them.
  */
 #ifndef KILN_TOKENIZER_H
 #define KILN_TOKENIZER_H
@@ -17,6 +27,13 @@
 #include <stdint.h>
 
 #include "util.h"
+
+/* Ids are below 1 << 24 (real vocabularies have at most ~262k entries); tables indexed by id are
+ * sized by the largest id, so this caps what a tokenizer.json can make tok_load allocate. */
+#define TOK_MAX_ID (1 << 24)
+/* padding.strategy.Fixed, pad_to_multiple_of, truncation.max_length and stride: at most this many
+ * ids (a 16M-token sequence is far beyond any model's context). */
+#define TOK_MAX_LEN (1 << 24)
 
 typedef struct tokenizer tokenizer;
 

@@ -496,6 +496,102 @@ static void test_errors(void **state)
     expect_load_error("{}", "\"model\" is missing", NULL);
 }
 
+/* Every number tokenizer.json gives is range-checked before use, with the file and the field
+ * path in the message (the fuzzing campaign on e52b4c6 found ids of 2^31-1 and padding of -5). */
+static void test_limits(void **state)
+{
+    (void)state;
+#define WL(vocab) "\"model\": {\"type\": \"WordLevel\", \"unk_token\": \"a\", \"vocab\": " vocab "}"
+    expect_load_error("{" WL("{\"a\": 2147483647}") "}",
+                      "model.vocab[\"a\"]: 2147483647; expected an integer from 0 to 16777215", NULL);
+    expect_load_error("{" WL("{\"a\": -1}") "}", "model.vocab[\"a\"]: -1; expected an integer", NULL);
+    expect_load_error("{" WL("{\"a\": 1.5}") "}", "model.vocab[\"a\"]: 1.5; expected an integer", NULL);
+    expect_load_error("{" WL("{\"a\": \"7\"}") "}", "model.vocab[\"a\"]: \"7\"; expected", NULL);
+    expect_load_error("{" WL("{\"a\": 0}") ", \"added_tokens\": [{\"id\": -3, \"content\": \"<x>\"}]}",
+                      "added_tokens[0].id: -3; expected an integer from 0 to 16777215", NULL);
+    expect_load_error("{" WL("{\"a\": 0}") ", \"padding\": {\"strategy\": {\"Fixed\": -5}}}",
+                      "padding.strategy.Fixed: -5; expected an integer from 1 to 16777216", NULL);
+    expect_load_error("{" WL("{\"a\": 0}") ", \"padding\": {\"strategy\": {\"Fixed\": 1e11}}}",
+                      "padding.strategy.Fixed: 100000000000; expected an integer from 1 to", NULL);
+    expect_load_error("{" WL("{\"a\": 0}") ", \"padding\": {\"strategy\": {\"Fixed\": 100000000000}}}",
+                      "padding.strategy.Fixed: 100000000000; expected", NULL);
+    expect_load_error("{" WL("{\"a\": 0}") ", \"padding\": {\"strategy\": \"BatchLongest\", "
+                      "\"pad_id\": -1}}",
+                      "padding.pad_id: -1; expected an integer from 0 to 16777215", NULL);
+    expect_load_error("{" WL("{\"a\": 0}") ", \"padding\": {\"strategy\": \"BatchLongest\", "
+                      "\"pad_to_multiple_of\": -8}}",
+                      "padding.pad_to_multiple_of: -8; expected an integer from 0 to", NULL);
+    expect_load_error("{" WL("{\"a\": 0}") ", \"padding\": {\"strategy\": \"Longest\"}}",
+                      "padding.strategy: expected \"BatchLongest\"", NULL);
+    expect_load_error("{" WL("{\"a\": 0}") ", \"truncation\": {\"max_length\": -1}}",
+                      "truncation.max_length: -1; expected an integer from 1 to 16777216", NULL);
+    expect_load_error("{" WL("{\"a\": 0}") ", \"truncation\": {\"max_length\": \"abc\"}}",
+                      "truncation.max_length: \"abc\"; expected", NULL);
+    expect_load_error("{" WL("{\"a\": 0}") ", \"truncation\": {\"max_length\": 8, \"stride\": 8}}",
+                      "truncation.stride: 8; expected less than max_length (8)", NULL);
+    expect_load_error("{" WL("{\"a\": 0}") ", \"post_processor\": {\"type\": \"BertProcessing\", "
+                      "\"cls\": [\"a\", -2], \"sep\": [\"a\", 0]}}",
+                      "post_processor.cls[1]: -2; expected an integer from 0 to 16777215", NULL);
+    expect_load_error("{" WL("{\"a\": 0}") ", \"post_processor\": {\"type\": \"Sequence\", \"processors\": "
+                      "[{\"type\": \"ByteLevel\"}, {\"type\": \"TemplateProcessing\", \"single\": "
+                      "[{\"SpecialToken\": {\"id\": \"a\"}}], \"special_tokens\": {\"a\": {\"ids\": [1e11]}}}]}}",
+                      "post_processor.processors[1].special_tokens[\"a\"].ids[0]: 100000000000", NULL);
+    expect_load_error("{" WL("{\"a\": 0}") ", \"decoder\": {\"type\": \"Strip\", \"start\": -1}}",
+                      "decoder Strip.start: -1; expected an integer from 0 to", NULL);
+    expect_load_error("{" WL("{\"a\": 0}") ", \"pre_tokenizer\": {\"type\": \"FixedLength\", \"length\": 0}}",
+                      "pre_tokenizer FixedLength.length: 0; expected an integer from 1 to", NULL);
+    expect_load_error("{\"model\": {\"type\": \"WordPiece\", \"vocab\": {\"[UNK]\": 0}, "
+                      "\"max_input_chars_per_word\": -100}}",
+                      "model.max_input_chars_per_word: -100; expected an integer from 0 to", NULL);
+#undef WL
+    /* the largest id allowed loads, and every table sized by it is walked without wrapping */
+    char *p = util_path_join(tmpdir, "bigid.json");
+    const char *j = "{\"model\": {\"type\": \"WordLevel\", \"unk_token\": \"a\", "
+                    "\"vocab\": {\"a\": 0, \"z\": 16777215}}}";
+    kerr err;
+    kerr_clear(&err);
+    assert_int_equal(util_write_file(p, j, strlen(j), &err), 0);
+    tokenizer *t = tok_load(p, &err);
+    if (!t)
+        fail_msg("%s", kerr_msg(&err));
+    assert_int_equal(tok_vocab_size(t), 16777216);
+    assert_string_equal(tok_id_to_token(t, 16777215), "z");
+    assert_null(tok_id_to_token(t, 16777216));
+    tok_free(t);
+    /* config files: ids there are checked too, naming the file */
+    char *dir = util_path_join(tmpdir, "badcfg");
+    assert_int_equal(util_mkdirs(dir, &err), 0);
+    copy_fixture("llama2_sp_bpe", dir);
+    write_text(dir, "generation_config.json", "{\"bos_token_id\": 1, \"eos_token_id\": [2, -7]}");
+    kerr_clear(&err);
+    assert_null(tok_load(dir, &err));
+    if (!strstr(kerr_msg(&err), "generation_config.json: eos_token_id[1]: -7; expected an integer"))
+        fail_msg("unexpected message: %s", kerr_msg(&err));
+    write_text(dir, "generation_config.json", "{\"bos_token_id\": 4294967297}");
+    kerr_clear(&err);
+    assert_null(tok_load(dir, &err));
+    if (!strstr(kerr_msg(&err), "generation_config.json: bos_token_id: 4294967297; expected"))
+        fail_msg("unexpected message: %s", kerr_msg(&err));
+    free(dir);
+    free(p);
+}
+
+/* Messages quoting the file's own text stay short, so a long one is never dropped by kerr. */
+static void test_long_names_in_errors(void **state)
+{
+    (void)state;
+    char *big = xmalloc(40000);
+    memset(big, 'q', 39999);
+    big[39999] = 0;
+    char *j = xasprintf("{\"decoder\": {\"type\": \"%s\"}, " MODEL_OK "}", big);
+    expect_load_error(j, "unsupported decoder \"qqqq", NULL);
+    free(j);
+    j = xasprintf("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [\"a %s\"]}}", big);
+    expect_load_error(j, "merges[0]: token \"qqqq", "...\" is not in the vocabulary");
+    free(j);
+    free(big);
+}
+
 /* A vocabulary key "\u0000" (jansson cannot hold NUL in keys; the loader works around it). */
 static void test_nul_in_vocab(void **state)
 {
@@ -615,6 +711,8 @@ int main(void)
         cmocka_unit_test(test_queries),
         cmocka_unit_test(test_config_folder),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_long_names_in_errors),
         cmocka_unit_test(test_nul_in_vocab),
         cmocka_unit_test(test_cli),
     };
