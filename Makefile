@@ -45,6 +45,9 @@ COMPILER_TESTS := config graph spec registry cli ref compile example
 RUNTIME_OBJ  := $(RUNTIME_SRC:%.c=$(B)/obj/%.o)
 COMPILER_OBJ := $(COMPILER_SRC:%.c=$(B)/obj/%.o)
 TEST_BINS    := $(RUNTIME_TESTS:%=$(B)/tests/test_%) $(COMPILER_TESTS:%=$(B)/tests/test_%)
+# Fuzz targets (tests/fuzz/fuzz_NAME.c; see the fuzzing rules below): make check replays their corpora.
+FUZZ_TARGETS := safetensors config tokenizer_load artifact archspec
+FUZZ_REPLAY  := $(FUZZ_TARGETS:%=$(B)/tests/fuzz/replay_%)
 
 .PHONY: all test check deps demo clean
 all: $(B)/bin/kilnc $(B)/bin/kiln $(B)/lib/libkiln.a
@@ -93,10 +96,13 @@ $(COMPILER_TESTS:%=$(B)/tests/test_%): $(B)/tests/test_%: $(B)/obj/tests/test_%.
 # CLI tests find the binaries through KILNC / KILN.
 # Without a GPU, kiln-ktest compiles every kernel test case for sm_80 and sm_90a (plain build only:
 # NVRTC is not sanitised).
-check: all $(TEST_BINS) $(if $(filter 0,$(SAN)),$(B)/bin/kiln-ktest)
+check: all $(TEST_BINS) $(FUZZ_REPLAY) $(if $(filter 0,$(SAN)),$(B)/bin/kiln-ktest)
 	@fail=0; for t in $(TEST_BINS); do \
 	  echo "== $$t"; \
 	  KILNC=$(B)/bin/kilnc KILN=$(B)/bin/kiln $$t || fail=1; \
+	done; \
+	for t in $(FUZZ_TARGETS); do echo "== fuzz corpus replay: $$t"; \
+	  $(B)/tests/fuzz/replay_$$t tests/fuzz/corpus/$$t tests/fuzz/crashes/$$t || fail=1; \
 	done; \
 	if [ "$(SAN)" = 0 ]; then echo "== kernel templates (kiln-ktest --compile-only)"; \
 	  KILN_ROOT=. $(B)/bin/kiln-ktest --compile-only > $(B)/ktest-compile.log 2>&1 || \
@@ -119,6 +125,59 @@ $(B)/tests/bench_tokenizer: $(B)/obj/tests/bench_tokenizer.o $(B)/lib/libkiln.a
 .PHONY: bench-tokenizer
 bench-tokenizer: $(B)/tests/bench_tokenizer $(TOK_BENCH)/tokenizer.json
 	$(B)/tests/bench_tokenizer $(TOK_BENCH)/tokenizer.json $(TOK_BENCH)/bench.txt
+
+# ---- fuzzing (tests/fuzz/README.md): one libFuzzer target per file, tests/fuzz/fuzz_NAME.c, with its
+# seed corpus in tests/fuzz/corpus/NAME/, reproducers in tests/fuzz/crashes/NAME/ and an optional
+# dictionary tests/fuzz/NAME.dict. A new target needs only its name added to FUZZ_TARGETS.
+#   make fuzz [FUZZ_SECONDS=60] [FUZZ_TARGETS="config tokenizer"]   builds with clang (ASan+UBSan)
+#       under out/fuzz/clang and runs each target in turn; new inputs and crashes go to
+#       out/fuzz/run/NAME/, never into the committed corpus. Run it with nice -n 19 on shared machines.
+#   make check  replays every committed corpus file and reproducer with gcc (tests/fuzz/replay.c).
+FUZZ_PKGS    := clang-14 libclang-rt-14-dev
+FUZZ_CC      := clang-14
+FUZZ_SECONDS ?= 60
+FUZZ_TIMEOUT ?= 10
+FUZZ_RSS_MB  ?= 2048
+FUZZ_B       := out/fuzz/clang
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_CFLAGS  := $(filter-out $(SANFLAGS),$(CFLAGS)) $(FUZZ_SAN) -fsanitize=fuzzer-no-link
+
+$(FUZZ_B)/obj/%.o: %.c
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -c $< -o $@
+$(FUZZ_B)/libkiln.a: $(RUNTIME_SRC:%.c=$(FUZZ_B)/obj/%.o)
+	$(AR) rcs $@ $^
+$(FUZZ_B)/libkilnc.a: $(COMPILER_SRC:%.c=$(FUZZ_B)/obj/%.o)
+	$(AR) rcs $@ $^
+$(FUZZ_B)/fuzz_%: $(FUZZ_B)/obj/tests/fuzz/fuzz_%.o $(FUZZ_B)/libkilnc.a $(FUZZ_B)/libkiln.a
+	$(FUZZ_CC) $(FUZZ_SAN) -fsanitize=fuzzer $(filter-out $(SANFLAGS),$(LDFLAGS)) -o $@ $^ \
+	  $(STATIC) $(CUDALIBS) $(SYSLIBS)
+$(B)/tests/fuzz/replay_%: $(B)/obj/tests/fuzz/fuzz_%.o $(B)/obj/tests/fuzz/replay.o $(B)/lib/libkilnc.a $(B)/lib/libkiln.a
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $^ $(STATIC) $(CUDALIBS) $(SYSLIBS)
+
+.PHONY: fuzz fuzz-deps fuzz-build
+fuzz-deps:
+	@missing=$$(for p in $(FUZZ_PKGS); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; \
+	done); \
+	if [ -n "$$missing" ]; then \
+	  echo "make fuzz-deps: installing$$(echo ' '$$missing)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+fuzz-build: fuzz-deps
+	$(MAKE) $(FUZZ_TARGETS:%=$(FUZZ_B)/fuzz_%)
+fuzz: fuzz-build
+	@fail=0; for t in $(FUZZ_TARGETS); do \
+	  r=out/fuzz/run/$$t; mkdir -p $$r/corpus $$r/crashes; \
+	  echo "== fuzz $$t for $(FUZZ_SECONDS) s (log: $$r/log)"; \
+	  $(FUZZ_B)/fuzz_$$t $$r/corpus tests/fuzz/corpus/$$t $$(ls -d tests/fuzz/crashes/$$t 2>/dev/null) \
+	    $$([ -f tests/fuzz/$$t.dict ] && echo -dict=tests/fuzz/$$t.dict) \
+	    -max_total_time=$(FUZZ_SECONDS) -timeout=$(FUZZ_TIMEOUT) -rss_limit_mb=$(FUZZ_RSS_MB) \
+	    -artifact_prefix=$$r/crashes/ -print_final_stats=1 > $$r/log 2>&1 || \
+	    { fail=1; echo "== fuzz $$t: FINDING (see $$r/crashes/)"; grep -A30 '^==[0-9]*==ERROR\|contract broken\|ALARM\|out-of-memory' $$r/log | head -40; }; \
+	  grep -h 'stat::number_of_executed_units\|stat::average_exec_per_sec' $$r/log; \
+	done; exit $$fail
 
 # ---- dependencies: Debian packages, installed only when missing ----
 DEB_PKGS := liblua5.4-dev libjansson-dev libcmocka-dev libpcre2-dev libutf8proc-dev

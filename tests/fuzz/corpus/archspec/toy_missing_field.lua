@@ -1,0 +1,10 @@
+local kiln = require "kiln"
+return kiln.archspec {
+  name = "toy",
+  architectures = { "LlamaForCausalLM" },
+  task = "generate",
+  ignore = { "%.rotary_emb%.inv_freq$" },
+  build = function(g, cfg)
+    return g:input(cfg:int("no_such_field"))
+  end,
+}

@@ -1,0 +1,89 @@
+/* fuzz_artifact — ka_read (runtime/artifact.h) on a hostile model.kiln and manifest.
+ *
+ * Two kinds of input:
+ *   - input starting with '{': a manifest (JSON). The target wraps it in a well-formed file
+ *     (header, then the manifest right after it) so that mutations reach the manifest's schema
+ *     and range checks instead of dying at the header. Blobs it names must then lie inside the
+ *     32-byte header, which the seeds do with empty blobs.
+ *   - anything else: the whole file, header included, written as it is.
+ * Contracts, for a file ka_read accepts: every index the runtime follows without checking it
+ * again is in range: the sample kernel (-1 for embedding models), each step's kernel, each
+ * GEMM's weight, bos (-1 or a vocabulary id), every eos id, each blob inside the file, each
+ * kv layer's shape positive. A rejected file leaves a message. (Kernel arguments are checked
+ * by the engine's check_schedule before the GPU is touched, so they are not contracts here.)
+ */
+#include "artifact.h"
+#include "fuzz.h"
+
+static void put64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+/* Header + manifest, as ka_write lays them out when there are no blobs. */
+static unsigned char *wrap(const uint8_t *manifest, size_t n, size_t *len)
+{
+    *len = 32 + n;
+    unsigned char *f = xcalloc(1, *len);
+    memcpy(f, KA_MAGIC, 8);
+    f[8] = KA_VERSION & 0xff;
+    f[9] = KA_VERSION >> 8;
+    put64(f + 16, 32);
+    put64(f + 24, n);
+    memcpy(f + 32, manifest, n);
+    return f;
+}
+
+static void check_steps(const ka_manifest *m, const ka_step *s, int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (s[i].kind == KA_KERNEL)
+            FZ_CHECK(s[i].kernel >= 0 && s[i].kernel < m->nkernels, "step %d: kernel %d of %d",
+                     i, s[i].kernel, m->nkernels);
+        else
+            FZ_CHECK(s[i].w.kind == KA_ARG_WEIGHT && s[i].w.i >= 0 && s[i].w.i < m->nweights,
+                     "step %d: GEMM weight %lld of %d", i, (long long)s[i].w.i, m->nweights);
+        FZ_CHECK(s[i].nargs >= 0 && s[i].nargs <= KA_MAX_ARGS, "step %d: %d args", i, s[i].nargs);
+    }
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    const char *path;
+    if (size && data[0] == '{') {
+        size_t len;
+        unsigned char *f = wrap(data, size, &len);
+        path = fz_write("model.kiln", f, len);
+        free(f);
+    } else {
+        path = fz_write("model.kiln", data, size);
+    }
+    kerr e;
+    kerr_clear(&e);
+    ka_file *af = ka_read(path, &e);
+    if (!af) {
+        fz_check_err(&e);
+        return 0;
+    }
+    const ka_manifest *m = &af->m;
+    FZ_CHECK(m->sample_kernel >= -1 && m->sample_kernel < m->nkernels, "sample_kernel %d of %d",
+             m->sample_kernel, m->nkernels);
+    FZ_CHECK(m->bos >= -1 && m->bos < m->vocab, "bos %d, vocab %d", m->bos, m->vocab);
+    for (int i = 0; i < m->n_eos; i++)
+        FZ_CHECK(m->eos[i] >= 0 && m->eos[i] < m->vocab, "eos %d, vocab %d", m->eos[i], m->vocab);
+    for (int i = 0; i < m->n_layers; i++)
+        FZ_CHECK(m->layers[i].n_kv > 0 && m->layers[i].head_dim > 0, "kv layer %d", i);
+    for (int i = 0; i < m->nblobs; i++) {
+        const ka_blob *b = &m->blobs[i];
+        FZ_CHECK(b->offset <= af->len && b->len <= af->len - b->offset, "blob %d outside", i);
+        FZ_CHECK(ka_find_blob(m, b->name) != NULL, "blob '%s' not found by name", b->name);
+    }
+    check_steps(m, m->prefill, m->nprefill);
+    check_steps(m, m->decode, m->ndecode);
+    char *json = ka_manifest_json(m);
+    FZ_CHECK(json && json[0] == '{', "ka_manifest_json");
+    free(json);
+    ka_file_free(af);
+    return 0;
+}
