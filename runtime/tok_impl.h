@@ -97,6 +97,10 @@ int tok_u8_encode(int32_t cp, char out[4]);
  * of replacements made; with b NULL it only counts them. */
 size_t tok_u8_sanitize(tok_sbuf *b, const char *s, size_t n);
 
+/* 1 when s ends inside a UTF-8 character: a lead byte and valid continuation bytes, fewer than
+ * the character needs (more bytes may still complete it; tok_u8_sanitize makes it one U+FFFD). */
+int tok_u8_truncated(const char *s, size_t n);
+
 /* jansson cannot hold U+0000 in object keys (vocabularies sometimes have "\u0000"), so the
  * loader rewrites that escape to U+10FFFF (a noncharacter) before parsing, and strings read from
  * the vocabulary, merges and added tokens go through tok_nul_fix, which turns it back into a NUL

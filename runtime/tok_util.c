@@ -319,6 +319,19 @@ size_t tok_u8_sanitize(tok_sbuf *b, const char *s, size_t n)
     return bad_count;
 }
 
+int tok_u8_truncated(const char *s, size_t n)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    for (size_t k = 1; k <= 3 && k <= n; k++) {
+        size_t p = n - k, bad;
+        if (u[p] < 0xC2 || u[p] > 0xF4)
+            continue;
+        /* a lead byte: valid so far and cut off by the end of s? */
+        return u8_valid_len(u + p, k, &bad) == 0 && bad == k;
+    }
+    return 0;
+}
+
 const char *tok_nul_fix(tok_sbuf *b, const char *s, size_t n, size_t *out_n)
 {
     *out_n = n;

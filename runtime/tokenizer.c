@@ -93,6 +93,7 @@ struct tokenizer {
     post *post;
     dec *dec;
     int has_dec;
+    int byte_fallback; /* the decoder chain has ByteFallback (see stream_tail_open) */
     added_tok *added;
     size_t nadded;
     tok_strmap added_map;   /* content -> index in added */
@@ -790,12 +791,38 @@ static void wp_cleanup(tok_sbuf *b)
     }
 }
 
-static int dec_chain(const dec *d, slist *l, kerr *err)
+/* The byte of a ByteFallback token "<0xNN>" (u8::from_str_radix also takes "+N"), or -1. */
+static int byte_token(const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdefABCDEF";
+    if (n != 6 || memcmp(s, "<0x", 3) != 0 || s[5] != '>' || !s[3] || !s[4] ||
+        !(s[3] == '+' || strchr(hex, s[3])) || !strchr(hex, s[4]))
+        return -1;
+    char hx[3] = {s[3], s[4], 0};
+    return (int)strtol(hx, NULL, 16);
+}
+
+/* Whether the decoder chain has a ByteFallback step (streaming holds open byte runs back). */
+static int dec_has(const dec *d, int type)
+{
+    if (!d)
+        return 0;
+    if (d->type == type)
+        return 1;
+    for (size_t i = 0; i < d->nsubs; i++)
+        if (dec_has(d->subs[i], type))
+            return 1;
+    return 0;
+}
+
+/* Runs decoder d on the token list l. *open_tail is set when the text ends inside a UTF-8
+ * character that later tokens may complete (ByteLevel joins the bytes of all tokens). */
+static int dec_chain(const dec *d, slist *l, int *open_tail, kerr *err)
 {
     switch (d->type) {
     case D_SEQ:
         for (size_t i = 0; i < d->nsubs; i++)
-            if (dec_chain(d->subs[i], l, err))
+            if (dec_chain(d->subs[i], l, open_tail, err))
                 return -1;
         return 0;
     case D_BYTELEVEL: {
@@ -818,6 +845,7 @@ static int dec_chain(const dec *d, slist *l, kerr *err)
         slist_free(l);
         tok_sbuf *o = slist_add(l);
         tok_u8_sanitize(o, raw.s ? raw.s : "", raw.n);
+        *open_tail = tok_u8_truncated(raw.s ? raw.s : "", raw.n);
         free(raw.s);
         return 0;
     }
@@ -834,17 +862,7 @@ static int dec_chain(const dec *d, slist *l, kerr *err)
         slist out = {0};
         tok_sbuf bytes = {0};
         for (size_t t = 0; t <= l->n; t++) {
-            int byte = -1;
-            if (t < l->n) {
-                const char *s = l->v[t].s;
-                if (l->v[t].n == 6 && memcmp(s, "<0x", 3) == 0 && s[5] == '>') {
-                    char hx[3] = {s[3], s[4], 0}, *end;
-                    int ok = (hx[0] == '+' || strchr("0123456789abcdefABCDEF", hx[0])) &&
-                             strchr("0123456789abcdefABCDEF", hx[1]) && hx[1];
-                    if (ok && hx[0] && strchr("0123456789abcdefABCDEF+", hx[0]))
-                        byte = (int)strtol(hx, &end, 16);
-                }
-            }
+            int byte = t < l->n ? byte_token(l->v[t].s, l->v[t].n) : -1;
             if (byte >= 0) {
                 tok_sbuf_putc(&bytes, (char)byte);
                 continue;
@@ -1224,6 +1242,7 @@ tokenizer *tok_load(const char *path, kerr *err)
         if (!(t->dec = dec_load(t, v, err)))
             goto fail;
         t->has_dec = 1;
+        t->byte_fallback = dec_has(t->dec, D_BYTEFALLBACK);
     }
     if (load_added(t, json_object_get(root, "added_tokens"), err))
         goto fail;
@@ -1417,17 +1436,28 @@ static int is_special_str(const tokenizer *t, const char *s, size_t n)
     return t->special_set.n && tok_strmap_get(&t->special_set, s, n, &dummy);
 }
 
-static int decode_to(tokenizer *t, const int32_t *ids, size_t n, int skip, tok_sbuf *o, kerr *err)
+/* An id decode drops before the decoders run: unknown, or a special token being skipped. */
+static int dropped(const tokenizer *t, int32_t id, int skip, const char **tok, size_t *len)
+{
+    const char *s = id_token(t, id, len);
+    if (tok)
+        *tok = s;
+    return !s || (skip && is_special_str(t, s, *len));
+}
+
+/* Appends the text of ids to o. *open_tail (may be NULL): see dec_chain. */
+static int decode_to(const tokenizer *t, const int32_t *ids, size_t n, int skip, tok_sbuf *o,
+                     int *open_tail, kerr *err)
 {
     slist l = {0};
+    int open = 0;
     for (size_t i = 0; i < n; i++) {
         size_t len;
-        const char *s = id_token(t, ids[i], &len);
-        if (!s || (skip && is_special_str(t, s, len)))
-            continue;
-        tok_sbuf_put(slist_add(&l), s, len);
+        const char *s;
+        if (!dropped(t, ids[i], skip, &s, &len))
+            tok_sbuf_put(slist_add(&l), s, len);
     }
-    if (t->has_dec && l.n && dec_chain(t->dec, &l, err)) {
+    if (t->has_dec && l.n && dec_chain(t->dec, &l, &open, err)) {
         slist_free(&l);
         return -1;
     }
@@ -1437,6 +1467,8 @@ static int decode_to(tokenizer *t, const int32_t *ids, size_t n, int skip, tok_s
         tok_sbuf_put(o, l.v[i].s, l.v[i].n);
     }
     slist_free(&l);
+    if (open_tail)
+        *open_tail = open;
     return 0;
 }
 
@@ -1445,7 +1477,7 @@ int tok_decode(tokenizer *t, const int32_t *ids, size_t n, int skip_special, cha
 {
     tok_sbuf o = {0};
     tok_sbuf_put(&o, "", 0);
-    if (decode_to(t, ids, n, skip_special, &o, err)) {
+    if (decode_to(t, ids, n, skip_special, &o, NULL, err)) {
         free(o.s);
         *text = NULL;
         *len = 0;
@@ -1458,9 +1490,17 @@ int tok_decode(tokenizer *t, const int32_t *ids, size_t n, int skip_special, cha
 
 /* ---------------------------------------------------------------- streaming */
 
-/* Like HF's DecodeStream: the window ids[start..] is decoded with one step of left context
- * (ids[start..read] already emitted, its text in `prefix`), so decoders that treat the first
- * token specially (Metaspace, WordPiece, Strip) see the same context as a full decode. */
+/* The contract (tokenizer.h): the pieces joined equal tok_decode of all ids. Like HF's
+ * DecodeStream the stream decodes a window of ids with left context: ids[0..read) were released
+ * already and `prefix` is their text decoded alone; a decode of the window starts with it, and
+ * what follows is the new text. The context gives decoders that treat the first token specially
+ * (Metaspace, WordPiece, Strip after Fuse) the same first token as the full decode, and dedup
+ * (CTC) its left neighbour. Unlike DecodeStream, text is released only when no later id can
+ * change it; until then the window grows (see stream_open). Once released, the window restarts
+ * at the ids of the release just made, which become the next context. Ids that decode drops
+ * (unknown ones; special ones when skipping) cannot change any text, so they never enter it.
+ * Cost: one decode of the window per push, so a run of k held ids (k consecutive byte-fallback
+ * tokens) costs O(k^2); text that is final releases at once. */
 struct tok_stream {
     tokenizer *t;
     int skip;
@@ -1487,49 +1527,79 @@ void tok_stream_free(tok_stream *s)
     free(s);
 }
 
+/* Whether the end of the window's text may still change when more ids come:
+ * - open_tail: the bytes end inside a UTF-8 character (ByteLevel), which later bytes complete or
+ *   turn into U+FFFD;
+ * - the last token decode keeps is a <0xNN> byte and the chain has ByteFallback: HF decodes a run
+ *   of byte tokens as one unit, the run's UTF-8 if all of it is valid, else one U+FFFD per byte
+ *   (llama-2 <0x22> <0x20> <0xD4> is three U+FFFD, not "\" " and one), so nothing of a run is
+ *   final before a token that is not a byte ends it. Every other decoder step kiln supports
+ *   maps tokens one by one, or only looks at the first token (covered by the context), or only
+ *   drops text at the very end (BPEDecoder's suffix, Strip's stop), which a later token brings
+ *   back unchanged. */
+static int stream_open(const tok_stream *s, int open_tail)
+{
+    if (open_tail)
+        return 1;
+    if (!s->t->byte_fallback || s->ids.n == 0)
+        return 0;
+    size_t n;
+    const char *tok = id_token(s->t, s->ids.v[s->ids.n - 1], &n);
+    return byte_token(tok, n) >= 0; /* dropped ids never enter the window */
+}
+
 static int stream_step(tok_stream *s, int final, char **text, size_t *len, kerr *err)
 {
     tok_sbuf full = {0};
     tok_sbuf_put(&full, "", 0);
     *text = NULL;
     *len = 0;
-    if (decode_to(s->t, s->ids.v, s->ids.n, s->skip, &full, err)) {
+    int open;
+    if (decode_to(s->t, s->ids.v, s->ids.n, s->skip, &full, &open, err)) {
         free(full.s);
         return -1;
     }
-    int ends_bad = full.n >= 3 && memcmp(full.s + full.n - 3, "\xEF\xBF\xBD", 3) == 0;
-    if (full.n > s->prefix.n && (!ends_bad || final)) {
-        if (memcmp(full.s, s->prefix.s, s->prefix.n) != 0) {
-            free(full.s);
-            return kerr_add(err, "tokenizer stream: the text decoded so far changed when a token "
-                                 "was added; this decoder cannot stream");
-        }
-        size_t nn = full.n - s->prefix.n;
-        *text = xmalloc(nn + 1);
-        memcpy(*text, full.s + s->prefix.n, nn);
-        (*text)[nn] = 0;
-        *len = nn;
-        /* keep the ids after the old read point as the next context */
-        memmove(s->ids.v, s->ids.v + s->read, (s->ids.n - s->read) * sizeof *s->ids.v);
-        s->ids.n -= s->read;
-        s->read = s->ids.n;
-        s->prefix.n = 0;
-        if (decode_to(s->t, s->ids.v, s->ids.n, s->skip, &s->prefix, err)) {
-            free(full.s);
-            free(*text);
-            *text = NULL;
-            return -1;
-        }
-        tok_sbuf_put(&s->prefix, "", 0);
-    }
-    free(full.s);
-    if (!*text)
+    if (!final && stream_open(s, open)) {
+        free(full.s);
         *text = xstrdup("");
+        return 0;
+    }
+    if (full.n < s->prefix.n || memcmp(full.s, s->prefix.s, s->prefix.n) != 0) {
+        free(full.s);
+        return kerr_add(err, "%s: decoder: the text decoded so far changed when a token was added; "
+                             "this decoder chain cannot stream",
+                        s->t->file);
+    }
+    size_t nn = full.n - s->prefix.n;
+    *text = xmalloc(nn + 1);
+    memcpy(*text, full.s + s->prefix.n, nn);
+    (*text)[nn] = 0;
+    *len = nn;
+    free(full.s);
+    /* the ids of this release become the next context */
+    memmove(s->ids.v, s->ids.v + s->read, (s->ids.n - s->read) * sizeof *s->ids.v);
+    s->ids.n -= s->read;
+    s->read = s->ids.n;
+    s->prefix.n = 0;
+    if (decode_to(s->t, s->ids.v, s->ids.n, s->skip, &s->prefix, NULL, err)) {
+        free(*text);
+        *text = NULL;
+        *len = 0;
+        return -1;
+    }
+    tok_sbuf_put(&s->prefix, "", 0);
     return 0;
 }
 
 int tok_stream_push(tok_stream *s, int32_t id, char **text, size_t *len, kerr *err)
 {
+    const char *tok;
+    size_t n;
+    if (dropped(s->t, id, s->skip, &tok, &n)) {
+        *text = xstrdup("");
+        *len = 0;
+        return 0;
+    }
     tok_ivec_push(&s->ids, id);
     return stream_step(s, 0, text, len, err);
 }

@@ -54,9 +54,13 @@ int tok_decode(tokenizer *t, const int32_t *ids, size_t n, int skip_special, cha
                size_t *len, kerr *err);
 
 /* Streaming decoder for generation: push ids one by one and get the text they complete.
- * Text is released only once it is final (the decoded prefix cannot change any more and it does
- * not end inside a UTF-8 character), so concatenating every piece returned, then the text of
- * tok_stream_finish, gives tok_decode of all ids. */
+ * Contract: for any id sequence, concatenating every piece returned, then the text of
+ * tok_stream_finish, gives exactly tok_decode of all ids (same skip_special), and every piece is
+ * valid UTF-8. Text is released only once no later id can change it: not while the bytes end
+ * inside a UTF-8 character, nor during a run of byte-fallback tokens (<0xNN>), which HF decodes
+ * as one unit (the run's text if all of it is UTF-8, else one U+FFFD per byte) and which is final
+ * only when a token that is not a byte ends it. tests/test_tokenizer.c checks the contract on
+ * random sequences for every fixture tokenizer. */
 typedef struct tok_stream tok_stream;
 tok_stream *tok_stream_new(tokenizer *t, int skip_special);
 /* *text: malloc'd, NUL-terminated, possibly empty ("" when nothing is complete yet). */

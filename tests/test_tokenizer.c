@@ -255,20 +255,28 @@ static void test_stream_holds_partial_utf8(void **state)
     assert_true(n >= 4);
     int32_t b0 = tok_token_to_id(t, "<0xF0>");
     assert_int_equal(ids[n - 4], b0);
+    /* HF decodes a run of byte tokens as one unit (its UTF-8 if the whole run is valid, else one
+     * U+FFFD per byte), so the character is final only once a token that is not a byte follows. */
+    int32_t *after;
+    size_t nafter;
+    assert_int_equal(tok_encode(t, " the", 4, 0, &after, &nafter, &err), 0);
+    assert_true(nafter >= 1);
+    assert_true(tok_id_to_token(t, after[0])[0] != '<');
     tok_stream *st = tok_stream_new(t, 1);
     size_t total = 0;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i <= n; i++) {
         char *piece;
         size_t pl;
-        assert_int_equal(tok_stream_push(st, ids[i], &piece, &pl, &err), 0);
-        if (i >= n - 4 && i < n - 1)
-            assert_int_equal(pl, 0); /* nothing until the 4th byte completes the character */
+        assert_int_equal(tok_stream_push(st, i < n ? ids[i] : after[0], &piece, &pl, &err), 0);
+        if (i >= n - 4 && i < n)
+            assert_int_equal(pl, 0); /* nothing while the byte run is open */
         total += pl;
-        if (i == n - 1)
-            assert_true(pl >= 4 && memcmp(piece + pl - 4, s, 4) == 0);
+        if (i == n)
+            assert_true(pl >= 4 && memcmp(piece, s, 4) == 0);
         free(piece);
     }
     assert_true(total >= 4);
+    free(after);
     tok_stream_free(st);
     /* an incomplete sequence at the end comes out as U+FFFD on finish, like decode */
     st = tok_stream_new(t, 1);
@@ -371,6 +379,151 @@ static void test_random_bytes(void **state)
         }
         tok_free(t);
     }
+}
+
+/* ---------------------------------------------------------------- streaming property */
+
+static uint64_t rng_next(uint64_t *x)
+{
+    *x ^= *x << 13, *x ^= *x >> 7, *x ^= *x << 17;
+    return *x;
+}
+
+/* Streams ids, returning 0 when the pieces are valid UTF-8 and join to tok_decode's text, else
+ * a description of the first difference in *why (malloc'd). */
+static int stream_matches(tokenizer *t, const int32_t *ids, size_t n, int skip, char **why)
+{
+    kerr err;
+    kerr_clear(&err);
+    char *full;
+    size_t flen;
+    if (tok_decode(t, ids, n, skip, &full, &flen, &err)) {
+        *why = xasprintf("decode failed: %s", kerr_msg(&err));
+        return -1;
+    }
+    tok_stream *s = tok_stream_new(t, skip);
+    char *acc = xmalloc(1);
+    size_t an = 0;
+    int rc = 0;
+    for (size_t i = 0; i <= n && rc == 0; i++) {
+        char *piece;
+        size_t pl;
+        if ((i < n ? tok_stream_push(s, ids[i], &piece, &pl, &err)
+                   : tok_stream_finish(s, &piece, &pl, &err))) {
+            *why = xasprintf("stream failed at id %zu: %s", i, kerr_msg(&err));
+            rc = -1;
+            break;
+        }
+        if (!valid_utf8(piece, pl)) {
+            *why = xasprintf("piece %zu is not valid UTF-8", i);
+            rc = -1;
+        }
+        acc = xrealloc(acc, an + pl + 1);
+        memcpy(acc + an, piece, pl);
+        an += pl;
+        free(piece);
+    }
+    if (rc == 0 && (an != flen || memcmp(acc, full, flen) != 0)) {
+        *why = xasprintf("decode \"%.*s\" but stream \"%.*s\"", (int)flen, full, (int)an, acc);
+        rc = -1;
+    }
+    tok_stream_free(s);
+    free(acc);
+    free(full);
+    return rc;
+}
+
+/* The streaming contract, for every fixture tokenizer: for any id sequence, the pieces a stream
+ * releases (and its finish) join to tok_decode of the whole sequence, and each is valid UTF-8.
+ * Sequences: uniform ids (specials, byte tokens and unknown ids included), sequences biased to
+ * the ids that make decoding non-local (byte-fallback <0xNN> tokens, pieces of UTF-8 characters,
+ * special tokens, tokens that decode to nothing or to spaces), and encodings of random bytes. */
+static void test_stream_property(void **state)
+{
+    (void)state;
+    uint64_t x = 0x2545F4914F6CDD1Dull;
+    size_t checked = 0;
+    for (size_t f = 0; f < sizeof flavours / sizeof flavours[0]; f++) {
+        tokenizer *t = load_flavour(flavours[f]);
+        size_t v = tok_vocab_size(t);
+        /* the ids whose decode is not plain text on its own */
+        int32_t *odd = xmalloc(v * sizeof *odd);
+        size_t nodd = 0;
+        kerr err;
+        kerr_clear(&err);
+        for (size_t id = 0; id < v; id++) {
+            int32_t i32 = (int32_t)id;
+            char *text;
+            size_t tl;
+            const char *tok = tok_id_to_token(t, i32);
+            if (!tok || tok_decode(t, &i32, 1, 0, &text, &tl, &err))
+                continue;
+            int is_odd = tok_is_special(t, i32) || tl == 0 || strstr(text, "\xEF\xBF\xBD") ||
+                         strspn(text, " ") == tl || (strlen(tok) == 6 && strncmp(tok, "<0x", 3) == 0);
+            free(text);
+            if (is_odd)
+                odd[nodd++] = i32;
+        }
+        for (int it = 0; it < 1500; it++) {
+            int32_t ids[40];
+            int32_t *enc = NULL;
+            size_t n = (size_t)(rng_next(&x) % 25);
+            const int32_t *seq = ids;
+            int kind = it % 3;
+            if (kind == 0) {
+                for (size_t i = 0; i < n; i++)
+                    ids[i] = (int32_t)(rng_next(&x) % (v + 3)); /* a few ids past the vocabulary */
+            } else if (kind == 1 && nodd) {
+                for (size_t i = 0; i < n; i++)
+                    ids[i] = rng_next(&x) % 4 ? odd[rng_next(&x) % nodd] : (int32_t)(rng_next(&x) % v);
+            } else {
+                char buf[32];
+                size_t bl = n;
+                for (size_t i = 0; i < bl; i++) {
+                    uint64_t r = rng_next(&x);
+                    buf[i] = r % 3 == 0 ? "a \xE2\x96\x81\xF0\x9F\xA6\x84\xC3\xA9."[(r >> 8) % 12]
+                                        : (char)(r >> 16);
+                }
+                if (tok_encode(t, buf, bl, (int)(it & 1), &enc, &n, &err))
+                    fail_msg("%s: encode failed: %s", flavours[f], kerr_msg(&err));
+                seq = enc;
+            }
+            for (int skip = 0; skip <= 1; skip++) {
+                char *why;
+                if (stream_matches(t, seq, n, skip, &why)) {
+                    print_error("%s, skip_special=%d, ids:", flavours[f], skip);
+                    for (size_t i = 0; i < n; i++)
+                        print_error(" %d", seq[i]);
+                    fail_msg("\n%s", why);
+                }
+                checked++;
+            }
+            free(enc);
+        }
+        free(odd);
+        tok_free(t);
+    }
+    assert_int_equal(checked, 12 * 1500 * 2);
+}
+
+/* The case the fuzzing campaign found: Llama-2 byte fallback, ids 37 35 215 (<0x22> <0x20>
+ * <0xD4>) decode to three U+FFFD (the bytes are not UTF-8 as a whole), and so must the stream. */
+static void test_stream_byte_fallback_run(void **state)
+{
+    (void)state;
+    tokenizer *t = load_flavour("llama2_sp_bpe");
+    const int32_t ids[] = {37, 35, 215};
+    char *why;
+    if (stream_matches(t, ids, 3, 1, &why))
+        fail_msg("%s", why);
+    kerr err;
+    kerr_clear(&err);
+    char *text;
+    size_t tl;
+    assert_int_equal(tok_decode(t, ids, 3, 1, &text, &tl, &err), 0);
+    assert_string_equal(text, "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
+    free(text);
+    tok_free(t);
 }
 
 static char *tmpdir;
@@ -708,6 +861,8 @@ int main(void)
         cmocka_unit_test(test_stream_holds_partial_utf8),
         cmocka_unit_test(test_invalid_utf8_is_replaced),
         cmocka_unit_test(test_random_bytes),
+        cmocka_unit_test(test_stream_byte_fallback_run),
+        cmocka_unit_test(test_stream_property),
         cmocka_unit_test(test_queries),
         cmocka_unit_test(test_config_folder),
         cmocka_unit_test(test_errors),
