@@ -25,6 +25,11 @@ WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wno-unused-parameter -Wn
 CFLAGS   := -std=c11 -O2 -g -D_GNU_SOURCE $(WARN) $(SANFLAGS) -MMD -MP \
             -Iruntime -Icompiler -I/usr/include/lua5.4 -I$(CUDA)/include \
             -DKILN_SOURCE_DIR=\"$(CURDIR)\"
+# The commit `kiln --version` and `kilnc --version` print: git describe, "unknown" without git (or
+# KILN_COMMIT=... from the environment). The header is rewritten only when the text changes, so
+# only the two main.o files rebuild when it does.
+KILN_COMMIT ?= $(shell git describe --always --dirty 2>/dev/null || echo unknown)
+CFLAGS   += -I$(B)/gen
 LDFLAGS  := $(SANFLAGS) -L$(CUDA)/lib64 -Wl,-rpath,$(CUDA)/lib64
 STATIC   := -l:liblua5.4.a -l:libjansson.a -l:libpcre2-8.a -l:libutf8proc.a
 SYSLIBS  := -lm -ldl -lpthread
@@ -79,6 +84,14 @@ KTEST_SRC := tests/gpu/ktest.c tests/gpu/ktest_elementwise.c tests/gpu/ktest_gem
 $(B)/bin/kiln-ktest: $(KTEST_SRC:%.c=$(B)/obj/%.o) $(B)/lib/libkilnc.a $(B)/lib/libkiln.a
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $^ $(STATIC) $(CUDALIBS) $(SYSLIBS)
+
+$(B)/gen/kiln_commit.h: FORCE
+	@mkdir -p $(@D)
+	@echo '#define KILN_COMMIT "$(KILN_COMMIT)"' > $@.tmp
+	@if cmp -s $@.tmp $@; then rm -f $@.tmp; else mv -f $@.tmp $@; fi
+$(B)/obj/compiler/main.o $(B)/obj/runtime/main.o: $(B)/gen/kiln_commit.h
+.PHONY: FORCE
+FORCE:
 
 $(B)/bin/kiln: $(B)/obj/runtime/main.o $(RUNTIME_CMD:%.c=$(B)/obj/%.o) $(B)/lib/libkiln.a
 	@mkdir -p $(@D)

@@ -9,31 +9,29 @@
  * (logits F32 [prompt_len, vocab] of every prompt position, tokens I64 [N]; embedding models:
  * embedding F32 [hidden]); with several sequences, tensors of sequence i > 0 are suffixed ".i".
  */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli.h"
 #include "engine.h"
 #include "safetensors.h"
 #include "tokenizer.h"
 
+#define PROG "kiln run"
 #define MAX_SEQS 256
+/* Above this the softmax is flat to float precision: a larger temperature means nothing more. */
+#define MAX_TEMPERATURE 100.0
 
-/* util_parse_ids, narrowed to the runtime's int32 ids; -1 for anything else or an empty list. */
-static int parse_ids(const char *s, int32_t **out)
+/* util_parse_ids, narrowed to the runtime's int32 ids (checked against the vocabulary later). */
+static int parse_ids(const char *what, const char *s, int32_t **out, kerr *err)
 {
     int64_t *v;
-    int n = util_parse_ids(s, &v);
+    int n = util_parse_ids(what, s, INT32_MAX, &v, err);
     if (n < 0)
         return -1;
-    int ok = n > 0;
-    for (int i = 0; i < n; i++)
-        ok &= v[i] <= 0x7fffffff;
-    if (!ok) {
-        free(v);
-        return -1;
-    }
     *out = xmalloc(sizeof(int32_t) * (size_t)n);
     for (int i = 0; i < n; i++)
         (*out)[i] = (int32_t)v[i];
@@ -45,24 +43,96 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: kiln run OUT_DIR (--ids 1,2,3 | --prompt TEXT)... [options]\n\n"
-            "Loads a model compiled by 'kilnc compile' onto the GPU and generates text (or, for\n"
-            "embedding models, returns the pooled vectors). Several --ids/--prompt run as one\n"
-            "batch.\n\n"
+            "Loads a model compiled by 'kilnc compile MODEL_DIR -o OUT_DIR' onto the GPU and\n"
+            "generates text (or, for embedding models, returns the pooled vectors). Several\n"
+            "--ids/--prompt run as one batch.\n\n"
             "  --ids LIST         a prompt as token ids (repeatable)\n"
             "  --token-types LIST token type ids of the preceding --ids (BERT-style models)\n"
             "  --prompt TEXT      a prompt as text, encoded with the model's tokenizer.json\n"
-            "  --max-new N        tokens to generate per sequence (default 32)\n"
+            "  --max-new N        tokens to generate per sequence (default 32); prompt + N must\n"
+            "                     fit the compiled max_seq_len (kiln inspect shows it)\n"
             "  --ignore-eos       generate exactly N tokens (default: stop at end-of-sequence)\n"
-            "  --temperature T    0 = greedy (default); otherwise sample\n"
+            "  --temperature T    0 = greedy (default); otherwise sample (at most 100)\n"
             "  --top-k K          keep the K most likely tokens (0 = off)\n"
-            "  --top-p P          keep the smallest set with probability >= P (1 = off)\n"
+            "  --top-p P          keep the smallest set with probability >= P, 0 < P <= 1 (1 = off)\n"
             "  --seed S           sampling seed (default 0; equal seeds give equal outputs)\n"
             "  --dump FILE        write logits of every prompt position and the generated tokens\n"
             "                     (safetensors, the layout of 'kilnc ref --dump')\n"
-            "  --kv-memory F      fraction of free GPU memory for the KV cache (default 0.9)\n"
+            "  --kv-memory F      fraction of free GPU memory for the KV cache, 0 < F <= 1\n"
+            "                     (default 0.9)\n"
             "  --no-graphs        decode without CUDA graphs\n"
             "  -h, --help         this help\n");
 }
+
+/* OUT_DIR must be a folder holding model.kiln; says which of the two it is not. */
+static int check_out_dir(const char *dir, kerr *err)
+{
+    struct stat st;
+    if (stat(dir, &st) != 0)
+        return kerr_add(err, "%s: not a folder: it does not exist (expected the OUT_DIR of "
+                             "'kilnc compile MODEL_DIR -o OUT_DIR')",
+                        dir);
+    if (!S_ISDIR(st.st_mode))
+        return kerr_add(err, "%s: not a folder (expected the OUT_DIR of 'kilnc compile MODEL_DIR "
+                             "-o OUT_DIR')",
+                        dir);
+    char *mk = util_path_join(dir, "model.kiln"), *cfg = util_path_join(dir, "config.json");
+    int rc = 0;
+    if (!util_is_file(mk))
+        rc = kerr_add(err, "%s: no model.kiln in this folder (expected the OUT_DIR of 'kilnc "
+                           "compile MODEL_DIR -o OUT_DIR')%s",
+                      dir, util_is_file(cfg) ? "; it holds a config.json: a Hugging Face "
+                                               "checkpoint is compiled with kilnc compile first"
+                                             : "");
+    free(mk);
+    free(cfg);
+    return rc;
+}
+
+/* The batch against the compiled limits, before anything sized by the user is allocated or the
+ * GPU is touched. Returns 0, or -1 with a message naming the option and both numbers. */
+static int check_limits(const ka_manifest *man, const km_seq *seqs, const int *is_text, int np,
+                        int max_new, kerr *err)
+{
+    if (np > man->max_seqs)
+        return kerr_add(err, "%d prompts, but this model was compiled for at most %d sequences "
+                             "per batch (kilnc compile --max-batch N)",
+                        np, man->max_seqs);
+    for (int i = 0; i < np; i++) {
+        const km_seq *q = &seqs[i];
+        const char *opt = is_text[i] ? "--prompt" : "--ids";
+        int nt = q->n_prompt;
+        if (q->n_prompt < 1)
+            return kerr_add(err, "prompt %d (%s) has no tokens", i + 1, opt);
+        for (int t = 0; t < q->n_prompt; t++)
+            if (q->prompt[t] >= man->vocab)
+                return kerr_add(err, "prompt %d (%s): token id %d at position %d is outside the "
+                                     "vocabulary (expected 0 to %d)",
+                                i + 1, opt, q->prompt[t], t, man->vocab - 1);
+        if (man->output_pool) {
+            if (q->n_prompt > man->max_tokens)
+                return kerr_add(err, "prompt %d (%s) has %d token%s; this embedding model takes at "
+                                     "most %d (kilnc compile --max-tokens N)",
+                                i + 1, opt, nt, nt == 1 ? "" : "s", man->max_tokens);
+        } else if (q->n_prompt >= man->max_seq_len) {
+            return kerr_add(err, "prompt %d (%s) has %d token%s; the model's max_seq_len is %d, "
+                                 "with room for at least one new token (kilnc compile "
+                                 "--max-seq-len N)",
+                            i + 1, opt, nt, nt == 1 ? "" : "s", man->max_seq_len);
+        } else if ((int64_t)q->n_prompt + max_new > man->max_seq_len) {
+            return kerr_add(err, "--max-new %d: prompt %d (%s) has %d token%s, and %d + %d exceeds "
+                                 "the model's max_seq_len %d: use --max-new %d or less, or "
+                                 "compile with a larger --max-seq-len",
+                            max_new, i + 1, opt, nt, nt == 1 ? "" : "s", nt, max_new,
+                            man->max_seq_len, man->max_seq_len - nt);
+        }
+    }
+    return 0;
+}
+
+static const char *const value_opts[] = {"--ids",   "--prompt", "--token-types", "--max-new",
+                                         "--temperature", "--top-k", "--top-p", "--seed",
+                                         "--dump", "--kv-memory"};
 
 int cmd_run(int argc, char **argv)
 {
@@ -72,75 +142,79 @@ int cmd_run(int argc, char **argv)
     int np = 0, max_new = 32, ignore_eos = 0;
     kiln_sample sp = {0, 1, 0, 0, 0};
     km_opts ko = {0.9, 0, 0};
+    kerr err;
+    kerr_clear(&err);
     for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        int has = i + 1 < argc;
+        const char *a = argv[i], *v = NULL;
+        for (size_t k = 0; k < ARRAY_LEN(value_opts); k++)
+            if (!strcmp(a, value_opts[k])) {
+                if (i + 1 == argc)
+                    return util_usage_error(PROG, "%s needs a value", a);
+                v = argv[++i];
+            }
+        int64_t x;
+        uint64_t u;
+        double d;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage(stdout);
             return 0;
-        } else if ((!strcmp(a, "--ids") || !strcmp(a, "--prompt")) && has) {
-            if (np == MAX_SEQS) {
-                fprintf(stderr, "kiln run: at most %d prompts\n", MAX_SEQS);
-                return 2;
-            }
+        } else if (!strcmp(a, "--ids") || !strcmp(a, "--prompt")) {
+            if (np == MAX_SEQS)
+                return util_usage_error(PROG, "at most %d prompts", MAX_SEQS);
             is_text[np] = a[2] == 'p';
-            prompts[np++] = argv[++i];
-        } else if (!strcmp(a, "--token-types") && has) {
-            if (!np) {
-                fprintf(stderr, "kiln run: --token-types follows the --ids it belongs to\n");
-                return 2;
-            }
-            types_arg[np - 1] = argv[++i];
-        } else if (!strcmp(a, "--max-new") && has) {
-            max_new = atoi(argv[++i]);
-            if (max_new < 0) {
-                fprintf(stderr, "kiln run: --max-new must be >= 0\n");
-                return 2;
-            }
-        } else if (!strcmp(a, "--temperature") && has) {
-            sp.temperature = strtof(argv[++i], NULL);
-        } else if (!strcmp(a, "--top-k") && has) {
-            sp.top_k = atoi(argv[++i]);
-        } else if (!strcmp(a, "--top-p") && has) {
-            sp.top_p = strtof(argv[++i], NULL);
-        } else if (!strcmp(a, "--seed") && has) {
-            sp.seed = strtoull(argv[++i], NULL, 10);
+            prompts[np++] = v;
+        } else if (!strcmp(a, "--token-types")) {
+            if (!np)
+                return util_usage_error(PROG, "--token-types follows the --ids it belongs to");
+            types_arg[np - 1] = v;
+        } else if (!strcmp(a, "--max-new")) {
+            if (util_parse_i64(a, v, 0, INT32_MAX, &x, &err))
+                return util_usage_error(PROG, "%s", kerr_msg(&err));
+            max_new = (int)x;
+        } else if (!strcmp(a, "--temperature")) {
+            if (util_parse_f64(a, v, 0, MAX_TEMPERATURE, 0, &d, &err))
+                return util_usage_error(PROG, "%s", kerr_msg(&err));
+            sp.temperature = (float)d;
+        } else if (!strcmp(a, "--top-k")) {
+            if (util_parse_i64(a, v, 0, INT32_MAX, &x, &err))
+                return util_usage_error(PROG, "%s", kerr_msg(&err));
+            sp.top_k = (int)x;
+        } else if (!strcmp(a, "--top-p")) {
+            if (util_parse_f64(a, v, 0, 1, UTIL_ABOVE_MIN, &d, &err))
+                return util_usage_error(PROG, "%s", kerr_msg(&err));
+            sp.top_p = (float)d;
+        } else if (!strcmp(a, "--seed")) {
+            if (util_parse_u64(a, v, UINT64_MAX, &u, &err))
+                return util_usage_error(PROG, "%s", kerr_msg(&err));
+            sp.seed = u;
         } else if (!strcmp(a, "--ignore-eos")) {
             ignore_eos = 1;
-        } else if (!strcmp(a, "--dump") && has) {
-            dump = argv[++i];
-        } else if (!strcmp(a, "--kv-memory") && has) {
-            ko.kv_memory = strtod(argv[++i], NULL);
-            if (!(ko.kv_memory > 0 && ko.kv_memory <= 1)) {
-                fprintf(stderr, "kiln run: --kv-memory expects a fraction in (0, 1]\n");
-                return 2;
-            }
+        } else if (!strcmp(a, "--dump")) {
+            dump = v;
+        } else if (!strcmp(a, "--kv-memory")) {
+            if (util_parse_f64(a, v, 0, 1, UTIL_ABOVE_MIN, &ko.kv_memory, &err))
+                return util_usage_error(PROG, "%s", kerr_msg(&err));
         } else if (!strcmp(a, "--no-graphs")) {
             ko.no_graphs = 1;
-        } else if (a[0] == '-') {
-            fprintf(stderr, "kiln run: unknown option or missing value: %s (see --help)\n", a);
-            return 2;
+        } else if (a[0] == '-' && a[1]) {
+            return util_usage_error(PROG, "unknown option '%s'", a);
         } else if (!dir) {
             dir = a;
         } else {
-            fprintf(stderr, "kiln run: unexpected argument '%s'\n", a);
-            return 2;
+            return util_usage_error(PROG, "unexpected argument '%s' (one OUT_DIR expected, "
+                                          "already have '%s')",
+                                    a, dir);
         }
     }
-    if (!dir || !np) {
-        usage(stderr);
-        return 2;
-    }
-    if (sp.temperature < 0 || sp.top_k < 0 || !(sp.top_p > 0 && sp.top_p <= 1)) {
-        fprintf(stderr, "kiln run: need --temperature >= 0, --top-k >= 0, 0 < --top-p <= 1\n");
-        return 2;
-    }
-    kerr err;
-    kerr_clear(&err);
+    if (!dir)
+        return util_usage_error(PROG, "missing OUT_DIR (the folder 'kilnc compile' wrote)");
+    if (!np)
+        return util_usage_error(PROG, "missing a prompt: give --ids LIST or --prompt TEXT");
     int rc = 1;
     tokenizer *tok = NULL;
     char *tokpath = util_path_join(dir, "tokenizer.json");
-    int have_tok = util_is_file(tokpath);
+    char *mkpath = util_path_join(dir, "model.kiln");
+    ka_file *af = NULL;
     km_seq seqs[MAX_SEQS];
     int32_t *ids[MAX_SEQS], *types[MAX_SEQS];
     memset(seqs, 0, sizeof seqs);
@@ -148,13 +222,16 @@ int cmd_run(int argc, char **argv)
     memset(types, 0, sizeof types);
     kmodel *m = NULL;
     st_writer *dw = NULL;
+    /* the folder and the manifest first: the limits every size below is checked against */
+    if (check_out_dir(dir, &err) || !(af = ka_read(mkpath, &err)))
+        goto out;
+    int have_tok = util_is_file(tokpath);
     for (int i = 0; i < np; i++)
         if (is_text[i] && !have_tok) {
-            fprintf(stderr, "kiln run: --prompt needs %s (the model folder has no tokenizer); "
-                            "pass --ids instead\n",
-                    tokpath);
-            free(tokpath);
-            return 2;
+            rc = util_usage_error(PROG, "--prompt needs %s (the model folder has no tokenizer); "
+                                        "pass --ids instead",
+                                  tokpath);
+            goto out;
         }
     if (have_tok) {
         tok = tok_load(dir, &err);
@@ -167,21 +244,25 @@ int cmd_run(int argc, char **argv)
             size_t nn;
             if (tok_encode(tok, prompts[i], strlen(prompts[i]), 1, &ids[i], &nn, &err))
                 goto out;
+            if (nn > INT32_MAX) {
+                kerr_add(&err, "--prompt %d encodes to %zu tokens", i + 1, nn);
+                goto out;
+            }
             n = (int)nn;
-        } else if ((n = parse_ids(prompts[i], &ids[i])) < 0) {
-            fprintf(stderr, "kiln run: --ids expects comma-separated non-negative integers, got "
-                            "'%s'\n",
-                    prompts[i]);
-            rc = 2;
+        } else if ((n = parse_ids("--ids", prompts[i], &ids[i], &err)) < 0) {
+            rc = util_usage_error(PROG, "%s", kerr_msg(&err));
             goto out;
         }
         if (types_arg[i]) {
-            int nt = parse_ids(types_arg[i], &types[i]);
+            int nt = parse_ids("--token-types", types_arg[i], &types[i], &err);
+            if (nt < 0) {
+                rc = util_usage_error(PROG, "%s", kerr_msg(&err));
+                goto out;
+            }
             if (nt != n) {
-                fprintf(stderr, "kiln run: --token-types '%s' must give one type per prompt token "
-                                "(%d)\n",
-                        types_arg[i], n);
-                rc = 2;
+                rc = util_usage_error(PROG, "--token-types '%s' gives %d types; the prompt has %d "
+                                            "tokens (one type per token)",
+                                      types_arg[i], nt, n);
                 goto out;
             }
             seqs[i].types = types[i];
@@ -191,13 +272,22 @@ int cmd_run(int argc, char **argv)
         seqs[i].max_new = max_new;
         seqs[i].ignore_eos = ignore_eos;
         seqs[i].sample = sp;
-        seqs[i].out = xcalloc((size_t)(max_new ? max_new : 1), sizeof(int32_t));
     }
+    if (check_limits(&af->m, seqs, is_text, np, max_new, &err)) {
+        rc = util_usage_error(PROG, "%s", kerr_msg(&err));
+        goto out;
+    }
+    /* bounded now: max_new < max_seq_len (an embedding model generates nothing) */
+    int n_out = af->m.output_pool || !max_new ? 1 : max_new;
+    for (int i = 0; i < np; i++)
+        seqs[i].out = xcalloc((size_t)n_out, sizeof(int32_t));
+    ka_file_free(af);
+    af = NULL;
     m = km_load(dir, &ko, &err);
     if (!m)
         goto out;
     const ka_manifest *man = km_manifest(m);
-    fprintf(stderr, "kiln: %s\n", km_describe(m));
+    fprintf(stderr, "%s: %s\n", PROG, km_describe(m));
     for (int i = 0; i < np; i++) {
         if (man->output_pool)
             seqs[i].embedding = xcalloc((size_t)man->hidden, sizeof(float));
@@ -232,9 +322,9 @@ int cmd_run(int argc, char **argv)
         }
     }
     fprintf(stderr,
-            "kiln: load %.2f s, prefill %d tokens %.2f ms, time to first token %.2f ms, decode %d "
+            "%s: load %.2f s, prefill %d tokens %.2f ms, time to first token %.2f ms, decode %d "
             "tokens %.2f ms (%.1f tok/s)\n",
-            st.load_s, st.prefill_tokens, st.prefill_s * 1e3, st.ttft_s * 1e3, st.decode_tokens,
+            PROG, st.load_s, st.prefill_tokens, st.prefill_s * 1e3, st.ttft_s * 1e3, st.decode_tokens,
             st.decode_s * 1e3, st.decode_s > 0 ? st.decode_tokens / st.decode_s : 0.0);
     if (dump) {
         dw = st_writer_new();
@@ -264,7 +354,7 @@ int cmd_run(int argc, char **argv)
     rc = 0;
 out:
     if (rc == 1)
-        fprintf(stderr, "kiln: error: %s\n", kerr_msg(&err));
+        kerr_print(PROG, &err);
     st_writer_free(dw);
     km_free(m);
     tok_free(tok);
@@ -275,6 +365,8 @@ out:
         free(seqs[i].embedding);
         free(seqs[i].prompt_logits);
     }
+    ka_file_free(af);
     free(tokpath);
+    free(mkpath);
     return rc;
 }

@@ -34,6 +34,8 @@ static void usage(FILE *f)
             "A line that is not valid input gives `null`, an error on stderr, and exit status 1.\n");
 }
 
+#define PROG "kiln tokenize"
+
 int cmd_tokenize(int argc, char **argv)
 {
     const char *path = NULL;
@@ -46,25 +48,19 @@ int cmd_tokenize(int argc, char **argv)
             decode = 1;
         else if (strcmp(argv[i], "--no-special") == 0 || strcmp(argv[i], "--keep-special") == 0)
             special = strcmp(argv[i], "--keep-special") == 0 ? 2 : 0;
-        else if (argv[i][0] == '-' && argv[i][1]) {
-            fprintf(stderr, "kiln tokenize: unknown option %s\n\n", argv[i]);
-            usage(stderr);
-            return 2;
-        } else if (!path)
+        else if (argv[i][0] == '-' && argv[i][1])
+            return util_usage_error(PROG, "unknown option '%s'", argv[i]);
+        else if (!path)
             path = argv[i];
-        else {
-            fprintf(stderr, "kiln tokenize: one PATH expected, got '%s' and '%s'\n", path, argv[i]);
-            return 2;
-        }
+        else
+            return util_usage_error(PROG, "one PATH expected, got '%s' and '%s'", path, argv[i]);
     }
-    if (!path) {
-        usage(stderr);
-        return 2;
-    }
-    kerr *err = calloc(1, sizeof *err);
+    if (!path)
+        return util_usage_error(PROG, "missing PATH (a tokenizer.json, or a folder holding one)");
+    kerr *err = xcalloc(1, sizeof *err);
     tokenizer *t = tok_load(path, err);
     if (!t) {
-        fprintf(stderr, "kiln tokenize: %s\n", kerr_msg(err));
+        kerr_print(PROG, err);
         free(err);
         return 1;
     }
@@ -80,8 +76,18 @@ int cmd_tokenize(int argc, char **argv)
         const char *problem = NULL;
         char *out = NULL;
         kerr_clear(err);
-        if (!in)
-            problem = je.text;
+        char why[256];
+        if (!in) {
+            /* the usual newcomer's mistake is plain text: say what a line must be */
+            size_t show = strcspn(line, "\r\n");
+            snprintf(why, sizeof why, "%s (got %s%.*s%s; %s)",
+                     decode ? "expected one JSON array of ids per line, like [1, 2, 3]"
+                            : "expected one JSON string per line, like \"Hello world\" with the "
+                              "quotes",
+                     show ? "'" : "an empty line", show > 40 ? 40 : (int)show, line,
+                     show > 40 ? "...'" : show ? "'" : "", *je.text ? je.text : "not JSON");
+            problem = why;
+        }
         else if (!decode) {
             if (!json_is_string(in))
                 problem = "expected a JSON string";
@@ -101,7 +107,7 @@ int cmd_tokenize(int argc, char **argv)
             }
         } else {
             size_t n = json_is_array(in) ? json_array_size(in) : 0;
-            int32_t *ids = malloc((n + 1) * sizeof *ids);
+            int32_t *ids = xmalloc((n + 1) * sizeof *ids);
             if (!json_is_array(in))
                 problem = "expected a JSON array of ids";
             for (size_t k = 0; !problem && k < n; k++) {
@@ -128,7 +134,8 @@ int cmd_tokenize(int argc, char **argv)
             free(ids);
         }
         if (problem) {
-            fprintf(stderr, "kiln tokenize: stdin line %ld: %s\n", lineno, problem);
+            fprintf(stderr, "%s: error: stdin line %ld: %s\n", PROG, lineno,
+                    *problem ? problem : "failed without a message (a kiln bug: please report it)");
             status = 1;
         }
         fputs(out ? out : "null", stdout);

@@ -18,6 +18,12 @@ void kerr_clear(kerr *e)
     e->buf[0] = 0;
 }
 
+/* Room a message may use: the "more errors" line always fits after it. */
+static const char kerr_more[] = "\n... (more errors; fix the above first)\n";
+#define KERR_LIMIT (KERR_CAP - sizeof kerr_more - 1)
+/* A message is cut (start kept) rather than dropped while at least this much room is left. */
+#define KERR_MIN_KEEP 256
+
 int kerr_add(kerr *e, const char *fmt, ...)
 {
     if (!e)
@@ -25,37 +31,55 @@ int kerr_add(kerr *e, const char *fmt, ...)
     e->n++;
     if (e->truncated)
         return -1;
+    if (e->len && e->buf[e->len - 1] != '\n') /* kerr_msg() dropped it; the room is kept */
+        e->buf[e->len++] = '\n';
     va_list ap;
     va_start(ap, fmt);
-    char *msg = NULL;
-    int w = vasprintf(&msg, fmt, ap);
+    char *heap = NULL;
+    int w = vasprintf(&heap, fmt, ap);
     va_end(ap);
-    if (w < 0)
-        return -1;
+    /* never an empty line: a message that cannot be formatted, or formats to nothing, says so */
+    const char *msg = w < 0 ? "(an error message could not be formatted: out of memory)"
+                      : !*heap ? "(an empty error message: a kiln bug, please report it)"
+                               : heap;
     /* A message's own line breaks are indented by two spaces, so readers (and the CLIs'
      * error printers) can tell a continuation line from the next message. */
-    size_t room = KERR_CAP - e->len, need = 2;
+    size_t avail = KERR_LIMIT - e->len, need = 1;
     for (const char *p = msg; *p; p++)
-        need += *p == '\n' ? 3 : 1;
-    if (need > room) {
-        static const char more[] = "\n... (more errors; fix the above first)\n";
-        size_t keep = KERR_CAP - sizeof more;
-        if (e->len > keep)
-            e->len = keep;
-        memcpy(e->buf + e->len, more, sizeof more);
-        e->len += sizeof more - 1;
+        need += *p == '\n' && p[1] ? 3 : 1;
+    if (need > avail && avail < KERR_MIN_KEEP) {
+        memcpy(e->buf + e->len, kerr_more, sizeof kerr_more);
+        e->len += sizeof kerr_more - 1;
         e->truncated = 1;
-        free(msg);
+        free(heap);
         return -1;
     }
-    for (const char *p = msg; *p; p++) {
+    /* a message that does not fit keeps its start and ends in a marker (room set aside) */
+    char cut[64];
+    size_t budget = need <= avail ? need - 1 : avail - 1 - sizeof cut, used = 0;
+    const char *p = msg;
+    for (; *p; p++) {
+        size_t k = *p == '\n' && p[1] ? 3 : 1;
+        if (used + k > budget)
+            break;
+        used += k;
         e->buf[e->len++] = *p;
-        if (*p == '\n' && p[1]) {
+        if (k == 3) {
             e->buf[e->len++] = ' ';
             e->buf[e->len++] = ' ';
         }
     }
-    free(msg);
+    if (*p) {
+        /* back off to a UTF-8 character boundary, then mark the cut */
+        while (p > msg && ((unsigned char)*p & 0xc0) == 0x80 &&
+               ((unsigned char)p[-1] & 0x80))
+            e->len--, p--;
+        snprintf(cut, sizeof cut, " ... (message cut: %zu more bytes)", strlen(p));
+        size_t cl = strlen(cut);
+        memcpy(e->buf + e->len, cut, cl);
+        e->len += cl;
+    }
+    free(heap);
     e->buf[e->len++] = '\n';
     e->buf[e->len] = 0;
     return -1;
@@ -64,10 +88,37 @@ int kerr_add(kerr *e, const char *fmt, ...)
 const char *kerr_msg(kerr *e)
 {
     if (e->len == 0)
-        return "";
+        return e->n ? "(an error without a message: a kiln bug, please report it)" : "";
     if (e->buf[e->len - 1] == '\n')
         e->buf[e->len - 1] = 0, e->len--;
     return e->buf;
+}
+
+void kerr_print(const char *prefix, kerr *e)
+{
+    const char *m = kerr_msg(e);
+    if (!*m)
+        m = "failed without saying why (a kiln bug: please report it with the command line)";
+    for (const char *p = m; *p;) {
+        const char *nl = strchr(p, '\n');
+        size_t n = nl ? (size_t)(nl - p) : strlen(p);
+        if (p[0] == ' ')
+            fprintf(stderr, "%.*s\n", (int)n, p);
+        else
+            fprintf(stderr, "%s: error: %.*s\n", prefix, (int)n, p);
+        p = nl ? nl + 1 : p + n;
+    }
+}
+
+int util_usage_error(const char *prefix, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "%s: error: ", prefix);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nrun '%s --help' for usage\n", prefix);
+    return 2;
 }
 
 static void oom(size_t n, const char *file, int line)
@@ -297,24 +348,129 @@ uint16_t util_f32_to_f16(float f)
     return (uint16_t)h;
 }
 
-int util_parse_ids(const char *s, int64_t **out)
+/* Decimal digits (and an optional leading '-') into *v. 1 ok, 0 not an integer, -1 overflow. */
+static int scan_int(const char *t, int allow_minus, int64_t *v)
 {
+    int neg = allow_minus && *t == '-';
+    const char *p = t + neg;
+    if (!*p)
+        return 0;
+    uint64_t acc = 0, lim = neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
+    int over = 0;
+    for (; *p; p++) {
+        if (*p < '0' || *p > '9')
+            return 0;
+        if (acc > (lim - (uint64_t)(*p - '0')) / 10)
+            over = 1;
+        else
+            acc = acc * 10 + (uint64_t)(*p - '0');
+    }
+    if (over)
+        return -1;
+    *v = neg ? (int64_t)(0 - acc) : (int64_t)acc;
+    return 1;
+}
+
+int util_parse_i64(const char *what, const char *text, int64_t min, int64_t max, int64_t *out,
+                   kerr *err)
+{
+    int64_t v = 0;
+    int r = scan_int(text, 1, &v);
+    if (r == 0)
+        return kerr_add(err, "%s: '%s' is not an integer (expected %lld to %lld)", what, text,
+                        (long long)min, (long long)max);
+    if (r < 0 || v < min || v > max)
+        return kerr_add(err, "%s: '%s' is out of range (expected %lld to %lld)", what, text,
+                        (long long)min, (long long)max);
+    *out = v;
+    return 0;
+}
+
+int util_parse_u64(const char *what, const char *text, uint64_t max, uint64_t *out, kerr *err)
+{
+    uint64_t acc = 0;
+    int over = 0;
+    const char *p = text;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        if (acc > (UINT64_MAX - (uint64_t)(*p - '0')) / 10)
+            over = 1;
+        else
+            acc = acc * 10 + (uint64_t)(*p - '0');
+    }
+    if (p == text || *p)
+        return kerr_add(err, "%s: '%s' is not a non-negative integer (expected 0 to %llu)", what,
+                        text, (unsigned long long)max);
+    if (over || acc > max)
+        return kerr_add(err, "%s: '%s' is out of range (expected 0 to %llu)", what, text,
+                        (unsigned long long)max);
+    *out = acc;
+    return 0;
+}
+
+int util_parse_f64(const char *what, const char *text, double min, double max, unsigned flags,
+                   double *out, kerr *err)
+{
+    char range[96];
+    snprintf(range, sizeof range, "%s %g and at most %g",
+             flags & UTIL_ABOVE_MIN ? "above" : "at least", min, max);
+    errno = 0;
+    char *end;
+    double v = strtod(text, &end);
+    int plain = *text != 0;
+    for (const char *p = text; *p; p++) /* decimal only: no spaces, hex, nan or inf */
+        plain &= (*p >= '0' && *p <= '9') || *p == '.' || *p == 'e' || *p == 'E' || *p == '-' ||
+                 *p == '+';
+    if (end != text && !*end && !isfinite(v))
+        return kerr_add(err, "%s: '%s' is not a finite number (expected a number %s)", what, text,
+                        range);
+    if (!plain || end == text || *end)
+        return kerr_add(err, "%s: '%s' is not a number (expected a number %s)", what, text, range);
+    if (v > max || v < min || (flags & UTIL_ABOVE_MIN && v == min))
+        return kerr_add(err, "%s: '%s' is out of range (expected a number %s)", what, text, range);
+    *out = v;
+    return 0;
+}
+
+int util_parse_ids(const char *what, const char *s, int64_t max, int64_t **out, kerr *err)
+{
+    if (!*s)
+        return kerr_add(err, "%s: the list is empty (expected ids like 1,2,3)", what);
     int n = 0, cap = 64;
     int64_t *v = xmalloc(sizeof(int64_t) * (size_t)cap);
-    for (const char *p = s; *p;) {
-        char *end;
-        long long x = strtoll(p, &end, 10);
-        if (end == p || x < 0 || (*end && *end != ',')) {
+    char num[32], item[32]; /* the item scanned (when short enough), and as shown */
+    for (const char *p = s;; n++) {
+        size_t len = strcspn(p, ",");
+        snprintf(num, sizeof num, "%.*s", len < sizeof num ? (int)len : 0, p);
+        snprintf(item, sizeof item, "%.*s%s", len > 24 ? 24 : (int)len, p, len > 24 ? "..." : "");
+        int64_t x = 0;
+        int r = len < sizeof num ? scan_int(num, 0, &x) : -1;
+        if (r == 0 || (r < 0 && strspn(p, "0123456789") < len)) {
+            kerr_add(err, "%s: item %d '%s' is not a non-negative integer (expected ids like "
+                          "1,2,3, each 0 to %lld)",
+                     what, n + 1, item, (long long)max);
             free(v);
             return -1;
         }
+        if (r < 0 || x > max) {
+            kerr_add(err, "%s: item %d '%s' is out of range (expected 0 to %lld)", what, n + 1,
+                     item, (long long)max);
+            free(v);
+            return -1;
+        }
+        if (n == INT32_MAX - 1) { /* argv cannot hold this many; kept as a bound on the loop */
+            free(v);
+            return kerr_add(err, "%s: too many ids", what);
+        }
         if (n == cap)
             v = xrealloc(v, sizeof(int64_t) * (size_t)(cap *= 2));
-        v[n++] = x;
-        p = *end ? end + 1 : end;
+        v[n] = x;
+        p += len;
+        if (!*p)
+            break;
+        p++; /* the comma: an item must follow */
     }
     *out = v;
-    return n;
+    return n + 1;
 }
 
 const char *util_human_count(double n, char *buf, size_t cap)

@@ -13,6 +13,9 @@
 
 #define KERR_CAP 16384
 
+/* The version both binaries print (--version) and kilnc writes into every manifest. */
+#define KILN_VERSION "0.1.0"
+
 typedef struct kerr {
     int n;              /* messages added */
     size_t len;         /* bytes used in buf */
@@ -22,10 +25,22 @@ typedef struct kerr {
 
 void kerr_clear(kerr *e);
 /* Appends one message (a trailing newline is added). Always returns -1, so
- * `return kerr_add(err, ...)` reads as "fail with this message". */
+ * `return kerr_add(err, ...)` reads as "fail with this message". A message is never lost to an
+ * empty line: one longer than the room left keeps its start and ends in a visible
+ * "... (message cut: N more bytes)"; only when the buffer is already nearly full are later
+ * messages counted instead of kept (with a "more errors" line). */
 int kerr_add(kerr *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* The messages, newline separated, without the final newline. "" when none. */
+/* The messages, newline separated, without the final newline. "" when none was added; never ""
+ * once one was (a message that could not be formatted reads as a placeholder). */
 const char *kerr_msg(kerr *e);
+
+/* For the command lines' main()s only (library code never prints). One style for both binaries:
+ * "PREFIX: error: MSG" per message (PREFIX is "kiln run", "kilnc compile", ...), continuation
+ * lines as they are. A failure that left no message still prints a line saying so. */
+void kerr_print(const char *prefix, kerr *e);
+/* A usage error: "PREFIX: error: MSG", then "run 'PREFIX --help' for usage". Returns 2, the
+ * exit status of a usage error. */
+int util_usage_error(const char *prefix, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Allocation that cannot fail: an out-of-memory here aborts with file:line. Used for
  * small bookkeeping only; large buffers (weights, activations) are checked by callers. */
@@ -63,9 +78,24 @@ uint16_t util_f32_to_bf16(float f);
 float util_f16_to_f32(uint16_t h);
 uint16_t util_f32_to_f16(float f);
 
-/* "1,2,3" (non-negative integers, comma separated) into a malloc'd array. Returns the count
- * (0 for ""), or -1 when the text is not such a list. */
-int util_parse_ids(const char *s, int64_t **out);
+/* Strict numbers from the command line (or the environment). `what` names the option in the
+ * message ("--top-k"). The whole text must be the number: junk ("abc", "12x", " 1", ""), an
+ * overflow (4294967297 for an int), NaN and Inf are refused, as is a value outside [min, max];
+ * the message names the option, the text and the allowed range, e.g.
+ *   --top-k: 'abc' is not an integer (expected 0 to 2147483647)
+ * Return 0, or -1 with the message in err (*out untouched). Integers are decimal, with an
+ * optional '-'; floats are decimal (e.g. 0.7, 1e-3), finite. */
+int util_parse_i64(const char *what, const char *text, int64_t min, int64_t max, int64_t *out,
+                   kerr *err);
+int util_parse_u64(const char *what, const char *text, uint64_t max, uint64_t *out, kerr *err);
+#define UTIL_ABOVE_MIN 1u /* util_parse_f64 flag: min itself is refused, (min, max] */
+int util_parse_f64(const char *what, const char *text, double min, double max, unsigned flags,
+                   double *out, kerr *err);
+
+/* "1,2,3" (decimal integers in [0, max], comma separated: no signs, spaces, empty items or
+ * trailing comma) into a malloc'd array. Returns the count (>= 1), or -1 with a message naming
+ * `what`, the item and its position (an empty list is an error too). */
+int util_parse_ids(const char *what, const char *s, int64_t max, int64_t **out, kerr *err);
 
 /* Human-readable count: 1.23M, 8.03B. Writes into buf. */
 const char *util_human_count(double n, char *buf, size_t cap);
