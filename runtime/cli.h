@@ -6,5 +6,6 @@
 int cmd_tokenize(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
+int cmd_chat_template(int argc, char **argv);
 
 #endif

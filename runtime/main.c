@@ -18,13 +18,14 @@ static const struct {
     {"run", cmd_run, "generate with a compiled model on the GPU (or embed)"},
     {"inspect", cmd_inspect, "print what a compiled model holds"},
     {"tokenize", cmd_tokenize, "encode or decode text with a model's tokenizer.json"},
+    {"chat-template", cmd_chat_template, "render a model's chat template for a JSON request"},
 };
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: kiln COMMAND [ARGS...]\n\ncommands:\n");
     for (size_t i = 0; i < ARRAY_LEN(commands); i++)
-        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].help);
+        fprintf(f, "  %-14s %s\n", commands[i].name, commands[i].help);
     fprintf(f, "\n'kiln COMMAND --help' describes each command. 'kiln --version' prints the "
                "version.\n");
 }
