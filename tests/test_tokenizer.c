@@ -7,6 +7,7 @@
  * decode, config-folder rules (bos/eos, add_bos/add_eos), error messages, and `kiln tokenize`.
  */
 #include <jansson.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -526,6 +527,91 @@ static void test_stream_byte_fallback_run(void **state)
     tok_free(t);
 }
 
+/* ---------------------------------------------------------------- threads */
+
+typedef struct mt_job {
+    tokenizer *t;
+    size_t first;        /* this thread starts at a different record, so calls interleave */
+    int32_t **ids;       /* single-threaded results, per corpus record */
+    size_t *nids;
+    char **text;
+    size_t mismatches, failures;
+} mt_job;
+
+static void *mt_worker(void *arg)
+{
+    mt_job *j = arg;
+    kerr err;
+    for (size_t k = 0; k < ncorpus; k++) {
+        size_t r = (j->first + k) % ncorpus;
+        int32_t *ids;
+        size_t n;
+        char *text;
+        size_t tl;
+        kerr_clear(&err);
+        if (tok_encode(j->t, corpus[r].bytes, corpus[r].len, 1, &ids, &n, &err)) {
+            j->failures++;
+            continue;
+        }
+        if (n != j->nids[r] || memcmp(ids, j->ids[r], n * sizeof *ids) != 0)
+            j->mismatches++;
+        if (tok_decode(j->t, ids, n, 1, &text, &tl, &err))
+            j->failures++;
+        else {
+            if (strcmp(text, j->text[r]) != 0)
+                j->mismatches++;
+            free(text);
+        }
+        free(ids);
+    }
+    return NULL;
+}
+
+/* A server shares one loaded tokenizer between request threads: 4 threads encode and decode the
+ * whole corpus at once and must get exactly the single-threaded ids and text (run under SAN=1
+ * too; the encode scratch pool and the byte-level tables are what this exercises). */
+static void test_threads(void **state)
+{
+    (void)state;
+    static const char *names[] = {"llama3_bpe", "llama2_sp_bpe", "minilm_bert"};
+    for (size_t f = 0; f < ARRAY_LEN(names); f++) {
+        tokenizer *t = load_flavour(names[f]);
+        int32_t **ids = xcalloc(ncorpus, sizeof *ids);
+        size_t *nids = xcalloc(ncorpus, sizeof *nids);
+        char **text = xcalloc(ncorpus, sizeof *text);
+        kerr err;
+        kerr_clear(&err);
+        for (size_t r = 0; r < ncorpus; r++) {
+            size_t tl;
+            assert_int_equal(tok_encode(t, corpus[r].bytes, corpus[r].len, 1, &ids[r], &nids[r], &err), 0);
+            assert_int_equal(tok_decode(t, ids[r], nids[r], 1, &text[r], &tl, &err), 0);
+        }
+        tok_free(t);
+        /* a fresh tokenizer: its pool and the BPE caches fill while the threads race */
+        t = load_flavour(names[f]);
+        mt_job jobs[4];
+        pthread_t th[4];
+        for (int i = 0; i < 4; i++) {
+            jobs[i] = (mt_job){t, (size_t)i * ncorpus / 4, ids, nids, text, 0, 0};
+            assert_int_equal(pthread_create(&th[i], NULL, mt_worker, &jobs[i]), 0);
+        }
+        for (int i = 0; i < 4; i++) {
+            assert_int_equal(pthread_join(th[i], NULL), 0);
+            if (jobs[i].mismatches || jobs[i].failures)
+                fail_msg("%s: thread %d: %zu results differ from one thread's, %zu calls failed",
+                         names[f], i, jobs[i].mismatches, jobs[i].failures);
+        }
+        tok_free(t);
+        for (size_t r = 0; r < ncorpus; r++) {
+            free(ids[r]);
+            free(text[r]);
+        }
+        free(ids);
+        free(nids);
+        free(text);
+    }
+}
+
 static char *tmpdir;
 
 static void write_text(const char *dir, const char *name, const char *text)
@@ -863,6 +949,7 @@ int main(void)
         cmocka_unit_test(test_random_bytes),
         cmocka_unit_test(test_stream_byte_fallback_run),
         cmocka_unit_test(test_stream_property),
+        cmocka_unit_test(test_threads),
         cmocka_unit_test(test_queries),
         cmocka_unit_test(test_config_folder),
         cmocka_unit_test(test_errors),
