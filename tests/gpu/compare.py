@@ -8,6 +8,8 @@ has them). Each subcommand prints one summary row and exits 1 when the check fai
                                              kiln run --dump vs HF (expected.safetensors) and kilnc ref
   compare.py embed NAME FIXTURE_DIR KILN     embedding vs HF
   compare.py batch NAME SINGLE... -- BATCH   a batched run equals each prompt run alone
+  compare.py tokens NAME DUMP PRINTED        the tokens `kiln run` printed without --dump (its
+                                             first stdout line) equal those of the --dump run
 
 Criteria: greedy tokens identical to HF's for the first tokens where HF's top-2 margin is clear
 (margin > 0.1 * std of that row's logits: below, rounding may legitimately flip the argmax, and
@@ -107,6 +109,18 @@ def cmd_batch(name, singles, batch):
     return ok
 
 
+def cmd_tokens(name, dump, printed):
+    """Without --dump the last-row logits take another path (gather_last, then the logits GEMV or
+    GEMM for n_seqs rows) than with it (all rows): both must give the same tokens."""
+    want = [int(t) for t in load_file(dump)["tokens"]]
+    with open(printed) as f:
+        got = [int(t) for t in f.readline().strip().split(",") if t]
+    ok = got == want
+    print(f"{name:<24} {'ok' if ok else 'FAIL'}  tokens without --dump {'equal' if ok else 'differ'}"
+          f" ({len(got)} tokens{'' if ok else f': {got[:8]} vs {want[:8]}'})")
+    return ok
+
+
 def main():
     a = sys.argv[1:]
     if a[0] == "ids":
@@ -119,6 +133,8 @@ def main():
         return 0 if cmd_gen(*a[1:]) else 1
     if a[0] == "embed":
         return 0 if cmd_embed(*a[1:4]) else 1
+    if a[0] == "tokens":
+        return 0 if cmd_tokens(*a[1:4]) else 1
     if a[0] == "batch":
         sep = a.index("--")
         return 0 if cmd_batch(a[1], a[2:sep], a[sep + 1]) else 1

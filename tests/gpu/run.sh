@@ -7,6 +7,8 @@
 #      in bf16 against HF's own bf16 error (hf_bf16.py), and the fp32 fixtures again in fp16
 #      against the absolute bound 2e-2 (compare.py says why both)
 #   3. batching: four prompts of different lengths in one call equal each run alone
+#   4. compute-sanitizer (memcheck, racecheck, synccheck, initcheck) over one fixture of each
+#      family: tests/gpu/sanitize.sh, on the artifacts compiled here
 #
 # Binaries come built from the build machine (make; carried as out/bin); CUDA 13 and Python with
 # numpy + safetensors are on the GPU machine. Full logs go to $OUT (or ./out/gpu-logs).
@@ -61,6 +63,10 @@ for f in $GEN; do
   fi
   base=$ART/$f.hfbf16.st; [ -f $base ] || base=
   $PY tests/gpu/compare.py gen $f tests/fixtures/$f $ART/$f.kiln.st $ART/$f.ref.st $base >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
+  tail -1 "$SUMMARY"
+  # the same run without --dump: last-row logits only (the path every real request takes)
+  $BIN/kiln run $ART/$f --ids $ids --max-new 16 --ignore-eos > $LOG/run_${f}_nodump.out 2> $LOG/run_${f}_nodump.log
+  $PY tests/gpu/compare.py tokens "$f no-dump" $ART/$f.kiln.st $LOG/run_${f}_nodump.out >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
   tail -1 "$SUMMARY"
 done
 for f in $FP16; do
@@ -123,6 +129,11 @@ for f in llama mixtral bloom qwen2; do
   fi
   tail -1 "$SUMMARY"
 done
+
+# 4. compute-sanitizer, one fixture per family (its own table; its logs as sanitize-logs.tgz)
+bash tests/gpu/sanitize.sh $ART > $LOG/sanitize.out 2>&1 && ss=ok || { ss=FAIL; fail=1; }
+row "$(printf '%-24s %-4s %s' compute-sanitizer $ss "$(tail -1 $LOG/sanitize.out)")"
+sed -n '/== compute-sanitizer summary/,$p' $LOG/sanitize.out | sed '1d;$d' | sed 's/^/    /' | tee -a "$SUMMARY"
 
 if wait $KTEST_PID; then ks=ok; else ks=FAIL; fail=1; fi
 row "$(printf '%-24s %-4s %s' kernels $ks "$(tail -1 "$LOG/ktest.log")")"
