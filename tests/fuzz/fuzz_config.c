@@ -8,12 +8,21 @@
  * Contracts: a getter that fails leaves a message; one that succeeds agrees with the JSON
  * (config_int on an integer gives that integer, config_string gives the string); a field that
  * config_has reports has a kind; config_rope's result has a known type and finite parameters.
+ *
+ * Then the config goes where a real one goes: the built-in archspec serving its architecture
+ * (registry_resolve; KILN_SPEC_PATH is ignored) builds the graph from it, without weights, as
+ * `kilnc graph` does. Structural nonsense (0 or 100,000 layers, 0 heads, huge sizes) must be an
+ * error naming the field, never a crash, a hang or a blow-up; a graph that builds must pass the
+ * verifier (a failure there is a kilnc bug).
  */
 #include <jansson.h>
 #include <math.h>
 
 #include "config.h"
 #include "fuzz.h"
+#include "graph.h"
+#include "registry.h"
+#include "spec.h"
 
 #define FZ_MAX_PATHS 256
 #define FZ_MAX_PATH_LEN 512
@@ -29,6 +38,43 @@ static const char *fields[] = {
 
 static const char *layer_types[] = {NULL, "full_attention", "sliding_attention", ""};
 static const char *theta_fields[] = {NULL, "rotary_emb_base", "rope_scaling.factor"};
+
+static registry *reg;
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    (void)argc, (void)argv;
+    unsetenv("KILN_SPEC_PATH");
+    kerr e;
+    kerr_clear(&e);
+    reg = registry_load(NULL, 0, &e);
+    if (!reg) {
+        fprintf(stderr, "fuzz_config: %s\n", kerr_msg(&e));
+        abort();
+    }
+    return 0;
+}
+
+/* The graph the archspec for this architecture builds from the config, as kilnc graph does. */
+static void build(const config *c)
+{
+    kerr e;
+    kerr_clear(&e);
+    const spec_info *spec = registry_resolve(reg, c, &e);
+    if (!spec) {
+        fz_check_err(&e);
+        return;
+    }
+    kgraph *g = spec_build(spec, reg->lib_dir, c, NULL, &e);
+    if (!g) {
+        fz_check_err(&e);
+        return;
+    }
+    kerr_clear(&e);
+    FZ_CHECK(graph_verify(g, &e) == 0, "the graph %s built fails verification: %s", spec->path,
+             kerr_msg(&e));
+    graph_free(g);
+}
 
 static void read_field(const config *c, const char *f)
 {
@@ -132,6 +178,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                          isfinite(r.attention_factor),
                      "config_rope accepted a non-finite parameter");
         }
+    build(c);
     config_free(c);
     return 0;
 }

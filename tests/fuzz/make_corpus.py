@@ -98,6 +98,7 @@ def safetensors():
                                               separators=(",", ":")).encode().ljust(100) + b"\0" * 12)
     idx = {"metadata": {"total_size": 24}, "weight_map": {"a.weight": "a.safetensors", "b.weight": "b.safetensors"}}
     write("safetensors", "index_two.json", json.dumps(idx))
+    write("safetensors", "index_empty.json", json.dumps({"weight_map": {}}))
     write("safetensors", "index_one.json", json.dumps({"weight_map": {"a.weight": "a.safetensors"}}))
     write("safetensors", "index_missing.json", json.dumps({"weight_map": {"c.weight": "a.safetensors"}}))
     write("safetensors", "index_wrong_shard.json", json.dumps({"weight_map": {"a.weight": "b.safetensors",
