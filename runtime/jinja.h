@@ -58,9 +58,10 @@ typedef struct jv {
 
 typedef struct jlist {
     size_t n, cap;
-    int tuple;
+    int tuple; /* JL_LIST, JL_TUPLE, or the dict view items()/keys()/values() returned */
     jv *v;
 } jlist;
+enum { JL_LIST, JL_TUPLE, JL_ITEMS, JL_KEYS, JL_VALUES };
 
 typedef struct jdict {
     size_t n, cap;
@@ -205,5 +206,7 @@ void *jp_alloc(struct chat_template *t, size_t n);
 int jx_filter_id(const char *name);
 int jx_test_id(const char *name);
 void jx_render(jctx *c, const jnode *root, jv vars);
+/* Python's sorted() of items by keys (both reordered); fails as Python on unorderable keys. */
+void jx_sort(jctx *c, jv *items, jv *keys, size_t n, int reverse);
 
 #endif

@@ -79,7 +79,8 @@ static const char *obj_repr(jv v)
     switch (v.t) {
     case JV_NONE: return "None";
     case JV_DICT: return "dict object";
-    case JV_LIST: return v.u.l->tuple ? "tuple object" : "list object";
+    case JV_LIST: return v.u.l->tuple == JL_TUPLE ? "tuple object" : v.u.l->tuple == JL_LIST ? "list object"
+                                                                                : "object";
     case JV_STR: return "str object";
     case JV_INT: return "int object";
     case JV_FLOAT: return "float object";
@@ -354,8 +355,7 @@ static jv str_split(jctx *c, jv s, const jstr *sep, int64_t maxsplit, int right)
                 if (i >= n)
                     break;
                 if (maxsplit >= 0 && splits >= maxsplit) {
-                    /* the rest, right-stripped as Python leaves it (no: Python keeps it) */
-                    jl_push(c, out.u.l, strip(c, jv_str(c, p + i, n - i), NULL, 2));
+                    jl_push(c, out.u.l, jv_str(c, p + i, n - i)); /* the rest, as it is */
                     break;
                 }
                 size_t st = i;
@@ -400,7 +400,7 @@ static jv str_split(jctx *c, jv s, const jstr *sep, int64_t maxsplit, int right)
             if (z == 0)
                 break;
             if (maxsplit >= 0 && splits >= maxsplit) {
-                jl_push(c, out.u.l, strip(c, jv_str(c, p, z), NULL, 1));
+                jl_push(c, out.u.l, jv_str(c, p, z));
                 break;
             }
             size_t a = z;
@@ -499,7 +499,7 @@ static void slice_bounds(jctx *c, jv lo, jv hi, jv st, int64_t len, int64_t *sta
 static jv do_slice(jctx *c, jv obj, jv lo, jv hi, jv st)
 {
     int64_t start, stop, step;
-    if (obj.t == JV_LIST) {
+    if (obj.t == JV_LIST && obj.u.l->tuple <= JL_TUPLE) {
         jlist *l = obj.u.l;
         slice_bounds(c, lo, hi, st, (int64_t)l->n, &start, &stop, &step);
         jv out = jv_list(c, 0);
@@ -542,6 +542,8 @@ static jv get_item(jctx *c, jv obj, jv key)
         break;
     }
     case JV_LIST:
+        if (obj.u.l->tuple > JL_TUPLE)
+            jx_fail(c, "'%s' object is not subscriptable", jv_typename(obj));
         if (key.t == JV_INT || key.t == JV_BOOL) {
             int64_t i = key.u.i, n = (int64_t)obj.u.l->n;
             if (i < 0)
@@ -572,7 +574,7 @@ static jv get_item(jctx *c, jv obj, jv key)
     }
     size_t mark = c->tmp.len;
     jv_write_repr(c, &c->tmp, key);
-    jv r = jv_undef(hintf(c, "'%s' has no element %s", obj_repr(obj), c->tmp.p + mark));
+    jv r = jv_undef(hintf(c, "%s has no element %s", obj_repr(obj), c->tmp.p + mark));
     c->tmp.len = mark;
     return r;
 }
@@ -676,7 +678,7 @@ static jv str_format(jctx *c, jv fmt, jargs *a);
 
 static int prefix_match(jctx *c, jv s, jv pre, int end)
 {
-    if (pre.t == JV_LIST && pre.u.l->tuple) {
+    if (pre.t == JV_LIST && pre.u.l->tuple == JL_TUPLE) {
         for (size_t i = 0; i < pre.u.l->n; i++)
             if (prefix_match(c, s, pre.u.l->v[i], end))
                 return 1;
@@ -868,6 +870,7 @@ static jv call_method(jctx *c, jmethod *m, jargs *a)
     case M_KEYS:
     case M_VALUES: {
         jv out = jv_list(c, s.u.d->n);
+        out.u.l->tuple = m->id == M_KEYS ? JL_KEYS : m->id == M_VALUES ? JL_VALUES : JL_ITEMS;
         for (size_t i = 0; i < s.u.d->n; i++)
             jl_push(c, out.u.l, m->id == M_KEYS ? s.u.d->k[i] : m->id == M_VALUES ? s.u.d->v[i]
                                 : tuple2(c, s.u.d->k[i], s.u.d->v[i]));
@@ -1029,7 +1032,7 @@ static jv repeat(jctx *c, jv seq, int64_t k)
     if (seq.u.l->n && (uint64_t)k > (c->mem_limit / 16 / seq.u.l->n) + 1)
         jx_fail(c, "list repetition too large");
     jv out = jv_list(c, 0);
-    out.u.l->tuple = seq.u.l->tuple;
+    out.u.l->tuple = seq.u.l->tuple == JL_TUPLE ? JL_TUPLE : JL_LIST;
     for (int64_t i = 0; i < k; i++)
         for (size_t j = 0; j < seq.u.l->n; j++)
             jl_push(c, out.u.l, seq.u.l->v[j]);
@@ -1134,7 +1137,8 @@ static jv binop(jctx *c, int op, jv a, jv b)
         s->s[n] = 0;
         return jv_strv(s);
     }
-    if (op == JOP_ADD && a.t == JV_LIST && b.t == JV_LIST && a.u.l->tuple == b.u.l->tuple) {
+    if (op == JOP_ADD && a.t == JV_LIST && b.t == JV_LIST && a.u.l->tuple == b.u.l->tuple &&
+        a.u.l->tuple <= JL_TUPLE) {
         jv out = jv_list(c, a.u.l->n + b.u.l->n);
         out.u.l->tuple = a.u.l->tuple;
         for (size_t i = 0; i < a.u.l->n; i++)
@@ -1150,6 +1154,10 @@ static jv binop(jctx *c, int op, jv a, jv b)
         return repeat(c, b, a.u.i);
     if (op == JOP_MOD && a.t == JV_STR)
         return percent_format(c, a, b);
+    if (op == JOP_MUL && ((a.t == JV_STR || a.t == JV_LIST) || (b.t == JV_STR || b.t == JV_LIST)) &&
+        a.t != JV_UNDEF && b.t != JV_UNDEF)
+        jx_fail(c, "can't multiply sequence by non-int of type '%s'",
+                jv_typename(a.t == JV_STR || a.t == JV_LIST ? b : a));
     bad_operands(c, names[op], a, b);
 overflow:
     jx_fail(c, "integer overflow in '%s' (kiln's integers are 64-bit)", names[op]);
@@ -1161,7 +1169,7 @@ static jv percent_format(jctx *c, jv fmt, jv args)
     jbuf *b = &c->tmp;
     size_t mark = b->len;
     jlist one = {1, 1, 1, &args};
-    jlist *l = args.t == JV_LIST && args.u.l->tuple ? args.u.l : &one;
+    jlist *l = args.t == JV_LIST && args.u.l->tuple == JL_TUPLE ? args.u.l : &one;
     size_t ai = 0;
     const char *p = fmt.u.s->s;
     size_t n = fmt.u.s->len;
@@ -1443,39 +1451,80 @@ static int sort_cmp_key(jctx *c, jv a, jv b, int case_sensitive)
     return compare(c, a, b, "<");
 }
 
-/* stable merge sort of items by key (keys[i] belongs to items[i]) */
-static void sort_by(jctx *c, jv *items, jv *keys, size_t n, int reverse, int cs_)
+static void swap2(jv *items, jv *keys, size_t i, size_t j)
 {
-    jv *ti = jx_alloc(c, n * sizeof(jv) + 1), *tk = jx_alloc(c, n * sizeof(jv) + 1);
+    jv t = items[i];
+    items[i] = items[j];
+    items[j] = t;
+    t = keys[i];
+    keys[i] = keys[j];
+    keys[j] = t;
+}
+
+static void reverse2(jv *items, jv *keys, size_t n)
+{
+    for (size_t i = 0; i < n / 2; i++)
+        swap2(items, keys, i, n - 1 - i);
+}
+
+#define ISLT(x, y) (compare(c, (x), (y), "<") < 0)
+
+/* Python's sorted(): stable, and for up to 64 items the very comparisons CPython's timsort
+ * makes (a run, then binary insertion), so a list that cannot be ordered fails with the same
+ * pair of types in the message. Longer lists: a stable merge sort. */
+void jx_sort(jctx *c, jv *items, jv *keys, size_t n, int reverse)
+{
+    if (n < 2)
+        return;
     jx_step(c, n);
-    for (size_t w = 1; w < n; w *= 2) {
-        for (size_t lo = 0; lo < n; lo += 2 * w) {
-            size_t mid = lo + w < n ? lo + w : n, hi = lo + 2 * w < n ? lo + 2 * w : n;
-            size_t i = lo, j = mid, k = lo;
-            while (i < mid && j < hi) {
-                int r = sort_cmp_key(c, keys[j], keys[i], cs_);
-                int take_right = reverse ? r > 0 : r < 0;
-                if (take_right) {
-                    ti[k] = items[j];
-                    tk[k++] = keys[j++];
-                } else {
-                    ti[k] = items[i];
-                    tk[k++] = keys[i++];
+    if (reverse) /* as list.sort(reverse=True): reverse, sort, reverse, keeping stability */
+        reverse2(items, keys, n);
+    if (n <= 64) {
+        size_t run = 2;
+        if (ISLT(keys[1], keys[0])) {
+            while (run < n && ISLT(keys[run], keys[run - 1]))
+                run++;
+            reverse2(items, keys, run);
+        } else
+            while (run < n && !ISLT(keys[run], keys[run - 1]))
+                run++;
+        for (size_t s = run; s < n; s++) {
+            jv pi = items[s], pk = keys[s];
+            size_t l = 0, r = s;
+            do {
+                size_t p = l + ((r - l) >> 1);
+                if (ISLT(pk, keys[p]))
+                    r = p;
+                else
+                    l = p + 1;
+            } while (l < r);
+            memmove(items + l + 1, items + l, (s - l) * sizeof(jv));
+            memmove(keys + l + 1, keys + l, (s - l) * sizeof(jv));
+            items[l] = pi;
+            keys[l] = pk;
+        }
+    } else {
+        jv *ti = jx_alloc(c, n * sizeof(jv)), *tk = jx_alloc(c, n * sizeof(jv));
+        for (size_t w = 1; w < n; w *= 2) {
+            jx_step(c, n / 16);
+            for (size_t lo = 0; lo < n; lo += 2 * w) {
+                size_t mid = lo + w < n ? lo + w : n, hi = lo + 2 * w < n ? lo + 2 * w : n;
+                size_t i = lo, j = mid, k = lo;
+                while (i < mid || j < hi) {
+                    int right = i >= mid || (j < hi && ISLT(keys[j], keys[i]));
+                    size_t from = right ? j++ : i++;
+                    ti[k] = items[from];
+                    tk[k++] = keys[from];
                 }
             }
-            while (i < mid) {
-                ti[k] = items[i];
-                tk[k++] = keys[i++];
-            }
-            while (j < hi) {
-                ti[k] = items[j];
-                tk[k++] = keys[j++];
-            }
+            memcpy(items, ti, n * sizeof(jv));
+            memcpy(keys, tk, n * sizeof(jv));
         }
-        memcpy(items, ti, n * sizeof(jv));
-        memcpy(keys, tk, n * sizeof(jv));
     }
+    if (reverse)
+        reverse2(items, keys, n);
 }
+#undef ISLT
 
 static jv apply_filter(jctx *c, int id, const char *name, jv v, jargs *a, frame *f);
 
@@ -1650,6 +1699,8 @@ static jv apply_filter(jctx *c, int id, const char *name, jv v, jargs *a, frame 
     case F_STRING:
     case F_SAFE: return jv_to_str(c, v);
     case F_INT: {
+        if (v.t == JV_UNDEF)
+            undef_fail(c, v);
         jv dflt = arg(a, 0, "default", jv_int(0));
         int64_t base = arg_int(c, a, 1, "base", 10);
         if (base < 2 || base > 36)
@@ -1657,6 +1708,8 @@ static jv apply_filter(jctx *c, int id, const char *name, jv v, jargs *a, frame 
         return to_int(c, v, dflt, base);
     }
     case F_FLOAT: {
+        if (v.t == JV_UNDEF)
+            undef_fail(c, v);
         jv dflt = arg(a, 0, "default", jv_float(0.0));
         if (is_number(v))
             return jv_float(as_f(v));
@@ -1683,7 +1736,9 @@ static jv apply_filter(jctx *c, int id, const char *name, jv v, jargs *a, frame 
             jx_fail(c, "Can only get item pairs from a mapping.");
         jmethod m = {v, M_ITEMS};
         jargs none = {0};
-        return call_method(c, &m, &none);
+        jv r = call_method(c, &m, &none);
+        r.u.l->tuple = JL_LIST;
+        return r;
     }
     case F_SELECTATTR: return select_items(c, v, a, 1, 1, f);
     case F_REJECTATTR: return select_items(c, v, a, 1, 0, f);
@@ -1736,8 +1791,14 @@ static jv apply_filter(jctx *c, int id, const char *name, jv v, jargs *a, frame 
         double x = as_f(v), m = pow(10.0, (double)prec);
         const char *md = method ? method->s : "common";
         double r;
-        if (!strcmp(md, "common"))
-            r = round(x * m) / m;
+        if (!strcmp(md, "common") && prec >= 0 && prec <= 300 && isfinite(x)) {
+            /* Python's round(): half-even on the exact binary value, which is what glibc's
+             * %.*f does */
+            char t[400];
+            snprintf(t, sizeof t, "%.*f", (int)prec, x);
+            r = strtod(t, NULL);
+        } else if (!strcmp(md, "common"))
+            r = nearbyint(x * m) / m;
         else if (!strcmp(md, "floor"))
             r = floor(x * m) / m;
         else if (!strcmp(md, "ceil"))
@@ -1792,6 +1853,7 @@ static jv apply_filter(jctx *c, int id, const char *name, jv v, jargs *a, frame 
             jmethod m = {v, M_ITEMS};
             jargs none = {0};
             l = call_method(c, &m, &none).u.l;
+            l->tuple = JL_LIST;
             jstr *by = arg_str(c, a, 1, "by");
             if (by && strcmp(by->s, "key") && strcmp(by->s, "value"))
                 jx_fail(c, "You can only sort by either \"key\" or \"value\"");
@@ -1804,10 +1866,13 @@ static jv apply_filter(jctx *c, int id, const char *name, jv v, jargs *a, frame 
         }
         jstr *attr = id == F_SORT ? arg_str(c, a, 2, "attribute") : NULL;
         jv *keys = jx_alloc(c, l->n * sizeof(jv) + 1);
-        for (size_t i = 0; i < l->n; i++)
+        for (size_t i = 0; i < l->n; i++) {
             keys[i] = id == F_DICTSORT ? l->v[i].u.l->v[by_value.u.i ? 1 : 0]
                     : attr ? attr_path(c, l->v[i], attr) : l->v[i];
-        sort_by(c, l->v, keys, l->n, reverse, case_s);
+            if (!case_s && keys[i].t == JV_STR) /* jinja2's ignore_case on the key */
+                keys[i] = map_case(c, keys[i], 0);
+        }
+        jx_sort(c, l->v, keys, l->n, reverse);
         return (jv){.t = JV_LIST, .u.l = l};
     }
     case F_UNIQUE: {
@@ -1874,6 +1939,11 @@ static jv apply_filter(jctx *c, int id, const char *name, jv v, jargs *a, frame 
         jstr *nm = arg_str(c, a, 0, "name");
         if (!nm)
             jx_fail(c, "attr needs a name");
+        /* jinja2's attr: Python getattr only, never the dict key */
+        if (v.t == JV_DICT) {
+            jv m = method_of(c, v, nm->s);
+            return m.t != JV_UNDEF ? m : no_attr(c, v, nm->s);
+        }
         return get_attr(c, v, nm->s);
     }
     case F_BATCH: {
@@ -1999,7 +2069,11 @@ static jv call_global(jctx *c, int id, jargs *a)
     case G_NAMESPACE: return dict_from_args(c, a, 1);
     case G_DICT: return dict_from_args(c, a, 0);
     case G_RAISE: {
-        jv m = a->npos ? jv_to_str(c, a->pos[0]) : jv_str(c, "", 0);
+        jv *mp = argp(a, 0, "message");
+        if (!mp)
+            jx_fail(c, "_cached_compile_jinja_template.<locals>.raise_exception() missing 1 "
+                       "required positional argument: 'message'");
+        jv m = jv_to_str(c, *mp);
         c->raised = 1;
         jx_fail(c, "%s", cs(m));
     }
@@ -2062,6 +2136,7 @@ static jv call_macro(jctx *c, jmacro *m, jargs *a)
         jx_fail(c, "macro calls nested deeper than %d levels", c->depth_limit);
     frame *f = frame_new(c, m->closure);
     jv varargs = jv_list(c, 0), kwargs = jv_dict(c, 0);
+    varargs.u.l->tuple = JL_TUPLE;
     for (int i = 0; i < a->npos; i++) {
         if (i < d->nkw)
             frame_set(c, f, d->kwn[i], a->pos[i]);
@@ -2145,8 +2220,8 @@ static jv eval(jctx *c, const jnode *n, frame *f)
         r = jv_dict(c, (size_t)n->nkids / 2);
         for (int i = 0; i + 1 < n->nkids; i += 2) {
             jv k = eval(c, n->kids[i], f);
-            if (k.t == JV_LIST && !k.u.l->tuple)
-                jx_fail(c, "unhashable type: 'list'");
+            if (k.t == JV_LIST && k.u.l->tuple != JL_TUPLE)
+                jx_fail(c, "unhashable type: '%s'", jv_typename(k));
             if (k.t == JV_DICT)
                 jx_fail(c, "unhashable type: 'dict'");
             jd_set(c, r.u.d, k, eval(c, n->kids[i + 1], f));

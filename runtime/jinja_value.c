@@ -283,7 +283,10 @@ const char *jv_typename(jv v)
     case JV_INT: return "int";
     case JV_FLOAT: return "float";
     case JV_STR: return "str";
-    case JV_LIST: return v.u.l->tuple ? "tuple" : "list";
+    case JV_LIST: {
+        static const char *const names[] = {"list", "tuple", "dict_items", "dict_keys", "dict_values"};
+        return names[v.u.l->tuple];
+    }
     case JV_DICT: return "dict";
     case JV_NS: return "Namespace";
     case JV_MACRO: return "Macro";
@@ -531,16 +534,21 @@ void jv_write_repr(jctx *c, jbuf *b, jv v)
     case JV_STR: write_str_repr(c, b, v.u.s); return;
     case JV_UNDEF: jb_puts(c, b, "Undefined"); return;
     case JV_LIST: {
+        static const char *const view[] = {"", "", "dict_items(", "dict_keys(", "dict_values("};
+        int tup = v.u.l->tuple == JL_TUPLE;
         enter(c);
-        jb_putc(c, b, v.u.l->tuple ? '(' : '[');
+        jb_puts(c, b, view[v.u.l->tuple]);
+        jb_putc(c, b, tup ? '(' : '[');
         for (size_t i = 0; i < v.u.l->n; i++) {
             if (i)
                 jb_puts(c, b, ", ");
             jv_write_repr(c, b, v.u.l->v[i]);
         }
-        if (v.u.l->tuple && v.u.l->n == 1)
+        if (tup && v.u.l->n == 1)
             jb_putc(c, b, ',');
-        jb_putc(c, b, v.u.l->tuple ? ')' : ']');
+        jb_putc(c, b, tup ? ')' : ']');
+        if (v.u.l->tuple >= JL_ITEMS)
+            jb_putc(c, b, ')');
         c->depth--;
         return;
     }
@@ -657,14 +665,6 @@ static void json_key(jctx *c, jbuf *b, jv k, const jjson_opt *o)
     }
 }
 
-static int key_cmp(const void *a, const void *b)
-{
-    const jv *x = *(const jv *const *)a, *y = *(const jv *const *)b;
-    size_t n = x->u.s->len < y->u.s->len ? x->u.s->len : y->u.s->len;
-    int r = memcmp(x->u.s->s, y->u.s->s, n);
-    return r ? r : (x->u.s->len > y->u.s->len) - (x->u.s->len < y->u.s->len);
-}
-
 void jv_write_json(jctx *c, jbuf *b, jv v, const jjson_opt *o, int level)
 {
     char t[32];
@@ -685,6 +685,8 @@ void jv_write_json(jctx *c, jbuf *b, jv v, const jjson_opt *o, int level)
         return;
     case JV_STR: json_string(c, b, v.u.s->s, v.u.s->len, o->ensure_ascii); return;
     case JV_LIST: {
+        if (v.u.l->tuple >= JL_ITEMS)
+            jx_fail(c, "Object of type %s is not JSON serializable", jv_typename(v));
         if (v.u.l->n == 0) {
             jb_puts(c, b, "[]");
             return;
@@ -711,20 +713,17 @@ void jv_write_json(jctx *c, jbuf *b, jv v, const jjson_opt *o, int level)
             return;
         }
         enter(c);
-        const jv **order = jx_alloc(c, d->n * sizeof *order);
-        for (size_t i = 0; i < d->n; i++)
-            order[i] = &d->k[i];
-        if (o->sort_keys) {
-            for (size_t i = 0; i < d->n; i++)
-                if (d->k[i].t != JV_STR)
-                    jx_fail(c, "sort_keys needs str keys ('<' not supported between "
-                               "instances of '%s' and 'str')",
-                            jv_typename(d->k[i]));
-            qsort(order, d->n, sizeof *order, key_cmp);
+        /* sort_keys: sorted(d.items()), i.e. by key with Python's ordering */
+        jv *order = jx_alloc(c, d->n * sizeof *order), *keys = jx_alloc(c, d->n * sizeof *keys);
+        for (size_t i = 0; i < d->n; i++) {
+            order[i] = jv_int((int64_t)i);
+            keys[i] = d->k[i];
         }
+        if (o->sort_keys)
+            jx_sort(c, order, keys, d->n, 0);
         jb_putc(c, b, '{');
         for (size_t i = 0; i < d->n; i++) {
-            size_t idx = (size_t)(order[i] - d->k);
+            size_t idx = (size_t)order[i].u.i;
             if (i)
                 jb_puts(c, b, o->item_sep);
             if (o->indent)
