@@ -6,7 +6,7 @@
 #   make deps       install the Debian packages the build needs (only those missing)
 #   make SAN=1 ...  any target with AddressSanitizer+UBSan, objects under out/san/
 #
-# Lua, jansson, PCRE2 and utf8proc are linked statically: the GPU machines have none of them
+# Lua, jansson, PCRE2, utf8proc and xxHash are linked statically: the GPU machines have none of them
 # (see ../shared/GPU.md). NVRTC, cuBLASLt and NCCL are linked normally; libcuda is dlopen'd.
 
 CUDA    ?= /usr/local/cuda
@@ -31,12 +31,12 @@ CFLAGS   := -std=c11 -O2 -g -D_GNU_SOURCE $(WARN) $(SANFLAGS) -MMD -MP \
 KILN_COMMIT ?= $(shell git describe --always --dirty 2>/dev/null || echo unknown)
 CFLAGS   += -I$(B)/gen
 LDFLAGS  := $(SANFLAGS) -L$(CUDA)/lib64 -Wl,-rpath,$(CUDA)/lib64
-STATIC   := -l:liblua5.4.a -l:libjansson.a -l:libpcre2-8.a -l:libutf8proc.a
+STATIC   := -l:liblua5.4.a -l:libjansson.a -l:libpcre2-8.a -l:libutf8proc.a -l:libxxhash.a
 SYSLIBS  := -lm -ldl -lpthread
 CUDALIBS := -lnvrtc -lcublasLt
 
 # ---- sources (listed, not globbed) ----
-RUNTIME_SRC := runtime/util.c runtime/safetensors.c runtime/kcuda.c runtime/artifact.c \
+RUNTIME_SRC := runtime/util.c runtime/safetensors.c runtime/kcuda.c runtime/artifact.c runtime/hash.c \
                runtime/gemm.c runtime/engine.c \
                runtime/tokenizer.c runtime/tok_util.c runtime/tok_text.c runtime/tok_model.c \
                runtime/chat_template.c runtime/jinja_value.c runtime/jinja_parse.c runtime/jinja_eval.c
@@ -46,7 +46,7 @@ COMPILER_SRC := compiler/pipeline.c compiler/config.c compiler/graph.c compiler/
                 compiler/posenc.c compiler/ref.c compiler/knvrtc.c
 # Runtime tests link libkiln.a only; compiler tests link both libraries.
 RUNTIME_TESTS  := safetensors tokenizer chat_template
-COMPILER_TESTS := config graph spec registry cli ref compile example
+COMPILER_TESTS := config graph spec registry cli ref compile example artifact
 
 RUNTIME_OBJ  := $(RUNTIME_SRC:%.c=$(B)/obj/%.o)
 COMPILER_OBJ := $(COMPILER_SRC:%.c=$(B)/obj/%.o)
@@ -194,7 +194,7 @@ fuzz: fuzz-build
 	done; exit $$fail
 
 # ---- dependencies: Debian packages, installed only when missing ----
-DEB_PKGS := liblua5.4-dev libjansson-dev libcmocka-dev libpcre2-dev libutf8proc-dev
+DEB_PKGS := liblua5.4-dev libjansson-dev libcmocka-dev libpcre2-dev libutf8proc-dev libxxhash-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do \

@@ -775,7 +775,7 @@ static int cmd_compile(int argc, char **argv)
     }
     shard = util_path_join(shard_dir, "rank0-of-1.safetensors");
     ka_manifest *m = &l->m;
-    if (pack_shard(&c, l, shard, 1, &m->shard_header_fnv, &err)) {
+    if (pack_shard(&c, l, shard, 1, m, &err)) {
         rc = -1;
         goto out;
     }

@@ -9,6 +9,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "hash.h"
+
 static uint16_t conv(float f, st_dtype dt)
 {
     return dt == ST_F16 ? util_f32_to_f16(f) : util_f32_to_bf16(f);
@@ -159,13 +161,17 @@ typedef struct fillctx {
     const kgraph *g;
     int id;
     st_dtype dt;
+    hash_stream *hs;
 } fillctx;
 
+/* The writer calls this once per tensor, in file order, so the stream sees the data region. */
 static int fill_cb(void *ctx, void *buf, uint64_t nbytes, kerr *err)
 {
     fillctx *f = ctx;
-    (void)nbytes;
-    return fill(f->g, f->id, f->dt, buf, err);
+    if (fill(f->g, f->id, f->dt, buf, err))
+        return -1;
+    hash_stream_update(f->hs, buf, (size_t)nbytes);
+    return 0;
 }
 
 typedef struct bar {
@@ -190,26 +196,14 @@ static void progress(void *ctx, uint64_t done, uint64_t total)
         fputc('\n', stderr);
 }
 
-int pack_shard(kc *c, const lowered *l, const char *path, int show_progress, uint64_t *header_fnv,
-               kerr *err)
+/* The shard id's placeholder in the header: the writer emits the header before the data, and
+ * the id hashes both, so it is written once the data is out (same length, in place). */
+#define ID_PLACEHOLDER "\"" KA_SHARD_ID_KEY "\":\"################\""
+
+/* Reads the header back, puts the id in, and fills the manifest's shard fields. */
+static int finish_header(const char *path, ka_manifest *m, kerr *err)
 {
-    st_writer *w = st_writer_new();
-    fillctx *ctx = xcalloc((size_t)(l->m.nweights ? l->m.nweights : 1), sizeof(fillctx));
-    st_dtype dt = c->act_dtype;
-    for (int i = 0; i < l->m.nweights; i++) {
-        const ka_weight *kw = &l->m.weights[i];
-        ctx[i] = (fillctx){c->g, l->weight_node[i], dt};
-        st_writer_add_fill(w, kw->name, dt, kw->ndim, kw->shape, fill_cb, &ctx[i]);
-    }
-    st_writer_meta(w, "producer", "kilnc compile");
-    bar b = {util_now(), show_progress > 1 || (show_progress && isatty(2))};
-    int rc = st_writer_write(w, path, progress, &b, err);
-    st_writer_free(w);
-    free(ctx);
-    if (rc)
-        return -1;
-    /* the header fingerprints the layout the manifest expects */
-    FILE *f = fopen(path, "rb");
+    FILE *f = fopen(path, "r+b");
     unsigned char len8[8];
     if (!f || fread(len8, 1, 8, f) != 8) {
         if (f)
@@ -219,14 +213,57 @@ int pack_shard(kc *c, const lowered *l, const char *path, int show_progress, uin
     uint64_t hl = 0;
     for (int i = 7; i >= 0; i--)
         hl = hl << 8 | len8[i];
-    char *h = malloc(hl ? hl : 1);
+    char *h = hl < ((uint64_t)1 << 32) ? malloc(hl + 1) : NULL;
     int ok = h && fread(h, 1, hl, f) == hl;
-    fclose(f);
+    char *at = NULL;
+    if (ok) {
+        h[hl] = 0;
+        at = strstr(h, ID_PLACEHOLDER);
+        ok = at && !strstr(at + 1, ID_PLACEHOLDER); /* exactly one: the metadata's */
+    }
+    if (ok) {
+        /* the id: the header as written (with the placeholder) and the data's hash */
+        unsigned char tail[16];
+        for (int i = 0; i < 8; i++) {
+            tail[i] = (unsigned char)(m->shard_hash >> (8 * i));
+            tail[8 + i] = (unsigned char)(m->shard_chunk >> (8 * i));
+        }
+        m->shard_id = hash_bytes2(h, (size_t)hl, tail, sizeof tail);
+        char hex[17];
+        snprintf(hex, sizeof hex, "%016llx", (unsigned long long)m->shard_id);
+        char *digits = at + strlen(ID_PLACEHOLDER) - 17;
+        memcpy(digits, hex, 16);
+        ok = fseek(f, 8 + (long)(digits - h), SEEK_SET) == 0 && fwrite(hex, 1, 16, f) == 16;
+    }
+    ok = fclose(f) == 0 && ok;
     if (!ok) {
         free(h);
-        return kerr_add(err, "%s: cannot read back the shard header", path);
+        return kerr_add(err, "%s: cannot write the shard id into the header", path);
     }
-    *header_fnv = util_fnv1a(h, hl, UTIL_FNV_SEED);
+    m->shard_header_fnv = util_fnv1a(h, (size_t)hl, UTIL_FNV_SEED);
     free(h);
     return 0;
+}
+
+int pack_shard(kc *c, const lowered *l, const char *path, int show_progress, ka_manifest *m,
+               kerr *err)
+{
+    st_writer *w = st_writer_new();
+    fillctx *ctx = xcalloc((size_t)(l->m.nweights ? l->m.nweights : 1), sizeof(fillctx));
+    hash_stream *hs = hash_stream_new(HASH_CHUNK);
+    st_dtype dt = c->act_dtype;
+    for (int i = 0; i < l->m.nweights; i++) {
+        const ka_weight *kw = &l->m.weights[i];
+        ctx[i] = (fillctx){c->g, l->weight_node[i], dt, hs};
+        st_writer_add_fill(w, kw->name, dt, kw->ndim, kw->shape, fill_cb, &ctx[i]);
+    }
+    st_writer_meta(w, "producer", "kilnc compile");
+    st_writer_meta(w, KA_SHARD_ID_KEY, "################");
+    bar b = {util_now(), show_progress > 1 || (show_progress && isatty(2))};
+    int rc = st_writer_write(w, path, progress, &b, err);
+    st_writer_free(w);
+    free(ctx);
+    m->shard_hash = hash_stream_finish(hs);
+    m->shard_chunk = HASH_CHUNK;
+    return rc ? -1 : finish_header(path, m, err);
 }

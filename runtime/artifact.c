@@ -1,14 +1,21 @@
-/* artifact — see artifact.h. Reading trusts nothing: every field is checked for presence, type
- * and range, every blob for bounds and hash, so a truncated, corrupted or foreign file is a
- * clear error and never undefined behaviour. */
+/* artifact — see artifact.h. Reading trusts nothing: the header's hash is checked before the
+ * manifest is parsed, then every field for presence, type and range, every blob for layout and
+ * hash, so a truncated, corrupted, edited or foreign file is a clear error naming the file and
+ * the field, never undefined behaviour in the engine. The range checks are the engine's contract:
+ * it indexes tables, offsets buffers and sizes grids with manifest values and checks nothing
+ * itself. Also here: opening and verifying the weight shard against the manifest. */
 #include "artifact.h"
 
 #include <errno.h>
 #include <jansson.h>
+#include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include "../kernels/kiln_step.h"
 
 static const char *arg_names[] = {"step", "buf", "scratch", "weight", "const", "kv_k", "kv_v",
                                   "null", "i32", "f32", "m",    "logits",  "out"};
@@ -52,6 +59,7 @@ static json_t *jsteps(const ka_step *st, int n)
         json_object_set_new(o, "label", json_string(s->label ? s->label : ""));
         json_object_set_new(o, "size", json_integer(s->size));
         json_object_set_new(o, "logits", json_integer(s->logits));
+        json_object_set_new(o, "rows", json_integer(s->rows));
         if (s->kind == KA_KERNEL) {
             json_object_set_new(o, "kernel", json_integer(s->kernel));
             json_t *g = json_array();
@@ -73,7 +81,6 @@ static json_t *jsteps(const ka_step *st, int n)
             json_object_set_new(o, "ldx", json_integer(s->ldx));
             json_object_set_new(o, "ldy", json_integer(s->ldy));
             json_object_set_new(o, "out_f32", json_integer(s->out_f32));
-            json_object_set_new(o, "rows", json_integer(s->rows));
         }
         json_array_append_new(a, o);
     }
@@ -151,6 +158,9 @@ char *ka_manifest_json(const ka_manifest *m)
     json_object_set_new(r, "weights", ws);
     json_object_set_new(r, "shard", json_string(m->shard));
     json_object_set_new(r, "shard_header_fnv", jhex(m->shard_header_fnv));
+    json_object_set_new(r, "shard_hash", jhex(m->shard_hash));
+    json_object_set_new(r, "shard_chunk", json_integer((json_int_t)m->shard_chunk));
+    json_object_set_new(r, "shard_id", jhex(m->shard_id));
     json_t *cs = json_array();
     for (int i = 0; i < m->nconsts; i++) {
         json_t *c = json_object(), *v = json_array();
@@ -167,7 +177,7 @@ char *ka_manifest_json(const ka_manifest *m)
         json_object_set_new(b, "name", json_string(m->blobs[i].name));
         json_object_set_new(b, "offset", json_integer((json_int_t)m->blobs[i].offset));
         json_object_set_new(b, "len", json_integer((json_int_t)m->blobs[i].len));
-        json_object_set_new(b, "fnv", jhex(m->blobs[i].fnv));
+        json_object_set_new(b, "hash", jhex(m->blobs[i].hash));
         json_array_append_new(bs, b);
     }
     json_object_set_new(r, "blobs", bs);
@@ -190,23 +200,49 @@ static uint64_t get64(const unsigned char *p)
     return v;
 }
 
-int ka_write(const char *path, ka_manifest *m, const void *const *blob_data, kerr *err)
+/* Where the section after one ending at `end` starts: the first boundary past a zero byte. */
+static uint64_t next_section(uint64_t end) { return (end + KA_ALIGN) / KA_ALIGN * KA_ALIGN; }
+
+uint64_t ka_manifest_hash(const unsigned char *head32, const void *manifest, size_t len)
 {
-    uint64_t off = 32;
-    for (int i = 0; i < m->nblobs; i++) {
-        off = (off + 255) & ~(uint64_t)255; /* cubins are loaded in place: keep them aligned */
-        m->blobs[i].offset = off;
-        m->blobs[i].fnv = util_fnv1a(blob_data[i], m->blobs[i].len, UTIL_FNV_SEED);
-        off += m->blobs[i].len;
-    }
-    char *js = ka_manifest_json(m);
-    size_t jl = strlen(js);
-    unsigned char head[32] = {0};
+    return hash_bytes2(head32, 32, manifest, len);
+}
+
+/* The header for a manifest of jl bytes at moff, signed. */
+static void make_header(unsigned char *head, uint64_t moff, const void *js, size_t jl)
+{
+    memset(head, 0, KA_HEADER);
     memcpy(head, KA_MAGIC, 8);
     head[8] = KA_VERSION & 0xff;
     head[9] = (KA_VERSION >> 8) & 0xff;
-    put64(head + 16, off);
+    put64(head + 16, moff);
     put64(head + 24, jl);
+    put64(head + 32, ka_manifest_hash(head, js, jl));
+}
+
+unsigned char *ka_wrap_manifest(const void *manifest, size_t n, size_t *len)
+{
+    uint64_t moff = next_section(KA_HEADER);
+    unsigned char *f = xcalloc(1, moff + n);
+    make_header(f, moff, manifest, n);
+    memcpy(f + moff, manifest, n);
+    *len = moff + n;
+    return f;
+}
+
+int ka_write(const char *path, ka_manifest *m, const void *const *blob_data, kerr *err)
+{
+    uint64_t end = KA_HEADER;
+    for (int i = 0; i < m->nblobs; i++) {
+        m->blobs[i].offset = next_section(end); /* cubins are loaded in place: aligned */
+        m->blobs[i].hash = hash_bytes(blob_data[i], m->blobs[i].len);
+        end = m->blobs[i].offset + m->blobs[i].len;
+    }
+    uint64_t moff = next_section(end);
+    char *js = ka_manifest_json(m);
+    size_t jl = strlen(js);
+    unsigned char head[KA_HEADER];
+    make_header(head, moff, js, jl);
     char *tmp = xasprintf("%s.tmp", path);
     FILE *f = fopen(tmp, "wb");
     if (!f) {
@@ -215,15 +251,15 @@ int ka_write(const char *path, ka_manifest *m, const void *const *blob_data, ker
         free(js);
         return -1;
     }
-    int ok = fwrite(head, 1, 32, f) == 32;
-    uint64_t at = 32;
-    static const unsigned char zeros[256];
+    int ok = fwrite(head, 1, KA_HEADER, f) == KA_HEADER;
+    uint64_t at = KA_HEADER;
+    static const unsigned char zeros[KA_ALIGN];
     for (int i = 0; i < m->nblobs && ok; i++) {
         ok = fwrite(zeros, 1, m->blobs[i].offset - at, f) == m->blobs[i].offset - at &&
              fwrite(blob_data[i], 1, m->blobs[i].len, f) == m->blobs[i].len;
         at = m->blobs[i].offset + m->blobs[i].len;
     }
-    ok = ok && fwrite(js, 1, jl, f) == jl;
+    ok = ok && fwrite(zeros, 1, moff - at, f) == moff - at && fwrite(js, 1, jl, f) == jl;
     ok = fclose(f) == 0 && ok;
     free(js);
     if (!ok || rename(tmp, path) != 0) {
@@ -242,287 +278,621 @@ typedef struct rd {
     const char *path;
     kerr *err;
     int bad;
+    ka_manifest *m;
 } rd;
 
-static json_t *field(rd *r, json_t *o, const char *k, json_type t, const char *what)
+/* The first problem found, with where it is; later ones are not reported (one corrupt field
+ * tends to cascade). */
+__attribute__((format(printf, 2, 3))) static int bad(rd *r, const char *fmt, ...)
 {
-    json_t *v = json_object_get(o, k);
+    if (r->bad)
+        return -1;
+    r->bad = 1;
+    char b[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(b, sizeof b, fmt, ap);
+    va_end(ap);
+    return kerr_add(r->err, "%s: manifest: %s; the artifact is corrupt or was edited: rebuild it "
+                            "with kilnc compile",
+                    r->path, b);
+}
+
+static const char *type_name(json_type t)
+{
+    switch (t) {
+    case JSON_OBJECT: return "an object";
+    case JSON_ARRAY: return "a list";
+    case JSON_STRING: return "a string";
+    case JSON_INTEGER: return "an integer";
+    default: return "a number";
+    }
+}
+
+static json_t *jget(rd *r, json_t *o, const char *where, const char *k, json_type t)
+{
+    json_t *v = o ? json_object_get(o, k) : NULL;
     if (!v || json_typeof(v) != t) {
-        if (!r->bad)
-            kerr_add(r->err, "%s: manifest field '%s' (%s) is missing or has the wrong type; the "
-                             "artifact is corrupt or was written by another kilnc: rebuild it with "
-                             "kilnc compile",
-                     r->path, k, what);
-        r->bad = 1;
+        bad(r, "%s: field '%s' is %s, expected %s", where, k, v ? "of another type" : "missing",
+            type_name(t));
         return NULL;
     }
     return v;
 }
 
-static int64_t get_int(rd *r, json_t *o, const char *k)
+static int64_t jint(rd *r, json_t *o, const char *where, const char *k, int64_t lo, int64_t hi)
 {
-    json_t *v = field(r, o, k, JSON_INTEGER, "integer");
-    return v ? json_integer_value(v) : 0;
+    json_t *v = jget(r, o, where, k, JSON_INTEGER);
+    if (!v)
+        return lo;
+    int64_t x = json_integer_value(v);
+    if (x < lo || x > hi) {
+        bad(r, "%s: %s is %lld, expected %lld..%lld", where, k, (long long)x, (long long)lo,
+            (long long)hi);
+        return lo;
+    }
+    return x;
 }
 
-static char *get_str(rd *r, json_t *o, const char *k)
+/* Element i of a list, an integer in [lo, hi]. */
+static int64_t jelem(rd *r, json_t *a, size_t i, const char *where, const char *what, int64_t lo,
+                     int64_t hi)
 {
-    json_t *v = field(r, o, k, JSON_STRING, "string");
-    return xstrdup(v ? json_string_value(v) : "");
+    json_t *v = json_array_get(a, i);
+    if (!json_is_integer(v)) {
+        bad(r, "%s: %s is %s, expected an integer", where, what, v ? "of another type" : "missing");
+        return lo;
+    }
+    int64_t x = json_integer_value(v);
+    if (x < lo || x > hi) {
+        bad(r, "%s: %s is %lld, expected %lld..%lld", where, what, (long long)x, (long long)lo,
+            (long long)hi);
+        return lo;
+    }
+    return x;
 }
 
-static uint64_t get_hex(rd *r, json_t *o, const char *k)
+static char *jstr(rd *r, json_t *o, const char *where, const char *k, int nonempty)
 {
-    json_t *v = field(r, o, k, JSON_STRING, "hex string");
-    return v ? strtoull(json_string_value(v), NULL, 16) : 0;
+    json_t *v = jget(r, o, where, k, JSON_STRING);
+    const char *s = v ? json_string_value(v) : "";
+    if (v && nonempty && !*s)
+        bad(r, "%s: %s is empty", where, k);
+    return xstrdup(s);
 }
 
-static int parse_arg(rd *r, json_t *a, ka_arg *out)
+/* Exactly 16 hex digits. */
+static uint64_t jget_hex(rd *r, json_t *o, const char *where, const char *k)
+{
+    json_t *v = jget(r, o, where, k, JSON_STRING);
+    if (!v)
+        return 0;
+    const char *s = json_string_value(v);
+    uint64_t x = 0;
+    size_t n = strlen(s);
+    for (size_t i = 0; i < n && n == 16; i++) {
+        int c = s[i], d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        if (d < 0)
+            n = 0;
+        x = x << 4 | (uint64_t)(d & 15);
+    }
+    if (n != 16)
+        bad(r, "%s: %s is \"%.40s\", expected 16 lowercase hex digits", where, k, s);
+    return x;
+}
+
+/* A list of at most max entries. */
+static json_t *jlist(rd *r, json_t *o, const char *where, const char *k, size_t max, int *n)
+{
+    *n = 0;
+    json_t *v = jget(r, o, where, k, JSON_ARRAY);
+    if (v && json_array_size(v) > max) {
+        bad(r, "%s: %s has %zu entries, at most %zu are allowed", where, k, json_array_size(v), max);
+        return NULL;
+    }
+    if (v)
+        *n = (int)json_array_size(v);
+    return v;
+}
+
+static int is_enum(const char *s, const char *const *names, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (!strcmp(s, names[i]))
+            return i;
+    return -1;
+}
+
+/* ---- steps ---- */
+
+typedef struct stepctx {
+    char where[160];  /* "decode step 12 (L3.attn.o)" */
+    int prefill;
+} stepctx;
+
+static int parse_arg(rd *r, json_t *a, const stepctx *c, const char *what, ka_arg *out)
 {
     memset(out, 0, sizeof *out);
-    if (!json_is_array(a) || json_array_size(a) != 2 || !json_is_string(json_array_get(a, 0))) {
-        r->bad = 1;
-        return kerr_add(r->err, "%s: malformed kernel argument in the manifest", r->path);
-    }
+    if (!json_is_array(a) || json_array_size(a) != 2 || !json_is_string(json_array_get(a, 0)))
+        return bad(r, "%s: %s is not a [kind, value] pair", c->where, what);
     const char *k = json_string_value(json_array_get(a, 0));
-    int kind = -1;
-    for (int i = 0; i < KA_NARGKINDS; i++)
-        if (strcmp(k, arg_names[i]) == 0)
-            kind = i;
-    if (kind < 0) {
-        r->bad = 1;
-        return kerr_add(r->err, "%s: unknown argument kind '%s' in the manifest", r->path, k);
-    }
+    int kind = is_enum(k, arg_names, KA_NARGKINDS);
+    if (kind < 0)
+        return bad(r, "%s: %s has the unknown kind '%.40s'", c->where, what, k);
     out->kind = (ka_arg_kind)kind;
     json_t *v = json_array_get(a, 1);
-    if (kind == KA_ARG_F32)
+    if (kind == KA_ARG_F32) {
+        if (!json_is_number(v) || !isfinite((float)json_number_value(v)))
+            return bad(r, "%s: %s (f32) is not a finite float", c->where, what);
         out->f = json_number_value(v);
-    else
-        out->i = json_integer_value(v);
+        return 0;
+    }
+    if (!json_is_integer(v))
+        return bad(r, "%s: %s (%s) is not an integer", c->where, what, k);
+    out->i = json_integer_value(v);
     return 0;
 }
 
-static int parse_steps(rd *r, json_t *a, ka_step **out, int *n, const ka_manifest *m)
+/* The argument refers to something that exists. */
+static int check_arg(rd *r, const ka_arg *a, const stepctx *c, const char *what)
 {
-    if (!json_is_array(a)) {
-        r->bad = 1;
-        return kerr_add(r->err, "%s: manifest schedule is not a list", r->path);
+    const ka_manifest *m = r->m;
+    int64_t hi = -1;
+    const char *of = NULL;
+    switch (a->kind) {
+    case KA_ARG_BUF: hi = m->slab_bytes - 1, of = "offset in the activation slab"; break;
+    case KA_ARG_SCRATCH: hi = m->scratch_bytes - 1, of = "offset in the scratch area"; break;
+    case KA_ARG_WEIGHT: hi = m->nweights - 1, of = "weight index"; break;
+    case KA_ARG_CONST: hi = m->nconsts - 1, of = "constant table index"; break;
+    case KA_ARG_KV_K:
+    case KA_ARG_KV_V: hi = m->n_layers - 1, of = "KV layer index"; break;
+    case KA_ARG_I32:
+        if (a->i < INT32_MIN || a->i > INT32_MAX)
+            return bad(r, "%s: %s (i32) is %lld, outside the int32 range", c->where, what,
+                       (long long)a->i);
+        return 0;
+    case KA_ARG_F32: return 0;
+    case KA_ARG_LOGITS:
+        if (m->output_pool)
+            return bad(r, "%s: %s is the logits buffer, which an embedding model does not have",
+                       c->where, what);
+        break;
+    case KA_ARG_OUT:
+        if (!m->output_pool)
+            return bad(r, "%s: %s is the pooled output, which only an embedding model has",
+                       c->where, what);
+        break;
+    default: break;
     }
-    *n = (int)json_array_size(a);
-    *out = xcalloc((size_t)(*n ? *n : 1), sizeof(ka_step));
-    for (int i = 0; i < *n && !r->bad; i++) {
-        json_t *o = json_array_get(a, i);
-        ka_step *s = &(*out)[i];
-        if (!json_is_object(o)) {
-            r->bad = 1;
-            return kerr_add(r->err, "%s: schedule step %d is not an object", r->path, i);
+    if (!of) { /* step, null, m, logits, out: no value */
+        if (a->i != 0)
+            return bad(r, "%s: %s (%s) has the value %lld, expected 0", c->where, what,
+                       ka_arg_kind_name(a->kind), (long long)a->i);
+        return 0;
+    }
+    if (hi < 0)
+        return bad(r, "%s: %s: %s %lld, but there are none", c->where, what, of, (long long)a->i);
+    if (a->i < 0 || a->i > hi)
+        return bad(r, "%s: %s: %s %lld out of range (0..%lld)", c->where, what, of,
+                   (long long)a->i, (long long)hi);
+    return 0;
+}
+
+/* The most rows a step can have: prefill steps carry up to max_tokens tokens, decode steps one
+ * per sequence (the engine pads a batch to at most max_seqs rows). */
+static int64_t max_rows(const ka_manifest *m, const ka_step *s, int prefill)
+{
+    return s->rows == KA_ROWS_S || !prefill ? m->max_seqs : m->max_tokens;
+}
+
+/* A GEMM operand of `rows` rows of `cols` elements, `ld` apart, fits its buffer. */
+static int check_extent(rd *r, const stepctx *c, const ka_step *s, const char *what,
+                        const ka_arg *a, int64_t rows, int64_t ld, int64_t cols, int64_t esize)
+{
+    const ka_manifest *m = r->m;
+    int64_t bytes = ((rows - 1) * ld + cols) * esize, cap; /* < 2^49: no overflow (bounds) */
+    const char *in;
+    switch (a->kind) {
+    case KA_ARG_BUF: cap = m->slab_bytes - a->i, in = "the activation slab"; break;
+    case KA_ARG_SCRATCH: cap = m->scratch_bytes - a->i, in = "the scratch area"; break;
+    case KA_ARG_LOGITS:
+        cap = (int64_t)(c->prefill && s->logits == KA_LOGITS_ALL ? m->max_tokens : m->max_seqs) *
+              m->vocab * 4;
+        in = "the logits buffer";
+        break;
+    default: return 0;
+    }
+    if (bytes > cap)
+        return bad(r, "%s: GEMM %s needs %lld bytes at %lld rows, %lld are left in %s", c->where,
+                   what, (long long)bytes, (long long)rows, (long long)cap, in);
+    return 0;
+}
+
+static int parse_gemm(rd *r, json_t *o, const stepctx *c, ka_step *s)
+{
+    const ka_manifest *m = r->m;
+    s->kind = KA_GEMM;
+    if (!json_is_true(json_object_get(o, "gemm")))
+        return bad(r, "%s: field 'gemm' is not true", c->where);
+    if (parse_arg(r, json_object_get(o, "x"), c, "x", &s->x) ||
+        parse_arg(r, json_object_get(o, "w"), c, "w", &s->w) ||
+        parse_arg(r, json_object_get(o, "bias"), c, "bias", &s->bias) ||
+        parse_arg(r, json_object_get(o, "y"), c, "y", &s->y))
+        return -1;
+    s->n = jint(r, o, c->where, "n", 1, KA_MAX_DIM);
+    s->k = jint(r, o, c->where, "k", 1, KA_MAX_DIM);
+    s->ldx = jint(r, o, c->where, "ldx", s->k, KA_MAX_DIM);
+    s->ldy = jint(r, o, c->where, "ldy", s->n, KA_MAX_DIM);
+    s->out_f32 = (int)jint(r, o, c->where, "out_f32", 0, 1);
+    if (r->bad)
+        return -1;
+    if (s->x.kind != KA_ARG_BUF && s->x.kind != KA_ARG_SCRATCH)
+        return bad(r, "%s: GEMM x is %s, expected buf or scratch", c->where,
+                   ka_arg_kind_name(s->x.kind));
+    if (s->w.kind != KA_ARG_WEIGHT)
+        return bad(r, "%s: GEMM w is %s, expected weight", c->where, ka_arg_kind_name(s->w.kind));
+    if (s->bias.kind != KA_ARG_NULL && s->bias.kind != KA_ARG_WEIGHT)
+        return bad(r, "%s: GEMM bias is %s, expected null or weight", c->where,
+                   ka_arg_kind_name(s->bias.kind));
+    if (s->y.kind != KA_ARG_BUF && s->y.kind != KA_ARG_SCRATCH && s->y.kind != KA_ARG_LOGITS)
+        return bad(r, "%s: GEMM y is %s, expected buf, scratch or logits", c->where,
+                   ka_arg_kind_name(s->y.kind));
+    if (check_arg(r, &s->x, c, "x") || check_arg(r, &s->w, c, "w") ||
+        check_arg(r, &s->bias, c, "bias") || check_arg(r, &s->y, c, "y"))
+        return -1;
+    const ka_weight *w = &m->weights[s->w.i];
+    if (w->ndim != 2 || w->shape[0] != s->n || w->shape[1] != s->k)
+        return bad(r, "%s: GEMM n=%lld k=%lld, but its weight '%s' has %d dimensions [%lld, %lld]",
+                   c->where, (long long)s->n, (long long)s->k, w->name, w->ndim,
+                   (long long)w->shape[0], (long long)(w->ndim > 1 ? w->shape[1] : 0));
+    if (s->bias.kind == KA_ARG_WEIGHT && m->weights[s->bias.i].nbytes != s->n * 2)
+        return bad(r, "%s: GEMM bias '%s' has %lld bytes, expected n=%lld elements", c->where,
+                   m->weights[s->bias.i].name, (long long)m->weights[s->bias.i].nbytes,
+                   (long long)s->n);
+    if (s->y.kind == KA_ARG_LOGITS && (!s->out_f32 || s->n != m->vocab || s->ldy != m->vocab))
+        return bad(r, "%s: a GEMM into the logits must write float rows of the vocabulary "
+                      "(%d); got out_f32=%d n=%lld ldy=%lld",
+                   c->where, m->vocab, s->out_f32, (long long)s->n, (long long)s->ldy);
+    int64_t rows = max_rows(m, s, c->prefill);
+    return check_extent(r, c, s, "x", &s->x, rows, s->ldx, s->k, 2) ||
+                   check_extent(r, c, s, "y", &s->y, rows, s->ldy, s->n, s->out_f32 ? 4 : 2)
+               ? -1
+               : 0;
+}
+
+static int parse_kernel_step(rd *r, json_t *o, const stepctx *c, ka_step *s)
+{
+    const ka_manifest *m = r->m;
+    s->kind = KA_KERNEL;
+    s->kernel = (int)jint(r, o, c->where, "kernel", 0, m->nkernels - 1);
+    int n;
+    json_t *g = jlist(r, o, c->where, "grid", 3, &n);
+    if (r->bad)
+        return -1;
+    if (n != 3)
+        return bad(r, "%s: grid has %d rules, expected 3", c->where, n);
+    /* the largest step the engine can launch: grids grow with T, S and Q */
+    int64_t T = c->prefill ? m->max_tokens : m->max_seqs, S = m->max_seqs,
+            Q = c->prefill ? (m->max_tokens < m->max_seq_len ? m->max_tokens : m->max_seq_len) : 1;
+    static const char *dims = "xyz", *names[5] = {"t", "s", "q", "add", "div"};
+    for (int d = 0; d < 3; d++) {
+        json_t *gd = json_array_get(g, (size_t)d);
+        if (!json_is_array(gd) || json_array_size(gd) != 5)
+            return bad(r, "%s: grid rule %c is not a list of 5 integers", c->where, dims[d]);
+        int *f[5] = {&s->grid[d].t, &s->grid[d].s, &s->grid[d].q, &s->grid[d].add,
+                     &s->grid[d].div};
+        for (int k = 0; k < 5; k++) {
+            char what[32];
+            snprintf(what, sizeof what, "grid %c.%s", dims[d], names[k]);
+            *f[k] = (int)jelem(r, gd, (size_t)k, c->where, what, k == 4 ? 1 : 0, INT32_MAX);
         }
-        s->label = get_str(r, o, "label");
-        s->size = (ka_size)get_int(r, o, "size");
-        s->logits = (ka_logits)get_int(r, o, "logits");
-        if (json_object_get(o, "gemm")) {
-            s->kind = KA_GEMM;
-            parse_arg(r, json_object_get(o, "x"), &s->x);
-            parse_arg(r, json_object_get(o, "w"), &s->w);
-            parse_arg(r, json_object_get(o, "bias"), &s->bias);
-            parse_arg(r, json_object_get(o, "y"), &s->y);
-            s->n = get_int(r, o, "n");
-            s->k = get_int(r, o, "k");
-            s->ldx = get_int(r, o, "ldx");
-            s->ldy = get_int(r, o, "ldy");
-            s->out_f32 = (int)get_int(r, o, "out_f32");
-            s->rows = (ka_rows)get_int(r, o, "rows");
-            if (s->w.kind != KA_ARG_WEIGHT || s->w.i < 0 || s->w.i >= m->nweights) {
-                r->bad = 1;
-                return kerr_add(r->err, "%s: step %d (%s): GEMM weight out of range", r->path, i,
-                                s->label);
-            }
-        } else {
-            s->kind = KA_KERNEL;
-            s->kernel = (int)get_int(r, o, "kernel");
-            if (s->kernel < 0 || s->kernel >= m->nkernels) {
-                r->bad = 1;
-                return kerr_add(r->err, "%s: step %d (%s): kernel index %d out of range", r->path,
-                                i, s->label, s->kernel);
-            }
-            json_t *g = field(r, o, "grid", JSON_ARRAY, "3 grid rules");
-            for (int d = 0; g && d < 3; d++) {
-                json_t *gd = json_array_get(g, (size_t)d);
-                int *f[5] = {&s->grid[d].t, &s->grid[d].s, &s->grid[d].q, &s->grid[d].add,
-                             &s->grid[d].div};
-                for (int k = 0; k < 5; k++)
-                    *f[k] = (int)json_integer_value(json_array_get(gd, (size_t)k));
-                if (s->grid[d].div <= 0) {
-                    r->bad = 1;
-                    return kerr_add(r->err, "%s: step %d (%s): bad grid divisor", r->path, i,
-                                    s->label);
-                }
-            }
-            json_t *args = field(r, o, "args", JSON_ARRAY, "argument list");
-            s->nargs = args ? (int)json_array_size(args) : 0;
-            if (s->nargs > KA_MAX_ARGS) {
-                r->bad = 1;
-                return kerr_add(r->err, "%s: step %d: too many arguments", r->path, i);
-            }
-            for (int k = 0; k < s->nargs; k++)
-                parse_arg(r, json_array_get(args, (size_t)k), &s->args[k]);
-        }
+        if (r->bad)
+            return -1;
+        const ka_grid *gr = &s->grid[d];
+        int64_t v = gr->t * T + gr->s * S + gr->q * Q + gr->add; /* < 2^53 */
+        int64_t blocks = (v + gr->div - 1) / gr->div, lim = d == 0 ? INT32_MAX : 65535;
+        if (blocks > lim)
+            return bad(r, "%s: grid %c is %lld blocks at the largest step (T=%lld S=%lld Q=%lld); "
+                          "the limit is %lld",
+                       c->where, dims[d], (long long)blocks, (long long)T, (long long)S,
+                       (long long)Q, (long long)lim);
+    }
+    json_t *args = jlist(r, o, c->where, "args", KA_MAX_ARGS, &s->nargs);
+    for (int k = 0; k < s->nargs && !r->bad; k++) {
+        char what[32];
+        snprintf(what, sizeof what, "argument %d", k);
+        if (parse_arg(r, json_array_get(args, (size_t)k), c, what, &s->args[k]) == 0)
+            check_arg(r, &s->args[k], c, what);
     }
     return r->bad ? -1 : 0;
+}
+
+static int parse_steps(rd *r, json_t *root, const char *which, ka_step **out, int *n)
+{
+    int cnt;
+    json_t *a = jlist(r, root, "schedule", which, KA_MAX_STEPS, &cnt);
+    if (!a)
+        return -1;
+    *out = xcalloc((size_t)(cnt ? cnt : 1), sizeof(ka_step));
+    *n = cnt;
+    for (int i = 0; i < cnt && !r->bad; i++) {
+        json_t *o = json_array_get(a, (size_t)i);
+        ka_step *s = &(*out)[i];
+        stepctx c = {.prefill = !strcmp(which, "prefill")};
+        snprintf(c.where, sizeof c.where, "%s step %d", which, i);
+        if (!json_is_object(o))
+            return bad(r, "%s is not an object", c.where);
+        s->label = jstr(r, o, c.where, "label", 0);
+        snprintf(c.where, sizeof c.where, "%s step %d (%.80s)", which, i, s->label);
+        s->size = (ka_size)jint(r, o, c.where, "size", KA_SIZE_ANY, KA_SIZE_LARGE);
+        s->logits = (ka_logits)jint(r, o, c.where, "logits", KA_LOGITS_ANY, KA_LOGITS_ALL);
+        s->rows = (ka_rows)jint(r, o, c.where, "rows", KA_ROWS_T, KA_ROWS_S);
+        if (r->bad)
+            return -1;
+        if (json_object_get(o, "gemm"))
+            parse_gemm(r, o, &c, s);
+        else
+            parse_kernel_step(r, o, &c, s);
+    }
+    return r->bad ? -1 : 0;
+}
+
+/* ---- the manifest ---- */
+
+static const char *const dtypes[] = {"bf16", "f16"}, *const tasks[] = {"generate", "embed"};
+
+static void parse_identity(rd *r, json_t *root, ka_manifest *m)
+{
+    if (jint(r, root, "top level", "format", KA_VERSION, KA_VERSION) != KA_VERSION)
+        return;
+    m->kilnc_version = jstr(r, root, "top level", "kilnc_version", 1);
+    json_t *id = jget(r, root, "top level", "identity", JSON_OBJECT);
+    m->model_name = jstr(r, id, "identity", "model", 1);
+    m->arch = jstr(r, id, "identity", "architecture", 1);
+    m->spec_name = jstr(r, id, "identity", "spec", 1);
+    m->task = jstr(r, id, "identity", "task", 1);
+    m->dtype = jstr(r, id, "identity", "dtype", 1);
+    m->spec_hash = jget_hex(r, id, "identity", "spec_hash");
+    m->config_hash = jget_hex(r, id, "identity", "config_hash");
+    m->layout_hash = jget_hex(r, id, "identity", "layout_hash");
+    if (!r->bad && is_enum(m->dtype, dtypes, 2) < 0)
+        bad(r, "identity: dtype is \"%.40s\", expected bf16 or f16", m->dtype);
+    if (!r->bad && is_enum(m->task, tasks, 2) < 0)
+        bad(r, "identity: task is \"%.40s\", expected generate or embed", m->task);
+}
+
+static void parse_limits(rd *r, json_t *root, ka_manifest *m)
+{
+    json_t *lim = jget(r, root, "top level", "limits", JSON_OBJECT);
+    const char *w = "limits";
+    m->output_pool = (int)jint(r, lim, w, "output_pool", 0, 1);
+    m->vocab = (int)jint(r, lim, w, "vocab", m->output_pool ? 0 : 1, KA_MAX_VOCAB);
+    m->hidden = (int)jint(r, lim, w, "hidden", 1, KA_MAX_HIDDEN);
+    m->max_tokens = (int)jint(r, lim, w, "max_tokens", 1, KA_MAX_TOKENS);
+    m->max_seqs = (int)jint(r, lim, w, "max_seqs", 1, KA_MAX_SEQS);
+    m->max_seq_len = (int)jint(r, lim, w, "max_seq_len", 1, KA_MAX_SEQ_LEN);
+    m->gemv_max = (int)jint(r, lim, w, "gemv_max", 0, KA_MAX_TOKENS);
+    m->slab_bytes = jint(r, lim, w, "slab_bytes", 0, KA_MAX_BYTES);
+    m->scratch_bytes = jint(r, lim, w, "scratch_bytes", 0, KA_MAX_BYTES);
+    if (r->bad)
+        return;
+    if (m->output_pool != (strcmp(m->task, "embed") == 0))
+        bad(r, "limits: output_pool is %d for task %s", m->output_pool, m->task);
+    else if (m->max_tokens < m->max_seqs)
+        bad(r, "limits: max_tokens %d < max_seqs %d: a decode step of max_seqs tokens would "
+               "overflow activation buffers sized for max_tokens",
+            m->max_tokens, m->max_seqs);
+    else if ((int64_t)m->max_seqs * ((m->max_seq_len + KILN_BLOCK - 1) / KILN_BLOCK + 1) *
+                 KILN_BLOCK >
+             INT32_MAX)
+        bad(r, "limits: max_seqs %d x max_seq_len %d KV slots do not fit a 32-bit index",
+            m->max_seqs, m->max_seq_len);
+}
+
+static void parse_tables(rd *r, json_t *root, ka_manifest *m)
+{
+    json_t *ly = jlist(r, root, "top level", "kv_layers", KA_MAX_LAYERS, &m->n_layers);
+    m->layers = xcalloc((size_t)(m->n_layers ? m->n_layers : 1), sizeof(ka_layer));
+    for (int i = 0; i < m->n_layers && !r->bad; i++) {
+        char where[48];
+        snprintf(where, sizeof where, "kv layer %d", i);
+        json_t *l = json_array_get(ly, (size_t)i);
+        if (!json_is_array(l) || json_array_size(l) != 2) {
+            bad(r, "%s is not a [n_kv, head_dim] pair", where);
+            break;
+        }
+        m->layers[i].n_kv = (int)jelem(r, l, 0, where, "n_kv", 1, 1 << 16);
+        m->layers[i].head_dim = (int)jelem(r, l, 1, where, "head_dim", 1, 1 << 16);
+        if (!r->bad && (int64_t)m->layers[i].n_kv * m->layers[i].head_dim > (1 << 20))
+            bad(r, "%s: n_kv %d x head_dim %d is over %d", where, m->layers[i].n_kv,
+                m->layers[i].head_dim, 1 << 20);
+    }
+    json_t *eos = jlist(r, root, "top level", "eos", KA_MAX_EOS, &m->n_eos);
+    m->eos = xcalloc((size_t)(m->n_eos ? m->n_eos : 1), sizeof(int));
+    for (int i = 0; i < m->n_eos && !r->bad; i++) {
+        char what[32];
+        snprintf(what, sizeof what, "eos id %d", i);
+        m->eos[i] = (int)jelem(r, eos, (size_t)i, "token ids", what, 0, m->vocab - 1);
+    }
+    m->bos = (int)jint(r, root, "token ids", "bos", -1, m->vocab - 1);
+
+    json_t *ks = jlist(r, root, "top level", "kernels", KA_MAX_KERNELS, &m->nkernels);
+    m->kernels = xcalloc((size_t)(m->nkernels ? m->nkernels : 1), sizeof(ka_kernel));
+    for (int i = 0; i < m->nkernels && !r->bad; i++) {
+        char where[48];
+        snprintf(where, sizeof where, "kernel %d", i);
+        json_t *k = json_array_get(ks, (size_t)i);
+        m->kernels[i].name = jstr(r, k, where, "name", 1);
+        m->kernels[i].block = (int)jint(r, k, where, "block", 1, 1024);
+        m->kernels[i].smem = (int)jint(r, k, where, "smem", 0, KA_MAX_SMEM);
+    }
+    /* embedding models sample nothing: -1; generating ones launch it after every step */
+    if (m->output_pool)
+        m->sample_kernel = (int)jint(r, root, "top level", "sample_kernel", -1, -1);
+    else
+        m->sample_kernel = (int)jint(r, root, "top level", "sample_kernel", 0, m->nkernels - 1);
+
+    json_t *ws = jlist(r, root, "top level", "weights", KA_MAX_WEIGHTS, &m->nweights);
+    m->weights = xcalloc((size_t)(m->nweights ? m->nweights : 1), sizeof(ka_weight));
+    for (int i = 0; i < m->nweights && !r->bad; i++) {
+        char where[160];
+        json_t *w = json_array_get(ws, (size_t)i);
+        snprintf(where, sizeof where, "weight %d", i);
+        m->weights[i].name = jstr(r, w, where, "name", 1);
+        snprintf(where, sizeof where, "weight %d (%.80s)", i, m->weights[i].name);
+        m->weights[i].nbytes = jint(r, w, where, "nbytes", 1, KA_MAX_BYTES);
+        json_t *sh = jlist(r, w, where, "shape", 4, &m->weights[i].ndim);
+        if (!r->bad && m->weights[i].ndim < 1)
+            bad(r, "%s: shape is empty", where);
+        int64_t numel = 1;
+        for (int d = 0; d < m->weights[i].ndim && !r->bad; d++) {
+            m->weights[i].shape[d] = jelem(r, sh, (size_t)d, where, "a dimension", 1, KA_MAX_BYTES);
+            numel = numel > KA_MAX_BYTES / m->weights[i].shape[d]
+                        ? KA_MAX_BYTES + 1
+                        : numel * m->weights[i].shape[d];
+        }
+        if (!r->bad && numel * 2 != m->weights[i].nbytes)
+            bad(r, "%s: %lld bytes for %lld elements of %s", where,
+                (long long)m->weights[i].nbytes, (long long)numel, m->dtype);
+    }
+
+    json_t *cs = jlist(r, root, "top level", "consts", KA_MAX_CONSTS, &m->nconsts);
+    m->consts = xcalloc((size_t)(m->nconsts ? m->nconsts : 1), sizeof(ka_const));
+    for (int i = 0; i < m->nconsts && !r->bad; i++) {
+        char where[48];
+        snprintf(where, sizeof where, "constant table %d", i);
+        json_t *c = json_array_get(cs, (size_t)i);
+        m->consts[i].name = jstr(r, c, where, "name", 1);
+        json_t *v = jlist(r, c, where, "values", KA_MAX_CONST_VALUES, &m->consts[i].n);
+        m->consts[i].v = xcalloc((size_t)(m->consts[i].n ? m->consts[i].n : 1), sizeof(float));
+        for (int k = 0; k < m->consts[i].n && !r->bad; k++) {
+            json_t *x = json_array_get(v, (size_t)k);
+            m->consts[i].v[k] = (float)json_number_value(x);
+            if (!json_is_number(x) || !isfinite(m->consts[i].v[k]))
+                bad(r, "%s: value %d is not a finite float", where, k);
+        }
+    }
+}
+
+/* A relative path inside the artifact folder: no "..", no absolute path, plain characters. */
+static int safe_rel_path(const char *p)
+{
+    if (!*p || *p == '/' || strlen(p) > 256)
+        return 0;
+    for (const char *s = p; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+              *s == '.' || *s == '_' || *s == '-' || *s == '/'))
+            return 0;
+    for (const char *s = p; s; s = strchr(s, '/')) {
+        s += *s == '/';
+        if (!strncmp(s, "..", 2) && (s[2] == '/' || !s[2]))
+            return 0;
+    }
+    return 1;
+}
+
+static void parse_shard_blobs(rd *r, json_t *root, ka_manifest *m)
+{
+    const char *w = "shard";
+    m->shard = jstr(r, root, w, "shard", 1);
+    if (!r->bad && !safe_rel_path(m->shard))
+        bad(r, "shard: the path \"%.80s\" is not a plain relative path inside the artifact folder",
+            m->shard);
+    m->shard_header_fnv = jget_hex(r, root, w, "shard_header_fnv");
+    m->shard_hash = jget_hex(r, root, w, "shard_hash");
+    m->shard_chunk = (uint64_t)jint(r, root, w, "shard_chunk", (int64_t)HASH_CHUNK_MIN,
+                                    (int64_t)HASH_CHUNK_MAX);
+    m->shard_id = jget_hex(r, root, w, "shard_id");
+
+    json_t *bs = jlist(r, root, "top level", "blobs", KA_MAX_BLOBS, &m->nblobs);
+    m->blobs = xcalloc((size_t)(m->nblobs ? m->nblobs : 1), sizeof(ka_blob));
+    for (int i = 0; i < m->nblobs && !r->bad; i++) {
+        char where[48];
+        snprintf(where, sizeof where, "blob %d", i);
+        json_t *b = json_array_get(bs, (size_t)i);
+        m->blobs[i].name = jstr(r, b, where, "name", 1);
+        m->blobs[i].offset = (uint64_t)jint(r, b, where, "offset", 0, INT64_MAX);
+        m->blobs[i].len = (uint64_t)jint(r, b, where, "len", 0, INT64_MAX);
+        m->blobs[i].hash = jget_hex(r, b, where, "hash");
+        for (int k = 0; k < i && !r->bad; k++)
+            if (!strcmp(m->blobs[k].name, m->blobs[i].name))
+                bad(r, "blobs %d and %d are both named '%.40s'", k, i, m->blobs[i].name);
+    }
 }
 
 static int parse_manifest(rd *r, const char *text, size_t len, ka_manifest *m)
 {
     json_error_t je;
-    json_t *root = json_loadb(text, len, 0, &je);
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
     if (!root || !json_is_object(root)) {
         json_decref(root);
-        return kerr_add(r->err, "%s: the manifest is not valid JSON (%s); the file is corrupt",
-                        r->path, je.text);
+        return kerr_add(r->err, "%s: manifest: not a JSON object (%s at line %d); the file is "
+                                "corrupt or was edited: rebuild it with kilnc compile",
+                        r->path, root ? "another value" : je.text, je.line);
     }
-    m->kilnc_version = get_str(r, root, "kilnc_version");
-    json_t *id = field(r, root, "identity", JSON_OBJECT, "object");
-    json_t *lim = field(r, root, "limits", JSON_OBJECT, "object");
-    if (r->bad)
-        goto done;
-    m->model_name = get_str(r, id, "model");
-    m->arch = get_str(r, id, "architecture");
-    m->spec_name = get_str(r, id, "spec");
-    m->task = get_str(r, id, "task");
-    m->dtype = get_str(r, id, "dtype");
-    m->spec_hash = get_hex(r, id, "spec_hash");
-    m->config_hash = get_hex(r, id, "config_hash");
-    m->layout_hash = get_hex(r, id, "layout_hash");
-    m->vocab = (int)get_int(r, lim, "vocab");
-    m->hidden = (int)get_int(r, lim, "hidden");
-    m->max_tokens = (int)get_int(r, lim, "max_tokens");
-    m->max_seqs = (int)get_int(r, lim, "max_seqs");
-    m->max_seq_len = (int)get_int(r, lim, "max_seq_len");
-    m->gemv_max = (int)get_int(r, lim, "gemv_max");
-    m->slab_bytes = get_int(r, lim, "slab_bytes");
-    m->scratch_bytes = get_int(r, lim, "scratch_bytes");
-    m->output_pool = (int)get_int(r, lim, "output_pool");
-    json_t *ly = field(r, root, "kv_layers", JSON_ARRAY, "list");
-    if (ly) {
-        m->n_layers = (int)json_array_size(ly);
-        m->layers = xcalloc((size_t)(m->n_layers ? m->n_layers : 1), sizeof(ka_layer));
-        for (int i = 0; i < m->n_layers; i++) {
-            json_t *l = json_array_get(ly, (size_t)i);
-            m->layers[i].n_kv = (int)json_integer_value(json_array_get(l, 0));
-            m->layers[i].head_dim = (int)json_integer_value(json_array_get(l, 1));
-            if (m->layers[i].n_kv <= 0 || m->layers[i].head_dim <= 0) {
-                r->bad = 1;
-                kerr_add(r->err, "%s: kv layer %d has a bad shape", r->path, i);
-                goto done;
-            }
-        }
-    }
-    json_t *eos = field(r, root, "eos", JSON_ARRAY, "list");
-    if (eos) {
-        m->n_eos = (int)json_array_size(eos);
-        m->eos = xcalloc((size_t)(m->n_eos ? m->n_eos : 1), sizeof(int));
-        for (int i = 0; i < m->n_eos; i++)
-            m->eos[i] = (int)json_integer_value(json_array_get(eos, (size_t)i));
-    }
-    m->bos = (int)get_int(r, root, "bos");
-    json_t *ks = field(r, root, "kernels", JSON_ARRAY, "list");
-    if (ks) {
-        m->nkernels = (int)json_array_size(ks);
-        m->kernels = xcalloc((size_t)(m->nkernels ? m->nkernels : 1), sizeof(ka_kernel));
-        for (int i = 0; i < m->nkernels && !r->bad; i++) {
-            json_t *k = json_array_get(ks, (size_t)i);
-            m->kernels[i].name = get_str(r, k, "name");
-            m->kernels[i].block = (int)get_int(r, k, "block");
-            m->kernels[i].smem = (int)get_int(r, k, "smem");
-            if (m->kernels[i].block < 1 || m->kernels[i].block > 1024 || m->kernels[i].smem < 0) {
-                r->bad = 1;
-                kerr_add(r->err, "%s: kernel '%s' has a bad launch shape", r->path,
-                         m->kernels[i].name);
-            }
-        }
-    }
-    m->sample_kernel = (int)get_int(r, root, "sample_kernel");
-    json_t *ws = field(r, root, "weights", JSON_ARRAY, "list");
-    if (ws) {
-        m->nweights = (int)json_array_size(ws);
-        m->weights = xcalloc((size_t)(m->nweights ? m->nweights : 1), sizeof(ka_weight));
-        for (int i = 0; i < m->nweights && !r->bad; i++) {
-            json_t *w = json_array_get(ws, (size_t)i);
-            m->weights[i].name = get_str(r, w, "name");
-            m->weights[i].nbytes = get_int(r, w, "nbytes");
-            json_t *sh = field(r, w, "shape", JSON_ARRAY, "list");
-            m->weights[i].ndim = sh ? (int)json_array_size(sh) : 0;
-            if (m->weights[i].ndim > 4) {
-                r->bad = 1;
-                kerr_add(r->err, "%s: weight '%s' has too many dimensions", r->path,
-                         m->weights[i].name);
-                break;
-            }
-            for (int d = 0; d < m->weights[i].ndim; d++)
-                m->weights[i].shape[d] = json_integer_value(json_array_get(sh, (size_t)d));
-        }
-    }
-    m->shard = get_str(r, root, "shard");
-    m->shard_header_fnv = get_hex(r, root, "shard_header_fnv");
-    json_t *cs = field(r, root, "consts", JSON_ARRAY, "list");
-    if (cs) {
-        m->nconsts = (int)json_array_size(cs);
-        m->consts = xcalloc((size_t)(m->nconsts ? m->nconsts : 1), sizeof(ka_const));
-        for (int i = 0; i < m->nconsts && !r->bad; i++) {
-            json_t *c = json_array_get(cs, (size_t)i);
-            m->consts[i].name = get_str(r, c, "name");
-            json_t *v = field(r, c, "values", JSON_ARRAY, "list");
-            m->consts[i].n = v ? (int)json_array_size(v) : 0;
-            m->consts[i].v = xcalloc((size_t)(m->consts[i].n ? m->consts[i].n : 1), sizeof(float));
-            for (int k = 0; k < m->consts[i].n; k++)
-                m->consts[i].v[k] = (float)json_number_value(json_array_get(v, (size_t)k));
-        }
-    }
-    json_t *bs = field(r, root, "blobs", JSON_ARRAY, "list");
-    if (bs) {
-        m->nblobs = (int)json_array_size(bs);
-        m->blobs = xcalloc((size_t)(m->nblobs ? m->nblobs : 1), sizeof(ka_blob));
-        for (int i = 0; i < m->nblobs && !r->bad; i++) {
-            json_t *b = json_array_get(bs, (size_t)i);
-            m->blobs[i].name = get_str(r, b, "name");
-            m->blobs[i].offset = (uint64_t)get_int(r, b, "offset");
-            m->blobs[i].len = (uint64_t)get_int(r, b, "len");
-            m->blobs[i].fnv = get_hex(r, b, "fnv");
-        }
-    }
+    r->m = m;
+    /* in dependency order: later checks use the tables and limits read before them */
+    parse_identity(r, root, m);
     if (!r->bad)
-        parse_steps(r, json_object_get(root, "prefill"), &m->prefill, &m->nprefill, m);
+        parse_limits(r, root, m);
     if (!r->bad)
-        parse_steps(r, json_object_get(root, "decode"), &m->decode, &m->ndecode, m);
-    if (!r->bad && (m->vocab < 0 || m->hidden <= 0 || m->max_tokens <= 0 || m->max_seqs <= 0 ||
-                    m->max_seq_len <= 0 || m->slab_bytes < 0 || m->scratch_bytes < 0)) {
-        r->bad = 1;
-        kerr_add(r->err, "%s: manifest limits are out of range; rebuild with kilnc compile",
-                 r->path);
-    }
-done:
+        parse_tables(r, root, m);
+    if (!r->bad)
+        parse_shard_blobs(r, root, m);
+    if (!r->bad)
+        parse_steps(r, root, "prefill", &m->prefill, &m->nprefill);
+    if (!r->bad)
+        parse_steps(r, root, "decode", &m->decode, &m->ndecode);
     json_decref(root);
     return r->bad ? -1 : 0;
 }
 
-ka_file *ka_read(const char *path, kerr *err)
+/* Every byte outside the header, the blobs and the manifest is a zero gap, and each section is
+ * where ka_write puts it. */
+static int check_layout(const ka_file *f, uint64_t moff, kerr *err)
 {
-    size_t len = 0;
-    char *data = util_read_file(path, &len, err);
-    if (!data)
-        return NULL;
-    ka_file *f = xcalloc(1, sizeof *f);
-    f->data = (unsigned char *)data;
-    f->len = len;
-    f->path = xstrdup(path);
-    rd r = {path, err, 0};
+    const ka_manifest *m = &f->m;
+    uint64_t end = KA_HEADER;
+    for (int i = 0; i <= m->nblobs; i++) {
+        const char *name = i < m->nblobs ? m->blobs[i].name : "manifest";
+        uint64_t off = i < m->nblobs ? m->blobs[i].offset : moff, want = next_section(end);
+        if (off != want)
+            return kerr_add(err, "%s: section '%s' is at byte %llu, expected %llu: the file is "
+                                 "corrupt; rebuild it with kilnc compile",
+                            f->path, name, (unsigned long long)off, (unsigned long long)want);
+        if (off > moff)
+            return kerr_add(err, "%s: section '%s' is at byte %llu, past the manifest at %llu: "
+                                 "the file is corrupt; rebuild it with kilnc compile",
+                            f->path, name, (unsigned long long)off, (unsigned long long)moff);
+        for (uint64_t p = end; p < off; p++)
+            if (f->data[p])
+                return kerr_add(err, "%s: byte %llu (padding before section '%s') is not zero: "
+                                     "the file is corrupt; rebuild it with kilnc compile",
+                                f->path, (unsigned long long)p, name);
+        if (i == m->nblobs)
+            break;
+        if (m->blobs[i].len > moff - off)
+            return kerr_add(err, "%s: section '%s' (%llu bytes at %llu) runs past the manifest: "
+                                 "truncated or corrupt; rebuild it with kilnc compile",
+                            f->path, name, (unsigned long long)m->blobs[i].len,
+                            (unsigned long long)off);
+        end = off + m->blobs[i].len;
+    }
+    return 0;
+}
+
+static ka_file *read_bytes(ka_file *f, kerr *err)
+{
+    const char *path = f->path;
     const unsigned char *p = f->data;
-    if (len < 32 || memcmp(p, KA_MAGIC, 8) != 0) {
+    size_t len = f->len;
+    rd r = {path, err, 0, NULL};
+    if (len < KA_HEADER || memcmp(p, KA_MAGIC, 8) != 0) {
         kerr_add(err, "%s: not a kiln artifact (bad magic%s); compile one with kilnc compile",
-                 path, len < 32 ? ", file too short" : "");
+                 path, len < KA_HEADER ? ", file too short" : "");
         goto fail;
     }
-    int version = p[8] | p[9] << 8;
+    int version = p[8] | p[9] << 8 | p[10] << 16 | p[11] << 24;
     if (version != KA_VERSION) {
         kerr_add(err,
                  "%s: artifact format version %d, this kiln reads version %d; rebuild it with "
@@ -531,22 +901,30 @@ ka_file *ka_read(const char *path, kerr *err)
         goto fail;
     }
     uint64_t moff = get64(p + 16), mlen = get64(p + 24);
-    if (moff > len || mlen > len - moff || mlen == 0) {
-        kerr_add(err, "%s: manifest at %llu+%llu is outside the file (%zu bytes): the file is "
-                      "truncated",
+    if (p[12] | p[13] | p[14] | p[15]) {
+        kerr_add(err, "%s: header bytes 12..15 are not zero: the file is corrupt; rebuild it with "
+                      "kilnc compile",
+                 path);
+        goto fail;
+    }
+    if (moff < KA_HEADER || moff > len || mlen != len - moff || mlen == 0) {
+        kerr_add(err, "%s: the header puts the manifest at %llu+%llu, but the file has %zu "
+                      "bytes: it is truncated or corrupt; copy it again or rebuild it with kilnc "
+                      "compile",
                  path, (unsigned long long)moff, (unsigned long long)mlen, len);
         goto fail;
     }
-    if (parse_manifest(&r, data + moff, mlen, &f->m))
+    if (ka_manifest_hash(p, p + moff, mlen) != get64(p + 32)) {
+        kerr_add(err, "%s: manifest checksum mismatch (corrupted or edited); rebuild with: kilnc "
+                      "compile MODEL_DIR -o OUT_DIR",
+                 path);
+        goto fail;
+    }
+    if (parse_manifest(&r, (const char *)p + moff, mlen, &f->m) || check_layout(f, moff, err))
         goto fail;
     for (int i = 0; i < f->m.nblobs; i++) {
         const ka_blob *b = &f->m.blobs[i];
-        if (b->offset > moff || b->len > moff - b->offset) {
-            kerr_add(err, "%s: section '%s' is outside the file: truncated or corrupt", path,
-                     b->name);
-            goto fail;
-        }
-        if (util_fnv1a(p + b->offset, b->len, UTIL_FNV_SEED) != b->fnv) {
+        if (hash_bytes(p + b->offset, b->len) != b->hash) {
             kerr_add(err, "%s: section '%s' fails its checksum: the file is corrupt; copy it "
                           "again or rebuild it with kilnc compile",
                      path, b->name);
@@ -559,9 +937,32 @@ fail:
     return NULL;
 }
 
+ka_file *ka_read(const char *path, kerr *err)
+{
+    size_t len = 0;
+    char *data = util_read_file(path, &len, err);
+    if (!data)
+        return NULL;
+    ka_file *f = xcalloc(1, sizeof *f);
+    f->data = (unsigned char *)data;
+    f->len = len;
+    f->path = xstrdup(path);
+    return read_bytes(f, err);
+}
+
+ka_file *ka_read_mem(const char *path, const void *data, size_t len, kerr *err)
+{
+    ka_file *f = xcalloc(1, sizeof *f);
+    f->data = (unsigned char *)data;
+    f->len = len;
+    f->path = xstrdup(path);
+    f->borrowed = 1;
+    return read_bytes(f, err);
+}
+
 static void free_steps(ka_step *s, int n)
 {
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < n && s; i++)
         free(s[i].label);
     free(s);
 }
@@ -576,21 +977,21 @@ void ka_manifest_free(ka_manifest *m)
     free(m->kilnc_version);
     free(m->layers);
     free(m->eos);
-    for (int i = 0; i < m->nkernels; i++)
+    for (int i = 0; i < m->nkernels && m->kernels; i++)
         free(m->kernels[i].name);
     free(m->kernels);
     free_steps(m->prefill, m->nprefill);
     free_steps(m->decode, m->ndecode);
-    for (int i = 0; i < m->nweights; i++)
+    for (int i = 0; i < m->nweights && m->weights; i++)
         free(m->weights[i].name);
     free(m->weights);
     free(m->shard);
-    for (int i = 0; i < m->nconsts; i++) {
+    for (int i = 0; i < m->nconsts && m->consts; i++) {
         free(m->consts[i].name);
         free(m->consts[i].v);
     }
     free(m->consts);
-    for (int i = 0; i < m->nblobs; i++)
+    for (int i = 0; i < m->nblobs && m->blobs; i++)
         free(m->blobs[i].name);
     free(m->blobs);
     memset(m, 0, sizeof *m);
@@ -601,7 +1002,8 @@ void ka_file_free(ka_file *f)
     if (!f)
         return;
     ka_manifest_free(&f->m);
-    free(f->data);
+    if (!f->borrowed)
+        free(f->data);
     free(f->path);
     free(f);
 }
@@ -612,4 +1014,113 @@ const ka_blob *ka_find_blob(const ka_manifest *m, const char *name)
         if (strcmp(m->blobs[i].name, name) == 0)
             return &m->blobs[i];
     return NULL;
+}
+
+/* ---------------------------------------------------------------- the weight shard */
+
+void ka_shard_data(const st_set *s, const unsigned char **data, uint64_t *len)
+{
+    const st_file *f = &s->files[0];
+    const unsigned char *p = f->base;
+    uint64_t hl = get64(p); /* st_open checked 8 + hl <= size */
+    *data = p + 8 + hl;
+    *len = f->size - 8 - hl;
+}
+
+st_set *ka_shard_open(const ka_file *af, const char *dir, kerr *err)
+{
+    const ka_manifest *m = &af->m;
+    char *path = util_path_join(dir, m->shard);
+    st_set *s = st_open(path, err);
+    if (!s) {
+        kerr_add(err, "the weights of %s are missing or unreadable; copy the shards/ folder of the "
+                      "same kilnc compile output, or recompile with kilnc compile",
+                 af->path);
+        free(path);
+        return NULL;
+    }
+    if (s->nfiles != 1) {
+        kerr_add(err, "%s: %d files, expected one .safetensors file: recompile with kilnc compile",
+                 path, s->nfiles);
+        goto fail;
+    }
+    char id[64];
+    const char *got = st_metadata(s, KA_SHARD_ID_KEY, id, sizeof id);
+    char want[24];
+    snprintf(want, sizeof want, "%016llx", (unsigned long long)m->shard_id);
+    if (!got || strcmp(got, want) != 0) {
+        if (got)
+            kerr_add(err, "%s: shard id mismatch: the shard has id %.20s, %s expects %s: the shard "
+                          "belongs to another compile (another model or other weights); copy the "
+                          "shards/ folder of the same kilnc compile output, or recompile",
+                     path, got, af->path, want);
+        else
+            kerr_add(err, "%s: no %s in its __metadata__ (%s expects shard id %s): it was not "
+                          "written by this release's kilnc compile; recompile",
+                     path, KA_SHARD_ID_KEY, af->path, want);
+        goto fail;
+    }
+    const unsigned char *p = s->files[0].base;
+    uint64_t fnv = util_fnv1a(p + 8, (size_t)get64(p), UTIL_FNV_SEED);
+    if (fnv != m->shard_header_fnv) {
+        kerr_add(err, "%s: header checksum mismatch (FNV-1a %016llx, %s expects %016llx): the "
+                      "shard's header was modified; copy it again or recompile with kilnc compile",
+                 path, (unsigned long long)fnv, af->path, (unsigned long long)m->shard_header_fnv);
+        goto fail;
+    }
+    st_dtype want_dt = strcmp(m->dtype, "f16") == 0 ? ST_F16 : ST_BF16;
+    if (s->n != m->nweights) {
+        kerr_add(err, "%s: %d tensors, but %s lists %d weights: recompile with kilnc compile", path,
+                 s->n, af->path, m->nweights);
+        goto fail;
+    }
+    for (int i = 0; i < m->nweights; i++) {
+        const ka_weight *w = &m->weights[i];
+        const st_tensor *t = st_find(s, w->name);
+        int same = t && t->dtype == want_dt && t->ndim == w->ndim && (int64_t)t->nbytes == w->nbytes;
+        for (int d = 0; same && d < w->ndim; d++)
+            same = t->shape[d] == w->shape[d];
+        if (!same) {
+            char ws[96];
+            kerr_add(err, "%s: tensor '%s' is %s; %s expects %s %s (%lld bytes): recompile with "
+                          "kilnc compile",
+                     path, w->name, t ? "of another dtype or shape" : "missing", af->path,
+                     st_dtype_name(want_dt), st_shape_str(w->ndim, w->shape, ws, sizeof ws),
+                     (long long)w->nbytes);
+            goto fail;
+        }
+    }
+    free(path);
+    return s;
+fail:
+    free(path);
+    st_close(s);
+    return NULL;
+}
+
+hash_job *ka_shard_hash_start(const ka_manifest *m, const st_set *s, int threads)
+{
+    const unsigned char *data;
+    uint64_t len;
+    ka_shard_data(s, &data, &len);
+    return hash_start(data, len, m->shard_chunk, threads);
+}
+
+int ka_shard_hash_check(const ka_file *af, const st_set *s, uint64_t got, kerr *err)
+{
+    if (got == af->m.shard_hash)
+        return 0;
+    return kerr_add(err, "%s: weight data checksum mismatch (XXH3 %016llx, %s expects %016llx): "
+                         "the shard is corrupt or was modified; copy it again or recompile with "
+                         "kilnc compile",
+                    s->files[0].path, (unsigned long long)got, af->path,
+                    (unsigned long long)af->m.shard_hash);
+}
+
+int ka_shard_verify(const ka_file *af, const st_set *s, int threads, kerr *err)
+{
+    const unsigned char *data;
+    uint64_t len;
+    ka_shard_data(s, &data, &len);
+    return ka_shard_hash_check(af, s, hash_chunked(data, len, af->m.shard_chunk, threads), err);
 }

@@ -6,10 +6,19 @@
  *                 that rebuilds the artifact
  *   bytes 12..15  0
  *   bytes 16..23  manifest offset, 24..31 manifest length
- *   then blobs (cubins per SM, PTX, the generated source) and the manifest: JSON describing the
- *   model, its limits, the weights the shards must hold, the kernel table, and the launch
- *   schedules for prefill and decode. Every blob's offset, length and FNV-1a hash are in the
- *   manifest and are checked before use.
+ *   bytes 32..39  XXH3-64 of bytes 0..31 followed by the manifest (ka_manifest_hash)
+ *   then sections: the blobs (cubins per SM, PTX, the generated source) and last the manifest,
+ *   each starting at the first 256-byte boundary after the previous section's end + 1 (so every
+ *   blob is followed by a zero byte: PTX is loaded as a C string), the gaps zero, the file ending
+ *   where the manifest does. The manifest is JSON describing the model, its limits, the weights
+ *   the shards must hold, the kernel table, and the launch schedules for prefill and decode;
+ *   every blob's offset, length and XXH3-64 hash are in it.
+ *
+ * So every byte of the file is covered: the header and manifest by the header's hash, blobs by
+ * theirs, gaps by being zero, the length by the layout. ka_read checks all of that, then every
+ * field of the manifest: presence, type and range (each index against its table, each offset and
+ * extent against its buffer, each grid at the largest step the limits allow), so the engine can
+ * use the manifest without checks of its own.
  *
  * The schedule is a list of steps; each is a kernel launch with its grid rule and arguments,
  * or a GEMM (cuBLASLt), taken or skipped by conditions on the step's size. Argument kinds name
@@ -17,18 +26,47 @@
  * layer, the per-step scratch) so the runtime can bind them once per batch bucket.
  *
  * Next to model.kiln: shards/rank0-of-1.safetensors (weights in runtime layout, named as the
- * manifest's weight list) and the tokenizer files.
+ * manifest's weight list) and the tokenizer files. The manifest binds the shard three ways: the
+ * FNV-1a of its header (names, dtypes, shapes, offsets), the chunked XXH3 of its data (hash.h)
+ * and its shard id, which the shard also carries in its __metadata__ (KA_SHARD_ID_KEY). The id
+ * is a hash of the shard's header and data, so a shard of another model, or of the same model
+ * with other weights, is refused by its id before any data is hashed, while a byte-identical
+ * shard is accepted (it is the same weights).
  */
 #ifndef KILN_ARTIFACT_H
 #define KILN_ARTIFACT_H
 
 #include <stdint.h>
 
+#include "hash.h"
+#include "safetensors.h"
 #include "util.h"
 
 #define KA_MAGIC "KILNART"
-#define KA_VERSION 1
+#define KA_VERSION 2
+#define KA_HEADER 40     /* bytes before the first section */
+#define KA_ALIGN 256     /* sections start on this boundary */
 #define KA_MAX_ARGS 20
+#define KA_SHARD_ID_KEY "kiln_shard_id" /* __metadata__ key of the shard id (16 hex digits) */
+
+/* Bounds on what a manifest may declare, checked before anything is allocated or used. They are
+ * far above any real model and low enough that sizes computed from them cannot overflow. */
+#define KA_MAX_STEPS (1 << 20)
+#define KA_MAX_KERNELS (1 << 16)
+#define KA_MAX_WEIGHTS (1 << 20)
+#define KA_MAX_CONSTS (1 << 16)
+#define KA_MAX_CONST_VALUES (1 << 24)
+#define KA_MAX_LAYERS (1 << 16)
+#define KA_MAX_BLOBS 64
+#define KA_MAX_EOS 1024
+#define KA_MAX_VOCAB (1 << 24)
+#define KA_MAX_HIDDEN (1 << 20)
+#define KA_MAX_TOKENS (1 << 20)  /* max_tokens */
+#define KA_MAX_SEQS (1 << 16)    /* max_seqs */
+#define KA_MAX_SEQ_LEN (1 << 24) /* max_seq_len; max_seqs x max_seq_len must fit an int too */
+#define KA_MAX_BYTES ((int64_t)1 << 44) /* slab, scratch, one weight */
+#define KA_MAX_DIM ((int64_t)1 << 26)   /* GEMM n, k and leading dimensions */
+#define KA_MAX_SMEM (228 * 1024)        /* dynamic shared memory of one block (sm_90) */
 
 /* Where a kernel argument comes from. */
 typedef enum {
@@ -109,7 +147,7 @@ typedef struct ka_layer {
 
 typedef struct ka_blob {
     char *name;     /* "cubin.sm_90a", "ptx.compute_80", "source.cu" */
-    uint64_t offset, len, fnv;
+    uint64_t offset, len, hash; /* hash: XXH3-64 of the bytes */
 } ka_blob;
 
 typedef struct ka_manifest {
@@ -135,7 +173,10 @@ typedef struct ka_manifest {
     int nweights;
     ka_weight *weights;
     char *shard;            /* "shards/rank0-of-1.safetensors" */
-    uint64_t shard_header_fnv;
+    uint64_t shard_header_fnv; /* FNV-1a of the shard's header JSON (its padding included) */
+    uint64_t shard_hash;       /* chunked XXH3 of the shard's data (hash.h) */
+    uint64_t shard_chunk;      /* its chunk size */
+    uint64_t shard_id;         /* the id in the shard's __metadata__ */
     int nconsts;
     ka_const *consts;
     int nblobs;
@@ -148,19 +189,44 @@ typedef struct ka_file {
     unsigned char *data;
     size_t len;
     char *path;
+    int borrowed; /* data belongs to the caller (ka_read_mem) */
 } ka_file;
 
 /* Serialises the manifest to JSON (blobs must have been placed). */
 char *ka_manifest_json(const ka_manifest *m);
 /* Writes model.kiln: the blobs (in m->blobs order, offsets filled in) then the manifest. */
 int ka_write(const char *path, ka_manifest *m, const void *const *blob_data, kerr *err);
-/* Reads and validates model.kiln (magic, version, bounds, hashes, manifest schema). */
+/* Reads and validates model.kiln: header, layout, hashes, and every manifest field (see the top
+ * of this file). Errors name the file and the field, with expected vs got. */
 ka_file *ka_read(const char *path, kerr *err);
+/* As ka_read, from bytes the caller keeps alive and unchanged while the result is used. */
+ka_file *ka_read_mem(const char *path, const void *data, size_t len, kerr *err);
+/* The header's hash: XXH3-64 of the header's first 32 bytes followed by the manifest. */
+uint64_t ka_manifest_hash(const unsigned char *head32, const void *manifest, size_t len);
 void ka_file_free(ka_file *f);
+/* A model.kiln holding only `manifest` (no blobs), laid out and signed as ka_write does (heap;
+ * *len set): for tests and fuzzers whose manifests must get past the checksum to the range
+ * checks. */
+unsigned char *ka_wrap_manifest(const void *manifest, size_t n, size_t *len);
 void ka_manifest_free(ka_manifest *m);
 /* The blob named `name`, or NULL. */
 const ka_blob *ka_find_blob(const ka_manifest *m, const char *name);
 
 const char *ka_arg_kind_name(ka_arg_kind k);
+
+/* ---- the weight shard; nothing here needs a GPU ---- */
+
+/* Opens the shard next to the artifact (dir/m->shard) and checks what is cheap: its id against
+ * the manifest's (first, so a foreign shard is named as such), its header fingerprint, and every
+ * weight the manifest lists (present, dtype, shape, size). The data is not hashed here. */
+st_set *ka_shard_open(const ka_file *af, const char *dir, kerr *err);
+/* The shard's data region (after its header). */
+void ka_shard_data(const st_set *s, const unsigned char **data, uint64_t *len);
+/* Starts hashing the shard's data on `threads` background threads (hash.h). */
+hash_job *ka_shard_hash_start(const ka_manifest *m, const st_set *s, int threads);
+/* Compares a finished hash with the manifest's; an error names the shard. */
+int ka_shard_hash_check(const ka_file *af, const st_set *s, uint64_t got, kerr *err);
+/* Hashes the shard's data on `threads` threads (the caller's included) and checks it. */
+int ka_shard_verify(const ka_file *af, const st_set *s, int threads, kerr *err);
 
 #endif

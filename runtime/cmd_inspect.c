@@ -1,10 +1,41 @@
-/* cmd_inspect — `kiln inspect OUT_DIR`: what a compiled model holds, without a GPU. */
+/* cmd_inspect — `kiln inspect OUT_DIR`: what a compiled model holds, without a GPU. With
+ * --verify it also checks the weight shard as `kiln run` does (id, header, every weight, and the
+ * data hash, here on every core) and says how fast the hashing ran. */
+#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "artifact.h"
 #include "cli.h"
+
+#define PROG "kiln inspect"
+#define USAGE "usage: kiln inspect OUT_DIR [--schedule] [--source] [--verify]\n"
+
+/* The shard checks of km_load, without a GPU; prints what was hashed and how fast. */
+static int verify(const ka_file *f, const char *dir, kerr *err)
+{
+    st_set *s = ka_shard_open(f, dir, err);
+    if (!s)
+        return -1;
+    const unsigned char *data;
+    uint64_t len;
+    ka_shard_data(s, &data, &len);
+    int threads = hash_cpu_threads();
+    double t0 = util_now();
+    int rc = ka_shard_verify(f, s, threads, err);
+    double dt = util_now() - t0;
+    if (rc == 0) {
+        char b[32];
+        printf("verified     %s: id %016llx, header and %d weights match; %s of data hashed in "
+               "%.3f s (%.1f GB/s on %d threads)\n",
+               f->m.shard, (unsigned long long)f->m.shard_id, f->m.nweights,
+               util_human_bytes((double)len, b, sizeof b), dt,
+               dt > 0 ? (double)len / dt / 1e9 : 0.0, threads);
+    }
+    st_close(s);
+    return rc;
+}
 
 static void print_steps(const ka_manifest *m, const ka_step *s, int n)
 {
@@ -26,37 +57,41 @@ static void print_steps(const ka_manifest *m, const ka_step *s, int n)
 int cmd_inspect(int argc, char **argv)
 {
     const char *dir = NULL;
-    int source = 0, schedule = 0;
+    int source = 0, schedule = 0, check = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-            printf("usage: kiln inspect OUT_DIR [--schedule] [--source]\n\n"
+            printf(USAGE "\n"
                    "Prints what a compiled model holds: identity and hashes, limits, the GPU code\n"
-                   "present (cubins per SM, PTX), kernels, weights and the KV-cache layout.\n"
+                   "present (cubins per SM, PTX), kernels, weights and the KV-cache layout. Needs\n"
+                   "no GPU; model.kiln is always checked in full (hashes and every field).\n"
                    "  --schedule  also print the prefill and decode launch lists\n"
-                   "  --source    print the generated CUDA source instead\n");
+                   "  --source    print the generated CUDA source instead\n"
+                   "  --verify    also check the weight shard as kiln run does (its id, header,\n"
+                   "              weights and data hash, on every core); exit 1 if it differs\n");
             return 0;
         }
         if (!strcmp(argv[i], "--source"))
             source = 1;
         else if (!strcmp(argv[i], "--schedule"))
             schedule = 1;
-        else if (argv[i][0] == '-') {
-            fprintf(stderr, "kiln inspect: unknown option %s\n", argv[i]);
-            return 2;
-        } else
+        else if (!strcmp(argv[i], "--verify"))
+            check = 1;
+        else if (argv[i][0] == '-')
+            return util_usage_error(PROG, "unknown option %s", argv[i]);
+        else if (dir)
+            return util_usage_error(PROG, "one OUT_DIR expected, got %s and %s", dir, argv[i]);
+        else
             dir = argv[i];
     }
-    if (!dir) {
-        fprintf(stderr, "usage: kiln inspect OUT_DIR [--schedule] [--source]\n");
-        return 2;
-    }
+    if (!dir)
+        return util_usage_error(PROG, "OUT_DIR (the output of kilnc compile) is missing");
     kerr err;
     kerr_clear(&err);
     char *path = util_is_dir(dir) ? util_path_join(dir, "model.kiln") : xstrdup(dir);
     ka_file *f = ka_read(path, &err);
-    free(path);
     if (!f) {
-        fprintf(stderr, "kiln: error: %s\n", kerr_msg(&err));
+        free(path);
+        kerr_print(PROG, &err);
         return 1;
     }
     const ka_manifest *m = &f->m;
@@ -64,6 +99,9 @@ int cmd_inspect(int argc, char **argv)
         const ka_blob *b = ka_find_blob(m, "source.cu");
         if (b)
             fwrite(f->data + b->offset, 1, b->len, stdout);
+        else
+            fprintf(stderr, PROG ": error: %s has no generated source (section source.cu)\n", path);
+        free(path);
         ka_file_free(f);
         return b ? 0 : 1;
     }
@@ -93,12 +131,23 @@ int cmd_inspect(int argc, char **argv)
     for (int i = 0; i < m->n_eos; i++)
         printf("%s%d", i ? ", " : "", m->eos[i]);
     printf("%s; bos %d\n", m->n_eos ? "" : "none", m->bos);
+    printf("shard        %s: id %016llx, data XXH3 %016llx in %llu MiB chunks\n", m->shard,
+           (unsigned long long)m->shard_id, (unsigned long long)m->shard_hash,
+           (unsigned long long)(m->shard_chunk >> 20));
+    int rc = 0;
+    if (check) { /* the folder model.kiln is in, whether OUT_DIR or the file was given */
+        if (verify(f, dirname(path), &err)) {
+            kerr_print(PROG, &err);
+            rc = 1;
+        }
+    }
     if (schedule) {
         printf("prefill:\n");
         print_steps(m, m->prefill, m->nprefill);
         printf("decode:\n");
         print_steps(m, m->decode, m->ndecode);
     }
+    free(path);
     ka_file_free(f);
-    return 0;
+    return rc;
 }

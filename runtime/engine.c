@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "gemm.h"
+#include "hash.h"
 #include "kcuda.h"
 #include "safetensors.h"
 
@@ -28,6 +29,7 @@ struct kmodel {
     CUmodule mod;
     CUfunction *fn;
     st_set *shard;
+    hash_job *shard_hash; /* hashing the mapped shard while it is uploaded */
     int esize;
 
     CUdeviceptr warena, consts, slab, scratch, logits, logits_all, out, meta, kv;
@@ -114,80 +116,6 @@ static int pick_code(kmodel *m, const ka_blob **code, int *is_ptx, kerr *err)
                     "no usable PTX. Rebuild it: kilnc compile MODEL_DIR -o OUT --sm %d%d",
                     m->af->path, m->devname, m->cc_major, m->cc_minor, have[0] ? have : "nothing",
                     m->cc_major, m->cc_minor);
-}
-
-/* Every argument of every step refers to something that exists. */
-static int check_schedule(kmodel *m, const ka_step *s, int n, const char *which, kerr *err)
-{
-    const ka_manifest *man = m->m;
-    for (int i = 0; i < n; i++) {
-        const ka_arg *args = s[i].args;
-        int na = s[i].nargs;
-        ka_arg g[4];
-        if (s[i].kind == KA_GEMM) {
-            g[0] = s[i].x, g[1] = s[i].w, g[2] = s[i].bias, g[3] = s[i].y;
-            args = g;
-            na = 4;
-        }
-        for (int k = 0; k < na; k++) {
-            const ka_arg *a = &args[k];
-            int ok = 1;
-            switch (a->kind) {
-            case KA_ARG_BUF: ok = a->i >= 0 && a->i < man->slab_bytes; break;
-            case KA_ARG_SCRATCH: ok = a->i >= 0 && a->i < man->scratch_bytes; break;
-            case KA_ARG_WEIGHT: ok = a->i >= 0 && a->i < man->nweights; break;
-            case KA_ARG_CONST: ok = a->i >= 0 && a->i < man->nconsts; break;
-            case KA_ARG_KV_K:
-            case KA_ARG_KV_V: ok = a->i >= 0 && a->i < man->n_layers; break;
-            default: ok = (unsigned)a->kind < KA_NARGKINDS;
-            }
-            if (!ok)
-                return kerr_add(err, "%s: %s step %d (%s): argument %d (%s %lld) is out of range; "
-                                     "the artifact is corrupt: rebuild it",
-                                m->af->path, which, i, s[i].label, k, ka_arg_kind_name(a->kind),
-                                (long long)a->i);
-        }
-    }
-    return 0;
-}
-
-static int load_shard(kmodel *m, const char *dir, kerr *err)
-{
-    const ka_manifest *man = m->m;
-    char *path = util_path_join(dir, man->shard);
-    m->shard = st_open(path, err);
-    if (!m->shard) {
-        kerr_add(err, "the weights of %s are missing or unreadable; recompile with kilnc compile",
-                 m->af->path);
-        free(path);
-        return -1;
-    }
-    const st_file *f = &m->shard->files[0];
-    const unsigned char *p = f->base;
-    uint64_t hl = 0;
-    for (int i = 7; i >= 0; i--)
-        hl = hl << 8 | p[i];
-    if (util_fnv1a(p + 8, (size_t)hl, UTIL_FNV_SEED) != man->shard_header_fnv) {
-        kerr_add(err, "%s does not belong to %s (its layout fingerprint differs): the two were "
-                      "compiled separately; recompile with kilnc compile",
-                 path, m->af->path);
-        free(path);
-        return -1;
-    }
-    st_dtype want = strcmp(man->dtype, "f16") == 0 ? ST_F16 : ST_BF16;
-    for (int i = 0; i < man->nweights; i++) {
-        const ka_weight *w = &man->weights[i];
-        const st_tensor *t = st_find(m->shard, w->name);
-        if (!t || t->dtype != want || (int64_t)t->nbytes != w->nbytes) {
-            kerr_add(err, "%s: tensor '%s' is %s; the artifact expects %lld bytes of %s: recompile",
-                     path, w->name, t ? "a different size or dtype" : "missing",
-                     (long long)w->nbytes, st_dtype_name(want));
-            free(path);
-            return -1;
-        }
-    }
-    free(path);
-    return 0;
 }
 
 /* Weights into one arena, through two pinned staging buffers so the copy out of the mapped
@@ -342,10 +270,14 @@ kmodel *km_load(const char *dir, const km_opts *o, kerr *err)
         goto fail;
     m->m = &m->af->m;
     m->esize = 2;
-    /* everything that can be checked without a GPU is checked first */
-    if (check_schedule(m, m->m->prefill, m->m->nprefill, "prefill", err) ||
-        check_schedule(m, m->m->decode, m->m->ndecode, "decode", err) || load_shard(m, dir, err))
+    /* everything that can be checked without a GPU is checked first: ka_read has checked every
+     * manifest field against its table, buffer or limit, so nothing below re-checks them */
+    m->shard = ka_shard_open(m->af, dir, err);
+    if (!m->shard)
         goto fail;
+    /* the shard's data hash runs on the other cores from now until the weights are uploaded */
+    int threads = hash_cpu_threads() - 1;
+    m->shard_hash = ka_shard_hash_start(m->m, m->shard, threads < 1 ? 1 : threads);
     if (kcuda_load(&m->cu, err))
         goto fail;
     CUresult rc;
@@ -383,7 +315,11 @@ kmodel *km_load(const char *dir, const km_opts *o, kerr *err)
             goto fail;
         }
     }
-    if (upload_weights(m, err) || alloc_runtime(m, err))
+    if (upload_weights(m, err))
+        goto fail;
+    uint64_t got = hash_finish(m->shard_hash);
+    m->shard_hash = NULL;
+    if (ka_shard_hash_check(m->af, m->shard, got, err) || alloc_runtime(m, err))
         goto fail;
     m->gemm = kgemm_new(&m->cu, err);
     if (!m->gemm)
@@ -434,6 +370,7 @@ void km_free(kmodel *m)
             m->cu.cuDevicePrimaryCtxRelease(m->dev);
         kcuda_unload(&m->cu);
     }
+    hash_abort(m->shard_hash); /* its threads read the mapping st_close unmaps */
     st_close(m->shard);
     ka_file_free(m->af);
     free(m->fn);

@@ -1,10 +1,12 @@
 /* engine — loads a compiled model (model.kiln + shards) onto the GPU and runs it.
  *
- * Loading: libcuda (dlopen), the artifact (checked: format, hashes, the GPU's SM against the
- * cubins present — PTX is JIT-compiled only when no cubin fits, and said so), the shard
- * (memory-mapped, checked against the manifest, uploaded through pinned staging buffers into
- * one weight arena), one activation slab carved by the compiler's memory plan, a scratch area,
- * and a paged KV cache sized from free memory (kv_memory fraction).
+ * Loading: libcuda (dlopen), the artifact (ka_read checks its hashes and every manifest field,
+ * so the engine trusts the manifest; then the GPU's SM against the cubins present — PTX is
+ * JIT-compiled only when no cubin fits, and said so), the shard (memory-mapped; its id, header
+ * and weight list checked against the manifest before the GPU is touched, its data hashed on the
+ * other cores while it is uploaded through pinned staging buffers into one weight arena, and the
+ * load refused if the hash differs), one activation slab carved by the compiler's memory plan, a
+ * scratch area, and a paged KV cache sized from free memory (kv_memory fraction).
  *
  * Running: km_generate takes a batch of sequences, prefills their prompts in steps of at most
  * max_tokens tokens (several prompts per step; long ones in chunks), then decodes one token per
