@@ -46,7 +46,7 @@ COMPILER_SRC := compiler/pipeline.c compiler/config.c compiler/graph.c compiler/
                 compiler/posenc.c compiler/ref.c compiler/knvrtc.c
 # Runtime tests link libkiln.a only; compiler tests link both libraries.
 RUNTIME_TESTS  := safetensors tokenizer chat_template
-COMPILER_TESTS := config graph spec registry cli ref compile example artifact
+COMPILER_TESTS := config graph spec registry cli ref compile example artifact badinput
 
 RUNTIME_OBJ  := $(RUNTIME_SRC:%.c=$(B)/obj/%.o)
 COMPILER_OBJ := $(COMPILER_SRC:%.c=$(B)/obj/%.o)

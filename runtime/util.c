@@ -38,6 +38,9 @@ int kerr_add(kerr *e, const char *fmt, ...)
     char *heap = NULL;
     int w = vasprintf(&heap, fmt, ap);
     va_end(ap);
+    /* trailing line breaks (a compiler log's last line) would print as empty messages */
+    while (w > 0 && (heap[w - 1] == '\n' || heap[w - 1] == '\r' || heap[w - 1] == ' '))
+        heap[--w] = 0;
     /* never an empty line: a message that cannot be formatted, or formats to nothing, says so */
     const char *msg = w < 0 ? "(an error message could not be formatted: out of memory)"
                       : !*heap ? "(an empty error message: a kiln bug, please report it)"
@@ -104,7 +107,7 @@ void kerr_print(const char *prefix, kerr *e)
         size_t n = nl ? (size_t)(nl - p) : strlen(p);
         if (p[0] == ' ')
             fprintf(stderr, "%.*s\n", (int)n, p);
-        else
+        else if (n) /* (kerr_add writes no empty line; a caller's buffer might) */
             fprintf(stderr, "%s: error: %.*s\n", prefix, (int)n, p);
         p = nl ? nl + 1 : p + n;
     }

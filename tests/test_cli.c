@@ -424,6 +424,12 @@ static void test_kerr_long_messages(void **state)
     assert_true(strlen(kerr_msg(e)) > 10);
     kerr_clear(e);
     assert_string_equal(kerr_msg(e), "");
+    /* trailing line breaks (an NVRTC log's) do not make an empty message line */
+    kerr_clear(e);
+    kerr_add(e, "log:\nline 1\n\n");
+    kerr_add(e, "next");
+    assert_string_equal(kerr_msg(e), "log:\n  line 1\nnext");
+    kerr_clear(e);
     /* kerr_msg then kerr_add: two lines, not one glued line */
     kerr_add(e, "one");
     assert_string_equal(kerr_msg(e), "one");
