@@ -2,6 +2,7 @@
 #include "config.h"
 
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -128,6 +129,98 @@ int config_int(const config *c, const char *field, int has_def, int64_t def, int
         }
     }
     return wrong(c, field, "an integer", v, err);
+}
+
+/* X(field, max): fields that size a model; each must be at least 1. The bounds are far above
+ * any real model and low enough that the tensors they size stay addressable. */
+#define SIZE_FIELDS(X)                                                                         \
+    X("num_hidden_layers", 10000) X("n_layer", 10000) X("num_layers", 10000)                  \
+    X("hidden_size", 1 << 20) X("n_embed", 1 << 20) X("n_embd", 1 << 20)                       \
+    X("intermediate_size", 1 << 22)                                                           \
+    X("num_attention_heads", 1 << 14) X("n_head", 1 << 14)                                     \
+    X("num_key_value_heads", 1 << 14) X("head_dim", 1 << 14) X("kv_channels", 1 << 14)         \
+    X("vocab_size", 1 << 24) X("max_position_embeddings", INT32_MAX)                          \
+    X("num_local_experts", 1 << 14) X("num_experts_per_tok", 1 << 14)
+
+static const struct {
+    const char *name;
+    int64_t max;
+} size_fields[] = {
+#define X(f, m) {f, m},
+    SIZE_FIELDS(X)
+#undef X
+};
+
+void config_int_range(const char *field, int64_t *min, int64_t *max)
+{
+    const char *dot = strrchr(field, '.');
+    const char *last = dot ? dot + 1 : field;
+    *min = 1;
+    *max = INT32_MAX;
+    for (size_t i = 0; i < ARRAY_LEN(size_fields); i++)
+        if (strcmp(last, size_fields[i].name) == 0)
+            *max = size_fields[i].max;
+}
+
+static const char *range_str(int64_t min, int64_t max, char *buf, size_t cap)
+{
+    if (max == INT64_MAX)
+        snprintf(buf, cap, "at least %lld", (long long)min);
+    else if (min == INT64_MIN)
+        snprintf(buf, cap, "at most %lld", (long long)max);
+    else
+        snprintf(buf, cap, "%lld to %lld", (long long)min, (long long)max);
+    return buf;
+}
+
+int config_int_in(const config *c, const char *field, int has_def, int64_t def, int64_t min,
+                  int64_t max, int64_t *out, kerr *err)
+{
+    int64_t v;
+    if (config_int(c, field, has_def, def, &v, err))
+        return -1;
+    if (v >= min && v <= max) {
+        *out = v;
+        return 0;
+    }
+    char r[64];
+    if (!config_has(c, field))
+        return kerr_add(err, "%s: field '%s' is absent, and its default, %lld, is out of range "
+                             "(expected %s)",
+                        c->path, field, (long long)v, range_str(min, max, r, sizeof r));
+    return kerr_add(err, "%s: field '%s' is %lld; expected %s", c->path, field, (long long)v,
+                    range_str(min, max, r, sizeof r));
+}
+
+/* Whether `field` holds a number (its type is checked where a spec reads it, with the line). */
+static int is_num(const config *c, const char *field) { return json_is_number(config_get(c, field)); }
+
+int config_check_sizes(const config *c, kerr *err)
+{
+    int rc = 0;
+    static const char *scopes[] = {"", "text_config."};
+    for (size_t s = 0; s < ARRAY_LEN(scopes); s++)
+        for (size_t i = 0; i < ARRAY_LEN(size_fields); i++) {
+            char f[128];
+            snprintf(f, sizeof f, "%s%s", scopes[s], size_fields[i].name);
+            int64_t v, min, max;
+            config_int_range(f, &min, &max);
+            if (is_num(c, f) && config_int_in(c, f, 0, 0, min, max, &v, err))
+                rc = -1;
+        }
+    /* grouped-query attention: each key/value head serves a whole group of query heads */
+    for (size_t s = 0; s < ARRAY_LEN(scopes) && rc == 0; s++) {
+        char hf[64], kf[64];
+        snprintf(hf, sizeof hf, "%snum_attention_heads", scopes[s]);
+        snprintf(kf, sizeof kf, "%snum_key_value_heads", scopes[s]);
+        int64_t h, k;
+        if (is_num(c, hf) && is_num(c, kf) && config_int(c, hf, 0, 0, &h, err) == 0 &&
+            config_int(c, kf, 0, 0, &k, err) == 0 && h % k != 0)
+            rc = kerr_add(err, "%s: field '%s' (%lld) is not divisible by field '%s' (%lld): "
+                               "each key/value head serves a whole group of query heads",
+                          c->path, hf, (long long)h, kf, (long long)k);
+    }
+    return rc;
 }
 
 int config_float(const config *c, const char *field, int has_def, double def, double *out,

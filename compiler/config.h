@@ -41,6 +41,18 @@ const char *config_kind(const json_t *v);
  * configs write, e.g. 4096.0); floats accept integers too. */
 int config_int(const config *c, const char *field, int has_def, int64_t def, int64_t *out,
                kerr *err);
+/* As config_int, and the value (or the default, when the field is absent) must lie in
+ * [min, max]; messages name the field and the range. */
+int config_int_in(const config *c, const char *field, int has_def, int64_t def, int64_t min,
+                  int64_t max, int64_t *out, kerr *err);
+/* The range an archspec's cfg:int gets unless it gives one: positive and within a C int, and
+ * for the fields that size a model (num_hidden_layers, hidden_size, num_attention_heads, ...,
+ * matched by the last component of a dotted path) a sane upper bound, so that nonsense such as
+ * 0 heads or 100,000 layers is refused with the field's name before anything is built. */
+void config_int_range(const char *field, int64_t *min, int64_t *max);
+/* Checks every model-size field present in the config (at the top level and in text_config)
+ * against config_int_range, reporting each one out of range; for commands, before a spec runs. */
+int config_check_sizes(const config *c, kerr *err);
 int config_float(const config *c, const char *field, int has_def, double def, double *out,
                  kerr *err);
 int config_bool(const config *c, const char *field, int has_def, int def, int *out, kerr *err);

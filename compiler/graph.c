@@ -2,6 +2,7 @@
  * a pass must keep; graph_print writes the text form shown by `kilnc graph`. */
 #include "graph.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -45,6 +46,7 @@ void graph_free(kgraph *g)
         free(g->nodes[i].weight);
     }
     free(g->nodes);
+    free(g->wtab);
     for (int i = 0; i < g->nstrings; i++)
         free(g->strings[i]);
     free(g->strings);
@@ -250,6 +252,61 @@ int graph_input(kgraph *g, kg_input_kind kind, kerr *err)
     return id;
 }
 
+static uint64_t hash_str(const char *s)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+static int weight_find_indexed(const kgraph *g, const char *name)
+{
+    if (!g->wcap)
+        return -1;
+    size_t mask = (size_t)g->wcap - 1;
+    for (size_t h = hash_str(name) & mask; g->wtab[h] >= 0; h = (h + 1) & mask)
+        if (strcmp(g->nodes[g->wtab[h]].weight, name) == 0)
+            return g->wtab[h];
+    return -1;
+}
+
+static void wtab_put(kgraph *g, int id)
+{
+    size_t mask = (size_t)g->wcap - 1;
+    for (size_t h = hash_str(g->nodes[id].weight) & mask;; h = (h + 1) & mask)
+        if (g->wtab[h] < 0) {
+            g->wtab[h] = id;
+            g->wcount++;
+            return;
+        }
+}
+
+/* The WEIGHT node for `name`, or -1; indexes the nodes added since the last call first. */
+static int weight_find(kgraph *g, const char *name)
+{
+    for (; g->windexed < g->n; g->windexed++) {
+        const kg_node *n = &g->nodes[g->windexed];
+        if (n->op != KG_WEIGHT || !n->weight)
+            continue;
+        if (2 * (g->wcount + 1) > g->wcap) { /* grow, keeping the load under one half */
+            int old = g->wcap, *ot = g->wtab;
+            g->wcap = old ? old * 2 : 256;
+            g->wtab = xmalloc(sizeof(int) * (size_t)g->wcap);
+            for (int k = 0; k < g->wcap; k++)
+                g->wtab[k] = -1;
+            g->wcount = 0;
+            for (int k = 0; k < old; k++)
+                if (ot[k] >= 0)
+                    wtab_put(g, ot[k]);
+            free(ot);
+        }
+        if (weight_find_indexed(g, n->weight) < 0)
+            wtab_put(g, g->windexed);
+    }
+    return weight_find_indexed(g, name);
+}
+
 int graph_weight(kgraph *g, const char *hf_name, int ndim, const int64_t *shape, kerr *err)
 {
     if (!hf_name || !*hf_name)
@@ -257,32 +314,40 @@ int graph_weight(kgraph *g, const char *hf_name, int ndim, const int64_t *shape,
     if (ndim < 1 || ndim > KG_MAX_DIMS)
         return fail(err, "weight", "'%s': %d dimensions (1..%d supported)", hf_name, ndim,
                     KG_MAX_DIMS);
-    for (int i = 0; i < ndim; i++)
-        if (shape[i] <= 0)
-            return fail(err, "weight", "'%s': dimension %d is %lld; expected a positive size",
+    int64_t numel = 1;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] <= 0 || shape[i] > INT32_MAX)
+            return fail(err, "weight", "'%s': dimension %d is %lld; expected a positive size "
+                                       "below 2^31",
                         hf_name, i, (long long)shape[i]);
+        if (__builtin_mul_overflow(numel, shape[i], &numel) || numel > KG_MAX_NUMEL)
+            return fail(err, "weight", "'%s': more than 2^%d elements; no checkpoint tensor is "
+                                       "that large (are the config's sizes sane?)",
+                        hf_name, KG_MAX_NUMEL_LOG2);
+    }
     /* The same checkpoint tensor asked for twice (e.g. tied embeddings) is one node. */
-    for (int i = 0; i < g->n; i++)
-        if (g->nodes[i].op == KG_WEIGHT && strcmp(g->nodes[i].weight, hf_name) == 0) {
-            kg_node tmp = {.ndim = ndim};
-            memcpy(tmp.shape, shape, sizeof(int64_t) * (size_t)ndim);
-            int same = g->nodes[i].ndim == ndim;
-            for (int d = 0; same && d < ndim; d++)
-                same = g->nodes[i].shape[d] == shape[d];
-            if (!same) {
-                char a[96], b[96];
-                return fail(err, "weight", "'%s' asked for as %s, but earlier as %s", hf_name,
-                            graph_shape_str(&tmp, a, sizeof a),
-                            graph_shape_str(&g->nodes[i], b, sizeof b));
-            }
-            return i;
+    int i = weight_find(g, hf_name);
+    if (i >= 0) {
+        kg_node tmp = {.ndim = ndim};
+        memcpy(tmp.shape, shape, sizeof(int64_t) * (size_t)ndim);
+        int same = g->nodes[i].ndim == ndim;
+        for (int d = 0; same && d < ndim; d++)
+            same = g->nodes[i].shape[d] == shape[d];
+        if (!same) {
+            char a[96], b[96];
+            return fail(err, "weight", "'%s' asked for as %s, but earlier as %s", hf_name,
+                        graph_shape_str(&tmp, a, sizeof a),
+                        graph_shape_str(&g->nodes[i], b, sizeof b));
         }
+        return i;
+    }
     char saved[64];
     memcpy(saved, g->prefix, sizeof saved);
     g->prefix[0] = 0;
     int id = add(g, KG_WEIGHT, hf_name, ndim, shape, 0, NULL);
     memcpy(g->prefix, saved, sizeof saved);
     g->nodes[id].weight = xstrdup(hf_name);
+    weight_find(g, hf_name); /* indexes it */
     return id;
 }
 
@@ -748,6 +813,22 @@ int graph_verify(const kgraph *g, kerr *err)
     if (g->output < 0 || g->output >= g->n)
         BAD("verify: the graph has no output: an archspec must end in g:logits(...) or "
             "g:pool(...)");
+    /* `stored` on a sum fused into its norm says exactly whether another node reads it */
+    unsigned char *read = xcalloc((size_t)(g->n ? g->n : 1), 1);
+    for (int i = 0; i < g->n; i++)
+        for (int k = 0; k < g->nodes[i].n_in && k < KG_MAX_IN; k++) {
+            int a = g->nodes[i].in[k];
+            if (a >= 0 && a < i && g->nodes[a].fused_into != i)
+                read[a] = 1;
+        }
+    for (int i = 0; i < g->n; i++) {
+        const kg_node *n = &g->nodes[i];
+        if (n->op == KG_ADD && n->fused_into >= 0 && n->stored != read[i])
+            BAD("verify: %%%d %s: fused sum marked %s, but %s", i, n->name,
+                n->stored ? "stored" : "not stored",
+                read[i] ? "another node reads it" : "no other node reads it");
+    }
+    free(read);
 #undef BAD
     return bad ? -1 : 0;
 }
@@ -919,6 +1000,9 @@ int graph_compact(kgraph *g)
     for (int k = 0; k < KG_NINPUTS; k++)
         if (g->inputs[k] >= 0)
             g->inputs[k] = map[g->inputs[k]];
+    free(g->wtab); /* node ids changed: rebuilt when next asked */
+    g->wtab = NULL;
+    g->wcap = g->windexed = g->wcount = 0;
     free(map);
     free(live);
     return removed;

@@ -27,6 +27,12 @@
 #define KG_S (-2)       /* the sequence dimension of pooled outputs */
 #define KG_MAX_DIMS 4
 #define KG_MAX_IN 10
+/* Far above any real model (Mixtral with 128 layers of 128 experts is about 107,000 nodes):
+ * a spec that makes more is refused before the graph takes gigabytes. */
+#define KG_MAX_NODES (1 << 20)
+/* Elements of one weight: 2^36 is a 128 GiB BF16 tensor. */
+#define KG_MAX_NUMEL_LOG2 36
+#define KG_MAX_NUMEL ((int64_t)1 << KG_MAX_NUMEL_LOG2)
 
 /* X(enum, printed name) */
 #define KG_OPS(X)                                                                              \
@@ -125,6 +131,8 @@ typedef struct kg_node {
     /* set by passes */
     int fused_into;          /* -1, or the node whose kernel computes this value (fuse) */
     int view_of;             /* SLICE of an activation read in place: the node it views (fuse) */
+    int stored;              /* ADD fused_into a norm: also read by other nodes, so the norm
+                                kernel writes the sum out too (fuse) */
     int64_t buf;             /* byte offset in the activation slab, -1 if none (plan_memory) */
     int64_t buf_bytes;
 } kg_node;
@@ -138,6 +146,10 @@ typedef struct kgraph {
     char prefix[64];    /* current name prefix ("L3"), set by graph_scope */
     int nstrings;
     char **strings;     /* interned spec file names */
+    /* WEIGHT nodes by tensor name (open addressing, node ids, -1 empty), so that asking for a
+     * weight is O(1) and building is linear in the number of layers. Nodes [0, windexed) are
+     * in it; graph_weight indexes the rest first, graph_compact drops it. */
+    int *wtab, wcap, windexed, wcount;
     const char *cur_file; int cur_line; /* location stamped on new nodes */
 } kgraph;
 

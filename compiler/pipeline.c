@@ -94,7 +94,7 @@ int kc_open(kc *c, const char *model, const kc_opts *o, kerr *err)
     if (!util_is_file(c->config_path))
         return kerr_add(err, "%s: no config.json in this folder", model);
     c->cfg = config_load(c->config_path, err);
-    if (!c->cfg)
+    if (!c->cfg || config_check_sizes(c->cfg, err))
         return -1;
     char *st_idx = util_path_join(model, "model.safetensors.index.json");
     char *st_one = util_path_join(model, "model.safetensors");
@@ -119,7 +119,13 @@ int kc_open(kc *c, const char *model, const kc_opts *o, kerr *err)
             return -1;
     }
     c->g = spec_build(c->spec, c->reg->lib_dir, c->cfg, c->weights, err);
-    return c->g ? 0 : -1;
+    if (!c->g)
+        return -1;
+    if (c->g->n_layers == 0)
+        return kerr_add(err, "%s: the model %s builds has no attention layer; check the number "
+                             "of layers in %s (e.g. num_hidden_layers)",
+                        c->spec->path, c->spec->name, c->config_path);
+    return 0;
 }
 
 int pass_schedule(kc *c, kerr *err)

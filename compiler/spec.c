@@ -10,10 +10,12 @@
 #include <jansson.h>
 #include <lauxlib.h>
 #include <lua.h>
+#include <errno.h>
 #include <lualib.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define MT_GRAPH "kiln.Graph"
 #define MT_TENSOR "kiln.Tensor"
@@ -43,13 +45,13 @@ static builder *get_builder(lua_State *L)
 /* The archspec location that caused the current call: the innermost Lua frame that is not in
  * the DSL's own kiln.lua and not a one-line wrapper (`local function w(n, s) return
  * g:weight(n, s) end`), so messages point at the line of the spec that uses the op. */
-static void spec_where(lua_State *L, char *file, size_t cap, int *line)
+static void spec_where_from(lua_State *L, int first, char *file, size_t cap, int *line)
 {
     lua_Debug ar;
     file[0] = 0;
     *line = 0;
     int fallback = 1; /* still using a frame we would rather skip */
-    for (int level = 1; lua_getstack(L, level, &ar); level++) {
+    for (int level = first; lua_getstack(L, level, &ar); level++) {
         if (!lua_getinfo(L, "Sl", &ar) || ar.currentline <= 0 || ar.source[0] != '@')
             continue;
         const char *src = ar.source + 1;
@@ -64,6 +66,12 @@ static void spec_where(lua_State *L, char *file, size_t cap, int *line)
         if (!is_lib && !wrapper)
             return;
     }
+}
+
+/* From a C function called by Lua: level 0 is that C function. */
+static void spec_where(lua_State *L, char *file, size_t cap, int *line)
+{
+    spec_where_from(L, 1, file, cap, line);
 }
 
 /* Raises the builder's collected messages as a Lua error located at the spec line. */
@@ -85,6 +93,10 @@ static int raise_err(lua_State *L, builder *b)
 static builder *begin(lua_State *L)
 {
     builder *b = get_builder(L);
+    if (b->g->n >= KG_MAX_NODES)
+        luaL_error(L, "the graph has %d nodes, the most kiln builds (is the number of layers or "
+                      "experts in the config sane?)",
+                   b->g->n);
     char file[512];
     int line;
     spec_where(L, file, sizeof file, &line);
@@ -659,15 +671,24 @@ static int cfg_fail(lua_State *L, kerr *e)
     return lua_error(L);
 }
 
+/* cfg:int(field [, default [, {min=, max=}]]): by default a positive C int, with a sane upper
+ * bound for the fields that size a model (config_int_range); a spec reading a field where 0 or
+ * a negative value means something says so: cfg:int("sliding_window", 0, {min = 0}). */
 static int c_int(lua_State *L)
 {
     const config *c = get_cfg(L);
     const char *f = luaL_checkstring(L, 2);
     int has_def = !lua_isnoneornil(L, 3);
-    int64_t def = has_def ? check_int(L, 3, "default") : 0, v;
+    int64_t def = has_def ? check_int(L, 3, "default") : 0, v, min, max;
+    config_int_range(f, &min, &max);
+    if (!lua_isnoneornil(L, 4)) {
+        luaL_checktype(L, 4, LUA_TTABLE);
+        min = opt_field_int(L, 4, "min", min);
+        max = opt_field_int(L, 4, "max", max);
+    }
     kerr e;
     kerr_clear(&e);
-    if (config_int(c, f, has_def, def, &v, &e))
+    if (config_int_in(c, f, has_def, def, min, max, &v, &e))
         return cfg_fail(L, &e);
     lua_pushinteger(L, v);
     return 1;
@@ -823,7 +844,260 @@ static const luaL_Reg config_methods[] = {
     {"int", c_int}, {"float", c_float}, {"bool", c_bool}, {"str", c_str},
     {"has", c_has}, {"get", c_get},     {"path", c_path}, {"rope", c_rope}, {NULL, NULL}};
 
-/* ---------------------------------------------------------------- states */
+/* ---------------------------------------------------------------- sandbox
+ *
+ * An archspec is a program, and it may come from a folder the user did not write
+ * (KILN_SPEC_PATH), loaded by every command that resolves an architecture. So every Lua state
+ * kiln creates is a sandbox, and what a spec can do wrong is bounded and reported with its name:
+ * - memory: the allocator refuses to grow the state past SPEC_MEM_CAP (Lua then collects and
+ *   raises "not enough memory", reported as the limit); the count hook reports a state close to
+ *   the cap earlier, with the spec line, when a collection does not help;
+ * - time: the count hook runs every SPEC_HOOK_EVERY instructions, and past SPEC_MAX_INSTR it
+ *   raises an error at the spec line. From then on it fires at every instruction, so a pcall
+ *   in the spec cannot keep a loop alive: each caller fails at its next instruction;
+ * - C time: Lua patterns backtrack inside C, where no hook runs; string.find, match, gmatch and
+ *   gsub refuse a pattern whose matching could take more than SPEC_MAX_MATCH steps;
+ * - libraries: base without dofile and loadfile, and load() takes text chunks only (binary
+ *   chunks are not verified by Lua); string without dump; table, math, utf8. No io, os, debug,
+ *   coroutine or package. `require` is kiln's own: a plain module name, looked up in the
+ *   built-in archspecs folder (kiln.lua) and then next to the spec;
+ * - files: a spec or module is a regular file of at most SPEC_MAX_FILE bytes (a FIFO would
+ *   block, /dev/zero would never end);
+ * - messages: an error message is cut at SPEC_MSG_CAP bytes and is never empty.
+ */
+#define SPEC_MEM_CAP ((size_t)256 << 20)
+#define SPEC_HOOK_EVERY 1000
+#define SPEC_MAX_INSTR ((int64_t)200 * 1000 * 1000)
+#define SPEC_MAX_MATCH 2e8
+#define SPEC_MAX_FILE ((int64_t)4 << 20)
+#define SPEC_MSG_CAP 2000
+/* declarations read by spec_probe */
+#define SPEC_MAX_LIST 1000
+#define SPEC_MAX_NAME 256
+
+typedef struct sandbox {
+    size_t used;        /* bytes the state holds */
+    int64_t ticks;      /* count-hook calls */
+    int out_of_memory;  /* the allocator refused a request */
+    int out_of_time;    /* the instruction budget is spent */
+    char *lib_dir;      /* the built-in archspecs folder (kiln.lua), or NULL */
+    char *spec_dir;     /* the folder of the spec being run */
+} sandbox;
+
+static sandbox *get_sandbox(lua_State *L)
+{
+    void *ud = NULL;
+    lua_getallocf(L, &ud);
+    return ud;
+}
+
+static void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    sandbox *sb = ud;
+    size_t old = ptr ? osize : 0; /* without ptr, osize is a type tag */
+    if (nsize == 0) {
+        free(ptr);
+        sb->used -= old;
+        return NULL;
+    }
+    if (nsize > old && nsize - old > SPEC_MEM_CAP - sb->used) {
+        sb->out_of_memory = 1;
+        return NULL;
+    }
+    void *p = realloc(ptr, nsize);
+    if (!p) /* Lua assumes shrinking never fails: keep the old block then */
+        return nsize <= old ? ptr : NULL;
+    sb->used = sb->used - old + nsize;
+    return p;
+}
+
+static void sb_hook(lua_State *L, lua_Debug *ar)
+{
+    (void)ar;
+    sandbox *sb = get_sandbox(L);
+    char file[512];
+    int line;
+    if (sb->used > SPEC_MEM_CAP - SPEC_MEM_CAP / 8) {
+        lua_gc(L, LUA_GCCOLLECT);
+        if (sb->used > SPEC_MEM_CAP - SPEC_MEM_CAP / 8) {
+            spec_where_from(L, 0, file, sizeof file, &line);
+            lua_pushfstring(L, "%s:%d: the archspec holds more than %d MiB of memory, close to the "
+                               "limit of %d MiB for an archspec (a table or string that grows "
+                               "without end?)",
+                            file[0] ? file : "?", line, (int)((SPEC_MEM_CAP / 8 * 7) >> 20),
+                            (int)(SPEC_MEM_CAP >> 20));
+            lua_error(L);
+        }
+    }
+    if (++sb->ticks <= SPEC_MAX_INSTR / SPEC_HOOK_EVERY)
+        return;
+    if (!sb->out_of_time) {
+        sb->out_of_time = 1;
+        lua_sethook(L, sb_hook, LUA_MASKCOUNT, 1);
+    }
+    spec_where_from(L, 0, file, sizeof file, &line);
+    lua_pushfstring(L, "%s:%d: the archspec did not finish within %d million Lua instructions "
+                       "(an endless loop?)",
+                    file[0] ? file : "?", line, (int)(SPEC_MAX_INSTR / 1000000));
+    lua_error(L);
+}
+
+/* Whether `path` is a regular file a spec may be loaded from; else a message in `why`. */
+static int spec_file_ok(const char *path, char *why, size_t cap)
+{
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        snprintf(why, cap, "cannot open %s: %s", path, strerror(errno));
+        return 0;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        snprintf(why, cap, "%s: not a regular file", path);
+        return 0;
+    }
+    if ((int64_t)st.st_size > SPEC_MAX_FILE) {
+        snprintf(why, cap, "%s: %lld bytes, more than the %lld an archspec may have", path,
+                 (long long)st.st_size, (long long)SPEC_MAX_FILE);
+        return 0;
+    }
+    return 1;
+}
+
+/* Counts the repetition items ('*', '+', '-', '?') of a Lua pattern, over-counting where
+ * unsure: a match backtracks over at most that many choices. */
+static int pattern_items(const char *p, size_t len)
+{
+    int q = 0;
+    for (size_t i = 0; i < len;) {
+        char c = p[i++];
+        if (c == '%' && i < len && p[i] == 'b') {
+            i += 3; /* %bxy */
+            continue;
+        }
+        if (c == '%')
+            i++;
+        else if (c == '[') {
+            if (i < len && p[i] == '^')
+                i++;
+            if (i < len && p[i] == ']')
+                i++;
+            while (i < len && p[i] != ']')
+                i += p[i] == '%' ? 2 : 1;
+            i++;
+        }
+        if (i < len && (p[i] == '*' || p[i] == '+' || p[i] == '-' || p[i] == '?')) {
+            q++;
+            i++;
+        }
+    }
+    return q;
+}
+
+/* string.find/match/gmatch/gsub with a bound on backtracking: a pattern with q repetition
+ * items tries about C(n + q, q + 1) ways on an n-byte subject (every start, every split). */
+static int sb_match_guard(lua_State *L)
+{
+    const char *fn = lua_tostring(L, lua_upvalueindex(2));
+    size_t n, pl;
+    luaL_checklstring(L, 1, &n);
+    const char *p = luaL_checklstring(L, 2, &pl);
+    int plain = strcmp(fn, "find") == 0 && lua_toboolean(L, 4);
+    if (!plain) {
+        int q = pattern_items(p, pl);
+        double steps = 1;
+        for (int i = 0; i <= q && steps <= SPEC_MAX_MATCH; i++)
+            steps = steps * ((double)n + 1 + i) / (i + 1);
+        if (steps > SPEC_MAX_MATCH)
+            return luaL_error(L,
+                              "string.%s: a pattern with %d repetition items on a string of %d "
+                              "bytes could backtrack for too long in an archspec (use fewer "
+                              "'*', '+', '-', '?', a shorter string, or a plain find)",
+                              fn, q, (int)(n > INT32_MAX ? INT32_MAX : n));
+    }
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+/* load(chunk [, name [, mode [, env]]]): text chunks only. */
+static int sb_load(lua_State *L)
+{
+    if (lua_gettop(L) < 3)
+        lua_settop(L, 3);
+    lua_pushliteral(L, "t");
+    lua_replace(L, 3);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+/* require "name": name.lua from the built-in folder, then from the spec's own folder. */
+static int sb_require(lua_State *L)
+{
+    sandbox *sb = get_sandbox(L);
+    size_t len;
+    const char *name = luaL_checklstring(L, 1, &len);
+    lua_settop(L, 1);
+    lua_getfield(L, LUA_REGISTRYINDEX, "kiln.modules");
+    if (lua_getfield(L, 2, name) != LUA_TNIL) {
+        if (lua_islightuserdata(L, -1))
+            return luaL_error(L, "module '%s' requires itself (a require loop)", name);
+        return 1;
+    }
+    lua_pop(L, 1);
+    int plain = len >= 1 && len <= 64;
+    for (size_t i = 0; plain && i < len; i++)
+        plain = (name[i] >= 'a' && name[i] <= 'z') || (name[i] >= 'A' && name[i] <= 'Z') ||
+                (name[i] >= '0' && name[i] <= '9') || name[i] == '_';
+    if (!plain)
+        return luaL_error(L, "module '%s' not found: an archspec requires modules by a plain name "
+                             "(letters, digits, '_'), such as \"kiln\"",
+                          name);
+    const char *dirs[2] = {sb->lib_dir, sb->spec_dir};
+    char why[600] = "";
+    for (int d = 0; d < 2; d++) {
+        if (!dirs[d])
+            continue;
+        const char *file = lua_pushfstring(L, "%s/%s.lua", dirs[d], name);
+        if (!util_is_file(file)) {
+            lua_pop(L, 1);
+            continue;
+        }
+        if (!spec_file_ok(file, why, sizeof why))
+            return luaL_error(L, "module '%s': %s", name, why);
+        lua_pushlightuserdata(L, sb); /* loading: a require loop finds this */
+        lua_setfield(L, 2, name);
+        if (luaL_loadfilex(L, file, "t") != LUA_OK)
+            return lua_error(L);
+        lua_call(L, 0, 1);
+        if (lua_isnil(L, -1)) {
+            lua_pop(L, 1);
+            lua_pushboolean(L, 1);
+        }
+        lua_pushvalue(L, -1);
+        lua_setfield(L, 2, name);
+        return 1;
+    }
+    return luaL_error(L, "module '%s' not found: an archspec can require kiln and the .lua files "
+                         "next to it (looked in %s and %s)",
+                      name, sb->lib_dir ? sb->lib_dir : "-", sb->spec_dir ? sb->spec_dir : "-");
+}
+
+/* build(g, cfg) with the build function at 1 and the config at 2 (a light userdata): run
+ * protected, since making the two userdata allocates. */
+static int build_call(lua_State *L)
+{
+    const config *cfg = lua_touserdata(L, 2);
+    lua_settop(L, 1);
+    lua_newuserdatauv(L, 0, 0);
+    luaL_setmetatable(L, MT_GRAPH);
+    const config **cu = lua_newuserdatauv(L, sizeof(config *), 0);
+    *cu = cfg;
+    luaL_setmetatable(L, MT_CONFIG);
+    lua_call(L, 2, 0);
+    return 0;
+}
 
 static void new_metatable(lua_State *L, const char *name, const luaL_Reg *methods)
 {
@@ -834,56 +1108,40 @@ static void new_metatable(lua_State *L, const char *name, const luaL_Reg *method
     lua_pop(L, 1);
 }
 
-/* Adds Lua frames of the traceback to error messages from build(); C frames are noise to a
- * spec author. */
-static int msgh(lua_State *L)
+/* Opens the libraries a spec may use and kiln's types (run protected: it allocates). */
+static int sb_setup(lua_State *L)
 {
-    const char *msg = lua_tostring(L, 1);
-    if (!msg)
-        msg = luaL_typename(L, 1);
-    /* Errors raised by luaL_check* ("bad argument #2 to 'linear' ...") carry no location:
-     * give them the spec line, as every other error has. */
-    char where[600] = "";
-    if (!strstr(msg, ".lua:")) {
-        char file[512];
-        int line;
-        spec_where(L, file, sizeof file, &line);
-        size_t fl = strlen(file);
-        if (file[0] && !(fl >= 8 && strcmp(file + fl - 8, "kiln.lua") == 0))
-            snprintf(where, sizeof where, "%s:%d: ", file, line);
+    static const struct {
+        const char *name;
+        lua_CFunction open;
+    } libs[] = {{LUA_GNAME, luaopen_base},     {LUA_STRLIBNAME, luaopen_string},
+                {LUA_TABLIBNAME, luaopen_table}, {LUA_MATHLIBNAME, luaopen_math},
+                {LUA_UTF8LIBNAME, luaopen_utf8}};
+    for (size_t i = 0; i < ARRAY_LEN(libs); i++) {
+        luaL_requiref(L, libs[i].name, libs[i].open, 1);
+        lua_pop(L, 1);
     }
-    luaL_traceback(L, L, NULL, 1);
-    const char *tb = lua_tostring(L, -1);
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    luaL_addstring(&b, where);
-    luaL_addstring(&b, msg);
-    /* keep only "\n\tfile.lua:N: in ..." lines */
-    for (const char *p = tb; p && *p;) {
-        const char *nl = strchr(p, '\n');
-        size_t n = nl ? (size_t)(nl - p) : strlen(p);
-        if (n > 1 && p[0] == '\t' && memmem(p, n, ".lua:", 5) && !memmem(p, n, "[C]", 3)) {
-            luaL_addstring(&b, "\n    ");
-            luaL_addlstring(&b, p + 1, n - 1);
-        }
-        p = nl ? nl + 1 : NULL;
+    lua_pushnil(L);
+    lua_setglobal(L, "dofile");
+    lua_pushnil(L);
+    lua_setglobal(L, "loadfile");
+    lua_getglobal(L, "load");
+    lua_pushcclosure(L, sb_load, 1);
+    lua_setglobal(L, "load");
+    lua_newtable(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, "kiln.modules");
+    lua_pushcfunction(L, sb_require);
+    lua_setglobal(L, "require");
+    lua_getglobal(L, "string");
+    lua_pushnil(L);
+    lua_setfield(L, -2, "dump");
+    static const char *guarded[] = {"find", "match", "gmatch", "gsub"};
+    for (size_t i = 0; i < ARRAY_LEN(guarded); i++) {
+        lua_getfield(L, -1, guarded[i]);
+        lua_pushstring(L, guarded[i]);
+        lua_pushcclosure(L, sb_match_guard, 2);
+        lua_setfield(L, -2, guarded[i]);
     }
-    luaL_pushresult(&b);
-    return 1;
-}
-
-static lua_State *new_state(const char *lib_dir)
-{
-    lua_State *L = luaL_newstate();
-    if (!L)
-        return NULL;
-    luaL_openlibs(L);
-    /* require "kiln" finds archspecs/kiln.lua and nothing else from the file system. */
-    lua_getglobal(L, "package");
-    lua_pushfstring(L, "%s/?.lua", lib_dir);
-    lua_setfield(L, -2, "path");
-    lua_pushliteral(L, "");
-    lua_setfield(L, -2, "cpath");
     lua_pop(L, 1);
     new_metatable(L, MT_GRAPH, graph_methods);
     new_metatable(L, MT_CONFIG, config_methods);
@@ -897,27 +1155,138 @@ static lua_State *new_state(const char *lib_dir)
     lua_pushcfunction(L, t_tostring);
     lua_setfield(L, -2, "__tostring");
     lua_pop(L, 1);
+    return 0;
+}
+
+static void close_state(lua_State *L)
+{
+    if (!L)
+        return;
+    sandbox *sb = get_sandbox(L);
+    lua_close(L);
+    free(sb->lib_dir);
+    free(sb->spec_dir);
+    free(sb);
+}
+
+/* A sandboxed state for the spec at `spec_path` (lib_dir may be NULL: no require). */
+static lua_State *new_state(const char *lib_dir, const char *spec_path)
+{
+    sandbox *sb = xcalloc(1, sizeof *sb);
+    sb->lib_dir = lib_dir ? xstrdup(lib_dir) : NULL;
+    const char *slash = strrchr(spec_path, '/');
+    sb->spec_dir = slash ? xasprintf("%.*s", (int)(slash == spec_path ? 1 : slash - spec_path),
+                                     spec_path)
+                         : xstrdup(".");
+    lua_State *L = lua_newstate(sb_alloc, sb);
+    if (!L) {
+        free(sb->lib_dir);
+        free(sb->spec_dir);
+        free(sb);
+        return NULL;
+    }
+    lua_sethook(L, sb_hook, LUA_MASKCOUNT, SPEC_HOOK_EVERY);
+    lua_pushcfunction(L, sb_setup);
+    if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+        close_state(L);
+        return NULL;
+    }
     return L;
+}
+
+/* Adds the error of a failed protected call (at the top of the stack) to err: bounded, never
+ * empty, and naming the spec (prefixed when the message does not mention it). */
+static int add_lua_err(lua_State *L, int status, const char *path, kerr *err)
+{
+    if (status == LUA_ERRMEM && get_sandbox(L)->out_of_memory)
+        return kerr_add(err, "%s: the archspec needs more than %d MiB of memory, the limit for an "
+                             "archspec (a table or string that grows without end?)",
+                        path, (int)(SPEC_MEM_CAP >> 20));
+    size_t n = 0;
+    const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &n) : NULL;
+    if (!msg)
+        return kerr_add(err, "%s: the archspec raised an error whose value is a %s, not a message",
+                        path, luaL_typename(L, -1));
+    n = strnlen(msg, n);
+    if (n == 0)
+        return kerr_add(err, "%s: the archspec raised an error with an empty message", path);
+    int named = memmem(msg, n, path, strlen(path)) != NULL;
+    return kerr_add(err, "%s%s%.*s%s", named ? "" : path, named ? "" : ": ",
+                    (int)(n > SPEC_MSG_CAP ? SPEC_MSG_CAP : n), msg,
+                    n > SPEC_MSG_CAP ? " ... (message cut)" : "");
+}
+
+/* Adds Lua frames of the traceback to error messages from build(); C frames are noise to a
+ * spec author. The message itself is cut at SPEC_MSG_CAP bytes. */
+static int msgh(lua_State *L)
+{
+    size_t n = 0;
+    const char *msg = lua_tolstring(L, 1, &n);
+    char obj[64];
+    if (!msg) {
+        snprintf(obj, sizeof obj, "(error object is a %s value)", luaL_typename(L, 1));
+        msg = obj;
+        n = strlen(obj);
+    }
+    n = strnlen(msg, n);
+    if (n == 0) {
+        msg = "(empty error message)";
+        n = strlen(msg);
+    }
+    int cut = n > SPEC_MSG_CAP;
+    if (cut)
+        n = SPEC_MSG_CAP;
+    /* Errors raised by luaL_check* ("bad argument #2 to 'linear' ...") carry no location:
+     * give them the spec line, as every other error has. */
+    char where[600] = "";
+    if (!memmem(msg, n, ".lua:", 5)) {
+        char file[512];
+        int line;
+        spec_where(L, file, sizeof file, &line);
+        size_t fl = strlen(file);
+        if (file[0] && !(fl >= 8 && strcmp(file + fl - 8, "kiln.lua") == 0))
+            snprintf(where, sizeof where, "%s:%d: ", file, line);
+    }
+    /* Lua's own arithmetic errors say what, not why */
+    const char *hint = memmem(msg, n, "'n//0'", 6) || memmem(msg, n, "'n%0'", 5)
+                           ? " (a division by zero: is a config value the spec divides by 0?)"
+                           : "";
+    luaL_traceback(L, L, NULL, 1);
+    const char *tb = lua_tostring(L, -1);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    luaL_addstring(&b, where);
+    luaL_addlstring(&b, msg, n);
+    luaL_addstring(&b, cut ? " ... (message cut)" : hint);
+    /* keep only "\n\tfile.lua:N: in ..." lines */
+    for (const char *p = tb; p && *p;) {
+        const char *nl = strchr(p, '\n');
+        size_t k = nl ? (size_t)(nl - p) : strlen(p);
+        if (k > 1 && p[0] == '\t' && memmem(p, k, ".lua:", 5) && !memmem(p, k, "[C]", 3)) {
+            luaL_addstring(&b, "\n    ");
+            luaL_addlstring(&b, p + 1, k - 1 > 300 ? 300 : k - 1);
+        }
+        p = nl ? nl + 1 : NULL;
+    }
+    luaL_pushresult(&b);
+    return 1;
 }
 
 /* Runs the spec file; leaves its returned table on the stack. */
 static int load_spec(lua_State *L, const char *path, kerr *err)
 {
+    char why[600];
+    if (!spec_file_ok(path, why, sizeof why))
+        return kerr_add(err, "%s", why);
     lua_pushcfunction(L, msgh);
     int h = lua_gettop(L);
-    if (luaL_loadfile(L, path) != LUA_OK) {
-        kerr_add(err, "%s", lua_tostring(L, -1));
-        lua_pop(L, 2);
-        return -1;
-    }
-    if (lua_pcall(L, 0, 1, h) != LUA_OK) {
+    int st = luaL_loadfilex(L, path, "t");
+    if (st == LUA_OK)
+        st = lua_pcall(L, 0, 1, h);
+    if (st != LUA_OK) {
         /* `return kiln.archspec{...}` is a tail call, so kiln.lua's error(msg, 2) has no
-         * location to add: name the spec file then. */
-        const char *msg = lua_tostring(L, -1);
-        if (strncmp(msg, path, strlen(path)) == 0)
-            kerr_add(err, "%s", msg);
-        else
-            kerr_add(err, "%s: %s", path, msg);
+         * location to add: add_lua_err names the spec file then. */
+        add_lua_err(L, st, path, err);
         lua_pop(L, 2);
         return -1;
     }
@@ -946,84 +1315,126 @@ void spec_info_free(spec_info *s)
     memset(s, 0, sizeof *s);
 }
 
-int spec_probe(const char *path, const char *lib_dir, spec_info *out, kerr *err)
+typedef struct probe_ctx {
+    const char *path;
+    spec_info *out;
+    kerr *err;
+    int rc;
+} probe_ctx;
+
+/* A string field of the spec table (raw: a spec's metatable runs no code here), at most
+ * SPEC_MAX_NAME bytes long; NULL when absent or not a string. */
+static const char *raw_str(lua_State *L, int t, const char *k)
 {
-    memset(out, 0, sizeof *out);
-    lua_State *L = new_state(lib_dir);
-    if (!L)
-        return kerr_add(err, "%s: cannot create a Lua state (out of memory)", path);
-    int rc = -1;
-    if (load_spec(L, path, err))
-        goto done;
-    int t = lua_gettop(L);
-    lua_getfield(L, t, "name");
-    if (!lua_isstring(L, -1)) {
-        kerr_add(err, "%s: the archspec has no 'name' (a string)", path);
-        goto done;
+    lua_pushstring(L, k);
+    lua_rawget(L, t);
+    return lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+}
+
+/* The list field `k` of strings into *out (count *n); returns -1 after a message. */
+static int raw_list(lua_State *L, probe_ctx *c, int t, const char *k, char ***out, int *n)
+{
+    int l = lua_gettop(L) + 1;
+    lua_pushstring(L, k);
+    lua_rawget(L, t);
+    lua_Unsigned len = lua_istable(L, l) ? lua_rawlen(L, l) : 0;
+    if (len > SPEC_MAX_LIST)
+        return kerr_add(c->err, "%s: '%s' lists %llu entries; an archspec may list at most %d",
+                        c->path, k, (unsigned long long)len, SPEC_MAX_LIST);
+    *out = xcalloc(len ? (size_t)len : 1, sizeof(char *));
+    for (lua_Unsigned i = 0; i < len; i++) {
+        lua_rawgeti(L, l, (lua_Integer)i + 1);
+        size_t sl;
+        const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &sl) : NULL;
+        if (!s)
+            return kerr_add(c->err, "%s: %s[%llu] is not a string", c->path, k,
+                            (unsigned long long)i + 1);
+        if (sl > SPEC_MAX_NAME || strlen(s) != sl)
+            return kerr_add(c->err, "%s: %s[%llu] is %zu bytes; expected at most %d, without NUL "
+                                    "bytes",
+                            c->path, k, (unsigned long long)i + 1, sl, SPEC_MAX_NAME);
+        (*out)[(*n)++] = xstrdup(s);
+        lua_pop(L, 1);
     }
-    out->name = xstrdup(lua_tostring(L, -1));
-    lua_getfield(L, t, "task");
-    const char *task = lua_tostring(L, -1);
+    return 0;
+}
+
+/* Reads the declarations of the spec table (argument 1) into ctx (argument 2). Run protected;
+ * problems are messages in ctx->err, not Lua errors. */
+static int probe_decl(lua_State *L)
+{
+    probe_ctx *c = lua_touserdata(L, 2);
+    spec_info *out = c->out;
+    const char *path = c->path;
+    c->rc = -1;
+    const char *name = raw_str(L, 1, "name");
+    if (!name) {
+        kerr_add(c->err, "%s: the archspec has no 'name' (a string)", path);
+        return 0;
+    }
+    if (strlen(name) > SPEC_MAX_NAME) {
+        kerr_add(c->err, "%s: the archspec's 'name' has %zu bytes; expected at most %d", path,
+                 strlen(name), SPEC_MAX_NAME);
+        return 0;
+    }
+    out->name = xstrdup(name);
+    const char *task = raw_str(L, 1, "task");
     int ti = -1;
     for (int i = 0; task && i < TASK_N; i++)
         if (strcmp(task, task_names[i]) == 0)
             ti = i;
     if (ti < 0) {
-        kerr_add(err, "%s: 'task' must be \"generate\", \"embed\" or \"classify\", got %s", path,
-                 task ? task : "nothing");
-        goto done;
+        kerr_add(c->err, "%s: 'task' must be \"generate\", \"embed\" or \"classify\", got %.64s",
+                 path, task ? task : "nothing");
+        return 0;
     }
     out->task = (spec_task)ti;
-    lua_getfield(L, t, "architectures");
-    if (!lua_istable(L, -1) || luaL_len(L, -1) < 1) {
-        kerr_add(err, "%s: 'architectures' must list the HF architecture names this spec serves "
-                      "(e.g. {\"LlamaForCausalLM\"})",
+    if (raw_list(L, c, 1, "architectures", &out->archs, &out->n_archs))
+        return 0;
+    if (out->n_archs < 1) {
+        kerr_add(c->err, "%s: 'architectures' must list the HF architecture names this spec "
+                         "serves (e.g. {\"LlamaForCausalLM\"})",
                  path);
-        goto done;
+        return 0;
     }
-    int n = (int)luaL_len(L, -1);
-    out->archs = xcalloc((size_t)n, sizeof(char *));
-    for (int i = 0; i < n; i++) {
-        lua_geti(L, -1, i + 1);
-        if (!lua_isstring(L, -1)) {
-            kerr_add(err, "%s: architectures[%d] is not a string", path, i + 1);
-            goto done;
-        }
-        out->archs[out->n_archs++] = xstrdup(lua_tostring(L, -1));
-        lua_pop(L, 1);
+    lua_pushliteral(L, "ignore");
+    if (lua_rawget(L, 1) != LUA_TNIL && !lua_istable(L, -1)) {
+        kerr_add(c->err, "%s: 'ignore' must be a list of Lua patterns of tensor names", path);
+        return 0;
     }
-    lua_pop(L, 1);
-    lua_getfield(L, t, "ignore");
-    if (!lua_isnil(L, -1)) {
-        if (!lua_istable(L, -1)) {
-            kerr_add(err, "%s: 'ignore' must be a list of Lua patterns of tensor names", path);
-            goto done;
-        }
-        int ni = (int)luaL_len(L, -1);
-        out->ignore = xcalloc((size_t)(ni ? ni : 1), sizeof(char *));
-        for (int i = 0; i < ni; i++) {
-            lua_geti(L, -1, i + 1);
-            if (!lua_isstring(L, -1)) {
-                kerr_add(err, "%s: ignore[%d] is not a string", path, i + 1);
-                goto done;
-            }
-            out->ignore[out->n_ignore++] = xstrdup(lua_tostring(L, -1));
-            lua_pop(L, 1);
-        }
-    }
-    lua_pop(L, 1);
-    lua_getfield(L, t, "build");
-    if (!lua_isfunction(L, -1)) {
-        kerr_add(err, "%s: 'build' must be a function(g, cfg)", path);
-        goto done;
+    if (raw_list(L, c, 1, "ignore", &out->ignore, &out->n_ignore))
+        return 0;
+    lua_pushliteral(L, "build");
+    if (lua_rawget(L, 1) != LUA_TFUNCTION) {
+        kerr_add(c->err, "%s: 'build' must be a function(g, cfg)", path);
+        return 0;
     }
     out->path = xstrdup(path);
-    rc = 0;
-done:
-    lua_close(L);
-    if (rc)
+    c->rc = 0;
+    return 0;
+}
+
+int spec_probe(const char *path, const char *lib_dir, spec_info *out, kerr *err)
+{
+    memset(out, 0, sizeof *out);
+    lua_State *L = new_state(lib_dir, path);
+    if (!L)
+        return kerr_add(err, "%s: cannot create a Lua state (out of memory)", path);
+    probe_ctx c = {.path = path, .out = out, .err = err, .rc = -1};
+    if (load_spec(L, path, err) == 0) {
+        lua_pushcfunction(L, probe_decl);
+        lua_insert(L, -2);
+        lua_pushlightuserdata(L, &c);
+        int st = lua_pcall(L, 2, 0, 0);
+        if (st != LUA_OK) {
+            add_lua_err(L, st, path, err);
+            c.rc = -1;
+        }
+    }
+    close_state(L);
+    if (c.rc)
         spec_info_free(out);
-    return rc;
+    return c.rc;
 }
 
 int spec_filter_ignored(const spec_info *spec, const char *const *names, int n,
@@ -1032,10 +1443,9 @@ int spec_filter_ignored(const spec_info *spec, const char *const *names, int n,
     memset(ignored, 0, (size_t)n);
     if (!spec->n_ignore)
         return 0;
-    lua_State *L = luaL_newstate();
+    lua_State *L = new_state(NULL, spec->path);
     if (!L)
-        return kerr_add(err, "cannot create a Lua state (out of memory)");
-    luaL_openlibs(L);
+        return kerr_add(err, "%s: cannot create a Lua state (out of memory)", spec->path);
     int rc = 0;
     lua_getglobal(L, "string");
     lua_getfield(L, -1, "find");
@@ -1045,22 +1455,26 @@ int spec_filter_ignored(const spec_info *spec, const char *const *names, int n,
             lua_pushvalue(L, find);
             lua_pushstring(L, names[i]);
             lua_pushstring(L, spec->ignore[k]);
-            if (lua_pcall(L, 2, 1, 0) != LUA_OK) {
+            int st = lua_pcall(L, 2, 1, 0);
+            if (st != LUA_OK) {
+                kerr e;
+                kerr_clear(&e);
+                add_lua_err(L, st, spec->path, &e);
                 rc = kerr_add(err, "%s: ignore pattern '%s': %s", spec->path, spec->ignore[k],
-                              lua_tostring(L, -1));
+                              kerr_msg(&e));
                 break;
             }
             ignored[i] = !lua_isnil(L, -1);
             lua_pop(L, 1);
         }
-    lua_close(L);
+    close_state(L);
     return rc;
 }
 
 kgraph *spec_build(const spec_info *spec, const char *lib_dir, const config *cfg,
                    const st_set *weights, kerr *err)
 {
-    lua_State *L = new_state(lib_dir);
+    lua_State *L = new_state(lib_dir, spec->path);
     if (!L) {
         kerr_add(err, "%s: cannot create a Lua state (out of memory)", spec->path);
         return NULL;
@@ -1069,26 +1483,26 @@ kgraph *spec_build(const spec_info *spec, const char *lib_dir, const config *cfg
     b->g = graph_new();
     b->cfg = cfg;
     b->w = weights;
+    kgraph *g = NULL;
     lua_pushlightuserdata(L, b);
     lua_setfield(L, LUA_REGISTRYINDEX, "kiln.builder");
-    kgraph *g = NULL;
     if (load_spec(L, spec->path, err))
         goto done;
-    lua_getfield(L, -1, "build");
-    if (!lua_isfunction(L, -1)) {
+    lua_pushliteral(L, "build");
+    if (lua_rawget(L, -2) != LUA_TFUNCTION) {
         kerr_add(err, "%s: 'build' must be a function(g, cfg)", spec->path);
         goto done;
     }
     lua_pushcfunction(L, msgh);
     lua_insert(L, -2);
     int h = lua_gettop(L) - 1;
-    lua_newuserdatauv(L, 0, 0);
-    luaL_setmetatable(L, MT_GRAPH);
-    const config **cu = lua_newuserdatauv(L, sizeof(config *), 0);
-    *cu = cfg;
-    luaL_setmetatable(L, MT_CONFIG);
-    if (lua_pcall(L, 2, 0, h) != LUA_OK) {
-        kerr_add(err, "%s", lua_tostring(L, -1));
+    /* Both userdata are made inside the protected call: they allocate. */
+    lua_pushcfunction(L, build_call);
+    lua_insert(L, -2);
+    lua_pushlightuserdata(L, (void *)cfg);
+    int st = lua_pcall(L, 2, 0, h);
+    if (st != LUA_OK) {
+        add_lua_err(L, st, spec->path, err);
         goto done;
     }
     if (b->g->output < 0) {
@@ -1100,7 +1514,7 @@ kgraph *spec_build(const spec_info *spec, const char *lib_dir, const config *cfg
     g = b->g;
     b->g = NULL;
 done:
-    lua_close(L);
+    close_state(L);
     graph_free(b->g);
     free(b);
     return g;

@@ -308,7 +308,8 @@ static void test_heads_not_divisible(void **state)
     variant("llama", "\"num_key_value_heads\": 2", "\"num_key_value_heads\": 4", dir, sizeof dir);
     assert_int_not_equal(open_err(dir, msg, sizeof msg), 0);
     assert_non_null(strstr(msg, "not divisible"));
-    assert_non_null(strstr(msg, "llama.lua:"));
+    assert_non_null(strstr(msg, "config.json: field 'num_attention_heads' (6)"));
+    assert_non_null(strstr(msg, "'num_key_value_heads' (4)"));
 }
 
 static void test_missing_expert(void **state)

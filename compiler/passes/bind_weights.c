@@ -11,6 +11,9 @@
 
 #include "passes.h"
 
+/* Missing tensors listed one by one; the rest are counted. */
+#define MAX_MISSING_SHOWN 20
+
 /* Edit distance, bounded: returns > limit as soon as it is certain. */
 static int distance(const char *a, const char *b, int limit)
 {
@@ -86,7 +89,7 @@ int pass_bind_weights(kc *c, kerr *err)
         if (t)
             used[t - w->tensors] = 1;
     }
-    int rc = 0;
+    int rc = 0, missing = 0;
     c->n_params = 0;
     c->n_bound = 0;
     for (int i = 0; i < g->n; i++) {
@@ -96,6 +99,11 @@ int pass_bind_weights(kc *c, kerr *err)
         char where[600], a[128], b[128];
         const st_tensor *t = st_find(w, n->weight);
         if (!t) {
+            /* the first few with a suggestion (each costs a pass over the checkpoint) */
+            if (++missing > MAX_MISSING_SHOWN) {
+                rc = -1;
+                continue;
+            }
             const char *near = closest(w, used, n->weight);
             if (near)
                 rc = kerr_add(err, "%s: tensor '%s' is not in the checkpoint%s; did you mean '%s'?",
@@ -128,6 +136,10 @@ int pass_bind_weights(kc *c, kerr *err)
         c->n_params += t->numel;
         c->n_bound++;
     }
+
+    if (missing > MAX_MISSING_SHOWN)
+        kerr_add(err, "%s: ... and %d more tensors the spec asks for are not in the checkpoint",
+                 w->origin, missing - MAX_MISSING_SHOWN);
 
     /* Unused tensors, minus those the spec declares it ignores. */
     const char **names = xmalloc(sizeof(char *) * (size_t)(w->n ? w->n : 1));

@@ -8,7 +8,8 @@
  *   gate, up  act(x.Wg) * (x.Wu) becomes one linear with weight concat(Wg, Wu) and a gated
  *             epilogue (epi_act);
  *   add+norm  norm(a + b) is computed by the norm kernel, which also writes the sum for the
- *             residual stream (the add is marked fused_into the norm);
+ *             residual stream (the add is marked fused_into the norm, and `stored` when
+ *             another node reads the sum);
  *   rope+kv   the rotations of q and k feeding an attention are done by the kernel that writes
  *             k and v into the KV cache (marked fused_into the attention).
  *
@@ -273,6 +274,15 @@ int pass_fuse(kc *c, kerr *err)
     free(users2);
     free(last_user);
     graph_compact(g2);
+    /* A sum fused into its norm is still stored when another node reads it (the residual
+     * stream): counted once here, so plan_memory and lower need not search for readers. */
+    for (int i = 0; i < g2->n; i++)
+        for (int k = 0; k < g2->nodes[i].n_in; k++) {
+            int a = g2->nodes[i].in[k];
+            if (a >= 0 && g2->nodes[a].op == KG_ADD && g2->nodes[a].fused_into >= 0 &&
+                g2->nodes[a].fused_into != i)
+                g2->nodes[a].stored = 1;
+        }
     graph_free(g);
     c->g = g2;
     free(map);

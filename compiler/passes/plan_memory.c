@@ -48,13 +48,8 @@ int plan_needs_buffer(const kgraph *g, int id)
         return 0;
     if (n->op == KG_ROPE && n->fused_into >= 0)
         return g->nodes[n->fused_into].in[0] == id; /* the query, not the key */
-    if (n->op == KG_ADD && n->fused_into >= 0) {
-        for (int u = id + 1; u < g->n; u++)
-            for (int k = 0; k < g->nodes[u].n_in; k++)
-                if (g->nodes[u].in[k] == id && u != n->fused_into)
-                    return 1;
-        return 0;
-    }
+    if (n->op == KG_ADD && n->fused_into >= 0)
+        return n->stored;
     return 1;
 }
 
