@@ -208,6 +208,9 @@ struct tok_ctx {
     tok_ctx *next;        /* the pool's free list */
 };
 
+/* Normalized text of one piece is at most 1 GiB (see tok_norm_apply). */
+#define TOK_MAX_NORM ((size_t)1 << 30)
+
 /* `where` names the file for messages. Return NULL (and add to err) on an unknown type. */
 tok_norm *tok_norm_load(json_t *j, const char *where, kerr *err);
 void tok_norm_free(tok_norm *n);

@@ -396,6 +396,11 @@ int tok_norm_apply(const tok_norm *nm, tok_ctx *c, const char *s, size_t len, co
     c->sb.n = 0;
     if (norm_one(nm, c, s, len, &c->sb, lead_gone, err))
         return -1;
+    /* Pieces keep 32-bit lengths and later steps at most triple a piece (Metaspace, ByteLevel):
+     * a normalizer that grows text without bound (Replace with a long content) stops here. */
+    if (c->sb.n > TOK_MAX_NORM)
+        return kerr_add(err, "tokenizer: normalizer output of %zu bytes (from %zu); at most %zu",
+                        c->sb.n, len, (size_t)TOK_MAX_NORM);
     *out = tok_arena_dup(&c->arena, c->sb.s ? c->sb.s : "", c->sb.n);
     *out_len = c->sb.n;
     return 0;

@@ -335,6 +335,13 @@ static int load_added(tokenizer *t, json_t *arr, kerr *err)
             return -1;
         }
     ctx_put(t, c);
+    /* trie nodes are int32 indices: at most one node per byte of the patterns */
+    size_t bytes = 0;
+    for (size_t k = 0; k < t->nadded; k++)
+        bytes += t->added[k].norm ? t->added[k].norm_len : t->added[k].len;
+    if (bytes > (size_t)1 << 28)
+        return kerr_add(err, "%s: added_tokens: %zu bytes of token text; at most %zu", t->file,
+                        bytes, (size_t)1 << 28);
     /* Build the two matchers; iterate by id like HF's map does (first pattern wins on ties). */
     memset(t->plain.root, -1, sizeof t->plain.root);
     memset(t->normed.root, -1, sizeof t->normed.root);
@@ -391,7 +398,7 @@ static void split_added(const tokenizer *t, const trie *tr, const tok_piece *pc,
         }
         if (a->lstrip) {
             size_t ns = start;
-            while (ns > 0) {
+            while (ns > start_off) { /* text before start_off is already split off */
                 size_t k2 = ns - 1;
                 while (k2 > 0 && ((unsigned char)s[k2] & 0xC0) == 0x80)
                     k2--;
@@ -400,7 +407,7 @@ static void split_added(const tokenizer *t, const trie *tr, const tok_piece *pc,
                     break;
                 ns = k2;
             }
-            start = ns > start_off ? ns : start_off;
+            start = ns;
         }
         if (a->rstrip) {
             while (stop < n) {
@@ -1352,6 +1359,10 @@ int tok_encode(tokenizer *t, const char *text, size_t len, int add_special, int3
 {
     *ids = NULL;
     *n = 0;
+    if (len > TOK_MAX_TEXT)
+        return kerr_add(err, "tokenizer: the text to encode has %zu bytes; at most %zu at once "
+                             "(split it)",
+                        len, TOK_MAX_TEXT);
     tok_ctx *c = ctx_get(t);
     c->sb2.n = 0;
     const char *clean = text;
@@ -1577,7 +1588,8 @@ static int stream_step(tok_stream *s, int final, char **text, size_t *len, kerr 
     *len = nn;
     free(full.s);
     /* the ids of this release become the next context */
-    memmove(s->ids.v, s->ids.v + s->read, (s->ids.n - s->read) * sizeof *s->ids.v);
+    if (s->read)
+        memmove(s->ids.v, s->ids.v + s->read, (s->ids.n - s->read) * sizeof *s->ids.v);
     s->ids.n -= s->read;
     s->read = s->ids.n;
     s->prefix.n = 0;

@@ -35,6 +35,9 @@
  * ids (a 16M-token sequence is far beyond any model's context). */
 #define TOK_MAX_LEN (1 << 24)
 
+/* tok_encode takes at most this many bytes of text (64 MiB); split longer input. */
+#define TOK_MAX_TEXT ((size_t)1 << 26)
+
 typedef struct tokenizer tokenizer;
 
 /* path: a tokenizer.json file, or a folder holding one (a compiled model folder or an HF
@@ -42,7 +45,8 @@ typedef struct tokenizer tokenizer;
 tokenizer *tok_load(const char *path, kerr *err);
 void tok_free(tokenizer *t);
 
-/* Encodes len bytes of text (UTF-8; invalid bytes become U+FFFD, see tokenizer.c).
+/* Encodes len bytes of text (UTF-8; invalid bytes become U+FFFD, see tokenizer.c);
+ * len <= TOK_MAX_TEXT.
  * add_special: add the post-processor's special tokens (HF encode's default is 1).
  * *ids is malloc'd (free it); *n its length. Returns 0, or -1 with err set. */
 int tok_encode(tokenizer *t, const char *text, size_t len, int add_special, int32_t **ids,

@@ -815,6 +815,39 @@ static void test_limits(void **state)
     free(p);
 }
 
+/* Hostile but valid input stays linear: a 200k-character word with max_input_chars_per_word
+ * 1000000 (WordPiece's greedy search looks no further than the longest vocabulary entry; it was
+ * O(n^2) lookups of O(n) bytes), and text over TOK_MAX_TEXT is refused before it is read. */
+static void test_bounded_work(void **state)
+{
+    (void)state;
+    char *p = util_path_join(tmpdir, "wp.json");
+    const char *j = "{\"model\": {\"type\": \"WordPiece\", \"max_input_chars_per_word\": 1000000, "
+                    "\"vocab\": {\"[UNK]\": 0, \"a\": 1, \"##a\": 2, \"##aa\": 3}}}";
+    kerr err;
+    kerr_clear(&err);
+    assert_int_equal(util_write_file(p, j, strlen(j), &err), 0);
+    tokenizer *t = tok_load(p, &err);
+    if (!t)
+        fail_msg("%s", kerr_msg(&err));
+    size_t n = 200001;
+    char *text = xmalloc(n);
+    memset(text, 'a', n);
+    int32_t *ids;
+    size_t nids;
+    assert_int_equal(tok_encode(t, text, n, 0, &ids, &nids, &err), 0);
+    assert_int_equal(nids, 1 + (n - 1) / 2); /* a ##aa ##aa ... */
+    assert_int_equal(ids[0], 1);
+    assert_int_equal(ids[nids - 1], 3);
+    free(ids);
+    kerr_clear(&err);
+    assert_int_equal(tok_encode(t, text, TOK_MAX_TEXT + 1, 0, &ids, &nids, &err), -1);
+    assert_non_null(strstr(kerr_msg(&err), "67108865 bytes; at most 67108864"));
+    free(text);
+    tok_free(t);
+    free(p);
+}
+
 /* Messages quoting the file's own text stay short, so a long one is never dropped by kerr. */
 static void test_long_names_in_errors(void **state)
 {
@@ -955,6 +988,7 @@ int main(void)
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_long_names_in_errors),
+        cmocka_unit_test(test_bounded_work),
         cmocka_unit_test(test_nul_in_vocab),
         cmocka_unit_test(test_cli),
     };
