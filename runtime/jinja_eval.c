@@ -26,9 +26,19 @@
 #include "jinja.h"
 #include "util.h"
 
+/* A scope: names to values. Names point into the template or are literals, never copied. The
+ * template's variables are the bottom frame's dict. */
+typedef struct fvar {
+    const char *name;
+    jv v;
+} fvar;
+
 typedef struct frame {
     struct frame *up;
-    jdict vars;
+    fvar *vars;
+    int n, cap;
+    int captured;     /* a macro defined here keeps it: a loop must not reuse it */
+    const jdict *ctx; /* the bottom frame: the render's variables */
 } frame;
 
 typedef struct jmacro {
@@ -106,7 +116,12 @@ static const char *cs(jv v) { return v.u.s->s; }
 static jv frame_get(jctx *c, frame *f, const char *name, int *found)
 {
     for (; f; f = f->up) {
-        jv *v = jd_gets(c, &f->vars, name);
+        for (int i = f->n; i-- > 0;)
+            if (strcmp(f->vars[i].name, name) == 0) {
+                *found = 1;
+                return f->vars[i].v;
+            }
+        jv *v = f->ctx ? jd_gets(c, f->ctx, name) : NULL;
         if (v) {
             *found = 1;
             return *v;
@@ -118,7 +133,21 @@ static jv frame_get(jctx *c, frame *f, const char *name, int *found)
 
 static void frame_set(jctx *c, frame *f, const char *name, jv v)
 {
-    jd_set(c, &f->vars, jv_cstr(c, name), v);
+    for (int i = 0; i < f->n; i++)
+        if (strcmp(f->vars[i].name, name) == 0) {
+            f->vars[i].v = v;
+            return;
+        }
+    if (f->n == f->cap) {
+        int cap = f->cap ? f->cap * 2 : 4;
+        fvar *nv = jx_alloc(c, (size_t)cap * sizeof *nv);
+        if (f->n)
+            memcpy(nv, f->vars, (size_t)f->n * sizeof *nv);
+        f->vars = nv;
+        f->cap = cap;
+    }
+    jx_step(c, (uint64_t)f->n / 16);
+    f->vars[f->n++] = (fvar){name, v};
 }
 
 static frame *frame_new(jctx *c, frame *up)
@@ -127,6 +156,15 @@ static frame *frame_new(jctx *c, frame *up)
     memset(f, 0, sizeof *f);
     f->up = up;
     return f;
+}
+
+/* A loop's frame for its next item: the previous one emptied, unless a macro captured it. */
+static frame *frame_fresh(jctx *c, frame *prev, frame *up)
+{
+    if (!prev || prev->captured)
+        return frame_new(c, up);
+    prev->n = 0;
+    return prev;
 }
 
 static jlist *iter_list(jctx *c, jv v)
@@ -2158,7 +2196,10 @@ static jv call_macro(jctx *c, jmacro *m, jargs *a)
             jd_set(c, kwargs.u.d, jv_cstr(c, a->kwn[i]), a->kwv[i]);
     }
     for (int k = a->npos; k < d->nkw; k++) {
-        if (jd_gets(c, &f->vars, d->kwn[k]))
+        int given = 0;
+        for (int i = 0; i < f->n && !given; i++)
+            given = strcmp(f->vars[i].name, d->kwn[k]) == 0;
+        if (given)
             continue;
         jv v = d->kwv[k] ? eval(c, d->kwv[k], f)
                          : jv_undef(hintf(c, "parameter '%s' was not provided", d->kwn[k]));
@@ -2345,8 +2386,9 @@ static void exec_for(jctx *c, const jnode *n, frame *f)
     jlist *items = iter_list(c, eval(c, n->b, f));
     if (n->c) { /* for x in xs if cond: filtered before the loop, so loop.* counts what is kept */
         jlist *kept = jv_list(c, 0).u.l;
+        frame *t = NULL;
         for (size_t i = 0; i < items->n; i++) {
-            frame *t = frame_new(c, f);
+            t = frame_fresh(c, t, f);
             assign(c, n->a, items->v[i], t);
             if (jv_truthy(eval(c, n->c, t)))
                 jl_push(c, kept, items->v[i]);
@@ -2361,10 +2403,11 @@ static void exec_for(jctx *c, const jnode *n, frame *f)
     jloop *lp = jx_alloc(c, sizeof *lp);
     lp->items = items;
     jv loopv = {.t = JV_LOOP, .u.p = lp};
+    frame *it = NULL;
     for (size_t i = 0; i < items->n; i++) {
         jx_step(c, 1);
         lp->i = i;
-        frame *it = frame_new(c, f);
+        it = frame_fresh(c, it, f);
         frame_set(c, it, "loop", loopv);
         assign(c, n->a, items->v[i], it);
         exec(c, n->d, it);
@@ -2423,6 +2466,8 @@ static void exec(jctx *c, const jnode *n, frame *f)
         m->def = n;
         m->closure = f;
         m->caller = jv_undef(NULL);
+        for (frame *k = f; k; k = k->up)
+            k->captured = 1;
         frame_set(c, f, n->name, (jv){.t = JV_MACRO, .u.p = m});
         return;
     }
@@ -2431,6 +2476,8 @@ static void exec(jctx *c, const jnode *n, frame *f)
         callr->def = n;
         callr->closure = f;
         callr->caller = jv_undef(NULL);
+        for (frame *k = f; k; k = k->up)
+            k->captured = 1;
         const jnode *call = n->a;
         jv fn = eval(c, call->a, f);
         jargs a = {0};
@@ -2471,7 +2518,7 @@ void jx_render(jctx *c, const jnode *root, jv vars)
     frame *top = frame_new(c, NULL);
     /* the template's variables: a frame below the top one, so a top-level set shadows them */
     frame *ctxf = frame_new(c, NULL);
-    ctxf->vars = *vars.u.d;
+    ctxf->ctx = vars.u.d;
     top->up = ctxf;
     exec(c, root, top);
 }

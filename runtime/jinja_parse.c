@@ -239,14 +239,15 @@ static size_t lex_tag(P *p, size_t i, int *line, int block, int *line_starting)
 {
     const char *s = p->src;
     size_t n = p->len;
-    int bal = 0;
+    char bal[MAX_NEST]; /* the closing brackets expected, innermost last */
+    int nbal = 0;
     int start_line = *line;
     for (;;) {
         if (i >= n)
             perr(p, start_line, "unexpected end of template: the tag opened here is not closed "
                                 "(expected '%s')", block ? "%}" : "}}");
         char ch = s[i];
-        if (bal == 0) {
+        if (nbal == 0) {
             if (block) {
                 if (ch == '+' && i + 2 < n && s[i + 1] == '%' && s[i + 2] == '}') {
                     push(p, T_BEND, *line, s + i, 3);
@@ -391,12 +392,16 @@ static size_t lex_tag(P *p, size_t i, int *line, int block, int *line_starting)
         if (!ol)
             perr(p, *line, "unexpected character '%c' in a tag", ch);
         if (ol == 1) {
-            if (ch == '(' || ch == '[' || ch == '{')
-                bal++;
-            else if (ch == ')' || ch == ']' || ch == '}') {
-                if (bal == 0)
+            if (ch == '(' || ch == '[' || ch == '{') {
+                if (nbal == MAX_NEST)
+                    perr(p, *line, "brackets nested deeper than %d levels", MAX_NEST);
+                bal[nbal++] = ch == '(' ? ')' : ch == '[' ? ']' : '}';
+            } else if (ch == ')' || ch == ']' || ch == '}') {
+                if (nbal == 0)
                     perr(p, *line, "unexpected '%c'", ch);
-                bal--;
+                if (bal[nbal - 1] != ch)
+                    perr(p, *line, "unexpected '%c', expected '%c'", ch, bal[nbal - 1]);
+                nbal--;
             }
         }
         push(p, T_OP, *line, s + i, ol);
@@ -1415,6 +1420,14 @@ static jnode *parse_statement(P *p)
 }
 
 /* Statements until a tag named in ends (left at that name) or, with ends NULL, the end. */
+static const char *closer(const char *const *ends)
+{
+    int i = 0;
+    while (ends[i + 1])
+        i++;
+    return ends[i];
+}
+
 static jnode *parse_body(P *p, const char *const *ends, const char *opener, int opener_line)
 {
     jnode *body = mk(p, JN_BODY, cur(p)->line);
@@ -1424,7 +1437,7 @@ static jnode *parse_body(P *p, const char *const *ends, const char *opener, int 
         if (t->t == T_EOF) {
             if (ends)
                 perr(p, opener_line, "unexpected end of template: the '%s' tag opened here is "
-                                     "not closed (expected '%s')", opener, ends[0]);
+                                     "not closed (expected '%s')", opener, closer(ends));
             break;
         }
         if (t->t == T_DATA) {
@@ -1455,7 +1468,7 @@ static jnode *parse_body(P *p, const char *const *ends, const char *opener, int 
                 snprintf(nm, sizeof nm, "%.*s", (int)(cur(p)->n > 40 ? 40 : cur(p)->n), cur(p)->s);
                 if (ends)
                     perr(p, cur(p)->line, "unexpected '%s' inside the '%s' tag of line %d "
-                                          "(expected '%s')", nm, opener, opener_line, ends[0]);
+                                          "(expected '%s')", nm, opener, opener_line, closer(ends));
                 perr(p, cur(p)->line, "unexpected '%s': no tag is open", nm);
             }
             nv_push(p, &kids, parse_statement(p));
