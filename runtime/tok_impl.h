@@ -4,7 +4,9 @@
  * All text inside the pipeline is valid UTF-8 (tok_encode replaces invalid input bytes first),
  * so the helpers here decode without checks. Strings made while encoding one input live in a
  * bump arena that is reset when tok_encode returns; long-lived data (vocabularies, patterns)
- * is malloc'd at load time and freed by tok_free.
+ * is malloc'd at load time and freed by tok_free. Threads: everything reachable from a loaded
+ * tokenizer is read-only after tok_load except the pool of tok_ctx (tokenizer.c, under a mutex);
+ * whatever an encode call writes is in its own tok_ctx, and decode writes only locals.
  */
 #ifndef KILN_TOK_IMPL_H
 #define KILN_TOK_IMPL_H

@@ -9,9 +9,13 @@
  * ignore_merges (Llama-3) returns a whole word found in the vocabulary as one token. Merges load
  * from both "a b" strings and ["a", "b"] pairs; a duplicated pair keeps its last rank, as HF's
  * map does. Results per word are cached (direct-mapped, words under 256 bytes), which changes
- * nothing but speed. Dropout > 0 is refused: it makes encoding random.
+ * nothing but speed; the cache and the per-word buffers live in the caller's tok_ctx, so a loaded
+ * model is read-only and shared by every thread. Dropout > 0 is refused: it makes encoding random.
+ * Ids are checked (0 <= id < TOK_MAX_ID) before the id -> token tables are sized by the largest.
  *
- * WordPiece is greedy longest-match-first with max_input_chars_per_word; WordLevel is a lookup.
+ * WordPiece is greedy longest-match-first with max_input_chars_per_word, never trying a candidate
+ * longer than the longest vocabulary entry (same result, linear in the word); WordLevel is a
+ * lookup.
  * Unigram is not supported (error naming it).
  */
 #include <stdlib.h>

@@ -21,6 +21,10 @@
  * string therefore gives the same ids (the test corpus checks this). Decoded text is always valid
  * UTF-8 (byte tokens that do not form characters become U+FFFD, as in HF).
  *
+ * Hostile files: every number tokenizer.json or a config file gives is range-checked before
+ * use (ids below TOK_MAX_ID, lengths below TOK_MAX_LEN, tokenizer.h), naming the file and the
+ * field; messages quote at most a short prefix of the file's text.
+ *
  * Not supported, each refused by name when tokenizer.json uses it: the Unigram model, the
  * Precompiled normalizer, the UnicodeScripts pre-tokenizer, BPE dropout. Pair encoding and
  * offsets are not provided (kiln encodes one sequence and needs ids only).

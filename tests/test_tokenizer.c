@@ -848,6 +848,41 @@ static void test_bounded_work(void **state)
     free(p);
 }
 
+/* Regexes keep only the whole match (the match data belongs to each call, not the pattern): a
+ * pattern with capture groups still splits at the whole match, and the decoder's Replace regex
+ * works on its own match data. */
+static void test_regex_groups(void **state)
+{
+    (void)state;
+    char *p = util_path_join(tmpdir, "re.json");
+    const char *j = "{\"model\": {\"type\": \"WordLevel\", \"unk_token\": \"<unk>\", "
+                    "\"vocab\": {\"<unk>\": 0, \"x\": 1, \"ab\": 2, \"y\": 3}}, "
+                    "\"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": {\"Regex\": \"(a)(b)\"}, "
+                    "\"behavior\": \"Isolated\", \"invert\": false}, "
+                    "\"decoder\": {\"type\": \"Sequence\", \"decoders\": [{\"type\": \"Replace\", "
+                    "\"pattern\": {\"Regex\": \"(a)(b)\"}, \"content\": \"-\"}, {\"type\": \"Fuse\"}]}}";
+    kerr err;
+    kerr_clear(&err);
+    assert_int_equal(util_write_file(p, j, strlen(j), &err), 0);
+    tokenizer *t = tok_load(p, &err);
+    if (!t)
+        fail_msg("%s", kerr_msg(&err));
+    int32_t *ids;
+    size_t n;
+    assert_int_equal(tok_encode(t, "xabyab", 6, 0, &ids, &n, &err), 0);
+    assert_int_equal(n, 4);
+    const int32_t want[] = {1, 2, 3, 2};
+    assert_memory_equal(ids, want, sizeof want);
+    char *text;
+    size_t tl;
+    assert_int_equal(tok_decode(t, ids, n, 0, &text, &tl, &err), 0);
+    assert_string_equal(text, "x-y-");
+    free(text);
+    free(ids);
+    tok_free(t);
+    free(p);
+}
+
 /* Messages quoting the file's own text stay short, so a long one is never dropped by kerr. */
 static void test_long_names_in_errors(void **state)
 {
@@ -989,6 +1024,7 @@ int main(void)
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_long_names_in_errors),
         cmocka_unit_test(test_bounded_work),
+        cmocka_unit_test(test_regex_groups),
         cmocka_unit_test(test_nul_in_vocab),
         cmocka_unit_test(test_cli),
     };
