@@ -41,7 +41,8 @@ typedef enum {
 
 typedef struct jstr {
     size_t len;
-    char s[]; /* NUL-terminated UTF-8 */
+    char *s;                 /* NUL-terminated UTF-8: right after the header, or in `own` */
+    struct jarena_blk *own;  /* a long string's own arena block, which appends can extend */
 } jstr;
 
 typedef struct jv {
@@ -121,6 +122,10 @@ jv jv_float(double f);
 jv jv_strv(jstr *s);
 jstr *jstr_new(jctx *c, const char *s, size_t n); /* c NULL: malloc'd (template constants) */
 jv jv_str(jctx *c, const char *s, size_t n);
+/* a + b for strings. A long string accumulated piece by piece (`ns.text = ns.text ~ part`) is
+ * extended in its own block when nothing has been appended to it since, so building a long
+ * prompt costs linear memory, not quadratic. */
+jv jv_concat(jctx *c, jstr *a, const char *b, size_t blen);
 jv jv_cstr(jctx *c, const char *s);
 jv jv_list(jctx *c, size_t cap);
 void jl_push(jctx *c, jlist *l, jv v);

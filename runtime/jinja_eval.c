@@ -1085,14 +1085,8 @@ static jv binop(jctx *c, int op, jv a, jv b)
     static const char *const names[] = {"+", "-", "*", "/", "//", "%", "**"};
     int64_t r;
     if (op == JOP_CONCAT) {
-        jbuf *t = &c->tmp;
-        size_t mark = t->len;
-        jv_write_str(c, t, a);
-        jv_write_str(c, t, b);
-        jx_step(c, (t->len - mark) / 256);
-        jv s = jv_str(c, t->p ? t->p + mark : "", t->len - mark);
-        t->len = mark;
-        return s;
+        jv x = jv_to_str(c, a), y = jv_to_str(c, b);
+        return jv_concat(c, x.u.s, y.u.s->s, y.u.s->len);
     }
     if (is_int(a) && is_int(b)) {
         int64_t x = a.u.i, y = b.u.i;
@@ -1162,19 +1156,8 @@ static jv binop(jctx *c, int op, jv a, jv b)
         case JOP_POW: return jv_float(pow(x, y));
         }
     }
-    if (op == JOP_ADD && a.t == JV_STR && b.t == JV_STR) {
-        jx_step(c, (a.u.s->len + b.u.s->len) / 256);
-        jstr *s = jstr_new(c, NULL, 0);
-        size_t n = a.u.s->len + b.u.s->len;
-        if (n > c->out_limit)
-            jx_fail(c, "string longer than %zu bytes", c->out_limit);
-        s = jx_alloc(c, sizeof *s + n + 1);
-        s->len = n;
-        memcpy(s->s, a.u.s->s, a.u.s->len);
-        memcpy(s->s + a.u.s->len, b.u.s->s, b.u.s->len);
-        s->s[n] = 0;
-        return jv_strv(s);
-    }
+    if (op == JOP_ADD && a.t == JV_STR && b.t == JV_STR)
+        return jv_concat(c, a.u.s, b.u.s->s, b.u.s->len);
     if (op == JOP_ADD && a.t == JV_LIST && b.t == JV_LIST && a.u.l->tuple == b.u.l->tuple &&
         a.u.l->tuple <= JL_TUPLE) {
         jv out = jv_list(c, a.u.l->n + b.u.l->n);

@@ -126,10 +126,61 @@ jstr *jstr_new(jctx *c, const char *s, size_t n)
 {
     jstr *r = c ? jx_alloc(c, sizeof *r + n + 1) : xmalloc(sizeof *r + n + 1);
     r->len = n;
-    if (n)
+    r->s = (char *)(r + 1);
+    r->own = NULL;
+    if (n && s) /* s NULL: the caller fills the text in */
         memcpy(r->s, s, n);
     r->s[n] = 0;
     return r;
+}
+
+/* Strings past this size get a block of their own with room to grow. */
+#define OWN_MIN 4096
+
+jv jv_concat(jctx *c, jstr *a, const char *b, size_t blen)
+{
+    size_t n = a->len + blen;
+    if (n > c->out_limit)
+        jx_fail(c, "a string longer than %zu bytes (ct_options.max_output)", c->out_limit);
+    jx_step(c, blen / 256);
+    jstr *r = jx_alloc(c, sizeof *r);
+    r->len = n;
+    jarena_blk *o = a->own;
+    if (o && o->used == a->len + 1 && o->cap >= n + 1) { /* a is the latest text of its block */
+        memcpy(o->mem + a->len, b, blen);
+        o->mem[n] = 0;
+        o->used = n + 1;
+        r->s = (char *)o->mem;
+        r->own = o;
+        return jv_strv(r);
+    }
+    if (n < OWN_MIN) {
+        jstr *t = jstr_new(c, NULL, n);
+        memcpy(t->s, a->s, a->len);
+        if (blen)
+            memcpy(t->s + a->len, b, blen);
+        t->s[n] = 0;
+        return jv_strv(t);
+    }
+    size_t cap = 2 * (n + 1);
+    if (c->mem_used + cap > c->mem_limit)
+        jx_fail(c, "rendering needs more than %zu bytes of memory", c->mem_limit);
+    o = malloc(sizeof *o + cap);
+    if (!o)
+        jx_fail(c, "out of memory");
+    c->mem_used += cap;
+    o->cap = cap;
+    /* behind the current block (r made sure there is one), so small allocations keep going
+     * to that one and this block's used bytes stay this string's */
+    o->next = c->blocks->next;
+    c->blocks->next = o;
+    memcpy(o->mem, a->s, a->len);
+    memcpy(o->mem + a->len, b, blen);
+    o->mem[n] = 0;
+    o->used = n + 1;
+    r->s = (char *)o->mem;
+    r->own = o;
+    return jv_strv(r);
 }
 
 jv jv_str(jctx *c, const char *s, size_t n) { return jv_strv(jstr_new(c, s, n)); }
