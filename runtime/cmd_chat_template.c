@@ -64,28 +64,25 @@ int cmd_chat_template(int argc, char **argv)
             *(!strcmp(argv[i], "--now") ? &now_s : &tfile) = argv[i + 1];
             i++;
         } else if (argv[i][0] == '-' && argv[i][1]) {
-            fprintf(stderr, "kiln chat-template: unknown option or missing value: %s\n\n", argv[i]);
-            usage(stderr);
-            return 2;
+            return util_usage_error("kiln chat-template", "unknown option or missing value '%s'",
+                                    argv[i]);
         } else if (!dir)
             dir = argv[i];
         else {
-            fprintf(stderr, "kiln chat-template: one DIR expected, got '%s' and '%s'\n", dir, argv[i]);
-            return 2;
+            return util_usage_error("kiln chat-template", "one DIR expected, got '%s' and '%s'",
+                                    dir, argv[i]);
         }
     }
-    if (!dir) {
-        usage(stderr);
-        return 2;
-    }
+    if (!dir)
+        return util_usage_error("kiln chat-template", "missing DIR (a model folder)");
     struct tm now;
     ct_options opt = {0};
     if (now_s) {
         memset(&now, 0, sizeof now);
         const char *end = strptime(now_s, "%Y-%m-%d %H:%M:%S", &now);
         if (!end || *end) {
-            fprintf(stderr, "kiln chat-template: --now '%s': expected 'YYYY-MM-DD HH:MM:SS'\n", now_s);
-            return 2;
+            return util_usage_error("kiln chat-template",
+                                    "--now '%s': expected 'YYYY-MM-DD HH:MM:SS'", now_s);
         }
         now.tm_isdst = -1;
         time_t t = mktime(&now); /* fills in the weekday and day of the year */
@@ -103,7 +100,7 @@ int cmd_chat_template(int argc, char **argv)
         chat_template *t = src ? ct_parse(src, len, &err) : NULL;
         free(src);
         if (!t) {
-            fprintf(stderr, "kiln chat-template: %s%s%s\n", src ? tfile : "", src ? ": " : "", kerr_msg(&err));
+            fprintf(stderr, "kiln chat-template: error: %s%s%s\n", src ? tfile : "", src ? ": " : "", kerr_msg(&err));
             return 1;
         }
         ct_model dm;
@@ -117,7 +114,7 @@ int cmd_chat_template(int argc, char **argv)
         m.tmpl = t;
         m.origin = xstrdup(tfile);
     } else if (ct_model_load(dir, &m, &err)) {
-        fprintf(stderr, "kiln chat-template: %s\n", kerr_msg(&err));
+        fprintf(stderr, "kiln chat-template: error: %s\n", kerr_msg(&err));
         return 1;
     }
     size_t len;
@@ -127,7 +124,7 @@ int cmd_chat_template(int argc, char **argv)
     free(in);
     int rc = 1;
     if (!req)
-        fprintf(stderr, "kiln chat-template: stdin:%d:%d: %s\n", je.line, je.column, je.text);
+        fprintf(stderr, "kiln chat-template: error: stdin:%d:%d: %s\n", je.line, je.column, je.text);
     else {
         char *out;
         size_t olen;
@@ -137,7 +134,7 @@ int cmd_chat_template(int argc, char **argv)
             free(out);
             rc = fflush(stdout) == 0 ? 0 : 1;
         } else
-            fprintf(stderr, "kiln chat-template: %s: %s%s\n", m.origin,
+            fprintf(stderr, "kiln chat-template: error: %s: %s%s\n", m.origin,
                     r == CT_RAISED ? "raise_exception: " : "", kerr_msg(&err));
         json_decref(req);
     }
