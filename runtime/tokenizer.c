@@ -1053,14 +1053,27 @@ static int32_t config_token(const tokenizer *t, json_t *cfg, const char *key)
     return token_to_id(t, json_string_value(v), json_string_length(v));
 }
 
+/* Ids that encode emits or callers stop on (post-processor tokens, pad_id, bos/eos) must be ids
+ * of this tokenizer: below tok_vocab_size, so a model's embedding lookup can trust them. */
+static int in_vocab(const tokenizer *t, int32_t id, const char *file, const char *what, kerr *err)
+{
+    if ((size_t)id < t->vocab_size)
+        return 0;
+    return kerr_add(err, "%s: %s: %d is not an id of this tokenizer (its ids are 0 to %zu)", file,
+                    what, (int)id, t->vocab_size - 1);
+}
+
 /* An id field of a config file ("bos_token_id": 1): -1 when absent or null, else checked. */
-static int config_id(json_t *cfg, const char *file, const char *key, int32_t *id, kerr *err)
+static int config_id(const tokenizer *t, json_t *cfg, const char *file, const char *key, int32_t *id,
+                     kerr *err)
 {
     json_t *v = json_object_get(cfg, key);
     *id = -1;
     if (!v || json_is_null(v))
         return 0;
-    return tok_json_id(v, id, err, "%s: %s", file, key);
+    if (tok_json_id(v, id, err, "%s: %s", file, key) || in_vocab(t, *id, file, key, err))
+        return *id = -1, -1;
+    return 0;
 }
 
 /* "eos_token_id": 2 or [2, 32000] (generation_config.json may list several). */
@@ -1069,7 +1082,7 @@ static int config_eos(tokenizer *t, json_t *cfg, const char *file, kerr *err)
     json_t *v = json_object_get(cfg, "eos_token_id");
     if (!json_is_array(v)) {
         int32_t id;
-        if (config_id(cfg, file, "eos_token_id", &id, err))
+        if (config_id(t, cfg, file, "eos_token_id", &id, err))
             return -1;
         if (id >= 0)
             t->eos_list[t->neos++] = id;
@@ -1078,10 +1091,14 @@ static int config_eos(tokenizer *t, json_t *cfg, const char *file, kerr *err)
     if (json_array_size(v) > ARRAY_LEN(t->eos_list))
         return kerr_add(err, "%s: eos_token_id lists %zu ids; kiln takes at most %zu", file,
                         json_array_size(v), ARRAY_LEN(t->eos_list));
-    for (size_t i = 0; i < json_array_size(v); i++)
-        if (tok_json_id(json_array_get(v, i), &t->eos_list[t->neos++], err, "%s: eos_token_id[%zu]",
-                        file, i))
+    for (size_t i = 0; i < json_array_size(v); i++) {
+        char what[64];
+        snprintf(what, sizeof what, "eos_token_id[%zu]", i);
+        if (tok_json_id(json_array_get(v, i), &t->eos_list[t->neos], err, "%s: %s", file, what) ||
+            in_vocab(t, t->eos_list[t->neos], file, what, err))
             return -1;
+        t->neos++;
+    }
     return 0;
 }
 
@@ -1108,8 +1125,8 @@ static int load_special_ids(tokenizer *t, const char *dir, kerr *err)
     t->neos = 0;
     int32_t cfg_bos = -1;
     /* bos */
-    if (rc == 0 && (config_id(gen, pgen, "bos_token_id", &t->bos, err) ||
-                    config_id(cfg, pcfg, "bos_token_id", &cfg_bos, err)))
+    if (rc == 0 && (config_id(t, gen, pgen, "bos_token_id", &t->bos, err) ||
+                    config_id(t, cfg, pcfg, "bos_token_id", &cfg_bos, err)))
         rc = -1;
     if (t->bos < 0)
         t->bos = config_token(t, tc, "bos_token");
@@ -1204,6 +1221,36 @@ static int load_trunc_pad(tokenizer *t, json_t *root, kerr *err)
     return 0;
 }
 
+static int post_check(const tokenizer *t, const post *p, const char *where, kerr *err)
+{
+    if (!p)
+        return 0;
+    char what[300];
+    switch (p->type) {
+    case PP_BERT:
+    case PP_ROBERTA:
+        snprintf(what, sizeof what, "%s.cls[1]", where);
+        if (in_vocab(t, p->cls, t->file, what, err))
+            return -1;
+        snprintf(what, sizeof what, "%s.sep[1]", where);
+        return in_vocab(t, p->sep, t->file, what, err);
+    case PP_TEMPLATE:
+        snprintf(what, sizeof what, "%s.special_tokens (TemplateProcessing)", where);
+        for (size_t i = 0; i < p->nitems; i++)
+            if (p->items[i] != PP_SEQ_A && in_vocab(t, p->items[i], t->file, what, err))
+                return -1;
+        return 0;
+    case PP_SEQ:
+        for (size_t i = 0; i < p->nsubs; i++) {
+            snprintf(what, sizeof what, "%s.processors[%zu]", where, i);
+            if (post_check(t, p->subs[i], what, err))
+                return -1;
+        }
+        return 0;
+    }
+    return 0;
+}
+
 tokenizer *tok_load(const char *path, kerr *err)
 {
     char *file, *dir = NULL;
@@ -1257,15 +1304,15 @@ tokenizer *tok_load(const char *path, kerr *err)
     }
     if (load_added(t, json_object_get(root, "added_tokens"), err))
         goto fail;
-    if (load_trunc_pad(t, root, err))
-        goto fail;
-    if (load_special_ids(t, dir, err))
-        goto fail;
     size_t vs = (size_t)(tok_model_max_id(t->model) + 1);
     for (size_t i = 0; i < t->nadded; i++)
         if ((size_t)t->added[i].id + 1 > vs)
             vs = (size_t)t->added[i].id + 1;
     t->vocab_size = vs;
+    if (post_check(t, t->post, "post_processor", err) || load_trunc_pad(t, root, err) ||
+        (t->pad && in_vocab(t, t->pad_id, t->file, "padding.pad_id", err)) ||
+        load_special_ids(t, dir, err))
+        goto fail;
     json_decref(root);
     free(dir);
     return t;
@@ -1511,11 +1558,12 @@ int tok_decode(tokenizer *t, const int32_t *ids, size_t n, int skip_special, cha
  * what follows is the new text. The context gives decoders that treat the first token specially
  * (Metaspace, WordPiece, Strip after Fuse) the same first token as the full decode, and dedup
  * (CTC) its left neighbour. Unlike DecodeStream, text is released only when no later id can
- * change it; until then the window grows (see stream_open). Once released, the window restarts
- * at the ids of the release just made, which become the next context. Ids that decode drops
- * (unknown ones; special ones when skipping) cannot change any text, so they never enter it.
- * Cost: one decode of the window per push, so a run of k held ids (k consecutive byte-fallback
- * tokens) costs O(k^2); text that is final releases at once. */
+ * change it; until then the window grows (see stream_in_byte_run). Once released, the window
+ * restarts at the ids of the release just made, which become the next context. Ids that decode
+ * drops (unknown ones; special ones when skipping) cannot change any text, so they never enter it.
+ * Cost: at most one decode of the window per push. Byte-fallback runs are held without decoding;
+ * a ByteLevel text held because every token so far ends inside a character (not what models
+ * emit, but ids are input) costs O(k^2) over k such tokens. */
 struct tok_stream {
     tokenizer *t;
     int skip;
@@ -1542,39 +1590,41 @@ void tok_stream_free(tok_stream *s)
     free(s);
 }
 
-/* Whether the end of the window's text may still change when more ids come:
- * - open_tail: the bytes end inside a UTF-8 character (ByteLevel), which later bytes complete or
- *   turn into U+FFFD;
- * - the last token decode keeps is a <0xNN> byte and the chain has ByteFallback: HF decodes a run
- *   of byte tokens as one unit, the run's UTF-8 if all of it is valid, else one U+FFFD per byte
- *   (llama-2 <0x22> <0x20> <0xD4> is three U+FFFD, not "\" " and one), so nothing of a run is
- *   final before a token that is not a byte ends it. Every other decoder step kiln supports
- *   maps tokens one by one, or only looks at the first token (covered by the context), or only
- *   drops text at the very end (BPEDecoder's suffix, Strip's stop), which a later token brings
- *   back unchanged. */
-static int stream_open(const tok_stream *s, int open_tail)
+/* Whether the end of the window's text may still change when more ids come. Two cases:
+ * - the last id is a <0xNN> byte token and the chain has ByteFallback: HF decodes a run of byte
+ *   tokens as one unit, the run's UTF-8 if all of it is valid, else one U+FFFD per byte (llama-2
+ *   <0x22> <0x20> <0xD4> is three U+FFFD, not "\" " and one), so nothing of a run is final before
+ *   a token that is not a byte ends it. This needs no decode, so a run of k bytes costs O(k).
+ * - the bytes end inside a UTF-8 character (ByteLevel joins the bytes of all tokens; open_tail
+ *   from dec_chain), which later bytes complete or turn into U+FFFD.
+ * Every other decoder step kiln supports maps tokens one by one, or only looks at the first
+ * token (covered by the context), or only drops text at the very end (BPEDecoder's suffix,
+ * Strip's stop), which a later token brings back unchanged. */
+static int stream_in_byte_run(const tok_stream *s)
 {
-    if (open_tail)
-        return 1;
     if (!s->t->byte_fallback || s->ids.n == 0)
         return 0;
     size_t n;
     const char *tok = id_token(s->t, s->ids.v[s->ids.n - 1], &n);
-    return byte_token(tok, n) >= 0; /* dropped ids never enter the window */
+    return byte_token(tok, n) >= 0; /* ids that decode drops never enter the window */
 }
 
 static int stream_step(tok_stream *s, int final, char **text, size_t *len, kerr *err)
 {
-    tok_sbuf full = {0};
-    tok_sbuf_put(&full, "", 0);
     *text = NULL;
     *len = 0;
+    if (!final && stream_in_byte_run(s)) {
+        *text = xstrdup("");
+        return 0;
+    }
+    tok_sbuf full = {0};
+    tok_sbuf_put(&full, "", 0);
     int open;
     if (decode_to(s->t, s->ids.v, s->ids.n, s->skip, &full, &open, err)) {
         free(full.s);
         return -1;
     }
-    if (!final && stream_open(s, open)) {
+    if (!final && open) {
         free(full.s);
         *text = xstrdup("");
         return 0;

@@ -782,6 +782,18 @@ static void test_limits(void **state)
     expect_load_error("{\"model\": {\"type\": \"WordPiece\", \"vocab\": {\"[UNK]\": 0}, "
                       "\"max_input_chars_per_word\": -100}}",
                       "model.max_input_chars_per_word: -100; expected an integer from 0 to", NULL);
+    /* ids that encode emits or generation stops on must be ids of the tokenizer */
+    expect_load_error("{" WL("{\"a\": 0}") ", \"post_processor\": {\"type\": \"BertProcessing\", "
+                      "\"cls\": [\"a\", 0], \"sep\": [\"a\", 70000]}}",
+                      "post_processor.sep[1]: 70000 is not an id of this tokenizer (its ids are 0 to 0)",
+                      NULL);
+    expect_load_error("{" WL("{\"a\": 0}") ", \"post_processor\": {\"type\": \"TemplateProcessing\", "
+                      "\"single\": [{\"SpecialToken\": {\"id\": \"a\"}}], \"special_tokens\": "
+                      "{\"a\": {\"ids\": [3]}}}}",
+                      "post_processor.special_tokens (TemplateProcessing): 3 is not an id", NULL);
+    expect_load_error("{" WL("{\"a\": 0}") ", \"padding\": {\"strategy\": \"BatchLongest\", "
+                      "\"pad_id\": 5}}",
+                      "padding.pad_id: 5 is not an id of this tokenizer", NULL);
 #undef WL
     /* the largest id allowed loads, and every table sized by it is walked without wrapping */
     char *p = util_path_join(tmpdir, "bigid.json");
@@ -805,6 +817,12 @@ static void test_limits(void **state)
     kerr_clear(&err);
     assert_null(tok_load(dir, &err));
     if (!strstr(kerr_msg(&err), "generation_config.json: eos_token_id[1]: -7; expected an integer"))
+        fail_msg("unexpected message: %s", kerr_msg(&err));
+    write_text(dir, "generation_config.json", "{\"eos_token_id\": 99999}");
+    kerr_clear(&err);
+    assert_null(tok_load(dir, &err));
+    if (!strstr(kerr_msg(&err), "generation_config.json: eos_token_id: 99999 is not an id of this "
+                                "tokenizer (its ids are 0 to 1399)"))
         fail_msg("unexpected message: %s", kerr_msg(&err));
     write_text(dir, "generation_config.json", "{\"bos_token_id\": 4294967297}");
     kerr_clear(&err);
