@@ -93,7 +93,14 @@ int ct_render(const chat_template *t, const json_t *vars, const ct_options *opt,
     int rc = 0;
     if (setjmp(c->jmp)) {
         if (c->raised) {
-            kerr_add(err, "%s", c->err);
+            /* the exact text for the caller (kerr tidies whitespace), a printable copy in err */
+            if (c->err[0])
+                kerr_add(err, "%s", c->err);
+            else
+                kerr_add(err, "raise_exception('') (the template raised an empty message)");
+            *out_len = strlen(c->err);
+            *out = c->err;
+            c->err = NULL;
             rc = CT_RAISED;
         } else
             rc = kerr_add(err, "chat template line %d: %s", c->line, c->err);

@@ -38,9 +38,10 @@ typedef struct ct_options {
 #define CT_DEFAULT_MEMORY (512u << 20)
 #define CT_DEFAULT_DEPTH 500
 
-/* ct_render's status when the template itself called raise_exception(msg): err holds msg
- * alone, verbatim (the server answers 400 with it). Other errors return -1 and read
- * "chat template line N: ...". */
+/* ct_render's status when the template itself called raise_exception(msg): *out holds msg
+ * exactly (malloc'd, *out_len bytes; the server answers 400 with it) and err the same text for
+ * printing (kerr trims trailing whitespace and indents continuation lines). Other errors return
+ * -1 with *out untouched and read "chat template line N: ..." in err. */
 #define CT_RAISED (-2)
 
 /* Parses a template (UTF-8). NULL with "chat template line N: ..." in err on a syntax error or

@@ -114,7 +114,8 @@ static void test_fixtures(void **state)
                 }
             } else {
                 const char *exp = json_string_value(json_object_get(c, "error"));
-                good = rc != 0 && strcmp(bare_message(kerr_msg(&err)), exp) == 0;
+                good = rc == CT_RAISED ? strcmp(out, exp) == 0
+                     : rc != 0 && strcmp(bare_message(kerr_msg(&err)), exp) == 0;
                 if (!good && verbose)
                     fprintf(stderr, "ERROR MISMATCH %s / %s:\n  expected: %s\n  got:      %s\n",
                             names[i], cname, exp, rc ? kerr_msg(&err) : "(rendered)");
@@ -563,6 +564,11 @@ static char *render(const char *src, const char *vars, const ct_options *opt, in
     if (out)
         assert_int_equal(strlen(out), len);
     *msg = xstrdup(kerr_msg(&err));
+    if (*rc == CT_RAISED) { /* the exact message is the output */
+        free(*msg);
+        *msg = out;
+        out = NULL;
+    }
     ct_free(t);
     json_decref(v);
     return out;
@@ -685,11 +691,12 @@ static void test_runtime_errors(void **state)
                  NULL, CT_RAISED, "Conversation roles must alternate user/assistant");
     int rc;
     char *msg;
-    char *out = render("{{ raise_exception('exact') }}", v, NULL, &rc, &msg);
+    /* the message exactly, line breaks and trailing spaces included */
+    char *out = render("{{ raise_exception('two\\nlines  ') }}", v, NULL, &rc, &msg);
     assert_int_equal(rc, CT_RAISED);
-    assert_string_equal(msg, "exact");
+    assert_string_equal(msg, "two\nlines  ");
     free(msg);
-    free(out);
+    assert_null(out);
     /* other errors: the line of the failing expression and jinja2's message */
     expect_error("a\n\n{{ messages[0].nope.x }}", v, NULL, -1,
                  "chat template line 3: 'dict object' has no attribute 'nope'");
