@@ -26,6 +26,7 @@ typedef struct kc {
 
     /* options */
     int strict;           /* unused checkpoint tensors are errors */
+    int allow_nonfinite;  /* NaN and Inf in weights are warnings, not errors */
     int max_tokens;       /* tokens per step the buffers are sized for (plan_memory) */
     int max_seqs;         /* sequences per step */
     int max_seq_len;      /* tokens per sequence (prompt + generated) */

@@ -81,6 +81,7 @@ int kc_open(kc *c, const char *model, const kc_opts *o, kerr *err)
 {
     memset(c, 0, sizeof *c);
     c->strict = o->strict;
+    c->allow_nonfinite = o->allow_nonfinite;
     c->max_tokens = o->max_tokens ? o->max_tokens : 1024;
     c->max_seqs = o->max_seqs ? o->max_seqs : 16;
     c->max_seq_len = o->max_seq_len ? o->max_seq_len : 2048;

@@ -13,6 +13,7 @@ typedef struct kc_opts {
     char *const *spec_path;/* --spec-path folders */
     int n_spec_path;
     int strict;
+    int allow_nonfinite;   /* --allow-nonfinite: NaN and Inf in weights are warnings */
     int need_weights;      /* a checkpoint must be present (else graph-only) */
     int max_tokens, max_seqs, max_seq_len; /* 0: defaults 1024, 16, 2048 */
     st_dtype act_dtype;    /* ST_BF16 (default) or ST_F16 */

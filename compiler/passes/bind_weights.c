@@ -5,6 +5,8 @@
  * its dtype is one kiln computes with (F32, F16, BF16). Sets each node's dtype to the
  * checkpoint's. Checkpoint tensors that no node uses are listed by name: a warning, or an
  * error with --strict, since an unused tensor usually means the spec skips part of the model.
+ * Every bound tensor is scanned for NaN and Inf (finite.c): an error naming the tensor and the
+ * first bad element, or a warning with --allow-nonfinite.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -77,6 +79,65 @@ static const char *loc(const kg_node *n, char *buf, size_t cap)
     return buf;
 }
 
+/* " (row 4, col 210)" or " (index [1, 2, 3])" for a flat index into a tensor of 2+ dims. */
+static const char *multi_index(const st_tensor *t, uint64_t flat, char *buf, size_t cap)
+{
+    buf[0] = 0;
+    if (t->ndim < 2)
+        return buf;
+    uint64_t idx[ST_MAX_DIMS];
+    for (int d = t->ndim - 1; d >= 0; d--) {
+        idx[d] = flat % (uint64_t)t->shape[d];
+        flat /= (uint64_t)t->shape[d];
+    }
+    if (t->ndim == 2) {
+        snprintf(buf, cap, " (row %llu, col %llu)", (unsigned long long)idx[0],
+                 (unsigned long long)idx[1]);
+        return buf;
+    }
+    size_t k = (size_t)snprintf(buf, cap, " (index [");
+    for (int d = 0; d < t->ndim && k < cap; d++)
+        k += (size_t)snprintf(buf + k, cap - k, "%s%llu", d ? ", " : "", (unsigned long long)idx[d]);
+    if (k < cap)
+        snprintf(buf + k, cap - k, "])");
+    return buf;
+}
+
+/* NaN or Inf in the bound weights: errors, or warnings with --allow-nonfinite. */
+static int check_finite(kc *c, kerr *err)
+{
+    const kgraph *g = c->g;
+    const st_tensor **ts = xmalloc(sizeof(st_tensor *) * (size_t)(g->n ? g->n : 1));
+    int n = 0;
+    for (int i = 0; i < g->n; i++) /* WEIGHT nodes are distinct tensors (graph_weight) */
+        if (g->nodes[i].op == KG_WEIGHT && g->nodes[i].bound)
+            ts[n++] = g->nodes[i].bound;
+    uint64_t *bad = xmalloc(sizeof(uint64_t) * (size_t)(n ? n : 1));
+    finite_scan(ts, n, 0, bad);
+    int rc = 0;
+    for (int i = 0; i < n; i++) {
+        if (bad[i] == UINT64_MAX)
+            continue;
+        const st_tensor *t = ts[i];
+        char sh[128], mi[160];
+        const char *file = c->weights->files[t->file].path;
+        const char *kind = finite_kind(t, bad[i]);
+        st_shape_str(t->ndim, t->shape, sh, sizeof sh);
+        multi_index(t, bad[i], mi, sizeof mi);
+        if (c->allow_nonfinite)
+            kerr_add(&c->warn, "warning: %s: tensor '%s' %s: %s at index %llu%s (accepted: "
+                               "--allow-nonfinite)",
+                     file, t->name, sh, kind, (unsigned long long)bad[i], mi);
+        else
+            rc = kerr_add(err, "%s: tensor '%s' %s: %s at index %llu%s; pass --allow-nonfinite to "
+                               "accept",
+                          file, t->name, sh, kind, (unsigned long long)bad[i], mi);
+    }
+    free(bad);
+    free(ts);
+    return rc;
+}
+
 int pass_bind_weights(kc *c, kerr *err)
 {
     kgraph *g = c->g;
@@ -140,6 +201,8 @@ int pass_bind_weights(kc *c, kerr *err)
     if (missing > MAX_MISSING_SHOWN)
         kerr_add(err, "%s: ... and %d more tensors the spec asks for are not in the checkpoint",
                  w->origin, missing - MAX_MISSING_SHOWN);
+    if (check_finite(c, err))
+        rc = -1;
 
     /* Unused tensors, minus those the spec declares it ignores. */
     const char **names = xmalloc(sizeof(char *) * (size_t)(w->n ? w->n : 1));

@@ -9,8 +9,15 @@
 /* Invariants of the IR (graph_verify); failure after a pass is a compiler bug. */
 int pass_verify(kc *c, kerr *err);
 /* Every weight the spec asks for exists in the checkpoint with the expected shape and a
- * supported dtype; unused checkpoint tensors are listed (warnings, errors with --strict). */
+ * supported dtype, and holds no NaN or Inf (warnings with --allow-nonfinite); unused checkpoint
+ * tensors are listed (warnings, errors with --strict). */
 int pass_bind_weights(kc *c, kerr *err);
+
+/* finite.c: for each of the n tensors, the flat index of its first NaN or Inf, or UINT64_MAX;
+ * nthreads < 1 means one per core. */
+void finite_scan(const st_tensor *const *ts, int n, int nthreads, uint64_t *first_bad);
+/* "NaN", "Inf" or "-Inf": the element at `index` (one finite_scan found). */
+const char *finite_kind(const st_tensor *t, uint64_t index);
 
 /* Fewer, larger kernels: q/k/v and gate/up GEMM fusion, add+norm, rope+KV write. */
 int pass_fuse(kc *c, kerr *err);
