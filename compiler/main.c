@@ -726,6 +726,13 @@ static int cmd_compile(int argc, char **argv)
         }
         if (c.max_tokens > c.max_seq_len * c.max_seqs)
             c.max_tokens = c.max_seq_len * c.max_seqs;
+        /* a decode step carries one token per sequence through buffers of max_tokens rows */
+        if (rc == 0 && c.max_tokens < c.max_seqs && o.max_tokens)
+            rc = kerr_add(&err, "--max-tokens %d is below --max-batch %d: a decode step carries one "
+                                "token per sequence, so it needs at least --max-batch tokens",
+                          c.max_tokens, c.max_seqs);
+        else if (c.max_tokens < c.max_seqs)
+            c.max_tokens = c.max_seqs;
     }
     rc = rc || kc_run(&c, NULL, NULL, NULL, &err);
     print_warn(&o, &c, 20);

@@ -269,6 +269,15 @@ int ka_write(const char *path, ka_manifest *m, const void *const *blob_data, ker
         return -1;
     }
     free(tmp);
+    ka_file *back = ka_read(path, err);
+    if (!back) {
+        unlink(path);
+        return kerr_add(err, "%s: kilnc wrote an artifact that kiln would refuse (above), so it "
+                             "was removed: the model's limits are beyond what kiln supports, or "
+                             "this is a kilnc bug",
+                        path);
+    }
+    ka_file_free(back);
     return 0;
 }
 
@@ -680,7 +689,8 @@ static void parse_limits(rd *r, json_t *root, ka_manifest *m)
         bad(r, "limits: output_pool is %d for task %s", m->output_pool, m->task);
     else if (m->max_tokens < m->max_seqs)
         bad(r, "limits: max_tokens %d < max_seqs %d: a decode step of max_seqs tokens would "
-               "overflow activation buffers sized for max_tokens",
+               "overflow activation buffers sized for max_tokens (kilnc compile --max-tokens must "
+               "be at least --max-batch)",
             m->max_tokens, m->max_seqs);
     else if ((int64_t)m->max_seqs * ((m->max_seq_len + KILN_BLOCK - 1) / KILN_BLOCK + 1) *
                  KILN_BLOCK >
@@ -892,10 +902,11 @@ static ka_file *read_bytes(ka_file *f, kerr *err)
                  path, len < KA_HEADER ? ", file too short" : "");
         goto fail;
     }
-    int version = p[8] | p[9] << 8 | p[10] << 16 | p[11] << 24;
+    uint32_t version = (uint32_t)p[8] | (uint32_t)p[9] << 8 | (uint32_t)p[10] << 16 |
+                       (uint32_t)p[11] << 24;
     if (version != KA_VERSION) {
         kerr_add(err,
-                 "%s: artifact format version %d, this kiln reads version %d; rebuild it with "
+                 "%s: artifact format version %u, this kiln reads version %d; rebuild it with "
                  "this release's kilnc compile",
                  path, version, KA_VERSION);
         goto fail;

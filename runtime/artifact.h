@@ -61,8 +61,8 @@
 #define KA_MAX_EOS 1024
 #define KA_MAX_VOCAB (1 << 24)
 #define KA_MAX_HIDDEN (1 << 20)
-#define KA_MAX_TOKENS (1 << 20)  /* max_tokens */
-#define KA_MAX_SEQS (1 << 16)    /* max_seqs */
+#define KA_MAX_TOKENS (1 << 24)  /* max_tokens (kilnc's --max-tokens range) */
+#define KA_MAX_SEQS (1 << 24)    /* max_seqs (kilnc's --max-batch range) */
 #define KA_MAX_SEQ_LEN (1 << 24) /* max_seq_len; max_seqs x max_seq_len must fit an int too */
 #define KA_MAX_BYTES ((int64_t)1 << 44) /* slab, scratch, one weight */
 #define KA_MAX_DIM ((int64_t)1 << 26)   /* GEMM n, k and leading dimensions */
@@ -194,7 +194,8 @@ typedef struct ka_file {
 
 /* Serialises the manifest to JSON (blobs must have been placed). */
 char *ka_manifest_json(const ka_manifest *m);
-/* Writes model.kiln: the blobs (in m->blobs order, offsets filled in) then the manifest. */
+/* Writes model.kiln: the blobs (in m->blobs order, offsets filled in) then the manifest; then
+ * reads it back with ka_read, so that kilnc never leaves an artifact kiln would refuse. */
 int ka_write(const char *path, ka_manifest *m, const void *const *blob_data, kerr *err);
 /* Reads and validates model.kiln: header, layout, hashes, and every manifest field (see the top
  * of this file). Errors name the file and the field, with expected vs got. */

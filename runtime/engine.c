@@ -315,10 +315,13 @@ kmodel *km_load(const char *dir, const km_opts *o, kerr *err)
             goto fail;
         }
     }
+    double t_up = util_now();
     if (upload_weights(m, err))
         goto fail;
+    double t_hash = util_now();
     uint64_t got = hash_finish(m->shard_hash);
     m->shard_hash = NULL;
+    double t_done = util_now();
     if (ka_shard_hash_check(m->af, m->shard, got, err) || alloc_runtime(m, err))
         goto fail;
     m->gemm = kgemm_new(&m->cu, err);
@@ -330,9 +333,11 @@ kmodel *km_load(const char *dir, const km_opts *o, kerr *err)
     for (int i = 0; i < m->m->nweights; i++)
         wbytes += (size_t)m->m->weights[i].nbytes;
     snprintf(m->desc, sizeof m->desc,
-             "%s (%s) on %s (sm_%d%d, %s%s): %s of weights, KV cache %d tokens in %d blocks",
+             "%s (%s) on %s (sm_%d%d, %s%s): %s of weights (uploaded in %.2f s; their hash, on "
+             "%d threads, verified %.0f ms after the upload), KV cache %d tokens in %d blocks",
              m->m->model_name, m->m->arch, m->devname, m->cc_major, m->cc_minor,
              is_ptx ? "PTX " : "", code->name, util_human_bytes((double)wbytes, wb, sizeof wb),
+             t_hash - t_up, threads < 1 ? 1 : threads, (t_done - t_hash) * 1e3,
              (m->nblocks - 1) * KILN_BLOCK, m->nblocks - 1);
     free(path);
     return m;

@@ -487,7 +487,13 @@ static void e_eos_count(json_t *r)
         json_array_append_new(e, json_integer(1));
 }
 static void e_max_tokens(json_t *r) { set_int(limits(r), "max_tokens", 0); }
-static void e_max_seqs(json_t *r) { set_int(limits(r), "max_seqs", 1 << 20); }
+static void e_max_seqs(json_t *r) { set_int(limits(r), "max_seqs", 1 << 25); }
+static void e_kv_slots(json_t *r)
+{
+    set_int(limits(r), "max_tokens", 1 << 16);
+    set_int(limits(r), "max_seqs", 1 << 16);
+    set_int(limits(r), "max_seq_len", 1 << 16);
+}
 static void e_max_seq_len(json_t *r) { set_int(limits(r), "max_seq_len", -1); }
 static void e_gemv_max(json_t *r) { set_int(limits(r), "gemv_max", -1); }
 static void e_slab(json_t *r) { set_int(limits(r), "slab_bytes", (json_int_t)1 << 50); }
@@ -558,7 +564,8 @@ static void test_bad_fields_resigned(void **state)
         {"bos", e_bos, {"token ids: bos is -2, expected -1..511"}},
         {"eos count", e_eos_count, {"eos has 1025 entries, at most 1024"}},
         {"max_tokens", e_max_tokens, {"limits: max_tokens is 0, expected 1.."}},
-        {"max_seqs", e_max_seqs, {"limits: max_seqs is 1048576, expected 1..65536"}},
+        {"max_seqs", e_max_seqs, {"limits: max_seqs is 33554432, expected 1..16777216"}},
+        {"max_seqs x max_seq_len", e_kv_slots, {"limits: max_seqs 65536 x max_seq_len 65536 KV slots do not fit a 32-bit index"}},
         {"max_seq_len", e_max_seq_len, {"limits: max_seq_len is -1"}},
         {"gemv_max", e_gemv_max, {"limits: gemv_max is -1"}},
         {"slab", e_slab, {"limits: slab_bytes is 1125899906842624"}},
