@@ -2,10 +2,10 @@
  *
  * Two kinds of input:
  *   - input starting with '{': a manifest (JSON). The target wraps it in a well-formed file
- *     (header, then the manifest right after it) so that mutations reach the manifest's schema
- *     and range checks instead of dying at the header. Blobs it names must then lie inside the
- *     32-byte header, which the seeds do with empty blobs.
- *   - anything else: the whole file, header included, written as it is.
+ *     (header with the manifest's hash, zeros, the manifest at the first section boundary) and
+ *     reads it from memory with ka_read_mem, so that mutations reach the manifest's schema and
+ *     range checks instead of failing the header's hash. The seeds name no blobs.
+ *   - anything else: the whole file, header included, written to a file read by ka_read.
  * Contracts, for a file ka_read accepts: every index the runtime follows without checking it
  * again is in range: the sample kernel (-1 for embedding models), each step's kernel, each
  * GEMM's weight, bos (-1 or a vocabulary id), every eos id, each blob inside the file, each
@@ -21,17 +21,21 @@ static void put64(unsigned char *p, uint64_t v)
         p[i] = (unsigned char)(v >> (8 * i));
 }
 
-/* Header + manifest, as ka_write lays them out when there are no blobs. */
+/* A file holding only this manifest, laid out as ka_write lays one out when there are no blobs:
+ * the header (with its hash of the first 32 bytes and the manifest), zeros up to the first
+ * section boundary, the manifest. */
 static unsigned char *wrap(const uint8_t *manifest, size_t n, size_t *len)
 {
-    *len = 32 + n;
+    size_t moff = (KA_HEADER + KA_ALIGN) / KA_ALIGN * KA_ALIGN;
+    *len = moff + n;
     unsigned char *f = xcalloc(1, *len);
     memcpy(f, KA_MAGIC, 8);
     f[8] = KA_VERSION & 0xff;
     f[9] = KA_VERSION >> 8;
-    put64(f + 16, 32);
+    put64(f + 16, moff);
     put64(f + 24, n);
-    memcpy(f + 32, manifest, n);
+    memcpy(f + moff, manifest, n);
+    put64(f + 32, ka_manifest_hash(f, manifest, n));
     return f;
 }
 
@@ -50,20 +54,20 @@ static void check_steps(const ka_manifest *m, const ka_step *s, int n)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    const char *path;
-    if (size && data[0] == '{') {
-        size_t len;
-        unsigned char *f = wrap(data, size, &len);
-        path = fz_write("model.kiln", f, len);
-        free(f);
-    } else {
-        path = fz_write("model.kiln", data, size);
-    }
     kerr e;
     kerr_clear(&e);
-    ka_file *af = ka_read(path, &e);
+    ka_file *af;
+    unsigned char *wrapped = NULL;
+    if (size && data[0] == '{') {
+        size_t len;
+        wrapped = wrap(data, size, &len);
+        af = ka_read_mem("model.kiln", wrapped, len, &e);
+    } else {
+        af = ka_read(fz_write("model.kiln", data, size), &e);
+    }
     if (!af) {
         fz_check_err(&e);
+        free(wrapped);
         return 0;
     }
     const ka_manifest *m = &af->m;
@@ -85,5 +89,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FZ_CHECK(json && json[0] == '{', "ka_manifest_json");
     free(json);
     ka_file_free(af);
+    free(wrapped);
     return 0;
 }

@@ -16,8 +16,8 @@ Seeds are made from the repository's fixtures, each kept under 64 KiB:
                   byte-fallback ids 37, 35, 215
   archspec        the in-tree archspecs, the custom-architecture example and small toy specs
   artifact        model.kiln files compiled from fixtures by kilnc (--kilnc; skipped when absent):
-                  the whole file with every blob cut to 64 bytes (hashes recomputed), and the
-                  manifest alone (fuzz_artifact.c wraps it) with empty blobs
+                  the whole file with every blob cut to 64 bytes (laid out and hashed as ka_write
+                  does), and the manifest alone, without blobs (fuzz_artifact.c wraps it)
 The corpus folders are replaced; tests/fuzz/crashes/ (reproducers) is never touched.
 """
 import argparse
@@ -266,11 +266,47 @@ def archspecs():
     write("archspec", "no_archspec.lua", "return 42\n")
 
 
+def _xxh3(data):
+    import ctypes
+    x = ctypes.CDLL("libxxhash.so.0")
+    x.XXH3_64bits.restype = ctypes.c_uint64
+    x.XXH3_64bits.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+    return x.XXH3_64bits(data, len(data))
+
+
+def kiln_file(version, blobs, man):
+    """model.kiln bytes as ka_write lays them out. Version 1: a 32-byte header, the blobs, the
+    manifest. Version 2: a 40-byte header whose last 8 bytes are XXH3-64 of the first 32 and the
+    manifest; every section (blobs, then the manifest) starts at the first 256-byte boundary past
+    the end of the previous one plus a zero byte; gaps are zero; blob hashes are XXH3-64, not
+    FNV-1a."""
+    head_len = 40 if version >= 2 else 32
+    place = (lambda end: (end + 256) // 256 * 256) if version >= 2 else (lambda end: end)
+    out, end = bytearray(head_len), head_len
+    for b, data in zip(man["blobs"], blobs):
+        off = place(end)
+        out += bytes(off - len(out)) + data
+        b["offset"], b["len"] = off, len(data)
+        if version >= 2:
+            b["hash"] = "%016x" % _xxh3(data)
+        else:
+            b["fnv"] = "%016x" % _fnv(data)
+        end = off + len(data)
+    mj = json.dumps(man, separators=(",", ":")).encode()
+    moff = place(end)
+    out += bytes(moff - len(out))
+    out[0:8] = b"KILNART\0"
+    out[8:12] = struct.pack("<I", version)
+    out[16:32] = struct.pack("<QQ", moff, len(mj))
+    if version >= 2:
+        out[32:40] = struct.pack("<Q", _xxh3(bytes(out[:32]) + mj))
+    return bytes(out) + mj
+
+
 def artifacts(kilnc):
     if not kilnc or not os.access(kilnc, os.X_OK):
         print("make_corpus: no kilnc given (--kilnc); artifact seeds not made")
         return
-    fnv = lambda b: _fnv(b)
     with tempfile.TemporaryDirectory() as tmp:
         for m in ["llama", "bert", "mixtral", "bloom", "qwen2"]:
             o = os.path.join(tmp, m)
@@ -280,21 +316,14 @@ def artifacts(kilnc):
                 print("make_corpus: kilnc compile %s failed:\n%s" % (m, r.stderr))
                 continue
             d = open(os.path.join(o, "model.kiln"), "rb").read()
+            version = struct.unpack("<I", d[8:12])[0]
             moff, mlen = struct.unpack("<QQ", d[16:32])
             man = json.loads(d[moff:moff + mlen])
-            # whole file, every blob cut to 64 bytes
-            out, pos = bytearray(d[:32]), 32
-            for b in man["blobs"]:
-                data = d[b["offset"]:b["offset"] + b["len"]][:64]
-                out += data
-                b["offset"], b["len"], b["fnv"] = pos, len(data), "%016x" % fnv(data)
-                pos += len(data)
-            mj = json.dumps(man, separators=(",", ":")).encode()
-            out[16:32] = struct.pack("<QQ", pos, len(mj))
-            write("artifact", m + ".kiln", bytes(out) + mj)
-            # the manifest alone, blobs empty (fuzz_artifact.c puts it right after the header)
-            for b in man["blobs"]:
-                b["offset"], b["len"], b["fnv"] = 0, 0, "%016x" % fnv(b"")
+            # the whole file, every blob cut to 64 bytes
+            blobs = [d[b["offset"]:b["offset"] + b["len"]][:64] for b in man["blobs"]]
+            write("artifact", m + ".kiln", kiln_file(version, blobs, man))
+            # the manifest alone, without blobs (fuzz_artifact.c puts it after a valid header)
+            man["blobs"] = []
             write("artifact", m + ".manifest.json", json.dumps(man, separators=(",", ":")))
     write("artifact", "short", b"KILNART\0\x01\0\0\0")
 

@@ -25,7 +25,7 @@ return kiln.archspec {
     local mlp_bias = cfg:bool("mlp_bias", false)
     local tied     = cfg:bool("tie_word_embeddings", false)
     -- Only Mistral's modeling code applies the window; Llama ignores the field.
-    local window   = cfg:str("model_type", "llama") == "mistral" and cfg:int("sliding_window", 0) or 0
+    local window   = cfg:str("model_type", "llama") == "mistral" and cfg:int("sliding_window", 0, { min = 0 }) or 0
     local rope     = cfg:rope()
 
     local function w(name, shape) return g:weight(name, shape) end

@@ -27,7 +27,7 @@ return kiln.archspec {
     local eps      = cfg:float("rms_norm_eps", 1e-5)
     local act      = kiln.act_name(cfg:str("hidden_act", "silu"))
     local tied     = cfg:bool("tie_word_embeddings", false)
-    local window   = cfg:int("sliding_window", 0)
+    local window   = cfg:int("sliding_window", 0, { min = 0 })
     local rope     = cfg:rope()
 
     local function w(name, shape) return g:weight(name, shape) end

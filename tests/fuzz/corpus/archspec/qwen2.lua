@@ -25,12 +25,12 @@ return kiln.archspec {
 
     -- Which layers slide: config.layer_types when written (transformers 5), else the older
     -- rule: with use_sliding_window, layers from max_window_layers on.
-    local window = cfg:bool("use_sliding_window", false) and cfg:int("sliding_window", 0) or 0
+    local window = cfg:bool("use_sliding_window", false) and cfg:int("sliding_window", 0, { min = 0 }) or 0
     local layer_types = cfg:get("layer_types")
-    local first_sliding = cfg:int("max_window_layers", n_layers)
+    local first_sliding = cfg:int("max_window_layers", n_layers, { min = 0 })
     local function window_of(i)
       if layer_types then
-        return layer_types[i + 1] == "sliding_attention" and cfg:int("sliding_window", 0) or 0
+        return layer_types[i + 1] == "sliding_attention" and cfg:int("sliding_window", 0, { min = 0 }) or 0
       end
       return i >= first_sliding and window or 0
     end
