@@ -721,6 +721,98 @@ static void test_rope_partial(void **state)
     assert_contains(m, "field 'rope_parameters.partial_rotary_factor': expected a number");
 }
 
+/* ---------------------------------------------------------------- ranges */
+
+static void test_int_in(void **state)
+{
+    (void)state;
+    config *c = parse("{\"a\": 5, \"z\": 0, \"f\": 3.0}");
+    int64_t v = 0;
+    assert_int_equal(config_int_in(c, "a", 0, 0, 1, 5, &v, &E), 0);
+    assert_int_equal(v, 5);
+    assert_int_equal(config_int_in(c, "f", 0, 0, 3, 3, &v, &E), 0);
+    assert_int_equal(v, 3);
+    assert_int_equal(config_int_in(c, "a", 0, 0, 1, 4, &v, &E), -1);
+    assert_starts_with(kerr_msg(&E), CFG ": field 'a' is 5; expected 1 to 4");
+    kerr_clear(&E);
+    assert_int_equal(config_int_in(c, "z", 0, 0, 1, INT64_MAX, &v, &E), -1);
+    assert_starts_with(kerr_msg(&E), CFG ": field 'z' is 0; expected at least 1");
+    kerr_clear(&E);
+    /* the default is checked too, and the message says it was the default */
+    assert_int_equal(config_int_in(c, "absent", 1, 0, 1, 9, &v, &E), -1);
+    assert_starts_with(kerr_msg(&E), CFG ": field 'absent' is absent, and its default, 0, is out "
+                                         "of range (expected 1 to 9)");
+    kerr_clear(&E);
+    /* type errors stay type errors */
+    config_free(c);
+    c = parse("{\"a\": \"5\"}");
+    assert_int_equal(config_int_in(c, "a", 0, 0, 1, 9, &v, &E), -1);
+    assert_contains(kerr_msg(&E), "field 'a': expected an integer, got a string \"5\"");
+    config_free(c);
+}
+
+static void test_int_range_defaults(void **state)
+{
+    (void)state;
+    int64_t lo, hi;
+    config_int_range("sliding_window", &lo, &hi); /* any field: a positive C int */
+    assert_int_equal(lo, 1);
+    assert_int_equal(hi, INT32_MAX);
+    config_int_range("num_hidden_layers", &lo, &hi);
+    assert_int_equal(hi, 10000);
+    config_int_range("text_config.num_hidden_layers", &lo, &hi); /* by the last component */
+    assert_int_equal(hi, 10000);
+    config_int_range("hidden_size", &lo, &hi);
+    assert_int_equal(hi, 1 << 20);
+    config_int_range("num_attention_heads", &lo, &hi);
+    assert_int_equal(lo, 1);
+    assert_int_equal(hi, 1 << 14);
+}
+
+static void test_check_sizes(void **state)
+{
+    (void)state;
+    /* every structural nonsense of the issue, each named with the file and the field */
+    static const struct {
+        const char *json, *want;
+    } cases[] = {
+        {"{\"num_hidden_layers\": 0}", "field 'num_hidden_layers' is 0; expected 1 to 10000"},
+        {"{\"num_hidden_layers\": -2}", "field 'num_hidden_layers' is -2; expected 1 to 10000"},
+        {"{\"num_hidden_layers\": 100000}",
+         "field 'num_hidden_layers' is 100000; expected 1 to 10000"},
+        {"{\"n_layer\": 0}", "field 'n_layer' is 0"},
+        {"{\"num_attention_heads\": 0}", "field 'num_attention_heads' is 0; expected 1 to 16384"},
+        {"{\"num_key_value_heads\": 0}", "field 'num_key_value_heads' is 0"},
+        {"{\"max_position_embeddings\": 0}",
+         "field 'max_position_embeddings' is 0; expected 1 to 2147483647"},
+        {"{\"hidden_size\": 0}", "field 'hidden_size' is 0"},
+        {"{\"hidden_size\": 4294967296}", "field 'hidden_size' is 4294967296; expected 1 to "
+                                          "1048576"},
+        {"{\"intermediate_size\": 0}", "field 'intermediate_size' is 0"},
+        {"{\"vocab_size\": 0}", "field 'vocab_size' is 0"},
+        {"{\"head_dim\": 0}", "field 'head_dim' is 0"},
+        {"{\"text_config\": {\"vocab_size\": -1}}", "field 'text_config.vocab_size' is -1"},
+        {"{\"num_attention_heads\": 32, \"num_key_value_heads\": 5}",
+         "field 'num_attention_heads' (32) is not divisible by field 'num_key_value_heads' (5)"},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+        config *c = parse(cases[i].json);
+        kerr_clear(&E);
+        assert_int_equal(config_check_sizes(c, &E), -1);
+        char *want = xasprintf(CFG ": %s", cases[i].want);
+        assert_starts_with(kerr_msg(&E), want);
+        free(want);
+        config_free(c);
+    }
+    /* a real config passes; absent, null and mistyped fields are left to the spec's reads */
+    config *c = parse("{\"num_hidden_layers\": 32, \"hidden_size\": 4096, \"num_attention_heads\": "
+                      "32, \"num_key_value_heads\": 8, \"head_dim\": null, \"vocab_size\": "
+                      "\"many\", \"max_position_embeddings\": 131072.0}");
+    kerr_clear(&E);
+    assert_int_equal(config_check_sizes(c, &E), 0);
+    config_free(c);
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
@@ -752,6 +844,9 @@ int main(void)
         T(test_rope_parameters_per_layer_type),
         T(test_rope_per_layer_type_not_chosen),
         T(test_rope_partial),
+        T(test_int_in),
+        T(test_int_range_defaults),
+        T(test_check_sizes),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -2,12 +2,19 @@
  *
  * Shape inference of every op, each builder's misuse message (it must name the tensors and the
  * sizes involved), graph_verify on corrupted graphs, and the text form against a golden string.
+ * Then the limits: weights are found by hash (the same tensor twice is one node, also after
+ * graph_compact renumbers), a 10,000-layer Llama builds, fuses and plans in bounded time, absurd
+ * weight sizes are refused, and finite_scan finds the first NaN or Inf in every float dtype.
  */
 #include "testutil.h"
 
 #include <math.h>
 
+#include "config.h"
 #include "graph.h"
+#include "kc.h"
+#include "passes/passes.h"
+#include "spec.h"
 
 static kerr E;
 static kgraph *G;
@@ -857,6 +864,220 @@ static void test_print_pool_and_moe(void **state)
     free(text);
 }
 
+/* ---------------------------------------------------------------- limits */
+
+static void test_weight_dedup_by_hash(void **state)
+{
+    (void)state;
+    /* many weights (the table grows), each asked twice: one node per name */
+    int first[600];
+    for (int i = 0; i < 600; i++) {
+        char n[32];
+        snprintf(n, sizeof n, "w%d", i);
+        first[i] = W1(n, 4);
+    }
+    for (int i = 0; i < 600; i++) {
+        char n[32];
+        snprintf(n, sizeof n, "w%d", i);
+        assert_int_equal(W1(n, 4), first[i]);
+    }
+    const int64_t s5[1] = {5};
+    EXPECT_ERR(graph_weight(G, "w7", 1, s5, &E), "weight",
+               "'w7' asked for as [5], but earlier as [4]");
+    /* after graph_compact renumbers the nodes, and after graph_append adds one */
+    int x = act("x", 4);
+    ok(graph_logits(G, x, W2("head", 3, 4), -1, "logits", &E));
+    graph_compact(G);
+    int head = -1;
+    for (int i = 0; i < G->n; i++)
+        if (G->nodes[i].op == KG_WEIGHT && strcmp(G->nodes[i].weight, "head") == 0)
+            head = i;
+    assert_true(head >= 0);
+    assert_int_equal(W2("head", 3, 4), head);
+    kg_node p = G->nodes[head];
+    p.weight = (char *)"appended";
+    p.name = (char *)"appended";
+    int a = graph_append(G, &p);
+    assert_int_equal(W2("appended", 3, 4), a);
+}
+
+static void test_weight_absurd_sizes(void **state)
+{
+    (void)state;
+    const int64_t big[2] = {(int64_t)1 << 31, 4};
+    EXPECT_ERR(graph_weight(G, "big", 2, big, &E), "weight",
+               "'big': dimension 0 is 2147483648; expected a positive size below 2^31");
+    const int64_t huge[3] = {1 << 20, 1 << 20, 1 << 20};
+    EXPECT_ERR(graph_weight(G, "huge", 3, huge, &E), "weight",
+               "'huge': more than 2^36 elements; no checkpoint tensor is that large");
+}
+
+/* A Llama of `layers` layers of tiny width, built by archspecs/llama.lua without weights. */
+static kgraph *build_llama_layers(int layers, kerr *err)
+{
+    char *dir = tu_tmpdir();
+    char *cfgs = xasprintf("{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": 8, "
+                           "\"num_hidden_layers\": %d, \"num_attention_heads\": 2, "
+                           "\"num_key_value_heads\": 1, \"intermediate_size\": 8, "
+                           "\"vocab_size\": 16}",
+                           layers);
+    char *p = tu_write(dir, "config.json", cfgs);
+    config *c = config_load(p, err);
+    assert_non_null(c);
+    spec_info s;
+    const char *lib = KILN_SOURCE_DIR "/archspecs";
+    assert_int_equal(spec_probe(KILN_SOURCE_DIR "/archspecs/llama.lua", lib, &s, err), 0);
+    kgraph *g = spec_build(&s, lib, c, NULL, err);
+    spec_info_free(&s);
+    config_free(c);
+    free(p);
+    free(cfgs);
+    tu_rmrf(dir);
+    return g;
+}
+
+static void test_many_layers_linear(void **state)
+{
+    (void)state;
+    /* 10,000 layers (the most config_check_sizes lets through): 250,000 nodes. Building,
+     * verifying, fusing and planning used to search all nodes per weight and per sum
+     * (quadratic: hours); now each is one pass. */
+    double t0 = util_now();
+    kgraph *g = build_llama_layers(10000, &E);
+    if (!g)
+        fail_msg("%s", kerr_msg(&E));
+    double t_build = util_now() - t0;
+    assert_int_equal(g->n_layers, 10000);
+    assert_true(g->n > 250000);
+    kc c;
+    memset(&c, 0, sizeof c);
+    c.g = g;
+    c.max_tokens = 16;
+    c.act_dtype = ST_BF16;
+    assert_int_equal(graph_verify(c.g, &E), 0);
+    assert_int_equal(pass_fuse(&c, &E), 0);
+    assert_int_equal(graph_verify(c.g, &E), 0);
+    assert_int_equal(pass_plan_memory(&c, &E), 0);
+    double t_all = util_now() - t0;
+    print_message("10,000 layers, %d nodes: built in %.2f s, then verified, fused and planned: "
+                  "%.2f s\n",
+                  c.g->n, t_build, t_all);
+    assert_true(t_all < 60);
+    /* both residual sums of every layer are fused into the next norm, and stored for the next
+     * residual add, except the last, which only the final norm reads */
+    int fused = 0, stored = 0;
+    for (int i = 0; i < c.g->n; i++)
+        if (c.g->nodes[i].op == KG_ADD && c.g->nodes[i].fused_into >= 0) {
+            fused++;
+            stored += c.g->nodes[i].stored;
+        }
+    assert_int_equal(fused, 2 * 10000);
+    assert_int_equal(stored, fused - 1);
+    graph_free(c.g);
+}
+
+static void test_verify_stored(void **state)
+{
+    (void)state;
+    /* x + y fused into its norm, and read again by a later add: must be marked stored */
+    int x = act("x", 8), y = act("y", 8);
+    int a = ok(graph_binary(G, KG_ADD, x, y, "sum", &E));
+    int n = ok(graph_rms_norm(G, a, W1("norm", 8), 1e-5, 0, "norm", &E));
+    int r = ok(graph_binary(G, KG_ADD, a, n, "res", &E));
+    ok(graph_logits(G, r, W2("head", 4, 8), -1, "logits", &E));
+    G->nodes[a].fused_into = n;
+    assert_int_equal(graph_verify(G, &E), -1);
+    assert_contains(kerr_msg(&E), "sum: fused sum marked not stored, but another node reads it");
+    kerr_clear(&E);
+    G->nodes[a].stored = 1;
+    assert_int_equal(graph_verify(G, &E), 0);
+}
+
+/* ---------------------------------------------------------------- non-finite weights */
+
+static st_tensor tensor_of(st_dtype dt, int ndim, const int64_t *shape, const void *data)
+{
+    st_tensor t;
+    memset(&t, 0, sizeof t);
+    t.name = "t";
+    t.dtype = dt;
+    t.ndim = ndim;
+    t.numel = 1;
+    for (int i = 0; i < ndim; i++) {
+        t.shape[i] = shape[i];
+        t.numel *= (uint64_t)shape[i];
+    }
+    t.data = data;
+    t.nbytes = t.numel * st_dtype_size(dt);
+    return t;
+}
+
+static void test_finite_scan(void **state)
+{
+    (void)state;
+    enum { N = 5000 };
+    float f32[N];
+    uint16_t f16[N], bf16[N];
+    double f64[N];
+    uint8_t e5m2[N], e4m3[N];
+    int32_t i32[N], ok32[N];
+    for (int i = 0; i < N; i++) {
+        f32[i] = (float)i - 2500.0f;
+        f16[i] = 0x3c00;  /* 1.0 */
+        bf16[i] = 0xbf80; /* -1.0 */
+        f64[i] = 1e300;
+        e5m2[i] = 0x3c;   /* 1.0 */
+        e4m3[i] = 0x7e;   /* 448, the largest finite */
+        i32[i] = 0x7fc00000; /* NaN's bits, but an integer */
+        ok32[i] = i;
+    }
+    uint32_t nan32 = 0x7fc00000u;
+    memcpy(&f32[4321], &nan32, 4);
+    memcpy(&f32[4999], &nan32, 4);
+    f16[77] = 0x7c00;  /* Inf */
+    bf16[4096] = 0xff80; /* -Inf, just past the first block */
+    f64[0] = INFINITY;
+    e5m2[10] = 0x7d;   /* NaN */
+    e4m3[4000] = 0xff; /* NaN */
+    const int64_t sh2[2] = {50, 100}, sh1[1] = {N}, sh3[3] = {10, 20, 25};
+    st_tensor ts[] = {
+        tensor_of(ST_F32, 2, sh2, f32),       tensor_of(ST_F16, 1, sh1, f16),
+        tensor_of(ST_BF16, 3, sh3, bf16),     tensor_of(ST_F64, 1, sh1, f64),
+        tensor_of(ST_F8_E5M2, 1, sh1, e5m2),  tensor_of(ST_F8_E4M3, 1, sh1, e4m3),
+        tensor_of(ST_I32, 1, sh1, i32),       tensor_of(ST_F32, 1, sh1, ok32),
+    };
+    const st_tensor *tp[ARRAY_LEN(ts)];
+    for (size_t i = 0; i < ARRAY_LEN(ts); i++)
+        tp[i] = &ts[i];
+    static const uint64_t want[] = {4321, 77, 4096, 0, 10, 4000, UINT64_MAX, UINT64_MAX};
+    static const char *kind[] = {"NaN", "Inf", "-Inf", "Inf", "NaN", "NaN"};
+    for (int threads = 1; threads <= 4; threads += 3) {
+        uint64_t bad[ARRAY_LEN(ts)];
+        finite_scan(tp, (int)ARRAY_LEN(ts), threads, bad);
+        for (size_t i = 0; i < ARRAY_LEN(ts); i++) {
+            if (bad[i] != want[i])
+                fail_msg("tensor %zu (%s), %d threads: first bad %llu, expected %llu", i,
+                         st_dtype_name(ts[i].dtype), threads, (unsigned long long)bad[i],
+                         (unsigned long long)want[i]);
+            if (want[i] != UINT64_MAX)
+                assert_string_equal(finite_kind(&ts[i], bad[i]), kind[i]);
+        }
+    }
+    /* a tensor of several chunks: the first bad element wins whichever thread finds it */
+    size_t big = (size_t)3 << 22;
+    uint16_t *b = xcalloc(big, sizeof(uint16_t));
+    b[big - 1] = 0x7c00;
+    b[((size_t)1 << 22) + 5] = 0xfe00; /* F16 NaN in the second chunk */
+    const int64_t shb[1] = {(int64_t)big};
+    st_tensor tb = tensor_of(ST_F16, 1, shb, b);
+    const st_tensor *tbp = &tb;
+    uint64_t bb;
+    finite_scan(&tbp, 1, 4, &bb);
+    assert_int_equal(bb, ((uint64_t)1 << 22) + 5);
+    assert_string_equal(finite_kind(&tb, bb), "NaN");
+    free(b);
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
@@ -887,6 +1108,11 @@ int main(void)
         T(test_verify_other_corruptions),
         T(test_print_golden),
         T(test_print_pool_and_moe),
+        T(test_weight_dedup_by_hash),
+        T(test_weight_absurd_sizes),
+        T(test_many_layers_linear),
+        T(test_verify_stored),
+        T(test_finite_scan),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -2,7 +2,9 @@
  *
  * Spec folders from --spec-path and KILN_SPEC_PATH shadow the built-in archspecs/, in order;
  * every built-in architecture resolves to its spec; an unknown architecture lists the known ones
- * and says how to add one; a spec that fails to load is remembered and mentioned.
+ * and says how to add one; a spec that fails to load is remembered and mentioned. Hostile specs
+ * in a folder (a loop, a memory bomb, os.execute, a FIFO) are bounded and reported by name and
+ * line while the others load.
  */
 #include "testutil.h"
 
@@ -352,6 +354,48 @@ static void test_kiln_archspecs_env(void **state)
     free(bad);
 }
 
+/* Hostile specs in a spec folder (as in KILN_SPEC_PATH): each is bounded, reported with its
+ * name and line, and the other specs, built-in ones included, still load. */
+static void test_hostile_specs(void **state)
+{
+    (void)state;
+    char *dir = subdir("hostile");
+    char *mark = tu_path(dir, "PWNED");
+    free(tu_write(dir, "a_loop.lua", "local kiln = require \"kiln\"\nwhile true do end\n"));
+    free(tu_write(dir, "b_mem.lua", "local t = {}\nwhile true do t[#t + 1] = {} end\n"));
+    char *exec = xasprintf("os.execute(\"touch %s\")\n", mark);
+    free(tu_write(dir, "c_exec.lua", exec));
+    char *fifo = tu_path(dir, "d_fifo.lua");
+    assert_int_equal(mkfifo(fifo, 0600), 0);
+    write_spec(dir, "e_good", "\"GoodForCausalLM\"");
+    char *dirs[1] = {dir};
+    double t0 = util_now();
+    registry *r = registry_load(dirs, 1, &E);
+    double t = util_now() - t0;
+    assert_non_null(r);
+    assert_true(t < 60);
+    assert_int_equal(r->nbroken, 4);
+    static const char *want[] = {
+        "a_loop.lua:2: the archspec did not finish within 100 million Lua instructions",
+        "b_mem.lua:2: the archspec holds more than 224 MiB of memory",
+        "c_exec.lua:1: attempt to index a nil value (global 'os')",
+        "d_fifo.lua: not a regular file",
+    };
+    for (int i = 0; i < 4; i++) {
+        char *w = xasprintf("%s/%s", dir, want[i]);
+        assert_starts_with(r->broken[i], w);
+        free(w);
+    }
+    assert_false(util_is_file(mark));
+    assert_non_null(resolve(r, "GoodForCausalLM"));
+    assert_non_null(resolve(r, "LlamaForCausalLM"));
+    registry_free(r);
+    free(exec);
+    free(fifo);
+    free(mark);
+    free(dir);
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
@@ -367,6 +411,7 @@ int main(void)
         T(test_broken_spec),
         T(test_missing_spec_folder),
         T(test_kiln_archspecs_env),
+        T(test_hostile_specs),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);

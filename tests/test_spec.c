@@ -6,6 +6,9 @@
  * ("needed by spec:line"), bad declarations, a build without output. Then the real
  * archspecs/llama.lua is built from configs written here (no checkpoint: weights NULL) in both
  * config styles, and the graph is checked node by node where it matters (attention and rope).
+ * Last, the sandbox: endless loops (also behind pcall), memory bombs, the libraries a spec must
+ * not reach, require, backtracking patterns, enormous or empty messages, FIFOs and huge files,
+ * cfg:int's ranges (field, file and spec line), and the graph's node cap.
  */
 #include "testutil.h"
 
@@ -860,6 +863,268 @@ static void test_llama_missing_field(void **state)
     free(text);
 }
 
+/* ---------------------------------------------------------------- sandbox */
+
+/* The spec's message and how long spec_probe took to refuse it. */
+static const char *probe_fails_timed(const char *text, char **path, double *secs)
+{
+    double t0 = util_now();
+    const char *m = probe_fails(text, path);
+    *secs = util_now() - t0;
+    return m;
+}
+
+static void test_sandbox_endless_loop(void **state)
+{
+    (void)state;
+    char *path;
+    double t;
+    /* a plain loop, and one that hides in pcall: both end at the budget, at their line */
+    const char *text = "local kiln = require \"kiln\"\n"
+                       "local i = 0\n"
+                       "while true do i = i + 1 end\n";
+    const char *m = probe_fails_timed(text, &path, &t);
+    char *want = xasprintf("%s: the archspec did not finish within 100 million Lua instructions "
+                           "(an endless loop?)",
+                           at(path, 3));
+    assert_starts_with(m, want);
+    assert_true(t < 30);
+    free(want);
+    free(path);
+    text = "local function spin() while true do end end\n"
+           "while true do pcall(spin) end\n";
+    m = probe_fails_timed(text, &path, &t);
+    assert_contains(m, "did not finish within 100 million Lua instructions");
+    assert_contains(m, path);
+    assert_true(t < 30);
+    free(path);
+}
+
+static void test_sandbox_memory(void **state)
+{
+    (void)state;
+    char *path;
+    double t;
+    /* growing step by step: caught by the hook, with the line */
+    const char *text = "local t = {}\n"
+                       "while true do t[#t + 1] = string.rep(\"x\", 1000) .. #t end\n";
+    const char *m = probe_fails_timed(text, &path, &t);
+    assert_starts_with(m, at(path, 2));
+    assert_contains(m, "close to the limit of 256 MiB for an archspec");
+    free(path);
+    /* one huge allocation: refused by the allocator, named with the limit */
+    m = probe_fails("local s = string.rep(\"x\", 1e9)\n", &path);
+    char *want = xasprintf("%s: the archspec needs more than 256 MiB of memory", path);
+    assert_starts_with(m, want);
+    free(want);
+    free(path);
+}
+
+static void test_sandbox_libraries(void **state)
+{
+    (void)state;
+    char *path;
+    char *mark = tu_path(D, "PWNED");
+    /* no os, io, debug, package, coroutine; no dofile/loadfile; no string.dump */
+    static const char *calls[] = {
+        "os.execute('touch %s')", "io.open('%s', 'w')", "debug.getinfo(1)",
+        "package.loadlib('%s', 'x')", "dofile('%s')", "loadfile('%s')",
+        "coroutine.create(print)", "string.dump(print)",
+    };
+    for (size_t i = 0; i < ARRAY_LEN(calls); i++) {
+        char *call = xasprintf(calls[i], mark);
+        char *text = xasprintf("local x = 1\n%s\n", call);
+        const char *m = probe_fails(text, &path);
+        assert_starts_with(m, at(path, 2));
+        assert_contains(m, "attempt to");
+        assert_contains(m, "nil value");
+        free(path);
+        free(text);
+        free(call);
+    }
+    assert_false(util_is_file(mark));
+    free(mark);
+    /* load takes text only: a binary chunk is refused, a text chunk runs in the sandbox */
+    const char *m = probe_fails("local f, e = load(\"\\27Lua\\84\\0\")\nerror(e)\n", &path);
+    assert_starts_with(m, at(path, 2));
+    assert_contains(m, "attempt to load a binary chunk");
+    free(path);
+    m = probe_fails("local f = load(\"return os\")\nerror(type(f()))\n", &path);
+    assert_contains(m, "nil");
+    free(path);
+}
+
+static void test_sandbox_require(void **state)
+{
+    (void)state;
+    char *path;
+    /* a module next to the spec is found; one anywhere else is not */
+    free(tu_write(D, "helper.lua", "return { answer = 42 }\n"));
+    const char *m = probe_fails("local h = require \"helper\"\nerror(\"got \" .. h.answer)\n",
+                                &path);
+    assert_contains(m, "got 42");
+    free(path);
+    static const char *names[] = {"../helper", "/etc/passwd", "a.b", ""};
+    for (size_t i = 0; i < ARRAY_LEN(names); i++) {
+        char *text = xasprintf("local x = 1\nlocal h = require \"%s\"\n", names[i]);
+        m = probe_fails(text, &path);
+        assert_starts_with(m, at(path, 2));
+        assert_contains(m, "not found: an archspec requires modules by a plain name");
+        free(text);
+        free(path);
+    }
+    free(tu_write(D, "loop1.lua", "return require \"loop1\"\n"));
+    m = probe_fails("require \"loop1\"\n", &path);
+    assert_contains(m, "module 'loop1' requires itself");
+    free(path);
+}
+
+static void test_sandbox_patterns(void **state)
+{
+    (void)state;
+    char *path;
+    double t;
+    /* backtracking inside C, where no hook runs: refused before it starts */
+    const char *m = probe_fails_timed(
+        "local s = string.rep(\"a\", 100000)\nlocal x = s:find(\".-.-.-b\")\n", &path, &t);
+    assert_starts_with(m, at(path, 2));
+    assert_contains(m, "string.find: a pattern with 3 repetition items on a string of 100000 "
+                       "bytes could backtrack for too long");
+    assert_true(t < 10);
+    free(path);
+    /* ordinary patterns and plain finds still work */
+    m = probe_fails("local a = (\"model.layers.3.mlp\"):match(\"^model%.layers%.(%d+)%.\")\n"
+                    "local b = string.rep(\"a\", 100000):find(\".-.-.-b\", 1, true)\n"
+                    "error(\"ok \" .. a .. \" \" .. tostring(b))\n",
+                    &path);
+    assert_contains(m, "ok 3 nil");
+    free(path);
+}
+
+static void test_sandbox_messages(void **state)
+{
+    (void)state;
+    char *path;
+    /* enormous: cut; empty: said so; not a string: said so */
+    const char *m = probe_fails("error(string.rep(\"x\", 100000))\n", &path);
+    assert_starts_with(m, at(path, 1));
+    assert_contains(m, "x ... (message cut)");
+    assert_true(strlen(m) < 3000);
+    free(path);
+    m = probe_fails("error(\"\")\n", &path);
+    assert_starts_with(m, at(path, 1));
+    assert_contains(m, "(an error with an empty message)");
+    free(path);
+    m = probe_fails("error({})\n", &path);
+    assert_contains(m, path);
+    assert_contains(m, "(error object is a table value)");
+    free(path);
+    /* a metatable on the returned table runs no code: the declaration is read raw */
+    m = probe_fails("return setmetatable({}, { __index = function() while true do end end })\n",
+                    &path);
+    char *want = xasprintf("%s: the archspec has no 'name' (a string)", path);
+    assert_starts_with(m, want);
+    free(want);
+    free(path);
+    /* a division by zero gets a hint */
+    m = probe_fails("local n = 0\nlocal x = 64 // n\n", &path);
+    assert_starts_with(m, at(path, 2));
+    assert_contains(m, "(a division by zero: is a config value the spec divides by 0?)");
+    free(path);
+}
+
+static void test_sandbox_files(void **state)
+{
+    (void)state;
+    /* a FIFO would block the reader forever; a huge file is not read */
+    char *fifo = tu_path(D, "fifo.lua");
+    assert_int_equal(mkfifo(fifo, 0600), 0);
+    spec_info s;
+    kerr_clear(&E);
+    assert_int_equal(spec_probe(fifo, LIB, &s, &E), -1);
+    char *want = xasprintf("%s: not a regular file", fifo);
+    assert_starts_with(kerr_msg(&E), want);
+    free(want);
+    free(fifo);
+    char *big = tu_path(D, "big.lua");
+    FILE *f = fopen(big, "w");
+    assert_non_null(f);
+    assert_int_equal(ftruncate(fileno(f), (off_t)5 << 20), 0);
+    fclose(f);
+    kerr_clear(&E);
+    assert_int_equal(spec_probe(big, LIB, &s, &E), -1);
+    assert_contains(kerr_msg(&E), "5242880 bytes, more than the 4194304 an archspec may have");
+    free(big);
+}
+
+/* ---------------------------------------------------------------- config ranges */
+
+static void test_cfg_int_ranges(void **state)
+{
+    (void)state;
+    char *text, *path;
+    char *cfgp = tu_path(D, "config.json");
+    /* 0 heads: the field, the file and the spec line, not Lua's "attempt to perform 'n//0'" */
+    const char *m = build_fails("    local h = cfg:int(\"num_attention_heads\")\n"
+                                "    return h\n",
+                                "{\"num_attention_heads\": 0}", &text, &path);
+    char *want = xasprintf("%s: field 'num_attention_heads' is 0; expected 1 to 16384 (needed "
+                           "by %s)",
+                           cfgp, at(path, line_of(text, "num_attention_heads")));
+    assert_starts_with(m, want);
+    free(want);
+    free(text);
+    free(path);
+    /* an absurd layer count, and a negative one */
+    m = build_fails("    return cfg:int(\"num_hidden_layers\")\n", "{\"num_hidden_layers\": 100000}",
+                    &text, &path);
+    assert_contains(m, "field 'num_hidden_layers' is 100000; expected 1 to 10000");
+    free(text);
+    free(path);
+    m = build_fails("    return cfg:int(\"text_config.num_hidden_layers\")\n",
+                    "{\"text_config\": {\"num_hidden_layers\": -2}}", &text, &path);
+    assert_contains(m, "field 'text_config.num_hidden_layers' is -2; expected 1 to 10000");
+    free(text);
+    free(path);
+    /* a default out of range is refused too (head_dim = H // heads = 0) */
+    m = build_fails("    return cfg:int(\"head_dim\", 8 // 16)\n", "{}", &text, &path);
+    want = xasprintf("%s: field 'head_dim' is absent, and its default, 0, is out of range "
+                     "(expected 1 to 16384) (needed by %s)",
+                     cfgp, at(path, line_of(text, "head_dim")));
+    assert_starts_with(m, want);
+    free(want);
+    free(text);
+    free(path);
+    /* a spec widens the range where 0 means something, or narrows it */
+    m = build_fails("    local w = cfg:int(\"sliding_window\", 0, { min = 0 })\n"
+                    "    local n = cfg:int(\"n\", nil, { min = -5, max = 5 })\n"
+                    "    error(\"ok \" .. w .. \" \" .. n)\n",
+                    "{\"sliding_window\": 0, \"n\": -3}", &text, &path);
+    assert_contains(m, "ok 0 -3");
+    free(text);
+    free(path);
+    m = build_fails("    return cfg:int(\"n\", nil, { max = 5 })\n", "{\"n\": 6}", &text, &path);
+    assert_contains(m, "field 'n' is 6; expected 1 to 5");
+    free(text);
+    free(path);
+    free(cfgp);
+}
+
+static void test_graph_node_cap(void **state)
+{
+    (void)state;
+    char *text, *path;
+    double t0 = util_now();
+    const char *m = build_fails("    local x = g:embed(g:weight(\"e\", {64, 16}), g:input(\"ids\"))\n"
+                                "    while true do x = g:silu(x) end\n",
+                                TOY_CONFIG, &text, &path);
+    assert_starts_with(m, at(path, line_of(text, "g:silu")));
+    assert_contains(m, "the graph has 1048576 nodes, the most kiln builds");
+    assert_true(util_now() - t0 < 60);
+    free(text);
+    free(path);
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
@@ -887,6 +1152,15 @@ int main(void)
         T(test_llama_mistral_without_window),
         T(test_llama_many_layers),
         T(test_llama_missing_field),
+        T(test_sandbox_endless_loop),
+        T(test_sandbox_memory),
+        T(test_sandbox_libraries),
+        T(test_sandbox_require),
+        T(test_sandbox_patterns),
+        T(test_sandbox_messages),
+        T(test_sandbox_files),
+        T(test_cfg_int_ranges),
+        T(test_graph_node_cap),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);
