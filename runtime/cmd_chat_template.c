@@ -98,9 +98,11 @@ int cmd_chat_template(int argc, char **argv)
         size_t len;
         char *src = util_read_file(tfile, &len, &err);
         chat_template *t = src ? ct_parse(src, len, &err) : NULL;
+        int read_ok = src != NULL;
         free(src);
-        if (!t) {
-            fprintf(stderr, "kiln chat-template: error: %s%s%s\n", src ? tfile : "", src ? ": " : "", kerr_msg(&err));
+        if (!t) { /* util_read_file's message names the file already */
+            fprintf(stderr, "kiln chat-template: error: %s%s%s\n", read_ok ? tfile : "",
+                    read_ok ? ": " : "", kerr_msg(&err));
             return 1;
         }
         ct_model dm;
@@ -133,9 +135,11 @@ int cmd_chat_template(int argc, char **argv)
             fwrite(out, 1, olen, stdout);
             free(out);
             rc = fflush(stdout) == 0 ? 0 : 1;
+        } else if (r == CT_RAISED) { /* the template's own message, exactly */
+            fprintf(stderr, "kiln chat-template: error: %s: raise_exception: %s\n", m.origin, out);
+            free(out);
         } else
-            fprintf(stderr, "kiln chat-template: error: %s: %s%s\n", m.origin,
-                    r == CT_RAISED ? "raise_exception: " : "", kerr_msg(&err));
+            fprintf(stderr, "kiln chat-template: error: %s: %s\n", m.origin, kerr_msg(&err));
         json_decref(req);
     }
     ct_model_free(&m);

@@ -2470,8 +2470,10 @@ static void exec(jctx *c, const jnode *n, frame *f)
             with.caller = (jv){.t = JV_MACRO, .u.p = callr};
             jv r = call_macro(c, &with, &a);
             jb_put(c, &c->out, r.u.s->s, r.u.s->len);
-        } else
-            jx_fail(c, "the call block needs a macro, got %s", jv_typename(fn));
+        } else if (fn.t == JV_UNDEF)
+            undef_fail(c, fn);
+        else
+            jx_fail(c, "'%s' object is not callable", jv_typename(fn));
         return;
     }
     case JN_FILTERBLOCK: {
