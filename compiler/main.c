@@ -279,7 +279,8 @@ static int cmd_check(int argc, char **argv)
         printf("gpu           %d kernels, %d prefill / %d decode steps (kilnc compile)\n",
                c.low->ninst, c.low->m.nprefill, c.low->m.ndecode);
     else
-        printf("gpu           not supported yet, the CPU reference only: %s\n", kerr_msg(&gpu));
+        printf("gpu           not supported yet, the CPU reference only: %s\n",
+               gpu.n ? kerr_msg(&gpu) : "the schedule pass gave no reason (a kiln bug)");
     printf("ok\n");
     kc_free(&c);
     return 0;

@@ -15,7 +15,7 @@
 
 extern char **environ;
 
-static const char *KILNC;
+static const char *KILNC, *KILN;
 static char *D;
 
 static int setup(void **state)
@@ -45,12 +45,12 @@ static void run_free(run *r)
     free(r->err);
 }
 
-/* Runs KILNC with the given arguments (NULL-terminated), capturing stdout and stderr. */
-static run kilnc_v(const char *first, va_list ap)
+/* Runs `bin` with the given arguments (NULL-terminated), capturing stdout and stderr. */
+static run run_v(const char *bin, const char *first, va_list ap)
 {
     const char *argv[32];
     int n = 0;
-    argv[n++] = KILNC;
+    argv[n++] = bin;
     for (const char *a = first; a; a = va_arg(ap, const char *)) {
         assert_true(n < 31);
         argv[n++] = a;
@@ -63,10 +63,10 @@ static run kilnc_v(const char *first, va_list ap)
     posix_spawn_file_actions_addopen(&fa, 1, outp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     posix_spawn_file_actions_addopen(&fa, 2, errp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     pid_t pid;
-    int rc = posix_spawn(&pid, KILNC, &fa, NULL, (char *const *)argv, environ);
+    int rc = posix_spawn(&pid, bin, &fa, NULL, (char *const *)argv, environ);
     posix_spawn_file_actions_destroy(&fa);
     if (rc != 0)
-        fail_msg("cannot run %s: %s", KILNC, strerror(rc));
+        fail_msg("cannot run %s: %s", bin, strerror(rc));
     int st;
     if (waitpid(pid, &st, 0) != pid)
         fail_msg("waitpid failed");
@@ -89,7 +89,16 @@ static run kilnc(const char *first, ...)
 {
     va_list ap;
     va_start(ap, first);
-    run r = kilnc_v(first, ap);
+    run r = run_v(KILNC, first, ap);
+    va_end(ap);
+    return r;
+}
+
+static run kiln(const char *first, ...)
+{
+    va_list ap;
+    va_start(ap, first);
+    run r = run_v(KILN, first, ap);
     va_end(ap);
     return r;
 }
@@ -257,6 +266,50 @@ static void test_usage_errors(void **state)
     r = kilnc("archs", D, NULL);
     EXPECT_CODE(r, 2);
     assert_starts_with(r.err, "kilnc archs: error: unexpected argument");
+    run_free(&r);
+}
+
+/* ---------------------------------------------------------------- kiln's command line */
+
+static void test_kiln_usage(void **state)
+{
+    (void)state;
+    run r = kiln("--version", NULL);
+    EXPECT_CODE(r, 0);
+    char *want = xasprintf("kiln %s (commit ", KILN_VERSION);
+    assert_starts_with(r.out, want);
+    free(want);
+    run_free(&r);
+    r = kiln("--help", NULL);
+    EXPECT_CODE(r, 0);
+    assert_starts_with(r.out, "usage: kiln COMMAND [ARGS...]");
+    run_free(&r);
+    /* every command has --help, on stdout, exit 0 */
+    static const char *const cmds[] = {"run", "inspect", "tokenize", "chat-template"};
+    for (size_t i = 0; i < ARRAY_LEN(cmds); i++) {
+        r = kiln(cmds[i], "--help", NULL);
+        EXPECT_CODE(r, 0);
+        want = xasprintf("usage: kiln %s ", cmds[i]);
+        assert_starts_with(r.out, want);
+        free(want);
+        assert_string_equal(r.err, "");
+        run_free(&r);
+        /* and a usage error is one line and a hint */
+        r = kiln(cmds[i], "--no-such-option", NULL);
+        EXPECT_CODE(r, 2);
+        want = xasprintf("kiln %s: error: ", cmds[i]);
+        assert_starts_with(r.err, want);
+        free(want);
+        want = xasprintf("\nrun 'kiln %s --help' for usage\n", cmds[i]);
+        assert_contains(r.err, want);
+        free(want);
+        assert_int_equal(count_lines_starting(r.err, ""), 2); /* no usage dump */
+        run_free(&r);
+    }
+    r = kiln("frobnicate", NULL);
+    EXPECT_CODE(r, 2);
+    assert_starts_with(r.err, "kiln: error: unknown command 'frobnicate' (commands: run, inspect, "
+                              "tokenize");
     run_free(&r);
 }
 
@@ -921,6 +974,13 @@ int main(void)
         fprintf(stderr, "test_cli: KILNC=%s is not an executable\n", KILNC);
         return 1;
     }
+    KILN = getenv("KILN");
+    if (!KILN || access(KILN, X_OK) != 0) {
+        fprintf(stderr, "test_cli: KILN (the kiln binary) is not set or not an executable: run it "
+                        "through `make check`, or as\n"
+                        "  KILNC=out/bin/kilnc KILN=out/bin/kiln out/tests/test_cli\n");
+        return 1;
+    }
     /* the child sees only the built-in specs */
     unsetenv("KILN_SPEC_PATH");
     unsetenv("KILN_ARCHSPECS");
@@ -929,6 +989,7 @@ int main(void)
         T(test_help),
         T(test_command_help),
         T(test_usage_errors),
+        T(test_kiln_usage),
         T(test_parse_numbers),
         T(test_parse_ids),
         T(test_kerr_long_messages),
