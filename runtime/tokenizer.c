@@ -97,7 +97,13 @@ struct tokenizer {
     post *post;
     dec *dec;
     int has_dec;
-    int byte_fallback; /* the decoder chain has ByteFallback (see stream_tail_open) */
+    /* Streaming (see tok_stream): whether the chain can stream by windows, and the decoder steps
+     * that run before its ByteFallback (Replaces only), to tell byte tokens as ByteFallback
+     * sees them. */
+    int stream_window;
+    int byte_fallback;
+    const dec **pre_bf;
+    size_t npre_bf;
     added_tok *added;
     size_t nadded;
     tok_strmap added_map;   /* content -> index in added */
@@ -813,19 +819,6 @@ static int byte_token(const char *s, size_t n)
     return (int)strtol(hx, NULL, 16);
 }
 
-/* Whether the decoder chain has a ByteFallback step (streaming holds open byte runs back). */
-static int dec_has(const dec *d, int type)
-{
-    if (!d)
-        return 0;
-    if (d->type == type)
-        return 1;
-    for (size_t i = 0; i < d->nsubs; i++)
-        if (dec_has(d->subs[i], type))
-            return 1;
-    return 0;
-}
-
 /* Runs decoder d on the token list l. *open_tail is set when the text ends inside a UTF-8
  * character that later tokens may complete (ByteLevel joins the bytes of all tokens). */
 static int dec_chain(const dec *d, slist *l, int *open_tail, kerr *err)
@@ -1251,6 +1244,54 @@ static int post_check(const tokenizer *t, const post *p, const char *where, kerr
     return 0;
 }
 
+/* Flattens the decoder chain (Sequences inlined) into steps[]; returns the count. */
+static size_t dec_flatten(const dec *d, const dec **steps, size_t n, size_t cap)
+{
+    if (d->type != D_SEQ)
+        return n < cap ? (steps[n] = d, n + 1) : n + 1;
+    for (size_t i = 0; i < d->nsubs; i++)
+        n = dec_flatten(d->subs[i], steps, n, cap);
+    return n;
+}
+
+/* Decides how tok_stream works for this decoder chain. Windows (tok_stream) are exact when every
+ * step maps tokens one by one or only looks at the first token of the list (Replace, Strip,
+ * Metaspace, WordPiece, BPEDecoder, CTC, ByteFallback) until a step joins the text into one
+ * string (Fuse, ByteLevel); after that only steps that touch the start or the end of the text
+ * may follow (Fuse, Strip, Metaspace). A step that rewrites the joined text anywhere (Replace,
+ * WordPiece's cleanup, ...) can change released text when a token arrives, and a ByteFallback
+ * preceded by anything but Replace cannot be told byte runs from ids: such chains (no HF model's
+ * is one) release all their text at tok_stream_finish. */
+static void stream_classify(tokenizer *t)
+{
+    t->stream_window = 1;
+    if (!t->has_dec)
+        return;
+    size_t n = dec_flatten(t->dec, NULL, 0, 0);
+    const dec **steps = xcalloc(n + 1, sizeof *steps);
+    dec_flatten(t->dec, steps, 0, n);
+    size_t bf = n;
+    for (size_t i = 0; i < n && bf == n; i++)
+        if (steps[i]->type == D_BYTEFALLBACK)
+            bf = i;
+    int joined = 0;
+    for (size_t i = 0; i < n; i++) {
+        int ty = steps[i]->type;
+        if (joined && ty != D_FUSE && ty != D_STRIP && ty != D_METASPACE)
+            t->stream_window = 0;
+        if (i < bf && bf < n && ty != D_REPLACE)
+            t->stream_window = 0;
+        if (ty == D_FUSE || ty == D_BYTELEVEL)
+            joined = 1;
+    }
+    if (bf < n && t->stream_window) {
+        t->byte_fallback = 1;
+        t->pre_bf = steps;
+        t->npre_bf = bf;
+    } else
+        free(steps);
+}
+
 tokenizer *tok_load(const char *path, kerr *err)
 {
     char *file, *dir = NULL;
@@ -1300,8 +1341,8 @@ tokenizer *tok_load(const char *path, kerr *err)
         if (!(t->dec = dec_load(t, v, err)))
             goto fail;
         t->has_dec = 1;
-        t->byte_fallback = dec_has(t->dec, D_BYTEFALLBACK);
     }
+    stream_classify(t);
     if (load_added(t, json_object_get(root, "added_tokens"), err))
         goto fail;
     size_t vs = (size_t)(tok_model_max_id(t->model) + 1);
@@ -1332,6 +1373,7 @@ void tok_free(tokenizer *t)
     tok_pretok_free(t->pretok);
     post_free(t->post);
     dec_free(t->dec);
+    free(t->pre_bf);
     for (size_t i = 0; i < t->nadded; i++) {
         free(t->added[i].content);
         free(t->added[i].norm);
@@ -1600,20 +1642,78 @@ void tok_stream_free(tok_stream *s)
  * Every other decoder step kiln supports maps tokens one by one, or only looks at the first
  * token (covered by the context), or only drops text at the very end (BPEDecoder's suffix,
  * Strip's stop), which a later token brings back unchanged. */
-static int stream_in_byte_run(const tok_stream *s)
+static int stream_in_byte_run(const tok_stream *s, kerr *err)
 {
-    if (!s->t->byte_fallback || s->ids.n == 0)
+    const tokenizer *t = s->t;
+    if (!t->byte_fallback || s->ids.n == 0)
         return 0;
     size_t n;
-    const char *tok = id_token(s->t, s->ids.v[s->ids.n - 1], &n);
-    return byte_token(tok, n) >= 0; /* ids that decode drops never enter the window */
+    const char *tok = id_token(t, s->ids.v[s->ids.n - 1], &n); /* kept: see tok_stream_push */
+    if (t->npre_bf == 0)
+        return byte_token(tok, n) >= 0;
+    /* the token as ByteFallback sees it: after the Replace steps before it */
+    slist l = {0};
+    tok_sbuf_put(slist_add(&l), tok, n);
+    int open = 0, r = 0;
+    for (size_t i = 0; i < t->npre_bf && r == 0; i++)
+        r = dec_chain(t->pre_bf[i], &l, &open, err);
+    if (r == 0)
+        r = l.n == 1 && byte_token(l.v[0].s, l.v[0].n) >= 0;
+    slist_free(&l);
+    return r;
+}
+
+/* Releases what the window's text adds to the context's, then makes the new ids the context.
+ * The context must have text: Strip and Metaspace after Fuse treat the start of the joined text
+ * specially, which is the same in the context and the window only when the context has some;
+ * ids whose text is empty so far stay in the window, with the old context before them. */
+static int stream_release(tok_stream *s, tok_sbuf *full, char **text, size_t *len, kerr *err)
+{
+    if (full->n < s->prefix.n || memcmp(full->s, s->prefix.s, s->prefix.n) != 0)
+        return kerr_add(err, "%s: decoder: the text decoded so far changed when a token was added; "
+                             "this decoder chain cannot stream",
+                        s->t->file);
+    size_t nn = full->n - s->prefix.n;
+    *text = xmalloc(nn + 1);
+    memcpy(*text, full->s + s->prefix.n, nn);
+    (*text)[nn] = 0;
+    *len = nn;
+    if (s->ids.n == s->read) /* finish with nothing new */
+        return 0;
+    tok_sbuf ctx = {0};
+    tok_sbuf_put(&ctx, "", 0);
+    if (decode_to(s->t, s->ids.v + s->read, s->ids.n - s->read, s->skip, &ctx, NULL, err)) {
+        free(ctx.s);
+        free(*text);
+        *text = NULL;
+        *len = 0;
+        return -1;
+    }
+    if (ctx.n) {
+        memmove(s->ids.v, s->ids.v + s->read, (s->ids.n - s->read) * sizeof *s->ids.v);
+        s->ids.n -= s->read;
+        free(s->prefix.s);
+        s->prefix = ctx;
+    } else {
+        free(ctx.s);
+        s->prefix.n = 0;
+        tok_sbuf_put(&s->prefix, full->s, full->n);
+    }
+    s->read = s->ids.n;
+    return 0;
 }
 
 static int stream_step(tok_stream *s, int final, char **text, size_t *len, kerr *err)
 {
     *text = NULL;
     *len = 0;
-    if (!final && stream_in_byte_run(s)) {
+    int held = !final && !s->t->stream_window;
+    if (!final && !held) {
+        held = stream_in_byte_run(s, err);
+        if (held < 0)
+            return -1;
+    }
+    if (held) {
         *text = xstrdup("");
         return 0;
     }
@@ -1624,37 +1724,13 @@ static int stream_step(tok_stream *s, int final, char **text, size_t *len, kerr 
         free(full.s);
         return -1;
     }
-    if (!final && open) {
-        free(full.s);
+    int rc = 0;
+    if (!final && open)
         *text = xstrdup("");
-        return 0;
-    }
-    if (full.n < s->prefix.n || memcmp(full.s, s->prefix.s, s->prefix.n) != 0) {
-        free(full.s);
-        return kerr_add(err, "%s: decoder: the text decoded so far changed when a token was added; "
-                             "this decoder chain cannot stream",
-                        s->t->file);
-    }
-    size_t nn = full.n - s->prefix.n;
-    *text = xmalloc(nn + 1);
-    memcpy(*text, full.s + s->prefix.n, nn);
-    (*text)[nn] = 0;
-    *len = nn;
+    else
+        rc = stream_release(s, &full, text, len, err);
     free(full.s);
-    /* the ids of this release become the next context */
-    if (s->read)
-        memmove(s->ids.v, s->ids.v + s->read, (s->ids.n - s->read) * sizeof *s->ids.v);
-    s->ids.n -= s->read;
-    s->read = s->ids.n;
-    s->prefix.n = 0;
-    if (decode_to(s->t, s->ids.v, s->ids.n, s->skip, &s->prefix, NULL, err)) {
-        free(*text);
-        *text = NULL;
-        *len = 0;
-        return -1;
-    }
-    tok_sbuf_put(&s->prefix, "", 0);
-    return 0;
+    return rc;
 }
 
 int tok_stream_push(tok_stream *s, int32_t id, char **text, size_t *len, kerr *err)

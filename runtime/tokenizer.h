@@ -63,8 +63,10 @@ int tok_decode(tokenizer *t, const int32_t *ids, size_t n, int skip_special, cha
  * valid UTF-8. Text is released only once no later id can change it: not while the bytes end
  * inside a UTF-8 character, nor during a run of byte-fallback tokens (<0xNN>), which HF decodes
  * as one unit (the run's text if all of it is UTF-8, else one U+FFFD per byte) and which is final
- * only when a token that is not a byte ends it. tests/test_tokenizer.c checks the contract on
- * random sequences for every fixture tokenizer. */
+ * only when a token that is not a byte ends it. A decoder chain that rewrites text after joining
+ * it (e.g. a Replace after Fuse; no HF model has one) cannot stream safely: its stream releases
+ * everything at tok_stream_finish. tests/test_tokenizer.c checks the contract on random sequences
+ * for every fixture tokenizer and for such chains. */
 typedef struct tok_stream tok_stream;
 tok_stream *tok_stream_new(tokenizer *t, int skip_special);
 /* *text: malloc'd, NUL-terminated, possibly empty ("" when nothing is complete yet). */

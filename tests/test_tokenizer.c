@@ -382,6 +382,8 @@ static void test_random_bytes(void **state)
     }
 }
 
+static char *tmpdir;
+
 /* ---------------------------------------------------------------- streaming property */
 
 static uint64_t rng_next(uint64_t *x)
@@ -507,6 +509,85 @@ static void test_stream_property(void **state)
     assert_int_equal(checked, 12 * 1500 * 2);
 }
 
+/* The same contract for decoder chains the fixtures do not have, on a vocabulary of awkward
+ * tokens (empty, only spaces or U+2581, pieces of <0xNN>, byte-level bytes of broken UTF-8,
+ * WordPiece/BPE affixes, CTC pad and delimiter): chains that stream by windows, and chains that
+ * cannot (a Replace after Fuse, a Strip before ByteFallback), which must hold text to the end. */
+static void test_stream_chains(void **state)
+{
+    (void)state;
+    static const char *vocab[] = {
+        "a", "", "\u2581", " ", "\u2581a", "##a", "##", "</w>", "a</w>", "<0x41>", "<0x20>",
+        "<0xC3>", "<0xA9>", "<0xE2>", "<0x96>", "<0x81>", "<0xFF>", "<pad>", "|", "b", "<0x", "1>",
+        ".", " .", "\u00e9", "\u2581\u2581", "\u0120", "\u00c3", "\u00a9", "\u00e2\u0138", "\u0123",
+        "ab", "\u00ff", "  ", "<0x4", "'", "n't"};
+    static const char *chains[] = {
+        "{\"type\": \"Sequence\", \"decoders\": [{\"type\": \"Replace\", \"pattern\": {\"String\": "
+        "\"\u2581\"}, \"content\": \" \"}, {\"type\": \"ByteFallback\"}, {\"type\": \"Fuse\"}, "
+        "{\"type\": \"Strip\", \"content\": \" \", \"start\": 1, \"stop\": 0}]}",
+        "{\"type\": \"Sequence\", \"decoders\": [{\"type\": \"Replace\", \"pattern\": {\"String\": "
+        "\"\u2581\"}, \"content\": \" \"}, {\"type\": \"ByteFallback\"}, {\"type\": \"Fuse\"}, "
+        "{\"type\": \"Strip\", \"content\": \" \", \"start\": 2, \"stop\": 2}]}",
+        "{\"type\": \"Sequence\", \"decoders\": [{\"type\": \"Fuse\"}, {\"type\": \"Replace\", "
+        "\"pattern\": {\"String\": \"ab\"}, \"content\": \"X\"}]}",
+        "{\"type\": \"CTC\", \"pad_token\": \"<pad>\", \"word_delimiter_token\": \"|\", \"cleanup\": true}",
+        "{\"type\": \"BPEDecoder\", \"suffix\": \"</w>\"}",
+        "{\"type\": \"WordPiece\", \"prefix\": \"##\", \"cleanup\": true}",
+        "{\"type\": \"Metaspace\", \"replacement\": \"\u2581\", \"prepend_scheme\": \"always\"}",
+        "{\"type\": \"Sequence\", \"decoders\": [{\"type\": \"Fuse\"}, {\"type\": \"Metaspace\", "
+        "\"replacement\": \"\u2581\", \"prepend_scheme\": \"first\"}]}",
+        "{\"type\": \"ByteLevel\"}",
+        "{\"type\": \"Sequence\", \"decoders\": [{\"type\": \"ByteLevel\"}, {\"type\": \"Strip\", "
+        "\"content\": \" \", \"start\": 1, \"stop\": 1}]}",
+        "null",
+        "{\"type\": \"Sequence\", \"decoders\": [{\"type\": \"Replace\", \"pattern\": {\"String\": "
+        "\"<0x4\"}, \"content\": \"<0x2\"}, {\"type\": \"Replace\", \"pattern\": {\"Regex\": \"^<0x$\"}, "
+        "\"content\": \"<0x41>\"}, {\"type\": \"ByteFallback\"}, {\"type\": \"Fuse\"}]}",
+        "{\"type\": \"Sequence\", \"decoders\": [{\"type\": \"Strip\", \"content\": \"<\", \"start\": 1, "
+        "\"stop\": 0}, {\"type\": \"ByteFallback\"}, {\"type\": \"Fuse\"}]}",
+    };
+    size_t nv = ARRAY_LEN(vocab);
+    uint64_t x = 0x853C49E6748FEA9Bull;
+    for (size_t c = 0; c < ARRAY_LEN(chains); c++) {
+        char *json = xasprintf("{\"model\": {\"type\": \"WordLevel\", \"unk_token\": \"a\", \"vocab\": {");
+        for (size_t i = 0; i < nv; i++) {
+            char *more = xasprintf("%s%s\"%s\": %zu", json, i ? ", " : "", vocab[i], i);
+            free(json);
+            json = more;
+        }
+        char *more = xasprintf("%s}}, \"added_tokens\": [{\"id\": %zu, \"content\": \"<s>\", "
+                               "\"special\": true}], \"decoder\": %s}",
+                               json, nv, chains[c]);
+        free(json);
+        json = more;
+        char *p = util_path_join(tmpdir, "chain.json");
+        kerr err;
+        kerr_clear(&err);
+        assert_int_equal(util_write_file(p, json, strlen(json), &err), 0);
+        tokenizer *t = tok_load(p, &err);
+        if (!t)
+            fail_msg("chain %zu: %s", c, kerr_msg(&err));
+        for (int it = 0; it < 600; it++) {
+            int32_t ids[24];
+            size_t n = (size_t)(rng_next(&x) % 25);
+            for (size_t i = 0; i < n; i++)
+                ids[i] = (int32_t)(rng_next(&x) % (nv + 2)); /* <s> and one unknown id */
+            for (int skip = 0; skip <= 1; skip++) {
+                char *why;
+                if (stream_matches(t, ids, n, skip, &why)) {
+                    print_error("chain %zu, skip_special=%d, ids:", c, skip);
+                    for (size_t i = 0; i < n; i++)
+                        print_error(" %d", ids[i]);
+                    fail_msg("\n%s", why);
+                }
+            }
+        }
+        tok_free(t);
+        free(p);
+        free(json);
+    }
+}
+
 /* The case the fuzzing campaign found: Llama-2 byte fallback, ids 37 35 215 (<0x22> <0x20>
  * <0xD4>) decode to three U+FFFD (the bytes are not UTF-8 as a whole), and so must the stream. */
 static void test_stream_byte_fallback_run(void **state)
@@ -612,7 +693,6 @@ static void test_threads(void **state)
     }
 }
 
-static char *tmpdir;
 
 static void write_text(const char *dir, const char *name, const char *text)
 {
@@ -1035,6 +1115,7 @@ int main(void)
         cmocka_unit_test(test_random_bytes),
         cmocka_unit_test(test_stream_byte_fallback_run),
         cmocka_unit_test(test_stream_property),
+        cmocka_unit_test(test_stream_chains),
         cmocka_unit_test(test_threads),
         cmocka_unit_test(test_queries),
         cmocka_unit_test(test_config_folder),
