@@ -51,7 +51,7 @@
 
 /* Bounds on what a manifest may declare, checked before anything is allocated or used. They are
  * far above any real model and low enough that sizes computed from them cannot overflow. */
-#define KA_MAX_STEPS (1 << 20)
+#define KA_MAX_STEPS (1 << 17) /* per schedule; a step takes ~700 bytes in memory */
 #define KA_MAX_KERNELS (1 << 16)
 #define KA_MAX_WEIGHTS (1 << 20)
 #define KA_MAX_CONSTS (1 << 16)

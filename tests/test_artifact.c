@@ -508,6 +508,8 @@ static void e_format(json_t *r) { set_int(r, "format", 1); }
 static void e_dtype(json_t *r) { json_object_set_new(json_object_get(r, "identity"), "dtype", json_string("fp8")); }
 static void e_task(json_t *r) { json_object_set_new(json_object_get(r, "identity"), "task", json_string("embed")); }
 static void e_shard_path(json_t *r) { json_object_set_new(r, "shard", json_string("shards/../../etc/passwd")); }
+static void e_shard_abs(json_t *r) { json_object_set_new(r, "shard", json_string("/etc/passwd")); }
+static void e_shard_up(json_t *r) { json_object_set_new(r, "shard", json_string("..")); }
 static void e_shard_chunk(json_t *r) { set_int(r, "shard_chunk", 0); }
 static void e_hex(json_t *r) { json_object_set_new(r, "shard_id", json_string("xyz")); }
 static void e_const_val(json_t *r)
@@ -577,6 +579,8 @@ static void test_bad_fields_resigned(void **state)
         {"dtype", e_dtype, {"dtype is \"fp8\", expected bf16 or f16"}},
         {"task", e_task, {"output_pool is 0 for task embed"}},
         {"shard path", e_shard_path, {"not a plain relative path"}},
+        {"shard path /", e_shard_abs, {"not a plain relative path"}},
+        {"shard path ..", e_shard_up, {"not a plain relative path"}},
         {"shard chunk", e_shard_chunk, {"shard_chunk is 0, expected 1048576..1073741824"}},
         {"hex", e_hex, {"shard_id is \"xyz\", expected 16 lowercase hex digits"}},
         {"const value", e_const_val, {"constant table 0: value 0 is not a finite float"}},
