@@ -29,7 +29,7 @@ struct kmodel {
     CUmodule mod;
     CUfunction *fn;
     st_set *shard;
-    hash_job *shard_hash; /* hashing the mapped shard while it is uploaded */
+    hash_job *shard_job; /* hashing the mapped shard while it is uploaded */
     int esize;
 
     CUdeviceptr warena, consts, slab, scratch, logits, logits_all, out, meta, kv;
@@ -277,7 +277,7 @@ kmodel *km_load(const char *dir, const km_opts *o, kerr *err)
         goto fail;
     /* the shard's data hash runs on the other cores from now until the weights are uploaded */
     int threads = hash_cpu_threads() - 1;
-    m->shard_hash = ka_shard_hash_start(m->m, m->shard, threads < 1 ? 1 : threads);
+    m->shard_job = ka_shard_hash_start(m->m, m->shard, threads < 1 ? 1 : threads);
     if (kcuda_load(&m->cu, err))
         goto fail;
     CUresult rc;
@@ -319,8 +319,8 @@ kmodel *km_load(const char *dir, const km_opts *o, kerr *err)
     if (upload_weights(m, err))
         goto fail;
     double t_hash = util_now();
-    uint64_t got = hash_finish(m->shard_hash);
-    m->shard_hash = NULL;
+    uint64_t got = hash_finish(m->shard_job);
+    m->shard_job = NULL;
     double t_done = util_now();
     if (ka_shard_hash_check(m->af, m->shard, got, err) || alloc_runtime(m, err))
         goto fail;
@@ -375,7 +375,7 @@ void km_free(kmodel *m)
             m->cu.cuDevicePrimaryCtxRelease(m->dev);
         kcuda_unload(&m->cu);
     }
-    hash_abort(m->shard_hash); /* its threads read the mapping st_close unmaps */
+    hash_abort(m->shard_job); /* its threads read the mapping st_close unmaps */
     st_close(m->shard);
     ka_file_free(m->af);
     free(m->fn);

@@ -340,6 +340,9 @@ static void test_kiln_run_without_gpu(void **state)
     assert_int_equal(run(cmd, out, sizeof out), 0);
     assert_non_null(strstr(out, "LlamaForCausalLM"));
     assert_non_null(strstr(out, "cubin.sm_90a"));
+    snprintf(cmd, sizeof cmd, "%s inspect %s --verify 2>&1", kiln, art);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    assert_non_null(strstr(out, "verified     shards/rank0-of-1.safetensors: id "));
     snprintf(cmd, sizeof cmd, "%s run %s/nonexistent --ids 1 2>&1", kiln, tmp);
     assert_int_equal(run(cmd, out, sizeof out), 1);
     assert_non_null(strstr(out, "not a folder"));
