@@ -499,7 +499,7 @@ static int check_extent(rd *r, const stepctx *c, const ka_step *s, const char *w
                         const ka_arg *a, int64_t rows, int64_t ld, int64_t cols, int64_t esize)
 {
     const ka_manifest *m = r->m;
-    int64_t bytes = ((rows - 1) * ld + cols) * esize, cap; /* < 2^49: no overflow (bounds) */
+    int64_t bytes = ((rows - 1) * ld + cols) * esize, cap; /* < 2^53 by the bounds: no overflow */
     const char *in;
     switch (a->kind) {
     case KA_ARG_BUF: cap = m->slab_bytes - a->i, in = "the activation slab"; break;
@@ -598,7 +598,7 @@ static int parse_kernel_step(rd *r, json_t *o, const stepctx *c, ka_step *s)
         if (r->bad)
             return -1;
         const ka_grid *gr = &s->grid[d];
-        int64_t v = gr->t * T + gr->s * S + gr->q * Q + gr->add; /* < 2^53 */
+        int64_t v = gr->t * T + gr->s * S + gr->q * Q + gr->add; /* < 2^58: no overflow */
         int64_t blocks = (v + gr->div - 1) / gr->div, lim = d == 0 ? INT32_MAX : 65535;
         if (blocks > lim)
             return bad(r, "%s: grid %c is %lld blocks at the largest step (T=%lld S=%lld Q=%lld); "
