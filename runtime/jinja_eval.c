@@ -2215,6 +2215,10 @@ static jv lookup(jctx *c, frame *f, const char *name)
 static jv eval(jctx *c, const jnode *n, frame *f)
 {
     jx_step(c, 1);
+    /* nested expressions count too, so the C stack is bounded by max_depth whatever mixes
+     * of macro recursion and deep expressions a template makes */
+    if (++c->depth > c->depth_limit)
+        jx_fail(c, "expressions, blocks and macro calls nested deeper than %d levels", c->depth_limit);
     int saved_line = c->line;
     c->line = n->line;
     jv r;
@@ -2332,6 +2336,7 @@ static jv eval(jctx *c, const jnode *n, frame *f)
     default: jx_fail(c, "internal: node %d is not an expression", n->kind);
     }
     c->line = saved_line;
+    c->depth--;
     return r;
 }
 
