@@ -15,6 +15,7 @@
 
 #include <jansson.h>
 
+#include "artifact.h"
 #include "config.h"
 #include "graph.h"
 #include "kc.h"
@@ -92,7 +93,11 @@ static int parse_opts(const char *prog, int argc, char **argv, opts *o, int allo
                  !missing) {
             char flag[32];
             snprintf(flag, sizeof flag, "%.*s", (int)strcspn(a, "="), a);
-            if (util_parse_i64(flag, val, 1, 1 << 24, &v, &err))
+            /* the artifact's own bounds (ka_read refuses anything larger) */
+            int64_t max = strstr(a, "seq-len") ? KA_MAX_SEQ_LEN
+                          : strstr(a, "batch") ? KA_MAX_SEQS
+                                               : KA_MAX_TOKENS;
+            if (util_parse_i64(flag, val, 1, max, &v, &err))
                 return util_usage_error(prog, "%s", kerr_msg(&err));
             if (strstr(a, "seq-len"))
                 o->max_seq_len = (int)v;
@@ -147,9 +152,12 @@ static const char common_help[] =
 
 static void print_err(const opts *o, kerr *e) { kerr_print(o->prog, e); }
 
-/* The pipeline's warnings ("warning: ..."), at most `max` of them. */
+/* Archspecs in the search path that failed to load (skipped), then the pipeline's warnings
+ * ("warning: ..."), at most `max` of them. */
 static void print_warn(const opts *o, kc *c, int max)
 {
+    for (int i = 0; c->reg && i < c->reg->nbroken; i++)
+        fprintf(stderr, "%s: warning: spec failed to load: %s\n", o->prog, c->reg->broken[i]);
     if (!c->warn.n)
         return;
     const char *m = kerr_msg(&c->warn);
@@ -716,8 +724,9 @@ static int cmd_compile(int argc, char **argv)
         rc = kerr_add(&err, "%s: task classify is not compiled for the GPU yet", c.spec->path);
     if (rc == 0) {
         int64_t maxpos = 0;
-        config_int(c.cfg, "max_position_embeddings", 1, 0, &maxpos, &err);
-        if (maxpos > 0 && c.max_seq_len > maxpos) {
+        if (config_int(c.cfg, "max_position_embeddings", 1, 0, &maxpos, &err))
+            rc = -1;
+        else if (maxpos > 0 && c.max_seq_len > maxpos) {
             if (o.max_seq_len)
                 rc = kerr_add(&err, "--max-seq-len %d exceeds the model's "
                                     "max_position_embeddings %lld",
@@ -725,7 +734,7 @@ static int cmd_compile(int argc, char **argv)
             else
                 c.max_seq_len = (int)maxpos;
         }
-        if (c.max_tokens > c.max_seq_len * c.max_seqs)
+        if ((int64_t)c.max_tokens > (int64_t)c.max_seq_len * c.max_seqs) /* (no int overflow) */
             c.max_tokens = c.max_seq_len * c.max_seqs;
         /* a decode step carries one token per sequence through buffers of max_tokens rows */
         if (rc == 0 && c.max_tokens < c.max_seqs && o.max_tokens)
