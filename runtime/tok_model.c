@@ -587,7 +587,8 @@ static int bpe_tokenize(const tok_model *m, tok_bpe_scratch *w, const char *s, s
     free(ce->word);
     ce->word = xmalloc(n + nids * sizeof(int32_t));
     memcpy(ce->word, s, n);
-    memcpy(ce->word + n, out->v + before, nids * sizeof(int32_t));
+    if (nids) /* a word of unknown characters with no unk token gives none */
+        memcpy(ce->word + n, out->v + before, nids * sizeof(int32_t));
     ce->hash = h;
     ce->len = (uint32_t)n;
     ce->nids = (uint32_t)nids;

@@ -981,6 +981,35 @@ static void test_regex_groups(void **state)
     free(p);
 }
 
+/* A BPE model without an unk token drops characters it does not know (as HF does): a word of
+ * them gives no ids, and the word cache must cope with an empty result (UBSan found a NULL
+ * memcpy there). */
+static void test_bpe_no_unk(void **state)
+{
+    (void)state;
+    char *p = util_path_join(tmpdir, "nounk.json");
+    const char *j = "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}}";
+    kerr err;
+    kerr_clear(&err);
+    assert_int_equal(util_write_file(p, j, strlen(j), &err), 0);
+    tokenizer *t = tok_load(p, &err);
+    if (!t)
+        fail_msg("%s", kerr_msg(&err));
+    for (int rep = 0; rep < 2; rep++) { /* the second time from the word cache */
+        int32_t *ids;
+        size_t n;
+        assert_int_equal(tok_encode(t, "zz", 2, 1, &ids, &n, &err), 0);
+        assert_int_equal(n, 0);
+        free(ids);
+        assert_int_equal(tok_encode(t, "zaz", 3, 1, &ids, &n, &err), 0);
+        assert_int_equal(n, 1);
+        assert_int_equal(ids[0], 0);
+        free(ids);
+    }
+    tok_free(t);
+    free(p);
+}
+
 /* Messages quoting the file's own text stay short, so a long one is never dropped by kerr. */
 static void test_long_names_in_errors(void **state)
 {
@@ -1124,6 +1153,7 @@ int main(void)
         cmocka_unit_test(test_long_names_in_errors),
         cmocka_unit_test(test_bounded_work),
         cmocka_unit_test(test_regex_groups),
+        cmocka_unit_test(test_bpe_no_unk),
         cmocka_unit_test(test_nul_in_vocab),
         cmocka_unit_test(test_cli),
     };
