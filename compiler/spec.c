@@ -856,7 +856,11 @@ static const luaL_Reg config_methods[] = {
  *   raises an error at the spec line. From then on it fires at every instruction, so a pcall
  *   in the spec cannot keep a loop alive: each caller fails at its next instruction;
  * - C time: Lua patterns backtrack inside C, where no hook runs; string.find, match, gmatch and
- *   gsub refuse a pattern whose matching could take more than SPEC_MAX_MATCH steps;
+ *   gsub refuse a pattern whose matching could take more than SPEC_MAX_MATCH steps. The table
+ *   functions that loop in C over a length (insert, remove, move, sort, concat, unpack) refuse
+ *   lengths no table within the memory cap has (a __len metamethod can claim 2^60), and
+ *   string.rep of an empty string returns at once;
+ * - output: print writes at most SPEC_MAX_PRINT bytes per state;
  * - libraries: base without dofile and loadfile, and load() takes text chunks only (binary
  *   chunks are not verified by Lua); string without dump; table, math, utf8. No io, os, debug,
  *   coroutine or package. `require` is kiln's own: a plain module name, looked up in the
@@ -873,6 +877,9 @@ static const luaL_Reg config_methods[] = {
 #define SPEC_MAX_MATCH 2e8
 #define SPEC_MAX_FILE ((int64_t)4 << 20)
 #define SPEC_MSG_CAP 2000
+#define SPEC_MAX_PRINT ((size_t)64 << 10)
+/* table elements: more than a table within SPEC_MEM_CAP can hold */
+#define SPEC_MAX_ELEMS ((lua_Integer)1 << 25)
 /* declarations read by spec_probe */
 #define SPEC_MAX_LIST 1000
 #define SPEC_MAX_NAME 256
@@ -882,6 +889,7 @@ typedef struct sandbox {
     int64_t ticks;      /* count-hook calls */
     int out_of_memory;  /* the allocator refused a request */
     int out_of_time;    /* the instruction budget is spent */
+    size_t printed;     /* bytes print() wrote */
     char *lib_dir;      /* the built-in archspecs folder (kiln.lua), or NULL */
     char *spec_dir;     /* the folder of the spec being run */
 } sandbox;
@@ -964,6 +972,15 @@ static int spec_file_ok(const char *path, char *why, size_t cap)
     return 1;
 }
 
+/* Calls the original function (upvalue 1) with this call's arguments. */
+static int call_original(lua_State *L)
+{
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
 /* Counts the repetition items ('*', '+', '-', '?') of a Lua pattern, over-counting where
  * unsure: a match backtracks over at most that many choices. */
 static int pattern_items(const char *p, size_t len)
@@ -1015,10 +1032,80 @@ static int sb_match_guard(lua_State *L)
                               "'*', '+', '-', '?', a shorter string, or a plain find)",
                               fn, q, (int)(n > INT32_MAX ? INT32_MAX : n));
     }
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 1);
-    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-    return lua_gettop(L);
+    return call_original(L);
+}
+
+/* string.rep: an empty string repeated 2^62 times allocates nothing, so the memory cap does
+ * not stop its loop; the result is empty anyway. */
+static int sb_rep(lua_State *L)
+{
+    size_t l, lsep = 0;
+    luaL_checklstring(L, 1, &l);
+    luaL_checkinteger(L, 2);
+    if (!lua_isnoneornil(L, 3))
+        luaL_checklstring(L, 3, &lsep);
+    if (l + lsep == 0) {
+        lua_pushliteral(L, "");
+        return 1;
+    }
+    return call_original(L);
+}
+
+/* table.insert, remove, move, sort, concat, unpack: their loops run in C over a length a
+ * __len metamethod (or move's arguments) can make 2^60 without allocating anything. Ranges
+ * beyond what a table within the memory cap can hold are refused. */
+static int sb_table_guard(lua_State *L)
+{
+    const char *fn = lua_tostring(L, lua_upvalueindex(2));
+    lua_Integer n;
+    if (strcmp(fn, "move") == 0) {
+        lua_Integer f = luaL_checkinteger(L, 2), e = luaL_checkinteger(L, 3);
+        n = e >= f ? (lua_Integer)((lua_Unsigned)e - (lua_Unsigned)f) : 0;
+        if (e >= f && n < 0)
+            n = LUA_MAXINTEGER;
+    } else {
+        luaL_checktype(L, 1, LUA_TTABLE);
+        n = luaL_len(L, 1);
+        if (strcmp(fn, "concat") == 0 || strcmp(fn, "unpack") == 0) {
+            lua_Integer i = luaL_optinteger(L, strcmp(fn, "concat") == 0 ? 3 : 2, 1);
+            lua_Integer j = luaL_optinteger(L, strcmp(fn, "concat") == 0 ? 4 : 3, n);
+            n = j >= i ? (lua_Integer)((lua_Unsigned)j - (lua_Unsigned)i) : 0;
+            if (j >= i && n < 0)
+                n = LUA_MAXINTEGER;
+        }
+    }
+    if (n < -SPEC_MAX_ELEMS || n > SPEC_MAX_ELEMS)
+        return luaL_error(L, "table.%s: %I elements, more than an archspec's table can hold", fn,
+                          (LUAI_UACINT)n);
+    return call_original(L);
+}
+
+/* print, to stdout as Lua's, but at most SPEC_MAX_PRINT bytes per state. */
+static int sb_print(lua_State *L)
+{
+    sandbox *sb = get_sandbox(L);
+    int n = lua_gettop(L);
+    for (int i = 1; i <= n; i++) {
+        size_t l;
+        const char *s = luaL_tolstring(L, i, &l);
+        if (i > 1 && sb->printed < SPEC_MAX_PRINT) {
+            fputc('\t', stdout);
+            sb->printed++;
+        }
+        if (sb->printed < SPEC_MAX_PRINT) {
+            size_t room = SPEC_MAX_PRINT - sb->printed, k = l < room ? l : room;
+            fwrite(s, 1, k, stdout);
+            sb->printed += k;
+            if (sb->printed >= SPEC_MAX_PRINT)
+                fputs("\n(archspec print output cut)\n", stdout);
+        }
+        lua_pop(L, 1);
+    }
+    if (sb->printed < SPEC_MAX_PRINT) {
+        fputc('\n', stdout);
+        sb->printed++;
+    }
+    return 0;
 }
 
 /* load(chunk [, name [, mode [, env]]]): text chunks only. */
@@ -1028,10 +1115,7 @@ static int sb_load(lua_State *L)
         lua_settop(L, 3);
     lua_pushliteral(L, "t");
     lua_replace(L, 3);
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 1);
-    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-    return lua_gettop(L);
+    return call_original(L);
 }
 
 /* require "name": name.lua from the built-in folder, then from the spec's own folder. */
@@ -1134,9 +1218,23 @@ static int sb_setup(lua_State *L)
     lua_setfield(L, LUA_REGISTRYINDEX, "kiln.modules");
     lua_pushcfunction(L, sb_require);
     lua_setglobal(L, "require");
+    lua_pushcfunction(L, sb_print);
+    lua_setglobal(L, "print");
+    lua_getglobal(L, "table");
+    static const char *table_guarded[] = {"insert", "remove", "move", "sort", "concat", "unpack"};
+    for (size_t i = 0; i < ARRAY_LEN(table_guarded); i++) {
+        lua_getfield(L, -1, table_guarded[i]);
+        lua_pushstring(L, table_guarded[i]);
+        lua_pushcclosure(L, sb_table_guard, 2);
+        lua_setfield(L, -2, table_guarded[i]);
+    }
+    lua_pop(L, 1);
     lua_getglobal(L, "string");
     lua_pushnil(L);
     lua_setfield(L, -2, "dump");
+    lua_getfield(L, -1, "rep");
+    lua_pushcclosure(L, sb_rep, 1);
+    lua_setfield(L, -2, "rep");
     static const char *guarded[] = {"find", "match", "gmatch", "gsub"};
     for (size_t i = 0; i < ARRAY_LEN(guarded); i++) {
         lua_getfield(L, -1, guarded[i]);
@@ -1248,7 +1346,7 @@ static int msgh(lua_State *L)
             snprintf(where, sizeof where, "%s:%d: ", file, line);
     }
     /* Lua's own arithmetic errors say what, not why */
-    const char *hint = memmem(msg, n, "'n//0'", 6) || memmem(msg, n, "'n%0'", 5)
+    const char *hint = memmem(msg, n, "divide by zero", 14) || memmem(msg, n, "'n%0'", 5)
                            ? " (a division by zero: is a config value the spec divides by 0?)"
                            : "";
     luaL_traceback(L, L, NULL, 1);

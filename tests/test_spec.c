@@ -1057,6 +1057,62 @@ static void test_sandbox_files(void **state)
     free(big);
 }
 
+static void test_sandbox_c_loops(void **state)
+{
+    (void)state;
+    char *path;
+    double t;
+    /* loops in C over a length that allocates nothing: refused or short-cut, not run */
+    const char *m = probe_fails_timed("local t = setmetatable({}, { __len = function() return 1 << 60 "
+                                      "end })\ntable.insert(t, 1, 5)\n",
+                                      &path, &t);
+    assert_starts_with(m, at(path, 2));
+    assert_contains(m, "table.insert: 1152921504606846976 elements, more than an archspec's table "
+                       "can hold");
+    free(path);
+    m = probe_fails_timed("local x = 1\ntable.move({}, 1, 1 << 50, 2)\n", &path, &t);
+    assert_starts_with(m, at(path, 2));
+    assert_contains(m, "table.move: ");
+    free(path);
+    /* an empty string repeated 2^62 times is empty, at once; the guarded functions still work */
+    m = probe_fails_timed("local s = string.rep(\"\", 1 << 62)\n"
+                          "local t = { 3, 1, 2 }\ntable.sort(t)\ntable.insert(t, 4)\n"
+                          "table.remove(t, 1)\n"
+                          "error(#s .. \" \" .. table.concat(t, \",\") .. \" \" .. "
+                          "select(2, table.unpack(t)) .. \" \" .. string.rep(\"ab\", 2, \"-\"))\n",
+                          &path, &t);
+    assert_contains(m, "0 2,3,4 3 ab-ab");
+    assert_true(t < 10);
+    free(path);
+}
+
+static void test_sandbox_print_capped(void **state)
+{
+    (void)state;
+    char *out = tu_path(D, "stdout.txt");
+    fflush(stdout);
+    int saved = dup(1);
+    FILE *f = fopen(out, "w");
+    assert_non_null(f);
+    dup2(fileno(f), 1);
+    char *path;
+    const char *m = probe_fails("for i = 1, 100000 do print(\"line\", i) end\nerror(\"done\")\n",
+                                &path);
+    fflush(stdout);
+    dup2(saved, 1);
+    close(saved);
+    fclose(f);
+    assert_contains(m, "done");
+    size_t n;
+    char *text = tu_read(out, &n);
+    assert_true(n >= 64 << 10 && n < (64 << 10) + 100);
+    assert_starts_with(text, "line\t1\nline\t2\n");
+    assert_contains(text, "(archspec print output cut)");
+    free(text);
+    free(path);
+    free(out);
+}
+
 /* ---------------------------------------------------------------- config ranges */
 
 static void test_cfg_int_ranges(void **state)
@@ -1159,6 +1215,8 @@ int main(void)
         T(test_sandbox_patterns),
         T(test_sandbox_messages),
         T(test_sandbox_files),
+        T(test_sandbox_c_loops),
+        T(test_sandbox_print_capped),
         T(test_cfg_int_ranges),
         T(test_graph_node_cap),
     };
