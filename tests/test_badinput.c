@@ -6,7 +6,7 @@
  * warning for archspec rows, where a broken spec is skipped) naming the file and the field or
  * option (each `want` string, "a|b" accepting either); no error line with an empty message; no
  * sanitizer report; and a bounded run: a row still running after ROW_SECONDS (or its own limit,
- * for the one that runs NVRTC) is killed and fails as a hang, one whose resident memory passes ROW_RSS_MB is killed and fails as a runaway. A
+ * for the few that run NVRTC or the archspec sandbox to its limits) is killed and fails as a hang, one whose resident memory passes ROW_RSS_MB is killed and fails as a runaway. A
  * failing row is reported with its name, command, status and stderr, and the table goes on, so
  * one run lists every row that fails. Rows are independent and run four at a time.
  *
@@ -413,12 +413,14 @@ static const row rows[] = {
 
     /* ---- archspecs in KILN_SPEC_PATH (issue: a loop hung every command, a spec could grow to
      * 8 GB or call os.execute): skipped with a warning naming the spec, within the bounds */
+    /* these two run the sandbox to its limits (100 million instructions, 256 MiB): a few seconds,
+     * ten under ASan on a busy machine, so they have a longer watchdog and start first */
     {"archspec that loops forever", {"kilnc", "archs"}, 0, {"loop.lua"}, NULL, "{T}/spec_loop",
-     NULL, 1},
+     NULL, 1, 60},
     {"archspec that loops forever, kilnc check", {"kilnc", "check", "{T}/llama"}, 0, {"loop.lua"},
-     NULL, "{T}/spec_loop", NULL, 1},
+     NULL, "{T}/spec_loop", NULL, 1, 60},
     {"archspec that grows without bound", {"kilnc", "archs"}, 0, {"mem.lua", "memory"}, NULL,
-     "{T}/spec_mem", NULL, 1},
+     "{T}/spec_mem", NULL, 1, 60},
     {"archspec calling os.execute", {"kilnc", "archs"}, 0, {"exec.lua", "os|execute"}, NULL,
      "{T}/spec_exec", "{T}/pwned", 1},
     {"archspec writing a file with io.open", {"kilnc", "archs"}, 0, {"io.lua", "io|open"}, NULL,
