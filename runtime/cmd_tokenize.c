@@ -4,8 +4,9 @@
  * with the special tokens HF's encode adds by default (--no-special to leave them out).
  * Decode (--decode): each line is a JSON array of ids; each output line is a JSON string, special
  * tokens skipped as HF's decode(..., skip_special_tokens=True) (--keep-special keeps them).
- * A bad line prints `null`, keeps going (one output line per input line, so callers stay in
- * step), reports the line number on stderr, and makes the exit status 1. Other tools call this
+ * A bad line (not JSON of the right kind, or longer than MAX_LINE) prints `null`, keeps going
+ * (one output line per input line, so callers stay in step), reports the line number on stderr,
+ * and makes the exit status 1. Other tools call this
  * interface: keep it stable.
  */
 #include <jansson.h>
@@ -35,6 +36,37 @@ static void usage(FILE *f)
 }
 
 #define PROG "kiln tokenize"
+/* A line is one text to encode: longer ones are refused (with the line number), not buffered
+ * without end. 64 MiB is a book; split anything longer into several lines. */
+#define MAX_LINE ((size_t)64 << 20)
+
+/* getline with a bound: a line longer than `max` bytes is read to its end, only its first `max`
+ * bytes are kept, and *over is set. Returns the length kept, or -1 at the end of the input. */
+static ssize_t read_line(FILE *f, char **buf, size_t *cap, size_t max, int *over)
+{
+    size_t n = 0;
+    int c = EOF;
+    *over = 0;
+    while ((c = getc_unlocked(f)) != EOF) {
+        if (n < max) {
+            if (n + 2 > *cap) {
+                *cap = *cap ? *cap * 2 : 4096;
+                if (*cap > max + 2)
+                    *cap = max + 2;
+                *buf = xrealloc(*buf, *cap);
+            }
+            (*buf)[n++] = (char)c;
+        } else {
+            *over = 1;
+        }
+        if (c == '\n')
+            break;
+    }
+    if (c == EOF && n == 0 && !*over)
+        return -1;
+    (*buf)[n] = 0;
+    return (ssize_t)n;
+}
 
 int cmd_tokenize(int argc, char **argv)
 {
@@ -69,15 +101,21 @@ int cmd_tokenize(int argc, char **argv)
     size_t cap = 0;
     ssize_t got;
     long lineno = 0;
-    while ((got = getline(&line, &cap, stdin)) >= 0) {
+    int over;
+    while ((got = read_line(stdin, &line, &cap, MAX_LINE, &over)) >= 0) {
         lineno++;
         json_error_t je;
-        json_t *in = json_loadb(line, (size_t)got, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
+        json_t *in = over ? NULL
+                          : json_loadb(line, (size_t)got, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
         const char *problem = NULL;
         char *out = NULL;
         kerr_clear(err);
         char why[256];
-        if (!in) {
+        if (over) {
+            snprintf(why, sizeof why, "longer than %zu MiB; split the text into several lines",
+                     MAX_LINE >> 20);
+            problem = why;
+        } else if (!in) {
             /* the usual newcomer's mistake is plain text: say what a line must be */
             size_t show = strcspn(line, "\r\n");
             snprintf(why, sizeof why, "%s (got %s%.*s%s; %s)",

@@ -282,6 +282,20 @@ static void make_inputs(void)
     weights_poke("w_nan", 0x7fc00000u);
     weights_poke("w_inf", 0x7f800000u);
 
+    /* a line of stdin no tokenizer should buffer whole */
+    {
+        size_t len = (size_t)65 << 20;
+        char *text = xmalloc(len + 8);
+        memset(text, 'a', len);
+        text[0] = '"';
+        memcpy(text + len - 2, "\"\n", 2);
+        memcpy(text + len, "\"ok\"\n", 5);
+        f = tp("long_line.jsonl");
+        tu_write_bytes(f, text, len + 5);
+        free(f);
+        free(text);
+    }
+
     /* tokenizer.json */
     tok_edit("tok_vocab_id.json", "model.vocab.zzzz", "2147483647");
     tok_edit("tok_pad_neg.json", "padding",
@@ -315,7 +329,7 @@ typedef struct row {
     const char *args[14]; /* "kiln" or "kilnc", then its arguments; {T} is the temporary folder */
     int code;             /* the exit status expected */
     const char *want[4];  /* stderr contains each ("a|b": either); {T} replaced too */
-    const char *in;       /* stdin, or NULL for /dev/null */
+    const char *in;       /* stdin text ("@NAME": the file NAME in {T}), or NULL for nothing */
     const char *spec_path;/* KILN_SPEC_PATH, or NULL */
     const char *absent;   /* a file the command must not have created */
     int warning;          /* the line is a warning (a broken archspec is skipped), not an error */
@@ -395,6 +409,8 @@ static const row rows[] = {
     {"kiln tokenize on plain text", {"kiln", "tokenize", FIX "/tokenizers/gpt2_bpe.json"}, 1,
      {"kiln tokenize: error: stdin line 2: expected one JSON string per line"},
      "\"fine\"\nplain text\n"},
+    {"kiln tokenize, a 65 MiB line", {"kiln", "tokenize", FIX "/tokenizers/gpt2_bpe.json"}, 1,
+     {"kiln tokenize: error: stdin line 1: longer than 64 MiB"}, "@long_line.jsonl"},
 
     /* ---- tokenizer.json (issue: id 2^31-1 overflowed, Fixed -5 / 1e11 padded toward SIZE_MAX,
      * negative pad ids, truncation lengths and added-token ids were accepted) */
@@ -546,8 +562,9 @@ static void job_start(job *j, const row *r, size_t i)
     snprintf(name, sizeof name, ".stderr.%zu", i);
     j->errp = tp(name);
     snprintf(name, sizeof name, ".stdin.%zu", i);
-    char *inp = tp(name);
-    tu_write_bytes(inp, r->in ? r->in : "", r->in ? strlen(r->in) : 0);
+    char *inp = r->in && r->in[0] == '@' ? tp(r->in + 1) : tp(name);
+    if (!r->in || r->in[0] != '@')
+        tu_write_bytes(inp, r->in ? r->in : "", r->in ? strlen(r->in) : 0);
     char *spec = r->spec_path ? subst(r->spec_path) : NULL;
     j->t0 = util_now();
     j->pid = fork();
