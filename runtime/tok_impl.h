@@ -213,6 +213,10 @@ struct tok_ctx {
 /* Normalized text of one piece is at most 1 GiB (see tok_norm_apply). */
 #define TOK_MAX_NORM ((size_t)1 << 30)
 
+/* Frees the scratch buffers of c larger than keep bytes (a pooled context then does not hold
+ * on to the memory of the largest input it ever saw). */
+void tok_ctx_trim(tok_ctx *c, size_t keep);
+
 /* `where` names the file for messages. Return NULL (and add to err) on an unknown type. */
 tok_norm *tok_norm_load(json_t *j, const char *where, kerr *err);
 void tok_norm_free(tok_norm *n);

@@ -1,7 +1,8 @@
 /* tok_util — the tokenizer's floor: growable vectors, a bump arena, a string->id hash map,
  * UTF-8 helpers, the Unicode character classes HF tokenizers uses (as the Rust standard library
- * defines them, computed from utf8proc's categories), and a PCRE2 wrapper that matches the
- * way tokenizer.json regexes behave under Oniguruma.
+ * defines them, computed from utf8proc's categories), GPT-2's byte-level alphabet (built once,
+ * under pthread_once), range-checked reading of JSON numbers, and a PCRE2 wrapper that matches
+ * the way tokenizer.json regexes behave under Oniguruma (patterns shared, match data per call).
  *
  * It does not know about tokenizer.json; see tok_text.c, tok_model.c and tokenizer.c for that.
  */
@@ -117,6 +118,29 @@ void tok_arena_free(tok_arena *a)
     tok_arena_reset(a);
     free(a->head);
     a->head = NULL;
+}
+
+void tok_ctx_trim(tok_ctx *c, size_t keep)
+{
+    if (c->arena.head && c->arena.head->cap > keep)
+        tok_arena_free(&c->arena);
+    tok_sbuf *bufs[2] = {&c->sb, &c->sb2};
+    for (int i = 0; i < 2; i++)
+        if (bufs[i]->cap > keep) {
+            free(bufs[i]->s);
+            memset(bufs[i], 0, sizeof *bufs[i]);
+        }
+    tok_pieces *ps[2] = {&c->pieces, &c->spare};
+    for (int i = 0; i < 2; i++)
+        if (ps[i]->cap * sizeof *ps[i]->v > keep) {
+            free(ps[i]->v);
+            memset(ps[i], 0, sizeof *ps[i]);
+        }
+    if (c->segs_cap * sizeof *c->segs > keep) {
+        free(c->segs);
+        c->segs = NULL;
+        c->segs_cap = c->nsegs = 0;
+    }
 }
 
 void tok_pieces_push(tok_pieces *p, const char *s, size_t len, int32_t id, int origin)

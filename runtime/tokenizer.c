@@ -146,6 +146,7 @@ static tok_ctx *ctx_get(tokenizer *t)
 static void ctx_put(tokenizer *t, tok_ctx *c)
 {
     tok_arena_reset(&c->arena);
+    tok_ctx_trim(c, (size_t)4 << 20);
     pthread_mutex_lock(&t->pool_lock);
     c->next = t->pool;
     t->pool = c;
