@@ -182,6 +182,10 @@ int cmd_run(int argc, char **argv)
         } else if (!strcmp(a, "--top-p")) {
             if (util_parse_f64(a, v, 0, 1, UTIL_ABOVE_MIN, &d, &err))
                 return util_usage_error(PROG, "%s", kerr_msg(&err));
+            if ((float)d == 0) /* the kernel takes a float: 1e-50 would be 0, "off" nothing */
+                return util_usage_error(PROG, "--top-p: '%s' is 0 as a float (expected a number "
+                                              "above 0 and at most 1)",
+                                        v);
             sp.top_p = (float)d;
         } else if (!strcmp(a, "--seed")) {
             if (util_parse_u64(a, v, UINT64_MAX, &u, &err))

@@ -356,6 +356,8 @@ static const row rows[] = {
      {"--temperature: 'inf' is not a finite number"}},
     {"kiln run --top-p 0", {"kiln", "run", ART, "--ids", "1", "--top-p", "0"}, 2,
      {"--top-p: '0' is out of range (expected a number above 0 and at most 1)"}},
+    {"kiln run --top-p 1e-50 (0 as a float)", {"kiln", "run", ART, "--ids", "1", "--top-p", "1e-50"},
+     2, {"--top-p: '1e-50' is 0 as a float"}},
     {"kiln run --seed -1", {"kiln", "run", ART, "--ids", "1", "--seed", "-1"}, 2,
      {"--seed: '-1' is not a non-negative integer"}},
     {"kiln run --kv-memory 1e999", {"kiln", "run", ART, "--ids", "1", "--kv-memory", "1e999"}, 2,
