@@ -73,7 +73,7 @@ if [ $stale = 1 ]; then
     rm -rf "$OUT"
     die "kilnc compile failed"
   fi
-  echo "   $(tail -n 1 "$LOG" | sed 's/^kilnc: //') [$(secs "$t0" "$(now)") s]"
+  echo "   $(tail -n 1 "$LOG" | sed 's/^kilnc compile: //') [$(secs "$t0" "$(now)") s]"
 else
   echo "== compile: $OUT is up to date (kilnc compile $MODEL -o $OUT)"
 fi
@@ -94,13 +94,13 @@ else
 fi
 
 if [ $device = gpu ]; then
-  gpu=$(sed -n 's/^kiln: \(.*\)/\1/p' "$tmp/err" | grep -v "load .* s, prefill" | head -n 1)
+  gpu=$(sed -n 's/^kiln run: \(.*\)/\1/p' "$tmp/err" | grep -v "load .* s, prefill" | head -n 1)
   echo "== generate: GPU, $KILN run $OUT --prompt ... --max-new $MAX_NEW"
   [ -n "$gpu" ] && echo "   $gpu"
   text=$(tail -n +2 "$tmp/out")
   text=${text#"$PROMPT"} # kiln run prints a text prompt with its continuation
   n_gen=$(head -n 1 "$tmp/out" | awk -F, 'NF { print NF } !NF { print 0 }')
-  speed=$(grep "tok/s" "$tmp/err" | tail -n 1 | sed 's/^kiln: //')
+  speed=$(grep "tok/s" "$tmp/err" | tail -n 1 | sed 's/^kiln run: //')
 else
   echo "== generate: CPU, $KILNC ref (the fp32 reference interpreter; no GPU here: $why)"
   ids=$(json "$PROMPT" | "$KILN" tokenize "$MODEL" | tr -d '[]')
