@@ -108,6 +108,7 @@ int tok_u8_truncated(const char *s, size_t n);
  * the vocabulary, merges and added tokens go through tok_nul_fix, which turns it back into a NUL
  * byte. Returns s itself when there is nothing to fix, else b's buffer. */
 #define TOK_NUL_SENTINEL "\xF4\x8F\xBF\xBF"
+#define TOK_MAX_FILE ((uint64_t)256 << 20)
 const char *tok_nul_fix(tok_sbuf *b, const char *s, size_t n, size_t *out_n);
 /* A number read from tokenizer.json: v must be a JSON integer with lo <= v <= hi (a fraction, a
  * string, a missing field or an out-of-range value is refused). The message starts with the
@@ -118,7 +119,8 @@ int tok_json_int(json_t *v, long long lo, long long hi, long long *out, kerr *er
 /* A token id: 0 <= id < TOK_MAX_ID (tokenizer.h). */
 int tok_json_id(json_t *v, int32_t *id, kerr *err, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-/* Parses a JSON file with that rewrite. NULL with a message (file:line:col) on error. */
+/* Parses a JSON file with that rewrite (files over TOK_MAX_FILE bytes are refused unread).
+ * NULL with a message (file:line:col) on error. */
 json_t *tok_json_load(const char *path, kerr *err);
 
 /* GPT-2's byte-level alphabet: byte b is the character whose UTF-8 is utf8[b] (len[b] bytes);

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <utf8proc.h>
 
 #include "tok_impl.h"
@@ -375,6 +376,13 @@ const char *tok_nul_fix(tok_sbuf *b, const char *s, size_t n, size_t *out_n)
 
 json_t *tok_json_load(const char *path, kerr *err)
 {
+    /* The largest real tokenizer.json files are tens of MB; jansson needs several times the
+     * file's size, so refuse what cannot be one before reading it. */
+    struct stat st;
+    if (stat(path, &st) == 0 && (uint64_t)st.st_size > TOK_MAX_FILE)
+        return kerr_add(err, "%s: %llu bytes; kiln reads tokenizer files of at most %llu bytes",
+                        path, (unsigned long long)st.st_size, (unsigned long long)TOK_MAX_FILE),
+               NULL;
     size_t len;
     char *text = util_read_file(path, &len, err);
     if (!text)

@@ -938,6 +938,18 @@ static void test_bounded_work(void **state)
     assert_int_equal(ids[0], 1);
     assert_int_equal(ids[nids - 1], 3);
     free(ids);
+    /* a file too large to be a tokenizer is refused before it is read (a sparse file here) */
+    char *big = util_path_join(tmpdir, "big.json");
+    FILE *bf = fopen(big, "w");
+    assert_non_null(bf);
+    assert_int_equal(ftruncate(fileno(bf), (off_t)300 << 20), 0);
+    fclose(bf);
+    kerr_clear(&err);
+    assert_null(tok_load(big, &err));
+    if (!strstr(kerr_msg(&err), "big.json: 314572800 bytes; kiln reads tokenizer files of at most"))
+        fail_msg("unexpected message: %s", kerr_msg(&err));
+    remove(big);
+    free(big);
     kerr_clear(&err);
     assert_int_equal(tok_encode(t, text, TOK_MAX_TEXT + 1, 0, &ids, &nids, &err), -1);
     assert_non_null(strstr(kerr_msg(&err), "67108865 bytes; at most 67108864"));
