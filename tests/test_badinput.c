@@ -593,12 +593,16 @@ static void job_start(job *j, const row *r, size_t i)
     free(inp);
 }
 
-/* Polls a running job: 1 when it has ended (or was killed by the watchdog), else 0. */
+/* Polls a running job: 1 when it has ended (or was killed by the watchdog), else 0. The child
+ * is reaped only after its process group is killed (anything it left behind), so its pid, and
+ * with it the group id, cannot have been reused by then. */
 static int job_poll(job *j)
 {
-    int st = 0;
-    pid_t w = waitpid(j->pid, &st, WNOHANG);
-    if (w != j->pid) {
+    siginfo_t si;
+    memset(&si, 0, sizeof si);
+    if (waitid(P_PID, (id_t)j->pid, &si, WEXITED | WNOHANG | WNOWAIT) != 0)
+        tu_die("waitid", j->argv[0]);
+    if (si.si_pid != j->pid) { /* still running */
         double el = util_now() - j->t0;
         if (el > (j->r->seconds ? j->r->seconds : ROW_SECONDS))
             j->why = "hang";
@@ -606,11 +610,11 @@ static int job_poll(job *j)
             j->why = "runaway memory";
         if (!j->why)
             return 0;
-        kill(-j->pid, SIGKILL);
-        kill(j->pid, SIGKILL);
-        waitpid(j->pid, &st, 0);
     }
-    kill(-j->pid, SIGKILL); /* anything the command left behind in its group */
+    kill(-j->pid, SIGKILL);
+    int st = 0;
+    if (waitpid(j->pid, &st, 0) != j->pid)
+        tu_die("waitpid", j->argv[0]);
     j->seconds = util_now() - j->t0;
     j->code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
     j->err = tu_read(j->errp, NULL);
