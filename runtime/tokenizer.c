@@ -48,18 +48,22 @@ typedef struct added_tok {
     uint8_t single_word, lstrip, rstrip, normalized, special;
 } added_tok;
 
-/* Byte trie for leftmost-longest matching of added tokens. */
+/* Byte trie for leftmost-longest matching of added tokens. A node's children are found through
+ * one hash table keyed by (node, byte), so a step costs O(1) whatever the fan-out; patterns are
+ * at most TOK_MAX_ADDED bytes, so matching costs at most that many steps per input byte. */
 typedef struct trie_node {
-    int32_t child, sibling; /* -1 none */
-    int32_t value;          /* index into tokenizer.added, -1 none */
-    unsigned char byte;
+    int32_t value; /* index into tokenizer.added, -1 none */
 } trie_node;
 typedef struct trie {
     trie_node *n;
     size_t nn, cap;
     int32_t root[256]; /* first byte -> node, -1 none */
+    uint64_t *hkey;    /* (node + 1) << 8 | byte; 0 = empty slot */
+    int32_t *hval;     /* the child node */
+    size_t hcap, hn;   /* hcap: a power of two */
     int empty;
 } trie;
+#define TOK_MAX_ADDED 1024
 
 enum { PP_NONE, PP_TEMPLATE, PP_BERT, PP_ROBERTA, PP_BYTELEVEL, PP_SEQ };
 #define PP_SEQ_A INT32_MIN /* marks $A inside a template */
@@ -169,28 +173,69 @@ static void ctx_free(tok_ctx *c)
 
 /* ---------------------------------------------------------------- trie */
 
+static size_t trie_slot(const trie *t, uint64_t key)
+{
+    size_t j = (size_t)((key * 0x9E3779B97F4A7C15ull) >> 17) & (t->hcap - 1);
+    while (t->hkey[j] && t->hkey[j] != key)
+        j = (j + 1) & (t->hcap - 1);
+    return j;
+}
+
+static int32_t trie_child(const trie *t, int32_t node, unsigned char b)
+{
+    if (!t->hcap)
+        return -1;
+    size_t j = trie_slot(t, ((uint64_t)node + 1) << 8 | b);
+    return t->hkey[j] ? t->hval[j] : -1;
+}
+
+static void trie_link(trie *t, int32_t node, unsigned char b, int32_t child)
+{
+    if ((t->hn + 1) * 2 > t->hcap) {
+        trie old = *t;
+        t->hcap = t->hcap ? t->hcap * 2 : 256;
+        t->hkey = xcalloc(t->hcap, sizeof *t->hkey);
+        t->hval = xmalloc(t->hcap * sizeof *t->hval);
+        for (size_t i = 0; i < old.hcap; i++)
+            if (old.hkey[i]) {
+                size_t j = trie_slot(t, old.hkey[i]);
+                t->hkey[j] = old.hkey[i];
+                t->hval[j] = old.hval[i];
+            }
+        free(old.hkey);
+        free(old.hval);
+    }
+    uint64_t key = ((uint64_t)node + 1) << 8 | b;
+    size_t j = trie_slot(t, key);
+    t->hkey[j] = key;
+    t->hval[j] = child;
+    t->hn++;
+}
+
+static int32_t trie_new_node(trie *t)
+{
+    if (t->nn == t->cap) {
+        t->cap = t->cap ? t->cap * 2 : 64;
+        t->n = xrealloc(t->n, t->cap * sizeof *t->n);
+    }
+    t->n[t->nn].value = -1;
+    return (int32_t)t->nn++;
+}
+
 static void trie_add(trie *t, const char *s, size_t n, int32_t value)
 {
     if (n == 0)
         return;
-    int32_t *link = &t->root[(unsigned char)s[0]];
-    int32_t node = -1;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char b = (unsigned char)s[i];
-        int32_t cur = *link;
-        while (cur >= 0 && t->n[cur].byte != b)
-            cur = t->n[cur].sibling;
-        if (cur < 0) {
-            if (t->nn == t->cap) {
-                t->cap = t->cap ? t->cap * 2 : 64;
-                t->n = xrealloc(t->n, t->cap * sizeof *t->n);
-            }
-            cur = (int32_t)t->nn++;
-            t->n[cur] = (trie_node){-1, i == 0 ? -1 : *link, -1, b};
-            *link = cur;
+    int32_t node = t->root[(unsigned char)s[0]];
+    if (node < 0)
+        node = t->root[(unsigned char)s[0]] = trie_new_node(t);
+    for (size_t i = 1; i < n; i++) {
+        int32_t next = trie_child(t, node, (unsigned char)s[i]);
+        if (next < 0) {
+            next = trie_new_node(t);
+            trie_link(t, node, (unsigned char)s[i], next);
         }
-        node = cur;
-        link = &t->n[cur].child;
+        node = next;
     }
     if (t->n[node].value < 0) /* two tokens with one pattern: the first added wins */
         t->n[node].value = value;
@@ -208,12 +253,16 @@ static int32_t trie_longest(const trie *t, const char *s, size_t n, size_t *len)
         }
         if (++i >= n)
             break;
-        unsigned char b = (unsigned char)s[i];
-        cur = t->n[cur].child;
-        while (cur >= 0 && t->n[cur].byte != b)
-            cur = t->n[cur].sibling;
+        cur = trie_child(t, cur, (unsigned char)s[i]);
     }
     return best;
+}
+
+static void trie_free(trie *t)
+{
+    free(t->n);
+    free(t->hkey);
+    free(t->hval);
 }
 
 /* ---------------------------------------------------------------- added tokens */
@@ -265,6 +314,11 @@ static int add_token(tokenizer *t, tok_ctx *ctx, json_t *j, size_t i, int32_t *n
     const char *s = tok_nul_fix(&fix, json_string_value(c), json_string_length(c), &a.len);
     if (a.len == 0)
         return 0;
+    if (a.len > TOK_MAX_ADDED) {
+        free(fix.s);
+        return kerr_add(err, "%s: added_tokens[%zu].content: %zu bytes; added tokens are at most %d",
+                        t->file, i, a.len, TOK_MAX_ADDED);
+    }
     a.single_word = json_is_true(json_object_get(j, "single_word"));
     a.lstrip = json_is_true(json_object_get(j, "lstrip"));
     a.rstrip = json_is_true(json_object_get(j, "rstrip"));
@@ -1383,8 +1437,8 @@ void tok_free(tokenizer *t)
     tok_strmap_free(&t->added_map);
     tok_strmap_free(&t->special_set);
     free(t->id2added);
-    free(t->plain.n);
-    free(t->normed.n);
+    trie_free(&t->plain);
+    trie_free(&t->normed);
     while (t->pool) {
         tok_ctx *c = t->pool;
         t->pool = c->next;

@@ -938,6 +938,36 @@ static void test_bounded_work(void **state)
     assert_int_equal(ids[0], 1);
     assert_int_equal(ids[nids - 1], 3);
     free(ids);
+    /* added tokens are matched with at most TOK_MAX_ADDED (1024) trie steps per input byte:
+     * longer ones are refused, and a near-miss on every byte stays cheap */
+    char *tokj = xmalloc(4096), *longtok = xmalloc(1100);
+    memset(longtok, 'a', 1099);
+    longtok[1099] = 0;
+    snprintf(tokj, 4096, "{\"model\": {\"type\": \"WordLevel\", \"unk_token\": \"a\", \"vocab\": "
+             "{\"a\": 0}}, \"added_tokens\": [{\"id\": 1, \"content\": \"%s\"}]}", longtok);
+    expect_load_error(tokj, "added_tokens[0].content: 1099 bytes; added tokens are at most 1024", NULL);
+    longtok[1023] = 'b';
+    longtok[1024] = 0;
+    snprintf(tokj, 4096, "{\"model\": {\"type\": \"WordLevel\", \"unk_token\": \"a\", \"vocab\": "
+             "{\"a\": 0}}, \"added_tokens\": [{\"id\": 1, \"content\": \"%s\"}]}", longtok);
+    char *tp = util_path_join(tmpdir, "longadded.json");
+    assert_int_equal(util_write_file(tp, tokj, strlen(tokj), &err), 0);
+    tokenizer *ta = tok_load(tp, &err);
+    if (!ta)
+        fail_msg("%s", kerr_msg(&err));
+    assert_int_equal(tok_encode(ta, text, 65536, 0, &ids, &nids, &err), 0); /* 64k 'a' */
+    assert_int_equal(nids, 1);
+    free(ids);
+    memcpy(text + 1000, longtok, 1024);
+    assert_int_equal(tok_encode(ta, text, 65536, 0, &ids, &nids, &err), 0);
+    assert_int_equal(nids, 3);
+    assert_int_equal(ids[1], 1);
+    free(ids);
+    memset(text, 'a', n);
+    tok_free(ta);
+    free(tp);
+    free(tokj);
+    free(longtok);
     /* a file too large to be a tokenizer is refused before it is read (a sparse file here) */
     char *big = util_path_join(tmpdir, "big.json");
     FILE *bf = fopen(big, "w");
