@@ -17,8 +17,13 @@
  * `err`, which must be the calling thread's own.
  *
  * Limits: every id read from tokenizer.json (or the config files) must be 0 <= id < TOK_MAX_ID,
- * and lengths such as padding and truncation are bounded by TOK_MAX_LEN; tok_load refuses larger
- * or non-integer values naming the file and the field, before sizing anything by them.
+ * and ids that encode emits or generation stops on (post-processor tokens, pad_id, bos/eos) must
+ * be ids of the tokenizer (below tok_vocab_size); lengths such as padding and truncation are
+ * bounded by TOK_MAX_LEN; tok_load refuses larger or non-integer values naming the file and the
+ * field, before sizing anything by them. Files over 256 MiB and added tokens over 1024 bytes are
+ * refused too, and tok_encode takes at most TOK_MAX_TEXT bytes: with these, encoding costs a
+ * bounded amount of work per input byte (regexes from the file are bounded by PCRE2's match
+ * limit, which fails the call with a message).
  */
 #ifndef KILN_TOKENIZER_H
 #define KILN_TOKENIZER_H
