@@ -37,7 +37,9 @@ static builder *get_builder(lua_State *L)
     lua_getfield(L, LUA_REGISTRYINDEX, "kiln.builder");
     builder *b = lua_touserdata(L, -1);
     lua_pop(L, 1);
-    if (!b)
+    /* b->g is NULL once build() has returned: a finalizer run when the state closes may still
+     * hold g */
+    if (!b || !b->g)
         luaL_error(L, "no graph is being built (g is only valid inside build)");
     return b;
 }

@@ -1113,6 +1113,23 @@ static void test_sandbox_print_capped(void **state)
     free(out);
 }
 
+static void test_sandbox_finalizer_after_build(void **state)
+{
+    (void)state;
+    /* a finalizer that uses g after build() returned (when the state closes): no crash, and
+     * the graph is what build made */
+    char *body = xasprintf("    keep = setmetatable({}, { __gc = function() g:input(\"ids\") end })\n%s",
+                           GOOD_BODY);
+    char *text = toy_spec(body);
+    kgraph *g = build(text, TOY_CONFIG, NULL);
+    if (!g)
+        fail_msg("%s", kerr_msg(&E));
+    assert_int_equal(graph_verify(g, &E), 0);
+    graph_free(g);
+    free(text);
+    free(body);
+}
+
 /* ---------------------------------------------------------------- config ranges */
 
 static void test_cfg_int_ranges(void **state)
@@ -1217,6 +1234,7 @@ int main(void)
         T(test_sandbox_files),
         T(test_sandbox_c_loops),
         T(test_sandbox_print_capped),
+        T(test_sandbox_finalizer_after_build),
         T(test_cfg_int_ranges),
         T(test_graph_node_cap),
     };
