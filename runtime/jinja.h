@@ -59,10 +59,13 @@ typedef struct jv {
 
 typedef struct jlist {
     size_t n, cap;
-    int tuple; /* JL_LIST, JL_TUPLE, or the dict view items()/keys()/values() returned */
+    int tuple;    /* JL_LIST, JL_TUPLE, a dict view items()/keys()/values() returned, or a
+                   * generator (what map, select, unique... return in jinja2) */
+    int consumed; /* a generator that has been iterated: it yields nothing more */
+    jstr *poison; /* a generator that fails with this message when it runs */
     jv *v;
 } jlist;
-enum { JL_LIST, JL_TUPLE, JL_ITEMS, JL_KEYS, JL_VALUES };
+enum { JL_LIST, JL_TUPLE, JL_ITEMS, JL_KEYS, JL_VALUES, JL_GEN };
 
 typedef struct jdict {
     size_t n, cap;

@@ -170,7 +170,15 @@ static frame *frame_fresh(jctx *c, frame *prev, frame *up)
 static jlist *iter_list(jctx *c, jv v)
 {
     switch (v.t) {
-    case JV_LIST: return v.u.l;
+    case JV_LIST:
+        if (v.u.l->tuple == JL_GEN && v.u.l->poison) /* a generator over a non-iterable */
+            jx_fail(c, "%s", v.u.l->poison->s);
+        if (v.u.l->tuple == JL_GEN) { /* iterating a generator uses it up */
+            if (v.u.l->consumed)
+                return jv_list(c, 0).u.l;
+            v.u.l->consumed = 1;
+        }
+        return v.u.l;
     case JV_UNDEF: return jv_list(c, 0).u.l;
     case JV_DICT:
     case JV_NS: {
@@ -198,12 +206,38 @@ static int64_t length_of(jctx *c, jv v)
 {
     switch (v.t) {
     case JV_STR: return (int64_t)ju_count(v.u.s->s, v.u.s->len);
-    case JV_LIST: return (int64_t)v.u.l->n;
+    case JV_LIST:
+        if (v.u.l->tuple == JL_GEN)
+            jx_fail(c, "object of type 'generator' has no len()");
+        return (int64_t)v.u.l->n;
     case JV_DICT:
     case JV_NS: return (int64_t)v.u.d->n;
     case JV_UNDEF: return 0;
     default: jx_fail(c, "object of type '%s' has no len()", jv_typename(v));
     }
+}
+
+/* what jinja2's generator filters (map, select, unique, items...) return */
+static jv as_gen(jv list)
+{
+    list.u.l->tuple = JL_GEN;
+    return list;
+}
+
+/* A generator filter's input that cannot be iterated fails only when the generator runs (a
+ * template may test or drop it unused): such a generator carries the error. NULL: iterable. */
+static jv *lazy_error(jctx *c, jv v, const char *msg_or_null)
+{
+    if (v.t == JV_LIST && v.u.l->poison) /* a generator over a failing generator */
+        msg_or_null = v.u.l->poison->s;
+    else if (v.t == JV_LIST || v.t == JV_DICT || v.t == JV_NS || v.t == JV_STR || v.t == JV_UNDEF)
+        if (!msg_or_null)
+            return NULL;
+    jv *g = jx_alloc(c, sizeof *g);
+    *g = as_gen(jv_list(c, 0));
+    g->u.l->poison = msg_or_null ? hintf(c, "%s", msg_or_null)
+                                 : hintf(c, "'%s' object is not iterable", jv_typename(v));
+    return g;
 }
 
 static jv tuple2(jctx *c, jv a, jv b)
@@ -564,6 +598,9 @@ static jv do_slice(jctx *c, jv obj, jv lo, jv hi, jv st)
     }
     if (obj.t == JV_UNDEF)
         undef_fail(c, obj);
+    /* jinja2 slices with Python's own [] (not its getitem), so Python's TypeError stands */
+    if (obj.t == JV_DICT)
+        jx_fail(c, "unhashable type: 'slice'");
     jx_fail(c, "'%s' object is not subscriptable", jv_typename(obj));
 }
 
@@ -580,9 +617,7 @@ static jv get_item(jctx *c, jv obj, jv key)
         break;
     }
     case JV_LIST:
-        if (obj.u.l->tuple > JL_TUPLE)
-            jx_fail(c, "'%s' object is not subscriptable", jv_typename(obj));
-        if (key.t == JV_INT || key.t == JV_BOOL) {
+        if ((key.t == JV_INT || key.t == JV_BOOL) && obj.u.l->tuple <= JL_TUPLE) {
             int64_t i = key.u.i, n = (int64_t)obj.u.l->n;
             if (i < 0)
                 i += n;
@@ -1189,7 +1224,7 @@ static jv percent_format(jctx *c, jv fmt, jv args)
 {
     jbuf *b = &c->tmp;
     size_t mark = b->len;
-    jlist one = {1, 1, 1, &args};
+    jlist one = {.n = 1, .cap = 1, .tuple = JL_TUPLE, .v = &args};
     jlist *l = args.t == JV_LIST && args.u.l->tuple == JL_TUPLE ? args.u.l : &one;
     size_t ai = 0;
     const char *p = fmt.u.s->s;
@@ -1356,7 +1391,9 @@ static int run_test(jctx *c, int id, const char *name, jv v, jargs *a)
     case T_STRING: return v.t == JV_STR;
     case T_MAPPING: return v.t == JV_DICT;
     case T_ITERABLE: return v.t == JV_STR || v.t == JV_LIST || v.t == JV_DICT || v.t == JV_UNDEF;
-    case T_SEQUENCE: return v.t == JV_STR || v.t == JV_LIST || v.t == JV_DICT || v.t == JV_UNDEF;
+    case T_SEQUENCE: /* len() and __getitem__: not generators, not dict views */
+        return v.t == JV_STR || (v.t == JV_LIST && v.u.l->tuple <= JL_TUPLE) || v.t == JV_DICT ||
+               v.t == JV_UNDEF;
     case T_NUMBER: return is_number(v);
     case T_INTEGER: return v.t == JV_INT;
     case T_FLOAT: return v.t == JV_FLOAT;
@@ -1572,6 +1609,9 @@ static jv html_escape(jctx *c, jv v)
 
 static jv select_items(jctx *c, jv seq, jargs *a, int by_attr, int keep, frame *f)
 {
+    jv *lazy = lazy_error(c, seq, NULL);
+    if (lazy)
+        return *lazy;
     jlist *l = iter_list(c, seq);
     jv out = jv_list(c, 0);
     int first_test = by_attr ? 1 : 0;
@@ -1603,7 +1643,7 @@ static jv select_items(jctx *c, jv seq, jargs *a, int by_attr, int keep, frame *
             jl_push(c, out.u.l, l->v[i]);
         jx_step(c, 1);
     }
-    return out;
+    return as_gen(out);
 }
 
 static jv to_int(jctx *c, jv v, jv dflt, int64_t base)
@@ -1707,6 +1747,8 @@ static jv apply_filter(jctx *c, int id, const char *name, jv v, jargs *a, frame 
     }
     case F_FIRST:
     case F_LAST: {
+        if (id == F_LAST && v.t == JV_LIST && v.u.l->tuple == JL_GEN)
+            jx_fail(c, "'generator' object is not reversible");
         jlist *l = iter_list(c, v);
         if (!l->n)
             return jv_undef(hintf(c, "No %s item, sequence was empty.", id == F_FIRST ? "first" : "last"));
@@ -1752,20 +1794,21 @@ static jv apply_filter(jctx *c, int id, const char *name, jv v, jargs *a, frame 
     }
     case F_ITEMS: {
         if (v.t == JV_UNDEF)
-            return jv_list(c, 0);
+            return as_gen(jv_list(c, 0));
         if (v.t != JV_DICT)
-            jx_fail(c, "Can only get item pairs from a mapping.");
+            return *lazy_error(c, v, "Can only get item pairs from a mapping.");
         jmethod m = {v, M_ITEMS};
         jargs none = {0};
-        jv r = call_method(c, &m, &none);
-        r.u.l->tuple = JL_LIST;
-        return r;
+        return as_gen(call_method(c, &m, &none));
     }
     case F_SELECTATTR: return select_items(c, v, a, 1, 1, f);
     case F_REJECTATTR: return select_items(c, v, a, 1, 0, f);
     case F_SELECT: return select_items(c, v, a, 0, 1, f);
     case F_REJECT: return select_items(c, v, a, 0, 0, f);
     case F_MAP: {
+        jv *lazy = lazy_error(c, v, NULL);
+        if (lazy)
+            return *lazy;
         jlist *l = iter_list(c, v);
         jv out = jv_list(c, l->n);
         jstr *attr = NULL;
@@ -1781,7 +1824,7 @@ static jv apply_filter(jctx *c, int id, const char *name, jv v, jargs *a, frame 
                 jv x = attr_path(c, l->v[i], attr);
                 jl_push(c, out.u.l, x.t == JV_UNDEF && dflt ? *dflt : x);
             }
-            return out;
+            return as_gen(out);
         }
         if (a->npos < 1 || a->pos[0].t != JV_STR)
             jx_fail(c, "map needs a filter name or attribute=");
@@ -1793,7 +1836,7 @@ static jv apply_filter(jctx *c, int id, const char *name, jv v, jargs *a, frame 
             jargs fa = {a->pos + 1, a->npos - 1, a->kwn, a->kwv, a->nkw, NULL};
             jl_push(c, out.u.l, apply_filter(c, fid, fname, l->v[i], &fa, f));
         }
-        return out;
+        return as_gen(out);
     }
     case F_ABS:
         if (is_int(v)) {
@@ -1829,7 +1872,11 @@ static jv apply_filter(jctx *c, int id, const char *name, jv v, jargs *a, frame 
         return jv_float(r);
     }
     case F_INDENT: {
-        jv s = jv_to_str(c, v);
+        if (v.t != JV_STR) /* jinja2 does s += "\n", then s.splitlines() */
+            jx_fail(c, v.t == JV_LIST ? "'%s' object has no attribute 'splitlines'"
+                                      : "unsupported operand type(s) for +=: '%s' and 'str'",
+                    jv_typename(v));
+        jv s = v;
         jv w = arg(a, 0, "width", jv_int(4));
         jv ind = is_int(w) ? repeat(c, jv_str(c, " ", 1), w.u.i) : jv_to_str(c, w);
         int first = jv_truthy(arg(a, 1, "first", jv_bool(0)));
@@ -1856,11 +1903,13 @@ static jv apply_filter(jctx *c, int id, const char *name, jv v, jargs *a, frame 
     case F_REVERSE: {
         if (v.t == JV_STR)
             return do_slice(c, v, jv_none(), jv_none(), jv_int(-1));
+        /* reversed(x) is an iterator; a generator cannot be reversed, so jinja2 lists it */
+        int was_gen = v.t == JV_LIST && v.u.l->tuple == JL_GEN;
         jlist *l = iter_list(c, v);
         jv out = jv_list(c, l->n);
         for (size_t i = l->n; i-- > 0;)
             jl_push(c, out.u.l, l->v[i]);
-        return out;
+        return was_gen ? out : as_gen(out);
     }
     case F_SORT:
     case F_DICTSORT: {
@@ -1897,6 +1946,9 @@ static jv apply_filter(jctx *c, int id, const char *name, jv v, jargs *a, frame 
         return (jv){.t = JV_LIST, .u.l = l};
     }
     case F_UNIQUE: {
+        jv *lazy = lazy_error(c, v, NULL);
+        if (lazy)
+            return *lazy;
         jlist *l = iter_list(c, v);
         int case_s = jv_truthy(arg(a, 0, "case_sensitive", jv_bool(0)));
         jstr *attr = arg_str(c, a, 1, "attribute");
@@ -1910,7 +1962,7 @@ static jv apply_filter(jctx *c, int id, const char *name, jv v, jargs *a, frame 
                 jl_push(c, out.u.l, l->v[i]);
             }
         }
-        return out;
+        return as_gen(out);
     }
     case F_SUM: {
         jlist *l = iter_list(c, v);
@@ -1968,6 +2020,9 @@ static jv apply_filter(jctx *c, int id, const char *name, jv v, jargs *a, frame 
         return get_attr(c, v, nm->s);
     }
     case F_BATCH: {
+        jv *lazy = lazy_error(c, v, NULL);
+        if (lazy)
+            return *lazy;
         jlist *l = iter_list(c, v);
         int64_t k = arg_int(c, a, 0, "linecount", 0);
         jv *fill = argp(a, 1, "fill_with");
@@ -1987,7 +2042,7 @@ static jv apply_filter(jctx *c, int id, const char *name, jv v, jargs *a, frame 
                     jl_push(c, cur.u.l, *fill);
             jl_push(c, out.u.l, cur);
         }
-        return out;
+        return as_gen(out);
     }
     case F_CENTER: {
         jv s = jv_to_str(c, v);

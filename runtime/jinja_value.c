@@ -190,7 +190,9 @@ jv jv_list(jctx *c, size_t cap)
 {
     jlist *l = jx_alloc(c, sizeof *l);
     l->n = 0;
-    l->tuple = 0;
+    l->tuple = JL_LIST;
+    l->consumed = 0;
+    l->poison = NULL;
     l->cap = cap;
     l->v = cap ? jx_alloc(c, cap * sizeof(jv)) : NULL;
     return (jv){.t = JV_LIST, .u.l = l};
@@ -272,7 +274,7 @@ int jv_truthy(jv v)
     case JV_INT: return v.u.i != 0;
     case JV_FLOAT: return v.u.f != 0.0;
     case JV_STR: return v.u.s->len != 0;
-    case JV_LIST: return v.u.l->n != 0;
+    case JV_LIST: return v.u.l->n != 0 || v.u.l->tuple == JL_GEN; /* a generator is truthy */
     case JV_DICT: return v.u.d->n != 0;
     default: return 1;
     }
@@ -297,6 +299,8 @@ int jv_equal(jctx *c, jv a, jv b)
     case JV_NONE: return 1;
     case JV_STR: return a.u.s->len == b.u.s->len && memcmp(a.u.s->s, b.u.s->s, a.u.s->len) == 0;
     case JV_LIST: {
+        if (a.u.l->tuple == JL_GEN || b.u.l->tuple == JL_GEN) /* generators: identity */
+            return a.u.l == b.u.l;
         if (a.u.l->n != b.u.l->n || a.u.l->tuple != b.u.l->tuple)
             return 0;
         if (++c->depth > c->depth_limit)
@@ -335,7 +339,8 @@ const char *jv_typename(jv v)
     case JV_FLOAT: return "float";
     case JV_STR: return "str";
     case JV_LIST: {
-        static const char *const names[] = {"list", "tuple", "dict_items", "dict_keys", "dict_values"};
+        static const char *const names[] = {"list", "tuple", "dict_items", "dict_keys", "dict_values",
+                                            "generator"};
         return names[v.u.l->tuple];
     }
     case JV_DICT: return "dict";
@@ -587,6 +592,10 @@ void jv_write_repr(jctx *c, jbuf *b, jv v)
     case JV_LIST: {
         static const char *const view[] = {"", "", "dict_items(", "dict_keys(", "dict_values("};
         int tup = v.u.l->tuple == JL_TUPLE;
+        if (v.u.l->tuple == JL_GEN) { /* Python adds an address; no template can rely on it */
+            jb_puts(c, b, "<generator object>");
+            return;
+        }
         enter(c);
         jb_puts(c, b, view[v.u.l->tuple]);
         jb_putc(c, b, tup ? '(' : '[');
