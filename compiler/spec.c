@@ -862,6 +862,7 @@ static const luaL_Reg config_methods[] = {
  *   functions that loop in C over a length (insert, remove, move, sort, concat, unpack) refuse
  *   lengths no table within the memory cap has (a __len metamethod can claim 2^60), and
  *   string.rep of an empty string returns at once;
+ * - finalizers: Lua runs __gc with hooks off, so setmetatable refuses a metatable with __gc;
  * - output: print writes at most SPEC_MAX_PRINT bytes per state;
  * - libraries: base without dofile and loadfile, and load() takes text chunks only (binary
  *   chunks are not verified by Lua); string without dump; table, math, utf8. No io, os, debug,
@@ -1110,6 +1111,21 @@ static int sb_print(lua_State *L)
     return 0;
 }
 
+/* setmetatable without __gc: Lua runs finalizers with hooks off, so a __gc that loops would
+ * escape the instruction budget (and only setmetatable can mark an object for finalization,
+ * when its metatable has __gc at that moment). */
+static int sb_setmetatable(lua_State *L)
+{
+    if (lua_type(L, 2) == LUA_TTABLE) {
+        lua_pushliteral(L, "__gc");
+        if (lua_rawget(L, 2) != LUA_TNIL)
+            return luaL_error(L, "setmetatable: an archspec cannot use __gc (finalizers run "
+                                 "outside its instruction budget)");
+        lua_pop(L, 1);
+    }
+    return call_original(L);
+}
+
 /* load(chunk [, name [, mode [, env]]]): text chunks only. */
 static int sb_load(lua_State *L)
 {
@@ -1222,6 +1238,9 @@ static int sb_setup(lua_State *L)
     lua_setglobal(L, "require");
     lua_pushcfunction(L, sb_print);
     lua_setglobal(L, "print");
+    lua_getglobal(L, "setmetatable");
+    lua_pushcclosure(L, sb_setmetatable, 1);
+    lua_setglobal(L, "setmetatable");
     lua_getglobal(L, "table");
     static const char *table_guarded[] = {"insert", "remove", "move", "sort", "concat", "unpack"};
     for (size_t i = 0; i < ARRAY_LEN(table_guarded); i++) {
