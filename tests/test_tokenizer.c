@@ -605,6 +605,24 @@ static void test_stream_byte_fallback_run(void **state)
     assert_int_equal(tok_decode(t, ids, 3, 1, &text, &tl, &err), 0);
     assert_string_equal(text, "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
     free(text);
+    /* A long run is held without decoding it on every push (that was O(k^2): a fuzz timeout),
+     * and comes out whole when a token that is not a byte ends it. */
+    int32_t a = tok_token_to_id(t, "<0x41>"), end = tok_token_to_id(t, "\xE2\x96\x81the");
+    assert_true(a >= 0 && end >= 0);
+    tok_stream *s = tok_stream_new(t, 1);
+    size_t k = 100000, got = 0;
+    char *piece;
+    size_t pl;
+    for (size_t i = 0; i <= k; i++) {
+        assert_int_equal(tok_stream_push(s, i < k ? a : end, &piece, &pl, &err), 0);
+        if (i < k)
+            assert_int_equal(pl, 0);
+        else
+            got = pl;
+        free(piece);
+    }
+    assert_int_equal(got, k + 4); /* k x "A", then " the" */
+    tok_stream_free(s);
     tok_free(t);
 }
 
