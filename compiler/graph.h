@@ -29,7 +29,7 @@
 #define KG_MAX_IN 10
 /* Far above any real model (Mixtral with 128 layers of 128 experts is about 107,000 nodes):
  * a spec that makes more is refused before the graph takes gigabytes. */
-#define KG_MAX_NODES (1 << 20)
+#define KG_MAX_NODES (1 << 19)
 /* Elements of one weight: 2^36 is a 128 GiB BF16 tensor. */
 #define KG_MAX_NUMEL_LOG2 36
 #define KG_MAX_NUMEL ((int64_t)1 << KG_MAX_NUMEL_LOG2)

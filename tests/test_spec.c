@@ -1206,7 +1206,7 @@ static void test_graph_node_cap(void **state)
                                 "    while true do x = g:silu(x) end\n",
                                 TOY_CONFIG, &text, &path);
     assert_starts_with(m, at(path, line_of(text, "g:silu")));
-    assert_contains(m, "the graph has 1048576 nodes, the most kiln builds");
+    assert_contains(m, "the graph has 524288 nodes, the most kiln builds");
     assert_true(util_now() - t0 < 60);
     free(text);
     free(path);
