@@ -90,6 +90,9 @@ int ct_render(const chat_template *t, const json_t *vars, const ct_options *opt,
         time_t now = time(NULL);
         localtime_r(&now, &c->now);
     }
+    /* both buffers exist from the start, so text taken from them never starts at NULL */
+    c->out = (jbuf){xcalloc(1, 256), 0, 256};
+    c->tmp = (jbuf){xcalloc(1, 256), 0, 256};
     int rc = 0;
     if (setjmp(c->jmp)) {
         if (c->raised) {
@@ -109,7 +112,7 @@ int ct_render(const chat_template *t, const json_t *vars, const ct_options *opt,
         jv v = from_json(c, vars);
         jx_render(c, t->root, v);
         *out_len = c->out.len;
-        *out = c->out.p ? c->out.p : xstrdup("");
+        *out = c->out.p;
     }
     free(c->err);
     free(c->tmp.p);
