@@ -52,7 +52,7 @@ RUNTIME_OBJ  := $(RUNTIME_SRC:%.c=$(B)/obj/%.o)
 COMPILER_OBJ := $(COMPILER_SRC:%.c=$(B)/obj/%.o)
 TEST_BINS    := $(RUNTIME_TESTS:%=$(B)/tests/test_%) $(COMPILER_TESTS:%=$(B)/tests/test_%)
 # Fuzz targets (tests/fuzz/fuzz_NAME.c; see the fuzzing rules below): make check replays their corpora.
-FUZZ_TARGETS := safetensors config tokenizer_load tokenizer artifact archspec
+FUZZ_TARGETS := safetensors config tokenizer_load tokenizer artifact archspec chat_template
 FUZZ_REPLAY  := $(FUZZ_TARGETS:%=$(B)/tests/fuzz/replay_%)
 
 .PHONY: all test check deps demo clean
