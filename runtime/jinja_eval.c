@@ -2156,9 +2156,31 @@ static jv call_global(jctx *c, int id, jargs *a)
     case G_STRFTIME: {
         if (a->npos != 1 || a->pos[0].t != JV_STR)
             jx_fail(c, "strftime_now takes one format string");
+        /* datetime.now() is naive: Python's %z and %Z give "", and %f the microseconds
+         * (kiln's clock has whole seconds) */
+        const jstr *in = a->pos[0].u.s;
+        jbuf *fb = &c->tmp;
+        size_t mark = fb->len;
+        for (size_t i = 0; i < in->len; i++) {
+            if (in->s[i] == '%' && i + 1 < in->len) {
+                char k = in->s[i + 1];
+                if (k == 'z' || k == 'Z' || k == 'f') {
+                    jb_puts(c, fb, k == 'f' ? "000000" : "");
+                    i++;
+                    continue;
+                }
+                jb_putc(c, fb, '%');
+                jb_putc(c, fb, k);
+                i++;
+                continue;
+            }
+            jb_putc(c, fb, in->s[i]);
+        }
+        jv fmt = jv_str(c, fb->p + mark, fb->len - mark);
+        fb->len = mark;
         char out[1024];
-        size_t n = strftime(out, sizeof out, cs(a->pos[0]), &c->now);
-        if (n == 0 && a->pos[0].u.s->len)
+        size_t n = strftime(out, sizeof out, cs(fmt), &c->now);
+        if (n == 0 && fmt.u.s->len)
             jx_fail(c, "strftime_now: the format gives an empty or too long (over 1023 bytes) text");
         return jv_str(c, out, n);
     }
