@@ -328,3 +328,28 @@ json_t *ct_user_request(const char *text)
 {
     return json_pack("{s:[{s:s,s:s}]}", "messages", "role", "user", "content", text);
 }
+
+char *ct_chat_prompt(const char *dir, const char *message, kerr *err)
+{
+    ct_model m;
+    if (ct_model_load(dir, &m, err))
+        return NULL;
+    json_t *req = ct_user_request(message);
+    char *out = NULL;
+    size_t len;
+    int rc = ct_model_render(&m, req, NULL, &out, &len, err);
+    if (rc == CT_RAISED) { /* the message is in err too */
+        free(out);
+        out = NULL;
+        kerr_add(err, "%s: the chat template refused the message (raise_exception above)", m.origin);
+    } else if (rc)
+        kerr_add(err, "%s: rendering the chat template failed", m.origin);
+    else if (memchr(out, 0, len)) {
+        kerr_add(err, "%s: the chat template's output holds a NUL byte", m.origin);
+        free(out);
+        out = NULL;
+    }
+    json_decref(req);
+    ct_model_free(&m);
+    return out;
+}

@@ -82,4 +82,9 @@ int ct_model_render(const ct_model *m, const json_t *request, const ct_options *
 /* The request for one user message: {"messages": [{"role": "user", "content": text}]}. */
 json_t *ct_user_request(const char *text);
 
+/* `--chat MESSAGE` of kiln run and kilnc ref: DIR's template rendered for one user message with
+ * the generation prompt, as a malloc'd string; NULL with the reason in err. Encode it without
+ * adding special tokens (the template writes them), as apply_chat_template(tokenize=True). */
+char *ct_chat_prompt(const char *dir, const char *message, kerr *err);
+
 #endif

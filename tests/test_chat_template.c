@@ -813,6 +813,13 @@ static void test_model_folder(void **state)
     assert_string_equal(out, "<s>[user:hi]<E>FalseTrueTrue");
     free(out);
     free(msg);
+    /* --chat's prompt: one user message, generation prompt on */
+    kerr e2;
+    kerr_clear(&e2);
+    char *cp = ct_chat_prompt(d, "hi", &e2);
+    assert_non_null(cp);
+    assert_string_equal(cp, "<s>[user:hi]></s>FalseTrueTrue");
+    free(cp);
     /* chat_template.jinja wins over the config's template */
     free(tu_write(d, "chat_template.jinja", "J{{ messages|length }}{{ bos_token }}\n"));
     out = model_render(d, "[{\"role\": \"user\", \"content\": \"hi\"}]", &rc, &msg);
@@ -853,6 +860,12 @@ static void test_model_folder(void **state)
     out = model_render(d, "[1]", &rc, &msg);
     assert_contains(msg, "messages[0] must be an object");
     free(msg);
+    free(tu_write(d, "tokenizer_config.json",
+                  "{\"chat_template\": \"{{ raise_exception('only ' ~ messages|length) }}\"}"));
+    kerr_clear(&e2);
+    assert_null(ct_chat_prompt(d, "hi", &e2));
+    assert_contains(kerr_msg(&e2), "only 1");
+    assert_contains(kerr_msg(&e2), "the chat template refused the message");
     free(tu_write(d, "tokenizer_config.json", "{\"chat_template\": \"{% if %}\"}"));
     out = model_render(d, "[]", &rc, &msg);
     assert_int_equal(rc, -1);
