@@ -748,6 +748,7 @@ static int64_t arg_int(jctx *c, jargs *a, int pos, const char *name, int64_t dfl
 }
 
 static jv str_format(jctx *c, jv fmt, jargs *a);
+static jv binop(jctx *c, int op, jv a, jv b);
 
 static int prefix_match(jctx *c, jv s, jv pre, int end)
 {
@@ -1408,15 +1409,9 @@ static int run_test(jctx *c, int id, const char *name, jv v, jargs *a)
     case T_GT: case T_GT2: case T_GT3: return compare(c, v, x, ">") > 0;
     case T_GE: case T_GE2: return compare(c, v, x, ">=") >= 0;
     case T_IN: return contains(c, x, v);
-    case T_ODD:
-    case T_EVEN:
-        if (!is_int(v))
-            jx_fail(c, "test '%s' needs an integer, got %s", name, jv_typename(v));
-        return (v.u.i % 2 != 0) == (id == T_ODD);
-    case T_DIVISIBLEBY:
-        if (!is_int(v) || !is_int(x) || x.u.i == 0)
-            jx_fail(c, "test 'divisibleby' needs integers and a non-zero divisor");
-        return v.u.i % x.u.i == 0;
+    case T_ODD: /* value % 2 == 1, with Python's errors for other types */
+    case T_EVEN: return jv_equal(c, binop(c, JOP_MOD, v, jv_int(2)), jv_int(id == T_ODD));
+    case T_DIVISIBLEBY: return jv_equal(c, binop(c, JOP_MOD, v, x), jv_int(0));
     case T_SAMEAS:
         if (v.t != x.t)
             return 0;
@@ -1851,7 +1846,7 @@ static jv apply_filter(jctx *c, int id, const char *name, jv v, jargs *a, frame 
         int64_t prec = arg_int(c, a, 0, "precision", 0);
         jstr *method = arg_str(c, a, 1, "method");
         if (!is_number(v))
-            jx_fail(c, "round: expected a number, got %s", jv_typename(v));
+            jx_fail(c, "type %s doesn't define __round__ method", jv_typename(v));
         double x = as_f(v), m = pow(10.0, (double)prec);
         const char *md = method ? method->s : "common";
         double r;
@@ -1919,7 +1914,7 @@ static jv apply_filter(jctx *c, int id, const char *name, jv v, jargs *a, frame 
         jv by_value = jv_bool(0);
         if (id == F_DICTSORT) {
             if (v.t != JV_DICT)
-                jx_fail(c, "dictsort needs a mapping, got %s", jv_typename(v));
+                jx_fail(c, "'%s' object has no attribute 'items'", jv_typename(v));
             jmethod m = {v, M_ITEMS};
             jargs none = {0};
             l = call_method(c, &m, &none).u.l;
