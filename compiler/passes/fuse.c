@@ -241,6 +241,10 @@ int pass_fuse(kc *c, kerr *err)
     g->strings = NULL;
     g->nstrings = 0;
 
+    /* Dead nodes go first, so that no sum is fused into a norm nothing reads (graph_compact
+     * walks backwards and would keep such a norm, which comes later, without its inputs). */
+    graph_compact(g2);
+
     /* annotations on the new graph */
     int *users2 = xcalloc((size_t)g2->n, sizeof(int));
     int *last_user = xcalloc((size_t)g2->n, sizeof(int));
@@ -273,7 +277,6 @@ int pass_fuse(kc *c, kerr *err)
     }
     free(users2);
     free(last_user);
-    graph_compact(g2);
     /* A sum fused into its norm is still stored when another node reads it (the residual
      * stream): counted once here, so plan_memory and lower need not search for readers. */
     for (int i = 0; i < g2->n; i++)
