@@ -7,7 +7,8 @@
  * ct_parse reads the text; a template that parses is rendered for each request through
  * ct_model_render (the path the server and the CLI take), with tight limits so that a template
  * that loops, recurses or grows stops quickly.
- * Contracts: a failing parse or render leaves a message; a rendering is valid UTF-8, its length is
+ * Contracts: a failing parse or render leaves a message, and a render error names the template
+ * line (or the request's field); a rendering is valid UTF-8, its length is
  * what ct_render reports and no longer than the output limit; rendering is deterministic (the
  * second render of the same request gives the same bytes or the same error).
  */
@@ -60,6 +61,9 @@ static void render_twice(const json_t *req)
             FZ_CHECK(rc[k] == -1, "status %d", rc[k]);
             FZ_CHECK(out[k] == NULL, "an error left an output");
             fz_check_err(&err[k]);
+            const char *m = kerr_msg(&err[k]);
+            FZ_CHECK(!strncmp(m, "chat template line ", 19) || !strncmp(m, "chat request: ", 14),
+                     "a render error that names no template line: %s", m);
         } else {
             FZ_CHECK(out[k] && memchr(out[k], 0, len[k] + 1) != NULL, "output not NUL-terminated");
             FZ_CHECK(len[k] <= opt.max_output, "output of %zu bytes over the limit", len[k]);
