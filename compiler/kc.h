@@ -40,6 +40,10 @@ typedef struct kc {
     int n_unused;         /* checkpoint tensors left unused (after the spec's ignore list) */
     int n_ignored;        /* unused but matched by the spec's ignore list */
 
+    char **overrides;     /* what overrides changed, one line each (overrides.h): check prints
+                           * them, compile records them in the manifest */
+    int n_overrides;
+
     kerr warn;            /* warnings, printed by the command */
 } kc;
 

@@ -41,6 +41,7 @@ typedef struct opts {
     char *spec_path[16];
     int n_spec_path;
     int strict;
+    ovr_set ovr; /* --config, --override, --pooling, --normalize, --generation-config */
     const char *dump_after;
     int help;
     /* ref */
@@ -57,6 +58,7 @@ static int parse_opts(const char *prog, int argc, char **argv, opts *o, int allo
 {
     memset(o, 0, sizeof *o);
     o->prog = prog;
+    ovr_init(&o->ovr);
     o->max_new = 16;
     kerr err;
     kerr_clear(&err);
@@ -78,6 +80,14 @@ static int parse_opts(const char *prog, int argc, char **argv, opts *o, int allo
             if (o->n_spec_path == 16)
                 return util_usage_error(prog, "at most 16 --spec-path folders");
             o->spec_path[o->n_spec_path++] = (char *)val;
+        } else if ((TAKE("--config") || TAKE("--override") || TAKE("--override-new") ||
+                    TAKE("--pooling") || TAKE("--normalize") ||
+                    (allow_dump == 3 && TAKE("--generation-config"))) &&
+                   !missing) {
+            char flag[32];
+            snprintf(flag, sizeof flag, "%.*s", (int)strcspn(a, "="), a);
+            if (ovr_flag(&o->ovr, flag, val, &err) < 0)
+                return util_usage_error(prog, "%s", kerr_msg(&err));
         } else if (strcmp(a, "--strict") == 0)
             o->strict = 1;
         else if (allow_dump == 1 && TAKE("--dump-after") && !missing)
@@ -137,7 +147,7 @@ static int parse_opts(const char *prog, int argc, char **argv, opts *o, int allo
 static kc_opts kopts(const opts *o, int need_weights)
 {
     kc_opts k = {.spec = o->spec, .spec_path = o->spec_path, .n_spec_path = o->n_spec_path,
-                 .strict = o->strict, .need_weights = need_weights};
+                 .strict = o->strict, .need_weights = need_weights, .ovr = &o->ovr};
     return k;
 }
 
@@ -146,6 +156,17 @@ static const char common_help[] =
     "  --spec-path DIR    also search DIR for archspecs (repeatable; before KILN_SPEC_PATH and\n"
     "                     the built-in archspecs/)\n"
     "  --strict           checkpoint tensors the spec does not use are errors, not warnings\n"
+    "  --config FILE      read FILE instead of MODEL_DIR/config.json\n"
+    "  --override KEY=VALUE\n"
+    "                     set a config field before the archspec reads it (repeatable): KEY is\n"
+    "                     dotted for nested fields (rope_scaling.factor=8), VALUE is JSON (8,\n"
+    "                     '\"llama3\"', null, '{\"type\": \"linear\", \"factor\": 2}'); an unknown\n"
+    "                     top-level key, or a value of another JSON type, is an error\n"
+    "  --override-new KEY=VALUE\n"
+    "                     as --override, for a top-level key the config does not have\n"
+    "  --pooling mean|cls|last\n"
+    "                     embedding models: pool this way instead of as the archspec does\n"
+    "  --normalize yes|no embedding models: L2-normalise the pooled vector, or not\n"
     "  -h, --help         this help\n";
 
 /* ---------------------------------------------------------------- setup */
@@ -270,6 +291,8 @@ static int cmd_check(int argc, char **argv)
     printf("architecture  %s\n", arch);
     printf("archspec      %s (%s, task %s)\n", c.spec->path, c.spec->name,
            spec_task_name(c.spec->task));
+    for (int i = 0; i < c.n_overrides; i++)
+        printf("override      %s\n", c.overrides[i]);
     if (first_attn >= 0) {
         const kg_attn *a = &g->nodes[first_attn].attn;
         printf("layers        %d, %d heads / %d kv heads, head_dim %d\n", g->n_layers,
@@ -587,40 +610,6 @@ static int copy_if_present(const char *dir, const char *name, const char *out, k
     return rc;
 }
 
-/* End-of-sequence and begin-of-sequence ids: generation_config.json first (it may list several
- * eos ids), then config.json. */
-static void special_ids(const kc *c, ka_manifest *m)
-{
-    char *gp = util_path_join(c->model_dir, "generation_config.json");
-    kerr quiet;
-    kerr_clear(&quiet);
-    config *gc = util_is_file(gp) ? config_load(gp, &quiet) : NULL;
-    free(gp);
-    const config *srcs[2] = {gc, c->cfg};
-    m->bos = -1;
-    for (int k = 0; k < 2 && !m->n_eos; k++) {
-        if (!srcs[k])
-            continue;
-        json_t *e = config_get(srcs[k], "eos_token_id");
-        if (json_is_integer(e)) {
-            m->eos = xmalloc(sizeof(int));
-            m->eos[m->n_eos++] = (int)json_integer_value(e);
-        } else if (json_is_array(e)) {
-            m->eos = xcalloc(json_array_size(e) + 1, sizeof(int));
-            for (size_t i = 0; i < json_array_size(e); i++)
-                if (json_is_integer(json_array_get(e, i)))
-                    m->eos[m->n_eos++] = (int)json_integer_value(json_array_get(e, i));
-        }
-    }
-    for (int k = 0; k < 2 && m->bos < 0; k++) {
-        int64_t b;
-        if (srcs[k] && config_has(srcs[k], "bos_token_id") &&
-            config_int(srcs[k], "bos_token_id", 0, 0, &b, &quiet) == 0)
-            m->bos = (int)b;
-    }
-    config_free(gc);
-}
-
 static uint64_t file_fnv(const char *path)
 {
     size_t len;
@@ -672,7 +661,12 @@ static int cmd_compile(int argc, char **argv)
                 "  --max-batch N      sequences per step (default 16)\n"
                 "  --max-tokens N     tokens per prefill step; longer prompts are prefilled in "
                 "chunks\n"
-                "                     (default 1024)\n%s",
+                "                     (default 1024)\n"
+                "  --generation-config none\n"
+                "                     ignore MODEL_DIR/generation_config.json: its eos ids and its\n"
+                "                     sampling defaults (temperature, top_p, top_k, max_new_tokens,\n"
+                "                     which the artifact carries otherwise and kiln run applies when\n"
+                "                     its own flag is not given); 'kiln inspect' shows them\n%s",
                 common_help);
         return o.help ? 0 : 2;
     }
@@ -753,6 +747,17 @@ static int cmd_compile(int argc, char **argv)
     memset(code, 0, sizeof code);
     if (rc)
         goto out;
+    /* generation_config.json is checked before the slow part; the overrides move to the
+     * manifest (freed with it) */
+    l->m.overrides = c.overrides;
+    l->m.n_overrides = c.n_overrides;
+    c.overrides = NULL;
+    c.n_overrides = 0;
+    if (ovr_generation(c.model_dir, c.cfg, &o.ovr, &l->m, &l->m.overrides, &l->m.n_overrides,
+                       &err)) {
+        rc = -1;
+        goto out;
+    }
     const char *name = strrchr(o.model, '/') && strrchr(o.model, '/')[1] ? strrchr(o.model, '/') + 1 : o.model;
     src = codegen_source(l, name);
     root = xstrdup(c.reg->lib_dir);
@@ -804,14 +809,16 @@ static int cmd_compile(int argc, char **argv)
     m->task = xstrdup(spec_task_name(c.spec->task));
     m->kilnc_version = xstrdup(KILN_VERSION);
     m->spec_hash = file_fnv(c.spec->path);
-    m->config_hash = file_fnv(c.config_path);
+    /* the effective config: the file (--config or config.json) with the overrides applied */
+    char *cj = json_dumps(c.cfg->root, JSON_COMPACT | JSON_SORT_KEYS);
+    m->config_hash = util_fnv1a(cj, strlen(cj), UTIL_FNV_SEED);
+    free(cj);
     uint64_t lh = UTIL_FNV_SEED;
     for (int i = 0; i < m->nweights; i++) {
         lh = util_fnv1a(m->weights[i].name, strlen(m->weights[i].name), lh);
         lh = util_fnv1a(m->weights[i].shape, sizeof(int64_t) * 4, lh);
     }
     m->layout_hash = lh;
-    special_ids(&c, m);
     /* blobs: PTX, cubins, the generated source */
     const void *data[11];
     m->nblobs = nsm + 2;
@@ -833,6 +840,8 @@ static int cmd_compile(int argc, char **argv)
                                       "special_tokens_map.json", "generation_config.json"};
     int copied = 0;
     for (size_t i = 0; i < ARRAY_LEN(tok_files) && rc == 0; i++) {
+        if (i == 3 && o.ovr.no_generation_config)
+            continue; /* the tokenizer would read its eos ids */
         int r = copy_if_present(c.model_dir, tok_files[i], o.out, &err);
         if (r < 0)
             rc = -1;

@@ -74,6 +74,9 @@ void kc_free(kc *c)
     spec_info_free(&c->own_spec);
     free(c->model_dir);
     free(c->config_path);
+    for (int i = 0; i < c->n_overrides; i++)
+        free(c->overrides[i]);
+    free(c->overrides);
     memset(c, 0, sizeof *c);
 }
 
@@ -91,11 +94,32 @@ int kc_open(kc *c, const char *model, const kc_opts *o, kerr *err)
                              "config.json and *.safetensors)",
                         model);
     c->model_dir = xstrdup(model);
-    c->config_path = util_path_join(model, "config.json");
-    if (!util_is_file(c->config_path))
-        return kerr_add(err, "%s: no config.json in this folder", model);
+    /* the one place a config is loaded: overrides apply here, before the registry or the
+     * archspec reads a field */
+    const ovr_set *ov = o->ovr;
+    if (ov && ov->config) {
+        c->config_path = xstrdup(ov->config);
+        if (!util_is_file(c->config_path))
+            return kerr_add(err, "--config %s: no such file", ov->config);
+        c->overrides = xmalloc(sizeof(char *));
+        c->overrides[c->n_overrides++] = xasprintf("--config %s", ov->config);
+    } else {
+        c->config_path = util_path_join(model, "config.json");
+        if (!util_is_file(c->config_path))
+            return kerr_add(err, "%s: no config.json in this folder", model);
+    }
     c->cfg = config_load(c->config_path, err);
-    if (!c->cfg || config_check_sizes(c->cfg, err))
+    if (!c->cfg)
+        return -1;
+    if (ov && ov->n) {
+        if (ovr_apply(c->cfg, ov, &c->overrides, &c->n_overrides, err))
+            return -1;
+        /* later messages about a field name the file and that it was overridden */
+        char *p = xasprintf("%s (after --override)", c->cfg->path);
+        free(c->cfg->path);
+        c->cfg->path = p;
+    }
+    if (config_check_sizes(c->cfg, err))
         return -1;
     char *st_idx = util_path_join(model, "model.safetensors.index.json");
     char *st_one = util_path_join(model, "model.safetensors");
@@ -120,7 +144,7 @@ int kc_open(kc *c, const char *model, const kc_opts *o, kerr *err)
             return -1;
     }
     c->g = spec_build(c->spec, c->reg->lib_dir, c->cfg, c->weights, err);
-    if (!c->g)
+    if (!c->g || (ov && ovr_pool(c->g, c->spec->path, ov, &c->overrides, &c->n_overrides, err)))
         return -1;
     if (c->g->n_layers == 0)
         return kerr_add(err, "%s: the model %s builds has no attention layer; check the number "

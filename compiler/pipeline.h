@@ -7,6 +7,7 @@
 #include <stdio.h>
 
 #include "kc.h"
+#include "overrides.h"
 
 typedef struct kc_opts {
     const char *spec;      /* --spec FILE, or NULL to resolve from config.json */
@@ -17,6 +18,7 @@ typedef struct kc_opts {
     int need_weights;      /* a checkpoint must be present (else graph-only) */
     int max_tokens, max_seqs, max_seq_len; /* 0: defaults 1024, 16, 2048 */
     st_dtype act_dtype;    /* ST_BF16 (default) or ST_F16 */
+    const ovr_set *ovr;    /* --config, --override, --pooling, --normalize (overrides.h); NULL: none */
 } kc_opts;
 
 /* Loads config, checkpoint and spec, and builds the graph. On error kc_free still applies. */

@@ -133,6 +133,20 @@ char *ka_manifest_json(const ka_manifest *m)
         json_array_append_new(eos, json_integer(m->eos[i]));
     json_object_set_new(r, "eos", eos);
     json_object_set_new(r, "bos", json_integer(m->bos));
+    json_t *ov = json_array();
+    for (int i = 0; i < m->n_overrides; i++)
+        json_array_append_new(ov, json_string(m->overrides[i]));
+    json_object_set_new(r, "overrides", ov);
+    json_t *gen = json_object();
+    if (m->gen.has_temperature)
+        json_object_set_new(gen, "temperature", json_real(m->gen.temperature));
+    if (m->gen.has_top_p)
+        json_object_set_new(gen, "top_p", json_real(m->gen.top_p));
+    if (m->gen.has_top_k)
+        json_object_set_new(gen, "top_k", json_integer(m->gen.top_k));
+    if (m->gen.has_max_new)
+        json_object_set_new(gen, "max_new_tokens", json_integer(m->gen.max_new));
+    json_object_set_new(r, "generation", gen);
     json_t *ks = json_array();
     for (int i = 0; i < m->nkernels; i++) {
         json_t *k = json_object();
@@ -402,6 +416,65 @@ static json_t *jlist(rd *r, json_t *o, const char *where, const char *k, size_t 
     if (v)
         *n = (int)json_array_size(v);
     return v;
+}
+
+/* An optional number of object o in [lo, hi] (finite, and nonzero as a float when lo_open);
+ * returns whether present. */
+static int jopt_num(rd *r, json_t *o, const char *where, const char *k, double lo, int lo_open,
+                    double hi, double *out)
+{
+    json_t *v = o ? json_object_get(o, k) : NULL;
+    if (!v)
+        return 0;
+    double x = json_is_number(v) ? json_number_value(v) : NAN;
+    if (!isfinite(x) || x < lo || x > hi || (lo_open && (x <= lo || (float)x == 0)))
+        bad(r, "%s: %s is %s, expected a number %s %g and at most %g", where, k,
+            json_is_number(v) ? "out of range" : "not a number", lo_open ? "above" : "from", lo,
+            hi);
+    *out = x;
+    return !r->bad;
+}
+
+/* The overrides kilnc applied and the generation defaults (top level). */
+static void parse_made(rd *r, json_t *root, ka_manifest *m)
+{
+    json_t *ov = jlist(r, root, "top level", "overrides", KA_MAX_OVERRIDES, &m->n_overrides);
+    m->overrides = xcalloc((size_t)(m->n_overrides ? m->n_overrides : 1), sizeof(char *));
+    for (int i = 0; i < m->n_overrides && !r->bad; i++) {
+        json_t *v = json_array_get(ov, (size_t)i);
+        size_t n = json_is_string(v) ? strlen(json_string_value(v)) : 0;
+        if (n == 0 || n > KA_MAX_OVERRIDE_LEN) {
+            bad(r, "overrides: entry %d is %s, expected a string of 1 to %d bytes", i,
+                json_is_string(v) ? "of another length" : "not a string", KA_MAX_OVERRIDE_LEN);
+            break;
+        }
+        m->overrides[i] = xstrdup(json_string_value(v));
+    }
+    json_t *g = r->bad ? NULL : jget(r, root, "top level", "generation", JSON_OBJECT);
+    if (!g)
+        return;
+    const char *k;
+    json_t *v;
+    json_object_foreach(g, k, v)
+    {
+        if (strcmp(k, "temperature") && strcmp(k, "top_p") && strcmp(k, "top_k") &&
+            strcmp(k, "max_new_tokens")) {
+            bad(r, "generation: unknown field '%.40s'", k);
+            return;
+        }
+    }
+    ka_gen *ge = &m->gen;
+    ge->has_temperature = jopt_num(r, g, "generation", "temperature", 0, 0, KA_MAX_TEMPERATURE,
+                                   &ge->temperature);
+    ge->has_top_p = jopt_num(r, g, "generation", "top_p", 0, 1, 1, &ge->top_p);
+    if (json_object_get(g, "top_k")) {
+        ge->top_k = (int)jint(r, g, "generation", "top_k", 0, INT32_MAX);
+        ge->has_top_k = !r->bad;
+    }
+    if (json_object_get(g, "max_new_tokens")) {
+        ge->max_new = (int)jint(r, g, "generation", "max_new_tokens", 0, KA_MAX_SEQ_LEN);
+        ge->has_max_new = !r->bad;
+    }
 }
 
 static int is_enum(const char *s, const char *const *names, int n)
@@ -848,6 +921,8 @@ static int parse_manifest(rd *r, const char *text, size_t len, ka_manifest *m)
     if (!r->bad)
         parse_tables(r, root, m);
     if (!r->bad)
+        parse_made(r, root, m);
+    if (!r->bad)
         parse_shard_blobs(r, root, m);
     if (!r->bad)
         parse_steps(r, root, "prefill", &m->prefill, &m->nprefill);
@@ -988,6 +1063,9 @@ void ka_manifest_free(ka_manifest *m)
     free(m->kilnc_version);
     free(m->layers);
     free(m->eos);
+    for (int i = 0; i < m->n_overrides && m->overrides; i++)
+        free(m->overrides[i]);
+    free(m->overrides);
     for (int i = 0; i < m->nkernels && m->kernels; i++)
         free(m->kernels[i].name);
     free(m->kernels);

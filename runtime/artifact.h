@@ -43,7 +43,7 @@
 #include "util.h"
 
 #define KA_MAGIC "KILNART"
-#define KA_VERSION 2
+#define KA_VERSION 3 /* 3: overrides and generation defaults (kilnc compile's issue-18 flags) */
 #define KA_HEADER 40     /* bytes before the first section */
 #define KA_ALIGN 256     /* sections start on this boundary */
 #define KA_MAX_ARGS 20
@@ -67,6 +67,9 @@
 #define KA_MAX_BYTES ((int64_t)1 << 44) /* slab, scratch, one weight */
 #define KA_MAX_DIM ((int64_t)1 << 26)   /* GEMM n, k and leading dimensions */
 #define KA_MAX_SMEM (228 * 1024)        /* dynamic shared memory of one block (sm_90) */
+#define KA_MAX_OVERRIDES 256            /* recorded override lines (kilnc: 64 --override + 4) */
+#define KA_MAX_OVERRIDE_LEN 4096        /* bytes of one line */
+#define KA_MAX_TEMPERATURE 100.0        /* above this the softmax is flat to float precision */
 
 /* Where a kernel argument comes from. */
 typedef enum {
@@ -150,6 +153,17 @@ typedef struct ka_blob {
     uint64_t offset, len, hash; /* hash: XXH3-64 of the bytes */
 } ka_blob;
 
+/* Sampling defaults from the checkpoint's generation_config.json; kiln run applies each one the
+ * user did not give as a flag. has_* is 0 for a value the file does not set (or with kilnc
+ * compile --generation-config none). */
+typedef struct ka_gen {
+    int has_temperature, has_top_p, has_top_k, has_max_new;
+    double temperature;  /* 0..KA_MAX_TEMPERATURE; 0 = greedy */
+    double top_p;        /* (0, 1], nonzero as a float */
+    int top_k;           /* 0..INT32_MAX; 0 = off */
+    int max_new;         /* max_new_tokens: 0..KA_MAX_SEQ_LEN */
+} ka_gen;
+
 typedef struct ka_manifest {
     /* identity */
     char *model_name, *arch, *spec_name, *task, *dtype; /* dtype: "bf16" | "f16" */
@@ -164,6 +178,11 @@ typedef struct ka_manifest {
     int n_eos;
     int *eos;               /* token ids that end a sequence (generation_config.json) */
     int bos;                /* -1 when none */
+    ka_gen gen;             /* sampling defaults (generation_config.json) */
+    /* How kilnc changed the checkpoint's config, pooling or generation defaults, one line per
+     * flag (e.g. "--override rope_scaling.factor=8 (was 4)"); kiln inspect shows them. */
+    int n_overrides;
+    char **overrides;
     /* code */
     int nkernels;
     ka_kernel *kernels;

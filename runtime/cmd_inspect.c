@@ -131,6 +131,23 @@ int cmd_inspect(int argc, char **argv)
     for (int i = 0; i < m->n_eos; i++)
         printf("%s%d", i ? ", " : "", m->eos[i]);
     printf("%s; bos %d\n", m->n_eos ? "" : "none", m->bos);
+    const ka_gen *ge = &m->gen;
+    printf("sampling     ");
+    if (!ge->has_temperature && !ge->has_top_p && !ge->has_top_k && !ge->has_max_new)
+        printf("no defaults (kiln run's own)");
+    if (ge->has_temperature)
+        printf("temperature %g ", ge->temperature);
+    if (ge->has_top_p)
+        printf("top_p %g ", ge->top_p);
+    if (ge->has_top_k)
+        printf("top_k %d ", ge->top_k);
+    if (ge->has_max_new)
+        printf("max_new_tokens %d ", ge->max_new);
+    printf("%s\n", ge->has_temperature || ge->has_top_p || ge->has_top_k || ge->has_max_new
+                       ? "(generation_config.json; kiln run's flags win)"
+                       : "");
+    for (int i = 0; i < m->n_overrides; i++)
+        printf("%s%s\n", i ? "             " : "overrides    ", m->overrides[i]);
     printf("shard        %s: id %016llx, data XXH3 %016llx in %llu MiB chunks\n", m->shard,
            (unsigned long long)m->shard_id, (unsigned long long)m->shard_hash,
            (unsigned long long)(m->shard_chunk >> 20));

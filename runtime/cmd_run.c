@@ -49,12 +49,16 @@ static void usage(FILE *f)
             "  --ids LIST         a prompt as token ids (repeatable)\n"
             "  --token-types LIST token type ids of the preceding --ids (BERT-style models)\n"
             "  --prompt TEXT      a prompt as text, encoded with the model's tokenizer.json\n"
-            "  --max-new N        tokens to generate per sequence (default 32); prompt + N must\n"
-            "                     fit the compiled max_seq_len (kiln inspect shows it)\n"
+            "  --max-new N        tokens to generate per sequence (default: the model's\n"
+            "                     max_new_tokens, cut to fit, else 32); prompt + N must fit the\n"
+            "                     compiled max_seq_len (kiln inspect shows it)\n"
             "  --ignore-eos       generate exactly N tokens (default: stop at end-of-sequence)\n"
-            "  --temperature T    0 = greedy (default); otherwise sample (at most 100)\n"
+            "  --temperature T    0 = greedy; otherwise sample (at most 100)\n"
             "  --top-k K          keep the K most likely tokens (0 = off)\n"
             "  --top-p P          keep the smallest set with probability >= P, 0 < P <= 1 (1 = off)\n"
+            "                     Each of these four defaults to the model's generation_config.json\n"
+            "                     value, carried in the artifact (kiln inspect: sampling), else to\n"
+            "                     greedy, 0 and 1 (kilnc compile --generation-config none drops them)\n"
             "  --seed S           sampling seed (default 0; equal seeds give equal outputs)\n"
             "  --dump FILE        write logits of every prompt position and the generated tokens\n"
             "                     (safetensors, the layout of 'kilnc ref --dump')\n"
@@ -140,6 +144,8 @@ int cmd_run(int argc, char **argv)
     const char *prompts[MAX_SEQS], *types_arg[MAX_SEQS] = {0};
     int is_text[MAX_SEQS];
     int np = 0, max_new = 32, ignore_eos = 0;
+    /* which of the sampling flags were given: the others take the artifact's defaults */
+    int set_max_new = 0, set_temperature = 0, set_top_k = 0, set_top_p = 0;
     kiln_sample sp = {0, 1, 0, 0, 0};
     km_opts ko = {0.9, 0, 0};
     kerr err;
@@ -171,14 +177,17 @@ int cmd_run(int argc, char **argv)
             if (util_parse_i64(a, v, 0, INT32_MAX, &x, &err))
                 return util_usage_error(PROG, "%s", kerr_msg(&err));
             max_new = (int)x;
+            set_max_new = 1;
         } else if (!strcmp(a, "--temperature")) {
             if (util_parse_f64(a, v, 0, MAX_TEMPERATURE, 0, &d, &err))
                 return util_usage_error(PROG, "%s", kerr_msg(&err));
             sp.temperature = (float)d;
+            set_temperature = 1;
         } else if (!strcmp(a, "--top-k")) {
             if (util_parse_i64(a, v, 0, INT32_MAX, &x, &err))
                 return util_usage_error(PROG, "%s", kerr_msg(&err));
             sp.top_k = (int)x;
+            set_top_k = 1;
         } else if (!strcmp(a, "--top-p")) {
             if (util_parse_f64(a, v, 0, 1, UTIL_ABOVE_MIN, &d, &err))
                 return util_usage_error(PROG, "%s", kerr_msg(&err));
@@ -187,6 +196,7 @@ int cmd_run(int argc, char **argv)
                                               "above 0 and at most 1)",
                                         v);
             sp.top_p = (float)d;
+            set_top_p = 1;
         } else if (!strcmp(a, "--seed")) {
             if (util_parse_u64(a, v, UINT64_MAX, &u, &err))
                 return util_usage_error(PROG, "%s", kerr_msg(&err));
@@ -229,6 +239,14 @@ int cmd_run(int argc, char **argv)
     /* the folder and the manifest first: the limits every size below is checked against */
     if (check_out_dir(dir, &err) || !(af = ka_read(mkpath, &err)))
         goto out;
+    /* the checkpoint's generation_config.json defaults (ka_read checked their ranges) */
+    const ka_gen *ge = &af->m.gen;
+    if (!set_temperature && ge->has_temperature)
+        sp.temperature = (float)ge->temperature;
+    if (!set_top_p && ge->has_top_p)
+        sp.top_p = (float)ge->top_p;
+    if (!set_top_k && ge->has_top_k)
+        sp.top_k = ge->top_k;
     int have_tok = util_is_file(tokpath);
     for (int i = 0; i < np; i++)
         if (is_text[i] && !have_tok) {
@@ -276,6 +294,17 @@ int cmd_run(int argc, char **argv)
         seqs[i].max_new = max_new;
         seqs[i].ignore_eos = ignore_eos;
         seqs[i].sample = sp;
+    }
+    if (!set_max_new && ge->has_max_new && !af->m.output_pool) {
+        /* the model's max_new_tokens, cut to the room the longest prompt leaves (a prompt with
+         * no room at all is check_limits' error) */
+        max_new = ge->max_new;
+        for (int i = 0; i < np; i++)
+            if (seqs[i].n_prompt < af->m.max_seq_len &&
+                max_new > af->m.max_seq_len - seqs[i].n_prompt)
+                max_new = af->m.max_seq_len - seqs[i].n_prompt;
+        for (int i = 0; i < np; i++)
+            seqs[i].max_new = max_new;
     }
     if (check_limits(&af->m, seqs, is_text, np, max_new, &err)) {
         rc = util_usage_error(PROG, "%s", kerr_msg(&err));

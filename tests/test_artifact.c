@@ -54,6 +54,14 @@ static void set_identity(ka_manifest *m, const char *name, const kc *c)
     m->spec_hash = 1;
     m->config_hash = 2;
     m->layout_hash = 3;
+    /* kilnc's overrides and generation defaults (max_new_tokens left out: each is optional) */
+    m->n_overrides = 2;
+    m->overrides = xcalloc(2, sizeof(char *));
+    m->overrides[0] = xstrdup("--override rope_scaling.factor=8 (was 4)");
+    m->overrides[1] = xstrdup("--pooling cls (was mean)");
+    if (!m->output_pool)
+        m->gen = (ka_gen){.has_temperature = 1, .has_top_p = 1, .has_top_k = 1,
+                          .temperature = 0.7, .top_p = 0.95, .top_k = 40};
 }
 
 /* Stand-ins for the PTX, a cubin and the source: small, with an odd length and a 256-byte one. */
@@ -224,6 +232,12 @@ static void test_every_fixture_round_trips(void **state)
         assert_int_equal(r->nconsts, m->nconsts);
         for (int k = 0; k < m->nconsts; k++)
             assert_memory_equal(r->consts[k].v, m->consts[k].v, sizeof(float) * (size_t)m->consts[k].n);
+        assert_int_equal(r->n_overrides, m->n_overrides);
+        for (int k = 0; k < m->n_overrides; k++)
+            assert_string_equal(r->overrides[k], m->overrides[k]);
+        assert_memory_equal(&r->gen, &m->gen, sizeof m->gen); /* (no padding: 6 ints, 2 doubles) */
+        assert_int_equal(r->gen.has_temperature, !m->output_pool);
+        assert_int_equal(r->gen.has_max_new, 0);
         assert_int_equal(r->nprefill, m->nprefill);
         assert_int_equal(r->ndecode, m->ndecode);
         same_steps(r->prefill, m->prefill, m->nprefill);
@@ -505,6 +519,22 @@ static void e_layer(json_t *r)
 }
 static void e_no_limits(json_t *r) { json_object_del(r, "limits"); }
 static void e_format(json_t *r) { set_int(r, "format", 1); }
+static json_t *gen(json_t *r) { return json_object_get(r, "generation"); }
+static void e_gen_temp(json_t *r) { json_object_set_new(gen(r), "temperature", json_real(100.5)); }
+static void e_gen_temp_type(json_t *r) { json_object_set_new(gen(r), "temperature", json_string("hot")); }
+static void e_gen_top_p(json_t *r) { json_object_set_new(gen(r), "top_p", json_real(1e-50)); }
+static void e_gen_top_k(json_t *r) { set_int(gen(r), "top_k", -1); }
+static void e_gen_max_new(json_t *r) { set_int(gen(r), "max_new_tokens", (json_int_t)1 << 25); }
+static void e_gen_unknown(json_t *r) { set_int(gen(r), "min_p", 0); }
+static void e_gen_missing(json_t *r) { json_object_del(r, "generation"); }
+static void e_ovr_entry(json_t *r) { json_array_set_new(json_object_get(r, "overrides"), 0, json_integer(1)); }
+static void e_ovr_empty(json_t *r) { json_array_set_new(json_object_get(r, "overrides"), 1, json_string("")); }
+static void e_ovr_count(json_t *r)
+{
+    json_t *o = json_object_get(r, "overrides");
+    for (int i = 0; i < KA_MAX_OVERRIDES; i++)
+        json_array_append_new(o, json_string("x"));
+}
 static void e_dtype(json_t *r) { json_object_set_new(json_object_get(r, "identity"), "dtype", json_string("fp8")); }
 static void e_task(json_t *r) { json_object_set_new(json_object_get(r, "identity"), "task", json_string("embed")); }
 static void e_shard_path(json_t *r) { json_object_set_new(r, "shard", json_string("shards/../../etc/passwd")); }
@@ -575,7 +605,17 @@ static void test_bad_fields_resigned(void **state)
         {"vocab", e_vocab, {"limits: vocab is 0, expected 1.."}},
         {"kv layer shape", e_layer, {"kv layer 1: n_kv is 0, expected 1.."}},
         {"missing", e_no_limits, {"field 'limits' is missing, expected an object"}},
-        {"format", e_format, {"format is 1, expected 2..2"}},
+        {"format", e_format, {"format is 1, expected 3..3"}},
+        {"temperature", e_gen_temp, {"generation: temperature is out of range, expected a number from 0 and at most 100"}},
+        {"temperature type", e_gen_temp_type, {"generation: temperature is not a number"}},
+        {"top_p", e_gen_top_p, {"generation: top_p is out of range, expected a number above 0 and at most 1"}},
+        {"top_k", e_gen_top_k, {"generation: top_k is -1, expected 0..2147483647"}},
+        {"max_new_tokens", e_gen_max_new, {"generation: max_new_tokens is 33554432, expected 0..16777216"}},
+        {"generation field", e_gen_unknown, {"generation: unknown field 'min_p'"}},
+        {"generation missing", e_gen_missing, {"field 'generation' is missing, expected an object"}},
+        {"override entry", e_ovr_entry, {"overrides: entry 0 is not a string, expected a string of 1 to 4096 bytes"}},
+        {"override empty", e_ovr_empty, {"overrides: entry 1 is of another length"}},
+        {"override count", e_ovr_count, {"overrides has 258 entries, at most 256"}},
         {"dtype", e_dtype, {"dtype is \"fp8\", expected bf16 or f16"}},
         {"task", e_task, {"output_pool is 0 for task embed"}},
         {"shard path", e_shard_path, {"not a plain relative path"}},

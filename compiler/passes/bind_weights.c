@@ -16,8 +16,7 @@
 /* Missing tensors listed one by one; the rest are counted. */
 #define MAX_MISSING_SHOWN 20
 
-/* Edit distance, bounded: returns > limit as soon as it is certain. */
-static int distance(const char *a, const char *b, int limit)
+int edit_distance(const char *a, const char *b, int limit)
 {
     int la = (int)strlen(a), lb = (int)strlen(b);
     if (abs(la - lb) > limit)
@@ -62,7 +61,7 @@ static const char *closest(const st_set *w, const unsigned char *used, const cha
     for (int i = 0; i < w->n; i++) {
         if (used[i])
             continue;
-        int d = distance(name, w->tensors[i].name, best - 1 < limit ? best - 1 : limit);
+        int d = edit_distance(name, w->tensors[i].name, best - 1 < limit ? best - 1 : limit);
         if (d < best) {
             best = d;
             r = w->tensors[i].name;

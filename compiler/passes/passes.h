@@ -12,6 +12,9 @@ int pass_verify(kc *c, kerr *err);
  * supported dtype, and holds no NaN or Inf (warnings with --allow-nonfinite); unused checkpoint
  * tensors are listed (warnings, errors with --strict). */
 int pass_bind_weights(kc *c, kerr *err);
+/* Edit distance between two names, bounded: returns > limit as soon as it is certain. For
+ * "did you mean" suggestions (bind_weights' tensors, overrides' config keys). */
+int edit_distance(const char *a, const char *b, int limit);
 
 /* finite.c: for each of the n tensors, the flat index of its first NaN or Inf, or UINT64_MAX;
  * nthreads < 1 means one per core. */
