@@ -168,7 +168,9 @@ typedef struct ka_manifest {
     /* identity */
     char *model_name, *arch, *spec_name, *task, *dtype; /* dtype: "bf16" | "f16" */
     char *kilnc_version;
-    uint64_t spec_hash, config_hash, layout_hash;
+    uint64_t spec_hash, layout_hash;
+    uint64_t config_hash; /* FNV-1a of the effective config (--config or config.json, with the
+                           * overrides applied) as compact JSON with sorted keys */
     /* shapes and limits */
     int vocab, hidden, n_layers;
     int max_tokens, max_seqs, max_seq_len, gemv_max;

@@ -22,8 +22,6 @@
 
 #define PROG "kiln run"
 #define MAX_SEQS 256
-/* Above this the softmax is flat to float precision: a larger temperature means nothing more. */
-#define MAX_TEMPERATURE 100.0
 
 /* util_parse_ids, narrowed to the runtime's int32 ids (checked against the vocabulary later). */
 static int parse_ids(const char *what, const char *s, int32_t **out, kerr *err)
@@ -179,7 +177,7 @@ int cmd_run(int argc, char **argv)
             max_new = (int)x;
             set_max_new = 1;
         } else if (!strcmp(a, "--temperature")) {
-            if (util_parse_f64(a, v, 0, MAX_TEMPERATURE, 0, &d, &err))
+            if (util_parse_f64(a, v, 0, KA_MAX_TEMPERATURE, 0, &d, &err))
                 return util_usage_error(PROG, "%s", kerr_msg(&err));
             sp.temperature = (float)d;
             set_temperature = 1;
