@@ -1383,6 +1383,12 @@ static int run_test(jctx *c, int id, const char *name, jv v, jargs *a)
     if (id < 0)
         jx_fail(c, "unsupported test '%s'", name);
     int need_arg = id >= T_EQ && id <= T_IN;
+    int no_arg = !need_arg && id != T_DIVISIBLEBY && id != T_SAMEAS;
+    if (no_arg && (a->npos || a->nkw)) { /* jinja2's tests are Python functions of one argument */
+        if (id == T_CALLABLE)
+            jx_fail(c, "callable() takes exactly one argument (%d given)", 1 + a->npos + a->nkw);
+        jx_fail(c, "test_%s() takes 1 positional argument but %d were given", name, 1 + a->npos);
+    }
     if ((need_arg || id == T_DIVISIBLEBY || id == T_SAMEAS) && a->npos < 1)
         jx_fail(c, "test '%s' needs an argument", name);
     switch (id) {
