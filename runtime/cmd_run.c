@@ -1,9 +1,12 @@
 /* cmd_run — `kiln run OUT_DIR`: load a compiled model on the GPU and generate (or embed).
  *
- *   kiln run out/llama --ids 1,2,3 [--ids 4,5 ...] [--prompt TEXT ...] [--max-new N]
+ *   kiln run out/llama --ids 1,2,3 [--ids 4,5 ...] [--prompt TEXT ...] [--chat MESSAGE ...]
+ *            [--max-new N]
  *            [--temperature T --top-k K --top-p P --seed S] [--ignore-eos] [--dump FILE]
  *
- * Several --ids / --prompt run batched, through the same schedule. Prints the generated ids per
+ * --chat renders one user message with the model's chat template (chat_template.h) and encodes
+ * it without added special tokens, as apply_chat_template(tokenize=True).
+ * Several --ids, --prompt and --chat run batched, one schedule. Prints the generated ids per
  * sequence (and the text, when the model folder has a tokenizer), then the timings: load time,
  * time to first token, decode tokens per second. --dump writes what `kilnc ref --dump` writes
  * (logits F32 [prompt_len, vocab] of every prompt position, tokens I64 [N]; embedding models:
@@ -15,6 +18,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "chat_template.h"
 #include "cli.h"
 #include "engine.h"
 #include "safetensors.h"
@@ -47,6 +51,8 @@ static void usage(FILE *f)
             "  --ids LIST         a prompt as token ids (repeatable)\n"
             "  --token-types LIST token type ids of the preceding --ids (BERT-style models)\n"
             "  --prompt TEXT      a prompt as text, encoded with the model's tokenizer.json\n"
+            "  --chat MESSAGE     a user message through the model's chat template (as 'kiln\n"
+            "                     chat-template' renders it), then encoded (repeatable)\n"
             "  --max-new N        tokens to generate per sequence (default: the model's\n"
             "                     max_new_tokens, cut to fit, else 32); prompt + N must fit the\n"
             "                     compiled max_seq_len (kiln inspect shows it)\n"
@@ -102,7 +108,7 @@ static int check_limits(const ka_manifest *man, const km_seq *seqs, const int *i
                         np, man->max_seqs);
     for (int i = 0; i < np; i++) {
         const km_seq *q = &seqs[i];
-        const char *opt = is_text[i] ? "--prompt" : "--ids";
+        const char *opt = is_text[i] == 2 ? "--chat" : is_text[i] ? "--prompt" : "--ids";
         int nt = q->n_prompt;
         if (q->n_prompt < 1)
             return kerr_add(err, "prompt %d (%s) has no tokens", i + 1, opt);
@@ -132,7 +138,8 @@ static int check_limits(const ka_manifest *man, const km_seq *seqs, const int *i
     return 0;
 }
 
-static const char *const value_opts[] = {"--ids",   "--prompt", "--token-types", "--max-new",
+static const char *const value_opts[] = {"--ids",   "--prompt", "--chat", "--token-types",
+                                         "--max-new",
                                          "--temperature", "--top-k", "--top-p", "--seed",
                                          "--dump", "--kv-memory"};
 
@@ -140,7 +147,8 @@ int cmd_run(int argc, char **argv)
 {
     const char *dir = NULL, *dump = NULL;
     const char *prompts[MAX_SEQS], *types_arg[MAX_SEQS] = {0};
-    int is_text[MAX_SEQS];
+    int is_text[MAX_SEQS]; /* 0 --ids, 1 --prompt, 2 --chat */
+    char *chat[MAX_SEQS] = {0};
     int np = 0, max_new = 32, ignore_eos = 0;
     /* which of the sampling flags were given: the others take the artifact's defaults */
     int set_max_new = 0, set_temperature = 0, set_top_k = 0, set_top_p = 0;
@@ -162,10 +170,10 @@ int cmd_run(int argc, char **argv)
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage(stdout);
             return 0;
-        } else if (!strcmp(a, "--ids") || !strcmp(a, "--prompt")) {
+        } else if (!strcmp(a, "--ids") || !strcmp(a, "--prompt") || !strcmp(a, "--chat")) {
             if (np == MAX_SEQS)
                 return util_usage_error(PROG, "at most %d prompts", MAX_SEQS);
-            is_text[np] = a[2] == 'p';
+            is_text[np] = a[2] == 'p' ? 1 : a[2] == 'c' ? 2 : 0;
             prompts[np++] = v;
         } else if (!strcmp(a, "--token-types")) {
             if (!np)
@@ -221,7 +229,8 @@ int cmd_run(int argc, char **argv)
     if (!dir)
         return util_usage_error(PROG, "missing OUT_DIR (the folder 'kilnc compile' wrote)");
     if (!np)
-        return util_usage_error(PROG, "missing a prompt: give --ids LIST or --prompt TEXT");
+        return util_usage_error(PROG, "missing a prompt: give --ids LIST, --prompt TEXT or "
+                                      "--chat MESSAGE");
     int rc = 1;
     tokenizer *tok = NULL;
     char *tokpath = util_path_join(dir, "tokenizer.json");
@@ -262,7 +271,10 @@ int cmd_run(int argc, char **argv)
         int n;
         if (is_text[i]) {
             size_t nn;
-            if (tok_encode(tok, prompts[i], strlen(prompts[i]), 1, &ids[i], &nn, &err))
+            if (is_text[i] == 2 && !(prompts[i] = chat[i] = ct_chat_prompt(dir, prompts[i], &err)))
+                goto out;
+            if (tok_encode(tok, prompts[i], strlen(prompts[i]), is_text[i] == 1, &ids[i], &nn,
+                           &err))
                 goto out;
             if (nn > INT32_MAX) {
                 kerr_add(&err, "--prompt %d encodes to %zu tokens", i + 1, nn);
@@ -392,6 +404,7 @@ out:
     for (int i = 0; i < np; i++) {
         free(ids[i]);
         free(types[i]);
+        free(chat[i]);
         free(seqs[i].out);
         free(seqs[i].embedding);
         free(seqs[i].prompt_logits);
