@@ -482,8 +482,8 @@ static int cmd_ref(int argc, char **argv)
         if (!embed)
             snprintf(plus, sizeof plus, " + --max-new %d", o.max_new);
         kerr_add(&err, "%d prompt tokens%s exceed the model's max_position_embeddings %lld "
-                       "(%s/config.json)",
-                 n, plus, (long long)maxpos, c.model_dir);
+                       "(%s)",
+                 n, plus, (long long)maxpos, c.cfg->path);
         goto fail;
     }
     r = ref_new(g, n + (embed ? 0 : o.max_new), &err);

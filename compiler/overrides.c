@@ -46,7 +46,7 @@ int ovr_flag(ovr_set *o, const char *flag, const char *val, kerr *err)
         if (strlen(val) > OVR_MAX_LINE / 2)
             return kerr_add(err, "%s: '%.40s...' is %zu bytes; at most %d", flag, val,
                             strlen(val), OVR_MAX_LINE / 2);
-        o->is_new[o->n] = flag[10] == '-';
+        o->is_new[o->n] = strcmp(flag, "--override-new") == 0;
         o->kv[o->n++] = val;
         return 1;
     }
