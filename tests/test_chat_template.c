@@ -12,7 +12,8 @@
  *   model      ct_model_load on folders (chat_template.jinja wins over tokenizer_config.json,
  *              template lists, AddedToken dicts) and ct_model_render's request preparation;
  *   threads    one parsed template rendered from several threads at once;
- *   cli        `kiln chat-template` (stdout exact, errors on stderr with status 1).
+ *   cli        `kiln chat-template` (stdout exact, errors on stderr with status 1), and
+ *              `kilnc ref --chat` on the example model (needs $KILN and $KILNC).
  * CT_VERBOSE=1 prints every fixture mismatch with a diff position.
  */
 #include <dirent.h>
@@ -929,19 +930,18 @@ static void test_threads(void **state)
 
 /* ---------------------------------------------------------------- kiln chat-template */
 
-static const char *KILN;
+static const char *KILN, *KILNC;
 
 typedef struct {
     int code;
     char *out, *err;
 } run;
 
-/* Runs KILN chat-template with args, stdin from a file holding `input`. */
-static run kiln_ct(const char *dir, const char *input, const char *extra1, const char *extra2)
+/* Runs argv (NULL-terminated) with stdin from a file holding `input`, in scratch folder dir. */
+static run run_prog(const char *dir, const char *input, const char *const *argv)
 {
     char *inp = tu_write(dir, ".stdin", input), *outp = tu_path(dir, ".stdout"),
          *errp = tu_path(dir, ".stderr");
-    const char *argv[8] = {KILN, "chat-template", dir, extra1, extra2, NULL};
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_addopen(&fa, 0, inp, O_RDONLY, 0);
@@ -949,10 +949,10 @@ static run kiln_ct(const char *dir, const char *input, const char *extra1, const
     posix_spawn_file_actions_addopen(&fa, 2, errp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     pid_t pid;
     extern char **environ;
-    int rc = posix_spawn(&pid, KILN, &fa, NULL, (char *const *)argv, environ);
+    int rc = posix_spawn(&pid, argv[0], &fa, NULL, (char *const *)argv, environ);
     posix_spawn_file_actions_destroy(&fa);
     if (rc != 0)
-        fail_msg("cannot run %s: %s", KILN, strerror(rc));
+        fail_msg("cannot run %s: %s", argv[0], strerror(rc));
     int st;
     assert_int_equal(waitpid(pid, &st, 0), pid);
     run r = {WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st), tu_read(outp, NULL), tu_read(errp, NULL)};
@@ -965,6 +965,13 @@ static run kiln_ct(const char *dir, const char *input, const char *extra1, const
     assert_not_contains(r.err, "Sanitizer");
     assert_not_contains(r.err, "runtime error:");
     return r;
+}
+
+/* KILN chat-template DIR [extra1 [extra2]] with stdin `input`. */
+static run kiln_ct(const char *dir, const char *input, const char *extra1, const char *extra2)
+{
+    const char *argv[8] = {KILN, "chat-template", dir, extra1, extra2, NULL};
+    return run_prog(dir, input, argv);
 }
 
 static void test_cli(void **state)
@@ -1012,17 +1019,72 @@ static void test_cli(void **state)
     tu_rmrf(d);
 }
 
+/* --chat on kilnc ref: the example model with a chat template; the ids it generates are those of
+ * --ids given the rendered prompt encoded without special tokens (kiln tokenize --no-special). */
+static void test_chat_flag(void **state)
+{
+    (void)state;
+    if (!KILN || !KILNC)
+        skip();
+    char *d = tu_tmpdir();
+    static const char *const files[] = {"config.json", "model.safetensors", "tokenizer.json",
+                                        "tokenizer_config.json", "generation_config.json"};
+    for (size_t i = 0; i < ARRAY_LEN(files); i++) {
+        char *src = xasprintf("%s/examples/tinyfortune/%s", KILN_SOURCE_DIR, files[i]);
+        char *dst = tu_path(d, files[i]);
+        assert_int_equal(symlink(src, dst), 0);
+        free(src);
+        free(dst);
+    }
+    free(tu_write(d, "chat_template.jinja", "{% for m in messages %}{{ m.content }} and{% endfor %}"));
+    const char *chat_argv[] = {KILNC, "ref", d, "--chat", "A fool", "--max-new", "4", NULL};
+    run r = run_prog(d, "", chat_argv);
+    assert_int_equal(r.code, 0);
+    char *nl = strchr(r.out, '\n');
+    assert_non_null(nl);
+    assert_starts_with(nl + 1, "A fool and"); /* the rendered prompt, then the continuation */
+    char *chat_ids = strndup(r.out, (size_t)(nl - r.out));
+    free(r.out), free(r.err);
+    const char *tok_argv[] = {KILN, "tokenize", d, "--no-special", NULL};
+    r = run_prog(d, "\"A fool and\"\n", tok_argv);
+    assert_int_equal(r.code, 0);
+    char *ids = xstrdup(r.out + 1); /* "[1, 2, 3]" -> "1,2,3" */
+    size_t k = 0;
+    for (char *p = ids; *p && *p != ']'; p++)
+        if (*p != ' ')
+            ids[k++] = *p;
+    ids[k] = 0;
+    free(r.out), free(r.err);
+    const char *ids_argv[] = {KILNC, "ref", d, "--ids", ids, "--max-new", "4", NULL};
+    r = run_prog(d, "", ids_argv);
+    assert_int_equal(r.code, 0);
+    assert_starts_with(r.out, chat_ids);
+    free(r.out), free(r.err);
+    /* a template error stops it with the template's message */
+    free(tu_write(d, "chat_template.jinja", "{{ raise_exception('no chatting') }}"));
+    r = run_prog(d, "", chat_argv);
+    assert_int_equal(r.code, 1);
+    assert_contains(r.err, "no chatting");
+    free(r.out), free(r.err);
+    free(ids);
+    free(chat_ids);
+    tu_rmrf(d);
+}
+
 int main(void)
 {
     KILN = getenv("KILN");
     if (KILN && !*KILN)
         KILN = NULL;
+    KILNC = getenv("KILNC");
+    if (KILNC && !*KILNC)
+        KILNC = NULL;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fixtures),        cmocka_unit_test(test_language),
         cmocka_unit_test(test_parse_errors),    cmocka_unit_test(test_runtime_errors),
         cmocka_unit_test(test_limits),          cmocka_unit_test(test_whitespace_and_now),
         cmocka_unit_test(test_model_folder),    cmocka_unit_test(test_threads),
-        cmocka_unit_test(test_cli),
+        cmocka_unit_test(test_cli),             cmocka_unit_test(test_chat_flag),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
