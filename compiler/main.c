@@ -398,8 +398,8 @@ static int cmd_ref(int argc, char **argv)
     if (!o.help && !!o.ids + !!o.prompt + !!o.chat != 1)
         return util_usage_error(o.prog, o.ids || o.prompt || o.chat
                                             ? "give one of --ids, --prompt and --chat"
-                                            : "missing a prompt: give --ids LIST, --prompt "
-                                              "TEXT or --chat MESSAGE");
+                                            : "missing a prompt: give --ids LIST or --prompt "
+                                              "TEXT (or --chat MESSAGE)");
     if (o.help) {
         fprintf(o.help ? stdout : stderr,
                 "usage: kilnc ref MODEL_DIR (--ids 1,2,3 | --prompt TEXT | --chat MESSAGE) "
