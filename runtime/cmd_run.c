@@ -229,8 +229,8 @@ int cmd_run(int argc, char **argv)
     if (!dir)
         return util_usage_error(PROG, "missing OUT_DIR (the folder 'kilnc compile' wrote)");
     if (!np)
-        return util_usage_error(PROG, "missing a prompt: give --ids LIST, --prompt TEXT or "
-                                      "--chat MESSAGE");
+        return util_usage_error(PROG, "missing a prompt: give --ids LIST or --prompt TEXT (or "
+                                      "--chat MESSAGE)");
     int rc = 1;
     tokenizer *tok = NULL;
     char *tokpath = util_path_join(dir, "tokenizer.json");
