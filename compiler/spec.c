@@ -861,7 +861,7 @@ static const luaL_Reg config_methods[] = {
  *   gsub refuse a pattern whose matching could take more than SPEC_MAX_MATCH steps. The table
  *   functions that loop in C over a length (insert, remove, move, sort, concat, unpack) refuse
  *   lengths no table within the memory cap has (a __len metamethod can claim 2^60), and
- *   string.rep of an empty string returns at once;
+ *   string.rep fills its result by doubling (Lua's makes one memcpy per copy);
  * - finalizers: Lua runs __gc with hooks off, so setmetatable refuses a metatable with __gc;
  * - output: print writes at most SPEC_MAX_PRINT bytes per state;
  * - libraries: base without dofile and loadfile, and load() takes text chunks only (binary
@@ -1038,20 +1038,36 @@ static int sb_match_guard(lua_State *L)
     return call_original(L);
 }
 
-/* string.rep: an empty string repeated 2^62 times allocates nothing, so the memory cap does
- * not stop its loop; the result is empty anyway. */
+/* string.rep(s, n [, sep]), as Lua's, but filled by doubling: Lua's copies s one piece at a
+ * time, so rep("x", 2^28) runs 2^28 memcpy calls (seconds under a sanitizer) before the memory
+ * cap can refuse anything, and an empty s repeated 2^62 times loops without allocating. */
 static int sb_rep(lua_State *L)
 {
-    size_t l, lsep = 0;
-    luaL_checklstring(L, 1, &l);
-    luaL_checkinteger(L, 2);
-    if (!lua_isnoneornil(L, 3))
-        luaL_checklstring(L, 3, &lsep);
-    if (l + lsep == 0) {
+    size_t l, lsep;
+    const char *s = luaL_checklstring(L, 1, &l);
+    lua_Integer n = luaL_checkinteger(L, 2);
+    const char *sep = luaL_optlstring(L, 3, "", &lsep);
+    if (n <= 0 || l + lsep == 0) {
         lua_pushliteral(L, "");
         return 1;
     }
-    return call_original(L);
+    size_t period = l + lsep;
+    if (period < l || period > (size_t)LUA_MAXINTEGER / (size_t)n)
+        return luaL_error(L, "resulting string too large");
+    size_t total = (size_t)n * period - lsep; /* n copies of s, n - 1 separators */
+    luaL_Buffer b;
+    char *p = luaL_buffinitsize(L, &b, total);
+    memcpy(p, s, l);
+    if (n > 1)
+        memcpy(p + l, sep, lsep);
+    /* p[0, filled) is a prefix of (s sep)(s sep)..., filled a multiple of the period */
+    for (size_t filled = n > 1 ? period : total; filled < total;) {
+        size_t k = filled < total - filled ? filled : total - filled;
+        memcpy(p + filled, p, k);
+        filled += k;
+    }
+    luaL_pushresultsize(&b, total);
+    return 1;
 }
 
 /* table.insert, remove, move, sort, concat, unpack: their loops run in C over a length a
@@ -1253,8 +1269,7 @@ static int sb_setup(lua_State *L)
     lua_getglobal(L, "string");
     lua_pushnil(L);
     lua_setfield(L, -2, "dump");
-    lua_getfield(L, -1, "rep");
-    lua_pushcclosure(L, sb_rep, 1);
+    lua_pushcfunction(L, sb_rep);
     lua_setfield(L, -2, "rep");
     static const char *guarded[] = {"find", "match", "gmatch", "gsub"};
     for (size_t i = 0; i < ARRAY_LEN(guarded); i++) {

@@ -1078,10 +1078,13 @@ static void test_sandbox_c_loops(void **state)
     m = probe_fails_timed("local s = string.rep(\"\", 1 << 62)\n"
                           "local t = { 3, 1, 2 }\ntable.sort(t)\ntable.insert(t, 4)\n"
                           "table.remove(t, 1)\n"
+                          "local r = { string.rep(\"ab\", 3, \"-\"), string.rep(\"xyz\", 1), "
+                          "string.rep(\"a\", 0), string.rep(\"\", 5, \",\"), "
+                          "string.rep(\"ab\", 5), #string.rep(\"q\", 1 << 26) }\n"
                           "error(#s .. \" \" .. table.concat(t, \",\") .. \" \" .. "
-                          "select(2, table.unpack(t)) .. \" \" .. string.rep(\"ab\", 2, \"-\"))\n",
+                          "select(2, table.unpack(t)) .. \" \" .. table.concat(r, \"|\"))\n",
                           &path, &t);
-    assert_contains(m, "0 2,3,4 3 ab-ab");
+    assert_contains(m, "0 2,3,4 3 ab-ab-ab|xyz||,,,,|ababababab|67108864");
     assert_true(t < 10);
     free(path);
 }
