@@ -859,7 +859,7 @@ static int cmd_compile(int argc, char **argv)
                                       "chat_template.jinja"};
     int copied = 0;
     for (size_t i = 0; i < ARRAY_LEN(tok_files) && rc == 0; i++) {
-        if (i == 3 && o.ovr.no_generation_config)
+        if (o.ovr.no_generation_config && !strcmp(tok_files[i], "generation_config.json"))
             continue; /* the tokenizer would read its eos ids */
         int r = copy_if_present(c.model_dir, tok_files[i], o.out, &err);
         if (r < 0)

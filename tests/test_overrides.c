@@ -17,6 +17,8 @@
 #include <spawn.h>
 #include <sys/wait.h>
 
+#include "overrides.h"
+
 extern char **environ;
 
 #define FIX "tests/fixtures/"
@@ -149,16 +151,18 @@ static char *ref_dump(const char *dir, const char *extra0, const char *extra1, c
 static void expect_same(const char *plain, const char *edited, const char *f0, const char *f1,
                         const char *f2)
 {
-    size_t la, lb, lc;
+    static char *c; /* the plain fixture's dump, made once (every case uses the same one) */
+    static size_t lc;
+    size_t la, lb;
+    if (!c)
+        c = ref_dump(plain, NULL, NULL, NULL, &lc);
     char *a = ref_dump(plain, f0, f1, f2, &la);
     char *b = ref_dump(edited, NULL, NULL, NULL, &lb);
-    char *c = ref_dump(plain, NULL, NULL, NULL, &lc);
     assert_int_equal(la, lb);
     assert_memory_equal(a, b, la);
     assert_true(la != lc || memcmp(a, c, la) != 0);
     free(a);
     free(b);
-    free(c);
 }
 
 static void set_factor4(json_t *r)
@@ -256,24 +260,6 @@ static void test_errors(void **state)
            "'rms_norm_ep' (nearest: 'rms_norm_eps'); to add a new one, use --override-new "
            "rms_norm_ep=1",
         "check", L, "--override", "rms_norm_ep=1");
-    ERR(1, "--override rms_norm_eps: " FIX "llama/config.json: field 'rms_norm_eps' is a number "
-           "(1e-5); the override gives a string (\"x\"): give a number, or null to remove the field",
-        "check", L, "--override", "rms_norm_eps=\"x\"");
-    ERR(1, "--override rope_parameters.rope_type: " FIX "llama/config.json: field "
-           "'rope_parameters.rope_type' is a string (\"llama3\"); the override gives an integer (3)",
-        "check", L, "--override", "rope_parameters.rope_type=3");
-    ERR(1, "--override hidden_act: value 'gelu' is not JSON",
-        "check", L, "--override", "hidden_act=gelu");
-    ERR(1, "a string needs quotes: hidden_act='\"gelu\"'", "check", L, "--override",
-        "hidden_act=gelu");
-    ERR(1, "--override-new hidden_size: " FIX "llama/config.json already has field 'hidden_size'; "
-           "use --override",
-        "check", L, "--override-new", "hidden_size=8");
-    ERR(1, "--override hidden_size.x: " FIX "llama/config.json: field 'hidden_size' is an integer "
-           "(96), not an object, so it has no field 'x'",
-        "check", L, "--override", "hidden_size.x=1");
-    ERR(1, "--override rope_parameters..factor: empty or over-long key component",
-        "check", L, "--override", "rope_parameters..factor=1");
     /* the value is checked where the archspec reads it, and the message says it was overridden */
     ERR(1, FIX "llama/config.json (after --override): field 'num_hidden_layers' is 0; expected 1 "
            "to 10000",
@@ -294,6 +280,51 @@ static void test_errors(void **state)
     ERR(2, "--config is given twice", "check", L, "--config", "a", "--config", "b");
     ERR(2, "--override needs a value", "check", L, "--override");
 #undef ERR
+}
+
+/* ovr_apply on the llama fixture's config with one KEY=VALUE must fail with `msg`. */
+static void apply_fails(const char *kv, int is_new, const char *msg)
+{
+    kerr err;
+    kerr_clear(&err);
+    config *c = config_load(FIX "llama/config.json", &err);
+    assert_non_null(c);
+    ovr_set o;
+    ovr_init(&o);
+    assert_int_equal(ovr_flag(&o, is_new ? "--override-new" : "--override", kv, &err), 1);
+    char **lines = NULL;
+    int n = 0;
+    assert_int_equal(ovr_apply(c, &o, &lines, &n, &err), -1);
+    assert_int_equal(n, 0);
+    free(lines);
+    assert_contains(kerr_msg(&err), msg);
+    config_free(c);
+}
+
+static void test_apply_errors(void **state)
+{
+    (void)state;
+    apply_fails("rms_norm_eps=\"x\"", 0,
+                "--override rms_norm_eps: " FIX "llama/config.json: field 'rms_norm_eps' is a "
+                "number (1e-5); the override gives a string (\"x\"): give a number, or null to "
+                "remove the field");
+    apply_fails("rope_parameters.rope_type=3", 0,
+                "--override rope_parameters.rope_type: " FIX "llama/config.json: field "
+                "'rope_parameters.rope_type' is a string (\"llama3\"); the override gives an "
+                "integer (3)");
+    apply_fails("tie_word_embeddings=0", 0, "field 'tie_word_embeddings' is a boolean (false)");
+    apply_fails("hidden_act=gelu", 0,
+                "--override hidden_act: value 'gelu' is not JSON (invalid token near 'gelu'); a "
+                "string needs quotes: hidden_act='\"gelu\"'");
+    apply_fails("hidden_size=8", 1,
+                "--override-new hidden_size: " FIX "llama/config.json already has field "
+                "'hidden_size'; use --override");
+    apply_fails("hidden_size.x=1", 0,
+                "--override hidden_size.x: " FIX "llama/config.json: field 'hidden_size' is an "
+                "integer (96), not an object, so it has no field 'x'");
+    apply_fails("rope_parameters..factor=1", 0,
+                "--override rope_parameters..factor: empty or over-long key component");
+    apply_fails("rope_parameters.factor.=1", 0, "empty or over-long key component");
 }
 
 static void test_check_prints_overrides(void **state)
@@ -363,7 +394,22 @@ static void test_compile_records(void **state)
     assert_false(util_is_file(copied));
     free(copied);
     free(m);
-    /* bad values in generation_config.json: the file and the field */
+    /* a bad generation_config.json value stops the compile (the cases: test_generation_errors) */
+    m = copy_fixture("llama", "badgen", NULL, "{\"temperature\": -0.5}");
+    r = compile_inspect(m, "art3", NULL, NULL, NULL, NULL);
+    EXPECT_CODE(r, 1);
+    assert_contains(r.err, "kilnc compile: error: ");
+    assert_contains(r.err, "badgen/generation_config.json: field 'temperature' is -0.5; expected a "
+                           "number from 0 and at most 100");
+    run_free(&r);
+    free(m);
+}
+
+/* generation_config.json's bad values (ovr_generation, as kilnc compile calls it before NVRTC):
+ * the file and the field */
+static void test_generation_errors(void **state)
+{
+    (void)state;
     static const struct {
         const char *json, *msg;
     } bad[] = {
@@ -385,10 +431,19 @@ static void test_compile_records(void **state)
         char sub[16];
         snprintf(sub, sizeof sub, "bad%zu", i);
         char *b = copy_fixture("llama", sub, NULL, bad[i].json);
-        r = compile_inspect(b, "art3", NULL, NULL, NULL, NULL);
-        EXPECT_CODE(r, 1);
-        assert_contains(r.err, bad[i].msg);
-        run_free(&r);
+        kerr err;
+        kerr_clear(&err);
+        config *cfg = config_load(FIX "llama/config.json", &err);
+        assert_non_null(cfg);
+        ka_manifest m = {.vocab = 512};
+        char **lines = NULL;
+        int n = 0;
+        assert_int_equal(ovr_generation(b, cfg, NULL, &m, &lines, &n, &err), -1);
+        assert_contains(kerr_msg(&err), bad[i].msg);
+        assert_int_equal(n, 0);
+        free(m.eos);
+        free(lines);
+        config_free(cfg);
         free(b);
     }
 }
@@ -433,6 +488,7 @@ int main(void)
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
     const struct CMUnitTest tests[] = {
         T(test_override_equals_edit), T(test_pooling_equals_spec_edit), T(test_errors),
+        T(test_apply_errors), T(test_generation_errors),
         T(test_check_prints_overrides), T(test_compile_records), T(test_help_documents_flags),
     };
 #undef T
