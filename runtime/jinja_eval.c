@@ -293,7 +293,7 @@ static jv title_case(jctx *c, jv s, int python)
             prev = is_cased(cp);
         } else {
             int sep = ju_isspace(cp) || cp == '-' || cp == '(' || cp == '{' || cp == '[' || cp == '<';
-            out = sep ? cp : prev ? utf8proc_tolower(cp) : utf8proc_totitle(cp);
+            out = sep ? cp : prev ? utf8proc_tolower(cp) : utf8proc_toupper(cp); /* item[0].upper() */
             prev = !sep;
         }
         jb_put(c, b, e, ju_encode(out, e));
