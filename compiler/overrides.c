@@ -107,6 +107,18 @@ static const char *nearest(json_t *root, const char *key)
     return best;
 }
 
+/* Cuts s to at most max bytes (max >= 4), ending in "...", without splitting a UTF-8 sequence. */
+static void cut(char *s, size_t max)
+{
+    size_t n = strlen(s);
+    if (n <= max)
+        return;
+    n = max - 3;
+    while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
+        n--;
+    strcpy(s + n, "...");
+}
+
 static char *dump(const json_t *v)
 {
     char *s = v ? json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(12)) : NULL;
@@ -132,6 +144,13 @@ static int apply_one(config *c, const char *kv, int is_new, char **line, kerr *e
                  flag, key, text, je.text, key, text);
         goto done;
     }
+    for (const char *p = key; *p; p++)
+        if (*p <= ' ' || *p > '~') {
+            kerr_add(err, "%s: the key '%s' has a space or a byte outside printable ASCII "
+                          "(config.json's keys are names such as rope_scaling.factor)",
+                     flag, key);
+            goto done;
+        }
     for (char *p = key;; p++) {
         size_t n = strcspn(p, ".");
         if (n == 0 || n > OVR_MAX_KEY) {
@@ -191,12 +210,7 @@ static int apply_one(config *c, const char *kv, int is_new, char **line, kerr *e
     }
     old = dump(cur);
     new = dump(nv);
-    /* the line is kept in the manifest: at most OVR_MAX_LINE bytes (a replaced object may be
-     * large; the key and the value given are at most half of it, ovr_flag) */
-    if (strlen(old) > 1000)
-        strcpy(old + 990, "...");
-    if (strlen(new) > 2500)
-        strcpy(new + 2490, "...");
+    cut(old, 1000); /* a replaced object may be large (add_line bounds the whole line) */
     *line = xasprintf("%s %s=%s (was %s)", flag, key, new, old);
     json_object_set(obj, parts[np - 1], nv);
     rc = 0;
@@ -210,8 +224,18 @@ done:
     return rc;
 }
 
-static void add_line(char ***lines, int *nlines, char *line)
+_Static_assert(OVR_MAX_LINE == KA_MAX_OVERRIDE_LEN, "a line must fit the manifest's bound");
+
+/* See overrides.h. Lines go into the manifest as JSON strings of at most OVR_MAX_LINE bytes,
+ * valid UTF-8 (a path from the command line need not be: its bytes above 0x7f become '?'). */
+void ovr_add_line(char ***lines, int *nlines, char *line)
 {
+    json_t *t = json_string(line);
+    for (char *p = line; !t && *p; p++)
+        if ((unsigned char)*p > 0x7f)
+            *p = '?';
+    json_decref(t);
+    cut(line, OVR_MAX_LINE);
     *lines = xrealloc(*lines, sizeof(char *) * (size_t)(*nlines + 1));
     (*lines)[(*nlines)++] = line;
 }
@@ -222,7 +246,7 @@ int ovr_apply(config *c, const ovr_set *o, char ***lines, int *nlines, kerr *err
         char *line = NULL;
         if (apply_one(c, o->kv[i], o->is_new[i], &line, err))
             return -1;
-        add_line(lines, nlines, line);
+        ovr_add_line(lines, nlines, line);
     }
     return 0;
 }
@@ -240,20 +264,21 @@ int ovr_pool(kgraph *g, const char *spec_path, const ovr_set *o, char ***lines, 
                         o->pooling >= 0 ? "--pooling" : "--normalize", spec_path);
     assert(out->pool_mode >= 0 && out->pool_mode < 3);
     if (o->pooling >= 0) {
-        add_line(lines, nlines, xasprintf("--pooling %s (was %s)", modes[o->pooling],
-                                          modes[out->pool_mode]));
+        ovr_add_line(lines, nlines,
+                     xasprintf("--pooling %s (was %s)", modes[o->pooling], modes[out->pool_mode]));
         out->pool_mode = o->pooling;
     }
     if (o->normalize >= 0) {
-        add_line(lines, nlines, xasprintf("--normalize %s (was %s)", o->normalize ? "yes" : "no",
-                                          out->pool_normalize ? "yes" : "no"));
+        ovr_add_line(lines, nlines,
+                     xasprintf("--normalize %s (was %s)", o->normalize ? "yes" : "no",
+                               out->pool_normalize ? "yes" : "no"));
         out->pool_normalize = o->normalize;
     }
     return 0;
 }
 
-/* eos ids from field eos_token_id of `src`: an integer or a list of integers, each a token id. Returns 1
- * when the field is there, 0 when absent (or null), -1 on error. */
+/* eos ids from field eos_token_id of `src`: an integer or a list of integers, each a token id.
+ * Returns 1 when the field is there, 0 when absent (or null, or []), -1 on error. */
 static int read_eos(const config *src, ka_manifest *m, kerr *err)
 {
     json_t *e = config_get(src, "eos_token_id");
@@ -336,7 +361,7 @@ int ovr_generation(const char *model_dir, const config *cfg, const ovr_set *o, k
     }
     if (util_is_file(gp)) {
         if (o && o->no_generation_config)
-            add_line(lines, nlines, xasprintf("--generation-config none (ignored %s)", gp));
+            ovr_add_line(lines, nlines, xasprintf("--generation-config none (ignored %s)", gp));
         else if (!(gc = config_load(gp, err)))
             goto done;
     }

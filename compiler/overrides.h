@@ -49,6 +49,10 @@ void ovr_init(ovr_set *o);
  * when taken, 0 when `flag` is not an override flag, -1 with a message on a bad value. */
 int ovr_flag(ovr_set *o, const char *flag, const char *val, kerr *err);
 
+/* Appends `line` (heap; taken) to *lines, made valid UTF-8 and at most OVR_MAX_LINE bytes, as
+ * the manifest requires. */
+void ovr_add_line(char ***lines, int *nlines, char *line);
+
 /* Applies o's --override flags to `c`, in order. Appends one line per change to *lines
  * (heap strings, *nlines counting them; each "--override KEY=NEW (was OLD)" where OLD is the
  * compact JSON or "absent"). On error nothing further is applied. */

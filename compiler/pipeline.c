@@ -101,8 +101,7 @@ int kc_open(kc *c, const char *model, const kc_opts *o, kerr *err)
         c->config_path = xstrdup(ov->config);
         if (!util_is_file(c->config_path))
             return kerr_add(err, "--config %s: no such file", ov->config);
-        c->overrides = xmalloc(sizeof(char *));
-        c->overrides[c->n_overrides++] = xasprintf("--config %s", ov->config);
+        ovr_add_line(&c->overrides, &c->n_overrides, xasprintf("--config %s", ov->config));
     } else {
         c->config_path = util_path_join(model, "config.json");
         if (!util_is_file(c->config_path))

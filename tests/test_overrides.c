@@ -187,8 +187,8 @@ static void test_override_equals_edit(void **state)
     char *e2 = copy_fixture("llama", "eps", set_eps, NULL);
     expect_same(plain, e2, "--override=rms_norm_eps=1e-3", NULL, NULL);
     char *e3 = copy_fixture("llama", "scaling", add_rope_scaling, NULL);
-    expect_same(plain, e3, "--override-new", "rope_scaling={\"rope_type\": \"linear\", \"factor\": 2}",
-                NULL);
+    expect_same(plain, e3, "--override-new",
+                "rope_scaling={\"rope_type\": \"linear\", \"factor\": 2}", NULL);
     /* --config: another file, edited, instead of the folder's config.json */
     char *cfg = tu_path(e1, "config.json");
     expect_same(plain, e1, "--config", cfg, NULL);
@@ -207,8 +207,9 @@ static void test_pooling_equals_spec_edit(void **state)
     const char *old = "g:pool(x, { mode = \"mean\", normalize = true }, \"embedding\")";
     char *at = strstr(spec, old);
     assert_non_null(at);
-    char *edited = xasprintf("%.*sg:pool(x, { mode = \"cls\", normalize = false }, \"embedding\")%s",
-                             (int)(at - spec), spec, at + strlen(old));
+    char *edited =
+        xasprintf("%.*sg:pool(x, { mode = \"cls\", normalize = false }, \"embedding\")%s",
+                  (int)(at - spec), spec, at + strlen(old));
     char *sp = tu_write(D, "bert_cls.lua", edited);
     size_t la, lb, lc;
     char *d1 = tu_path(D, "d1"), *d2 = tu_path(D, "d2"), *d3 = tu_path(D, "d3");
@@ -325,6 +326,34 @@ static void test_apply_errors(void **state)
     apply_fails("rope_parameters..factor=1", 0,
                 "--override rope_parameters..factor: empty or over-long key component");
     apply_fails("rope_parameters.factor.=1", 0, "empty or over-long key component");
+    apply_fails("rope theta=1", 1, "--override-new: the key 'rope theta' has a space or a byte "
+                                   "outside printable ASCII");
+    apply_fails("r\xc3\xa9=1", 1, "a space or a byte outside printable ASCII");
+}
+
+/* Lines for the manifest: valid UTF-8 and at most OVR_MAX_LINE bytes, whatever they hold. */
+static void test_lines_fit_the_manifest(void **state)
+{
+    (void)state;
+    char **lines = NULL;
+    int n = 0;
+    ovr_add_line(&lines, &n, xstrdup("--config /m/d\xff/c.json"));
+    char *big = xmalloc(OVR_MAX_LINE + 100);
+    memset(big, 'a', OVR_MAX_LINE - 4);
+    /* four 2-byte sequences from byte 4092: a cut at 4093 would split the first */
+    strcpy(big + OVR_MAX_LINE - 4, "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9");
+    ovr_add_line(&lines, &n, big);
+    assert_int_equal(n, 2);
+    assert_string_equal(lines[0], "--config /m/d?/c.json");
+    assert_int_equal(strlen(lines[1]), OVR_MAX_LINE - 4 + 3); /* so it goes whole */
+    assert_string_equal(lines[1] + OVR_MAX_LINE - 4, "...");
+    for (int i = 0; i < n; i++) {
+        json_t *s = json_string(lines[i]);
+        assert_non_null(s); /* valid UTF-8 */
+        json_decref(s);
+        free(lines[i]);
+    }
+    free(lines);
 }
 
 static void test_check_prints_overrides(void **state)
@@ -380,7 +409,8 @@ static void test_compile_records(void **state)
     assert_contains(r.out, "overrides    --override rms_norm_eps=1e-6 (was 1e-5)\n");
     run_free(&r);
     /* --generation-config none: no defaults, eos from config.json, the file not copied */
-    r = compile_inspect(m, "art2", "--generation-config", "none", "--config", FIX "llama/config.json");
+    r = compile_inspect(m, "art2", "--generation-config", "none", "--config",
+                        FIX "llama/config.json");
     EXPECT_CODE(r, 0);
     assert_contains(r.out, "eos          2; bos 1\n");
     assert_contains(r.out, "sampling     no defaults (kiln run's own)\n");
@@ -488,7 +518,7 @@ int main(void)
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
     const struct CMUnitTest tests[] = {
         T(test_override_equals_edit), T(test_pooling_equals_spec_edit), T(test_errors),
-        T(test_apply_errors), T(test_generation_errors),
+        T(test_apply_errors), T(test_generation_errors), T(test_lines_fit_the_manifest),
         T(test_check_prints_overrides), T(test_compile_records), T(test_help_documents_flags),
     };
 #undef T
