@@ -355,16 +355,15 @@ int ovr_generation(const char *model_dir, const config *cfg, const ovr_set *o, k
     m->bos = -1;
     m->n_eos = 0;
     memset(&m->gen, 0, sizeof m->gen);
+    int have = util_is_file(gp);
+    if (have && o && o->no_generation_config)
+        ovr_add_line(lines, nlines, xasprintf("--generation-config none (ignored %s)", gp));
     if (m->output_pool) { /* an embedding model generates nothing and has no logits */
         free(gp);
         return 0;
     }
-    if (util_is_file(gp)) {
-        if (o && o->no_generation_config)
-            ovr_add_line(lines, nlines, xasprintf("--generation-config none (ignored %s)", gp));
-        else if (!(gc = config_load(gp, err)))
-            goto done;
-    }
+    if (have && !(o && o->no_generation_config) && !(gc = config_load(gp, err)))
+        goto done;
     const config *srcs[2] = {gc, cfg};
     for (int k = 0; k < 2; k++) {
         int got;
