@@ -45,7 +45,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 static void render_twice(const json_t *req)
 {
     struct tm now = {.tm_year = 126, .tm_mon = 0, .tm_mday = 15, .tm_hour = 12, .tm_wday = 4};
-    ct_options opt = {.now = &now, .max_steps = 200000, .max_output = 1 << 20,
+    ct_options opt = {.now = &now, .max_steps = 200000, .max_output = 1 << 18,
                       .max_memory = 64u << 20, .max_depth = 100};
     char *out[2] = {NULL, NULL};
     size_t len[2] = {0, 0};
