@@ -89,6 +89,11 @@ int cmd_chat_template(int argc, char **argv)
         localtime_r(&t, &now);
         opt.now = &now;
     }
+    if (!util_is_dir(dir)) {
+        fprintf(stderr, "kiln chat-template: error: %s: not a folder (expected a model folder or "
+                        "a kilnc output folder)\n", dir);
+        return 1;
+    }
     kerr err;
     kerr_clear(&err);
     ct_model m;
