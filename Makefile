@@ -189,7 +189,7 @@ fuzz: fuzz-build
 	    $$([ -f tests/fuzz/$$t.dict ] && echo -dict=tests/fuzz/$$t.dict) \
 	    -max_total_time=$(FUZZ_SECONDS) -timeout=$(FUZZ_TIMEOUT) -rss_limit_mb=$(FUZZ_RSS_MB) \
 	    -artifact_prefix=$$r/crashes/ -print_final_stats=1 > $$r/log 2>&1 || \
-	    { fail=1; echo "== fuzz $$t: FINDING (see $$r/crashes/)"; grep -A30 '^==[0-9]*==ERROR\|contract broken\|ALARM\|out-of-memory' $$r/log | head -40; }; \
+	    { fail=1; echo "== fuzz $$t: FINDING (see $$r/crashes/)"; grep -m1 -A25 'ERROR:\|runtime error:\|contract broken' $$r/log; }; \
 	  grep -h 'stat::number_of_executed_units\|stat::average_exec_per_sec' $$r/log; \
 	done; exit $$fail
 
