@@ -6,11 +6,11 @@
  *     reads it from memory with ka_read_mem, so that mutations reach the manifest's schema and
  *     range checks instead of failing the header's hash. The seeds name no blobs.
  *   - anything else: the whole file, header included, written to a file read by ka_read.
- * Contracts, for a file ka_read accepts: every index the runtime follows without checking it
- * again is in range: the sample kernel (-1 for embedding models), each step's kernel, each
- * GEMM's weight, bos (-1 or a vocabulary id), every eos id, each blob inside the file, each
- * kv layer's shape positive. A rejected file leaves a message. (Kernel arguments are checked
- * by the engine's check_schedule before the GPU is touched, so they are not contracts here.)
+ * Contracts, for a file ka_read accepts (the engine uses the manifest without checks of its
+ * own): every index is in range: the sample kernel (-1 for embedding models), each step's
+ * kernel, every kernel and GEMM argument against its table or buffer (slab and scratch offsets,
+ * weights, constants, kv layers), bos (-1 or a vocabulary id), every eos id, each blob inside
+ * the file, each kv layer's shape positive. A rejected file leaves a message.
  */
 #include "artifact.h"
 #include "fuzz.h"
@@ -39,16 +39,40 @@ static unsigned char *wrap(const uint8_t *manifest, size_t n, size_t *len)
     return f;
 }
 
+/* What the engine's binding of an argument relies on (it no longer checks: ka_read does). */
+static void check_arg(const ka_manifest *m, const ka_arg *a, int step, int k)
+{
+    int ok;
+    switch (a->kind) {
+    case KA_ARG_BUF: ok = a->i >= 0 && a->i < m->slab_bytes; break;
+    case KA_ARG_SCRATCH: ok = a->i >= 0 && a->i < m->scratch_bytes; break;
+    case KA_ARG_WEIGHT: ok = a->i >= 0 && a->i < m->nweights; break;
+    case KA_ARG_CONST: ok = a->i >= 0 && a->i < m->nconsts; break;
+    case KA_ARG_KV_K:
+    case KA_ARG_KV_V: ok = a->i >= 0 && a->i < m->n_layers; break;
+    default: ok = (unsigned)a->kind < KA_NARGKINDS;
+    }
+    FZ_CHECK(ok, "step %d: argument %d (%s %lld) out of range", step, k, ka_arg_kind_name(a->kind),
+             (long long)a->i);
+}
+
 static void check_steps(const ka_manifest *m, const ka_step *s, int n)
 {
     for (int i = 0; i < n; i++) {
-        if (s[i].kind == KA_KERNEL)
+        if (s[i].kind == KA_KERNEL) {
             FZ_CHECK(s[i].kernel >= 0 && s[i].kernel < m->nkernels, "step %d: kernel %d of %d",
                      i, s[i].kernel, m->nkernels);
-        else
+            FZ_CHECK(s[i].nargs >= 0 && s[i].nargs <= KA_MAX_ARGS, "step %d: %d args", i,
+                     s[i].nargs);
+            for (int k = 0; k < s[i].nargs; k++)
+                check_arg(m, &s[i].args[k], i, k);
+        } else {
             FZ_CHECK(s[i].w.kind == KA_ARG_WEIGHT && s[i].w.i >= 0 && s[i].w.i < m->nweights,
                      "step %d: GEMM weight %lld of %d", i, (long long)s[i].w.i, m->nweights);
-        FZ_CHECK(s[i].nargs >= 0 && s[i].nargs <= KA_MAX_ARGS, "step %d: %d args", i, s[i].nargs);
+            const ka_arg *g[4] = {&s[i].x, &s[i].w, &s[i].bias, &s[i].y};
+            for (int k = 0; k < 4; k++)
+                check_arg(m, g[k], i, k);
+        }
     }
 }
 
