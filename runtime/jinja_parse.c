@@ -209,7 +209,7 @@ static jstr *decode_string(P *p, int line, const char *s, size_t n)
             }
         }
         if (digits) {
-            cp = 0;
+            int64_t acc = 0; /* 8 hex digits do not fit an int */
             for (int d = 0; d < digits; d++) {
                 char h = i + 1 + (size_t)d < n ? s[i + 1 + (size_t)d] : 0;
                 int v = h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10
@@ -218,11 +218,17 @@ static jstr *decode_string(P *p, int line, const char *s, size_t n)
                     free(o);
                     perr(p, line, "truncated \\%c escape in a string literal", e);
                 }
-                cp = cp * 16 + v;
+                acc = acc * 16 + v;
             }
             i += (size_t)digits;
+            if (acc > 0x10FFFF) {
+                free(o);
+                perr(p, line, "string literal escape \\%c gives 0x%llx, above U+10FFFF", e,
+                     (unsigned long long)acc);
+            }
+            cp = (int)acc;
         }
-        if (cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) {
+        if (cp >= 0xD800 && cp <= 0xDFFF) {
             free(o);
             perr(p, line, "string literal escape \\%c gives code point 0x%x, not a character", e, cp);
         }
