@@ -43,6 +43,7 @@ typedef struct opts {
     int n_spec_path;
     int strict;
     ovr_set ovr; /* --config, --override, --pooling, --normalize, --generation-config */
+    int allow_nonfinite;
     const char *dump_after;
     int help;
     /* ref */
@@ -91,6 +92,8 @@ static int parse_opts(const char *prog, int argc, char **argv, opts *o, int allo
                 return util_usage_error(prog, "%s", kerr_msg(&err));
         } else if (strcmp(a, "--strict") == 0)
             o->strict = 1;
+        else if (strcmp(a, "--allow-nonfinite") == 0)
+            o->allow_nonfinite = 1;
         else if (allow_dump == 1 && TAKE("--dump-after") && !missing)
             o->dump_after = val;
         else if (allow_dump == 3 && (TAKE("-o") || TAKE("--out")) && !missing)
@@ -150,7 +153,8 @@ static int parse_opts(const char *prog, int argc, char **argv, opts *o, int allo
 static kc_opts kopts(const opts *o, int need_weights)
 {
     kc_opts k = {.spec = o->spec, .spec_path = o->spec_path, .n_spec_path = o->n_spec_path,
-                 .strict = o->strict, .need_weights = need_weights, .ovr = &o->ovr};
+                 .strict = o->strict, .allow_nonfinite = o->allow_nonfinite,
+                 .need_weights = need_weights, .ovr = &o->ovr};
     return k;
 }
 
@@ -159,6 +163,7 @@ static const char common_help[] =
     "  --spec-path DIR    also search DIR for archspecs (repeatable; before KILN_SPEC_PATH and\n"
     "                     the built-in archspecs/)\n"
     "  --strict           checkpoint tensors the spec does not use are errors, not warnings\n"
+    "  --allow-nonfinite  NaN or Inf in a weight is a warning, not an error\n"
     "  --config FILE      read FILE instead of MODEL_DIR/config.json\n"
     "  --override KEY=VALUE\n"
     "                     set a config field before the archspec reads it (repeatable): KEY is\n"

@@ -52,6 +52,9 @@ HF_PID=$!
     echo "$BIN/kilnc compile tests/fixtures/$f -o $ART/${f}_fp16 --dtype fp16 --sm $SM --max-batch 8 > $LOG/compile_${f}_fp16.log 2>&1 || echo COMPILE_FAIL ${f}_fp16"
   done; } | xargs -P 12 -I{} bash -c "{}" > "$LOG/compile_failures.txt"
 wait $HF_PID
+# 4. compute-sanitizer in the background on the artifacts just compiled (its table is printed below)
+bash tests/gpu/sanitize.sh $ART > $LOG/sanitize.out 2>&1 &
+SAN_PID=$!
 for f in $GEN; do
   if grep -q "COMPILE_FAIL $f\$" "$LOG/compile_failures.txt"; then
     row "$(printf '%-24s FAIL compile: %s' $f "$(grep -m1 error $LOG/compile_$f.log)")"; fail=1; continue
@@ -131,7 +134,7 @@ for f in llama mixtral bloom qwen2; do
 done
 
 # 4. compute-sanitizer, one fixture per family (its own table; its logs as sanitize-logs.tgz)
-bash tests/gpu/sanitize.sh $ART > $LOG/sanitize.out 2>&1 && ss=ok || { ss=FAIL; fail=1; }
+wait $SAN_PID && ss=ok || { ss=FAIL; fail=1; }
 row "$(printf '%-24s %-4s %s' compute-sanitizer $ss "$(tail -1 $LOG/sanitize.out)")"
 sed -n '/== compute-sanitizer summary/,$p' $LOG/sanitize.out | sed '1d;$d' | sed 's/^/    /' | tee -a "$SUMMARY"
 
