@@ -238,6 +238,11 @@ static int low_embed(lw *w, int id)
     ka_arg out;
     if (act_arg(w, id, &out, NULL))
         return -1;
+    /* The token table bounds the ids kiln accepts (the kernel does not check them). A model with an
+     * LM head sets vocab to its width in low_linear; an embedding model keeps the table's rows. */
+    const kg_node *table = &w->g->nodes[n->in[0]];
+    if (in->input_kind == KG_IN_IDS && w->m->vocab == 0)
+        w->m->vocab = (int)table->shape[0];
     add_arg(&s, A(KA_ARG_STEP, 0));
     add_arg(&s, AW(w, n->in[0]));
     add_arg(&s, out);
