@@ -1610,6 +1610,9 @@ static jv html_escape(jctx *c, jv v)
 
 static jv select_items(jctx *c, jv seq, jargs *a, int by_attr, int keep, frame *f)
 {
+    /* jinja2 iterates only a true value: none|selectattr(...) is an empty generator */
+    if (!jv_truthy(seq))
+        return as_gen(jv_list(c, 0));
     jv *lazy = lazy_error(c, seq, NULL);
     if (lazy)
         return *lazy;
@@ -1807,6 +1810,8 @@ static jv apply_filter(jctx *c, int id, const char *name, jv v, jargs *a, frame 
     case F_SELECT: return select_items(c, v, a, 0, 1, f);
     case F_REJECT: return select_items(c, v, a, 0, 0, f);
     case F_MAP: {
+        if (!jv_truthy(v)) /* as select: jinja2 maps only a true value */
+            return as_gen(jv_list(c, 0));
         jv *lazy = lazy_error(c, v, NULL);
         if (lazy)
             return *lazy;

@@ -417,6 +417,10 @@ static const struct lang_case {
      1, "3.14|ok|[1, 2]"},
     {"{{ x|selectattr('k') | list }}",
      1, "[{'k': 'v'}]"},
+    {"{{ tools|selectattr(\"type\", \"equalto\", \"x\")|list }}|{{ tools|rejectattr(\"type\")|l"
+     "ist|length }}|{{ none|map(attribute=\"a\")|list }}|{{ \"\"|select|list }}|{{ 0|reject|list }}",
+     1, "[]|0|[]|[]|[]"},
+    {"{{ n|select|list }}", 0, "'int' object is not iterable"},
     {"{{ 5 is gt 3 }}{{ 5 is lt 3 }}{{ 'a' is in 'abc' }}{{ x is sameas x }}{{ none "
      "is sameas none }}{{ 'ABC' is upper }}{{ 'abc' is lower }}{{ messages|first is "
      "mapping }}",
