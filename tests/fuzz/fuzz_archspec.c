@@ -55,8 +55,15 @@ static size_t pick(const spec_info *s)
     return 0;
 }
 
+/* How kc_run starts the line of a kilnc bug. A spec can put this text into a user error (a
+ * tensor name, an error() message), and libFuzzer, which sees the strstr below, soon learns it:
+ * such specs are skipped, and only a line that starts with it counts. */
+#define IE "internal error:"
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    if (memmem(data, size, "internal error", 14))
+        return 0;
     const char *path = fz_write("spec.lua", data, size);
     kc c;
     memset(&c, 0, sizeof c);
@@ -79,7 +86,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         fz_check_err(&e);
     } else if (kc_run(&c, NULL, NULL, NULL, &e)) {
         fz_check_err(&e);
-        FZ_CHECK(!strstr(kerr_msg(&e), "internal error"), "%s", kerr_msg(&e));
+        const char *msg = kerr_msg(&e);
+        FZ_CHECK(strncmp(msg, IE, strlen(IE)) != 0 && !strstr(msg, "\n" IE), "%s", msg);
     }
     /* the fixtures stay loaded for the next input */
     c.cfg = NULL;

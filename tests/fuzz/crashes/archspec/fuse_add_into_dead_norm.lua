@@ -1,7 +1,7 @@
 -- fuzz_archspec finding: a residual sum read by two norms, the first of them dead (its result unused).
 -- fuse marked the sum fused_into that dead norm; graph_compact, walking backwards, then kept the
 -- norm but not its weight, and the verifier failed after fuse: "%9 L1.attn_norm: input 1 refers
--- to %-1" (internal error). Fixed by compacting before the fusion annotations.
+-- to %-1", a kilnc bug). Fixed by compacting before the fusion annotations.
 local kiln = require "kiln"
 return kiln.archspec {
   name = "fuse_two_norms",
