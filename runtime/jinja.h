@@ -47,6 +47,7 @@ typedef struct jstr {
 
 typedef struct jv {
     jv_type t;
+    unsigned char safe; /* STR: a markupsafe.Markup (`|safe`, `|escape`): `+` escapes a plain str */
     union {
         int64_t i; /* INT, BOOL (0/1), FUNC id */
         double f;

@@ -749,6 +749,7 @@ static int64_t arg_int(jctx *c, jargs *a, int pos, const char *name, int64_t dfl
 
 static jv str_format(jctx *c, jv fmt, jargs *a);
 static jv binop(jctx *c, int op, jv a, jv b);
+static jv html_escape(jctx *c, jv v);
 
 static int prefix_match(jctx *c, jv s, jv pre, int end)
 {
@@ -792,10 +793,27 @@ static jv call_loop_cycle(jctx *c, jloop *lp, jargs *a)
     return a->pos[lp->i % (size_t)a->npos];
 }
 
+static int jv_safe(jv v) { return v.t == JV_STR && v.safe; }
+static jv as_safe(jv v, int safe)
+{
+    v.safe = v.t == JV_STR && safe;
+    return v;
+}
+
 static jv call_method(jctx *c, jmethod *m, jargs *a)
 {
     jv s = m->self;
     a->what = method_names[m->id];
+    if (jv_safe(s) &&
+        (m->id == M_STRIP || m->id == M_LSTRIP || m->id == M_RSTRIP || m->id == M_UPPER ||
+         m->id == M_LOWER || m->id == M_TITLE || m->id == M_CAPITALIZE || m->id == M_REPLACE ||
+         m->id == M_REMOVEPREFIX || m->id == M_REMOVESUFFIX)) {
+        /* markupsafe 3's Markup methods return a Markup; replace() escapes its `new` */
+        if (m->id == M_REPLACE && a->npos > 1 && a->pos[1].t == JV_STR)
+            a->pos[1] = html_escape(c, a->pos[1]);
+        jmethod plain = {as_safe(s, 0), m->id};
+        return as_safe(call_method(c, &plain, a), 1);
+    }
     switch (m->id) {
     case M_STRIP:
     case M_LSTRIP:
@@ -1077,7 +1095,7 @@ static _Noreturn void bad_operands(jctx *c, const char *op, jv a, jv b)
         undef_fail(c, a);
     if (b.t == JV_UNDEF)
         undef_fail(c, b);
-    if (!strcmp(op, "+") && (a.t == JV_STR || a.t == JV_LIST))
+    if (!strcmp(op, "+") && ((a.t == JV_STR && !a.safe) || a.t == JV_LIST))
         jx_fail(c, "can only concatenate %s (not \"%s\") to %s", jv_typename(a), jv_typename(b),
                 jv_typename(a));
     jx_fail(c, "unsupported operand type(s) for %s: '%s' and '%s'", op, jv_typename(a), jv_typename(b));
@@ -1192,8 +1210,16 @@ static jv binop(jctx *c, int op, jv a, jv b)
         case JOP_POW: return jv_float(pow(x, y));
         }
     }
-    if (op == JOP_ADD && a.t == JV_STR && b.t == JV_STR)
-        return jv_concat(c, a.u.s, b.u.s->s, b.u.s->len);
+    if (op == JOP_ADD && a.t == JV_STR && b.t == JV_STR) {
+        if (a.safe == b.safe)
+            return as_safe(jv_concat(c, a.u.s, b.u.s->s, b.u.s->len), a.safe);
+        /* Markup.__add__ / __radd__: the plain str operand is HTML-escaped */
+        if (!a.safe)
+            a = html_escape(c, a);
+        else
+            b = html_escape(c, b);
+        return as_safe(jv_concat(c, a.u.s, b.u.s->s, b.u.s->len), 1);
+    }
     if (op == JOP_ADD && a.t == JV_LIST && b.t == JV_LIST && a.u.l->tuple == b.u.l->tuple &&
         a.u.l->tuple <= JL_TUPLE) {
         jv out = jv_list(c, a.u.l->n + b.u.l->n);
@@ -1206,9 +1232,9 @@ static jv binop(jctx *c, int op, jv a, jv b)
         return out;
     }
     if (op == JOP_MUL && (a.t == JV_STR || a.t == JV_LIST) && is_int(b))
-        return repeat(c, a, b.u.i);
+        return as_safe(repeat(c, a, b.u.i), jv_safe(a));
     if (op == JOP_MUL && (b.t == JV_STR || b.t == JV_LIST) && is_int(a))
-        return repeat(c, b, a.u.i);
+        return as_safe(repeat(c, b, a.u.i), jv_safe(b));
     if (op == JOP_MOD && a.t == JV_STR)
         return percent_format(c, a, b);
     if (op == JOP_MUL && ((a.t == JV_STR || a.t == JV_LIST) || (b.t == JV_STR || b.t == JV_LIST)) &&
@@ -1434,7 +1460,7 @@ static int run_test(jctx *c, int id, const char *name, jv v, jargs *a)
         jargs none = {0};
         return jv_truthy(call_method(c, &m, &none));
     }
-    case T_ESCAPED: return 0;
+    case T_ESCAPED: return jv_safe(v);
     }
     return 0;
 }
@@ -1587,8 +1613,11 @@ void jx_sort(jctx *c, jv *items, jv *keys, size_t n, int reverse)
 
 static jv apply_filter(jctx *c, int id, const char *name, jv v, jargs *a, frame *f);
 
+/* markupsafe.escape(): a Markup is returned as it is, anything else is str()'d and escaped */
 static jv html_escape(jctx *c, jv v)
 {
+    if (v.t == JV_STR && v.safe)
+        return v;
     v = jv_to_str(c, v);
     jbuf *b = &c->tmp;
     size_t mark = b->len;
@@ -1605,6 +1634,7 @@ static jv html_escape(jctx *c, jv v)
     }
     jv r = jv_str(c, b->p ? b->p + mark : "", b->len - mark);
     b->len = mark;
+    r.safe = 1;
     return r;
 }
 
@@ -1716,11 +1746,13 @@ static jv apply_filter(jctx *c, int id, const char *name, jv v, jargs *a, frame 
         b->len = mark;
         return r;
     }
-    case F_TRIM: return strip(c, jv_to_str(c, v), arg_str(c, a, 0, "chars"), 3);
-    case F_UPPER: return map_case(c, jv_to_str(c, v), 1);
-    case F_LOWER: return map_case(c, jv_to_str(c, v), 0);
+    /* these call the str's own method, which a Markup keeps a Markup */
+    case F_TRIM:
+        return as_safe(strip(c, jv_to_str(c, v), arg_str(c, a, 0, "chars"), 3), jv_safe(v));
+    case F_UPPER: return as_safe(map_case(c, jv_to_str(c, v), 1), jv_safe(v));
+    case F_LOWER: return as_safe(map_case(c, jv_to_str(c, v), 0), jv_safe(v));
     case F_TITLE: return title_case(c, jv_to_str(c, v), 0);
-    case F_CAPITALIZE: return capitalize(c, jv_to_str(c, v));
+    case F_CAPITALIZE: return as_safe(capitalize(c, jv_to_str(c, v)), jv_safe(v));
     case F_LENGTH:
     case F_COUNT: return jv_int(length_of(c, v));
     case F_DEFAULT:
@@ -1763,8 +1795,8 @@ static jv apply_filter(jctx *c, int id, const char *name, jv v, jargs *a, frame 
         jv nw = jv_to_str(c, arg(a, 1, "new", jv_undef(NULL)));
         return str_replace(c, jv_to_str(c, v), o.u.s, nw.u.s, arg_int(c, a, 2, "count", -1));
     }
-    case F_STRING:
-    case F_SAFE: return jv_to_str(c, v);
+    case F_STRING: return jv_to_str(c, v); /* soft_str: a Markup stays one */
+    case F_SAFE: return as_safe(jv_to_str(c, v), 1);
     case F_INT: {
         if (v.t == JV_UNDEF)
             undef_fail(c, v);
@@ -1904,11 +1936,11 @@ static jv apply_filter(jctx *c, int id, const char *name, jv v, jargs *a, frame 
         }
         jv r = jv_str(c, b->p ? b->p + mark : "", b->len - mark);
         b->len = mark;
-        return r;
+        return as_safe(r, jv_safe(s));
     }
     case F_REVERSE: {
-        if (v.t == JV_STR)
-            return do_slice(c, v, jv_none(), jv_none(), jv_int(-1));
+        if (v.t == JV_STR) /* value[::-1]: a Markup stays one */
+            return as_safe(do_slice(c, v, jv_none(), jv_none(), jv_int(-1)), jv_safe(v));
         /* reversed(x) is an iterator; a generator cannot be reversed, so jinja2 lists it */
         int was_gen = v.t == JV_LIST && v.u.l->tuple == JL_GEN;
         jlist *l = iter_list(c, v);
@@ -1998,8 +2030,11 @@ static jv apply_filter(jctx *c, int id, const char *name, jv v, jargs *a, frame 
         return l->v[best];
     }
     case F_ESCAPE:
-    case F_E:
-    case F_FORCEESCAPE: return html_escape(c, v);
+    case F_E: return html_escape(c, v);
+    case F_FORCEESCAPE: /* escape(str(v)): even a Markup */
+        v = jv_to_str(c, v);
+        v.safe = 0;
+        return html_escape(c, v);
     case F_WORDCOUNT: {
         /* jinja2: len(re.compile(r"\w+").findall(s)) */
         jv s = jv_to_str(c, v);
@@ -2318,6 +2353,8 @@ static jv eval(jctx *c, const jnode *n, frame *f)
             r = do_slice(c, obj, lo, hi, st);
         } else
             r = get_item(c, obj, eval(c, n->b, f));
+        if (jv_safe(obj)) /* Markup.__getitem__ returns a Markup */
+            r = as_safe(r, 1);
         break;
     }
     case JN_LIST:

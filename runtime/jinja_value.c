@@ -337,7 +337,7 @@ const char *jv_typename(jv v)
     case JV_BOOL: return "bool";
     case JV_INT: return "int";
     case JV_FLOAT: return "float";
-    case JV_STR: return "str";
+    case JV_STR: return v.safe ? "Markup" : "str";
     case JV_LIST: {
         static const char *const names[] = {"list", "tuple", "dict_items", "dict_keys", "dict_values",
                                             "generator"};

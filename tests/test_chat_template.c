@@ -552,6 +552,53 @@ static const struct lang_case {
     {"{{ raise_exception() }}\n",
      0, "_cached_compile_jinja_template.<locals>.raise_exception() missing 1 required p"
         "ositional argument: 'message'"},
+    {"{% set t = \"<\" %}{{ (\"x\"|safe|replace(\"z\",\"y\")) + t }}|{{ (\"X\"|safe|title) +"
+        " t }}|{{ (\"x\"|safe|indent) + t }}|{{ (\"x\"|safe|center(1)) + t }}|{{ (\"x\"|saf"
+        "e|reverse) + t }}|{{ (\"x\"|safe).replace(\"z\",\"y\") + t }}|{{ (\"x\"|safe)[:] + t"
+        " }}|{{ (\"x\"|safe).removeprefix(\"z\") + t }}|{{ (\"x\"|safe).strip(\"z\") + t }}|{"
+        "{ (\"x\"|safe|first) + t }}|{{ ([\"x\"|safe]|first) + t }}|{{ (\"x\"|safe|default("
+        "\"y\")) + t }}|{{ (\"x\"|safe * 1) + t }}|{{ (\"x\"|safe)[0] + t }}|{{ (\"x\"|safe|j"
+        "oin) + t }}|{{ (\"x\"|safe).replace(\"x\",\"<\") }}|{{ (\"<x<\"|safe).strip(\"<\") }}|"
+        "{{ (\"&lt;x\"|safe).strip(\"<\") }}|{{ (\"x\"|safe|indent(\">\")) }}|{{ (\"x\\ny\"|safe"
+        "|indent(\">\")) + t }}|{{ (\"x\\ny\"|safe|indent(\">\", first=true, blank=true)) }}"
+        "|{{ ([\"<\"|safe][0]) + t }}|{{ (\"<\"|safe * 2) + t }}|{{ (2 * \"<\"|safe) + t }}"
+        "|{{ (\"<\"|safe|reverse) + t }}|{{ (\"ab\"|safe)[1:] + t }}",
+     1, "x<|X<|x&lt;|x&lt;|x&lt;|x&lt;|x&lt;|x&lt;|x&lt;|x<|x&lt;|x&lt;|x&lt;|x&lt;|x"
+        "<|&lt;|x|&lt;x|x|x\n>y&lt;|>x\n>y|<&lt;|<<&lt;|<<&lt;|<&lt;|b&lt;"},
+    {"{% set t = \"<b>&'\\\"\" %}{{ \"x\"|safe + t }}|{{ t + \"y\"|safe }}|{{ \"<\"|safe + \""
+        ">\"|safe }}|{{ t ~ \"x\"|safe }}|{{ \"x\"|safe ~ t }}|{{ t }}|{{ \"'\\n\"|safe + x[2"
+        ":]|tojson }}",
+     1, "x&lt;b&gt;&amp;&#39;&#34;|&lt;b&gt;&amp;&#39;&#34;y|<>|<b>&'\"x|x<b>&'\"|<b>&'"
+        "\"|'\n[&#34;a&#39;b&#34;, null, true, {&#34;k&#34;: &#34;v&#34;}]"},
+    {"{% set t = \"<b>&'\\\"\" %}{{ (\"x\"|safe|string) + t }}|{{ (\"x\"|string) + t }}|{{"
+        " (\" x \"|safe|trim) + t }}|{{ (\"x\"|safe|upper) + t }}|{{ (\"X\"|safe|lower) + t"
+        " }}|{{ (\"x\"|safe|capitalize) + t }}|{{ (\"x\"|safe|replace(\"x\", \"y\")) + t }}|{"
+        "{ ([\"x\"|safe]|join) + t }}|{{ (\"x\"|safe|tojson) + t }}",
+     1, "x&lt;b&gt;&amp;&#39;&#34;|x<b>&'\"|x&lt;b&gt;&amp;&#39;&#34;|X&lt;b&gt;&amp;&"
+        "#39;&#34;|x&lt;b&gt;&amp;&#39;&#34;|X&lt;b&gt;&amp;&#39;&#34;|y<b>&'\"|x<b>&'"
+        "\"|\"x\"<b>&'\""},
+    {"{% set t = \"<b>&'\\\"\" %}{{ (\" x \"|safe).strip() + t }}|{{ (\"x\"|safe).upper() "
+        "+ t }}|{{ (\"x\"|safe).lower() + t }}|{{ (\"x y\"|safe).title() + t }}|{{ (\"x\"|s"
+        "afe|title) + t }}",
+     1, "x&lt;b&gt;&amp;&#39;&#34;|X&lt;b&gt;&amp;&#39;&#34;|x&lt;b&gt;&amp;&#39;&#34"
+        ";|X Y&lt;b&gt;&amp;&#39;&#34;|X<b>&'\""},
+    {"{% set t = \"<b>&'\\\"\" %}{{ t|e }}|{{ t|e|e }}|{{ t|safe|e }}|{{ t|safe|forcee"
+        "scape }}|{{ (t|escape) + t }}|{{ 5|safe + t }}|{{ t|safe is escaped }}{{ t i"
+        "s escaped }}{{ t|e is escaped }}|{{ \"x\"|safe == \"x\" }}{{ \"x\" in \"x\"|safe }}{"
+        "{ \"x\"|safe|length }}{{ \"x\"|safe is string }}",
+     1, "&lt;b&gt;&amp;&#39;&#34;|&lt;b&gt;&amp;&#39;&#34;|<b>&'\"|&lt;b&gt;&amp;&#39;"
+        "&#34;|&lt;b&gt;&amp;&#39;&#34;&lt;b&gt;&amp;&#39;&#34;|5&lt;b&gt;&amp;&#39;&"
+        "#34;|TrueFalseTrue|TrueTrue1True"},
+    {"{{ \"x\"|safe + 1 }}",
+     0, "unsupported operand type(s) for +: 'Markup' and 'int'"},
+    {"{{ 1 + \"x\"|safe }}",
+     0, "unsupported operand type(s) for +: 'int' and 'Markup'"},
+    {"{{ \"x\"|safe + none }}",
+     0, "unsupported operand type(s) for +: 'Markup' and 'NoneType'"},
+    {"{{ \"x\"|safe + x }}",
+     0, "unsupported operand type(s) for +: 'Markup' and 'list'"},
+    {"{{ \"x\" + 1 }}",
+     0, "can only concatenate str (not \"int\") to str"},
 };
 
 /* Renders src with vars (JSON text); returns the output or NULL with the message in *msg. */
