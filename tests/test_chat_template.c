@@ -983,46 +983,13 @@ static void test_threads(void **state)
 
 static const char *KILN, *KILNC;
 
-typedef struct {
-    int code;
-    char *out, *err;
-} run;
-
-/* Runs argv (NULL-terminated) with stdin from a file holding `input`, in scratch folder dir. */
-static run run_prog(const char *dir, const char *input, const char *const *argv)
-{
-    char *inp = tu_write(dir, ".stdin", input), *outp = tu_path(dir, ".stdout"),
-         *errp = tu_path(dir, ".stderr");
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 0, inp, O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&fa, 1, outp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_addopen(&fa, 2, errp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    pid_t pid;
-    extern char **environ;
-    int rc = posix_spawn(&pid, argv[0], &fa, NULL, (char *const *)argv, environ);
-    posix_spawn_file_actions_destroy(&fa);
-    if (rc != 0)
-        fail_msg("cannot run %s: %s", argv[0], strerror(rc));
-    int st;
-    assert_int_equal(waitpid(pid, &st, 0), pid);
-    run r = {WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st), tu_read(outp, NULL), tu_read(errp, NULL)};
-    unlink(inp);
-    unlink(outp);
-    unlink(errp);
-    free(inp);
-    free(outp);
-    free(errp);
-    assert_not_contains(r.err, "Sanitizer");
-    assert_not_contains(r.err, "runtime error:");
-    return r;
-}
+typedef tu_run run;
 
 /* KILN chat-template DIR [extra1 [extra2]] with stdin `input`. */
 static run kiln_ct(const char *dir, const char *input, const char *extra1, const char *extra2)
 {
     const char *argv[8] = {KILN, "chat-template", dir, extra1, extra2, NULL};
-    return run_prog(dir, input, argv);
+    return tu_run_argv(dir, input, argv);
 }
 
 static void test_cli(void **state)
@@ -1041,32 +1008,32 @@ static void test_cli(void **state)
     assert_int_equal(r.code, 0);
     assert_int_equal(strlen(r.out), strlen("<s><user>h\xc3\xa9\n<assistant>2026")); /* this year */
     assert_starts_with(r.out, "<s><user>h\xc3\xa9\n<assistant>");
-    free(r.out), free(r.err);
+    tu_run_free(&r);
     r = kiln_ct(d, "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], "
                    "\"add_generation_prompt\": false}", "--now", "2031-02-03 04:05:06");
     assert_int_equal(r.code, 0);
     assert_string_equal(r.out, "<s><user>x\n2031");
     assert_string_equal(r.err, "");
-    free(r.out), free(r.err);
+    tu_run_free(&r);
     r = kiln_ct(d, "[{\"role\": \"bad\", \"content\": \"x\"}]", NULL, NULL);
     assert_int_equal(r.code, 1);
     assert_string_equal(r.out, "");
     assert_contains(r.err, "raise_exception: no bad roles");
-    free(r.out), free(r.err);
+    tu_run_free(&r);
     r = kiln_ct(d, "{not json", NULL, NULL);
     assert_int_equal(r.code, 1);
     assert_contains(r.err, "stdin:1:");
-    free(r.out), free(r.err);
+    tu_run_free(&r);
     char *tf = tu_write(d, "other.jinja", "{{ bos_token }}OTHER{{ messages|length }}");
     r = kiln_ct(d, "[]", "--template", tf);
     assert_int_equal(r.code, 0);
     assert_string_equal(r.out, "<s>OTHER0");
-    free(r.out), free(r.err);
+    tu_run_free(&r);
     free(tf);
     r = kiln_ct(d, "[]", "--help", NULL);
     assert_int_equal(r.code, 0);
     assert_contains(r.out, "usage: kiln chat-template DIR");
-    free(r.out), free(r.err);
+    tu_run_free(&r);
     tu_rmrf(d);
 }
 
@@ -1089,15 +1056,15 @@ static void test_chat_flag(void **state)
     }
     free(tu_write(d, "chat_template.jinja", "{% for m in messages %}{{ m.content }} and{% endfor %}"));
     const char *chat_argv[] = {KILNC, "ref", d, "--chat", "A fool", "--max-new", "4", NULL};
-    run r = run_prog(d, "", chat_argv);
+    run r = tu_run_argv(d, "", chat_argv);
     assert_int_equal(r.code, 0);
     char *nl = strchr(r.out, '\n');
     assert_non_null(nl);
     assert_starts_with(nl + 1, "A fool and"); /* the rendered prompt, then the continuation */
     char *chat_ids = strndup(r.out, (size_t)(nl - r.out));
-    free(r.out), free(r.err);
+    tu_run_free(&r);
     const char *tok_argv[] = {KILN, "tokenize", d, "--no-special", NULL};
-    r = run_prog(d, "\"A fool and\"\n", tok_argv);
+    r = tu_run_argv(d, "\"A fool and\"\n", tok_argv);
     assert_int_equal(r.code, 0);
     char *ids = xstrdup(r.out + 1); /* "[1, 2, 3]" -> "1,2,3" */
     size_t k = 0;
@@ -1105,18 +1072,18 @@ static void test_chat_flag(void **state)
         if (*p != ' ')
             ids[k++] = *p;
     ids[k] = 0;
-    free(r.out), free(r.err);
+    tu_run_free(&r);
     const char *ids_argv[] = {KILNC, "ref", d, "--ids", ids, "--max-new", "4", NULL};
-    r = run_prog(d, "", ids_argv);
+    r = tu_run_argv(d, "", ids_argv);
     assert_int_equal(r.code, 0);
     assert_starts_with(r.out, chat_ids);
-    free(r.out), free(r.err);
+    tu_run_free(&r);
     /* a template error stops it with the template's message */
     free(tu_write(d, "chat_template.jinja", "{{ raise_exception('no chatting') }}"));
-    r = run_prog(d, "", chat_argv);
+    r = tu_run_argv(d, "", chat_argv);
     assert_int_equal(r.code, 1);
     assert_contains(r.err, "no chatting");
-    free(r.out), free(r.err);
+    tu_run_free(&r);
     free(ids);
     free(chat_ids);
     tu_rmrf(d);

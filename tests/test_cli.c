@@ -33,17 +33,7 @@ static int teardown(void **state)
     return 0;
 }
 
-typedef struct run {
-    int code;  /* exit status; 128+signal when killed */
-    char *out; /* stdout */
-    char *err; /* stderr */
-} run;
-
-static void run_free(run *r)
-{
-    free(r->out);
-    free(r->err);
-}
+typedef tu_run run;
 
 /* Runs `bin` with the given arguments (NULL-terminated), capturing stdout and stderr. */
 static run run_v(const char *bin, const char *first, va_list ap)
@@ -56,31 +46,8 @@ static run run_v(const char *bin, const char *first, va_list ap)
         argv[n++] = a;
     }
     argv[n] = NULL;
-    char *outp = tu_path(D, ".stdout"), *errp = tu_path(D, ".stderr");
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&fa, 1, outp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_addopen(&fa, 2, errp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    pid_t pid;
-    int rc = posix_spawn(&pid, bin, &fa, NULL, (char *const *)argv, environ);
-    posix_spawn_file_actions_destroy(&fa);
-    if (rc != 0)
-        fail_msg("cannot run %s: %s", bin, strerror(rc));
-    int st;
-    if (waitpid(pid, &st, 0) != pid)
-        fail_msg("waitpid failed");
-    run r;
-    r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-    r.out = tu_read(outp, NULL);
-    r.err = tu_read(errp, NULL);
-    unlink(outp);
-    unlink(errp);
-    free(outp);
-    free(errp);
-    /* no crash and no sanitizer report, whatever the input */
-    assert_not_contains(r.err, "Sanitizer");
-    assert_not_contains(r.err, "runtime error:");
+    run r = tu_run_argv(D, NULL, argv);
+    /* no crash, whatever the input */
     assert_true(r.code < 128);
     return r;
 }
@@ -166,7 +133,7 @@ static void test_help(void **state)
         assert_contains(r.out, "  check ");
         assert_contains(r.out, "  graph ");
         assert_string_equal(r.err, "");
-        run_free(&r);
+        tu_run_free(&r);
     }
     run r = kilnc("--version", NULL);
     EXPECT_CODE(r, 0);
@@ -175,7 +142,7 @@ static void test_help(void **state)
     free(want);
     assert_true(strlen(r.out) > strlen("kilnc 0.1.0 (commit )\n")); /* a commit is named */
     assert_string_equal(r.out + strlen(r.out) - 2, ")\n");
-    run_free(&r);
+    tu_run_free(&r);
 }
 
 static void test_command_help(void **state)
@@ -184,7 +151,7 @@ static void test_command_help(void **state)
     run r = kilnc("archs", "--help", NULL);
     EXPECT_CODE(r, 0);
     assert_starts_with(r.out, "usage: kilnc archs");
-    run_free(&r);
+    tu_run_free(&r);
     r = kilnc("check", "--help", NULL);
     EXPECT_CODE(r, 0);
     assert_starts_with(r.out, "usage: kilnc check MODEL_DIR [options]");
@@ -192,7 +159,7 @@ static void test_command_help(void **state)
     assert_contains(r.out, "--spec-path DIR");
     assert_contains(r.out, "--strict");
     assert_string_equal(r.err, "");
-    run_free(&r);
+    tu_run_free(&r);
     static const char *const cmds[] = {"ref", "compile"};
     for (size_t i = 0; i < ARRAY_LEN(cmds); i++) {
         r = kilnc(cmds[i], "--help", NULL);
@@ -201,14 +168,14 @@ static void test_command_help(void **state)
         assert_starts_with(r.out, want);
         free(want);
         assert_string_equal(r.err, "");
-        run_free(&r);
+        tu_run_free(&r);
     }
     r = kilnc("graph", "-h", NULL);
     EXPECT_CODE(r, 0);
     assert_starts_with(r.out, "usage: kilnc graph MODEL_DIR [--dump-after=PASS] [options]");
     assert_contains(r.out, "Passes, in order: build, bind_weights");
     assert_contains(r.out, "--dump-after=PASS");
-    run_free(&r);
+    tu_run_free(&r);
 }
 
 static void test_usage_errors(void **state)
@@ -220,21 +187,21 @@ static void test_usage_errors(void **state)
     assert_string_equal(r.err, "kilnc: error: missing COMMAND (one of: archs, check, graph, ref, "
                                "compile)\nrun 'kilnc --help' for usage\n");
     assert_string_equal(r.out, "");
-    run_free(&r);
+    tu_run_free(&r);
     r = kilnc("compile-all", NULL);
     EXPECT_CODE(r, 2);
     assert_string_equal(r.err, "kilnc: error: unknown command 'compile-all' (commands: archs, "
                                "check, graph, ref, compile)\nrun 'kilnc --help' for usage\n");
-    run_free(&r);
+    tu_run_free(&r);
     r = kilnc("check", "--frobnicate", D, NULL);
     EXPECT_CODE(r, 2);
     assert_string_equal(r.err, "kilnc check: error: unknown option '--frobnicate'\n"
                                "run 'kilnc check --help' for usage\n");
-    run_free(&r);
+    tu_run_free(&r);
     r = kilnc("archs", "--dump-after=build", NULL); /* only graph takes it */
     EXPECT_CODE(r, 2);
     assert_contains(r.err, "unknown option '--dump-after=build'");
-    run_free(&r);
+    tu_run_free(&r);
     static const char *const cmds[] = {"check", "graph", "ref", "compile"};
     for (size_t i = 0; i < ARRAY_LEN(cmds); i++) {
         r = kilnc(cmds[i], NULL);
@@ -244,29 +211,29 @@ static void test_usage_errors(void **state)
                                cmds[i], cmds[i]);
         assert_string_equal(r.err, want);
         free(want);
-        run_free(&r);
+        tu_run_free(&r);
     }
     r = kilnc("compile", D, NULL);
     EXPECT_CODE(r, 2);
     assert_starts_with(r.err, "kilnc compile: error: missing -o OUT_DIR");
-    run_free(&r);
+    tu_run_free(&r);
     r = kilnc("ref", D, NULL);
     EXPECT_CODE(r, 2);
     assert_starts_with(r.err, "kilnc ref: error: missing a prompt: give --ids LIST or --prompt");
-    run_free(&r);
+    tu_run_free(&r);
     r = kilnc("check", "a", "b", NULL);
     EXPECT_CODE(r, 2);
     assert_starts_with(r.err, "kilnc check: error: unexpected argument 'b' (one MODEL_DIR "
                               "expected, already have 'a')\n");
-    run_free(&r);
+    tu_run_free(&r);
     r = kilnc("check", D, "--spec", NULL);
     EXPECT_CODE(r, 2);
     assert_starts_with(r.err, "kilnc check: error: --spec needs a value\n");
-    run_free(&r);
+    tu_run_free(&r);
     r = kilnc("archs", D, NULL);
     EXPECT_CODE(r, 2);
     assert_starts_with(r.err, "kilnc archs: error: unexpected argument");
-    run_free(&r);
+    tu_run_free(&r);
 }
 
 /* ---------------------------------------------------------------- kiln's command line */
@@ -279,11 +246,11 @@ static void test_kiln_usage(void **state)
     char *want = xasprintf("kiln %s (commit ", KILN_VERSION);
     assert_starts_with(r.out, want);
     free(want);
-    run_free(&r);
+    tu_run_free(&r);
     r = kiln("--help", NULL);
     EXPECT_CODE(r, 0);
     assert_starts_with(r.out, "usage: kiln COMMAND [ARGS...]");
-    run_free(&r);
+    tu_run_free(&r);
     /* every command has --help, on stdout, exit 0 */
     static const char *const cmds[] = {"run", "inspect", "tokenize", "chat-template"};
     for (size_t i = 0; i < ARRAY_LEN(cmds); i++) {
@@ -293,7 +260,7 @@ static void test_kiln_usage(void **state)
         assert_starts_with(r.out, want);
         free(want);
         assert_string_equal(r.err, "");
-        run_free(&r);
+        tu_run_free(&r);
         /* and a usage error is one line and a hint */
         r = kiln(cmds[i], "--no-such-option", NULL);
         EXPECT_CODE(r, 2);
@@ -304,13 +271,13 @@ static void test_kiln_usage(void **state)
         assert_contains(r.err, want);
         free(want);
         assert_int_equal(count_lines_starting(r.err, ""), 2); /* no usage dump */
-        run_free(&r);
+        tu_run_free(&r);
     }
     r = kiln("frobnicate", NULL);
     EXPECT_CODE(r, 2);
     assert_starts_with(r.err, "kiln: error: unknown command 'frobnicate' (commands: run, inspect, "
                               "tokenize");
-    run_free(&r);
+    tu_run_free(&r);
 }
 
 /* ---------------------------------------------------------------- strict numbers */
@@ -518,7 +485,7 @@ static void test_kilnc_numeric_options(void **state)
         assert_starts_with(r.err, want);
         assert_contains(r.err, "\nrun 'kilnc compile --help' for usage\n");
         free(want);
-        run_free(&r);
+        tu_run_free(&r);
     }
     free(out);
     static const struct {
@@ -538,7 +505,7 @@ static void test_kilnc_numeric_options(void **state)
         char *want = xasprintf("kilnc ref: error: %s", refrows[i].msg);
         assert_starts_with(r.err, want);
         free(want);
-        run_free(&r);
+        tu_run_free(&r);
     }
 }
 
@@ -554,7 +521,7 @@ static void test_archs(void **state)
     assert_contains(r.out, "MistralForCausalLM");
     assert_contains(r.out, "archspecs/llama.lua");
     assert_not_contains(r.out, "(shadowed)");
-    run_free(&r);
+    tu_run_free(&r);
 
     char *dir = tu_path(D, "specs");
     tu_mkdir(dir);
@@ -569,7 +536,7 @@ static void test_archs(void **state)
     assert_contains(r.out, "llama.lua  (shadowed)");
     assert_contains(r.err, "kilnc archs: warning: spec failed to load: ");
     assert_contains(r.err, "broken.lua");
-    run_free(&r);
+    tu_run_free(&r);
     free(dir);
 }
 
@@ -590,11 +557,11 @@ static void test_check_ok(void **state)
     assert_contains(r.out, "graph         58 nodes\n");
     assert_true(strlen(r.out) >= 3 && strcmp(r.out + strlen(r.out) - 3, "ok\n") == 0);
     assert_string_equal(r.err, ""); /* no warnings */
-    run_free(&r);
+    tu_run_free(&r);
     /* --strict changes nothing when every tensor is used */
     r = kilnc("check", "--strict", m, NULL);
     EXPECT_CODE(r, 0);
-    run_free(&r);
+    tu_run_free(&r);
     free(m);
 }
 
@@ -611,7 +578,7 @@ static void test_check_missing_folder(void **state)
     assert_contains(r.err, "kilnc check: check failed: 1 problem\n");
     assert_string_equal(r.out, "");
     free(want);
-    run_free(&r);
+    tu_run_free(&r);
     free(m);
 }
 
@@ -625,7 +592,7 @@ static void test_check_no_config(void **state)
     char *want = xasprintf("kilnc check: error: %s: no config.json in this folder\n", m);
     assert_starts_with(r.err, want);
     free(want);
-    run_free(&r);
+    tu_run_free(&r);
     free(m);
 }
 
@@ -641,7 +608,7 @@ static void test_check_bad_config(void **state)
     assert_starts_with(r.err, want);
     assert_contains(r.err, "not valid JSON");
     free(want);
-    run_free(&r);
+    tu_run_free(&r);
     free(m);
     /* valid JSON, a field of the wrong type: file, field, expected vs got, spec line */
     o.config = "{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": \"16\"}";
@@ -656,7 +623,7 @@ static void test_check_bad_config(void **state)
     assert_contains(r.err, line);
     free(line);
     free(want);
-    run_free(&r);
+    tu_run_free(&r);
     free(m);
 }
 
@@ -682,7 +649,7 @@ static void test_check_missing_tensor(void **state)
     assert_contains(r.err, "kilnc check: check failed: 1 problem\n");
     free(line);
     free(want);
-    run_free(&r);
+    tu_run_free(&r);
     free(m);
     /* nothing close: no suggestion */
     tu_llama o2 = {.skip = "lm_head.weight"};
@@ -691,7 +658,7 @@ static void test_check_missing_tensor(void **state)
     EXPECT_CODE(r, 1);
     assert_contains(r.err, "tensor 'lm_head.weight' is not in the checkpoint (asked for at ");
     assert_not_contains(r.err, "did you mean");
-    run_free(&r);
+    tu_run_free(&r);
     free(m);
 }
 
@@ -711,7 +678,7 @@ static void test_check_wrong_shape(void **state)
     assert_contains(r.err, line);
     free(line);
     free(want);
-    run_free(&r);
+    tu_run_free(&r);
     free(m);
 }
 
@@ -727,7 +694,7 @@ static void test_check_unsupported_dtype(void **state)
                            m);
     assert_starts_with(r.err, want);
     free(want);
-    run_free(&r);
+    tu_run_free(&r);
     free(m);
 }
 
@@ -744,7 +711,7 @@ static void test_check_all_problems_at_once(void **state)
     assert_contains(r.err, "'model.layers.1.mlp.down_proj.weight' has shape [17, 32]");
     assert_contains(r.err, "'model.layers.1.input_layernorm.weight' has dtype I8");
     assert_contains(r.err, "kilnc check: check failed: 3 problems\n");
-    run_free(&r);
+    tu_run_free(&r);
     free(m);
 }
 
@@ -761,7 +728,7 @@ static void test_check_unused_tensor(void **state)
     assert_string_equal(r.err, want);
     free(want);
     assert_contains(r.out, "checkpoint    22 tensors in 1 file: 21 used, 1 unused\n");
-    run_free(&r);
+    tu_run_free(&r);
     r = kilnc("check", m, "--strict", NULL);
     EXPECT_CODE(r, 1);
     want = xasprintf("kilnc check: error: %s: tensor 'model.extra.weight' is not used by "
@@ -769,7 +736,7 @@ static void test_check_unused_tensor(void **state)
                      m, KILN_SOURCE_DIR);
     assert_contains(r.err, want);
     free(want);
-    run_free(&r);
+    tu_run_free(&r);
     free(m);
     /* a tensor the spec's ignore list covers: neither a warning nor a --strict error */
     tu_llama o2 = {.extra = "model.layers.0.self_attn.rotary_emb.inv_freq"};
@@ -778,7 +745,7 @@ static void test_check_unused_tensor(void **state)
     EXPECT_CODE(r, 0);
     assert_string_equal(r.err, "");
     assert_contains(r.out, "21 used, 0 unused (plus ignored by the spec)\n");
-    run_free(&r);
+    tu_run_free(&r);
     free(m);
 }
 
@@ -796,13 +763,13 @@ static void test_check_truncated_safetensors(void **state)
     assert_starts_with(r.err, want);
     assert_contains(r.err, "truncated");
     free(want);
-    run_free(&r);
+    tu_run_free(&r);
     /* cut inside the header */
     tu_write_bytes(st, bytes, 20);
     r = kilnc("check", m, NULL);
     EXPECT_CODE(r, 1);
     assert_contains(r.err, "runs past the end of the file (20 bytes); the file is truncated");
-    run_free(&r);
+    tu_run_free(&r);
     free(bytes);
     free(st);
     free(m);
@@ -820,7 +787,7 @@ static void test_check_no_weights(void **state)
                            m);
     assert_starts_with(r.err, want);
     free(want);
-    run_free(&r);
+    tu_run_free(&r);
     free(m);
 }
 
@@ -845,14 +812,14 @@ static void test_check_unknown_architecture(void **state)
     assert_contains(r.err, "\n  to add it: write a spec (a short Lua file; see ");
     assert_contains(r.err, "README.md");
     assert_contains(r.err, "--spec FILE");
-    run_free(&r);
+    tu_run_free(&r);
     /* --spec FILE bypasses resolution */
     char *spec = xasprintf("%s/archspecs/llama.lua", KILN_SOURCE_DIR);
     r = kilnc("check", m, "--spec", spec, NULL);
     EXPECT_CODE(r, 0);
     assert_contains(r.out, "architecture  GPT9ForCausalLM\n");
     assert_contains(r.out, "ok\n");
-    run_free(&r);
+    tu_run_free(&r);
     /* a --spec that does not exist */
     char *gone = tu_path(D, "gone.lua");
     r = kilnc("check", m, "--spec", gone, NULL);
@@ -860,7 +827,7 @@ static void test_check_unknown_architecture(void **state)
     assert_starts_with(r.err, "kilnc check: error: ");
     assert_contains(r.err, gone);
     assert_contains(r.err, "cannot open");
-    run_free(&r);
+    tu_run_free(&r);
     free(gone);
     free(spec);
     free(m);
@@ -908,7 +875,7 @@ static void test_graph(void **state)
     assert_contains(r.out, " L1.attn = attention(");
     assert_contains(r.out, "heads=4 kv=2 head_dim=4 causal scale=0.5 kv_slot=1) [T, 16] F32");
     assert_string_equal(r.err, "");
-    run_free(&r);
+    tu_run_free(&r);
 
     /* after bind_weights the weights carry the checkpoint's dtype */
     r = kilnc("graph", m, "--dump-after", "bind_weights", NULL);
@@ -916,7 +883,7 @@ static void test_graph(void **state)
     assert_int_equal(check_numbering(r.out), 58);
     assert_contains(r.out, "model.embed_tokens.weight = weight(\"model.embed_tokens.weight\") "
                            "[64, 16] BF16");
-    run_free(&r);
+    tu_run_free(&r);
 
     /* after the last pass, whatever the pipeline holds */
     r = kilnc("graph", m, NULL);
@@ -924,14 +891,14 @@ static void test_graph(void **state)
     assert_true(check_numbering(r.out) > 0);
     assert_contains(r.out, " ids = input(ids) [T] I64");
     assert_string_equal(r.err, "");
-    run_free(&r);
+    tu_run_free(&r);
 
     r = kilnc("graph", m, "--dump-after=nosuchpass", NULL);
     EXPECT_CODE(r, 2);
     assert_starts_with(r.err, "kilnc graph: error: --dump-after: unknown pass 'nosuchpass' (passes: "
                               "build, bind_weights");
     assert_string_equal(r.out, "");
-    run_free(&r);
+    tu_run_free(&r);
     free(m);
 }
 
@@ -946,7 +913,7 @@ static void test_graph_without_weights(void **state)
     assert_string_equal(r.err, want);
     free(want);
     assert_int_equal(check_numbering(r.out), 58);
-    run_free(&r);
+    tu_run_free(&r);
     free(m);
     /* a broken checkpoint is still an error for graph */
     m = model("g3", NULL);
@@ -957,7 +924,7 @@ static void test_graph_without_weights(void **state)
     want = xasprintf("kilnc graph: error: %s: file is 3 bytes, too short", st);
     assert_starts_with(r.err, want);
     free(want);
-    run_free(&r);
+    tu_run_free(&r);
     free(st);
     free(m);
 }

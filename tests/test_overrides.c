@@ -41,18 +41,9 @@ static int teardown(void **state)
     return 0;
 }
 
-typedef struct run {
-    int code;
-    char *out, *err;
-} run;
+typedef tu_run run;
 
-static void run_free(run *r)
-{
-    free(r->out);
-    free(r->err);
-}
-
-/* Runs bin with argv (NULL-terminated), capturing stdout and stderr. */
+/* Runs bin with args (NULL-terminated), capturing stdout and stderr. */
 static run run_argv(const char *bin, const char **args)
 {
     const char *argv[40];
@@ -63,31 +54,7 @@ static run run_argv(const char *bin, const char **args)
         argv[n++] = args[i];
     }
     argv[n] = NULL;
-    char *outp = tu_path(D, ".stdout"), *errp = tu_path(D, ".stderr");
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&fa, 1, outp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_addopen(&fa, 2, errp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    pid_t pid;
-    int rc = posix_spawn(&pid, bin, &fa, NULL, (char *const *)argv, environ);
-    posix_spawn_file_actions_destroy(&fa);
-    if (rc != 0)
-        fail_msg("cannot run %s: %s", bin, strerror(rc));
-    int st;
-    if (waitpid(pid, &st, 0) != pid)
-        fail_msg("waitpid failed");
-    run r;
-    r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-    r.out = tu_read(outp, NULL);
-    r.err = tu_read(errp, NULL);
-    unlink(outp);
-    unlink(errp);
-    free(outp);
-    free(errp);
-    assert_not_contains(r.err, "Sanitizer");
-    assert_not_contains(r.err, "runtime error:");
-    return r;
+    return tu_run_argv(D, NULL, argv);
 }
 
 static void expect_code(const run *r, int code, const char *file, int line)
@@ -140,7 +107,7 @@ static char *ref_dump(const char *dir, const char *extra0, const char *extra1, c
                           extra0, extra1, extra2, NULL};
     run r = run_argv(KILNC, args);
     EXPECT_CODE(r, 0);
-    run_free(&r);
+    tu_run_free(&r);
     char *data = tu_read(dump, len);
     unlink(dump);
     free(dump);
@@ -225,9 +192,9 @@ static void test_pooling_equals_spec_edit(void **state)
     assert_int_equal(la, lb);
     assert_memory_equal(b1, b2, la);
     assert_true(la != lc || memcmp(b1, b3, la) != 0);
-    run_free(&r1);
-    run_free(&r2);
-    run_free(&r3);
+    tu_run_free(&r1);
+    tu_run_free(&r2);
+    tu_run_free(&r3);
     free(b1);
     free(b2);
     free(b3);
@@ -245,7 +212,7 @@ static void expect_error(int code, const char *msg, const char **args)
     run r = run_argv(KILNC, args);
     EXPECT_CODE(r, code);
     assert_contains(r.err, msg);
-    run_free(&r);
+    tu_run_free(&r);
 }
 
 static void test_errors(void **state)
@@ -366,13 +333,13 @@ static void test_check_prints_overrides(void **state)
     assert_contains(r.out, "override      --override rope_parameters.factor=4 (was 8.0)\n");
     assert_contains(r.out, "override      --override-new my_note=\"x\" (was absent)\n");
     assert_contains(r.out, "override      --override pad_token_id=0 (was null)\n");
-    run_free(&r);
+    tu_run_free(&r);
     const char *b[] = {"check", FIX "bert", "--pooling", "last", "--normalize=no", NULL};
     r = run_argv(KILNC, b);
     EXPECT_CODE(r, 0);
     assert_contains(r.out, "override      --pooling last (was mean)\n");
     assert_contains(r.out, "override      --normalize no (was yes)\n");
-    run_free(&r);
+    tu_run_free(&r);
 }
 
 /* compile (NVRTC for sm_80 only; no GPU), then `kiln inspect` */
@@ -386,7 +353,7 @@ static run compile_inspect(const char *model, const char *sub, const char *x0, c
         free(out);
         return r;
     }
-    run_free(&r);
+    tu_run_free(&r);
     const char *b[] = {"inspect", out, NULL};
     r = run_argv(KILN, b);
     EXPECT_CODE(r, 0);
@@ -407,7 +374,7 @@ static void test_compile_records(void **state)
     assert_contains(r.out, "sampling     temperature 0.6 top_p 0.9 top_k 20 max_new_tokens 100 "
                            "(generation_config.json; kiln run's flags win)\n");
     assert_contains(r.out, "overrides    --override rms_norm_eps=1e-6 (was 1e-5)\n");
-    run_free(&r);
+    tu_run_free(&r);
     /* --generation-config none: no defaults, eos from config.json, the file not copied */
     r = compile_inspect(m, "art2", "--generation-config", "none", "--config",
                         FIX "llama/config.json");
@@ -416,7 +383,7 @@ static void test_compile_records(void **state)
     assert_contains(r.out, "sampling     no defaults (kiln run's own)\n");
     assert_contains(r.out, "overrides    --config " FIX "llama/config.json\n");
     assert_contains(r.out, "             --generation-config none (ignored ");
-    run_free(&r);
+    tu_run_free(&r);
     char *copied = tu_path(D, "art1/generation_config.json");
     assert_true(util_is_file(copied));
     free(copied);
@@ -431,7 +398,7 @@ static void test_compile_records(void **state)
     assert_contains(r.err, "kilnc compile: error: ");
     assert_contains(r.err, "badgen/generation_config.json: field 'temperature' is -0.5; expected a "
                            "number from 0 and at most 100");
-    run_free(&r);
+    tu_run_free(&r);
     free(m);
 }
 
@@ -493,13 +460,13 @@ static void test_help_documents_flags(void **state)
         assert_contains(r.out, "--normalize yes|no");
         if (i == 3)
             assert_contains(r.out, "--generation-config none");
-        run_free(&r);
+        tu_run_free(&r);
     }
     const char *a[] = {"run", "--help", NULL};
     run r = run_argv(KILN, a);
     EXPECT_CODE(r, 0);
     assert_contains(r.out, "generation_config.json");
-    run_free(&r);
+    tu_run_free(&r);
 }
 
 int main(void)

@@ -9,6 +9,8 @@
  *                               visible in the test log, not just "assertion failed"
  *   tu_write_llama              a tiny random-weight Llama checkpoint (config.json and
  *                               model.safetensors), with knobs for the bad variants
+ *   tu_run_argv                 runs a binary (kiln, kilnc), capturing its exit status, stdout
+ *                               and stderr, and fails on any sanitizer report
  *
  * Helpers abort on I/O failures of the test's own scaffolding (that is not what is under test).
  */
@@ -26,8 +28,11 @@
 
 #include <cmocka.h>
 
+#include <fcntl.h>
 #include <ftw.h>
+#include <spawn.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "safetensors.h"
@@ -287,6 +292,55 @@ static inline void tu_write_llama(const char *dir, const tu_llama *o)
     st_writer_free(w);
     for (int i = 0; i < bufs.n; i++)
         free(bufs.p[i]);
+}
+
+/* ---------------------------------------------------------------- running the binaries */
+
+typedef struct tu_run {
+    int code;  /* exit status; 128+signal when killed */
+    char *out; /* stdout */
+    char *err; /* stderr */
+} tu_run;
+
+static inline void tu_run_free(tu_run *r)
+{
+    free(r->out);
+    free(r->err);
+}
+
+/* Runs argv (argv[0] is the binary's path; NULL-terminated) with stdin from a file holding
+ * `input` (or /dev/null when NULL), capturing stdout and stderr through files in the scratch
+ * folder dir. Whatever the input, a sanitizer report fails the test. */
+static inline tu_run tu_run_argv(const char *dir, const char *input, const char *const *argv)
+{
+    extern char **environ;
+    char *inp = input ? tu_write(dir, ".stdin", input) : NULL, *outp = tu_path(dir, ".stdout"),
+         *errp = tu_path(dir, ".stderr");
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 0, inp ? inp : "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 1, outp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_addopen(&fa, 2, errp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    pid_t pid;
+    int rc = posix_spawn(&pid, argv[0], &fa, NULL, (char *const *)argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    if (rc != 0)
+        fail_msg("cannot run %s: %s", argv[0], strerror(rc));
+    int st;
+    if (waitpid(pid, &st, 0) != pid)
+        fail_msg("waitpid failed");
+    tu_run r = {WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st), tu_read(outp, NULL),
+                tu_read(errp, NULL)};
+    if (inp)
+        unlink(inp);
+    unlink(outp);
+    unlink(errp);
+    free(inp);
+    free(outp);
+    free(errp);
+    assert_not_contains(r.err, "Sanitizer");
+    assert_not_contains(r.err, "runtime error:");
+    return r;
 }
 
 #endif
