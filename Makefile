@@ -38,8 +38,8 @@ CUDALIBS := -lnvrtc -lcublasLt
 # ---- sources (listed, not globbed) ----
 RUNTIME_SRC := runtime/util.c runtime/safetensors.c runtime/kcuda.c runtime/artifact.c runtime/hash.c \
                runtime/gemm.c runtime/engine.c \
-               runtime/tokenizer.c runtime/tok_util.c runtime/tok_text.c runtime/tok_model.c \
-               runtime/chat_template.c runtime/jinja_value.c runtime/jinja_parse.c runtime/jinja_eval.c
+               runtime/tokenizer/tokenizer.c runtime/tokenizer/tok_util.c runtime/tokenizer/tok_text.c runtime/tokenizer/tok_model.c \
+               runtime/tokenizer/chat_template.c runtime/tokenizer/jinja_value.c runtime/tokenizer/jinja_parse.c runtime/tokenizer/jinja_eval.c
 RUNTIME_CMD := runtime/cmd_tokenize.c runtime/cmd_run.c runtime/cmd_inspect.c runtime/cmd_chat_template.c
 COMPILER_SRC := compiler/pipeline.c compiler/config.c compiler/graph.c compiler/spec.c compiler/registry.c \
                 compiler/passes/verify.c compiler/passes/bind_weights.c compiler/passes/fuse.c compiler/passes/plan_memory.c compiler/passes/finite.c compiler/lower.c compiler/pack.c \

@@ -12,7 +12,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "chat_template.h"
+#include "tokenizer/chat_template.h"
 #include "cli.h"
 
 static void usage(FILE *f)

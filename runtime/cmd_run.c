@@ -18,11 +18,11 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "chat_template.h"
+#include "tokenizer/chat_template.h"
 #include "cli.h"
 #include "engine.h"
 #include "safetensors.h"
-#include "tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 #define PROG "kiln run"
 #define MAX_SEQS 256

@@ -15,7 +15,7 @@
 #include <string.h>
 
 #include "cli.h"
-#include "tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 static void usage(FILE *f)
 {

@@ -22,7 +22,7 @@
 #include <spawn.h>
 #include <sys/wait.h>
 
-#include "chat_template.h"
+#include "tokenizer/chat_template.h"
 #include "testutil.h"
 
 #define FIXDIR "tests/fixtures/chat_templates"

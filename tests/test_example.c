@@ -30,7 +30,7 @@
 #include "ref.h"
 #include "safetensors.h"
 #include "testutil.h"
-#include "tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 #define MODEL "examples/tinyfortune"
 

@@ -19,7 +19,7 @@
 
 #include <cmocka.h>
 
-#include "tokenizer.h"
+#include "tokenizer/tokenizer.h"
 #include "util.h"
 
 #define FIX "tests/fixtures/tokenizers"

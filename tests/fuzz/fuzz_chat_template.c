@@ -1,4 +1,4 @@
-/* fuzz_chat_template — the chat-template engine (runtime/chat_template.h): parser and interpreter.
+/* fuzz_chat_template — the chat-template engine (runtime/tokenizer/chat_template.h): parser and interpreter.
  *
  * The input is a template's text, optionally followed by a NUL byte and a JSON request (what
  * `kiln chat-template` reads on stdin: an object with messages/tools/... or a bare array). Without
@@ -14,7 +14,7 @@
  */
 #include <jansson.h>
 
-#include "chat_template.h"
+#include "tokenizer/chat_template.h"
 #include "fuzz.h"
 
 static const char *const requests[] = {

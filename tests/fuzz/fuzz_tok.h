@@ -10,7 +10,7 @@
 #define KILN_FUZZ_TOK_H
 
 #include "fuzz.h"
-#include "tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 /* Streams ids through a tok_stream and checks the pieces against tok_decode. */
 static inline void fz_check_stream(tokenizer *t, const int32_t *ids, size_t n, int skip)

@@ -1,5 +1,5 @@
 /* fuzz_tokenizer — encode, decode and streaming decode on fixed, loaded tokenizers
- * (runtime/tokenizer.h), one of each model and decoder family in tests/fixtures/tokenizers/.
+ * (runtime/tokenizer/tokenizer.h), one of each model and decoder family in tests/fixtures/tokenizers/.
  *
  * Input: byte 0 picks the tokenizer (modulo the count), byte 1 the flags (bit 0: add special
  * tokens when encoding, bit 1: skip special tokens when decoding). The rest is used twice:

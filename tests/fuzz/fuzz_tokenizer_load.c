@@ -1,4 +1,4 @@
-/* fuzz_tokenizer_load — tok_load (runtime/tokenizer.h) on a hostile tokenizer.json.
+/* fuzz_tokenizer_load — tok_load (runtime/tokenizer/tokenizer.h) on a hostile tokenizer.json.
  *
  * The input is written as tokenizer.json in a scratch folder and loaded by its file path (so the
  * folder's other files are not read). A tokenizer that loads is then used a little, on a fixed
