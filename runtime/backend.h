@@ -1,0 +1,86 @@
+/* backend — what the scheduler (sched.h) drives: one step of a model over a set of work items.
+ *
+ * Two backends implement it: the GPU engine (engine.c, a compiled artifact) and the CPU reference
+ * interpreter (compiler/backend_ref.c, a Hugging Face checkpoint run by kilnc's fp32 `ref`; slow,
+ * for tests and for trying the server without a GPU). Neither knows about requests, text or HTTP.
+ *
+ * A step takes work items, at most info->max_seqs of them with at most info->max_tokens tokens in
+ * all. An item appends n tokens to one sequence: its next prefill chunk (n >= 1, several chunks
+ * over several steps for a long prompt) or its next decode token (n == 1). The sequence lives in a
+ * slot (0 .. max_seqs-1) chosen by the scheduler and stable while it runs, and its keys and values
+ * in the KV blocks the scheduler allocated (kvcache.h): blocks[] covers positions 0 .. pos+n-1,
+ * block b holding positions b*KILN_BLOCK .. b*KILN_BLOCK+KILN_BLOCK-1. Block ids are 1 ..
+ * info->kv_blocks (block 0 is the backend's own scratch). pos is the number of the sequence's
+ * tokens already in the cache: 0 for a new (or preempted and restarted) sequence, whose slot the
+ * backend then treats as empty whatever ran in it before.
+ *
+ * When item.sample is set, the backend samples the token that follows the item's last token
+ * (sp: temperature 0 = greedy; sp.index is the RNG counter, the number of tokens the request has
+ * generated so far, so a seeded request draws the same stream alone or in any batch) and, when
+ * item.logprobs > 0, its log-probability and the item.logprobs most likely tokens with theirs
+ * (from the raw logits, log-softmax, before temperature/top-k/top-p).
+ *
+ * Embedding models (info->embed): an item is a whole prompt (never split, n <= max_tokens),
+ * nothing is sampled, and item.embedding receives the pooled vector [info->hidden].
+ */
+#ifndef KILN_BACKEND_H
+#define KILN_BACKEND_H
+
+#include <stdint.h>
+
+#include "util.h"
+#include "../kernels/kiln_step.h"
+
+#define KB_MAX_LOGPROBS 5
+
+typedef struct kb_info {
+    const char *model;      /* the model's name (the checkpoint folder's base name) */
+    int max_seqs;           /* items per step (the compiled maximum batch) */
+    int max_tokens;         /* tokens per step (the compiled tokens-per-step) */
+    int max_seq_len;        /* prompt + generated tokens of one sequence */
+    int vocab;
+    int hidden;             /* width of an embedding */
+    int embed;              /* an embedding model */
+    int kv_blocks;          /* usable KV blocks, ids 1 .. kv_blocks */
+    int n_eos;
+    const int32_t *eos;     /* end-of-sequence ids */
+} kb_info;
+
+typedef struct kb_item {
+    /* in */
+    int slot;
+    int pos;                /* tokens of the sequence already in the cache */
+    int n;                  /* tokens appended by this item */
+    const int32_t *ids;     /* [n] */
+    const int32_t *types;   /* [n] token types, or NULL (all 0) */
+    const int32_t *blocks;  /* KV blocks covering pos + n tokens */
+    int nblocks;
+    int sample;             /* sample the next token after the last one */
+    kiln_sample sp;
+    int logprobs;           /* 0 .. KB_MAX_LOGPROBS: top alternatives to report (with sample) */
+    float *prompt_logits;   /* if set: [n, vocab] logits at each appended position */
+    float *embedding;       /* embedding models: [hidden] */
+    /* out (when sample) */
+    int32_t token;
+    float logprob;          /* of token */
+    int32_t top_ids[KB_MAX_LOGPROBS];
+    float top_logprobs[KB_MAX_LOGPROBS];
+} kb_item;
+
+typedef struct kbackend kbackend;
+struct kbackend {
+    const kb_info *info;
+    /* Runs one step. Items are valid (the scheduler checked them against info); an error is a
+     * device failure, after which the backend is unusable. */
+    int (*step)(kbackend *b, kb_item *items, int n, kerr *err);
+    /* A line saying what runs where, for the logs. */
+    const char *(*describe)(kbackend *b);
+    void (*free)(kbackend *b);
+};
+
+/* Log-softmax of one row of logits: the log-probability of `token` and the n (<= KB_MAX_LOGPROBS)
+ * most likely ids with theirs, most likely first (ties: the lower id). Shared by the backends. */
+void kb_logprobs(const float *logits, int vocab, int32_t token, int n, float *logprob,
+                 int32_t *top_ids, float *top_logprobs);
+
+#endif
