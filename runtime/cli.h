@@ -3,9 +3,26 @@
 #ifndef KILN_CLI_H
 #define KILN_CLI_H
 
+#include "backend.h"
+
 int cmd_tokenize(int argc, char **argv);
 int cmd_run(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_chat_template(int argc, char **argv);
+
+/* What `kiln run` and `kiln serve` load (cmd_backend.c). */
+typedef struct cli_backend_opts {
+    double kv_memory;  /* GPU: fraction of free memory for the KV cache (0: default 0.9) */
+    int no_graphs;     /* GPU: decode without CUDA graphs */
+    int quiet;         /* no notes on stderr */
+    /* CPU backend: the limits a compiled artifact has built in (0: defaults) */
+    int max_batch, max_tokens, max_seq_len, kv_blocks;
+} cli_backend_opts;
+
+/* DIR holding model.kiln: the GPU engine (engine.h). DIR holding a Hugging Face checkpoint
+ * (config.json): the CPU backend (compiler/backend_ref.h), with a note on stderr. Anything else:
+ * NULL and a message saying what DIR should be. */
+kbackend *cli_open_backend(const char *dir, const cli_backend_opts *o, kerr *err);
 
 #endif
