@@ -22,8 +22,10 @@ SANFLAGS :=
 endif
 
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wno-unused-parameter -Wno-sign-compare
+# -iquote, not -I: kiln's headers are found by #include "x.h" only, so runtime/sched.h does not
+# shadow the system <sched.h> that <pthread.h> includes.
 CFLAGS   := -std=c11 -O2 -g -D_GNU_SOURCE $(WARN) $(SANFLAGS) -MMD -MP \
-            -Iruntime -Icompiler -I/usr/include/lua5.4 -I$(CUDA)/include \
+            -iquote runtime -iquote compiler -I/usr/include/lua5.4 -I$(CUDA)/include \
             -DKILN_SOURCE_DIR=\"$(CURDIR)\"
 # The commit `kiln --version` and `kilnc --version` print: git describe, "unknown" without git (or
 # KILN_COMMIT=... from the environment). The header is rewritten only when the text changes, so
