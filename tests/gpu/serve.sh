@@ -1,0 +1,186 @@
+#!/bin/bash
+# tests/gpu/serve.sh — `kiln serve` under load on the GPU machine (issue 10's targets), one call.
+#
+#   SERVE_SHAPE=1b|8b  SERVE_PHASES="sweep c1000 c64 ttft soak"  tests/gpu/serve.sh
+#
+# Synthesises a random-weight checkpoint of the shape (synth_llama.py: Llama-3.2-1B or Llama-3-8B,
+# never shipped), compiles it (--max-batch 128 --max-seq-len 2560, kept in /tmp/kiln-serve between
+# calls on a warm machine), then runs each phase with its own `kiln serve` (started, then stopped by
+# SIGTERM, which must exit 0) and tests/gpu/loadgen.py:
+#   sweep  Poisson request-rate sweep (SWEEP_RATES req/s, SWEEP_SECONDS each), prompts 32..2048
+#          token ids, outputs 16..512 (ignore_eos: exact)
+#   c1000  1,000 concurrent streams, the same mix: target all complete, 0 lost, 0 errors; 32
+#          of them re-run alone afterwards (greedy token ids compared)
+#   c64    64 concurrent streams (prompts 128..512, 256 tokens each), then, with the server
+#          stopped, `kiln run` on the same 64 prompts in one batch: steady decode tok/s of the
+#          server over kiln run's decode tok/s (target >= 0.9)
+#   ttft   20 requests one at a time (512-token prompts, 16 tokens): TTFT p50 over kiln run's
+#          prefill time for the first of those prompts (median of 3; target <= 1.5)
+#   soak   64 streams for SOAK_SECONDS (300) with the server's RSS sampled every 10 s: target the
+#          RSS at the end is within 16 MiB of the RSS at the half-way mark (warm-up excluded)
+# Each phase fits one 10-minute call (c1000 on 8b: run it alone). Output, written as each phase ends:
+# $OUT/serve-PHASE.json (loadgen's summary), $OUT/serve-summary.txt (the table, also printed last),
+# $OUT/serve-logs.tgz (server and kiln run logs). Exit status 1 if a phase failed or missed its target.
+set -u
+cd "$(dirname "$0")/../.."
+BIN=out/bin
+SHAPE=${SERVE_SHAPE:-1b}
+PHASES=${SERVE_PHASES:-sweep c1000 c64 ttft soak}
+W=/tmp/kiln-serve
+ART=$W/art-$SHAPE
+LOG=$W/logs
+OUT=${OUT:-$W/out}
+mkdir -p $W $LOG "$OUT"
+SUMMARY=$W/summary-$SHAPE.txt
+: > $SUMMARY
+fail=0
+PY=${PYTHON:-python3}
+row() { echo "$1" | tee -a $SUMMARY; cp $SUMMARY "$OUT/serve-summary.txt"; }
+save_logs() { tar czf "$OUT/serve-logs.tgz" -C $W logs 2>/dev/null; }
+
+# ---- the model: synthesised and compiled once per machine
+if [ ! -f $ART/model.kiln ]; then
+  t0=$(date +%s)
+  rm -rf $W/hf-$SHAPE $ART
+  $PY tests/gpu/synth_llama.py $SHAPE $W/hf-$SHAPE > $LOG/synth-$SHAPE.log 2>&1 ||
+    { row "synth $SHAPE: FAIL ($(tail -1 $LOG/synth-$SHAPE.log))"; save_logs; exit 1; }
+  $BIN/kilnc compile $W/hf-$SHAPE -o $ART --sm 90a --max-batch 128 --max-seq-len 2560 > $LOG/compile-$SHAPE.log 2>&1 ||
+    { row "compile $SHAPE: FAIL ($(grep -m1 error $LOG/compile-$SHAPE.log))"; save_logs; exit 1; }
+  rm -rf $W/hf-$SHAPE
+  row "$SHAPE: synthesised and compiled in $(( $(date +%s) - t0 )) s"
+fi
+CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+row "card: $CARD; shape $SHAPE; commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'); phases: $PHASES"
+
+# ---- one server per phase
+PID=
+PORT=
+start_server() {   # $1: phase name
+  local err=$LOG/serve-$SHAPE-$1.stderr
+  $BIN/kiln serve $ART --port 0 --model-name m > $LOG/serve-$SHAPE-$1.stdout 2> $err &
+  PID=$!
+  PORT=
+  for _ in $(seq 600); do
+    PORT=$(grep -m1 -oE 'listening on http://[0-9.]+:[0-9]+' $err | grep -oE '[0-9]+$')
+    [ -n "$PORT" ] && break
+    kill -0 $PID 2>/dev/null || break
+    sleep 0.1
+  done
+  [ -n "$PORT" ] || { row "$1: FAIL server did not start: $(grep -m1 -i error $err)"; return 1; }
+  for _ in $(seq 1200); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$PORT/health)" = 200 ] && return 0
+    kill -0 $PID 2>/dev/null || break
+    sleep 0.1
+  done
+  row "$1: FAIL /health never 200: $(grep -m1 -i error $err)"
+  return 1
+}
+stop_server() {    # $1: phase name; SIGTERM must give exit 0
+  kill -TERM $PID 2>/dev/null
+  wait $PID
+  local rc=$?
+  [ $rc = 0 ] || { row "$1: FAIL kiln serve exited $rc after SIGTERM"; fail=1; }
+  curl -s http://127.0.0.1:$PORT/metrics > /dev/null 2>&1 && { row "$1: FAIL server still answering"; fail=1; }
+  PID=
+}
+loadgen() {        # $1: phase; the rest: loadgen arguments. Limited to 9 minutes.
+  local p=$1; shift
+  timeout 540 $PY tests/gpu/loadgen.py http://127.0.0.1:$PORT "$@" --model m --vocab 128256 \
+    --json "$OUT/serve-$SHAPE-$p.json" > $LOG/loadgen-$SHAPE-$p.out 2> $LOG/loadgen-$SHAPE-$p.log
+}
+# kiln run's numbers from its last line: prefill ms and decode tok/s
+run_stat() {
+  grep -oE "$1" "$2" | tail -1 | grep -oE '[0-9.]+' | tail -1
+}
+# a phase's summary line from its JSON: python prints "key=value ..." for the table
+digest() {
+  $PY - "$OUT/serve-$SHAPE-$1.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+for r in s["runs"]:
+    print(f"  {r['run']:<26} {r['completed']}/{r['requests']} ok, lost {r['lost']}, errors {r['errors'] or 0}, "
+          f"{r['output_tok_s']} tok/s out, steady decode {r['steady_decode_tok_s']}, "
+          f"TTFT p50/p99 {r['ttft_ms']['p50']}/{r['ttft_ms']['p99']} ms, ITL p50/p99 {r['itl_ms']['p50']}/{r['itl_ms']['p99']} ms")
+c = s["check"]
+if c.get("checked"):
+    print(f"  alone re-run: {c['exact']}/{c['checked']} exact"
+          + "".join(f"; mismatch at token {m.get('first_diff', m.get('error'))} (prompt {m['prompt_len']})"
+                    for m in c["mismatches"][:5]))
+PY
+}
+
+for phase in $PHASES; do
+  t0=$(date +%s)
+  case $phase in
+  sweep)
+    start_server $phase || { fail=1; continue; }
+    loadgen $phase sweep --rates ${SWEEP_RATES:-1,4,16,48} --duration ${SWEEP_SECONDS:-30} || fail=1
+    stop_server $phase
+    row "sweep ($SHAPE, $(( $(date +%s) - t0 )) s):"; row "$(digest $phase)" ;;
+  c1000)
+    start_server $phase || { fail=1; continue; }
+    loadgen $phase concurrent --streams 1000 --check 32 || fail=1
+    stop_server $phase
+    row "c1000 ($SHAPE, $(( $(date +%s) - t0 )) s): target all complete, 0 lost, 0 errors"; row "$(digest $phase)" ;;
+  c64)
+    start_server $phase || { fail=1; continue; }
+    loadgen $phase concurrent --streams 64 --prompt-min 128 --prompt-max 512 --out-min 256 --out-max 256 \
+      --check 8 --prompts-out $W/c64.prompts || fail=1
+    stop_server $phase
+    args=()
+    while read -r ids; do args+=(--ids "$ids"); done < $W/c64.prompts
+    $BIN/kiln run $ART "${args[@]}" --max-new 256 --ignore-eos > $LOG/run-$SHAPE-c64.out 2> $LOG/run-$SHAPE-c64.log || fail=1
+    run_tps=$(run_stat 'decode [0-9]+ tokens [0-9.]+ ms \([0-9.]+ tok/s\)' $LOG/run-$SHAPE-c64.log)
+    srv_tps=$($PY -c "import json; print(json.load(open('$OUT/serve-$SHAPE-$phase.json'))['runs'][0]['steady_decode_tok_s'])")
+    ratio=$($PY -c "print(f'{$srv_tps / $run_tps:.3f}')" 2>/dev/null || echo "?")
+    ok=$($PY -c "print('ok' if $ratio >= 0.9 else 'MISS')" 2>/dev/null || echo FAIL)
+    [ $ok = ok ] || fail=1
+    row "c64 ($SHAPE, $(( $(date +%s) - t0 )) s): server steady decode $srv_tps tok/s / kiln run $run_tps tok/s = $ratio (target >= 0.9): $ok"
+    row "$(digest $phase)" ;;
+  ttft)
+    start_server $phase || { fail=1; continue; }
+    loadgen $phase ttft --requests 20 --prompt-min 512 --prompt-max 512 --out-min 16 --out-max 16 \
+      --prompts-out $W/ttft.prompts || fail=1
+    stop_server $phase
+    first=$(head -1 $W/ttft.prompts)
+    pre=()
+    for i in 1 2 3; do
+      $BIN/kiln run $ART --ids "$first" --max-new 16 --ignore-eos > /dev/null 2> $LOG/run-$SHAPE-ttft-$i.log || fail=1
+      pre+=("$(run_stat 'prefill [0-9]+ tokens [0-9.]+ ms' $LOG/run-$SHAPE-ttft-$i.log)")
+    done
+    pre_ms=$(printf '%s\n' "${pre[@]}" | sort -g | sed -n 2p)
+    ttft=$($PY -c "import json; print(json.load(open('$OUT/serve-$SHAPE-$phase.json'))['runs'][0]['ttft_ms']['p50'])")
+    ratio=$($PY -c "print(f'{$ttft / $pre_ms:.2f}')" 2>/dev/null || echo "?")
+    ok=$($PY -c "print('ok' if $ratio <= 1.5 else 'MISS')" 2>/dev/null || echo FAIL)
+    [ $ok = ok ] || fail=1
+    row "ttft ($SHAPE): server TTFT p50 $ttft ms / kiln run prefill $pre_ms ms (512 tokens; runs: ${pre[*]}) = $ratio (target <= 1.5): $ok"
+    row "$(digest $phase)" ;;
+  soak)
+    start_server $phase || { fail=1; continue; }
+    loadgen $phase soak --streams 64 --seconds ${SOAK_SECONDS:-300} --pid $PID --prompt-min 32 --prompt-max 512 \
+      --out-min 16 --out-max 256 || fail=1
+    stop_server $phase
+    verdict=$($PY - "$OUT/serve-$SHAPE-$phase.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["runs"][0]["rss"]
+pts = r["samples_s_kib"]
+end = pts[-1][0]
+mid = min(pts, key=lambda p: abs(p[0] - end / 2))
+grow = (pts[-1][1] - mid[1]) / 1024
+print(f"RSS {r['rss_first_mib']} -> {mid[1] / 1024:.1f} (t={mid[0]:.0f} s) -> {r['rss_last_mib']} MiB, "
+      f"second half {grow:+.1f} MiB, slope {r['second_half_slope_mib_per_min']} MiB/min: "
+      + ("ok" if grow <= 16 else "MISS"))
+PY
+)
+    case "$verdict" in *ok) ;; *) fail=1 ;; esac
+    row "soak ($SHAPE, $(( $(date +%s) - t0 )) s): $verdict"; row "$(digest $phase)" ;;
+  *) row "unknown phase '$phase' (phases: sweep c1000 c64 ttft soak)"; fail=1 ;;
+  esac
+  save_logs
+done
+
+echo
+echo "== kiln serve summary ($CARD, $SHAPE)"
+cat $SUMMARY
+[ $fail = 0 ] && echo "== serve: ALL PASSED" || echo "== serve: FAILURES (logs: serve-logs.tgz)"
+exit $fail
