@@ -10,6 +10,7 @@
 
 #include "passes/passes.h"
 #include "posenc.h"
+#include "../kernels/kiln_step.h"
 
 #define PRE 1
 #define DEC 2
@@ -833,10 +834,11 @@ int lower(kc *c, lowered *out, kerr *err)
             scratch_max = w.scratch;
     }
     if (!m->output_pool) {
-        int k = kern(&w, "sample", 1024, 0,
+        int k = kern(&w, "sample", KILN_SAMPLE_THREADS, 0,
                      "const kiln_step st, const float *logits, const kiln_sample *params, "
-                     "int *out_ids, unsigned long long step",
-                     "kiln::sample<%d, 1024>(st, logits, params, out_ids, step)", m->vocab);
+                     "int *out_ids",
+                     "kiln::sample<%d, %d>(st, logits, params, out_ids)", m->vocab,
+                     KILN_SAMPLE_THREADS);
         m->sample_kernel = k;
         m->hidden = (int)c->g->nodes[c->g->nodes[c->g->output].in[0]].shape[1];
     }

@@ -38,13 +38,19 @@ typedef struct kiln_step {
     KILN_DPTR(int) block_table;   /* [n_seqs * max_blocks] */
 } kiln_step;
 
-/* Sampling parameters of one sequence (sample.cuh). temperature 0 = greedy. */
+/* Sampling parameters of one sequence (sample.cuh). temperature 0 = greedy. A draw is a function
+ * of (logits, these parameters) only: the RNG counter is `index`, the number of tokens the request
+ * has generated so far, so a seeded request draws the same stream alone or in any batch. */
 typedef struct kiln_sample {
     float temperature;
-    float top_p;     /* 1 = off */
+    float top_p;     /* 1 = off (so is 0, as in a zeroed struct) */
     int top_k;       /* 0 = off */
-    int pad_;
+    int index;       /* RNG counter: tokens generated so far by this request */
     unsigned long long seed;
 } kiln_sample;
+
+/* Threads per block of the compiled sampler (compiler/lower.c). A draw depends on it (sample.cuh
+ * lays the kept tokens out in thread-major order), so the CPU replica (kb_sample_cpu) takes it. */
+#define KILN_SAMPLE_THREADS 1024
 
 #endif

@@ -43,7 +43,8 @@
 #include "util.h"
 
 #define KA_MAGIC "KILNART"
-#define KA_VERSION 3 /* 3: overrides and generation defaults (kilnc compile's issue-18 flags) */
+#define KA_VERSION 4 /* 3: overrides and generation defaults (kilnc compile's issue-18 flags);
+                      * 4: the sampler draws from (seed, index) and takes no step counter */
 #define KA_HEADER 40     /* bytes before the first section */
 #define KA_ALIGN 256     /* sections start on this boundary */
 #define KA_MAX_ARGS 20

@@ -83,4 +83,26 @@ struct kbackend {
 void kb_logprobs(const float *logits, int vocab, int32_t token, int n, float *logprob,
                  int32_t *top_ids, float *top_logprobs);
 
+/* The GPU sampler (templates/sample.cuh) on the CPU: the same token for the same logits and
+ * parameters, bit for bit except where expf and the GPU's __expf round a token's fixed-point
+ * weight differently right at an interval boundary. `threads` is the sampler's block size
+ * (KILN_SAMPLE_THREADS for the engine's): the draw depends on it. The CPU backend samples with
+ * it; tests/gpu/ktest_sample.c checks the kernel against it. */
+int32_t kb_sample_cpu(const float *logits, int vocab, const kiln_sample *sp, int threads);
+
+/* kb_sample_cpu in its three parts, for tests that need the kept set and its weights. */
+typedef struct kb_sample_plan {
+    int greedy;          /* temperature <= 0 (or NaN) or no finite maximum: the argmax */
+    int32_t argmax;      /* ties: the lowest id; NaN counts as -inf */
+    uint32_t thr;        /* the kept tokens (top-k, top-p): order key >= thr */
+    float m, inv_t;      /* the maximum logit, 1 / temperature */
+} kb_sample_plan;
+void kb_sample_plan_make(const float *logits, int vocab, const kiln_sample *sp, kb_sample_plan *p);
+/* w[i] = the fixed-point weight round(exp((l_i - m) / T) * 2^31) of each kept token, 0 for the
+ * others; returns their sum. Not for a greedy plan. */
+uint64_t kb_sample_weights(const kb_sample_plan *p, const float *logits, int vocab, uint32_t *w);
+/* The token drawn from (sp->seed, sp->index) given the weights and their sum. */
+int32_t kb_sample_draw(const kb_sample_plan *p, const uint32_t *w, uint64_t total, int vocab,
+                       const kiln_sample *sp, int threads);
+
 #endif

@@ -50,7 +50,6 @@ struct kmodel {
     kgemm *gemm;
     CUgraphExec graphs[MAX_BUCKETS];
     int graphs_failed;
-    unsigned long long step_no;
     km_opts o;
 };
 
@@ -516,8 +515,10 @@ static int sample_rows(kmodel *m, km_seq *seqs, const int *row_seq, int S, kerr 
     const ka_manifest *man = m->m;
     for (int r = 0; r < S; r++) {
         memset(&m->h_params[r], 0, sizeof(kiln_sample));
-        if (row_seq[r] >= 0)
+        if (row_seq[r] >= 0) {
             m->h_params[r] = seqs[row_seq[r]].sample;
+            m->h_params[r].index = seqs[row_seq[r]].n_out; /* the RNG counter */
+        }
         if (m->h_params[r].top_p <= 0)
             m->h_params[r].top_p = 1;
     }
@@ -526,8 +527,7 @@ static int sample_rows(kmodel *m, km_seq *seqs, const int *row_seq, int S, kerr 
     st.T = S;
     st.n_seqs = S;
     CUdeviceptr lg = m->logits, par = m->d_params, ids = m->d_ids;
-    unsigned long long stepno = m->step_no++;
-    void *params[] = {&st, &lg, &par, &ids, &stepno};
+    void *params[] = {&st, &lg, &par, &ids};
     const ka_kernel *kk = &man->kernels[man->sample_kernel];
     CU(cuLaunchKernel(m->fn[man->sample_kernel], (unsigned)S, 1, 1, (unsigned)kk->block, 1, 1,
                       (unsigned)kk->smem, m->stream, params, NULL));

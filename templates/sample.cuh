@@ -9,14 +9,16 @@
 //    i.e. the softmax numerator in 31-bit fixed point. Tokens less likely than 2^-31 times the
 //    top token get weight 0 and are never drawn (they carry at most V * 2^-31 of the mass).
 //    Fixed point makes every sum exact and independent of summation order, so a draw is a pure
-//    function of (logits, params, step) — reproducible run to run, whatever the reduction order.
+//    function of (logits, params) — reproducible run to run, whatever the reduction order, and
+//    the same whichever row of whichever batch the sequence occupies.
 //  - top-k (0 < k < V): keep the tokens whose logit >= the k-th largest logit. Ties at the k-th
 //    value are all kept, exactly as transformers' TopKLogitsWarper does (scores < kth are
 //    removed). Any k works (no upper limit); k <= 0 or k >= V keeps everything.
-//  - top-p (p.top_p < 1): of the tokens kept so far, keep the smallest set of the most likely
+//  - top-p (0 < p.top_p < 1; 0 is off, as in a zeroed struct): of the tokens kept so far, keep the smallest set of the most likely
 //    ones whose weight is >= ceil(top_p * kept weight); at least one token (the most likely) is
 //    always kept; ties at the boundary logit are all kept.
-//  - draw: u in [0,1) from sample_uniform(seed, step, s) (below), r = floor(u * W) with W the
+//  - draw: u in [0,1) from sample_uniform(p.seed, p.index) (below; index = the tokens the request
+//    has generated so far, so each request has its own stream), r = floor(u * W) with W the
 //    kept weight, and the token is the one whose interval contains r when the kept tokens are
 //    laid end to end in thread-major order (token i belongs to thread i % THREADS; thread 0's
 //    tokens in increasing index, then thread 1's, ...). Any fixed order gives the same
@@ -79,15 +81,15 @@ __device__ __forceinline__ u64 sample_mix64(u64 z)
     return z ^ (z >> 31);
 }
 
-// Counter-based uniform in [0, 1): each counter is added into the state (times the golden-ratio
-// constant, so zero counters still move it) and mixed; the top 53 bits make the double.
-//   h = mix(seed + G); h = mix(h + (step + 1) G); h = mix(h + (seq + 1) G); u = (h >> 11) / 2^53
-__device__ __forceinline__ double sample_uniform(u64 seed, u64 step, u64 seq)
+// Counter-based uniform in [0, 1): the counter is added into the state (times the golden-ratio
+// constant, so a zero counter still moves it) and mixed; the top 53 bits make the double.
+//   h = mix(seed + G); h = mix(h + (index + 1) G); u = (h >> 11) / 2^53
+// runtime/backend.c (kb_sample_cpu) is the CPU copy; the two must change together.
+__device__ __forceinline__ double sample_uniform(u64 seed, u64 index)
 {
     const u64 G = 0x9E3779B97F4A7C15ull;
     u64 h = sample_mix64(seed + G);
-    h = sample_mix64(h + (step + 1) * G);
-    h = sample_mix64(h + (seq + 1) * G);
+    h = sample_mix64(h + (index + 1) * G);
     return (double)(h >> 11) * (1.0 / 9007199254740992.0);
 }
 
@@ -209,10 +211,9 @@ __device__ __forceinline__ u64 sample_top_p_target(float top_p, u64 kept)
 }
 
 // r = floor(u * total), clamped below total.
-__device__ __forceinline__ u64 sample_point(const kiln_sample &p, unsigned long long step, int s,
-                                            u64 total)
+__device__ __forceinline__ u64 sample_point(const kiln_sample &p, u64 total)
 {
-    const double u = sample_uniform(p.seed, step, (u64)s);
+    const double u = sample_uniform(p.seed, (u64)(unsigned)p.index);
     u64 r = (u64)(u * (double)total);
     return r < total ? r : total - 1;
 }
@@ -220,14 +221,13 @@ __device__ __forceinline__ u64 sample_point(const kiln_sample &p, unsigned long 
 } // namespace sample_detail
 
 // sample: out_ids[s] for each sequence s of the step; logits [n_seqs, V] (float, row s for
-// sequence s), params [n_seqs]; `step` is the RNG counter (the runtime's decode step number).
+// sequence s), params [n_seqs] (params[s].index is the RNG counter of sequence s).
 // Grid (n_seqs) x THREADS, THREADS a multiple of 32 in [32, 1024] (1024 is fastest for large
 // vocabularies). Any V >= 1. Static shared memory ~37 KB. PREFILTER = 0 turns the shortcut off
 // (the tests use it to check that both paths agree).
 template <int V, int THREADS, int PREFILTER = 1>
 __device__ __forceinline__ void sample(const kiln_step st, const float *logits,
-                                       const kiln_sample *params, int *out_ids,
-                                       unsigned long long step)
+                                       const kiln_sample *params, int *out_ids)
 {
     using namespace sample_detail;
     static_assert(V >= 1, "V >= 1");
@@ -304,7 +304,7 @@ __device__ __forceinline__ void sample(const kiln_step st, const float *logits,
         return;
     }
     const float inv_t = __frcp_rn(p.temperature);
-    const bool use_k = p.top_k > 0 && p.top_k < V, use_p = p.top_p < 1.f;
+    const bool use_k = p.top_k > 0 && p.top_k < V, use_p = p.top_p > 0.f && p.top_p < 1.f;
 
     // 2. the shortcut: candidates in shared memory (see the top of the file)
     if (PREFILTER && (use_k || use_p)) {
@@ -405,7 +405,7 @@ __device__ __forceinline__ void sample(const kiln_step st, const float *logits,
                 mine += c_key[i] >= thr ? c_w[i] : 0u;
             const u64 before = block_excl_scan_u64<THREADS>(mine, s_u64, &s_total);
             const u64 total = s_total; // >= 2^31: the top token is kept
-            const u64 r = sample_point(p, step, s, total);
+            const u64 r = sample_point(p, total);
             if (mine > 0 && r >= before && r - before < mine) {
                 u64 acc = before;
                 for (int i = lo; i < hi; i++)
@@ -452,7 +452,7 @@ __device__ __forceinline__ void sample(const kiln_step st, const float *logits,
     // s_choice still holds the argmax: the answer if total were 0 (cannot happen: the top
     // token weighs 2^31) or if no thread matched (cannot happen: the intervals tile [0, total)).
     if (total > 0) {
-        const u64 r = sample_point(p, step, s, total);
+        const u64 r = sample_point(p, total);
         if (mine > 0 && r >= before && r - before < mine) {
             u64 acc = before;
             for (int i = tid; i < V; i += THREADS) {

@@ -607,7 +607,7 @@ static void test_bad_fields_resigned(void **state)
         {"vocab", e_vocab, {"limits: vocab is 0, expected 1.."}},
         {"kv layer shape", e_layer, {"kv layer 1: n_kv is 0, expected 1.."}},
         {"missing", e_no_limits, {"field 'limits' is missing, expected an object"}},
-        {"format", e_format, {"format is 1, expected 3..3"}},
+        {"format", e_format, {"format is 1, expected 4..4"}},
         {"temperature", e_gen_temp, {"generation: temperature is out of range, expected a number from 0 and at most 100"}},
         {"temperature type", e_gen_temp_type, {"generation: temperature is not a number"}},
         {"top_p", e_gen_top_p, {"generation: top_p is out of range, expected a number above 0 and at most 1"}},

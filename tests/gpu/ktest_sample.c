@@ -1,22 +1,19 @@
 /* ktest_sample — kernel tests of templates/sample.cuh (see ktest.h).
  *
- * What is checked, against a CPU replica of the kernel's documented definition (below):
+ * What is checked, against the CPU copy of the sampler (kb_sample_cpu and its parts, in
+ * runtime/backend.c: the one CPU version of the algorithm, which the CPU backend samples with):
  *  - greedy (temperature <= 0) equals the CPU argmax exactly, ties to the lowest index, NaN
  *    logits ignored;
  *  - top_k = 1, and a peaked distribution with a small top_p, return the argmax;
- *  - a draw is reproducible (same seed and step, same ids), and always inside the top-k /
- *    top-p set;
- *  - distribution: many draws (different steps and sequence indices) of a fixed row, compared
- *    with the expected probabilities after top-k / top-p by a chi-square bound, and draw by draw
- *    with the CPU replica (they differ only where __expf and expf round a weight differently
- *    right at an interval boundary: allowed for 0.1% of the draws) — each case through both
- *    paths of the kernel, the shared-memory shortcut and the full-row search (PREFILTER = 0);
+ *  - a draw is reproducible (same seed and index, same ids), changes with the index, and always
+ *    lies inside the top-k / top-p set;
+ *  - a draw depends on the sequence's own (seed, index) only: the same in any row of any batch;
+ *  - distribution: many draws (different indices) of a fixed row, compared with the expected
+ *    probabilities after top-k / top-p by a chi-square bound, and draw by draw with the CPU copy
+ *    (they differ only where __expf and expf round a weight differently right at an interval
+ *    boundary: allowed for 0.1% of the draws) — each case through both paths of the kernel, the
+ *    shared-memory shortcut and the full-row search (PREFILTER = 0);
  *  - the shortcut and the full-row path draw the same token, bit for bit, on model-like rows.
- *
- * The replica follows sample.cuh: weights w = round(exp((l - m) / T) * 2^31), the k-th largest
- * logit as top-k threshold (ties kept), the top-p threshold as the largest logit whose tokens
- * reach ceil(top_p * kept weight), u from the splitmix64-based hash of (seed, step, sequence),
- * r = floor(u * W), and the kept tokens laid out in thread-major order.
  */
 #include "ktest.h"
 
@@ -26,153 +23,36 @@
 #include <string.h>
 
 #include "../../kernels/kiln_step.h"
+#include "backend.h"
 
 typedef unsigned long long u64;
 
-/* ---- the CPU replica -------------------------------------------------------------------- */
+/* ---- the CPU copy (runtime/backend.c) ------------------------------------------------------ */
 
-static u64 mix64(u64 z)
+/* The plan (argmax, kept set) of a row; the kept weights of a row under it and their sum. */
+static kb_sample_plan make_plan(const float *l, int V, const kiln_sample *p)
 {
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-static double uniform(u64 seed, u64 step, u64 seq)
-{
-    const u64 G = 0x9E3779B97F4A7C15ull;
-    u64 h = mix64(seed + G);
-    h = mix64(h + (step + 1) * G);
-    h = mix64(h + (seq + 1) * G);
-    return (double)(h >> 11) * (1.0 / 9007199254740992.0);
-}
-
-static float clean(float l)
-{
-    uint32_t u;
-    memcpy(&u, &l, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u)
-        u = 0xff800000u;
-    else if ((u & 0x7fffffffu) == 0)
-        u = 0;
-    memcpy(&l, &u, 4);
-    return l;
-}
-
-static uint32_t key_of(float l)
-{
-    uint32_t u;
-    memcpy(&u, &l, 4);
-    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-
-static uint32_t weight_of(float l, float m, float inv_t)
-{
-    float y = (l - m) * inv_t;
-    return (uint32_t)lrintf(expf(y) * 2147483648.0f);
-}
-
-typedef struct plan {
-    int greedy, argmax;
-    uint32_t thr; /* kept: key >= thr */
-    float m, inv_t;
-} plan;
-
-typedef struct kw {
-    uint32_t key, w;
-} kw;
-
-static int cmp_kw_desc(const void *a, const void *b)
-{
-    uint32_t x = ((const kw *)a)->key, y = ((const kw *)b)->key;
-    return x < y ? 1 : x > y ? -1 : 0;
-}
-
-static plan make_plan(const float *l, int V, const kiln_sample *p)
-{
-    plan P;
-    memset(&P, 0, sizeof P);
-    float m = -INFINITY;
-    for (int i = 0; i < V; i++) {
-        float c = clean(l[i]);
-        if (i == 0 || c > m) {
-            m = c;
-            P.argmax = i;
-        }
-    }
-    P.m = m;
-    if (!(p->temperature > 0.f) || !isfinite(m)) {
-        P.greedy = 1;
-        return P;
-    }
-    P.inv_t = 1.0f / p->temperature;
-    kw *a = xmalloc(sizeof(kw) * (size_t)V);
-    for (int i = 0; i < V; i++) {
-        float c = clean(l[i]);
-        a[i].key = key_of(c);
-        a[i].w = weight_of(c, m, P.inv_t);
-    }
-    qsort(a, (size_t)V, sizeof(kw), cmp_kw_desc);
-    uint32_t thr = 0;
-    if (p->top_k > 0 && p->top_k < V)
-        thr = a[p->top_k - 1].key;
-    if (p->top_p < 1.f) {
-        u64 kept = 0;
-        for (int i = 0; i < V && a[i].key >= thr; i++)
-            kept += a[i].w;
-        double want = ceil((double)fmaxf(p->top_p, 0.f) * (double)kept);
-        u64 target = (u64)want;
-        if (target < 1)
-            target = 1;
-        if (target > kept)
-            target = kept;
-        u64 cum = 0;
-        for (int i = 0; i < V && a[i].key >= thr; i++) {
-            cum += a[i].w;
-            int group_end = i + 1 == V || a[i + 1].key != a[i].key;
-            if (group_end && cum >= target) {
-                thr = a[i].key;
-                break;
-            }
-        }
-    }
-    P.thr = thr;
-    free(a);
+    kb_sample_plan P;
+    kb_sample_plan_make(l, V, p, &P);
     return P;
 }
 
-static int kept(const plan *P, const float *l, int i) { return key_of(clean(l[i])) >= P->thr; }
-
-/* Kept weights of a row under plan P (0 for tokens not kept) and their sum. */
-static u64 kept_weights(const float *l, int V, const plan *P, uint32_t *w)
+static u64 kept_weights(const float *l, int V, const kb_sample_plan *P, uint32_t *w)
 {
-    u64 total = 0;
-    for (int i = 0; i < V; i++) {
-        w[i] = kept(P, l, i) ? weight_of(clean(l[i]), P->m, P->inv_t) : 0;
-        total += w[i];
-    }
-    return total;
+    return kb_sample_weights(P, l, V, w);
 }
 
-/* The kernel's draw for (seed, step, seq), given the kept weights w and their sum. */
-static int draw_ref(const kiln_sample *p, const plan *P, const uint32_t *w, u64 total, int V,
-                    u64 step, int seq, int threads)
+/* Whether token `id` can be drawn under p (in the kept set, with a positive weight). */
+static int drawable(const float *l, int V, const kiln_sample *p, int id)
 {
-    if (P->greedy || total == 0)
-        return P->argmax;
-    double u = uniform(p->seed, step, (u64)seq);
-    u64 r = (u64)(u * (double)total);
-    if (r >= total)
-        r = total - 1;
-    u64 acc = 0;
-    for (int tid = 0; tid < threads; tid++)
-        for (int i = tid; i < V; i += threads)
-            if (w[i]) {
-                acc += w[i];
-                if (acc > r)
-                    return i;
-            }
-    return P->argmax;
+    kb_sample_plan P = make_plan(l, V, p);
+    if (P.greedy)
+        return id == P.argmax;
+    uint32_t *w = xmalloc(sizeof(uint32_t) * (size_t)V);
+    kept_weights(l, V, &P, w);
+    int ok = w[id] > 0;
+    free(w);
+    return ok;
 }
 
 /* ---- running the kernel ------------------------------------------------------------------ */
@@ -184,9 +64,8 @@ static CUfunction sampler(kt *t, const char *name, int V, int threads, int prefi
     snprintf(src, sizeof src,
              "#include \"sample.cuh\"\n"
              "extern \"C\" __global__ void __launch_bounds__(%d) k(const kiln_step st, "
-             "const float *logits, const kiln_sample *params, int *out_ids, "
-             "unsigned long long step)\n"
-             "{ kiln::sample<%d, %d%s>(st, logits, params, out_ids, step); }\n",
+             "const float *logits, const kiln_sample *params, int *out_ids)\n"
+             "{ kiln::sample<%d, %d%s>(st, logits, params, out_ids); }\n",
              threads, V, threads, prefilter ? "" : ", 0");
     CUmodule m = kt_module(t, name, src);
     *skip = !t->compile_only && !m;
@@ -195,6 +74,7 @@ static CUfunction sampler(kt *t, const char *name, int V, int threads, int prefi
 
 typedef struct batch {
     int n, V, threads;
+    kiln_sample *params; /* [n], host copy: batch_run sets the RNG counters */
     CUdeviceptr dl, dp, dout;
     kiln_step st;
 } batch;
@@ -206,17 +86,24 @@ static void batch_open(kt *t, batch *b, const float *logits, const kiln_sample *
     b->n = n;
     b->V = V;
     b->threads = threads;
+    b->params = xmalloc(sizeof(kiln_sample) * (size_t)n);
+    memcpy(b->params, params, sizeof(kiln_sample) * (size_t)n);
     b->dl = kt_upload(t, logits, sizeof(float) * (size_t)n * V);
-    b->dp = kt_upload(t, params, sizeof(kiln_sample) * (size_t)n);
     b->dout = kt_alloc(t, sizeof(int) * (size_t)n);
     b->st.T = n;
     b->st.n_seqs = n;
 }
 
-/* Launches one step; ids[n] gets the draws. */
-static void batch_run(kt *t, batch *b, CUfunction f, const char *name, u64 step, int *ids)
+/* Launches one step with sequence s at RNG counter index0 + s * stride; ids[n] gets the draws. */
+static void batch_run(kt *t, batch *b, CUfunction f, const char *name, int index0, int stride,
+                      int *ids)
 {
-    void *args[] = {&b->st, &b->dl, &b->dp, &b->dout, &step};
+    for (int s = 0; s < b->n; s++)
+        b->params[s].index = index0 + s * stride;
+    if (b->dp)
+        kt_free(t, b->dp);
+    b->dp = kt_upload(t, b->params, sizeof(kiln_sample) * (size_t)b->n);
+    void *args[] = {&b->st, &b->dl, &b->dp, &b->dout};
     kt_launch(t, f, name, (unsigned)b->n, 1, 1, (unsigned)b->threads, 0, args);
     kt_download(t, ids, b->dout, sizeof(int) * (size_t)b->n);
 }
@@ -224,8 +111,10 @@ static void batch_run(kt *t, batch *b, CUfunction f, const char *name, u64 step,
 static void batch_close(kt *t, batch *b)
 {
     kt_free(t, b->dl);
-    kt_free(t, b->dp);
+    if (b->dp)
+        kt_free(t, b->dp);
     kt_free(t, b->dout);
+    free(b->params);
 }
 
 static kiln_sample sp(float temperature, int top_k, float top_p, u64 seed)
@@ -295,12 +184,12 @@ static void t_greedy(kt *t, int V, int threads)
     r5[V - 1] = NAN;
     int want[N], ids[N];
     for (int s = 0; s < N; s++) {
-        plan P = make_plan(l + (size_t)s * V, V, &p[s]);
+        kb_sample_plan P = make_plan(l + (size_t)s * V, V, &p[s]);
         want[s] = P.argmax;
     }
     batch b;
     batch_open(t, &b, l, p, N, V, threads);
-    batch_run(t, &b, f, name, 3, ids);
+    batch_run(t, &b, f, name, 3, 0, ids);
     expect_ids(t, name, ids, want, N);
     batch_close(t, &b);
     free(l);
@@ -331,18 +220,19 @@ static void t_forced(kt *t, int V, int threads)
             r[rand_int(t, V)] += 14.f;
             p[s] = sp(1.0f, s < 9 ? 0 : 50, 0.01f, 7 + s);
         }
-        plan P = make_plan(r, V, &p[s]);
+        kb_sample_plan P = make_plan(r, V, &p[s]);
         want[s] = P.argmax;
     }
     batch b;
     batch_open(t, &b, l, p, N, V, threads);
-    batch_run(t, &b, f, name, 11, ids);
+    batch_run(t, &b, f, name, 11, 0, ids);
     expect_ids(t, name, ids, want, N);
     batch_close(t, &b);
     free(l);
 }
 
-/* The same (seed, step) twice gives the same ids; every draw lies in the top-k / top-p set
+/* The same (seed, index) twice gives the same ids, the next index other ids; every draw lies
+ * in the top-k / top-p set
  * (checked against the set for top_p + 0.02, so a boundary token that __expf and expf weigh a
  * hair apart cannot fail it; top-k is exact). */
 static void t_reproducible(kt *t, int V, int threads)
@@ -367,38 +257,91 @@ static void t_reproducible(kt *t, int V, int threads)
     int a[N], b2[N], c[N];
     batch b;
     batch_open(t, &b, l, p, N, V, threads);
-    batch_run(t, &b, f, name, 7, a);
-    batch_run(t, &b, f, name, 7, b2);
-    batch_run(t, &b, f, name, 8, c);
+    batch_run(t, &b, f, name, 7, 0, a);
+    batch_run(t, &b, f, name, 7, 0, b2);
+    batch_run(t, &b, f, name, 8, 0, c);
     batch_close(t, &b);
     char n2[200], detail[200];
-    snprintf(n2, sizeof n2, "%s same step", name);
+    snprintf(n2, sizeof n2, "%s same index", name);
     expect_ids(t, n2, b2, a, N);
-    int outside = 0, first = -1, changed = 0;
+    int outside = 0, first = -1, first_id = -1, changed = 0;
     for (int s = 0; s < N; s++) {
         kiln_sample loose = p[s];
         if (loose.top_p < 1.f)
             loose.top_p = fminf(1.f, loose.top_p + 0.02f);
-        plan P = make_plan(l + (size_t)s * V, V, &loose);
         for (int r = 0; r < 2; r++) {
             int id = r ? c[s] : a[s];
-            if (id < 0 || id >= V || !kept(&P, l + (size_t)s * V, id)) {
+            if (id < 0 || id >= V || !drawable(l + (size_t)s * V, V, &loose, id)) {
                 outside++;
                 if (first < 0)
-                    first = s;
+                    first = s, first_id = id;
             }
         }
         changed += a[s] != c[s];
     }
     if (outside)
         snprintf(detail, sizeof detail, "%d draws outside the top-k/top-p set (first: seq %d, id %d)",
-                 outside, first, a[first]);
+                 outside, first, first_id);
     else
-        snprintf(detail, sizeof detail, "%d draws inside their sets; %d of %d changed with the step",
+        snprintf(detail, sizeof detail, "%d draws inside their sets; %d of %d changed with the index",
                  2 * N, changed, N);
     snprintf(n2, sizeof n2, "%s in set", name);
     kt_result(t, n2, t->compile_only || outside == 0, detail);
     free(l);
+}
+
+/* A sequence draws from its own (seed, index) only: 64 sequences with their own parameters draw
+ * the same tokens in reverse order, and each of four alone (issue 10: a seeded request draws the
+ * same stream alone or among 63 others). */
+static void t_batch_invariant(kt *t, int V, int threads)
+{
+    char name[160];
+    snprintf(name, sizeof name, "sample/same draw in any row of any batch V=%d THREADS=%d", V,
+             threads);
+    if (!kt_want(t, name))
+        return;
+    int skip;
+    CUfunction f = sampler(t, name, V, threads, 1, &skip);
+    if (skip)
+        return;
+    enum { N = 64 };
+    static const float temps[] = {0.7f, 1.0f, 1.3f, 0.f};
+    static const float tops[] = {1.0f, 0.9f, 0.5f};
+    static const int ks[] = {0, 50, 5, 1000, 0};
+    float *l = xmalloc(sizeof(float) * (size_t)N * V), *rl = xmalloc(sizeof(float) * (size_t)N * V);
+    kt_fill(t, l, (size_t)N * V, 3.0f);
+    kiln_sample p[N], rp[N];
+    for (int s = 0; s < N; s++) {
+        p[s] = sp(temps[s % 4], ks[s % 5], tops[s % 3], 500 + (u64)s);
+        p[s].index = 3 * s; /* as batch_run(index0 = 0, stride = 3) sets it */
+        rp[N - 1 - s] = p[s];
+        memcpy(rl + (size_t)(N - 1 - s) * V, l + (size_t)s * V, sizeof(float) * (size_t)V);
+    }
+    int a[N], r[N], want[N];
+    batch b;
+    batch_open(t, &b, l, p, N, V, threads);
+    batch_run(t, &b, f, name, 0, 3, a);
+    batch_close(t, &b);
+    batch_open(t, &b, rl, rp, N, V, threads);
+    batch_run(t, &b, f, name, 3 * (N - 1), -3, r); /* row N-1-s holds sequence s at index 3s */
+    batch_close(t, &b);
+    for (int s = 0; s < N; s++)
+        want[s] = r[N - 1 - s];
+    char n2[200];
+    snprintf(n2, sizeof n2, "%s reversed", name);
+    expect_ids(t, n2, a, want, N);
+    int alone[4];
+    for (int j = 0; j < 4; j++) {
+        int s = (j * 29 + 5) % N;
+        batch_open(t, &b, l + (size_t)s * V, &p[s], 1, V, threads);
+        batch_run(t, &b, f, name, p[s].index, 0, &alone[j]);
+        batch_close(t, &b);
+        want[j] = a[s];
+    }
+    snprintf(n2, sizeof n2, "%s alone", name);
+    expect_ids(t, n2, alone, want, 4);
+    free(l);
+    free(rl);
 }
 
 /* Whether sample.cuh's shortcut applies to a row (the kernel's rule, with expf for __expf: an
@@ -406,13 +349,13 @@ static void t_reproducible(kt *t, int V, int threads)
 static int shortcut_applies(const float *l, int V, const kiln_sample *p)
 {
     static const float cuts[8] = {-2.f, -4.f, -6.f, -8.f, -10.f, -13.f, -16.f, -22.5f};
-    plan P = make_plan(l, V, p);
-    int use_k = p->top_k > 0 && p->top_k < V, use_p = p->top_p < 1.f;
+    kb_sample_plan P = make_plan(l, V, p);
+    int use_k = p->top_k > 0 && p->top_k < V, use_p = p->top_p > 0.f && p->top_p < 1.f;
     if (P.greedy || (!use_k && !use_p))
         return 0;
     u64 cnt[8] = {0}, mass[8] = {0}, all = 0;
     for (int i = 0; i < V; i++) {
-        float y = (clean(l[i]) - P.m) * P.inv_t;
+        float y = (l[i] - P.m) * P.inv_t; /* the rows of t_paths hold no NaN */
         uint32_t w = (uint32_t)lrintf(expf(y) * 2147483648.0f);
         all += w;
         for (int j = 0; j < 8; j++)
@@ -464,9 +407,9 @@ static void t_paths(kt *t, int V, int threads)
     batch bt;
     batch_open(t, &bt, l, p, N, V, threads);
     int bad = 0;
-    for (u64 step = 0; step < 3; step++) {
-        batch_run(t, &bt, f1, name, step, a);
-        batch_run(t, &bt, f0, name, step, b);
+    for (int index = 0; index < 3; index++) {
+        batch_run(t, &bt, f1, name, index, 0, a);
+        batch_run(t, &bt, f0, name, index, 0, b);
         for (int s = 0; s < N; s++)
             bad += a[s] != b[s];
     }
@@ -483,9 +426,10 @@ static void t_paths(kt *t, int V, int threads)
     free(l);
 }
 
-/* Distribution of many draws of one row (the same row for n sequences, `launches` steps):
+/* Distribution of many draws of one row (the same row for n sequences, `launches` steps, each
+ * draw at its own RNG counter):
  * chi-square against the kept set's probabilities w_i / W, every draw inside the set, and draw
- * by draw agreement with the CPU replica. want_kept: the size of the kept set the case was
+ * by draw agreement with the CPU copy. want_kept: the size of the kept set the case was
  * designed for (a check of the test itself). */
 static void t_distribution1(kt *t, const char *label, int V, int threads, const float *row,
                             kiln_sample p, int want_kept, int n, int launches, int prefilter)
@@ -505,7 +449,7 @@ static void t_distribution1(kt *t, const char *label, int V, int threads, const 
         memcpy(l + (size_t)s * V, row, sizeof(float) * (size_t)V);
         ps[s] = p;
     }
-    plan P = make_plan(row, V, &p);
+    kb_sample_plan P = make_plan(row, V, &p);
     uint32_t *w = xmalloc(sizeof(uint32_t) * (size_t)V);
     u64 Wi = kept_weights(row, V, &P, w);
     double W = (double)Wi;
@@ -519,7 +463,8 @@ static void t_distribution1(kt *t, const char *label, int V, int threads, const 
     batch b;
     batch_open(t, &b, l, ps, n, V, threads);
     for (int k = 0; k < launches; k++) {
-        batch_run(t, &b, f, name, (u64)(1000 + k), ids);
+        const int index0 = 1000 + k * n;
+        batch_run(t, &b, f, name, index0, 1, ids);
         for (int s = 0; s < n; s++) {
             int id = ids[s];
             if (id < 0 || id >= V || w[id] == 0) {
@@ -527,7 +472,9 @@ static void t_distribution1(kt *t, const char *label, int V, int threads, const 
                 continue;
             }
             count[id]++;
-            disagree += id != draw_ref(&p, &P, w, Wi, V, (u64)(1000 + k), s, threads);
+            kiln_sample q = p;
+            q.index = index0 + s;
+            disagree += id != kb_sample_draw(&P, w, Wi, V, &q, threads);
         }
     }
     batch_close(t, &b);
@@ -591,15 +538,14 @@ static void t_distribution(kt *t, const char *label, int V, int threads, const f
 static float top_p_for(const float *row, int V, float temperature, int top_k, int keep)
 {
     kiln_sample p = sp(temperature, top_k, 1.0f, 0);
-    plan P = make_plan(row, V, &p);
+    kb_sample_plan P = make_plan(row, V, &p);
+    uint32_t *kw = xmalloc(sizeof(uint32_t) * (size_t)V);
+    kept_weights(row, V, &P, kw);
     double *w = xmalloc(sizeof(double) * (size_t)V), W = 0;
-    int n = 0;
     for (int i = 0; i < V; i++)
-        if (kept(&P, row, i)) {
-            w[n] = weight_of(clean(row[i]), P.m, P.inv_t);
-            W += w[n++];
-        }
-    qsort(w, (size_t)n, sizeof(double), cmp_double_desc);
+        W += w[i] = kw[i]; /* 0 for the tokens top-k drops */
+    free(kw);
+    qsort(w, (size_t)V, sizeof(double), cmp_double_desc);
     /* the nucleus is the smallest set reaching top_p: keep - 1 tokens fall short of the
      * midpoint, keep tokens pass it */
     double c0 = 0;
@@ -621,6 +567,8 @@ void ktest_sample(kt *t)
     t_forced(t, 128256, 1024);
     t_reproducible(t, 32000, 256);
     t_reproducible(t, 151936, 1024);
+    t_batch_invariant(t, 32000, 256);
+    t_batch_invariant(t, 151936, 1024);
     t_paths(t, 32000, 256);
     t_paths(t, 151936, 1024);
 
