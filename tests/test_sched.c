@@ -568,6 +568,8 @@ static void test_preemption(void **state)
         }
         if (i == 2)
             p[i].logprobs = 2;
+        if (i == 4)
+            p[i].logprobs = 0;                  /* the token's own logprob, no alternatives */
         if (i == 5)
             p[i].prompt_logprobs = 1;
         submit_ok(s, &p[i]);
@@ -585,24 +587,77 @@ static void test_preemption(void **state)
         run_alone(f, &p[i], &alone);
         assert_same_tokens(&r[i], &alone);
     }
-    for (int t = 0; t < NEW; t++) {
-        assert_int_equal(r[2].ntop[t], 2);
-        assert_int_equal(r[3].ntop[t], 0);
+    /* a seeded request's t-th token is drawn with sp.index t, whatever was recomputed */
+    for (int i = 1; i < N; i += 2) {
+        int32_t sq[NP + NEW];
+        memcpy(sq, pr[i], sizeof pr[i]);
+        memcpy(sq + NP, r[i].toks, NEW * sizeof *sq);
+        for (int t = 0; t < NEW; t++) {
+            kiln_sample sp = p[i].sp;
+            sp.index = t;
+            assert_int_equal(r[i].toks[t], pick(prefix_hash(sq, NP + t), &sp));
+        }
     }
     /* logprobs of the sampled token: recomputed here from the fake's logits */
-    int32_t seq[NP + NEW];
-    memcpy(seq, pr[2], sizeof pr[2]);
-    memcpy(seq + NP, r[2].toks, NEW * sizeof *seq);
-    for (int t = 0; t < NEW; t++) {
-        float row[FV], lp, tl[KB_MAX_LOGPROBS];
-        int32_t ti[KB_MAX_LOGPROBS];
-        row_of(prefix_hash(seq, NP + t), row);
-        kb_logprobs(row, FV, seq[NP + t], 2, &lp, ti, tl);
-        assert_float_equal(r[2].lp[t], lp, 0);
-        assert_int_equal(r[2].top0[t], ti[0]);
+    for (int i = 2; i <= 4; i += 2) {
+        int32_t seq[NP + NEW];
+        memcpy(seq, pr[i], sizeof pr[i]);
+        memcpy(seq + NP, r[i].toks, NEW * sizeof *seq);
+        for (int t = 0; t < NEW; t++) {
+            float row[FV], lp, tl[KB_MAX_LOGPROBS];
+            int32_t ti[KB_MAX_LOGPROBS];
+            row_of(prefix_hash(seq, NP + t), row);
+            kb_logprobs(row, FV, seq[NP + t], 2, &lp, ti, tl);
+            assert_true(lp < 0);
+            assert_float_equal(r[i].lp[t], lp, 0);
+            assert_int_equal(r[i].ntop[t], p[i].logprobs);
+            assert_int_equal(r[i].top0[t], p[i].logprobs ? ti[0] : -1);
+            assert_int_equal(r[3].ntop[t], 0);
+        }
     }
     assert_int_equal(r[5].n_prompt_ev, NP - 1);
     assert_int_equal(r[0].n_prompt_ev, 0);
+    assert_kv_empty(s);
+    assert_fake_ok(f);
+    ks_free(s);
+    fake_free(&f->b);
+}
+
+/* A preempted request goes back to the head of the queue: it is admitted again before the
+ * requests that were waiting behind it. */
+static void test_preempted_first(void **state)
+{
+    (void)state;
+    fake *f = fake_new(2, 64, 256, 4);            /* 4 blocks; a and b need 3 each */
+    ksched *s = sched_new(f, 16);
+    int32_t pr[4][30];
+    rec r[4] = {0};
+    ks_params p[4];
+    for (int i = 0; i < 4; i++) {
+        make_prompt(pr[i], 30, 1 + i, 50 + (uint64_t)i);
+        p[i] = params(pr[i], i < 2 ? 30 : 4, i < 2 ? 60 : 2, &r[i]);
+        p[i].ignore_eos = 1;
+        submit_ok(s, &p[i]);
+    }
+    drain(s);
+    ks_metrics m;
+    ks_metrics_get(s, &m);
+    assert_true(m.preemptions > 0);
+    int last_b = -1, first_c = -1, k = 0;
+    for (int L = 0; L < f->log_steps; L++)
+        for (int j = 0; j < f->logn[L]; j++, k++) {
+            if (f->logpos[L][j] == 0 && f->logfirst[L][j] == 2)
+                last_b = k;
+            if (f->logpos[L][j] == 0 && f->logfirst[L][j] == 3 && first_c < 0)
+                first_c = k;
+        }
+    assert_true(last_b >= 0 && first_c > last_b);
+    for (int i = 0; i < 4; i++) {
+        assert_clean(&r[i]);
+        rec alone;
+        run_alone(f, &p[i], &alone);
+        assert_same_tokens(&r[i], &alone);
+    }
     assert_kv_empty(s);
     assert_fake_ok(f);
     ks_free(s);
@@ -1101,7 +1156,7 @@ enum { TH = 4, PER = 40 };
 typedef struct submitter {
     ksched *s;
     int t;
-    int32_t prompts[PER][24];
+    int32_t prompts[PER][40];
     ks_params p[PER];
     rec r[PER];
     uint64_t id[PER];
@@ -1113,9 +1168,9 @@ static void *submit_main(void *arg)
     submitter *u = arg;
     for (int i = 0; i < PER; i++) {
         uint64_t seed = (uint64_t)(u->t * 1000 + i);
-        int np = 1 + (int)(mix(seed, 1) % 24);
+        int np = 1 + (int)(mix(seed, 1) % 40);
         make_prompt(u->prompts[i], np, (int)(mix(seed, 2) % FV), seed);
-        u->p[i] = params(u->prompts[i], np, 2 + (int)(mix(seed, 3) % 20), &u->r[i]);
+        u->p[i] = params(u->prompts[i], np, 2 + (int)(mix(seed, 3) % 30), &u->r[i]);
         u->p[i].ignore_eos = 1;
         if (i % 3 == 1) {
             u->p[i].sp.temperature = 1;
@@ -1147,7 +1202,7 @@ static void *submit_main(void *arg)
 static void test_threads(void **state)
 {
     (void)state;
-    fake *f = fake_new(4, 32, 256, 12);         /* small enough to preempt */
+    fake *f = fake_new(4, 32, 256, 5);          /* small enough to preempt */
     ksched *s = sched_new(f, 16);               /* small enough to fill */
     engine g;
     engine_start(&g, s);
@@ -1200,6 +1255,7 @@ int main(void)
         cmocka_unit_test(test_fcfs),
         cmocka_unit_test(test_chunking),
         cmocka_unit_test(test_preemption),
+        cmocka_unit_test(test_preempted_first),
         cmocka_unit_test(test_max_seqs),
         cmocka_unit_test(test_cancel_in_callback),
         cmocka_unit_test(test_cancel_from_thread),
