@@ -606,13 +606,20 @@ int oa_stop_push(oa_stop *s, const char *text, size_t len, oa_buf *out)
         return 0;
     }
     oa_buf_add(&s->held, text, len);
-    /* the earliest match of any stop string wins (a stop string that is a prefix of another
-     * matches first, as in OpenAI's API) */
-    size_t best = SIZE_MAX;
+    /* the stop string that is complete first wins (the earliest end; at the same end, the one
+     * that starts first): what a client watching the text grow byte by byte would see, so the
+     * result does not depend on how the text was cut into tokens */
+    size_t best = SIZE_MAX, best_end = SIZE_MAX;
     for (int i = 0; i < s->n; i++) {
-        const char *p = memmem(s->held.p, s->held.len, s->stops[i], strlen(s->stops[i]));
-        if (p && (size_t)(p - s->held.p) < best)
-            best = (size_t)(p - s->held.p);
+        size_t sl = strlen(s->stops[i]);
+        const char *p = memmem(s->held.p, s->held.len, s->stops[i], sl);
+        if (!p)
+            continue;
+        size_t at = (size_t)(p - s->held.p);
+        if (at + sl < best_end || (at + sl == best_end && at < best)) {
+            best = at;
+            best_end = at + sl;
+        }
     }
     if (best != SIZE_MAX) {
         oa_buf_add(out, s->held.p, best);

@@ -101,7 +101,8 @@ typedef struct oa_stop {
 void oa_stop_init(oa_stop *s, char *const *stops, int n);
 /* Adds generated text; appends to out the text that can no longer be part of a stop string.
  * Returns 1 when a stop string matched: out then ends just before it, and later pushes add
- * nothing. */
+ * nothing. The stop string complete first in the text wins (at equal ends, the longer), so the
+ * result is the same however the text is cut into pieces. */
 int oa_stop_push(oa_stop *s, const char *text, size_t len, oa_buf *out);
 /* The end of generation: releases the text held back. */
 void oa_stop_flush(oa_stop *s, oa_buf *out);
