@@ -39,7 +39,7 @@ CUDALIBS := -lnvrtc -lcublasLt
 
 # ---- sources (listed, not globbed) ----
 RUNTIME_SRC := runtime/util.c runtime/safetensors.c runtime/kcuda.c runtime/artifact.c runtime/hash.c \
-               runtime/gemm.c runtime/engine.c runtime/backend.c \
+               runtime/gemm.c runtime/engine.c runtime/backend.c runtime/kvcache.c runtime/sched.c \
                runtime/tokenizer/tokenizer.c runtime/tokenizer/tok_util.c runtime/tokenizer/tok_text.c runtime/tokenizer/tok_model.c \
                runtime/tokenizer/chat_template.c runtime/tokenizer/jinja_value.c runtime/tokenizer/jinja_parse.c runtime/tokenizer/jinja_eval.c
 RUNTIME_CMD := runtime/cmd_tokenize.c runtime/cmd_run.c runtime/cmd_inspect.c runtime/cmd_chat_template.c
@@ -47,7 +47,7 @@ COMPILER_SRC := compiler/pipeline.c compiler/config.c compiler/graph.c compiler/
                 compiler/passes/verify.c compiler/passes/bind_weights.c compiler/passes/fuse.c compiler/passes/plan_memory.c compiler/passes/finite.c compiler/lower.c compiler/pack.c \
                 compiler/posenc.c compiler/ref.c compiler/knvrtc.c compiler/overrides.c
 # Runtime tests link libkiln.a only; compiler tests link both libraries.
-RUNTIME_TESTS  := safetensors tokenizer chat_template backend
+RUNTIME_TESTS  := safetensors tokenizer chat_template backend sched
 COMPILER_TESTS := config overrides graph spec registry cli ref compile example artifact badinput
 
 RUNTIME_OBJ  := $(RUNTIME_SRC:%.c=$(B)/obj/%.o)
