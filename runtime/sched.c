@@ -22,7 +22,10 @@
  * admitted in a step that preempted one (it would only be preempted again). A prefill chunk or an
  * admission takes what the free blocks allow rather than preempting. The backend runs without the
  * mutex, then the results become events, delivered on this thread without the mutex (a callback may
- * call ks_cancel or ks_submit).
+ * call ks_cancel or ks_submit). A step with anything running or waiting always runs an item, so
+ * ks_step returns 0 only when idle: the oldest running request is never preempted (ks_submit
+ * refused any request the whole cache cannot hold, so alone it always fits), and with nothing
+ * running the queue's head is admitted.
  *
  * Prompt logprobs and raw prompt logits: the backend writes [n, vocab] rows of every item that
  * asks into one scratch buffer of the scheduler, carved per step. It holds min(max_tokens,
