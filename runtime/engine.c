@@ -1,6 +1,8 @@
 /* engine — see engine.h. */
 #include "engine.h"
 
+#include <assert.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,7 +38,7 @@ struct kmodel {
     size_t *woff, *coff;
     size_t logits_all_rows;
     size_t *kv_k, *kv_v; /* per layer offsets into kv */
-    int nblocks, max_blocks, *free_blk, nfree;
+    int nblocks, max_blocks; /* KV blocks (block 0: the padding rows' scratch); per sequence */
 
     /* the step arrays: device (inside meta) and a pinned host mirror */
     int cap_tok, cap_seq;
@@ -47,10 +49,13 @@ struct kmodel {
     CUdeviceptr d_params, d_ids;
     kiln_sample *h_params;
     int32_t *h_ids;
+    float *h_lp; /* pinned [max_seqs, vocab]: logits rows for logprobs (allocated on first use) */
     kgemm *gemm;
     CUgraphExec graphs[MAX_BUCKETS];
     int graphs_failed;
     km_opts o;
+    kbackend kb; /* the step backend (km_backend) and what it reports */
+    kb_info info;
 };
 
 const ka_manifest *km_manifest(const kmodel *m) { return m->m; }
@@ -63,6 +68,8 @@ double km_load_seconds(const kmodel *m) { return m->load_s; }
         if (rc_ != CUDA_SUCCESS)                                                                \
             return kcuda_fail(&m->cu, rc_, #call, __FILE__, __LINE__, err);                     \
     } while (0)
+
+static void init_backend(kmodel *m);
 
 static size_t align_up(size_t x) { return (x + ALIGN - 1) / ALIGN * ALIGN; }
 
@@ -244,10 +251,6 @@ static int alloc_runtime(kmodel *m, kerr *err)
         }
         CU(cuMemAlloc(&m->kv, o2));
         CU(cuMemsetD8(m->kv, 0, o2));
-        m->free_blk = xmalloc(sizeof(int) * (size_t)m->nblocks);
-        m->nfree = 0;
-        for (int b = m->nblocks - 1; b >= 1; b--) /* block 0: scratch for padding rows */
-            m->free_blk[m->nfree++] = b;
     }
     return 0;
 }
@@ -326,6 +329,7 @@ kmodel *km_load(const char *dir, const km_opts *o, kerr *err)
     m->gemm = kgemm_new(&m->cu, err);
     if (!m->gemm)
         goto fail;
+    init_backend(m);
     m->load_s = util_now() - t0;
     char wb[32];
     size_t wbytes = 0;
@@ -351,6 +355,8 @@ void km_free(kmodel *m)
     if (!m)
         return;
     if (m->cu.lib) {
+        if (m->ctx)
+            m->cu.cuCtxSetCurrent(m->ctx); /* the backend's free may run on another thread */
         for (int i = 0; i < MAX_BUCKETS; i++)
             if (m->graphs[i])
                 m->cu.cuGraphExecDestroy(m->graphs[i]);
@@ -366,6 +372,8 @@ void km_free(kmodel *m)
             m->cu.cuMemFreeHost(m->h_params);
         if (m->h_ids)
             m->cu.cuMemFreeHost(m->h_ids);
+        if (m->h_lp)
+            m->cu.cuMemFreeHost(m->h_lp);
         if (m->mod)
             m->cu.cuModuleUnload(m->mod);
         if (m->stream)
@@ -382,7 +390,6 @@ void km_free(kmodel *m)
     free(m->coff);
     free(m->kv_k);
     free(m->kv_v);
-    free(m->free_blk);
     free(m);
 }
 
@@ -483,82 +490,92 @@ static int upload_meta(kmodel *m, int T, int S, kerr *err)
 
 #define H(o) ((int32_t *)((char *)m->h_meta + (o)))
 
-/* ---------------------------------------------------------------- generation */
+/* ---------------------------------------------------------------- the step */
 
-typedef struct seqstate {
-    int len;          /* tokens in the cache */
-    int done_prompt;  /* prompt tokens already prefilled */
-    int finished;
-    int nblk;
-    int *blocks;
-} seqstate;
-
-static int slot_of(kmodel *m, seqstate *s, int pos) { return s->blocks[pos / KILN_BLOCK] * KILN_BLOCK + pos % KILN_BLOCK; }
-
-static void put_seq_row(kmodel *m, int row, seqstate *s)
-{
-    int32_t *bt = H(m->o_bt) + (size_t)row * (size_t)m->max_blocks;
-    for (int b = 0; b < m->max_blocks; b++)
-        bt[b] = b < s->nblk ? s->blocks[b] : 0;
-}
-
-static int is_eos(const ka_manifest *man, int id)
-{
-    for (int i = 0; i < man->n_eos; i++)
-        if (man->eos[i] == id)
-            return 1;
-    return 0;
-}
-
-static int sample_rows(kmodel *m, km_seq *seqs, const int *row_seq, int S, kerr *err)
+/* Fills the host step arrays from the items: row r holds item r's tokens [start[r], start[r+1]);
+ * rows n .. rows-1 are padding (one token each, at position 0, writing the scratch block 0 and
+ * reading nothing else). Returns the tokens of the step; *q gets the most tokens of one row. */
+static int fill_step(kmodel *m, const kb_item *items, int n, int rows, int *q)
 {
     const ka_manifest *man = m->m;
-    for (int r = 0; r < S; r++) {
-        memset(&m->h_params[r], 0, sizeof(kiln_sample));
-        if (row_seq[r] >= 0) {
-            m->h_params[r] = seqs[row_seq[r]].sample;
-            m->h_params[r].index = seqs[row_seq[r]].n_out; /* the RNG counter */
+    int32_t *ids = H(m->o_ids), *pos = H(m->o_pos), *typ = H(m->o_type), *sq = H(m->o_seq),
+            *slot = H(m->o_slot), *start = H(m->o_start), *kvl = H(m->o_kvlen);
+    int T = 0;
+    *q = 1;
+    for (int r = 0; r < rows; r++) {
+        int32_t *bt = H(m->o_bt) + (size_t)r * (size_t)m->max_blocks;
+        start[r] = T;
+        if (r >= n) { /* padding */
+            memset(bt, 0, sizeof(int32_t) * (size_t)m->max_blocks);
+            ids[T] = pos[T] = typ[T] = slot[T] = 0;
+            sq[T++] = r;
+            kvl[r] = 1;
+            continue;
         }
-        if (m->h_params[r].top_p <= 0)
-            m->h_params[r].top_p = 1;
+        /* the scheduler checked the items against kb_info: a violation is a kiln bug */
+        const kb_item *it = &items[r];
+        assert(it->n >= 1 && it->pos >= 0 && it->pos + it->n <= man->max_seq_len);
+        assert(T + it->n <= m->cap_tok);
+        assert(it->nblocks >= (it->pos + it->n + KILN_BLOCK - 1) / KILN_BLOCK &&
+               it->nblocks <= m->max_blocks);
+        for (int b = 0; b < m->max_blocks; b++) {
+            bt[b] = b < it->nblocks ? it->blocks[b] : 0;
+            assert(b >= it->nblocks || (bt[b] >= 1 && bt[b] <= m->info.kv_blocks));
+        }
+        for (int k = 0; k < it->n; k++) {
+            int p = it->pos + k;
+            assert(it->ids[k] >= 0 && it->ids[k] < man->vocab);
+            ids[T] = it->ids[k];
+            pos[T] = p;
+            typ[T] = it->types ? it->types[k] : 0;
+            sq[T] = r;
+            slot[T] = man->n_layers ? bt[p / KILN_BLOCK] * KILN_BLOCK + p % KILN_BLOCK : -1;
+            T++;
+        }
+        kvl[r] = it->pos + it->n;
+        if (it->n > *q)
+            *q = it->n;
     }
-    CU(cuMemcpyHtoDAsync(m->d_params, m->h_params, sizeof(kiln_sample) * (size_t)S, m->stream));
-    kiln_step st = m->st;
-    st.T = S;
-    st.n_seqs = S;
-    CUdeviceptr lg = m->logits, par = m->d_params, ids = m->d_ids;
-    void *params[] = {&st, &lg, &par, &ids};
-    const ka_kernel *kk = &man->kernels[man->sample_kernel];
-    CU(cuLaunchKernel(m->fn[man->sample_kernel], (unsigned)S, 1, 1, (unsigned)kk->block, 1, 1,
-                      (unsigned)kk->smem, m->stream, params, NULL));
-    CU(cuMemcpyDtoHAsync(m->h_ids, m->d_ids, sizeof(int32_t) * (size_t)S, m->stream));
-    CU(cuStreamSynchronize(m->stream));
-    return 0;
+    start[rows] = T;
+    return T;
 }
 
-static int bucket_of(int n)
+/* Decode batches run in buckets of 1, 2, 4, ... rows, the last one max_seqs. */
+static int bucket_rows(const kmodel *m, int n)
 {
-    int b = 1, i = 0;
-    while (b < n) {
+    int b = 1;
+    while (b < n)
         b *= 2;
+    return b < m->m->max_seqs ? b : m->m->max_seqs;
+}
+
+/* A graph slot per bucket: log2 of the bucket, rounded up (max_seqs, the only bucket that may
+ * not be a power of two, is above every other). */
+static int bucket_index(int rows)
+{
+    int i = 0;
+    while ((1 << i) < rows)
         i++;
-    }
     return i;
 }
 
-static int decode_step(kmodel *m, int B, kerr *err)
+/* The decode schedule for `rows` rows of one token each, replayed from the bucket's CUDA graph
+ * (captured on first use; without graphs when capture fails or --no-graphs). */
+static int decode_step(kmodel *m, int rows, kerr *err)
 {
     const ka_manifest *man = m->m;
-    int bi = bucket_of(B);
+    int bi = bucket_index(rows);
     if (!m->o.no_graphs && !m->graphs_failed && bi < MAX_BUCKETS) {
         if (!m->graphs[bi]) {
             CUgraph g = NULL;
-            CUresult rc = m->cu.cuStreamBeginCapture(m->stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL);
+            CUresult rc =
+                m->cu.cuStreamBeginCapture(m->stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL);
             int ok = rc == CUDA_SUCCESS;
             kerr cap;
             kerr_clear(&cap);
             if (ok)
-                ok = run_steps(m, man->decode, man->ndecode, B, B, 1, 0, m->logits, &cap) == 0;
+                ok = run_steps(m, man->decode, man->ndecode, rows, rows, 1, 0, m->logits, &cap) ==
+                     0;
             if (rc == CUDA_SUCCESS)
                 ok = m->cu.cuStreamEndCapture(m->stream, &g) == CUDA_SUCCESS && ok;
             if (ok)
@@ -579,256 +596,324 @@ static int decode_step(kmodel *m, int B, kerr *err)
             return 0;
         }
     }
-    return run_steps(m, man->decode, man->ndecode, B, B, 1, 0, m->logits, err);
+    return run_steps(m, man->decode, man->ndecode, rows, rows, 1, 0, m->logits, err);
 }
 
-int km_generate(kmodel *m, km_seq *seqs, int n, km_stats *stats, kerr *err)
+/* The prefill schedule over the filled step (T tokens in n rows). With `all`, every position's
+ * logits go to logits_all: the rows of items that asked for them are copied to the host, and the
+ * last row of each sampling item to its row of the sampling buffer. */
+static int prefill_step(kmodel *m, const kb_item *items, int n, int T, int Q, int all, kerr *err)
 {
     const ka_manifest *man = m->m;
-    memset(stats, 0, sizeof *stats);
-    stats->load_s = m->load_s;
-    double t0 = util_now();
+    if (all && !m->logits_all) { /* [max_tokens, vocab] floats, on first use */
+        m->logits_all_rows = (size_t)man->max_tokens;
+        CU(cuMemAlloc(&m->logits_all, sizeof(float) * m->logits_all_rows * (size_t)man->vocab));
+    }
+    if (upload_meta(m, T, n, err) ||
+        run_steps(m, man->prefill, man->nprefill, T, n, Q, all, all ? m->logits_all : m->logits,
+                  err))
+        return -1;
+    if (!all)
+        return 0;
+    const int32_t *start = H(m->o_start);
+    size_t row = sizeof(float) * (size_t)man->vocab;
+    for (int r = 0; r < n; r++) {
+        const kb_item *it = &items[r];
+        if (it->prompt_logits)
+            CU(cuMemcpyDtoHAsync(it->prompt_logits, m->logits_all + (size_t)start[r] * row,
+                                 row * (size_t)it->n, m->stream));
+        if (it->sample)
+            CU(cuMemcpyDtoDAsync(m->logits + (size_t)r * row,
+                                 m->logits_all + (size_t)(start[r] + it->n - 1) * row, row,
+                                 m->stream));
+    }
+    return 0;
+}
+
+/* After the schedule: samples the rows whose item asks (row r of the sampling buffer is item
+ * r's last position), queues the copies to the host (sampled ids, the logits rows of items
+ * that want logprobs, embeddings), waits for the stream once, and fills the items' outputs. */
+static int finish_step(kmodel *m, kb_item *items, int n, kerr *err)
+{
+    const ka_manifest *man = m->m;
+    size_t V = (size_t)man->vocab;
+    int any = 0, lp = 0;
+    for (int r = 0; r < n; r++) {
+        any |= items[r].sample;
+        lp |= items[r].sample && items[r].logprobs > 0;
+    }
+    if (lp && !m->h_lp) /* pinned [max_seqs, vocab], on first use */
+        CU(cuMemAllocHost((void **)&m->h_lp, sizeof(float) * V * (size_t)man->max_seqs));
+    if (any) {
+        for (int r = 0; r < n; r++) { /* rows not sampled: greedy, one cheap pass */
+            memset(&m->h_params[r], 0, sizeof(kiln_sample));
+            if (items[r].sample)
+                m->h_params[r] = items[r].sp;
+        }
+        CU(cuMemcpyHtoDAsync(m->d_params, m->h_params, sizeof(kiln_sample) * (size_t)n, m->stream));
+        kiln_step st = m->st;
+        st.T = n;
+        st.n_seqs = n;
+        CUdeviceptr lg = m->logits, par = m->d_params, ids = m->d_ids;
+        void *params[] = {&st, &lg, &par, &ids};
+        const ka_kernel *kk = &man->kernels[man->sample_kernel];
+        CU(cuLaunchKernel(m->fn[man->sample_kernel], (unsigned)n, 1, 1, (unsigned)kk->block, 1, 1,
+                          (unsigned)kk->smem, m->stream, params, NULL));
+        CU(cuMemcpyDtoHAsync(m->h_ids, m->d_ids, sizeof(int32_t) * (size_t)n, m->stream));
+        for (int r = 0; r < n; r++) /* the rows the sampler read (it does not write them) */
+            if (items[r].sample && items[r].logprobs > 0)
+                CU(cuMemcpyDtoHAsync(m->h_lp + (size_t)r * V,
+                                     m->logits + (size_t)r * V * sizeof(float), sizeof(float) * V,
+                                     m->stream));
+    }
+    if (man->output_pool)
+        for (int r = 0; r < n; r++) {
+            assert(items[r].embedding);
+            CU(cuMemcpyDtoHAsync(items[r].embedding,
+                                 m->out + (size_t)r * (size_t)man->hidden * sizeof(float),
+                                 sizeof(float) * (size_t)man->hidden, m->stream));
+        }
+    CU(cuStreamSynchronize(m->stream));
+    for (int r = 0; r < n; r++) {
+        kb_item *it = &items[r];
+        if (!it->sample)
+            continue;
+        it->token = m->h_ids[r];
+        it->logprob = 0;
+        if (it->logprobs > 0)
+            kb_logprobs(m->h_lp + (size_t)r * V, man->vocab, it->token, it->logprobs, &it->logprob,
+                        it->top_ids, it->top_logprobs);
+    }
+    return 0;
+}
+
+/* backend.h's step. One token per item and nothing but the next token wanted: the decode
+ * schedule over a padded bucket from its CUDA graph. Anything else (prefill chunks, with or
+ * without decodes among them, prompt logits, embeddings): the prefill schedule, which handles
+ * sequences whose cache already holds earlier tokens (that is how chunked prefill works). */
+static int engine_step(kbackend *b, kb_item *items, int n, kerr *err)
+{
+    kmodel *m = (kmodel *)((char *)b - offsetof(kmodel, kb));
+    const ka_manifest *man = m->m;
+    assert(n >= 1 && n <= man->max_seqs);
+    CU(cuCtxSetCurrent(m->ctx)); /* steps may run on another thread than km_load's */
+    int decode = !man->output_pool, all = 0, Q;
+    for (int r = 0; r < n; r++) {
+        decode &= items[r].n == 1 && !items[r].prompt_logits;
+        all |= items[r].prompt_logits != NULL;
+    }
+    if (decode) {
+        int rows = bucket_rows(m, n);
+        fill_step(m, items, n, rows, &Q);
+        if (upload_meta(m, rows, rows, err) || decode_step(m, rows, err))
+            return -1;
+    } else {
+        int T = fill_step(m, items, n, n, &Q);
+        assert(T <= man->max_tokens);
+        if (prefill_step(m, items, n, T, Q, all, err))
+            return -1;
+    }
+    return finish_step(m, items, n, err);
+}
+
+static const char *engine_describe(kbackend *b)
+{
+    return ((kmodel *)((char *)b - offsetof(kmodel, kb)))->desc;
+}
+
+static void engine_free(kbackend *b) { km_free((kmodel *)((char *)b - offsetof(kmodel, kb))); }
+
+kbackend *km_backend(kmodel *m) { return &m->kb; }
+
+/* kb_info from the manifest (km_load, once the cache is sized). */
+static void init_backend(kmodel *m)
+{
+    const ka_manifest *man = m->m;
+    _Static_assert(sizeof(int) == sizeof(int32_t), "the manifest's eos ids are ints");
+    kb_info *in = &m->info;
+    in->model = man->model_name;
+    in->max_seqs = man->max_seqs;
+    in->max_tokens = man->max_tokens;
+    in->max_seq_len = man->max_seq_len;
+    in->vocab = man->vocab;
+    in->hidden = man->hidden;
+    in->embed = man->output_pool;
+    /* block 0 is the padding rows' scratch; a model without KV layers has no cache, and any
+     * block ids do (the limits' worth, so the scheduler never waits for blocks) */
+    in->kv_blocks = man->n_layers ? m->nblocks - 1 : man->max_seqs * m->max_blocks;
+    in->n_eos = man->n_eos;
+    in->eos = (const int32_t *)man->eos;
+    m->kb.info = in;
+    m->kb.step = engine_step;
+    m->kb.describe = engine_describe;
+    m->kb.free = engine_free;
+}
+
+/* ---------------------------------------------------------------- km_generate */
+
+static int is_eos(const ka_manifest *man, int id)
+{
+    for (int i = 0; i < man->n_eos; i++)
+        if (man->eos[i] == id)
+            return 1;
+    return 0;
+}
+
+/* Checks a batch against the limits; returns the KV blocks it needs, or -1. */
+static int check_batch(kmodel *m, const km_seq *seqs, int n, kerr *err)
+{
+    const ka_manifest *man = m->m;
+    int embed = man->output_pool, need = 0;
     if (n < 1)
         return kerr_add(err, "no sequences to run");
     if (n > man->max_seqs)
         return kerr_add(err, "%d sequences in one call; this artifact was compiled for at most %d "
                              "(kilnc compile --max-batch N)",
                         n, man->max_seqs);
-    int embed = man->output_pool;
-    seqstate *ss = xcalloc((size_t)n, sizeof(seqstate));
-    int rc = -1;
-    /* reserve every sequence's KV blocks up front: a batch that does not fit is refused now,
-     * not half way */
-    int need = 0;
     for (int i = 0; i < n; i++) {
-        km_seq *q = &seqs[i];
-        q->n_out = 0;
-        if (q->n_prompt < 1) {
-            kerr_add(err, "sequence %d has an empty prompt", i);
-            goto done;
-        }
+        const km_seq *q = &seqs[i];
+        if (q->n_prompt < 1)
+            return kerr_add(err, "sequence %d has an empty prompt", i);
         int total = q->n_prompt + (embed ? 0 : q->max_new);
-        if (total > man->max_seq_len) {
-            kerr_add(err, "sequence %d: %d prompt + %d new tokens exceed the compiled limit of %d "
-                          "(kilnc compile --max-seq-len N)",
-                     i, q->n_prompt, embed ? 0 : q->max_new, man->max_seq_len);
-            goto done;
-        }
-        if (embed && q->n_prompt > man->max_tokens) {
-            kerr_add(err, "sequence %d: an embedding model takes at most %d tokens per sequence "
-                          "(kilnc compile --max-tokens N)",
-                     i, man->max_tokens);
-            goto done;
-        }
+        if (q->max_new < 0)
+            return kerr_add(err, "sequence %d: max_new is %d, expected 0 or more", i, q->max_new);
+        if (total > man->max_seq_len)
+            return kerr_add(err, "sequence %d: %d prompt + %d new tokens exceed the compiled limit "
+                                 "of %d (kilnc compile --max-seq-len N)",
+                            i, q->n_prompt, embed ? 0 : q->max_new, man->max_seq_len);
+        if (embed && q->n_prompt > man->max_tokens)
+            return kerr_add(err, "sequence %d: an embedding model takes at most %d tokens per "
+                                 "sequence (kilnc compile --max-tokens N)",
+                            i, man->max_tokens);
         for (int t = 0; t < q->n_prompt; t++)
-            if (q->prompt[t] < 0 || (man->vocab > 0 && q->prompt[t] >= man->vocab)) {
-                kerr_add(err, "sequence %d: token id %d at position %d is outside the vocabulary "
-                              "(%d)",
-                         i, q->prompt[t], t, man->vocab);
-                goto done;
-            }
-        ss[i].nblk = (total + KILN_BLOCK - 1) / KILN_BLOCK;
-        need += ss[i].nblk;
+            if (q->prompt[t] < 0 || q->prompt[t] >= man->vocab)
+                return kerr_add(err, "sequence %d: token id %d at position %d is outside the "
+                                     "vocabulary (%d)",
+                                i, q->prompt[t], t, man->vocab);
+        need += (total + KILN_BLOCK - 1) / KILN_BLOCK;
     }
-    if (man->n_layers && need > m->nfree) {
-        kerr_add(err, "the KV cache holds %d tokens (%d blocks); this batch needs %d blocks: use "
-                      "fewer or shorter sequences, or raise --kv-memory",
-                 m->nfree * KILN_BLOCK, m->nfree, need);
-        goto done;
-    }
-    for (int i = 0; i < n; i++) {
-        ss[i].blocks = xmalloc(sizeof(int) * (size_t)(ss[i].nblk ? ss[i].nblk : 1));
-        for (int b = 0; b < ss[i].nblk; b++)
-            ss[i].blocks[b] = m->nfree ? m->free_blk[--m->nfree] : 0;
-    }
+    if (need > m->info.kv_blocks)
+        return kerr_add(err, "the KV cache holds %d tokens (%d blocks); this batch needs %d "
+                             "blocks: use fewer or shorter sequences, or raise --kv-memory",
+                        m->info.kv_blocks * KILN_BLOCK, m->info.kv_blocks, need);
+    return need;
+}
 
-    /* prefill: steps of up to max_tokens tokens, whole or partial prompts */
-    int *row_seq = xmalloc(sizeof(int) * (size_t)m->cap_seq);
+/* The one-shot batch on top of the step: every sequence's KV blocks are reserved up front (a
+ * batch that does not fit is refused now, not half way), the prompts are prefilled in steps of at
+ * most max_tokens tokens (several prompts per step, long ones in chunks), then every unfinished
+ * sequence decodes one token per step. */
+int km_generate(kmodel *m, km_seq *seqs, int n, km_stats *stats, kerr *err)
+{
+    const ka_manifest *man = m->m;
+    memset(stats, 0, sizeof *stats);
+    stats->load_s = m->load_s;
+    double t0 = util_now();
+    int need = check_batch(m, seqs, n, err);
+    if (need < 0)
+        return -1;
+    int embed = man->output_pool;
+    int32_t *blocks = xmalloc(sizeof(int32_t) * (size_t)(need ? need : 1));
+    for (int b = 0; b < need; b++)
+        blocks[b] = b + 1;
+    int *first = xmalloc(sizeof(int) * (size_t)n), *nblk = xmalloc(sizeof(int) * (size_t)n);
+    int *len = xcalloc((size_t)n, sizeof(int)), *done = xcalloc((size_t)n, sizeof(int));
+    kb_item *items = xcalloc((size_t)man->max_seqs, sizeof(kb_item));
+    int *which = xmalloc(sizeof(int) * (size_t)man->max_seqs);
+    for (int i = 0, at = 0; i < n; i++) {
+        seqs[i].n_out = 0;
+        first[i] = at;
+        nblk[i] = (seqs[i].n_prompt + (embed ? 0 : seqs[i].max_new) + KILN_BLOCK - 1) / KILN_BLOCK;
+        at += nblk[i];
+        done[i] = seqs[i].max_new <= 0 && !embed;
+    }
+    int rc = -1;
+    /* prefill: len[i] = prompt tokens in the cache */
     double tp = util_now();
     for (;;) {
-        int T = 0, S = 0, Q = 0, all = 0;
-        int *ids = H(m->o_ids), *pos = H(m->o_pos), *typ = H(m->o_type), *sq = H(m->o_seq),
-            *slot = H(m->o_slot), *start = H(m->o_start), *kvl = H(m->o_kvlen);
+        int S = 0, T = 0;
         for (int i = 0; i < n && S < man->max_seqs && T < man->max_tokens; i++) {
             km_seq *q = &seqs[i];
-            int left = q->n_prompt - ss[i].done_prompt;
+            int left = q->n_prompt - len[i], room = man->max_tokens - T;
+            int take = left < room ? left : room;
             if (left <= 0)
                 continue;
-            int take = left < man->max_tokens - T ? left : man->max_tokens - T;
             if (embed && take < left)
                 break; /* embedding prompts are never split */
-            start[S] = T;
-            for (int k = 0; k < take; k++) {
-                int p = ss[i].done_prompt + k;
-                ids[T] = q->prompt[p];
-                pos[T] = p;
-                typ[T] = q->types ? q->types[p] : 0;
-                sq[T] = S;
-                slot[T] = man->n_layers ? slot_of(m, &ss[i], p) : -1;
-                T++;
-            }
-            kvl[S] = ss[i].done_prompt + take;
-            put_seq_row(m, S, &ss[i]);
-            row_seq[S] = i;
-            if (take > Q)
-                Q = take;
-            all |= q->prompt_logits != NULL;
-            S++;
+            kb_item *it = &items[S];
+            memset(it, 0, sizeof *it);
+            it->slot = S;
+            it->pos = len[i];
+            it->n = take;
+            it->ids = q->prompt + len[i];
+            it->types = q->types ? q->types + len[i] : NULL;
+            it->blocks = blocks + first[i];
+            it->nblocks = nblk[i];
+            it->sample = !embed && len[i] + take == q->n_prompt && q->max_new > 0;
+            it->sp = q->sample;
+            it->sp.index = 0;
+            it->prompt_logits = q->prompt_logits
+                                    ? q->prompt_logits + (size_t)len[i] * (size_t)man->vocab
+                                    : NULL;
+            it->embedding = q->embedding;
+            which[S++] = i;
+            T += take;
         }
         if (!S)
             break;
-        start[S] = T;
-        if (all && !m->logits_all) {
-            m->logits_all_rows = (size_t)man->max_tokens;
-            CUresult r2 = m->cu.cuMemAlloc(&m->logits_all, sizeof(float) * m->logits_all_rows *
-                                                               (size_t)man->vocab);
-            if (r2 != CUDA_SUCCESS) {
-                kcuda_fail(&m->cu, r2, "cuMemAlloc(all logits)", __FILE__, __LINE__, err);
-                goto done_rows;
-            }
-        }
-        if (upload_meta(m, T, S, err) ||
-            run_steps(m, man->prefill, man->nprefill, T, S, Q, all, all ? m->logits_all : m->logits,
-                      err))
-            goto done_rows;
-        if (all) { /* prompt logits to the host; the last rows to the sampling buffer */
-            for (int r = 0; r < S; r++) {
-                km_seq *q = &seqs[row_seq[r]];
-                int rows = (r + 1 < S ? start[r + 1] : T) - start[r];
-                size_t V = (size_t)man->vocab;
-                if (q->prompt_logits) {
-                    CUresult r3 = m->cu.cuMemcpyDtoHAsync(
-                        q->prompt_logits + (size_t)ss[row_seq[r]].done_prompt * V,
-                        m->logits_all + (size_t)start[r] * V * sizeof(float),
-                        sizeof(float) * V * (size_t)rows, m->stream);
-                    if (r3 != CUDA_SUCCESS) {
-                        kcuda_fail(&m->cu, r3, "copy logits", __FILE__, __LINE__, err);
-                        goto done_rows;
-                    }
-                }
-                CUresult r4 = m->cu.cuMemcpyDtoDAsync(
-                    m->logits + (size_t)r * V * sizeof(float),
-                    m->logits_all + (size_t)(start[r] + rows - 1) * V * sizeof(float),
-                    sizeof(float) * V, m->stream);
-                if (r4 != CUDA_SUCCESS) {
-                    kcuda_fail(&m->cu, r4, "copy logits", __FILE__, __LINE__, err);
-                    goto done_rows;
-                }
-            }
-        }
-        for (int r = 0; r < S; r++) {
-            int i = row_seq[r];
-            ss[i].done_prompt += (r + 1 < S ? start[r + 1] : T) - start[r];
-            ss[i].len = ss[i].done_prompt;
-        }
+        if (engine_step(&m->kb, items, S, err))
+            goto out;
         stats->prefill_tokens += T;
-        if (embed) {
-            CUresult r5 = m->cu.cuStreamSynchronize(m->stream);
-            for (int r = 0; r < S && r5 == CUDA_SUCCESS; r++)
-                r5 = m->cu.cuMemcpyDtoH(seqs[row_seq[r]].embedding,
-                                        m->out + (size_t)r * (size_t)man->hidden * sizeof(float),
-                                        sizeof(float) * (size_t)man->hidden);
-            if (r5 != CUDA_SUCCESS) {
-                kcuda_fail(&m->cu, r5, "copy embeddings", __FILE__, __LINE__, err);
-                goto done_rows;
-            }
-            continue;
-        }
-        /* sequences whose prompt is complete get their first token */
-        int any = 0;
         for (int r = 0; r < S; r++) {
-            int i = row_seq[r];
-            if (ss[i].done_prompt < seqs[i].n_prompt || seqs[i].max_new <= 0)
-                row_seq[r] = -1;
-            else
-                any = 1;
-        }
-        if (any) {
-            if (sample_rows(m, seqs, row_seq, S, err))
-                goto done_rows;
-            for (int r = 0; r < S; r++) {
-                if (row_seq[r] < 0)
-                    continue;
-                km_seq *q = &seqs[row_seq[r]];
-                q->out[q->n_out++] = m->h_ids[r];
-                if (!stats->ttft_s)
-                    stats->ttft_s = util_now() - t0;
-                if (q->n_out >= q->max_new || (!q->ignore_eos && is_eos(man, m->h_ids[r])))
-                    ss[row_seq[r]].finished = 1;
-            }
-        }
-    }
-    {
-        CUresult r6 = m->cu.cuStreamSynchronize(m->stream);
-        if (r6 != CUDA_SUCCESS) {
-            kcuda_fail(&m->cu, r6, "prefill", __FILE__, __LINE__, err);
-            goto done_rows;
+            km_seq *q = &seqs[which[r]];
+            len[which[r]] += items[r].n;
+            if (!items[r].sample)
+                continue;
+            q->out[q->n_out++] = items[r].token;
+            if (!stats->ttft_s)
+                stats->ttft_s = util_now() - t0;
+            done[which[r]] =
+                q->n_out >= q->max_new || (!q->ignore_eos && is_eos(man, items[r].token));
         }
     }
     stats->prefill_s = util_now() - tp;
-
     /* decode: one token per unfinished sequence per step */
     double td = util_now();
     while (!embed) {
-        int B = 0;
-        int *ids = H(m->o_ids), *pos = H(m->o_pos), *typ = H(m->o_type), *sq = H(m->o_seq),
-            *slot = H(m->o_slot), *start = H(m->o_start), *kvl = H(m->o_kvlen);
+        int S = 0;
         for (int i = 0; i < n; i++) {
-            if (ss[i].finished || seqs[i].max_new <= 0 || seqs[i].n_out >= seqs[i].max_new)
-                continue;
-            ids[B] = seqs[i].out[seqs[i].n_out - 1];
-            pos[B] = ss[i].len;
-            typ[B] = 0;
-            sq[B] = B;
-            slot[B] = slot_of(m, &ss[i], ss[i].len);
-            start[B] = B;
-            kvl[B] = ss[i].len + 1;
-            put_seq_row(m, B, &ss[i]);
-            row_seq[B] = i;
-            B++;
-        }
-        if (!B)
-            break;
-        int bucket = 1 << bucket_of(B);
-        if (bucket > man->max_seqs)
-            bucket = B;
-        for (int r = B; r < bucket; r++) { /* padding rows write block 0, read nothing else */
-            ids[r] = 0;
-            pos[r] = 0;
-            typ[r] = 0;
-            sq[r] = r;
-            slot[r] = 0;
-            start[r] = r;
-            kvl[r] = 1;
-            memset(H(m->o_bt) + (size_t)r * (size_t)m->max_blocks, 0,
-                   sizeof(int32_t) * (size_t)m->max_blocks);
-            row_seq[r] = -1;
-        }
-        start[bucket] = bucket;
-        if (upload_meta(m, bucket, bucket, err) || decode_step(m, bucket, err) ||
-            sample_rows(m, seqs, row_seq, bucket, err))
-            goto done_rows;
-        for (int r = 0; r < B; r++) {
-            int i = row_seq[r];
             km_seq *q = &seqs[i];
-            ss[i].len++;
-            q->out[q->n_out++] = m->h_ids[r];
+            if (done[i])
+                continue;
+            kb_item *it = &items[S];
+            memset(it, 0, sizeof *it);
+            it->slot = S;
+            it->pos = len[i];
+            it->n = 1;
+            it->ids = &q->out[q->n_out - 1];
+            it->blocks = blocks + first[i];
+            it->nblocks = nblk[i];
+            it->sample = 1;
+            it->sp = q->sample;
+            it->sp.index = q->n_out;
+            which[S++] = i;
+        }
+        if (!S)
+            break;
+        if (engine_step(&m->kb, items, S, err))
+            goto out;
+        for (int r = 0; r < S; r++) {
+            int i = which[r];
+            km_seq *q = &seqs[i];
+            len[i]++;
+            q->out[q->n_out++] = items[r].token;
             stats->decode_tokens++;
-            if (q->n_out >= q->max_new || (!q->ignore_eos && is_eos(man, m->h_ids[r])))
-                ss[i].finished = 1;
+            done[i] = q->n_out >= q->max_new || (!q->ignore_eos && is_eos(man, items[r].token));
         }
     }
     stats->decode_s = util_now() - td;
     rc = 0;
-done_rows:
-    free(row_seq);
-done:
-    for (int i = 0; i < n; i++) {
-        for (int b = 0; b < ss[i].nblk && ss[i].blocks; b++)
-            if (ss[i].blocks[b])
-                m->free_blk[m->nfree++] = ss[i].blocks[b];
-        free(ss[i].blocks);
-    }
-    free(ss);
+out:
+    free(blocks), free(first), free(nblk), free(len), free(done), free(items), free(which);
     return rc;
 }

@@ -1,4 +1,5 @@
-/* engine — loads a compiled model (model.kiln + shards) onto the GPU and runs it.
+/* engine — loads a compiled model (model.kiln + shards) onto the GPU and runs it as a step
+ * backend (backend.h).
  *
  * Loading: libcuda (dlopen), the artifact (ka_read checks its hashes and every manifest field,
  * so the engine trusts the manifest; then the GPU's SM against the cubins present — PTX is
@@ -6,13 +7,22 @@
  * and weight list checked against the manifest before the GPU is touched, its data hashed on the
  * other cores while it is uploaded through pinned staging buffers into one weight arena, and the
  * load refused if the hash differs), one activation slab carved by the compiler's memory plan, a
- * scratch area, and a paged KV cache sized from free memory (kv_memory fraction).
+ * scratch area, and a paged KV cache sized from free memory (kv_memory fraction) up to what the
+ * limits can use. The engine only sizes the cache: which blocks a sequence holds is the
+ * scheduler's (kvcache.h); block 0 is the engine's scratch, written by padding rows.
  *
- * Running: km_generate takes a batch of sequences, prefills their prompts in steps of at most
- * max_tokens tokens (several prompts per step; long ones in chunks), then decodes one token per
- * sequence per step, each decode step replayed from a CUDA graph captured per batch bucket
- * (1, 2, 4, ... max_seqs; smaller batches are padded with dummy rows writing a scratch KV block).
- * Sampling runs on the GPU. Embedding models run the prefill and return pooled vectors.
+ * Running: km_backend's step takes work items (backend.h). When every item is one token and
+ * wants nothing but the next token, the step is a decode step: the decode schedule over a batch
+ * padded to a bucket (1, 2, 4, ... max_seqs rows; padding rows write the scratch block), replayed
+ * from a CUDA graph captured per bucket. Otherwise (prefill chunks, mixed with decodes or not,
+ * prompt logits, embeddings) it runs the prefill schedule, which handles sequences whose cache
+ * already holds earlier tokens. Then the GPU sampler draws the next token of every item that
+ * asks, from the item's own (seed, index) RNG stream; a step costs one upload of the step
+ * arrays, the schedule, the sampler and one wait for the stream, plus the copies an item asks
+ * for (logits rows for logprobs, prompt logits, embeddings).
+ *
+ * km_generate, the one-shot batch `kiln run` used before the scheduler (prefill everything, then
+ * decode until all finish), runs on the same step.
  */
 #ifndef KILN_ENGINE_H
 #define KILN_ENGINE_H
@@ -20,6 +30,7 @@
 #include <stdint.h>
 
 #include "artifact.h"
+#include "backend.h"
 #include "util.h"
 #include "../kernels/kiln_step.h"
 
@@ -61,6 +72,9 @@ const ka_manifest *km_manifest(const kmodel *m);
 /* A line describing the device and what was loaded. */
 const char *km_describe(const kmodel *m);
 double km_load_seconds(const kmodel *m);
+/* The model as a step backend; it lives inside the model, and its free frees the model. The
+ * step may run on another thread than km_load's (one thread at a time). */
+kbackend *km_backend(kmodel *m);
 int km_generate(kmodel *m, km_seq *seqs, int n, km_stats *st, kerr *err);
 
 #endif
