@@ -156,7 +156,10 @@ FUZZ_TIMEOUT ?= 10
 FUZZ_RSS_MB  ?= 2048
 FUZZ_B       := out/fuzz/clang
 FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
-FUZZ_CFLAGS  := $(filter-out $(SANFLAGS),$(CFLAGS)) $(FUZZ_SAN) -fsanitize=fuzzer-no-link
+# KILN_SOURCE_DIR ".": the targets find fixtures and archspecs from the folder they run in, so
+# they run from the repository root of any copy of the tree (tests/gpu/fuzz.sh on the GPU machine).
+FUZZ_CFLAGS  := $(filter-out $(SANFLAGS) -DKILN_SOURCE_DIR=%,$(CFLAGS)) -DKILN_SOURCE_DIR=\".\" \
+                $(FUZZ_SAN) -fsanitize=fuzzer-no-link
 
 $(FUZZ_B)/obj/%.o: %.c
 	@mkdir -p $(@D)
@@ -172,7 +175,7 @@ $(B)/tests/fuzz/replay_%: $(B)/obj/tests/fuzz/fuzz_%.o $(B)/obj/tests/fuzz/repla
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $^ $(STATIC) $(CUDALIBS) $(SYSLIBS)
 
-.PHONY: fuzz fuzz-deps fuzz-build
+.PHONY: fuzz fuzz-deps fuzz-build fuzz-dist
 fuzz-deps:
 	@missing=$$(for p in $(FUZZ_PKGS); do \
 	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; \
@@ -183,6 +186,22 @@ fuzz-deps:
 	fi
 fuzz-build: fuzz-deps
 	$(MAKE) $(FUZZ_TARGETS:%=$(FUZZ_B)/fuzz_%)
+# fuzz-dist: the targets in one folder to carry to the GPU machine (tests/gpu/fuzz.sh runs them
+# there), with the commit they were built from. Nothing in them is dynamic but glibc, libstdc++,
+# libgcc and CUDA's NVRTC and cuBLASLt (checked here), so they run where there is no clang. They
+# keep their debug information (about 23 MB in all; stripped, 20): ASan names functions and lines
+# through addr2line there.
+FUZZ_DIST := out/fuzz/dist
+FUZZ_LIBS_OK := linux-vdso|libc|libm|libstdc\+\+|libgcc_s|libpthread|librt|libdl|ld-linux-x86-64|libnvrtc|libcublasLt
+fuzz-dist: fuzz-build
+	rm -rf $(FUZZ_DIST) && mkdir -p $(FUZZ_DIST)
+	@for t in $(FUZZ_TARGETS); do \
+	  other=$$(ldd $(FUZZ_B)/fuzz_$$t | awk '{print $$1}' | grep -vE '^/?(.*/)?($(FUZZ_LIBS_OK))\.so' ); \
+	  [ -z "$$other" ] || { echo "fuzz-dist: fuzz_$$t needs $$other, which the GPU machine lacks: link it statically"; exit 1; }; \
+	  cp $(FUZZ_B)/fuzz_$$t $(FUZZ_DIST)/; \
+	done
+	echo $(KILN_COMMIT) > $(FUZZ_DIST)/COMMIT
+	@du -sh $(FUZZ_DIST)
 fuzz: fuzz-build
 	@fail=0; for t in $(FUZZ_TARGETS); do \
 	  r=out/fuzz/run/$$t; mkdir -p $$r/corpus $$r/crashes; \
