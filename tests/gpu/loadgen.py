@@ -31,6 +31,7 @@ import asyncio
 import json
 import math
 import random
+import resource
 import sys
 import time
 from urllib.parse import urlparse
@@ -374,6 +375,10 @@ def main():
     def log(msg):
         print(f"loadgen: {msg}", file=sys.stderr, flush=True)
 
+    # one socket per stream: 1,000 streams need more than the usual soft limit of 1,024 files
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < 65536:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard == resource.RLIM_INFINITY else min(hard, 65536), hard))
     conn = Conn(a.url, a.api_key, a.model, a.timeout)
     wl = Workload(a)
 

@@ -31,6 +31,7 @@ ART=$W/art-$SHAPE
 LOG=$W/logs
 OUT=${OUT:-$W/out}
 mkdir -p $W $LOG "$OUT"
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"   # the server holds a socket per stream
 SUMMARY=$W/summary-$SHAPE.txt
 : > $SUMMARY
 fail=0
