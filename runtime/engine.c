@@ -645,6 +645,7 @@ static int finish_step(kmodel *m, kb_item *items, int n, kerr *err)
     if (lp && !m->h_lp) /* pinned [max_seqs, vocab], on first use */
         CU(cuMemAllocHost((void **)&m->h_lp, sizeof(float) * V * (size_t)man->max_seqs));
     if (any) {
+        assert(man->sample_kernel >= 0); /* embedding models sample nothing */
         for (int r = 0; r < n; r++) { /* rows not sampled: greedy, one cheap pass */
             memset(&m->h_params[r], 0, sizeof(kiln_sample));
             if (items[r].sample)
