@@ -69,7 +69,8 @@ void kb_logprobs(const float *logits, int vocab, int32_t token, int n, float *lo
             s += exp((double)clean(logits[i]) - m);
         lse = m + log(s);
     }
-#define LP(v) (isfinite(m) ? (double)(v) - lse : (double)(v) == m ? -log((double)at_max) : -INFINITY)
+#define LP(v) \
+    (isfinite(m) ? (double)(v) - lse : (double)(v) == m ? -log((double)at_max) : -INFINITY)
     *logprob = (float)LP(clean(logits[token]));
     for (int j = 0; j < nb; j++) {
         top_ids[j] = bi[j];
