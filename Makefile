@@ -42,13 +42,13 @@ RUNTIME_SRC := runtime/util.c runtime/safetensors.c runtime/kcuda.c runtime/arti
                runtime/gemm.c runtime/engine.c runtime/backend.c runtime/kvcache.c runtime/sched.c \
                runtime/tokenizer/tokenizer.c runtime/tokenizer/tok_util.c runtime/tokenizer/tok_text.c runtime/tokenizer/tok_model.c \
                runtime/tokenizer/chat_template.c runtime/tokenizer/jinja_value.c runtime/tokenizer/jinja_parse.c runtime/tokenizer/jinja_eval.c
-RUNTIME_CMD := runtime/cmd_tokenize.c runtime/cmd_run.c runtime/cmd_inspect.c runtime/cmd_chat_template.c
+RUNTIME_CMD := runtime/cmd_tokenize.c runtime/cmd_run.c runtime/cmd_backend.c runtime/cmd_inspect.c runtime/cmd_chat_template.c
 COMPILER_SRC := compiler/pipeline.c compiler/config.c compiler/graph.c compiler/spec.c compiler/registry.c \
                 compiler/passes/verify.c compiler/passes/bind_weights.c compiler/passes/fuse.c compiler/passes/plan_memory.c compiler/passes/finite.c compiler/lower.c compiler/pack.c \
-                compiler/posenc.c compiler/ref.c compiler/knvrtc.c compiler/overrides.c
+                compiler/posenc.c compiler/ref.c compiler/knvrtc.c compiler/overrides.c compiler/backend_ref.c
 # Runtime tests link libkiln.a only; compiler tests link both libraries.
 RUNTIME_TESTS  := safetensors tokenizer chat_template backend sched
-COMPILER_TESTS := config overrides graph spec registry cli ref compile example artifact badinput
+COMPILER_TESTS := config overrides graph spec registry cli ref compile example artifact badinput run_cpu
 
 RUNTIME_OBJ  := $(RUNTIME_SRC:%.c=$(B)/obj/%.o)
 COMPILER_OBJ := $(COMPILER_SRC:%.c=$(B)/obj/%.o)
@@ -96,9 +96,9 @@ $(B)/obj/compiler/main.o $(B)/obj/runtime/main.o: $(B)/gen/kiln_commit.h
 .PHONY: FORCE
 FORCE:
 
-$(B)/bin/kiln: $(B)/obj/runtime/main.o $(RUNTIME_CMD:%.c=$(B)/obj/%.o) $(B)/lib/libkiln.a
+$(B)/bin/kiln: $(B)/obj/runtime/main.o $(RUNTIME_CMD:%.c=$(B)/obj/%.o) $(B)/lib/libkilnc.a $(B)/lib/libkiln.a
 	@mkdir -p $(@D)
-	$(CC) $(LDFLAGS) -o $@ $^ $(STATIC) -lcublasLt $(SYSLIBS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(STATIC) $(CUDALIBS) $(SYSLIBS)
 
 $(RUNTIME_TESTS:%=$(B)/tests/test_%): $(B)/tests/test_%: $(B)/obj/tests/test_%.o $(B)/lib/libkiln.a
 	@mkdir -p $(@D)

@@ -1,0 +1,93 @@
+/* cmd_backend — cli_open_backend (cli.h): what `kiln run` and `kiln serve` load from a folder.
+ *
+ * A folder holding model.kiln is a compiled model: the GPU engine (engine.h). A folder holding
+ * config.json is a Hugging Face checkpoint: the CPU backend over kilnc's fp32 reference
+ * interpreter (compiler/backend_ref.h), slow, with a note saying so. The options of one kind
+ * given for the other are an error rather than silently ignored: a compiled model has its batch,
+ * tokens per step and sequence length built in, and a checkpoint has no GPU memory or graphs.
+ * Anything else is an error saying what the folder should hold.
+ */
+#include <sys/stat.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "backend_ref.h"
+#include "cli.h"
+#include "engine.h"
+
+#define WANT "expected the OUT_DIR of 'kilnc compile MODEL_DIR -o OUT_DIR', or a Hugging Face " \
+             "checkpoint folder with config.json"
+
+/* The first option of the other kind that was given, or NULL. */
+static const char *gpu_option(const cli_backend_opts *o)
+{
+    return o->kv_memory ? "--kv-memory" : o->no_graphs ? "--no-graphs" : NULL;
+}
+
+static const char *cpu_option(const cli_backend_opts *o)
+{
+    return o->max_batch     ? "--max-batch"
+           : o->max_tokens  ? "--max-tokens"
+           : o->max_seq_len ? "--max-seq-len"
+           : o->kv_blocks   ? "--kv-blocks"
+                            : NULL;
+}
+
+static kbackend *open_gpu(const char *dir, const cli_backend_opts *o, kerr *err)
+{
+    if (cpu_option(o)) {
+        kerr_add(err, "%s: %s applies to a Hugging Face checkpoint folder only; %s is compiled, "
+                      "with its limits built in (kilnc compile --max-batch, --max-tokens, "
+                      "--max-seq-len; kiln inspect shows them)",
+                 dir, cpu_option(o), dir);
+        return NULL;
+    }
+    km_opts ko = {o->kv_memory ? o->kv_memory : 0.9, o->no_graphs, o->quiet};
+    kmodel *m = km_load(dir, &ko, err);
+    if (!m)
+        return NULL;
+    return km_backend(m);
+}
+
+static kbackend *open_cpu(const char *dir, const cli_backend_opts *o, kerr *err)
+{
+    if (gpu_option(o)) {
+        kerr_add(err, "%s: %s applies to a compiled model only; %s is a Hugging Face checkpoint, "
+                      "run on the CPU (compile it with kilnc compile for the GPU)",
+                 dir, gpu_option(o), dir);
+        return NULL;
+    }
+    if (!o->quiet)
+        fprintf(stderr, "kiln: %s is a Hugging Face checkpoint: running it on the CPU with the fp32 "
+                        "reference interpreter (slow; compile it with kilnc compile for the "
+                        "GPU)\n",
+                dir);
+    kbr_opts ro = {o->max_batch, o->max_tokens, o->max_seq_len, o->kv_blocks};
+    return kbr_open(dir, &ro, err);
+}
+
+kbackend *cli_open_backend(const char *dir, const cli_backend_opts *o, kerr *err)
+{
+    cli_backend_opts none = {0};
+    if (!o)
+        o = &none;
+    struct stat st;
+    if (stat(dir, &st) != 0) {
+        kerr_add(err, "%s: not a folder: it does not exist (" WANT ")", dir);
+        return NULL;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        kerr_add(err, "%s: not a folder (" WANT ")", dir);
+        return NULL;
+    }
+    char *mk = util_path_join(dir, "model.kiln"), *cfg = util_path_join(dir, "config.json");
+    int compiled = util_is_file(mk), checkpoint = util_is_file(cfg);
+    free(mk);
+    free(cfg);
+    if (compiled)
+        return open_gpu(dir, o, err);
+    if (checkpoint)
+        return open_cpu(dir, o, err);
+    kerr_add(err, "%s: no model.kiln in this folder, and no config.json (" WANT ")", dir);
+    return NULL;
+}
