@@ -151,6 +151,8 @@ async def stream_completion(conn, res):
                 buf += chunk
                 while b"\n\n" in buf:
                     event, buf = buf.split(b"\n\n", 1)
+                    if event.startswith(b":"):      # an SSE comment (kiln serve's keep-alive)
+                        continue
                     if not event.startswith(b"data: "):
                         raise ConnectionError(f"bad SSE event {event[:100]!r}")
                     payload = event[6:]

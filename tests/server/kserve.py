@@ -118,13 +118,16 @@ def post_json(srv, path, body, headers=None, timeout=60):
 
 def sse_events(data):
     """Splits an SSE body into its `data: ` payloads, checking the framing on the way: every event
-    is exactly `data: PAYLOAD\\n\\n` and the last is `data: [DONE]`."""
+    is exactly `data: PAYLOAD\\n\\n` (or an SSE comment, `: keep-alive\\n\\n`, which the server
+    sends while a request waits) and the last is `data: [DONE]`."""
     text = data.decode("utf-8")
     assert text.endswith("data: [DONE]\n\n"), f"stream does not end with 'data: [DONE]\\n\\n': {text[-200:]!r}"
     events = text.split("\n\n")
     assert events[-1] == "", repr(text[-200:])
     out = []
     for ev in events[:-1]:
+        if ev.startswith(":") and "\n" not in ev:
+            continue
         assert ev.startswith("data: ") and "\n" not in ev, f"bad SSE event {ev!r}"
         out.append(ev[len("data: "):])
     assert out[-1] == "[DONE]" and "[DONE]" not in out[:-1]

@@ -1,5 +1,6 @@
 #!/bin/bash
-# tests/server/run.sh KILN_BINARY — the end-to-end tests of `kiln serve` over real HTTP on loopback.
+# tests/server/run.sh KILN_BINARY [TEST...] — the end-to-end tests of `kiln serve` over real HTTP on
+# loopback (TEST: a unittest name such as test_load or test_openai.Chat; default all three files).
 #
 # Runs, with KILN_BINARY and the kilnc next to it (make check passes $(B)/bin/kiln; the SAN build's
 # binaries run the same tests, and any sanitizer report in a server's stderr fails them):
@@ -15,8 +16,10 @@
 # examples/tinyfortune has none.
 set -eu
 cd "$(dirname "$0")/../.."
-[ $# = 1 ] && [ -x "$1" ] || { echo "usage: tests/server/run.sh KILN_BINARY (kilnc must be next to it)" >&2; exit 2; }
+[ $# -ge 1 ] && [ -x "$1" ] || { echo "usage: tests/server/run.sh KILN_BINARY [TEST...] (kilnc must be next to it)" >&2; exit 2; }
 KILN=$(realpath "$1")
+shift
+TESTS=${*:-test_openai test_http test_load}
 KILNC=$(dirname "$KILN")/kilnc
 [ -x "$KILNC" ] || { echo "tests/server/run.sh: no kilnc next to $KILN" >&2; exit 2; }
 
@@ -53,7 +56,7 @@ grep -q __asan_init "$KILN" && export KILN_SAN=1 || export KILN_SAN=0
 t0=$(date +%s)
 cd tests/server
 status=0
-../../$VENV/bin/python -m unittest -v test_openai test_http test_load 2>&1 || status=1
+../../$VENV/bin/python -m unittest -v $TESTS 2>&1 || status=1
 echo "== tests/server: $([ $status = 0 ] && echo passed || echo FAILED) in $(( $(date +%s) - t0 )) s (KILN_SAN=$KILN_SAN)"
 [ $status = 0 ] || for f in $TMP/serve-*.stderr; do echo "---- $f (last 40 lines)"; tail -40 "$f"; done
 exit $status

@@ -312,7 +312,7 @@ class Errors(unittest.TestCase):
             with self.subTest(prompt=str(prompt)):
                 with self.assertRaises(openai.BadRequestError):
                     client.completions.create(model=NAME, prompt=prompt, max_tokens=2)
-        for messages in ([], [{"role": "user"}], [{"role": 5, "content": "x"}], "hello"):
+        for messages in ([], [{"role": "user", "content": 5}], [{"role": 5, "content": "x"}], "hello"):
             with self.subTest(messages=str(messages)):
                 with self.assertRaises(openai.BadRequestError):
                     client.chat.completions.create(model=NAME, messages=messages, max_tokens=2)
