@@ -303,6 +303,8 @@ static void test_validation(void **state)
          400, "messages", "messages[0].content[0]: expected {\"type\": \"text\""},
         {OA_CHAT, "{\"messages\": [{\"role\": \"user\", \"content\": 5}]}", 400, "messages",
          "messages[0].content: expected a string or a list of parts, got an integer"},
+        {OA_CHAT, "{\"messages\": [{\"role\": \"user\"}]}", 400, "messages",
+         "messages[0].content: missing (a user message needs content)"},
         {OA_CHAT, "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"top_logprobs\": 2}",
          400, "top_logprobs", "top_logprobs: needs \"logprobs\": true"},
         {OA_CHAT, "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"max_tokens\": 0}",

@@ -440,6 +440,13 @@ static enum MHD_Result handle_post(struct MHD_Connection *c, hreq *h)
         oa_error_set(&e, 500, NULL, "%s", err);
         return queue_error(c, h, &e);
     }
+    for (int i = 0; ep == OA_EMBEDDINGS && i < h->n; i++)
+        if (!h->ch[i].embedding) {
+            /* cancelled before it ran: the server is shutting down */
+            oa_error_set(&e, 503, NULL, "input %d was cancelled before it ran (the server is "
+                         "shutting down)", i);
+            return queue_error(c, h, &e);
+        }
     char *body = ep == OA_EMBEDDINGS ? oa_embeddings(s->m, &h->req, h->ch, h->n)
                                      : oa_response(s->m, &h->req, h->id, h->created, h->ch, h->n);
     return queue(c, h, 200, body, "application/json");

@@ -260,10 +260,15 @@ static int parse_prompts(const oa_model *m, json_t *v, const char *param, oa_req
     return 0;
 }
 
-/* Chat content given as a list of parts: the text parts joined (templates expect a string). */
+/* Chat content given as a list of parts: the text parts joined (templates expect a string).
+ * As OpenAI: every message has content, except an assistant's (which may carry tool calls). */
 static int flatten_content(json_t *msg, size_t i, oa_error *e)
 {
     json_t *c = json_object_get(msg, "content");
+    if ((!c || json_is_null(c)) && strcmp(json_string_value(json_object_get(msg, "role")),
+                                          "assistant"))
+        return oa_error_set(e, 400, "messages", "messages[%zu].content: missing (a %s message "
+                            "needs content)", i, json_string_value(json_object_get(msg, "role")));
     if (!c || json_is_null(c) || json_is_string(c))
         return 0;
     if (!json_is_array(c))
