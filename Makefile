@@ -35,20 +35,25 @@ CFLAGS   += -I$(B)/gen
 LDFLAGS  := $(SANFLAGS) -L$(CUDA)/lib64 -Wl,-rpath,$(CUDA)/lib64
 STATIC   := -l:liblua5.4.a -l:libjansson.a -l:libpcre2-8.a -l:libutf8proc.a -l:libxxhash.a
 SYSLIBS  := -lm -ldl -lpthread
+# kiln serve's HTTP library: static (the GPU machine has no libmicrohttpd), over the GPU
+# machine's own libgnutls.so.30.
+HTTPLIBS := -l:libmicrohttpd.a -lgnutls
 CUDALIBS := -lnvrtc -lcublasLt
 
 # ---- sources (listed, not globbed) ----
 RUNTIME_SRC := runtime/util.c runtime/safetensors.c runtime/kcuda.c runtime/artifact.c runtime/hash.c \
                runtime/gemm.c runtime/engine.c runtime/backend.c runtime/kvcache.c runtime/sched.c \
                runtime/tokenizer/tokenizer.c runtime/tokenizer/tok_util.c runtime/tokenizer/tok_text.c runtime/tokenizer/tok_model.c \
-               runtime/tokenizer/chat_template.c runtime/tokenizer/jinja_value.c runtime/tokenizer/jinja_parse.c runtime/tokenizer/jinja_eval.c
-RUNTIME_CMD := runtime/cmd_tokenize.c runtime/cmd_run.c runtime/cmd_backend.c runtime/cmd_inspect.c runtime/cmd_chat_template.c
+               runtime/tokenizer/chat_template.c runtime/tokenizer/jinja_value.c runtime/tokenizer/jinja_parse.c runtime/tokenizer/jinja_eval.c \
+               runtime/server/openai.c runtime/server/metrics.c
+RUNTIME_CMD := runtime/cmd_tokenize.c runtime/cmd_run.c runtime/cmd_backend.c runtime/cmd_inspect.c runtime/cmd_chat_template.c \
+               runtime/cmd_serve.c runtime/server/http.c
 COMPILER_SRC := compiler/pipeline.c compiler/config.c compiler/graph.c compiler/spec.c compiler/registry.c \
                 compiler/passes/verify.c compiler/passes/bind_weights.c compiler/passes/fuse.c compiler/passes/plan_memory.c compiler/passes/finite.c compiler/lower.c compiler/pack.c \
                 compiler/posenc.c compiler/ref.c compiler/knvrtc.c compiler/overrides.c compiler/backend_ref.c
 # Runtime tests link libkiln.a only; compiler tests link both libraries.
 RUNTIME_TESTS  := safetensors tokenizer chat_template backend sched
-COMPILER_TESTS := config overrides graph spec registry cli ref compile example artifact badinput run_cpu
+COMPILER_TESTS := config overrides graph spec registry cli ref compile example artifact badinput server run_cpu
 
 RUNTIME_OBJ  := $(RUNTIME_SRC:%.c=$(B)/obj/%.o)
 COMPILER_OBJ := $(COMPILER_SRC:%.c=$(B)/obj/%.o)
@@ -98,7 +103,7 @@ FORCE:
 
 $(B)/bin/kiln: $(B)/obj/runtime/main.o $(RUNTIME_CMD:%.c=$(B)/obj/%.o) $(B)/lib/libkilnc.a $(B)/lib/libkiln.a
 	@mkdir -p $(@D)
-	$(CC) $(LDFLAGS) -o $@ $^ $(STATIC) $(CUDALIBS) $(SYSLIBS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(STATIC) $(HTTPLIBS) $(CUDALIBS) $(SYSLIBS)
 
 $(RUNTIME_TESTS:%=$(B)/tests/test_%): $(B)/tests/test_%: $(B)/obj/tests/test_%.o $(B)/lib/libkiln.a
 	@mkdir -p $(@D)
@@ -215,7 +220,8 @@ fuzz: fuzz-build
 	done; exit $$fail
 
 # ---- dependencies: Debian packages, installed only when missing ----
-DEB_PKGS := liblua5.4-dev libjansson-dev libcmocka-dev libpcre2-dev libutf8proc-dev libxxhash-dev
+DEB_PKGS := liblua5.4-dev libjansson-dev libcmocka-dev libpcre2-dev libutf8proc-dev libxxhash-dev \
+            libmicrohttpd-dev libgnutls28-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do \

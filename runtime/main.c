@@ -16,6 +16,7 @@ static const struct {
     const char *help;
 } commands[] = {
     {"run", cmd_run, "generate with a compiled model on the GPU (or embed)"},
+    {"serve", cmd_serve, "serve a model over HTTP with OpenAI's API"},
     {"inspect", cmd_inspect, "print what a compiled model holds"},
     {"tokenize", cmd_tokenize, "encode or decode text with a model's tokenizer.json"},
     {"chat-template", cmd_chat_template, "render a model's chat template for a JSON request"},
