@@ -11,7 +11,7 @@
  *
  * HTTP, JSON and metrics live in runtime/server/ (http.h, openai.h, metrics.h).
  */
-#include <errno.h>
+#include <assert.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -101,6 +101,15 @@ static int parse(int argc, char **argv, opts *o)
             continue;
         }
         if (a[0] == '-' && a[1]) {
+            static const char *const valued[] = {
+                "--host", "--port", "--api-key", "--model-name", "--max-waiting", "--max-body",
+                "--grace", "--kv-memory", "--max-batch", "--max-tokens", "--max-seq-len",
+                "--kv-blocks"};
+            int known = 0;
+            for (size_t k = 0; k < ARRAY_LEN(valued); k++)
+                known |= !strcmp(a, valued[k]);
+            if (!known)
+                return util_usage_error(PROG, "unknown option '%s'", a);
             if (i + 1 >= argc)
                 return util_usage_error(PROG, "%s needs a value", a);
             const char *v = argv[++i];
@@ -138,10 +147,10 @@ static int parse(int argc, char **argv, opts *o)
                 rc = parse_int(a, v, 1, 1 << 20, &o->bo.max_tokens);
             else if (!strcmp(a, "--max-seq-len"))
                 rc = parse_int(a, v, 1, 1 << 24, &o->bo.max_seq_len);
-            else if (!strcmp(a, "--kv-blocks"))
+            else {
+                assert(!strcmp(a, "--kv-blocks"));
                 rc = parse_int(a, v, 1, 1 << 24, &o->bo.kv_blocks);
-            else
-                return util_usage_error(PROG, "unknown option '%s'", a);
+            }
             if (rc)
                 return rc;
             continue;

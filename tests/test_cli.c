@@ -252,7 +252,7 @@ static void test_kiln_usage(void **state)
     assert_starts_with(r.out, "usage: kiln COMMAND [ARGS...]");
     tu_run_free(&r);
     /* every command has --help, on stdout, exit 0 */
-    static const char *const cmds[] = {"run", "inspect", "tokenize", "chat-template"};
+    static const char *const cmds[] = {"run", "serve", "inspect", "tokenize", "chat-template"};
     for (size_t i = 0; i < ARRAY_LEN(cmds); i++) {
         r = kiln(cmds[i], "--help", NULL);
         EXPECT_CODE(r, 0);
@@ -275,8 +275,8 @@ static void test_kiln_usage(void **state)
     }
     r = kiln("frobnicate", NULL);
     EXPECT_CODE(r, 2);
-    assert_starts_with(r.err, "kiln: error: unknown command 'frobnicate' (commands: run, inspect, "
-                              "tokenize");
+    assert_starts_with(r.err, "kiln: error: unknown command 'frobnicate' (commands: run, serve, "
+                              "inspect, tokenize");
     tu_run_free(&r);
 }
 
