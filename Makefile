@@ -128,6 +128,9 @@ check: all $(TEST_BINS) $(FUZZ_REPLAY) $(if $(filter 0,$(SAN)),$(B)/bin/kiln-kte
 	if [ "$(SAN)" = 0 ]; then echo "== kernel templates (kiln-ktest --compile-only)"; \
 	  KILN_ROOT=. $(B)/bin/kiln-ktest --compile-only > $(B)/ktest-compile.log 2>&1 || \
 	  { cat $(B)/ktest-compile.log; fail=1; }; tail -1 $(B)/ktest-compile.log; fi; \
+	echo "== kiln serve over HTTP (tests/server/run.sh; log $(B)/server-tests.log)"; \
+	tests/server/run.sh $(B)/bin/kiln > $(B)/server-tests.log 2>&1 || \
+	  { cat $(B)/server-tests.log; fail=1; }; tail -1 $(B)/server-tests.log; \
 	if [ $$fail = 0 ]; then echo "== all tests passed ($(B))"; else echo "== TESTS FAILED ($(B))"; exit 1; fi
 
 test: deps
@@ -221,7 +224,7 @@ fuzz: fuzz-build
 
 # ---- dependencies: Debian packages, installed only when missing ----
 DEB_PKGS := liblua5.4-dev libjansson-dev libcmocka-dev libpcre2-dev libutf8proc-dev libxxhash-dev \
-            libmicrohttpd-dev libgnutls28-dev
+            libmicrohttpd-dev libgnutls28-dev python3-venv curl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do \

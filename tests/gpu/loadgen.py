@@ -15,9 +15,10 @@ seeded: a run is reproducible.
     soak        --streams in flight for --seconds s; the server's RSS (/proc/--pid/status VmRSS)
                 sampled every 10 s, with the trend (a least-squares slope, MiB per minute)
 
-For each run: output tok/s (generated tokens over the run's wall time), steady decode tok/s
-(tokens received while every stream was past its first token and none had finished: the decode
-rate of a full batch, comparable with `kiln run`'s decode tok/s for the same batch), time to first
+For each run: output tok/s (generated tokens over the run's wall time), decode tok/s as `kiln run`
+computes it (tokens after each stream's first, over the time from the earliest first token to the
+last token: comparable with kiln run's for the same batch), steady decode tok/s (tokens received
+while every stream was past its first token and none had finished: a full batch), time to first
 token and inter-token latency (the gap between successive chunks) p50/p90/p99, errors by HTTP
 status or exception, lost streams (no `data: [DONE]`, or fewer tokens than max_tokens). With
 --check K, K completed requests (spread over the run) are re-run alone afterwards, one at a time,
@@ -212,10 +213,17 @@ def summarize(name, results, wall):
         if hi - lo > 0.05:
             n = sum(k for r in started for t, k in r.chunk_times if lo < t <= hi)
             steady = round(n / (hi - lo), 1)
+    # kiln run's decode rate: tokens after each first one, from the earliest first token to the last token
+    decode = None
+    if started:
+        span = max(r.chunk_times[-1][0] for r in started) - min(r.t_first for r in started)
+        if span > 0:
+            decode = round(sum(len(r.ids) - 1 for r in started) / span, 1)
     return {
         "run": name, "requests": len(results), "completed": len(ok), "wall_s": round(wall, 2),
         "prompt_tokens": sum(len(r.prompt) for r in results), "generated_tokens": gen,
-        "output_tok_s": round(gen / wall, 1) if wall > 0 else None, "steady_decode_tok_s": steady,
+        "output_tok_s": round(gen / wall, 1) if wall > 0 else None, "decode_tok_s": decode,
+        "steady_decode_tok_s": steady,
         "ttft_ms": {"p50": ms(pct(ttft, 50)), "p90": ms(pct(ttft, 90)), "p99": ms(pct(ttft, 99))},
         "itl_ms": {"p50": ms(pct(itl, 50)), "p90": ms(pct(itl, 90)), "p99": ms(pct(itl, 99))},
         "latency_ms": {"p50": ms(pct(lat, 50)), "p99": ms(pct(lat, 99))},

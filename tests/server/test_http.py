@@ -4,11 +4,17 @@ SSE framing byte for byte (`data: {...}\\n\\n` events, `data: [DONE]\\n\\n` last
 content type), per-chunk token ids adding up to the non-streamed ones, the status and the OpenAI
 error object of 400 (bad JSON), 404 (route), 405 (method), 413 (body over --max-body), /health,
 and /metrics in Prometheus text with every family issue 10 asks for. One server (the example model,
---max-body 64 KiB), which must exit 0 on SIGTERM with no sanitizer report.
+--max-body 64 KiB), which must exit 0 on SIGTERM with no sanitizer report. A second one, with room
+for one running and one waiting request, for 503 + Retry-After when the queue is full and for
+SIGTERM's grace: a stream running when the signal comes still ends with all its tokens.
 """
+import concurrent.futures
+import http.client
 import json
 import os
+import signal
 import subprocess
+import time
 import unittest
 
 import kserve
@@ -130,6 +136,46 @@ class Http(unittest.TestCase):
         self.assertGreaterEqual(samples['kiln_time_to_first_token_seconds_bucket{le="+Inf"}'], 1)
         self.assertGreater(samples["kiln_kv_blocks_total"], 0)
         self.assertEqual(samples["kiln_num_requests_running"], 0)
+
+class Overload(unittest.TestCase):
+    def test_queue_full_and_grace(self):
+        small = kserve.Server("small", kserve.MODEL, "--model-name", NAME, "--max-batch", "1",
+                              "--max-waiting", "1")
+        try:
+            req = {"model": NAME, "prompt": "A fool and", "max_tokens": 16, "ignore_eos": True}
+            with concurrent.futures.ThreadPoolExecutor(6) as ex:
+                replies = list(ex.map(lambda _: kserve.request(small, "POST", "/v1/completions", req), range(6)))
+            statuses = sorted(r[0] for r in replies)
+            self.assertIn(200, statuses)
+            self.assertIn(503, statuses, "one running and one waiting at most: the rest are refused")
+            self.assertEqual(set(statuses), {200, 503}, statuses)
+            for status, headers, data in replies:
+                if status == 503:
+                    self.assertIn("retry-after", headers)
+                    self.assertTrue(json.loads(data)["error"]["message"])
+            # SIGTERM while a stream runs: it still gets every token, then the server exits 0
+            conn = http.client.HTTPConnection("127.0.0.1", small.port, timeout=60 * kserve.SLOW)
+            conn.request("POST", "/v1/completions", body=json.dumps({**req, "max_tokens": 24, "stream": True,
+                                                                     "return_token_ids": True}),
+                         headers={"Content-Type": "application/json"})
+            r = conn.getresponse()
+            self.assertEqual(r.status, 200)
+            first = r.readline()
+            self.assertTrue(first.startswith(b"data: "), first)
+            small.proc.send_signal(signal.SIGTERM)
+            rest = first + r.read()
+            conn.close()
+            events = kserve.sse_events(rest)
+            ids = [t for e in events for c in e["choices"] for t in c.get("token_ids") or []]
+            self.assertEqual(len(ids), 24, "the running request finished within the grace period")
+            deadline = time.time() + 10 * kserve.SLOW
+            while small.proc.poll() is None and time.time() < deadline:
+                time.sleep(0.05)
+            with self.assertRaises(OSError, msg="no new connections after SIGTERM"):
+                kserve.request(small, "GET", "/health", timeout=5)
+        finally:
+            small.stop()
+
 
 if __name__ == "__main__":
     unittest.main()
