@@ -62,7 +62,7 @@ typedef struct kb_item {
     float *embedding;       /* embedding models: [hidden] */
     /* out (when sample) */
     int32_t token;
-    float logprob;          /* of token (when logprobs > 0; else 0) */
+    float logprob;          /* of token (guaranteed only when logprobs > 0) */
     int32_t top_ids[KB_MAX_LOGPROBS];
     float top_logprobs[KB_MAX_LOGPROBS];
 } kb_item;
