@@ -371,18 +371,12 @@ static int parse_stop(json_t *root, oa_request *r, oa_error *e)
     json_t *v = json_object_get(root, "stop");
     if (!v || json_is_null(v))
         return 0;
-    json_t *one[1] = {v};
-    json_t **items = one;
-    size_t n = 1;
-    if (json_is_array(v)) {
-        n = json_array_size(v);
-        if (n > OA_MAX_STOP)
-            return oa_error_set(e, 400, "stop", "stop: at most %d strings, got %zu", OA_MAX_STOP,
-                                n);
-        items = NULL;
-    }
+    int list = json_is_array(v);
+    size_t n = list ? json_array_size(v) : 1;
+    if (n > OA_MAX_STOP)
+        return oa_error_set(e, 400, "stop", "stop: at most %d strings, got %zu", OA_MAX_STOP, n);
     for (size_t i = 0; i < n; i++) {
-        json_t *s = items ? items[i] : json_array_get(v, i);
+        json_t *s = list ? json_array_get(v, i) : v;
         if (!json_is_string(s))
             return oa_error_set(e, 400, "stop", "stop: expected a string or a list of up to %d "
                                 "strings, got %s", OA_MAX_STOP, type_name(s));
