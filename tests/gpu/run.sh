@@ -6,7 +6,8 @@
 #      outputs and the CPU reference (kilnc ref): logits at every prompt position, greedy tokens;
 #      in bf16 against HF's own bf16 error (hf_bf16.py), and the fp32 fixtures again in fp16
 #      against the absolute bound 2e-2 (compare.py says why both)
-#   3. batching: four prompts of different lengths in one call equal each run alone
+#   3. batching: four prompts of different lengths in one call equal each run alone; a seeded
+#      sampled batch equals its requests alone; a --max-batch 6 artifact runs 6 prompts correctly
 #   4. compute-sanitizer (memcheck, racecheck, synccheck, initcheck) over one fixture of each
 #      family: tests/gpu/sanitize.sh, on the artifacts compiled here
 #
@@ -136,6 +137,43 @@ for f in llama mixtral bloom qwen2; do
   fi
   tail -1 "$SUMMARY"
 done
+
+# 3b. sampling with a seed draws from (seed, token index) only: a sampled request gives the same
+# tokens alone and in a batch; and a maximum batch that is not a power of two (6: the decode bucket
+# of 5 or 6 rows is the batch itself) gives every row its tokens
+if [ -f $ART/llama/model.kiln ]; then
+  full=$($PY tests/gpu/compare.py ids tests/fixtures/llama)
+  IFS=, read -ra T <<< "$full"
+  ps=("$(IFS=,; echo "${T[*]:0:7}")" "$(IFS=,; echo "${T[*]:2:13}")" "$full" "$(IFS=,; echo "${T[*]:1:4}")"
+      "$(IFS=,; echo "${T[*]:5:9}")" "$(IFS=,; echo "${T[*]:0:21}")")
+  samp="--temperature 1 --top-k 40 --seed 7"
+  singles=(); args=()
+  for i in 0 1 2; do
+    $BIN/kiln run $ART/llama --ids ${ps[$i]} $samp --max-new 16 --ignore-eos --dump $ART/llama.seed$i.st > $LOG/seed_llama.$i.log 2>&1
+    singles+=($ART/llama.seed$i.st); args+=(--ids ${ps[$i]})
+  done
+  if $BIN/kiln run $ART/llama "${args[@]}" $samp --max-new 16 --ignore-eos --dump $ART/llama.seedb.st > $LOG/seed_llama.log 2>&1; then
+    $PY tests/gpu/compare.py batch "llama seeded" "${singles[@]}" -- $ART/llama.seedb.st >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
+  else
+    row "$(printf '%-24s FAIL seeded batch run: %s' llama "$(grep -m1 -i error $LOG/seed_llama.log)")"; fail=1
+  fi
+  tail -1 "$SUMMARY"
+  if $BIN/kilnc compile tests/fixtures/llama -o $ART/llama_b6 --sm $SM --max-batch 6 > $LOG/compile_llama_b6.log 2>&1; then
+    singles=(); args=()
+    for i in 0 1 2 3 4 5; do
+      $BIN/kiln run $ART/llama_b6 --ids ${ps[$i]} --max-new 12 --ignore-eos --dump $ART/llama_b6.single$i.st > $LOG/b6_llama.$i.log 2>&1
+      singles+=($ART/llama_b6.single$i.st); args+=(--ids ${ps[$i]})
+    done
+    if $BIN/kiln run $ART/llama_b6 "${args[@]}" --max-new 12 --ignore-eos --dump $ART/llama_b6.batch.st > $LOG/b6_llama.log 2>&1; then
+      $PY tests/gpu/compare.py batch "llama max-batch 6" "${singles[@]}" -- $ART/llama_b6.batch.st >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
+    else
+      row "$(printf '%-24s FAIL batch run: %s' llama_b6 "$(grep -m1 -i error $LOG/b6_llama.log)")"; fail=1
+    fi
+  else
+    row "$(printf '%-24s FAIL compile --max-batch 6' llama)"; fail=1
+  fi
+  tail -1 "$SUMMARY"
+fi
 
 # 4. compute-sanitizer, one fixture per family (its own table; its logs as sanitize-logs.tgz)
 wait $SAN_PID && ss=ok || { ss=FAIL; fail=1; }
