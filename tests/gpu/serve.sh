@@ -20,17 +20,25 @@
 #   soak   64 streams for SOAK_SECONDS (300) with the server's RSS sampled every 10 s: target the
 #          RSS at the end is within 16 MiB of the RSS at the half-way mark (warm-up excluded)
 # Each phase fits one 10-minute call (c1000 on 8b: run it alone). Output, written as each phase ends:
-# $OUT/serve-PHASE.json (loadgen's summary), $OUT/serve-summary.txt (the table, also printed last),
-# $OUT/serve-logs.tgz (server and kiln run logs). Exit status 1 if a phase failed or missed its target.
+# $OUT/serve-SHAPE-PHASE.json (loadgen's summary), $OUT/serve-summary.txt (the table, also printed
+# last), $OUT/serve-logs.tgz (server and kiln run logs). Exit status 1 if a phase failed or missed
+# its target.
+#
+# Other settings: SERVE_COMPILE="--max-batch 128 --max-seq-len 2560" (kilnc compile's limits; the
+# artifact is rebuilt when they change), SWEEP_RATES, SWEEP_SECONDS, SOAK_SECONDS.
+# A dry run of this script without a GPU: SERVE_MODEL=examples/tinyfortune SERVE_SMALL=1 serves that
+# folder (kiln's CPU backend for a checkpoint) instead of a synthesised model, with every size
+# cut to fit the CPU (8 streams, short prompts and outputs, 30-second soak); its ratios mean nothing.
 set -u
 cd "$(dirname "$0")/../.."
-BIN=out/bin
+BIN=${KILN_BIN:-out/bin}   # the binaries (built on the build machine, carried as out/bin)
 SHAPE=${SERVE_SHAPE:-1b}
 PHASES=${SERVE_PHASES:-sweep c1000 c64 ttft soak}
+COMPILE=${SERVE_COMPILE:---max-batch 128 --max-seq-len 2560}
 W=/tmp/kiln-serve
-ART=$W/art-$SHAPE
 LOG=$W/logs
 OUT=${OUT:-$W/out}
+rm -rf $LOG
 mkdir -p $W $LOG "$OUT"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"   # the server holds a socket per stream
 SUMMARY=$W/summary-$SHAPE.txt
@@ -40,19 +48,40 @@ PY=${PYTHON:-python3}
 row() { echo "$1" | tee -a $SUMMARY; cp $SUMMARY "$OUT/serve-summary.txt"; }
 save_logs() { tar czf "$OUT/serve-logs.tgz" -C $W logs 2>/dev/null; }
 
-# ---- the model: synthesised and compiled once per machine
-if [ ! -f $ART/model.kiln ]; then
-  t0=$(date +%s)
-  rm -rf $W/hf-$SHAPE $ART
-  $PY tests/gpu/synth_llama.py $SHAPE $W/hf-$SHAPE > $LOG/synth-$SHAPE.log 2>&1 ||
-    { row "synth $SHAPE: FAIL ($(tail -1 $LOG/synth-$SHAPE.log))"; save_logs; exit 1; }
-  $BIN/kilnc compile $W/hf-$SHAPE -o $ART --sm 90a --max-batch 128 --max-seq-len 2560 > $LOG/compile-$SHAPE.log 2>&1 ||
-    { row "compile $SHAPE: FAIL ($(grep -m1 error $LOG/compile-$SHAPE.log))"; save_logs; exit 1; }
-  rm -rf $W/hf-$SHAPE
-  row "$SHAPE: synthesised and compiled in $(( $(date +%s) - t0 )) s"
+# sizes: (streams, prompt lengths, output lengths) per phase
+if [ "${SERVE_SMALL:-0}" = 1 ]; then
+  C1000=16 C64=8 PMIN=4 PMAX=48 OMIN=2 OMAX=8 C64_PMIN=8 C64_PMAX=24 C64_OUT=8 TTFT_LEN=32 TTFT_OUT=4
+  SOAK_STREAMS=4 SOAK_PMAX=24 SOAK_OMAX=8 SOAK_S=${SOAK_SECONDS:-30} RATES=${SWEEP_RATES:-1,4} SWEEP_S=${SWEEP_SECONDS:-4} CHECK=4
+else
+  C1000=1000 C64=64 PMIN=32 PMAX=2048 OMIN=16 OMAX=512 C64_PMIN=128 C64_PMAX=512 C64_OUT=256 TTFT_LEN=512
+  TTFT_OUT=16 SOAK_STREAMS=64 SOAK_PMAX=512 SOAK_OMAX=256 SOAK_S=${SOAK_SECONDS:-300} RATES=${SWEEP_RATES:-1,4,16,48}
+  SWEEP_S=${SWEEP_SECONDS:-30} CHECK=32
 fi
-CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
-row "card: $CARD; shape $SHAPE; commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'); phases: $PHASES"
+
+# ---- the model: synthesised and compiled once per machine (or SERVE_MODEL)
+if [ -n "${SERVE_MODEL:-}" ]; then
+  ART=$SERVE_MODEL
+  SHAPE=$(basename "$ART")
+else
+  ART=$W/art-$SHAPE
+  if [ ! -f $ART/model.kiln ] || [ "$(cat $ART/serve-compile-flags 2>/dev/null)" != "$COMPILE" ]; then
+    t0=$(date +%s)
+    rm -rf $W/hf-$SHAPE $ART
+    $PY tests/gpu/synth_llama.py $SHAPE $W/hf-$SHAPE > $LOG/synth-$SHAPE.log 2>&1 ||
+      { row "synth $SHAPE: FAIL ($(tail -1 $LOG/synth-$SHAPE.log))"; save_logs; exit 1; }
+    $BIN/kilnc compile $W/hf-$SHAPE -o $ART --sm 90a $COMPILE > $LOG/compile-$SHAPE.log 2>&1 ||
+      { row "compile $SHAPE: FAIL ($(grep -m1 error $LOG/compile-$SHAPE.log))"; save_logs; exit 1; }
+    echo "$COMPILE" > $ART/serve-compile-flags
+    rm -rf $W/hf-$SHAPE
+    row "$SHAPE: synthesised and compiled ($COMPILE) in $(( $(date +%s) - t0 )) s"
+  fi
+fi
+VOCAB=128256   # synth_llama.py's shapes; a SERVE_MODEL's from its config.json
+[ -n "${SERVE_MODEL:-}" ] && VOCAB=$($PY -c "import json, sys; print(json.load(open(sys.argv[1]))['vocab_size'])" \
+  "$SERVE_MODEL/config.json")
+CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+CARD=${CARD:-no GPU}
+row "card: $CARD; model $SHAPE; commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'); phases: $PHASES"
 
 # ---- one server per phase
 PID=
@@ -87,7 +116,7 @@ stop_server() {    # $1: phase name; SIGTERM must give exit 0
 }
 loadgen() {        # $1: phase; the rest: loadgen arguments. Limited to 9 minutes.
   local p=$1; shift
-  timeout 540 $PY tests/gpu/loadgen.py http://127.0.0.1:$PORT "$@" --model m --vocab 128256 \
+  timeout 540 $PY tests/gpu/loadgen.py http://127.0.0.1:$PORT "$@" --model m --vocab $VOCAB \
     --json "$OUT/serve-$SHAPE-$p.json" > $LOG/loadgen-$SHAPE-$p.out 2> $LOG/loadgen-$SHAPE-$p.log
 }
 # kiln run's numbers from its last line: prefill ms and decode tok/s
@@ -116,38 +145,42 @@ for phase in $PHASES; do
   case $phase in
   sweep)
     start_server $phase || { fail=1; continue; }
-    loadgen $phase sweep --rates ${SWEEP_RATES:-1,4,16,48} --duration ${SWEEP_SECONDS:-30} || fail=1
+    loadgen $phase sweep --rates $RATES --duration $SWEEP_S --prompt-min $PMIN --prompt-max $PMAX \
+      --out-min $OMIN --out-max $OMAX || fail=1
     stop_server $phase
     row "sweep ($SHAPE, $(( $(date +%s) - t0 )) s):"; row "$(digest $phase)" ;;
   c1000)
     start_server $phase || { fail=1; continue; }
-    loadgen $phase concurrent --streams 1000 --check 32 || fail=1
+    loadgen $phase concurrent --streams $C1000 --check $CHECK --prompt-min $PMIN --prompt-max $PMAX \
+      --out-min $OMIN --out-max $OMAX || fail=1
     stop_server $phase
-    row "c1000 ($SHAPE, $(( $(date +%s) - t0 )) s): target all complete, 0 lost, 0 errors"; row "$(digest $phase)" ;;
+    row "c1000 ($SHAPE, $C1000 streams, $(( $(date +%s) - t0 )) s): target all complete, 0 lost, 0 errors"
+    row "$(digest $phase)" ;;
   c64)
     start_server $phase || { fail=1; continue; }
-    loadgen $phase concurrent --streams 64 --prompt-min 128 --prompt-max 512 --out-min 256 --out-max 256 \
-      --check 8 --prompts-out $W/c64.prompts || fail=1
+    loadgen $phase concurrent --streams $C64 --prompt-min $C64_PMIN --prompt-max $C64_PMAX --out-min $C64_OUT \
+      --out-max $C64_OUT --check 8 --prompts-out $W/c64.prompts || fail=1
     stop_server $phase
     args=()
     while read -r ids; do args+=(--ids "$ids"); done < $W/c64.prompts
-    $BIN/kiln run $ART "${args[@]}" --max-new 256 --ignore-eos > $LOG/run-$SHAPE-c64.out 2> $LOG/run-$SHAPE-c64.log || fail=1
+    $BIN/kiln run $ART "${args[@]}" --max-new $C64_OUT --ignore-eos > $LOG/run-$SHAPE-c64.out 2> $LOG/run-$SHAPE-c64.log || fail=1
     run_tps=$(run_stat 'decode [0-9]+ tokens [0-9.]+ ms \([0-9.]+ tok/s\)' $LOG/run-$SHAPE-c64.log)
     srv_tps=$($PY -c "import json; print(json.load(open('$OUT/serve-$SHAPE-$phase.json'))['runs'][0]['decode_tok_s'])")
     ratio=$($PY -c "print(f'{$srv_tps / $run_tps:.3f}')" 2>/dev/null || echo "?")
     ok=$($PY -c "print('ok' if $ratio >= 0.9 else 'MISS')" 2>/dev/null || echo FAIL)
     [ $ok = ok ] || fail=1
-    row "c64 ($SHAPE, $(( $(date +%s) - t0 )) s): server decode $srv_tps tok/s / kiln run $run_tps tok/s = $ratio (target >= 0.9): $ok"
+    row "c64 ($SHAPE, $C64 streams, $(( $(date +%s) - t0 )) s): server decode $srv_tps tok/s / kiln run $run_tps tok/s = $ratio (target >= 0.9): $ok"
     row "$(digest $phase)" ;;
   ttft)
     start_server $phase || { fail=1; continue; }
-    loadgen $phase ttft --requests 20 --prompt-min 512 --prompt-max 512 --out-min 16 --out-max 16 \
+    loadgen $phase ttft --requests 20 --prompt-min $TTFT_LEN --prompt-max $TTFT_LEN --out-min $TTFT_OUT \
+      --out-max $TTFT_OUT \
       --prompts-out $W/ttft.prompts || fail=1
     stop_server $phase
     first=$(head -1 $W/ttft.prompts)
     pre=()
     for i in 1 2 3; do
-      $BIN/kiln run $ART --ids "$first" --max-new 16 --ignore-eos > /dev/null 2> $LOG/run-$SHAPE-ttft-$i.log || fail=1
+      $BIN/kiln run $ART --ids "$first" --max-new $TTFT_OUT --ignore-eos > /dev/null 2> $LOG/run-$SHAPE-ttft-$i.log || fail=1
       pre+=("$(run_stat 'prefill [0-9]+ tokens [0-9.]+ ms' $LOG/run-$SHAPE-ttft-$i.log)")
     done
     pre_ms=$(printf '%s\n' "${pre[@]}" | sort -g | sed -n 2p)
@@ -155,12 +188,12 @@ for phase in $PHASES; do
     ratio=$($PY -c "print(f'{$ttft / $pre_ms:.2f}')" 2>/dev/null || echo "?")
     ok=$($PY -c "print('ok' if $ratio <= 1.5 else 'MISS')" 2>/dev/null || echo FAIL)
     [ $ok = ok ] || fail=1
-    row "ttft ($SHAPE): server TTFT p50 $ttft ms / kiln run prefill $pre_ms ms (512 tokens; runs: ${pre[*]}) = $ratio (target <= 1.5): $ok"
+    row "ttft ($SHAPE): server TTFT p50 $ttft ms / kiln run prefill $pre_ms ms ($TTFT_LEN tokens; runs: ${pre[*]}) = $ratio (target <= 1.5): $ok"
     row "$(digest $phase)" ;;
   soak)
     start_server $phase || { fail=1; continue; }
-    loadgen $phase soak --streams 64 --seconds ${SOAK_SECONDS:-300} --pid $PID --prompt-min 32 --prompt-max 512 \
-      --out-min 16 --out-max 256 || fail=1
+    loadgen $phase soak --streams $SOAK_STREAMS --seconds $SOAK_S --pid $PID --prompt-min $PMIN \
+      --prompt-max $SOAK_PMAX --out-min $OMIN --out-max $SOAK_OMAX || fail=1
     stop_server $phase
     verdict=$($PY - "$OUT/serve-$SHAPE-$phase.json" <<'PY'
 import json, sys
