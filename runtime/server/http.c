@@ -234,6 +234,12 @@ static void cancel_all(hreq *h)
 
 /* ------------------------------------------------------------------ responses */
 
+/* The endpoints that take a POST (the others, a GET). */
+static int routes_post(sm_endpoint ep)
+{
+    return ep == SM_COMPLETIONS || ep == SM_CHAT || ep == SM_EMBEDDINGS;
+}
+
 static enum MHD_Result queue(struct MHD_Connection *c, hreq *h, int status, char *body,
                              const char *type)
 {
@@ -244,7 +250,7 @@ static enum MHD_Result queue(struct MHD_Connection *c, hreq *h, int status, char
         MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
     if (status == 405)
         MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW,
-                                h->ep <= SM_EMBEDDINGS ? "POST" : "GET");
+                                       routes_post(h->ep) ? "POST" : "GET");
     if (status == 401)
         MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
     enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, r);
@@ -523,26 +529,28 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         *con_cls = h;
         if (r < 0)
             return reply_error(c, h, 404, "no route %s %s (routes: POST /v1/completions, "
-                         "/v1/chat/completions, /v1/embeddings; GET /v1/models, /health, "
-                         "/metrics)", method, url);
+                               "/v1/chat/completions, /v1/embeddings; GET /v1/models, /health, "
+                               "/metrics)", method, url);
         int post = routes[r].post;
         if (strcmp(method, post ? MHD_HTTP_METHOD_POST : MHD_HTTP_METHOD_GET))
-            return reply_error(c, h, 405, "%s takes %s, not %s", url, routes[r].post ? "POST" : "GET",
-                         method);
+            return reply_error(c, h, 405, "%s takes %s, not %s", url, post ? "POST" : "GET",
+                               method);
         if (!strncmp(url, "/v1/", 4) && !authorized(s, c))
-            return reply_error(c, h, 401, "missing or wrong API key: send 'Authorization: Bearer KEY'");
+            return reply_error(c, h, 401,
+                               "missing or wrong API key: send 'Authorization: Bearer KEY'");
         if (post) {
             const char *cl =
                 MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
             if (cl && strtoull(cl, NULL, 10) > s->o.max_body)
-                return reply_error(c, h, 413, "the body is %s bytes, over this server's limit of %zu "
-                             "(kiln serve --max-body)", cl, s->o.max_body);
+                return reply_error(c, h, 413, "the body is %s bytes, over this server's limit of "
+                                   "%zu (kiln serve --max-body)", cl, s->o.max_body);
         }
         if (h->ep != SM_HEALTH && h->ep != SM_METRICS &&
             !__atomic_load_n(&s->ready, __ATOMIC_ACQUIRE))
             return reply_error(c, h, 503, "the model is loading: retry shortly");
-        if (!post)
-            return handle_get(c, h);
+        /* answered on the next call: a response queued on the first one closes the
+         * connection (MHD cannot know yet that the request was read), and clients keep
+         * theirs alive */
         return MHD_YES;
     }
     if (h->responded) {
@@ -563,6 +571,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         *upload_data_size = 0;
         return MHD_YES;
     }
+    if (!routes_post(h->ep))
+        return handle_get(c, h);
     if (h->body_bytes > s->o.max_body)
         return reply_error(c, h, 413, "the body is %zu bytes, over this server's limit of %zu "
                            "(kiln serve --max-body)", h->body_bytes, s->o.max_body);
