@@ -25,9 +25,10 @@
 # Environment: FUZZ_CORES (cores to use; default all but 2, left to a GPU test run beside this one),
 # FUZZ_TARGETS (a subset), FUZZ_NICE (default 5: a GPU test run that shares a worker's core gets 3
 # times its CPU; a worker slowed past -timeout that way is told apart from a hang: see below),
-# FUZZ_TIMEOUT and FUZZ_RSS_MB (as in the Makefile; 10 s, 2048 MB),
-# FUZZ_SCRATCH (default /tmp/kiln-fuzz, emptied first), KILN_COMMIT (the tree's commit, when the
-# copy has no .git). It finishes within SECONDS + 60 s: libFuzzer's -max_total_time stops each worker
+# FUZZ_TIMEOUT and FUZZ_RSS_MB (as in the Makefile; 10 s, 2048 MB), FUZZ_SCRATCH (default
+# /tmp/kiln-fuzz; its logs and findings are cleared first, its corpora kept, so a second call on the
+# same machine goes on from what the first found), KILN_COMMIT (the tree's commit, when the copy
+# has no .git). It finishes within SECONDS + 60 s: libFuzzer's -max_total_time stops each worker
 # after SECONDS (plus at most one 10 s input); `timeout` kills a worker still there 20 s later.
 #
 # clang 14's ASan can fail at start, printing "AddressSanitizer:DEADLYSIGNAL" forever, on kernels with
@@ -46,23 +47,28 @@ RSS_MB=${FUZZ_RSS_MB:-2048}
 case "$SECS$TIMEOUT$RSS_MB" in ''|*[!0-9]*) echo "fuzz.sh: SECONDS, FUZZ_TIMEOUT and FUZZ_RSS_MB must be whole numbers, got '$SECS', '$TIMEOUT', '$RSS_MB'" >&2; exit 2;; esac
 case "$CORES" in ''|*[!0-9]*|0) echo "fuzz.sh: FUZZ_CORES must be a positive whole number, got '$CORES'" >&2; exit 2;; esac
 
-# The plan. A target's cost is the core-seconds it needs per execution: 1 / the exec/s one worker
-# made in tests/fuzz/README.md's campaigns (8 to 20 minutes each, on the shared 2-core build machine
-# under load; chat_template's from its owners' first 1.2M-run campaign, safetensors' from its
-# 12:48 run, both also under load). A free core does more (safetensors: 6,756/s alone against 926
-# and 2,060 under load), but the ratios are what split the cores. Cores go in proportion to cost,
-# at least one per target, the rest by largest remainder (with fewer cores than targets, one worker
-# each all the same). On 14 cores: tokenizer 4, config 4, archspec 2, chat_template 1, artifact 1,
-# tokenizer_load 1, safetensors 1; at these rates, 460 to 930 thousand executions each in 450 s
-# ("README est." in the summary), so every target passes 1 million where a free core runs 2.2
-# times as fast as a loaded one did.
-RATES="tokenizer 333
-config 363
-archspec 600
-chat_template 1014
-artifact 1164
-tokenizer_load 1192
-safetensors 2060"
+# The plan. A target's cost is the core-seconds it needs per execution, 1 / RATE, where RATE is the
+# executions per CPU-second one process made on the build machine (2.1 GHz Xeon; measured with
+# /usr/bin/time on 2026-11-29, less the time to load the corpus): tokenizer 414 on the corpus its
+# 8-minute final round grew and 419 from the seeds; config 2,970 from the seeds, falling to about
+# 200 once the corpus holds thousand-layer configs (1-2 s each), so 350 over a campaign; archspec
+# 799, tokenizer_load 1,186, artifact 1,072, safetensors 6,395 on their grown corpora;
+# chat_template 3,945 from the seeds. Cores go in proportion to cost, at least one per target, the
+# rest by largest remainder (with fewer cores than targets, one worker each all the same).
+# 1 million executions of every target costs about 8,800 core-seconds at these rates:
+#   14 cores: tokenizer 4, config 4, archspec 2, the others 1; in 470 s, 500 to 780 thousand for
+#             all but chat_template and safetensors: short of 1 million unless the cores are 1.3
+#             to 2 times as fast as the build machine's;
+#   30 cores (a 2-GPU machine): tokenizer 8, config 10, archspec 4, artifact 3, tokenizer_load 3,
+#             chat_template 1, safetensors 1; in 420 s, 1.26 to 2.7 million each.
+# "est." in the summary is workers x RATE x SECONDS, to compare with what was run.
+RATES="tokenizer 415
+config 350
+archspec 800
+chat_template 3000
+artifact 1070
+tokenizer_load 1190
+safetensors 6400"
 # every target in DIST_DIR; one missing from RATES counts as 1,000 exec/s
 TARGETS=${FUZZ_TARGETS:-$(ls "$DIST" 2> /dev/null | sed -n 's/^fuzz_//p')}
 [ -n "$TARGETS" ] || { echo "fuzz.sh: no fuzz_* binary in $DIST (make fuzz-dist builds them)" >&2; exit 2; }
@@ -94,7 +100,7 @@ for t in $TARGETS; do
   [ -d "tests/fuzz/corpus/$t" ] || { echo "fuzz.sh: tests/fuzz/corpus/$t: no seed corpus" >&2; exit 2; }
 done
 
-rm -rf "$SCR"
+rm -rf "$SCR/logs" "$SCR"/*/crashes
 mkdir -p "$SCR/logs"
 RES=${OUT:-$SCR}
 SUMMARY=$RES/fuzz_summary.txt
@@ -162,7 +168,7 @@ ntargets=0
   echo "   $(uname -n): $NCPU CPUs, $CORES for fuzzing (nice $NICE), $SECS s per worker, $ELAPSED s in all;" \
        "ASan+UBSan, -timeout=$TIMEOUT -rss_limit_mb=$RSS_MB; address randomization" \
        "$([ -n "$SETARCH" ] && echo off || echo "on (setarch -R refused; vm.mmap_rnd_bits=$(cat /proc/sys/vm/mmap_rnd_bits 2> /dev/null))")"
-  printf '%-15s %7s %12s %8s %11s %12s %9s %8s  %s\n' target workers executions exec/s "per worker" "README est." "new units" "peak MB" findings
+  printf '%-15s %7s %12s %8s %11s %12s %9s %8s  %s\n' target workers executions exec/s "per worker" "est." "new units" "peak MB" findings
 } > "$SUMMARY"
 while read -r t w rate; do
   total=0; secs=0; rss=0; notes=
@@ -197,7 +203,7 @@ while read -r t w rate; do
     "$(echo $found | wc -w)${found:+ (${found% })}${slow[$t]:+; slow under load, not a hang: ${slow[$t]% }}$notes" >> "$SUMMARY"
 done <<< "$PLAN"
 {
-  echo "exec/s: executions / the longest worker's run time; README est.: workers x the README's exec/s x $SECS s"
+  echo "exec/s: executions / the longest worker's run time; est.: workers x the plan's exec/s per core x $SECS s"
   echo "issue 9's bar (1,000,000 executions per target): $reached of $ntargets targets;" \
        "$([ $fail = 0 ] && echo "no finding" || echo "FINDINGS or failed workers (logs: fuzz-logs.tgz)")"
 } >> "$SUMMARY"
