@@ -15,7 +15,7 @@ static const struct {
     int (*fn)(int argc, char **argv);
     const char *help;
 } commands[] = {
-    {"run", cmd_run, "generate with a compiled model on the GPU (or embed)"},
+    {"run", cmd_run, "generate (or embed): a compiled model on the GPU, a checkpoint on the CPU"},
     {"serve", cmd_serve, "serve a model over HTTP with OpenAI's API"},
     {"inspect", cmd_inspect, "print what a compiled model holds"},
     {"tokenize", cmd_tokenize, "encode or decode text with a model's tokenizer.json"},
