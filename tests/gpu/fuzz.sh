@@ -53,19 +53,20 @@ case "$CORES" in ''|*[!0-9]*|0) echo "fuzz.sh: FUZZ_CORES must be a positive who
 # 8-minute final round grew and 419 from the seeds; config 2,970 from the seeds, falling to about
 # 200 once the corpus holds thousand-layer configs (1-2 s each), so 350 over a campaign; archspec
 # 799, tokenizer_load 1,186, artifact 1,072, safetensors 6,395 on their grown corpora;
-# chat_template 3,945 from the seeds. Cores go in proportion to cost, at least one per target, the
+# chat_template 3,945 from the seeds, but 2,405 to 3,202 wall-clock in its owners' longer
+# campaigns, so 2,000 to be safe. Cores go in proportion to cost, at least one per target, the
 # rest by largest remainder (with fewer cores than targets, one worker each all the same).
-# 1 million executions of every target costs about 8,800 core-seconds at these rates:
-#   14 cores: tokenizer 4, config 4, archspec 2, the others 1; in 470 s, 500 to 780 thousand for
-#             all but chat_template and safetensors: short of 1 million unless the cores are 1.3
-#             to 2 times as fast as the build machine's;
-#   30 cores (a 2-GPU machine): tokenizer 8, config 10, archspec 4, artifact 3, tokenizer_load 3,
-#             chat_template 1, safetensors 1; in 420 s, 1.26 to 2.7 million each.
+# 1 million executions of every target costs about 9,000 core-seconds at these rates:
+#   14 cores: tokenizer 4, config 4, archspec 2, the others 1; in 470 s, 500 to 940 thousand for
+#             all but safetensors: short of 1 million unless the cores are 1.3 to 2 times as
+#             fast as the build machine's;
+#   30 cores (a 2-GPU machine): tokenizer 8, config 9, archspec 4, artifact 3, tokenizer_load 3,
+#             chat_template 2, safetensors 1; in 420 s, 1.32 to 2.7 million each.
 # "est." in the summary is workers x RATE x SECONDS, to compare with what was run.
 RATES="tokenizer 415
 config 350
 archspec 800
-chat_template 3000
+chat_template 2000
 artifact 1070
 tokenizer_load 1190
 safetensors 6400"
