@@ -262,6 +262,9 @@ static void set_shapes(kbr *k)
         in->vocab = (int)out->shape[1];
         in->hidden = (int)g->nodes[out->in[0]].shape[1];
     }
+    for (int i = 0; i < g->n; i++)
+        if (g->nodes[i].op == KG_EMBED && g->nodes[i].in[1] == g->inputs[KG_IN_TOKEN_TYPES])
+            in->type_vocab = (int)g->nodes[g->nodes[i].in[0]].shape[0];
 }
 
 kbackend *kbr_open(const char *model_dir, const kbr_opts *o, kerr *err)

@@ -244,6 +244,8 @@ static int low_embed(lw *w, int id)
     const kg_node *table = &w->g->nodes[n->in[0]];
     if (in->input_kind == KG_IN_IDS && w->m->vocab == 0)
         w->m->vocab = (int)table->shape[0];
+    if (in->input_kind == KG_IN_TOKEN_TYPES) /* and the type table the token types */
+        w->m->type_vocab = (int)table->shape[0];
     add_arg(&s, A(KA_ARG_STEP, 0));
     add_arg(&s, AW(w, n->in[0]));
     add_arg(&s, out);

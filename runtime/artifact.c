@@ -111,6 +111,7 @@ char *ka_manifest_json(const ka_manifest *m)
     json_object_set_new(r, "identity", id);
     json_t *lim = json_object();
     json_object_set_new(lim, "vocab", json_integer(m->vocab));
+    json_object_set_new(lim, "type_vocab", json_integer(m->type_vocab));
     json_object_set_new(lim, "hidden", json_integer(m->hidden));
     json_object_set_new(lim, "max_tokens", json_integer(m->max_tokens));
     json_object_set_new(lim, "max_seqs", json_integer(m->max_seqs));
@@ -749,6 +750,7 @@ static void parse_limits(rd *r, json_t *root, ka_manifest *m)
     const char *w = "limits";
     m->output_pool = (int)jint(r, lim, w, "output_pool", 0, 1);
     m->vocab = (int)jint(r, lim, w, "vocab", m->output_pool ? 0 : 1, KA_MAX_VOCAB);
+    m->type_vocab = (int)jint(r, lim, w, "type_vocab", 0, KA_MAX_VOCAB);
     m->hidden = (int)jint(r, lim, w, "hidden", 1, KA_MAX_HIDDEN);
     m->max_tokens = (int)jint(r, lim, w, "max_tokens", 1, KA_MAX_TOKENS);
     m->max_seqs = (int)jint(r, lim, w, "max_seqs", 1, KA_MAX_SEQS);

@@ -174,6 +174,7 @@ typedef struct ka_manifest {
                            * overrides applied) as compact JSON with sorted keys */
     /* shapes and limits */
     int vocab, hidden, n_layers;
+    int type_vocab;         /* rows of the token-type table (BERT-style models), 0: none */
     int max_tokens, max_seqs, max_seq_len, gemv_max;
     int64_t slab_bytes, scratch_bytes;
     int output_pool;        /* embedding model: output is [n_seqs, hidden] float */

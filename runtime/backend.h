@@ -39,6 +39,7 @@ typedef struct kb_info {
     int max_tokens;         /* tokens per step (the compiled tokens-per-step) */
     int max_seq_len;        /* prompt + generated tokens of one sequence */
     int vocab;
+    int type_vocab;         /* token types are 0 .. type_vocab-1; 0: the model takes none */
     int hidden;             /* width of an embedding */
     int embed;              /* an embedding model */
     int kv_blocks;          /* usable KV blocks, ids 1 .. kv_blocks */

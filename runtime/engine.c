@@ -737,6 +737,7 @@ static void init_backend(kmodel *m)
     in->max_tokens = man->max_tokens;
     in->max_seq_len = man->max_seq_len;
     in->vocab = man->vocab;
+    in->type_vocab = man->type_vocab;
     in->hidden = man->hidden;
     in->embed = man->output_pool;
     /* block 0 is the padding rows' scratch; a model without KV layers has no cache, and any

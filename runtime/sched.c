@@ -206,9 +206,14 @@ static int check_params(const ksched *s, const ks_params *p, kerr *err)
                             (int)p->prompt[i], in->vocab - 1), KS_EINVAL;
     if (p->types)
         for (int i = 0; i < p->n_prompt; i++)
-            if (p->types[i] < 0)
-                return kerr_add(err, "prompt token %d has token type %d: expected 0 or more", i,
-                                (int)p->types[i]), KS_EINVAL;
+            if (p->types[i] < 0 || p->types[i] >= (in->type_vocab ? in->type_vocab : 1))
+                return (in->type_vocab
+                            ? kerr_add(err, "prompt token %d has token type %d: expected 0 .. %d",
+                                       i, (int)p->types[i], in->type_vocab - 1)
+                            : kerr_add(err, "prompt token %d has token type %d: this model takes "
+                                            "no token types (only 0)",
+                                       i, (int)p->types[i])),
+                       KS_EINVAL;
     if (p->logprobs < -1 || p->logprobs > KB_MAX_LOGPROBS)
         return kerr_add(err, "logprobs is %d: expected 0 .. %d (or none)", p->logprobs,
                         KB_MAX_LOGPROBS), KS_EINVAL;
