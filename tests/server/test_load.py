@@ -1,20 +1,27 @@
 """test_load — the bounded load test of issue 10: many concurrent clients, some rude, nothing mixed.
 
-CLIENTS threads start together against one server (the example model on the CPU backend):
+CLIENTS threads start together against one server on the CPU backend. The model is the tiny llama
+fixture (tests/fixtures/llama: 2 layers, hidden 96, vocab 512, eos 2), not the example model: what
+is under test is the server and the scheduler, and at ~1/100 of the example model's cost per token
+the same 2 cores run every client for many more steps (so streams interleave and disconnects land
+mid-stream), under ASan too. Clients:
   - most stream a short greedy completion (one of PROMPTS, a few tokens) and must get, through the
     SSE stream, exactly the token ids that prompt gets when it runs alone (measured first, one
     request at a time, on the same server), a finish_reason and `data: [DONE]`;
-  - DISCONNECT of them ask for a long completion and hang up after the first event: the server
-    must cancel them (if it did not, their hundreds of tokens would keep it busy long after the
-    others finished, and the idle check below would time out);
+  - DISCONNECT of them ask for a long completion (LONG tokens) and hang up after the first event:
+    the server must cancel them, which the token count in /metrics shows (at most CANCEL_SLACK
+    tokens each after the hang-up, not LONG);
   - GARBAGE of them send bad JSON, a truncated body, binary junk, a huge Content-Length, a
     non-HTTP line, or half a header, and either get the right error status or are dropped.
 Then the server must be idle (/metrics: 0 running, 0 KV blocks used) within a few seconds, still
 healthy and still correct, and exit 0 on SIGTERM with no sanitizer report (LeakSanitizer included).
-Sized to about 15 s on 2 cores (plain build); the SAN build takes a few times that.
+The KV cache holds fewer blocks than the running requests need, so the scheduler preempts some
+(hundreds of times) and recomputes them: their tokens must still equal the request alone.
+About 3 s on 2 cores with the plain build, 35 s under ASan+UBSan.
 """
 import http.client
 import json
+import os
 import random
 import socket
 import threading
@@ -23,17 +30,23 @@ import unittest
 
 import kserve
 
-NAME = "tinyfortune"
 CLIENTS = 200
 DISCONNECT = 20
 GARBAGE = 20
 MAX_BATCH = 32
+KV_BLOCKS = 48        # of 32 tokens: fewer than MAX_BATCH running requests need, so some are preempted
+LONG = 460            # a disconnecting client's max_tokens (prompt + LONG <= the max-seq-len, 512)
+CANCEL_SLACK = 64     # tokens a disconnected request may still get before the server notices
+
+MODEL = os.path.join(kserve.ROOT, "tests/fixtures/llama")
+NAME = "llama"
 
 rng = random.Random(10)
-# short prompts (token ids; 0 is <|endoftext|>, which starts every tinyfortune text)
-PROMPTS = [[0] + [rng.randrange(1, 4096) for _ in range(rng.randrange(1, 6))] for _ in range(12)]
-# (prompt index, max_tokens, ignore_eos) per normal client: a few distinct requests, many times each
-KINDS = [(i, 1 + i % 3, i % 4 != 0) for i in range(len(PROMPTS))]
+# short prompts (token ids below the fixture's vocabulary of 512)
+PROMPTS = [[rng.randrange(3, 512) for _ in range(rng.randrange(1, 40))] for _ in range(16)]
+# (prompt index, max_tokens, ignore_eos) per normal client: a few distinct requests, many times each;
+# without ignore_eos some stop early at the eos id
+KINDS = [(i, 16 + 8 * i, i % 4 != 0) for i in range(len(PROMPTS))]
 
 
 def body(kind, stream=True):
@@ -109,10 +122,10 @@ def post_head(length, extra=""):
 
 
 GOOD = json.dumps(body(KINDS[0], stream=False)).encode()
+BAD_JSON = b'{"model": "llama", "prompt": [1,2'
 # (name, bytes, close the write side, the status that must come back, or None: any or none)
 GARBAGE_KINDS = [
-    ("bad JSON", post_head(len(b'{"model": "tinyfortune", "prompt": [1,2')) + b'{"model": "tinyfortune", "prompt": [1,2',
-     True, 400),
+    ("bad JSON", post_head(len(BAD_JSON)) + BAD_JSON, True, 400),
     ("truncated body", post_head(len(GOOD)) + GOOD[:len(GOOD) // 2], False, None),
     ("binary junk", post_head(64) + bytes(rng.randrange(256) for _ in range(64)), True, 400),
     ("huge Content-Length", post_head(10 ** 15) + b'{"model": ', True, 413),
@@ -125,8 +138,8 @@ GARBAGE_KINDS = [
 class Load(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.srv = kserve.Server("load", kserve.MODEL, "--model-name", NAME, "--max-batch", str(MAX_BATCH),
-                                "--max-tokens", "256")
+        cls.srv = kserve.Server("load", MODEL, "--max-batch", str(MAX_BATCH), "--max-tokens", "256",
+                                "--max-seq-len", "512", "--kv-blocks", str(KV_BLOCKS))
 
     @classmethod
     def tearDownClass(cls):
@@ -160,7 +173,7 @@ class Load(unittest.TestCase):
                     kind = KINDS[i % len(KINDS)]
                     results[i] = ("normal", kind, stream_ids(srv, body(kind)))
                 elif role == "disconnect":
-                    req = {**body(KINDS[i % len(KINDS)]), "max_tokens": 400, "ignore_eos": True}
+                    req = {**body(KINDS[i % len(KINDS)]), "max_tokens": LONG, "ignore_eos": True}
                     results[i] = ("disconnect", None, stream_ids(srv, req, hang_up_after=1))
                 else:
                     name, data, close_write, want = GARBAGE_KINDS[i % len(GARBAGE_KINDS)]
@@ -202,6 +215,11 @@ class Load(unittest.TestCase):
                             f"not idle after the load: running {running}, KV blocks used {kv_used}\n{text}")
             time.sleep(0.1)
         self.assertEqual(samples["kiln_num_requests_waiting"], 0)
+        self.assertGreater(samples["kiln_preemptions_total"], 0, f"KV blocks for fewer than {MAX_BATCH} requests")
+        # the disconnected requests were cancelled, not run to their LONG tokens
+        normal_tokens = sum(len(alone[k]) for k in KINDS) + sum(len(r[2][0]) for r in normal)
+        self.assertLessEqual(samples["kiln_generation_tokens_total"], normal_tokens + DISCONNECT * CANCEL_SLACK,
+                             f"{DISCONNECT} clients hung up: their requests must be cancelled")
         status, _, _ = kserve.request(srv, "GET", "/health")
         self.assertEqual(status, 200)
         kind = KINDS[1]
