@@ -5,7 +5,7 @@ fixture (tests/fixtures/llama: 2 layers, hidden 96, vocab 512, eos 2), not the e
 is under test is the server and the scheduler, and at ~1/100 of the example model's cost per token
 the same 2 cores run every client for many more steps (so streams interleave and disconnects land
 mid-stream), under ASan too. Clients:
-  - most stream a short greedy completion (one of PROMPTS, a few tokens) and must get, through the
+  - most stream a short completion (one of KINDS: greedy or seeded) and must get, through the
     SSE stream, exactly the token ids that prompt gets when it runs alone (measured first, one
     request at a time, on the same server), a finish_reason and `data: [DONE]`;
   - DISCONNECT of them ask for a long completion (LONG tokens) and hang up after the first event:
@@ -44,15 +44,19 @@ NAME = "llama"
 rng = random.Random(10)
 # short prompts (token ids below the fixture's vocabulary of 512)
 PROMPTS = [[rng.randrange(3, 512) for _ in range(rng.randrange(1, 40))] for _ in range(16)]
-# (prompt index, max_tokens, ignore_eos) per normal client: a few distinct requests, many times each;
-# without ignore_eos some stop early at the eos id
-KINDS = [(i, 16 + 8 * i, i % 4 != 0) for i in range(len(PROMPTS))]
+# (prompt index, max_tokens, ignore_eos, seed) per normal client: a few distinct requests, many times
+# each; without ignore_eos some stop early at the eos id; with a seed, sampled (temperature 0.9: one
+# RNG stream per request, so alone or in any batch, preempted or not, the same tokens)
+KINDS = [(i, 16 + 8 * i, i % 4 != 0, i if i % 3 == 0 else None) for i in range(len(PROMPTS))]
 
 
 def body(kind, stream=True):
-    p, n, ignore = kind
-    return {"model": NAME, "prompt": PROMPTS[p], "max_tokens": n, "temperature": 0, "ignore_eos": ignore,
-            "stream": stream, "return_token_ids": True}
+    p, n, ignore, seed = kind
+    b = {"model": NAME, "prompt": PROMPTS[p], "max_tokens": n, "temperature": 0, "ignore_eos": ignore,
+         "stream": stream, "return_token_ids": True}
+    if seed is not None:
+        b.update(temperature=0.9, seed=seed)
+    return b
 
 
 def stream_ids(srv, req, hang_up_after=None):
@@ -153,7 +157,7 @@ class Load(unittest.TestCase):
             status, r = kserve.post_json(srv, "/v1/completions", body(kind, stream=False))
             self.assertEqual(status, 200, r)
             alone[kind] = r["choices"][0]["token_ids"]
-            p, n, ignore = kind
+            p, n, ignore, seed = kind
             if ignore:
                 self.assertEqual(len(alone[kind]), n, kind)
             else:
