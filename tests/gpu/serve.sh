@@ -106,8 +106,10 @@ start_server() {   # $1: phase name
   row "$1: FAIL /health never 200: $(grep -m1 -i error $err)"
   return 1
 }
-stop_server() {    # $1: phase name; SIGTERM must give exit 0
+stop_server() {    # $1: phase name; SIGTERM must give exit 0 (within the 30 s grace and a margin)
   kill -TERM $PID 2>/dev/null
+  for _ in $(seq 600); do kill -0 $PID 2>/dev/null || break; sleep 0.1; done
+  kill -0 $PID 2>/dev/null && { row "$1: FAIL kiln serve still running 60 s after SIGTERM"; kill -KILL $PID; }
   wait $PID
   local rc=$?
   [ $rc = 0 ] || { row "$1: FAIL kiln serve exited $rc after SIGTERM"; fail=1; }
