@@ -139,18 +139,24 @@ for f in llama mixtral bloom qwen2; do
 done
 
 # 3b. sampling with a seed draws from (seed, token index) only: a sampled request gives the same
-# tokens alone and in a batch; and a maximum batch that is not a power of two (6: the decode bucket
-# of 5 or 6 rows is the batch itself) gives every row its tokens
+# tokens alone and in a batch. The three prompts are short (2, 3 and 2 tokens: together at most
+# gemv_max rows, so every linear of the prefill runs on kiln's GEMV kernels, whose rows do not depend
+# on the batch, as in decode): with longer prompts the batch's prefill GEMMs run on cuBLASLt with
+# other shapes than alone, the logits differ in the last bits (the batch rows above: ~6e-3), and a
+# sampled draw near a boundary may flip, which says nothing about the RNG. Then a maximum batch that
+# is not a power of two (6: the decode bucket of 5 or 6 rows is the batch itself) gives every row
+# its tokens.
 if [ -f $ART/llama/model.kiln ]; then
   full=$($PY tests/gpu/compare.py ids tests/fixtures/llama)
   IFS=, read -ra T <<< "$full"
   ps=("$(IFS=,; echo "${T[*]:0:7}")" "$(IFS=,; echo "${T[*]:2:13}")" "$full" "$(IFS=,; echo "${T[*]:1:4}")"
       "$(IFS=,; echo "${T[*]:5:9}")" "$(IFS=,; echo "${T[*]:0:21}")")
   samp="--temperature 1 --top-k 40 --seed 7"
+  short=("$(IFS=,; echo "${T[*]:0:2}")" "$(IFS=,; echo "${T[*]:4:3}")" "$(IFS=,; echo "${T[*]:9:2}")")
   singles=(); args=()
   for i in 0 1 2; do
-    $BIN/kiln run $ART/llama --ids ${ps[$i]} $samp --max-new 16 --ignore-eos --dump $ART/llama.seed$i.st > $LOG/seed_llama.$i.log 2>&1
-    singles+=($ART/llama.seed$i.st); args+=(--ids ${ps[$i]})
+    $BIN/kiln run $ART/llama --ids ${short[$i]} $samp --max-new 16 --ignore-eos --dump $ART/llama.seed$i.st > $LOG/seed_llama.$i.log 2>&1
+    singles+=($ART/llama.seed$i.st); args+=(--ids ${short[$i]})
   done
   if $BIN/kiln run $ART/llama "${args[@]}" $samp --max-new 16 --ignore-eos --dump $ART/llama.seedb.st > $LOG/seed_llama.log 2>&1; then
     $PY tests/gpu/compare.py batch "llama seeded" "${singles[@]}" -- $ART/llama.seedb.st >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
