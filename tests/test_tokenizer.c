@@ -368,8 +368,13 @@ static void test_random_bytes(void **state)
             kerr_clear(&err);
             if (tok_encode(t, buf, n, 1, &ids, &nids, &err))
                 fail_msg("%s: encode of random bytes failed: %s", flavours[f], kerr_msg(&err));
-            for (size_t k = 0; k < nids; k++)
-                assert_non_null(tok_id_to_token(t, ids[k]));
+            for (size_t k = 0; k < nids; k++) {
+                /* NULL for a token holding a NUL byte (wordlevel's "\u0000") */
+                const char *tok = tok_id_to_token(t, ids[k]);
+                assert_true(ids[k] >= 0 && (size_t)ids[k] < tok_vocab_size(t));
+                if (tok)
+                    assert_int_equal(tok_token_to_id(t, tok), ids[k]);
+            }
             char *text;
             size_t tl;
             assert_int_equal(tok_decode(t, ids, nids, 1, &text, &tl, &err), 0);
@@ -1110,6 +1115,60 @@ static void test_nul_in_vocab(void **state)
     free(p);
 }
 
+/* A token holding a NUL byte (fuzz_tokenizer_load: "<s\u0000>" emitted by a post-processor came
+ * back from tok_id_to_token as "<s", which names no token or another one) has no C string name:
+ * tok_id_to_token gives NULL, and encoding still finds it, also as the unk token. U+10FFFF, which
+ * the loader uses to stand for "\u0000", is refused in the file instead of being read as a NUL. */
+static void test_nul_token_names(void **state)
+{
+    (void)state;
+    char *p = util_path_join(tmpdir, "nulname.json");
+    const char *j = "{\"model\": {\"type\": \"WordLevel\", \"unk_token\": \"<s\\u0000>\", "
+                    "\"vocab\": {\"<s\\u0000>\": 0, \"<s\": 1, \"x\": 2}}, "
+                    "\"pre_tokenizer\": {\"type\": \"WhitespaceSplit\"}, "
+                    "\"added_tokens\": "
+                    "[{\"id\": 3, \"content\": \"[\\u0000]\", \"special\": true}]}";
+    kerr err;
+    kerr_clear(&err);
+    assert_int_equal(util_write_file(p, j, strlen(j), &err), 0);
+    tokenizer *t = tok_load(p, &err);
+    if (!t)
+        fail_msg("%s", kerr_msg(&err));
+    int32_t *ids;
+    size_t n;
+    assert_int_equal(tok_encode(t, "x y [\0] <s", 10, 1, &ids, &n, &err), 0);
+    assert_int_equal(n, 4);
+    assert_int_equal(ids[0], 2);
+    assert_int_equal(ids[1], 0); /* "y" is unknown: the unk token "<s\0>" */
+    assert_int_equal(ids[2], 3);
+    assert_int_equal(ids[3], 1);
+    free(ids);
+    assert_null(tok_id_to_token(t, 0));
+    assert_null(tok_id_to_token(t, 3));
+    assert_string_equal(tok_id_to_token(t, 1), "<s");
+    assert_int_equal(tok_token_to_id(t, "<s"), 1);
+    assert_int_equal(tok_token_to_id(t, "["), -1);
+    tok_free(t);
+    free(p);
+
+    expect_load_error("{\"model\": {\"type\": \"WordLevel\", "
+                      "\"vocab\": {\"<s\xF4\x8F\xBF\xBF>\": 0}}}",
+                      ":1:46: U+10FFFF in a string", "stand for \\u0000");
+    expect_load_error("{\"model\": {\"type\": \"WordLevel\",\n"
+                      " \"vocab\": {\"<s\\udbff\\uDFFF>\": 0}}}",
+                      ":2:15: U+10FFFF in a string", NULL);
+    /* an escaped backslash before it makes "\\udbff\\udfff" plain text */
+    p = util_path_join(tmpdir, "notesc.json");
+    j = "{\"model\": {\"type\": \"WordLevel\", \"vocab\": {\"\\\\udbff\\\\udfff\": 0}}}";
+    assert_int_equal(util_write_file(p, j, strlen(j), &err), 0);
+    t = tok_load(p, &err);
+    if (!t)
+        fail_msg("%s", kerr_msg(&err));
+    assert_int_equal(tok_token_to_id(t, "\\udbff\\udfff"), 0);
+    tok_free(t);
+    free(p);
+}
+
 static void test_cli(void **state)
 {
     (void)state;
@@ -1215,6 +1274,7 @@ int main(void)
         cmocka_unit_test(test_regex_groups),
         cmocka_unit_test(test_bpe_no_unk),
         cmocka_unit_test(test_nul_in_vocab),
+        cmocka_unit_test(test_nul_token_names),
         cmocka_unit_test(test_cli),
     };
     _Static_assert(sizeof flavours / sizeof flavours[0] == 12, "one FLAVOUR() per flavour");

@@ -106,7 +106,8 @@ int tok_u8_truncated(const char *s, size_t n);
 /* jansson cannot hold U+0000 in object keys (vocabularies sometimes have "\u0000"), so the
  * loader rewrites that escape to U+10FFFF (a noncharacter) before parsing, and strings read from
  * the vocabulary, merges and added tokens go through tok_nul_fix, which turns it back into a NUL
- * byte. Returns s itself when there is nothing to fix, else b's buffer. */
+ * byte. So that the stand-in is unambiguous, tok_json_load refuses a file holding U+10FFFF itself
+ * (as UTF-8 or as \uDBFF\uDFFF). Returns s itself when there is nothing to fix, else b's buffer. */
 #define TOK_NUL_SENTINEL "\xF4\x8F\xBF\xBF"
 #define TOK_MAX_FILE ((uint64_t)256 << 20)
 const char *tok_nul_fix(tok_sbuf *b, const char *s, size_t n, size_t *out_n);
@@ -119,7 +120,8 @@ int tok_json_int(json_t *v, long long lo, long long hi, long long *out, kerr *er
 /* A token id: 0 <= id < TOK_MAX_ID (tokenizer.h). */
 int tok_json_id(json_t *v, int32_t *id, kerr *err, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-/* Parses a JSON file with that rewrite (files over TOK_MAX_FILE bytes are refused unread).
+/* Parses a JSON file with that rewrite (files over TOK_MAX_FILE bytes are refused unread, and
+ * files holding U+10FFFF are refused naming its line and column).
  * NULL with a message (file:line:col) on error. */
 json_t *tok_json_load(const char *path, kerr *err);
 

@@ -56,7 +56,8 @@ struct tok_model {
     /* BPE */
     merge_slot *merges;
     size_t merges_cap;
-    char *unk;
+    char *unk; /* unk_len bytes (may hold a NUL, from "\u0000") */
+    size_t unk_len;
     int32_t unk_id;
     char *prefix, *suffix;
     size_t prefix_len, suffix_len;
@@ -149,17 +150,20 @@ void tok_model_free(tok_model *m)
     free(m);
 }
 
+/* A string the model compares with vocabulary keys, so it gets their "\u0000" fix too. */
 static char *opt_str(json_t *j, const char *k, size_t *len)
 {
     json_t *v = json_object_get(j, k);
-    if (!json_is_string(v)) {
-        if (len)
-            *len = 0;
+    *len = 0;
+    if (!json_is_string(v))
         return NULL;
-    }
-    if (len)
-        *len = json_string_length(v);
-    return xstrdup(json_string_value(v));
+    tok_sbuf fix = {0};
+    const char *s = tok_nul_fix(&fix, json_string_value(v), json_string_length(v), len);
+    char *r = xmalloc(*len + 1);
+    memcpy(r, s, *len);
+    r[*len] = 0;
+    free(fix.s);
+    return r;
 }
 
 static int load_vocab(tok_model *m, json_t *vocab, const char *where, kerr *err)
@@ -209,7 +213,7 @@ static int load_bpe(tok_model *m, json_t *j, const char *where, kerr *err)
         return kerr_add(err, "%s: BPE dropout %g is not supported (it makes encoding random; set it "
                              "to null)",
                         where, json_number_value(drop));
-    m->unk = opt_str(j, "unk_token", NULL);
+    m->unk = opt_str(j, "unk_token", &m->unk_len);
     m->prefix = opt_str(j, "continuing_subword_prefix", &m->prefix_len);
     m->suffix = opt_str(j, "end_of_word_suffix", &m->suffix_len);
     json_t *fu = json_object_get(j, "fuse_unk"), *bf = json_object_get(j, "byte_fallback"),
@@ -218,7 +222,7 @@ static int load_bpe(tok_model *m, json_t *j, const char *where, kerr *err)
     m->byte_fallback = json_is_true(bf);
     m->ignore_merges = json_is_true(im);
     m->unk_id = -1;
-    if (m->unk && !tok_strmap_get(&m->vocab, m->unk, strlen(m->unk), &m->unk_id))
+    if (m->unk && !tok_strmap_get(&m->vocab, m->unk, m->unk_len, &m->unk_id))
         m->unk_id = -2; /* HF fails only when the unk token is needed; so do we */
     for (int b = 0; b < 256; b++) {
         char code[8];
@@ -333,10 +337,12 @@ tok_model *tok_model_load(json_t *j, const char *where, kerr *err)
         if (load_bpe(m, j, where, err))
             goto fail;
     } else {
-        m->unk = opt_str(j, "unk_token", NULL);
-        if (!m->unk)
+        m->unk = opt_str(j, "unk_token", &m->unk_len);
+        if (!m->unk) {
             m->unk = xstrdup(m->type == M_WORDPIECE ? "[UNK]" : "<unk>");
-        if (!tok_strmap_get(&m->vocab, m->unk, strlen(m->unk), &m->unk_id))
+            m->unk_len = strlen(m->unk);
+        }
+        if (!tok_strmap_get(&m->vocab, m->unk, m->unk_len, &m->unk_id))
             m->unk_id = -2;
         if (m->type == M_WORDPIECE) {
             m->prefix = opt_str(j, "continuing_subword_prefix", &m->prefix_len);

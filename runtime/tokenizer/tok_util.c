@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <utf8proc.h>
 
@@ -374,6 +375,15 @@ const char *tok_nul_fix(tok_sbuf *b, const char *s, size_t n, size_t *out_n)
     return b->s;
 }
 
+/* 1 when the backslash at text[i] starts an escape: an even number of backslashes before it. */
+static int escape_at(const char *text, size_t i)
+{
+    size_t k = 0;
+    while (k < i && text[i - 1 - k] == '\\')
+        k++;
+    return k % 2 == 0;
+}
+
 json_t *tok_json_load(const char *path, kerr *err)
 {
     /* The largest real tokenizer.json files are tens of MB; jansson needs several times the
@@ -387,21 +397,37 @@ json_t *tok_json_load(const char *path, kerr *err)
     char *text = util_read_file(path, &len, err);
     if (!text)
         return NULL;
+    /* U+10FFFF stands for U+0000 after parsing, so a file that holds it itself (as UTF-8 or as
+     * the escape pair \uDBFF\uDFFF) would have it read as a NUL byte: a token "<s\U0010FFFF>"
+     * became "<s\0>". It is a noncharacter no real tokenizer uses; refuse it. */
+    const char *raw = memmem(text, len, TOK_NUL_SENTINEL, 4);
+    size_t bad = raw ? (size_t)(raw - text) : len;
+    for (size_t i = 0; i + 12 <= bad; i++)
+        if (text[i] == '\\' && strncasecmp(text + i, "\\uDBFF\\uDFFF", 12) == 0 &&
+            escape_at(text, i))
+            bad = i;
+    if (bad < len) {
+        size_t line = 1, col = 1;
+        for (size_t i = 0; i < bad; i++) {
+            col = text[i] == '\n' ? 1 : col + 1;
+            line += text[i] == '\n';
+        }
+        kerr_add(err, "%s:%zu:%zu: U+10FFFF in a string; kiln's loader uses this noncharacter to "
+                      "stand for \\u0000, so it cannot be read faithfully: remove it",
+                 path, line, col);
+        free(text);
+        return NULL;
+    }
     tok_sbuf b = {0};
     const char *src = text;
     size_t slen = len;
     if (memmem(text, len, "u0000", 5)) {
         for (size_t i = 0; i < len;) {
             if (text[i] == '\\' && i + 5 < len && text[i + 1] == 'u' &&
-                memcmp(text + i + 2, "0000", 4) == 0) {
-                size_t k = 0; /* backslashes before this one: even = this one starts an escape */
-                while (k < i && text[i - 1 - k] == '\\')
-                    k++;
-                if (k % 2 == 0) {
-                    tok_sbuf_put(&b, "\\uDBFF\\uDFFF", 12);
-                    i += 6;
-                    continue;
-                }
+                memcmp(text + i + 2, "0000", 4) == 0 && escape_at(text, i)) {
+                tok_sbuf_put(&b, "\\uDBFF\\uDFFF", 12);
+                i += 6;
+                continue;
             }
             tok_sbuf_putc(&b, text[i++]);
         }

@@ -1098,7 +1098,12 @@ static int32_t config_token(const tokenizer *t, json_t *cfg, const char *key)
         v = json_object_get(v, "content");
     if (!json_is_string(v))
         return -1;
-    return token_to_id(t, json_string_value(v), json_string_length(v));
+    tok_sbuf fix = {0};
+    size_t n;
+    const char *s = tok_nul_fix(&fix, json_string_value(v), json_string_length(v), &n);
+    int32_t id = token_to_id(t, s, n);
+    free(fix.s);
+    return id;
 }
 
 /* Ids that encode emits or callers stop on (post-processor tokens, pad_id, bos/eos) must be ids
@@ -1820,9 +1825,14 @@ size_t tok_vocab_size(const tokenizer *t) { return t->vocab_size; }
 const char *tok_id_to_token(const tokenizer *t, int32_t id)
 {
     int32_t k = added_index(t, id);
+    size_t len;
+    const char *s;
     if (k >= 0)
-        return t->added[k].content;
-    return tok_model_id_to_token(t->model, id, NULL);
+        s = t->added[k].content, len = t->added[k].len;
+    else if (!(s = tok_model_id_to_token(t->model, id, &len)))
+        return NULL;
+    /* a token holding a NUL byte has no C string name (tokenizer.h) */
+    return memchr(s, 0, len) ? NULL : s;
 }
 
 int32_t tok_token_to_id(const tokenizer *t, const char *token)

@@ -21,9 +21,10 @@
  * be ids of the tokenizer (below tok_vocab_size); lengths such as padding and truncation are
  * bounded by TOK_MAX_LEN; tok_load refuses larger or non-integer values naming the file and the
  * field, before sizing anything by them. Files over 256 MiB and added tokens over 1024 bytes are
- * refused too, and tok_encode takes at most TOK_MAX_TEXT bytes: with these, encoding costs a
- * bounded amount of work per input byte (regexes from the file are bounded by PCRE2's match
- * limit, which fails the call with a message).
+ * refused too, as is U+10FFFF anywhere in these files (a noncharacter; the loader uses it to stand
+ * for "\u0000", which jansson cannot hold in object keys), and tok_encode takes at most
+ * TOK_MAX_TEXT bytes: with these, encoding costs a bounded amount of work per input byte (regexes
+ * from the file are bounded by PCRE2's match limit, which fails the call with a message).
  */
 #ifndef KILN_TOKENIZER_H
 #define KILN_TOKENIZER_H
@@ -88,9 +89,12 @@ int32_t tok_eos_id(const tokenizer *t);
 size_t tok_eos_ids(const tokenizer *t, const int32_t **ids);
 /* Number of ids: one more than the largest id of the model or the added tokens. */
 size_t tok_vocab_size(const tokenizer *t);
-/* The token's string (model vocabulary or added token), NULL if the id is unknown. */
+/* The token's string (model vocabulary or added token), NULL if the id is unknown or its token
+ * holds a NUL byte (a vocabulary's "\u0000", or "<s\u0000>": no C string names it, and the text
+ * before the NUL may be another token's name). tok_encode and tok_decode handle such tokens. */
 const char *tok_id_to_token(const tokenizer *t, int32_t id);
-/* -1 if the token is not in the vocabulary or the added tokens. */
+/* -1 if the token is not in the vocabulary or the added tokens. For every id whose
+ * tok_id_to_token is not NULL, tok_token_to_id of that string gives the id back. */
 int32_t tok_token_to_id(const tokenizer *t, const char *token);
 /* 1 if the id is an added token marked special (what skip_special skips). */
 int tok_is_special(const tokenizer *t, int32_t id);

@@ -7,7 +7,8 @@
  * pre-tokenizers, post-processors and decoders are run, not only parsed.
  * Contracts: a failed load leaves a message; every encoded id is below tok_vocab_size; decode
  * gives valid UTF-8; streaming the ids gives valid UTF-8 pieces whose concatenation is
- * tok_decode of the same ids; the special ids are -1 or below the vocabulary size.
+ * tok_decode of the same ids; the special ids are -1 or below the vocabulary size; an encoded id's
+ * token string (tok_id_to_token, NULL for a token holding a NUL byte) looks up that same id.
  */
 #include "fuzz_tok.h"
 
@@ -43,7 +44,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             FZ_CHECK(ids[i] >= 0 && (size_t)ids[i] < V, "encode gave id %d, vocab %zu", ids[i], V);
             const char *tokstr = tok_id_to_token(t, ids[i]);
             if (tokstr)
-                FZ_CHECK(tok_token_to_id(t, tokstr) >= 0, "token '%s' has no id", tokstr);
+                FZ_CHECK(tok_token_to_id(t, tokstr) == ids[i], "token '%s' of id %d gives id %d",
+                         tokstr, ids[i], tok_token_to_id(t, tokstr));
         }
         fz_check_stream(t, ids, n, add);
         free(ids);
