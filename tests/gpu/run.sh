@@ -32,7 +32,7 @@ row() { echo "$1" | tee -a "$SUMMARY"; }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$LOG/gpu.txt" 2>&1
 CARD=$(head -1 "$LOG/gpu.txt")
-echo "card: $CARD; commit ${KILN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo "?")}" | tee -a "$SUMMARY"
+echo "card: $CARD; commit ${KILN_COMMIT:-$($BIN/kiln --version 2>/dev/null | sed -n "s/.*commit \([^)]*\)).*/\1/p")}" | tee -a "$SUMMARY"
 
 # 1. kernels, in the background (mostly NVRTC time) while the fixtures compile and run
 # (KILN_KTEST=0 skips them: for a run after host-only changes, when templates/ and kernels/ are as

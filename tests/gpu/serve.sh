@@ -81,7 +81,7 @@ VOCAB=128256   # synth_llama.py's shapes; a SERVE_MODEL's from its config.json
   "$SERVE_MODEL/config.json")
 CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 CARD=${CARD:-no GPU}
-row "card: $CARD; model $SHAPE; commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'); phases: $PHASES"
+row "card: $CARD; model $SHAPE; commit $($BIN/kiln --version 2>/dev/null | sed -n "s/.*commit \([^)]*\)).*/\1/p"); phases: $PHASES"
 
 # ---- one server per phase
 PID=
