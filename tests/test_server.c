@@ -266,6 +266,14 @@ static void test_validation(void **state)
          "seed: expected an integer"},
         {OA_COMPLETIONS, "{\"prompt\": \"x\", \"n\": 2}", 400, "n",
          "n: expected an integer from 1 to 1, got 2"},
+        {OA_COMPLETIONS, "{\"prompt\": \"x\", \"presence_penalty\": 0.5}", 400,
+         "presence_penalty", "presence_penalty is not supported by kiln (only 0, which is off"},
+        {OA_CHAT, "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], "
+                  "\"logit_bias\": {\"5\": 100}}",
+         400, "logit_bias", "logit_bias is not supported by kiln"},
+        {OA_CHAT, "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], "
+                  "\"response_format\": {\"type\": \"json_object\"}}",
+         400, "response_format", "structured output is not supported"},
         {OA_COMPLETIONS, "{\"prompt\": \"x\", \"max_tokens\": -1}", 400, "max_tokens",
          "max_tokens: expected an integer from 0 to 64, got -1"},
         {OA_COMPLETIONS, "{\"prompt\": \"x\", \"max_tokens\": 1.0}", 400, "max_tokens",

@@ -399,8 +399,41 @@ static uint64_t random_seed(void)
     return x * 0xbf58476d1ce4e5b9ull;
 }
 
+/* Fields of OpenAI's (or vLLM's) API that change what is generated and that kiln does not
+ * implement: accepted only with the value that changes nothing (or null), else a 400 naming the
+ * field, so that no request is silently answered as if it had asked for something else. */
+static int refuse_unsupported(json_t *root, oa_error *e)
+{
+    static const struct {
+        const char *field;
+        double neutral;   /* the number that means "off" */
+    } nums[] = {{"presence_penalty", 0}, {"frequency_penalty", 0}, {"repetition_penalty", 1},
+                {"min_p", 0}, {"best_of", 1}};
+    for (size_t i = 0; i < ARRAY_LEN(nums); i++) {
+        json_t *v = json_object_get(root, nums[i].field);
+        if (v && !json_is_null(v) && !(json_is_number(v) && json_number_value(v) == nums[i].neutral))
+            return oa_error_set(e, 400, nums[i].field, "%s is not supported by kiln (only %g, "
+                                "which is off, or null)", nums[i].field, nums[i].neutral);
+    }
+    json_t *v = json_object_get(root, "logit_bias");
+    if (v && !json_is_null(v) && !(json_is_object(v) && json_object_size(v) == 0))
+        return oa_error_set(e, 400, "logit_bias", "logit_bias is not supported by kiln (only an "
+                            "empty object or null)");
+    v = json_object_get(root, "suffix");
+    if (v && !json_is_null(v) && !(json_is_string(v) && json_string_length(v) == 0))
+        return oa_error_set(e, 400, "suffix", "suffix is not supported by kiln (only \"\" or null)");
+    v = json_object_get(root, "response_format");
+    json_t *t = json_is_object(v) ? json_object_get(v, "type") : NULL;
+    if (v && !json_is_null(v) && !(json_is_string(t) && !strcmp(json_string_value(t), "text")))
+        return oa_error_set(e, 400, "response_format", "response_format: kiln generates plain "
+                            "text only (type \"text\"); structured output is not supported");
+    return 0;
+}
+
 static int parse_sampling(const oa_model *m, json_t *root, oa_request *r, oa_error *e)
 {
+    if (refuse_unsupported(root, e))
+        return -1;
     double temp = 1, top_p = 1;
     long long top_k = 0, seed = -1, n = 1;
     if (get_num(root, "temperature", 0, 2, 0, &temp, e) ||
