@@ -40,18 +40,7 @@ static int teardown(void **state)
 typedef tu_run run;
 
 /* Runs bin with args (NULL-terminated), capturing stdout and stderr. */
-static run run_argv(const char *bin, const char **args)
-{
-    const char *argv[48];
-    int n = 0;
-    argv[n++] = bin;
-    for (int i = 0; args[i]; i++) {
-        assert_true(n < 47);
-        argv[n++] = args[i];
-    }
-    argv[n] = NULL;
-    return tu_run_argv(D, NULL, argv);
-}
+static run run_argv(const char *bin, const char **args) { return tu_run_bin(D, bin, args); }
 #define KILN_RUN(...) run_argv(KILN, (const char *[]){"run", __VA_ARGS__, NULL})
 #define KILNC_REF(...) run_argv(KILNC, (const char *[]){"ref", __VA_ARGS__, NULL})
 

@@ -10,7 +10,8 @@
  *   tu_write_llama              a tiny random-weight Llama checkpoint (config.json and
  *                               model.safetensors), with knobs for the bad variants
  *   tu_run_argv                 runs a binary (kiln, kilnc), capturing its exit status, stdout
- *                               and stderr, and fails on any sanitizer report
+ *                               and stderr, and fails on any sanitizer report; tu_run_bin the
+ *                               same for a binary and a NULL-terminated argument list
  *
  * Helpers abort on I/O failures of the test's own scaffolding (that is not what is under test).
  */
@@ -341,6 +342,21 @@ static inline tu_run tu_run_argv(const char *dir, const char *input, const char 
     assert_not_contains(r.err, "Sanitizer");
     assert_not_contains(r.err, "runtime error:");
     return r;
+}
+
+/* tu_run_argv of `bin` followed by the NULL-terminated args, with no input. */
+static inline tu_run tu_run_bin(const char *dir, const char *bin, const char *const *args)
+{
+    const char *argv[64];
+    int n = 0;
+    argv[n++] = bin;
+    for (int i = 0; args[i]; i++) {
+        if (n == 63)
+            fail_msg("tu_run_bin: more than 62 arguments");
+        argv[n++] = args[i];
+    }
+    argv[n] = NULL;
+    return tu_run_argv(dir, NULL, argv);
 }
 
 #endif
