@@ -33,6 +33,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <fnmatch.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -505,6 +506,31 @@ static int dir_nonempty(const char *path)
     return any;
 }
 
+/* --force: removes the safetensors files an earlier synth (or HF's save_pretrained) left in dir,
+ * so that a stale index or shard of another layout cannot be read with the new ones. */
+static int remove_old(const char *dir, kerr *err)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return kerr_add(err, "%s: cannot read this folder: %s", dir, strerror(errno));
+    struct dirent *e;
+    int rc = 0;
+    while (rc == 0 && (e = readdir(d))) {
+        const char *n = e->d_name;
+        if (strcmp(n, "model.safetensors") && strcmp(n, "model.safetensors.index.json") &&
+            fnmatch("model-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9].safetensors", n,
+                    0))
+            continue;
+        char *path = util_path_join(dir, n);
+        if (unlink(path) != 0)
+            rc = kerr_add(err, "%s: cannot remove it (--force replaces the model files): %s", path,
+                          strerror(errno));
+        free(path);
+    }
+    closedir(d);
+    return rc;
+}
+
 /* Creates and sizes the shard files and writes their headers. */
 static int open_shards(const plan *p, const char *out, int *fd, kerr *err)
 {
@@ -525,8 +551,8 @@ static int open_shards(const plan *p, const char *out, int *fd, kerr *err)
                      ? 0
                      : -1;
         if (rc < 0) {
-            kerr_add(err, "%s: cannot create it at %.2f GB: %s", path, p->shard_size[s] / 1e9,
-                     strerror(errno));
+            kerr_add(err, "%s: cannot create this %.2f GB file: %s", path,
+                     p->shard_size[s] / 1e9, strerror(errno));
             free(path);
             return -1;
         }
@@ -636,21 +662,26 @@ int synth_write(const synth_opts *o, kerr *err)
     assert(pr && o->out && o->threads >= 1 && o->threads <= MAX_THREADS);
     assert(o->layers >= 0 && o->layers <= MAX_LAYERS && o->shard_bytes > 0);
 
-    int existed = util_is_dir(o->out);
-    if (existed) {
-        int ne = dir_nonempty(o->out);
-        if (ne < 0)
-            return kerr_add(err, "%s: cannot read this folder: %s", o->out, strerror(errno));
-        if (ne && !o->force)
-            return kerr_add(err, "%s: the folder is not empty; give an empty or new folder, or "
-                                 "--force to write into it (files of the same names are replaced)",
-                            o->out);
-    } else if (util_mkdirs(o->out, err))
-        return -1;
-
     plan p;
     if (make_plan(&p, pr, o->layers, o->seed, o->shard_bytes, err))
         return -1;
+
+    int existed = util_is_dir(o->out);
+    if (existed) {
+        int ne = dir_nonempty(o->out);
+        if (ne < 0) {
+            kerr_add(err, "%s: cannot read this folder: %s", o->out, strerror(errno));
+            goto fail;
+        }
+        if (ne && !o->force) {
+            kerr_add(err, "%s: the folder is not empty; give an empty or new folder, or --force "
+                          "to write into it (replacing its config.json, generation_config.json "
+                          "and model safetensors)",
+                     o->out);
+            goto fail;
+        }
+    } else if (util_mkdirs(o->out, err))
+        goto fail;
 
     struct statvfs sv;
     if (statvfs(o->out, &sv) != 0) {
@@ -668,6 +699,9 @@ int synth_write(const synth_opts *o, kerr *err)
             rmdir(o->out);
         goto fail;
     }
+
+    if (existed && o->force && remove_old(o->out, err))
+        goto fail;
 
     json_t *gen = json_pack("{s:O,s:O}", "bos_token_id", json_object_get(p.config, "bos_token_id"),
                             "eos_token_id", json_object_get(p.config, "eos_token_id"));
@@ -731,7 +765,8 @@ static const char help[] =
     "  --layers N       num_hidden_layers instead of the preset's, 1 to 10000\n"
     "  --threads N      generating threads, 1 to 1024 (default: the online CPUs)\n"
     "  --shard-mib N    start a new shard before one would pass N MiB, 1 to 1048576 (default 4096)\n"
-    "  --force          write into a non-empty DIR (files of the same names are replaced)\n"
+    "  --force          write into a non-empty DIR, replacing its config.json,\n"
+    "                   generation_config.json and model*.safetensors[.index.json]\n"
     "  --list           list the presets with their parameter counts and sizes\n"
     "  -h, --help       this help\n";
 

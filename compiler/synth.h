@@ -34,7 +34,7 @@ typedef struct synth_opts {
     int layers;           /* 0: the preset's num_hidden_layers */
     int threads;          /* >= 1 */
     uint64_t shard_bytes; /* a new shard starts before a tensor that would pass this size */
-    int force;            /* write into a non-empty folder */
+    int force;            /* write into a non-empty folder, replacing the model files */
     /* called about every 0.2 s while the tensors are written, and once at the end */
     void (*progress)(void *ctx, uint64_t done_bytes, uint64_t total_bytes);
     void *progress_ctx;

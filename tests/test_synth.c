@@ -6,7 +6,8 @@
  *     values, not in the header); --shard-mib 1 gives several shards and an index, holding the same
  *     tensors with the same bytes; --layers gives that many layers;
  *   - --list and --help; every bad option, a non-empty folder without --force, and a checkpoint
- *     that cannot fit on the disk are refused with their messages.
+ *     that cannot fit on the disk are refused with their messages; --force replaces the model
+ *     files of an earlier layout and keeps the others.
  */
 #include "testutil.h"
 
@@ -238,8 +239,19 @@ static void test_bad_options(void **state)
     assert_contains(s, "the folder is not empty");
     assert_contains(s, "--force");
     free(s);
+    free(expect(d, 0, (const char *[]){"synth", "--like", "tiny-llama", "-o", m, "--force",
+                                       "--shard-mib", "1", NULL}));
+    /* again in one file: the old shards and index go, other files stay */
     free(expect(d, 0, (const char *[]){"synth", "--like", "tiny-llama", "-o", m, "--force", NULL}));
-    free(expect(d, 0, (const char *[]){"check", m, NULL}));
+    char *idx = tu_path(m, "model.safetensors.index.json"),
+         *s1 = tu_path(m, "model-00001-of-00002.safetensors"), *notes = tu_path(m, "notes.txt");
+    assert_false(util_is_file(idx));
+    assert_false(util_is_file(s1));
+    assert_true(util_is_file(notes));
+    free(idx), free(s1), free(notes);
+    s = expect(d, 0, (const char *[]){"check", m, NULL});
+    assert_contains(s, "in 1 file:");
+    free(s);
 
     /* 17 TB: refused before anything is written, and the new folder is not left behind */
     char *big = tu_path(d, "big");
