@@ -5,11 +5,12 @@
 #   1. out/bin/kilnc compile examples/tinyfortune -o out/demo   (no GPU needed; skipped when
 #      out/demo is newer than the model and kilnc)
 #   2. on a machine with an NVIDIA GPU: out/bin/kiln run out/demo --prompt TEXT
-#      elsewhere:                        out/bin/kilnc ref examples/tinyfortune (fp32, CPU)
+#      elsewhere:                        out/bin/kiln run examples/tinyfortune --prompt TEXT (the
+#                                        checkpoint on the fp32 reference interpreter, CPU)
 #   3. prints which one ran, the prompt, the generated text and the speed.
 #
 # Environment: DEMO_PROMPT (default "A fool and"), DEMO_MAX_NEW (default 40 tokens),
-# DEMO_DEVICE=cpu to use the CPU reference even where a GPU exists, KILNC/KILN (the binaries),
+# DEMO_DEVICE=cpu to run on the CPU even where a GPU exists, KILNC/KILN (the binaries),
 # DEMO_MODEL/DEMO_OUT (model folder, compile output). Generation is greedy and stops at the end
 # of the fortune (<|endoftext|>), on both paths.
 set -euo pipefail
@@ -27,27 +28,6 @@ mkdir -p "$(dirname "$OUT")"
 die() { echo "demo: $*" >&2; exit 1; }
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
-# One JSON string (kiln tokenize's output) to raw text. jansson escapes only '"', '\' and
-# control characters, so this is all of it.
-unjson() {
-  awk 'function hex(h,   i, v) { v = 0; for (i = 1; i <= 4; i++) v = v * 16 + index("0123456789abcdef", tolower(substr(h, i, 1))) - 1; return v }
-  { s = substr($0, 2, length($0) - 2); out = ""; n = length(s)
-    for (i = 1; i <= n; i++) {
-      c = substr(s, i, 1)
-      if (c != "\\") { out = out c; continue }
-      c = substr(s, ++i, 1)
-      if (c == "n") out = out "\n"; else if (c == "t") out = out "\t"; else if (c == "r") out = out "\r"
-      else if (c == "b") out = out "\b"; else if (c == "f") out = out "\f"
-      else if (c == "u") { v = hex(substr(s, i + 1, 4)); i += 4; if (v > 0 && v < 128) out = out sprintf("%c", v); else out = out "?" }
-      else out = out c
-    }
-    printf "%s", out }'
-}
-# Text to one JSON string line.
-json() {
-  printf '%s' "$1" | awk 'BEGIN { ORS = "" } { gsub(/\\/, "\\\\"); gsub(/"/, "\\\""); gsub(/\t/, "\\t"); gsub(/\r/, "\\r")
-    line[NR] = $0 } END { printf "\""; for (i = 1; i <= NR; i++) printf "%s%s", (i > 1 ? "\\n" : ""), line[i]; printf "\"\n" }'
-}
 indent() { sed 's/^/           /' | sed '1s/^           //'; }
 
 [ -x "$KILNC" ] && [ -x "$KILN" ] || die "$KILNC and $KILN are not built (run make)"
@@ -90,31 +70,22 @@ elif grep -q "no NVIDIA driver\|no CUDA GPU" "$tmp/err"; then
   why=$(grep -o "no NVIDIA driver[^(;]*\|no CUDA GPU[^(;]*" "$tmp/err" | head -n 1 | sed 's/ *$//')
 else
   cat "$tmp/err" >&2
-  die "kiln run failed on this GPU machine (above); DEMO_DEVICE=cpu runs the CPU reference instead"
+  die "kiln run failed on this GPU machine (above); DEMO_DEVICE=cpu runs the checkpoint on the CPU instead"
 fi
 
 if [ $device = gpu ]; then
   gpu=$(sed -n 's/^kiln run: \(.*\)/\1/p' "$tmp/err" | grep -v "load .* s, prefill" | head -n 1)
   echo "== generate: GPU, $KILN run $OUT --prompt ... --max-new $MAX_NEW"
   [ -n "$gpu" ] && echo "   $gpu"
-  text=$(tail -n +2 "$tmp/out")
-  text=${text#"$PROMPT"} # kiln run prints a text prompt with its continuation
-  n_gen=$(head -n 1 "$tmp/out" | awk -F, 'NF { print NF } !NF { print 0 }')
-  speed=$(grep "tok/s" "$tmp/err" | tail -n 1 | sed 's/^kiln run: //')
 else
-  echo "== generate: CPU, $KILNC ref (the fp32 reference interpreter; no GPU here: $why)"
-  ids=$(json "$PROMPT" | "$KILN" tokenize "$MODEL" | tr -d '[]')
-  [ -n "$ids" ] || die "could not tokenize the prompt"
-  "$KILNC" ref "$MODEL" --ids "$ids" --max-new "$MAX_NEW" >"$tmp/out" 2>"$tmp/err" ||
-    { cat "$tmp/err" >&2; die "kilnc ref failed"; }
-  # stop at the end of the fortune, as kiln run does
-  eos=$(sed -n 's/.*"eos_token_id": *\([0-9][0-9]*\).*/\1/p' "$MODEL/generation_config.json" 2>/dev/null | head -n 1)
-  gen=$(tail -n 1 "$tmp/out" | tr ',' '\n' | awk -v e="${eos:--1}" '$1 == e { exit } { print }' | paste -sd, -)
-  n_gen=$(printf '%s' "$gen" | awk -F, 'NF { print NF } !NF { print 0 }')
-  text=$(echo "[$gen]" | "$KILN" tokenize "$MODEL" --decode | unjson)
-  speed=$(grep "tok/s" "$tmp/err" | tail -n 1 | sed 's/^kilnc ref: //')
-  [ "$n_gen" -lt "$MAX_NEW" ] && speed="$speed (kilnc ref does not stop at the end of a fortune)"
+  echo "== generate: CPU, $KILN run $MODEL (the checkpoint itself, on the fp32 reference interpreter; no GPU here: $why)"
+  "$KILN" run "$MODEL" --prompt "$PROMPT" --max-new "$MAX_NEW" >"$tmp/out" 2>"$tmp/err" ||
+    { cat "$tmp/err" >&2; die "kiln run on the CPU failed"; }
 fi
+text=$(tail -n +2 "$tmp/out")
+text=${text#"$PROMPT"} # kiln run prints a text prompt with its continuation
+n_gen=$(head -n 1 "$tmp/out" | awk -F, 'NF { print NF } !NF { print 0 }')
+speed=$(grep "tok/s" "$tmp/err" | tail -n 1 | sed 's/^kiln run: //')
 
 # ---- 3. show
 echo
@@ -127,4 +98,4 @@ else
   echo "length:    $n_gen tokens (DEMO_MAX_NEW)"
 fi
 echo "speed:     $speed"
-echo "ran on:    $( [ $device = gpu ] && echo "the GPU, with kiln run" || echo "the CPU, with kilnc ref (fp32 reference)")"
+echo "ran on:    $( [ $device = gpu ] && echo "the GPU, with kiln run" || echo "the CPU, with kiln run on the checkpoint (fp32 reference interpreter)")"
