@@ -262,33 +262,32 @@ static void synth_tensors(plan *p)
  * the start of the data; space padded so the data starts 8-byte aligned (as safetensors does). */
 static char *shard_header(const plan *p, int first, int last, uint64_t *len)
 {
-    json_t *h = json_object();
-    json_t *meta = json_object();
-    json_object_set_new(meta, "format", json_string("pt"));
-    json_object_set_new(h, "__metadata__", meta);
+    /* printed, not built with jansson (a plan may have 120,000 tensors: 10,000 layers); the
+     * names are ours, with no character that JSON would escape */
+    size_t cap = 64 + (size_t)(last - first) * 192, n = 0;
+    char *out = xmalloc(cap);
+    n += (size_t)snprintf(out, cap, "{\"__metadata__\":{\"format\":\"pt\"}");
     uint64_t off = 0;
     for (int i = first; i < last; i++) {
         const tensor *t = &p->t[i];
-        json_t *shape = json_array();
-        for (int d = 0; d < t->ndim; d++)
-            json_array_append_new(shape, json_integer(t->shape[d]));
-        json_t *e = json_object();
-        json_object_set_new(e, "dtype", json_string("BF16"));
-        json_object_set_new(e, "shape", shape);
-        json_object_set_new(e, "data_offsets",
-                            json_pack("[II]", (json_int_t)off, (json_int_t)(off + 2 * t->n)));
-        json_object_set_new(h, t->name, e);
+        char shape[48];
+        if (t->ndim == 2)
+            snprintf(shape, sizeof shape, "%lld,%lld", (long long)t->shape[0], (long long)t->shape[1]);
+        else
+            snprintf(shape, sizeof shape, "%lld", (long long)t->shape[0]);
+        int w = snprintf(out + n, cap - n,
+                         ",\"%s\":{\"dtype\":\"BF16\",\"shape\":[%s],\"data_offsets\":[%llu,%llu]}",
+                         t->name, shape, (unsigned long long)off,
+                         (unsigned long long)(off + 2 * t->n));
+        assert(w > 0 && (size_t)w < cap - n); /* 192 bytes hold a 96-byte name and the numbers */
+        n += (size_t)w;
         off += 2 * t->n;
     }
-    char *s = json_dumps(h, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    json_decref(h);
-    assert(s);
-    size_t n = strlen(s), padded = (n + 7) & ~(size_t)7;
-    char *out = xmalloc(padded + 1);
-    memcpy(out, s, n);
+    size_t padded = (n + 1 + 7) & ~(size_t)7;
+    out = xrealloc(out, padded + 1);
+    out[n++] = '}';
     memset(out + n, ' ', padded - n);
     out[padded] = 0;
-    free(s);
     *len = padded;
     return out;
 }
@@ -656,7 +655,7 @@ static int write_tensors(const plan *p, const synth_opts *o, const int *fd, kerr
     return 0;
 }
 
-int synth_write(const synth_opts *o, kerr *err)
+int synth_write(const synth_opts *o, uint64_t *params, uint64_t *bytes, kerr *err)
 {
     const synth_preset *pr = synth_find(o->like);
     assert(pr && o->out && o->threads >= 1 && o->threads <= MAX_THREADS);
@@ -724,6 +723,8 @@ int synth_write(const synth_opts *o, kerr *err)
     free(fd);
     if (rc)
         goto fail;
+    *params = p.params;
+    *bytes = p.bytes;
     plan_free(&p);
     return 0;
 fail:
@@ -742,7 +743,8 @@ static void show_progress(void *ctx, uint64_t done, uint64_t total)
 {
     progress_state *s = ctx;
     double t = now_s();
-    if (done < total && t - s->last < 1.0)
+    /* only for outputs that take more than a moment; a line a second */
+    if (total < (256ull << 20) || (done < total && t - s->last < 1.0))
         return;
     s->last = t;
     s->shown = 1;
@@ -879,17 +881,10 @@ int synth_main(int argc, char **argv)
         return util_usage_error(prog, "missing -o DIR (the folder to write)");
 
     progress_state ps = {.t0 = now_s()};
+    o.progress = show_progress;
+    o.progress_ctx = &ps;
     uint64_t params, bytes;
-    if (synth_size(synth_find(o.like), o.layers, &params, &bytes, &err)) {
-        kerr_print(prog, &err);
-        return 1;
-    }
-    /* a progress line for outputs that take more than a moment */
-    if (bytes >= (256ull << 20)) {
-        o.progress = show_progress;
-        o.progress_ctx = &ps;
-    }
-    if (synth_write(&o, &err)) {
+    if (synth_write(&o, &params, &bytes, &err)) {
         if (ps.shown)
             fputc('\n', stderr);
         kerr_print(prog, &err);

@@ -44,8 +44,9 @@ typedef struct synth_opts {
  * (0: its own). Returns 0, or -1 with a message. */
 int synth_size(const synth_preset *p, int layers, uint64_t *params, uint64_t *bytes, kerr *err);
 
-/* Writes the checkpoint. Returns 0, or -1 with a message (files written so far stay). */
-int synth_write(const synth_opts *o, kerr *err);
+/* Writes the checkpoint; *params and *bytes (the safetensors files') say how large it is.
+ * Returns 0, or -1 with a message (files written so far stay). */
+int synth_write(const synth_opts *o, uint64_t *params, uint64_t *bytes, kerr *err);
 
 /* `kilnc synth ...` (argv[0] is "synth"): the exit status. */
 int synth_main(int argc, char **argv);
