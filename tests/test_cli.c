@@ -185,13 +185,13 @@ static void test_usage_errors(void **state)
     run r = kilnc(NULL);
     EXPECT_CODE(r, 2);
     assert_string_equal(r.err, "kilnc: error: missing COMMAND (one of: archs, check, graph, ref, "
-                               "compile)\nrun 'kilnc --help' for usage\n");
+                               "compile, synth)\nrun 'kilnc --help' for usage\n");
     assert_string_equal(r.out, "");
     tu_run_free(&r);
     r = kilnc("compile-all", NULL);
     EXPECT_CODE(r, 2);
     assert_string_equal(r.err, "kilnc: error: unknown command 'compile-all' (commands: archs, "
-                               "check, graph, ref, compile)\nrun 'kilnc --help' for usage\n");
+                               "check, graph, ref, compile, synth)\nrun 'kilnc --help' for usage\n");
     tu_run_free(&r);
     r = kilnc("check", "--frobnicate", D, NULL);
     EXPECT_CODE(r, 2);
