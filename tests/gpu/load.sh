@@ -1,7 +1,7 @@
 #!/bin/bash
 # tests/gpu/load.sh — compile and load times of a real-size model, and the shard checks at that size.
 #
-#   load.sh [SHAPE]       SHAPE: 8b (default) or 1b, synthesised here by synth_llama.py (never shipped)
+#   load.sh [SHAPE]       SHAPE: 8b (default) or 1b, synthesised here by kilnc synth (never shipped)
 #
 # Prints: kilnc compile's time (which now includes the NaN/Inf scan of every weight), kiln's load time
 # twice (page cache cold, then warm) with its upload and hash lines, `kiln inspect --verify`'s hash
@@ -18,7 +18,9 @@ LOG=$W/log.txt
 fail=0
 say() { echo "$1" | tee -a $W/summary.txt; }
 
-python3 tests/gpu/synth_llama.py $SHAPE $W/hf > $LOG 2>&1 || { echo "synth failed"; cat $LOG; exit 1; }
+t0=$(date +%s.%N)
+out/bin/kilnc synth --like $([ $SHAPE = 8b ] && echo llama3-8b || echo llama3.2-1b) -o $W/hf --force > $LOG 2>&1 || { echo "synth failed"; cat $LOG; exit 1; }
+say "$SHAPE synth (kilnc synth): $(python3 -c "print(f'{$(date +%s.%N) - $t0:.1f}')") s"
 t0=$(date +%s.%N)
 $BIN/kilnc compile $W/hf -o $W/art --sm 90a >> $LOG 2>&1 || { say "compile FAIL: $(grep -m1 error $LOG)"; exit 1; }
 say "$SHAPE compile: $(python3 -c "print(f'{$(date +%s.%N) - $t0:.1f}')") s ($(grep -m1 'wrote' $LOG | grep -oE 'in [0-9.]+ s'))"

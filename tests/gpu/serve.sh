@@ -3,7 +3,7 @@
 #
 #   SERVE_SHAPE=1b|8b  SERVE_PHASES="sweep c1000 c64 ttft soak"  tests/gpu/serve.sh
 #
-# Synthesises a random-weight checkpoint of the shape (synth_llama.py: Llama-3.2-1B or Llama-3-8B,
+# Synthesises a random-weight checkpoint of the shape (kilnc synth --like llama3.2-1b or llama3-8b,
 # never shipped), compiles it (--max-batch 128 --max-seq-len 2560, kept in /tmp/kiln-serve between
 # calls on a warm machine), then runs each phase with its own `kiln serve` (started, then stopped by
 # SIGTERM, which must exit 0) and tests/gpu/loadgen.py:
@@ -67,7 +67,7 @@ else
   if [ ! -f $ART/model.kiln ] || [ "$(cat $ART/serve-compile-flags 2>/dev/null)" != "$COMPILE" ]; then
     t0=$(date +%s)
     rm -rf $W/hf-$SHAPE $ART
-    $PY tests/gpu/synth_llama.py $SHAPE $W/hf-$SHAPE > $LOG/synth-$SHAPE.log 2>&1 ||
+    $BIN/kilnc synth --like $([ $SHAPE = 8b ] && echo llama3-8b || echo llama3.2-1b) -o $W/hf-$SHAPE --force > $LOG/synth-$SHAPE.log 2>&1 ||
       { row "synth $SHAPE: FAIL ($(tail -1 $LOG/synth-$SHAPE.log))"; save_logs; exit 1; }
     $BIN/kilnc compile $W/hf-$SHAPE -o $ART --sm 90a $COMPILE > $LOG/compile-$SHAPE.log 2>&1 ||
       { row "compile $SHAPE: FAIL ($(grep -m1 error $LOG/compile-$SHAPE.log))"; save_logs; exit 1; }
@@ -76,7 +76,7 @@ else
     row "$SHAPE: synthesised and compiled ($COMPILE) in $(( $(date +%s) - t0 )) s"
   fi
 fi
-VOCAB=128256   # synth_llama.py's shapes; a SERVE_MODEL's from its config.json
+VOCAB=128256   # the Llama-3 shapes'; a SERVE_MODEL's from its config.json
 [ -n "${SERVE_MODEL:-}" ] && VOCAB=$($PY -c "import json, sys; print(json.load(open(sys.argv[1]))['vocab_size'])" \
   "$SERVE_MODEL/config.json")
 CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
