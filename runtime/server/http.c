@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -250,7 +251,7 @@ static enum MHD_Result queue(struct MHD_Connection *c, hreq *h, int status, char
         MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
     if (status == 405)
         MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW,
-                                       routes_post(h->ep) ? "POST" : "GET");
+                                       routes_post(h->ep) ? "POST" : "GET, HEAD");
     if (status == 401)
         MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
     enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, r);
@@ -478,10 +479,15 @@ static int authorized(server *s, struct MHD_Connection *c)
     if (!s->o.api_key)
         return 1;
     const char *a = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
-    if (!a || strncmp(a, "Bearer ", 7))
+    /* the scheme is case-insensitive and whitespace around the token is not part of it (RFC
+     * 9110 11.1, 5.5): `bearer  KEY ` is the same credential */
+    if (!a || strncasecmp(a, "Bearer", 6) || (a[6] != ' ' && a[6] != '\t'))
         return 0;
-    a += 7;
+    a += 6;
+    a += strspn(a, " \t");
     size_t n = strlen(a), k = strlen(s->o.api_key);
+    while (n && (a[n - 1] == ' ' || a[n - 1] == '\t'))
+        n--;
     /* compare every byte whatever matches, so timing does not reveal the key's prefix */
     unsigned diff = n != k;
     for (size_t i = 0; i < n; i++)
@@ -532,7 +538,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                                "/v1/chat/completions, /v1/embeddings; GET /v1/models, /health, "
                                "/metrics)", method, url);
         int post = routes[r].post;
-        if (strcmp(method, post ? MHD_HTTP_METHOD_POST : MHD_HTTP_METHOD_GET))
+        /* HEAD is GET without the body (MHD leaves it out): health checkers send it */
+        if (strcmp(method, post ? MHD_HTTP_METHOD_POST : MHD_HTTP_METHOD_GET) &&
+            (post || strcmp(method, MHD_HTTP_METHOD_HEAD)))
             return reply_error(c, h, 405, "%s takes %s, not %s", url, post ? "POST" : "GET",
                                method);
         if (!strncmp(url, "/v1/", 4) && !authorized(s, c))

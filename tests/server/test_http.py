@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 import unittest
@@ -175,6 +176,51 @@ class Overload(unittest.TestCase):
                 kserve.request(small, "GET", "/health", timeout=5)
         finally:
             small.stop()
+
+
+class Hostile(unittest.TestCase):
+    """What unusual clients send: raw requests over a socket to a server behind --api-key on the
+    tiny llama fixture (token-id prompts)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.srv = kserve.Server("hostile", os.path.join(kserve.ROOT, "tests/fixtures/llama"),
+                                "--api-key", "sekrit")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.srv.stop()
+
+    def raw(self, data, timeout=10):
+        """Sends bytes, half-closes, and returns everything the server sends until it closes."""
+        with socket.create_connection(("127.0.0.1", self.srv.port), timeout=timeout * kserve.SLOW) as s:
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+            out = b""
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    return out
+                out += d
+
+    def test_authorization_forms(self):
+        # the scheme is case-insensitive and whitespace around the token is not part of it
+        for auth in ("Bearer sekrit", "bearer sekrit", "BEARER  sekrit", "Bearer\tsekrit", "Bearer sekrit "):
+            raw = self.raw(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: " + auth.encode() + b"\r\n\r\n")
+            self.assertTrue(raw.startswith(b"HTTP/1.1 200 "), (auth, raw[:200]))
+        for auth in ("Basic c2Vrcml0", "Bearer sekri", "Bearer sekritt", "Bearer", "Bearersekrit", "sekrit"):
+            status, headers, _ = kserve.request(self.srv, "GET", "/v1/models", headers={"Authorization": auth})
+            self.assertEqual(status, 401, auth)
+            self.assertEqual(headers.get("www-authenticate"), "Bearer")
+
+    def test_head_and_methods(self):
+        raw = self.raw(b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(raw.startswith(b"HTTP/1.1 200 "), raw[:200])
+        self.assertTrue(raw.endswith(b"\r\n\r\n"), "a HEAD answer has no body: " + repr(raw[-100:]))
+        status, headers, _ = kserve.request(self.srv, "OPTIONS", "/health")
+        self.assertEqual((status, headers.get("allow")), (405, "GET, HEAD"))
+        status, headers, _ = kserve.request(self.srv, "HEAD", "/v1/completions", headers={"Authorization": "Bearer sekrit"})
+        self.assertEqual((status, headers.get("allow")), (405, "POST"))
 
 
 if __name__ == "__main__":
