@@ -227,15 +227,17 @@ static int set_limits(kbr *k, const kbr_opts *o, kerr *err)
         in->max_tokens = in->max_seqs > 256 ? in->max_seqs : 256;
     }
     /* one sequence of max_seq_len must fit, else it could never finish; more than every slot
-     * full could never be used */
-    int per_seq = (in->max_seq_len + KILN_BLOCK - 1) / KILN_BLOCK;
-    int most = per_seq * in->max_seqs; /* <= 2^24/32 * 256: no overflow */
+     * full could never be used; and the scheduler counts the cache's positions (blocks x
+     * KILN_BLOCK) in an int: 256 sequences of 2^24 tokens would be 2^32 of them */
+    int per_seq = (in->max_seq_len + KILN_BLOCK - 1) / KILN_BLOCK; /* <= 2^24/32 */
+    int64_t all_slots = (int64_t)per_seq * in->max_seqs;
+    int most = all_slots < INT32_MAX / KILN_BLOCK ? (int)all_slots : INT32_MAX / KILN_BLOCK;
     if (o->kv_blocks) {
         char kwhy[256];
         snprintf(kwhy, sizeof kwhy,
                  " (%d tokens a block: at least one sequence of --max-seq-len %d, at most "
-                 "--max-batch %d of them)",
-                 KILN_BLOCK, in->max_seq_len, in->max_seqs);
+                 "--max-batch %d of them, and at most %d blocks in all)",
+                 KILN_BLOCK, in->max_seq_len, in->max_seqs, INT32_MAX / KILN_BLOCK);
         if (check_opt("--kv-blocks", o->kv_blocks, per_seq, most, kwhy, err))
             return -1;
         in->kv_blocks = o->kv_blocks;

@@ -113,6 +113,8 @@ ksched *ks_new(kbackend *b, const ks_opts *o)
     assert(in->max_seqs >= 1 && in->max_tokens >= 1 && in->max_seq_len >= 1 && in->vocab >= 1);
     assert(in->kv_blocks >= 1 && in->n_eos >= 0 && (in->n_eos == 0 || in->eos));
     assert(!in->embed || in->hidden >= 1);
+    /* the cache's positions are counted in an int (room, admissions) */
+    assert((int64_t)in->kv_blocks * KILN_BLOCK <= INT32_MAX);
     assert(o && o->max_waiting >= 1);
     ksched *s = xcalloc(1, sizeof *s);
     s->b = b;

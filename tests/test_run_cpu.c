@@ -320,8 +320,24 @@ static void test_cpu_option_errors(void **state)
             assert_contains(r.err, cases[i].want[k]);
         tu_run_free(&r);
     }
+    /* a cache of more positions than an int counts (2^26 blocks of 32): refused, not run by a
+     * scheduler whose free room overflowed (it could run nothing: "nothing it can run") */
+    char *big = tu_path(D, "bigpos");
+    tu_mkdir(big);
+    const char *def = tu_llama_config(), *at = strstr(def, "128,");
+    assert_non_null(at); /* max_position_embeddings, made 9000000 (past 8388608) */
+    char *cfg = xasprintf("%.*s9000000%s", (int)(at - def), def, at + 3);
+    tu_write_llama(big, &(tu_llama){.config = cfg});
+    run r = KILN_RUN(big, "--ids", "1", "--max-new", "1", "--max-batch", "256", "--max-seq-len",
+                     "8388608", "--kv-blocks", "67108864");
+    EXPECT_CODE(r, 1);
+    assert_contains(r.err, "--kv-blocks 67108864");
+    assert_contains(r.err, "at most 67108863 blocks in all");
+    tu_run_free(&r);
+    free(cfg);
+    free(big);
     /* the GPU's options on a checkpoint */
-    run r = KILN_RUN(LLAMA, "--ids", "1", "--kv-memory", "0.5");
+    r = KILN_RUN(LLAMA, "--ids", "1", "--kv-memory", "0.5");
     EXPECT_CODE(r, 1);
     assert_contains(r.err, "--kv-memory applies to a compiled model only");
     tu_run_free(&r);
