@@ -196,8 +196,12 @@ static int pump(hreq *h, double timeout)
     long long ns = ts.tv_nsec + (long long)(timeout * 1e9);
     ts.tv_sec += ns / 1000000000;
     ts.tv_nsec = ns % 1000000000;
+    /* read before the queue is taken: the engine stops only after its last event, so once it is
+     * seen stopped, an empty queue means nothing more will come (read after, a final event queued
+     * in between would be overruled by the error below) */
+    int stopped = __atomic_load_n(&s->engine_stopped, __ATOMIC_ACQUIRE);
     pthread_mutex_lock(&h->mu);
-    while (h->qn == 0)
+    while (h->qn == 0 && !stopped)
         if (pthread_cond_timedwait(&h->cv, &h->mu, &ts) == ETIMEDOUT)
             break;
     ks_event *q = h->q;
@@ -213,7 +217,7 @@ static int pump(hreq *h, double timeout)
     }
     free(q);
     /* the engine thread is gone (a backend failure): nothing more will come */
-    if (qn == 0 && __atomic_load_n(&s->engine_stopped, __ATOMIC_ACQUIRE))
+    if (qn == 0 && stopped)
         for (int i = 0; i < h->n; i++)
             if (!h->ch[i].done) {
                 h->ch[i].done = 1;
