@@ -592,6 +592,28 @@ static void test_end_to_end(void **state)
     tu_rmrf(dir);
 }
 
+/* An error message quoting bytes that are not UTF-8, or cut inside a character by its size,
+ * keeps what it says: the bad bytes become U+FFFD (it used to be replaced as a whole). */
+static void test_error_json_not_utf8(void **state)
+{
+    oa_error e;
+    oa_error_set(&e, 404, "x\xff", "no route GET /v1/\xff\xc3 (routes: ...)");
+    char *j = oa_error_json(&e);
+    assert_contains(j, "\"message\":\"no route GET /v1/\xef\xbf\xbd\xef\xbf\xbd (routes: ...)\"");
+    assert_contains(j, "\"param\":\"x\xef\xbf\xbd\"");
+    free(j);
+    char big[3000 * 2 + 1];
+    for (int i = 0; i < 3000; i++)
+        memcpy(big + 2 * i, "\xc3\xa9", 2);
+    big[sizeof big - 1] = 0;
+    oa_error_set(&e, 400, NULL, "xy%s", big);
+    j = oa_error_json(&e);
+    assert_contains(j, "\"message\":\"xy\xc3\xa9\xc3\xa9");
+    /* 2047 bytes kept: "xy", 1,022 é and the first byte of the next */
+    assert_contains(j, "\xc3\xa9\xef\xbf\xbd\",\"type\"");
+    free(j);
+}
+
 int main(void)
 {
     const char *kiln = getenv("KILN");
@@ -614,6 +636,7 @@ int main(void)
                   "{{ raise_exception('no role ' + m.role) }}{% endif %}"
                   "{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:"));
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_error_json_not_utf8),
         cmocka_unit_test(test_stop_across_tokens),
         cmocka_unit_test(test_stop_prefix_of_another),
         cmocka_unit_test(test_stop_never_leaked),

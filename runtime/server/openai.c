@@ -39,18 +39,51 @@ int oa_error_set(oa_error *e, int status, const char *param, const char *fmt, ..
     return -1;
 }
 
+/* The length of the well-formed UTF-8 sequence at s (n bytes left), 0 if there is none: no
+ * overlong forms, surrogates or code points past U+10FFFF (what jansson accepts). */
+static size_t utf8_seq(const unsigned char *s, size_t n)
+{
+    size_t len = s[0] < 0x80 ? 1 : s[0] >= 0xc2 && s[0] < 0xe0 ? 2 : s[0] >= 0xe0 && s[0] < 0xf0 ? 3
+                 : s[0] >= 0xf0 && s[0] < 0xf5 ? 4 : 0;
+    if (!len || len > n)
+        return 0;
+    for (size_t i = 1; i < len; i++)
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+    if ((s[0] == 0xe0 && s[1] < 0xa0) || (s[0] == 0xed && s[1] >= 0xa0) ||
+        (s[0] == 0xf0 && s[1] < 0x90) || (s[0] == 0xf4 && s[1] >= 0x90))
+        return 0;
+    return len;
+}
+
+/* s with each byte that does not start a whole UTF-8 character replaced by U+FFFD, in b. */
+static const char *utf8_clean(oa_buf *b, const char *s)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    size_t n = strlen(s);
+    oa_buf_add(b, "", 0);
+    for (size_t i = 0; i < n;) {
+        size_t k = utf8_seq(u + i, n - i);
+        oa_buf_add(b, k ? s + i : "\xef\xbf\xbd", k ? k : 3);
+        i += k ? k : 1;
+    }
+    return b->p;
+}
+
 char *oa_error_json(const oa_error *e)
 {
-    json_t *o = json_pack("{s:{s:s, s:s, s:o, s:o}}", "error", "message", e->message, "type",
+    /* a message quoting the request (a URL, a header, a prompt) may hold bytes that are not
+     * UTF-8, or be cut inside a character by the message's size: those bytes become U+FFFD, so
+     * JSON can carry the rest of what it says */
+    oa_buf msg = {0}, param = {0};
+    json_t *o = json_pack("{s:{s:s, s:s, s:o, s:o}}", "error", "message",
+                          utf8_clean(&msg, e->message), "type",
                           e->type ? e->type : "invalid_request_error", "param",
-                          e->param[0] ? json_string(e->param) : json_null(), "code",
-                          e->code ? json_string(e->code) : json_null());
-    /* a message that is not valid UTF-8 (a rendering error quoting the input) makes json_pack
-     * fail: say so without it rather than send nothing */
-    if (!o)
-        o = json_pack("{s:{s:s, s:s, s:n, s:n}}", "error", "message",
-                      "the error message is not valid UTF-8", "type",
-                      e->type ? e->type : "invalid_request_error", "param", "code");
+                          e->param[0] ? json_string(utf8_clean(&param, e->param)) : json_null(),
+                          "code", e->code ? json_string(e->code) : json_null());
+    oa_buf_free(&msg);
+    oa_buf_free(&param);
+    assert(o);
     char *s = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     assert(s);

@@ -213,6 +213,13 @@ class Hostile(unittest.TestCase):
             self.assertEqual(status, 401, auth)
             self.assertEqual(headers.get("www-authenticate"), "Bearer")
 
+    def test_url_not_utf8(self):
+        # the 404 quotes the URL, its bad bytes as U+FFFD (the message used to be lost whole)
+        raw = self.raw(b"GET /v1/%FFx\xfe HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(raw.startswith(b"HTTP/1.1 404 "), raw[:200])
+        err = json.loads(raw.split(b"\r\n\r\n", 1)[1])["error"]
+        self.assertTrue(err["message"].startswith("no route GET /v1/\ufffdx\ufffd (routes: "), err)
+
     def test_head_and_methods(self):
         raw = self.raw(b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertTrue(raw.startswith(b"HTTP/1.1 200 "), raw[:200])
