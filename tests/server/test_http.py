@@ -7,6 +7,9 @@ and /metrics in Prometheus text with every family issue 10 asks for. One server 
 --max-body 64 KiB), which must exit 0 on SIGTERM with no sanitizer report. A second one, with room
 for one running and one waiting request, for 503 + Retry-After when the queue is full and for
 SIGTERM's grace: a stream running when the signal comes still ends with all its tokens.
+A third (Hostile, the tiny llama fixture behind --api-key) takes raw requests: Authorization forms,
+HEAD, pipelined and chunked bodies, Expect: 100-continue, a URL that is not UTF-8, and SIGTERM among
+idle, slowloris and never-reading clients.
 """
 import concurrent.futures
 import http.client
@@ -213,6 +216,25 @@ class Hostile(unittest.TestCase):
             self.assertEqual(status, 401, auth)
             self.assertEqual(headers.get("www-authenticate"), "Bearer")
 
+    def test_framing(self):
+        # three pipelined POSTs on one keep-alive connection, Expect: 100-continue, a chunked
+        # body, a query string, HTTP/1.0
+        body = json.dumps({"prompt": [1, 2, 3], "max_tokens": 2}).encode()
+        post = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sekrit\r\n"
+                b"Content-Type: application/json\r\n")
+        raw = self.raw((post + b"Content-Length: %d\r\n\r\n" % len(body) + body) * 3)
+        self.assertEqual(raw.count(b"HTTP/1.1 200 OK\r\n"), 3, raw[:500])
+        self.assertEqual(raw.count(b'"completion_tokens":2'), 3, raw[:500])
+        raw = self.raw(post + b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        self.assertTrue(raw.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"), raw[:300])
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 7]), body[i:i + 7]) for i in range(0, len(body), 7))
+        raw = self.raw(post + b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n")
+        self.assertTrue(raw.startswith(b"HTTP/1.1 200 OK\r\n"), raw[:300])
+        raw = self.raw(post + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n")
+        self.assertTrue(raw.startswith(b"HTTP/1.1 400 "), raw[:300])
+        raw = self.raw(b"GET /v1/models?x=1&y HTTP/1.0\r\nAuthorization: Bearer sekrit\r\n\r\n")
+        self.assertTrue(raw.startswith(b"HTTP/1.1 200 OK\r\n") and b'"object":"list"' in raw, raw[:300])
+
     def test_url_not_utf8(self):
         # the 404 quotes the URL, its bad bytes as U+FFFD (the message used to be lost whole)
         raw = self.raw(b"GET /v1/%FFx\xfe HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -228,6 +250,36 @@ class Hostile(unittest.TestCase):
         self.assertEqual((status, headers.get("allow")), (405, "GET, HEAD"))
         status, headers, _ = kserve.request(self.srv, "HEAD", "/v1/completions", headers={"Authorization": "Bearer sekrit"})
         self.assertEqual((status, headers.get("allow")), (405, "POST"))
+
+    def test_sigterm_among_hostile_clients(self):
+        # idle connections, bodies shorter than their Content-Length (slowloris), streams whose
+        # client never reads, streams dropped at once: SIGTERM still exits 0 within --grace
+        term = kserve.Server("hostile-term", os.path.join(kserve.ROOT, "tests/fixtures/llama"), "--grace", "1")
+        socks = []
+        try:
+            stream = json.dumps({"prompt": [1, 2, 3], "max_tokens": 500, "ignore_eos": True, "stream": True}).encode()
+            for i in range(120):
+                s = socket.create_connection(("127.0.0.1", term.port), timeout=10 * kserve.SLOW)
+                socks.append(s)
+                if i % 3 == 1:
+                    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"pro")
+                elif i % 3 == 2:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+                    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(stream) + stream)
+                    if i % 2:
+                        s.close()
+            # the others are still served (the engine is busy with the streams: /health is not)
+            status, _, data = kserve.request(term, "GET", "/health")
+            self.assertEqual(status, 200, data[:300])
+            self.assertGreater(kserve.metrics(term)[0]["kiln_num_requests_running"], 0, "streams still running")
+            t = time.time()
+            term.proc.send_signal(signal.SIGTERM)
+            term.proc.wait(timeout=60 * kserve.SLOW)
+            self.assertLess(time.time() - t, 1 + 5 * kserve.SLOW, "exit within --grace 1 and the closing")
+        finally:
+            for s in socks:
+                s.close()
+            term.stop()
 
 
 if __name__ == "__main__":
