@@ -338,6 +338,16 @@ static void test_validation(void **state)
         free(j);
     }
 
+    /* a NUL byte between tokens, which jansson skips */
+    {
+        static const char nul[] = "{\"prompt\": [1, 2], \"max_tokens\": 1\0}";
+        oa_request r;
+        oa_error e;
+        assert_int_equal(oa_parse(&m, OA_COMPLETIONS, nul, sizeof nul - 1, &r, &e), -1);
+        assert_int_equal(e.status, 400);
+        assert_contains(e.message, "the body is not valid JSON: a NUL byte at offset 34");
+    }
+
     /* a model without a chat template, without a tokenizer, an embedding model */
     oa_request r;
     oa_error e;

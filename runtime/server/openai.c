@@ -489,6 +489,11 @@ int oa_parse(const oa_model *m, oa_endpoint ep, const char *body, size_t len, oa
     memset(r, 0, sizeof *r);
     r->ep = ep;
     r->logprobs = -1;
+    /* jansson skips a NUL byte between tokens ({"max_tokens": 1\0} parses): JSON has none */
+    const char *nul = memchr(body, 0, len);
+    if (nul)
+        return oa_error_set(e, 400, NULL, "the body is not valid JSON: a NUL byte at offset %zu",
+                            (size_t)(nul - body));
     json_error_t je;
     json_t *root = json_loadb(body, len, 0, &je);
     if (!root)
