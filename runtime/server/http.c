@@ -537,6 +537,17 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                 r = i;
         h = hreq_new(s, r < 0 ? SM_OTHER : routes[r].ep);
         *con_cls = h;
+        /* MHD reads a body as chunked when both framings are given and keeps the connection,
+         * and waits for an end that never comes under a coding it does not know: both are
+         * refused unread, and the connection closes (RFC 9112 6.1, 6.3: a proxy in front that
+         * framed it by Content-Length would see a smuggled request) */
+        const char *te =
+            MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING);
+        if (te && strcasecmp(te, "chunked"))
+            return reply_error(c, h, 501, "Transfer-Encoding: %s is not supported: send the body "
+                               "with Content-Length or Transfer-Encoding: chunked", te);
+        if (te && MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH))
+            return reply_error(c, h, 400, "both Transfer-Encoding and Content-Length: send one");
         if (r < 0)
             return reply_error(c, h, 404, "no route %s %s (routes: POST /v1/completions, "
                                "/v1/chat/completions, /v1/embeddings; GET /v1/models, /health, "
