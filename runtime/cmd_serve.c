@@ -219,10 +219,11 @@ static void *engine_main(void *arg)
     return NULL;
 }
 
-/* Waits for the engine thread until `deadline` (monotonic seconds); a second signal cuts the
- * wait short. 1 when the thread has ended. */
-static int wait_engine(pthread_t t, const sigset_t *sigs, double deadline)
+/* Waits up to `grace` seconds for the engine thread; a second signal cuts the wait short. 1 when
+ * the thread has ended; 0, having said why on stderr, when not. */
+static int wait_engine(pthread_t t, const sigset_t *sigs, double grace)
 {
+    double deadline = util_now() + grace;
     while (util_now() < deadline) {
         if (pthread_tryjoin_np(t, NULL) == 0)
             return 1;
@@ -232,7 +233,10 @@ static int wait_engine(pthread_t t, const sigset_t *sigs, double deadline)
             return 0;
         }
     }
-    return pthread_tryjoin_np(t, NULL) == 0;
+    if (pthread_tryjoin_np(t, NULL) == 0)
+        return 1;
+    fprintf(stderr, PROG ": cancelling the requests still running after %g s\n", grace);
+    return 0;
 }
 
 int cmd_serve(int argc, char **argv)
@@ -317,8 +321,7 @@ int cmd_serve(int argc, char **argv)
             sig == SIGINT ? "SIGINT" : "SIGTERM");
     srv_quiesce(srv);
     ks_shutdown(ks, 0);
-    if (!wait_engine(et, &sigs, util_now() + o.grace)) {
-        fprintf(stderr, PROG ": cancelling the requests still running after %g s\n", o.grace);
+    if (!wait_engine(et, &sigs, o.grace)) {
         ks_shutdown(ks, 1);
         pthread_join(et, NULL);
     }

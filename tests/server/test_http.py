@@ -293,6 +293,29 @@ class Hostile(unittest.TestCase):
                 s.close()
             term.stop()
 
+    def test_second_sigterm(self):
+        # a second signal cuts --grace short, and the log says so (not that the grace ran out)
+        term = kserve.Server("second-term", kserve.MODEL, "--grace", "60")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", term.port, timeout=60 * kserve.SLOW)
+            conn.request("POST", "/v1/completions", headers={"Content-Type": "application/json"},
+                         body=json.dumps({"prompt": "A fool", "max_tokens": 500, "ignore_eos": True, "stream": True}))
+            r = conn.getresponse()
+            self.assertTrue(r.readline().startswith(b"data: "))
+            t = time.time()
+            term.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.2)
+            term.proc.send_signal(signal.SIGTERM)
+            rest = r.read()
+            conn.close()
+            term.proc.wait(timeout=60 * kserve.SLOW)
+            self.assertLess(time.time() - t, 10 * kserve.SLOW)
+            self.assertIn(b'"finish_reason":"abort"', rest)
+        finally:
+            err = term.stop()
+        self.assertIn("second signal: cancelling the running requests", err)
+        self.assertNotIn("after 60 s", err)
+
 
 if __name__ == "__main__":
     unittest.main()
