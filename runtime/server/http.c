@@ -35,6 +35,9 @@
  * space, of which only the touched pages are memory. */
 #define STACK_SIZE (4u << 20)
 #define KEEPALIVE_S 1.0
+/* srv_stop gives the responses being answered this long to go out before it closes every
+ * connection: a stream cancelled at shutdown ends with its finish_reason and [DONE], not cut */
+#define FLUSH_S 1.0
 
 struct server {
     struct MHD_Daemon *d;
@@ -47,6 +50,7 @@ struct server {
     int ready;                   /* atomic */
     int engine_stopped;          /* atomic */
     uint64_t next_id;            /* atomic */
+    int answering;               /* atomic: requests being answered (count_answering) */
 };
 
 typedef struct hreq hreq;
@@ -59,6 +63,7 @@ struct hreq {
     server *srv;
     sm_endpoint ep;
     int responded;               /* a response is queued: further body bytes are dropped */
+    int counted;                 /* counted in srv->answering */
     oa_buf body;
     size_t body_bytes;           /* received so far (the body is dropped once over the limit) */
     double t_start;
@@ -239,6 +244,16 @@ static void cancel_all(hreq *h)
 
 /* ------------------------------------------------------------------ responses */
 
+/* The request is being answered (its body is in, or a response is queued) until MHD completes
+ * it: srv_stop waits for those a moment. */
+static void count_answering(hreq *h)
+{
+    if (!h->counted) {
+        h->counted = 1;
+        __atomic_add_fetch(&h->srv->answering, 1, __ATOMIC_ACQ_REL);
+    }
+}
+
 /* The endpoints that take a POST (the others, a GET). */
 static int routes_post(sm_endpoint ep)
 {
@@ -262,6 +277,7 @@ static enum MHD_Result queue(struct MHD_Connection *c, hreq *h, int status, char
     MHD_destroy_response(r);
     sm_request(h->srv->metrics, h->ep, status);
     h->responded = 1;
+    count_answering(h);
     return ret;
 }
 
@@ -412,6 +428,7 @@ static enum MHD_Result handle_post(struct MHD_Connection *c, hreq *h)
     oa_endpoint ep = h->ep == SM_CHAT ? OA_CHAT : h->ep == SM_EMBEDDINGS ? OA_EMBEDDINGS
                                                                            : OA_COMPLETIONS;
     oa_error e;
+    count_answering(h);
     if (oa_parse(s->m, ep, h->body.p ? h->body.p : "", h->body.len, &h->req, &e))
         return queue_error(c, h, &e);
     oa_buf_free(&h->body);
@@ -612,6 +629,8 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     /* whatever is still running is no longer wanted (a client gone mid-stream, a stream whose
      * stop string matched): its KV blocks are freed within one step */
     cancel_all(h);
+    if (h->counted)
+        __atomic_sub_fetch(&h->srv->answering, 1, __ATOMIC_ACQ_REL);
     pthread_mutex_lock(&h->mu);
     h->http_done = 1;
     unref_locked(h);
@@ -687,6 +706,11 @@ void srv_stop(server *s)
 {
     if (!s)
         return;
+    double end = util_now() + FLUSH_S;
+    while (__atomic_load_n(&s->answering, __ATOMIC_ACQUIRE) > 0 && util_now() < end) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
     MHD_stop_daemon(s->d);
     if (s->quiesced_fd != MHD_INVALID_SOCKET)
         close(s->quiesced_fd);

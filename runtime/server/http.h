@@ -38,7 +38,8 @@ void srv_ready(server *s, ksched *ks, const oa_model *m);
 void srv_engine_stopped(server *s);
 /* Stops accepting connections (MHD_quiesce_daemon); open ones are still served. */
 void srv_quiesce(server *s);
-/* Closes every connection (waiting for their threads) and frees the server. */
+/* Gives the requests being answered up to a second to send the rest of their responses, then
+ * closes every connection (waiting for their threads) and frees the server. */
 void srv_stop(server *s);
 
 #endif
