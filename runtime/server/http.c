@@ -663,7 +663,10 @@ server *srv_start(const srv_opts *o, kerr *err)
                             MHD_OPTION_CONNECTION_LIMIT, o->max_connections,
                             MHD_OPTION_THREAD_STACK_SIZE, (size_t)STACK_SIZE,
                             MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
-                            MHD_OPTION_CONNECTION_TIMEOUT, 300u,
+                            /* a connection idle this long (a stalled body, an idle keep-alive)
+                             * is closed; a request being answered is never idle: its thread is in
+                             * our handler, and streams send keep-alives every second */
+                            MHD_OPTION_CONNECTION_TIMEOUT, 60u,
                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
                             MHD_OPTION_END);
     freeaddrinfo(ai);
