@@ -309,14 +309,8 @@ kbackend *kbr_open(const char *model_dir, const kbr_opts *o, kerr *err)
     for (int i = 0; i < k->info.max_seqs; i++)
         if (!(k->refs[i] = ref_new(k->c.g, k->info.max_seq_len, err)))
             goto fail;
-    /* the folder's base name ("models/llama/" -> "llama") */
-    k->model = xstrdup(model_dir);
-    for (size_t l = strlen(k->model); l > 1 && k->model[l - 1] == '/'; l--)
-        k->model[l - 1] = 0;
-    if (strrchr(k->model, '/') && strrchr(k->model, '/')[1])
-        memmove(k->model, strrchr(k->model, '/') + 1, strlen(strrchr(k->model, '/') + 1) + 1);
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    k->threads = cores < 1 ? 1 : cores > KBR_MAX_THREADS ? KBR_MAX_THREADS : (int)cores;
+    k->model = util_base_name(model_dir);
+    k->threads = util_cpus(KBR_MAX_THREADS);
     k->line = xasprintf("%s on the CPU (fp32 reference interpreter, %d thread%s): up to %d "
                         "sequences of %d tokens, %d tokens a step, %d KV blocks",
                         k->model, k->threads, k->threads == 1 ? "" : "s", k->info.max_seqs,

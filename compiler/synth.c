@@ -576,13 +576,6 @@ static int write_index(const plan *p, const char *out, kerr *err)
     return rc;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* Generates every tensor on o->threads threads. */
 static int write_tensors(const plan *p, const synth_opts *o, const int *fd, kerr *err)
 {
@@ -743,7 +736,7 @@ typedef struct progress_state {
 static void show_progress(void *ctx, uint64_t done, uint64_t total)
 {
     progress_state *s = ctx;
-    double t = now_s();
+    double t = util_now();
     /* only for outputs that take more than a moment; a line a second */
     if (total < (256ull << 20) || (done < total && t - s->last < 1.0))
         return;
@@ -773,18 +766,7 @@ static const char help[] =
     "  --list           list the presets with their parameter counts and sizes\n"
     "  -h, --help       this help\n";
 
-/* 8.03B, 557.70K; 16.1 GB, 1.1 MB */
-static const char *count_str(uint64_t n, char *buf, size_t cap)
-{
-    if (n >= 1000000000ull)
-        snprintf(buf, cap, "%.2fB", n / 1e9);
-    else if (n >= 1000000ull)
-        snprintf(buf, cap, "%.2fM", n / 1e6);
-    else
-        snprintf(buf, cap, "%.2fK", n / 1e3);
-    return buf;
-}
-
+/* 16.1 GB, 1.1 MB (decimal, as disks count) */
 static const char *bytes_str(uint64_t n, char *buf, size_t cap)
 {
     snprintf(buf, cap, n >= 1000000000ull ? "%.1f GB" : "%.1f MB", n >= 1000000000ull ? n / 1e9 : n / 1e6);
@@ -802,7 +784,7 @@ static int list_presets(void)
         int rc = synth_size(pr, 0, &params, &bytes, &err);
         assert(rc == 0); /* the presets are ours */
         char pc[32], size[32];
-        printf("%-22s %10s %10s  %s\n", pr->name, count_str(params, pc, sizeof pc),
+        printf("%-22s %10s %10s  %s\n", pr->name, util_human_count((double)params, pc, sizeof pc),
                bytes_str(bytes, size, sizeof size), pr->what);
     }
     return 0;
@@ -821,8 +803,7 @@ int synth_main(int argc, char **argv)
 {
     const char *prog = "kilnc synth";
     synth_opts o = {.shard_bytes = 4096ull << 20};
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    o.threads = ncpu < 1 ? 1 : ncpu > MAX_THREADS ? MAX_THREADS : (int)ncpu;
+    o.threads = util_cpus(MAX_THREADS);
     int list = 0;
     kerr err;
     kerr_clear(&err);
@@ -881,7 +862,7 @@ int synth_main(int argc, char **argv)
     if (!o.out)
         return util_usage_error(prog, "missing -o DIR (the folder to write)");
 
-    progress_state ps = {.t0 = now_s()};
+    progress_state ps = {.t0 = util_now()};
     o.progress = show_progress;
     o.progress_ctx = &ps;
     uint64_t params, bytes;
@@ -891,10 +872,10 @@ int synth_main(int argc, char **argv)
         kerr_print(prog, &err);
         return 1;
     }
-    double dt = now_s() - ps.t0;
+    double dt = util_now() - ps.t0;
     char pc[32], size[32];
     fprintf(stderr, "kilnc synth: %s -> %s: %s parameters, %s in %.2f s (%.2f GB/s, %d threads)\n",
-            o.like, o.out, count_str(params, pc, sizeof pc), bytes_str(bytes, size, sizeof size), dt,
+            o.like, o.out, util_human_count((double)params, pc, sizeof pc), bytes_str(bytes, size, sizeof size), dt,
             bytes / 1e9 / (dt > 1e-6 ? dt : 1e-6), o.threads);
     return 0;
 }

@@ -21,7 +21,7 @@ static int verify(const ka_file *f, const char *dir, kerr *err)
     const unsigned char *data;
     uint64_t len;
     ka_shard_data(s, &data, &len);
-    int threads = hash_cpu_threads();
+    int threads = util_cpus(HASH_MAX_THREADS);
     double t0 = util_now();
     int rc = ka_shard_verify(f, s, threads, err);
     double dt = util_now() - t0;

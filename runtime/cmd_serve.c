@@ -166,21 +166,6 @@ static int parse(int argc, char **argv, opts *o)
     return 0;
 }
 
-/* DIR's base name, without trailing slashes. */
-static char *base_name(const char *dir)
-{
-    size_t n = strlen(dir);
-    while (n > 1 && dir[n - 1] == '/')
-        n--;
-    size_t b = n;
-    while (b > 0 && dir[b - 1] != '/')
-        b--;
-    char *s = xmalloc(n - b + 1);
-    memcpy(s, dir + b, n - b);
-    s[n - b] = 0;
-    return s;
-}
-
 /* Connections the server accepts: the open-file limit raised to its hard maximum, less room for
  * the model's own files. Says so when that is below the 1,000 streams the server is built for. */
 static unsigned max_connections(void)
@@ -272,7 +257,7 @@ int cmd_serve(int argc, char **argv)
     tokenizer *tok = NULL;
     ct_model ct;
     int have_ct = 0;
-    char *ct_error = NULL, *name = o.model_name ? xstrdup(o.model_name) : base_name(o.dir);
+    char *ct_error = NULL, *name = o.model_name ? xstrdup(o.model_name) : util_base_name(o.dir);
     ksched *ks = NULL;
     if (b) {
         char *tj = util_path_join(o.dir, "tokenizer.json");

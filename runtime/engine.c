@@ -278,7 +278,7 @@ kmodel *km_load(const char *dir, const km_opts *o, kerr *err)
     if (!m->shard)
         goto fail;
     /* the shard's data hash runs on the other cores from now until the weights are uploaded */
-    int threads = hash_cpu_threads() - 1;
+    int threads = util_cpus(HASH_MAX_THREADS) - 1;
     m->shard_job = ka_shard_hash_start(m->m, m->shard, threads < 1 ? 1 : threads);
     if (kcuda_load(&m->cu, err))
         goto fail;

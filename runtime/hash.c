@@ -33,12 +33,6 @@ uint64_t hash_bytes2(const void *a, size_t na, const void *b, size_t nb)
     return h;
 }
 
-int hash_cpu_threads(void)
-{
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n < 1 ? 1 : n > HASH_MAX_THREADS ? HASH_MAX_THREADS : (int)n;
-}
-
 /* The final step: the list of chunk hashes, little-endian, seeded with the total length. */
 static uint64_t hash_list(const uint64_t *h, uint64_t n, uint64_t len)
 {

@@ -30,8 +30,6 @@ uint64_t hash_bytes2(const void *a, size_t na, const void *b, size_t nb);
 /* The chunked hash, computed on `threads` threads (the caller's included). chunk must lie in
  * [HASH_CHUNK_MIN, HASH_CHUNK_MAX]. */
 uint64_t hash_chunked(const void *data, uint64_t len, uint64_t chunk, int threads);
-/* Online CPUs, at least 1 and at most HASH_MAX_THREADS. */
-int hash_cpu_threads(void);
 
 /* The chunked hash on `threads` background threads (all threads: when none can be started,
  * hash_finish does the work). */

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 void kerr_clear(kerr *e)
 {
@@ -494,6 +495,26 @@ const char *util_human_bytes(double n, char *buf, size_t cap)
         n /= 1024, i++;
     snprintf(buf, cap, i ? "%.2f %s" : "%.0f %s", n, suffix[i]);
     return buf;
+}
+
+int util_cpus(int max)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > max ? max : (int)n;
+}
+
+char *util_base_name(const char *path)
+{
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/')
+        n--;
+    size_t b = n;
+    while (b > 0 && path[b - 1] != '/')
+        b--;
+    char *s = xmalloc(n - b + 1);
+    memcpy(s, path + b, n - b);
+    s[n - b] = 0;
+    return s;
 }
 
 double util_now(void)

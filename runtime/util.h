@@ -99,6 +99,10 @@ int util_parse_ids(const char *what, const char *s, int64_t max, int64_t **out, 
 
 /* Human-readable count: 1.23M, 8.03B. Writes into buf. */
 const char *util_human_count(double n, char *buf, size_t cap);
+/* Online CPUs, at least 1 and at most max (thread pools size themselves by it). */
+int util_cpus(int max);
+/* A folder's base name, without trailing slashes ("models/llama/" -> "llama"); malloc'd. */
+char *util_base_name(const char *path);
 const char *util_human_bytes(double n, char *buf, size_t cap);
 
 /* Monotonic seconds. */

@@ -161,10 +161,8 @@ void finite_scan(const st_tensor *const *ts, int n, int nthreads, uint64_t *firs
             s.jobs[s.njobs++] = (job){i, b, ts[i]->numel - b < CHUNK ? ts[i]->numel : b + CHUNK};
         }
     }
-    if (nthreads < 1) {
-        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-        nthreads = cpus < 1 ? 1 : cpus > MAX_THREADS ? MAX_THREADS : (int)cpus;
-    }
+    if (nthreads < 1)
+        nthreads = util_cpus(MAX_THREADS);
     if ((size_t)nthreads > s.njobs)
         nthreads = s.njobs ? (int)s.njobs : 1;
     pthread_t th[MAX_THREADS];
