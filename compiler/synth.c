@@ -51,8 +51,6 @@
 #include "synth.h"
 
 #define CHUNK (4u << 20)          /* bytes one thread generates and writes at a time */
-#define MAX_THREADS 1024
-#define MAX_LAYERS 10000          /* config.c's bound on num_hidden_layers */
 #define DISK_MARGIN (64ull << 20) /* room left on the disk after writing */
 
 /* ---------------------------------------------------------------- presets */
@@ -652,8 +650,8 @@ static int write_tensors(const plan *p, const synth_opts *o, const int *fd, kerr
 int synth_write(const synth_opts *o, uint64_t *params, uint64_t *bytes, kerr *err)
 {
     const synth_preset *pr = synth_find(o->like);
-    assert(pr && o->out && o->threads >= 1 && o->threads <= MAX_THREADS);
-    assert(o->layers >= 0 && o->layers <= MAX_LAYERS && o->shard_bytes > 0);
+    assert(pr && o->out && o->threads >= 1 && o->threads <= SYNTH_MAX_THREADS);
+    assert(o->layers >= 0 && o->layers <= SYNTH_MAX_LAYERS && o->shard_bytes > 0);
 
     plan p;
     if (make_plan(&p, pr, o->layers, o->seed, o->shard_bytes, err))
@@ -724,158 +722,4 @@ int synth_write(const synth_opts *o, uint64_t *params, uint64_t *bytes, kerr *er
 fail:
     plan_free(&p);
     return -1;
-}
-
-/* ---------------------------------------------------------------- the command line */
-
-typedef struct progress_state {
-    double t0, last;
-    int shown;
-} progress_state;
-
-static void show_progress(void *ctx, uint64_t done, uint64_t total)
-{
-    progress_state *s = ctx;
-    double t = util_now();
-    /* only for outputs that take more than a moment; a line a second */
-    if (total < (256ull << 20) || (done < total && t - s->last < 1.0))
-        return;
-    s->last = t;
-    s->shown = 1;
-    double dt = t - s->t0 > 1e-6 ? t - s->t0 : 1e-6;
-    fprintf(stderr, "\rkilnc synth: %3.0f%%  %.2f of %.2f GB  %.2f GB/s%s", 100.0 * done / total,
-            done / 1e9, total / 1e9, done / 1e9 / dt, done == total ? "\n" : "");
-    fflush(stderr);
-}
-
-static const char help[] =
-    "usage: kilnc synth --like SHAPE -o DIR [options]\n"
-    "       kilnc synth --list\n\n"
-    "Writes a random-weight Hugging Face checkpoint of a real model's shape: config.json (as the\n"
-    "model ships it), generation_config.json and bf16 safetensors (shards of at most 4 GiB with\n"
-    "model.safetensors.index.json, or one model.safetensors). The values depend on --seed only,\n"
-    "not on --threads. Linear weights have std 0.02, norm weights 1 + std 0.1.\n\n"
-    "  --like SHAPE     the preset (--list shows them)\n"
-    "  -o, --out DIR    the folder to write (new or empty)\n"
-    "  --seed S         the random seed, 0 to 2^64-1 (default 0)\n"
-    "  --layers N       num_hidden_layers instead of the preset's, 1 to 10000\n"
-    "  --threads N      generating threads, 1 to 1024 (default: the online CPUs)\n"
-    "  --shard-mib N    start a new shard before one would pass N MiB, 1 to 1048576 (default 4096)\n"
-    "  --force          write into a non-empty DIR, replacing its config.json,\n"
-    "                   generation_config.json and model*.safetensors[.index.json]\n"
-    "  --list           list the presets with their parameter counts and sizes\n"
-    "  -h, --help       this help\n";
-
-/* 16.1 GB, 1.1 MB (decimal, as disks count) */
-static const char *bytes_str(uint64_t n, char *buf, size_t cap)
-{
-    snprintf(buf, cap, n >= 1000000000ull ? "%.1f GB" : "%.1f MB", n >= 1000000000ull ? n / 1e9 : n / 1e6);
-    return buf;
-}
-
-static int list_presets(void)
-{
-    printf("%-22s %10s %10s  %s\n", "SHAPE", "PARAMS", "SIZE", "WHAT");
-    for (int i = 0; i < synth_n_presets(); i++) {
-        const synth_preset *pr = synth_preset_at(i);
-        uint64_t params, bytes;
-        kerr err;
-        kerr_clear(&err);
-        int rc = synth_size(pr, 0, &params, &bytes, &err);
-        assert(rc == 0); /* the presets are ours */
-        char pc[32], size[32];
-        printf("%-22s %10s %10s  %s\n", pr->name, util_human_count((double)params, pc, sizeof pc),
-               bytes_str(bytes, size, sizeof size), pr->what);
-    }
-    return 0;
-}
-
-static const char *preset_names(char *buf, size_t cap)
-{
-    size_t n = 0;
-    buf[0] = 0;
-    for (int i = 0; i < synth_n_presets() && n < cap; i++)
-        n += (size_t)snprintf(buf + n, cap - n, "%s%s", i ? ", " : "", presets[i].name);
-    return buf;
-}
-
-int synth_main(int argc, char **argv)
-{
-    const char *prog = "kilnc synth";
-    synth_opts o = {.shard_bytes = 4096ull << 20};
-    o.threads = util_cpus(MAX_THREADS);
-    int list = 0;
-    kerr err;
-    kerr_clear(&err);
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *val = NULL;
-        int missing = 0;
-#define TAKE(flag)                                                                              \
-    (strcmp(a, flag) == 0 ? (i + 1 < argc ? (val = argv[++i], 1) : (missing = 1, 1))          \
-     : strncmp(a, flag "=", sizeof(flag)) == 0 ? (val = a + sizeof(flag), 1)                    \
-                                               : 0)
-        int64_t v;
-        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
-            fputs(help, stdout);
-            return 0;
-        } else if (strcmp(a, "--list") == 0)
-            list = 1;
-        else if (strcmp(a, "--force") == 0)
-            o.force = 1;
-        else if (TAKE("--like") && !missing)
-            o.like = val;
-        else if ((TAKE("-o") || TAKE("--out")) && !missing)
-            o.out = val;
-        else if (TAKE("--seed") && !missing) {
-            if (util_parse_u64("--seed", val, UINT64_MAX, &o.seed, &err))
-                return util_usage_error(prog, "%s", kerr_msg(&err));
-        } else if (TAKE("--layers") && !missing) {
-            if (util_parse_i64("--layers", val, 1, MAX_LAYERS, &v, &err))
-                return util_usage_error(prog, "%s", kerr_msg(&err));
-            o.layers = (int)v;
-        } else if (TAKE("--threads") && !missing) {
-            if (util_parse_i64("--threads", val, 1, MAX_THREADS, &v, &err))
-                return util_usage_error(prog, "%s", kerr_msg(&err));
-            o.threads = (int)v;
-        } else if (TAKE("--shard-mib") && !missing) {
-            if (util_parse_i64("--shard-mib", val, 1, 1 << 20, &v, &err))
-                return util_usage_error(prog, "%s", kerr_msg(&err));
-            o.shard_bytes = (uint64_t)v << 20;
-        } else if (missing)
-            return util_usage_error(prog, "%s needs a value", a);
-        else if (a[0] == '-')
-            return util_usage_error(prog, "unknown option '%s'", a);
-        else
-            return util_usage_error(prog, "unexpected argument '%s' (the folder is given with -o "
-                                          "DIR)",
-                                    a);
-#undef TAKE
-    }
-    char nb[256];
-    if (list)
-        return list_presets();
-    if (!o.like)
-        return util_usage_error(prog, "missing --like SHAPE (one of: %s)", preset_names(nb, sizeof nb));
-    if (!synth_find(o.like))
-        return util_usage_error(prog, "--like: unknown shape '%s' (expected one of: %s)", o.like,
-                                preset_names(nb, sizeof nb));
-    if (!o.out)
-        return util_usage_error(prog, "missing -o DIR (the folder to write)");
-
-    progress_state ps = {.t0 = util_now()};
-    o.progress = show_progress;
-    o.progress_ctx = &ps;
-    uint64_t params, bytes;
-    if (synth_write(&o, &params, &bytes, &err)) {
-        if (ps.shown)
-            fputc('\n', stderr);
-        kerr_print(prog, &err);
-        return 1;
-    }
-    double dt = util_now() - ps.t0;
-    char pc[32], size[32];
-    fprintf(stderr, "kilnc synth: %s -> %s: %s parameters, %s in %.2f s (%.2f GB/s, %d threads)\n",
-            o.like, o.out, util_human_count((double)params, pc, sizeof pc), bytes_str(bytes, size, sizeof size), dt,
-            bytes / 1e9 / (dt > 1e-6 ? dt : 1e-6), o.threads);
-    return 0;
 }

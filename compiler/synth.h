@@ -8,7 +8,7 @@
  * files with pwrite. Every value is a function of (seed, tensor name, element index) only, so the
  * bytes do not depend on the thread count or the sharding.
  *
- * synth_main is the command line (`kilnc synth`); it is the only part that prints.
+ * Nothing here prints: the command line (`kilnc synth`) is in main.c.
  */
 #ifndef KILN_SYNTH_H
 #define KILN_SYNTH_H
@@ -16,6 +16,9 @@
 #include <stdint.h>
 
 #include "util.h"
+
+#define SYNTH_MAX_THREADS 1024
+#define SYNTH_MAX_LAYERS 10000 /* config.c's bound on num_hidden_layers */
 
 typedef struct synth_preset {
     const char *name;   /* "llama3-8b" */
@@ -48,7 +51,5 @@ int synth_size(const synth_preset *p, int layers, uint64_t *params, uint64_t *by
  * Returns 0, or -1 with a message (files written so far stay). */
 int synth_write(const synth_opts *o, uint64_t *params, uint64_t *bytes, kerr *err);
 
-/* `kilnc synth ...` (argv[0] is "synth"): the exit status. */
-int synth_main(int argc, char **argv);
 
 #endif
