@@ -49,7 +49,7 @@ RUNTIME_SRC := runtime/util.c runtime/safetensors.c runtime/kcuda.c runtime/arti
 RUNTIME_CMD := runtime/cmd_tokenize.c runtime/cmd_run.c runtime/cmd_backend.c runtime/cmd_inspect.c runtime/cmd_chat_template.c \
                runtime/cmd_serve.c runtime/server/http.c
 COMPILER_SRC := compiler/pipeline.c compiler/config.c compiler/graph.c compiler/spec.c compiler/registry.c \
-                compiler/passes/verify.c compiler/passes/bind_weights.c compiler/passes/fuse.c compiler/passes/plan_memory.c compiler/passes/finite.c compiler/lower.c compiler/pack.c \
+                compiler/passes/verify.c compiler/passes/bind_weights.c compiler/passes/shard.c compiler/passes/fuse.c compiler/passes/plan_memory.c compiler/passes/finite.c compiler/lower.c compiler/pack.c \
                 compiler/posenc.c compiler/ref.c compiler/knvrtc.c compiler/overrides.c compiler/backend_ref.c compiler/synth.c
 # Runtime tests link libkiln.a only; compiler tests link both libraries.
 RUNTIME_TESTS  := safetensors tokenizer chat_template backend sched

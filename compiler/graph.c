@@ -32,6 +32,7 @@ kgraph *graph_new(void)
 {
     kgraph *g = xcalloc(1, sizeof *g);
     g->output = -1;
+    g->tp = 1;
     for (int i = 0; i < KG_NINPUTS; i++)
         g->inputs[i] = -1;
     return g;
@@ -866,7 +867,7 @@ static void print_attrs(const kg_node *n, FILE *f)
         if (a->window)
             fprintf(f, " window=%d", a->window);
         if (a->alibi)
-            fprintf(f, " alibi");
+            fprintf(f, a->alibi_heads ? " alibi(of %d heads)" : " alibi", a->alibi_heads);
         if (a->softcap)
             fprintf(f, " softcap=%g", a->softcap);
         fprintf(f, " kv_slot=%d", a->layer);
@@ -885,6 +886,12 @@ static void print_attrs(const kg_node *n, FILE *f)
             fprintf(f, "; gated=%s", acts[n->epi_act]);
         }
         break;
+    case KG_SHARD: fprintf(f, "; dim=%d parts=%d", n->dim, n->parts); break;
+    case KG_EMBED:
+        if (n->parts > 1)
+            fprintf(f, "; vocab parts=%d", n->parts);
+        break;
+    case KG_ALL_GATHER: fprintf(f, "; dim=%d", n->ndim - 1); break;
     case KG_POOL: {
         static const char *modes[] = {"mean", "cls", "last"};
         fprintf(f, "; %s%s", modes[n->pool_mode], n->pool_normalize ? " normalize" : "");

@@ -57,7 +57,11 @@
     X(SCALE, "scale")           /* x * constant */                                             \
     X(MOE, "moe")               /* routed experts (+ optional shared expert) */                \
     X(POOL, "pool")             /* per sequence: mean, first (cls) or last token */            \
-    X(LOGITS, "logits")         /* x [T, H] . w [V, H]^T -> [T, V]; the generate output */
+    X(LOGITS, "logits")         /* x [T, H] . w [V, H]^T -> [T, V]; the generate output */  \
+    /* tensor parallelism: made only by the shard pass, never by an archspec */               \
+    X(SHARD, "shard")           /* a constant's part for this rank (see kg_node.parts) */      \
+    X(ALL_REDUCE, "all_reduce") /* the sum of x over the ranks, on every rank */               \
+    X(ALL_GATHER, "all_gather") /* x [T, C] of every rank -> [T, C * tp], rank order */
 
 typedef enum {
 #define X(e, s) KG_##e,
@@ -75,6 +79,9 @@ typedef struct kg_attn {
     int causal;     /* 0: bidirectional (encoders) */
     int window;     /* sliding window in tokens (a query sees the last `window` keys); 0 = none */
     int alibi;      /* add ALiBi biases (slopes from n_heads, as BLOOM) */
+    int alibi_heads; /* sharded graphs: the slopes come from this many heads (the unsharded
+                        n_heads) and rank r's heads are r * n_heads .. (r + 1) * n_heads - 1 of
+                        them; 0 = n_heads, head 0 */
     double softcap; /* logit soft cap (tanh); 0 = none */
     double scale;   /* multiplies q.k; 1/sqrt(head_dim) unless the spec says otherwise */
     int layer;      /* KV-cache slot, numbered in build order */
@@ -125,6 +132,13 @@ typedef struct kg_node {
     kg_rope rope;
     kg_moe moe;
     int pool_mode, pool_normalize;
+    /* SHARD: `dim` of the input is cut into `parts` equal parts, and rank r of the graph's tp
+     * ranks takes part r * parts / tp (parts divides tp: with parts < tp, tp / parts neighbouring
+     * ranks share a part, as KV heads are when there are fewer than ranks).
+     * EMBED: `parts` = tp when the table is a SHARD of the vocabulary rows (dim 0): rank r holds
+     * rows [r * rows, (r + 1) * rows) of the full table, an id outside them gives a zero row,
+     * and an ALL_REDUCE follows; 0 otherwise. */
+    int parts;
     int epi_act;             /* LINEAR: -1, or a kg_act: the gated epilogue act(x.Wg) * (x.Wu)
                                 over the two halves of the weight's rows (fuse pass) */
 
@@ -142,6 +156,9 @@ typedef struct kgraph {
     kg_node *nodes;
     int output;         /* LOGITS or POOL node; -1 until set */
     int n_layers;       /* attention nodes, i.e. KV-cache slots */
+    int tp;             /* ranks the graph is sharded for (the shard pass); 1 = unsharded. The
+                           graph is the same on every rank: what differs by rank is which part a
+                           SHARD takes, an EMBED's vocabulary rows and the ALiBi heads */
     int inputs[KG_NINPUTS]; /* node of each input kind, or -1 */
     char prefix[64];    /* current name prefix ("L3"), set by graph_scope */
     int nstrings;

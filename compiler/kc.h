@@ -13,6 +13,8 @@
 #include "spec.h"
 #include "util.h"
 
+#define KC_MAX_TP 64 /* --tp range: far above one node's GPUs, low enough to list splits */
+
 typedef struct kc {
     /* inputs */
     char *model_dir;
@@ -31,6 +33,8 @@ typedef struct kc {
     int max_seqs;         /* sequences per step */
     int max_seq_len;      /* tokens per sequence (prompt + generated) */
     st_dtype act_dtype;   /* compute dtype on the GPU: BF16 or F16 */
+    int tp;               /* --tp: ranks the shard pass splits the graph for; 0 = no shard pass
+                           * (1 = one rank, with its collectives of one: the TP code path) */
     int64_t slab_bytes;   /* result of plan_memory */
     struct lowered *low;  /* result of schedule: kernels, launch lists, weights (lower.h) */
 

@@ -47,6 +47,7 @@ typedef struct opts {
     int strict;
     ovr_set ovr; /* --config, --override, --pooling, --normalize, --generation-config */
     int allow_nonfinite;
+    int tp; /* --tp N: tensor-parallel ranks (0: unsharded) */
     const char *dump_after;
     int help;
     /* ref */
@@ -99,7 +100,11 @@ static int parse_opts(const char *prog, int argc, char **argv, opts *o, int allo
             o->strict = 1;
         else if (strcmp(a, "--allow-nonfinite") == 0)
             o->allow_nonfinite = 1;
-        else if (allow_dump == 1 && TAKE("--dump-after") && !missing)
+        else if (TAKE("--tp") && !missing) {
+            if (util_parse_i64("--tp", val, 1, KC_MAX_TP, &v, &err))
+                return util_usage_error(prog, "%s", kerr_msg(&err));
+            o->tp = (int)v;
+        } else if (allow_dump == 1 && TAKE("--dump-after") && !missing)
             o->dump_after = val;
         else if (allow_dump == 3 && (TAKE("-o") || TAKE("--out")) && !missing)
             o->out = val;
@@ -158,7 +163,7 @@ static kc_opts kopts(const opts *o, int need_weights)
 {
     kc_opts k = {.spec = o->spec, .spec_path = o->spec_path, .n_spec_path = o->n_spec_path,
                  .strict = o->strict, .allow_nonfinite = o->allow_nonfinite,
-                 .need_weights = need_weights, .ovr = &o->ovr};
+                 .need_weights = need_weights, .ovr = &o->ovr, .tp = o->tp};
     return k;
 }
 
@@ -168,6 +173,10 @@ static const char common_help[] =
     "                     the built-in archspecs/)\n"
     "  --strict           checkpoint tensors the spec does not use are errors, not warnings\n"
     "  --allow-nonfinite  NaN or Inf in a weight is a warning, not an error\n"
+    "  --tp N             split the model for N tensor-parallel ranks (the shard pass): q/k/v\n"
+    "                     and gate/up by columns, o and down by rows with an all-reduce,\n"
+    "                     embedding and LM head by vocabulary. --tp 1 runs the same path on\n"
+    "                     one rank (collectives of one); without --tp the graph is unsharded\n"
     "  --config FILE      read FILE instead of MODEL_DIR/config.json\n"
     "  --override KEY=VALUE\n"
     "                     set a config field before the archspec reads it (repeatable): KEY is\n"

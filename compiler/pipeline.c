@@ -15,6 +15,7 @@ typedef struct pass {
 /* The pipeline: one pass per line, graph_verify between them (kc_run). */
 static const pass passes[] = {
     {"bind_weights", pass_bind_weights},
+    {"shard", pass_shard},
     {"fuse", pass_fuse},
     {"plan_memory", pass_plan_memory},
     {"schedule", pass_schedule},
@@ -89,6 +90,7 @@ int kc_open(kc *c, const char *model, const kc_opts *o, kerr *err)
     c->max_seqs = o->max_seqs ? o->max_seqs : 16;
     c->max_seq_len = o->max_seq_len ? o->max_seq_len : 2048;
     c->act_dtype = o->act_dtype == ST_F16 ? ST_F16 : ST_BF16;
+    c->tp = o->tp;
     if (!util_is_dir(model))
         return kerr_add(err, "%s: not a folder (expected a Hugging Face model folder with "
                              "config.json and *.safetensors)",

@@ -19,6 +19,7 @@ typedef struct kc_opts {
     int max_tokens, max_seqs, max_seq_len; /* 0: defaults 1024, 16, 2048 */
     st_dtype act_dtype;    /* ST_BF16 (default) or ST_F16 */
     const ovr_set *ovr;    /* --config, --override, --pooling, --normalize (overrides.h); NULL: none */
+    int tp;                /* --tp N: the shard pass splits the graph for N ranks; 0: unsharded */
 } kc_opts;
 
 /* Loads config, checkpoint and spec, and builds the graph. On error kc_free still applies. */

@@ -22,6 +22,11 @@ void finite_scan(const st_tensor *const *ts, int n, int nthreads, uint64_t *firs
 /* "NaN", "Inf" or "-Inf": the element at `index` (one finite_scan found). */
 const char *finite_kind(const st_tensor *t, uint64_t index);
 
+/* Tensor parallelism (kc.tp ranks; nothing when kc.tp is 0): column and row splits with
+ * all-reduces, vocabulary-split embedding and LM head; a model that cannot be split is refused
+ * with the values of --tp that would work. Runs before fuse, which then fuses per-rank shapes. */
+int pass_shard(kc *c, kerr *err);
+
 /* Fewer, larger kernels: q/k/v and gate/up GEMM fusion, add+norm, rope+KV write. */
 int pass_fuse(kc *c, kerr *err);
 
