@@ -810,6 +810,23 @@ int graph_verify(const kgraph *g, kerr *err)
             BAD("verify: %%%d has no name", i);
         if (n->op == KG_WEIGHT && (!n->weight || n->n_in))
             BAD("verify: %%%d weight node without a tensor name", i);
+        if (n->op == KG_SHARD) {
+            const kg_node *s = n->n_in == 1 && n->in[0] >= 0 && n->in[0] < i
+                                   ? &g->nodes[n->in[0]] : NULL;
+            int ok = s && n->is_const && s->is_const && n->parts >= 1 && g->tp % n->parts == 0 &&
+                     n->dim >= 0 && n->dim < n->ndim && s->ndim == n->ndim;
+            for (int d = 0; ok && d < n->ndim; d++)
+                ok = n->shape[d] * (d == n->dim ? n->parts : 1) == s->shape[d];
+            if (!ok)
+                BAD("verify: %%%d %s: a shard that is not a part of its constant for %d ranks", i,
+                    n->name, g->tp);
+        }
+        if ((n->op == KG_ALL_REDUCE || n->op == KG_ALL_GATHER) &&
+            (n->n_in != 1 || n->in[0] < 0 || n->in[0] >= i || n->is_const ||
+             n->shape[n->ndim - 1] != g->nodes[n->in[0]].shape[n->ndim - 1] *
+                                          (n->op == KG_ALL_GATHER ? g->tp : 1)))
+            BAD("verify: %%%d %s: a collective whose shape does not follow its input for %d "
+                "ranks", i, n->name, g->tp);
     }
     if (g->output < 0 || g->output >= g->n)
         BAD("verify: the graph has no output: an archspec must end in g:logits(...) or "
@@ -930,6 +947,8 @@ void graph_print(const kgraph *g, FILE *f)
     }
     if (g->output >= 0)
         fprintf(f, "output %%%d %s\n", g->output, g->nodes[g->output].name);
+    if (g->tp > 1)
+        fprintf(f, "tp %d\n", g->tp);
 }
 
 /* ---------------------------------------------------------------- rewriting */

@@ -235,6 +235,7 @@ int pass_fuse(kc *c, kerr *err)
     for (int k = 0; k < KG_NINPUTS; k++)
         g2->inputs[k] = g->inputs[k] >= 0 ? map[g->inputs[k]] : -1;
     g2->n_layers = g->n_layers;
+    g2->tp = g->tp;
     /* interned spec file names move with the graph */
     g2->strings = g->strings;
     g2->nstrings = g->nstrings;
