@@ -851,6 +851,10 @@ int lower(kc *c, lowered *out, kerr *err)
     m->max_seq_len = c->max_seq_len;
     m->gemv_max = GEMV_MAX;
     m->dtype = xstrdup(c->act_dtype == ST_F16 ? "f16" : "bf16");
+    m->tp = c->g->tp > 1 ? c->g->tp : 1;
+    m->shards = xcalloc((size_t)m->tp, sizeof(ka_shard));
+    for (int r = 0; r < m->tp; r++)
+        m->shards[r].path = xasprintf("shards/rank%d-of-%d.safetensors", r, m->tp);
     free(w.wmap);
     return 0;
 }

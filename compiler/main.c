@@ -837,7 +837,6 @@ static int cmd_compile(int argc, char **argv)
         rc = -1;
         goto out;
     }
-    m->shard = xstrdup("shards/rank0-of-1.safetensors");
     m->model_name = xstrdup(name);
     config_architecture(c.cfg, (const char **)&m->arch, &err);
     m->arch = xstrdup(m->arch ? m->arch : "?");

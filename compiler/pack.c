@@ -225,12 +225,12 @@ static int finish_header(const char *path, ka_manifest *m, kerr *err)
         /* the id: the header as written (with the placeholder) and the data's hash */
         unsigned char tail[16];
         for (int i = 0; i < 8; i++) {
-            tail[i] = (unsigned char)(m->shard_hash >> (8 * i));
+            tail[i] = (unsigned char)(m->shards[0].hash >> (8 * i));
             tail[8 + i] = (unsigned char)(m->shard_chunk >> (8 * i));
         }
-        m->shard_id = hash_bytes2(h, (size_t)hl, tail, sizeof tail);
+        m->shards[0].id = hash_bytes2(h, (size_t)hl, tail, sizeof tail);
         char hex[17];
-        snprintf(hex, sizeof hex, "%016llx", (unsigned long long)m->shard_id);
+        snprintf(hex, sizeof hex, "%016llx", (unsigned long long)m->shards[0].id);
         char *digits = at + strlen(ID_PLACEHOLDER) - 17;
         memcpy(digits, hex, 16);
         ok = fseek(f, 8 + (long)(digits - h), SEEK_SET) == 0 && fwrite(hex, 1, 16, f) == 16;
@@ -240,7 +240,7 @@ static int finish_header(const char *path, ka_manifest *m, kerr *err)
         free(h);
         return kerr_add(err, "%s: cannot write the shard id into the header", path);
     }
-    m->shard_header_fnv = util_fnv1a(h, (size_t)hl, UTIL_FNV_SEED);
+    m->shards[0].header_fnv = util_fnv1a(h, (size_t)hl, UTIL_FNV_SEED);
     free(h);
     return 0;
 }
@@ -263,7 +263,7 @@ int pack_shard(kc *c, const lowered *l, const char *path, int show_progress, ka_
     int rc = st_writer_write(w, path, progress, &b, err);
     st_writer_free(w);
     free(ctx);
-    m->shard_hash = hash_stream_finish(hs);
+    m->shards[0].hash = hash_stream_finish(hs);
     m->shard_chunk = HASH_CHUNK;
     return rc ? -1 : finish_header(path, m, err);
 }

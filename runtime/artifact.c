@@ -6,6 +6,7 @@
  * itself. Also here: opening and verifying the weight shard against the manifest. */
 #include "artifact.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
@@ -18,7 +19,7 @@
 #include "../kernels/kiln_step.h"
 
 static const char *arg_names[] = {"step", "buf", "scratch", "weight", "const", "kv_k", "kv_v",
-                                  "null", "i32", "f32", "m",    "logits",  "out"};
+                                  "null", "i32", "f32", "m",    "logits",  "out",  "rank"};
 _Static_assert(ARRAY_LEN(arg_names) == KA_NARGKINDS, "arg kind table out of sync");
 
 const char *ka_arg_kind_name(ka_arg_kind k)
@@ -50,6 +51,9 @@ static json_t *jgrid(const ka_grid *g)
     return a;
 }
 
+/* the "collective" field of a collective step, by ka_step_kind - KA_ALLREDUCE */
+static const char *const coll_names[] = {"all_reduce", "all_gather"};
+
 static json_t *jsteps(const ka_step *st, int n)
 {
     json_t *a = json_array();
@@ -70,6 +74,13 @@ static json_t *jsteps(const ka_step *st, int n)
             for (int k = 0; k < s->nargs; k++)
                 json_array_append_new(args, jarg(&s->args[k]));
             json_object_set_new(o, "args", args);
+        } else if (s->kind == KA_ALLREDUCE || s->kind == KA_ALLGATHER) {
+            json_object_set_new(o, "collective",
+                                json_string(coll_names[s->kind - KA_ALLREDUCE]));
+            json_object_set_new(o, "x", jarg(&s->x));
+            json_object_set_new(o, "y", jarg(&s->y));
+            json_object_set_new(o, "n", json_integer(s->n));
+            json_object_set_new(o, "out_f32", json_integer(s->out_f32));
         } else {
             json_object_set_new(o, "gemm", json_true());
             json_object_set_new(o, "x", jarg(&s->x));
@@ -171,11 +182,18 @@ char *ka_manifest_json(const ka_manifest *m)
         json_array_append_new(ws, w);
     }
     json_object_set_new(r, "weights", ws);
-    json_object_set_new(r, "shard", json_string(m->shard));
-    json_object_set_new(r, "shard_header_fnv", jhex(m->shard_header_fnv));
-    json_object_set_new(r, "shard_hash", jhex(m->shard_hash));
+    json_object_set_new(r, "tp", json_integer(m->tp));
+    json_t *sh = json_array();
+    for (int i = 0; i < m->tp; i++) {
+        json_t *o = json_object();
+        json_object_set_new(o, "path", json_string(m->shards[i].path));
+        json_object_set_new(o, "header_fnv", jhex(m->shards[i].header_fnv));
+        json_object_set_new(o, "hash", jhex(m->shards[i].hash));
+        json_object_set_new(o, "id", jhex(m->shards[i].id));
+        json_array_append_new(sh, o);
+    }
+    json_object_set_new(r, "shards", sh);
     json_object_set_new(r, "shard_chunk", json_integer((json_int_t)m->shard_chunk));
-    json_object_set_new(r, "shard_id", jhex(m->shard_id));
     json_t *cs = json_array();
     for (int i = 0; i < m->nconsts; i++) {
         json_t *c = json_object(), *v = json_array();
@@ -535,6 +553,12 @@ static int check_arg(rd *r, const ka_arg *a, const stepctx *c, const char *what)
                        (long long)a->i);
         return 0;
     case KA_ARG_F32: return 0;
+    case KA_ARG_RANK: /* i * rank fits an int for every rank there can be */
+        if (a->i < -(INT32_MAX / KA_MAX_TP) || a->i > INT32_MAX / KA_MAX_TP)
+            return bad(r, "%s: %s (rank) is %lld, expected %d..%d (times the rank, an int32)",
+                       c->where, what, (long long)a->i, -(INT32_MAX / KA_MAX_TP),
+                       INT32_MAX / KA_MAX_TP);
+        return 0;
     case KA_ARG_LOGITS:
         if (m->output_pool)
             return bad(r, "%s: %s is the logits buffer, which an embedding model does not have",
@@ -586,7 +610,8 @@ static int check_extent(rd *r, const stepctx *c, const ka_step *s, const char *w
     default: return 0;
     }
     if (bytes > cap)
-        return bad(r, "%s: GEMM %s needs %lld bytes at %lld rows, %lld are left in %s", c->where,
+        return bad(r, "%s: %s %s needs %lld bytes at %lld rows, %lld are left in %s", c->where,
+                   s->kind == KA_GEMM ? "GEMM" : "collective",
                    what, (long long)bytes, (long long)rows, (long long)cap, in);
     return 0;
 }
@@ -641,6 +666,53 @@ static int parse_gemm(rd *r, json_t *o, const stepctx *c, ka_step *s)
                    check_extent(r, c, s, "y", &s->y, rows, s->ldy, s->n, s->out_f32 ? 4 : 2)
                ? -1
                : 0;
+}
+
+/* A collective (artifact.h's comment on KA_ALLREDUCE says what it does): operands in buffers,
+ * each extent inside its buffer at the largest step. */
+static int parse_collective(rd *r, json_t *o, const stepctx *c, ka_step *s)
+{
+    const ka_manifest *m = r->m;
+    json_t *k = json_object_get(o, "collective");
+    int kind = json_is_string(k) ? is_enum(json_string_value(k), coll_names, 2) : -1;
+    if (kind < 0)
+        return bad(r, "%s: collective is %s, expected \"all_reduce\" or \"all_gather\"",
+                   c->where, json_is_string(k) ? "another name" : "not a string");
+    s->kind = (ka_step_kind)(KA_ALLREDUCE + kind);
+    if (parse_arg(r, json_object_get(o, "x"), c, "x", &s->x) ||
+        parse_arg(r, json_object_get(o, "y"), c, "y", &s->y))
+        return -1;
+    s->n = jint(r, o, c->where, "n", 1, KA_MAX_DIM);
+    s->out_f32 = (int)jint(r, o, c->where, "out_f32", 0, 1);
+    if (r->bad)
+        return -1;
+    const ka_arg *ops[2] = {&s->x, &s->y};
+    for (int i = 0; i < 2; i++) {
+        ka_arg_kind ak = ops[i]->kind;
+        if (ak != KA_ARG_BUF && ak != KA_ARG_SCRATCH && ak != KA_ARG_LOGITS)
+            return bad(r, "%s: collective %c is %s, expected buf, scratch or logits", c->where,
+                       "xy"[i], ka_arg_kind_name(ak));
+        if (check_arg(r, ops[i], c, i ? "y" : "x"))
+            return -1;
+        if (ak == KA_ARG_LOGITS && !s->out_f32)
+            return bad(r, "%s: collective %c is the float logits, but out_f32 is 0", c->where,
+                       "xy"[i]);
+    }
+    int64_t rows = max_rows(m, s, c->prefill), es = s->out_f32 ? 4 : 2;
+    int64_t yrows = s->kind == KA_ALLGATHER ? rows * m->tp : rows;
+    if (check_extent(r, c, s, "x", &s->x, rows, s->n, s->n, es) ||
+        check_extent(r, c, s, "y", &s->y, yrows, s->n, s->n, es))
+        return -1;
+    /* in place (a reduce only) or apart: a partial overlap is undefined in NCCL */
+    if (s->x.kind == s->y.kind && !(s->kind == KA_ALLREDUCE && s->x.i == s->y.i)) {
+        int64_t xb = rows * s->n * es, yb = yrows * s->n * es;
+        if (s->x.i < s->y.i + yb && s->y.i < s->x.i + xb)
+            return bad(r, "%s: collective x (%lld bytes at %lld) and y (%lld bytes at %lld) "
+                          "overlap",
+                       c->where, (long long)xb, (long long)s->x.i, (long long)yb,
+                       (long long)s->y.i);
+    }
+    return 0;
 }
 
 static int parse_kernel_step(rd *r, json_t *o, const stepctx *c, ka_step *s)
@@ -712,10 +784,14 @@ static int parse_steps(rd *r, json_t *root, const char *which, ka_step **out, in
         s->rows = (ka_rows)jint(r, o, c.where, "rows", KA_ROWS_T, KA_ROWS_S);
         if (r->bad)
             return -1;
-        if (json_object_get(o, "gemm"))
+        if (json_object_get(o, "gemm")) {
             parse_gemm(r, o, &c, s);
-        else
+        } else if (json_object_get(o, "collective")) {
+            parse_collective(r, o, &c, s);
+            r->m->collectives++;
+        } else {
             parse_kernel_step(r, o, &c, s);
+        }
     }
     return r->bad ? -1 : 0;
 }
@@ -859,35 +935,31 @@ static void parse_tables(rd *r, json_t *root, ka_manifest *m)
     }
 }
 
-/* A relative path inside the artifact folder: no "..", no absolute path, plain characters. */
-static int safe_rel_path(const char *p)
-{
-    if (!*p || *p == '/' || strlen(p) > 256)
-        return 0;
-    for (const char *s = p; *s; s++)
-        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
-              *s == '.' || *s == '_' || *s == '-' || *s == '/'))
-            return 0;
-    for (const char *s = p; s; s = strchr(s, '/')) {
-        s += *s == '/';
-        if (!strncmp(s, "..", 2) && (s[2] == '/' || !s[2]))
-            return 0;
-    }
-    return 1;
-}
-
+/* The shards: tp of them, rank r's at exactly shards/rank<r>-of-<tp>.safetensors (no other path
+ * can be named, so none leaves the artifact folder), each with its fingerprints. */
 static void parse_shard_blobs(rd *r, json_t *root, ka_manifest *m)
 {
-    const char *w = "shard";
-    m->shard = jstr(r, root, w, "shard", 1);
-    if (!r->bad && !safe_rel_path(m->shard))
-        bad(r, "shard: the path \"%.80s\" is not a plain relative path inside the artifact folder",
-            m->shard);
-    m->shard_header_fnv = jget_hex(r, root, w, "shard_header_fnv");
-    m->shard_hash = jget_hex(r, root, w, "shard_hash");
-    m->shard_chunk = (uint64_t)jint(r, root, w, "shard_chunk", (int64_t)HASH_CHUNK_MIN,
+    m->tp = (int)jint(r, root, "top level", "tp", 1, KA_MAX_TP);
+    int n;
+    json_t *sh = jlist(r, root, "top level", "shards", KA_MAX_TP, &n);
+    if (!r->bad && n != m->tp)
+        bad(r, "shards: %d entries for tp %d, expected one per rank", n, m->tp);
+    m->shards = xcalloc((size_t)(m->tp ? m->tp : 1), sizeof(ka_shard));
+    for (int i = 0; i < m->tp && !r->bad; i++) {
+        char where[48], want[64];
+        snprintf(where, sizeof where, "shard %d", i);
+        json_t *o = json_array_get(sh, (size_t)i);
+        ka_shard *s = &m->shards[i];
+        s->path = jstr(r, o, where, "path", 1);
+        snprintf(want, sizeof want, "shards/rank%d-of-%d.safetensors", i, m->tp);
+        if (!r->bad && strcmp(s->path, want))
+            bad(r, "%s: path is \"%.80s\", expected \"%s\"", where, s->path, want);
+        s->header_fnv = jget_hex(r, o, where, "header_fnv");
+        s->hash = jget_hex(r, o, where, "hash");
+        s->id = jget_hex(r, o, where, "id");
+    }
+    m->shard_chunk = (uint64_t)jint(r, root, "shards", "shard_chunk", (int64_t)HASH_CHUNK_MIN,
                                     (int64_t)HASH_CHUNK_MAX);
-    m->shard_id = jget_hex(r, root, w, "shard_id");
 
     json_t *bs = jlist(r, root, "top level", "blobs", KA_MAX_BLOBS, &m->nblobs);
     m->blobs = xcalloc((size_t)(m->nblobs ? m->nblobs : 1), sizeof(ka_blob));
@@ -1076,7 +1148,9 @@ void ka_manifest_free(ka_manifest *m)
     for (int i = 0; i < m->nweights && m->weights; i++)
         free(m->weights[i].name);
     free(m->weights);
-    free(m->shard);
+    for (int i = 0; i < m->tp && m->shards; i++)
+        free(m->shards[i].path);
+    free(m->shards);
     for (int i = 0; i < m->nconsts && m->consts; i++) {
         free(m->consts[i].name);
         free(m->consts[i].v);
@@ -1118,15 +1192,18 @@ void ka_shard_data(const st_set *s, const unsigned char **data, uint64_t *len)
     *len = f->size - 8 - hl;
 }
 
-st_set *ka_shard_open(const ka_file *af, const char *dir, kerr *err)
+st_set *ka_shard_open_rank(const ka_file *af, const char *dir, int rank, kerr *err)
 {
     const ka_manifest *m = &af->m;
-    char *path = util_path_join(dir, m->shard);
+    assert(rank >= 0 && rank < m->tp);
+    const ka_shard *sh = &m->shards[rank];
+    char *path = util_path_join(dir, sh->path);
     st_set *s = st_open(path, err);
     if (!s) {
-        kerr_add(err, "the weights of %s are missing or unreadable; copy the shards/ folder of the "
-                      "same kilnc compile output, or recompile with kilnc compile",
-                 af->path);
+        kerr_add(err, "the weights of rank %d of %d of %s are missing or unreadable; copy the "
+                      "shards/ folder of the same kilnc compile output, or recompile with kilnc "
+                      "compile",
+                 rank, m->tp, af->path);
         free(path);
         return NULL;
     }
@@ -1138,13 +1215,14 @@ st_set *ka_shard_open(const ka_file *af, const char *dir, kerr *err)
     char id[64];
     const char *got = st_metadata(s, KA_SHARD_ID_KEY, id, sizeof id);
     char want[24];
-    snprintf(want, sizeof want, "%016llx", (unsigned long long)m->shard_id);
+    snprintf(want, sizeof want, "%016llx", (unsigned long long)sh->id);
     if (!got || strcmp(got, want) != 0) {
         if (got)
-            kerr_add(err, "%s: shard id mismatch: the shard has id %.20s, %s expects %s: the shard "
-                          "belongs to another compile (another model or other weights); copy the "
-                          "shards/ folder of the same kilnc compile output, or recompile",
-                     path, got, af->path, want);
+            kerr_add(err, "%s: shard id mismatch: the shard has id %.20s, %s expects %s for rank "
+                          "%d of %d: the shard belongs to another compile (another model, other "
+                          "weights, another rank or --tp); copy the shards/ folder of the same "
+                          "kilnc compile output, or recompile",
+                     path, got, af->path, want, rank, m->tp);
         else
             kerr_add(err, "%s: no %s in its __metadata__ (%s expects shard id %s): it was not "
                           "written by this release's kilnc compile; recompile",
@@ -1153,10 +1231,10 @@ st_set *ka_shard_open(const ka_file *af, const char *dir, kerr *err)
     }
     const unsigned char *p = s->files[0].base;
     uint64_t fnv = util_fnv1a(p + 8, (size_t)get64(p), UTIL_FNV_SEED);
-    if (fnv != m->shard_header_fnv) {
+    if (fnv != sh->header_fnv) {
         kerr_add(err, "%s: header checksum mismatch (FNV-1a %016llx, %s expects %016llx): the "
                       "shard's header was modified; copy it again or recompile with kilnc compile",
-                 path, (unsigned long long)fnv, af->path, (unsigned long long)m->shard_header_fnv);
+                 path, (unsigned long long)fnv, af->path, (unsigned long long)sh->header_fnv);
         goto fail;
     }
     st_dtype want_dt = strcmp(m->dtype, "f16") == 0 ? ST_F16 : ST_BF16;
@@ -1197,21 +1275,35 @@ hash_job *ka_shard_hash_start(const ka_manifest *m, const st_set *s, int threads
     return hash_start(data, len, m->shard_chunk, threads);
 }
 
-int ka_shard_hash_check(const ka_file *af, const st_set *s, uint64_t got, kerr *err)
+int ka_shard_hash_check_rank(const ka_file *af, int rank, const st_set *s, uint64_t got,
+                             kerr *err)
 {
-    if (got == af->m.shard_hash)
+    assert(rank >= 0 && rank < af->m.tp);
+    uint64_t want = af->m.shards[rank].hash;
+    if (got == want)
         return 0;
-    return kerr_add(err, "%s: weight data checksum mismatch (XXH3 %016llx, %s expects %016llx): "
-                         "the shard is corrupt or was modified; copy it again or recompile with "
-                         "kilnc compile",
-                    s->files[0].path, (unsigned long long)got, af->path,
-                    (unsigned long long)af->m.shard_hash);
+    return kerr_add(err, "%s: weight data checksum mismatch (XXH3 %016llx, %s expects %016llx "
+                         "for rank %d of %d): the shard is corrupt or was modified; copy it "
+                         "again or recompile with kilnc compile",
+                    s->files[0].path, (unsigned long long)got, af->path, (unsigned long long)want,
+                    rank, af->m.tp);
 }
 
-int ka_shard_verify(const ka_file *af, const st_set *s, int threads, kerr *err)
+int ka_shard_verify(const ka_file *af, int rank, const st_set *s, int threads, kerr *err)
 {
     const unsigned char *data;
     uint64_t len;
     ka_shard_data(s, &data, &len);
-    return ka_shard_hash_check(af, s, hash_chunked(data, len, af->m.shard_chunk, threads), err);
+    return ka_shard_hash_check_rank(af, rank, s,
+                                    hash_chunked(data, len, af->m.shard_chunk, threads), err);
+}
+
+st_set *ka_shard_open(const ka_file *af, const char *dir, kerr *err)
+{
+    return ka_shard_open_rank(af, dir, 0, err);
+}
+
+int ka_shard_hash_check(const ka_file *af, const st_set *s, uint64_t got, kerr *err)
+{
+    return ka_shard_hash_check_rank(af, 0, s, got, err);
 }

@@ -25,13 +25,27 @@
  * where a pointer comes from (the activation slab, a weight, a constant table, the KV cache of a
  * layer, the per-step scratch) so the runtime can bind them once per batch bucket.
  *
- * Next to model.kiln: shards/rank0-of-1.safetensors (weights in runtime layout, named as the
- * manifest's weight list) and the tokenizer files. The manifest binds the shard three ways: the
- * FNV-1a of its header (names, dtypes, shapes, offsets), the chunked XXH3 of its data (hash.h)
- * and its shard id, which the shard also carries in its __metadata__ (KA_SHARD_ID_KEY). The id
- * is a hash of the shard's header and data, so a shard of another model, or of the same model
- * with other weights, is refused by its id before any data is hashed, while a byte-identical
- * shard is accepted (it is the same weights).
+ * Next to model.kiln: one weight shard per rank, shards/rank<r>-of-<tp>.safetensors (weights in
+ * runtime layout, named as the manifest's weight list), and the tokenizer files. The manifest
+ * binds each shard three ways: the FNV-1a of its header (names, dtypes, shapes, offsets), the
+ * chunked XXH3 of its data (hash.h) and its shard id, which the shard also carries in its
+ * __metadata__ (KA_SHARD_ID_KEY). The id is a hash of the shard's header and data, so a shard of
+ * another model, of the same model with other weights, or of another rank, is refused by its id
+ * before any data is hashed, while a byte-identical shard is accepted (it is the same weights).
+ *
+ * Tensor parallelism (kilnc compile --tp N, format 5). The manifest describes ONE rank's program:
+ * kernels, schedules, weights (names and per-rank shapes), constant tables, kv_layers (per-rank
+ * KV heads) and the buffer sizes are the same on every rank; only three things differ by rank,
+ * all resolved by the runtime when it binds a schedule on device r:
+ *   - the weight shard: rank r loads shards[r] (every shard holds the same names and shapes, each
+ *     its own slices);
+ *   - KA_ARG_RANK arguments: the integer i * r (e.g. an embedding's first vocabulary row, the
+ *     first ALiBi head of the rank);
+ *   - collective steps (KA_ALLREDUCE, KA_ALLGATHER), run over the tp ranks' communicator, rank r
+ *     being device r's place in it.
+ * An artifact compiled without --tp has tp 1, one shard and no collective steps: the single-GPU
+ * path, which needs no NCCL. `kilnc compile --tp 1` gives tp 1 with collectives of one rank
+ * (NCCL's all-reduce and all-gather over one rank copy their input): the TP code path on one GPU.
  */
 #ifndef KILN_ARTIFACT_H
 #define KILN_ARTIFACT_H
@@ -43,8 +57,9 @@
 #include "util.h"
 
 #define KA_MAGIC "KILNART"
-#define KA_VERSION 4 /* 3: overrides and generation defaults (kilnc compile's issue-18 flags);
-                      * 4: the sampler draws from (seed, index) and takes no step counter */
+#define KA_VERSION 5 /* 3: overrides and generation defaults (kilnc compile's issue-18 flags);
+                      * 4: the sampler draws from (seed, index) and takes no step counter;
+                      * 5: tensor parallelism: tp, a shard per rank, collective steps, rank args */
 #define KA_HEADER 40     /* bytes before the first section */
 #define KA_ALIGN 256     /* sections start on this boundary */
 #define KA_MAX_ARGS 20
@@ -71,6 +86,7 @@
 #define KA_MAX_OVERRIDES 256            /* recorded override lines (kilnc: 64 --override + 4) */
 #define KA_MAX_OVERRIDE_LEN 4096        /* bytes of one line */
 #define KA_MAX_TEMPERATURE 100.0        /* above this the softmax is flat to float precision */
+#define KA_MAX_TP 64                    /* ranks (kilnc --tp's range, KC_MAX_TP) */
 
 /* Where a kernel argument comes from. */
 typedef enum {
@@ -87,6 +103,9 @@ typedef enum {
     KA_ARG_M,       /* int: rows of the GEMM (T, or n_seqs for the logits of the last rows) */
     KA_ARG_LOGITS,  /* the float logits buffer */
     KA_ARG_OUT,     /* the float output buffer of embedding models */
+    KA_ARG_RANK,    /* int: i * rank, rank = this device's rank 0..tp-1 (ka_read checks that
+                     * |i| <= INT32_MAX / KA_MAX_TP, so the product fits an int); the one kernel
+                     * argument whose value differs by rank */
     KA_NARGKINDS
 } ka_arg_kind;
 
@@ -102,7 +121,23 @@ typedef struct ka_grid {
     int t, s, q, add, div;
 } ka_grid;
 
-typedef enum { KA_KERNEL, KA_GEMM } ka_step_kind;
+/* KA_ALLREDUCE and KA_ALLGATHER are collectives over the tp ranks (NCCL). Every rank runs the
+ * same step at the same place in its schedule, after every step before it on its stream, so the
+ * runtime issues them in schedule order on the device's stream (and captures them in the decode
+ * CUDA graphs like any other step). Fields (with M = the step's rows: T or n_seqs, by `rows`, as
+ * for a GEMM; elements are float when out_f32, else the artifact's dtype bf16/f16):
+ *   KA_ALLREDUCE: y[M, n] = sum over ranks of x[M, n], contiguous rows (count M * n). x == y
+ *     (same kind and offset) is in place; otherwise the two do not overlap.
+ *     ncclAllReduce(x, y, M * n, dtype, ncclSum, comm, stream).
+ *   KA_ALLGATHER: y[tp][M][n] (rank-major: rank r's block at y + r * M * n elements) from each
+ *     rank's x[M, n]; x and y do not overlap. ncclAllGather(x, y, M * n, dtype, comm, stream).
+ *     (A kernel step after it reorders the blocks where the graph wants [M, n * tp] rows.)
+ * x and y are KA_ARG_BUF, KA_ARG_SCRATCH or KA_ARG_LOGITS; ka_read checks that x's M * n and y's
+ * M * n (* tp for the gather) elements fit their buffers at the largest step. size and logits
+ * select the step as for any other (a collective inside a skipped variant is skipped on every
+ * rank alike: the conditions depend only on T, n_seqs and the all-logits flag, which all ranks
+ * share). w, bias, k, ldx, ldy, kernel, grid and args are unused (zero). */
+typedef enum { KA_KERNEL, KA_GEMM, KA_ALLREDUCE, KA_ALLGATHER } ka_step_kind;
 typedef enum { KA_SIZE_ANY, KA_SIZE_SMALL, KA_SIZE_LARGE } ka_size;     /* T <= gemv_max or not */
 typedef enum { KA_LOGITS_ANY, KA_LOGITS_LAST, KA_LOGITS_ALL } ka_logits; /* last rows or all */
 typedef enum { KA_ROWS_T, KA_ROWS_S } ka_rows;                          /* GEMM rows */
@@ -118,7 +153,7 @@ typedef struct ka_step {
     int nargs;
     ka_arg args[KA_MAX_ARGS];
     /* GEMM: y[M, n] = x[M, k] . w[n, k]^T (+ bias[n]); x, y row-major with leading dims ldx, ldy
-     * (elements); y float when out_f32 */
+     * (elements); y float when out_f32. Collectives use x, y, n, out_f32 and rows (above). */
     ka_arg x, w, bias, y;
     int64_t n, k, ldx, ldy;
     int out_f32;
@@ -146,8 +181,16 @@ typedef struct ka_const {
 } ka_const;
 
 typedef struct ka_layer {
-    int n_kv, head_dim;
+    int n_kv, head_dim; /* per rank: the KV cache of a layer is [blocks][KILN_BLOCK][n_kv][hd] */
 } ka_layer;
+
+/* One rank's weight shard (artifact.h's opening comment says how the three values bind it). */
+typedef struct ka_shard {
+    char *path;          /* "shards/rank<r>-of-<tp>.safetensors", exactly (ka_read checks it) */
+    uint64_t header_fnv; /* FNV-1a of the shard's header JSON (its padding included) */
+    uint64_t hash;       /* chunked XXH3 of the shard's data (hash.h), chunk ka_manifest.shard_chunk */
+    uint64_t id;         /* the id in the shard's __metadata__ */
+} ka_shard;
 
 typedef struct ka_blob {
     char *name;     /* "cubin.sm_90a", "ptx.compute_80", "source.cu" */
@@ -195,11 +238,11 @@ typedef struct ka_manifest {
     ka_step *prefill, *decode;
     int nweights;
     ka_weight *weights;
-    char *shard;            /* "shards/rank0-of-1.safetensors" */
-    uint64_t shard_header_fnv; /* FNV-1a of the shard's header JSON (its padding included) */
-    uint64_t shard_hash;       /* chunked XXH3 of the shard's data (hash.h) */
-    uint64_t shard_chunk;      /* its chunk size */
-    uint64_t shard_id;         /* the id in the shard's __metadata__ */
+    int tp;                 /* ranks, 1..KA_MAX_TP; 1 for an artifact compiled without --tp */
+    int collectives;        /* collective steps in prefill + decode (0: NCCL is not needed; tp 1
+                             * without --tp); derived by ka_read, not stored */
+    ka_shard *shards;       /* tp entries, shards[r] is rank r's */
+    uint64_t shard_chunk;   /* the chunk size of every shard's data hash */
     int nconsts;
     ka_const *consts;
     int nblobs;
@@ -240,17 +283,24 @@ const char *ka_arg_kind_name(ka_arg_kind k);
 
 /* ---- the weight shard; nothing here needs a GPU ---- */
 
-/* Opens the shard next to the artifact (dir/m->shard) and checks what is cheap: its id against
- * the manifest's (first, so a foreign shard is named as such), its header fingerprint, and every
- * weight the manifest lists (present, dtype, shape, size). The data is not hashed here. */
-st_set *ka_shard_open(const ka_file *af, const char *dir, kerr *err);
+/* Opens rank `rank`'s shard next to the artifact (dir/m->shards[rank].path; 0 <= rank < m->tp)
+ * and checks what is cheap: its id against the manifest's entry for that rank (first, so a shard
+ * of another model, rank or N is named as such; a missing file says which rank's it is), its
+ * header fingerprint, and every weight the manifest lists (present, dtype, shape, size). The
+ * data is not hashed here. No GPU and no NCCL are needed. */
+st_set *ka_shard_open_rank(const ka_file *af, const char *dir, int rank, kerr *err);
 /* The shard's data region (after its header). */
 void ka_shard_data(const st_set *s, const unsigned char **data, uint64_t *len);
-/* Starts hashing the shard's data on `threads` background threads (hash.h). */
+/* Starts hashing the shard's data on `threads` background threads (hash.h). Any rank's. */
 hash_job *ka_shard_hash_start(const ka_manifest *m, const st_set *s, int threads);
-/* Compares a finished hash with the manifest's; an error names the shard. */
+/* Compares a finished hash with the manifest's entry for `rank`; an error names the shard. */
+int ka_shard_hash_check_rank(const ka_file *af, int rank, const st_set *s, uint64_t got,
+                             kerr *err);
+/* Hashes rank `rank`'s shard data on `threads` threads (the caller's included) and checks it. */
+int ka_shard_verify(const ka_file *af, int rank, const st_set *s, int threads, kerr *err);
+/* Rank 0's shard: ka_shard_open_rank(af, dir, 0, err) and ka_shard_hash_check_rank(af, 0, ...),
+ * kept while the single-device engine calls them; they go when it loads per rank. */
+st_set *ka_shard_open(const ka_file *af, const char *dir, kerr *err);
 int ka_shard_hash_check(const ka_file *af, const st_set *s, uint64_t got, kerr *err);
-/* Hashes the shard's data on `threads` threads (the caller's included) and checks it. */
-int ka_shard_verify(const ka_file *af, const st_set *s, int threads, kerr *err);
 
 #endif

@@ -1,6 +1,6 @@
 /* cmd_inspect — `kiln inspect OUT_DIR`: what a compiled model holds, without a GPU. With
- * --verify it also checks the weight shard as `kiln run` does (id, header, every weight, and the
- * data hash, here on every core) and says how fast the hashing ran. */
+ * --verify it also checks the weight shards, one per rank, as `kiln run` does (id, header, every
+ * weight, and the data hash, here on every core) and says how fast the hashing ran. */
 #include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,10 +12,11 @@
 #define PROG "kiln inspect"
 #define USAGE "usage: kiln inspect OUT_DIR [--schedule] [--source] [--verify]\n"
 
-/* The shard checks of km_load, without a GPU; prints what was hashed and how fast. */
-static int verify(const ka_file *f, const char *dir, kerr *err)
+/* The shard checks of km_load for rank `rank`, without a GPU; prints what was hashed and how
+ * fast. */
+static int verify(const ka_file *f, const char *dir, int rank, kerr *err)
 {
-    st_set *s = ka_shard_open(f, dir, err);
+    st_set *s = ka_shard_open_rank(f, dir, rank, err);
     if (!s)
         return -1;
     const unsigned char *data;
@@ -23,13 +24,13 @@ static int verify(const ka_file *f, const char *dir, kerr *err)
     ka_shard_data(s, &data, &len);
     int threads = util_cpus(HASH_MAX_THREADS);
     double t0 = util_now();
-    int rc = ka_shard_verify(f, s, threads, err);
+    int rc = ka_shard_verify(f, rank, s, threads, err);
     double dt = util_now() - t0;
     if (rc == 0) {
         char b[32];
         printf("verified     %s: id %016llx, header and %d weights match; %s of data hashed in "
                "%.3f s (%.1f GB/s on %d threads)\n",
-               f->m.shard, (unsigned long long)f->m.shard_id, f->m.nweights,
+               f->m.shards[rank].path, (unsigned long long)f->m.shards[rank].id, f->m.nweights,
                util_human_bytes((double)len, b, sizeof b), dt,
                dt > 0 ? (double)len / dt / 1e9 : 0.0, threads);
     }
@@ -43,6 +44,13 @@ static void print_steps(const ka_manifest *m, const ka_step *s, int n)
         if (s[i].kind == KA_GEMM)
             printf("  %3d %-28s gemm n=%lld k=%lld%s\n", i, s[i].label, (long long)s[i].n,
                    (long long)s[i].k, s[i].size == KA_SIZE_LARGE ? " [rows > gemv_max]" : "");
+        else if (s[i].kind == KA_ALLREDUCE || s[i].kind == KA_ALLGATHER)
+            printf("  %3d %-28s %s n=%lld %s rows=%s%s\n", i, s[i].label,
+                   s[i].kind == KA_ALLREDUCE ? "all_reduce" : "all_gather", (long long)s[i].n,
+                   s[i].out_f32 ? "f32" : m->dtype, s[i].rows == KA_ROWS_S ? "S" : "T",
+                   s[i].logits == KA_LOGITS_LAST ? " [last rows]"
+                   : s[i].logits == KA_LOGITS_ALL ? " [all rows]"
+                                                  : "");
         else
             printf("  %3d %-28s %s%s%s\n", i, s[i].label, m->kernels[s[i].kernel].name,
                    s[i].size == KA_SIZE_SMALL ? " [rows <= gemv_max]"
@@ -66,8 +74,9 @@ int cmd_inspect(int argc, char **argv)
                    "no GPU; model.kiln is always checked in full (hashes and every field).\n"
                    "  --schedule  also print the prefill and decode launch lists\n"
                    "  --source    print the generated CUDA source instead\n"
-                   "  --verify    also check the weight shard as kiln run does (its id, header,\n"
-                   "              weights and data hash, on every core); exit 1 if it differs\n");
+                   "  --verify    also check the weight shards (one per rank) as kiln run does\n"
+                   "              (id, header, weights and data hash, on every core); exit 1 if\n"
+                   "              one differs\n");
             return 0;
         }
         if (!strcmp(argv[i], "--source"))
@@ -119,9 +128,13 @@ int cmd_inspect(int argc, char **argv)
     printf("limits       %d tokens per sequence, %d sequences per step, %d tokens per prefill "
            "step, GEMV up to %d rows\n",
            m->max_seq_len, m->max_seqs, m->max_tokens, m->gemv_max);
-    printf("memory       slab %lld B, scratch %lld B, weights %s in %d tensors (%s)\n",
+    printf("memory       slab %lld B, scratch %lld B, weights %s in %d tensors%s\n",
            (long long)m->slab_bytes, (long long)m->scratch_bytes,
-           util_human_bytes((double)wbytes, wb, sizeof wb), m->nweights, m->shard);
+           util_human_bytes((double)wbytes, wb, sizeof wb), m->nweights,
+           m->tp > 1 ? " per rank" : "");
+    printf("parallel     tp %d: %d GPU%s, %d collective steps%s\n", m->tp, m->tp,
+           m->tp > 1 ? "s" : "", m->collectives,
+           m->collectives ? " (NCCL)" : " (no NCCL needed)");
     printf("code        ");
     for (int i = 0; i < m->nblobs; i++)
         printf(" %s (%llu B)", m->blobs[i].name, (unsigned long long)m->blobs[i].len);
@@ -148,12 +161,16 @@ int cmd_inspect(int argc, char **argv)
                        : "");
     for (int i = 0; i < m->n_overrides; i++)
         printf("%s%s\n", i ? "             " : "overrides    ", m->overrides[i]);
-    printf("shard        %s: id %016llx, data XXH3 %016llx in %llu MiB chunks\n", m->shard,
-           (unsigned long long)m->shard_id, (unsigned long long)m->shard_hash,
-           (unsigned long long)(m->shard_chunk >> 20));
+    for (int r = 0; r < m->tp; r++)
+        printf("shard        %s: id %016llx, data XXH3 %016llx in %llu MiB chunks\n",
+               m->shards[r].path, (unsigned long long)m->shards[r].id,
+               (unsigned long long)m->shards[r].hash, (unsigned long long)(m->shard_chunk >> 20));
     int rc = 0;
-    if (check) { /* the folder model.kiln is in, whether OUT_DIR or the file was given */
-        if (verify(f, dirname(path), &err)) {
+    /* the folder model.kiln is in, whether OUT_DIR or the file was given (dirname once: it
+     * writes into path) */
+    const char *adir = check ? dirname(path) : NULL;
+    for (int r = 0; r < m->tp && check && rc == 0; r++) {
+        if (verify(f, adir, r, &err)) {
             kerr_print(PROG, &err);
             rc = 1;
         }

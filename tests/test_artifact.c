@@ -45,7 +45,6 @@ static size_t alen;
 
 static void set_identity(ka_manifest *m, const char *name, const kc *c)
 {
-    m->shard = xstrdup("shards/rank0-of-1.safetensors");
     m->model_name = xstrdup(name);
     m->arch = xstrdup("TestForCausalLM");
     m->spec_name = xstrdup(c->spec->name);
@@ -539,11 +538,26 @@ static void e_ovr_count(json_t *r)
 }
 static void e_dtype(json_t *r) { json_object_set_new(json_object_get(r, "identity"), "dtype", json_string("fp8")); }
 static void e_task(json_t *r) { json_object_set_new(json_object_get(r, "identity"), "task", json_string("embed")); }
-static void e_shard_path(json_t *r) { json_object_set_new(r, "shard", json_string("shards/../../etc/passwd")); }
-static void e_shard_abs(json_t *r) { json_object_set_new(r, "shard", json_string("/etc/passwd")); }
-static void e_shard_up(json_t *r) { json_object_set_new(r, "shard", json_string("..")); }
+static json_t *shard0(json_t *r) { return json_array_get(json_object_get(r, "shards"), 0); }
+static void e_shard_path(json_t *r) { json_object_set_new(shard0(r), "path", json_string("shards/../../etc/passwd")); }
+static void e_shard_abs(json_t *r) { json_object_set_new(shard0(r), "path", json_string("/etc/passwd")); }
+static void e_shard_rank(json_t *r) { json_object_set_new(shard0(r), "path", json_string("shards/rank1-of-1.safetensors")); }
 static void e_shard_chunk(json_t *r) { set_int(r, "shard_chunk", 0); }
-static void e_hex(json_t *r) { json_object_set_new(r, "shard_id", json_string("xyz")); }
+static void e_hex(json_t *r) { json_object_set_new(shard0(r), "id", json_string("xyz")); }
+static void e_tp0(json_t *r) { set_int(r, "tp", 0); }
+static void e_tp65(json_t *r) { set_int(r, "tp", 65); }
+static void e_tp_shards(json_t *r) { set_int(r, "tp", 2); } /* one shard listed */
+static void e_shards_extra(json_t *r)
+{
+    json_t *sh = json_object_get(r, "shards");
+    json_array_append(sh, json_array_get(sh, 0));
+}
+static void e_rank_arg(json_t *r)
+{
+    size_t k;
+    json_t *a = json_object_get(find_step(r, "decode", "step", &k), "args");
+    json_array_set_new(a, 0, json_pack("[sI]", "rank", (json_int_t)1 << 40));
+}
 static void e_const_val(json_t *r)
 {
     json_t *v = json_object_get(json_array_get(json_object_get(r, "consts"), 0), "values");
@@ -607,7 +621,7 @@ static void test_bad_fields_resigned(void **state)
         {"vocab", e_vocab, {"limits: vocab is 0, expected 1.."}},
         {"kv layer shape", e_layer, {"kv layer 1: n_kv is 0, expected 1.."}},
         {"missing", e_no_limits, {"field 'limits' is missing, expected an object"}},
-        {"format", e_format, {"format is 1, expected 4..4"}},
+        {"format", e_format, {"format is 1, expected 5..5"}},
         {"temperature", e_gen_temp, {"generation: temperature is out of range, expected a number from 0 and at most 100"}},
         {"temperature type", e_gen_temp_type, {"generation: temperature is not a number"}},
         {"top_p", e_gen_top_p, {"generation: top_p is out of range, expected a number above 0 and at most 1"}},
@@ -620,11 +634,16 @@ static void test_bad_fields_resigned(void **state)
         {"override count", e_ovr_count, {"overrides has 258 entries, at most 256"}},
         {"dtype", e_dtype, {"dtype is \"fp8\", expected bf16 or f16"}},
         {"task", e_task, {"output_pool is 0 for task embed"}},
-        {"shard path", e_shard_path, {"not a plain relative path"}},
-        {"shard path /", e_shard_abs, {"not a plain relative path"}},
-        {"shard path ..", e_shard_up, {"not a plain relative path"}},
+        {"shard path", e_shard_path, {"shard 0: path is \"shards/../../etc/passwd\", expected \"shards/rank0-of-1.safetensors\""}},
+        {"shard path /", e_shard_abs, {"path is \"/etc/passwd\", expected \"shards/rank0-of-1"}},
+        {"shard path rank", e_shard_rank, {"path is \"shards/rank1-of-1.safetensors\", expected \"shards/rank0-of-1"}},
         {"shard chunk", e_shard_chunk, {"shard_chunk is 0, expected 1048576..1073741824"}},
-        {"hex", e_hex, {"shard_id is \"xyz\", expected 16 lowercase hex digits"}},
+        {"hex", e_hex, {"shard 0: id is \"xyz\", expected 16 lowercase hex digits"}},
+        {"tp 0", e_tp0, {"top level: tp is 0, expected 1..64"}},
+        {"tp 65", e_tp65, {"top level: tp is 65, expected 1..64"}},
+        {"tp 2, one shard", e_tp_shards, {"shards: 1 entries for tp 2, expected one per rank"}},
+        {"two shards, tp 1", e_shards_extra, {"shards: 2 entries for tp 1, expected one per rank"}},
+        {"rank arg", e_rank_arg, {"(rank) is 1099511627776, expected"}},
         {"const value", e_const_val, {"constant table 0: value 0 is not a finite float"}},
         {"blob offset", e_blob_off, {"section 'cubin.sm_80' is at byte", "expected"}},
         {"blob len", e_blob_len, {"section 'source.cu'", "runs past the manifest"}},
@@ -692,7 +711,7 @@ static const char *verify_dir(const char *dir, kerr *err)
     if (!f)
         fail_msg("%s", kerr_msg(err));
     st_set *s = ka_shard_open(f, dir, err);
-    int rc = s ? ka_shard_verify(f, s, 3, err) : -1;
+    int rc = s ? ka_shard_verify(f, 0, s, 3, err) : -1;
     st_close(s);
     ka_file_free(f);
     return rc ? kerr_msg(err) : "";
@@ -747,10 +766,10 @@ static void test_shard_of_another_model(void **state)
     assert_non_null(fo);
     assert_non_null(fa);
     assert_int_equal(fo->m.layout_hash, fa->m.layout_hash);
-    assert_true(fo->m.shard_id != fa->m.shard_id);
+    assert_true(fo->m.shards[0].id != fa->m.shards[0].id);
     char ido[40], ida[40];
-    snprintf(ido, sizeof ido, "has id %016llx", (unsigned long long)fo->m.shard_id);
-    snprintf(ida, sizeof ida, "expects %016llx", (unsigned long long)fa->m.shard_id);
+    snprintf(ido, sizeof ido, "has id %016llx", (unsigned long long)fo->m.shards[0].id);
+    snprintf(ida, sizeof ida, "expects %016llx", (unsigned long long)fa->m.shards[0].id);
     ka_file_free(fo);
     ka_file_free(fa);
     const char *m = verify_dir(dir, &err);
