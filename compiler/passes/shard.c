@@ -109,8 +109,8 @@ static void find_heads(an *a)
     }
 }
 
-/* One forward propagation; returns the number of components found unsplittable (their
- * linears are then marked whole for the next round). */
+/* One forward propagation; returns 1 when a component was found unsplittable (its linears are
+ * then marked whole for the next round), 0 when the split holds. */
 static int propagate(an *a)
 {
     const kgraph *g = a->g;
@@ -201,13 +201,19 @@ static int propagate(an *a)
     }
     if (is_split(a, g->output))
         spoil(a, g->output, g->output);
-    int nbad = 0;
+    /* Only the first unsplittable component is made whole per round: what follows it was
+     * propagated from its wrong split (a norm reading it looked split, so the next layer's q
+     * looked like a row linear...), and is decided again in the next round. */
+    int first = -1;
+    for (int i = 0; i < g->n && first < 0; i++)
+        if (a->col[i] && a->bad[find(a, i)])
+            first = find(a, i);
+    if (first < 0)
+        return 0;
     for (int i = 0; i < g->n; i++)
-        if (a->col[i] && a->bad[find(a, i)]) {
+        if (a->col[i] && find(a, i) == first)
             a->whole[i] = 1;
-            nbad++;
-        }
-    return nbad;
+    return 1;
 }
 
 static void an_free(an *a)
@@ -520,7 +526,7 @@ int pass_shard(kc *c, kerr *err)
     }
     /* what stays whole, once per component */
     for (int i = 0; i < g->n; i++) {
-        if (!a.whole[i])
+        if (!a.whole[i] || a.row[i])
             continue;
         int first = 1;
         for (int k = 0; k < i && first; k++)
