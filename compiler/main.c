@@ -352,6 +352,9 @@ static int cmd_graph(int argc, char **argv)
                 "Prints the graph IR, one node per line:\n"
                 "  %%ID NAME = OP(INPUTS; ATTRIBUTES) SHAPE DTYPE  @SPEC:LINE\n"
                 "By default after the last pass; --dump-after=PASS prints it after PASS instead.\n"
+                "With --tp N the graph is sharded for N ranks: --tp N --dump-after=shard shows one\n"
+                "rank's graph with its shard, all_reduce and all_gather nodes (the same on every\n"
+                "rank; which part a shard takes depends on the rank).\n"
                 "Passes, in order: build");
         for (int i = 0; i < kc_npasses(); i++)
             fprintf(o.help ? stdout : stderr, ", %s", kc_pass_name(i));
@@ -439,7 +442,11 @@ static int cmd_ref(int argc, char **argv)
                 "                      [len, hidden] and embedding F32 [hidden]\n"
                 "  --dump-nodes PAT    also dump the prefill value of every node whose name contains\n"
                 "                      PAT (e.g. mlp_residual: each layer's output; '' for all),\n"
-                "                      named as in 'kilnc graph --dump-after=build'\n%s",
+                "                      named as in 'kilnc graph --dump-after=build' (with --tp:\n"
+                "                      --dump-after=shard; rank 0's values)\n\n"
+                "With --tp N the sharded graph runs on N simulated ranks in lockstep, with exact\n"
+                "fp32 all-reduces (summed in rank order), and prints and dumps the same as without:\n"
+                "rank 0's output, equal to the unsharded one within fp32 rounding.\n\n%s",
                 common_help);
         return o.help ? 0 : 2;
     }
@@ -500,9 +507,11 @@ static int cmd_ref(int argc, char **argv)
     st_writer *dw = NULL;
     float *prompt_logits = NULL;
     int64_t *gen = NULL;
-    /* the reference interprets the unfused graph: it is the oracle the passes are checked by */
+    /* the reference interprets the unfused graph: it is the oracle the passes are checked by;
+     * with --tp, the sharded one (shard runs before fuse), on that many simulated ranks */
     kc_opts ko = kopts(&o, 1);
-    int rc = kc_open(&c, o.model, &ko, &err) || kc_run(&c, "bind_weights", NULL, NULL, &err);
+    int rc = kc_open(&c, o.model, &ko, &err) ||
+             kc_run(&c, o.tp ? "shard" : "bind_weights", NULL, NULL, &err);
     print_warn(&o, &c, 5);
     if (rc)
         goto fail;
@@ -686,7 +695,11 @@ static int cmd_compile(int argc, char **argv)
                 "manifest\n"
                 "  OUT_DIR/shards/rank0-of-1.safetensors  weights in runtime layout and dtype\n"
                 "  OUT_DIR/tokenizer*.json ...            the tokenizer files, when present\n"
-                "Run it with 'kiln run OUT_DIR'.\n\n"
+                "Run it with 'kiln run OUT_DIR'.\n"
+                "With --tp N: one shard per rank, shards/rank<r>-of-<N>.safetensors (each holding\n"
+                "only that rank's slices, packed in parallel), kernels compiled once for the\n"
+                "per-rank shapes, and the schedule's all-reduce and all-gather steps (NCCL); kiln\n"
+                "runs it on N GPUs. --tp 1 gives the same collective path on one GPU.\n\n"
                 "  -o, --out DIR      output folder (created)\n"
                 "  --sm LIST          GPU architectures, e.g. 80,90a (default 80,90a); PTX for the "
                 "lowest is\n"
@@ -777,7 +790,7 @@ static int cmd_compile(int argc, char **argv)
     rc = rc || kc_run(&c, NULL, NULL, NULL, &err);
     print_warn(&o, &c, 20);
     lowered *l = c.low;
-    char *src = NULL, *root = NULL, *tdir = NULL, *kdir = NULL, *shard_dir = NULL;
+    char *src = NULL, *root = NULL, *tdir = NULL, *kdir = NULL;
     char *shard = NULL, *artifact = NULL;
     nvrtc_result code[9];
     memset(code, 0, sizeof code);
@@ -826,17 +839,14 @@ static int cmd_compile(int argc, char **argv)
     }
     if (rc)
         goto out;
-    shard_dir = util_path_join(o.out, "shards");
-    if (util_mkdirs(shard_dir, &err)) {
-        rc = -1;
-        goto out;
-    }
-    shard = util_path_join(shard_dir, "rank0-of-1.safetensors");
     ka_manifest *m = &l->m;
-    if (pack_shard(&c, l, shard, 1, m, &err)) {
+    if (pack_shards(&c, l, o.out, 1, m, &err)) {
         rc = -1;
         goto out;
     }
+    shard = m->tp == 1 ? util_path_join(o.out, m->shards[0].path)
+                       : xasprintf("%s/shards/rank{0..%d}-of-%d.safetensors", o.out, m->tp - 1,
+                                   m->tp);
     m->model_name = xstrdup(name);
     config_architecture(c.cfg, (const char **)&m->arch, &err);
     m->arch = xstrdup(m->arch ? m->arch : "?");
@@ -888,9 +898,14 @@ static int cmd_compile(int argc, char **argv)
         fprintf(stderr, "%s: wrote %s (%s kernels for", o.prog, artifact, "compiled");
         for (int i = 0; i < nsm; i++)
             fprintf(stderr, " %s", sms[i]);
-        fprintf(stderr, " + %s), %s (%s)%s in %.1f s\n", targets[0], shard,
-                util_human_bytes((double)c.n_params * (double)st_dtype_size(dt), sz, sizeof sz),
-                copied ? ", tokenizer" : ", no tokenizer.json (ids only)", util_now() - t0);
+        double wb = 0; /* what one shard holds */
+        for (int i = 0; i < m->nweights; i++)
+            wb += (double)m->weights[i].nbytes;
+        fprintf(stderr, " + %s), %s (%s%s)%s in %.1f s\n", targets[0], shard,
+                util_human_bytes(m->tp == 1 ? (double)c.n_params * (double)st_dtype_size(dt) : wb,
+                                 sz, sizeof sz),
+                m->tp == 1 ? "" : " each", copied ? ", tokenizer" : ", no tokenizer.json (ids only)",
+                util_now() - t0);
     }
 out:
     if (rc)
@@ -901,7 +916,6 @@ out:
     free(root);
     free(tdir);
     free(kdir);
-    free(shard_dir);
     free(shard);
     free(artifact);
     kc_free(&c);

@@ -4,6 +4,7 @@
  */
 #include "ref.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,8 +21,16 @@ typedef struct cval {
 } cval;
 
 typedef struct kv {
-    float *k, *v; /* [max_seq, kv_heads * head_dim] */
+    float *k, *v; /* [max_seq, kv_heads * head_dim] (the rank's heads) */
 } kv;
+
+/* One simulated rank of a sharded graph (one in all for an unsharded graph). */
+typedef struct rank_state {
+    cval *consts;     /* per node; only constants that differ by rank (by_rank) are used from
+                         ranks other than 0 */
+    float **val;      /* per node, [n, row] */
+    kv *cache;        /* per attention layer */
+} rank_state;
 
 struct ref {
     const kgraph *g;
@@ -30,11 +39,15 @@ struct ref {
     int n;            /* tokens of the current forward */
     int64_t *pos;     /* [n] positions of the current forward */
     const int64_t *ids, *types;
-    cval *consts;     /* per node */
-    float **val;      /* per node, [n, row] */
+    int tp;           /* simulated ranks: g->tp */
+    rank_state *ranks; /* [tp] */
+    int k;            /* the rank being computed; val and cache below are its own */
+    float **val;      /* = ranks[k].val */
+    kv *cache;        /* = ranks[k].cache */
+    unsigned char *by_rank; /* per node: a constant whose value differs by rank (a SHARD, or
+                               a view of one) */
     int *last_use;    /* per node: the last node reading it */
     unsigned char *keep;
-    kv *cache;        /* per attention layer */
     float *scratch;   /* row conversion buffer */
     size_t scratch_len;
 };
@@ -138,9 +151,37 @@ static float *materialize_f32(const cval *c)
     return f;
 }
 
+/* The slot of constant `id` for the rank being computed: its own when the value differs by
+ * rank, else rank 0's (made once, shared by every rank). */
+static cval *cslot(ref *r, int id)
+{
+    return &r->ranks[r->by_rank[id] ? r->k : 0].consts[id];
+}
+
+/* c = s[start : start + len] along `dim` of the constant sn: an alias when the range is one
+ * contiguous block, else materialised in fp32. */
+static void const_range(cval *c, const cval *s, const kg_node *sn, int dim, int64_t start,
+                        int64_t len)
+{
+    int64_t outer, inner;
+    around(sn->shape, sn->ndim, dim, 0, &outer, &inner);
+    if (outer == 1) { /* a contiguous block: alias it */
+        c->dt = s->dt;
+        c->data = (const char *)s->data + (size_t)(start * inner) * st_dtype_size(s->dt);
+        return;
+    }
+    float *src = s->dt == ST_F32 ? (float *)s->data : materialize_f32(s);
+    c->owned = xmalloc(sizeof(float) * c->numel);
+    slice_f32(src, sn->shape, sn->ndim, dim, start, len, 0, c->owned);
+    if (src != s->data)
+        free(src);
+    c->dt = ST_F32;
+    c->data = c->owned;
+}
+
 static const cval *const_get(ref *r, int id)
 {
-    cval *c = &r->consts[id];
+    cval *c = cslot(r, id);
     if (c->ready)
         return c;
     const kg_node *n = &r->g->nodes[id];
@@ -156,23 +197,16 @@ static const cval *const_get(ref *r, int id)
         c->data = s->data;
         break;
     }
-    case KG_SLICE: {
-        const cval *s = const_get(r, n->in[0]);
+    case KG_SLICE:
+        const_range(c, const_get(r, n->in[0]), &r->g->nodes[n->in[0]], n->dim, n->start,
+                    n->len);
+        break;
+    case KG_SHARD: { /* this rank's part: part k * parts / tp of `dim` (graph.h) */
         const kg_node *sn = &r->g->nodes[n->in[0]];
-        int64_t outer, inner;
-        around(sn->shape, sn->ndim, n->dim, 0, &outer, &inner);
-        if (outer == 1) { /* a contiguous block: alias it */
-            c->dt = s->dt;
-            c->data = (const char *)s->data + (size_t)(n->start * inner) * st_dtype_size(s->dt);
-        } else {
-            float *src = s->dt == ST_F32 ? (float *)s->data : materialize_f32(s);
-            c->owned = xmalloc(sizeof(float) * c->numel);
-            slice_f32(src, sn->shape, sn->ndim, n->dim, n->start, n->len, 0, c->owned);
-            if (src != s->data)
-                free(src);
-            c->dt = ST_F32;
-            c->data = c->owned;
-        }
+        assert(n->parts >= 1 && r->tp % n->parts == 0 && sn->shape[n->dim] % n->parts == 0);
+        int64_t len = sn->shape[n->dim] / n->parts, part = (int64_t)r->k * n->parts / r->tp;
+        assert(n->shape[n->dim] == len);
+        const_range(c, const_get(r, n->in[0]), sn, n->dim, part * len, len);
         break;
     }
     case KG_CONCAT: {
@@ -234,8 +268,17 @@ static const cval *const_get(ref *r, int id)
 
 /* ---------------------------------------------------------------- lifecycle */
 
+/* Makes rank k the one the ops compute. */
+static void set_rank(ref *r, int k)
+{
+    r->k = k;
+    r->val = r->ranks[k].val;
+    r->cache = r->ranks[k].cache;
+}
+
 ref *ref_new(const kgraph *g, int max_seq, kerr *err)
 {
+    assert(g->tp >= 1);
     if (max_seq < 1) {
         kerr_add(err, "ref: max_seq must be positive");
         return NULL;
@@ -249,41 +292,55 @@ ref *ref_new(const kgraph *g, int max_seq, kerr *err)
     ref *r = xcalloc(1, sizeof *r);
     r->g = g;
     r->max_seq = max_seq;
-    r->consts = xcalloc((size_t)g->n, sizeof(cval));
-    r->val = xcalloc((size_t)g->n, sizeof(float *));
+    r->tp = g->tp;
     r->keep = xcalloc((size_t)g->n, 1);
+    r->by_rank = xcalloc((size_t)g->n, 1);
     r->last_use = xmalloc(sizeof(int) * (size_t)g->n);
-    for (int i = 0; i < g->n; i++)
+    for (int i = 0; i < g->n; i++) {
+        const kg_node *n = &g->nodes[i];
         r->last_use[i] = i;
-    for (int i = 0; i < g->n; i++)
-        for (int k = 0; k < g->nodes[i].n_in; k++)
-            if (g->nodes[i].in[k] >= 0)
-                r->last_use[g->nodes[i].in[k]] = i;
+        r->by_rank[i] = n->is_const && n->op == KG_SHARD;
+        for (int k = 0; k < n->n_in; k++)
+            if (n->in[k] >= 0) {
+                r->last_use[n->in[k]] = i;
+                r->by_rank[i] |= n->is_const && r->by_rank[n->in[k]];
+            }
+    }
     r->keep[g->output] = 1;
-    r->cache = xcalloc((size_t)(g->n_layers ? g->n_layers : 1), sizeof(kv));
+    r->ranks = xcalloc((size_t)r->tp, sizeof(rank_state));
+    for (int k = 0; k < r->tp; k++) {
+        rank_state *rk = &r->ranks[k];
+        rk->consts = xcalloc((size_t)g->n, sizeof(cval));
+        rk->val = xcalloc((size_t)g->n, sizeof(float *));
+        rk->cache = xcalloc((size_t)(g->n_layers ? g->n_layers : 1), sizeof(kv));
+    }
+    set_rank(r, 0);
     for (int i = 0; i < g->n; i++) {
         const kg_node *n = &g->nodes[i];
         if (n->op != KG_ATTENTION)
             continue;
         size_t w = (size_t)n->attn.n_kv_heads * (size_t)n->attn.head_dim;
-        kv *c = &r->cache[n->attn.layer];
-        c->k = calloc((size_t)max_seq * w, sizeof(float));
-        c->v = calloc((size_t)max_seq * w, sizeof(float));
-        if (!c->k || !c->v) {
-            kerr_add(err, "ref: cannot allocate the KV cache for %d tokens", max_seq);
-            ref_free(r);
-            return NULL;
+        for (int k = 0; k < r->tp; k++) {
+            kv *c = &r->ranks[k].cache[n->attn.layer];
+            c->k = calloc((size_t)max_seq * w, sizeof(float));
+            c->v = calloc((size_t)max_seq * w, sizeof(float));
+            if (!c->k || !c->v) {
+                kerr_add(err, "ref: cannot allocate the KV cache for %d tokens%s", max_seq,
+                         r->tp > 1 ? " on every rank" : "");
+                ref_free(r);
+                return NULL;
+            }
         }
     }
     return r;
 }
 
-static void free_values(ref *r, int keep_kept)
+static void free_values(ref *r)
 {
-    for (int i = 0; i < r->g->n; i++)
-        if (!(keep_kept && r->keep[i])) {
-            free(r->val[i]);
-            r->val[i] = NULL;
+    for (int k = 0; k < r->tp; k++)
+        for (int i = 0; i < r->g->n; i++) {
+            free(r->ranks[k].val[i]);
+            r->ranks[k].val[i] = NULL;
         }
 }
 
@@ -291,16 +348,21 @@ void ref_free(ref *r)
 {
     if (!r)
         return;
-    free_values(r, 0);
-    for (int i = 0; i < r->g->n; i++)
-        free(r->consts[i].owned);
-    for (int i = 0; i < r->g->n_layers; i++) {
-        free(r->cache[i].k);
-        free(r->cache[i].v);
+    free_values(r);
+    for (int k = 0; k < r->tp; k++) {
+        rank_state *rk = &r->ranks[k];
+        for (int i = 0; i < r->g->n; i++)
+            free(rk->consts[i].owned);
+        for (int i = 0; i < r->g->n_layers; i++) {
+            free(rk->cache[i].k);
+            free(rk->cache[i].v);
+        }
+        free(rk->cache);
+        free(rk->consts);
+        free(rk->val);
     }
-    free(r->cache);
-    free(r->consts);
-    free(r->val);
+    free(r->ranks);
+    free(r->by_rank);
     free(r->keep);
     free(r->last_use);
     free(r->pos);
@@ -311,20 +373,28 @@ void ref_free(ref *r)
 void ref_reset(ref *r)
 {
     r->len = 0;
-    free_values(r, 0);
+    free_values(r);
 }
 
 int ref_len(const ref *r) { return r->len; }
+int ref_ranks(const ref *r) { return r->tp; }
 void ref_keep(ref *r, int node) { r->keep[node] = 1; }
 
-const float *ref_value(const ref *r, int node, int *rows, int *cols)
+const float *ref_rank_value(const ref *r, int node, int rank, int *rows, int *cols)
 {
+    assert(rank >= 0 && rank < r->tp);
     const kg_node *n = &r->g->nodes[node];
-    if (!r->val[node])
+    const float *v = r->ranks[rank].val[node];
+    if (!v)
         return NULL;
     *rows = n->op == KG_POOL ? 1 : r->n;
     *cols = (int)row_width(n);
-    return r->val[node];
+    return v;
+}
+
+const float *ref_value(const ref *r, int node, int *rows, int *cols)
+{
+    return ref_rank_value(r, node, 0, rows, cols);
 }
 
 const float *ref_output(const ref *r, int *rows, int *cols)
@@ -345,37 +415,50 @@ static const float *arg(ref *r, int id)
     if (r->g->nodes[id].is_const) {
         const cval *c = const_get(r, id);
         if (c->dt != ST_F32) { /* small (a bias or norm weight): materialise once */
-            cval *m = &r->consts[id];
+            cval *m = cslot(r, id);
             m->owned = materialize_f32(c);
             m->dt = ST_F32;
             m->data = m->owned;
         }
-        return (const float *)r->consts[id].data;
+        return (const float *)cslot(r, id)->data;
     }
     return r->val[id];
 }
 
+/* Rows of the table by index. Vocabulary-parallel (parts > 1): the table is this rank's
+ * `rows` rows [k * rows, (k + 1) * rows) of a table of parts * rows, and an id outside them
+ * gives a zero row (the ALL_REDUCE that follows adds the owner's row). */
 static int op_embed(ref *r, int id, float *out, kerr *err)
 {
     const kg_node *n = &r->g->nodes[id];
     const kg_node *tn = &r->g->nodes[n->in[0]], *in = &r->g->nodes[n->in[1]];
     const cval *t = const_get(r, n->in[0]);
     int64_t rows = tn->shape[0], h = tn->shape[1];
+    int split = n->parts > 1;
+    /* each row must be owned by exactly one rank, or the all-reduce would count it twice */
+    assert(!split || n->parts == r->tp);
+    int64_t first = split ? r->k * rows : 0, total = split ? rows * n->parts : rows;
     for (int i = 0; i < r->n; i++) {
         int64_t ix = in->input_kind == KG_IN_IDS         ? r->ids[i]
                      : in->input_kind == KG_IN_POSITIONS ? r->pos[i]
                      : r->types                          ? r->types[i]
                                                          : 0;
-        if (ix < 0 || ix >= rows) {
+        if (ix < 0 || ix >= total) {
             static const char *what[] = {"token id", "position", "token type"};
+            /* a split table is named by the whole table it is a part of */
+            const kg_node *whole = tn->op == KG_SHARD ? &r->g->nodes[tn->in[0]] : tn;
             return kerr_add(err, "%s %lld is out of range for %s (%lld rows)%s",
-                            what[in->input_kind], (long long)ix, tn->name, (long long)rows,
+                            what[in->input_kind], (long long)ix, whole->name, (long long)total,
                             in->input_kind == KG_IN_POSITIONS
                                 ? ": the sequence is longer than the model's maximum"
                                 : "");
         }
         float *o = out + i * h;
-        const float *row = crow(t, (uint64_t)(ix * h), h, o);
+        if (ix < first || ix >= first + rows) {
+            memset(o, 0, sizeof(float) * (size_t)h);
+            continue;
+        }
+        const float *row = crow(t, (uint64_t)((ix - first) * h), h, o);
         if (row != o)
             memcpy(o, row, sizeof(float) * (size_t)h);
     }
@@ -491,10 +574,17 @@ static void op_attention(ref *r, const kg_node *n, float *out)
         memcpy(c->v + (r->len + t) * kw, v + t * kw, sizeof(float) * (size_t)kw);
     }
     int total = r->len + r->n;
+    /* ALiBi: a sharded graph's slopes are those of all alibi_heads heads, of which this
+     * rank's are k * n_heads .. (k + 1) * n_heads - 1 */
     float *slopes = NULL;
+    const float *hslope = NULL;
     if (a->alibi) {
-        slopes = xmalloc(sizeof(float) * (size_t)a->n_heads);
-        posenc_alibi_slopes(a->n_heads, slopes);
+        int all = a->alibi_heads > 0 ? a->alibi_heads : a->n_heads;
+        int first = a->alibi_heads > 0 ? r->k * a->n_heads : 0;
+        assert(first + a->n_heads <= all);
+        slopes = xmalloc(sizeof(float) * (size_t)all);
+        posenc_alibi_slopes(all, slopes);
+        hslope = slopes + first;
     }
     float *p = xmalloc(sizeof(float) * (size_t)total);
     for (int t = 0; t < r->n; t++) {
@@ -511,8 +601,8 @@ static void op_attention(ref *r, const kg_node *n, float *out)
                 float s = dot(qh, c->k + j * kw + kh * hd, hd) * (float)a->scale;
                 if (a->softcap > 0)
                     s = tanhf(s / (float)a->softcap) * (float)a->softcap;
-                if (slopes)
-                    s += slopes[h] * (float)(j - qpos);
+                if (hslope)
+                    s += hslope[h] * (float)(j - qpos);
                 p[j] = s;
                 if (s > mx)
                     mx = s;
@@ -684,6 +774,86 @@ static void op_pool(ref *r, const kg_node *n, float *out)
     }
 }
 
+/* ALL_REDUCE: the sum of x over the ranks, added in rank order ((x0 + x1) + x2) + ..., the
+ * same order on every rank, so every rank gets the same bits (as a deterministic all-reduce
+ * gives). */
+static void op_all_reduce(ref *r, const kg_node *n, float *out)
+{
+    int64_t m = r->n * row_width(n);
+    memcpy(out, r->ranks[0].val[n->in[0]], sizeof(float) * (size_t)m);
+    for (int k = 1; k < r->tp; k++) {
+        const float *x = r->ranks[k].val[n->in[0]];
+        for (int64_t i = 0; i < m; i++)
+            out[i] += x[i];
+    }
+}
+
+/* ALL_GATHER: x [T, C] of every rank -> [T, C * tp], rank k's columns at k * C. */
+static void op_all_gather(ref *r, const kg_node *n, float *out)
+{
+    int64_t c = row_width(&r->g->nodes[n->in[0]]), w = row_width(n);
+    assert(w == c * r->tp);
+    for (int k = 0; k < r->tp; k++) {
+        const float *x = r->ranks[k].val[n->in[0]];
+        for (int t = 0; t < r->n; t++)
+            memcpy(out + t * w + k * c, x + t * c, sizeof(float) * (size_t)c);
+    }
+}
+
+/* Computes node `id` for the current rank into out. */
+static int compute(ref *r, int id, float *out, kerr *err)
+{
+    const kgraph *g = r->g;
+    const kg_node *nd = &g->nodes[id];
+    int n = r->n;
+    int64_t w = row_width(nd);
+    switch (nd->op) {
+    case KG_EMBED: return op_embed(r, id, out, err);
+    case KG_LINEAR:
+    case KG_LOGITS: op_linear(r, nd, out); break;
+    case KG_RMS_NORM: op_rms_norm(r, nd, out); break;
+    case KG_LAYER_NORM: op_layer_norm(r, nd, out); break;
+    case KG_ROPE: op_rope(r, nd, out); break;
+    case KG_ATTENTION: op_attention(r, nd, out); break;
+    case KG_SILU:
+    case KG_GELU:
+    case KG_GELU_TANH:
+    case KG_RELU: op_unary(r, nd, out); break;
+    case KG_ADD:
+    case KG_MUL: op_binary(r, nd, out); break;
+    case KG_SCALE:
+        for (int64_t i = 0; i < n * w; i++)
+            out[i] = r->val[nd->in[0]][i] * (float)nd->scalar;
+        break;
+    case KG_RESHAPE: memcpy(out, r->val[nd->in[0]], sizeof(float) * (size_t)(n * w)); break;
+    case KG_SLICE: {
+        const kg_node *s = &g->nodes[nd->in[0]];
+        slice_f32(r->val[nd->in[0]], s->shape, s->ndim, nd->dim, nd->start, nd->len, n, out);
+        break;
+    }
+    case KG_CONCAT: {
+        int64_t outer, inner, at = 0;
+        around(nd->shape, nd->ndim, nd->dim, n, &outer, &inner);
+        for (int k = 0; k < nd->n_in; k++) {
+            int64_t d = g->nodes[nd->in[k]].shape[nd->dim];
+            for (int64_t o = 0; o < outer; o++)
+                memcpy(out + (o * nd->shape[nd->dim] + at) * inner,
+                       r->val[nd->in[k]] + o * d * inner, sizeof(float) * (size_t)(d * inner));
+            at += d;
+        }
+        break;
+    }
+    case KG_MOE: op_moe(r, nd, out); break;
+    case KG_POOL: op_pool(r, nd, out); break;
+    case KG_ALL_REDUCE: op_all_reduce(r, nd, out); break;
+    case KG_ALL_GATHER: op_all_gather(r, nd, out); break;
+    default:
+        return kerr_add(err, "ref: op %s is not implemented in the reference",
+                        kg_op_name(nd->op));
+    }
+    return 0;
+}
+
 int ref_forward(ref *r, const int64_t *ids, const int64_t *types, int n, kerr *err)
 {
     const kgraph *g = r->g;
@@ -696,7 +866,7 @@ int ref_forward(ref *r, const int64_t *ids, const int64_t *types, int n, kerr *e
     if (r->len + n > r->max_seq)
         return kerr_add(err, "ref: %d tokens exceed the reference's limit of %d", r->len + n,
                         r->max_seq);
-    free_values(r, 0);
+    free_values(r);
     r->n = n;
     r->ids = ids;
     r->types = types;
@@ -705,71 +875,34 @@ int ref_forward(ref *r, const int64_t *ids, const int64_t *types, int n, kerr *e
     for (int i = 0; i < n; i++)
         r->pos[i] = r->len + i;
 
+    /* the ranks in lockstep: each node on every rank before the next node, so a collective
+     * finds its input computed on all of them */
     for (int id = 0; id < g->n; id++) {
         const kg_node *nd = &g->nodes[id];
         if (nd->is_const || nd->op == KG_INPUT)
             continue;
-        float *out = nd->op == KG_POOL ? xcalloc((size_t)row_width(nd), sizeof(float))
-                                       : alloc_val(r, nd);
-        int64_t w = row_width(nd);
-        switch (nd->op) {
-        case KG_EMBED:
-            if (op_embed(r, id, out, err)) {
+        for (int k = 0; k < r->tp; k++) {
+            set_rank(r, k);
+            float *out = nd->op == KG_POOL ? xcalloc((size_t)row_width(nd), sizeof(float))
+                                           : alloc_val(r, nd);
+            if (compute(r, id, out, err)) {
                 free(out);
+                set_rank(r, 0);
                 return -1;
             }
-            break;
-        case KG_LINEAR:
-        case KG_LOGITS: op_linear(r, nd, out); break;
-        case KG_RMS_NORM: op_rms_norm(r, nd, out); break;
-        case KG_LAYER_NORM: op_layer_norm(r, nd, out); break;
-        case KG_ROPE: op_rope(r, nd, out); break;
-        case KG_ATTENTION: op_attention(r, nd, out); break;
-        case KG_SILU:
-        case KG_GELU:
-        case KG_GELU_TANH:
-        case KG_RELU: op_unary(r, nd, out); break;
-        case KG_ADD:
-        case KG_MUL: op_binary(r, nd, out); break;
-        case KG_SCALE:
-            for (int64_t i = 0; i < n * w; i++)
-                out[i] = r->val[nd->in[0]][i] * (float)nd->scalar;
-            break;
-        case KG_RESHAPE: memcpy(out, r->val[nd->in[0]], sizeof(float) * (size_t)(n * w)); break;
-        case KG_SLICE: {
-            const kg_node *s = &g->nodes[nd->in[0]];
-            slice_f32(r->val[nd->in[0]], s->shape, s->ndim, nd->dim, nd->start, nd->len, n, out);
-            break;
+            r->val[id] = out;
         }
-        case KG_CONCAT: {
-            int64_t outer, inner, at = 0;
-            around(nd->shape, nd->ndim, nd->dim, n, &outer, &inner);
-            for (int k = 0; k < nd->n_in; k++) {
-                int64_t d = g->nodes[nd->in[k]].shape[nd->dim];
-                for (int64_t o = 0; o < outer; o++)
-                    memcpy(out + (o * nd->shape[nd->dim] + at) * inner,
-                           r->val[nd->in[k]] + o * d * inner, sizeof(float) * (size_t)(d * inner));
-                at += d;
-            }
-            break;
-        }
-        case KG_MOE: op_moe(r, nd, out); break;
-        case KG_POOL: op_pool(r, nd, out); break;
-        default:
-            free(out);
-            return kerr_add(err, "ref: op %s is not implemented in the reference",
-                            kg_op_name(nd->op));
-        }
-        r->val[id] = out;
-        /* free inputs whose last reader this was */
+        /* free inputs whose last reader this was, once every rank has read them */
         for (int k = 0; k < nd->n_in; k++) {
             int in = nd->in[k];
-            if (in >= 0 && r->last_use[in] == id && !r->keep[in] && !g->nodes[in].is_const) {
-                free(r->val[in]);
-                r->val[in] = NULL;
-            }
+            if (in >= 0 && r->last_use[in] == id && !r->keep[in] && !g->nodes[in].is_const)
+                for (int j = 0; j < r->tp; j++) {
+                    free(r->ranks[j].val[in]);
+                    r->ranks[j].val[in] = NULL;
+                }
         }
     }
+    set_rank(r, 0);
     r->len += n;
     return 0;
 }

@@ -9,6 +9,18 @@
  * converted as they are used), so a 1B model runs, slowly, in little more memory than its
  * activations; only views of weights that cannot alias the file (interleaved slices,
  * concatenations, transposes) are materialised, once, in fp32.
+ *
+ * A graph sharded for tensor parallelism (g->tp ranks, the shard pass) runs on g->tp
+ * simulated ranks in lockstep, in one thread: every node is computed on rank 0 .. tp-1 before
+ * the next node, each rank with its own activations and KV cache (its own heads). The
+ * collectives are exact fp32: ALL_REDUCE adds the ranks' values in rank order, the same order
+ * for every rank, and ALL_GATHER concatenates them along the last dimension. A SHARD is the
+ * rank's part of its constant (an alias when the part is contiguous, else materialised once
+ * per rank); a vocabulary-split EMBED gives zero rows for ids other ranks hold; ALiBi slopes
+ * are those of the rank's heads among alibi_heads. Constants that do not depend on the rank
+ * are shared. The output (and every value ref_value returns) is rank 0's, which after the
+ * final ALL_GATHER or ALL_REDUCE equals every rank's. An unsharded graph (tp 1) runs exactly
+ * as before, so callers need not know whether a graph is sharded.
  */
 #ifndef KILN_REF_H
 #define KILN_REF_H
@@ -20,7 +32,8 @@
 
 typedef struct ref ref;
 
-/* The graph must have been through bind_weights. max_seq bounds prompt + generated tokens. */
+/* The graph must have been through bind_weights (and may have been through shard: it then
+ * runs on g->tp ranks). max_seq bounds prompt + generated tokens. */
 ref *ref_new(const kgraph *g, int max_seq, kerr *err);
 void ref_free(ref *r);
 /* Forgets the sequence (empties the KV cache). */
@@ -33,7 +46,12 @@ int ref_forward(ref *r, const int64_t *ids, const int64_t *types, int n, kerr *e
 const float *ref_output(const ref *r, int *rows, int *cols);
 /* Keep a node's value after forwards (values are otherwise freed after their last use). */
 void ref_keep(ref *r, int node);
-/* A kept node's value from the last forward, [rows, cols]; NULL if not kept/computed. */
+/* A kept node's value from the last forward on rank 0, [rows, cols]; NULL if not
+ * kept/computed. */
 const float *ref_value(const ref *r, int node, int *rows, int *cols);
+/* Simulated ranks (the graph's tp), and a kept node's value on one of them (0 <= rank < ranks):
+ * what rank `rank` computed, e.g. its partial sum before an ALL_REDUCE. */
+int ref_ranks(const ref *r);
+const float *ref_rank_value(const ref *r, int node, int rank, int *rows, int *cols);
 
 #endif
