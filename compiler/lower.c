@@ -217,6 +217,12 @@ static int need8(lw *w, const kg_node *n, int64_t v, const char *what)
 {
     if (v % 8 == 0)
         return 0;
+    if (w->g->tp > 1)
+        return kerr_add(w->err,
+                        "%s: %s of one of %d ranks is %lld, not a multiple of 8: kiln's GPU "
+                        "kernels read rows in 16-byte vectors; use a --tp that leaves a multiple "
+                        "of 8 per rank",
+                        n->name, what, w->g->tp, (long long)v);
     return kerr_add(w->err,
                     "%s: %s is %lld, not a multiple of 8: kiln's GPU kernels read rows in 16-byte "
                     "vectors (every released checkpoint satisfies this; the CPU reference `kilnc "
@@ -232,23 +238,37 @@ static int low_embed(lw *w, int id)
     if (need8(w, n, H, "the embedding width"))
         return -1;
     int th = row_threads(H);
-    int k = kern(w, "embed", th, 0, "const kiln_step st, const DT *table, DT *out",
-                 "kiln::embed<DT, %lld, %d, 0, %d>(st, table, out)", (long long)H, in->input_kind,
-                 th);
+    const kg_node *table = &w->g->nodes[n->in[0]];
+    /* split by vocabulary (graph.h): the rank's rows, its first row a rank argument */
+    int part = n->parts > 1;
+    int64_t rows = table->shape[0];
+    int k = part ? kern(w, "embed_part", th, 0,
+                        "const kiln_step st, const DT *table, DT *out, int row0",
+                        "kiln::embed_part<DT, %lld, %lldLL, %d>(st, table, out, row0)",
+                        (long long)H, (long long)rows, th)
+                 : kern(w, "embed", th, 0, "const kiln_step st, const DT *table, DT *out",
+                        "kiln::embed<DT, %lld, %d, 0, %d>(st, table, out)", (long long)H,
+                        in->input_kind, th);
+    if (part && in->input_kind != KG_IN_IDS)
+        return kerr_add(w->err, "%s: a vocabulary-split embedding of positions or token types "
+                                "(internal error: the shard pass splits only the token table)",
+                        n->name);
     ka_step s = kstep(k, n->name, G(1, 0, 0, 0, 1), G1(), G1());
     ka_arg out;
     if (act_arg(w, id, &out, NULL))
         return -1;
     /* The token table bounds the ids kiln accepts (the kernel does not check them). A model with an
-     * LM head sets vocab to its width in low_linear; an embedding model keeps the table's rows. */
-    const kg_node *table = &w->g->nodes[n->in[0]];
+     * LM head sets vocab to its width in low_linear; an embedding model keeps the table's rows
+     * (all ranks' when split). */
     if (in->input_kind == KG_IN_IDS && w->m->vocab == 0)
-        w->m->vocab = (int)table->shape[0];
+        w->m->vocab = (int)(rows * (part ? n->parts : 1));
     if (in->input_kind == KG_IN_TOKEN_TYPES) /* and the type table the token types */
-        w->m->type_vocab = (int)table->shape[0];
+        w->m->type_vocab = (int)rows;
     add_arg(&s, A(KA_ARG_STEP, 0));
     add_arg(&s, AW(w, n->in[0]));
     add_arg(&s, out);
+    if (part)
+        add_arg(&s, A(KA_ARG_RANK, rows));
     push(w, BOTH, &s);
     return 0;
 }
@@ -355,6 +375,46 @@ static ka_step gemm_step(const kg_node *n, ka_arg x, ka_arg wt, ka_arg bias, ka_
     return s;
 }
 
+/* Whether LOGITS node `id` is the rank's vocabulary block of an ALL_GATHER (the graph output). */
+static int gathered(const kgraph *g, int id)
+{
+    const kg_node *o = &g->nodes[g->output];
+    return o->op == KG_ALL_GATHER && o->in[0] == id;
+}
+
+/* The vocabulary gather of one logits variant: the ranks' float [M, N] blocks (`part`) into
+ * `all` ([tp][M][N], rank-major), then into the logits' rows of N * tp. Nothing without it. */
+static void gather_steps(lw *w, const kg_node *n, ka_arg part, ka_arg all, int64_t N, int tp,
+                         int which, ka_logits lg, ka_rows rows)
+{
+    if (part.kind == KA_ARG_LOGITS)
+        return;
+    ka_step s;
+    memset(&s, 0, sizeof s);
+    s.kind = KA_ALLGATHER;
+    s.label = n->name;
+    s.logits = lg;
+    s.rows = rows;
+    s.x = part;
+    s.y = all;
+    s.n = N;
+    s.out_f32 = 1;
+    push(w, which, &s);
+    int k = kern(w, "gather_ranks", ELEM_THREADS, 0,
+                 "const kiln_step st, const float *parts, float *logits, int M",
+                 "kiln::gather_ranks<%lld, %d, %d>(st, parts, logits, M)", (long long)N, tp,
+                 ELEM_THREADS);
+    s = kstep(k, n->name, rows == KA_ROWS_S ? G(0, 1, 0, 0, 1) : G(1, 0, 0, 0, 1),
+              G(0, 0, 0, tp, 1), G1());
+    s.logits = lg;
+    s.rows = rows;
+    add_arg(&s, A(KA_ARG_STEP, 0));
+    add_arg(&s, all);
+    add_arg(&s, A(KA_ARG_LOGITS, 0));
+    add_arg(&s, A(KA_ARG_M, 0));
+    push(w, which, &s);
+}
+
 static int low_linear(lw *w, int id)
 {
     const kgraph *g = w->g;
@@ -374,7 +434,15 @@ static int low_linear(lw *w, int id)
                                 "generator yet (the CPU reference runs it)",
                         n->name);
     if (n->op == KG_LOGITS) { /* float logits; the last row of each sequence unless all */
-        ka_arg lg = A(KA_ARG_LOGITS, 0);
+        /* split by vocabulary: the rank's [M, N] block goes to scratch, the all-gather puts the
+         * ranks' blocks side by side (rank-major), and gather_ranks makes rows of them */
+        int tp = gathered(w->g, id) ? w->g->tp : 1;
+        int64_t rows_max = w->c->max_tokens;
+        ka_arg lg = A(KA_ARG_LOGITS, 0), part = lg, all = lg;
+        if (gathered(w->g, id)) {
+            part = A(KA_ARG_SCRATCH, scratch_at(w, rows_max * N * 4));
+            all = A(KA_ARG_SCRATCH, scratch_at(w, rows_max * N * tp * 4));
+        }
         int th = row_threads(K);
         int kg = kern(w, "gather_last", th, 0, "const kiln_step st, const DT *x, DT *out",
                       "kiln::gather_last<DT, %lld, %d>(st, x, out)", (long long)K, th);
@@ -385,24 +453,27 @@ static int low_linear(lw *w, int id)
         add_arg(&s, x);
         add_arg(&s, last);
         push(w, PRE, &s);
-        s = gemm_step(n, last, wt, bias, lg, N, K, K, N, 1, KA_ROWS_S);
+        s = gemm_step(n, last, wt, bias, part, N, K, K, N, 1, KA_ROWS_S);
         s.logits = KA_LOGITS_LAST;
         push(w, PRE, &s);
-        s = gemv_step(w, n, last, wt, bias, lg, N, K, 0, -1, 1, KA_ROWS_S);
+        s = gemv_step(w, n, last, wt, bias, part, N, K, 0, -1, 1, KA_ROWS_S);
         s.logits = KA_LOGITS_LAST;
         push(w, PRE, &s);
-        s = gemm_step(n, x, wt, bias, lg, N, K, K, N, 1, KA_ROWS_T);
+        gather_steps(w, n, part, all, N, tp, PRE, KA_LOGITS_LAST, KA_ROWS_S);
+        s = gemm_step(n, x, wt, bias, part, N, K, K, N, 1, KA_ROWS_T);
         s.logits = KA_LOGITS_ALL;
         push(w, PRE, &s);
-        s = gemv_step(w, n, x, wt, bias, lg, N, K, 0, -1, 1, KA_ROWS_T);
+        s = gemv_step(w, n, x, wt, bias, part, N, K, 0, -1, 1, KA_ROWS_T);
         s.logits = KA_LOGITS_ALL;
         push(w, PRE, &s);
+        gather_steps(w, n, part, all, N, tp, PRE, KA_LOGITS_ALL, KA_ROWS_T);
         /* decode: every row is the last of its sequence */
-        s = gemm_step(n, x, wt, bias, lg, N, K, K, N, 1, KA_ROWS_T);
+        s = gemm_step(n, x, wt, bias, part, N, K, K, N, 1, KA_ROWS_T);
         push(w, DEC, &s);
-        s = gemv_step(w, n, x, wt, bias, lg, N, K, 0, -1, 1, KA_ROWS_T);
+        s = gemv_step(w, n, x, wt, bias, part, N, K, 0, -1, 1, KA_ROWS_T);
         push(w, DEC, &s);
-        w->m->vocab = (int)N;
+        gather_steps(w, n, part, all, N, tp, DEC, KA_LOGITS_ANY, KA_ROWS_T);
+        w->m->vocab = (int)(N * tp);
         return 0;
     }
 
@@ -449,12 +520,20 @@ static int attention_steps(lw *w, const kg_node *n, ka_arg q, ka_arg out, ka_arg
     int W = at->window, softcap = at->softcap > 0;
     int bn = HD > 128 ? 32 : 64;
     int smem = (ATTN_BM + 2 * bn) * (HD + 8) * (int)w->esize;
-    int kp = kern(w, "attn_prefill", 2 * ATTN_BM, smem,
-                  "const kiln_step st, const DT *q, const DT *k_cache, const DT *v_cache, DT *out, "
-                  "float scale, float softcap, const float *alibi_slopes",
-                  "kiln::attn_prefill<DT, %d, %d, %d, %d, %d, %d, %d, %d, %d>(st, q, k_cache, "
-                  "v_cache, out, scale, softcap, alibi_slopes)",
-                  NH, NKV, HD, at->causal, W, at->alibi, softcap, ATTN_BM, bn);
+    /* ALiBi of a sharded graph: the table holds every head's slope and the rank's heads start
+     * at head0 = rank * NH, a launch argument (the kernels are the same on every rank) */
+    int h0 = at->alibi && at->alibi_heads > 0;
+    const char *h0_param = h0 ? ", int head0" : "", *h0_add = h0 ? " + head0" : "";
+    char params[320], call[320];
+    snprintf(params, sizeof params,
+             "const kiln_step st, const DT *q, const DT *k_cache, const DT *v_cache, DT *out, "
+             "float scale, float softcap, const float *alibi_slopes%s",
+             h0_param);
+    snprintf(call, sizeof call,
+             "kiln::attn_prefill<DT, %d, %d, %d, %d, %d, %d, %d, %d, %d>(st, q, k_cache, "
+             "v_cache, out, scale, softcap, alibi_slopes%s)",
+             NH, NKV, HD, at->causal, W, at->alibi, softcap, ATTN_BM, bn, h0_add);
+    int kp = kern(w, "attn_prefill", 2 * ATTN_BM, smem, params, "%s", call);
     /* grid (ceil(T / BM) + n_seqs, NH, 1) */
     ka_step s = kstep(kp, n->name, G(1, ATTN_BM, 0, 0, ATTN_BM), G(0, 0, 0, NH, 1), G1());
     add_arg(&s, A(KA_ARG_STEP, 0));
@@ -465,6 +544,8 @@ static int attention_steps(lw *w, const kg_node *n, ka_arg q, ka_arg out, ka_arg
     add_arg(&s, AF(at->scale));
     add_arg(&s, AF(at->softcap));
     add_arg(&s, slopes);
+    if (h0)
+        add_arg(&s, A(KA_ARG_RANK, NH));
     push(w, PRE, &s);
 
     /* decode: query heads per CTA sharing one kv head, as many as fit 48 KB */
@@ -477,13 +558,16 @@ static int attention_steps(lw *w, const kg_node *n, ka_arg q, ka_arg out, ka_arg
         }
     ka_arg ws = A(KA_ARG_SCRATCH,
                   scratch_at(w, (int64_t)w->c->max_seqs * NH * DECODE_SPLITS * (HD + 2) * 4));
-    int kd = kern(w, "attn_decode", DECODE_THREADS, 0,
-                  "const kiln_step st, const DT *q, const DT *k_cache, const DT *v_cache, "
-                  "float *ws, float scale, float softcap, const float *alibi_slopes",
-                  "kiln::attn_decode<DT, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d>(st, q, k_cache, "
-                  "v_cache, ws, scale, softcap, alibi_slopes)",
-                  NH, NKV, HD, at->causal, W, at->alibi, softcap, DECODE_SPLITS, hpc,
-                  DECODE_THREADS);
+    snprintf(params, sizeof params,
+             "const kiln_step st, const DT *q, const DT *k_cache, const DT *v_cache, "
+             "float *ws, float scale, float softcap, const float *alibi_slopes%s",
+             h0_param);
+    snprintf(call, sizeof call,
+             "kiln::attn_decode<DT, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d>(st, q, k_cache, "
+             "v_cache, ws, scale, softcap, alibi_slopes%s)",
+             NH, NKV, HD, at->causal, W, at->alibi, softcap, DECODE_SPLITS, hpc, DECODE_THREADS,
+             h0_add);
+    int kd = kern(w, "attn_decode", DECODE_THREADS, 0, params, "%s", call);
     s = kstep(kd, n->name, G(0, 0, 0, DECODE_SPLITS, 1), G(0, 0, 0, NH / hpc, 1),
               G(0, 1, 0, 0, 1));
     add_arg(&s, A(KA_ARG_STEP, 0));
@@ -494,6 +578,8 @@ static int attention_steps(lw *w, const kg_node *n, ka_arg q, ka_arg out, ka_arg
     add_arg(&s, AF(at->scale));
     add_arg(&s, AF(at->softcap));
     add_arg(&s, slopes);
+    if (h0)
+        add_arg(&s, A(KA_ARG_RANK, NH));
     push(w, DEC, &s);
     int kc_ = kern(w, "attn_combine", DECODE_THREADS, 0,
                    "const kiln_step st, const float *ws, DT *out",
@@ -679,12 +765,13 @@ static int low_attention(lw *w, int id)
     if (dense_arg(w, id, &out))
         return -1;
     ka_arg slopes = ANULL();
-    if (at->alibi) {
-        float *sl = xmalloc(sizeof(float) * (size_t)NH);
-        posenc_alibi_slopes(NH, sl);
+    if (at->alibi) { /* sharded: the slopes of all alibi_heads heads, this rank's from head0 */
+        int AH = at->alibi_heads > 0 ? at->alibi_heads : NH;
+        float *sl = xmalloc(sizeof(float) * (size_t)AH);
+        posenc_alibi_slopes(AH, sl);
         char nm[64];
-        snprintf(nm, sizeof nm, "alibi.%d", NH);
-        slopes = A(KA_ARG_CONST, add_const(w, nm, sl, NH));
+        snprintf(nm, sizeof nm, "alibi.%d", AH);
+        slopes = A(KA_ARG_CONST, add_const(w, nm, sl, AH));
         free(sl);
     }
     ka_manifest *m = w->m;
@@ -779,6 +866,27 @@ static int low_pool(lw *w, int id)
     return 0;
 }
 
+/* The sum over the ranks (NCCL, out of place: plan_memory gives the sum its own buffer), on
+ * activations in the compute dtype. */
+static int low_all_reduce(lw *w, int id)
+{
+    const kg_node *n = &w->g->nodes[id];
+    ka_step s;
+    memset(&s, 0, sizeof s);
+    s.kind = KA_ALLREDUCE;
+    s.label = n->name;
+    s.rows = KA_ROWS_T;
+    s.n = row_width(n);
+    if (w->g->nodes[n->in[0]].op == KG_LOGITS)
+        return kerr_add(w->err, "%s: an all-reduce of logits is not supported by the GPU code "
+                                "generator (the shard pass gathers a vocabulary-split LM head)",
+                        n->name);
+    if (dense_arg(w, n->in[0], &s.x) || dense_arg(w, id, &s.y))
+        return -1;
+    push(w, BOTH, &s);
+    return 0;
+}
+
 static int low_node(lw *w, int id)
 {
     const kg_node *n = &w->g->nodes[id];
@@ -794,6 +902,13 @@ static int low_node(lw *w, int id)
     case KG_ATTENTION: return low_attention(w, id);
     case KG_MOE: return low_moe(w, id);
     case KG_POOL: return low_pool(w, id);
+    case KG_ALL_REDUCE: return low_all_reduce(w, id);
+    case KG_ALL_GATHER: /* lowered with the logits it gathers (low_linear) */
+        if (w->g->output != id || w->g->nodes[w->g->nodes[id].in[0]].op != KG_LOGITS)
+            return kerr_add(w->err, "%s: an all-gather of anything but the LM head's logits is "
+                                    "not supported by the GPU code generator",
+                            w->g->nodes[id].name);
+        return 0;
     case KG_ROPE:
         return kerr_add(w->err, "%s: a rotary embedding that does not feed an attention is not "
                                 "supported by the GPU code generator",
@@ -842,7 +957,10 @@ int lower(kc *c, lowered *out, kerr *err)
                      "kiln::sample<%d, %d>(st, logits, params, out_ids)", m->vocab,
                      KILN_SAMPLE_THREADS);
         m->sample_kernel = k;
-        m->hidden = (int)c->g->nodes[c->g->nodes[c->g->output].in[0]].shape[1];
+        const kg_node *head = &c->g->nodes[c->g->output];
+        if (head->op == KG_ALL_GATHER) /* of the rank's logits */
+            head = &c->g->nodes[head->in[0]];
+        m->hidden = (int)c->g->nodes[head->in[0]].shape[1];
     }
     m->slab_bytes = c->slab_bytes;
     m->scratch_bytes = scratch_max;
@@ -921,6 +1039,13 @@ static void print_steps(const lowered *l, const ka_step *st, int n, FILE *f)
             print_arg(&s->x, f);
             fprintf(f, " w=");
             print_arg(&s->w, f);
+            fprintf(f, " y=");
+            print_arg(&s->y, f);
+        } else if (s->kind == KA_ALLREDUCE || s->kind == KA_ALLGATHER) {
+            fprintf(f, "%s n=%lld %s rows=%s x=", s->kind == KA_ALLREDUCE ? "all_reduce" : "all_gather",
+                    (long long)s->n, s->out_f32 ? "f32" : l->m.dtype,
+                    s->rows == KA_ROWS_S ? "S" : "T");
+            print_arg(&s->x, f);
             fprintf(f, " y=");
             print_arg(&s->y, f);
         } else {

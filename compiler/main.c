@@ -695,7 +695,11 @@ static int cmd_compile(int argc, char **argv)
                 "manifest\n"
                 "  OUT_DIR/shards/rank0-of-1.safetensors  weights in runtime layout and dtype\n"
                 "  OUT_DIR/tokenizer*.json ...            the tokenizer files, when present\n"
-                "Run it with 'kiln run OUT_DIR'.\n\n"
+                "Run it with 'kiln run OUT_DIR'.\n"
+                "With --tp N: one shard per rank, shards/rank<r>-of-<N>.safetensors (each holding\n"
+                "only that rank's slices, packed in parallel), kernels compiled once for the\n"
+                "per-rank shapes, and the schedule's all-reduce and all-gather steps (NCCL); kiln\n"
+                "runs it on N GPUs. --tp 1 gives the same collective path on one GPU.\n\n"
                 "  -o, --out DIR      output folder (created)\n"
                 "  --sm LIST          GPU architectures, e.g. 80,90a (default 80,90a); PTX for the "
                 "lowest is\n"
@@ -786,7 +790,7 @@ static int cmd_compile(int argc, char **argv)
     rc = rc || kc_run(&c, NULL, NULL, NULL, &err);
     print_warn(&o, &c, 20);
     lowered *l = c.low;
-    char *src = NULL, *root = NULL, *tdir = NULL, *kdir = NULL, *shard_dir = NULL;
+    char *src = NULL, *root = NULL, *tdir = NULL, *kdir = NULL;
     char *shard = NULL, *artifact = NULL;
     nvrtc_result code[9];
     memset(code, 0, sizeof code);
@@ -835,17 +839,14 @@ static int cmd_compile(int argc, char **argv)
     }
     if (rc)
         goto out;
-    shard_dir = util_path_join(o.out, "shards");
-    if (util_mkdirs(shard_dir, &err)) {
-        rc = -1;
-        goto out;
-    }
-    shard = util_path_join(shard_dir, "rank0-of-1.safetensors");
     ka_manifest *m = &l->m;
-    if (pack_shard(&c, l, shard, 1, m, &err)) {
+    if (pack_shards(&c, l, o.out, 1, m, &err)) {
         rc = -1;
         goto out;
     }
+    shard = m->tp == 1 ? util_path_join(o.out, m->shards[0].path)
+                       : xasprintf("%s/shards/rank{0..%d}-of-%d.safetensors", o.out, m->tp - 1,
+                                   m->tp);
     m->model_name = xstrdup(name);
     config_architecture(c.cfg, (const char **)&m->arch, &err);
     m->arch = xstrdup(m->arch ? m->arch : "?");
@@ -897,9 +898,14 @@ static int cmd_compile(int argc, char **argv)
         fprintf(stderr, "%s: wrote %s (%s kernels for", o.prog, artifact, "compiled");
         for (int i = 0; i < nsm; i++)
             fprintf(stderr, " %s", sms[i]);
-        fprintf(stderr, " + %s), %s (%s)%s in %.1f s\n", targets[0], shard,
-                util_human_bytes((double)c.n_params * (double)st_dtype_size(dt), sz, sizeof sz),
-                copied ? ", tokenizer" : ", no tokenizer.json (ids only)", util_now() - t0);
+        double wb = 0; /* what one shard holds */
+        for (int i = 0; i < m->nweights; i++)
+            wb += (double)m->weights[i].nbytes;
+        fprintf(stderr, " + %s), %s (%s%s)%s in %.1f s\n", targets[0], shard,
+                util_human_bytes(m->tp == 1 ? (double)c.n_params * (double)st_dtype_size(dt) : wb,
+                                 sz, sizeof sz),
+                m->tp == 1 ? "" : " each", copied ? ", tokenizer" : ", no tokenizer.json (ids only)",
+                util_now() - t0);
     }
 out:
     if (rc)
@@ -910,7 +916,6 @@ out:
     free(root);
     free(tdir);
     free(kdir);
-    free(shard_dir);
     free(shard);
     free(artifact);
     kc_free(&c);

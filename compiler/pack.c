@@ -1,9 +1,14 @@
-/* pack — see pack.h. A constant node is materialised by recursion over its view ops:
- * weights convert straight from the mapped checkpoint, reshapes and leading-dimension
- * concatenations write their parts in place, and the views that reorder elements (slices of an
- * inner dimension, concatenation along one, transposes) gather from their materialised input. */
+/* pack — see pack.h. A constant node is materialised by recursion over its view ops, for one
+ * rank: weights convert straight from the mapped checkpoint, reshapes and leading-dimension
+ * concatenations write their parts in place, a rank's SHARD of a weight converts only its part
+ * of the checkpoint tensor, and the views that reorder elements (slices of an inner dimension,
+ * concatenation along one, transposes, shards of anything but a weight) gather from their
+ * materialised input. Ranks are packed on parallel threads, each streaming its own shard file;
+ * the progress bar counts the bytes of all of them. */
 #include "pack.h"
 
+#include <assert.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,7 +35,23 @@ static void around(const kg_node *n, int dim, uint64_t *outer, uint64_t *inner)
     }
 }
 
-static int fill(const kgraph *g, int id, st_dtype dt, uint16_t *dst, kerr *err)
+/* Elements [from, from + count) of checkpoint tensor t, converted to dt. */
+static void convert(const st_tensor *t, uint64_t from, uint64_t count, st_dtype dt, uint16_t *dst)
+{
+    if (t->dtype == dt) {
+        memcpy(dst, (const uint16_t *)t->data + from, count * sizeof(uint16_t));
+    } else if (t->dtype == ST_F32) {
+        const float *s = (const float *)t->data + from;
+        for (uint64_t i = 0; i < count; i++)
+            dst[i] = conv(s[i], dt);
+    } else {
+        const uint16_t *s = (const uint16_t *)t->data + from;
+        for (uint64_t i = 0; i < count; i++)
+            dst[i] = conv(t->dtype == ST_BF16 ? util_bf16_to_f32(s[i]) : util_f16_to_f32(s[i]), dt);
+    }
+}
+
+static int fill(const kgraph *g, int id, int rank, st_dtype dt, uint16_t *dst, kerr *err)
 {
     const kg_node *n = &g->nodes[id];
     switch (n->op) {
@@ -38,29 +59,43 @@ static int fill(const kgraph *g, int id, st_dtype dt, uint16_t *dst, kerr *err)
         const st_tensor *t = n->bound;
         if (!t)
             return kerr_add(err, "pack: weight '%s' is not bound", n->weight);
-        if (t->dtype == dt) {
-            memcpy(dst, t->data, t->nbytes);
-        } else if (t->dtype == ST_F32) {
-            const float *s = t->data;
-            for (uint64_t i = 0; i < t->numel; i++)
-                dst[i] = conv(s[i], dt);
-        } else {
-            const uint16_t *s = t->data;
-            for (uint64_t i = 0; i < t->numel; i++)
-                dst[i] = conv(t->dtype == ST_BF16 ? util_bf16_to_f32(s[i]) : util_f16_to_f32(s[i]),
-                              dt);
+        convert(t, 0, t->numel, dt, dst);
+        return 0;
+    }
+    case KG_SHARD: { /* part rank * parts / tp of dimension dim (graph.h) */
+        const kg_node *p = &g->nodes[n->in[0]];
+        uint64_t outer, inner;
+        around(p, n->dim, &outer, &inner);
+        uint64_t len = (uint64_t)n->shape[n->dim], sd = (uint64_t)p->shape[n->dim];
+        uint64_t start = (uint64_t)(rank * n->parts / g->tp) * len;
+        assert(rank >= 0 && rank < g->tp && start + len <= sd);
+        if (p->op == KG_WEIGHT && p->bound) { /* straight from the checkpoint */
+            for (uint64_t o = 0; o < outer; o++)
+                convert(p->bound, (o * sd + start) * inner, len * inner, dt, dst + o * len * inner);
+            return 0;
         }
+        uint16_t *tmp = malloc(sizeof(uint16_t) * (numel(p) ? numel(p) : 1));
+        if (!tmp)
+            return kerr_add(err, "pack: out of memory for %s", p->name);
+        if (fill(g, n->in[0], rank, dt, tmp, err)) {
+            free(tmp);
+            return -1;
+        }
+        for (uint64_t o = 0; o < outer; o++)
+            memcpy(dst + o * len * inner, tmp + (o * sd + start) * inner,
+                   sizeof(uint16_t) * len * inner);
+        free(tmp);
         return 0;
     }
     case KG_RESHAPE:
-        return fill(g, n->in[0], dt, dst, err);
+        return fill(g, n->in[0], rank, dt, dst, err);
     case KG_CONCAT: {
         uint64_t outer, inner;
         around(n, n->dim, &outer, &inner);
         if (outer == 1) { /* the parts follow each other */
             uint64_t at = 0;
             for (int k = 0; k < n->n_in; k++) {
-                if (fill(g, n->in[k], dt, dst + at, err))
+                if (fill(g, n->in[k], rank, dt, dst + at, err))
                     return -1;
                 at += numel(&g->nodes[n->in[k]]);
             }
@@ -72,7 +107,7 @@ static int fill(const kgraph *g, int id, st_dtype dt, uint16_t *dst, kerr *err)
             uint16_t *tmp = malloc(sizeof(uint16_t) * (numel(p) ? numel(p) : 1));
             if (!tmp)
                 return kerr_add(err, "pack: out of memory for %s", p->name);
-            if (fill(g, n->in[k], dt, tmp, err)) {
+            if (fill(g, n->in[k], rank, dt, tmp, err)) {
                 free(tmp);
                 return -1;
             }
@@ -91,7 +126,7 @@ static int fill(const kgraph *g, int id, st_dtype dt, uint16_t *dst, kerr *err)
         uint16_t *tmp = malloc(sizeof(uint16_t) * (numel(p) ? numel(p) : 1));
         if (!tmp)
             return kerr_add(err, "pack: out of memory for %s", p->name);
-        if (fill(g, n->in[0], dt, tmp, err)) {
+        if (fill(g, n->in[0], rank, dt, tmp, err)) {
             free(tmp);
             return -1;
         }
@@ -107,7 +142,7 @@ static int fill(const kgraph *g, int id, st_dtype dt, uint16_t *dst, kerr *err)
         uint16_t *tmp = malloc(sizeof(uint16_t) * (numel(p) ? numel(p) : 1));
         if (!tmp)
             return kerr_add(err, "pack: out of memory for %s", p->name);
-        if (fill(g, n->in[0], dt, tmp, err)) {
+        if (fill(g, n->in[0], rank, dt, tmp, err)) {
             free(tmp);
             return -1;
         }
@@ -142,7 +177,7 @@ static int fill(const kgraph *g, int id, st_dtype dt, uint16_t *dst, kerr *err)
     }
 }
 
-void *pack_const(const kgraph *g, int id, st_dtype dt, kerr *err)
+void *pack_const(const kgraph *g, int id, int rank, st_dtype dt, kerr *err)
 {
     uint64_t n = numel(&g->nodes[id]);
     uint16_t *buf = malloc(sizeof(uint16_t) * (n ? n : 1));
@@ -150,7 +185,7 @@ void *pack_const(const kgraph *g, int id, st_dtype dt, kerr *err)
         kerr_add(err, "pack: out of memory for %s", g->nodes[id].name);
         return NULL;
     }
-    if (fill(g, id, dt, buf, err)) {
+    if (fill(g, id, rank, dt, buf, err)) {
         free(buf);
         return NULL;
     }
@@ -159,7 +194,7 @@ void *pack_const(const kgraph *g, int id, st_dtype dt, kerr *err)
 
 typedef struct fillctx {
     const kgraph *g;
-    int id;
+    int id, rank;
     st_dtype dt;
     hash_stream *hs;
 } fillctx;
@@ -168,40 +203,57 @@ typedef struct fillctx {
 static int fill_cb(void *ctx, void *buf, uint64_t nbytes, kerr *err)
 {
     fillctx *f = ctx;
-    if (fill(f->g, f->id, f->dt, buf, err))
+    if (fill(f->g, f->id, f->rank, f->dt, buf, err))
         return -1;
     hash_stream_update(f->hs, buf, (size_t)nbytes);
     return 0;
 }
 
+/* The bar over every rank's bytes: each writer reports its own, under the lock. */
 typedef struct bar {
     double t0;
-    int show;
+    int show, tp;
+    pthread_mutex_t mu;
+    uint64_t done[KA_MAX_TP];
+    uint64_t total; /* of one rank: every shard holds the same tensors */
 } bar;
+
+typedef struct rankbar {
+    bar *b;
+    int rank;
+} rankbar;
 
 static void progress(void *ctx, uint64_t done, uint64_t total)
 {
-    bar *b = ctx;
+    rankbar *rb = ctx;
+    bar *b = rb->b;
     if (!b->show)
         return;
+    pthread_mutex_lock(&b->mu);
+    b->done[rb->rank] = done;
+    b->total = total;
+    uint64_t sum = 0, all = total * (uint64_t)b->tp;
+    for (int r = 0; r < b->tp; r++)
+        sum += b->done[r];
     char d[32], t[32];
-    int pct = total ? (int)(100.0 * (double)done / (double)total) : 100;
+    int pct = all ? (int)(100.0 * (double)sum / (double)all) : 100;
     int fillw = pct * 30 / 100;
     double el = util_now() - b->t0;
     fprintf(stderr, "\rkilnc: packing weights %3d%% [%.*s%*s] %s / %s  %.1f s", pct, fillw,
             "==============================", 30 - fillw, "",
-            util_human_bytes((double)done, d, sizeof d), util_human_bytes((double)total, t, sizeof t),
+            util_human_bytes((double)sum, d, sizeof d), util_human_bytes((double)all, t, sizeof t),
             el);
-    if (done == total)
+    if (sum == all)
         fputc('\n', stderr);
+    pthread_mutex_unlock(&b->mu);
 }
 
 /* The shard id's placeholder in the header: the writer emits the header before the data, and
  * the id hashes both, so it is written once the data is out (same length, in place). */
 #define ID_PLACEHOLDER "\"" KA_SHARD_ID_KEY "\":\"################\""
 
-/* Reads the header back, puts the id in, and fills the manifest's shard fields. */
-static int finish_header(const char *path, ka_manifest *m, kerr *err)
+/* Reads the header back, puts the id in, and fills the shard's entry (its hash is set). */
+static int finish_header(const char *path, ka_shard *sh, uint64_t chunk, kerr *err)
 {
     FILE *f = fopen(path, "r+b");
     unsigned char len8[8];
@@ -222,15 +274,16 @@ static int finish_header(const char *path, ka_manifest *m, kerr *err)
         ok = at && !strstr(at + 1, ID_PLACEHOLDER); /* exactly one: the metadata's */
     }
     if (ok) {
-        /* the id: the header as written (with the placeholder) and the data's hash */
+        /* the id: the header as written (with the placeholder and the rank's name) and the
+         * data's hash */
         unsigned char tail[16];
         for (int i = 0; i < 8; i++) {
-            tail[i] = (unsigned char)(m->shards[0].hash >> (8 * i));
-            tail[8 + i] = (unsigned char)(m->shard_chunk >> (8 * i));
+            tail[i] = (unsigned char)(sh->hash >> (8 * i));
+            tail[8 + i] = (unsigned char)(chunk >> (8 * i));
         }
-        m->shards[0].id = hash_bytes2(h, (size_t)hl, tail, sizeof tail);
+        sh->id = hash_bytes2(h, (size_t)hl, tail, sizeof tail);
         char hex[17];
-        snprintf(hex, sizeof hex, "%016llx", (unsigned long long)m->shards[0].id);
+        snprintf(hex, sizeof hex, "%016llx", (unsigned long long)sh->id);
         char *digits = at + strlen(ID_PLACEHOLDER) - 17;
         memcpy(digits, hex, 16);
         ok = fseek(f, 8 + (long)(digits - h), SEEK_SET) == 0 && fwrite(hex, 1, 16, f) == 16;
@@ -240,13 +293,14 @@ static int finish_header(const char *path, ka_manifest *m, kerr *err)
         free(h);
         return kerr_add(err, "%s: cannot write the shard id into the header", path);
     }
-    m->shards[0].header_fnv = util_fnv1a(h, (size_t)hl, UTIL_FNV_SEED);
+    sh->header_fnv = util_fnv1a(h, (size_t)hl, UTIL_FNV_SEED);
     free(h);
     return 0;
 }
 
-int pack_shard(kc *c, const lowered *l, const char *path, int show_progress, ka_manifest *m,
-               kerr *err)
+/* One rank's shard: written, hashed as it streams, its id put in. */
+static int pack_rank(kc *c, const lowered *l, const char *path, int rank, bar *b, ka_shard *sh,
+                     kerr *err)
 {
     st_writer *w = st_writer_new();
     fillctx *ctx = xcalloc((size_t)(l->m.nweights ? l->m.nweights : 1), sizeof(fillctx));
@@ -254,16 +308,84 @@ int pack_shard(kc *c, const lowered *l, const char *path, int show_progress, ka_
     st_dtype dt = c->act_dtype;
     for (int i = 0; i < l->m.nweights; i++) {
         const ka_weight *kw = &l->m.weights[i];
-        ctx[i] = (fillctx){c->g, l->weight_node[i], dt, hs};
+        ctx[i] = (fillctx){c->g, l->weight_node[i], rank, dt, hs};
         st_writer_add_fill(w, kw->name, dt, kw->ndim, kw->shape, fill_cb, &ctx[i]);
     }
+    char rk[32];
+    snprintf(rk, sizeof rk, "%d of %d", rank, l->m.tp);
     st_writer_meta(w, "producer", "kilnc compile");
+    st_writer_meta(w, "kiln_rank", rk); /* so that shards of other ranks have other ids */
     st_writer_meta(w, KA_SHARD_ID_KEY, "################");
-    bar b = {util_now(), show_progress > 1 || (show_progress && isatty(2))};
-    int rc = st_writer_write(w, path, progress, &b, err);
+    rankbar rb = {b, rank};
+    int rc = st_writer_write(w, path, progress, &rb, err);
     st_writer_free(w);
     free(ctx);
-    m->shards[0].hash = hash_stream_finish(hs);
+    sh->hash = hash_stream_finish(hs);
+    return rc ? -1 : finish_header(path, sh, HASH_CHUNK, err);
+}
+
+typedef struct packjob {
+    kc *c;
+    const lowered *l;
+    const char *dir;
+    ka_manifest *m;
+    bar *b;
+    pthread_mutex_t mu;
+    int next;     /* the next rank to pack */
+    kerr *errs;   /* per rank */
+    int *rc;      /* per rank */
+} packjob;
+
+static void *pack_worker(void *arg)
+{
+    packjob *j = arg;
+    for (;;) {
+        pthread_mutex_lock(&j->mu);
+        int r = j->next < j->m->tp ? j->next++ : -1;
+        pthread_mutex_unlock(&j->mu);
+        if (r < 0)
+            return NULL;
+        char *path = util_path_join(j->dir, j->m->shards[r].path);
+        j->rc[r] = pack_rank(j->c, j->l, path, r, j->b, &j->m->shards[r], &j->errs[r]);
+        free(path);
+    }
+}
+
+int pack_shards(kc *c, const lowered *l, const char *out_dir, int show_progress, ka_manifest *m,
+                kerr *err)
+{
+    assert(m->tp >= 1 && m->tp <= KA_MAX_TP && m->shards && m->tp == c->g->tp);
+    char *sdir = util_path_join(out_dir, "shards");
+    int rc = util_mkdirs(sdir, err);
+    free(sdir);
+    if (rc)
+        return -1;
+    bar b = {.t0 = util_now(), .show = show_progress > 1 || (show_progress && isatty(2)),
+             .tp = m->tp};
+    packjob j = {.c = c, .l = l, .dir = out_dir, .m = m, .b = &b};
+    pthread_mutex_init(&b.mu, NULL);
+    pthread_mutex_init(&j.mu, NULL);
+    j.errs = xcalloc((size_t)m->tp, sizeof(kerr));
+    j.rc = xcalloc((size_t)m->tp, sizeof(int));
+    for (int r = 0; r < m->tp; r++)
+        kerr_clear(&j.errs[r]);
+    /* ranks on parallel threads (the calling one too); each holds one tensor at a time */
+    int nth = util_cpus(m->tp) - 1;
+    pthread_t th[KA_MAX_TP];
+    int started = 0;
+    for (int i = 0; i < nth && pthread_create(&th[started], NULL, pack_worker, &j) == 0; i++)
+        started++;
+    pack_worker(&j);
+    for (int i = 0; i < started; i++)
+        pthread_join(th[i], NULL);
     m->shard_chunk = HASH_CHUNK;
-    return rc ? -1 : finish_header(path, m, err);
+    rc = 0;
+    for (int r = 0; r < m->tp && rc == 0; r++)
+        if (j.rc[r])
+            rc = kerr_add(err, "%s", kerr_msg(&j.errs[r]));
+    free(j.errs);
+    free(j.rc);
+    pthread_mutex_destroy(&j.mu);
+    pthread_mutex_destroy(&b.mu);
+    return rc;
 }

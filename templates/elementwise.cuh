@@ -97,6 +97,35 @@ __device__ __forceinline__ void embed(const kiln_step st, const DT *table, DT *o
     }
 }
 
+// embed_part: the token embedding split by vocabulary over tensor-parallel ranks. table holds
+// the ROWS rows [row0, row0 + ROWS) of the full table (row0 = rank * ROWS, a launch argument, so
+// one compiled kernel serves every rank); out[t] = table[id - row0] for an id inside them, a zero
+// row otherwise, and the all-reduce that follows sums the one rank's row into every rank's.
+// Ids are below the full vocabulary (the runtime checks them). Grid (T) x THREADS.
+template <typename DT, int H, long long ROWS, int THREADS>
+__device__ __forceinline__ void embed_part(const kiln_step st, const DT *table, DT *out, int row0)
+{
+    typedef ew_detail::row_chunks<H, THREADS> RC;
+    static_assert(ROWS >= 1, "ROWS >= 1");
+    const int t = blockIdx.x;
+    if (t >= st.T)
+        return;
+    const long long r = (long long)st.tok_ids[t] - row0;
+    const bool mine = r >= 0 && r < ROWS;
+    const DT *src = table + (mine ? r : 0) * H;
+    DT *dst = out + (long long)t * H;
+    for (int c = threadIdx.x; c < RC::CH; c += THREADS) {
+        float a[8];
+        if (mine)
+            load8(src + c * 8, a);
+        else
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                a[i] = 0.f;
+        store8(dst + c * 8, a);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // rms_norm: rows of H, RPT rows per token (RPT > 1 for per-head norms of a [T, RPT*H] tensor).
 //   s = RESIDUAL ? round(x + res) : x;   res_out = s (RESIDUAL only)
@@ -411,6 +440,23 @@ __device__ __forceinline__ void gather_last(const kiln_step st, const DT *x, DT 
     DT *dst = out + (long long)s * H;
     for (int c = threadIdx.x; c < RC::CH; c += THREADS) // a bit-exact 16-byte copy
         *reinterpret_cast<vec8 *>(dst + c * 8) = *reinterpret_cast<const vec8 *>(src + c * 8);
+}
+
+// gather_ranks: logits[m][r*N + c] = parts[r][m][c] for m < M, r < TP, c < N: the vocabulary
+// blocks of the tensor-parallel ranks, rank-major as ncclAllGather leaves them ([TP][M][N]),
+// into rows of the full vocabulary (float, bit-exact copies). Grid (M, TP) x THREADS.
+template <int N, int TP, int THREADS>
+__device__ __forceinline__ void gather_ranks(const kiln_step st, const float *parts,
+                                             float *logits, int M)
+{
+    (void)st;
+    const int m = blockIdx.x, r = blockIdx.y;
+    if (m >= M || r >= TP)
+        return;
+    const float *src = parts + ((long long)r * M + m) * N;
+    float *dst = logits + (long long)m * N * TP + (long long)r * N;
+    for (int c = threadIdx.x; c < N; c += THREADS)
+        dst[c] = src[c];
 }
 
 // pool: out[s] (float, [n_seqs, H]) = MODE 0: the mean of the sequence's rows

@@ -95,15 +95,12 @@ static void build(const char *dir, const char *out)
 {
     kc c;
     lower_fixture(&c, dir);
-    char sh[700], mk[700];
-    snprintf(sh, sizeof sh, "%s/shards", out);
+    char mk[700];
     kerr err;
     kerr_clear(&err);
-    assert_int_equal(util_mkdirs(sh, &err), 0);
-    snprintf(sh, sizeof sh, "%s/shards/rank0-of-1.safetensors", out);
     snprintf(mk, sizeof mk, "%s/model.kiln", out);
     ka_manifest *m = &c.low->m;
-    if (pack_shard(&c, c.low, sh, 0, m, &err))
+    if (pack_shards(&c, c.low, out, 0, m, &err))
         fail_msg("pack: %s", kerr_msg(&err));
     set_identity(m, "llama", &c);
     if (write_kiln(mk, m, &err))

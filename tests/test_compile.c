@@ -84,7 +84,7 @@ static void check_fused_qkv(const char *name, const char *prefix_q, const char *
     assert_true(qkv >= 0);
     kerr err;
     kerr_clear(&err);
-    uint16_t *p = pack_const(c.g, qkv, ST_BF16, &err);
+    uint16_t *p = pack_const(c.g, qkv, 0, ST_BF16, &err);
     assert_non_null(p);
     const st_tensor *t[3] = {st_find(c.weights, prefix_q), st_find(c.weights, prefix_k),
                              st_find(c.weights, prefix_v)};
@@ -123,7 +123,7 @@ static void test_pack_bloom_interleaved(void **state)
     assert_true(qkv >= 0);
     kerr err;
     kerr_clear(&err);
-    uint16_t *p = pack_const(c.g, qkv, ST_BF16, &err);
+    uint16_t *p = pack_const(c.g, qkv, 0, ST_BF16, &err);
     assert_non_null(p);
     const st_tensor *w = st_find(c.weights, "transformer.h.0.self_attention.query_key_value.weight");
     assert_non_null(w);

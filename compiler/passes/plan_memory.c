@@ -42,7 +42,10 @@ int plan_storage_of(const kgraph *g, int id)
 int plan_needs_buffer(const kgraph *g, int id)
 {
     const kg_node *n = &g->nodes[id];
-    if (n->is_const || n->op == KG_INPUT || n->op == KG_POOL || n->op == KG_LOGITS)
+    /* the output lands in the logits or output buffer; an ALL_GATHER is the vocabulary-split
+     * LM head's gather into the logits (lower.c) */
+    if (n->is_const || n->op == KG_INPUT || n->op == KG_POOL || n->op == KG_LOGITS ||
+        n->op == KG_ALL_GATHER)
         return 0;
     if (n->view_of >= 0 || n->op == KG_RESHAPE)
         return 0;
