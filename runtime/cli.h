@@ -15,6 +15,7 @@ int cmd_chat_template(int argc, char **argv);
 typedef struct cli_backend_opts {
     double kv_memory;  /* GPU: fraction of free memory for the KV cache (0: default 0.9) */
     int no_graphs;     /* GPU: decode without CUDA graphs */
+    int tp;            /* GPU: --tp, the ranks the artifact must have (0: whatever it has) */
     int quiet;         /* no notes on stderr */
     /* CPU backend: the limits a compiled artifact has built in (0: defaults) */
     int max_batch, max_tokens, max_seq_len, kv_blocks;

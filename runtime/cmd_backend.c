@@ -21,7 +21,7 @@
 /* The first option of the other kind that was given, or NULL. */
 static const char *gpu_option(const cli_backend_opts *o)
 {
-    return o->kv_memory ? "--kv-memory" : o->no_graphs ? "--no-graphs" : NULL;
+    return o->kv_memory ? "--kv-memory" : o->no_graphs ? "--no-graphs" : o->tp ? "--tp" : NULL;
 }
 
 static const char *cpu_option(const cli_backend_opts *o)
@@ -42,7 +42,7 @@ static kbackend *open_gpu(const char *dir, const cli_backend_opts *o, kerr *err)
                  dir, cpu_option(o), dir);
         return NULL;
     }
-    km_opts ko = {o->kv_memory ? o->kv_memory : 0.9, o->no_graphs, o->quiet};
+    km_opts ko = {o->kv_memory ? o->kv_memory : 0.9, o->no_graphs, o->quiet, o->tp};
     kmodel *m = km_load(dir, &ko, err);
     if (!m)
         return NULL;

@@ -106,7 +106,9 @@ static void usage(FILE *f)
             "  --kv-memory F      fraction of free GPU memory for the KV cache, 0 < F <= 1\n"
             "                     (default 0.9)\n"
             "  --no-graphs        decode without CUDA graphs\n"
-            "                     These two apply to a compiled model only; the next four to a\n"
+            "  --tp N             the GPUs the model is split over: must be what kilnc compile\n"
+            "                     --tp made it for (default: the artifact's; kiln inspect shows it)\n"
+            "                     These three apply to a compiled model only; the next four to a\n"
             "                     checkpoint folder only (a compiled model has them built in):\n"
             "  --max-batch N      sequences per step (default 8)\n"
             "  --max-tokens N     tokens per step (default 256, at least --max-batch)\n"
@@ -307,7 +309,7 @@ static int write_dump(const char *path, const seq *seqs, int np, const kb_info *
 static const char *const value_opts[] = {
     "--ids",   "--prompt", "--chat", "--token-types", "--max-new",    "--temperature",
     "--top-k", "--top-p",  "--seed", "--dump",        "--kv-memory",  "--max-batch",
-    "--max-tokens", "--max-seq-len", "--kv-blocks"};
+    "--max-tokens", "--max-seq-len", "--kv-blocks", "--tp"};
 
 int cmd_run(int argc, char **argv)
 {
@@ -381,6 +383,10 @@ int cmd_run(int argc, char **argv)
                 return util_usage_error(PROG, "%s", kerr_msg(&err));
         } else if (!strcmp(a, "--no-graphs")) {
             bo.no_graphs = 1;
+        } else if (!strcmp(a, "--tp")) {
+            if (util_parse_i64(a, v, 1, KA_MAX_TP, &x, &err))
+                return util_usage_error(PROG, "%s", kerr_msg(&err));
+            bo.tp = (int)x;
         } else if (!strcmp(a, "--max-batch") || !strcmp(a, "--max-tokens") ||
                    !strcmp(a, "--max-seq-len") || !strcmp(a, "--kv-blocks")) {
             /* ranges against the model and each other: kbr_open */

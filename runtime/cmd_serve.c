@@ -20,6 +20,7 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "artifact.h" /* KA_MAX_TP */
 #include "cli.h"
 #include "sched.h"
 #include "server/http.h"
@@ -51,6 +52,8 @@ static void usage(FILE *f)
             "                      this long, then cancel the rest; exit 0 (default 30)\n"
             "  --kv-memory F       GPU: fraction of free memory for the KV cache (default 0.9)\n"
             "  --no-graphs         GPU: decode without CUDA graphs\n"
+            "  --tp N              GPU: the GPUs the model is split over, as kilnc compile --tp\n"
+            "                      made it (default: the artifact's)\n"
             "  --max-batch N       CPU backend: sequences per step (default 8)\n"
             "  --max-tokens N      CPU backend: tokens per step (default 256)\n"
             "  --max-seq-len N     CPU backend: prompt + generated tokens (default: the model's\n"
@@ -104,7 +107,7 @@ static int parse(int argc, char **argv, opts *o)
             static const char *const valued[] = {
                 "--host", "--port", "--api-key", "--model-name", "--max-waiting", "--max-body",
                 "--grace", "--kv-memory", "--max-batch", "--max-tokens", "--max-seq-len",
-                "--kv-blocks"};
+                "--kv-blocks", "--tp"};
             int known = 0;
             for (size_t k = 0; k < ARRAY_LEN(valued); k++)
                 known |= !strcmp(a, valued[k]);
@@ -141,7 +144,9 @@ static int parse(int argc, char **argv, opts *o)
             } else if (!strcmp(a, "--kv-memory")) {
                 if (util_parse_f64(a, v, 0, 1, UTIL_ABOVE_MIN, &o->bo.kv_memory, &err))
                     return util_usage_error(PROG, "%s", kerr_msg(&err));
-            } else if (!strcmp(a, "--max-batch"))
+            } else if (!strcmp(a, "--tp"))
+                rc = parse_int(a, v, 1, KA_MAX_TP, &o->bo.tp);
+            else if (!strcmp(a, "--max-batch"))
                 rc = parse_int(a, v, 1, 4096, &o->bo.max_batch);
             else if (!strcmp(a, "--max-tokens"))
                 rc = parse_int(a, v, 1, 1 << 20, &o->bo.max_tokens);

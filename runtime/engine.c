@@ -1,12 +1,31 @@
-/* engine — see engine.h. */
+/* engine — see engine.h.
+ *
+ * The state is split along the devices: a kmodel holds what every device shares (the manifest,
+ * the host step arrays, the KV layout, the worker handshake) and one kdev per device holds that
+ * device's context, stream, module, weights, buffers, KV cache, GEMM handle, CUDA graphs and
+ * communicator. Everything a device does runs as a job (job_kind) on that device's worker thread,
+ * which binds the device's context once; the caller of km_load and of the step hands a job to
+ * every worker and waits for all (run_all). A tp-1 artifact without collectives has no workers:
+ * run_all runs the job on the calling thread, so that path is the single-GPU engine unchanged.
+ *
+ * The collectives need every rank to issue the same NCCL calls in the same order on its stream:
+ * each worker walks the same schedule with the same T, n_seqs and flags (the main thread fills
+ * them once), and the decode graphs of a bucket are captured on every device or used on none.
+ * A rank that fails mid-step would leave the others waiting inside a collective forever: after
+ * ABORT_AFTER_S the remaining communicators are aborted so that the error comes back.
+ */
 #include "engine.h"
 
 #include <assert.h>
+#include <errno.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "comm.h"
 #include "gemm.h"
 #include "hash.h"
 #include "kcuda.h"
@@ -15,45 +34,83 @@
 #define ALIGN 256
 #define STAGE (64u << 20) /* pinned staging buffer for weight uploads */
 #define MAX_BUCKETS 16
+#define ABORT_AFTER_S 10 /* a rank failed while others still run: abort their collectives */
 
-struct kmodel {
-    kcuda cu;
+typedef enum { JOB_QUIT, JOB_LOAD, JOB_FIT, JOB_KV, JOB_CAPTURE, JOB_STEP } job_kind;
+
+typedef struct kdev {
+    kmodel *m;
+    int rank;                /* this device's rank, 0..tp-1 (and its CUDA device ordinal) */
     CUdevice dev;
     CUcontext ctx;
     CUstream stream;
     int cc_major, cc_minor;
     char devname[256];
-    char desc[768];
+    const ka_blob *code;     /* the cubin (or PTX) this device loads */
+    int is_ptx;
+    CUmodule mod;
+    CUfunction *fn;          /* [nkernels] */
+    st_set *shard;           /* shards[rank], mapped */
+    hash_job *shard_job;     /* hashing the mapped shard while it is uploaded */
+    double up_s, hash_wait_s;
+    CUdeviceptr warena, consts, slab, scratch, logits, logits_all, out, meta, kv, d_params, d_ids;
+    size_t *woff;            /* [nweights] offsets in warena */
+    kiln_step st;            /* the step arrays' device pointers (inside meta) */
+    kgemm *gemm;
+    ncclComm_t comm;         /* NULL without collectives */
+    CUgraphExec graphs[MAX_BUCKETS];
+    int captured;            /* the last JOB_CAPTURE succeeded */
+    long kv_fit;             /* KV blocks its free memory allows (JOB_FIT) */
+    pthread_t thread;
+    int started;
+    int failed;              /* the last job failed; err says why */
+    kerr err;
+} kdev;
+
+struct kmodel {
+    kcuda cu;
+    kncl nccl;               /* loaded only when the schedule has collective steps */
+    int ndev;
+    kdev *devs;              /* [ndev]; devs[r] is rank r */
+    int threaded;            /* one worker thread per device (tp > 1 or collectives) */
+    char desc[2048];
     double load_s;
 
     ka_file *af;
     ka_manifest *m;
-    CUmodule mod;
-    CUfunction *fn;
-    st_set *shard;
-    hash_job *shard_job; /* hashing the mapped shard while it is uploaded */
-    int esize;
+    int esize, f16;
 
-    CUdeviceptr warena, consts, slab, scratch, logits, logits_all, out, meta, kv;
-    size_t *woff, *coff;
-    size_t logits_all_rows;
-    size_t *kv_k, *kv_v; /* per layer offsets into kv */
+    size_t *coff;            /* constant tables' offsets, the same on every device */
+    size_t const_bytes;
+    size_t *kv_k, *kv_v;     /* per layer offsets into each device's kv */
+    size_t kv_bytes, kv_per_block;
     int nblocks, max_blocks; /* KV blocks (block 0: the padding rows' scratch); per sequence */
 
-    /* the step arrays: device (inside meta) and a pinned host mirror */
+    /* the step arrays: offsets inside each device's meta, and one pinned host copy that every
+     * device uploads from (pinned memory is visible to every context under unified addressing) */
     int cap_tok, cap_seq;
     int32_t *h_meta;
     size_t o_ids, o_pos, o_type, o_seq, o_slot, o_start, o_kvlen, o_bt, meta_bytes;
-    kiln_step st;
-
-    CUdeviceptr d_params, d_ids;
-    kiln_sample *h_params;
-    int32_t *h_ids;
+    kiln_sample *h_params;   /* pinned [max_seqs] */
+    int32_t *h_ids;          /* pinned [max_seqs]: rank 0's sampled ids */
     float *h_lp; /* pinned [max_seqs, vocab]: logits rows for logprobs (allocated on first use) */
-    kgemm *gemm;
-    CUgraphExec graphs[MAX_BUCKETS];
     int graphs_failed;
+    int bucket_ready[MAX_BUCKETS]; /* captured on every device */
     km_opts o;
+
+    /* the workers' handshake: the main thread sets job and its arguments, bumps gen, and waits
+     * until ndone reaches ndev */
+    pthread_mutex_t mu;
+    pthread_cond_t go, done;
+    int sync_init;
+    unsigned gen;
+    int ndone, nfailed;
+    job_kind job;
+    struct {
+        kb_item *items;
+        int n, T, S, Q, decode, all, any_sample, bucket;
+    } j;
+
     kbackend kb; /* the step backend (km_backend) and what it reports */
     kb_info info;
 };
@@ -62,6 +119,7 @@ const ka_manifest *km_manifest(const kmodel *m) { return m->m; }
 const char *km_describe(const kmodel *m) { return m->desc; }
 double km_load_seconds(const kmodel *m) { return m->load_s; }
 
+/* Inside a device's job: m, d and err in scope. */
 #define CU(call)                                                                                \
     do {                                                                                        \
         CUresult rc_ = m->cu.call;                                                              \
@@ -73,27 +131,125 @@ static void init_backend(kmodel *m);
 
 static size_t align_up(size_t x) { return (x + ALIGN - 1) / ALIGN * ALIGN; }
 
+/* ---------------------------------------------------------------- workers */
+
+static int run_job(kdev *d, job_kind job, kerr *err);
+
+static void *worker(void *p)
+{
+    kdev *d = p;
+    kmodel *m = d->m;
+    unsigned seen = 0;
+    /* the context stays bound to this thread for every job (a failure shows in the first job) */
+    CUresult bind = m->cu.cuCtxSetCurrent(d->ctx);
+    for (;;) {
+        pthread_mutex_lock(&m->mu);
+        while (m->gen == seen)
+            pthread_cond_wait(&m->go, &m->mu);
+        seen = m->gen;
+        job_kind job = m->job;
+        pthread_mutex_unlock(&m->mu);
+        if (job == JOB_QUIT)
+            break;
+        kerr_clear(&d->err);
+        if (bind != CUDA_SUCCESS)
+            d->failed = kcuda_fail(&m->cu, bind, "cuCtxSetCurrent", __FILE__, __LINE__, &d->err);
+        else
+            d->failed = run_job(d, job, &d->err) != 0;
+        pthread_mutex_lock(&m->mu);
+        m->ndone++;
+        m->nfailed += d->failed;
+        pthread_cond_signal(&m->done);
+        pthread_mutex_unlock(&m->mu);
+    }
+    if (d->comm) { /* destroyed by every rank's own thread at once, as NCCL expects */
+        m->nccl.ncclCommDestroy(d->comm);
+        d->comm = NULL;
+    }
+    return NULL;
+}
+
+/* Aborts the communicators of the devices still running a job, so that a rank waiting in a
+ * collective for a rank that failed returns (with an error) instead of hanging. */
+static void abort_comms(kmodel *m)
+{
+    for (int i = 0; i < m->ndev; i++)
+        if (m->devs[i].comm && m->nccl.ncclCommAbort) {
+            m->nccl.ncclCommAbort(m->devs[i].comm);
+            m->devs[i].comm = NULL;
+        }
+}
+
+/* Runs `job` on every device and waits for all; the failures' messages go to err, each naming
+ * its device. */
+static int run_all(kmodel *m, job_kind job, kerr *err)
+{
+    if (!m->threaded) {
+        kdev *d = &m->devs[0];
+        CU(cuCtxSetCurrent(d->ctx)); /* steps may run on another thread than km_load's */
+        return run_job(d, job, err);
+    }
+    pthread_mutex_lock(&m->mu);
+    m->job = job;
+    m->ndone = m->nfailed = 0;
+    m->gen++;
+    pthread_cond_broadcast(&m->go);
+    time_t failed_at = 0;
+    int aborted = 0;
+    while (m->ndone < m->ndev) {
+        if (m->nfailed && !aborted) {
+            if (!failed_at)
+                failed_at = time(NULL);
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_sec += 1;
+            pthread_cond_timedwait(&m->done, &m->mu, &ts);
+            if (m->ndone < m->ndev && time(NULL) - failed_at >= ABORT_AFTER_S) {
+                abort_comms(m);
+                aborted = 1;
+            }
+        } else {
+            pthread_cond_wait(&m->done, &m->mu);
+        }
+    }
+    pthread_mutex_unlock(&m->mu);
+    int rc = 0;
+    for (int i = 0; i < m->ndev; i++) {
+        kdev *d = &m->devs[i];
+        if (!d->failed)
+            continue;
+        kerr_add(err, "GPU %d (rank %d of %d, %s): %s", i, d->rank, m->m->tp, d->devname,
+                 kerr_msg(&d->err));
+        rc = -1;
+    }
+    if (aborted)
+        kerr_add(err, "the other ranks were still waiting in a collective %d s after that; their "
+                      "NCCL communicators were aborted",
+                 ABORT_AFTER_S);
+    return rc;
+}
+
 /* ---------------------------------------------------------------- loading */
 
-static int pick_code(kmodel *m, const ka_blob **code, int *is_ptx, kerr *err)
+static int pick_code(kmodel *m, kdev *d, kerr *err)
 {
     const ka_manifest *man = m->m;
     char want[32];
-    *code = NULL;
-    *is_ptx = 0;
-    if (m->cc_major == 9 && m->cc_minor == 0) { /* Hopper: the arch-specific cubin first */
-        *code = ka_find_blob(man, "cubin.sm_90a");
-    }
-    if (!*code) {
-        snprintf(want, sizeof want, "cubin.sm_%d%d", m->cc_major, m->cc_minor);
-        *code = ka_find_blob(man, want);
+    const ka_blob *code = NULL;
+    d->is_ptx = 0;
+    if (d->cc_major == 9 && d->cc_minor == 0) /* Hopper: the arch-specific cubin first */
+        code = ka_find_blob(man, "cubin.sm_90a");
+    if (!code) {
+        snprintf(want, sizeof want, "cubin.sm_%d%d", d->cc_major, d->cc_minor);
+        code = ka_find_blob(man, want);
     }
     /* a cubin for an older minor of the same major runs too ("a" cubins only on their own) */
-    for (int minor = m->cc_minor - 1; !*code && minor >= 0; minor--) {
-        snprintf(want, sizeof want, "cubin.sm_%d%d", m->cc_major, minor);
-        *code = ka_find_blob(man, want);
+    for (int minor = d->cc_minor - 1; !code && minor >= 0; minor--) {
+        snprintf(want, sizeof want, "cubin.sm_%d%d", d->cc_major, minor);
+        code = ka_find_blob(man, want);
     }
-    if (*code)
+    d->code = code;
+    if (code)
         return 0;
     char have[256] = "";
     size_t hl = 0;
@@ -104,91 +260,173 @@ static int pick_code(kmodel *m, const ka_blob **code, int *is_ptx, kerr *err)
     for (int i = 0; i < man->nblobs; i++) {
         const ka_blob *b = &man->blobs[i];
         int v;
-        if (sscanf(b->name, "ptx.compute_%d", &v) == 1 && v <= m->cc_major * 10 + m->cc_minor) {
-            *code = b;
-            *is_ptx = 1;
-            if (!m->o.quiet)
+        if (sscanf(b->name, "ptx.compute_%d", &v) == 1 && v <= d->cc_major * 10 + d->cc_minor) {
+            d->code = b;
+            d->is_ptx = 1;
+            if (!m->o.quiet && d->rank == 0)
                 fprintf(stderr,
                         "kiln: note: this artifact has no cubin for sm_%d%d (it has %s); "
                         "JIT-compiling its PTX (%s) instead, which slows the start. Rebuild with "
                         "kilnc compile --sm %d%d for a native cubin.\n",
-                        m->cc_major, m->cc_minor, have[0] ? have : "none", b->name + 4,
-                        m->cc_major, m->cc_minor);
+                        d->cc_major, d->cc_minor, have[0] ? have : "none", b->name + 4,
+                        d->cc_major, d->cc_minor);
             return 0;
         }
     }
     return kerr_add(err,
-                    "%s: no code for this GPU (%s, sm_%d%d): the artifact has cubins for %s and "
+                    "%s: no code for GPU %d (%s, sm_%d%d): the artifact has cubins for %s and "
                     "no usable PTX. Rebuild it: kilnc compile MODEL_DIR -o OUT --sm %d%d",
-                    m->af->path, m->devname, m->cc_major, m->cc_minor, have[0] ? have : "nothing",
-                    m->cc_major, m->cc_minor);
+                    m->af->path, d->rank, d->devname, d->cc_major, d->cc_minor,
+                    have[0] ? have : "nothing", d->cc_major, d->cc_minor);
 }
 
 /* Weights into one arena, through two pinned staging buffers so the copy out of the mapped
  * file overlaps the previous DMA. */
-static int upload_weights(kmodel *m, kerr *err)
+static int upload_weights(kmodel *m, kdev *d, kerr *err)
 {
     const ka_manifest *man = m->m;
     size_t total = 0;
-    m->woff = xcalloc((size_t)(man->nweights ? man->nweights : 1), sizeof(size_t));
+    d->woff = xcalloc((size_t)(man->nweights ? man->nweights : 1), sizeof(size_t));
     for (int i = 0; i < man->nweights; i++) {
-        m->woff[i] = total;
+        d->woff[i] = total;
         total += align_up((size_t)man->weights[i].nbytes);
     }
-    CU(cuMemAlloc(&m->warena, total ? total : ALIGN));
-    void *stage[2];
-    CUevent ev[2];
-    CU(cuMemAllocHost(&stage[0], STAGE));
-    CU(cuMemAllocHost(&stage[1], STAGE));
-    CU(cuEventCreate(&ev[0], CU_EVENT_DISABLE_TIMING));
-    CU(cuEventCreate(&ev[1], CU_EVENT_DISABLE_TIMING));
+    CU(cuMemAlloc(&d->warena, total ? total : ALIGN));
+    void *stage[2] = {NULL, NULL};
+    CUevent ev[2] = {NULL, NULL};
+    int rc = -1;
+    CUresult r;
+    const char *what = "cuMemAllocHost(staging)";
+    if ((r = m->cu.cuMemAllocHost(&stage[0], STAGE)) ||
+        (r = m->cu.cuMemAllocHost(&stage[1], STAGE)) ||
+        (what = "cuEventCreate", r = m->cu.cuEventCreate(&ev[0], CU_EVENT_DISABLE_TIMING)) ||
+        (r = m->cu.cuEventCreate(&ev[1], CU_EVENT_DISABLE_TIMING))) {
+        kcuda_fail(&m->cu, r, what, __FILE__, __LINE__, err);
+        goto out;
+    }
     int b = 0, used[2] = {0, 0};
     for (int i = 0; i < man->nweights; i++) {
-        const st_tensor *t = st_find(m->shard, man->weights[i].name);
+        const st_tensor *t = st_find(d->shard, man->weights[i].name);
         const unsigned char *src = t->data;
         size_t left = t->nbytes, at = 0;
         while (left) {
             size_t n = left < STAGE ? left : STAGE;
-            if (used[b])
-                CU(cuEventSynchronize(ev[b]));
+            if (used[b] && (r = m->cu.cuEventSynchronize(ev[b]))) {
+                kcuda_fail(&m->cu, r, "cuEventSynchronize", __FILE__, __LINE__, err);
+                goto out;
+            }
             memcpy(stage[b], src + at, n);
-            CU(cuMemcpyHtoDAsync(m->warena + m->woff[i] + at, stage[b], n, m->stream));
-            CU(cuEventRecord(ev[b], m->stream));
+            if ((r = m->cu.cuMemcpyHtoDAsync(d->warena + d->woff[i] + at, stage[b], n,
+                                             d->stream)) ||
+                (r = m->cu.cuEventRecord(ev[b], d->stream))) {
+                kcuda_fail(&m->cu, r, "cuMemcpyHtoDAsync(weights)", __FILE__, __LINE__, err);
+                goto out;
+            }
             used[b] = 1;
             b ^= 1;
             at += n;
             left -= n;
         }
     }
-    CU(cuStreamSynchronize(m->stream));
-    m->cu.cuEventDestroy(ev[0]);
-    m->cu.cuEventDestroy(ev[1]);
-    m->cu.cuMemFreeHost(stage[0]);
-    m->cu.cuMemFreeHost(stage[1]);
+    if ((r = m->cu.cuStreamSynchronize(d->stream))) {
+        kcuda_fail(&m->cu, r, "cuStreamSynchronize", __FILE__, __LINE__, err);
+        goto out;
+    }
+    rc = 0;
+out:
+    for (int i = 0; i < 2; i++) {
+        if (ev[i])
+            m->cu.cuEventDestroy(ev[i]);
+        if (stage[i])
+            m->cu.cuMemFreeHost(stage[i]);
+    }
+    return rc;
+}
+
+/* The device's buffers other than the weights and the KV cache. */
+static int alloc_device(kmodel *m, kdev *d, kerr *err)
+{
+    const ka_manifest *man = m->m;
+    CU(cuMemAlloc(&d->consts, m->const_bytes ? m->const_bytes : ALIGN));
+    for (int i = 0; i < man->nconsts; i++)
+        if (man->consts[i].n)
+            CU(cuMemcpyHtoD(d->consts + m->coff[i], man->consts[i].v,
+                            sizeof(float) * (size_t)man->consts[i].n));
+    CU(cuMemAlloc(&d->slab, man->slab_bytes ? (size_t)man->slab_bytes : ALIGN));
+    CU(cuMemAlloc(&d->scratch, man->scratch_bytes ? (size_t)man->scratch_bytes : ALIGN));
+    size_t V = (size_t)(man->vocab > 0 ? man->vocab : 1);
+    CU(cuMemAlloc(&d->logits, sizeof(float) * V * (size_t)man->max_seqs));
+    CU(cuMemAlloc(&d->out, sizeof(float) * (size_t)man->hidden * (size_t)man->max_seqs));
+    CU(cuMemAlloc(&d->meta, m->meta_bytes));
+    CU(cuMemsetD8(d->meta, 0, m->meta_bytes));
+    d->st.max_blocks = m->max_blocks;
+    d->st.tok_ids = d->meta + m->o_ids;
+    d->st.tok_pos = d->meta + m->o_pos;
+    d->st.tok_type = d->meta + m->o_type;
+    d->st.tok_seq = d->meta + m->o_seq;
+    d->st.tok_slot = d->meta + m->o_slot;
+    d->st.seq_start = d->meta + m->o_start;
+    d->st.seq_kvlen = d->meta + m->o_kvlen;
+    d->st.block_table = d->meta + m->o_bt;
+    CU(cuMemAlloc(&d->d_params, sizeof(kiln_sample) * (size_t)m->cap_seq));
+    CU(cuMemAlloc(&d->d_ids, sizeof(int32_t) * (size_t)m->cap_seq));
+    d->gemm = kgemm_new(&m->cu, err);
+    return d->gemm ? 0 : -1;
+}
+
+/* JOB_LOAD: the stream, the code, the weights (checked against their hash), the buffers. */
+static int dev_load(kmodel *m, kdev *d, kerr *err)
+{
+    const ka_manifest *man = m->m;
+    CU(cuStreamCreate(&d->stream, CU_STREAM_NON_BLOCKING));
+    CU(cuModuleLoadData(&d->mod, m->af->data + d->code->offset));
+    d->fn = xcalloc((size_t)(man->nkernels ? man->nkernels : 1), sizeof(CUfunction));
+    for (int i = 0; i < man->nkernels; i++) {
+        if (m->cu.cuModuleGetFunction(&d->fn[i], d->mod, man->kernels[i].name))
+            return kerr_add(err, "%s: kernel '%s' is missing from the code for this GPU (%s): "
+                                 "rebuild it with kilnc compile",
+                            m->af->path, man->kernels[i].name, d->code->name);
+        if (man->kernels[i].smem > 48 * 1024)
+            CU(cuFuncSetAttribute(d->fn[i], CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                  man->kernels[i].smem));
+    }
+    double t_up = util_now();
+    if (upload_weights(m, d, err))
+        return -1;
+    double t_hash = util_now();
+    uint64_t got = hash_finish(d->shard_job);
+    d->shard_job = NULL;
+    d->up_s = t_hash - t_up;
+    d->hash_wait_s = util_now() - t_hash;
+    if (ka_shard_hash_check_rank(m->af, d->rank, d->shard, got, err))
+        return -1;
+    return alloc_device(m, d, err);
+}
+
+/* JOB_FIT: how many KV blocks this device's free memory allows. */
+static int dev_fit(kmodel *m, kdev *d, kerr *err)
+{
+    size_t fr = 0, tot = 0;
+    CU(cuMemGetInfo(&fr, &tot));
+    d->kv_fit = (long)((double)fr * m->o.kv_memory / (double)m->kv_per_block);
+    if (d->kv_fit < 2)
+        return kerr_add(err, "not enough GPU memory for the KV cache (%zu MiB free after the "
+                             "weights; one block of %d tokens needs %zu KiB): use a smaller "
+                             "model or raise --kv-memory",
+                        fr >> 20, KILN_BLOCK, m->kv_per_block >> 10);
     return 0;
 }
 
-static int alloc_runtime(kmodel *m, kerr *err)
+/* The host step arrays, the sampling buffers and the KV layout, shared by every device (made
+ * once, in rank 0's context; pinned memory is usable from every context). */
+static int alloc_shared(kmodel *m, kerr *err)
 {
     const ka_manifest *man = m->m;
-    /* constant tables */
-    size_t ct = 0;
     m->coff = xcalloc((size_t)(man->nconsts ? man->nconsts : 1), sizeof(size_t));
     for (int i = 0; i < man->nconsts; i++) {
-        m->coff[i] = ct;
-        ct += align_up(sizeof(float) * (size_t)man->consts[i].n);
+        m->coff[i] = m->const_bytes;
+        m->const_bytes += align_up(sizeof(float) * (size_t)man->consts[i].n);
     }
-    CU(cuMemAlloc(&m->consts, ct ? ct : ALIGN));
-    for (int i = 0; i < man->nconsts; i++)
-        if (man->consts[i].n)
-            CU(cuMemcpyHtoD(m->consts + m->coff[i], man->consts[i].v,
-                            sizeof(float) * (size_t)man->consts[i].n));
-    CU(cuMemAlloc(&m->slab, man->slab_bytes ? (size_t)man->slab_bytes : ALIGN));
-    CU(cuMemAlloc(&m->scratch, man->scratch_bytes ? (size_t)man->scratch_bytes : ALIGN));
-    size_t V = (size_t)(man->vocab > 0 ? man->vocab : 1);
-    CU(cuMemAlloc(&m->logits, sizeof(float) * V * (size_t)man->max_seqs));
-    CU(cuMemAlloc(&m->out, sizeof(float) * (size_t)man->hidden * (size_t)man->max_seqs));
-    /* step arrays */
     m->cap_tok = man->max_tokens > man->max_seqs ? man->max_tokens : man->max_seqs;
     m->cap_seq = man->max_seqs;
     m->max_blocks = (man->max_seq_len + KILN_BLOCK - 1) / KILN_BLOCK;
@@ -204,55 +442,208 @@ static int alloc_runtime(kmodel *m, kerr *err)
     SLOT(o_bt, (size_t)m->cap_seq * (size_t)m->max_blocks);
 #undef SLOT
     m->meta_bytes = o;
-    CU(cuMemAlloc(&m->meta, o));
-    CU(cuMemsetD8(m->meta, 0, o));
     CU(cuMemAllocHost((void **)&m->h_meta, o));
     memset(m->h_meta, 0, o);
-    m->st.max_blocks = m->max_blocks;
-    m->st.tok_ids = m->meta + m->o_ids;
-    m->st.tok_pos = m->meta + m->o_pos;
-    m->st.tok_type = m->meta + m->o_type;
-    m->st.tok_seq = m->meta + m->o_seq;
-    m->st.tok_slot = m->meta + m->o_slot;
-    m->st.seq_start = m->meta + m->o_start;
-    m->st.seq_kvlen = m->meta + m->o_kvlen;
-    m->st.block_table = m->meta + m->o_bt;
-    CU(cuMemAlloc(&m->d_params, sizeof(kiln_sample) * (size_t)m->cap_seq));
-    CU(cuMemAlloc(&m->d_ids, sizeof(int32_t) * (size_t)m->cap_seq));
     CU(cuMemAllocHost((void **)&m->h_params, sizeof(kiln_sample) * (size_t)m->cap_seq));
     CU(cuMemAllocHost((void **)&m->h_ids, sizeof(int32_t) * (size_t)m->cap_seq));
-
-    /* the paged KV cache: what free memory allows, up to what the limits can use */
-    size_t per_block = 0;
     m->kv_k = xcalloc((size_t)(man->n_layers ? man->n_layers : 1), sizeof(size_t));
     m->kv_v = xcalloc((size_t)(man->n_layers ? man->n_layers : 1), sizeof(size_t));
     for (int l = 0; l < man->n_layers; l++)
-        per_block += 2 * (size_t)KILN_BLOCK * (size_t)man->layers[l].n_kv *
-                     (size_t)man->layers[l].head_dim * (size_t)m->esize;
-    if (man->n_layers) {
-        size_t fr = 0, tot = 0;
-        CU(cuMemGetInfo(&fr, &tot));
-        long need = (long)man->max_seqs * m->max_blocks + 1;
-        long fit = (long)((double)fr * m->o.kv_memory / (double)per_block);
-        m->nblocks = (int)(fit < need ? fit : need);
-        if (m->nblocks < 2)
-            return kerr_add(err, "not enough GPU memory for the KV cache (%zu MiB free after the "
-                                 "weights; one block of %d tokens needs %zu KiB): use a smaller "
-                                 "model or raise --kv-memory",
-                            fr >> 20, KILN_BLOCK, per_block >> 10);
-        size_t o2 = 0;
-        for (int l = 0; l < man->n_layers; l++) {
-            size_t bytes = (size_t)m->nblocks * KILN_BLOCK * (size_t)man->layers[l].n_kv *
+        m->kv_per_block += 2 * (size_t)KILN_BLOCK * (size_t)man->layers[l].n_kv *
                            (size_t)man->layers[l].head_dim * (size_t)m->esize;
-            m->kv_k[l] = o2;
-            o2 += align_up(bytes);
-            m->kv_v[l] = o2;
-            o2 += align_up(bytes);
+    return 0;
+}
+
+/* The paged KV cache: what the device with the least free memory allows, up to what the limits
+ * can use; the same layout on every device (each holds its rank's KV heads). */
+static int size_kv(kmodel *m, kerr *err)
+{
+    const ka_manifest *man = m->m;
+    if (!man->n_layers)
+        return 0;
+    if (run_all(m, JOB_FIT, err))
+        return -1;
+    long need = (long)man->max_seqs * m->max_blocks + 1, fit = need;
+    for (int i = 0; i < m->ndev; i++)
+        if (m->devs[i].kv_fit < fit)
+            fit = m->devs[i].kv_fit;
+    m->nblocks = (int)fit;
+    size_t o = 0;
+    for (int l = 0; l < man->n_layers; l++) {
+        size_t bytes = (size_t)m->nblocks * KILN_BLOCK * (size_t)man->layers[l].n_kv *
+                       (size_t)man->layers[l].head_dim * (size_t)m->esize;
+        m->kv_k[l] = o;
+        o += align_up(bytes);
+        m->kv_v[l] = o;
+        o += align_up(bytes);
+    }
+    m->kv_bytes = o;
+    return run_all(m, JOB_KV, err);
+}
+
+static int dev_kv(kmodel *m, kdev *d, kerr *err)
+{
+    CU(cuMemAlloc(&d->kv, m->kv_bytes));
+    CU(cuMemsetD8(d->kv, 0, m->kv_bytes));
+    return 0;
+}
+
+/* Everything that needs no GPU, before libcuda is touched: the requested tp, every rank's
+ * shard (id, header, weights), NCCL when the schedule needs it. */
+static int check_host_side(kmodel *m, const char *dir, kerr *err)
+{
+    const ka_manifest *man = m->m;
+    if (m->o.tp && m->o.tp != man->tp)
+        return kerr_add(err, "%s was compiled for tensor parallelism over %d GPU%s (tp %d), not "
+                             "--tp %d: run it with --tp %d (or without --tp), or compile it for "
+                             "%d GPUs: kilnc compile MODEL_DIR -o OUT --tp %d",
+                        m->af->path, man->tp, man->tp == 1 ? "" : "s", man->tp, m->o.tp, man->tp,
+                        m->o.tp, m->o.tp);
+    m->ndev = man->tp;
+    m->devs = xcalloc((size_t)m->ndev, sizeof(kdev));
+    /* the shards' data hashes run on the other cores from now until each is uploaded */
+    int threads = (util_cpus(HASH_MAX_THREADS) - 1) / m->ndev;
+    for (int i = 0; i < m->ndev; i++) {
+        kdev *d = &m->devs[i];
+        d->m = m;
+        d->rank = i;
+        kerr_clear(&d->err);
+        d->shard = ka_shard_open_rank(m->af, dir, i, err);
+        if (!d->shard)
+            return -1;
+    }
+    for (int i = 0; i < m->ndev; i++)
+        m->devs[i].shard_job =
+            ka_shard_hash_start(man, m->devs[i].shard, threads < 1 ? 1 : threads);
+    if (man->collectives) {
+        char why[300];
+        snprintf(why, sizeof why, "%s (tensor parallel over %d GPU%s: %d collective steps)",
+                 m->af->path, man->tp, man->tp == 1 ? "" : "s", man->collectives);
+        if (kncl_load(&m->nccl, KNCCL_LIB, why, err))
+            return -1;
+    }
+    m->threaded = m->ndev > 1 || man->collectives > 0;
+    return 0;
+}
+
+/* libcuda, the devices (one per rank: CUDA devices 0..tp-1 of those visible), their contexts. */
+static int open_devices(kmodel *m, kerr *err)
+{
+    const ka_manifest *man = m->m;
+    if (kcuda_load(&m->cu, err))
+        return -1;
+    int visible = 0;
+    CU(cuDeviceGetCount(&visible));
+    if (visible < m->ndev) {
+        const char *cvd = getenv("CUDA_VISIBLE_DEVICES");
+        return kerr_add(err, "%s is tensor parallel over %d GPUs (tp %d), but only %d GPU%s %s "
+                             "visible (CUDA_VISIBLE_DEVICES=%s): run it where %d GPUs are visible "
+                             "(list them in CUDA_VISIBLE_DEVICES), or compile it for %d: kilnc "
+                             "compile MODEL_DIR -o OUT --tp %d",
+                        m->af->path, man->tp, man->tp, visible, visible == 1 ? "" : "s",
+                        visible == 1 ? "is" : "are", cvd ? cvd : "(not set)", man->tp, visible,
+                        visible);
+    }
+    for (int i = 0; i < m->ndev; i++) {
+        kdev *d = &m->devs[i];
+        CUresult rc;
+        if ((rc = m->cu.cuDeviceGet(&d->dev, i)) ||
+            (rc = m->cu.cuDeviceGetAttribute(&d->cc_major,
+                                             CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, d->dev)) ||
+            (rc = m->cu.cuDeviceGetAttribute(&d->cc_minor,
+                                             CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, d->dev)) ||
+            (rc = m->cu.cuDeviceGetName(d->devname, sizeof d->devname, d->dev))) {
+            kcuda_fail(&m->cu, rc, "device query", __FILE__, __LINE__, err);
+            return kerr_add(err, "on GPU %d", i);
         }
-        CU(cuMemAlloc(&m->kv, o2));
-        CU(cuMemsetD8(m->kv, 0, o2));
+        if ((rc = m->cu.cuDevicePrimaryCtxRetain(&d->ctx, d->dev))) {
+            d->ctx = NULL;
+            kcuda_fail(&m->cu, rc, "cuDevicePrimaryCtxRetain", __FILE__, __LINE__, err);
+            return kerr_add(err, "on GPU %d (%s)", i, d->devname);
+        }
+        if (pick_code(m, d, err))
+            return -1;
+    }
+    CU(cuCtxSetCurrent(m->devs[0].ctx));
+    return 0;
+}
+
+/* The communicators: one unique id, every rank's ncclCommInitRank in one group. */
+static int init_nccl(kmodel *m, kerr *err)
+{
+    if (!m->m->collectives)
+        return 0;
+    ncclUniqueId id;
+    KNCCL(&m->nccl, ncclGetUniqueId(&id), err);
+    CUcontext ctxs[KA_MAX_TP];
+    ncclComm_t comms[KA_MAX_TP];
+    for (int i = 0; i < m->ndev; i++)
+        ctxs[i] = m->devs[i].ctx;
+    int rc = kncl_init_comms(&m->nccl, &m->cu, m->ndev, ctxs, m->m->tp, 0, &id, comms, err);
+    for (int i = 0; i < m->ndev; i++)
+        m->devs[i].comm = comms[i];
+    CU(cuCtxSetCurrent(m->devs[0].ctx));
+    return rc;
+}
+
+static int start_workers(kmodel *m, kerr *err)
+{
+    if (!m->threaded)
+        return 0;
+    pthread_mutex_init(&m->mu, NULL);
+    pthread_cond_init(&m->go, NULL);
+    pthread_cond_init(&m->done, NULL);
+    m->sync_init = 1;
+    for (int i = 0; i < m->ndev; i++) {
+        int e = pthread_create(&m->devs[i].thread, NULL, worker, &m->devs[i]);
+        if (e)
+            return kerr_add(err, "cannot start the worker thread of GPU %d: %s", i, strerror(e));
+        m->devs[i].started = 1;
     }
     return 0;
+}
+
+static void describe(kmodel *m)
+{
+    const ka_manifest *man = m->m;
+    char wb[32];
+    size_t wbytes = 0;
+    for (int i = 0; i < man->nweights; i++)
+        wbytes += (size_t)man->weights[i].nbytes;
+    util_human_bytes((double)wbytes, wb, sizeof wb);
+    int threads = (util_cpus(HASH_MAX_THREADS) - 1) / m->ndev;
+    double up = 0, wait = 0;
+    for (int i = 0; i < m->ndev; i++) {
+        up = m->devs[i].up_s > up ? m->devs[i].up_s : up;
+        wait = m->devs[i].hash_wait_s > wait ? m->devs[i].hash_wait_s : wait;
+    }
+    const kdev *d0 = &m->devs[0];
+    if (!m->threaded) {
+        snprintf(m->desc, sizeof m->desc,
+                 "%s (%s) on %s (sm_%d%d, %s%s): %s of weights (uploaded in %.2f s; their hash, "
+                 "on %d threads, verified %.0f ms after the upload), KV cache %d tokens in %d "
+                 "blocks",
+                 man->model_name, man->arch, d0->devname, d0->cc_major, d0->cc_minor,
+                 d0->is_ptx ? "PTX " : "", d0->code->name, wb, up, threads < 1 ? 1 : threads,
+                 wait * 1e3, (m->nblocks - 1) * KILN_BLOCK, m->nblocks - 1);
+        return;
+    }
+    char nv[32] = "", devs[1024] = "";
+    size_t dl = 0;
+    for (int i = 0; i < m->ndev && dl < sizeof devs; i++) {
+        const kdev *d = &m->devs[i];
+        dl += (size_t)snprintf(devs + dl, sizeof devs - dl, "%sGPU %d %s (sm_%d%d, %s%s)",
+                               i ? ", " : "", i, d->devname, d->cc_major, d->cc_minor,
+                               d->is_ptx ? "PTX " : "", d->code->name);
+    }
+    const char *nvls = getenv("NCCL_NVLS_ENABLE");
+    snprintf(m->desc, sizeof m->desc,
+             "%s (%s) tensor parallel, tp %d, NCCL %s (NCCL_NVLS_ENABLE=%s), on %s: %s of weights "
+             "per rank (uploaded in %.2f s; their hashes verified %.0f ms after), KV cache %d "
+             "tokens in %d blocks on each",
+             man->model_name, man->arch, man->tp, kncl_version_str(&m->nccl, nv, sizeof nv),
+             nvls ? nvls : "unset", devs, wb, up, wait * 1e3, (m->nblocks - 1) * KILN_BLOCK,
+             m->nblocks - 1);
 }
 
 kmodel *km_load(const char *dir, const km_opts *o, kerr *err)
@@ -272,76 +663,26 @@ kmodel *km_load(const char *dir, const km_opts *o, kerr *err)
         goto fail;
     m->m = &m->af->m;
     m->esize = 2;
+    m->f16 = strcmp(m->m->dtype, "f16") == 0;
     /* everything that can be checked without a GPU is checked first: ka_read has checked every
      * manifest field against its table, buffer or limit, so nothing below re-checks them */
-    m->shard = ka_shard_open(m->af, dir, err);
-    if (!m->shard)
+    if (check_host_side(m, dir, err) || open_devices(m, err))
         goto fail;
-    /* the shard's data hash runs on the other cores from now until the weights are uploaded */
-    int threads = util_cpus(HASH_MAX_THREADS) - 1;
-    m->shard_job = ka_shard_hash_start(m->m, m->shard, threads < 1 ? 1 : threads);
-    if (kcuda_load(&m->cu, err))
-        goto fail;
-    CUresult rc;
-    if ((rc = m->cu.cuDeviceGet(&m->dev, 0)) ||
-        (rc = m->cu.cuDeviceGetAttribute(&m->cc_major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
-                                         m->dev)) ||
-        (rc = m->cu.cuDeviceGetAttribute(&m->cc_minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
-                                         m->dev)) ||
-        (rc = m->cu.cuDeviceGetName(m->devname, sizeof m->devname, m->dev)) ||
-        (rc = m->cu.cuDevicePrimaryCtxRetain(&m->ctx, m->dev)) ||
-        (rc = m->cu.cuCtxSetCurrent(m->ctx)) ||
-        (rc = m->cu.cuStreamCreate(&m->stream, CU_STREAM_NON_BLOCKING))) {
-        kcuda_fail(&m->cu, rc, "device setup", __FILE__, __LINE__, err);
-        goto fail;
+    if (m->threaded && !m->o.quiet) {
+        char nv[32];
+        const char *cvd = getenv("CUDA_VISIBLE_DEVICES");
+        fprintf(stderr, "kiln: tensor parallel: tp %d on GPUs 0..%d (CUDA_VISIBLE_DEVICES=%s), "
+                        "NCCL %s from %s, NCCL_NVLS_ENABLE=%s\n",
+                m->m->tp, m->ndev - 1, cvd ? cvd : "(not set)",
+                kncl_version_str(&m->nccl, nv, sizeof nv), KNCCL_LIB,
+                getenv("NCCL_NVLS_ENABLE") ? getenv("NCCL_NVLS_ENABLE") : "unset");
     }
-    const ka_blob *code;
-    int is_ptx;
-    if (pick_code(m, &code, &is_ptx, err))
-        goto fail;
-    if ((rc = m->cu.cuModuleLoadData(&m->mod, m->af->data + code->offset))) {
-        kcuda_fail(&m->cu, rc, "cuModuleLoadData", __FILE__, __LINE__, err);
-        goto fail;
-    }
-    m->fn = xcalloc((size_t)(m->m->nkernels ? m->m->nkernels : 1), sizeof(CUfunction));
-    for (int i = 0; i < m->m->nkernels; i++) {
-        if ((rc = m->cu.cuModuleGetFunction(&m->fn[i], m->mod, m->m->kernels[i].name))) {
-            kerr_add(err, "%s: kernel '%s' is missing from the code for this GPU: rebuild",
-                     path, m->m->kernels[i].name);
-            goto fail;
-        }
-        if (m->m->kernels[i].smem > 48 * 1024 &&
-            (rc = m->cu.cuFuncSetAttribute(m->fn[i], CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                                           m->m->kernels[i].smem))) {
-            kcuda_fail(&m->cu, rc, "cuFuncSetAttribute(smem)", __FILE__, __LINE__, err);
-            goto fail;
-        }
-    }
-    double t_up = util_now();
-    if (upload_weights(m, err))
-        goto fail;
-    double t_hash = util_now();
-    uint64_t got = hash_finish(m->shard_job);
-    m->shard_job = NULL;
-    double t_done = util_now();
-    if (ka_shard_hash_check(m->af, m->shard, got, err) || alloc_runtime(m, err))
-        goto fail;
-    m->gemm = kgemm_new(&m->cu, err);
-    if (!m->gemm)
+    if (alloc_shared(m, err) || start_workers(m, err) || run_all(m, JOB_LOAD, err) ||
+        init_nccl(m, err) || size_kv(m, err))
         goto fail;
     init_backend(m);
     m->load_s = util_now() - t0;
-    char wb[32];
-    size_t wbytes = 0;
-    for (int i = 0; i < m->m->nweights; i++)
-        wbytes += (size_t)m->m->weights[i].nbytes;
-    snprintf(m->desc, sizeof m->desc,
-             "%s (%s) on %s (sm_%d%d, %s%s): %s of weights (uploaded in %.2f s; their hash, on "
-             "%d threads, verified %.0f ms after the upload), KV cache %d tokens in %d blocks",
-             m->m->model_name, m->m->arch, m->devname, m->cc_major, m->cc_minor,
-             is_ptx ? "PTX " : "", code->name, util_human_bytes((double)wbytes, wb, sizeof wb),
-             t_hash - t_up, threads < 1 ? 1 : threads, (t_done - t_hash) * 1e3,
-             (m->nblocks - 1) * KILN_BLOCK, m->nblocks - 1);
+    describe(m);
     free(path);
     return m;
 fail:
@@ -350,43 +691,65 @@ fail:
     return NULL;
 }
 
+static void free_device(kmodel *m, kdev *d)
+{
+    if (d->ctx) {
+        m->cu.cuCtxSetCurrent(d->ctx);
+        for (int i = 0; i < MAX_BUCKETS; i++)
+            if (d->graphs[i])
+                m->cu.cuGraphExecDestroy(d->graphs[i]);
+        kgemm_free(d->gemm);
+        CUdeviceptr bufs[] = {d->warena, d->consts, d->slab,   d->scratch, d->logits, d->logits_all,
+                              d->out,    d->meta,   d->kv,     d->d_params, d->d_ids};
+        for (size_t i = 0; i < ARRAY_LEN(bufs); i++)
+            if (bufs[i])
+                m->cu.cuMemFree(bufs[i]);
+        if (d->mod)
+            m->cu.cuModuleUnload(d->mod);
+        if (d->stream)
+            m->cu.cuStreamDestroy(d->stream);
+    }
+    hash_abort(d->shard_job); /* its threads read the mapping st_close unmaps */
+    st_close(d->shard);
+    free(d->fn);
+    free(d->woff);
+}
+
 void km_free(kmodel *m)
 {
     if (!m)
         return;
+    if (m->threaded && m->sync_init) { /* the workers destroy their communicators and end */
+        pthread_mutex_lock(&m->mu);
+        m->job = JOB_QUIT;
+        m->gen++;
+        pthread_cond_broadcast(&m->go);
+        pthread_mutex_unlock(&m->mu);
+        for (int i = 0; i < m->ndev; i++)
+            if (m->devs[i].started)
+                pthread_join(m->devs[i].thread, NULL);
+        pthread_mutex_destroy(&m->mu);
+        pthread_cond_destroy(&m->go);
+        pthread_cond_destroy(&m->done);
+    }
+    for (int i = 0; i < m->ndev; i++)
+        free_device(m, &m->devs[i]);
     if (m->cu.lib) {
-        if (m->ctx)
-            m->cu.cuCtxSetCurrent(m->ctx); /* the backend's free may run on another thread */
-        for (int i = 0; i < MAX_BUCKETS; i++)
-            if (m->graphs[i])
-                m->cu.cuGraphExecDestroy(m->graphs[i]);
-        kgemm_free(m->gemm);
-        CUdeviceptr bufs[] = {m->warena, m->consts, m->slab, m->scratch, m->logits, m->logits_all,
-                              m->out, m->meta, m->kv, m->d_params, m->d_ids};
-        for (size_t i = 0; i < ARRAY_LEN(bufs); i++)
-            if (bufs[i])
-                m->cu.cuMemFree(bufs[i]);
-        if (m->h_meta)
-            m->cu.cuMemFreeHost(m->h_meta);
-        if (m->h_params)
-            m->cu.cuMemFreeHost(m->h_params);
-        if (m->h_ids)
-            m->cu.cuMemFreeHost(m->h_ids);
-        if (m->h_lp)
-            m->cu.cuMemFreeHost(m->h_lp);
-        if (m->mod)
-            m->cu.cuModuleUnload(m->mod);
-        if (m->stream)
-            m->cu.cuStreamDestroy(m->stream);
-        if (m->ctx)
-            m->cu.cuDevicePrimaryCtxRelease(m->dev);
+        if (m->ndev && m->devs[0].ctx) { /* the pinned buffers were made in rank 0's context */
+            m->cu.cuCtxSetCurrent(m->devs[0].ctx);
+            void *host[] = {m->h_meta, m->h_params, m->h_ids, m->h_lp};
+            for (size_t i = 0; i < ARRAY_LEN(host); i++)
+                if (host[i])
+                    m->cu.cuMemFreeHost(host[i]);
+        }
+        for (int i = 0; i < m->ndev; i++)
+            if (m->devs[i].ctx)
+                m->cu.cuDevicePrimaryCtxRelease(m->devs[i].dev);
         kcuda_unload(&m->cu);
     }
-    hash_abort(m->shard_job); /* its threads read the mapping st_close unmaps */
-    st_close(m->shard);
+    kncl_unload(&m->nccl);
     ka_file_free(m->af);
-    free(m->fn);
-    free(m->woff);
+    free(m->devs);
     free(m->coff);
     free(m->kv_k);
     free(m->kv_v);
@@ -395,17 +758,17 @@ void km_free(kmodel *m)
 
 /* ---------------------------------------------------------------- running a schedule */
 
-static CUdeviceptr ptr_of(kmodel *m, const ka_arg *a, CUdeviceptr logits)
+static CUdeviceptr ptr_of(const kmodel *m, const kdev *d, const ka_arg *a, CUdeviceptr logits)
 {
     switch (a->kind) {
-    case KA_ARG_BUF: return m->slab + (CUdeviceptr)a->i;
-    case KA_ARG_SCRATCH: return m->scratch + (CUdeviceptr)a->i;
-    case KA_ARG_WEIGHT: return m->warena + m->woff[a->i];
-    case KA_ARG_CONST: return m->consts + m->coff[a->i];
-    case KA_ARG_KV_K: return m->kv + m->kv_k[a->i];
-    case KA_ARG_KV_V: return m->kv + m->kv_v[a->i];
+    case KA_ARG_BUF: return d->slab + (CUdeviceptr)a->i;
+    case KA_ARG_SCRATCH: return d->scratch + (CUdeviceptr)a->i;
+    case KA_ARG_WEIGHT: return d->warena + d->woff[a->i];
+    case KA_ARG_CONST: return d->consts + m->coff[a->i];
+    case KA_ARG_KV_K: return d->kv + m->kv_k[a->i];
+    case KA_ARG_KV_V: return d->kv + m->kv_v[a->i];
     case KA_ARG_LOGITS: return logits;
-    case KA_ARG_OUT: return m->out;
+    case KA_ARG_OUT: return d->out;
     default: return 0;
     }
 }
@@ -416,13 +779,28 @@ static unsigned grid_dim(const ka_grid *g, int T, int S, int Q)
     return (unsigned)((v + g->div - 1) / g->div);
 }
 
+/* A collective step (artifact.h): rows x n elements of the step's dtype, over every rank. */
+static int run_collective(kmodel *m, kdev *d, const ka_step *s, int rows, CUdeviceptr logits,
+                          kerr *err)
+{
+    ncclDataType_t t = s->out_f32 ? ncclFloat32 : m->f16 ? ncclFloat16 : ncclBfloat16;
+    size_t count = (size_t)rows * (size_t)s->n;
+    const void *x = (const void *)(uintptr_t)ptr_of(m, d, &s->x, logits);
+    void *y = (void *)(uintptr_t)ptr_of(m, d, &s->y, logits);
+    cudaStream_t st = d->stream; /* CUstream and cudaStream_t are the same type */
+    if (s->kind == KA_ALLREDUCE)
+        KNCCL(&m->nccl, ncclAllReduce(x, y, count, t, ncclSum, d->comm, st), err);
+    else
+        KNCCL(&m->nccl, ncclAllGather(x, y, count, t, d->comm, st), err);
+    return 0;
+}
+
 /* Launches the steps of one schedule for T tokens of S sequences (Q: most tokens of one). */
-static int run_steps(kmodel *m, const ka_step *steps, int n, int T, int S, int Q, int all_logits,
-                     CUdeviceptr logits, kerr *err)
+static int run_steps(kmodel *m, kdev *d, const ka_step *steps, int n, int T, int S, int Q,
+                     int all_logits, CUdeviceptr logits, kerr *err)
 {
     const ka_manifest *man = m->m;
-    int f16 = strcmp(man->dtype, "f16") == 0;
-    kiln_step st = m->st;
+    kiln_step st = d->st;
     st.T = T;
     st.n_seqs = S;
     for (int i = 0; i < n; i++) {
@@ -434,10 +812,16 @@ static int run_steps(kmodel *m, const ka_step *steps, int n, int T, int S, int Q
             (s->size == KA_SIZE_LARGE && rows <= man->gemv_max))
             continue;
         if (s->kind == KA_GEMM) {
-            if (kgemm_run(m->gemm, m->stream, f16, s->out_f32, rows, s->n, s->k,
-                          ptr_of(m, &s->x, logits), s->ldx, ptr_of(m, &s->w, logits),
-                          ptr_of(m, &s->bias, logits), ptr_of(m, &s->y, logits), s->ldy, err))
+            if (kgemm_run(d->gemm, d->stream, m->f16, s->out_f32, rows, s->n, s->k,
+                          ptr_of(m, d, &s->x, logits), s->ldx, ptr_of(m, d, &s->w, logits),
+                          ptr_of(m, d, &s->bias, logits), ptr_of(m, d, &s->y, logits), s->ldy,
+                          err))
                 return kerr_add(err, "in step %d (%s)", i, s->label);
+            continue;
+        }
+        if (s->kind == KA_ALLREDUCE || s->kind == KA_ALLGATHER) {
+            if (run_collective(m, d, s, rows, logits, err))
+                return kerr_add(err, "in step %d (%s), %d rows", i, s->label, rows);
             continue;
         }
         union {
@@ -453,7 +837,8 @@ static int run_steps(kmodel *m, const ka_step *steps, int n, int T, int S, int Q
             case KA_ARG_I32: val[k].i = (int)a->i; break;
             case KA_ARG_F32: val[k].f = (float)a->f; break;
             case KA_ARG_M: val[k].i = rows; break;
-            default: val[k].p = ptr_of(m, a, logits); break;
+            case KA_ARG_RANK: val[k].i = (int)(a->i * d->rank); break; /* ka_read: fits */
+            default: val[k].p = ptr_of(m, d, a, logits); break;
             }
             params[k] = &val[k];
         }
@@ -462,8 +847,8 @@ static int run_steps(kmodel *m, const ka_step *steps, int n, int T, int S, int Q
         if (!gx || !gy || !gz)
             continue;
         const ka_kernel *kk = &man->kernels[s->kernel];
-        CUresult rc = m->cu.cuLaunchKernel(m->fn[s->kernel], gx, gy, gz, (unsigned)kk->block, 1, 1,
-                                           (unsigned)kk->smem, m->stream, params, NULL);
+        CUresult rc = m->cu.cuLaunchKernel(d->fn[s->kernel], gx, gy, gz, (unsigned)kk->block, 1, 1,
+                                           (unsigned)kk->smem, d->stream, params, NULL);
         if (rc != CUDA_SUCCESS) {
             kcuda_fail(&m->cu, rc, "cuLaunchKernel", __FILE__, __LINE__, err);
             return kerr_add(err, "launching %s for step %d (%s), grid %u,%u,%u", kk->name, i,
@@ -474,7 +859,7 @@ static int run_steps(kmodel *m, const ka_step *steps, int n, int T, int S, int Q
 }
 
 /* Uploads the used parts of the step arrays. */
-static int upload_meta(kmodel *m, int T, int S, kerr *err)
+static int upload_meta(kmodel *m, kdev *d, int T, int S, kerr *err)
 {
     struct {
         size_t off, n;
@@ -483,8 +868,8 @@ static int upload_meta(kmodel *m, int T, int S, kerr *err)
                  {m->o_slot, (size_t)T},    {m->o_start, (size_t)S + 1},
                  {m->o_kvlen, (size_t)S},   {m->o_bt, (size_t)S * (size_t)m->max_blocks}};
     for (size_t i = 0; i < ARRAY_LEN(parts); i++)
-        CU(cuMemcpyHtoDAsync(m->meta + parts[i].off, (char *)m->h_meta + parts[i].off,
-                             sizeof(int32_t) * parts[i].n, m->stream));
+        CU(cuMemcpyHtoDAsync(d->meta + parts[i].off, (char *)m->h_meta + parts[i].off,
+                             sizeof(int32_t) * parts[i].n, d->stream));
     return 0;
 }
 
@@ -559,122 +944,237 @@ static int bucket_index(int rows)
     return i;
 }
 
-/* The decode schedule for `rows` rows of one token each, replayed from the bucket's CUDA graph
- * (captured on first use; without graphs when capture fails or --no-graphs). */
-static int decode_step(kmodel *m, int rows, kerr *err)
+/* JOB_CAPTURE: the decode schedule for the bucket's rows into a CUDA graph on this device. A
+ * failure is not an error (the step runs without graphs); d->captured and d->err say how it
+ * went. */
+static int dev_capture(kmodel *m, kdev *d)
 {
     const ka_manifest *man = m->m;
-    int bi = bucket_index(rows);
-    if (!m->o.no_graphs && !m->graphs_failed && bi < MAX_BUCKETS) {
-        if (!m->graphs[bi]) {
-            CUgraph g = NULL;
-            CUresult rc =
-                m->cu.cuStreamBeginCapture(m->stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL);
-            int ok = rc == CUDA_SUCCESS;
-            kerr cap;
-            kerr_clear(&cap);
-            if (ok)
-                ok = run_steps(m, man->decode, man->ndecode, rows, rows, 1, 0, m->logits, &cap) ==
-                     0;
-            if (rc == CUDA_SUCCESS)
-                ok = m->cu.cuStreamEndCapture(m->stream, &g) == CUDA_SUCCESS && ok;
-            if (ok)
-                ok = m->cu.cuGraphInstantiateWithFlags(&m->graphs[bi], g, 0) == CUDA_SUCCESS;
-            if (g)
-                m->cu.cuGraphDestroy(g);
-            if (!ok) {
-                m->graphs[bi] = NULL;
-                m->graphs_failed = 1;
-                if (!m->o.quiet)
-                    fprintf(stderr, "kiln: note: CUDA graph capture failed (%s); decoding without "
-                                    "graphs\n",
-                            cap.n ? kerr_msg(&cap) : "driver refused");
-            }
-        }
-        if (m->graphs[bi]) {
-            CU(cuGraphLaunch(m->graphs[bi], m->stream));
-            return 0;
-        }
+    int bi = m->j.bucket, rows = m->j.T;
+    kerr_clear(&d->err);
+    CUgraph g = NULL;
+    CUresult rc = m->cu.cuStreamBeginCapture(d->stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL);
+    int ok = rc == CUDA_SUCCESS;
+    if (!ok)
+        kcuda_fail(&m->cu, rc, "cuStreamBeginCapture", __FILE__, __LINE__, &d->err);
+    if (ok)
+        ok = run_steps(m, d, man->decode, man->ndecode, rows, rows, 1, 0, d->logits, &d->err) == 0;
+    if (rc == CUDA_SUCCESS) {
+        CUresult rc2 = m->cu.cuStreamEndCapture(d->stream, &g);
+        if (rc2 != CUDA_SUCCESS && ok)
+            kcuda_fail(&m->cu, rc2, "cuStreamEndCapture", __FILE__, __LINE__, &d->err);
+        ok = rc2 == CUDA_SUCCESS && ok;
     }
-    return run_steps(m, man->decode, man->ndecode, rows, rows, 1, 0, m->logits, err);
+    if (ok) {
+        rc = m->cu.cuGraphInstantiateWithFlags(&d->graphs[bi], g, 0);
+        if (rc != CUDA_SUCCESS)
+            kcuda_fail(&m->cu, rc, "cuGraphInstantiateWithFlags", __FILE__, __LINE__, &d->err);
+        ok = rc == CUDA_SUCCESS;
+    }
+    if (g)
+        m->cu.cuGraphDestroy(g);
+    if (!ok)
+        d->graphs[bi] = NULL;
+    d->captured = ok;
+    return 0;
+}
+
+/* Captures the bucket's decode graph on every device; when any device fails, no device uses
+ * graphs from then on (a rank replaying a graph while another runs the steps one by one would
+ * still match collective for collective, but one decode path for all is simpler to trust). */
+static int capture_all(kmodel *m, int bi, kerr *err)
+{
+    if (run_all(m, JOB_CAPTURE, err))
+        return -1;
+    kdev *bad = NULL;
+    for (int i = 0; i < m->ndev && !bad; i++)
+        if (!m->devs[i].captured)
+            bad = &m->devs[i];
+    if (!bad) {
+        m->bucket_ready[bi] = 1;
+        return 0;
+    }
+    m->graphs_failed = 1;
+    if (!m->o.quiet)
+        fprintf(stderr, "kiln: note: CUDA graph capture failed on GPU %d (%s); decoding without "
+                        "graphs\n",
+                bad->rank, bad->err.n ? kerr_msg(&bad->err) : "driver refused");
+    return 0;
+}
+
+/* The device part of finishing a step, on rank 0 only: samples the rows whose item asks (row r
+ * of the sampling buffer is item r's last position) and queues the copies to the host (sampled
+ * ids, the logits rows of items that want logprobs, embeddings).
+ *
+ * Why rank 0 alone: the schedule ends in an all-gather (and its reordering) of the logits, or an
+ * all-reduce of the pooled output, so every rank holds the same full rows, bit for bit (NCCL's
+ * gather copies, and its all-reduce gives every rank the same sum); the sampler's draw depends
+ * only on those rows and the item's (seed, index), so every rank would draw the same token.
+ * The next step's ids come from the host, so the other ranks need not draw it. */
+static int finish_rank0(kmodel *m, kdev *d, kerr *err)
+{
+    const ka_manifest *man = m->m;
+    size_t V = (size_t)man->vocab;
+    kb_item *items = m->j.items;
+    int n = m->j.n;
+    if (m->j.any_sample) {
+        assert(man->sample_kernel >= 0); /* embedding models sample nothing */
+        CU(cuMemcpyHtoDAsync(d->d_params, m->h_params, sizeof(kiln_sample) * (size_t)n,
+                             d->stream));
+        kiln_step st = d->st;
+        st.T = n;
+        st.n_seqs = n;
+        CUdeviceptr lg = d->logits, par = d->d_params, ids = d->d_ids;
+        void *params[] = {&st, &lg, &par, &ids};
+        const ka_kernel *kk = &man->kernels[man->sample_kernel];
+        CU(cuLaunchKernel(d->fn[man->sample_kernel], (unsigned)n, 1, 1, (unsigned)kk->block, 1, 1,
+                          (unsigned)kk->smem, d->stream, params, NULL));
+        CU(cuMemcpyDtoHAsync(m->h_ids, d->d_ids, sizeof(int32_t) * (size_t)n, d->stream));
+        for (int r = 0; r < n; r++) /* the rows the sampler read (it does not write them) */
+            if (items[r].sample && items[r].logprobs > 0)
+                CU(cuMemcpyDtoHAsync(m->h_lp + (size_t)r * V,
+                                     d->logits + (size_t)r * V * sizeof(float), sizeof(float) * V,
+                                     d->stream));
+    }
+    if (man->output_pool)
+        for (int r = 0; r < n; r++) {
+            assert(items[r].embedding);
+            CU(cuMemcpyDtoHAsync(items[r].embedding,
+                                 d->out + (size_t)r * (size_t)man->hidden * sizeof(float),
+                                 sizeof(float) * (size_t)man->hidden, d->stream));
+        }
+    return 0;
 }
 
 /* The prefill schedule over the filled step (T tokens in n rows). With `all`, every position's
- * logits go to logits_all: the rows of items that asked for them are copied to the host, and the
- * last row of each sampling item to its row of the sampling buffer. */
-static int prefill_step(kmodel *m, const kb_item *items, int n, int T, int Q, int all, kerr *err)
+ * logits go to logits_all: on rank 0 the rows of items that asked for them are copied to the
+ * host, and the last row of each sampling item to its row of the sampling buffer. */
+static int dev_prefill(kmodel *m, kdev *d, kerr *err)
 {
     const ka_manifest *man = m->m;
-    if (all && !m->logits_all) { /* [max_tokens, vocab] floats, on first use */
-        m->logits_all_rows = (size_t)man->max_tokens;
-        CU(cuMemAlloc(&m->logits_all, sizeof(float) * m->logits_all_rows * (size_t)man->vocab));
-    }
-    if (upload_meta(m, T, n, err) ||
-        run_steps(m, man->prefill, man->nprefill, T, n, Q, all, all ? m->logits_all : m->logits,
-                  err))
+    kb_item *items = m->j.items;
+    int n = m->j.n, T = m->j.T, all = m->j.all;
+    if (all && !d->logits_all) /* [max_tokens, vocab] floats, on first use */
+        CU(cuMemAlloc(&d->logits_all, sizeof(float) * (size_t)man->max_tokens * (size_t)man->vocab));
+    if (upload_meta(m, d, T, n, err) ||
+        run_steps(m, d, man->prefill, man->nprefill, T, n, m->j.Q, all,
+                  all ? d->logits_all : d->logits, err))
         return -1;
-    if (!all)
+    if (!all || d->rank != 0)
         return 0;
     const int32_t *start = H(m->o_start);
     size_t row = sizeof(float) * (size_t)man->vocab;
     for (int r = 0; r < n; r++) {
         const kb_item *it = &items[r];
         if (it->prompt_logits)
-            CU(cuMemcpyDtoHAsync(it->prompt_logits, m->logits_all + (size_t)start[r] * row,
-                                 row * (size_t)it->n, m->stream));
+            CU(cuMemcpyDtoHAsync(it->prompt_logits, d->logits_all + (size_t)start[r] * row,
+                                 row * (size_t)it->n, d->stream));
         if (it->sample)
-            CU(cuMemcpyDtoDAsync(m->logits + (size_t)r * row,
-                                 m->logits_all + (size_t)(start[r] + it->n - 1) * row, row,
-                                 m->stream));
+            CU(cuMemcpyDtoDAsync(d->logits + (size_t)r * row,
+                                 d->logits_all + (size_t)(start[r] + it->n - 1) * row, row,
+                                 d->stream));
     }
     return 0;
 }
 
-/* After the schedule: samples the rows whose item asks (row r of the sampling buffer is item
- * r's last position), queues the copies to the host (sampled ids, the logits rows of items
- * that want logprobs, embeddings), waits for the stream once, and fills the items' outputs. */
-static int finish_step(kmodel *m, kb_item *items, int n, kerr *err)
+/* The decode schedule for the bucket's rows, replayed from its CUDA graph when every device
+ * has one (else launched step by step). */
+static int dev_decode(kmodel *m, kdev *d, kerr *err)
 {
     const ka_manifest *man = m->m;
-    size_t V = (size_t)man->vocab;
-    int any = 0, lp = 0;
+    int rows = m->j.T, bi = m->j.bucket;
+    if (upload_meta(m, d, rows, rows, err))
+        return -1;
+    if (m->graphs_failed) /* a device failed to capture: none replays its graphs */
+        for (int i = 0; i < MAX_BUCKETS; i++)
+            if (d->graphs[i]) {
+                m->cu.cuGraphExecDestroy(d->graphs[i]);
+                d->graphs[i] = NULL;
+            }
+    if (bi < MAX_BUCKETS && d->graphs[bi] && m->bucket_ready[bi]) {
+        CU(cuGraphLaunch(d->graphs[bi], d->stream));
+        return 0;
+    }
+    return run_steps(m, d, man->decode, man->ndecode, rows, rows, 1, 0, d->logits, err);
+}
+
+/* JOB_STEP: this device's part of the step, then one wait for its stream. */
+static int dev_step(kmodel *m, kdev *d, kerr *err)
+{
+    if ((m->j.decode ? dev_decode(m, d, err) : dev_prefill(m, d, err)) ||
+        (d->rank == 0 && finish_rank0(m, d, err)))
+        return -1;
+    CU(cuStreamSynchronize(d->stream));
+    return 0;
+}
+
+static int run_job(kdev *d, job_kind job, kerr *err)
+{
+    kmodel *m = d->m;
+    switch (job) {
+    case JOB_LOAD: return dev_load(m, d, err);
+    case JOB_FIT: return dev_fit(m, d, err);
+    case JOB_KV: return dev_kv(m, d, err);
+    case JOB_CAPTURE: return dev_capture(m, d);
+    case JOB_STEP: return dev_step(m, d, err);
+    case JOB_QUIT: break;
+    }
+    assert(0 && "JOB_QUIT is handled by the worker loop");
+    return -1;
+}
+
+/* backend.h's step. One token per item and nothing but the next token wanted: the decode
+ * schedule over a padded bucket from its CUDA graph. Anything else (prefill chunks, with or
+ * without decodes among them, prompt logits, embeddings): the prefill schedule, which handles
+ * sequences whose cache already holds earlier tokens (that is how chunked prefill works). The
+ * host arrays are filled once here; every device uploads and runs them (run_all). */
+static int engine_step(kbackend *b, kb_item *items, int n, kerr *err)
+{
+    kmodel *m = (kmodel *)((char *)b - offsetof(kmodel, kb));
+    const ka_manifest *man = m->m;
+    assert(n >= 1 && n <= man->max_seqs);
+    int decode = !man->output_pool, all = 0, any = 0, lp = 0, Q;
     for (int r = 0; r < n; r++) {
+        decode &= items[r].n == 1 && !items[r].prompt_logits;
+        all |= items[r].prompt_logits != NULL;
         any |= items[r].sample;
         lp |= items[r].sample && items[r].logprobs > 0;
     }
-    if (lp && !m->h_lp) /* pinned [max_seqs, vocab], on first use */
-        CU(cuMemAllocHost((void **)&m->h_lp, sizeof(float) * V * (size_t)man->max_seqs));
-    if (any) {
-        assert(man->sample_kernel >= 0); /* embedding models sample nothing */
-        for (int r = 0; r < n; r++) { /* rows not sampled: greedy, one cheap pass */
-            memset(&m->h_params[r], 0, sizeof(kiln_sample));
-            if (items[r].sample)
-                m->h_params[r] = items[r].sp;
-        }
-        CU(cuMemcpyHtoDAsync(m->d_params, m->h_params, sizeof(kiln_sample) * (size_t)n, m->stream));
-        kiln_step st = m->st;
-        st.T = n;
-        st.n_seqs = n;
-        CUdeviceptr lg = m->logits, par = m->d_params, ids = m->d_ids;
-        void *params[] = {&st, &lg, &par, &ids};
-        const ka_kernel *kk = &man->kernels[man->sample_kernel];
-        CU(cuLaunchKernel(m->fn[man->sample_kernel], (unsigned)n, 1, 1, (unsigned)kk->block, 1, 1,
-                          (unsigned)kk->smem, m->stream, params, NULL));
-        CU(cuMemcpyDtoHAsync(m->h_ids, m->d_ids, sizeof(int32_t) * (size_t)n, m->stream));
-        for (int r = 0; r < n; r++) /* the rows the sampler read (it does not write them) */
-            if (items[r].sample && items[r].logprobs > 0)
-                CU(cuMemcpyDtoHAsync(m->h_lp + (size_t)r * V,
-                                     m->logits + (size_t)r * V * sizeof(float), sizeof(float) * V,
-                                     m->stream));
+    if (lp && !m->h_lp) { /* pinned [max_seqs, vocab], on first use (rank 0's context) */
+        kdev *d = &m->devs[0];
+        CU(cuCtxSetCurrent(d->ctx));
+        CU(cuMemAllocHost((void **)&m->h_lp,
+                          sizeof(float) * (size_t)man->vocab * (size_t)man->max_seqs));
     }
-    if (man->output_pool)
-        for (int r = 0; r < n; r++) {
-            assert(items[r].embedding);
-            CU(cuMemcpyDtoHAsync(items[r].embedding,
-                                 m->out + (size_t)r * (size_t)man->hidden * sizeof(float),
-                                 sizeof(float) * (size_t)man->hidden, m->stream));
-        }
-    CU(cuStreamSynchronize(m->stream));
+    for (int r = 0; r < n && any; r++) { /* rows not sampled: greedy, one cheap pass */
+        memset(&m->h_params[r], 0, sizeof(kiln_sample));
+        if (items[r].sample)
+            m->h_params[r] = items[r].sp;
+    }
+    m->j.items = items;
+    m->j.n = n;
+    m->j.all = all;
+    m->j.any_sample = any;
+    m->j.decode = decode;
+    if (decode) {
+        int rows = bucket_rows(m, n);
+        fill_step(m, items, n, rows, &Q);
+        m->j.T = m->j.S = rows;
+        m->j.Q = 1;
+        m->j.bucket = bucket_index(rows);
+        if (!m->o.no_graphs && !m->graphs_failed && m->j.bucket < MAX_BUCKETS &&
+            !m->bucket_ready[m->j.bucket] && capture_all(m, m->j.bucket, err))
+            return -1;
+    } else {
+        int T = fill_step(m, items, n, n, &Q);
+        assert(T <= man->max_tokens);
+        m->j.T = T;
+        m->j.S = n;
+        m->j.Q = Q;
+    }
+    if (run_all(m, JOB_STEP, err))
+        return -1;
+    size_t V = (size_t)man->vocab;
     for (int r = 0; r < n; r++) {
         kb_item *it = &items[r];
         if (!it->sample)
@@ -686,35 +1186,6 @@ static int finish_step(kmodel *m, kb_item *items, int n, kerr *err)
                         it->top_ids, it->top_logprobs);
     }
     return 0;
-}
-
-/* backend.h's step. One token per item and nothing but the next token wanted: the decode
- * schedule over a padded bucket from its CUDA graph. Anything else (prefill chunks, with or
- * without decodes among them, prompt logits, embeddings): the prefill schedule, which handles
- * sequences whose cache already holds earlier tokens (that is how chunked prefill works). */
-static int engine_step(kbackend *b, kb_item *items, int n, kerr *err)
-{
-    kmodel *m = (kmodel *)((char *)b - offsetof(kmodel, kb));
-    const ka_manifest *man = m->m;
-    assert(n >= 1 && n <= man->max_seqs);
-    CU(cuCtxSetCurrent(m->ctx)); /* steps may run on another thread than km_load's */
-    int decode = !man->output_pool, all = 0, Q;
-    for (int r = 0; r < n; r++) {
-        decode &= items[r].n == 1 && !items[r].prompt_logits;
-        all |= items[r].prompt_logits != NULL;
-    }
-    if (decode) {
-        int rows = bucket_rows(m, n);
-        fill_step(m, items, n, rows, &Q);
-        if (upload_meta(m, rows, rows, err) || decode_step(m, rows, err))
-            return -1;
-    } else {
-        int T = fill_step(m, items, n, n, &Q);
-        assert(T <= man->max_tokens);
-        if (prefill_step(m, items, n, T, Q, all, err))
-            return -1;
-    }
-    return finish_step(m, items, n, err);
 }
 
 static const char *engine_describe(kbackend *b)
