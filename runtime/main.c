@@ -20,6 +20,7 @@ static const struct {
     {"inspect", cmd_inspect, "print what a compiled model holds"},
     {"tokenize", cmd_tokenize, "encode or decode text with a model's tokenizer.json"},
     {"chat-template", cmd_chat_template, "render a model's chat template for a JSON request"},
+    {"bench", cmd_bench, "measure a model's speed against the GPU's rooflines"},
 };
 
 static void usage(FILE *f)

@@ -1,0 +1,252 @@
+/* roofline — see roofline.h. The measurements time each operation alone between two events on
+ * one stream, after warm-up runs that bring the clocks up and let cuBLASLt pick its algorithm,
+ * and keep the fastest: the figure is what the hardware can do, not what it does on average. */
+#include "roofline.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "gemm.h"
+#include "kcuda.h"
+
+#define WARMUPS 3
+
+/* What one measurement holds; released by release() whatever happened. */
+typedef struct meas {
+    kcuda cu;
+    CUdevice dev;
+    CUcontext ctx;
+    CUstream stream;
+    CUevent ev[2];
+    CUdeviceptr buf[3];
+    kgemm *gemm;
+} meas;
+
+static void release(meas *m)
+{
+    if (!m->cu.lib)
+        return;
+    if (m->ctx) {
+        m->cu.cuCtxSetCurrent(m->ctx);
+        kgemm_free(m->gemm);
+        for (int i = 0; i < 3; i++)
+            if (m->buf[i])
+                m->cu.cuMemFree(m->buf[i]);
+        for (int i = 0; i < 2; i++)
+            if (m->ev[i])
+                m->cu.cuEventDestroy(m->ev[i]);
+        if (m->stream)
+            m->cu.cuStreamDestroy(m->stream);
+        m->cu.cuDevicePrimaryCtxRelease(m->dev);
+    }
+    kcuda_unload(&m->cu);
+}
+
+/* Milliseconds of the work between the two events. */
+static int elapsed(meas *m, float *ms, kerr *err)
+{
+    KCU(&m->cu, cuEventSynchronize(m->ev[1]), err);
+    KCU(&m->cu, cuEventElapsedTime(ms, m->ev[0], m->ev[1]), err);
+    return 0;
+}
+
+static int copy_bandwidth(meas *m, kroof_hw *hw, kerr *err)
+{
+    const size_t n = KROOF_COPY_BYTES;
+    KCU(&m->cu, cuMemAlloc(&m->buf[0], n), err);
+    KCU(&m->cu, cuMemAlloc(&m->buf[1], n), err);
+    KCU(&m->cu, cuMemsetD8(m->buf[0], 1, n), err);
+    float best = 0;
+    for (int i = 0; i < WARMUPS + KROOF_REPS; i++) {
+        float ms;
+        KCU(&m->cu, cuEventRecord(m->ev[0], m->stream), err);
+        KCU(&m->cu, cuMemcpyDtoDAsync(m->buf[1], m->buf[0], n, m->stream), err);
+        KCU(&m->cu, cuEventRecord(m->ev[1], m->stream), err);
+        if (elapsed(m, &ms, err))
+            return -1;
+        if (i >= WARMUPS && ms > 0 && (best == 0 || ms < best))
+            best = ms;
+    }
+    if (best <= 0)
+        return kerr_add(err, "the copy bandwidth measurement took no time (the GPU's events "
+                             "report %.3f ms for a 1 GiB copy)",
+                        best);
+    hw->copy_bw = 2.0 * (double)n / (best * 1e-3);
+    KCU(&m->cu, cuMemFree(m->buf[0]), err);
+    m->buf[0] = 0;
+    KCU(&m->cu, cuMemFree(m->buf[1]), err);
+    m->buf[1] = 0;
+    return 0;
+}
+
+static int gemm_peak(meas *m, kroof_hw *hw, kerr *err)
+{
+    const int64_t N = KROOF_GEMM_N;
+    const size_t bytes = (size_t)N * (size_t)N * 2;
+    /* random values in [-1, 1): a zero matrix draws less power and runs faster than real data */
+    uint16_t *h = malloc(bytes);
+    if (!h)
+        return kerr_add(err, "out of host memory for the GEMM peak's %zu MiB of inputs", bytes >> 20);
+    uint64_t s = 0x9e3779b97f4a7c15ull;
+    for (size_t i = 0; i < (size_t)N * (size_t)N; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        h[i] = util_f32_to_bf16((float)(s >> 40) / (float)(1u << 23) - 1.0f);
+    }
+    CUresult rc = CUDA_SUCCESS;
+    for (int i = 0; i < 3 && rc == CUDA_SUCCESS; i++)
+        rc = m->cu.cuMemAlloc(&m->buf[i], bytes);
+    if (rc == CUDA_SUCCESS)
+        rc = m->cu.cuMemcpyHtoD(m->buf[0], h, bytes);
+    if (rc == CUDA_SUCCESS)
+        rc = m->cu.cuMemcpyHtoD(m->buf[1], h, bytes);
+    free(h);
+    if (rc != CUDA_SUCCESS)
+        return kcuda_fail(&m->cu, rc, "the GEMM peak's buffers", __FILE__, __LINE__, err);
+    if (!(m->gemm = kgemm_new(&m->cu, err)))
+        return -1;
+    float best = 0;
+    for (int i = 0; i < WARMUPS + KROOF_REPS; i++) {
+        float ms;
+        KCU(&m->cu, cuEventRecord(m->ev[0], m->stream), err);
+        if (kgemm_run(m->gemm, m->stream, 0, 0, N, N, N, m->buf[0], N, m->buf[1], 0, m->buf[2],
+                      N, err))
+            return -1;
+        KCU(&m->cu, cuEventRecord(m->ev[1], m->stream), err);
+        if (elapsed(m, &ms, err))
+            return -1;
+        if (i >= WARMUPS && ms > 0 && (best == 0 || ms < best))
+            best = ms;
+    }
+    if (best <= 0)
+        return kerr_add(err, "the GEMM peak measurement took no time (the GPU's events report "
+                             "%.3f ms for an %lld^3 GEMM)",
+                        best, (long long)N);
+    hw->gemm_flops = 2.0 * (double)N * (double)N * (double)N / (best * 1e-3);
+    return 0;
+}
+
+static int measure(meas *m, kroof_hw *hw, kerr *err)
+{
+    if (kcuda_load(&m->cu, err))
+        return -1;
+    size_t mem = 0;
+    KCU(&m->cu, cuDeviceGet(&m->dev, 0), err);
+    KCU(&m->cu, cuDeviceGetName(hw->gpu, sizeof hw->gpu, m->dev), err);
+    KCU(&m->cu, cuDeviceGetAttribute(&hw->sm_major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
+                                     m->dev), err);
+    KCU(&m->cu, cuDeviceGetAttribute(&hw->sm_minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
+                                     m->dev), err);
+    KCU(&m->cu, cuDeviceGetAttribute(&hw->sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, m->dev),
+        err);
+    KCU(&m->cu, cuDeviceTotalMem(&mem, m->dev), err);
+    hw->memory = (double)mem;
+    hw->driver_version = m->cu.driver_version;
+    KCU(&m->cu, cuDevicePrimaryCtxRetain(&m->ctx, m->dev), err);
+    KCU(&m->cu, cuCtxSetCurrent(m->ctx), err);
+    KCU(&m->cu, cuStreamCreate(&m->stream, CU_STREAM_NON_BLOCKING), err);
+    KCU(&m->cu, cuEventCreate(&m->ev[0], CU_EVENT_DEFAULT), err);
+    KCU(&m->cu, cuEventCreate(&m->ev[1], CU_EVENT_DEFAULT), err);
+    if (copy_bandwidth(m, hw, err) || gemm_peak(m, hw, err))
+        return -1;
+    return 0;
+}
+
+int kroof_measure(kroof_hw *hw, kerr *err)
+{
+    memset(hw, 0, sizeof *hw);
+    meas m;
+    memset(&m, 0, sizeof m);
+    int rc = measure(&m, hw, err);
+    release(&m);
+    return rc;
+}
+
+/* ---- what a step moves and computes, from the manifest ---- */
+
+/* The kernel's family: "embed" for "k0_embed" (lower.c names kernels k<index>_<family>). */
+static const char *family(const char *kernel)
+{
+    const char *u = strchr(kernel, '_');
+    return u ? u + 1 : kernel;
+}
+
+static int ends_with(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+static double elements(const ka_weight *w)
+{
+    double e = 1;
+    for (int d = 0; d < w->ndim; d++)
+        e *= (double)w->shape[d];
+    return e;
+}
+
+void kroof_model_of(const ka_manifest *m, kroof_model *r)
+{
+    memset(r, 0, sizeof *r);
+    r->elsize = 2; /* bf16 and f16, the two dtypes ka_read accepts */
+    /* per weight: 1 gathered by an embedding kernel, 2 read in full, 4 the LM head */
+    unsigned char *use = xcalloc((size_t)m->nweights + 1, 1);
+    for (int i = 0; i < m->ndecode; i++) {
+        const ka_step *s = &m->decode[i];
+        if (s->kind == KA_GEMM) {
+            if (s->w.kind == KA_ARG_WEIGHT)
+                use[s->w.i] |= 2;
+            if (s->bias.kind == KA_ARG_WEIGHT)
+                use[s->bias.i] |= 2;
+            continue;
+        }
+        if (s->kind != KA_KERNEL) /* a collective reads activations only */
+            continue;
+        int gather = strcmp(family(m->kernels[s->kernel].name), "embed") == 0;
+        for (int a = 0; a < s->nargs; a++)
+            if (s->args[a].kind == KA_ARG_WEIGHT)
+                use[s->args[a].i] |= gather ? 1 : 2;
+    }
+    int n_o = 0;
+    for (int i = 0; i < m->nprefill; i++) {
+        const ka_step *s = &m->prefill[i];
+        if (s->kind != KA_GEMM)
+            continue;
+        if (s->logits == KA_LOGITS_LAST && s->w.kind == KA_ARG_WEIGHT)
+            use[s->w.i] |= 4;
+        if (ends_with(s->label, "attn.o")) {
+            r->q_width += s->k;
+            n_o++;
+        }
+    }
+    for (int i = 0; i < m->nweights; i++) {
+        const ka_weight *w = &m->weights[i];
+        if (use[i] & 2) {
+            r->weight_bytes += w->nbytes;
+            if (use[i] & 4)
+                r->head_params += elements(w);
+            else if (w->ndim >= 2)
+                r->matrix_params += elements(w);
+        } else if (use[i] & 1) {
+            r->gather_bytes += w->nbytes;
+        }
+    }
+    free(use);
+    for (int l = 0; l < m->n_layers; l++)
+        r->kv_bytes_per_token +=
+            2 * (int64_t)m->layers[l].n_kv * m->layers[l].head_dim * r->elsize;
+    if (n_o == 0 && m->n_layers > 0) {
+        r->q_width = (int64_t)m->hidden * m->n_layers;
+        r->q_width_assumed = 1;
+    }
+}
+
+double kroof_decode_bytes(const kroof_model *r, double ctx_sum)
+{
+    return (double)r->weight_bytes + (double)r->kv_bytes_per_token * ctx_sum;
+}
+
+double kroof_prefill_flops(const kroof_model *r, int64_t tokens)
+{
+    double t = (double)tokens, pairs = t * (t + 1) / 2; /* causal: query i sees keys 0..i */
+    return 2 * t * r->matrix_params + 2 * r->head_params + 4 * (double)r->q_width * pairs;
+}

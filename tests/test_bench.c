@@ -1,0 +1,275 @@
+/* test_bench — `kiln bench` without a GPU, run as a program (the binaries named by $KILNC and
+ * $KILN), and the roofline's cost model (roofline.h) on compiled fixtures.
+ *
+ * The command: --help; usage errors for bad options, each one line naming the option; a value
+ * the model cannot run refused with the limit; an embedding model and a missing folder refused;
+ * and a bench of the Llama fixture checkpoint on the CPU backend that ends with its table, a
+ * default that does not fit skipped with its reason, no roofline (said so) and the same figures
+ * in --json. Timings are not asserted (only that they are positive).
+ *
+ * The cost model: on the Llama fixture compiled, the bytes a decode step reads are every weight
+ * but the embedding table (untied LM head), the KV bytes per token, the query width (from the
+ * attn.o GEMMs: 6 heads x 24) and the prefill FLOPs are checked against numbers worked out by
+ * hand from its config; on the tied fixture the table is the LM head and counts in full.
+ */
+#include "testutil.h"
+
+#include <jansson.h>
+
+#include "artifact.h"
+#include "roofline.h"
+
+#define LLAMA "tests/fixtures/llama"          /* hidden 96, 2 layers, 6 heads / 2 KV of 24 */
+#define TIED "tests/fixtures/llama_tied_oldstyle"
+#define BERT "tests/fixtures/bert"
+
+static const char *KILNC, *KILN;
+static char *D;
+
+static int setup(void **state)
+{
+    (void)state;
+    D = tu_tmpdir();
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    tu_rmrf(D);
+    D = NULL;
+    return 0;
+}
+
+typedef tu_run run;
+
+static run run_argv(const char *bin, const char **args) { return tu_run_bin(D, bin, args); }
+#define BENCH(...) run_argv(KILN, (const char *[]){"bench", __VA_ARGS__, NULL})
+
+static void expect_code(const run *r, int code, const char *file, int line)
+{
+    if (r->code == code)
+        return;
+    print_error("%s:%d: exit status %d, expected %d\n--- stdout\n%s--- stderr\n%s---\n", file,
+                line, r->code, code, r->out, r->err);
+    _fail(file, line);
+}
+#define EXPECT_CODE(r, code) expect_code(&(r), (code), __FILE__, __LINE__)
+
+/* A usage error: exit 2, "kiln bench: error: ..." holding `msg`, and the hint, on stderr. */
+static void expect_usage(run r, const char *msg, const char *file, int line)
+{
+    expect_code(&r, 2, file, line);
+    /* after the notes of the load, for what only the loaded CPU backend can check */
+    tu_assert_contains(r.err, "kiln bench: error: ", file, line);
+    tu_assert_contains(r.err, msg, file, line);
+    tu_assert_contains(r.err, "run 'kiln bench --help' for usage", file, line);
+    tu_run_free(&r);
+}
+#define EXPECT_USAGE(r, msg) expect_usage((r), (msg), __FILE__, __LINE__)
+
+static void test_help(void **state)
+{
+    (void)state;
+    run r = BENCH("--help");
+    EXPECT_CODE(r, 0);
+    assert_starts_with(r.out, "usage: kiln bench DIR");
+    assert_contains(r.out, "--batch LIST");
+    assert_contains(r.out, "--json FILE");
+    assert_string_equal(r.err, "");
+    tu_run_free(&r);
+    r = BENCH("-h");
+    EXPECT_CODE(r, 0);
+    assert_starts_with(r.out, "usage: kiln bench DIR");
+    tu_run_free(&r);
+}
+
+static void test_bad_options(void **state)
+{
+    (void)state;
+    EXPECT_USAGE(BENCH("--batch", "1"), "missing DIR");
+    EXPECT_USAGE(BENCH(LLAMA, "--no-such-option"), "unknown option '--no-such-option'");
+    EXPECT_USAGE(BENCH(LLAMA, LLAMA), "unexpected argument");
+    EXPECT_USAGE(BENCH(LLAMA, "--batch"), "--batch needs a value");
+    EXPECT_USAGE(BENCH(LLAMA, "--batch", "1,,2"), "--batch");
+    EXPECT_USAGE(BENCH(LLAMA, "--batch", "0,1"), "--batch: item 1 is 0");
+    EXPECT_USAGE(BENCH(LLAMA, "--batch", "-1"), "--batch");
+    EXPECT_USAGE(BENCH(LLAMA, "--batch", "1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17"),
+                 "--batch: 17 values; at most 16");
+    EXPECT_USAGE(BENCH(LLAMA, "--prefill", "abc"), "--prefill");
+    EXPECT_USAGE(BENCH(LLAMA, "--reps", "0"), "--reps: '0'");
+    EXPECT_USAGE(BENCH(LLAMA, "--reps", "101"), "--reps: '101'");
+    EXPECT_USAGE(BENCH(LLAMA, "--new", "12x"), "--new: '12x' is not an integer");
+    EXPECT_USAGE(BENCH(LLAMA, "--prompt", ""), "--prompt");
+    /* values the fixture cannot run: its max_seq_len is 512 (max_position_embeddings) */
+    EXPECT_USAGE(BENCH(LLAMA, "--prompt", "513", "--reps", "1"),
+                 "--prompt 513: the model's max_seq_len is 512");
+    EXPECT_USAGE(BENCH(LLAMA, "--prefill", "64,600"),
+                 "--prefill: 600 tokens exceed the model's max_seq_len 512");
+    EXPECT_USAGE(BENCH(LLAMA, "--new", "481"), "--new 481: 32 prompt tokens + 481 exceed the "
+                                               "model's max_seq_len 512 (use --new 480 or less)");
+    EXPECT_USAGE(BENCH(LLAMA, "--batch", "1,300"),
+                 "--batch: 300 sequences exceed the 256 the model runs per step");
+}
+
+static void test_refused(void **state)
+{
+    (void)state;
+    run r = BENCH("/nonexistent/model");
+    EXPECT_CODE(r, 1);
+    assert_contains(r.err, "kiln bench: error: /nonexistent/model: not a folder");
+    tu_run_free(&r);
+    r = BENCH(BERT, "--batch", "1");
+    EXPECT_CODE(r, 1);
+    assert_contains(r.err, "is an embedding model: kiln bench measures generation");
+    tu_run_free(&r);
+    /* --json into a folder that does not exist: the figures are printed, then the error */
+    r = BENCH(LLAMA, "--batch", "1", "--prompt", "4", "--prefill", "8", "--new", "2", "--reps",
+              "1", "--json", "/nonexistent/bench.json");
+    EXPECT_CODE(r, 1);
+    assert_contains(r.out, "decode, batch 1");
+    assert_contains(r.err, "kiln bench: error: --json /nonexistent/bench.json: cannot write");
+    tu_run_free(&r);
+}
+
+/* The figure `name` of the JSON (kind and n), or fail. */
+static json_t *figure(json_t *root, const char *kind, const char *key, int n)
+{
+    json_t *figs = json_object_get(root, "figures"), *f;
+    size_t i;
+    json_array_foreach(figs, i, f)
+    {
+        if (!strcmp(json_string_value(json_object_get(f, "figure")), kind) &&
+            json_integer_value(json_object_get(f, key)) == n)
+            return f;
+    }
+    fail_msg("no figure %s with %s %d in the JSON", kind, key, n);
+    return NULL;
+}
+
+static void test_cpu_bench(void **state)
+{
+    (void)state;
+    char *json = tu_path(D, "bench.json");
+    /* default --prefill: 512 fits the fixture's max_seq_len, 2048 does not and is skipped */
+    run r = BENCH(LLAMA, "--batch", "1,3", "--prompt", "16", "--new", "4", "--reps", "2",
+                  "--json", json);
+    EXPECT_CODE(r, 0);
+    assert_contains(r.err, "running it on the CPU");
+    assert_contains(r.out, "kiln bench: llama (" LLAMA ")");
+    assert_contains(r.out, "  load ");
+    assert_contains(r.out, "figure ");
+    assert_contains(r.out, "time to first token, 16 tokens");
+    assert_contains(r.out, "prefill, 512 tokens");
+    assert_contains(r.out, "prefill, 2048 tokens                     skipped: longer than the "
+                           "model's max_seq_len 512");
+    assert_contains(r.out, "decode, batch 1 (context 33-36)");
+    assert_contains(r.out, "decode, batch 3 (context 33-36)");
+    assert_contains(r.out, "no GPU roofline: " LLAMA " is a Hugging Face checkpoint");
+    assert_contains(r.out, "each figure: the best of 2 timed runs after a warm-up run");
+    assert_not_contains(r.out, "GEMM peak");
+    /* the table is last: after it only the notes */
+    assert_true(strstr(r.out, "figure ") < strstr(r.out, "decode, batch 3"));
+    tu_run_free(&r);
+
+    json_error_t je;
+    json_t *root = json_load_file(json, 0, &je);
+    assert_non_null(root);
+    assert_string_equal(json_string_value(json_object_get(root, "backend")), "cpu");
+    assert_string_equal(json_string_value(json_object_get(root, "model")), "llama");
+    assert_null(json_object_get(root, "gpu"));
+    assert_true(json_real_value(json_object_get(root, "load_s")) > 0);
+    assert_int_equal(json_array_size(json_object_get(root, "figures")), 5);
+    json_t *f = figure(root, "time_to_first_token", "tokens", 16);
+    assert_true(json_real_value(json_object_get(f, "ms")) > 0);
+    assert_null(json_object_get(f, "ratio"));
+    f = figure(root, "prefill", "tokens", 512);
+    assert_true(json_real_value(json_object_get(f, "tok_s")) > 0);
+    f = figure(root, "prefill", "tokens", 2048);
+    assert_contains(json_string_value(json_object_get(f, "skipped")), "max_seq_len 512");
+    assert_null(json_object_get(f, "tok_s"));
+    for (int b = 1; b <= 3; b += 2) {
+        f = figure(root, "decode", "batch", b);
+        double tps = json_real_value(json_object_get(f, "tok_s")),
+               s = json_real_value(json_object_get(f, "seconds"));
+        assert_true(tps > 0 && s > 0);
+        /* tok/s is batch x --new over the timed seconds */
+        assert_true(fabs(tps * s - b * 4) < 1e-6 * b * 4);
+    }
+    json_decref(root);
+    free(json);
+}
+
+/* ---- the cost model ---- */
+
+static ka_file *compile_fixture(const char *fixture, const char *name)
+{
+    char *out = tu_path(D, name);
+    run r = run_argv(KILNC, (const char *[]){"compile", fixture, "-o", out, NULL});
+    EXPECT_CODE(r, 0);
+    tu_run_free(&r);
+    char *mk = tu_path(out, "model.kiln");
+    kerr err;
+    kerr_clear(&err);
+    ka_file *af = ka_read(mk, &err);
+    if (!af)
+        fail_msg("%s", kerr_msg(&err));
+    free(mk);
+    free(out);
+    return af;
+}
+
+static void test_cost_model(void **state)
+{
+    (void)state;
+    ka_file *af = compile_fixture(LLAMA, "llama");
+    kroof_model rm;
+    kroof_model_of(&af->m, &rm);
+    /* hidden 96, vocab 512, q 6x24 = 144, kv 2x24 = 48, MLP 160, 2 layers, bf16 */
+    const double embed = 512 * 96, head = 512 * 96;
+    const double layer = (144 + 2 * 48) * 96 /* qkv */ + 96 * 144 /* o */ +
+                         2 * 160 * 96 /* gate, up */ + 96 * 160 /* down */;
+    const double norms = 2 * 2 * 96 + 96;
+    assert_int_equal(rm.elsize, 2);
+    assert_int_equal(rm.gather_bytes, (int64_t)embed * 2);
+    assert_int_equal(rm.weight_bytes, (int64_t)(2 * layer + norms + head) * 2);
+    assert_true(rm.matrix_params == 2 * layer);
+    assert_true(rm.head_params == head);
+    assert_int_equal(rm.kv_bytes_per_token, 2 /* layers */ * 2 /* K, V */ * 48 * 2);
+    assert_int_equal(rm.q_width, 2 * 144);
+    assert_int_equal(rm.q_width_assumed, 0);
+    /* 3 tokens: 2 x 3 x matrices + 2 x head + 4 x q width x (1 + 2 + 3) pairs */
+    assert_true(kroof_prefill_flops(&rm, 3) == 2 * 3 * 2 * layer + 2 * head + 4 * 288.0 * 6);
+    assert_true(kroof_decode_bytes(&rm, 10) == rm.weight_bytes + 10.0 * 384);
+    ka_file_free(af);
+
+    /* tied: the embedding table is the LM head, read in full by the logits GEMV */
+    af = compile_fixture(TIED, "tied");
+    kroof_model_of(&af->m, &rm);
+    assert_int_equal(rm.gather_bytes, 0);
+    int64_t total = 0;
+    for (int i = 0; i < af->m.nweights; i++)
+        total += af->m.weights[i].nbytes;
+    assert_int_equal(rm.weight_bytes, total);
+    assert_true(rm.head_params == 64.0 * af->m.vocab);
+    assert_int_equal(rm.q_width, 3 * 4 * 16);
+    ka_file_free(af);
+}
+
+int main(void)
+{
+    KILNC = getenv("KILNC");
+    KILN = getenv("KILN");
+    if (!KILNC || !KILN) {
+        fprintf(stderr, "test_bench: set KILNC and KILN to the binaries under test\n");
+        return 1;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_help, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bad_options, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cpu_bench, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cost_model, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
