@@ -3,9 +3,10 @@
  *
  * The command: --help; usage errors for bad options, each one line naming the option; a value
  * the model cannot run refused with the limit; an embedding model and a missing folder refused;
- * and a bench of the Llama fixture checkpoint on the CPU backend that ends with its table, a
- * default that does not fit skipped with its reason, no roofline (said so) and the same figures
- * in --json. Timings are not asserted (only that they are positive).
+ * a bench of the Llama fixture checkpoint on the CPU backend that ends with its table, no
+ * roofline (said so) and the same figures in --json; and defaults a tiny checkpoint cannot run
+ * skipped with their reasons. Timings are not asserted (only that they are positive and agree
+ * with the seconds).
  *
  * The cost model: on the Llama fixture compiled, the bytes a decode step reads are every weight
  * but the embedding table (untied LM head), the KV bytes per token, the query width (from the
@@ -151,25 +152,24 @@ static void test_cpu_bench(void **state)
 {
     (void)state;
     char *json = tu_path(D, "bench.json");
-    /* default --prefill: 512 fits the fixture's max_seq_len, 2048 does not and is skipped */
-    run r = BENCH(LLAMA, "--batch", "1,3", "--prompt", "16", "--new", "4", "--reps", "2",
-                  "--json", json);
+    run r = BENCH(LLAMA, "--batch", "1,3", "--prompt", "16", "--prefill", "64", "--new", "4",
+                  "--reps", "2", "--json", json);
     EXPECT_CODE(r, 0);
     assert_contains(r.err, "running it on the CPU");
     assert_contains(r.out, "kiln bench: llama (" LLAMA ")");
     assert_contains(r.out, "  load ");
-    assert_contains(r.out, "figure ");
     assert_contains(r.out, "time to first token, 16 tokens");
-    assert_contains(r.out, "prefill, 512 tokens");
-    assert_contains(r.out, "prefill, 2048 tokens                     skipped: longer than the "
-                           "model's max_seq_len 512");
+    assert_contains(r.out, "prefill, 64 tokens");
     assert_contains(r.out, "decode, batch 1 (context 33-36)");
     assert_contains(r.out, "decode, batch 3 (context 33-36)");
     assert_contains(r.out, "no GPU roofline: " LLAMA " is a Hugging Face checkpoint");
     assert_contains(r.out, "each figure: the best of 2 timed runs after a warm-up run");
     assert_not_contains(r.out, "GEMM peak");
-    /* the table is last: after it only the notes */
-    assert_true(strstr(r.out, "figure ") < strstr(r.out, "decode, batch 3"));
+    assert_not_contains(r.out, "skipped");
+    /* the table: its header, then the figures in order */
+    const char *h = strstr(r.out, "figure "), *t = strstr(r.out, "time to first token"),
+               *p = strstr(r.out, "prefill, 64"), *d = strstr(r.out, "decode, batch 3");
+    assert_true(h && t && p && d && h < t && t < p && p < d);
     tu_run_free(&r);
 
     json_error_t je;
@@ -179,25 +179,51 @@ static void test_cpu_bench(void **state)
     assert_string_equal(json_string_value(json_object_get(root, "model")), "llama");
     assert_null(json_object_get(root, "gpu"));
     assert_true(json_real_value(json_object_get(root, "load_s")) > 0);
-    assert_int_equal(json_array_size(json_object_get(root, "figures")), 5);
+    assert_int_equal(json_array_size(json_object_get(root, "figures")), 4);
     json_t *f = figure(root, "time_to_first_token", "tokens", 16);
     assert_true(json_real_value(json_object_get(f, "ms")) > 0);
     assert_null(json_object_get(f, "ratio"));
-    f = figure(root, "prefill", "tokens", 512);
-    assert_true(json_real_value(json_object_get(f, "tok_s")) > 0);
-    f = figure(root, "prefill", "tokens", 2048);
-    assert_contains(json_string_value(json_object_get(f, "skipped")), "max_seq_len 512");
-    assert_null(json_object_get(f, "tok_s"));
+    f = figure(root, "prefill", "tokens", 64);
+    double tps = json_real_value(json_object_get(f, "tok_s")),
+           s = json_real_value(json_object_get(f, "seconds"));
+    assert_true(tps > 0 && fabs(tps * s - 64) < 1e-6 * 64);
     for (int b = 1; b <= 3; b += 2) {
         f = figure(root, "decode", "batch", b);
-        double tps = json_real_value(json_object_get(f, "tok_s")),
-               s = json_real_value(json_object_get(f, "seconds"));
+        tps = json_real_value(json_object_get(f, "tok_s"));
+        s = json_real_value(json_object_get(f, "seconds"));
         assert_true(tps > 0 && s > 0);
         /* tok/s is batch x --new over the timed seconds */
         assert_true(fabs(tps * s - b * 4) < 1e-6 * b * 4);
     }
     json_decref(root);
     free(json);
+}
+
+/* Defaults the model cannot run are skipped, each with its reason: the tiny checkpoint's
+ * max_seq_len is 128, under both default prefill lengths. */
+static void test_defaults_skipped(void **state)
+{
+    (void)state;
+    char *model = tu_path(D, "tiny");
+    tu_mkdir(model);
+    tu_write_llama(model, NULL);
+    run r = BENCH(model, "--batch", "1", "--prompt", "8", "--new", "2", "--reps", "1");
+    EXPECT_CODE(r, 0);
+    assert_contains(r.out, "prefill, 512 tokens                      skipped: longer than the "
+                           "model's max_seq_len 128 (on the CPU it is the checkpoint's "
+                           "max_position_embeddings, at most 2048)");
+    assert_contains(r.out, "prefill, 2048 tokens                     skipped: longer than the "
+                           "model's max_seq_len 128");
+    assert_contains(r.out, "decode, batch 1 (context 33-34)");
+    tu_run_free(&r);
+    /* a default --new that does not fit skips the decodes; given, it is an error */
+    r = BENCH(model, "--batch", "1", "--prompt", "8", "--prefill", "8", "--reps", "1");
+    EXPECT_CODE(r, 0);
+    assert_contains(r.out, "skipped: 32 prompt tokens + --new 128 exceed the model's max_seq_len "
+                           "128");
+    tu_run_free(&r);
+    EXPECT_USAGE(BENCH(model, "--new", "97"), "--new 97: 32 prompt tokens + 97 exceed");
+    free(model);
 }
 
 /* ---- the cost model ---- */
@@ -269,6 +295,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_options, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cpu_bench, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_defaults_skipped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cost_model, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,174 @@
+#!/bin/bash
+# tests/gpu/bench.sh — kiln's speed against its rooflines and against PyTorch, in one run on the GPU
+# machine (issue 12).
+#
+#   BENCH_SHAPES="8b 1b"  BENCH_SKIP_TORCH=0  tests/gpu/bench.sh
+#
+# For each shape (8b: Llama-3-8B, 1b: Llama-3.2-1B untied, random weights from `kilnc synth`, never
+# shipped): synthesise and compile it (kept in /tmp/kiln-bench between calls on a warm machine, rebuilt
+# when kilnc or BENCH_COMPILE changes), run `kiln bench` (copy bandwidth and GEMM peak measured in the
+# same process, then load, time to first token, prefill and decode per batch, each against its
+# roofline), then tests/gpu/baseline_torch.py on the same checkpoint: HF transformers' eager (sdpa)
+# prefill, and a static-KV-cache batch-1 decode loop under torch.compile(mode="reduce-overhead")
+# (gpt-fast's method) with kiln bench's prompt and step count, so both share one roofline. Prints a
+# side-by-side table last (every ratio against the rooflines kiln bench measured in this run) and a
+# markdown block for tests/gpu/RESULTS.md (date, card, commit).
+#
+# Budget (one call has 10 minutes): per shape, synth ~10 s (8B), compile ~20 s, kiln bench ~30 s,
+# the torch baselines ~60-180 s (HF load ~20 s, torch.compile 60-120 s, capped by BENCH_TORCH_TIMEOUT,
+# default 300 s). Both shapes fit one call when the machine is warm; on a cold one run
+# BENCH_SHAPES=8b, then BENCH_SHAPES=1b: results are kept per shape in /tmp/kiln-bench/results, and
+# the table takes every shape measured there by this commit on this card.
+#
+# Settings: BENCH_SHAPES ("8b 1b"), BENCH_SKIP_TORCH=1 (kiln only), BENCH_COMPILE (kilnc compile's
+# limits, "--max-batch 64 --max-seq-len 2560"), BENCH_ARGS (more kiln bench options, e.g. "--reps 5"),
+# BENCH_TORCH_TIMEOUT (300), PYTHON (python3). Output in $OUT (or /tmp/kiln-bench/out): bench-SHAPE.txt
+# and .json (kiln bench), torch-SHAPE.json, bench-summary.md (the table and the block), bench-logs.tgz.
+# Exit status 1 if kiln bench or a baseline failed.
+set -u
+cd "$(dirname "$0")/../.." || exit 1
+BIN=${KILN_BIN:-out/bin}
+SHAPES=${BENCH_SHAPES:-8b 1b}
+COMPILE=${BENCH_COMPILE:---max-batch 64 --max-seq-len 2560}
+PY=${PYTHON:-python3}
+W=/tmp/kiln-bench
+RES=$W/results
+LOG=$W/logs
+OUT=${OUT:-$W/out}
+mkdir -p $W $RES "$OUT"
+rm -rf $LOG
+mkdir -p $LOG
+export NCCL_NVLS_ENABLE=0
+fail=0
+COMMIT=$($BIN/kiln --version 2>/dev/null | sed -n "s/.*commit \([^)]*\)).*/\1/p")
+KILNC_ID="$($BIN/kilnc --version 2>/dev/null) $COMPILE"
+say() { echo "bench.sh: $*" | tee -a $LOG/bench.txt; }
+elapsed() { $PY -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$(date +%s.%N)"; }
+
+for SHAPE in $SHAPES; do
+  case $SHAPE in
+    8b) LIKE=llama3-8b ;;
+    1b) LIKE=llama3.2-1b ;;
+    *) say "unknown shape '$SHAPE' in BENCH_SHAPES (expected 8b or 1b)"; fail=1; continue ;;
+  esac
+  HF=$W/hf-$SHAPE ART=$W/art-$SHAPE
+  rm -f $RES/$SHAPE-*.json
+  if [ ! -f $HF/config.json ]; then
+    t0=$(date +%s.%N)
+    $BIN/kilnc synth --like $LIKE -o $HF --force > $LOG/synth-$SHAPE.log 2>&1 ||
+      { say "$SHAPE: synth FAILED: $(tail -1 $LOG/synth-$SHAPE.log)"; fail=1; continue; }
+    say "$SHAPE: synthesised ($LIKE) in $(elapsed $t0) s"
+  fi
+  if [ ! -f $ART/model.kiln ] || [ "$(cat $ART/bench-compile-id 2>/dev/null)" != "$KILNC_ID" ]; then
+    rm -rf $ART
+    t0=$(date +%s.%N)
+    $BIN/kilnc compile $HF -o $ART --sm 90a $COMPILE > $LOG/compile-$SHAPE.log 2>&1 ||
+      { say "$SHAPE: compile FAILED: $(grep -m1 error $LOG/compile-$SHAPE.log)"; fail=1; continue; }
+    echo "$KILNC_ID" > $ART/bench-compile-id
+    echo "$(elapsed $t0)" > $ART/bench-compile-s
+    say "$SHAPE: compiled ($COMPILE) in $(cat $ART/bench-compile-s) s"
+  fi
+  # shellcheck disable=SC2086
+  if $BIN/kiln bench $ART ${BENCH_ARGS:-} --json $RES/$SHAPE-kiln.json > $LOG/bench-$SHAPE.txt \
+       2> $LOG/bench-$SHAPE.log; then
+    cat $LOG/bench-$SHAPE.txt
+  else
+    say "$SHAPE: kiln bench FAILED: $(grep -m1 error $LOG/bench-$SHAPE.log)"
+    rm -f $RES/$SHAPE-kiln.json
+    fail=1
+    continue
+  fi
+  cp $ART/bench-compile-s $RES/$SHAPE-compile-s 2>/dev/null
+  echo "$COMMIT" > $RES/$SHAPE-commit
+  if [ "${BENCH_SKIP_TORCH:-0}" != 1 ]; then
+    read -r P N R <<< "$($PY -c "import json, sys; j = json.load(open(sys.argv[1])); \
+print(j['decode_prompt'], j['new'], j['reps'])" $RES/$SHAPE-kiln.json)"
+    t0=$(date +%s.%N)
+    if timeout ${BENCH_TORCH_TIMEOUT:-300} $PY tests/gpu/baseline_torch.py $HF $RES/$SHAPE-torch.json \
+         --prompt $P --new $N --reps $R > $LOG/torch-$SHAPE.log 2>&1; then
+      say "$SHAPE: torch baselines in $(elapsed $t0) s"
+    else
+      say "$SHAPE: torch baselines FAILED or cut at ${BENCH_TORCH_TIMEOUT:-300} s (after $(elapsed $t0) s): $(grep -v '^ ' $LOG/torch-$SHAPE.log | tail -1)"
+      fail=1   # a partial torch-SHAPE.json (the prefill, written first) is still used
+    fi
+  fi
+  cp $RES/$SHAPE-*.json "$OUT/" 2>/dev/null
+  cp $LOG/bench-$SHAPE.txt "$OUT/bench-$SHAPE.txt"
+done
+
+# ---- the table: every shape this commit measured on this card
+$PY - "$RES" "$COMMIT" > $W/summary.md <<'EOF'
+import datetime, json, os, sys
+
+res, commit = sys.argv[1], sys.argv[2]
+
+
+def load(p):
+    try:
+        with open(p) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+rows, cards, hw = [], set(), []
+for shape in ("8b", "1b"):
+    k = load(f"{res}/{shape}-kiln.json")
+    if not k or open(f"{res}/{shape}-commit").read().strip() != commit:
+        continue
+    t = load(f"{res}/{shape}-torch.json") or {}
+    g = k["gpu"]
+    cards.add(g["name"])
+    hw.append(f"{shape}: copy {g['copy_bytes_per_s'] / 1e12:.2f} TB/s, bf16 GEMM peak "
+              f"{g['gemm_bf16_flops'] / 1e12:.0f} TFLOP/s, load {k['load_s']:.2f} s, compile "
+              f"{open(f'{res}/{shape}-compile-s').read().strip()} s")
+    figs = {(f["figure"], f.get("batch", f.get("tokens"))): f for f in k["figures"]}
+    hfp = {p["tokens"]: p for p in t.get("hf_prefill", [])}
+
+    def cell(v, unit, ratio):
+        return f"{v:,.1f} {unit} = {ratio:.2f}" if v is not None else "-"
+
+    def row(name, f, unit, torch_v=None, torch_name=""):
+        if not f or "skipped" in f:
+            rows.append((f"{shape} {name}", "skipped: " + (f or {}).get("skipped", "not run"), "", ""))
+            return
+        v = f["ms" if unit == "ms" else "tok_s"]
+        roof = f["roofline_ms" if unit == "ms" else "roofline_tok_s"]
+        tr = None
+        if torch_v is not None:
+            tr = roof / torch_v if unit == "ms" else torch_v / roof
+        rows.append((f"{shape} {name}", cell(v, unit, f["ratio"]),
+                     f"{torch_name} {cell(torch_v, unit, tr)}" if torch_v is not None else "-",
+                     f"{roof:,.1f} {unit}"))
+
+    d1 = t.get("decode_b1")
+    row("decode, batch 1", figs.get(("decode", 1)), "tok/s", d1 and d1["tok_s"], "torch.compile loop:")
+    for b in (8, 32, 64):
+        row(f"decode, batch {b}", figs.get(("decode", b)), "tok/s")
+    ttft = figs.get(("time_to_first_token", 128))
+    row("first token, 128-token prompt", ttft, "ms", hfp.get(128, {}).get("ms"), "HF eager:")
+    for n in (512, 2048):
+        row(f"prefill, {n} tokens", figs.get(("prefill", n)), "tok/s",
+            hfp.get(n, {}).get("tok_s"), "HF eager (sdpa):")
+    if "check_rel_l2" in t:
+        hw.append(f"{shape}: the torch loop's logits vs HF's: relative L2 {t['check_rel_l2']:.1e}; "
+                  f"torch.compile + capture {t.get('compile_s', 0):.0f} s; torch {t.get('torch')}, "
+                  f"transformers {t.get('transformers')}")
+
+card = ", ".join(sorted(cards)) or "no card"
+head = ("| figure | kiln = ratio | PyTorch = ratio | roofline |", "|---|---|---|---|")
+table = "\n".join(head + tuple(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows))
+print(f"### {datetime.date.today().isoformat()}: tests/gpu/bench.sh on {card}, kiln {commit}\n")
+print(table + "\n")
+print("Ratios are roofline time / measured time, against the rooflines kiln bench measured in the "
+      "same run (decode: weight bytes but the embedding table + KV read / copy bandwidth; prefill: "
+      "FLOPs / bf16 GEMM peak; first token: both). What changed: (fill in)\n")
+for h in hw:
+    print(f"- {h}")
+EOF
+cp $W/summary.md "$OUT/bench-summary.md"
+tar czf "$OUT/bench-logs.tgz" -C $W logs 2>/dev/null
+echo
+echo "== bench summary (for tests/gpu/RESULTS.md; full logs in $OUT)"
+cat $W/summary.md
+exit $fail
