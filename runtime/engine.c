@@ -153,7 +153,8 @@ static void *worker(void *p)
             break;
         kerr_clear(&d->err);
         if (bind != CUDA_SUCCESS)
-            d->failed = kcuda_fail(&m->cu, bind, "cuCtxSetCurrent", __FILE__, __LINE__, &d->err);
+            d->failed = kcuda_fail(&m->cu, bind, "cuCtxSetCurrent", __FILE__, __LINE__,
+                                   &d->err) != 0;
         else
             d->failed = run_job(d, job, &d->err) != 0;
         pthread_mutex_lock(&m->mu);
@@ -162,6 +163,12 @@ static void *worker(void *p)
         pthread_cond_signal(&m->done);
         pthread_mutex_unlock(&m->mu);
     }
+    /* the graphs hold NCCL's captured work: they go before the communicator */
+    for (int i = 0; i < MAX_BUCKETS; i++)
+        if (d->graphs[i]) {
+            m->cu.cuGraphExecDestroy(d->graphs[i]);
+            d->graphs[i] = NULL;
+        }
     if (d->comm) { /* destroyed by every rank's own thread at once, as NCCL expects */
         m->nccl.ncclCommDestroy(d->comm);
         d->comm = NULL;
