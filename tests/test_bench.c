@@ -159,6 +159,7 @@ static void test_cpu_bench(void **state)
     assert_contains(r.out, "kiln bench: llama (" LLAMA ")");
     assert_contains(r.out, "  load ");
     assert_contains(r.out, "time to first token, 16 tokens");
+    assert_contains(r.out, "\n  the first request after the load ");
     assert_contains(r.out, "prefill, 64 tokens");
     assert_contains(r.out, "decode, batch 1 (context 33-36)");
     assert_contains(r.out, "decode, batch 3 (context 33-36)");
@@ -182,6 +183,7 @@ static void test_cpu_bench(void **state)
     assert_int_equal(json_array_size(json_object_get(root, "figures")), 4);
     json_t *f = figure(root, "time_to_first_token", "tokens", 16);
     assert_true(json_real_value(json_object_get(f, "ms")) > 0);
+    assert_true(json_real_value(json_object_get(f, "first_request_ms")) > 0);
     assert_null(json_object_get(f, "ratio"));
     f = figure(root, "prefill", "tokens", 64);
     double tps = json_real_value(json_object_get(f, "tok_s")),
