@@ -25,7 +25,8 @@
 # its target.
 #
 # Other settings: SERVE_COMPILE="--max-batch 128 --max-seq-len 2560" (kilnc compile's limits; the
-# artifact is rebuilt when they change), SWEEP_RATES, SWEEP_SECONDS, SOAK_SECONDS.
+# artifact is rebuilt when they change), SWEEP_RATES, SWEEP_SECONDS, SOAK_SECONDS, SERVE_STREAMS
+# (the c1000 phase's streams, 1000).
 # A dry run of this script without a GPU: SERVE_MODEL=examples/tinyfortune SERVE_SMALL=1 serves that
 # folder (kiln's CPU backend for a checkpoint) instead of a synthesised model, with every size
 # cut to fit the CPU (8 streams, short prompts and outputs, 30-second soak); its ratios mean nothing.
@@ -53,7 +54,7 @@ if [ "${SERVE_SMALL:-0}" = 1 ]; then
   C1000=16 C64=8 PMIN=4 PMAX=48 OMIN=2 OMAX=8 C64_PMIN=8 C64_PMAX=24 C64_OUT=8 TTFT_LEN=32 TTFT_OUT=4
   SOAK_STREAMS=4 SOAK_PMAX=24 SOAK_OMAX=8 SOAK_S=${SOAK_SECONDS:-30} RATES=${SWEEP_RATES:-1,4} SWEEP_S=${SWEEP_SECONDS:-4} CHECK=4
 else
-  C1000=1000 C64=64 PMIN=32 PMAX=2048 OMIN=16 OMAX=512 C64_PMIN=128 C64_PMAX=512 C64_OUT=256 TTFT_LEN=512
+  C1000=${SERVE_STREAMS:-1000} C64=64 PMIN=32 PMAX=2048 OMIN=16 OMAX=512 C64_PMIN=128 C64_PMAX=512 C64_OUT=256 TTFT_LEN=512
   TTFT_OUT=16 SOAK_STREAMS=64 SOAK_PMAX=512 SOAK_OMAX=256 SOAK_S=${SOAK_SECONDS:-300} RATES=${SWEEP_RATES:-1,4,16,48}
   SWEEP_S=${SWEEP_SECONDS:-30} CHECK=32
 fi

@@ -1,0 +1,161 @@
+#!/bin/bash
+# tests/gpu/tp.sh — tensor parallelism on a machine with several GPUs (issue 15), one call per
+# phase, table last.
+#
+#   TP_PHASES="fix speed nccl serve" tests/gpu/tp.sh
+#
+#   fix    every fixture family compiled without --tp, with --tp 1 (the NCCL path on one rank) and
+#          with --tp N for each N in TP_SIZES that the machine has GPUs for and the shapes allow
+#          (kilnc refuses the others, and the refusal is shown): greedy tokens identical to the
+#          unsharded run and logits within 1e-2 (compare.py batch), and every --tp N run against HF
+#          with run.sh's bf16 criterion (compare.py gen / embed)
+#   speed  the Llama-3-8B shape (kilnc synth) at TP 1 (unsharded) and each N: `kiln bench` batch 1
+#          and 64 decode and prefill of 2,048 tokens; with 8 GPUs the 70B shape at TP 8
+#   nccl   all-reduce bus bandwidth and small-message latency between the GPUs (nccl_bw.py,
+#          PyTorch's NCCL: the link, not kiln)
+#   serve  `kiln serve` of the 8B shape at the largest N under TP_STREAMS (256) concurrent
+#          streams through serve.sh's c1000 phase: all complete, 0 lost, 0 errors
+#
+# NCCL_NVLS_ENABLE=0 in every run (NVLink multicast stays off on the shared machines). Output:
+# $OUT/tp-summary.txt (the table, also printed last), $OUT/tp-logs.tgz. Exit status 1 on a failure.
+set -u
+cd "$(dirname "$0")/../.."
+export NCCL_NVLS_ENABLE=0
+BIN=${KILN_BIN:-out/bin}
+SM=${KILN_SM:-90a}
+PY=${PYTHON:-python3}
+PHASES=${TP_PHASES:-fix speed nccl serve}
+W=/tmp/kiln-tp
+LOG=$W/logs
+OUT=${OUT:-$W/out}
+ART=$W/art
+rm -rf $LOG
+mkdir -p $W $LOG $ART "$OUT"
+export KILN_ROOT=$PWD
+SUMMARY=$W/summary.txt
+: > $SUMMARY
+fail=0
+row() { echo "$1" | tee -a $SUMMARY; cp $SUMMARY "$OUT/tp-summary.txt"; }
+save_logs() { tar czf "$OUT/tp-logs.tgz" -C $W logs 2>/dev/null; }
+
+NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+nvidia-smi topo -m > $LOG/topo.txt 2>&1
+CARD="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) x $NGPU"
+SIZES=""
+for n in ${TP_SIZES:-2 4 8}; do [ $n -le "$NGPU" ] && SIZES="$SIZES $n"; done
+row "card: $CARD; tp sizes:$SIZES; commit $($BIN/kiln --version 2>/dev/null | sed -n 's/.*commit \([^)]*\)).*/\1/p'); NCCL_NVLS_ENABLE=$NCCL_NVLS_ENABLE"
+
+GEN="llama llama_tied_oldstyle mistral qwen2 mixtral mixtral4 bloom llama_bf16 mistral_bf16 qwen2_bf16 mixtral_bf16 bloom_bf16"
+EMB="bert bert_bf16"
+
+phase_fix() {
+  # compile everything in parallel: unsharded, --tp 1, and each size
+  { for f in $GEN $EMB; do
+      echo "$BIN/kilnc compile tests/fixtures/$f -o $ART/$f --sm $SM --max-batch 8 > $LOG/compile_$f.log 2>&1"
+      for n in 1 $SIZES; do
+        echo "$BIN/kilnc compile tests/fixtures/$f -o $ART/${f}_tp$n --tp $n --sm $SM --max-batch 8 > $LOG/compile_${f}_tp$n.log 2>&1"
+      done
+    done; } | xargs -P 12 -I{} bash -c "{}"
+  $PY tests/gpu/hf_bf16.py $ART $GEN > $LOG/hf_bf16.log 2>&1
+  for f in $GEN $EMB; do
+    emb=0; case " $EMB " in *" $f "*) emb=1 ;; esac
+    ids=$($PY tests/gpu/compare.py ids tests/fixtures/$f)
+    extra=(--max-new 16 --ignore-eos)
+    [ $emb = 1 ] && extra=(--token-types "$($PY tests/gpu/compare.py types tests/fixtures/$f)")
+    if ! $BIN/kiln run $ART/$f --ids $ids "${extra[@]}" --dump $ART/$f.st > $LOG/run_$f.log 2>&1; then
+      row "$(printf '%-22s FAIL unsharded run: %s' $f "$(grep -m1 -i error $LOG/run_$f.log)")"; fail=1; continue
+    fi
+    [ $emb = 0 ] && $BIN/kilnc ref tests/fixtures/$f --ids $ids --max-new 16 --dump $ART/$f.ref.st > $LOG/ref_$f.log 2>&1
+    for n in 1 $SIZES; do
+      name=${f}_tp$n
+      if [ ! -f $ART/$name/model.kiln ]; then
+        msg=$(grep -m1 -A1 "error" $LOG/compile_$name.log | tr '\n' ' ' | cut -c1-150)
+        if grep -q "cannot be split" $LOG/compile_$name.log; then
+          row "$(printf '%-22s skip %s' $name "$msg")"
+        else
+          row "$(printf '%-22s FAIL compile: %s' $name "$msg")"; fail=1
+        fi
+        continue
+      fi
+      if ! $BIN/kiln run $ART/$name --ids $ids "${extra[@]}" --dump $ART/$name.st > $LOG/run_$name.log 2>&1; then
+        row "$(printf '%-22s FAIL run: %s' $name "$(grep -m1 -i error $LOG/run_$name.log)")"; fail=1; continue
+      fi
+      $PY tests/gpu/compare.py batch "$name vs unsharded" $ART/$f.st -- $ART/$name.st >> $SUMMARY 2>>$LOG/compare.log || fail=1
+      tail -1 $SUMMARY
+      if [ $emb = 1 ]; then
+        $PY tests/gpu/compare.py embed "$name vs HF" tests/fixtures/$f $ART/$name.st >> $SUMMARY 2>>$LOG/compare.log || fail=1
+      else
+        base=$ART/$f.hfbf16.st; [ -f $base ] || base=
+        $PY tests/gpu/compare.py gen "$name vs HF" tests/fixtures/$f $ART/$name.st $ART/$f.ref.st $base >> $SUMMARY 2>>$LOG/compare.log || fail=1
+      fi
+      tail -1 $SUMMARY
+    done
+  done
+}
+
+bench_one() {  # $1 name, $2 artifact, $3... bench options: one row per figure
+  local name=$1 art=$2; shift 2
+  if $BIN/kiln bench $art "$@" --json $W/bench-$name.json > $LOG/bench-$name.out 2> $LOG/bench-$name.log; then
+    $PY - $name $W/bench-$name.json > $W/bench-$name.rows <<'EOF'
+import json, sys
+name, b = sys.argv[1], json.load(open(sys.argv[2]))
+print(f"{name:10s} load {b['load_s']:.1f} s; {b.get('gpu', {}).get('name', '')}")
+for f in b["figures"]:
+    what = f"{f['figure']} {f.get('batch', f.get('tokens', ''))}"
+    if "skipped" in f:
+        print(f"{name:10s} {what:24s} skipped: {f['skipped']}")
+        continue
+    v, unit = (f["tok_s"], "tok/s") if "tok_s" in f else (f["ms"], "ms")
+    ratio = f" = {f['ratio']:.3f} of its roofline" if "ratio" in f else ""
+    print(f"{name:10s} {what:24s} {v:10.1f} {unit}{ratio}")
+EOF
+    while read -r line; do row "$line"; done < $W/bench-$name.rows
+  else
+    row "$(printf '%-10s FAIL bench: %s' $name "$(grep -m1 -i error $LOG/bench-$name.log)")"; fail=1
+  fi
+}
+
+phase_speed() {
+  local M=$W/llama3-8b
+  [ -f $M/config.json ] || $BIN/kilnc synth --like llama3-8b -o $M > $LOG/synth-8b.log 2>&1 || { row "FAIL synth 8b"; fail=1; return; }
+  for n in 0 $SIZES; do
+    local a=$W/art-8b-tp$n opt=""
+    [ $n = 0 ] || opt="--tp $n"
+    [ -f $a/model.kiln ] || $BIN/kilnc compile $M -o $a --sm $SM --max-batch 64 --max-seq-len 4096 $opt > $LOG/compile-8b-tp$n.log 2>&1 \
+      || { row "$(printf 'FAIL compile 8b tp%s: %s' $n "$(grep -m1 error $LOG/compile-8b-tp$n.log)")"; fail=1; continue; }
+    bench_one 8b-tp$n $a --batch 1,64 --prompt 2048
+    rm -rf $a/shards   # disk: 16 GB per artifact
+  done
+  if [ "$NGPU" -ge 8 ]; then
+    local M70=$W/llama3-70b
+    [ -f $M70/config.json ] || $BIN/kilnc synth --like llama3-70b -o $M70 > $LOG/synth-70b.log 2>&1 || { row "FAIL synth 70b"; fail=1; return; }
+    $BIN/kilnc compile $M70 -o $W/art-70b-tp8 --sm $SM --max-batch 64 --max-seq-len 4096 --tp 8 > $LOG/compile-70b.log 2>&1 \
+      && bench_one 70b-tp8 $W/art-70b-tp8 --batch 1,64 --prompt 2048 \
+      || { row "FAIL compile 70b tp8: $(grep -m1 error $LOG/compile-70b.log)"; fail=1; }
+  fi
+}
+
+phase_nccl() {
+  $PY tests/gpu/nccl_bw.py --gpus "$NGPU" > $LOG/nccl.out 2> $LOG/nccl.log || { row "FAIL nccl_bw: $(tail -1 $LOG/nccl.log)"; fail=1; return; }
+  while read -r line; do row "nccl  $line"; done < $LOG/nccl.out
+}
+
+phase_serve() {
+  local n=${SIZES##* }
+  [ -n "$n" ] || { row "serve: skip (one GPU)"; return; }
+  SERVE_SHAPE=8b SERVE_PHASES=c1000 SERVE_STREAMS=${TP_STREAMS:-256} \
+    SERVE_COMPILE="--max-batch 128 --max-seq-len 2560 --tp $n" OUT=$W/serve bash tests/gpu/serve.sh > $LOG/serve.out 2>&1 || fail=1
+  while read -r line; do row "serve tp$n  $line"; done < $W/serve/serve-summary.txt
+}
+
+for p in $PHASES; do
+  t0=$(date +%s)
+  phase_$p
+  row "== phase $p: $(( $(date +%s) - t0 )) s"
+  save_logs
+done
+echo
+echo "== summary ($CARD)"
+cat $SUMMARY
+[ $fail = 0 ] && echo "== ALL PASSED" || echo "== FAILURES (logs in $OUT/tp-logs.tgz)"
+exit $fail
