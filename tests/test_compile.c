@@ -6,7 +6,13 @@
  *     concatenation of the checkpoint's, rounded to bf16; BLOOM's interleaved views too);
  *   - `kilnc compile` writes an artifact that reads back (manifest, blobs, shard);
  *   - the loader refuses truncated, corrupted, version-mismatched and mismatched-shard
- *     artifacts with clear errors, before touching a GPU; `kiln run` without a GPU says so.
+ *     artifacts with clear errors, before touching a GPU; `kiln run` without a GPU says so;
+ *   - tensor parallelism (kilnc compile --tp N): llama, mixtral and bloom at --tp 2 and llama
+ *     and bloom at --tp 1 write one shard per rank whose every tensor is, byte for byte, the
+ *     rank's part of the unsharded packed weight (a split weight holds 1/parts of it), with
+ *     tp and the collective steps in the manifest; their translation units compile under NVRTC;
+ *     `kilnc compile --tp 2` and `kiln inspect --verify` check both shards, and a swapped or
+ *     missing rank shard is refused naming the rank.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -228,7 +234,7 @@ static void test_artifact_roundtrip(void **state)
 
 static void copy_file(const char *from, const char *to)
 {
-    char cmd[1300];
+    char cmd[1600];
     snprintf(cmd, sizeof cmd, "cp -f '%s' '%s'", from, to);
     assert_int_equal(system(cmd), 0);
 }
@@ -348,6 +354,238 @@ static void test_kiln_run_without_gpu(void **state)
     assert_non_null(strstr(out, "not a folder"));
 }
 
+/* ---------------------------------------------------------------- tensor parallelism */
+
+static void open_tp(kc *c, const char *name, int tp)
+{
+    char dir[256];
+    snprintf(dir, sizeof dir, FIX "%s", name);
+    kc_opts o = {.need_weights = 1, .max_seq_len = 256, .max_seqs = 4, .max_tokens = 256, .tp = tp};
+    kerr err;
+    kerr_clear(&err);
+    if (kc_open(c, dir, &o, &err) || kc_run(c, NULL, NULL, NULL, &err))
+        fail_msg("%s --tp %d: %s", name, tp, kerr_msg(&err));
+}
+
+/* Every SHARD const of the graph, for rank r, is rank r's part of its input packed whole:
+ * part r * parts / tp of `dim`, byte for byte. Returns how many split (parts > 1) there are. */
+static int check_shard_nodes(const kgraph *g, int r)
+{
+    int split = 0;
+    for (int i = 0; i < g->n; i++) {
+        const kg_node *n = &g->nodes[i];
+        if (n->op != KG_SHARD)
+            continue;
+        const kg_node *p = &g->nodes[n->in[0]];
+        kerr err;
+        kerr_clear(&err);
+        uint16_t *part = pack_const(g, i, r, ST_BF16, &err), *whole = pack_const(g, n->in[0], r, ST_BF16, &err);
+        if (!part || !whole)
+            fail_msg("%s: %s", n->name, kerr_msg(&err));
+        assert_int_equal(graph_numel_const(n) * (uint64_t)n->parts, graph_numel_const(p));
+        uint64_t outer = 1, inner = 1;
+        for (int d = 0; d < p->ndim; d++)
+            outer *= d < n->dim ? (uint64_t)p->shape[d] : 1, inner *= d > n->dim ? (uint64_t)p->shape[d] : 1;
+        uint64_t len = (uint64_t)n->shape[n->dim], start = (uint64_t)(r * n->parts / g->tp) * len;
+        for (uint64_t o = 0; o < outer; o++)
+            if (memcmp(part + o * len * inner, whole + (o * (uint64_t)p->shape[n->dim] + start) * inner,
+                       len * inner * 2))
+                fail_msg("%s: rank %d's part differs from rows %llu.. of dim %d of %s", n->name, r,
+                         (unsigned long long)start, n->dim, p->name);
+        split += n->parts > 1;
+        free(part);
+        free(whole);
+    }
+    return split;
+}
+
+/* --tp N in process (no NVRTC): the shards, the manifest's tp and collectives, and every rank's
+ * tensors against the unsharded packed weights. */
+static void check_tp(const char *name, int tp)
+{
+    kc c;
+    open_tp(&c, name, tp);
+    ka_manifest *m = &c.low->m;
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s/tp_%s_%d", tmp, name, tp);
+    kerr err;
+    kerr_clear(&err);
+    if (pack_shards(&c, c.low, dir, 0, m, &err))
+        fail_msg("%s --tp %d: %s", name, tp, kerr_msg(&err));
+    assert_int_equal(m->tp, tp);
+    assert_int_equal(c.g->tp, tp);
+    int coll = 0, gathers = 0;
+    for (int i = 0; i < m->ndecode; i++) {
+        coll += m->decode[i].kind == KA_ALLREDUCE || m->decode[i].kind == KA_ALLGATHER;
+        gathers += m->decode[i].kind == KA_ALLGATHER;
+    }
+    /* every layer's attention and MLP outputs are summed, the embedding too */
+    assert_true(coll >= 2 * c.g->n_layers + 1);
+    assert_int_equal(gathers, 1); /* the vocabulary-split LM head */
+    /* the manifest as kiln reads it */
+    char *js = ka_manifest_json(m);
+    char want[64];
+    snprintf(want, sizeof want, "\"tp\": %d", tp);
+    assert_non_null(strstr(js, want));
+    assert_non_null(strstr(js, "\"collective\": \"all_reduce\""));
+    assert_non_null(strstr(js, "\"collective\": \"all_gather\""));
+    free(js);
+    int split = 0;
+    for (int r = 0; r < tp; r++) {
+        char path[800];
+        snprintf(path, sizeof path, "%s/shards/rank%d-of-%d.safetensors", dir, r, tp);
+        assert_string_equal(strstr(path, "shards/"), m->shards[r].path);
+        st_set *s = st_open(path, &err);
+        if (!s)
+            fail_msg("%s", kerr_msg(&err));
+        assert_int_equal(s->n, m->nweights);
+        /* the file holds, under every weight's name, what the packer makes of it for rank r */
+        for (int i = 0; i < m->nweights; i++) {
+            const st_tensor *t = st_find(s, m->weights[i].name);
+            assert_non_null(t);
+            assert_int_equal((int64_t)t->nbytes, m->weights[i].nbytes);
+            uint16_t *want_w = pack_const(c.g, c.low->weight_node[i], r, ST_BF16, &err);
+            assert_non_null(want_w);
+            if (memcmp(t->data, want_w, t->nbytes))
+                fail_msg("%s --tp %d rank %d: tensor %s differs from its packed value", name, tp,
+                         r, m->weights[i].name);
+            free(want_w);
+        }
+        st_close(s);
+        split = check_shard_nodes(c.g, r);
+    }
+    /* tp 2 splits weights in halves; tp 1 has shards of one part */
+    if (tp > 1)
+        assert_true(split > 0);
+    else
+        assert_int_equal(split, 0);
+    kc_free(&c);
+}
+
+static void test_tp_shards(void **state)
+{
+    (void)state;
+    check_tp("llama", 2);
+    check_tp("mixtral", 2);
+    check_tp("bloom", 2);
+    check_tp("llama", 1);
+    check_tp("bloom", 1);
+}
+
+/* A split weight's halves differ between the ranks and concatenate to the whole: llama's
+ * q_proj, split by rows (heads), and its o_proj, split by columns. */
+static void test_tp_halves(void **state)
+{
+    (void)state;
+    kc c;
+    open_tp(&c, "llama", 2);
+    const st_tensor *q = st_find(c.weights, "model.layers.0.self_attn.q_proj.weight");
+    const st_tensor *o = st_find(c.weights, "model.layers.0.self_attn.o_proj.weight");
+    assert_non_null(q);
+    assert_non_null(o);
+    int found = 0;
+    for (int i = 0; i < c.g->n; i++) {
+        const kg_node *n = &c.g->nodes[i];
+        const kg_node *p = n->op == KG_SHARD ? &c.g->nodes[n->in[0]] : NULL;
+        if (!p || p->op != KG_WEIGHT || (p->bound != q && p->bound != o))
+            continue;
+        int rows = p->bound == q; /* q by output rows (dim 0), o by input columns (dim 1) */
+        assert_int_equal(n->dim, rows ? 0 : 1);
+        assert_int_equal(n->parts, 2);
+        kerr err;
+        kerr_clear(&err);
+        uint16_t *h0 = pack_const(c.g, i, 0, ST_BF16, &err), *h1 = pack_const(c.g, i, 1, ST_BF16, &err);
+        uint64_t half = graph_numel_const(n), R = (uint64_t)p->shape[0], C = (uint64_t)p->shape[1];
+        assert_int_equal(half * 2, R * C);
+        assert_true(memcmp(h0, h1, half * 2) != 0);
+        const float *f = p->bound->data; /* the fixture is float32 */
+        assert_int_equal(p->bound->dtype, ST_F32);
+        for (uint64_t y = 0; y < R; y++)
+            for (uint64_t x = 0; x < C; x++) {
+                uint64_t hr = rows ? y % (R / 2) : y, hc = rows ? x : x % (C / 2);
+                int which = rows ? y >= R / 2 : x >= C / 2;
+                uint16_t got = (which ? h1 : h0)[hr * (rows ? C : C / 2) + hc];
+                if (got != util_f32_to_bf16(f[y * C + x]))
+                    fail_msg("%s: [%llu, %llu] is not in rank %d's half", n->name,
+                             (unsigned long long)y, (unsigned long long)x, which);
+            }
+        free(h0);
+        free(h1);
+        found++;
+    }
+    assert_int_equal(found, 2);
+    kc_free(&c);
+}
+
+/* The sharded translation units compile (vocabulary-split embedding and gather, ALiBi heads
+ * from a rank argument, per-rank MoE); llama's is compiled by test_tp_cli. */
+static void test_tp_nvrtc(void **state)
+{
+    (void)state;
+    const char *inc[] = {"templates", "kernels", NULL};
+    static const char *fx[] = {"bloom", "mixtral"};
+    for (size_t i = 0; i < ARRAY_LEN(fx); i++) {
+        kc c;
+        open_tp(&c, fx[i], 2);
+        char *src = codegen_source(c.low, fx[i]);
+        assert_non_null(strstr(src, "kiln::gather_ranks<"));
+        if (!strcmp(fx[i], "bloom"))
+            assert_non_null(strstr(src, "alibi_slopes + head0"));
+        nvrtc_result r;
+        kerr err;
+        kerr_clear(&err);
+        if (nvrtc_compile(src, fx[i], "sm_80", inc, &r, &err))
+            fail_msg("%s --tp 2: %s", fx[i], kerr_msg(&err));
+        assert_true(r.len > 1000);
+        nvrtc_result_free(&r);
+        free(src);
+        kc_free(&c);
+    }
+}
+
+/* kilnc compile --tp 2, then kiln inspect --verify over both shards; a swapped or missing rank
+ * shard is refused by kiln inspect and km_load, naming the rank. */
+static void test_tp_cli(void **state)
+{
+    (void)state;
+    const char *kilnc = getenv("KILNC"), *kiln = getenv("KILN");
+    if (!kilnc || !kiln)
+        fail_msg("KILNC or KILN is not set (run through make check)");
+    char dir[600], cmd[2000], out[8192];
+    snprintf(dir, sizeof dir, "%s/tp2", tmp);
+    snprintf(cmd, sizeof cmd, "%s compile " FIX "llama -o %s --tp 2 --sm 80 --max-seq-len 128 2>&1",
+             kilnc, dir);
+    if (run(cmd, out, sizeof out) != 0)
+        fail_msg("kilnc compile --tp 2 failed:\n%s", out);
+    assert_non_null(strstr(out, "shards/rank{0..1}-of-2.safetensors"));
+    snprintf(cmd, sizeof cmd, "%s inspect %s --verify 2>&1", kiln, dir);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    assert_non_null(strstr(out, "parallel     tp 2: 2 GPUs, "));
+    assert_non_null(strstr(out, "verified     shards/rank0-of-2.safetensors: id "));
+    assert_non_null(strstr(out, "verified     shards/rank1-of-2.safetensors: id "));
+    /* rank 1's shard in rank 0's place */
+    char r0[700], r1[700];
+    snprintf(r0, sizeof r0, "%s/shards/rank0-of-2.safetensors", dir);
+    snprintf(r1, sizeof r1, "%s/shards/rank1-of-2.safetensors", dir);
+    copy_file(r1, r0);
+    snprintf(cmd, sizeof cmd, "%s inspect %s --verify 2>&1", kiln, dir);
+    assert_int_equal(run(cmd, out, sizeof out), 1);
+    assert_non_null(strstr(out, "rank0-of-2.safetensors: shard id mismatch"));
+    assert_non_null(strstr(out, "for rank 0 of 2"));
+    /* rank 1's shard missing */
+    assert_int_equal(unlink(r1), 0);
+    char mk[700];
+    snprintf(mk, sizeof mk, "%s/model.kiln", dir);
+    kerr err;
+    kerr_clear(&err);
+    ka_file *f = ka_read(mk, &err);
+    assert_non_null(f);
+    assert_int_equal(f->m.tp, 2);
+    assert_null(ka_shard_open_rank(f, dir, 1, &err));
+    assert_non_null(strstr(kerr_msg(&err), "rank 1 of 2"));
+    ka_file_free(f);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -372,6 +610,10 @@ int main(void)
         cmocka_unit_test(test_artifact_roundtrip),
         cmocka_unit_test(test_loader_rejects),
         cmocka_unit_test(test_kiln_run_without_gpu),
+        cmocka_unit_test(test_tp_shards),
+        cmocka_unit_test(test_tp_halves),
+        cmocka_unit_test(test_tp_nvrtc),
+        cmocka_unit_test(test_tp_cli),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

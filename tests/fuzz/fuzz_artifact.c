@@ -9,8 +9,9 @@
  * Contracts, for a file ka_read accepts (the engine uses the manifest without checks of its
  * own): every index is in range: the sample kernel (-1 for embedding models), each step's
  * kernel, every kernel and GEMM argument against its table or buffer (slab and scratch offsets,
- * weights, constants, kv layers), bos (-1 or a vocabulary id), every eos id, each blob inside
- * the file, each kv layer's shape positive. A rejected file leaves a message.
+ * weights, constants, kv layers; collectives' operands in buffers; rank arguments bounded),
+ * bos (-1 or a vocabulary id), every eos id, each blob inside the file, each kv layer's shape
+ * positive, tp in range with a shard per rank. A rejected file leaves a message.
  */
 #include "artifact.h"
 #include "fuzz.h"
@@ -50,6 +51,9 @@ static void check_arg(const ka_manifest *m, const ka_arg *a, int step, int k)
     case KA_ARG_CONST: ok = a->i >= 0 && a->i < m->nconsts; break;
     case KA_ARG_KV_K:
     case KA_ARG_KV_V: ok = a->i >= 0 && a->i < m->n_layers; break;
+    case KA_ARG_RANK: /* i * rank fits an int for every rank */
+        ok = a->i >= -(INT32_MAX / KA_MAX_TP) && a->i <= INT32_MAX / KA_MAX_TP;
+        break;
     default: ok = (unsigned)a->kind < KA_NARGKINDS;
     }
     FZ_CHECK(ok, "step %d: argument %d (%s %lld) out of range", step, k, ka_arg_kind_name(a->kind),
@@ -66,6 +70,17 @@ static void check_steps(const ka_manifest *m, const ka_step *s, int n)
                      s[i].nargs);
             for (int k = 0; k < s[i].nargs; k++)
                 check_arg(m, &s[i].args[k], i, k);
+        } else if (s[i].kind == KA_ALLREDUCE || s[i].kind == KA_ALLGATHER) {
+            const ka_arg *g[2] = {&s[i].x, &s[i].y};
+            for (int k = 0; k < 2; k++) {
+                FZ_CHECK(g[k]->kind == KA_ARG_BUF || g[k]->kind == KA_ARG_SCRATCH ||
+                             g[k]->kind == KA_ARG_LOGITS,
+                         "step %d: collective operand %d is %s", i, k,
+                         ka_arg_kind_name(g[k]->kind));
+                check_arg(m, g[k], i, k);
+            }
+            FZ_CHECK(s[i].n >= 1, "step %d: collective of %lld elements a row", i,
+                     (long long)s[i].n);
         } else {
             FZ_CHECK(s[i].w.kind == KA_ARG_WEIGHT && s[i].w.i >= 0 && s[i].w.i < m->nweights,
                      "step %d: GEMM weight %lld of %d", i, (long long)s[i].w.i, m->nweights);
@@ -107,6 +122,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FZ_CHECK(b->offset <= af->len && b->len <= af->len - b->offset, "blob %d outside", i);
         FZ_CHECK(ka_find_blob(m, b->name) != NULL, "blob '%s' not found by name", b->name);
     }
+    FZ_CHECK(m->tp >= 1 && m->tp <= KA_MAX_TP && m->shards, "tp %d", m->tp);
+    for (int r = 0; r < m->tp; r++)
+        FZ_CHECK(m->shards[r].path && !strstr(m->shards[r].path, ".."), "shard %d's path", r);
     check_steps(m, m->prefill, m->nprefill);
     check_steps(m, m->decode, m->ndecode);
     char *json = ka_manifest_json(m);

@@ -308,9 +308,13 @@ def artifacts(kilnc):
         print("make_corpus: no kilnc given (--kilnc); artifact seeds not made")
         return
     with tempfile.TemporaryDirectory() as tmp:
-        for m in ["llama", "bert", "mixtral", "bloom", "qwen2"]:
+        # (seed name, fixture, extra flags): tp2 seeds carry shards per rank, collective steps
+        # and rank arguments (manifest format 5)
+        for m, fx, extra in [("llama", "llama", []), ("bert", "bert", []), ("mixtral", "mixtral", []),
+                             ("bloom", "bloom", []), ("qwen2", "qwen2", []),
+                             ("llama_tp2", "llama", ["--tp", "2"]), ("bloom_tp2", "bloom", ["--tp", "2"])]:
             o = os.path.join(tmp, m)
-            r = subprocess.run([kilnc, "compile", os.path.join(FX, m), "-o", o, "--sm", "80"],
+            r = subprocess.run([kilnc, "compile", os.path.join(FX, fx), "-o", o, "--sm", "80"] + extra,
                                capture_output=True, text=True)
             if r.returncode:
                 print("make_corpus: kilnc compile %s failed:\n%s" % (m, r.stderr))
