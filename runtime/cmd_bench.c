@@ -383,7 +383,8 @@ static void print_header(const char *dir, const kb_info *in, const char *describ
                "2 M N K / time\n",
                hw->gemm_flops / 1e12, KROOF_GEMM_N, KROOF_REPS);
     }
-    printf("  load         %.2f s\n", load_s);
+    printf("  load         %.2f s%s\n", load_s,
+           compiled ? " (GPU 0's context already made by the measurements above)" : "");
     if (compiled)
         printf("  per step     %s of weights read by a decode step (embedding tables, %s, not "
                "counted: a step reads one row per token); KV cache %lld bytes per token of "
@@ -645,6 +646,7 @@ int cmd_bench(int argc, char **argv)
     int compiled = util_is_file(mkpath);
     ka_file *af = NULL;
     kbackend *b = NULL;
+    kroof_gpu *gpu = NULL;
     kroof_hw hw;
     kroof_model rm;
     memset(&hw, 0, sizeof hw);
@@ -669,7 +671,7 @@ int cmd_bench(int argc, char **argv)
         ka_file_free(af);
         af = NULL;
         fprintf(stderr, "%s: measuring the GPU: copy bandwidth and bf16 GEMM peak\n", PROG);
-        if (kroof_measure(&hw, &err))
+        if (!(gpu = kroof_measure(&hw, &err)))
             goto out;
     } else {
         /* the CPU backend sized to the figures: its batch is the largest --batch */
@@ -714,6 +716,7 @@ out:
         kerr_print(PROG, &err);
     if (b)
         b->free(b);
+    kroof_gpu_free(gpu);
     ka_file_free(af);
     for (int i = 0; i < nf; i++)
         free(figs[i].skip);

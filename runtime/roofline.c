@@ -11,8 +11,9 @@
 
 #define WARMUPS 3
 
-/* What one measurement holds; released by release() whatever happened. */
-typedef struct meas {
+/* What the measurements hold: everything but the driver and the context is released when they
+ * end (free_work), those two by kroof_gpu_free. */
+typedef struct kroof_gpu {
     kcuda cu;
     CUdevice dev;
     CUcontext ctx;
@@ -20,26 +21,39 @@ typedef struct meas {
     CUevent ev[2];
     CUdeviceptr buf[3];
     kgemm *gemm;
-} meas;
+} kroof_gpu;
+typedef kroof_gpu meas;
 
-static void release(meas *m)
+static void free_work(meas *m)
 {
-    if (!m->cu.lib)
+    if (!m->ctx)
         return;
-    if (m->ctx) {
-        m->cu.cuCtxSetCurrent(m->ctx);
-        kgemm_free(m->gemm);
-        for (int i = 0; i < 3; i++)
-            if (m->buf[i])
-                m->cu.cuMemFree(m->buf[i]);
-        for (int i = 0; i < 2; i++)
-            if (m->ev[i])
-                m->cu.cuEventDestroy(m->ev[i]);
-        if (m->stream)
-            m->cu.cuStreamDestroy(m->stream);
+    m->cu.cuCtxSetCurrent(m->ctx);
+    kgemm_free(m->gemm);
+    m->gemm = NULL;
+    for (int i = 0; i < 3; i++)
+        if (m->buf[i])
+            m->cu.cuMemFree(m->buf[i]);
+    for (int i = 0; i < 2; i++)
+        if (m->ev[i])
+            m->cu.cuEventDestroy(m->ev[i]);
+    if (m->stream)
+        m->cu.cuStreamDestroy(m->stream);
+    memset(m->buf, 0, sizeof m->buf);
+    memset(m->ev, 0, sizeof m->ev);
+    m->stream = NULL;
+}
+
+void kroof_gpu_free(kroof_gpu *m)
+{
+    if (!m)
+        return;
+    free_work(m);
+    if (m->ctx)
         m->cu.cuDevicePrimaryCtxRelease(m->dev);
-    }
-    kcuda_unload(&m->cu);
+    if (m->cu.lib)
+        kcuda_unload(&m->cu);
+    free(m);
 }
 
 /* Milliseconds of the work between the two events. */
@@ -151,14 +165,16 @@ static int measure(meas *m, kroof_hw *hw, kerr *err)
     return 0;
 }
 
-int kroof_measure(kroof_hw *hw, kerr *err)
+kroof_gpu *kroof_measure(kroof_hw *hw, kerr *err)
 {
     memset(hw, 0, sizeof *hw);
-    meas m;
-    memset(&m, 0, sizeof m);
-    int rc = measure(&m, hw, err);
-    release(&m);
-    return rc;
+    meas *m = xcalloc(1, sizeof *m);
+    if (measure(m, hw, err)) {
+        kroof_gpu_free(m);
+        return NULL;
+    }
+    free_work(m);
+    return m;
 }
 
 /* ---- what a step moves and computes, from the manifest ---- */

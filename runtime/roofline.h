@@ -1,11 +1,12 @@
 /* roofline — what bounds a model's speed on this GPU, for `kiln bench` (cmd_bench.c).
  *
  * Two halves. kroof_measure() measures the hardware, in the calling process and before a model
- * is loaded (the engine then finds the GPU as it would otherwise): the device-to-device copy
- * bandwidth (cuMemcpyDtoD of a 1 GiB buffer, best of several; the bytes read plus the bytes
- * written over the time, which is the rate a decode step's weight reads can at best approach)
- * and the bf16 tensor-core GEMM peak (cuBLASLt, 8192 x 8192 x 8192 on random data, best of
- * several; 2 M N K over the time). It runs on GPU 0, the engine's.
+ * is loaded: the device-to-device copy bandwidth (cuMemcpyDtoD of a 1 GiB buffer, best of
+ * several; the bytes read plus the bytes written over the time, which is the rate a decode
+ * step's weight reads can at best approach) and the bf16 tensor-core GEMM peak (cuBLASLt,
+ * 8192 x 8192 x 8192 on random data, best of several; 2 M N K over the time). It runs on GPU 0,
+ * the engine's, and frees its buffers before it returns; GPU 0's primary context stays retained
+ * until kroof_gpu_free (below), so the engine finds it made.
  *
  * kroof_model_of() reads from a compiled model's manifest what a step must move and compute.
  * The weights a decode step reads in full are the ones its schedule names, except tables that
@@ -48,8 +49,14 @@ typedef struct kroof_hw {
     double gemm_flops;     /* FLOP/s: 2 M N K / time, bf16 in and out, fp32 accumulation */
 } kroof_hw;
 
-/* Measures GPU 0. Returns 0, or -1 with a message (no driver, no GPU, out of memory). */
-int kroof_measure(kroof_hw *hw, kerr *err);
+/* Measures GPU 0 into *hw. Returns what must outlive the engine loaded next, or NULL with a
+ * message (no driver, no GPU, out of memory): the driver and GPU 0's primary context, still
+ * retained, because the GEMM measurement started the CUDA runtime (cuBLASLt's) in that context
+ * and the engine's cuBLASLt goes on in it. Every buffer is freed before it returns. */
+typedef struct kroof_gpu kroof_gpu;
+kroof_gpu *kroof_measure(kroof_hw *hw, kerr *err);
+/* After the engine is freed. */
+void kroof_gpu_free(kroof_gpu *g);
 
 typedef struct kroof_model {
     int elsize;                 /* bytes of the model's dtype (bf16, f16) */
