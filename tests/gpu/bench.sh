@@ -22,9 +22,10 @@
 #
 # Settings: BENCH_SHAPES ("8b 1b"), BENCH_SKIP_TORCH=1 (kiln only), BENCH_COMPILE (kilnc compile's
 # limits, "--max-batch 64 --max-seq-len 2560"), BENCH_ARGS (more kiln bench options, e.g. "--reps 5"),
-# BENCH_TORCH_TIMEOUT (300), PYTHON (python3). Output in $OUT (or /tmp/kiln-bench/out): bench-SHAPE.txt
-# and .json (kiln bench), torch-SHAPE.json, bench-summary.md (the table and the block), bench-logs.tgz.
-# Exit status 1 if kiln bench or a baseline failed.
+# BENCH_TORCH_TIMEOUT (300), PYTHON (python3). Output in $OUT (or /tmp/kiln-bench/out), four files at
+# most: bench-SHAPE.txt (kiln bench's table), bench-summary.md (the side-by-side table and the block) and
+# bench-logs.tgz (every log, and the JSON of kiln bench and of the baselines). Exit status 1 if kiln bench
+# or a baseline failed.
 set -u
 cd "$(dirname "$0")/../.." || exit 1
 BIN=${KILN_BIN:-out/bin}
@@ -92,7 +93,7 @@ print(j['decode_prompt'], j['new'], j['reps'])" $RES/$SHAPE-kiln.json)"
       fail=1   # a partial torch-SHAPE.json (the prefill, written first) is still used
     fi
   fi
-  cp $RES/$SHAPE-*.json "$OUT/" 2>/dev/null
+  cp $RES/$SHAPE-*.json $LOG/ 2>/dev/null
   cp $LOG/bench-$SHAPE.txt "$OUT/bench-$SHAPE.txt"
 done
 
