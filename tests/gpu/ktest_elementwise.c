@@ -286,6 +286,47 @@ static void t_embed(kt *t, int H, int SRC, int ACC, int THREADS, const seqcfg *c
     step_free(t, &s);
 }
 
+/* The vocabulary-split embedding of rank `rank` of `parts`: table holds rows [row0, row0 + ROWS)
+ * of a full table of ROWS * parts rows, ids outside them give zeros (TOL_EXACT: copies). */
+static void t_embed_part(kt *t, int H, int ROWS, int parts, int rank, int THREADS,
+                         const seqcfg *c)
+{
+    char name[160], src[1024];
+    snprintf(name, sizeof name, "elementwise/embed_part H=%d ROWS=%d rank %d of %d T=%d", H, ROWS,
+             rank, parts, cfg_T(c));
+    if (!kt_want(t, name))
+        return;
+    snprintf(src, sizeof src,
+             "#include \"elementwise.cuh\"\n"
+             "extern \"C\" __global__ void __launch_bounds__(%d) k(const kiln_step st, "
+             "const kiln::bf16 *table, kiln::bf16 *out, int row0)\n"
+             "{ kiln::embed_part<kiln::bf16, %d, %dLL, %d>(st, table, out, row0); }\n",
+             THREADS, H, ROWS, THREADS);
+    int skip;
+    CUfunction f = kfunc(t, name, src, &skip);
+    if (skip)
+        return;
+    kstep s;
+    step_make(t, &s, c, ROWS * parts); /* ids over the full vocabulary */
+    size_t n = (size_t)s.T * H;
+    int row0 = rank * ROWS;
+    float *full = rand_bf16(t, (size_t)ROWS * parts * H, 1.0f, 0.f);
+    CUdeviceptr dt = up_bf16(t, full + (size_t)row0 * H, (size_t)ROWS * H);
+    CUdeviceptr dout = kt_alloc(t, sizeof(uint16_t) * n);
+    void *args[] = {&s.st, &dt, &dout, &row0};
+    kt_launch(t, f, name, (unsigned)s.T, 1, 1, (unsigned)THREADS, 0, args);
+    float *got = down_bf16(t, dout, n), *want = xmalloc(sizeof(float) * n);
+    for (int i = 0; i < s.T; i++) {
+        int id = s.ids[i], mine = id >= row0 && id < row0 + ROWS;
+        for (int j = 0; j < H; j++)
+            want[(size_t)i * H + j] = mine ? full[(size_t)id * H + j] : 0.f;
+    }
+    check(t, name, got, want, n, (size_t)H, TOL_EXACT);
+    free(full), free(got), free(want);
+    kt_free(t, dt), kt_free(t, dout);
+    step_free(t, &s);
+}
+
 /* ---- rms_norm / layer_norm ---------------------------------------------------------------- */
 
 /* LN = 0: rms_norm<.., UNIT_OFFSET = opt>; LN = 1: layer_norm<.., BIAS = opt>. inplace: res_out
@@ -757,6 +798,43 @@ static void t_pool(kt *t, int H, int MODE, int NORM, int THREADS, const seqcfg *
     step_free(t, &s);
 }
 
+/* The ranks' all-gathered logits blocks ([TP][M][N], rank-major) into rows of N * TP: float
+ * copies (TOL_EXACT). */
+static void t_gather_ranks(kt *t, int N, int TP, int M, int THREADS)
+{
+    char name[160], src[1024];
+    snprintf(name, sizeof name, "elementwise/gather_ranks N=%d TP=%d M=%d", N, TP, M);
+    if (!kt_want(t, name))
+        return;
+    snprintf(src, sizeof src,
+             "#include \"elementwise.cuh\"\n"
+             "extern \"C\" __global__ void __launch_bounds__(%d) k(const kiln_step st, "
+             "const float *parts, float *logits, int M)\n"
+             "{ kiln::gather_ranks<%d, %d, %d>(st, parts, logits, M); }\n",
+             THREADS, N, TP, THREADS);
+    int skip;
+    CUfunction f = kfunc(t, name, src, &skip);
+    if (skip)
+        return;
+    kstep s;
+    step_make(t, &s, &CFG_ONE, 16);
+    size_t n = (size_t)TP * M * N;
+    float *parts = xmalloc(sizeof(float) * n), *want = xmalloc(sizeof(float) * n);
+    kt_fill(t, parts, n, 10.0f);
+    CUdeviceptr dp = kt_upload(t, parts, sizeof(float) * n), dl = kt_alloc(t, sizeof(float) * n);
+    void *args[] = {&s.st, &dp, &dl, &M};
+    kt_launch(t, f, name, (unsigned)M, (unsigned)TP, 1, (unsigned)THREADS, 0, args);
+    for (int r = 0; r < TP; r++)
+        for (int m = 0; m < M; m++)
+            memcpy(want + ((size_t)m * TP + r) * N, parts + ((size_t)r * M + m) * N,
+                   sizeof(float) * N);
+    float *got = down_f32(t, dl, n);
+    check(t, name, got, want, n, (size_t)N * TP, TOL_EXACT);
+    free(parts), free(want), free(got);
+    kt_free(t, dp), kt_free(t, dl);
+    step_free(t, &s);
+}
+
 /* ---- the cases ---------------------------------------------------------------------------- */
 
 void ktest_elementwise(kt *t)
@@ -766,6 +844,10 @@ void ktest_elementwise(kt *t)
     t_embed(t, 4096, 0, 0, 256, &CFG_PREFILL);
     t_embed(t, 4096, 1, 1, 256, &CFG_DECODE);
     t_embed(t, 768, 2, 1, 128, &CFG_PREFILL);
+    /* vocabulary-split (tensor parallel): (H, ROWS, parts, rank, THREADS) */
+    t_embed_part(t, 64, 256, 4, 0, 32, &CFG_PREFILL);
+    t_embed_part(t, 4096, 256, 4, 2, 256, &CFG_PREFILL);
+    t_embed_part(t, 4096, 512, 2, 1, 256, &CFG_DECODE);
 
     /* rms_norm: (H, RPT, THREADS, UNIT_OFFSET, RESIDUAL, T, inplace) */
     t_norm(t, 0, 64, 1, 32, 0, 0, 7, 0);
@@ -823,6 +905,10 @@ void ktest_elementwise(kt *t)
     t_gather_last(t, 64, 32, &CFG_POOL, "pool");
     t_gather_last(t, 4096, 256, &CFG_PREFILL, "prefill");
     t_gather_last(t, 4096, 256, &CFG_ONE, "one");
+    /* the logits' all-gather reordered: (N, TP, M, THREADS) */
+    t_gather_ranks(t, 100, 4, 5, 256);   /* N not a multiple of 8 or of the threads */
+    t_gather_ranks(t, 64128, 2, 16, 256); /* 128256 / 2: Llama-3's vocabulary at TP 2, decode */
+    t_gather_ranks(t, 16032, 8, 1, 256); /* at TP 8, batch 1 */
     t_pool(t, 64, 0, 0, 32, &CFG_POOL);
     t_pool(t, 384, 0, 1, 64, &CFG_POOL);
     t_pool(t, 768, 1, 1, 128, &CFG_POOL);
