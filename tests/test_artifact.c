@@ -2,13 +2,14 @@
  * without a GPU:
  *
  *   - every fixture's manifest survives ka_write + ka_read field for field, and passes every
- *     range check (so the checks accept what the compiler emits);
+ *     range check (so the checks accept what the compiler emits), sharded ones (--tp 2, 1) too;
  *   - every bit of the header and of the manifest, and every byte of the blobs and the zero gaps
  *     between sections, flipped one at a time, is refused; so are a byte appended or cut off;
  *   - manifests with one bad field (sample_kernel, kernel, weight, const, layer and buffer
- *     references, grids, GEMM dims, weight sizes, token ids, limits, counts, paths), re-signed
- *     with a correct header hash so that the range check and not the checksum is what refuses
- *     them, each with a message naming the file, the place and expected vs got;
+ *     references, grids, GEMM dims, weight sizes, token ids, limits, counts, paths; tp, the
+ *     shard list and collective steps of a --tp 2 manifest), re-signed with a correct header
+ *     hash so that the range check and not the checksum is what refuses them, each with a
+ *     message naming the file, the place and expected vs got;
  *   - the shard: a shard of another model with the same names and shapes is refused by its id
  *     (by km_load too, before any GPU work), a truncated shard and a modified header or data
  *     byte are refused naming the shard; the chunked hash does not depend on threads or on how
@@ -81,14 +82,16 @@ static int write_kiln(const char *path, ka_manifest *m, kerr *err)
     return ka_write(path, m, data, err);
 }
 
-static void lower_fixture(kc *c, const char *dir)
+static void lower_fixture_tp(kc *c, const char *dir, int tp)
 {
-    kc_opts o = {.need_weights = 1, .max_seq_len = 128, .max_seqs = 4, .max_tokens = 64};
+    kc_opts o = {.need_weights = 1, .max_seq_len = 128, .max_seqs = 4, .max_tokens = 64, .tp = tp};
     kerr err;
     kerr_clear(&err);
     if (kc_open(c, dir, &o, &err) || kc_run(c, NULL, NULL, NULL, &err))
         fail_msg("%s: %s", dir, kerr_msg(&err));
 }
+
+static void lower_fixture(kc *c, const char *dir) { lower_fixture_tp(c, dir, 0); }
 
 /* kilnc compile without NVRTC: the model in `dir` into the folder `out`. */
 static void build(const char *dir, const char *out)
@@ -161,7 +164,7 @@ static void same_steps(const ka_step *a, const ka_step *b, int n)
         assert_int_equal(a[i].size, b[i].size);
         assert_int_equal(a[i].logits, b[i].logits);
         assert_int_equal(a[i].rows, b[i].rows); /* kernel steps lost it before format 2 */
-        if (a[i].kind == KA_GEMM) {
+        if (a[i].kind != KA_KERNEL) { /* a GEMM, or a collective (w, bias, k, ld* zero) */
             same_arg(&a[i].x, &b[i].x);
             same_arg(&a[i].w, &b[i].w);
             same_arg(&a[i].bias, &b[i].bias);
@@ -185,13 +188,16 @@ static void test_every_fixture_round_trips(void **state)
 {
     (void)state;
     static const char *fx[] = {"llama",   "llama_tied_oldstyle", "mistral", "qwen2", "qwen",
-                               "mixtral", "mixtral4",            "bloom",   "bert",  "llama_bf16"};
+                               "mixtral", "mixtral4",            "bloom",   "bert",  "llama_bf16",
+                               /* sharded (--tp): collectives, rank arguments, shards */
+                               "llama",   "mixtral",             "bloom",   "bert",  "llama"};
+    static const int tps[ARRAY_LEN(fx)] = {[10] = 2, [11] = 2, [12] = 2, [13] = 2, [14] = 1};
     for (size_t i = 0; i < ARRAY_LEN(fx); i++) {
         char dir[256], path[700];
         snprintf(dir, sizeof dir, FIX "%s", fx[i]);
         snprintf(path, sizeof path, "%s/rt.kiln", tmp);
         kc c;
-        lower_fixture(&c, dir);
+        lower_fixture_tp(&c, dir, tps[i]);
         ka_manifest *m = &c.low->m;
         /* kiln run bounds prompt ids by vocab: an embedding model's is its token table's rows */
         assert_true(m->vocab > 0);
@@ -236,6 +242,13 @@ static void test_every_fixture_round_trips(void **state)
         assert_memory_equal(&r->gen, &m->gen, sizeof m->gen); /* (no padding: 6 ints, 2 doubles) */
         assert_int_equal(r->gen.has_temperature, !m->output_pool);
         assert_int_equal(r->gen.has_max_new, 0);
+        assert_int_equal(r->tp, tps[i] ? tps[i] : 1);
+        for (int k = 0; k < r->tp; k++) {
+            assert_string_equal(r->shards[k].path, m->shards[k].path);
+            assert_int_equal(r->shards[k].id, m->shards[k].id);
+        }
+        /* collective steps exactly when sharded: --tp 1 has collectives of one */
+        assert_true((r->collectives > 0) == (tps[i] > 0));
         assert_int_equal(r->nprefill, m->nprefill);
         assert_int_equal(r->ndecode, m->ndecode);
         same_steps(r->prefill, m->prefill, m->nprefill);
@@ -689,6 +702,123 @@ static void test_bad_fields_resigned(void **state)
     json_decref(r);
 }
 
+/* ---------------------------------------------------------------- tensor parallelism */
+
+/* llama --tp 2's manifest (no blobs: read through ka_wrap_manifest), as JSON to edit. */
+static json_t *tp_manifest(void)
+{
+    kc c;
+    lower_fixture_tp(&c, FIX "llama", 2);
+    ka_manifest *m = &c.low->m;
+    set_identity(m, "llama", &c);
+    m->shard_chunk = HASH_CHUNK;
+    char *js = ka_manifest_json(m);
+    json_t *r = json_loads(js, 0, NULL);
+    assert_non_null(r);
+    free(js);
+    kc_free(&c);
+    return r;
+}
+
+/* The first collective of `kind` in the decode schedule. */
+static json_t *find_coll(json_t *r, const char *kind)
+{
+    json_t *s;
+    size_t i;
+    json_array_foreach(json_object_get(r, "decode"), i, s)
+    {
+        json_t *c = json_object_get(s, "collective");
+        if (c && !strcmp(json_string_value(c), kind))
+            return s;
+    }
+    fail_msg("no %s step", kind);
+    return NULL;
+}
+
+static void t_coll_name(json_t *r) { json_object_set_new(find_coll(r, "all_reduce"), "collective", json_string("all_sum")); }
+static void t_coll_x_kind(json_t *r) { json_object_set_new(find_coll(r, "all_reduce"), "x", json_pack("[si]", "weight", 0)); }
+static void t_coll_y_extent(json_t *r)
+{
+    json_array_set_new(json_object_get(find_coll(r, "all_reduce"), "y"), 1,
+                       json_integer(lim(r, "slab_bytes") - 64));
+}
+static void t_coll_overlap(json_t *r)
+{
+    json_t *s = find_coll(r, "all_reduce");
+    json_int_t x = json_integer_value(json_array_get(json_object_get(s, "x"), 1));
+    json_array_set_new(json_object_get(s, "y"), 1, json_integer(x + 256));
+}
+static void t_coll_gather_inplace(json_t *r)
+{
+    json_t *s = find_coll(r, "all_gather");
+    json_object_set(s, "y", json_object_get(s, "x"));
+}
+static void t_coll_logits_bf16(json_t *r)
+{
+    json_t *s = find_coll(r, "all_gather");
+    json_object_set_new(s, "y", json_pack("[si]", "logits", 0));
+    set_int(s, "out_f32", 0);
+}
+static void t_coll_gather_extent(json_t *r) /* y holds one rank's block, not tp of them */
+{
+    json_t *s = find_coll(r, "all_gather");
+    json_array_set_new(json_object_get(s, "y"), 1,
+                       json_integer(lim(r, "scratch_bytes") - 4 * 4 * json_integer_value(json_object_get(s, "n"))));
+}
+static void t_coll_n(json_t *r) { set_int(find_coll(r, "all_reduce"), "n", 0); }
+static void t_tp3(json_t *r) { set_int(r, "tp", 3); }
+static void t_tp1(json_t *r) { set_int(r, "tp", 1); }
+static void t_shard1_path(json_t *r)
+{
+    json_object_set_new(json_array_get(json_object_get(r, "shards"), 1), "path",
+                        json_string("shards/rank0-of-2.safetensors"));
+}
+static void t_shards_type(json_t *r) { json_object_set_new(r, "shards", json_string("rank0")); }
+
+static void test_tp_fields(void **state)
+{
+    (void)state;
+    const bad_case cases[] = {
+        {"collective name", t_coll_name, {"decode step ", "collective is another name, expected \"all_reduce\" or \"all_gather\""}},
+        {"collective x", t_coll_x_kind, {"collective x is weight, expected buf, scratch or logits"}},
+        {"collective y extent", t_coll_y_extent, {"collective y needs ", "bytes at 4 rows", "left in the activation slab"}},
+        {"collective overlap", t_coll_overlap, {"collective x (", ") overlap"}},
+        {"gather in place", t_coll_gather_inplace, {"overlap"}},
+        {"logits bf16", t_coll_logits_bf16, {"collective y is the float logits, but out_f32 is 0"}},
+        {"gather extent", t_coll_gather_extent, {"collective y needs ", "left in the scratch area"}},
+        {"collective n", t_coll_n, {"n is 0, expected 1.."}},
+        {"tp 3, two shards", t_tp3, {"shards: 2 entries for tp 3, expected one per rank"}},
+        {"tp 1, two shards", t_tp1, {"shards: 2 entries for tp 1, expected one per rank"}},
+        {"shard 1 path", t_shard1_path, {"shard 1: path is \"shards/rank0-of-2.safetensors\", expected \"shards/rank1-of-2.safetensors\""}},
+        {"shards type", t_shards_type, {"field 'shards' is of another type, expected a list"}},
+    };
+    json_t *base = tp_manifest();
+    kerr err;
+    size_t n;
+    /* unedited, it is accepted */
+    char *js = json_dumps(base, JSON_COMPACT);
+    unsigned char *d = ka_wrap_manifest(js, strlen(js), &n);
+    assert_string_equal(read_mem(d, n, &err), "");
+    free(d);
+    free(js);
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+        json_t *r = json_deep_copy(base);
+        cases[i].edit(r);
+        js = json_dumps(r, JSON_COMPACT);
+        d = ka_wrap_manifest(js, strlen(js), &n);
+        const char *m = read_mem(d, n, &err);
+        if (!strstr(m, "art/model.kiln: manifest: "))
+            fail_msg("%s: accepted or unnamed: '%s'", cases[i].what, m);
+        for (int k = 0; k < 3 && cases[i].expect[k]; k++)
+            if (!strstr(m, cases[i].expect[k]))
+                fail_msg("%s: '%s' does not say '%s'", cases[i].what, m, cases[i].expect[k]);
+        free(d);
+        free(js);
+        json_decref(r);
+    }
+    json_decref(base);
+}
+
 /* ---------------------------------------------------------------- the shard */
 
 static void copy_art(const char *to)
@@ -890,6 +1020,7 @@ int main(void)
         cmocka_unit_test(test_manifest_every_bit),
         cmocka_unit_test(test_blobs_and_gaps),
         cmocka_unit_test(test_bad_fields_resigned),
+        cmocka_unit_test(test_tp_fields),
         cmocka_unit_test(test_shard_pristine),
         cmocka_unit_test(test_shard_of_another_model),
         cmocka_unit_test(test_shard_truncated_or_modified),
