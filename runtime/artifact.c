@@ -1297,13 +1297,3 @@ int ka_shard_verify(const ka_file *af, int rank, const st_set *s, int threads, k
     return ka_shard_hash_check_rank(af, rank, s,
                                     hash_chunked(data, len, af->m.shard_chunk, threads), err);
 }
-
-st_set *ka_shard_open(const ka_file *af, const char *dir, kerr *err)
-{
-    return ka_shard_open_rank(af, dir, 0, err);
-}
-
-int ka_shard_hash_check(const ka_file *af, const st_set *s, uint64_t got, kerr *err)
-{
-    return ka_shard_hash_check_rank(af, 0, s, got, err);
-}

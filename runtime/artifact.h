@@ -298,9 +298,5 @@ int ka_shard_hash_check_rank(const ka_file *af, int rank, const st_set *s, uint6
                              kerr *err);
 /* Hashes rank `rank`'s shard data on `threads` threads (the caller's included) and checks it. */
 int ka_shard_verify(const ka_file *af, int rank, const st_set *s, int threads, kerr *err);
-/* Rank 0's shard: ka_shard_open_rank(af, dir, 0, err) and ka_shard_hash_check_rank(af, 0, ...),
- * kept while the single-device engine calls them; they go when it loads per rank. */
-st_set *ka_shard_open(const ka_file *af, const char *dir, kerr *err);
-int ka_shard_hash_check(const ka_file *af, const st_set *s, uint64_t got, kerr *err);
 
 #endif

@@ -837,7 +837,7 @@ static const char *verify_dir(const char *dir, kerr *err)
     ka_file *f = ka_read(mk, err);
     if (!f)
         fail_msg("%s", kerr_msg(err));
-    st_set *s = ka_shard_open(f, dir, err);
+    st_set *s = ka_shard_open_rank(f, dir, 0, err);
     int rc = s ? ka_shard_verify(f, 0, s, 3, err) : -1;
     st_close(s);
     ka_file_free(f);
@@ -904,7 +904,7 @@ static void test_shard_of_another_model(void **state)
         !strstr(m, ida) || !strstr(m, "another compile"))
         fail_msg("foreign shard: '%s'", m);
     /* km_load refuses it before looking for a GPU */
-    km_opts o = {0.5, 0, 1};
+    km_opts o = {.kv_memory = 0.5, .quiet = 1};
     kerr_clear(&err);
     kmodel *km = km_load(dir, &o, &err);
     assert_null(km);

@@ -222,7 +222,7 @@ static void test_artifact_roundtrip(void **state)
     free(js);
     ka_file_free(f);
     /* a valid artifact passes every check and stops only at the missing GPU */
-    km_opts o = {0.5, 0, 1};
+    km_opts o = {.kv_memory = 0.5, .quiet = 1};
     kerr_clear(&err);
     kmodel *km = km_load(art, &o, &err);
     if (km) { /* a GPU is present: then it must load */
@@ -251,7 +251,7 @@ static const char *broken(void (*edit)(const char *model_kiln, const char *shard
     snprintf(mk, sizeof mk, "%s/model.kiln", dir);
     snprintf(sh, sizeof sh, "%s/shards/rank0-of-1.safetensors", dir);
     edit(mk, sh);
-    km_opts o = {0.5, 0, 1};
+    km_opts o = {.kv_memory = 0.5, .quiet = 1};
     kerr_clear(err);
     kmodel *m = km_load(dir, &o, err);
     assert_null(m);
