@@ -12,7 +12,8 @@
  *     pooled embedding and last hidden state) and a few greedy decode steps with the KV cache
  *     equal to the unsharded reference's within fp32 rounding, and the greedy tokens identical;
  *     where the shapes do not allow N, the pass's refusal lists the N that would work. --tp 1
- *     gives the unsharded output bit for bit.
+ *     gives the unsharded output bit for bit. The same after fuse, which runs on the sharded
+ *     graph (kilnc compile --tp): a rank's fused q/k/v and gate/up compute its part.
  *   - The sharded graph really is split (llama at --tp 2: all-reduces after o and down, q/k/v
  *     weights of half their rows, ranks whose partial sums differ; every family: attention on
  *     its share of the heads), so nothing above can pass because sharding did nothing.
@@ -388,15 +389,15 @@ static const family families[] = {
 };
 
 /* Opens a fixture through the pipeline: unsharded up to bind_weights (as kilnc ref), or
- * through the shard pass for tp ranks. Returns 0, or -1 with the message in err. */
-static int open_tp(kc *c, const char *name, int tp, kerr *err)
+ * through the shard pass for tp ranks (and fuse after it when `fused`, as kilnc compile runs
+ * them). Returns 0, or -1 with the message in err. */
+static int open_tp(kc *c, const char *name, int tp, int fused, kerr *err)
 {
     char dir[256];
     snprintf(dir, sizeof dir, FIX "%s", name);
     kc_opts o = {.need_weights = 1, .tp = tp};
-    return kc_open(c, dir, &o, err) || kc_run(c, tp ? "shard" : "bind_weights", NULL, NULL, err)
-               ? -1
-               : 0;
+    const char *upto = fused ? "fuse" : tp ? "shard" : "bind_weights";
+    return kc_open(c, dir, &o, err) || kc_run(c, upto, NULL, NULL, err) ? -1 : 0;
 }
 
 static st_set *expected(const char *name)
@@ -423,10 +424,11 @@ static int64_t *ids_of(const st_set *ex, const char *tensor, int *n)
 }
 
 /* Prefill and DECODE_STEPS greedy steps on both graphs, the unsharded one choosing the tokens;
- * tp 1 must match bit for bit. */
+ * sg went through fuse too when `fused`. Unfused at --tp 1 they must match bit for bit. */
 static void compare_generate(const char *name, const kgraph *ug, const kgraph *sg, int tp,
-                             const int64_t *prompt, int n)
+                             int fused, const int64_t *prompt, int n)
 {
+    int exact = tp == 1 && !fused;
     kerr err;
     kerr_clear(&err);
     ref *u = ref_new(ug, n + DECODE_STEPS, &err), *s = ref_new(sg, n + DECODE_STEPS, &err);
@@ -445,8 +447,9 @@ static void compare_generate(const char *name, const kgraph *ug, const kgraph *s
         assert_int_equal(sr, ur);
         assert_int_equal(sc, uc);
         char what[96];
-        snprintf(what, sizeof what, "%s --tp %d, %s", name, tp, step ? "decode" : "prefill");
-        if (tp == 1)
+        snprintf(what, sizeof what, "%s --tp %d%s, %s", name, tp, fused ? " (fused)" : "",
+                 step ? "decode" : "prefill");
+        if (exact)
             assert_memory_equal(so, uo, sizeof(float) * (size_t)(ur * uc));
         else
             worst = fmax(worst, close_enough(what, so, uo, (size_t)(ur * uc)));
@@ -458,8 +461,9 @@ static void compare_generate(const char *name, const kgraph *ug, const kgraph *s
         tok = &next;
         len = 1;
     }
-    printf("%-22s --tp %d: logits of the prompt and %d decode steps within relative L2 %.2g\n",
-           name, tp, DECODE_STEPS, worst);
+    printf("%-22s --tp %d%s: logits of the prompt and %d decode steps within relative L2 "
+           "%.2g\n",
+           name, tp, fused ? " (fused)" : "        ", DECODE_STEPS, worst);
     ref_free(u);
     ref_free(s);
 }
@@ -529,7 +533,7 @@ static void check_family(const family *f)
     kc uc;
     kerr err;
     kerr_clear(&err);
-    if (open_tp(&uc, f->name, 0, &err))
+    if (open_tp(&uc, f->name, 0, 0, &err))
         fail_msg("%s: %s", f->name, kerr_msg(&err));
     st_set *ex = expected(f->name);
     int n, nt = 0;
@@ -544,7 +548,7 @@ static void check_family(const family *f)
         const char *refusal = tp == 1 ? NULL : f->refused[tp == 2 ? 0 : 1];
         kc sc;
         kerr_clear(&err);
-        int rc = open_tp(&sc, f->name, tp, &err);
+        int rc = open_tp(&sc, f->name, tp, 0, &err);
         if (refusal) {
             if (rc == 0)
                 fail_msg("%s --tp %d: the shard pass split it; expected a refusal listing %s",
@@ -560,7 +564,15 @@ static void check_family(const family *f)
         if (embed)
             compare_embed(f->name, uc.g, sc.g, tp, ids, types, n);
         else
-            compare_generate(f->name, uc.g, sc.g, tp, ids, n);
+            compare_generate(f->name, uc.g, sc.g, tp, 0, ids, n);
+        kc_free(&sc);
+        /* fuse after shard, as kilnc compile runs them: it fuses one rank's q/k/v and gate/up
+         * (concatenations of shards), and must compute the same */
+        if (embed || tp == 1)
+            continue;
+        if (open_tp(&sc, f->name, tp, 1, &err))
+            fail_msg("%s --tp %d, fuse: %s", f->name, tp, kerr_msg(&err));
+        compare_generate(f->name, uc.g, sc.g, tp, 1, ids, n);
         kc_free(&sc);
     }
     free(ids);
@@ -595,7 +607,7 @@ static void test_llama_split(void **state)
     kc c;
     kerr err;
     kerr_clear(&err);
-    if (open_tp(&c, "llama", 2, &err))
+    if (open_tp(&c, "llama", 2, 0, &err))
         fail_msg("llama --tp 2: %s", kerr_msg(&err));
     const kgraph *g = c.g;
     int reduces = 0, gathers = 0;
