@@ -4,9 +4,15 @@
  * The result fills an artifact manifest (runtime/artifact.h); codegen_source turns its kernel
  * instances into the generated translation unit.
  *
+ * A sharded graph (kilnc --tp) lowers to one rank's program: its collectives become collective
+ * steps, and what differs by rank (a vocabulary-split embedding's first row, the first ALiBi
+ * head) becomes a KA_ARG_RANK launch argument, so the kernels are the same on every rank. The
+ * vocabulary-split LM head writes its float block to scratch; an all-gather and gather_ranks
+ * put the ranks' blocks into the logits.
+ *
  * Not lowered yet (a clear error names the node): activation slices other than the q/k/v views
  * of a fused projection, activation concatenation, MoE shared experts, an attention whose q, k
- * and v do not come from one fused projection.
+ * and v do not come from one fused projection, an all-reduce of logits.
  */
 #ifndef KILN_LOWER_H
 #define KILN_LOWER_H
