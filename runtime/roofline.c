@@ -186,6 +186,13 @@ static const char *family(const char *kernel)
     return u ? u + 1 : kernel;
 }
 
+/* An embedding gather: "embed", or "embed_part" (a rank's vocabulary rows under --tp). */
+static int is_gather(const char *kernel)
+{
+    const char *f = family(kernel);
+    return strcmp(f, "embed") == 0 || strcmp(f, "embed_part") == 0;
+}
+
 static int ends_with(const char *s, const char *suffix)
 {
     size_t n = strlen(s), k = strlen(suffix);
@@ -217,7 +224,7 @@ void kroof_model_of(const ka_manifest *m, kroof_model *r)
         }
         if (s->kind != KA_KERNEL) /* a collective reads activations only */
             continue;
-        int gather = strcmp(family(m->kernels[s->kernel].name), "embed") == 0;
+        int gather = is_gather(m->kernels[s->kernel].name);
         for (int a = 0; a < s->nargs; a++)
             if (s->args[a].kind == KA_ARG_WEIGHT)
                 use[s->args[a].i] |= gather ? 1 : 2;
@@ -229,7 +236,7 @@ void kroof_model_of(const ka_manifest *m, kroof_model *r)
             continue;
         if (s->logits == KA_LOGITS_LAST && s->w.kind == KA_ARG_WEIGHT)
             use[s->w.i] |= 4;
-        if (ends_with(s->label, "attn.o")) {
+        if (ends_with(s->label, "attn.o") || ends_with(s->label, "attn.o.part")) {
             r->q_width += s->k;
             n_o++;
         }

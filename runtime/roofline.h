@@ -16,8 +16,8 @@
  * matrix read in full, except the LM head, which the prefill applies to one row per sequence,
  * plus the attention's 4 x (query heads x head_dim) per causal (query, key) pair per layer. The
  * query width of a layer is the input width of its GEMM labelled "attn.o" (what every archspec
- * in archspecs/ calls the output projection); a model without one is assumed to have query
- * width = hidden, and kroof_model says so.
+ * in archspecs/ calls the output projection; "attn.o.part" when the shard pass split it); a
+ * model without one is assumed to have query width = hidden, and kroof_model says so.
  *
  * A tensor-parallel artifact's manifest is one rank's program (artifact.h), so its figures are
  * per rank over one GPU's measured rates: the roofline of tp alike GPUs running in parallel,

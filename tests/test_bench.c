@@ -11,7 +11,8 @@
  * The cost model: on the Llama fixture compiled, the bytes a decode step reads are every weight
  * but the embedding table (untied LM head), the KV bytes per token, the query width (from the
  * attn.o GEMMs: 6 heads x 24) and the prefill FLOPs are checked against numbers worked out by
- * hand from its config; on the tied fixture the table is the LM head and counts in full.
+ * hand from its config; on the tied fixture the table is the LM head and counts in full; compiled
+ * with --tp 2, the figures are one rank's.
  */
 #include "testutil.h"
 
@@ -230,10 +231,11 @@ static void test_defaults_skipped(void **state)
 
 /* ---- the cost model ---- */
 
-static ka_file *compile_fixture(const char *fixture, const char *name)
+static ka_file *compile_fixture(const char *fixture, const char *name, const char *tp)
 {
     char *out = tu_path(D, name);
-    run r = run_argv(KILNC, (const char *[]){"compile", fixture, "-o", out, NULL});
+    run r = run_argv(KILNC, (const char *[]){"compile", fixture, "-o", out, tp ? "--tp" : NULL, tp,
+                                             NULL});
     EXPECT_CODE(r, 0);
     tu_run_free(&r);
     char *mk = tu_path(out, "model.kiln");
@@ -250,7 +252,7 @@ static ka_file *compile_fixture(const char *fixture, const char *name)
 static void test_cost_model(void **state)
 {
     (void)state;
-    ka_file *af = compile_fixture(LLAMA, "llama");
+    ka_file *af = compile_fixture(LLAMA, "llama", NULL);
     kroof_model rm;
     kroof_model_of(&af->m, &rm);
     /* hidden 96, vocab 512, q 6x24 = 144, kv 2x24 = 48, MLP 160, 2 layers, bf16 */
@@ -272,7 +274,7 @@ static void test_cost_model(void **state)
     ka_file_free(af);
 
     /* tied: the embedding table is the LM head, read in full by the logits GEMV */
-    af = compile_fixture(TIED, "tied");
+    af = compile_fixture(TIED, "tied", NULL);
     kroof_model_of(&af->m, &rm);
     assert_int_equal(rm.gather_bytes, 0);
     int64_t total = 0;
@@ -281,6 +283,21 @@ static void test_cost_model(void **state)
     assert_int_equal(rm.weight_bytes, total);
     assert_true(rm.head_params == 64.0 * af->m.vocab);
     assert_int_equal(rm.q_width, 3 * 4 * 16);
+    ka_file_free(af);
+
+    /* --tp 2: one rank's program. Its weights are its halves (3 of 6 query heads, 1 of 2 KV
+     * heads, 80 of 160 MLP rows, 256 of 512 vocabulary rows of the embedding and the LM head),
+     * the norms whole; the vocabulary-split embedding is still a gather (embed_part) */
+    af = compile_fixture(LLAMA, "llama-tp2", "2");
+    assert_int_equal(af->m.tp, 2);
+    kroof_model_of(&af->m, &rm);
+    const double rlayer = (72 + 2 * 24) * 96 + 96 * 72 + 2 * 80 * 96 + 96 * 80;
+    assert_int_equal(rm.gather_bytes, 256 * 96 * 2);
+    assert_int_equal(rm.weight_bytes, (int64_t)(2 * rlayer + norms + 256 * 96) * 2);
+    assert_true(rm.matrix_params == 2 * rlayer);
+    assert_true(rm.head_params == 256 * 96);
+    assert_int_equal(rm.kv_bytes_per_token, 2 * 2 * 24 * 2);
+    assert_int_equal(rm.q_width, 2 * 72);
     ka_file_free(af);
 }
 
