@@ -17,6 +17,8 @@ typedef struct cli_backend_opts {
     double kv_memory;  /* GPU: fraction of free memory for the KV cache (0: default 0.9) */
     int no_graphs;     /* GPU: decode without CUDA graphs */
     int tp;            /* GPU: --tp, the ranks the artifact must have (0: whatever it has) */
+    int nnodes, node_rank;  /* GPU, several hosts: --nnodes, --node-rank (engine.h) */
+    const char *rendezvous; /* GPU, several hosts: --rendezvous HOST:PORT of node 0 */
     int quiet;         /* no notes on stderr */
     /* CPU backend: the limits a compiled artifact has built in (0: defaults) */
     int max_batch, max_tokens, max_seq_len, kv_blocks;
@@ -26,5 +28,8 @@ typedef struct cli_backend_opts {
  * (config.json): the CPU backend (compiler/backend_ref.h), with a note on stderr. Anything else:
  * NULL and a message saying what DIR should be. */
 kbackend *cli_open_backend(const char *dir, const cli_backend_opts *o, kerr *err);
+/* A node other than node 0 (o->node_rank > 0): loads DIR and runs the steps node 0 sends until it
+ * ends (km_follow); prints as the command line does. Returns the exit status. */
+int cli_follow(const char *prog, const char *dir, const cli_backend_opts *o);
 
 #endif

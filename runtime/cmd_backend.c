@@ -21,7 +21,13 @@
 /* The first option of the other kind that was given, or NULL. */
 static const char *gpu_option(const cli_backend_opts *o)
 {
-    return o->kv_memory ? "--kv-memory" : o->no_graphs ? "--no-graphs" : o->tp ? "--tp" : NULL;
+    return o->kv_memory    ? "--kv-memory"
+           : o->no_graphs  ? "--no-graphs"
+           : o->tp         ? "--tp"
+           : o->nnodes     ? "--nnodes"
+           : o->node_rank  ? "--node-rank"
+           : o->rendezvous ? "--rendezvous"
+                           : NULL;
 }
 
 static const char *cpu_option(const cli_backend_opts *o)
@@ -42,11 +48,44 @@ static kbackend *open_gpu(const char *dir, const cli_backend_opts *o, kerr *err)
                  dir, cpu_option(o), dir);
         return NULL;
     }
-    km_opts ko = {o->kv_memory ? o->kv_memory : 0.9, o->no_graphs, o->quiet, o->tp};
+    km_opts ko = {o->kv_memory ? o->kv_memory : 0.9, o->no_graphs, o->quiet, o->tp,
+                  o->nnodes, o->node_rank, o->rendezvous};
     kmodel *m = km_load(dir, &ko, err);
     if (!m)
         return NULL;
     return km_backend(m);
+}
+
+int cli_follow(const char *prog, const char *dir, const cli_backend_opts *o)
+{
+    kerr err;
+    kerr_clear(&err);
+    char *mk = util_path_join(dir, "model.kiln");
+    int compiled = util_is_file(mk);
+    free(mk);
+    if (!compiled) {
+        kerr_add(&err, "%s: --node-rank %d needs a compiled model (no model.kiln here); every node "
+                       "runs the same kilnc compile --tp output",
+                 dir, o->node_rank);
+        kerr_print(prog, &err);
+        return 1;
+    }
+    km_opts ko = {o->kv_memory ? o->kv_memory : 0.9, o->no_graphs, o->quiet, o->tp,
+                  o->nnodes, o->node_rank, o->rendezvous};
+    kmodel *m = km_load(dir, &ko, &err);
+    if (!m) {
+        kerr_print(prog, &err);
+        return 1;
+    }
+    if (!o->quiet)
+        fprintf(stderr, "%s: %s; running the steps node 0 sends\n", prog, km_describe(m));
+    int rc = km_follow(m, &err);
+    if (rc)
+        kerr_print(prog, &err);
+    else if (!o->quiet)
+        fprintf(stderr, "%s: node 0 ended; done\n", prog);
+    km_free(m);
+    return rc ? 1 : 0;
 }
 
 static kbackend *open_cpu(const char *dir, const cli_backend_opts *o, kerr *err)

@@ -108,7 +108,11 @@ static void usage(FILE *f)
             "  --no-graphs        decode without CUDA graphs\n"
             "  --tp N             the GPUs the model is split over: must be what kilnc compile\n"
             "                     --tp made it for (default: the artifact's; kiln inspect shows it)\n"
-            "                     These three apply to a compiled model only; the next four to a\n"
+            "  --nnodes N --node-rank R --rendezvous HOST:PORT\n"
+            "                     split the --tp ranks over N hosts: run this on each, R = 0..N-1,\n"
+            "                     HOST:PORT node 0's address (every node the same); nodes other\n"
+            "                     than 0 take no prompt and run node 0's steps until it ends\n"
+            "                     These apply to a compiled model only; the next four to a\n"
             "                     checkpoint folder only (a compiled model has them built in):\n"
             "  --max-batch N      sequences per step (default 8)\n"
             "  --max-tokens N     tokens per step (default 256, at least --max-batch)\n"
@@ -309,7 +313,8 @@ static int write_dump(const char *path, const seq *seqs, int np, const kb_info *
 static const char *const value_opts[] = {
     "--ids",   "--prompt", "--chat", "--token-types", "--max-new",    "--temperature",
     "--top-k", "--top-p",  "--seed", "--dump",        "--kv-memory",  "--max-batch",
-    "--max-tokens", "--max-seq-len", "--kv-blocks", "--tp"};
+    "--max-tokens", "--max-seq-len", "--kv-blocks", "--tp", "--nnodes", "--node-rank",
+    "--rendezvous"};
 
 int cmd_run(int argc, char **argv)
 {
@@ -387,6 +392,13 @@ int cmd_run(int argc, char **argv)
             if (util_parse_i64(a, v, 1, KA_MAX_TP, &x, &err))
                 return util_usage_error(PROG, "%s", kerr_msg(&err));
             bo.tp = (int)x;
+        } else if (!strcmp(a, "--nnodes") || !strcmp(a, "--node-rank")) {
+            int nodes = !strcmp(a, "--nnodes");
+            if (util_parse_i64(a, v, nodes, nodes ? KA_MAX_TP : KA_MAX_TP - 1, &x, &err))
+                return util_usage_error(PROG, "%s", kerr_msg(&err));
+            *(nodes ? &bo.nnodes : &bo.node_rank) = (int)x;
+        } else if (!strcmp(a, "--rendezvous")) {
+            bo.rendezvous = v;
         } else if (!strcmp(a, "--max-batch") || !strcmp(a, "--max-tokens") ||
                    !strcmp(a, "--max-seq-len") || !strcmp(a, "--kv-blocks")) {
             /* ranges against the model and each other: kbr_open */
@@ -410,6 +422,8 @@ int cmd_run(int argc, char **argv)
     if (!dir)
         return util_usage_error(PROG, "missing OUT_DIR (the folder 'kilnc compile' wrote, or a "
                                       "Hugging Face checkpoint folder)");
+    if (bo.node_rank > 0) /* no prompt: node 0's steps */
+        return cli_follow(PROG, dir, &bo);
     if (!np)
         return util_usage_error(PROG, "missing a prompt: give --ids LIST or --prompt TEXT (or "
                                       "--chat MESSAGE)");

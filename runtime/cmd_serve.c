@@ -54,6 +54,9 @@ static void usage(FILE *f)
             "  --no-graphs         GPU: decode without CUDA graphs\n"
             "  --tp N              GPU: the GPUs the model is split over, as kilnc compile --tp\n"
             "                      made it (default: the artifact's)\n"
+            "  --nnodes N --node-rank R --rendezvous HOST:PORT\n"
+            "                      GPU: split the --tp ranks over N hosts (kiln run --help); nodes\n"
+            "                      other than 0 serve no HTTP and run node 0's steps\n"
             "  --max-batch N       CPU backend: sequences per step (default 8)\n"
             "  --max-tokens N      CPU backend: tokens per step (default 256)\n"
             "  --max-seq-len N     CPU backend: prompt + generated tokens (default: the model's\n"
@@ -107,7 +110,7 @@ static int parse(int argc, char **argv, opts *o)
             static const char *const valued[] = {
                 "--host", "--port", "--api-key", "--model-name", "--max-waiting", "--max-body",
                 "--grace", "--kv-memory", "--max-batch", "--max-tokens", "--max-seq-len",
-                "--kv-blocks", "--tp"};
+                "--kv-blocks", "--tp", "--nnodes", "--node-rank", "--rendezvous"};
             int known = 0;
             for (size_t k = 0; k < ARRAY_LEN(valued); k++)
                 known |= !strcmp(a, valued[k]);
@@ -146,6 +149,12 @@ static int parse(int argc, char **argv, opts *o)
                     return util_usage_error(PROG, "%s", kerr_msg(&err));
             } else if (!strcmp(a, "--tp"))
                 rc = parse_int(a, v, 1, KA_MAX_TP, &o->bo.tp);
+            else if (!strcmp(a, "--nnodes"))
+                rc = parse_int(a, v, 1, KA_MAX_TP, &o->bo.nnodes);
+            else if (!strcmp(a, "--node-rank"))
+                rc = parse_int(a, v, 0, KA_MAX_TP - 1, &o->bo.node_rank);
+            else if (!strcmp(a, "--rendezvous"))
+                o->bo.rendezvous = v;
             else if (!strcmp(a, "--max-batch"))
                 rc = parse_int(a, v, 1, 4096, &o->bo.max_batch);
             else if (!strcmp(a, "--max-tokens"))
@@ -235,6 +244,8 @@ int cmd_serve(int argc, char **argv)
     int prc = parse(argc, argv, &o);
     if (prc)
         return prc == 1 ? 0 : prc;
+    if (o.bo.node_rank > 0) /* no HTTP: node 0's steps */
+        return cli_follow(PROG, o.dir, &o.bo);
 
     /* every thread created from here on inherits the mask: signals come only to sigwait */
     sigset_t sigs;

@@ -71,4 +71,30 @@ int kncl_init_comms(const kncl *n, const kcuda *cu, int nlocal, const CUcontext 
                     int nranks, int first_rank, const ncclUniqueId *id, ncclComm_t *comms,
                     kerr *err);
 
+/* ---- several hosts: the rendezvous and the links between the nodes ----
+ *
+ * `kiln run/serve --nnodes N --node-rank R --rendezvous HOST:PORT`: node 0 listens on PORT (every
+ * interface), every other node connects to HOST:PORT (retrying until node 0 is up, at most
+ * KRDV_TIMEOUT_S), says which node it is and which artifact it loaded (the manifest's hash), and
+ * receives node 0's NCCL unique id, or a refusal saying why. The connections stay open: node 0's
+ * engine sends each step's description over them (engine.c), and a node that goes away is an
+ * error on the other side, not a hang. Plain TCP, no authentication: for a cluster's private
+ * network. */
+#define KRDV_TIMEOUT_S 300
+
+typedef struct krdv {
+    int nnodes, node_rank;
+    int *fd; /* node 0: fd[i] the link to node i (fd[0] = -1); other nodes: fd[0] the link to node 0 */
+} krdv;
+
+/* Joins the rendezvous at addr ("HOST:PORT"). Node 0 sends *id (made by ncclGetUniqueId) to the
+ * others; the others receive it into *id. key: what every node must agree on (the artifact's
+ * manifest hash); timeout_s: how long node 0 waits for the others and they for it. */
+int krdv_open(krdv *r, const char *addr, int nnodes, int node_rank, uint64_t key,
+              ncclUniqueId *id, int timeout_s, kerr *err);
+/* n bytes to / from the link to `node` (0 on the other nodes); an error names the node. */
+int krdv_send(krdv *r, int node, const void *p, size_t n, kerr *err);
+int krdv_recv(krdv *r, int node, void *p, size_t n, kerr *err);
+void krdv_close(krdv *r);
+
 #endif

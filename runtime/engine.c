@@ -18,6 +18,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -71,7 +72,11 @@ struct kmodel {
     kcuda cu;
     kncl nccl;               /* loaded only when the schedule has collective steps */
     int ndev;
-    kdev *devs;              /* [ndev]; devs[r] is rank r */
+    kdev *devs;              /* [ndev]; devs[i] is rank first_rank + i, on CUDA device i */
+    int nnodes, node_rank, first_rank;
+    krdv rdv;                /* the links between the nodes (nnodes > 1) */
+    long remote_fit;         /* node 0: the other nodes' smallest KV fit (JOB_FIT) */
+    int remote_captured;     /* node 0: every other node captured the bucket (JOB_CAPTURE) */
     int threaded;            /* one worker thread per device (tp > 1 or collectives) */
     char desc[2048];
     double load_s;
@@ -128,6 +133,7 @@ double km_load_seconds(const kmodel *m) { return m->load_s; }
     } while (0)
 
 static void init_backend(kmodel *m);
+static void kv_layout(kmodel *m);
 
 static size_t align_up(size_t x) { return (x + ALIGN - 1) / ALIGN * ALIGN; }
 
@@ -187,9 +193,9 @@ static void abort_comms(kmodel *m)
         }
 }
 
-/* Runs `job` on every device and waits for all; the failures' messages go to err, each naming
- * its device. */
-static int run_all(kmodel *m, job_kind job, kerr *err)
+/* Runs `job` on every device of this process and waits for all; the failures' messages go to
+ * err, each naming its device. */
+static int run_local(kmodel *m, job_kind job, kerr *err)
 {
     if (!m->threaded) {
         kdev *d = &m->devs[0];
@@ -225,14 +231,89 @@ static int run_all(kmodel *m, job_kind job, kerr *err)
         kdev *d = &m->devs[i];
         if (!d->failed)
             continue;
-        kerr_add(err, "GPU %d (rank %d of %d, %s): %s", i, d->rank, m->m->tp, d->devname,
-                 kerr_msg(&d->err));
+        kerr_add(err, "GPU %d (rank %d of %d, %s)%s: %s", i, d->rank, m->m->tp, d->devname,
+                 m->nnodes > 1 ? " of this node" : "", kerr_msg(&d->err));
         rc = -1;
     }
     if (aborted)
         kerr_add(err, "the other ranks were still waiting in a collective %d s after that; their "
                       "NCCL communicators were aborted",
                  ABORT_AFTER_S);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- several nodes */
+
+/* What node 0 sends the other nodes for each job after loading; a STEP is followed by the used
+ * parts of the step arrays (meta_parts). */
+typedef struct node_msg {
+    int32_t job;            /* job_kind */
+    int32_t n, T, S, Q;     /* the step's items, tokens, rows, most tokens of one row */
+    int32_t decode, all, bucket, graphs_failed, bucket_ready;
+    int32_t nblocks;        /* JOB_KV */
+    int32_t pad_;
+} node_msg;
+
+/* The used parts of the step arrays for T tokens in S rows (offset, int32 count). */
+static int meta_parts(const kmodel *m, int T, int S, size_t off[8], size_t cnt[8])
+{
+    const size_t o[8] = {m->o_ids,   m->o_pos,   m->o_type,  m->o_seq,
+                         m->o_slot,  m->o_start, m->o_kvlen, m->o_bt};
+    const size_t c[8] = {(size_t)T, (size_t)T,     (size_t)T, (size_t)T,
+                         (size_t)T, (size_t)S + 1, (size_t)S, (size_t)S * (size_t)m->max_blocks};
+    memcpy(off, o, sizeof o);
+    memcpy(cnt, c, sizeof c);
+    return 8;
+}
+
+/* Node 0: the job (and a step's arrays) to every other node. */
+static int forward(kmodel *m, job_kind job, kerr *err)
+{
+    node_msg h = {(int32_t)job, m->j.n, m->j.T, m->j.S, m->j.Q, m->j.decode, m->j.all,
+                  m->j.bucket, m->graphs_failed,
+                  m->j.bucket < MAX_BUCKETS ? m->bucket_ready[m->j.bucket] : 0, m->nblocks, 0};
+    size_t off[8], cnt[8];
+    int np = job == JOB_STEP ? meta_parts(m, m->j.T, m->j.S, off, cnt) : 0;
+    for (int node = 1; node < m->nnodes; node++) {
+        if (krdv_send(&m->rdv, node, &h, sizeof h, err))
+            return -1;
+        for (int i = 0; i < np; i++)
+            if (krdv_send(&m->rdv, node, (char *)m->h_meta + off[i], sizeof(int32_t) * cnt[i], err))
+                return -1;
+    }
+    return 0;
+}
+
+/* Node 0: the other nodes' answers to JOB_FIT (their smallest fit, -1: failed) and
+ * JOB_CAPTURE (1: captured on all their devices). */
+static int gather_answers(kmodel *m, job_kind job, kerr *err)
+{
+    m->remote_fit = LONG_MAX;
+    m->remote_captured = 1;
+    for (int node = 1; node < m->nnodes; node++) {
+        int64_t v;
+        if (krdv_recv(&m->rdv, node, &v, sizeof v, err))
+            return -1;
+        if (v < 0)
+            return kerr_add(err, "node %d failed (its log says why)", node);
+        if (job == JOB_FIT && v < m->remote_fit)
+            m->remote_fit = (long)v;
+        if (job == JOB_CAPTURE)
+            m->remote_captured &= v == 1;
+    }
+    return 0;
+}
+
+/* Runs `job` on every device of every node: node 0 first sends it to the others (after loading,
+ * which each node does on its own), then runs it on its own devices and collects the answers. */
+static int run_all(kmodel *m, job_kind job, kerr *err)
+{
+    int lead = m->nnodes > 1 && m->node_rank == 0 && m->rdv.fd && job != JOB_LOAD;
+    if (lead && forward(m, job, err))
+        return -1;
+    int rc = run_local(m, job, err);
+    if (lead && (job == JOB_FIT || job == JOB_CAPTURE) && gather_answers(m, job, err))
+        return -1;
     return rc;
 }
 
@@ -474,7 +555,17 @@ static int size_kv(kmodel *m, kerr *err)
     for (int i = 0; i < m->ndev; i++)
         if (m->devs[i].kv_fit < fit)
             fit = m->devs[i].kv_fit;
+    if (m->nnodes > 1 && m->remote_fit < fit)
+        fit = m->remote_fit;
     m->nblocks = (int)fit;
+    kv_layout(m);
+    return run_all(m, JOB_KV, err);
+}
+
+/* Each layer's K and V in a device's KV cache of m->nblocks blocks. */
+static void kv_layout(kmodel *m)
+{
+    const ka_manifest *man = m->m;
     size_t o = 0;
     for (int l = 0; l < man->n_layers; l++) {
         size_t bytes = (size_t)m->nblocks * KILN_BLOCK * (size_t)man->layers[l].n_kv *
@@ -485,7 +576,6 @@ static int size_kv(kmodel *m, kerr *err)
         o += align_up(bytes);
     }
     m->kv_bytes = o;
-    return run_all(m, JOB_KV, err);
 }
 
 static int dev_kv(kmodel *m, kdev *d, kerr *err)
@@ -506,16 +596,35 @@ static int check_host_side(kmodel *m, const char *dir, kerr *err)
                              "%d GPUs: kilnc compile MODEL_DIR -o OUT --tp %d",
                         m->af->path, man->tp, man->tp == 1 ? "" : "s", man->tp, m->o.tp, man->tp,
                         m->o.tp, m->o.tp);
-    m->ndev = man->tp;
+    m->nnodes = m->o.nnodes > 1 ? m->o.nnodes : 1;
+    m->node_rank = m->o.node_rank;
+    if (m->nnodes > 1 && !m->o.rendezvous)
+        return kerr_add(err, "--nnodes %d needs --rendezvous HOST:PORT (node 0's address and a "
+                             "free TCP port, the same on every node)",
+                        m->nnodes);
+    if (m->nnodes == 1 && m->o.rendezvous)
+        return kerr_add(err, "--rendezvous %s applies to several hosts: give --nnodes N (and "
+                             "--node-rank) too",
+                        m->o.rendezvous);
+    if (m->node_rank < 0 || m->node_rank >= m->nnodes)
+        return kerr_add(err, "--node-rank %d: expected 0 to %d (--nnodes %d)", m->node_rank,
+                        m->nnodes - 1, m->nnodes);
+    if (man->tp % m->nnodes)
+        return kerr_add(err, "%s: its %d ranks (tp %d) cannot be split evenly over --nnodes %d: "
+                             "use a number of nodes that divides %d, or compile it for another "
+                             "tp: kilnc compile MODEL_DIR -o OUT --tp N",
+                        m->af->path, man->tp, man->tp, m->nnodes, man->tp);
+    m->ndev = man->tp / m->nnodes;
+    m->first_rank = m->node_rank * m->ndev;
     m->devs = xcalloc((size_t)m->ndev, sizeof(kdev));
     /* the shards' data hashes run on the other cores from now until each is uploaded */
     int threads = (util_cpus(HASH_MAX_THREADS) - 1) / m->ndev;
     for (int i = 0; i < m->ndev; i++) {
         kdev *d = &m->devs[i];
         d->m = m;
-        d->rank = i;
+        d->rank = m->first_rank + i;
         kerr_clear(&d->err);
-        d->shard = ka_shard_open_rank(m->af, dir, i, err);
+        d->shard = ka_shard_open_rank(m->af, dir, d->rank, err);
         if (!d->shard)
             return -1;
     }
@@ -543,13 +652,16 @@ static int open_devices(kmodel *m, kerr *err)
     CU(cuDeviceGetCount(&visible));
     if (visible < m->ndev) {
         const char *cvd = getenv("CUDA_VISIBLE_DEVICES");
-        return kerr_add(err, "%s is tensor parallel over %d GPUs (tp %d), but only %d GPU%s %s "
-                             "visible (CUDA_VISIBLE_DEVICES=%s): run it where %d GPUs are visible "
-                             "(list them in CUDA_VISIBLE_DEVICES), or compile it for %d: kilnc "
-                             "compile MODEL_DIR -o OUT --tp %d",
-                        m->af->path, man->tp, man->tp, visible, visible == 1 ? "" : "s",
-                        visible == 1 ? "is" : "are", cvd ? cvd : "(not set)", man->tp, visible,
-                        visible);
+        char per[64] = "";
+        if (m->nnodes > 1)
+            snprintf(per, sizeof per, ", %d on each of %d nodes", m->ndev, m->nnodes);
+        return kerr_add(err, "%s is tensor parallel over %d GPUs (tp %d%s), but only %d GPU%s "
+                             "%s visible (CUDA_VISIBLE_DEVICES=%s): run it where %d GPUs are "
+                             "visible (list them in CUDA_VISIBLE_DEVICES), or compile it for %d: "
+                             "kilnc compile MODEL_DIR -o OUT --tp %d",
+                        m->af->path, man->tp, man->tp, per, visible, visible == 1 ? "" : "s",
+                        visible == 1 ? "is" : "are", cvd ? cvd : "(not set)", m->ndev,
+                        visible * m->nnodes, visible * m->nnodes);
     }
     for (int i = 0; i < m->ndev; i++) {
         kdev *d = &m->devs[i];
@@ -575,18 +687,29 @@ static int open_devices(kmodel *m, kerr *err)
     return 0;
 }
 
-/* The communicators: one unique id, every rank's ncclCommInitRank in one group. */
+/* The communicators: one unique id (node 0's, handed to the others at the rendezvous), every
+ * local rank's ncclCommInitRank in one group. */
 static int init_nccl(kmodel *m, kerr *err)
 {
     if (!m->m->collectives)
         return 0;
     ncclUniqueId id;
-    KNCCL(&m->nccl, ncclGetUniqueId(&id), err);
+    memset(&id, 0, sizeof id);
+    if (m->node_rank == 0)
+        KNCCL(&m->nccl, ncclGetUniqueId(&id), err);
+    if (m->nnodes > 1) {
+        uint64_t key; /* the header's hash of the manifest: the same artifact on every node */
+        memcpy(&key, m->af->data + 32, sizeof key);
+        if (krdv_open(&m->rdv, m->o.rendezvous, m->nnodes, m->node_rank, key, &id,
+                      KRDV_TIMEOUT_S, err))
+            return -1;
+    }
     CUcontext ctxs[KA_MAX_TP];
     ncclComm_t comms[KA_MAX_TP];
     for (int i = 0; i < m->ndev; i++)
         ctxs[i] = m->devs[i].ctx;
-    int rc = kncl_init_comms(&m->nccl, &m->cu, m->ndev, ctxs, m->m->tp, 0, &id, comms, err);
+    int rc = kncl_init_comms(&m->nccl, &m->cu, m->ndev, ctxs, m->m->tp, m->first_rank, &id,
+                             comms, err);
     for (int i = 0; i < m->ndev; i++)
         m->devs[i].comm = comms[i];
     CU(cuCtxSetCurrent(m->devs[0].ctx));
@@ -625,32 +748,39 @@ static void describe(kmodel *m)
         wait = m->devs[i].hash_wait_s > wait ? m->devs[i].hash_wait_s : wait;
     }
     const kdev *d0 = &m->devs[0];
+    char kv[96];
+    if (m->node_rank > 0)
+        snprintf(kv, sizeof kv, "KV cache sized by node 0");
+    else
+        snprintf(kv, sizeof kv, "KV cache %d tokens in %d blocks", (m->nblocks - 1) * KILN_BLOCK,
+                 m->nblocks - 1);
     if (!m->threaded) {
         snprintf(m->desc, sizeof m->desc,
                  "%s (%s) on %s (sm_%d%d, %s%s): %s of weights (uploaded in %.2f s; their hash, "
-                 "on %d threads, verified %.0f ms after the upload), KV cache %d tokens in %d "
-                 "blocks",
+                 "on %d threads, verified %.0f ms after the upload), %s",
                  man->model_name, man->arch, d0->devname, d0->cc_major, d0->cc_minor,
                  d0->is_ptx ? "PTX " : "", d0->code->name, wb, up, threads < 1 ? 1 : threads,
-                 wait * 1e3, (m->nblocks - 1) * KILN_BLOCK, m->nblocks - 1);
+                 wait * 1e3, kv);
         return;
     }
     char nv[32] = "", devs[1024] = "";
     size_t dl = 0;
     for (int i = 0; i < m->ndev && dl < sizeof devs; i++) {
         const kdev *d = &m->devs[i];
-        dl += (size_t)snprintf(devs + dl, sizeof devs - dl, "%sGPU %d %s (sm_%d%d, %s%s)",
-                               i ? ", " : "", i, d->devname, d->cc_major, d->cc_minor,
+        dl += (size_t)snprintf(devs + dl, sizeof devs - dl, "%sGPU %d %s (rank %d, sm_%d%d, %s%s)",
+                               i ? ", " : "", i, d->devname, d->rank, d->cc_major, d->cc_minor,
                                d->is_ptx ? "PTX " : "", d->code->name);
     }
     const char *nvls = getenv("NCCL_NVLS_ENABLE");
+    char node[64] = "";
+    if (m->nnodes > 1)
+        snprintf(node, sizeof node, " of node %d of %d", m->node_rank, m->nnodes);
     snprintf(m->desc, sizeof m->desc,
-             "%s (%s) tensor parallel, tp %d, NCCL %s (NCCL_NVLS_ENABLE=%s), on %s: %s of weights "
-             "per rank (uploaded in %.2f s; their hashes verified %.0f ms after), KV cache %d "
-             "tokens in %d blocks on each",
+             "%s (%s) tensor parallel, tp %d, NCCL %s (NCCL_NVLS_ENABLE=%s), on %s%s: %s of "
+             "weights per rank (uploaded in %.2f s; their hashes verified %.0f ms after), %s on "
+             "each",
              man->model_name, man->arch, man->tp, kncl_version_str(&m->nccl, nv, sizeof nv),
-             nvls ? nvls : "unset", devs, wb, up, wait * 1e3, (m->nblocks - 1) * KILN_BLOCK,
-             m->nblocks - 1);
+             nvls ? nvls : "unset", devs, node, wb, up, wait * 1e3, kv);
 }
 
 kmodel *km_load(const char *dir, const km_opts *o, kerr *err)
@@ -678,14 +808,16 @@ kmodel *km_load(const char *dir, const km_opts *o, kerr *err)
     if (m->threaded && !m->o.quiet) {
         char nv[32];
         const char *cvd = getenv("CUDA_VISIBLE_DEVICES");
-        fprintf(stderr, "kiln: tensor parallel: tp %d on GPUs 0..%d (CUDA_VISIBLE_DEVICES=%s), "
-                        "NCCL %s from %s, NCCL_NVLS_ENABLE=%s\n",
-                m->m->tp, m->ndev - 1, cvd ? cvd : "(not set)",
+        fprintf(stderr, "kiln: tensor parallel: tp %d, ranks %d..%d on GPUs 0..%d%s "
+                        "(CUDA_VISIBLE_DEVICES=%s), NCCL %s from %s, NCCL_NVLS_ENABLE=%s\n",
+                m->m->tp, m->first_rank, m->first_rank + m->ndev - 1, m->ndev - 1,
+                m->nnodes > 1 ? " of this node" : "", cvd ? cvd : "(not set)",
                 kncl_version_str(&m->nccl, nv, sizeof nv), KNCCL_LIB,
                 getenv("NCCL_NVLS_ENABLE") ? getenv("NCCL_NVLS_ENABLE") : "unset");
     }
+    /* the KV cache of nodes other than node 0 is sized when node 0 says (km_follow) */
     if (alloc_shared(m, err) || start_workers(m, err) || run_all(m, JOB_LOAD, err) ||
-        init_nccl(m, err) || size_kv(m, err))
+        init_nccl(m, err) || (m->node_rank == 0 && size_kv(m, err)))
         goto fail;
     init_backend(m);
     m->load_s = util_now() - t0;
@@ -726,6 +858,13 @@ void km_free(kmodel *m)
 {
     if (!m)
         return;
+    if (m->rdv.fd) { /* node 0 tells the others to end; the others just leave */
+        kerr ignored;
+        kerr_clear(&ignored);
+        if (m->node_rank == 0)
+            forward(m, JOB_QUIT, &ignored);
+        krdv_close(&m->rdv);
+    }
     if (m->threaded && m->sync_init) { /* the workers destroy their communicators and end */
         pthread_mutex_lock(&m->mu);
         m->job = JOB_QUIT;
@@ -868,15 +1007,11 @@ static int run_steps(kmodel *m, kdev *d, const ka_step *steps, int n, int T, int
 /* Uploads the used parts of the step arrays. */
 static int upload_meta(kmodel *m, kdev *d, int T, int S, kerr *err)
 {
-    struct {
-        size_t off, n;
-    } parts[] = {{m->o_ids, (size_t)T},     {m->o_pos, (size_t)T},
-                 {m->o_type, (size_t)T},    {m->o_seq, (size_t)T},
-                 {m->o_slot, (size_t)T},    {m->o_start, (size_t)S + 1},
-                 {m->o_kvlen, (size_t)S},   {m->o_bt, (size_t)S * (size_t)m->max_blocks}};
-    for (size_t i = 0; i < ARRAY_LEN(parts); i++)
-        CU(cuMemcpyHtoDAsync(d->meta + parts[i].off, (char *)m->h_meta + parts[i].off,
-                             sizeof(int32_t) * parts[i].n, d->stream));
+    size_t off[8], cnt[8];
+    int np = meta_parts(m, T, S, off, cnt);
+    for (int i = 0; i < np; i++)
+        CU(cuMemcpyHtoDAsync(d->meta + off[i], (char *)m->h_meta + off[i], sizeof(int32_t) * cnt[i],
+                             d->stream));
     return 0;
 }
 
@@ -997,15 +1132,16 @@ static int capture_all(kmodel *m, int bi, kerr *err)
     for (int i = 0; i < m->ndev && !bad; i++)
         if (!m->devs[i].captured)
             bad = &m->devs[i];
-    if (!bad) {
+    if (!bad && (m->nnodes == 1 || m->remote_captured)) {
         m->bucket_ready[bi] = 1;
         return 0;
     }
     m->graphs_failed = 1;
     if (!m->o.quiet)
-        fprintf(stderr, "kiln: note: CUDA graph capture failed on GPU %d (%s); decoding without "
+        fprintf(stderr, "kiln: note: CUDA graph capture failed on %s (%s); decoding without "
                         "graphs\n",
-                bad->rank, bad->err.n ? kerr_msg(&bad->err) : "driver refused");
+                bad ? bad->devname : "another node",
+                !bad ? "its log says why" : bad->err.n ? kerr_msg(&bad->err) : "driver refused");
     return 0;
 }
 
@@ -1175,6 +1311,7 @@ static int engine_step(kbackend *b, kb_item *items, int n, kerr *err)
     } else {
         int T = fill_step(m, items, n, n, &Q);
         assert(T <= man->max_tokens);
+        m->j.bucket = 0; /* no graph */
         m->j.T = T;
         m->j.S = n;
         m->j.Q = Q;
@@ -1193,6 +1330,117 @@ static int engine_step(kbackend *b, kb_item *items, int n, kerr *err)
                         it->top_ids, it->top_logprobs);
     }
     return 0;
+}
+
+/* A message from node 0, checked as anything read from outside is: every count against the
+ * buffers it sizes, the step arrays against the limits, the cache and the bucket. */
+static int check_msg(const kmodel *m, const node_msg *h, kerr *err)
+{
+    const ka_manifest *man = m->m;
+    int ok = h->job >= JOB_QUIT && h->job <= JOB_STEP && h->job != JOB_LOAD;
+    if (ok && h->job == JOB_KV)
+        ok = h->nblocks >= 2 && h->nblocks <= (long)man->max_seqs * m->max_blocks + 1;
+    if (ok && (h->job == JOB_STEP || h->job == JOB_CAPTURE))
+        ok = h->S >= 1 && h->S <= m->cap_seq && h->T >= h->S && h->T <= m->cap_tok &&
+             h->n >= 1 && h->n <= h->S && h->Q >= 1 && h->Q <= h->T && h->bucket >= 0 &&
+             h->bucket < (h->job == JOB_CAPTURE ? MAX_BUCKETS : 32) && (unsigned)h->decode <= 1 && (unsigned)h->all <= 1 &&
+             (unsigned)h->graphs_failed <= 1 && (unsigned)h->bucket_ready <= 1;
+    if (!ok)
+        return kerr_add(err, "node %d: a malformed message from node 0 (job %d, T %d, S %d, "
+                             "blocks %d): the nodes run different kiln builds?",
+                        m->node_rank, h->job, h->T, h->S, h->nblocks);
+    return 0;
+}
+
+/* The step arrays node 0 sent, checked before any device reads them (padding rows included). */
+static int check_step_arrays(const kmodel *m, int T, int S, kerr *err)
+{
+    const ka_manifest *man = m->m;
+    int32_t *ids = H(m->o_ids), *pos = H(m->o_pos), *sq = H(m->o_seq), *slot = H(m->o_slot),
+            *start = H(m->o_start), *kvl = H(m->o_kvlen), *bt = H(m->o_bt), *typ = H(m->o_type);
+    int types = man->type_vocab > 0 ? man->type_vocab : 1;
+    int ok = start[0] == 0 && start[S] == T;
+    for (int r = 0; ok && r < S; r++)
+        ok = start[r] <= start[r + 1] && kvl[r] >= 1 && kvl[r] <= man->max_seq_len;
+    for (int t = 0; ok && t < T; t++)
+        ok = ids[t] >= 0 && ids[t] < man->vocab && pos[t] >= 0 && pos[t] < man->max_seq_len &&
+             sq[t] >= 0 && sq[t] < S && typ[t] >= 0 && typ[t] < types &&
+             (man->n_layers ? slot[t] >= 0 && slot[t] < m->nblocks * KILN_BLOCK : slot[t] == -1 ||
+                                                                                   slot[t] == 0);
+    for (size_t i = 0; ok && i < (size_t)S * (size_t)m->max_blocks; i++)
+        ok = bt[i] >= 0 && bt[i] < (man->n_layers ? m->nblocks : INT_MAX);
+    if (!ok)
+        return kerr_add(err, "node %d: node 0 sent step arrays outside the model's limits",
+                        m->node_rank);
+    return 0;
+}
+
+int km_follow(kmodel *m, kerr *err)
+{
+    assert(m->nnodes > 1 && m->node_rank > 0);
+    for (;;) {
+        node_msg h;
+        if (krdv_recv(&m->rdv, 0, &h, sizeof h, err) || check_msg(m, &h, err))
+            return -1;
+        int64_t answer = 0;
+        int rc = 0;
+        switch ((job_kind)h.job) {
+        case JOB_QUIT:
+            return 0;
+        case JOB_FIT:
+            rc = run_local(m, JOB_FIT, err);
+            answer = LONG_MAX;
+            for (int i = 0; i < m->ndev; i++)
+                answer = m->devs[i].kv_fit < answer ? m->devs[i].kv_fit : answer;
+            break;
+        case JOB_KV:
+            m->nblocks = h.nblocks;
+            kv_layout(m);
+            init_backend(m);
+            rc = run_local(m, JOB_KV, err);
+            break;
+        case JOB_CAPTURE:
+            m->j.T = m->j.S = h.T;
+            m->j.bucket = h.bucket;
+            rc = run_local(m, JOB_CAPTURE, err);
+            answer = 1;
+            for (int i = 0; i < m->ndev; i++)
+                answer &= m->devs[i].captured;
+            break;
+        case JOB_STEP: {
+            m->j.items = NULL; /* the items' outputs are node 0's (rank 0 samples) */
+            m->j.n = h.n;
+            m->j.T = h.T;
+            m->j.S = h.S;
+            m->j.Q = h.Q;
+            m->j.decode = h.decode;
+            m->j.all = h.all;
+            m->j.any_sample = 0;
+            m->j.bucket = h.bucket;
+            m->graphs_failed = h.graphs_failed;
+            if (h.bucket < MAX_BUCKETS)
+                m->bucket_ready[h.bucket] = h.bucket_ready;
+            size_t off[8], cnt[8];
+            int np = meta_parts(m, h.T, h.S, off, cnt);
+            for (int i = 0; i < np; i++)
+                if (krdv_recv(&m->rdv, 0, (char *)m->h_meta + off[i], sizeof(int32_t) * cnt[i],
+                              err))
+                    return -1;
+            if (check_step_arrays(m, h.T, h.S, err))
+                return -1;
+            rc = run_local(m, JOB_STEP, err);
+            break;
+        }
+        case JOB_LOAD:
+            assert(0 && "check_msg refuses JOB_LOAD");
+            return -1;
+        }
+        if ((h.job == JOB_FIT || h.job == JOB_CAPTURE) &&
+            krdv_send(&m->rdv, 0, &(int64_t){rc ? -1 : answer}, sizeof answer, err))
+            return -1;
+        if (rc)
+            return -1;
+    }
 }
 
 static const char *engine_describe(kbackend *b)

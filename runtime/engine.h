@@ -22,6 +22,13 @@
  * artifact with tp 1 and no collective steps loads no NCCL and runs on the calling thread, as the
  * single-GPU engine always did.
  *
+ * Several hosts (km_opts.nnodes > 1): each node runs one kiln process driving its tp/nnodes ranks
+ * as above. Node 0 hands out the NCCL unique id at the rendezvous (comm.h) and runs the only
+ * scheduler; every job it gives its own workers after loading (KV sizing, graph capture, steps,
+ * the end) it first sends to the other nodes, with the step arrays, and those run it on theirs
+ * (km_follow), so that every rank issues the same collectives in the same order. The KV cache
+ * and the graph decisions are agreed the same way (the smallest fit, capture on all or none).
+ *
  * Running: km_backend's step takes work items (backend.h) and fills the host step arrays once (a
  * pinned buffer every device uploads from). When every item is one token and wants nothing but
  * the next token, the step is a decode step: the decode schedule over a batch padded to a bucket
@@ -50,6 +57,11 @@ typedef struct km_opts {
     int quiet;         /* no notes on stderr */
     int tp;            /* ranks the user asked for (kiln --tp): 0 = the artifact's; another
                         * number than the artifact's is refused */
+    /* several hosts: nnodes > 1 splits the tp ranks evenly over the nodes; this process is node
+     * node_rank and drives ranks node_rank * tp/nnodes .. on its CUDA devices 0 .. tp/nnodes-1;
+     * rendezvous is node 0's "HOST:PORT" (comm.h) */
+    int nnodes, node_rank;
+    const char *rendezvous;
 } km_opts;
 
 typedef struct kmodel kmodel;
@@ -63,5 +75,8 @@ double km_load_seconds(const kmodel *m);
 /* The model as a step backend; it lives inside the model, and its free frees the model. The
  * step may run on another thread than km_load's (one thread at a time). */
 kbackend *km_backend(kmodel *m);
+/* Nodes other than node 0 (km_opts.node_rank > 0) have no scheduler: after km_load they run the
+ * steps node 0's engine sends, until node 0 frees its model (returns 0) or fails (-1). */
+int km_follow(kmodel *m, kerr *err);
 
 #endif

@@ -9,13 +9,20 @@
  *     command), a missing rank shard, a shard of another rank, a shard of another N; and those
  *     checks come before CUDA: on a machine without a driver, a sound tp-2 artifact gets as far
  *     as "no NVIDIA driver", a broken one never does;
- *   - --tp on a checkpoint folder (the CPU backend) is refused, and kiln serve takes --tp too.
+ *   - --tp on a checkpoint folder (the CPU backend) is refused, and kiln serve takes --tp too;
+ *   - several hosts: the rendezvous over loopback (three nodes get node 0's NCCL id and keep
+ *     their links; a node with another artifact is refused on both sides; timeouts and a bad
+ *     address are messages), and --nnodes/--node-rank/--rendezvous checked before CUDA.
  *
  * The binaries come from $KILNC and $KILN (make check sets them); the artifacts are compiled
  * from tests/fixtures/llama for sm_80 only (the kernels come from kilnc's compile cache after
  * the first run).
  */
 #include "testutil.h"
+
+#include <netinet/in.h>
+#include <pthread.h>
+#include <sys/socket.h>
 
 #include "comm.h"
 
@@ -74,6 +81,135 @@ static void test_nccl_loads(void **state)
     assert_contains(kerr_msg(&err), "(error 4)");
     kncl_unload(&n);
     assert_null(n.lib);
+}
+
+/* ---------------------------------------------------------------- the rendezvous */
+
+/* A TCP port free a moment ago on loopback. */
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t n = sizeof a;
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) ||
+        getsockname(fd, (struct sockaddr *)&a, &n))
+        tu_die("bind", "127.0.0.1:0");
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+typedef struct node {
+    char addr[64];
+    int nnodes, node_rank, timeout, rc;
+    uint64_t key;
+    ncclUniqueId id;
+    krdv r;
+    kerr err;
+} node;
+
+/* A node other than 0: joins, sends its rank over the link, and expects rank * 10 back. */
+static void *follower(void *p)
+{
+    node *n = p;
+    kerr_clear(&n->err);
+    n->rc = krdv_open(&n->r, n->addr, n->nnodes, n->node_rank, n->key, &n->id, n->timeout,
+                      &n->err);
+    if (n->rc)
+        return NULL;
+    int64_t v = n->node_rank, back = 0;
+    n->rc = krdv_send(&n->r, 0, &v, sizeof v, &n->err) ||
+            krdv_recv(&n->r, 0, &back, sizeof back, &n->err) || back != v * 10;
+    krdv_close(&n->r);
+    return NULL;
+}
+
+static void test_rendezvous(void **state)
+{
+    (void)state;
+    node nodes[3];
+    memset(nodes, 0, sizeof nodes);
+    int port = free_port();
+    for (int i = 0; i < 3; i++) {
+        snprintf(nodes[i].addr, sizeof nodes[i].addr, "127.0.0.1:%d", port);
+        nodes[i].nnodes = 3;
+        nodes[i].node_rank = i;
+        nodes[i].timeout = 20;
+        nodes[i].key = 0x1234abcd;
+    }
+    for (int i = 0; i < NCCL_UNIQUE_ID_BYTES; i++)
+        nodes[0].id.internal[i] = (char)(i * 7 + 1);
+    pthread_t t[3];
+    /* the others start first: they retry until node 0 listens */
+    for (int i = 2; i >= 1; i--)
+        assert_int_equal(pthread_create(&t[i], NULL, follower, &nodes[i]), 0);
+    kerr err;
+    kerr_clear(&err);
+    krdv r0;
+    if (krdv_open(&r0, nodes[0].addr, 3, 0, 0x1234abcd, &nodes[0].id, 20, &err))
+        fail_msg("%s", kerr_msg(&err));
+    for (int i = 1; i <= 2; i++) { /* the links are node by node, whatever the join order */
+        int64_t v;
+        if (krdv_recv(&r0, i, &v, sizeof v, &err))
+            fail_msg("%s", kerr_msg(&err));
+        assert_int_equal(v, i);
+        v *= 10;
+        if (krdv_send(&r0, i, &v, sizeof v, &err))
+            fail_msg("%s", kerr_msg(&err));
+    }
+    for (int i = 1; i <= 2; i++) {
+        pthread_join(t[i], NULL);
+        if (nodes[i].rc)
+            fail_msg("node %d: %s", i, kerr_msg(&nodes[i].err));
+        assert_memory_equal(&nodes[i].id, &nodes[0].id, sizeof(ncclUniqueId));
+    }
+    /* the others are gone: node 0's link says so */
+    int64_t v;
+    kerr_clear(&err);
+    assert_int_equal(krdv_recv(&r0, 1, &v, sizeof v, &err), -1);
+    assert_contains(kerr_msg(&err), "node 0: the link to node 1 broke");
+    krdv_close(&r0);
+}
+
+static void test_rendezvous_refusals(void **state)
+{
+    (void)state;
+    /* another artifact: refused on both sides */
+    node n1;
+    memset(&n1, 0, sizeof n1);
+    int port = free_port();
+    snprintf(n1.addr, sizeof n1.addr, "127.0.0.1:%d", port);
+    n1.nnodes = 2;
+    n1.node_rank = 1;
+    n1.timeout = 20;
+    n1.key = 2;
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, follower, &n1), 0);
+    kerr err;
+    kerr_clear(&err);
+    krdv r0;
+    ncclUniqueId id;
+    memset(&id, 0, sizeof id);
+    assert_int_equal(krdv_open(&r0, n1.addr, 2, 0, 1, &id, 20, &err), -1);
+    pthread_join(t, NULL);
+    assert_contains(kerr_msg(&err), "node 0: node 1 was refused at the rendezvous (it loaded "
+                                    "another artifact)");
+    assert_int_not_equal(n1.rc, 0);
+    assert_contains(kerr_msg(&n1.err), "refused this node: it runs another artifact");
+    /* nobody comes, nobody listens */
+    kerr_clear(&err);
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", free_port());
+    assert_int_equal(krdv_open(&r0, addr, 2, 0, 1, &id, 1, &err), -1);
+    assert_contains(kerr_msg(&err), "1 of 2 nodes joined the rendezvous");
+    kerr_clear(&err);
+    assert_int_equal(krdv_open(&r0, addr, 2, 1, 1, &id, 1, &err), -1);
+    assert_contains(kerr_msg(&err), "node 1: cannot reach node 0 at 127.0.0.1:");
+    assert_contains(kerr_msg(&err), "start kiln with --node-rank 0 there");
+    /* not HOST:PORT */
+    kerr_clear(&err);
+    assert_int_equal(krdv_open(&r0, "node0", 2, 1, 1, &id, 1, &err), -1);
+    assert_contains(kerr_msg(&err), "--rendezvous 'node0': expected HOST:PORT");
+    assert_null(r0.fd);
 }
 
 /* ---------------------------------------------------------------- the loader */
@@ -215,6 +351,39 @@ static void test_rank_shards(void **state)
     free(dir);
 }
 
+static void test_nodes_options(void **state)
+{
+    (void)state;
+    struct {
+        const char *args[12], *want;
+    } rows[] = {
+        {{"run", tp2, "--ids", "1", "--nnodes", "2", NULL}, "--nnodes 2 needs --rendezvous"},
+        {{"run", tp2, "--ids", "1", "--nnodes", "3", "--rendezvous", "h:1", NULL},
+         "cannot be split evenly over --nnodes 3"},
+        {{"run", tp2, "--ids", "1", "--rendezvous", "h:1", NULL}, "give --nnodes N"},
+        {{"run", tp2, "--node-rank", "1", NULL}, "--node-rank 1: expected 0 to 0"},
+        {{"run", FIX, "--ids", "1", "--nnodes", "2", NULL}, "--nnodes applies to a compiled"},
+        {{"run", FIX, "--node-rank", "1", "--nnodes", "2", NULL}, "needs a compiled model"},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(rows); i++) {
+        tu_run r = kiln(rows[i].args);
+        assert_int_equal(r.code, 1);
+        assert_contains(r.err, rows[i].want);
+        tu_run_free(&r);
+    }
+    /* node 1 opens only its own rank's shard: rank 0's may be absent there */
+    char *dir = broken("node1");
+    char *p0 = util_path_join(dir, "shards/rank0-of-2.safetensors");
+    assert_int_equal(unlink(p0), 0);
+    const char *a[] = {"run", dir, "--nnodes", "2", "--node-rank", "1", "--rendezvous",
+                       "127.0.0.1:1", NULL};
+    tu_run r = kiln(a);
+    assert_reached_cuda(&r);
+    tu_run_free(&r);
+    free(p0);
+    free(dir);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -246,6 +415,9 @@ int main(void)
         cmocka_unit_test(test_nccl_loads),
         cmocka_unit_test(test_tp_mismatch),
         cmocka_unit_test(test_rank_shards),
+        cmocka_unit_test(test_rendezvous),
+        cmocka_unit_test(test_rendezvous_refusals),
+        cmocka_unit_test(test_nodes_options),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
