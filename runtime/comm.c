@@ -30,7 +30,7 @@ int kncl_load(kncl *n, const char *lib, const char *why, kerr *err)
 #define X(f)                                                                                    \
     n->f = (__typeof__(n->f))dlsym(n->lib, #f);                                                 \
     if (!n->f) {                                                                                \
-        kerr_add(err, "%s lacks %s: it is too old for kiln (NCCL 2.18 or newer is needed)", lib, \
+        kerr_add(err, "%s lacks %s: it is too old for kiln (install a current NCCL 2.x)", lib,  \
                  #f);                                                                           \
         missing = 1;                                                                            \
     }
@@ -44,6 +44,13 @@ int kncl_load(kncl *n, const char *lib, const char *why, kerr *err)
     ncclResult_t rc = n->ncclGetVersion(&n->version);
     if (rc != ncclSuccess) {
         kncl_fail(n, rc, "ncclGetVersion", __FILE__, __LINE__, err);
+        kncl_unload(n);
+        return -1;
+    }
+    if (n->version < 20900) { /* before 2.9 the code was X*1000 + Y*100 + Z */
+        kerr_add(err, "%s is NCCL %d.%d.%d; kiln needs 2.9 or newer (collectives captured in CUDA "
+                      "graphs)",
+                 lib, n->version / 1000, n->version / 100 % 10, n->version % 100);
         kncl_unload(n);
         return -1;
     }
