@@ -405,7 +405,7 @@ static void gather_steps(lw *w, const kg_node *n, ka_arg part, ka_arg all, int64
                  "kiln::gather_ranks<%lld, %d, %d>(st, parts, logits, M)", (long long)N, tp,
                  ELEM_THREADS);
     s = kstep(k, n->name, rows == KA_ROWS_S ? G(0, 1, 0, 0, 1) : G(1, 0, 0, 0, 1),
-              G(0, 0, 0, tp, 1), G1());
+              G(0, 0, 0, tp, 1), G(0, 0, 0, (int)N, 8 * ELEM_THREADS));
     s.logits = lg;
     s.rows = rows;
     add_arg(&s, A(KA_ARG_STEP, 0));

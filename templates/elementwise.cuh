@@ -444,7 +444,9 @@ __device__ __forceinline__ void gather_last(const kiln_step st, const DT *x, DT 
 
 // gather_ranks: logits[m][r*N + c] = parts[r][m][c] for m < M, r < TP, c < N: the vocabulary
 // blocks of the tensor-parallel ranks, rank-major as ncclAllGather leaves them ([TP][M][N]),
-// into rows of the full vocabulary (float, bit-exact copies). Grid (M, TP) x THREADS.
+// into rows of the full vocabulary (float, bit-exact copies). Block (m, r, k) copies elements
+// [k * 8 * THREADS, (k + 1) * 8 * THREADS) of row m of rank r, so that a decode step of a few
+// rows still spreads over many SMs. Grid (M, TP, ceil(N / (8 * THREADS))) x THREADS.
 template <int N, int TP, int THREADS>
 __device__ __forceinline__ void gather_ranks(const kiln_step st, const float *parts,
                                              float *logits, int M)
@@ -455,7 +457,8 @@ __device__ __forceinline__ void gather_ranks(const kiln_step st, const float *pa
         return;
     const float *src = parts + ((long long)r * M + m) * N;
     float *dst = logits + (long long)m * N * TP + (long long)r * N;
-    for (int c = threadIdx.x; c < N; c += THREADS)
+    const int end = min(N, (int)(blockIdx.z + 1) * 8 * THREADS);
+    for (int c = blockIdx.z * 8 * THREADS + threadIdx.x; c < end; c += THREADS)
         dst[c] = src[c];
 }
 

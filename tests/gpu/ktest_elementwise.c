@@ -823,7 +823,8 @@ static void t_gather_ranks(kt *t, int N, int TP, int M, int THREADS)
     kt_fill(t, parts, n, 10.0f);
     CUdeviceptr dp = kt_upload(t, parts, sizeof(float) * n), dl = kt_alloc(t, sizeof(float) * n);
     void *args[] = {&s.st, &dp, &dl, &M};
-    kt_launch(t, f, name, (unsigned)M, (unsigned)TP, 1, (unsigned)THREADS, 0, args);
+    kt_launch(t, f, name, (unsigned)M, (unsigned)TP,
+              (unsigned)((N + 8 * THREADS - 1) / (8 * THREADS)), (unsigned)THREADS, 0, args);
     for (int r = 0; r < TP; r++)
         for (int m = 0; m < M; m++)
             memcpy(want + ((size_t)m * TP + r) * N, parts + ((size_t)r * M + m) * N,
