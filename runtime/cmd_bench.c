@@ -61,7 +61,7 @@ typedef struct fig {
 
 typedef struct opts {
     int64_t batch[MAX_LIST], prefill[MAX_LIST];
-    int nbatch, nprefill, prompt, new_tokens, reps;
+    int nbatch, nprefill, prompt, new_tokens, reps, tp;
     int set_batch, set_prefill, set_prompt, set_new;
     const char *json;
 } opts;
@@ -102,6 +102,9 @@ static void usage(FILE *f)
             "  --new N          decode steps per batch, after a %d-token prompt (default 128)\n"
             "  --reps N         timed runs of each figure, the best kept (default 3, at most %d)\n"
             "  --json FILE      also write the figures as JSON\n"
+            "  --tp N           the GPUs a tensor-parallel artifact is split over: must be what\n"
+            "                   kilnc compile --tp made it for (default: the artifact's). Its\n"
+            "                   rooflines are one rank's bytes and FLOPs over one GPU's rates\n"
             "  -h, --help       this help\n",
             DECODE_PROMPT, MAX_REPS);
 }
@@ -538,7 +541,7 @@ static int parse_list(const char *what, const char *v, int64_t max, int64_t *out
 static int parse_opts(int argc, char **argv, opts *o, const char **dir)
 {
     static const char *const value_opts[] = {"--batch", "--prompt", "--prefill", "--new",
-                                             "--reps",  "--json"};
+                                             "--reps",  "--json",   "--tp"};
     kerr err;
     kerr_clear(&err);
     for (int i = 1; i < argc; i++) {
@@ -573,6 +576,10 @@ static int parse_opts(int argc, char **argv, opts *o, const char **dir)
                 o->reps = (int)x;
         } else if (!strcmp(a, "--json")) {
             o->json = v;
+        } else if (!strcmp(a, "--tp")) {
+            if (util_parse_i64(a, v, 1, KA_MAX_TP, &x, &err))
+                return util_usage_error(PROG, "%s", kerr_msg(&err));
+            o->tp = (int)x;
         } else if (a[0] == '-' && a[1]) {
             return util_usage_error(PROG, "unknown option '%s'", a);
         } else if (!*dir) {
@@ -651,7 +658,7 @@ int cmd_bench(int argc, char **argv)
     kroof_model rm;
     memset(&hw, 0, sizeof hw);
     memset(&rm, 0, sizeof rm);
-    cli_backend_opts bo = {0};
+    cli_backend_opts bo = {.tp = o.tp};
     if (compiled) {
         /* everything checkable is checked before the GPU is touched */
         if (!(af = ka_read(mkpath, &err)))
@@ -660,6 +667,12 @@ int cmd_bench(int argc, char **argv)
             kerr_add(&err, "%s is an embedding model (task %s): kiln bench measures generation "
                            "(prefill and decode)",
                      dir, af->m.task);
+            goto out;
+        }
+        if (o.tp && o.tp != af->m.tp) {
+            kerr_add(&err, "--tp %d: %s was compiled for --tp %d (kiln inspect shows it); bench "
+                           "it with --tp %d, or recompile: kilnc compile MODEL_DIR -o OUT --tp %d",
+                     o.tp, dir, af->m.tp, af->m.tp, o.tp);
             goto out;
         }
         limits lim = {af->m.max_seqs, af->m.max_tokens, af->m.max_seq_len, 1};
