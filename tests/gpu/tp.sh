@@ -7,8 +7,8 @@
 #   fix    every fixture family compiled without --tp, with --tp 1 (the NCCL path on one rank) and
 #          with --tp N for each N in TP_SIZES that the machine has GPUs for and the shapes allow
 #          (kilnc refuses the others, and the refusal is shown): greedy tokens identical to the
-#          unsharded run and logits within 1e-2 (compare.py batch), and every --tp N run against HF
-#          with run.sh's bf16 criterion (compare.py gen / embed)
+#          unsharded run (compare.py same, which reports the logits' difference), and every --tp N
+#          run against HF with run.sh's bf16 criterion (compare.py gen / embed)
 #   speed  the Llama-3-8B shape (kilnc synth) at TP 1 (unsharded) and each N: `kiln bench` batch 1
 #          and 64 decode and prefill of 2,048 tokens; with 8 GPUs the 70B shape at TP 8
 #   nccl   all-reduce bus bandwidth and small-message latency between the GPUs (nccl_bw.py,
@@ -80,7 +80,7 @@ phase_fix() {
       if ! $BIN/kiln run $ART/$name --ids $ids "${extra[@]}" --dump $ART/$name.st > $LOG/run_$name.log 2>&1; then
         row "$(printf '%-22s FAIL run: %s' $name "$(grep -m1 -i error $LOG/run_$name.log)")"; fail=1; continue
       fi
-      $PY tests/gpu/compare.py batch "$name vs unsharded" $ART/$f.st -- $ART/$name.st >> $SUMMARY 2>>$LOG/compare.log || fail=1
+      $PY tests/gpu/compare.py same "$name vs unsharded" $ART/$f.st $ART/$name.st >> $SUMMARY 2>>$LOG/compare.log || fail=1
       tail -1 $SUMMARY
       if [ $emb = 1 ]; then
         $PY tests/gpu/compare.py embed "$name vs HF" tests/fixtures/$f $ART/$name.st >> $SUMMARY 2>>$LOG/compare.log || fail=1
@@ -123,14 +123,14 @@ phase_speed() {
     [ $n = 0 ] || opt="--tp $n"
     [ -f $a/model.kiln ] || $BIN/kilnc compile $M -o $a --sm $SM --max-batch 64 --max-seq-len 4096 $opt > $LOG/compile-8b-tp$n.log 2>&1 \
       || { row "$(printf 'FAIL compile 8b tp%s: %s' $n "$(grep -m1 error $LOG/compile-8b-tp$n.log)")"; fail=1; continue; }
-    bench_one 8b-tp$n $a --batch 1,64 --prompt 2048
+    bench_one 8b-tp$n $a --batch 1,64 --prefill 2048 --new 64 --reps 2
     rm -rf $a/shards   # disk: 16 GB per artifact
   done
   if [ "$NGPU" -ge 8 ]; then
     local M70=$W/llama3-70b
     [ -f $M70/config.json ] || $BIN/kilnc synth --like llama3-70b -o $M70 > $LOG/synth-70b.log 2>&1 || { row "FAIL synth 70b"; fail=1; return; }
     $BIN/kilnc compile $M70 -o $W/art-70b-tp8 --sm $SM --max-batch 64 --max-seq-len 4096 --tp 8 > $LOG/compile-70b.log 2>&1 \
-      && bench_one 70b-tp8 $W/art-70b-tp8 --batch 1,64 --prompt 2048 \
+      && bench_one 70b-tp8 $W/art-70b-tp8 --batch 1,64 --prefill 2048 --new 64 --reps 2 \
       || { row "FAIL compile 70b tp8: $(grep -m1 error $LOG/compile-70b.log)"; fail=1; }
   fi
 }
