@@ -171,6 +171,15 @@ static int fill(const kgraph *g, int id, int rank, st_dtype dt, uint16_t *dst, k
         free(tmp);
         return 0;
     }
+    case KG_SCALE: /* a row-parallel bias' share (shard.c) */
+        if (fill(g, n->in[0], rank, dt, dst, err))
+            return -1;
+        for (uint64_t i = 0, e = numel(n); i < e; i++)
+            dst[i] = conv((float)((double)(dt == ST_BF16 ? util_bf16_to_f32(dst[i])
+                                                          : util_f16_to_f32(dst[i])) *
+                                  n->scalar),
+                          dt);
+        return 0;
     default:
         return kerr_add(err, "pack: %s (%s) is not a constant expression", n->name,
                         kg_op_name(n->op));

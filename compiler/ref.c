@@ -258,6 +258,15 @@ static const cval *const_get(ref *r, int id)
         c->data = c->owned;
         break;
     }
+    case KG_SCALE: { /* a row-parallel bias' share (shard.c) */
+        const cval *s = const_get(r, n->in[0]);
+        c->owned = xmalloc(sizeof(float) * (c->numel ? c->numel : 1));
+        for (uint64_t i = 0; i < c->numel; i++)
+            c->owned[i] = (float)((double)elem(s->dt, s->data, i) * n->scalar);
+        c->dt = ST_F32;
+        c->data = c->owned;
+        break;
+    }
     default:
         /* graph_verify guarantees constants are built only from the ops above */
         abort();

@@ -5,7 +5,7 @@
  *            intermediate units), and what follows it per head or per unit (rope, per-head norms,
  *            activations, the gated product, attention) runs on the rank's part;
  *   row      a linear of a split input is split by input columns: its partial sums are added by an
- *            ALL_REDUCE, and its bias is added once, after it;
+ *            ALL_REDUCE; each rank adds bias / ranks to its partial sum;
  *   vocab    the token embedding is split by rows (an id outside the rank's rows gives zeros, then
  *            an ALL_REDUCE), the LM head by rows too, its logits joined by an ALL_GATHER;
  *   experts  MoE experts (and the shared expert) are split by their intermediate size, the router
@@ -342,14 +342,31 @@ static int shard_of(rw *w, int c, int dim, int parts)
     return id;
 }
 
-/* A collective (or the bias add) after node `x` of the new graph, named `name`. */
-static int follow(rw *w, kg_op op, int x, int b, const char *name)
+/* A row-parallel linear's bias divided by the ranks: every rank adds its share in the GEMM's
+ * epilogue and the all-reduce sums them. (Not the whole bias after the all-reduce: that is one
+ * more kernel per row linear, and with one rank the graph would not compute exactly what the
+ * unsharded one does.) */
+static int share_of(rw *w, int b)
+{
+    const kg_node *n = &w->g->nodes[b];
+    char *name = xasprintf("%s.share", n->name);
+    kg_node p = proto(n, KG_SCALE, name);
+    p.is_const = 1;
+    p.n_in = 1;
+    p.in[0] = w->map[b];
+    p.scalar = 1.0 / w->g2->tp;
+    int id = graph_append(w->g2, &p);
+    free(name);
+    return id;
+}
+
+/* A collective after node `x` of the new graph, named `name`. */
+static int follow(rw *w, kg_op op, int x, const char *name)
 {
     const kg_node *n = &w->g2->nodes[x];
     kg_node p = proto(n, op, name);
-    p.n_in = op == KG_ADD ? 2 : 1;
+    p.n_in = 1;
     p.in[0] = x;
-    p.in[1] = b;
     if (op == KG_ALL_GATHER)
         p.shape[p.ndim - 1] *= w->g2->tp;
     return graph_append(w->g2, &p);
@@ -365,9 +382,9 @@ static kg_node copy(const rw *w, int i)
     return p;
 }
 
-/* Appends p; when `partial` it is renamed NAME.part and followed by an ALL_REDUCE (and then the
- * bias add when bias >= 0, an old const), the last of them taking the old name. */
-static int emit(rw *w, kg_node *p, int partial, int bias)
+/* Appends p; when `partial` it is renamed NAME.part and followed by an ALL_REDUCE that takes the
+ * old name. */
+static int emit(rw *w, kg_node *p, int partial)
 {
     if (!partial)
         return graph_append(w->g2, p);
@@ -376,12 +393,7 @@ static int emit(rw *w, kg_node *p, int partial, int bias)
     p->name = part;
     int id = graph_append(w->g2, p);
     free(part);
-    if (bias < 0)
-        return follow(w, KG_ALL_REDUCE, id, -1, old);
-    char *sum = xasprintf("%s.sum", old);
-    int s = follow(w, KG_ALL_REDUCE, id, -1, sum);
-    free(sum);
-    return follow(w, KG_ADD, s, w->map[bias], old);
+    return follow(w, KG_ALL_REDUCE, id, old);
 }
 
 static void rewrite(const an *a, kgraph *g2)
@@ -404,7 +416,7 @@ static void rewrite(const an *a, kgraph *g2)
         kg_node p = copy(&w, i);
         if (a->st[i] == SPLIT)
             p.shape[1] /= a->parts[i];
-        int partial = 0, bias = -1, gather = 0;
+        int partial = 0, gather = 0;
         switch (o->op) {
         case KG_LINEAR:
             if (a->col[i]) {
@@ -413,10 +425,8 @@ static void rewrite(const an *a, kgraph *g2)
                     p.in[2] = shard_of(&w, o->in[2], 0, a->parts[i]);
             } else if (a->row[i]) {
                 p.in[1] = shard_of(&w, o->in[1], 1, tp);
-                if (o->n_in > 2 && o->in[2] >= 0) {
-                    bias = o->in[2];
-                    p.in[2] = -1;
-                }
+                if (o->n_in > 2 && o->in[2] >= 0 && tp > 1)
+                    p.in[2] = share_of(&w, o->in[2]);
                 partial = 1;
             }
             break;
@@ -460,10 +470,10 @@ static void rewrite(const an *a, kgraph *g2)
         if (gather) {
             char *part = xasprintf("%s.part", o->name);
             p.name = part;
-            id = follow(&w, KG_ALL_GATHER, graph_append(g2, &p), -1, o->name);
+            id = follow(&w, KG_ALL_GATHER, graph_append(g2, &p), o->name);
             free(part);
         } else {
-            id = emit(&w, &p, partial, bias);
+            id = emit(&w, &p, partial);
         }
         w.map[i] = id;
     }
