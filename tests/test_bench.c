@@ -48,20 +48,10 @@ typedef tu_run run;
 static run run_argv(const char *bin, const char **args) { return tu_run_bin(D, bin, args); }
 #define BENCH(...) run_argv(KILN, (const char *[]){"bench", __VA_ARGS__, NULL})
 
-static void expect_code(const run *r, int code, const char *file, int line)
-{
-    if (r->code == code)
-        return;
-    print_error("%s:%d: exit status %d, expected %d\n--- stdout\n%s--- stderr\n%s---\n", file,
-                line, r->code, code, r->out, r->err);
-    _fail(file, line);
-}
-#define EXPECT_CODE(r, code) expect_code(&(r), (code), __FILE__, __LINE__)
-
 /* A usage error: exit 2, "kiln bench: error: ..." holding `msg`, and the hint, on stderr. */
 static void expect_usage(run r, const char *msg, const char *file, int line)
 {
-    expect_code(&r, 2, file, line);
+    tu_expect_code(&r, 2, file, line);
     /* after the notes of the load, for what only the loaded CPU backend can check */
     tu_assert_contains(r.err, "kiln bench: error: ", file, line);
     tu_assert_contains(r.err, msg, file, line);

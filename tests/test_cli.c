@@ -70,16 +70,6 @@ static run kiln(const char *first, ...)
     return r;
 }
 
-static void expect_code(const run *r, int code, const char *file, int line)
-{
-    if (r->code == code)
-        return;
-    print_error("%s:%d: exit status %d, expected %d\n--- stdout\n%s--- stderr\n%s---\n", file,
-                line, r->code, code, r->out, r->err);
-    _fail(file, line);
-}
-#define EXPECT_CODE(r, code) expect_code(&(r), (code), __FILE__, __LINE__)
-
 static int count_lines_starting(const char *text, const char *prefix)
 {
     int n = 0;

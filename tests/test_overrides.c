@@ -46,16 +46,6 @@ typedef tu_run run;
 /* Runs bin with args (NULL-terminated), capturing stdout and stderr. */
 static run run_argv(const char *bin, const char **args) { return tu_run_bin(D, bin, args); }
 
-static void expect_code(const run *r, int code, const char *file, int line)
-{
-    if (r->code == code)
-        return;
-    print_error("%s:%d: exit status %d, expected %d\n--- stdout\n%s--- stderr\n%s---\n", file,
-                line, r->code, code, r->out, r->err);
-    _fail(file, line);
-}
-#define EXPECT_CODE(r, code) expect_code(&(r), (code), __FILE__, __LINE__)
-
 /* A copy of fixture `name` in D/sub: its files linked, and config.json (and, when given,
  * generation_config.json) written as JSON after `edit` (NULL: unchanged). Returns the folder. */
 static char *copy_fixture(const char *name, const char *sub, void (*edit)(json_t *root),

@@ -44,16 +44,6 @@ static run run_argv(const char *bin, const char **args) { return tu_run_bin(D, b
 #define KILN_RUN(...) run_argv(KILN, (const char *[]){"run", __VA_ARGS__, NULL})
 #define KILNC_REF(...) run_argv(KILNC, (const char *[]){"ref", __VA_ARGS__, NULL})
 
-static void expect_code(const run *r, int code, const char *file, int line)
-{
-    if (r->code == code)
-        return;
-    print_error("%s:%d: exit status %d, expected %d\n--- stdout\n%s--- stderr\n%s---\n", file,
-                line, r->code, code, r->out, r->err);
-    _fail(file, line);
-}
-#define EXPECT_CODE(r, code) expect_code(&(r), (code), __FILE__, __LINE__)
-
 /* Line `i` (0-based) of s, without its newline, as a heap string ("" past the end). With a
  * "[k] " prefix (kiln run with several prompts) the prefix is dropped. */
 static char *line_of(const char *s, int i)

@@ -344,6 +344,17 @@ static inline tu_run tu_run_argv(const char *dir, const char *input, const char 
     return r;
 }
 
+/* The run exited with `code`; otherwise the test fails showing both of its outputs. */
+static inline void tu_expect_code(const tu_run *r, int code, const char *file, int line)
+{
+    if (r->code == code)
+        return;
+    print_error("%s:%d: exit status %d, expected %d\n--- stdout\n%s--- stderr\n%s---\n", file,
+                line, r->code, code, r->out, r->err);
+    _fail(file, line);
+}
+#define EXPECT_CODE(r, code) tu_expect_code(&(r), (code), __FILE__, __LINE__)
+
 /* tu_run_argv of `bin` followed by the NULL-terminated args, with no input. */
 static inline tu_run tu_run_bin(const char *dir, const char *bin, const char *const *args)
 {
