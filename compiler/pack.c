@@ -51,6 +51,29 @@ static void convert(const st_tensor *t, uint64_t from, uint64_t count, st_dtype 
     }
 }
 
+static int fill(const kgraph *g, int id, int rank, st_dtype dt, uint16_t *dst, kerr *err);
+
+/* Elements [start, start + len) along `dim` of constant `src`, evaluated whole first. */
+static int fill_range(const kgraph *g, int src, int rank, st_dtype dt, int dim, uint64_t start,
+                      uint64_t len, uint16_t *dst, kerr *err)
+{
+    const kg_node *p = &g->nodes[src];
+    uint64_t outer, inner, sd = (uint64_t)p->shape[dim];
+    around(p, dim, &outer, &inner);
+    uint16_t *tmp = malloc(sizeof(uint16_t) * (numel(p) ? numel(p) : 1));
+    if (!tmp)
+        return kerr_add(err, "pack: out of memory for %s", p->name);
+    if (fill(g, src, rank, dt, tmp, err)) {
+        free(tmp);
+        return -1;
+    }
+    for (uint64_t o = 0; o < outer; o++)
+        memcpy(dst + o * len * inner, tmp + (o * sd + start) * inner,
+               sizeof(uint16_t) * len * inner);
+    free(tmp);
+    return 0;
+}
+
 static int fill(const kgraph *g, int id, int rank, st_dtype dt, uint16_t *dst, kerr *err)
 {
     const kg_node *n = &g->nodes[id];
@@ -74,18 +97,7 @@ static int fill(const kgraph *g, int id, int rank, st_dtype dt, uint16_t *dst, k
                 convert(p->bound, (o * sd + start) * inner, len * inner, dt, dst + o * len * inner);
             return 0;
         }
-        uint16_t *tmp = malloc(sizeof(uint16_t) * (numel(p) ? numel(p) : 1));
-        if (!tmp)
-            return kerr_add(err, "pack: out of memory for %s", p->name);
-        if (fill(g, n->in[0], rank, dt, tmp, err)) {
-            free(tmp);
-            return -1;
-        }
-        for (uint64_t o = 0; o < outer; o++)
-            memcpy(dst + o * len * inner, tmp + (o * sd + start) * inner,
-                   sizeof(uint16_t) * len * inner);
-        free(tmp);
-        return 0;
+        return fill_range(g, n->in[0], rank, dt, n->dim, start, len, dst, err);
     }
     case KG_RESHAPE:
         return fill(g, n->in[0], rank, dt, dst, err);
@@ -119,24 +131,9 @@ static int fill(const kgraph *g, int id, int rank, st_dtype dt, uint16_t *dst, k
         }
         return 0;
     }
-    case KG_SLICE: {
-        const kg_node *p = &g->nodes[n->in[0]];
-        uint64_t outer, inner;
-        around(p, n->dim, &outer, &inner);
-        uint16_t *tmp = malloc(sizeof(uint16_t) * (numel(p) ? numel(p) : 1));
-        if (!tmp)
-            return kerr_add(err, "pack: out of memory for %s", p->name);
-        if (fill(g, n->in[0], rank, dt, tmp, err)) {
-            free(tmp);
-            return -1;
-        }
-        uint64_t sd = (uint64_t)p->shape[n->dim], len = (uint64_t)n->len;
-        for (uint64_t o = 0; o < outer; o++)
-            memcpy(dst + o * len * inner, tmp + (o * sd + (uint64_t)n->start) * inner,
-                   sizeof(uint16_t) * len * inner);
-        free(tmp);
-        return 0;
-    }
+    case KG_SLICE:
+        return fill_range(g, n->in[0], rank, dt, n->dim, (uint64_t)n->start, (uint64_t)n->len,
+                          dst, err);
     case KG_TRANSPOSE: {
         const kg_node *p = &g->nodes[n->in[0]];
         uint16_t *tmp = malloc(sizeof(uint16_t) * (numel(p) ? numel(p) : 1));
