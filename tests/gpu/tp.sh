@@ -2,7 +2,8 @@
 # tests/gpu/tp.sh — tensor parallelism on a machine with several GPUs (issue 15), one call per
 # phase, table last.
 #
-#   TP_PHASES="fix speed nccl serve" tests/gpu/tp.sh
+#   TP_PHASES="fix speed nccl servefix serve" tests/gpu/tp.sh   (TP_SIZES="2 4 8", TP_GEN, TP_EMB:
+#                                                                 the fixture lists)
 #
 #   fix    every fixture family compiled without --tp, with --tp 1 (the NCCL path on one rank) and
 #          with --tp N for each N in TP_SIZES that the machine has GPUs for and the shapes allow
@@ -11,8 +12,10 @@
 #          run against HF with run.sh's bf16 criterion (compare.py gen / embed)
 #   speed  the Llama-3-8B shape (kilnc synth) at TP 1 (unsharded) and each N: `kiln bench` batch 1
 #          and 64 decode and prefill of 2,048 tokens; with 8 GPUs the 70B shape at TP 8
-#   nccl   all-reduce bus bandwidth and small-message latency between the GPUs (nccl_bw.py,
-#          PyTorch's NCCL: the link, not kiln)
+#   nccl   all-reduce bus bandwidth between the GPUs (nccl_bw.py, PyTorch's NCCL: the link, not
+#          kiln; its small-message times are Python's launch loop)
+#   servefix  `kiln serve` of the llama fixture at the largest N: 64 streams of loadgen.py through
+#          the scheduler (8 at a time), all complete, 8 greedy re-runs alone compared
 #   serve  `kiln serve` of the 8B shape at the largest N under TP_STREAMS (256) concurrent
 #          streams through serve.sh's c1000 phase: all complete, 0 lost, 0 errors
 #
@@ -24,7 +27,7 @@ export NCCL_NVLS_ENABLE=0
 BIN=${KILN_BIN:-out/bin}
 SM=${KILN_SM:-90a}
 PY=${PYTHON:-python3}
-PHASES=${TP_PHASES:-fix speed nccl serve}
+PHASES=${TP_PHASES:-fix speed nccl servefix serve}
 W=/tmp/kiln-tp
 LOG=$W/logs
 OUT=${OUT:-$W/out}
@@ -45,8 +48,8 @@ SIZES=""
 for n in ${TP_SIZES:-2 4 8}; do [ $n -le "$NGPU" ] && SIZES="$SIZES $n"; done
 row "card: $CARD; tp sizes:$SIZES; commit $($BIN/kiln --version 2>/dev/null | sed -n 's/.*commit \([^)]*\)).*/\1/p'); NCCL_NVLS_ENABLE=$NCCL_NVLS_ENABLE"
 
-GEN="llama llama_tied_oldstyle mistral qwen2 mixtral mixtral4 bloom llama_bf16 mistral_bf16 qwen2_bf16 mixtral_bf16 bloom_bf16"
-EMB="bert bert_bf16"
+GEN=${TP_GEN:-"llama llama_tied_oldstyle mistral qwen2 mixtral mixtral4 bloom llama_bf16 mistral_bf16 qwen2_bf16 mixtral_bf16 bloom_bf16"}
+EMB=${TP_EMB:-"bert bert_bf16"}
 
 phase_fix() {
   # compile everything in parallel: unsharded, --tp 1, and each size
@@ -136,8 +139,38 @@ phase_speed() {
 }
 
 phase_nccl() {
-  $PY tests/gpu/nccl_bw.py --gpus "$NGPU" > $LOG/nccl.out 2> $LOG/nccl.log || { row "FAIL nccl_bw: $(tail -1 $LOG/nccl.log)"; fail=1; return; }
+  timeout 180 $PY tests/gpu/nccl_bw.py --gpus "$NGPU" > $LOG/nccl.out 2> $LOG/nccl.log || { row "FAIL nccl_bw: $(tail -1 $LOG/nccl.log)"; fail=1; return; }
   while read -r line; do row "nccl  $line"; done < $LOG/nccl.out
+}
+
+phase_servefix() {  # kiln serve of the llama fixture at the largest N: 64 streams through the scheduler
+  local n=${SIZES##* } art port= pid err=$LOG/servefix.stderr
+  [ -n "$n" ] || { row "servefix: skip (one GPU)"; return; }
+  art=$ART/llama_tp$n
+  [ -f $art/model.kiln ] || $BIN/kilnc compile tests/fixtures/llama -o $art --tp $n --sm $SM --max-batch 8 > $LOG/compile_servefix.log 2>&1 \
+    || { row "servefix: FAIL compile: $(grep -m1 error $LOG/compile_servefix.log)"; fail=1; return; }
+  $BIN/kiln serve $art --port 0 --model-name m > $LOG/servefix.stdout 2> $err &
+  pid=$!
+  for _ in $(seq 600); do
+    port=$(grep -m1 -oE 'listening on http://[0-9.]+:[0-9]+' $err | grep -oE '[0-9]+$')
+    [ -n "$port" ] && break
+    kill -0 $pid 2>/dev/null || break
+    sleep 0.1
+  done
+  [ -n "$port" ] || { row "servefix: FAIL server did not start: $(grep -m1 -i error $err)"; fail=1; return; }
+  timeout 300 $PY tests/gpu/loadgen.py http://127.0.0.1:$port concurrent --model m --vocab 512 --streams 64 \
+    --prompt-min 4 --prompt-max 200 --out-min 8 --out-max 64 --check 8 --timeout 240 --json $W/servefix.json \
+    > $LOG/servefix-loadgen.out 2> $LOG/servefix-loadgen.log || fail=1
+  kill -TERM $pid; wait $pid || { row "servefix: FAIL kiln serve exited $? after SIGTERM"; fail=1; }
+  $PY - $n $W/servefix.json <<'EOF' | while read -r line; do row "$line"; done
+import json, sys
+s = json.load(open(sys.argv[2]))
+for r in s["runs"]:
+    print(f"servefix tp{sys.argv[1]} (llama fixture, 64 streams): {r['completed']}/{r['requests']} ok, "
+          f"lost {r['lost']}, errors {r['errors'] or 0}")
+c = s["check"]
+print(f"servefix tp{sys.argv[1]} greedy re-runs alone: {c['exact']}/{c['checked']} exact")
+EOF
 }
 
 phase_serve() {
