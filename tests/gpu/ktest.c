@@ -257,6 +257,7 @@ static void run_all(kt *t)
     ktest_attention(t);
     ktest_moe(t);
     ktest_sample(t);
+    ktest_collective(t);
 }
 
 int main(int argc, char **argv)

@@ -76,5 +76,6 @@ void ktest_gemv(kt *t);
 void ktest_attention(kt *t);
 void ktest_moe(kt *t);
 void ktest_sample(kt *t);
+void ktest_collective(kt *t);
 
 #endif
