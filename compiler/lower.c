@@ -10,6 +10,7 @@
 
 #include "passes/passes.h"
 #include "posenc.h"
+#include "../kernels/kiln_p2p.h"
 #include "../kernels/kiln_step.h"
 
 #define PRE 1
@@ -867,7 +868,9 @@ static int low_pool(lw *w, int id)
 }
 
 /* The sum over the ranks (NCCL, out of place: plan_memory gives the sum its own buffer), on
- * activations in the compute dtype. */
+ * activations in the compute dtype. The one-shot peer-to-peer all-reduce kernel goes into the
+ * kernel table with the first all-reduce (named k<i>_KILN_P2P_KERNEL, no step launches it): the
+ * runtime runs a step with it instead of NCCL where it can (templates/collective.cuh). */
 static int low_all_reduce(lw *w, int id)
 {
     const kg_node *n = &w->g->nodes[id];
@@ -884,6 +887,9 @@ static int low_all_reduce(lw *w, int id)
     if (dense_arg(w, n->in[0], &s.x) || dense_arg(w, id, &s.y))
         return -1;
     push(w, BOTH, &s);
+    kern(w, KILN_P2P_KERNEL, KILN_P2P_THREADS, 0,
+         "const DT *x, DT *y, long long count, const kiln_p2p p",
+         "kiln::allreduce_p2p<DT, %d>(x, y, count, p)", KILN_P2P_THREADS);
     return 0;
 }
 
@@ -1006,7 +1012,7 @@ char *codegen_source(const lowered *l, const char *model_name)
         "// the runtime launches them as model.kiln's schedule says.\n\n",
         model_name);
     OUT("#include \"elementwise.cuh\"\n#include \"gemv.cuh\"\n#include \"attention.cuh\"\n"
-        "#include \"moe.cuh\"\n#include \"sample.cuh\"\n\n");
+        "#include \"moe.cuh\"\n#include \"sample.cuh\"\n#include \"collective.cuh\"\n\n");
     OUT("typedef %s DT;\n\n", strcmp(l->m.dtype, "f16") == 0 ? "kiln::f16" : "kiln::bf16");
     for (int i = 0; i < l->ninst; i++)
         OUT("extern \"C\" __global__ void __launch_bounds__(%d) %s(%s)\n{\n    %s;\n}\n\n",

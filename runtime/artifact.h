@@ -128,7 +128,10 @@ typedef struct ka_grid {
  * for a GEMM; elements are float when out_f32, else the artifact's dtype bf16/f16):
  *   KA_ALLREDUCE: y[M, n] = sum over ranks of x[M, n], contiguous rows (count M * n). x == y
  *     (same kind and offset) is in place; otherwise the two do not overlap.
- *     ncclAllReduce(x, y, M * n, dtype, ncclSum, comm, stream).
+ *     ncclAllReduce(x, y, M * n, dtype, ncclSum, comm, stream). An artifact with all-reduces
+ *     also holds the kernel k<i>_allreduce_p2p (KILN_P2P_KERNEL, kernels/kiln_p2p.h) in its
+ *     kernel table, which no step names: where one process drives every rank with peer access,
+ *     the engine runs the all-reduces that fit its exchange buffers with it instead of NCCL.
  *   KA_ALLGATHER: y[tp][M][n] (rank-major: rank r's block at y + r * M * n elements) from each
  *     rank's x[M, n]; x and y do not overlap. ncclAllGather(x, y, M * n, dtype, comm, stream).
  *     (A kernel step after it reorders the blocks where the graph wants [M, n * tp] rows.)

@@ -13,6 +13,12 @@
  * them once), and the decode graphs of a bucket are captured on every device or used on none.
  * A rank that fails mid-step would leave the others waiting inside a collective forever: after
  * ABORT_AFTER_S the remaining communicators are aborted so that the error comes back.
+ *
+ * All-reduces small enough for the exchange buffers (decode's) run the one-shot peer-to-peer
+ * kernel (templates/collective.cuh, kernels/kiln_p2p.h) instead of NCCL when one process drives
+ * every rank and every pair of GPUs has peer access (init_p2p); KILN_ALLREDUCE=nccl keeps NCCL
+ * for all of them, =p2p makes the kernel required. A rank stuck in that kernel (a peer failed)
+ * is not released by aborting NCCL: the kernel traps after its bounded spin (KILN_P2P_POLLS).
  */
 #include "engine.h"
 
@@ -28,6 +34,7 @@
 
 #include "comm.h"
 #include "gemm.h"
+#include "../kernels/kiln_p2p.h"
 #include "hash.h"
 #include "kcuda.h"
 #include "safetensors.h"
@@ -36,6 +43,11 @@
 #define STAGE (64u << 20) /* pinned staging buffer for weight uploads */
 #define MAX_BUCKETS 16
 #define ABORT_AFTER_S 10 /* a rank failed while others still run: abort their collectives */
+/* The largest all-reduce (bytes) the one-shot kernel takes: each rank reads every other rank's
+ * whole input, so past a few MiB NCCL's ring, which moves 2 (tp-1)/tp of it, is faster; the
+ * cut-off shrinks as ranks are added (vLLM's custom all-reduce draws the same lines). */
+#define P2P_MAX_BYTES_TP2 ((int64_t)2 << 20)
+#define P2P_MAX_BYTES ((int64_t)512 << 10)
 
 typedef enum { JOB_QUIT, JOB_LOAD, JOB_FIT, JOB_KV, JOB_CAPTURE, JOB_STEP } job_kind;
 
@@ -59,6 +71,8 @@ typedef struct kdev {
     kiln_step st;            /* the step arrays' device pointers (inside meta) */
     kgemm *gemm;
     ncclComm_t comm;         /* NULL without collectives */
+    CUdeviceptr p2p_mem;     /* the exchange buffers, flags and epochs (kiln_p2p.h); 0: none */
+    kiln_p2p p2p;            /* this rank's view of every rank's, the p2p kernel's argument */
     CUgraphExec graphs[MAX_BUCKETS];
     int captured;            /* the last JOB_CAPTURE succeeded */
     long kv_fit;             /* KV blocks its free memory allows (JOB_FIT) */
@@ -78,6 +92,10 @@ struct kmodel {
     long remote_fit;         /* node 0: the other nodes' smallest KV fit (JOB_FIT) */
     int remote_captured;     /* node 0: every other node captured the bucket (JOB_CAPTURE) */
     int threaded;            /* one worker thread per device (tp > 1 or collectives) */
+    enum { AR_AUTO, AR_NCCL, AR_P2P } ar_mode; /* KILN_ALLREDUCE: unset/auto, nccl, p2p */
+    int p2p_kernel;          /* index of k<i>_allreduce_p2p in the kernel table, -1: none */
+    int64_t p2p_cap;         /* elements of the largest all-reduce the kernel takes; 0: NCCL */
+    char ar_desc[256];       /* which all-reduce runs, for the load line and describe */
     char desc[2048];
     double load_s;
 
@@ -639,6 +657,18 @@ static int check_host_side(kmodel *m, const char *dir, kerr *err)
             return -1;
     }
     m->threaded = m->ndev > 1 || man->collectives > 0;
+    const char *ar = getenv("KILN_ALLREDUCE");
+    if (!ar || !*ar || strcmp(ar, "auto") == 0)
+        m->ar_mode = AR_AUTO;
+    else if (strcmp(ar, "nccl") == 0)
+        m->ar_mode = AR_NCCL;
+    else if (strcmp(ar, "p2p") == 0)
+        m->ar_mode = AR_P2P;
+    else
+        return kerr_add(err, "KILN_ALLREDUCE=%s: expected nccl (NCCL for every all-reduce), p2p "
+                             "(the one-shot peer-to-peer kernel where it fits, required) or auto "
+                             "(the default: the kernel where it fits and the GPUs allow it)",
+                        ar);
     return 0;
 }
 
@@ -716,6 +746,131 @@ static int init_nccl(kmodel *m, kerr *err)
     return rc;
 }
 
+/* *why: why the one-shot all-reduce kernel cannot run here (NULL: it can); -1 when a driver
+ * query fails. */
+static int p2p_unusable(kmodel *m, const char **why, char *buf, size_t cap, kerr *err)
+{
+    const ka_manifest *man = m->m;
+    *why = NULL;
+    if (m->ar_mode == AR_NCCL)
+        *why = "KILN_ALLREDUCE=nccl";
+    else if (man->tp < 2)
+        *why = "tp 1";
+    else if (m->nnodes > 1)
+        *why = "the ranks span several hosts";
+    else if (m->p2p_kernel < 0)
+        *why = "the artifact has no allreduce_p2p kernel: it was compiled by an older kilnc";
+    else if (m->ndev > KILN_P2P_MAX_RANKS) {
+        snprintf(buf, cap, "tp %d: the kernel takes at most %d ranks", m->ndev,
+                 KILN_P2P_MAX_RANKS);
+        *why = buf;
+    }
+    for (int i = 0; i < m->ndev && !*why; i++)
+        for (int j = 0; j < m->ndev && !*why; j++) {
+            int ok = 0;
+            if (i != j)
+                CU(cuDeviceCanAccessPeer(&ok, m->devs[i].dev, m->devs[j].dev));
+            if (i != j && !ok) {
+                snprintf(buf, cap, "GPU %d cannot access GPU %d's memory (no peer access)", i, j);
+                *why = buf;
+            }
+        }
+    return 0;
+}
+
+/* The one-shot all-reduce (templates/collective.cuh): peer access between every pair of the
+ * devices, on each an exchange buffer of two halves of p2p_cap elements (the largest all-reduce
+ * of either schedule at its largest step, at most P2P_MAX_BYTES*), its flags and epochs
+ * (zeroed), and every rank's kiln_p2p with the peers' pointers. Steps larger than p2p_cap keep
+ * NCCL (run_collective). Logs which all-reduce runs. */
+static int init_p2p(kmodel *m, kerr *err)
+{
+    const ka_manifest *man = m->m;
+    m->p2p_kernel = -1;
+    m->p2p_cap = 0;
+    if (!m->m->collectives)
+        return 0;
+    size_t suf = strlen("_" KILN_P2P_KERNEL);
+    for (int i = 0; i < man->nkernels && m->p2p_kernel < 0; i++) {
+        size_t len = strlen(man->kernels[i].name);
+        if (len > suf && strcmp(man->kernels[i].name + len - suf, "_" KILN_P2P_KERNEL) == 0)
+            m->p2p_kernel = i;
+    }
+    if (m->p2p_kernel >= 0 && man->kernels[m->p2p_kernel].block != KILN_P2P_THREADS)
+        return kerr_add(err, "%s: kernel %s has %d threads per block, this kiln launches it with "
+                             "%d: recompile the model with this kilnc (kilnc compile --tp %d)",
+                        m->af->path, man->kernels[m->p2p_kernel].name,
+                        man->kernels[m->p2p_kernel].block, KILN_P2P_THREADS, man->tp);
+    /* the largest all-reduce of the schedules at their largest steps, in the dtype */
+    int64_t biggest = 0, bound = (man->tp == 2 ? P2P_MAX_BYTES_TP2 : P2P_MAX_BYTES) / m->esize;
+    int nar = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        const ka_step *st = pass ? man->decode : man->prefill;
+        int n = pass ? man->ndecode : man->nprefill;
+        int64_t tmax = pass ? man->max_seqs : (man->max_tokens > man->max_seqs ? man->max_tokens
+                                                                                : man->max_seqs);
+        for (int i = 0; i < n; i++)
+            if (st[i].kind == KA_ALLREDUCE && !st[i].out_f32) {
+                int64_t e = st[i].n * (st[i].rows == KA_ROWS_S ? man->max_seqs : tmax);
+                biggest = e > biggest ? e : biggest;
+                nar++;
+            }
+    }
+    char whyb[160];
+    const char *why = "no all-reduce steps";
+    if (nar && p2p_unusable(m, &why, whyb, sizeof whyb, err))
+        return -1;
+    if (why && m->ar_mode == AR_P2P)
+        return kerr_add(err, "KILN_ALLREDUCE=p2p: the one-shot peer-to-peer all-reduce cannot run "
+                             "here: %s (unset KILN_ALLREDUCE to fall back to NCCL)",
+                        why);
+    if (why) {
+        snprintf(m->ar_desc, sizeof m->ar_desc, "all-reduce by NCCL (%s)", why);
+    } else {
+        int64_t cap = ((biggest < bound ? biggest : bound) + 7) / 8 * 8; /* halves 16-aligned */
+        size_t buf = align_up((size_t)cap * 2 * (size_t)m->esize);
+        size_t flags = align_up(sizeof(unsigned) * KILN_P2P_BLOCKS * KILN_P2P_MAX_RANKS);
+        size_t epochs = align_up(sizeof(unsigned) * KILN_P2P_BLOCKS);
+        for (int i = 0; i < m->ndev; i++) {
+            kdev *d = &m->devs[i];
+            CU(cuCtxSetCurrent(d->ctx));
+            for (int j = 0; j < m->ndev; j++) {
+                CUresult rc =
+                    j == i ? CUDA_SUCCESS : m->cu.cuCtxEnablePeerAccess(m->devs[j].ctx, 0);
+                if (rc != CUDA_SUCCESS && rc != CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED) {
+                    kcuda_fail(&m->cu, rc, "cuCtxEnablePeerAccess", __FILE__, __LINE__, err);
+                    return kerr_add(err, "enabling GPU %d's access to GPU %d's memory (for the "
+                                         "peer-to-peer all-reduce; KILN_ALLREDUCE=nccl avoids it)",
+                                    i, j);
+                }
+            }
+            CU(cuMemAlloc(&d->p2p_mem, buf + flags + epochs));
+            CU(cuMemsetD8(d->p2p_mem, 0, buf + flags + epochs));
+        }
+        for (int i = 0; i < m->ndev; i++) {
+            kiln_p2p *p = &m->devs[i].p2p;
+            memset(p, 0, sizeof *p);
+            for (int q = 0; q < m->ndev; q++) {
+                p->buf[q] = m->devs[q].p2p_mem;
+                p->flags[q] = m->devs[q].p2p_mem + buf;
+            }
+            p->epoch = m->devs[i].p2p_mem + buf + flags;
+            p->cap = cap;
+            p->rank = i;
+            p->nranks = m->ndev;
+        }
+        m->p2p_cap = cap;
+        CU(cuCtxSetCurrent(m->devs[0].ctx));
+        snprintf(m->ar_desc, sizeof m->ar_desc,
+                 "all-reduce by the one-shot peer-to-peer kernel up to %lld KiB, %s",
+                 (long long)(cap * m->esize >> 10),
+                 biggest > cap ? "NCCL above (prefill)" : "every all-reduce step");
+    }
+    if (!m->o.quiet)
+        fprintf(stderr, "kiln: %s\n", m->ar_desc);
+    return 0;
+}
+
 static int start_workers(kmodel *m, kerr *err)
 {
     if (!m->threaded)
@@ -776,11 +931,11 @@ static void describe(kmodel *m)
     if (m->nnodes > 1)
         snprintf(node, sizeof node, " of node %d of %d", m->node_rank, m->nnodes);
     snprintf(m->desc, sizeof m->desc,
-             "%s (%s) tensor parallel, tp %d, NCCL %s (NCCL_NVLS_ENABLE=%s), on %s%s: %s of "
-             "weights per rank (uploaded in %.2f s; their hashes verified %.0f ms after), %s on "
-             "each",
+             "%s (%s) tensor parallel, tp %d, NCCL %s (NCCL_NVLS_ENABLE=%s), %s, on %s%s: %s "
+             "of weights per rank (uploaded in %.2f s; their hashes verified %.0f ms after), %s "
+             "on each",
              man->model_name, man->arch, man->tp, kncl_version_str(&m->nccl, nv, sizeof nv),
-             nvls ? nvls : "unset", devs, node, wb, up, wait * 1e3, kv);
+             nvls ? nvls : "unset", m->ar_desc, devs, node, wb, up, wait * 1e3, kv);
 }
 
 kmodel *km_load(const char *dir, const km_opts *o, kerr *err)
@@ -817,7 +972,7 @@ kmodel *km_load(const char *dir, const km_opts *o, kerr *err)
     }
     /* the KV cache of nodes other than node 0 is sized when node 0 says (km_follow) */
     if (alloc_shared(m, err) || start_workers(m, err) || run_all(m, JOB_LOAD, err) ||
-        init_nccl(m, err) || (m->node_rank == 0 && size_kv(m, err)))
+        init_nccl(m, err) || init_p2p(m, err) || (m->node_rank == 0 && size_kv(m, err)))
         goto fail;
     init_backend(m);
     m->load_s = util_now() - t0;
@@ -838,8 +993,9 @@ static void free_device(kmodel *m, kdev *d)
             if (d->graphs[i])
                 m->cu.cuGraphExecDestroy(d->graphs[i]);
         kgemm_free(d->gemm);
-        CUdeviceptr bufs[] = {d->warena, d->consts, d->slab,   d->scratch, d->logits, d->logits_all,
-                              d->out,    d->meta,   d->kv,     d->d_params, d->d_ids};
+        CUdeviceptr bufs[] = {d->warena, d->consts, d->slab,     d->scratch, d->logits,
+                              d->logits_all, d->out, d->meta, d->kv, d->d_params, d->d_ids,
+                              d->p2p_mem};
         for (size_t i = 0; i < ARRAY_LEN(bufs); i++)
             if (bufs[i])
                 m->cu.cuMemFree(bufs[i]);
@@ -925,14 +1081,25 @@ static unsigned grid_dim(const ka_grid *g, int T, int S, int Q)
     return (unsigned)((v + g->div - 1) / g->div);
 }
 
-/* A collective step (artifact.h): rows x n elements of the step's dtype, over every rank. */
+/* A collective step (artifact.h): rows x n elements of the step's dtype, over every rank. An
+ * all-reduce that fits the exchange buffers runs the one-shot kernel, the others NCCL; which
+ * one depends only on the step, its rows and the artifact, so every rank picks the same. */
 static int run_collective(kmodel *m, kdev *d, const ka_step *s, int rows, CUdeviceptr logits,
                           kerr *err)
 {
     ncclDataType_t t = s->out_f32 ? ncclFloat32 : m->f16 ? ncclFloat16 : ncclBfloat16;
     size_t count = (size_t)rows * (size_t)s->n;
-    const void *x = (const void *)(uintptr_t)ptr_of(m, d, &s->x, logits);
-    void *y = (void *)(uintptr_t)ptr_of(m, d, &s->y, logits);
+    CUdeviceptr px = ptr_of(m, d, &s->x, logits), py = ptr_of(m, d, &s->y, logits);
+    if (s->kind == KA_ALLREDUCE && !s->out_f32 && (int64_t)count <= m->p2p_cap &&
+        ((px | py) & 15) == 0) {
+        long long n = (long long)count;
+        void *params[] = {&px, &py, &n, &d->p2p};
+        CU(cuLaunchKernel(d->fn[m->p2p_kernel], KILN_P2P_BLOCKS, 1, 1, KILN_P2P_THREADS, 1, 1, 0,
+                          d->stream, params, NULL));
+        return 0;
+    }
+    const void *x = (const void *)(uintptr_t)px;
+    void *y = (void *)(uintptr_t)py;
     cudaStream_t st = d->stream; /* CUstream and cudaStream_t are the same type */
     if (s->kind == KA_ALLREDUCE)
         KNCCL(&m->nccl, ncclAllReduce(x, y, count, t, ncclSum, d->comm, st), err);

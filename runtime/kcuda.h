@@ -28,7 +28,8 @@
     X(cuStreamSynchronize) X(cuStreamBeginCapture) X(cuStreamEndCapture)                        \
     X(cuGraphInstantiateWithFlags) X(cuGraphLaunch) X(cuGraphExecDestroy) X(cuGraphDestroy)     \
     X(cuEventCreate) X(cuEventDestroy) X(cuEventRecord) X(cuEventSynchronize)                   \
-    X(cuEventElapsedTime) X(cuGetErrorName) X(cuGetErrorString)
+    X(cuEventElapsedTime) X(cuGetErrorName) X(cuGetErrorString) X(cuDeviceCanAccessPeer)    \
+    X(cuCtxEnablePeerAccess)
 
 typedef struct kcuda {
     void *lib;

@@ -384,6 +384,27 @@ static void test_nodes_options(void **state)
     free(dir);
 }
 
+/* KILN_ALLREDUCE (engine.c: which all-reduce runs) is checked before CUDA; its values pass. */
+static void test_allreduce_env(void **state)
+{
+    (void)state;
+    const char *a[] = {"run", tp2, "--ids", "1,2", "--max-new", "1", NULL};
+    setenv("KILN_ALLREDUCE", "fast", 1);
+    tu_run r = kiln(a);
+    assert_int_equal(r.code, 1);
+    assert_contains(r.err, "KILN_ALLREDUCE=fast: expected nccl");
+    assert_not_contains(r.err, "NVIDIA");
+    tu_run_free(&r);
+    const char *ok[] = {"nccl", "p2p", "auto"};
+    for (size_t i = 0; i < ARRAY_LEN(ok); i++) {
+        setenv("KILN_ALLREDUCE", ok[i], 1);
+        r = kiln(a);
+        assert_reached_cuda(&r);
+        tu_run_free(&r);
+    }
+    unsetenv("KILN_ALLREDUCE");
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -418,6 +439,7 @@ int main(void)
         cmocka_unit_test(test_rendezvous),
         cmocka_unit_test(test_rendezvous_refusals),
         cmocka_unit_test(test_nodes_options),
+        cmocka_unit_test(test_allreduce_env),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
