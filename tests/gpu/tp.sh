@@ -11,7 +11,8 @@
 #          unsharded run (compare.py same, which reports the logits' difference), and every --tp N
 #          run against HF with run.sh's bf16 criterion (compare.py gen / embed)
 #   speed  the Llama-3-8B shape (kilnc synth) at TP 1 (unsharded) and each N: `kiln bench` batch 1
-#          and 64 decode and prefill of 2,048 tokens; with 8 GPUs the 70B shape at TP 8
+#          and 64 decode and prefill of 2,048 tokens, and at each N again with KILN_ALLREDUCE=nccl
+#          (NCCL's all-reduce instead of kiln's peer-to-peer kernel); with 8 GPUs the 70B shape at TP 8
 #   nccl   all-reduce bus bandwidth between the GPUs (nccl_bw.py, PyTorch's NCCL: the link, not
 #          kiln; its small-message times are Python's launch loop)
 #   servefix  `kiln serve` of the llama fixture at the largest N: 64 streams of loadgen.py through
@@ -127,6 +128,9 @@ phase_speed() {
     [ -f $a/model.kiln ] || $BIN/kilnc compile $M -o $a --sm $SM --max-batch 64 --max-seq-len 4096 $opt > $LOG/compile-8b-tp$n.log 2>&1 \
       || { row "$(printf 'FAIL compile 8b tp%s: %s' $n "$(grep -m1 error $LOG/compile-8b-tp$n.log)")"; fail=1; continue; }
     bench_one 8b-tp$n $a --batch 1,64 --prefill 2048 --new 64 --reps 2
+    # the same with NCCL's all-reduce instead of the peer-to-peer kernel (TP_BENCH_NCCL=0 skips)
+    [ $n != 0 ] && [ "${TP_BENCH_NCCL:-1}" = 1 ] &&
+      KILN_ALLREDUCE=nccl bench_one 8b-tp$n-nccl $a --batch 1 --prefill 2048 --new 64 --reps 2
     rm -rf $a/shards   # disk: 16 GB per artifact
   done
   if [ "$NGPU" -ge 8 ]; then
