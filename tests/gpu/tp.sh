@@ -162,6 +162,10 @@ phase_servefix() {  # kiln serve of the llama fixture at the largest N: 64 strea
     sleep 0.1
   done
   [ -n "$port" ] || { row "servefix: FAIL server did not start: $(grep -m1 -i error $err)"; fail=1; return; }
+  for _ in $(seq 600); do   # 503 until the model is loaded
+    [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$port/health)" = 200 ] && break
+    sleep 0.1
+  done
   timeout 300 $PY tests/gpu/loadgen.py http://127.0.0.1:$port concurrent --model m --vocab 512 --streams 64 \
     --prompt-min 4 --prompt-max 200 --out-min 8 --out-max 64 --check 8 --timeout 240 --json $W/servefix.json \
     > $LOG/servefix-loadgen.out 2> $LOG/servefix-loadgen.log || fail=1
