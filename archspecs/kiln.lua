@@ -13,7 +13,20 @@ local kiln = {}
 -- The token dimension in shapes: x:reshape{kiln.T, heads, head_dim}.
 kiln.T = "T"
 
+-- kiln.options(opts, op, decl) -> opts: checks a table of named options the way the C ops
+-- (g:attention, g:moe, g:rope, ...) check theirs. decl maps each known key to its type:
+-- "integer" (a whole number), "number", "boolean", "string", "table", "tensor", "function" or
+-- "any". An unknown key is an error naming the key, `op`, the spec line and the nearest known
+-- key; a value of another type is an error saying what it got and what is expected. nil opts
+-- pass (an omitted table). Every helper here that takes an options table checks it with this,
+-- so a misspelt option is never silently ignored. (Implemented in C, compiler/spec.c.)
+kiln.options = require "kiln.options"
+
 local TASKS = { generate = true, embed = true, classify = true }
+-- The keys of a declaration (spec_probe in compiler/spec.c checks the same five).
+local ARCHSPEC_KEYS = {
+  name = "string", architectures = "table", task = "string", ignore = "table", build = "function",
+}
 
 -- Declares an archspec. Checks the declaration so that mistakes are reported against the
 -- spec file when it is loaded, not later.
@@ -21,6 +34,7 @@ function kiln.archspec(spec)
   if type(spec) ~= "table" then
     error("kiln.archspec expects a table {name=, architectures=, task=, build=}", 2)
   end
+  kiln.options(spec, "archspec", ARCHSPEC_KEYS)
   if type(spec.name) ~= "string" then error("archspec: 'name' must be a string", 2) end
   if type(spec.architectures) ~= "table" or #spec.architectures == 0 then
     error("archspec '" .. spec.name .. "': 'architectures' must list HF architecture names", 2)

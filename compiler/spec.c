@@ -10,12 +10,18 @@
 #include <jansson.h>
 #include <lauxlib.h>
 #include <lua.h>
+#include <assert.h>
+#include <ctype.h>
 #include <errno.h>
 #include <lualib.h>
 #include <math.h>
+#include <stdarg.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+
+#include "passes/passes.h"
 
 #define MT_GRAPH "kiln.Graph"
 #define MT_TENSOR "kiln.Tensor"
@@ -257,6 +263,287 @@ static const luaL_Reg tensor_methods[] = {
     {"reshape", t_reshape}, {"slice", t_slice}, {"transpose", t_transpose},
     {"shape", t_shape},     {"name", t_name},   {NULL, NULL}};
 
+/* ---------------------------------------------------------------- option tables
+ *
+ * Every table of named options a spec passes is checked against the keys its op knows before
+ * anything is read from it: g:rope's and its params, g:attention's, g:moe's and its shared
+ * expert, g:pool's, g:rms_norm's, cfg:int's range, cfg:rope's, the archspec table, and the
+ * kiln.* helpers' through kiln.options. A misspelt key (sliding_window for window) would
+ * otherwise be ignored, and the model would build, pass `kilnc check` and run, wrongly. The
+ * error names the key, the op, the spec line and the nearest known key. Values are checked by
+ * type as well: an integer option given 0.5, a boolean given 1, a number that is not finite
+ * are errors naming the option, what it got and what it expects; nothing is coerced (64.0 is
+ * an integer, as in shapes).
+ */
+typedef enum opt_type {
+    OT_ANY, /* checked by the op itself */
+    OT_INT,
+    OT_NUM,
+    OT_BOOL,
+    OT_STR,
+    OT_TABLE,
+    OT_TENSOR,
+    OT_FUNC,
+    OT_N
+} opt_type;
+/* the names kiln.options takes in its declaration table */
+static const char *const opt_type_names[] = {"any",   "integer", "number", "boolean",
+                                             "string", "table",   "tensor", "function"};
+_Static_assert(ARRAY_LEN(opt_type_names) == OT_N, "option type table out of sync");
+
+typedef struct opt_decl {
+    const char *key;
+    opt_type type;
+} opt_decl;
+
+/* kiln.options declares at most this many keys (a bound on the declaration table). */
+#define OPT_MAX_KEYS 64
+
+static const char *spec_path_of(lua_State *L);
+static int spec_key_line(const char *path, const char *key);
+
+static int is_lib_file(const char *file)
+{
+    size_t n = strlen(file);
+    return n >= 8 && strcmp(file + n - 8, "kiln.lua") == 0;
+}
+
+/* Raises an option error located at the spec line that made the call. Where no spec line is on
+ * the Lua stack (the archspec table: `return kiln.archspec{...}` is a tail call, and spec_probe
+ * reads the table from C) or `at_key` asks for it, the line is the one where `key =` is written
+ * in the spec file. */
+static int opt_fail(lua_State *L, const char *key, int at_key, const char *fmt, ...)
+{
+    char msg[1200];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    char file[512];
+    int line;
+    spec_where(L, file, sizeof file, &line);
+    if (at_key || !file[0] || is_lib_file(file)) {
+        const char *path = spec_path_of(L);
+        int kl = key ? spec_key_line(path, key) : 0;
+        if (kl > 0 || !file[0] || is_lib_file(file)) {
+            snprintf(file, sizeof file, "%s", path);
+            line = kl;
+        }
+    }
+    if (line > 0)
+        lua_pushfstring(L, "%s:%d: %s", file, line, msg);
+    else
+        lua_pushfstring(L, "%s: %s", file, msg);
+    return lua_error(L);
+}
+
+/* "the number 0.5", "the string \"x\"", "a boolean (true)", "a table": what a spec gave. */
+static const char *describe_value(lua_State *L, int idx, char *buf, size_t cap)
+{
+    switch (lua_type(L, idx)) {
+    case LUA_TNUMBER:
+        if (lua_isinteger(L, idx))
+            snprintf(buf, cap, "the integer %lld", (long long)lua_tointeger(L, idx));
+        else
+            snprintf(buf, cap, "the number %.17g", lua_tonumber(L, idx));
+        break;
+    case LUA_TSTRING: snprintf(buf, cap, "the string \"%.40s\"", lua_tostring(L, idx)); break;
+    case LUA_TBOOLEAN: snprintf(buf, cap, "the boolean %s", lua_toboolean(L, idx) ? "true" : "false"); break;
+    case LUA_TUSERDATA:
+        snprintf(buf, cap, "%s", luaL_testudata(L, idx, MT_TENSOR) ? "a tensor" : "a userdata");
+        break;
+    default: snprintf(buf, cap, "a %s", luaL_typename(L, idx)); break;
+    }
+    return buf;
+}
+
+/* Whether the value at idx has type t; integers are whole numbers (64.0 is one). */
+static int opt_type_ok(lua_State *L, int idx, opt_type t)
+{
+    switch (t) {
+    case OT_ANY: return 1;
+    case OT_INT:
+        if (lua_isinteger(L, idx))
+            return 1;
+        if (lua_type(L, idx) == LUA_TNUMBER) {
+            double d = lua_tonumber(L, idx);
+            return isfinite(d) && d == floor(d) && fabs(d) < 9e15;
+        }
+        return 0;
+    case OT_NUM: return lua_type(L, idx) == LUA_TNUMBER && isfinite(lua_tonumber(L, idx));
+    case OT_BOOL: return lua_type(L, idx) == LUA_TBOOLEAN;
+    case OT_STR: return lua_type(L, idx) == LUA_TSTRING;
+    case OT_TABLE: return lua_type(L, idx) == LUA_TTABLE;
+    case OT_TENSOR: return luaL_testudata(L, idx, MT_TENSOR) != NULL;
+    case OT_FUNC: return lua_type(L, idx) == LUA_TFUNCTION;
+    case OT_N: break;
+    }
+    assert(0 && "bad option type");
+    return 0;
+}
+
+static const char *opt_type_expect(opt_type t)
+{
+    switch (t) {
+    case OT_INT: return "an integer (a whole number)";
+    case OT_NUM: return "a finite number";
+    case OT_BOOL: return "a boolean (true or false)";
+    case OT_STR: return "a string";
+    case OT_TABLE: return "a table";
+    case OT_TENSOR: return "a tensor (a value g: returned)";
+    case OT_FUNC: return "a function";
+    default: return "anything";
+    }
+}
+
+/* The known key to suggest for an unknown one: the nearest by edit distance when it is close
+ * (renormalise -> renormalize), else one the unknown key contains or is part of
+ * (sliding_window -> window); NULL when nothing is close. */
+static const char *nearest_key(const char *key, const opt_decl *d, int n)
+{
+    int klen = (int)strlen(key), limit = klen / 3 > 2 ? klen / 3 : 2, best = limit + 1;
+    const char *r = NULL;
+    for (int i = 0; i < n; i++) {
+        int dist = edit_distance(key, d[i].key, best - 1);
+        if (dist < best) {
+            best = dist;
+            r = d[i].key;
+        }
+    }
+    for (int i = 0; !r && i < n; i++)
+        if (strlen(d[i].key) >= 3 && (strstr(key, d[i].key) || (klen >= 3 && strstr(d[i].key, key))))
+            r = d[i].key;
+    return r;
+}
+
+/* Checks the options table at index t of op `op` against d[0..n): every key is a declared
+ * string and every value has its declared type. at_key: locate errors at the key's line in the
+ * spec file (the archspec table). */
+static void check_opts(lua_State *L, int t, const char *op, const opt_decl *d, int n, int at_key)
+{
+    char got[96];
+    t = lua_absindex(L, t);
+    if (!lua_istable(L, t))
+        opt_fail(L, NULL, 0, "%s: the options must be a table {key = value, ...}, got %s", op,
+                 describe_value(L, t, got, sizeof got));
+    lua_pushnil(L);
+    /* Bounded: every round passes a distinct declared key or raises, so at most n + 1 rounds. */
+    while (lua_next(L, t)) {
+        if (lua_type(L, -2) != LUA_TSTRING)
+            opt_fail(L, NULL, 0, "%s: options are named (key = value), got a value under the key %s",
+                     op, describe_value(L, -2, got, sizeof got));
+        const char *k = lua_tostring(L, -2);
+        int i = 0;
+        while (i < n && strcmp(d[i].key, k) != 0)
+            i++;
+        if (i == n) {
+            char known[600] = "";
+            size_t used = 0;
+            for (int j = 0; j < n && used < sizeof known; j++)
+                used += (size_t)snprintf(known + used, sizeof known - used, "%s%s", j ? ", " : "",
+                                         d[j].key);
+            const char *near = nearest_key(k, d, n);
+            opt_fail(L, k, at_key, "%s: unknown key '%.80s'%s%s%s; known keys: %s", op, k,
+                     near ? " (did you mean '" : "", near ? near : "", near ? "'?)" : "", known);
+        }
+        if (!opt_type_ok(L, -1, d[i].type))
+            opt_fail(L, k, at_key, "%s: option '%s' must be %s, got %s", op, k,
+                     opt_type_expect(d[i].type), describe_value(L, -1, got, sizeof got));
+        lua_pop(L, 1);
+    }
+}
+
+/* kiln.options(opts, op, {key = "integer" | "number" | "boolean" | "string" | "table" |
+ * "tensor" | "function" | "any", ...}) -> opts: the check of the C ops for a Lua helper's (or a
+ * spec's own) options table. nil opts pass (an omitted table). Keys are listed sorted. */
+static int spec_options(lua_State *L)
+{
+    const char *op = luaL_checkstring(L, 2);
+    luaL_checktype(L, 3, LUA_TTABLE);
+    if (lua_isnoneornil(L, 1)) {
+        lua_pushnil(L);
+        return 1;
+    }
+    opt_decl d[OPT_MAX_KEYS];
+    int n = 0;
+    lua_pushnil(L);
+    while (lua_next(L, 3)) { /* bounded by OPT_MAX_KEYS */
+        if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
+            return luaL_error(L, "kiln.options: the declaration of %s maps key names to type names",
+                              op);
+        if (n == OPT_MAX_KEYS)
+            return luaL_error(L, "kiln.options: %s declares more than %d keys", op, OPT_MAX_KEYS);
+        const char *tn = lua_tostring(L, -1);
+        int t = 0;
+        while (t < OT_N && strcmp(opt_type_names[t], tn) != 0)
+            t++;
+        if (t == OT_N)
+            return luaL_error(L, "kiln.options: %s declares key '%s' of type '%s'; types are any, "
+                                 "integer, number, boolean, string, table, tensor, function",
+                              op, lua_tostring(L, -2), tn);
+        /* insertion in name order; the key strings stay anchored in the declaration table */
+        int at = n++;
+        for (; at > 0 && strcmp(d[at - 1].key, lua_tostring(L, -2)) > 0; at--)
+            d[at] = d[at - 1];
+        d[at] = (opt_decl){lua_tostring(L, -2), (opt_type)t};
+        lua_pop(L, 1);
+    }
+    check_opts(L, 1, op, d, n, 0);
+    lua_settop(L, 1);
+    return 1;
+}
+
+/* Options become C ints (heads, head_dim, window, top_k ...): out of range is an error, not a
+ * silent truncation. The type was checked by check_opts. */
+static int64_t opt_field_int(lua_State *L, int t, const char *op, const char *k, int64_t def)
+{
+    lua_getfield(L, t, k);
+    int64_t v = def;
+    if (!lua_isnil(L, -1)) {
+        v = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : (int64_t)lua_tonumber(L, -1);
+        if (v < -((int64_t)1 << 30) || v > ((int64_t)1 << 30))
+            opt_fail(L, k, 0, "%s: option '%s' is %lld; expected an integer within +-2^30", op, k,
+                     (long long)v);
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+static double opt_field_num(lua_State *L, int t, const char *k, double def)
+{
+    lua_getfield(L, t, k);
+    double v = lua_isnil(L, -1) ? def : lua_tonumber(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+static int opt_field_bool(lua_State *L, int t, const char *k, int def)
+{
+    lua_getfield(L, t, k);
+    int v = lua_isnil(L, -1) ? def : lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+static int64_t req_field_int(lua_State *L, int t, const char *k, const char *op)
+{
+    lua_getfield(L, t, k);
+    if (lua_isnil(L, -1))
+        opt_fail(L, k, 0, "%s: option '%s' is required", op, k);
+    lua_pop(L, 1);
+    return opt_field_int(L, t, op, k, 0);
+}
+
+static int req_field_tensor(lua_State *L, int t, const char *k, const char *op)
+{
+    lua_getfield(L, t, k);
+    if (lua_isnil(L, -1))
+        opt_fail(L, k, 0, "%s: option '%s' is required", op, k);
+    int id = check_tensor(L, -1);
+    lua_pop(L, 1);
+    return id;
+}
+
 /* ---------------------------------------------------------------- graph builder (g) */
 
 static int g_input(lua_State *L)
@@ -349,16 +636,26 @@ static int g_linear(lua_State *L)
 
 static int g_rms_norm(lua_State *L)
 {
+    static const opt_decl opts[] = {{"offset", OT_ANY}};
     luaL_checkudata(L, 1, MT_GRAPH);
     int x = check_tensor(L, 2), w = check_tensor(L, 3);
     double eps = luaL_checknumber(L, 4);
     int offset = 0;
     const char *name = opt_name(L, 5);
     if (lua_type(L, 5) == LUA_TTABLE) { /* {offset = 1} for (1 + w) weights */
+        check_opts(L, 5, "rms_norm", opts, 1, 0);
         lua_getfield(L, 5, "offset");
-        /* offset = true or offset = 1: scale by (1 + w) */
-        offset = lua_isboolean(L, -1) ? lua_toboolean(L, -1)
-                                      : (lua_isnumber(L, -1) && lua_tonumber(L, -1) != 0);
+        /* true or 1: scale by (1 + w); false, 0 or absent: by w. Nothing else is a choice. */
+        if (lua_isboolean(L, -1))
+            offset = lua_toboolean(L, -1);
+        else if (lua_isinteger(L, -1) && (lua_tointeger(L, -1) == 0 || lua_tointeger(L, -1) == 1))
+            offset = (int)lua_tointeger(L, -1);
+        else if (!lua_isnil(L, -1)) {
+            char got[96];
+            opt_fail(L, "offset", 0, "rms_norm: option 'offset' must be 1 or true (scale by 1 + w) "
+                                     "or 0 or false, got %s",
+                     describe_value(L, -1, got, sizeof got));
+        }
         lua_pop(L, 1);
         name = opt_name(L, 6);
     }
@@ -375,69 +672,36 @@ static int g_layer_norm(lua_State *L)
     return push_tensor(L, b, graph_layer_norm(b->g, x, w, bias, eps, opt_name(L, 6), &b->err));
 }
 
-/* Optional fields of an options table. */
-/* Options become C ints (heads, head_dim, window, top_k ...): out of range is an error, not a
- * silent truncation. */
-static int64_t in_int_range(lua_State *L, const char *k, int64_t v)
-{
-    if (v < -((int64_t)1 << 30) || v > ((int64_t)1 << 30))
-        luaL_error(L, "option '%s' is %lld, out of range", k, (long long)v);
-    return v;
-}
-
-static int64_t opt_field_int(lua_State *L, int t, const char *k, int64_t def)
-{
-    lua_getfield(L, t, k);
-    int64_t v = lua_isnil(L, -1) ? def : in_int_range(L, k, check_int(L, -1, k));
-    lua_pop(L, 1);
-    return v;
-}
-
-static double opt_field_num(lua_State *L, int t, const char *k, double def)
-{
-    lua_getfield(L, t, k);
-    double v = def;
-    if (!lua_isnil(L, -1)) {
-        if (lua_type(L, -1) != LUA_TNUMBER)
-            luaL_error(L, "option '%s' must be a number, got %s", k, luaL_typename(L, -1));
-        v = lua_tonumber(L, -1);
-    }
-    lua_pop(L, 1);
-    return v;
-}
-
-static int opt_field_bool(lua_State *L, int t, const char *k, int def)
-{
-    lua_getfield(L, t, k);
-    int v = lua_isnil(L, -1) ? def : lua_toboolean(L, -1);
-    lua_pop(L, 1);
-    return v;
-}
-
-static int64_t req_field_int(lua_State *L, int t, const char *k, const char *op)
-{
-    lua_getfield(L, t, k);
-    if (lua_isnil(L, -1))
-        luaL_error(L, "%s: option '%s' is required", op, k);
-    int64_t v = in_int_range(L, k, check_int(L, -1, k));
-    lua_pop(L, 1);
-    return v;
-}
-
-static int req_field_tensor(lua_State *L, int t, const char *k, const char *op)
-{
-    lua_getfield(L, t, k);
-    if (lua_isnil(L, -1))
-        luaL_error(L, "%s: option '%s' is required", op, k);
-    int id = check_tensor(L, -1);
-    lua_pop(L, 1);
-    return id;
-}
+/* The fields of the rope table: cfg:rope() writes them, g:rope{params = } reads them back and
+ * refuses any other key. One list, so the two directions and the key check agree. */
+typedef struct rope_field {
+    const char *key;
+    opt_type type; /* OT_NUM: a double; OT_INT: an int64_t; OT_BOOL: an int */
+    size_t off;
+    double def; /* when the spec's table lacks the field */
+} rope_field;
+static const rope_field rope_fields[] = {
+    {"theta", OT_NUM, offsetof(rope_params, theta), 10000},
+    {"partial", OT_NUM, offsetof(rope_params, partial), 1},
+    {"factor", OT_NUM, offsetof(rope_params, factor), 1},
+    {"attention_factor", OT_NUM, offsetof(rope_params, attention_factor), 1},
+    {"max_position_embeddings", OT_INT, offsetof(rope_params, max_pos), 0},
+    {"original_max_position_embeddings", OT_INT, offsetof(rope_params, original_max_pos), 0},
+    {"low_freq_factor", OT_NUM, offsetof(rope_params, low_freq_factor), 1},
+    {"high_freq_factor", OT_NUM, offsetof(rope_params, high_freq_factor), 4},
+    {"beta_fast", OT_NUM, offsetof(rope_params, beta_fast), 32},
+    {"beta_slow", OT_NUM, offsetof(rope_params, beta_slow), 1},
+    {"truncate", OT_BOOL, offsetof(rope_params, truncate), 1},
+};
 
 /* Rope parameters from the table cfg:rope() returns (possibly edited by the spec). */
 static void rope_from_table(lua_State *L, int t, rope_params *p)
 {
-    luaL_checktype(L, t, LUA_TTABLE);
+    t = lua_absindex(L, t);
+    opt_decl d[ARRAY_LEN(rope_fields) + 1] = {{"type", OT_STR}};
+    for (size_t i = 0; i < ARRAY_LEN(rope_fields); i++)
+        d[i + 1] = (opt_decl){rope_fields[i].key, rope_fields[i].type};
+    check_opts(L, t, "rope: params", d, (int)ARRAY_LEN(d), 0);
     memset(p, 0, sizeof *p);
     lua_getfield(L, t, "type");
     const char *ty = lua_tostring(L, -1);
@@ -446,38 +710,39 @@ static void rope_from_table(lua_State *L, int t, rope_params *p)
         if (strcmp(ty, rope_type_name((rope_type)i)) == 0)
             found = i;
     if (found < 0)
-        luaL_error(L, "rope: params.type '%s' is not one of default, linear, dynamic, yarn, llama3",
-                   ty ? ty : "nil");
+        opt_fail(L, "type", 0, "rope: params.type '%s' is not one of default, linear, dynamic, yarn, llama3",
+                 ty ? ty : "nil");
     lua_pop(L, 1);
     p->type = (rope_type)found;
-    p->theta = opt_field_num(L, t, "theta", 10000);
-    p->partial = opt_field_num(L, t, "partial", 1);
-    p->factor = opt_field_num(L, t, "factor", 1);
-    p->max_pos = opt_field_int(L, t, "max_position_embeddings", 0);
-    p->original_max_pos = opt_field_int(L, t, "original_max_position_embeddings", 0);
-    p->low_freq_factor = opt_field_num(L, t, "low_freq_factor", 1);
-    p->high_freq_factor = opt_field_num(L, t, "high_freq_factor", 4);
-    p->beta_fast = opt_field_num(L, t, "beta_fast", 32);
-    p->beta_slow = opt_field_num(L, t, "beta_slow", 1);
-    p->attention_factor = opt_field_num(L, t, "attention_factor", 1);
-    p->truncate = opt_field_bool(L, t, "truncate", 1);
+    for (size_t i = 0; i < ARRAY_LEN(rope_fields); i++) {
+        const rope_field *f = &rope_fields[i];
+        char *at = (char *)p + f->off;
+        if (f->type == OT_NUM)
+            *(double *)at = opt_field_num(L, t, f->key, f->def);
+        else if (f->type == OT_INT)
+            *(int64_t *)at = opt_field_int(L, t, "rope: params", f->key, (int64_t)f->def);
+        else
+            *(int *)at = opt_field_bool(L, t, f->key, f->def != 0);
+    }
 }
 
 /* g:rope(x, positions, {head_dim=, params=cfg:rope(), rotary_dim=, interleaved=}) */
 static int g_rope(lua_State *L)
 {
+    static const opt_decl opts[] = {
+        {"head_dim", OT_INT}, {"params", OT_TABLE}, {"rotary_dim", OT_INT}, {"interleaved", OT_BOOL}};
     luaL_checkudata(L, 1, MT_GRAPH);
     int x = check_tensor(L, 2), pos = check_tensor(L, 3);
-    luaL_checktype(L, 4, LUA_TTABLE);
+    check_opts(L, 4, "rope", opts, (int)ARRAY_LEN(opts), 0);
     kg_rope r = {0};
     r.head_dim = (int)req_field_int(L, 4, "head_dim", "rope");
     lua_getfield(L, 4, "params");
     if (lua_isnil(L, -1))
-        luaL_error(L, "rope: option 'params' is required (use cfg:rope())");
+        opt_fail(L, "params", 0, "rope: option 'params' is required (use cfg:rope())");
     rope_from_table(L, lua_gettop(L), &r.p);
     lua_pop(L, 1);
     /* transformers: dim = int(head_dim * partial_rotary_factor) */
-    r.rot_dim = (int)opt_field_int(L, 4, "rotary_dim", (int64_t)(r.head_dim * r.p.partial));
+    r.rot_dim = (int)opt_field_int(L, 4, "rope", "rotary_dim", (int64_t)(r.head_dim * r.p.partial));
     r.interleaved = opt_field_bool(L, 4, "interleaved", 0);
     builder *b = begin(L);
     return push_tensor(L, b, graph_rope(b->g, x, pos, &r, opt_name(L, 5), &b->err));
@@ -487,17 +752,24 @@ static int g_rope(lua_State *L)
  * scale=}) */
 static int g_attention(lua_State *L)
 {
+    static const opt_decl opts[] = {{"heads", OT_INT},  {"kv_heads", OT_INT}, {"head_dim", OT_INT},
+                                    {"causal", OT_BOOL}, {"window", OT_INT},   {"alibi", OT_BOOL},
+                                    {"softcap", OT_NUM}, {"scale", OT_NUM}};
     luaL_checkudata(L, 1, MT_GRAPH);
     int q = check_tensor(L, 2), k = check_tensor(L, 3), v = check_tensor(L, 4);
-    luaL_checktype(L, 5, LUA_TTABLE);
+    check_opts(L, 5, "attention", opts, (int)ARRAY_LEN(opts), 0);
     kg_attn a = {0};
     a.n_heads = (int)req_field_int(L, 5, "heads", "attention");
-    a.n_kv_heads = (int)opt_field_int(L, 5, "kv_heads", a.n_heads);
+    a.n_kv_heads = (int)opt_field_int(L, 5, "attention", "kv_heads", a.n_heads);
     a.head_dim = (int)req_field_int(L, 5, "head_dim", "attention");
     a.causal = opt_field_bool(L, 5, "causal", 1);
-    a.window = (int)opt_field_int(L, 5, "window", 0);
+    a.window = (int)opt_field_int(L, 5, "attention", "window", 0);
     a.alibi = opt_field_bool(L, 5, "alibi", 0);
     a.softcap = opt_field_num(L, 5, "softcap", 0);
+    if (a.softcap < 0)
+        opt_fail(L, "softcap", 0, "attention: option 'softcap' is %g; expected 0 (none) or a "
+                                  "positive number (HF's attn_logit_softcapping)",
+                 a.softcap);
     a.scale = opt_field_num(L, 5, "scale", a.head_dim > 0 ? 1.0 / sqrt((double)a.head_dim) : 1);
     builder *b = begin(L);
     return push_tensor(L, b, graph_attention(b->g, q, k, v, &a, opt_name(L, 6), &b->err));
@@ -553,19 +825,27 @@ static int g_concat(lua_State *L)
     return push_tensor(L, b, graph_concat(b->g, xs, n, dim, opt_name(L, 4), &b->err));
 }
 
-static int parse_act(lua_State *L, int t, const char *k)
+/* A string option that names one of `names` (NULL-terminated; the type was checked): its
+ * index, or def when absent. */
+static int opt_field_choice(lua_State *L, int t, const char *op, const char *k,
+                            const char *const *names, int def)
 {
-    static const char *acts[] = {"silu", "gelu", "gelu_tanh", "relu", NULL};
     lua_getfield(L, t, k);
-    int v = KG_ACT_SILU;
+    int v = def;
     if (!lua_isnil(L, -1)) {
         const char *s = lua_tostring(L, -1);
+        char list[200] = "";
+        size_t used = 0;
         v = -1;
-        for (int i = 0; s && acts[i]; i++)
-            if (strcmp(s, acts[i]) == 0)
+        for (int i = 0; names[i]; i++) {
+            if (strcmp(s, names[i]) == 0)
                 v = i;
+            if (used < sizeof list)
+                used += (size_t)snprintf(list + used, sizeof list - used, "%s%s",
+                                         i ? ", " : "", names[i]);
+        }
         if (v < 0)
-            luaL_error(L, "option '%s' must be silu, gelu, gelu_tanh or relu", k);
+            opt_fail(L, k, 0, "%s: option '%s' is \"%.40s\"; expected one of %s", op, k, s, list);
     }
     lua_pop(L, 1);
     return v;
@@ -575,9 +855,19 @@ static int parse_act(lua_State *L, int t, const char *k)
  *           shared={gate=, up=, down=, gate_weight=}}) */
 static int g_moe(lua_State *L)
 {
+    static const opt_decl opts[] = {{"router", OT_TENSOR}, {"gate", OT_TENSOR},
+                                    {"up", OT_TENSOR},     {"down", OT_TENSOR},
+                                    {"top_k", OT_INT},     {"renormalize", OT_BOOL},
+                                    {"act", OT_STR},       {"shared", OT_TABLE}};
+    static const opt_decl shared_opts[] = {{"gate", OT_TENSOR},
+                                           {"up", OT_TENSOR},
+                                           {"down", OT_TENSOR},
+                                           {"gate_weight", OT_TENSOR}};
+    /* the order of kg_act */
+    static const char *const acts[] = {"silu", "gelu", "gelu_tanh", "relu", NULL};
     luaL_checkudata(L, 1, MT_GRAPH);
     int ins[9] = {check_tensor(L, 2), -1, -1, -1, -1, -1, -1, -1, -1};
-    luaL_checktype(L, 3, LUA_TTABLE);
+    check_opts(L, 3, "moe", opts, (int)ARRAY_LEN(opts), 0);
     ins[KG_MOE_ROUTER] = req_field_tensor(L, 3, "router", "moe");
     ins[KG_MOE_GATE] = req_field_tensor(L, 3, "gate", "moe");
     ins[KG_MOE_UP] = req_field_tensor(L, 3, "up", "moe");
@@ -585,15 +875,15 @@ static int g_moe(lua_State *L)
     kg_moe m = {0};
     m.top_k = (int)req_field_int(L, 3, "top_k", "moe");
     m.renormalize = opt_field_bool(L, 3, "renormalize", 1);
-    m.act = parse_act(L, 3, "act");
+    m.act = opt_field_choice(L, 3, "moe", "act", acts, KG_ACT_SILU);
     lua_getfield(L, 3, "shared");
     if (!lua_isnil(L, -1)) {
         int s = lua_gettop(L);
-        luaL_checktype(L, s, LUA_TTABLE);
+        check_opts(L, s, "moe: shared", shared_opts, (int)ARRAY_LEN(shared_opts), 0);
         m.has_shared = 1;
-        ins[KG_MOE_SH_GATE] = req_field_tensor(L, s, "gate", "moe.shared");
-        ins[KG_MOE_SH_UP] = req_field_tensor(L, s, "up", "moe.shared");
-        ins[KG_MOE_SH_DOWN] = req_field_tensor(L, s, "down", "moe.shared");
+        ins[KG_MOE_SH_GATE] = req_field_tensor(L, s, "gate", "moe: shared");
+        ins[KG_MOE_SH_UP] = req_field_tensor(L, s, "up", "moe: shared");
+        ins[KG_MOE_SH_DOWN] = req_field_tensor(L, s, "down", "moe: shared");
         lua_getfield(L, s, "gate_weight");
         if (!lua_isnil(L, -1)) {
             ins[KG_MOE_SH_GATE_W] = check_tensor(L, -1);
@@ -610,16 +900,15 @@ static int g_moe(lua_State *L)
 /* g:pool(x, {mode="mean"|"cls"|"last", normalize=bool}) */
 static int g_pool(lua_State *L)
 {
-    static const char *modes[] = {"mean", "cls", "last", NULL};
+    static const opt_decl opts[] = {{"mode", OT_STR}, {"normalize", OT_BOOL}};
+    /* the order of KG_POOL_MEAN, _CLS, _LAST */
+    static const char *const modes[] = {"mean", "cls", "last", NULL};
     luaL_checkudata(L, 1, MT_GRAPH);
     int x = check_tensor(L, 2);
     int mode = KG_POOL_MEAN, norm = 0;
     if (!lua_isnoneornil(L, 3)) {
-        luaL_checktype(L, 3, LUA_TTABLE);
-        lua_getfield(L, 3, "mode");
-        if (!lua_isnil(L, -1))
-            mode = luaL_checkoption(L, -1, NULL, modes);
-        lua_pop(L, 1);
+        check_opts(L, 3, "pool", opts, (int)ARRAY_LEN(opts), 0);
+        mode = opt_field_choice(L, 3, "pool", "mode", modes, KG_POOL_MEAN);
         norm = opt_field_bool(L, 3, "normalize", 0);
     }
     builder *b = begin(L);
@@ -684,9 +973,10 @@ static int c_int(lua_State *L)
     int64_t def = has_def ? check_int(L, 3, "default") : 0, v, min, max;
     config_int_range(f, &min, &max);
     if (!lua_isnoneornil(L, 4)) {
-        luaL_checktype(L, 4, LUA_TTABLE);
-        min = opt_field_int(L, 4, "min", min);
-        max = opt_field_int(L, 4, "max", max);
+        static const opt_decl opts[] = {{"min", OT_INT}, {"max", OT_INT}};
+        check_opts(L, 4, "cfg:int", opts, (int)ARRAY_LEN(opts), 0);
+        min = opt_field_int(L, 4, "cfg:int", "min", min);
+        max = opt_field_int(L, 4, "cfg:int", "max", max);
     }
     kerr e;
     kerr_clear(&e);
@@ -798,25 +1088,20 @@ static int c_path(lua_State *L)
 
 static void push_rope(lua_State *L, const rope_params *p)
 {
-    lua_createtable(L, 0, 12);
+    lua_createtable(L, 0, (int)ARRAY_LEN(rope_fields) + 1);
     lua_pushstring(L, rope_type_name(p->type));
     lua_setfield(L, -2, "type");
-#define NUM(f, k) (lua_pushnumber(L, (lua_Number)(p->f)), lua_setfield(L, -2, k))
-    NUM(theta, "theta");
-    NUM(partial, "partial");
-    NUM(factor, "factor");
-    NUM(attention_factor, "attention_factor");
-    lua_pushinteger(L, p->max_pos);
-    lua_setfield(L, -2, "max_position_embeddings");
-    lua_pushinteger(L, p->original_max_pos);
-    lua_setfield(L, -2, "original_max_position_embeddings");
-    NUM(low_freq_factor, "low_freq_factor");
-    NUM(high_freq_factor, "high_freq_factor");
-    NUM(beta_fast, "beta_fast");
-    NUM(beta_slow, "beta_slow");
-#undef NUM
-    lua_pushboolean(L, p->truncate);
-    lua_setfield(L, -2, "truncate");
+    for (size_t i = 0; i < ARRAY_LEN(rope_fields); i++) {
+        const rope_field *f = &rope_fields[i];
+        const char *at = (const char *)p + f->off;
+        if (f->type == OT_NUM)
+            lua_pushnumber(L, *(const double *)at);
+        else if (f->type == OT_INT)
+            lua_pushinteger(L, *(const int64_t *)at);
+        else
+            lua_pushboolean(L, *(const int *)at);
+        lua_setfield(L, -2, f->key);
+    }
 }
 
 /* cfg:rope{layer_type=, theta_field=, default_theta=} -> table */
@@ -826,7 +1111,9 @@ static int c_rope(lua_State *L)
     const char *layer_type = NULL, *theta_field = NULL;
     double def_theta = 10000;
     if (!lua_isnoneornil(L, 2)) {
-        luaL_checktype(L, 2, LUA_TTABLE);
+        static const opt_decl opts[] = {
+            {"layer_type", OT_STR}, {"theta_field", OT_STR}, {"default_theta", OT_NUM}};
+        check_opts(L, 2, "cfg:rope", opts, (int)ARRAY_LEN(opts), 0);
         lua_getfield(L, 2, "layer_type");
         layer_type = lua_tostring(L, -1);
         lua_getfield(L, 2, "theta_field");
@@ -895,6 +1182,7 @@ typedef struct sandbox {
     size_t printed;     /* bytes print() wrote */
     char *lib_dir;      /* the built-in archspecs folder (kiln.lua), or NULL */
     char *spec_dir;     /* the folder of the spec being run */
+    char *spec_path;    /* the spec being run */
 } sandbox;
 
 static sandbox *get_sandbox(lua_State *L)
@@ -902,6 +1190,37 @@ static sandbox *get_sandbox(lua_State *L)
     void *ud = NULL;
     lua_getallocf(L, &ud);
     return ud;
+}
+
+static const char *spec_path_of(lua_State *L) { return get_sandbox(L)->spec_path; }
+
+/* The 1-based line of the spec file where `key =` is first written, 0 if nowhere (or the file
+ * cannot be read): the location of an error about the archspec table, which Lua cannot give. */
+static int spec_key_line(const char *path, const char *key)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return 0;
+    char *text = xmalloc((size_t)SPEC_MAX_FILE + 1);
+    size_t n = fread(text, 1, (size_t)SPEC_MAX_FILE, f);
+    fclose(f);
+    text[n] = 0;
+    size_t klen = strlen(key);
+    int line = 0;
+    for (const char *p = text; klen && !line && (p = memmem(p, n - (size_t)(p - text), key, klen));
+         p += klen) {
+        int starts = p == text || !(p[-1] == '_' || isalnum((unsigned char)p[-1]));
+        const char *q = p + klen;
+        while (*q == ' ' || *q == '\t')
+            q++;
+        if (starts && q[0] == '=' && q[1] != '=') {
+            line = 1;
+            for (const char *c = text; c < p; c++)
+                line += *c == '\n';
+        }
+    }
+    free(text);
+    return line;
 }
 
 static void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
@@ -1249,6 +1568,9 @@ static int sb_setup(lua_State *L)
     lua_pushcclosure(L, sb_load, 1);
     lua_setglobal(L, "load");
     lua_newtable(L);
+    /* kiln.lua's kiln.options: a built-in module, under a name no file can have */
+    lua_pushcfunction(L, spec_options);
+    lua_setfield(L, -2, "kiln.options");
     lua_setfield(L, LUA_REGISTRYINDEX, "kiln.modules");
     lua_pushcfunction(L, sb_require);
     lua_setglobal(L, "require");
@@ -1302,6 +1624,7 @@ static void close_state(lua_State *L)
     lua_close(L);
     free(sb->lib_dir);
     free(sb->spec_dir);
+    free(sb->spec_path);
     free(sb);
 }
 
@@ -1310,6 +1633,7 @@ static lua_State *new_state(const char *lib_dir, const char *spec_path)
 {
     sandbox *sb = xcalloc(1, sizeof *sb);
     sb->lib_dir = lib_dir ? xstrdup(lib_dir) : NULL;
+    sb->spec_path = xstrdup(spec_path);
     const char *slash = strrchr(spec_path, '/');
     sb->spec_dir = slash ? xasprintf("%.*s", (int)(slash == spec_path ? 1 : slash - spec_path),
                                      spec_path)
@@ -1318,6 +1642,7 @@ static lua_State *new_state(const char *lib_dir, const char *spec_path)
     if (!L) {
         free(sb->lib_dir);
         free(sb->spec_dir);
+        free(sb->spec_path);
         free(sb);
         return NULL;
     }
@@ -1503,6 +1828,13 @@ static int probe_decl(lua_State *L)
     spec_info *out = c->out;
     const char *path = c->path;
     c->rc = -1;
+    /* the keys of a declaration; kiln.archspec (kiln.lua) lists the same with their types */
+    static const opt_decl keys[] = {{"name", OT_ANY},
+                                    {"architectures", OT_ANY},
+                                    {"task", OT_ANY},
+                                    {"ignore", OT_ANY},
+                                    {"build", OT_ANY}};
+    check_opts(L, 1, "archspec", keys, (int)ARRAY_LEN(keys), 1);
     const char *name = raw_str(L, 1, "name");
     if (!name) {
         kerr_add(c->err, "%s: the archspec has no 'name' (a string)", path);
