@@ -32,6 +32,7 @@ static const char *generate_fixtures[] = {
     "bloom_bf16",
     "gpt2",
     "gptj",
+    "gpt_neox",
 };
 
 

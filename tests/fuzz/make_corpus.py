@@ -245,8 +245,6 @@ def archspecs():
     for f in sorted(os.listdir(os.path.join(ROOT, "archspecs"))):
         if f.endswith(".lua"):
             shutil.copy(os.path.join(ROOT, "archspecs", f), os.path.join(OUT, "archspec", f))
-    shutil.copy(os.path.join(ROOT, "examples", "custom_arch", "gpt_neox.lua"),
-                os.path.join(OUT, "archspec", "gpt_neox.lua"))
     bodies = {
         "toy_embed_logits": """    local H, V = cfg:int("hidden_size"), cfg:int("vocab_size")
     local ids = g:input("ids")

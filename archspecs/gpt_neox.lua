@@ -1,10 +1,10 @@
--- gpt_neox.lua — GPT-NeoX (EleutherAI's Pythia, GPT-NeoX-20B), an architecture kiln does not
--- build in: LayerNorm with bias, rotary positions on only the first rotary_pct of each head
+-- gpt_neox.lua — GPT-NeoX (EleutherAI's Pythia, GPT-NeoX-20B): LayerNorm with bias, rotary
+-- positions on only the first rotary_pct of each head
 -- (rotate-half pairing), a fused query_key_value interleaved per head, a plain GELU MLP and,
 -- by default, the "parallel" residual x + attn(ln1(x)) + mlp(ln2(x)).
 --
 -- HF reference: transformers/models/gpt_neox/modeling_gpt_neox.py, configuration_gpt_neox.py.
--- Use it without touching kiln:  kilnc check MODEL --spec-path examples/custom_arch
+-- examples/custom_arch/README.md shows how it was added from outside the tree.
 local kiln = require "kiln"
 
 return kiln.archspec {
