@@ -1828,12 +1828,13 @@ static int probe_decl(lua_State *L)
     spec_info *out = c->out;
     const char *path = c->path;
     c->rc = -1;
-    /* the keys of a declaration; kiln.archspec (kiln.lua) lists the same with their types */
-    static const opt_decl keys[] = {{"name", OT_ANY},
-                                    {"architectures", OT_ANY},
-                                    {"task", OT_ANY},
+    /* the keys of a declaration, in name order as kiln.archspec (kiln.lua) lists them with
+     * their types */
+    static const opt_decl keys[] = {{"architectures", OT_ANY},
+                                    {"build", OT_ANY},
                                     {"ignore", OT_ANY},
-                                    {"build", OT_ANY}};
+                                    {"name", OT_ANY},
+                                    {"task", OT_ANY}};
     check_opts(L, 1, "archspec", keys, (int)ARRAY_LEN(keys), 1);
     const char *name = raw_str(L, 1, "name");
     if (!name) {

@@ -8,9 +8,14 @@
  * config styles, and the graph is checked node by node where it matters (attention and rope).
  * Last, the sandbox: endless loops (also behind pcall), memory bombs, the libraries a spec must
  * not reach, require, backtracking patterns, enormous or empty messages, FIFOs and huge files,
- * cfg:int's ranges (field, file and spec line), and the graph's node cap.
+ * cfg:int's ranges (field, file and spec line), and the graph's node cap. Last, option tables:
+ * an unknown key of every op's table, of kiln.options and of the archspec table (both through
+ * kiln.archspec and raw) names the op, the spec line and the nearest key; values of the wrong
+ * type or range are refused with what was given and what is expected; every shipped spec loads.
  */
 #include "testutil.h"
+
+#include <dirent.h>
 
 #include "config.h"
 #include "graph.h"
@@ -1215,6 +1220,297 @@ static void test_graph_node_cap(void **state)
     free(path);
 }
 
+/* ---------------------------------------------------------------- option tables */
+
+/* The body of a toy build whose `call` line passes options; spec_build must fail at that line
+ * with a message containing every string of `want` (NULL-terminated). */
+static void expect_option_error(const char *body, const char *call, const char *const *want)
+{
+    char *text, *path;
+    const char *m = build_fails(body, TOY_CONFIG, &text, &path);
+    char *where = xasprintf("%s: ", at(path, line_of(text, call)));
+    assert_starts_with(m, where);
+    for (int i = 0; want[i]; i++)
+        assert_contains(m, want[i]);
+    free(where);
+    free(text);
+    free(path);
+}
+
+#define EMBED_X "    local x = g:embed(g:weight(\"embed\", { 16, 8 }), g:input(\"ids\"))\n"
+#define HEAD "    return g:logits(y, g:weight(\"embed\", { 16, 8 }))\n"
+
+static void test_options_unknown_key(void **state)
+{
+    (void)state;
+    /* issue 13: {sliding_window = 16} was silently no window */
+    static const struct {
+        const char *body, *call, *want[3];
+    } cases[] = {
+        {EMBED_X "    local y = g:attention(x, x, x, { heads = 2, head_dim = 4, sliding_window = 16 })\n" HEAD,
+         "g:attention",
+         {"attention: unknown key 'sliding_window' (did you mean 'window'?); known keys: heads, "
+          "kv_heads, head_dim, causal, window, alibi, softcap, scale",
+          NULL}},
+        {EMBED_X "    local y = g:moe(x, { router = g:weight(\"r\", { 4, 8 }), gate = g:weight(\"g\", { 4, 6, 8 }),\n"
+                 "      up = g:weight(\"u\", { 4, 6, 8 }), down = g:weight(\"d\", { 4, 8, 6 }), top_k = 2, renormalise = false })\n" HEAD,
+         "g:moe",
+         {"moe: unknown key 'renormalise' (did you mean 'renormalize'?); known keys: router, "
+          "gate, up, down, top_k, renormalize, act, shared",
+          NULL}},
+        {EMBED_X "    local y = g:moe(x, { router = g:weight(\"r\", { 4, 8 }), gate = g:weight(\"g\", { 4, 6, 8 }),\n"
+                 "      up = g:weight(\"u\", { 4, 6, 8 }), down = g:weight(\"d\", { 4, 8, 6 }), top_k = 2,\n"
+                 "      shared = { gate = g:weight(\"sg\", { 6, 8 }), up = g:weight(\"su\", { 6, 8 }),\n"
+                 "                 down = g:weight(\"sd\", { 8, 6 }), gate_wieght = g:weight(\"sw\", { 1, 8 }) } })\n" HEAD,
+         "g:moe",
+         {"moe: shared: unknown key 'gate_wieght' (did you mean 'gate_weight'?); known keys: "
+          "gate, up, down, gate_weight",
+          NULL}},
+        {EMBED_X "    local y = g:rope(x, g:input(\"positions\"), { head_dim = 4, params = cfg:rope(), rotary_dims = 2 })\n" HEAD,
+         "y = g:rope",
+         {"rope: unknown key 'rotary_dims' (did you mean 'rotary_dim'?); known keys: head_dim, "
+          "params, rotary_dim, interleaved",
+          NULL}},
+        /* the table cfg:rope() returns, edited with a misspelt field */
+        {EMBED_X "    local p = cfg:rope()\n"
+                 "    p.rope_theta = 5e5\n"
+                 "    local y = g:rope(x, g:input(\"positions\"), { head_dim = 4, params = p })\n" HEAD,
+         "y = g:rope",
+         {"rope: params: unknown key 'rope_theta' (did you mean 'theta'?); known keys: type, "
+          "theta, partial, factor, attention_factor, max_position_embeddings, ",
+          NULL}},
+        {EMBED_X "    local y = g:pool(x, { mode = \"mean\", normalise = true })\n",
+         "g:pool",
+         {"pool: unknown key 'normalise' (did you mean 'normalize'?); known keys: mode, normalize",
+          NULL}},
+        {EMBED_X "    local y = g:rms_norm(x, g:weight(\"n\", { 8 }), 1e-5, { unit_offset = 1 })\n" HEAD,
+         "g:rms_norm",
+         {"rms_norm: unknown key 'unit_offset' (did you mean 'offset'?); known keys: offset", NULL}},
+        {"    local w = cfg:int(\"hidden_size\", 8, { minimum = 0 })\n",
+         "cfg:int",
+         {"cfg:int: unknown key 'minimum' (did you mean 'min'?); known keys: min, max", NULL}},
+        {"    local r = cfg:rope { theta = 1e6 }\n",
+         "cfg:rope",
+         {"cfg:rope: unknown key 'theta' (did you mean 'theta_field'?); known keys: layer_type, "
+          "theta_field, default_theta",
+          NULL}},
+        /* nothing close: no suggestion, only the list */
+        {EMBED_X "    local y = g:attention(x, x, x, { heads = 2, head_dim = 4, xyz = 1 })\n" HEAD,
+         "g:attention",
+         {"attention: unknown key 'xyz'; known keys: heads,", NULL}},
+        /* positional values are not options */
+        {EMBED_X "    local y = g:attention(x, x, x, { 2, head_dim = 4 })\n" HEAD,
+         "g:attention",
+         {"attention: options are named (key = value), got a value under the key the integer 1",
+          NULL}},
+        /* a kiln.lua-style helper (or the spec's own) checks its table with kiln.options; the
+         * error names the line that called kiln.options, in the helper */
+        {"    local function block(opts)\n"
+         "      opts = kiln.options(opts, \"block\", { heads = \"integer\", causal = \"boolean\" })\n"
+         "      return opts\n"
+         "    end\n"
+         "    assert(kiln.options(nil, \"block\", {}) == nil)\n"
+         "    local y = block({ heads = 2, casual = true })\n",
+         "kiln.options(opts",
+         {"block: unknown key 'casual' (did you mean 'causal'?); known keys: causal, heads",
+          NULL}},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++)
+        expect_option_error(cases[i].body, cases[i].call, cases[i].want);
+}
+
+static void test_options_value_types(void **state)
+{
+    (void)state;
+    /* no silent coercion: which option, what was given, what is expected */
+    static const struct {
+        const char *body, *call, *want[3];
+    } cases[] = {
+        {EMBED_X "    local y = g:attention(x, x, x, { heads = 2, head_dim = 4, window = 0.5 })\n" HEAD,
+         "g:attention",
+         {"attention: option 'window' must be an integer (a whole number), got the number 0.5",
+          NULL}},
+        {EMBED_X "    local y = g:attention(x, x, x, { heads = 2, head_dim = 4, causal = 1 })\n" HEAD,
+         "g:attention",
+         {"attention: option 'causal' must be a boolean (true or false), got the integer 1", NULL}},
+        {EMBED_X "    local y = g:attention(x, x, x, { heads = \"2\", head_dim = 4 })\n" HEAD,
+         "g:attention",
+         {"attention: option 'heads' must be an integer (a whole number), got the string \"2\"",
+          NULL}},
+        {EMBED_X "    local y = g:attention(x, x, x, { heads = 2, head_dim = 4, scale = 0 / 0 })\n" HEAD,
+         "g:attention",
+         {"attention: option 'scale' must be a finite number, got the number ", NULL}},
+        {EMBED_X "    local y = g:attention(x, x, x, { heads = 2, head_dim = 4, softcap = -30 })\n" HEAD,
+         "g:attention",
+         {"attention: option 'softcap' is -30; expected 0 (none) or a positive number", NULL}},
+        {EMBED_X "    local y = g:attention(x, x, x, { heads = 2, head_dim = 4, window = 2^40 })\n" HEAD,
+         "g:attention",
+         {"attention: option 'window' is 1099511627776; expected an integer within +-2^30", NULL}},
+        {EMBED_X "    local y = g:attention(x, x, x, { head_dim = 4 })\n" HEAD,
+         "g:attention",
+         {"attention: option 'heads' is required", NULL}},
+        /* range checks of the op itself */
+        {EMBED_X "    local y = g:attention(x, x, x, { heads = 0, head_dim = 4 })\n" HEAD,
+         "g:attention",
+         {"attention: heads 0, kv_heads 0, head_dim 4 must be positive", NULL}},
+        {EMBED_X "    local y = g:moe(x, { router = g:weight(\"r\", { 4, 8 }), gate = g:weight(\"g\", { 4, 6, 8 }),\n"
+                 "      up = g:weight(\"u\", { 4, 6, 8 }), down = g:weight(\"d\", { 4, 8, 6 }), top_k = 5 })\n" HEAD,
+         "g:moe",
+         {"moe: top_k 5 must be between 1 and the number of experts 4", NULL}},
+        {EMBED_X "    local y = g:moe(x, { router = g:weight(\"r\", { 4, 8 }), gate = g:weight(\"g\", { 4, 6, 8 }),\n"
+                 "      up = g:weight(\"u\", { 4, 6, 8 }), down = g:weight(\"d\", { 4, 8, 6 }), top_k = 2, act = \"swish\" })\n" HEAD,
+         "g:moe",
+         {"moe: option 'act' is \"swish\"; expected one of silu, gelu, gelu_tanh, relu", NULL}},
+        {EMBED_X "    local y = g:moe(x, { router = \"r\", gate = g:weight(\"g\", { 4, 6, 8 }),\n"
+                 "      up = g:weight(\"u\", { 4, 6, 8 }), down = g:weight(\"d\", { 4, 8, 6 }), top_k = 2 })\n" HEAD,
+         "g:moe",
+         {"moe: option 'router' must be a tensor (a value g: returned), got the string \"r\"",
+          NULL}},
+        {EMBED_X "    local y = g:pool(x, { mode = \"max\" })\n",
+         "g:pool",
+         {"pool: option 'mode' is \"max\"; expected one of mean, cls, last", NULL}},
+        {EMBED_X "    local y = g:rms_norm(x, g:weight(\"n\", { 8 }), 1e-5, { offset = 0.5 })\n" HEAD,
+         "g:rms_norm",
+         {"rms_norm: option 'offset' must be 1 or true (scale by 1 + w) or 0 or false, got the "
+          "number 0.5",
+          NULL}},
+        {EMBED_X "    local p = cfg:rope()\n"
+                 "    p.truncate = 0\n"
+                 "    local y = g:rope(x, g:input(\"positions\"), { head_dim = 4, params = p })\n" HEAD,
+         "y = g:rope",
+         {"rope: params: option 'truncate' must be a boolean (true or false), got the integer 0",
+          NULL}},
+        {EMBED_X "    local y = g:rope(x, g:input(\"positions\"), { head_dim = 4, params = cfg:rope(), interleaved = \"yes\" })\n" HEAD,
+         "y = g:rope",
+         {"rope: option 'interleaved' must be a boolean (true or false), got the string \"yes\"",
+          NULL}},
+        {"    local w = cfg:int(\"hidden_size\", 8, { min = 0.5 })\n",
+         "cfg:int",
+         {"cfg:int: option 'min' must be an integer (a whole number), got the number 0.5", NULL}},
+        {EMBED_X "    local y = g:attention(x, x, x, \"window=4\")\n" HEAD,
+         "g:attention",
+         {"attention: the options must be a table {key = value, ...}, got the string \"window=4\"",
+          NULL}},
+        {"    kiln.options({ heads = 2 }, \"block\", { heads = \"int\" })\n",
+         "kiln.options",
+         {"kiln.options: block declares key 'heads' of type 'int'; types are any, integer,", NULL}},
+        {"    kiln.options({ heads = 2.5 }, \"block\", { heads = \"integer\" })\n",
+         "kiln.options",
+         {"block: option 'heads' must be an integer (a whole number), got the number 2.5", NULL}},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++)
+        expect_option_error(cases[i].body, cases[i].call, cases[i].want);
+
+    /* what is right is accepted: whole floats (H / heads), every key of every op */
+    char *text = toy_spec(
+        EMBED_X
+        "    local p = cfg:rope { theta_field = \"rope_theta\", default_theta = 1e4 }\n"
+        "    local r = g:rope(x, g:input(\"positions\"), { head_dim = 4, params = p, rotary_dim = 4.0, interleaved = false })\n"
+        "    local a = g:attention(r, x, x, { heads = 8 / 4, kv_heads = 2, head_dim = 4, causal = true,\n"
+        "                                     window = 4.0, alibi = false, softcap = 0, scale = 0.5 })\n"
+        "    local n = g:rms_norm(a, g:weight(\"n\", { 8 }), 1e-5, { offset = true })\n"
+        "    n = g:rms_norm(n, g:weight(\"n\", { 8 }), 1e-5, { offset = 0 })\n"
+        "    assert(cfg:int(\"hidden_size\", 8, { min = 1, max = 8 }) == 8)\n"
+        "    local o = kiln.options({ heads = 2.0, f = print, t = x }, \"block\", { heads = \"integer\", f = \"function\", t = \"tensor\", z = \"any\" })\n"
+        "    assert(o.heads == 2)\n"
+        "    local y = g:moe(n, { router = g:weight(\"r\", { 4, 8 }), gate = g:weight(\"g\", { 4, 6, 8 }),\n"
+        "      up = g:weight(\"u\", { 4, 6, 8 }), down = g:weight(\"d\", { 4, 8, 6 }), top_k = 2,\n"
+        "      renormalize = false, act = \"gelu\", shared = { gate = g:weight(\"sg\", { 6, 8 }),\n"
+        "      up = g:weight(\"su\", { 6, 8 }), down = g:weight(\"sd\", { 8, 6 }), gate_weight = g:weight(\"sw\", { 1, 8 }) } })\n"
+        HEAD);
+    kgraph *g = build(text, TOY_CONFIG, NULL);
+    if (!g)
+        fail_msg("%s", kerr_msg(&E));
+    int seen = 0, norms = 0;
+    for (int i = 0; i < g->n; i++) {
+        const kg_node *n = &g->nodes[i];
+        if (n->op == KG_ATTENTION) {
+            assert_int_equal(n->attn.n_heads, 2);
+            assert_int_equal(n->attn.window, 4);
+            assert_true(n->attn.scale == 0.5);
+            seen++;
+        } else if (n->op == KG_MOE) {
+            assert_int_equal(n->moe.renormalize, 0);
+            assert_int_equal(n->moe.act, KG_ACT_GELU);
+            assert_int_equal(n->moe.shared_gate, 1);
+            seen++;
+        } else if (n->op == KG_RMS_NORM) {
+            assert_int_equal(n->unit_offset, norms++ == 0); /* offset = true, then 0 */
+            seen++;
+        } else if (n->op == KG_ROPE) {
+            assert_int_equal(n->rope.rot_dim, 4);
+            seen++;
+        }
+    }
+    assert_int_equal(seen, 5);
+    assert_int_equal(norms, 2);
+    graph_free(g);
+    free(text);
+}
+
+static void test_options_archspec_table(void **state)
+{
+    (void)state;
+    /* an unknown key of the declaration, through kiln.archspec (a tail call: the line is found
+     * where the key is written) and as a raw table read by spec_probe */
+    static const char *const heads[] = {"local kiln = require \"kiln\"\nreturn kiln.archspec {\n",
+                                        "return {\n"};
+    static const struct {
+        const char *decl, *key, *want;
+    } cases[] = {
+        {"  name = \"toy\",\n  architectures = { \"X\" },\n  task = \"generate\",\n"
+         "  ignores = { \"x\" },\n  build = function() end,\n",
+         "ignores =", "archspec: unknown key 'ignores' (did you mean 'ignore'?); known keys: "
+                      "architectures, build, ignore, name, task"},
+        /* a misspelt required key: the hint comes before "'architectures' must list ..." */
+        {"  name = \"toy\",\n  architecture = { \"X\" },\n  task = \"generate\",\n"
+         "  build = function() end,\n",
+         "architecture =", "archspec: unknown key 'architecture' (did you mean 'architectures'?)"},
+        {"  name = \"toy\",\n  architectures = { \"X\" },\n  task = \"generate\",\n"
+         "  build = function() end,\n  description = \"a toy\",\n",
+         "description =", "archspec: unknown key 'description'; known keys: architectures, build, "
+                          "ignore, name, task"},
+    };
+    for (size_t h = 0; h < ARRAY_LEN(heads); h++)
+        for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+            char *text = xasprintf("%s%s}\n", heads[h], cases[i].decl), *path;
+            const char *m = probe_fails(text, &path);
+            char *want = xasprintf("%s: %s", at(path, line_of(text, cases[i].key)), cases[i].want);
+            assert_starts_with(m, want);
+            free(want);
+            free(path);
+            free(text);
+        }
+    /* types through kiln.archspec */
+    char *path;
+    const char *m = probe_fails("local kiln = require \"kiln\"\n"
+                                "return kiln.archspec { name = \"toy\", architectures = { \"X\" },\n"
+                                "  task = \"generate\", build = \"build\" }\n",
+                                &path);
+    assert_contains(m, "archspec: option 'build' must be a function, got the string \"build\"");
+    assert_contains(m, path);
+    free(path);
+    /* every shipped archspec still loads */
+    DIR *dir = opendir(LIB);
+    assert_non_null(dir);
+    int loaded = 0;
+    for (struct dirent *e; (e = readdir(dir));) {
+        size_t l = strlen(e->d_name);
+        if (l < 5 || strcmp(e->d_name + l - 4, ".lua") != 0 || strcmp(e->d_name, "kiln.lua") == 0)
+            continue;
+        char *p = xasprintf("%s/%s", LIB, e->d_name);
+        spec_info s;
+        kerr_clear(&E);
+        if (spec_probe(p, LIB, &s, &E))
+            fail_msg("%s: %s", p, kerr_msg(&E));
+        spec_info_free(&s);
+        free(p);
+        loaded++;
+    }
+    closedir(dir);
+    assert_true(loaded >= 6);
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
@@ -1254,6 +1550,9 @@ int main(void)
         T(test_sandbox_finalizers),
         T(test_cfg_int_ranges),
         T(test_graph_node_cap),
+        T(test_options_unknown_key),
+        T(test_options_value_types),
+        T(test_options_archspec_table),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);
