@@ -30,6 +30,7 @@ static const char *generate_fixtures[] = {
     "qwen",         "mixtral",             "mixtral4",              "bloom",   "bloom6",
     "llama_bf16",   "mistral_bf16",        "qwen2_bf16",            "qwen_bf16", "mixtral_bf16",
     "bloom_bf16",
+    "qwen3",        "qwen2_moe",           "qwen3_moe",
     "gpt2",
     "gptj",
     "gpt_neox",
