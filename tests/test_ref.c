@@ -31,6 +31,7 @@ static const char *generate_fixtures[] = {
     "llama_bf16",   "mistral_bf16",        "qwen2_bf16",            "qwen_bf16", "mixtral_bf16",
     "bloom_bf16",
     "qwen3",        "qwen2_moe",           "qwen3_moe",
+    "gemma",        "gemma2",              "gemma3",                "granite", "cohere",
     "gpt2",
     "gptj",
     "gpt_neox",

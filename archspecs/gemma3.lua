@@ -1,0 +1,122 @@
+-- gemma3.lua — Gemma 3's text model (Gemma3ForCausalLM, model_type gemma3_text): the Gemma 2
+-- layer (four (1 + w) RMSNorms per layer, sqrt(hidden)-scaled embeddings, tanh-GELU gated MLP,
+-- query_pre_attn_scalar) with a per-head (1 + w) RMSNorm on q and k before the rotation, sliding
+-- ("local") layers and full ("global") layers that rotate with different bases, five local
+-- layers to one global by default, and no soft caps in the released checkpoints.
+--
+-- HF reference: transformers/models/gemma3/modeling_gemma3.py, configuration_gemma3.py
+-- (Gemma3TextConfig). The rotary settings come in two conventions: transformers 5 writes
+-- rope_parameters keyed by layer type; older files write rope_theta (global, default 1e6),
+-- rope_local_base_freq (local, default 1e4) and rope_scaling, which applies to global layers only.
+--
+-- Not served: a final logit soft cap (final_logit_softcapping, null in the released
+-- checkpoints): kiln has no op that caps the logits, so a config that sets it is refused rather
+-- than run without it. The image-text Gemma3ForConditionalGeneration is not served either.
+local kiln = require "kiln"
+
+return kiln.archspec {
+  name = "gemma3",
+  architectures = { "Gemma3ForCausalLM" },
+  task = "generate",
+  ignore = { "%.rotary_emb%.inv_freq$" },
+
+  build = function(g, cfg)
+    local H        = cfg:int("hidden_size")
+    local n_layers = cfg:int("num_hidden_layers")
+    local heads    = cfg:int("num_attention_heads")
+    local kv_heads = cfg:int("num_key_value_heads", 4)          -- Gemma3TextConfig's defaults
+    local hd       = cfg:int("head_dim", 256)
+    local inter    = cfg:int("intermediate_size")
+    local vocab    = cfg:int("vocab_size")
+    local eps      = cfg:float("rms_norm_eps", 1e-6)
+    local act      = cfg:str("hidden_activation", "gelu_pytorch_tanh")
+    local qkv_bias = cfg:bool("attention_bias", false)
+    local tied     = cfg:bool("tie_word_embeddings", true)
+    local scale    = cfg:float("query_pre_attn_scalar", 256) ^ -0.5
+    local softcap  = cfg:has("attn_logit_softcapping") and cfg:float("attn_logit_softcapping") or 0
+    if cfg:bool("use_bidirectional_attention", false) then
+      error(cfg:path() .. ": use_bidirectional_attention is true; gemma3.lua serves causal generation only " ..
+            "(set it to false or null)")
+    end
+
+    -- Global and local rotary settings, in either convention (see the top of this file).
+    local global_rope, local_rope
+    if cfg:has("rope_parameters.full_attention") or cfg:has("rope_parameters.sliding_attention") then
+      global_rope = cfg:rope { layer_type = "full_attention" }
+      local_rope = cfg:rope { layer_type = "sliding_attention" }
+    else
+      global_rope = cfg:rope { default_theta = 1000000 }
+      local_rope = {}
+      for key, val in pairs(global_rope) do local_rope[key] = val end
+      local_rope.type = "default"
+      local_rope.factor = 1
+      local_rope.attention_factor = 1
+      local_rope.theta = cfg:float("rope_local_base_freq", 10000)
+    end
+    if cfg:has("final_logit_softcapping") then
+      error(cfg:path() .. ": final_logit_softcapping is " .. cfg:float("final_logit_softcapping") ..
+            "; kiln has no op for a soft cap on the logits yet, so gemma3.lua serves only configs " ..
+            "where it is null")
+    end
+
+    -- Gemma3TextConfig: layer_types, else every sliding_window_pattern-th layer (1-based) is
+    -- global and the others slide; sliding_window null means no window.
+    local window = cfg:has("sliding_window") and cfg:int("sliding_window") or 0
+    local layer_types = cfg:get("layer_types")
+    local pattern = cfg:int("sliding_window_pattern", 6)
+    local function is_sliding(i)
+      local t = layer_types and layer_types[i + 1] or ((i + 1) % pattern ~= 0 and "sliding_attention" or "full_attention")
+      if t ~= "sliding_attention" and t ~= "full_attention" then
+        error(cfg:path() .. ": layer_types[" .. i .. "] is '" .. tostring(t) ..
+              "'; expected 'sliding_attention' or 'full_attention'")
+      end
+      return t == "sliding_attention"
+    end
+
+    local function w(name, shape) return g:weight(name, shape) end
+    local function b(name, shape)
+      if qkv_bias then return w(name, shape) end
+    end
+    -- Gemma3RMSNorm: x * rsqrt(mean(x^2) + eps) * (1 + w)
+    local function norm(x, name, label) return g:rms_norm(x, w(name, { H }), eps, { offset = 1 }, label) end
+
+    local ids, pos = g:input("ids"), g:input("positions")
+    local embed = w("model.embed_tokens.weight", { vocab, H })
+    local x = g:scale(g:embed(embed, ids, "embed_tokens"), math.sqrt(H), "embed")
+
+    for i = 0, n_layers - 1 do
+      g:layer(i)
+      local p = "model.layers." .. i .. "."
+      local a = p .. "self_attn."
+
+      local h = norm(x, p .. "input_layernorm.weight", "attn_norm")
+      local q = g:linear(h, w(a .. "q_proj.weight", { heads * hd, H }), b(a .. "q_proj.bias", { heads * hd }), "attn.q")
+      local k = g:linear(h, w(a .. "k_proj.weight", { kv_heads * hd, H }), b(a .. "k_proj.bias", { kv_heads * hd }), "attn.k")
+      local v = g:linear(h, w(a .. "v_proj.weight", { kv_heads * hd, H }), b(a .. "v_proj.bias", { kv_heads * hd }), "attn.v")
+      -- Gemma3RMSNorm over each head's head_dim, before the rotation
+      q = g:rms_norm(q:reshape { kiln.T, heads, hd }, w(a .. "q_norm.weight", { hd }), eps, { offset = 1 },
+                     "attn.q_norm"):reshape { kiln.T, heads * hd }
+      k = g:rms_norm(k:reshape { kiln.T, kv_heads, hd }, w(a .. "k_norm.weight", { hd }), eps, { offset = 1 },
+                     "attn.k_norm"):reshape { kiln.T, kv_heads * hd }
+      local sliding = is_sliding(i)
+      local rope = sliding and local_rope or global_rope
+      q = g:rope(q, pos, { head_dim = hd, params = rope }, "attn.q_rope")
+      k = g:rope(k, pos, { head_dim = hd, params = rope }, "attn.k_rope")
+      local o = g:attention(q, k, v, { heads = heads, kv_heads = kv_heads, head_dim = hd, scale = scale,
+                                       softcap = softcap, window = sliding and window or 0 }, "attn")
+      o = g:linear(o, w(a .. "o_proj.weight", { H, heads * hd }), b(a .. "o_proj.bias", { H }), "attn.o")
+      x = g:add(x, norm(o, p .. "post_attention_layernorm.weight", "attn_post_norm"), "attn_residual")
+
+      local m = p .. "mlp."
+      h = norm(x, p .. "pre_feedforward_layernorm.weight", "mlp_norm")
+      local down = kiln.gated_mlp(g, h, w(m .. "gate_proj.weight", { inter, H }), w(m .. "up_proj.weight", { inter, H }),
+                                  w(m .. "down_proj.weight", { H, inter }), act)
+      x = g:add(x, norm(down, p .. "post_feedforward_layernorm.weight", "mlp_post_norm"), "mlp_residual")
+    end
+
+    g:layer(nil)
+    x = norm(x, "model.norm.weight", "final_norm")
+    local head = tied and embed or w("lm_head.weight", { vocab, H })
+    return g:logits(x, head, "logits")
+  end,
+}
