@@ -35,6 +35,8 @@ static const char *generate_fixtures[] = {
     "gpt2",
     "gptj",
     "gpt_neox",
+    "stablelm",
+    "stablelm_qknorm",
 };
 
 
