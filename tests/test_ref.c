@@ -32,6 +32,7 @@ static const char *generate_fixtures[] = {
     "bloom_bf16",
     "qwen3",        "qwen2_moe",           "qwen3_moe",
     "gemma",        "gemma2",              "gemma3",                "granite", "cohere",
+    "gemma3_oldstyle",
     "gpt2",
     "gptj",
     "gpt_neox",
