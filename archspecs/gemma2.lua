@@ -37,7 +37,8 @@ return kiln.archspec {
     if cfg:has("final_logit_softcapping") then
       error(cfg:path() .. ": final_logit_softcapping is " .. cfg:float("final_logit_softcapping") ..
             "; kiln has no op for a soft cap on the logits yet, so gemma2.lua serves only configs " ..
-            "where it is null")
+            "where it is null (--override final_logit_softcapping=null runs the model without the cap: " ..
+            "the same greedy tokens, other logits)")
     end
 
     -- Gemma2Config: layer_types, else sliding on even layers; sliding_window null means none.

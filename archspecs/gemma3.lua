@@ -56,7 +56,8 @@ return kiln.archspec {
     if cfg:has("final_logit_softcapping") then
       error(cfg:path() .. ": final_logit_softcapping is " .. cfg:float("final_logit_softcapping") ..
             "; kiln has no op for a soft cap on the logits yet, so gemma3.lua serves only configs " ..
-            "where it is null")
+            "where it is null (--override final_logit_softcapping=null runs the model without the cap: " ..
+            "the same greedy tokens, other logits)")
     end
 
     -- Gemma3TextConfig: layer_types, else every sliding_window_pattern-th layer (1-based) is

@@ -38,6 +38,8 @@ static const char *generate_fixtures[] = {
     "gpt_neox",
     "stablelm",
     "stablelm_qknorm",
+    "falcon",
+    "falcon_new",
 };
 
 
@@ -378,6 +380,23 @@ static int teardown(void **state)
     return system(cmd) == 0 ? 0 : -1;
 }
 
+/* Configs that a shipped spec refuses rather than run without a feature kiln lacks: Gemma 2's
+ * final logit soft cap (no op caps the logits) and Cohere's per-head q/k LayerNorm weights. */
+static void test_refused_features(void **state)
+{
+    (void)state;
+    char dir[512], msg[4096];
+    variant("gemma2", "\"final_logit_softcapping\": null", "\"final_logit_softcapping\": 30.0", dir,
+            sizeof dir);
+    assert_int_not_equal(open_err(dir, msg, sizeof msg), 0);
+    assert_non_null(strstr(msg, "gemma2.lua"));
+    assert_non_null(strstr(msg, "final_logit_softcapping is 30"));
+    variant("cohere", "\"use_qk_norm\": false", "\"use_qk_norm\": true", dir, sizeof dir);
+    assert_int_not_equal(open_err(dir, msg, sizeof msg), 0);
+    assert_non_null(strstr(msg, "cohere.lua"));
+    assert_non_null(strstr(msg, "use_qk_norm is true"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -389,6 +408,7 @@ int main(void)
         cmocka_unit_test(test_missing_expert),
         cmocka_unit_test(test_token_out_of_range),
         cmocka_unit_test(test_unsupported_rope),
+        cmocka_unit_test(test_refused_features),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
