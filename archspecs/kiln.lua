@@ -34,7 +34,7 @@ function kiln.archspec(spec)
   if type(spec) ~= "table" then
     error("kiln.archspec expects a table {name=, architectures=, task=, build=}", 2)
   end
-  kiln.options(spec, "archspec", ARCHSPEC_KEYS)
+  kiln.options(spec, "archspec", ARCHSPEC_KEYS, true) -- errors at the line of the key
   if type(spec.name) ~= "string" then error("archspec: 'name' must be a string", 2) end
   if type(spec.architectures) ~= "table" or #spec.architectures == 0 then
     error("archspec '" .. spec.name .. "': 'architectures' must list HF architecture names", 2)
@@ -117,6 +117,151 @@ function kiln.stack(g, names, shape)
     parts[i] = g:weight(name, shape):reshape(full)
   end
   return kiln.concat(g, parts, 0)
+end
+
+-- ---------------------------------------------------------------------------------------------
+-- The Llama-like decoder, which most families since Llama repeat with small changes: pre-norm
+-- layers of RMSNorm -> self-attention (rotary q and k, grouped-query) -> residual, RMSNorm ->
+-- gated MLP or mixture of experts -> residual; a final RMSNorm and an LM head. HF's names:
+-- model.embed_tokens, model.layers.N.{input_layernorm, self_attn.{q,k,v,o}_proj,
+-- post_attention_layernorm, mlp.{gate,up,down}_proj}, model.norm, lm_head. With these a family
+-- whose HF code is LlamaForCausalLM plus a few switches is a few lines (llama.lua, mixtral.lua);
+-- one that differs more uses the pieces (llama_attention, llama_mlp) in its own loop.
+-- ---------------------------------------------------------------------------------------------
+
+-- The config.json fields every Llama-like decoder reads, with LlamaConfig's defaults: a table
+-- { H, n_layers, heads, kv_heads, head_dim, inter, vocab, eps, act, tied, rope }. `defaults`
+-- replaces the default of head_dim (Qwen3Config has 128; otherwise hidden_size / heads) or of
+-- eps (rms_norm_eps; Mixtral's is 1e-5).
+function kiln.llama_config(cfg, defaults)
+  defaults = defaults or {}
+  kiln.options(defaults, "kiln.llama_config", { head_dim = "integer", eps = "number" })
+  local c = {}
+  c.H        = cfg:int("hidden_size")
+  c.n_layers = cfg:int("num_hidden_layers")
+  c.heads    = cfg:int("num_attention_heads")
+  c.kv_heads = cfg:int("num_key_value_heads", c.heads)   -- absent or null: MHA
+  c.head_dim = cfg:int("head_dim", defaults.head_dim or c.H // c.heads)
+  c.inter    = cfg:int("intermediate_size")
+  c.vocab    = cfg:int("vocab_size")
+  c.eps      = cfg:float("rms_norm_eps", defaults.eps or 1e-6)
+  c.act      = cfg:str("hidden_act", "silu")
+  c.tied     = cfg:bool("tie_word_embeddings", false)
+  c.rope     = cfg:rope()
+  return c
+end
+
+local ATTENTION_OPTS = { qkv_bias = "boolean", o_bias = "boolean", qk_norm = "boolean", window = "integer" }
+
+-- x + o_proj(attention(rope(q), rope(k), v)) of rms_norm(x): the self-attention block of the
+-- layer with prefix p ("model.layers.N."), c from kiln.llama_config. opts (all optional):
+-- qkv_bias (biases on q, k and v), o_bias (on o), qk_norm (Qwen3's RMSNorm over each head of q
+-- and of k, self_attn.q_norm/k_norm [head_dim], before the rotation), window (sliding window; 0,
+-- the default, is none).
+function kiln.llama_attention(g, x, p, c, opts)
+  opts = opts or {}
+  kiln.options(opts, "kiln.llama_attention", ATTENTION_OPTS)
+  local H, heads, kv_heads, hd = c.H, c.heads, c.kv_heads, c.head_dim
+  local a = p .. "self_attn."
+  local function w(name, shape) return g:weight(a .. name, shape) end
+  local function b(on, name, shape)
+    if on then return w(name, shape) end
+  end
+  local pos = g:input("positions")
+  local h = g:rms_norm(x, g:weight(p .. "input_layernorm.weight", { H }), c.eps, "attn_norm")
+  local q = g:linear(h, w("q_proj.weight", { heads * hd, H }), b(opts.qkv_bias, "q_proj.bias", { heads * hd }), "attn.q")
+  local k = g:linear(h, w("k_proj.weight", { kv_heads * hd, H }), b(opts.qkv_bias, "k_proj.bias", { kv_heads * hd }), "attn.k")
+  local v = g:linear(h, w("v_proj.weight", { kv_heads * hd, H }), b(opts.qkv_bias, "v_proj.bias", { kv_heads * hd }), "attn.v")
+  if opts.qk_norm then
+    q = g:rms_norm(q:reshape { kiln.T, heads, hd }, w("q_norm.weight", { hd }), c.eps, "attn.q_norm")
+          :reshape { kiln.T, heads * hd }
+    k = g:rms_norm(k:reshape { kiln.T, kv_heads, hd }, w("k_norm.weight", { hd }), c.eps, "attn.k_norm")
+          :reshape { kiln.T, kv_heads * hd }
+  end
+  q = g:rope(q, pos, { head_dim = hd, params = c.rope }, "attn.q_rope")
+  k = g:rope(k, pos, { head_dim = hd, params = c.rope }, "attn.k_rope")
+  local o = g:attention(q, k, v, { heads = heads, kv_heads = kv_heads, head_dim = hd, window = opts.window or 0 }, "attn")
+  o = g:linear(o, w("o_proj.weight", { H, heads * hd }), b(opts.o_bias, "o_proj.bias", { H }), "attn.o")
+  return g:add(x, o, "attn_residual")
+end
+
+-- x + down(act(gate(h)) * up(h)) with h = rms_norm(x): the MLP block of the layer with prefix p,
+-- with HF's names and optional biases (nodes as kiln.gated_mlp's). opts: bias (biases on the three
+-- projections, Llama's mlp_bias), inter (the width, default c.inter).
+function kiln.llama_mlp(g, x, p, c, opts)
+  opts = opts or {}
+  kiln.options(opts, "kiln.llama_mlp", { bias = "boolean", inter = "integer" })
+  local H, inter, m = c.H, opts.inter or c.inter, p .. "mlp."
+  local function linear(h, name, n_out, n_in, label)
+    return g:linear(h, g:weight(m .. name .. ".weight", { n_out, n_in }),
+                    opts.bias and g:weight(m .. name .. ".bias", { n_out }) or nil, label)
+  end
+  local h = g:rms_norm(x, g:weight(p .. "post_attention_layernorm.weight", { H }), c.eps, "mlp_norm")
+  local gate = kiln.act(g, c.act, linear(h, "gate_proj", inter, H, "mlp.gate"), "mlp.act")
+  local up = linear(h, "up_proj", inter, H, "mlp.up")
+  return g:add(x, linear(g:mul(gate, up, "mlp.gated"), "down_proj", H, inter, "mlp.down"), "mlp_residual")
+end
+
+-- The routed experts under the MLP prefix m, as g:moe wants them: router [E, H], gate and up
+-- [E, I, H], down [E, H, I]. Either transformers 5's fused layout (m.."experts.gate_up_proj"
+-- [E, 2I, H] and m.."experts.down_proj") or per-expert tensors m.."experts.<e>."..names[j] for
+-- names = { gate, up, down } (Qwen-MoE: "gate_proj.weight", "up_proj.weight", "down_proj.weight";
+-- Mixtral: "w1.weight", "w3.weight", "w2.weight"), stacked. The router is m.."gate.weight".
+function kiln.experts(g, m, n_exp, inter, H, names)
+  if g:has_weight(m .. "experts.gate_up_proj") then
+    local gate_up = g:weight(m .. "experts.gate_up_proj", { n_exp, 2 * inter, H })
+    return g:weight(m .. "gate.weight", { n_exp, H }),
+           gate_up:slice(1, 0, inter), gate_up:slice(1, inter, inter),
+           g:weight(m .. "experts.down_proj", { n_exp, H, inter })
+  end
+  local gate, up, down = {}, {}, {}
+  for e = 0, n_exp - 1 do
+    local x = m .. "experts." .. e .. "."
+    gate[#gate + 1], up[#up + 1], down[#down + 1] = x .. names[1], x .. names[2], x .. names[3]
+  end
+  return g:weight(m .. "gate.weight", { n_exp, H }),
+         kiln.stack(g, gate, { inter, H }), kiln.stack(g, up, { inter, H }), kiln.stack(g, down, { H, inter })
+end
+
+local LLAMA_OPTS = {
+  qkv_bias = "boolean", o_bias = "boolean", qk_norm = "boolean", window = "any", mlp_bias = "boolean",
+  moe = "function", sparse = "function",
+}
+
+-- The whole Llama-like decoder: embedding, per layer kiln.llama_attention and kiln.llama_mlp
+-- (or a mixture of experts), final RMSNorm, LM head (the embedding when c.tied); returns the
+-- logits. c from kiln.llama_config. opts (all optional): qkv_bias, o_bias, qk_norm as for
+-- llama_attention; window, a number or function(i) -> the window of layer i (0-based); mlp_bias
+-- (llama_mlp's bias); moe = function(g, h, i, p) -> the mixture-of-experts output of layer i for
+-- its normed input h (p = "model.layers.i."), labelled moe_norm / moe / moe_residual;
+-- sparse = function(i) -> whether layer i uses moe rather than the MLP (default: all, given moe).
+function kiln.llama(g, c, opts)
+  opts = opts or {}
+  kiln.options(opts, "kiln.llama", LLAMA_OPTS)
+  local window = opts.window or 0
+  if type(window) ~= "number" and type(window) ~= "function" then
+    error("kiln.llama: 'window' must be a number or a function(layer) (got " .. type(window) .. ")", 2)
+  end
+  local ids = g:input("ids")
+  g:input("positions")
+  local embed = g:weight("model.embed_tokens.weight", { c.vocab, c.H })
+  local x = g:embed(embed, ids, "embed")
+  for i = 0, c.n_layers - 1 do
+    g:layer(i)
+    local p = "model.layers." .. i .. "."
+    x = kiln.llama_attention(g, x, p, c, { qkv_bias = opts.qkv_bias, o_bias = opts.o_bias, qk_norm = opts.qk_norm,
+                                           window = type(window) == "function" and window(i) or window })
+    if opts.moe and (not opts.sparse or opts.sparse(i)) then
+      local h = g:rms_norm(x, g:weight(p .. "post_attention_layernorm.weight", { c.H }), c.eps, "moe_norm")
+      x = g:add(x, opts.moe(g, h, i, p), "moe_residual")
+    else
+      x = kiln.llama_mlp(g, x, p, c, { bias = opts.mlp_bias })
+    end
+  end
+  g:layer(nil)
+  x = g:rms_norm(x, g:weight("model.norm.weight", { c.H }), c.eps, "final_norm")
+  local head = c.tied and embed or g:weight("lm_head.weight", { c.vocab, c.H })
+  return g:logits(x, head, "logits")
 end
 
 return kiln

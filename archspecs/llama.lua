@@ -12,60 +12,10 @@ return kiln.archspec {
   ignore = { "%.rotary_emb%.inv_freq$" },
 
   build = function(g, cfg)
-    local H        = cfg:int("hidden_size")
-    local n_layers = cfg:int("num_hidden_layers")
-    local heads    = cfg:int("num_attention_heads")
-    local kv_heads = cfg:int("num_key_value_heads", heads)
-    local hd       = cfg:int("head_dim", H // heads)
-    local inter    = cfg:int("intermediate_size")
-    local vocab    = cfg:int("vocab_size")
-    local eps      = cfg:float("rms_norm_eps", 1e-6)
-    local act      = cfg:str("hidden_act", "silu")
-    local qkv_bias = cfg:bool("attention_bias", false)
-    local mlp_bias = cfg:bool("mlp_bias", false)
-    local tied     = cfg:bool("tie_word_embeddings", false)
+    local c = kiln.llama_config(cfg)
+    local bias = cfg:bool("attention_bias", false)
     -- Only Mistral's modeling code applies the window; Llama ignores the field.
-    local window   = cfg:str("model_type", "llama") == "mistral" and cfg:int("sliding_window", 0, { min = 0 }) or 0
-    local rope     = cfg:rope()
-
-    local function w(name, shape) return g:weight(name, shape) end
-    local function b(name, shape)
-      if qkv_bias then return w(name, shape) end
-    end
-    local function mb(name, shape)
-      if mlp_bias then return w(name, shape) end
-    end
-
-    local ids, pos = g:input("ids"), g:input("positions")
-    local embed = w("model.embed_tokens.weight", { vocab, H })
-    local x = g:embed(embed, ids, "embed")
-
-    for i = 0, n_layers - 1 do
-      g:layer(i)
-      local p = "model.layers." .. i .. "."
-      local a = p .. "self_attn."
-
-      local h = g:rms_norm(x, w(p .. "input_layernorm.weight", { H }), eps, "attn_norm")
-      local q = g:linear(h, w(a .. "q_proj.weight", { heads * hd, H }), b(a .. "q_proj.bias", { heads * hd }), "attn.q")
-      local k = g:linear(h, w(a .. "k_proj.weight", { kv_heads * hd, H }), b(a .. "k_proj.bias", { kv_heads * hd }), "attn.k")
-      local v = g:linear(h, w(a .. "v_proj.weight", { kv_heads * hd, H }), b(a .. "v_proj.bias", { kv_heads * hd }), "attn.v")
-      q = g:rope(q, pos, { head_dim = hd, params = rope }, "attn.q_rope")
-      k = g:rope(k, pos, { head_dim = hd, params = rope }, "attn.k_rope")
-      local o = g:attention(q, k, v, { heads = heads, kv_heads = kv_heads, head_dim = hd, window = window }, "attn")
-      o = g:linear(o, w(a .. "o_proj.weight", { H, heads * hd }), b(a .. "o_proj.bias", { H }), "attn.o")
-      x = g:add(x, o, "attn_residual")
-
-      local m = p .. "mlp."
-      h = g:rms_norm(x, w(p .. "post_attention_layernorm.weight", { H }), eps, "mlp_norm")
-      local gate = kiln.act(g, act, g:linear(h, w(m .. "gate_proj.weight", { inter, H }), mb(m .. "gate_proj.bias", { inter }), "mlp.gate"), "mlp.act")
-      local up = g:linear(h, w(m .. "up_proj.weight", { inter, H }), mb(m .. "up_proj.bias", { inter }), "mlp.up")
-      local down = g:linear(g:mul(gate, up, "mlp.gated"), w(m .. "down_proj.weight", { H, inter }), mb(m .. "down_proj.bias", { H }), "mlp.down")
-      x = g:add(x, down, "mlp_residual")
-    end
-
-    g:layer(nil)
-    x = g:rms_norm(x, w("model.norm.weight", { H }), eps, "final_norm")
-    local head = tied and embed or w("lm_head.weight", { vocab, H })
-    return g:logits(x, head, "logits")
+    local window = cfg:str("model_type", "llama") == "mistral" and cfg:int("sliding_window", 0, { min = 0 }) or 0
+    return kiln.llama(g, c, { qkv_bias = bias, o_bias = bias, mlp_bias = cfg:bool("mlp_bias", false), window = window })
   end,
 }

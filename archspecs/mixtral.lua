@@ -15,70 +15,18 @@ return kiln.archspec {
   ignore = { "%.rotary_emb%.inv_freq$" },
 
   build = function(g, cfg)
-    local H        = cfg:int("hidden_size")
-    local n_layers = cfg:int("num_hidden_layers")
-    local heads    = cfg:int("num_attention_heads")
-    local kv_heads = cfg:int("num_key_value_heads", heads)
-    local hd       = cfg:int("head_dim", H // heads)
-    local inter    = cfg:int("intermediate_size")
-    local vocab    = cfg:int("vocab_size")
-    local n_exp    = cfg:int("num_local_experts")
-    local top_k    = cfg:int("num_experts_per_tok")
-    local eps      = cfg:float("rms_norm_eps", 1e-5)
-    local act      = kiln.act_name(cfg:str("hidden_act", "silu"))
-    local tied     = cfg:bool("tie_word_embeddings", false)
-    local window   = cfg:int("sliding_window", 0, { min = 0 })
-    local rope     = cfg:rope()
+    local c      = kiln.llama_config(cfg, { eps = 1e-5 })
+    local n_exp  = cfg:int("num_local_experts")
+    local top_k  = cfg:int("num_experts_per_tok")
+    local act    = kiln.act_name(c.act)
+    local window = cfg:int("sliding_window", 0, { min = 0 })
 
-    local function w(name, shape) return g:weight(name, shape) end
-
-    -- The experts of layer i in whichever layout the checkpoint uses.
-    local function experts(i)
-      local p = "model.layers." .. i .. "."
-      if g:has_weight(p .. "mlp.experts.gate_up_proj") then
-        local gate_up = w(p .. "mlp.experts.gate_up_proj", { n_exp, 2 * inter, H })
-        return w(p .. "mlp.gate.weight", { n_exp, H }),
-               gate_up:slice(1, 0, inter), gate_up:slice(1, inter, inter),
-               w(p .. "mlp.experts.down_proj", { n_exp, H, inter })
-      end
-      local b = p .. "block_sparse_moe."
-      local gate, up, down = {}, {}, {}
-      for e = 0, n_exp - 1 do
-        local x = b .. "experts." .. e .. "."
-        gate[#gate + 1], up[#up + 1], down[#down + 1] = x .. "w1.weight", x .. "w3.weight", x .. "w2.weight"
-      end
-      return w(b .. "gate.weight", { n_exp, H }),
-             kiln.stack(g, gate, { inter, H }), kiln.stack(g, up, { inter, H }), kiln.stack(g, down, { H, inter })
+    local function moe(_, h, _, p)
+      local m = g:has_weight(p .. "mlp.experts.gate_up_proj") and p .. "mlp." or p .. "block_sparse_moe."
+      local router, gate, up, down = kiln.experts(g, m, n_exp, c.inter, c.H, { "w1.weight", "w3.weight", "w2.weight" })
+      return g:moe(h, { router = router, gate = gate, up = up, down = down, top_k = top_k, renormalize = true, act = act }, "moe")
     end
 
-    local ids, pos = g:input("ids"), g:input("positions")
-    local embed = w("model.embed_tokens.weight", { vocab, H })
-    local x = g:embed(embed, ids, "embed")
-
-    for i = 0, n_layers - 1 do
-      g:layer(i)
-      local p = "model.layers." .. i .. "."
-      local a = p .. "self_attn."
-
-      local h = g:rms_norm(x, w(p .. "input_layernorm.weight", { H }), eps, "attn_norm")
-      local q = g:linear(h, w(a .. "q_proj.weight", { heads * hd, H }), "attn.q")
-      local k = g:linear(h, w(a .. "k_proj.weight", { kv_heads * hd, H }), "attn.k")
-      local v = g:linear(h, w(a .. "v_proj.weight", { kv_heads * hd, H }), "attn.v")
-      q = g:rope(q, pos, { head_dim = hd, params = rope }, "attn.q_rope")
-      k = g:rope(k, pos, { head_dim = hd, params = rope }, "attn.k_rope")
-      local o = g:attention(q, k, v, { heads = heads, kv_heads = kv_heads, head_dim = hd, window = window }, "attn")
-      x = g:add(x, g:linear(o, w(a .. "o_proj.weight", { H, heads * hd }), "attn.o"), "attn_residual")
-
-      h = g:rms_norm(x, w(p .. "post_attention_layernorm.weight", { H }), eps, "moe_norm")
-      local router, gate, up, down = experts(i)
-      local y = g:moe(h, { router = router, gate = gate, up = up, down = down, top_k = top_k,
-                           renormalize = true, act = act }, "moe")
-      x = g:add(x, y, "moe_residual")
-    end
-
-    g:layer(nil)
-    x = g:rms_norm(x, w("model.norm.weight", { H }), eps, "final_norm")
-    local head = tied and embed or w("lm_head.weight", { vocab, H })
-    return g:logits(x, head, "logits")
+    return kiln.llama(g, c, { window = window, moe = moe })
   end,
 }

@@ -605,7 +605,7 @@ static void test_check_bad_config(void **state)
     m = model("badfield", &o);
     r = kilnc("check", m, NULL);
     EXPECT_CODE(r, 1);
-    char *line = llama_line("cfg:int(\"hidden_size\")");
+    char *line = llama_line("kiln.llama_config(cfg)");
     want = xasprintf("kilnc check: error: %s/config.json: field 'hidden_size': expected an integer, got "
                      "a string \"16\" (needed by ",
                      m);
@@ -630,7 +630,7 @@ static void test_check_missing_tensor(void **state)
                            "not in the checkpoint (asked for at ",
                            m);
     assert_contains(r.err, want);
-    char *line = llama_line("o_proj.weight");
+    char *line = llama_line("kiln.llama(g, c");
     assert_contains(r.err, line);
     assert_contains(r.err, "did you mean 'model.layers.1.self_attn.out_proj.weight'?");
     /* and the renamed tensor is reported unused */
@@ -664,7 +664,7 @@ static void test_check_wrong_shape(void **state)
                            "expects [32, 16] (asked for at ",
                            m);
     assert_starts_with(r.err, want);
-    char *line = llama_line("gate_proj.weight");
+    char *line = llama_line("kiln.llama(g, c");
     assert_contains(r.err, line);
     free(line);
     free(want);
