@@ -50,10 +50,19 @@ static builder *get_builder(lua_State *L)
     return b;
 }
 
+static int is_lib_file(const char *file)
+{
+    size_t n = strlen(file);
+    return n >= 8 && strcmp(file + n - 8, "kiln.lua") == 0;
+}
+
 /* The archspec location that caused the current call: the innermost Lua frame that is not in
  * the DSL's own kiln.lua and not a one-line wrapper (`local function w(n, s) return
- * g:weight(n, s) end`), so messages point at the line of the spec that uses the op. */
-static void spec_where_from(lua_State *L, int first, char *file, size_t cap, int *line)
+ * g:weight(n, s) end`), so messages point at the line of the spec that uses the op. kiln.lua's
+ * functions are called through a C closure (sb_require), so a spec that calls one in tail
+ * position (`return kiln.llama(g, c)`) keeps its frame. Returns 1 when the location is in the
+ * spec, 0 when no frame outside kiln.lua was found (then it is kiln.lua's, or nothing). */
+static int spec_where_from(lua_State *L, int first, char *file, size_t cap, int *line)
 {
     lua_Debug ar;
     file[0] = 0;
@@ -63,8 +72,7 @@ static void spec_where_from(lua_State *L, int first, char *file, size_t cap, int
         if (!lua_getinfo(L, "Sl", &ar) || ar.currentline <= 0 || ar.source[0] != '@')
             continue;
         const char *src = ar.source + 1;
-        size_t n = strlen(src);
-        int is_lib = n >= 8 && strcmp(src + n - 8, "kiln.lua") == 0;
+        int is_lib = is_lib_file(src);
         int wrapper = ar.lastlinedefined - ar.linedefined <= 2 && ar.linedefined > 0;
         if (!file[0] || (fallback && !is_lib)) {
             snprintf(file, cap, "%s", src);
@@ -72,14 +80,15 @@ static void spec_where_from(lua_State *L, int first, char *file, size_t cap, int
             fallback = wrapper || is_lib;
         }
         if (!is_lib && !wrapper)
-            return;
+            return 1;
     }
+    return file[0] && !is_lib_file(file); /* a wrapper is still the spec's own line */
 }
 
 /* From a C function called by Lua: level 0 is that C function. */
-static void spec_where(lua_State *L, char *file, size_t cap, int *line)
+static int spec_where(lua_State *L, char *file, size_t cap, int *line)
 {
-    spec_where_from(L, 1, file, cap, line);
+    return spec_where_from(L, 1, file, cap, line);
 }
 
 /* Raises the builder's collected messages as a Lua error located at the spec line. */
@@ -302,12 +311,6 @@ typedef struct opt_decl {
 static const char *spec_path_of(lua_State *L);
 static int spec_key_line(const char *path, const char *key);
 
-static int is_lib_file(const char *file)
-{
-    size_t n = strlen(file);
-    return n >= 8 && strcmp(file + n - 8, "kiln.lua") == 0;
-}
-
 /* Raises an option error located at the spec line that made the call. Where no spec line is on
  * the Lua stack (the archspec table: `return kiln.archspec{...}` is a tail call, and spec_probe
  * reads the table from C) or `at_key` asks for it, the line is the one where `key =` is written
@@ -321,11 +324,11 @@ static int opt_fail(lua_State *L, const char *key, int at_key, const char *fmt, 
     va_end(ap);
     char file[512];
     int line;
-    spec_where(L, file, sizeof file, &line);
-    if (at_key || !file[0] || is_lib_file(file)) {
+    int on_stack = spec_where(L, file, sizeof file, &line);
+    if (at_key || !on_stack) {
         const char *path = spec_path_of(L);
         int kl = key ? spec_key_line(path, key) : 0;
-        if (kl > 0 || !file[0] || is_lib_file(file)) {
+        if (kl > 0 || !file[0]) {
             snprintf(file, sizeof file, "%s", path);
             line = kl;
         }
@@ -454,8 +457,10 @@ static void check_opts(lua_State *L, int t, const char *op, const opt_decl *d, i
 }
 
 /* kiln.options(opts, op, {key = "integer" | "number" | "boolean" | "string" | "table" |
- * "tensor" | "function" | "any", ...}) -> opts: the check of the C ops for a Lua helper's (or a
- * spec's own) options table. nil opts pass (an omitted table). Keys are listed sorted. */
+ * "tensor" | "function" | "any", ...} [, at_key]) -> opts: the check of the C ops for a Lua
+ * helper's (or a spec's own) options table. nil opts pass (an omitted table). Keys are listed
+ * sorted. at_key: locate errors at the line of the spec file where the key is written (the
+ * archspec table, written over many lines under one call). */
 static int spec_options(lua_State *L)
 {
     const char *op = luaL_checkstring(L, 2);
@@ -488,7 +493,7 @@ static int spec_options(lua_State *L)
         d[at] = (opt_decl){lua_tostring(L, -2), (opt_type)t};
         lua_pop(L, 1);
     }
-    check_opts(L, 1, op, d, n, 0);
+    check_opts(L, 1, op, d, n, lua_toboolean(L, 4));
     lua_settop(L, 1);
     return 1;
 }
@@ -1194,6 +1199,8 @@ static sandbox *get_sandbox(lua_State *L)
 
 static const char *spec_path_of(lua_State *L) { return get_sandbox(L)->spec_path; }
 
+
+
 /* The 1-based line of the spec file where `key =` is first written, 0 if nowhere (or the file
  * cannot be read): the location of an error about the archspec table, which Lua cannot give. */
 static int spec_key_line(const char *path, const char *key)
@@ -1471,6 +1478,28 @@ static int sb_load(lua_State *L)
     return call_original(L);
 }
 
+/* Replaces every Lua function field of kiln.lua's module table (at t) by a C closure that calls
+ * it (call_original). Lua reuses the caller's frame for a tail call to a Lua function, not to a
+ * C function, so a spec's `return kiln.llama(g, c)` or `return kiln.archspec{...}` keeps the
+ * spec's frame, and errors and nodes made by the helper name the spec's line (spec_where). */
+static void wrap_lib_functions(lua_State *L, int t)
+{
+    int n = 0;
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+        if (++n > SPEC_MAX_LIST)
+            luaL_error(L, "kiln.lua: the module table has more than %d fields", SPEC_MAX_LIST);
+        if (lua_type(L, -1) == LUA_TFUNCTION && !lua_iscfunction(L, -1)) {
+            lua_pushvalue(L, -2);
+            lua_insert(L, -2); /* key, key, function */
+            lua_pushcclosure(L, call_original, 1);
+            lua_rawset(L, t); /* an existing field: allowed while traversing */
+        } else {
+            lua_pop(L, 1);
+        }
+    }
+}
+
 /* require "name": name.lua from the built-in folder, then from the spec's own folder. */
 static int sb_require(lua_State *L)
 {
@@ -1510,6 +1539,8 @@ static int sb_require(lua_State *L)
         if (luaL_loadfilex(L, file, "t") != LUA_OK)
             return lua_error(L);
         lua_call(L, 0, 1);
+        if (lua_istable(L, -1) && is_lib_file(file))
+            wrap_lib_functions(L, lua_gettop(L));
         if (lua_isnil(L, -1)) {
             lua_pop(L, 1);
             lua_pushboolean(L, 1);
