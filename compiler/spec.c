@@ -1,6 +1,8 @@
 /* spec — see spec.h. The Lua bindings of the graph builder (g), tensors and the config view
  * (cfg). Argument checks use luaL_check*, so a spec author gets "bad argument #2 to 'linear'"
- * for free; op-level checks come from graph.c and are raised with the spec's file:line.
+ * for free; op-level checks come from graph.c and are raised with the spec's file:line. Every
+ * options table is checked against the keys and value types its op declares (check_opts), so a
+ * misspelt option is an error rather than a silent default.
  *
  * One Lua state per build or probe; nothing survives it. The builder state is kept in the
  * Lua registry, so tensors are plain (graph-local) node ids in a small userdata.
@@ -50,10 +52,11 @@ static builder *get_builder(lua_State *L)
     return b;
 }
 
+/* Whether a chunk's file is the DSL's kiln.lua (not, say, a spec's mykiln.lua). */
 static int is_lib_file(const char *file)
 {
     size_t n = strlen(file);
-    return n >= 8 && strcmp(file + n - 8, "kiln.lua") == 0;
+    return n >= 8 && strcmp(file + n - 8, "kiln.lua") == 0 && (n == 8 || file[n - 9] == '/');
 }
 
 /* The archspec location that caused the current call: the innermost Lua frame that is not in
@@ -1733,8 +1736,7 @@ static int msgh(lua_State *L)
         char file[512];
         int line;
         spec_where(L, file, sizeof file, &line);
-        size_t fl = strlen(file);
-        if (file[0] && !(fl >= 8 && strcmp(file + fl - 8, "kiln.lua") == 0))
+        if (file[0] && !is_lib_file(file))
             snprintf(where, sizeof where, "%s:%d: ", file, line);
     }
     /* Lua's own arithmetic errors say what, not why */
