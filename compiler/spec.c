@@ -1013,6 +1013,11 @@ static int c_bool(lua_State *L)
     const config *c = get_cfg(L);
     const char *f = luaL_checkstring(L, 2);
     int has_def = !lua_isnoneornil(L, 3);
+    if (has_def && !lua_isboolean(L, 3)) {
+        char got[96];
+        opt_fail(L, NULL, 0, "cfg:bool(\"%s\", default): the default must be true or false, got %s",
+                 f, describe_value(L, 3, got, sizeof got));
+    }
     int def = has_def ? lua_toboolean(L, 3) : 0, v;
     kerr e;
     kerr_clear(&e);
