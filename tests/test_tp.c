@@ -386,6 +386,20 @@ static const family families[] = {
     {"bloom", {NULL, NULL}},
     {"bloom6", {NULL, "split over 1, 2, 3 and 6 ranks"}}, /* 6 heads */
     {"bert", {NULL, NULL}},
+    {"qwen3", {NULL, NULL}},
+    {"qwen2_moe", {NULL, NULL}},
+    {"qwen3_moe", {NULL, NULL}},
+    {"gemma", {NULL, NULL}},
+    {"gemma2", {NULL, NULL}},
+    {"gemma3", {NULL, NULL}},
+    {"granite", {NULL, NULL}},
+    {"cohere", {NULL, NULL}},
+    {"gpt2", {NULL, NULL}},
+    {"gptj", {NULL, NULL}},
+    {"gpt_neox", {NULL, NULL}},
+    {"stablelm", {NULL, NULL}},
+    {"falcon", {NULL, NULL}},
+    {"falcon_new", {NULL, NULL}},
 };
 
 /* Opens a fixture through the pipeline: unsharded up to bind_weights (as kilnc ref), or
