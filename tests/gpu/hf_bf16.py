@@ -52,7 +52,7 @@ for name in sys.argv[2:]:
     d = f"tests/fixtures/{name}"
     ex = load_file(f"{d}/expected.safetensors")
     try:
-        if name.startswith("qwen") and not name.startswith("qwen2"):
+        if name in ("qwen", "qwen_bf16"):
             m = qwen_v1_as_qwen2(d).to(torch.bfloat16).to(dev).eval()
         else:
             m = transformers.AutoModelForCausalLM.from_pretrained(
