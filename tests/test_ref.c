@@ -40,6 +40,9 @@ static const char *generate_fixtures[] = {
     "stablelm_qknorm",
     "falcon",
     "falcon_new",
+    "phi3",
+    "starcoder2",
+    "olmo2",
 };
 
 
