@@ -43,6 +43,7 @@ static const char *generate_fixtures[] = {
     "phi3",
     "starcoder2",
     "olmo2",
+    "internlm2",
 };
 
 
