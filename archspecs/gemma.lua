@@ -15,18 +15,11 @@ return kiln.archspec {
   ignore = { "%.rotary_emb%.inv_freq$" },
 
   build = function(g, cfg)
-    local H        = cfg:int("hidden_size")
-    local n_layers = cfg:int("num_hidden_layers")
-    local heads    = cfg:int("num_attention_heads")
-    local kv_heads = cfg:int("num_key_value_heads", 16)        -- GemmaConfig's default
-    local hd       = cfg:int("head_dim", 256)                  -- GemmaConfig's default, not H // heads
-    local inter    = cfg:int("intermediate_size")
-    local vocab    = cfg:int("vocab_size")
-    local eps      = cfg:float("rms_norm_eps", 1e-6)
-    local act      = cfg:str("hidden_act", "gelu_pytorch_tanh")
+    -- GemmaConfig's defaults (head_dim 256, not H // heads)
+    local c = kiln.llama_config(cfg, { kv_heads = 16, head_dim = 256, act = "gelu_pytorch_tanh", tied = true })
+    local H, n_layers, heads, kv_heads, hd = c.H, c.n_layers, c.heads, c.kv_heads, c.head_dim
+    local inter, vocab, eps, act, tied, rope = c.inter, c.vocab, c.eps, c.act, c.tied, c.rope
     local qkv_bias = cfg:bool("attention_bias", false)
-    local tied     = cfg:bool("tie_word_embeddings", true)
-    local rope     = cfg:rope()
     if act == "gelu" then act = "gelu_pytorch_tanh" end
     if cfg:bool("use_bidirectional_attention", false) then
       error(cfg:path() .. ": use_bidirectional_attention is true; gemma.lua serves causal generation only " ..

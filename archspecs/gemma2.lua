@@ -20,20 +20,13 @@ return kiln.archspec {
   ignore = { "%.rotary_emb%.inv_freq$" },
 
   build = function(g, cfg)
-    local H        = cfg:int("hidden_size")
-    local n_layers = cfg:int("num_hidden_layers")
-    local heads    = cfg:int("num_attention_heads")
-    local kv_heads = cfg:int("num_key_value_heads", 4)          -- Gemma2Config's defaults
-    local hd       = cfg:int("head_dim", 256)
-    local inter    = cfg:int("intermediate_size")
-    local vocab    = cfg:int("vocab_size")
-    local eps      = cfg:float("rms_norm_eps", 1e-6)
-    local act      = cfg:str("hidden_activation", "gelu_pytorch_tanh")
+    local c = kiln.llama_config(cfg, { kv_heads = 4, head_dim = 256, tied = true })   -- Gemma2Config's defaults
+    local H, n_layers, heads, kv_heads, hd = c.H, c.n_layers, c.heads, c.kv_heads, c.head_dim
+    local inter, vocab, eps, tied, rope = c.inter, c.vocab, c.eps, c.tied, c.rope
+    local act      = cfg:str("hidden_activation", "gelu_pytorch_tanh")   -- not hidden_act
     local qkv_bias = cfg:bool("attention_bias", false)
-    local tied     = cfg:bool("tie_word_embeddings", true)
     local scale    = cfg:float("query_pre_attn_scalar", 256) ^ -0.5
     local softcap  = cfg:has("attn_logit_softcapping") and cfg:float("attn_logit_softcapping") or 0
-    local rope     = cfg:rope()
     if cfg:has("final_logit_softcapping") then
       error(cfg:path() .. ": final_logit_softcapping is " .. cfg:float("final_logit_softcapping") ..
             "; kiln has no op for a soft cap on the logits yet, so gemma2.lua serves only configs " ..

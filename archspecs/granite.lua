@@ -15,19 +15,11 @@ return kiln.archspec {
   ignore = { "%.rotary_emb%.inv_freq$" },
 
   build = function(g, cfg)
-    local H        = cfg:int("hidden_size")
-    local n_layers = cfg:int("num_hidden_layers")
-    local heads    = cfg:int("num_attention_heads")
-    local kv_heads = cfg:int("num_key_value_heads", heads)
-    local hd       = cfg:int("head_dim", H // heads)
-    local inter    = cfg:int("intermediate_size")
-    local vocab    = cfg:int("vocab_size")
-    local eps      = cfg:float("rms_norm_eps", 1e-6)
-    local act      = cfg:str("hidden_act", "silu")
+    local c = kiln.llama_config(cfg)   -- GraniteConfig's defaults are LlamaConfig's
+    local H, n_layers, heads, kv_heads, hd = c.H, c.n_layers, c.heads, c.kv_heads, c.head_dim
+    local inter, vocab, eps, act, tied, rope = c.inter, c.vocab, c.eps, c.act, c.tied, c.rope
     local qkv_bias = cfg:bool("attention_bias", false)
     local mlp_bias = cfg:bool("mlp_bias", false)
-    local tied     = cfg:bool("tie_word_embeddings", false)
-    local rope     = cfg:rope()
     -- GraniteConfig's defaults are all 1.0
     local emb_mult   = cfg:float("embedding_multiplier", 1.0)
     local res_mult   = cfg:float("residual_multiplier", 1.0)

@@ -131,22 +131,29 @@ end
 
 -- The config.json fields every Llama-like decoder reads, with LlamaConfig's defaults: a table
 -- { H, n_layers, heads, kv_heads, head_dim, inter, vocab, eps, act, tied, rope }. `defaults`
--- replaces the default of head_dim (Qwen3Config has 128; otherwise hidden_size / heads) or of
--- eps (rms_norm_eps; Mixtral's is 1e-5).
+-- replaces a family's config class defaults where they differ from LlamaConfig's: head_dim
+-- (Qwen3Config has 128; otherwise hidden_size / heads), eps (rms_norm_eps; Mixtral's is 1e-5),
+-- kv_heads (num_key_value_heads; otherwise heads, MHA), act (hidden_act; otherwise silu), tied
+-- (tie_word_embeddings; otherwise false).
 function kiln.llama_config(cfg, defaults)
   defaults = defaults or {}
-  kiln.options(defaults, "kiln.llama_config", { head_dim = "integer", eps = "number" })
+  kiln.options(defaults, "kiln.llama_config",
+               { head_dim = "integer", eps = "number", kv_heads = "integer", act = "string", tied = "boolean" })
   local c = {}
   c.H        = cfg:int("hidden_size")
   c.n_layers = cfg:int("num_hidden_layers")
   c.heads    = cfg:int("num_attention_heads")
-  c.kv_heads = cfg:int("num_key_value_heads", c.heads)   -- absent or null: MHA
+  c.kv_heads = cfg:int("num_key_value_heads", defaults.kv_heads or c.heads)   -- absent or null: the default
   c.head_dim = cfg:int("head_dim", defaults.head_dim or c.H // c.heads)
   c.inter    = cfg:int("intermediate_size")
   c.vocab    = cfg:int("vocab_size")
   c.eps      = cfg:float("rms_norm_eps", defaults.eps or 1e-6)
-  c.act      = cfg:str("hidden_act", "silu")
-  c.tied     = cfg:bool("tie_word_embeddings", false)
+  c.act      = cfg:str("hidden_act", defaults.act or "silu")
+  if defaults.tied == nil then
+    c.tied   = cfg:bool("tie_word_embeddings", false)
+  else
+    c.tied   = cfg:bool("tie_word_embeddings", defaults.tied)
+  end
   c.rope     = cfg:rope()
   return c
 end
