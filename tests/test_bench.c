@@ -92,6 +92,9 @@ static void test_bad_options(void **state)
     EXPECT_USAGE(BENCH(LLAMA, "--reps", "0"), "--reps: '0'");
     EXPECT_USAGE(BENCH(LLAMA, "--reps", "101"), "--reps: '101'");
     EXPECT_USAGE(BENCH(LLAMA, "--new", "12x"), "--new: '12x' is not an integer");
+    EXPECT_USAGE(BENCH(LLAMA, "--tp", "0"), "--tp: '0' is out of range (expected 1 to 64)");
+    EXPECT_USAGE(BENCH(LLAMA, "--tp", "65"), "--tp: '65' is out of range (expected 1 to 64)");
+    EXPECT_USAGE(BENCH(LLAMA, "--tp", "two"), "--tp");
     EXPECT_USAGE(BENCH(LLAMA, "--prompt", ""), "--prompt");
     /* values the fixture cannot run: its max_seq_len is 512 (max_position_embeddings) */
     EXPECT_USAGE(BENCH(LLAMA, "--prompt", "513", "--reps", "1"),
@@ -290,6 +293,15 @@ static void test_cost_model(void **state)
     assert_int_equal(rm.kv_bytes_per_token, 2 * 2 * 24 * 2);
     assert_int_equal(rm.q_width, 2 * 72);
     ka_file_free(af);
+    /* --tp of another N than the artifact's is refused before the GPU is measured */
+    char *dir = tu_path(D, "llama-tp2");
+    run r = BENCH(dir, "--tp", "4");
+    EXPECT_CODE(r, 1);
+    assert_contains(r.err, "--tp 4: ");
+    assert_contains(r.err, "was compiled for --tp 2");
+    assert_not_contains(r.err, "measuring the GPU");
+    tu_run_free(&r);
+    free(dir);
 }
 
 int main(void)
