@@ -2,7 +2,8 @@
 """hf_bf16.py — HF transformers' own bf16 logits for the fixtures, on the GPU: the baseline that
 says how much error bf16 arithmetic itself makes on each fixture (tests/gpu/run.sh compares
 kiln's bf16 error against it). Usage: hf_bf16.py OUTDIR FIXTURE... (writes OUTDIR/NAME.hfbf16.st;
-fixtures transformers cannot load, such as Qwen v1's remote code, are skipped)."""
+fixtures transformers cannot load are skipped; Qwen v1's and InternLM2's remote code are
+renamed into their transformers equivalents)."""
 import sys
 
 import numpy as np
@@ -48,12 +49,53 @@ def qwen_v1_as_qwen2(d):
     return m
 
 
+def internlm2_as_llama(d):
+    """InternLM2 is remote code; its math is Llama's with its own names and a wqkv whose rows are
+    grouped per KV head ([q x heads/kv_heads, k, v] x head_dim), so it is renamed into a
+    LlamaForCausalLM. Dynamic NTK (the fixture's rope_scaling) is a no-op below
+    max_position_embeddings, which the fixture's prompt stays under."""
+    import json
+    from safetensors.torch import load_file as load_torch
+    c = json.load(open(f"{d}/config.json"))
+    w = load_torch(f"{d}/model.safetensors")
+    H, nh = c["hidden_size"], c["num_attention_heads"]
+    nkv = c.get("num_key_value_heads") or nh
+    hd, grp = H // nh, nh // nkv
+    cfg = transformers.LlamaConfig(
+        vocab_size=c["vocab_size"], hidden_size=H, intermediate_size=c["intermediate_size"],
+        num_hidden_layers=c["num_hidden_layers"], num_attention_heads=nh, num_key_value_heads=nkv,
+        rms_norm_eps=c["rms_norm_eps"], max_position_embeddings=c["max_position_embeddings"],
+        rope_parameters={"rope_type": "default", "rope_theta": c["rope_theta"]},
+        attention_bias=c.get("bias", True), tie_word_embeddings=False)
+    sd = {"model.embed_tokens.weight": w["model.tok_embeddings.weight"],
+          "model.norm.weight": w["model.norm.weight"], "lm_head.weight": w["output.weight"]}
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        qkv = w[p + "attention.wqkv.weight"].view(nkv, grp + 2, hd, H)
+        sd[p + "self_attn.q_proj.weight"] = qkv[:, :grp].reshape(nh * hd, H)
+        sd[p + "self_attn.k_proj.weight"] = qkv[:, grp].reshape(nkv * hd, H)
+        sd[p + "self_attn.v_proj.weight"] = qkv[:, grp + 1].reshape(nkv * hd, H)
+        sd[p + "self_attn.o_proj.weight"] = w[p + "attention.wo.weight"]
+        sd[p + "input_layernorm.weight"] = w[p + "attention_norm.weight"]
+        sd[p + "post_attention_layernorm.weight"] = w[p + "ffn_norm.weight"]
+        sd[p + "mlp.gate_proj.weight"] = w[p + "feed_forward.w1.weight"]
+        sd[p + "mlp.up_proj.weight"] = w[p + "feed_forward.w3.weight"]
+        sd[p + "mlp.down_proj.weight"] = w[p + "feed_forward.w2.weight"]
+    if c.get("bias", True):
+        raise ValueError("internlm2 with bias=true: the wqkv/wo biases are not converted here")
+    m = transformers.LlamaForCausalLM(cfg)
+    m.load_state_dict({k: v.float().contiguous() for k, v in sd.items()}, strict=True)
+    return m
+
+
 for name in sys.argv[2:]:
     d = f"tests/fixtures/{name}"
     ex = load_file(f"{d}/expected.safetensors")
     try:
         if name in ("qwen", "qwen_bf16"):
             m = qwen_v1_as_qwen2(d).to(torch.bfloat16).to(dev).eval()
+        elif name.startswith("internlm2"):
+            m = internlm2_as_llama(d).to(torch.bfloat16).to(dev).eval()
         else:
             m = transformers.AutoModelForCausalLM.from_pretrained(
                 d, dtype=torch.bfloat16, attn_implementation="eager").to(dev).eval()
