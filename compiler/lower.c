@@ -703,10 +703,8 @@ static int low_attention(lw *w, int id)
     int64_t sq, sk, sv;
     if (act_arg(w, qs, &aq, &sq) || act_arg(w, ks, &ak, &sk) || act_arg(w, vn, &av, &sv))
         return -1;
-    if (sq != sk || sk != sv)
-        return kerr_add(w->err, "%s: q, k and v must come from one fused projection for the GPU "
-                                "code generator (their rows have widths %lld, %lld, %lld)",
-                        n->name, (long long)sq, (long long)sk, (long long)sv);
+    /* q, k and v are column blocks of one fused qkv row (three equal strides) or, after per-head
+     * q/k norms, buffers of their own: the kernel takes each one's row stride */
     /* the rotated (or copied) queries */
     ka_arg qout;
     if (q_roped) {
@@ -740,11 +738,13 @@ static int low_attention(lw *w, int id)
         dmax = r->p.max_pos;
     }
     int kr_k = kern(w, "rope_kv", ATTN_THREADS, 0,
-                    "const kiln_step st, const DT *q, const DT *k, const DT *v, int in_stride, "
-                    "DT *q_out, DT *k_cache, DT *v_cache, const float *inv_freq, "
-                    "float rope_scale, float dyn_base, float dyn_factor, int dyn_max_pos",
-                    "kiln::rope_kv<DT, %d, %d, %d, %d, %d, %d, %d>(st, q, k, v, in_stride, q_out, "
-                    "k_cache, v_cache, inv_freq, rope_scale, dyn_base, dyn_factor, dyn_max_pos)",
+                    "const kiln_step st, const DT *q, const DT *k, const DT *v, int q_stride, "
+                    "int k_stride, int v_stride, DT *q_out, DT *k_cache, DT *v_cache, "
+                    "const float *inv_freq, float rope_scale, float dyn_base, float dyn_factor, "
+                    "int dyn_max_pos",
+                    "kiln::rope_kv<DT, %d, %d, %d, %d, %d, %d, %d>(st, q, k, v, q_stride, "
+                    "k_stride, v_stride, q_out, k_cache, v_cache, inv_freq, rope_scale, "
+                    "dyn_base, dyn_factor, dyn_max_pos)",
                     NH, NKV, HD, rot, il, dyn, ATTN_THREADS);
     ka_step s = kstep(kr_k, n->name, G(1, 0, 0, 0, 1), G1(), G1());
     add_arg(&s, A(KA_ARG_STEP, 0));
@@ -752,6 +752,8 @@ static int low_attention(lw *w, int id)
     add_arg(&s, ak);
     add_arg(&s, av);
     add_arg(&s, A(KA_ARG_I32, sq));
+    add_arg(&s, A(KA_ARG_I32, sk));
+    add_arg(&s, A(KA_ARG_I32, sv));
     add_arg(&s, qout);
     add_arg(&s, A(KA_ARG_KV_K, at->layer));
     add_arg(&s, A(KA_ARG_KV_V, at->layer));

@@ -220,8 +220,9 @@ __device__ __forceinline__ void layer_norm(const kiln_step st, const DT *x, cons
 // ---------------------------------------------------------------------------------------------
 // rope_kv: rotary embedding of q and k fused with the KV-cache write, one token per block.
 // Grid (T) x THREADS.
-//   q, k, v: row t at q + t*in_stride (in elements; a multiple of 8), NH*HD / NKV*HD / NKV*HD
-//            wide (they may be column blocks of one fused qkv row).
+//   q, k, v: row t at q + t*q_stride, k + t*k_stride, v + t*v_stride (in elements; multiples
+//            of 8), NH*HD / NKV*HD / NKV*HD wide: column blocks of one fused qkv row (three
+//            equal strides) or buffers of their own (q and k after per-head norms, v a view).
 //   q_out [T, NH*HD]: rotated q.  k_cache/v_cache: row `st.tok_slot[t]` (NKV*HD elements,
 //            i.e. element offset slot*NKV*HD) gets rotated k / plain v; nothing when slot < 0.
 // Rotation of the first ROT dims of each head, i < ROT/2, pair (a, b) = (i, i + ROT/2), or
@@ -238,7 +239,8 @@ __device__ __forceinline__ void layer_norm(const kiln_step st, const DT *x, cons
 // (double math rounded to float at the same places as posenc.c). ROT == 0: copies only.
 template <typename DT, int NH, int NKV, int HD, int ROT, int INTERLEAVED, int DYNAMIC, int THREADS>
 __device__ __forceinline__ void rope_kv(const kiln_step st, const DT *q, const DT *k, const DT *v,
-                                        int in_stride, DT *q_out, DT *k_cache, DT *v_cache,
+                                        int q_stride, int k_stride, int v_stride, DT *q_out,
+                                        DT *k_cache, DT *v_cache,
                                         const float *inv_freq, float rope_scale, float dyn_base,
                                         float dyn_factor, int dyn_max_pos)
 {
@@ -286,7 +288,6 @@ __device__ __forceinline__ void rope_kv(const kiln_step st, const DT *q, const D
     }
 
     const int slot = st.tok_slot[t];
-    const long long in_off = (long long)t * in_stride;
     for (int u = threadIdx.x; u < QC + 2 * KC; u += THREADS) {
         const DT *src;
         DT *dst;
@@ -294,21 +295,21 @@ __device__ __forceinline__ void rope_kv(const kiln_step st, const DT *q, const D
         bool rot;
         if (u < QC) {
             e = u * 8;
-            src = q + in_off + e;
+            src = q + (long long)t * q_stride + e;
             dst = q_out + (long long)t * (NH * HD) + e;
             rot = true;
         } else if (u < QC + KC) {
             if (slot < 0)
                 continue;
             e = (u - QC) * 8;
-            src = k + in_off + e;
+            src = k + (long long)t * k_stride + e;
             dst = k_cache + (long long)slot * (NKV * HD) + e;
             rot = true;
         } else {
             if (slot < 0)
                 continue;
             e = (u - QC - KC) * 8;
-            src = v + in_off + e;
+            src = v + (long long)t * v_stride + e;
             dst = v_cache + (long long)slot * (NKV * HD) + e;
             rot = false;
         }

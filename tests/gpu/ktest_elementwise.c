@@ -441,8 +441,9 @@ static void freqs_ref(double base, int dim, float *out)
     }
 }
 
-/* layout 0: q, k, v are column blocks of one fused row (in_stride = (NH + 2 NKV) HD);
- * layout 1: three separate buffers with one padded stride (NH HD + 8; needs NH >= NKV). */
+/* layout 0: q, k, v are column blocks of one fused row (the three strides (NH + 2 NKV) HD);
+ * layout 1: three strides: q and k buffers of their own (dense, NH HD and NKV HD: after per-head
+ * q/k norms) and v a column block of a fused qkv row ((NH + 2 NKV) HD, at NH HD + NKV HD). */
 static void t_rope(kt *t, int NH, int NKV, int HD, int ROT, int INTER, int DYN, int THREADS,
                    int layout, const seqcfg *c, const char *cname, float rscale)
 {
@@ -455,12 +456,13 @@ static void t_rope(kt *t, int NH, int NKV, int HD, int ROT, int INTER, int DYN, 
     snprintf(src, sizeof src,
              "#include \"elementwise.cuh\"\n"
              "extern \"C\" __global__ void __launch_bounds__(%d) k(const kiln_step st, "
-             "const kiln::bf16 *q, const kiln::bf16 *k, const kiln::bf16 *v, int in_stride, "
-             "kiln::bf16 *q_out, kiln::bf16 *k_cache, kiln::bf16 *v_cache, const float *inv_freq, "
-             "float rope_scale, float dyn_base, float dyn_factor, int dyn_max_pos)\n"
-             "{ kiln::rope_kv<kiln::bf16, %d, %d, %d, %d, %d, %d, %d>(st, q, k, v, in_stride, "
-             "q_out, k_cache, v_cache, inv_freq, rope_scale, dyn_base, dyn_factor, "
-             "dyn_max_pos); }\n",
+             "const kiln::bf16 *q, const kiln::bf16 *k, const kiln::bf16 *v, int q_stride, "
+             "int k_stride, int v_stride, kiln::bf16 *q_out, kiln::bf16 *k_cache, "
+             "kiln::bf16 *v_cache, const float *inv_freq, float rope_scale, float dyn_base, "
+             "float dyn_factor, int dyn_max_pos)\n"
+             "{ kiln::rope_kv<kiln::bf16, %d, %d, %d, %d, %d, %d, %d>(st, q, k, v, q_stride, "
+             "k_stride, v_stride, q_out, k_cache, v_cache, inv_freq, rope_scale, dyn_base, "
+             "dyn_factor, dyn_max_pos); }\n",
              THREADS, NH, NKV, HD, ROT, INTER, DYN, THREADS);
     int skip;
     CUfunction f = kfunc(t, name, src, &skip);
@@ -471,16 +473,16 @@ static void t_rope(kt *t, int NH, int NKV, int HD, int ROT, int INTER, int DYN, 
     const int T = s.T, QW = NH * HD, KW = NKV * HD, half = ROT / 2;
     const float theta = 10000.0f, factor = 2.0f;
     const int max_pos = 64;
-    int stride = layout == 0 ? QW + 2 * KW : QW + 8;
-    size_t rows_n = (size_t)T * stride;
-    /* host inputs: in the fused layout one buffer; else three */
-    float *bufq = rand_bf16(t, rows_n, 1.0f, 0.f);
-    float *bufk = layout ? rand_bf16(t, rows_n, 1.0f, 0.f) : bufq;
-    float *bufv = layout ? rand_bf16(t, rows_n, 1.0f, 0.f) : bufq;
-    const size_t ko = layout ? 0 : (size_t)QW, vo = layout ? 0 : (size_t)(QW + KW);
-    CUdeviceptr dq = up_bf16(t, bufq, rows_n);
-    CUdeviceptr dk = layout ? up_bf16(t, bufk, rows_n) : dq + 2 * ko;
-    CUdeviceptr dv = layout ? up_bf16(t, bufv, rows_n) : dq + 2 * vo;
+    const int fused = QW + 2 * KW;
+    const int qst = layout ? QW : fused, kst = layout ? KW : fused, vst = fused;
+    /* host inputs: in the fused layout one buffer; else q and k their own, v in a fused one */
+    float *bufq = rand_bf16(t, (size_t)T * qst, 1.0f, 0.f);
+    float *bufk = layout ? rand_bf16(t, (size_t)T * kst, 1.0f, 0.f) : bufq;
+    float *bufv = layout ? rand_bf16(t, (size_t)T * vst, 1.0f, 0.f) : bufq;
+    const size_t ko = layout ? 0 : (size_t)QW, vo = (size_t)(QW + KW);
+    CUdeviceptr dq = up_bf16(t, bufq, (size_t)T * qst);
+    CUdeviceptr dk = layout ? up_bf16(t, bufk, (size_t)T * kst) : dq + 2 * ko;
+    CUdeviceptr dvb = layout ? up_bf16(t, bufv, (size_t)T * vst) : dq, dv = dvb + 2 * vo;
     size_t crow = (size_t)s.num_blocks * KILN_BLOCK, cn = crow * KW;
     CUdeviceptr dkc = kt_alloc(t, sizeof(uint16_t) * cn), dvc = kt_alloc(t, sizeof(uint16_t) * cn);
     CUdeviceptr dqo = kt_alloc(t, sizeof(uint16_t) * (size_t)T * QW);
@@ -488,10 +490,10 @@ static void t_rope(kt *t, int NH, int NKV, int HD, int ROT, int INTER, int DYN, 
     inv[0] = 0;
     freqs_ref(theta, ROT, inv);
     CUdeviceptr dinv = kt_upload(t, inv, sizeof(float) * (size_t)(half ? half : 1));
-    int in_stride = stride, dmp = max_pos;
+    int q_stride = qst, k_stride = kst, v_stride = vst, dmp = max_pos;
     float rs = rscale, dbase = theta, dfac = factor;
-    void *args[] = {&s.st, &dq, &dk, &dv, &in_stride, &dqo, &dkc, &dvc, &dinv, &rs, &dbase, &dfac,
-                    &dmp};
+    void *args[] = {&s.st, &dq,  &dk,  &dv,   &q_stride, &k_stride, &v_stride,
+                    &dqo,  &dkc, &dvc, &dinv, &rs,       &dbase,    &dfac,     &dmp};
     kt_launch(t, f, name, (unsigned)T, 1, 1, (unsigned)THREADS, 0, args);
 
     /* reference: op_rope on q and k (posenc_rope_inv_freq for the dynamic base), v copied */
@@ -518,8 +520,9 @@ static void t_rope(kt *t, int NH, int NKV, int HD, int ROT, int INTER, int DYN, 
         }
         for (int part = 0; part < 3; part++) {
             int heads = part == 0 ? NH : NKV;
-            const float *in = (part == 0 ? bufq : part == 1 ? bufk : bufv) + (size_t)tk * stride +
-                              (part == 0 ? 0 : part == 1 ? ko : vo);
+            const float *in = part == 0   ? bufq + (size_t)tk * qst
+                              : part == 1 ? bufk + (size_t)tk * kst + ko
+                                          : bufv + (size_t)tk * vst + vo;
             float *o = part == 0 ? wq + (size_t)tk * QW : (part == 1 ? wk : wv) + (size_t)tk * KW;
             memcpy(o, in, sizeof(float) * (size_t)heads * HD);
             if (part == 2)
@@ -591,7 +594,7 @@ static void t_rope(kt *t, int NH, int NKV, int HD, int ROT, int INTER, int DYN, 
     free(hk), free(hv), free(written), free(gk), free(gv), free(ek), free(ev);
     kt_free(t, dq);
     if (layout)
-        kt_free(t, dk), kt_free(t, dv);
+        kt_free(t, dk), kt_free(t, dvb);
     kt_free(t, dkc), kt_free(t, dvc), kt_free(t, dqo), kt_free(t, dinv);
     step_free(t, &s);
 }
@@ -874,6 +877,8 @@ void ktest_elementwise(kt *t)
     t_rope(t, 32, 8, 128, 128, 0, 0, 256, 0, &CFG_DECODE, "decode", 1.0f);   /* Llama-3-8B */
     t_rope(t, 32, 8, 128, 128, 0, 0, 256, 0, &CFG_LONG, "long", 1.0f);
     t_rope(t, 8, 8, 128, 128, 0, 0, 128, 1, &CFG_PREFILL, "prefill", 1.0f);  /* MHA, strided */
+    t_rope(t, 32, 8, 128, 128, 0, 0, 256, 1, &CFG_PREFILL, "prefill", 1.0f); /* Qwen3-8B: q/k normed */
+    t_rope(t, 16, 8, 256, 256, 0, 0, 256, 1, &CFG_DECODE, "decode", 1.0f);   /* Gemma-3 shape */
     t_rope(t, 8, 2, 128, 64, 1, 0, 128, 0, &CFG_PREFILL, "prefill", 1.0f);   /* GPT-J style */
     t_rope(t, 4, 4, 64, 16, 0, 0, 64, 1, &CFG_DECODE, "decode", 1.0f);      /* partial (NeoX) */
     t_rope(t, 4, 4, 80, 20, 0, 0, 64, 1, &CFG_PREFILL, "prefill", 1.0f);    /* ROT/2 = 10 */
