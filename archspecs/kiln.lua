@@ -158,6 +158,22 @@ function kiln.llama_config(cfg, defaults)
   return c
 end
 
+-- Qwen2's sliding-window rule as a function(i) -> the window of layer i (0: none), for
+-- kiln.llama's window option: config.layer_types when written (transformers 5: a layer marked
+-- "sliding_attention" slides), else the older rule: with use_sliding_window, the layers from
+-- max_window_layers on. (qwen2.lua spells the same rule out: it is the guide's worked example.)
+function kiln.qwen2_window(cfg, n_layers)
+  local window = cfg:bool("use_sliding_window", false) and cfg:int("sliding_window", 0, { min = 0 }) or 0
+  local layer_types = cfg:get("layer_types")
+  local first_sliding = cfg:int("max_window_layers", n_layers, { min = 0 })
+  return function(i)
+    if layer_types then
+      return layer_types[i + 1] == "sliding_attention" and cfg:int("sliding_window", 0, { min = 0 }) or 0
+    end
+    return i >= first_sliding and window or 0
+  end
+end
+
 local ATTENTION_OPTS = { qkv_bias = "boolean", o_bias = "boolean", qk_norm = "boolean", window = "integer" }
 
 -- x + o_proj(attention(rope(q), rope(k), v)) of rms_norm(x): the self-attention block of the
@@ -232,7 +248,7 @@ end
 
 local LLAMA_OPTS = {
   qkv_bias = "boolean", o_bias = "boolean", qk_norm = "boolean", window = "any", mlp_bias = "boolean",
-  moe = "function", sparse = "function",
+  moe = "function", sparse = "function", hidden = "boolean",
 }
 
 -- The whole Llama-like decoder: embedding, per layer kiln.llama_attention and kiln.llama_mlp
@@ -241,7 +257,9 @@ local LLAMA_OPTS = {
 -- llama_attention; window, a number or function(i) -> the window of layer i (0-based); mlp_bias
 -- (llama_mlp's bias); moe = function(g, h, i, p) -> the mixture-of-experts output of layer i for
 -- its normed input h (p = "model.layers.i."), labelled moe_norm / moe / moe_residual;
--- sparse = function(i) -> whether layer i uses moe rather than the MLP (default: all, given moe).
+-- sparse = function(i) -> whether layer i uses moe rather than the MLP (default: all, given moe);
+-- hidden = true returns the final normed hidden states [T, H] instead of the logits (for a task
+-- head of the spec's own: qwen2_cls.lua's score head).
 function kiln.llama(g, c, opts)
   opts = opts or {}
   kiln.options(opts, "kiln.llama", LLAMA_OPTS)
@@ -267,8 +285,78 @@ function kiln.llama(g, c, opts)
   end
   g:layer(nil)
   x = g:rms_norm(x, g:weight("model.norm.weight", { c.H }), c.eps, "final_norm")
+  if opts.hidden then return x end
   local head = c.tied and embed or g:weight("lm_head.weight", { c.vocab, c.H })
   return g:logits(x, head, "logits")
+end
+
+-- A classifier's number of labels as transformers counts it: the entries of id2label, or
+-- num_labels (default 2) when the config has no id2label. The runtime names label i by
+-- id2label["i"] (or LABEL_i).
+function kiln.num_labels(cfg)
+  local m = cfg:get("id2label")
+  if m == nil then return cfg:int("num_labels", 2) end
+  if type(m) ~= "table" then error("config field 'id2label' must be an object {\"0\": name, ...}", 2) end
+  local n = 0
+  for _ in pairs(m) do n = n + 1 end
+  if n < 1 then error("config field 'id2label' is empty: a classifier has at least one label", 2) end
+  return n
+end
+
+-- The BERT encoder (bert.lua, bert_cls.lua): word + learned absolute position + token type
+-- embeddings, post-LayerNorm blocks with bidirectional attention and an MLP with biases. Returns
+-- the last hidden states [T, H] and the weights' prefix: "bert." in checkpoints saved from a
+-- BertFor* head model, "" from BertModel. HF: transformers/models/bert/modeling_bert.py.
+function kiln.bert(g, cfg)
+  local H        = cfg:int("hidden_size")
+  local n_layers = cfg:int("num_hidden_layers")
+  local heads    = cfg:int("num_attention_heads")
+  local hd       = H // heads
+  local inter    = cfg:int("intermediate_size")
+  local vocab    = cfg:int("vocab_size")
+  local max_pos  = cfg:int("max_position_embeddings")
+  local n_types  = cfg:int("type_vocab_size", 2)
+  local eps      = cfg:float("layer_norm_eps", 1e-12)
+  local act      = cfg:str("hidden_act", "gelu")
+  if cfg:str("position_embedding_type", "absolute") ~= "absolute" then
+    error("bert: only position_embedding_type 'absolute' is supported", 2)
+  end
+
+  local P = kiln.prefix(g, { "", "bert." }, "embeddings.word_embeddings.weight")
+  local function w(name, shape) return g:weight(P .. name, shape) end
+  -- Old checkpoints name LayerNorm parameters gamma/beta.
+  local function ln(x, name, label)
+    local old = g:has_weight(P .. name .. ".gamma")
+    return g:layer_norm(x, w(name .. (old and ".gamma" or ".weight"), { H }),
+                        w(name .. (old and ".beta" or ".bias"), { H }), eps, label)
+  end
+  local function linear(x, name, out, inp, label)
+    return g:linear(x, w(name .. ".weight", { out, inp }), w(name .. ".bias", { out }), label)
+  end
+
+  local e = "embeddings."
+  local x = g:embed(w(e .. "word_embeddings.weight", { vocab, H }), g:input("ids"), "embed.words")
+  x = g:add(x, g:embed(w(e .. "position_embeddings.weight", { max_pos, H }), g:input("positions"), "embed.positions"))
+  x = g:add(x, g:embed(w(e .. "token_type_embeddings.weight", { n_types, H }), g:input("token_types"), "embed.types"))
+  x = ln(x, e .. "LayerNorm", "embed_norm")
+
+  for i = 0, n_layers - 1 do
+    g:layer(i)
+    local p = "encoder.layer." .. i .. "."
+    local a = p .. "attention."
+    local q = linear(x, a .. "self.query", H, H, "attn.q")
+    local k = linear(x, a .. "self.key", H, H, "attn.k")
+    local v = linear(x, a .. "self.value", H, H, "attn.v")
+    local o = g:attention(q, k, v, { heads = heads, head_dim = hd, causal = false }, "attn")
+    o = linear(o, a .. "output.dense", H, H, "attn.o")
+    x = ln(g:add(x, o), a .. "output.LayerNorm", "attn_norm")
+
+    local h = kiln.act(g, act, linear(x, p .. "intermediate.dense", inter, H, "mlp.up"), "mlp.act")
+    h = linear(h, p .. "output.dense", H, inter, "mlp.down")
+    x = ln(g:add(x, h), p .. "output.LayerNorm", "mlp_norm")
+  end
+  g:layer(nil)
+  return x, P
 end
 
 return kiln

@@ -1,6 +1,7 @@
 /* config — see config.h. */
 #include "config.h"
 
+#include <assert.h>
 #include <jansson.h>
 #include <limits.h>
 #include <math.h>
@@ -285,6 +286,45 @@ int config_architecture(const config *c, const char **out, kerr *err)
         return wrong(c, "architectures", "a non-empty array of strings", a, err);
     *out = json_string_value(json_array_get(a, 0));
     return 0;
+}
+
+int config_labels(const config *c, int n, char ***out, kerr *err)
+{
+    assert(n >= 1);
+    json_t *m = config_get(c, "id2label");
+    char **l = xcalloc((size_t)n, sizeof(char *));
+    *out = NULL;
+    if (m && (!json_is_object(m) || (int)json_object_size(m) != n)) {
+        config_labels_free(l, n);
+        if (!json_is_object(m))
+            return wrong(c, "id2label", "an object {\"0\": name, ...}", m, err);
+        return kerr_add(err, "%s: id2label names %zu labels, but the score head has %d: "
+                             "make them agree (num_labels is len(id2label) in transformers)",
+                        c->path, json_object_size(m), n);
+    }
+    for (int i = 0; i < n; i++) {
+        char key[16];
+        snprintf(key, sizeof key, "%d", i);
+        json_t *v = m ? json_object_get(m, key) : NULL;
+        if (m && (!v || !json_is_string(v) || strlen(json_string_value(v)) > CONFIG_MAX_LABEL)) {
+            config_labels_free(l, n);
+            return kerr_add(err, "%s: id2label[\"%s\"] should be a name of at most %d bytes, "
+                                 "got %s",
+                            c->path, key, CONFIG_MAX_LABEL,
+                            !v ? "nothing" : json_is_string(v) ? "a longer string"
+                                                                : config_kind(v));
+        }
+        l[i] = v ? xstrdup(json_string_value(v)) : xasprintf("LABEL_%d", i);
+    }
+    *out = l;
+    return 0;
+}
+
+void config_labels_free(char **labels, int n)
+{
+    for (int i = 0; labels && i < n; i++)
+        free(labels[i]);
+    free(labels);
 }
 
 /* ---------------------------------------------------------------- rope */

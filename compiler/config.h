@@ -63,6 +63,14 @@ int config_string(const config *c, const char *field, int has_def, const char *d
 /* architectures[0]; an error when missing. */
 int config_architecture(const config *c, const char **out, kerr *err);
 
+#define CONFIG_MAX_LABEL 128 /* bytes of one id2label name */
+/* The names of a classifier's n labels (xstrdup'd, *out an array of n the caller frees with
+ * config_labels_free): id2label["i"], or HF's default "LABEL_i" when the config has no
+ * id2label. An id2label that is not an object of n string names keyed "0" .. "n-1" is an
+ * error naming the field. */
+int config_labels(const config *c, int n, char ***out, kerr *err);
+void config_labels_free(char **labels, int n);
+
 #define ROPE_TYPES(X)        \
     X(DEFAULT, "default")    \
     X(LINEAR, "linear")      \

@@ -746,6 +746,42 @@ int graph_pool(kgraph *g, int x, int mode, int normalize, const char *name, kerr
     return id;
 }
 
+/* The classify head on pooled rows (graph.h, KG_SCORE_*). It takes over the output from the
+ * POOL it scores, so a classify graph ends in SCORE and its pooling stays a POOL node. */
+int graph_score(kgraph *g, const int ins[5], const char *name, kerr *err)
+{
+    int x = ins[KG_SCORE_X], w = ins[KG_SCORE_W], dw = ins[KG_SCORE_DENSE];
+    if (need_ids(g, "score", err, 2, x, w))
+        return -1;
+    if (g->nodes[x].op != KG_POOL || g->output != x)
+        return fail(err, "score", "the input must be the graph's pooled output (g:pool), got %s",
+                    g->nodes[x].name);
+    if (need_const(g, "score", w, "the head weight", err))
+        return -1;
+    int64_t H = g->nodes[x].shape[1], labels = g->nodes[w].shape[0];
+    if (need_shape(g, "score", w, "the head weight [labels, hidden]", err, 2, labels, H))
+        return -1;
+    if (ins[KG_SCORE_B] >= 0 &&
+        (need_ids(g, "score", err, 1, ins[KG_SCORE_B]) ||
+         need_const(g, "score", ins[KG_SCORE_B], "the head bias", err) ||
+         need_shape(g, "score", ins[KG_SCORE_B], "the head bias", err, 1, labels)))
+        return -1;
+    if ((dw >= 0) != (ins[KG_SCORE_DENSE_B] >= 0))
+        return fail(err, "score", "the pooler's dense weight and bias come together (BERT's "
+                                  "pooler.dense.weight and .bias)");
+    if (dw >= 0 &&
+        (need_ids(g, "score", err, 2, dw, ins[KG_SCORE_DENSE_B]) ||
+         need_const(g, "score", dw, "the pooler's dense weight", err) ||
+         need_shape(g, "score", dw, "the pooler's dense weight", err, 2, H, H) ||
+         need_const(g, "score", ins[KG_SCORE_DENSE_B], "the pooler's dense bias", err) ||
+         need_shape(g, "score", ins[KG_SCORE_DENSE_B], "the pooler's dense bias", err, 1, H)))
+        return -1;
+    int64_t sh[2] = {KG_S, labels};
+    int id = add(g, KG_SCORE, name, 2, sh, 5, ins);
+    g->output = id;
+    return id;
+}
+
 int graph_logits(kgraph *g, int x, int w, int b, const char *name, kerr *err)
 {
     if (need_ids(g, "logits", err, 2, x, w) || need_act(g, "logits", x, "the input", err) ||
@@ -787,6 +823,7 @@ int graph_verify(const kgraph *g, kerr *err)
             int in = n->in[k];
             int optional = ((n->op == KG_LINEAR || n->op == KG_LOGITS) && k == 2) ||
                            (n->op == KG_LAYER_NORM && k == 2) ||
+                           (n->op == KG_SCORE && k >= KG_SCORE_B) ||
                            (n->op == KG_MOE && k >= KG_MOE_SH_GATE);
             if (in == -1 && optional)
                 continue;
@@ -800,11 +837,11 @@ int graph_verify(const kgraph *g, kerr *err)
         }
         for (int d = 0; d < n->ndim; d++) {
             int64_t s = n->shape[d];
-            int dyn_ok = d == 0 && ((s == KG_T && !n->is_const) || (s == KG_S && n->op == KG_POOL));
+            int dyn_ok = d == 0 && ((s == KG_T && !n->is_const) || (s == KG_S && (n->op == KG_POOL || n->op == KG_SCORE)));
             if (s <= 0 && !dyn_ok)
                 BAD("verify: %%%d %s: dimension %d is %lld", i, n->name, d, (long long)s);
         }
-        if (!n->is_const && n->op != KG_POOL && n->shape[0] != KG_T)
+        if (!n->is_const && n->op != KG_POOL && n->op != KG_SCORE && n->shape[0] != KG_T)
             BAD("verify: %%%d %s: activation without T as dimension 0", i, n->name);
         if (!n->name || !*n->name)
             BAD("verify: %%%d has no name", i);

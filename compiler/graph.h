@@ -58,6 +58,7 @@
     X(MOE, "moe")               /* routed experts (+ optional shared expert) */                \
     X(POOL, "pool")             /* per sequence: mean, first (cls) or last token */            \
     X(LOGITS, "logits")         /* x [T, H] . w [V, H]^T -> [T, V]; the generate output */  \
+    X(SCORE, "score")           /* pooled [S, H] -> [S, labels]: the classify output (below) */ \
     /* tensor parallelism: made only by the shard pass, never by an archspec */               \
     X(SHARD, "shard")           /* a constant's part for this rank (see kg_node.parts) */      \
     X(ALL_REDUCE, "all_reduce") /* the sum of x over the ranks, on every rank */               \
@@ -101,6 +102,11 @@ typedef struct kg_moe {
     int has_shared;  /* a shared expert MLP added to every token (Qwen2-MoE) */
     int shared_gate; /* ... scaled by sigmoid(x . shared_gate_w) */
 } kg_moe;
+
+/* SCORE inputs, by position: the POOL it scores, the head [labels, H] and its bias [labels] (or
+ * -1), and BERT's pooler before it, dense [H, H] and bias [H] (both -1 when absent): with them
+ * the score is w . tanh(dense . p + dense_b) + b, without w . p + b (Qwen2/Llama). */
+enum { KG_SCORE_X, KG_SCORE_W, KG_SCORE_B, KG_SCORE_DENSE, KG_SCORE_DENSE_B };
 
 /* MOE inputs, by position */
 enum { KG_MOE_X, KG_MOE_ROUTER, KG_MOE_GATE, KG_MOE_UP, KG_MOE_DOWN,
@@ -154,8 +160,8 @@ typedef struct kg_node {
 typedef struct kgraph {
     int n, cap;
     kg_node *nodes;
-    int output;         /* LOGITS or POOL node; -1 until set */
-    int n_layers;       /* attention nodes, i.e. KV-cache slots */
+    int output;         /* LOGITS, POOL or SCORE node; -1 until set */
+    int n_layers;       /* attention and MLA nodes, i.e. KV-cache slots */
     int tp;             /* ranks the graph is sharded for (the shard pass); 1 = unsharded. The
                            graph is the same on every rank: what differs by rank is which part a
                            SHARD takes, an EMBED's vocabulary rows and the ALiBi heads */
@@ -205,6 +211,9 @@ int graph_scale(kgraph *g, int x, double s, const char *name, kerr *err);
 /* ins: KG_MOE_* order; shared-expert slots -1 when absent. */
 int graph_moe(kgraph *g, const int ins[9], const kg_moe *m, const char *name, kerr *err);
 int graph_pool(kgraph *g, int x, int mode, int normalize, const char *name, kerr *err);
+/* ins: KG_SCORE_* order, absent ones -1. x must be the graph's output POOL; the SCORE
+ * becomes the output. */
+int graph_score(kgraph *g, const int ins[5], const char *name, kerr *err);
 /* b: the head's bias [V] or -1 */
 int graph_logits(kgraph *g, int x, int w, int b, const char *name, kerr *err);
 

@@ -408,6 +408,19 @@ static int argmax(const float *x, int n)
     return b;
 }
 
+
+/* classify: one line per label, "LABEL score", names from config.json's id2label */
+static int print_scores(const kc *c, const float *scores, int n, kerr *err)
+{
+    char **labels;
+    if (config_labels(c->cfg, n, &labels, err))
+        return -1;
+    printf("scores [%d]:\n", n);
+    for (int i = 0; i < n; i++)
+        printf("  %-16s %.6f\n", labels[i], scores[i]);
+    config_labels_free(labels, n);
+    return 0;
+}
 static int cmd_ref(int argc, char **argv)
 {
     opts o;
@@ -428,7 +441,8 @@ static int cmd_ref(int argc, char **argv)
                 "Runs the model on the CPU in fp32, straight from the checkpoint: the prompt in one\n"
                 "forward (prefill), then N greedy tokens one at a time with a KV cache (exactly N:\n"
                 "end-of-sequence does not stop it). Prints the generated ids. For embedding models,\n"
-                "prints the pooled vector.\n\n"
+                "prints the pooled vector; for classifiers, each label's score (logits, not\n"
+                "softmaxed; names from config.json's id2label).\n\n"
                 "  --ids LIST          prompt token ids, comma separated\n"
                 "  --prompt TEXT       the prompt as text, encoded with MODEL_DIR/tokenizer.json\n"
                 "                      (the output is decoded too)\n"
@@ -439,7 +453,8 @@ static int cmd_ref(int argc, char **argv)
                 "  --max-new N         tokens to generate (default 16)\n"
                 "  --dump FILE         write a safetensors file: logits F32 [prompt_len, vocab] and\n"
                 "                      tokens I64 [N]; for embedding models last_hidden_state F32\n"
-                "                      [len, hidden] and embedding F32 [hidden]\n"
+                "                      [len, hidden] and embedding F32 [hidden]; for classifiers\n"
+                "                      last_hidden_state and scores F32 [labels]\n"
                 "  --dump-nodes PAT    also dump the prefill value of every node whose name contains\n"
                 "                      PAT (e.g. mlp_residual: each layer's output; '' for all),\n"
                 "                      named as in 'kilnc graph --dump-after=build' (with --tp:\n"
@@ -516,7 +531,10 @@ static int cmd_ref(int argc, char **argv)
     if (rc)
         goto fail;
     const kgraph *g = c.g;
-    int embed = g->nodes[g->output].op == KG_POOL;
+    /* classify: the scores of the POOL that SCORE reads; both one forward, no KV growth */
+    int classify = g->nodes[g->output].op == KG_SCORE;
+    int embed = g->nodes[g->output].op == KG_POOL || classify;
+    int pool = classify ? g->nodes[g->output].in[KG_SCORE_X] : g->output;
     /* the KV cache below is sized by the user: only within the model's own limit */
     int64_t maxpos = 0;
     if (config_int(c.cfg, "max_position_embeddings", 1, 0, &maxpos, &err))
@@ -533,7 +551,7 @@ static int cmd_ref(int argc, char **argv)
     r = ref_new(g, n + (embed ? 0 : o.max_new), &err);
     if (!r)
         goto fail;
-    int pool_in = embed ? g->nodes[g->output].in[0] : -1;
+    int pool_in = embed ? g->nodes[pool].in[0] : -1;
     if (embed)
         ref_keep(r, pool_in);
     if (o.dump_nodes)
@@ -553,7 +571,7 @@ static int cmd_ref(int argc, char **argv)
         for (int i = 0; o.dump_nodes && i < g->n; i++) {
             int rr, cc;
             const float *v = ref_value(r, i, &rr, &cc);
-            if (!v || i == g->output || i == pool_in)
+            if (!v || i == g->output || i == pool_in || (classify && i == pool))
                 continue;
             float *copy = xmalloc(sizeof(float) * (size_t)rr * (size_t)cc);
             memcpy(copy, v, sizeof(float) * (size_t)rr * (size_t)cc);
@@ -561,7 +579,22 @@ static int cmd_ref(int argc, char **argv)
             st_writer_add_owned(dw, g->nodes[i].name, ST_F32, 2, sh, copy);
         }
     }
-    if (embed) {
+    if (classify) {
+        if (print_scores(&c, out, cols, &err))
+            goto fail;
+        fprintf(stderr, "kilnc ref: %d tokens in %.3f s\n", n, t_prefill);
+        if (dw) {
+            int rr, cc;
+            const float *hid = ref_value(r, pool_in, &rr, &cc);
+            float *h = xmalloc(sizeof(float) * (size_t)rr * (size_t)cc);
+            memcpy(h, hid, sizeof(float) * (size_t)rr * (size_t)cc);
+            float *sc = xmalloc(sizeof(float) * (size_t)cols);
+            memcpy(sc, out, sizeof(float) * (size_t)cols);
+            int64_t sh[2] = {rr, cc}, ss[1] = {cols};
+            st_writer_add_owned(dw, "last_hidden_state", ST_F32, 2, sh, h);
+            st_writer_add_owned(dw, "scores", ST_F32, 1, ss, sc);
+        }
+    } else if (embed) {
         int rr, cc;
         const float *hid = ref_value(r, pool_in, &rr, &cc);
         printf("embedding [%d]:", cols);

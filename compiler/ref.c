@@ -396,7 +396,7 @@ const float *ref_rank_value(const ref *r, int node, int rank, int *rows, int *co
     const float *v = r->ranks[rank].val[node];
     if (!v)
         return NULL;
-    *rows = n->op == KG_POOL ? 1 : r->n;
+    *rows = n->op == KG_POOL || n->op == KG_SCORE ? 1 : r->n;
     *cols = (int)row_width(n);
     return v;
 }
@@ -783,6 +783,27 @@ static void op_pool(ref *r, const kg_node *n, float *out)
     }
 }
 
+/* SCORE: one row of label scores from the pooled row p (graph.h): w . tanh(dense . p + dense_b)
+ * + b with BERT's pooler, w . p + b without. */
+static void op_score(ref *r, const kg_node *n, float *out)
+{
+    const float *p = r->val[n->in[KG_SCORE_X]];
+    const kg_node *wn = &r->g->nodes[n->in[KG_SCORE_W]];
+    int64_t labels = wn->shape[0], H = wn->shape[1];
+    float *buf = scratch(r, (size_t)H * 2), *h = buf + H;
+    if (n->in[KG_SCORE_DENSE] >= 0) {
+        const cval *dw = const_get(r, n->in[KG_SCORE_DENSE]);
+        const float *db = arg(r, n->in[KG_SCORE_DENSE_B]);
+        for (int64_t j = 0; j < H; j++)
+            h[j] = tanhf(dot(p, crow(dw, (uint64_t)(j * H), H, buf), H) + db[j]);
+        p = h;
+    }
+    const cval *w = const_get(r, n->in[KG_SCORE_W]);
+    const float *b = n->in[KG_SCORE_B] >= 0 ? arg(r, n->in[KG_SCORE_B]) : NULL;
+    for (int64_t j = 0; j < labels; j++)
+        out[j] = dot(p, crow(w, (uint64_t)(j * H), H, buf), H) + (b ? b[j] : 0.0f);
+}
+
 /* ALL_REDUCE: the sum of x over the ranks, added in rank order ((x0 + x1) + x2) + ..., the
  * same order on every rank, so every rank gets the same bits (as a deterministic all-reduce
  * gives). */
@@ -854,6 +875,7 @@ static int compute(ref *r, int id, float *out, kerr *err)
     }
     case KG_MOE: op_moe(r, nd, out); break;
     case KG_POOL: op_pool(r, nd, out); break;
+    case KG_SCORE: op_score(r, nd, out); break;
     case KG_ALL_REDUCE: op_all_reduce(r, nd, out); break;
     case KG_ALL_GATHER: op_all_gather(r, nd, out); break;
     default:
@@ -868,7 +890,7 @@ int ref_forward(ref *r, const int64_t *ids, const int64_t *types, int n, kerr *e
     const kgraph *g = r->g;
     if (n < 1)
         return kerr_add(err, "ref: no tokens to process");
-    int embed_task = g->nodes[g->output].op == KG_POOL;
+    int embed_task = g->nodes[g->output].op == KG_POOL || g->nodes[g->output].op == KG_SCORE;
     if (embed_task && r->len > 0)
         return kerr_add(err, "ref: an embedding model runs one forward per sequence (reset "
                              "first)");
@@ -892,7 +914,8 @@ int ref_forward(ref *r, const int64_t *ids, const int64_t *types, int n, kerr *e
             continue;
         for (int k = 0; k < r->tp; k++) {
             set_rank(r, k);
-            float *out = nd->op == KG_POOL ? xcalloc((size_t)row_width(nd), sizeof(float))
+            float *out = nd->op == KG_POOL || nd->op == KG_SCORE
+                             ? xcalloc((size_t)row_width(nd), sizeof(float))
                                            : alloc_val(r, nd);
             if (compute(r, id, out, err)) {
                 free(out);

@@ -923,6 +923,40 @@ static int g_pool(lua_State *L)
     return push_tensor(L, b, graph_pool(b->g, x, mode, norm, opt_name(L, 4), &b->err));
 }
 
+/* Reads optional tensor field k of table t: its id, or -1 when absent. */
+static int opt_field_tensor(lua_State *L, int t, const char *k)
+{
+    lua_getfield(L, t, k);
+    int id = lua_isnil(L, -1) ? -1 : check_tensor(L, -1);
+    lua_pop(L, 1);
+    return id;
+}
+
+/* g:score(pooled, {weight=, bias=, pooler={weight=, bias=}} [, name]): the classify head */
+static int g_score(lua_State *L)
+{
+    static const opt_decl opts[] = {{"bias", OT_TENSOR}, {"pooler", OT_TABLE},
+                                    {"weight", OT_TENSOR}};
+    static const opt_decl pooler_opts[] = {{"bias", OT_TENSOR}, {"weight", OT_TENSOR}};
+    luaL_checkudata(L, 1, MT_GRAPH);
+    int ins[5] = {check_tensor(L, 2), -1, -1, -1, -1};
+    check_opts(L, 3, "score", opts, (int)ARRAY_LEN(opts), 0);
+    ins[KG_SCORE_W] = req_field_tensor(L, 3, "weight", "score");
+    ins[KG_SCORE_B] = opt_field_tensor(L, 3, "bias");
+    lua_getfield(L, 3, "pooler");
+    if (!lua_isnil(L, -1)) {
+        int s = lua_gettop(L);
+        check_opts(L, s, "score: pooler", pooler_opts, (int)ARRAY_LEN(pooler_opts), 0);
+        ins[KG_SCORE_DENSE] = req_field_tensor(L, s, "weight", "score: pooler");
+        ins[KG_SCORE_DENSE_B] = req_field_tensor(L, s, "bias", "score: pooler");
+    }
+    lua_pop(L, 1);
+    builder *b = begin(L);
+    return push_tensor(L, b, graph_score(b->g, ins, opt_name(L, 4), &b->err));
+}
+
+/* g:logits(x, head [, bias] [, {softcap=}] [, name]): bias [vocab] (nil for none); softcap is
+ * Gemma 2's final_logit_softcapping, logits = softcap * tanh(logits / softcap) (0: none). */
 static int g_logits(lua_State *L)
 {
     luaL_checkudata(L, 1, MT_GRAPH);
@@ -947,7 +981,7 @@ static const luaL_Reg graph_methods[] = {
     {"gelu", g_gelu},         {"gelu_tanh", g_gelu_tanh},   {"relu", g_relu},
     {"add", g_add},           {"mul", g_mul},               {"scale", g_scale},
     {"concat", g_concat},     {"moe", g_moe},               {"pool", g_pool},
-    {"logits", g_logits},     {NULL, NULL}};
+    {"logits", g_logits},     {"score", g_score},           {NULL, NULL}};
 
 /* ---------------------------------------------------------------- config view (cfg) */
 
@@ -2014,8 +2048,18 @@ kgraph *spec_build(const spec_info *spec, const char *lib_dir, const config *cfg
     }
     if (b->g->output < 0) {
         kerr_add(err, "%s: build() finished without an output: end with g:logits(x, head) for "
-                      "task generate, or g:pool(x, {...}) for task embed",
+                      "task generate, g:pool(x, {...}) for task embed, or g:score(g:pool(x, "
+                      "{...}), {weight=...}) for task classify",
                  spec->path);
+        goto done;
+    }
+    /* the output says what the runtime returns, so it must be the task's */
+    static const kg_op task_out[] = {KG_LOGITS, KG_POOL, KG_SCORE};
+    _Static_assert(ARRAY_LEN(task_out) == TASK_N, "task outputs out of sync");
+    if (b->g->nodes[b->g->output].op != task_out[spec->task]) {
+        kerr_add(err, "%s: task %s ends in g:%s, but build() ended in g:%s", spec->path,
+                 spec_task_name(spec->task), kg_op_name(task_out[spec->task]),
+                 kg_op_name(b->g->nodes[b->g->output].op));
         goto done;
     }
     g = b->g;

@@ -217,6 +217,54 @@ static void test_embed_fixtures(void **state)
     check_embed("bert_bf16", "bind_weights");
 }
 
+/* classify: HF's scores (its logits on the pooled row) and the last hidden state they pool */
+static void check_classify(const char *name, const char *upto)
+{
+    kc c;
+    open_fixture(&c, name, upto);
+    st_set *ex = expected(name);
+    const st_tensor *ti = need(ex, "input_ids"), *th = need(ex, "last_hidden_state");
+    const st_tensor *ts = need(ex, "scores"), *tt = st_find(ex, "token_type_ids");
+    int n = (int)ti->numel, L = (int)ts->numel, H = (int)th->shape[1];
+    int64_t *ids = ids_of(ti), *types = tt ? ids_of(tt) : NULL;
+    kerr err;
+    kerr_clear(&err);
+    assert_int_equal(c.g->nodes[c.g->output].op, KG_SCORE);
+    ref *r = ref_new(c.g, n, &err);
+    assert_non_null(r);
+    int pool_in = c.g->nodes[c.g->nodes[c.g->output].in[KG_SCORE_X]].in[0];
+    ref_keep(r, pool_in);
+    assert_int_equal(ref_forward(r, ids, types, n, &err), 0);
+    int rows, cols;
+    const float *sc = ref_output(r, &rows, &cols);
+    assert_int_equal(rows, 1);
+    assert_int_equal(cols, L);
+    double e = tu_rel_l2(sc, ts->data, (size_t)L);
+    if (!(e < 1e-4))
+        fail_msg("%s (%s): scores relative L2 error %.3g", name, upto, e);
+    const float *hid = ref_value(r, pool_in, &rows, &cols);
+    assert_non_null(hid);
+    assert_int_equal(rows, n);
+    assert_int_equal(cols, H);
+    e = tu_rel_l2(hid, th->data, (size_t)n * H);
+    if (!(e < 1e-4))
+        fail_msg("%s (%s): last_hidden_state relative L2 error %.3g", name, upto, e);
+    ref_free(r);
+    free(ids);
+    free(types);
+    st_close(ex);
+    kc_free(&c);
+}
+
+static void test_classify_fixtures(void **state)
+{
+    (void)state;
+    check_classify("qwen2_cls", "bind_weights");
+    check_classify("qwen2_cls", "fuse");
+    check_classify("bert_cls", "bind_weights");
+    check_classify("bert_cls", "fuse");
+}
+
 /* Layer by layer: HF's hidden.<i> (the residual stream after layer i-1) equals the reference's
  * L<i-1>.mlp_residual: what archspecs/README.md tells spec authors to compare. */
 static void test_layer_by_layer(void **state)
@@ -407,6 +455,7 @@ int main(void)
         cmocka_unit_test(test_generate_fixtures),
         cmocka_unit_test(test_generate_fixtures_fused),
         cmocka_unit_test(test_embed_fixtures),
+        cmocka_unit_test(test_classify_fixtures),
         cmocka_unit_test(test_layer_by_layer),
         cmocka_unit_test(test_heads_not_divisible),
         cmocka_unit_test(test_missing_expert),

@@ -45,7 +45,7 @@ int plan_needs_buffer(const kgraph *g, int id)
     /* the output lands in the logits or output buffer; an ALL_GATHER is the vocabulary-split
      * LM head's gather into the logits (lower.c) */
     if (n->is_const || n->op == KG_INPUT || n->op == KG_POOL || n->op == KG_LOGITS ||
-        n->op == KG_ALL_GATHER)
+        n->op == KG_SCORE || n->op == KG_ALL_GATHER)
         return 0;
     if (n->view_of >= 0 || n->op == KG_RESHAPE)
         return 0;
