@@ -104,6 +104,35 @@ __device__ __forceinline__ float block_max(float x, float *scratch)
     return warp_max(x);
 }
 
+// Programmatic dependent launch (PDL, sm_90 and up). The runtime launches every kernel with the
+// programmatic stream serialization attribute (runtime/kcuda.c, kcuda_launch; KILN_PDL=0 turns it
+// off), so a kernel's grid may start while its predecessor in the stream is still running, and a
+// CUDA graph captured from such launches keeps programmatic edges. Every kernel template calls
+// KILN_PDL_ENTER() as its FIRST statement, before any read or write of global memory and before
+// any early return:
+//   - griddepcontrol.wait blocks until the predecessor grid has completed and its writes are
+//     visible. Called by every block of every kernel, it makes the ordering transitive: kernel C
+//     may read what A wrote two launches back, because B's blocks could not finish before A did.
+//     A kernel that skipped it could read its inputs before they are written, or overwrite a
+//     buffer its predecessor still reads.
+//   - griddepcontrol.launch_dependents then lets the next kernel's grid launch as soon as every
+//     block of this one has started: its launch and block scheduling overlap this kernel's tail,
+//     and its blocks wait in hardware (no spinning) at their own griddepcontrol.wait.
+// Without the attribute (KILN_PDL=0, before sm_90, library kernels such as cuBLASLt's and NCCL's
+// in between) both instructions are no-ops and the edge is an ordinary full dependency. Below
+// sm_90 the macro is empty. tests/test_pdl.c checks that every template calls it first.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define KILN_PDL_ENTER()                                                                          \
+    do {                                                                                          \
+        asm volatile("griddepcontrol.wait;\n" ::: "memory");                                      \
+        asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");                         \
+    } while (0)
+#else
+#define KILN_PDL_ENTER()                                                                          \
+    do {                                                                                          \
+    } while (0)
+#endif
+
 // Activations, computed in float (the same formulas as compiler/ref.c).
 enum act_kind { ACT_SILU = 0, ACT_GELU = 1, ACT_GELU_TANH = 2, ACT_RELU = 3 };
 

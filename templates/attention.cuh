@@ -580,6 +580,7 @@ __device__ __forceinline__ void attn_prefill(const kiln_step st, const DT *q, co
                                              const DT *v_cache, DT *out, float scale,
                                              float softcap, const float *alibi_slopes)
 {
+    KILN_PDL_ENTER();
     static_assert(NH % NKV == 0, "attn_prefill: NH must be a multiple of NKV");
     static_assert(HD % 8 == 0 && HD <= 256, "attn_prefill: HD must be a multiple of 8, <= 256");
     static_assert(BM % 16 == 0 && BM >= 16 && BM <= 256, "attn_prefill: BM must be 16..256, % 16");
@@ -615,6 +616,7 @@ __device__ __forceinline__ void attn_decode(const kiln_step st, const DT *q, con
                                             const DT *v_cache, float *ws, float scale,
                                             float softcap, const float *alibi_slopes)
 {
+    KILN_PDL_ENTER();
     using LN = attn_lanes<HD>;
     constexpr int WARPS = THREADS / 32, G = NH / NKV, QW = NH * HD, RS = HD + 2;
     static_assert(NH % NKV == 0, "attn_decode: NH must be a multiple of NKV");
@@ -700,6 +702,7 @@ __device__ __forceinline__ void attn_decode(const kiln_step st, const DT *q, con
 template <typename DT, int NH, int HD, int NSPLIT, int THREADS>
 __device__ __forceinline__ void attn_combine(const kiln_step st, const float *ws, DT *out)
 {
+    KILN_PDL_ENTER();
     constexpr int RS = HD + 2;
     const int h = blockIdx.x, s = blockIdx.y;
     const int a = st.seq_start[s], b = st.seq_start[s + 1];

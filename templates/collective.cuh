@@ -104,6 +104,7 @@ __device__ __forceinline__ float load_rank1(const T *src, long long i, bool own)
 template <typename T, int THREADS>
 __device__ void allreduce_p2p(const T *x, T *y, long long count, const kiln_p2p p)
 {
+    KILN_PDL_ENTER();
     static_assert(sizeof(T) == 2, "allreduce_p2p moves 16-bit elements (bf16, f16)");
     static_assert(THREADS == KILN_P2P_THREADS, "allreduce_p2p runs KILN_P2P_THREADS threads");
     const int b = blockIdx.x, nb = KILN_P2P_BLOCKS, tid = threadIdx.x;

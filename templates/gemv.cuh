@@ -2,38 +2,56 @@
 // PyTorch Linear weight [N, K] (row-major, one output feature per row). Used for every linear
 // of a step with few tokens, and for the logits (N up to ~256k, OUT_F32).
 //
-// The kernel is bound by the bytes of w, so the design is about reading each weight element
-// exactly once per launch, whatever M is:
-//   - a warp owns a few weight rows (NR = 4: four outputs, or two gated outputs = two gate rows
-//     and their two up rows) and computes them for ALL M rows of x at once;
-//   - lane l reads the 8-element (16-byte) chunks l, l+32, l+64, ... of each of its rows, so a
-//     warp reads 512 contiguous bytes of a row per step (coalesced), with U*NR = 8 independent
-//     16-byte weight loads in flight per lane before the first use;
-//   - weights are loaded with ld.global.nc.L1::no_allocate (streamed: each is used once), so
-//     they do not evict x, which every warp re-reads through L1 (x is M*K*2 bytes: 64 KB at
-//     M = 8, K = 4096; x is NOT staged in shared memory because M*K can exceed it, e.g. K = 14336);
-//   - each lane keeps NR*MMAX float partial sums, reduced by warp_sum at the end.
-// There is no split over K: a row of K = 14336 is one warp's job (56 chunks per lane).
+// The kernel is bound by the bytes of w (M*K*2 bytes of x against N*K*2 of w), so the design is
+// about streaming w once per launch at the copy bandwidth, whatever M and the shape are:
+//   - tensor cores: y^T[16 rows of w, 8 rows of x] = w_tile[16, K] · x^T[K, 8] as a chain of
+//     mma.sync m16n8k16 (16-bit inputs, float accumulation), the M rows of x padded to 8 (MMAX up
+//     to 16: two 8-column tiles). A lane does 2 weight loads and 1 x load per 32 elements of K
+//     and no scalar FMAs, so M = 8 costs what M = 1 does (the FMA path it replaces issued M FMAs
+//     per weight element and re-read all of x per 4 rows, which made M = 8 2.2x slower);
+//   - 16-byte loads without the fragment shuffle: a dot product is free to permute K, so lane
+//     (g = lane/4, t = lane%4) loads 8 CONSECUTIVE elements (16 bytes) of weight rows g and g+8
+//     and of x row g at the same offset, and feeds the two halves of that chunk to the two mma
+//     of a 32-element group as if they were the fragment's columns {2t, 2t+1, 2t+8, 2t+9}. A
+//     and B are permuted the same way, so the products are the same pairs;
+//   - bytes in flight: a step is U = 4 groups (128 elements, 256 contiguous bytes of each of 16
+//     rows: 4 KB per warp) loaded before any mma; weights by ld.global.nc.L1::no_allocate
+//     (streamed once), x through L1 (re-read by every warp);
+//   - split-K inside a block: the block's WARPS = THREADS/32 warps share one 16-row tile and take
+//     steps WARPS apart; the warps' float partial tiles are added in warp order through shared
+//     memory, a fixed order that depends only on (N, K, THREADS), never on M, so the result of a
+//     row of x is the same at every M (batch invariance). lower.c picks THREADS so that the grid
+//     has about 2048 warps (16 per SM of an H100/H200) whatever N is (gemv_threads below);
+//   - each chain of mma is one step (at most 8 mma, 128 products) started from zero and added
+//     to float accumulators: the tensor cores truncate inside a chain, so a short chain keeps
+//     that error at the level of the float sums (see tests/gpu/ktest_gemv.c).
+// A tile is 16 weight rows: 16 outputs, or for GATED 8 gate rows and their 8 up rows, so that a
+// lane ends with the gate and up sums of the same output in its registers (c0/c1 and c2/c3).
 //
-// Launch rule (the runtime computes it from this):
+// Launch rule (the runtime computes it from this; lower.c's gemv_threads gives THREADS):
 //   NOUT  = GATED ? N/2 : N                      (output columns; the row stride of y)
-//   OPW   = GATED ? 2 : 4                        (outputs per warp)
-//   RPB   = (THREADS / 32) * OPW                 (outputs per block)
-//   grid  = (ceil(NOUT / RPB)), block = THREADS (a multiple of 32), no dynamic shared memory.
+//   OPB   = GATED ? 8 : 16                       (outputs per block: one tile)
+//   grid  = (ceil(NOUT / OPB)), block = THREADS (a multiple of 32, at most 512), no dynamic
+//   shared memory (the split-K partials are static shared memory, THREADS/32 * NT * 512 bytes).
 // Layouts: x [M, K] contiguous; w [N, K]; bias [N] (read only when BIAS: may be nullptr
 // otherwise; GATED: [gate bias (N/2); up bias (N/2)]); y [M, NOUT], float when OUT_F32 else DT.
 // Rows m >= M of y are not written. Float accumulation, one rounding of the result.
 // Preconditions: K % 8 == 0 (static_assert); x and w 16-byte aligned (rows are K elements, so
-// every row is too); M <= MMAX (M is clamped to MMAX); st is unused (M is explicit).
+// every row is too); 1 <= M <= MMAX (M is clamped to MMAX); st is unused (M is explicit);
+// sm_80 or newer (mma.sync with bf16).
 //
-// What it does not do: tensor cores (M <= 8 does not need them: M FMAs per 2 weight bytes stays
-// under the FP32 rate at full HBM bandwidth), split-K (a small N with a large K leaves SMs idle).
+// What it does not do: split-K across blocks (a tile's K is split over the warps of its block
+// only; with 16 warps that is enough for the 1B/8B shapes, whose smallest N gives 128 tiles),
+// M > 16 (cuBLASLt's GEMM takes those rows).
 #pragma once
 
 #include "common.cuh"
 
 namespace kiln {
 namespace gemv_detail {
+
+// The FMA path: one warp streams NR weight rows against M rows of x with float FMAs. moe.cuh's
+// per-token expert matmuls use it (lane_dots); the dense GEMV below uses the tensor cores.
 
 // One 16-byte weight load that does not allocate in L1 (the weights are streamed once).
 __device__ __forceinline__ uint4 ld_stream(const void *p)
@@ -125,6 +143,51 @@ __device__ __forceinline__ void lane_dots(const DT *const wp[NR], const DT *cons
     }
 }
 
+
+// d += A · B for one m16n8k16 tile: A 16x16 (a0: row g, cols 2t..2t+1; a1: row g+8, same cols;
+// a2, a3: the same rows, cols +8), B 16x8 (b0: k 2t..2t+1 of column g; b1: k +8), d the 16x8
+// float tile (d0, d1: row g, cols 2t, 2t+1; d2, d3: row g+8). The layout attention.cuh's
+// attn_mma documents (PTX ISA, "mma.m16n8k16").
+template <typename DT>
+__device__ __forceinline__ void mma16816(float d[4], unsigned a0, unsigned a1, unsigned a2,
+                                         unsigned a3, unsigned b0, unsigned b1);
+template <>
+__device__ __forceinline__ void mma16816<bf16>(float d[4], unsigned a0, unsigned a1, unsigned a2,
+                                               unsigned a3, unsigned b0, unsigned b1)
+{
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void mma16816<f16>(float d[4], unsigned a0, unsigned a1, unsigned a2,
+                                              unsigned a3, unsigned b0, unsigned b1)
+{
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// One 32-element group of K: wa, wb are the lane's 16-byte chunks of weight rows g and g+8, xb[j]
+// its chunk of x row 8j+g, all at the same K offset 8t. Elements 0,1 | 2,3 of each chunk act as
+// fragment columns 2t,2t+1 | 2t+8,2t+9 of the first mma, elements 4..7 likewise of the second
+// (the same permutation of K for A and B). Column tiles j with no row of x (8j >= M) are skipped
+// (M is warp-uniform).
+template <typename DT, int NT>
+__device__ __forceinline__ void mma_group(float d[NT][4], const uint4 &wa, const uint4 &wb,
+                                          const uint4 xb[NT], int M)
+{
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+        if (8 * j < M) {
+            mma16816<DT>(d[j], wa.x, wb.x, wa.y, wb.y, xb[j].x, xb[j].y);
+            mma16816<DT>(d[j], wa.z, wb.z, wa.w, wb.w, xb[j].z, xb[j].w);
+        }
+    }
+}
+
 } // namespace gemv_detail
 
 template <typename DT, int N, int K, int MMAX, bool BIAS, bool GATED, int ACT, bool OUT_F32,
@@ -132,89 +195,163 @@ template <typename DT, int N, int K, int MMAX, bool BIAS, bool GATED, int ACT, b
 __device__ __forceinline__ void gemv(const kiln_step st, const DT *x, const DT *w, const DT *bias,
                                      void *y, int M)
 {
+    KILN_PDL_ENTER();
     static_assert(K % 8 == 0, "gemv: K must be a multiple of 8");
     static_assert(N >= 1 && (!GATED || N % 2 == 0), "gemv: GATED needs an even N");
-    static_assert(MMAX >= 1 && MMAX <= 8, "gemv: MMAX is 1..8");
-    static_assert(THREADS % 32 == 0 && THREADS >= 32 && THREADS <= 1024,
-                  "gemv: THREADS must be a multiple of 32");
+    static_assert(MMAX >= 1 && MMAX <= 16, "gemv: MMAX is 1..16");
+    static_assert(THREADS % 32 == 0 && THREADS >= 32 && THREADS <= 512,
+                  "gemv: THREADS must be a multiple of 32, at most 512");
     (void)st;
     constexpr int NOUT = GATED ? N / 2 : N;
-    constexpr int OPW = GATED ? 2 : 4;
-    constexpr int NR = 4; // weight rows per warp
-    constexpr int WARPS = THREADS / 32;
-    const int lane = threadIdx.x & 31;
-    const long long o0 = ((long long)blockIdx.x * WARPS + threadIdx.x / 32) * OPW;
-    if (o0 >= NOUT)
-        return; // whole warp: nothing of this warp is in range (no block barrier follows)
+    constexpr int OPB = GATED ? 8 : 16;          // outputs per block (one 16-row tile)
+    constexpr int NT = (MMAX + 7) / 8;           // 8-column tiles of x rows
+    constexpr int WARPS = THREADS / 32;          // split-K ways
+    constexpr int U = 4;                         // 32-element groups per step
+    constexpr int KC = K / 8;                    // 16-byte chunks per row
+    constexpr int STEPS = (KC + 4 * U - 1) / (4 * U);
     if (M > MMAX)
         M = MMAX;
+    if (M < 1)
+        return; // uniform over the grid: no block barrier is reached
+    const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, g = lane >> 2, t = lane & 3;
 
-    // The warp's weight rows; outputs past NOUT read the last row (valid memory) and store nothing.
-    const DT *wp[NR];
-#pragma unroll
-    for (int r = 0; r < NR; r++) {
-        long long row;
-        if constexpr (GATED) {
-            long long o = o0 + (r % OPW);
-            if (o > NOUT - 1)
-                o = NOUT - 1;
-            row = r < OPW ? o : NOUT + o; // r 0,1: gate rows; r 2,3: up rows
-        } else {
-            row = o0 + r;
-            if (row > N - 1)
-                row = N - 1;
-        }
-        wp[r] = w + row * K;
+    // The lane's two weight rows; rows past the end read the last row (valid memory) and store
+    // nothing. GATED: row g is gate row o, row g+8 its up row.
+    long long ra, rb;
+    if constexpr (GATED) {
+        long long o = (long long)blockIdx.x * OPB + g;
+        if (o > NOUT - 1)
+            o = NOUT - 1;
+        ra = o;
+        rb = NOUT + o;
+    } else {
+        ra = (long long)blockIdx.x * OPB + g;
+        rb = ra + 8;
+        if (ra > N - 1)
+            ra = N - 1;
+        if (rb > N - 1)
+            rb = N - 1;
     }
-    const DT *xp[MMAX];
+    const DT *wa = w + ra * K + 8 * t, *wb = w + rb * K + 8 * t;
+    const DT *xr[NT]; // x row 8j+g, or row M-1 past M (its column of the tile is not stored)
 #pragma unroll
-    for (int m = 0; m < MMAX; m++)
-        xp[m] = x + (long long)m * K;
+    for (int j = 0; j < NT; j++) {
+        const int m = 8 * j + g < M ? 8 * j + g : M - 1;
+        xr[j] = x + (long long)m * K + 8 * t;
+    }
 
-    float acc[NR][MMAX];
+    float acc[NT][4];
 #pragma unroll
-    for (int r = 0; r < NR; r++)
+    for (int j = 0; j < NT; j++)
 #pragma unroll
-        for (int m = 0; m < MMAX; m++)
-            acc[r][m] = 0.f;
-    gemv_detail::lane_dots<DT, K, NR, MMAX>(wp, xp, M, acc);
-
+        for (int i = 0; i < 4; i++)
+            acc[j][i] = 0.f;
+    // Step s covers chunks [16s, 16s + 16) of every row: group u is chunks 16s + 4u + 0..3, the
+    // lane's is 16s + 4u + t. Warp `warp` takes steps warp, warp + WARPS, ...
+#pragma unroll 1
+    for (int s = warp; s < STEPS; s += WARPS) {
+        const int c0 = s * 4 * U;
+        uint4 va[U], vb[U], vx[U][NT];
+        const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+        if (c0 + 4 * U <= KC) { // a whole step: all loads first
 #pragma unroll
-    for (int r = 0; r < NR; r++)
-#pragma unroll
-        for (int m = 0; m < MMAX; m++)
-            if (m < M)
-                acc[r][m] = warp_sum(acc[r][m]);
-
-    // Epilogue: every lane holds every sum; output (q, m) is stored by lane (q*MMAX + m) % 32.
-#pragma unroll
-    for (int q = 0; q < OPW; q++) {
-        const long long o = o0 + q;
-        if (o >= NOUT)
-            continue;
-#pragma unroll
-        for (int m = 0; m < MMAX; m++) {
-            if (m >= M || lane != ((q * MMAX + m) & 31))
-                continue;
-            float v;
-            if constexpr (GATED) {
-                float g = acc[q][m], u = acc[OPW + q][m];
-                if (BIAS) {
-                    g += to_f(bias[o]);
-                    u += to_f(bias[NOUT + o]);
-                }
-                v = act<ACT>(g) * u;
-            } else {
-                v = acc[q][m];
-                if (BIAS)
-                    v += to_f(bias[o]);
+            for (int u = 0; u < U; u++) {
+                va[u] = gemv_detail::ld_stream(wa + (c0 + 4 * u) * 8);
+                vb[u] = gemv_detail::ld_stream(wb + (c0 + 4 * u) * 8);
             }
-            if constexpr (OUT_F32)
-                static_cast<float *>(y)[(long long)m * NOUT + o] = v;
-            else
-                static_cast<DT *>(y)[(long long)m * NOUT + o] = from_f<DT>(v);
+#pragma unroll
+            for (int u = 0; u < U; u++)
+#pragma unroll
+                for (int j = 0; j < NT; j++)
+                    vx[u][j] = 8 * j < M
+                                   ? *reinterpret_cast<const uint4 *>(xr[j] + (c0 + 4 * u) * 8)
+                                   : zero;
+        } else { // the last step of a K that is not a multiple of 128: zeros past K, in w and x
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const bool in = c0 + 4 * u + t < KC;
+                va[u] = in ? gemv_detail::ld_stream(wa + (c0 + 4 * u) * 8) : zero;
+                vb[u] = in ? gemv_detail::ld_stream(wb + (c0 + 4 * u) * 8) : zero;
+#pragma unroll
+                for (int j = 0; j < NT; j++)
+                    vx[u][j] = in && 8 * j < M
+                                   ? *reinterpret_cast<const uint4 *>(xr[j] + (c0 + 4 * u) * 8)
+                                   : zero;
+            }
         }
+        // One chain of 2U mma per step from zero, then a float add (see the top of the file).
+        float d[NT][4];
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                d[j][i] = 0.f;
+#pragma unroll
+        for (int u = 0; u < U; u++)
+            gemv_detail::mma_group<DT, NT>(d, va[u], vb[u], vx[u], M);
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                acc[j][i] += d[j][i];
     }
+
+    // Split-K: warp 0 adds the warps' tiles in warp order (fixed: independent of M).
+    if constexpr (WARPS > 1) {
+        __shared__ float part[WARPS][NT * 4][32]; // the warps' partial tiles, [warp][reg][lane]
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                part[warp][4 * j + i][lane] = acc[j][i];
+        __syncthreads();
+        if (warp != 0)
+            return;
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                float v = part[0][4 * j + i][lane];
+#pragma unroll 1
+                for (int q = 1; q < WARPS; q++)
+                    v += part[q][4 * j + i][lane];
+                acc[j][i] = v;
+            }
+    }
+
+    // Epilogue: lane (g, t) holds, for x rows m = 8j + 2t + e (e = 0, 1), acc[j][e] (tile row g)
+    // and acc[j][2 + e] (tile row g + 8).
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const int m = 8 * j + 2 * t + e;
+            if (m >= M)
+                continue;
+#pragma unroll
+            for (int h = 0; h < (GATED ? 1 : 2); h++) {
+                const long long o = (long long)blockIdx.x * OPB + 8 * h + g;
+                if (o >= NOUT)
+                    continue;
+                float v;
+                if constexpr (GATED) {
+                    float gs = acc[j][e], us = acc[j][2 + e];
+                    if (BIAS) {
+                        gs += to_f(bias[o]);
+                        us += to_f(bias[NOUT + o]);
+                    }
+                    v = act<ACT>(gs) * us;
+                } else {
+                    v = acc[j][2 * h + e];
+                    if (BIAS)
+                        v += to_f(bias[o]);
+                }
+                if constexpr (OUT_F32)
+                    static_cast<float *>(y)[(long long)m * NOUT + o] = v;
+                else
+                    static_cast<DT *>(y)[(long long)m * NOUT + o] = from_f<DT>(v);
+            }
+        }
 }
 
 } // namespace kiln

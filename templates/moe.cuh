@@ -46,6 +46,7 @@ template <typename DT, int E, int H, int TOPK, bool RENORM, int THREADS>
 __device__ __forceinline__ void moe_route(const kiln_step st, const DT *x, const DT *router,
                                           int *idx, float *wts)
 {
+    KILN_PDL_ENTER();
     static_assert(H % 8 == 0, "moe_route: H must be a multiple of 8");
     static_assert(E >= 1 && E <= 1024, "moe_route: E is 1..1024");
     static_assert(TOPK >= 1 && TOPK <= E && TOPK <= 32, "moe_route: TOPK is 1..min(E, 32)");
@@ -155,6 +156,7 @@ template <typename DT, int E, int H, int I, int TOPK, int ACT, int THREADS>
 __device__ __forceinline__ void moe_gate_up(const kiln_step st, const DT *x, const int *idx,
                                             const DT *gate_up, DT *hbuf)
 {
+    KILN_PDL_ENTER();
     static_assert(H % 8 == 0 && I % 8 == 0, "moe_gate_up: H and I must be multiples of 8");
     static_assert(THREADS % 32 == 0 && THREADS >= 32 && THREADS <= 1024,
                   "moe_gate_up: THREADS must be a multiple of 32");
@@ -195,6 +197,7 @@ template <typename DT, int E, int H, int I, int TOPK, int THREADS>
 __device__ __forceinline__ void moe_down(const kiln_step st, const DT *hbuf, const int *idx,
                                          const float *wts, const DT *down, DT *out, const DT *add)
 {
+    KILN_PDL_ENTER();
     static_assert(H % 8 == 0 && I % 8 == 0, "moe_down: H and I must be multiples of 8");
     static_assert(THREADS % 32 == 0 && THREADS >= 32 && THREADS <= 1024,
                   "moe_down: THREADS must be a multiple of 32");
@@ -247,6 +250,7 @@ template <typename DT, int H, int THREADS>
 __device__ __forceinline__ void moe_shared_gate(const kiln_step st, const DT *x, const DT *gate_w,
                                                 const DT *y, DT *out)
 {
+    KILN_PDL_ENTER();
     static_assert(H % 8 == 0, "moe_shared_gate: H must be a multiple of 8");
     static_assert(THREADS % 32 == 0 && THREADS >= 32 && THREADS <= 1024,
                   "moe_shared_gate: THREADS must be a multiple of 32");

@@ -229,6 +229,7 @@ template <int V, int THREADS, int PREFILTER = 1>
 __device__ __forceinline__ void sample(const kiln_step st, const float *logits,
                                        const kiln_sample *params, int *out_ids)
 {
+    KILN_PDL_ENTER();
     using namespace sample_detail;
     static_assert(V >= 1, "V >= 1");
     static_assert(THREADS % 32 == 0 && THREADS >= 32 && THREADS <= 1024,
