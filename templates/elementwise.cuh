@@ -75,6 +75,7 @@ __device__ __forceinline__ void load_row_residual(const DT *x, const DT *res, DT
 template <typename DT, int H, int SRC, int ACC, int THREADS>
 __device__ __forceinline__ void embed(const kiln_step st, const DT *table, DT *out)
 {
+    KILN_PDL_ENTER();
     typedef ew_detail::row_chunks<H, THREADS> RC;
     static_assert(SRC >= 0 && SRC <= 2, "SRC: 0 tok_ids, 1 tok_pos, 2 tok_type");
     const int t = blockIdx.x;
@@ -105,6 +106,7 @@ __device__ __forceinline__ void embed(const kiln_step st, const DT *table, DT *o
 template <typename DT, int H, long long ROWS, int THREADS>
 __device__ __forceinline__ void embed_part(const kiln_step st, const DT *table, DT *out, int row0)
 {
+    KILN_PDL_ENTER();
     typedef ew_detail::row_chunks<H, THREADS> RC;
     static_assert(ROWS >= 1, "ROWS >= 1");
     const int t = blockIdx.x;
@@ -135,6 +137,7 @@ template <typename DT, int H, int RPT, int THREADS, int UNIT_OFFSET, int RESIDUA
 __device__ __forceinline__ void rms_norm(const kiln_step st, const DT *x, const DT *res,
                                          const DT *w, DT *out, DT *res_out, float eps)
 {
+    KILN_PDL_ENTER();
     typedef ew_detail::row_chunks<H, THREADS> RC;
     static_assert(RPT >= 1, "RPT >= 1");
     __shared__ float scratch[32];
@@ -174,6 +177,7 @@ __device__ __forceinline__ void layer_norm(const kiln_step st, const DT *x, cons
                                            const DT *w, const DT *b, DT *out, DT *res_out,
                                            float eps)
 {
+    KILN_PDL_ENTER();
     typedef ew_detail::row_chunks<H, THREADS> RC;
     static_assert(RPT >= 1, "RPT >= 1");
     __shared__ float scratch[32];
@@ -244,6 +248,7 @@ __device__ __forceinline__ void rope_kv(const kiln_step st, const DT *q, const D
                                         const float *inv_freq, float rope_scale, float dyn_base,
                                         float dyn_factor, int dyn_max_pos)
 {
+    KILN_PDL_ENTER();
     static_assert(HD % 8 == 0, "head_dim must be a multiple of 8 (16-byte vectors)");
     static_assert(ROT >= 0 && ROT <= HD && ROT % 2 == 0, "0 <= ROT <= HD, ROT even");
     static_assert(!DYNAMIC || ROT > 2, "dynamic NTK needs ROT > 2");
@@ -360,6 +365,7 @@ __device__ __forceinline__ void rope_kv(const kiln_step st, const DT *q, const D
 template <typename DT, int I, int ACT, int THREADS>
 __device__ __forceinline__ void act_mul(const kiln_step st, const DT *gu, DT *out)
 {
+    KILN_PDL_ENTER();
     static_assert(I % 8 == 0, "I must be a multiple of 8 (16-byte vectors)");
     const long long idx = ((long long)blockIdx.x * THREADS + threadIdx.x) * 8;
     if (idx >= (long long)st.T * I)
@@ -379,6 +385,7 @@ __device__ __forceinline__ void act_mul(const kiln_step st, const DT *gu, DT *ou
 template <typename DT, int W, int ACT, int THREADS>
 __device__ __forceinline__ void unary(const kiln_step st, const DT *x, DT *out)
 {
+    KILN_PDL_ENTER();
     static_assert(W % 8 == 0, "W must be a multiple of 8 (16-byte vectors)");
     const long long idx = ((long long)blockIdx.x * THREADS + threadIdx.x) * 8;
     if (idx >= (long long)st.T * W)
@@ -396,6 +403,7 @@ __device__ __forceinline__ void unary(const kiln_step st, const DT *x, DT *out)
 template <typename DT, int W, int OP, int BCAST, int THREADS>
 __device__ __forceinline__ void binary(const kiln_step st, const DT *a, const DT *b, DT *out)
 {
+    KILN_PDL_ENTER();
     static_assert(W % 8 == 0, "W must be a multiple of 8 (16-byte vectors)");
     static_assert(OP == 0 || OP == 1, "OP: 0 add, 1 mul");
     const long long idx = ((long long)blockIdx.x * THREADS + threadIdx.x) * 8;
@@ -414,6 +422,7 @@ __device__ __forceinline__ void binary(const kiln_step st, const DT *a, const DT
 template <typename DT, int W, int THREADS>
 __device__ __forceinline__ void scale(const kiln_step st, const DT *x, DT *out, float s)
 {
+    KILN_PDL_ENTER();
     static_assert(W % 8 == 0, "W must be a multiple of 8 (16-byte vectors)");
     const long long idx = ((long long)blockIdx.x * THREADS + threadIdx.x) * 8;
     if (idx >= (long long)st.T * W)
@@ -433,6 +442,7 @@ __device__ __forceinline__ void scale(const kiln_step st, const DT *x, DT *out, 
 template <typename DT, int H, int THREADS>
 __device__ __forceinline__ void gather_last(const kiln_step st, const DT *x, DT *out)
 {
+    KILN_PDL_ENTER();
     typedef ew_detail::row_chunks<H, THREADS> RC;
     const int s = blockIdx.x;
     if (s >= st.n_seqs)
@@ -452,6 +462,7 @@ template <int N, int TP, int THREADS>
 __device__ __forceinline__ void gather_ranks(const kiln_step st, const float *parts,
                                              float *logits, int M)
 {
+    KILN_PDL_ENTER();
     (void)st;
     const int m = blockIdx.x, r = blockIdx.y;
     if (m >= M || r >= TP)
@@ -470,6 +481,7 @@ __device__ __forceinline__ void gather_ranks(const kiln_step st, const float *pa
 template <typename DT, int H, int MODE, int NORMALIZE, int THREADS>
 __device__ __forceinline__ void pool(const kiln_step st, const DT *x, float *out)
 {
+    KILN_PDL_ENTER();
     typedef ew_detail::row_chunks<H, THREADS> RC;
     static_assert(MODE >= 0 && MODE <= 2, "MODE: 0 mean, 1 first, 2 last");
     __shared__ float scratch[32];
