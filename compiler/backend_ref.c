@@ -8,7 +8,7 @@
  *
  * A step runs each item on its slot's `ref`: a new sequence (pos 0) resets it, then the item's
  * tokens are appended with ref_forward, which returns the logits of every appended position (or
- * the pooled vector of an embedding model). Items of one step share nothing but the read-only
+ * the pooled vector of an embedding model, a classifier's scores). Items of one step share nothing but the read-only
  * graph and weights, so they run in parallel, one thread per core at most; the result does not
  * depend on the number of threads. Sampling is kb_sample_cpu (the GPU sampler's CPU twin) on the
  * last position's logits.
@@ -38,6 +38,7 @@ typedef struct kbr {
     ka_gen gen;
     char *model;
     char *line; /* describe() */
+    char **labels; /* classify: [info.hidden] */
     int threads;
 } kbr;
 
@@ -179,6 +180,7 @@ static void kbr_free(kbackend *b)
     free(k->eos);
     free(k->model);
     free(k->line);
+    config_labels_free(k->labels, k->info.hidden);
     free(k);
 }
 
@@ -254,7 +256,8 @@ static void set_shapes(kbr *k)
     const kgraph *g = k->c.g;
     const kg_node *out = &g->nodes[g->output];
     kb_info *in = &k->info;
-    in->embed = out->op == KG_POOL;
+    in->classify = out->op == KG_SCORE; /* hidden: the number of labels */
+    in->embed = out->op == KG_POOL || in->classify;
     if (in->embed) {
         in->hidden = (int)out->shape[1];
         for (int i = 0; i < g->n; i++)
@@ -278,10 +281,6 @@ kbackend *kbr_open(const char *model_dir, const kbr_opts *o, kerr *err)
     kc_opts ko = {.need_weights = 1};
     if (kc_open(&k->c, model_dir, &ko, err) || kc_run(&k->c, "bind_weights", NULL, NULL, err))
         goto fail;
-    if (k->c.spec->task == TASK_CLASSIFY) {
-        kerr_add(err, "%s: task classify is not served yet (kilnc ref runs it)", k->c.spec->path);
-        goto fail;
-    }
     set_shapes(k);
     if (k->info.vocab < 1 || k->info.vocab > KA_MAX_VOCAB || k->info.hidden < 1 ||
         k->info.hidden > KA_MAX_HIDDEN) {
@@ -291,6 +290,11 @@ kbackend *kbr_open(const char *model_dir, const kbr_opts *o, kerr *err)
     }
     if (set_limits(k, o, err))
         goto fail;
+    if (k->info.classify) {
+        if (config_labels(k->c.cfg, k->info.hidden, &k->labels, err))
+            goto fail;
+        k->info.labels = (const char *const *)k->labels;
+    }
     /* eos ids and sampling defaults, read and checked as for the manifest */
     ka_manifest m;
     memset(&m, 0, sizeof m);

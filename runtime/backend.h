@@ -22,6 +22,8 @@
  *
  * Embedding models (info->embed): an item is a whole prompt (never split, n <= max_tokens),
  * nothing is sampled, and item.embedding receives the pooled vector [info->hidden].
+ * Classifiers (info->classify, with info->embed set: they run the same way) return their
+ * label scores there instead: info->hidden is the number of labels, info->labels their names.
  */
 #ifndef KILN_BACKEND_H
 #define KILN_BACKEND_H
@@ -41,7 +43,9 @@ typedef struct kb_info {
     int vocab;
     int type_vocab;         /* token types are 0 .. type_vocab-1; 0: the model takes none */
     int hidden;             /* width of an embedding */
-    int embed;              /* an embedding model */
+    int embed;              /* an embedding model, or a classifier (one vector per sequence) */
+    int classify;           /* a classifier: the vector is its scores, hidden = labels */
+    const char *const *labels; /* classify: the [hidden] label names (config.json id2label) */
     int kv_blocks;          /* usable KV blocks, ids 1 .. kv_blocks */
     int n_eos;
     const int32_t *eos;     /* end-of-sequence ids */

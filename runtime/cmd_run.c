@@ -18,7 +18,8 @@
  * arrived: load, prefill (prompt tokens, until every prompt has its first token), time to the
  * first token, decode (the tokens after each sequence's first, from the first token to the
  * last). --dump writes what `kilnc ref --dump` writes (logits F32 [prompt_len, vocab] of every
- * prompt position, tokens I64 [N]; embedding models: embedding F32 [hidden]); with several
+ * prompt position, tokens I64 [N]; embedding models: embedding F32 [hidden]; classifiers:
+ * scores F32 [labels], printed as LABEL=score per sequence); with several
  * sequences, tensors of sequence i > 0 are suffixed ".i".
  */
 #include <assert.h>
@@ -80,7 +81,8 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: kiln run DIR (--ids 1,2,3 | --prompt TEXT)... [options]\n\n"
-            "Generates text (or, for embedding models, returns the pooled vectors) from each\n"
+            "Generates text (or, for embedding models, returns the pooled vectors; for\n"
+            "classifiers, each label's score, logits named by config.json's id2label) from each\n"
             "prompt. DIR is a model compiled by 'kilnc compile MODEL_DIR -o DIR', run on the GPU,\n"
             "or a Hugging Face checkpoint folder (config.json), run on the CPU by the fp32\n"
             "reference interpreter (slow). Several --ids/--prompt/--chat are batched by the\n"
@@ -227,6 +229,13 @@ static void print_results(const seq *seqs, int np, const kb_info *in, tokenizer 
     kerr te;
     for (int i = 0; i < np; i++) {
         const seq *q = &seqs[i];
+        if (in->classify) { /* one line per sequence: each label's score (logits) */
+            printf("scores[%d]:", i);
+            for (int j = 0; j < in->hidden; j++)
+                printf(" %s=%.6f", in->labels[j], q->embedding[j]);
+            printf("\n");
+            continue;
+        }
         if (in->embed) {
             printf("embedding[%d] [%d]:", i, in->hidden);
             for (int j = 0; j < in->hidden && j < 8; j++)
@@ -292,7 +301,7 @@ static int write_dump(const char *path, const seq *seqs, int np, const kb_info *
             snprintf(sfx, sizeof sfx, ".%d", i);
         if (in->embed) {
             int64_t sh[1] = {in->hidden};
-            snprintf(name, sizeof name, "embedding%s", sfx);
+            snprintf(name, sizeof name, "%s%s", in->classify ? "scores" : "embedding", sfx);
             st_writer_add(dw, name, ST_F32, 1, sh, q->embedding);
             continue;
         }

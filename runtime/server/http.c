@@ -257,7 +257,7 @@ static void count_answering(hreq *h)
 /* The endpoints that take a POST (the others, a GET). */
 static int routes_post(sm_endpoint ep)
 {
-    return ep == SM_COMPLETIONS || ep == SM_CHAT || ep == SM_EMBEDDINGS;
+    return ep == SM_COMPLETIONS || ep == SM_CHAT || ep == SM_EMBEDDINGS || ep == SM_CLASSIFY;
 }
 
 static enum MHD_Result queue(struct MHD_Connection *c, hreq *h, int status, char *body,
@@ -333,7 +333,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
         h->out.len = h->out_pos = 0;
         for (int i = 0; i < h->n; i++) {
             oa_choice *c = &h->ch[i];
-            if (h->req.ep != OA_EMBEDDINGS)
+            if (!OA_POOLED(h->req.ep))
                 oa_chunk(s->m, &h->req, h->id, h->created, c, &h->out);
             if (c->error && !h->err_sent[i]) {
                 oa_error e;
@@ -385,10 +385,10 @@ static int submit(hreq *h, oa_error *e)
         ks_params p = {
             .prompt = r->prompts[i].ids,
             .n_prompt = r->prompts[i].n,
-            .max_new = r->ep == OA_EMBEDDINGS ? 0 : r->max_tokens,
+            .max_new = OA_POOLED(r->ep) ? 0 : r->max_tokens,
             .ignore_eos = r->ignore_eos,
             .sp = r->sp,
-            .logprobs = r->ep == OA_EMBEDDINGS ? -1 : r->logprobs,
+            .logprobs = OA_POOLED(r->ep) ? -1 : r->logprobs,
             .prompt_logprobs = oa_prompt_logprobs(r),
             .cb = on_event,
             .user = &h->slots[i],
@@ -418,7 +418,7 @@ static int submit(hreq *h, oa_error *e)
 
 static const char *id_prefix(oa_endpoint ep)
 {
-    return ep == OA_CHAT ? "chatcmpl" : ep == OA_COMPLETIONS ? "cmpl" : "embd";
+    return ep == OA_CHAT ? "chatcmpl" : ep == OA_COMPLETIONS ? "cmpl" : ep == OA_CLASSIFY ? "classify" : "embd";
 }
 
 /* A POST whose body has arrived: validate, submit, answer. */
@@ -426,7 +426,7 @@ static enum MHD_Result handle_post(struct MHD_Connection *c, hreq *h)
 {
     server *s = h->srv;
     oa_endpoint ep = h->ep == SM_CHAT ? OA_CHAT : h->ep == SM_EMBEDDINGS ? OA_EMBEDDINGS
-                                                                           : OA_COMPLETIONS;
+                     : h->ep == SM_CLASSIFY ? OA_CLASSIFY : OA_COMPLETIONS;
     oa_error e;
     count_answering(h);
     if (oa_parse(s->m, ep, h->body.p ? h->body.p : "", h->body.len, &h->req, &e))
@@ -468,7 +468,7 @@ static enum MHD_Result handle_post(struct MHD_Connection *c, hreq *h)
         oa_error_set(&e, 500, NULL, "%s", err);
         return queue_error(c, h, &e);
     }
-    for (int i = 0; ep == OA_EMBEDDINGS && i < h->n; i++)
+    for (int i = 0; OA_POOLED(ep) && i < h->n; i++)
         if (!h->ch[i].embedding) {
             /* cancelled before it ran: the server is shutting down */
             oa_error_set(&e, 503, NULL, "input %d was cancelled before it ran (the server is "
@@ -476,6 +476,7 @@ static enum MHD_Result handle_post(struct MHD_Connection *c, hreq *h)
             return queue_error(c, h, &e);
         }
     char *body = ep == OA_EMBEDDINGS ? oa_embeddings(s->m, &h->req, h->ch, h->n)
+                 : ep == OA_CLASSIFY ? oa_classify(s->m, &h->req, h->id, h->created, h->ch, h->n)
                                      : oa_response(s->m, &h->req, h->id, h->created, h->ch, h->n);
     return queue(c, h, 200, body, "application/json");
 }
@@ -490,6 +491,7 @@ static const struct {
     {"/v1/completions", SM_COMPLETIONS, 1},
     {"/v1/chat/completions", SM_CHAT, 1},
     {"/v1/embeddings", SM_EMBEDDINGS, 1},
+    {"/v1/classify", SM_CLASSIFY, 1},
     {"/v1/models", SM_MODELS, 0},
     {"/health", SM_HEALTH, 0},
     {"/metrics", SM_METRICS, 0},
@@ -567,7 +569,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             return reply_error(c, h, 400, "both Transfer-Encoding and Content-Length: send one");
         if (r < 0)
             return reply_error(c, h, 404, "no route %s %s (routes: POST /v1/completions, "
-                               "/v1/chat/completions, /v1/embeddings; GET /v1/models, /health, "
+                               "/v1/chat/completions, /v1/embeddings, /v1/classify; GET /v1/models, /health, "
                                "/metrics)", method, url);
         int post = routes[r].post;
         /* HEAD is GET without the body (MHD leaves it out): health checkers send it */

@@ -16,7 +16,7 @@
 #include "server/openai.h"
 
 static const char *const endpoint_names[SM_N_ENDPOINTS] = {
-    "completions", "chat_completions", "embeddings", "models", "health", "metrics", "other",
+    "completions", "chat_completions", "embeddings", "classify", "models", "health", "metrics", "other",
 };
 
 static const int statuses[] = {200, 400, 401, 404, 405, 413, 429, 500, 503};

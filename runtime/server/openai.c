@@ -516,10 +516,24 @@ int oa_parse(const oa_model *m, oa_endpoint ep, const char *body, size_t len, oa
             goto out;
         }
     }
+    if (ep == OA_CLASSIFY) {
+        if (!m->info->classify) {
+            oa_error_set(e, 400, "model", "model '%s' is %s; /v1/classify needs a classifier "
+                         "(a *ForSequenceClassification checkpoint)", m->name,
+                         m->info->embed ? "an embedding model: use /v1/embeddings"
+                                        : "a text generator: use /v1/completions");
+            goto out;
+        }
+        if (parse_prompts(m, json_object_get(root, "input"), "input", r, e))
+            goto out;
+        rc = 0;
+        goto out;
+    }
     if (ep == OA_EMBEDDINGS) {
-        if (!m->info->embed) {
-            oa_error_set(e, 400, "model", "model '%s' generates text; /v1/embeddings needs an "
-                         "embedding model", m->name);
+        if (!m->info->embed || m->info->classify) {
+            oa_error_set(e, 400, "model", "model '%s' %s; /v1/embeddings needs an embedding "
+                         "model", m->name, m->info->classify ? "is a classifier: use /v1/classify"
+                                                             : "generates text");
             goto out;
         }
         json_t *fmt = json_object_get(root, "encoding_format");
@@ -538,8 +552,9 @@ int oa_parse(const oa_model *m, oa_endpoint ep, const char *body, size_t len, oa
         goto out;
     }
     if (m->info->embed) {
-        oa_error_set(e, 400, "model", "model '%s' is an embedding model: use /v1/embeddings",
-                     m->name);
+        oa_error_set(e, 400, "model", "model '%s' is %s", m->name,
+                     m->info->classify ? "a classifier: use /v1/classify"
+                                       : "an embedding model: use /v1/embeddings");
         goto out;
     }
     if (get_bool(root, "stream", &r->stream, e) || get_bool(root, "ignore_eos", &r->ignore_eos, e) ||
@@ -741,7 +756,7 @@ void oa_choice_init(oa_choice *c, const oa_model *m, const oa_request *r, int in
     c->index = index;
     const oa_prompt *p = &r->prompts[index];
     c->prompt_tokens = p->n;
-    if (m->tok && r->ep != OA_EMBEDDINGS)
+    if (m->tok && !OA_POOLED(r->ep))
         c->ts = tok_stream_new(m->tok, 1);
     oa_stop_init(&c->stop, r->stop, r->n_stop);
     oa_buf_add(&c->text, "", 0);
@@ -1142,6 +1157,38 @@ char *oa_embeddings(const oa_model *m, const oa_request *r, const oa_choice *c, 
     return dump(json_pack("{s:s, s:o, s:s, s:{s:I, s:I}}", "object", "list", "data", data,
                           "model", m->name, "usage", "prompt_tokens", (json_int_t)p,
                           "total_tokens", (json_int_t)p));
+}
+
+char *oa_classify(const oa_model *m, const oa_request *r, const char *id, long created,
+                  const oa_choice *c, int n)
+{
+    (void)r;
+    json_t *data = json_array();
+    long long p = 0;
+    int L = m->info->hidden;
+    for (int i = 0; i < n; i++) {
+        const float *s = c[i].embedding;
+        int top = 0;
+        for (int k = 1; k < L; k++)
+            if (s[k] > s[top])
+                top = k;
+        double sum = 0; /* softmax in double, from the largest score */
+        for (int k = 0; k < L; k++)
+            sum += exp((double)s[k] - (double)s[top]);
+        json_t *scores = json_array(), *probs = json_array();
+        for (int k = 0; k < L; k++) {
+            json_array_append_new(scores, jreal(s[k]));
+            json_array_append_new(probs, jreal((float)(exp((double)s[k] - (double)s[top]) / sum)));
+        }
+        json_array_append_new(data, json_pack("{s:i, s:s, s:o, s:o, s:i}", "index", i, "label",
+                                              m->info->labels[top], "scores", scores, "probs",
+                                              probs, "num_classes", L));
+        p += c[i].prompt_tokens;
+    }
+    return dump(json_pack("{s:s, s:s, s:I, s:s, s:o, s:{s:I, s:I, s:I}}", "id", id, "object",
+                          "list", "created", (json_int_t)created, "model", m->name, "data", data,
+                          "usage", "prompt_tokens", (json_int_t)p, "total_tokens", (json_int_t)p,
+                          "completion_tokens", (json_int_t)0));
 }
 
 char *oa_models(const oa_model *m, long created)

@@ -29,7 +29,9 @@
 #define OA_MAX_STOP_LEN 1024    /* bytes per stop string */
 #define OA_MAX_PROMPTS 256      /* prompts (choices, embedding inputs) per request */
 
-typedef enum oa_endpoint { OA_COMPLETIONS, OA_CHAT, OA_EMBEDDINGS } oa_endpoint;
+typedef enum oa_endpoint { OA_COMPLETIONS, OA_CHAT, OA_EMBEDDINGS, OA_CLASSIFY } oa_endpoint;
+/* one vector per input, nothing generated: /v1/embeddings and /v1/classify */
+#define OA_POOLED(ep) ((ep) == OA_EMBEDDINGS || (ep) == OA_CLASSIFY)
 
 /* What the server serves: set up once at startup, read-only afterwards, shared by all threads. */
 typedef struct oa_model {
@@ -159,6 +161,9 @@ char *oa_response(const oa_model *m, const oa_request *r, const char *id, long c
                   const oa_choice *c, int n);
 /* /v1/embeddings: the list object. */
 char *oa_embeddings(const oa_model *m, const oa_request *r, const oa_choice *c, int n);
+/* /v1/classify: per input its raw scores (logits), their softmax and the top label (README). */
+char *oa_classify(const oa_model *m, const oa_request *r, const char *id, long created,
+                  const oa_choice *c, int n);
 /* GET /v1/models */
 char *oa_models(const oa_model *m, long created);
 

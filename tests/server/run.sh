@@ -19,7 +19,7 @@ cd "$(dirname "$0")/../.."
 [ $# -ge 1 ] && [ -x "$1" ] || { echo "usage: tests/server/run.sh KILN_BINARY [TEST...] (kilnc must be next to it)" >&2; exit 2; }
 KILN=$(realpath "$1")
 shift
-TESTS=${*:-test_openai test_http test_load}
+TESTS=${*:-test_openai test_http test_load test_classify}
 KILNC=$(dirname "$KILN")/kilnc
 [ -x "$KILNC" ] || { echo "tests/server/run.sh: no kilnc next to $KILN" >&2; exit 2; }
 
