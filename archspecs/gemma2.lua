@@ -1,16 +1,16 @@
 -- gemma2.lua — Gemma 2: Gemma's (1 + w) RMSNorm, sqrt(hidden)-scaled embeddings and tanh-GELU
 -- gated MLP, plus a norm after attention and after the MLP as well as before each (four per
 -- layer), attention scaled by query_pre_attn_scalar^-0.5 instead of head_dim^-0.5, a tanh soft cap
--- on the attention scores, and a sliding window on every other layer (config.layer_types).
+-- on the attention scores, a sliding window on every other layer (config.layer_types), and a
+-- tanh soft cap on the logits (Gemma2ForCausalLM's tanh(logits / c) * c, c =
+-- final_logit_softcapping, 30.0 in the released checkpoints: g:logits's softcap option).
 --
 -- HF reference: transformers/models/gemma2/modeling_gemma2.py, configuration_gemma2.py.
 --
--- Not served: a final logit soft cap (Gemma2ForCausalLM's tanh(logits / c) * c, c =
--- final_logit_softcapping, 30.0 in the released checkpoints). kiln has no op that caps the
--- logits, so a config that sets the field is refused here rather than run without the cap.
--- Absent and null are the same to cfg (archspecs/README.md 3.4), while Gemma2Config reads an
--- absent final_logit_softcapping as 30.0 and an absent attn_logit_softcapping as 50.0;
--- transformers writes both fields, so only a hand-written config.json can tell the difference.
+-- Absent and null are the same to cfg (archspecs/README.md 3.4): either means no cap here, while
+-- Gemma2Config reads an absent final_logit_softcapping as 30.0 and an absent
+-- attn_logit_softcapping as 50.0; transformers writes both fields, so only a hand-written
+-- config.json can tell the difference.
 local kiln = require "kiln"
 
 return kiln.archspec {
@@ -27,12 +27,7 @@ return kiln.archspec {
     local qkv_bias = cfg:bool("attention_bias", false)
     local scale    = cfg:float("query_pre_attn_scalar", 256) ^ -0.5
     local softcap  = cfg:has("attn_logit_softcapping") and cfg:float("attn_logit_softcapping") or 0
-    if cfg:has("final_logit_softcapping") then
-      error(cfg:path() .. ": final_logit_softcapping is " .. cfg:float("final_logit_softcapping") ..
-            "; kiln has no op for a soft cap on the logits yet, so gemma2.lua serves only configs " ..
-            "where it is null (--override final_logit_softcapping=null runs the model without the cap: " ..
-            "the same greedy tokens, other logits)")
-    end
+    local final_cap = cfg:has("final_logit_softcapping") and cfg:float("final_logit_softcapping") or 0
 
     -- Gemma2Config: layer_types, else sliding on even layers; sliding_window null means none.
     local window = cfg:has("sliding_window") and cfg:int("sliding_window") or 0
@@ -83,6 +78,6 @@ return kiln.archspec {
     g:layer(nil)
     x = norm(x, "model.norm.weight", "final_norm")
     local head = tied and embed or w("lm_head.weight", { vocab, H })
-    return g:logits(x, head, "logits")
+    return g:logits(x, head, { softcap = final_cap }, "logits")
   end,
 }

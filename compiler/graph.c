@@ -805,6 +805,17 @@ int graph_logits(kgraph *g, int x, int w, int b, const char *name, kerr *err)
     return id;
 }
 
+int graph_logits_softcap(kgraph *g, int id, double cap, kerr *err)
+{
+    if (!valid_id(g, id) || g->nodes[id].op != KG_LOGITS)
+        return fail(err, "logits", "the soft cap applies to a logits node");
+    if (!(cap > 0) || !isfinite(cap))
+        return fail(err, "logits", "softcap is %g; expected a positive number (HF's "
+                    "final_logit_softcapping), or no softcap option for none", cap);
+    g->nodes[id].softcap = cap;
+    return 0;
+}
+
 /* ---------------------------------------------------------------- verify */
 
 int graph_verify(const kgraph *g, kerr *err)
@@ -858,6 +869,9 @@ int graph_verify(const kgraph *g, kerr *err)
                 BAD("verify: %%%d %s: a shard that is not a part of its constant for %d ranks", i,
                     n->name, g->tp);
         }
+        if (n->softcap != 0 && (n->op != KG_LOGITS || !(n->softcap > 0) || !isfinite(n->softcap)))
+            BAD("verify: %%%d %s: a soft cap of %g on a %s node", i, n->name, n->softcap,
+                kg_op_name(n->op));
         if ((n->op == KG_ALL_REDUCE || n->op == KG_ALL_GATHER) &&
             (n->n_in != 1 || n->in[0] < 0 || n->in[0] >= i || n->is_const ||
              n->shape[n->ndim - 1] != g->nodes[n->in[0]].shape[n->ndim - 1] *
@@ -939,6 +953,10 @@ static void print_attrs(const kg_node *n, FILE *f)
             static const char *acts[] = {"silu", "gelu", "gelu_tanh", "relu"};
             fprintf(f, "; gated=%s", acts[n->epi_act]);
         }
+        break;
+    case KG_LOGITS:
+        if (n->softcap > 0)
+            fprintf(f, "; softcap=%g", n->softcap);
         break;
     case KG_SHARD: fprintf(f, "; dim=%d parts=%d", n->dim, n->parts); break;
     case KG_EMBED:

@@ -134,6 +134,7 @@ typedef struct kg_node {
     double eps;              /* norms */
     int unit_offset;         /* RMS_NORM: scale by (1 + w), as Gemma */
     double scalar;           /* SCALE */
+    double softcap;          /* LOGITS: the final soft cap, cap * tanh(logits / cap); 0 = none */
     kg_attn attn;
     kg_rope rope;
     kg_moe moe;
@@ -216,6 +217,9 @@ int graph_pool(kgraph *g, int x, int mode, int normalize, const char *name, kerr
 int graph_score(kgraph *g, const int ins[5], const char *name, kerr *err);
 /* b: the head's bias [V] or -1 */
 int graph_logits(kgraph *g, int x, int w, int b, const char *name, kerr *err);
+/* Gemma 2's final_logit_softcapping on LOGITS node `id`: logits = cap * tanh(logits / cap),
+ * after the bias. cap > 0 and finite. */
+int graph_logits_softcap(kgraph *g, int id, double cap, kerr *err);
 
 /* For passes: appends a copy of `proto` (strings duplicated, inputs as given), returning its
  * id. The caller keeps the order topological. */

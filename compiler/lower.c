@@ -416,6 +416,30 @@ static void gather_steps(lw *w, const kg_node *n, ka_arg part, ka_arg all, int64
     push(w, which, &s);
 }
 
+/* The LM head's bias and final soft cap on one logits variant's float [M, N] block `part` (the
+ * rank's, before the gather), after its GEMM or GEMV; nothing when the head has neither. */
+static void logits_epilogue_step(lw *w, const kg_node *n, ka_arg part, ka_arg bias, int64_t N,
+                                 int which, ka_logits lg, ka_rows rows)
+{
+    int has_bias = bias.kind != KA_ARG_NULL, cap = n->softcap > 0;
+    if (!has_bias && !cap)
+        return;
+    int k = kern(w, "logits_epilogue", ELEM_THREADS, 0,
+                 "const kiln_step st, float *logits, const DT *bias, float cap, int M",
+                 "kiln::logits_epilogue<DT, %lld, %d, %d, %d>(st, logits, bias, cap, M)",
+                 (long long)N, has_bias, cap, ELEM_THREADS);
+    ka_step s = kstep(k, n->name, rows == KA_ROWS_S ? G(0, 1, 0, 0, 1) : G(1, 0, 0, 0, 1),
+                      G(0, 0, 0, (int)N, 8 * ELEM_THREADS), G1());
+    s.logits = lg;
+    s.rows = rows;
+    add_arg(&s, A(KA_ARG_STEP, 0));
+    add_arg(&s, part);
+    add_arg(&s, bias);
+    add_arg(&s, AF(n->softcap));
+    add_arg(&s, A(KA_ARG_M, 0));
+    push(w, which, &s);
+}
+
 static int low_linear(lw *w, int id)
 {
     const kgraph *g = w->g;
@@ -430,11 +454,10 @@ static int low_linear(lw *w, int id)
     if (dense_arg(w, n->in[0], &x))
         return -1;
 
-    if (n->op == KG_LOGITS && bias.kind != KA_ARG_NULL)
-        return kerr_add(w->err, "%s: an LM head with a bias is not supported by the GPU code "
-                                "generator yet (the CPU reference runs it)",
-                        n->name);
     if (n->op == KG_LOGITS) { /* float logits; the last row of each sequence unless all */
+        /* the head's bias and soft cap: logits_epilogue after the GEMM or GEMV, not in them */
+        ka_arg hb = bias;
+        bias = ANULL();
         /* split by vocabulary: the rank's [M, N] block goes to scratch, the all-gather puts the
          * ranks' blocks side by side (rank-major), and gather_ranks makes rows of them */
         int tp = gathered(w->g, id) ? w->g->tp : 1;
@@ -460,6 +483,7 @@ static int low_linear(lw *w, int id)
         s = gemv_step(w, n, last, wt, bias, part, N, K, 0, -1, 1, KA_ROWS_S);
         s.logits = KA_LOGITS_LAST;
         push(w, PRE, &s);
+        logits_epilogue_step(w, n, part, hb, N, PRE, KA_LOGITS_LAST, KA_ROWS_S);
         gather_steps(w, n, part, all, N, tp, PRE, KA_LOGITS_LAST, KA_ROWS_S);
         s = gemm_step(n, x, wt, bias, part, N, K, K, N, 1, KA_ROWS_T);
         s.logits = KA_LOGITS_ALL;
@@ -467,12 +491,14 @@ static int low_linear(lw *w, int id)
         s = gemv_step(w, n, x, wt, bias, part, N, K, 0, -1, 1, KA_ROWS_T);
         s.logits = KA_LOGITS_ALL;
         push(w, PRE, &s);
+        logits_epilogue_step(w, n, part, hb, N, PRE, KA_LOGITS_ALL, KA_ROWS_T);
         gather_steps(w, n, part, all, N, tp, PRE, KA_LOGITS_ALL, KA_ROWS_T);
         /* decode: every row is the last of its sequence */
         s = gemm_step(n, x, wt, bias, part, N, K, K, N, 1, KA_ROWS_T);
         push(w, DEC, &s);
         s = gemv_step(w, n, x, wt, bias, part, N, K, 0, -1, 1, KA_ROWS_T);
         push(w, DEC, &s);
+        logits_epilogue_step(w, n, part, hb, N, DEC, KA_LOGITS_ANY, KA_ROWS_T);
         gather_steps(w, n, part, all, N, tp, DEC, KA_LOGITS_ANY, KA_ROWS_T);
         w->m->vocab = (int)(N * tp);
         return 0;

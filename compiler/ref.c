@@ -506,6 +506,19 @@ static void op_linear(ref *r, const kg_node *n, float *out)
     }
 }
 
+/* The LM head: a linear, then Gemma 2's final soft cap (Gemma2ForCausalLM: logits / cap, tanh,
+ * * cap) when the node has one. */
+static void op_logits(ref *r, const kg_node *n, float *out)
+{
+    op_linear(r, n, out);
+    if (n->softcap > 0) {
+        float cap = (float)n->softcap;
+        int64_t cnt = (int64_t)r->n * n->shape[1];
+        for (int64_t i = 0; i < cnt; i++)
+            out[i] = tanhf(out[i] / cap) * cap;
+    }
+}
+
 /* LlamaRMSNorm: x * rsqrt(mean(x^2) + eps) * w  (Gemma: * (1 + w)) */
 static void op_rms_norm(ref *r, const kg_node *n, float *out)
 {
@@ -839,8 +852,8 @@ static int compute(ref *r, int id, float *out, kerr *err)
     int64_t w = row_width(nd);
     switch (nd->op) {
     case KG_EMBED: return op_embed(r, id, out, err);
-    case KG_LINEAR:
-    case KG_LOGITS: op_linear(r, nd, out); break;
+    case KG_LINEAR: op_linear(r, nd, out); break;
+    case KG_LOGITS: op_logits(r, nd, out); break;
     case KG_RMS_NORM: op_rms_norm(r, nd, out); break;
     case KG_LAYER_NORM: op_layer_norm(r, nd, out); break;
     case KG_ROPE: op_rope(r, nd, out); break;

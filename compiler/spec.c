@@ -959,17 +959,31 @@ static int g_score(lua_State *L)
  * Gemma 2's final_logit_softcapping, logits = softcap * tanh(logits / softcap) (0: none). */
 static int g_logits(lua_State *L)
 {
+    static const opt_decl opts[] = {{"softcap", OT_NUM}};
     luaL_checkudata(L, 1, MT_GRAPH);
-    int x = check_tensor(L, 2), w = check_tensor(L, 3), bias = -1;
-    const char *name;
-    if (lua_type(L, 4) == LUA_TSTRING || lua_isnoneornil(L, 4)) {
-        name = opt_name(L, 4);
-    } else { /* g:logits(x, head, bias [, name]) */
-        bias = check_tensor(L, 4);
-        name = opt_name(L, 5);
+    int x = check_tensor(L, 2), w = check_tensor(L, 3), bias = -1, at = 4;
+    double cap = 0;
+    if (luaL_testudata(L, at, MT_TENSOR))
+        bias = check_tensor(L, at++);
+    else if (lua_isnil(L, at) && lua_gettop(L) > at) /* an explicit nil: no bias */
+        at++;
+    if (lua_istable(L, at)) {
+        check_opts(L, at, "logits", opts, (int)ARRAY_LEN(opts), 0);
+        cap = opt_field_num(L, at, "softcap", 0);
+        if (!(cap >= 0) || !isfinite(cap))
+            opt_fail(L, "softcap", 0, "logits: option 'softcap' is %g; expected 0 (none) or a "
+                                      "positive number (HF's final_logit_softcapping)",
+                     cap);
+        at++;
     }
+    if (!lua_isnoneornil(L, at) && lua_type(L, at) != LUA_TSTRING)
+        luaL_argerror(L, at, "expected g:logits(x, head [, bias] [, {softcap=}] [, name])");
+    const char *name = opt_name(L, at);
     builder *b = begin(L);
-    return push_tensor(L, b, graph_logits(b->g, x, w, bias, name, &b->err));
+    int id = graph_logits(b->g, x, w, bias, name, &b->err);
+    if (id >= 0 && cap > 0 && graph_logits_softcap(b->g, id, cap, &b->err))
+        id = -1;
+    return push_tensor(L, b, id);
 }
 
 static const luaL_Reg graph_methods[] = {

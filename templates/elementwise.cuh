@@ -474,6 +474,42 @@ __device__ __forceinline__ void gather_ranks(const kiln_step st, const float *pa
         dst[c] = src[c];
 }
 
+// logits_epilogue: logits[m][c] = v, c < N, m < M, with v = logits[m][c] (+ bias[c] when BIAS,
+// DT [N]) and then, when SOFTCAP, v = cap * tanh(v / cap): the LM head's bias and Gemma 2's final
+// logit soft cap (final_logit_softcapping), in place on the float logits [M, N] that the head's
+// GEMM or GEMV wrote (one rank's vocabulary block under tensor parallelism: both are per column,
+// so each rank applies them to its own block with its own bias slice). The bias is added here,
+// not by the GEMM (cuBLASLt's bias epilogue would pair a DT bias with float output, a combination
+// kiln does not rely on) nor the GEMV, so that both paths share one kernel after them.
+// tanh as attention.cuh's attn_tanh (from one exp, absolute error ~1e-7;
+// the fast-math tanhf is ~5e-4 relative, 0.015 at cap 30). Block (m, k) does elements
+// [k * 8 * THREADS, (k + 1) * 8 * THREADS) of row m: grid (M, ceil(N / (8 * THREADS))) x THREADS.
+// N need not be a multiple of 8 (scalar accesses).
+template <typename DT, int N, int BIAS, int SOFTCAP, int THREADS>
+__device__ __forceinline__ void logits_epilogue(const kiln_step st, float *logits, const DT *bias,
+                                                float cap, int M)
+{
+    KILN_PDL_ENTER();
+    static_assert(BIAS || SOFTCAP, "logits_epilogue: nothing to do");
+    (void)st;
+    const int m = blockIdx.x;
+    if (m >= M)
+        return;
+    float *row = logits + (long long)m * N;
+    const int end = min(N, (int)(blockIdx.y + 1) * 8 * THREADS);
+    for (int c = blockIdx.y * 8 * THREADS + threadIdx.x; c < end; c += THREADS) {
+        float v = row[c];
+        if (BIAS)
+            v += to_f(bias[c]);
+        if (SOFTCAP) {
+            const float x = fminf(fmaxf(v / cap, -15.f), 15.f);
+            const float e = __expf(2.f * x);
+            v = cap * ((e - 1.f) / (e + 1.f));
+        }
+        row[c] = v;
+    }
+}
+
 // pool: out[s] (float, [n_seqs, H]) = MODE 0: the mean of the sequence's rows
 // [seq_start[s], seq_start[s+1]) (summed in float in row order), 1: its first row, 2: its last
 // row; NORMALIZE: out[s] /= max(||out[s]||_2, 1e-12) (F.normalize). Every sequence has at least
