@@ -551,8 +551,18 @@ static void test_build_without_output(void **state)
                                 "    return x\n",
                                 TOY_CONFIG, &text, &path);
     char *want = xasprintf("%s: build() finished without an output: end with g:logits(x, head) "
-                           "for task generate, or g:pool(x, {...}) for task embed",
+                           "for task generate, g:pool(x, {...}) for task embed, or "
+                           "g:score(g:pool(x, {...}), {weight=...}) for task classify",
                            path);
+    assert_string_equal(m, want);
+    free(want);
+    free(text);
+    free(path);
+    /* an output of another task than the spec's */
+    m = build_fails("    local x = g:embed(g:weight(\"embed\", { 16, 8 }), g:input(\"ids\"))\n"
+                    "    return g:pool(x, { mode = \"last\" })\n",
+                    TOY_CONFIG, &text, &path);
+    want = xasprintf("%s: task generate ends in g:logits, but build() ended in g:pool", path);
     assert_string_equal(m, want);
     free(want);
     free(text);
