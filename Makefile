@@ -52,7 +52,7 @@ COMPILER_SRC := compiler/pipeline.c compiler/config.c compiler/graph.c compiler/
                 compiler/passes/verify.c compiler/passes/bind_weights.c compiler/passes/shard.c compiler/passes/fuse.c compiler/passes/plan_memory.c compiler/passes/finite.c compiler/lower.c compiler/pack.c \
                 compiler/posenc.c compiler/ref.c compiler/knvrtc.c compiler/overrides.c compiler/backend_ref.c compiler/synth.c
 # Runtime tests link libkiln.a only; compiler tests link both libraries.
-RUNTIME_TESTS  := safetensors tokenizer chat_template backend sched tp_runtime
+RUNTIME_TESTS  := safetensors tokenizer chat_template backend sched tp_runtime launch
 COMPILER_TESTS := config overrides graph spec registry cli ref compile example artifact badinput server run_cpu synth tp bench
 
 RUNTIME_OBJ  := $(RUNTIME_SRC:%.c=$(B)/obj/%.o)
@@ -89,7 +89,7 @@ $(B)/bin/kilnc: $(B)/obj/compiler/main.o $(B)/lib/libkilnc.a $(B)/lib/libkiln.a
 # compiles every kernel case for sm_80 and sm_90a (make check runs that).
 KTEST_SRC := tests/gpu/ktest.c tests/gpu/ktest_elementwise.c tests/gpu/ktest_gemv.c \
              tests/gpu/ktest_attention.c tests/gpu/ktest_moe.c tests/gpu/ktest_sample.c \
-             tests/gpu/ktest_collective.c
+             tests/gpu/ktest_collective.c tests/gpu/ktest_pdl.c
 $(B)/bin/kiln-ktest: $(KTEST_SRC:%.c=$(B)/obj/%.o) $(B)/lib/libkilnc.a $(B)/lib/libkiln.a
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $^ $(STATIC) $(CUDALIBS) $(SYSLIBS)

@@ -10,7 +10,11 @@
  * best of --reps timed runs:
  *   - time to first token of a --prompt N prompt: its prefill, chunked by the model's tokens per
  *     step as the scheduler chunks it, until the first token is sampled; its warm-up run is the
- *     first request after the load and is reported too (it pays every first-call cost);
+ *     first request after the load and is reported too: what a user's first request sees, the
+ *     engine having warmed itself up at the end of the load as it does in kiln run and kiln serve
+ *     (engine.c warm_up; its share of the load is in the backend line, KILN_WARMUP=0 shows the
+ *     first request without it). The GPU measurements before the load start the CUDA runtime
+ *     and cuBLASLt in the same context, which only shortens the load, not that first request;
  *   - prefill tok/s at each --prefill length, the same way;
  *   - decode tok/s at each --batch B: B sequences with a DECODE_PROMPT-token prompt are
  *     prefilled (untimed), then --new steps of B one-token items are timed, each token the

@@ -19,6 +19,13 @@
  * every rank and every pair of GPUs has peer access (init_p2p); KILN_ALLREDUCE=nccl keeps NCCL
  * for all of them, =p2p makes the kernel required. A rank stuck in that kernel (a peer failed)
  * is not released by aborting NCCL: the kernel traps after its bounded spin (KILN_P2P_POLLS).
+ *
+ * Every kernel launch goes through kcuda_launch: on sm_90 and newer, with code compiled for it,
+ * with programmatic dependent launch (each kernel's launch overlaps its predecessor's tail, and
+ * the decode graphs keep programmatic edges; every template waits first, kernels/common.cuh);
+ * KILN_PDL=0 turns it off. The load ends with a warm-up (warm_up: a prefill ladder and one
+ * decode step per bucket through the ordinary step, on every rank and node) so that the first
+ * request pays no first-call cost; KILN_WARMUP=0 skips it. The load line says both.
  */
 #include "engine.h"
 
@@ -61,6 +68,7 @@ typedef struct kdev {
     char devname[256];
     const ka_blob *code;     /* the cubin (or PTX) this device loads */
     int is_ptx;
+    int pdl;                 /* kernels launch with programmatic dependent launch (code_pdl) */
     CUmodule mod;
     CUfunction *fn;          /* [nkernels] */
     st_set *shard;           /* shards[rank], mapped */
@@ -98,6 +106,9 @@ struct kmodel {
     char ar_desc[256];       /* which all-reduce runs, for the load line and describe */
     char desc[2048];
     double load_s;
+    int warm;                /* KILN_WARMUP: warm up at the end of the load (warm_up) */
+    double warm_s;           /* its seconds, part of load_s */
+    char warm_desc[160];     /* what it ran, for describe */
 
     ka_file *af;
     ka_manifest *m;
@@ -151,6 +162,7 @@ double km_load_seconds(const kmodel *m) { return m->load_s; }
     } while (0)
 
 static void init_backend(kmodel *m);
+static int engine_step(kbackend *b, kb_item *items, int n, kerr *err);
 static void kv_layout(kmodel *m);
 
 static size_t align_up(size_t x) { return (x + ALIGN - 1) / ALIGN * ALIGN; }
@@ -384,6 +396,22 @@ static int pick_code(kmodel *m, kdev *d, kerr *err)
                     "no usable PTX. Rebuild it: kilnc compile MODEL_DIR -o OUT --sm %d%d",
                     m->af->path, d->rank, d->devname, d->cc_major, d->cc_minor,
                     have[0] ? have : "nothing", d->cc_major, d->cc_minor);
+}
+
+/* Programmatic dependent launch (kcuda_launch) is safe only where the kernels wait for their
+ * predecessor (KILN_PDL_ENTER, kernels/common.cuh), which they do when compiled for sm_90 or
+ * newer: code built for an older SM (a PTX JIT-compiled here, or an older cubin) launches
+ * without it. KILN_PDL=0 turns it off (to measure the difference). */
+static int code_pdl(kdev *d, kerr *err)
+{
+    int arch = 0;
+    const char *name = d->code->name;
+    if (sscanf(name, "cubin.sm_%d", &arch) != 1 && sscanf(name, "ptx.compute_%d", &arch) != 1)
+        arch = 0;
+    if (kcuda_pdl_wanted(d->cc_major, &d->pdl, err))
+        return -1;
+    d->pdl &= arch >= 90;
+    return 0;
 }
 
 /* Weights into one arena, through two pinned staging buffers so the copy out of the mapped
@@ -710,7 +738,7 @@ static int open_devices(kmodel *m, kerr *err)
             kcuda_fail(&m->cu, rc, "cuDevicePrimaryCtxRetain", __FILE__, __LINE__, err);
             return kerr_add(err, "on GPU %d (%s)", i, d->devname);
         }
-        if (pick_code(m, d, err))
+        if (pick_code(m, d, err) || code_pdl(d, err))
             return -1;
     }
     CU(cuCtxSetCurrent(m->devs[0].ctx));
@@ -888,6 +916,26 @@ static int start_workers(kmodel *m, kerr *err)
     return 0;
 }
 
+/* How the kernels launch and what the warm-up ran, appended to the load line. */
+static void describe_launch(kmodel *m)
+{
+    int pdl = 0, off = 0;
+    for (int i = 0; i < m->ndev; i++) {
+        pdl += m->devs[i].pdl;
+        off |= m->devs[i].cc_major >= 9 && !m->devs[i].pdl;
+    }
+    const char *e = getenv("KILN_PDL");
+    const char *how = pdl == m->ndev ? "with programmatic dependent launch"
+                      : e && !strcmp(e, "0") ? "without programmatic dependent launch (KILN_PDL=0)"
+                      : off ? "without programmatic dependent launch (code for an SM before sm_90)"
+                            : "without programmatic dependent launch (it needs sm_90)";
+    size_t l = strlen(m->desc);
+    snprintf(m->desc + l, sizeof m->desc - l, "; kernels %s; %s", how,
+             m->node_rank > 0  ? "warmed up by node 0's steps"
+             : m->warm_desc[0] ? m->warm_desc
+                               : "no warm-up (KILN_WARMUP=0)");
+}
+
 static void describe(kmodel *m)
 {
     const ka_manifest *man = m->m;
@@ -916,6 +964,7 @@ static void describe(kmodel *m)
                  man->model_name, man->arch, d0->devname, d0->cc_major, d0->cc_minor,
                  d0->is_ptx ? "PTX " : "", d0->code->name, wb, up, threads < 1 ? 1 : threads,
                  wait * 1e3, kv);
+        describe_launch(m);
         return;
     }
     char nv[32] = "", devs[1024] = "";
@@ -936,6 +985,98 @@ static void describe(kmodel *m)
              "on each",
              man->model_name, man->arch, man->tp, kncl_version_str(&m->nccl, nv, sizeof nv),
              nvls ? nvls : "unset", m->ar_desc, devs, node, wb, up, wait * 1e3, kv);
+    describe_launch(m);
+}
+
+/* The largest prompt the warm-up prefills: longer prompts pay their first-call costs (a
+ * cuBLASLt plan for their M) in proportion to far more compute. */
+#define WARM_MAX_TOKENS 2048
+
+/* The warm-up at the end of the load: every first-call cost a first request would otherwise pay
+ * (lazy loading of the model's kernels and of cuBLASLt's, cuBLASLt's algorithm choice per GEMM
+ * shape, the CUDA runtime's start inside cuBLASLt, each decode bucket's graph capture,
+ * instantiation and first upload), paid here through the ordinary step on every rank (and, from
+ * node 0, on every node). It runs prefills of 1 (embedding models) or 2, 4, 8, ... tokens up to
+ * the step's limit (at most WARM_MAX_TOKENS), both the GEMV and the GEMM paths and cuBLASLt's
+ * choices for those M, and then one decode step of every bucket (1, 2, 4, ... max_seqs rows),
+ * which captures its graph.
+ *
+ * Nothing a user can see changes: the items are the engine's own (all token 0, greedy, their
+ * outputs dropped), so no scheduler, KV allocation, metric or RNG is involved (sampling draws
+ * from each request's own (seed, index), no state carries over). They write garbage K/V into
+ * blocks 1.. of the cache, which no sequence holds yet and every sequence overwrites before it
+ * reads (attention reads only the positions its own tokens wrote). Not warmed: the first
+ * request that asks for prompt logits (its [max_tokens, vocab] buffer is allocated on first use,
+ * and so is the pinned buffer of the first request with logprobs). */
+static int warm_up(kmodel *m, kerr *err)
+{
+    const kb_info *in = &m->info;
+    double t0 = util_now();
+    /* one item's tokens: within its sequence limit and the blocks it may name */
+    int per = in->max_seq_len;
+    if ((long)in->kv_blocks * KILN_BLOCK < per)
+        per = in->kv_blocks * KILN_BLOCK;
+    if ((long)m->max_blocks * KILN_BLOCK < per)
+        per = m->max_blocks * KILN_BLOCK;
+    int limit = in->max_tokens < WARM_MAX_TOKENS ? in->max_tokens : WARM_MAX_TOKENS;
+    if ((long)per * in->max_seqs < limit)
+        limit = per * in->max_seqs;
+    assert(per >= 1 && limit >= 1);
+    int nblk = (per + KILN_BLOCK - 1) / KILN_BLOCK;
+    int32_t *ids = xcalloc((size_t)(limit > in->max_seqs ? limit : in->max_seqs), sizeof *ids);
+    int32_t *blocks = xcalloc((size_t)nblk, sizeof *blocks);
+    for (int b = 0; b < nblk; b++)
+        blocks[b] = b + 1;
+    kb_item *items = xcalloc((size_t)in->max_seqs, sizeof *items);
+    float *emb = in->embed ? xcalloc((size_t)in->max_seqs * (size_t)in->hidden, sizeof *emb)
+                           : NULL;
+    int rc = 0, first = in->embed ? 1 : 2, last = 0, decode_rows = 0;
+    for (int want = first; !rc && last < limit; want *= 2) {
+        int T = want < limit ? want : limit, n = 0;
+        for (int done = 0; done < T; n++) { /* prefill items of at most `per` tokens */
+            kb_item *it = &items[n];
+            memset(it, 0, sizeof *it);
+            it->slot = n;
+            it->n = T - done < per ? T - done : per;
+            it->ids = ids;
+            it->blocks = blocks;
+            it->nblocks = (it->n + KILN_BLOCK - 1) / KILN_BLOCK;
+            it->sample = !in->embed;
+            it->embedding = emb ? emb + (size_t)n * (size_t)in->hidden : NULL;
+            done += it->n;
+        }
+        rc = engine_step(&m->kb, items, n, err);
+        last = T;
+    }
+    for (int want = 1; !rc && !in->embed && decode_rows < in->max_seqs; want *= 2) {
+        int n = want < in->max_seqs ? want : in->max_seqs;
+        for (int r = 0; r < n; r++) {
+            kb_item *it = &items[r];
+            memset(it, 0, sizeof *it);
+            it->slot = r;
+            it->n = 1;
+            it->ids = ids;
+            it->blocks = blocks;
+            it->nblocks = 1;
+            it->sample = 1;
+        }
+        rc = engine_step(&m->kb, items, n, err);
+        decode_rows = n;
+    }
+    free(ids);
+    free(blocks);
+    free(items);
+    free(emb);
+    if (rc)
+        return kerr_add(err, "in the warm-up after the load (KILN_WARMUP=0 skips it)");
+    m->warm_s = util_now() - t0;
+    char dec[96] = "";
+    if (decode_rows)
+        snprintf(dec, sizeof dec, ", decode steps of 1..%d rows%s", decode_rows,
+                 m->o.no_graphs || m->graphs_failed ? "" : " and their CUDA graphs");
+    snprintf(m->warm_desc, sizeof m->warm_desc, "warm-up %.0f ms (prefills of %d..%d tokens%s)",
+             m->warm_s * 1e3, first < last ? first : last, last, dec);
+    return 0;
 }
 
 kmodel *km_load(const char *dir, const km_opts *o, kerr *err)
@@ -945,6 +1086,15 @@ kmodel *km_load(const char *dir, const km_opts *o, kerr *err)
     m->o = *o;
     if (m->o.kv_memory <= 0 || m->o.kv_memory > 1)
         m->o.kv_memory = 0.9;
+    const char *wu = getenv("KILN_WARMUP");
+    if (wu && strcmp(wu, "0") != 0 && strcmp(wu, "1") != 0) {
+        kerr_add(err, "KILN_WARMUP=%s: expected 1 (warm up at the end of the load, the default) "
+                      "or 0 (leave the first-call costs to the first request)",
+                 wu);
+        km_free(m);
+        return NULL;
+    }
+    m->warm = !(wu && strcmp(wu, "0") == 0);
     char *path = util_path_join(dir, "model.kiln");
     if (!util_is_dir(dir)) {
         kerr_add(err, "%s: not a folder (expected the output of kilnc compile)", dir);
@@ -975,6 +1125,8 @@ kmodel *km_load(const char *dir, const km_opts *o, kerr *err)
         init_nccl(m, err) || init_p2p(m, err) || (m->node_rank == 0 && size_kv(m, err)))
         goto fail;
     init_backend(m);
+    if (m->node_rank == 0 && m->warm && warm_up(m, err))
+        goto fail;
     m->load_s = util_now() - t0;
     describe(m);
     free(path);
@@ -1094,9 +1246,8 @@ static int run_collective(kmodel *m, kdev *d, const ka_step *s, int rows, CUdevi
         ((px | py) & 15) == 0) {
         long long n = (long long)count;
         void *params[] = {&px, &py, &n, &d->p2p};
-        CU(cuLaunchKernel(d->fn[m->p2p_kernel], KILN_P2P_BLOCKS, 1, 1, KILN_P2P_THREADS, 1, 1, 0,
-                          d->stream, params, NULL));
-        return 0;
+        return kcuda_launch(&m->cu, d->fn[m->p2p_kernel], KILN_P2P_BLOCKS, 1, 1, KILN_P2P_THREADS,
+                            0, d->stream, params, d->pdl, err);
     }
     const void *x = (const void *)(uintptr_t)px;
     void *y = (void *)(uintptr_t)py;
@@ -1160,13 +1311,9 @@ static int run_steps(kmodel *m, kdev *d, const ka_step *steps, int n, int T, int
         if (!gx || !gy || !gz)
             continue;
         const ka_kernel *kk = &man->kernels[s->kernel];
-        CUresult rc = m->cu.cuLaunchKernel(d->fn[s->kernel], gx, gy, gz, (unsigned)kk->block, 1, 1,
-                                           (unsigned)kk->smem, d->stream, params, NULL);
-        if (rc != CUDA_SUCCESS) {
-            kcuda_fail(&m->cu, rc, "cuLaunchKernel", __FILE__, __LINE__, err);
-            return kerr_add(err, "launching %s for step %d (%s), grid %u,%u,%u", kk->name, i,
-                            s->label, gx, gy, gz);
-        }
+        if (kcuda_launch(&m->cu, d->fn[s->kernel], gx, gy, gz, (unsigned)kk->block,
+                         (unsigned)kk->smem, d->stream, params, d->pdl, err))
+            return kerr_add(err, "launching %s for step %d (%s)", kk->name, i, s->label);
     }
     return 0;
 }
@@ -1337,8 +1484,9 @@ static int finish_rank0(kmodel *m, kdev *d, kerr *err)
         CUdeviceptr lg = d->logits, par = d->d_params, ids = d->d_ids;
         void *params[] = {&st, &lg, &par, &ids};
         const ka_kernel *kk = &man->kernels[man->sample_kernel];
-        CU(cuLaunchKernel(d->fn[man->sample_kernel], (unsigned)n, 1, 1, (unsigned)kk->block, 1, 1,
-                          (unsigned)kk->smem, d->stream, params, NULL));
+        if (kcuda_launch(&m->cu, d->fn[man->sample_kernel], (unsigned)n, 1, 1, (unsigned)kk->block,
+                         (unsigned)kk->smem, d->stream, params, d->pdl, err))
+            return kerr_add(err, "launching the sampler (%s)", kk->name);
         CU(cuMemcpyDtoHAsync(m->h_ids, d->d_ids, sizeof(int32_t) * (size_t)n, d->stream));
         for (int r = 0; r < n; r++) /* the rows the sampler read (it does not write them) */
             if (items[r].sample && items[r].logprobs > 0)

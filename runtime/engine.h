@@ -40,6 +40,13 @@
  * a step costs one upload of the step arrays per device, the schedule, the sampler and one wait
  * per device, plus the copies an item asks for (logits rows for logprobs, prompt logits,
  * embeddings), all from rank 0.
+ *
+ * The load ends with a warm-up through that same step (prefills of 2, 4, ... up to 2,048 tokens,
+ * one decode step of every bucket, which captures its graph), so that lazy module loading,
+ * cuBLASLt's algorithm choices and graph instantiation are paid at load, not by the first
+ * request; it changes no state a user sees (km_load_seconds includes it, km_describe gives its
+ * share; KILN_WARMUP=0 skips it). On sm_90 kernels launch with programmatic dependent launch
+ * (kcuda_launch; KILN_PDL=0 turns it off).
  */
 #ifndef KILN_ENGINE_H
 #define KILN_ENGINE_H

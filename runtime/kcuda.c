@@ -3,6 +3,7 @@
 
 #include <dlfcn.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef CUresult (*get_proc_fn)(const char *, void **, int, cuuint64_t,
@@ -82,4 +83,46 @@ int kcuda_fail(const kcuda *c, CUresult rc, const char *call, const char *file, 
     char b[200];
     return kerr_add(err, "%s:%d: %s failed: %s", file, line, call,
                     kcuda_errstr(c, rc, b, sizeof b));
+}
+
+int kcuda_pdl_wanted(int cc_major, int *pdl, kerr *err)
+{
+    const char *e = getenv("KILN_PDL");
+    if (e && strcmp(e, "0") != 0 && strcmp(e, "1") != 0)
+        return kerr_add(err, "KILN_PDL=%s: expected 0 (launch kernels without programmatic "
+                             "dependent launch) or 1 (with it, on sm_90 and newer; the default)",
+                        e);
+    *pdl = cc_major >= 9 && !(e && strcmp(e, "0") == 0);
+    return 0;
+}
+
+int kcuda_launch(const kcuda *c, CUfunction f, unsigned gx, unsigned gy, unsigned gz,
+                 unsigned block, unsigned smem, CUstream stream, void **params, int pdl,
+                 kerr *err)
+{
+    CUlaunchAttribute attr;
+    memset(&attr, 0, sizeof attr);
+    attr.id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr.value.programmaticStreamSerializationAllowed = 1;
+    CUlaunchConfig cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.gridDimX = gx;
+    cfg.gridDimY = gy;
+    cfg.gridDimZ = gz;
+    cfg.blockDimX = block;
+    cfg.blockDimY = 1;
+    cfg.blockDimZ = 1;
+    cfg.sharedMemBytes = smem;
+    cfg.hStream = stream;
+    cfg.attrs = pdl ? &attr : NULL;
+    cfg.numAttrs = pdl ? 1 : 0;
+    CUresult rc = c->cuLaunchKernelEx(&cfg, f, params, NULL);
+    if (rc != CUDA_SUCCESS) {
+        kcuda_fail(c, rc, pdl ? "cuLaunchKernelEx (programmatic dependent launch)"
+                              : "cuLaunchKernelEx",
+                   __FILE__, __LINE__, err);
+        return kerr_add(err, "grid %u,%u,%u of %u threads, %u bytes of shared memory", gx, gy,
+                        gz, block, smem);
+    }
+    return 0;
 }

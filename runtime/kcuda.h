@@ -29,7 +29,7 @@
     X(cuGraphInstantiateWithFlags) X(cuGraphLaunch) X(cuGraphExecDestroy) X(cuGraphDestroy)     \
     X(cuEventCreate) X(cuEventDestroy) X(cuEventRecord) X(cuEventSynchronize)                   \
     X(cuEventElapsedTime) X(cuGetErrorName) X(cuGetErrorString) X(cuDeviceCanAccessPeer)    \
-    X(cuCtxEnablePeerAccess)
+    X(cuCtxEnablePeerAccess) X(cuLaunchKernelEx)
 
 typedef struct kcuda {
     void *lib;
@@ -49,6 +49,22 @@ const char *kcuda_errstr(const kcuda *c, CUresult rc, char *buf, size_t cap);
 
 int kcuda_fail(const kcuda *c, CUresult rc, const char *call, const char *file, int line,
                kerr *err);
+
+/* Whether kernels on this device launch with programmatic dependent launch (PDL): compute
+ * capability 9.0 or newer, and KILN_PDL is not "0" (the switch to measure without). Any other
+ * value of KILN_PDL than "0" or "1" is refused, naming it. */
+int kcuda_pdl_wanted(int cc_major, int *pdl, kerr *err);
+
+/* The one kernel launch of the runtime (and of kiln-ktest): cuLaunchKernelEx, with the
+ * programmatic stream serialization attribute when `pdl`. The kernel may then start while the
+ * previous kernel in the stream is still running, and must wait for it before touching memory:
+ * every kernel template begins with KILN_PDL_ENTER() (kernels/common.cuh). Under stream capture
+ * the edge becomes a programmatic edge of the graph. After a node that is not a kernel (a copy,
+ * a library's launch without the attribute) the dependency stays a full one. On failure returns
+ * -1 with the call, its error and the grid in err. */
+int kcuda_launch(const kcuda *c, CUfunction f, unsigned gx, unsigned gy, unsigned gz,
+                 unsigned block, unsigned smem, CUstream stream, void **params, int pdl,
+                 kerr *err);
 
 #define KCU(c, call, err)                                                                       \
     do {                                                                                        \

@@ -3,7 +3,8 @@
  *
  * Without a GPU (or with --compile-only) it still compiles every case's translation unit with
  * NVRTC for sm_80 and sm_90a, so CI proves the templates instantiate; the device calls then do
- * nothing and no comparison is made. */
+ * nothing and no comparison is made. `kiln-ktest --bench gemv` runs no cases: it prints the GEMV's
+ * weight bandwidth on the Llama-3 shapes, old kernel against new (tests/gpu/ktest_gemv.c). */
 #include "ktest.h"
 
 #include <math.h>
@@ -125,9 +126,11 @@ void kt_launch(kt *t, CUfunction f, const char *name, unsigned gx, unsigned gy, 
         die(t, "kernel %s: no function (its module failed to compile)", name);
     if (smem > 48 * 1024)
         CK(cuFuncSetAttribute(f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, (int)smem));
-    CUresult rc = t->cu.cuLaunchKernel(f, gx, gy, gz, bx, 1, 1, (unsigned)smem, t->stream, args, NULL);
-    if (rc == CUDA_SUCCESS)
-        rc = t->cu.cuStreamSynchronize(t->stream);
+    kerr e;
+    kerr_clear(&e);
+    if (kcuda_launch(&t->cu, f, gx, gy, gz, bx, (unsigned)smem, t->stream, args, t->pdl, &e))
+        die(t, "kernel %s: %s", name, kerr_msg(&e));
+    CUresult rc = t->cu.cuStreamSynchronize(t->stream);
     if (rc != CUDA_SUCCESS) {
         char b[200];
         die(t, "kernel %s (grid %u,%u,%u block %u smem %zu) failed: %s", name, gx, gy, gz, bx,
@@ -258,6 +261,7 @@ static void run_all(kt *t)
     ktest_moe(t);
     ktest_sample(t);
     ktest_collective(t);
+    ktest_pdl(t);
 }
 
 int main(int argc, char **argv)
@@ -268,6 +272,14 @@ int main(int argc, char **argv)
     if (argc > 1 && strcmp(argv[1], "--compile-only") == 0) {
         t->compile_only = 1;
         ai++;
+    }
+    int bench = 0; /* --bench gemv: tests/gpu/ktest_gemv.c's benchmark instead of the cases */
+    if (argc > ai && strcmp(argv[ai], "--bench") == 0) {
+        if (argc <= ai + 1 || strcmp(argv[ai + 1], "gemv") != 0)
+            die(t, "--bench: expected the family to benchmark, gemv; got %s",
+                argc > ai + 1 ? argv[ai + 1] : "nothing");
+        bench = 1;
+        ai += 2;
     }
     t->filter = argc > ai ? argv[ai] : getenv("KTEST_FILTER");
     const char *root = getenv("KILN_ROOT");
@@ -281,6 +293,8 @@ int main(int argc, char **argv)
                kerr_msg(&e));
         t->compile_only = 1;
     }
+    if (bench && t->compile_only)
+        die(t, "--bench gemv measures kernels on a GPU: it has no compile-only mode");
     if (t->compile_only) {
         strcpy(t->arch, "sm_90a");
         run_all(t);
@@ -299,11 +313,16 @@ int main(int argc, char **argv)
     CK(cuCtxSetCurrent(t->ctx));
     CK(cuStreamCreate(&t->stream, 0));
     snprintf(t->arch, sizeof t->arch, "sm_%d%d%s", maj, min, maj == 9 ? "a" : "");
+    if (kcuda_pdl_wanted(maj, &t->pdl, &e)) /* the cases are compiled for this GPU's own SM */
+        die(t, "%s", kerr_msg(&e));
     const char *seed = getenv("KTEST_SEED");
     unsigned long long s0 = seed ? strtoull(seed, NULL, 10) : (unsigned long long)(util_now() * 1e6);
     t->rng = s0 ? s0 : 88172645463325252ull;
-    printf("ktest: %s (%s), NVRTC %s, seed %llu (KTEST_SEED to repeat)\n", name, t->arch,
-           nvrtc_version_str(), s0);
+    printf("ktest: %s (%s), NVRTC %s, seed %llu (KTEST_SEED to repeat), programmatic dependent "
+           "launch %s (KILN_PDL)\n",
+           name, t->arch, nvrtc_version_str(), s0, t->pdl ? "on" : "off");
+    if (bench)
+        return ktest_gemv_bench(t) ? 1 : 0;
     run_all(t);
     printf("\n%-48s %-4s %s\n%s", "KERNEL CASE", "", "RESULT", t->summary ? t->summary : "");
     printf("ktest: %d cases, %d failed (%s, seed %llu)\n", t->cases, t->failures, name, s0);

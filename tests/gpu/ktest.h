@@ -30,6 +30,7 @@ typedef struct kt {
     size_t summary_len;
     const char *filter; /* run only cases whose name contains this */
     int compile_only;   /* no GPU: compile each case for sm_80 and sm_90a, run nothing */
+    int pdl;            /* launches use programmatic dependent launch (kcuda_pdl_wanted) */
     int compiled;
 } kt;
 
@@ -43,7 +44,7 @@ CUdeviceptr kt_alloc(kt *t, size_t bytes);          /* poisoned with 0xFF */
 CUdeviceptr kt_upload(kt *t, const void *host, size_t bytes);
 void kt_download(kt *t, void *host, CUdeviceptr d, size_t bytes);
 void kt_free(kt *t, CUdeviceptr d);
-/* Launches and synchronises; a launch or execution error fails the run with the kernel name. */
+/* Launches (kcuda_launch, the runtime's launch, with t->pdl) and synchronises; a launch or execution error fails the run with the kernel name. */
 void kt_launch(kt *t, CUfunction f, const char *name, unsigned gx, unsigned gy, unsigned gz,
                unsigned bx, size_t smem, void **args);
 
@@ -73,9 +74,12 @@ const char *kt_act_name(int which);
 /* The families; each file tests/gpu/ktest_<family>.c defines one. */
 void ktest_elementwise(kt *t);
 void ktest_gemv(kt *t);
+/* `kiln-ktest --bench gemv`: prints the GEMV's weight bandwidth per shape and M; -1 on a failure. */
+int ktest_gemv_bench(kt *t);
 void ktest_attention(kt *t);
 void ktest_moe(kt *t);
 void ktest_sample(kt *t);
 void ktest_collective(kt *t);
+void ktest_pdl(kt *t);
 
 #endif
