@@ -44,7 +44,8 @@ CUdeviceptr kt_alloc(kt *t, size_t bytes);          /* poisoned with 0xFF */
 CUdeviceptr kt_upload(kt *t, const void *host, size_t bytes);
 void kt_download(kt *t, void *host, CUdeviceptr d, size_t bytes);
 void kt_free(kt *t, CUdeviceptr d);
-/* Launches (kcuda_launch, the runtime's launch, with t->pdl) and synchronises; a launch or execution error fails the run with the kernel name. */
+/* Launches (kcuda_launch, the runtime's launch, with t->pdl) and synchronises; a launch or
+ * execution error fails the run with the kernel name. */
 void kt_launch(kt *t, CUfunction f, const char *name, unsigned gx, unsigned gy, unsigned gz,
                unsigned bx, size_t smem, void **args);
 
@@ -74,8 +75,6 @@ const char *kt_act_name(int which);
 /* The families; each file tests/gpu/ktest_<family>.c defines one. */
 void ktest_elementwise(kt *t);
 void ktest_gemv(kt *t);
-/* `kiln-ktest --bench gemv`: prints the GEMV's weight bandwidth per shape and M; -1 on a failure. */
-int ktest_gemv_bench(kt *t);
 void ktest_attention(kt *t);
 void ktest_moe(kt *t);
 void ktest_sample(kt *t);
