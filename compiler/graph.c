@@ -618,6 +618,41 @@ int graph_attention(kgraph *g, int q, int k, int v, const kg_attn *a, const char
                 desc(g, v, dv, sizeof dv));
 }
 
+int graph_mla(kgraph *g, const int ins[5], const kg_mla *m, const char *name, kerr *err)
+{
+    if (need_ids(g, "mla_attention", err, 5, ins[0], ins[1], ins[2], ins[3], ins[4]) ||
+        need_act(g, "mla_attention", ins[KG_MLA_Q_NOPE], "q_nope", err) ||
+        need_act(g, "mla_attention", ins[KG_MLA_Q_PE], "q_pe", err) ||
+        need_act(g, "mla_attention", ins[KG_MLA_LATENT], "the latent", err) ||
+        need_act(g, "mla_attention", ins[KG_MLA_K_PE], "k_pe", err) ||
+        need_const(g, "mla_attention", ins[KG_MLA_KV_B], "kv_b", err))
+        return -1;
+    if (m->n_heads <= 0 || m->nope_dim <= 0 || m->rope_dim <= 0 || m->v_dim <= 0 ||
+        m->rank <= 0)
+        return fail(err, "mla_attention",
+                    "heads %d, nope_dim %d, rope_dim %d, v_dim %d and rank %d must be positive",
+                    m->n_heads, m->nope_dim, m->rope_dim, m->v_dim, m->rank);
+    if (!(m->scale > 0) || !isfinite(m->scale))
+        return fail(err, "mla_attention", "scale %g must be positive", m->scale);
+    int64_t h = m->n_heads;
+    if (need_shape(g, "mla_attention", ins[KG_MLA_Q_NOPE], "q_nope", err, 2, (int64_t)KG_T,
+                   h * m->nope_dim) ||
+        need_shape(g, "mla_attention", ins[KG_MLA_Q_PE], "q_pe", err, 2, (int64_t)KG_T,
+                   h * m->rope_dim) ||
+        need_shape(g, "mla_attention", ins[KG_MLA_LATENT], "the latent", err, 2, (int64_t)KG_T,
+                   (int64_t)m->rank) ||
+        need_shape(g, "mla_attention", ins[KG_MLA_K_PE], "k_pe", err, 2, (int64_t)KG_T,
+                   (int64_t)m->rope_dim) ||
+        need_shape(g, "mla_attention", ins[KG_MLA_KV_B], "kv_b [heads*(nope_dim+v_dim), rank]",
+                   err, 2, h * (m->nope_dim + m->v_dim), (int64_t)m->rank))
+        return -1;
+    int64_t sh[2] = {KG_T, h * m->v_dim};
+    int id = add(g, KG_MLA, name, 2, sh, 5, ins);
+    g->nodes[id].mla = *m;
+    g->nodes[id].mla.layer = g->n_layers++;
+    return id;
+}
+
 int graph_unary(kgraph *g, kg_op op, int x, const char *name, kerr *err)
 {
     const char *on = kg_op_name(op);
@@ -939,6 +974,12 @@ static void print_attrs(const kg_node *n, FILE *f)
         if (a->softcap)
             fprintf(f, " softcap=%g", a->softcap);
         fprintf(f, " kv_slot=%d", a->layer);
+        break;
+    }
+    case KG_MLA: {
+        const kg_mla *m = &n->mla;
+        fprintf(f, "; heads=%d nope=%d rope=%d v=%d rank=%d causal scale=%g kv_slot=%d",
+                m->n_heads, m->nope_dim, m->rope_dim, m->v_dim, m->rank, m->scale, m->layer);
         break;
     }
     case KG_MOE: {

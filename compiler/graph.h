@@ -48,6 +48,7 @@
     X(LAYER_NORM, "layer_norm") /* over the last dimension, weight [H], bias [H] or none */    \
     X(ROPE, "rope")             /* rotary embedding of [T, heads*head_dim] by positions */     \
     X(ATTENTION, "attention")   /* q, k, v [T, heads*head_dim] -> [T, heads*head_dim] */       \
+    X(MLA, "mla_attention")     /* multi-head latent attention (DeepSeek-V2): kg_mla */        \
     X(SILU, "silu")                                                                            \
     X(GELU, "gelu")             /* exact, with erf */                                          \
     X(GELU_TANH, "gelu_tanh")   /* the tanh approximation */                                   \
@@ -87,6 +88,21 @@ typedef struct kg_attn {
     double scale;   /* multiplies q.k; 1/sqrt(head_dim) unless the spec says otherwise */
     int layer;      /* KV-cache slot, numbered in build order */
 } kg_attn;
+
+/* Multi-head latent attention (DeepSeek-V2). Inputs, by KG_MLA_*: q_nope [T, heads*nope],
+ * q_pe [T, heads*rope] (already rotated), the normalised latent c [T, rank], the shared key
+ * k_pe [T, rope] (already rotated) and kv_b [heads*(nope+v), rank] (kv_b_proj, per head: nope
+ * key rows, then v rows). Head h attends with key [W_k[h] c_j ; k_pe_j] and value W_v[h] c_j;
+ * output [T, heads*v]. Per token and layer the KV cache holds only c and k_pe (rank + rope
+ * floats): that saving is why this is an op and not ordinary attention of expanded k and v. */
+typedef struct kg_mla {
+    int n_heads, nope_dim, rope_dim, v_dim, rank;
+    double scale;   /* multiplies q.k (nope and rope parts together) */
+    int layer;      /* KV-cache slot, numbered in build order with the attention nodes */
+} kg_mla;
+
+/* MLA inputs, by position */
+enum { KG_MLA_Q_NOPE, KG_MLA_Q_PE, KG_MLA_LATENT, KG_MLA_K_PE, KG_MLA_KV_B };
 
 typedef struct kg_rope {
     rope_params p;
@@ -136,6 +152,7 @@ typedef struct kg_node {
     double scalar;           /* SCALE */
     double softcap;          /* LOGITS: the final soft cap, cap * tanh(logits / cap); 0 = none */
     kg_attn attn;
+    kg_mla mla;
     kg_rope rope;
     kg_moe moe;
     int pool_mode, pool_normalize;
@@ -206,6 +223,8 @@ int graph_layer_norm(kgraph *g, int x, int w, int b, double eps, const char *nam
 int graph_rope(kgraph *g, int x, int pos, const kg_rope *r, const char *name, kerr *err);
 int graph_attention(kgraph *g, int q, int k, int v, const kg_attn *a, const char *name,
                     kerr *err);
+/* ins: KG_MLA_* order */
+int graph_mla(kgraph *g, const int ins[5], const kg_mla *m, const char *name, kerr *err);
 int graph_unary(kgraph *g, kg_op op, int x, const char *name, kerr *err);
 int graph_binary(kgraph *g, kg_op op, int a, int b, const char *name, kerr *err);
 int graph_scale(kgraph *g, int x, double s, const char *name, kerr *err);

@@ -21,7 +21,8 @@ typedef struct cval {
 } cval;
 
 typedef struct kv {
-    float *k, *v; /* [max_seq, kv_heads * head_dim] (the rank's heads) */
+    float *k, *v; /* [max_seq, kv_heads * head_dim] (the rank's heads); MLA: k is
+                     [max_seq, rank + rope_dim] (latent, shared key), v is NULL */
 } kv;
 
 /* One simulated rank of a sharded graph (one in all for an unsharded graph). */
@@ -326,14 +327,17 @@ ref *ref_new(const kgraph *g, int max_seq, kerr *err)
     set_rank(r, 0);
     for (int i = 0; i < g->n; i++) {
         const kg_node *n = &g->nodes[i];
-        if (n->op != KG_ATTENTION)
+        if (n->op != KG_ATTENTION && n->op != KG_MLA)
             continue;
-        size_t w = (size_t)n->attn.n_kv_heads * (size_t)n->attn.head_dim;
+        /* MLA caches only the latent and the shared rotated key, in k */
+        int mla = n->op == KG_MLA, layer = mla ? n->mla.layer : n->attn.layer;
+        size_t w = mla ? (size_t)n->mla.rank + (size_t)n->mla.rope_dim
+                       : (size_t)n->attn.n_kv_heads * (size_t)n->attn.head_dim;
         for (int k = 0; k < r->tp; k++) {
-            kv *c = &r->ranks[k].cache[n->attn.layer];
+            kv *c = &r->ranks[k].cache[layer];
             c->k = calloc((size_t)max_seq * w, sizeof(float));
-            c->v = calloc((size_t)max_seq * w, sizeof(float));
-            if (!c->k || !c->v) {
+            c->v = mla ? NULL : calloc((size_t)max_seq * w, sizeof(float));
+            if (!c->k || (!mla && !c->v)) {
                 kerr_add(err, "ref: cannot allocate the KV cache for %d tokens%s", max_seq,
                          r->tp > 1 ? " on every rank" : "");
                 ref_free(r);
@@ -649,6 +653,64 @@ static void op_attention(ref *r, const kg_node *n, float *out)
     free(slopes);
 }
 
+/* Multi-head latent attention in its plain form, as HF's DeepseekV2Attention computes it: the
+ * cache holds each token's latent c and rotated shared key k_pe ([rank + rope] floats); every
+ * step expands them to per-head keys [W_k[h] c ; k_pe] and values W_v[h] c with kv_b, then
+ * runs causal attention. (The GPU computes the absorbed form instead; this is its oracle.) */
+static void op_mla(ref *r, const kg_node *n, float *out)
+{
+    const kg_mla *m = &n->mla;
+    int64_t H = m->n_heads, dn = m->nope_dim, dr = m->rope_dim, dv = m->v_dim, rk = m->rank;
+    int64_t cw = rk + dr, hw = dn + dv, total = r->len + r->n;
+    kv *c = &r->cache[m->layer];
+    const float *qn = r->val[n->in[KG_MLA_Q_NOPE]], *qp = r->val[n->in[KG_MLA_Q_PE]];
+    const float *lat = r->val[n->in[KG_MLA_LATENT]], *kp = r->val[n->in[KG_MLA_K_PE]];
+    for (int t = 0; t < r->n; t++) {
+        memcpy(c->k + (r->len + t) * cw, lat + t * rk, sizeof(float) * (size_t)rk);
+        memcpy(c->k + (r->len + t) * cw + rk, kp + t * dr, sizeof(float) * (size_t)dr);
+    }
+    /* kx [total, H, nope + v]: kv_b_proj of every cached latent */
+    const cval *w = const_get(r, n->in[KG_MLA_KV_B]);
+    float *buf = scratch(r, (size_t)rk);
+    float *kx = xmalloc(sizeof(float) * (size_t)(total * H * hw));
+    for (int64_t row = 0; row < H * hw; row++) {
+        const float *wr = crow(w, (uint64_t)(row * rk), rk, buf);
+        for (int64_t j = 0; j < total; j++)
+            kx[j * H * hw + row] = dot(c->k + j * cw, wr, rk);
+    }
+    float *p = xmalloc(sizeof(float) * (size_t)total);
+    for (int t = 0; t < r->n; t++) {
+        int qpos = r->len + t;
+        for (int64_t h = 0; h < H; h++) {
+            const float *qnh = qn + t * H * dn + h * dn, *qph = qp + t * H * dr + h * dr;
+            float mx = -INFINITY;
+            for (int j = 0; j <= qpos; j++) {
+                float s = (dot(qnh, kx + j * H * hw + h * hw, dn) +
+                           dot(qph, c->k + j * cw + rk, dr)) * (float)m->scale;
+                p[j] = s;
+                if (s > mx)
+                    mx = s;
+            }
+            float sum = 0;
+            for (int j = 0; j <= qpos; j++) {
+                p[j] = expf(p[j] - mx);
+                sum += p[j];
+            }
+            float *oh = out + t * H * dv + h * dv;
+            for (int64_t d = 0; d < dv; d++)
+                oh[d] = 0;
+            for (int j = 0; j <= qpos; j++) {
+                float wgt = p[j] / sum;
+                const float *vj = kx + j * H * hw + h * hw + dn;
+                for (int64_t d = 0; d < dv; d++)
+                    oh[d] += wgt * vj[d];
+            }
+        }
+    }
+    free(p);
+    free(kx);
+}
+
 static float act(int which, float x)
 {
     switch (which) {
@@ -858,6 +920,7 @@ static int compute(ref *r, int id, float *out, kerr *err)
     case KG_LAYER_NORM: op_layer_norm(r, nd, out); break;
     case KG_ROPE: op_rope(r, nd, out); break;
     case KG_ATTENTION: op_attention(r, nd, out); break;
+    case KG_MLA: op_mla(r, nd, out); break;
     case KG_SILU:
     case KG_GELU:
     case KG_GELU_TANH:

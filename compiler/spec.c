@@ -783,6 +783,33 @@ static int g_attention(lua_State *L)
     return push_tensor(L, b, graph_attention(b->g, q, k, v, &a, opt_name(L, 6), &b->err));
 }
 
+/* g:mla_attention(q_nope, q_pe, latent, k_pe, {kv_b=, heads=, nope_dim=, rope_dim=, v_dim=,
+ * scale=}): the rank is the latent's width */
+static int g_mla_attention(lua_State *L)
+{
+    static const opt_decl opts[] = {{"kv_b", OT_TENSOR},   {"heads", OT_INT},
+                                    {"nope_dim", OT_INT},  {"rope_dim", OT_INT},
+                                    {"v_dim", OT_INT},     {"scale", OT_NUM}};
+    luaL_checkudata(L, 1, MT_GRAPH);
+    int ins[5];
+    for (int i = 0; i < 4; i++)
+        ins[i] = check_tensor(L, 2 + i);
+    check_opts(L, 6, "mla_attention", opts, (int)ARRAY_LEN(opts), 0);
+    ins[KG_MLA_KV_B] = req_field_tensor(L, 6, "kv_b", "mla_attention");
+    kg_mla m = {0};
+    m.n_heads = (int)req_field_int(L, 6, "heads", "mla_attention");
+    m.nope_dim = (int)req_field_int(L, 6, "nope_dim", "mla_attention");
+    m.rope_dim = (int)req_field_int(L, 6, "rope_dim", "mla_attention");
+    m.v_dim = (int)req_field_int(L, 6, "v_dim", "mla_attention");
+    m.scale = opt_field_num(L, 6, "scale",
+                            m.nope_dim + m.rope_dim > 0 ? 1.0 / sqrt((double)(m.nope_dim + m.rope_dim)) : 1);
+    builder *b = begin(L);
+    const kg_node *c = &b->g->nodes[ins[KG_MLA_LATENT]];
+    int64_t rank = c->shape[c->ndim - 1]; /* a wrong shape is reported by graph_mla */
+    m.rank = rank > 0 && rank <= (1 << 30) ? (int)rank : 0;
+    return push_tensor(L, b, graph_mla(b->g, ins, &m, opt_name(L, 7), &b->err));
+}
+
 static int unary(lua_State *L, kg_op op)
 {
     luaL_checkudata(L, 1, MT_GRAPH);
@@ -992,6 +1019,7 @@ static const luaL_Reg graph_methods[] = {
     {"embed", g_embed},       {"linear", g_linear},         {"rms_norm", g_rms_norm},
     {"layer_norm", g_layer_norm},                           {"rope", g_rope},
     {"attention", g_attention},                             {"silu", g_silu},
+    {"mla_attention", g_mla_attention},
     {"gelu", g_gelu},         {"gelu_tanh", g_gelu_tanh},   {"relu", g_relu},
     {"add", g_add},           {"mul", g_mul},               {"scale", g_scale},
     {"concat", g_concat},     {"moe", g_moe},               {"pool", g_pool},

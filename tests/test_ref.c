@@ -44,6 +44,7 @@ static const char *generate_fixtures[] = {
     "starcoder2",
     "olmo2",
     "internlm2",
+    "deepseek_v2",
 };
 
 

@@ -408,6 +408,8 @@ static const family families[] = {
     {"internlm2", {NULL, NULL}, 0},
     {"olmo2", {NULL, NULL}, 1},
     {"stablelm_qknorm", {NULL, NULL}, 1},
+    {"cohere_qknorm", {NULL, NULL}, 1},
+    {"deepseek_v2", {NULL, NULL}, 1}, /* MLA stays whole; the dense MLP and the experts split */
 };
 
 /* Opens a fixture through the pipeline: unsharded up to bind_weights (as kilnc ref), or
@@ -534,19 +536,23 @@ static void assert_split(const char *name, const kgraph *ug, const kgraph *sg, i
     int reduces = 0, layers = 0;
     for (int i = 0; i < sg->n; i++)
         reduces += sg->nodes[i].op == KG_ALL_REDUCE;
+    /* attention and MLA (multi-head latent attention) nodes, each a KV-cache layer */
+#define IS_ATTN(n) ((n).op == KG_ATTENTION || (n).op == KG_MLA)
+#define HEADS(n) ((n).op == KG_MLA ? (n).mla.n_heads : (n).attn.n_heads)
     for (int i = 0, j = 0; i < ug->n; i++) {
-        if (ug->nodes[i].op != KG_ATTENTION)
+        if (!IS_ATTN(ug->nodes[i]))
             continue;
-        while (j < sg->n && sg->nodes[j].op != KG_ATTENTION)
+        while (j < sg->n && !IS_ATTN(sg->nodes[j]))
             j++;
         assert_true(j < sg->n);
-        if (sg->nodes[j].attn.n_heads * share != ug->nodes[i].attn.n_heads)
+        if (HEADS(sg->nodes[j]) * share != HEADS(ug->nodes[i]))
             fail_msg("%s --tp %d: %s has %d heads, not %d / %d", name, sg->tp,
-                     sg->nodes[j].name, sg->nodes[j].attn.n_heads, ug->nodes[i].attn.n_heads,
-                     share);
+                     sg->nodes[j].name, HEADS(sg->nodes[j]), HEADS(ug->nodes[i]), share);
         layers++;
         j++;
     }
+#undef IS_ATTN
+#undef HEADS
     assert_int_equal(layers, ug->n_layers);
     if (sg->tp > 1 && reduces < (whole_attn ? 1 : 2) * layers)
         fail_msg("%s --tp %d: %d all-reduces for %d layers", name, sg->tp, reduces, layers);
