@@ -18,7 +18,6 @@
 #define BOTH 3
 
 #define GEMV_MAX 8       /* rows up to which linears use the GEMV kernel */
-#define GEMV_THREADS 256
 #define ATTN_THREADS 128
 
 typedef struct lw {
@@ -332,18 +331,39 @@ static int low_norm(lw *w, int id)
     return 0;
 }
 
+/* The GEMV's block size (templates/gemv.cuh): its warps split K of one 16-row tile. Enough warps
+ * that the grid has about 2048 (16 per SM of a 132-SM H100/H200: 64 KB of weight loads in flight
+ * per SM) whatever N is: 4 warps per block for the large N (gate/up, LM head), 8 for 4096 rows, 16
+ * for 2048 rows (1B's o and down: 128 tiles). 16 only while the tiles fit one wave of one block
+ * per SM (more than 132 blocks of 512 threads would queue a second wave behind a full one), and
+ * never more warps than 128-element steps of K, so no warp idles. */
+int lower_gemv_threads(int64_t N, int64_t K, int gated)
+{
+    int64_t tiles = ((gated ? N / 2 : N) + (gated ? 7 : 15)) / (gated ? 8 : 16);
+    int64_t steps = (K + 127) / 128;
+    int warps = 4;
+    while (warps < 16 && tiles * warps < 2048)
+        warps *= 2;
+    if (warps == 16 && tiles > 132)
+        warps = 8;
+    while (warps > 1 && warps > steps)
+        warps /= 2;
+    return 32 * warps;
+}
+
 /* The GEMV step (decode-sized rows). rows: KA_ROWS_T or KA_ROWS_S. */
 static ka_step gemv_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg bias, ka_arg y,
                          int64_t N, int64_t K, int gated, int act, int out_f32, ka_rows rows)
 {
-    int k = kern(w, "gemv", GEMV_THREADS, 0,
+    int th = lower_gemv_threads(N, K, gated);
+    int k = kern(w, "gemv", th, 0,
                  "const kiln_step st, const DT *x, const DT *w, const DT *bias, void *y, int M",
                  "kiln::gemv<DT, %lld, %lld, %d, %s, %s, %d, %s, %d>(st, x, w, bias, y, M)",
                  (long long)N, (long long)K, GEMV_MAX, bias.kind == KA_ARG_NULL ? "false" : "true",
-                 gated ? "true" : "false", act < 0 ? 0 : act, out_f32 ? "true" : "false",
-                 GEMV_THREADS);
-    int64_t nout = gated ? N / 2 : N, rpb = (GEMV_THREADS / 32) * (gated ? 2 : 4);
-    ka_step s = kstep(k, n->name, G(0, 0, 0, (int)nout, (int)rpb), G1(), G1());
+                 gated ? "true" : "false", act < 0 ? 0 : act, out_f32 ? "true" : "false", th);
+    /* one block per 16-row tile: 16 outputs, or 8 gated ones */
+    int64_t nout = gated ? N / 2 : N, opb = gated ? 8 : 16;
+    ka_step s = kstep(k, n->name, G(0, 0, 0, (int)nout, (int)opb), G1(), G1());
     s.size = KA_SIZE_SMALL;
     s.rows = rows;
     add_arg(&s, A(KA_ARG_STEP, 0));

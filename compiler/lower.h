@@ -35,6 +35,10 @@ void lowered_free(lowered *l);
 /* The generated CUDA translation unit (banner, includes, one wrapper per kernel). */
 char *codegen_source(const lowered *l, const char *model_name);
 
+/* The block size of the GEMV of an [N, K] weight (gated: N/2 outputs), as gemv_step launches it;
+ * kiln-ktest's cases and benchmark use the same rule. */
+int lower_gemv_threads(int64_t N, int64_t K, int gated);
+
 /* Prints the schedules in text (kilnc graph --dump-after=schedule). */
 void lower_print(const lowered *l, FILE *f);
 

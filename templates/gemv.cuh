@@ -269,14 +269,19 @@ __device__ __forceinline__ void gemv(const kiln_step st, const DT *x, const DT *
         } else { // the last step of a K that is not a multiple of 128: zeros past K, in w and x
 #pragma unroll
             for (int u = 0; u < U; u++) {
-                const bool in = c0 + 4 * u + t < KC;
-                va[u] = in ? gemv_detail::ld_stream(wa + (c0 + 4 * u) * 8) : zero;
-                vb[u] = in ? gemv_detail::ld_stream(wb + (c0 + 4 * u) * 8) : zero;
+                // chunks past K load the row's last chunk (valid memory, whatever the compiler
+                // hoists) and are replaced by zeros
+                const int c = c0 + 4 * u + t;
+                const bool in = c < KC;
+                const int off = ((in ? c : KC - 1) - t) * 8;
+                va[u] = gemv_detail::ld_stream(wa + off);
+                vb[u] = gemv_detail::ld_stream(wb + off);
+                if (!in)
+                    va[u] = vb[u] = zero;
 #pragma unroll
                 for (int j = 0; j < NT; j++)
-                    vx[u][j] = in && 8 * j < M
-                                   ? *reinterpret_cast<const uint4 *>(xr[j] + (c0 + 4 * u) * 8)
-                                   : zero;
+                    vx[u][j] = in && 8 * j < M ? *reinterpret_cast<const uint4 *>(xr[j] + off)
+                                               : zero;
             }
         }
         // One chain of 2U mma per step from zero, then a float add (see the top of the file).

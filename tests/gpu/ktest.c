@@ -3,7 +3,8 @@
  *
  * Without a GPU (or with --compile-only) it still compiles every case's translation unit with
  * NVRTC for sm_80 and sm_90a, so CI proves the templates instantiate; the device calls then do
- * nothing and no comparison is made. */
+ * nothing and no comparison is made. `kiln-ktest --bench gemv` runs no cases: it prints the GEMV's
+ * weight bandwidth on the Llama-3 shapes, old kernel against new (tests/gpu/ktest_gemv.c). */
 #include "ktest.h"
 
 #include <math.h>
@@ -272,6 +273,14 @@ int main(int argc, char **argv)
         t->compile_only = 1;
         ai++;
     }
+    int bench = 0; /* --bench gemv: tests/gpu/ktest_gemv.c's benchmark instead of the cases */
+    if (argc > ai && strcmp(argv[ai], "--bench") == 0) {
+        if (argc <= ai + 1 || strcmp(argv[ai + 1], "gemv") != 0)
+            die(t, "--bench: expected the family to benchmark, gemv; got %s",
+                argc > ai + 1 ? argv[ai + 1] : "nothing");
+        bench = 1;
+        ai += 2;
+    }
     t->filter = argc > ai ? argv[ai] : getenv("KTEST_FILTER");
     const char *root = getenv("KILN_ROOT");
     t->root = root && *root ? root : ".";
@@ -284,6 +293,8 @@ int main(int argc, char **argv)
                kerr_msg(&e));
         t->compile_only = 1;
     }
+    if (bench && t->compile_only)
+        die(t, "--bench gemv measures kernels on a GPU: it has no compile-only mode");
     if (t->compile_only) {
         strcpy(t->arch, "sm_90a");
         run_all(t);
@@ -310,6 +321,8 @@ int main(int argc, char **argv)
     printf("ktest: %s (%s), NVRTC %s, seed %llu (KTEST_SEED to repeat), programmatic dependent "
            "launch %s (KILN_PDL)\n",
            name, t->arch, nvrtc_version_str(), s0, t->pdl ? "on" : "off");
+    if (bench)
+        return ktest_gemv_bench(t) ? 1 : 0;
     run_all(t);
     printf("\n%-48s %-4s %s\n%s", "KERNEL CASE", "", "RESULT", t->summary ? t->summary : "");
     printf("ktest: %d cases, %d failed (%s, seed %llu)\n", t->cases, t->failures, name, s0);

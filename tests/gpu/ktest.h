@@ -75,6 +75,8 @@ const char *kt_act_name(int which);
 /* The families; each file tests/gpu/ktest_<family>.c defines one. */
 void ktest_elementwise(kt *t);
 void ktest_gemv(kt *t);
+/* `kiln-ktest --bench gemv`: prints the GEMV's weight bandwidth per shape and M; -1 on a failure. */
+int ktest_gemv_bench(kt *t);
 void ktest_attention(kt *t);
 void ktest_moe(kt *t);
 void ktest_sample(kt *t);

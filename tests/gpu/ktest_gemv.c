@@ -1,23 +1,32 @@
-/* ktest_gemv — kernel tests of templates/gemv.cuh (see ktest.h) against a CPU reference.
+/* ktest_gemv — kernel tests of templates/gemv.cuh (see ktest.h) against a CPU reference, and
+ * `kiln-ktest --bench gemv`: the weight bandwidth of the GEMV on the Llama-3 8B and 1B shapes.
  *
- * Inputs are drawn in float and rounded through the storage type (bf16, or f16 in one case), so
+ * Inputs are drawn in float and rounded through the storage type (bf16, or f16 in some cases), so
  * the reference (double accumulation) sees exactly the kernel's inputs. x ~ U[-1, 1),
  * w ~ U[-1, 1) * 2/sqrt(K), bias ~ U[-0.5, 0.5): every output has an rms of about 0.67, a
- * useful range for the activations of the gated cases.
+ * useful range for the activations of the gated cases. Every case launches the grid of the
+ * template's launch rule with the block size lower.c picks (lower_gemv_threads) unless it names
+ * one: the cases cover every M of 1..8 (and 9..16 with MMAX = 16), gated and not, bias, float
+ * output, N that is not a multiple of the 16-row tile, K shorter than one 128-element step, K
+ * not a multiple of it, K = 14336, and split-K over 1 to 16 warps.
  *
  * Tolerances (relative L2 over the whole output):
  *   - stored in bf16: 1e-2. One rounding of the output is a relative error of at most 2^-9
  *     (rms about 2^-9/sqrt(3) = 1.1e-3); the float accumulation adds ~1e-7. 1e-2 is ~9x the
  *     expected error and far below what an indexing bug gives (~1).
  *   - stored in f16: the same 1e-2 (f16 rounding is 8x finer).
- *   - stored in float (OUT_F32, the logits): 1e-5. The products of two bf16 values are exact in
- *     float (8 + 8 significant bits), so the only error is the float summation: each lane sums
- *     K/256 chunks of 8 with fmaf, then a 5-level butterfly; a length-L chain of float sums has a
- *     relative error ~ u*sqrt(L) with u = 6e-8, i.e. ~3e-7 for K = 4096. Simulating exactly this
- *     order on the CPU gives rel L2 of 4e-8 (K = 64) to 1.4e-7 (K = 14336). 1e-5 leaves a 70x
- *     margin and still catches a dropped chunk (~1e-2) or a bf16-rounded output (~1e-3). The
- *     gated f32 case adds the fast-math silu (__expf and a fast division: a few ulp, ~1e-6).
+ *   - stored in float (OUT_F32, the logits): 1e-5. The products of two 16-bit values are exact
+ *     in float (8 + 8 or 11 + 11 significant bits), so the error is the summation's: inside one
+ *     128-element step the tensor cores add with truncation (at most 8 chained mma, each a
+ *     relative error of ~2^-23 of that step's partial sum), then the steps and the warps'
+ *     partials are added in float with rounding. The steps' partial sums have independent signs,
+ *     so their truncation errors do not add up in one direction: ~1e-7 relative for K = 4096,
+ *     as with the float FMAs the kernel had before. 1e-5 leaves a wide margin and still catches
+ *     a dropped group of 32 (~1e-2) or a bf16-rounded output (~1e-3). The gated f32 case adds
+ *     the fast-math silu (__expf and a fast division: a few ulp, ~1e-6).
  * Each case also checks that the rows of y past M (a buffer sized for MMAX rows) are untouched.
+ * gemv_invariance checks batch invariance: row 0 of a launch with M rows equals, bit for bit,
+ * a launch with that row alone (the split-K order depends on N, K and the block, never on M).
  */
 #include <math.h>
 #include <stdio.h>
@@ -26,14 +35,16 @@
 
 #include "ktest.h"
 #include "util.h"
+#include "lower.h"
 #include "../../kernels/kiln_step.h"
 
 
 typedef struct gcase {
-    int N, K, M, mmax;
+    int N, K, mmax;
+    int ms[17]; /* the rows M to run (one kernel for all), 0-terminated */
     int bias, gated, act, f32;
-    int threads;
-    int f16; /* storage type f16 instead of bf16 */
+    int threads; /* 0: lower.c's block size for the shape */
+    int f16;     /* storage type f16 instead of bf16 */
 } gcase;
 
 /* Rounds through the storage type and returns the 16-bit copy to upload. */
@@ -47,43 +58,41 @@ static uint16_t *to_dt(float *x, size_t n, int f16)
     return o;
 }
 
-static void gemv_case(kt *t, const gcase *c)
+/* The case's kernel: an extern "C" wrapper k_gemv of one gemv instance (prefix: source put
+ * before it, or NULL). */
+static CUmodule gemv_module(kt *t, const char *name, const char *prefix, const char *fn,
+                            const char *dt, int N, int K, int mmax, int bias, int gated, int act,
+                            int f32, int threads)
 {
-    const int N = c->N, K = c->K, M = c->M, MMAX = c->mmax, TH = c->threads;
-    const int NOUT = c->gated ? N / 2 : N, OPW = c->gated ? 2 : 4;
-    const int RPB = TH / 32 * OPW;
-    const char *dt = c->f16 ? "kiln::f16" : "kiln::bf16";
-    char name[160], src[1024];
-    int at = snprintf(name, sizeof name, "gemv/N=%d K=%d M=%d", N, K, M);
-    if (MMAX != 8)
-        at += snprintf(name + at, sizeof name - at, " MMAX=%d", MMAX);
-    if (c->gated)
-        at += snprintf(name + at, sizeof name - at, " gated %s", kt_act_name(c->act));
-    if (c->bias)
-        at += snprintf(name + at, sizeof name - at, " bias");
-    if (c->f32)
-        at += snprintf(name + at, sizeof name - at, " f32");
-    if (c->f16)
-        at += snprintf(name + at, sizeof name - at, " f16");
-    if (TH != 256)
-        snprintf(name + at, sizeof name - at, " threads=%d", TH);
-    if (!kt_want(t, name))
-        return;
-
+    char src[1024];
     snprintf(src, sizeof src,
              "#include \"gemv.cuh\"\n"
              "extern \"C\" __global__ void __launch_bounds__(%d)\n"
              "k_gemv(const kiln_step st, const %s *x, const %s *w, const %s *bias, void *y, int M)\n"
              "{\n"
-             "    kiln::gemv<%s, %d, %d, %d, %s, %s, %d, %s, %d>(st, x, w, bias, y, M);\n"
+             "    kiln::%s<%s, %d, %d, %d, %s, %s, %d, %s, %d>(st, x, w, bias, y, M);\n"
              "}\n",
-             TH, dt, dt, dt, dt, N, K, MMAX, c->bias ? "true" : "false",
-             c->gated ? "true" : "false", c->act, c->f32 ? "true" : "false", TH);
-    CUmodule mod = kt_module(t, name, src);
-    if (!mod && !t->compile_only)
-        return; /* the compile failure is recorded with its log */
-    CUfunction f = kt_func(t, mod, "k_gemv");
+             threads, dt, dt, dt, fn, dt, N, K, mmax, bias ? "true" : "false",
+             gated ? "true" : "false", act, f32 ? "true" : "false", threads);
+    if (!prefix)
+        return kt_module(t, name, src);
+    char *all = xasprintf("%s\n%s", prefix, src);
+    CUmodule m = kt_module(t, name, all);
+    free(all);
+    return m;
+}
 
+/* Blocks of the launch rule (templates/gemv.cuh): one per 16-row tile. */
+static unsigned gemv_blocks(int N, int gated)
+{
+    return gated ? (unsigned)((N / 2 + 7) / 8) : (unsigned)((N + 15) / 16);
+}
+
+/* One launch of a case's kernel f with M rows, checked against the reference. */
+static void gemv_check(kt *t, const gcase *c, CUfunction f, int TH, int M, const char *name)
+{
+    const int N = c->N, K = c->K, MMAX = c->mmax;
+    const int NOUT = c->gated ? N / 2 : N;
     float *x = xmalloc(sizeof(float) * (size_t)M * K);
     float *w = xmalloc(sizeof(float) * (size_t)N * K);
     float *b = xmalloc(sizeof(float) * (size_t)N);
@@ -107,7 +116,7 @@ static void gemv_case(kt *t, const gcase *c)
     st.n_seqs = M;
     int m_arg = M;
     void *args[] = {&st, &dx, &dw, &db, &dy, &m_arg};
-    kt_launch(t, f, name, (unsigned)((NOUT + RPB - 1) / RPB), 1, 1, (unsigned)TH, 0, args);
+    kt_launch(t, f, name, gemv_blocks(N, c->gated), 1, 1, (unsigned)TH, 0, args);
     unsigned char *ybuf = xmalloc(ybytes);
     kt_download(t, ybuf, dy, ybytes);
 
@@ -171,37 +180,338 @@ static void gemv_case(kt *t, const gcase *c)
     free(want);
 }
 
+/* A case: its kernel compiled once, run for each M of c->ms. */
+static void gemv_case(kt *t, const gcase *c)
+{
+    const int TH = c->threads ? c->threads : lower_gemv_threads(c->N, c->K, c->gated);
+    char opts[120];
+    int at = 0;
+    opts[0] = 0;
+    if (c->mmax != 8)
+        at += snprintf(opts + at, sizeof opts - at, " MMAX=%d", c->mmax);
+    if (c->gated)
+        at += snprintf(opts + at, sizeof opts - at, " gated %s", kt_act_name(c->act));
+    if (c->bias)
+        at += snprintf(opts + at, sizeof opts - at, " bias");
+    if (c->f32)
+        at += snprintf(opts + at, sizeof opts - at, " f32");
+    if (c->f16)
+        at += snprintf(opts + at, sizeof opts - at, " f16");
+    snprintf(opts + at, sizeof opts - at, " threads=%d", TH);
+    CUmodule mod = NULL;
+    int compiled = 0;
+    for (int i = 0; i < 16 && c->ms[i]; i++) {
+        char name[200];
+        snprintf(name, sizeof name, "gemv/N=%d K=%d M=%d%s", c->N, c->K, c->ms[i], opts);
+        if (!kt_want(t, name))
+            continue;
+        if (!compiled) {
+            mod = gemv_module(t, name, NULL, "gemv", c->f16 ? "kiln::f16" : "kiln::bf16", c->N,
+                              c->K, c->mmax, c->bias, c->gated, c->act, c->f32, TH);
+            compiled = 1;
+        }
+        if (!mod && !t->compile_only)
+            return; /* the compile failure is recorded with its log */
+        gemv_check(t, c, kt_func(t, mod, "k_gemv"), TH, c->ms[i], name);
+    }
+}
+
+/* Batch invariance: the first row of y from a launch with M rows of x equals, bit for bit, the
+ * one from a launch with that row alone (same kernel, float output, split-K on). */
+static void gemv_invariance(kt *t, int N, int K, int M, int mmax)
+{
+    const int TH = lower_gemv_threads(N, K, 0);
+    char name[160];
+    snprintf(name, sizeof name, "gemv/invariance N=%d K=%d M=%d vs 1 MMAX=%d threads=%d", N, K,
+             M, mmax, TH);
+    if (!kt_want(t, name))
+        return;
+    CUmodule mod = gemv_module(t, name, NULL, "gemv", "kiln::bf16", N, K, mmax, 0, 0, 0, 1, TH);
+    if (!mod && !t->compile_only)
+        return;
+    CUfunction f = kt_func(t, mod, "k_gemv");
+    float *x = xmalloc(sizeof(float) * (size_t)M * K);
+    float *w = xmalloc(sizeof(float) * (size_t)N * K);
+    kt_fill(t, x, (size_t)M * K, 1.0f);
+    kt_fill(t, w, (size_t)N * K, 2.0f / sqrtf((float)K));
+    uint16_t *x16 = to_dt(x, (size_t)M * K, 0), *w16 = to_dt(w, (size_t)N * K, 0);
+    CUdeviceptr dx = kt_upload(t, x16, sizeof(uint16_t) * (size_t)M * K);
+    CUdeviceptr dw = kt_upload(t, w16, sizeof(uint16_t) * (size_t)N * K);
+    CUdeviceptr db = 0, dy = kt_alloc(t, (size_t)mmax * N * 4);
+    kiln_step st;
+    memset(&st, 0, sizeof st);
+    float *y[2];
+    for (int i = 0; i < 2; i++) {
+        int m_arg = i == 0 ? M : 1;
+        st.T = st.n_seqs = m_arg;
+        void *args[] = {&st, &dx, &dw, &db, &dy, &m_arg};
+        kt_launch(t, f, name, gemv_blocks(N, 0), 1, 1, (unsigned)TH, 0, args);
+        y[i] = xmalloc(sizeof(float) * (size_t)N);
+        kt_download(t, y[i], dy, sizeof(float) * (size_t)N);
+    }
+    int differ = -1;
+    for (int n = 0; n < N && differ < 0; n++)
+        if (memcmp(&y[0][n], &y[1][n], sizeof(float)) != 0)
+            differ = n;
+    char d[200];
+    if (differ >= 0)
+        snprintf(d, sizeof d, "row 0 differs at column %d: %.9g with M=%d, %.9g alone", differ,
+                 y[0][differ], M, y[1][differ]);
+    else
+        snprintf(d, sizeof d, "row 0 identical with M=%d and alone (%d columns)", M, N);
+    kt_result(t, name, differ < 0, d);
+    kt_free(t, dx);
+    kt_free(t, dw);
+    kt_free(t, dy);
+    free(x);
+    free(w);
+    free(x16);
+    free(w16);
+    free(y[0]);
+    free(y[1]);
+}
+
 void ktest_gemv(kt *t)
 {
-    static const int shapes[][2] = {{64, 64}, {96, 24 * 8}, {4096, 4096}, {1000, 512}};
-    static const int ms[] = {1, 3, 8};
-    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
-        for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++) {
-            gcase c = {.N = shapes[s][0], .K = shapes[s][1], .M = ms[i], .mmax = 8, .threads = 256};
-            gemv_case(t, &c);
-        }
-    static const gcase more[] = {
-        /* tails: N not a multiple of the 32 outputs per block, fewer outputs than one warp's */
-        {.N = 1001, .K = 64, .M = 3, .mmax = 8, .bias = 1, .threads = 256},
-        {.N = 3, .K = 64, .M = 2, .mmax = 8, .threads = 256},
-        {.N = 1000, .K = 512, .M = 5, .mmax = 8, .bias = 1, .threads = 256},
-        {.N = 1000, .K = 512, .M = 3, .mmax = 8, .threads = 128},
-        {.N = 96, .K = 192, .M = 4, .mmax = 4, .threads = 256},
+#define M1_8 {1, 2, 3, 4, 5, 6, 7, 8}
+    static const gcase cases[] = {
+        /* every M of the decode GEMV, gated and not; K = 520 ends in a partial step (65 chunks
+         * of 8, not a multiple of 16) */
+        {.N = 1000, .K = 520, .mmax = 8, .ms = M1_8, .bias = 1},
+        {.N = 1998, .K = 520, .mmax = 8, .ms = M1_8, .gated = 1, .act = ACT_SILU},
+        {.N = 64, .K = 64, .mmax = 8, .ms = {1, 3, 8}},
+        {.N = 96, .K = 24 * 8, .mmax = 8, .ms = {1, 3, 8}},
+        {.N = 4096, .K = 4096, .mmax = 8, .ms = {1, 3, 8}},
+        {.N = 2048, .K = 2048, .mmax = 8, .ms = {1, 8}},
+        /* tails: N not a multiple of the 16-row tile, fewer outputs than one tile; K shorter
+         * than one 32-element group, and than one step */
+        {.N = 1001, .K = 64, .mmax = 8, .ms = {3}, .bias = 1},
+        {.N = 3, .K = 64, .mmax = 8, .ms = {2}},
+        {.N = 37, .K = 8, .mmax = 8, .ms = {8}, .bias = 1},
+        {.N = 40, .K = 24, .mmax = 8, .ms = {5}},
+        {.N = 96, .K = 192, .mmax = 4, .ms = {4}},
+        /* split-K: off (one warp), 2 and 16 warps; a long K (the 8B down projection's) */
+        {.N = 1000, .K = 512, .mmax = 8, .ms = {3}, .threads = 32},
+        {.N = 1000, .K = 520, .mmax = 8, .ms = {7}, .bias = 1, .threads = 64},
+        {.N = 1000, .K = 4096, .mmax = 8, .ms = {8}, .threads = 512},
+        {.N = 256, .K = 14336, .mmax = 8, .ms = {1, 8}, .bias = 1},
+        {.N = 200, .K = 14336, .mmax = 8, .ms = {5}, .threads = 32},
+        /* MMAX = 16: two column tiles (M over 8), and one (M up to 8) */
+        {.N = 1000, .K = 520, .mmax = 16, .ms = {5, 9, 16}, .bias = 1},
+        {.N = 1998, .K = 512, .mmax = 16, .ms = {13}, .gated = 1, .act = ACT_GELU},
         /* gated: w = [gate; up], N/2 outputs */
-        {.N = 4096, .K = 4096, .M = 3, .mmax = 8, .gated = 1, .act = ACT_SILU, .threads = 256},
-        {.N = 1998, .K = 512, .M = 8, .mmax = 8, .bias = 1, .gated = 1, .act = ACT_GELU_TANH, .threads = 256},
-        {.N = 128, .K = 64, .M = 1, .mmax = 8, .gated = 1, .act = ACT_SILU, .threads = 256},
-        {.N = 256, .K = 128, .M = 3, .mmax = 8, .gated = 1, .act = ACT_GELU, .threads = 128},
-        {.N = 512, .K = 256, .M = 2, .mmax = 8, .gated = 1, .act = ACT_SILU, .f32 = 1, .threads = 256},
+        {.N = 4096, .K = 4096, .mmax = 8, .ms = {3}, .gated = 1, .act = ACT_SILU},
+        {.N = 1998, .K = 512, .mmax = 8, .ms = {8}, .bias = 1, .gated = 1, .act = ACT_GELU_TANH},
+        {.N = 128, .K = 64, .mmax = 8, .ms = {1}, .gated = 1, .act = ACT_SILU},
+        {.N = 256, .K = 128, .mmax = 8, .ms = {3}, .gated = 1, .act = ACT_GELU, .threads = 128},
+        {.N = 512, .K = 256, .mmax = 8, .ms = {2}, .gated = 1, .act = ACT_SILU, .f32 = 1},
+        {.N = 2 * 8192, .K = 2048, .mmax = 8, .ms = {8}, .gated = 1, .act = ACT_SILU},
         /* f16 storage */
-        {.N = 1000, .K = 512, .M = 3, .mmax = 8, .bias = 1, .threads = 256, .f16 = 1},
-        {.N = 1998, .K = 512, .M = 3, .mmax = 8, .gated = 1, .act = ACT_RELU, .threads = 256, .f16 = 1},
+        {.N = 1000, .K = 512, .mmax = 8, .ms = {3}, .bias = 1, .f16 = 1},
+        {.N = 1998, .K = 520, .mmax = 8, .ms = {8}, .gated = 1, .act = ACT_RELU, .f16 = 1},
+        {.N = 1000, .K = 512, .mmax = 16, .ms = {11}, .f16 = 1},
         /* logits: float output, large N */
-        {.N = 32000, .K = 2048, .M = 1, .mmax = 8, .f32 = 1, .threads = 256},
-        {.N = 32000, .K = 1024, .M = 8, .mmax = 8, .f32 = 1, .threads = 256},
-        {.N = 151936, .K = 512, .M = 1, .mmax = 1, .f32 = 1, .threads = 256},
-        {.N = 151936, .K = 512, .M = 3, .mmax = 4, .f32 = 1, .threads = 128},
+        {.N = 32000, .K = 2048, .mmax = 8, .ms = {1}, .f32 = 1},
+        {.N = 32000, .K = 1024, .mmax = 8, .ms = {8}, .f32 = 1},
+        {.N = 151936, .K = 512, .mmax = 1, .ms = {1}, .f32 = 1},
+        {.N = 151936, .K = 512, .mmax = 4, .ms = {3}, .f32 = 1, .threads = 128},
     };
-    for (size_t i = 0; i < sizeof more / sizeof more[0]; i++)
-        gemv_case(t, &more[i]);
+#undef M1_8
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        gemv_case(t, &cases[i]);
+    gemv_invariance(t, 2048, 2048, 8, 8);
+    gemv_invariance(t, 1000, 14336, 7, 16);
+}
+
+/* ---------------------------------------------------------------- kiln-ktest --bench gemv */
+
+/* A driver call of the benchmark; on failure it says which and the benchmark stops. */
+#define BCK(call)                                                                               \
+    do {                                                                                        \
+        CUresult rc_ = t->cu.call;                                                              \
+        if (rc_ != CUDA_SUCCESS) {                                                              \
+            char b_[200];                                                                       \
+            fprintf(stderr, "bench gemv: %s failed: %s\n", #call,                               \
+                    kcuda_errstr(&t->cu, rc_, b_, sizeof b_));                                  \
+            return -1;                                                                          \
+        }                                                                                       \
+    } while (0)
+
+typedef struct bshape {
+    const char *name;
+    int N, K, gated, f32;
+} bshape;
+
+typedef struct bbuf {
+    CUdeviceptr x, y, w[64]; /* w: copies, cycled so that every launch reads its weights from HBM */
+    int copies;
+    CUevent ev[2];
+} bbuf;
+
+/* The microseconds per launch of f, as a CUDA graph of 64 launches (as decode runs them: the time
+ * includes the gap between two kernels of a graph), the best of 5 replays after a warm-up. */
+static int bench_one(kt *t, CUfunction f, unsigned blocks, unsigned threads, const bbuf *b, int M,
+                     double *us)
+{
+    enum { LAUNCHES = 64, REPLAYS = 5 };
+    kiln_step st;
+    memset(&st, 0, sizeof st);
+    st.T = st.n_seqs = M;
+    CUdeviceptr db = 0;
+    int m_arg = M;
+    CUgraph g;
+    CUgraphExec ge;
+    BCK(cuStreamBeginCapture(t->stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
+    for (int i = 0; i < LAUNCHES; i++) {
+        CUdeviceptr dw = b->w[i % b->copies];
+        void *args[] = {&st, (void *)&b->x, &dw, &db, (void *)&b->y, &m_arg};
+        BCK(cuLaunchKernel(f, blocks, 1, 1, threads, 1, 1, 0, t->stream, args, NULL));
+    }
+    BCK(cuStreamEndCapture(t->stream, &g));
+    BCK(cuGraphInstantiateWithFlags(&ge, g, 0));
+    double best = 0;
+    for (int r = 0; r <= REPLAYS; r++) {
+        float ms = 0;
+        BCK(cuEventRecord(b->ev[0], t->stream));
+        BCK(cuGraphLaunch(ge, t->stream));
+        BCK(cuEventRecord(b->ev[1], t->stream));
+        BCK(cuEventSynchronize(b->ev[1]));
+        BCK(cuEventElapsedTime(&ms, b->ev[0], b->ev[1]));
+        if (r > 0 && (best == 0 || ms < best))
+            best = ms;
+    }
+    BCK(cuGraphExecDestroy(ge));
+    BCK(cuGraphDestroy(g));
+    *us = best * 1e3 / LAUNCHES;
+    return 0;
+}
+
+/* The device-to-device copy bandwidth (bytes read + written per second) of a 1 GiB copy, best of
+ * 5, as kiln bench measures it (runtime/roofline.c). */
+static int bench_copy(kt *t, const bbuf *b, double *bw)
+{
+    const size_t n = (size_t)1 << 30;
+    CUdeviceptr s, d;
+    BCK(cuMemAlloc(&s, n));
+    BCK(cuMemAlloc(&d, n));
+    BCK(cuMemsetD8(s, 1, n));
+    float best = 0;
+    for (int r = 0; r < 6; r++) {
+        float ms = 0;
+        BCK(cuEventRecord(b->ev[0], t->stream));
+        BCK(cuMemcpyDtoDAsync(d, s, n, t->stream));
+        BCK(cuEventRecord(b->ev[1], t->stream));
+        BCK(cuEventSynchronize(b->ev[1]));
+        BCK(cuEventElapsedTime(&ms, b->ev[0], b->ev[1]));
+        if (r > 0 && (best == 0 || ms < best))
+            best = ms;
+    }
+    BCK(cuMemFree(s));
+    BCK(cuMemFree(d));
+    *bw = best > 0 ? 2.0 * (double)n / (best * 1e-3) : 0;
+    return 0;
+}
+
+/* One shape: the old kernel (tests/gpu/gemv_v0.cuh, 256 threads) and the new one at lower.c's
+ * block size for M = 1..8, the new one at the other block sizes, and MMAX = 16 for M = 1..16. */
+static int bench_shape(kt *t, const bshape *s, const char *v0_src, bbuf *b, double copy_bw)
+{
+    const int nout = s->gated ? s->N / 2 : s->N, rule = lower_gemv_threads(s->N, s->K, s->gated);
+    const size_t wbytes = (size_t)s->N * (size_t)s->K * 2;
+    enum { NK = 6 };
+    /* kernels: 0 old; 1 new at the rule; 2..4 new at 128, 256, 512 threads; 5 new MMAX = 16 */
+    static const int alt[] = {128, 256, 512};
+    CUfunction f[NK] = {0};
+    unsigned th[NK], blocks[NK];
+    for (int k = 0; k < NK; k++) {
+        char name[160];
+        th[k] = k == 0 ? 256u : k == 1 || k == 5 ? (unsigned)rule : (unsigned)alt[k - 2];
+        blocks[k] = k == 0 ? (unsigned)((nout + 8 * (s->gated ? 2 : 4) - 1) / (8 * (s->gated ? 2 : 4)))
+                           : gemv_blocks(s->N, s->gated);
+        snprintf(name, sizeof name, "bench %s kernel %d", s->name, k);
+        CUmodule m = gemv_module(t, name, k == 0 ? v0_src : NULL, k == 0 ? "gemv_v0" : "gemv",
+                                 "kiln::bf16", s->N, s->K, k == 5 ? 16 : 8, 0, s->gated, ACT_SILU,
+                                 s->f32, (int)th[k]);
+        if (!m)
+            return -1;
+        f[k] = kt_func(t, m, "k_gemv");
+    }
+    b->copies = (int)((((size_t)512 << 20) + wbytes - 1) / wbytes);
+    if (b->copies > 64)
+        b->copies = 64;
+    if (b->copies < 2)
+        b->copies = 2;
+    for (int i = 0; i < b->copies; i++) {
+        BCK(cuMemAlloc(&b->w[i], wbytes));
+        BCK(cuMemsetD8(b->w[i], 0x3c, wbytes)); /* bf16 0x3c3c = 0.0115 */
+    }
+    BCK(cuMemAlloc(&b->x, (size_t)16 * s->K * 2));
+    BCK(cuMemsetD8(b->x, 0x3c, (size_t)16 * s->K * 2));
+    BCK(cuMemAlloc(&b->y, (size_t)16 * nout * 4));
+    printf("%-10s %6d x %-6d %s threads %-3d (%d copies of the weights)\n", s->name, s->N, s->K,
+           s->gated ? "gated" : s->f32 ? "f32  " : "     ", rule, b->copies);
+    for (int M = 1; M <= 16; M++) {
+        double us[NK];
+        for (int k = 0; k < NK; k++) {
+            us[k] = 0;
+            if ((M <= 8 || k == 5) && bench_one(t, f[k], blocks[k], th[k], b, M, &us[k]))
+                return -1;
+        }
+#define GBS(k) (us[k] > 0 ? (double)wbytes / (us[k] * 1e-6) / 1e9 : 0.0)
+        if (M <= 8)
+            printf("  M=%-2d old %5.0f GB/s %.2f | new %5.0f GB/s %.2f %5.1f us x%.2f | "
+                   "128: %5.0f  256: %5.0f  512: %5.0f | MMAX16: %5.0f\n",
+                   M, GBS(0), GBS(0) * 1e9 / copy_bw, GBS(1), GBS(1) * 1e9 / copy_bw, us[1],
+                   us[0] / us[1], GBS(2), GBS(3), GBS(4), GBS(5));
+        else
+            printf("  M=%-2d                         |                                     |"
+                   "                                   | MMAX16: %5.0f GB/s %.2f\n",
+                   M, GBS(5), GBS(5) * 1e9 / copy_bw);
+#undef GBS
+    }
+    for (int i = 0; i < b->copies; i++)
+        BCK(cuMemFree(b->w[i]));
+    BCK(cuMemFree(b->x));
+    BCK(cuMemFree(b->y));
+    return 0;
+}
+
+int ktest_gemv_bench(kt *t)
+{
+    static const bshape shapes[] = {
+        {"8B qkv", 6144, 4096, 0, 0},   {"8B o", 4096, 4096, 0, 0},
+        {"8B gate_up", 28672, 4096, 1, 0}, {"8B down", 4096, 14336, 0, 0},
+        {"8B lm_head", 128256, 4096, 0, 1}, {"1B qkv", 3072, 2048, 0, 0},
+        {"1B o", 2048, 2048, 0, 0},     {"1B gate_up", 16384, 2048, 1, 0},
+        {"1B down", 2048, 8192, 0, 0},  {"1B lm_head", 128256, 2048, 0, 1},
+    };
+    char *path = util_path_join(t->root, "tests/gpu/gemv_v0.cuh");
+    kerr e;
+    kerr_clear(&e);
+    char *v0 = util_read_file(path, NULL, &e);
+    if (!v0) {
+        fprintf(stderr, "bench gemv: %s (run from the repository root or set KILN_ROOT)\n",
+                kerr_msg(&e));
+        free(path);
+        return -1;
+    }
+    free(path);
+    bbuf b;
+    memset(&b, 0, sizeof b);
+    BCK(cuEventCreate(&b.ev[0], 0));
+    BCK(cuEventCreate(&b.ev[1], 0));
+    double copy_bw = 0;
+    if (bench_copy(t, &b, &copy_bw) || copy_bw <= 0)
+        return -1;
+    printf("bench gemv: weight bytes per second of each launch (in a CUDA graph of 64, so with "
+           "the gaps between kernels), and as a ratio of the copy bandwidth %.0f GB/s.\n"
+           "old = the FMA kernel of kiln 4ed27e5 (gemv_v0.cuh); new = gemv.cuh at lower.c's "
+           "block size (xN = old time / new time), then at 128/256/512 threads; MMAX16 = the "
+           "new kernel instantiated for up to 16 rows (GEMV_MAX 16).\n",
+           copy_bw / 1e9);
+    int rc = 0;
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0] && rc == 0; i++)
+        rc = bench_shape(t, &shapes[i], v0, &b, copy_bw);
+    free(v0);
+    return rc;
 }
