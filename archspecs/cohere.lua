@@ -5,10 +5,9 @@
 --
 -- HF reference: transformers/models/cohere/modeling_cohere.py, configuration_cohere.py.
 -- The logits' factor is applied to the final-normed hidden state before the head, the same
--- product up to fp32 rounding, since the head is linear.
---
--- Not served: use_qk_norm (Command R+): its q/k LayerNorms have a separate weight per head,
--- [heads, head_dim], and kiln's layer_norm takes one weight over the last dimension.
+-- product up to fp32 rounding, since the head is linear. use_qk_norm (Command R+): q and k go
+-- through CohereLayerNorms with a weight per head, [heads, head_dim], over [T, heads, head_dim]
+-- before the rotation.
 local kiln = require "kiln"
 
 return kiln.archspec {
@@ -31,10 +30,7 @@ return kiln.archspec {
     local tied     = cfg:bool("tie_word_embeddings", true)
     local logit_scale = cfg:float("logit_scale", 0.0625)
     local rope     = cfg:rope()
-    if cfg:bool("use_qk_norm", false) then
-      error(cfg:path() .. ": use_qk_norm is true; its per-head LayerNorm weights [heads, head_dim] " ..
-            "are not supported by cohere.lua yet")
-    end
+    local qk_norm  = cfg:bool("use_qk_norm", false)
 
     local function w(name, shape) return g:weight(name, shape) end
     local function b(name, shape)
@@ -42,6 +38,10 @@ return kiln.archspec {
     end
     -- CohereLayerNorm: (x - mean) * rsqrt(var + eps) * w, biased variance, no bias
     local function norm(x, name, label) return g:layer_norm(x, w(name, { H }), nil, eps, label) end
+    -- the same per head: x [T, n*hd] as [T, n, hd], weight [n, hd]
+    local function head_norm(x, n, name, label)
+      return g:layer_norm(x:reshape { kiln.T, n, hd }, w(name, { n, hd }), nil, eps, label):reshape { kiln.T, n * hd }
+    end
 
     local ids, pos = g:input("ids"), g:input("positions")
     local embed = w("model.embed_tokens.weight", { vocab, H })
@@ -56,6 +56,10 @@ return kiln.archspec {
       local q = g:linear(h, w(a .. "q_proj.weight", { heads * hd, H }), b(a .. "q_proj.bias", { heads * hd }), "attn.q")
       local k = g:linear(h, w(a .. "k_proj.weight", { kv_heads * hd, H }), b(a .. "k_proj.bias", { kv_heads * hd }), "attn.k")
       local v = g:linear(h, w(a .. "v_proj.weight", { kv_heads * hd, H }), b(a .. "v_proj.bias", { kv_heads * hd }), "attn.v")
+      if qk_norm then
+        q = head_norm(q, heads, a .. "q_norm.weight", "attn.q_norm")
+        k = head_norm(k, kv_heads, a .. "k_norm.weight", "attn.k_norm")
+      end
       q = g:rope(q, pos, { head_dim = hd, params = rope, interleaved = true }, "attn.q_rope")
       k = g:rope(k, pos, { head_dim = hd, params = rope, interleaved = true }, "attn.k_rope")
       local o = g:attention(q, k, v, { heads = heads, kv_heads = kv_heads, head_dim = hd }, "attn")

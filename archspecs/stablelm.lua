@@ -41,13 +41,13 @@ return kiln.archspec {
     local function ln(x, name, label)
       return g:layer_norm(x, w(name .. ".weight", { H }), w(name .. ".bias", { H }), eps, label)
     end
-    -- StableLmLayerNormPerHead: head j of x [T, n*hd] through its own LayerNorm (no bias).
+    -- StableLmLayerNormPerHead: head j of x [T, n*hd] through its own LayerNorm (no bias): one
+    -- layer_norm over [T, n, hd] whose weight [n, hd] stacks the heads' weights.
     local function per_head_ln(x, n, name, label)
-      local parts = {}
-      for j = 0, n - 1 do
-        parts[j + 1] = g:layer_norm(x:slice(1, j * hd, hd), w(name .. ".norms." .. j .. ".weight", { hd }), nil, eps)
-      end
-      return kiln.concat(g, parts, 1):reshape({ kiln.T, n * hd }, label)
+      local names = {}
+      for j = 0, n - 1 do names[j + 1] = name .. ".norms." .. j .. ".weight" end
+      return g:layer_norm(x:reshape { kiln.T, n, hd }, kiln.stack(g, names, { hd }), nil, eps, label)
+               :reshape { kiln.T, n * hd }
     end
 
     local ids, pos = g:input("ids"), g:input("positions")

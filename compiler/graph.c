@@ -517,7 +517,18 @@ static int norm_common(kgraph *g, const char *op, int x, int w, int b, kerr *err
     if (need_ids(g, op, err, 2, x, w) || need_act(g, op, x, "the input", err) ||
         need_const(g, op, w, "the weight", err))
         return -1;
-    int64_t h = g->nodes[x].shape[g->nodes[x].ndim - 1];
+    /* The weight covers the last dimension, [h], or the last two of a [T, n, h] input, [n, h]:
+     * a weight per head (StableLM's and Cohere's q/k LayerNorms). A bias has the weight's shape. */
+    const kg_node *xn = &g->nodes[x];
+    int64_t h = xn->shape[xn->ndim - 1];
+    if (xn->ndim >= 3 && g->nodes[w].ndim == 2) {
+        int64_t nh = xn->shape[xn->ndim - 2];
+        if (need_shape(g, op, w, "the weight", err, 2, nh, h) ||
+            (b >= 0 && (need_ids(g, op, err, 1, b) || need_const(g, op, b, "the bias", err) ||
+                        need_shape(g, op, b, "the bias", err, 2, nh, h))))
+            return -1;
+        return 0;
+    }
     if (need_shape(g, op, w, "the weight", err, 1, h))
         return -1;
     if (b >= 0 && (need_ids(g, op, err, 1, b) || need_const(g, op, b, "the bias", err) ||

@@ -296,14 +296,20 @@ static int low_norm(lw *w, int id)
     }
     if (dense_arg(w, id, &out))
         return -1;
+    /* a weight per head, [n, H] (norm_common in graph.c), gives the template's W_ROWS = n; its
+     * default, 1 (a weight [H]), is left out of the call */
+    const kg_node *wn = &g->nodes[n->in[1]];
+    char wpr[32] = "";
+    if (wn->ndim == 2)
+        snprintf(wpr, sizeof wpr, ", %lld", (long long)wn->shape[0]);
     int k;
     ka_step s;
     if (rms) {
         k = kern(w, "rms_norm", th, 0,
                  "const kiln_step st, const DT *x, const DT *res, const DT *w, DT *out, "
                  "DT *res_out, float eps",
-                 "kiln::rms_norm<DT, %lld, %lld, %d, %d, %d>(st, x, res, w, out, res_out, eps)",
-                 (long long)H, (long long)rpt, th, n->unit_offset, residual);
+                 "kiln::rms_norm<DT, %lld, %lld, %d, %d, %d%s>(st, x, res, w, out, res_out, eps)",
+                 (long long)H, (long long)rpt, th, n->unit_offset, residual, wpr);
         s = kstep(k, n->name, G((int)rpt, 0, 0, 0, 1), G1(), G1());
         add_arg(&s, A(KA_ARG_STEP, 0));
         add_arg(&s, x);
@@ -314,9 +320,9 @@ static int low_norm(lw *w, int id)
         k = kern(w, "layer_norm", th, 0,
                  "const kiln_step st, const DT *x, const DT *res, const DT *w, const DT *b, "
                  "DT *out, DT *res_out, float eps",
-                 "kiln::layer_norm<DT, %lld, %lld, %d, %d, %d>(st, x, res, w, b, out, res_out, "
-                 "eps)",
-                 (long long)H, (long long)rpt, th, residual, bias);
+                 "kiln::layer_norm<DT, %lld, %lld, %d, %d, %d%s>(st, x, res, w, b, out, "
+                 "res_out, eps)",
+                 (long long)H, (long long)rpt, th, residual, bias, wpr);
         s = kstep(k, n->name, G((int)rpt, 0, 0, 0, 1), G1(), G1());
         add_arg(&s, A(KA_ARG_STEP, 0));
         add_arg(&s, x);

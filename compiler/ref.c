@@ -523,13 +523,21 @@ static void op_logits(ref *r, const kg_node *n, float *out)
     }
 }
 
+/* Rows of a weight [h] (1) or per head [n, h] (n: row i of the input uses weight row i % n). */
+static int64_t norm_weight_rows(const ref *r, const kg_node *n)
+{
+    const kg_node *w = &r->g->nodes[n->in[1]];
+    return w->ndim == 2 ? w->shape[0] : 1;
+}
+
 /* LlamaRMSNorm: x * rsqrt(mean(x^2) + eps) * w  (Gemma: * (1 + w)) */
 static void op_rms_norm(ref *r, const kg_node *n, float *out)
 {
-    const float *x = r->val[n->in[0]], *w = arg(r, n->in[1]);
+    const float *x = r->val[n->in[0]], *w0 = arg(r, n->in[1]);
     int64_t h = n->shape[n->ndim - 1], rows = r->n * row_width(n) / h;
+    int64_t wr = norm_weight_rows(r, n);
     for (int64_t i = 0; i < rows; i++) {
-        const float *xi = x + i * h;
+        const float *xi = x + i * h, *w = w0 + i % wr * h;
         float ss = 0;
         for (int64_t j = 0; j < h; j++)
             ss += xi[j] * xi[j];
@@ -542,11 +550,12 @@ static void op_rms_norm(ref *r, const kg_node *n, float *out)
 /* torch.nn.LayerNorm: (x - mean) / sqrt(var + eps) * w + b, biased variance */
 static void op_layer_norm(ref *r, const kg_node *n, float *out)
 {
-    const float *x = r->val[n->in[0]], *w = arg(r, n->in[1]);
-    const float *b = n->n_in > 2 && n->in[2] >= 0 ? arg(r, n->in[2]) : NULL;
+    const float *x = r->val[n->in[0]], *w0 = arg(r, n->in[1]);
+    const float *b0 = n->n_in > 2 && n->in[2] >= 0 ? arg(r, n->in[2]) : NULL;
     int64_t h = n->shape[n->ndim - 1], rows = r->n * row_width(n) / h;
+    int64_t wr = norm_weight_rows(r, n);
     for (int64_t i = 0; i < rows; i++) {
-        const float *xi = x + i * h;
+        const float *xi = x + i * h, *w = w0 + i % wr * h, *b = b0 ? b0 + i % wr * h : NULL;
         float mean = 0, var = 0;
         for (int64_t j = 0; j < h; j++)
             mean += xi[j];

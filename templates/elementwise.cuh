@@ -132,8 +132,11 @@ __device__ __forceinline__ void embed_part(const kiln_step st, const DT *table, 
 // rms_norm: rows of H, RPT rows per token (RPT > 1 for per-head norms of a [T, RPT*H] tensor).
 //   s = RESIDUAL ? round(x + res) : x;   res_out = s (RESIDUAL only)
 //   out = s * rsqrt(mean(s^2) + eps) * (UNIT_OFFSET ? 1 + w : w)
+// W_ROWS: w is [W_ROWS, H] and row r uses its row r % W_ROWS (W_ROWS = heads: a weight per
+// head); the default, 1, is a weight [H].
 // Grid (T*RPT) x THREADS: block r normalises row r (elements [r*H, (r+1)*H)).
-template <typename DT, int H, int RPT, int THREADS, int UNIT_OFFSET, int RESIDUAL>
+template <typename DT, int H, int RPT, int THREADS, int UNIT_OFFSET, int RESIDUAL,
+          int W_ROWS = 1>
 __device__ __forceinline__ void rms_norm(const kiln_step st, const DT *x, const DT *res,
                                          const DT *w, DT *out, DT *res_out, float eps)
 {
@@ -160,7 +163,7 @@ __device__ __forceinline__ void rms_norm(const kiln_step st, const DT *x, const 
         const int c = threadIdx.x + k * THREADS;
         if (c < RC::CH) {
             float wv[8], o[8];
-            load8(w + c * 8, wv);
+            load8(w + row % W_ROWS * H + c * 8, wv);
 #pragma unroll
             for (int i = 0; i < 8; i++)
                 o[i] = v[k][i] * inv * (UNIT_OFFSET ? 1.f + wv[i] : wv[i]);
@@ -171,8 +174,8 @@ __device__ __forceinline__ void rms_norm(const kiln_step st, const DT *x, const 
 
 // layer_norm: as rms_norm, out = (s - mean) / sqrt(var + eps) * w (+ b when BIAS), biased
 // variance (torch.nn.LayerNorm), computed in two passes over the row held in registers.
-// Grid (T*RPT) x THREADS.
-template <typename DT, int H, int RPT, int THREADS, int RESIDUAL, int BIAS>
+// W_ROWS: w and b are [W_ROWS, H], as in rms_norm. Grid (T*RPT) x THREADS.
+template <typename DT, int H, int RPT, int THREADS, int RESIDUAL, int BIAS, int W_ROWS = 1>
 __device__ __forceinline__ void layer_norm(const kiln_step st, const DT *x, const DT *res,
                                            const DT *w, const DT *b, DT *out, DT *res_out,
                                            float eps)
@@ -210,9 +213,10 @@ __device__ __forceinline__ void layer_norm(const kiln_step st, const DT *x, cons
         const int c = threadIdx.x + k * THREADS;
         if (c < RC::CH) {
             float wv[8], bv[8], o[8];
-            load8(w + c * 8, wv);
+            const long long wo = row % W_ROWS * H;
+            load8(w + wo + c * 8, wv);
             if (BIAS)
-                load8(b + c * 8, bv);
+                load8(b + wo + c * 8, bv);
 #pragma unroll
             for (int i = 0; i < 8; i++)
                 o[i] = (v[k][i] - mean) * inv * wv[i] + (BIAS ? bv[i] : 0.f);

@@ -45,6 +45,7 @@ static const char *generate_fixtures[] = {
     "olmo2",
     "internlm2",
     "deepseek_v2",
+    "cohere_qknorm",
 };
 
 
@@ -433,16 +434,18 @@ static int teardown(void **state)
     return system(cmd) == 0 ? 0 : -1;
 }
 
-/* Configs that a shipped spec refuses rather than run without a feature kiln lacks: Gemma 2's
- * final logit soft cap (no op caps the logits) and Cohere's per-head q/k LayerNorm weights. */
+/* Features a shipped spec once refused: Cohere's use_qk_norm now reads a LayerNorm weight per
+ * head, and a checkpoint without them is an error naming the tensor. */
 static void test_refused_features(void **state)
 {
     (void)state;
     char dir[512], msg[4096];
+    /* no longer refused: use_qk_norm reads a weight per head, which cohere's checkpoint lacks */
     variant("cohere", "\"use_qk_norm\": false", "\"use_qk_norm\": true", dir, sizeof dir);
     assert_int_not_equal(open_err(dir, msg, sizeof msg), 0);
     assert_non_null(strstr(msg, "cohere.lua"));
-    assert_non_null(strstr(msg, "use_qk_norm is true"));
+    assert_non_null(strstr(msg, "model.layers.0.self_attn.q_norm.weight"));
+    assert_non_null(strstr(msg, "not in the checkpoint"));
 }
 
 int main(void)

@@ -373,7 +373,8 @@ typedef struct family {
      * (the N that would work) */
     const char *refused[2];
     /* the attention stays whole on every rank (a q/k norm over the whole width, or per-head
-     * norms made of activation slices: the shard pass warns), only the MLP splits */
+     * norms with a weight per head, which the shard pass does not split: it warns), only the
+     * MLP splits */
     int whole_attn;
 } family;
 

@@ -155,8 +155,10 @@ static int propagate(an *a)
             a->st[i] = SPLIT;
             a->parts[i] = a->parts[x];
             join(a, i, x);
-            /* a norm over the split dimension needs every rank's part */
-            if ((n->op == KG_RMS_NORM || n->op == KG_LAYER_NORM) && n->ndim < 3)
+            /* a norm over the split dimension needs every rank's part; a weight per head
+             * ([n, hd]) is not split, so its heads stay whole too */
+            if ((n->op == KG_RMS_NORM || n->op == KG_LAYER_NORM) &&
+                (n->ndim < 3 || g->nodes[n->in[1]].ndim == 2))
                 spoil(a, i, i);
             /* a reshape keeps the split when dim 1 still cuts into the same parts */
             if (n->op == KG_RESHAPE && (n->ndim < 2 || n->shape[1] % a->parts[x] != 0))

@@ -331,12 +331,16 @@ static void t_embed_part(kt *t, int H, int ROWS, int parts, int rank, int THREAD
 
 /* LN = 0: rms_norm<.., UNIT_OFFSET = opt>; LN = 1: layer_norm<.., BIAS = opt>. inplace: res_out
  * is res. */
-static void t_norm(kt *t, int LN, int H, int RPT, int THREADS, int opt, int RES, int T, int inplace)
+/* WR: rows of the weight (and bias), [WR, H]; row r of x uses weight row r % WR (WR = heads: a
+ * weight per head, StableLM's and Cohere's q/k LayerNorms); 1 is the plain weight [H]. */
+static void t_norm_w(kt *t, int LN, int H, int RPT, int THREADS, int opt, int RES, int T,
+                     int inplace, int WR)
 {
     char name[160], src[1400];
-    snprintf(name, sizeof name, "elementwise/%s H=%d RPT=%d T=%d%s%s%s",
+    snprintf(name, sizeof name, "elementwise/%s H=%d RPT=%d T=%d%s%s%s%s",
              LN ? "layer_norm" : "rms_norm", H, RPT, T, RES ? " res" : "",
-             opt ? (LN ? " bias" : " unit_offset") : "", inplace ? " inplace" : "");
+             opt ? (LN ? " bias" : " unit_offset") : "", inplace ? " inplace" : "",
+             WR > 1 ? " weight per head" : "");
     if (!kt_want(t, name))
         return;
     if (LN)
@@ -345,18 +349,18 @@ static void t_norm(kt *t, int LN, int H, int RPT, int THREADS, int opt, int RES,
                  "extern \"C\" __global__ void __launch_bounds__(%d) k(const kiln_step st, "
                  "const kiln::bf16 *x, const kiln::bf16 *res, const kiln::bf16 *w, "
                  "const kiln::bf16 *b, kiln::bf16 *out, kiln::bf16 *res_out, float eps)\n"
-                 "{ kiln::layer_norm<kiln::bf16, %d, %d, %d, %d, %d>(st, x, res, w, b, out, "
+                 "{ kiln::layer_norm<kiln::bf16, %d, %d, %d, %d, %d, %d>(st, x, res, w, b, out, "
                  "res_out, eps); }\n",
-                 THREADS, H, RPT, THREADS, RES, opt);
+                 THREADS, H, RPT, THREADS, RES, opt, WR);
     else
         snprintf(src, sizeof src,
                  "#include \"elementwise.cuh\"\n"
                  "extern \"C\" __global__ void __launch_bounds__(%d) k(const kiln_step st, "
                  "const kiln::bf16 *x, const kiln::bf16 *res, const kiln::bf16 *w, "
                  "kiln::bf16 *out, kiln::bf16 *res_out, float eps)\n"
-                 "{ kiln::rms_norm<kiln::bf16, %d, %d, %d, %d, %d>(st, x, res, w, out, res_out, "
-                 "eps); }\n",
-                 THREADS, H, RPT, THREADS, opt, RES);
+                 "{ kiln::rms_norm<kiln::bf16, %d, %d, %d, %d, %d, %d>(st, x, res, w, out, "
+                 "res_out, eps); }\n",
+                 THREADS, H, RPT, THREADS, opt, RES, WR);
     int skip;
     CUfunction f = kfunc(t, name, src, &skip);
     if (skip)
@@ -369,11 +373,12 @@ static void t_norm(kt *t, int LN, int H, int RPT, int THREADS, int opt, int RES,
     /* an offset on x so layer_norm's mean matters; w around 1 (UNIT_OFFSET: an offset w) */
     float *x = rand_bf16(t, n, 1.0f, LN ? 0.75f : 0.f);
     float *res = rand_bf16(t, n, 1.0f, 0.f);
-    float *w = rand_bf16(t, (size_t)H, 0.5f, (!LN && opt) ? 0.f : 1.0f);
-    float *b = rand_bf16(t, (size_t)H, 0.5f, 0.f);
+    const size_t wn = (size_t)WR * H;
+    float *w0 = rand_bf16(t, wn, 0.5f, (!LN && opt) ? 0.f : 1.0f);
+    float *b0 = rand_bf16(t, wn, 0.5f, 0.f);
     const float eps = LN ? 1e-5f : 1e-6f;
-    CUdeviceptr dx = up_bf16(t, x, n), dw = up_bf16(t, w, (size_t)H);
-    CUdeviceptr db = up_bf16(t, b, (size_t)H);
+    CUdeviceptr dx = up_bf16(t, x, n), dw = up_bf16(t, w0, wn);
+    CUdeviceptr db = up_bf16(t, b0, wn);
     CUdeviceptr dres = RES ? up_bf16(t, res, n) : 0;
     CUdeviceptr dro = RES ? (inplace ? dres : kt_alloc(t, sizeof(uint16_t) * n)) : 0;
     CUdeviceptr dout = kt_alloc(t, sizeof(uint16_t) * n);
@@ -390,6 +395,7 @@ static void t_norm(kt *t, int LN, int H, int RPT, int THREADS, int opt, int RES,
         sum[i] = RES ? bf(x[i] + res[i]) : x[i];
     for (int r = 0; r < rows; r++) {
         const float *v = sum + (size_t)r * H;
+        const float *w = w0 + (size_t)(r % WR) * H, *b = b0 + (size_t)(r % WR) * H;
         float *o = want + (size_t)r * H;
         if (LN) { /* op_layer_norm */
             float mean = 0, var = 0;
@@ -420,7 +426,7 @@ static void t_norm(kt *t, int LN, int H, int RPT, int THREADS, int opt, int RES,
         check(t, rn, gr, sum, n, (size_t)H, TOL_EXACT);
         free(gr);
     }
-    free(x), free(res), free(w), free(b), free(sum), free(want), free(got);
+    free(x), free(res), free(w0), free(b0), free(sum), free(want), free(got);
     kt_free(t, dx), kt_free(t, dw), kt_free(t, db), kt_free(t, dout);
     if (RES) {
         kt_free(t, dres);
@@ -428,6 +434,11 @@ static void t_norm(kt *t, int LN, int H, int RPT, int THREADS, int opt, int RES,
             kt_free(t, dro);
     }
     step_free(t, &s);
+}
+
+static void t_norm(kt *t, int LN, int H, int RPT, int THREADS, int opt, int RES, int T, int inplace)
+{
+    t_norm_w(t, LN, H, RPT, THREADS, opt, RES, T, inplace, 1);
 }
 
 /* ---- rope_kv -------------------------------------------------------------------------------- */
@@ -862,6 +873,11 @@ void ktest_elementwise(kt *t)
     t_norm(t, 0, 4096, 1, 256, 1, 1, 7, 0);   /* Gemma: 1 + w */
     t_norm(t, 0, 8192, 1, 512, 0, 1, 3, 1);
     t_norm(t, 0, 2304, 1, 128, 1, 0, 7, 0);   /* 288 chunks: a partial last round */
+
+    /* a weight per head: (LN, H, RPT, THREADS, BIAS or UNIT_OFFSET, RESIDUAL, T, inplace, WR) */
+    t_norm_w(t, 1, 16, 4, 32, 0, 0, 7, 0, 4);    /* StableLM's q_layernorm, 4 heads of 16 */
+    t_norm_w(t, 1, 128, 8, 32, 1, 0, 5, 0, 8);   /* Command R+'s q_norm, with a bias */
+    t_norm_w(t, 0, 128, 8, 64, 1, 0, 3, 0, 8);   /* rms_norm, unit offset */
 
     /* layer_norm: (H, RPT, THREADS, BIAS, RESIDUAL, T, inplace) */
     t_norm(t, 1, 64, 1, 32, 1, 0, 7, 0);
