@@ -71,6 +71,7 @@ static void chain_cpu(float *x, size_t n)
 
 typedef struct pdl_bufs {
     CUdeviceptr x[2], y;
+    CUstream stream; /* non-blocking, as the engine's: capture needs no legacy-stream sync */
 } pdl_bufs;
 
 /* Launches the chain on the stream (captured or not); returns the buffer holding the result,
@@ -90,8 +91,8 @@ static CUdeviceptr chain_launch(kt *t, CUfunction scale, CUfunction add, pdl_buf
         void *a2[] = {&st, &b->y, &b->x[cur], &b->x[1 - cur]};
         kerr e;
         kerr_clear(&e);
-        if (kcuda_launch(&t->cu, scale, grid, 1, 1, PDL_THREADS, 0, t->stream, a1, pdl, &e) ||
-            kcuda_launch(&t->cu, add, grid, 1, 1, PDL_THREADS, 0, t->stream, a2, pdl, &e)) {
+        if (kcuda_launch(&t->cu, scale, grid, 1, 1, PDL_THREADS, 0, b->stream, a1, pdl, &e) ||
+            kcuda_launch(&t->cu, add, grid, 1, 1, PDL_THREADS, 0, b->stream, a2, pdl, &e)) {
             kt_result(t, name, 0, kerr_msg(&e));
             return 0;
         }
@@ -119,16 +120,23 @@ static void run_case(kt *t, CUfunction scale, CUfunction add, int pdl, int graph
     memcpy(want, x0, sizeof(float) * n);
     chain_cpu(want, n);
     uint16_t *h = kt_to_bf16(x0, n);
-    pdl_bufs b = {{kt_upload(t, h, n * 2), kt_alloc(t, n * 2)}, kt_alloc(t, n * 2)};
+    pdl_bufs b = {{kt_upload(t, h, n * 2), kt_alloc(t, n * 2)}, kt_alloc(t, n * 2), NULL};
+    /* the uploads and poisoning above ran on the legacy stream, which a non-blocking stream does
+     * not wait for */
+    if (t->cu.cuStreamSynchronize(NULL) != CUDA_SUCCESS ||
+        t->cu.cuStreamCreate(&b.stream, CU_STREAM_NON_BLOCKING) != CUDA_SUCCESS) {
+        kt_result(t, name, 0, "cuStreamSynchronize or cuStreamCreate failed");
+        b.stream = NULL;
+    }
     CUdeviceptr res = 0;
-    int replays = graph ? 2 : 1, ok = 1;
+    int replays = graph ? 2 : 1, ok = b.stream != NULL;
     CUgraph g = NULL;
     CUgraphExec ge = NULL;
-    if (graph) {
-        ok = t->cu.cuStreamBeginCapture(t->stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL) ==
+    if (ok && graph) {
+        ok = t->cu.cuStreamBeginCapture(b.stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL) ==
              CUDA_SUCCESS;
         res = ok ? chain_launch(t, scale, add, &b, pdl, name) : 0;
-        ok = t->cu.cuStreamEndCapture(t->stream, &g) == CUDA_SUCCESS && ok && res;
+        ok = t->cu.cuStreamEndCapture(b.stream, &g) == CUDA_SUCCESS && ok && res;
         ok = ok && t->cu.cuGraphInstantiateWithFlags(&ge, g, 0) == CUDA_SUCCESS;
         if (!ok)
             kt_result(t, name, 0, "capturing or instantiating the graph failed");
@@ -136,15 +144,15 @@ static void run_case(kt *t, CUfunction scale, CUfunction add, int pdl, int graph
     uint16_t *gh = xmalloc(n * 2);
     for (int r = 0; ok && r < replays; r++) {
         if (r > 0) { /* fresh inputs, poisoned intermediates */
-            ok = t->cu.cuMemcpyHtoD(b.x[0], h, n * 2) == CUDA_SUCCESS &&
-                 t->cu.cuMemsetD8(b.x[1], 0xFF, n * 2) == CUDA_SUCCESS &&
-                 t->cu.cuMemsetD8(b.y, 0xFF, n * 2) == CUDA_SUCCESS;
+            ok = t->cu.cuMemcpyHtoDAsync(b.x[0], h, n * 2, b.stream) == CUDA_SUCCESS &&
+                 t->cu.cuMemsetD8Async(b.x[1], 0xFF, n * 2, b.stream) == CUDA_SUCCESS &&
+                 t->cu.cuMemsetD8Async(b.y, 0xFF, n * 2, b.stream) == CUDA_SUCCESS;
         }
         if (ok && graph)
-            ok = t->cu.cuGraphLaunch(ge, t->stream) == CUDA_SUCCESS;
+            ok = t->cu.cuGraphLaunch(ge, b.stream) == CUDA_SUCCESS;
         else if (ok)
             ok = (res = chain_launch(t, scale, add, &b, pdl, name)) != 0;
-        ok = ok && t->cu.cuStreamSynchronize(t->stream) == CUDA_SUCCESS;
+        ok = ok && t->cu.cuStreamSynchronize(b.stream) == CUDA_SUCCESS;
         if (!ok) {
             kt_result(t, name, 0, "a launch or the chain failed on the GPU");
             break;
@@ -169,6 +177,8 @@ static void run_case(kt *t, CUfunction scale, CUfunction add, int pdl, int graph
         t->cu.cuGraphExecDestroy(ge);
     if (g)
         t->cu.cuGraphDestroy(g);
+    if (b.stream)
+        t->cu.cuStreamDestroy(b.stream);
     free(gh);
     free(h);
     free(x0);
