@@ -258,6 +258,7 @@ static void run_all(kt *t)
     ktest_elementwise(t);
     ktest_gemv(t);
     ktest_attention(t);
+    ktest_mla(t);
     ktest_moe(t);
     ktest_sample(t);
     ktest_collective(t);

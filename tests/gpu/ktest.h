@@ -78,6 +78,7 @@ void ktest_gemv(kt *t);
 /* `kiln-ktest --bench gemv`: prints the GEMV's weight bandwidth per shape and M; -1 on a failure. */
 int ktest_gemv_bench(kt *t);
 void ktest_attention(kt *t);
+void ktest_mla(kt *t);
 void ktest_moe(kt *t);
 void ktest_sample(kt *t);
 void ktest_collective(kt *t);
