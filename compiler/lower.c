@@ -647,47 +647,111 @@ static int attention_steps(lw *w, const kg_node *n, ka_arg q, ka_arg out, ka_arg
 }
 
 /* Routed experts: route, gate+up with the activation, down weighted and summed per token
- * (templates/moe.cuh). The expert gate and up weights are packed as one [E, 2I, H] tensor. */
+ * (templates/moe.cuh). The expert gate and up weights are packed as one [E, 2I, H] tensor. A
+ * shared expert (Qwen2-MoE, DeepSeek-V2) is an ordinary gated MLP on every token, lowered as the
+ * linears are (GEMM + act_mul, or one gated GEMV; then the down GEMM or GEMV) into scratch, scaled
+ * in place by sigmoid(x . shared_gate_w) when the op has that gate (moe_shared_gate), and added
+ * to the routed sum by moe_down's `add`. */
 #define MOE_THREADS 256
+
+/* A constant node concatenating gate and up (same shapes, [..., rows, H]) along their rows:
+ * [gate; up], the layout of the gated GEMV and act_mul (and of moe_gate_up per expert), which
+ * the packer materialises. Returns its id; the node array may move. */
+static int pack_gate_up(lw *w, int id, int gate, int up, const char *suffix)
+{
+    kgraph *g = w->g;
+    const kg_node *gn = &g->nodes[gate];
+    kg_node p;
+    memset(&p, 0, sizeof p);
+    p.op = KG_CONCAT;
+    p.is_const = 1;
+    p.n_in = 2;
+    p.in[0] = gate;
+    p.in[1] = up;
+    p.ndim = gn->ndim;
+    p.dim = gn->ndim - 2;
+    for (int d = 0; d < gn->ndim; d++)
+        p.shape[d] = gn->shape[d] * (d == p.dim ? 2 : 1);
+    p.dtype = gn->dtype;
+    p.epi_act = p.fused_into = p.view_of = -1;
+    p.buf = -1;
+    char *nm = xasprintf("%s.%s", g->nodes[id].name, suffix);
+    p.name = nm;
+    p.spec_file = g->nodes[id].spec_file;
+    p.spec_line = g->nodes[id].spec_line;
+    int r = graph_append(g, &p);
+    free(nm);
+    return r;
+}
+
+/* The shared expert of MOE node `id` on its input x, into a scratch [T, H] returned in `sum`. */
+static int low_moe_shared(lw *w, int id, ka_arg x, ka_arg *sum)
+{
+    int gu = pack_gate_up(w, id, w->g->nodes[id].in[KG_MOE_SH_GATE],
+                          w->g->nodes[id].in[KG_MOE_SH_UP], "shared_gate_up");
+    const kg_node *n = &w->g->nodes[id];
+    const kg_moe *mo = &n->moe;
+    int64_t H = n->shape[1], I2 = w->g->nodes[n->in[KG_MOE_SH_GATE]].shape[0];
+    if (need8(w, n, I2, "the shared expert's width"))
+        return -1;
+    int64_t T = w->c->max_tokens;
+    ka_arg gu_out = A(KA_ARG_SCRATCH, scratch_at(w, T * 2 * I2 * w->esize));
+    ka_arg h = A(KA_ARG_SCRATCH, scratch_at(w, T * I2 * w->esize));
+    *sum = A(KA_ARG_SCRATCH, scratch_at(w, T * H * w->esize));
+    /* act(x . Wg) * (x . Wu): a GEMM then act_mul, or one gated GEMV */
+    ka_step s = gemm_step(n, x, AW(w, gu), ANULL(), gu_out, 2 * I2, H, H, 2 * I2, 0, KA_ROWS_T);
+    push(w, BOTH, &s);
+    int ka = kern(w, "act_mul", ELEM_THREADS, 0, "const kiln_step st, const DT *gu, DT *out",
+                  "kiln::act_mul<DT, %lld, %d, %d>(st, gu, out)", (long long)I2, mo->act,
+                  ELEM_THREADS);
+    s = kstep(ka, n->name, elems(I2), G1(), G1());
+    s.size = KA_SIZE_LARGE;
+    add_arg(&s, A(KA_ARG_STEP, 0));
+    add_arg(&s, gu_out);
+    add_arg(&s, h);
+    push(w, BOTH, &s);
+    s = gemv_step(w, n, x, AW(w, gu), ANULL(), h, 2 * I2, H, 1, mo->act, 0, KA_ROWS_T);
+    push(w, BOTH, &s);
+    /* . Wd */
+    ka_arg down = AW(w, n->in[KG_MOE_SH_DOWN]);
+    s = gemm_step(n, h, down, ANULL(), *sum, H, I2, I2, H, 0, KA_ROWS_T);
+    push(w, BOTH, &s);
+    s = gemv_step(w, n, h, down, ANULL(), *sum, H, I2, 0, -1, 0, KA_ROWS_T);
+    push(w, BOTH, &s);
+    if (!mo->shared_gate)
+        return 0;
+    int kg = kern(w, "moe_shared_gate", MOE_THREADS, 0,
+                  "const kiln_step st, const DT *x, const DT *gate_w, const DT *y, DT *out",
+                  "kiln::moe_shared_gate<DT, %lld, %d>(st, x, gate_w, y, out)", (long long)H,
+                  MOE_THREADS);
+    s = kstep(kg, n->name, G(1, 0, 0, 0, 1), G1(), G1());
+    add_arg(&s, A(KA_ARG_STEP, 0));
+    add_arg(&s, x);
+    add_arg(&s, AW(w, n->in[KG_MOE_SH_GATE_W]));
+    add_arg(&s, *sum);
+    add_arg(&s, *sum);
+    push(w, BOTH, &s);
+    return 0;
+}
 
 static int low_moe(lw *w, int id)
 {
     kgraph *g = w->g;
     const kg_node *n = &g->nodes[id];
     const kg_moe *mo = &n->moe;
-    if (mo->has_shared)
-        return kerr_add(w->err, "%s: MoE shared experts are not supported by the GPU code "
-                                "generator yet (the CPU reference runs them)",
-                        n->name);
     int64_t H = n->shape[1], E = mo->n_experts, I = g->nodes[n->in[KG_MOE_GATE]].shape[1];
     if (need8(w, n, H, "the hidden width") || need8(w, n, I, "the expert width"))
         return -1;
-    ka_arg x, out;
+    ka_arg x, out, shared = ANULL();
     if (dense_arg(w, n->in[KG_MOE_X], &x) || dense_arg(w, id, &out))
         return -1;
-    /* [E, 2I, H] = concat(gate, up) along dim 1: a constant node the packer materialises */
-    kg_node p;
-    memset(&p, 0, sizeof p);
-    p.op = KG_CONCAT;
-    p.is_const = 1;
-    p.n_in = 2;
-    p.in[0] = n->in[KG_MOE_GATE];
-    p.in[1] = n->in[KG_MOE_UP];
-    p.dim = 1;
-    p.ndim = 3;
-    p.shape[0] = E;
-    p.shape[1] = 2 * I;
-    p.shape[2] = H;
-    p.dtype = g->nodes[n->in[KG_MOE_GATE]].dtype;
-    p.epi_act = p.fused_into = p.view_of = -1;
-    p.buf = -1;
-    char *nm = xasprintf("%s.gate_up", n->name);
-    p.name = nm;
-    p.spec_file = n->spec_file;
-    p.spec_line = n->spec_line;
-    int gu = graph_append(g, &p);
-    free(nm);
+    if (mo->has_shared && low_moe_shared(w, id, x, &shared))
+        return -1;
+    /* [E, 2I, H] = concat(gate, up) along dim 1 */
+    int gu = pack_gate_up(w, id, g->nodes[id].in[KG_MOE_GATE], g->nodes[id].in[KG_MOE_UP],
+                          "gate_up");
     n = &g->nodes[id]; /* the node array may have moved */
+    mo = &n->moe;
     int K = mo->top_k;
     int64_t T = w->c->max_tokens;
     ka_arg idx = A(KA_ARG_SCRATCH, scratch_at(w, T * K * 4));
@@ -728,7 +792,7 @@ static int low_moe(lw *w, int id)
     add_arg(&s, wts);
     add_arg(&s, AW(w, n->in[KG_MOE_DOWN]));
     add_arg(&s, out);
-    add_arg(&s, ANULL());
+    add_arg(&s, shared);
     push(w, BOTH, &s);
     return 0;
 }

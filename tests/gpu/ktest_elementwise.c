@@ -850,6 +850,50 @@ static void t_gather_ranks(kt *t, int N, int TP, int M, int THREADS)
     step_free(t, &s);
 }
 
+/* The LM head's bias and final soft cap on float logits [M, N], in place: v = l + bias (bf16),
+ * then cap * tanh(v / cap), against double math (TOL_F32: the kernel's tanh from one exp is
+ * ~1e-7 absolute; an element left as it was differs by the bias or the cap). */
+static void t_logits_epilogue(kt *t, int N, int M, int BIAS, float cap, int THREADS)
+{
+    char name[160], src[1024];
+    snprintf(name, sizeof name, "elementwise/logits_epilogue N=%d M=%d%s%s", N, M,
+             BIAS ? " bias" : "", cap > 0 ? " softcap" : "");
+    if (!kt_want(t, name))
+        return;
+    snprintf(src, sizeof src,
+             "#include \"elementwise.cuh\"\n"
+             "extern \"C\" __global__ void __launch_bounds__(%d) k(const kiln_step st, "
+             "float *logits, const kiln::bf16 *bias, float cap, int M)\n"
+             "{ kiln::logits_epilogue<kiln::bf16, %d, %d, %d, %d>(st, logits, bias, cap, M); }\n",
+             THREADS, N, BIAS, cap > 0, THREADS);
+    int skip;
+    CUfunction f = kfunc(t, name, src, &skip);
+    if (skip)
+        return;
+    kstep s;
+    step_make(t, &s, &CFG_ONE, 16);
+    size_t n = (size_t)M * N;
+    float *lg = xmalloc(sizeof(float) * n), *want = xmalloc(sizeof(float) * n);
+    kt_fill(t, lg, n, 40.0f); /* beyond a cap of 30 */
+    float *bias = rand_bf16(t, (size_t)N, 2.0f, 0.0f);
+    for (size_t i = 0; i < n; i++) {
+        double v = (double)lg[i] + (BIAS ? bias[i % (size_t)N] : 0.0);
+        want[i] = (float)(cap > 0 ? cap * tanh(v / cap) : v);
+    }
+    CUdeviceptr dl = kt_upload(t, lg, sizeof(float) * n);
+    CUdeviceptr db = BIAS ? up_bf16(t, bias, (size_t)N) : 0;
+    void *args[] = {&s.st, &dl, &db, &cap, &M};
+    kt_launch(t, f, name, (unsigned)M, (unsigned)((N + 8 * THREADS - 1) / (8 * THREADS)), 1,
+              (unsigned)THREADS, 0, args);
+    float *got = down_f32(t, dl, n);
+    check(t, name, got, want, n, (size_t)N, TOL_F32);
+    free(lg), free(want), free(bias), free(got);
+    kt_free(t, dl);
+    if (BIAS)
+        kt_free(t, db);
+    step_free(t, &s);
+}
+
 /* ---- the cases ---------------------------------------------------------------------------- */
 
 void ktest_elementwise(kt *t)
@@ -931,6 +975,11 @@ void ktest_elementwise(kt *t)
     t_gather_ranks(t, 100, 4, 5, 256);   /* N not a multiple of 8 or of the threads */
     t_gather_ranks(t, 64128, 2, 16, 256); /* 128256 / 2: Llama-3's vocabulary at TP 2, decode */
     t_gather_ranks(t, 16032, 8, 1, 256); /* at TP 8, batch 1 */
+    /* the LM head's bias and final soft cap: (N, M, BIAS, cap, THREADS) */
+    t_logits_epilogue(t, 100, 5, 1, 0.0f, 256);      /* N not a multiple of 8 or of the threads */
+    t_logits_epilogue(t, 50400, 1, 1, 0.0f, 256);    /* GPT-J's head, decode of one */
+    t_logits_epilogue(t, 25200, 16, 1, 30.0f, 256);  /* a rank's half, bias and cap */
+    t_logits_epilogue(t, 256000, 3, 0, 30.0f, 256);  /* Gemma 2's vocabulary and cap */
     t_pool(t, 64, 0, 0, 32, &CFG_POOL);
     t_pool(t, 384, 0, 1, 64, &CFG_POOL);
     t_pool(t, 768, 1, 1, 128, &CFG_POOL);

@@ -19,10 +19,15 @@
  *   "down"       out (bf16) vs sum_k wts*down(hbuf) (+ add) in double, where the reference hbuf is
  *                rounded to bf16 as the kernel stores it: tol 1e-2 (one bf16 rounding).
  *   "deterministic" (some cases) moe_down run twice gives the same bytes.
- * The shared-expert gate is checked on its own ("moe/shared_gate ..."), also in place (out == y).
+ * The shared-expert gate is checked on its own ("moe/shared_gate ..."), also in place (out == y),
+ * and in the chain as compiler/lower.c's low_moe runs it ("shared" cases): the add buffer holds
+ * the shared expert's MLP output (its linears run as GEMV/GEMM, tested elsewhere), scaled in place
+ * by moe_shared_gate when the expert has a gate (Qwen2-MoE; DeepSeek-V2's is added as is), then
+ * added by moe_down: "down" checks sum_k wts*down(hbuf) + round(sigmoid(x . gate_w) * y).
  * Scales: x ~ U[-1,1); router ~ U * 4/sqrt(H) (logits rms ~1.3: decisive but not one-hot);
  * gate/up ~ U * 2/sqrt(H), down ~ U * 2/sqrt(I) (outputs of rms ~0.5).
  */
+#include <assert.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,6 +44,8 @@ typedef struct mcase {
     int add;   /* 0: add = nullptr; 1: a separate [T,H] buffer; 2: in place (add == out) */
     int ties;  /* router rows 4 and 7 copy row 1, row 6 copies row 2 (needs E >= 8) */
     int det;   /* also check that moe_down is bit-for-bit repeatable */
+    int shared; /* add == 1 only: the add buffer is a shared expert's output y, added as is (1)
+                   or first scaled in place by moe_shared_gate: sigmoid(x . gate_w) * y (2) */
     int Ts[8]; /* token counts, 0-terminated (at most 7) */
 } mcase;
 
@@ -51,10 +58,11 @@ static void case_name(char *buf, size_t size, const mcase *c, int T, int s)
     char th[32] = "";
     if (c->threads != 256)
         snprintf(th, sizeof th, " threads=%d", c->threads);
-    snprintf(buf, size, "moe/E=%d top%d%s %s H=%d I=%d%s%s%s T=%d %s", c->E, c->TOPK,
+    snprintf(buf, size, "moe/E=%d top%d%s %s H=%d I=%d%s%s%s%s T=%d %s", c->E, c->TOPK,
              c->renorm ? " renorm" : "", kt_act_name(c->act), c->H, c->I,
-             c->add == 1 ? " +add" : c->add == 2 ? " +add(in place)" : "", c->ties ? " ties" : "",
-             th, T, stage[s]);
+             c->add == 1 ? " +add" : c->add == 2 ? " +add(in place)" : "",
+             c->shared == 1 ? " shared" : c->shared == 2 ? " shared(gated)" : "",
+             c->ties ? " ties" : "", th, T, stage[s]);
 }
 
 static double dotd(const float *a, const float *b, int n)
@@ -126,7 +134,7 @@ static int route_ref(const float *xt, const float *router, int E, int H, int TOP
 }
 
 static void moe_run(kt *t, const mcase *c, CUfunction f_route, CUfunction f_gu, CUfunction f_down,
-                    int T)
+                    CUfunction f_sg, int T)
 {
     const int E = c->E, H = c->H, I = c->I, K = c->TOPK, TH = c->threads, WARPS = TH / 32;
     char nm[N_STAGES][240];
@@ -145,6 +153,7 @@ static void moe_run(kt *t, const mcase *c, CUfunction f_route, CUfunction f_gu, 
     float *gu = randv(t, ngu, 2.0f / sqrtf((float)H));
     float *dn = randv(t, ndn, 2.0f / sqrtf((float)I));
     float *add = randv(t, nx, 1.0f);
+    float *sgw = c->shared == 2 ? randv(t, (size_t)H, 4.0f / sqrtf((float)H)) : NULL;
     if (c->ties) {
         static const int dup[][2] = {{4, 1}, {7, 1}, {6, 2}};
         for (int i = 0; i < 3; i++)
@@ -195,9 +204,13 @@ static void moe_run(kt *t, const mcase *c, CUfunction f_route, CUfunction f_gu, 
     }
     memcpy(hr16, href, sizeof(float) * nh);
     kt_round_bf16(hr16, nh);
-    for (int tk = 0; tk < T; tk++)
+    for (int tk = 0; tk < T; tk++) {
+        /* the gated shared expert's output as moe_shared_gate stores it (bf16) */
+        const double sg = sgw ? 1.0 / (1.0 + exp(-dotd(x + (size_t)tk * H, sgw, H))) : 1.0;
         for (int n = 0; n < H; n++) {
             double s = c->add ? add[(size_t)tk * H + n] : 0.0;
+            if (sgw)
+                s = util_bf16_to_f32(util_f32_to_bf16((float)(sg * s)));
             for (int k = 0; k < K; k++) {
                 const size_t pr = (size_t)tk * K + k;
                 s += (double)rw[pr] *
@@ -205,6 +218,7 @@ static void moe_run(kt *t, const mcase *c, CUfunction f_route, CUfunction f_gu, 
             }
             oref[(size_t)tk * H + n] = (float)s;
         }
+    }
 
     /* device */
     kiln_step st;
@@ -261,6 +275,12 @@ static void moe_run(kt *t, const mcase *c, CUfunction f_route, CUfunction f_gu, 
     if (kt_want(t, nm[2]))
         kt_check(t, nm[2], gh, href, nh, 1e-2);
 
+    CUdeviceptr dsgw = 0;
+    if (sgw) { /* the shared expert's gate, in place on its output, before moe_down adds it */
+        dsgw = up_bf16(t, sgw, (size_t)H);
+        void *a_sg[] = {&st, &dx, &dsgw, &dadd, &dadd};
+        kt_launch(t, f_sg, "moe_shared_gate", (unsigned)T, 1, 1, (unsigned)TH, 0, a_sg);
+    }
     const unsigned dn_tiles = (unsigned)((H + 4 * WARPS - 1) / (4 * WARPS));
     void *a_dn[] = {&st, &dh, &didx, &dwts, &ddn, &dout, &dadd};
     kt_launch(t, f_down, "moe_down", (unsigned)T, dn_tiles, 1, (unsigned)TH, 0, a_dn);
@@ -302,6 +322,9 @@ static void moe_run(kt *t, const mcase *c, CUfunction f_route, CUfunction f_gu, 
     kt_free(t, dout);
     if (c->add == 1)
         kt_free(t, dadd);
+    if (sgw)
+        kt_free(t, dsgw);
+    free(sgw);
     free(x);
     free(router);
     free(gu);
@@ -324,9 +347,10 @@ static void moe_run(kt *t, const mcase *c, CUfunction f_route, CUfunction f_gu, 
 static void moe_config(kt *t, const mcase *c)
 {
     /* one translation unit per configuration, shared by its token counts */
-    char name[160], src[2048];
-    snprintf(name, sizeof name, "moe/E=%d top%d%s %s H=%d I=%d threads=%d", c->E, c->TOPK,
-             c->renorm ? " renorm" : "", kt_act_name(c->act), c->H, c->I, c->threads);
+    char name[160], src[2560], sg[512] = "";
+    snprintf(name, sizeof name, "moe/E=%d top%d%s %s H=%d I=%d threads=%d%s", c->E, c->TOPK,
+             c->renorm ? " renorm" : "", kt_act_name(c->act), c->H, c->I, c->threads,
+             c->shared == 2 ? " shared_gate" : "");
     int want = 0;
     for (int i = 0; c->Ts[i]; i++)
         for (int s = 0; s < N_STAGES; s++) {
@@ -336,6 +360,13 @@ static void moe_config(kt *t, const mcase *c)
         }
     if (!want)
         return;
+    assert(c->shared == 0 || c->add == 1);
+    if (c->shared == 2)
+        snprintf(sg, sizeof sg,
+                 "extern \"C\" __global__ void __launch_bounds__(%d)\n"
+                 "k_sg(const kiln_step st, const bf16 *x, const bf16 *gate_w, const bf16 *y, bf16 *out)\n"
+                 "{ kiln::moe_shared_gate<bf16, %d, %d>(st, x, gate_w, y, out); }\n",
+                 c->threads, c->H, c->threads);
     snprintf(src, sizeof src,
              "#include \"moe.cuh\"\n"
              "using kiln::bf16;\n"
@@ -348,17 +379,19 @@ static void moe_config(kt *t, const mcase *c)
              "extern \"C\" __global__ void __launch_bounds__(%d)\n"
              "k_down(const kiln_step st, const bf16 *hbuf, const int *idx, const float *wts,\n"
              "       const bf16 *down, bf16 *out, const bf16 *add)\n"
-             "{ kiln::moe_down<bf16, %d, %d, %d, %d, %d>(st, hbuf, idx, wts, down, out, add); }\n",
+             "{ kiln::moe_down<bf16, %d, %d, %d, %d, %d>(st, hbuf, idx, wts, down, out, add); }\n"
+             "%s",
              c->threads, c->E, c->H, c->TOPK, c->renorm ? "true" : "false", c->threads,
              c->threads, c->E, c->H, c->I, c->TOPK, c->act, c->threads,
-             c->threads, c->E, c->H, c->I, c->TOPK, c->threads);
+             c->threads, c->E, c->H, c->I, c->TOPK, c->threads, sg);
     CUmodule mod = kt_module(t, name, src);
     if (!mod && !t->compile_only)
         return; /* the compile failure is recorded with its log */
     CUfunction fr = kt_func(t, mod, "k_route"), fg = kt_func(t, mod, "k_gate_up"),
                fd = kt_func(t, mod, "k_down");
+    CUfunction fs = c->shared == 2 ? kt_func(t, mod, "k_sg") : NULL;
     for (int i = 0; c->Ts[i]; i++)
-        moe_run(t, c, fr, fg, fd, c->Ts[i]);
+        moe_run(t, c, fr, fg, fd, fs, c->Ts[i]);
 }
 
 static void shared_gate_case(kt *t, int H, int T, int threads, int in_place)
@@ -425,6 +458,12 @@ void ktest_moe(kt *t)
         /* Qwen1.5-MoE-like: 60 experts (not a multiple of 32), top-4, shared output added in place */
         {.E = 60, .H = 256, .I = 64, .TOPK = 4, .renorm = 0, .act = ACT_SILU, .threads = 256,
          .add = 2, .Ts = {5, 64}},
+        /* the shared expert as low_moe runs it: Qwen2-MoE's gated (sigmoid(x . gate_w) scales it
+         * in place, then moe_down adds it), DeepSeek-V2's added as is */
+        {.E = 60, .H = 256, .I = 64, .TOPK = 4, .renorm = 0, .act = ACT_SILU, .threads = 256,
+         .add = 1, .shared = 2, .Ts = {1, 5, 64}},
+        {.E = 64, .H = 128, .I = 32, .TOPK = 6, .renorm = 0, .act = ACT_SILU, .threads = 128,
+         .add = 1, .shared = 1, .Ts = {1, 7}},
         /* Qwen3-MoE-like: 128 experts, top-8 */
         {.E = 128, .H = 128, .I = 32, .TOPK = 8, .renorm = 1, .act = ACT_SILU, .threads = 256,
          .Ts = {5}},
