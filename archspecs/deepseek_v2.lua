@@ -65,7 +65,7 @@ return kiln.archspec {
     local lat_eps = 1e-6 -- DeepseekV2RMSNorm's default: kv_a_layernorm, q_a_layernorm
 
     if cfg:bool("norm_topk_prob", false) then
-      error("config.json: norm_topk_prob is true; transformers' DeepseekV2 ignores it while DeepSeek's own "
+      error(cfg:path() .. ": norm_topk_prob is true; transformers' DeepseekV2 ignores it while DeepSeek's own "
             .. "code renormalises the top-k weights, so the intended model is ambiguous: set it to false "
             .. "(DeepSeek-V2 and V2-Lite ship false)")
     end
@@ -73,15 +73,15 @@ return kiln.archspec {
     if method == "group_limited_greedy" then
       local groups = cfg:int("n_group", 1)
       if groups > 1 and cfg:int("topk_group", groups) < groups then
-        error(("config.json: topk_method group_limited_greedy with n_group %d and topk_group %d is not "
+        error(cfg:path() .. (": topk_method group_limited_greedy with n_group %d and topk_group %d is not "
                .. "supported (experts restricted to the best groups); with topk_group >= n_group it equals "
                .. "greedy"):format(groups, cfg:int("topk_group", groups)))
       end
     elseif method ~= "greedy" then
-      error("config.json: topk_method '" .. method .. "' is not supported (known: greedy, group_limited_greedy)")
+      error(cfg:path() .. ": topk_method '" .. method .. "' is not supported (known: greedy, group_limited_greedy)")
     end
     if routed_scale <= 0 then
-      error("config.json: routed_scaling_factor is " .. routed_scale .. "; expected a positive number")
+      error(cfg:path() .. ": routed_scaling_factor is " .. routed_scale .. "; expected a positive number")
     end
 
     local scale = dq ^ -0.5
@@ -104,24 +104,26 @@ return kiln.archspec {
       local p = "model.layers." .. i .. "."
       local a = p .. "self_attn."
       local h = g:rms_norm(x, w(p .. "input_layernorm.weight", { H }), eps, "attn_norm")
-      local q
+      -- q's heads are [nope | pe] rows of q_proj (q_b_proj): two linears of weight views, so no
+      -- activation is sliced; likewise kv_a's [latent | k_pe] rows
+      local qx, qw = h, nil
       if q_rank then
-        q = g:linear(h, w(a .. "q_a_proj.weight", { q_rank, H }), b(a, "q_a_proj.bias", { q_rank }), "attn.q_a")
-        q = g:rms_norm(q, w(a .. "q_a_layernorm.weight", { q_rank }), lat_eps, "attn.q_a_norm")
-        q = g:linear(q, w(a .. "q_b_proj.weight", { heads * dq, q_rank }), "attn.q")
+        qx = g:linear(h, w(a .. "q_a_proj.weight", { q_rank, H }), b(a, "q_a_proj.bias", { q_rank }), "attn.q_a")
+        qx = g:rms_norm(qx, w(a .. "q_a_layernorm.weight", { q_rank }), lat_eps, "attn.q_a_norm")
+        qw = w(a .. "q_b_proj.weight", { heads * dq, q_rank }):reshape { heads, dq, q_rank }
       else
-        q = g:linear(h, w(a .. "q_proj.weight", { heads * dq, H }), "attn.q")
+        qw = w(a .. "q_proj.weight", { heads * dq, H }):reshape { heads, dq, H }
       end
-      local qh = q:reshape { kiln.T, heads, dq }
-      local q_nope = qh:slice(2, 0, dn, "attn.q_nope"):reshape({ kiln.T, heads * dn })
-      local q_pe = qh:slice(2, dn, dr, "attn.q_pe"):reshape({ kiln.T, heads * dr })
+      local qin = q_rank or H
+      local q_nope = g:linear(qx, qw:slice(1, 0, dn):reshape { heads * dn, qin }, "attn.q_nope")
+      local q_pe = g:linear(qx, qw:slice(1, dn, dr):reshape { heads * dr, qin }, "attn.q_pe")
       q_pe = g:rope(q_pe, pos, { head_dim = dr, params = rope, interleaved = true }, "attn.q_rope")
-      local kv = g:linear(h, w(a .. "kv_a_proj_with_mqa.weight", { rank + dr, H }),
-                          b(a, "kv_a_proj_with_mqa.bias", { rank + dr }), "attn.kv_a")
-      local latent = g:rms_norm(kv:slice(1, 0, rank, "attn.latent"), w(a .. "kv_a_layernorm.weight", { rank }),
-                                lat_eps, "attn.latent_norm")
-      local k_pe = g:rope(kv:slice(1, rank, dr, "attn.k_pe"), pos,
-                          { head_dim = dr, params = rope, interleaved = true }, "attn.k_rope")
+      local kv_w = w(a .. "kv_a_proj_with_mqa.weight", { rank + dr, H })
+      local kv_bias = b(a, "kv_a_proj_with_mqa.bias", { rank + dr })
+      local latent = g:linear(h, kv_w:slice(0, 0, rank), kv_bias and kv_bias:slice(0, 0, rank), "attn.latent")
+      latent = g:rms_norm(latent, w(a .. "kv_a_layernorm.weight", { rank }), lat_eps, "attn.latent_norm")
+      local k_pe = g:linear(h, kv_w:slice(0, rank, dr), kv_bias and kv_bias:slice(0, rank, dr), "attn.k_pe")
+      k_pe = g:rope(k_pe, pos, { head_dim = dr, params = rope, interleaved = true }, "attn.k_rope")
       local o = g:mla_attention(q_nope, q_pe, latent, k_pe,
                                 { kv_b = w(a .. "kv_b_proj.weight", { heads * (dn + dv), rank }), heads = heads,
                                   nope_dim = dn, rope_dim = dr, v_dim = dv, scale = scale }, "attn")

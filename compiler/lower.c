@@ -1049,6 +1049,15 @@ static int low_node(lw *w, int id)
 int lower(kc *c, lowered *out, kerr *err)
 {
     memset(out, 0, sizeof *out);
+    /* multi-head latent attention: its kernels exist (templates/mla.cuh, tests/gpu/ktest_mla.c),
+     * the lowering and the artifact's latent KV-cache layers do not yet */
+    for (int i = 0; i < c->g->n; i++)
+        if (c->g->nodes[i].op == KG_MLA)
+            return kerr_add(err, "%s: multi-head latent attention (mla_attention) is not lowered "
+                                 "to the GPU yet (its kernels are in templates/mla.cuh; the KV "
+                                 "cache of the artifact has no latent layers); the CPU reference "
+                                 "runs it",
+                            c->g->nodes[i].name);
     lw w;
     memset(&w, 0, sizeof w);
     w.c = c;

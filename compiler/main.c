@@ -305,7 +305,7 @@ static int cmd_check(int argc, char **argv)
     char pc[32], dt[256], sh[96];
     int first_attn = -1;
     for (int i = 0; i < g->n && first_attn < 0; i++)
-        if (g->nodes[i].op == KG_ATTENTION)
+        if (g->nodes[i].op == KG_ATTENTION || g->nodes[i].op == KG_MLA)
             first_attn = i;
     const kg_node *out = &g->nodes[g->output];
     printf("model         %s\n", c.model_dir);
@@ -314,7 +314,12 @@ static int cmd_check(int argc, char **argv)
            spec_task_name(c.spec->task));
     for (int i = 0; i < c.n_overrides; i++)
         printf("override      %s\n", c.overrides[i]);
-    if (first_attn >= 0) {
+    if (first_attn >= 0 && g->nodes[first_attn].op == KG_MLA) {
+        const kg_mla *a = &g->nodes[first_attn].mla;
+        printf("layers        %d, %d heads, multi-head latent attention (latent %d, rope %d, "
+               "nope %d, v %d)\n",
+               g->n_layers, a->n_heads, a->rank, a->rope_dim, a->nope_dim, a->v_dim);
+    } else if (first_attn >= 0) {
         const kg_attn *a = &g->nodes[first_attn].attn;
         printf("layers        %d, %d heads / %d kv heads, head_dim %d\n", g->n_layers,
                a->n_heads, a->n_kv_heads, a->head_dim);
