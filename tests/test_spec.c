@@ -1534,6 +1534,46 @@ static void test_options_archspec_table(void **state)
     assert_true(loaded >= 6);
 }
 
+/* g:logits(x, head [, bias] [, {softcap=}] [, name]): Gemma 2's final soft cap is an option of
+ * the head, checked as every option table is. */
+static void test_logits_options(void **state)
+{
+    (void)state;
+#define LG "    return g:logits(x, g:weight(\"embed\", { 16, 8 }), "
+    static const struct {
+        const char *body, *want[2];
+    } cases[] = {
+        {EMBED_X LG "{ sofcap = 30 })\n",
+         {"logits: unknown key 'sofcap' (did you mean 'softcap'?); known keys: softcap", NULL}},
+        {EMBED_X LG "nil, { softcap = -30 })\n",
+         {"logits: option 'softcap' is -30; expected 0 (none) or a positive number", NULL}},
+        {EMBED_X LG "{ softcap = \"30\" })\n",
+         {"logits: option 'softcap' must be a finite number, got the string \"30\"", NULL}},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++)
+        expect_option_error(cases[i].body, "g:logits", cases[i].want);
+
+    /* a bias, the cap and a name; then no bias (nil) and a cap of 0 (none) */
+    static const char *const ok[] = {
+        EMBED_X LG "g:weight(\"b\", { 16 }), { softcap = 30 }, \"out\")\n",
+        EMBED_X LG "nil, { softcap = 0 })\n"};
+    for (int i = 0; i < 2; i++) {
+        char *text = toy_spec(ok[i]);
+        kgraph *g = build(text, TOY_CONFIG, NULL);
+        if (!g)
+            fail_msg("%s", kerr_msg(&E));
+        const kg_node *o = &g->nodes[g->output];
+        assert_int_equal(o->op, KG_LOGITS);
+        assert_true(o->softcap == (i == 0 ? 30.0 : 0.0));
+        assert_int_equal(o->n_in > 2 && o->in[2] >= 0, i == 0);
+        if (i == 0)
+            assert_string_equal(o->name, "out");
+        graph_free(g);
+        free(text);
+    }
+#undef LG
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
@@ -1576,6 +1616,7 @@ int main(void)
         T(test_options_unknown_key),
         T(test_options_value_types),
         T(test_options_archspec_table),
+        T(test_logits_options),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);
