@@ -3,6 +3,7 @@
  * contracts at the top of each template file (templates/README.md). */
 #include "lower.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -964,9 +965,9 @@ static int low_elementwise(lw *w, int id)
     return 0;
 }
 
-static int low_pool(lw *w, int id)
+/* POOL n's rows, one per sequence, into `out` (float [n_seqs, H]). */
+static int pool_step(lw *w, const kg_node *n, ka_arg out)
 {
-    const kg_node *n = &w->g->nodes[id];
     int64_t H = n->shape[1];
     ka_arg x;
     if (need8(w, n, H, "the pooled width") || dense_arg(w, n->in[0], &x))
@@ -978,10 +979,61 @@ static int low_pool(lw *w, int id)
     ka_step s = kstep(k, n->name, G(0, 1, 0, 0, 1), G1(), G1());
     add_arg(&s, A(KA_ARG_STEP, 0));
     add_arg(&s, x);
+    add_arg(&s, out);
+    push(w, BOTH, &s);
+    return 0;
+}
+
+/* An embedding model's output: the pooled rows in the output buffer. A classifier's POOL is
+ * lowered with its SCORE (low_score). */
+static int low_pool(lw *w, int id)
+{
+    const kg_node *n = &w->g->nodes[id];
+    if (w->g->output != id) {
+        assert(w->g->nodes[w->g->output].op == KG_SCORE &&
+               w->g->nodes[w->g->output].in[KG_SCORE_X] == id);
+        return 0;
+    }
+    if (pool_step(w, n, A(KA_ARG_OUT, 0)))
+        return -1;
+    w->m->output_pool = 1;
+    w->m->hidden = (int)n->shape[1];
+    return 0;
+}
+
+#define SCORE_THREADS 256
+
+/* A classifier's output: its POOL into scratch (float [max_seqs, H]), then the score head
+ * (templates/elementwise.cuh score: BERT's dense + tanh pooler when there is one, then the
+ * [labels, H] linear), one block per sequence, into the output buffer: float [n_seqs, labels].
+ * The head is a few small dot products per sequence; a GEMM would gain nothing. The manifest's
+ * hidden is the output's width, the number of labels. */
+static int low_score(lw *w, int id)
+{
+    const kg_node *n = &w->g->nodes[id], *p = &w->g->nodes[n->in[KG_SCORE_X]];
+    int64_t H = p->shape[1], L = n->shape[1], rows = w->c->max_seqs;
+    int dense = n->in[KG_SCORE_DENSE] >= 0, bias = n->in[KG_SCORE_B] >= 0;
+    ka_arg pooled = A(KA_ARG_SCRATCH, scratch_at(w, rows * H * 4));
+    ka_arg tmp = dense ? A(KA_ARG_SCRATCH, scratch_at(w, rows * H * 4)) : ANULL();
+    if (pool_step(w, p, pooled))
+        return -1;
+    int k = kern(w, "score", SCORE_THREADS, 0,
+                 "const kiln_step st, const float *pooled, const DT *dw, const DT *db, "
+                 "const DT *w, const DT *b, float *tmp, float *out",
+                 "kiln::score<DT, %lld, %lld, %d, %d, %d>(st, pooled, dw, db, w, b, tmp, out)",
+                 (long long)H, (long long)L, dense, bias, SCORE_THREADS);
+    ka_step s = kstep(k, n->name, G(0, 1, 0, 0, 1), G1(), G1());
+    add_arg(&s, A(KA_ARG_STEP, 0));
+    add_arg(&s, pooled);
+    add_arg(&s, dense ? AW(w, n->in[KG_SCORE_DENSE]) : ANULL());
+    add_arg(&s, dense ? AW(w, n->in[KG_SCORE_DENSE_B]) : ANULL());
+    add_arg(&s, AW(w, n->in[KG_SCORE_W]));
+    add_arg(&s, bias ? AW(w, n->in[KG_SCORE_B]) : ANULL());
+    add_arg(&s, tmp);
     add_arg(&s, A(KA_ARG_OUT, 0));
     push(w, BOTH, &s);
     w->m->output_pool = 1;
-    w->m->hidden = (int)H;
+    w->m->hidden = (int)L;
     return 0;
 }
 
@@ -1026,6 +1078,7 @@ static int low_node(lw *w, int id)
     case KG_ATTENTION: return low_attention(w, id);
     case KG_MOE: return low_moe(w, id);
     case KG_POOL: return low_pool(w, id);
+    case KG_SCORE: return low_score(w, id);
     case KG_ALL_REDUCE: return low_all_reduce(w, id);
     case KG_ALL_GATHER: /* lowered with the logits it gathers (low_linear) */
         if (w->g->output != id || w->g->nodes[w->g->nodes[id].in[0]].op != KG_LOGITS)

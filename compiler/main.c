@@ -801,8 +801,6 @@ static int cmd_compile(int argc, char **argv)
     ko.act_dtype = dt;
     double t0 = util_now();
     int rc = kc_open(&c, o.model, &ko, &err);
-    if (rc == 0 && c.spec->task == TASK_CLASSIFY)
-        rc = kerr_add(&err, "%s: task classify is not compiled for the GPU yet", c.spec->path);
     if (rc == 0) {
         int64_t maxpos = 0;
         if (config_int(c.cfg, "max_position_embeddings", 1, 0, &maxpos, &err))
@@ -890,6 +888,11 @@ static int cmd_compile(int argc, char **argv)
     m->arch = xstrdup(m->arch ? m->arch : "?");
     m->spec_name = xstrdup(c.spec->name);
     m->task = xstrdup(spec_task_name(c.spec->task));
+    /* a classifier's label names travel in the manifest (hidden = the number of labels) */
+    if (c.spec->task == TASK_CLASSIFY && config_labels(c.cfg, m->hidden, &m->labels, &err)) {
+        rc = -1;
+        goto out;
+    }
     m->kilnc_version = xstrdup(KILN_VERSION);
     m->spec_hash = file_fnv(c.spec->path);
     /* the effective config: the file (--config or config.json) with the overrides applied */

@@ -132,6 +132,12 @@ char *ka_manifest_json(const ka_manifest *m)
     json_object_set_new(lim, "scratch_bytes", json_integer(m->scratch_bytes));
     json_object_set_new(lim, "output_pool", json_integer(m->output_pool));
     json_object_set_new(r, "limits", lim);
+    if (m->labels) {
+        json_t *lb = json_array();
+        for (int i = 0; i < m->hidden; i++)
+            json_array_append_new(lb, json_string(m->labels[i]));
+        json_object_set_new(r, "labels", lb);
+    }
     json_t *ly = json_array();
     for (int i = 0; i < m->n_layers; i++) {
         json_t *l = json_array();
@@ -798,7 +804,8 @@ static int parse_steps(rd *r, json_t *root, const char *which, ka_step **out, in
 
 /* ---- the manifest ---- */
 
-static const char *const dtypes[] = {"bf16", "f16"}, *const tasks[] = {"generate", "embed"};
+static const char *const dtypes[] = {"bf16", "f16"},
+                         *const tasks[] = {"generate", "embed", "classify"};
 
 static void parse_identity(rd *r, json_t *root, ka_manifest *m)
 {
@@ -816,8 +823,8 @@ static void parse_identity(rd *r, json_t *root, ka_manifest *m)
     m->layout_hash = jget_hex(r, id, "identity", "layout_hash");
     if (!r->bad && is_enum(m->dtype, dtypes, 2) < 0)
         bad(r, "identity: dtype is \"%.40s\", expected bf16 or f16", m->dtype);
-    if (!r->bad && is_enum(m->task, tasks, 2) < 0)
-        bad(r, "identity: task is \"%.40s\", expected generate or embed", m->task);
+    if (!r->bad && is_enum(m->task, tasks, 3) < 0)
+        bad(r, "identity: task is \"%.40s\", expected generate, embed or classify", m->task);
 }
 
 static void parse_limits(rd *r, json_t *root, ka_manifest *m)
@@ -836,7 +843,7 @@ static void parse_limits(rd *r, json_t *root, ka_manifest *m)
     m->scratch_bytes = jint(r, lim, w, "scratch_bytes", 0, KA_MAX_BYTES);
     if (r->bad)
         return;
-    if (m->output_pool != (strcmp(m->task, "embed") == 0))
+    if (m->output_pool != (strcmp(m->task, "embed") == 0 || strcmp(m->task, "classify") == 0))
         bad(r, "limits: output_pool is %d for task %s", m->output_pool, m->task);
     else if (m->max_tokens < m->max_seqs)
         bad(r, "limits: max_tokens %d < max_seqs %d: a decode step of max_seqs tokens would "
@@ -848,6 +855,36 @@ static void parse_limits(rd *r, json_t *root, ka_manifest *m)
              INT32_MAX)
         bad(r, "limits: max_seqs %d x max_seq_len %d KV slots do not fit a 32-bit index",
             m->max_seqs, m->max_seq_len);
+}
+
+/* A classifier's label names (top level "labels"): one per output column, 1 to
+ * KA_MAX_LABEL_LEN bytes each; no other task has them. */
+static void parse_labels(rd *r, json_t *root, ka_manifest *m)
+{
+    if (strcmp(m->task, "classify") != 0) {
+        if (json_object_get(root, "labels"))
+            bad(r, "top level: labels are only for task classify, not %s", m->task);
+        return;
+    }
+    int n;
+    json_t *lb = jlist(r, root, "top level", "labels", KA_MAX_HIDDEN, &n);
+    if (r->bad)
+        return;
+    if (n != m->hidden) {
+        bad(r, "labels: %d names for %d scores (limits.hidden)", n, m->hidden);
+        return;
+    }
+    m->labels = xcalloc((size_t)n, sizeof(char *));
+    for (int i = 0; i < n; i++) {
+        json_t *v = json_array_get(lb, (size_t)i);
+        size_t len = json_is_string(v) ? strlen(json_string_value(v)) : 0;
+        if (len == 0 || len > KA_MAX_LABEL_LEN) {
+            bad(r, "labels: entry %d is %s, expected a string of 1 to %d bytes", i,
+                json_is_string(v) ? "of another length" : "not a string", KA_MAX_LABEL_LEN);
+            return;
+        }
+        m->labels[i] = xstrdup(json_string_value(v));
+    }
 }
 
 static void parse_tables(rd *r, json_t *root, ka_manifest *m)
@@ -993,6 +1030,8 @@ static int parse_manifest(rd *r, const char *text, size_t len, ka_manifest *m)
     if (!r->bad)
         parse_limits(r, root, m);
     if (!r->bad)
+        parse_labels(r, root, m);
+    if (!r->bad)
         parse_tables(r, root, m);
     if (!r->bad)
         parse_made(r, root, m);
@@ -1132,6 +1171,9 @@ void ka_manifest_free(ka_manifest *m)
     free(m->model_name);
     free(m->arch);
     free(m->spec_name);
+    for (int i = 0; m->labels && i < m->hidden; i++)
+        free(m->labels[i]);
+    free(m->labels);
     free(m->task);
     free(m->dtype);
     free(m->kilnc_version);

@@ -85,6 +85,7 @@
 #define KA_MAX_SMEM (228 * 1024)        /* dynamic shared memory of one block (sm_90) */
 #define KA_MAX_OVERRIDES 256            /* recorded override lines (kilnc: 64 --override + 4) */
 #define KA_MAX_OVERRIDE_LEN 4096        /* bytes of one line */
+#define KA_MAX_LABEL_LEN 128            /* bytes of a classifier's label name (id2label) */
 #define KA_MAX_TEMPERATURE 100.0        /* above this the softmax is flat to float precision */
 #define KA_MAX_TP 64                    /* ranks (kilnc --tp's range, KC_MAX_TP) */
 
@@ -223,7 +224,9 @@ typedef struct ka_manifest {
     int type_vocab;         /* rows of the token-type table (BERT-style models), 0: none */
     int max_tokens, max_seqs, max_seq_len, gemv_max;
     int64_t slab_bytes, scratch_bytes;
-    int output_pool;        /* embedding model: output is [n_seqs, hidden] float */
+    int output_pool;        /* embedding model or classifier: output is [n_seqs, hidden] float
+                               (a classifier's hidden is its number of labels) */
+    char **labels;          /* task classify: the [hidden] label names (id2label); else NULL */
     ka_layer *layers;
     int n_eos;
     int *eos;               /* token ids that end a sequence (generation_config.json) */

@@ -125,6 +125,12 @@ int cmd_inspect(int argc, char **argv)
            (unsigned long long)m->config_hash, (unsigned long long)m->layout_hash);
     printf("dtype        %s; vocab %d, hidden %d, %d KV layers\n", m->dtype, m->vocab, m->hidden,
            m->n_layers);
+    if (m->labels) { /* a classifier: hidden is its number of labels */
+        printf("labels      ");
+        for (int i = 0; i < m->hidden; i++)
+            printf(" %d:%s", i, m->labels[i]);
+        printf("\n");
+    }
     printf("limits       %d tokens per sequence, %d sequences per step, %d tokens per prefill "
            "step, GEMV up to %d rows\n",
            m->max_seq_len, m->max_seqs, m->max_tokens, m->gemv_max);

@@ -1781,6 +1781,8 @@ static void init_backend(kmodel *m)
     in->type_vocab = man->type_vocab;
     in->hidden = man->hidden;
     in->embed = man->output_pool;
+    in->classify = strcmp(man->task, "classify") == 0;
+    in->labels = (const char *const *)man->labels;
     /* block 0 is the padding rows' scratch; a model without KV layers has no cache, and any
      * block ids do (the limits' worth, so the scheduler never waits for blocks) */
     in->kv_blocks = man->n_layers ? m->nblocks - 1 : man->max_seqs * m->max_blocks;

@@ -584,4 +584,59 @@ __device__ __forceinline__ void pool(const kiln_step st, const DT *x, float *out
     }
 }
 
+// score: the classify head on pooled rows (compiler/ref.c op_score). out[s] (float, [n_seqs, L])
+// = w . h + b, with h = tanh(dw . p + db) when DENSE (BERT's pooler), else h = p, where p =
+// pooled[s] (float [n_seqs, H], the pool kernel's output); w [L, H], dw [H, H] in DT, b [L] and db
+// [H] only when BIAS / DENSE (null otherwise). tmp (float [n_seqs, H]) holds h when DENSE: every
+// warp of the block reads all of it, and __syncthreads makes the block's global writes visible to
+// the block. Each output is one warp's dot product over 8-element chunks, warps taking rows j,
+// j + WARPS, ... Sums in float in a fixed order. Grid (n_seqs) x THREADS.
+template <typename DT, int H, int L, int DENSE, int BIAS, int THREADS>
+__device__ __forceinline__ void score(const kiln_step st, const float *pooled, const DT *dw,
+                                      const DT *db, const DT *w, const DT *b, float *tmp,
+                                      float *out)
+{
+    KILN_PDL_ENTER();
+    static_assert(H % 8 == 0, "the pooled width must be a multiple of 8 (16-byte vectors)");
+    static_assert(THREADS % 32 == 0 && THREADS >= 32 && THREADS <= 1024,
+                  "THREADS must be a multiple of 32 in [32, 1024]");
+    constexpr int WARPS = THREADS / 32;
+    const int s = blockIdx.x;
+    if (s >= st.n_seqs)
+        return;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const float *p = pooled + (long long)s * H;
+    if (DENSE) {
+        float *h = tmp + (long long)s * H;
+        for (int j = warp; j < H; j += WARPS) {
+            float acc = 0.f;
+            for (int c = lane; c < H / 8; c += 32) {
+                float wv[8];
+                load8(dw + (long long)j * H + c * 8, wv);
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+                    acc += wv[i] * p[c * 8 + i];
+            }
+            acc = warp_sum(acc);
+            if (lane == 0)
+                h[j] = tanhf(acc + to_f(db[j]));
+        }
+        __syncthreads();
+        p = h;
+    }
+    for (int j = warp; j < L; j += WARPS) {
+        float acc = 0.f;
+        for (int c = lane; c < H / 8; c += 32) {
+            float wv[8];
+            load8(w + (long long)j * H + c * 8, wv);
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                acc += wv[i] * p[c * 8 + i];
+        }
+        acc = warp_sum(acc);
+        if (lane == 0)
+            out[(long long)s * L + j] = acc + (BIAS ? to_f(b[j]) : 0.f);
+    }
+}
+
 } // namespace kiln

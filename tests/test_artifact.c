@@ -49,7 +49,12 @@ static void set_identity(ka_manifest *m, const char *name, const kc *c)
     m->model_name = xstrdup(name);
     m->arch = xstrdup("TestForCausalLM");
     m->spec_name = xstrdup(c->spec->name);
-    m->task = xstrdup(m->output_pool ? "embed" : "generate");
+    m->task = xstrdup(spec_task_name(c->spec->task));
+    if (c->spec->task == TASK_CLASSIFY) { /* as kilnc compile: one name per score */
+        kerr err;
+        kerr_clear(&err);
+        assert_int_equal(config_labels(c->cfg, m->hidden, &m->labels, &err), 0);
+    }
     m->kilnc_version = xstrdup(KILN_VERSION);
     m->spec_hash = 1;
     m->config_hash = 2;
@@ -190,8 +195,11 @@ static void test_every_fixture_round_trips(void **state)
     static const char *fx[] = {"llama",   "llama_tied_oldstyle", "mistral", "qwen2", "qwen",
                                "mixtral", "mixtral4",            "bloom",   "bert",  "llama_bf16",
                                /* sharded (--tp): collectives, rank arguments, shards */
-                               "llama",   "mixtral",             "bloom",   "bert",  "llama"};
-    static const int tps[ARRAY_LEN(fx)] = {[10] = 2, [11] = 2, [12] = 2, [13] = 2, [14] = 1};
+                               "llama",   "mixtral",             "bloom",   "bert",  "llama",
+                               /* classifiers: the scores as output, the labels */
+                               "qwen2_cls", "bert_cls"};
+    static const int tps[ARRAY_LEN(fx)] = {[10] = 2, [11] = 2, [12] = 2, [13] = 2, [14] = 1,
+                                           [16] = 2};
     for (size_t i = 0; i < ARRAY_LEN(fx); i++) {
         char dir[256], path[700];
         snprintf(dir, sizeof dir, FIX "%s", fx[i]);
@@ -218,6 +226,10 @@ static void test_every_fixture_round_trips(void **state)
         assert_int_equal(r->slab_bytes, m->slab_bytes);
         assert_int_equal(r->scratch_bytes, m->scratch_bytes);
         assert_int_equal(r->output_pool, m->output_pool);
+        assert_string_equal(r->task, m->task);
+        assert_int_equal(!r->labels, !m->labels);
+        for (int k = 0; m->labels && k < m->hidden; k++)
+            assert_string_equal(r->labels[k], m->labels[k]);
         assert_int_equal(r->sample_kernel, m->sample_kernel);
         assert_int_equal(r->n_layers, m->n_layers);
         assert_memory_equal(r->layers, m->layers, sizeof(ka_layer) * (size_t)m->n_layers);

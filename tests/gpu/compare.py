@@ -3,10 +3,17 @@
 has them). Each subcommand prints one summary row and exits 1 when the check fails.
 
   compare.py ids FIXTURE_DIR                 prompt ids as "1,2,3"
-  compare.py types FIXTURE_DIR               token types as "0,1,..." (BERT)
+  compare.py types FIXTURE_DIR               token types as "0,1,..." (BERT; empty without them)
   compare.py gen NAME FIXTURE_DIR KILN REF [HFBF16]
                                              kiln run --dump vs HF (expected.safetensors) and kilnc ref
   compare.py embed NAME FIXTURE_DIR KILN     embedding vs HF
+  compare.py classify NAME FIXTURE_DIR KILN [HFBF16]
+                                             a classifier's scores vs HF's logits: relative L2
+                                             within 2e-2, or with HFBF16 (hf_bf16.py) within
+                                             max(2e-2, 1.25 x HF-bf16's own error: a few scores
+                                             off two random layers are as "hot" as the logits),
+                                             and the same top label where HF's top two scores are
+                                             apart by more than a tenth of their spread
   compare.py batch NAME SINGLE... -- BATCH   a batched run equals each prompt run alone
   compare.py tokens NAME DUMP PRINTED        the tokens `kiln run` printed without --dump (its
                                              first stdout line) equal those of the --dump run
@@ -96,6 +103,24 @@ def cmd_embed(name, fix, kiln_dump):
     return ok
 
 
+def cmd_classify(name, fix, kiln_dump, hf_bf16=None):
+    ex = load_file(f"{fix}/expected.safetensors")
+    k = load_file(kiln_dump)
+    want, got = ex["scores"].astype(np.float64), k["scores"].astype(np.float64)
+    e = rel(got, want)
+    tol, base = LOGIT_TOL, ""
+    if hf_bf16:
+        hb = rel(load_file(hf_bf16)["scores"].astype(np.float64), want)
+        tol, base = max(LOGIT_TOL, 1.25 * hb), f" (HF bf16 {hb:.2e}, bound {max(LOGIT_TOL, 1.25 * hb):.2e})"
+    top = np.sort(want)[::-1]
+    clear = len(want) < 2 or top[0] - top[1] > 0.1 * (top[0] - top[-1])
+    same = int(np.argmax(got)) == int(np.argmax(want))
+    ok = e < tol and (same or not clear)
+    print(f"{name:24s} {'ok' if ok else 'FAIL':4s} scores rel_l2 {e:.2e}{base}, top label "
+          f"{'=' if same else '!='} HF's{'' if clear else ' (HF top two close)'}")
+    return ok
+
+
 def cmd_batch(name, singles, batch):
     b = load_file(batch)
     ok = True
@@ -146,12 +171,15 @@ def main():
         print(",".join(str(int(x)) for x in load_file(f"{a[1]}/expected.safetensors")["input_ids"]))
         return 0
     if a[0] == "types":
-        print(",".join(str(int(x)) for x in load_file(f"{a[1]}/expected.safetensors")["token_type_ids"]))
+        ex = load_file(f"{a[1]}/expected.safetensors")
+        print(",".join(str(int(x)) for x in ex.get("token_type_ids", [])))
         return 0
     if a[0] == "gen":
         return 0 if cmd_gen(*a[1:]) else 1
     if a[0] == "embed":
         return 0 if cmd_embed(*a[1:4]) else 1
+    if a[0] == "classify":
+        return 0 if cmd_classify(*a[1:5]) else 1
     if a[0] == "tokens":
         return 0 if cmd_tokens(*a[1:4]) else 1
     if a[0] == "same":

@@ -3,7 +3,8 @@
 says how much error bf16 arithmetic itself makes on each fixture (tests/gpu/run.sh compares
 kiln's bf16 error against it). Usage: hf_bf16.py OUTDIR FIXTURE... (writes OUTDIR/NAME.hfbf16.st;
 fixtures transformers cannot load are skipped; Qwen v1's and InternLM2's remote code are
-renamed into their transformers equivalents)."""
+renamed into their transformers equivalents). Classify fixtures (expected "scores") get their
+bf16 scores instead of logits."""
 import sys
 
 import numpy as np
@@ -96,13 +97,20 @@ for name in sys.argv[2:]:
             m = qwen_v1_as_qwen2(d).to(torch.bfloat16).to(dev).eval()
         elif name.startswith("internlm2"):
             m = internlm2_as_llama(d).to(torch.bfloat16).to(dev).eval()
+        elif "scores" in ex:
+            m = transformers.AutoModelForSequenceClassification.from_pretrained(
+                d, dtype=torch.bfloat16, attn_implementation="eager").to(dev).eval()
         else:
             m = transformers.AutoModelForCausalLM.from_pretrained(
                 d, dtype=torch.bfloat16, attn_implementation="eager").to(dev).eval()
     except Exception as e:  # noqa: BLE001 - report and go on
         print(f"{name}: skipped ({type(e).__name__}: {e})")
         continue
+    kw = {}
+    if "token_type_ids" in ex:
+        kw["token_type_ids"] = torch.tensor(ex["token_type_ids"], device=dev)[None]
     with torch.no_grad():
-        lo = m(torch.tensor(ex["input_ids"], device=dev)[None]).logits[0].float().cpu().numpy()
-    save_file({"logits": np.ascontiguousarray(lo)}, f"{out}/{name}.hfbf16.st")
+        lo = m(torch.tensor(ex["input_ids"], device=dev)[None], **kw).logits[0].float().cpu().numpy()
+    save_file({"scores" if "scores" in ex else "logits": np.ascontiguousarray(lo)},
+              f"{out}/{name}.hfbf16.st")
     print(f"{name}: ok")

@@ -812,6 +812,74 @@ static void t_pool(kt *t, int H, int MODE, int NORM, int THREADS, const seqcfg *
     step_free(t, &s);
 }
 
+/* The classify head on pooled rows (compiler/ref.c op_score): optional tanh(dense) pooler, then
+ * the [L, H] linear with optional bias; float in, float out. */
+static void t_score(kt *t, int H, int L, int DENSE, int BIAS, int THREADS, const seqcfg *c)
+{
+    char name[160], src[1024];
+    snprintf(name, sizeof name, "elementwise/score H=%d labels=%d%s%s seqs=%d", H, L,
+             DENSE ? " pooler" : "", BIAS ? " bias" : "", c->n);
+    if (!kt_want(t, name))
+        return;
+    snprintf(src, sizeof src,
+             "#include \"elementwise.cuh\"\n"
+             "extern \"C\" __global__ void __launch_bounds__(%d) k(const kiln_step st, "
+             "const float *pooled, const kiln::bf16 *dw, const kiln::bf16 *db, "
+             "const kiln::bf16 *w, const kiln::bf16 *b, float *tmp, float *out)\n"
+             "{ kiln::score<kiln::bf16, %d, %d, %d, %d, %d>(st, pooled, dw, db, w, b, tmp, out); }\n",
+             THREADS, H, L, DENSE, BIAS, THREADS);
+    int skip;
+    CUfunction f = kfunc(t, name, src, &skip);
+    if (skip)
+        return;
+    kstep s;
+    step_make(t, &s, c, 16);
+    size_t S = (size_t)s.n_seqs, np = S * H;
+    float *p = xmalloc(sizeof(float) * np);
+    kt_fill(t, p, np, 1.0f);
+    float *dw = rand_bf16(t, (size_t)H * H, 1.0f / sqrtf((float)H), 0.f);
+    float *db = rand_bf16(t, (size_t)H, 0.2f, 0.f);
+    float *w = rand_bf16(t, (size_t)L * H, 1.0f / sqrtf((float)H), 0.f);
+    float *b = rand_bf16(t, (size_t)L, 0.2f, 0.f);
+    CUdeviceptr dp = kt_upload(t, p, sizeof(float) * np), ddw = 0, ddb = 0, dbias = 0;
+    if (DENSE)
+        ddw = up_bf16(t, dw, (size_t)H * H), ddb = up_bf16(t, db, (size_t)H);
+    if (BIAS)
+        dbias = up_bf16(t, b, (size_t)L);
+    CUdeviceptr dwt = up_bf16(t, w, (size_t)L * H), dtmp = kt_alloc(t, sizeof(float) * np);
+    CUdeviceptr dout = kt_alloc(t, sizeof(float) * S * L);
+    void *args[] = {&s.st, &dp, &ddw, &ddb, &dwt, &dbias, &dtmp, &dout};
+    kt_launch(t, f, name, (unsigned)s.n_seqs, 1, 1, (unsigned)THREADS, 0, args);
+    float *want = xmalloc(sizeof(float) * S * L), *h = xmalloc(sizeof(float) * H);
+    for (size_t q = 0; q < S; q++) { /* op_score */
+        const float *pq = p + q * H;
+        if (DENSE) {
+            for (int j = 0; j < H; j++) {
+                float acc = 0;
+                for (int k = 0; k < H; k++)
+                    acc += dw[(size_t)j * H + k] * pq[k];
+                h[j] = tanhf(acc + db[j]);
+            }
+            pq = h;
+        }
+        for (int j = 0; j < L; j++) {
+            float acc = 0;
+            for (int k = 0; k < H; k++)
+                acc += w[(size_t)j * H + k] * pq[k];
+            want[q * L + j] = acc + (BIAS ? b[j] : 0.f);
+        }
+    }
+    float *got = down_f32(t, dout, S * L);
+    check(t, name, got, want, S * L, (size_t)L, TOL_F32);
+    free(p), free(dw), free(db), free(w), free(b), free(want), free(h), free(got);
+    kt_free(t, dp), kt_free(t, dwt), kt_free(t, dtmp), kt_free(t, dout);
+    if (DENSE)
+        kt_free(t, ddw), kt_free(t, ddb);
+    if (BIAS)
+        kt_free(t, dbias);
+    step_free(t, &s);
+}
+
 /* The ranks' all-gathered logits blocks ([TP][M][N], rank-major) into rows of N * TP: float
  * copies (TOL_EXACT). */
 static void t_gather_ranks(kt *t, int N, int TP, int M, int THREADS)
@@ -985,4 +1053,9 @@ void ktest_elementwise(kt *t)
     t_pool(t, 768, 1, 1, 128, &CFG_POOL);
     t_pool(t, 768, 2, 0, 128, &CFG_POOL);
     t_pool(t, 4096, 0, 1, 256, &CFG_PREFILL);
+    /* the classify head: (H, labels, pooler, bias, THREADS) */
+    t_score(t, 32, 3, 0, 0, 256, &CFG_POOL);     /* qwen2_cls's */
+    t_score(t, 32, 4, 1, 1, 256, &CFG_POOL);     /* bert_cls's */
+    t_score(t, 768, 2, 1, 1, 256, &CFG_POOL);    /* BERT-base's, more rows than warps */
+    t_score(t, 3584, 5, 0, 0, 256, &CFG_PREFILL); /* Qwen2-7B's width */
 }

@@ -49,11 +49,12 @@ GEN="llama llama_tied_oldstyle llama_linear_oldstyle mistral qwen2 qwen mixtral 
      qwen3 qwen3_moe gemma3 gemma3_oldstyle olmo2 stablelm_qknorm cohere_qknorm
      qwen2_moe gptj"
 EMB="bert bert_bf16"
+CLS="qwen2_cls bert_cls"
 FP16="llama llama_tied_oldstyle llama_linear_oldstyle mistral qwen2 qwen mixtral mixtral4 bloom bloom6"
 # compile all in parallel (NVRTC is single-threaded per unit), and HF's bf16 baseline meanwhile
-$PY tests/gpu/hf_bf16.py $ART $GEN > $LOG/hf_bf16.log 2>&1 &
+$PY tests/gpu/hf_bf16.py $ART $GEN $CLS > $LOG/hf_bf16.log 2>&1 &
 HF_PID=$!
-{ for f in $GEN $EMB; do
+{ for f in $GEN $EMB $CLS; do
     echo "$BIN/kilnc compile tests/fixtures/$f -o $ART/$f --sm $SM --max-batch 8 > $LOG/compile_$f.log 2>&1 || echo COMPILE_FAIL $f"
   done
   for f in $FP16; do
@@ -100,6 +101,19 @@ for f in $EMB; do
     row "$(printf '%-24s FAIL run: %s' $f "$(grep -m1 -i error $LOG/run_$f.log)")"; fail=1; continue
   fi
   $PY tests/gpu/compare.py embed $f tests/fixtures/$f $ART/$f.kiln.st >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
+  tail -1 "$SUMMARY"
+done
+
+for f in $CLS; do
+  if grep -q "COMPILE_FAIL $f\$" "$LOG/compile_failures.txt"; then
+    row "$(printf '%-24s FAIL compile' $f)"; fail=1; continue
+  fi
+  ids=$($PY tests/gpu/compare.py ids tests/fixtures/$f); types=$($PY tests/gpu/compare.py types tests/fixtures/$f)
+  if ! $BIN/kiln run $ART/$f --ids $ids ${types:+--token-types $types} --dump $ART/$f.kiln.st > $LOG/run_$f.log 2>&1; then
+    row "$(printf '%-24s FAIL run: %s' $f "$(grep -m1 -i error $LOG/run_$f.log)")"; fail=1; continue
+  fi
+  base=$ART/$f.hfbf16.st; [ -f $base ] || base=
+  $PY tests/gpu/compare.py classify $f tests/fixtures/$f $ART/$f.kiln.st $base >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
   tail -1 "$SUMMARY"
 done
 
