@@ -454,6 +454,40 @@ static void test_attention(void **state)
     assert_int_equal(G->n_layers, 2); /* failures take no slot */
 }
 
+/* mla_attention: shapes inferred and checked, KV slots shared with attention's numbering */
+static void test_mla(void **state)
+{
+    (void)state;
+    /* 4 heads, nope 8, rope 4, v 6, latent 16 */
+    int qn = act("q_nope", 32), qp = act("q_pe", 16), c = act("latent", 16), kp = act("k_pe", 4);
+    int kvb = W2("kv_b", 4 * (8 + 6), 16);
+    int ins[5] = {qn, qp, c, kp, kvb};
+    kg_mla m = {.n_heads = 4, .nope_dim = 8, .rope_dim = 4, .v_dim = 6, .rank = 16, .scale = 0.25};
+    kg_attn a = attn_of(4, 4, 4);
+    int q = act("q", 16);
+    ok(graph_attention(G, q, q, q, &a, "attn", &E));
+    int o = ok(graph_mla(G, ins, &m, "mla", &E));
+    assert_shape(o, "[T, 24]");
+    assert_int_equal(G->nodes[o].mla.layer, 1); /* after the attention's slot 0 */
+    assert_int_equal(G->n_layers, 2);
+    kg_mla bad = m;
+    bad.v_dim = 8;
+    EXPECT_ERR(graph_mla(G, ins, &bad, NULL, &E), "mla_attention",
+               "kv_b [heads*(nope_dim+v_dim), rank] should be [64, 16], got weight 'kv_b' [56, 16]");
+    bad = m;
+    bad.rank = 0;
+    EXPECT_ERR(graph_mla(G, ins, &bad, NULL, &E), "mla_attention",
+               "heads 4, nope_dim 8, rope_dim 4, v_dim 6 and rank 0 must be positive");
+    bad = m;
+    bad.scale = -1;
+    EXPECT_ERR(graph_mla(G, ins, &bad, NULL, &E), "mla_attention", "scale -1 must be positive");
+    int swapped[5] = {qn, qp, c, qp, kvb}; /* k_pe of the heads' width */
+    EXPECT_ERR(graph_mla(G, swapped, &m, NULL, &E), "mla_attention", "k_pe should be [T, 4]");
+    int wconst[5] = {qn, qp, c, kp, qn}; /* kv_b an activation */
+    EXPECT_ERR(graph_mla(G, wconst, &m, NULL, &E), "mla_attention", "kv_b");
+    assert_int_equal(G->n_layers, 2); /* failures take no slot */
+}
+
 static void test_unary(void **state)
 {
     (void)state;
@@ -1094,6 +1128,7 @@ int main(void)
         T(test_norms),
         T(test_rope),
         T(test_attention),
+        T(test_mla),
         T(test_unary),
         T(test_binary),
         T(test_scale),
