@@ -567,10 +567,12 @@ static int low_linear(lw *w, int id)
 #define DECODE_SPLITS 16
 #define DECODE_THREADS 128
 
-static int attention_steps(lw *w, const kg_node *n, ka_arg q, ka_arg out, ka_arg slopes)
+/* HD: the head_dim the kernels run at (the model's, or it padded to a multiple of 8: q, the
+ * KV cache and out are then rope_kv's padded rows) */
+static int attention_steps(lw *w, const kg_node *n, int HD, ka_arg q, ka_arg out, ka_arg slopes)
 {
     const kg_attn *at = &n->attn;
-    int NH = at->n_heads, NKV = at->n_kv_heads, HD = at->head_dim;
+    int NH = at->n_heads, NKV = at->n_kv_heads;
     int W = at->window, softcap = at->softcap > 0;
     int bn = HD > 128 ? 32 : 64;
     int smem = (ATTN_BM + 2 * bn) * (HD + 8) * (int)w->esize;
@@ -798,15 +800,16 @@ static int low_moe(lw *w, int id)
     return 0;
 }
 
-/* The q and k rotations fused into the attention, and the attention itself. */
+/* The q and k rotations fused into the attention, and the attention itself. A head_dim HD that
+ * is not a multiple of 8 runs padded to HDP: rope_kv writes q and the KV cache with zeros in each
+ * head's dims [HD, HDP) (q.k and p.v are unchanged), the attention kernels run at HDP into
+ * scratch, and unpad_heads drops the padding into the node's [T, NH*HD] rows. */
 static int low_attention(lw *w, int id)
 {
     const kgraph *g = w->g;
     const kg_node *n = &g->nodes[id];
     const kg_attn *at = &n->attn;
-    int NH = at->n_heads, NKV = at->n_kv_heads, HD = at->head_dim;
-    if (need8(w, n, HD, "head_dim"))
-        return -1;
+    int NH = at->n_heads, NKV = at->n_kv_heads, HD = at->head_dim, HDP = (HD + 7) / 8 * 8;
     int qn = n->in[0], kn = n->in[1], vn = n->in[2];
     const kg_node *qr = &g->nodes[qn], *kr = &g->nodes[kn];
     int q_roped = qr->op == KG_ROPE && qr->fused_into == id;
@@ -824,12 +827,12 @@ static int low_attention(lw *w, int id)
      * q/k norms, buffers of their own: the kernel takes each one's row stride */
     /* the rotated (or copied) queries */
     ka_arg qout;
-    if (q_roped) {
+    if (q_roped && HDP == HD) {
         if (dense_arg(w, qn, &qout))
             return -1;
     } else {
         qout = A(KA_ARG_SCRATCH,
-                 scratch_at(w, (int64_t)w->c->max_tokens * NH * HD * w->esize));
+                 scratch_at(w, (int64_t)w->c->max_tokens * NH * HDP * w->esize));
     }
     int rot = 0, il = 0, dyn = 0;
     ka_arg inv = ANULL();
@@ -901,8 +904,21 @@ static int low_attention(lw *w, int id)
             m->layers[l] = (ka_layer){0, 0};
         m->n_layers = at->layer + 1;
     }
-    m->layers[at->layer] = (ka_layer){NKV, HD};
-    return attention_steps(w, n, qout, out, slopes);
+    m->layers[at->layer] = (ka_layer){NKV, HDP}; /* the cache holds padded rows */
+    if (HDP == HD)
+        return attention_steps(w, n, HD, qout, out, slopes);
+    ka_arg padded =
+        A(KA_ARG_SCRATCH, scratch_at(w, (int64_t)w->c->max_tokens * NH * HDP * w->esize));
+    if (attention_steps(w, n, HDP, qout, padded, slopes))
+        return -1;
+    int ku = kern(w, "unpad_heads", ELEM_THREADS, 0, "const kiln_step st, const DT *x, DT *out",
+                  "kiln::unpad_heads<DT, %d, %d, %d, %d>(st, x, out)", NH, HD, HDP, ELEM_THREADS);
+    ka_step s2 = kstep(ku, n->name, G(NH * HD, 0, 0, 0, ELEM_THREADS), G1(), G1());
+    add_arg(&s2, A(KA_ARG_STEP, 0));
+    add_arg(&s2, padded);
+    add_arg(&s2, out);
+    push(w, BOTH, &s2);
+    return 0;
 }
 
 static int low_elementwise(lw *w, int id)

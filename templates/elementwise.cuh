@@ -6,7 +6,9 @@
 //
 // Common rules of this file:
 //  - Every width (H, I, W, HD) is a multiple of 8: rows are moved as 16-byte vectors
-//    (load8/store8), so every row and every pointer handed in must be 16-byte aligned.
+//    (load8/store8), so every row and every pointer handed in must be 16-byte aligned. The
+//    exceptions are rope_kv's inputs when HD is not a multiple of 8 and unpad_heads, which read
+//    element by element (the KV cache and the attention then use HD padded to a multiple of 8).
 //  - THREADS is the block size the caller launches (a multiple of 32, at most 1024).
 //  - A row-wise op keeps its row in registers: thread `tid` owns the 8-element chunks
 //    tid, tid + THREADS, ... (NCH = ceil(H / 8 / THREADS) of them, unrolled with compile-time
@@ -231,8 +233,12 @@ __device__ __forceinline__ void layer_norm(const kiln_step st, const DT *x, cons
 //   q, k, v: row t at q + t*q_stride, k + t*k_stride, v + t*v_stride (in elements; multiples
 //            of 8), NH*HD / NKV*HD / NKV*HD wide: column blocks of one fused qkv row (three
 //            equal strides) or buffers of their own (q and k after per-head norms, v a view).
-//   q_out [T, NH*HD]: rotated q.  k_cache/v_cache: row `st.tok_slot[t]` (NKV*HD elements,
-//            i.e. element offset slot*NKV*HD) gets rotated k / plain v; nothing when slot < 0.
+//   q_out [T, NH*HDP]: rotated q.  k_cache/v_cache: row `st.tok_slot[t]` (NKV*HDP elements,
+//            i.e. element offset slot*NKV*HDP) gets rotated k / plain v; nothing when slot < 0.
+// HDP = HD rounded up to a multiple of 8. A head_dim that is not a multiple of 8 (HD = 20) is
+// written padded, each head's dims [HD, HDP) zero, so that the attention kernels run at head_dim
+// HDP unchanged (zeros add nothing to q.k, and the padded output dims are dropped by unpad_heads);
+// its inputs are read element by element, with no alignment or stride requirement.
 // Rotation of the first ROT dims of each head, i < ROT/2, pair (a, b) = (i, i + ROT/2), or
 // (2i, 2i+1) when INTERLEAVED (GPT-J):
 //   out[a] = x[a]*c - x[b]*s,  out[b] = x[b]*c + x[a]*s,  dims >= ROT copied unchanged,
@@ -253,12 +259,13 @@ __device__ __forceinline__ void rope_kv(const kiln_step st, const DT *q, const D
                                         float dyn_factor, int dyn_max_pos)
 {
     KILN_PDL_ENTER();
-    static_assert(HD % 8 == 0, "head_dim must be a multiple of 8 (16-byte vectors)");
+    static_assert(HD >= 1, "HD >= 1");
     static_assert(ROT >= 0 && ROT <= HD && ROT % 2 == 0, "0 <= ROT <= HD, ROT even");
     static_assert(!DYNAMIC || ROT > 2, "dynamic NTK needs ROT > 2");
     static_assert(THREADS % 32 == 0 && THREADS <= 1024, "THREADS: multiple of 32, <= 1024");
     constexpr int HALF = ROT / 2;
-    constexpr int QC = NH * HD / 8, KC = NKV * HD / 8; // 8-element chunks of q and of k (= v)
+    constexpr int HDP = (HD + 7) / 8 * 8, VEC = HD % 8 == 0; // VEC: HDP == HD, 16-byte loads
+    constexpr int QC = NH * HDP / 8, KC = NKV * HDP / 8; // 8-element chunks of q and of k (= v)
     __shared__ float cs[HALF > 0 ? HALF : 1], sn[HALF > 0 ? HALF : 1];
 
     const int t = blockIdx.x;
@@ -300,31 +307,38 @@ __device__ __forceinline__ void rope_kv(const kiln_step st, const DT *q, const D
     for (int u = threadIdx.x; u < QC + 2 * KC; u += THREADS) {
         const DT *src;
         DT *dst;
-        int e;      // element index within the q (or k, v) row
+        int e;      // element index within the padded q (or k, v) row
         bool rot;
         if (u < QC) {
             e = u * 8;
-            src = q + (long long)t * q_stride + e;
-            dst = q_out + (long long)t * (NH * HD) + e;
+            src = q + (long long)t * q_stride;
+            dst = q_out + (long long)t * (NH * HDP) + e;
             rot = true;
         } else if (u < QC + KC) {
             if (slot < 0)
                 continue;
             e = (u - QC) * 8;
-            src = k + (long long)t * k_stride + e;
-            dst = k_cache + (long long)slot * (NKV * HD) + e;
+            src = k + (long long)t * k_stride;
+            dst = k_cache + (long long)slot * (NKV * HDP) + e;
             rot = true;
         } else {
             if (slot < 0)
                 continue;
             e = (u - QC - KC) * 8;
-            src = v + (long long)t * v_stride + e;
-            dst = v_cache + (long long)slot * (NKV * HD) + e;
+            src = v + (long long)t * v_stride;
+            dst = v_cache + (long long)slot * (NKV * HDP) + e;
             rot = false;
         }
+        const int d0 = e % HDP; // dim of xv[0] within its head; the chunk never crosses heads
+        src += e / HDP * HD + d0; // the input row is not padded
         float xv[8];
-        load8(src, xv);
-        const int d0 = e % HD; // dim of xv[0] within its head; the chunk never crosses heads
+        if (VEC) {
+            load8(src, xv);
+        } else {
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+                xv[j] = d0 + j < HD ? to_f(src[j]) : 0.f;
+        }
         if (HALF > 0 && rot && d0 < ROT) {
             // Partner of dim d: d^1 (interleaved, inside the chunk), else d +- HALF.
             float pv[8];
@@ -332,7 +346,7 @@ __device__ __forceinline__ void rope_kv(const kiln_step st, const DT *q, const D
 #pragma unroll
                 for (int j = 0; j < 8; j++)
                     pv[j] = xv[j ^ 1];
-            } else if (HALF % 8 == 0) {
+            } else if (VEC && HALF % 8 == 0) {
                 // the chunk lies wholly in [0, HALF) or in [HALF, ROT): one aligned vector
                 load8(src + (d0 < HALF ? HALF : -HALF), pv);
             } else {
@@ -361,6 +375,24 @@ __device__ __forceinline__ void rope_kv(const kiln_step st, const DT *q, const D
             store8(dst, xv);
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// unpad_heads: the attention's output at the padded head_dim HDP (rope_kv) back to heads of HD:
+//   out[t, h*HD + d] = x[t, h*HDP + d],  d < HD,  x [T, NH*HDP], out [T, NH*HD].
+// One element per thread (HD is not a multiple of 8 when this runs, so rows are not vectors).
+// Grid (ceil(T*NH*HD / THREADS)) x THREADS.
+template <typename DT, int NH, int HD, int HDP, int THREADS>
+__device__ __forceinline__ void unpad_heads(const kiln_step st, const DT *x, DT *out)
+{
+    KILN_PDL_ENTER();
+    static_assert(HD >= 1 && HDP >= HD, "HDP >= HD >= 1");
+    const long long i = (long long)blockIdx.x * THREADS + threadIdx.x;
+    if (i >= (long long)st.T * (NH * HD))
+        return;
+    const long long t = i / (NH * HD);
+    const int c = (int)(i - t * (NH * HD));
+    out[i] = x[t * (NH * HDP) + c / HD * HDP + c % HD];
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ static const char *generate_fixtures[] = {
     "internlm2",
     "deepseek_v2",
     "cohere_qknorm",
+    "llama_hd20",
 };
 
 

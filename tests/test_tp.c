@@ -412,6 +412,7 @@ static const family families[] = {
     {"olmo2", {NULL, NULL}, 1},
     {"stablelm_qknorm", {NULL, NULL}, 1},
     {"cohere_qknorm", {NULL, NULL}, 1},
+    {"llama_hd20", {NULL, NULL}, 0},
     {"deepseek_v2", {NULL, NULL}, 1}, /* MLA stays whole; the dense MLP and the experts split */
 };
 

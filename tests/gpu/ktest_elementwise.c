@@ -443,6 +443,18 @@ static void t_norm(kt *t, int LN, int H, int RPT, int THREADS, int opt, int RES,
 
 /* ---- rope_kv -------------------------------------------------------------------------------- */
 
+/* rows of `heads` heads of HD as rows of heads of HDP >= HD, each head's [HD, HDP) zero (what
+ * rope_kv writes when HD is not a multiple of 8) */
+static float *pad_heads(const float *x, int rows, int heads, int HD, int HDP)
+{
+    float *p = xcalloc((size_t)rows * heads * HDP, sizeof(float));
+    for (int r = 0; r < rows; r++)
+        for (int h = 0; h < heads; h++)
+            memcpy(p + ((size_t)r * heads + h) * HDP, x + ((size_t)r * heads + h) * HD,
+                   sizeof(float) * (size_t)HD);
+    return p;
+}
+
 /* posenc.c default_freqs */
 static void freqs_ref(double base, int dim, float *out)
 {
@@ -482,6 +494,8 @@ static void t_rope(kt *t, int NH, int NKV, int HD, int ROT, int INTER, int DYN, 
     kstep s;
     step_make(t, &s, c, 1000);
     const int T = s.T, QW = NH * HD, KW = NKV * HD, half = ROT / 2;
+    /* q_out and the cache rows are padded to heads of HDP (HD not a multiple of 8) */
+    const int HDP = (HD + 7) / 8 * 8, QWP = NH * HDP, KWP = NKV * HDP;
     const float theta = 10000.0f, factor = 2.0f;
     const int max_pos = 64;
     const int fused = QW + 2 * KW;
@@ -494,9 +508,9 @@ static void t_rope(kt *t, int NH, int NKV, int HD, int ROT, int INTER, int DYN, 
     CUdeviceptr dq = up_bf16(t, bufq, (size_t)T * qst);
     CUdeviceptr dk = layout ? up_bf16(t, bufk, (size_t)T * kst) : dq + 2 * ko;
     CUdeviceptr dvb = layout ? up_bf16(t, bufv, (size_t)T * vst) : dq, dv = dvb + 2 * vo;
-    size_t crow = (size_t)s.num_blocks * KILN_BLOCK, cn = crow * KW;
+    size_t crow = (size_t)s.num_blocks * KILN_BLOCK, cn = crow * KWP;
     CUdeviceptr dkc = kt_alloc(t, sizeof(uint16_t) * cn), dvc = kt_alloc(t, sizeof(uint16_t) * cn);
-    CUdeviceptr dqo = kt_alloc(t, sizeof(uint16_t) * (size_t)T * QW);
+    CUdeviceptr dqo = kt_alloc(t, sizeof(uint16_t) * (size_t)T * QWP);
     float *inv = xmalloc(sizeof(float) * (size_t)(half ? half : 1));
     inv[0] = 0;
     freqs_ref(theta, ROT, inv);
@@ -547,42 +561,44 @@ static void t_rope(kt *t, int NH, int NKV, int HD, int ROT, int INTER, int DYN, 
                 }
         }
     }
-    float *gq = down_bf16(t, dqo, (size_t)T * QW);
+    float *gq = down_bf16(t, dqo, (size_t)T * QWP);
+    float *wqp = pad_heads(wq, T, NH, HD, HDP), *wkp = pad_heads(wk, T, NKV, HD, HDP);
+    float *wvp = pad_heads(wv, T, NKV, HD, HDP);
     char cn2[240];
     snprintf(cn2, sizeof cn2, "%s q", name);
-    check(t, cn2, gq, wq, (size_t)T * QW, (size_t)QW, TOL_BF16);
+    check(t, cn2, gq, wqp, (size_t)T * QWP, (size_t)QWP, TOL_BF16);
 
     /* the cache: rows of tokens with a slot hold k / v; every other row stays poisoned */
     uint16_t *hk = xmalloc(sizeof(uint16_t) * cn), *hv = xmalloc(sizeof(uint16_t) * cn);
     kt_download(t, hk, dkc, sizeof(uint16_t) * cn);
     kt_download(t, hv, dvc, sizeof(uint16_t) * cn);
     char *written = xcalloc(crow, 1);
-    float *gk = xmalloc(sizeof(float) * (size_t)T * KW), *gv = xmalloc(sizeof(float) * (size_t)T * KW);
-    float *ek = xmalloc(sizeof(float) * (size_t)T * KW), *ev = xmalloc(sizeof(float) * (size_t)T * KW);
+    float *gk = xmalloc(sizeof(float) * (size_t)T * KWP), *gv = xmalloc(sizeof(float) * (size_t)T * KWP);
+    float *ek = xmalloc(sizeof(float) * (size_t)T * KWP), *ev = xmalloc(sizeof(float) * (size_t)T * KWP);
     size_t nw = 0;
     for (int tk = 0; tk < T; tk++) {
         if (s.slot[tk] < 0)
             continue;
         size_t r = (size_t)s.slot[tk];
         written[r] = 1;
-        for (int j = 0; j < KW; j++) {
-            gk[nw * KW + j] = util_bf16_to_f32(hk[r * KW + j]);
-            gv[nw * KW + j] = util_bf16_to_f32(hv[r * KW + j]);
-            ek[nw * KW + j] = wk[(size_t)tk * KW + j];
-            ev[nw * KW + j] = wv[(size_t)tk * KW + j];
+        for (int j = 0; j < KWP; j++) {
+            gk[nw * KWP + j] = util_bf16_to_f32(hk[r * KWP + j]);
+            gv[nw * KWP + j] = util_bf16_to_f32(hv[r * KWP + j]);
+            ek[nw * KWP + j] = wkp[(size_t)tk * KWP + j];
+            ev[nw * KWP + j] = wvp[(size_t)tk * KWP + j];
         }
         nw++;
     }
     snprintf(cn2, sizeof cn2, "%s k cache", name);
-    check(t, cn2, gk, ek, nw * KW, (size_t)KW, TOL_BF16);
+    check(t, cn2, gk, ek, nw * KWP, (size_t)KWP, TOL_BF16);
     snprintf(cn2, sizeof cn2, "%s v cache", name);
-    check(t, cn2, gv, ev, nw * KW, (size_t)KW, TOL_EXACT);
+    check(t, cn2, gv, ev, nw * KWP, (size_t)KWP, TOL_EXACT);
     size_t clobbered = 0, first = (size_t)-1;
     for (size_t r = 0; r < crow; r++) {
         if (written[r])
             continue;
-        for (int j = 0; j < KW; j++)
-            if (hk[r * KW + j] != 0xFFFF || hv[r * KW + j] != 0xFFFF) {
+        for (int j = 0; j < KWP; j++)
+            if (hk[r * KWP + j] != 0xFFFF || hv[r * KWP + j] != 0xFFFF) {
                 if (first == (size_t)-1)
                     first = r;
                 clobbered++;
@@ -602,11 +618,49 @@ static void t_rope(kt *t, int NH, int NKV, int HD, int ROT, int INTER, int DYN, 
     if (layout)
         free(bufk), free(bufv);
     free(inv), free(tinv), free(cs), free(sn), free(wq), free(wk), free(wv), free(gq);
+    free(wqp), free(wkp), free(wvp);
     free(hk), free(hv), free(written), free(gk), free(gv), free(ek), free(ev);
     kt_free(t, dq);
     if (layout)
         kt_free(t, dk), kt_free(t, dvb);
     kt_free(t, dkc), kt_free(t, dvc), kt_free(t, dqo), kt_free(t, dinv);
+    step_free(t, &s);
+}
+
+/* ---- unpad_heads ---------------------------------------------------------------------------- */
+
+static void t_unpad(kt *t, int NH, int HD, int THREADS, int T)
+{
+    const int HDP = (HD + 7) / 8 * 8;
+    char name[160], src[800];
+    snprintf(name, sizeof name, "elementwise/unpad_heads NH=%d HD=%d HDP=%d T=%d", NH, HD, HDP, T);
+    if (!kt_want(t, name))
+        return;
+    snprintf(src, sizeof src,
+             "#include \"elementwise.cuh\"\n"
+             "extern \"C\" __global__ void __launch_bounds__(%d) k(const kiln_step st, "
+             "const kiln::bf16 *x, kiln::bf16 *out)\n"
+             "{ kiln::unpad_heads<kiln::bf16, %d, %d, %d, %d>(st, x, out); }\n",
+             THREADS, NH, HD, HDP, THREADS);
+    int skip;
+    CUfunction f = kfunc(t, name, src, &skip);
+    if (skip)
+        return;
+    seqcfg c = one_seq(T);
+    kstep s;
+    step_make(t, &s, &c, 16);
+    size_t np = (size_t)T * NH * HDP, n = (size_t)T * NH * HD;
+    float *x = rand_bf16(t, np, 1.0f, 0.f);
+    CUdeviceptr dx = up_bf16(t, x, np), dout = kt_alloc(t, sizeof(uint16_t) * n);
+    void *args[] = {&s.st, &dx, &dout};
+    kt_launch(t, f, name, (unsigned)((n + THREADS - 1) / THREADS), 1, 1, (unsigned)THREADS, 0, args);
+    float *want = xmalloc(sizeof(float) * n);
+    for (int r = 0; r < T * NH; r++)
+        memcpy(want + (size_t)r * HD, x + (size_t)r * HDP, sizeof(float) * (size_t)HD);
+    float *got = down_bf16(t, dout, n);
+    check(t, name, got, want, n, (size_t)NH * HD, TOL_EXACT);
+    free(x), free(want), free(got);
+    kt_free(t, dx), kt_free(t, dout);
     step_free(t, &s);
 }
 
@@ -1016,6 +1070,14 @@ void ktest_elementwise(kt *t)
     t_rope(t, 8, 4, 128, 128, 0, 1, 128, 0, &CFG_LONG, "long", 1.0f);
     t_rope(t, 4, 2, 64, 64, 0, 0, 128, 0, &CFG_PREFILL, "prefill", 1.25f);  /* yarn factor */
     t_rope(t, 4, 2, 64, 0, 0, 0, 128, 0, &CFG_PREFILL, "prefill", 1.0f);    /* no rotation */
+    /* head_dim not a multiple of 8: q and the cache padded to 24 (or 40), element loads */
+    t_rope(t, 4, 2, 20, 20, 0, 0, 64, 0, &CFG_PREFILL, "prefill", 1.0f);    /* llama_hd20 */
+    t_rope(t, 4, 2, 20, 20, 0, 0, 64, 1, &CFG_DECODE, "decode", 1.0f);
+    t_rope(t, 8, 1, 36, 36, 1, 0, 128, 0, &CFG_LONG, "long", 1.0f);        /* interleaved, MQA */
+    t_rope(t, 4, 4, 36, 8, 0, 0, 64, 1, &CFG_PREFILL, "prefill", 1.0f);    /* partial */
+    /* unpad_heads: (NH, HD, THREADS, T) */
+    t_unpad(t, 4, 20, 256, 7);
+    t_unpad(t, 32, 36, 256, 65);
 
     /* act_mul: (I, ACT, THREADS, T) */
     t_act_mul(t, 64, 0, 128, 7);
