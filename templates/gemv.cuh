@@ -21,14 +21,14 @@
 //     steps WARPS apart; the warps' float partial tiles are added in warp order through shared
 //     memory, a fixed order that depends only on (N, K, THREADS), never on M, so the result of a
 //     row of x is the same at every M (batch invariance). lower.c picks THREADS so that the grid
-//     has about 2048 warps (16 per SM of an H100/H200) whatever N is (gemv_threads below);
+//     has about 2048 warps (16 per SM of an H100/H200) whatever N is (lower_gemv_threads);
 //   - each chain of mma is one step (at most 8 mma, 128 products) started from zero and added
 //     to float accumulators: the tensor cores truncate inside a chain, so a short chain keeps
 //     that error at the level of the float sums (see tests/gpu/ktest_gemv.c).
 // A tile is 16 weight rows: 16 outputs, or for GATED 8 gate rows and their 8 up rows, so that a
 // lane ends with the gate and up sums of the same output in its registers (c0/c1 and c2/c3).
 //
-// Launch rule (the runtime computes it from this; lower.c's gemv_threads gives THREADS):
+// Launch rule (the runtime computes it from this; THREADS is lower.c's lower_gemv_threads):
 //   NOUT  = GATED ? N/2 : N                      (output columns; the row stride of y)
 //   OPB   = GATED ? 8 : 16                       (outputs per block: one tile)
 //   grid  = (ceil(NOUT / OPB)), block = THREADS (a multiple of 32, at most 512), no dynamic

@@ -288,14 +288,16 @@ int main(int argc, char **argv)
     t->rng = 88172645463325252ull;
     kerr e;
     kerr_clear(&e);
+    if (bench && t->compile_only)
+        die(t, "--bench gemv measures kernels on a GPU: it has no compile-only mode");
     if (!t->compile_only && kcuda_load(&t->cu, &e)) {
+        if (bench)
+            die(t, "--bench gemv needs a GPU: %s", kerr_msg(&e));
         printf("ktest: no GPU (%s)\nktest: compiling every kernel case for sm_80 and sm_90a "
                "instead; NOTHING IS RUN OR COMPARED\n",
                kerr_msg(&e));
         t->compile_only = 1;
     }
-    if (bench && t->compile_only)
-        die(t, "--bench gemv measures kernels on a GPU: it has no compile-only mode");
     if (t->compile_only) {
         strcpy(t->arch, "sm_90a");
         run_all(t);

@@ -426,8 +426,8 @@ static int bench_shape(kt *t, const bshape *s, const char *v0_src, bbuf *b, doub
     for (int k = 0; k < NK; k++) {
         char name[160];
         th[k] = k == 0 ? 256u : k == 1 || k == 5 ? (unsigned)rule : (unsigned)alt[k - 2];
-        blocks[k] = k == 0 ? (unsigned)((nout + 8 * (s->gated ? 2 : 4) - 1) / (8 * (s->gated ? 2 : 4)))
-                           : gemv_blocks(s->N, s->gated);
+        const int v0_rpb = 8 * (s->gated ? 2 : 4); /* gemv_v0.cuh: 8 warps of 4 rows */
+        blocks[k] = k == 0 ? (unsigned)((nout + v0_rpb - 1) / v0_rpb) : gemv_blocks(s->N, s->gated);
         snprintf(name, sizeof name, "bench %s kernel %d", s->name, k);
         CUmodule m = gemv_module(t, name, k == 0 ? v0_src : NULL, k == 0 ? "gemv_v0" : "gemv",
                                  "kiln::bf16", s->N, s->K, k == 5 ? 16 : 8, 0, s->gated, ACT_SILU,
