@@ -8,7 +8,7 @@
 //
 // Two kernels:
 //   mla_cache  writes [c | k_pe] of every token of the step into its cache row (tok_slot[t];
-//              a token with tok_slot < 0 writes nothing).
+//              a token with tok_slot < 0 writes nothing), rotating k_pe first when ROT != 0.
 //   mla_attn   one CTA per (query row, head), in the absorbed form: with W_k[h] the DN rows of
 //              kv_b for head h's nope key and W_v[h] the DV rows of its value ([NH*(DN+DV), RANK],
 //              per head [key rows | value rows], kv_b_proj as stored),
@@ -22,6 +22,12 @@
 //              tok_pos[t]; q_nope and q_pe are read at row strides and head strides of their own
 //              (separate buffers, or the [nope | pe] heads of one q projection).
 //
+// Rotation (ROT): 0, q_pe and k_pe arrive rotated; 1, rotate pairs (2i, 2i+1) (DeepSeek's
+// interleaved layout), 2, pairs (i, i + DR/2), each on the DR dims of q_pe's heads (in mla_attn)
+// and of k_pe (in mla_cache), as rope_kv does (templates/elementwise.cuh): angle =
+// pos * inv_freq[i] rounded to float, cos and sin in double rounded to float, times rope_scale
+// (yarn's attention factor). inv_freq [DR / 2] is a static table: no dynamic NTK, no longrope.
+//
 // What this file does not do: it is the correctness-first form (CUDA cores, float math, each CTA
 // reads its head's kv_b rows and every key of its sequence); no tensor cores, no split over the
 // keys for long decodes, no sharing of the absorbed query between heads. Math is in float; the
@@ -32,13 +38,43 @@
 
 namespace kiln {
 
+// cos and sin of position pos for the DR/2 frequencies, times rope_scale, into cs and sn.
+template <int DR, int THREADS>
+__device__ __forceinline__ void mla_rope_table(int pos, const float *inv_freq, float rope_scale,
+                                               float *cs, float *sn)
+{
+    for (int i = threadIdx.x; i < DR / 2; i += THREADS) {
+        const float ang = (float)pos * inv_freq[i]; // rounded to float, as the reference does
+        double sd, cd;
+        sincos((double)ang, &sd, &cd);
+        cs[i] = (float)cd * rope_scale;
+        sn[i] = (float)sd * rope_scale;
+    }
+}
+
+// x [DR] in shared memory rotated in place (ROT 1: pairs (2i, 2i+1); 2: (i, i + DR/2)); call
+// with every thread between barriers.
+template <int DR, int ROT, int THREADS>
+__device__ __forceinline__ void mla_rotate(float *x, const float *cs, const float *sn)
+{
+    for (int i = threadIdx.x; i < DR / 2; i += THREADS) {
+        const int a = ROT == 1 ? 2 * i : i, b = ROT == 1 ? 2 * i + 1 : i + DR / 2;
+        const float xa = x[a], xb = x[b];
+        x[a] = xa * cs[i] - xb * sn[i];
+        x[b] = xb * cs[i] + xa * sn[i];
+    }
+}
+
 // Grid (T) x THREADS. latent rows at latent + t*latent_stride (RANK elements), k_pe rows at
 // k_pe + t*kpe_stride (DR elements); cache rows of RANK + DR.
-template <typename DT, int RANK, int DR, int THREADS>
+template <typename DT, int RANK, int DR, int ROT, int THREADS>
 __device__ __forceinline__ void mla_cache(const kiln_step st, const DT *latent, const DT *k_pe,
-                                          int latent_stride, int kpe_stride, DT *cache)
+                                          int latent_stride, int kpe_stride, DT *cache,
+                                          const float *inv_freq, float rope_scale)
 {
     KILN_PDL_ENTER();
+    static_assert(ROT >= 0 && ROT <= 2 && DR >= 2 && DR % 2 == 0, "ROT 0, 1 or 2; DR even");
+    __shared__ float kp[DR], cs[DR / 2], sn[DR / 2];
     const int t = blockIdx.x;
     if (t >= st.T)
         return;
@@ -47,16 +83,28 @@ __device__ __forceinline__ void mla_cache(const kiln_step st, const DT *latent, 
         return;
     DT *row = cache + (long long)slot * (RANK + DR);
     const DT *c = latent + (long long)t * latent_stride, *k = k_pe + (long long)t * kpe_stride;
-    for (int i = threadIdx.x; i < RANK + DR; i += THREADS)
-        row[i] = i < RANK ? c[i] : k[i - RANK];
+    for (int i = threadIdx.x; i < RANK; i += THREADS)
+        row[i] = c[i];
+    for (int i = threadIdx.x; i < DR; i += THREADS)
+        kp[i] = to_f(k[i]);
+    if (ROT) {
+        mla_rope_table<DR, THREADS>(st.tok_pos[t], inv_freq, rope_scale, cs, sn);
+        __syncthreads();
+        mla_rotate<DR, ROT, THREADS>(kp, cs, sn);
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < DR; i += THREADS)
+        row[RANK + i] = from_f<DT>(kp[i]);
 }
 
-// Grid (T, NH) x THREADS (a multiple of 32, at most 1024). q_nope row t head h at
+// Grid (T, NH) x THREADS (whole warps; the static shared memory, about 4 * RANK * (THREADS / 32 +
+// 2) bytes, must stay under 48 KB: 256 threads for a 512 latent). q_nope row t head h at
 // q_nope + t*qn_row + h*qn_head (DN elements); q_pe likewise (DR); out [T, NH*DV].
-template <typename DT, int NH, int DN, int DR, int DV, int RANK, int THREADS>
+template <typename DT, int NH, int DN, int DR, int DV, int RANK, int ROT, int THREADS>
 __device__ __forceinline__ void mla_attn(const kiln_step st, const DT *q_nope, const DT *q_pe,
                                          int qn_row, int qn_head, int qp_row, int qp_head,
-                                         const DT *cache, const DT *kv_b, DT *out, float scale)
+                                         const DT *cache, const DT *kv_b, DT *out, float scale,
+                                         const float *inv_freq, float rope_scale)
 {
     KILN_PDL_ENTER();
     static_assert(THREADS % 32 == 0 && THREADS <= 1024, "THREADS: whole warps, at most 1024");
@@ -64,7 +112,8 @@ __device__ __forceinline__ void mla_attn(const kiln_step st, const DT *q_nope, c
     constexpr int RPL = (RANK + 31) / 32; // latent elements per lane
     constexpr int ROW = RANK + DR;        // cache row
     __shared__ float qn[DN], qp[DR], q_lat[RANK], o_lat[RANK];
-    __shared__ float w_m[NW], w_l[NW], w_acc[NW][RANK];
+    __shared__ float w_m[NW], w_l[NW], w_acc[NW][RANK], cs[DR / 2], sn[DR / 2];
+    static_assert(ROT >= 0 && ROT <= 2 && DR >= 2 && DR % 2 == 0, "ROT 0, 1 or 2; DR even");
     const int t = blockIdx.x, h = blockIdx.y;
     if (t >= st.T)
         return;
@@ -78,6 +127,11 @@ __device__ __forceinline__ void mla_attn(const kiln_step st, const DT *q_nope, c
         qn[i] = to_f(q_nope[(long long)t * qn_row + (long long)h * qn_head + i]);
     for (int i = threadIdx.x; i < DR; i += THREADS)
         qp[i] = to_f(q_pe[(long long)t * qp_row + (long long)h * qp_head + i]);
+    if (ROT) {
+        mla_rope_table<DR, THREADS>(p, inv_freq, rope_scale, cs, sn);
+        __syncthreads();
+        mla_rotate<DR, ROT, THREADS>(qp, cs, sn);
+    }
     __syncthreads();
     // q_lat[r] = sum_d q_nope[d] W_k[h][d][r]: threads over r read rows of W_k coalesced
     for (int r = threadIdx.x; r < RANK; r += THREADS) {

@@ -10,6 +10,10 @@
  * The reference is compiler/ref.c's op_mla, the plain (not absorbed) form, in double: per head
  * h the keys [W_k[h] c_j ; k_pe_j] and values W_v[h] c_j, causal softmax of q.k * scale over
  * keys [0, p], out = sum p_j v_j. So the test also checks the absorption algebra of the kernel.
+ * With rotation (ROT 1: pairs (2i, 2i+1), DeepSeek's; 2: halves), mla_cache rotates the step's
+ * k_pe at its position and mla_attn each head's q_pe, from a yarn-like inv_freq table and a
+ * rope_scale != 1; the reference rotates the same values in double (earlier keys are cached as
+ * they come: they were rotated when written).
  * q_nope and q_pe are read as the [nope | pe] heads of one q buffer in some cases, as separate
  * buffers in others. The cache rows the step wrote are compared with the inputs too.
  */
@@ -30,16 +34,34 @@ typedef struct mcase {
     int rows[MAXS];  /* rows of each sequence in the step (its last positions) */
     int kvlen[MAXS]; /* keys of each sequence, the step's included; 0: = rows */
     int fused_q;     /* q_nope and q_pe are the [nope | pe] heads of one buffer */
+    int rot;         /* 0: inputs rotated; 1: interleaved pairs; 2: halves */
     int threads;
     const char *tag;
 } mcase;
 
 static float bf(float x) { return util_bf16_to_f32(util_f32_to_bf16(x)); }
 
+/* x [dr] rotated in place at position pos (ROT 1: pairs (2i, 2i+1); 2: (i, i + dr/2)). */
+static void rotate(float *x, int dr, int rot, int pos, const float *inv, float scale)
+{
+    for (int i = 0; i < dr / 2; i++) {
+        double ang = (double)((float)pos * inv[i]);
+        double c = cos(ang) * scale, sn = sin(ang) * scale;
+        int a = rot == 1 ? 2 * i : i, b = rot == 1 ? 2 * i + 1 : i + dr / 2;
+        double xa = x[a], xb = x[b];
+        x[a] = (float)(xa * c - xb * sn);
+        x[b] = (float)(xb * c + xa * sn);
+    }
+}
+
 static void run_case(kt *t, const mcase *c)
 {
     const int nh = c->nh, dn = c->dn, dr = c->dr, dv = c->dv, rk = c->rank, ns = c->n_seqs;
     const int row = rk + dr, hw = dn + dv;
+    if (dn + dr > 1024) {
+        fprintf(stderr, "ktest_mla: bad case (nope + rope %d > 1024)\n", dn + dr);
+        exit(2);
+    }
     int kvlen[MAXS], seq_start[MAXS + 1], T = 0;
     seq_start[0] = 0;
     for (int s = 0; s < ns; s++) {
@@ -53,8 +75,9 @@ static void run_case(kt *t, const mcase *c)
         seq_start[s + 1] = T;
     }
     char name[200];
-    snprintf(name, sizeof name, "mla/attn NH=%d DN=%d DR=%d DV=%d RANK=%d seqs=%d T=%d%s%s%s", nh,
-             dn, dr, dv, rk, ns, T, c->fused_q ? " fused-q" : "", c->tag ? " " : "",
+    static const char *rots[] = {"", " rope-interleaved", " rope-halves"};
+    snprintf(name, sizeof name, "mla/attn NH=%d DN=%d DR=%d DV=%d RANK=%d seqs=%d T=%d%s%s%s%s", nh,
+             dn, dr, dv, rk, ns, T, c->fused_q ? " fused-q" : "", rots[c->rot], c->tag ? " " : "",
              c->tag ? c->tag : "");
     if (!kt_want(t, name))
         return;
@@ -95,6 +118,12 @@ static void run_case(kt *t, const mcase *c)
             tok_slot[tk] = bt[s * max_blocks + p / KILN_BLOCK] * KILN_BLOCK + p % KILN_BLOCK;
         }
 
+    /* a yarn-like table: base 10000, rope_scale 1.2 */
+    float *inv = xmalloc(sizeof(float) * (size_t)(dr / 2 + 1));
+    for (int i = 0; i < dr / 2; i++)
+        inv[i] = (float)(1.0 / pow(10000.0, (double)(2 * i) / dr));
+    float rope_scale = c->rot ? 1.2f : 1.0f;
+
     /* latents and rope keys of every key (bf16-exact); the earlier ones go into the cache now,
      * the step's own through the latent / k_pe buffers (row stride rk + dr + 8) and mla_cache */
     float *lat[MAXS];
@@ -123,6 +152,12 @@ static void run_case(kt *t, const mcase *c)
                 int tk = seq_start[s] + j - first_step_pos;
                 for (int e = 0; e < row; e++)
                     in_h[(size_t)tk * in_stride + e] = util_f32_to_bf16(lr[e]);
+                /* what mla_cache stores: k_pe rotated at position j, rounded to bf16 */
+                if (c->rot) {
+                    rotate(lr + rk, dr, c->rot, j, inv, rope_scale);
+                    for (int e = rk; e < row; e++)
+                        lr[e] = bf(lr[e]);
+                }
             }
         }
     }
@@ -159,7 +194,11 @@ static void run_case(kt *t, const mcase *c)
                     kx[(size_t)j * nh * hw + o] = a;
                 }
         for (int h = 0; h < nh; h++) {
-            const float *qh = q + (size_t)tk * qw + (size_t)h * (dn + dr);
+            float qrow[1024];
+            memcpy(qrow, q + (size_t)tk * qw + (size_t)h * (dn + dr), sizeof(float) * (size_t)(dn + dr));
+            if (c->rot)
+                rotate(qrow + dn, dr, c->rot, p, inv, rope_scale);
+            const float *qh = qrow;
             const double *kh = kx + (size_t)h * hw; /* key j of head h at kh + j * nh * hw */
             double mx = -INFINITY;
             for (int j = 0; j <= p; j++) {
@@ -192,21 +231,23 @@ static void run_case(kt *t, const mcase *c)
                           "extern \"C\" __global__ void __launch_bounds__(128)\n"
                           "kt_mla_cache(const kiln_step st, const kiln::bf16 *latent,\n"
                           "             const kiln::bf16 *k_pe, int latent_stride, int kpe_stride,\n"
-                          "             kiln::bf16 *cache)\n"
+                          "             kiln::bf16 *cache, const float *inv_freq, float rope_scale)\n"
                           "{\n"
-                          "    kiln::mla_cache<kiln::bf16, %d, %d, 128>(st, latent, k_pe,\n"
-                          "        latent_stride, kpe_stride, cache);\n"
+                          "    kiln::mla_cache<kiln::bf16, %d, %d, %d, 128>(st, latent, k_pe,\n"
+                          "        latent_stride, kpe_stride, cache, inv_freq, rope_scale);\n"
                           "}\n"
                           "extern \"C\" __global__ void __launch_bounds__(%d)\n"
                           "kt_mla_attn(const kiln_step st, const kiln::bf16 *q_nope,\n"
                           "            const kiln::bf16 *q_pe, int qn_row, int qn_head, int qp_row,\n"
                           "            int qp_head, const kiln::bf16 *cache, const kiln::bf16 *kv_b,\n"
-                          "            kiln::bf16 *out, float scale)\n"
+                          "            kiln::bf16 *out, float scale, const float *inv_freq,\n"
+                          "            float rope_scale)\n"
                           "{\n"
-                          "    kiln::mla_attn<kiln::bf16, %d, %d, %d, %d, %d, %d>(st, q_nope, q_pe,\n"
-                          "        qn_row, qn_head, qp_row, qp_head, cache, kv_b, out, scale);\n"
+                          "    kiln::mla_attn<kiln::bf16, %d, %d, %d, %d, %d, %d, %d>(st, q_nope,\n"
+                          "        q_pe, qn_row, qn_head, qp_row, qp_head, cache, kv_b, out, scale,\n"
+                          "        inv_freq, rope_scale);\n"
                           "}\n",
-                          rk, dr, threads, nh, dn, dr, dv, rk, threads);
+                          rk, dr, c->rot, threads, nh, dn, dr, dv, rk, c->rot, threads);
     CUmodule mod = kt_module(t, name, src);
     free(src);
 
@@ -250,9 +291,10 @@ static void run_case(kt *t, const mcase *c)
     CUdeviceptr d_cache = kt_upload(t, cache, sizeof(uint16_t) * cache_n);
     CUdeviceptr d_out = kt_alloc(t, sizeof(uint16_t) * on); /* poisoned: NaN */
     CUdeviceptr d_kpe = d_in + sizeof(uint16_t) * (size_t)rk;
+    CUdeviceptr d_inv = kt_upload(t, inv, sizeof(float) * (size_t)(dr / 2 + 1));
     int lstride = in_stride, kstride = in_stride;
     CUfunction fc = kt_func(t, mod, "kt_mla_cache");
-    void *cargs[] = {&st, &d_in, &d_kpe, &lstride, &kstride, &d_cache};
+    void *cargs[] = {&st, &d_in, &d_kpe, &lstride, &kstride, &d_cache, &d_inv, &rope_scale};
     kt_launch(t, fc, "mla_cache", (unsigned)T, 1, 1, 128, 0, cargs);
 
     CUdeviceptr d_qnope = c->fused_q ? d_q : d_qn;
@@ -261,23 +303,28 @@ static void run_case(kt *t, const mcase *c)
     int qp_row = c->fused_q ? qw : nh * dr, qp_head = c->fused_q ? dn + dr : dr;
     CUfunction fa = kt_func(t, mod, "kt_mla_attn");
     void *aargs[] = {&st,     &d_qnope, &d_qpe,   &qn_row, &qn_head,  &qp_row,
-                     &qp_head, &d_cache, &d_w,     &d_out,  &scale_f};
+                     &qp_head, &d_cache, &d_w,     &d_out,  &scale_f, &d_inv, &rope_scale};
     kt_launch(t, fa, "mla_attn", (unsigned)T, (unsigned)nh, 1, (unsigned)threads, 0, aargs);
 
     /* the cache rows the step wrote */
     uint16_t *cache_got = xmalloc(sizeof(uint16_t) * cache_n);
     kt_download(t, cache_got, d_cache, sizeof(uint16_t) * cache_n);
-    int bad_rows = 0;
+    int bad_rows = 0; /* the latent bit-exact; k_pe as the reference rotated it, within bf16 */
     for (int tk = 0; tk < T && !t->compile_only; tk++) {
         const uint16_t *got = cache_got + (size_t)tok_slot[tk] * row;
-        if (memcmp(got, in_h + (size_t)tk * in_stride, sizeof(uint16_t) * (size_t)row))
-            bad_rows++;
+        const float *wantk = lat[tok_seq[tk]] + (size_t)tok_pos[tk] * row + rk;
+        int bad = memcmp(got, in_h + (size_t)tk * in_stride, sizeof(uint16_t) * (size_t)rk) != 0;
+        for (int e = 0; e < dr; e++) {
+            float g = util_bf16_to_f32(got[rk + e]);
+            bad |= !(fabsf(g - wantk[e]) <= 1e-2f * (1.0f + fabsf(wantk[e])));
+        }
+        bad_rows += bad;
     }
     char cname[240];
-    snprintf(cname, sizeof cname, "mla/cache RANK=%d DR=%d T=%d", rk, dr, T);
+    snprintf(cname, sizeof cname, "mla/cache RANK=%d DR=%d T=%d%s", rk, dr, T, rots[c->rot]);
     char detail[96];
     snprintf(detail, sizeof detail, "%d of %d step rows differ from [latent | k_pe]", bad_rows, T);
-    kt_result(t, cname, bad_rows == 0, bad_rows ? detail : "rows bit-exact");
+    kt_result(t, cname, bad_rows == 0, bad_rows ? detail : "rows as expected");
 
     uint16_t *oh = xmalloc(sizeof(uint16_t) * on);
     kt_download(t, oh, d_out, sizeof(uint16_t) * on);
@@ -297,7 +344,7 @@ static void run_case(kt *t, const mcase *c)
     }
 
     CUdeviceptr frees[] = {d_pos, d_zero, d_seq, d_slot, d_start, d_kvlen, d_bt, d_q,
-                           d_qn,  d_qp,   d_w,   d_in,   d_cache, d_out};
+                           d_qn,  d_qp,   d_w,   d_in,   d_cache, d_out, d_inv};
     for (size_t i = 0; i < ARRAY_LEN(frees); i++)
         kt_free(t, frees[i]);
     for (int s = 0; s < ns; s++)
@@ -320,22 +367,23 @@ static void run_case(kt *t, const mcase *c)
     free(qnh);
     free(qph);
     free(cache_got);
+    free(inv);
     free(oh);
     free(got);
 }
 
-/* Fields: nh dn dr dv rank n_seqs {rows} {kvlen} fused_q threads tag */
+/* Fields: nh dn dr dv rank n_seqs {rows} {kvlen} fused_q rot threads tag */
 static const mcase cases[] = {
     /* the deepseek_v2 fixture's shape: prefill of one and of several sequences */
-    {4, 16, 16, 16, 32, 1, {24}, {0}, 0, 0, "fixture"},
-    {4, 16, 16, 16, 32, 3, {5, 33, 40}, {0}, 1, 0, "fixture"},
+    {4, 16, 16, 16, 32, 1, {24}, {0}, 0, 0, 0, "fixture"},
+    {4, 16, 16, 16, 32, 3, {5, 33, 40}, {0}, 1, 1, 0, "fixture"},
     /* chunked prefill and decode rows over cached latents (several blocks, a shuffled table) */
-    {4, 16, 16, 16, 32, 4, {16, 1, 1, 40}, {100, 77, 1, 70}, 1, 64, "chunked"},
+    {4, 16, 16, 16, 32, 4, {16, 1, 1, 40}, {100, 77, 1, 70}, 1, 1, 64, "chunked"},
     /* DeepSeek-V2-Lite's attention shape (16 heads, nope 128, rope 64, v 128, latent 512) */
-    {16, 128, 64, 128, 512, 2, {1, 1}, {300, 33}, 1, 256, "V2-Lite decode"},
-    {16, 128, 64, 128, 512, 2, {20, 7}, {20, 90}, 0, 128, "V2-Lite prefill"},
-    /* a latent that is not a multiple of 32, odd head dims */
-    {2, 24, 8, 40, 48, 2, {9, 3}, {9, 50}, 0, 96, "odd dims"},
+    {16, 128, 64, 128, 512, 2, {1, 1}, {300, 33}, 1, 1, 256, "V2-Lite decode"},
+    {16, 128, 64, 128, 512, 2, {20, 7}, {20, 90}, 0, 0, 128, "V2-Lite prefill"},
+    /* a latent that is not a multiple of 32, odd head dims, the other pairing */
+    {2, 24, 8, 40, 48, 2, {9, 3}, {9, 50}, 0, 2, 96, "odd dims"},
 };
 
 void ktest_mla(kt *t)
