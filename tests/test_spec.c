@@ -1338,6 +1338,41 @@ static void test_options_unknown_key(void **state)
         expect_option_error(cases[i].body, cases[i].call, cases[i].want);
 }
 
+/* g:mla_attention: its options checked as every op's, and graph_mla's shape errors located at
+ * the spec line */
+static void test_mla_options(void **state)
+{
+    (void)state;
+#define MLA_IN                                                                                    \
+    EMBED_X "    local qn, qp = g:linear(x, g:weight(\"qn\", { 8, 8 })), g:linear(x, g:weight(\"qp\", { 4, 8 }))\n" \
+    "    local c, kp = g:linear(x, g:weight(\"c\", { 6, 8 })), g:linear(x, g:weight(\"kp\", { 2, 8 }))\n"
+    static const struct {
+        const char *body, *call, *want[3];
+    } cases[] = {
+        {MLA_IN "    local o = g:mla_attention(qn, qp, c, kp, { kvb = g:weight(\"kv_b\", { 16, 6 }), heads = 2,\n"
+                "      nope_dim = 4, rope_dim = 2, v_dim = 4 })\n",
+         "g:mla_attention",
+         {"mla_attention: unknown key 'kvb' (did you mean 'kv_b'?); known keys: kv_b, heads, "
+          "nope_dim, rope_dim, v_dim, scale",
+          NULL}},
+        {MLA_IN "    local o = g:mla_attention(qn, qp, c, kp, { heads = 2, nope_dim = 4, rope_dim = 2, v_dim = 4 })\n",
+         "g:mla_attention", {"mla_attention: option 'kv_b' is required", NULL}},
+        {MLA_IN "    local o = g:mla_attention(qn, qp, c, kp, { kv_b = g:weight(\"kv_b\", { 16, 6 }), heads = 2,\n"
+                "      nope_dim = 4, rope_dim = 2, v_dim = 4.5 })\n",
+         "g:mla_attention", {"mla_attention: option 'v_dim' must be an integer", NULL}},
+        /* kv_b of 2 * (4 + 3) rows for v_dim 4 */
+        {MLA_IN "    local o = g:mla_attention(qn, qp, c, kp, { kv_b = g:weight(\"kv_b\", { 14, 6 }), heads = 2,\n"
+                "      nope_dim = 4, rope_dim = 2, v_dim = 4 })\n",
+         "g:mla_attention",
+         {"mla_attention: kv_b [heads*(nope_dim+v_dim), rank] should be [16, 6], got weight 'kv_b' "
+          "[14, 6]",
+          NULL}},
+    };
+#undef MLA_IN
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++)
+        expect_option_error(cases[i].body, cases[i].call, cases[i].want);
+}
+
 static void test_options_value_types(void **state)
 {
     (void)state;
@@ -1614,6 +1649,7 @@ int main(void)
         T(test_cfg_int_ranges),
         T(test_graph_node_cap),
         T(test_options_unknown_key),
+        T(test_mla_options),
         T(test_options_value_types),
         T(test_options_archspec_table),
         T(test_logits_options),
