@@ -4,8 +4,10 @@
 -- are split with views of the weight (archspecs/README.md section 6). Optional sliding window
 -- on every layer (Phi-3-mini ships 2047). Phi3Config's default rms_norm_eps is 1e-5.
 --
--- Not served: rope_parameters of type longrope (Phi-3-*-128k, Phi-3.5, Phi-4-mini: short and
--- long factor tables chosen by sequence length); cfg:rope() refuses it with the supported list.
+-- Rope: default or longrope (Phi-3-*-128k, Phi-3.5-mini, Phi-4-mini): short_factor and
+-- long_factor tables, one per rotary pair, the long one (and the long scale) used while the
+-- sequence is longer than original_max_position_embeddings, decided per forward pass as
+-- transformers does (keys already in the KV cache keep their rotation). cfg:rope() reads it.
 --
 -- HF reference: transformers/models/phi3/modeling_phi3.py, configuration_phi3.py.
 local kiln = require "kiln"

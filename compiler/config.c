@@ -361,6 +361,91 @@ static int rope_num(const config *c, json_t *r, const char *where, const char *k
     return 0;
 }
 
+/* One of longrope's factor tables: an array of 1..ROPE_MAX_FACTORS positive numbers, stored as
+ * float32 (transformers makes a float32 tensor of it). */
+static int rope_factors(const config *c, json_t *r, const char *where, const char *key,
+                        float *out, int *n, kerr *err)
+{
+    json_t *a = r ? json_object_get(r, key) : NULL;
+    if (!a || json_is_null(a))
+        return kerr_add(err, "%s: field '%s.%s' is missing (longrope needs short_factor and "
+                             "long_factor, one number per rotary pair)",
+                        c->path, where, key);
+    size_t len = json_is_array(a) ? json_array_size(a) : 0;
+    if (!json_is_array(a) || len < 1 || len > ROPE_MAX_FACTORS) {
+        char *s = xasprintf("%s.%s", where, key);
+        char *want = xasprintf("an array of 1 to %d numbers (kiln's limit: rotary dimensions up "
+                               "to %d)", ROPE_MAX_FACTORS, 2 * ROPE_MAX_FACTORS);
+        if (json_is_array(a))
+            kerr_add(err, "%s: field '%s' has %zu entries; expected %s", c->path, s, len, want);
+        else
+            wrong(c, s, want, a, err);
+        free(s);
+        free(want);
+        return -1;
+    }
+    for (size_t i = 0; i < len; i++) {
+        json_t *v = json_array_get(a, i);
+        double d = json_is_number(v) ? json_number_value(v) : 0;
+        if (!json_is_number(v) || !(d > 0) || !isfinite(d) || (float)d > 3.0e38f)
+            return kerr_add(err, "%s: field '%s.%s[%zu]' is %s; expected a positive number",
+                            c->path, where, key, i, json_is_number(v) ? "not positive" : config_kind(v));
+        out[i] = (float)d;
+    }
+    *n = (int)len;
+    return 0;
+}
+
+/* _compute_longrope_parameters: original_max_position_embeddings as yarn reads it (the
+ * top-level field first, Phi-3 style), factor = max_position_embeddings / that unless given,
+ * attention_factor = sqrt(1 + log(factor) / log(original)) unless given (1 when factor <= 1). */
+static int rope_longrope(const config *c, json_t *r, const char *where, int64_t maxpos,
+                         rope_params *out, kerr *err)
+{
+    double d;
+    if (config_has(c, "original_max_position_embeddings")) {
+        int64_t o;
+        if (config_int(c, "original_max_position_embeddings", 0, 0, &o, err))
+            return -1;
+        d = (double)o;
+    } else if (rope_num(c, r, where, "original_max_position_embeddings", 1, (double)maxpos, &d,
+                        err)) {
+        return -1;
+    }
+    if (!(d >= 1 && d <= (double)INT32_MAX))
+        return kerr_add(err, "%s: longrope needs original_max_position_embeddings between 1 and "
+                             "%d, got %g",
+                        c->path, INT32_MAX, d);
+    out->original_max_pos = (int64_t)d;
+    json_t *fv = r ? json_object_get(r, "factor") : NULL;
+    if (!fv || json_is_null(fv))
+        out->factor = (double)maxpos / d;
+    else if (rope_num(c, r, where, "factor", 0, 0, &out->factor, err))
+        return -1;
+    json_t *af = r ? json_object_get(r, "attention_factor") : NULL;
+    if (af && !json_is_null(af)) {
+        if (rope_num(c, r, where, "attention_factor", 0, 1, &out->attention_factor, err))
+            return -1;
+        if (!(out->attention_factor > 0))
+            return kerr_add(err, "%s: field '%s.attention_factor' is %g; expected a positive "
+                                 "number",
+                            c->path, where, out->attention_factor);
+    } else if (out->factor > 1) {
+        out->attention_factor = sqrt(1 + log(out->factor) / log(d));
+    }
+    out->long_attention_factor = out->attention_factor;
+    int ns = 0, nl = 0;
+    if (rope_factors(c, r, where, "short_factor", out->short_factor, &ns, err) ||
+        rope_factors(c, r, where, "long_factor", out->long_factor, &nl, err))
+        return -1;
+    if (ns != nl)
+        return kerr_add(err, "%s: '%s.short_factor' has %d entries and 'long_factor' %d; "
+                             "expected one per rotary pair in both",
+                        c->path, where, ns, nl);
+    out->n_factors = ns;
+    return 0;
+}
+
 int config_rope(const config *c, const char *layer_type, const char *theta_field,
                 double default_theta, rope_params *out, kerr *err)
 {
@@ -434,7 +519,7 @@ int config_rope(const config *c, const char *layer_type, const char *theta_field
     if (t < 0)
         return kerr_add(err,
                         "%s: field '%s.rope_type' is '%s', which kiln does not implement "
-                        "(supported: default, linear, dynamic, yarn, llama3)",
+                        "(supported: default, linear, dynamic, yarn, llama3, longrope)",
                         c->path, where, tname);
     out->type = (rope_type)t;
 
@@ -544,6 +629,10 @@ int config_rope(const config *c, const char *layer_type, const char *theta_field
         }
         break;
     }
+    case ROPE_LONGROPE:
+        if (rope_longrope(c, r, where, maxpos, out, err))
+            return -1;
+        break;
     default:
         break;
     }

@@ -76,7 +76,8 @@ void config_labels_free(char **labels, int n);
     X(LINEAR, "linear")      \
     X(DYNAMIC, "dynamic")    \
     X(YARN, "yarn")          \
-    X(LLAMA3, "llama3")
+    X(LLAMA3, "llama3")      \
+    X(LONGROPE, "longrope")
 
 typedef enum {
 #define X(e, s) ROPE_##e,
@@ -98,6 +99,15 @@ typedef struct rope_params {
     double beta_fast, beta_slow;              /* yarn */
     double attention_factor;                  /* yarn: scales cos and sin; 1 otherwise */
     int truncate;                             /* yarn */
+    /* longrope (Phi-3): per rotary pair i, inv_freq[i] = 1 / (factor[i] * base^(2i/dim)) with
+     * short_factor while the sequence is at most original_max_pos tokens long and long_factor
+     * beyond; cos and sin are scaled by attention_factor, or long_attention_factor beyond. The
+     * tables are stored inline (the struct is copied by value into every rope node), so their
+     * length is bounded: ROPE_MAX_FACTORS pairs covers rotary dimensions up to 128. */
+#define ROPE_MAX_FACTORS 64
+    int n_factors;
+    float short_factor[ROPE_MAX_FACTORS], long_factor[ROPE_MAX_FACTORS];
+    double long_attention_factor;
 } rope_params;
 
 /* Reads the RoPE parameters in either convention. `layer_type` selects an entry when

@@ -735,6 +735,13 @@ int graph_moe(kgraph *g, const int ins[9], const kg_moe *m, const char *name, ke
     if (m->top_k < 1 || m->top_k > E)
         return fail(err, "moe", "top_k %d must be between 1 and the number of experts %lld",
                     m->top_k, (long long)E);
+    if (m->routing == KG_ROUTE_SPARSEMIXER && (m->top_k != 2 || m->renormalize))
+        return fail(err, "moe", "routing \"sparsemixer\" picks exactly 2 experts and does not "
+                                "renormalise their weights; got top_k %d%s (set top_k = 2, "
+                                "renormalize = false)",
+                    m->top_k, m->renormalize ? " and renormalize = true" : "");
+    if (m->routing == KG_ROUTE_SPARSEMIXER && !(m->jitter_eps >= 0 && m->jitter_eps < 1e30))
+        return fail(err, "moe", "jitter_eps is %g; expected a number >= 0", m->jitter_eps);
     const kg_node *gate = &g->nodes[ins[KG_MOE_GATE]];
     if (gate->ndim != 3)
         return fail(err, "moe", "expert gate weights must be stacked [experts, inter, hidden], "
@@ -972,6 +979,9 @@ static void print_attrs(const kg_node *n, FILE *f)
                 r->head_dim, r->rot_dim, r->interleaved ? " interleaved" : "");
         if (r->p.type != ROPE_DEFAULT)
             fprintf(f, " factor=%g", r->p.factor);
+        if (r->p.type == ROPE_LONGROPE)
+            fprintf(f, " original=%lld scale=%g/%g", (long long)r->p.original_max_pos,
+                    r->p.attention_factor, r->p.long_attention_factor);
         break;
     }
     case KG_ATTENTION: {
@@ -998,6 +1008,8 @@ static void print_attrs(const kg_node *n, FILE *f)
         fprintf(f, "; experts=%d top_k=%d%s act=%s%s", n->moe.n_experts, n->moe.top_k,
                 n->moe.renormalize ? " renormalize" : "", acts[n->moe.act],
                 n->moe.has_shared ? (n->moe.shared_gate ? " shared(gated)" : " shared") : "");
+        if (n->moe.routing == KG_ROUTE_SPARSEMIXER)
+            fprintf(f, " sparsemixer(jitter_eps=%g)", n->moe.jitter_eps);
         break;
     }
     case KG_LINEAR:

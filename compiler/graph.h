@@ -111,9 +111,21 @@ typedef struct kg_rope {
     int interleaved; /* pairs (2i, 2i+1) as GPT-J; 0: halves (i, i + rot/2) as Llama/NeoX */
 } kg_rope;
 
+/* How a MoE picks its experts from the router logits s (one per expert):
+ * SOFTMAX: softmax over all experts, the top_k largest probabilities (ties to the lower index),
+ *   renormalised over the k when `renormalize` (Mixtral, Qwen-MoE).
+ * SPARSEMIXER (Phi-3.5-MoE, transformers' sparsemixer in inference mode; top_k is 2): expert
+ *   e1 = argmax s; an expert e is masked when (s[e1] - s[e]) / max(|s[e]|, s[e1]) > 2 jitter_eps,
+ *   and e1's weight is its softmax probability over the unmasked experts. Then the same with
+ *   e1 removed: e2 = argmax of the rest, mask by (s[e2] - s[e]) / max(|s[e]|, s[e2]), softmax
+ *   over the unmasked rest. The two weights are not renormalised. */
+typedef enum { KG_ROUTE_SOFTMAX, KG_ROUTE_SPARSEMIXER } kg_moe_routing;
+
 typedef struct kg_moe {
     int n_experts, top_k;
     int renormalize; /* top-k probabilities renormalised to sum 1 (Mixtral) */
+    int routing;       /* kg_moe_routing */
+    double jitter_eps; /* SPARSEMIXER's mask threshold (router_jitter_noise) */
     int act;         /* kg_act of the gated expert MLP: down(act(gate(x)) * up(x)) */
     int has_shared;  /* a shared expert MLP added to every token (Qwen2-MoE) */
     int shared_gate; /* ... scaled by sigmoid(x . shared_gate_w) */

@@ -760,16 +760,26 @@ static int low_moe(lw *w, int id)
     ka_arg idx = A(KA_ARG_SCRATCH, scratch_at(w, T * K * 4));
     ka_arg wts = A(KA_ARG_SCRATCH, scratch_at(w, T * K * 4));
     ka_arg hb = A(KA_ARG_SCRATCH, scratch_at(w, T * K * I * w->esize));
-    int kr = kern(w, "moe_route", MOE_THREADS, 0,
-                  "const kiln_step st, const DT *x, const DT *router, int *idx, float *wts",
-                  "kiln::moe_route<DT, %lld, %lld, %d, %s, %d>(st, x, router, idx, wts)",
-                  (long long)E, (long long)H, K, mo->renormalize ? "true" : "false", MOE_THREADS);
+    int sm = mo->routing == KG_ROUTE_SPARSEMIXER; /* graph_moe checked K == 2 */
+    int kr = sm ? kern(w, "moe_route_sparsemixer", MOE_THREADS, 0,
+                       "const kiln_step st, const DT *x, const DT *router, int *idx, float *wts, "
+                       "float jitter_eps",
+                       "kiln::moe_route_sparsemixer<DT, %lld, %lld, %d>(st, x, router, idx, wts, "
+                       "jitter_eps)",
+                       (long long)E, (long long)H, MOE_THREADS)
+                : kern(w, "moe_route", MOE_THREADS, 0,
+                       "const kiln_step st, const DT *x, const DT *router, int *idx, float *wts",
+                       "kiln::moe_route<DT, %lld, %lld, %d, %s, %d>(st, x, router, idx, wts)",
+                       (long long)E, (long long)H, K, mo->renormalize ? "true" : "false",
+                       MOE_THREADS);
     ka_step s = kstep(kr, n->name, G(1, 0, 0, 0, 1), G1(), G1());
     add_arg(&s, A(KA_ARG_STEP, 0));
     add_arg(&s, x);
     add_arg(&s, AW(w, n->in[KG_MOE_ROUTER]));
     add_arg(&s, idx);
     add_arg(&s, wts);
+    if (sm)
+        add_arg(&s, AF(mo->jitter_eps));
     push(w, BOTH, &s);
     int warps = MOE_THREADS / 32;
     int kg = kern(w, "moe_gate_up", MOE_THREADS, 0,
@@ -845,17 +855,27 @@ static int low_attention(lw *w, int id)
                             n->name);
         rot = r->rot_dim;
         il = r->interleaved;
-        dyn = r->p.type == ROPE_DYNAMIC;
-        float *tab = xmalloc(sizeof(float) * (size_t)(rot / 2 + 1));
+        /* rope_kv's DYNAMIC: 1 dynamic NTK; 2 longrope, whose table is [short; long] and
+         * whose dyn_factor is the long scale, switched past dyn_max_pos keys */
+        int lr = r->p.type == ROPE_LONGROPE;
+        if (lr && (r->p.original_max_pos < 1 || r->p.original_max_pos > INT32_MAX - 1))
+            return kerr_add(w->err, "%s: longrope's original_max_position_embeddings %lld is out "
+                                    "of range for the GPU (1 .. 2^31 - 2)",
+                            n->name, (long long)r->p.original_max_pos);
+        dyn = r->p.type == ROPE_DYNAMIC ? 1 : lr ? 2 : 0;
+        int ntab = lr ? rot : rot / 2;
+        float *tab = xmalloc(sizeof(float) * (size_t)(ntab + 1));
         posenc_rope_inv_freq(r, 0, tab);
+        if (lr)
+            posenc_rope_inv_freq(r, r->p.original_max_pos + 1, tab + rot / 2);
         char nm[96];
         snprintf(nm, sizeof nm, "rope.%s.%d", rope_type_name(r->p.type), rot);
-        inv = A(KA_ARG_CONST, add_const(w, nm, tab, rot / 2));
+        inv = A(KA_ARG_CONST, add_const(w, nm, tab, ntab));
         free(tab);
-        scale = posenc_rope_scale(r);
+        scale = posenc_rope_scale(r, 0);
         dbase = r->p.theta;
-        dfac = r->p.factor;
-        dmax = r->p.max_pos;
+        dfac = lr ? posenc_rope_scale(r, r->p.original_max_pos + 1) : r->p.factor;
+        dmax = lr ? r->p.original_max_pos : r->p.max_pos;
     }
     int kr_k = kern(w, "rope_kv", ATTN_THREADS, 0,
                     "const kiln_step st, const DT *q, const DT *k, const DT *v, int q_stride, "

@@ -1,6 +1,7 @@
 /* posenc — see posenc.h. Each formula names the transformers function it mirrors. */
 #include "posenc.h"
 
+#include <assert.h>
 #include <math.h>
 
 /* base ** (arange(0, dim, 2) / dim) in float32, then 1 / that: _compute_default_rope_parameters */
@@ -78,14 +79,31 @@ void posenc_rope_inv_freq(const kg_rope *r, int64_t seq_len, float *inv)
         }
         break;
     }
+    case ROPE_LONGROPE: { /* _compute_longrope_parameters, as longrope_frequency_update calls it */
+        assert(p->n_factors == half);
+        const float *ext = posenc_rope_long(r, seq_len) ? p->long_factor : p->short_factor;
+        for (int i = 0; i < half; i++) {
+            float e = (float)(2 * i) / (float)dim;
+            inv[i] = 1.0f / (ext[i] * powf((float)p->theta, e));
+        }
+        break;
+    }
     default:
         default_freqs(p->theta, dim, inv);
         break;
     }
 }
 
-float posenc_rope_scale(const kg_rope *r)
+int posenc_rope_long(const kg_rope *r, int64_t seq_len)
 {
+    return r->p.type == ROPE_LONGROPE && seq_len > r->p.original_max_pos;
+}
+
+float posenc_rope_scale(const kg_rope *r, int64_t seq_len)
+{
+    if (r->p.type == ROPE_LONGROPE)
+        return (float)(posenc_rope_long(r, seq_len) ? r->p.long_attention_factor
+                                                     : r->p.attention_factor);
     return r->p.type == ROPE_YARN ? (float)r->p.attention_factor : 1.0f;
 }
 

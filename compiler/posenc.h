@@ -12,11 +12,17 @@
 
 #include "graph.h"
 
-/* Fills inv_freq[0 .. rot_dim/2). seq_len matters only for dynamic NTK (the length of the
- * sequence being processed, max position + 1); pass 0 when unknown. */
+/* Fills inv_freq[0 .. rot_dim/2). seq_len matters only for dynamic NTK and longrope: the
+ * length of the sequence being processed, max position + 1, as transformers' dynamic_rope_update
+ * takes it per forward (so keys already in a KV cache keep the rotation they were given); pass 0
+ * when unknown (longrope: the short table). */
 void posenc_rope_inv_freq(const kg_rope *r, int64_t seq_len, float *inv_freq);
-/* The factor cos and sin are multiplied by (yarn's attention factor; 1 otherwise). */
-float posenc_rope_scale(const kg_rope *r);
+/* Whether longrope uses its long factors (and long scale) at this seq_len: seq_len >
+ * original_max_position_embeddings. 0 for every other type. */
+int posenc_rope_long(const kg_rope *r, int64_t seq_len);
+/* The factor cos and sin are multiplied by (yarn's and longrope's attention factor, longrope's
+ * by seq_len as above; 1 otherwise). */
+float posenc_rope_scale(const kg_rope *r, int64_t seq_len);
 /* ALiBi slope of each head, as BLOOM (handles head counts that are not powers of two). */
 void posenc_alibi_slopes(int n_heads, float *slopes);
 

@@ -578,7 +578,7 @@ static void op_rope(ref *r, const kg_node *n, float *out)
     int64_t w = n->shape[1], hd = ro->head_dim, heads = w / hd, half = ro->rot_dim / 2;
     float *inv = scratch(r, (size_t)half);
     posenc_rope_inv_freq(ro, r->len + r->n, inv);
-    float sc = posenc_rope_scale(ro);
+    float sc = posenc_rope_scale(ro, r->len + r->n);
     memcpy(out, x, sizeof(float) * (size_t)(r->n * w));
     for (int t = 0; t < r->n; t++) {
         float p = (float)r->pos[t];
@@ -769,6 +769,58 @@ static void expert(ref *r, const cval *g, const cval *u, const cval *d, int64_t 
 
 /* MixtralSparseMoeBlock: softmax over all experts, top-k, optional renormalisation;
  * Qwen2MoeSparseMoeBlock adds sigmoid(x . gate_w) * shared_expert(x). */
+/* Softmax over the router logits p[E] (max mx), the top_k largest probabilities (ties to the
+ * lower index as torch.topk does on CPU), renormalised over the k when asked (Mixtral). */
+static void moe_softmax_topk(const kg_moe *m, float *prob, int64_t E, float mx, int *chosen,
+                             float *wts)
+{
+    float sum = 0;
+    for (int64_t e = 0; e < E; e++)
+        sum += prob[e] = expf(prob[e] - mx);
+    for (int64_t e = 0; e < E; e++)
+        prob[e] /= sum;
+    float ksum = 0;
+    for (int k = 0; k < m->top_k; k++) {
+        int best = -1;
+        for (int64_t e = 0; e < E; e++) {
+            int taken = 0;
+            for (int j = 0; j < k; j++)
+                taken |= chosen[j] == e;
+            if (!taken && (best < 0 || prob[e] > prob[best]))
+                best = (int)e;
+        }
+        chosen[k] = best;
+        ksum += prob[best];
+    }
+    for (int k = 0; k < m->top_k; k++)
+        wts[k] = m->renormalize ? prob[chosen[k]] / ksum : prob[chosen[k]];
+}
+
+/* transformers' sparsemixer (Phi-3.5-MoE) in inference mode, on the router logits s[E]: two
+ * rounds, each the argmax of the experts not yet taken (ties to the lower index, as torch.max),
+ * weighted by its softmax probability over the experts within 2 jitter_eps of it relatively:
+ * (top - s[e]) / max(|s[e]|, top) <= 2 jitter_eps, in float32 as torch computes it. */
+static void route_sparsemixer(const float *s, int64_t E, double jitter_eps, int chosen[2],
+                              float wts[2])
+{
+    const float thr = (float)(2 * jitter_eps);
+    for (int k = 0; k < 2; k++) {
+        int best = -1;
+        for (int64_t e = 0; e < E; e++)
+            if ((k == 0 || e != chosen[0]) && (best < 0 || s[e] > s[best]))
+                best = (int)e;
+        float top = s[best], sum = 0;
+        for (int64_t e = 0; e < E; e++) {
+            float a = fabsf(s[e]), factor = a > top ? a : top;
+            if ((k == 1 && e == chosen[0]) || (top - s[e]) / factor > thr)
+                continue;
+            sum += expf(s[e] - top);
+        }
+        chosen[k] = best;
+        wts[k] = 1.0f / sum;
+    }
+}
+
 static void op_moe(ref *r, const kg_node *n, float *out)
 {
     const kg_moe *m = &n->moe;
@@ -783,40 +835,28 @@ static void op_moe(ref *r, const kg_node *n, float *out)
     int64_t I2 = m->has_shared ? r->g->nodes[n->in[KG_MOE_SH_GATE]].shape[0] : 0;
     float *hbuf = xmalloc(sizeof(float) * (size_t)(I > I2 ? I : I2));
     int *chosen = xmalloc(sizeof(int) * (size_t)m->top_k);
+    float *wts = xmalloc(sizeof(float) * (size_t)m->top_k);
     for (int t = 0; t < r->n; t++) {
         const float *xt = x + t * H;
         float *ot = out + t * H;
-        float mx = -INFINITY, sum = 0;
+        float mx = -INFINITY;
         for (int64_t e = 0; e < E; e++) {
             prob[e] = dot(xt, crow(router, (uint64_t)(e * H), H, rowbuf), H);
             if (prob[e] > mx)
                 mx = prob[e];
         }
-        for (int64_t e = 0; e < E; e++)
-            sum += prob[e] = expf(prob[e] - mx);
-        for (int64_t e = 0; e < E; e++)
-            prob[e] /= sum;
-        /* top-k, ties to the lower index as torch.topk does on CPU */
-        float ksum = 0;
-        for (int k = 0; k < m->top_k; k++) {
-            int best = -1;
-            for (int64_t e = 0; e < E; e++) {
-                int taken = 0;
-                for (int j = 0; j < k; j++)
-                    taken |= chosen[j] == e;
-                if (!taken && (best < 0 || prob[e] > prob[best]))
-                    best = (int)e;
-            }
-            chosen[k] = best;
-            ksum += prob[best];
+        if (m->routing == KG_ROUTE_SPARSEMIXER) {
+            assert(m->top_k == 2);
+            route_sparsemixer(prob, E, m->jitter_eps, chosen, wts);
+        } else {
+            moe_softmax_topk(m, prob, E, mx, chosen, wts);
         }
         for (int64_t j = 0; j < H; j++)
             ot[j] = 0;
         for (int k = 0; k < m->top_k; k++) {
-            float wgt = m->renormalize ? prob[chosen[k]] / ksum : prob[chosen[k]];
             expert(r, g, u, d, chosen[k], I, H, m->act, xt, hbuf, y);
             for (int64_t j = 0; j < H; j++)
-                ot[j] += wgt * y[j];
+                ot[j] += wts[k] * y[j];
         }
         if (m->has_shared) {
             const cval *sg = const_get(r, n->in[KG_MOE_SH_GATE]),
@@ -837,6 +877,7 @@ static void op_moe(ref *r, const kg_node *n, float *out)
     free(rowbuf);
     free(hbuf);
     free(chosen);
+    free(wts);
 }
 
 static void op_pool(ref *r, const kg_node *n, float *out)

@@ -702,13 +702,45 @@ static const rope_field rope_fields[] = {
     {"truncate", OT_BOOL, offsetof(rope_params, truncate), 1},
 };
 
+/* A longrope factor table (params.short_factor, .long_factor): a sequence of at most
+ * ROPE_MAX_FACTORS positive numbers, stored as float32 as transformers does. Absent: 0 entries. */
+static int rope_factors_from(lua_State *L, int t, const char *key, float *out)
+{
+    lua_getfield(L, t, key);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    lua_Integer n = luaL_len(L, -1);
+    if (n < 1 || n > ROPE_MAX_FACTORS)
+        opt_fail(L, key, 0, "rope: params.%s has %lld entries; expected 1 to %d (one per rotary "
+                 "pair; kiln's limit is rotary dimensions up to %d)", key, (long long)n,
+                 ROPE_MAX_FACTORS, 2 * ROPE_MAX_FACTORS);
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, i);
+        int isnum = 0;
+        double v = lua_tonumberx(L, -1, &isnum);
+        if (!isnum || !(v > 0) || !(v < 3.0e38))
+            opt_fail(L, key, 0, "rope: params.%s[%lld] is %s; expected a positive number", key,
+                     (long long)i, isnum ? "not a positive finite number" : luaL_typename(L, -1));
+        out[i - 1] = (float)v;
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return (int)n;
+}
+
 /* Rope parameters from the table cfg:rope() returns (possibly edited by the spec). */
 static void rope_from_table(lua_State *L, int t, rope_params *p)
 {
     t = lua_absindex(L, t);
-    opt_decl d[ARRAY_LEN(rope_fields) + 1] = {{"type", OT_STR}};
-    for (size_t i = 0; i < ARRAY_LEN(rope_fields); i++)
+    enum { NF = ARRAY_LEN(rope_fields) };
+    opt_decl d[NF + 4] = {{"type", OT_STR}};
+    for (size_t i = 0; i < NF; i++)
         d[i + 1] = (opt_decl){rope_fields[i].key, rope_fields[i].type};
+    d[NF + 1] = (opt_decl){"short_factor", OT_TABLE};
+    d[NF + 2] = (opt_decl){"long_factor", OT_TABLE};
+    d[NF + 3] = (opt_decl){"long_attention_factor", OT_NUM};
     check_opts(L, t, "rope: params", d, (int)ARRAY_LEN(d), 0);
     memset(p, 0, sizeof *p);
     lua_getfield(L, t, "type");
@@ -718,8 +750,8 @@ static void rope_from_table(lua_State *L, int t, rope_params *p)
         if (strcmp(ty, rope_type_name((rope_type)i)) == 0)
             found = i;
     if (found < 0)
-        opt_fail(L, "type", 0, "rope: params.type '%s' is not one of default, linear, dynamic, yarn, llama3",
-                 ty ? ty : "nil");
+        opt_fail(L, "type", 0, "rope: params.type '%s' is not one of default, linear, dynamic, yarn, "
+                 "llama3, longrope", ty ? ty : "nil");
     lua_pop(L, 1);
     p->type = (rope_type)found;
     for (size_t i = 0; i < ARRAY_LEN(rope_fields); i++) {
@@ -732,6 +764,15 @@ static void rope_from_table(lua_State *L, int t, rope_params *p)
         else
             *(int *)at = opt_field_bool(L, t, f->key, f->def != 0);
     }
+    p->long_attention_factor = opt_field_num(L, t, "long_attention_factor", p->attention_factor);
+    int ns = rope_factors_from(L, t, "short_factor", p->short_factor);
+    int nl = rope_factors_from(L, t, "long_factor", p->long_factor);
+    if (ns != nl)
+        opt_fail(L, "long_factor", 0, "rope: params.short_factor has %d entries and long_factor %d; "
+                 "expected the same number (one per rotary pair)", ns, nl);
+    if (p->type == ROPE_LONGROPE && ns == 0)
+        opt_fail(L, "short_factor", 0, "rope: longrope params need short_factor and long_factor");
+    p->n_factors = ns;
 }
 
 /* g:rope(x, positions, {head_dim=, params=cfg:rope(), rotary_dim=, interleaved=}) */
@@ -752,6 +793,10 @@ static int g_rope(lua_State *L)
     /* transformers: dim = int(head_dim * partial_rotary_factor) */
     r.rot_dim = (int)opt_field_int(L, 4, "rope", "rotary_dim", (int64_t)(r.head_dim * r.p.partial));
     r.interleaved = opt_field_bool(L, 4, "interleaved", 0);
+    if (r.p.n_factors && r.p.n_factors != r.rot_dim / 2)
+        opt_fail(L, "params", 0, "rope: params.short_factor and long_factor have %d entries; "
+                 "expected one per rotary pair, rotary_dim / 2 = %d (check the config's "
+                 "rope_scaling against head_dim and partial_rotary_factor)", r.p.n_factors, r.rot_dim / 2);
     builder *b = begin(L);
     return push_tensor(L, b, graph_rope(b->g, x, pos, &r, opt_name(L, 5), &b->err));
 }
@@ -886,14 +931,17 @@ static int opt_field_choice(lua_State *L, int t, const char *op, const char *k,
     return v;
 }
 
-/* g:moe(x, {router=, gate=, up=, down=, top_k=, renormalize=, act=,
+/* g:moe(x, {router=, gate=, up=, down=, top_k=, renormalize=, act=, routing=, jitter_eps=,
  *           shared={gate=, up=, down=, gate_weight=}}) */
 static int g_moe(lua_State *L)
 {
     static const opt_decl opts[] = {{"router", OT_TENSOR}, {"gate", OT_TENSOR},
                                     {"up", OT_TENSOR},     {"down", OT_TENSOR},
                                     {"top_k", OT_INT},     {"renormalize", OT_BOOL},
-                                    {"act", OT_STR},       {"shared", OT_TABLE}};
+                                    {"act", OT_STR},       {"shared", OT_TABLE},
+                                    {"routing", OT_STR},   {"jitter_eps", OT_NUM}};
+    /* the order of kg_moe_routing */
+    static const char *const routings[] = {"softmax", "sparsemixer", NULL};
     static const opt_decl shared_opts[] = {{"gate", OT_TENSOR},
                                            {"up", OT_TENSOR},
                                            {"down", OT_TENSOR},
@@ -911,6 +959,17 @@ static int g_moe(lua_State *L)
     m.top_k = (int)req_field_int(L, 3, "top_k", "moe");
     m.renormalize = opt_field_bool(L, 3, "renormalize", 1);
     m.act = opt_field_choice(L, 3, "moe", "act", acts, KG_ACT_SILU);
+    m.routing = opt_field_choice(L, 3, "moe", "routing", routings, KG_ROUTE_SOFTMAX);
+    lua_getfield(L, 3, "jitter_eps");
+    int has_eps = !lua_isnil(L, -1);
+    lua_pop(L, 1);
+    if (m.routing == KG_ROUTE_SPARSEMIXER && !has_eps)
+        opt_fail(L, "routing", 0, "moe: routing \"sparsemixer\" needs option 'jitter_eps' "
+                 "(the config's router_jitter_noise)");
+    if (m.routing != KG_ROUTE_SPARSEMIXER && has_eps)
+        opt_fail(L, "jitter_eps", 0, "moe: option 'jitter_eps' applies only to routing "
+                 "\"sparsemixer\"");
+    m.jitter_eps = opt_field_num(L, 3, "jitter_eps", 0);
     lua_getfield(L, 3, "shared");
     if (!lua_isnil(L, -1)) {
         int s = lua_gettop(L);
@@ -1190,6 +1249,20 @@ static void push_rope(lua_State *L, const rope_params *p)
         else
             lua_pushboolean(L, *(const int *)at);
         lua_setfield(L, -2, f->key);
+    }
+    lua_pushnumber(L, p->long_attention_factor);
+    lua_setfield(L, -2, "long_attention_factor");
+    if (p->n_factors) {
+        const float *tabs[2] = {p->short_factor, p->long_factor};
+        static const char *const keys[2] = {"short_factor", "long_factor"};
+        for (int k = 0; k < 2; k++) {
+            lua_createtable(L, p->n_factors, 0);
+            for (int i = 0; i < p->n_factors; i++) {
+                lua_pushnumber(L, tabs[k][i]);
+                lua_rawseti(L, -2, i + 1);
+            }
+            lua_setfield(L, -2, keys[k]);
+        }
     }
 }
 

@@ -251,6 +251,11 @@ __device__ __forceinline__ void layer_norm(const kiln_step st, const DT *x, cons
 //                          : dyn_base,
 //   inv_freq[i] = 1 / powf((float)base, (float)(2i) / ROT)
 // (double math rounded to float at the same places as posenc.c). ROT == 0: copies only.
+// DYNAMIC == 2 (longrope, Phi-3): inv_freq holds ROT entries, the short table then the long
+// one; a token whose sequence has L = st.seq_kvlen[st.tok_seq[t]] > dyn_max_pos keys (the
+// original_max_position_embeddings) uses the long table and scales cos and sin by dyn_factor
+// instead of rope_scale (transformers switches per forward on max position + 1, which is L for
+// one sequence; keys already cached keep their rotation). dyn_base is unused.
 template <typename DT, int NH, int NKV, int HD, int ROT, int INTERLEAVED, int DYNAMIC, int THREADS>
 __device__ __forceinline__ void rope_kv(const kiln_step st, const DT *q, const DT *k, const DT *v,
                                         int q_stride, int k_stride, int v_stride, DT *q_out,
@@ -261,7 +266,8 @@ __device__ __forceinline__ void rope_kv(const kiln_step st, const DT *q, const D
     KILN_PDL_ENTER();
     static_assert(HD >= 1, "HD >= 1");
     static_assert(ROT >= 0 && ROT <= HD && ROT % 2 == 0, "0 <= ROT <= HD, ROT even");
-    static_assert(!DYNAMIC || ROT > 2, "dynamic NTK needs ROT > 2");
+    static_assert(DYNAMIC >= 0 && DYNAMIC <= 2, "DYNAMIC: 0 none, 1 dynamic NTK, 2 longrope");
+    static_assert(DYNAMIC != 1 || ROT > 2, "dynamic NTK needs ROT > 2");
     static_assert(THREADS % 32 == 0 && THREADS <= 1024, "THREADS: multiple of 32, <= 1024");
     constexpr int HALF = ROT / 2;
     constexpr int HDP = (HD + 7) / 8 * 8, VEC = HD % 8 == 0; // VEC: HDP == HD, 16-byte loads
@@ -274,7 +280,13 @@ __device__ __forceinline__ void rope_kv(const kiln_step st, const DT *q, const D
     if (HALF > 0) {
         const float pos = (float)st.tok_pos[t];
         double base = (double)dyn_base;
-        if (DYNAMIC) {
+        const float *tab = inv_freq;
+        float sc = rope_scale;
+        if (DYNAMIC == 2 && st.seq_kvlen[st.tok_seq[t]] > dyn_max_pos) {
+            tab = inv_freq + HALF;
+            sc = dyn_factor;
+        }
+        if (DYNAMIC == 1) {
             const int L = st.seq_kvlen[st.tok_seq[t]];
             if (dyn_max_pos > 0 && L > dyn_max_pos)
                 base = (double)dyn_base *
@@ -284,7 +296,7 @@ __device__ __forceinline__ void rope_kv(const kiln_step st, const DT *q, const D
         }
         for (int i = threadIdx.x; i < HALF; i += THREADS) {
             float f;
-            if (DYNAMIC) {
+            if (DYNAMIC == 1) {
                 // posenc.c: e = (float)(2i) / (float)ROT; 1.0f / powf((float)base, e).
                 // Float division and pow done in double then rounded: the same float (double
                 // rounding is innocuous for a quotient, and powf is correctly rounded or 1 ulp).
@@ -292,13 +304,13 @@ __device__ __forceinline__ void rope_kv(const kiln_step st, const DT *q, const D
                 const float pw = (float)pow((double)(float)base, (double)e);
                 f = (float)(1.0 / (double)pw);
             } else {
-                f = inv_freq[i];
+                f = tab[i];
             }
             const float ang = pos * f; // rounded to float, as the reference does
             double sd, cd;
             sincos((double)ang, &sd, &cd);
-            cs[i] = (float)cd * rope_scale;
-            sn[i] = (float)sd * rope_scale;
+            cs[i] = (float)cd * sc;
+            sn[i] = (float)sd * sc;
         }
         __syncthreads();
     }

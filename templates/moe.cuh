@@ -4,6 +4,11 @@
 //   moe_route       logits = x · router^T (float), softmax over the E experts (float), top-k by
 //                   probability (ties to the LOWER expert index, chosen in descending order, as
 //                   the reference), weights = probability (/ sum of the k chosen when RENORM)
+//   moe_route_sparsemixer  (Phi-3.5-MoE's routing, instead of moe_route; TOPK = 2) logits as
+//                   moe_route, then two rounds: the largest logit m among the experts not yet
+//                   chosen (ties to the lower index), weight 1 / sum of exp(s_e - m) over the experts
+//                   e not chosen before with (m - s_e) / max(|s_e|, m) <= 2 * jitter_eps (float,
+//                   IEEE division, as torch); weights not renormalised (kg_moe_routing, graph.h)
 //   moe_gate_up     hbuf[t, k, :] = act(gate_e · x_t) * (up_e · x_t), e = idx[t, k], rounded to DT
 //   moe_down        out[t, :] = sum_k wts[t, k] * (down_e · hbuf[t, k]) (+ add[t, :]): float
 //                   accumulation in a fixed order (k = 0, 1, ...), one rounding, no atomics:
@@ -18,6 +23,7 @@
 //
 // Launch rules (WARPS = THREADS / 32; THREADS a multiple of 32; no dynamic shared memory):
 //   moe_route       grid (T),                                    block THREADS
+//   moe_route_sparsemixer  as moe_route
 //   moe_gate_up     grid (T * TOPK, ceil(I / (2 * WARPS))),      block THREADS
 //   moe_down        grid (T, ceil(H / (4 * WARPS))),             block THREADS
 //   moe_shared_gate grid (T),                                    block THREADS
@@ -42,26 +48,13 @@ namespace kiln {
 // -infinity (NVRTC has no math.h, hence no INFINITY macro).
 __device__ __forceinline__ float moe_neg_inf() { return __int_as_float(0xff800000u); }
 
-template <typename DT, int E, int H, int TOPK, bool RENORM, int THREADS>
-__device__ __forceinline__ void moe_route(const kiln_step st, const DT *x, const DT *router,
-                                          int *idx, float *wts)
+// Router logits of token row xt into logit[E] (shared): a warp per expert, lanes striding H in
+// 8-element chunks; ends with __syncthreads().
+template <typename DT, int E, int H, int THREADS>
+__device__ __forceinline__ void moe_router_logits(const DT *xt, const DT *router, float *logit)
 {
-    KILN_PDL_ENTER();
-    static_assert(H % 8 == 0, "moe_route: H must be a multiple of 8");
-    static_assert(E >= 1 && E <= 1024, "moe_route: E is 1..1024");
-    static_assert(TOPK >= 1 && TOPK <= E && TOPK <= 32, "moe_route: TOPK is 1..min(E, 32)");
-    static_assert(THREADS % 32 == 0 && THREADS >= 32 && THREADS <= 1024,
-                  "moe_route: THREADS must be a multiple of 32");
     constexpr int WARPS = THREADS / 32;
-    constexpr int EPL = (E + 31) / 32; // experts per lane in the selection (lane + 32 * i)
-    __shared__ float logit[E];
-    const int t = blockIdx.x;
-    if (t >= st.T)
-        return; // whole block
     const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
-    const DT *xt = x + (long long)t * H;
-
-    // Router logits: a warp per expert, lanes striding H in 8-element chunks.
     for (int e = warp; e < E; e += WARPS) {
         const DT *re = router + (long long)e * H;
         float acc = 0.f;
@@ -78,6 +71,25 @@ __device__ __forceinline__ void moe_route(const kiln_step st, const DT *x, const
             logit[e] = acc;
     }
     __syncthreads();
+}
+
+template <typename DT, int E, int H, int TOPK, bool RENORM, int THREADS>
+__device__ __forceinline__ void moe_route(const kiln_step st, const DT *x, const DT *router,
+                                          int *idx, float *wts)
+{
+    KILN_PDL_ENTER();
+    static_assert(H % 8 == 0, "moe_route: H must be a multiple of 8");
+    static_assert(E >= 1 && E <= 1024, "moe_route: E is 1..1024");
+    static_assert(TOPK >= 1 && TOPK <= E && TOPK <= 32, "moe_route: TOPK is 1..min(E, 32)");
+    static_assert(THREADS % 32 == 0 && THREADS >= 32 && THREADS <= 1024,
+                  "moe_route: THREADS must be a multiple of 32");
+    constexpr int EPL = (E + 31) / 32; // experts per lane in the selection (lane + 32 * i)
+    __shared__ float logit[E];
+    const int t = blockIdx.x;
+    if (t >= st.T)
+        return; // whole block
+    const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+    moe_router_logits<DT, E, H, THREADS>(x + (long long)t * H, router, logit);
     if (warp != 0)
         return;
 
@@ -149,6 +161,74 @@ __device__ __forceinline__ void moe_route(const kiln_step st, const DT *x, const
             idx[(long long)t * TOPK + k] = ce[k];
             wts[(long long)t * TOPK + k] = RENORM ? cp[k] / ksum : cp[k];
         }
+    }
+}
+
+// sparsemixer (see the top of the file). Warp 0 decides; lane l holds experts l, l + 32, ...
+// Writes idx[t, 0..1] and wts[t, 0..1].
+template <typename DT, int E, int H, int THREADS>
+__device__ __forceinline__ void moe_route_sparsemixer(const kiln_step st, const DT *x,
+                                                      const DT *router, int *idx, float *wts,
+                                                      float jitter_eps)
+{
+    KILN_PDL_ENTER();
+    static_assert(H % 8 == 0, "moe_route_sparsemixer: H must be a multiple of 8");
+    static_assert(E >= 2 && E <= 1024, "moe_route_sparsemixer: E is 2..1024");
+    static_assert(THREADS % 32 == 0 && THREADS >= 32 && THREADS <= 1024,
+                  "moe_route_sparsemixer: THREADS must be a multiple of 32");
+    constexpr int EPL = (E + 31) / 32;
+    __shared__ float logit[E];
+    const int t = blockIdx.x;
+    if (t >= st.T)
+        return; // whole block
+    const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+    moe_router_logits<DT, E, H, THREADS>(x + (long long)t * H, router, logit);
+    if (warp != 0)
+        return;
+    const float thr = 2.f * jitter_eps;
+    int first = -1;
+#pragma unroll
+    for (int k = 0; k < 2; k++) {
+        // argmax of the experts not chosen, under (logit desc, index asc)
+        float bv = moe_neg_inf();
+        int be = 0x7fffffff;
+#pragma unroll
+        for (int i = 0; i < EPL; i++) {
+            const int e = lane + 32 * i;
+            if (e < E && e != first && logit[e] > bv) {
+                bv = logit[e];
+                be = e;
+            }
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+            const int oe = __shfl_xor_sync(0xffffffffu, be, o);
+            if (ov > bv || (ov == bv && oe < be)) {
+                bv = ov;
+                be = oe;
+            }
+        }
+        if (be >= E)
+            be = first == 0 ? 1 : 0; // only with NaN logits (NaN inputs): keep the index in range
+        // the softmax of the unmasked experts, read at the chosen one (whose term is exp(0) = 1)
+        float sum = 0.f;
+#pragma unroll
+        for (int i = 0; i < EPL; i++) {
+            const int e = lane + 32 * i;
+            if (e >= E || e == first)
+                continue;
+            const float s = logit[e];
+            if (__fdiv_rn(bv - s, fmaxf(fabsf(s), bv)) > thr)
+                continue;
+            sum += __expf(s - bv);
+        }
+        sum = warp_sum(sum);
+        if (lane == 0) {
+            idx[(long long)t * 2 + k] = be;
+            wts[(long long)t * 2 + k] = 1.f / sum;
+        }
+        first = be;
     }
 }
 

@@ -601,18 +601,64 @@ static void test_rope_llama3_errors(void **state)
     assert_contains(m, "llama3 rope needs high_freq_factor != low_freq_factor");
 }
 
+/* Phi-3-mini-128k's layout: rope_scaling {type: longrope, short_factor, long_factor} and the
+ * top-level original_max_position_embeddings, which wins over the rope object's (as
+ * transformers' standardize_rope_params gives it priority). */
+static void test_rope_longrope(void **state)
+{
+    (void)state;
+    rope_params p = rope_ok("{\"max_position_embeddings\": 131072, \"original_max_position_embeddings\": "
+                            "4096, \"rope_theta\": 10000.0, \"rope_scaling\": {\"type\": \"longrope\", "
+                            "\"original_max_position_embeddings\": 99, \"short_factor\": [1, 1.5], "
+                            "\"long_factor\": [2, 0.25]}}",
+                            NULL);
+    assert_int_equal(p.type, ROPE_LONGROPE);
+    assert_int_equal(p.original_max_pos, 4096);
+    assert_close(p.factor, 32);
+    assert_close(p.attention_factor, sqrt(1 + log(32.0) / log(4096.0)));
+    assert_close(p.long_attention_factor, p.attention_factor);
+    assert_int_equal(p.n_factors, 2);
+    assert_close(p.short_factor[1], 1.5);
+    assert_close(p.long_factor[1], 0.25);
+    /* explicit factor and attention_factor; the rope object's original length */
+    p = rope_ok("{\"max_position_embeddings\": 64, \"rope_parameters\": {\"rope_type\": \"longrope\", "
+                "\"rope_theta\": 1e4, \"factor\": 4, \"attention_factor\": 1.25, "
+                "\"original_max_position_embeddings\": 8, \"short_factor\": [1], \"long_factor\": [3]}}",
+                NULL);
+    assert_int_equal(p.original_max_pos, 8);
+    assert_close(p.factor, 4);
+    assert_close(p.attention_factor, 1.25);
+    /* refusals name the field */
+    const char *m = rope_fails("{\"max_position_embeddings\": 64, \"rope_scaling\": {\"type\": "
+                               "\"longrope\", \"short_factor\": [1, 2]}}",
+                               NULL);
+    assert_contains(m, "field 'rope_scaling.long_factor' is missing");
+    m = rope_fails("{\"max_position_embeddings\": 64, \"rope_scaling\": {\"type\": \"longrope\", "
+                   "\"short_factor\": [1, 2], \"long_factor\": [1, 0]}}",
+                   NULL);
+    assert_contains(m, "field 'rope_scaling.long_factor[1]' is not positive; expected a positive number");
+    m = rope_fails("{\"max_position_embeddings\": 64, \"rope_scaling\": {\"type\": \"longrope\", "
+                   "\"short_factor\": [1, 2], \"long_factor\": [1]}}",
+                   NULL);
+    assert_contains(m, "'rope_scaling.short_factor' has 2 entries and 'long_factor' 1");
+    m = rope_fails("{\"max_position_embeddings\": 64, \"rope_scaling\": {\"type\": \"longrope\", "
+                   "\"short_factor\": \"x\", \"long_factor\": [1]}}",
+                   NULL);
+    assert_contains(m, "field 'rope_scaling.short_factor'");
+    assert_contains(m, "expected an array of 1 to 64 numbers");
+}
+
 static void test_rope_unknown_type(void **state)
 {
     (void)state;
-    const char *m = rope_fails("{\"rope_scaling\": {\"type\": \"longrope\", \"factor\": 2, "
-                               "\"short_factor\": [1], \"long_factor\": [2]}}",
+    const char *m = rope_fails("{\"rope_scaling\": {\"type\": \"proportional\", \"factor\": 2}}",
                                NULL);
-    assert_contains(m, "field 'rope_scaling.rope_type' is 'longrope', which kiln does not "
+    assert_contains(m, "field 'rope_scaling.rope_type' is 'proportional', which kiln does not "
                        "implement");
-    assert_contains(m, "(supported: default, linear, dynamic, yarn, llama3)");
+    assert_contains(m, "(supported: default, linear, dynamic, yarn, llama3, longrope)");
     m = rope_fails("{\"rope_parameters\": {\"rope_type\": \"foo\", \"rope_theta\": 10000}}", NULL);
     assert_contains(m, "field 'rope_parameters.rope_type' is 'foo'");
-    assert_contains(m, "supported: default, linear, dynamic, yarn, llama3");
+    assert_contains(m, "supported: default, linear, dynamic, yarn, llama3, longrope");
 }
 
 static void test_rope_parameters_new_style(void **state)
@@ -675,9 +721,9 @@ static void test_rope_parameters_per_layer_type(void **state)
                                "\"llama3\", \"factor\": 8, \"rope_theta\": 1e6}}}",
                                "full_attention");
     assert_contains(m, "field 'rope_parameters.full_attention.low_freq_factor' is missing");
-    m = rope_fails("{\"rope_parameters\": {\"sliding_attention\": {\"rope_type\": \"longrope\"}}}",
+    m = rope_fails("{\"rope_parameters\": {\"sliding_attention\": {\"rope_type\": \"proportional\"}}}",
                    "sliding_attention");
-    assert_contains(m, "field 'rope_parameters.sliding_attention.rope_type' is 'longrope'");
+    assert_contains(m, "field 'rope_parameters.sliding_attention.rope_type' is 'proportional'");
 }
 
 static void test_rope_per_layer_type_not_chosen(void **state)
@@ -839,6 +885,7 @@ int main(void)
         T(test_rope_yarn_options),
         T(test_rope_llama3),
         T(test_rope_llama3_errors),
+        T(test_rope_longrope),
         T(test_rope_unknown_type),
         T(test_rope_parameters_new_style),
         T(test_rope_parameters_per_layer_type),

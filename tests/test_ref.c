@@ -44,9 +44,11 @@ static const char *generate_fixtures[] = {
     "starcoder2",
     "olmo2",
     "internlm2",
-    "deepseek_v2",
     "cohere_qknorm",
     "llama_hd20",
+    "deepseek_v2",
+    "phi3_longrope",
+    "phimoe",
 };
 
 
@@ -150,6 +152,21 @@ static void check_generate(const char *name, const char *upto)
                 fail_msg("%s (%s): incremental decode step %d differs from re-prefill: %.3g",
                          name, upto, s, d);
         }
+    }
+    /* longrope fixtures: HF's logits of a prompt prefix no longer than the switch (short factors;
+     * the whole prompt is longer and uses the long ones) */
+    const st_tensor *ts = st_find(ex, "short_logits");
+    if (ts) {
+        int m = (int)ts->shape[0];
+        assert_true(m >= 1 && m <= n && ts->shape[1] == V);
+        ref_reset(full);
+        assert_int_equal(ref_forward(full, ids, NULL, m, &err), 0);
+        const float *sl = ref_output(full, &rows, &cols);
+        assert_int_equal(rows, m);
+        double e = tu_rel_l2(sl, ts->data, (size_t)m * V);
+        if (!(e < 1e-4))
+            fail_msg("%s (%s): logits of the %d-token prefix (longrope short factors): relative L2 "
+                     "error %.3g >= 1e-4", name, upto, m, e);
     }
     ref_free(full);
     ref_free(r);
@@ -413,10 +430,10 @@ static void test_unsupported_rope(void **state)
 {
     (void)state;
     char dir[512], msg[4096];
-    variant("llama", "\"rope_type\": \"llama3\"", "\"rope_type\": \"longrope\"", dir, sizeof dir);
+    variant("llama", "\"rope_type\": \"llama3\"", "\"rope_type\": \"proportional\"", dir, sizeof dir);
     assert_int_not_equal(open_err(dir, msg, sizeof msg), 0);
     assert_non_null(strstr(msg, "config.json"));
-    assert_non_null(strstr(msg, "longrope"));
+    assert_non_null(strstr(msg, "proportional"));
     assert_non_null(strstr(msg, "supported"));
 }
 

@@ -407,9 +407,9 @@ static void test_missing_config_field(void **state)
     /* a rope config error, also with the line */
     m = build_fails("    local r = cfg:rope()\n"
                     "    return r\n",
-                    "{\"rope_scaling\": {\"type\": \"longrope\"}}", &text, &path);
+                    "{\"rope_scaling\": {\"type\": \"proportional\"}}", &text, &path);
     assert_starts_with(m, cfgp);
-    assert_contains(m, "'longrope'");
+    assert_contains(m, "'proportional'");
     assert_contains(m, "(needed by ");
     assert_contains(m, at(path, line_of(text, "cfg:rope")));
     free(cfgp);

@@ -414,6 +414,8 @@ static const family families[] = {
     {"cohere_qknorm", {NULL, NULL}, 1},
     {"llama_hd20", {NULL, NULL}, 0},
     {"deepseek_v2", {NULL, NULL}, 1}, /* MLA stays whole; the dense MLP and the experts split */
+    {"phi3_longrope", {NULL, "split over 1 and 2 ranks"}, 0}, /* 2 heads */
+    {"phimoe", {NULL, "split over 1 and 2 ranks"}, 0},        /* 2 heads */
 };
 
 /* Opens a fixture through the pipeline: unsharded up to bind_weights (as kilnc ref), or

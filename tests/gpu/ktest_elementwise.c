@@ -472,7 +472,8 @@ static void t_rope(kt *t, int NH, int NKV, int HD, int ROT, int INTER, int DYN, 
 {
     char name[200], src[1600];
     snprintf(name, sizeof name, "elementwise/rope_kv NH=%d NKV=%d HD=%d ROT=%d%s%s %s %s T=%d%s",
-             NH, NKV, HD, ROT, INTER ? " interleaved" : "", DYN ? " dynamic" : "",
+             NH, NKV, HD, ROT, INTER ? " interleaved" : "",
+             DYN == 1 ? " dynamic" : DYN == 2 ? " longrope" : "",
              layout ? "strided" : "fused", cname, cfg_T(c), rscale != 1.0f ? " scaled" : "");
     if (!kt_want(t, name))
         return;
@@ -511,12 +512,21 @@ static void t_rope(kt *t, int NH, int NKV, int HD, int ROT, int INTER, int DYN, 
     size_t crow = (size_t)s.num_blocks * KILN_BLOCK, cn = crow * KWP;
     CUdeviceptr dkc = kt_alloc(t, sizeof(uint16_t) * cn), dvc = kt_alloc(t, sizeof(uint16_t) * cn);
     CUdeviceptr dqo = kt_alloc(t, sizeof(uint16_t) * (size_t)T * QWP);
-    float *inv = xmalloc(sizeof(float) * (size_t)(half ? half : 1));
+    /* longrope (DYN 2): the table is [short; long] (the default one over per-pair factors), the
+     * long half and the scale long_scale (in dyn_factor) used by sequences of more than max_pos
+     * keys: CFG_PREFILL and CFG_DECODE hold sequences on both sides */
+    const int ntab = DYN == 2 ? ROT : half;
+    const float long_scale = 1.3f;
+    float *inv = xmalloc(sizeof(float) * (size_t)(ntab ? ntab : 1));
     inv[0] = 0;
     freqs_ref(theta, ROT, inv);
-    CUdeviceptr dinv = kt_upload(t, inv, sizeof(float) * (size_t)(half ? half : 1));
+    for (int i = 0; DYN == 2 && i < half; i++) {
+        inv[half + i] = inv[i] / (1.0f + (float)i);
+        inv[i] = inv[i] / (1.0f + 0.05f * (float)i);
+    }
+    CUdeviceptr dinv = kt_upload(t, inv, sizeof(float) * (size_t)(ntab ? ntab : 1));
     int q_stride = qst, k_stride = kst, v_stride = vst, dmp = max_pos;
-    float rs = rscale, dbase = theta, dfac = factor;
+    float rs = rscale, dbase = theta, dfac = DYN == 2 ? long_scale : factor;
     void *args[] = {&s.st, &dq,  &dk,  &dv,   &q_stride, &k_stride, &v_stride,
                     &dqo,  &dkc, &dvc, &dinv, &rs,       &dbase,    &dfac,     &dmp};
     kt_launch(t, f, name, (unsigned)T, 1, 1, (unsigned)THREADS, 0, args);
@@ -528,7 +538,12 @@ static void t_rope(kt *t, int NH, int NKV, int HD, int ROT, int INTER, int DYN, 
     float *cs = xmalloc(sizeof(float) * (size_t)(half ? half : 1));
     float *sn = xmalloc(sizeof(float) * (size_t)(half ? half : 1));
     for (int tk = 0; tk < T; tk++) {
-        if (DYN) {
+        float sc = rscale;
+        if (DYN == 2) {
+            int lng = s.kvlen[s.seq[tk]] > max_pos;
+            memcpy(tinv, inv + (lng ? half : 0), sizeof(float) * (size_t)half);
+            sc = lng ? long_scale : rscale;
+        } else if (DYN) {
             double base = theta, L = (double)s.kvlen[s.seq[tk]];
             if (L > max_pos)
                 base = theta * pow((double)factor * L / (double)max_pos - ((double)factor - 1),
@@ -540,8 +555,8 @@ static void t_rope(kt *t, int NH, int NKV, int HD, int ROT, int INTER, int DYN, 
         float p = (float)s.pos[tk];
         for (int i = 0; i < half; i++) {
             float ang = p * tinv[i];
-            cs[i] = cosf(ang) * rscale;
-            sn[i] = sinf(ang) * rscale;
+            cs[i] = cosf(ang) * sc;
+            sn[i] = sinf(ang) * sc;
         }
         for (int part = 0; part < 3; part++) {
             int heads = part == 0 ? NH : NKV;
@@ -1070,6 +1085,9 @@ void ktest_elementwise(kt *t)
     t_rope(t, 8, 4, 128, 128, 0, 1, 128, 0, &CFG_LONG, "long", 1.0f);
     t_rope(t, 4, 2, 64, 64, 0, 0, 128, 0, &CFG_PREFILL, "prefill", 1.25f);  /* yarn factor */
     t_rope(t, 4, 2, 64, 0, 0, 0, 128, 0, &CFG_PREFILL, "prefill", 1.0f);    /* no rotation */
+    t_rope(t, 4, 2, 64, 64, 0, 2, 128, 0, &CFG_PREFILL, "prefill", 1.19f);  /* longrope */
+    t_rope(t, 4, 2, 64, 64, 0, 2, 128, 1, &CFG_DECODE, "decode", 1.19f);
+    t_rope(t, 32, 32, 96, 96, 0, 2, 256, 0, &CFG_DECODE, "decode", 1.19f);  /* Phi-3-mini-128k */
     /* head_dim not a multiple of 8: q and the cache padded to 24 (or 40), element loads */
     t_rope(t, 4, 2, 20, 20, 0, 0, 64, 0, &CFG_PREFILL, "prefill", 1.0f);    /* llama_hd20 */
     t_rope(t, 4, 2, 20, 20, 0, 0, 64, 1, &CFG_DECODE, "decode", 1.0f);

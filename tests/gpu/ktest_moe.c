@@ -442,6 +442,129 @@ static void shared_gate_case(kt *t, int H, int T, int threads, int in_place)
     free(got);
 }
 
+/* sparsemixer (Phi-3.5-MoE; compiler/graph.h kg_moe_routing) of one token's logits s[E], in
+ * double: two rounds, each the largest logit among the experts not chosen (ties to the lower
+ * index) with weight 1 / sum exp(s_e - m) over the experts e not chosen before whose
+ * (m - s_e) / max(|s_e|, m) <= 2 eps. Returns 1 when a decision is near (two logits of a round's
+ * top within 1e-4 relative, or a ratio within 1e-4 of the threshold), which the kernel's float
+ * logits may decide the other way without being wrong: the token is then redrawn. */
+static int sparsemixer_ref(const double *s, int E, double eps, int idx[2], double w[2])
+{
+    int near = 0, first = -1;
+    for (int k = 0; k < 2; k++) {
+        int best = -1;
+        for (int e = 0; e < E; e++)
+            if (e != first && (best < 0 || s[e] > s[best]))
+                best = e;
+        const double m = s[best];
+        double sum = 0;
+        for (int e = 0; e < E; e++) {
+            if (e == first)
+                continue;
+            if (e != best && fabs(m - s[e]) < 1e-4 * fabs(m))
+                near = 1;
+            const double r = (m - s[e]) / fmax(fabs(s[e]), m);
+            if (fabs(r - 2 * eps) < 1e-4)
+                near = 1;
+            if (r <= 2 * eps)
+                sum += exp(s[e] - m);
+        }
+        idx[k] = best;
+        w[k] = 1.0 / sum;
+        first = best;
+    }
+    return near;
+}
+
+/* moe_route_sparsemixer against sparsemixer_ref: the chosen experts exactly ("idx"), their
+ * weights within rel L2 1e-5 ("wts", as moe_route's). Logits rms ~1.3, and with eps 0.25 (a
+ * relative window of 0.5) most tokens mix several experts into a weight; eps 0.01 mostly none. */
+static void sparsemixer_case(kt *t, int E, int H, int T, int threads, float eps)
+{
+    char name[160], nidx[200], nw[200], src[1024];
+    snprintf(name, sizeof name, "moe/sparsemixer E=%d H=%d eps=%g threads=%d T=%d", E, H, eps,
+             threads, T);
+    snprintf(nidx, sizeof nidx, "%s idx", name);
+    snprintf(nw, sizeof nw, "%s wts", name);
+    if (!kt_want(t, nidx) && !kt_want(t, nw))
+        return;
+    snprintf(src, sizeof src,
+             "#include \"moe.cuh\"\n"
+             "using kiln::bf16;\n"
+             "extern \"C\" __global__ void __launch_bounds__(%d)\n"
+             "k_sm(const kiln_step st, const bf16 *x, const bf16 *router, int *idx, float *wts, "
+             "float jitter_eps)\n"
+             "{ kiln::moe_route_sparsemixer<bf16, %d, %d, %d>(st, x, router, idx, wts, "
+             "jitter_eps); }\n",
+             threads, E, H, threads);
+    CUmodule mod = kt_module(t, name, src);
+    if (!mod && !t->compile_only)
+        return;
+    CUfunction f = kt_func(t, mod, "k_sm");
+    const size_t n = (size_t)T * H;
+    float *x = randv(t, n, 1.0f), *router = randv(t, (size_t)E * H, 4.0f / sqrtf((float)H));
+    double *lg = xmalloc(sizeof(double) * (size_t)E), w2[2];
+    int *ridx = xmalloc(sizeof(int) * (size_t)T * 2), i2[2], redrawn = 0;
+    float *rw = xmalloc(sizeof(float) * (size_t)T * 2);
+    for (int tk = 0; tk < T; tk++) {
+        float *xt = x + (size_t)tk * H;
+        for (int tries = 0;; tries++) {
+            for (int e = 0; e < E; e++)
+                lg[e] = dotd(xt, router + (size_t)e * H, H);
+            if (!sparsemixer_ref(lg, E, eps, i2, w2) || tries == 1000)
+                break;
+            kt_fill(t, xt, (size_t)H, 1.0f);
+            kt_round_bf16(xt, (size_t)H);
+            redrawn++;
+        }
+        for (int k = 0; k < 2; k++) {
+            ridx[tk * 2 + k] = i2[k];
+            rw[tk * 2 + k] = (float)w2[k];
+        }
+    }
+    kiln_step st;
+    memset(&st, 0, sizeof st);
+    st.T = T;
+    st.n_seqs = T;
+    CUdeviceptr dx = up_bf16(t, x, n), dr = up_bf16(t, router, (size_t)E * H);
+    CUdeviceptr didx = kt_alloc(t, sizeof(int) * (size_t)T * 2);
+    CUdeviceptr dw = kt_alloc(t, sizeof(float) * (size_t)T * 2);
+    void *args[] = {&st, &dx, &dr, &didx, &dw, &eps};
+    kt_launch(t, f, name, (unsigned)T, 1, 1, (unsigned)threads, 0, args);
+    int *gidx = xcalloc((size_t)T * 2, sizeof(int));
+    float *gw = xcalloc((size_t)T * 2, sizeof(float));
+    kt_download(t, gidx, didx, sizeof(int) * (size_t)T * 2);
+    kt_download(t, gw, dw, sizeof(float) * (size_t)T * 2);
+    int bad = 0, first = -1, mixed = 0;
+    for (int i = 0; i < T * 2; i++) {
+        if (gidx[i] != ridx[i] && bad++ == 0)
+            first = i;
+        mixed += rw[i] < 0.999f;
+    }
+    char d[256];
+    if (bad)
+        snprintf(d, sizeof d, "%d of %d wrong; first token %d round %d: got expert %d, want %d",
+                 bad, T * 2, first / 2, first % 2, gidx[first], ridx[first]);
+    else
+        snprintf(d, sizeof d, "%d choices exact; %d weights below 1 (experts mixed); %d tokens "
+                 "redrawn (near decisions)", T * 2, mixed, redrawn);
+    if (kt_want(t, nidx))
+        kt_result(t, nidx, t->compile_only || bad == 0, d);
+    if (kt_want(t, nw))
+        kt_check(t, nw, gw, rw, (size_t)T * 2, 1e-5);
+    kt_free(t, dx);
+    kt_free(t, dr);
+    kt_free(t, didx);
+    kt_free(t, dw);
+    free(x);
+    free(router);
+    free(lg);
+    free(ridx);
+    free(rw);
+    free(gidx);
+    free(gw);
+}
+
 void ktest_moe(kt *t)
 {
     static const mcase cases[] = {
@@ -473,4 +596,8 @@ void ktest_moe(kt *t)
     shared_gate_case(t, 264, 5, 256, 0);
     shared_gate_case(t, 4096, 64, 128, 1);
     shared_gate_case(t, 128, 1, 256, 1);
+    /* Phi-3.5-MoE's routing: (E, H, T, threads, jitter_eps) */
+    sparsemixer_case(t, 16, 4096, 5, 256, 0.01f); /* Phi-3.5-MoE's shape and eps */
+    sparsemixer_case(t, 4, 64, 64, 128, 0.25f);   /* the phimoe fixture's */
+    sparsemixer_case(t, 40, 256, 7, 256, 0.25f);  /* E over 32: two experts per lane */
 }
