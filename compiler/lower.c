@@ -292,17 +292,25 @@ static int low_norm(lw *w, int id)
             return -1;
         if (plan_needs_buffer(g, n->in[0]) && dense_arg(w, n->in[0], &res_out))
             return -1;
-    } else if (dense_arg(w, n->in[0], &x)) {
-        return -1;
     }
+    /* x may be a view: q or k normed per head straight from the fused qkv row (fuse), read
+     * with that row's stride (the template's XS) */
+    int64_t xs = 0;
+    if (!residual && act_arg(w, n->in[0], &x, &xs))
+        return -1;
+    if (xs == row_width(a))
+        xs = 0;
     if (dense_arg(w, id, &out))
         return -1;
-    /* a weight per head, [n, H] (norm_common in graph.c), gives the template's W_ROWS = n; its
-     * default, 1 (a weight [H]), is left out of the call */
+    /* a weight per head, [n, H] (norm_common in graph.c), gives the template's W_ROWS = n; W_ROWS
+     * and XS at their defaults (1, a weight [H]; 0, x dense) are left out of the call */
     const kg_node *wn = &g->nodes[n->in[1]];
-    char wpr[32] = "";
-    if (wn->ndim == 2)
-        snprintf(wpr, sizeof wpr, ", %lld", (long long)wn->shape[0]);
+    int64_t wrows = wn->ndim == 2 ? wn->shape[0] : 1;
+    char wpr[64] = "";
+    if (xs)
+        snprintf(wpr, sizeof wpr, ", %lld, %lldLL", (long long)wrows, (long long)xs);
+    else if (wrows > 1)
+        snprintf(wpr, sizeof wpr, ", %lld", (long long)wrows);
     int k;
     ka_step s;
     if (rms) {

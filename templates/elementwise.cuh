@@ -39,12 +39,13 @@ struct row_chunks {
     static constexpr int NCH = (CH + THREADS - 1) / THREADS;  // chunks per thread (upper bound)
 };
 
-// Loads this thread's chunks of row `off` of x into v; with RESIDUAL, v = round_DT(x + res)
+// Loads this thread's chunks of the row of x at `xoff` into v (res and res_out: the row at
+// `off`; xoff differs only for a norm reading a view, XS below); with RESIDUAL, v = round_DT(x + res)
 // and that rounded sum is stored to res_out unless it is null (HF adds the residual in the
 // storage dtype, and the norm reads that rounded value). Chunks past the row end are zero.
 template <typename DT, int H, int THREADS, int RESIDUAL>
-__device__ __forceinline__ void load_row_residual(const DT *x, const DT *res, DT *res_out,
-                                                  long long off,
+__device__ __forceinline__ void load_row_residual(const DT *x, long long xoff, const DT *res,
+                                                  DT *res_out, long long off,
                                                   float (&v)[row_chunks<H, THREADS>::NCH][8])
 {
     typedef ew_detail::row_chunks<H, THREADS> RC;
@@ -55,7 +56,7 @@ __device__ __forceinline__ void load_row_residual(const DT *x, const DT *res, DT
         for (int i = 0; i < 8; i++)
             v[k][i] = 0.f;
         if (c < RC::CH) {
-            load8(x + off + c * 8, v[k]);
+            load8(x + xoff + c * 8, v[k]);
             if (RESIDUAL) {
                 float r[8];
                 load8(res + off + c * 8, r);
@@ -136,22 +137,26 @@ __device__ __forceinline__ void embed_part(const kiln_step st, const DT *table, 
 //   out = s * rsqrt(mean(s^2) + eps) * (UNIT_OFFSET ? 1 + w : w)
 // W_ROWS: w is [W_ROWS, H] and row r uses its row r % W_ROWS (W_ROWS = heads: a weight per
 // head); the default, 1, is a weight [H].
-// Grid (T*RPT) x THREADS: block r normalises row r (elements [r*H, (r+1)*H)).
+// XS > 0: x is a view, token t's RPT rows starting at x + t*XS (q or k as a column block of the
+// fused qkv row, normed per head in place: XS is that row's width); 0: x is dense like out.
+// Grid (T*RPT) x THREADS: block r normalises row r (elements [r*H, (r+1)*H) of out).
 template <typename DT, int H, int RPT, int THREADS, int UNIT_OFFSET, int RESIDUAL,
-          int W_ROWS = 1>
+          int W_ROWS = 1, long long XS = 0>
 __device__ __forceinline__ void rms_norm(const kiln_step st, const DT *x, const DT *res,
                                          const DT *w, DT *out, DT *res_out, float eps)
 {
     KILN_PDL_ENTER();
     typedef ew_detail::row_chunks<H, THREADS> RC;
     static_assert(RPT >= 1, "RPT >= 1");
+    static_assert(XS == 0 || (!RESIDUAL && XS % 8 == 0 && XS >= RPT * H),
+                  "a view of x (XS): no residual, XS a multiple of 8 and at least RPT*H");
     __shared__ float scratch[32];
     const long long row = blockIdx.x;
     if (row >= (long long)st.T * RPT) // uniform over the block, before any barrier
         return;
-    const long long off = row * H;
+    const long long off = row * H, xoff = XS ? row / RPT * XS + row % RPT * H : off;
     float v[RC::NCH][8];
-    ew_detail::load_row_residual<DT, H, THREADS, RESIDUAL>(x, res, res_out, off, v);
+    ew_detail::load_row_residual<DT, H, THREADS, RESIDUAL>(x, xoff, res, res_out, off, v);
     float ss = 0.f;
 #pragma unroll
     for (int k = 0; k < RC::NCH; k++)
@@ -176,8 +181,9 @@ __device__ __forceinline__ void rms_norm(const kiln_step st, const DT *x, const 
 
 // layer_norm: as rms_norm, out = (s - mean) / sqrt(var + eps) * w (+ b when BIAS), biased
 // variance (torch.nn.LayerNorm), computed in two passes over the row held in registers.
-// W_ROWS: w and b are [W_ROWS, H], as in rms_norm. Grid (T*RPT) x THREADS.
-template <typename DT, int H, int RPT, int THREADS, int RESIDUAL, int BIAS, int W_ROWS = 1>
+// W_ROWS: w and b are [W_ROWS, H], and XS: x a view, as in rms_norm. Grid (T*RPT) x THREADS.
+template <typename DT, int H, int RPT, int THREADS, int RESIDUAL, int BIAS, int W_ROWS = 1,
+          long long XS = 0>
 __device__ __forceinline__ void layer_norm(const kiln_step st, const DT *x, const DT *res,
                                            const DT *w, const DT *b, DT *out, DT *res_out,
                                            float eps)
@@ -185,13 +191,15 @@ __device__ __forceinline__ void layer_norm(const kiln_step st, const DT *x, cons
     KILN_PDL_ENTER();
     typedef ew_detail::row_chunks<H, THREADS> RC;
     static_assert(RPT >= 1, "RPT >= 1");
+    static_assert(XS == 0 || (!RESIDUAL && XS % 8 == 0 && XS >= RPT * H),
+                  "a view of x (XS): no residual, XS a multiple of 8 and at least RPT*H");
     __shared__ float scratch[32];
     const long long row = blockIdx.x;
     if (row >= (long long)st.T * RPT)
         return;
-    const long long off = row * H;
+    const long long off = row * H, xoff = XS ? row / RPT * XS + row % RPT * H : off;
     float v[RC::NCH][8];
-    ew_detail::load_row_residual<DT, H, THREADS, RESIDUAL>(x, res, res_out, off, v);
+    ew_detail::load_row_residual<DT, H, THREADS, RESIDUAL>(x, xoff, res, res_out, off, v);
     float sum = 0.f;
 #pragma unroll
     for (int k = 0; k < RC::NCH; k++)

@@ -4,7 +4,9 @@
  *
  *   q, k, v   three linears of one input feeding one attention become one linear whose weight
  *             is concat(Wq, Wk, Wv) (the packer materialises it), with q, k, v as column
- *             slices read in place (view_of);
+ *             slices read in place (view_of); also when q and k pass through a norm on their
+ *             way (Qwen3's per-head q/k norms, OLMo2's over the whole width), which then reads
+ *             its slice in place;
  *   gate, up  act(x.Wg) * (x.Wu) becomes one linear with weight concat(Wg, Wu) and a gated
  *             epilogue (epi_act);
  *   add+norm  norm(a + b) is computed by the norm kernel, which also writes the sum for the
@@ -43,6 +45,23 @@ static int act_kind(kg_op op)
 }
 
 static int has_bias(const kg_node *n) { return n->n_in > 2 && n->in[2] >= 0; }
+
+/* The linear behind attention input `s`: through its rotation and then a norm between
+ * reshapes ([reshape] norm [reshape]), each read by nothing else; else `s` itself. */
+static int qkv_source(const kgraph *g, const int *users, int s)
+{
+    if (g->nodes[s].op == KG_ROPE && users[s] == 1)
+        s = g->nodes[s].in[0];
+    int t = s;
+    if (g->nodes[t].op == KG_RESHAPE && !g->nodes[t].is_const && users[t] == 1)
+        t = g->nodes[t].in[0];
+    if ((g->nodes[t].op != KG_RMS_NORM && g->nodes[t].op != KG_LAYER_NORM) || users[t] != 1)
+        return s;
+    t = g->nodes[t].in[0];
+    if (g->nodes[t].op == KG_RESHAPE && !g->nodes[t].is_const && users[t] == 1)
+        t = g->nodes[t].in[0];
+    return g->nodes[t].op == KG_LINEAR ? t : s;
+}
 
 /* Linears that can share one GEMM: same input, no epilogue, one user each, biases alike. */
 static int compatible(const kgraph *g, const int *users, const int *ids, int n)
@@ -113,12 +132,8 @@ int pass_fuse(kc *c, kerr *err)
         if (a->op != KG_ATTENTION)
             continue;
         int lin[3];
-        for (int k = 0; k < 3; k++) {
-            int s = a->in[k];
-            if (g->nodes[s].op == KG_ROPE && users[s] == 1)
-                s = g->nodes[s].in[0];
-            lin[k] = s;
-        }
+        for (int k = 0; k < 3; k++)
+            lin[k] = qkv_source(g, users, a->in[k]);
         if (!compatible(g, users, lin, 3))
             continue;
         int lead = lin[0] < lin[1] ? (lin[0] < lin[2] ? lin[0] : lin[2]) : (lin[1] < lin[2] ? lin[1] : lin[2]);

@@ -332,15 +332,16 @@ static void t_embed_part(kt *t, int H, int ROWS, int parts, int rank, int THREAD
 /* LN = 0: rms_norm<.., UNIT_OFFSET = opt>; LN = 1: layer_norm<.., BIAS = opt>. inplace: res_out
  * is res. */
 /* WR: rows of the weight (and bias), [WR, H]; row r of x uses weight row r % WR (WR = heads: a
- * weight per head, StableLM's and Cohere's q/k LayerNorms); 1 is the plain weight [H]. */
+ * weight per head, StableLM's and Cohere's q/k LayerNorms); 1 is the plain weight [H].
+ * XS > 0: x is a view, the last RPT*H columns of rows of XS (k in a fused qkv row). */
 static void t_norm_w(kt *t, int LN, int H, int RPT, int THREADS, int opt, int RES, int T,
-                     int inplace, int WR)
+                     int inplace, int WR, int XS)
 {
     char name[160], src[1400];
-    snprintf(name, sizeof name, "elementwise/%s H=%d RPT=%d T=%d%s%s%s%s",
+    snprintf(name, sizeof name, "elementwise/%s H=%d RPT=%d T=%d%s%s%s%s%s",
              LN ? "layer_norm" : "rms_norm", H, RPT, T, RES ? " res" : "",
              opt ? (LN ? " bias" : " unit_offset") : "", inplace ? " inplace" : "",
-             WR > 1 ? " weight per head" : "");
+             WR > 1 ? " weight per head" : "", XS ? " view" : "");
     if (!kt_want(t, name))
         return;
     if (LN)
@@ -349,18 +350,18 @@ static void t_norm_w(kt *t, int LN, int H, int RPT, int THREADS, int opt, int RE
                  "extern \"C\" __global__ void __launch_bounds__(%d) k(const kiln_step st, "
                  "const kiln::bf16 *x, const kiln::bf16 *res, const kiln::bf16 *w, "
                  "const kiln::bf16 *b, kiln::bf16 *out, kiln::bf16 *res_out, float eps)\n"
-                 "{ kiln::layer_norm<kiln::bf16, %d, %d, %d, %d, %d, %d>(st, x, res, w, b, out, "
-                 "res_out, eps); }\n",
-                 THREADS, H, RPT, THREADS, RES, opt, WR);
+                 "{ kiln::layer_norm<kiln::bf16, %d, %d, %d, %d, %d, %d, %dLL>(st, x, res, w, b, "
+                 "out, res_out, eps); }\n",
+                 THREADS, H, RPT, THREADS, RES, opt, WR, XS);
     else
         snprintf(src, sizeof src,
                  "#include \"elementwise.cuh\"\n"
                  "extern \"C\" __global__ void __launch_bounds__(%d) k(const kiln_step st, "
                  "const kiln::bf16 *x, const kiln::bf16 *res, const kiln::bf16 *w, "
                  "kiln::bf16 *out, kiln::bf16 *res_out, float eps)\n"
-                 "{ kiln::rms_norm<kiln::bf16, %d, %d, %d, %d, %d, %d>(st, x, res, w, out, "
+                 "{ kiln::rms_norm<kiln::bf16, %d, %d, %d, %d, %d, %d, %dLL>(st, x, res, w, out, "
                  "res_out, eps); }\n",
-                 THREADS, H, RPT, THREADS, opt, RES, WR);
+                 THREADS, H, RPT, THREADS, opt, RES, WR, XS);
     int skip;
     CUfunction f = kfunc(t, name, src, &skip);
     if (skip)
@@ -372,22 +373,29 @@ static void t_norm_w(kt *t, int LN, int H, int RPT, int THREADS, int opt, int RE
     size_t n = (size_t)rows * H;
     /* an offset on x so layer_norm's mean matters; w around 1 (UNIT_OFFSET: an offset w) */
     float *x = rand_bf16(t, n, 1.0f, LN ? 0.75f : 0.f);
+    /* XS: the rows x holds, gathered from the view's columns [xcol, XS) of each token's row */
+    float *xall = XS ? rand_bf16(t, (size_t)T * XS, 1.0f, LN ? 0.75f : 0.f) : NULL;
+    const int xcol = XS ? XS - RPT * H : 0;
+    for (int r = 0; XS && r < rows; r++)
+        memcpy(x + (size_t)r * H, xall + (size_t)(r / RPT) * XS + xcol + (size_t)(r % RPT) * H,
+               sizeof(float) * (size_t)H);
     float *res = rand_bf16(t, n, 1.0f, 0.f);
     const size_t wn = (size_t)WR * H;
     float *w0 = rand_bf16(t, wn, 0.5f, (!LN && opt) ? 0.f : 1.0f);
     float *b0 = rand_bf16(t, wn, 0.5f, 0.f);
     const float eps = LN ? 1e-5f : 1e-6f;
-    CUdeviceptr dx = up_bf16(t, x, n), dw = up_bf16(t, w0, wn);
+    CUdeviceptr dx = XS ? up_bf16(t, xall, (size_t)T * XS) : up_bf16(t, x, n);
+    CUdeviceptr dxv = dx + sizeof(uint16_t) * (size_t)xcol, dw = up_bf16(t, w0, wn);
     CUdeviceptr db = up_bf16(t, b0, wn);
     CUdeviceptr dres = RES ? up_bf16(t, res, n) : 0;
     CUdeviceptr dro = RES ? (inplace ? dres : kt_alloc(t, sizeof(uint16_t) * n)) : 0;
     CUdeviceptr dout = kt_alloc(t, sizeof(uint16_t) * n);
     float epsv = eps;
     if (LN) {
-        void *args[] = {&s.st, &dx, &dres, &dw, &db, &dout, &dro, &epsv};
+        void *args[] = {&s.st, &dxv, &dres, &dw, &db, &dout, &dro, &epsv};
         kt_launch(t, f, name, (unsigned)rows, 1, 1, (unsigned)THREADS, 0, args);
     } else {
-        void *args[] = {&s.st, &dx, &dres, &dw, &dout, &dro, &epsv};
+        void *args[] = {&s.st, &dxv, &dres, &dw, &dout, &dro, &epsv};
         kt_launch(t, f, name, (unsigned)rows, 1, 1, (unsigned)THREADS, 0, args);
     }
     float *sum = xmalloc(sizeof(float) * n), *want = xmalloc(sizeof(float) * n);
@@ -426,7 +434,7 @@ static void t_norm_w(kt *t, int LN, int H, int RPT, int THREADS, int opt, int RE
         check(t, rn, gr, sum, n, (size_t)H, TOL_EXACT);
         free(gr);
     }
-    free(x), free(res), free(w0), free(b0), free(sum), free(want), free(got);
+    free(x), free(xall), free(res), free(w0), free(b0), free(sum), free(want), free(got);
     kt_free(t, dx), kt_free(t, dw), kt_free(t, db), kt_free(t, dout);
     if (RES) {
         kt_free(t, dres);
@@ -438,7 +446,7 @@ static void t_norm_w(kt *t, int LN, int H, int RPT, int THREADS, int opt, int RE
 
 static void t_norm(kt *t, int LN, int H, int RPT, int THREADS, int opt, int RES, int T, int inplace)
 {
-    t_norm_w(t, LN, H, RPT, THREADS, opt, RES, T, inplace, 1);
+    t_norm_w(t, LN, H, RPT, THREADS, opt, RES, T, inplace, 1, 0);
 }
 
 /* ---- rope_kv -------------------------------------------------------------------------------- */
@@ -1055,10 +1063,15 @@ void ktest_elementwise(kt *t)
     t_norm(t, 0, 8192, 1, 512, 0, 1, 3, 1);
     t_norm(t, 0, 2304, 1, 128, 1, 0, 7, 0);   /* 288 chunks: a partial last round */
 
-    /* a weight per head: (LN, H, RPT, THREADS, BIAS or UNIT_OFFSET, RESIDUAL, T, inplace, WR) */
-    t_norm_w(t, 1, 16, 4, 32, 0, 0, 7, 0, 4);    /* StableLM's q_layernorm, 4 heads of 16 */
-    t_norm_w(t, 1, 128, 8, 32, 1, 0, 5, 0, 8);   /* Command R+'s q_norm, with a bias */
-    t_norm_w(t, 0, 128, 8, 64, 1, 0, 3, 0, 8);   /* rms_norm, unit offset */
+    /* a weight per head, x a view: (LN, H, RPT, THREADS, BIAS or UNIT_OFFSET, RESIDUAL, T,
+     * inplace, WR, XS) */
+    t_norm_w(t, 1, 16, 4, 32, 0, 0, 7, 0, 4, 0);     /* StableLM's q_layernorm, 4 heads of 16 */
+    t_norm_w(t, 1, 128, 8, 32, 1, 0, 5, 0, 8, 0);    /* Command R+'s q_norm, with a bias */
+    t_norm_w(t, 0, 128, 8, 64, 1, 0, 3, 0, 8, 0);    /* rms_norm, unit offset */
+    t_norm_w(t, 0, 128, 8, 32, 0, 0, 9, 0, 1, 6144); /* Qwen3-8B's k_norm on the qkv row */
+    t_norm_w(t, 0, 256, 8, 64, 1, 0, 5, 0, 1, 8192); /* Gemma-3 shape, unit offset */
+    t_norm_w(t, 1, 16, 2, 32, 0, 0, 7, 0, 2, 128);   /* StableLM-like k view, weight per head */
+    t_norm_w(t, 0, 64, 1, 32, 0, 0, 7, 0, 1, 128);   /* OLMo2: the whole k width */
 
     /* layer_norm: (H, RPT, THREADS, BIAS, RESIDUAL, T, inplace) */
     t_norm(t, 1, 64, 1, 32, 1, 0, 7, 0);
