@@ -8,6 +8,9 @@
 -- long_factor tables, one per rotary pair, the long one (and the long scale) used while the
 -- sequence is longer than original_max_position_embeddings, decided per forward pass as
 -- transformers does (keys already in the KV cache keep their rotation). cfg:rope() reads it.
+-- Not as transformers: Phi3ForCausalLM.prepare_inputs_for_generation drops the KV cache at the
+-- generate() step that first crosses that length and recomputes the whole sequence with the long
+-- factors; kiln keeps the cache, so from that step on its logits differ from HF generate()'s.
 --
 -- HF reference: transformers/models/phi3/modeling_phi3.py, configuration_phi3.py.
 local kiln = require "kiln"
