@@ -1415,6 +1415,35 @@ static void test_options_value_types(void **state)
                  "      up = g:weight(\"u\", { 4, 6, 8 }), down = g:weight(\"d\", { 4, 8, 6 }), top_k = 2, act = \"swish\" })\n" HEAD,
          "g:moe",
          {"moe: option 'act' is \"swish\"; expected one of silu, gelu, gelu_tanh, relu", NULL}},
+        {EMBED_X "    local y = g:moe(x, { router = g:weight(\"r\", { 4, 8 }), gate = g:weight(\"g\", { 4, 6, 8 }),\n"
+                 "      up = g:weight(\"u\", { 4, 6, 8 }), down = g:weight(\"d\", { 4, 8, 6 }), top_k = 2, routing = \"sparse\" })\n" HEAD,
+         "g:moe",
+         {"moe: option 'routing' is \"sparse\"; expected one of softmax, sparsemixer", NULL}},
+        {EMBED_X "    local y = g:moe(x, { router = g:weight(\"r\", { 4, 8 }), gate = g:weight(\"g\", { 4, 6, 8 }),\n"
+                 "      up = g:weight(\"u\", { 4, 6, 8 }), down = g:weight(\"d\", { 4, 8, 6 }), top_k = 2, renormalize = false, routing = \"sparsemixer\" })\n" HEAD,
+         "g:moe",
+         {"moe: routing \"sparsemixer\" needs option 'jitter_eps' (the config's router_jitter_noise)", NULL}},
+        {EMBED_X "    local y = g:moe(x, { router = g:weight(\"r\", { 4, 8 }), gate = g:weight(\"g\", { 4, 6, 8 }),\n"
+                 "      up = g:weight(\"u\", { 4, 6, 8 }), down = g:weight(\"d\", { 4, 8, 6 }), top_k = 2, jitter_eps = 0.01 })\n" HEAD,
+         "g:moe",
+         {"moe: option 'jitter_eps' applies only to routing \"sparsemixer\"", NULL}},
+        {EMBED_X "    local y = g:moe(x, { router = g:weight(\"r\", { 4, 8 }), gate = g:weight(\"g\", { 4, 6, 8 }),\n"
+                 "      up = g:weight(\"u\", { 4, 6, 8 }), down = g:weight(\"d\", { 4, 8, 6 }), top_k = 2, routing = \"sparsemixer\", jitter_eps = 0.01 })\n" HEAD,
+         "g:moe",
+         {"moe: routing \"sparsemixer\" picks exactly 2 experts and does not renormalise their weights; got top_k 2 and renormalize = true", NULL}},
+        /* longrope tables edited into the params: one entry per rotary pair */
+        {EMBED_X "    local p = cfg:rope()\n"
+                 "    p.type, p.short_factor, p.long_factor = \"longrope\", { 1, 1, 1 }, { 2, 2, 2 }\n"
+                 "    local y = g:rope(x, g:input(\"positions\"), { head_dim = 4, params = p })\n" HEAD,
+         "y = g:rope",
+         {"rope: params.short_factor and long_factor have 3 entries; expected one per rotary pair, "
+          "rotary_dim / 2 = 2",
+          NULL}},
+        {EMBED_X "    local p = cfg:rope()\n"
+                 "    p.type = \"longrope\"\n"
+                 "    local y = g:rope(x, g:input(\"positions\"), { head_dim = 4, params = p })\n" HEAD,
+         "y = g:rope",
+         {"rope: longrope params need short_factor and long_factor", NULL}},
         {EMBED_X "    local y = g:moe(x, { router = \"r\", gate = g:weight(\"g\", { 4, 6, 8 }),\n"
                  "      up = g:weight(\"u\", { 4, 6, 8 }), down = g:weight(\"d\", { 4, 8, 6 }), top_k = 2 })\n" HEAD,
          "g:moe",
