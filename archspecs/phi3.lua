@@ -11,6 +11,9 @@
 -- Not as transformers: Phi3ForCausalLM.prepare_inputs_for_generation drops the KV cache at the
 -- generate() step that first crosses that length and recomputes the whole sequence with the long
 -- factors; kiln keeps the cache, so from that step on its logits differ from HF generate()'s.
+-- Likewise a prompt longer than that length prefilled in chunks (kiln run/serve with a prompt
+-- longer than --max-tokens): chunks that end before it use the short factors; HF's one forward
+-- uses the long ones for the whole prompt.
 --
 -- HF reference: transformers/models/phi3/modeling_phi3.py, configuration_phi3.py.
 local kiln = require "kiln"
