@@ -361,6 +361,18 @@ static void test_norms(void **state)
                "layer_norm", "the bias should be [16], got weight 'ln.b2' [15]");
     EXPECT_ERR(graph_layer_norm(G, x, W1("ln.w", 16), -1, -1, NULL, &E), "layer_norm",
                "eps is -1");
+    /* a weight per head: [heads, hd] over [T, heads, hd]; the bias like the weight */
+    const int64_t s3[3] = {KG_T, 4, 4};
+    int h3 = ok(graph_reshape(G, x, 3, s3, "heads", &E));
+    int ph = ok(graph_layer_norm(G, h3, W2("ph.w", 4, 4), W2("ph.b", 4, 4), 1e-5, "ph", &E));
+    assert_shape(ph, "[T, 4, 4]");
+    ok(graph_rms_norm(G, h3, W2("ph.w", 4, 4), 1e-6, 0, NULL, &E));
+    EXPECT_ERR(graph_rms_norm(G, h3, W2("ph3.w", 3, 4), 1e-6, 0, NULL, &E), "rms_norm",
+               "the weight should be [4, 4], got weight 'ph3.w' [3, 4]");
+    EXPECT_ERR(graph_layer_norm(G, h3, W2("ph.w", 4, 4), W1("ln.b4", 4), 1e-5, NULL, &E),
+               "layer_norm", "the bias should be [4, 4], got weight 'ln.b4' [4]");
+    EXPECT_ERR(graph_rms_norm(G, x, W2("ph.w", 4, 4), 1e-6, 0, NULL, &E), "rms_norm",
+               "the weight should be [16], got weight 'ph.w' [4, 4]");
 }
 
 static kg_rope rope_of(int head_dim, int rot)
