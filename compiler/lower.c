@@ -818,6 +818,19 @@ static int low_moe(lw *w, int id)
     return 0;
 }
 
+/* Registers KV-cache slot `layer` of the manifest with its cache shape (artifact.h's ka_layer). */
+static void kv_layer(lw *w, int layer, ka_layer kl)
+{
+    ka_manifest *m = w->m;
+    if (layer >= m->n_layers) {
+        m->layers = xrealloc(m->layers, sizeof(ka_layer) * (size_t)(layer + 1));
+        for (int l = m->n_layers; l <= layer; l++)
+            m->layers[l] = (ka_layer){0, 0, 0};
+        m->n_layers = layer + 1;
+    }
+    m->layers[layer] = kl;
+}
+
 /* The q and k rotations fused into the attention, and the attention itself. A head_dim HD that
  * is not a multiple of 8 runs padded to HDP: rope_kv writes q and the KV cache with zeros in each
  * head's dims [HD, HDP) (q.k and p.v are unchanged), the attention kernels run at HDP into
@@ -925,14 +938,7 @@ static int low_attention(lw *w, int id)
         slopes = A(KA_ARG_CONST, add_const(w, nm, sl, AH));
         free(sl);
     }
-    ka_manifest *m = w->m;
-    if (at->layer >= m->n_layers) {
-        m->layers = xrealloc(m->layers, sizeof(ka_layer) * (size_t)(at->layer + 1));
-        for (int l = m->n_layers; l <= at->layer; l++)
-            m->layers[l] = (ka_layer){0, 0};
-        m->n_layers = at->layer + 1;
-    }
-    m->layers[at->layer] = (ka_layer){NKV, HDP}; /* the cache holds padded rows */
+    kv_layer(w, at->layer, (ka_layer){NKV, HDP, HDP}); /* the cache holds padded rows */
     if (HDP == HD)
         return attention_steps(w, n, HD, qout, out, slopes);
     ka_arg padded =
@@ -946,6 +952,130 @@ static int low_attention(lw *w, int id)
     add_arg(&s2, padded);
     add_arg(&s2, out);
     push(w, BOTH, &s2);
+    return 0;
+}
+
+/* Multi-head latent attention (templates/mla.cuh): mla_cache writes each token's [latent |
+ * k_pe] row into the layer's K cache (rows of RANK + DR, n_kv 1, no V cache), then mla_attn
+ * attends per (query row, head) in the absorbed form with kv_b_proj as a weight. The rotations
+ * of q_pe and k_pe that fuse marked fused_into this node are done inside the two kernels (ROT
+ * 1: DeepSeek's interleaved pairs, 2: halves) with a static inv_freq table and yarn's
+ * attention factor, as posenc gives them to the CPU reference; the same kernels run prefill
+ * and decode. */
+#define MLA_CACHE_THREADS 128
+#define MLA_ATTN_THREADS 256 /* halved while mla_attn's static shared memory is over 48 KB */
+
+/* mla_attn's static shared memory in bytes (floats qn[DN], qp[DR], q_lat and o_lat [RANK],
+ * w_m and w_l [NW], w_acc [NW][RANK], cs and sn [DR/2]) */
+static int64_t mla_attn_smem(int DN, int DR, int RK, int threads)
+{
+    int64_t nw = threads / 32;
+    return 4 * (DN + 2 * (int64_t)DR + (2 + nw) * RK + 2 * nw);
+}
+
+static int low_mla(lw *w, int id)
+{
+    const kgraph *g = w->g;
+    const kg_node *n = &g->nodes[id];
+    const kg_mla *ml = &n->mla;
+    int NH = ml->n_heads, DN = ml->nope_dim, DR = ml->rope_dim, DV = ml->v_dim, RK = ml->rank;
+    const kg_node *qr = &g->nodes[n->in[KG_MLA_Q_PE]], *kr = &g->nodes[n->in[KG_MLA_K_PE]];
+    int q_roped = qr->op == KG_ROPE && qr->fused_into == id;
+    int k_roped = kr->op == KG_ROPE && kr->fused_into == id;
+    if (q_roped != k_roped)
+        return kerr_add(w->err, "%s: rotary embedding on q_pe but not k_pe (or the reverse) is "
+                                "not supported by the GPU code generator",
+                        n->name);
+    if (DR % 2)
+        return kerr_add(w->err, "%s: rope_dim %d is odd; the GPU kernels rotate pairs", n->name,
+                        DR);
+    int rot = 0;
+    ka_arg inv = ANULL();
+    double rscale = 1;
+    if (q_roped) {
+        const kg_rope *r = &qr->rope;
+        if (memcmp(&qr->rope, &kr->rope, sizeof(kg_rope)) != 0)
+            return kerr_add(w->err, "%s: q_pe and k_pe rotate differently; not supported on the "
+                                    "GPU",
+                            n->name);
+        if (r->rot_dim != DR || r->head_dim != DR)
+            return kerr_add(w->err, "%s: the rotary embedding of q_pe and k_pe rotates %d of %d "
+                                    "dims per head; the GPU kernels rotate all rope_dim %d",
+                            n->name, r->rot_dim, r->head_dim, DR);
+        if (r->p.type == ROPE_DYNAMIC || r->p.type == ROPE_LONGROPE)
+            return kerr_add(w->err, "%s: rope type %s with multi-head latent attention is not "
+                                    "supported on the GPU (its kernels take a static table)",
+                            n->name, rope_type_name(r->p.type));
+        rot = r->interleaved ? 1 : 2;
+        float *tab = xmalloc(sizeof(float) * (size_t)(DR / 2));
+        posenc_rope_inv_freq(r, 0, tab);
+        char nm[96];
+        snprintf(nm, sizeof nm, "rope.%s.%d", rope_type_name(r->p.type), DR);
+        inv = A(KA_ARG_CONST, add_const(w, nm, tab, DR / 2));
+        free(tab);
+        rscale = posenc_rope_scale(r, 0);
+    }
+    int qp_id = q_roped ? qr->in[0] : n->in[KG_MLA_Q_PE];
+    int kp_id = k_roped ? kr->in[0] : n->in[KG_MLA_K_PE];
+    int kvb = n->in[KG_MLA_KV_B];
+    if (!g->nodes[kvb].is_const)
+        return kerr_add(w->err, "%s: kv_b is an activation; the GPU kernels read it as a weight",
+                        n->name);
+    ka_arg aqn, aqp, alat, akp, out;
+    int64_t sqn, sqp, slat, skp;
+    if (act_arg(w, n->in[KG_MLA_Q_NOPE], &aqn, &sqn) || act_arg(w, qp_id, &aqp, &sqp) ||
+        act_arg(w, n->in[KG_MLA_LATENT], &alat, &slat) || act_arg(w, kp_id, &akp, &skp) ||
+        dense_arg(w, id, &out))
+        return -1;
+
+    int kc_ = kern(w, "mla_cache", MLA_CACHE_THREADS, 0,
+                   "const kiln_step st, const DT *latent, const DT *k_pe, int latent_stride, "
+                   "int kpe_stride, DT *cache, const float *inv_freq, float rope_scale",
+                   "kiln::mla_cache<DT, %d, %d, %d, %d>(st, latent, k_pe, latent_stride, "
+                   "kpe_stride, cache, inv_freq, rope_scale)",
+                   RK, DR, rot, MLA_CACHE_THREADS);
+    ka_step s = kstep(kc_, n->name, G(1, 0, 0, 0, 1), G1(), G1()); /* grid (T) */
+    add_arg(&s, A(KA_ARG_STEP, 0));
+    add_arg(&s, alat);
+    add_arg(&s, akp);
+    add_arg(&s, A(KA_ARG_I32, slat));
+    add_arg(&s, A(KA_ARG_I32, skp));
+    add_arg(&s, A(KA_ARG_KV_K, ml->layer));
+    add_arg(&s, inv);
+    add_arg(&s, AF(rscale));
+    push(w, BOTH, &s);
+
+    int threads = MLA_ATTN_THREADS;
+    while (threads > 32 && mla_attn_smem(DN, DR, RK, threads) > 48 * 1024)
+        threads /= 2;
+    if (mla_attn_smem(DN, DR, RK, threads) > 48 * 1024)
+        return kerr_add(w->err, "%s: kv_lora_rank %d with nope_dim %d and rope_dim %d needs %lld "
+                                "bytes of mla_attn's static shared memory, over 48 KB even with "
+                                "one warp",
+                        n->name, RK, DN, DR, (long long)mla_attn_smem(DN, DR, RK, threads));
+    int ka_ = kern(w, "mla_attn", threads, 0,
+                   "const kiln_step st, const DT *q_nope, const DT *q_pe, int qn_row, "
+                   "int qn_head, int qp_row, int qp_head, const DT *cache, const DT *kv_b, "
+                   "DT *out, float scale, const float *inv_freq, float rope_scale",
+                   "kiln::mla_attn<DT, %d, %d, %d, %d, %d, %d, %d>(st, q_nope, q_pe, qn_row, "
+                   "qn_head, qp_row, qp_head, cache, kv_b, out, scale, inv_freq, rope_scale)",
+                   NH, DN, DR, DV, RK, rot, threads);
+    s = kstep(ka_, n->name, G(1, 0, 0, 0, 1), G(0, 0, 0, NH, 1), G1()); /* grid (T, NH) */
+    add_arg(&s, A(KA_ARG_STEP, 0));
+    add_arg(&s, aqn);
+    add_arg(&s, aqp);
+    add_arg(&s, A(KA_ARG_I32, sqn));
+    add_arg(&s, A(KA_ARG_I32, DN));
+    add_arg(&s, A(KA_ARG_I32, sqp));
+    add_arg(&s, A(KA_ARG_I32, DR));
+    add_arg(&s, A(KA_ARG_KV_K, ml->layer));
+    add_arg(&s, AW(w, kvb));
+    add_arg(&s, out);
+    add_arg(&s, AF(ml->scale));
+    add_arg(&s, inv);
+    add_arg(&s, AF(rscale));
+    push(w, BOTH, &s);
+    kv_layer(w, ml->layer, (ka_layer){1, RK + DR, 0}); /* [latent | k_pe] rows, no V cache */
     return 0;
 }
 
@@ -1120,6 +1250,7 @@ static int low_node(lw *w, int id)
     case KG_LINEAR:
     case KG_LOGITS: return low_linear(w, id);
     case KG_ATTENTION: return low_attention(w, id);
+    case KG_MLA: return low_mla(w, id);
     case KG_MOE: return low_moe(w, id);
     case KG_POOL: return low_pool(w, id);
     case KG_SCORE: return low_score(w, id);
@@ -1146,15 +1277,6 @@ static int low_node(lw *w, int id)
 int lower(kc *c, lowered *out, kerr *err)
 {
     memset(out, 0, sizeof *out);
-    /* multi-head latent attention: its kernels exist (templates/mla.cuh, tests/gpu/ktest_mla.c),
-     * the lowering and the artifact's latent KV-cache layers do not yet */
-    for (int i = 0; i < c->g->n; i++)
-        if (c->g->nodes[i].op == KG_MLA)
-            return kerr_add(err, "%s: multi-head latent attention (mla_attention) is not lowered "
-                                 "to the GPU yet (its kernels are in templates/mla.cuh; the KV "
-                                 "cache of the artifact has no latent layers); the CPU reference "
-                                 "runs it",
-                            c->g->nodes[i].name);
     lw w;
     memset(&w, 0, sizeof w);
     w.c = c;
@@ -1236,7 +1358,14 @@ char *codegen_source(const lowered *l, const char *model_name)
         "// the runtime launches them as model.kiln's schedule says.\n\n",
         model_name);
     OUT("#include \"elementwise.cuh\"\n#include \"gemv.cuh\"\n#include \"attention.cuh\"\n"
-        "#include \"moe.cuh\"\n#include \"sample.cuh\"\n#include \"collective.cuh\"\n\n");
+        "#include \"moe.cuh\"\n#include \"sample.cuh\"\n#include \"collective.cuh\"\n");
+    /* mla.cuh only where a model has multi-head latent attention: other units stay as they were */
+    for (int i = 0; i < l->ninst; i++)
+        if (strncmp(l->inst_call[i], "kiln::mla_", 10) == 0) {
+            OUT("#include \"mla.cuh\"\n");
+            break;
+        }
+    OUT("\n");
     OUT("typedef %s DT;\n\n", strcmp(l->m.dtype, "f16") == 0 ? "kiln::f16" : "kiln::bf16");
     for (int i = 0; i < l->ninst; i++)
         OUT("extern \"C\" __global__ void __launch_bounds__(%d) %s(%s)\n{\n    %s;\n}\n\n",

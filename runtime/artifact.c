@@ -143,6 +143,7 @@ char *ka_manifest_json(const ka_manifest *m)
         json_t *l = json_array();
         json_array_append_new(l, json_integer(m->layers[i].n_kv));
         json_array_append_new(l, json_integer(m->layers[i].head_dim));
+        json_array_append_new(l, json_integer(m->layers[i].v_dim));
         json_array_append_new(ly, l);
     }
     json_object_set_new(r, "kv_layers", ly);
@@ -588,6 +589,9 @@ static int check_arg(rd *r, const ka_arg *a, const stepctx *c, const char *what)
     if (a->i < 0 || a->i > hi)
         return bad(r, "%s: %s: %s %lld out of range (0..%lld)", c->where, what, of,
                    (long long)a->i, (long long)hi);
+    if (a->kind == KA_ARG_KV_V && m->layers[a->i].v_dim == 0)
+        return bad(r, "%s: %s: the V cache of KV layer %lld, which has none (v_dim 0)",
+                   c->where, what, (long long)a->i);
     return 0;
 }
 
@@ -895,15 +899,18 @@ static void parse_tables(rd *r, json_t *root, ka_manifest *m)
         char where[48];
         snprintf(where, sizeof where, "kv layer %d", i);
         json_t *l = json_array_get(ly, (size_t)i);
-        if (!json_is_array(l) || json_array_size(l) != 2) {
-            bad(r, "%s is not a [n_kv, head_dim] pair", where);
+        if (!json_is_array(l) || json_array_size(l) != 3) {
+            bad(r, "%s is not an [n_kv, head_dim, v_dim] triple", where);
             break;
         }
-        m->layers[i].n_kv = (int)jelem(r, l, 0, where, "n_kv", 1, 1 << 16);
-        m->layers[i].head_dim = (int)jelem(r, l, 1, where, "head_dim", 1, 1 << 16);
-        if (!r->bad && (int64_t)m->layers[i].n_kv * m->layers[i].head_dim > (1 << 20))
-            bad(r, "%s: n_kv %d x head_dim %d is over %d", where, m->layers[i].n_kv,
-                m->layers[i].head_dim, 1 << 20);
+        ka_layer *y = &m->layers[i];
+        y->n_kv = (int)jelem(r, l, 0, where, "n_kv", 1, 1 << 16);
+        y->head_dim = (int)jelem(r, l, 1, where, "head_dim", 1, 1 << 16);
+        y->v_dim = (int)jelem(r, l, 2, where, "v_dim", 0, 1 << 16); /* 0: no V cache (MLA) */
+        if (!r->bad && (int64_t)y->n_kv * (y->head_dim > y->v_dim ? y->head_dim : y->v_dim) >
+                           (1 << 20))
+            bad(r, "%s: n_kv %d x head_dim %d (v_dim %d) is over %d", where, y->n_kv,
+                y->head_dim, y->v_dim, 1 << 20);
     }
     json_t *eos = jlist(r, root, "top level", "eos", KA_MAX_EOS, &m->n_eos);
     m->eos = xcalloc((size_t)(m->n_eos ? m->n_eos : 1), sizeof(int));

@@ -57,9 +57,10 @@
 #include "util.h"
 
 #define KA_MAGIC "KILNART"
-#define KA_VERSION 5 /* 3: overrides and generation defaults (kilnc compile's issue-18 flags);
+#define KA_VERSION 6 /* 3: overrides and generation defaults (kilnc compile's issue-18 flags);
                       * 4: the sampler draws from (seed, index) and takes no step counter;
-                      * 5: tensor parallelism: tp, a shard per rank, collective steps, rank args */
+                      * 5: tensor parallelism: tp, a shard per rank, collective steps, rank args;
+                      * 6: kv_layers are [n_kv, head_dim, v_dim] (v_dim 0: no V cache, MLA) */
 #define KA_HEADER 40     /* bytes before the first section */
 #define KA_ALIGN 256     /* sections start on this boundary */
 #define KA_MAX_ARGS 20
@@ -184,8 +185,12 @@ typedef struct ka_const {
     float *v;
 } ka_const;
 
+/* Per rank, a layer's K cache is [blocks][KILN_BLOCK][n_kv][head_dim] and its V cache
+ * [blocks][KILN_BLOCK][n_kv][v_dim]. An ordinary attention layer has v_dim == head_dim; a
+ * multi-head latent attention layer (templates/mla.cuh) has n_kv 1, head_dim RANK + DR (rows of
+ * [latent | k_pe]) and v_dim 0: no V cache, the values are made from the latents. */
 typedef struct ka_layer {
-    int n_kv, head_dim; /* per rank: the KV cache of a layer is [blocks][KILN_BLOCK][n_kv][hd] */
+    int n_kv, head_dim, v_dim;
 } ka_layer;
 
 /* One rank's weight shard (artifact.h's opening comment says how the three values bind it). */

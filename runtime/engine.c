@@ -583,8 +583,9 @@ static int alloc_shared(kmodel *m, kerr *err)
     m->kv_k = xcalloc((size_t)(man->n_layers ? man->n_layers : 1), sizeof(size_t));
     m->kv_v = xcalloc((size_t)(man->n_layers ? man->n_layers : 1), sizeof(size_t));
     for (int l = 0; l < man->n_layers; l++)
-        m->kv_per_block += 2 * (size_t)KILN_BLOCK * (size_t)man->layers[l].n_kv *
-                           (size_t)man->layers[l].head_dim * (size_t)m->esize;
+        m->kv_per_block += (size_t)KILN_BLOCK * (size_t)man->layers[l].n_kv *
+                           (size_t)(man->layers[l].head_dim + man->layers[l].v_dim) *
+                           (size_t)m->esize;
     return 0;
 }
 
@@ -608,18 +609,19 @@ static int size_kv(kmodel *m, kerr *err)
     return run_all(m, JOB_KV, err);
 }
 
-/* Each layer's K and V in a device's KV cache of m->nblocks blocks. */
+/* Each layer's K and V in a device's KV cache of m->nblocks blocks. A layer without a V cache
+ * (v_dim 0: multi-head latent attention) takes no V bytes; its kv_v is the next layer's start
+ * and no kernel of it reads KA_ARG_KV_V. */
 static void kv_layout(kmodel *m)
 {
     const ka_manifest *man = m->m;
     size_t o = 0;
     for (int l = 0; l < man->n_layers; l++) {
-        size_t bytes = (size_t)m->nblocks * KILN_BLOCK * (size_t)man->layers[l].n_kv *
-                       (size_t)man->layers[l].head_dim * (size_t)m->esize;
+        size_t row = (size_t)m->nblocks * KILN_BLOCK * (size_t)man->layers[l].n_kv * (size_t)m->esize;
         m->kv_k[l] = o;
-        o += align_up(bytes);
+        o += align_up(row * (size_t)man->layers[l].head_dim);
         m->kv_v[l] = o;
-        o += align_up(bytes);
+        o += align_up(row * (size_t)man->layers[l].v_dim);
     }
     m->kv_bytes = o;
 }

@@ -256,7 +256,7 @@ void kroof_model_of(const ka_manifest *m, kroof_model *r)
     free(use);
     for (int l = 0; l < m->n_layers; l++)
         r->kv_bytes_per_token +=
-            2 * (int64_t)m->layers[l].n_kv * m->layers[l].head_dim * r->elsize;
+            (int64_t)m->layers[l].n_kv * (m->layers[l].head_dim + m->layers[l].v_dim) * r->elsize;
     if (n_o == 0 && m->n_layers > 0) {
         r->q_width = (int64_t)m->hidden * m->n_layers;
         r->q_width_assumed = 1;

@@ -12,7 +12,8 @@
  * The weights a decode step reads in full are the ones its schedule names, except tables that
  * only an embedding kernel reads (one row per token: they are not counted); a tied LM head is
  * read in full by the logits GEMV, so it counts. The KV cache read per token of context is
- * 2 x n_kv x head_dim elements per layer. Prefill FLOPs are 2 x tokens x the elements of every
+ * n_kv x (head_dim + v_dim) elements per layer (2 x n_kv x head_dim for ordinary attention;
+ * one [latent | k_pe] row for multi-head latent attention, which has no V cache). Prefill FLOPs are 2 x tokens x the elements of every
  * matrix read in full, except the LM head, which the prefill applies to one row per sequence,
  * plus the attention's 4 x (query heads x head_dim) per causal (query, key) pair per layer. The
  * query width of a layer is the input width of its GEMM labelled "attn.o" (what every archspec

@@ -540,6 +540,25 @@ static void e_layer(json_t *r)
 {
     json_array_set_new(json_array_get(json_object_get(r, "kv_layers"), 1), 0, json_integer(0));
 }
+static void e_layer_vdim(json_t *r)
+{
+    json_array_set_new(json_array_get(json_object_get(r, "kv_layers"), 0), 2, json_integer(-1));
+}
+static void e_layer_pair(json_t *r) /* format 5's [n_kv, head_dim] */
+{
+    json_array_remove(json_array_get(json_object_get(r, "kv_layers"), 0), 2);
+}
+static void e_layer_no_v(json_t *r) /* an ordinary layer whose kernels read its V cache */
+{
+    json_array_set_new(json_array_get(json_object_get(r, "kv_layers"), 0), 2, json_integer(0));
+}
+static void e_layer_area(json_t *r)
+{
+    json_t *l = json_array_get(json_object_get(r, "kv_layers"), 0);
+    json_array_set_new(l, 0, json_integer(1 << 10));
+    json_array_set_new(l, 1, json_integer(8));
+    json_array_set_new(l, 2, json_integer(2048));
+}
 static void e_no_limits(json_t *r) { json_object_del(r, "limits"); }
 static void e_format(json_t *r) { set_int(r, "format", 1); }
 static json_t *gen(json_t *r) { return json_object_get(r, "generation"); }
@@ -642,8 +661,12 @@ static void test_bad_fields_resigned(void **state)
         {"tokens < seqs", e_tok_seqs, {"max_tokens 64 < max_seqs 65"}},
         {"vocab", e_vocab, {"limits: vocab is 0, expected 1.."}},
         {"kv layer shape", e_layer, {"kv layer 1: n_kv is 0, expected 1.."}},
+        {"kv layer v_dim", e_layer_vdim, {"kv layer 0: v_dim is -1, expected 0..65536"}},
+        {"kv layer pair", e_layer_pair, {"kv layer 0 is not an [n_kv, head_dim, v_dim] triple"}},
+        {"kv layer without V", e_layer_no_v, {"the V cache of KV layer 0, which has none (v_dim 0)"}},
+        {"kv layer size", e_layer_area, {"kv layer 0: n_kv 1024 x head_dim 8 (v_dim 2048) is over 1048576"}},
         {"missing", e_no_limits, {"field 'limits' is missing, expected an object"}},
-        {"format", e_format, {"format is 1, expected 5..5"}},
+        {"format", e_format, {"format is 1, expected 6..6"}},
         {"temperature", e_gen_temp, {"generation: temperature is out of range, expected a number from 0 and at most 100"}},
         {"temperature type", e_gen_temp_type, {"generation: temperature is not a number"}},
         {"top_p", e_gen_top_p, {"generation: top_p is out of range, expected a number above 0 and at most 1"}},

@@ -31,6 +31,7 @@
 #include "lower.h"
 #include "pack.h"
 #include "pipeline.h"
+#include "posenc.h"
 
 #define FIX "tests/fixtures/"
 
@@ -39,7 +40,8 @@ static char tmp[256];
 static const char *fixtures[] = {"llama",  "llama_tied_oldstyle", "llama_linear_oldstyle",
                                  "mistral", "qwen2",              "qwen",
                                  "mixtral", "mixtral4",           "bloom",
-                                 "bloom6",  "bert",               "llama_bf16"};
+                                 "bloom6",  "bert",               "llama_bf16",
+                                 "deepseek_v2"};
 
 static void open_all(kc *c, const char *name)
 {
@@ -75,6 +77,77 @@ static void test_nvrtc_every_fixture(void **state)
         free(src);
         kc_free(&c);
     }
+}
+
+/* Multi-head latent attention (deepseek_v2: rank 32, rope 16, 4 heads, nope 16, v 16): each
+ * KV layer is one [latent | k_pe] row of 48 and no V cache; the yarn rotations of q_pe and k_pe
+ * are done inside mla_cache and mla_attn (interleaved: ROT 1), with the table posenc gives the
+ * CPU reference; no kernel reads a V cache; the ordinary layers of llama keep V = K. */
+static void test_mla_lowering(void **state)
+{
+    (void)state;
+    kc c;
+    open_all(&c, "deepseek_v2");
+    const ka_manifest *m = &c.low->m;
+    assert_int_equal(m->n_layers, 2);
+    for (int l = 0; l < m->n_layers; l++) {
+        assert_int_equal(m->layers[l].n_kv, 1);
+        assert_int_equal(m->layers[l].head_dim, 32 + 16);
+        assert_int_equal(m->layers[l].v_dim, 0);
+    }
+    int cache = -1, attn = -1;
+    for (int i = 0; i < c.low->ninst; i++) {
+        const char *call = c.low->inst_call[i];
+        assert_null(strstr(call, "rope_kv")); /* the rotations are the MLA kernels' */
+        if (strstr(call, "kiln::mla_cache<DT, 32, 16, 1, "))
+            cache = i;
+        if (strstr(call, "kiln::mla_attn<DT, 4, 16, 16, 16, 32, 1, "))
+            attn = i;
+    }
+    assert_true(cache >= 0 && attn >= 0);
+    const ka_step *sched[2] = {m->prefill, m->decode};
+    const int nsched[2] = {m->nprefill, m->ndecode};
+    for (int k = 0; k < 2; k++) {
+        int ncache = 0, nattn = 0;
+        for (int i = 0; i < nsched[k]; i++) {
+            const ka_step *s = &sched[k][i];
+            for (int a = 0; a < s->nargs; a++)
+                assert_int_not_equal(s->args[a].kind, KA_ARG_KV_V);
+            if (s->kind != KA_KERNEL || (s->kernel != cache && s->kernel != attn))
+                continue;
+            ncache += s->kernel == cache;
+            nattn += s->kernel == attn;
+            /* inv_freq and rope_scale end both argument lists */
+            const ka_arg *inv = &s->args[s->nargs - 2], *sc = &s->args[s->nargs - 1];
+            assert_int_equal(inv->kind, KA_ARG_CONST);
+            const ka_const *t = &m->consts[inv->i];
+            assert_int_equal(t->n, 8);
+            const kg_rope *ro = NULL;
+            for (int n = 0; n < c.g->n && !ro; n++)
+                if (c.g->nodes[n].op == KG_ROPE)
+                    ro = &c.g->nodes[n].rope;
+            assert_non_null(ro);
+            float want[8];
+            posenc_rope_inv_freq(ro, 0, want);
+            assert_memory_equal(t->v, want, sizeof want);
+            assert_true(sc->kind == KA_ARG_F32 && sc->f == (double)posenc_rope_scale(ro, 0));
+            assert_true(sc->f > 1.0); /* yarn's attention factor */
+        }
+        assert_int_equal(ncache, 2);
+        assert_int_equal(nattn, 2);
+    }
+    char *src = codegen_source(c.low, "deepseek_v2");
+    assert_non_null(strstr(src, "#include \"mla.cuh\""));
+    free(src);
+    kc_free(&c);
+    open_all(&c, "llama");
+    m = &c.low->m;
+    for (int l = 0; l < m->n_layers; l++)
+        assert_int_equal(m->layers[l].v_dim, m->layers[l].head_dim);
+    src = codegen_source(c.low, "llama");
+    assert_null(strstr(src, "mla.cuh"));
+    free(src);
+    kc_free(&c);
 }
 
 /* The fused q/k/v weight of layer 0 is concat(Wq, Wk, Wv) rounded to bf16. */
@@ -605,6 +678,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_nvrtc_every_fixture),
+        cmocka_unit_test(test_mla_lowering),
         cmocka_unit_test(test_pack_fused_qkv),
         cmocka_unit_test(test_pack_bloom_interleaved),
         cmocka_unit_test(test_artifact_roundtrip),

@@ -13,7 +13,8 @@
  *             residual stream (the add is marked fused_into the norm, and `stored` when
  *             another node reads the sum);
  *   rope+kv   the rotations of q and k feeding an attention are done by the kernel that writes
- *             k and v into the KV cache (marked fused_into the attention).
+ *             k and v into the KV cache (marked fused_into the attention); those of q_pe and k_pe
+ *             feeding a multi-head latent attention by its two kernels (fused_into the MLA).
  *
  * Bias and activation epilogues of single linears are left to code generation (cuBLASLt bias
  * epilogue, the GEMV kernel's bias). The rewrite builds a new graph: constants first (they
@@ -276,6 +277,12 @@ int pass_fuse(kc *c, kerr *err)
             for (int k = 0; k < 2; k++) /* q and k rotations */
                 if (g2->nodes[nd->in[k]].op == KG_ROPE && users2[nd->in[k]] == 1)
                     g2->nodes[nd->in[k]].fused_into = i;
+        }
+        if (nd->op == KG_MLA) { /* mla_cache rotates k_pe, mla_attn each head's q_pe */
+            const int rk[2] = {KG_MLA_Q_PE, KG_MLA_K_PE};
+            for (int k = 0; k < 2; k++)
+                if (g2->nodes[nd->in[rk[k]]].op == KG_ROPE && users2[nd->in[rk[k]]] == 1)
+                    g2->nodes[nd->in[rk[k]]].fused_into = i;
         }
         if ((nd->op == KG_RMS_NORM || nd->op == KG_LAYER_NORM)) {
             int a = nd->in[0];
