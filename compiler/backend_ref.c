@@ -7,9 +7,10 @@
  * untouched pages cost nothing).
  *
  * A step runs each item on its slot's `ref`: a new sequence (pos 0) resets it, then the item's
- * tokens are appended with ref_forward, which returns the logits of every appended position (or
- * the pooled vector of an embedding model, a classifier's scores). Items of one step share nothing but the read-only
- * graph and weights, so they run in parallel, one thread per core at most; the result does not
+ * tokens are appended with ref_forward (longrope at the item's rope_len), which returns the
+ * logits of every appended position (or the pooled vector of an embedding model, a classifier's
+ * scores). Items of one step share nothing but the read-only graph and weights, so they run in
+ * parallel, one thread per core at most; the result does not
  * depend on the number of threads. Sampling is kb_sample_cpu (the GPU sampler's CPU twin) on the
  * last position's logits.
  */
@@ -25,6 +26,7 @@
 #include "kc.h"
 #include "overrides.h"
 #include "pipeline.h"
+#include "posenc.h"
 #include "ref.h"
 
 #define KBR_MAX_THREADS 64
@@ -64,6 +66,7 @@ static int run_item(kbr *k, kb_item *it, kerr *err)
         ref_reset(r);
     /* the scheduler appends to a sequence in order, or restarts it at 0 */
     assert(it->pos == ref_len(r));
+    ref_set_rope_len(r, it->rope_len > 0 ? it->rope_len : 0);
     int64_t *ids = xmalloc(sizeof(int64_t) * (size_t)it->n);
     int64_t *types = it->types ? xmalloc(sizeof(int64_t) * (size_t)it->n) : NULL;
     for (int i = 0; i < it->n; i++) {
@@ -270,6 +273,7 @@ static void set_shapes(kbr *k)
     for (int i = 0; i < g->n; i++)
         if (g->nodes[i].op == KG_EMBED && g->nodes[i].in[1] == g->inputs[KG_IN_TOKEN_TYPES])
             in->type_vocab = (int)g->nodes[g->nodes[i].in[0]].shape[0];
+    in->rope_switch = (int)posenc_rope_switch(g); /* config.c: at most INT32_MAX */
 }
 
 kbackend *kbr_open(const char *model_dir, const kbr_opts *o, kerr *err)

@@ -26,6 +26,7 @@
 #include "pack.h"
 #include "passes/passes.h"
 #include "pipeline.h"
+#include "posenc.h"
 #include "ref.h"
 #include "registry.h"
 #include "safetensors.h"
@@ -445,7 +446,9 @@ static int cmd_ref(int argc, char **argv)
                 "[--max-new N] [--dump FILE] [options]\n\n"
                 "Runs the model on the CPU in fp32, straight from the checkpoint: the prompt in one\n"
                 "forward (prefill), then N greedy tokens one at a time with a KV cache (exactly N:\n"
-                "end-of-sequence does not stop it). Prints the generated ids. For embedding models,\n"
+                "end-of-sequence does not stop it; longrope: the token that takes the sequence\n"
+                "past original_max_position_embeddings recomputes it whole with the long factors,\n"
+                "as transformers' generate() does). Prints the generated ids. For embedding models,\n"
                 "prints the pooled vector; for classifiers, each label's score (logits, not\n"
                 "softmaxed; names from config.json's id2label).\n\n"
                 "  --ids LIST          prompt token ids, comma separated\n"
@@ -620,14 +623,32 @@ static int cmd_ref(int argc, char **argv)
         prompt_logits = xmalloc(sizeof(float) * (size_t)rows * (size_t)cols);
         memcpy(prompt_logits, out, sizeof(float) * (size_t)rows * (size_t)cols);
         gen = xmalloc(sizeof(int64_t) * (size_t)(o.max_new ? o.max_new : 1));
+        /* longrope: the token that takes the sequence past the switch recomputes it whole with
+         * the long factors (HF generate() drops its KV cache at that step) */
+        int64_t sw = posenc_rope_switch(g);
         double t1 = util_now();
         for (int i = 0; i < o.max_new; i++) {
-            const float *last = i == 0 ? prompt_logits + (size_t)(rows - 1) * (size_t)cols : out;
+            const float *last = i == 0 ? prompt_logits + (size_t)(rows - 1) * (size_t)cols
+                                       : out + (size_t)(rows - 1) * (size_t)cols;
             gen[i] = argmax(last, cols);
             if (i + 1 == o.max_new)
                 break;
-            if (ref_forward(r, &gen[i], NULL, 1, &err))
+            if (sw && n + i == sw) {
+                int64_t *seq = xmalloc(sizeof(int64_t) * (size_t)(n + i + 1));
+                int64_t *st = types ? xcalloc((size_t)(n + i + 1), sizeof(int64_t)) : NULL;
+                memcpy(seq, ids, sizeof(int64_t) * (size_t)n);
+                memcpy(seq + n, gen, sizeof(int64_t) * (size_t)(i + 1));
+                if (st)
+                    memcpy(st, types, sizeof(int64_t) * (size_t)n);
+                ref_reset(r);
+                int frc = ref_forward(r, seq, st, n + i + 1, &err);
+                free(seq);
+                free(st);
+                if (frc)
+                    goto fail;
+            } else if (ref_forward(r, &gen[i], NULL, 1, &err)) {
                 goto fail;
+            }
             out = ref_output(r, &rows, &cols);
         }
         double t_dec = util_now() - t1;

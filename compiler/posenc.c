@@ -107,6 +107,20 @@ float posenc_rope_scale(const kg_rope *r, int64_t seq_len)
     return r->p.type == ROPE_YARN ? (float)r->p.attention_factor : 1.0f;
 }
 
+int64_t posenc_rope_switch(const kgraph *g)
+{
+    int64_t sw = 0;
+    for (int i = 0; i < g->n; i++) {
+        const kg_node *n = &g->nodes[i];
+        if (n->op != KG_ROPE || n->rope.p.type != ROPE_LONGROPE)
+            continue;
+        assert(n->rope.p.original_max_pos >= 1);
+        assert(sw == 0 || sw == n->rope.p.original_max_pos);
+        sw = n->rope.p.original_max_pos;
+    }
+    return sw;
+}
+
 /* BLOOM build_alibi_tensor: slopes for the closest power of two below n, then every other
  * slope of the next power of two for the remaining heads. */
 void posenc_alibi_slopes(int n, float *slopes)

@@ -23,6 +23,14 @@ int posenc_rope_long(const kg_rope *r, int64_t seq_len);
 /* The factor cos and sin are multiplied by (yarn's and longrope's attention factor, longrope's
  * by seq_len as above; 1 otherwise). */
 float posenc_rope_scale(const kg_rope *r, int64_t seq_len);
+/* The sequence length past which the graph's longrope switches to its long factors
+ * (original_max_position_embeddings), or 0 when no rope of the graph is longrope. Transformers
+ * decides per forward; kiln makes it a property of the sequence (the runtime's scheduler, kilnc
+ * ref): a sequence longer than this is long from its first token, and one that grows past it
+ * during generation is recomputed with the long factors, as Phi3ForCausalLM and
+ * PhimoeForCausalLM's prepare_inputs_for_generation drop the KV cache at that step. Every
+ * longrope of one graph comes from one config, so they share the length (asserted). */
+int64_t posenc_rope_switch(const kgraph *g);
 /* ALiBi slope of each head, as BLOOM (handles head counts that are not powers of two). */
 void posenc_alibi_slopes(int n_heads, float *slopes);
 

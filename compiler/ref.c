@@ -38,6 +38,7 @@ struct ref {
     int max_seq;
     int len;          /* tokens already in the cache */
     int n;            /* tokens of the current forward */
+    int64_t rope_len; /* ref_set_rope_len: longrope's sequence length at least this */
     int64_t *pos;     /* [n] positions of the current forward */
     const int64_t *ids, *types;
     int tp;           /* simulated ranks: g->tp */
@@ -386,10 +387,16 @@ void ref_free(ref *r)
 void ref_reset(ref *r)
 {
     r->len = 0;
+    r->rope_len = 0;
     free_values(r);
 }
 
 int ref_len(const ref *r) { return r->len; }
+void ref_set_rope_len(ref *r, int64_t len)
+{
+    assert(len >= 0);
+    r->rope_len = len;
+}
 int ref_ranks(const ref *r) { return r->tp; }
 void ref_keep(ref *r, int node) { r->keep[node] = 1; }
 
@@ -577,8 +584,11 @@ static void op_rope(ref *r, const kg_node *n, float *out)
     const float *x = r->val[n->in[0]];
     int64_t w = n->shape[1], hd = ro->head_dim, heads = w / hd, half = ro->rot_dim / 2;
     float *inv = scratch(r, (size_t)half);
-    posenc_rope_inv_freq(ro, r->len + r->n, inv);
-    float sc = posenc_rope_scale(ro, r->len + r->n);
+    int64_t L = r->len + r->n; /* transformers' max position + 1 of this forward */
+    if (ro->p.type == ROPE_LONGROPE && r->rope_len > L)
+        L = r->rope_len;
+    posenc_rope_inv_freq(ro, L, inv);
+    float sc = posenc_rope_scale(ro, L);
     memcpy(out, x, sizeof(float) * (size_t)(r->n * w));
     for (int t = 0; t < r->n; t++) {
         float p = (float)r->pos[t];

@@ -47,6 +47,8 @@ typedef struct kb_info {
     int classify;           /* a classifier: the vector is its scores, hidden = labels */
     const char *const *labels; /* classify: the [hidden] label names (config.json id2label) */
     int kv_blocks;          /* usable KV blocks, ids 1 .. kv_blocks */
+    int rope_switch;        /* longrope: a sequence longer than this many tokens rotates with the
+                             * long factors from its first token (kb_item.rope_len); 0: none */
     int n_eos;
     const int32_t *eos;     /* end-of-sequence ids */
 } kb_info;
@@ -60,6 +62,9 @@ typedef struct kb_item {
     const int32_t *types;   /* [n] token types, or NULL (all 0) */
     const int32_t *blocks;  /* KV blocks covering pos + n tokens */
     int nblocks;
+    int rope_len;           /* the sequence's length as longrope's switch sees it: the whole
+                             * prompt (or recomputed sequence) while it is prefilled in chunks,
+                             * as transformers' one forward over it; pos + n when less (0) */
     int sample;             /* sample the next token after the last one */
     kiln_sample sp;
     int logprobs;           /* 0 .. KB_MAX_LOGPROBS: top alternatives to report (with sample) */

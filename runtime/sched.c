@@ -522,6 +522,22 @@ static void preempt(ksched *s)
     s->preemptions++;
 }
 
+/* Longrope (info->rope_switch): a run is long when what it prefills (n_eff) is longer than the
+ * switch, so a prompt past it rotates with the long factors from its first chunk. A short run
+ * whose next decode takes the sequence past the switch restarts from position 0 (its blocks
+ * freed, its slot kept) to recompute prompt + generated tokens with the long factors, as
+ * transformers' generate() drops its KV cache at that step (Phi3ForCausalLM and
+ * PhimoeForCausalLM.prepare_inputs_for_generation); the last chunk samples the next token. */
+static void rope_recompute(ksched *s, kreq *r)
+{
+    int sw = s->info->rope_switch;
+    if (sw <= 0 || r->n_eff > sw || r->pos + 1 <= sw)
+        return;
+    kv_release(s->kv, &r->kv);
+    r->pos = 0;
+    r->n_eff = r->n_prompt + r->n_gen;
+}
+
 /* Blocks for r to append up to `want` tokens: returns how many it may append now (at least 1,
  * preempting newer requests when not even one more position fits), or 0 when r itself was the
  * newest and got preempted. */
@@ -557,6 +573,7 @@ static void add_item(ksched *s, kreq *r, int n, int *scratch_used)
     it->types = r->types ? r->types + r->pos : NULL;
     it->blocks = r->kv.blocks;
     it->nblocks = r->kv.n;
+    it->rope_len = r->n_eff > r->pos + n ? r->n_eff : r->pos + n;
     it->sample = !in->embed && r->max_new > 0 && r->pos + n >= r->n_eff;  /* last chunk or decode */
     it->sp = r->sp;
     it->sp.index = r->n_gen;
@@ -583,6 +600,8 @@ static void plan(ksched *s)
     /* 1. decodes, oldest first (a preemption removes the newest, the end of the array) */
     for (int i = 0; i < s->n_running; i++) {
         kreq *r = s->running[i];
+        if (r->pos >= r->n_eff)
+            rope_recompute(s, r);               /* (then prefills below) */
         if (r->pos < r->n_eff)
             continue;
         assert(r->pos == r->n_prompt + r->n_gen - 1);

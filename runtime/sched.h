@@ -10,6 +10,9 @@
  *      the newest running request is preempted: its blocks are freed and it goes back to the head
  *      of the waiting queue, to be recomputed (prompt + the tokens it already produced) when blocks
  *      free up. Its stream continues where it stopped: no token is repeated or lost.
+ *   4. longrope (info->rope_switch): a sequence whose next token takes it past the switch is
+ *      recomputed the same way, in place (it keeps its slot), with the long factors; each item's
+ *      rope_len tells the backend how long the sequence is (sched.c: rope_recompute).
  * A request's tokens are delivered through its callback, on the thread that runs ks_step, in order.
  * The last event of every request has `finish` set (KS_STOP, KS_LENGTH, KS_CANCELLED, KS_FAILED),
  * exactly once; after it the scheduler never mentions that id again.
