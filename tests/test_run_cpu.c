@@ -6,8 +6,9 @@
  * (kiln run stops there, kilnc ref does not); on the Llama fixture (20 times cheaper, which keeps
  * the test fast under the sanitizers) several prompts in one run give each prompt's ids alone,
  * also when a tiny KV cache and batch force queueing and preemption (recomputation), and --dump's
- * prompt logits equal kilnc ref --dump's, prefilled whole or in chunks; a BERT fixture's
- * embedding equals kilnc ref's. The CPU-only options are range-checked with messages naming the
+ * prompt logits equal kilnc ref --dump's, prefilled whole or in chunks; the Phi-3 longrope
+ * fixture's tokens equal HF's across the switch (a recomputation) and its chunked prefill the
+ * one-forward logits; a BERT fixture's embedding equals kilnc ref's. The CPU-only options are range-checked with messages naming the
  * option, the bound and where it comes from.
  */
 #include "testutil.h"
@@ -17,6 +18,7 @@
 #define TINY "examples/tinyfortune"
 #define LLAMA "tests/fixtures/llama"
 #define BERT "tests/fixtures/bert"
+#define PHI3_LONGROPE "tests/fixtures/phi3_longrope"
 #define EOS_ID 0 /* tinyfortune's generation_config.json eos_token_id */
 
 static const char *KILNC, *KILN;
@@ -253,6 +255,74 @@ static void test_dump_equals_ref(void **state)
     free(b);
 }
 
+/* The ids of an I64 tensor of the longrope fixture's expected.safetensors, comma separated. */
+static char *fixture_ids(const char *name)
+{
+    kerr e;
+    kerr_clear(&e);
+    st_set *ex = st_open(PHI3_LONGROPE "/expected.safetensors", &e);
+    if (!ex)
+        fail_msg("%s", kerr_msg(&e));
+    const st_tensor *t = st_find(ex, name);
+    assert_non_null(t);
+    assert_int_equal(t->dtype, ST_I64);
+    assert_true(t->numel >= 1 && t->numel <= 64);
+    char *s = xmalloc(t->numel * 24);
+    size_t n = 0;
+    for (uint64_t i = 0; i < t->numel; i++)
+        n += (size_t)sprintf(s + n, i ? ",%lld" : "%lld", (long long)((const int64_t *)t->data)[i]);
+    st_close(ex);
+    return s;
+}
+
+/* Longrope (original_max_position_embeddings 12) as transformers means it: a 6-token prompt whose
+ * generation passes 12 tokens is recomputed with the long factors at that step, so kiln run and
+ * kilnc ref give HF's cross_tokens, alone and in a batch with a prompt already past the switch;
+ * the 16-token prompt prefilled in chunks of 8 (the first ends before the switch) gives the
+ * logits of one forward. */
+static void test_longrope_switch(void **state)
+{
+    (void)state;
+    char *pre = fixture_ids("cross_ids"), *want = fixture_ids("cross_tokens");
+    char *full = fixture_ids("input_ids");
+    run r = KILNC_REF(PHI3_LONGROPE, "--ids", pre, "--max-new", "16");
+    EXPECT_CODE(r, 0);
+    char *got = line_of(r.out, 0);
+    assert_string_equal(got, want);
+    free(got);
+    tu_run_free(&r);
+    r = KILN_RUN(PHI3_LONGROPE, "--ids", pre, "--max-new", "16", "--ignore-eos");
+    EXPECT_CODE(r, 0);
+    got = line_of(r.out, 0);
+    assert_string_equal(got, want);
+    free(got);
+    tu_run_free(&r);
+    r = KILN_RUN(PHI3_LONGROPE, "--ids", full, "--ids", pre, "--max-new", "16", "--ignore-eos",
+                 "--max-tokens", "8", "--max-batch", "2");
+    EXPECT_CODE(r, 0);
+    got = batch_ids(r.out, 1);
+    assert_string_equal(got, want);
+    free(got);
+    tu_run_free(&r);
+
+    char *a = tu_path(D, "run.st"), *b = tu_path(D, "ref.st");
+    r = KILN_RUN(PHI3_LONGROPE, "--ids", full, "--max-new", "2", "--ignore-eos", "--dump", a,
+                 "--max-tokens", "8");
+    EXPECT_CODE(r, 0);
+    tu_run_free(&r);
+    r = KILNC_REF(PHI3_LONGROPE, "--ids", full, "--max-new", "2", "--dump", b);
+    EXPECT_CODE(r, 0);
+    tu_run_free(&r);
+    double d = dump_diff(a, b, "logits");
+    if (d > 1e-5)
+        fail_msg("longrope, prefill in chunks of 8: logits differ from one forward's by %g", d);
+    free(a);
+    free(b);
+    free(pre);
+    free(want);
+    free(full);
+}
+
 static void test_bert_embedding_equals_ref(void **state)
 {
     (void)state;
@@ -361,7 +431,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         T(test_greedy_equals_ref),       T(test_batch_equals_alone),
         T(test_queueing_and_preemption), T(test_dump_equals_ref),
-        T(test_bert_embedding_equals_ref), T(test_cpu_option_errors),
+        T(test_longrope_switch),         T(test_bert_embedding_equals_ref),
+        T(test_cpu_option_errors),
     };
 #undef T
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
