@@ -33,6 +33,7 @@ typedef struct kc {
     int max_seqs;         /* sequences per step */
     int max_seq_len;      /* tokens per sequence (prompt + generated) */
     st_dtype act_dtype;   /* compute dtype on the GPU: BF16 or F16 */
+    int quant_fp8;        /* --quant fp8: linear weights rounded to e4m3, a scale per row (quant.h) */
     int tp;               /* --tp: ranks the shard pass splits the graph for; 0 = no shard pass
                            * (1 = one rank, with its collectives of one: the TP code path) */
     int64_t slab_bytes;   /* result of plan_memory */
@@ -43,6 +44,7 @@ typedef struct kc {
     int n_bound;          /* distinct checkpoint tensors used */
     int n_unused;         /* checkpoint tensors left unused (after the spec's ignore list) */
     int n_ignored;        /* unused but matched by the spec's ignore list */
+    struct quant_state *quant; /* quantization_config and the dequantised weights (quant.c) */
 
     char **overrides;     /* what overrides changed, one line each (overrides.h): check prints
                            * them, compile records them in the manifest */

@@ -49,6 +49,7 @@ typedef struct opts {
     ovr_set ovr; /* --config, --override, --pooling, --normalize, --generation-config */
     int allow_nonfinite;
     int tp; /* --tp N: tensor-parallel ranks (0: unsharded) */
+    int quant_fp8; /* --quant fp8 */
     const char *dump_after;
     int help;
     /* ref */
@@ -105,6 +106,10 @@ static int parse_opts(const char *prog, int argc, char **argv, opts *o, int allo
             if (util_parse_i64("--tp", val, 1, KC_MAX_TP, &v, &err))
                 return util_usage_error(prog, "%s", kerr_msg(&err));
             o->tp = (int)v;
+        } else if (TAKE("--quant") && !missing) {
+            if (strcmp(val, "fp8"))
+                return util_usage_error(prog, "--quant: '%s' is not a format (expected fp8)", val);
+            o->quant_fp8 = 1;
         } else if (allow_dump == 1 && TAKE("--dump-after") && !missing)
             o->dump_after = val;
         else if (allow_dump == 3 && (TAKE("-o") || TAKE("--out")) && !missing)
@@ -164,7 +169,8 @@ static kc_opts kopts(const opts *o, int need_weights)
 {
     kc_opts k = {.spec = o->spec, .spec_path = o->spec_path, .n_spec_path = o->n_spec_path,
                  .strict = o->strict, .allow_nonfinite = o->allow_nonfinite,
-                 .need_weights = need_weights, .ovr = &o->ovr, .tp = o->tp};
+                 .need_weights = need_weights, .ovr = &o->ovr, .tp = o->tp,
+                 .quant_fp8 = o->quant_fp8};
     return k;
 }
 
@@ -186,6 +192,9 @@ static const char common_help[] =
     "                     top-level key, or a value of another JSON type, is an error\n"
     "  --override-new KEY=VALUE\n"
     "                     as --override, for a top-level key the config does not have\n"
+    "  --quant fp8        round the linears' weights to FP8 (e4m3) with one scale per output\n"
+    "                     row (absmax / 448), as 'kilnc compile --quant fp8' does; published\n"
+    "                     FP8 checkpoints (quantization_config) are read without it\n"
     "  --pooling mean|cls|last\n"
     "                     embedding models: pool this way instead of as the archspec does\n"
     "  --normalize yes|no embedding models: L2-normalise the pooled vector, or not\n"
@@ -803,6 +812,11 @@ static int cmd_compile(int argc, char **argv)
             if (nsm == 8)
                 return util_usage_error(o.prog, "--sm: at most 8 SMs, got more in '%s'", list);
             snprintf(sms[nsm], sizeof sms[0], "sm_%.*s", (int)tl, t);
+            if (o.quant_fp8 && atoi(sms[nsm] + 3) < 89)
+                return util_usage_error(o.prog, "--quant fp8: %s has no FP8 tensor cores (sm_89 "
+                                                "and newer: Ada, Hopper); pass --sm 89 or --sm 90a "
+                                                "(the default list is 80,90a)",
+                                        sms[nsm]);
             for (int k = 0; k < nsm; k++)
                 if (!strcmp(sms[k], sms[nsm]))
                     return util_usage_error(o.prog, "--sm: %s is listed twice", sms[k]);

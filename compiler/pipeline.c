@@ -6,6 +6,7 @@
 
 #include "lower.h"
 #include "passes/passes.h"
+#include "quant.h"
 
 typedef struct pass {
     const char *name;
@@ -69,6 +70,7 @@ void kc_free(kc *c)
         free(c->low);
     }
     graph_free(c->g);
+    quant_free(c);
     st_close(c->weights);
     config_free(c->cfg);
     registry_free(c->reg);
@@ -90,6 +92,7 @@ int kc_open(kc *c, const char *model, const kc_opts *o, kerr *err)
     c->max_seqs = o->max_seqs ? o->max_seqs : 16;
     c->max_seq_len = o->max_seq_len ? o->max_seq_len : 2048;
     c->act_dtype = o->act_dtype == ST_F16 ? ST_F16 : ST_BF16;
+    c->quant_fp8 = o->quant_fp8;
     c->tp = o->tp;
     if (!util_is_dir(model))
         return kerr_add(err, "%s: not a folder (expected a Hugging Face model folder with "

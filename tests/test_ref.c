@@ -49,20 +49,26 @@ static const char *generate_fixtures[] = {
     "deepseek_v2",
     "phi3_longrope",
     "phimoe",
+    "llama_fp8_ct",
 };
 
 
-/* Opens a fixture through the pipeline up to `upto`. */
-static void open_fixture(kc *c, const char *name, const char *upto)
+/* Opens a fixture through the pipeline up to `upto` (with --quant fp8 when quant_fp8 is set). */
+static void open_fixture_q(kc *c, const char *name, int quant_fp8, const char *upto)
 {
     char dir[256];
     snprintf(dir, sizeof dir, FIX "%s", name);
-    kc_opts o = {.need_weights = 1};
+    kc_opts o = {.need_weights = 1, .quant_fp8 = quant_fp8};
     kerr err;
     kerr_clear(&err);
     if (kc_open(c, dir, &o, &err) || kc_run(c, upto, NULL, NULL, &err)) {
         fail_msg("%s: %s", name, kerr_msg(&err));
     }
+}
+
+static void open_fixture(kc *c, const char *name, const char *upto)
+{
+    open_fixture_q(c, name, 0, upto);
 }
 
 static st_set *expected(const char *name)
@@ -92,11 +98,13 @@ static int64_t *ids_of(const st_tensor *t)
     return v;
 }
 
-/* Prefill logits, greedy tokens, decode-vs-reprefill, for one fixture and one graph stage. */
-static void check_generate(const char *name, const char *upto)
+/* Prefill logits, greedy tokens, decode-vs-reprefill, for one fixture and one graph stage:
+ * the checkpoint of fixture `model` (with --quant fp8 when quant_fp8 is set) against the
+ * expected outputs of fixture `name`. */
+static void check_generate_of(const char *name, const char *model, int quant_fp8, const char *upto)
 {
     kc c;
-    open_fixture(&c, name, upto);
+    open_fixture_q(&c, model, quant_fp8, upto);
     st_set *ex = expected(name);
     const st_tensor *ti = need(ex, "input_ids"), *tl = need(ex, "logits"), *tt = need(ex, "tokens");
     const st_tensor *tg = need(ex, "gen_logits");
@@ -175,6 +183,45 @@ static void check_generate(const char *name, const char *upto)
     free(ids);
     st_close(ex);
     kc_free(&c);
+}
+
+static void check_generate(const char *name, const char *upto)
+{
+    check_generate_of(name, name, 0, upto);
+}
+
+/* kilnc ref --quant fp8 of the llama fixture against HF on its linears quantised the same way
+ * (tests/fixtures/make_fp8_fixtures.py: llama_fp8q), unfused and fused; and the quantisation
+ * changes the logits (the test would pass unquantised otherwise only if they were equal). */
+static void test_quant_fp8_fixture(void **state)
+{
+    (void)state;
+    check_generate_of("llama_fp8q", "llama", 1, "bind_weights");
+    check_generate_of("llama_fp8q", "llama", 1, "fuse");
+    kc q, p;
+    open_fixture_q(&q, "llama", 1, "bind_weights");
+    open_fixture(&p, "llama", "bind_weights");
+    st_set *ex = expected("llama_fp8q");
+    const st_tensor *ti = need(ex, "input_ids");
+    int n = (int)ti->numel, rows, cols;
+    int64_t *ids = ids_of(ti);
+    kerr err;
+    kerr_clear(&err);
+    ref *rq = ref_new(q.g, n, &err), *rp = ref_new(p.g, n, &err);
+    assert_non_null(rq);
+    assert_non_null(rp);
+    assert_int_equal(ref_forward(rq, ids, NULL, n, &err), 0);
+    assert_int_equal(ref_forward(rp, ids, NULL, n, &err), 0);
+    const float *lq = ref_output(rq, &rows, &cols), *lp = ref_output(rp, &rows, &cols);
+    double d = tu_rel_l2(lq, lp, (size_t)rows * (size_t)cols);
+    if (!(d > 1e-3 && d < 0.2))
+        fail_msg("llama --quant fp8 vs unquantised: relative L2 %.3g (expected FP8's ~1e-2)", d);
+    ref_free(rq);
+    ref_free(rp);
+    free(ids);
+    st_close(ex);
+    kc_free(&q);
+    kc_free(&p);
 }
 
 static void test_generate_fixtures(void **state)
@@ -471,6 +518,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_generate_fixtures),
         cmocka_unit_test(test_generate_fixtures_fused),
+        cmocka_unit_test(test_quant_fp8_fixture),
         cmocka_unit_test(test_embed_fixtures),
         cmocka_unit_test(test_classify_fixtures),
         cmocka_unit_test(test_layer_by_layer),

@@ -3,7 +3,9 @@
  * Checks, reporting all problems at once: the tensor exists (else the closest checkpoint name
  * is suggested, which catches most prefix typos), its shape is the one the spec expects, and
  * its dtype is one kiln computes with (F32, F16, BF16). Sets each node's dtype to the
- * checkpoint's. Checkpoint tensors that no node uses are listed by name: a warning, or an
+ * checkpoint's. FP8 weights (F8_E4M3 with config.json's quantization_config) and, with
+ * --quant fp8, the linears' weights are bound to their fp32 dequantised values (quant.h).
+ * Checkpoint tensors that no node uses are listed by name: a warning, or an
  * error with --strict, since an unused tensor usually means the spec skips part of the model.
  * Every bound tensor is scanned for NaN and Inf (finite.c): an error naming the tensor and the
  * first bad element, or a warning with --allow-nonfinite.
@@ -12,6 +14,7 @@
 #include <string.h>
 
 #include "passes.h"
+#include "quant.h"
 
 /* Missing tensors listed one by one; the rest are counted. */
 #define MAX_MISSING_SHOWN 20
@@ -102,6 +105,23 @@ static const char *multi_index(const st_tensor *t, uint64_t flat, char *buf, siz
     return buf;
 }
 
+/* --quant fp8 quantises the weights of linears only: a 2-D weight every reader of which takes
+ * it as a LINEAR's weight (embeddings, norms, biases and the LM head stay as they are). */
+static int linear_only(const kgraph *g, int id)
+{
+    int readers = 0;
+    if (g->nodes[id].ndim != 2)
+        return 0;
+    for (int i = 0; i < g->n; i++)
+        for (int k = 0; k < g->nodes[i].n_in; k++)
+            if (g->nodes[i].in[k] == id) {
+                if (g->nodes[i].op != KG_LINEAR || k != 1)
+                    return 0;
+                readers++;
+            }
+    return readers > 0;
+}
+
 /* NaN or Inf in the bound weights: errors, or warnings with --allow-nonfinite. */
 static int check_finite(kc *c, kerr *err)
 {
@@ -143,6 +163,12 @@ int pass_bind_weights(kc *c, kerr *err)
     const st_set *w = c->weights;
     if (!w)
         return kerr_add(err, "%s: no checkpoint to bind weights from", c->model_dir);
+    if (quant_config_read(c, err))
+        return -1;
+    if (c->quant_fp8 && c->quant)
+        return kerr_add(err, "--quant fp8: %s is already quantised (its config.json has a "
+                             "quantization_config); drop --quant to read it as it is",
+                        c->model_dir);
     unsigned char *used = xcalloc((size_t)(w->n ? w->n : 1), 1);
     for (int i = 0; i < g->n; i++) { /* marked first, for closest() */
         const st_tensor *t = g->nodes[i].op == KG_WEIGHT ? st_find(w, g->nodes[i].weight) : NULL;
@@ -184,15 +210,23 @@ int pass_bind_weights(kc *c, kerr *err)
                           graph_shape_str(n, b, sizeof b), loc(n, where, sizeof where));
             continue;
         }
-        if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16) {
+        const st_tensor *bt = t; /* what the node computes with: t, or its fp32 dequantisation */
+        if (t->dtype == ST_F8_E4M3) {
+            if (!(bt = quant_dequant_fp8(c, t, used, err))) {
+                rc = -1;
+                continue;
+            }
+        } else if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16) {
             rc = kerr_add(err,
                           "%s: tensor '%s' has dtype %s; kiln reads F32, F16 and BF16 weights "
-                          "(quantised checkpoints are not supported yet)",
+                          "(and F8_E4M3 ones described by config.json's quantization_config)",
                           w->files[t->file].path, n->weight, st_dtype_name(t->dtype));
             continue;
+        } else if (c->quant_fp8 && linear_only(g, i)) {
+            bt = quant_fp8_rows(c, t);
         }
-        n->bound = t;
-        n->dtype = t->dtype;
+        n->bound = bt;
+        n->dtype = bt->dtype;
         c->n_params += t->numel;
         c->n_bound++;
     }

@@ -1,0 +1,51 @@
+/* quant — FP8 (E4M3) weights: published FP8 checkpoints read, and bf16/fp32 ones quantised at
+ * compile time (--quant fp8).
+ *
+ * What kiln computes with today: every FP8 weight is turned back into fp32 at bind_weights,
+ * exactly (e4m3 value * its scale, one fp32 multiply), and from there the graph is the
+ * unquantised one: `kilnc ref` runs those fp32 values, and `kilnc compile` packs them in the
+ * compute dtype (bf16/f16) like any weight. So `kilnc ref` of an FP8 checkpoint equals the
+ * forward of its dequantised fp32 copy, and `--quant fp8` gives the numbers an FP8 weight-only
+ * model computes. The FP8 decode GEMV that reads e4m3 bytes (templates/gemv.cuh, GEMV_FP8) is
+ * not yet fed by the packer: see README "Quantised weights".
+ *
+ * Formats (config.json's quantization_config), for a weight `X.weight` stored as F8_E4M3:
+ *   compressed-tensors (quant_method "compressed-tensors", format "float-quantized" or
+ *     "naive-quantized", every config group's weights {num_bits 8, type "float"}):
+ *     strategy "tensor": X.weight_scale of one element; "channel": X.weight_scale [out, 1];
+ *     "block": X.weight_scale [ceil(out/br), ceil(in/bc)] with block_structure [br, bc];
+ *   FBGEMM (quant_method "fbgemm_fp8"): X.weight_scale [out, 1];
+ *   block-scaled (quant_method "fp8", DeepSeek-V3 / Qwen3-FP8): X.weight_scale_inv
+ *     [ceil(out/br), ceil(in/bc)] with weight_block_size [br, bc] (default [128, 128]);
+ *     despite its name the scale multiplies, as in transformers' FP8 dequantisation.
+ * Input-activation scales (X.input_scale, X.input_scale_ub; static or dynamic) are accepted and
+ * not applied: kiln keeps activations in bf16 (weight-only FP8). A KV-cache scheme, integer or
+ * grouped weights, or any other quant_method is refused naming the field.
+ */
+#ifndef KILN_QUANT_H
+#define KILN_QUANT_H
+
+#include <stdint.h>
+
+#include "kc.h"
+
+#define FP8_E4M3_MAX 448.0f
+
+/* The value of an e4m3 byte (0x7f and 0xff are NaN). */
+float fp8_e4m3_to_f32(uint8_t b);
+/* x rounded to the nearest e4m3 (ties to even), saturating at +-448; x must not be NaN. */
+uint8_t fp8_e4m3_from_f32(float x);
+
+/* Reads config.json's quantization_config into c (nothing when absent). Errors name the field. */
+int quant_config_read(kc *c, kerr *err);
+/* A WEIGHT node bound to F8_E4M3 tensor t: the fp32 tensor of its dequantised values (owned by
+ * c, freed by quant_free). Marks the scale tensors it reads, and the input scales it skips, in
+ * used[] (indexed like c->weights->tensors). NULL with an error naming the tensor when the
+ * checkpoint's scales are missing or of the wrong shape or dtype. */
+const st_tensor *quant_dequant_fp8(kc *c, const st_tensor *t, unsigned char *used, kerr *err);
+/* --quant fp8: the fp32 tensor of t ([out, in], F32/F16/BF16) rounded to e4m3 with one scale
+ * per output row (absmax / 448), dequantised again: the values an FP8 weight holds. */
+const st_tensor *quant_fp8_rows(kc *c, const st_tensor *t);
+void quant_free(kc *c);
+
+#endif
