@@ -1320,6 +1320,10 @@ int lower(kc *c, lowered *out, kerr *err)
     m->max_seqs = c->max_seqs;
     m->max_seq_len = c->max_seq_len;
     m->gemv_max = GEMV_MAX;
+    /* longrope's switch for the scheduler; none when no sequence can pass it (config.c bounds it
+     * to INT32_MAX) */
+    int64_t rsw = posenc_rope_switch(c->g);
+    m->rope_switch = rsw < c->max_seq_len ? (int)rsw : 0;
     m->dtype = xstrdup(c->act_dtype == ST_F16 ? "f16" : "bf16");
     m->tp = c->g->tp > 1 ? c->g->tp : 1;
     m->shards = xcalloc((size_t)m->tp, sizeof(ka_shard));

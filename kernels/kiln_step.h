@@ -36,6 +36,9 @@ typedef struct kiln_step {
     KILN_DPTR(int) seq_start;     /* [n_seqs + 1] first token of each sequence in this step */
     KILN_DPTR(int) seq_kvlen;     /* [n_seqs] keys of each sequence, this step included */
     KILN_DPTR(int) block_table;   /* [n_seqs * max_blocks] */
+    KILN_DPTR(int) seq_ropelen;   /* [n_seqs] the sequence's length as longrope's switch sees it
+                                   * (kb_item.rope_len): >= seq_kvlen, its whole prompt while
+                                   * that is prefilled in chunks */
 } kiln_step;
 
 /* Sampling parameters of one sequence (sample.cuh). temperature 0 = greedy. A draw is a function

@@ -128,6 +128,8 @@ char *ka_manifest_json(const ka_manifest *m)
     json_object_set_new(lim, "max_seqs", json_integer(m->max_seqs));
     json_object_set_new(lim, "max_seq_len", json_integer(m->max_seq_len));
     json_object_set_new(lim, "gemv_max", json_integer(m->gemv_max));
+    if (m->rope_switch)
+        json_object_set_new(lim, "rope_switch", json_integer(m->rope_switch));
     json_object_set_new(lim, "slab_bytes", json_integer(m->slab_bytes));
     json_object_set_new(lim, "scratch_bytes", json_integer(m->scratch_bytes));
     json_object_set_new(lim, "output_pool", json_integer(m->output_pool));
@@ -843,6 +845,8 @@ static void parse_limits(rd *r, json_t *root, ka_manifest *m)
     m->max_seqs = (int)jint(r, lim, w, "max_seqs", 1, KA_MAX_SEQS);
     m->max_seq_len = (int)jint(r, lim, w, "max_seq_len", 1, KA_MAX_SEQ_LEN);
     m->gemv_max = (int)jint(r, lim, w, "gemv_max", 0, KA_MAX_TOKENS);
+    if (lim && json_object_get(lim, "rope_switch")) /* optional: absent in artifacts without longrope */
+        m->rope_switch = (int)jint(r, lim, w, "rope_switch", 1, KA_MAX_SEQ_LEN);
     m->slab_bytes = jint(r, lim, w, "slab_bytes", 0, KA_MAX_BYTES);
     m->scratch_bytes = jint(r, lim, w, "scratch_bytes", 0, KA_MAX_BYTES);
     if (r->bad)

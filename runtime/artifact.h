@@ -228,6 +228,8 @@ typedef struct ka_manifest {
     int vocab, hidden, n_layers;
     int type_vocab;         /* rows of the token-type table (BERT-style models), 0: none */
     int max_tokens, max_seqs, max_seq_len, gemv_max;
+    int rope_switch;        /* longrope: a sequence longer than this rotates with the long factors
+                               (kb_info.rope_switch); 0 none (limits.rope_switch, optional) */
     int64_t slab_bytes, scratch_bytes;
     int output_pool;        /* embedding model or classifier: output is [n_seqs, hidden] float
                                (a classifier's hidden is its number of labels) */

@@ -124,7 +124,7 @@ struct kmodel {
      * device uploads from (pinned memory is visible to every context under unified addressing) */
     int cap_tok, cap_seq;
     int32_t *h_meta;
-    size_t o_ids, o_pos, o_type, o_seq, o_slot, o_start, o_kvlen, o_bt, meta_bytes;
+    size_t o_ids, o_pos, o_type, o_seq, o_slot, o_start, o_kvlen, o_bt, o_ropelen, meta_bytes;
     kiln_sample *h_params;   /* pinned [max_seqs] */
     int32_t *h_ids;          /* pinned [max_seqs]: rank 0's sampled ids */
     float *h_lp; /* pinned [max_seqs, vocab]: logits rows for logprobs (allocated on first use) */
@@ -285,15 +285,18 @@ typedef struct node_msg {
 } node_msg;
 
 /* The used parts of the step arrays for T tokens in S rows (offset, int32 count). */
-static int meta_parts(const kmodel *m, int T, int S, size_t off[8], size_t cnt[8])
+#define META_PARTS 9
+static int meta_parts(const kmodel *m, int T, int S, size_t off[META_PARTS],
+                      size_t cnt[META_PARTS])
 {
-    const size_t o[8] = {m->o_ids,   m->o_pos,   m->o_type,  m->o_seq,
-                         m->o_slot,  m->o_start, m->o_kvlen, m->o_bt};
-    const size_t c[8] = {(size_t)T, (size_t)T,     (size_t)T, (size_t)T,
-                         (size_t)T, (size_t)S + 1, (size_t)S, (size_t)S * (size_t)m->max_blocks};
+    const size_t o[META_PARTS] = {m->o_ids,   m->o_pos,   m->o_type, m->o_seq,    m->o_slot,
+                                  m->o_start, m->o_kvlen, m->o_bt,   m->o_ropelen};
+    const size_t c[META_PARTS] = {(size_t)T, (size_t)T,     (size_t)T, (size_t)T,
+                                  (size_t)T, (size_t)S + 1, (size_t)S,
+                                  (size_t)S * (size_t)m->max_blocks, (size_t)S};
     memcpy(off, o, sizeof o);
     memcpy(cnt, c, sizeof c);
-    return 8;
+    return META_PARTS;
 }
 
 /* Node 0: the job (and a step's arrays) to every other node. */
@@ -302,7 +305,7 @@ static int forward(kmodel *m, job_kind job, kerr *err)
     node_msg h = {(int32_t)job, m->j.n, m->j.T, m->j.S, m->j.Q, m->j.decode, m->j.all,
                   m->j.bucket, m->graphs_failed,
                   m->j.bucket < MAX_BUCKETS ? m->bucket_ready[m->j.bucket] : 0, m->nblocks, 0};
-    size_t off[8], cnt[8];
+    size_t off[META_PARTS], cnt[META_PARTS];
     int np = job == JOB_STEP ? meta_parts(m, m->j.T, m->j.S, off, cnt) : 0;
     for (int node = 1; node < m->nnodes; node++) {
         if (krdv_send(&m->rdv, node, &h, sizeof h, err))
@@ -502,6 +505,7 @@ static int alloc_device(kmodel *m, kdev *d, kerr *err)
     d->st.seq_start = d->meta + m->o_start;
     d->st.seq_kvlen = d->meta + m->o_kvlen;
     d->st.block_table = d->meta + m->o_bt;
+    d->st.seq_ropelen = d->meta + m->o_ropelen;
     CU(cuMemAlloc(&d->d_params, sizeof(kiln_sample) * (size_t)m->cap_seq));
     CU(cuMemAlloc(&d->d_ids, sizeof(int32_t) * (size_t)m->cap_seq));
     d->gemm = kgemm_new(&m->cu, err);
@@ -574,6 +578,7 @@ static int alloc_shared(kmodel *m, kerr *err)
     SLOT(o_start, m->cap_seq + 1);
     SLOT(o_kvlen, m->cap_seq);
     SLOT(o_bt, (size_t)m->cap_seq * (size_t)m->max_blocks);
+    SLOT(o_ropelen, m->cap_seq);
 #undef SLOT
     m->meta_bytes = o;
     CU(cuMemAllocHost((void **)&m->h_meta, o));
@@ -1323,7 +1328,7 @@ static int run_steps(kmodel *m, kdev *d, const ka_step *steps, int n, int T, int
 /* Uploads the used parts of the step arrays. */
 static int upload_meta(kmodel *m, kdev *d, int T, int S, kerr *err)
 {
-    size_t off[8], cnt[8];
+    size_t off[META_PARTS], cnt[META_PARTS];
     int np = meta_parts(m, T, S, off, cnt);
     for (int i = 0; i < np; i++)
         CU(cuMemcpyHtoDAsync(d->meta + off[i], (char *)m->h_meta + off[i], sizeof(int32_t) * cnt[i],
@@ -1342,7 +1347,8 @@ static int fill_step(kmodel *m, const kb_item *items, int n, int rows, int *q)
 {
     const ka_manifest *man = m->m;
     int32_t *ids = H(m->o_ids), *pos = H(m->o_pos), *typ = H(m->o_type), *sq = H(m->o_seq),
-            *slot = H(m->o_slot), *start = H(m->o_start), *kvl = H(m->o_kvlen);
+            *slot = H(m->o_slot), *start = H(m->o_start), *kvl = H(m->o_kvlen),
+            *ropel = H(m->o_ropelen);
     int T = 0;
     *q = 1;
     for (int r = 0; r < rows; r++) {
@@ -1352,7 +1358,7 @@ static int fill_step(kmodel *m, const kb_item *items, int n, int rows, int *q)
             memset(bt, 0, sizeof(int32_t) * (size_t)m->max_blocks);
             ids[T] = pos[T] = typ[T] = slot[T] = 0;
             sq[T++] = r;
-            kvl[r] = 1;
+            kvl[r] = ropel[r] = 1;
             continue;
         }
         /* the scheduler checked the items against kb_info: a violation is a kiln bug */
@@ -1376,6 +1382,9 @@ static int fill_step(kmodel *m, const kb_item *items, int n, int rows, int *q)
             T++;
         }
         kvl[r] = it->pos + it->n;
+        /* (sched.c: rope_len; callers without a scheduler leave it 0) */
+        assert(it->rope_len <= man->max_seq_len);
+        ropel[r] = it->rope_len > kvl[r] ? it->rope_len : kvl[r];
         if (it->n > *q)
             *q = it->n;
     }
@@ -1674,11 +1683,13 @@ static int check_step_arrays(const kmodel *m, int T, int S, kerr *err)
 {
     const ka_manifest *man = m->m;
     int32_t *ids = H(m->o_ids), *pos = H(m->o_pos), *sq = H(m->o_seq), *slot = H(m->o_slot),
-            *start = H(m->o_start), *kvl = H(m->o_kvlen), *bt = H(m->o_bt), *typ = H(m->o_type);
+            *start = H(m->o_start), *kvl = H(m->o_kvlen), *bt = H(m->o_bt), *typ = H(m->o_type),
+            *ropel = H(m->o_ropelen);
     int types = man->type_vocab > 0 ? man->type_vocab : 1;
     int ok = start[0] == 0 && start[S] == T;
     for (int r = 0; ok && r < S; r++)
-        ok = start[r] <= start[r + 1] && kvl[r] >= 1 && kvl[r] <= man->max_seq_len;
+        ok = start[r] <= start[r + 1] && kvl[r] >= 1 && kvl[r] <= man->max_seq_len &&
+             ropel[r] >= kvl[r] && ropel[r] <= man->max_seq_len;
     for (int t = 0; ok && t < T; t++)
         ok = ids[t] >= 0 && ids[t] < man->vocab && pos[t] >= 0 && pos[t] < man->max_seq_len &&
              sq[t] >= 0 && sq[t] < S && typ[t] >= 0 && typ[t] < types &&
@@ -1737,7 +1748,7 @@ int km_follow(kmodel *m, kerr *err)
             m->graphs_failed = h.graphs_failed;
             if (h.bucket < MAX_BUCKETS)
                 m->bucket_ready[h.bucket] = h.bucket_ready;
-            size_t off[8], cnt[8];
+            size_t off[META_PARTS], cnt[META_PARTS];
             int np = meta_parts(m, h.T, h.S, off, cnt);
             for (int i = 0; i < np; i++)
                 if (krdv_recv(&m->rdv, 0, (char *)m->h_meta + off[i], sizeof(int32_t) * cnt[i],
@@ -1790,6 +1801,7 @@ static void init_backend(kmodel *m)
     in->kv_blocks = man->n_layers ? m->nblocks - 1 : man->max_seqs * m->max_blocks;
     in->n_eos = man->n_eos;
     in->eos = (const int32_t *)man->eos;
+    in->rope_switch = man->rope_switch;
     m->kb.info = in;
     m->kb.step = engine_step;
     m->kb.describe = engine_describe;

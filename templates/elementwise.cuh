@@ -260,10 +260,12 @@ __device__ __forceinline__ void layer_norm(const kiln_step st, const DT *x, cons
 //   inv_freq[i] = 1 / powf((float)base, (float)(2i) / ROT)
 // (double math rounded to float at the same places as posenc.c). ROT == 0: copies only.
 // DYNAMIC == 2 (longrope, Phi-3): inv_freq holds ROT entries, the short table then the long
-// one; a token whose sequence has L = st.seq_kvlen[st.tok_seq[t]] > dyn_max_pos keys (the
+// one; a token whose sequence has L = st.seq_ropelen[st.tok_seq[t]] > dyn_max_pos (the
 // original_max_position_embeddings) uses the long table and scales cos and sin by dyn_factor
-// instead of rope_scale (transformers switches per forward on max position + 1, which is L for
-// one sequence; keys already cached keep their rotation). dyn_base is unused.
+// instead of rope_scale. seq_ropelen is the sequence's length as the scheduler sees it (its whole
+// prompt from the first chunk, as transformers' one forward over it; a sequence that grows past
+// the switch is recomputed from position 0, as generate() drops its cache there), so all of one
+// sequence's keys share a table. dyn_base is unused.
 template <typename DT, int NH, int NKV, int HD, int ROT, int INTERLEAVED, int DYNAMIC, int THREADS>
 __device__ __forceinline__ void rope_kv(const kiln_step st, const DT *q, const DT *k, const DT *v,
                                         int q_stride, int k_stride, int v_stride, DT *q_out,
@@ -290,7 +292,7 @@ __device__ __forceinline__ void rope_kv(const kiln_step st, const DT *q, const D
         double base = (double)dyn_base;
         const float *tab = inv_freq;
         float sc = rope_scale;
-        if (DYNAMIC == 2 && st.seq_kvlen[st.tok_seq[t]] > dyn_max_pos) {
+        if (DYNAMIC == 2 && st.seq_ropelen[st.tok_seq[t]] > dyn_max_pos) {
             tab = inv_freq + HALF;
             sc = dyn_factor;
         }

@@ -2,7 +2,7 @@
 """compare.py — numerics checks for tests/gpu/run.sh (needs numpy + safetensors; the GPU machine
 has them). Each subcommand prints one summary row and exits 1 when the check fails.
 
-  compare.py ids FIXTURE_DIR                 prompt ids as "1,2,3"
+  compare.py ids FIXTURE_DIR [TENSOR]        prompt ids as "1,2,3" (input_ids, or TENSOR)
   compare.py types FIXTURE_DIR               token types as "0,1,..." (BERT; empty without them)
   compare.py gen NAME FIXTURE_DIR KILN REF [HFBF16]
                                              kiln run --dump vs HF (expected.safetensors) and kilnc ref
@@ -17,6 +17,11 @@ has them). Each subcommand prints one summary row and exits 1 when the check fai
   compare.py batch NAME SINGLE... -- BATCH   a batched run equals each prompt run alone
   compare.py tokens NAME DUMP PRINTED        the tokens `kiln run` printed without --dump (its
                                              first stdout line) equal those of the --dump run
+  compare.py cross NAME FIXTURE_DIR PRINTED [TAG]
+                                             longrope across the switch: the tokens `kiln run`
+                                             printed (the line starting with TAG, e.g. "[1] ",
+                                             or the first) equal HF's cross_tokens over their
+                                             clear prefix (cross_logits' margins, as for gen)
   compare.py same NAME BASE OTHER            greedy tokens of OTHER identical to BASE's (a --tp N
                                              run against the unsharded one); the logits' relative
                                              L2 is reported, and judged against HF by `gen`: the
@@ -165,11 +170,36 @@ def cmd_tokens(name, dump, printed):
     return ok
 
 
+def cmd_cross(name, fix, printed, tag=""):
+    ex = load_file(f"{fix}/expected.safetensors")
+    want, gl = [int(t) for t in ex["cross_tokens"]], ex["cross_logits"]
+    clear = 0
+    for row in gl:
+        top = np.sort(row)[-2:]
+        if top[1] - top[0] <= 0.1 * float(np.std(row)):
+            break
+        clear += 1
+    with open(printed) as f:
+        line = next((l for l in f if l.startswith(tag)), "")
+    toks = line[len(tag):].strip().split(",")
+    got = [int(t) for t in toks] if all(t.isdigit() for t in toks) else []
+    same = 0
+    while same < min(len(got), len(want)) and got[same] == want[same]:
+        same += 1
+    ok = len(got) == len(want) and same >= clear
+    print(f"{name:24s} {'ok' if ok else 'FAIL':4s} tokens {same}/{len(want)} = HF's across the longrope "
+          f"switch (clear: {clear}){'' if ok else f': {got} vs {want}'}")
+    return ok
+
+
 def main():
     a = sys.argv[1:]
     if a[0] == "ids":
-        print(",".join(str(int(x)) for x in load_file(f"{a[1]}/expected.safetensors")["input_ids"]))
+        key = a[2] if len(a) > 2 else "input_ids"
+        print(",".join(str(int(x)) for x in load_file(f"{a[1]}/expected.safetensors")[key]))
         return 0
+    if a[0] == "cross":
+        return 0 if cmd_cross(*a[1:5]) else 1
     if a[0] == "types":
         ex = load_file(f"{a[1]}/expected.safetensors")
         print(",".join(str(int(x)) for x in ex.get("token_type_ids", [])))

@@ -116,13 +116,14 @@ typedef struct seqcfg {
     int n;              /* sequences */
     int past[8], nnew[8];
     int pad;            /* token index given tok_slot -1, or -1 */
+    int ropelen[8];     /* st.seq_ropelen, when above the sequence's keys (0: its keys) */
 } seqcfg;
 
 typedef struct kstep {
     kiln_step st; /* device pointers: passed by value to the kernel */
     int T, n_seqs, max_blocks, num_blocks;
-    int *ids, *pos, *type, *seq, *slot, *start, *kvlen, *bt; /* host copies */
-    CUdeviceptr d[8];
+    int *ids, *pos, *type, *seq, *slot, *start, *kvlen, *bt, *ropelen; /* host copies */
+    CUdeviceptr d[9];
 } kstep;
 
 static void step_make(kt *t, kstep *s, const seqcfg *c, int vocab)
@@ -162,10 +163,12 @@ static void step_make(kt *t, kstep *s, const seqcfg *c, int vocab)
     s->slot = xmalloc(sizeof(int) * tn);
     s->start = xmalloc(sizeof(int) * (size_t)(c->n + 1));
     s->kvlen = xmalloc(sizeof(int) * (size_t)c->n);
+    s->ropelen = xmalloc(sizeof(int) * (size_t)c->n);
     int k = 0;
     for (int i = 0; i < c->n; i++) {
         s->start[i] = k;
         s->kvlen[i] = c->past[i] + c->nnew[i];
+        s->ropelen[i] = c->ropelen[i] > s->kvlen[i] ? c->ropelen[i] : s->kvlen[i];
         for (int j = 0; j < c->nnew[i]; j++, k++) {
             int p = c->past[i] + j;
             s->ids[k] = rand_int(t, vocab);
@@ -178,10 +181,11 @@ static void step_make(kt *t, kstep *s, const seqcfg *c, int vocab)
     s->start[c->n] = T;
     if (c->pad >= 0 && c->pad < T)
         s->slot[c->pad] = -1;
-    int *arrs[8] = {s->ids, s->pos, s->type, s->seq, s->slot, s->start, s->kvlen, s->bt};
-    size_t lens[8] = {tn, tn, tn, tn, tn, (size_t)c->n + 1, (size_t)c->n,
-                      (size_t)(c->n * maxb)};
-    for (int i = 0; i < 8; i++)
+    int *arrs[9] = {s->ids,  s->pos,   s->type, s->seq,    s->slot,
+                    s->start, s->kvlen, s->bt,   s->ropelen};
+    size_t lens[9] = {tn, tn, tn, tn, tn, (size_t)c->n + 1, (size_t)c->n,
+                      (size_t)(c->n * maxb), (size_t)c->n};
+    for (int i = 0; i < 9; i++)
         s->d[i] = kt_upload(t, arrs[i], sizeof(int) * lens[i]);
     s->st.T = T;
     s->st.n_seqs = c->n;
@@ -194,11 +198,12 @@ static void step_make(kt *t, kstep *s, const seqcfg *c, int vocab)
     s->st.seq_start = s->d[5];
     s->st.seq_kvlen = s->d[6];
     s->st.block_table = s->d[7];
+    s->st.seq_ropelen = s->d[8];
 }
 
 static void step_free(kt *t, kstep *s)
 {
-    for (int i = 0; i < 8; i++)
+    for (int i = 0; i < 9; i++)
         kt_free(t, s->d[i]);
     free(s->ids);
     free(s->pos);
@@ -207,6 +212,7 @@ static void step_free(kt *t, kstep *s)
     free(s->slot);
     free(s->start);
     free(s->kvlen);
+    free(s->ropelen);
     free(s->bt);
 }
 
@@ -219,11 +225,14 @@ static seqcfg one_seq(int T)
 }
 
 /* Step shapes shared by the cases. */
-static const seqcfg CFG_DECODE = {5, {0, 31, 32, 100, 70}, {1, 1, 1, 1, 1}, 2};
-static const seqcfg CFG_PREFILL = {3, {0, 0, 37}, {29, 7, 28}, 30}; /* T = 64 */
-static const seqcfg CFG_ONE = {1, {0}, {1}, -1};
-static const seqcfg CFG_LONG = {2, {20011, 5}, {3, 4}, -1}; /* positions past 20000 */
-static const seqcfg CFG_POOL = {4, {0, 3, 0, 0}, {5, 1, 17, 9}, -1};
+static const seqcfg CFG_DECODE = {5, {0, 31, 32, 100, 70}, {1, 1, 1, 1, 1}, 2, {0}};
+static const seqcfg CFG_PREFILL = {3, {0, 0, 37}, {29, 7, 28}, 30, {0}}; /* T = 64 */
+static const seqcfg CFG_ONE = {1, {0}, {1}, -1, {0}};
+static const seqcfg CFG_LONG = {2, {20011, 5}, {3, 4}, -1, {0}}; /* positions past 20000 */
+static const seqcfg CFG_POOL = {4, {0, 3, 0, 0}, {5, 1, 17, 9}, -1, {0}};
+/* chunks of prompts (longrope's switch at 64 keys): the first ends at 40 keys of a 100-token
+ * prompt (long), the others' prompts are 48 and 60 tokens (short) */
+static const seqcfg CFG_CHUNK = {3, {0, 32, 0}, {40, 16, 20}, -1, {100, 0, 60}};
 
 static int cfg_T(const seqcfg *c)
 {
@@ -521,8 +530,8 @@ static void t_rope(kt *t, int NH, int NKV, int HD, int ROT, int INTER, int DYN, 
     CUdeviceptr dkc = kt_alloc(t, sizeof(uint16_t) * cn), dvc = kt_alloc(t, sizeof(uint16_t) * cn);
     CUdeviceptr dqo = kt_alloc(t, sizeof(uint16_t) * (size_t)T * QWP);
     /* longrope (DYN 2): the table is [short; long] (the default one over per-pair factors), the
-     * long half and the scale long_scale (in dyn_factor) used by sequences of more than max_pos
-     * keys: CFG_PREFILL and CFG_DECODE hold sequences on both sides */
+     * long half and the scale long_scale (in dyn_factor) used by sequences whose seq_ropelen is
+     * above max_pos: CFG_PREFILL, CFG_DECODE and CFG_CHUNK hold sequences on both sides */
     const int ntab = DYN == 2 ? ROT : half;
     const float long_scale = 1.3f;
     float *inv = xmalloc(sizeof(float) * (size_t)(ntab ? ntab : 1));
@@ -548,7 +557,7 @@ static void t_rope(kt *t, int NH, int NKV, int HD, int ROT, int INTER, int DYN, 
     for (int tk = 0; tk < T; tk++) {
         float sc = rscale;
         if (DYN == 2) {
-            int lng = s.kvlen[s.seq[tk]] > max_pos;
+            int lng = s.ropelen[s.seq[tk]] > max_pos;
             memcpy(tinv, inv + (lng ? half : 0), sizeof(float) * (size_t)half);
             sc = lng ? long_scale : rscale;
         } else if (DYN) {
@@ -1101,6 +1110,8 @@ void ktest_elementwise(kt *t)
     t_rope(t, 4, 2, 64, 64, 0, 2, 128, 0, &CFG_PREFILL, "prefill", 1.19f);  /* longrope */
     t_rope(t, 4, 2, 64, 64, 0, 2, 128, 1, &CFG_DECODE, "decode", 1.19f);
     t_rope(t, 32, 32, 96, 96, 0, 2, 256, 0, &CFG_DECODE, "decode", 1.19f);  /* Phi-3-mini-128k */
+    t_rope(t, 4, 2, 64, 64, 0, 2, 128, 0, &CFG_CHUNK, "chunk", 1.19f);    /* long from its 1st chunk */
+    t_rope(t, 32, 32, 96, 96, 0, 2, 256, 1, &CFG_CHUNK, "chunk", 1.19f);
     /* head_dim not a multiple of 8: q and the cache padded to 24 (or 40), element loads */
     t_rope(t, 4, 2, 20, 20, 0, 0, 64, 0, &CFG_PREFILL, "prefill", 1.0f);    /* llama_hd20 */
     t_rope(t, 4, 2, 20, 20, 0, 0, 64, 1, &CFG_DECODE, "decode", 1.0f);

@@ -155,6 +155,31 @@ for f in llama mixtral bloom qwen2; do
   tail -1 "$SUMMARY"
 done
 
+# 3a. longrope as transformers (issue 13): phi3_longrope's 6-token cross_ids generate past
+# original_max_position_embeddings 12, where the scheduler recomputes the sequence with the long
+# factors (HF's cross_tokens), alone and next to the 16-token prompt in one batch; and that prompt
+# prefilled in chunks of 8 (an artifact compiled with --max-tokens 8: the first chunk ends before
+# the switch) is long from its first chunk (gen: logits and tokens against HF's one forward)
+if [ -f $ART/phi3_longrope/model.kiln ]; then
+  f=phi3_longrope
+  pre=$($PY tests/gpu/compare.py ids tests/fixtures/$f cross_ids)
+  full=$($PY tests/gpu/compare.py ids tests/fixtures/$f)
+  $BIN/kiln run $ART/$f --ids $pre --max-new 16 --ignore-eos > $LOG/cross_$f.out 2> $LOG/cross_$f.log
+  $PY tests/gpu/compare.py cross "$f cross" tests/fixtures/$f $LOG/cross_$f.out >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
+  tail -1 "$SUMMARY"
+  $BIN/kiln run $ART/$f --ids $full --ids $pre --max-new 16 --ignore-eos > $LOG/cross_batch_$f.out 2> $LOG/cross_batch_$f.log
+  $PY tests/gpu/compare.py cross "$f cross batch" tests/fixtures/$f $LOG/cross_batch_$f.out "[1] " >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
+  tail -1 "$SUMMARY"
+  if $BIN/kilnc compile tests/fixtures/$f -o $ART/${f}_chunk8 --sm $SM --max-batch 8 --max-tokens 8 > $LOG/compile_${f}_chunk8.log 2>&1 &&
+     $BIN/kiln run $ART/${f}_chunk8 --ids $full --max-new 16 --ignore-eos --dump $ART/${f}_chunk8.kiln.st > $LOG/run_${f}_chunk8.log 2>&1; then
+    base=$ART/$f.hfbf16.st; [ -f $base ] || base=
+    $PY tests/gpu/compare.py gen "${f} chunks of 8" tests/fixtures/$f $ART/${f}_chunk8.kiln.st $ART/$f.ref.st $base >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
+    tail -1 "$SUMMARY"
+  else
+    row "$(printf '%-24s FAIL compile/run: %s' ${f}_chunk8 "$(grep -m1 -i error $LOG/compile_${f}_chunk8.log $LOG/run_${f}_chunk8.log)")"; fail=1
+  fi
+fi
+
 # 3b. sampling with a seed draws from (seed, token index) only: a sampled request gives the same
 # tokens alone and in a batch. The three prompts are short (2, 3 and 2 tokens: together at most
 # gemv_max rows, so every linear of the prefill runs on kiln's GEMV kernels, whose rows do not depend
