@@ -7,7 +7,8 @@
  * logits at a position are a hash of the tokens up to there; greedy picks their argmax, a sampled
  * request (temperature > 0) hashes (sequence, seed, sp.index). It checks every step against
  * backend.h's contract (items and tokens within the limits, no slot twice, pos equal to the slot's
- * length or 0, blocks covering pos + n, distinct within the step and in range) and counts the
+ * length or 0, rope_len at least pos + n, blocks covering pos + n, distinct within the step and in
+ * range) and counts the
  * violations, which every test asserts to be 0 (steps may run on another thread, so it does not
  * call cmocka there). A request's expected output is the same request run alone on a roomy cache.
  */
@@ -39,7 +40,7 @@ typedef struct fake {
     /* step log: per step, per item, the sequence's first token, pos and n */
     int log_steps;
     int logn[256];
-    int logfirst[256][8], logpos[256][8], logn_tok[256][8];
+    int logfirst[256][8], logpos[256][8], logn_tok[256][8], logrope[256][8];
 } fake;
 
 static void violation(fake *f, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -116,6 +117,9 @@ static int fake_step(kbackend *b, kb_item *items, int n, kerr *err)
             continue;
         }
         tokens += it->n;
+        FCHECK(f, it->rope_len >= it->pos + it->n && it->rope_len <= in->max_seq_len,
+               "step %d slot %d: rope_len %d for pos %d n %d", f->nsteps, it->slot, it->rope_len,
+               it->pos, it->n);
         if (it->nblocks != kv_blocks_for(it->pos + it->n)) {
             violation(f, "step %d slot %d: %d blocks for %d tokens", f->nsteps, it->slot,
                       it->nblocks, it->pos + it->n);
@@ -152,6 +156,7 @@ static int fake_step(kbackend *b, kb_item *items, int n, kerr *err)
             f->logfirst[L][k] = h[0];
             f->logpos[L][k] = it->pos;
             f->logn_tok[L][k] = it->n;
+            f->logrope[L][k] = it->rope_len;
         }
         if (in->embed) {
             FCHECK(f, it->pos == 0 && it->embedding && !it->sample,
@@ -547,6 +552,64 @@ static void test_chunking(void **state)
     ks_free(s);
     fake_free(&f->b);
     free(b);
+}
+
+/* Longrope's switch at 20 tokens (kb_info.rope_switch): a 30-token prompt is long (rope_len 30)
+ * from its first chunk; a 12-token prompt is short until its next token would be the 21st, when
+ * it restarts from position 0 to recompute its 20 tokens and sample the 21st (rope_len 21), then
+ * decodes long; both give the tokens they give alone. */
+static void test_rope_switch(void **state)
+{
+    (void)state;
+    fake *f = fake_new(4, 8, 256, 64);
+    f->info.rope_switch = 20;
+    ksched *s = sched_new(f, 16);
+    int32_t a[12], b[30];
+    make_prompt(a, 12, 1, 1);
+    make_prompt(b, 30, 2, 2);
+    rec ra = {0}, rb = {0};
+    ks_params pa = params(a, 12, 16, &ra), pb = params(b, 30, 4, &rb);
+    pa.ignore_eos = pb.ignore_eos = 1;
+    submit_ok(s, &pa);
+    submit_ok(s, &pb);
+    drain(s);
+    assert_clean(&ra);
+    assert_clean(&rb);
+    assert_int_equal(ra.n, 16);
+    assert_int_equal(rb.n, 4);
+    int restarts = 0, a_long = 0, a_pos = 0;
+    for (int L = 0; L < f->log_steps; L++)
+        for (int k = 0; k < f->logn[L]; k++) {
+            int pos = f->logpos[L][k], n = f->logn_tok[L][k], rl = f->logrope[L][k];
+            if (f->logfirst[L][k] == 2) {
+                if (rl != (pos + n > 30 ? pos + n : 30))
+                    fail_msg("step %d: the 30-token prompt's item at %d+%d has rope_len %d", L,
+                             pos, n, rl);
+                continue;
+            }
+            if (pos == 0 && L > 0 && a_pos > 0) { /* the recomputation */
+                restarts++;
+                assert_int_equal(a_pos, 20);      /* its 20 tokens were in the cache */
+                a_long = 1;
+            }
+            int want = a_long ? (pos + n > 21 ? pos + n : 21) : (pos + n > 12 ? pos + n : 12);
+            if (rl != want)
+                fail_msg("step %d: the 12-token prompt's item at %d+%d has rope_len %d, expected "
+                         "%d", L, pos, n, rl, want);
+            assert_true(a_long || pos + n <= 20);
+            a_pos = pos + n;
+        }
+    assert_int_equal(restarts, 1);
+    assert_int_equal(a_pos, 12 + 16 - 1);
+    rec alone;
+    run_alone(f, &pa, &alone);
+    assert_same_tokens(&ra, &alone);
+    run_alone(f, &pb, &alone);
+    assert_same_tokens(&rb, &alone);
+    assert_kv_empty(s);
+    assert_fake_ok(f);
+    ks_free(s);
+    fake_free(&f->b);
 }
 
 /* A cache far too small for the load: requests are preempted and recomputed, and every one
@@ -1258,6 +1321,7 @@ int main(void)
         cmocka_unit_test(test_fcfs),
         cmocka_unit_test(test_chunking),
         cmocka_unit_test(test_preemption),
+        cmocka_unit_test(test_rope_switch),
         cmocka_unit_test(test_preempted_first),
         cmocka_unit_test(test_max_seqs),
         cmocka_unit_test(test_cancel_in_callback),
