@@ -8,9 +8,8 @@
  * request (temperature > 0) hashes (sequence, seed, sp.index). It checks every step against
  * backend.h's contract (items and tokens within the limits, no slot twice, pos equal to the slot's
  * length or 0, rope_len at least pos + n, blocks covering pos + n, distinct within the step and in
- * range) and counts the
- * violations, which every test asserts to be 0 (steps may run on another thread, so it does not
- * call cmocka there). A request's expected output is the same request run alone on a roomy cache.
+ * range) and counts the violations, which every test asserts to be 0 (steps may run on another
+ * thread, so it does not call cmocka there). A request's expected output is the same request run alone on a roomy cache.
  */
 #include "testutil.h"
 
