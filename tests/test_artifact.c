@@ -197,7 +197,9 @@ static void test_every_fixture_round_trips(void **state)
                                /* sharded (--tp): collectives, rank arguments, shards */
                                "llama",   "mixtral",             "bloom",   "bert",  "llama",
                                /* classifiers: the scores as output, the labels */
-                               "qwen2_cls", "bert_cls"};
+                               "qwen2_cls", "bert_cls",
+                               /* longrope: limits.rope_switch 12 */
+                               "phi3_longrope"};
     static const int tps[ARRAY_LEN(fx)] = {[10] = 2, [11] = 2, [12] = 2, [13] = 2, [14] = 1,
                                            [16] = 2};
     for (size_t i = 0; i < ARRAY_LEN(fx); i++) {
@@ -223,6 +225,8 @@ static void test_every_fixture_round_trips(void **state)
         assert_int_equal(r->max_tokens, m->max_tokens);
         assert_int_equal(r->max_seqs, m->max_seqs);
         assert_int_equal(r->gemv_max, m->gemv_max);
+        assert_int_equal(m->rope_switch, strcmp(fx[i], "phi3_longrope") ? 0 : 12);
+        assert_int_equal(r->rope_switch, m->rope_switch);
         assert_int_equal(r->slab_bytes, m->slab_bytes);
         assert_int_equal(r->scratch_bytes, m->scratch_bytes);
         assert_int_equal(r->output_pool, m->output_pool);
@@ -533,6 +537,7 @@ static void e_kv_slots(json_t *r)
 }
 static void e_max_seq_len(json_t *r) { set_int(limits(r), "max_seq_len", -1); }
 static void e_gemv_max(json_t *r) { set_int(limits(r), "gemv_max", -1); }
+static void e_rope_switch(json_t *r) { set_int(limits(r), "rope_switch", 0); }
 static void e_slab(json_t *r) { set_int(limits(r), "slab_bytes", (json_int_t)1 << 50); }
 static void e_tok_seqs(json_t *r) { set_int(limits(r), "max_seqs", lim(r, "max_tokens") + 1); }
 static void e_vocab(json_t *r) { set_int(limits(r), "vocab", 0); }
@@ -657,6 +662,7 @@ static void test_bad_fields_resigned(void **state)
         {"max_seqs x max_seq_len", e_kv_slots, {"limits: max_seqs 65536 x max_seq_len 65536 KV slots do not fit a 32-bit index"}},
         {"max_seq_len", e_max_seq_len, {"limits: max_seq_len is -1"}},
         {"gemv_max", e_gemv_max, {"limits: gemv_max is -1"}},
+        {"rope_switch", e_rope_switch, {"limits: rope_switch is 0, expected 1..16777216"}},
         {"slab", e_slab, {"limits: slab_bytes is 1125899906842624"}},
         {"tokens < seqs", e_tok_seqs, {"max_tokens 64 < max_seqs 65"}},
         {"vocab", e_vocab, {"limits: vocab is 0, expected 1.."}},
