@@ -359,4 +359,238 @@ __device__ __forceinline__ void gemv(const kiln_step st, const DT *x, const DT *
         }
 }
 
+
+// ---------------------------------------------------------------- FP8 weights
+//
+// gemv_fp8: the same product with w stored as e4m3 bytes [N, K] and one float scale per weight
+// row, y[m, n] = (x[m] · e4m3(w[n])) * scale[n] (+ bias[n]); for the linears kilnc quantises
+// with --quant fp8 or reads from FP8 checkpoints with per-row scales (compiler/quant.h). It is
+// the kernel above with the weight loads changed, kept as a sibling so that the 16-bit path
+// stays as it is:
+//   - a lane loads the 8 BYTES of its chunk (ld.global.nc, 8-byte loads: half the bytes of the
+//     16-bit kernel per mma, so a step has 2 KB of weights per warp in flight) and widens them
+//     in registers to 8 elements of DT, exactly (e4m3 has 3 mantissa bits and exponents
+//     2^-9 .. 2^8, all representable in bf16 and f16): the byte's bits placed in an f16's
+//     exponent and mantissa fields read as 2^-8 times the e4m3 value (normal or subnormal),
+//     and one multiply by 2^8 rescales it;
+//   - the mma chain, split-K and its fixed summation order are those of gemv (batch invariant);
+//   - the row's scale multiplies the float sum in the epilogue, before the bias and the gate.
+// Launch rule: gemv's (grid ceil(NOUT / OPB), block THREADS). Layouts: w [N, K] bytes, 8-byte
+// aligned; scale [N] float (GATED: [gate rows' scales; up rows' scales]); the rest as gemv.
+// Preconditions: gemv's, and K % 8 == 0. e4m3 NaN bytes (0x7f, 0xff) are read as 480: kilnc
+// never writes them (it refuses weights with NaN).
+// What it does not do yet: 16-byte weight loads (two chunks per lane), so it is not yet at the
+// copy bandwidth; per-block scales (kilnc dequantises 128x128-block checkpoints).
+namespace gemv_detail {
+
+__device__ __forceinline__ uint2 ld_stream8(const void *p)
+{
+    uint2 v;
+#if defined(__CUDA_ARCH__)
+    asm("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
+#else
+    v = *reinterpret_cast<const uint2 *>(p);
+#endif
+    return v;
+}
+
+// The e4m3 byte in bits 0..7 of b, as a float (exact; see above). Through f16, not float: the
+// subnormal e4m3 values land on f16 subnormals, which --use_fast_math's flush-to-zero (float
+// only) leaves alone, and the conversion to float makes them normal.
+__device__ __forceinline__ float e4m3_to_f(unsigned b)
+{
+    return __half2float(__ushort_as_half((unsigned short)(((b & 0x7fu) << 7) | ((b & 0x80u) << 8)))) *
+           256.0f;
+}
+
+template <typename DT> __device__ __forceinline__ unsigned pack2(float lo, float hi);
+template <> __device__ __forceinline__ unsigned pack2<bf16>(float lo, float hi)
+{
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<unsigned *>(&h);
+}
+template <> __device__ __forceinline__ unsigned pack2<f16>(float lo, float hi)
+{
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<unsigned *>(&h);
+}
+
+// Eight e4m3 bytes (element i in byte i) widened to eight DT elements in a uint4.
+template <typename DT>
+__device__ __forceinline__ uint4 widen8(const uint2 &v)
+{
+    return make_uint4(pack2<DT>(e4m3_to_f(v.x), e4m3_to_f(v.x >> 8)),
+                      pack2<DT>(e4m3_to_f(v.x >> 16), e4m3_to_f(v.x >> 24)),
+                      pack2<DT>(e4m3_to_f(v.y), e4m3_to_f(v.y >> 8)),
+                      pack2<DT>(e4m3_to_f(v.y >> 16), e4m3_to_f(v.y >> 24)));
+}
+
+} // namespace gemv_detail
+
+template <typename DT, int N, int K, int MMAX, bool BIAS, bool GATED, int ACT, bool OUT_F32,
+          int THREADS>
+__device__ __forceinline__ void gemv_fp8(const kiln_step st, const DT *x, const unsigned char *w,
+                                         const float *scale, const DT *bias, void *y, int M)
+{
+    KILN_PDL_ENTER();
+    static_assert(K % 8 == 0, "gemv_fp8: K must be a multiple of 8");
+    static_assert(N >= 1 && (!GATED || N % 2 == 0), "gemv_fp8: GATED needs an even N");
+    static_assert(MMAX >= 1 && MMAX <= 16, "gemv_fp8: MMAX is 1..16");
+    static_assert(THREADS % 32 == 0 && THREADS >= 32 && THREADS <= 512,
+                  "gemv_fp8: THREADS must be a multiple of 32, at most 512");
+    (void)st;
+    constexpr int NOUT = GATED ? N / 2 : N;
+    constexpr int OPB = GATED ? 8 : 16;
+    constexpr int NT = (MMAX + 7) / 8;
+    constexpr int WARPS = THREADS / 32;
+    constexpr int U = 4;
+    constexpr int KC = K / 8;
+    constexpr int STEPS = (KC + 4 * U - 1) / (4 * U);
+    if (M > MMAX)
+        M = MMAX;
+    if (M < 1)
+        return;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, g = lane >> 2, t = lane & 3;
+
+    long long ra, rb; // as gemv: rows past the end read the last row and store nothing
+    if constexpr (GATED) {
+        long long o = (long long)blockIdx.x * OPB + g;
+        if (o > NOUT - 1)
+            o = NOUT - 1;
+        ra = o;
+        rb = NOUT + o;
+    } else {
+        ra = (long long)blockIdx.x * OPB + g;
+        rb = ra + 8;
+        if (ra > N - 1)
+            ra = N - 1;
+        if (rb > N - 1)
+            rb = N - 1;
+    }
+    const unsigned char *wa = w + ra * K + 8 * t, *wb = w + rb * K + 8 * t;
+    const DT *xr[NT];
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+        const int m = 8 * j + g < M ? 8 * j + g : M - 1;
+        xr[j] = x + (long long)m * K + 8 * t;
+    }
+
+    float acc[NT][4];
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            acc[j][i] = 0.f;
+#pragma unroll 1
+    for (int s = warp; s < STEPS; s += WARPS) {
+        const int c0 = s * 4 * U;
+        uint2 qa[U], qb[U];
+        uint4 va[U], vb[U], vx[U][NT];
+        const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+        if (c0 + 4 * U <= KC) {
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                qa[u] = gemv_detail::ld_stream8(wa + (c0 + 4 * u) * 8);
+                qb[u] = gemv_detail::ld_stream8(wb + (c0 + 4 * u) * 8);
+            }
+#pragma unroll
+            for (int u = 0; u < U; u++)
+#pragma unroll
+                for (int j = 0; j < NT; j++)
+                    vx[u][j] = 8 * j < M
+                                   ? *reinterpret_cast<const uint4 *>(xr[j] + (c0 + 4 * u) * 8)
+                                   : zero;
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                va[u] = gemv_detail::widen8<DT>(qa[u]);
+                vb[u] = gemv_detail::widen8<DT>(qb[u]);
+            }
+        } else {
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const int c = c0 + 4 * u + t;
+                const bool in = c < KC;
+                const int off = ((in ? c : KC - 1) - t) * 8;
+                va[u] = gemv_detail::widen8<DT>(gemv_detail::ld_stream8(wa + off));
+                vb[u] = gemv_detail::widen8<DT>(gemv_detail::ld_stream8(wb + off));
+                if (!in)
+                    va[u] = vb[u] = zero;
+#pragma unroll
+                for (int j = 0; j < NT; j++)
+                    vx[u][j] = in && 8 * j < M ? *reinterpret_cast<const uint4 *>(xr[j] + off)
+                                               : zero;
+            }
+        }
+        float d[NT][4];
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                d[j][i] = 0.f;
+#pragma unroll
+        for (int u = 0; u < U; u++)
+            gemv_detail::mma_group<DT, NT>(d, va[u], vb[u], vx[u], M);
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                acc[j][i] += d[j][i];
+    }
+
+    if constexpr (WARPS > 1) {
+        __shared__ float part[WARPS][NT * 4][32];
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                part[warp][4 * j + i][lane] = acc[j][i];
+        __syncthreads();
+        if (warp != 0)
+            return;
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                float v = part[0][4 * j + i][lane];
+#pragma unroll 1
+                for (int q = 1; q < WARPS; q++)
+                    v += part[q][4 * j + i][lane];
+                acc[j][i] = v;
+            }
+    }
+
+    // Epilogue: gemv's, with each weight row's scale applied to its float sum first.
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const int m = 8 * j + 2 * t + e;
+            if (m >= M)
+                continue;
+#pragma unroll
+            for (int h = 0; h < (GATED ? 1 : 2); h++) {
+                const long long o = (long long)blockIdx.x * OPB + 8 * h + g;
+                if (o >= NOUT)
+                    continue;
+                float v;
+                if constexpr (GATED) {
+                    float gs = acc[j][e] * scale[o], us = acc[j][2 + e] * scale[NOUT + o];
+                    if (BIAS) {
+                        gs += to_f(bias[o]);
+                        us += to_f(bias[NOUT + o]);
+                    }
+                    v = act<ACT>(gs) * us;
+                } else {
+                    v = acc[j][2 * h + e] * scale[o];
+                    if (BIAS)
+                        v += to_f(bias[o]);
+                }
+                if constexpr (OUT_F32)
+                    static_cast<float *>(y)[(long long)m * NOUT + o] = v;
+                else
+                    static_cast<DT *>(y)[(long long)m * NOUT + o] = from_f<DT>(v);
+            }
+        }
+}
+
 } // namespace kiln
