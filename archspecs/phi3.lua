@@ -6,14 +6,11 @@
 --
 -- Rope: default or longrope (Phi-3-*-128k, Phi-3.5-mini, Phi-4-mini): short_factor and
 -- long_factor tables, one per rotary pair, the long one (and the long scale) used while the
--- sequence is longer than original_max_position_embeddings, decided per forward pass as
--- transformers does (keys already in the KV cache keep their rotation). cfg:rope() reads it.
--- Not as transformers: Phi3ForCausalLM.prepare_inputs_for_generation drops the KV cache at the
--- generate() step that first crosses that length and recomputes the whole sequence with the long
--- factors; kiln keeps the cache, so from that step on its logits differ from HF generate()'s.
--- Likewise a prompt longer than that length prefilled in chunks (kiln run/serve with a prompt
--- longer than --max-tokens): chunks that end before it use the short factors; HF's one forward
--- uses the long ones for the whole prompt.
+-- sequence is longer than original_max_position_embeddings. cfg:rope() reads it. transformers
+-- decides per forward; kiln per sequence, with the same numbers (archspecs/README.md, cfg:rope):
+-- a prompt longer than that length is long from its first chunk, and a sequence that grows past
+-- it during generation is recomputed with the long factors at that step, as
+-- Phi3ForCausalLM.prepare_inputs_for_generation drops the KV cache there.
 --
 -- HF reference: transformers/models/phi3/modeling_phi3.py, configuration_phi3.py.
 local kiln = require "kiln"

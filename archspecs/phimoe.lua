@@ -10,9 +10,9 @@
 -- come from short_factor (it calls the longrope init without a sequence length), and cos and sin
 -- are scaled by rope_scaling's short_mscale, or long_mscale once the sequence (max position + 1)
 -- is longer than original_max_position_embeddings. So the longrope table's long half is its
--- short half, and the two scales are the two mscales. As for phi3.lua: transformers' generate()
--- recomputes the whole sequence at the step that first crosses the length (with long_mscale);
--- kiln keeps the KV cache, so from that step on the two differ.
+-- short half, and the two scales are the two mscales. As for phi3.lua, the switch is per
+-- sequence: a prompt past the length is long from its first chunk, and a sequence that grows past
+-- it is recomputed with long_mscale at that step (prepare_inputs_for_generation's cache drop).
 --
 -- Two expert layouts: the Hub's (block_sparse_moe.gate.weight, experts.E.w1/w3/w2.weight, as
 -- Mixtral) and transformers 5's (mlp.router.weight, mlp.experts.gate_up_proj [E, 2I, H],
