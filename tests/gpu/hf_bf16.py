@@ -3,7 +3,8 @@
 says how much error bf16 arithmetic itself makes on each fixture (tests/gpu/run.sh compares
 kiln's bf16 error against it). Usage: hf_bf16.py OUTDIR FIXTURE... (writes OUTDIR/NAME.hfbf16.st;
 fixtures transformers cannot load are skipped; Qwen v1's and InternLM2's remote code are
-renamed into their transformers equivalents). Classify fixtures (expected "scores") get their
+renamed into their transformers equivalents; the FP8 fixtures are dequantised by
+tests/fixtures/make_fp8_fixtures.py). Classify fixtures (expected "scores") get their
 bf16 scores instead of logits."""
 import sys
 
@@ -95,6 +96,13 @@ for name in sys.argv[2:]:
     try:
         if name in ("qwen", "qwen_bf16"):
             m = qwen_v1_as_qwen2(d).to(torch.bfloat16).to(dev).eval()
+        elif name in ("llama_fp8_ct", "llama_fp8q"):
+            # FP8: transformers reads compressed-tensors only through that package, so the baseline
+            # is the dequantised model (llama_fp8q: the llama fixture as --quant fp8 rounds it)
+            sys.path.insert(0, "tests/fixtures")
+            import make_fp8_fixtures as fp8
+            m = (fp8.dequantised_model(d) if name == "llama_fp8_ct" else fp8.quantised_llama())
+            m = m.to(torch.bfloat16).to(dev).eval()
         elif name.startswith("internlm2"):
             m = internlm2_as_llama(d).to(torch.bfloat16).to(dev).eval()
         elif "scores" in ex:

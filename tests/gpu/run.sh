@@ -47,19 +47,20 @@ GEN="llama llama_tied_oldstyle llama_linear_oldstyle mistral qwen2 qwen mixtral 
      llama_bf16 mistral_bf16 qwen2_bf16 qwen_bf16 mixtral_bf16 bloom_bf16
      gemma gemma2 granite cohere gpt2 gpt_neox stablelm falcon falcon_new phi3 starcoder2 internlm2
      qwen3 qwen3_moe gemma3 gemma3_oldstyle olmo2 stablelm_qknorm cohere_qknorm llama_hd20
-     qwen2_moe gptj phi3_longrope phimoe deepseek_v2"
+     qwen2_moe gptj phi3_longrope phimoe deepseek_v2 llama_fp8_ct"
 EMB="bert bert_bf16"
 CLS="qwen2_cls bert_cls"
 FP16="llama llama_tied_oldstyle llama_linear_oldstyle mistral qwen2 qwen mixtral mixtral4 bloom bloom6"
 # compile all in parallel (NVRTC is single-threaded per unit), and HF's bf16 baseline meanwhile
-$PY tests/gpu/hf_bf16.py $ART $GEN $CLS > $LOG/hf_bf16.log 2>&1 &
+$PY tests/gpu/hf_bf16.py $ART $GEN $CLS llama_fp8q > $LOG/hf_bf16.log 2>&1 &
 HF_PID=$!
 { for f in $GEN $EMB $CLS; do
     echo "$BIN/kilnc compile tests/fixtures/$f -o $ART/$f --sm $SM --max-batch 8 > $LOG/compile_$f.log 2>&1 || echo COMPILE_FAIL $f"
   done
   for f in $FP16; do
     echo "$BIN/kilnc compile tests/fixtures/$f -o $ART/${f}_fp16 --dtype fp16 --sm $SM --max-batch 8 > $LOG/compile_${f}_fp16.log 2>&1 || echo COMPILE_FAIL ${f}_fp16"
-  done; } | xargs -P 12 -I{} bash -c "{}" > "$LOG/compile_failures.txt"
+  done
+  echo "$BIN/kilnc compile tests/fixtures/llama --quant fp8 -o $ART/llama_fp8q --sm $SM --max-batch 8 > $LOG/compile_llama_fp8q.log 2>&1 || echo COMPILE_FAIL llama_fp8q"; } | xargs -P 12 -I{} bash -c "{}" > "$LOG/compile_failures.txt"
 wait $HF_PID
 # 4. compute-sanitizer in the background on the artifacts just compiled (its table is printed below)
 bash tests/gpu/sanitize.sh $ART > $LOG/sanitize.out 2>&1 &
@@ -92,6 +93,22 @@ for f in $FP16; do
   $PY tests/gpu/compare.py gen ${f}_fp16 tests/fixtures/$f $ART/${f}_fp16.kiln.st $ART/$f.ref.st >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
   tail -1 "$SUMMARY"
 done
+# --quant fp8: the llama fixture quantised at compile time, against HF on the same rounding
+# (llama_fp8q, tests/fixtures/make_fp8_fixtures.py) and kilnc ref --quant fp8
+f=llama_fp8q
+if grep -q "COMPILE_FAIL $f\$" "$LOG/compile_failures.txt"; then
+  row "$(printf '%-24s FAIL compile: %s' $f "$(grep -m1 error $LOG/compile_$f.log)")"; fail=1
+else
+  ids=$($PY tests/gpu/compare.py ids tests/fixtures/$f)
+  $BIN/kilnc ref tests/fixtures/llama --quant fp8 --ids $ids --max-new 16 --dump $ART/$f.ref.st > $LOG/ref_$f.log 2>&1
+  if $BIN/kiln run $ART/$f --ids $ids --max-new 16 --ignore-eos --dump $ART/$f.kiln.st > $LOG/run_$f.log 2>&1; then
+    base=$ART/$f.hfbf16.st; [ -f $base ] || base=
+    $PY tests/gpu/compare.py gen $f tests/fixtures/$f $ART/$f.kiln.st $ART/$f.ref.st $base >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
+    tail -1 "$SUMMARY"
+  else
+    row "$(printf '%-24s FAIL run: %s' $f "$(grep -m1 -i error $LOG/run_$f.log)")"; fail=1
+  fi
+fi
 for f in $EMB; do
   if grep -q "COMPILE_FAIL $f\$" "$LOG/compile_failures.txt"; then
     row "$(printf '%-24s FAIL compile' $f)"; fail=1; continue
