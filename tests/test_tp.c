@@ -416,6 +416,7 @@ static const family families[] = {
     {"deepseek_v2", {NULL, NULL}, 1}, /* MLA stays whole; the dense MLP and the experts split */
     {"phi3_longrope", {NULL, "split over 1 and 2 ranks"}, 0}, /* 2 heads */
     {"phimoe", {NULL, "split over 1 and 2 ranks"}, 0},        /* 2 heads */
+    {"llama_fp8_ct", {NULL, NULL}, 0}, /* FP8 weights, dequantised before the split */
 };
 
 /* Opens a fixture through the pipeline: unsharded up to bind_weights (as kilnc ref), or
