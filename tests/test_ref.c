@@ -4,6 +4,8 @@
  *   - prefill logits at every prompt position within relative L2 1e-4 of HF's;
  *   - the 16 greedy tokens identical to HF generate(), decoded one at a time with the KV cache;
  *   - each decode step's logits equal to a full re-prefill of the same sequence;
+ *   - longrope: a prefix within the switch (short factors), and generation across it with the
+ *     sequence recomputed at the crossing, every step's logits and token as HF's;
  *   - the fused graph (after pass fuse) computes the same logits as the unfused one;
  *   - BERT: last hidden state and the pooled, normalised embedding.
  * And negative cases: errors a spec author or user meets, with their messages.
@@ -19,6 +21,7 @@
 #include <cmocka.h>
 
 #include "pipeline.h"
+#include "posenc.h"
 #include "ref.h"
 #include "safetensors.h"
 #include "testutil.h"
@@ -175,6 +178,37 @@ static void check_generate_of(const char *name, const char *model, int quant_fp8
         if (!(e < 1e-4))
             fail_msg("%s (%s): logits of the %d-token prefix (longrope short factors): relative L2 "
                      "error %.3g >= 1e-4", name, upto, m, e);
+    }
+    /* longrope fixtures: greedy generation from a short prompt past the switch, recomputed whole
+     * at the token that crosses it (as kilnc ref and the scheduler do); every step's logits */
+    const st_tensor *tci = st_find(ex, "cross_ids");
+    if (tci) {
+        const st_tensor *tct = need(ex, "cross_tokens"), *tcl = need(ex, "cross_logits");
+        int64_t sw = posenc_rope_switch(c.g);
+        int m = (int)tci->numel, M = (int)tct->numel;
+        assert_true(sw > m && sw < m + M && m + M <= n + N && tcl->shape[1] == V);
+        const int64_t *ct = tct->data;
+        memcpy(seq, tci->data, sizeof(int64_t) * (size_t)m);
+        ref_reset(full);
+        assert_int_equal(ref_forward(full, seq, NULL, m, &err), 0);
+        for (int s = 0; s < M; s++) {
+            const float *lg2 = ref_output(full, &rows, &cols);
+            const float *row = lg2 + (size_t)(rows - 1) * V;
+            double e = tu_rel_l2(row, (const float *)tcl->data + (size_t)s * V, (size_t)V);
+            if (!(e < 1e-4) || tu_argmax(row, V) != ct[s])
+                fail_msg("%s (%s): generation across the longrope switch, token %d: relative L2 "
+                         "%.3g, token %d, HF %lld", name, upto, s, e, tu_argmax(row, V),
+                         (long long)ct[s]);
+            seq[m + s] = ct[s];
+            if (s + 1 == M)
+                break;
+            if (m + s == sw) { /* the sequence passes the switch: recomputed whole */
+                ref_reset(full);
+                assert_int_equal(ref_forward(full, seq, NULL, m + s + 1, &err), 0);
+            } else {
+                assert_int_equal(ref_forward(full, &seq[m + s], NULL, 1, &err), 0);
+            }
+        }
     }
     ref_free(full);
     ref_free(r);
