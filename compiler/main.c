@@ -28,6 +28,7 @@
 #include "pipeline.h"
 #include "posenc.h"
 #include "ref.h"
+#include "quant.h"
 #include "registry.h"
 #include "safetensors.h"
 #include "spec.h"
@@ -338,6 +339,9 @@ static int cmd_check(int argc, char **argv)
     count_dtypes(g, dt, sizeof dt);
     printf("parameters    %s in %d tensors (%s)\n",
            util_human_count((double)c.n_params, pc, sizeof pc), c.n_bound, dt);
+    char qd[256];
+    if (quant_describe(&c, qd, sizeof qd))
+        printf("quantised     %s\n", qd);
     printf("checkpoint    %d tensors in %d file%s: %d used, %d unused%s\n", c.weights->n,
            c.weights->nfiles, c.weights->nfiles == 1 ? "" : "s", c.n_bound, c.n_unused,
            c.n_ignored ? " (plus ignored by the spec)" : "");

@@ -5,6 +5,7 @@
 #include <assert.h>
 #include <jansson.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,6 +23,7 @@ typedef struct quant_state {
     int64_t br, bc;   /* block rows and columns (block schemes) */
     st_tensor **owned;
     int n, cap;
+    int n_companions; /* scale tensors read and input scales skipped (FP8 checkpoints) */
 } quant_state;
 
 /* ---------------------------------------------------------------- e4m3 */
@@ -204,15 +206,17 @@ static float scalar_at(const st_tensor *t, uint64_t i)
 }
 
 /* Marks `base` + suffix as used when the checkpoint has it. */
-static const st_tensor *companion(const st_set *w, const char *base, const char *suffix,
-                                  unsigned char *used)
+static const st_tensor *companion(quant_state *s, const st_set *w, const char *base,
+                                  const char *suffix, unsigned char *used)
 {
     char name[1024];
     if ((size_t)snprintf(name, sizeof name, "%s%s", base, suffix) >= sizeof name)
         return NULL;
     const st_tensor *t = st_find(w, name);
-    if (t)
+    if (t) {
         used[t - w->tensors] = 1;
+        s->n_companions++;
+    }
     return t;
 }
 
@@ -236,10 +240,10 @@ const st_tensor *quant_dequant_fp8(kc *c, const st_tensor *t, unsigned char *use
     }
     char base[1024];
     snprintf(base, sizeof base, "%.*s", (int)(len - 7), t->name);
-    companion(w, base, ".input_scale", used);
-    companion(w, base, ".input_scale_ub", used);
+    companion(s, w, base, ".input_scale", used);
+    companion(s, w, base, ".input_scale_ub", used);
     const char *sfx = s->scheme == QS_BLOCK ? ".weight_scale_inv" : ".weight_scale";
-    const st_tensor *sc = companion(w, base, sfx, used);
+    const st_tensor *sc = companion(s, w, base, sfx, used);
     int64_t rows = t->shape[0], cols = t->shape[1];
     int64_t sr = 1, scl = 1; /* the scale grid: sr x scl blocks */
     switch (s->scheme) {
@@ -312,6 +316,31 @@ const st_tensor *quant_fp8_rows(kc *c, const st_tensor *t)
             row[k] = fp8_e4m3_to_f32(fp8_e4m3_from_f32(row[k] / scale)) * scale;
     }
     return o;
+}
+
+const char *quant_describe(const kc *c, char *buf, size_t cap)
+{
+    const quant_state *s = c->quant;
+    if (!s || !s->n)
+        return NULL;
+    if (c->quant_fp8) {
+        snprintf(buf, cap, "--quant fp8: %d linear weight%s rounded to e4m3 with a scale per row "
+                           "(computed here in fp32)",
+                 s->n, s->n == 1 ? "" : "s");
+        return buf;
+    }
+    static const char *const names[] = {
+        [QS_CT_TENSOR] = "compressed-tensors per-tensor", [QS_CT_CHANNEL] = "compressed-tensors per-channel",
+        [QS_CT_BLOCK] = "compressed-tensors block", [QS_FBGEMM] = "fbgemm_fp8 per-row",
+        [QS_BLOCK] = "fp8 block"};
+    int n = snprintf(buf, cap, "%d weight%s F8_E4M3 with %s scales", s->n, s->n == 1 ? "" : "s",
+                     names[s->scheme]);
+    if (n >= 0 && (size_t)n < cap && (s->scheme == QS_CT_BLOCK || s->scheme == QS_BLOCK))
+        n += snprintf(buf + n, cap - (size_t)n, " [%lld, %lld]", (long long)s->br, (long long)s->bc);
+    if (n >= 0 && (size_t)n < cap)
+        snprintf(buf + n, cap - (size_t)n, " (%d scale tensor%s), dequantised to fp32",
+                 s->n_companions, s->n_companions == 1 ? "" : "s");
+    return buf;
 }
 
 void quant_free(kc *c)

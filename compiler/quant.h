@@ -25,6 +25,7 @@
 #ifndef KILN_QUANT_H
 #define KILN_QUANT_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "kc.h"
@@ -46,6 +47,9 @@ const st_tensor *quant_dequant_fp8(kc *c, const st_tensor *t, unsigned char *use
 /* --quant fp8: the fp32 tensor of t ([out, in], F32/F16/BF16) rounded to e4m3 with one scale
  * per output row (absmax / 448), dequantised again: the values an FP8 weight holds. */
 const st_tensor *quant_fp8_rows(kc *c, const st_tensor *t);
+/* After bind_weights: what was quantised, for kilnc check ("14 weights F8_E4M3 with
+ * compressed-tensors per-channel scales, dequantised to fp32"), or NULL when nothing was. */
+const char *quant_describe(const kc *c, char *buf, size_t cap);
 void quant_free(kc *c);
 
 #endif

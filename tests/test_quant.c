@@ -10,8 +10,8 @@
  *   - --quant fp8's per-row quantisation: the absmax element is exact, the rest within e4m3's
  *     half step, a zero row stays zero;
  *   - the CLI: FBGEMM and block-scaled variants of the llama_fp8_ct fixture (same e4m3 bytes,
- *     scales renamed) give its logits, --quant fp8 of a quantised checkpoint and for sm_80 are
- *     refused.
+ *     scales renamed) give its tokens, kilnc check describes what it dequantised, --quant fp8 of
+ *     a quantised checkpoint and for sm_80 are refused.
  */
 #include <math.h>
 #include <setjmp.h>
@@ -351,6 +351,21 @@ static void test_cli(void **state)
     tu_run r3 = tu_run_bin(tmp, KILNC, a3);
     EXPECT_CODE(r3, 2);
     assert_contains(r3.err, "--quant: 'int4' is not a format (expected fp8)");
+    /* kilnc check says what it dequantised */
+    const char *c0[] = {"check", "tests/fixtures/llama_fp8_ct", NULL}, *c1[] = {"check", bl, NULL};
+    const char *c2[] = {"check", "tests/fixtures/llama", "--quant", "fp8", NULL};
+    tu_run k0 = tu_run_bin(tmp, KILNC, c0), k1 = tu_run_bin(tmp, KILNC, c1),
+           k2 = tu_run_bin(tmp, KILNC, c2);
+    EXPECT_CODE(k0, 0);
+    EXPECT_CODE(k1, 0);
+    EXPECT_CODE(k2, 0);
+    assert_contains(k0.out, "quantised     14 weights F8_E4M3 with compressed-tensors per-channel "
+                            "scales (14 scale tensors), dequantised to fp32\n");
+    assert_contains(k1.out, "14 weights F8_E4M3 with fp8 block scales [1, 4096] (14 scale tensors)");
+    assert_contains(k2.out, "quantised     --quant fp8: 14 linear weights rounded to e4m3");
+    tu_run_free(&k0);
+    tu_run_free(&k1);
+    tu_run_free(&k2);
     tu_run_free(&r0);
     tu_run_free(&r1);
     tu_run_free(&r2);
