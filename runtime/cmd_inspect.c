@@ -134,6 +134,10 @@ int cmd_inspect(int argc, char **argv)
     printf("limits       %d tokens per sequence, %d sequences per step, %d tokens per prefill "
            "step, GEMV up to %d rows\n",
            m->max_seq_len, m->max_seqs, m->max_tokens, m->gemv_max);
+    if (m->rope_switch)
+        printf("rope         longrope: a sequence longer than %d tokens uses the long factors "
+               "(recomputed when it grows past them)\n",
+               m->rope_switch);
     printf("memory       slab %lld B, scratch %lld B, weights %s in %d tensors%s\n",
            (long long)m->slab_bytes, (long long)m->scratch_bytes,
            util_human_bytes((double)wbytes, wb, sizeof wb), m->nweights,
