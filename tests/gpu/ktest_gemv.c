@@ -24,9 +24,6 @@
  *     as with the float FMAs the kernel had before. 1e-5 leaves a wide margin and still catches
  *     a dropped group of 32 (~1e-2) or a bf16-rounded output (~1e-3). The gated f32 case adds
  *     the fast-math silu (__expf and a fast division: a few ulp, ~1e-6).
- * FP8 cases (gemv_fp8) quantise each weight row as kilnc --quant fp8 does and give the reference
- * the dequantised rows (e4m3 * scale), so the same tolerances hold: the widened e4m3 values are
- * exact in bf16/f16, and the scale is one float multiply of the sum.
  * Each case also checks that the rows of y past M (a buffer sized for MMAX rows) are untouched.
  * gemv_invariance checks batch invariance: row 0 of a launch with M rows equals, bit for bit,
  * a launch with that row alone (the split-K order depends on N, K and the block, never on M).
@@ -39,7 +36,6 @@
 #include "ktest.h"
 #include "util.h"
 #include "lower.h"
-#include "quant.h"
 #include "../../kernels/kiln_step.h"
 
 
@@ -49,7 +45,6 @@ typedef struct gcase {
     int bias, gated, act, f32;
     int threads; /* 0: lower.c's block size for the shape */
     int f16;     /* storage type f16 instead of bf16 */
-    int fp8;     /* weights e4m3 with a float scale per row (gemv_fp8) */
 } gcase;
 
 /* Rounds through the storage type and returns the 16-bit copy to upload. */
@@ -87,41 +82,6 @@ static CUmodule gemv_module(kt *t, const char *name, const char *prefix, const c
     return m;
 }
 
-/* The FP8 case's kernel: k_gemv wrapping one gemv_fp8 instance. */
-static CUmodule gemv_fp8_module(kt *t, const char *name, const char *dt, int N, int K, int mmax,
-                                int bias, int gated, int act, int f32, int threads)
-{
-    char src[1024];
-    snprintf(src, sizeof src,
-             "#include \"gemv.cuh\"\n"
-             "extern \"C\" __global__ void __launch_bounds__(%d)\n"
-             "k_gemv(const kiln_step st, const %s *x, const unsigned char *w, const float *scale, "
-             "const %s *bias, void *y, int M)\n"
-             "{\n"
-             "    kiln::gemv_fp8<%s, %d, %d, %d, %s, %s, %d, %s, %d>(st, x, w, scale, bias, y, M);\n"
-             "}\n",
-             threads, dt, dt, dt, N, K, mmax, bias ? "true" : "false", gated ? "true" : "false",
-             act, f32 ? "true" : "false", threads);
-    return kt_module(t, name, src);
-}
-
-/* FP8 cases: each weight row quantised as kilnc --quant fp8 does (scale absmax / 448, the row
- * over it rounded to e4m3); w becomes the dequantised values the reference multiplies by, and
- * q, scale what the kernel reads. */
-static void quantise_rows(float *w, int N, int K, unsigned char *q, float *scale)
-{
-    for (int n = 0; n < N; n++) {
-        float *row = w + (size_t)n * K, amax = 0;
-        for (int k = 0; k < K; k++)
-            amax = fmaxf(amax, fabsf(row[k]));
-        scale[n] = amax > 0 ? amax / FP8_E4M3_MAX : 1.0f;
-        for (int k = 0; k < K; k++) {
-            q[(size_t)n * K + k] = fp8_e4m3_from_f32(row[k] / scale[n]);
-            row[k] = fp8_e4m3_to_f32(q[(size_t)n * K + k]) * scale[n];
-        }
-    }
-}
-
 /* Blocks of the launch rule (templates/gemv.cuh): one per 16-row tile. */
 static unsigned gemv_blocks(int N, int gated)
 {
@@ -140,20 +100,14 @@ static void gemv_check(kt *t, const gcase *c, CUfunction f, int TH, int M, const
     kt_fill(t, w, (size_t)N * K, 2.0f / sqrtf((float)K));
     kt_fill(t, b, (size_t)N, 0.5f);
     uint16_t *x16 = to_dt(x, (size_t)M * K, c->f16);
-    uint16_t *w16 = c->fp8 ? NULL : to_dt(w, (size_t)N * K, c->f16);
+    uint16_t *w16 = to_dt(w, (size_t)N * K, c->f16);
     uint16_t *b16 = to_dt(b, (size_t)N, c->f16);
-    unsigned char *w8 = c->fp8 ? xmalloc((size_t)N * K) : NULL;
-    float *ws = c->fp8 ? xmalloc(sizeof(float) * (size_t)N) : NULL;
-    if (c->fp8)
-        quantise_rows(w, N, K, w8, ws);
 
     /* y is sized for MMAX rows so that a write to a row >= M shows (it stays poisoned). */
     const size_t esz = c->f32 ? 4 : 2;
     const size_t ybytes = (size_t)MMAX * NOUT * esz, used = (size_t)M * NOUT * esz;
     CUdeviceptr dx = kt_upload(t, x16, sizeof(uint16_t) * (size_t)M * K);
-    CUdeviceptr dw = c->fp8 ? kt_upload(t, w8, (size_t)N * K)
-                            : kt_upload(t, w16, sizeof(uint16_t) * (size_t)N * K);
-    CUdeviceptr ds = c->fp8 ? kt_upload(t, ws, sizeof(float) * (size_t)N) : 0;
+    CUdeviceptr dw = kt_upload(t, w16, sizeof(uint16_t) * (size_t)N * K);
     CUdeviceptr db = c->bias ? kt_upload(t, b16, sizeof(uint16_t) * (size_t)N) : 0;
     CUdeviceptr dy = kt_alloc(t, ybytes);
     kiln_step st;
@@ -162,8 +116,7 @@ static void gemv_check(kt *t, const gcase *c, CUfunction f, int TH, int M, const
     st.n_seqs = M;
     int m_arg = M;
     void *args[] = {&st, &dx, &dw, &db, &dy, &m_arg};
-    void *args8[] = {&st, &dx, &dw, &ds, &db, &dy, &m_arg};
-    kt_launch(t, f, name, gemv_blocks(N, c->gated), 1, 1, (unsigned)TH, 0, c->fp8 ? args8 : args);
+    kt_launch(t, f, name, gemv_blocks(N, c->gated), 1, 1, (unsigned)TH, 0, args);
     unsigned char *ybuf = xmalloc(ybytes);
     kt_download(t, ybuf, dy, ybytes);
 
@@ -213,8 +166,6 @@ static void gemv_check(kt *t, const gcase *c, CUfunction f, int TH, int M, const
 
     kt_free(t, dx);
     kt_free(t, dw);
-    if (ds)
-        kt_free(t, ds);
     if (db)
         kt_free(t, db);
     kt_free(t, dy);
@@ -224,8 +175,6 @@ static void gemv_check(kt *t, const gcase *c, CUfunction f, int TH, int M, const
     free(x16);
     free(w16);
     free(b16);
-    free(w8);
-    free(ws);
     free(ybuf);
     free(got);
     free(want);
@@ -248,8 +197,6 @@ static void gemv_case(kt *t, const gcase *c)
         at += snprintf(opts + at, sizeof opts - at, " f32");
     if (c->f16)
         at += snprintf(opts + at, sizeof opts - at, " f16");
-    if (c->fp8)
-        at += snprintf(opts + at, sizeof opts - at, " fp8");
     snprintf(opts + at, sizeof opts - at, " threads=%d", TH);
     CUmodule mod = NULL;
     int compiled = 0;
@@ -259,11 +206,8 @@ static void gemv_case(kt *t, const gcase *c)
         if (!kt_want(t, name))
             continue;
         if (!compiled) {
-            const char *dt = c->f16 ? "kiln::f16" : "kiln::bf16";
-            mod = c->fp8 ? gemv_fp8_module(t, name, dt, c->N, c->K, c->mmax, c->bias, c->gated,
-                                           c->act, c->f32, TH)
-                         : gemv_module(t, name, NULL, "gemv", dt, c->N, c->K, c->mmax, c->bias,
-                                       c->gated, c->act, c->f32, TH);
+            mod = gemv_module(t, name, NULL, "gemv", c->f16 ? "kiln::f16" : "kiln::bf16", c->N,
+                              c->K, c->mmax, c->bias, c->gated, c->act, c->f32, TH);
             compiled = 1;
         }
         if (!mod && !t->compile_only)
@@ -371,19 +315,6 @@ void ktest_gemv(kt *t)
         {.N = 32000, .K = 1024, .mmax = 8, .ms = {8}, .f32 = 1},
         {.N = 151936, .K = 512, .mmax = 1, .ms = {1}, .f32 = 1},
         {.N = 151936, .K = 512, .mmax = 4, .ms = {3}, .f32 = 1, .threads = 128},
-        /* FP8 weights (gemv_fp8): every M, partial steps and tiles, gated with its two rows'
-         * scales, bias, split-K from 1 to 16 warps, f16, MMAX 16, float output, the 8B down K */
-        {.N = 1000, .K = 520, .mmax = 8, .ms = M1_8, .bias = 1, .fp8 = 1},
-        {.N = 1998, .K = 520, .mmax = 8, .ms = {1, 3, 8}, .gated = 1, .act = ACT_SILU, .fp8 = 1},
-        {.N = 37, .K = 8, .mmax = 8, .ms = {8}, .bias = 1, .fp8 = 1},
-        {.N = 4096, .K = 4096, .mmax = 8, .ms = {1, 8}, .fp8 = 1},
-        {.N = 1000, .K = 512, .mmax = 8, .ms = {3}, .threads = 32, .fp8 = 1},
-        {.N = 1000, .K = 4096, .mmax = 8, .ms = {8}, .threads = 512, .fp8 = 1},
-        {.N = 256, .K = 14336, .mmax = 8, .ms = {1, 8}, .bias = 1, .fp8 = 1},
-        {.N = 1998, .K = 520, .mmax = 8, .ms = {8}, .gated = 1, .act = ACT_RELU, .f16 = 1, .fp8 = 1},
-        {.N = 1000, .K = 520, .mmax = 16, .ms = {5, 16}, .bias = 1, .fp8 = 1},
-        {.N = 512, .K = 256, .mmax = 8, .ms = {2}, .gated = 1, .act = ACT_SILU, .f32 = 1, .fp8 = 1},
-        {.N = 32000, .K = 1024, .mmax = 8, .ms = {8}, .f32 = 1, .fp8 = 1},
     };
 #undef M1_8
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
