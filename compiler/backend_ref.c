@@ -7,7 +7,7 @@
  * untouched pages cost nothing).
  *
  * A step runs each item on its slot's `ref`: a new sequence (pos 0) resets it, then the item's
- * tokens are appended with ref_forward (longrope at the item's rope_len), which returns the
+ * tokens are appended with ref_forward (longrope and dynamic NTK at the item's rope_len), which returns the
  * logits of every appended position (or the pooled vector of an embedding model, a classifier's
  * scores). Items of one step share nothing but the read-only graph and weights, so they run in
  * parallel, one thread per core at most; the result does not
@@ -210,10 +210,12 @@ static int set_limits(kbr *k, const kbr_opts *o, kerr *err)
     int64_t maxpos = 0;
     if (config_int(k->c.cfg, "max_position_embeddings", 1, 0, &maxpos, err))
         return -1;
-    int seq_cap = maxpos > 0 && maxpos < KA_MAX_SEQ_LEN ? (int)maxpos : KA_MAX_SEQ_LEN;
+    int64_t maxlen = posenc_max_len(k->c.g, maxpos); /* dynamic NTK: times its factor */
+    int seq_cap = maxlen > 0 && maxlen < KA_MAX_SEQ_LEN ? (int)maxlen : KA_MAX_SEQ_LEN;
     char why[256] = "";
-    if (maxpos > 0)
-        snprintf(why, sizeof why, " (the model's max_position_embeddings in %s)", k->c.cfg->path);
+    if (maxlen > 0)
+        snprintf(why, sizeof why, " (the model's max_position_embeddings in %s%s)",
+                 k->c.cfg->path, maxlen != maxpos ? ", times dynamic NTK's factor" : "");
     if (check_opt("--max-batch", o->max_batch ? o->max_batch : 8, 1, KBR_MAX_BATCH, "", err) ||
         check_opt("--max-seq-len", o->max_seq_len ? o->max_seq_len : 1, 1, seq_cap, why, err))
         return -1;

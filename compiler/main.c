@@ -560,13 +560,16 @@ static int cmd_ref(int argc, char **argv)
     int64_t maxpos = 0;
     if (config_int(c.cfg, "max_position_embeddings", 1, 0, &maxpos, &err))
         goto fail;
-    if (maxpos > 0 && n + (embed ? 0 : (int64_t)o.max_new) > maxpos) {
-        char plus[48] = "";
+    int64_t maxlen = posenc_max_len(g, maxpos); /* dynamic NTK: times its factor */
+    if (maxlen > 0 && n + (embed ? 0 : (int64_t)o.max_new) > maxlen) {
+        char plus[48] = "", times[64] = "";
         if (!embed)
             snprintf(plus, sizeof plus, " + --max-new %d", o.max_new);
-        kerr_add(&err, "%d prompt tokens%s exceed the model's max_position_embeddings %lld "
+        if (maxlen != maxpos)
+            snprintf(times, sizeof times, " (%lld with dynamic NTK's factor)", (long long)maxlen);
+        kerr_add(&err, "%d prompt tokens%s exceed the model's max_position_embeddings %lld%s "
                        "(%s)",
-                 n, plus, (long long)maxpos, c.cfg->path);
+                 n, plus, (long long)maxpos, times, c.cfg->path);
         goto fail;
     }
     r = ref_new(g, n + (embed ? 0 : o.max_new), &err);
@@ -841,16 +844,17 @@ static int cmd_compile(int argc, char **argv)
     double t0 = util_now();
     int rc = kc_open(&c, o.model, &ko, &err);
     if (rc == 0) {
-        int64_t maxpos = 0;
+        int64_t maxpos = 0, maxlen = 0;
         if (config_int(c.cfg, "max_position_embeddings", 1, 0, &maxpos, &err))
             rc = -1;
-        else if (maxpos > 0 && c.max_seq_len > maxpos) {
+        else if ((maxlen = posenc_max_len(c.g, maxpos)) > 0 && c.max_seq_len > maxlen) {
             if (o.max_seq_len)
                 rc = kerr_add(&err, "--max-seq-len %d exceeds the model's "
-                                    "max_position_embeddings %lld",
-                              c.max_seq_len, (long long)maxpos);
+                                    "max_position_embeddings %lld%s",
+                              c.max_seq_len, (long long)maxlen,
+                              maxlen != maxpos ? " (times dynamic NTK's factor)" : "");
             else
-                c.max_seq_len = (int)maxpos;
+                c.max_seq_len = (int)maxlen;
         }
         if ((int64_t)c.max_tokens > (int64_t)c.max_seq_len * c.max_seqs) /* (no int overflow) */
             c.max_tokens = c.max_seq_len * c.max_seqs;

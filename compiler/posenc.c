@@ -121,6 +121,19 @@ int64_t posenc_rope_switch(const kgraph *g)
     return sw;
 }
 
+int64_t posenc_max_len(const kgraph *g, int64_t maxpos)
+{
+    double f = 1; /* config.c reads the factor unchecked: only a finite one above 1 extends */
+    for (int i = 0; i < g->n; i++) {
+        const kg_node *n = &g->nodes[i];
+        if (n->op == KG_ROPE && n->rope.p.type == ROPE_DYNAMIC && isfinite(n->rope.p.factor) &&
+            n->rope.p.factor > f)
+            f = n->rope.p.factor;
+    }
+    double m = floor((double)maxpos * f);
+    return m >= (double)INT32_MAX ? INT32_MAX : (int64_t)m;
+}
+
 /* BLOOM build_alibi_tensor: slopes for the closest power of two below n, then every other
  * slope of the next power of two for the remaining heads. */
 void posenc_alibi_slopes(int n, float *slopes)

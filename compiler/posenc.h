@@ -14,8 +14,9 @@
 
 /* Fills inv_freq[0 .. rot_dim/2). seq_len matters only for dynamic NTK and longrope: the
  * length of the sequence being processed, max position + 1, as transformers' dynamic_rope_update
- * takes it per forward (so keys already in a KV cache keep the rotation they were given); pass 0
- * when unknown (longrope: the short table). */
+ * takes it per forward (so keys already in a KV cache keep the rotation they were given; a
+ * prompt prefilled in chunks passes the whole prompt's length, ref_set_rope_len); pass 0 when
+ * unknown (longrope: the short table). */
 void posenc_rope_inv_freq(const kg_rope *r, int64_t seq_len, float *inv_freq);
 /* Whether longrope uses its long factors (and long scale) at this seq_len: seq_len >
  * original_max_position_embeddings. 0 for every other type. */
@@ -31,6 +32,11 @@ float posenc_rope_scale(const kg_rope *r, int64_t seq_len);
  * PhimoeForCausalLM's prepare_inputs_for_generation drop the KV cache at that step. Every
  * longrope of one graph comes from one config, so they share the length (asserted). */
 int64_t posenc_rope_switch(const kgraph *g);
+/* The longest sequence the model's positions are meant for: max_position_embeddings (maxpos)
+ * times the factor of a dynamic NTK rope, which rescales its base for sequences past maxpos (the
+ * length vLLM's max_model_len allows too); maxpos for every other rope, 0 (no limit) when maxpos
+ * is 0. At most INT32_MAX. kilnc ref, kilnc compile and the CPU backend cap sequences by it. */
+int64_t posenc_max_len(const kgraph *g, int64_t maxpos);
 /* ALiBi slope of each head, as BLOOM (handles head counts that are not powers of two). */
 void posenc_alibi_slopes(int n_heads, float *slopes);
 

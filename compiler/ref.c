@@ -38,7 +38,7 @@ struct ref {
     int max_seq;
     int len;          /* tokens already in the cache */
     int n;            /* tokens of the current forward */
-    int64_t rope_len; /* ref_set_rope_len: longrope's sequence length at least this */
+    int64_t rope_len; /* ref_set_rope_len: longrope's / dynamic NTK's length at least this */
     int64_t *pos;     /* [n] positions of the current forward */
     const int64_t *ids, *types;
     int tp;           /* simulated ranks: g->tp */
@@ -584,8 +584,10 @@ static void op_rope(ref *r, const kg_node *n, float *out)
     const float *x = r->val[n->in[0]];
     int64_t w = n->shape[1], hd = ro->head_dim, heads = w / hd, half = ro->rot_dim / 2;
     float *inv = scratch(r, (size_t)half);
-    int64_t L = r->len + r->n; /* transformers' max position + 1 of this forward */
-    if (ro->p.type == ROPE_LONGROPE && r->rope_len > L)
+    /* transformers' max position + 1 of this forward; longrope and dynamic NTK: at least the
+     * sequence's rope_len, so a prompt prefilled in chunks rotates as HF's one forward over it */
+    int64_t L = r->len + r->n;
+    if ((ro->p.type == ROPE_LONGROPE || ro->p.type == ROPE_DYNAMIC) && r->rope_len > L)
         L = r->rope_len;
     posenc_rope_inv_freq(ro, L, inv);
     float sc = posenc_rope_scale(ro, L);

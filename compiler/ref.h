@@ -40,11 +40,11 @@ void ref_free(ref *r);
 void ref_reset(ref *r);
 /* Tokens processed so far. */
 int ref_len(const ref *r);
-/* The length of the sequence as longrope's switch sees it in the next forwards: a prompt
- * prefilled in several chunks is long (posenc_rope_switch) from its first chunk, as in
- * transformers' one forward over it. Longrope uses max(len, tokens so far, this forward's
- * included); 0, the default (and after ref_reset), the tokens alone. Other rope types
- * ignore it. */
+/* The length of the sequence as longrope's switch and dynamic NTK see it in the next forwards:
+ * a prompt prefilled in several chunks is long (posenc_rope_switch) from its first chunk, and
+ * dynamic NTK takes its base from the whole prompt's length, as in transformers' one forward
+ * over it. Both use max(len, tokens so far, this forward's included); 0, the default (and after
+ * ref_reset), the tokens alone. Other rope types ignore it. */
 void ref_set_rope_len(ref *r, int64_t len);
 /* Appends n tokens (token types may be NULL: all 0) and computes the graph for them. */
 int ref_forward(ref *r, const int64_t *ids, const int64_t *types, int n, kerr *err);

@@ -254,7 +254,9 @@ __device__ __forceinline__ void layer_norm(const kiln_step st, const DT *x, cons
 // the angle rounded to float as in ref.c, cos/sin evaluated in double (positions reach tens of
 // thousands of radians, far outside what fast-math __sinf handles) and rounded to float.
 // DYNAMIC (dynamic NTK): inv_freq is ignored and recomputed per token as posenc.c does, with
-// seq_len L = st.seq_kvlen[st.tok_seq[t]]:
+// seq_len L = st.seq_ropelen[st.tok_seq[t]] (below): the whole prompt's length for every chunk of
+// a prompt prefilled in chunks, as transformers' one forward over it takes its base from its max
+// position + 1; pos + 1 in decode, where HF, too, leaves the cached keys as they were rotated:
 //   base = L > dyn_max_pos ? dyn_base * (dyn_factor*L/dyn_max_pos - (dyn_factor-1))^(ROT/(ROT-2))
 //                          : dyn_base,
 //   inv_freq[i] = 1 / powf((float)base, (float)(2i) / ROT)
@@ -297,7 +299,7 @@ __device__ __forceinline__ void rope_kv(const kiln_step st, const DT *q, const D
             sc = dyn_factor;
         }
         if (DYNAMIC == 1) {
-            const int L = st.seq_kvlen[st.tok_seq[t]];
+            const int L = st.seq_ropelen[st.tok_seq[t]];
             if (dyn_max_pos > 0 && L > dyn_max_pos)
                 base = (double)dyn_base *
                        pow((double)dyn_factor * (double)L / (double)dyn_max_pos -
