@@ -3,7 +3,10 @@
  *
  *   - prefill logits at every prompt position within relative L2 1e-4 of HF's;
  *   - the 16 greedy tokens identical to HF generate(), decoded one at a time with the KV cache;
- *   - each decode step's logits equal to a full re-prefill of the same sequence;
+ *   - each decode step's logits equal to a full re-prefill of the same sequence (dynamic NTK past
+ *     max_position_embeddings: different from it, as the cached keys keep their base);
+ *   - dynamic NTK: the prompt prefilled in two chunks (rope_len: the whole prompt) gives HF's
+ *     one-forward logits;
  *   - longrope: a prefix within the switch (short factors), and generation across it with the
  *     sequence recomputed at the crossing, every step's logits and token as HF's;
  *   - the fused graph (after pass fuse) computes the same logits as the unfused one;
@@ -53,6 +56,7 @@ static const char *generate_fixtures[] = {
     "phi3_longrope",
     "phimoe",
     "llama_fp8_ct",
+    "llama_dynamic",
 };
 
 
@@ -101,6 +105,16 @@ static int64_t *ids_of(const st_tensor *t)
     return v;
 }
 
+/* max_position_embeddings of the graph's dynamic NTK rope, past which it rescales its base; 0
+ * when no rope of the graph is dynamic. */
+static int64_t dynamic_ntk_from(const kgraph *g)
+{
+    for (int i = 0; i < g->n; i++)
+        if (g->nodes[i].op == KG_ROPE && g->nodes[i].rope.p.type == ROPE_DYNAMIC)
+            return g->nodes[i].rope.p.max_pos;
+    return 0;
+}
+
 /* Prefill logits, greedy tokens, decode-vs-reprefill, for one fixture and one graph stage:
  * the checkpoint of fixture `model` (with --quant fp8 when quant_fp8 is set) against the
  * expected outputs of fixture `name`. */
@@ -137,6 +151,7 @@ static void check_generate_of(const char *name, const char *model, int quant_fp8
     memcpy(last, lg + (size_t)(n - 1) * V, sizeof(float) * (size_t)V);
     ref *full = ref_new(c.g, n + N, &err);
     assert_non_null(full);
+    int64_t dyn = dynamic_ntk_from(c.g);
     for (int s = 0; s < N; s++) {
         double e = tu_rel_l2(last, (const float *)tg->data + (size_t)s * V, (size_t)V);
         if (!(e < 1e-4))
@@ -153,16 +168,46 @@ static void check_generate_of(const char *name, const char *model, int quant_fp8
         const float *step = ref_output(r, &rows, &cols);
         assert_int_equal(rows, 1);
         memcpy(last, step, sizeof(float) * (size_t)V);
-        /* the same sequence in one prefill must give the same last row */
+        /* the same sequence in one prefill must give the same last row; dynamic NTK past
+         * max_position_embeddings must not (a re-prefill rotates every key with its own base,
+         * the cache kept each key's, as HF's) */
         if (s % 5 == 0) {
             ref_reset(full);
             assert_int_equal(ref_forward(full, seq, NULL, n + s + 1, &err), 0);
             const float *fl = ref_output(full, &rows, &cols);
             double d = tu_rel_l2(last, fl + (size_t)(rows - 1) * V, (size_t)V);
-            if (!(d < 1e-5))
+            if (dyn > 0 && n > dyn) {
+                if (!(d > 1e-3))
+                    fail_msg("%s (%s): dynamic NTK: decode step %d equals a re-prefill (%.3g): "
+                             "the cached keys lost their prefill base",
+                             name, upto, s, d);
+            } else if (!(d < 1e-5)) {
                 fail_msg("%s (%s): incremental decode step %d differs from re-prefill: %.3g",
                          name, upto, s, d);
+            }
         }
+    }
+    /* dynamic NTK fixtures: the prompt prefilled in two chunks, the first within
+     * max_position_embeddings, rotates with the whole prompt's base (rope_len) as HF's one forward */
+    if (dyn > 0 && n > dyn) {
+        int h = (int)dyn;
+        ref_reset(full);
+        ref_set_rope_len(full, n);
+        assert_int_equal(ref_forward(full, ids, NULL, h, &err), 0);
+        float *chunked = malloc(sizeof(float) * (size_t)n * V);
+        memcpy(chunked, ref_output(full, &rows, &cols), sizeof(float) * (size_t)h * V);
+        assert_int_equal(ref_forward(full, ids + h, NULL, n - h, &err), 0);
+        const float *rest = ref_output(full, &rows, &cols);
+        assert_int_equal(rows, n - h);
+        memcpy(chunked + (size_t)h * V, rest, sizeof(float) * (size_t)(n - h) * V);
+        for (int i = 0; i < n; i++) {
+            double e = tu_rel_l2(chunked + (size_t)i * V, (const float *)tl->data + (size_t)i * V,
+                                 (size_t)V);
+            if (!(e < 1e-4))
+                fail_msg("%s (%s): dynamic NTK, prompt in chunks of %d and %d: logits at position "
+                         "%d: relative L2 error %.3g >= 1e-4", name, upto, h, n - h, i, e);
+        }
+        free(chunked);
     }
     /* longrope fixtures: HF's logits of a prompt prefix no longer than the switch (short factors;
      * the whole prompt is longer and uses the long ones) */
