@@ -8,7 +8,8 @@
  * also when a tiny KV cache and batch force queueing and preemption (recomputation), and --dump's
  * prompt logits equal kilnc ref --dump's, prefilled whole or in chunks; the Phi-3 longrope
  * fixture's tokens equal HF's across the switch (a recomputation) and its chunked prefill the
- * one-forward logits; a BERT fixture's embedding equals kilnc ref's. The CPU-only options are range-checked with messages naming the
+ * one-forward logits; the dynamic NTK fixture's prompt (past max_position_embeddings) prefilled in
+ * chunks gives HF's one-forward logits and tokens; a BERT fixture's embedding equals kilnc ref's. The CPU-only options are range-checked with messages naming the
  * option, the bound and where it comes from.
  */
 #include "testutil.h"
@@ -19,6 +20,7 @@
 #define LLAMA "tests/fixtures/llama"
 #define BERT "tests/fixtures/bert"
 #define PHI3_LONGROPE "tests/fixtures/phi3_longrope"
+#define LLAMA_DYNAMIC "tests/fixtures/llama_dynamic"
 #define EOS_ID 0 /* tinyfortune's generation_config.json eos_token_id */
 
 static const char *KILNC, *KILN;
@@ -255,12 +257,14 @@ static void test_dump_equals_ref(void **state)
     free(b);
 }
 
-/* The ids of an I64 tensor of the longrope fixture's expected.safetensors, comma separated. */
-static char *fixture_ids(const char *name)
+/* The ids of an I64 tensor of fixture dir's expected.safetensors, comma separated. */
+static char *fixture_ids(const char *dir, const char *name)
 {
     kerr e;
     kerr_clear(&e);
-    st_set *ex = st_open(PHI3_LONGROPE "/expected.safetensors", &e);
+    char *path = tu_path(dir, "expected.safetensors");
+    st_set *ex = st_open(path, &e);
+    free(path);
     if (!ex)
         fail_msg("%s", kerr_msg(&e));
     const st_tensor *t = st_find(ex, name);
@@ -283,8 +287,9 @@ static char *fixture_ids(const char *name)
 static void test_longrope_switch(void **state)
 {
     (void)state;
-    char *pre = fixture_ids("cross_ids"), *want = fixture_ids("cross_tokens");
-    char *full = fixture_ids("input_ids");
+    char *pre = fixture_ids(PHI3_LONGROPE, "cross_ids");
+    char *want = fixture_ids(PHI3_LONGROPE, "cross_tokens");
+    char *full = fixture_ids(PHI3_LONGROPE, "input_ids");
     run r = KILNC_REF(PHI3_LONGROPE, "--ids", pre, "--max-new", "16");
     EXPECT_CODE(r, 0);
     char *got = line_of(r.out, 0);
@@ -319,6 +324,44 @@ static void test_longrope_switch(void **state)
     free(a);
     free(b);
     free(pre);
+    free(want);
+    free(full);
+}
+
+/* Dynamic NTK (max_position_embeddings 8, factor 4) as transformers computes it: the 14-token
+ * prompt's base comes from its whole length in every chunk (rope_len), so kiln run with chunks of
+ * 8 and 6 gives HF's one-forward logits (within 1e-4; |logits| reach 9) and HF generate()'s 16
+ * tokens (each decode step's base from its position + 1), as one chunk and kilnc ref do. */
+static void test_dynamic_ntk_chunks(void **state)
+{
+    (void)state;
+    char *full = fixture_ids(LLAMA_DYNAMIC, "input_ids");
+    char *want = fixture_ids(LLAMA_DYNAMIC, "tokens");
+    char *hf = tu_path(LLAMA_DYNAMIC, "expected.safetensors");
+    run r = KILNC_REF(LLAMA_DYNAMIC, "--ids", full, "--max-new", "16");
+    EXPECT_CODE(r, 0);
+    char *got = line_of(r.out, 0);
+    assert_string_equal(got, want);
+    free(got);
+    tu_run_free(&r);
+    char *a = tu_path(D, "run.st");
+    const char *chunks[] = {"8", "256"}; /* 8 + 6 tokens; the prompt whole */
+    for (int i = 0; i < 2; i++) {
+        r = KILN_RUN(LLAMA_DYNAMIC, "--ids", full, "--max-new", "16", "--ignore-eos", "--dump", a,
+                     "--max-tokens", chunks[i]);
+        EXPECT_CODE(r, 0);
+        got = line_of(r.out, 0);
+        assert_string_equal(got, want);
+        free(got);
+        tu_run_free(&r);
+        double d = dump_diff(a, hf, "logits"); /* and the dump's tokens equal HF's */
+        if (!(d < 1e-4))
+            fail_msg("dynamic NTK, --max-tokens %s: prompt logits differ from HF's one forward "
+                     "by %g (at most 1e-4)",
+                     chunks[i], d);
+    }
+    free(a);
+    free(hf);
     free(want);
     free(full);
 }
@@ -431,7 +474,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         T(test_greedy_equals_ref),       T(test_batch_equals_alone),
         T(test_queueing_and_preemption), T(test_dump_equals_ref),
-        T(test_longrope_switch),         T(test_bert_embedding_equals_ref),
+        T(test_longrope_switch),         T(test_dynamic_ntk_chunks),
+        T(test_bert_embedding_equals_ref),
         T(test_cpu_option_errors),
     };
 #undef T
