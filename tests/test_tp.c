@@ -417,6 +417,7 @@ static const family families[] = {
     {"phi3_longrope", {NULL, "split over 1 and 2 ranks"}, 0}, /* 2 heads */
     {"phimoe", {NULL, "split over 1 and 2 ranks"}, 0},        /* 2 heads */
     {"llama_fp8_ct", {NULL, NULL}, 0}, /* FP8 weights, dequantised before the split */
+    {"llama_dynamic", {NULL, "split over 1 and 2 ranks"}, 0}, /* 2 heads; dynamic NTK */
 };
 
 /* Opens a fixture through the pipeline: unsharded up to bind_weights (as kilnc ref), or

@@ -47,7 +47,7 @@ GEN="llama llama_tied_oldstyle llama_linear_oldstyle mistral qwen2 qwen mixtral 
      llama_bf16 mistral_bf16 qwen2_bf16 qwen_bf16 mixtral_bf16 bloom_bf16
      gemma gemma2 granite cohere gpt2 gpt_neox stablelm falcon falcon_new phi3 starcoder2 internlm2
      qwen3 qwen3_moe gemma3 gemma3_oldstyle olmo2 stablelm_qknorm cohere_qknorm llama_hd20
-     qwen2_moe gptj phi3_longrope phimoe deepseek_v2 llama_fp8_ct"
+     qwen2_moe gptj phi3_longrope phimoe deepseek_v2 llama_fp8_ct llama_dynamic"
 EMB="bert bert_bf16"
 CLS="qwen2_cls bert_cls"
 FP16="llama llama_tied_oldstyle llama_linear_oldstyle mistral qwen2 qwen mixtral mixtral4 bloom bloom6"
@@ -187,6 +187,23 @@ if [ -f $ART/phi3_longrope/model.kiln ]; then
   $BIN/kiln run $ART/$f --ids $full --ids $pre --max-new 16 --ignore-eos > $LOG/cross_batch_$f.out 2> $LOG/cross_batch_$f.log
   $PY tests/gpu/compare.py cross "$f cross batch" tests/fixtures/$f $LOG/cross_batch_$f.out "[1] " >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
   tail -1 "$SUMMARY"
+  if $BIN/kilnc compile tests/fixtures/$f -o $ART/${f}_chunk8 --sm $SM --max-batch 8 --max-tokens 8 > $LOG/compile_${f}_chunk8.log 2>&1 &&
+     $BIN/kiln run $ART/${f}_chunk8 --ids $full --max-new 16 --ignore-eos --dump $ART/${f}_chunk8.kiln.st > $LOG/run_${f}_chunk8.log 2>&1; then
+    base=$ART/$f.hfbf16.st; [ -f $base ] || base=
+    $PY tests/gpu/compare.py gen "${f} chunks of 8" tests/fixtures/$f $ART/${f}_chunk8.kiln.st $ART/$f.ref.st $base >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
+    tail -1 "$SUMMARY"
+  else
+    row "$(printf '%-24s FAIL compile/run: %s' ${f}_chunk8 "$(grep -m1 -i error $LOG/compile_${f}_chunk8.log $LOG/run_${f}_chunk8.log)")"; fail=1
+  fi
+fi
+
+# 3a'. dynamic NTK as transformers: llama_dynamic's 14-token prompt (past max_position_embeddings
+# 8) prefilled in chunks of 8 and 6 (an artifact compiled with --max-tokens 8) rotates every chunk
+# with the whole prompt's base (rope_kv DYNAMIC 1 on seq_ropelen): gen against HF's one forward
+# and generate()'s tokens, as the one-chunk run of the GEN loop
+if [ -f $ART/llama_dynamic/model.kiln ]; then
+  f=llama_dynamic
+  full=$($PY tests/gpu/compare.py ids tests/fixtures/$f)
   if $BIN/kilnc compile tests/fixtures/$f -o $ART/${f}_chunk8 --sm $SM --max-batch 8 --max-tokens 8 > $LOG/compile_${f}_chunk8.log 2>&1 &&
      $BIN/kiln run $ART/${f}_chunk8 --ids $full --max-new 16 --ignore-eos --dump $ART/${f}_chunk8.kiln.st > $LOG/run_${f}_chunk8.log 2>&1; then
     base=$ART/$f.hfbf16.st; [ -f $base ] || base=
