@@ -230,8 +230,9 @@ static const seqcfg CFG_PREFILL = {3, {0, 0, 37}, {29, 7, 28}, 30, {0}}; /* T = 
 static const seqcfg CFG_ONE = {1, {0}, {1}, -1, {0}};
 static const seqcfg CFG_LONG = {2, {20011, 5}, {3, 4}, -1, {0}}; /* positions past 20000 */
 static const seqcfg CFG_POOL = {4, {0, 3, 0, 0}, {5, 1, 17, 9}, -1, {0}};
-/* chunks of prompts (longrope's switch at 64 keys): the first ends at 40 keys of a 100-token
- * prompt (long), the others' prompts are 48 and 60 tokens (short) */
+/* chunks of prompts (longrope's switch and dynamic NTK's max_pos at 64 keys): the first ends at
+ * 40 keys of a 100-token prompt (long; dynamic NTK: the base of 100 keys, not 40), the others'
+ * prompts are 48 and 60 tokens (short; unscaled) */
 static const seqcfg CFG_CHUNK = {3, {0, 32, 0}, {40, 16, 20}, -1, {100, 0, 60}};
 
 static int cfg_T(const seqcfg *c)
@@ -561,7 +562,9 @@ static void t_rope(kt *t, int NH, int NKV, int HD, int ROT, int INTER, int DYN, 
             memcpy(tinv, inv + (lng ? half : 0), sizeof(float) * (size_t)half);
             sc = lng ? long_scale : rscale;
         } else if (DYN) {
-            double base = theta, L = (double)s.kvlen[s.seq[tk]];
+            /* dynamic NTK: the base of the sequence's rope length (its whole prompt while that
+             * is prefilled in chunks, as HF's one forward; its keys in decode) */
+            double base = theta, L = (double)s.ropelen[s.seq[tk]];
             if (L > max_pos)
                 base = theta * pow((double)factor * L / (double)max_pos - ((double)factor - 1),
                                    (double)ROT / (double)(ROT - 2));
@@ -1105,6 +1108,8 @@ void ktest_elementwise(kt *t)
     t_rope(t, 4, 2, 64, 64, 0, 1, 128, 0, &CFG_PREFILL, "prefill", 1.0f);
     t_rope(t, 4, 2, 64, 64, 0, 1, 128, 0, &CFG_DECODE, "decode", 1.0f);
     t_rope(t, 8, 4, 128, 128, 0, 1, 128, 0, &CFG_LONG, "long", 1.0f);
+    t_rope(t, 4, 2, 64, 64, 0, 1, 128, 0, &CFG_CHUNK, "chunk", 1.0f);  /* base of the whole prompt */
+    t_rope(t, 32, 8, 128, 128, 0, 1, 256, 1, &CFG_CHUNK, "chunk", 1.0f);
     t_rope(t, 4, 2, 64, 64, 0, 0, 128, 0, &CFG_PREFILL, "prefill", 1.25f);  /* yarn factor */
     t_rope(t, 4, 2, 64, 0, 0, 0, 128, 0, &CFG_PREFILL, "prefill", 1.0f);    /* no rotation */
     t_rope(t, 4, 2, 64, 64, 0, 2, 128, 0, &CFG_PREFILL, "prefill", 1.19f);  /* longrope */
