@@ -387,6 +387,10 @@ static const row rows[] = {
     {"kilnc ref --max-new past max_position_embeddings",
      {"kilnc", "ref", FIX "/llama", "--ids", "1", "--max-new", "1000000"}, 1,
      {"max_position_embeddings 512", "config.json"}},
+    {"kilnc ref past dynamic NTK's max_position_embeddings x factor",
+     {"kilnc", "ref", FIX "/llama_dynamic", "--ids", "1,2", "--max-new", "31"}, 1,
+     {"2 prompt tokens + --max-new 31", "max_position_embeddings 8 (32 with dynamic NTK's factor)",
+      "llama_dynamic/config.json"}},
     /* ---- CLI: never an empty error (a first message longer than the buffer was dropped) */
     {.name = "kilnc compile --sm 75 (an NVRTC log as the first error)",
      .args = {"kilnc", "compile", FIX "/mixtral", "-o", "{T}/sm75", "--sm", "75"},
