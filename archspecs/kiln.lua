@@ -290,6 +290,70 @@ function kiln.llama(g, c, opts)
   return g:logits(x, head, "logits")
 end
 
+local GEMMA_OPTS = {
+  act = "string", qkv_bias = "boolean", sandwich = "boolean", qk_norm = "boolean", attention = "function",
+  softcap = "number",
+}
+
+-- The Gemma decoder (gemma.lua, gemma2.lua, gemma3.lua): the Llama block with Gemma's RMSNorm,
+-- x * rsqrt(mean(x^2) + eps) * (1 + w), token embeddings scaled by sqrt(hidden_size) and a gated MLP;
+-- returns the logits. c from kiln.llama_config. opts: act (the MLP's activation, required),
+-- qkv_bias (biases on q, k, v and o), sandwich (Gemma 2/3: a norm after attention and after the MLP
+-- as well as before each), qk_norm (Gemma 3: a (1 + w) RMSNorm over each head of q and of k before
+-- the rotation), attention = function(i) -> { scale, softcap, window, rope } for layer i (each
+-- optional; rope defaults to c.rope), softcap (a soft cap on the logits, 0 or absent: none).
+function kiln.gemma(g, c, opts)
+  kiln.options(opts, "kiln.gemma", GEMMA_OPTS)
+  local H, heads, kv_heads, hd = c.H, c.heads, c.kv_heads, c.head_dim
+  local function w(name, shape) return g:weight(name, shape) end
+  local function b(name, shape)
+    if opts.qkv_bias then return w(name, shape) end
+  end
+  local function norm(x, name, n, label) return g:rms_norm(x, w(name, { n }), c.eps, { offset = 1 }, label) end
+
+  local ids, pos = g:input("ids"), g:input("positions")
+  local embed = w("model.embed_tokens.weight", { c.vocab, H })
+  -- GemmaModel: hidden * torch.tensor(hidden_size ** 0.5) in the activations' dtype
+  local x = g:scale(g:embed(embed, ids, "embed_tokens"), math.sqrt(H), "embed")
+
+  for i = 0, c.n_layers - 1 do
+    g:layer(i)
+    local p = "model.layers." .. i .. "."
+    local a = p .. "self_attn."
+    local at = opts.attention and opts.attention(i) or {}
+
+    local h = norm(x, p .. "input_layernorm.weight", H, "attn_norm")
+    local q = g:linear(h, w(a .. "q_proj.weight", { heads * hd, H }), b(a .. "q_proj.bias", { heads * hd }), "attn.q")
+    local k = g:linear(h, w(a .. "k_proj.weight", { kv_heads * hd, H }), b(a .. "k_proj.bias", { kv_heads * hd }), "attn.k")
+    local v = g:linear(h, w(a .. "v_proj.weight", { kv_heads * hd, H }), b(a .. "v_proj.bias", { kv_heads * hd }), "attn.v")
+    if opts.qk_norm then
+      q = norm(q:reshape { kiln.T, heads, hd }, a .. "q_norm.weight", hd, "attn.q_norm"):reshape { kiln.T, heads * hd }
+      k = norm(k:reshape { kiln.T, kv_heads, hd }, a .. "k_norm.weight", hd, "attn.k_norm"):reshape { kiln.T, kv_heads * hd }
+    end
+    local rope = at.rope or c.rope
+    q = g:rope(q, pos, { head_dim = hd, params = rope }, "attn.q_rope")
+    k = g:rope(k, pos, { head_dim = hd, params = rope }, "attn.k_rope")
+    local o = g:attention(q, k, v, { heads = heads, kv_heads = kv_heads, head_dim = hd, scale = at.scale,
+                                     softcap = at.softcap, window = at.window }, "attn")
+    o = g:linear(o, w(a .. "o_proj.weight", { H, heads * hd }), b(a .. "o_proj.bias", { H }), "attn.o")
+    if opts.sandwich then o = norm(o, p .. "post_attention_layernorm.weight", H, "attn_post_norm") end
+    x = g:add(x, o, "attn_residual")
+
+    local m = p .. "mlp."
+    h = norm(x, p .. (opts.sandwich and "pre_feedforward_layernorm.weight" or "post_attention_layernorm.weight"), H,
+             "mlp_norm")
+    local down = kiln.gated_mlp(g, h, w(m .. "gate_proj.weight", { c.inter, H }), w(m .. "up_proj.weight", { c.inter, H }),
+                                w(m .. "down_proj.weight", { H, c.inter }), opts.act)
+    if opts.sandwich then down = norm(down, p .. "post_feedforward_layernorm.weight", H, "mlp_post_norm") end
+    x = g:add(x, down, "mlp_residual")
+  end
+
+  g:layer(nil)
+  x = norm(x, "model.norm.weight", H, "final_norm")
+  local head = c.tied and embed or w("lm_head.weight", { c.vocab, H })
+  return g:logits(x, head, { softcap = opts.softcap or 0 }, "logits")
+end
+
 -- A classifier's number of labels as transformers counts it: the entries of id2label, or
 -- num_labels (default 2) when the config has no id2label. The runtime names label i by
 -- id2label["i"] (or LABEL_i).
