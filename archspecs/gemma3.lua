@@ -9,9 +9,8 @@
 -- rope_parameters keyed by layer type; older files write rope_theta (global, default 1e6),
 -- rope_local_base_freq (local, default 1e4) and rope_scaling, which applies to global layers only.
 --
--- Not served: a final logit soft cap (final_logit_softcapping, null in the released
--- checkpoints): kiln has no op that caps the logits, so a config that sets it is refused rather
--- than run without it. The image-text Gemma3ForConditionalGeneration is not served either.
+-- A final logit soft cap (final_logit_softcapping, null in the released checkpoints) is served as
+-- Gemma 2's is. Not served: the image-text Gemma3ForConditionalGeneration.
 local kiln = require "kiln"
 
 return kiln.archspec {
@@ -53,12 +52,7 @@ return kiln.archspec {
       local_rope.attention_factor = 1
       local_rope.theta = cfg:float("rope_local_base_freq", 10000)
     end
-    if cfg:has("final_logit_softcapping") then
-      error(cfg:path() .. ": final_logit_softcapping is " .. cfg:float("final_logit_softcapping") ..
-            "; kiln has no op for a soft cap on the logits yet, so gemma3.lua serves only configs " ..
-            "where it is null (--override final_logit_softcapping=null runs the model without the cap: " ..
-            "the same greedy tokens, other logits)")
-    end
+    local final_cap = cfg:has("final_logit_softcapping") and cfg:float("final_logit_softcapping") or 0
 
     -- Gemma3TextConfig: layer_types, else every sliding_window_pattern-th layer (1-based) is
     -- global and the others slide; sliding_window null means no window.
@@ -76,7 +70,7 @@ return kiln.archspec {
 
     local c = { H = H, n_layers = n_layers, heads = heads, kv_heads = kv_heads, head_dim = hd, inter = inter,
                 vocab = vocab, eps = eps, tied = tied }
-    return kiln.gemma(g, c, { act = act, qkv_bias = qkv_bias, sandwich = true, qk_norm = true,
+    return kiln.gemma(g, c, { act = act, qkv_bias = qkv_bias, sandwich = true, qk_norm = true, softcap = final_cap,
                               attention = function(i)
                                 local sliding = is_sliding(i)
                                 return { scale = scale, softcap = softcap, window = sliding and window or 0,

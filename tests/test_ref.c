@@ -592,6 +592,54 @@ static void test_refused_features(void **state)
     assert_non_null(strstr(msg, "not in the checkpoint"));
 }
 
+/* The logits of `dir`'s checkpoint for a fixed 6-token prompt ([6, vocab], caller frees). */
+static float *prompt_logits(const char *dir, int *vocab)
+{
+    kc c;
+    kc_opts o = {.need_weights = 1};
+    kerr err;
+    kerr_clear(&err);
+    if (kc_open(&c, dir, &o, &err) || kc_run(&c, "bind_weights", NULL, NULL, &err))
+        fail_msg("%s: %s", dir, kerr_msg(&err));
+    ref *r = ref_new(c.g, 8, &err);
+    assert_non_null(r);
+    int64_t ids[6] = {1, 17, 42, 99, 7, 300};
+    assert_int_equal(ref_forward(r, ids, NULL, 6, &err), 0);
+    int rows, cols;
+    const float *lo = ref_output(r, &rows, &cols);
+    assert_int_equal(rows, 6);
+    float *out = xmalloc(sizeof(float) * (size_t)rows * (size_t)cols);
+    memcpy(out, lo, sizeof(float) * (size_t)rows * (size_t)cols);
+    *vocab = cols;
+    ref_free(r);
+    kc_free(&c);
+    return out;
+}
+
+/* Gemma 3 serves final_logit_softcapping as Gemma 2 does (null in the fixture): with it set to
+ * 2, every logit is 2 * tanh(the uncapped logit / 2). */
+static void test_gemma3_final_softcap(void **state)
+{
+    (void)state;
+    char dir[512];
+    variant("gemma3", "\"final_logit_softcapping\": null", "\"final_logit_softcapping\": 2.0", dir,
+            sizeof dir);
+    int v0, v1;
+    float *plain = prompt_logits(FIX "gemma3", &v0);
+    float *capped = prompt_logits(dir, &v1);
+    assert_int_equal(v0, v1);
+    double worst = 0, moved = 0;
+    for (int i = 0; i < 6 * v0; i++) {
+        double want = 2.0 * tanh(plain[i] / 2.0);
+        worst = fmax(worst, fabs(capped[i] - want));
+        moved = fmax(moved, fabs(capped[i] - plain[i]));
+    }
+    if (worst > 1e-5 || moved < 0.5)
+        fail_msg("gemma3 soft cap 2: max |capped - 2 tanh(plain / 2)| %g, max change %g", worst, moved);
+    free(plain);
+    free(capped);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -606,6 +654,7 @@ int main(void)
         cmocka_unit_test(test_token_out_of_range),
         cmocka_unit_test(test_unsupported_rope),
         cmocka_unit_test(test_refused_features),
+        cmocka_unit_test(test_gemma3_final_softcap),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
