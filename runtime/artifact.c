@@ -463,21 +463,29 @@ static int jopt_num(rd *r, json_t *o, const char *where, const char *k, double l
     return !r->bad;
 }
 
+/* The n entries of the JSON list `arr` (manifest field `what`) as strings of 1 to maxlen bytes:
+ * a calloc'd array of n (at least 1) pointers, NULL from the first bad entry on. */
+static char **jstrings(rd *r, json_t *arr, int n, const char *what, int maxlen)
+{
+    char **out = xcalloc((size_t)(n ? n : 1), sizeof(char *));
+    for (int i = 0; i < n && !r->bad; i++) {
+        json_t *v = json_array_get(arr, (size_t)i);
+        size_t len = json_is_string(v) ? strlen(json_string_value(v)) : 0;
+        if (len == 0 || len > (size_t)maxlen) {
+            bad(r, "%s: entry %d is %s, expected a string of 1 to %d bytes", what, i,
+                json_is_string(v) ? "of another length" : "not a string", maxlen);
+            break;
+        }
+        out[i] = xstrdup(json_string_value(v));
+    }
+    return out;
+}
+
 /* The overrides kilnc applied and the generation defaults (top level). */
 static void parse_made(rd *r, json_t *root, ka_manifest *m)
 {
     json_t *ov = jlist(r, root, "top level", "overrides", KA_MAX_OVERRIDES, &m->n_overrides);
-    m->overrides = xcalloc((size_t)(m->n_overrides ? m->n_overrides : 1), sizeof(char *));
-    for (int i = 0; i < m->n_overrides && !r->bad; i++) {
-        json_t *v = json_array_get(ov, (size_t)i);
-        size_t n = json_is_string(v) ? strlen(json_string_value(v)) : 0;
-        if (n == 0 || n > KA_MAX_OVERRIDE_LEN) {
-            bad(r, "overrides: entry %d is %s, expected a string of 1 to %d bytes", i,
-                json_is_string(v) ? "of another length" : "not a string", KA_MAX_OVERRIDE_LEN);
-            break;
-        }
-        m->overrides[i] = xstrdup(json_string_value(v));
-    }
+    m->overrides = jstrings(r, ov, m->n_overrides, "overrides", KA_MAX_OVERRIDE_LEN);
     json_t *g = r->bad ? NULL : jget(r, root, "top level", "generation", JSON_OBJECT);
     if (!g)
         return;
@@ -882,17 +890,7 @@ static void parse_labels(rd *r, json_t *root, ka_manifest *m)
         bad(r, "labels: %d names for %d scores (limits.hidden)", n, m->hidden);
         return;
     }
-    m->labels = xcalloc((size_t)n, sizeof(char *));
-    for (int i = 0; i < n; i++) {
-        json_t *v = json_array_get(lb, (size_t)i);
-        size_t len = json_is_string(v) ? strlen(json_string_value(v)) : 0;
-        if (len == 0 || len > KA_MAX_LABEL_LEN) {
-            bad(r, "labels: entry %d is %s, expected a string of 1 to %d bytes", i,
-                json_is_string(v) ? "of another length" : "not a string", KA_MAX_LABEL_LEN);
-            return;
-        }
-        m->labels[i] = xstrdup(json_string_value(v));
-    }
+    m->labels = jstrings(r, lb, n, "labels", KA_MAX_LABEL_LEN);
 }
 
 static void parse_tables(rd *r, json_t *root, ka_manifest *m)

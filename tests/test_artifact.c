@@ -745,13 +745,15 @@ static void test_bad_fields_resigned(void **state)
 
 /* ---------------------------------------------------------------- tensor parallelism */
 
-/* llama --tp 2's manifest (no blobs: read through ka_wrap_manifest), as JSON to edit. */
-static json_t *tp_manifest(void)
+/* A fixture's manifest at --tp `tp` (no blobs: read through ka_wrap_manifest), as JSON to edit. */
+static json_t *fixture_manifest(const char *name, int tp)
 {
+    char dir[256];
+    snprintf(dir, sizeof dir, FIX "%s", name);
     kc c;
-    lower_fixture_tp(&c, FIX "llama", 2);
+    lower_fixture_tp(&c, dir, tp);
     ka_manifest *m = &c.low->m;
-    set_identity(m, "llama", &c);
+    set_identity(m, name, &c);
     m->shard_chunk = HASH_CHUNK;
     char *js = ka_manifest_json(m);
     json_t *r = json_loads(js, 0, NULL);
@@ -759,6 +761,35 @@ static json_t *tp_manifest(void)
     free(js);
     kc_free(&c);
     return r;
+}
+
+/* `base` (a manifest without blobs) is accepted unedited, and refused with each case's edit with
+ * a message that says what the case expects; takes base. */
+static void expect_refused(json_t *base, const bad_case *cases, size_t ncases)
+{
+    kerr err;
+    size_t n;
+    char *js = json_dumps(base, JSON_COMPACT);
+    unsigned char *d = ka_wrap_manifest(js, strlen(js), &n);
+    assert_string_equal(read_mem(d, n, &err), "");
+    free(d);
+    free(js);
+    for (size_t i = 0; i < ncases; i++) {
+        json_t *r = json_deep_copy(base);
+        cases[i].edit(r);
+        js = json_dumps(r, JSON_COMPACT);
+        d = ka_wrap_manifest(js, strlen(js), &n);
+        const char *m = read_mem(d, n, &err);
+        if (!strstr(m, "art/model.kiln: manifest: "))
+            fail_msg("%s: accepted or unnamed: '%s'", cases[i].what, m);
+        for (int k = 0; k < 3 && cases[i].expect[k]; k++)
+            if (!strstr(m, cases[i].expect[k]))
+                fail_msg("%s: '%s' does not say '%s'", cases[i].what, m, cases[i].expect[k]);
+        free(d);
+        free(js);
+        json_decref(r);
+    }
+    json_decref(base);
 }
 
 /* The first collective of `kind` in the decode schedule. */
@@ -833,31 +864,39 @@ static void test_tp_fields(void **state)
         {"shard 1 path", t_shard1_path, {"shard 1: path is \"shards/rank0-of-2.safetensors\", expected \"shards/rank1-of-2.safetensors\""}},
         {"shards type", t_shards_type, {"field 'shards' is of another type, expected a list"}},
     };
-    json_t *base = tp_manifest();
-    kerr err;
-    size_t n;
-    /* unedited, it is accepted */
-    char *js = json_dumps(base, JSON_COMPACT);
-    unsigned char *d = ka_wrap_manifest(js, strlen(js), &n);
-    assert_string_equal(read_mem(d, n, &err), "");
-    free(d);
-    free(js);
-    for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
-        json_t *r = json_deep_copy(base);
-        cases[i].edit(r);
-        js = json_dumps(r, JSON_COMPACT);
-        d = ka_wrap_manifest(js, strlen(js), &n);
-        const char *m = read_mem(d, n, &err);
-        if (!strstr(m, "art/model.kiln: manifest: "))
-            fail_msg("%s: accepted or unnamed: '%s'", cases[i].what, m);
-        for (int k = 0; k < 3 && cases[i].expect[k]; k++)
-            if (!strstr(m, cases[i].expect[k]))
-                fail_msg("%s: '%s' does not say '%s'", cases[i].what, m, cases[i].expect[k]);
-        free(d);
-        free(js);
-        json_decref(r);
-    }
-    json_decref(base);
+    expect_refused(fixture_manifest("llama", 2), cases, ARRAY_LEN(cases));
+}
+
+/* A classifier's label names (qwen2_cls: 3 labels). */
+static json_t *labels_of(json_t *r) { return json_object_get(r, "labels"); }
+static void l_count(json_t *r) { json_array_remove(labels_of(r), 2); }
+static void l_type(json_t *r) { json_array_set_new(labels_of(r), 1, json_integer(7)); }
+static void l_empty(json_t *r) { json_array_set_new(labels_of(r), 0, json_string("")); }
+static void l_long(json_t *r)
+{
+    char name[KA_MAX_LABEL_LEN + 2];
+    memset(name, 'x', sizeof name - 1);
+    name[sizeof name - 1] = 0;
+    json_array_set_new(labels_of(r), 2, json_string(name));
+}
+static void l_missing(json_t *r) { json_object_del(r, "labels"); }
+static void l_on_generate(json_t *r) { json_object_set_new(r, "labels", json_pack("[s]", "a")); }
+
+static void test_labels_fields(void **state)
+{
+    (void)state;
+    const bad_case cls[] = {
+        {"labels count", l_count, {"labels: 2 names for 3 scores (limits.hidden)"}},
+        {"label type", l_type, {"labels: entry 1 is not a string, expected a string of 1 to 128 bytes"}},
+        {"label empty", l_empty, {"labels: entry 0 is of another length"}},
+        {"label long", l_long, {"labels: entry 2 is of another length, expected a string of 1 to 128"}},
+        {"labels missing", l_missing, {"field 'labels' is missing"}},
+    };
+    expect_refused(fixture_manifest("qwen2_cls", 1), cls, ARRAY_LEN(cls));
+    const bad_case gen[] = {
+        {"labels on generate", l_on_generate, {"top level: labels are only for task classify, not generate"}},
+    };
+    expect_refused(fixture_manifest("llama", 1), gen, ARRAY_LEN(gen));
 }
 
 /* ---------------------------------------------------------------- the shard */
@@ -1062,6 +1101,7 @@ int main(void)
         cmocka_unit_test(test_blobs_and_gaps),
         cmocka_unit_test(test_bad_fields_resigned),
         cmocka_unit_test(test_tp_fields),
+        cmocka_unit_test(test_labels_fields),
         cmocka_unit_test(test_shard_pristine),
         cmocka_unit_test(test_shard_of_another_model),
         cmocka_unit_test(test_shard_truncated_or_modified),
