@@ -640,6 +640,24 @@ __device__ __forceinline__ void pool(const kiln_step st, const DT *x, float *out
     }
 }
 
+namespace ew_detail {
+// row (H elements of DT, 16-byte aligned) . p (H floats), one warp: lane l takes the 8-element
+// chunks l, l + 32, ...; the float sum over the warp (every lane gets it), in a fixed order.
+template <typename DT, int H>
+__device__ __forceinline__ float warp_row_dot(const DT *row, const float *p, int lane)
+{
+    float acc = 0.f;
+    for (int c = lane; c < H / 8; c += 32) {
+        float wv[8];
+        load8(row + c * 8, wv);
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            acc += wv[i] * p[c * 8 + i];
+    }
+    return warp_sum(acc);
+}
+} // namespace ew_detail
+
 // score: the classify head on pooled rows (compiler/ref.c op_score). out[s] (float, [n_seqs, L])
 // = w . h + b, with h = tanh(dw . p + db) when DENSE (BERT's pooler), else h = p, where p =
 // pooled[s] (float [n_seqs, H], the pool kernel's output); w [L, H], dw [H, H] in DT, b [L] and db
@@ -665,15 +683,7 @@ __device__ __forceinline__ void score(const kiln_step st, const float *pooled, c
     if (DENSE) {
         float *h = tmp + (long long)s * H;
         for (int j = warp; j < H; j += WARPS) {
-            float acc = 0.f;
-            for (int c = lane; c < H / 8; c += 32) {
-                float wv[8];
-                load8(dw + (long long)j * H + c * 8, wv);
-#pragma unroll
-                for (int i = 0; i < 8; i++)
-                    acc += wv[i] * p[c * 8 + i];
-            }
-            acc = warp_sum(acc);
+            const float acc = ew_detail::warp_row_dot<DT, H>(dw + (long long)j * H, p, lane);
             if (lane == 0)
                 h[j] = tanhf(acc + to_f(db[j]));
         }
@@ -681,15 +691,7 @@ __device__ __forceinline__ void score(const kiln_step st, const float *pooled, c
         p = h;
     }
     for (int j = warp; j < L; j += WARPS) {
-        float acc = 0.f;
-        for (int c = lane; c < H / 8; c += 32) {
-            float wv[8];
-            load8(w + (long long)j * H + c * 8, wv);
-#pragma unroll
-            for (int i = 0; i < 8; i++)
-                acc += wv[i] * p[c * 8 + i];
-        }
-        acc = warp_sum(acc);
+        const float acc = ew_detail::warp_row_dot<DT, H>(w + (long long)j * H, p, lane);
         if (lane == 0)
             out[(long long)s * L + j] = acc + (BIAS ? to_f(b[j]) : 0.f);
     }
