@@ -73,6 +73,21 @@ __device__ __forceinline__ float warp_max(float x)
     return x;
 }
 
+// (v, i) of the warp's best under the total order (value desc, index asc): every lane ends with
+// the same pair (a butterfly under a total order).
+__device__ __forceinline__ void warp_argmax(float &v, int &i)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, v, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, i, o);
+        if (ov > v || (ov == v && oi < i)) {
+            v = ov;
+            i = oi;
+        }
+    }
+}
+
 // Sum over the block; every thread gets the result. `scratch` holds >= 32 floats.
 template <int THREADS>
 __device__ __forceinline__ float block_sum(float x, float *scratch)

@@ -136,15 +136,7 @@ __device__ __forceinline__ void moe_route(const kiln_step st, const DT *x, const
                 be = lane + 32 * i;
             }
         }
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            const float op = __shfl_xor_sync(0xffffffffu, bp, o);
-            const int oe = __shfl_xor_sync(0xffffffffu, be, o);
-            if (op > bp || (op == bp && oe < be)) {
-                bp = op;
-                be = oe;
-            }
-        }
+        warp_argmax(bp, be);
 #pragma unroll
         for (int i = 0; i < EPL; i++)
             if (lane + 32 * i == be)
@@ -200,15 +192,7 @@ __device__ __forceinline__ void moe_route_sparsemixer(const kiln_step st, const 
                 be = e;
             }
         }
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-            const int oe = __shfl_xor_sync(0xffffffffu, be, o);
-            if (ov > bv || (ov == bv && oe < be)) {
-                bv = ov;
-                be = oe;
-            }
-        }
+        warp_argmax(bv, be);
         if (be >= E)
             be = first == 0 ? 1 : 0; // only with NaN logits (NaN inputs): keep the index in range
         // the softmax of the unmasked experts, read at the chosen one (whose term is exp(0) = 1)

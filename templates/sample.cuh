@@ -262,15 +262,7 @@ __device__ __forceinline__ void sample(const kiln_step st, const float *logits,
             bi = i;
         }
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, best, o);
-        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ov > best || (ov == best && oi < bi)) {
-            best = ov;
-            bi = oi;
-        }
-    }
+    warp_argmax(best, bi);
     if (lane == 0) {
         s_val[warp] = best;
         s_idx[warp] = bi;
@@ -279,15 +271,7 @@ __device__ __forceinline__ void sample(const kiln_step st, const float *logits,
     if (warp == 0) {
         best = lane < NW ? s_val[lane] : -INFINITY;
         bi = lane < NW ? s_idx[lane] : 0x7fffffff;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            const float ov = __shfl_xor_sync(0xffffffffu, best, o);
-            const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-            if (ov > best || (ov == best && oi < bi)) {
-                best = ov;
-                bi = oi;
-            }
-        }
+        warp_argmax(best, bi);
         if (lane == 0) {
             s_val[0] = best;
             s_choice = bi < V ? bi : 0;
