@@ -440,6 +440,22 @@ static int print_scores(const kc *c, const float *scores, int n, kerr *err)
     config_labels_free(labels, n);
     return 0;
 }
+/* --dump of a pooled model (embed, classify): the pool's input, the last hidden states, and the
+ * output row (n floats) under `name`. */
+static void dump_pooled(st_writer *dw, const ref *r, int pool_in, const char *name, const float *out,
+                        int n)
+{
+    int rr, cc;
+    const float *hid = ref_value(r, pool_in, &rr, &cc);
+    float *h = xmalloc(sizeof(float) * (size_t)rr * (size_t)cc);
+    memcpy(h, hid, sizeof(float) * (size_t)rr * (size_t)cc);
+    float *o = xmalloc(sizeof(float) * (size_t)n);
+    memcpy(o, out, sizeof(float) * (size_t)n);
+    int64_t sh[2] = {rr, cc}, so[1] = {n};
+    st_writer_add_owned(dw, "last_hidden_state", ST_F32, 2, sh, h);
+    st_writer_add_owned(dw, name, ST_F32, 1, so, o);
+}
+
 static int cmd_ref(int argc, char **argv)
 {
     opts o;
@@ -607,34 +623,16 @@ static int cmd_ref(int argc, char **argv)
         if (print_scores(&c, out, cols, &err))
             goto fail;
         fprintf(stderr, "kilnc ref: %d tokens in %.3f s\n", n, t_prefill);
-        if (dw) {
-            int rr, cc;
-            const float *hid = ref_value(r, pool_in, &rr, &cc);
-            float *h = xmalloc(sizeof(float) * (size_t)rr * (size_t)cc);
-            memcpy(h, hid, sizeof(float) * (size_t)rr * (size_t)cc);
-            float *sc = xmalloc(sizeof(float) * (size_t)cols);
-            memcpy(sc, out, sizeof(float) * (size_t)cols);
-            int64_t sh[2] = {rr, cc}, ss[1] = {cols};
-            st_writer_add_owned(dw, "last_hidden_state", ST_F32, 2, sh, h);
-            st_writer_add_owned(dw, "scores", ST_F32, 1, ss, sc);
-        }
+        if (dw)
+            dump_pooled(dw, r, pool_in, "scores", out, cols);
     } else if (embed) {
-        int rr, cc;
-        const float *hid = ref_value(r, pool_in, &rr, &cc);
         printf("embedding [%d]:", cols);
         for (int j = 0; j < cols && j < 8; j++)
             printf(" %.6f", out[j]);
         printf("%s\n", cols > 8 ? " ..." : "");
         fprintf(stderr, "kilnc ref: %d tokens in %.3f s\n", n, t_prefill);
-        if (dw) {
-            float *h = xmalloc(sizeof(float) * (size_t)rr * (size_t)cc);
-            memcpy(h, hid, sizeof(float) * (size_t)rr * (size_t)cc);
-            float *e = xmalloc(sizeof(float) * (size_t)cols);
-            memcpy(e, out, sizeof(float) * (size_t)cols);
-            int64_t sh[2] = {rr, cc}, se[1] = {cols};
-            st_writer_add_owned(dw, "last_hidden_state", ST_F32, 2, sh, h);
-            st_writer_add_owned(dw, "embedding", ST_F32, 1, se, e);
-        }
+        if (dw)
+            dump_pooled(dw, r, pool_in, "embedding", out, cols);
     } else {
         prompt_logits = xmalloc(sizeof(float) * (size_t)rows * (size_t)cols);
         memcpy(prompt_logits, out, sizeof(float) * (size_t)rows * (size_t)cols);
