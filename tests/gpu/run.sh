@@ -37,8 +37,10 @@ echo "card: $CARD; commit ${KILN_COMMIT:-$($BIN/kiln --version 2>/dev/null | sed
 # 1. kernels, in the background (mostly NVRTC time) while the fixtures compile and run
 # (KILN_KTEST=0 skips them: for a run after host-only changes, when templates/ and kernels/ are as
 # last verified)
+# (on a machine with two GPUs or more, the kernel tests and the sanitizer run on the second)
+SIDE=0; [ "$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')" -gt 1 ] && SIDE=1
 if [ "${KILN_KTEST:-1}" = 1 ]; then
-  $BIN/kiln-ktest > "$LOG/ktest.log" 2>&1 &
+  CUDA_VISIBLE_DEVICES=$SIDE $BIN/kiln-ktest > "$LOG/ktest.log" 2>&1 &
   KTEST_PID=$!
 fi
 
@@ -63,7 +65,7 @@ HF_PID=$!
   echo "$BIN/kilnc compile tests/fixtures/llama --quant fp8 -o $ART/llama_fp8q --sm $SM --max-batch 8 > $LOG/compile_llama_fp8q.log 2>&1 || echo COMPILE_FAIL llama_fp8q"; } | xargs -P 12 -I{} bash -c "{}" > "$LOG/compile_failures.txt"
 wait $HF_PID
 # 4. compute-sanitizer in the background on the artifacts just compiled (its table is printed below)
-bash tests/gpu/sanitize.sh $ART > $LOG/sanitize.out 2>&1 &
+CUDA_VISIBLE_DEVICES=$SIDE bash tests/gpu/sanitize.sh $ART > $LOG/sanitize.out 2>&1 &
 SAN_PID=$!
 for f in $GEN; do
   if grep -q "COMPILE_FAIL $f\$" "$LOG/compile_failures.txt"; then
