@@ -41,9 +41,9 @@ fail=0
 row() { echo "$1" | tee -a $SUMMARY; }
 
 # One fixture per archspec (mistral for llama.lua's sliding window, mixtral4 for top-k 2 of 4).
-FIX=${KILN_SAN_FIX:-"llama mistral qwen2 qwen mixtral4 bloom bert"}  # KILN_SAN_FIX: a subset
+FIX=${KILN_SAN_FIX:-"llama mistral qwen2 qwen mixtral4 bloom bert qwen3 deepseek_v2 llama_hd20 phimoe phi3_longrope"}  # KILN_SAN_FIX: a subset
 # Kernels that read a GEMM's output in the prefill schedule (lower.c): what follows a linear.
-GEMM_READERS='rope_kv|act_mul|norm|add|binary|unary|scale|gather_last|pool|sample|attention|moe|bias'
+GEMM_READERS='rope_kv|act_mul|norm|add|binary|unary|scale|gather_last|pool|sample|attention|moe|bias|mla_cache|mla_attn'
 
 for f in $FIX; do
   [ -f $ART/$f/model.kiln ] || $BIN/kilnc compile tests/fixtures/$f -o $ART/$f --sm $SM --max-batch 8 \
@@ -78,7 +78,14 @@ for f in $FIX; do
     echo "$CS --tool $tool $opt --error-exitcode 9 $BIN/kiln run $ART/$f --ids $ids $extra > $LOG/${f}_$tool.log 2>&1" >> $jobs_file
   done
   echo "$CS --tool initcheck --print-limit 3000 --show-backtrace device --error-exitcode 9 $BIN/kiln run $ART/$f --ids $ids $extra > $LOG/${f}_initcheck_full.log 2>&1" >> $jobs_file
-  [ -n "$short" ] && echo "$CS --tool initcheck --error-exitcode 9 $BIN/kiln run $ART/$f --ids $short --max-new 8 --ignore-eos > $LOG/${f}_initcheck_gemv.log 2>&1" >> $jobs_file
+  # the GEMV-path run must stay below a longrope switch: a sequence that crosses
+  # original_max_position_embeddings is recomputed whole (a prefill of more than GEMV_MAX rows,
+  # on cuBLASLt), so its 6 + N tokens stop at the switch
+  gnew=$($PY -c "import json, sys
+c = json.load(open(sys.argv[1])); r = c.get('rope_scaling') or c.get('rope_parameters') or {}
+o = r.get('original_max_position_embeddings') or c.get('original_max_position_embeddings')
+print(max(1, min(8, o - 6)) if (r.get('rope_type') or r.get('type')) == 'longrope' and o else 8)" tests/fixtures/$f/config.json)
+  [ -n "$short" ] && echo "$CS --tool initcheck --error-exitcode 9 $BIN/kiln run $ART/$f --ids $short --max-new $gnew --ignore-eos > $LOG/${f}_initcheck_gemv.log 2>&1" >> $jobs_file
 done
 # "|| true": a command exiting 255 would make xargs stop waiting for the others
 xargs -P 8 -I{} bash -c "{} || true" < $jobs_file
