@@ -51,8 +51,10 @@ row "card: $CARD; commit ${KILN_COMMIT:-$($BIN/kiln --version 2>/dev/null | sed 
 # 1. kernels, in the background (mostly NVRTC time) while the fixtures compile and run
 # (KILN_KTEST=0 skips them: for a run after host-only changes, when templates/ and kernels/ are as
 # last verified)
-# (on a machine with two GPUs or more, the kernel tests and the sanitizer run on the second)
+# (on a machine with two GPUs or more, the kernel tests and the sanitizer run on the second, unless
+# RUN_SIDE_GPU names another: e.g. 0 while bench.sh has GPU 1 to itself)
 SIDE=0; [ "$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')" -gt 1 ] && SIDE=1
+SIDE=${RUN_SIDE_GPU:-$SIDE}
 if [ "${KILN_KTEST:-1}" = 1 ]; then
   CUDA_VISIBLE_DEVICES=$SIDE $BIN/kiln-ktest > "$LOG/ktest.log" 2>&1 &
   KTEST_PID=$!
