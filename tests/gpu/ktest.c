@@ -4,7 +4,8 @@
  * Without a GPU (or with --compile-only) it still compiles every case's translation unit with
  * NVRTC for sm_80 and sm_90a, so CI proves the templates instantiate; the device calls then do
  * nothing and no comparison is made. `kiln-ktest --bench gemv` runs no cases: it prints the GEMV's
- * weight bandwidth on the Llama-3 shapes, old kernel against new (tests/gpu/ktest_gemv.c). */
+ * weight bandwidth on the Llama-3 shapes, old kernel against new (tests/gpu/ktest_gemv.c);
+ * `kiln-ktest --bench gemm` prints kiln's GEMM against cuBLASLt (tests/gpu/ktest_gemm.c). */
 #include "ktest.h"
 
 #include <math.h>
@@ -257,6 +258,7 @@ static void run_all(kt *t)
 {
     ktest_elementwise(t);
     ktest_gemv(t);
+    ktest_gemm(t);
     ktest_attention(t);
     ktest_mla(t);
     ktest_moe(t);
@@ -274,12 +276,14 @@ int main(int argc, char **argv)
         t->compile_only = 1;
         ai++;
     }
-    int bench = 0; /* --bench gemv: tests/gpu/ktest_gemv.c's benchmark instead of the cases */
+    /* --bench gemv|gemm: tests/gpu/ktest_<family>.c's benchmark instead of the cases */
+    const char *bench = NULL;
     if (argc > ai && strcmp(argv[ai], "--bench") == 0) {
-        if (argc <= ai + 1 || strcmp(argv[ai + 1], "gemv") != 0)
-            die(t, "--bench: expected the family to benchmark, gemv; got %s",
+        if (argc <= ai + 1 ||
+            (strcmp(argv[ai + 1], "gemv") != 0 && strcmp(argv[ai + 1], "gemm") != 0))
+            die(t, "--bench: expected the family to benchmark, gemv or gemm; got %s",
                 argc > ai + 1 ? argv[ai + 1] : "nothing");
-        bench = 1;
+        bench = argv[ai + 1];
         ai += 2;
     }
     t->filter = argc > ai ? argv[ai] : getenv("KTEST_FILTER");
@@ -289,10 +293,10 @@ int main(int argc, char **argv)
     kerr e;
     kerr_clear(&e);
     if (bench && t->compile_only)
-        die(t, "--bench gemv measures kernels on a GPU: it has no compile-only mode");
+        die(t, "--bench %s measures kernels on a GPU: it has no compile-only mode", bench);
     if (!t->compile_only && kcuda_load(&t->cu, &e)) {
         if (bench)
-            die(t, "--bench gemv needs a GPU: %s", kerr_msg(&e));
+            die(t, "--bench %s needs a GPU: %s", bench, kerr_msg(&e));
         printf("ktest: no GPU (%s)\nktest: compiling every kernel case for sm_80 and sm_90a "
                "instead; NOTHING IS RUN OR COMPARED\n",
                kerr_msg(&e));
@@ -325,7 +329,7 @@ int main(int argc, char **argv)
            "launch %s (KILN_PDL)\n",
            name, t->arch, nvrtc_version_str(), s0, t->pdl ? "on" : "off");
     if (bench)
-        return ktest_gemv_bench(t) ? 1 : 0;
+        return (strcmp(bench, "gemv") == 0 ? ktest_gemv_bench(t) : ktest_gemm_bench(t)) ? 1 : 0;
     run_all(t);
     printf("\n%-48s %-4s %s\n%s", "KERNEL CASE", "", "RESULT", t->summary ? t->summary : "");
     printf("ktest: %d cases, %d failed (%s, seed %llu)\n", t->cases, t->failures, name, s0);

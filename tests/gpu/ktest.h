@@ -77,6 +77,10 @@ void ktest_elementwise(kt *t);
 void ktest_gemv(kt *t);
 /* `kiln-ktest --bench gemv`: prints the GEMV's weight bandwidth per shape and M; -1 on a failure. */
 int ktest_gemv_bench(kt *t);
+void ktest_gemm(kt *t);
+/* `kiln-ktest --bench gemm`: kiln's GEMM against cuBLASLt in TFLOP/s per shape and M; -1 on a
+ * failure (a launch, or an output that differs from cuBLASLt's). */
+int ktest_gemm_bench(kt *t);
 void ktest_attention(kt *t);
 void ktest_mla(kt *t);
 void ktest_moe(kt *t);

@@ -1,0 +1,29 @@
+/* kiln_gemm.h — the launch geometry of kiln's tensor-core GEMM (templates/gemm.cuh), shared by
+ * the compiler and runtime (C) and the kernel (CUDA C++), so that the numbers are written once.
+ *
+ * A block computes one BM x BN tile of y (rows of x by rows of w) with THREADS threads, streaming
+ * K through shared memory in BK-element slices, STAGES slices in flight (cp.async pipeline):
+ *   grid  = (ceil(N / KILN_GEMM_BN), ceil(M_launch / KILN_GEMM_BM)), block = KILN_GEMM_THREADS,
+ *   dynamic shared memory = KILN_GEMM_SMEM(element size of DT) bytes (64 KiB for 16-bit DT:
+ *   above the 48 KiB default, so the launcher sets CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES).
+ * M_launch may be the actual M or any larger bound (the compiled maximum of rows): blocks whose
+ * tile starts at a row >= M return at once.
+ * KILN_GEMM_MIN_BLOCKS is the blocks per SM the tile is sized for (two: 128 KiB of shared memory
+ * and at most 128 registers a thread); a wrapper may pass it as __launch_bounds__'s second
+ * argument so that the compiler keeps to those registers.
+ */
+#ifndef KILN_GEMM_H_
+#define KILN_GEMM_H_
+
+#define KILN_GEMM_BM 128
+#define KILN_GEMM_BN 128
+#define KILN_GEMM_BK 32
+#define KILN_GEMM_STAGES 4
+#define KILN_GEMM_THREADS 256
+#define KILN_GEMM_MIN_BLOCKS 2
+
+/* Dynamic shared memory bytes for elements of `esz` bytes: STAGES slices of the x and w tiles. */
+#define KILN_GEMM_SMEM(esz)                                                                       \
+    (KILN_GEMM_STAGES * (KILN_GEMM_BM + KILN_GEMM_BN) * KILN_GEMM_BK * (esz))
+
+#endif

@@ -1,0 +1,535 @@
+/* ktest_gemm — kernel tests of templates/gemm.cuh (see ktest.h) against a CPU reference, its batch
+ * invariance, and `kiln-ktest --bench gemm`: its TFLOP/s against cuBLASLt's (runtime/gemm.c) on
+ * the Llama-3 8B and 1B shapes.
+ *
+ * Inputs are drawn in float and rounded through the storage type (bf16 or f16), so the reference
+ * (double accumulation) sees exactly the kernel's inputs: x ~ U[-1, 1), w ~ U[-1, 1) * 2/sqrt(K),
+ * bias ~ U[-0.5, 0.5), outputs of rms ~0.67 (as ktest_gemv.c). Every case launches the launch rule
+ * of kernels/kiln_gemm.h with the wrapper's __launch_bounds__(THREADS, KILN_GEMM_MIN_BLOCKS). The
+ * cases cover N below one 128-column tile (96), one tile and a bit (136, 144, 264), K of one
+ * chunk (8), under one 32-element slice and not a multiple of it (144, 200, 4104), M of 1, 7, 16,
+ * 129, 300 (partial row tiles, one and several), row strides ldx = K + 8 and ldy = N + 8, a grid
+ * sized for 300 more rows than M, bias, float output, f16, and the Llama 8B/1B linears and the 1B
+ * logits at M = 64 and 512 (there only a sample of rows is compared: the double reference of all
+ * of them would take minutes).
+ *
+ * Tolerances (relative L2 over the compared outputs):
+ *   - stored in bf16 or f16: 1e-2. One rounding of the output is a relative error of at most 2^-9
+ *     (rms ~1.1e-3 for bf16, 8x less for f16); the float accumulation adds ~1e-6. 1e-2 is ~9x the
+ *     expected error and far below an indexing bug (~1) or a dropped 16-element step of K
+ *     (~1/sqrt(K/16): 6e-2 at K = 4096).
+ *   - stored in float: 1e-4. Products of two 16-bit values are exact in float; the error is the
+ *     tensor cores' accumulation over one chain of K/16 mma, which truncates the running float sum
+ *     at each step: at most 2^-23 of the partial sum a step, with the sign of the partial sum, so
+ *     over K = 14336 (896 steps) a bound of ~896 * 2^-24 = 5e-5 of the partial sums' size and
+ *     typically far less (the partial sums change sign). 1e-4 still catches a bf16-rounded output
+ *     (~1e-3) and a dropped step of K (>= 1e-2).
+ * Every case also checks that y outside [0, M) x [0, N) (rows past M, the ldy padding) keeps its
+ * poison, and NaN in x's padding columns (ldx > K) would show if it were read.
+ * gemm/invariance checks batch invariance bit for bit (float output, where a difference cannot
+ * hide in a rounding): the rows of a launch with M = 300 against launches with M = 1..17, 64,
+ * 128, 129, 255, against a grid sized for 2048 rows, and against x shifted by 1 and by 17 rows
+ * (every row at another position of its tile and its warp's fragments).
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gemm.h"
+#include "ktest.h"
+#include "util.h"
+#include "../../kernels/kiln_gemm.h"
+
+typedef struct gmcase {
+    int N, K;
+    int ms[8]; /* the rows M to run (one kernel for all), 0-terminated */
+    int bias, f32, f16;
+    int pad; /* ldx = K + 8, ldy = N + 8, and the grid sized for M + 300 rows */
+} gmcase;
+
+/* The case's kernel: an extern "C" wrapper k_gemm of one gemm instance, `minb` blocks per SM in
+ * its launch bounds. */
+static CUmodule gemm_module(kt *t, const char *name, int f16, int f32, int N, int K, int bias,
+                            int minb)
+{
+    const char *dt = f16 ? "kiln::f16" : "kiln::bf16";
+    char src[1024];
+    snprintf(src, sizeof src,
+             "#include \"gemm.cuh\"\n"
+             "extern \"C\" __global__ void __launch_bounds__(KILN_GEMM_THREADS, %d)\n"
+             "k_gemm(int M, const %s *x, long long ldx, const %s *w, const %s *bias, %s *y,\n"
+             "       long long ldy)\n"
+             "{\n"
+             "    kiln::gemm<%s, %s, %d, %d, %d>(M, x, ldx, w, bias, y, ldy);\n"
+             "}\n",
+             minb, dt, dt, dt, f32 ? "float" : dt, dt, f32 ? "float" : dt, N, K, bias);
+    return kt_module(t, name, src);
+}
+
+static unsigned grid_x(int N) { return (unsigned)((N + KILN_GEMM_BN - 1) / KILN_GEMM_BN); }
+static unsigned grid_y(int M) { return (unsigned)((M + KILN_GEMM_BM - 1) / KILN_GEMM_BM); }
+
+/* One problem's inputs: host copies rounded through the storage type, and device copies. */
+typedef struct gdata {
+    int N, K, rows, f16, bias;
+    long long ldx;
+    float *x, *w, *b; /* x [rows, ldx] (columns past K unused), w [N, K], b [N] */
+    CUdeviceptr dx, dw, db;
+} gdata;
+
+static uint16_t to16(float *v, int f16)
+{
+    uint16_t h = f16 ? util_f32_to_f16(*v) : util_f32_to_bf16(*v);
+    *v = f16 ? util_f16_to_f32(h) : util_bf16_to_f32(h);
+    return h;
+}
+
+static void gdata_make(kt *t, gdata *d, int N, int K, int rows, long long ldx, int f16, int bias)
+{
+    memset(d, 0, sizeof *d);
+    d->N = N, d->K = K, d->rows = rows, d->ldx = ldx, d->f16 = f16, d->bias = bias;
+    const size_t nx = (size_t)rows * (size_t)ldx, nw = (size_t)N * (size_t)K;
+    d->x = xmalloc(sizeof(float) * nx);
+    d->w = xmalloc(sizeof(float) * nw);
+    d->b = xmalloc(sizeof(float) * (size_t)N);
+    uint16_t *h = xmalloc(sizeof(uint16_t) * (nx > nw ? nx : nw));
+    for (size_t i = 0; i < nx; i++) {
+        if ((long long)(i % (size_t)ldx) >= K) { /* padding: NaN, which must never be read */
+            d->x[i] = NAN;
+            h[i] = 0xFFFF;
+            continue;
+        }
+        d->x[i] = kt_randf(t);
+        h[i] = to16(&d->x[i], f16);
+    }
+    d->dx = kt_upload(t, h, sizeof(uint16_t) * nx);
+    const float ws = 2.0f / sqrtf((float)K);
+    for (size_t i = 0; i < nw; i++) {
+        d->w[i] = kt_randf(t) * ws;
+        h[i] = to16(&d->w[i], f16);
+    }
+    d->dw = kt_upload(t, h, sizeof(uint16_t) * nw);
+    for (int i = 0; i < N; i++) {
+        d->b[i] = kt_randf(t) * 0.5f;
+        h[i] = to16(&d->b[i], f16);
+    }
+    d->db = bias ? kt_upload(t, h, sizeof(uint16_t) * (size_t)N) : 0;
+    free(h);
+}
+
+static void gdata_free(kt *t, gdata *d)
+{
+    kt_free(t, d->dx);
+    kt_free(t, d->dw);
+    if (d->db)
+        kt_free(t, d->db);
+    free(d->x);
+    free(d->w);
+    free(d->b);
+}
+
+/* y = gemm(x rows from `row0`) with M rows, into a fresh poisoned buffer of `yrows` rows of ldy;
+ * the grid covers m_launch rows. Returns the device buffer. */
+static CUdeviceptr gemm_run(kt *t, CUfunction f, const char *name, const gdata *d, int row0, int M,
+                            int m_launch, int yrows, long long ldy, int f32)
+{
+    CUdeviceptr y = kt_alloc(t, (size_t)yrows * (size_t)ldy * (f32 ? 4 : 2));
+    CUdeviceptr x = d->dx + (CUdeviceptr)((size_t)row0 * (size_t)d->ldx * 2);
+    long long ldx = d->ldx;
+    CUdeviceptr w = d->dw, b = d->db;
+    void *args[] = {&M, &x, &ldx, &w, &b, &y, &ldy};
+    kt_launch(t, f, name, grid_x(d->N), grid_y(m_launch), 1, KILN_GEMM_THREADS,
+              KILN_GEMM_SMEM(2), args);
+    return y;
+}
+
+/* Element i of a downloaded y, as float. */
+static float y_at(const unsigned char *y, size_t i, int f32, int f16)
+{
+    if (f32) {
+        float v;
+        memcpy(&v, y + 4 * i, 4);
+        return v;
+    }
+    uint16_t h;
+    memcpy(&h, y + 2 * i, 2);
+    return f16 ? util_f16_to_f32(h) : util_bf16_to_f32(h);
+}
+
+/* The rows of y compared with the reference: all M of them for small problems, else a sample at
+ * the edges of warps (64 rows) and tiles (128 rows) and the last row. Returns the count. */
+static int check_rows(int M, int N, int K, int *rows)
+{
+    if ((double)M * N * K <= 4e8) {
+        for (int i = 0; i < M; i++)
+            rows[i] = i;
+        return M;
+    }
+    static const int cand[] = {0, 1, 31, 63, 64, 127, 128, 200, 255, 256, 383, 511};
+    int n = 0;
+    for (size_t i = 0; i < sizeof cand / sizeof cand[0]; i++)
+        if (cand[i] < M - 1)
+            rows[n++] = cand[i];
+    rows[n++] = M - 1;
+    return n;
+}
+
+/* One launch of a case's kernel with M rows, checked against the reference. */
+static void gemm_check(kt *t, const gmcase *c, const gdata *d, CUfunction f, int M,
+                       const char *name)
+{
+    const int N = c->N, K = c->K;
+    const long long ldy = c->pad ? N + 8 : N;
+    const int yrows = M + 8, m_launch = c->pad ? M + 300 : M;
+    const size_t esz = c->f32 ? 4 : 2, ybytes = (size_t)yrows * (size_t)ldy * esz;
+    CUdeviceptr dy = gemm_run(t, f, name, d, 0, M, m_launch, yrows, ldy, c->f32);
+    unsigned char *y = xmalloc(ybytes);
+    kt_download(t, y, dy, ybytes);
+    kt_free(t, dy);
+    if (t->compile_only) {
+        free(y);
+        return;
+    }
+
+    /* everything outside rows [0, M) and columns [0, N) still holds the poison (0xFF bytes) */
+    size_t touched = 0, first = 0;
+    for (size_t i = 0; i < ybytes; i += esz) {
+        const size_t e = i / esz;
+        if ((long long)(e / (size_t)ldy) < M && (long long)(e % (size_t)ldy) < N)
+            continue;
+        for (size_t b = 0; b < esz; b++)
+            if (y[i + b] != 0xFF && touched++ == 0)
+                first = e;
+    }
+    if (touched) {
+        char msg[200];
+        snprintf(msg, sizeof msg, "wrote %zu bytes outside the M x N output (first at row %zu, "
+                 "col %zu)", touched, first / (size_t)ldy, first % (size_t)ldy);
+        kt_result(t, name, 0, msg);
+        free(y);
+        return;
+    }
+
+    int *rows = xmalloc(sizeof(int) * (size_t)(M > 16 ? M : 16));
+    const int nr = check_rows(M, N, K, rows);
+    float *got = xmalloc(sizeof(float) * (size_t)nr * N);
+    float *want = xmalloc(sizeof(float) * (size_t)nr * N);
+    for (int r = 0; r < nr; r++) {
+        const int m = rows[r];
+        const float *xm = d->x + (size_t)m * (size_t)d->ldx;
+        for (int n = 0; n < N; n++) {
+            const float *wn = d->w + (size_t)n * K;
+            double s = c->bias ? d->b[n] : 0.0;
+            for (int k = 0; k < K; k++)
+                s += (double)xm[k] * wn[k];
+            want[(size_t)r * N + n] = (float)s;
+            got[(size_t)r * N + n] = y_at(y, (size_t)m * (size_t)ldy + n, c->f32, c->f16);
+        }
+    }
+    kt_check(t, name, got, want, (size_t)nr * N, c->f32 ? 1e-4 : 1e-2);
+    free(rows);
+    free(got);
+    free(want);
+    free(y);
+}
+
+/* A case: its kernel compiled once, its inputs drawn once for the largest M, run for each M. */
+static void gemm_case(kt *t, const gmcase *c)
+{
+    char opts[64];
+    snprintf(opts, sizeof opts, "%s%s%s%s", c->bias ? " bias" : "", c->f32 ? " f32" : "",
+             c->f16 ? " f16" : "", c->pad ? " ld+8 grid+300" : "");
+    CUmodule mod = NULL;
+    gdata d;
+    int ready = 0, mmax = 0;
+    for (int i = 0; i < 8 && c->ms[i]; i++)
+        mmax = c->ms[i] > mmax ? c->ms[i] : mmax;
+    for (int i = 0; i < 8 && c->ms[i]; i++) {
+        char name[200];
+        snprintf(name, sizeof name, "gemm/N=%d K=%d M=%d%s", c->N, c->K, c->ms[i], opts);
+        if (!kt_want(t, name))
+            continue;
+        if (!ready) {
+            mod = gemm_module(t, name, c->f16, c->f32, c->N, c->K, c->bias, KILN_GEMM_MIN_BLOCKS);
+            if (t->compile_only || !mod)
+                return; /* compiled (or its failure recorded with the log): nothing to run */
+            gdata_make(t, &d, c->N, c->K, mmax, c->pad ? c->K + 8 : c->K, c->f16, c->bias);
+            ready = 1;
+        }
+        gemm_check(t, c, &d, kt_func(t, mod, "k_gemm"), c->ms[i], name);
+    }
+    if (ready)
+        gdata_free(t, &d);
+}
+
+/* Batch invariance (see the top): every row of every launch equals, bit for bit, the same row of
+ * x in the launch with M = 300. */
+static void gemm_invariance(kt *t, int N, int K, int bias)
+{
+    char name[160];
+    snprintf(name, sizeof name, "gemm/invariance N=%d K=%d%s f32: M=300 vs 1..17, 64..255, "
+             "grid 2048, shifted", N, K, bias ? " bias" : "");
+    if (!kt_want(t, name))
+        return;
+    CUmodule mod = gemm_module(t, name, 0, 1, N, K, bias, KILN_GEMM_MIN_BLOCKS);
+    if (t->compile_only || !mod)
+        return;
+    CUfunction f = kt_func(t, mod, "k_gemm");
+    enum { MREF = 300, ROWS = 320 };
+    gdata d;
+    gdata_make(t, &d, N, K, ROWS, K, 0, bias);
+    const size_t rowb = (size_t)N * 4;
+    float *ref = xmalloc(rowb * MREF), *y = xmalloc(rowb * MREF);
+    CUdeviceptr dy = gemm_run(t, f, name, &d, 0, MREF, MREF, MREF, N, 1);
+    kt_download(t, ref, dy, rowb * MREF);
+    kt_free(t, dy);
+
+    /* runs: {M, first row of x, rows the grid covers} */
+    int runs[32][3], nrun = 0;
+    for (int m = 1; m <= 17; m++)
+        runs[nrun][0] = m, runs[nrun][1] = 0, runs[nrun][2] = m, nrun++;
+    static const int more[][3] = {{64, 0, 64},   {128, 0, 128},   {129, 0, 129}, {255, 0, 255},
+                                  {300, 0, 2048}, {299, 1, 299}, {283, 17, 283}};
+    for (size_t i = 0; i < sizeof more / sizeof more[0]; i++, nrun++)
+        memcpy(runs[nrun], more[i], sizeof more[i]);
+    char msg[256];
+    snprintf(msg, sizeof msg, "%d launches, every row identical to M=300's", nrun);
+    int ok = 1;
+    for (int r = 0; r < nrun && ok; r++) {
+        const int M = runs[r][0], row0 = runs[r][1];
+        dy = gemm_run(t, f, name, &d, row0, M, runs[r][2], M, N, 1);
+        kt_download(t, y, dy, rowb * (size_t)M);
+        kt_free(t, dy);
+        for (int m = 0; m < M && ok; m++)
+            for (int n = 0; n < N && ok; n++)
+                if (memcmp(&y[(size_t)m * N + n], &ref[(size_t)(m + row0) * N + n], 4) != 0) {
+                    snprintf(msg, sizeof msg, "M=%d (x from row %d, grid for %d rows): row %d "
+                             "col %d is %.9g, %.9g at M=300", M, row0, runs[r][2], m + row0, n,
+                             y[(size_t)m * N + n], ref[(size_t)(m + row0) * N + n]);
+                    ok = 0;
+                }
+    }
+    kt_result(t, name, ok, msg);
+    free(ref);
+    free(y);
+    gdata_free(t, &d);
+}
+
+void ktest_gemm(kt *t)
+{
+    static const gmcase cases[] = {
+        /* small and odd: N under one 128-column tile, one tile and 8 or 16 columns; K of two
+         * slices, 4.5 slices, 128.25 slices; every M of the brief, partial row tiles */
+        {.N = 96, .K = 144, .ms = {1, 7, 16, 129, 300}, .bias = 1},
+        {.N = 144, .K = 64, .ms = {1, 7, 16, 129, 300}, .f32 = 1},
+        {.N = 136, .K = 4104, .ms = {1, 7, 129, 300}, .bias = 1, .f32 = 1},
+        {.N = 136, .K = 64, .ms = {16, 300}, .bias = 1},
+        {.N = 96, .K = 4104, .ms = {7, 300}, .f16 = 1},
+        {.N = 144, .K = 144, .ms = {1, 16, 129}, .bias = 1, .f16 = 1, .f32 = 1},
+        {.N = 8, .K = 8, .ms = {1, 130}, .bias = 1},
+        /* strides and a grid for more rows than M; three column tiles, the last partial */
+        {.N = 264, .K = 200, .ms = {129, 300}, .bias = 1, .pad = 1},
+        {.N = 264, .K = 200, .ms = {1, 129}, .f32 = 1, .f16 = 1, .pad = 1},
+        /* Llama-3 8B: qkv, o, gate_up, down; 1B: the same and the logits (float) */
+        {.N = 6144, .K = 4096, .ms = {64, 512}},
+        {.N = 4096, .K = 4096, .ms = {64, 512}, .bias = 1},
+        {.N = 28672, .K = 4096, .ms = {64, 512}},
+        {.N = 4096, .K = 14336, .ms = {64, 512}},
+        {.N = 3072, .K = 2048, .ms = {64, 512}, .f16 = 1},
+        {.N = 2048, .K = 2048, .ms = {64, 512}},
+        {.N = 16384, .K = 2048, .ms = {64, 512}},
+        {.N = 2048, .K = 8192, .ms = {64, 512}, .f32 = 1},
+        {.N = 128256, .K = 2048, .ms = {64}, .f32 = 1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        gemm_case(t, &cases[i]);
+    gemm_invariance(t, 4096, 4096, 0);
+    gemm_invariance(t, 136, 4104, 1);
+}
+
+/* ---------------------------------------------------------------- kiln-ktest --bench gemm */
+
+/* A driver call of the benchmark; on failure it says which and the benchmark stops. */
+#define BCK(call)                                                                               \
+    do {                                                                                        \
+        CUresult rc_ = t->cu.call;                                                              \
+        if (rc_ != CUDA_SUCCESS) {                                                              \
+            char b_[200];                                                                       \
+            fprintf(stderr, "bench gemm: %s failed: %s\n", #call,                               \
+                    kcuda_errstr(&t->cu, rc_, b_, sizeof b_));                                  \
+            return -1;                                                                          \
+        }                                                                                       \
+    } while (0)
+
+typedef struct gbench {
+    kgemm *lt;
+    CUevent ev[2];
+    CUdeviceptr x, w, y, ylt;
+    int M, N, K;
+} gbench;
+
+/* Milliseconds of one GEMM: the best of 3 runs of 10 back-to-back launches, after 2 warm-ups.
+ * f == NULL times cuBLASLt (into ylt), else kiln's kernel f (into y). */
+static int bench_time(kt *t, gbench *b, CUfunction f, double *ms)
+{
+    long long ldx = b->K, ldy = b->N;
+    CUdeviceptr nob = 0;
+    int M = b->M;
+    void *args[] = {&M, &b->x, &ldx, &b->w, &nob, &b->y, &ldy};
+    double best = 0;
+    for (int r = -1; r < 3; r++) {
+        const int n = r < 0 ? 2 : 10;
+        BCK(cuEventRecord(b->ev[0], t->stream));
+        for (int i = 0; i < n; i++) {
+            if (f) {
+                BCK(cuLaunchKernel(f, grid_x(b->N), grid_y(b->M), 1, KILN_GEMM_THREADS, 1, 1,
+                                   KILN_GEMM_SMEM(2), t->stream, args, NULL));
+            } else {
+                kerr e;
+                kerr_clear(&e);
+                if (kgemm_run(b->lt, t->stream, 0, 0, b->M, b->N, b->K, b->x, ldx, b->w, 0,
+                              b->ylt, ldy, &e)) {
+                    fprintf(stderr, "bench gemm: %s\n", kerr_msg(&e));
+                    return -1;
+                }
+            }
+        }
+        BCK(cuEventRecord(b->ev[1], t->stream));
+        BCK(cuEventSynchronize(b->ev[1]));
+        float el = 0;
+        BCK(cuEventElapsedTime(&el, b->ev[0], b->ev[1]));
+        if (r >= 0 && (best == 0 || el / n < best))
+            best = el / n;
+    }
+    *ms = best;
+    return 0;
+}
+
+/* Relative L2 difference of kiln's output and cuBLASLt's (bf16), the sanity check of a row. */
+static int bench_diff(kt *t, gbench *b, double *rel)
+{
+    const size_t n = (size_t)b->M * b->N;
+    uint16_t *a = xmalloc(2 * n), *c = xmalloc(2 * n);
+    BCK(cuStreamSynchronize(t->stream));
+    BCK(cuMemcpyDtoH(a, b->y, 2 * n));
+    BCK(cuMemcpyDtoH(c, b->ylt, 2 * n));
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        const double u = util_bf16_to_f32(a[i]), v = util_bf16_to_f32(c[i]);
+        num += (u - v) * (u - v);
+        den += v * v;
+    }
+    free(a);
+    free(c);
+    *rel = sqrt(num / (den > 0 ? den : 1));
+    return 0;
+}
+
+/* bf16 of U[-1, 1) * scale, n elements, uploaded to d. */
+static int bench_fill(kt *t, CUdeviceptr d, size_t n, float scale)
+{
+    uint16_t *h = xmalloc(2 * n);
+    for (size_t i = 0; i < n; i++)
+        h[i] = util_f32_to_bf16(kt_randf(t) * scale);
+    CUresult rc = t->cu.cuMemcpyHtoD(d, h, 2 * n);
+    free(h);
+    if (rc != CUDA_SUCCESS) {
+        char b_[200];
+        fprintf(stderr, "bench gemm: cuMemcpyHtoD failed: %s\n",
+                kcuda_errstr(&t->cu, rc, b_, sizeof b_));
+        return -1;
+    }
+    return 0;
+}
+
+int ktest_gemm_bench(kt *t)
+{
+    static const struct {
+        const char *name;
+        int N, K;
+    } shapes[] = {
+        {"8B qkv", 6144, 4096},   {"8B o", 4096, 4096},     {"8B gate_up", 28672, 4096},
+        {"8B down", 4096, 14336}, {"1B qkv", 3072, 2048},   {"1B o", 2048, 2048},
+        {"1B gate_up", 16384, 2048}, {"1B down", 2048, 8192},
+    };
+    static const int ms[] = {512, 2048};
+    gbench b;
+    memset(&b, 0, sizeof b);
+    kerr e;
+    kerr_clear(&e);
+    if (!(b.lt = kgemm_new(&t->cu, "kiln-ktest --bench gemm", &e))) {
+        fprintf(stderr, "bench gemm: %s\n", kerr_msg(&e));
+        return -1;
+    }
+    BCK(cuEventCreate(&b.ev[0], 0));
+    BCK(cuEventCreate(&b.ev[1], 0));
+    printf("bench gemm: bf16 in and out, no bias; each time the best of 3 x 10 back-to-back "
+           "launches. kiln = templates/gemm.cuh (%dx%d tiles, %d threads) with "
+           "__launch_bounds__(%d, 1) and (%d, %d); cuBLASLt = runtime/gemm.c's kgemm_run on the "
+           "same inputs; ratio = throughput of the better kiln over cuBLASLt's; diff = relative L2 of kiln's y "
+           "against cuBLASLt's.\n",
+           KILN_GEMM_BM, KILN_GEMM_BN, KILN_GEMM_THREADS, KILN_GEMM_THREADS, KILN_GEMM_THREADS,
+           KILN_GEMM_MIN_BLOCKS);
+    printf("%-11s %6s %6s %5s | %9s %9s | %9s | %5s | %s\n", "shape", "N", "K", "M",
+           "kiln TF/s", "minb TF/s", "cuBLASLt", "ratio", "diff");
+    int rc = 0;
+    double sum_ratio = 0;
+    int nratio = 0;
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0] && rc == 0; s++) {
+        const int N = shapes[s].N, K = shapes[s].K, MM = ms[1];
+        CUfunction f[2];
+        for (int v = 0; v < 2; v++) {
+            char name[120];
+            snprintf(name, sizeof name, "bench gemm %s minblocks %d", shapes[s].name,
+                     v ? KILN_GEMM_MIN_BLOCKS : 1);
+            CUmodule m = gemm_module(t, name, 0, 0, N, K, 0, v ? KILN_GEMM_MIN_BLOCKS : 1);
+            if (!m)
+                return -1;
+            f[v] = kt_func(t, m, "k_gemm");
+            BCK(cuFuncSetAttribute(f[v], CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                   KILN_GEMM_SMEM(2)));
+        }
+        b.N = N, b.K = K;
+        BCK(cuMemAlloc(&b.x, (size_t)MM * K * 2));
+        BCK(cuMemAlloc(&b.w, (size_t)N * K * 2));
+        BCK(cuMemAlloc(&b.y, (size_t)MM * N * 2));
+        BCK(cuMemAlloc(&b.ylt, (size_t)MM * N * 2));
+        if (bench_fill(t, b.x, (size_t)MM * K, 1.0f) ||
+            bench_fill(t, b.w, (size_t)N * K, 2.0f / sqrtf((float)K)))
+            return -1;
+        for (size_t mi = 0; mi < sizeof ms / sizeof ms[0] && rc == 0; mi++) {
+            b.M = ms[mi];
+            double tk[2], tl, diff;
+            if (bench_time(t, &b, f[0], &tk[0]) || bench_time(t, &b, f[1], &tk[1]) ||
+                bench_time(t, &b, NULL, &tl) || bench_diff(t, &b, &diff)) {
+                rc = -1;
+                break;
+            }
+            const double flop = 2.0 * b.M * (double)N * K;
+#define TF(ms_) (flop / ((ms_) * 1e-3) / 1e12)
+            const double best = tk[0] < tk[1] ? tk[0] : tk[1];
+            /* both round one float sum to bf16: they differ by about one bf16 ulp in a few
+             * outputs (rel ~1e-3 at most); a wrong kernel differs by ~1 */
+            const int same = diff <= 1e-2;
+            printf("%-11s %6d %6d %5d | %9.1f %9.1f | %9.1f | %5.2f | %.1e %s\n", shapes[s].name,
+                   N, K, b.M, TF(tk[0]), TF(tk[1]), TF(tl), tl / best, diff,
+                   same ? "ok" : "MISMATCH (kiln's output is wrong)");
+#undef TF
+            if (!same)
+                rc = -1;
+            sum_ratio += tl / best;
+            nratio++;
+            fflush(stdout);
+        }
+        BCK(cuMemFree(b.x));
+        BCK(cuMemFree(b.w));
+        BCK(cuMemFree(b.y));
+        BCK(cuMemFree(b.ylt));
+    }
+    if (nratio)
+        printf("bench gemm: mean ratio kiln/cuBLASLt %.2f over %d rows%s\n", sum_ratio / nratio,
+               nratio, rc ? "; FAILED (see above)" : "");
+    kgemm_free(b.lt);
+    return rc;
+}
