@@ -4,12 +4,17 @@
 // no cuBLASLt and a row's result does not depend on the batch.
 //
 // Design (sm_80 and newer; the classic Ampere structure, written for kiln's shapes):
-//   - a block computes a BM x BN = 128 x 128 tile of y with 8 warps in a 2 x 4 arrangement, each
-//     warp a 64 x 32 tile: 4 x 4 mma.sync m16n8k16 (16-bit inputs, float accumulators, 64 floats
+//   - a block computes a BM x BN = 128 x 128 tile of y with 4 warps in a 2 x 2 arrangement, each
+//     warp a 64 x 64 tile: 4 x 8 mma.sync m16n8k16 (16-bit inputs, float accumulators, 128 floats
 //     a lane) per 16 elements of K. The warp's fragments come from shared memory by ldmatrix.x4:
-//     4 for x (one per 16-row tile), 2 for w (each two 8-row tiles), 6 loads for 16 mma;
+//     4 for x (one per 16-row tile), 4 for w (each two 8-row tiles), 8 loads for 32 mma. Warp
+//     tiles of 64 x 32 (8 warps) would need 6 loads for 16 mma: on paper the shared-memory reads
+//     (512 bytes an ldmatrix.x4, 128 bytes a clock) would then take longer than the mma;
+//   - two blocks an SM (64 KiB of shared memory each, ~220 of the 255 registers a thread that
+//     two blocks of 128 threads allow), so one block's barrier or epilogue overlaps the other's
+//     mma;
 //   - K is streamed in slices of BK = 32 elements through a STAGES = 4 deep ring of shared-memory
-//     slices filled by cp.async (16 bytes a copy, 4 a thread a slice): while the warps multiply
+//     slices filled by cp.async (16 bytes a copy, 8 a thread a slice): while the warps multiply
 //     slice kt, the slices up to kt + 3 are in flight. One barrier a slice;
 //   - a slice row is 64 bytes (4 chunks of 16); chunk c of row r is stored at chunk c ^ ((r/2) % 4)
 //     so that the 8 rows one ldmatrix phase reads (same c, 8 consecutive rows) fall in 8 distinct
@@ -50,11 +55,12 @@ constexpr int BM = KILN_GEMM_BM, BN = KILN_GEMM_BN, BK = KILN_GEMM_BK, STAGES = 
 constexpr int THREADS = KILN_GEMM_THREADS;
 constexpr int GROUP = 8; // tile rows per group of the block-to-tile map
 
-static_assert(THREADS == 256 && BM == 128 && BN == 128,
-              "gemm: the warp layout below is 8 warps of 64 x 32 in a 128 x 128 tile");
+static_assert(THREADS == 128 && BM == 128 && BN == 128,
+              "gemm: the warp layout below is 4 warps of 64 x 64 in a 128 x 128 tile");
 static_assert(BK == 32, "gemm: the swizzle below is for 64-byte slice rows (BK = 32)");
-static_assert(BM * BK / 8 == 2 * THREADS && BN * BK / 8 == 2 * THREADS,
-              "gemm: a thread copies two 16-byte chunks of each tile a slice");
+constexpr int CPT = BM * BK / 8 / THREADS; // 16-byte chunks a thread copies of each tile a slice
+static_assert(BM * BK / 8 == CPT * THREADS && BN * BK / 8 == CPT * THREADS && THREADS % 32 == 0,
+              "gemm: the copies of a slice are whole rows of 4 chunks, the same for x and w");
 
 // Element offset of chunk c (8 elements) of row r in a BK-wide slice: the XOR swizzle above.
 __device__ __forceinline__ int swz(int r, int c) { return r * BK + ((c ^ ((r >> 1) & 3)) << 3); }
@@ -125,15 +131,16 @@ __device__ __forceinline__ void gemm(int M, const DT *x, long long ldx, const DT
     const unsigned smem = (unsigned)__cvta_generic_to_shared(kiln_gemm_smem);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 
-    // Copies: thread tid moves chunk tid & 3 of rows tid/4 and tid/4 + 64 of both tiles. Rows
-    // past M or N read nothing (zero fill) from a valid address.
+    // Copies: thread tid moves chunk tid & 3 of rows tid/4 + i * THREADS/4 (i < CPT) of both
+    // tiles. Rows past M or N read nothing (zero fill) from a valid address.
+    constexpr int RSTEP = THREADS / 4;
     const int lr = tid >> 2, lc = tid & 3;
-    const DT *xs[2], *ws[2];
-    bool xin[2], win[2];
-    unsigned so[2];
+    const DT *xs[CPT], *ws[CPT];
+    bool xin[CPT], win[CPT];
+    unsigned so[CPT];
 #pragma unroll
-    for (int i = 0; i < 2; i++) {
-        const int r = lr + 64 * i;
+    for (int i = 0; i < CPT; i++) {
+        const int r = lr + RSTEP * i;
         xin[i] = m0 + r < M;
         win[i] = n0 + r < N;
         xs[i] = x + (xin[i] ? (long long)(m0 + r) * ldx : 0) + 8 * lc;
@@ -144,20 +151,20 @@ __device__ __forceinline__ void gemm(int M, const DT *x, long long ldx, const DT
         const bool kin = kt * BK + 8 * lc < K; // the chunk is whole: K % 8 == 0
         const unsigned base = smem + stage * STAGE;
 #pragma unroll
-        for (int i = 0; i < 2; i++) {
+        for (int i = 0; i < CPT; i++) {
             const bool a = kin && xin[i], b = kin && win[i];
             cp16(base + so[i], a ? xs[i] + kt * BK : x, a ? 16 : 0);
             cp16(base + SLICE_A + so[i], b ? ws[i] + kt * BK : w, b ? 16 : 0);
         }
     };
 
-    // The warp's 64 x 32 tile: rows wm*64 + 16i + (g, g+8), columns wn*32 + 8j + 2t, +1.
-    const int wm = warp >> 2, wn = warp & 3;
-    float acc[4][4][4];
+    // The warp's 64 x 64 tile: rows wm*64 + 16i + (g, g+8), columns wn*64 + 8j + 2t, +1.
+    const int wm = warp >> 1, wn = warp & 1;
+    float acc[4][8][4];
 #pragma unroll
     for (int i = 0; i < 4; i++)
 #pragma unroll
-        for (int j = 0; j < 4; j++)
+        for (int j = 0; j < 8; j++)
 #pragma unroll
             for (int e = 0; e < 4; e++)
                 acc[i][j][e] = 0.f;
@@ -184,7 +191,7 @@ __device__ __forceinline__ void gemm(int M, const DT *x, long long ldx, const DT
 #pragma unroll
         for (int kk = 0; kk < BK / 16; kk++) {
             // x: matrices (rows 0-7, k lo), (rows 8-15, k lo), (0-7, k hi), (8-15, k hi) = a0..a3.
-            unsigned a[4][4], b[4][2];
+            unsigned a[4][4], b[8][2];
 #pragma unroll
             for (int i = 0; i < 4; i++)
                 ldsm4(a[i], a_s + swz(wm * 64 + 16 * i + (lane & 15), 2 * kk + (lane >> 4)) *
@@ -192,9 +199,9 @@ __device__ __forceinline__ void gemm(int M, const DT *x, long long ldx, const DT
             // w: matrices (n 0-7, k lo), (n 0-7, k hi), (n 8-15, k lo), (n 8-15, k hi) = b0, b1 of
             // the 8-column tiles 2p and 2p + 1 (w's rows are B's columns: "col" layout as stored).
 #pragma unroll
-            for (int p = 0; p < 2; p++) {
+            for (int p = 0; p < 4; p++) {
                 unsigned r[4];
-                ldsm4(r, b_s + swz(wn * 32 + 16 * p + (lane & 7) + ((lane >> 4) << 3),
+                ldsm4(r, b_s + swz(wn * 64 + 16 * p + (lane & 7) + ((lane >> 4) << 3),
                                    2 * kk + ((lane >> 3) & 1)) *
                                    (unsigned)sizeof(DT));
                 b[2 * p][0] = r[0];
@@ -205,7 +212,7 @@ __device__ __forceinline__ void gemm(int M, const DT *x, long long ldx, const DT
 #pragma unroll
             for (int i = 0; i < 4; i++)
 #pragma unroll
-                for (int j = 0; j < 4; j++)
+                for (int j = 0; j < 8; j++)
                     gemv_detail::mma16816<DT>(acc[i][j], a[i][0], a[i][1], a[i][2], a[i][3],
                                               b[j][0], b[j][1]);
         }
@@ -216,8 +223,8 @@ __device__ __forceinline__ void gemm(int M, const DT *x, long long ldx, const DT
     // tile, and acc[i][j][2..3] at row + 8.
     const int g = lane >> 2, t = lane & 3;
 #pragma unroll
-    for (int j = 0; j < 4; j++) {
-        const int n = n0 + wn * 32 + 8 * j + 2 * t;
+    for (int j = 0; j < 8; j++) {
+        const int n = n0 + wn * 64 + 8 * j + 2 * t;
         if (n >= N) // N % 8 == 0: the pair is wholly in or out
             continue;
         float b0 = 0.f, b1 = 0.f;
