@@ -66,9 +66,12 @@ static_assert(BM * BK / 8 == CPT * THREADS && BN * BK / 8 == CPT * THREADS && TH
 __device__ __forceinline__ int swz(int r, int c) { return r * BK + ((c ^ ((r >> 1) & 3)) << 3); }
 
 // 16 bytes global -> shared, bypassing L1; bytes = 0 writes 16 zero bytes and reads nothing.
+// L2::128B: a slice reads 64 bytes of each row, so the L2 fetches the whole 128-byte line, the
+// next slice's half with it (one DRAM burst where there would be two).
 __device__ __forceinline__ void cp16(unsigned dst, const void *src, int bytes)
 {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes)
+    asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+                 "r"(bytes)
                  : "memory");
 }
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
