@@ -7,7 +7,8 @@
 #   make SAN=1 ...  any target with AddressSanitizer+UBSan, objects under out/san/
 #
 # Lua, jansson, PCRE2, utf8proc and xxHash are linked statically: the GPU machines have none of them
-# (see ../shared/GPU.md). NVRTC, cuBLASLt and NCCL are linked normally; libcuda is dlopen'd.
+# (see ../shared/GPU.md). NVRTC is linked normally; libcuda, cuBLASLt (runtime/gemm.c: only for
+# an artifact with cuBLASLt steps) and NCCL are dlopen'd.
 
 CUDA    ?= /usr/local/cuda
 CC      ?= gcc
@@ -38,7 +39,7 @@ SYSLIBS  := -lm -ldl -lpthread
 # kiln serve's HTTP library: static (the GPU machine has no libmicrohttpd), over the GPU
 # machine's own libgnutls.so.30.
 HTTPLIBS := -l:libmicrohttpd.a -lgnutls
-CUDALIBS := -lnvrtc -lcublasLt
+CUDALIBS := -lnvrtc
 
 # ---- sources (listed, not globbed) ----
 RUNTIME_SRC := runtime/util.c runtime/safetensors.c runtime/kcuda.c runtime/artifact.c runtime/hash.c \
@@ -53,7 +54,7 @@ COMPILER_SRC := compiler/pipeline.c compiler/config.c compiler/graph.c compiler/
                 compiler/posenc.c compiler/ref.c compiler/knvrtc.c compiler/overrides.c compiler/backend_ref.c compiler/synth.c compiler/quant.c
 # Runtime tests link libkiln.a only; compiler tests link both libraries.
 RUNTIME_TESTS  := safetensors tokenizer chat_template backend sched tp_runtime launch
-COMPILER_TESTS := config overrides graph spec registry cli ref compile example artifact badinput server run_cpu synth tp bench quant
+COMPILER_TESTS := config overrides graph spec registry cli ref compile example artifact badinput server run_cpu synth tp bench quant gemm
 
 RUNTIME_OBJ  := $(RUNTIME_SRC:%.c=$(B)/obj/%.o)
 COMPILER_OBJ := $(COMPILER_SRC:%.c=$(B)/obj/%.o)
@@ -108,7 +109,7 @@ $(B)/bin/kiln: $(B)/obj/runtime/main.o $(RUNTIME_CMD:%.c=$(B)/obj/%.o) $(B)/lib/
 
 $(RUNTIME_TESTS:%=$(B)/tests/test_%): $(B)/tests/test_%: $(B)/obj/tests/test_%.o $(B)/lib/libkiln.a
 	@mkdir -p $(@D)
-	$(CC) $(LDFLAGS) -o $@ $^ $(STATIC) -lcmocka -lcublasLt $(SYSLIBS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(STATIC) -lcmocka $(SYSLIBS)
 
 $(COMPILER_TESTS:%=$(B)/tests/test_%): $(B)/tests/test_%: $(B)/obj/tests/test_%.o $(B)/lib/libkilnc.a $(B)/lib/libkiln.a
 	@mkdir -p $(@D)
@@ -197,11 +198,11 @@ fuzz-build: fuzz-deps
 	$(MAKE) $(FUZZ_TARGETS:%=$(FUZZ_B)/fuzz_%)
 # fuzz-dist: the targets in one folder to carry to the GPU machine (tests/gpu/fuzz.sh runs them
 # there), with the commit they were built from. Nothing in them is dynamic but glibc, libstdc++,
-# libgcc and CUDA's NVRTC and cuBLASLt (checked here), so they run where there is no clang. They
+# libgcc and CUDA's NVRTC (checked here), so they run where there is no clang. They
 # keep their debug information (about 23 MB in all; stripped, 20): ASan names functions and lines
 # through addr2line there.
 FUZZ_DIST := out/fuzz/dist
-FUZZ_LIBS_OK := linux-vdso|libc|libm|libstdc\+\+|libgcc_s|libpthread|librt|libdl|ld-linux-x86-64|libnvrtc|libcublasLt
+FUZZ_LIBS_OK := linux-vdso|libc|libm|libstdc\+\+|libgcc_s|libpthread|librt|libdl|ld-linux-x86-64|libnvrtc
 fuzz-dist: fuzz-build
 	rm -rf $(FUZZ_DIST) && mkdir -p $(FUZZ_DIST)
 	@for t in $(FUZZ_TARGETS); do \

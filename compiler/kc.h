@@ -34,6 +34,7 @@ typedef struct kc {
     int max_seq_len;      /* tokens per sequence (prompt + generated) */
     st_dtype act_dtype;   /* compute dtype on the GPU: BF16 or F16 */
     int quant_fp8;        /* --quant fp8: linear weights rounded to e4m3, a scale per row (quant.h) */
+    int gemm_kiln;        /* --gemm kiln: prefill linears on kiln's own GEMM kernel, not cuBLASLt */
     int tp;               /* --tp: ranks the shard pass splits the graph for; 0 = no shard pass
                            * (1 = one rank, with its collectives of one: the TP code path) */
     int64_t slab_bytes;   /* result of plan_memory */

@@ -11,6 +11,7 @@
 
 #include "passes/passes.h"
 #include "posenc.h"
+#include "../kernels/kiln_gemm.h"
 #include "../kernels/kiln_p2p.h"
 #include "../kernels/kiln_step.h"
 
@@ -390,24 +391,48 @@ static ka_step gemv_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg bi
     return s;
 }
 
-static ka_step gemm_step(const kg_node *n, ka_arg x, ka_arg wt, ka_arg bias, ka_arg y, int64_t N,
-                         int64_t K, int64_t ldx, int64_t ldy, int out_f32, ka_rows rows)
+/* The GEMM step (prefill-sized rows): y[M, N] = x[M, K] . w[N, K]^T (+ bias), M the step's
+ * rows (T, or n_seqs for KA_ROWS_S). With kilnc --gemm kiln, kiln's own kernel
+ * (templates/gemm.cuh; its tile and block in kernels/kiln_gemm.h): one tile configuration per
+ * shape whatever M is, so a row's result does not depend on the rows beside it. Otherwise a
+ * cuBLASLt step (runtime/gemm.c), whose algorithm cuBLASLt picks by M. */
+static ka_step gemm_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg bias, ka_arg y,
+                         int64_t N, int64_t K, int64_t ldx, int64_t ldy, int out_f32, ka_rows rows)
 {
     ka_step s;
-    memset(&s, 0, sizeof s);
-    s.kind = KA_GEMM;
-    s.label = n->name;
+    if (w->c->gemm_kiln) {
+        int has_bias = bias.kind != KA_ARG_NULL;
+        int k = kern(w, "gemm", KILN_GEMM_THREADS, KILN_GEMM_SMEM((int)w->esize),
+                     out_f32 ? "int M, const DT *x, const DT *w, const DT *bias, float *y"
+                             : "int M, const DT *x, const DT *w, const DT *bias, DT *y",
+                     "kiln::gemm<DT, %s, %lld, %lld, %d>(M, x, %lldLL, w, bias, y, %lldLL)",
+                     out_f32 ? "float" : "DT", (long long)N, (long long)K, has_bias,
+                     (long long)ldx, (long long)ldy);
+        /* grid (ceil(N / BN), ceil(M / BM)) */
+        s = kstep(k, n->name, G(0, 0, 0, (int)N, KILN_GEMM_BN),
+                  rows == KA_ROWS_S ? G(0, 1, 0, 0, KILN_GEMM_BM) : G(1, 0, 0, 0, KILN_GEMM_BM),
+                  G1());
+        add_arg(&s, A(KA_ARG_M, 0));
+        add_arg(&s, x);
+        add_arg(&s, wt);
+        add_arg(&s, bias);
+        add_arg(&s, y);
+    } else {
+        memset(&s, 0, sizeof s);
+        s.kind = KA_GEMM;
+        s.label = n->name;
+        s.x = x;
+        s.w = wt;
+        s.bias = bias;
+        s.y = y;
+        s.n = N;
+        s.k = K;
+        s.ldx = ldx;
+        s.ldy = ldy;
+        s.out_f32 = out_f32;
+    }
     s.size = KA_SIZE_LARGE;
     s.rows = rows;
-    s.x = x;
-    s.w = wt;
-    s.bias = bias;
-    s.y = y;
-    s.n = N;
-    s.k = K;
-    s.ldx = ldx;
-    s.ldy = ldy;
-    s.out_f32 = out_f32;
     return s;
 }
 
@@ -512,7 +537,7 @@ static int low_linear(lw *w, int id)
         add_arg(&s, x);
         add_arg(&s, last);
         push(w, PRE, &s);
-        s = gemm_step(n, last, wt, bias, part, N, K, K, N, 1, KA_ROWS_S);
+        s = gemm_step(w, n, last, wt, bias, part, N, K, K, N, 1, KA_ROWS_S);
         s.logits = KA_LOGITS_LAST;
         push(w, PRE, &s);
         s = gemv_step(w, n, last, wt, bias, part, N, K, 0, -1, 1, KA_ROWS_S);
@@ -520,7 +545,7 @@ static int low_linear(lw *w, int id)
         push(w, PRE, &s);
         logits_epilogue_step(w, n, part, hb, N, PRE, KA_LOGITS_LAST, KA_ROWS_S);
         gather_steps(w, n, part, all, N, tp, PRE, KA_LOGITS_LAST, KA_ROWS_S);
-        s = gemm_step(n, x, wt, bias, part, N, K, K, N, 1, KA_ROWS_T);
+        s = gemm_step(w, n, x, wt, bias, part, N, K, K, N, 1, KA_ROWS_T);
         s.logits = KA_LOGITS_ALL;
         push(w, PRE, &s);
         s = gemv_step(w, n, x, wt, bias, part, N, K, 0, -1, 1, KA_ROWS_T);
@@ -529,7 +554,7 @@ static int low_linear(lw *w, int id)
         logits_epilogue_step(w, n, part, hb, N, PRE, KA_LOGITS_ALL, KA_ROWS_T);
         gather_steps(w, n, part, all, N, tp, PRE, KA_LOGITS_ALL, KA_ROWS_T);
         /* decode: every row is the last of its sequence */
-        s = gemm_step(n, x, wt, bias, part, N, K, K, N, 1, KA_ROWS_T);
+        s = gemm_step(w, n, x, wt, bias, part, N, K, K, N, 1, KA_ROWS_T);
         push(w, DEC, &s);
         s = gemv_step(w, n, x, wt, bias, part, N, K, 0, -1, 1, KA_ROWS_T);
         push(w, DEC, &s);
@@ -542,7 +567,7 @@ static int low_linear(lw *w, int id)
     if (dense_arg(w, id, &y))
         return -1;
     if (!gated) {
-        ka_step s = gemm_step(n, x, wt, bias, y, N, K, K, N, 0, KA_ROWS_T);
+        ka_step s = gemm_step(w, n, x, wt, bias, y, N, K, K, N, 0, KA_ROWS_T);
         push(w, BOTH, &s);
         s = gemv_step(w, n, x, wt, bias, y, N, K, 0, -1, 0, KA_ROWS_T);
         push(w, BOTH, &s);
@@ -553,7 +578,7 @@ static int low_linear(lw *w, int id)
     if (need8(w, n, I, "the gated width"))
         return -1;
     ka_arg tmp = A(KA_ARG_SCRATCH, scratch_at(w, (int64_t)w->c->max_tokens * N * w->esize));
-    ka_step s = gemm_step(n, x, wt, bias, tmp, N, K, K, N, 0, KA_ROWS_T);
+    ka_step s = gemm_step(w, n, x, wt, bias, tmp, N, K, K, N, 0, KA_ROWS_T);
     push(w, BOTH, &s);
     int ka = kern(w, "act_mul", ELEM_THREADS, 0, "const kiln_step st, const DT *gu, DT *out",
                   "kiln::act_mul<DT, %lld, %d, %d>(st, gu, out)", (long long)I, n->epi_act,
@@ -710,7 +735,7 @@ static int low_moe_shared(lw *w, int id, ka_arg x, ka_arg *sum)
     ka_arg h = A(KA_ARG_SCRATCH, scratch_at(w, T * I2 * w->esize));
     *sum = A(KA_ARG_SCRATCH, scratch_at(w, T * H * w->esize));
     /* act(x . Wg) * (x . Wu): a GEMM then act_mul, or one gated GEMV */
-    ka_step s = gemm_step(n, x, AW(w, gu), ANULL(), gu_out, 2 * I2, H, H, 2 * I2, 0, KA_ROWS_T);
+    ka_step s = gemm_step(w, n, x, AW(w, gu), ANULL(), gu_out, 2 * I2, H, H, 2 * I2, 0, KA_ROWS_T);
     push(w, BOTH, &s);
     int ka = kern(w, "act_mul", ELEM_THREADS, 0, "const kiln_step st, const DT *gu, DT *out",
                   "kiln::act_mul<DT, %lld, %d, %d>(st, gu, out)", (long long)I2, mo->act,
@@ -725,7 +750,7 @@ static int low_moe_shared(lw *w, int id, ka_arg x, ka_arg *sum)
     push(w, BOTH, &s);
     /* . Wd */
     ka_arg down = AW(w, n->in[KG_MOE_SH_DOWN]);
-    s = gemm_step(n, h, down, ANULL(), *sum, H, I2, I2, H, 0, KA_ROWS_T);
+    s = gemm_step(w, n, h, down, ANULL(), *sum, H, I2, I2, H, 0, KA_ROWS_T);
     push(w, BOTH, &s);
     s = gemv_step(w, n, h, down, ANULL(), *sum, H, I2, 0, -1, 0, KA_ROWS_T);
     push(w, BOTH, &s);
@@ -1320,6 +1345,7 @@ int lower(kc *c, lowered *out, kerr *err)
     m->max_seqs = c->max_seqs;
     m->max_seq_len = c->max_seq_len;
     m->gemv_max = GEMV_MAX;
+    m->gemm_kiln = c->gemm_kiln;
     /* longrope's switch for the scheduler; none when no sequence can pass it (config.c bounds it
      * to INT32_MAX) */
     int64_t rsw = posenc_rope_switch(c->g);
@@ -1363,10 +1389,16 @@ char *codegen_source(const lowered *l, const char *model_name)
         model_name);
     OUT("#include \"elementwise.cuh\"\n#include \"gemv.cuh\"\n#include \"attention.cuh\"\n"
         "#include \"moe.cuh\"\n#include \"sample.cuh\"\n#include \"collective.cuh\"\n");
-    /* mla.cuh only where a model has multi-head latent attention: other units stay as they were */
+    /* mla.cuh only where a model has multi-head latent attention, gemm.cuh only with --gemm
+     * kiln: other units stay as they were */
     for (int i = 0; i < l->ninst; i++)
         if (strncmp(l->inst_call[i], "kiln::mla_", 10) == 0) {
             OUT("#include \"mla.cuh\"\n");
+            break;
+        }
+    for (int i = 0; i < l->ninst; i++)
+        if (strncmp(l->inst_call[i], "kiln::gemm<", 11) == 0) {
+            OUT("#include \"gemm.cuh\"\n");
             break;
         }
     OUT("\n");

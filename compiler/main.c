@@ -58,6 +58,7 @@ typedef struct opts {
     int max_new;
     /* compile */
     const char *out, *sm, *dtype;
+    int gemm_kiln; /* --gemm kiln */
     int max_seq_len, max_batch, max_tokens;
 } opts;
 
@@ -119,6 +120,13 @@ static int parse_opts(const char *prog, int argc, char **argv, opts *o, int allo
             o->sm = val;
         else if (allow_dump == 3 && TAKE("--dtype") && !missing)
             o->dtype = val;
+        else if (allow_dump == 3 && TAKE("--gemm") && !missing) {
+            if (strcmp(val, "kiln") && strcmp(val, "cublaslt"))
+                return util_usage_error(prog, "--gemm: '%s' is not a GEMM (expected kiln or "
+                                              "cublaslt)",
+                                        val);
+            o->gemm_kiln = !strcmp(val, "kiln");
+        }
         else if (allow_dump == 3 &&
                  (TAKE("--max-seq-len") || TAKE("--max-batch") || TAKE("--max-tokens")) &&
                  !missing) {
@@ -171,7 +179,7 @@ static kc_opts kopts(const opts *o, int need_weights)
     kc_opts k = {.spec = o->spec, .spec_path = o->spec_path, .n_spec_path = o->n_spec_path,
                  .strict = o->strict, .allow_nonfinite = o->allow_nonfinite,
                  .need_weights = need_weights, .ovr = &o->ovr, .tp = o->tp,
-                 .quant_fp8 = o->quant_fp8};
+                 .quant_fp8 = o->quant_fp8, .gemm_kiln = o->gemm_kiln};
     return k;
 }
 
@@ -778,6 +786,12 @@ static int cmd_compile(int argc, char **argv)
                 "lowest is\n"
                 "                     kept so newer GPUs can JIT it\n"
                 "  --dtype bf16|fp16  compute dtype (default bf16)\n"
+                "  --gemm cublaslt|kiln\n"
+                "                     what runs the linears of prefill-sized steps (more rows than\n"
+                "                     the GEMV's 8): cuBLASLt (default; kiln loads libcublasLt\n"
+                "                     when it runs the model), or kiln's own GEMM kernel, compiled\n"
+                "                     into the artifact like every other kernel (the GPU machine\n"
+                "                     then needs no cuBLASLt; one tile shape at every row count)\n"
                 "  --max-seq-len N    tokens per sequence, prompt + generated (default 2048, at most\n"
                 "                     the model's max_position_embeddings)\n"
                 "  --max-batch N      sequences per step (default 16)\n"

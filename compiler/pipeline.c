@@ -94,6 +94,7 @@ int kc_open(kc *c, const char *model, const kc_opts *o, kerr *err)
     c->act_dtype = o->act_dtype == ST_F16 ? ST_F16 : ST_BF16;
     c->quant_fp8 = o->quant_fp8;
     c->tp = o->tp;
+    c->gemm_kiln = o->gemm_kiln;
     if (!util_is_dir(model))
         return kerr_add(err, "%s: not a folder (expected a Hugging Face model folder with "
                              "config.json and *.safetensors)",

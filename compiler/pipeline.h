@@ -21,6 +21,7 @@ typedef struct kc_opts {
     int quant_fp8;         /* --quant fp8 (quant.h) */
     const ovr_set *ovr;    /* --config, --override, --pooling, --normalize (overrides.h); NULL: none */
     int tp;                /* --tp N: the shard pass splits the graph for N ranks; 0: unsharded */
+    int gemm_kiln;         /* --gemm kiln (kc.h) */
 } kc_opts;
 
 /* Loads config, checkpoint and spec, and builds the graph. On error kc_free still applies. */

@@ -105,6 +105,9 @@ static json_t *jhex(uint64_t v)
     return json_string(b);
 }
 
+/* What runs the prefill-sized linears: the manifest's "gemm", indexed by ka_manifest.gemm_kiln */
+static const char *const gemms[] = {"cublaslt", "kiln"};
+
 char *ka_manifest_json(const ka_manifest *m)
 {
     json_t *r = json_object();
@@ -178,6 +181,7 @@ char *ka_manifest_json(const ka_manifest *m)
     }
     json_object_set_new(r, "kernels", ks);
     json_object_set_new(r, "sample_kernel", json_integer(m->sample_kernel));
+    json_object_set_new(r, "gemm", json_string(gemms[m->gemm_kiln]));
     json_object_set_new(r, "prefill", jsteps(m->prefill, m->nprefill));
     json_object_set_new(r, "decode", jsteps(m->decode, m->ndecode));
     json_t *ws = json_array();
@@ -806,6 +810,7 @@ static int parse_steps(rd *r, json_t *root, const char *which, ka_step **out, in
             return -1;
         if (json_object_get(o, "gemm")) {
             parse_gemm(r, o, &c, s);
+            r->m->cublaslt_steps++;
         } else if (json_object_get(o, "collective")) {
             parse_collective(r, o, &c, s);
             r->m->collectives++;
@@ -938,6 +943,13 @@ static void parse_tables(rd *r, json_t *root, ka_manifest *m)
         m->sample_kernel = (int)jint(r, root, "top level", "sample_kernel", -1, -1);
     else
         m->sample_kernel = (int)jint(r, root, "top level", "sample_kernel", 0, m->nkernels - 1);
+    /* optional: artifacts written before kilnc --gemm ran every GEMM step on cuBLASLt */
+    json_t *gm = json_object_get(root, "gemm");
+    if (gm && !r->bad) {
+        m->gemm_kiln = json_is_string(gm) ? is_enum(json_string_value(gm), gemms, 2) : -1;
+        if (m->gemm_kiln < 0)
+            bad(r, "top level: gemm is not \"cublaslt\" or \"kiln\"");
+    }
 
     json_t *ws = jlist(r, root, "top level", "weights", KA_MAX_WEIGHTS, &m->nweights);
     m->weights = xcalloc((size_t)(m->nweights ? m->nweights : 1), sizeof(ka_weight));
@@ -1050,6 +1062,9 @@ static int parse_manifest(rd *r, const char *text, size_t len, ka_manifest *m)
         parse_steps(r, root, "prefill", &m->prefill, &m->nprefill);
     if (!r->bad)
         parse_steps(r, root, "decode", &m->decode, &m->ndecode);
+    if (!r->bad && m->gemm_kiln && m->cublaslt_steps)
+        bad(r, "top level: gemm is \"kiln\" but the schedules hold %d cuBLASLt GEMM steps",
+            m->cublaslt_steps);
     json_decref(root);
     return r->bad ? -1 : 0;
 }

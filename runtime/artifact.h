@@ -254,6 +254,11 @@ typedef struct ka_manifest {
     int tp;                 /* ranks, 1..KA_MAX_TP; 1 for an artifact compiled without --tp */
     int collectives;        /* collective steps in prefill + decode (0: NCCL is not needed; tp 1
                              * without --tp); derived by ka_read, not stored */
+    int gemm_kiln;          /* kilnc --gemm kiln: the prefill linears are kiln's own GEMM kernel
+                             * (templates/gemm.cuh), no cuBLASLt step (ka_read checks that);
+                             * "gemm": "kiln" | "cublaslt" in the manifest, absent: cublaslt */
+    int cublaslt_steps;     /* KA_GEMM steps in prefill + decode (0: cuBLASLt is never loaded);
+                             * derived by ka_read, not stored */
     ka_shard *shards;       /* tp entries, shards[r] is rank r's */
     uint64_t shard_chunk;   /* the chunk size of every shard's data hash */
     int nconsts;

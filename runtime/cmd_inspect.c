@@ -142,6 +142,9 @@ int cmd_inspect(int argc, char **argv)
            (long long)m->slab_bytes, (long long)m->scratch_bytes,
            util_human_bytes((double)wbytes, wb, sizeof wb), m->nweights,
            m->tp > 1 ? " per rank" : "");
+    printf("gemm         %s: %d cuBLASLt steps%s\n",
+           m->gemm_kiln ? "kiln (kilnc compile --gemm kiln)" : "cublaslt", m->cublaslt_steps,
+           m->cublaslt_steps ? " (kiln loads libcublasLt)" : " (no cuBLASLt needed)");
     printf("parallel     tp %d: %d GPU%s, %d collective steps%s\n", m->tp, m->tp,
            m->tp > 1 ? "s" : "", m->collectives,
            m->collectives ? " (NCCL)" : " (no NCCL needed)");

@@ -508,8 +508,14 @@ static int alloc_device(kmodel *m, kdev *d, kerr *err)
     d->st.seq_ropelen = d->meta + m->o_ropelen;
     CU(cuMemAlloc(&d->d_params, sizeof(kiln_sample) * (size_t)m->cap_seq));
     CU(cuMemAlloc(&d->d_ids, sizeof(int32_t) * (size_t)m->cap_seq));
-    d->gemm = kgemm_new(&m->cu, err);
-    return d->gemm ? 0 : -1;
+    if (!man->cublaslt_steps) /* kilnc --gemm kiln: cuBLASLt is never loaded */
+        return 0;
+    d->gemm = kgemm_new(&m->cu, "this model (compiled with kilnc compile --gemm cublaslt, the "
+                                "default)", err);
+    if (!d->gemm)
+        return kerr_add(err, "or compile it with kilnc compile --gemm kiln: kiln's own GEMM "
+                             "kernel needs no cuBLASLt");
+    return 0;
 }
 
 /* JOB_LOAD: the stream, the code, the weights (checked against their hash), the buffers. */

@@ -6,11 +6,29 @@
 #pragma GCC diagnostic ignored "-Wstrict-prototypes"
 #include <cublasLt.h>
 #pragma GCC diagnostic pop
+#include <dlfcn.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define WORKSPACE (32u << 20)
 #define CACHE 512
+
+/* X(name): every cuBLASLt entry point kiln uses, resolved with dlsym (the header's prototypes
+ * give their types; nothing here references the library's symbols at link time). */
+#define KLT_FUNCS(X)                                                                            \
+    X(cublasLtCreate) X(cublasLtDestroy) X(cublasLtMatmulDescCreate)                            \
+    X(cublasLtMatmulDescDestroy) X(cublasLtMatmulDescSetAttribute) X(cublasLtMatrixLayoutCreate) \
+    X(cublasLtMatrixLayoutDestroy) X(cublasLtMatmulPreferenceCreate)                            \
+    X(cublasLtMatmulPreferenceSetAttribute) X(cublasLtMatmulPreferenceDestroy)                  \
+    X(cublasLtMatmulAlgoGetHeuristic) X(cublasLtMatmul)
+
+typedef struct klt {
+    void *lib;
+#define X(f) __typeof__(f) *f;
+    KLT_FUNCS(X)
+#undef X
+} klt;
 
 typedef struct entry {
     int64_t M, N, K, ldx, ldy;
@@ -22,39 +40,85 @@ typedef struct entry {
 
 struct kgemm {
     const kcuda *cu;
+    klt lt;
     cublasLtHandle_t h;
     CUdeviceptr ws;
     entry cache[CACHE];
     int n;
 };
 
+/* The soname of the cuBLAS the build was compiled against first, then the next and the previous
+ * major version: cuBLASLt's C API and the structs kiln passes (opaque 64-byte algo and
+ * heuristic records) have kept their layout across them. The runtime path (-rpath of the CUDA
+ * toolkit, LD_LIBRARY_PATH, ldconfig) is searched as for any dlopen. */
+static int klt_load(klt *lt, const char *why, kerr *err)
+{
+    memset(lt, 0, sizeof *lt);
+    const int majors[] = {CUBLAS_VER_MAJOR, CUBLAS_VER_MAJOR + 1, CUBLAS_VER_MAJOR - 1};
+    char first[256] = "";
+    for (size_t i = 0; i < sizeof majors / sizeof majors[0] && !lt->lib; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "libcublasLt.so.%d", majors[i]);
+        lt->lib = dlopen(name, RTLD_NOW | RTLD_LOCAL);
+        if (!lt->lib && !first[0])
+            snprintf(first, sizeof first, "%s", dlerror());
+    }
+    if (!lt->lib)
+        return kerr_add(err, "%s needs cuBLASLt, and it cannot be loaded (libcublasLt.so.%d, "
+                             ".so.%d and .so.%d tried; %s): install cuBLAS (CUDA %d's "
+                             "libcublasLt.so.%d, on LD_LIBRARY_PATH)",
+                        why, majors[0], majors[1], majors[2], first, CUBLAS_VER_MAJOR,
+                        CUBLAS_VER_MAJOR);
+    int missing = 0;
+#define X(f)                                                                                    \
+    lt->f = (__typeof__(lt->f))dlsym(lt->lib, #f);                                              \
+    if (!lt->f && !missing++)                                                                   \
+        kerr_add(err, "%s needs cuBLASLt, and the libcublasLt loaded lacks %s: install cuBLAS " \
+                      "%d",                                                                     \
+                 why, #f, CUBLAS_VER_MAJOR);
+    KLT_FUNCS(X)
+#undef X
+    if (missing) {
+        dlclose(lt->lib);
+        lt->lib = NULL;
+        return -1;
+    }
+    return 0;
+}
+
 static int lt_fail(cublasStatus_t st, const char *what, kerr *err)
 {
     return kerr_add(err, "cuBLASLt %s failed: status %d", what, (int)st);
 }
 
-static void drop(entry *e)
+static void drop(const klt *lt, entry *e)
 {
-    cublasLtMatmulDescDestroy(e->op);
-    cublasLtMatrixLayoutDestroy(e->a);
-    cublasLtMatrixLayoutDestroy(e->b);
-    cublasLtMatrixLayoutDestroy(e->d);
+    lt->cublasLtMatmulDescDestroy(e->op);
+    lt->cublasLtMatrixLayoutDestroy(e->a);
+    lt->cublasLtMatrixLayoutDestroy(e->b);
+    lt->cublasLtMatrixLayoutDestroy(e->d);
 }
 
-kgemm *kgemm_new(const kcuda *cu, kerr *err)
+kgemm *kgemm_new(const kcuda *cu, const char *why, kerr *err)
 {
     kgemm *g = xcalloc(1, sizeof *g);
     g->cu = cu;
-    cublasStatus_t st = cublasLtCreate(&g->h);
+    if (klt_load(&g->lt, why, err)) {
+        free(g);
+        return NULL;
+    }
+    cublasStatus_t st = g->lt.cublasLtCreate(&g->h);
     if (st != CUBLAS_STATUS_SUCCESS) {
         lt_fail(st, "cublasLtCreate", err);
+        dlclose(g->lt.lib);
         free(g);
         return NULL;
     }
     CUresult rc = cu->cuMemAlloc(&g->ws, WORKSPACE);
     if (rc != CUDA_SUCCESS) {
         kcuda_fail(cu, rc, "cuMemAlloc(gemm workspace)", __FILE__, __LINE__, err);
-        cublasLtDestroy(g->h);
+        g->lt.cublasLtDestroy(g->h);
+        dlclose(g->lt.lib);
         free(g);
         return NULL;
     }
@@ -66,10 +130,11 @@ void kgemm_free(kgemm *g)
     if (!g)
         return;
     for (int i = 0; i < g->n; i++)
-        drop(&g->cache[i]);
+        drop(&g->lt, &g->cache[i]);
     if (g->ws)
         g->cu->cuMemFree(g->ws);
-    cublasLtDestroy(g->h);
+    g->lt.cublasLtDestroy(g->h);
+    dlclose(g->lt.lib);
     free(g);
 }
 
@@ -84,7 +149,7 @@ static entry *plan(kgemm *g, int f16, int out_f32, int bias, int64_t M, int64_t 
     }
     if (g->n == CACHE) { /* full: start over (shapes per model are few; this is a guard) */
         for (int i = 0; i < g->n; i++)
-            drop(&g->cache[i]);
+            drop(&g->lt, &g->cache[i]);
         g->n = 0;
     }
     entry *e = &g->cache[g->n];
@@ -94,43 +159,47 @@ static entry *plan(kgemm *g, int f16, int out_f32, int bias, int64_t M, int64_t 
     cudaDataType ab = f16 ? CUDA_R_16F : CUDA_R_16BF, dt = out_f32 ? CUDA_R_32F : ab;
     cublasStatus_t st;
     cublasOperation_t tA = CUBLAS_OP_T, tB = CUBLAS_OP_N;
-    if ((st = cublasLtMatmulDescCreate(&e->op, CUBLAS_COMPUTE_32F, CUDA_R_32F)) ||
-        (st = cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_TRANSA, &tA, sizeof tA)) ||
-        (st = cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_TRANSB, &tB, sizeof tB))) {
+    const klt *lt = &g->lt;
+    if ((st = lt->cublasLtMatmulDescCreate(&e->op, CUBLAS_COMPUTE_32F, CUDA_R_32F)) ||
+        (st = lt->cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_TRANSA, &tA,
+                                                 sizeof tA)) ||
+        (st = lt->cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_TRANSB, &tB,
+                                                 sizeof tB))) {
         lt_fail(st, "matmul descriptor", err);
         return NULL;
     }
     if (bias) {
         cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BIAS;
         cudaDataType bt = ab;
-        if ((st = cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep,
-                                                 sizeof ep)) ||
-            (st = cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt,
-                                                 sizeof bt))) {
+        if ((st = lt->cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep,
+                                                     sizeof ep)) ||
+            (st = lt->cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                                                     &bt, sizeof bt))) {
             lt_fail(st, "bias epilogue", err);
-            cublasLtMatmulDescDestroy(e->op);
+            lt->cublasLtMatmulDescDestroy(e->op);
             return NULL;
         }
     }
-    if ((st = cublasLtMatrixLayoutCreate(&e->a, ab, (uint64_t)K, (uint64_t)N, K)) ||
-        (st = cublasLtMatrixLayoutCreate(&e->b, ab, (uint64_t)K, (uint64_t)M, ldx)) ||
-        (st = cublasLtMatrixLayoutCreate(&e->d, dt, (uint64_t)N, (uint64_t)M, ldy))) {
+    if ((st = lt->cublasLtMatrixLayoutCreate(&e->a, ab, (uint64_t)K, (uint64_t)N, K)) ||
+        (st = lt->cublasLtMatrixLayoutCreate(&e->b, ab, (uint64_t)K, (uint64_t)M, ldx)) ||
+        (st = lt->cublasLtMatrixLayoutCreate(&e->d, dt, (uint64_t)N, (uint64_t)M, ldy))) {
         lt_fail(st, "matrix layout", err);
         return NULL;
     }
     cublasLtMatmulPreference_t pref;
     size_t wsz = WORKSPACE;
-    cublasLtMatmulPreferenceCreate(&pref);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsz,
-                                         sizeof wsz);
+    lt->cublasLtMatmulPreferenceCreate(&pref);
+    lt->cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsz,
+                                             sizeof wsz);
     cublasLtMatmulHeuristicResult_t res;
     int found = 0;
-    st = cublasLtMatmulAlgoGetHeuristic(g->h, e->op, e->a, e->b, e->d, e->d, pref, 1, &res, &found);
-    cublasLtMatmulPreferenceDestroy(pref);
+    st = lt->cublasLtMatmulAlgoGetHeuristic(g->h, e->op, e->a, e->b, e->d, e->d, pref, 1, &res,
+                                            &found);
+    lt->cublasLtMatmulPreferenceDestroy(pref);
     if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
         kerr_add(err, "cuBLASLt has no algorithm for a %lldx%lldx%lld %s GEMM (status %d)",
                  (long long)M, (long long)N, (long long)K, f16 ? "fp16" : "bf16", (int)st);
-        drop(e);
+        drop(lt, e);
         return NULL;
     }
     e->algo = res.algo;
@@ -147,17 +216,17 @@ int kgemm_run(kgemm *g, CUstream stream, int f16, int out_f32, int64_t M, int64_
         return -1;
     if (bias) {
         void *bp = (void *)(uintptr_t)bias;
-        cublasStatus_t st = cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                                                           &bp, sizeof bp);
+        cublasStatus_t st = g->lt.cublasLtMatmulDescSetAttribute(
+            e->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof bp);
         if (st)
             return lt_fail(st, "bias pointer", err);
     }
     float one = 1, zero = 0;
-    cublasStatus_t st = cublasLtMatmul(g->h, e->op, &one, (const void *)(uintptr_t)w, e->a,
-                                       (const void *)(uintptr_t)x, e->b, &zero,
-                                       (void *)(uintptr_t)y, e->d, (void *)(uintptr_t)y, e->d,
-                                       &e->algo, (void *)(uintptr_t)g->ws, WORKSPACE,
-                                       (cudaStream_t)stream);
+    cublasStatus_t st = g->lt.cublasLtMatmul(g->h, e->op, &one, (const void *)(uintptr_t)w, e->a,
+                                             (const void *)(uintptr_t)x, e->b, &zero,
+                                             (void *)(uintptr_t)y, e->d, (void *)(uintptr_t)y,
+                                             e->d, &e->algo, (void *)(uintptr_t)g->ws, WORKSPACE,
+                                             (cudaStream_t)stream);
     if (st != CUBLAS_STATUS_SUCCESS)
         return kerr_add(err, "cuBLASLt matmul %lldx%lldx%lld failed: status %d", (long long)M,
                         (long long)N, (long long)K, (int)st);

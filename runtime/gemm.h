@@ -1,6 +1,11 @@
 /* gemm — the prefill-sized linears, through cuBLASLt: y[M, N] = x[M, K] . w[N, K]^T (+ bias),
  * row-major activations and PyTorch-layout weights, bf16 or fp16 inputs with fp32 accumulation,
- * output in the input dtype or fp32 (logits). Heuristic choices are cached per shape. */
+ * output in the input dtype or fp32 (logits). Heuristic choices are cached per shape.
+ *
+ * kiln never links libcublasLt: kgemm_new dlopens it (the soname of the cuBLAS this build was
+ * made with, then its neighbours), so only what uses it needs it: an artifact with cuBLASLt
+ * steps (kilnc compile --gemm cublaslt, the default) and the GEMM peak of kiln bench. An
+ * artifact compiled with --gemm kiln runs its linears on kiln's own kernel and never loads it. */
 #ifndef KILN_GEMM_H
 #define KILN_GEMM_H
 
@@ -11,7 +16,9 @@
 
 typedef struct kgemm kgemm;
 
-kgemm *kgemm_new(const kcuda *cu, kerr *err);
+/* Loads cuBLASLt and makes a handle and a workspace on the current context. `why` says what
+ * needs cuBLASLt, for the message when the library is missing. */
+kgemm *kgemm_new(const kcuda *cu, const char *why, kerr *err);
 void kgemm_free(kgemm *g);
 int kgemm_run(kgemm *g, CUstream stream, int f16, int out_f32, int64_t M, int64_t N, int64_t K,
               CUdeviceptr x, int64_t ldx, CUdeviceptr w, CUdeviceptr bias, CUdeviceptr y,

@@ -116,7 +116,7 @@ static int gemm_peak(meas *m, kroof_hw *hw, kerr *err)
     free(h);
     if (rc != CUDA_SUCCESS)
         return kcuda_fail(&m->cu, rc, "the GEMM peak's buffers", __FILE__, __LINE__, err);
-    if (!(m->gemm = kgemm_new(&m->cu, err)))
+    if (!(m->gemm = kgemm_new(&m->cu, "the bf16 GEMM peak (kiln bench's prefill roofline)", err)))
         return -1;
     float best = 0;
     for (int i = 0; i < WARMUPS + KROOF_REPS; i++) {
@@ -199,6 +199,26 @@ static int ends_with(const char *s, const char *suffix)
     return n >= k && strcmp(s + n - k, suffix) == 0;
 }
 
+/* The weight of a prefill-sized linear and its input width k: a cuBLASLt step, or kiln's own
+ * GEMM kernel (family "gemm", lower.c's gemm_step: its first weight argument is the matrix, the
+ * second the bias). -1 for any other step. */
+static int64_t gemm_weight(const ka_manifest *m, const ka_step *s, int64_t *k)
+{
+    if (s->kind == KA_GEMM) {
+        *k = s->k;
+        return s->w.kind == KA_ARG_WEIGHT ? s->w.i : -1;
+    }
+    if (s->kind != KA_KERNEL || strcmp(family(m->kernels[s->kernel].name), "gemm"))
+        return -1;
+    for (int a = 0; a < s->nargs; a++)
+        if (s->args[a].kind == KA_ARG_WEIGHT) {
+            const ka_weight *w = &m->weights[s->args[a].i];
+            *k = w->shape[w->ndim - 1];
+            return s->args[a].i;
+        }
+    return -1;
+}
+
 static double elements(const ka_weight *w)
 {
     double e = 1;
@@ -232,12 +252,13 @@ void kroof_model_of(const ka_manifest *m, kroof_model *r)
     int n_o = 0;
     for (int i = 0; i < m->nprefill; i++) {
         const ka_step *s = &m->prefill[i];
-        if (s->kind != KA_GEMM)
+        int64_t k = 0, w = gemm_weight(m, s, &k);
+        if (w < 0)
             continue;
-        if (s->logits == KA_LOGITS_LAST && s->w.kind == KA_ARG_WEIGHT)
-            use[s->w.i] |= 4;
+        if (s->logits == KA_LOGITS_LAST)
+            use[w] |= 4;
         if (ends_with(s->label, "attn.o") || ends_with(s->label, "attn.o.part")) {
-            r->q_width += s->k;
+            r->q_width += k;
             n_o++;
         }
     }

@@ -9,7 +9,8 @@
  *     references, grids, GEMM dims, weight sizes, token ids, limits, counts, paths; tp, the
  *     shard list and collective steps of a --tp 2 manifest), re-signed with a correct header
  *     hash so that the range check and not the checksum is what refuses them, each with a
- *     message naming the file, the place and expected vs got;
+ *     message naming the file, the place and expected vs got; "gemm" (kilnc compile --gemm)
+ *     that is not cublaslt or kiln, or kiln with cuBLASLt steps; none: cublaslt;
  *   - the shard: a shard of another model with the same names and shapes is refused by its id
  *     (by km_load too, before any GPU work), a truncated shard and a modified header or data
  *     byte are refused naming the shard; the chunked hash does not depend on threads or on how
@@ -899,6 +900,41 @@ static void test_labels_fields(void **state)
     expect_refused(fixture_manifest("llama", 1), gen, ARRAY_LEN(gen));
 }
 
+/* What runs the GEMM steps: "gemm" (kilnc compile --gemm). */
+static void g_kiln(json_t *r) { json_object_set_new(r, "gemm", json_string("kiln")); }
+static void g_name(json_t *r) { json_object_set_new(r, "gemm", json_string("cutlass")); }
+static void g_type(json_t *r) { json_object_set_new(r, "gemm", json_integer(1)); }
+
+static void test_gemm_field(void **state)
+{
+    (void)state;
+    const bad_case cases[] = {
+        {"kiln with cuBLASLt steps", g_kiln, {"top level: ", "gemm is \"kiln\" but the schedules hold 19 cuBLASLt GEMM steps"}},
+        {"gemm name", g_name, {"top level: gemm is not \"cublaslt\" or \"kiln\""}},
+        {"gemm type", g_type, {"top level: gemm is not \"cublaslt\" or \"kiln\""}},
+    };
+    json_t *base = fixture_manifest("llama", 0);
+    assert_string_equal(json_string_value(json_object_get(base, "gemm")), "cublaslt");
+    expect_refused(base, cases, ARRAY_LEN(cases));
+    /* written before kilnc --gemm: no field, the GEMM steps are cuBLASLt's */
+    base = fixture_manifest("llama", 0);
+    json_object_del(base, "gemm");
+    char *js = json_dumps(base, JSON_COMPACT);
+    size_t n;
+    unsigned char *d = ka_wrap_manifest(js, strlen(js), &n);
+    kerr err;
+    kerr_clear(&err);
+    ka_file *f = ka_read_mem("art/model.kiln", d, n, &err);
+    if (!f)
+        fail_msg("%s", kerr_msg(&err));
+    assert_int_equal(f->m.gemm_kiln, 0);
+    assert_int_equal(f->m.cublaslt_steps, 19);
+    ka_file_free(f);
+    free(d);
+    free(js);
+    json_decref(base);
+}
+
 /* ---------------------------------------------------------------- the shard */
 
 static void copy_art(const char *to)
@@ -1102,6 +1138,7 @@ int main(void)
         cmocka_unit_test(test_bad_fields_resigned),
         cmocka_unit_test(test_tp_fields),
         cmocka_unit_test(test_labels_fields),
+        cmocka_unit_test(test_gemm_field),
         cmocka_unit_test(test_shard_pristine),
         cmocka_unit_test(test_shard_of_another_model),
         cmocka_unit_test(test_shard_truncated_or_modified),

@@ -20,6 +20,11 @@
 # BENCH_SHAPES=8b, then BENCH_SHAPES=1b: results are kept per shape in /tmp/kiln-bench/results, and
 # the table takes every shape measured there by this commit on this card.
 #
+# BENCH_GEMM=kiln also compiles each shape with kiln's own GEMM (kilnc compile --gemm kiln) and runs
+# kiln bench on it after the cuBLASLt artifact's, in the same run: the table gets its figures that
+# run GEMMs (first token, prefill, decode at batch 32 and 64) as rows marked "--gemm kiln", against
+# the same rooflines (about 30 s more per shape, and the artifact's disk).
+#
 # Settings: BENCH_SHAPES ("8b 1b"), BENCH_SKIP_TORCH=1 (kiln only), BENCH_COMPILE (kilnc compile's
 # limits, "--max-batch 64 --max-seq-len 2560"), BENCH_ARGS (more kiln bench options, e.g. "--reps 5"),
 # BENCH_TORCH_TIMEOUT (300), PYTHON (python3). Output in $OUT (or /tmp/kiln-bench/out), four files at
@@ -80,6 +85,25 @@ for SHAPE in $SHAPES; do
     continue
   fi
   cp $ART/bench-compile-s $RES/$SHAPE-compile-s 2>/dev/null
+  # kiln's own GEMM (BENCH_GEMM=kiln): the same checkpoint and limits, --gemm kiln
+  if [ "${BENCH_GEMM:-}" = kiln ]; then
+    KG=$W/art-$SHAPE-kgemm
+    if [ ! -f $KG/model.kiln ] || [ "$(cat $KG/bench-compile-id 2>/dev/null)" != "$KILNC_ID" ]; then
+      rm -rf $KG
+      # shellcheck disable=SC2086
+      $BIN/kilnc compile $HF -o $KG --sm 90a --gemm kiln $COMPILE > $LOG/compile-$SHAPE-kgemm.log 2>&1 &&
+        echo "$KILNC_ID" > $KG/bench-compile-id
+    fi
+    # shellcheck disable=SC2086
+    if [ -f $KG/bench-compile-id ] && $BIN/kiln bench $KG ${BENCH_ARGS:-} --json $RES/$SHAPE-kgemm.json \
+         > $LOG/bench-$SHAPE-kgemm.txt 2> $LOG/bench-$SHAPE-kgemm.log; then
+      cat $LOG/bench-$SHAPE-kgemm.txt
+    else
+      say "$SHAPE --gemm kiln: compile or kiln bench FAILED: $(grep -h -m1 error $LOG/compile-$SHAPE-kgemm.log $LOG/bench-$SHAPE-kgemm.log)"
+      rm -f $RES/$SHAPE-kgemm.json
+      fail=1
+    fi
+  fi
   echo "$COMMIT" > $RES/$SHAPE-commit
   if [ "${BENCH_SKIP_TORCH:-0}" != 1 ]; then
     read -r P N R <<< "$($PY -c "import json, sys; j = json.load(open(sys.argv[1])); \
@@ -156,6 +180,16 @@ for shape in ("8b", "1b"):
     for n in (512, 2048):
         row(f"prefill, {n} tokens", figs.get(("prefill", n)), "tok/s",
             hfp.get(n, {}).get("tok_s"), "HF eager (sdpa):")
+    kg = load(f"{res}/{shape}-kgemm.json")  # BENCH_GEMM=kiln
+    if kg:
+        kf = {(f["figure"], f.get("batch", f.get("tokens"))): f for f in kg["figures"]}
+        row("first token, 128-token prompt, --gemm kiln", kf.get(("time_to_first_token", 128)),
+            "ms", hfp.get(128, {}).get("ms"), "HF eager:")
+        for n in (512, 2048):
+            row(f"prefill, {n} tokens, --gemm kiln", kf.get(("prefill", n)), "tok/s",
+                hfp.get(n, {}).get("tok_s"), "HF eager (sdpa):")
+        for b in (32, 64):
+            row(f"decode, batch {b}, --gemm kiln", kf.get(("decode", b)), "tok/s")
     if "check_rel_l2" in t:
         hw.append(f"{shape}: the torch loop's logits vs HF's: relative L2 {t['check_rel_l2']:.1e}; "
                   f"torch.compile + capture {t.get('compile_s', 0):.0f} s; torch {t.get('torch')}, "

@@ -15,6 +15,9 @@ has them). Each subcommand prints one summary row and exits 1 when the check fai
                                              and the same top label where HF's top two scores are
                                              apart by more than a tenth of their spread
   compare.py batch NAME SINGLE... -- BATCH   a batched run equals each prompt run alone
+  compare.py batch-exact NAME SINGLE... -- BATCH
+                                             the same, bit for bit: tokens and every logit
+                                             (kiln's own GEMM computes a row alike at every M)
   compare.py tokens NAME DUMP PRINTED        the tokens `kiln run` printed without --dump (its
                                              first stdout line) equal those of the --dump run
   compare.py cross NAME FIXTURE_DIR PRINTED [TAG]
@@ -126,7 +129,7 @@ def cmd_classify(name, fix, kiln_dump, hf_bf16=None):
     return ok
 
 
-def cmd_batch(name, singles, batch):
+def cmd_batch(name, singles, batch, exact=False):
     b = load_file(batch)
     ok = True
     worst = 0.0
@@ -139,10 +142,11 @@ def cmd_batch(name, singles, batch):
         if not np.array_equal(b["tokens" + sfx], s["tokens"]):
             ok = False
         worst = max(worst, rel(b["logits" + sfx], s["logits"]))
-    print(f"{name:24s} {'ok' if ok and worst < 1e-2 else 'FAIL':4s} batch of {len(singles)} vs "
+    good = ok and (worst == 0.0 if exact else worst < 1e-2)
+    print(f"{name:24s} {'ok' if good else 'FAIL':4s} batch of {len(singles)} vs "
           f"alone: tokens {'identical' if ok else 'DIFFER'}, logits rel_l2 max {worst:.2e}"
-          f"{'' if worst < 1e-2 else ' (over 1e-2)'}")
-    return ok and worst < 1e-2
+          f"{'' if good or not ok else ' (not bit-identical)' if exact else ' (over 1e-2)'}")
+    return good
 
 
 def cmd_same(name, base, other):
@@ -214,9 +218,9 @@ def main():
         return 0 if cmd_tokens(*a[1:4]) else 1
     if a[0] == "same":
         return 0 if cmd_same(*a[1:4]) else 1
-    if a[0] == "batch":
+    if a[0] in ("batch", "batch-exact"):
         sep = a.index("--")
-        return 0 if cmd_batch(a[1], a[2:sep], a[sep + 1]) else 1
+        return 0 if cmd_batch(a[1], a[2:sep], a[sep + 1], a[0] == "batch-exact") else 1
     print("unknown subcommand", a[0], file=sys.stderr)
     return 2
 

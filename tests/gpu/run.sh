@@ -20,7 +20,9 @@
 # says so) and the logs are still written. $OUT/summary.txt is rewritten after every row, so even a
 # call that is killed brings back the rows it finished. RUN_GEN, RUN_EMB, RUN_CLS and RUN_FP16
 # replace the fixture lists (e.g. only the fixtures a change touched); KILN_SAN=0 skips the sanitizer
-# and KILN_KTEST=0 the kernel tests; RUN_FP8Q= skips the --quant fp8 compile of the llama fixture.
+# and KILN_KTEST=0 the kernel tests; RUN_FP8Q= skips the --quant fp8 compile of the llama fixture;
+# RUN_KGEMM=0 skips section 3c (fixtures compiled with kiln's own GEMM, kilnc compile --gemm kiln),
+# RUN_KGEMM_FIX replaces its fixture list.
 set -u
 cd "$(dirname "$0")/../.."
 LOG=/tmp/kiln-gpu-logs
@@ -71,6 +73,7 @@ CLS=${RUN_CLS:-"qwen2_cls bert_cls"}
 FP16=${RUN_FP16-"llama llama_tied_oldstyle llama_linear_oldstyle mistral qwen2 qwen mixtral mixtral4 bloom bloom6"}
 # compile all in parallel (NVRTC is single-threaded per unit), and HF's bf16 baseline meanwhile
 FP8Q=${RUN_FP8Q-llama_fp8q}
+KGEMM=; [ "${RUN_KGEMM:-1}" = 1 ] && KGEMM=${RUN_KGEMM_FIX-"llama mixtral bloom deepseek_v2 bert qwen2_cls"}
 timeout 300 $PY tests/gpu/hf_bf16.py $ART $GEN $CLS $FP8Q > $LOG/hf_bf16.log 2>&1 &
 HF_PID=$!
 { for f in $GEN $EMB $CLS; do
@@ -78,6 +81,9 @@ HF_PID=$!
   done
   for f in $FP16; do
     echo "$BIN/kilnc compile tests/fixtures/$f -o $ART/${f}_fp16 --dtype fp16 --sm $SM --max-batch 8 > $LOG/compile_${f}_fp16.log 2>&1 || echo COMPILE_FAIL ${f}_fp16"
+  done
+  for f in $KGEMM; do
+    echo "$BIN/kilnc compile tests/fixtures/$f -o $ART/${f}_kgemm --gemm kiln --sm $SM --max-batch 8 > $LOG/compile_${f}_kgemm.log 2>&1 || echo COMPILE_FAIL ${f}_kgemm"
   done
   [ -n "$FP8Q" ] && echo "$BIN/kilnc compile tests/fixtures/llama --quant fp8 -o $ART/llama_fp8q --sm $SM --max-batch 8 > $LOG/compile_llama_fp8q.log 2>&1 || echo COMPILE_FAIL llama_fp8q"; } | xargs -P "$(nproc)" -I{} bash -c "{}" > "$LOG/compile_failures.txt"
 row "$(printf '%-24s %s s' "compiled (and HF bf16)" $(( $(date +%s) - T0 )))"
@@ -286,6 +292,69 @@ if [ -f $ART/llama/model.kiln ] && ! skip_late "llama seeded"; then
     row "$(printf '%-24s FAIL compile --max-batch 6' llama)"; fail=1
   fi
   shown
+fi
+
+# 3c. kiln's own GEMM (kilnc compile --gemm kiln; RUN_KGEMM=0 skips): each fixture of $KGEMM,
+# compiled with it, runs with no cuBLASLt step; LD_DEBUG=libs (logs kg_ld_F.*) shows libcublasLt
+# never loaded. Compared with HF as the rows above (compare.py gen, embed, classify). Then llama's
+# four prompts of section 3, together and alone (compare.py batch); and four prompts of 9 to 40
+# tokens, more than gemv_max (8) each, so that every prefill linear runs kiln's GEMM both in the
+# batch and alone: its tile does not depend on M and it has no split-K (templates/gemm.cuh), the
+# rest of the step is per row or per sequence, and decode's GEMV rows do not depend on the batch,
+# so the batch must equal each prompt alone bit for bit (compare.py batch-exact).
+for f in $KGEMM; do
+  g=${f}_kgemm
+  skip_late $g && continue
+  if grep -q "COMPILE_FAIL $g\$" "$LOG/compile_failures.txt"; then
+    row "$(printf '%-24s FAIL compile: %s' $g "$(grep -m1 error $LOG/compile_$g.log)")"; fail=1; continue
+  fi
+  steps=$($BIN/kiln inspect $ART/$g | sed -n 's/^gemm *//p')
+  ids=$($PY tests/gpu/compare.py ids tests/fixtures/$f); types=$($PY tests/gpu/compare.py types tests/fixtures/$f)
+  task=$(sed -n 's/.*task \([a-z]*\).*/\1/p' <<< "$($BIN/kiln inspect $ART/$g | head -1)")
+  if [ "$task" = generate ]; then args="--max-new 16 --ignore-eos"; else args=${types:+--token-types $types}; fi
+  rm -f $LOG/kg_ld_$g.*
+  # shellcheck disable=SC2086
+  if ! LD_DEBUG=libs LD_DEBUG_OUTPUT=$LOG/kg_ld_$g $BIN/kiln run $ART/$g --ids $ids $args --dump $ART/$g.kiln.st > $LOG/run_$g.log 2>&1; then
+    row "$(printf '%-24s FAIL run: %s' $g "$(grep -m1 -i error $LOG/run_$g.log)")"; fail=1; continue
+  fi
+  if ! ls $LOG/kg_ld_$g.* > /dev/null 2>&1; then lt="? (no LD_DEBUG output)"
+  elif cat $LOG/kg_ld_$g.* | grep -q 'calling init: .*libcublasLt'; then lt=LOADED
+  else lt="not loaded"; fi
+  if [ "$lt" = "not loaded" ] && grep -q ': 0 cuBLASLt steps' <<< "$steps"; then st=ok; else st=FAIL; fail=1; fi
+  row "$(printf '%-24s %-4s gemm %s; libcublasLt %s' $g $st "$steps" "$lt")"
+  case $task in
+    generate)
+      [ -f $ART/$f.ref.st ] || $BIN/kilnc ref tests/fixtures/$f --ids $ids --max-new 16 --dump $ART/$f.ref.st > $LOG/ref_$f.log 2>&1
+      base=$ART/$f.hfbf16.st; [ -f $base ] || base=
+      $PY tests/gpu/compare.py gen $g tests/fixtures/$f $ART/$g.kiln.st $ART/$f.ref.st $base >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1 ;;
+    embed)
+      $PY tests/gpu/compare.py embed $g tests/fixtures/$f $ART/$g.kiln.st >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1 ;;
+    *)
+      base=$ART/$f.hfbf16.st; [ -f $base ] || base=
+      $PY tests/gpu/compare.py classify $g tests/fixtures/$f $ART/$g.kiln.st $base >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1 ;;
+  esac
+  shown
+done
+if [ -f $ART/llama_kgemm/model.kiln ] && ! skip_late "llama_kgemm batch"; then
+  full=$($PY tests/gpu/compare.py ids tests/fixtures/llama)
+  IFS=, read -ra T <<< "$full"
+  # section 3's prompts (5, 17, 40 and 9 tokens), then four of more than gemv_max tokens each
+  sets=("$(IFS=,; echo "${T[*]:0:5}") $(IFS=,; echo "${T[*]:3:17}") $full $(IFS=,; echo "${T[*]:1:9}")"
+        "$(IFS=,; echo "${T[*]:0:9}") $(IFS=,; echo "${T[*]:3:17}") $full $(IFS=,; echo "${T[*]:1:12}")")
+  for k in 0 1; do
+    name=("llama_kgemm batch" "llama_kgemm batch exact"); how=(batch batch-exact)
+    singles=(); args=(); i=0
+    for p in ${sets[$k]}; do
+      $BIN/kiln run $ART/llama_kgemm --ids $p --max-new 12 --ignore-eos --dump $ART/llama_kgemm.s$k.$i.st > $LOG/kg_batch.$k.$i.log 2>&1
+      singles+=($ART/llama_kgemm.s$k.$i.st); args+=(--ids $p); i=$((i+1))
+    done
+    if $BIN/kiln run $ART/llama_kgemm "${args[@]}" --max-new 12 --ignore-eos --dump $ART/llama_kgemm.b$k.st > $LOG/kg_batch.$k.log 2>&1; then
+      $PY tests/gpu/compare.py ${how[$k]} "${name[$k]}" "${singles[@]}" -- $ART/llama_kgemm.b$k.st >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
+    else
+      row "$(printf '%-24s FAIL batch run: %s' "${name[$k]}" "$(grep -m1 -i error $LOG/kg_batch.$k.log)")"; fail=1
+    fi
+    shown
+  done
 fi
 
 # 4. compute-sanitizer, one fixture per family (its own table; its logs as sanitize-logs.tgz)

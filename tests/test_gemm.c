@@ -1,0 +1,265 @@
+/* test_gemm — what runs the prefill-sized linears (kilnc compile --gemm kiln|cublaslt), proved
+ * without a GPU:
+ *
+ *   - lowered with --gemm kiln, llama, mixtral, bloom, bert, qwen2_cls and deepseek_v2 hold no
+ *     cuBLASLt step, and each cuBLASLt step of the default lowering is, at the same place in
+ *     the same schedule, a launch of kiln's GEMM kernel (templates/gemm.cuh) with the same
+ *     label, size and row conditions, the same operands, the shape in its template arguments
+ *     and the grid kernels/kiln_gemm.h gives for it; everything else is the same step;
+ *   - the roofline (kiln bench) reads the same model from both;
+ *   - `kilnc compile --gemm kiln` of those fixtures compiles for sm_80 and sm_90a (the default
+ *     --sm) and `kiln inspect` says kiln and 0 cuBLASLt steps, the default says cublaslt and
+ *     counts them; --gemm with another value, or none, is refused naming the flag;
+ *   - an artifact with no cuBLASLt step started without a GPU fails on the GPU, not on
+ *     cuBLASLt.
+ * The kernel itself is tested on the GPU (tests/gpu/ktest_gemm.c), the models end to end by
+ * tests/gpu/run.sh's "kiln GEMM" section.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "artifact.h"
+#include "lower.h"
+#include "pipeline.h"
+#include "roofline.h"
+#include "testutil.h"
+#include "../kernels/kiln_gemm.h"
+
+#define FIX "tests/fixtures/"
+
+static const char *KILNC, *KILN;
+
+static const char *fixtures[] = {"llama", "mixtral", "bloom", "bert", "qwen2_cls", "deepseek_v2"};
+/* compiled by NVRTC through kilnc compile: mixtral's and bloom's LM heads (500 and 700 columns)
+ * wait for the kernel to take an N that is not a multiple of 8 */
+static const char *compiled[] = {"llama", "bert", "qwen2_cls", "deepseek_v2"};
+
+static void lower_with(kc *c, const char *name, int gemm_kiln)
+{
+    char dir[256];
+    snprintf(dir, sizeof dir, FIX "%s", name);
+    kc_opts o = {.need_weights = 1, .max_seq_len = 128, .max_seqs = 4, .max_tokens = 64,
+                 .gemm_kiln = gemm_kiln};
+    kerr err;
+    kerr_clear(&err);
+    if (kc_open(c, dir, &o, &err) || kc_run(c, NULL, NULL, NULL, &err))
+        fail_msg("%s: %s", name, kerr_msg(&err));
+}
+
+static int same_arg(const ka_arg *a, const ka_arg *b)
+{
+    return a->kind == b->kind && a->i == b->i && a->f == b->f;
+}
+
+/* The grid dimension at T tokens of S sequences, as the runtime computes it (artifact.h). */
+static long grid_at(const ka_grid *g, long T, long S)
+{
+    long v = g->t * T + g->s * S + g->add;
+    return (v + g->div - 1) / g->div;
+}
+
+/* Step `k` (kiln) is kiln's GEMM doing what cuBLASLt step `c` does. */
+static void expect_kiln_gemm(const char *fx, const lowered *l, const ka_step *c, const ka_step *k)
+{
+    const char *name = l->m.kernels[k->kernel].name;
+    if (k->kind != KA_KERNEL || !strstr(name, "_gemm"))
+        fail_msg("%s: step %s is %s, expected kiln's GEMM", fx, c->label,
+                 k->kind == KA_KERNEL ? name : "not a kernel");
+    assert_string_equal(k->label, c->label);
+    assert_int_equal(k->size, KA_SIZE_LARGE);
+    assert_int_equal(k->size, c->size);
+    assert_int_equal(k->rows, c->rows);
+    assert_int_equal(k->logits, c->logits);
+    assert_int_equal(l->m.kernels[k->kernel].block, KILN_GEMM_THREADS);
+    assert_int_equal(l->m.kernels[k->kernel].smem, KILN_GEMM_SMEM(2)); /* bf16 */
+    /* wrapper (M, x, w, bias, y) */
+    assert_int_equal(k->nargs, 5);
+    assert_int_equal(k->args[0].kind, KA_ARG_M);
+    assert_true(same_arg(&k->args[1], &c->x));
+    assert_true(same_arg(&k->args[2], &c->w));
+    assert_true(same_arg(&k->args[3], &c->bias));
+    assert_true(same_arg(&k->args[4], &c->y));
+    char want[256];
+    snprintf(want, sizeof want,
+             "kiln::gemm<DT, %s, %lld, %lld, %d>(M, x, %lldLL, w, bias, y, %lldLL)",
+             c->out_f32 ? "float" : "DT", (long long)c->n, (long long)c->k,
+             c->bias.kind != KA_ARG_NULL, (long long)c->ldx, (long long)c->ldy);
+    assert_string_equal(l->inst_call[k->kernel], want);
+    /* grid (ceil(N / BN), ceil(M / BM)), M the step's rows, at a few step sizes */
+    const long sizes[][2] = {{9, 1}, {64, 4}, {KILN_GEMM_BM + 1, 2}, {3 * KILN_GEMM_BM, 3}};
+    for (size_t i = 0; i < ARRAY_LEN(sizes); i++) {
+        long T = sizes[i][0], S = sizes[i][1], M = c->rows == KA_ROWS_S ? S : T;
+        assert_int_equal(grid_at(&k->grid[0], T, S), (c->n + KILN_GEMM_BN - 1) / KILN_GEMM_BN);
+        assert_int_equal(grid_at(&k->grid[1], T, S), (M + KILN_GEMM_BM - 1) / KILN_GEMM_BM);
+        assert_int_equal(grid_at(&k->grid[2], T, S), 1);
+    }
+}
+
+static void compare_schedules(const char *fx, const char *which, const lowered *lc,
+                              const ka_step *c, int nc, const lowered *lk, const ka_step *k,
+                              int nk, int *ngemm)
+{
+    if (nc != nk)
+        fail_msg("%s %s: %d steps with cuBLASLt, %d with kiln's GEMM", fx, which, nc, nk);
+    for (int i = 0; i < nc; i++) {
+        assert_int_not_equal(k[i].kind, KA_GEMM);
+        if (c[i].kind == KA_GEMM) {
+            expect_kiln_gemm(fx, lk, &c[i], &k[i]);
+            ++*ngemm;
+            continue;
+        }
+        assert_int_equal(k[i].kind, c[i].kind);
+        assert_string_equal(k[i].label, c[i].label);
+        if (c[i].kind == KA_KERNEL)
+            assert_string_equal(lk->inst_call[k[i].kernel], lc->inst_call[c[i].kernel]);
+    }
+}
+
+static void test_steps_replace_cublaslt(void **state)
+{
+    (void)state;
+    for (size_t f = 0; f < ARRAY_LEN(fixtures); f++) {
+        kc cc, ck;
+        lower_with(&cc, fixtures[f], 0);
+        lower_with(&ck, fixtures[f], 1);
+        const lowered *lc = cc.low, *lk = ck.low;
+        assert_int_equal(lc->m.gemm_kiln, 0);
+        assert_int_equal(lk->m.gemm_kiln, 1);
+        int n = 0;
+        compare_schedules(fixtures[f], "prefill", lc, lc->m.prefill, lc->m.nprefill, lk,
+                          lk->m.prefill, lk->m.nprefill, &n);
+        compare_schedules(fixtures[f], "decode", lc, lc->m.decode, lc->m.ndecode, lk,
+                          lk->m.decode, lk->m.ndecode, &n);
+        if (n == 0)
+            fail_msg("%s: no cuBLASLt step to replace (the test proves nothing)", fixtures[f]);
+        /* the unit includes gemm.cuh only where a GEMM kernel is instantiated */
+        char *src_c = codegen_source(lc, fixtures[f]), *src_k = codegen_source(lk, fixtures[f]);
+        assert_null(strstr(src_c, "gemm.cuh"));
+        assert_non_null(strstr(src_k, "#include \"gemm.cuh\""));
+        free(src_c);
+        free(src_k);
+        /* kiln bench's roofline sees the same model */
+        kroof_model rc, rk;
+        kroof_model_of(&lc->m, &rc);
+        kroof_model_of(&lk->m, &rk);
+        assert_int_equal(rc.weight_bytes, rk.weight_bytes);
+        assert_true(rc.matrix_params == rk.matrix_params);
+        assert_true(rc.head_params == rk.head_params);
+        assert_int_equal(rc.q_width, rk.q_width);
+        assert_int_equal(rc.q_width_assumed, rk.q_width_assumed);
+        kc_free(&cc);
+        kc_free(&ck);
+    }
+}
+
+static void test_cli_compile_inspect(void **state)
+{
+    (void)state;
+    char *tmp = tu_tmpdir();
+    for (size_t f = 0; f < ARRAY_LEN(compiled); f++) {
+        char src[256], out[512];
+        snprintf(src, sizeof src, FIX "%s", compiled[f]);
+        snprintf(out, sizeof out, "%s/%s", tmp, compiled[f]);
+        const char *args[] = {"compile", src, "-o", out, "--gemm", "kiln", "--max-seq-len", "64",
+                              NULL};
+        tu_run r = tu_run_bin(tmp, KILNC, args);
+        EXPECT_CODE(r, 0);
+        tu_run_free(&r);
+        const char *ia[] = {"inspect", out, "--schedule", NULL};
+        r = tu_run_bin(tmp, KILN, ia);
+        EXPECT_CODE(r, 0);
+        assert_contains(r.out, "gemm         kiln (kilnc compile --gemm kiln): 0 cuBLASLt steps "
+                               "(no cuBLASLt needed)\n");
+        assert_contains(r.out, "_gemm [rows > gemv_max]");
+        assert_not_contains(r.out, " gemm n=");
+        tu_run_free(&r);
+        /* the source holds the GEMM instances */
+        const char *sa[] = {"inspect", out, "--source", NULL};
+        r = tu_run_bin(tmp, KILN, sa);
+        EXPECT_CODE(r, 0);
+        assert_contains(r.out, "#include \"gemm.cuh\"");
+        assert_contains(r.out, "kiln::gemm<DT, ");
+        tu_run_free(&r);
+    }
+    /* the default: cuBLASLt, its steps counted */
+    char out[512];
+    snprintf(out, sizeof out, "%s/llama_default", tmp);
+    const char *args[] = {"compile", FIX "llama", "-o", out, "--sm", "80", NULL};
+    tu_run r = tu_run_bin(tmp, KILNC, args);
+    EXPECT_CODE(r, 0);
+    tu_run_free(&r);
+    const char *ia[] = {"inspect", out, NULL};
+    r = tu_run_bin(tmp, KILN, ia);
+    EXPECT_CODE(r, 0);
+    assert_contains(r.out, "gemm         cublaslt: 19 cuBLASLt steps (kiln loads libcublasLt)\n");
+    tu_run_free(&r);
+    /* without a GPU a kiln-GEMM artifact fails on the driver, and says nothing of cuBLASLt */
+    snprintf(out, sizeof out, "%s/llama", tmp);
+    const char *ra[] = {"run", out, "--ids", "1,2,3", "--max-new", "2", NULL};
+    r = tu_run_bin(tmp, KILN, ra);
+    EXPECT_CODE(r, 1);
+    assert_contains(r.err, "no NVIDIA driver on this machine");
+    assert_not_contains(r.err, "cuBLASLt");
+    tu_run_free(&r);
+    tu_rmrf(tmp);
+}
+
+static void test_cli_refuses_bad_values(void **state)
+{
+    (void)state;
+    char *tmp = tu_tmpdir();
+    const char *bad[][2] = {{"--gemm", "cutlass"}, {"--gemm", "Kiln"}, {"--gemm=", ""}};
+    for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
+        const char *args[] = {"compile", FIX "llama", "-o", tmp, bad[i][0],
+                              bad[i][1][0] ? bad[i][1] : NULL, NULL};
+        tu_run r = tu_run_bin(tmp, KILNC, args);
+        EXPECT_CODE(r, 2);
+        char want[128];
+        snprintf(want, sizeof want,
+                 "kilnc compile: error: --gemm: '%s' is not a GEMM (expected kiln or cublaslt)\n",
+                 bad[i][1]);
+        assert_starts_with(r.err, want);
+        tu_run_free(&r);
+    }
+    const char *none[] = {"compile", FIX "llama", "-o", tmp, "--gemm", NULL};
+    tu_run r = tu_run_bin(tmp, KILNC, none);
+    EXPECT_CODE(r, 2);
+    assert_starts_with(r.err, "kilnc compile: error: --gemm needs a value\n");
+    tu_run_free(&r);
+    /* only compile takes it */
+    const char *graph[] = {"graph", FIX "llama", "--gemm", "kiln", NULL};
+    r = tu_run_bin(tmp, KILNC, graph);
+    EXPECT_CODE(r, 2);
+    assert_starts_with(r.err, "kilnc graph: error: unknown option '--gemm'\n");
+    tu_run_free(&r);
+    const char *help[] = {"compile", "--help", NULL};
+    r = tu_run_bin(tmp, KILNC, help);
+    EXPECT_CODE(r, 0);
+    assert_contains(r.out, "--gemm cublaslt|kiln");
+    tu_run_free(&r);
+    tu_rmrf(tmp);
+}
+
+int main(void)
+{
+    KILNC = getenv("KILNC");
+    KILN = getenv("KILN");
+    if (!KILNC || access(KILNC, X_OK) != 0 || !KILN || access(KILN, X_OK) != 0) {
+        fprintf(stderr, "test_gemm: KILNC and KILN must name the kilnc and kiln binaries: run it "
+                        "through `make check`, or as\n"
+                        "  KILNC=out/bin/kilnc KILN=out/bin/kiln out/tests/test_gemm\n");
+        return 1;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_steps_replace_cublaslt),
+        cmocka_unit_test(test_cli_compile_inspect),
+        cmocka_unit_test(test_cli_refuses_bad_values),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
