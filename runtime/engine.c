@@ -491,6 +491,8 @@ static int alloc_device(kmodel *m, kdev *d, kerr *err)
                             sizeof(float) * (size_t)man->consts[i].n));
     CU(cuMemAlloc(&d->slab, man->slab_bytes ? (size_t)man->slab_bytes : ALIGN));
     CU(cuMemAlloc(&d->scratch, man->scratch_bytes ? (size_t)man->scratch_bytes : ALIGN));
+    /* attn_decode's arrival counters live in scratch and must start at zero (lower.c) */
+    CU(cuMemsetD8(d->scratch, 0, man->scratch_bytes ? (size_t)man->scratch_bytes : ALIGN));
     size_t V = (size_t)(man->vocab > 0 ? man->vocab : 1);
     CU(cuMemAlloc(&d->logits, sizeof(float) * V * (size_t)man->max_seqs));
     CU(cuMemAlloc(&d->out, sizeof(float) * (size_t)man->hidden * (size_t)man->max_seqs));

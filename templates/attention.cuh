@@ -1,11 +1,12 @@
 // attention.cuh — scaled dot-product attention over the paged KV cache (see templates/README.md).
 //
-// Three kernels:
+// Two kernels:
 //   attn_prefill   every query row of the step; FlashAttention-2 style tiles on the tensor cores
 //                  (mma.sync m16n8k16, bf16/f16 in, float accumulate) when HD % 16 == 0, else a
 //                  plain per-row CUDA-core path (tiny test models: head dims 24, 40 ...).
 //   attn_decode    one query per sequence (the last row of each sequence in the step), the keys
-//   attn_combine   split over NSPLIT CTAs (flash-decoding); attn_combine merges the splits.
+//                  split over up to NSPLIT CTAs (flash-decoding) whose last CTA to finish merges
+//                  the splits: one launch per layer.
 //
 // Semantics (the same as compiler/ref.c's op_attention): query row t belongs to sequence
 // s = tok_seq[t] at position p = tok_pos[t]; it sees the cached keys j of s in [lo, hi] with
@@ -594,27 +595,43 @@ __device__ __forceinline__ void attn_prefill(const kiln_step st, const DT *q, co
 }
 
 // ---------------------------------------------------------------------------------------------
-// attn_decode — the last query row t = seq_start[s+1] - 1 of each sequence, keys split.
+// attn_decode — the last query row t = seq_start[s+1] - 1 of each sequence, keys split over
+// CTAs (flash-decoding) and the splits merged in the same launch.
 //
 //   grid  (NSPLIT, NH / HPC, n_seqs)   block THREADS (multiple of 32)   static shared memory
-//         (HPC*HD + (THREADS/32)*HPC*(HD+2)) * 4 bytes (<= 48 KB, checked)
-//   workspace ws: n_seqs * NH * NSPLIT * (HD + 2) floats; record (s, h, split) at
-//         ((s * NH + h) * NSPLIT + split) * (HD + 2) holds o[HD] (unnormalised), m, l.
-//         Every record of the grid is written (an empty split: o = 0, m = -inf, l = 0).
+//         (HPC*HD + (THREADS/32)*HPC*(HD+2) + HPC*(NSPLIT+1)) * 4 bytes (<= 48 KB, checked;
+//         compiler/lower.c sizes HPC by the same sum)
+//   ws    partials: n_seqs * NH * NSPLIT * (HD + 2) floats; record (s, h, split) at
+//         ((s * NH + h) * NSPLIT + split) * (HD + 2) holds o[HD] (unnormalised), m, l. Only
+//         read within the launch that writes it (a per-step temporary).
+//   cnt   arrival counters: n_seqs * NH unsigned, group (s, y) at s * NH + y * HPC. They must
+//         be zero before the first launch (the engine zeroes scratch at load) and every launch
+//         leaves them zero, so a CUDA graph can be replayed any number of times.
+//   out   row t of [T, NH*HD] (the layout attn_prefill writes); other rows are not touched.
 //
 // CTA (split, y, s) handles query heads [y*HPC, y*HPC + HPC) (HPC divides NH/NKV, so they share
-// one kv head, whose K/V rows are read once for all of them) over the split's keys: the key
-// range [lo, hi] of the query (same rules as attn_prefill) is cut into NSPLIT contiguous
-// pieces of ceil(n / NSPLIT) keys; the warps of the CTA interleave over the piece and merge
-// in shared memory. A sequence with no row in the step is skipped (nothing written).
+// one kv head, whose K/V rows are read once for all of them). The query's key range [lo, hi]
+// (same rules as attn_prefill), n keys, is cut into pieces of chunk = max(SPLIT_MIN,
+// ceil(n / NSPLIT)) keys: used = ceil(n / chunk) <= NSPLIT splits, the CTAs with split >= used
+// exit at once. The boundaries depend only on the sequence's own n, never on the batch. The
+// warps of a CTA interleave over its piece and merge in shared memory (warp 0 .. WARPS-1).
+//   used == 1 (n <= SPLIT_MIN: short contexts): the CTA normalises and writes out itself.
+//   used > 1: each CTA writes its record, fences, and counts itself in with atomicInc on its
+//     group's counter (which wraps to 0 at the used-th arrival: the reset for the next launch);
+//     the last CTA to arrive merges the records of splits 0 .. used-1 in that order (never the
+//     arrival order, so the result is the same whichever CTA is last) and writes out. Nothing
+//     waits on another CTA, so any number of CTAs may be resident; PDL is safe because the
+//     next kernel's griddepcontrol.wait covers this whole grid, the merging CTAs included.
+// A sequence with no row in the step is skipped (nothing written, its counters not touched).
 //
-//   NSPLIT  key splits per (sequence, head group)   HPC query heads per CTA (1 .. NH/NKV)
-//   other parameters as attn_prefill.
+//   NSPLIT     most key splits per (sequence, head group)   HPC query heads per CTA (1 .. NH/NKV)
+//   SPLIT_MIN  fewest keys a split takes (>= 1)              other parameters as attn_prefill.
 template <typename DT, int NH, int NKV, int HD, int CAUSAL, int WINDOW, int ALIBI, int SOFTCAP,
-          int NSPLIT, int HPC, int THREADS>
+          int NSPLIT, int HPC, int THREADS, int SPLIT_MIN>
 __device__ __forceinline__ void attn_decode(const kiln_step st, const DT *q, const DT *k_cache,
-                                            const DT *v_cache, float *ws, float scale,
-                                            float softcap, const float *alibi_slopes)
+                                            const DT *v_cache, float *ws, unsigned *cnt, DT *out,
+                                            float scale, float softcap,
+                                            const float *alibi_slopes)
 {
     KILN_PDL_ENTER();
     using LN = attn_lanes<HD>;
@@ -623,12 +640,15 @@ __device__ __forceinline__ void attn_decode(const kiln_step st, const DT *q, con
     static_assert(G % HPC == 0, "attn_decode: HPC must divide NH / NKV");
     static_assert(HD % 8 == 0, "attn_decode: HD must be a multiple of 8");
     static_assert(THREADS % 32 == 0 && THREADS >= 32 && THREADS <= 1024, "attn_decode: THREADS");
-    static_assert(NSPLIT >= 1, "attn_decode: NSPLIT >= 1");
-    static_assert((HPC * HD + WARPS * HPC * (HD + 2)) * 4 <= 48 * 1024,
+    static_assert(NSPLIT >= 1 && SPLIT_MIN >= 1, "attn_decode: NSPLIT and SPLIT_MIN >= 1");
+    static_assert(HPC <= THREADS, "attn_decode: a thread per head computes the merge weights");
+    static_assert((HPC * HD + WARPS * HPC * (HD + 2) + HPC * (NSPLIT + 1)) * 4 <= 48 * 1024,
                   "attn_decode: HPC * HD * THREADS too large for 48 KB of shared memory");
     __shared__ __align__(16) float qs[HPC * HD];
     __shared__ __align__(16) float po[WARPS][HPC][HD];
     __shared__ float pm[WARPS][HPC], pl[WARPS][HPC];
+    __shared__ float sw[HPC][NSPLIT], sinv[HPC]; // the merge's split weights and 1 / sum
+    __shared__ int s_last;
 
     const int sp = blockIdx.x, hq0 = blockIdx.y * HPC, s = blockIdx.z, kvh = hq0 / G;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -639,8 +659,11 @@ __device__ __forceinline__ void attn_decode(const kiln_step st, const DT *q, con
     int lo, hi;
     attn_key_range<CAUSAL, WINDOW>(p, kvlen, lo, hi);
     const int n = hi >= lo ? hi - lo + 1 : 0;
-    const int chunk = (n + NSPLIT - 1) / NSPLIT;
-    const int k0 = lo + sp * chunk, k1 = min(hi + 1, k0 + chunk); // k0 >= k1: empty split
+    const int chunk = max(SPLIT_MIN, (n + NSPLIT - 1) / NSPLIT);
+    const int used = n > 0 ? (n + chunk - 1) / chunk : 1; // n = 0 (invalid input): zeros out
+    if (sp >= used)
+        return; // uniform over the CTA
+    const int k0 = lo + sp * chunk, k1 = min(hi + 1, k0 + chunk);
 
     for (int i = threadIdx.x; i < HPC * HD; i += THREADS) // heads hq0.. are contiguous in q
         qs[i] = to_f(q[(long long)t * QW + hq0 * HD + i]);
@@ -673,6 +696,7 @@ __device__ __forceinline__ void attn_decode(const kiln_step st, const DT *q, con
     }
     __syncthreads();
 
+    DT *orow = out + (long long)t * QW + hq0 * HD;
     for (int i = threadIdx.x; i < HPC * HD; i += THREADS) {
         const int hh = i / HD, d = i % HD;
         float M = ATTN_NINF;
@@ -686,47 +710,56 @@ __device__ __forceinline__ void attn_decode(const kiln_step st, const DT *q, con
             acc += wt * po[w][hh][d];
             L += wt * pl[w][hh];
         }
-        float *rec = ws + ((long long)(s * NH + hq0 + hh) * NSPLIT + sp) * RS;
-        rec[d] = acc;
-        if (d == 0) {
-            rec[HD] = M;
-            rec[HD + 1] = L;
+        if (used == 1) {
+            orow[i] = from_f<DT>(acc * (L > 0.f ? 1.f / L : 0.f));
+        } else {
+            float *rec = ws + ((long long)(s * NH + hq0 + hh) * NSPLIT + sp) * RS;
+            rec[d] = acc;
+            if (d == 0) {
+                rec[HD] = M;
+                rec[HD + 1] = L;
+            }
         }
     }
-}
-
-// attn_combine — merges attn_decode's splits and writes row t = seq_start[s+1] - 1 of out
-// ([T, NH*HD], the layout attn_prefill writes); other rows are not touched.
-//
-//   grid (NH, n_seqs)   block THREADS (any multiple of 32; HD threads are enough)   no smem
-template <typename DT, int NH, int HD, int NSPLIT, int THREADS>
-__device__ __forceinline__ void attn_combine(const kiln_step st, const float *ws, DT *out)
-{
-    KILN_PDL_ENTER();
-    constexpr int RS = HD + 2;
-    const int h = blockIdx.x, s = blockIdx.y;
-    const int a = st.seq_start[s], b = st.seq_start[s + 1];
-    if (b <= a)
+    if (used == 1)
         return;
-    const float *rec = ws + (long long)(s * NH + h) * NSPLIT * RS;
-    float M = ATTN_NINF;
-#pragma unroll
-    for (int i = 0; i < NSPLIT; i++)
-        M = fmaxf(M, rec[i * RS + HD]);
-    float w[NSPLIT], L = 0.f;
-#pragma unroll
-    for (int i = 0; i < NSPLIT; i++) {
-        const float mi = rec[i * RS + HD];
-        w[i] = mi == ATTN_NINF ? 0.f : __expf(mi - M);
-        L += w[i] * rec[i * RS + HD + 1];
+
+    // the "last block" reduction: every writer fences its record before the CTA counts itself
+    // in; the last CTA fences again before it reads the others' records, and reads them from L2
+    // (__ldcg: another SM's writes are not in this SM's L1)
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const unsigned prev = atomicInc(cnt + s * NH + hq0, (unsigned)(used - 1));
+        s_last = prev == (unsigned)(used - 1);
+        if (s_last)
+            __threadfence();
     }
-    const float inv = L > 0.f ? 1.f / L : 0.f;
-    for (int d = threadIdx.x; d < HD; d += THREADS) {
+    __syncthreads();
+    if (!s_last)
+        return;
+    const float *rec0 = ws + (long long)(s * NH + hq0) * NSPLIT * RS;
+    if (threadIdx.x < HPC) {
+        const float *rh = rec0 + (long long)threadIdx.x * NSPLIT * RS;
+        float M = ATTN_NINF;
+        for (int i = 0; i < used; i++)
+            M = fmaxf(M, __ldcg(rh + i * RS + HD));
+        float L = 0.f;
+        for (int i = 0; i < used; i++) { // every used split has a key: its m is finite
+            const float w = __expf(__ldcg(rh + i * RS + HD) - M);
+            sw[threadIdx.x][i] = w;
+            L += w * __ldcg(rh + i * RS + HD + 1);
+        }
+        sinv[threadIdx.x] = L > 0.f ? 1.f / L : 0.f;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < HPC * HD; i += THREADS) {
+        const int hh = i / HD, d = i % HD;
+        const float *rh = rec0 + (long long)hh * NSPLIT * RS + d;
         float acc = 0.f;
-#pragma unroll
-        for (int i = 0; i < NSPLIT; i++)
-            acc += w[i] * rec[i * RS + d];
-        out[(long long)(b - 1) * NH * HD + h * HD + d] = from_f<DT>(acc * inv);
+        for (int j = 0; j < used; j++)
+            acc += sw[hh][j] * __ldcg(rh + j * RS);
+        orow[i] = from_f<DT>(acc * sinv[hh]);
     }
 }
 

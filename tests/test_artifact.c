@@ -633,7 +633,7 @@ static void test_bad_fields_resigned(void **state)
     const bad_case cases[] = {
         {"sample_kernel", e_sample, {"manifest: top level: sample_kernel is 999, expected 0..", "kilnc compile"}},
         {"sample_kernel -1", e_sample_neg, {"sample_kernel is -1, expected 0.."}},
-        {"kernel index", e_kernel, {"decode step ", "): kernel is 15, expected 0..14"}},
+        {"kernel index", e_kernel, {"decode step ", "): kernel is ", ", expected 0.."}},
         {"weight index", e_weight, {"decode step ", "weight index 999 out of range (0.."}},
         {"const index", e_const, {"prefill step ", "constant table index 77 out of range (0.."}},
         {"kv layer", e_kv, {"KV layer index 2 out of range (0..1)"}},

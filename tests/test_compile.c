@@ -79,6 +79,57 @@ static void test_nvrtc_every_fixture(void **state)
     }
 }
 
+/* Decode attention is one attn_decode launch per layer (no separate merge kernel), and its
+ * arrival counters, the scratch bytes [0, max_seqs * NH * 4) that must stay zero between
+ * launches, are its alone: every other scratch argument of both schedules starts past them.
+ * llama (GQA), mistral (sliding window), bloom (ALiBi), gemma2 (softcap), llama_hd20 (head_dim
+ * padded to 24). */
+static void test_attn_decode_lowering(void **state)
+{
+    (void)state;
+    static const char *const names[] = {"llama", "mistral", "bloom", "gemma2", "llama_hd20"};
+    for (size_t f = 0; f < ARRAY_LEN(names); f++) {
+        kc c;
+        open_all(&c, names[f]);
+        const ka_manifest *m = &c.low->m;
+        /* nh[i]: the query heads of kernel i when it is an attn_decode (gemma2's windowed and
+         * global layers are two instances), else 0 */
+        int *nh = calloc((size_t)c.low->ninst, sizeof(int));
+        int64_t counters = 0;
+        for (int i = 0; i < c.low->ninst; i++) {
+            const char *call = c.low->inst_call[i];
+            assert_null(strstr(call, "attn_combine"));
+            if (strncmp(call, "kiln::attn_decode<", 18) == 0) {
+                assert_int_equal(sscanf(call, "kiln::attn_decode<DT, %d,", &nh[i]), 1);
+                assert_true(nh[i] > 0);
+                if ((int64_t)m->max_seqs * nh[i] * 4 > counters)
+                    counters = (int64_t)m->max_seqs * nh[i] * 4;
+            }
+        }
+        assert_true(counters > 0 && m->scratch_bytes >= counters);
+        const ka_step *sched[2] = {m->prefill, m->decode};
+        const int nsched[2] = {m->nprefill, m->ndecode};
+        int ndec = 0;
+        for (int k = 0; k < 2; k++)
+            for (int i = 0; i < nsched[k]; i++) {
+                const ka_step *s = &sched[k][i];
+                int own = s->kind == KA_KERNEL && nh[s->kernel] > 0;
+                assert_true(!own || k == 1); /* decode only */
+                ndec += own;
+                for (int a = 0; a < s->nargs; a++) {
+                    const ka_arg *x = &s->args[a];
+                    if (own && a == 5) /* cnt */
+                        assert_true(x->kind == KA_ARG_SCRATCH && x->i == 0);
+                    else if (x->kind == KA_ARG_SCRATCH)
+                        assert_true(x->i >= counters);
+                }
+            }
+        free(nh);
+        assert_int_equal(ndec, m->n_layers);
+        kc_free(&c);
+    }
+}
+
 /* Multi-head latent attention (deepseek_v2: rank 32, rope 16, 4 heads, nope 16, v 16): each
  * KV layer is one [latent | k_pe] row of 48 and no V cache; the yarn rotations of q_pe and k_pe
  * are done inside mla_cache and mla_attn (interleaved: ROT 1), with the table posenc gives the
@@ -441,8 +492,7 @@ static void open_tp(kc *c, const char *name, int tp)
 }
 
 /* Every SHARD const of the graph, for rank r, is rank r's part of its input packed whole:
- * part r * parts / tp of `dim`, byte for byte, then its pad zeros (a padded MLP). Returns how
- * many split (parts > 1) there are. */
+ * part r * parts / tp of `dim`, byte for byte. Returns how many split (parts > 1) there are. */
 static int check_shard_nodes(const kgraph *g, int r)
 {
     int split = 0;
@@ -456,21 +506,16 @@ static int check_shard_nodes(const kgraph *g, int r)
         uint16_t *part = pack_const(g, i, r, ST_BF16, &err), *whole = pack_const(g, n->in[0], r, ST_BF16, &err);
         if (!part || !whole)
             fail_msg("%s: %s", n->name, kerr_msg(&err));
+        assert_int_equal(graph_numel_const(n) * (uint64_t)n->parts, graph_numel_const(p));
         uint64_t outer = 1, inner = 1;
         for (int d = 0; d < p->ndim; d++)
             outer *= d < n->dim ? (uint64_t)p->shape[d] : 1, inner *= d > n->dim ? (uint64_t)p->shape[d] : 1;
-        uint64_t w = (uint64_t)n->shape[n->dim], len = w - (uint64_t)n->pad;
-        uint64_t start = (uint64_t)(r * n->parts / g->tp) * len;
-        assert_int_equal(len * (uint64_t)n->parts, (uint64_t)p->shape[n->dim]);
-        for (uint64_t o = 0; o < outer; o++) {
-            if (memcmp(part + o * w * inner, whole + (o * (uint64_t)p->shape[n->dim] + start) * inner,
+        uint64_t len = (uint64_t)n->shape[n->dim], start = (uint64_t)(r * n->parts / g->tp) * len;
+        for (uint64_t o = 0; o < outer; o++)
+            if (memcmp(part + o * len * inner, whole + (o * (uint64_t)p->shape[n->dim] + start) * inner,
                        len * inner * 2))
                 fail_msg("%s: rank %d's part differs from rows %llu.. of dim %d of %s", n->name, r,
                          (unsigned long long)start, n->dim, p->name);
-            for (uint64_t z = (o * w + len) * inner; z < (o + 1) * w * inner; z++)
-                if (part[z] != 0)
-                    fail_msg("%s: rank %d's padding is not zero", n->name, r);
-        }
         split += n->parts > 1;
         free(part);
         free(whole);
@@ -547,10 +592,6 @@ static void test_tp_shards(void **state)
     check_tp("llama", 2);
     check_tp("mixtral", 2);
     check_tp("bloom", 2);
-    check_tp("llama_tied_oldstyle", 2); /* its MLP padded: 68 units a rank to 72 */
-    check_tp("qwen2_moe", 4);           /* its shared expert padded: 20 to 24 */
-    check_tp("qwen3_moe", 4);           /* its experts padded, [E, 12, H] to [E, 16, H] */
-    check_tp("phi3", 4);                /* padded shards of slices of gate_up_proj */
     check_tp("llama", 1);
     check_tp("bloom", 1);
 }
@@ -601,12 +642,12 @@ static void test_tp_halves(void **state)
 }
 
 /* The sharded translation units compile (vocabulary-split embedding and gather, ALiBi heads
- * from a rank argument, per-rank MoE, a padded MLP); llama's is compiled by test_tp_cli. */
+ * from a rank argument, per-rank MoE); llama's is compiled by test_tp_cli. */
 static void test_tp_nvrtc(void **state)
 {
     (void)state;
     const char *inc[] = {"templates", "kernels", NULL};
-    static const char *fx[] = {"bloom", "mixtral", "llama_tied_oldstyle"};
+    static const char *fx[] = {"bloom", "mixtral"};
     for (size_t i = 0; i < ARRAY_LEN(fx); i++) {
         kc c;
         open_tp(&c, fx[i], 2);
@@ -689,6 +730,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_nvrtc_every_fixture),
         cmocka_unit_test(test_mla_lowering),
+        cmocka_unit_test(test_attn_decode_lowering),
         cmocka_unit_test(test_pack_fused_qkv),
         cmocka_unit_test(test_pack_bloom_interleaved),
         cmocka_unit_test(test_artifact_roundtrip),

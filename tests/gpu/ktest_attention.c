@@ -13,6 +13,14 @@
  * + slope[h] * (j - p) (BLOOM slopes from posenc_alibi_slopes); softmax; sum p_j v_j. GQA: head
  * h uses kv head h / (NH/NKV). Outputs are poisoned (NaN) before the launch; decode cases also
  * check that rows other than each sequence's last are left alone.
+ *
+ * attn_decode merges its splits in the same launch (the last CTA of a group to finish, counted
+ * by counters that each launch must leave at zero), so each decode case also checks, bit for bit
+ * against its first launch: three launches back to back on one stream (with PDL where the GPU
+ * has it, so each starts while the one before it finishes), the same three captured in a CUDA
+ * graph and replayed three times, and each sequence launched alone (its output must not depend
+ * on the batch); then that the counters are all zero. The cases' key counts take one split
+ * (n <= SPLIT_MIN), two, and all NSPLIT.
  */
 #include <math.h>
 #include <stdio.h>
@@ -27,7 +35,7 @@
 #define MAXS 8
 
 typedef struct acase {
-    int decode;                  /* attn_decode + attn_combine, else attn_prefill */
+    int decode;                  /* attn_decode, else attn_prefill */
     int f16;                     /* DT = f16 (else bf16) */
     int nh, nkv, hd;
     int causal, window, alibi;
@@ -39,6 +47,7 @@ typedef struct acase {
     int nsplit, hpc, threads;    /* decode */
     float qamp;                  /* q uniform in [-qamp, qamp); 0: 1 */
     const char *tag;             /* extra words for the case name */
+    int split_min;               /* decode: fewest keys per split; 0: 32 (lower.c's) */
 } acase;
 
 static uint16_t to_dt(float x, int f16) { return f16 ? util_f32_to_f16(x) : util_f32_to_bf16(x); }
@@ -120,6 +129,217 @@ static void case_name(const acase *c, int T, char *name, size_t cap)
                  c->nkv, opt, T, c->tag ? " " : "", c->tag ? c->tag : "");
 }
 
+/* What the decode checks after the first launch need: that launch's inputs and output. */
+typedef struct decode_ctx {
+    const acase *c;
+    const char *name;
+    CUfunction f;
+    kiln_step st;
+    CUdeviceptr q, k, v, ws, cnt, slopes;
+    float scale, softcap;
+    int nsplit, hpc, threads, T;
+    const uint16_t *first;       /* the first launch's output [T, NH*HD], checked */
+    const int *seq_start, *kvlen, *tok_pos, *tok_slot, *bt;
+    int max_blocks;
+    const uint16_t *q_host;      /* [T, NH*HD] */
+} decode_ctx;
+
+/* Index of the first element where a and b differ, or -1. */
+static long long first_diff(const uint16_t *a, const uint16_t *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (a[i] != b[i])
+            return (long long)i;
+    return -1;
+}
+
+static int decode_launch(kt *t, const decode_ctx *d, const kiln_step *st, CUdeviceptr q,
+                         CUdeviceptr out, int n_seqs, CUstream stream, kerr *e)
+{
+    CUdeviceptr dq = q, dk = d->k, dv = d->v, dws = d->ws, dcnt = d->cnt, dsl = d->slopes;
+    CUdeviceptr dout = out;
+    float scale = d->scale, softcap = d->softcap;
+    kiln_step s = *st;
+    void *args[] = {&s, &dq, &dk, &dv, &dws, &dcnt, &dout, &scale, &softcap, &dsl};
+    return kcuda_launch(&t->cu, d->f, (unsigned)d->nsplit, (unsigned)(d->c->nh / d->hpc),
+                        (unsigned)n_seqs, (unsigned)d->threads, 0, stream, args, t->pdl, e);
+}
+
+/* Three launches back to back into three poisoned outputs, on a stream of their own (no sync in
+ * between: with PDL each one's blocks start while the one before it finishes), then the same
+ * three captured in a CUDA graph replayed three times, outputs poisoned before each replay.
+ * Every output must equal the first launch's bit for bit, poisoned rows included. */
+static void decode_repeats(kt *t, const decode_ctx *d)
+{
+    enum { REPS = 3 };
+    const size_t bytes = sizeof(uint16_t) * (size_t)d->T * (size_t)(d->c->nh * d->c->hd);
+    char nm[320], detail[200] = "";
+    snprintf(nm, sizeof nm, "%s: 3 launches, and a graph of them replayed 3 times, bitwise",
+             d->name);
+    CUdeviceptr out[REPS];
+    for (int i = 0; i < REPS; i++)
+        out[i] = kt_alloc(t, bytes);
+    uint16_t *got = xmalloc(bytes);
+    CUstream stream = NULL;
+    CUgraph g = NULL;
+    CUgraphExec ge = NULL;
+    kerr e;
+    kerr_clear(&e);
+    /* kt_alloc poisoned on the legacy stream, which a non-blocking stream does not wait for */
+    int ok = t->cu.cuStreamSynchronize(NULL) == CUDA_SUCCESS &&
+             t->cu.cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING) == CUDA_SUCCESS;
+    if (!ok)
+        snprintf(detail, sizeof detail, "cuStreamSynchronize or cuStreamCreate failed");
+    for (int i = 0; ok && i < REPS; i++)
+        if (decode_launch(t, d, &d->st, d->q, out[i], d->st.n_seqs, stream, &e)) {
+            snprintf(detail, sizeof detail, "launch %d: %s", i + 1, kerr_msg(&e));
+            ok = 0;
+        }
+    if (ok && t->cu.cuStreamSynchronize(stream) != CUDA_SUCCESS) {
+        snprintf(detail, sizeof detail, "the back-to-back launches failed on the GPU");
+        ok = 0;
+    }
+    for (int i = 0; ok && i < REPS; i++) {
+        kt_download(t, got, out[i], bytes);
+        long long j = first_diff(got, d->first, bytes / 2);
+        if (j >= 0) {
+            snprintf(detail, sizeof detail,
+                     "launch %d of %d back to back: element %lld is 0x%04x, the first launch "
+                     "gave 0x%04x", i + 1, REPS, j, got[j], d->first[j]);
+            ok = 0;
+        }
+    }
+    if (ok) {
+        ok = t->cu.cuStreamBeginCapture(stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL) ==
+             CUDA_SUCCESS;
+        for (int i = 0; ok && i < REPS; i++)
+            ok = !decode_launch(t, d, &d->st, d->q, out[i], d->st.n_seqs, stream, &e);
+        ok = t->cu.cuStreamEndCapture(stream, &g) == CUDA_SUCCESS && ok;
+        ok = ok && t->cu.cuGraphInstantiateWithFlags(&ge, g, 0) == CUDA_SUCCESS;
+        if (!ok)
+            snprintf(detail, sizeof detail, "capturing or instantiating the graph failed%s%s",
+                     kerr_msg(&e)[0] ? ": " : "", kerr_msg(&e));
+    }
+    for (int r = 0; ok && r < REPS; r++) {
+        for (int i = 0; ok && i < REPS; i++)
+            ok = t->cu.cuMemsetD8Async(out[i], 0xFF, bytes, stream) == CUDA_SUCCESS;
+        ok = ok && t->cu.cuGraphLaunch(ge, stream) == CUDA_SUCCESS &&
+             t->cu.cuStreamSynchronize(stream) == CUDA_SUCCESS;
+        if (!ok) {
+            snprintf(detail, sizeof detail, "graph replay %d failed on the GPU", r + 1);
+            break;
+        }
+        for (int i = 0; ok && i < REPS; i++) {
+            kt_download(t, got, out[i], bytes);
+            long long j = first_diff(got, d->first, bytes / 2);
+            if (j >= 0) {
+                snprintf(detail, sizeof detail,
+                         "graph replay %d, launch %d: element %lld is 0x%04x, the first launch "
+                         "gave 0x%04x", r + 1, i + 1, j, got[j], d->first[j]);
+                ok = 0;
+            }
+        }
+    }
+    kt_result(t, nm, ok, detail);
+    if (ge)
+        t->cu.cuGraphExecDestroy(ge);
+    if (g)
+        t->cu.cuGraphDestroy(g);
+    if (stream)
+        t->cu.cuStreamDestroy(stream);
+    for (int i = 0; i < REPS; i++)
+        kt_free(t, out[i]);
+    free(got);
+}
+
+/* Each sequence of the batch launched alone (a step of its rows only, its own block-table row,
+ * the same cache, workspace and counters): its last row must equal the batch's bit for bit. */
+static void decode_alone(kt *t, const decode_ctx *d)
+{
+    const acase *c = d->c;
+    if (c->n_seqs < 2)
+        return;
+    const int qw = c->nh * c->hd;
+    char nm[320], detail[200] = "";
+    snprintf(nm, sizeof nm, "%s: each sequence alone equals it in the batch, bitwise", d->name);
+    int ok = 1;
+    for (int s = 0; ok && s < c->n_seqs; s++) {
+        const int a = d->seq_start[s], rows = d->seq_start[s + 1] - a;
+        int *pos = xmalloc(sizeof(int) * (size_t)rows), *slot = xmalloc(sizeof(int) * (size_t)rows);
+        int *zero = xcalloc((size_t)rows, sizeof(int)), start[2] = {0, rows};
+        memcpy(pos, d->tok_pos + a, sizeof(int) * (size_t)rows);
+        memcpy(slot, d->tok_slot + a, sizeof(int) * (size_t)rows);
+        kiln_step st = d->st;
+        st.T = rows;
+        st.n_seqs = 1;
+        CUdeviceptr dpos = kt_upload(t, pos, sizeof(int) * (size_t)rows);
+        CUdeviceptr dzero = kt_upload(t, zero, sizeof(int) * (size_t)rows);
+        CUdeviceptr dslot = kt_upload(t, slot, sizeof(int) * (size_t)rows);
+        CUdeviceptr dstart = kt_upload(t, start, sizeof start);
+        CUdeviceptr dkv = kt_upload(t, &d->kvlen[s], sizeof(int));
+        CUdeviceptr dbt = kt_upload(t, d->bt + (size_t)s * d->max_blocks,
+                                    sizeof(int) * (size_t)d->max_blocks);
+        CUdeviceptr dq = kt_upload(t, d->q_host + (size_t)a * qw,
+                                   sizeof(uint16_t) * (size_t)rows * qw);
+        CUdeviceptr dout = kt_alloc(t, sizeof(uint16_t) * (size_t)rows * qw);
+        st.tok_ids = st.tok_type = st.tok_seq = dzero;
+        st.tok_pos = dpos;
+        st.tok_slot = dslot;
+        st.seq_start = dstart;
+        st.seq_kvlen = dkv;
+        st.block_table = dbt;
+        kerr e;
+        kerr_clear(&e);
+        CUresult rc = CUDA_SUCCESS;
+        if (decode_launch(t, d, &st, dq, dout, 1, t->stream, &e) ||
+            (rc = t->cu.cuStreamSynchronize(t->stream)) != CUDA_SUCCESS) {
+            snprintf(detail, sizeof detail, "sequence %d alone: %s", s,
+                     rc != CUDA_SUCCESS ? "the launch failed on the GPU" : kerr_msg(&e));
+            ok = 0;
+        } else {
+            uint16_t *got = xmalloc(sizeof(uint16_t) * (size_t)qw);
+            kt_download(t, got, dout + sizeof(uint16_t) * (size_t)(rows - 1) * qw,
+                        sizeof(uint16_t) * (size_t)qw);
+            const uint16_t *want = d->first + (size_t)(d->seq_start[s + 1] - 1) * qw;
+            long long j = first_diff(got, want, (size_t)qw);
+            if (j >= 0) {
+                snprintf(detail, sizeof detail,
+                         "sequence %d (kvlen %d) alone: head %lld dim %lld is 0x%04x, in the "
+                         "batch 0x%04x", s, d->kvlen[s], j / c->hd, j % c->hd, got[j], want[j]);
+                ok = 0;
+            }
+            free(got);
+        }
+        CUdeviceptr bufs[] = {dpos, dzero, dslot, dstart, dkv, dbt, dq, dout};
+        for (size_t i = 0; i < ARRAY_LEN(bufs); i++)
+            kt_free(t, bufs[i]);
+        free(pos);
+        free(slot);
+        free(zero);
+    }
+    kt_result(t, nm, ok, detail);
+}
+
+/* After all the launches of the case (1 + 3 + 9 + one per sequence alone), every arrival
+ * counter must be back at zero: the state the next step or graph replay starts from. */
+static void decode_counters(kt *t, const decode_ctx *d)
+{
+    const int n = d->c->n_seqs * d->c->nh;
+    unsigned *cnt = xmalloc(sizeof(unsigned) * (size_t)n);
+    kt_download(t, cnt, d->cnt, sizeof(unsigned) * (size_t)n);
+    char nm[320], detail[160] = "";
+    snprintf(nm, sizeof nm, "%s: counters back to zero after every launch", d->name);
+    int ok = 1;
+    for (int i = 0; ok && i < n; i++)
+        if (cnt[i] != 0) {
+            snprintf(detail, sizeof detail, "counter %d (sequence %d, head %d) is %u", i,
+                     i / d->c->nh, i % d->c->nh, cnt[i]);
+            ok = 0;
+        }
+    kt_result(t, nm, ok, detail);
+    free(cnt);
+}
+
 static void run_case(kt *t, const acase *c)
 {
     const int nh = c->nh, nkv = c->nkv, hd = c->hd, ns = c->n_seqs, f16 = c->f16;
@@ -146,11 +366,13 @@ static void run_case(kt *t, const acase *c)
     const int bm = c->bm ? c->bm : 64, bn = c->bn ? c->bn : (hd > 128 ? 32 : 64);
     const int nsplit = c->nsplit ? c->nsplit : 16, hpc = c->hpc ? c->hpc : 1;
     const int threads = c->threads ? c->threads : 128;
+    const int split_min = c->split_min ? c->split_min : 32;
     const char *dt = f16 ? "kiln::f16" : "kiln::bf16";
 
     /* the step */
     int *tok_pos = xmalloc(sizeof(int) * (size_t)T), *tok_seq = xmalloc(sizeof(int) * (size_t)T);
-    int *tok_slot = xmalloc(sizeof(int) * (size_t)T), *zeros = xcalloc((size_t)T, sizeof(int));
+    int *tok_slot = xmalloc(sizeof(int) * (size_t)T);
+    int *zeros = xcalloc((size_t)(T > ns * nh ? T : ns * nh), sizeof(int)); /* ids, counters */
     int max_blocks = 1, total_blocks = 0;
     for (int s = 0; s < ns; s++) {
         int nb = (kvlen[s] + KILN_BLOCK - 1) / KILN_BLOCK;
@@ -251,19 +473,15 @@ static void run_case(kt *t, const acase *c)
         src = xasprintf("#include \"attention.cuh\"\n"
                         "extern \"C\" __global__ void __launch_bounds__(%d)\n"
                         "kt_attn_decode(const kiln_step st, const %s *q, const %s *k_cache,\n"
-                        "               const %s *v_cache, float *ws, float scale, float softcap,\n"
-                        "               const float *alibi_slopes)\n"
+                        "               const %s *v_cache, float *ws, unsigned *cnt, %s *out,\n"
+                        "               float scale, float softcap, const float *alibi_slopes)\n"
                         "{\n"
-                        "    kiln::attn_decode<%s, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d>(\n"
-                        "        st, q, k_cache, v_cache, ws, scale, softcap, alibi_slopes);\n"
-                        "}\n"
-                        "extern \"C\" __global__ void __launch_bounds__(128)\n"
-                        "kt_attn_combine(const kiln_step st, const float *ws, %s *out)\n"
-                        "{\n"
-                        "    kiln::attn_combine<%s, %d, %d, %d, 128>(st, ws, out);\n"
+                        "    kiln::attn_decode<%s, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d>(\n"
+                        "        st, q, k_cache, v_cache, ws, cnt, out, scale, softcap,\n"
+                        "        alibi_slopes);\n"
                         "}\n",
-                        threads, dt, dt, dt, dt, nh, nkv, hd, c->causal, c->window, c->alibi,
-                        c->softcap > 0, nsplit, hpc, threads, dt, dt, nh, hd, nsplit);
+                        threads, dt, dt, dt, dt, dt, nh, nkv, hd, c->causal, c->window, c->alibi,
+                        c->softcap > 0, nsplit, hpc, threads, split_min);
     }
     CUmodule mod = kt_module(t, name, src);
     free(src);
@@ -293,7 +511,8 @@ static void run_case(kt *t, const acase *c)
     CUdeviceptr d_v = kt_upload(t, vc, sizeof(uint16_t) * cache_n);
     CUdeviceptr d_sl = kt_upload(t, slopes, sizeof slopes);
     CUdeviceptr d_out = kt_alloc(t, sizeof(uint16_t) * qn); /* poisoned: NaN */
-    CUdeviceptr d_ws = 0;
+    CUdeviceptr d_ws = 0, d_cnt = 0;
+    CUfunction f_dec = NULL;
     if (!c->decode) {
         CUfunction f = kt_func(t, mod, "kt_attn_prefill");
         size_t smem = (size_t)(bm + 2 * bn) * (size_t)(hd + 8) * 2;
@@ -302,14 +521,13 @@ static void run_case(kt *t, const acase *c)
                   (unsigned)(2 * bm), smem, args);
     } else {
         size_t ws_n = (size_t)ns * nh * nsplit * (size_t)(hd + 2);
-        d_ws = kt_alloc(t, sizeof(float) * ws_n); /* poisoned: every record must be written */
-        CUfunction fd = kt_func(t, mod, "kt_attn_decode");
-        CUfunction fc = kt_func(t, mod, "kt_attn_combine");
-        void *args[] = {&st, &d_q, &d_k, &d_v, &d_ws, &scale_f, &softcap, &d_sl};
-        kt_launch(t, fd, "attn_decode", (unsigned)nsplit, (unsigned)(nh / hpc), (unsigned)ns,
+        d_ws = kt_alloc(t, sizeof(float) * ws_n); /* poisoned: a merge must read only records
+                                                   * written in its own launch */
+        d_cnt = kt_upload(t, zeros, sizeof(unsigned) * (size_t)(ns * nh)); /* as at load */
+        f_dec = kt_func(t, mod, "kt_attn_decode");
+        void *args[] = {&st, &d_q, &d_k, &d_v, &d_ws, &d_cnt, &d_out, &scale_f, &softcap, &d_sl};
+        kt_launch(t, f_dec, "attn_decode", (unsigned)nsplit, (unsigned)(nh / hpc), (unsigned)ns,
                   (unsigned)threads, 0, args);
-        void *cargs[] = {&st, &d_ws, &d_out};
-        kt_launch(t, fc, "attn_combine", (unsigned)nh, (unsigned)ns, 1, 128, 0, cargs);
     }
     uint16_t *oh = xmalloc(sizeof(uint16_t) * qn);
     kt_download(t, oh, d_out, sizeof(uint16_t) * qn);
@@ -355,6 +573,18 @@ static void run_case(kt *t, const acase *c)
         }
     }
 
+    if (c->decode && !t->compile_only) {
+        decode_ctx dc = {.c = c, .name = name, .f = f_dec, .st = st, .q = d_q, .k = d_k,
+                         .v = d_v, .ws = d_ws, .cnt = d_cnt, .slopes = d_sl, .scale = scale_f,
+                         .softcap = softcap, .nsplit = nsplit, .hpc = hpc, .threads = threads,
+                         .T = T, .first = oh, .seq_start = seq_start, .kvlen = kvlen,
+                         .tok_pos = tok_pos, .tok_slot = tok_slot, .bt = bt,
+                         .max_blocks = max_blocks, .q_host = qh};
+        decode_repeats(t, &dc);
+        decode_alone(t, &dc);
+        decode_counters(t, &dc);
+    }
+
     kt_free(t, d_pos);
     kt_free(t, d_zero);
     kt_free(t, d_seq);
@@ -369,6 +599,8 @@ static void run_case(kt *t, const acase *c)
     kt_free(t, d_out);
     if (d_ws)
         kt_free(t, d_ws);
+    if (d_cnt)
+        kt_free(t, d_cnt);
     for (int s = 0; s < ns; s++) {
         free(kref[s]);
         free(vref[s]);
@@ -395,76 +627,87 @@ static void run_case(kt *t, const acase *c)
  * {rows} {kvlen} bm bn nsplit hpc threads qamp tag */
 static const acase prefill_cases[] = {
     /* one sequence, GQA, the main shape */
-    {0, 0, 8, 2, 128, 1, 0, 0, 0, 1, {1}, {0}, 0, 0, 0, 0, 0, 2, NULL},
-    {0, 0, 8, 2, 128, 1, 0, 0, 0, 1, {7}, {0}, 0, 0, 0, 0, 0, 2, NULL},
-    {0, 0, 8, 2, 128, 1, 0, 0, 0, 1, {64}, {0}, 0, 0, 0, 0, 0, 2, NULL},
-    {0, 0, 8, 2, 128, 1, 0, 0, 0, 1, {200}, {0}, 0, 0, 0, 0, 0, 2, NULL},
+    {0, 0, 8, 2, 128, 1, 0, 0, 0, 1, {1}, {0}, 0, 0, 0, 0, 0, 2, NULL, 0},
+    {0, 0, 8, 2, 128, 1, 0, 0, 0, 1, {7}, {0}, 0, 0, 0, 0, 0, 2, NULL, 0},
+    {0, 0, 8, 2, 128, 1, 0, 0, 0, 1, {64}, {0}, 0, 0, 0, 0, 0, 2, NULL, 0},
+    {0, 0, 8, 2, 128, 1, 0, 0, 0, 1, {200}, {0}, 0, 0, 0, 0, 0, 2, NULL, 0},
     /* several sequences: MHA, MQA */
-    {0, 0, 4, 4, 64, 1, 0, 0, 0, 3, {5, 33, 70}, {0}, 0, 0, 0, 0, 0, 2, "seqs 5,33,70"},
-    {0, 0, 8, 1, 64, 1, 0, 0, 0, 3, {5, 33, 70}, {0}, 0, 0, 0, 0, 0, 2, "seqs 5,33,70"},
+    {0, 0, 4, 4, 64, 1, 0, 0, 0, 3, {5, 33, 70}, {0}, 0, 0, 0, 0, 0, 2, "seqs 5,33,70", 0},
+    {0, 0, 8, 1, 64, 1, 0, 0, 0, 3, {5, 33, 70}, {0}, 0, 0, 0, 0, 0, 2, "seqs 5,33,70", 0},
     /* chunked prefill: earlier keys cached (kvlen > rows), a 1-row sequence among them */
     {0, 0, 8, 2, 128, 1, 0, 0, 0, 4, {16, 40, 1, 70}, {100, 77, 300, 70}, 0, 0, 0, 0, 0, 2,
-     "chunked"},
+     "chunked", 0},
     /* BERT: bidirectional; also with cached keys beyond the rows */
-    {0, 0, 4, 4, 64, 0, 0, 0, 0, 3, {5, 33, 70}, {0}, 0, 0, 0, 0, 0, 2, "seqs 5,33,70"},
-    {0, 0, 4, 2, 64, 0, 0, 0, 0, 2, {10, 40}, {50, 40}, 0, 0, 0, 0, 0, 2, "chunked"},
+    {0, 0, 4, 4, 64, 0, 0, 0, 0, 3, {5, 33, 70}, {0}, 0, 0, 0, 0, 0, 2, "seqs 5,33,70", 0},
+    {0, 0, 4, 2, 64, 0, 0, 0, 0, 2, {10, 40}, {50, 40}, 0, 0, 0, 0, 0, 2, "chunked", 0},
     /* sliding window */
-    {0, 0, 8, 2, 64, 1, 16, 0, 0, 3, {70, 45, 3}, {0}, 0, 0, 0, 0, 0, 2, NULL},
-    {0, 0, 8, 2, 64, 1, 16, 0, 0, 2, {20, 70}, {90, 70}, 0, 0, 0, 0, 0, 2, "chunked"},
+    {0, 0, 8, 2, 64, 1, 16, 0, 0, 3, {70, 45, 3}, {0}, 0, 0, 0, 0, 0, 2, NULL, 0},
+    {0, 0, 8, 2, 64, 1, 16, 0, 0, 2, {20, 70}, {90, 70}, 0, 0, 0, 0, 0, 2, "chunked", 0},
     /* ALiBi (BLOOM slopes, 6 heads), softcap, everything together */
-    {0, 0, 6, 6, 64, 1, 0, 1, 0, 3, {5, 33, 70}, {0}, 0, 0, 0, 0, 0, 2, NULL},
-    {0, 0, 8, 4, 128, 1, 0, 0, 30, 2, {33, 70}, {0}, 0, 0, 0, 0, 0, 40, NULL},
-    {0, 0, 6, 2, 64, 1, 16, 1, 5, 2, {70, 45}, {0}, 0, 0, 0, 0, 0, 8, NULL},
+    {0, 0, 6, 6, 64, 1, 0, 1, 0, 3, {5, 33, 70}, {0}, 0, 0, 0, 0, 0, 2, NULL, 0},
+    {0, 0, 8, 4, 128, 1, 0, 0, 30, 2, {33, 70}, {0}, 0, 0, 0, 0, 0, 40, NULL, 0},
+    {0, 0, 6, 2, 64, 1, 16, 1, 5, 2, {70, 45}, {0}, 0, 0, 0, 0, 0, 8, NULL, 0},
     /* head dims */
-    {0, 0, 4, 2, 32, 1, 0, 0, 0, 3, {5, 33, 70}, {0}, 0, 0, 0, 0, 0, 2, NULL},
-    {0, 0, 4, 1, 48, 1, 0, 0, 0, 3, {5, 33, 70}, {0}, 0, 0, 0, 0, 0, 2, NULL},
-    {0, 0, 2, 2, 16, 0, 0, 0, 0, 3, {5, 33, 70}, {0}, 0, 0, 0, 0, 0, 2, NULL},
-    {0, 0, 4, 2, 80, 1, 0, 0, 0, 2, {33, 70}, {0}, 0, 0, 0, 0, 0, 2, NULL},
-    {0, 0, 4, 2, 96, 1, 0, 0, 0, 2, {33, 70}, {0}, 0, 0, 0, 0, 0, 2, NULL},
-    {0, 0, 4, 1, 256, 1, 0, 0, 0, 2, {70, 33}, {0}, 0, 0, 0, 0, 0, 2, NULL},
+    {0, 0, 4, 2, 32, 1, 0, 0, 0, 3, {5, 33, 70}, {0}, 0, 0, 0, 0, 0, 2, NULL, 0},
+    {0, 0, 4, 1, 48, 1, 0, 0, 0, 3, {5, 33, 70}, {0}, 0, 0, 0, 0, 0, 2, NULL, 0},
+    {0, 0, 2, 2, 16, 0, 0, 0, 0, 3, {5, 33, 70}, {0}, 0, 0, 0, 0, 0, 2, NULL, 0},
+    {0, 0, 4, 2, 80, 1, 0, 0, 0, 2, {33, 70}, {0}, 0, 0, 0, 0, 0, 2, NULL, 0},
+    {0, 0, 4, 2, 96, 1, 0, 0, 0, 2, {33, 70}, {0}, 0, 0, 0, 0, 0, 2, NULL, 0},
+    {0, 0, 4, 1, 256, 1, 0, 0, 0, 2, {70, 33}, {0}, 0, 0, 0, 0, 0, 2, NULL, 0},
     /* HD % 16 != 0: the CUDA-core fallback */
-    {0, 0, 4, 2, 24, 1, 0, 0, 0, 3, {5, 33, 70}, {0, 60, 0}, 0, 0, 0, 0, 0, 2, NULL},
-    {0, 0, 6, 3, 24, 1, 16, 1, 5, 2, {70, 20}, {70, 50}, 0, 0, 0, 0, 0, 8, NULL},
-    {0, 0, 4, 4, 40, 0, 0, 0, 0, 2, {33, 9}, {0}, 0, 0, 0, 0, 0, 2, NULL},
+    {0, 0, 4, 2, 24, 1, 0, 0, 0, 3, {5, 33, 70}, {0, 60, 0}, 0, 0, 0, 0, 0, 2, NULL, 0},
+    {0, 0, 6, 3, 24, 1, 16, 1, 5, 2, {70, 20}, {70, 50}, 0, 0, 0, 0, 0, 8, NULL, 0},
+    {0, 0, 4, 4, 40, 0, 0, 0, 0, 2, {33, 9}, {0}, 0, 0, 0, 0, 0, 2, NULL, 0},
     /* f16 */
-    {0, 1, 4, 2, 64, 1, 0, 0, 0, 3, {5, 33, 70}, {0}, 0, 0, 0, 0, 0, 2, NULL},
+    {0, 1, 4, 2, 64, 1, 0, 0, 0, 3, {5, 33, 70}, {0}, 0, 0, 0, 0, 0, 2, NULL, 0},
     /* other tiles */
-    {0, 0, 4, 2, 64, 1, 0, 0, 0, 3, {5, 33, 70}, {40, 33, 100}, 16, 32, 0, 0, 0, 2, "BM=16 BN=32"},
-    {0, 0, 8, 2, 128, 1, 0, 0, 0, 2, {200, 130}, {0}, 128, 64, 0, 0, 0, 2, "BM=128 BN=64"},
-    {0, 0, 4, 2, 128, 1, 0, 0, 0, 2, {70, 33}, {0}, 32, 16, 0, 0, 0, 2, "BM=32 BN=16"},
+    {0, 0, 4, 2, 64, 1, 0, 0, 0, 3, {5, 33, 70}, {40, 33, 100}, 16, 32, 0, 0, 0, 2, "BM=16 BN=32", 0},
+    {0, 0, 8, 2, 128, 1, 0, 0, 0, 2, {200, 130}, {0}, 128, 64, 0, 0, 0, 2, "BM=128 BN=64", 0},
+    {0, 0, 4, 2, 128, 1, 0, 0, 0, 2, {70, 33}, {0}, 32, 16, 0, 0, 0, 2, "BM=32 BN=16", 0},
     /* many short sequences (a mixed step: decode-like rows among prefill chunks) */
     {0, 0, 8, 2, 64, 1, 0, 0, 0, 8, {1, 2, 3, 31, 32, 33, 64, 65}, {500, 2, 40, 31, 64, 33, 64, 100},
-     0, 0, 0, 0, 0, 2, "8 seqs"},
+     0, 0, 0, 0, 0, 2, "8 seqs", 0},
 };
 
 static const acase decode_cases[] = {
+    /* Llama-3-8B's heads; with SPLIT_MIN 32 and NSPLIT 16 the keys take 1, 1, 2, 2, 3, 16, 16
+     * and 16 splits (the one-split sequences write their output without a merge) */
+    {1, 0, 32, 8, 128, 1, 0, 0, 0, 8, {1, 1, 1, 1, 1, 1, 1, 1},
+     {1, 32, 33, 64, 65, 512, 513, 5000}, 0, 0, 16, 4, 128, 2, "splits 1..16", 0},
+    /* SPLIT_MIN 1 (the split rule of the two-kernel decode): ceil(n / 16) keys per split, so
+     * 1, 2, 15, 16, 9, 15, 16 and 3 splits */
+    {1, 0, 8, 2, 128, 1, 0, 0, 0, 8, {1, 1, 1, 1, 1, 1, 1, 1}, {1, 2, 15, 16, 17, 100, 1000, 3},
+     0, 0, 16, 4, 128, 2, "SPLIT_MIN=1", 1},
+    /* SPLIT_MIN 64 under a window of 100 keys, ALiBi and softcap: 2, 1, 2, 1 splits */
+    {1, 0, 8, 2, 64, 1, 100, 1, 5, 4, {1, 1, 1, 1}, {1000, 64, 65, 40}, 0, 0, 16, 2, 128, 8,
+     "SPLIT_MIN=64", 64},
     /* GQA, 128: kvlen 1 .. 5000 (several splits, empty splits) */
-    {1, 0, 8, 2, 128, 1, 0, 0, 0, 1, {1}, {5000}, 0, 0, 16, 4, 128, 2, "kv 5000"},
-    {1, 0, 8, 2, 128, 1, 0, 0, 0, 3, {1, 1, 1}, {1, 31, 33}, 0, 0, 16, 4, 128, 2, "kv 1,31,33"},
+    {1, 0, 8, 2, 128, 1, 0, 0, 0, 1, {1}, {5000}, 0, 0, 16, 4, 128, 2, "kv 5000", 0},
+    {1, 0, 8, 2, 128, 1, 0, 0, 0, 3, {1, 1, 1}, {1, 31, 33}, 0, 0, 16, 4, 128, 2, "kv 1,31,33", 0},
     {1, 0, 8, 2, 128, 1, 0, 0, 0, 8, {1, 1, 1, 1, 1, 1, 1, 1},
-     {1, 31, 32, 33, 1000, 5000, 64, 7}, 0, 0, 16, 4, 128, 2, "kv 1..5000"},
+     {1, 31, 32, 33, 1000, 5000, 64, 7}, 0, 0, 16, 4, 128, 2, "kv 1..5000", 0},
     /* MQA (all 8 heads in one CTA), MHA, smaller HPC */
-    {1, 0, 8, 1, 64, 1, 0, 0, 0, 3, {1, 1, 1}, {32, 1000, 5000}, 0, 0, 16, 8, 128, 2, NULL},
-    {1, 0, 8, 1, 64, 1, 0, 0, 0, 3, {1, 1, 1}, {32, 1000, 5000}, 0, 0, 8, 2, 256, 2, "HPC=2"},
-    {1, 0, 4, 4, 64, 1, 0, 0, 0, 3, {1, 1, 1}, {33, 200, 1000}, 0, 0, 16, 1, 128, 2, NULL},
+    {1, 0, 8, 1, 64, 1, 0, 0, 0, 3, {1, 1, 1}, {32, 1000, 5000}, 0, 0, 16, 8, 128, 2, NULL, 0},
+    {1, 0, 8, 1, 64, 1, 0, 0, 0, 3, {1, 1, 1}, {32, 1000, 5000}, 0, 0, 8, 2, 256, 2, "HPC=2", 0},
+    {1, 0, 4, 4, 64, 1, 0, 0, 0, 3, {1, 1, 1}, {33, 200, 1000}, 0, 0, 16, 1, 128, 2, NULL, 0},
     /* alibi, softcap, window */
-    {1, 0, 6, 6, 64, 1, 0, 1, 0, 3, {1, 1, 1}, {31, 1000, 33}, 0, 0, 16, 1, 128, 2, NULL},
-    {1, 0, 8, 4, 128, 1, 0, 0, 30, 3, {1, 1, 1}, {31, 1000, 5000}, 0, 0, 16, 2, 128, 40, NULL},
-    {1, 0, 8, 2, 64, 1, 16, 0, 0, 3, {1, 1, 1}, {70, 5, 1000}, 0, 0, 16, 4, 128, 2, NULL},
-    {1, 0, 8, 2, 64, 1, 100, 1, 5, 3, {1, 1, 1}, {1000, 5000, 40}, 0, 0, 16, 4, 128, 8, NULL},
+    {1, 0, 6, 6, 64, 1, 0, 1, 0, 3, {1, 1, 1}, {31, 1000, 33}, 0, 0, 16, 1, 128, 2, NULL, 0},
+    {1, 0, 8, 4, 128, 1, 0, 0, 30, 3, {1, 1, 1}, {31, 1000, 5000}, 0, 0, 16, 2, 128, 40, NULL, 0},
+    {1, 0, 8, 2, 64, 1, 16, 0, 0, 3, {1, 1, 1}, {70, 5, 1000}, 0, 0, 16, 4, 128, 2, NULL, 0},
+    {1, 0, 8, 2, 64, 1, 100, 1, 5, 3, {1, 1, 1}, {1000, 5000, 40}, 0, 0, 16, 4, 128, 8, NULL, 0},
     /* bidirectional; several rows per sequence in the step (only each last row is written) */
-    {1, 0, 4, 2, 64, 0, 0, 0, 0, 3, {1, 1, 1}, {33, 1000, 2}, 0, 0, 16, 2, 128, 2, NULL},
-    {1, 0, 8, 2, 128, 1, 0, 0, 0, 3, {4, 1, 7}, {40, 1000, 7}, 0, 0, 16, 4, 128, 2, "rows 4,1,7"},
+    {1, 0, 4, 2, 64, 0, 0, 0, 0, 3, {1, 1, 1}, {33, 1000, 2}, 0, 0, 16, 2, 128, 2, NULL, 0},
+    {1, 0, 8, 2, 128, 1, 0, 0, 0, 3, {4, 1, 7}, {40, 1000, 7}, 0, 0, 16, 4, 128, 2, "rows 4,1,7", 0},
     /* head dims, the fixtures' small ones included */
-    {1, 0, 4, 2, 24, 1, 0, 0, 0, 3, {1, 1, 1}, {1, 33, 1000}, 0, 0, 16, 2, 128, 2, NULL},
-    {1, 0, 2, 2, 16, 1, 0, 0, 0, 3, {1, 1, 1}, {1, 33, 1000}, 0, 0, 16, 1, 128, 2, NULL},
-    {1, 0, 4, 2, 32, 1, 0, 0, 0, 3, {1, 1, 1}, {1, 33, 1000}, 0, 0, 16, 2, 128, 2, NULL},
-    {1, 0, 4, 1, 48, 1, 0, 0, 0, 3, {1, 1, 1}, {1, 33, 1000}, 0, 0, 16, 4, 128, 2, NULL},
-    {1, 0, 4, 2, 80, 1, 0, 0, 0, 3, {1, 1, 1}, {1, 33, 1000}, 0, 0, 16, 2, 128, 2, NULL},
-    {1, 0, 4, 1, 256, 1, 0, 0, 0, 3, {1, 1, 1}, {31, 1000, 5000}, 0, 0, 16, 4, 128, 2, NULL},
+    {1, 0, 4, 2, 24, 1, 0, 0, 0, 3, {1, 1, 1}, {1, 33, 1000}, 0, 0, 16, 2, 128, 2, NULL, 0},
+    {1, 0, 2, 2, 16, 1, 0, 0, 0, 3, {1, 1, 1}, {1, 33, 1000}, 0, 0, 16, 1, 128, 2, NULL, 0},
+    {1, 0, 4, 2, 32, 1, 0, 0, 0, 3, {1, 1, 1}, {1, 33, 1000}, 0, 0, 16, 2, 128, 2, NULL, 0},
+    {1, 0, 4, 1, 48, 1, 0, 0, 0, 3, {1, 1, 1}, {1, 33, 1000}, 0, 0, 16, 4, 128, 2, NULL, 0},
+    {1, 0, 4, 2, 80, 1, 0, 0, 0, 3, {1, 1, 1}, {1, 33, 1000}, 0, 0, 16, 2, 128, 2, NULL, 0},
+    {1, 0, 4, 1, 256, 1, 0, 0, 0, 3, {1, 1, 1}, {31, 1000, 5000}, 0, 0, 16, 4, 128, 2, NULL, 0},
     /* f16; one split; 2 warps */
-    {1, 1, 8, 2, 64, 1, 0, 0, 0, 3, {1, 1, 1}, {1, 33, 1000}, 0, 0, 16, 4, 128, 2, NULL},
-    {1, 0, 8, 2, 64, 1, 0, 0, 0, 3, {1, 1, 1}, {1, 33, 1000}, 0, 0, 1, 4, 64, 2, "NSPLIT=1"},
+    {1, 1, 8, 2, 64, 1, 0, 0, 0, 3, {1, 1, 1}, {1, 33, 1000}, 0, 0, 16, 4, 128, 2, NULL, 0},
+    {1, 0, 8, 2, 64, 1, 0, 0, 0, 3, {1, 1, 1}, {1, 33, 1000}, 0, 0, 1, 4, 64, 2, "NSPLIT=1", 0},
 };
 
 void ktest_attention(kt *t)
