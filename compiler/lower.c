@@ -29,8 +29,6 @@ typedef struct lw {
     ka_manifest *m;
     int64_t esize;       /* bytes per activation element */
     int64_t scratch;     /* scratch bytes the current node uses */
-    int64_t scratch0;    /* scratch bytes every node keeps clear: attn_decode's counters */
-    int attn_heads;      /* the most query heads of an attention node (sizes the counters) */
     int *wmap;           /* node -> weight index, -1 */
     int cpre, cdec, cw, cc;
     kerr *err;
@@ -277,6 +275,22 @@ static int low_embed(lw *w, int id)
     return 0;
 }
 
+/* Norm `id`'s residual rows when a sum is fused into it (fuse): x and res, its two terms, and
+ * res_out, the sum's storage, or null where nothing else reads the sum. 1 when there is such a
+ * sum, 0 when not (the arguments untouched), -1 on an error. */
+static int norm_sum(lw *w, int id, ka_arg *x, ka_arg *res, ka_arg *res_out)
+{
+    const kgraph *g = w->g;
+    const kg_node *n = &g->nodes[id], *a = &g->nodes[n->in[0]];
+    if (a->op != KG_ADD || a->fused_into != id)
+        return 0;
+    if (dense_arg(w, a->in[0], x) || dense_arg(w, a->in[1], res))
+        return -1;
+    if (plan_needs_buffer(g, n->in[0]) && dense_arg(w, n->in[0], res_out))
+        return -1;
+    return 1;
+}
+
 static int low_norm(lw *w, int id)
 {
     const kgraph *g = w->g;
@@ -287,15 +301,10 @@ static int low_norm(lw *w, int id)
         return -1;
     int th = row_threads(H);
     ka_arg x, res = ANULL(), res_out = ANULL(), out;
-    int residual = 0;
     const kg_node *a = &g->nodes[n->in[0]];
-    if (a->op == KG_ADD && a->fused_into == id) {
-        residual = 1;
-        if (dense_arg(w, a->in[0], &x) || dense_arg(w, a->in[1], &res))
-            return -1;
-        if (plan_needs_buffer(g, n->in[0]) && dense_arg(w, n->in[0], &res_out))
-            return -1;
-    }
+    int residual = norm_sum(w, id, &x, &res, &res_out);
+    if (residual < 0)
+        return -1;
     /* x may be a view: q or k normed per head straight from the fused qkv row (fuse), read
      * with that row's stride (the template's XS) */
     int64_t xs = 0;
@@ -345,6 +354,18 @@ static int low_norm(lw *w, int id)
     add_arg(&s, out);
     add_arg(&s, res_out);
     add_arg(&s, AF(n->eps));
+    /* Folded into its reader's GEMV (fuse): the kernel runs only for the steps that GEMV does
+     * not take. Before an LM head it runs for every prefill step too: the logits of the last
+     * rows are gathered from its output. */
+    if (n->folded_into > 0) {
+        s.size = KA_SIZE_LARGE;
+        if (g->nodes[n->folded_into].op == KG_LOGITS) {
+            push(w, DEC, &s);
+            s.size = KA_SIZE_ANY;
+            push(w, PRE, &s);
+            return 0;
+        }
+    }
     push(w, BOTH, &s);
     return 0;
 }
@@ -369,16 +390,48 @@ int lower_gemv_threads(int64_t N, int64_t K, int gated)
     return 32 * warps;
 }
 
-/* The GEMV step (decode-sized rows). rows: KA_ROWS_T or KA_ROWS_S. */
+/* The norm folded into linear n (fuse) when x is that norm's output, as it is for every GEMV of
+ * the linear but the LM head's over gathered last rows; -1 otherwise. */
+static int folded_norm(lw *w, const kg_node *n, ka_arg x)
+{
+    const kgraph *g = w->g;
+    int id = (int)(n - g->nodes), nid = n->in[0];
+    ka_arg out;
+    if (g->nodes[nid].folded_into != id || act_arg(w, nid, &out, NULL))
+        return -1;
+    return out.kind == x.kind && out.i == x.i ? nid : -1;
+}
+
+/* The GEMV step (decode-sized rows). rows: KA_ROWS_T or KA_ROWS_S. When x is the output of a
+ * norm folded into n, the step is gemv_norm on the norm's inputs (templates/gemv.cuh). */
 static ka_step gemv_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg bias, ka_arg y,
                          int64_t N, int64_t K, int gated, int act, int out_f32, ka_rows rows)
 {
     int th = lower_gemv_threads(N, K, gated);
-    int k = kern(w, "gemv", th, 0,
+    const char *b = bias.kind == KA_ARG_NULL ? "false" : "true", *gt = gated ? "true" : "false",
+               *f32 = out_f32 ? "true" : "false";
+    int nid = folded_norm(w, n, x), k;
+    const kg_node *nm = nid >= 0 ? &w->g->nodes[nid] : NULL;
+    int layer = nm && nm->op == KG_LAYER_NORM, nbias = layer && nm->n_in > 2 && nm->in[2] >= 0;
+    ka_arg res = ANULL(), res_out = ANULL();
+    int residual = nm ? norm_sum(w, nid, &x, &res, &res_out) : 0;
+    if (nm && !residual && dense_arg(w, nm->in[0], &x))
+        residual = -1;
+    assert(residual >= 0); /* fuse folds only norms of dense rows, which have storage */
+    if (nm)
+        k = kern(w, "gemv_norm", th, 0,
+                 "const kiln_step st, const DT *x, const DT *res, const DT *nw, const DT *nb, "
+                 "DT *res_out, float eps, const DT *w, const DT *bias, void *y, int M",
+                 "kiln::gemv_norm<DT, %lld, %lld, %d, %s, %s, %d, %s, %d, %s, %d, %d, %d, %d>(st, "
+                 "x, res, nw, nb, res_out, eps, w, bias, y, M)",
+                 (long long)N, (long long)K, GEMV_MAX, b, gt, act < 0 ? 0 : act, f32, th,
+                 layer ? "true" : "false", layer ? 0 : nm->unit_offset, residual, nbias,
+                 row_threads(K));
+    else
+        k = kern(w, "gemv", th, 0,
                  "const kiln_step st, const DT *x, const DT *w, const DT *bias, void *y, int M",
                  "kiln::gemv<DT, %lld, %lld, %d, %s, %s, %d, %s, %d>(st, x, w, bias, y, M)",
-                 (long long)N, (long long)K, GEMV_MAX, bias.kind == KA_ARG_NULL ? "false" : "true",
-                 gated ? "true" : "false", act < 0 ? 0 : act, out_f32 ? "true" : "false", th);
+                 (long long)N, (long long)K, GEMV_MAX, b, gt, act < 0 ? 0 : act, f32, th);
     /* one block per 16-row tile: 16 outputs, or 8 gated ones */
     int64_t nout = gated ? N / 2 : N, opb = gated ? 8 : 16;
     ka_step s = kstep(k, n->name, G(0, 0, 0, (int)nout, (int)opb), G1(), G1());
@@ -386,6 +439,13 @@ static ka_step gemv_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg bi
     s.rows = rows;
     add_arg(&s, A(KA_ARG_STEP, 0));
     add_arg(&s, x);
+    if (nm) {
+        add_arg(&s, res);
+        add_arg(&s, AW(w, nm->in[1]));
+        add_arg(&s, nbias ? AW(w, nm->in[2]) : ANULL());
+        add_arg(&s, res_out);
+        add_arg(&s, AF(nm->eps));
+    }
     add_arg(&s, wt);
     add_arg(&s, bias);
     add_arg(&s, y);
@@ -596,14 +656,10 @@ static int low_linear(lw *w, int id)
     return 0;
 }
 
-/* Flash attention for prefill; for decode, split-KV attention whose last CTA per (sequence,
- * head group) merges the splits, one launch (templates/attention.cuh gives the launch rules used
- * here). A split takes DECODE_SPLIT_MIN keys at least, so a context of up to that many keys is
- * one CTA per head group that writes its output with no merge; longer ones take up to
- * DECODE_SPLITS CTAs. Both numbers are a first choice, not tuned on a GPU. */
+/* Flash attention for prefill; split-KV decode plus the merge of its splits for decode
+ * (templates/attention.cuh gives the launch rules used here). */
 #define ATTN_BM 64
 #define DECODE_SPLITS 16
-#define DECODE_SPLIT_MIN 32
 #define DECODE_THREADS 128
 
 /* HD: the head_dim the kernels run at (the model's, or it padded to a multiple of 8: q, the
@@ -643,28 +699,25 @@ static int attention_steps(lw *w, const kg_node *n, int HD, ka_arg q, ka_arg out
         add_arg(&s, A(KA_ARG_RANK, NH));
     push(w, PRE, &s);
 
-    /* decode: query heads per CTA sharing one kv head, as many as fit 48 KB (attn_decode's
-     * shared memory) */
+    /* decode: query heads per CTA sharing one kv head, as many as fit 48 KB */
     int G_ = NH / NKV, hpc = 1;
     for (int h = G_; h >= 1; h--)
-        if (G_ % h == 0 && (h * HD + (DECODE_THREADS / 32) * h * (HD + 2) +
-                            h * (DECODE_SPLITS + 1)) * 4 <= 48 * 1024) {
+        if (G_ % h == 0 &&
+            (h * HD + (DECODE_THREADS / 32) * h * (HD + 2)) * 4 <= 48 * 1024) {
             hpc = h;
             break;
         }
     ka_arg ws = A(KA_ARG_SCRATCH,
                   scratch_at(w, (int64_t)w->c->max_seqs * NH * DECODE_SPLITS * (HD + 2) * 4));
-    assert(NH <= w->attn_heads); /* the counters at scratch offset 0 are [max_seqs, attn_heads] */
     snprintf(params, sizeof params,
              "const kiln_step st, const DT *q, const DT *k_cache, const DT *v_cache, "
-             "float *ws, unsigned *cnt, DT *out, float scale, float softcap, "
-             "const float *alibi_slopes%s",
+             "float *ws, float scale, float softcap, const float *alibi_slopes%s",
              h0_param);
     snprintf(call, sizeof call,
-             "kiln::attn_decode<DT, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d>(st, q, k_cache, "
-             "v_cache, ws, cnt, out, scale, softcap, alibi_slopes%s)",
+             "kiln::attn_decode<DT, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d>(st, q, k_cache, "
+             "v_cache, ws, scale, softcap, alibi_slopes%s)",
              NH, NKV, HD, at->causal, W, at->alibi, softcap, DECODE_SPLITS, hpc, DECODE_THREADS,
-             DECODE_SPLIT_MIN, h0_add);
+             h0_add);
     int kd = kern(w, "attn_decode", DECODE_THREADS, 0, params, "%s", call);
     s = kstep(kd, n->name, G(0, 0, 0, DECODE_SPLITS, 1), G(0, 0, 0, NH / hpc, 1),
               G(0, 1, 0, 0, 1));
@@ -673,13 +726,20 @@ static int attention_steps(lw *w, const kg_node *n, int HD, ka_arg q, ka_arg out
     add_arg(&s, A(KA_ARG_KV_K, at->layer));
     add_arg(&s, A(KA_ARG_KV_V, at->layer));
     add_arg(&s, ws);
-    add_arg(&s, A(KA_ARG_SCRATCH, 0));
-    add_arg(&s, out);
     add_arg(&s, AF(at->scale));
     add_arg(&s, AF(at->softcap));
     add_arg(&s, slopes);
     if (h0)
         add_arg(&s, A(KA_ARG_RANK, NH));
+    push(w, DEC, &s);
+    int kc_ = kern(w, "attn_combine", DECODE_THREADS, 0,
+                   "const kiln_step st, const float *ws, DT *out",
+                   "kiln::attn_combine<DT, %d, %d, %d, %d>(st, ws, out)", NH, HD, DECODE_SPLITS,
+                   DECODE_THREADS);
+    s = kstep(kc_, n->name, G(0, 0, 0, NH, 1), G(0, 1, 0, 0, 1), G1());
+    add_arg(&s, A(KA_ARG_STEP, 0));
+    add_arg(&s, ws);
+    add_arg(&s, out);
     push(w, DEC, &s);
     return 0;
 }
@@ -1318,18 +1378,10 @@ int lower(kc *c, lowered *out, kerr *err)
     ka_manifest *m = w.m;
     m->sample_kernel = -1;
     m->bos = -1;
-    /* attn_decode's arrival counters, [max_seqs, most heads] unsigned, outlive a step (each
-     * launch leaves them zero for the next): they take the first bytes of scratch, which no
-     * node's temporaries overlap, and the engine zeroes scratch once at load */
-    for (int i = 0; i < c->g->n; i++)
-        if (c->g->nodes[i].op == KG_ATTENTION && c->g->nodes[i].attn.n_heads > w.attn_heads)
-            w.attn_heads = c->g->nodes[i].attn.n_heads;
-    w.scratch0 = (int64_t)c->max_seqs * w.attn_heads * 4;
-    w.scratch0 = (w.scratch0 + 255) / 256 * 256;
-    int64_t scratch_max = w.scratch0;
+    int64_t scratch_max = 0;
     int n0 = c->g->n; /* low_moe may append constant nodes */
     for (int i = 0; i < n0; i++) {
-        w.scratch = w.scratch0;
+        w.scratch = 0;
         if (low_node(&w, i)) {
             free(w.wmap);
             return -1;

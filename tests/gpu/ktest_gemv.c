@@ -271,6 +271,8 @@ static void gemv_invariance(kt *t, int N, int K, int M, int mmax)
     free(y[1]);
 }
 
+static void ktest_gemv_norm(kt *t);
+
 void ktest_gemv(kt *t)
 {
 #define M1_8 {1, 2, 3, 4, 5, 6, 7, 8}
@@ -321,6 +323,269 @@ void ktest_gemv(kt *t)
         gemv_case(t, &cases[i]);
     gemv_invariance(t, 2048, 2048, 8, 8);
     gemv_invariance(t, 1000, 14336, 7, 16);
+    ktest_gemv_norm(t);
+}
+
+/* ---------------------------------------------------------------- gemv_norm */
+
+/* gemv_norm (the norm folded into the GEMV's prologue) against what it replaces: the norm
+ * kernel of elementwise.cuh launched with NTH threads, then gemv, on the device, with the same
+ * inputs. The template promises the same bits (its statistics replay the norm kernel's
+ * summation order, and it rounds the normalised row to DT as the norm kernel stores it), so
+ * that check is exact, and so is the residual stream it writes (res_out) against the norm
+ * kernel's. A second row checks the fused result against a CPU reference in double (norm in
+ * double, rounded to DT, then the dot products), with gemv's tolerances widened for float output
+ * to 1e-3: the reference's normalised element may round to the other neighbour where the
+ * kernel's fast-math rsqrt differs from the exact one in the last bits (each such flip moves an
+ * output by ~2^-8 of one product). Rows past M of y and res_out must stay poisoned. */
+typedef struct ncase {
+    int N, K;
+    int ms[9];      /* rows M, 0-terminated */
+    int layer;      /* LayerNorm, else RMSNorm */
+    int unit;       /* RMSNorm's (1 + w) scale */
+    int nbias;      /* LayerNorm's bias */
+    int residual;   /* s = x + res */
+    int res_out;    /* the sum stored (else null: nothing else reads it) */
+    int bias, gated, act, f32, f16;
+    int threads, nth; /* 0: lower.c's (lower_gemv_threads; the norm's row_threads(K)) */
+} ncase;
+
+/* lower.c's row_threads: the norm kernel's block for rows of K. */
+static int norm_threads(int K)
+{
+    int t = (K / 8 + 31) / 32 * 32;
+    return t < 32 ? 32 : t > 256 ? 256 : t;
+}
+
+static CUmodule norm_module(kt *t, const ncase *c, const char *name, int TH, int NTH)
+{
+    const char *dt = c->f16 ? "kiln::f16" : "kiln::bf16";
+    const char *b = c->bias ? "true" : "false", *g = c->gated ? "true" : "false",
+               *f = c->f32 ? "true" : "false";
+    char norm[256];
+    if (c->layer)
+        snprintf(norm, sizeof norm, "kiln::layer_norm<DT, %d, 1, %d, %d, %d>(st, x, res, nw, nb, "
+                 "out, res_out, eps)", c->K, NTH, c->residual, c->nbias);
+    else
+        snprintf(norm, sizeof norm, "kiln::rms_norm<DT, %d, 1, %d, %d, %d>(st, x, res, nw, out, "
+                 "res_out, eps)", c->K, NTH, c->unit, c->residual);
+    char *src = xasprintf(
+        "#include \"elementwise.cuh\"\n#include \"gemv.cuh\"\ntypedef %s DT;\n"
+        "extern \"C\" __global__ void __launch_bounds__(%d)\n"
+        "k_norm(const kiln_step st, const DT *x, const DT *res, const DT *nw, const DT *nb, "
+        "DT *out, DT *res_out, float eps)\n{\n    %s;\n}\n"
+        "extern \"C\" __global__ void __launch_bounds__(%d)\n"
+        "k_gemv(const kiln_step st, const DT *x, const DT *w, const DT *bias, void *y, int M)\n"
+        "{\n    kiln::gemv<DT, %d, %d, 8, %s, %s, %d, %s, %d>(st, x, w, bias, y, M);\n}\n"
+        "extern \"C\" __global__ void __launch_bounds__(%d)\n"
+        "k_gemv_norm(const kiln_step st, const DT *x, const DT *res, const DT *nw, "
+        "const DT *nb, DT *res_out, float eps, const DT *w, const DT *bias, void *y, int M)\n"
+        "{\n    kiln::gemv_norm<DT, %d, %d, 8, %s, %s, %d, %s, %d, %s, %d, %d, %d, %d>(st, x, "
+        "res, nw, nb, res_out, eps, w, bias, y, M);\n}\n",
+        dt, NTH, norm, TH, c->N, c->K, b, g, c->act, f, TH, TH, c->N, c->K, b, g, c->act, f, TH,
+        c->layer ? "true" : "false", c->unit, c->residual, c->nbias, NTH);
+    CUmodule m = kt_module(t, name, src);
+    free(src);
+    return m;
+}
+
+/* Output element i of a y buffer (float, or 16-bit of the case's type). */
+static float y_at(const ncase *c, const unsigned char *y, size_t i)
+{
+    if (c->f32) {
+        float v;
+        memcpy(&v, y + 4 * i, 4);
+        return v;
+    }
+    uint16_t h;
+    memcpy(&h, y + 2 * i, 2);
+    return c->f16 ? util_f16_to_f32(h) : util_bf16_to_f32(h);
+}
+
+static void norm_check(kt *t, const ncase *c, CUmodule mod, int TH, int NTH, int M,
+                       const char *name)
+{
+    const int N = c->N, K = c->K, MMAX = 8, NOUT = c->gated ? N / 2 : N;
+    const float eps = 1e-5f;
+    const size_t xn = (size_t)M * K;
+    float *x = xmalloc(sizeof(float) * xn), *res = xmalloc(sizeof(float) * xn);
+    float *nw = xmalloc(sizeof(float) * K), *nb = xmalloc(sizeof(float) * K);
+    float *w = xmalloc(sizeof(float) * (size_t)N * K), *b = xmalloc(sizeof(float) * N);
+    kt_fill(t, x, xn, 1.0f);
+    kt_fill(t, res, xn, 1.0f);
+    kt_fill(t, nw, K, 0.5f);
+    if (!c->unit) /* weights around 1, as trained norms' are; (1 + w) does that itself */
+        for (int k = 0; k < K; k++)
+            nw[k] += 1.0f;
+    kt_fill(t, nb, K, 0.5f);
+    kt_fill(t, w, (size_t)N * K, 2.0f / sqrtf((float)K));
+    kt_fill(t, b, N, 0.5f);
+    uint16_t *x16 = to_dt(x, xn, c->f16), *r16 = to_dt(res, xn, c->f16);
+    uint16_t *nw16 = to_dt(nw, K, c->f16), *nb16 = to_dt(nb, K, c->f16);
+    uint16_t *w16 = to_dt(w, (size_t)N * K, c->f16), *b16 = to_dt(b, N, c->f16);
+
+    const size_t esz = c->f32 ? 4 : 2, ybytes = (size_t)MMAX * NOUT * esz;
+    const size_t rbytes = (size_t)MMAX * K * 2;
+    CUdeviceptr dx = kt_upload(t, x16, 2 * xn), dr = kt_upload(t, r16, 2 * xn);
+    CUdeviceptr dnw = kt_upload(t, nw16, 2 * (size_t)K), dnb = kt_upload(t, nb16, 2 * (size_t)K);
+    CUdeviceptr dw = kt_upload(t, w16, 2 * (size_t)N * K), db = kt_upload(t, b16, 2 * (size_t)N);
+    CUdeviceptr dout = kt_alloc(t, rbytes), dro[2] = {kt_alloc(t, rbytes), kt_alloc(t, rbytes)};
+    CUdeviceptr dy[2] = {kt_alloc(t, ybytes), kt_alloc(t, ybytes)};
+    CUdeviceptr pres = c->residual ? dr : 0, pnb = c->nbias ? dnb : 0, pb = c->bias ? db : 0;
+    CUdeviceptr pro[2] = {c->res_out ? dro[0] : 0, c->res_out ? dro[1] : 0};
+    kiln_step st;
+    memset(&st, 0, sizeof st);
+    st.T = st.n_seqs = M;
+    int m_arg = M;
+    float e = eps;
+    unsigned blocks = gemv_blocks(N, c->gated);
+    /* unfused: the norm kernel, then gemv on its output */
+    void *na[] = {&st, &dx, &pres, &dnw, &pnb, &dout, &pro[0], &e};
+    kt_launch(t, kt_func(t, mod, "k_norm"), name, (unsigned)M, 1, 1, (unsigned)NTH, 0, na);
+    void *ga[] = {&st, &dout, &dw, &pb, &dy[0], &m_arg};
+    kt_launch(t, kt_func(t, mod, "k_gemv"), name, blocks, 1, 1, (unsigned)TH, 0, ga);
+    /* fused */
+    void *fa[] = {&st, &dx, &pres, &dnw, &pnb, &pro[1], &e, &dw, &pb, &dy[1], &m_arg};
+    kt_launch(t, kt_func(t, mod, "k_gemv_norm"), name, blocks, 1, 1, (unsigned)TH, 0, fa);
+    unsigned char *y[2], *ro[2];
+    for (int i = 0; i < 2; i++) {
+        y[i] = xmalloc(ybytes);
+        ro[i] = xmalloc(rbytes);
+        kt_download(t, y[i], dy[i], ybytes);
+        kt_download(t, ro[i], dro[i], rbytes);
+    }
+
+    /* the CPU reference: s, its norm in double rounded to DT, then y */
+    float *xs = xmalloc(sizeof(float) * xn), *want = xmalloc(sizeof(float) * (size_t)M * NOUT);
+    for (int m = 0; m < M; m++) {
+        float *s = xs + (size_t)m * K;
+        for (int k = 0; k < K; k++)
+            s[k] = x[(size_t)m * K + k] + (c->residual ? res[(size_t)m * K + k] : 0.f);
+        free(to_dt(s, K, c->f16)); /* the sum rounded to DT, as HF and the kernels add */
+        double mean = 0, var = 0;
+        for (int k = 0; k < K; k++)
+            mean += s[k];
+        mean /= K;
+        for (int k = 0; k < K; k++)
+            var += c->layer ? (s[k] - mean) * (s[k] - mean) : (double)s[k] * s[k];
+        double inv = 1.0 / sqrt(var / K + eps);
+        for (int k = 0; k < K; k++)
+            s[k] = c->layer ? (float)((s[k] - mean) * inv * nw[k] + (c->nbias ? nb[k] : 0))
+                            : (float)(s[k] * inv * (c->unit ? 1.0 + nw[k] : nw[k]));
+        free(to_dt(s, K, c->f16));
+        for (int o = 0; o < NOUT; o++) {
+            double acc[2] = {0, 0};
+            for (int r = 0; r < (c->gated ? 2 : 1); r++) {
+                const int n = o + r * NOUT;
+                for (int k = 0; k < K; k++)
+                    acc[r] += (double)s[k] * w[(size_t)n * K + k];
+                acc[r] += c->bias ? b[n] : 0.0;
+            }
+            want[(size_t)m * NOUT + o] =
+                (float)(c->gated ? kt_act(c->act, acc[0]) * acc[1] : acc[0]);
+        }
+    }
+
+    /* exact against the unfused pair: y, then res_out */
+    size_t used = (size_t)M * NOUT * esz, rused = (size_t)M * K * 2, differ = 0, first = 0;
+    for (size_t i = 0; i < used / esz; i++)
+        if (memcmp(y[0] + i * esz, y[1] + i * esz, esz) != 0 && differ++ == 0)
+            first = i;
+    size_t rdiffer = 0, rfirst = 0, touched = 0;
+    for (size_t i = 0; c->res_out && i < rused / 2; i++)
+        if (memcmp(ro[0] + 2 * i, ro[1] + 2 * i, 2) != 0 && rdiffer++ == 0)
+            rfirst = i;
+    for (size_t i = used; i < ybytes && !t->compile_only; i++)
+        touched += y[1][i] != 0xFF;
+    for (size_t i = c->res_out ? rused : 0; i < rbytes && !t->compile_only; i++)
+        touched += ro[1][i] != 0xFF;
+    char d[300], n2[260];
+    if (touched)
+        snprintf(d, sizeof d, "wrote %zu bytes past row M=%d of y or res_out", touched, M);
+    else if (differ)
+        snprintf(d, sizeof d, "%zu of %zu outputs differ from rms_norm/layer_norm + gemv; first "
+                 "row %zu col %zu: %.9g fused, %.9g unfused", differ, used / esz, first / NOUT,
+                 first % NOUT, y_at(c, y[1], first), y_at(c, y[0], first));
+    else if (rdiffer)
+        snprintf(d, sizeof d, "res_out differs from the norm kernel's at %zu of %zu elements; "
+                 "first row %zu col %zu", rdiffer, rused / 2, rfirst / K, rfirst % K);
+    else
+        snprintf(d, sizeof d, "bit for bit the norm kernel + gemv (%zu outputs%s)", used / esz,
+                 c->res_out ? ", and res_out" : "");
+    snprintf(n2, sizeof n2, "%s exact", name);
+    kt_result(t, n2, !touched && !differ && !rdiffer, d);
+
+    float *got = xmalloc(sizeof(float) * (size_t)M * NOUT);
+    for (size_t i = 0; i < (size_t)M * NOUT; i++)
+        got[i] = y_at(c, y[1], i);
+    snprintf(n2, sizeof n2, "%s ref", name);
+    kt_check(t, n2, got, want, (size_t)M * NOUT, c->f32 ? 1e-3 : 1e-2);
+
+    CUdeviceptr all[] = {dx, dr, dnw, dnb, dw, db, dout, dro[0], dro[1], dy[0], dy[1]};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        kt_free(t, all[i]);
+    void *host[] = {x, res, nw, nb, w, b, x16, r16, nw16, nb16, w16, b16, y[0], y[1], ro[0],
+                    ro[1], xs, want, got};
+    for (size_t i = 0; i < sizeof host / sizeof host[0]; i++)
+        free(host[i]);
+}
+
+static void norm_case(kt *t, const ncase *c)
+{
+    const int TH = c->threads ? c->threads : lower_gemv_threads(c->N, c->K, c->gated);
+    const int NTH = c->nth ? c->nth : norm_threads(c->K);
+    char opts[160];
+    snprintf(opts, sizeof opts, "%s%s%s%s%s%s%s%s%s threads=%d nth=%d",
+             c->layer ? "layer" : "rms", c->unit ? " (1+w)" : "", c->nbias ? " nbias" : "",
+             c->residual ? " residual" : "", c->res_out ? " res_out" : "",
+             c->gated ? " gated" : "", c->bias ? " bias" : "", c->f32 ? " f32" : "",
+             c->f16 ? " f16" : "", TH, NTH);
+    CUmodule mod = NULL;
+    int compiled = 0;
+    for (int i = 0; i < 8 && c->ms[i]; i++) {
+        char name[240];
+        snprintf(name, sizeof name, "gemv_norm/N=%d K=%d M=%d %s", c->N, c->K, c->ms[i], opts);
+        if (!kt_want(t, name))
+            continue;
+        if (!compiled) {
+            mod = norm_module(t, c, name, TH, NTH);
+            compiled = 1;
+        }
+        if (!mod && !t->compile_only)
+            return; /* the compile failure is recorded with its log */
+        norm_check(t, c, mod, TH, NTH, c->ms[i], name);
+    }
+}
+
+static void ktest_gemv_norm(kt *t)
+{
+#define M1_8 {1, 2, 3, 4, 5, 6, 7, 8}
+    static const ncase cases[] = {
+        /* the 8B decode step: qkv after input_layernorm (residual, the sum stored), gate/up
+         * after post_attention_layernorm, the LM head after the final norm (sum not stored) */
+        {.N = 6144, .K = 4096, .ms = M1_8, .residual = 1, .res_out = 1},
+        {.N = 2 * 14336, .K = 4096, .ms = {1, 8}, .residual = 1, .res_out = 1, .gated = 1,
+         .act = ACT_SILU},
+        {.N = 32000, .K = 4096, .ms = {1, 3}, .residual = 1, .f32 = 1},
+        /* the first layer's norm reads the embedding alone; the 1B shape */
+        {.N = 3072, .K = 2048, .ms = M1_8},
+        /* Gemma's (1 + w); K that ends in a partial step, odd N, a bias */
+        {.N = 1000, .K = 520, .ms = M1_8, .unit = 1, .residual = 1, .res_out = 1, .bias = 1},
+        /* LayerNorm with a bias (BLOOM, GPT-2, Falcon), and without (Cohere, OLMo) */
+        {.N = 1000, .K = 1024, .ms = M1_8, .layer = 1, .nbias = 1, .residual = 1, .res_out = 1,
+         .bias = 1},
+        {.N = 1998, .K = 512, .ms = {1, 5, 8}, .layer = 1, .residual = 1, .res_out = 1,
+         .gated = 1, .act = ACT_GELU_TANH},
+        {.N = 512, .K = 4096, .ms = {2, 7}, .layer = 1, .nbias = 1, .f32 = 1},
+        /* the norm's block wider than the GEMV's (one warp replays 8 of its warps), and a norm
+         * of one warp (K = 64: block_sum's single warp_sum); f16 storage */
+        {.N = 1000, .K = 4096, .ms = {3, 8}, .residual = 1, .res_out = 1, .threads = 32},
+        {.N = 40, .K = 64, .ms = {1, 8}, .layer = 1, .nbias = 1, .residual = 1, .res_out = 1},
+        {.N = 1000, .K = 512, .ms = {4}, .residual = 1, .res_out = 1, .f16 = 1, .nth = 64},
+    };
+#undef M1_8
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        norm_case(t, &cases[i]);
 }
 
 /* ---------------------------------------------------------------- kiln-ktest --bench gemv */
