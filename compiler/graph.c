@@ -915,9 +915,10 @@ int graph_verify(const kgraph *g, kerr *err)
             const kg_node *s = n->n_in == 1 && n->in[0] >= 0 && n->in[0] < i
                                    ? &g->nodes[n->in[0]] : NULL;
             int ok = s && n->is_const && s->is_const && n->parts >= 1 && g->tp % n->parts == 0 &&
-                     n->dim >= 0 && n->dim < n->ndim && s->ndim == n->ndim;
+                     n->dim >= 0 && n->dim < n->ndim && s->ndim == n->ndim && n->pad >= 0;
             for (int d = 0; ok && d < n->ndim; d++)
-                ok = n->shape[d] * (d == n->dim ? n->parts : 1) == s->shape[d];
+                ok = d == n->dim ? (n->shape[d] - n->pad) * n->parts == s->shape[d]
+                                 : n->shape[d] == s->shape[d];
             if (!ok)
                 BAD("verify: %%%d %s: a shard that is not a part of its constant for %d ranks", i,
                     n->name, g->tp);
@@ -1046,7 +1047,11 @@ static void print_attrs(const kg_node *n, FILE *f)
         if (n->softcap > 0)
             fprintf(f, "; softcap=%g", n->softcap);
         break;
-    case KG_SHARD: fprintf(f, "; dim=%d parts=%d", n->dim, n->parts); break;
+    case KG_SHARD:
+        fprintf(f, "; dim=%d parts=%d", n->dim, n->parts);
+        if (n->pad)
+            fprintf(f, " pad=%d", n->pad);
+        break;
     case KG_EMBED:
         if (n->parts > 1)
             fprintf(f, "; vocab parts=%d", n->parts);

@@ -170,11 +170,14 @@ typedef struct kg_node {
     int pool_mode, pool_normalize;
     /* SHARD: `dim` of the input is cut into `parts` equal parts, and rank r of the graph's tp
      * ranks takes part r * parts / tp (parts divides tp: with parts < tp, tp / parts neighbouring
-     * ranks share a part, as KV heads are when there are fewer than ranks).
+     * ranks share a part, as KV heads are when there are fewer than ranks), followed by `pad`
+     * zeros along `dim`: shape[dim] = input's / parts + pad. The shard pass pads a rank's
+     * units of an MLP to whole 16-byte vectors (passes/shard.c); 0 everywhere else.
      * EMBED: `parts` = tp when the table is a SHARD of the vocabulary rows (dim 0): rank r holds
      * rows [r * rows, (r + 1) * rows) of the full table, an id outside them gives a zero row,
      * and an ALL_REDUCE follows; 0 otherwise. */
     int parts;
+    int pad;                 /* SHARD: zeros after the rank's part (above) */
     int epi_act;             /* LINEAR: -1, or a kg_act: the gated epilogue act(x.Wg) * (x.Wu)
                                 over the two halves of the weight's rows (fuse pass) */
 

@@ -152,8 +152,24 @@ int nvrtc_compile(const char *src, const char *name, const char *target,
         char *log = xmalloc(ln + 1);
         log[0] = 0;
         nvrtcGetProgramLog(prog, log);
-        kerr_add(err, "NVRTC could not compile %s for %s (%s):\n%s", name, target,
-                 nvrtcGetErrorString(rc), log);
+        /* The first lines say what is wrong; a unit of many kernels repeats one error for
+         * each (every mma.sync for a target without it): keep LOG_LINES, so that the message
+         * stays readable and the hints added after it are not cut. */
+        enum { LOG_LINES = 40 };
+        char *end = log;
+        for (int i = 0; i < LOG_LINES && end; i++)
+            if ((end = strchr(end, '\n')) != NULL)
+                end++;
+        int more = 0;
+        for (const char *p = end; p && *p; p++)
+            more += *p == '\n';
+        if (end && *end)
+            *end = 0;
+        char tail[80] = "";
+        if (more)
+            snprintf(tail, sizeof tail, "... (%d more lines of the log)\n", more);
+        kerr_add(err, "NVRTC could not compile %s for %s (%s):\n%s%s", name, target,
+                 nvrtcGetErrorString(rc), log, tail);
         free(log);
         goto fail;
     }

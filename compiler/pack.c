@@ -85,19 +85,28 @@ static int fill(const kgraph *g, int id, int rank, st_dtype dt, uint16_t *dst, k
         convert(t, 0, t->numel, dt, dst);
         return 0;
     }
-    case KG_SHARD: { /* part rank * parts / tp of dimension dim (graph.h) */
+    case KG_SHARD: { /* part rank * parts / tp of dimension dim, then pad zeros (graph.h) */
         const kg_node *p = &g->nodes[n->in[0]];
         uint64_t outer, inner;
         around(p, n->dim, &outer, &inner);
-        uint64_t len = (uint64_t)n->shape[n->dim], sd = (uint64_t)p->shape[n->dim];
-        uint64_t start = (uint64_t)(rank * n->parts / g->tp) * len;
+        uint64_t w = (uint64_t)n->shape[n->dim], pad = (uint64_t)n->pad, len = w - pad;
+        uint64_t sd = (uint64_t)p->shape[n->dim], start = (uint64_t)(rank * n->parts / g->tp) * len;
         assert(rank >= 0 && rank < g->tp && start + len <= sd);
         if (p->op == KG_WEIGHT && p->bound) { /* straight from the checkpoint */
-            for (uint64_t o = 0; o < outer; o++)
-                convert(p->bound, (o * sd + start) * inner, len * inner, dt, dst + o * len * inner);
+            for (uint64_t o = 0; o < outer; o++) {
+                convert(p->bound, (o * sd + start) * inner, len * inner, dt, dst + o * w * inner);
+                memset(dst + (o * w + len) * inner, 0, sizeof(uint16_t) * pad * inner);
+            }
             return 0;
         }
-        return fill_range(g, n->in[0], rank, dt, n->dim, start, len, dst, err);
+        if (fill_range(g, n->in[0], rank, dt, n->dim, start, len, dst, err))
+            return -1;
+        /* [outer][len][inner] to [outer][w][inner], last block first: each moves up or stays */
+        for (uint64_t o = outer; pad && o-- > 0;) {
+            memmove(dst + o * w * inner, dst + o * len * inner, sizeof(uint16_t) * len * inner);
+            memset(dst + (o * w + len) * inner, 0, sizeof(uint16_t) * pad * inner);
+        }
+        return 0;
     }
     case KG_RESHAPE:
         return fill(g, n->in[0], rank, dt, dst, err);

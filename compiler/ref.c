@@ -160,21 +160,25 @@ static cval *cslot(ref *r, int id)
     return &r->ranks[r->by_rank[id] ? r->k : 0].consts[id];
 }
 
-/* c = s[start : start + len] along `dim` of the constant sn: an alias when the range is one
- * contiguous block, else materialised in fp32. */
+/* c = s[start : start + len] along `dim` of the constant sn, followed by `pad` zeros along it
+ * (a padded SHARD): an alias when that is one contiguous block of s, else materialised in
+ * fp32. */
 static void const_range(cval *c, const cval *s, const kg_node *sn, int dim, int64_t start,
-                        int64_t len)
+                        int64_t len, int64_t pad)
 {
     int64_t outer, inner;
     around(sn->shape, sn->ndim, dim, 0, &outer, &inner);
-    if (outer == 1) { /* a contiguous block: alias it */
+    if (outer == 1 && pad == 0) { /* a contiguous block: alias it */
         c->dt = s->dt;
         c->data = (const char *)s->data + (size_t)(start * inner) * st_dtype_size(s->dt);
         return;
     }
     float *src = s->dt == ST_F32 ? (float *)s->data : materialize_f32(s);
-    c->owned = xmalloc(sizeof(float) * c->numel);
-    slice_f32(src, sn->shape, sn->ndim, dim, start, len, 0, c->owned);
+    c->owned = xcalloc(c->numel ? c->numel : 1, sizeof(float));
+    int64_t sd = sn->shape[dim], w = len + pad;
+    for (int64_t o = 0; o < outer; o++)
+        memcpy(c->owned + o * w * inner, src + (o * sd + start) * inner,
+               sizeof(float) * (size_t)(len * inner));
     if (src != s->data)
         free(src);
     c->dt = ST_F32;
@@ -201,14 +205,14 @@ static const cval *const_get(ref *r, int id)
     }
     case KG_SLICE:
         const_range(c, const_get(r, n->in[0]), &r->g->nodes[n->in[0]], n->dim, n->start,
-                    n->len);
+                    n->len, 0);
         break;
-    case KG_SHARD: { /* this rank's part: part k * parts / tp of `dim` (graph.h) */
+    case KG_SHARD: { /* this rank's part: part k * parts / tp of `dim`, then pad zeros (graph.h) */
         const kg_node *sn = &r->g->nodes[n->in[0]];
         assert(n->parts >= 1 && r->tp % n->parts == 0 && sn->shape[n->dim] % n->parts == 0);
         int64_t len = sn->shape[n->dim] / n->parts, part = (int64_t)r->k * n->parts / r->tp;
-        assert(n->shape[n->dim] == len);
-        const_range(c, const_get(r, n->in[0]), sn, n->dim, part * len, len);
+        assert(n->shape[n->dim] == len + n->pad);
+        const_range(c, const_get(r, n->in[0]), sn, n->dim, part * len, len, n->pad);
         break;
     }
     case KG_CONCAT: {

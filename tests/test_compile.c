@@ -492,7 +492,8 @@ static void open_tp(kc *c, const char *name, int tp)
 }
 
 /* Every SHARD const of the graph, for rank r, is rank r's part of its input packed whole:
- * part r * parts / tp of `dim`, byte for byte. Returns how many split (parts > 1) there are. */
+ * part r * parts / tp of `dim`, byte for byte, then its pad zeros (a padded MLP). Returns how
+ * many split (parts > 1) there are. */
 static int check_shard_nodes(const kgraph *g, int r)
 {
     int split = 0;
@@ -506,16 +507,21 @@ static int check_shard_nodes(const kgraph *g, int r)
         uint16_t *part = pack_const(g, i, r, ST_BF16, &err), *whole = pack_const(g, n->in[0], r, ST_BF16, &err);
         if (!part || !whole)
             fail_msg("%s: %s", n->name, kerr_msg(&err));
-        assert_int_equal(graph_numel_const(n) * (uint64_t)n->parts, graph_numel_const(p));
         uint64_t outer = 1, inner = 1;
         for (int d = 0; d < p->ndim; d++)
             outer *= d < n->dim ? (uint64_t)p->shape[d] : 1, inner *= d > n->dim ? (uint64_t)p->shape[d] : 1;
-        uint64_t len = (uint64_t)n->shape[n->dim], start = (uint64_t)(r * n->parts / g->tp) * len;
-        for (uint64_t o = 0; o < outer; o++)
-            if (memcmp(part + o * len * inner, whole + (o * (uint64_t)p->shape[n->dim] + start) * inner,
+        uint64_t w = (uint64_t)n->shape[n->dim], len = w - (uint64_t)n->pad;
+        uint64_t start = (uint64_t)(r * n->parts / g->tp) * len;
+        assert_int_equal(len * (uint64_t)n->parts, (uint64_t)p->shape[n->dim]);
+        for (uint64_t o = 0; o < outer; o++) {
+            if (memcmp(part + o * w * inner, whole + (o * (uint64_t)p->shape[n->dim] + start) * inner,
                        len * inner * 2))
                 fail_msg("%s: rank %d's part differs from rows %llu.. of dim %d of %s", n->name, r,
                          (unsigned long long)start, n->dim, p->name);
+            for (uint64_t z = (o * w + len) * inner; z < (o + 1) * w * inner; z++)
+                if (part[z] != 0)
+                    fail_msg("%s: rank %d's padding is not zero", n->name, r);
+        }
         split += n->parts > 1;
         free(part);
         free(whole);
@@ -592,6 +598,10 @@ static void test_tp_shards(void **state)
     check_tp("llama", 2);
     check_tp("mixtral", 2);
     check_tp("bloom", 2);
+    check_tp("llama_tied_oldstyle", 2); /* its MLP padded: 68 units a rank to 72 */
+    check_tp("qwen2_moe", 4);           /* its shared expert padded: 20 to 24 */
+    check_tp("qwen3_moe", 4);           /* its experts padded, [E, 12, H] to [E, 16, H] */
+    check_tp("phi3", 4);                /* padded shards of slices of gate_up_proj */
     check_tp("llama", 1);
     check_tp("bloom", 1);
 }
@@ -642,12 +652,12 @@ static void test_tp_halves(void **state)
 }
 
 /* The sharded translation units compile (vocabulary-split embedding and gather, ALiBi heads
- * from a rank argument, per-rank MoE); llama's is compiled by test_tp_cli. */
+ * from a rank argument, per-rank MoE, a padded MLP); llama's is compiled by test_tp_cli. */
 static void test_tp_nvrtc(void **state)
 {
     (void)state;
     const char *inc[] = {"templates", "kernels", NULL};
-    static const char *fx[] = {"bloom", "mixtral"};
+    static const char *fx[] = {"bloom", "mixtral", "llama_tied_oldstyle"};
     for (size_t i = 0; i < ARRAY_LEN(fx); i++) {
         kc c;
         open_tp(&c, fx[i], 2);

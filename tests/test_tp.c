@@ -13,7 +13,13 @@
  *     equal to the unsharded reference's within fp32 rounding, and the greedy tokens identical;
  *     where the shapes do not allow N, the pass's refusal lists the N that would work. --tp 1
  *     gives the unsharded output bit for bit. The same after fuse, which runs on the sharded
- *     graph (kilnc compile --tp): a rank's fused q/k/v and gate/up compute its part.
+ *     graph (kilnc compile --tp): a rank's fused q/k/v and gate/up compute its part. And every N
+ *     the pass accepts gets through the rest of kilnc compile's passes (lowering refuses a
+ *     rank's width that is not a multiple of 8), so a family the GPU run (tests/gpu/tp.sh)
+ *     meets is refused here first.
+ *   - An MLP whose units do not split into whole 16-byte vectors per rank is padded with zero
+ *     units (llama_tied_oldstyle: 136 over 2 ranks): the shards' shapes and zeros, and the
+ *     padded graph's output above; heads are not padded (llama_hd20 at 4 is refused).
  *   - The sharded graph really is split (llama at --tp 2: all-reduces after o and down, q/k/v
  *     weights of half their rows, ranks whose partial sums differ; every family: attention on
  *     its share of the heads), so nothing above can pass because sharding did nothing.
@@ -30,6 +36,7 @@
 
 #include <cmocka.h>
 
+#include "pack.h"
 #include "pipeline.h"
 #include "ref.h"
 #include "safetensors.h"
@@ -398,6 +405,7 @@ static const family families[] = {
     {"gemma", {NULL, NULL}, 0},
     {"gemma2", {NULL, NULL}, 0},
     {"gemma3", {NULL, NULL}, 0},
+    {"gemma3_oldstyle", {NULL, NULL}, 0},
     {"granite", {NULL, NULL}, 0},
     {"cohere", {NULL, NULL}, 0},
     {"gpt2", {NULL, NULL}, 0},
@@ -412,7 +420,7 @@ static const family families[] = {
     {"olmo2", {NULL, NULL}, 1},
     {"stablelm_qknorm", {NULL, NULL}, 1},
     {"cohere_qknorm", {NULL, NULL}, 1},
-    {"llama_hd20", {NULL, NULL}, 0},
+    {"llama_hd20", {NULL, "split over 1 and 2 ranks"}, 0}, /* at 4: one head of 20 per rank */
     {"deepseek_v2", {NULL, NULL}, 1}, /* MLA stays whole; the dense MLP and the experts split */
     {"phi3_longrope", {NULL, "split over 1 and 2 ranks"}, 0}, /* 2 heads */
     {"phimoe", {NULL, "split over 1 and 2 ranks"}, 0},        /* 2 heads */
@@ -420,15 +428,14 @@ static const family families[] = {
     {"llama_dynamic", {NULL, "split over 1 and 2 ranks"}, 0}, /* 2 heads; dynamic NTK */
 };
 
-/* Opens a fixture through the pipeline: unsharded up to bind_weights (as kilnc ref), or
- * through the shard pass for tp ranks (and fuse after it when `fused`, as kilnc compile runs
- * them). Returns 0, or -1 with the message in err. */
-static int open_tp(kc *c, const char *name, int tp, int fused, kerr *err)
+/* Opens a fixture through the pipeline up to pass `upto`: "bind_weights" unsharded (tp 0, as
+ * kilnc ref), "shard" for tp ranks, "fuse" after it, or NULL for all of kilnc compile's passes
+ * (lowering included, tp.sh's --max-batch 8). Returns 0, or -1 with the message in err. */
+static int open_tp(kc *c, const char *name, int tp, const char *upto, kerr *err)
 {
     char dir[256];
     snprintf(dir, sizeof dir, FIX "%s", name);
-    kc_opts o = {.need_weights = 1, .tp = tp};
-    const char *upto = fused ? "fuse" : tp ? "shard" : "bind_weights";
+    kc_opts o = {.need_weights = 1, .tp = tp, .max_seqs = 8};
     return kc_open(c, dir, &o, err) || kc_run(c, upto, NULL, NULL, err) ? -1 : 0;
 }
 
@@ -572,7 +579,7 @@ static void check_family(const family *f)
     kc uc;
     kerr err;
     kerr_clear(&err);
-    if (open_tp(&uc, f->name, 0, 0, &err))
+    if (open_tp(&uc, f->name, 0, "bind_weights", &err))
         fail_msg("%s: %s", f->name, kerr_msg(&err));
     st_set *ex = expected(f->name);
     int n, nt = 0;
@@ -589,7 +596,7 @@ static void check_family(const family *f)
         const char *refusal = tp == 1 ? NULL : f->refused[tp == 2 ? 0 : 1];
         kc sc;
         kerr_clear(&err);
-        int rc = open_tp(&sc, f->name, tp, 0, &err);
+        int rc = open_tp(&sc, f->name, tp, "shard", &err);
         if (refusal) {
             if (rc == 0)
                 fail_msg("%s --tp %d: the shard pass split it; expected a refusal listing %s",
@@ -607,11 +614,15 @@ static void check_family(const family *f)
         else
             compare_generate(f->name, uc.g, sc.g, tp, 0, ids, n);
         kc_free(&sc);
+        /* every pass of kilnc compile: lowering takes the per-rank widths */
+        if (open_tp(&sc, f->name, tp, NULL, &err))
+            fail_msg("%s --tp %d, lowered: %s", f->name, tp, kerr_msg(&err));
+        kc_free(&sc);
         /* fuse after shard, as kilnc compile runs them: it fuses one rank's q/k/v and gate/up
          * (concatenations of shards), and must compute the same */
         if (embed || tp == 1)
             continue;
-        if (open_tp(&sc, f->name, tp, 1, &err))
+        if (open_tp(&sc, f->name, tp, "fuse", &err))
             fail_msg("%s --tp %d, fuse: %s", f->name, tp, kerr_msg(&err));
         compare_generate(f->name, uc.g, sc.g, tp, 1, ids, n);
         kc_free(&sc);
@@ -648,7 +659,7 @@ static void test_llama_split(void **state)
     kc c;
     kerr err;
     kerr_clear(&err);
-    if (open_tp(&c, "llama", 2, 0, &err))
+    if (open_tp(&c, "llama", 2, "shard", &err))
         fail_msg("llama --tp 2: %s", kerr_msg(&err));
     const kgraph *g = c.g;
     int reduces = 0, gathers = 0;
@@ -705,6 +716,128 @@ static void test_llama_split(void **state)
     for (int i = 0; i < rows * cols; i++)
         assert_true(s0[i] == p0[i] + p1[i]);
     ref_free(r);
+    kc_free(&c);
+}
+
+/* ---------------------------------------------------------------- padding */
+
+/* Shard `s` of the fixture's F32 weight for rank r, packed as kilnc compile packs it: along its
+ * dim, the rank's `len` rows or columns of the whole (bf16 of the checkpoint's), then zeros. */
+static void check_padded_shard(const kgraph *g, int s, int r, int64_t len)
+{
+    const kg_node *n = &g->nodes[s], *w = &g->nodes[n->in[0]];
+    assert_int_equal(w->bound->dtype, ST_F32);
+    const float *f = w->bound->data;
+    kerr err;
+    kerr_clear(&err);
+    uint16_t *got = pack_const(g, s, r, ST_BF16, &err);
+    if (!got)
+        fail_msg("%s: %s", n->name, kerr_msg(&err));
+    int64_t R = n->shape[0], C = n->shape[1], WC = w->shape[1];
+    for (int64_t y = 0; y < R; y++)
+        for (int64_t x = 0; x < C; x++) {
+            int64_t i = n->dim == 0 ? y : x; /* along the split */
+            uint16_t want = i < len ? util_f32_to_bf16(n->dim == 0 ? f[(r * len + y) * WC + x]
+                                                                  : f[y * WC + r * len + x])
+                                    : 0;
+            if (got[y * C + x] != want)
+                fail_msg("%s rank %d: [%lld, %lld] is %#x, not %#x", n->name, r, (long long)y,
+                         (long long)x, got[y * C + x], want);
+        }
+    free(got);
+}
+
+/* llama_tied_oldstyle's MLP (136 units) at --tp 2 is 68 units a rank, not whole 16-byte
+ * vectors: gate and up get 4 zero rows a rank (72), down 4 zero columns, the MLP's values 4
+ * zero columns; the output equals the unsharded one (test_fixtures). The MoE experts the same
+ * along their intermediate size (qwen2_moe at 4: the shared expert's 80 units, 20 a rank, to
+ * 24; the experts' 32, 8 a rank, stay). */
+static void test_padded_split(void **state)
+{
+    (void)state;
+    kc c;
+    kerr err;
+    kerr_clear(&err);
+    if (open_tp(&c, "llama_tied_oldstyle", 2, "shard", &err))
+        fail_msg("llama_tied_oldstyle --tp 2: %s", kerr_msg(&err));
+    const kgraph *g = c.g;
+    static const struct { const char *w; int dim; int64_t rows, cols; } want[] = {
+        {"model.layers.0.mlp.gate_proj.weight", 0, 72, 64},
+        {"model.layers.0.mlp.up_proj.weight", 0, 72, 64},
+        {"model.layers.2.mlp.down_proj.weight", 1, 64, 72},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(want); i++) {
+        int s = find_node(g, KG_SHARD, want[i].w);
+        if (s < 0)
+            fail_msg("llama_tied_oldstyle --tp 2: no shard of %s", want[i].w);
+        const kg_node *nd = &g->nodes[s];
+        assert_int_equal(nd->dim, want[i].dim);
+        assert_int_equal(nd->parts, 2);
+        assert_int_equal(nd->pad, 4);
+        assert_int_equal(nd->shape[0], want[i].rows);
+        assert_int_equal(nd->shape[1], want[i].cols);
+        for (int r = 0; r < 2; r++)
+            check_padded_shard(g, s, r, 68);
+    }
+    /* the heads are not padded: q is 2 of 4 heads of 16 a rank */
+    int q = find_node(g, KG_SHARD, "model.layers.0.self_attn.q_proj.weight");
+    assert_true(q >= 0);
+    assert_int_equal(g->nodes[q].pad, 0);
+    /* the MLP's product is 72 wide, its last 4 columns zero on both ranks */
+    int gated = -1;
+    for (int i = 0; i < g->n && gated < 0; i++)
+        if (strcmp(g->nodes[i].name, "L0.mlp.gated") == 0)
+            gated = i;
+    assert_true(gated >= 0);
+    assert_int_equal(g->nodes[gated].shape[1], 72);
+    ref *r = ref_new(g, 8, &err);
+    assert_non_null(r);
+    ref_keep(r, gated);
+    static const int64_t ids[] = {1, 10, 20, 30, 40, 50};
+    if (ref_forward(r, ids, NULL, (int)ARRAY_LEN(ids), &err))
+        fail_msg("llama_tied_oldstyle --tp 2: %s", kerr_msg(&err));
+    for (int k = 0; k < 2; k++) {
+        int rows, cols;
+        const float *v = ref_rank_value(r, gated, k, &rows, &cols);
+        assert_non_null(v);
+        assert_int_equal(cols, 72);
+        double real = 0;
+        for (int y = 0; y < rows; y++)
+            for (int x = 0; x < cols; x++) {
+                if (x >= 68 && v[y * cols + x] != 0)
+                    fail_msg("L0.mlp.gated rank %d: padding column %d of row %d is %g", k, x, y,
+                             v[y * cols + x]);
+                if (x < 68)
+                    real += fabs(v[y * cols + x]);
+            }
+        assert_true(real > 0);
+    }
+    ref_free(r);
+    kc_free(&c);
+
+    if (open_tp(&c, "qwen2_moe", 4, "shard", &err))
+        fail_msg("qwen2_moe --tp 4: %s", kerr_msg(&err));
+    g = c.g;
+    int moe = -1;
+    for (int i = 0; i < g->n && moe < 0; i++)
+        if (g->nodes[i].op == KG_MOE)
+            moe = i;
+    assert_true(moe >= 0);
+    const kg_node *m = &g->nodes[moe];
+    static const struct { int in, dim, pad; int64_t len; } slot[] = {
+        {KG_MOE_GATE, 1, 0, 8},    {KG_MOE_UP, 1, 0, 8},      {KG_MOE_DOWN, 2, 0, 8},
+        {KG_MOE_SH_GATE, 0, 4, 20}, {KG_MOE_SH_UP, 0, 4, 20}, {KG_MOE_SH_DOWN, 1, 4, 20},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(slot); i++) {
+        const kg_node *sh = &g->nodes[m->in[slot[i].in]];
+        assert_int_equal(sh->op, KG_SHARD);
+        assert_int_equal(sh->dim, slot[i].dim);
+        assert_int_equal(sh->pad, slot[i].pad);
+        assert_int_equal(sh->shape[slot[i].dim], slot[i].len + slot[i].pad);
+        if (sh->ndim == 2)
+            for (int k = 0; k < 4; k++)
+                check_padded_shard(g, m->in[slot[i].in], k, slot[i].len);
+    }
     kc_free(&c);
 }
 
@@ -787,6 +920,7 @@ int main(void)
         cmocka_unit_test(test_tiny_collectives),
         cmocka_unit_test(test_fixtures),
         cmocka_unit_test(test_llama_split),
+        cmocka_unit_test(test_padded_split),
         cmocka_unit_test(test_cli),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -23,6 +23,19 @@
  * the values of --tp that would work. A vocabulary that is not a multiple of the ranks keeps the
  * embedding and LM head whole (a warning).
  *
+ * Padding: kiln's GPU kernels read rows in 16-byte vectors (8 elements of bf16/fp16), so a
+ * rank's width must be a multiple of 8 (lower.c refuses others). Dividing an MLP's intermediate
+ * size by the ranks can break that (136 units over 2 ranks: 68 each), so a component of MLP
+ * units (its column linears, activations, products and sums, nothing per head) is padded: each
+ * rank's shard of the column linears' weights and biases gets zero rows up to a multiple of 8,
+ * and the row linear that closes it gets as many zero columns. A zero row gives a pre-activation
+ * of exactly 0, every activation kiln has maps 0 to 0, and the zero columns multiply whatever is
+ * there by 0 anyway, so each rank's partial sum is the unpadded one's. MoE experts (and the
+ * shared expert) are padded the same way along their intermediate size. Heads are never padded
+ * (attention reads its rows as whole heads), so a split that leaves a rank heads whose output,
+ * the o projection's input, is not a multiple of 8 wide (one head of 20) is refused here, with
+ * the --tp values that work, as heads the ranks do not divide are.
+ *
  * The result is one graph for all ranks: per-rank shapes, SHARD constants that pick each rank's
  * part (graph.h), and the collectives. It runs before fuse, which then fuses a rank's q/k/v and
  * gate/up as it does unsharded.
@@ -46,7 +59,15 @@ typedef struct an {
     unsigned char *is_q;    /* ... and whether as its query */
     unsigned char *col, *row; /* linears split by columns (output rows) / by rows (input) */
     unsigned char *vocab;   /* EMBED / LOGITS split by vocabulary */
+    int *pad;           /* SPLIT: zero columns after the rank's part of dim 1 (see the top) */
 } an;
+
+/* The GPU kernels' vector: 16 bytes of bf16/fp16 (lower.c's need8). */
+#define VEC 8
+
+/* Zeros that make a rank's width w whole vectors; none with one rank, whose graph computes
+ * exactly what the unsharded one does (a width lowering refuses there is refused alike). */
+static int vec_pad(int64_t w, int tp) { return tp > 1 ? (int)((VEC - w % VEC) % VEC) : 0; }
 
 static int find(an *a, int x)
 {
@@ -218,6 +239,28 @@ static int propagate(an *a)
     return 1;
 }
 
+/* Pads the components of MLP units: those whose every value is a column linear without heads
+ * or an op that keeps zeros zero (an activation, a product, a sum, a scale). */
+static void find_pads(an *a)
+{
+    const kgraph *g = a->g;
+    unsigned char *fixed = xcalloc((size_t)(g->n ? g->n : 1), 1); /* by component root */
+    for (int i = 0; i < g->n; i++) {
+        if (a->st[i] != SPLIT)
+            continue;
+        kg_op op = g->nodes[i].op;
+        int units = (op == KG_LINEAR && !a->heads[i]) || op == KG_SILU || op == KG_GELU ||
+                    op == KG_GELU_TANH || op == KG_RELU || op == KG_MUL || op == KG_ADD ||
+                    op == KG_SCALE;
+        if (!units)
+            fixed[find(a, i)] = 1;
+    }
+    for (int i = 0; i < g->n; i++)
+        if (a->st[i] == SPLIT && !fixed[find(a, i)])
+            a->pad[i] = vec_pad(g->nodes[i].shape[1] / a->parts[i], a->tp);
+    free(fixed);
+}
+
 static void an_free(an *a)
 {
     free(a->st);
@@ -230,6 +273,7 @@ static void an_free(an *a)
     free(a->col);
     free(a->row);
     free(a->vocab);
+    free(a->pad);
 }
 
 /* Analyses the graph for tp ranks. Returns 0, or the number of sizes that do not divide (with
@@ -250,10 +294,12 @@ static int analyse(an *a, const kgraph *g, int tp, kerr *err)
     a->col = xcalloc(n, 1);
     a->row = xcalloc(n, 1);
     a->vocab = xcalloc(n, 1);
+    a->pad = xcalloc(n, sizeof(int));
     find_heads(a);
     /* each round makes at least one more linear whole, so this ends */
     while (propagate(a))
         ;
+    find_pads(a);
     int nfail = 0;
     /* the first few (the same sizes repeat in every layer), then a count */
 #define FAIL(...) (++nfail <= 3 && err ? kerr_add(err, __VA_ARGS__) : 0)
@@ -269,6 +315,19 @@ static int analyse(an *a, const kgraph *g, int tp, kerr *err)
             else if (!h && m->shape[1] % tp)
                 FAIL("%s: %lld outputs cannot be split over %d ranks", m->name,
                      (long long)m->shape[1], tp);
+        }
+        /* what a row linear reads on each rank: MLP units are padded to the GPU's vectors;
+         * heads (or a split the pass cannot pad) that miss them are refused here rather than
+         * by lowering, so that the --tp values listed are those that compile (with one rank
+         * the width is the unsharded one, which lowering judges) */
+        if (a->row[i] && tp > 1) {
+            const kg_node *x = &g->nodes[m->in[0]];
+            int64_t k = x->shape[1] / tp + a->pad[m->in[0]];
+            if (k % VEC)
+                FAIL("%s: its input is %lld wide on each of %d ranks (%lld / %d), not a multiple "
+                     "of %d: kiln's GPU kernels read rows in 16-byte vectors, and only an MLP's "
+                     "units are padded to them, not heads",
+                     m->name, (long long)k, tp, (long long)x->shape[1], tp, VEC);
         }
         if (m->op == KG_MOE) {
             int64_t I = g->nodes[m->in[KG_MOE_GATE]].shape[1];
@@ -301,7 +360,7 @@ typedef struct rw {
     const kgraph *g;
     kgraph *g2;
     int *map;
-    int *memo, *memo_dim, *memo_parts; /* per old const: its last SHARD */
+    int *memo, *memo_dim, *memo_parts, *memo_pad; /* per old const: its last SHARD */
 } rw;
 
 static kg_node proto(const kg_node *like, kg_op op, const char *name)
@@ -320,12 +379,13 @@ static kg_node proto(const kg_node *like, kg_op op, const char *name)
     return p;
 }
 
-/* The rank's part of old constant `c`: dim cut in `parts`. */
-static int shard_of(rw *w, int c, int dim, int parts)
+/* The rank's part of old constant `c`: dim cut in `parts`, then `pad` zeros along it. */
+static int shard_of(rw *w, int c, int dim, int parts, int pad)
 {
     if (c < 0)
         return -1;
-    if (w->memo[c] >= 0 && w->memo_dim[c] == dim && w->memo_parts[c] == parts)
+    if (w->memo[c] >= 0 && w->memo_dim[c] == dim && w->memo_parts[c] == parts &&
+        w->memo_pad[c] == pad)
         return w->memo[c];
     const kg_node *n = &w->g->nodes[c];
     char *name = xasprintf("%s.shard", n->name);
@@ -335,12 +395,14 @@ static int shard_of(rw *w, int c, int dim, int parts)
     p.in[0] = w->map[c];
     p.dim = dim;
     p.parts = parts;
-    p.shape[dim] /= parts;
+    p.pad = pad;
+    p.shape[dim] = p.shape[dim] / parts + pad;
     int id = graph_append(w->g2, &p);
     free(name);
     w->memo[c] = id;
     w->memo_dim[c] = dim;
     w->memo_parts[c] = parts;
+    w->memo_pad[c] = pad;
     return id;
 }
 
@@ -408,6 +470,7 @@ static void rewrite(const an *a, kgraph *g2)
     w.memo = xmalloc(n * sizeof(int));
     w.memo_dim = xcalloc(n, sizeof(int));
     w.memo_parts = xcalloc(n, sizeof(int));
+    w.memo_pad = xcalloc(n, sizeof(int));
     for (size_t i = 0; i < n; i++)
         w.memo[i] = -1;
     g2->tp = tp;
@@ -417,16 +480,16 @@ static void rewrite(const an *a, kgraph *g2)
         const kg_node *o = &g->nodes[i];
         kg_node p = copy(&w, i);
         if (a->st[i] == SPLIT)
-            p.shape[1] /= a->parts[i];
+            p.shape[1] = p.shape[1] / a->parts[i] + a->pad[i];
         int partial = 0, gather = 0;
         switch (o->op) {
         case KG_LINEAR:
             if (a->col[i]) {
-                p.in[1] = shard_of(&w, o->in[1], 0, a->parts[i]);
+                p.in[1] = shard_of(&w, o->in[1], 0, a->parts[i], a->pad[i]);
                 if (o->n_in > 2 && o->in[2] >= 0)
-                    p.in[2] = shard_of(&w, o->in[2], 0, a->parts[i]);
+                    p.in[2] = shard_of(&w, o->in[2], 0, a->parts[i], a->pad[i]);
             } else if (a->row[i]) {
-                p.in[1] = shard_of(&w, o->in[1], 1, tp);
+                p.in[1] = shard_of(&w, o->in[1], 1, tp, a->pad[o->in[0]]);
                 if (o->n_in > 2 && o->in[2] >= 0 && tp > 1)
                     p.in[2] = share_of(&w, o->in[2]);
                 partial = 1;
@@ -442,16 +505,16 @@ static void rewrite(const an *a, kgraph *g2)
             break;
         case KG_EMBED:
             if (a->vocab[i]) {
-                p.in[0] = shard_of(&w, o->in[0], 0, tp);
+                p.in[0] = shard_of(&w, o->in[0], 0, tp, 0);
                 p.parts = tp;
                 partial = 1;
             }
             break;
         case KG_LOGITS:
             if (a->vocab[i]) {
-                p.in[1] = shard_of(&w, o->in[1], 0, tp);
+                p.in[1] = shard_of(&w, o->in[1], 0, tp, 0);
                 if (o->n_in > 2 && o->in[2] >= 0)
-                    p.in[2] = shard_of(&w, o->in[2], 0, tp);
+                    p.in[2] = shard_of(&w, o->in[2], 0, tp, 0);
                 p.shape[1] /= tp;
                 gather = 1;
             }
@@ -460,9 +523,14 @@ static void rewrite(const an *a, kgraph *g2)
             static const int dims[] = {[KG_MOE_GATE] = 1, [KG_MOE_UP] = 1, [KG_MOE_DOWN] = 2,
                                        [KG_MOE_SH_GATE] = 0, [KG_MOE_SH_UP] = 0,
                                        [KG_MOE_SH_DOWN] = 1};
+            /* the experts' and the shared expert's intermediate sizes, padded (see the top) */
+            int pad = vec_pad(g->nodes[o->in[KG_MOE_GATE]].shape[1] / tp, tp), sh_pad = 0;
+            if (o->moe.has_shared)
+                sh_pad = vec_pad(g->nodes[o->in[KG_MOE_SH_GATE]].shape[0] / tp, tp);
             for (int k = KG_MOE_GATE; k <= KG_MOE_SH_DOWN && k < o->n_in; k++)
                 if (o->in[k] >= 0)
-                    p.in[k] = shard_of(&w, o->in[k], dims[k], tp);
+                    p.in[k] = shard_of(&w, o->in[k], dims[k], tp,
+                                       k >= KG_MOE_SH_GATE ? sh_pad : pad);
             partial = 1;
             break;
         }
@@ -493,6 +561,7 @@ static void rewrite(const an *a, kgraph *g2)
     free(w.memo);
     free(w.memo_dim);
     free(w.memo_parts);
+    free(w.memo_pad);
 }
 
 /* "1, 2, 4 and 8" for the tp values up to KC_MAX_TP that divide everything. */

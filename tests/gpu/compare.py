@@ -30,7 +30,9 @@ has them). Each subcommand prints one summary row and exits 1 when the check fai
                                              L2 is reported, and judged against HF by `gen`: the
                                              partial sums of an all-reduce round to bf16 before
                                              they are added, so a sharded run's logits differ
-                                             from the unsharded run's by about HF-bf16's own error
+                                             from the unsharded run's by about HF-bf16's own error;
+                                             an embedding's or a classifier's scores are only
+                                             reported (`embed` and `classify` judge them)
 
 Criteria: greedy tokens identical to HF's for the first tokens where HF's top-2 margin is clear
 (margin > 0.1 * std of that row's logits: below, rounding may legitimately flip the argmax, and
@@ -151,10 +153,11 @@ def cmd_batch(name, singles, batch, exact=False):
 
 def cmd_same(name, base, other):
     b, o = load_file(base), load_file(other)
-    if "embedding" in b:
-        e = rel(o["embedding"], b["embedding"])
-        print(f"{name:24s} ok   embedding rel_l2 {e:.2e} (judged against HF below)")
-        return True
+    for key in ("embedding", "scores"):  # an embedding model's, a classifier's
+        if key in b:
+            e = rel(o[key], b[key])
+            print(f"{name:24s} ok   {key} rel_l2 {e:.2e} (judged against HF below)")
+            return True
     ok = np.array_equal(b["tokens"], o["tokens"])
     first = "" if ok else f" (first difference at token {int(np.argmax(b['tokens'] != o['tokens']))})"
     print(f"{name:24s} {'ok' if ok else 'FAIL':4s} greedy tokens {'identical' if ok else 'DIFFER'}"
