@@ -29,6 +29,8 @@ typedef struct lw {
     ka_manifest *m;
     int64_t esize;       /* bytes per activation element */
     int64_t scratch;     /* scratch bytes the current node uses */
+    int64_t scratch0;    /* scratch bytes every node keeps clear: attn_decode's counters */
+    int attn_heads;      /* the most query heads of an attention node (sizes the counters) */
     int *wmap;           /* node -> weight index, -1 */
     int cpre, cdec, cw, cc;
     kerr *err;
@@ -656,10 +658,14 @@ static int low_linear(lw *w, int id)
     return 0;
 }
 
-/* Flash attention for prefill; split-KV decode plus the merge of its splits for decode
- * (templates/attention.cuh gives the launch rules used here). */
+/* Flash attention for prefill; for decode, split-KV attention whose last CTA per (sequence,
+ * head group) merges the splits, one launch (templates/attention.cuh gives the launch rules used
+ * here). A split takes DECODE_SPLIT_MIN keys at least, so a context of up to that many keys is
+ * one CTA per head group that writes its output with no merge; longer ones take up to
+ * DECODE_SPLITS CTAs. Both numbers are a first choice, not tuned on a GPU. */
 #define ATTN_BM 64
 #define DECODE_SPLITS 16
+#define DECODE_SPLIT_MIN 32
 #define DECODE_THREADS 128
 
 /* HD: the head_dim the kernels run at (the model's, or it padded to a multiple of 8: q, the
@@ -699,25 +705,28 @@ static int attention_steps(lw *w, const kg_node *n, int HD, ka_arg q, ka_arg out
         add_arg(&s, A(KA_ARG_RANK, NH));
     push(w, PRE, &s);
 
-    /* decode: query heads per CTA sharing one kv head, as many as fit 48 KB */
+    /* decode: query heads per CTA sharing one kv head, as many as fit 48 KB (attn_decode's
+     * shared memory) */
     int G_ = NH / NKV, hpc = 1;
     for (int h = G_; h >= 1; h--)
-        if (G_ % h == 0 &&
-            (h * HD + (DECODE_THREADS / 32) * h * (HD + 2)) * 4 <= 48 * 1024) {
+        if (G_ % h == 0 && (h * HD + (DECODE_THREADS / 32) * h * (HD + 2) +
+                            h * (DECODE_SPLITS + 1)) * 4 <= 48 * 1024) {
             hpc = h;
             break;
         }
     ka_arg ws = A(KA_ARG_SCRATCH,
                   scratch_at(w, (int64_t)w->c->max_seqs * NH * DECODE_SPLITS * (HD + 2) * 4));
+    assert(NH <= w->attn_heads); /* the counters at scratch offset 0 are [max_seqs, attn_heads] */
     snprintf(params, sizeof params,
              "const kiln_step st, const DT *q, const DT *k_cache, const DT *v_cache, "
-             "float *ws, float scale, float softcap, const float *alibi_slopes%s",
+             "float *ws, unsigned *cnt, DT *out, float scale, float softcap, "
+             "const float *alibi_slopes%s",
              h0_param);
     snprintf(call, sizeof call,
-             "kiln::attn_decode<DT, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d>(st, q, k_cache, "
-             "v_cache, ws, scale, softcap, alibi_slopes%s)",
+             "kiln::attn_decode<DT, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d>(st, q, k_cache, "
+             "v_cache, ws, cnt, out, scale, softcap, alibi_slopes%s)",
              NH, NKV, HD, at->causal, W, at->alibi, softcap, DECODE_SPLITS, hpc, DECODE_THREADS,
-             h0_add);
+             DECODE_SPLIT_MIN, h0_add);
     int kd = kern(w, "attn_decode", DECODE_THREADS, 0, params, "%s", call);
     s = kstep(kd, n->name, G(0, 0, 0, DECODE_SPLITS, 1), G(0, 0, 0, NH / hpc, 1),
               G(0, 1, 0, 0, 1));
@@ -726,20 +735,13 @@ static int attention_steps(lw *w, const kg_node *n, int HD, ka_arg q, ka_arg out
     add_arg(&s, A(KA_ARG_KV_K, at->layer));
     add_arg(&s, A(KA_ARG_KV_V, at->layer));
     add_arg(&s, ws);
+    add_arg(&s, A(KA_ARG_SCRATCH, 0));
+    add_arg(&s, out);
     add_arg(&s, AF(at->scale));
     add_arg(&s, AF(at->softcap));
     add_arg(&s, slopes);
     if (h0)
         add_arg(&s, A(KA_ARG_RANK, NH));
-    push(w, DEC, &s);
-    int kc_ = kern(w, "attn_combine", DECODE_THREADS, 0,
-                   "const kiln_step st, const float *ws, DT *out",
-                   "kiln::attn_combine<DT, %d, %d, %d, %d>(st, ws, out)", NH, HD, DECODE_SPLITS,
-                   DECODE_THREADS);
-    s = kstep(kc_, n->name, G(0, 0, 0, NH, 1), G(0, 1, 0, 0, 1), G1());
-    add_arg(&s, A(KA_ARG_STEP, 0));
-    add_arg(&s, ws);
-    add_arg(&s, out);
     push(w, DEC, &s);
     return 0;
 }
@@ -1378,10 +1380,18 @@ int lower(kc *c, lowered *out, kerr *err)
     ka_manifest *m = w.m;
     m->sample_kernel = -1;
     m->bos = -1;
-    int64_t scratch_max = 0;
+    /* attn_decode's arrival counters, [max_seqs, most heads] unsigned, outlive a step (each
+     * launch leaves them zero for the next): they take the first bytes of scratch, which no
+     * node's temporaries overlap, and the engine zeroes scratch once at load */
+    for (int i = 0; i < c->g->n; i++)
+        if (c->g->nodes[i].op == KG_ATTENTION && c->g->nodes[i].attn.n_heads > w.attn_heads)
+            w.attn_heads = c->g->nodes[i].attn.n_heads;
+    w.scratch0 = (int64_t)c->max_seqs * w.attn_heads * 4;
+    w.scratch0 = (w.scratch0 + 255) / 256 * 256;
+    int64_t scratch_max = w.scratch0;
     int n0 = c->g->n; /* low_moe may append constant nodes */
     for (int i = 0; i < n0; i++) {
-        w.scratch = 0;
+        w.scratch = w.scratch0;
         if (low_node(&w, i)) {
             free(w.wmap);
             return -1;
