@@ -1,6 +1,6 @@
 # kiln — one build for the compiler (kilnc), the runtime library and CLI (kiln), and the tests.
 #
-#   make            build out/bin/kilnc, out/bin/kiln, out/lib/libkiln.a
+#   make            build out/bin/kilnc, out/bin/kiln, out/bin/kiln-standalone, out/lib/libkiln.a
 #   make test       everything CI runs: unit tests, then the same tests under ASan+UBSan
 #   make demo       install what is missing, build, and run the bundled example
 #   make deps       install the Debian packages the build needs (only those missing)
@@ -36,13 +36,15 @@ CFLAGS   += -I$(B)/gen
 LDFLAGS  := $(SANFLAGS) -L$(CUDA)/lib64 -Wl,-rpath,$(CUDA)/lib64
 STATIC   := -l:liblua5.4.a -l:libjansson.a -l:libpcre2-8.a -l:libutf8proc.a -l:libxxhash.a
 SYSLIBS  := -lm -ldl -lpthread
-# kiln serve's HTTP library: static (the GPU machine has no libmicrohttpd), over the GPU
-# machine's own libgnutls.so.30.
-HTTPLIBS := -l:libmicrohttpd.a -lgnutls
+# kiln serve's HTTP library, libmicrohttpd: static (the GPU machine has none), built here from
+# Debian's source package without HTTPS (Debian's libmicrohttpd.a needs GnuTLS, which Debian ships
+# only as a shared library, and kiln serves plain HTTP), so kiln and kiln-standalone need no GnuTLS.
+MHD_DIR  := $(B)/deps/microhttpd
+HTTPLIBS := $(MHD_DIR)/lib/libmicrohttpd.a
 CUDALIBS := -lnvrtc
 
 # ---- sources (listed, not globbed) ----
-RUNTIME_SRC := runtime/util.c runtime/safetensors.c runtime/kcuda.c runtime/artifact.c runtime/hash.c \
+RUNTIME_SRC := runtime/util.c runtime/safetensors.c runtime/kcuda.c runtime/artifact.c runtime/hash.c runtime/standalone.c \
                runtime/gemm.c runtime/roofline.c runtime/comm.c runtime/engine.c runtime/backend.c runtime/kvcache.c runtime/sched.c \
                runtime/tokenizer/tokenizer.c runtime/tokenizer/tok_util.c runtime/tokenizer/tok_text.c runtime/tokenizer/tok_model.c \
                runtime/tokenizer/chat_template.c runtime/tokenizer/jinja_value.c runtime/tokenizer/jinja_parse.c runtime/tokenizer/jinja_eval.c \
@@ -51,7 +53,7 @@ RUNTIME_CMD := runtime/cmd_tokenize.c runtime/cmd_run.c runtime/cmd_backend.c ru
                runtime/cmd_serve.c runtime/cmd_bench.c runtime/server/http.c
 COMPILER_SRC := compiler/pipeline.c compiler/config.c compiler/graph.c compiler/spec.c compiler/registry.c \
                 compiler/passes/verify.c compiler/passes/bind_weights.c compiler/passes/shard.c compiler/passes/fuse.c compiler/passes/plan_memory.c compiler/passes/finite.c compiler/lower.c compiler/pack.c \
-                compiler/posenc.c compiler/ref.c compiler/knvrtc.c compiler/overrides.c compiler/backend_ref.c compiler/synth.c compiler/quant.c
+                compiler/posenc.c compiler/ref.c compiler/knvrtc.c compiler/bundle.c compiler/overrides.c compiler/backend_ref.c compiler/synth.c compiler/quant.c
 # Runtime tests link libkiln.a only; compiler tests link both libraries.
 RUNTIME_TESTS  := safetensors tokenizer chat_template backend sched tp_runtime launch
 COMPILER_TESTS := config overrides graph spec registry cli ref compile example artifact badinput server run_cpu synth tp bench quant gemm
@@ -64,7 +66,7 @@ FUZZ_TARGETS := safetensors config tokenizer_load tokenizer artifact archspec ch
 FUZZ_REPLAY  := $(FUZZ_TARGETS:%=$(B)/tests/fuzz/replay_%)
 
 .PHONY: all test check deps demo clean
-all: $(B)/bin/kilnc $(B)/bin/kiln $(B)/lib/libkiln.a
+all: $(B)/bin/kilnc $(B)/bin/kiln $(B)/bin/kiln-standalone $(B)/lib/libkiln.a
 
 $(B)/obj/%.o: %.c
 	@mkdir -p $(@D)
@@ -107,6 +109,36 @@ $(B)/bin/kiln: $(B)/obj/runtime/main.o $(RUNTIME_CMD:%.c=$(B)/obj/%.o) $(B)/lib/
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $^ $(STATIC) $(HTTPLIBS) $(CUDALIBS) $(SYSLIBS)
 
+# kiln-standalone: the runtime kilnc compile --standalone appends a model to (runtime/standalone.h).
+# main.c built with KILN_STANDALONE and no compiler library: nothing dynamic but glibc (checked by
+# tests/standalone/run.sh); libcuda, cuBLASLt and NCCL are dlopen'd where a model needs them.
+$(B)/obj/standalone/main.o: runtime/main.c $(B)/gen/kiln_commit.h
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -DKILN_STANDALONE -c $< -o $@
+$(B)/bin/kiln-standalone: $(B)/obj/standalone/main.o $(RUNTIME_CMD:%.c=$(B)/obj/%.o) $(B)/lib/libkiln.a
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $^ $(STATIC) $(HTTPLIBS) $(SYSLIBS)
+
+# libmicrohttpd from Debian's source package (the version Debian 12 ships), configured without
+# HTTPS; apt-get fetches it into $(MHD_DIR) with its own source list (no change to the system's
+# apt configuration; hashes checked against Debian's signed index).
+$(B)/obj/runtime/server/http.o: CFLAGS += -I$(MHD_DIR)/include
+$(B)/obj/runtime/server/http.o: $(HTTPLIBS)
+$(HTTPLIBS):
+	@rm -rf $(MHD_DIR) && mkdir -p $(MHD_DIR)/apt/lists/partial $(MHD_DIR)/apt/archives/partial $(MHD_DIR)/src
+	@echo 'deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main' > $(MHD_DIR)/apt/sources.list
+	@echo "building libmicrohttpd without HTTPS from Debian's source package (log: $(MHD_DIR)/build.log)"
+	@apt="apt-get -q -o Dir::Etc::SourceList=$(abspath $(MHD_DIR))/apt/sources.list -o Dir::Etc::SourceParts=/dev/null \
+	  -o Dir::State::Lists=$(abspath $(MHD_DIR))/apt/lists -o Dir::Cache=$(abspath $(MHD_DIR))/apt \
+	  -o Dir::Cache::archives=$(abspath $(MHD_DIR))/apt/archives -o APT::Sandbox::User=root"; \
+	cd $(MHD_DIR)/src && { $$apt update && $$apt source --download-only libmicrohttpd && \
+	  dpkg-source -x libmicrohttpd_*.dsc mhd && cd mhd && \
+	  ./configure --disable-https --without-gnutls --disable-shared --enable-static --disable-doc \
+	    --disable-examples --disable-curl --prefix=$(abspath $(MHD_DIR)) && \
+	  $(MAKE) -C src/microhttpd install && $(MAKE) -C src/include install; } > ../build.log 2>&1 || \
+	  { tail -20 ../build.log; echo "libmicrohttpd: the build failed (log: $(MHD_DIR)/build.log)"; exit 1; }
+	@! nm $@ | grep -q ' U gnutls_' || { echo "$@ still needs GnuTLS"; exit 1; }
+
 $(RUNTIME_TESTS:%=$(B)/tests/test_%): $(B)/tests/test_%: $(B)/obj/tests/test_%.o $(B)/lib/libkiln.a
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $^ $(STATIC) -lcmocka $(SYSLIBS)
@@ -130,6 +162,9 @@ check: all $(TEST_BINS) $(FUZZ_REPLAY) $(if $(filter 0,$(SAN)),$(B)/bin/kiln-kte
 	if [ "$(SAN)" = 0 ]; then echo "== kernel templates (kiln-ktest --compile-only)"; \
 	  KILN_ROOT=. $(B)/bin/kiln-ktest --compile-only > $(B)/ktest-compile.log 2>&1 || \
 	  { cat $(B)/ktest-compile.log; fail=1; }; tail -1 $(B)/ktest-compile.log; fi; \
+	echo "== standalone executables (tests/standalone/run.sh; log $(B)/standalone-tests.log)"; \
+	SAN=$(SAN) tests/standalone/run.sh $(B) > $(B)/standalone-tests.log 2>&1 || \
+	  { cat $(B)/standalone-tests.log; fail=1; }; tail -1 $(B)/standalone-tests.log; \
 	echo "== kiln serve over HTTP (tests/server/run.sh; log $(B)/server-tests.log)"; \
 	tests/server/run.sh $(B)/bin/kiln > $(B)/server-tests.log 2>&1 || \
 	  { cat $(B)/server-tests.log; fail=1; }; tail -1 $(B)/server-tests.log; \
@@ -226,7 +261,7 @@ fuzz: fuzz-build
 
 # ---- dependencies: Debian packages, installed only when missing ----
 DEB_PKGS := liblua5.4-dev libjansson-dev libcmocka-dev libpcre2-dev libutf8proc-dev libxxhash-dev \
-            libmicrohttpd-dev libgnutls28-dev python3-venv curl
+            dpkg-dev xz-utils python3-venv curl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do \

@@ -14,10 +14,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <jansson.h>
 
 #include "artifact.h"
+#include "bundle.h"
 #include "config.h"
 #include "graph.h"
 #include "kc.h"
@@ -59,6 +61,7 @@ typedef struct opts {
     /* compile */
     const char *out, *sm, *dtype;
     int gemm_kiln; /* --gemm kiln */
+    int standalone, embed_weights; /* --standalone, --embed-weights */
     int max_seq_len, max_batch, max_tokens;
 } opts;
 
@@ -120,6 +123,10 @@ static int parse_opts(const char *prog, int argc, char **argv, opts *o, int allo
             o->sm = val;
         else if (allow_dump == 3 && TAKE("--dtype") && !missing)
             o->dtype = val;
+        else if (allow_dump == 3 && strcmp(a, "--standalone") == 0)
+            o->standalone = 1;
+        else if (allow_dump == 3 && strcmp(a, "--embed-weights") == 0)
+            o->embed_weights = 1;
         else if (allow_dump == 3 && TAKE("--gemm") && !missing) {
             if (strcmp(val, "kiln") && strcmp(val, "cublaslt"))
                 return util_usage_error(prog, "--gemm: '%s' is not a GEMM (expected kiln or "
@@ -767,6 +774,11 @@ static int cmd_compile(int argc, char **argv)
         return util_usage_error(o.prog, "missing MODEL_DIR (a Hugging Face model folder)");
     if (!o.help && !o.out)
         return util_usage_error(o.prog, "missing -o OUT_DIR (the folder to write)");
+    if (o.embed_weights && !o.standalone)
+        return util_usage_error(o.prog, "--embed-weights goes with --standalone (it appends the "
+                                        "weights to the executable)");
+    /* the executable must run where only the driver is: kiln's own GEMM, no cuBLASLt */
+    o.gemm_kiln |= o.standalone;
     if (o.help) {
         fprintf(o.help ? stdout : stderr,
                 "usage: kilnc compile MODEL_DIR -o OUT_DIR [options]\n\n"
@@ -792,6 +804,18 @@ static int cmd_compile(int argc, char **argv)
                 "                     when it runs the model), or kiln's own GEMM kernel, compiled\n"
                 "                     into the artifact like every other kernel (the GPU machine\n"
                 "                     then needs no cuBLASLt; one tile shape at every row count)\n"
+                "  --standalone       also write OUT_DIR/NAME (NAME: MODEL_DIR's name), one "
+                "executable:\n"
+                "                     the runtime (kiln-standalone, beside kilnc) with model.kiln "
+                "and the\n"
+                "                     tokenizer files appended; it needs nothing but glibc and the "
+                "NVIDIA\n"
+                "                     driver, and reads the weights from shards/ beside itself. "
+                "Implies\n"
+                "                     --gemm kiln. 'OUT_DIR/NAME --help' lists its commands\n"
+                "  --embed-weights    with --standalone: append the shards too (page-aligned, "
+                "mapped from\n"
+                "                     the executable itself), so the file alone is the model\n"
                 "  --max-seq-len N    tokens per sequence, prompt + generated (default 2048, at most\n"
                 "                     the model's max_position_embeddings)\n"
                 "  --max-batch N      sequences per step (default 16)\n"
@@ -1002,6 +1026,19 @@ static int cmd_compile(int argc, char **argv)
                                  sz, sizeof sz),
                 m->tp == 1 ? "" : " each", copied ? ", tokenizer" : ", no tokenizer.json (ids only)",
                 util_now() - t0);
+    }
+    if (rc == 0 && o.standalone) {
+        char *rt = bundle_runtime_path(), *base = util_base_name(m->model_name);
+        char *exe = util_path_join(o.out, base), sz[32];
+        struct stat st;
+        rc = bundle_write(rt, o.out, base, m, o.embed_weights, &err);
+        if (rc == 0 && stat(exe, &st) == 0)
+            fprintf(stderr, "%s: wrote %s (standalone executable, %s; weights %s)\n", o.prog, exe,
+                    util_human_bytes((double)st.st_size, sz, sizeof sz),
+                    o.embed_weights ? "appended" : "in shards/ beside it");
+        free(rt);
+        free(base);
+        free(exe);
     }
 out:
     if (rc)

@@ -8,6 +8,9 @@
 #      elsewhere:                        out/bin/kiln run examples/tinyfortune --prompt TEXT (the
 #                                        checkpoint on the fp32 reference interpreter, CPU)
 #   3. prints which one ran, the prompt, the generated text and the speed.
+#   4. the same model as one executable, out/demo/tinyfortune (compiled with --standalone in step 1;
+#      the runtime and the model in one file, nothing but glibc and the driver needed): on the GPU
+#      it generates the same text; elsewhere it prints its --version (the model and its hashes).
 #
 # Environment: DEMO_PROMPT (default "A fool and"), DEMO_MAX_NEW (default 40 tokens),
 # DEMO_DEVICE=cpu to run on the CPU even where a GPU exists, KILNC/KILN (the binaries),
@@ -40,20 +43,21 @@ echo "   $(cfg num_hidden_layers) layers, hidden $(cfg hidden_size), vocab $(cfg
 
 # ---- 1. compile
 stale=0
-[ -f "$OUT/model.kiln" ] || stale=1
-for f in "$MODEL"/*.json "$MODEL"/*.safetensors "$KILNC"; do
+[ -f "$OUT/model.kiln" ] && [ -x "$OUT/$(basename "$MODEL")" ] || stale=1
+for f in "$MODEL"/*.json "$MODEL"/*.safetensors "$KILNC" "$(dirname "$KILNC")/kiln-standalone"; do
   [ "$f" -nt "$OUT/model.kiln" ] && stale=1
 done
 if [ $stale = 1 ]; then
-  echo "== compile: $KILNC compile $MODEL -o $OUT --max-seq-len 512 --max-batch 8"
+  echo "== compile: $KILNC compile $MODEL -o $OUT --max-seq-len 512 --max-batch 8 --standalone"
   t0=$(now)
   rm -rf "$OUT"
-  if ! "$KILNC" compile "$MODEL" -o "$OUT" --max-seq-len 512 --max-batch 8 >"$LOG" 2>&1; then
+  if ! "$KILNC" compile "$MODEL" -o "$OUT" --max-seq-len 512 --max-batch 8 --standalone >"$LOG" 2>&1; then
     cat "$LOG" >&2
     rm -rf "$OUT"
     die "kilnc compile failed"
   fi
-  echo "   $(tail -n 1 "$LOG" | sed 's/^kilnc compile: //') [$(secs "$t0" "$(now)") s]"
+  tail -n 2 "$LOG" | sed 's/^kilnc compile: /   /'
+  echo "   [$(secs "$t0" "$(now)") s]"
 else
   echo "== compile: $OUT is up to date (kilnc compile $MODEL -o $OUT)"
 fi
@@ -99,3 +103,17 @@ else
 fi
 echo "speed:     $speed"
 echo "ran on:    $( [ $device = gpu ] && echo "the GPU, with kiln run" || echo "the CPU, with kiln run on the checkpoint (fp32 reference interpreter)")"
+
+# ---- 4. the standalone executable: the same model, one file
+EXE=$OUT/$(basename "$MODEL")
+echo
+if [ $device = gpu ]; then
+  echo "== standalone: $EXE run --prompt ... --max-new $MAX_NEW (one file: runtime + model; weights in $OUT/shards)"
+  env -i "$EXE" run --prompt "$PROMPT" --max-new "$MAX_NEW" >"$tmp/sa" 2>"$tmp/saerr" ||
+    { cat "$tmp/saerr" >&2; die "the standalone executable failed"; }
+  cmp -s "$tmp/sa" "$tmp/out" && echo "   the same tokens and text as kiln run" ||
+    { echo "   its output differs from kiln run's:" >&2; cat "$tmp/sa" >&2; die "standalone differs"; }
+else
+  echo "== standalone: $EXE --version (one file: runtime + model; on a GPU machine, '$EXE run --prompt TEXT')"
+  env -i "$EXE" --version | sed -n '1,2p' | indent
+fi

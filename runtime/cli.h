@@ -4,6 +4,7 @@
 #define KILN_CLI_H
 
 #include "backend.h"
+#include "backend_ref.h" /* kbr_opts: the CPU backend's options (compiler/backend_ref.c) */
 
 int cmd_tokenize(int argc, char **argv);
 int cmd_run(int argc, char **argv);
@@ -23,6 +24,15 @@ typedef struct cli_backend_opts {
     /* CPU backend: the limits a compiled artifact has built in (0: defaults) */
     int max_batch, max_tokens, max_seq_len, kv_blocks;
 } cli_backend_opts;
+
+/* The CPU backend behind a Hugging Face checkpoint folder (compiler/backend_ref.h). kiln links
+ * the compiler library and main.c points this at it; kiln-standalone runs its embedded compiled
+ * model only and links no compiler (no NVRTC, no archspecs), so it is NULL there. */
+typedef struct cli_cpu_backend {
+    kbackend *(*open)(const char *dir, const kbr_opts *o, kerr *err);
+    const ka_gen *(*generation)(const kbackend *b);
+} cli_cpu_backend;
+extern const cli_cpu_backend *const cli_cpu;
 
 /* DIR holding model.kiln: the GPU engine (engine.h). DIR holding a Hugging Face checkpoint
  * (config.json): the CPU backend (compiler/backend_ref.h), with a note on stderr. Anything else:

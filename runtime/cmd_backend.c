@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "backend_ref.h"
 #include "cli.h"
 #include "engine.h"
 
@@ -102,7 +101,7 @@ static kbackend *open_cpu(const char *dir, const cli_backend_opts *o, kerr *err)
                         "GPU)\n",
                 dir);
     kbr_opts ro = {o->max_batch, o->max_tokens, o->max_seq_len, o->kv_blocks};
-    return kbr_open(dir, &ro, err);
+    return cli_cpu->open(dir, &ro, err);
 }
 
 kbackend *cli_open_backend(const char *dir, const cli_backend_opts *o, kerr *err)
@@ -111,12 +110,10 @@ kbackend *cli_open_backend(const char *dir, const cli_backend_opts *o, kerr *err
     if (!o)
         o = &none;
     struct stat st;
-    if (stat(dir, &st) != 0) {
-        kerr_add(err, "%s: not a folder: it does not exist (" WANT ")", dir);
-        return NULL;
-    }
-    if (!S_ISDIR(st.st_mode)) {
-        kerr_add(err, "%s: not a folder (" WANT ")", dir);
+    if (!util_is_dir(dir)) { /* util_is_dir: the standalone executable's memory folder too */
+        kerr_add(err, stat(dir, &st) != 0 ? "%s: not a folder: it does not exist (" WANT ")"
+                                          : "%s: not a folder (" WANT ")",
+                 dir);
         return NULL;
     }
     char *mk = util_path_join(dir, "model.kiln"), *cfg = util_path_join(dir, "config.json");
@@ -125,8 +122,13 @@ kbackend *cli_open_backend(const char *dir, const cli_backend_opts *o, kerr *err
     free(cfg);
     if (compiled)
         return open_gpu(dir, o, err);
-    if (checkpoint)
+    if (checkpoint && cli_cpu)
         return open_cpu(dir, o, err);
+    if (checkpoint) {
+        kerr_add(err, "%s is a Hugging Face checkpoint: this binary runs compiled models only "
+                      "(kiln runs checkpoints on the CPU)", dir);
+        return NULL;
+    }
     kerr_add(err, "%s: no model.kiln in this folder, and no config.json (" WANT ")", dir);
     return NULL;
 }

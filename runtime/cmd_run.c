@@ -28,7 +28,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend_ref.h"
 #include "cli.h"
 #include "safetensors.h"
 #include "sched.h"
@@ -459,7 +458,7 @@ int cmd_run(int argc, char **argv)
             goto out;
         load_s = util_now() - t;
         const kb_info *in = b->info;
-        lim = (limits){in->vocab, in->max_seq_len, in->max_tokens, in->embed, kbr_generation(b)};
+        lim = (limits){in->vocab, in->max_seq_len, in->max_tokens, in->embed, cli_cpu->generation(b)};
     }
     const ka_gen *ge = lim.gen;
     if (!set_temperature && ge->has_temperature)

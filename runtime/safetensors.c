@@ -134,6 +134,15 @@ static int parse_entry(st_set *s, int fi, const char *path, const char *name, js
 
 static int map_file(st_set *s, const char *path, kerr *err)
 {
+    const util_memfile *mf = util_memdir_find(path);
+    if (mf && mf->data) {
+        s->files = xrealloc(s->files, sizeof(st_file) * (size_t)(s->nfiles + 1));
+        s->files[s->nfiles++] = (st_file){.path = xstrdup(path), .base = (void *)mf->data,
+                                          .size = mf->len, .borrowed = 1};
+        return 0;
+    }
+    if (mf) /* weights beside the standalone executable: messages name where they really are */
+        path = mf->real;
     int fd = open(path, O_RDONLY);
     if (fd < 0)
         return kerr_add(err, "%s: cannot open: %s", path, strerror(errno));
@@ -388,7 +397,7 @@ void st_close(st_set *s)
         free((char *)s->tensors[i].name);
     free(s->tensors);
     for (int i = 0; i < s->nfiles; i++) {
-        if (s->files[i].base)
+        if (s->files[i].base && !s->files[i].borrowed)
             munmap(s->files[i].base, s->files[i].size);
         free(s->files[i].path);
         free(s->files[i].metadata_json);

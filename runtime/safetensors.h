@@ -69,6 +69,7 @@ typedef struct st_file {
     char *path;
     void *base;  /* mapping of the whole file */
     size_t size;
+    int borrowed; /* base is a memory file's bytes (util_memdir_find), not a mapping of ours */
     char *metadata_json; /* "__metadata__" object as JSON text, or NULL */
 } st_file;
 

@@ -176,8 +176,45 @@ char *xasprintf(const char *fmt, ...)
     return p;
 }
 
+static struct {
+    const char *dir;
+    const util_memfile *files;
+    int n;
+} memdir;
+
+void util_memdir_set(const char *dir, const util_memfile *files, int n)
+{
+    memdir.dir = dir;
+    memdir.files = files;
+    memdir.n = n;
+}
+
+const util_memfile *util_memdir_find(const char *path)
+{
+    if (!memdir.dir)
+        return NULL;
+    size_t dl = strlen(memdir.dir);
+    if (strncmp(path, memdir.dir, dl) != 0 || path[dl] != '/')
+        return NULL;
+    for (int i = 0; i < memdir.n; i++)
+        if (strcmp(path + dl + 1, memdir.files[i].name) == 0)
+            return &memdir.files[i];
+    return NULL;
+}
+
 char *util_read_file(const char *path, size_t *len, kerr *err)
 {
+    const util_memfile *mf = util_memdir_find(path);
+    if (mf && mf->data) {
+        char *buf = xmalloc(mf->len + 1);
+        memcpy(buf, mf->data, mf->len);
+        buf[mf->len] = 0;
+        if (len)
+            *len = mf->len;
+        return buf;
+    }
+    if (mf)
+        path = mf->real;
     FILE *f = fopen(path, "rb");
     if (!f) {
         kerr_add(err, "%s: cannot open: %s", path, strerror(errno));
@@ -219,14 +256,19 @@ int util_write_file(const char *path, const void *data, size_t len, kerr *err)
 
 int util_is_dir(const char *path)
 {
+    if (memdir.dir && strcmp(path, memdir.dir) == 0)
+        return 1;
     struct stat st;
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
 int util_is_file(const char *path)
 {
+    const util_memfile *mf = util_memdir_find(path);
+    if (mf && mf->data)
+        return 1;
     struct stat st;
-    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+    return stat(mf ? mf->real : path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
 char *util_path_join(const char *dir, const char *name)

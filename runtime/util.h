@@ -59,6 +59,22 @@ char *util_read_file(const char *path, size_t *len, kerr *err);
 int util_write_file(const char *path, const void *data, size_t len, kerr *err);
 int util_is_dir(const char *path);
 int util_is_file(const char *path);
+
+/* The memory folder: files a process holds in memory, seen at DIR/NAME by util_read_file,
+ * util_is_file, util_is_dir and st_open before the file system. The standalone executable
+ * (standalone.h) puts its embedded model there, so every loader reads it through the code that
+ * reads a folder. A file with `real` set is read from that path instead (weights kept beside the
+ * executable). One memory folder per process, set once at start; the strings and bytes must
+ * outlive every reader. */
+typedef struct util_memfile {
+    const char *name;     /* relative to the folder: "model.kiln", "shards/rank0-of-1.safetensors" */
+    const void *data;     /* the bytes, or NULL with real set */
+    size_t len;
+    const char *real;     /* a file-system path to read instead, or NULL */
+} util_memfile;
+void util_memdir_set(const char *dir, const util_memfile *files, int n);
+/* The memory file at PATH (exactly DIR "/" NAME), or NULL. */
+const util_memfile *util_memdir_find(const char *path);
 /* "dir" + "/" + "name", heap-allocated. */
 char *util_path_join(const char *dir, const char *name);
 /* mkdir -p */

@@ -20,6 +20,9 @@
 # BENCH_SHAPES=8b, then BENCH_SHAPES=1b: results are kept per shape in /tmp/kiln-bench/results, and
 # the table takes every shape measured there by this commit on this card.
 #
+# Each shape is also compiled with --standalone and its process start to first token timed
+# against kiln run's (BENCH_STANDALONE=0 skips it; its folder is deleted after, for the disk).
+#
 # BENCH_GEMM=kiln also compiles each shape with kiln's own GEMM (kilnc compile --gemm kiln) and runs
 # kiln bench on it after the cuBLASLt artifact's, in the same run: the table gets its figures that
 # run GEMMs (first token, prefill, decode at batch 32 and 64) as rows marked "--gemm kiln", against
@@ -103,6 +106,33 @@ for SHAPE in $SHAPES; do
       rm -f $RES/$SHAPE-kgemm.json
       fail=1
     fi
+  fi
+  # the standalone executable (issue 16; BENCH_STANDALONE=0 skips): start to first token, process
+  # start to exit of `OUT_DIR/NAME run` (a 128-token prompt, one new token) from an empty folder
+  # under env -i, twice, and of `kiln run OUT_DIR` alike; OUT_DIR is deleted after (disk)
+  if [ "${BENCH_STANDALONE:-1}" = 1 ]; then
+    SA=$W/sa-$SHAPE
+    rm -rf $SA && mkdir -p $SA/empty
+    # shellcheck disable=SC2086
+    if $BIN/kilnc compile $HF -o $SA/empty/out --sm 90a $COMPILE --standalone > $LOG/sa-compile-$SHAPE.log 2>&1; then
+      ids=$(seq -s, 1 128) sa=() kr=()
+      for i in 1 2; do
+        t0=$(date +%s.%N)
+        (cd $SA/empty && env -i ./out/$(basename $HF) run --ids $ids --max-new 1 --ignore-eos) >> $LOG/sa-run-$SHAPE.log 2>&1 &&
+          sa+=("$(elapsed $t0)")
+        t0=$(date +%s.%N)
+        $BIN/kiln run $SA/empty/out --ids $ids --max-new 1 --ignore-eos >> $LOG/sa-run-$SHAPE.log 2>&1 && kr+=("$(elapsed $t0)")
+      done
+      if [ ${#sa[@]} = 2 ] && [ ${#kr[@]} = 2 ]; then
+        echo "{\"standalone_s\": [${sa[0]}, ${sa[1]}], \"kiln_s\": [${kr[0]}, ${kr[1]}], \"bytes\": $(stat -c %s $SA/empty/out/$(basename $HF))}" > $RES/$SHAPE-standalone.json
+        say "$SHAPE: standalone start to first token ${sa[*]} s (kiln run: ${kr[*]} s)"
+      else
+        say "$SHAPE: standalone run FAILED: $(grep -m1 -i error $LOG/sa-run-$SHAPE.log)"; fail=1
+      fi
+    else
+      say "$SHAPE: standalone compile FAILED: $(grep -m1 error $LOG/sa-compile-$SHAPE.log)"; fail=1
+    fi
+    rm -rf $SA
   fi
   echo "$COMMIT" > $RES/$SHAPE-commit
   if [ "${BENCH_SKIP_TORCH:-0}" != 1 ]; then
@@ -190,6 +220,13 @@ for shape in ("8b", "1b"):
                 hfp.get(n, {}).get("tok_s"), "HF eager (sdpa):")
         for b in (32, 64):
             row(f"decode, batch {b}, --gemm kiln", kf.get(("decode", b)), "tok/s")
+    sa = load(f"{res}/{shape}-standalone.json")
+    if sa:
+        rows.append((f"{shape} standalone executable ({sa['bytes'] / 2**20:.1f} MiB, weights "
+                     "beside), process start to first token, 128-token prompt, two runs",
+                     " / ".join(f"{v:.2f} s" for v in sa["standalone_s"]),
+                     "kiln run of the same folder: " + " / ".join(f"{v:.2f} s" for v in sa["kiln_s"]),
+                     "-"))
     if "check_rel_l2" in t:
         hw.append(f"{shape}: the torch loop's logits vs HF's: relative L2 {t['check_rel_l2']:.1e}; "
                   f"torch.compile + capture {t.get('compile_s', 0):.0f} s; torch {t.get('torch')}, "

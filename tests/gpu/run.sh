@@ -10,6 +10,8 @@
 #      sampled batch equals its requests alone; a --max-batch 6 artifact runs 6 prompts correctly
 #   4. compute-sanitizer (memcheck, racecheck, synccheck, initcheck) over one fixture of each
 #      family: tests/gpu/sanitize.sh, on the artifacts compiled here
+#   5. standalone executables (kilnc compile --standalone) run from an empty folder under env -i,
+#      against kiln run and HF (RUN_STANDALONE=0 skips them)
 #
 # Binaries come built from the build machine (make; carried as out/bin); CUDA 13 and Python with
 # numpy + safetensors are on the GPU machine. Full logs go to $OUT (or ./out/gpu-logs).
@@ -292,6 +294,59 @@ if [ -f $ART/llama/model.kiln ] && ! skip_late "llama seeded"; then
     row "$(printf '%-24s FAIL compile --max-batch 6' llama)"; fail=1
   fi
   shown
+fi
+
+# 5. standalone executables (issue 16; RUN_STANDALONE=0 skips): llama (generate, weights beside it)
+# and bert (embed, --embed-weights) compiled with --standalone; only OUT_DIR copied into an empty
+# folder and run there under env -i, with ldd's and LD_DEBUG=libs' output in the logs
+# (sa_ldd_F.txt, sa_run_F.log). Rows: the shared objects it needs (ldd: glibc only) and those it
+# loaded (LD_DEBUG: glibc, libgcc_s and the driver's libcuda/libnvidia-* only); its --dump equal to
+# `kiln run OUT_DIR`'s (greedy tokens identical; logits' or embedding's relative L2 shown); and
+# against HF with the criteria of the rows above (compare.py gen / embed).
+if [ "${RUN_STANDALONE:-1}" = 1 ]; then
+  SA=/tmp/kiln-standalone
+  rm -rf $SA && mkdir -p $SA
+  GLIBC='linux-vdso\.so\.1|libc\.so\.6|libm\.so\.6|libpthread\.so\.0|libdl\.so\.2|librt\.so\.1|/lib64/ld-linux-x86-64\.so\.2'
+  for f in llama bert; do
+    skip_late "$f standalone" && continue
+    flags=; [ $f = bert ] && flags=--embed-weights
+    if ! $BIN/kilnc compile tests/fixtures/$f -o $SA/out/$f --sm $SM --max-batch 8 --standalone $flags > $LOG/sa_compile_$f.log 2>&1; then
+      row "$(printf '%-24s FAIL compile: %s' "$f standalone" "$(grep -m1 error $LOG/sa_compile_$f.log)")"; fail=1; continue
+    fi
+    mkdir -p $SA/empty/$f && cp -r $SA/out/$f $SA/empty/$f/
+    X=./$f/$f   # from $SA/empty/$f: OUT_DIR and nothing else
+    ids=$($PY tests/gpu/compare.py ids tests/fixtures/$f)
+    if [ $f = bert ]; then args="--ids $ids --token-types $($PY tests/gpu/compare.py types tests/fixtures/$f)"
+    else args="--ids $ids --max-new 16 --ignore-eos"; fi
+    ls -la $SA/empty/$f/$f > $LOG/sa_ldd_$f.txt
+    ldd $SA/empty/$f/$X >> $LOG/sa_ldd_$f.txt 2>&1
+    other=$(sed -n '/=>\|ld-linux\|vdso/p' $LOG/sa_ldd_$f.txt | awk '{print $1}' | grep -vxE "$GLIBC" | tr '\n' ' ')
+    # shellcheck disable=SC2086
+    (cd $SA/empty/$f && env -i LD_DEBUG=libs $X run $args --dump $SA/$f.sa.st) > $LOG/sa_run_$f.log 2>&1
+    src=$?
+    loaded=$(sed -n 's/.*calling init: \(.*\)/\1/p' $LOG/sa_run_$f.log | xargs -rn1 basename | sort -u | tr '\n' ' ')
+    foreign=$(tr ' ' '\n' <<< "$loaded" | grep -v '^$' | grep -vE "^($GLIBC|ld-linux-x86-64\\.so\\.2|libgcc_s\.so\.1|libcuda\.so.*|libnvidia-.*)\$" | tr '\n' ' ')
+    if [ -z "$other" ] && [ -z "$foreign" ] && [ $src = 0 ]; then st=ok; else st=FAIL; fail=1; fi
+    row "$(printf '%-24s %-4s %s: ldd: %s; loaded: %s%s' "$f standalone" $st "$(du -h $SA/empty/$f/$X | cut -f1)" \
+      "${other:-glibc only}" "$loaded" "$([ $src = 0 ] || echo "; run FAILED: $(grep -v '^ *[0-9]*:' $LOG/sa_run_$f.log | grep -m1 -i error)")")"
+    [ $src = 0 ] || continue
+    # shellcheck disable=SC2086
+    if ! $BIN/kiln run $SA/out/$f $args --dump $SA/$f.kiln.st > $LOG/sa_kiln_$f.log 2>&1; then
+      row "$(printf '%-24s FAIL kiln run: %s' "$f standalone" "$(grep -m1 -i error $LOG/sa_kiln_$f.log)")"; fail=1; continue
+    fi
+    $PY tests/gpu/compare.py same "$f standalone = kiln" $SA/$f.kiln.st $SA/$f.sa.st >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
+    shown
+    if [ $f = bert ]; then
+      $PY tests/gpu/compare.py embed "$f standalone vs HF" tests/fixtures/$f $SA/$f.sa.st >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
+    else
+      $BIN/kilnc ref tests/fixtures/$f --ids $ids --max-new 16 --dump $SA/$f.ref.st > $LOG/sa_ref_$f.log 2>&1
+      base=$ART/$f.hfbf16.st; [ -f $base ] || base=
+      $PY tests/gpu/compare.py gen "$f standalone vs HF" tests/fixtures/$f $SA/$f.sa.st $SA/$f.ref.st $base >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
+    fi
+    shown
+  done
+else
+  row "$(printf '%-24s %-4s %s' standalone skip "RUN_STANDALONE=0")"
 fi
 
 # 3c. kiln's own GEMM (kilnc compile --gemm kiln; RUN_KGEMM=0 skips): each fixture of $KGEMM,
