@@ -24,8 +24,10 @@
 //     share their x and w slices through L2 (for the 8B gate_up weight, 235 MB, this is the
 //     difference between reading w from HBM 16 times at M = 2048 and twice).
 // Tails: rows of x past M, rows of w past N and chunks of K past K are zero-filled by cp.async
-// (source size 0), so they add exact zeros; outputs past M or N are not stored. N % 8 == 0 and
-// K % 8 == 0 (static_assert) keep every 16-byte chunk and every 8-column mma tile whole.
+// (source size 0), so they add exact zeros; outputs past M or N are not stored. K % 8 == 0
+// (static_assert) keeps every 16-byte chunk of a row whole; N is any width (an LM head's vocabulary,
+// e.g. 50257, or a rank's share of it): an output pair is stored together where both exist and the
+// pair is aligned, else element by element.
 //
 // Batch invariance: one tile configuration for every (DT, N, K), never chosen by M, no split-K:
 // every output is the chain of mma over K in the same order (slices 0, 1, ..., halves 0, 1), from
@@ -113,7 +115,7 @@ __device__ __forceinline__ void gemm(int M, const DT *x, long long ldx, const DT
     KILN_PDL_ENTER();
     using namespace gemm_detail;
     static_assert(sizeof(DT) == 2, "gemm: DT is bf16 or f16");
-    static_assert(N >= 8 && N % 8 == 0, "gemm: N must be a multiple of 8 (whole 8-column tiles)");
+    static_assert(N >= 1, "gemm: N >= 1");
     static_assert(K >= 8 && K % 8 == 0, "gemm: K must be a multiple of 8 (16-byte chunks)");
     constexpr int KT = (K + BK - 1) / BK;                 // slices of K
     constexpr unsigned SLICE_A = BM * BK * sizeof(DT);    // bytes of one x slice
@@ -228,21 +230,30 @@ __device__ __forceinline__ void gemm(int M, const DT *x, long long ldx, const DT
 #pragma unroll
     for (int j = 0; j < 8; j++) {
         const int n = n0 + wn * 64 + 8 * j + 2 * t;
-        if (n >= N) // N % 8 == 0: the pair is wholly in or out
+        if (n >= N)
             continue;
+        const bool two = n + 1 < N;
         float b0 = 0.f, b1 = 0.f;
         if (BIAS) {
             b0 = to_f(bias[n]);
-            b1 = to_f(bias[n + 1]);
+            b1 = two ? to_f(bias[n + 1]) : 0.f;
         }
 #pragma unroll
         for (int i = 0; i < 4; i++)
 #pragma unroll
             for (int h = 0; h < 2; h++) {
                 const int m = m0 + wm * 64 + 16 * i + 8 * h + g;
-                if (m < M)
-                    store2(y + (long long)m * ldy + n, acc[i][j][2 * h] + b0,
-                           acc[i][j][2 * h + 1] + b1);
+                if (m >= M)
+                    continue;
+                OT *p = y + (long long)m * ldy + n;
+                const float v0 = acc[i][j][2 * h] + b0, v1 = acc[i][j][2 * h + 1] + b1;
+                if (two && ((ldy | n) & 1) == 0)
+                    store2(p, v0, v1);
+                else {
+                    *p = from_f<OT>(v0);
+                    if (two)
+                        p[1] = from_f<OT>(v1);
+                }
             }
     }
 }

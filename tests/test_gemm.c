@@ -38,7 +38,7 @@ static const char *KILNC, *KILN;
 static const char *fixtures[] = {"llama", "mixtral", "bloom", "bert", "qwen2_cls", "deepseek_v2"};
 /* compiled by NVRTC through kilnc compile: mixtral's and bloom's LM heads (500 and 700 columns)
  * wait for the kernel to take an N that is not a multiple of 8 */
-static const char *compiled[] = {"llama", "bert", "qwen2_cls", "deepseek_v2"};
+static const char *compiled[] = {"llama", "mixtral", "bloom", "bert", "qwen2_cls", "deepseek_v2"};
 
 static void lower_with(kc *c, const char *name, int gemm_kiln)
 {

@@ -326,6 +326,12 @@ void ktest_gemm(kt *t)
         {.N = 96, .K = 4104, .ms = {7, 300}, .f16 = 1},
         {.N = 144, .K = 144, .ms = {1, 16, 129}, .bias = 1, .f16 = 1, .f32 = 1},
         {.N = 8, .K = 8, .ms = {1, 130}, .bias = 1},
+        /* widths that are not a multiple of 8 (LM heads: the mixtral and bloom fixtures' 500 and
+         * 700, an odd one as GPT-2's 50257): pairs split at N, unaligned rows of an odd ldy */
+        {.N = 500, .K = 64, .ms = {1, 129, 300}, .bias = 1, .f32 = 1},
+        {.N = 700, .K = 144, .ms = {7, 300}},
+        {.N = 501, .K = 64, .ms = {1, 130}, .bias = 1, .f32 = 1},
+        {.N = 501, .K = 64, .ms = {16}, .f16 = 1},
         /* strides and a grid for more rows than M; three column tiles, the last partial */
         {.N = 264, .K = 200, .ms = {129, 300}, .bias = 1, .pad = 1},
         {.N = 264, .K = 200, .ms = {1, 129}, .f32 = 1, .f16 = 1, .pad = 1},
