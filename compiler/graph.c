@@ -951,30 +951,6 @@ int graph_verify(const kgraph *g, kerr *err)
                 n->stored ? "stored" : "not stored",
                 read[i] ? "another node reads it" : "no other node reads it");
     }
-    /* a norm folded into a GEMV's prologue: its one reader is that linear, which reads it as x
-     * (once), and it normalises whole rows with one weight row (what gemv_norm computes) */
-    int *reads = xcalloc((size_t)(g->n ? g->n : 1), sizeof(int));
-    for (int i = 0; i < g->n; i++)
-        for (int k = 0; k < g->nodes[i].n_in && k < KG_MAX_IN; k++)
-            if (g->nodes[i].in[k] >= 0 && g->nodes[i].in[k] < g->n)
-                reads[g->nodes[i].in[k]]++;
-    for (int i = 0; i < g->n; i++) {
-        const kg_node *n = &g->nodes[i];
-        if (!n->folded_into)
-            continue;
-        int f = n->folded_into, ok = (n->op == KG_RMS_NORM || n->op == KG_LAYER_NORM) &&
-                                     f > i && f < g->n && n->ndim == 2 && n->n_in > 1 &&
-                                     n->in[1] >= 0 && n->in[1] < i &&
-                                     g->nodes[n->in[1]].ndim == 1 && n->fused_into < 0 &&
-                                     n->view_of < 0 && reads[i] == 1;
-        ok = ok && (g->nodes[f].op == KG_LINEAR || g->nodes[f].op == KG_LOGITS) &&
-             g->nodes[f].in[0] == i;
-        if (!ok)
-            BAD("verify: %%%d %s: folded into %%%d, which is not a linear that alone reads it as "
-                "x, or the node is not a norm of whole rows",
-                i, n->name, f);
-    }
-    free(reads);
     free(read);
 #undef BAD
     return bad ? -1 : 0;
@@ -1085,8 +1061,6 @@ void graph_print(const kgraph *g, FILE *f)
             fprintf(f, " [computed by %%%d]", n->fused_into);
         if (n->view_of >= 0)
             fprintf(f, " [view of %%%d]", n->view_of);
-        if (n->folded_into > 0)
-            fprintf(f, " [folded into %%%d's GEMV]", n->folded_into);
         if (n->buf >= 0)
             fprintf(f, " [slab +%lld, %lld B/token]", (long long)n->buf, (long long)n->buf_bytes);
         if (n->spec_file) {
@@ -1170,8 +1144,6 @@ int graph_compact(kgraph *g)
             n->fused_into = map[n->fused_into];
         if (n->view_of >= 0)
             n->view_of = map[n->view_of];
-        if (n->folded_into > 0)
-            n->folded_into = map[n->folded_into];
     }
     if (g->output >= 0)
         g->output = map[g->output];

@@ -186,11 +186,6 @@ typedef struct kg_node {
     int view_of;             /* SLICE of an activation read in place: the node it views (fuse) */
     int stored;              /* ADD fused_into a norm: also read by other nodes, so the norm
                                 kernel writes the sum out too (fuse) */
-    int folded_into;         /* RMS_NORM, LAYER_NORM: 0, or its one reader, a LINEAR or LOGITS
-                                reading it as x, whose GEMV normalises x in its prologue
-                                (templates/gemv.cuh gemv_norm), so that the norm kernel runs
-                                only for steps of more than gemv_max rows (fuse; node 0 is an
-                                input, never such a reader) */
     int64_t buf;             /* byte offset in the activation slab, -1 if none (plan_memory) */
     int64_t buf_bytes;
 } kg_node;

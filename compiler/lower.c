@@ -277,22 +277,6 @@ static int low_embed(lw *w, int id)
     return 0;
 }
 
-/* Norm `id`'s residual rows when a sum is fused into it (fuse): x and res, its two terms, and
- * res_out, the sum's storage, or null where nothing else reads the sum. 1 when there is such a
- * sum, 0 when not (the arguments untouched), -1 on an error. */
-static int norm_sum(lw *w, int id, ka_arg *x, ka_arg *res, ka_arg *res_out)
-{
-    const kgraph *g = w->g;
-    const kg_node *n = &g->nodes[id], *a = &g->nodes[n->in[0]];
-    if (a->op != KG_ADD || a->fused_into != id)
-        return 0;
-    if (dense_arg(w, a->in[0], x) || dense_arg(w, a->in[1], res))
-        return -1;
-    if (plan_needs_buffer(g, n->in[0]) && dense_arg(w, n->in[0], res_out))
-        return -1;
-    return 1;
-}
-
 static int low_norm(lw *w, int id)
 {
     const kgraph *g = w->g;
@@ -303,10 +287,15 @@ static int low_norm(lw *w, int id)
         return -1;
     int th = row_threads(H);
     ka_arg x, res = ANULL(), res_out = ANULL(), out;
+    int residual = 0;
     const kg_node *a = &g->nodes[n->in[0]];
-    int residual = norm_sum(w, id, &x, &res, &res_out);
-    if (residual < 0)
-        return -1;
+    if (a->op == KG_ADD && a->fused_into == id) {
+        residual = 1;
+        if (dense_arg(w, a->in[0], &x) || dense_arg(w, a->in[1], &res))
+            return -1;
+        if (plan_needs_buffer(g, n->in[0]) && dense_arg(w, n->in[0], &res_out))
+            return -1;
+    }
     /* x may be a view: q or k normed per head straight from the fused qkv row (fuse), read
      * with that row's stride (the template's XS) */
     int64_t xs = 0;
@@ -356,18 +345,6 @@ static int low_norm(lw *w, int id)
     add_arg(&s, out);
     add_arg(&s, res_out);
     add_arg(&s, AF(n->eps));
-    /* Folded into its reader's GEMV (fuse): the kernel runs only for the steps that GEMV does
-     * not take. Before an LM head it runs for every prefill step too: the logits of the last
-     * rows are gathered from its output. */
-    if (n->folded_into > 0) {
-        s.size = KA_SIZE_LARGE;
-        if (g->nodes[n->folded_into].op == KG_LOGITS) {
-            push(w, DEC, &s);
-            s.size = KA_SIZE_ANY;
-            push(w, PRE, &s);
-            return 0;
-        }
-    }
     push(w, BOTH, &s);
     return 0;
 }
@@ -392,48 +369,16 @@ int lower_gemv_threads(int64_t N, int64_t K, int gated)
     return 32 * warps;
 }
 
-/* The norm folded into linear n (fuse) when x is that norm's output, as it is for every GEMV of
- * the linear but the LM head's over gathered last rows; -1 otherwise. */
-static int folded_norm(lw *w, const kg_node *n, ka_arg x)
-{
-    const kgraph *g = w->g;
-    int id = (int)(n - g->nodes), nid = n->in[0];
-    ka_arg out;
-    if (g->nodes[nid].folded_into != id || act_arg(w, nid, &out, NULL))
-        return -1;
-    return out.kind == x.kind && out.i == x.i ? nid : -1;
-}
-
-/* The GEMV step (decode-sized rows). rows: KA_ROWS_T or KA_ROWS_S. When x is the output of a
- * norm folded into n, the step is gemv_norm on the norm's inputs (templates/gemv.cuh). */
+/* The GEMV step (decode-sized rows). rows: KA_ROWS_T or KA_ROWS_S. */
 static ka_step gemv_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg bias, ka_arg y,
                          int64_t N, int64_t K, int gated, int act, int out_f32, ka_rows rows)
 {
     int th = lower_gemv_threads(N, K, gated);
-    const char *b = bias.kind == KA_ARG_NULL ? "false" : "true", *gt = gated ? "true" : "false",
-               *f32 = out_f32 ? "true" : "false";
-    int nid = folded_norm(w, n, x), k;
-    const kg_node *nm = nid >= 0 ? &w->g->nodes[nid] : NULL;
-    int layer = nm && nm->op == KG_LAYER_NORM, nbias = layer && nm->n_in > 2 && nm->in[2] >= 0;
-    ka_arg res = ANULL(), res_out = ANULL();
-    int residual = nm ? norm_sum(w, nid, &x, &res, &res_out) : 0;
-    if (nm && !residual && dense_arg(w, nm->in[0], &x))
-        residual = -1;
-    assert(residual >= 0); /* fuse folds only norms of dense rows, which have storage */
-    if (nm)
-        k = kern(w, "gemv_norm", th, 0,
-                 "const kiln_step st, const DT *x, const DT *res, const DT *nw, const DT *nb, "
-                 "DT *res_out, float eps, const DT *w, const DT *bias, void *y, int M",
-                 "kiln::gemv_norm<DT, %lld, %lld, %d, %s, %s, %d, %s, %d, %s, %d, %d, %d, %d>(st, "
-                 "x, res, nw, nb, res_out, eps, w, bias, y, M)",
-                 (long long)N, (long long)K, GEMV_MAX, b, gt, act < 0 ? 0 : act, f32, th,
-                 layer ? "true" : "false", layer ? 0 : nm->unit_offset, residual, nbias,
-                 row_threads(K));
-    else
-        k = kern(w, "gemv", th, 0,
+    int k = kern(w, "gemv", th, 0,
                  "const kiln_step st, const DT *x, const DT *w, const DT *bias, void *y, int M",
                  "kiln::gemv<DT, %lld, %lld, %d, %s, %s, %d, %s, %d>(st, x, w, bias, y, M)",
-                 (long long)N, (long long)K, GEMV_MAX, b, gt, act < 0 ? 0 : act, f32, th);
+                 (long long)N, (long long)K, GEMV_MAX, bias.kind == KA_ARG_NULL ? "false" : "true",
+                 gated ? "true" : "false", act < 0 ? 0 : act, out_f32 ? "true" : "false", th);
     /* one block per 16-row tile: 16 outputs, or 8 gated ones */
     int64_t nout = gated ? N / 2 : N, opb = gated ? 8 : 16;
     ka_step s = kstep(k, n->name, G(0, 0, 0, (int)nout, (int)opb), G1(), G1());
@@ -441,13 +386,6 @@ static ka_step gemv_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg bi
     s.rows = rows;
     add_arg(&s, A(KA_ARG_STEP, 0));
     add_arg(&s, x);
-    if (nm) {
-        add_arg(&s, res);
-        add_arg(&s, AW(w, nm->in[1]));
-        add_arg(&s, nbias ? AW(w, nm->in[2]) : ANULL());
-        add_arg(&s, res_out);
-        add_arg(&s, AF(nm->eps));
-    }
     add_arg(&s, wt);
     add_arg(&s, bias);
     add_arg(&s, y);

@@ -40,26 +40,6 @@
 // every row is too); 1 <= M <= MMAX (M is clamped to MMAX); st is unused (M is explicit);
 // sm_80 or newer (mma.sync with bf16).
 //
-// gemv_norm (below) is the same GEMV with the norm that produces x folded into its prologue,
-// which removes the norm kernels from a decode step (compiler/passes/fuse.c marks such a norm
-// folded_into its linear; the norm kernel then runs only for steps of more than gemv_max rows,
-// which take the GEMM). Its design choices:
-//   - the residual add stays with the norm: s = round(x + res) is recomputed by every block from
-//     the two terms, and block 0 also stores it (the residual stream, res_out). Moving the add
-//     into the previous GEMV's epilogue instead would make the prefill and decode paths add in
-//     different kernels, and would not survive an all-reduce in between under tensor
-//     parallelism. Only one block writes res_out, and no block reads it: plan_memory gives the
-//     sum storage of its own, apart from x and res, whose liveness it extends to the GEMV (no
-//     block can read a half-written x), and the kernels that read the sum run after this grid
-//     has completed (KILN_PDL_ENTER's griddepcontrol.wait);
-//   - each block computes the row statistics itself (no grid-wide barrier): M*K*2 bytes per row
-//     and term from L2, small next to the block's 16 weight rows at M <= 8. The statistics
-//     replay the norm kernel's summation order exactly (norm_stats), the normalised row is
-//     rounded to DT before the mma, as the norm kernel stores it, and then goes through the
-//     same mma chain as gemv's: so gemv_norm's y is bit for bit the norm kernel followed by
-//     gemv (tests/gpu/ktest_gemv.c checks it), a row's result is independent of M, and decode
-//     gives what a prefill of the same rows through the GEMV path gives.
-//
 // What it does not do: split-K across blocks (a tile's K is split over the warps of its block
 // only; with 16 warps that is enough for the 1B/8B shapes, whose smallest N gives 128 tiles),
 // M > 16 (cuBLASLt's GEMM takes those rows).
@@ -208,165 +188,20 @@ __device__ __forceinline__ void mma_group(float d[NT][4], const uint4 &wa, const
     }
 }
 
-// x as it is in memory: the plain GEMV's rows.
-template <typename DT, int K>
-struct x_plain {
-    const DT *x;
-    // The 16-byte chunk of row m at element offset off.
-    __device__ __forceinline__ uint4 load(int m, int off) const
-    {
-        return *reinterpret_cast<const uint4 *>(x + (long long)m * K + off);
-    }
-};
+} // namespace gemv_detail
 
-// Eight floats rounded to DT, packed as they would be in memory (element 0 in the low half).
-template <typename DT>
-__device__ __forceinline__ uint4 pack8(const float in[8])
-{
-    vec8 v;
-#pragma unroll
-    for (int i = 0; i < 8; i++) {
-        DT e = from_f<DT>(in[i]);
-        v.u[i] = *reinterpret_cast<unsigned short *>(&e);
-    }
-    return *reinterpret_cast<const uint4 *>(&v);
-}
-
-// x normalised as it is loaded (gemv_norm): the row s = RESIDUAL ? round(x + res) : x, then
-// elementwise what elementwise.cuh's rms_norm / layer_norm compute from the row's statistics
-// (mean and inv, in shared memory, from norm_stats), written as the same expressions so that
-// the compiler emits the same operations, and rounded to DT as the norm kernel's output is.
-template <typename DT, int K, bool LAYER, int UNIT_OFFSET, int RESIDUAL, int NBIAS>
-struct x_norm {
-    const DT *x, *res, *nw, *nb;
-    const float *mean, *inv;
-    __device__ __forceinline__ uint4 load(int m, int off) const
-    {
-        const long long o = (long long)m * K + off;
-        float v[8], g[8], b[8], out[8];
-        load8(x + o, v);
-        if (RESIDUAL) {
-            float r[8];
-            load8(res + o, r);
-#pragma unroll
-            for (int i = 0; i < 8; i++)
-                v[i] = to_f(from_f<DT>(v[i] + r[i]));
-        }
-        load8(nw + off, g);
-        if (NBIAS)
-            load8(nb + off, b);
-        const float mu = mean[m], iv = inv[m];
-#pragma unroll
-        for (int i = 0; i < 8; i++) {
-            if (LAYER)
-                out[i] = (v[i] - mu) * iv * g[i] + (NBIAS ? b[i] : 0.f);
-            else
-                out[i] = v[i] * iv * (UNIT_OFFSET ? 1.f + g[i] : g[i]);
-        }
-        return pack8<DT>(out);
-    }
-};
-
-// The statistics of the first M rows of x (each K elements; s = round(x + res) with RESIDUAL),
-// into shared memory: LAYER: mean[m] and inv[m] = rsqrt(var + eps); else inv[m] = rsqrt(mean of
-// s^2 + eps). Bit for bit what elementwise.cuh's norm kernel launched with NTH threads computes
-// for the row: its summation order is replayed exactly. Thread tid of that block sums its
-// chunks tid, tid + NTH, ... (zeros past the row, as the kernel's registers hold), the 32 lanes
-// of each of its NTH/32 warps are added by warp_sum's butterfly, and the warps' sums by a second
-// warp_sum (block_sum). Here the real warps take those (row, virtual warp) tasks in turn; which
-// real warp takes one changes nothing, so a row's statistics depend on neither M nor THREADS.
-// Block 0 writes s to res_out (the residual stream) while it reads it; res_out is a buffer of
-// its own (plan_memory keeps the norm's inputs live until the GEMV), so no block reads a value
-// another is writing, and readers of res_out are later kernels (KILN_PDL_ENTER's wait).
-template <typename DT, int K, int MMAX, int NTH, int THREADS, bool LAYER, int RESIDUAL>
-__device__ __forceinline__ void norm_stats(const DT *x, const DT *res, DT *res_out, float eps,
-                                           int M, float *mean, float *inv)
-{
-    static_assert(NTH % 32 == 0 && NTH >= 32 && NTH <= 1024, "gemv_norm: NTH is the norm "
-                                                              "kernel's block, 32..1024");
-    constexpr int CH = K / 8, NCH = (CH + NTH - 1) / NTH, VW = NTH / 32, WARPS = THREADS / 32;
-    __shared__ float part[MMAX][VW];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
-    const bool writer = RESIDUAL && res_out != nullptr && blockIdx.x == 0;
-    // pass 0: sum of s^2 (RMS) or of s (LAYER); pass 1 (LAYER): sum of (s - mean)^2
-#pragma unroll 1
-    for (int pass = 0; pass < (LAYER ? 2 : 1); pass++) {
-#pragma unroll 1
-        for (int q = warp; q < M * VW; q += WARPS) {
-            const int m = q / VW, tid = q % VW * 32 + lane;
-            const float mu = pass ? mean[m] : 0.f;
-            float acc = 0.f;
-#pragma unroll
-            for (int k = 0; k < NCH; k++) {
-                const int c = tid + k * NTH;
-                float v[8];
-#pragma unroll
-                for (int i = 0; i < 8; i++)
-                    v[i] = 0.f;
-                if (c < CH) {
-                    const long long o = (long long)m * K + c * 8;
-                    load8(x + o, v);
-                    if (RESIDUAL) {
-                        float r[8];
-                        load8(res + o, r);
-#pragma unroll
-                        for (int i = 0; i < 8; i++)
-                            v[i] = to_f(from_f<DT>(v[i] + r[i]));
-                        if (writer && pass == 0)
-                            store8(res_out + o, v);
-                    }
-                }
-                if (pass == 0) {
-#pragma unroll
-                    for (int i = 0; i < 8; i++) {
-                        if (LAYER)
-                            acc += v[i];
-                        else
-                            acc += v[i] * v[i];
-                    }
-                } else if (c < CH) { // the kernel's variance skips the chunks past the row
-#pragma unroll
-                    for (int i = 0; i < 8; i++)
-                        acc += (v[i] - mu) * (v[i] - mu);
-                }
-            }
-            acc = warp_sum(acc);
-            if (lane == 0)
-                part[m][q % VW] = acc;
-        }
-        __syncthreads();
-        if (warp == 0) {
-#pragma unroll 1
-            for (int m = 0; m < M; m++) {
-                float s = part[m][0];
-                if (VW > 1)
-                    s = warp_sum(lane < VW ? part[m][lane] : 0.f);
-                if (lane == 0) {
-                    if (!LAYER)
-                        inv[m] = rsqrtf(s / (float)K + eps);
-                    else if (pass == 0)
-                        mean[m] = s / (float)K;
-                    else
-                        inv[m] = rsqrtf(s / (float)K + eps);
-                }
-            }
-        }
-        __syncthreads();
-    }
-}
-
-// The GEMV of one 16-row tile per block (the launch rule above) on rows 1 <= M <= MMAX of the
-// x source xs (x_plain or x_norm).
 template <typename DT, int N, int K, int MMAX, bool BIAS, bool GATED, int ACT, bool OUT_F32,
-          int THREADS, class XS>
-__device__ __forceinline__ void gemv_tile(const XS &xs, const DT *w, const DT *bias, void *y,
-                                          int M)
+          int THREADS>
+__device__ __forceinline__ void gemv(const kiln_step st, const DT *x, const DT *w, const DT *bias,
+                                     void *y, int M)
 {
+    KILN_PDL_ENTER();
     static_assert(K % 8 == 0, "gemv: K must be a multiple of 8");
     static_assert(N >= 1 && (!GATED || N % 2 == 0), "gemv: GATED needs an even N");
     static_assert(MMAX >= 1 && MMAX <= 16, "gemv: MMAX is 1..16");
     static_assert(THREADS % 32 == 0 && THREADS >= 32 && THREADS <= 512,
                   "gemv: THREADS must be a multiple of 32, at most 512");
+    (void)st;
     constexpr int NOUT = GATED ? N / 2 : N;
     constexpr int OPB = GATED ? 8 : 16;          // outputs per block (one 16-row tile)
     constexpr int NT = (MMAX + 7) / 8;           // 8-column tiles of x rows
@@ -374,6 +209,10 @@ __device__ __forceinline__ void gemv_tile(const XS &xs, const DT *w, const DT *b
     constexpr int U = 4;                         // 32-element groups per step
     constexpr int KC = K / 8;                    // 16-byte chunks per row
     constexpr int STEPS = (KC + 4 * U - 1) / (4 * U);
+    if (M > MMAX)
+        M = MMAX;
+    if (M < 1)
+        return; // uniform over the grid: no block barrier is reached
     const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, g = lane >> 2, t = lane & 3;
 
     // The lane's two weight rows; rows past the end read the last row (valid memory) and store
@@ -394,10 +233,12 @@ __device__ __forceinline__ void gemv_tile(const XS &xs, const DT *w, const DT *b
             rb = N - 1;
     }
     const DT *wa = w + ra * K + 8 * t, *wb = w + rb * K + 8 * t;
-    int xm[NT]; // x row 8j+g, or row M-1 past M (its column of the tile is not stored)
+    const DT *xr[NT]; // x row 8j+g, or row M-1 past M (its column of the tile is not stored)
 #pragma unroll
-    for (int j = 0; j < NT; j++)
-        xm[j] = 8 * j + g < M ? 8 * j + g : M - 1;
+    for (int j = 0; j < NT; j++) {
+        const int m = 8 * j + g < M ? 8 * j + g : M - 1;
+        xr[j] = x + (long long)m * K + 8 * t;
+    }
 
     float acc[NT][4];
 #pragma unroll
@@ -415,14 +256,16 @@ __device__ __forceinline__ void gemv_tile(const XS &xs, const DT *w, const DT *b
         if (c0 + 4 * U <= KC) { // a whole step: all loads first
 #pragma unroll
             for (int u = 0; u < U; u++) {
-                va[u] = ld_stream(wa + (c0 + 4 * u) * 8);
-                vb[u] = ld_stream(wb + (c0 + 4 * u) * 8);
+                va[u] = gemv_detail::ld_stream(wa + (c0 + 4 * u) * 8);
+                vb[u] = gemv_detail::ld_stream(wb + (c0 + 4 * u) * 8);
             }
 #pragma unroll
             for (int u = 0; u < U; u++)
 #pragma unroll
                 for (int j = 0; j < NT; j++)
-                    vx[u][j] = 8 * j < M ? xs.load(xm[j], (c0 + 4 * u + t) * 8) : zero;
+                    vx[u][j] = 8 * j < M
+                                   ? *reinterpret_cast<const uint4 *>(xr[j] + (c0 + 4 * u) * 8)
+                                   : zero;
         } else { // the last step of a K that is not a multiple of 128: zeros past K, in w and x
 #pragma unroll
             for (int u = 0; u < U; u++) {
@@ -431,13 +274,14 @@ __device__ __forceinline__ void gemv_tile(const XS &xs, const DT *w, const DT *b
                 const int c = c0 + 4 * u + t;
                 const bool in = c < KC;
                 const int off = ((in ? c : KC - 1) - t) * 8;
-                va[u] = ld_stream(wa + off);
-                vb[u] = ld_stream(wb + off);
+                va[u] = gemv_detail::ld_stream(wa + off);
+                vb[u] = gemv_detail::ld_stream(wb + off);
                 if (!in)
                     va[u] = vb[u] = zero;
 #pragma unroll
                 for (int j = 0; j < NT; j++)
-                    vx[u][j] = in && 8 * j < M ? xs.load(xm[j], off + 8 * t) : zero;
+                    vx[u][j] = in && 8 * j < M ? *reinterpret_cast<const uint4 *>(xr[j] + off)
+                                               : zero;
             }
         }
         // One chain of 2U mma per step from zero, then a float add (see the top of the file).
@@ -449,7 +293,7 @@ __device__ __forceinline__ void gemv_tile(const XS &xs, const DT *w, const DT *b
                 d[j][i] = 0.f;
 #pragma unroll
         for (int u = 0; u < U; u++)
-            mma_group<DT, NT>(d, va[u], vb[u], vx[u], M);
+            gemv_detail::mma_group<DT, NT>(d, va[u], vb[u], vx[u], M);
 #pragma unroll
         for (int j = 0; j < NT; j++)
 #pragma unroll
@@ -513,60 +357,6 @@ __device__ __forceinline__ void gemv_tile(const XS &xs, const DT *w, const DT *b
                     static_cast<DT *>(y)[(long long)m * NOUT + o] = from_f<DT>(v);
             }
         }
-}
-
-} // namespace gemv_detail
-
-// The GEMV of the launch rule above on x as it is.
-template <typename DT, int N, int K, int MMAX, bool BIAS, bool GATED, int ACT, bool OUT_F32,
-          int THREADS>
-__device__ __forceinline__ void gemv(const kiln_step st, const DT *x, const DT *w, const DT *bias,
-                                     void *y, int M)
-{
-    KILN_PDL_ENTER();
-    (void)st;
-    if (M > MMAX)
-        M = MMAX;
-    if (M < 1)
-        return; // uniform over the grid: no block barrier is reached
-    gemv_detail::gemv_tile<DT, N, K, MMAX, BIAS, GATED, ACT, OUT_F32, THREADS>(
-        gemv_detail::x_plain<DT, K>{x}, w, bias, y, M);
-}
-
-// gemv_norm: the GEMV of the norm of x, with the norm in its prologue (the decode step's qkv,
-// gate/up and LM head GEMVs: no norm kernel before them). y = gemv(norm(s)), s = RESIDUAL ?
-// round(x + res) : x; the norm is elementwise.cuh's rms_norm (LAYER false: s * rsqrt(mean(s^2)
-// + eps) * (UNIT_OFFSET ? 1 + nw : nw)) or layer_norm (LAYER true: (s - mean) * rsqrt(var + eps)
-// * nw (+ nb when NBIAS)) over rows of K, weights nw, nb [K]. With RESIDUAL and res_out not null,
-// s is stored to res_out (the residual stream: block 0 writes it, see norm_stats). The result is
-// bit for bit that of the norm kernel launched with NTH threads (lower.c's row_threads(K)) then
-// gemv: the statistics replay that kernel's summation order, and the normalised row is rounded
-// to DT before the mma, as the norm kernel's stored output is. So the decode step gives what
-// the prefill path (norm kernel, then GEMM or GEMV) gives, and a row's result is independent of
-// M. Each block reads the M rows of x (and res) twice: once for the statistics, once as the
-// tile's loads; M*K*2 bytes from L2, next to the 16*K*2 of weights each block streams.
-// Launch rule, layouts and preconditions: gemv's; res, nw, nb and res_out 16-byte aligned;
-// res_out does not overlap x or res.
-template <typename DT, int N, int K, int MMAX, bool BIAS, bool GATED, int ACT, bool OUT_F32,
-          int THREADS, bool LAYER, int UNIT_OFFSET, int RESIDUAL, int NBIAS, int NTH>
-__device__ __forceinline__ void gemv_norm(const kiln_step st, const DT *x, const DT *res,
-                                          const DT *nw, const DT *nb, DT *res_out, float eps,
-                                          const DT *w, const DT *bias, void *y, int M)
-{
-    KILN_PDL_ENTER();
-    static_assert(!(LAYER && UNIT_OFFSET) && (LAYER || !NBIAS),
-                  "gemv_norm: the (1 + w) scale is RMSNorm's, a bias LayerNorm's");
-    (void)st;
-    if (M > MMAX)
-        M = MMAX;
-    if (M < 1)
-        return; // uniform over the grid: no block barrier is reached
-    __shared__ float mean[MMAX], inv[MMAX];
-    gemv_detail::norm_stats<DT, K, MMAX, NTH, THREADS, LAYER, RESIDUAL>(x, res, res_out, eps, M,
-                                                                        mean, inv);
-    gemv_detail::gemv_tile<DT, N, K, MMAX, BIAS, GATED, ACT, OUT_F32, THREADS>(
-        gemv_detail::x_norm<DT, K, LAYER, UNIT_OFFSET, RESIDUAL, NBIAS>{x, res, nw, nb, mean, inv},
-        w, bias, y, M);
 }
 
 } // namespace kiln

@@ -1039,28 +1039,6 @@ static void test_verify_stored(void **state)
     assert_int_equal(graph_verify(G, &E), 0);
 }
 
-static void test_verify_folded(void **state)
-{
-    (void)state;
-    /* a norm folded into the GEMV of its one reader, a linear that takes it as x */
-    int x = act("x", 8);
-    int n = ok(graph_rms_norm(G, x, W1("norm", 8), 1e-5, 0, "norm", &E));
-    int l = ok(graph_linear(G, n, W2("up", 8, 8), -1, "up", &E));
-    int r = ok(graph_binary(G, KG_ADD, l, n, "res", &E));
-    int f = ok(graph_rms_norm(G, r, W1("final", 8), 1e-5, 0, "final", &E));
-    int h = ok(graph_logits(G, f, W2("head", 4, 8), -1, "logits", &E));
-    G->nodes[n].folded_into = l;
-    assert_int_equal(graph_verify(G, &E), -1); /* the add reads it too */
-    assert_contains(kerr_msg(&E), "norm: folded into %");
-    kerr_clear(&E);
-    G->nodes[n].folded_into = 0;
-    G->nodes[f].folded_into = h; /* the final norm, read by the head alone */
-    assert_int_equal(graph_verify(G, &E), 0);
-    G->nodes[f].folded_into = r; /* an earlier node, and not a linear */
-    assert_int_equal(graph_verify(G, &E), -1);
-    assert_contains(kerr_msg(&E), "final: folded into %");
-}
-
 /* ---------------------------------------------------------------- non-finite weights */
 
 static st_tensor tensor_of(st_dtype dt, int ndim, const int64_t *shape, const void *data)
@@ -1181,7 +1159,6 @@ int main(void)
         T(test_weight_absurd_sizes),
         T(test_many_layers_linear),
         T(test_verify_stored),
-        T(test_verify_folded),
         T(test_finite_scan),
     };
 #undef T

@@ -12,8 +12,6 @@
  *   add+norm  norm(a + b) is computed by the norm kernel, which also writes the sum for the
  *             residual stream (the add is marked fused_into the norm, and `stored` when
  *             another node reads the sum);
- *   norm+gemv a norm read only by one linear is also computed by that linear's GEMV, which
- *             normalises x as it loads it (folded_into): decode-sized steps run no norm kernel;
  *   rope+kv   the rotations of q and k feeding an attention are done by the kernel that writes
  *             k and v into the KV cache (marked fused_into the attention); those of q_pe and k_pe
  *             feeding a multi-head latent attention by its two kernels (fused_into the MLA).
@@ -107,15 +105,6 @@ static int emit_const_concat(kgraph *g2, const kgraph *g, const int *map, const 
     p.spec_file = f->spec_file;
     p.spec_line = f->spec_line;
     return graph_append(g2, &p);
-}
-
-/* Whether activation `id` is read as rows of its own width: not a column slice of another
- * (a view), through any reshapes. */
-static int dense_rows(const kgraph *g, int id)
-{
-    while (g->nodes[id].op == KG_RESHAPE && !g->nodes[id].is_const)
-        id = g->nodes[id].in[0];
-    return g->nodes[id].view_of < 0;
 }
 
 /* "L3.attn.q" -> "L3.attn.qkv" style names: the layer prefix of `like` plus `suffix`. */
@@ -308,27 +297,6 @@ int pass_fuse(kc *c, kerr *err)
             if (ok)
                 an->fused_into = i;
         }
-    }
-    /* norm -> GEMV: a norm of whole rows with one weight row, read only by a linear that
-     * takes it as x, is marked folded into that linear: its GEMV (templates/gemv.cuh gemv_norm)
-     * normalises x in its prologue, so a step of gemv_max rows or fewer (decode) runs no norm
-     * kernel; larger steps run the norm kernel and the GEMM as before. The norm's inputs, and
-     * those of a sum fused into it, must be dense rows: the GEMV reads them as x. */
-    for (int i = 0; i < g2->n; i++) {
-        kg_node *nd = &g2->nodes[i];
-        if ((nd->op != KG_RMS_NORM && nd->op != KG_LAYER_NORM) || users2[i] != 1 ||
-            nd->ndim != 2 || g2->nodes[nd->in[1]].ndim != 1)
-            continue;
-        int l = last_user[i];
-        const kg_node *ln = &g2->nodes[l];
-        if ((ln->op != KG_LINEAR && ln->op != KG_LOGITS) || ln->in[0] != i)
-            continue;
-        const kg_node *a = &g2->nodes[nd->in[0]];
-        int summed = a->op == KG_ADD && a->fused_into == i;
-        if (!dense_rows(g2, summed ? a->in[0] : nd->in[0]) ||
-            (summed && !dense_rows(g2, a->in[1])))
-            continue;
-        nd->folded_into = l;
     }
     free(users2);
     free(last_user);

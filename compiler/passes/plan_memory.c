@@ -7,7 +7,6 @@
  *   - the k rotation fused into an attention writes the KV cache, not a buffer; the q rotation
  *     is the attention's query buffer;
  *   - an add fused into a norm is stored only if something besides the norm reads it;
- *   - the inputs of a norm folded into a GEMV are read by that GEMV too;
  *   - pooled outputs and logits live in the runtime's output buffers, not in the slab.
  * Allocation is first fit over intervals [first write, last read] in node order.
  */
@@ -72,14 +71,10 @@ int pass_plan_memory(kc *c, kerr *err)
     for (int i = 0; i < g->n; i++)
         last[i] = i;
     /* A read of a view is a read of its storage. A fused node runs (reads its inputs and
-     * writes its value) at the node that computes it. A norm folded into a GEMV (and a sum
-     * fused into that norm) reads its inputs again at the GEMV, so they stay live until then:
-     * the GEMV's output, and the sum it writes, never share their storage. */
+     * writes its value) at the node that computes it. */
     for (int i = 0; i < g->n; i++) {
         const kg_node *n = &g->nodes[i];
         int when = n->fused_into >= 0 ? n->fused_into : i;
-        if (g->nodes[when].folded_into > 0)
-            when = g->nodes[when].folded_into;
         for (int k = 0; k < n->n_in; k++)
             if (n->in[k] >= 0) {
                 int s = plan_storage_of(g, n->in[k]);
