@@ -498,6 +498,9 @@ static int alloc_device(kmodel *m, kdev *d, kerr *err)
     CU(cuMemAlloc(&d->out, sizeof(float) * (size_t)man->hidden * (size_t)man->max_seqs));
     CU(cuMemAlloc(&d->meta, m->meta_bytes));
     CU(cuMemsetD8(d->meta, 0, m->meta_bytes));
+    /* the copies' DMA and the memsets run on the legacy stream, which the device's
+     * non-blocking stream does not wait for: finish them before any kernel reads these */
+    CU(cuStreamSynchronize(NULL));
     d->st.max_blocks = m->max_blocks;
     d->st.tok_ids = d->meta + m->o_ids;
     d->st.tok_pos = d->meta + m->o_pos;
@@ -643,6 +646,7 @@ static int dev_kv(kmodel *m, kdev *d, kerr *err)
 {
     CU(cuMemAlloc(&d->kv, m->kv_bytes));
     CU(cuMemsetD8(d->kv, 0, m->kv_bytes));
+    CU(cuStreamSynchronize(NULL)); /* legacy stream: see alloc_device */
     return 0;
 }
 
@@ -889,6 +893,7 @@ static int init_p2p(kmodel *m, kerr *err)
             }
             CU(cuMemAlloc(&d->p2p_mem, buf + flags + epochs));
             CU(cuMemsetD8(d->p2p_mem, 0, buf + flags + epochs));
+            CU(cuStreamSynchronize(NULL)); /* legacy stream: see alloc_device */
         }
         for (int i = 0; i < m->ndev; i++) {
             kiln_p2p *p = &m->devs[i].p2p;

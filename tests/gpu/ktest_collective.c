@@ -62,6 +62,11 @@ static int t_count(kt *t, CUfunction f, int R, long long count, const kiln_p2p *
             cu_ok = ok_cu(t, t->cu.cuMemcpyHtoD(x[r], in + (size_t)r * (size_t)count, bytes),
                           "cuMemcpyHtoD", name) &&
                     ok_cu(t, t->cu.cuMemsetD8(y[r], 0xFF, bytes), "cuMemsetD8", name);
+        /* the ranks' streams are non-blocking: they do not wait for the legacy stream, where
+         * the copy's DMA and the poison may still be running (count 300007's 600 KB lost that
+         * race once, on an H200 shared with other work: y[0] still 0xffff after the kernel) */
+        if (cu_ok)
+            cu_ok = ok_cu(t, t->cu.cuStreamSynchronize(NULL), "cuStreamSynchronize", name);
         for (int r = 0; r < R && cu_ok; r++) {
             CUdeviceptr in_r = x[r], out = in_place ? x[r] : y[r];
             long long n = count;
