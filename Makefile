@@ -45,7 +45,7 @@ CUDALIBS := -lnvrtc
 
 # ---- sources (listed, not globbed) ----
 RUNTIME_SRC := runtime/util.c runtime/safetensors.c runtime/kcuda.c runtime/artifact.c runtime/hash.c runtime/standalone.c \
-               runtime/gemm.c runtime/roofline.c runtime/comm.c runtime/engine.c runtime/backend.c runtime/kvcache.c runtime/sched.c \
+               runtime/gemm.c runtime/roofline.c runtime/bench_report.c runtime/comm.c runtime/engine.c runtime/backend.c runtime/kvcache.c runtime/sched.c \
                runtime/tokenizer/tokenizer.c runtime/tokenizer/tok_util.c runtime/tokenizer/tok_text.c runtime/tokenizer/tok_model.c \
                runtime/tokenizer/chat_template.c runtime/tokenizer/jinja_value.c runtime/tokenizer/jinja_parse.c runtime/tokenizer/jinja_eval.c \
                runtime/server/openai.c runtime/server/metrics.c

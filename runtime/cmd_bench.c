@@ -16,13 +16,15 @@
  *     first request without it). The GPU measurements before the load start the CUDA runtime
  *     and cuBLASLt in the same context, which only shortens the load, not that first request;
  *   - prefill tok/s at each --prefill length, the same way;
- *   - decode tok/s at each --batch B: B sequences with a DECODE_PROMPT-token prompt are
+ *   - decode tok/s at each --batch B: B sequences with a KBENCH_DECODE_PROMPT-token prompt are
  *     prefilled (untimed), then --new steps of B one-token items are timed, each token the
  *     greedy sampler's choice fed back (end-of-sequence ignored).
  * The bench drives the step interface (backend.h) directly, with no scheduler: one sequence per
  * slot, KV blocks handed out in order. Each figure is given absolute and as the ratio of its
  * roofline time to its measured time (1 would be the hardware limit), the rooflines computed
- * from the manifest (roofline.h) and the measured hardware; the output says how.
+ * from the manifest (roofline.h) and the measured hardware; the output says how (bench_report.h).
+ * Without cuBLASLt (a standalone executable's driver-only target) there is no GEMM peak: the
+ * prefill and time-to-first-token figures are measured and given without a ratio.
  *
  * DIR may also be a Hugging Face checkpoint folder: the CPU backend (fp32 reference interpreter)
  * runs the same figures, sized to them (its batch is the largest --batch), with no roofline:
@@ -33,35 +35,19 @@
  * is skipped with a line saying why; a figure whose sequences need more KV blocks than the
  * backend has is skipped too (known only after the load).
  */
-#include <jansson.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "backend_ref.h"
+#include "bench_report.h"
 #include "cli.h"
 #include "roofline.h"
 
 #define PROG "kiln bench"
-#define DECODE_PROMPT 32 /* prompt tokens of each decode sequence: one KV block */
 #define MAX_LIST 16      /* items of --batch and of --prefill */
 #define MAX_REPS 100
-
-enum { FIG_TTFT, FIG_PREFILL, FIG_DECODE };
-
-/* One figure, measured or skipped. */
-typedef struct fig {
-    int kind;
-    int n;          /* prompt tokens (FIG_TTFT, FIG_PREFILL) or sequences (FIG_DECODE) */
-    double seconds; /* the best timed run */
-    double first;   /* FIG_TTFT: its warm-up run, the first request after the load */
-    double value;   /* ms (FIG_TTFT) or tok/s */
-    double roof;    /* the roofline in the same unit; 0: none (CPU backend) */
-    double ratio;   /* roofline time / measured time */
-    double first_ratio;
-    char *skip;     /* why it was not measured, or NULL */
-} fig;
 
 typedef struct opts {
     int64_t batch[MAX_LIST], prefill[MAX_LIST];
@@ -96,9 +82,12 @@ static void usage(FILE *f)
             "token, prefill tok/s and decode tok/s, each the best of --reps runs after a warm-up\n"
             "run, and each as a ratio to its roofline: for decode, the bytes a step must read\n"
             "(every weight but the embedding table, plus the KV cache) over the copy bandwidth;\n"
-            "for prefill, its FLOPs over the GEMM peak. DIR is a model compiled by 'kilnc\n"
-            "compile', or a Hugging Face checkpoint folder (config.json), which runs on the CPU\n"
-            "reference interpreter with no roofline (slow: use small figures).\n\n"
+            "for prefill, its FLOPs over the GEMM peak. Where cuBLASLt cannot be loaded (a\n"
+            "standalone executable's target may have only the driver), the GEMM peak is not\n"
+            "measured and the prefill and time-to-first-token ratios are n/a (null in --json);\n"
+            "the decode ratios are still given. DIR is a model compiled by 'kilnc compile', or\n"
+            "a Hugging Face checkpoint folder (config.json), which runs on the CPU reference\n"
+            "interpreter with no roofline (slow: use small figures).\n\n"
             "  --batch LIST     decode batch sizes (default 1,8,32,64; defaults above the\n"
             "                   model's compiled batch are skipped)\n"
             "  --prompt N       prompt tokens for the time to first token (default 128)\n"
@@ -110,7 +99,7 @@ static void usage(FILE *f)
             "                   kilnc compile --tp made it for (default: the artifact's). Its\n"
             "                   rooflines are one rank's bytes and FLOPs over one GPU's rates\n"
             "  -h, --help       this help\n",
-            DECODE_PROMPT, MAX_REPS);
+            KBENCH_DECODE_PROMPT, MAX_REPS);
 }
 
 static int blocks_for(int64_t tokens)
@@ -118,10 +107,10 @@ static int blocks_for(int64_t tokens)
     return (int)((tokens + KILN_BLOCK - 1) / KILN_BLOCK);
 }
 
-static fig *add_fig(fig **figs, int *nf, int kind, int n)
+static kbench_fig *add_fig(kbench_fig **figs, int *nf, int kind, int n)
 {
-    *figs = xrealloc(*figs, sizeof(fig) * (size_t)(*nf + 1));
-    fig *g = &(*figs)[(*nf)++];
+    *figs = xrealloc(*figs, sizeof(kbench_fig) * (size_t)(*nf + 1));
+    kbench_fig *g = &(*figs)[(*nf)++];
     memset(g, 0, sizeof *g);
     g->kind = kind;
     g->n = n;
@@ -130,17 +119,17 @@ static fig *add_fig(fig **figs, int *nf, int kind, int n)
 
 /* The figures to measure, checked against the limits: a value the user gave that does not fit
  * is a usage error (returns 2, printed), a default that does not fit a skipped figure. */
-static int plan(const opts *o, const limits *lim, fig **figs, int *nf)
+static int plan(const opts *o, const limits *lim, kbench_fig **figs, int *nf)
 {
     const char *len_fix = lim->compiled ? "kilnc compile --max-seq-len sets it"
                                         : "on the CPU it is the checkpoint's "
                                           "max_position_embeddings, at most 2048";
-    fig *g;
+    kbench_fig *g;
     if (o->prompt > lim->max_seq_len && o->set_prompt)
         return util_usage_error(PROG, "--prompt %d: the model's max_seq_len is %d (use %d or "
                                       "less; %s)",
                                 o->prompt, lim->max_seq_len, lim->max_seq_len, len_fix);
-    g = add_fig(figs, nf, FIG_TTFT, o->prompt);
+    g = add_fig(figs, nf, KBENCH_TTFT, o->prompt);
     if (o->prompt > lim->max_seq_len)
         g->skip = xasprintf("longer than the model's max_seq_len %d (%s)", lim->max_seq_len,
                             len_fix);
@@ -150,16 +139,16 @@ static int plan(const opts *o, const limits *lim, fig **figs, int *nf)
             return util_usage_error(PROG, "--prefill: %d tokens exceed the model's max_seq_len %d "
                                           "(use lengths up to %d; %s)",
                                     t, lim->max_seq_len, lim->max_seq_len, len_fix);
-        g = add_fig(figs, nf, FIG_PREFILL, t);
+        g = add_fig(figs, nf, KBENCH_PREFILL, t);
         if (t > lim->max_seq_len)
             g->skip = xasprintf("longer than the model's max_seq_len %d (%s)", lim->max_seq_len,
                                 len_fix);
     }
-    int new_tokens = o->new_tokens, room = lim->max_seq_len - DECODE_PROMPT;
+    int new_tokens = o->new_tokens, room = lim->max_seq_len - KBENCH_DECODE_PROMPT;
     if (new_tokens > room && o->set_new)
         return util_usage_error(PROG, "--new %d: %d prompt tokens + %d exceed the model's "
                                       "max_seq_len %d (use --new %d or less)",
-                                new_tokens, DECODE_PROMPT, new_tokens, lim->max_seq_len,
+                                new_tokens, KBENCH_DECODE_PROMPT, new_tokens, lim->max_seq_len,
                                 room > 0 ? room : 0);
     int cap = lim->max_seqs < lim->max_tokens ? lim->max_seqs : lim->max_tokens;
     for (int i = 0; i < o->nbatch; i++) {
@@ -171,13 +160,13 @@ static int plan(const opts *o, const limits *lim, fig **figs, int *nf)
                                     lim->compiled ? "kilnc compile --max-batch and --max-tokens "
                                                     "set it; kiln inspect shows it"
                                                   : "the CPU backend's most");
-        g = add_fig(figs, nf, FIG_DECODE, bsz);
+        g = add_fig(figs, nf, KBENCH_DECODE, bsz);
         if (bsz > cap)
             g->skip = xasprintf("above the %d sequences the model runs per step%s", cap,
                                 lim->compiled ? " (kilnc compile --max-batch)" : "");
         else if (new_tokens > room)
             g->skip = xasprintf("%d prompt tokens + --new %d exceed the model's max_seq_len %d",
-                                DECODE_PROMPT, new_tokens, lim->max_seq_len);
+                                KBENCH_DECODE_PROMPT, new_tokens, lim->max_seq_len);
     }
     return 0;
 }
@@ -216,25 +205,25 @@ static int run_prefill(bench *B, int tokens, double *sec, kerr *err)
     return 0;
 }
 
-/* nseq sequences of DECODE_PROMPT tokens, prefilled together (untimed), then `steps` decode
+/* nseq sequences of KBENCH_DECODE_PROMPT tokens, prefilled together (untimed), then `steps` decode
  * steps of nseq items (timed). Sequence s holds blocks [s*per, (s+1)*per). */
 static int run_decode(bench *B, int nseq, int steps, double *sec, kerr *err)
 {
     const kb_info *in = B->in;
-    int per = blocks_for(DECODE_PROMPT + steps), left = nseq;
+    int per = blocks_for(KBENCH_DECODE_PROMPT + steps), left = nseq;
     for (int s = 0; s < nseq; s++)
         B->pos[s] = 0;
     while (left > 0) { /* each step takes one chunk of every sequence it has room for */
         int n_items = 0, n_tok = 0;
         for (int s = 0; s < nseq && n_items < in->max_seqs && n_tok < in->max_tokens; s++) {
-            if (B->pos[s] == DECODE_PROMPT)
+            if (B->pos[s] == KBENCH_DECODE_PROMPT)
                 continue;
-            int n = DECODE_PROMPT - B->pos[s];
+            int n = KBENCH_DECODE_PROMPT - B->pos[s];
             if (n > in->max_tokens - n_tok)
                 n = in->max_tokens - n_tok;
             B->items[n_items++] = item(s, B->pos[s], n, B->ids + s + B->pos[s],
-                                       B->blocks + (size_t)s * per, B->pos[s] + n == DECODE_PROMPT,
-                                       0);
+                                       B->blocks + (size_t)s * per,
+                                       B->pos[s] + n == KBENCH_DECODE_PROMPT, 0);
             n_tok += n;
         }
         if (B->b->step(B->b, B->items, n_items, err))
@@ -251,7 +240,7 @@ static int run_decode(bench *B, int nseq, int steps, double *sec, kerr *err)
     double t0 = util_now();
     for (int j = 0; j < steps; j++) {
         for (int s = 0; s < nseq; s++)
-            B->items[s] = item(s, DECODE_PROMPT + j, 1, &B->tok[s],
+            B->items[s] = item(s, KBENCH_DECODE_PROMPT + j, 1, &B->tok[s],
                                B->blocks + (size_t)s * per, 1, j + 1);
         if (B->b->step(B->b, B->items, nseq, err))
             return -1;
@@ -264,22 +253,23 @@ static int run_decode(bench *B, int nseq, int steps, double *sec, kerr *err)
 
 /* One figure: a warm-up run, then the best of reps. A figure needing more KV blocks than the
  * backend has is skipped. */
-static int measure(bench *B, fig *g, int new_tokens, kerr *err)
+static int measure(bench *B, kbench_fig *g, int new_tokens, kerr *err)
 {
-    int64_t need = g->kind == FIG_DECODE ? (int64_t)g->n * blocks_for(DECODE_PROMPT + new_tokens)
-                                         : blocks_for(g->n);
+    int64_t need = g->kind == KBENCH_DECODE
+                       ? (int64_t)g->n * blocks_for(KBENCH_DECODE_PROMPT + new_tokens)
+                       : blocks_for(g->n);
     if (need > B->in->kv_blocks) {
         g->skip = xasprintf("needs %lld KV blocks of %d tokens; the backend has %d",
                             (long long)need, KILN_BLOCK, B->in->kv_blocks);
         return 0;
     }
-    if (g->kind == FIG_DECODE)
+    if (g->kind == KBENCH_DECODE)
         fprintf(stderr, "%s: decode, batch %d, %d steps\n", PROG, g->n, new_tokens);
     else
         fprintf(stderr, "%s: prefill of %d tokens\n", PROG, g->n);
     for (int r = 0; r <= B->reps; r++) {
         double s;
-        if ((g->kind == FIG_DECODE ? run_decode(B, g->n, new_tokens, &s, err)
+        if ((g->kind == KBENCH_DECODE ? run_decode(B, g->n, new_tokens, &s, err)
                                    : run_prefill(B, g->n, &s, err)))
             return -1;
         if (r == 0)
@@ -291,229 +281,10 @@ static int measure(bench *B, fig *g, int new_tokens, kerr *err)
         g->seconds = 1e-9;
     if (g->first <= 0)
         g->first = 1e-9;
-    g->value = g->kind == FIG_TTFT      ? g->seconds * 1e3
-               : g->kind == FIG_DECODE ? (double)g->n * new_tokens / g->seconds
+    g->value = g->kind == KBENCH_TTFT      ? g->seconds * 1e3
+               : g->kind == KBENCH_DECODE ? (double)g->n * new_tokens / g->seconds
                                         : g->n / g->seconds;
     return 0;
-}
-
-/* The rooflines of the measured figures. */
-static void rooflines(fig *figs, int nf, const kroof_model *rm, const kroof_hw *hw, int max_tokens,
-                      int new_tokens)
-{
-    for (int i = 0; i < nf; i++) {
-        fig *g = &figs[i];
-        if (g->skip)
-            continue;
-        double t; /* the roofline's seconds */
-        if (g->kind == FIG_DECODE) {
-            /* step j reads the weights and, per sequence, the KV of DECODE_PROMPT + j + 1 tokens */
-            double ctx = 0;
-            for (int j = 0; j < new_tokens; j++)
-                ctx += (double)g->n * (DECODE_PROMPT + j + 1);
-            t = (new_tokens * (double)rm->weight_bytes + (double)rm->kv_bytes_per_token * ctx) /
-                hw->copy_bw;
-        } else {
-            t = kroof_prefill_flops(rm, g->n) / hw->gemm_flops;
-            if (g->kind == FIG_TTFT) /* and every chunk's step reads the weights once */
-                t += (double)((g->n + max_tokens - 1) / max_tokens) * (double)rm->weight_bytes /
-                     hw->copy_bw;
-        }
-        g->ratio = t / g->seconds;
-        g->first_ratio = t / g->first;
-        g->roof = g->kind == FIG_TTFT      ? t * 1e3
-                  : g->kind == FIG_DECODE ? (double)g->n * new_tokens / t
-                                           : g->n / t;
-    }
-}
-
-/* ---- output ---- */
-
-static const char *fig_name(const fig *g, int new_tokens, char *buf, size_t cap)
-{
-    if (g->kind == FIG_TTFT)
-        snprintf(buf, cap, "time to first token, %d tokens", g->n);
-    else if (g->kind == FIG_PREFILL)
-        snprintf(buf, cap, "prefill, %d tokens", g->n);
-    else
-        snprintf(buf, cap, "decode, batch %d (context %d-%d)", g->n, DECODE_PROMPT + 1,
-                 DECODE_PROMPT + new_tokens);
-    return buf;
-}
-
-static void print_table(const fig *figs, int nf, int new_tokens, int have_roof)
-{
-    char name[96], v[32], r[32];
-    printf("\n%-40s %16s %16s %7s\n", "figure", "measured", "roofline", "ratio");
-    for (int i = 0; i < nf; i++) {
-        const fig *g = &figs[i];
-        fig_name(g, new_tokens, name, sizeof name);
-        if (g->skip) {
-            printf("%-40s skipped: %s\n", name, g->skip);
-            continue;
-        }
-        const char *unit = g->kind == FIG_TTFT ? "ms" : "tok/s";
-        int prec = g->kind == FIG_TTFT ? 2 : 1;
-        snprintf(v, sizeof v, "%.*f %s", prec, g->value, unit);
-        if (have_roof) {
-            snprintf(r, sizeof r, "%.*f %s", prec, g->roof, unit);
-            printf("%-40s %16s %16s %7.2f\n", name, v, r, g->ratio);
-        } else {
-            printf("%-40s %16s %16s %7s\n", name, v, "-", "-");
-        }
-        if (g->kind != FIG_TTFT || i != 0)
-            continue;
-        /* its warm-up run, when it was the first request after the load: the first-call costs */
-        snprintf(v, sizeof v, "%.2f ms", g->first * 1e3);
-        if (have_roof)
-            printf("%-40s %16s %16s %7.2f\n", "  the first request after the load", v, r,
-                   g->first_ratio);
-        else
-            printf("%-40s %16s %16s %7s\n", "  the first request after the load", v, "-", "-");
-    }
-}
-
-static void print_header(const char *dir, const kb_info *in, const char *describe,
-                         const kroof_hw *hw, const kroof_model *rm, double load_s, int compiled)
-{
-    char a[32], b[32];
-    printf("%s: %s (%s), kiln %s\n", PROG, in->model, dir, KILN_VERSION);
-    printf("  backend      %s\n", describe);
-    if (compiled) {
-        printf("  GPU          %s (sm_%d%d, %d SMs, %s), driver %d.%d\n", hw->gpu, hw->sm_major,
-               hw->sm_minor, hw->sms, util_human_bytes(hw->memory, a, sizeof a),
-               hw->driver_version / 1000, hw->driver_version % 1000 / 10);
-        printf("  copy         %.3f TB/s: cuMemcpyDtoD of %zu MiB, best of %d; (bytes read + "
-               "bytes written) / time\n",
-               hw->copy_bw / 1e12, KROOF_COPY_BYTES >> 20, KROOF_REPS);
-        printf("  GEMM peak    %.1f TFLOP/s: cuBLASLt bf16 %d^3 on random data, best of %d; "
-               "2 M N K / time\n",
-               hw->gemm_flops / 1e12, KROOF_GEMM_N, KROOF_REPS);
-    }
-    printf("  load         %.2f s%s\n", load_s,
-           compiled ? " (GPU 0's context already made by the measurements above)" : "");
-    if (compiled)
-        printf("  per step     %s of weights read by a decode step (embedding tables, %s, not "
-               "counted: a step reads one row per token); KV cache %lld bytes per token of "
-               "context\n",
-               util_human_bytes((double)rm->weight_bytes, a, sizeof a),
-               util_human_bytes((double)rm->gather_bytes, b, sizeof b),
-               (long long)rm->kv_bytes_per_token);
-}
-
-/* The rooflines' definitions, printed under the table and written to the JSON. */
-static char *how_decode(void)
-{
-    return xasprintf("decode tok/s at the roofline = tokens / ((steps x weight bytes + KV-cache "
-                     "bytes per token x the context every step reads, summed) / copy "
-                     "bandwidth)");
-}
-
-static char *how_prefill(const kroof_model *rm)
-{
-    char a[32], b[32];
-    return xasprintf("prefill tok/s at the roofline = tokens / (FLOPs / GEMM peak); FLOPs = 2 x "
-                     "tokens x %s matrix parameters + 2 x %s LM-head parameters (the last row "
-                     "only) + 4 x %lld (query heads x head_dim, summed over layers%s) x causal "
-                     "(query, key) pairs",
-                     util_human_count(rm->matrix_params, a, sizeof a),
-                     util_human_count(rm->head_params, b, sizeof b), (long long)rm->q_width,
-                     rm->q_width_assumed ? "; assumed = hidden: no attn.o GEMM" : "");
-}
-
-static char *how_ttft(void)
-{
-    return xasprintf("time to first token at the roofline = prefill FLOPs / GEMM peak + the "
-                     "steps of its chunks x weight bytes / copy bandwidth");
-}
-
-static void print_how(const kroof_model *rm, int reps, int compiled, const char *dir)
-{
-    printf("\n");
-    if (!compiled) {
-        printf("no GPU roofline: %s is a Hugging Face checkpoint, run on the CPU backend (the "
-               "fp32 reference interpreter); the figures are its timings only\n",
-               dir);
-    } else {
-        char *d = how_decode(), *p = how_prefill(rm), *t = how_ttft();
-        printf("ratio = roofline time / measured time (1 = the hardware limit)\n  %s\n  %s\n  %s\n",
-               d, p, t);
-        free(d);
-        free(p);
-        free(t);
-    }
-    printf("each figure: the best of %d timed run%s after a warm-up run\n", reps,
-           reps == 1 ? "" : "s");
-}
-
-static int write_json(const char *path, const char *dir, const kb_info *in, const char *describe,
-                      const kroof_hw *hw, const kroof_model *rm, double load_s, int compiled,
-                      const opts *o, const fig *figs, int nf, kerr *err)
-{
-    json_t *root = json_object(), *fa = json_array();
-    json_object_set_new(root, "kiln", json_string(KILN_VERSION));
-    json_object_set_new(root, "model", json_string(in->model));
-    json_object_set_new(root, "dir", json_string(dir));
-    json_object_set_new(root, "backend", json_string(compiled ? "gpu" : "cpu"));
-    json_object_set_new(root, "describe", json_string(describe));
-    json_object_set_new(root, "load_s", json_real(load_s));
-    json_object_set_new(root, "reps", json_integer(o->reps));
-    json_object_set_new(root, "decode_prompt", json_integer(DECODE_PROMPT));
-    json_object_set_new(root, "new", json_integer(o->new_tokens));
-    if (compiled) {
-        char *d = how_decode(), *p = how_prefill(rm), *t = how_ttft();
-        char *sm = xasprintf("sm_%d%d", hw->sm_major, hw->sm_minor);
-        json_object_set_new(root, "gpu",
-                            json_pack("{s:s, s:s, s:i, s:f, s:i, s:f, s:f}", "name", hw->gpu, "sm",
-                                      sm, "sms", hw->sms, "memory_bytes", hw->memory, "driver",
-                                      hw->driver_version, "copy_bytes_per_s", hw->copy_bw,
-                                      "gemm_bf16_flops", hw->gemm_flops));
-        free(sm);
-        json_object_set_new(
-            root, "model_cost",
-            json_pack("{s:I, s:I, s:I, s:f, s:f, s:I, s:b}", "weight_bytes_per_step",
-                      (json_int_t)rm->weight_bytes, "embedding_table_bytes",
-                      (json_int_t)rm->gather_bytes, "kv_bytes_per_token",
-                      (json_int_t)rm->kv_bytes_per_token, "matrix_params", rm->matrix_params,
-                      "lm_head_params", rm->head_params, "query_width", (json_int_t)rm->q_width,
-                      "query_width_assumed", rm->q_width_assumed));
-        json_object_set_new(root, "rooflines",
-                            json_pack("{s:s, s:s, s:s}", "decode", d, "prefill", p,
-                                      "time_to_first_token", t));
-        free(d);
-        free(p);
-        free(t);
-    }
-    static const char *const kinds[] = {"time_to_first_token", "prefill", "decode"};
-    for (int i = 0; i < nf; i++) {
-        const fig *g = &figs[i];
-        json_t *j = json_pack("{s:s, s:i}", "figure", kinds[g->kind],
-                              g->kind == FIG_DECODE ? "batch" : "tokens", g->n);
-        if (g->skip) {
-            json_object_set_new(j, "skipped", json_string(g->skip));
-        } else {
-            json_object_set_new(j, "seconds", json_real(g->seconds));
-            json_object_set_new(j, g->kind == FIG_TTFT ? "ms" : "tok_s", json_real(g->value));
-            if (g->kind == FIG_TTFT && i == 0)
-                json_object_set_new(j, "first_request_ms", json_real(g->first * 1e3));
-            if (compiled) {
-                json_object_set_new(j, g->kind == FIG_TTFT ? "roofline_ms" : "roofline_tok_s",
-                                    json_real(g->roof));
-                json_object_set_new(j, "ratio", json_real(g->ratio));
-                if (g->kind == FIG_TTFT && i == 0)
-                    json_object_set_new(j, "first_request_ratio", json_real(g->first_ratio));
-            }
-        }
-        json_array_append_new(fa, j);
-    }
-    json_object_set_new(root, "figures", fa);
-    int rc = 0;
-    if (json_dump_file(root, path, JSON_INDENT(2)) != 0)
-        rc = kerr_add(err, "--json %s: cannot write the file (check that its folder exists and "
-                           "is writable)",
-                      path);
-    json_decref(root);
-    return rc;
 }
 
 /* ---- the command ---- */
@@ -601,18 +372,18 @@ static int parse_opts(int argc, char **argv, opts *o, const char **dir)
 }
 
 /* Runs every figure on the loaded backend. */
-static int run_figures(kbackend *b, const opts *o, fig *figs, int nf, kerr *err)
+static int run_figures(kbackend *b, const opts *o, kbench_fig *figs, int nf, kerr *err)
 {
     const kb_info *in = b->info;
     bench B = {b, in, o->reps, NULL, NULL, NULL, NULL, NULL};
     int64_t ids = 0, blocks = 0; /* what the figures that fit need */
     for (int i = 0; i < nf; i++) {
-        const fig *g = &figs[i];
+        const kbench_fig *g = &figs[i];
         if (g->skip)
             continue;
-        int64_t t = g->kind == FIG_DECODE ? (int64_t)g->n + DECODE_PROMPT : g->n;
-        int64_t k = g->kind == FIG_DECODE
-                        ? (int64_t)g->n * blocks_for(DECODE_PROMPT + o->new_tokens)
+        int64_t t = g->kind == KBENCH_DECODE ? (int64_t)g->n + KBENCH_DECODE_PROMPT : g->n;
+        int64_t k = g->kind == KBENCH_DECODE
+                        ? (int64_t)g->n * blocks_for(KBENCH_DECODE_PROMPT + o->new_tokens)
                         : blocks_for(g->n);
         ids = t > ids ? t : ids;
         blocks = k > blocks && k <= in->kv_blocks ? k : blocks;
@@ -652,7 +423,7 @@ int cmd_bench(int argc, char **argv)
     kerr err;
     kerr_clear(&err);
     int rc = 1, nf = 0;
-    fig *figs = NULL;
+    kbench_fig *figs = NULL;
     char *mkpath = util_path_join(dir, "model.kiln");
     int compiled = util_is_file(mkpath);
     ka_file *af = NULL;
@@ -690,6 +461,10 @@ int cmd_bench(int argc, char **argv)
         fprintf(stderr, "%s: measuring the GPU: copy bandwidth and bf16 GEMM peak\n", PROG);
         if (!(gpu = kroof_measure(&hw, &err)))
             goto out;
+        if (hw.gemm_missing[0])
+            fprintf(stderr, "%s: no GEMM peak, so the prefill and time-to-first-token figures have "
+                            "no roofline ratio (n/a): %s\n",
+                    PROG, hw.gemm_missing);
     } else {
         /* the CPU backend sized to the figures: its batch is the largest --batch */
         for (int i = 0; i < o.nbatch; i++)
@@ -720,12 +495,10 @@ int cmd_bench(int argc, char **argv)
     if (run_figures(b, &o, figs, nf, &err))
         goto out;
     if (compiled)
-        rooflines(figs, nf, &rm, &hw, in->max_tokens, o.new_tokens);
-    print_header(dir, in, describe, &hw, &rm, load_s, compiled);
-    print_table(figs, nf, o.new_tokens, compiled);
-    print_how(&rm, o.reps, compiled, dir);
-    if (o.json && write_json(o.json, dir, in, describe, &hw, &rm, load_s, compiled, &o, figs, nf,
-                             &err))
+        kbench_rooflines(figs, nf, &rm, &hw, in->max_tokens, o.new_tokens);
+    kbench_run run = {dir, in->model, describe, compiled, o.reps, o.new_tokens, load_s, &hw, &rm};
+    kbench_print(stdout, &run, figs, nf);
+    if (o.json && kbench_write_json(o.json, &run, figs, nf, &err))
         goto out;
     rc = 0;
 out:

@@ -51,24 +51,40 @@ struct kgemm {
  * major version: cuBLASLt's C API and the structs kiln passes (opaque 64-byte algo and
  * heuristic records) have kept their layout across them. The runtime path (-rpath of the CUDA
  * toolkit, LD_LIBRARY_PATH, ldconfig) is searched as for any dlopen. */
+static void *lt_open(const char *why, kerr *err)
+{
+    const int majors[] = {CUBLAS_VER_MAJOR, CUBLAS_VER_MAJOR + 1, CUBLAS_VER_MAJOR - 1};
+    char first[256] = "";
+    void *lib = NULL;
+    for (size_t i = 0; i < sizeof majors / sizeof majors[0] && !lib; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "libcublasLt.so.%d", majors[i]);
+        lib = dlopen(name, RTLD_NOW | RTLD_LOCAL);
+        if (!lib && !first[0])
+            snprintf(first, sizeof first, "%s", dlerror());
+    }
+    if (!lib)
+        kerr_add(err, "%s needs cuBLASLt, and it cannot be loaded (libcublasLt.so.%d, .so.%d and "
+                      ".so.%d tried; %s): install cuBLAS (CUDA %d's libcublasLt.so.%d, on "
+                      "LD_LIBRARY_PATH)",
+                 why, majors[0], majors[1], majors[2], first, CUBLAS_VER_MAJOR, CUBLAS_VER_MAJOR);
+    return lib;
+}
+
+int kgemm_loadable(const char *why, kerr *err)
+{
+    void *lib = lt_open(why, err);
+    if (!lib)
+        return -1;
+    dlclose(lib);
+    return 0;
+}
+
 static int klt_load(klt *lt, const char *why, kerr *err)
 {
     memset(lt, 0, sizeof *lt);
-    const int majors[] = {CUBLAS_VER_MAJOR, CUBLAS_VER_MAJOR + 1, CUBLAS_VER_MAJOR - 1};
-    char first[256] = "";
-    for (size_t i = 0; i < sizeof majors / sizeof majors[0] && !lt->lib; i++) {
-        char name[64];
-        snprintf(name, sizeof name, "libcublasLt.so.%d", majors[i]);
-        lt->lib = dlopen(name, RTLD_NOW | RTLD_LOCAL);
-        if (!lt->lib && !first[0])
-            snprintf(first, sizeof first, "%s", dlerror());
-    }
-    if (!lt->lib)
-        return kerr_add(err, "%s needs cuBLASLt, and it cannot be loaded (libcublasLt.so.%d, "
-                             ".so.%d and .so.%d tried; %s): install cuBLAS (CUDA %d's "
-                             "libcublasLt.so.%d, on LD_LIBRARY_PATH)",
-                        why, majors[0], majors[1], majors[2], first, CUBLAS_VER_MAJOR,
-                        CUBLAS_VER_MAJOR);
+    if (!(lt->lib = lt_open(why, err)))
+        return -1;
     int missing = 0;
 #define X(f)                                                                                    \
     lt->f = (__typeof__(lt->f))dlsym(lt->lib, #f);                                              \

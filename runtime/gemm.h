@@ -19,6 +19,10 @@ typedef struct kgemm kgemm;
 /* Loads cuBLASLt and makes a handle and a workspace on the current context. `why` says what
  * needs cuBLASLt, for the message when the library is missing. */
 kgemm *kgemm_new(const kcuda *cu, const char *why, kerr *err);
+/* Whether kgemm_new can load cuBLASLt: 0, or -1 with kgemm_new's message for a missing library.
+ * For a caller that can do without it (kiln bench's GEMM peak), to tell a missing library, which
+ * it reports and goes on without, from kgemm_new's other failures. */
+int kgemm_loadable(const char *why, kerr *err);
 void kgemm_free(kgemm *g);
 int kgemm_run(kgemm *g, CUstream stream, int f16, int out_f32, int64_t M, int64_t N, int64_t K,
               CUdeviceptr x, int64_t ldx, CUdeviceptr w, CUdeviceptr bias, CUdeviceptr y,

@@ -4,7 +4,8 @@
  * is loaded: the device-to-device copy bandwidth (cuMemcpyDtoD of a 1 GiB buffer, best of
  * several; the bytes read plus the bytes written over the time, which is the rate a decode
  * step's weight reads can at best approach) and the bf16 tensor-core GEMM peak (cuBLASLt,
- * 8192 x 8192 x 8192 on random data, best of several; 2 M N K over the time). It runs on GPU 0,
+ * 8192 x 8192 x 8192 on random data, best of several; 2 M N K over the time; not measured where
+ * cuBLASLt cannot be loaded, as on a standalone executable's driver-only target). It runs on GPU 0,
  * the engine's, and frees its buffers before it returns; GPU 0's primary context stays retained
  * until kroof_gpu_free (below), so the engine finds it made.
  *
@@ -47,7 +48,9 @@ typedef struct kroof_hw {
     double memory;         /* bytes of device memory */
     int driver_version;    /* e.g. 13000 */
     double copy_bw;        /* bytes/s: (read + written) / time */
-    double gemm_flops;     /* FLOP/s: 2 M N K / time, bf16 in and out, fp32 accumulation */
+    double gemm_flops;     /* FLOP/s: 2 M N K / time, bf16 in and out, fp32 accumulation; 0:
+                              not measured, gemm_missing says why */
+    char gemm_missing[1024]; /* kgemm_loadable's message where cuBLASLt cannot be loaded, or "" */
 } kroof_hw;
 
 /* Measures GPU 0 into *hw. Returns what must outlive the engine loaded next, or NULL with a

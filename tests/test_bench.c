@@ -8,6 +8,10 @@
  * skipped with their reasons. Timings are not asserted (only that they are positive and agree
  * with the seconds).
  *
+ * The output (bench_report.h) on made-up GPU figures: without a GEMM peak (no cuBLASLt), the
+ * decode rows keep their ratios and the prefill and time-to-first-token rows say "n/a" (null in
+ * the JSON, which stays valid); with one, every row has its ratio.
+ *
  * The cost model: on the Llama fixture compiled, the bytes a decode step reads are every weight
  * but the embedding table (untied LM head), the KV bytes per token, the query width (from the
  * attn.o GEMMs: 6 heads x 24) and the prefill FLOPs are checked against numbers worked out by
@@ -19,6 +23,7 @@
 #include <jansson.h>
 
 #include "artifact.h"
+#include "bench_report.h"
 #include "roofline.h"
 
 #define LLAMA "tests/fixtures/llama"          /* hidden 96, 2 layers, 6 heads / 2 KV of 24 */
@@ -222,6 +227,118 @@ static void test_defaults_skipped(void **state)
     free(model);
 }
 
+/* ---- the output, on made-up hardware ---- */
+
+/* kbench_print's text. */
+static char *report_text(const kbench_run *r, const kbench_fig *figs, int nf)
+{
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    assert_non_null(f);
+    kbench_print(f, r, figs, nf);
+    fclose(f);
+    return text;
+}
+
+/* A GPU without cuBLASLt (gemm_flops 0, as kroof_measure leaves it where the library cannot be
+ * loaded): the decode figure keeps its roofline; the time to first token, its first request and
+ * the prefill are printed with "n/a" and written with null (no division by the missing peak, no
+ * infinity, which jansson would drop); then the same figures with a peak get every ratio. */
+static void test_report_no_gemm_peak(void **state)
+{
+    (void)state;
+    kroof_hw hw;
+    memset(&hw, 0, sizeof hw);
+    snprintf(hw.gpu, sizeof hw.gpu, "Test GPU");
+    hw.sm_major = 9;
+    hw.copy_bw = 4e12;
+    snprintf(hw.gemm_missing, sizeof hw.gemm_missing, "the bf16 GEMM peak needs cuBLASLt, and it "
+                                                      "cannot be loaded");
+    kroof_model rm = {.elsize = 2, .weight_bytes = 1 << 30, .matrix_params = 5e8,
+                      .head_params = 1e7, .kv_bytes_per_token = 4096, .q_width = 4096};
+    kbench_fig figs[] = {
+        {.kind = KBENCH_TTFT, .n = 128, .seconds = 0.01, .first = 0.02, .value = 10},
+        {.kind = KBENCH_PREFILL, .n = 512, .seconds = 0.05, .value = 512 / 0.05},
+        {.kind = KBENCH_DECODE, .n = 1, .seconds = 0.5, .value = 4 / 0.5},
+        {.kind = KBENCH_DECODE, .n = 64, .skip = "above the 8 sequences the model runs per step"},
+    };
+    const int nf = 4;
+    kbench_rooflines(figs, nf, &rm, &hw, 256, 4);
+    assert_true(figs[0].roof == 0 && figs[1].roof == 0);
+    assert_true(figs[2].roof > 0 && figs[2].ratio > 0 && isfinite(figs[2].ratio));
+    kbench_run br = {"out/test", "test", "gpu backend", 1, 3, 4, 1.5, &hw, &rm};
+    char *text = report_text(&br, figs, nf);
+    char line[256];
+    assert_contains(text, "  GEMM peak    not measured: cuBLASLt cannot be loaded");
+    snprintf(line, sizeof line, "%-40s %16s %16s %7s\n", "time to first token, 128 tokens",
+             "10.00 ms", "n/a", "n/a");
+    assert_contains(text, line);
+    snprintf(line, sizeof line, "%-40s %16s %16s %7s\n", "  the first request after the load",
+             "20.00 ms", "n/a", "n/a");
+    assert_contains(text, line);
+    snprintf(line, sizeof line, "%-40s %16s %16s %7s\n", "prefill, 512 tokens", "10240.0 tok/s",
+             "n/a", "n/a");
+    assert_contains(text, line);
+    char roof[32];
+    snprintf(roof, sizeof roof, "%.1f tok/s", figs[2].roof);
+    snprintf(line, sizeof line, "%-40s %16s %16s %7.2f\n", "decode, batch 1 (context 33-36)",
+             "8.0 tok/s", roof, figs[2].ratio);
+    assert_contains(text, line);
+    assert_not_contains(text, " inf");
+    assert_not_contains(text, " nan");
+    free(text);
+
+    char *json = tu_path(D, "report.json");
+    kerr err;
+    kerr_clear(&err);
+    assert_int_equal(kbench_write_json(json, &br, figs, nf, &err), 0);
+    json_error_t je;
+    json_t *root = json_load_file(json, 0, &je);
+    if (!root)
+        fail_msg("%s: not valid JSON: %s (line %d)", json, je.text, je.line);
+    json_t *gpu = json_object_get(root, "gpu");
+    assert_true(json_is_null(json_object_get(gpu, "gemm_bf16_flops")));
+    assert_string_equal(json_string_value(json_object_get(gpu, "gemm_not_measured")),
+                        hw.gemm_missing);
+    json_t *f = figure(root, "time_to_first_token", "tokens", 128);
+    assert_true(json_real_value(json_object_get(f, "ms")) == 10);
+    assert_true(json_is_null(json_object_get(f, "roofline_ms")));
+    assert_true(json_is_null(json_object_get(f, "ratio")));
+    assert_true(json_is_null(json_object_get(f, "first_request_ratio")));
+    f = figure(root, "prefill", "tokens", 512);
+    assert_true(json_real_value(json_object_get(f, "tok_s")) > 0);
+    assert_true(json_is_null(json_object_get(f, "roofline_tok_s")));
+    assert_true(json_is_null(json_object_get(f, "ratio")));
+    f = figure(root, "decode", "batch", 1);
+    assert_true(json_real_value(json_object_get(f, "ratio")) == figs[2].ratio);
+    assert_true(json_real_value(json_object_get(f, "roofline_tok_s")) == figs[2].roof);
+    json_decref(root);
+
+    /* with a peak: every figure has its ratio, and nothing is n/a */
+    hw.gemm_flops = 8e14;
+    hw.gemm_missing[0] = 0;
+    kbench_rooflines(figs, nf, &rm, &hw, 256, 4);
+    assert_true(figs[0].roof > 0 && figs[0].ratio > 0 && figs[0].first_ratio > 0);
+    assert_true(figs[1].roof > 0 && figs[1].ratio > 0);
+    text = report_text(&br, figs, nf);
+    assert_contains(text, "  GEMM peak    800.0 TFLOP/s");
+    assert_not_contains(text, "n/a");
+    free(text);
+    assert_int_equal(kbench_write_json(json, &br, figs, nf, &err), 0);
+    root = json_load_file(json, 0, &je);
+    assert_non_null(root);
+    gpu = json_object_get(root, "gpu");
+    assert_true(json_real_value(json_object_get(gpu, "gemm_bf16_flops")) == 8e14);
+    assert_null(json_object_get(gpu, "gemm_not_measured"));
+    f = figure(root, "time_to_first_token", "tokens", 128);
+    assert_true(json_real_value(json_object_get(f, "first_request_ratio")) == figs[0].first_ratio);
+    f = figure(root, "prefill", "tokens", 512);
+    assert_true(json_real_value(json_object_get(f, "ratio")) == figs[1].ratio);
+    json_decref(root);
+    free(json);
+}
+
 /* ---- the cost model ---- */
 
 static ka_file *compile_fixture(const char *fixture, const char *name, const char *tp)
@@ -318,6 +435,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cpu_bench, setup, teardown),
         cmocka_unit_test_setup_teardown(test_defaults_skipped, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_report_no_gemm_peak, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cost_model, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
