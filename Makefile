@@ -111,13 +111,15 @@ $(B)/bin/kiln: $(B)/obj/runtime/main.o $(RUNTIME_CMD:%.c=$(B)/obj/%.o) $(B)/lib/
 
 # kiln-standalone: the runtime kilnc compile --standalone appends a model to (runtime/standalone.h).
 # main.c built with KILN_STANDALONE and no compiler library: nothing dynamic but glibc (checked by
-# tests/standalone/run.sh); libcuda, cuBLASLt and NCCL are dlopen'd where a model needs them.
+# tests/standalone/run.sh); libcuda, cuBLASLt and NCCL are dlopen'd where a model needs them. Linked
+# without LDFLAGS' rpath: no path of the build machine's CUDA toolkit goes into an executable that
+# is copied to other machines (the target's dynamic loader finds the driver where it is installed).
 $(B)/obj/standalone/main.o: runtime/main.c $(B)/gen/kiln_commit.h
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -DKILN_STANDALONE -c $< -o $@
 $(B)/bin/kiln-standalone: $(B)/obj/standalone/main.o $(RUNTIME_CMD:%.c=$(B)/obj/%.o) $(B)/lib/libkiln.a
 	@mkdir -p $(@D)
-	$(CC) $(LDFLAGS) -o $@ $^ $(STATIC) $(HTTPLIBS) $(SYSLIBS)
+	$(CC) $(SANFLAGS) -o $@ $^ $(STATIC) $(HTTPLIBS) $(SYSLIBS)
 
 # libmicrohttpd from Debian's source package (the version Debian 12 ships), configured without
 # HTTPS; apt-get fetches it into $(MHD_DIR) with its own source list (no change to the system's

@@ -72,6 +72,10 @@ for t in "llama LlamaForCausalLM generate" "bert BertModel embed" "tinyfortune L
     libs=$(ldd "$X" | awk '{print $1}' | grep -vxE 'linux-vdso\.so\.1|libc\.so\.6|libm\.so\.6|libpthread\.so\.0|libdl\.so\.2|librt\.so\.1|/lib64/ld-linux-x86-64\.so\.2')
     [ -z "$libs" ] && ok "$1: ldd lists glibc only" || bad "$1: ldd lists more than glibc" "$libs"
   fi
+  # no search path of this build machine (its CUDA toolkit) baked into a copied executable: a
+  # dlopen of cuBLASLt or NCCL must find what the target machine has, not /usr/local/cuda here
+  rp=$(readelf -d "$X" | grep -E 'RPATH|RUNPATH')
+  [ -z "$rp" ] && ok "$1: no RPATH/RUNPATH" || bad "$1: a build-machine search path is baked in" "$rp"
   # a truncated copy, a flipped byte in model.kiln and in the index
   head -c -1000 "$X" > $TMP/cut && chmod +x $TMP/cut
   expect "$1: truncated copy refused" 1 "no model trailer at its end.*truncated or was modified" $TMP/cut --version
