@@ -61,6 +61,7 @@ typedef struct opts {
     /* compile */
     const char *out, *sm, *dtype;
     int gemm_kiln; /* --gemm kiln */
+    int gemm_cublaslt; /* --gemm cublaslt given (refused with --standalone) */
     int standalone, embed_weights; /* --standalone, --embed-weights */
     int max_seq_len, max_batch, max_tokens;
 } opts;
@@ -133,6 +134,7 @@ static int parse_opts(const char *prog, int argc, char **argv, opts *o, int allo
                                               "cublaslt)",
                                         val);
             o->gemm_kiln = !strcmp(val, "kiln");
+            o->gemm_cublaslt = !o->gemm_kiln;
         }
         else if (allow_dump == 3 &&
                  (TAKE("--max-seq-len") || TAKE("--max-batch") || TAKE("--max-tokens")) &&
@@ -778,6 +780,10 @@ static int cmd_compile(int argc, char **argv)
         return util_usage_error(o.prog, "--embed-weights goes with --standalone (it appends the "
                                         "weights to the executable)");
     /* the executable must run where only the driver is: kiln's own GEMM, no cuBLASLt */
+    if (o.standalone && o.gemm_cublaslt)
+        return util_usage_error(o.prog, "--standalone runs on kiln's own GEMM (the executable "
+                                        "needs nothing but the NVIDIA driver): drop --gemm "
+                                        "cublaslt, or drop --standalone");
     o.gemm_kiln |= o.standalone;
     if (o.help) {
         fprintf(o.help ? stdout : stderr,

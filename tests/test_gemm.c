@@ -232,6 +232,13 @@ static void test_cli_refuses_bad_values(void **state)
     EXPECT_CODE(r, 2);
     assert_starts_with(r.err, "kilnc compile: error: --gemm needs a value\n");
     tu_run_free(&r);
+    /* an executable that needs only the driver cannot use cuBLASLt: said, not ignored */
+    const char *sa[] = {"compile", FIX "llama", "-o", tmp, "--gemm", "cublaslt", "--standalone",
+                        NULL};
+    r = tu_run_bin(tmp, KILNC, sa);
+    EXPECT_CODE(r, 2);
+    assert_starts_with(r.err, "kilnc compile: error: --standalone runs on kiln's own GEMM");
+    tu_run_free(&r);
     /* only compile takes it */
     const char *graph[] = {"graph", FIX "llama", "--gemm", "kiln", NULL};
     r = tu_run_bin(tmp, KILNC, graph);
