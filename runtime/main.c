@@ -138,7 +138,15 @@ int main(int argc, char **argv)
         usage(stdout, prog, 1);
         rc = 0;
     } else {
-        /* COMMAND MODEL_DIR ARGS...: the model folder first, where kiln's commands take DIR */
+        /* COMMAND MODEL_DIR ARGS...: the model folder first, where kiln's commands take DIR.
+         * A command's help is kiln's: say first how it reads here */
+        for (int i = 2; i < argc; i++)
+            if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+                printf("In %s, the model in the executable takes the place of DIR below: "
+                       "'%s %s [options]'.\n\n",
+                       prog, prog, argv[1]);
+                break;
+            }
         char **av = xcalloc((size_t)argc + 1, sizeof *av);
         av[0] = argv[1];
         av[1] = sa.path;

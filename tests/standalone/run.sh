@@ -61,6 +61,9 @@ for t in "llama LlamaForCausalLM generate" "bert BertModel embed" "tinyfortune L
   [ -x "$X" ] || continue
   expect "$1: --version under env -i" 0 "^model $1 ($2, archspec .*, task $3" env -i "$X" --version
   expect "$1: --help" 0 "usage: $1 COMMAND" env -i "$X" --help
+  expect "$1: run --help: the embedded model in DIR's place" 0 \
+    "^In $1, the model in the executable takes the place of DIR below: '$1 run \[options\]'" \
+    env -i "$X" run --help
   if diff <(env -i "$X" inspect 2>&1) <($KILN inspect $TMP/out/$1 2>&1) > $TMP/diff; then
     ok "$1: inspect under env -i prints what kiln inspect OUT_DIR prints"
   else bad "$1: inspect differs from kiln inspect" "$(head -20 $TMP/diff)"; fi
