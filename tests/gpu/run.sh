@@ -211,6 +211,20 @@ for f in llama mixtral bloom qwen2; do
   shown
 done
 
+# The fixture's whole prompt prefilled in chunks of 8 (an artifact compiled with --max-tokens 8):
+# gen against HF's one forward and generate()'s tokens, as the one-chunk run of the GEN loop
+chunks_of_8() {
+  local f=$1 full=$2 base
+  if $BIN/kilnc compile tests/fixtures/$f -o $ART/${f}_chunk8 --sm $SM --max-batch 8 --max-tokens 8 > $LOG/compile_${f}_chunk8.log 2>&1 &&
+     $BIN/kiln run $ART/${f}_chunk8 --ids $full --max-new 16 --ignore-eos --dump $ART/${f}_chunk8.kiln.st > $LOG/run_${f}_chunk8.log 2>&1; then
+    base=$ART/$f.hfbf16.st; [ -f $base ] || base=
+    $PY tests/gpu/compare.py gen "${f} chunks of 8" tests/fixtures/$f $ART/${f}_chunk8.kiln.st $ART/$f.ref.st $base >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
+    shown
+  else
+    row "$(printf '%-24s FAIL compile/run: %s' ${f}_chunk8 "$(grep -m1 -i error $LOG/compile_${f}_chunk8.log $LOG/run_${f}_chunk8.log)")"; fail=1
+  fi
+}
+
 # 3a. longrope as transformers (issue 13): phi3_longrope's 6-token cross_ids generate past
 # original_max_position_embeddings 12, where the scheduler recomputes the sequence with the long
 # factors (HF's cross_tokens), alone and next to the 16-token prompt in one batch; and that prompt
@@ -226,31 +240,16 @@ if [ -f $ART/phi3_longrope/model.kiln ] && ! skip_late "phi3_longrope cross"; th
   $BIN/kiln run $ART/$f --ids $full --ids $pre --max-new 16 --ignore-eos > $LOG/cross_batch_$f.out 2> $LOG/cross_batch_$f.log
   $PY tests/gpu/compare.py cross "$f cross batch" tests/fixtures/$f $LOG/cross_batch_$f.out "[1] " >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
   shown
-  if $BIN/kilnc compile tests/fixtures/$f -o $ART/${f}_chunk8 --sm $SM --max-batch 8 --max-tokens 8 > $LOG/compile_${f}_chunk8.log 2>&1 &&
-     $BIN/kiln run $ART/${f}_chunk8 --ids $full --max-new 16 --ignore-eos --dump $ART/${f}_chunk8.kiln.st > $LOG/run_${f}_chunk8.log 2>&1; then
-    base=$ART/$f.hfbf16.st; [ -f $base ] || base=
-    $PY tests/gpu/compare.py gen "${f} chunks of 8" tests/fixtures/$f $ART/${f}_chunk8.kiln.st $ART/$f.ref.st $base >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
-    shown
-  else
-    row "$(printf '%-24s FAIL compile/run: %s' ${f}_chunk8 "$(grep -m1 -i error $LOG/compile_${f}_chunk8.log $LOG/run_${f}_chunk8.log)")"; fail=1
-  fi
+  chunks_of_8 $f "$full"
 fi
 
 # 3a'. dynamic NTK as transformers: llama_dynamic's 14-token prompt (past max_position_embeddings
 # 8) prefilled in chunks of 8 and 6 (an artifact compiled with --max-tokens 8) rotates every chunk
-# with the whole prompt's base (rope_kv DYNAMIC 1 on seq_ropelen): gen against HF's one forward
-# and generate()'s tokens, as the one-chunk run of the GEN loop
+# with the whole prompt's base (rope_kv DYNAMIC 1 on seq_ropelen)
 if [ -f $ART/llama_dynamic/model.kiln ] && ! skip_late "llama_dynamic chunks"; then
   f=llama_dynamic
   full=$($PY tests/gpu/compare.py ids tests/fixtures/$f)
-  if $BIN/kilnc compile tests/fixtures/$f -o $ART/${f}_chunk8 --sm $SM --max-batch 8 --max-tokens 8 > $LOG/compile_${f}_chunk8.log 2>&1 &&
-     $BIN/kiln run $ART/${f}_chunk8 --ids $full --max-new 16 --ignore-eos --dump $ART/${f}_chunk8.kiln.st > $LOG/run_${f}_chunk8.log 2>&1; then
-    base=$ART/$f.hfbf16.st; [ -f $base ] || base=
-    $PY tests/gpu/compare.py gen "${f} chunks of 8" tests/fixtures/$f $ART/${f}_chunk8.kiln.st $ART/$f.ref.st $base >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
-    shown
-  else
-    row "$(printf '%-24s FAIL compile/run: %s' ${f}_chunk8 "$(grep -m1 -i error $LOG/compile_${f}_chunk8.log $LOG/run_${f}_chunk8.log)")"; fail=1
-  fi
+  chunks_of_8 $f "$full"
 fi
 
 # 3b. sampling with a seed draws from (seed, token index) only: a sampled request gives the same
