@@ -3,7 +3,8 @@
 
 Standard library only (asyncio streams speaking HTTP/1.1 and SSE): it runs on the GPU machine,
 which has no network and no `openai` package. Every request is a streaming /v1/completions of
-token ids, greedy, with `ignore_eos` (so each output has exactly max_tokens tokens) and kiln's
+token ids, greedy (or, with --sample, seeded sampling: temperature 0.8, top_p 0.95 and a seed of
+its own per request), with `ignore_eos` (so each output has exactly max_tokens tokens) and kiln's
 `return_token_ids` (each SSE chunk carries its ids). Prompt ids are random in [1, --vocab),
 seeded: a run is reproducible.
 
@@ -23,8 +24,8 @@ token and inter-token latency (the gap between successive chunks) p50/p90/p99, e
 status or exception, lost streams (no `data: [DONE]`, or fewer tokens than max_tokens). With
 --check K, K completed requests (spread over the run) are re-run alone afterwards, one at a time,
 and their token ids compared: exact matches, and for each mismatch the first differing position.
-Greedy decoding in bf16 can flip a near-tie between a batch and a single run, so mismatches are
-reported, not fatal; with --fail-on-mismatch they make the exit status 1. Exit status 1 also on
+Greedy decoding in bf16 can flip a near-tie between a batch and a single run (unless the model
+was compiled with `kilnc compile --batch-invariant`), so mismatches are reported, not fatal; with --fail-on-mismatch they make the exit status 1. Exit status 1 also on
 any error or lost stream.
 """
 import argparse
@@ -121,10 +122,10 @@ async def get(conn, path):
 
 
 class Result:
-    __slots__ = ("prompt", "max_tokens", "t0", "t_first", "t_end", "chunk_times", "ids", "done", "error")
+    __slots__ = ("prompt", "max_tokens", "seed", "t0", "t_first", "t_end", "chunk_times", "ids", "done", "error")
 
-    def __init__(self, prompt, max_tokens):
-        self.prompt, self.max_tokens = prompt, max_tokens
+    def __init__(self, prompt, max_tokens, seed=None):
+        self.prompt, self.max_tokens, self.seed = prompt, max_tokens, seed  # seed: sampled, else greedy
         self.t0 = self.t_first = self.t_end = None
         self.chunk_times = []    # (arrival time, tokens in the chunk)
         self.ids = []
@@ -139,6 +140,8 @@ async def stream_completion(conn, res):
     """Runs one streaming request into res (never raises: failures land in res.error)."""
     body = {"model": conn.model, "prompt": res.prompt, "max_tokens": res.max_tokens, "temperature": 0,
             "ignore_eos": True, "stream": True, "return_token_ids": True}
+    if res.seed is not None:
+        body.update(temperature=0.8, top_p=0.95, seed=res.seed)
     res.t0 = time.perf_counter()
     writer = None
     try:
@@ -241,7 +244,8 @@ class Workload:
     def next(self):
         a, r = self.a, self.rng
         plen = r.randint(a.prompt_min, a.prompt_max)
-        return Result([r.randrange(1, a.vocab) for _ in range(plen)], r.randint(a.out_min, a.out_max))
+        prompt = [r.randrange(1, a.vocab) for _ in range(plen)]
+        return Result(prompt, r.randint(a.out_min, a.out_max), r.randrange(1 << 31) if a.sample else None)
 
 
 async def run_concurrent(conn, wl, streams, total):
@@ -338,7 +342,7 @@ async def check_alone(conn, results, k, log):
     sample = done[::step][:k]
     exact, mismatches = 0, []
     for r in sample:
-        again = Result(r.prompt, r.max_tokens)
+        again = Result(r.prompt, r.max_tokens, r.seed)
         await stream_completion(conn, again)
         if again.error is not None or again.lost():
             mismatches.append({"prompt_len": len(r.prompt), "error": again.error or "lost"})
@@ -371,6 +375,8 @@ def main():
     ap.add_argument("--out-max", type=int, default=512)
     ap.add_argument("--vocab", type=int, default=128256, help="prompt ids are drawn from [1, vocab)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sample", action="store_true",
+                    help="seeded sampling (temperature 0.8, top_p 0.95, a seed per request) instead of greedy")
     ap.add_argument("--check", type=int, default=0, help="re-run this many completed requests alone")
     ap.add_argument("--fail-on-mismatch", action="store_true")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per request at most")

@@ -1,7 +1,7 @@
 #!/bin/bash
 # tests/gpu/serve.sh — `kiln serve` under load on the GPU machine (issue 10's targets), one call.
 #
-#   SERVE_SHAPE=1b|8b  SERVE_PHASES="sweep c1000 c64 ttft soak"  tests/gpu/serve.sh
+#   SERVE_SHAPE=1b|8b  SERVE_PHASES="sweep c1000 c64 ttft soak det"  tests/gpu/serve.sh
 #
 # Synthesises a random-weight checkpoint of the shape (kilnc synth --like llama3.2-1b or llama3-8b,
 # never shipped), compiles it (--max-batch 128 --max-seq-len 2560, kept in /tmp/kiln-serve between
@@ -19,6 +19,12 @@
 #          prefill time for the first of those prompts (median of 3; target <= 1.5)
 #   soak   64 streams for SOAK_SECONDS (300) with the server's RSS sampled every 10 s: target the
 #          RSS at the end is within 16 MiB of the RSS at the half-way mark (warm-up excluded)
+#   det    batch invariance (issue 10 item 5): the model compiled with --batch-invariant, 128
+#          requests (prompts 16..1024, outputs 16..128) with 64 in flight, so requests join and
+#          leave while others decode and prompts are chunked beside decodes; then 64 of them re-run
+#          alone: target every token id identical, greedy and seeded sampling (--sample). The same
+#          on the default build as a control (its mismatches are reported, not a failure: they
+#          show the check can fail)
 # Each phase fits one 10-minute call (c1000 on 8b: run it alone). Output, written as each phase ends:
 # $OUT/serve-SHAPE-PHASE.json (loadgen's summary), $OUT/serve-summary.txt (the table, also printed
 # last), $OUT/serve-logs.tgz (server and kiln run logs). Exit status 1 if a phase failed or missed
@@ -34,7 +40,7 @@ set -u
 cd "$(dirname "$0")/../.."
 BIN=${KILN_BIN:-out/bin}   # the binaries (built on the build machine, carried as out/bin)
 SHAPE=${SERVE_SHAPE:-1b}
-PHASES=${SERVE_PHASES:-sweep c1000 c64 ttft soak}
+PHASES=${SERVE_PHASES:-sweep c1000 c64 ttft soak det}
 COMPILE=${SERVE_COMPILE:---max-batch 128 --max-seq-len 2560}
 W=/tmp/kiln-serve
 LOG=$W/logs
@@ -53,29 +59,38 @@ save_logs() { tar czf "$OUT/serve-logs.tgz" -C $W logs 2>/dev/null; }
 if [ "${SERVE_SMALL:-0}" = 1 ]; then
   C1000=16 C64=8 PMIN=4 PMAX=48 OMIN=2 OMAX=8 C64_PMIN=8 C64_PMAX=24 C64_OUT=8 TTFT_LEN=32 TTFT_OUT=4
   SOAK_STREAMS=4 SOAK_PMAX=24 SOAK_OMAX=8 SOAK_S=${SOAK_SECONDS:-30} RATES=${SWEEP_RATES:-1,4} SWEEP_S=${SWEEP_SECONDS:-4} CHECK=4
+  DET_PMIN=4 DET_PMAX=40 DET_OMIN=2 DET_OMAX=8
 else
   C1000=${SERVE_STREAMS:-1000} C64=64 PMIN=32 PMAX=2048 OMIN=16 OMAX=512 C64_PMIN=128 C64_PMAX=512 C64_OUT=256 TTFT_LEN=512
   TTFT_OUT=16 SOAK_STREAMS=64 SOAK_PMAX=512 SOAK_OMAX=256 SOAK_S=${SOAK_SECONDS:-300} RATES=${SWEEP_RATES:-1,4,16,48}
-  SWEEP_S=${SWEEP_SECONDS:-30} CHECK=32
+  SWEEP_S=${SWEEP_SECONDS:-30} CHECK=32 DET_PMIN=16 DET_PMAX=1024 DET_OMIN=16 DET_OMAX=128
 fi
 
-# ---- the model: synthesised and compiled once per machine (or SERVE_MODEL)
+# ---- the model: synthesised and compiled once per machine (or SERVE_MODEL); the det phase also
+# needs it compiled with --batch-invariant ($ART-bi)
+compile_art() {    # $1: artifact folder, $2: kilnc compile flags
+  [ -f $1/model.kiln ] && [ "$(cat $1/serve-compile-flags 2>/dev/null)" = "$2" ] && return 0
+  local t0=$(date +%s)
+  rm -rf $1
+  if [ ! -f $W/hf-$SHAPE/config.json ]; then
+    $BIN/kilnc synth --like $([ $SHAPE = 8b ] && echo llama3-8b || echo llama3.2-1b) -o $W/hf-$SHAPE --force > $LOG/synth-$SHAPE.log 2>&1 ||
+      { row "synth $SHAPE: FAIL ($(tail -1 $LOG/synth-$SHAPE.log))"; return 1; }
+  fi
+  $BIN/kilnc compile $W/hf-$SHAPE -o $1 --sm 90a $2 > $LOG/compile-$(basename $1).log 2>&1 ||
+    { row "compile $(basename $1): FAIL ($(grep -m1 error $LOG/compile-$(basename $1).log))"; return 1; }
+  echo "$2" > $1/serve-compile-flags
+  row "$SHAPE: synthesised and compiled ($2) in $(( $(date +%s) - t0 )) s"
+}
 if [ -n "${SERVE_MODEL:-}" ]; then
   ART=$SERVE_MODEL
+  ART_BI=$ART   # a checkpoint folder runs on the CPU backend, which is batch-invariant
   SHAPE=$(basename "$ART")
 else
   ART=$W/art-$SHAPE
-  if [ ! -f $ART/model.kiln ] || [ "$(cat $ART/serve-compile-flags 2>/dev/null)" != "$COMPILE" ]; then
-    t0=$(date +%s)
-    rm -rf $W/hf-$SHAPE $ART
-    $BIN/kilnc synth --like $([ $SHAPE = 8b ] && echo llama3-8b || echo llama3.2-1b) -o $W/hf-$SHAPE --force > $LOG/synth-$SHAPE.log 2>&1 ||
-      { row "synth $SHAPE: FAIL ($(tail -1 $LOG/synth-$SHAPE.log))"; save_logs; exit 1; }
-    $BIN/kilnc compile $W/hf-$SHAPE -o $ART --sm 90a $COMPILE > $LOG/compile-$SHAPE.log 2>&1 ||
-      { row "compile $SHAPE: FAIL ($(grep -m1 error $LOG/compile-$SHAPE.log))"; save_logs; exit 1; }
-    echo "$COMPILE" > $ART/serve-compile-flags
-    rm -rf $W/hf-$SHAPE
-    row "$SHAPE: synthesised and compiled ($COMPILE) in $(( $(date +%s) - t0 )) s"
-  fi
+  ART_BI=$ART-bi
+  compile_art $ART "$COMPILE" || { save_logs; exit 1; }
+  case " $PHASES " in *" det "*) compile_art $ART_BI "$COMPILE --batch-invariant" || { save_logs; exit 1; } ;; esac
+  rm -rf $W/hf-$SHAPE
 fi
 VOCAB=128256   # the Llama-3 shapes'; a SERVE_MODEL's from its config.json
 [ -n "${SERVE_MODEL:-}" ] && VOCAB=$($PY -c "import json, sys; print(json.load(open(sys.argv[1]))['vocab_size'])" \
@@ -87,9 +102,9 @@ row "card: $CARD; model $SHAPE; commit $($BIN/kiln --version 2>/dev/null | sed -
 # ---- one server per phase
 PID=
 PORT=
-start_server() {   # $1: phase name
+start_server() {   # $1: phase name, $2: the artifact (default $ART)
   local err=$LOG/serve-$SHAPE-$1.stderr
-  $BIN/kiln serve $ART --port 0 --model-name m > $LOG/serve-$SHAPE-$1.stdout 2> $err &
+  $BIN/kiln serve ${2:-$ART} --port 0 --model-name m > $LOG/serve-$SHAPE-$1.stdout 2> $err &
   PID=$!
   PORT=
   for _ in $(seq 600); do
@@ -212,7 +227,28 @@ PY
 )
     case "$verdict" in *ok) ;; *) fail=1 ;; esac
     row "soak ($SHAPE, $(( $(date +%s) - t0 )) s): $verdict"; row "$(digest $phase)" ;;
-  *) row "unknown phase '$phase' (phases: sweep c1000 c64 ttft soak)"; fail=1 ;;
+  det)   # batch invariance: the --batch-invariant build, then the default build as the control
+    for build in bi default; do
+      art=$ART; [ $build = bi ] && art=$ART_BI
+      for mode in greedy sample; do
+        p=det-$build-$mode
+        start_server $p $art || { fail=1; continue; }
+        loadgen $p concurrent --streams 64 --requests 128 --check 64 $([ $mode = sample ] && echo --sample) \
+          --prompt-min $DET_PMIN --prompt-max $DET_PMAX --out-min $DET_OMIN --out-max $DET_OMAX
+        rc=$?
+        stop_server $p
+        verdict=$($PY -c "import json; c = json.load(open('$OUT/serve-$SHAPE-$p.json'))['check']; print(f\"{c['exact']}/{c['checked']}\")" 2>/dev/null || echo "?")
+        if [ $build = bi ]; then
+          ok=FAIL; [ $rc = 0 ] && [ "${verdict%/*}" = "${verdict#*/}" ] && ok=ok
+          [ $ok = ok ] || fail=1
+          row "det ($SHAPE, --batch-invariant, $mode): 128 requests, 64 in flight, 64 re-run alone: $verdict bit-identical token ids (target all): $ok"
+        else
+          row "det ($SHAPE, default build, $mode; the control, no target): $verdict identical when re-run alone"
+        fi
+        row "$(digest $p)"
+      done
+    done ;;
+  *) row "unknown phase '$phase' (phases: sweep c1000 c64 ttft soak det)"; fail=1 ;;
   esac
   save_logs
 done
