@@ -35,6 +35,8 @@ typedef struct kc {
     st_dtype act_dtype;   /* compute dtype on the GPU: BF16 or F16 */
     int quant_fp8;        /* --quant fp8: linear weights rounded to e4m3, a scale per row (quant.h) */
     int gemm_kiln;        /* --gemm kiln: prefill linears on kiln's own GEMM kernel, not cuBLASLt */
+    int sm90a_only;       /* every --sm target is sm_90a (Hopper's arch-specific instructions may be
+                           * used: kiln's GEMM is then templates/gemm90.cuh, lower.c) */
     int tp;               /* --tp: ranks the shard pass splits the graph for; 0 = no shard pass
                            * (1 = one rank, with its collectives of one: the TP code path) */
     int64_t slab_bytes;   /* result of plan_memory */

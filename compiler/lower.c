@@ -393,27 +393,33 @@ static ka_step gemv_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg bi
     return s;
 }
 
+int lower_gemm90(const kc *c) { return c->gemm_kiln && c->sm90a_only; }
+
 /* The GEMM step (prefill-sized rows): y[M, N] = x[M, K] . w[N, K]^T (+ bias), M the step's
- * rows (T, or n_seqs for KA_ROWS_S). With kilnc --gemm kiln, kiln's own kernel
- * (templates/gemm.cuh; its tile and block in kernels/kiln_gemm.h): one tile configuration per
- * shape whatever M is, so a row's result does not depend on the rows beside it. Otherwise a
- * cuBLASLt step (runtime/gemm.c), whose algorithm cuBLASLt picks by M. */
+ * rows (T, or n_seqs for KA_ROWS_S). With kilnc --gemm kiln, kiln's own kernel: one tile
+ * configuration per shape whatever M is, so a row's result does not depend on the rows beside
+ * it. It is templates/gemm90.cuh (wgmma) when every target is sm_90a (lower_gemm90), else
+ * templates/gemm.cuh (mma.sync), each with its tile and block from kernels/kiln_gemm.h: the
+ * launch geometry is one for all the artifact's cubins, so the Hopper kernel only goes where no
+ * other SM shares it. Otherwise a cuBLASLt step (runtime/gemm.c), whose algorithm cuBLASLt picks
+ * by M. */
 static ka_step gemm_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg bias, ka_arg y,
                          int64_t N, int64_t K, int64_t ldx, int64_t ldy, int out_f32, ka_rows rows)
 {
     ka_step s;
     if (w->c->gemm_kiln) {
-        int has_bias = bias.kind != KA_ARG_NULL;
-        int k = kern(w, "gemm", KILN_GEMM_THREADS, KILN_GEMM_SMEM((int)w->esize),
+        int has_bias = bias.kind != KA_ARG_NULL, h = lower_gemm90(w->c);
+        int bm = h ? KILN_GEMM90_BM : KILN_GEMM_BM, bn = h ? KILN_GEMM90_BN : KILN_GEMM_BN;
+        int k = kern(w, "gemm", h ? KILN_GEMM90_THREADS : KILN_GEMM_THREADS,
+                     h ? KILN_GEMM90_SMEM((int)w->esize) : KILN_GEMM_SMEM((int)w->esize),
                      out_f32 ? "int M, const DT *x, const DT *w, const DT *bias, float *y"
                              : "int M, const DT *x, const DT *w, const DT *bias, DT *y",
-                     "kiln::gemm<DT, %s, %lld, %lld, %d>(M, x, %lldLL, w, bias, y, %lldLL)",
-                     out_f32 ? "float" : "DT", (long long)N, (long long)K, has_bias,
-                     (long long)ldx, (long long)ldy);
+                     "kiln::%s<DT, %s, %lld, %lld, %d>(M, x, %lldLL, w, bias, y, %lldLL)",
+                     h ? "gemm90" : "gemm", out_f32 ? "float" : "DT", (long long)N, (long long)K,
+                     has_bias, (long long)ldx, (long long)ldy);
         /* grid (ceil(N / BN), ceil(M / BM)) */
-        s = kstep(k, n->name, G(0, 0, 0, (int)N, KILN_GEMM_BN),
-                  rows == KA_ROWS_S ? G(0, 1, 0, 0, KILN_GEMM_BM) : G(1, 0, 0, 0, KILN_GEMM_BM),
-                  G1());
+        s = kstep(k, n->name, G(0, 0, 0, (int)N, bn),
+                  rows == KA_ROWS_S ? G(0, 1, 0, 0, bm) : G(1, 0, 0, 0, bm), G1());
         add_arg(&s, A(KA_ARG_M, 0));
         add_arg(&s, x);
         add_arg(&s, wt);
@@ -1399,18 +1405,21 @@ char *codegen_source(const lowered *l, const char *model_name)
         model_name);
     OUT("#include \"elementwise.cuh\"\n#include \"gemv.cuh\"\n#include \"attention.cuh\"\n"
         "#include \"moe.cuh\"\n#include \"sample.cuh\"\n#include \"collective.cuh\"\n");
-    /* mla.cuh only where a model has multi-head latent attention, gemm.cuh only with --gemm
-     * kiln: other units stay as they were */
+    /* mla.cuh only where a model has multi-head latent attention, gemm.cuh or gemm90.cuh only
+     * with --gemm kiln: other units stay as they were */
     for (int i = 0; i < l->ninst; i++)
         if (strncmp(l->inst_call[i], "kiln::mla_", 10) == 0) {
             OUT("#include \"mla.cuh\"\n");
             break;
         }
-    for (int i = 0; i < l->ninst; i++)
-        if (strncmp(l->inst_call[i], "kiln::gemm<", 11) == 0) {
-            OUT("#include \"gemm.cuh\"\n");
-            break;
-        }
+    static const char *const gemms[][2] = {{"kiln::gemm<", "gemm.cuh"},
+                                           {"kiln::gemm90<", "gemm90.cuh"}};
+    for (int g = 0; g < 2; g++)
+        for (int i = 0; i < l->ninst; i++)
+            if (strncmp(l->inst_call[i], gemms[g][0], strlen(gemms[g][0])) == 0) {
+                OUT("#include \"%s\"\n", gemms[g][1]);
+                break;
+            }
     OUT("\n");
     OUT("typedef %s DT;\n\n", strcmp(l->m.dtype, "f16") == 0 ? "kiln::f16" : "kiln::bf16");
     for (int i = 0; i < l->ninst; i++)

@@ -39,6 +39,10 @@ char *codegen_source(const lowered *l, const char *model_name);
  * kiln-ktest's cases and benchmark use the same rule. */
 int lower_gemv_threads(int64_t N, int64_t K, int gated);
 
+/* Whether kiln's GEMM is the Hopper kernel (templates/gemm90.cuh, sm_90a only): with --gemm kiln
+ * when every target is sm_90a. kilnc compile then keeps PTX for compute_90a, not compute_90. */
+int lower_gemm90(const kc *c);
+
 /* Prints the schedules in text (kilnc graph --dump-after=schedule). */
 void lower_print(const lowered *l, FILE *f);
 

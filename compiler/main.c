@@ -809,7 +809,8 @@ static int cmd_compile(int argc, char **argv)
                 "                     the GEMV's 8): cuBLASLt (default; kiln loads libcublasLt\n"
                 "                     when it runs the model), or kiln's own GEMM kernel, compiled\n"
                 "                     into the artifact like every other kernel (the GPU machine\n"
-                "                     then needs no cuBLASLt; one tile shape at every row count)\n"
+                "                     then needs no cuBLASLt; one tile shape at every row count;\n"
+                "                     with --sm 90a alone, Hopper's wgmma kernel, else mma.sync)\n"
                 "  --standalone       also write OUT_DIR/NAME (NAME: MODEL_DIR's name), one "
                 "executable:\n"
                 "                     the runtime (kiln-standalone, beside kilnc) with model.kiln "
@@ -883,6 +884,9 @@ static int cmd_compile(int argc, char **argv)
     ko.max_seqs = o.max_batch;
     ko.max_tokens = o.max_tokens;
     ko.act_dtype = dt;
+    ko.sm90a_only = 1; /* Hopper-only artifact: kiln's GEMM on wgmma (lower_gemm90) */
+    for (int i = 0; i < nsm; i++)
+        ko.sm90a_only &= strcmp(sms[i], "sm_90a") == 0;
     double t0 = util_now();
     int rc = kc_open(&c, o.model, &ko, &err);
     if (rc == 0) {
@@ -937,11 +941,13 @@ static int cmd_compile(int argc, char **argv)
     const char *inc[] = {tdir, kdir, NULL};
     fprintf(stderr, "%s: %s: %d kernels, %d prefill / %d decode steps, %d weights\n", o.prog, name,
             l->ninst, l->m.nprefill, l->m.ndecode, l->m.nweights);
-    /* lowest SM's PTX first, then a cubin per SM */
+    /* lowest SM's PTX first, then a cubin per SM. The PTX is for the plain SM (compute_90 for
+     * sm_90a, which newer GPUs can JIT) unless the kernels use the arch-specific instructions
+     * (kiln's Hopper GEMM): then compute_90a, which only an sm_90 GPU runs */
     const char *targets[9];
     char ptx_target[160];
     snprintf(ptx_target, sizeof ptx_target, "compute_%s", sms[0] + 3);
-    if (ptx_target[strlen(ptx_target) - 1] == 'a')
+    if (ptx_target[strlen(ptx_target) - 1] == 'a' && !lower_gemm90(&c))
         ptx_target[strlen(ptx_target) - 1] = 0;
     targets[0] = ptx_target;
     for (int i = 0; i < nsm; i++)

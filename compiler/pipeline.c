@@ -95,6 +95,7 @@ int kc_open(kc *c, const char *model, const kc_opts *o, kerr *err)
     c->quant_fp8 = o->quant_fp8;
     c->tp = o->tp;
     c->gemm_kiln = o->gemm_kiln;
+    c->sm90a_only = o->sm90a_only;
     if (!util_is_dir(model))
         return kerr_add(err, "%s: not a folder (expected a Hugging Face model folder with "
                              "config.json and *.safetensors)",

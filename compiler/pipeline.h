@@ -22,6 +22,7 @@ typedef struct kc_opts {
     const ovr_set *ovr;    /* --config, --override, --pooling, --normalize (overrides.h); NULL: none */
     int tp;                /* --tp N: the shard pass splits the graph for N ranks; 0: unsharded */
     int gemm_kiln;         /* --gemm kiln (kc.h) */
+    int sm90a_only;        /* every --sm target is sm_90a (kc.h) */
 } kc_opts;
 
 /* Loads config, checkpoint and spec, and builds the graph. On error kc_free still applies. */

@@ -24,4 +24,20 @@
 #define KILN_GEMM_SMEM(esz)                                                                       \
     (KILN_GEMM_STAGES * (KILN_GEMM_BM + KILN_GEMM_BN) * KILN_GEMM_BK * (esz))
 
+/* Hopper's kernel (templates/gemm90.cuh: wgmma, sm_90a only), the same launch rule with its own
+ * numbers: grid = (ceil(N / KILN_GEMM90_BN), ceil(M_launch / KILN_GEMM90_BM)), block =
+ * KILN_GEMM90_THREADS (one producer warpgroup that loads, two that multiply), dynamic shared
+ * memory KILN_GEMM90_SMEM(esz): STAGES slices of the x and w tiles, 1 KiB so that the slices
+ * can start on a 1024-byte boundary (the 128-byte swizzle's atom), and the ring's 2 * STAGES
+ * mbarriers. 193 KiB for 16-bit DT: one block an SM (at most 227 KiB a block on sm_90).
+ * compiler/lower.c uses it when every target of the artifact is sm_90a, gemm.cuh otherwise. */
+#define KILN_GEMM90_BM 128
+#define KILN_GEMM90_BN 256
+#define KILN_GEMM90_BK 64
+#define KILN_GEMM90_STAGES 4
+#define KILN_GEMM90_THREADS 384
+#define KILN_GEMM90_SMEM(esz)                                                                     \
+    (KILN_GEMM90_STAGES * (KILN_GEMM90_BM + KILN_GEMM90_BN) * KILN_GEMM90_BK * (esz) + 1024 +   \
+     2 * KILN_GEMM90_STAGES * 8)
+
 #endif

@@ -381,7 +381,11 @@ static int pick_code(kmodel *m, kdev *d, kerr *err)
     for (int i = 0; i < man->nblobs; i++) {
         const ka_blob *b = &man->blobs[i];
         int v;
-        if (sscanf(b->name, "ptx.compute_%d", &v) == 1 && v <= d->cc_major * 10 + d->cc_minor) {
+        /* an arch-specific PTX (compute_90a: kiln's Hopper GEMM) runs on its own SM only */
+        const size_t bl = strlen(b->name);
+        const int own = bl > 0 && b->name[bl - 1] == 'a';
+        if (sscanf(b->name, "ptx.compute_%d", &v) == 1 &&
+            (own ? v == d->cc_major * 10 + d->cc_minor : v <= d->cc_major * 10 + d->cc_minor)) {
             d->code = b;
             d->is_ptx = 1;
             if (!m->o.quiet && d->rank == 0)

@@ -41,9 +41,10 @@
 // Preconditions (not checkable at compile time): x and w 16-byte aligned, ldx % 8 == 0 (cp.async
 // copies 16 bytes); y aligned to two OT and ldy even (pairs of outputs are stored together).
 //
-// What it does not do: Hopper's wgmma/TMA (mma.sync reaches a fraction of an H100/H200's peak:
-// tests/gpu/ktest_gemm.c's `--bench gemm` measures it against cuBLASLt), split-K for small grids,
-// fused activations (the gated linears keep their separate act_mul).
+// What it does not do: Hopper's wgmma (mma.sync reaches a fraction of an H100/H200's peak:
+// templates/gemm90.cuh is the same GEMM on wgmma, which lower.c uses when every target of the
+// artifact is sm_90a; tests/gpu/ktest_gemm.c's `--bench gemm` measures against cuBLASLt), split-K
+// for small grids, fused activations (the gated linears keep their separate act_mul).
 #pragma once
 
 #include "common.cuh"

@@ -5,11 +5,14 @@
  *     cuBLASLt step, and each cuBLASLt step of the default lowering is, at the same place in
  *     the same schedule, a launch of kiln's GEMM kernel (templates/gemm.cuh) with the same
  *     label, size and row conditions, the same operands, the shape in its template arguments
- *     and the grid kernels/kiln_gemm.h gives for it; everything else is the same step;
+ *     and the grid kernels/kiln_gemm.h gives for it; everything else is the same step. When
+ *     every target is sm_90a, the same holds of the Hopper kernel (templates/gemm90.cuh) and
+ *     its own block, shared memory and grid;
  *   - the roofline (kiln bench) reads the same model from both;
  *   - `kilnc compile --gemm kiln` of those fixtures compiles for sm_80 and sm_90a (the default
  *     --sm) and `kiln inspect` says kiln and 0 cuBLASLt steps, the default says cublaslt and
- *     counts them; --gemm with another value, or none, is refused naming the flag;
+ *     counts them; --gemm with another value, or none, is refused naming the flag; with
+ *     --sm 90a alone, llama compiles with gemm90.cuh and keeps PTX for compute_90a;
  *   - an artifact with no cuBLASLt step started without a GPU fails on the GPU, not on
  *     cuBLASLt.
  * The kernel itself is tested on the GPU (tests/gpu/ktest_gemm.c), the models end to end by
@@ -40,12 +43,12 @@ static const char *fixtures[] = {"llama", "mixtral", "bloom", "bert", "qwen2_cls
  * wait for the kernel to take an N that is not a multiple of 8 */
 static const char *compiled[] = {"llama", "mixtral", "bloom", "bert", "qwen2_cls", "deepseek_v2"};
 
-static void lower_with(kc *c, const char *name, int gemm_kiln)
+static void lower_with(kc *c, const char *name, int gemm_kiln, int sm90a_only)
 {
     char dir[256];
     snprintf(dir, sizeof dir, FIX "%s", name);
     kc_opts o = {.need_weights = 1, .max_seq_len = 128, .max_seqs = 4, .max_tokens = 64,
-                 .gemm_kiln = gemm_kiln};
+                 .gemm_kiln = gemm_kiln, .sm90a_only = sm90a_only};
     kerr err;
     kerr_clear(&err);
     if (kc_open(c, dir, &o, &err) || kc_run(c, NULL, NULL, NULL, &err))
@@ -64,9 +67,12 @@ static long grid_at(const ka_grid *g, long T, long S)
     return (v + g->div - 1) / g->div;
 }
 
-/* Step `k` (kiln) is kiln's GEMM doing what cuBLASLt step `c` does. */
-static void expect_kiln_gemm(const char *fx, const lowered *l, const ka_step *c, const ka_step *k)
+/* Step `k` (kiln) is kiln's GEMM doing what cuBLASLt step `c` does: gemm.cuh's, or gemm90.cuh's
+ * when `h`. */
+static void expect_kiln_gemm(const char *fx, const lowered *l, const ka_step *c, const ka_step *k,
+                             int h)
 {
+    const int bm = h ? KILN_GEMM90_BM : KILN_GEMM_BM, bn = h ? KILN_GEMM90_BN : KILN_GEMM_BN;
     const char *name = l->m.kernels[k->kernel].name;
     if (k->kind != KA_KERNEL || !strstr(name, "_gemm"))
         fail_msg("%s: step %s is %s, expected kiln's GEMM", fx, c->label,
@@ -76,8 +82,9 @@ static void expect_kiln_gemm(const char *fx, const lowered *l, const ka_step *c,
     assert_int_equal(k->size, c->size);
     assert_int_equal(k->rows, c->rows);
     assert_int_equal(k->logits, c->logits);
-    assert_int_equal(l->m.kernels[k->kernel].block, KILN_GEMM_THREADS);
-    assert_int_equal(l->m.kernels[k->kernel].smem, KILN_GEMM_SMEM(2)); /* bf16 */
+    assert_int_equal(l->m.kernels[k->kernel].block, h ? KILN_GEMM90_THREADS : KILN_GEMM_THREADS);
+    assert_int_equal(l->m.kernels[k->kernel].smem,
+                     h ? KILN_GEMM90_SMEM(2) : KILN_GEMM_SMEM(2)); /* bf16 */
     /* wrapper (M, x, w, bias, y) */
     assert_int_equal(k->nargs, 5);
     assert_int_equal(k->args[0].kind, KA_ARG_M);
@@ -87,30 +94,30 @@ static void expect_kiln_gemm(const char *fx, const lowered *l, const ka_step *c,
     assert_true(same_arg(&k->args[4], &c->y));
     char want[256];
     snprintf(want, sizeof want,
-             "kiln::gemm<DT, %s, %lld, %lld, %d>(M, x, %lldLL, w, bias, y, %lldLL)",
-             c->out_f32 ? "float" : "DT", (long long)c->n, (long long)c->k,
+             "kiln::%s<DT, %s, %lld, %lld, %d>(M, x, %lldLL, w, bias, y, %lldLL)",
+             h ? "gemm90" : "gemm", c->out_f32 ? "float" : "DT", (long long)c->n, (long long)c->k,
              c->bias.kind != KA_ARG_NULL, (long long)c->ldx, (long long)c->ldy);
     assert_string_equal(l->inst_call[k->kernel], want);
     /* grid (ceil(N / BN), ceil(M / BM)), M the step's rows, at a few step sizes */
-    const long sizes[][2] = {{9, 1}, {64, 4}, {KILN_GEMM_BM + 1, 2}, {3 * KILN_GEMM_BM, 3}};
+    const long sizes[][2] = {{9, 1}, {64, 4}, {bm + 1, 2}, {3 * bm, 3}};
     for (size_t i = 0; i < ARRAY_LEN(sizes); i++) {
         long T = sizes[i][0], S = sizes[i][1], M = c->rows == KA_ROWS_S ? S : T;
-        assert_int_equal(grid_at(&k->grid[0], T, S), (c->n + KILN_GEMM_BN - 1) / KILN_GEMM_BN);
-        assert_int_equal(grid_at(&k->grid[1], T, S), (M + KILN_GEMM_BM - 1) / KILN_GEMM_BM);
+        assert_int_equal(grid_at(&k->grid[0], T, S), (c->n + bn - 1) / bn);
+        assert_int_equal(grid_at(&k->grid[1], T, S), (M + bm - 1) / bm);
         assert_int_equal(grid_at(&k->grid[2], T, S), 1);
     }
 }
 
 static void compare_schedules(const char *fx, const char *which, const lowered *lc,
                               const ka_step *c, int nc, const lowered *lk, const ka_step *k,
-                              int nk, int *ngemm)
+                              int nk, int h, int *ngemm)
 {
     if (nc != nk)
         fail_msg("%s %s: %d steps with cuBLASLt, %d with kiln's GEMM", fx, which, nc, nk);
     for (int i = 0; i < nc; i++) {
         assert_int_not_equal(k[i].kind, KA_GEMM);
         if (c[i].kind == KA_GEMM) {
-            expect_kiln_gemm(fx, lk, &c[i], &k[i]);
+            expect_kiln_gemm(fx, lk, &c[i], &k[i], h);
             ++*ngemm;
             continue;
         }
@@ -124,38 +131,42 @@ static void compare_schedules(const char *fx, const char *which, const lowered *
 static void test_steps_replace_cublaslt(void **state)
 {
     (void)state;
-    for (size_t f = 0; f < ARRAY_LEN(fixtures); f++) {
-        kc cc, ck;
-        lower_with(&cc, fixtures[f], 0);
-        lower_with(&ck, fixtures[f], 1);
-        const lowered *lc = cc.low, *lk = ck.low;
-        assert_int_equal(lc->m.gemm_kiln, 0);
-        assert_int_equal(lk->m.gemm_kiln, 1);
-        int n = 0;
-        compare_schedules(fixtures[f], "prefill", lc, lc->m.prefill, lc->m.nprefill, lk,
-                          lk->m.prefill, lk->m.nprefill, &n);
-        compare_schedules(fixtures[f], "decode", lc, lc->m.decode, lc->m.ndecode, lk,
-                          lk->m.decode, lk->m.ndecode, &n);
-        if (n == 0)
-            fail_msg("%s: no cuBLASLt step to replace (the test proves nothing)", fixtures[f]);
-        /* the unit includes gemm.cuh only where a GEMM kernel is instantiated */
-        char *src_c = codegen_source(lc, fixtures[f]), *src_k = codegen_source(lk, fixtures[f]);
-        assert_null(strstr(src_c, "gemm.cuh"));
-        assert_non_null(strstr(src_k, "#include \"gemm.cuh\""));
-        free(src_c);
-        free(src_k);
-        /* kiln bench's roofline sees the same model */
-        kroof_model rc, rk;
-        kroof_model_of(&lc->m, &rc);
-        kroof_model_of(&lk->m, &rk);
-        assert_int_equal(rc.weight_bytes, rk.weight_bytes);
-        assert_true(rc.matrix_params == rk.matrix_params);
-        assert_true(rc.head_params == rk.head_params);
-        assert_int_equal(rc.q_width, rk.q_width);
-        assert_int_equal(rc.q_width_assumed, rk.q_width_assumed);
-        kc_free(&cc);
-        kc_free(&ck);
-    }
+    for (size_t f = 0; f < ARRAY_LEN(fixtures); f++)
+        for (int h = 0; h < 2; h++) { /* every target sm_90a: the Hopper kernel */
+            kc cc, ck;
+            lower_with(&cc, fixtures[f], 0, h);
+            lower_with(&ck, fixtures[f], 1, h);
+            const lowered *lc = cc.low, *lk = ck.low;
+            assert_int_equal(lc->m.gemm_kiln, 0);
+            assert_int_equal(lk->m.gemm_kiln, 1);
+            assert_int_equal(lower_gemm90(&ck), h);
+            int n = 0;
+            compare_schedules(fixtures[f], "prefill", lc, lc->m.prefill, lc->m.nprefill, lk,
+                              lk->m.prefill, lk->m.nprefill, h, &n);
+            compare_schedules(fixtures[f], "decode", lc, lc->m.decode, lc->m.ndecode, lk,
+                              lk->m.decode, lk->m.ndecode, h, &n);
+            if (n == 0)
+                fail_msg("%s: no cuBLASLt step to replace (the test proves nothing)", fixtures[f]);
+            /* the unit includes the GEMM's header only where its kernel is instantiated */
+            char *src_c = codegen_source(lc, fixtures[f]), *src_k = codegen_source(lk, fixtures[f]);
+            assert_null(strstr(src_c, "gemm.cuh"));
+            assert_null(strstr(src_c, "gemm90.cuh"));
+            assert_non_null(strstr(src_k, h ? "#include \"gemm90.cuh\"" : "#include \"gemm.cuh\""));
+            assert_null(strstr(src_k, h ? "#include \"gemm.cuh\"" : "#include \"gemm90.cuh\""));
+            free(src_c);
+            free(src_k);
+            /* kiln bench's roofline sees the same model */
+            kroof_model rc, rk;
+            kroof_model_of(&lc->m, &rc);
+            kroof_model_of(&lk->m, &rk);
+            assert_int_equal(rc.weight_bytes, rk.weight_bytes);
+            assert_true(rc.matrix_params == rk.matrix_params);
+            assert_true(rc.head_params == rk.head_params);
+            assert_int_equal(rc.q_width, rk.q_width);
+            assert_int_equal(rc.q_width_assumed, rk.q_width_assumed);
+            kc_free(&cc);
+            kc_free(&ck);
+        }
 }
 
 static void test_cli_compile_inspect(void **state)
@@ -198,6 +209,25 @@ static void test_cli_compile_inspect(void **state)
     r = tu_run_bin(tmp, KILN, ia);
     EXPECT_CODE(r, 0);
     assert_contains(r.out, "gemm         cublaslt: 19 cuBLASLt steps (kiln loads libcublasLt)\n");
+    tu_run_free(&r);
+    /* a Hopper-only artifact: the wgmma GEMM, its PTX for compute_90a (compute_90 has no wgmma) */
+    snprintf(out, sizeof out, "%s/llama_sm90a", tmp);
+    const char *ha[] = {"compile", FIX "llama", "-o", out, "--gemm", "kiln", "--sm", "90a", NULL};
+    r = tu_run_bin(tmp, KILNC, ha);
+    EXPECT_CODE(r, 0);
+    tu_run_free(&r);
+    const char *hi[] = {"inspect", out, NULL};
+    r = tu_run_bin(tmp, KILN, hi);
+    EXPECT_CODE(r, 0);
+    assert_contains(r.out, "code         ptx.compute_90a (");
+    assert_contains(r.out, "cubin.sm_90a (");
+    tu_run_free(&r);
+    const char *hs[] = {"inspect", out, "--source", NULL};
+    r = tu_run_bin(tmp, KILN, hs);
+    EXPECT_CODE(r, 0);
+    assert_contains(r.out, "#include \"gemm90.cuh\"");
+    assert_contains(r.out, "kiln::gemm90<DT, ");
+    assert_not_contains(r.out, "kiln::gemm<DT, ");
     tu_run_free(&r);
     /* without a GPU a kiln-GEMM artifact fails on the driver, and says nothing of cuBLASLt */
     snprintf(out, sizeof out, "%s/llama", tmp);

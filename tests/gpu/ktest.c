@@ -43,14 +43,15 @@ static int kcuda_check_(kt *t, CUresult rc, const char *call, int line, kerr *e)
     return kcuda_fail(&t->cu, rc, call, "ktest.c", line, e);
 }
 
-CUmodule kt_module(kt *t, const char *name, const char *src)
+/* `src` compiled for each of `archs` in compile-only mode, else for this GPU and loaded. */
+static CUmodule module_for(kt *t, const char *name, const char *src, const char *const *archs)
 {
     char *tmpl = util_path_join(t->root, "templates");
     char *kern = util_path_join(t->root, "kernels");
     const char *inc[] = {tmpl, kern, NULL};
-    static const char *both[] = {"sm_80", "sm_90a", NULL};
     const char *one[] = {t->arch, NULL};
-    const char **archs = t->compile_only ? both : one;
+    if (!t->compile_only)
+        archs = one;
     CUmodule m = NULL;
     for (int i = 0; archs[i]; i++) {
         nvrtc_result r;
@@ -71,6 +72,22 @@ CUmodule kt_module(kt *t, const char *name, const char *src)
     free(kern);
     return m;
 }
+
+CUmodule kt_module(kt *t, const char *name, const char *src)
+{
+    static const char *const both[] = {"sm_80", "sm_90a", NULL};
+    return module_for(t, name, src, both);
+}
+
+CUmodule kt_module_sm90a(kt *t, const char *name, const char *src)
+{
+    static const char *const hopper[] = {"sm_90a", NULL};
+    if (!kt_sm90a(t)) /* a test bug: the case must check kt_sm90a first */
+        die(t, "%s: an sm_90a-only kernel on %s", name, t->arch);
+    return module_for(t, name, src, hopper);
+}
+
+int kt_sm90a(const kt *t) { return t->compile_only || strcmp(t->arch, "sm_90a") == 0; }
 
 CUfunction kt_func(kt *t, CUmodule m, const char *name)
 {

@@ -39,6 +39,11 @@ typedef struct kt {
  * In compile-only mode every device call below does nothing (downloads give zeros, checks
  * pass silently): write cases so that they still run their CPU reference harmlessly. */
 CUmodule kt_module(kt *t, const char *name, const char *src);
+/* kt_module for a template that exists on sm_90a only (wgmma: templates/gemm90.cuh): compiled for
+ * sm_90a alone in compile-only mode. On a GPU, call it only where kt_sm90a(t). */
+CUmodule kt_module_sm90a(kt *t, const char *name, const char *src);
+/* Whether the GPU (or, in compile-only mode, one of the targets) is sm_90a. */
+int kt_sm90a(const kt *t);
 CUfunction kt_func(kt *t, CUmodule m, const char *name);
 CUdeviceptr kt_alloc(kt *t, size_t bytes);          /* poisoned with 0xFF */
 CUdeviceptr kt_upload(kt *t, const void *host, size_t bytes);

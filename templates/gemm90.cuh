@@ -1,0 +1,340 @@
+// gemm90.cuh — gemm.cuh's GEMM for Hopper (sm_90a): y[m, n] = sum_k x[m, k] * w[n, k] (+ bias[n])
+// for 0 <= m < M, 0 <= n < N, w a PyTorch Linear weight [N, K] (row-major), on warpgroup MMA
+// (wgmma.mma_async), which mma.sync cannot feed fast enough on an H100/H200 (gemm.cuh reaches
+// ~0.37 of cuBLASLt there). Same contract as gemm.cuh (read its header: tails, batch invariance,
+// numerics, preconditions); its own launch numbers in kernels/kiln_gemm.h (KILN_GEMM90_*).
+// compiler/lower.c picks it when every target of the artifact is sm_90a (wgmma exists nowhere
+// else: compiled for another target, the template fails with a static_assert, never silently).
+//
+// Design:
+//   - a block computes a BM x BN = 128 x 256 tile of y with three warpgroups (384 threads): the
+//     first only loads (the producer), the other two multiply, each 64 rows x 256 columns: one
+//     wgmma m64n256k16 per 16 elements of K, both operands read by the tensor cores from shared
+//     memory through matrix descriptors, 128 float accumulators a thread. 256 columns is the
+//     widest wgmma and makes the shared-memory reads per MMA the fewest (x's 64 rows and w's 256
+//     rows for 64 x 256 products). One block an SM (193 KiB of shared memory);
+//   - K is streamed in slices of BK = 64 elements (128 bytes a row) through a ring of STAGES = 4
+//     slices (x 16 KiB + w 32 KiB each). The producer fills a slice with cp.async (16 bytes a
+//     copy, 24 a thread a slice; zero fill for rows past M or N and chunks past K, as gemm.cuh)
+//     and hands it over with cp.async.mbarrier.arrive.noinc on the slice's "full" mbarrier
+//     (128 arrivals: one per producer thread, each when its own copies have landed). The
+//     consumers wait on "full", issue the slice's 4 wgmma as one group, and keep one group in
+//     flight (wgmma.wait_group 1): when slice kt's group is issued, slice kt-1's has completed,
+//     and one lane of each consumer warp arrives on slice kt-1's "empty" mbarrier (8 arrivals),
+//     which the producer waits on before it refills that stage. So the tensor cores always have
+//     the next slice queued, and the loads run up to STAGES - 1 slices ahead. No __syncthreads
+//     in the loop. (Plain cp.async rather than TMA: TMA needs a tensor map per (pointer, shape)
+//     built on the host, which the runtime's argument packing does not have.) The consumer
+//     fences the generic proxy (cp.async writes) against the async proxy (wgmma reads) after
+//     each wait on "full" (fence.proxy.async);
+//   - shared layout: the 128-byte swizzle of wgmma (and of TMA): a slice is rows of 64 elements
+//     (128 bytes), 16-byte chunk c of row r stored at chunk c ^ (r % 8), 8-row atoms of 1024
+//     bytes starting on a 1024-byte boundary. The descriptor: start address >> 4 (bits 0-13),
+//     leading byte offset 16 >> 4 (bits 16-29; unused for a swizzled K-major operand), stride
+//     byte offset 1024 >> 4 between 8-row atoms (bits 32-45), base offset 0 (bits 49-51: the
+//     atoms are 1024-aligned), swizzle mode 1 = 128 bytes (bits 62-63). The k-th 16-element
+//     step inside the slice starts 32k bytes further (the hardware applies the XOR to the
+//     address bits, as for TMA's layout). The producer's writes: 8 consecutive threads copy the
+//     8 chunks of one row (128 contiguous bytes of x or w), which land in 8 distinct 16-byte
+//     bank groups;
+//   - accumulator fragment (wgmma's m64nNk16 f32 D): warp q of the warpgroup holds rows
+//     16q..16q+15; lane (g = lane / 4, t = lane % 4) holds d[4j + 2h + e] at row 16q + 8h + g,
+//     column 8j + 2t + e (j < 32, h, e in {0, 1}): mma.sync's m16n8 C fragment, 32 times;
+//   - blocks are mapped to tiles in groups of 8 tile rows, as gemm.cuh (L2 reuse of x and w).
+// Batch invariance: one tile configuration for every (DT, N, K), never chosen by M, no split-K:
+// every output is one chain of wgmma over K in the same order (slices 0, 1, ..., and the 4
+// steps of 16 inside each), accumulating in place in the same registers, whatever M is and
+// wherever the row falls in the tile. Zero rows past M only take part in their own outputs.
+// Numerics: fp32 accumulation inside the tensor cores (never rounded to 16 bits), the bias
+// added in float, one rounding to OT (the epilogue is gemm.cuh's).
+//
+// Launch rule (kernels/kiln_gemm.h): grid = (ceil(N / KILN_GEMM90_BN), ceil(M_launch /
+// KILN_GEMM90_BM)) for any M_launch >= M, block = KILN_GEMM90_THREADS, dynamic shared memory
+// KILN_GEMM90_SMEM(sizeof(DT)) (above 48 KiB: the launcher sets
+// CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES). Preconditions as gemm.cuh: x and w 16-byte
+// aligned, ldx % 8 == 0; y aligned to two OT and ldy even.
+//
+// What it does not do: TMA, thread-block clusters (multicast of w), a persistent grid that would
+// overlap one tile's epilogue with the next tile's MMA, setmaxnreg (the producer keeps the
+// registers it does not need: 384 threads x 168 registers fit the register file), stores staged
+// through shared memory (the epilogue writes pairs straight from the fragments).
+#pragma once
+
+#include "gemm.cuh" // gemm_detail::cp16 and store2; common.cuh, kiln_gemm.h
+
+namespace kiln {
+namespace gemm90_detail {
+
+constexpr int BM = KILN_GEMM90_BM, BN = KILN_GEMM90_BN, BK = KILN_GEMM90_BK;
+constexpr int STAGES = KILN_GEMM90_STAGES, THREADS = KILN_GEMM90_THREADS;
+constexpr int GROUP = 8; // tile rows per group of the block-to-tile map
+
+static_assert(THREADS == 384 && BM == 128 && BN == 256,
+              "gemm90: a producer warpgroup and two consumer warpgroups of 64 x 256 (wgmma "
+              "m64n256k16) in a 128 x 256 tile");
+static_assert(BK == 64, "gemm90: slice rows of 128 bytes (the 128-byte swizzle, 16-bit DT)");
+constexpr unsigned TILE_A = BM * BK * 2;       // bytes of one x slice
+constexpr unsigned STAGE = (BM + BN) * BK * 2; // bytes of one stage (x, then w)
+static_assert(TILE_A % 1024 == 0 && STAGE % 1024 == 0,
+              "gemm90: every operand tile starts on a 1024-byte swizzle atom");
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+constexpr bool HAVE_WGMMA = true;
+#else
+constexpr bool HAVE_WGMMA = false;
+#endif
+template <typename T> constexpr bool have_wgmma = HAVE_WGMMA; // dependent: checked when used
+
+// Byte offset of 16-byte chunk c of row r in a slice: the 128-byte swizzle (see the top).
+__device__ __forceinline__ unsigned swz(int r, int c) { return r * 128 + ((c ^ (r & 7)) << 4); }
+
+// wgmma's shared-memory matrix descriptor of a K-major, 128-byte-swizzled operand at `addr`.
+__device__ __forceinline__ unsigned long long desc(unsigned addr)
+{
+    return (unsigned long long)((addr & 0x3FFFFu) >> 4) | 1ull << 16 | (1024ull >> 4) << 32 |
+           1ull << 62;
+}
+
+// mbarriers (shared::cta addresses). wait: until the phase of parity `parity` has completed
+// (a fresh barrier is in phase 0, so waiting on parity 1 passes at once).
+__device__ __forceinline__ void bar_init(unsigned bar, unsigned count)
+{
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void bar_wait(unsigned bar, unsigned parity)
+{
+    unsigned done;
+    do {
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                     "selp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done)
+                     : "r"(bar), "r"(parity)
+                     : "memory");
+    } while (!done);
+}
+__device__ __forceinline__ void bar_arrive(unsigned bar)
+{
+    asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(bar)
+                 : "memory");
+}
+// One arrival on `bar` when every cp.async this thread has issued so far has landed (.noinc:
+// the arrival is one of the count the barrier was initialised with).
+__device__ __forceinline__ void bar_arrive_cp(unsigned bar)
+{
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+
+// d (64 x 256 floats of the warpgroup, the fragment at the top) += A (64 x 16) . B (256 x 16)^T,
+// both K-major in shared memory. Scale-d is 1 (accumulate; d starts at zero), A and B unscaled
+// and not transposed.
+#define KILN_WGMMA_M64N256K16(TY)                                                                  \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"                                     \
+                 "wgmma.mma_async.sync.aligned.m64n256k16.f32." TY "." TY " {"                     \
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, "               \
+                 "%15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, "               \
+                 "%28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, "               \
+                 "%41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, "               \
+                 "%54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, "               \
+                 "%67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "               \
+                 "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, "               \
+                 "%93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, "               \
+                 "%105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, "              \
+                 "%116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, "              \
+                 "%127"                                                                            \
+                 "}, %128, %129, p, 1, 1, 0, 0;\n}\n"                                              \
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]),                     \
+                   "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]),                     \
+                   "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),                \
+                   "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),                \
+                   "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),                \
+                   "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),                \
+                   "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),                \
+                   "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),                \
+                   "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]),                \
+                   "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]),                \
+                   "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]),                \
+                   "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),                \
+                   "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]),                \
+                   "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]),                \
+                   "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]),                \
+                   "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),                \
+                   "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]),                \
+                   "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]),                \
+                   "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]),                \
+                   "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]),                \
+                   "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]),           \
+                   "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]),           \
+                   "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]),           \
+                   "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),           \
+                   "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]),           \
+                   "+f"(d[125]), "+f"(d[126]), "+f"(d[127])                                        \
+                 : "l"(da), "l"(db), "r"(1))
+
+__device__ __forceinline__ void wgmma(float (&d)[128], unsigned long long da, unsigned long long db,
+                                      bf16)
+{
+    KILN_WGMMA_M64N256K16("bf16");
+}
+__device__ __forceinline__ void wgmma(float (&d)[128], unsigned long long da, unsigned long long db,
+                                      f16)
+{
+    KILN_WGMMA_M64N256K16("f16");
+}
+#undef KILN_WGMMA_M64N256K16
+
+__device__ __forceinline__ void wg_fence()
+{
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wg_commit()
+{
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+template <int PENDING>
+__device__ __forceinline__ void wg_wait()
+{
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(PENDING) : "memory");
+}
+// Keeps the compiler from moving accesses of the accumulators across the asynchronous wgmma
+// (which read and write them without the compiler seeing when).
+__device__ __forceinline__ void fence_acc(float (&d)[128])
+{
+#pragma unroll
+    for (int i = 0; i < 128; i++)
+        asm volatile("" : "+f"(d[i])::"memory");
+}
+
+} // namespace gemm90_detail
+
+template <typename DT, typename OT, int N, int K, int BIAS>
+__device__ __forceinline__ void gemm90(int M, const DT *x, long long ldx, const DT *w,
+                                       const DT *bias, OT *y, long long ldy)
+{
+    KILN_PDL_ENTER();
+    using namespace gemm90_detail;
+    static_assert(have_wgmma<DT>, "gemm90: wgmma needs sm_90a; compiler/lower.c uses this kernel "
+                                  "only when every target is sm_90a (kilnc compile --sm 90a)");
+    static_assert(sizeof(DT) == 2, "gemm90: DT is bf16 or f16");
+    static_assert(N >= 1, "gemm90: N >= 1");
+    static_assert(K >= 8 && K % 8 == 0, "gemm90: K must be a multiple of 8 (16-byte chunks)");
+    static_assert(STAGES * STAGE + 1024 + 2 * STAGES * 8 == KILN_GEMM90_SMEM(sizeof(DT)),
+                  "gemm90: kiln_gemm.h's SMEM");
+    constexpr int KT = (K + BK - 1) / BK; // slices of K
+
+    // Block -> tile, in groups of GROUP tile rows (gemm.cuh's map).
+    const int ntn = gridDim.x, ntm = gridDim.y;
+    const int pid = blockIdx.y * ntn + blockIdx.x, per_group = GROUP * ntn;
+    const int first = pid / per_group * GROUP;
+    const int rows = ntm - first < GROUP ? ntm - first : GROUP;
+    const int m0 = (first + pid % per_group % rows) * BM;
+    const int n0 = pid % per_group / rows * BN;
+    if (m0 >= M || n0 >= N)
+        return; // uniform over the block: no barrier is reached
+
+    // Stages from the first 1024-byte boundary; then the mbarriers: full[s] at bars + 8s,
+    // empty[s] at bars + 8 (STAGES + s).
+    extern __shared__ unsigned char kiln_gemm90_smem[];
+    const unsigned base = ((unsigned)__cvta_generic_to_shared(kiln_gemm90_smem) + 1023u) & ~1023u;
+    const unsigned bars = base + STAGES * STAGE;
+    const int tid = threadIdx.x, wg = tid >> 7;
+    if (tid == 0) {
+        for (int s = 0; s < STAGES; s++) {
+            bar_init(bars + 8 * s, 128);          // full: each producer thread's copies landed
+            bar_init(bars + 8 * (STAGES + s), 8); // empty: each consumer warp done reading
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+
+    if (wg == 0) {
+        // Producer: thread tid copies chunk c = tid % 8 of rows r0 + 16i (r0 = tid / 8) of the
+        // x slice (i < 8) and of the w slice (i < 16); rows r0 + 16i share r0's swizzle, 2048
+        // bytes apart. Slice kt goes to stage kt % STAGES once the consumers have released the
+        // slice that was there (kt - STAGES): empty's phase kt / STAGES - 1.
+        const int r0 = tid >> 3, c = tid & 7;
+        const unsigned so = swz(r0, c);
+#pragma unroll 1
+        for (int kt = 0; kt < KT; kt++) {
+            const int s = kt % STAGES;
+            bar_wait(bars + 8 * (STAGES + s), (kt / STAGES & 1) ^ 1);
+            const int k = kt * BK + 8 * c;
+            const bool kin = k < K; // the chunk is whole: K % 8 == 0
+            const unsigned a = base + s * STAGE + so, b = a + TILE_A;
+#pragma unroll
+            for (int i = 0; i < BM / 16; i++) {
+                const int m = m0 + r0 + 16 * i;
+                const bool ok = kin && m < M;
+                gemm_detail::cp16(a + 2048 * i, ok ? x + (long long)m * ldx + k : x, ok ? 16 : 0);
+            }
+#pragma unroll
+            for (int i = 0; i < BN / 16; i++) {
+                const int n = n0 + r0 + 16 * i;
+                const bool ok = kin && n < N;
+                gemm_detail::cp16(b + 2048 * i, ok ? w + (long long)n * K + k : w, ok ? 16 : 0);
+            }
+            bar_arrive_cp(bars + 8 * s);
+        }
+        asm volatile("cp.async.wait_all;\n" ::: "memory"); // nothing in flight when it exits
+        return;
+    }
+
+    // Consumers: warpgroup cw multiplies rows 64cw..64cw+63 of the tile by all 256 columns.
+    const int cw = wg - 1, lane = tid & 31, q = (tid >> 5) & 3;
+    float acc[128];
+#pragma unroll
+    for (int i = 0; i < 128; i++)
+        acc[i] = 0.f;
+#pragma unroll 1
+    for (int kt = 0; kt < KT; kt++) {
+        const int s = kt % STAGES;
+        bar_wait(bars + 8 * s, kt / STAGES & 1);
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); // cp.async -> wgmma
+        const unsigned a = base + s * STAGE + cw * 64 * 128, b = base + s * STAGE + TILE_A;
+        fence_acc(acc);
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < BK / 16; kk++)
+            wgmma(acc, desc(a + 32 * kk), desc(b + 32 * kk), DT());
+        wg_commit();
+        wg_wait<1>(); // slice kt-1's group has completed: its stage may be refilled
+        fence_acc(acc);
+        if (kt > 0 && lane == 0)
+            bar_arrive(bars + 8 * (STAGES + (kt - 1) % STAGES));
+    }
+    wg_wait<0>();
+    fence_acc(acc);
+
+    // Epilogue (gemm.cuh's): lane (g, t) of warp q holds acc[4j + 2h + e] at row
+    // 64cw + 16q + 8h + g, column 8j + 2t + e of the tile.
+    const int g = lane >> 2, t = lane & 3;
+    const int mr = m0 + 64 * cw + 16 * q + g;
+#pragma unroll
+    for (int j = 0; j < BN / 8; j++) {
+        const int n = n0 + 8 * j + 2 * t;
+        if (n >= N)
+            continue;
+        const bool two = n + 1 < N;
+        float b0 = 0.f, b1 = 0.f;
+        if (BIAS) {
+            b0 = to_f(bias[n]);
+            b1 = two ? to_f(bias[n + 1]) : 0.f;
+        }
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int m = mr + 8 * h;
+            if (m >= M)
+                continue;
+            OT *p = y + (long long)m * ldy + n;
+            const float v0 = acc[4 * j + 2 * h] + b0, v1 = acc[4 * j + 2 * h + 1] + b1;
+            if (two && ((ldy | n) & 1) == 0)
+                gemm_detail::store2(p, v0, v1);
+            else {
+                *p = from_f<OT>(v0);
+                if (two)
+                    p[1] = from_f<OT>(v1);
+            }
+        }
+    }
+}
+
+} // namespace kiln
