@@ -40,7 +40,10 @@ static void usage(FILE *f)
             "for tests and for trying the server without a GPU).\n\n"
             "Endpoints: POST /v1/completions, /v1/chat/completions, /v1/embeddings (embedding\n"
             "models), /v1/classify (classifiers: scores, probs and the top label per input);\n"
-            "GET /v1/models, /health (503 until loaded), /metrics (Prometheus).\n\n"
+            "GET /v1/models, /health (503 until loaded), /metrics (Prometheus).\n"
+            "A sampling field a request leaves out takes the checkpoint's generation_config.json\n"
+            "value (temperature, top_p, top_k; max_new_tokens for max_tokens, cut to fit the\n"
+            "prompt), else OpenAI's default (kiln inspect DIR shows them under sampling).\n\n"
             "  --host ADDR         bind address (default 127.0.0.1)\n"
             "  --port N            TCP port (default 8000; 0 = any free port, printed)\n"
             "  --api-key KEY       require 'Authorization: Bearer KEY' on /v1/ routes (default:\n"
@@ -304,7 +307,20 @@ int cmd_serve(int argc, char **argv)
         free(name);
         return 1;
     }
-    oa_model model = {name, ks_info(ks), tok, have_ct ? &ct : NULL, ct_error};
+    /* generation_config.json's defaults: a compiled model's manifest, or the CPU backend's */
+    ka_file *af = NULL;
+    const ka_gen *gen = NULL;
+    char *mk = util_path_join(o.dir, "model.kiln");
+    if (util_is_file(mk)) {
+        kerr ge;
+        kerr_clear(&ge);
+        if ((af = ka_read(mk, &ge)))
+            gen = &af->m.gen;
+    } else {
+        gen = cli_cpu->generation(b);
+    }
+    free(mk);
+    oa_model model = {name, ks_info(ks), tok, have_ct ? &ct : NULL, ct_error, gen};
     if (!have_ct && !ks_info(ks)->embed)
         fprintf(stderr, PROG ": note: /v1/chat/completions is off: %s\n", ct_error);
 
@@ -337,6 +353,8 @@ int cmd_serve(int argc, char **argv)
         ct_model_free(&ct);
     free(ct_error);
     free(name);
+    if (af)
+        ka_file_free(af);
     if (eng.rc) {
         kerr_print(PROG, &eng.err);
         return 1;

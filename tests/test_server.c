@@ -211,6 +211,50 @@ static void test_choice_stop_in_stream(void **state)
     oa_request_free(&r);
 }
 
+/* generation_config.json's defaults fill the fields a request leaves out (or sets to null), the
+ * request's own values win, and a max_new_tokens default is cut to the room after the prompt. */
+static void test_generation_defaults(void **state)
+{
+    (void)state;
+    ka_gen g = {.has_temperature = 1, .temperature = 0.6, .has_top_p = 1, .top_p = 0.9,
+                .has_top_k = 1, .top_k = 50, .has_max_new = 1, .max_new = 40};
+    oa_model m = model();
+    m.gen = &g;
+    oa_request r;
+    oa_error e;
+    const char *b1 = "{\"prompt\": [1, 2, 3], \"top_p\": null}";
+    assert_int_equal(oa_parse(&m, OA_COMPLETIONS, b1, strlen(b1), &r, &e), 0);
+    assert_float_equal(r.sp.temperature, 0.6f, 0);
+    assert_float_equal(r.sp.top_p, 0.9f, 0);
+    assert_int_equal(r.sp.top_k, 50);
+    assert_int_equal(r.max_tokens, 40); /* not OpenAI's 16 */
+    oa_request_free(&r);
+    const char *b2 = "{\"prompt\": [1, 2, 3], \"temperature\": 0, \"top_k\": -1, "
+                     "\"max_tokens\": 5, \"top_p\": 1}";
+    assert_int_equal(oa_parse(&m, OA_COMPLETIONS, b2, strlen(b2), &r, &e), 0);
+    assert_float_equal(r.sp.temperature, 0, 0);
+    assert_float_equal(r.sp.top_p, 1, 0);
+    assert_int_equal(r.sp.top_k, 0);
+    assert_int_equal(r.max_tokens, 5);
+    oa_request_free(&r);
+    /* 40 tokens after a 30-token prompt would pass max_seq_len 64: the default becomes 34 */
+    char b3[512] = "{\"prompt\": [1";
+    for (int i = 1; i < 30; i++)
+        strcat(b3, ", 7");
+    strcat(b3, "]}");
+    assert_int_equal(oa_parse(&m, OA_COMPLETIONS, b3, strlen(b3), &r, &e), 0);
+    assert_int_equal(r.max_tokens, 34);
+    oa_request_free(&r);
+    /* without generation defaults: OpenAI's (temperature 1, top_p 1, 16 tokens) */
+    m.gen = NULL;
+    assert_int_equal(oa_parse(&m, OA_COMPLETIONS, b1, strlen(b1), &r, &e), 0);
+    assert_float_equal(r.sp.temperature, 1, 0);
+    assert_float_equal(r.sp.top_p, 1, 0);
+    assert_int_equal(r.sp.top_k, 0);
+    assert_int_equal(r.max_tokens, 16);
+    oa_request_free(&r);
+}
+
 /* ------------------------------------------------------------------ validation */
 
 static char *CHAT_DIR;
@@ -651,6 +695,7 @@ int main(void)
         cmocka_unit_test(test_stop_prefix_of_another),
         cmocka_unit_test(test_stop_never_leaked),
         cmocka_unit_test(test_choice_stop_in_stream),
+        cmocka_unit_test(test_generation_defaults),
         cmocka_unit_test(test_validation),
         cmocka_unit_test(test_end_to_end),
     };

@@ -463,12 +463,21 @@ static int refuse_unsupported(json_t *root, oa_error *e)
     return 0;
 }
 
+/* generation_config.json's max_new_tokens, 0 when it sets none */
+static int gen_max_new(const oa_model *m)
+{
+    return m->gen && m->gen->has_max_new ? m->gen->max_new : 0;
+}
+
 static int parse_sampling(const oa_model *m, json_t *root, oa_request *r, oa_error *e)
 {
     if (refuse_unsupported(root, e))
         return -1;
-    double temp = 1, top_p = 1;
-    long long top_k = 0, seed = -1, n = 1;
+    /* a field left out (or null) takes generation_config.json's value, else OpenAI's default */
+    const ka_gen *g = m->gen;
+    double temp = g && g->has_temperature ? g->temperature : 1,
+           top_p = g && g->has_top_p ? g->top_p : 1;
+    long long top_k = g && g->has_top_k ? g->top_k : 0, seed = -1, n = 1;
     if (get_num(root, "temperature", 0, 2, 0, &temp, e) ||
         get_num(root, "top_p", 0, 1, 1, &top_p, e) ||
         get_int(root, "top_k", -1, m->info->vocab, &top_k, e) ||
@@ -585,8 +594,9 @@ int oa_parse(const oa_model *m, oa_endpoint ep, const char *body, size_t len, oa
             get_int(root, "max_tokens", 0, max_seq, &max_tokens, e))
             goto out;
         r->logprobs = (int)lp;
+        int from_gen = max_tokens < 0 && gen_max_new(m) > 0;
         if (max_tokens < 0)
-            max_tokens = 16; /* OpenAI's default */
+            max_tokens = from_gen ? gen_max_new(m) : 16; /* else OpenAI's default */
         if (max_tokens == 0 && !r->echo) {
             oa_error_set(e, 400, "max_tokens", "max_tokens: 0 generates nothing; it is only "
                          "allowed with \"echo\": true (to score the prompt)");
@@ -594,6 +604,9 @@ int oa_parse(const oa_model *m, oa_endpoint ep, const char *body, size_t len, oa
         }
         if (parse_prompts(m, json_object_get(root, "prompt"), "prompt", r, e))
             goto out;
+        for (int i = 0; from_gen && i < r->n_prompts; i++) /* a default fits every prompt */
+            if (r->prompts[i].n < max_seq && max_tokens > max_seq - r->prompts[i].n)
+                max_tokens = max_seq - r->prompts[i].n;
     } else {
         int lpb = 0;
         long long top = -1;
@@ -610,7 +623,7 @@ int oa_parse(const oa_model *m, oa_endpoint ep, const char *body, size_t len, oa
         if (parse_chat(m, root, r, e))
             goto out;
         if (max_tokens < 0) {
-            /* the model's room after the prompt */
+            /* the model's room after the prompt, or generation_config's max_new_tokens */
             max_tokens = max_seq - r->prompts[0].n;
             if (max_tokens < 1) {
                 oa_error_set(e, 400, "messages", "the prompt is %d tokens, which leaves no room "
@@ -618,6 +631,8 @@ int oa_parse(const oa_model *m, oa_endpoint ep, const char *body, size_t len, oa
                              r->prompts[0].n, max_seq);
                 goto out;
             }
+            if (gen_max_new(m) > 0 && gen_max_new(m) < max_tokens)
+                max_tokens = gen_max_new(m);
         }
     }
     r->max_tokens = (int)max_tokens;

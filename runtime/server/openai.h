@@ -20,6 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../artifact.h" /* ka_gen */
 #include "../backend.h"
 #include "../sched.h"
 #include "../tokenizer/chat_template.h"
@@ -40,6 +41,9 @@ typedef struct oa_model {
     tokenizer *tok;          /* NULL: the folder has no tokenizer.json (token-id prompts only) */
     const ct_model *chat;    /* NULL: no chat template (chat_error says why) */
     const char *chat_error;
+    const ka_gen *gen;       /* generation_config.json's defaults for the fields a request leaves
+                              * out (temperature, top_p, top_k, max_tokens), as vLLM's
+                              * --generation-config auto; NULL: OpenAI's defaults */
 } oa_model;
 
 typedef struct oa_error {
