@@ -2,9 +2,12 @@
  * once: they are freed with it by quant_free). */
 #include "quant.h"
 
+#define PCRE2_CODE_UNIT_WIDTH 8
+
 #include <assert.h>
 #include <jansson.h>
 #include <math.h>
+#include <pcre2.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,16 +18,35 @@ typedef enum {
     QS_CT_BLOCK,   /* compressed-tensors, block_structure [br, bc] */
     QS_FBGEMM,     /* fbgemm_fp8: one scale per output row */
     QS_BLOCK,      /* fp8 (DeepSeek / Qwen FP8): weight_scale_inv per [br, bc] block */
+    QS_AWQ,        /* integer from here on: AWQ gemm (qweight [in, out/8], interleaved nibbles) */
+    QS_GPTQ,       /* GPTQ (qweight [in/p, out], g_idx) */
+    QS_CT_INT,     /* compressed-tensors pack-quantized (weight_packed [out, in/p]) */
 } qscheme;
+
+/* One entry of modules_to_not_convert (AWQ, GPTQ) or ignore (compressed-tensors). */
+typedef struct qexcl {
+    char *text;
+    pcre2_code *re; /* anchored at the start (Python's re.match); NULL: a compressed-tensors name */
+} qexcl;
 
 typedef struct quant_state {
     int have;         /* config.json has a quantization_config */
     qscheme scheme;
     int64_t br, bc;   /* block rows and columns (block schemes) */
+    /* integer schemes */
+    int bits;         /* 4 (or 8: GPTQ, compressed-tensors) */
+    int64_t group;    /* input columns per scale group; 0: one group per row (-1, "channel") */
+    int zero_plus1;   /* GPTQ checkpoint_format "gptq" (v1): zero points stored minus one */
+    int need_gidx;    /* GPTQ desc_act, compressed-tensors actorder "group": g_idx required */
+    const char *excl_field; /* "modules_to_not_convert" or "ignore" */
+    qexcl *excl;
+    int n_excl;
     st_tensor **owned;
     int n, cap;
-    int n_companions; /* scale tensors read and input scales skipped (FP8 checkpoints) */
+    int n_companions; /* scale, zero and index tensors read; input scales skipped (FP8) */
 } quant_state;
+
+static int is_int(const quant_state *s) { return s->scheme >= QS_AWQ; }
 
 /* ---------------------------------------------------------------- e4m3 */
 
@@ -92,23 +114,151 @@ static const char *jstr(json_t *o, const char *k)
     return json_is_string(v) ? json_string_value(v) : NULL;
 }
 
-/* compressed-tensors: every config group must quantise weights the same FP8 way. */
+/* The exclusion list at quantization_config.<field>: null, or an array of strings. With
+ * `ct` (compressed-tensors' ignore) an entry is a module name, or "re:" and a regular
+ * expression; otherwise (transformers' modules_to_not_convert) every entry is a regular
+ * expression, and also matches a module whose name ends with it. Patterns are PCRE2, anchored
+ * at the start as Python's re.match is. */
+static int read_excl(kc *c, json_t *q, const char *field, int ct, quant_state *s, kerr *err)
+{
+    const char *path = c->cfg->path;
+    json_t *v = json_object_get(q, field);
+    s->excl_field = field;
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_array(v))
+        return kerr_add(err, "%s: quantization_config.%s must be a list of module names, got %s",
+                        path, field, config_kind(v));
+    if (json_array_size(v) > 4096)
+        return kerr_add(err, "%s: quantization_config.%s lists %zu modules; kiln reads at most 4096",
+                        path, field, json_array_size(v));
+    s->excl = xcalloc(json_array_size(v) + 1, sizeof *s->excl);
+    size_t i;
+    json_t *e;
+    json_array_foreach(v, i, e) {
+        if (!json_is_string(e))
+            return kerr_add(err, "%s: quantization_config.%s[%zu] must be a module name (a "
+                                 "string), got %s",
+                            path, field, i, config_kind(e));
+        const char *text = json_string_value(e), *pat = ct ? NULL : text;
+        if (ct && !strncmp(text, "re:", 3))
+            pat = text + 3;
+        qexcl *x = &s->excl[s->n_excl++];
+        x->text = xstrdup(text);
+        if (!pat)
+            continue;
+        int ec;
+        PCRE2_SIZE eo;
+        x->re = pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED, PCRE2_ANCHORED, &ec, &eo, NULL);
+        if (!x->re) {
+            PCRE2_UCHAR msg[256];
+            pcre2_get_error_message(ec, msg, sizeof msg);
+            return kerr_add(err, "%s: quantization_config.%s[%zu] '%.200s' is not a regular "
+                                 "expression kiln reads: %s (at offset %zu)",
+                            path, field, i, text, (const char *)msg, (size_t)eo);
+        }
+    }
+    return 0;
+}
+
+/* The entry of the exclusion list that names `module`, or NULL. */
+static const char *excluded(const quant_state *s, const char *module)
+{
+    pcre2_match_data *md = s->n_excl ? pcre2_match_data_create(1, NULL) : NULL;
+    const char *hit = NULL;
+    size_t n = strlen(module);
+    for (int i = 0; i < s->n_excl && !hit; i++) {
+        const qexcl *x = &s->excl[i];
+        size_t k = strlen(x->text);
+        int ct = s->scheme == QS_CT_INT;
+        if ((ct && !x->re && !strcmp(module, x->text)) ||
+            (x->re && pcre2_match(x->re, (PCRE2_SPTR)module, n, 0, 0, md, NULL) >= 0) ||
+            (!ct && k <= n && !strcmp(module + n - k, x->text)))
+            hit = x->text;
+    }
+    pcre2_match_data_free(md);
+    return hit;
+}
+
+/* compressed-tensors "pack-quantized": every config group's weights the same integer way,
+ * weight-only. */
+static int read_ct_int(kc *c, json_t *q, json_t *groups, quant_state *s, kerr *err)
+{
+    const char *path = c->cfg->path, *key;
+    json_t *g;
+    int first = 1;
+    json_object_foreach(groups, key, g) {
+        json_t *w = json_object_get(g, "weights"), *ia = json_object_get(g, "input_activations");
+        json_t *bits = json_object_get(w, "num_bits"), *gs = json_object_get(w, "group_size");
+        json_t *sym = json_object_get(w, "symmetric");
+        const char *type = jstr(w, "type"), *strat = jstr(w, "strategy"), *act = jstr(w, "actorder");
+        if (ia && !json_is_null(ia))
+            return kerr_add(err, "%s: quantization_config.config_groups.%s.input_activations is "
+                                 "set; kiln reads weight-only integer checkpoints (W4A16, W8A16): "
+                                 "activations stay bf16",
+                            path, key);
+        if (!json_is_object(w) || !json_is_integer(bits) ||
+            (json_integer_value(bits) != 4 && json_integer_value(bits) != 8) || !type ||
+            strcmp(type, "int"))
+            return kerr_add(err, "%s: quantization_config.config_groups.%s.weights: a "
+                                 "pack-quantized checkpoint is read with integer weights of 4 or 8 "
+                                 "bits (num_bits 4 or 8, type \"int\")",
+                            path, key);
+        if (!strat || (strcmp(strat, "group") && strcmp(strat, "channel")))
+            return kerr_add(err, "%s: quantization_config.config_groups.%s.weights.strategy is "
+                                 "'%s'; kiln reads pack-quantized weights with \"group\" or "
+                                 "\"channel\" scales",
+                            path, key, strat ? strat : "(missing)");
+        if (sym && !json_is_true(sym))
+            return kerr_add(err, "%s: quantization_config.config_groups.%s.weights.symmetric is "
+                                 "false; kiln reads symmetric pack-quantized weights only (no zero "
+                                 "points)",
+                            path, key);
+        int64_t group = 0;
+        if (!strcmp(strat, "group")) {
+            group = json_is_integer(gs) ? json_integer_value(gs) : 0;
+            if (group < 1 || group > (1 << 20))
+                return kerr_add(err, "%s: quantization_config.config_groups.%s.weights.group_size "
+                                     "must be an integer from 1 to 1048576 with strategy \"group\"",
+                                path, key);
+        }
+        if (!first && (s->bits != json_integer_value(bits) || s->group != group))
+            return kerr_add(err, "%s: quantization_config.config_groups: groups quantise weights "
+                                 "differently (num_bits, strategy or group_size); kiln reads one "
+                                 "scheme per checkpoint",
+                            path);
+        first = 0;
+        s->bits = (int)json_integer_value(bits);
+        s->group = group;
+        s->need_gidx |= act && (!strcmp(act, "group") || !strcmp(act, "dynamic"));
+    }
+    s->scheme = QS_CT_INT;
+    return read_excl(c, q, "ignore", 1, s, err);
+}
+
+/* compressed-tensors: every config group must quantise weights the same FP8 way, or the same
+ * integer way (format "pack-quantized"). */
 static int read_ct(kc *c, json_t *q, quant_state *s, kerr *err)
 {
     const char *path = c->cfg->path, *fmt = jstr(q, "format");
-    if (!fmt || (strcmp(fmt, "float-quantized") && strcmp(fmt, "naive-quantized")))
+    if (!fmt || (strcmp(fmt, "float-quantized") && strcmp(fmt, "naive-quantized") &&
+                 strcmp(fmt, "pack-quantized")))
         return kerr_add(err, "%s: quantization_config.format is '%s'; kiln reads compressed-tensors "
-                             "FP8 checkpoints ('float-quantized' or 'naive-quantized')",
+                             "FP8 checkpoints ('float-quantized' or 'naive-quantized') and integer "
+                             "ones ('pack-quantized')",
                         path, fmt ? fmt : "(missing)");
     json_t *kv = json_object_get(q, "kv_cache_scheme");
     if (kv && !json_is_null(kv))
-        return kerr_add(err, "%s: quantization_config.kv_cache_scheme is set; an FP8 KV cache is "
-                             "not supported yet (remove the field to run with a bf16 cache)",
+        return kerr_add(err, "%s: quantization_config.kv_cache_scheme is set; a quantised KV "
+                             "cache is not supported yet (remove the field to run with a bf16 "
+                             "cache)",
                         path);
     json_t *groups = json_object_get(q, "config_groups");
     if (!json_is_object(groups) || json_object_size(groups) == 0)
         return kerr_add(err, "%s: quantization_config.config_groups must be a non-empty object",
                         path);
+    if (!strcmp(fmt, "pack-quantized"))
+        return read_ct_int(c, q, groups, s, err);
     const char *key, *strat0 = NULL;
     json_t *g;
     json_object_foreach(groups, key, g) {
@@ -118,9 +268,9 @@ static int read_ct(kc *c, json_t *q, quant_state *s, kerr *err)
         if (!json_is_object(w) || !json_is_integer(bits) || json_integer_value(bits) != 8 || !type ||
             strcmp(type, "float"))
             return kerr_add(err, "%s: quantization_config.config_groups.%s.weights: kiln reads "
-                                 "8-bit float weights (num_bits 8, type \"float\"); integer "
-                                 "weights (AWQ, GPTQ, W4A16) are not supported yet",
-                            path, key);
+                                 "8-bit float weights (num_bits 8, type \"float\") from a '%s' "
+                                 "checkpoint; integer weights come in format \"pack-quantized\"",
+                            path, key, fmt);
         if (!strat || (strcmp(strat, "tensor") && strcmp(strat, "channel") && strcmp(strat, "block")))
             return kerr_add(err, "%s: quantization_config.config_groups.%s.weights.strategy is "
                                  "'%s'; expected \"tensor\", \"channel\" or \"block\"",
@@ -139,6 +289,112 @@ static int read_ct(kc *c, json_t *q, quant_state *s, kerr *err)
     return 0;
 }
 
+/* group_size: -1 (one group per row) or 1 to 2^20. */
+static int read_group(kc *c, quant_state *s, kerr *err)
+{
+    int64_t g;
+    if (config_int(c->cfg, "quantization_config.group_size", 0, 0, &g, err))
+        return -1;
+    if (g != -1 && (g < 1 || g > (1 << 20)))
+        return kerr_add(err, "%s: quantization_config.group_size is %lld; expected -1 (one group "
+                             "per row) or 1 to 1048576",
+                        c->cfg->path, (long long)g);
+    s->group = g == -1 ? 0 : g;
+    return 0;
+}
+
+/* The format string at `field` or, for older checkpoints, `legacy` (transformers reads both):
+ * *v, or `def` when neither is there; *which names the field read, for messages. */
+static int read_format(kc *c, json_t *q, const char *field, const char *legacy, const char *def,
+                       const char **v, const char **which, kerr *err)
+{
+    json_t *x = json_object_get(q, legacy);
+    *which = legacy;
+    if (!x || json_is_null(x)) {
+        x = json_object_get(q, field);
+        *which = field;
+    }
+    *v = def;
+    if (!x || json_is_null(x))
+        return 0;
+    if (!json_is_string(x))
+        return kerr_add(err, "%s: quantization_config.%s must be a string, got %s", c->cfg->path,
+                        *which, config_kind(x));
+    *v = json_string_value(x);
+    return 0;
+}
+
+/* AutoAWQ: {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": true,
+ * "version": "gemm", "modules_to_not_convert": null}. */
+static int read_awq(kc *c, json_t *q, quant_state *s, kerr *err)
+{
+    const char *path = c->cfg->path, *fmt, *which;
+    int64_t bits;
+    int zp;
+    if (config_int(c->cfg, "quantization_config.bits", 0, 0, &bits, err) || read_group(c, s, err) ||
+        config_bool(c->cfg, "quantization_config.zero_point", 1, 1, &zp, err) ||
+        read_format(c, q, "format", "version", "gemm", &fmt, &which, err))
+        return -1;
+    if (bits != 4)
+        return kerr_add(err, "%s: quantization_config.bits is %lld; AWQ checkpoints are read with "
+                             "4 bits",
+                        path, (long long)bits);
+    if (strcmp(fmt, "gemm"))
+        return kerr_add(err, "%s: quantization_config.%s is '%s'; kiln reads AWQ's \"gemm\" "
+                             "layout (qweight [in, out/8]); the GEMV, exllama and marlin layouts "
+                             "are not read: export the checkpoint with version \"gemm\"",
+                        path, which, fmt);
+    s->scheme = QS_AWQ;
+    s->bits = 4;
+    return read_excl(c, q, "modules_to_not_convert", 0, s, err);
+}
+
+/* AutoGPTQ, GPTQModel, optimum: {"quant_method": "gptq", "bits": 4, "group_size": 128,
+ * "desc_act": false, "sym": true, "checkpoint_format": "gptq"} ("format" in newer ones). */
+static int read_gptq(kc *c, json_t *q, quant_state *s, kerr *err)
+{
+    const char *path = c->cfg->path, *fmt, *which, *pack, *pack_field;
+    int64_t bits;
+    int desc_act;
+    if (config_int(c->cfg, "quantization_config.bits", 0, 0, &bits, err) || read_group(c, s, err) ||
+        config_bool(c->cfg, "quantization_config.desc_act", 1, 0, &desc_act, err) ||
+        read_format(c, q, "format", "checkpoint_format", "gptq", &fmt, &which, err) ||
+        read_format(c, q, "pack_dtype", "pack_dtype", "int32", &pack, &pack_field, err))
+        return -1;
+    if (bits != 4 && bits != 8)
+        return kerr_add(err, "%s: quantization_config.bits is %lld; GPTQ checkpoints are read with "
+                             "4 or 8 bits",
+                        path, (long long)bits);
+    if (strcmp(fmt, "gptq") && strcmp(fmt, "gptq_v2"))
+        return kerr_add(err, "%s: quantization_config.%s is '%s'; kiln reads GPTQ checkpoints in "
+                             "format \"gptq\" (zero points stored minus one) or \"gptq_v2\"",
+                        path, which, fmt);
+    if (strcmp(pack, "int32"))
+        return kerr_add(err, "%s: quantization_config.pack_dtype is '%s'; kiln reads GPTQ weights "
+                             "packed in int32",
+                        path, pack);
+    json_t *dyn = json_object_get(q, "dynamic");
+    if (dyn && !json_is_null(dyn)) {
+        const char *key;
+        json_t *v;
+        if (!json_is_object(dyn))
+            return kerr_add(err, "%s: quantization_config.dynamic must be an object, got %s", path,
+                            config_kind(dyn));
+        json_object_foreach(dyn, key, v) {
+            if (strncmp(key, "-:", 2))
+                return kerr_add(err, "%s: quantization_config.dynamic['%.200s'] gives some modules "
+                                     "their own bits or group size; kiln reads one GPTQ scheme per "
+                                     "checkpoint (only \"-:\" exclusions are accepted)",
+                                path, key);
+        }
+    }
+    s->scheme = QS_GPTQ;
+    s->bits = (int)bits;
+    s->zero_plus1 = !strcmp(fmt, "gptq");
+    s->need_gidx = desc_act;
+    return read_excl(c, q, "modules_to_not_convert", 0, s, err);
+}
+
 int quant_config_read(kc *c, kerr *err)
 {
     json_t *q = config_get(c->cfg, "quantization_config");
@@ -153,6 +409,10 @@ int quant_config_read(kc *c, kerr *err)
     s->have = 1;
     if (m && !strcmp(m, "compressed-tensors"))
         return read_ct(c, q, s, err);
+    if (m && !strcmp(m, "awq"))
+        return read_awq(c, q, s, err);
+    if (m && !strcmp(m, "gptq"))
+        return read_gptq(c, q, s, err);
     if (m && !strcmp(m, "fbgemm_fp8")) {
         s->scheme = QS_FBGEMM;
         return 0;
@@ -173,22 +433,29 @@ int quant_config_read(kc *c, kerr *err)
                                      : 0;
     }
     return kerr_add(err, "%s: quantization_config.quant_method is '%s'; kiln reads "
-                         "\"compressed-tensors\" (FP8), \"fbgemm_fp8\" and \"fp8\" (block-scaled) "
-                         "checkpoints, or quantises a bf16 one with 'kilnc compile --quant fp8'",
+                         "\"compressed-tensors\" (FP8, or pack-quantized integers), \"fbgemm_fp8\", "
+                         "\"fp8\" (block-scaled), \"awq\" and \"gptq\" checkpoints, or quantises a "
+                         "bf16 one with 'kilnc compile --quant fp8'",
                     path, m ? m : "(missing)");
 }
 
 /* ---------------------------------------------------------------- tensors */
 
-static st_tensor *own(kc *c, const st_tensor *like)
+/* A new fp32 tensor shaped as `like`, owned by the quant state. With `name`, the tensor is
+ * called that (a copy, in the same allocation): a weight dequantised from tensors of other
+ * names. */
+static st_tensor *own(kc *c, const st_tensor *like, const char *name)
 {
     quant_state *s = state(c);
     if (s->n == s->cap) {
         s->cap = s->cap ? 2 * s->cap : 64;
         s->owned = xrealloc(s->owned, sizeof *s->owned * (size_t)s->cap);
     }
-    st_tensor *t = xmalloc(sizeof *t);
+    size_t nl = name ? strlen(name) + 1 : 0;
+    st_tensor *t = xmalloc(sizeof *t + nl);
     *t = *like;
+    if (name)
+        t->name = memcpy(t + 1, name, nl);
     t->dtype = ST_F32;
     t->nbytes = t->numel * sizeof(float);
     t->data = xmalloc(t->nbytes ? t->nbytes : 1);
@@ -231,6 +498,12 @@ const st_tensor *quant_dequant_fp8(kc *c, const st_tensor *t, unsigned char *use
                  file, t->name, c->cfg->path);
         return NULL;
     }
+    if (is_int(s)) {
+        kerr_add(err, "%s: quantization_config in %s describes integer weights (AWQ, GPTQ or "
+                      "pack-quantized), not FP8 ones: the scales of F8_E4M3 tensor '%s' are unknown",
+                 file, c->cfg->path, t->name);
+        return NULL;
+    }
     size_t len = strlen(t->name);
     if (t->ndim != 2 || len < 7 || strcmp(t->name + len - 7, ".weight")) {
         kerr_add(err, "%s: tensor '%s' is F8_E4M3; kiln reads FP8 only for 2-D linear weights "
@@ -255,6 +528,7 @@ const st_tensor *quant_dequant_fp8(kc *c, const st_tensor *t, unsigned char *use
         sr = (rows + s->br - 1) / s->br;
         scl = (cols + s->bc - 1) / s->bc;
         break;
+    default: assert(!"integer schemes are refused above");
     }
     char want[64], got[128], wsh[128];
     if (s->scheme == QS_CT_TENSOR)
@@ -280,7 +554,7 @@ const st_tensor *quant_dequant_fp8(kc *c, const st_tensor *t, unsigned char *use
                  st_shape_str(t->ndim, t->shape, wsh, sizeof wsh), want);
         return NULL;
     }
-    st_tensor *o = own(c, t);
+    st_tensor *o = own(c, t, NULL);
     const uint8_t *q = t->data;
     float *d = (float *)o->data;
     int64_t brr = sr == 1 ? rows : (s->scheme == QS_CT_BLOCK || s->scheme == QS_BLOCK ? s->br : 1);
@@ -292,11 +566,317 @@ const st_tensor *quant_dequant_fp8(kc *c, const st_tensor *t, unsigned char *use
     return o;
 }
 
+/* ---------------------------------------------------------------- integer weights */
+
+/* Element i of an I32 tensor, as the 32 bits its packer wrote (little-endian, like the host). */
+static uint32_t word(const st_tensor *t, uint64_t i)
+{
+    uint32_t v;
+    memcpy(&v, (const char *)t->data + 4 * i, sizeof v);
+    return v;
+}
+
+/* AutoAWQ packs output columns 8j..8j+7 into word j in the order 0 2 4 6 1 3 5 7 (nibble k
+ * holds column 8j + AWQ_ORDER[k]); column 8j + c is therefore in nibble AWQ_NIBBLE[c]. */
+static const int AWQ_NIBBLE[8] = {0, 4, 1, 5, 2, 6, 3, 7};
+
+/* One packed weight being read: what messages name, and whether one was added. */
+typedef struct ipack {
+    kc *c;
+    const char *weight; /* the spec's name, "X.weight" */
+    char base[1024];    /* "X" */
+    const char *fmt;    /* "AWQ", "GPTQ", "pack-quantized" */
+    unsigned char *used;
+    kerr *err;
+    int failed;
+} ipack;
+
+/* Tensor base + sfx, the `role` of the weight: of dtype dt (ST_F32 standing for F32, F16 or
+ * BF16) and shape want[0..nd); `why` says where that shape comes from. NULL when it is absent
+ * (an error unless `optional`) or wrong (an error, p->failed set). */
+static const st_tensor *need(ipack *p, const char *sfx, const char *role, int optional, st_dtype dt,
+                             int nd, const int64_t *want, const char *why)
+{
+    const st_set *w = p->c->weights;
+    const st_tensor *t = companion(p->c->quant, w, p->base, sfx, p->used);
+    char ws[128], got[128];
+    const char *dts = dt == ST_F32 ? "F16, BF16 or F32" : st_dtype_name(dt);
+    st_shape_str(nd, want, ws, sizeof ws);
+    if (!t) {
+        if (!optional) {
+            kerr_add(p->err, "%s: tensor '%s%s' is not in the checkpoint: the %s of %s weight '%s' "
+                             "(expected %s %s, %s)",
+                     w->origin, p->base, sfx, role, p->fmt, p->weight, dts, ws, why);
+            p->failed = 1;
+        }
+        return NULL;
+    }
+    int ok = dt == ST_F32 ? t->dtype == ST_F32 || t->dtype == ST_F16 || t->dtype == ST_BF16
+                          : t->dtype == dt;
+    ok = ok && t->ndim == nd;
+    for (int d = 0; ok && d < nd; d++)
+        ok = t->shape[d] == want[d];
+    if (!ok) {
+        kerr_add(p->err, "%s: tensor '%s' is %s %s; the %s of %s weight '%s' must be %s %s (%s)",
+                 w->files[t->file].path, t->name, st_dtype_name(t->dtype),
+                 st_shape_str(t->ndim, t->shape, got, sizeof got), role, p->fmt, p->weight, dts, ws,
+                 why);
+        p->failed = 1;
+        return NULL;
+    }
+    return t;
+}
+
+/* Scale groups along the input: in / group_size of them (1 for one group per row). 0 with an
+ * error when in is not a multiple of the group size. */
+static int64_t n_groups(ipack *p, int64_t in)
+{
+    int64_t g = p->c->quant->group;
+    if (!g)
+        return 1;
+    if (in % g) {
+        kerr_add(p->err, "%s: %s weight '%s' has %lld input columns, not a multiple of "
+                         "quantization_config's group_size %lld: the checkpoint does not match "
+                         "its config",
+                 p->c->weights->origin, p->fmt, p->weight, (long long)in, (long long)g);
+        p->failed = 1;
+        return 0;
+    }
+    return in / g;
+}
+
+/* The scale group of each input column: the checkpoint's index tensor base + sfx (I32 [in])
+ * when it has one (required when the config says columns were reordered), every entry checked
+ * below `groups`; else column / (in / groups). NULL with p->failed on an error. */
+static int32_t *group_index(ipack *p, const char *sfx, int64_t in, int64_t groups)
+{
+    const st_tensor *gi = NULL;
+    if (sfx) {
+        int64_t sh[1] = {in};
+        gi = need(p, sfx, "group index", !p->c->quant->need_gidx, ST_I32, 1, sh,
+                  "one group per input column; quantization_config reorders the columns");
+        if (p->failed)
+            return NULL;
+    }
+    int32_t *g = xmalloc(sizeof *g * (size_t)in);
+    for (int64_t i = 0; i < in; i++) {
+        int64_t v = gi ? (int32_t)word(gi, (uint64_t)i) : i / (in / groups);
+        if (v < 0 || v >= groups) {
+            kerr_add(p->err, "%s: tensor '%s' holds %lld at index %lld; the scale group of an input "
+                             "column of %s weight '%s' must be from 0 to %lld",
+                     p->c->weights->files[gi->file].path, gi->name, (long long)v, (long long)i,
+                     p->fmt, p->weight, (long long)groups - 1);
+            p->failed = 1;
+            free(g);
+            return NULL;
+        }
+        g[i] = (int32_t)v;
+    }
+    return g;
+}
+
+/* The fp32 [out, in] tensor the weight dequantises into, named as the spec asks for it. */
+static float *out_tensor(ipack *p, const st_tensor *packed, int64_t out, int64_t in,
+                         const st_tensor **o)
+{
+    st_tensor like = {.name = p->weight, .ndim = 2, .shape = {out, in},
+                      .numel = (uint64_t)out * (uint64_t)in, .file = packed->file};
+    st_tensor *t = own(p->c, &like, p->weight);
+    *o = t;
+    return (float *)t->data;
+}
+
+/* AWQ gemm: qweight I32 [in, out/8] (AWQ's nibble order), qzeros I32 [groups, out/8] (same
+ * order), scales [groups, out]; w[o][i] = (q - z) * s. The zero points are subtracted whatever
+ * zero_point says, as AutoAWQ's dequantisation does (it writes them either way). */
+static const st_tensor *deq_awq(ipack *p, const st_tensor *qw)
+{
+    int64_t in = qw->shape[0], oc = qw->shape[1], out = oc * 8, G = n_groups(p, in);
+    if (!G)
+        return NULL;
+    int64_t zs[2] = {G, oc}, ss[2] = {G, out};
+    const st_tensor *qz = need(p, ".qzeros", "zero points", 0, ST_I32, 2, zs,
+                               "[in / group_size, out / 8]");
+    const st_tensor *sc = need(p, ".scales", "scales", 0, ST_F32, 2, ss, "[in / group_size, out]");
+    if (p->failed)
+        return NULL;
+    const st_tensor *o;
+    float *d = out_tensor(p, qw, out, in, &o);
+    for (int64_t i = 0; i < in; i++) {
+        int64_t g = i / (in / G);
+        for (int64_t c = 0; c < out; c++) {
+            int sh = 4 * AWQ_NIBBLE[c & 7];
+            int q = (int)(word(qw, (uint64_t)(i * oc + c / 8)) >> sh & 15);
+            int z = (int)(word(qz, (uint64_t)(g * oc + c / 8)) >> sh & 15);
+            d[c * in + i] = (float)(q - z) * scalar_at(sc, (uint64_t)(g * out + c));
+        }
+    }
+    return o;
+}
+
+/* GPTQ: qweight I32 [in/p, out] (p = 32 / bits values per word along the input, lowest bits
+ * first), qzeros I32 [groups, ceil(out/p)] (along the output), scales [groups, out], g_idx I32
+ * [in]; w[o][i] = (q - z) * s with z the stored zero point, plus one in format "gptq" (v1:
+ * AutoGPTQ stored z - 1; its dequantisation adds the 1 back to each unpacked field). */
+static const st_tensor *deq_gptq(ipack *p, const st_tensor *qw)
+{
+    const quant_state *s = p->c->quant;
+    int bits = s->bits, pf = 32 / bits;
+    uint32_t mask = (1u << bits) - 1;
+    int64_t in = qw->shape[0] * pf, out = qw->shape[1], zc = (out + pf - 1) / pf;
+    int64_t G = n_groups(p, in);
+    if (!G)
+        return NULL;
+    int64_t zs[2] = {G, zc}, ss[2] = {G, out};
+    const st_tensor *qz = need(p, ".qzeros", "zero points", 0, ST_I32, 2, zs,
+                               pf == 8 ? "[groups, out / 8]" : "[groups, out / 4]");
+    const st_tensor *sc = need(p, ".scales", "scales", 0, ST_F32, 2, ss, "[groups, out]");
+    if (p->failed)
+        return NULL;
+    int32_t *gi = group_index(p, ".g_idx", in, G);
+    if (!gi)
+        return NULL;
+    const st_tensor *o;
+    float *d = out_tensor(p, qw, out, in, &o);
+    for (int64_t i = 0; i < in; i++) {
+        int64_t g = gi[i];
+        int sh = bits * (int)(i % pf);
+        for (int64_t c = 0; c < out; c++) {
+            int q = (int)(word(qw, (uint64_t)((i / pf) * out + c)) >> sh & mask);
+            int z = (int)(word(qz, (uint64_t)(g * zc + c / pf)) >> (bits * (int)(c % pf)) & mask) +
+                    s->zero_plus1;
+            d[c * in + i] = (float)(q - z) * scalar_at(sc, (uint64_t)(g * out + c));
+        }
+    }
+    free(gi);
+    return o;
+}
+
+/* compressed-tensors pack-quantized, symmetric: weight_packed I32 [out, ceil(in/p)] (values
+ * along the input, lowest bits first, each stored plus 2^(bits-1)), weight_scale [out, groups],
+ * weight_shape [out, in] (optional), weight_zero_point (optional, all zero), weight_g_idx I32
+ * [in] (optional unless actorder "group"); w[o][i] = q * s. */
+static const st_tensor *deq_ct(ipack *p, const st_tensor *wp)
+{
+    const quant_state *s = p->c->quant;
+    const st_set *w = p->c->weights;
+    int bits = s->bits, pf = 32 / bits;
+    uint32_t mask = (1u << bits) - 1;
+    int64_t out = wp->shape[0], pc = wp->shape[1], in = pc * pf;
+    const st_tensor *ws = companion(p->c->quant, w, p->base, ".weight_shape", p->used);
+    if (ws) {
+        int64_t v[2] = {0, 0};
+        int ok = ws->ndim == 1 && ws->shape[0] == 2 && (ws->dtype == ST_I64 || ws->dtype == ST_I32);
+        for (int k = 0; ok && k < 2; k++)
+            if (ws->dtype == ST_I64)
+                memcpy(&v[k], (const char *)ws->data + 8 * k, 8);
+            else
+                v[k] = (int32_t)word(ws, (uint64_t)k);
+        if (!ok || v[0] != out || v[1] < 1 || v[1] > in || (v[1] + pf - 1) / pf != pc) {
+            char got[128];
+            return kerr_add(p->err, "%s: tensor '%s' (%s %s) must hold [out, in] = [%lld, n] with "
+                                    "n from %lld to %lld, as '%s' is I32 [%lld, %lld]",
+                            w->files[ws->file].path, ws->name, st_dtype_name(ws->dtype),
+                            st_shape_str(ws->ndim, ws->shape, got, sizeof got), (long long)out,
+                            (long long)(pc - 1) * pf + 1, (long long)in, wp->name, (long long)out,
+                            (long long)pc),
+                   NULL;
+        }
+        in = v[1];
+    }
+    int64_t G = n_groups(p, in);
+    if (!G)
+        return NULL;
+    int64_t ss[2] = {out, G};
+    const st_tensor *sc = need(p, ".weight_scale", "scales", 0, ST_F32, 2, ss,
+                               s->group ? "[out, in / group_size]" : "[out, 1]");
+    const st_tensor *zp = companion(p->c->quant, w, p->base, ".weight_zero_point", p->used);
+    if (p->failed)
+        return NULL;
+    for (uint64_t k = 0; zp && k < zp->nbytes; k++)
+        if (((const uint8_t *)zp->data)[k])
+            return kerr_add(p->err, "%s: tensor '%s' holds a zero point other than 0; kiln reads "
+                                    "symmetric pack-quantized weights only",
+                            w->files[zp->file].path, zp->name),
+                   NULL;
+    int32_t *gi = group_index(p, ".weight_g_idx", in, G);
+    if (!gi)
+        return NULL;
+    const st_tensor *o;
+    float *d = out_tensor(p, wp, out, in, &o);
+    int off = 1 << (bits - 1);
+    for (int64_t c = 0; c < out; c++)
+        for (int64_t i = 0; i < in; i++) {
+            uint32_t v = word(wp, (uint64_t)(c * pc + i / pf)) >> (bits * (int)(i % pf)) & mask;
+            int q = (int)v - off;
+            d[c * in + i] = (float)q * scalar_at(sc, (uint64_t)(c * G + gi[i]));
+        }
+    free(gi);
+    return o;
+}
+
+int quant_dequant_packed(kc *c, const char *name, unsigned char *used, const st_tensor **out,
+                         kerr *err)
+{
+    *out = NULL;
+    const st_set *w = c->weights;
+    quant_state *s = c->quant;
+    ipack p = {.c = c, .weight = name, .used = used, .err = err};
+    size_t len = strlen(name);
+    if (len < 8 || strcmp(name + len - 7, ".weight") || len - 7 >= sizeof p.base - 16)
+        return 0;
+    snprintf(p.base, sizeof p.base, "%.*s", (int)(len - 7), name);
+    char pn[1100];
+    if (!s || !s->have || !is_int(s)) { /* a packed weight the config does not describe */
+        static const char *const sfx[] = {".qweight", ".weight_packed"};
+        for (int k = 0; k < 2; k++) {
+            snprintf(pn, sizeof pn, "%s%s", p.base, sfx[k]);
+            const st_tensor *t = st_find(w, pn);
+            if (t)
+                return kerr_add(err, "%s: tensor '%s' holds weight '%s' packed as integers, but %s "
+                                     "has %s; kiln reads them with quant_method \"awq\", \"gptq\" "
+                                     "or compressed-tensors format \"pack-quantized\"",
+                                w->files[t->file].path, t->name, name, c->cfg->path,
+                                s && s->have ? "an FP8 quantization_config"
+                                             : "no quantization_config");
+        }
+        return 0;
+    }
+    const char *psfx = s->scheme == QS_CT_INT ? ".weight_packed" : ".qweight";
+    p.fmt = s->scheme == QS_AWQ ? "AWQ" : s->scheme == QS_GPTQ ? "GPTQ" : "pack-quantized";
+    snprintf(pn, sizeof pn, "%s%s", p.base, psfx);
+    const st_tensor *pk = st_find(w, pn);
+    if (!pk)
+        return 0; /* stored plain, or not at all: bind_weights says which */
+    used[pk - w->tensors] = 1;
+    s->n_companions++;
+    const char *hit = excluded(s, p.base);
+    if (hit)
+        return kerr_add(err, "%s: quantization_config.%s lists '%s', which names module '%s', but "
+                             "the checkpoint stores it packed ('%s'); a module left unquantised is "
+                             "stored as '%s': remove the entry or fix the checkpoint",
+                        c->cfg->path, s->excl_field, hit, p.base, pk->name, name);
+    if (pk->dtype != ST_I32 || pk->ndim != 2 || pk->shape[0] < 1 || pk->shape[1] < 1) {
+        char got[128];
+        return kerr_add(err, "%s: tensor '%s' is %s %s; %s weight '%s' is packed in a 2-D I32 "
+                             "tensor (%s)",
+                        w->files[pk->file].path, pk->name, st_dtype_name(pk->dtype),
+                        st_shape_str(pk->ndim, pk->shape, got, sizeof got), p.fmt, name,
+                        s->scheme == QS_AWQ    ? "[in, out / 8]"
+                        : s->scheme == QS_GPTQ ? "[in * bits / 32, out]"
+                                               : "[out, in * bits / 32]");
+    }
+    *out = s->scheme == QS_AWQ    ? deq_awq(&p, pk)
+           : s->scheme == QS_GPTQ ? deq_gptq(&p, pk)
+                                  : deq_ct(&p, pk);
+    return *out ? 0 : -1;
+}
+
 const st_tensor *quant_fp8_rows(kc *c, const st_tensor *t)
 {
     assert(t->ndim == 2);
     int64_t rows = t->shape[0], cols = t->shape[1];
-    st_tensor *o = own(c, t);
+    st_tensor *o = own(c, t, NULL);
     float *d = (float *)o->data;
     for (int64_t r = 0; r < rows; r++) {
         float *row = d + r * cols, amax = 0;
@@ -329,6 +909,23 @@ const char *quant_describe(const kc *c, char *buf, size_t cap)
                  s->n, s->n == 1 ? "" : "s");
         return buf;
     }
+    if (is_int(s)) {
+        char grp[64];
+        if (s->group)
+            snprintf(grp, sizeof grp, "group size %lld", (long long)s->group);
+        else
+            snprintf(grp, sizeof grp, "one group per row");
+        snprintf(buf, cap, "%d weight%s %s %d-bit%s, %s (%d tensors read), dequantised to fp32",
+                 s->n, s->n == 1 ? "" : "s",
+                 s->scheme == QS_AWQ ? "AWQ" : s->scheme == QS_GPTQ ? "GPTQ" : "pack-quantized",
+                 s->bits,
+                 s->scheme == QS_AWQ    ? " (gemm)"
+                 : s->scheme == QS_CT_INT ? " (symmetric)"
+                 : s->zero_plus1        ? " (format gptq: zero points stored minus one)"
+                                        : " (format gptq_v2)",
+                 grp, s->n_companions);
+        return buf;
+    }
     static const char *const names[] = {
         [QS_CT_TENSOR] = "compressed-tensors per-tensor", [QS_CT_CHANNEL] = "compressed-tensors per-channel",
         [QS_CT_BLOCK] = "compressed-tensors block", [QS_FBGEMM] = "fbgemm_fp8 per-row",
@@ -353,6 +950,11 @@ void quant_free(kc *c)
         free(s->owned[i]);
     }
     free(s->owned);
+    for (int i = 0; i < s->n_excl; i++) {
+        free(s->excl[i].text);
+        pcre2_code_free(s->excl[i].re);
+    }
+    free(s->excl);
     free(s);
     c->quant = NULL;
 }

@@ -1,5 +1,6 @@
-/* quant — FP8 (E4M3) weights: published FP8 checkpoints read, and bf16/fp32 ones quantised at
- * compile time (--quant fp8).
+/* quant — quantised weights: published FP8 (E4M3) and integer (AWQ, GPTQ, compressed-tensors
+ * pack-quantized) checkpoints read, and bf16/fp32 ones quantised to FP8 at compile time
+ * (--quant fp8).
  *
  * What kiln computes with today: every FP8 weight is turned back into fp32 at bind_weights,
  * exactly (e4m3 value * its scale, one fp32 multiply), and from there the graph is the
@@ -19,8 +20,33 @@
  *     [ceil(out/br), ceil(in/bc)] with weight_block_size [br, bc] (default [128, 128]);
  *     despite its name the scale multiplies, as in transformers' FP8 dequantisation.
  * Input-activation scales (X.input_scale, X.input_scale_ub; static or dynamic) are accepted and
- * not applied: kiln keeps activations in bf16 (weight-only FP8). A KV-cache scheme, integer or
- * grouped weights, or any other quant_method is refused naming the field.
+ * not applied: kiln keeps activations in bf16 (weight-only FP8). A KV-cache scheme, grouped FP8
+ * weights, or any other quant_method is refused naming the field.
+ *
+ * Integer weight-only formats. The spec asks for `X.weight` [out, in]; the checkpoint holds it
+ * packed in int32 words (p = 32 / bits values a word, lowest bits first unless said otherwise)
+ * with scales per group of group_size input columns (group_size -1: one group per row), and
+ * every integer weight is dequantised to fp32 [out, in] the same way as FP8 ones, one fp32
+ * multiply per element (exact for F16 and BF16 scales):
+ *   AWQ (quant_method "awq", version/format "gemm", bits 4): X.qweight I32 [in, out/8] and
+ *     X.qzeros I32 [in/group, out/8], nibbles in AutoAWQ's order (word j holds columns 8j +
+ *     0 2 4 6 1 3 5 7 from the lowest nibble up), X.scales [in/group, out]; w = (q - z) * s. The
+ *     zero points are subtracted whatever zero_point says (AutoAWQ's dequantisation does).
+ *   GPTQ (quant_method "gptq", bits 4 or 8): X.qweight I32 [in/p, out] (packed along in),
+ *     X.qzeros I32 [groups, out/p] (packed along out), X.scales [groups, out], X.g_idx I32 [in]
+ *     (the group of each input column; required with desc_act, else i / group_size when absent);
+ *     w = (q - z) * s, where z is the stored zero point plus one for checkpoint_format "gptq"
+ *     (AutoGPTQ's v1 stored z - 1) and as stored for "gptq_v2".
+ *   compressed-tensors "pack-quantized" (num_bits 4 or 8, type "int", strategy "group" or
+ *     "channel", symmetric, weight-only): X.weight_packed I32 [out, ceil(in/p)] (values plus
+ *     2^(bits-1)), X.weight_scale [out, in/group] or [out, 1], X.weight_shape [out, in] and an
+ *     all-zero X.weight_zero_point (both optional), X.weight_g_idx (required with actorder
+ *     "group"); w = q * s.
+ * A weight the checkpoint stores as plain X.weight (the LM head, a module listed in
+ * modules_to_not_convert or ignore) is read as it is; a module so listed but stored packed is an
+ * error. Scale, zero and index tensors are F16/BF16/F32 and I32 as above; every shape is
+ * checked against the packed tensor's before any element is read, and every g_idx entry
+ * against the number of groups.
  */
 #ifndef KILN_QUANT_H
 #define KILN_QUANT_H
@@ -44,11 +70,19 @@ int quant_config_read(kc *c, kerr *err);
  * used[] (indexed like c->weights->tensors). NULL with an error naming the tensor when the
  * checkpoint's scales are missing or of the wrong shape or dtype. */
 const st_tensor *quant_dequant_fp8(kc *c, const st_tensor *t, unsigned char *used, kerr *err);
+/* The spec's weight `name` ("X.weight") that the checkpoint holds packed as integers
+ * (X.qweight, or X.weight_packed): *out is the fp32 [out, in] tensor of its dequantised values,
+ * named `name` (owned by c), and the tensors read are marked in used[]. *out is NULL and 0 is
+ * returned when the checkpoint has no packed form of `name`; -1 with an error naming the
+ * tensor or field when it has one that the config does not describe or that is malformed. */
+int quant_dequant_packed(kc *c, const char *name, unsigned char *used, const st_tensor **out,
+                         kerr *err);
 /* --quant fp8: the fp32 tensor of t ([out, in], F32/F16/BF16) rounded to e4m3 with one scale
  * per output row (absmax / 448), dequantised again: the values an FP8 weight holds. */
 const st_tensor *quant_fp8_rows(kc *c, const st_tensor *t);
 /* After bind_weights: what was quantised, for kilnc check ("14 weights F8_E4M3 with
- * compressed-tensors per-channel scales, dequantised to fp32"), or NULL when nothing was. */
+ * compressed-tensors per-channel scales, dequantised to fp32", "14 weights AWQ 4-bit (gemm),
+ * group size 32 (42 tensors read), dequantised to fp32"), or NULL when nothing was. */
 const char *quant_describe(const kc *c, char *buf, size_t cap);
 void quant_free(kc *c);
 

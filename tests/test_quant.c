@@ -1,4 +1,4 @@
-/* test_quant — FP8 weights (compiler/quant.c):
+/* test_quant — quantised weights (compiler/quant.c):
  *
  *   - e4m3 encoding: every finite byte round-trips, midpoints round to the even neighbour,
  *     magnitudes above 448 saturate;
@@ -9,9 +9,19 @@
  *     errors naming the tensor;
  *   - --quant fp8's per-row quantisation: the absmax element is exact, the rest within e4m3's
  *     half step, a zero row stays zero;
+ *   - integer weights (AWQ, GPTQ, compressed-tensors pack-quantized): small checkpoints packed
+ *     here from the published layouts, dequantised exactly as (q - z) * s computed here: AWQ's
+ *     nibble order, GPTQ's v1 and v2 zero points, act-order g_idx, 8 bits, pack-quantized with
+ *     padding, channel scales, zero-point and g_idx tensors; a plain weight is left alone;
+ *   - every malformed integer checkpoint is an error naming the tensor or field: a missing,
+ *     misshapen or mistyped qzeros/scales/g_idx, in not a multiple of group_size, a g_idx entry
+ *     out of range, unsupported bits, AWQ versions, GPTQ formats, pack dtypes and per-module
+ *     schemes, asymmetric or activation-quantised pack-quantized, a module listed as not
+ *     converted but stored packed, a packed weight without an integer config;
  *   - the CLI: FBGEMM and block-scaled variants of the llama_fp8_ct fixture (same e4m3 bytes,
- *     scales renamed) give its tokens, kilnc check describes what it dequantised, --quant fp8 of
- *     a quantised checkpoint and for sm_80 are refused.
+ *     scales renamed) give its tokens, kilnc check describes what it dequantised (also for the
+ *     INT4 fixtures, whose every tensor is used), --quant fp8 of a quantised checkpoint and for
+ *     sm_80 are refused.
  */
 #include <math.h>
 #include <setjmp.h>
@@ -68,7 +78,7 @@ typedef struct qfix {
     char *dir;
     kc c;
     kerr err;
-    unsigned char used[8];
+    unsigned char used[16];
 } qfix;
 
 /* config.json `cfg`; tensors "l.weight" e4m3 [R, C] (bytes b[i] = i * 7 % 126, so every value
@@ -101,7 +111,7 @@ static void qfix_open(qfix *f, const char *cfg, const char *scale_name, int sndi
     assert_non_null(f->c.cfg);
     f->c.weights = st_open(path, &f->err);
     assert_non_null(f->c.weights);
-    assert_true(f->c.weights->n <= 8);
+    assert_true(f->c.weights->n <= (int)sizeof f->used);
     free(cp);
     free(path);
 }
@@ -198,13 +208,18 @@ static void test_errors(void **state)
                  "tensor 'l.weight' is F8_E4M3 but");
     expect_error("{}", "l.weight_scale", 2, ch, ST_F32, "has no quantization_config");
     /* the configs kiln refuses, each naming its field */
-    expect_error("{\"quantization_config\": {\"quant_method\": \"awq\"}}", NULL, 0, NULL, ST_F32,
-                 "quantization_config.quant_method is 'awq'");
+    expect_error("{\"quantization_config\": {\"quant_method\": \"bitsandbytes\"}}", NULL, 0, NULL,
+                 ST_F32, "quantization_config.quant_method is 'bitsandbytes'");
+    expect_error("{\"quantization_config\": {\"quant_method\": \"awq\", \"bits\": 4, "
+                 "\"group_size\": 128}}",
+                 "l.weight_scale", 1, ch, ST_F32,
+                 "config.json describes integer weights (AWQ, GPTQ or pack-quantized), not FP8 "
+                 "ones: the scales of F8_E4M3 tensor 'l.weight' are unknown");
     expect_error("{\"quantization_config\": 3}", NULL, 0, NULL, ST_F32,
                  "quantization_config must be an object");
     expect_error("{\"quantization_config\": {\"quant_method\": \"compressed-tensors\", \"format\": "
-                 "\"pack-quantized\"}}",
-                 NULL, 0, NULL, ST_F32, "quantization_config.format is 'pack-quantized'");
+                 "\"marlin-24\"}}",
+                 NULL, 0, NULL, ST_F32, "quantization_config.format is 'marlin-24'");
     expect_error("{\"quantization_config\": {\"quant_method\": \"compressed-tensors\", \"format\": "
                  "\"float-quantized\", \"kv_cache_scheme\": {\"num_bits\": 8}, \"config_groups\": "
                  "{}}}",
@@ -224,6 +239,485 @@ static void test_errors(void **state)
     expect_error("{\"quantization_config\": {\"quant_method\": \"fp8\", \"activation_scheme\": "
                  "\"static\"}}",
                  NULL, 0, NULL, ST_F32, "quantization_config.activation_scheme is 'static'");
+}
+
+/* ---------------------------------------------------------------- integer weights */
+
+/* A hand-made checkpoint of integer tensors for weight "l.weight": the values below are the
+ * truth, packed here from the published layouts (the packing direction, written independently
+ * of quant.c's unpacking) and compared with quant.c's dequantisation element by element. */
+typedef struct itensor {
+    const char *name;
+    st_dtype dt;
+    int ndim;
+    int64_t shape[2];
+    const void *data;
+} itensor;
+
+static void ifix_open(qfix *f, const char *cfg, const itensor *ts, int n)
+{
+    memset(f, 0, sizeof *f);
+    f->dir = tu_tmpdir();
+    char *cp = tu_write(f->dir, "config.json", cfg);
+    st_writer *sw = st_writer_new();
+    for (int i = 0; i < n; i++)
+        st_writer_add(sw, ts[i].name, ts[i].dt, ts[i].ndim, ts[i].shape, ts[i].data);
+    char *path = tu_path(f->dir, "model.safetensors");
+    kerr_clear(&f->err);
+    assert_int_equal(st_writer_write(sw, path, NULL, NULL, &f->err), 0);
+    st_writer_free(sw);
+    f->c.cfg = config_load(cp, &f->err);
+    if (!f->c.cfg)
+        fail_msg("%s", kerr_msg(&f->err));
+    f->c.weights = st_open(path, &f->err);
+    assert_non_null(f->c.weights);
+    assert_true(f->c.weights->n <= (int)sizeof f->used);
+    free(cp);
+    free(path);
+}
+
+/* quant_dequant_packed of "l.weight": 0 and *out, or -1 (the message in f->err). */
+static int ifix_dequant(qfix *f, const st_tensor **out)
+{
+    *out = NULL;
+    if (quant_config_read(&f->c, &f->err))
+        return -1;
+    return quant_dequant_packed(&f->c, "l.weight", f->used, out, &f->err);
+}
+
+/* The truth: integer values, zero points and scales as functions of their indices. */
+static int qval(int64_t i, int64_t o, int bits)
+{
+    return (int)((i * 5 + o * 3 + i * o) % (1 << bits));
+}
+/* From 1 to 2^bits - 1: GPTQ's format "gptq" stores z - 1 in the field, so it has no zero of 0. */
+static int zval(int64_t g, int64_t o, int bits)
+{
+    return (int)(1 + (g * 7 + o * 2) % ((1 << bits) - 1));
+}
+static float sval(int64_t g, int64_t o) /* exact in F16 and BF16 for the indices used */
+{
+    return 0.5f + 0.125f * (float)(g * 13 + o);
+}
+
+/* AWQ: in 8 (two groups of 4), out 16 (two words per row). */
+enum { AI = 8, AO = 16, AG = 4 };
+static uint32_t awq_qw[AI][AO / 8], awq_qz[AI / AG][AO / 8];
+static uint16_t awq_sc[AI / AG][AO];
+
+static void make_awq(void)
+{
+    static const int order[8] = {0, 2, 4, 6, 1, 3, 5, 7}; /* nibble k holds column 8j + order[k] */
+    memset(awq_qw, 0, sizeof awq_qw);
+    memset(awq_qz, 0, sizeof awq_qz);
+    for (int j = 0; j < AO / 8; j++)
+        for (int k = 0; k < 8; k++) {
+            int o = 8 * j + order[k];
+            for (int i = 0; i < AI; i++)
+                awq_qw[i][j] |= (uint32_t)qval(i, o, 4) << (4 * k);
+            for (int g = 0; g < AI / AG; g++)
+                awq_qz[g][j] |= (uint32_t)zval(g, o, 4) << (4 * k);
+        }
+    for (int g = 0; g < AI / AG; g++)
+        for (int o = 0; o < AO; o++)
+            awq_sc[g][o] = util_f32_to_f16(sval(g, o));
+}
+
+#define AWQ_CFG(extra)                                                                           \
+    "{\"quantization_config\": {\"quant_method\": \"awq\", \"bits\": 4, \"group_size\": 4, "     \
+    "\"zero_point\": true" extra "}}"
+
+static void awq_tensors(itensor *t)
+{
+    make_awq();
+    t[0] = (itensor){"l.qweight", ST_I32, 2, {AI, AO / 8}, awq_qw};
+    t[1] = (itensor){"l.qzeros", ST_I32, 2, {AI / AG, AO / 8}, awq_qz};
+    t[2] = (itensor){"l.scales", ST_F16, 2, {AI / AG, AO}, awq_sc};
+}
+
+/* Every element of t [out, in] equals (q(i, o) - z(group(i), o)) * s(group(i), o). */
+static void expect_int(const st_tensor *t, int64_t out, int64_t in, int bits, int zero, int zplus,
+                       const int *group, int signed_q)
+{
+    assert_non_null(t);
+    assert_int_equal(t->dtype, ST_F32);
+    assert_int_equal(t->ndim, 2);
+    assert_int_equal(t->shape[0], out);
+    assert_int_equal(t->shape[1], in);
+    assert_string_equal(t->name, "l.weight");
+    const float *d = t->data;
+    for (int64_t o = 0; o < out; o++)
+        for (int64_t i = 0; i < in; i++) {
+            int g = group[i];
+            int q = qval(i, o, bits) - (signed_q ? 1 << (bits - 1) : 0);
+            int z = zero ? zval(g, o, bits) + zplus : 0;
+            float want = (float)(q - z) * sval(g, o);
+            if (d[o * in + i] != want)
+                fail_msg("element [%lld, %lld]: %g, expected %g", (long long)o, (long long)i,
+                         d[o * in + i], want);
+        }
+}
+
+static void test_awq(void **state)
+{
+    (void)state;
+    qfix f;
+    itensor t[4];
+    const st_tensor *o;
+    int grp[AI];
+    for (int i = 0; i < AI; i++)
+        grp[i] = i / AG;
+    awq_tensors(t);
+    ifix_open(&f, AWQ_CFG(", \"version\": \"gemm\""), t, 3);
+    assert_int_equal(ifix_dequant(&f, &o), 0);
+    expect_int(o, AO, AI, 4, 1, 0, grp, 0);
+    assert_true(f.used[0] && f.used[1] && f.used[2]); /* sorted: qweight, qzeros, scales */
+    char buf[256];
+    assert_string_equal(quant_describe(&f.c, buf, sizeof buf),
+                        "1 weight AWQ 4-bit (gemm), group size 4 (3 tensors read), dequantised to "
+                        "fp32");
+    qfix_close(&f);
+    /* group_size -1: one group; "format" (transformers 5's name for version); BF16 scales */
+    static uint16_t sc1[AO];
+    for (int c = 0; c < AO; c++)
+        sc1[c] = util_f32_to_bf16(sval(0, c));
+    static uint32_t qz1[AO / 8];
+    memcpy(qz1, awq_qz[0], sizeof qz1);
+    t[1] = (itensor){"l.qzeros", ST_I32, 2, {1, AO / 8}, qz1};
+    t[2] = (itensor){"l.scales", ST_BF16, 2, {1, AO}, sc1};
+    ifix_open(&f, "{\"quantization_config\": {\"quant_method\": \"awq\", \"bits\": 4, "
+                  "\"group_size\": -1, \"format\": \"gemm\", \"zero_point\": false}}",
+              t, 3);
+    assert_int_equal(ifix_dequant(&f, &o), 0);
+    for (int i = 0; i < AI; i++)
+        grp[i] = 0;
+    expect_int(o, AO, AI, 4, 1, 0, grp, 0);
+    qfix_close(&f);
+    /* a plain l.weight: not packed, nothing read (modules_to_not_convert keeps it so) */
+    static float plain[4];
+    t[0] = (itensor){"l.weight", ST_F32, 2, {2, 2}, plain};
+    ifix_open(&f, AWQ_CFG(", \"modules_to_not_convert\": [\"l\"]"), t, 1);
+    assert_int_equal(ifix_dequant(&f, &o), 0);
+    assert_null(o);
+    assert_null(quant_describe(&f.c, buf, sizeof buf));
+    qfix_close(&f);
+}
+
+/* GPTQ: in 16, out 8, groups of 4 with act order (g_idx (3 i) mod 4: not i / 4). */
+enum { GI = 16, GO = 8, GG = 4 };
+
+static void gptq_tensors(itensor *t, int bits, int zplus)
+{
+    int pf = 32 / bits, zc = (GO + pf - 1) / pf;
+    static uint32_t qw[GI][GO], qz[GI / GG][GO];
+    static uint16_t sc[GI / GG][GO];
+    static int32_t gidx[GI];
+    memset(qw, 0, sizeof qw);
+    memset(qz, 0, sizeof qz);
+    for (int i = 0; i < GI; i++) {
+        gidx[i] = (3 * i) % GG;
+        for (int o = 0; o < GO; o++)
+            qw[i / pf][o] |= (uint32_t)qval(i, o, bits) << (bits * (i % pf));
+    }
+    for (int g = 0; g < GI / GG; g++)
+        for (int o = 0; o < GO; o++) {
+            /* format "gptq" stores z - 1 */
+            uint32_t z = (uint32_t)(zval(g, o, bits) - zplus) & ((1u << bits) - 1);
+            qz[g][o / pf] |= z << (bits * (o % pf));
+            sc[g][o] = util_f32_to_f16(sval(g, o));
+        }
+    /* qz rows are zc words long: repack them contiguously */
+    static uint32_t qzc[GI / GG * GO];
+    for (int g = 0; g < GI / GG; g++)
+        for (int k = 0; k < zc; k++)
+            qzc[g * zc + k] = qz[g][k];
+    t[0] = (itensor){"l.g_idx", ST_I32, 1, {GI}, gidx};
+    t[1] = (itensor){"l.qweight", ST_I32, 2, {GI / pf, GO}, qw};
+    t[2] = (itensor){"l.qzeros", ST_I32, 2, {GI / GG, zc}, qzc};
+    t[3] = (itensor){"l.scales", ST_F16, 2, {GI / GG, GO}, sc};
+}
+
+#define GPTQ_CFG(bits, extra)                                                                    \
+    "{\"quantization_config\": {\"quant_method\": \"gptq\", \"bits\": " #bits ", \"group_size\": " \
+    "4, \"desc_act\": true, \"sym\": false" extra "}}"
+
+static void test_gptq(void **state)
+{
+    (void)state;
+    qfix f;
+    itensor t[4];
+    const st_tensor *o;
+    int grp[GI];
+    for (int i = 0; i < GI; i++)
+        grp[i] = (3 * i) % GG;
+    /* v1 (the default format), v2, and 8 bits */
+    gptq_tensors(t, 4, 1);
+    ifix_open(&f, GPTQ_CFG(4, ""), t, 4);
+    assert_int_equal(ifix_dequant(&f, &o), 0);
+    expect_int(o, GO, GI, 4, 1, 0, grp, 0);
+    char buf[256];
+    assert_string_equal(quant_describe(&f.c, buf, sizeof buf),
+                        "1 weight GPTQ 4-bit (format gptq: zero points stored minus one), group "
+                        "size 4 (4 tensors read), dequantised to fp32");
+    qfix_close(&f);
+    gptq_tensors(t, 4, 0);
+    ifix_open(&f, GPTQ_CFG(4, ", \"checkpoint_format\": \"gptq_v2\""), t, 4);
+    assert_int_equal(ifix_dequant(&f, &o), 0);
+    expect_int(o, GO, GI, 4, 1, 0, grp, 0);
+    qfix_close(&f);
+    gptq_tensors(t, 8, 1);
+    ifix_open(&f, GPTQ_CFG(8, ", \"format\": \"gptq\""), t, 4);
+    assert_int_equal(ifix_dequant(&f, &o), 0);
+    expect_int(o, GO, GI, 8, 1, 0, grp, 0);
+    qfix_close(&f);
+    /* without g_idx (desc_act false): group i / 4 */
+    gptq_tensors(t, 4, 1);
+    for (int i = 0; i < GI; i++)
+        grp[i] = i / GG;
+    ifix_open(&f, "{\"quantization_config\": {\"quant_method\": \"gptq\", \"bits\": 4, "
+                  "\"group_size\": 4, \"dynamic\": {\"-:.*lm_head\": {}}}}",
+              t + 1, 3);
+    assert_int_equal(ifix_dequant(&f, &o), 0);
+    expect_int(o, GO, GI, 4, 1, 0, grp, 0);
+    qfix_close(&f);
+}
+
+/* pack-quantized: out 3, in 12 (weight_shape; 2 words a row, the second half padding). */
+enum { CO = 3, CI = 12, CG = 4 };
+
+static void ct_tensors(itensor *t, int bits, int channel)
+{
+    int pf = 32 / bits, pc = (CI + pf - 1) / pf;
+    static uint32_t wp[CO * CI];
+    static uint16_t sc[CO * CI];
+    static int64_t shp[2] = {CO, CI};
+    memset(wp, 0, sizeof wp);
+    for (int o = 0; o < CO; o++)
+        for (int i = 0; i < CI; i++)
+            wp[o * pc + i / pf] |= (uint32_t)qval(i, o, bits) << (bits * (i % pf));
+    int G = channel ? 1 : CI / CG;
+    for (int o = 0; o < CO; o++)
+        for (int g = 0; g < G; g++)
+            sc[o * G + g] = util_f32_to_bf16(sval(g, o));
+    t[0] = (itensor){"l.weight_packed", ST_I32, 2, {CO, pc}, wp};
+    t[1] = (itensor){"l.weight_scale", ST_BF16, 2, {CO, G}, sc};
+    t[2] = (itensor){"l.weight_shape", ST_I64, 1, {2}, shp};
+}
+
+#define CT_INT(bits, strategy, extra)                                                            \
+    "{\"quantization_config\": {\"quant_method\": \"compressed-tensors\", \"format\": "          \
+    "\"pack-quantized\", \"config_groups\": {\"group_0\": {\"targets\": [\"Linear\"], "          \
+    "\"weights\": {\"num_bits\": " #bits ", \"type\": \"int\", \"symmetric\": true, "            \
+    "\"strategy\": \"" strategy "\", \"group_size\": 4" extra "}}}, \"ignore\": [\"lm_head\"]}}"
+
+static void test_ct_int(void **state)
+{
+    (void)state;
+    qfix f;
+    itensor t[5];
+    const st_tensor *o;
+    int grp[CI];
+    for (int i = 0; i < CI; i++)
+        grp[i] = i / CG;
+    ct_tensors(t, 4, 0);
+    ifix_open(&f, CT_INT(4, "group", ""), t, 3);
+    assert_int_equal(ifix_dequant(&f, &o), 0);
+    expect_int(o, CO, CI, 4, 0, 0, grp, 1);
+    char buf[256];
+    assert_string_equal(quant_describe(&f.c, buf, sizeof buf),
+                        "1 weight pack-quantized 4-bit (symmetric), group size 4 (3 tensors read), "
+                        "dequantised to fp32");
+    qfix_close(&f);
+    /* 8 bits, a zero point tensor of zeros, and a g_idx */
+    static int8_t zp[CO * CI / CG];
+    static int32_t gidx[CI];
+    for (int i = 0; i < CI; i++)
+        gidx[i] = grp[i] = (5 * i) % (CI / CG);
+    ct_tensors(t, 8, 0);
+    t[3] = (itensor){"l.weight_zero_point", ST_I8, 2, {CO, CI / CG}, zp};
+    t[4] = (itensor){"l.weight_g_idx", ST_I32, 1, {CI}, gidx};
+    ifix_open(&f, CT_INT(8, "group", ", \"actorder\": \"group\""), t, 5);
+    assert_int_equal(ifix_dequant(&f, &o), 0);
+    expect_int(o, CO, CI, 8, 0, 0, grp, 1);
+    qfix_close(&f);
+    /* channel: one scale per row; no weight_shape (in = 2 words * 8) */
+    ct_tensors(t, 4, 1);
+    for (int i = 0; i < CI; i++)
+        grp[i] = 0;
+    ifix_open(&f, CT_INT(4, "channel", ""), t, 2);
+    assert_int_equal(ifix_dequant(&f, &o), 0);
+    assert_int_equal(o->shape[1], 16);
+    const float *d = o->data;
+    for (int r = 0; r < CO; r++)
+        for (int i = 0; i < 16; i++) {
+            float want = i < CI ? (float)(qval(i, r, 4) - 8) * sval(0, r) : -8.0f * sval(0, r);
+            if (d[r * 16 + i] != want) /* the padding packs as 0, which reads back as -8 */
+                fail_msg("channel [%d, %d]: %g, expected %g", r, i, d[r * 16 + i], want);
+        }
+    qfix_close(&f);
+}
+
+/* ifix_open + ifix_dequant must fail with a message containing msg. */
+static void expect_int_error(const char *cfg, const itensor *t, int n, const char *msg)
+{
+    qfix f;
+    const st_tensor *o;
+    ifix_open(&f, cfg, t, n);
+    assert_int_equal(ifix_dequant(&f, &o), -1);
+    assert_null(o);
+    assert_contains(kerr_msg(&f.err), msg);
+    qfix_close(&f);
+}
+
+static void test_int_errors(void **state)
+{
+    (void)state;
+    itensor t[5], u[5];
+    awq_tensors(t);
+    /* missing, misshapen, mistyped companions */
+    u[0] = t[0], u[1] = t[2];
+    expect_int_error(AWQ_CFG(""), u, 2,
+                     "tensor 'l.qzeros' is not in the checkpoint: the zero points of AWQ weight "
+                     "'l.weight' (expected I32 [2, 2], [in / group_size, out / 8])");
+    u[0] = t[0], u[1] = t[1];
+    expect_int_error(AWQ_CFG(""), u, 2, "tensor 'l.scales' is not in the checkpoint");
+    memcpy(u, t, sizeof t);
+    u[2].shape[0] = 1;
+    expect_int_error(AWQ_CFG(""), u, 3,
+                     "tensor 'l.scales' is F16 [1, 16]; the scales of AWQ weight 'l.weight' must "
+                     "be F16, BF16 or F32 [2, 16] ([in / group_size, out])");
+    memcpy(u, t, sizeof t);
+    u[2].dt = ST_I16;
+    expect_int_error(AWQ_CFG(""), u, 3, "tensor 'l.scales' is I16 [2, 16]; the scales of AWQ");
+    memcpy(u, t, sizeof t);
+    u[1].dt = ST_F32;
+    expect_int_error(AWQ_CFG(""), u, 3, "tensor 'l.qzeros' is F32 [2, 2]; the zero points");
+    memcpy(u, t, sizeof t);
+    u[0].dt = ST_F32;
+    expect_int_error(AWQ_CFG(""), u, 3,
+                     "tensor 'l.qweight' is F32 [8, 2]; AWQ weight 'l.weight' is packed in a 2-D "
+                     "I32 tensor ([in, out / 8])");
+    /* the group size must divide in */
+    expect_int_error("{\"quantization_config\": {\"quant_method\": \"awq\", \"bits\": 4, "
+                     "\"group_size\": 3}}",
+                     t, 3,
+                     "AWQ weight 'l.weight' has 8 input columns, not a multiple of "
+                     "quantization_config's group_size 3");
+    /* the config's fields */
+    expect_int_error(AWQ_CFG(", \"version\": \"exllama\""), t, 3,
+                     "quantization_config.version is 'exllama'; kiln reads AWQ's \"gemm\" layout");
+    expect_int_error(AWQ_CFG(", \"format\": \"gemv\""), t, 3, "quantization_config.format is 'gemv'");
+    expect_int_error("{\"quantization_config\": {\"quant_method\": \"awq\", \"bits\": 3, "
+                     "\"group_size\": 4}}",
+                     t, 3, "quantization_config.bits is 3; AWQ checkpoints are read with 4 bits");
+    expect_int_error("{\"quantization_config\": {\"quant_method\": \"awq\", \"bits\": 4}}", t, 3,
+                     "quantization_config.group_size");
+    expect_int_error("{\"quantization_config\": {\"quant_method\": \"awq\", \"bits\": 4, "
+                     "\"group_size\": 0}}",
+                     t, 3, "quantization_config.group_size is 0");
+    expect_int_error(AWQ_CFG(", \"modules_to_not_convert\": [\"visual\", \"l\"]"), t, 3,
+                     "quantization_config.modules_to_not_convert lists 'l', which names module "
+                     "'l', but the checkpoint stores it packed ('l.qweight')");
+    expect_int_error(AWQ_CFG(", \"modules_to_not_convert\": [3]"), t, 3,
+                     "quantization_config.modules_to_not_convert[0] must be a module name");
+    expect_int_error(AWQ_CFG(", \"modules_to_not_convert\": \"lm_head\""), t, 3,
+                     "quantization_config.modules_to_not_convert must be a list");
+    expect_int_error(AWQ_CFG(", \"modules_to_not_convert\": [\"(\"]"), t, 3,
+                     "quantization_config.modules_to_not_convert[0] '(' is not a regular expression");
+    /* a packed weight the config does not describe */
+    expect_int_error("{}", t, 3,
+                     "tensor 'l.qweight' holds weight 'l.weight' packed as integers, but");
+    expect_int_error("{}", t, 3, "has no quantization_config");
+
+    /* GPTQ */
+    gptq_tensors(t, 4, 1);
+    memcpy(u, t, sizeof t);
+    ((int32_t *)(uintptr_t)u[0].data)[5] = 4;
+    expect_int_error(GPTQ_CFG(4, ""), u, 4,
+                     "tensor 'l.g_idx' holds 4 at index 5; the scale group of an input column of "
+                     "GPTQ weight 'l.weight' must be from 0 to 3");
+    ((int32_t *)(uintptr_t)u[0].data)[5] = -1;
+    expect_int_error(GPTQ_CFG(4, ""), u, 4, "tensor 'l.g_idx' holds -1 at index 5");
+    gptq_tensors(t, 4, 1);
+    expect_int_error(GPTQ_CFG(4, ""), t + 1, 3,
+                     "tensor 'l.g_idx' is not in the checkpoint: the group index of GPTQ weight "
+                     "'l.weight' (expected I32 [16]");
+    memcpy(u, t, sizeof t);
+    u[0].shape[0] = 8;
+    expect_int_error(GPTQ_CFG(4, ""), u, 4, "tensor 'l.g_idx' is I32 [8]; the group index");
+    memcpy(u, t, sizeof t);
+    u[2].shape[1] = 2;
+    expect_int_error(GPTQ_CFG(4, ""), u, 4,
+                     "tensor 'l.qzeros' is I32 [4, 2]; the zero points of GPTQ weight 'l.weight' "
+                     "must be I32 [4, 1]");
+    expect_int_error(GPTQ_CFG(4, ", \"checkpoint_format\": \"marlin\""), t, 4,
+                     "quantization_config.checkpoint_format is 'marlin'");
+    expect_int_error(GPTQ_CFG(2, ""), t, 4,
+                     "quantization_config.bits is 2; GPTQ checkpoints are read with 4 or 8 bits");
+    expect_int_error(GPTQ_CFG(4, ", \"pack_dtype\": \"int16\""), t, 4,
+                     "quantization_config.pack_dtype is 'int16'");
+    expect_int_error(GPTQ_CFG(4, ", \"dynamic\": {\"+:.*down\": {\"bits\": 8}}"), t, 4,
+                     "quantization_config.dynamic['+:.*down'] gives some modules their own bits");
+    expect_int_error("{\"quantization_config\": {\"quant_method\": \"gptq\", \"bits\": 4, "
+                     "\"group_size\": 4, \"desc_act\": 1}}",
+                     t, 4, "quantization_config.desc_act");
+
+    /* pack-quantized */
+    ct_tensors(t, 4, 0);
+    memcpy(u, t, sizeof t);
+    static int64_t badshape[2] = {CO, 17}, hugeshape[2] = {CO, INT64_MAX};
+    u[2].data = badshape;
+    expect_int_error(CT_INT(4, "group", ""), u, 3,
+                     "tensor 'l.weight_shape' (I64 [2]) must hold [out, in] = [3, n] with n from 9 "
+                     "to 16, as 'l.weight_packed' is I32 [3, 2]");
+    u[2].data = hugeshape;
+    expect_int_error(CT_INT(4, "group", ""), u, 3, "tensor 'l.weight_shape' (I64 [2]) must hold");
+    static int8_t zp[CO * CI / CG] = {0, 0, 1};
+    u[2] = t[2];
+    u[3] = (itensor){"l.weight_zero_point", ST_I8, 2, {CO, CI / CG}, zp};
+    expect_int_error(CT_INT(4, "group", ""), u, 4,
+                     "tensor 'l.weight_zero_point' holds a zero point other than 0");
+    expect_int_error(CT_INT(4, "group", ", \"actorder\": \"group\""), t, 3,
+                     "tensor 'l.weight_g_idx' is not in the checkpoint");
+    memcpy(u, t, sizeof t);
+    u[1].shape[1] = 4;
+    expect_int_error(CT_INT(4, "group", ""), u, 3,
+                     "tensor 'l.weight_scale' is BF16 [3, 4]; the scales of pack-quantized weight "
+                     "'l.weight' must be F16, BF16 or F32 [3, 3] ([out, in / group_size])");
+    expect_int_error(CT_INT(4, "tensor", ""), t, 3, "weights.strategy is 'tensor'");
+    expect_int_error(CT_INT(3, "group", ""), t, 3,
+                     "quantization_config.config_groups.group_0.weights: a pack-quantized "
+                     "checkpoint is read with integer weights of 4 or 8 bits");
+    expect_int_error("{\"quantization_config\": {\"quant_method\": \"compressed-tensors\", "
+                     "\"format\": \"pack-quantized\", \"config_groups\": {\"group_0\": "
+                     "{\"weights\": {\"num_bits\": 4, \"type\": \"int\", \"strategy\": \"group\"}}}}}",
+                     t, 3,
+                     "quantization_config.config_groups.group_0.weights.group_size must be");
+    expect_int_error("{\"quantization_config\": {\"quant_method\": \"compressed-tensors\", "
+                     "\"format\": \"pack-quantized\", \"config_groups\": {\"g\": {\"weights\": "
+                     "{\"num_bits\": 4, \"type\": \"int\", \"strategy\": \"channel\", "
+                     "\"symmetric\": false}}}}}",
+                     t, 3, "quantization_config.config_groups.g.weights.symmetric is false");
+    expect_int_error("{\"quantization_config\": {\"quant_method\": \"compressed-tensors\", "
+                     "\"format\": \"pack-quantized\", \"config_groups\": {\"g\": {\"weights\": "
+                     "{\"num_bits\": 4, \"type\": \"int\", \"strategy\": \"channel\"}, "
+                     "\"input_activations\": {\"num_bits\": 8, \"type\": \"int\"}}}}}",
+                     t, 3, "quantization_config.config_groups.g.input_activations is set");
+    expect_int_error("{\"quantization_config\": {\"quant_method\": \"compressed-tensors\", "
+                     "\"format\": \"pack-quantized\", \"config_groups\": {\"a\": {\"weights\": "
+                     "{\"num_bits\": 4, \"type\": \"int\", \"strategy\": \"channel\"}}, \"b\": "
+                     "{\"weights\": {\"num_bits\": 8, \"type\": \"int\", \"strategy\": "
+                     "\"channel\"}}}}}",
+                     t, 3, "quantization_config.config_groups: groups quantise weights differently");
+    expect_int_error("{\"quantization_config\": {\"quant_method\": \"compressed-tensors\", "
+                     "\"format\": \"pack-quantized\", \"ignore\": [\"lm_head\", \"re:.*\"], "
+                     "\"config_groups\": {\"g\": {\"weights\": {\"num_bits\": 4, \"type\": "
+                     "\"int\", \"strategy\": \"channel\"}}}}}",
+                     t, 3, "quantization_config.ignore lists 're:.*', which names module 'l'");
+    /* an FP8 config does not describe packed integers */
+    expect_int_error(CT("channel", ""), t, 3,
+                     "tensor 'l.weight_packed' holds weight 'l.weight' packed as integers, but ");
+    expect_int_error(CT("channel", ""), t, 3, "config.json has an FP8 quantization_config");
 }
 
 /* ---------------------------------------------------------------- --quant fp8 */
@@ -363,6 +857,28 @@ static void test_cli(void **state)
                             "scales (14 scale tensors), dequantised to fp32\n");
     assert_contains(k1.out, "14 weights F8_E4M3 with fp8 block scales [1, 4096] (14 scale tensors)");
     assert_contains(k2.out, "quantised     --quant fp8: 14 linear weights rounded to e4m3");
+    /* the INT4 fixtures: every tensor used (--strict), and what was dequantised; each leaves
+     * layer 1's down_proj plain but GPTQ */
+    static const char *const int4[][2] = {
+        {"tests/fixtures/llama_awq", "quantised     13 weights AWQ 4-bit (gemm), group size 32 (39 "
+                                     "tensors read), dequantised to fp32\n"},
+        {"tests/fixtures/llama_gptq", "quantised     14 weights GPTQ 4-bit (format gptq: zero points "
+                                      "stored minus one), group size 32 (56 tensors read), "
+                                      "dequantised to fp32\n"},
+        {"tests/fixtures/llama_int4_ct", "quantised     13 weights pack-quantized 4-bit (symmetric), "
+                                         "group size 32 (39 tensors read), dequantised to fp32\n"},
+    };
+    for (int i = 0; i < 3; i++) {
+        const char *a[] = {"ref", int4[i][0], "--ids", ids, "--max-new", "2", "--strict", NULL};
+        const char *k[] = {"check", int4[i][0], "--strict", NULL};
+        tu_run r = tu_run_bin(tmp, KILNC, a), rc = tu_run_bin(tmp, KILNC, k);
+        EXPECT_CODE(r, 0);
+        EXPECT_CODE(rc, 0);
+        assert_contains(rc.out, int4[i][1]);
+        assert_contains(rc.out, "0 unused");
+        tu_run_free(&r);
+        tu_run_free(&rc);
+    }
     tu_run_free(&k0);
     tu_run_free(&k1);
     tu_run_free(&k2);
@@ -384,6 +900,10 @@ int main(void)
         cmocka_unit_test(test_e4m3),
         cmocka_unit_test(test_layouts),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_awq),
+        cmocka_unit_test(test_gptq),
+        cmocka_unit_test(test_ct_int),
+        cmocka_unit_test(test_int_errors),
         cmocka_unit_test(test_quant_rows),
         cmocka_unit_test(test_cli),
     };

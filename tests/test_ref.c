@@ -56,6 +56,9 @@ static const char *generate_fixtures[] = {
     "phi3_longrope",
     "phimoe",
     "llama_fp8_ct",
+    "llama_awq",
+    "llama_gptq",
+    "llama_int4_ct",
     "llama_dynamic",
 };
 

@@ -425,6 +425,7 @@ static const family families[] = {
     {"phi3_longrope", {NULL, "split over 1 and 2 ranks"}, 0}, /* 2 heads */
     {"phimoe", {NULL, "split over 1 and 2 ranks"}, 0},        /* 2 heads */
     {"llama_fp8_ct", {NULL, NULL}, 0}, /* FP8 weights, dequantised before the split */
+    {"llama_gptq", {NULL, NULL}, 0},   /* INT4 weights (act order), dequantised before the split */
     {"llama_dynamic", {NULL, "split over 1 and 2 ranks"}, 0}, /* 2 heads; dynamic NTK */
 };
 

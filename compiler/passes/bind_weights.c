@@ -3,8 +3,10 @@
  * Checks, reporting all problems at once: the tensor exists (else the closest checkpoint name
  * is suggested, which catches most prefix typos), its shape is the one the spec expects, and
  * its dtype is one kiln computes with (F32, F16, BF16). Sets each node's dtype to the
- * checkpoint's. FP8 weights (F8_E4M3 with config.json's quantization_config) and, with
- * --quant fp8, the linears' weights are bound to their fp32 dequantised values (quant.h).
+ * checkpoint's. FP8 weights (F8_E4M3 with config.json's quantization_config), integer ones
+ * (a spec's X.weight stored packed as X.qweight or X.weight_packed, AWQ, GPTQ or
+ * pack-quantized) and, with --quant fp8, the linears' weights are bound to their fp32
+ * dequantised values (quant.h).
  * Checkpoint tensors that no node uses are listed by name: a warning, or an
  * error with --strict, since an unused tensor usually means the spec skips part of the model.
  * Every bound tensor is scanned for NaN and Inf (finite.c): an error naming the tensor and the
@@ -183,7 +185,14 @@ int pass_bind_weights(kc *c, kerr *err)
         if (n->op != KG_WEIGHT)
             continue;
         char where[600], a[128], b[128];
-        const st_tensor *t = st_find(w, n->weight);
+        const st_tensor *t = st_find(w, n->weight), *packed = NULL;
+        if (!t) { /* perhaps stored packed as integers (X.qweight, X.weight_packed) */
+            if (quant_dequant_packed(c, n->weight, used, &packed, err)) {
+                rc = -1;
+                continue;
+            }
+            t = packed;
+        }
         if (!t) {
             /* the first few with a suggestion (each costs a pass over the checkpoint) */
             if (++missing > MAX_MISSING_SHOWN) {
@@ -199,7 +208,8 @@ int pass_bind_weights(kc *c, kerr *err)
                               n->weight, loc(n, where, sizeof where));
             continue;
         }
-        used[t - w->tensors] = 1;
+        if (!packed)
+            used[t - w->tensors] = 1;
         int same = t->ndim == n->ndim;
         for (int d = 0; same && d < n->ndim; d++)
             same = t->shape[d] == n->shape[d];
