@@ -4,8 +4,8 @@ says how much error bf16 arithmetic itself makes on each fixture (tests/gpu/run.
 kiln's bf16 error against it). Usage: hf_bf16.py OUTDIR FIXTURE... (writes OUTDIR/NAME.hfbf16.st;
 fixtures transformers cannot load are skipped; Qwen v1's and InternLM2's remote code are
 renamed into their transformers equivalents; the FP8 fixtures are dequantised by
-tests/fixtures/make_fp8_fixtures.py). Classify fixtures (expected "scores") get their
-bf16 scores instead of logits."""
+tests/fixtures/make_fp8_fixtures.py, the INT4 ones by make_int4_fixtures.py). Classify fixtures
+(expected "scores") get their bf16 scores instead of logits."""
 import sys
 
 import numpy as np
@@ -103,6 +103,11 @@ for name in sys.argv[2:]:
             import make_fp8_fixtures as fp8
             m = (fp8.dequantised_model(d) if name == "llama_fp8_ct" else fp8.quantised_llama())
             m = m.to(torch.bfloat16).to(dev).eval()
+        elif name in ("llama_awq", "llama_gptq", "llama_int4_ct"):
+            # INT4: read through autoawq/gptqmodel/compressed-tensors only; the dequantised model
+            sys.path.insert(0, "tests/fixtures")
+            import make_int4_fixtures as int4
+            m = int4.dequantised_model(d).to(torch.bfloat16).to(dev).eval()
         elif name.startswith("internlm2"):
             m = internlm2_as_llama(d).to(torch.bfloat16).to(dev).eval()
         elif "scores" in ex:

@@ -69,7 +69,8 @@ GEN=${RUN_GEN:-"llama llama_tied_oldstyle llama_linear_oldstyle mistral qwen2 qw
      llama_bf16 mistral_bf16 qwen2_bf16 qwen_bf16 mixtral_bf16 bloom_bf16
      gemma gemma2 granite cohere gpt2 gpt_neox stablelm falcon falcon_new phi3 starcoder2 internlm2
      qwen3 qwen3_moe gemma3 gemma3_oldstyle olmo2 stablelm_qknorm cohere_qknorm llama_hd20
-     qwen2_moe gptj phi3_longrope phimoe deepseek_v2 llama_fp8_ct llama_dynamic"}
+     qwen2_moe gptj phi3_longrope phimoe deepseek_v2 llama_fp8_ct llama_awq llama_gptq llama_int4_ct
+     llama_dynamic"}
 EMB=${RUN_EMB:-"bert bert_bf16"}
 CLS=${RUN_CLS:-"qwen2_cls bert_cls"}
 FP16=${RUN_FP16-"llama llama_tied_oldstyle llama_linear_oldstyle mistral qwen2 qwen mixtral mixtral4 bloom bloom6"}
