@@ -409,9 +409,9 @@ static ka_step gemm_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg bi
     ka_step s;
     if (w->c->gemm_kiln) {
         int has_bias = bias.kind != KA_ARG_NULL, h = lower_gemm90(w->c);
-        int bm = h ? KILN_GEMM90_BM : KILN_GEMM_BM, bn = h ? KILN_GEMM90_BN : KILN_GEMM_BN;
+        int bm = h ? KILN_GEMM90_BM : KILN_GEMM_BM, bn = h ? KILN_GEMM90_BN(N) : KILN_GEMM_BN;
         int k = kern(w, "gemm", h ? KILN_GEMM90_THREADS : KILN_GEMM_THREADS,
-                     h ? KILN_GEMM90_SMEM((int)w->esize) : KILN_GEMM_SMEM((int)w->esize),
+                     h ? KILN_GEMM90_SMEM((int)w->esize, bn) : KILN_GEMM_SMEM((int)w->esize),
                      out_f32 ? "int M, const DT *x, const DT *w, const DT *bias, float *y"
                              : "int M, const DT *x, const DT *w, const DT *bias, DT *y",
                      "kiln::%s<DT, %s, %lld, %lld, %d>(M, x, %lldLL, w, bias, y, %lldLL)",

@@ -7,23 +7,27 @@
 // else: compiled for another target, the template fails with a static_assert, never silently).
 //
 // Design:
-//   - a block computes a BM x BN = 128 x 256 tile of y with three warpgroups (384 threads): the
-//     first only loads (the producer), the other two multiply, each 64 rows x 256 columns: one
-//     wgmma m64n256k16 per 16 elements of K, both operands read by the tensor cores from shared
-//     memory through matrix descriptors, 128 float accumulators a thread. 256 columns is the
-//     widest wgmma and makes the shared-memory reads per MMA the fewest (x's 64 rows and w's 256
-//     rows for 64 x 256 products). One block an SM (193 KiB of shared memory);
-//   - K is streamed in slices of BK = 64 elements (128 bytes a row) through a ring of STAGES = 4
-//     slices (x 16 KiB + w 32 KiB each). The producer fills a slice with cp.async (16 bytes a
-//     copy, 24 a thread a slice; zero fill for rows past M or N and chunks past K, as gemm.cuh)
-//     and hands it over with cp.async.mbarrier.arrive.noinc on the slice's "full" mbarrier
-//     (128 arrivals: one per producer thread, each when its own copies have landed). The
-//     consumers wait on "full", issue the slice's 4 wgmma as one group, and keep one group in
-//     flight (wgmma.wait_group 1): when slice kt's group is issued, slice kt-1's has completed,
-//     and one lane of each consumer warp arrives on slice kt-1's "empty" mbarrier (8 arrivals),
-//     which the producer waits on before it refills that stage. So the tensor cores always have
-//     the next slice queued, and the loads run up to STAGES - 1 slices ahead. No __syncthreads
-//     in the loop. (Plain cp.async rather than TMA: TMA needs a tensor map per (pointer, shape)
+//   - a block computes a BM x BN tile of y, BM = 128 and BN = 256 or 128 (a function of N only,
+//     KILN_GEMM90_BN(N): 256 where the grid has columns enough, 128 for N <= 4096, where 256
+//     would leave most SMs idle at a few hundred rows: M = 512, N = 4096 makes 64 tiles of
+//     128 x 256 for 132 SMs), with three warpgroups (384 threads): the first only loads (the
+//     producer), the other two multiply, each 64 rows x BN columns: one wgmma m64nBNk16 per 16
+//     elements of K, both operands read by the tensor cores from shared memory through matrix
+//     descriptors, BN / 2 float accumulators a thread. 256 columns is the widest wgmma and makes
+//     the shared-memory and L2 reads per MMA the fewest. One block an SM (193 KiB of shared
+//     memory);
+//   - K is streamed in slices of BK = 64 elements (128 bytes a row) through a ring of STAGES
+//     slices (4 of 48 KiB for BN = 256, 6 of 32 KiB for 128: the same ~0.5 us of MMA in
+//     flight). The producer fills a slice with cp.async (16 bytes a copy, (BM + BN) / 16 a
+//     thread a slice; zero fill for rows past M or N and chunks past K, as gemm.cuh) and hands
+//     it over with cp.async.mbarrier.arrive.noinc on the slice's "full" mbarrier (128
+//     arrivals: one per producer thread, each when its own copies have landed). The consumers
+//     wait on "full", issue the slice's 4 wgmma as one group, and keep one group in flight
+//     (wgmma.wait_group 1): when slice kt's group is issued, slice kt-1's has completed, and one
+//     lane of each consumer warp arrives on slice kt-1's "empty" mbarrier (8 arrivals), which
+//     the producer waits on before it refills that stage. So the tensor cores always have the
+//     next slice queued, and the loads run up to STAGES - 1 slices ahead. No __syncthreads in
+//     the loop. (Plain cp.async rather than TMA: TMA needs a tensor map per (pointer, shape)
 //     built on the host, which the runtime's argument packing does not have.) The consumer
 //     fences the generic proxy (cp.async writes) against the async proxy (wgmma reads) after
 //     each wait on "full" (fence.proxy.async);
@@ -39,7 +43,7 @@
 //     bank groups;
 //   - accumulator fragment (wgmma's m64nNk16 f32 D): warp q of the warpgroup holds rows
 //     16q..16q+15; lane (g = lane / 4, t = lane % 4) holds d[4j + 2h + e] at row 16q + 8h + g,
-//     column 8j + 2t + e (j < 32, h, e in {0, 1}): mma.sync's m16n8 C fragment, 32 times;
+//     column 8j + 2t + e (j < N / 8, h, e in {0, 1}): mma.sync's m16n8 C fragment, N / 8 times;
 //   - blocks are mapped to tiles in groups of 8 tile rows, as gemm.cuh (L2 reuse of x and w).
 // Batch invariance: one tile configuration for every (DT, N, K), never chosen by M, no split-K:
 // every output is one chain of wgmma over K in the same order (slices 0, 1, ..., and the 4
@@ -48,11 +52,12 @@
 // Numerics: fp32 accumulation inside the tensor cores (never rounded to 16 bits), the bias
 // added in float, one rounding to OT (the epilogue is gemm.cuh's).
 //
-// Launch rule (kernels/kiln_gemm.h): grid = (ceil(N / KILN_GEMM90_BN), ceil(M_launch /
+// Launch rule (kernels/kiln_gemm.h): grid = (ceil(N / KILN_GEMM90_BN(N)), ceil(M_launch /
 // KILN_GEMM90_BM)) for any M_launch >= M, block = KILN_GEMM90_THREADS, dynamic shared memory
-// KILN_GEMM90_SMEM(sizeof(DT)) (above 48 KiB: the launcher sets
-// CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES). Preconditions as gemm.cuh: x and w 16-byte
-// aligned, ldx % 8 == 0; y aligned to two OT and ldy even.
+// KILN_GEMM90_SMEM(sizeof(DT), KILN_GEMM90_BN(N)) (above 48 KiB: the launcher sets
+// CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES). The BN template argument defaults to
+// KILN_GEMM90_BN(N); kiln-ktest instantiates both widths for every shape it tests. Preconditions
+// as gemm.cuh: x and w 16-byte aligned, ldx % 8 == 0; y aligned to two OT and ldy even.
 //
 // What it does not do: TMA, thread-block clusters (multicast of w), a persistent grid that would
 // overlap one tile's epilogue with the next tile's MMA, setmaxnreg (the producer keeps the
@@ -65,18 +70,14 @@
 namespace kiln {
 namespace gemm90_detail {
 
-constexpr int BM = KILN_GEMM90_BM, BN = KILN_GEMM90_BN, BK = KILN_GEMM90_BK;
-constexpr int STAGES = KILN_GEMM90_STAGES, THREADS = KILN_GEMM90_THREADS;
+constexpr int BM = KILN_GEMM90_BM, BK = KILN_GEMM90_BK, THREADS = KILN_GEMM90_THREADS;
 constexpr int GROUP = 8; // tile rows per group of the block-to-tile map
 
-static_assert(THREADS == 384 && BM == 128 && BN == 256,
-              "gemm90: a producer warpgroup and two consumer warpgroups of 64 x 256 (wgmma "
-              "m64n256k16) in a 128 x 256 tile");
+static_assert(THREADS == 384 && BM == 128,
+              "gemm90: a producer warpgroup and two consumer warpgroups of 64 rows (wgmma m64)");
 static_assert(BK == 64, "gemm90: slice rows of 128 bytes (the 128-byte swizzle, 16-bit DT)");
-constexpr unsigned TILE_A = BM * BK * 2;       // bytes of one x slice
-constexpr unsigned STAGE = (BM + BN) * BK * 2; // bytes of one stage (x, then w)
-static_assert(TILE_A % 1024 == 0 && STAGE % 1024 == 0,
-              "gemm90: every operand tile starts on a 1024-byte swizzle atom");
+constexpr unsigned TILE_A = BM * BK * 2; // bytes of one x slice
+static_assert(TILE_A % 1024 == 0, "gemm90: every operand tile starts on a 1024-byte atom");
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 constexpr bool HAVE_WGMMA = true;
@@ -124,9 +125,9 @@ __device__ __forceinline__ void bar_arrive_cp(unsigned bar)
     asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
 }
 
-// d (64 x 256 floats of the warpgroup, the fragment at the top) += A (64 x 16) . B (256 x 16)^T,
-// both K-major in shared memory. Scale-d is 1 (accumulate; d starts at zero), A and B unscaled
-// and not transposed.
+// d (64 x NN floats of the warpgroup, the fragment at the top) += A (64 x 16) . B (NN x 16)^T,
+// both K-major in shared memory; NN = 2 * the size of d. Scale-d is 1 (accumulate; d starts at
+// zero), A and B unscaled and not transposed.
 #define KILN_WGMMA_M64N256K16(TY)                                                                  \
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"                                     \
                  "wgmma.mma_async.sync.aligned.m64n256k16.f32." TY "." TY " {"                     \
@@ -169,6 +170,29 @@ __device__ __forceinline__ void bar_arrive_cp(unsigned bar)
                    "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]),           \
                    "+f"(d[125]), "+f"(d[126]), "+f"(d[127])                                        \
                  : "l"(da), "l"(db), "r"(1))
+#define KILN_WGMMA_M64N128K16(TY)                                                                  \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                      \
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " {"                     \
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, "               \
+                 "%15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, "               \
+                 "%28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, "               \
+                 "%41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, "               \
+                 "%54, %55, %56, %57, %58, %59, %60, %61, %62, %63"                                \
+                 "}, %64, %65, p, 1, 1, 0, 0;\n}\n"                                                \
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]),                     \
+                   "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]),                     \
+                   "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),                \
+                   "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),                \
+                   "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),                \
+                   "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),                \
+                   "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),                \
+                   "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),                \
+                   "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]),                \
+                   "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]),                \
+                   "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]),                \
+                   "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),                \
+                   "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])                              \
+                 : "l"(da), "l"(db), "r"(1))
 
 __device__ __forceinline__ void wgmma(float (&d)[128], unsigned long long da, unsigned long long db,
                                       bf16)
@@ -180,7 +204,18 @@ __device__ __forceinline__ void wgmma(float (&d)[128], unsigned long long da, un
 {
     KILN_WGMMA_M64N256K16("f16");
 }
+__device__ __forceinline__ void wgmma(float (&d)[64], unsigned long long da, unsigned long long db,
+                                      bf16)
+{
+    KILN_WGMMA_M64N128K16("bf16");
+}
+__device__ __forceinline__ void wgmma(float (&d)[64], unsigned long long da, unsigned long long db,
+                                      f16)
+{
+    KILN_WGMMA_M64N128K16("f16");
+}
 #undef KILN_WGMMA_M64N256K16
+#undef KILN_WGMMA_M64N128K16
 
 __device__ __forceinline__ void wg_fence()
 {
@@ -197,16 +232,17 @@ __device__ __forceinline__ void wg_wait()
 }
 // Keeps the compiler from moving accesses of the accumulators across the asynchronous wgmma
 // (which read and write them without the compiler seeing when).
-__device__ __forceinline__ void fence_acc(float (&d)[128])
+template <int R>
+__device__ __forceinline__ void fence_acc(float (&d)[R])
 {
 #pragma unroll
-    for (int i = 0; i < 128; i++)
+    for (int i = 0; i < R; i++)
         asm volatile("" : "+f"(d[i])::"memory");
 }
 
 } // namespace gemm90_detail
 
-template <typename DT, typename OT, int N, int K, int BIAS>
+template <typename DT, typename OT, int N, int K, int BIAS, int BN = KILN_GEMM90_BN(N)>
 __device__ __forceinline__ void gemm90(int M, const DT *x, long long ldx, const DT *w,
                                        const DT *bias, OT *y, long long ldy)
 {
@@ -217,7 +253,11 @@ __device__ __forceinline__ void gemm90(int M, const DT *x, long long ldx, const 
     static_assert(sizeof(DT) == 2, "gemm90: DT is bf16 or f16");
     static_assert(N >= 1, "gemm90: N >= 1");
     static_assert(K >= 8 && K % 8 == 0, "gemm90: K must be a multiple of 8 (16-byte chunks)");
-    static_assert(STAGES * STAGE + 1024 + 2 * STAGES * 8 == KILN_GEMM90_SMEM(sizeof(DT)),
+    static_assert(BN == 128 || BN == 256, "gemm90: tiles of 128 or 256 columns (wgmma n)");
+    constexpr int STAGES = KILN_GEMM90_STAGES(BN);
+    constexpr unsigned STAGE = (BM + BN) * BK * 2; // bytes of one stage (x, then w)
+    static_assert(STAGE % 1024 == 0, "gemm90: every stage starts on a 1024-byte atom");
+    static_assert(STAGES * STAGE + 1024 + 2 * STAGES * 8 == KILN_GEMM90_SMEM(sizeof(DT), BN),
                   "gemm90: kiln_gemm.h's SMEM");
     constexpr int KT = (K + BK - 1) / BK; // slices of K
 
@@ -248,9 +288,9 @@ __device__ __forceinline__ void gemm90(int M, const DT *x, long long ldx, const 
 
     if (wg == 0) {
         // Producer: thread tid copies chunk c = tid % 8 of rows r0 + 16i (r0 = tid / 8) of the
-        // x slice (i < 8) and of the w slice (i < 16); rows r0 + 16i share r0's swizzle, 2048
-        // bytes apart. Slice kt goes to stage kt % STAGES once the consumers have released the
-        // slice that was there (kt - STAGES): empty's phase kt / STAGES - 1.
+        // x slice (i < BM / 16) and of the w slice (i < BN / 16); rows r0 + 16i share r0's
+        // swizzle, 2048 bytes apart. Slice kt goes to stage kt % STAGES once the consumers have
+        // released the slice that was there (kt - STAGES): empty's phase kt / STAGES - 1.
         const int r0 = tid >> 3, c = tid & 7;
         const unsigned so = swz(r0, c);
 #pragma unroll 1
@@ -278,11 +318,11 @@ __device__ __forceinline__ void gemm90(int M, const DT *x, long long ldx, const 
         return;
     }
 
-    // Consumers: warpgroup cw multiplies rows 64cw..64cw+63 of the tile by all 256 columns.
+    // Consumers: warpgroup cw multiplies rows 64cw..64cw+63 of the tile by all BN columns.
     const int cw = wg - 1, lane = tid & 31, q = (tid >> 5) & 3;
-    float acc[128];
+    float acc[BN / 2];
 #pragma unroll
-    for (int i = 0; i < 128; i++)
+    for (int i = 0; i < BN / 2; i++)
         acc[i] = 0.f;
 #pragma unroll 1
     for (int kt = 0; kt < KT; kt++) {

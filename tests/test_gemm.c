@@ -72,7 +72,8 @@ static long grid_at(const ka_grid *g, long T, long S)
 static void expect_kiln_gemm(const char *fx, const lowered *l, const ka_step *c, const ka_step *k,
                              int h)
 {
-    const int bm = h ? KILN_GEMM90_BM : KILN_GEMM_BM, bn = h ? KILN_GEMM90_BN : KILN_GEMM_BN;
+    const int bm = h ? KILN_GEMM90_BM : KILN_GEMM_BM,
+              bn = h ? KILN_GEMM90_BN(c->n) : KILN_GEMM_BN;
     const char *name = l->m.kernels[k->kernel].name;
     if (k->kind != KA_KERNEL || !strstr(name, "_gemm"))
         fail_msg("%s: step %s is %s, expected kiln's GEMM", fx, c->label,
@@ -84,7 +85,7 @@ static void expect_kiln_gemm(const char *fx, const lowered *l, const ka_step *c,
     assert_int_equal(k->logits, c->logits);
     assert_int_equal(l->m.kernels[k->kernel].block, h ? KILN_GEMM90_THREADS : KILN_GEMM_THREADS);
     assert_int_equal(l->m.kernels[k->kernel].smem,
-                     h ? KILN_GEMM90_SMEM(2) : KILN_GEMM_SMEM(2)); /* bf16 */
+                     h ? KILN_GEMM90_SMEM(2, bn) : KILN_GEMM_SMEM(2)); /* bf16 */
     /* wrapper (M, x, w, bias, y) */
     assert_int_equal(k->nargs, 5);
     assert_int_equal(k->args[0].kind, KA_ARG_M);

@@ -2,9 +2,11 @@
  * invariance, and `kiln-ktest --bench gemm`: its TFLOP/s against cuBLASLt's (runtime/gemm.c) on
  * the Llama-3 8B and 1B shapes. Two kernels keep one contract: templates/gemm.cuh (mma.sync, any
  * SM; cases named gemm/...) and templates/gemm90.cuh (wgmma, sm_90a only; cases named
- * gemm90/..., run where the GPU is sm_90a). On an H100/H200 both run: an artifact compiled for
- * --sm 90a alone uses gemm90, one that also targets an older SM uses gemm (compiler/lower.c).
- * The benchmark measures the one lower.c picks for an artifact compiled for this GPU alone.
+ * "gemm90 bn128/..." and "gemm90 bn256/...", its two tile widths, both for every shape, run where
+ * the GPU is sm_90a). On an H100/H200 all run: an artifact compiled for --sm 90a alone uses
+ * gemm90 at the width KILN_GEMM90_BN(N), one that also targets an older SM uses gemm
+ * (compiler/lower.c). The benchmark measures gemm90 at both widths on sm_90a (the ratio is of
+ * lower.c's), gemm elsewhere.
  *
  * Inputs are drawn in float and rounded through the storage type (bf16 or f16), so the reference
  * (double accumulation) sees exactly the kernel's inputs: x ~ U[-1, 1), w ~ U[-1, 1) * 2/sqrt(K),
@@ -15,10 +17,10 @@
  * 64-element slice exactly (64), under one 32-element slice and not a multiple of one (144, 200,
  * 4104, 136, 328: 64-element slices and a chunk or more), M of 1, 7, 16, 64, 65, 128, 129, 300,
  * 1030 (partial row tiles, one and several, more than a group of 8 tile rows), K of 4104 (65
- * slices: gemm90's ring of 4 stages turns 16 times), row strides ldx = K + 8 and ldy = N + 8, a
- * grid sized for 300 more rows than M, bias, float output, f16, and the Llama 8B/1B linears and
- * the 1B logits at M = 64 and 512 (there only a sample of rows is compared: the double reference
- * of all of them would take minutes).
+ * slices: gemm90's ring of 4 or 6 stages turns 16 or 10 times), row strides ldx = K + 8 and
+ * ldy = N + 8, a grid sized for 300 more rows than M, bias, float output, f16, and the Llama
+ * 8B/1B linears and the 1B logits at M = 64 and 512 (there only a sample of rows is compared:
+ * the double reference of all of them would take minutes).
  *
  * Tolerances (relative L2 over the compared outputs):
  *   - stored in bf16 or f16: 1e-2. One rounding of the output is a relative error of at most 2^-9
@@ -55,38 +57,46 @@ typedef struct gmcase {
     int pad; /* ldx = K + 8, ldy = N + 8, and the grid sized for M + 300 rows */
 } gmcase;
 
-/* The two kernels and their launch rules (kernels/kiln_gemm.h; 16-bit DT). */
+/* The kernels and their launch rules (kernels/kiln_gemm.h; 16-bit DT): gemm.cuh, and gemm90.cuh
+ * at both of its tile widths, whatever the shape (lower.c takes KILN_GEMM90_BN(N) of the two:
+ * every case then covers the configuration lower.c would use for it and the other one). */
 typedef struct gkind {
-    const char *name; /* the template (kiln::NAME in templates/NAME.cuh) and the cases' prefix */
+    const char *name; /* the cases' prefix */
+    const char *tmpl; /* the template: kiln::TMPL in templates/TMPL.cuh */
     int bm, bn, threads, smem;
-    int sm90a; /* exists on sm_90a only */
+    int sm90a; /* exists on sm_90a only; its BN is a template argument */
 } gkind;
 
 static const gkind kinds[] = {
-    {"gemm", KILN_GEMM_BM, KILN_GEMM_BN, KILN_GEMM_THREADS, KILN_GEMM_SMEM(2), 0},
-    {"gemm90", KILN_GEMM90_BM, KILN_GEMM90_BN, KILN_GEMM90_THREADS, KILN_GEMM90_SMEM(2), 1},
+    {"gemm", "gemm", KILN_GEMM_BM, KILN_GEMM_BN, KILN_GEMM_THREADS, KILN_GEMM_SMEM(2), 0},
+    {"gemm90 bn128", "gemm90", KILN_GEMM90_BM, 128, KILN_GEMM90_THREADS,
+     KILN_GEMM90_SMEM(2, 128), 1},
+    {"gemm90 bn256", "gemm90", KILN_GEMM90_BM, 256, KILN_GEMM90_THREADS,
+     KILN_GEMM90_SMEM(2, 256), 1},
 };
 
 /* Whether kind g runs here (compile-only: whether it is compiled). */
 static int kind_here(const kt *t, const gkind *g) { return !g->sm90a || kt_sm90a(t); }
 
 /* The case's kernel: an extern "C" wrapper k_gemm of one instance of kind g, as lower.c writes
- * it. */
+ * it (gemm90's tile width explicit). */
 static CUmodule gemm_module(kt *t, const gkind *g, const char *name, int f16, int f32, int N,
                             int K, int bias)
 {
     const char *dt = f16 ? "kiln::f16" : "kiln::bf16";
-    char src[1024];
+    char src[1024], bn[16] = "";
+    if (g->sm90a)
+        snprintf(bn, sizeof bn, ", %d", g->bn);
     snprintf(src, sizeof src,
              "#include \"%s.cuh\"\n"
              "extern \"C\" __global__ void __launch_bounds__(%d)\n"
              "k_gemm(int M, const %s *x, long long ldx, const %s *w, const %s *bias, %s *y,\n"
              "       long long ldy)\n"
              "{\n"
-             "    kiln::%s<%s, %s, %d, %d, %d>(M, x, ldx, w, bias, y, ldy);\n"
+             "    kiln::%s<%s, %s, %d, %d, %d%s>(M, x, ldx, w, bias, y, ldy);\n"
              "}\n",
-             g->name, g->threads, dt, dt, dt, f32 ? "float" : dt, g->name, dt,
-             f32 ? "float" : dt, N, K, bias);
+             g->tmpl, g->threads, dt, dt, dt, f32 ? "float" : dt, g->tmpl, dt,
+             f32 ? "float" : dt, N, K, bias, bn);
     return g->sm90a ? kt_module_sm90a(t, name, src) : kt_module(t, name, src);
 }
 
@@ -362,10 +372,10 @@ void ktest_gemm(kt *t)
         {.N = 264, .K = 200, .ms = {1, 129}, .f32 = 1, .f16 = 1, .pad = 1},
         /* more tile rows than one group of the block-to-tile map (8): 9 and 11 with the grid */
         {.N = 264, .K = 40, .ms = {1030}, .pad = 1},
-        /* gemm90's tiles: 128 x 256, K in slices of 64. Exact tiles and one slice; two tiles and
-         * 8 columns, two slices and one chunk, M at the edges of its warps (64) and tiles (128)
-         * and 9 tile rows; three tiles and 232 columns (not a multiple of 8 away from a pair),
-         * five slices and a chunk */
+        /* gemm90's tiles: 128 x 256 or 128 x 128, K in slices of 64. Exact tiles and one slice;
+         * two 256-column tiles (four of 128) and 8 columns, two slices and one chunk, M at the
+         * edges of its warps (64) and tiles (128) and 9 tile rows; three 256-column tiles and
+         * 232 columns (seven of 128 and 104), five slices and a chunk */
         {.N = 256, .K = 64, .ms = {128, 256}, .f32 = 1},
         {.N = 512, .K = 64, .ms = {1, 64, 65}},
         {.N = 520, .K = 136, .ms = {64, 65, 128, 1030}, .bias = 1, .pad = 1},
@@ -500,10 +510,11 @@ int ktest_gemm_bench(kt *t)
         {"1B gate_up", 16384, 2048}, {"1B down", 2048, 8192},
     };
     static const int ms[] = {512, 2048};
+    /* the kernels measured: gemm90 at both widths on sm_90a (an artifact compiled for this GPU
+     * alone uses the one KILN_GEMM90_BN(N) gives: the ratio is of that one), else gemm */
+    const int h = kt_sm90a(t), k0 = h ? 1 : 0, nk = h ? 2 : 1;
     gbench b;
     memset(&b, 0, sizeof b);
-    /* the kernel lower.c gives an artifact compiled for this GPU alone (kilnc --sm its SM) */
-    b.g = &kinds[kt_sm90a(t) ? 1 : 0];
     kerr e;
     kerr_clear(&e);
     if (!(b.lt = kgemm_new(&t->cu, "kiln-ktest --bench gemm", &e))) {
@@ -513,25 +524,36 @@ int ktest_gemm_bench(kt *t)
     BCK(cuEventCreate(&b.ev[0], 0));
     BCK(cuEventCreate(&b.ev[1], 0));
     printf("bench gemm: bf16 in and out, no bias; each time the best of 3 x 10 back-to-back "
-           "launches. kiln = templates/%s.cuh (%dx%d tiles, %d threads, %d bytes of shared "
-           "memory; the kernel of an artifact compiled for this GPU alone); cuBLASLt = "
-           "runtime/gemm.c's kgemm_run on the same inputs; ratio = kiln's throughput over "
-           "cuBLASLt's; diff = relative L2 of kiln's y against cuBLASLt's.\n",
-           b.g->name, b.g->bm, b.g->bn, b.g->threads, b.g->smem);
-    printf("%-11s %6s %6s %5s | %9s | %9s | %5s | %s\n", "shape", "N", "K", "M", "kiln TF/s",
-           "cuBLASLt", "ratio", "diff");
+           "launches. kiln = templates/%s.cuh (%s; %d threads); cuBLASLt = runtime/gemm.c's "
+           "kgemm_run on the same inputs; ratio = the throughput of kiln's kernel as lower.c "
+           "picks it (*) over cuBLASLt's; diff = relative L2 of its y against cuBLASLt's.\n",
+           kinds[k0].tmpl,
+           h ? "128 x 128 and 128 x 256 tiles; lower.c's is KILN_GEMM90_BN(N): kernels/kiln_gemm.h"
+             : "128 x 128 tiles",
+           kinds[k0].threads);
+    printf("%-11s %6s %6s %5s |", "shape", "N", "K", "M");
+    for (int k = k0; k < k0 + nk; k++)
+        printf(" %13s |", kinds[k].name);
+    printf(" %9s | %5s | %s\n", "cuBLASLt", "ratio", "diff");
     int rc = 0;
     double sum_ratio = 0, sum_8b = 0; /* ratios: all rows; the 8B shapes (the target) */
     int nratio = 0, n8b = 0;
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0] && rc == 0; s++) {
         const int N = shapes[s].N, K = shapes[s].K, MM = ms[1];
-        char name[120];
-        snprintf(name, sizeof name, "bench gemm %s", shapes[s].name);
-        CUmodule m = gemm_module(t, b.g, name, 0, 0, N, K, 0);
-        if (!m)
-            return -1;
-        CUfunction f = kt_func(t, m, "k_gemm");
-        BCK(cuFuncSetAttribute(f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, b.g->smem));
+        CUfunction f[2];
+        for (int k = 0; k < nk; k++) {
+            b.g = &kinds[k0 + k];
+            char name[120];
+            snprintf(name, sizeof name, "bench %s %s", b.g->name, shapes[s].name);
+            CUmodule m = gemm_module(t, b.g, name, 0, 0, N, K, 0);
+            if (!m)
+                return -1;
+            f[k] = kt_func(t, m, "k_gemm");
+            BCK(cuFuncSetAttribute(f[k], CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                   b.g->smem));
+        }
+        /* lower.c's: the one of the tile width KILN_GEMM90_BN(N) */
+        const int pick = h && KILN_GEMM90_BN(N) != kinds[k0].bn ? 1 : 0;
         b.N = N, b.K = K;
         BCK(cuMemAlloc(&b.x, (size_t)MM * K * 2));
         BCK(cuMemAlloc(&b.w, (size_t)N * K * 2));
@@ -542,27 +564,39 @@ int ktest_gemm_bench(kt *t)
             return -1;
         for (size_t mi = 0; mi < sizeof ms / sizeof ms[0] && rc == 0; mi++) {
             b.M = ms[mi];
-            double tk, tl, diff;
-            if (bench_time(t, &b, f, &tk) || bench_time(t, &b, NULL, &tl) ||
-                bench_diff(t, &b, &diff)) {
+            double tk[2], tl, diff[2];
+            if (bench_time(t, &b, NULL, &tl)) {
                 rc = -1;
                 break;
             }
+            for (int k = 0; k < nk && rc == 0; k++) {
+                b.g = &kinds[k0 + k];
+                if (bench_time(t, &b, f[k], &tk[k]) || bench_diff(t, &b, &diff[k]))
+                    rc = -1;
+            }
+            if (rc)
+                break;
             const double flop = 2.0 * b.M * (double)N * K;
 #define TF(ms_) (flop / ((ms_) * 1e-3) / 1e12)
+            printf("%-11s %6d %6d %5d |", shapes[s].name, N, K, b.M);
+            for (int k = 0; k < nk; k++)
+                printf(" %12.1f%s |", TF(tk[k]), k == pick && h ? "*" : " ");
             /* both round one float sum to bf16: they differ by about one bf16 ulp in a few
              * outputs (rel ~1e-3 at most); a wrong kernel differs by ~1 */
-            const int same = diff <= 1e-2;
-            printf("%-11s %6d %6d %5d | %9.1f | %9.1f | %5.2f | %.1e %s\n", shapes[s].name, N,
-                   K, b.M, TF(tk), TF(tl), tl / tk, diff,
-                   same ? "ok" : "MISMATCH (kiln's output is wrong)");
+            int same = 1;
+            for (int k = 0; k < nk; k++)
+                same &= diff[k] <= 1e-2;
+            printf(" %9.1f | %5.2f | %.1e", TF(tl), tl / tk[pick], diff[pick]);
+            if (nk == 2)
+                printf(" (other width %.1e)", diff[1 - pick]);
+            printf(" %s\n", same ? "ok" : "MISMATCH (kiln's output is wrong)");
 #undef TF
             if (!same)
                 rc = -1;
-            sum_ratio += tl / tk;
+            sum_ratio += tl / tk[pick];
             nratio++;
             if (strncmp(shapes[s].name, "8B", 2) == 0) {
-                sum_8b += tl / tk;
+                sum_8b += tl / tk[pick];
                 n8b++;
             }
             fflush(stdout);
