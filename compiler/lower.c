@@ -19,7 +19,7 @@
 #define DEC 2
 #define BOTH 3
 
-#define GEMV_MAX 8       /* rows up to which linears use the GEMV kernel */
+#define GEMV_MAX 8       /* rows up to which linears use the GEMV kernel (its MMAX: rows per group) */
 #define ATTN_THREADS 128
 
 typedef struct lw {
@@ -379,9 +379,12 @@ static ka_step gemv_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg bi
                  "kiln::gemv<DT, %lld, %lld, %d, %s, %s, %d, %s, %d>(st, x, w, bias, y, M)",
                  (long long)N, (long long)K, GEMV_MAX, bias.kind == KA_ARG_NULL ? "false" : "true",
                  gated ? "true" : "false", act < 0 ? 0 : act, out_f32 ? "true" : "false", th);
-    /* one block per 16-row tile: 16 outputs, or 8 gated ones */
+    /* x: one block per group of GEMV_MAX rows (one group unless --batch-invariant, whose decode
+     * schedule runs the GEMV at every batch); y: one per 16-row tile, 16 outputs or 8 gated */
     int64_t nout = gated ? N / 2 : N, opb = gated ? 8 : 16;
-    ka_step s = kstep(k, n->name, G(0, 0, 0, (int)nout, (int)opb), G1(), G1());
+    ka_step s = kstep(k, n->name,
+                      rows == KA_ROWS_S ? G(0, 1, 0, 0, GEMV_MAX) : G(1, 0, 0, 0, GEMV_MAX),
+                      G(0, 0, 0, (int)nout, (int)opb), G1());
     s.size = KA_SIZE_SMALL;
     s.rows = rows;
     add_arg(&s, A(KA_ARG_STEP, 0));

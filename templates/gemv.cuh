@@ -1,6 +1,8 @@
-// gemv.cuh — decode-sized GEMM: y[m, n] = x[m] · w[n] (+ bias[n]) for M <= MMAX rows of x, w a
-// PyTorch Linear weight [N, K] (row-major, one output feature per row). Used for every linear
-// of a step with few tokens, and for the logits (N up to ~256k, OUT_F32).
+// gemv.cuh — decode-sized GEMM: y[m, n] = x[m] · w[n] (+ bias[n]) for M rows of x in groups of
+// MMAX, w a PyTorch Linear weight [N, K] (row-major, one output feature per row). Used for every
+// linear of a step with few tokens (M <= MMAX: one group), for the logits (N up to ~256k,
+// OUT_F32), and with kilnc --batch-invariant for every linear of the decode schedule whatever
+// its rows (up to max_seqs: ceil(M / MMAX) groups).
 //
 // The kernel is bound by the bytes of w (M*K*2 bytes of x against N*K*2 of w), so the design is
 // about streaming w once per launch at the copy bandwidth, whatever M and the shape are:
@@ -27,22 +29,31 @@
 //     that error at the level of the float sums (see tests/gpu/ktest_gemv.c).
 // A tile is 16 weight rows: 16 outputs, or for GATED 8 gate rows and their 8 up rows, so that a
 // lane ends with the gate and up sums of the same output in its registers (c0/c1 and c2/c3).
+// Row groups: block (g, tile) computes rows [g*MMAX, g*MMAX + MMAX) of x and y exactly as a
+// launch of M' = min(MMAX, M - g*MMAX) rows on those rows alone would: the group is the fastest
+// grid dimension, so the blocks that read one weight tile run side by side and all but the
+// first find it in L2. A row's result depends only on its own x row, never on M or on its group:
+// each of its outputs is one column of the tile's mma chain (no column mixes with another) and
+// the split-K order is fixed (tests/gpu/ktest_gemv.c checks rows at M up to 200 against M = 1).
 //
 // Launch rule (the runtime computes it from this; THREADS is lower.c's lower_gemv_threads):
 //   NOUT  = GATED ? N/2 : N                      (output columns; the row stride of y)
 //   OPB   = GATED ? 8 : 16                       (outputs per block: one tile)
-//   grid  = (ceil(NOUT / OPB)), block = THREADS (a multiple of 32, at most 512), no dynamic
-//   shared memory (the split-K partials are static shared memory, THREADS/32 * NT * 512 bytes).
+//   grid  = (ceil(M / MMAX), ceil(NOUT / OPB)): x the row group, y the tile (NOUT / OPB <= 65535,
+//   checked); block = THREADS (a multiple of 32, at most 512), no dynamic shared memory (the
+//   split-K partials are static shared memory, THREADS/32 * NT * 512 bytes). Groups past M exit.
 // Layouts: x [M, K] contiguous; w [N, K]; bias [N] (read only when BIAS: may be nullptr
 // otherwise; GATED: [gate bias (N/2); up bias (N/2)]); y [M, NOUT], float when OUT_F32 else DT.
 // Rows m >= M of y are not written. Float accumulation, one rounding of the result.
 // Preconditions: K % 8 == 0 (static_assert); x and w 16-byte aligned (rows are K elements, so
-// every row is too); 1 <= M <= MMAX (M is clamped to MMAX); st is unused (M is explicit);
-// sm_80 or newer (mma.sync with bf16).
+// every row is too); M >= 1 rows, of which the grid's groups cover ceil(M / MMAX) (rows past the
+// last group of the grid are not computed); st is unused (M is explicit); sm_80 or newer
+// (mma.sync with bf16).
 //
 // What it does not do: split-K across blocks (a tile's K is split over the warps of its block
 // only; with 16 warps that is enough for the 1B/8B shapes, whose smallest N gives 128 tiles),
-// M > 16 (cuBLASLt's GEMM takes those rows).
+// share x between groups (a group of MMAX rows streams the weights as if alone: at many rows the
+// default build's GEMM, which reuses a weight tile across 128 rows, is the faster kernel).
 #pragma once
 
 #include "common.cuh"
@@ -209,23 +220,27 @@ __device__ __forceinline__ void gemv(const kiln_step st, const DT *x, const DT *
     constexpr int U = 4;                         // 32-element groups per step
     constexpr int KC = K / 8;                    // 16-byte chunks per row
     constexpr int STEPS = (KC + 4 * U - 1) / (4 * U);
-    if (M > MMAX)
-        M = MMAX;
-    if (M < 1)
-        return; // uniform over the grid: no block barrier is reached
+    static_assert((NOUT + OPB - 1) / OPB <= 65535, "gemv: more tiles than grid y allows");
+    // this block's row group: rows [row0, row0 + M) of x and y, as a launch of its own
+    const long long row0 = (long long)blockIdx.x * MMAX;
+    if (M - row0 < 1)
+        return; // uniform over the block: no block barrier is reached
+    M = M - row0 > MMAX ? MMAX : (int)(M - row0);
+    x += row0 * K;
+    const long long tile = blockIdx.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, g = lane >> 2, t = lane & 3;
 
     // The lane's two weight rows; rows past the end read the last row (valid memory) and store
     // nothing. GATED: row g is gate row o, row g+8 its up row.
     long long ra, rb;
     if constexpr (GATED) {
-        long long o = (long long)blockIdx.x * OPB + g;
+        long long o = tile * OPB + g;
         if (o > NOUT - 1)
             o = NOUT - 1;
         ra = o;
         rb = NOUT + o;
     } else {
-        ra = (long long)blockIdx.x * OPB + g;
+        ra = tile * OPB + g;
         rb = ra + 8;
         if (ra > N - 1)
             ra = N - 1;
@@ -335,7 +350,7 @@ __device__ __forceinline__ void gemv(const kiln_step st, const DT *x, const DT *
                 continue;
 #pragma unroll
             for (int h = 0; h < (GATED ? 1 : 2); h++) {
-                const long long o = (long long)blockIdx.x * OPB + 8 * h + g;
+                const long long o = tile * OPB + 8 * h + g;
                 if (o >= NOUT)
                     continue;
                 float v;
@@ -352,9 +367,9 @@ __device__ __forceinline__ void gemv(const kiln_step st, const DT *x, const DT *
                         v += to_f(bias[o]);
                 }
                 if constexpr (OUT_F32)
-                    static_cast<float *>(y)[(long long)m * NOUT + o] = v;
+                    static_cast<float *>(y)[(row0 + m) * NOUT + o] = v;
                 else
-                    static_cast<DT *>(y)[(long long)m * NOUT + o] = from_f<DT>(v);
+                    static_cast<DT *>(y)[(row0 + m) * NOUT + o] = from_f<DT>(v);
             }
         }
 }

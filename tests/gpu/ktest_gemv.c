@@ -27,6 +27,9 @@
  * Each case also checks that the rows of y past M (a buffer sized for MMAX rows) are untouched.
  * gemv_invariance checks batch invariance: row 0 of a launch with M rows equals, bit for bit,
  * a launch with that row alone (the split-K order depends on N, K and the block, never on M).
+ * gemv_groups checks the row groups (M > MMAX, kilnc --batch-invariant's decode GEMV): at M = 1,
+ * 7, 8, 9, 17, 64 and 200 every row equals, bit for bit, the same row launched alone (M = 1 on
+ * that row's x and y), nothing past row M is written, and the rows match the reference.
  */
 #include <math.h>
 #include <stdio.h>
@@ -82,11 +85,14 @@ static CUmodule gemv_module(kt *t, const char *name, const char *prefix, const c
     return m;
 }
 
-/* Blocks of the launch rule (templates/gemv.cuh): one per 16-row tile. */
+/* Tiles of the launch rule (templates/gemv.cuh): one block per 16-row tile (grid y) and row
+ * group (grid x: gemv_groups). */
 static unsigned gemv_blocks(int N, int gated)
 {
     return gated ? (unsigned)((N / 2 + 7) / 8) : (unsigned)((N + 15) / 16);
 }
+
+static unsigned gemv_groups(int M, int mmax) { return (unsigned)((M + mmax - 1) / mmax); }
 
 /* One launch of a case's kernel f with M rows, checked against the reference. */
 static void gemv_check(kt *t, const gcase *c, CUfunction f, int TH, int M, const char *name)
@@ -116,7 +122,8 @@ static void gemv_check(kt *t, const gcase *c, CUfunction f, int TH, int M, const
     st.n_seqs = M;
     int m_arg = M;
     void *args[] = {&st, &dx, &dw, &db, &dy, &m_arg};
-    kt_launch(t, f, name, gemv_blocks(N, c->gated), 1, 1, (unsigned)TH, 0, args);
+    kt_launch(t, f, name, gemv_groups(M, MMAX), gemv_blocks(N, c->gated), 1, (unsigned)TH, 0,
+              args);
     unsigned char *ybuf = xmalloc(ybytes);
     kt_download(t, ybuf, dy, ybytes);
 
@@ -245,7 +252,8 @@ static void gemv_invariance(kt *t, int N, int K, int M, int mmax)
         int m_arg = i == 0 ? M : 1;
         st.T = st.n_seqs = m_arg;
         void *args[] = {&st, &dx, &dw, &db, &dy, &m_arg};
-        kt_launch(t, f, name, gemv_blocks(N, 0), 1, 1, (unsigned)TH, 0, args);
+        kt_launch(t, f, name, gemv_groups(m_arg, mmax), gemv_blocks(N, 0), 1, (unsigned)TH, 0,
+                  args);
         y[i] = xmalloc(sizeof(float) * (size_t)N);
         kt_download(t, y[i], dy, sizeof(float) * (size_t)N);
     }
@@ -269,6 +277,127 @@ static void gemv_invariance(kt *t, int N, int K, int M, int mmax)
     free(w16);
     free(y[0]);
     free(y[1]);
+}
+
+/* Row groups: one kernel launched at each M of ms (up to MG rows, grid x = ceil(M / mmax)); every
+ * row of y equals, bit for bit, that row launched alone (M = 1, x and y offset to the row), rows
+ * past M keep the poison, and the rows at the largest M match the double reference. */
+enum { MG = 200 };
+static void gemv_groups_case(kt *t, int N, int K, int mmax, int gated, int bias, int f32,
+                             const int *ms, int nms)
+{
+    const int TH = lower_gemv_threads(N, K, gated), NOUT = gated ? N / 2 : N;
+    const size_t esz = f32 ? 4 : 2, row = (size_t)NOUT * esz;
+    char base[160];
+    snprintf(base, sizeof base, "gemv/groups N=%d K=%d MMAX=%d%s%s%s threads=%d", N, K, mmax,
+             gated ? " gated silu" : "", bias ? " bias" : "", f32 ? " f32" : "", TH);
+    if (!kt_want(t, base))
+        return;
+    CUmodule mod = gemv_module(t, base, NULL, "gemv", "kiln::bf16", N, K, mmax, bias, gated,
+                               ACT_SILU, f32, TH);
+    if (!mod && !t->compile_only)
+        return;
+    CUfunction f = kt_func(t, mod, "k_gemv");
+    float *x = xmalloc(sizeof(float) * (size_t)MG * K), *w = xmalloc(sizeof(float) * (size_t)N * K);
+    float *b = xmalloc(sizeof(float) * (size_t)N);
+    kt_fill(t, x, (size_t)MG * K, 1.0f);
+    kt_fill(t, w, (size_t)N * K, 2.0f / sqrtf((float)K));
+    kt_fill(t, b, (size_t)N, 0.5f);
+    uint16_t *x16 = to_dt(x, (size_t)MG * K, 0), *w16 = to_dt(w, (size_t)N * K, 0);
+    uint16_t *b16 = to_dt(b, (size_t)N, 0);
+    CUdeviceptr dx = kt_upload(t, x16, sizeof(uint16_t) * (size_t)MG * K);
+    CUdeviceptr dw = kt_upload(t, w16, sizeof(uint16_t) * (size_t)N * K);
+    CUdeviceptr db = bias ? kt_upload(t, b16, sizeof(uint16_t) * (size_t)N) : 0;
+    /* y has MG + 8 rows, so that a write past row M shows at every M */
+    const size_t ybytes = (MG + 8) * row;
+    CUdeviceptr dy = kt_alloc(t, ybytes), dalone = kt_alloc(t, ybytes);
+    kiln_step st;
+    memset(&st, 0, sizeof st);
+    /* every row alone: M = 1 on row r's x and y */
+    for (int r = 0; r < MG; r++) {
+        CUdeviceptr xr = dx + (CUdeviceptr)r * K * 2, yr = dalone + (CUdeviceptr)r * row;
+        int one = 1;
+        st.T = st.n_seqs = 1;
+        void *args[] = {&st, &xr, &dw, &db, &yr, &one};
+        kt_launch(t, f, base, 1, gemv_blocks(N, gated), 1, (unsigned)TH, 0, args);
+    }
+    unsigned char *alone = xmalloc(ybytes), *got = xmalloc(ybytes);
+    kt_download(t, alone, dalone, ybytes);
+    for (int i = 0; i < nms; i++) {
+        const int M = ms[i];
+        char name[200], d[240];
+        snprintf(name, sizeof name, "%s M=%d vs M=1", base, M);
+        if (!t->compile_only) { /* back to the poison */
+            CUresult rc = t->cu.cuMemsetD8(dy, 0xFF, ybytes);
+            if (rc != CUDA_SUCCESS) {
+                kt_result(t, name, 0, "cuMemsetD8 of y failed");
+                continue;
+            }
+        }
+        st.T = st.n_seqs = M;
+        int m_arg = M;
+        void *args[] = {&st, &dx, &dw, &db, &dy, &m_arg};
+        kt_launch(t, f, name, gemv_groups(M, mmax), gemv_blocks(N, gated), 1, (unsigned)TH, 0,
+                  args);
+        kt_download(t, got, dy, ybytes);
+        size_t differ = (size_t)-1, touched = 0;
+        for (size_t k = 0; k < (size_t)M * row && differ == (size_t)-1; k++)
+            if (got[k] != alone[k])
+                differ = k;
+        for (size_t k = (size_t)M * row; k < ybytes && !t->compile_only; k++)
+            touched += got[k] != 0xFF;
+        if (differ != (size_t)-1)
+            snprintf(d, sizeof d, "row %zu (group %zu) differs from that row alone at column %zu",
+                     differ / row, differ / row / (size_t)mmax, differ % row / esz);
+        else if (touched)
+            snprintf(d, sizeof d, "wrote %zu bytes past row M=%d", touched, M);
+        else
+            snprintf(d, sizeof d, "%d rows identical to each row alone (%u groups)", M,
+                     gemv_groups(M, mmax));
+        kt_result(t, name, differ == (size_t)-1 && !touched, d);
+    }
+    /* the rows alone against the reference (so the groups are right, not only alike) */
+    float *gf = xmalloc(sizeof(float) * (size_t)MG * NOUT), *want = xmalloc(sizeof(float) * (size_t)MG * NOUT);
+    for (size_t k = 0; k < (size_t)MG * NOUT; k++) {
+        if (f32) {
+            memcpy(&gf[k], alone + 4 * k, 4);
+        } else {
+            uint16_t h;
+            memcpy(&h, alone + 2 * k, 2);
+            gf[k] = util_bf16_to_f32(h);
+        }
+    }
+    for (int m = 0; m < MG; m++)
+        for (int o = 0; o < NOUT; o++) {
+            double acc[2] = {0, 0};
+            for (int r = 0; r < (gated ? 2 : 1); r++) {
+                const int n = o + r * NOUT;
+                double sum = 0;
+                for (int k = 0; k < K; k++)
+                    sum += (double)x[(size_t)m * K + k] * w[(size_t)n * K + k];
+                acc[r] = sum + (bias ? b[n] : 0.0);
+            }
+            want[(size_t)m * NOUT + o] = (float)(gated ? kt_act(ACT_SILU, acc[0]) * acc[1] : acc[0]);
+        }
+    char name[200];
+    snprintf(name, sizeof name, "%s rows 0..%d alone vs reference", base, MG - 1);
+    kt_check(t, name, gf, want, (size_t)MG * NOUT, f32 ? 1e-5 : 1e-2);
+    kt_free(t, dx);
+    kt_free(t, dw);
+    if (db)
+        kt_free(t, db);
+    kt_free(t, dy);
+    kt_free(t, dalone);
+    free(x);
+    free(w);
+    free(b);
+    free(x16);
+    free(w16);
+    free(b16);
+    free(alone);
+    free(got);
+    free(gf);
+    free(want);
 }
 
 void ktest_gemv(kt *t)
@@ -321,6 +450,14 @@ void ktest_gemv(kt *t)
         gemv_case(t, &cases[i]);
     gemv_invariance(t, 2048, 2048, 8, 8);
     gemv_invariance(t, 1000, 14336, 7, 16);
+    static const int ms[] = {1, 7, 8, 9, 17, 64, 200};
+    const int nms = (int)(sizeof ms / sizeof ms[0]);
+    /* the logits' shape (float), a gated MLP with bias (bf16, K ending in a partial step), a
+     * plain linear at lower.c's 16 warps, and MMAX = 16 */
+    gemv_groups_case(t, 1000, 520, 8, 0, 0, 1, ms, nms);
+    gemv_groups_case(t, 1998, 520, 8, 1, 1, 0, ms, nms);
+    gemv_groups_case(t, 2048, 2048, 8, 0, 0, 0, ms, nms);
+    gemv_groups_case(t, 1000, 512, 16, 0, 1, 1, ms, nms);
 }
 
 /* ---------------------------------------------------------------- kiln-ktest --bench gemv */
@@ -350,8 +487,8 @@ typedef struct bbuf {
 
 /* The microseconds per launch of f, as a CUDA graph of 64 launches (as decode runs them: the time
  * includes the gap between two kernels of a graph), the best of 5 replays after a warm-up. */
-static int bench_one(kt *t, CUfunction f, unsigned blocks, unsigned threads, const bbuf *b, int M,
-                     double *us)
+static int bench_one(kt *t, CUfunction f, unsigned gx, unsigned gy, unsigned threads, const bbuf *b,
+                     int M, double *us)
 {
     enum { LAUNCHES = 64, REPLAYS = 5 };
     kiln_step st;
@@ -365,7 +502,7 @@ static int bench_one(kt *t, CUfunction f, unsigned blocks, unsigned threads, con
     for (int i = 0; i < LAUNCHES; i++) {
         CUdeviceptr dw = b->w[i % b->copies];
         void *args[] = {&st, (void *)&b->x, &dw, &db, (void *)&b->y, &m_arg};
-        BCK(cuLaunchKernel(f, blocks, 1, 1, threads, 1, 1, 0, t->stream, args, NULL));
+        BCK(cuLaunchKernel(f, gx, gy, 1, threads, 1, 1, 0, t->stream, args, NULL));
     }
     BCK(cuStreamEndCapture(t->stream, &g));
     BCK(cuGraphInstantiateWithFlags(&ge, g, 0));
@@ -454,7 +591,10 @@ static int bench_shape(kt *t, const bshape *s, const char *v0_src, bbuf *b, doub
         double us[NK];
         for (int k = 0; k < NK; k++) {
             us[k] = 0;
-            if ((M <= 8 || k == 5) && bench_one(t, f[k], blocks[k], th[k], b, M, &us[k]))
+            /* the old kernel's grid is its tiles; gemv.cuh's is (row groups: 1, tiles) */
+            if ((M <= 8 || k == 5) &&
+                bench_one(t, f[k], k == 0 ? blocks[k] : 1, k == 0 ? 1 : blocks[k], th[k], b, M,
+                          &us[k]))
                 return -1;
         }
 #define GBS(k) (us[k] > 0 ? (double)wbytes / (us[k] * 1e-6) / 1e9 : 0.0)
