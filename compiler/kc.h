@@ -37,6 +37,8 @@ typedef struct kc {
     int gemm_kiln;        /* --gemm kiln: prefill linears on kiln's own GEMM kernel, not cuBLASLt */
     int sm90a_only;       /* every --sm target is sm_90a (Hopper's arch-specific instructions may be
                            * used: kiln's GEMM is then templates/gemm90.cuh, lower.c) */
+    int batch_invariant;  /* --batch-invariant (implies gemm_kiln): lower.c gives every linear one
+                           * kernel per schedule, whatever the rows (ka_manifest.batch_invariant) */
     int tp;               /* --tp: ranks the shard pass splits the graph for; 0 = no shard pass
                            * (1 = one rank, with its collectives of one: the TP code path) */
     int64_t slab_bytes;   /* result of plan_memory */

@@ -81,6 +81,27 @@ static void push(lw *w, int which, const ka_step *s)
     }
 }
 
+/* A step that only runs at some row counts (a linear's GEMM or GEMV variant, or act_mul after
+ * the GEMM; s->size says which). By default both variants go to the schedules in `which` and the
+ * runtime picks one by the step's rows. With --batch-invariant the rows of a step depend on what
+ * else runs in it, and the GEMM and the GEMV round differently (different reduction orders; the
+ * gated GEMV fuses the activation), so each schedule keeps one variant for every row count: the
+ * prefill schedule the GEMM (kiln's, whose row results do not depend on M), the decode schedule
+ * the GEMV (whose launch covers any M in groups of gemv_max rows, templates/gemv.cuh). A prompt
+ * token then always goes through the GEMM and a generated one through the GEMV, whatever the
+ * chunking and the batch (the engine never runs a prompt chunk with the decode schedule in that
+ * mode: kb_item.prefill). */
+static void push_sized(lw *w, int which, ka_step *s)
+{
+    assert(s->size != KA_SIZE_ANY);
+    if (w->c->batch_invariant) {
+        which &= s->size == KA_SIZE_SMALL ? DEC : PRE;
+        s->size = KA_SIZE_ANY;
+    }
+    if (which)
+        push(w, which, s);
+}
+
 static ka_grid G(int t, int s, int q, int add, int div) { return (ka_grid){t, s, q, add, div}; }
 static ka_grid G1(void) { return G(0, 0, 0, 1, 1); }
 
@@ -550,25 +571,25 @@ static int low_linear(lw *w, int id)
         push(w, PRE, &s);
         s = gemm_step(w, n, last, wt, bias, part, N, K, K, N, 1, KA_ROWS_S);
         s.logits = KA_LOGITS_LAST;
-        push(w, PRE, &s);
+        push_sized(w, PRE, &s);
         s = gemv_step(w, n, last, wt, bias, part, N, K, 0, -1, 1, KA_ROWS_S);
         s.logits = KA_LOGITS_LAST;
-        push(w, PRE, &s);
+        push_sized(w, PRE, &s);
         logits_epilogue_step(w, n, part, hb, N, PRE, KA_LOGITS_LAST, KA_ROWS_S);
         gather_steps(w, n, part, all, N, tp, PRE, KA_LOGITS_LAST, KA_ROWS_S);
         s = gemm_step(w, n, x, wt, bias, part, N, K, K, N, 1, KA_ROWS_T);
         s.logits = KA_LOGITS_ALL;
-        push(w, PRE, &s);
+        push_sized(w, PRE, &s);
         s = gemv_step(w, n, x, wt, bias, part, N, K, 0, -1, 1, KA_ROWS_T);
         s.logits = KA_LOGITS_ALL;
-        push(w, PRE, &s);
+        push_sized(w, PRE, &s);
         logits_epilogue_step(w, n, part, hb, N, PRE, KA_LOGITS_ALL, KA_ROWS_T);
         gather_steps(w, n, part, all, N, tp, PRE, KA_LOGITS_ALL, KA_ROWS_T);
         /* decode: every row is the last of its sequence */
         s = gemm_step(w, n, x, wt, bias, part, N, K, K, N, 1, KA_ROWS_T);
-        push(w, DEC, &s);
+        push_sized(w, DEC, &s);
         s = gemv_step(w, n, x, wt, bias, part, N, K, 0, -1, 1, KA_ROWS_T);
-        push(w, DEC, &s);
+        push_sized(w, DEC, &s);
         logits_epilogue_step(w, n, part, hb, N, DEC, KA_LOGITS_ANY, KA_ROWS_T);
         gather_steps(w, n, part, all, N, tp, DEC, KA_LOGITS_ANY, KA_ROWS_T);
         w->m->vocab = (int)(N * tp);
@@ -579,9 +600,9 @@ static int low_linear(lw *w, int id)
         return -1;
     if (!gated) {
         ka_step s = gemm_step(w, n, x, wt, bias, y, N, K, K, N, 0, KA_ROWS_T);
-        push(w, BOTH, &s);
+        push_sized(w, BOTH, &s);
         s = gemv_step(w, n, x, wt, bias, y, N, K, 0, -1, 0, KA_ROWS_T);
-        push(w, BOTH, &s);
+        push_sized(w, BOTH, &s);
         return 0;
     }
     /* gated: GEMM into scratch [T, N] then act(gate) * up; or one GEMV with the epilogue */
@@ -590,7 +611,7 @@ static int low_linear(lw *w, int id)
         return -1;
     ka_arg tmp = A(KA_ARG_SCRATCH, scratch_at(w, (int64_t)w->c->max_tokens * N * w->esize));
     ka_step s = gemm_step(w, n, x, wt, bias, tmp, N, K, K, N, 0, KA_ROWS_T);
-    push(w, BOTH, &s);
+    push_sized(w, BOTH, &s);
     int ka = kern(w, "act_mul", ELEM_THREADS, 0, "const kiln_step st, const DT *gu, DT *out",
                   "kiln::act_mul<DT, %lld, %d, %d>(st, gu, out)", (long long)I, n->epi_act,
                   ELEM_THREADS);
@@ -599,9 +620,9 @@ static int low_linear(lw *w, int id)
     add_arg(&s, A(KA_ARG_STEP, 0));
     add_arg(&s, tmp);
     add_arg(&s, y);
-    push(w, BOTH, &s);
+    push_sized(w, BOTH, &s);
     s = gemv_step(w, n, x, wt, bias, y, N, K, 1, n->epi_act, 0, KA_ROWS_T);
-    push(w, BOTH, &s);
+    push_sized(w, BOTH, &s);
     return 0;
 }
 
@@ -747,7 +768,7 @@ static int low_moe_shared(lw *w, int id, ka_arg x, ka_arg *sum)
     *sum = A(KA_ARG_SCRATCH, scratch_at(w, T * H * w->esize));
     /* act(x . Wg) * (x . Wu): a GEMM then act_mul, or one gated GEMV */
     ka_step s = gemm_step(w, n, x, AW(w, gu), ANULL(), gu_out, 2 * I2, H, H, 2 * I2, 0, KA_ROWS_T);
-    push(w, BOTH, &s);
+    push_sized(w, BOTH, &s);
     int ka = kern(w, "act_mul", ELEM_THREADS, 0, "const kiln_step st, const DT *gu, DT *out",
                   "kiln::act_mul<DT, %lld, %d, %d>(st, gu, out)", (long long)I2, mo->act,
                   ELEM_THREADS);
@@ -756,15 +777,15 @@ static int low_moe_shared(lw *w, int id, ka_arg x, ka_arg *sum)
     add_arg(&s, A(KA_ARG_STEP, 0));
     add_arg(&s, gu_out);
     add_arg(&s, h);
-    push(w, BOTH, &s);
+    push_sized(w, BOTH, &s);
     s = gemv_step(w, n, x, AW(w, gu), ANULL(), h, 2 * I2, H, 1, mo->act, 0, KA_ROWS_T);
-    push(w, BOTH, &s);
+    push_sized(w, BOTH, &s);
     /* . Wd */
     ka_arg down = AW(w, n->in[KG_MOE_SH_DOWN]);
     s = gemm_step(w, n, h, down, ANULL(), *sum, H, I2, I2, H, 0, KA_ROWS_T);
-    push(w, BOTH, &s);
+    push_sized(w, BOTH, &s);
     s = gemv_step(w, n, h, down, ANULL(), *sum, H, I2, 0, -1, 0, KA_ROWS_T);
-    push(w, BOTH, &s);
+    push_sized(w, BOTH, &s);
     if (!mo->shared_gate)
         return 0;
     int kg = kern(w, "moe_shared_gate", MOE_THREADS, 0,
@@ -1365,6 +1386,7 @@ int lower(kc *c, lowered *out, kerr *err)
     m->max_seq_len = c->max_seq_len;
     m->gemv_max = GEMV_MAX;
     m->gemm_kiln = c->gemm_kiln;
+    m->batch_invariant = c->batch_invariant;
     /* longrope's switch for the scheduler; none when no sequence can pass it (config.c bounds it
      * to INT32_MAX) */
     int64_t rsw = posenc_rope_switch(c->g);

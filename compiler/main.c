@@ -61,7 +61,8 @@ typedef struct opts {
     /* compile */
     const char *out, *sm, *dtype;
     int gemm_kiln; /* --gemm kiln */
-    int gemm_cublaslt; /* --gemm cublaslt given (refused with --standalone) */
+    int gemm_cublaslt; /* --gemm cublaslt given (refused with --standalone, --batch-invariant) */
+    int batch_invariant; /* --batch-invariant */
     int standalone, embed_weights; /* --standalone, --embed-weights */
     int max_seq_len, max_batch, max_tokens;
 } opts;
@@ -128,6 +129,8 @@ static int parse_opts(const char *prog, int argc, char **argv, opts *o, int allo
             o->standalone = 1;
         else if (allow_dump == 3 && strcmp(a, "--embed-weights") == 0)
             o->embed_weights = 1;
+        else if (allow_dump == 3 && strcmp(a, "--batch-invariant") == 0)
+            o->batch_invariant = 1;
         else if (allow_dump == 3 && TAKE("--gemm") && !missing) {
             if (strcmp(val, "kiln") && strcmp(val, "cublaslt"))
                 return util_usage_error(prog, "--gemm: '%s' is not a GEMM (expected kiln or "
@@ -188,7 +191,8 @@ static kc_opts kopts(const opts *o, int need_weights)
     kc_opts k = {.spec = o->spec, .spec_path = o->spec_path, .n_spec_path = o->n_spec_path,
                  .strict = o->strict, .allow_nonfinite = o->allow_nonfinite,
                  .need_weights = need_weights, .ovr = &o->ovr, .tp = o->tp,
-                 .quant_fp8 = o->quant_fp8, .gemm_kiln = o->gemm_kiln};
+                 .quant_fp8 = o->quant_fp8, .gemm_kiln = o->gemm_kiln,
+                 .batch_invariant = o->batch_invariant};
     return k;
 }
 
@@ -785,6 +789,19 @@ static int cmd_compile(int argc, char **argv)
                                         "needs nothing but the NVIDIA driver): drop --gemm "
                                         "cublaslt, or drop --standalone");
     o.gemm_kiln |= o.standalone;
+    /* batch invariance rests on kiln's GEMM (one tile shape at every row count, lower.c); an
+     * all-reduce over ranks sums in an order NCCL picks by message size, that is by batch */
+    if (o.batch_invariant && o.gemm_cublaslt)
+        return util_usage_error(o.prog, "--batch-invariant needs kiln's own GEMM (cuBLASLt picks "
+                                        "its algorithm by the number of rows, so a row's result "
+                                        "depends on the batch): drop --gemm cublaslt");
+    if (o.batch_invariant && o.tp > 1)
+        return util_usage_error(o.prog, "--batch-invariant with --tp %d: the all-reduces sum the "
+                                        "ranks' parts in an order NCCL picks by message size, "
+                                        "which depends on the batch; compile for one GPU (no "
+                                        "--tp, or --tp 1)",
+                                o.tp);
+    o.gemm_kiln |= o.batch_invariant;
     if (o.help) {
         fprintf(o.help ? stdout : stderr,
                 "usage: kilnc compile MODEL_DIR -o OUT_DIR [options]\n\n"
@@ -823,6 +840,13 @@ static int cmd_compile(int argc, char **argv)
                 "  --embed-weights    with --standalone: append the shards too (page-aligned, "
                 "mapped from\n"
                 "                     the executable itself), so the file alone is the model\n"
+                "  --batch-invariant  every request's tokens and logits bit-identical whatever else\n"
+                "                     runs in the same steps (slower): the prefill linears on\n"
+                "                     kiln's GEMM at every row count, the decode linears on the\n"
+                "                     GEMV at every batch, and kiln never mixes decode tokens with\n"
+                "                     prompt chunks in one step. Implies --gemm kiln; not with\n"
+                "                     --gemm cublaslt or --tp N > 1. A request that is preempted\n"
+                "                     (recomputed when the KV cache runs out) is not covered\n"
                 "  --max-seq-len N    tokens per sequence, prompt + generated (default 2048, at most\n"
                 "                     the model's max_position_embeddings)\n"
                 "  --max-batch N      sequences per step (default 16)\n"

@@ -1,6 +1,7 @@
 /* pipeline — see pipeline.h. The one list of passes is here. */
 #include "pipeline.h"
 
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -96,6 +97,8 @@ int kc_open(kc *c, const char *model, const kc_opts *o, kerr *err)
     c->tp = o->tp;
     c->gemm_kiln = o->gemm_kiln;
     c->sm90a_only = o->sm90a_only;
+    c->batch_invariant = o->batch_invariant;
+    assert(!c->batch_invariant || c->gemm_kiln);
     if (!util_is_dir(model))
         return kerr_add(err, "%s: not a folder (expected a Hugging Face model folder with "
                              "config.json and *.safetensors)",

@@ -182,6 +182,8 @@ char *ka_manifest_json(const ka_manifest *m)
     json_object_set_new(r, "kernels", ks);
     json_object_set_new(r, "sample_kernel", json_integer(m->sample_kernel));
     json_object_set_new(r, "gemm", json_string(gemms[m->gemm_kiln]));
+    if (m->batch_invariant) /* absent in every other artifact, which stay as they were */
+        json_object_set_new(r, "batch_invariant", json_true());
     json_object_set_new(r, "prefill", jsteps(m->prefill, m->nprefill));
     json_object_set_new(r, "decode", jsteps(m->decode, m->ndecode));
     json_t *ws = json_array();
@@ -950,6 +952,13 @@ static void parse_tables(rd *r, json_t *root, ka_manifest *m)
         if (m->gemm_kiln < 0)
             bad(r, "top level: gemm is not \"cublaslt\" or \"kiln\"");
     }
+    /* optional: kilnc compile --batch-invariant (absent: false) */
+    json_t *bi = json_object_get(root, "batch_invariant");
+    if (bi && !r->bad) {
+        if (!json_is_boolean(bi))
+            bad(r, "top level: batch_invariant is not true or false");
+        m->batch_invariant = json_is_true(bi);
+    }
 
     json_t *ws = jlist(r, root, "top level", "weights", KA_MAX_WEIGHTS, &m->nweights);
     m->weights = xcalloc((size_t)(m->nweights ? m->nweights : 1), sizeof(ka_weight));
@@ -1035,6 +1044,29 @@ static void parse_shard_blobs(rd *r, json_t *root, ka_manifest *m)
     }
 }
 
+/* A batch-invariant artifact (kilnc compile --batch-invariant): kiln's GEMM, one rank, and no
+ * step chosen by the row count, so each schedule runs the same kernels at every batch (the
+ * engine keeps decode tokens and prompt chunks in separate steps: kb_info.batch_invariant). */
+static void check_invariant(rd *r, const ka_manifest *m)
+{
+    if (!m->gemm_kiln || m->tp != 1) {
+        bad(r, "top level: batch_invariant needs gemm \"kiln\" and tp 1 (got gemm \"%s\", tp %d)",
+            gemms[m->gemm_kiln], m->tp);
+        return;
+    }
+    for (int pass = 0; pass < 2; pass++) {
+        const ka_step *st = pass ? m->decode : m->prefill;
+        int n = pass ? m->ndecode : m->nprefill;
+        for (int i = 0; i < n; i++)
+            if (st[i].size != KA_SIZE_ANY) {
+                bad(r, "%s step %d (%.80s): size %d in a batch_invariant artifact (expected 0: "
+                       "no step chosen by the row count)",
+                    pass ? "decode" : "prefill", i, st[i].label, (int)st[i].size);
+                return;
+            }
+    }
+}
+
 static int parse_manifest(rd *r, const char *text, size_t len, ka_manifest *m)
 {
     json_error_t je;
@@ -1065,6 +1097,8 @@ static int parse_manifest(rd *r, const char *text, size_t len, ka_manifest *m)
     if (!r->bad && m->gemm_kiln && m->cublaslt_steps)
         bad(r, "top level: gemm is \"kiln\" but the schedules hold %d cuBLASLt GEMM steps",
             m->cublaslt_steps);
+    if (!r->bad && m->batch_invariant)
+        check_invariant(r, m);
     json_decref(root);
     return r->bad ? -1 : 0;
 }

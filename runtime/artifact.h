@@ -257,6 +257,9 @@ typedef struct ka_manifest {
     int gemm_kiln;          /* kilnc --gemm kiln: the prefill linears are kiln's own GEMM kernel
                              * (templates/gemm.cuh), no cuBLASLt step (ka_read checks that);
                              * "gemm": "kiln" | "cublaslt" in the manifest, absent: cublaslt */
+    int batch_invariant;    /* kilnc compile --batch-invariant: implies gemm_kiln and tp 1, and
+                             * no step of either schedule has a size condition (ka_read checks
+                             * it); "batch_invariant": true in the manifest, absent: false */
     int cublaslt_steps;     /* KA_GEMM steps in prefill + decode (0: cuBLASLt is never loaded);
                              * derived by ka_read, not stored */
     ka_shard *shards;       /* tp entries, shards[r] is rank r's */

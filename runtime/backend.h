@@ -49,6 +49,10 @@ typedef struct kb_info {
     int kv_blocks;          /* usable KV blocks, ids 1 .. kv_blocks */
     int rope_switch;        /* longrope: a sequence longer than this many tokens rotates with the
                              * long factors from its first token (kb_item.rope_len); 0: none */
+    int batch_invariant;    /* an item's tokens and logits do not depend on the other items of
+                             * its step, provided no step mixes decode tokens with prefill chunks
+                             * (kilnc compile --batch-invariant): the scheduler then runs the
+                             * decodes and the chunks it plans together as two steps */
     int n_eos;
     const int32_t *eos;     /* end-of-sequence ids */
 } kb_info;
@@ -62,6 +66,11 @@ typedef struct kb_item {
     const int32_t *types;   /* [n] token types, or NULL (all 0) */
     const int32_t *blocks;  /* KV blocks covering pos + n tokens */
     int nblocks;
+    int prefill;            /* a prefill chunk (of the prompt, or of a recomputed sequence), not
+                             * the decode of the last generated token, whatever n is: a
+                             * batch-invariant backend runs it with its prefill kernels even at
+                             * n == 1, so a prompt token takes the same kernels however the prompt
+                             * was chunked (callers without a scheduler may leave it 0) */
     int rope_len;           /* the sequence's length as longrope's switch sees it: the whole
                              * prompt (or recomputed sequence) while it is prefilled in chunks,
                              * as transformers' one forward over it; pos + n when less (0) */

@@ -197,6 +197,7 @@ static int run_prefill(bench *B, int tokens, double *sec, kerr *err)
     for (int pos = 0; pos < tokens;) {
         int n = tokens - pos < B->in->max_tokens ? tokens - pos : B->in->max_tokens;
         B->items[0] = item(0, pos, n, B->ids + pos, B->blocks, pos + n == tokens, 0);
+        B->items[0].prefill = 1;
         if (B->b->step(B->b, B->items, 1, err))
             return -1;
         pos += n;
@@ -224,6 +225,7 @@ static int run_decode(bench *B, int nseq, int steps, double *sec, kerr *err)
             B->items[n_items++] = item(s, B->pos[s], n, B->ids + s + B->pos[s],
                                        B->blocks + (size_t)s * per,
                                        B->pos[s] + n == KBENCH_DECODE_PROMPT, 0);
+            B->items[n_items - 1].prefill = 1;
             n_tok += n;
         }
         if (B->b->step(B->b, B->items, n_items, err))

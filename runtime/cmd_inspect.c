@@ -145,6 +145,12 @@ int cmd_inspect(int argc, char **argv)
     printf("gemm         %s: %d cuBLASLt steps%s\n",
            m->gemm_kiln ? "kiln (kilnc compile --gemm kiln)" : "cublaslt", m->cublaslt_steps,
            m->cublaslt_steps ? " (kiln loads libcublasLt)" : " (no cuBLASLt needed)");
+    printf("batching     %s\n",
+           m->batch_invariant
+               ? "invariant (kilnc compile --batch-invariant): a request's tokens and logits "
+                 "are the same bits whatever else runs in its steps"
+               : "a row's logits may differ in their last bits with the batch around it "
+                 "(kilnc compile --batch-invariant makes them invariant)");
     printf("parallel     tp %d: %d GPU%s, %d collective steps%s\n", m->tp, m->tp,
            m->tp > 1 ? "s" : "", m->collectives,
            m->collectives ? " (NCCL)" : " (no NCCL needed)");

@@ -1062,6 +1062,7 @@ static int warm_up(kmodel *m, kerr *err)
             memset(it, 0, sizeof *it);
             it->slot = n;
             it->n = T - done < per ? T - done : per;
+            it->prefill = 1;
             it->ids = ids;
             it->blocks = blocks;
             it->nblocks = (it->n + KILN_BLOCK - 1) / KILN_BLOCK;
@@ -1610,10 +1611,11 @@ static int run_job(kdev *d, job_kind job, kerr *err)
 }
 
 /* backend.h's step. One token per item and nothing but the next token wanted: the decode
- * schedule over a padded bucket from its CUDA graph. Anything else (prefill chunks, with or
- * without decodes among them, prompt logits, embeddings): the prefill schedule, which handles
- * sequences whose cache already holds earlier tokens (that is how chunked prefill works). The
- * host arrays are filled once here; every device uploads and runs them (run_all). */
+ * schedule over a padded bucket from its CUDA graph (in a batch-invariant artifact, only when
+ * the items are decodes, not one-token prompt chunks: kb_item.prefill). Anything else (prefill
+ * chunks, with or without decodes among them, prompt logits, embeddings): the prefill schedule,
+ * which handles sequences whose cache already holds earlier tokens (that is how chunked prefill
+ * works). The host arrays are filled once here; every device uploads and runs them (run_all). */
 static int engine_step(kbackend *b, kb_item *items, int n, kerr *err)
 {
     kmodel *m = (kmodel *)((char *)b - offsetof(kmodel, kb));
@@ -1621,7 +1623,12 @@ static int engine_step(kbackend *b, kb_item *items, int n, kerr *err)
     assert(n >= 1 && n <= man->max_seqs);
     int decode = !man->output_pool, all = 0, any = 0, lp = 0, Q;
     for (int r = 0; r < n; r++) {
-        decode &= items[r].n == 1 && !items[r].prompt_logits;
+        /* batch-invariant: a prompt chunk of one token takes the prefill schedule too (its
+         * linears are the GEMM there, the GEMV in decode: different roundings), and the
+         * scheduler never mixes the two kinds (kb_info.batch_invariant) */
+        assert(!man->batch_invariant || items[r].prefill == items[0].prefill);
+        decode &= items[r].n == 1 && !items[r].prompt_logits &&
+                  !(man->batch_invariant && items[r].prefill);
         all |= items[r].prompt_logits != NULL;
         any |= items[r].sample;
         lp |= items[r].sample && items[r].logprobs > 0;
@@ -1819,6 +1826,7 @@ static void init_backend(kmodel *m)
     in->n_eos = man->n_eos;
     in->eos = (const int32_t *)man->eos;
     in->rope_switch = man->rope_switch;
+    in->batch_invariant = man->batch_invariant;
     m->kb.info = in;
     m->kb.step = engine_step;
     m->kb.describe = engine_describe;

@@ -574,6 +574,7 @@ static void add_item(ksched *s, kreq *r, int n, int *scratch_used)
     it->blocks = r->kv.blocks;
     it->nblocks = r->kv.n;
     it->rope_len = r->n_eff > r->pos + n ? r->n_eff : r->pos + n;
+    it->prefill = r->pos < r->n_eff;
     it->sample = !in->embed && r->max_new > 0 && r->pos + n >= r->n_eff;  /* last chunk or decode */
     it->sp = r->sp;
     it->sp.index = r->n_gen;
@@ -750,7 +751,20 @@ int ks_step(ksched *s, kerr *err)
     int n = s->n_items;
     if (n == 0)
         return 0;
-    if (s->b->step(s->b, s->items, n, err) < 0) {
+    /* A batch-invariant backend computes an item alike in any step of its own kind only: its
+     * decode steps and its prefill steps run different kernels. So the decodes (plan() puts them
+     * first) and the prefill chunks run as two steps, before any result is delivered: the same
+     * items, order and stall as one step. */
+    int nd = n;
+    if (s->info->batch_invariant) {
+        nd = 0;
+        while (nd < n && !s->items[nd].prefill)
+            nd++;
+        for (int k = nd; k < n; k++)
+            assert(s->items[k].prefill);
+    }
+    if ((nd > 0 && s->b->step(s->b, s->items, nd, err) < 0) ||
+        (nd < n && s->b->step(s->b, s->items + nd, n - nd, err) < 0)) {
         fail_all(s, kerr_msg(err));
         return -1;
     }

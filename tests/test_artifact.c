@@ -88,14 +88,18 @@ static int write_kiln(const char *path, ka_manifest *m, kerr *err)
     return ka_write(path, m, data, err);
 }
 
-static void lower_fixture_tp(kc *c, const char *dir, int tp)
+/* invariant: kilnc compile --batch-invariant (with the kiln GEMM it implies) */
+static void lower_fixture_with(kc *c, const char *dir, int tp, int invariant)
 {
-    kc_opts o = {.need_weights = 1, .max_seq_len = 128, .max_seqs = 4, .max_tokens = 64, .tp = tp};
+    kc_opts o = {.need_weights = 1, .max_seq_len = 128, .max_seqs = 4, .max_tokens = 64, .tp = tp,
+                 .gemm_kiln = invariant, .batch_invariant = invariant};
     kerr err;
     kerr_clear(&err);
     if (kc_open(c, dir, &o, &err) || kc_run(c, NULL, NULL, NULL, &err))
         fail_msg("%s: %s", dir, kerr_msg(&err));
 }
+
+static void lower_fixture_tp(kc *c, const char *dir, int tp) { lower_fixture_with(c, dir, tp, 0); }
 
 static void lower_fixture(kc *c, const char *dir) { lower_fixture_tp(c, dir, 0); }
 
@@ -746,13 +750,14 @@ static void test_bad_fields_resigned(void **state)
 
 /* ---------------------------------------------------------------- tensor parallelism */
 
-/* A fixture's manifest at --tp `tp` (no blobs: read through ka_wrap_manifest), as JSON to edit. */
-static json_t *fixture_manifest(const char *name, int tp)
+/* A fixture's manifest at --tp `tp` (no blobs: read through ka_wrap_manifest), as JSON to edit;
+ * invariant: compiled with --batch-invariant. */
+static json_t *fixture_manifest_with(const char *name, int tp, int invariant)
 {
     char dir[256];
     snprintf(dir, sizeof dir, FIX "%s", name);
     kc c;
-    lower_fixture_tp(&c, dir, tp);
+    lower_fixture_with(&c, dir, tp, invariant);
     ka_manifest *m = &c.low->m;
     set_identity(m, name, &c);
     m->shard_chunk = HASH_CHUNK;
@@ -762,6 +767,11 @@ static json_t *fixture_manifest(const char *name, int tp)
     free(js);
     kc_free(&c);
     return r;
+}
+
+static json_t *fixture_manifest(const char *name, int tp)
+{
+    return fixture_manifest_with(name, tp, 0);
 }
 
 /* `base` (a manifest without blobs) is accepted unedited, and refused with each case's edit with
@@ -929,6 +939,57 @@ static void test_gemm_field(void **state)
         fail_msg("%s", kerr_msg(&err));
     assert_int_equal(f->m.gemm_kiln, 0);
     assert_int_equal(f->m.cublaslt_steps, 19);
+    ka_file_free(f);
+    free(d);
+    free(js);
+    json_decref(base);
+}
+
+/* kilnc compile --batch-invariant: "batch_invariant": true, only with kiln's GEMM on one rank
+ * and no step chosen by the row count. */
+static void b_type(json_t *r) { json_object_set_new(r, "batch_invariant", json_integer(1)); }
+static void b_cublaslt(json_t *r) { json_object_set_new(r, "gemm", json_string("cublaslt")); }
+static void b_sized(json_t *r)
+{
+    json_t *st = json_array_get(json_object_get(r, "decode"), 3);
+    json_object_set_new(st, "size", json_integer(KA_SIZE_SMALL));
+}
+
+static void test_batch_invariant_field(void **state)
+{
+    (void)state;
+    json_t *base = fixture_manifest_with("llama", 0, 1);
+    assert_true(json_is_true(json_object_get(base, "batch_invariant")));
+    char *js = json_dumps(base, JSON_COMPACT);
+    size_t n;
+    unsigned char *d = ka_wrap_manifest(js, strlen(js), &n);
+    kerr err;
+    kerr_clear(&err);
+    ka_file *f = ka_read_mem("art/model.kiln", d, n, &err);
+    if (!f)
+        fail_msg("%s", kerr_msg(&err));
+    assert_int_equal(f->m.batch_invariant, 1);
+    assert_int_equal(f->m.gemm_kiln, 1);
+    assert_int_equal(f->m.cublaslt_steps, 0);
+    ka_file_free(f);
+    free(d);
+    free(js);
+    const bad_case cases[] = {
+        {"batch_invariant type", b_type, {"top level: batch_invariant is not true or false"}},
+        {"batch_invariant on cuBLASLt", b_cublaslt, {"top level: batch_invariant needs gemm \"kiln\" and tp 1 (got gemm \"cublaslt\", tp 1)"}},
+        {"batch_invariant sized step", b_sized, {"decode step 3 (", "): size 1 in a batch_invariant artifact"}},
+    };
+    expect_refused(base, cases, ARRAY_LEN(cases));
+    /* every other artifact: no field, read as false */
+    base = fixture_manifest("llama", 0);
+    assert_null(json_object_get(base, "batch_invariant"));
+    js = json_dumps(base, JSON_COMPACT);
+    d = ka_wrap_manifest(js, strlen(js), &n);
+    kerr_clear(&err);
+    f = ka_read_mem("art/model.kiln", d, n, &err);
+    if (!f)
+        fail_msg("%s", kerr_msg(&err));
+    assert_int_equal(f->m.batch_invariant, 0);
     ka_file_free(f);
     free(d);
     free(js);
@@ -1139,6 +1200,7 @@ int main(void)
         cmocka_unit_test(test_tp_fields),
         cmocka_unit_test(test_labels_fields),
         cmocka_unit_test(test_gemm_field),
+        cmocka_unit_test(test_batch_invariant_field),
         cmocka_unit_test(test_shard_pristine),
         cmocka_unit_test(test_shard_of_another_model),
         cmocka_unit_test(test_shard_truncated_or_modified),

@@ -8,8 +8,9 @@
  * request (temperature > 0) hashes (sequence, seed, sp.index). It checks every step against
  * backend.h's contract (items and tokens within the limits, no slot twice, pos equal to the slot's
  * length or 0, rope_len at least pos + n, blocks covering pos + n, distinct within the step and in
- * range) and counts the violations, which every test asserts to be 0 (steps may run on another
- * thread, so it does not call cmocka there). A request's expected output is the same request run alone on a roomy cache.
+ * range, an item of several tokens marked prefill, and with info.batch_invariant no step mixing
+ * decode tokens with prefill chunks) and counts the violations, which every test asserts to be 0
+ * (steps may run on another thread, so it does not call cmocka there). A request's expected output is the same request run alone on a roomy cache.
  */
 #include "testutil.h"
 
@@ -39,7 +40,7 @@ typedef struct fake {
     /* step log: per step, per item, the sequence's first token, pos and n */
     int log_steps;
     int logn[256];
-    int logfirst[256][8], logpos[256][8], logn_tok[256][8], logrope[256][8];
+    int logfirst[256][8], logpos[256][8], logn_tok[256][8], logrope[256][8], logprefill[256][8];
 } fake;
 
 static void violation(fake *f, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -101,6 +102,11 @@ static int fake_step(kbackend *b, kb_item *items, int n, kerr *err)
     int L = f->log_steps < 256 ? f->log_steps : -1;
     for (int k = 0; k < n && k < in->max_seqs; k++) {
         kb_item *it = &items[k];
+        FCHECK(f, it->n == 1 || it->prefill, "step %d item %d: %d tokens not marked prefill",
+               f->nsteps, k, it->n);
+        FCHECK(f, !in->batch_invariant || it->prefill == items[0].prefill,
+               "step %d: items %d and 0 are a decode and a prefill chunk in one step of a "
+               "batch-invariant backend", f->nsteps, k);
         if (it->slot < 0 || it->slot >= in->max_seqs || slot_seen[it->slot]) {
             violation(f, "step %d item %d: slot %d out of range or used twice", f->nsteps, k,
                       it->slot);
@@ -156,6 +162,7 @@ static int fake_step(kbackend *b, kb_item *items, int n, kerr *err)
             f->logpos[L][k] = it->pos;
             f->logn_tok[L][k] = it->n;
             f->logrope[L][k] = it->rope_len;
+            f->logprefill[L][k] = it->prefill;
         }
         if (in->embed) {
             FCHECK(f, it->pos == 0 && it->embedding && !it->sample,
@@ -368,6 +375,7 @@ static void run_alone(const fake *like, const ks_params *p, rec *out)
     f->info.n_eos = like->info.n_eos;
     memcpy(f->eos, like->eos, sizeof f->eos);
     f->info.embed = like->info.embed;
+    f->info.batch_invariant = like->info.batch_invariant;
     ksched *s = sched_new(f, 4);
     memset(out, 0, sizeof *out);
     ks_params q = *p;
@@ -547,6 +555,122 @@ static void test_chunking(void **state)
     run_alone(f, &pb, &alone);
     assert_same_tokens(&rb, &alone);
     assert_kv_empty(s);
+    assert_fake_ok(f);
+    ks_free(s);
+    fake_free(&f->b);
+    free(b);
+}
+
+/* A batch-invariant backend (kb_info.batch_invariant): test_chunking's load, where a running
+ * request decodes beside a 1000-token prompt's chunks, now runs each scheduler step as two
+ * backend steps, the decode then the chunk, with the same chunks, the same token per step for the
+ * decoding request, and nothing mixed; a 1-token prompt's chunk is marked prefill; then twelve
+ * requests of mixed lengths (greedy and seeded), more than the slots, interleave with chunking and
+ * still give what each gives alone. */
+static void test_batch_invariant(void **state)
+{
+    (void)state;
+    fake *f = fake_new(4, 64, 2048, 128);
+    f->info.batch_invariant = 1;
+    ksched *s = sched_new(f, 16);
+    int32_t a[5], c[1], *b = xmalloc(1000 * sizeof *b);
+    make_prompt(a, 5, 1, 1);
+    make_prompt(b, 1000, 2, 2);
+    make_prompt(c, 1, 3, 3);
+    rec ra = {0}, rb = {0}, rc = {0};
+    ks_params pa = params(a, 5, 60, &ra);
+    pa.ignore_eos = 1;
+    submit_ok(s, &pa);
+    kerr e;
+    kerr_clear(&e);
+    assert_int_equal(ks_step(s, &e), 1);        /* a's prefill, and its first token */
+    assert_int_equal(f->nsteps, 1);
+    ks_params pb = params(b, 1000, 2, &rb);
+    submit_ok(s, &pb);
+    int chunks = 0, start = f->log_steps;
+    while (rb.n == 0) {
+        int before = ra.n, steps = f->nsteps;
+        kerr_clear(&e);
+        assert_int_equal(ks_step(s, &e), 2);
+        assert_int_equal(ra.n, before + 1);     /* a decoded in this scheduler step too */
+        assert_int_equal(f->nsteps, steps + 2); /* as a step of its own */
+        chunks++;
+        assert_true(chunks <= 100);
+    }
+    assert_int_equal(chunks, 16);               /* as test_chunking: 63 tokens beside a's decode */
+    int pos = 0;
+    for (int L = start; L < f->log_steps; L += 2) {
+        assert_int_equal(f->logn[L], 1);        /* the decode, alone, first */
+        assert_int_equal(f->logfirst[L][0], 1);
+        assert_int_equal(f->logn_tok[L][0], 1);
+        assert_int_equal(f->logprefill[L][0], 0);
+        assert_int_equal(f->logn[L + 1], 1);    /* then b's chunk */
+        assert_int_equal(f->logfirst[L + 1][0], 2);
+        assert_int_equal(f->logpos[L + 1][0], pos);
+        assert_int_equal(f->logprefill[L + 1][0], 1);
+        assert_true(f->logn_tok[L + 1][0] <= 63);
+        pos += f->logn_tok[L + 1][0];
+    }
+    assert_int_equal(pos, 1000);
+    /* a 1-token prompt: its one chunk is a prefill item of one token, not among the decodes */
+    ks_params pc = params(c, 1, 4, &rc);
+    submit_ok(s, &pc);
+    start = f->log_steps;
+    kerr_clear(&e);
+    assert_true(ks_step(s, &e) >= 2);
+    int seen = 0;
+    for (int L = start; L < f->log_steps; L++)
+        for (int k = 0; k < f->logn[L]; k++)
+            if (f->logfirst[L][k] == 3) {
+                assert_int_equal(f->logn_tok[L][k], 1);
+                assert_int_equal(f->logprefill[L][k], 1);
+                assert_int_equal(f->logn[L], 1); /* (a and b decode in the step before) */
+                seen++;
+            }
+    assert_int_equal(seen, 1);
+    drain(s);
+    rec alone;
+    ks_params *ps[3] = {&pa, &pb, &pc};
+    rec *rs[3] = {&ra, &rb, &rc};
+    for (int i = 0; i < 3; i++) {
+        assert_clean(rs[i]);
+        run_alone(f, ps[i], &alone);
+        assert_same_tokens(rs[i], &alone);
+    }
+    assert_kv_empty(s);
+
+    /* twelve requests on four slots and 24 tokens per step: prompts of 1 to 90 tokens (chunked,
+     * and admitted as others finish), every third one sampled with a seed */
+    static const int lens[12] = {1, 5, 23, 40, 90, 3, 64, 2, 24, 25, 7, 50};
+    fake *g = fake_new(4, 24, 256, 256);
+    g->info.batch_invariant = 1;
+    ksched *t = sched_new(g, 16);
+    int32_t pr[12][90];
+    rec r[12];
+    ks_params p[12];
+    memset(r, 0, sizeof r);
+    for (int i = 0; i < 12; i++) {
+        make_prompt(pr[i], lens[i], 10 + i, (uint64_t)(100 + i));
+        p[i] = params(pr[i], lens[i], 5 + i % 7, &r[i]);
+        p[i].ignore_eos = 1;
+        if (i % 3 == 2) {
+            p[i].sp.temperature = 0.8f;
+            p[i].sp.seed = (uint64_t)(1000 + i);
+        }
+        submit_ok(t, &p[i]);
+    }
+    int ks_steps = drain(t);
+    assert_true(g->nsteps > ks_steps);          /* some scheduler steps ran as two */
+    for (int i = 0; i < 12; i++) {
+        assert_clean(&r[i]);
+        assert_int_equal(r[i].n, 5 + i % 7);
+        run_alone(g, &p[i], &alone);
+        assert_same_tokens(&r[i], &alone);
+    }
+    assert_kv_empty(t);
+    assert_fake_ok(g);
+    ks_free(t);
+    fake_free(&g->b);
     assert_fake_ok(f);
     ks_free(s);
     fake_free(&f->b);
@@ -1319,6 +1443,7 @@ int main(void)
         cmocka_unit_test(test_kvcache),
         cmocka_unit_test(test_fcfs),
         cmocka_unit_test(test_chunking),
+        cmocka_unit_test(test_batch_invariant),
         cmocka_unit_test(test_preemption),
         cmocka_unit_test(test_rope_switch),
         cmocka_unit_test(test_preempted_first),

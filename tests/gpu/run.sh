@@ -24,7 +24,9 @@
 # replace the fixture lists (e.g. only the fixtures a change touched); KILN_SAN=0 skips the sanitizer
 # and KILN_KTEST=0 the kernel tests; RUN_FP8Q= skips the --quant fp8 compile of the llama fixture;
 # RUN_KGEMM=0 skips section 3c (fixtures compiled with kiln's own GEMM, kilnc compile --gemm kiln),
-# RUN_KGEMM_FIX replaces its fixture list.
+# RUN_KGEMM_FIX replaces its fixture list; RUN_INVARIANT=0 skips section 3d (kilnc compile
+# --batch-invariant: 64 prompts together against each alone, bit for bit), RUN_INVARIANT_FIX
+# replaces its fixture list.
 set -u
 cd "$(dirname "$0")/../.."
 LOG=/tmp/kiln-gpu-logs
@@ -77,6 +79,7 @@ FP16=${RUN_FP16-"llama llama_tied_oldstyle llama_linear_oldstyle mistral qwen2 q
 # compile all in parallel (NVRTC is single-threaded per unit), and HF's bf16 baseline meanwhile
 FP8Q=${RUN_FP8Q-llama_fp8q}
 KGEMM=; [ "${RUN_KGEMM:-1}" = 1 ] && KGEMM=${RUN_KGEMM_FIX-"llama mixtral bloom deepseek_v2 bert qwen2_cls"}
+INVAR=; [ "${RUN_INVARIANT:-1}" = 1 ] && INVAR=${RUN_INVARIANT_FIX-"llama mixtral"}
 timeout 300 $PY tests/gpu/hf_bf16.py $ART $GEN $CLS $FP8Q > $LOG/hf_bf16.log 2>&1 &
 HF_PID=$!
 { for f in $GEN $EMB $CLS; do
@@ -87,6 +90,9 @@ HF_PID=$!
   done
   for f in $KGEMM; do
     echo "$BIN/kilnc compile tests/fixtures/$f -o $ART/${f}_kgemm --gemm kiln --sm $SM --max-batch 8 > $LOG/compile_${f}_kgemm.log 2>&1 || echo COMPILE_FAIL ${f}_kgemm"
+  done
+  for f in $INVAR; do
+    echo "$BIN/kilnc compile tests/fixtures/$f -o $ART/${f}_bi --batch-invariant --sm $SM --max-batch 64 --max-tokens 96 --max-seq-len 128 > $LOG/compile_${f}_bi.log 2>&1 || echo COMPILE_FAIL ${f}_bi"
   done
   [ -n "$FP8Q" ] && echo "$BIN/kilnc compile tests/fixtures/llama --quant fp8 -o $ART/llama_fp8q --sm $SM --max-batch 8 > $LOG/compile_llama_fp8q.log 2>&1 || echo COMPILE_FAIL llama_fp8q"; } | xargs -P "$(nproc)" -I{} bash -c "{}" > "$LOG/compile_failures.txt"
 row "$(printf '%-24s %s s' "compiled (and HF bf16)" $(( $(date +%s) - T0 )))"
@@ -411,6 +417,57 @@ if [ -f $ART/llama_kgemm/model.kiln ] && ! skip_late "llama_kgemm batch"; then
     shown
   done
 fi
+
+# 3d. batch invariance (kilnc compile --batch-invariant; RUN_INVARIANT=0 skips): each fixture of
+# $INVAR compiled with --max-batch 64 --max-tokens 96, so that 64 prompts of 1 to 90 tokens (slices
+# of the fixture's prompt) run in one kiln run in steps of at most 96 tokens: prompts are admitted
+# as tokens allow and prefilled in chunks beside up to 64 decodes (which the scheduler runs as
+# steps of their own), the decodes in buckets of up to 64 rows (the GEMV's row groups). Rows:
+#   F_bi vs HF         the fixture's prompt against HF: compare.py gen, the criteria of the rows above
+#   F_bi x64 greedy    the 64 prompts together against each one run alone (its own kiln run of the
+#                      same artifact, 8 at a time): greedy tokens and the logits of every prompt
+#                      position bit for bit (compare.py batch-exact; the dump's logits are the
+#                      prefill's, the tokens after the first come from decode steps)
+#   F_bi x64 seeded    the same with --temperature 1 --top-k 40 --seed 7
+# --kv-memory 0.02 (about 2.8 GB of an H200): the fixtures need a few MB, so nothing is preempted
+# (a preempted request is recomputed through the prefill kernels: not covered, kilnc compile
+# --help says so), and eight processes fit at once.
+for f in $INVAR; do
+  g=${f}_bi
+  skip_late $g && continue
+  if grep -q "COMPILE_FAIL $g\$" "$LOG/compile_failures.txt"; then
+    row "$(printf '%-24s FAIL compile: %s' $g "$(grep -m1 error $LOG/compile_$g.log)")"; fail=1; continue
+  fi
+  ids=$($PY tests/gpu/compare.py ids tests/fixtures/$f)
+  [ -f $ART/$f.ref.st ] || $BIN/kilnc ref tests/fixtures/$f --ids $ids --max-new 16 --dump $ART/$f.ref.st > $LOG/ref_$f.log 2>&1
+  if ! $BIN/kiln run $ART/$g --ids $ids --max-new 16 --ignore-eos --dump $ART/$g.kiln.st > $LOG/run_$g.log 2>&1; then
+    row "$(printf '%-24s FAIL run: %s' $g "$(grep -m1 -i error $LOG/run_$g.log)")"; fail=1; continue
+  fi
+  base=$ART/$f.hfbf16.st; [ -f $base ] || base=
+  $PY tests/gpu/compare.py gen "$g vs HF" tests/fixtures/$f $ART/$g.kiln.st $ART/$f.ref.st $base >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
+  shown
+  # prompt i: 1 + 37i mod 90 tokens of the fixture's prompt (cyclic), from token 5i
+  mapfile -t P < <($PY -c "import sys; t = sys.argv[1].split(','); [print(','.join(t[(5 * i + k) % len(t)] for k in range(1 + 37 * i % 90))) for i in range(64)]" "$ids")
+  for mode in greedy seeded; do
+    skip_late "$g x64 $mode" && continue
+    samp=; [ $mode = seeded ] && samp="--temperature 1 --top-k 40 --seed 7"
+    singles=(); args=()
+    for i in "${!P[@]}"; do singles+=($ART/$g.$mode.$i.st); args+=(--ids "${P[$i]}"); done
+    for i in "${!P[@]}"; do
+      echo "$BIN/kiln run $ART/$g --ids ${P[$i]} $samp --max-new 16 --ignore-eos --kv-memory 0.02 --dump $ART/$g.$mode.$i.st > $LOG/bi_$g.$mode.$i.log 2>&1 || echo ALONE_FAIL $i"
+    done | xargs -P 8 -I{} bash -c "{}" > $LOG/bi_$g.$mode.failures.txt
+    if [ -s $LOG/bi_$g.$mode.failures.txt ]; then
+      row "$(printf '%-24s FAIL alone runs: %s' "$g x64 $mode" "$(tr '\n' ' ' < $LOG/bi_$g.$mode.failures.txt | cut -c1-120)")"; fail=1; continue
+    fi
+    # shellcheck disable=SC2086
+    if $BIN/kiln run $ART/$g "${args[@]}" $samp --max-new 16 --ignore-eos --kv-memory 0.02 --dump $ART/$g.$mode.batch.st > $LOG/bi_$g.$mode.log 2>&1; then
+      $PY tests/gpu/compare.py batch-exact "$g x64 $mode" "${singles[@]}" -- $ART/$g.$mode.batch.st >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
+      shown
+    else
+      row "$(printf '%-24s FAIL batch run: %s' "$g x64 $mode" "$(grep -m1 -i error $LOG/bi_$g.$mode.log)")"; fail=1
+    fi
+  done
+done
 
 # 4. compute-sanitizer, one fixture per family (its own table; its logs as sanitize-logs.tgz)
 if [ "${KILN_SAN:-1}" = 1 ]; then
