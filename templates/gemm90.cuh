@@ -328,6 +328,7 @@ __device__ __forceinline__ void gemm90(int M, const DT *x, long long ldx, const 
     for (int kt = 0; kt < KT; kt++) {
         const int s = kt % STAGES;
         bar_wait(bars + 8 * s, kt / STAGES & 1);
+        __syncwarp(); // the lanes left the wait loop apart: converged for the .aligned wgmma
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); // cp.async -> wgmma
         const unsigned a = base + s * STAGE + cw * 64 * 128, b = base + s * STAGE + TILE_A;
         fence_acc(acc);
