@@ -19,7 +19,8 @@
 #define DEC 2
 #define BOTH 3
 
-#define GEMV_MAX 8       /* rows up to which linears use the GEMV kernel (its MMAX: rows per group) */
+#define GEMV_MAX 8       /* rows up to which linears use the GEMV kernel (its MMAX: rows per group;
+                          * LOWER_GEMV_GROUP_INVARIANT with --batch-invariant) */
 #define ATTN_THREADS 128
 
 typedef struct lw {
@@ -87,10 +88,10 @@ static void push(lw *w, int which, const ka_step *s)
  * else runs in it, and the GEMM and the GEMV round differently (different reduction orders; the
  * gated GEMV fuses the activation), so each schedule keeps one variant for every row count: the
  * prefill schedule the GEMM (kiln's, whose row results do not depend on M), the decode schedule
- * the GEMV (whose launch covers any M in groups of gemv_max rows, templates/gemv.cuh). A prompt
- * token then always goes through the GEMM and a generated one through the GEMV, whatever the
- * chunking and the batch (the engine never runs a prompt chunk with the decode schedule in that
- * mode: kb_item.prefill). */
+ * the GEMV (whose launch covers any M in groups of LOWER_GEMV_GROUP_INVARIANT rows,
+ * templates/gemv.cuh). A prompt token then always goes through the GEMM and a generated one
+ * through the GEMV, whatever the chunking and the batch (the engine never runs a prompt chunk
+ * with the decode schedule in that mode: kb_item.prefill). */
 static void push_sized(lw *w, int which, ka_step *s)
 {
     assert(s->size != KA_SIZE_ANY);
@@ -395,16 +396,17 @@ static ka_step gemv_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg bi
                          int64_t N, int64_t K, int gated, int act, int out_f32, ka_rows rows)
 {
     int th = lower_gemv_threads(N, K, gated);
+    int mmax = w->c->batch_invariant ? LOWER_GEMV_GROUP_INVARIANT : GEMV_MAX;
     int k = kern(w, "gemv", th, 0,
                  "const kiln_step st, const DT *x, const DT *w, const DT *bias, void *y, int M",
                  "kiln::gemv<DT, %lld, %lld, %d, %s, %s, %d, %s, %d>(st, x, w, bias, y, M)",
-                 (long long)N, (long long)K, GEMV_MAX, bias.kind == KA_ARG_NULL ? "false" : "true",
+                 (long long)N, (long long)K, mmax, bias.kind == KA_ARG_NULL ? "false" : "true",
                  gated ? "true" : "false", act < 0 ? 0 : act, out_f32 ? "true" : "false", th);
-    /* x: one block per group of GEMV_MAX rows (one group unless --batch-invariant, whose decode
+    /* x: one block per group of mmax rows (one group unless --batch-invariant, whose decode
      * schedule runs the GEMV at every batch); y: one per 16-row tile, 16 outputs or 8 gated */
     int64_t nout = gated ? N / 2 : N, opb = gated ? 8 : 16;
     ka_step s = kstep(k, n->name,
-                      rows == KA_ROWS_S ? G(0, 1, 0, 0, GEMV_MAX) : G(1, 0, 0, 0, GEMV_MAX),
+                      rows == KA_ROWS_S ? G(0, 1, 0, 0, mmax) : G(1, 0, 0, 0, mmax),
                       G(0, 0, 0, (int)nout, (int)opb), G1());
     s.size = KA_SIZE_SMALL;
     s.rows = rows;

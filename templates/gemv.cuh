@@ -2,7 +2,7 @@
 // MMAX, w a PyTorch Linear weight [N, K] (row-major, one output feature per row). Used for every
 // linear of a step with few tokens (M <= MMAX: one group), for the logits (N up to ~256k,
 // OUT_F32), and with kilnc --batch-invariant for every linear of the decode schedule whatever
-// its rows (up to max_seqs: ceil(M / MMAX) groups).
+// its rows (up to max_seqs: ceil(M / MMAX) groups, MMAX 16: lower.h's LOWER_GEMV_GROUP_INVARIANT).
 //
 // The kernel is bound by the bytes of w (M*K*2 bytes of x against N*K*2 of w), so the design is
 // about streaming w once per launch at the copy bandwidth, whatever M and the shape are:

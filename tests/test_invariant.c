@@ -4,7 +4,7 @@
  *     expert, MLA) have no step chosen by the row count: the prefill schedule is the default
  *     kiln-GEMM lowering's prefill without its GEMV variants (every linear, the LM head's too,
  *     on kiln's GEMM at any rows), the decode schedule its decode without the GEMM variants
- *     (every linear on the GEMV at any batch, its grid covering ceil(rows / gemv_max) row groups),
+ *     (every linear on the GEMV at any batch, in row groups of LOWER_GEMV_GROUP_INVARIANT),
  *     every other step the same; the default lowering's GEMV launches one row group;
  *   - `kilnc compile --batch-invariant` of llama and deepseek_v2 compiles for sm_80 (NVRTC
  *     instantiates the grouped GEMV), its manifest says batch_invariant and kiln's GEMM, and
@@ -60,8 +60,23 @@ static int is_kernel(const lowered *l, const ka_step *s, const char *op)
     return s->kind == KA_KERNEL && strstr(l->m.kernels[s->kernel].name, op) != NULL;
 }
 
+/* `call` (a kiln::gemv instance) with its MMAX, the 4th template argument, set to `mmax`. */
+static void gemv_with_mmax(const char *call, int mmax, char *out, size_t cap)
+{
+    const char *p = call;
+    for (int i = 0; i < 3; i++) {
+        p = strstr(p, ", ");
+        assert_non_null(p);
+        p += 2;
+    }
+    const char *e = strstr(p, ", ");
+    assert_non_null(e);
+    snprintf(out, cap, "%.*s%d%s", (int)(p - call), call, mmax, e);
+}
+
 /* The invariant schedule `got` is the default schedule `ref` without its steps of size `drop`,
- * with every size condition gone and every other field the same. Returns the linears kept. */
+ * with every size condition gone and every other field the same, but the GEMV's groups: MMAX
+ * LOWER_GEMV_GROUP_INVARIANT and grid x. Returns the linears kept. */
 static int expect_kept(const char *fx, const char *which, const lowered *lr, const ka_step *ref,
                        int nref, const lowered *lg, const ka_step *got, int ngot, ka_size drop)
 {
@@ -80,7 +95,14 @@ static int expect_kept(const char *fx, const char *which, const lowered *lr, con
         assert_string_equal(s->label, ref[i].label);
         assert_int_equal(s->logits, ref[i].logits);
         assert_int_equal(s->rows, ref[i].rows);
-        if (s->kind == KA_KERNEL) {
+        if (s->kind == KA_KERNEL && is_kernel(lg, s, "_gemv")) {
+            char want[1024];
+            gemv_with_mmax(lr->inst_call[ref[i].kernel], LOWER_GEMV_GROUP_INVARIANT, want,
+                           sizeof want);
+            assert_string_equal(lg->inst_call[s->kernel], want);
+            assert_memory_equal(&s->grid[1], &ref[i].grid[1], 2 * sizeof s->grid[0]);
+            assert_int_equal(s->nargs, ref[i].nargs);
+        } else if (s->kind == KA_KERNEL) {
             assert_string_equal(lg->inst_call[s->kernel], lr->inst_call[ref[i].kernel]);
             assert_memory_equal(s->grid, ref[i].grid, sizeof s->grid);
             assert_int_equal(s->nargs, ref[i].nargs);
@@ -121,8 +143,8 @@ static void test_schedules(void **state)
             if (s->kind == KA_GEMM || is_kernel(li, s, "_gemm") || is_kernel(li, s, "_act_mul"))
                 fail_msg("%s decode step %d (%s) is a GEMM or act_mul", fx, i, s->label);
         }
-        /* the GEMV's grid: x the row groups of gemv_max rows (one in the default build's GEMV
-         * steps, which run up to gemv_max rows), y the tiles */
+        /* the GEMV's grid: x the row groups of LOWER_GEMV_GROUP_INVARIANT rows (one in the
+         * default build's GEMV steps, which run up to gemv_max rows), y the tiles */
         int gemvs = 0;
         for (int i = 0; i < li->m.ndecode; i++) {
             const ka_step *s = &li->m.decode[i];
@@ -132,7 +154,8 @@ static void test_schedules(void **state)
             const long rows[] = {1, 7, 8, 9, 17, MAX_SEQS};
             for (size_t r = 0; r < ARRAY_LEN(rows); r++) {
                 assert_int_equal(grid_at(&s->grid[0], rows[r], rows[r]),
-                                 (rows[r] + li->m.gemv_max - 1) / li->m.gemv_max);
+                                 (rows[r] + LOWER_GEMV_GROUP_INVARIANT - 1) /
+                                     LOWER_GEMV_GROUP_INVARIANT);
                 assert_int_equal(grid_at(&s->grid[1], rows[r], rows[r]),
                                  grid_at(&s->grid[1], 1, 1));
                 assert_int_equal(grid_at(&s->grid[2], rows[r], rows[r]), 1);

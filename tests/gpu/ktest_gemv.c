@@ -357,7 +357,8 @@ static void gemv_groups_case(kt *t, int N, int K, int mmax, int gated, int bias,
         kt_result(t, name, differ == (size_t)-1 && !touched, d);
     }
     /* the rows alone against the reference (so the groups are right, not only alike) */
-    float *gf = xmalloc(sizeof(float) * (size_t)MG * NOUT), *want = xmalloc(sizeof(float) * (size_t)MG * NOUT);
+    float *gf = xmalloc(sizeof(float) * (size_t)MG * NOUT);
+    float *want = xmalloc(sizeof(float) * (size_t)MG * NOUT);
     for (size_t k = 0; k < (size_t)MG * NOUT; k++) {
         if (f32) {
             memcpy(&gf[k], alone + 4 * k, 4);
@@ -377,7 +378,8 @@ static void gemv_groups_case(kt *t, int N, int K, int mmax, int gated, int bias,
                     sum += (double)x[(size_t)m * K + k] * w[(size_t)n * K + k];
                 acc[r] = sum + (bias ? b[n] : 0.0);
             }
-            want[(size_t)m * NOUT + o] = (float)(gated ? kt_act(ACT_SILU, acc[0]) * acc[1] : acc[0]);
+            want[(size_t)m * NOUT + o] =
+                (float)(gated ? kt_act(ACT_SILU, acc[0]) * acc[1] : acc[0]);
         }
     char name[200];
     snprintf(name, sizeof name, "%s rows 0..%d alone vs reference", base, MG - 1);
@@ -453,11 +455,14 @@ void ktest_gemv(kt *t)
     static const int ms[] = {1, 7, 8, 9, 17, 64, 200};
     const int nms = (int)(sizeof ms / sizeof ms[0]);
     /* the logits' shape (float), a gated MLP with bias (bf16, K ending in a partial step), a
-     * plain linear at lower.c's 16 warps, and MMAX = 16 */
+     * plain linear at lower.c's 16 warps; and at MMAX = 16, the groups of a --batch-invariant
+     * decode schedule (LOWER_GEMV_GROUP_INVARIANT): float logits, gated, 16 warps */
     gemv_groups_case(t, 1000, 520, 8, 0, 0, 1, ms, nms);
     gemv_groups_case(t, 1998, 520, 8, 1, 1, 0, ms, nms);
     gemv_groups_case(t, 2048, 2048, 8, 0, 0, 0, ms, nms);
-    gemv_groups_case(t, 1000, 512, 16, 0, 1, 1, ms, nms);
+    gemv_groups_case(t, 1000, 512, LOWER_GEMV_GROUP_INVARIANT, 0, 1, 1, ms, nms);
+    gemv_groups_case(t, 1998, 520, LOWER_GEMV_GROUP_INVARIANT, 1, 1, 0, ms, nms);
+    gemv_groups_case(t, 2048, 2048, LOWER_GEMV_GROUP_INVARIANT, 0, 0, 0, ms, nms);
 }
 
 /* ---------------------------------------------------------------- kiln-ktest --bench gemv */
