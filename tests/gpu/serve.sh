@@ -31,7 +31,7 @@
 # its target.
 #
 # Other settings: SERVE_COMPILE="--max-batch 128 --max-seq-len 2560" (kilnc compile's limits; the
-# artifact is rebuilt when they change), SWEEP_RATES, SWEEP_SECONDS, SOAK_SECONDS, SERVE_STREAMS
+# artifact is rebuilt when they change), KILN_SM (kilnc compile --sm, default 90a, as run.sh), SWEEP_RATES, SWEEP_SECONDS, SOAK_SECONDS, SERVE_STREAMS
 # (the c1000 phase's streams, 1000).
 # A dry run of this script without a GPU: SERVE_MODEL=examples/tinyfortune SERVE_SMALL=1 serves that
 # folder (kiln's CPU backend for a checkpoint) instead of a synthesised model, with every size
@@ -76,7 +76,7 @@ compile_art() {    # $1: artifact folder, $2: kilnc compile flags
     $BIN/kilnc synth --like $([ $SHAPE = 8b ] && echo llama3-8b || echo llama3.2-1b) -o $W/hf-$SHAPE --force > $LOG/synth-$SHAPE.log 2>&1 ||
       { row "synth $SHAPE: FAIL ($(tail -1 $LOG/synth-$SHAPE.log))"; return 1; }
   fi
-  $BIN/kilnc compile $W/hf-$SHAPE -o $1 --sm 90a $2 > $LOG/compile-$(basename $1).log 2>&1 ||
+  $BIN/kilnc compile $W/hf-$SHAPE -o $1 --sm ${KILN_SM:-90a} $2 > $LOG/compile-$(basename $1).log 2>&1 ||
     { row "compile $(basename $1): FAIL ($(grep -m1 error $LOG/compile-$(basename $1).log))"; return 1; }
   echo "$2" > $1/serve-compile-flags
   row "$SHAPE: synthesised and compiled ($2) in $(( $(date +%s) - t0 )) s"
