@@ -433,43 +433,19 @@ static ka_step gemm_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg bi
                          int64_t N, int64_t K, int64_t ldx, int64_t ldy, int out_f32, ka_rows rows)
 {
     ka_step s;
-    if (w->c->gemm_kiln && lower_gemm90(w->c)) {
-        /* gemm90.cuh: x and w as TMA tensor maps the runtime makes from the step's x, w, n, k
-         * and ldx; clusters of two CTAs side by side along x, each pair covering two tile rows
-         * (kernels/kiln_gemm.h: grid (2 ceil(N / BN), ceil(M / 2 BM))) */
-        int bn = KILN_GEMM90_BN(N);
-        int k = kern(w, "gemm", KILN_GEMM90_THREADS, KILN_GEMM90_SMEM((int)w->esize, bn),
-                     out_f32 ? "int M, const __grid_constant__ kiln::tmap tx, "
-                               "const __grid_constant__ kiln::tmap tw, const DT *bias, float *y"
-                             : "int M, const __grid_constant__ kiln::tmap tx, "
-                               "const __grid_constant__ kiln::tmap tw, const DT *bias, DT *y",
-                     "kiln::gemm90<DT, %s, %lld, %lld, %d>(M, tx, tw, bias, y, %lldLL)",
-                     out_f32 ? "float" : "DT", (long long)N, (long long)K,
-                     bias.kind != KA_ARG_NULL, (long long)ldy);
-        int rows2 = KILN_GEMM90_CLUSTER * KILN_GEMM90_BM;
-        s = kstep(k, n->name, G(0, 0, 0, (int)((N + bn - 1) / bn * KILN_GEMM90_CLUSTER), 1),
-                  rows == KA_ROWS_S ? G(0, 1, 0, 0, rows2) : G(1, 0, 0, 0, rows2), G1());
-        add_arg(&s, A(KA_ARG_M, 0));
-        add_arg(&s, A(KA_ARG_TMAP, 0));
-        add_arg(&s, A(KA_ARG_TMAP, 1));
-        add_arg(&s, bias);
-        add_arg(&s, y);
-        s.x = x;
-        s.w = wt;
-        s.n = N;
-        s.k = K;
-        s.ldx = ldx;
-    } else if (w->c->gemm_kiln) {
-        int k = kern(w, "gemm", KILN_GEMM_THREADS, KILN_GEMM_SMEM((int)w->esize),
+    if (w->c->gemm_kiln) {
+        int has_bias = bias.kind != KA_ARG_NULL, h = lower_gemm90(w->c);
+        int bm = h ? KILN_GEMM90_BM : KILN_GEMM_BM, bn = h ? KILN_GEMM90_BN(N) : KILN_GEMM_BN;
+        int k = kern(w, "gemm", h ? KILN_GEMM90_THREADS : KILN_GEMM_THREADS,
+                     h ? KILN_GEMM90_SMEM((int)w->esize, bn) : KILN_GEMM_SMEM((int)w->esize),
                      out_f32 ? "int M, const DT *x, const DT *w, const DT *bias, float *y"
                              : "int M, const DT *x, const DT *w, const DT *bias, DT *y",
-                     "kiln::gemm<DT, %s, %lld, %lld, %d>(M, x, %lldLL, w, bias, y, %lldLL)",
-                     out_f32 ? "float" : "DT", (long long)N, (long long)K,
-                     bias.kind != KA_ARG_NULL, (long long)ldx, (long long)ldy);
+                     "kiln::%s<DT, %s, %lld, %lld, %d>(M, x, %lldLL, w, bias, y, %lldLL)",
+                     h ? "gemm90" : "gemm", out_f32 ? "float" : "DT", (long long)N, (long long)K,
+                     has_bias, (long long)ldx, (long long)ldy);
         /* grid (ceil(N / BN), ceil(M / BM)) */
-        s = kstep(k, n->name, G(0, 0, 0, (int)N, KILN_GEMM_BN),
-                  rows == KA_ROWS_S ? G(0, 1, 0, 0, KILN_GEMM_BM) : G(1, 0, 0, 0, KILN_GEMM_BM),
-                  G1());
+        s = kstep(k, n->name, G(0, 0, 0, (int)N, bn),
+                  rows == KA_ROWS_S ? G(0, 1, 0, 0, bm) : G(1, 0, 0, 0, bm), G1());
         add_arg(&s, A(KA_ARG_M, 0));
         add_arg(&s, x);
         add_arg(&s, wt);
@@ -1473,16 +1449,9 @@ char *codegen_source(const lowered *l, const char *model_name)
             }
     OUT("\n");
     OUT("typedef %s DT;\n\n", strcmp(l->m.dtype, "f16") == 0 ? "kiln::f16" : "kiln::bf16");
-    /* gemm90 runs in clusters (kernels/kiln_gemm.h), fixed at compile time: the launch is the
-     * same as every other kernel's */
-    for (int i = 0; i < l->ninst; i++) {
-        char cluster[48] = "";
-        if (strncmp(l->inst_call[i], "kiln::gemm90<", 13) == 0)
-            snprintf(cluster, sizeof cluster, " __cluster_dims__(%d, 1, 1)", KILN_GEMM90_CLUSTER);
-        OUT("extern \"C\" __global__ void __launch_bounds__(%d)%s %s(%s)\n{\n    %s;\n}\n\n",
-            l->m.kernels[i].block, cluster, l->m.kernels[i].name, l->inst_params[i],
-            l->inst_call[i]);
-    }
+    for (int i = 0; i < l->ninst; i++)
+        OUT("extern \"C\" __global__ void __launch_bounds__(%d) %s(%s)\n{\n    %s;\n}\n\n",
+            l->m.kernels[i].block, l->m.kernels[i].name, l->inst_params[i], l->inst_call[i]);
 #undef OUT
     return s;
 }
@@ -1528,15 +1497,6 @@ static void print_steps(const lowered *l, const ka_step *st, int n, FILE *f)
                 print_arg(&s->args[k], f);
             }
             fprintf(f, ")");
-            for (int k = 0; k < s->nargs; k++)
-                if (s->args[k].kind == KA_ARG_TMAP) { /* the tensors its maps describe */
-                    fprintf(f, " maps n=%lld k=%lld ldx=%lld x=", (long long)s->n,
-                            (long long)s->k, (long long)s->ldx);
-                    print_arg(&s->x, f);
-                    fprintf(f, " w=");
-                    print_arg(&s->w, f);
-                    break;
-                }
         }
         fprintf(f, "%s%s\n", sz[s->size], lg[s->logits]);
     }

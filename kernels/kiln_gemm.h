@@ -24,27 +24,22 @@
 #define KILN_GEMM_SMEM(esz)                                                                       \
     (KILN_GEMM_STAGES * (KILN_GEMM_BM + KILN_GEMM_BN) * KILN_GEMM_BK * (esz))
 
-/* Hopper's kernel (templates/gemm90.cuh: wgmma, TMA, sm_90a only), its own launch rule: it runs
- * in clusters of KILN_GEMM90_CLUSTER = 2 CTAs (compile-time: the wrapper carries
- * __cluster_dims__(2, 1, 1)), which compute the same BN columns of two tile rows of y and load
- * the w tile once between them (TMA multicast). grid = (2 * ceil(N / KILN_GEMM90_BN(N)),
- * ceil(M_launch / (2 * KILN_GEMM90_BM))): x the clusters of each column tile (the cluster's two
- * CTAs side by side), y the pairs of tile rows; block = KILN_GEMM90_THREADS (one producer
- * warpgroup that loads, two that multiply); dynamic shared memory KILN_GEMM90_SMEM(esz,
- * KILN_GEMM90_BN(N)): STAGES slices of the x and w tiles, 1 KiB so that the slices can start on
- * a 1024-byte boundary (the 128-byte swizzle's atom), and the ring's 2 * STAGES mbarriers;
- * 193 KiB for 16-bit DT, one block an SM (at most 227 KiB a block on sm_90). Its operands x and
- * w are TMA tensor maps (runtime/kcuda.h: kcuda_gemm90_maps), not pointers. The tile width is a
- * function of N alone (batch invariance: never of M): 256 columns (the widest wgmma, the
- * fewest operand reads per MMA) unless N <= 4096, where a 256-column tile leaves most of the
- * 132 SMs of an H100/H200 idle at a few hundred rows (N = 4096, M = 512: 64 tiles), 128 there.
- * compiler/lower.c uses it when every target of the artifact is sm_90a, gemm.cuh otherwise. */
+/* Hopper's kernel (templates/gemm90.cuh: wgmma, sm_90a only), the same launch rule with its own
+ * numbers: grid = (ceil(N / KILN_GEMM90_BN(N)), ceil(M_launch / KILN_GEMM90_BM)), block =
+ * KILN_GEMM90_THREADS (one producer warpgroup that loads, two that multiply), dynamic shared
+ * memory KILN_GEMM90_SMEM(esz, KILN_GEMM90_BN(N)): STAGES slices of the x and w tiles, 1 KiB so
+ * that the slices can start on a 1024-byte boundary (the 128-byte swizzle's atom), and the
+ * ring's 2 * STAGES mbarriers; 193 KiB for 16-bit DT, one block an SM (at most 227 KiB a block
+ * on sm_90). The tile width is a function of N alone (batch invariance: never of M): 256
+ * columns (the widest wgmma, the fewest operand reads per MMA) unless N <= 4096, where a
+ * 256-column tile leaves most of the 132 SMs of an H100/H200 idle at a few hundred rows
+ * (N = 4096, M = 512: 64 tiles), 128 there. compiler/lower.c uses it when every target of the
+ * artifact is sm_90a, gemm.cuh otherwise. */
 #define KILN_GEMM90_BM 128
 #define KILN_GEMM90_BN(N) ((N) > 4096 ? 256 : 128)
 #define KILN_GEMM90_BK 64
 #define KILN_GEMM90_STAGES(bn) ((bn) == 256 ? 4 : 6)
 #define KILN_GEMM90_THREADS 384
-#define KILN_GEMM90_CLUSTER 2
 #define KILN_GEMM90_SMEM(esz, bn)                                                                 \
     (KILN_GEMM90_STAGES(bn) * (KILN_GEMM90_BM + (bn)) * KILN_GEMM90_BK * (esz) + 1024 +         \
      2 * KILN_GEMM90_STAGES(bn) * 8)

@@ -19,21 +19,12 @@
 #include "../kernels/kiln_step.h"
 
 static const char *arg_names[] = {"step", "buf", "scratch", "weight", "const", "kv_k", "kv_v",
-                                  "null", "i32", "f32", "m",    "logits",  "out",  "rank", "tmap"};
+                                  "null", "i32", "f32", "m",    "logits",  "out",  "rank"};
 _Static_assert(ARRAY_LEN(arg_names) == KA_NARGKINDS, "arg kind table out of sync");
 
 const char *ka_arg_kind_name(ka_arg_kind k)
 {
     return (unsigned)k < KA_NARGKINDS ? arg_names[k] : "?";
-}
-
-/* Whether kernel step s takes tensor maps (and so has the GEMM operands x, w, n, k, ldx). */
-static int has_tmap(const ka_step *s)
-{
-    for (int k = 0; k < s->nargs; k++)
-        if (s->args[k].kind == KA_ARG_TMAP)
-            return 1;
-    return 0;
 }
 
 /* ---------------------------------------------------------------- writing */
@@ -83,13 +74,6 @@ static json_t *jsteps(const ka_step *st, int n)
             for (int k = 0; k < s->nargs; k++)
                 json_array_append_new(args, jarg(&s->args[k]));
             json_object_set_new(o, "args", args);
-            if (has_tmap(s)) {
-                json_object_set_new(o, "x", jarg(&s->x));
-                json_object_set_new(o, "w", jarg(&s->w));
-                json_object_set_new(o, "n", json_integer(s->n));
-                json_object_set_new(o, "k", json_integer(s->k));
-                json_object_set_new(o, "ldx", json_integer(s->ldx));
-            }
         } else if (s->kind == KA_ALLREDUCE || s->kind == KA_ALLGATHER) {
             json_object_set_new(o, "collective",
                                 json_string(coll_names[s->kind - KA_ALLREDUCE]));
@@ -598,11 +582,6 @@ static int check_arg(rd *r, const ka_arg *a, const stepctx *c, const char *what)
                        c->where, what, (long long)a->i, -(INT32_MAX / KA_MAX_TP),
                        INT32_MAX / KA_MAX_TP);
         return 0;
-    case KA_ARG_TMAP:
-        if (a->i != 0 && a->i != 1)
-            return bad(r, "%s: %s (tmap) is %lld, expected 0 (of x) or 1 (of w)", c->where, what,
-                       (long long)a->i);
-        return 0;
     case KA_ARG_LOGITS:
         if (m->output_pool)
             return bad(r, "%s: %s is the logits buffer, which an embedding model does not have",
@@ -658,37 +637,9 @@ static int check_extent(rd *r, const stepctx *c, const ka_step *s, const char *w
     }
     if (bytes > cap)
         return bad(r, "%s: %s %s needs %lld bytes at %lld rows, %lld are left in %s", c->where,
-                   s->kind == KA_ALLREDUCE || s->kind == KA_ALLGATHER ? "collective" : "GEMM",
+                   s->kind == KA_GEMM ? "GEMM" : "collective",
                    what, (long long)bytes, (long long)rows, (long long)cap, in);
     return 0;
-}
-
-/* A GEMM's x, w, n, k and ldx (of a cuBLASLt step, or of a kernel step's tensor maps): x a
- * buffer whose rows fit it at the largest step, w a weight [n, k]. */
-static int parse_xw(rd *r, json_t *o, const stepctx *c, ka_step *s)
-{
-    const ka_manifest *m = r->m;
-    if (parse_arg(r, json_object_get(o, "x"), c, "x", &s->x) ||
-        parse_arg(r, json_object_get(o, "w"), c, "w", &s->w))
-        return -1;
-    s->n = jint(r, o, c->where, "n", 1, KA_MAX_DIM);
-    s->k = jint(r, o, c->where, "k", 1, KA_MAX_DIM);
-    s->ldx = jint(r, o, c->where, "ldx", s->k, KA_MAX_DIM);
-    if (r->bad)
-        return -1;
-    if (s->x.kind != KA_ARG_BUF && s->x.kind != KA_ARG_SCRATCH)
-        return bad(r, "%s: GEMM x is %s, expected buf or scratch", c->where,
-                   ka_arg_kind_name(s->x.kind));
-    if (s->w.kind != KA_ARG_WEIGHT)
-        return bad(r, "%s: GEMM w is %s, expected weight", c->where, ka_arg_kind_name(s->w.kind));
-    if (check_arg(r, &s->x, c, "x") || check_arg(r, &s->w, c, "w"))
-        return -1;
-    const ka_weight *w = &m->weights[s->w.i];
-    if (w->ndim != 2 || w->shape[0] != s->n || w->shape[1] != s->k)
-        return bad(r, "%s: GEMM n=%lld k=%lld, but its weight '%s' has %d dimensions [%lld, %lld]",
-                   c->where, (long long)s->n, (long long)s->k, w->name, w->ndim,
-                   (long long)w->shape[0], (long long)(w->ndim > 1 ? w->shape[1] : 0));
-    return check_extent(r, c, s, "x", &s->x, max_rows(m, s, c->prefill), s->ldx, s->k, 2);
 }
 
 static int parse_gemm(rd *r, json_t *o, const stepctx *c, ka_step *s)
@@ -697,22 +648,37 @@ static int parse_gemm(rd *r, json_t *o, const stepctx *c, ka_step *s)
     s->kind = KA_GEMM;
     if (!json_is_true(json_object_get(o, "gemm")))
         return bad(r, "%s: field 'gemm' is not true", c->where);
-    if (parse_xw(r, o, c, s) ||
+    if (parse_arg(r, json_object_get(o, "x"), c, "x", &s->x) ||
+        parse_arg(r, json_object_get(o, "w"), c, "w", &s->w) ||
         parse_arg(r, json_object_get(o, "bias"), c, "bias", &s->bias) ||
         parse_arg(r, json_object_get(o, "y"), c, "y", &s->y))
         return -1;
+    s->n = jint(r, o, c->where, "n", 1, KA_MAX_DIM);
+    s->k = jint(r, o, c->where, "k", 1, KA_MAX_DIM);
+    s->ldx = jint(r, o, c->where, "ldx", s->k, KA_MAX_DIM);
     s->ldy = jint(r, o, c->where, "ldy", s->n, KA_MAX_DIM);
     s->out_f32 = (int)jint(r, o, c->where, "out_f32", 0, 1);
     if (r->bad)
         return -1;
+    if (s->x.kind != KA_ARG_BUF && s->x.kind != KA_ARG_SCRATCH)
+        return bad(r, "%s: GEMM x is %s, expected buf or scratch", c->where,
+                   ka_arg_kind_name(s->x.kind));
+    if (s->w.kind != KA_ARG_WEIGHT)
+        return bad(r, "%s: GEMM w is %s, expected weight", c->where, ka_arg_kind_name(s->w.kind));
     if (s->bias.kind != KA_ARG_NULL && s->bias.kind != KA_ARG_WEIGHT)
         return bad(r, "%s: GEMM bias is %s, expected null or weight", c->where,
                    ka_arg_kind_name(s->bias.kind));
     if (s->y.kind != KA_ARG_BUF && s->y.kind != KA_ARG_SCRATCH && s->y.kind != KA_ARG_LOGITS)
         return bad(r, "%s: GEMM y is %s, expected buf, scratch or logits", c->where,
                    ka_arg_kind_name(s->y.kind));
-    if (check_arg(r, &s->bias, c, "bias") || check_arg(r, &s->y, c, "y"))
+    if (check_arg(r, &s->x, c, "x") || check_arg(r, &s->w, c, "w") ||
+        check_arg(r, &s->bias, c, "bias") || check_arg(r, &s->y, c, "y"))
         return -1;
+    const ka_weight *w = &m->weights[s->w.i];
+    if (w->ndim != 2 || w->shape[0] != s->n || w->shape[1] != s->k)
+        return bad(r, "%s: GEMM n=%lld k=%lld, but its weight '%s' has %d dimensions [%lld, %lld]",
+                   c->where, (long long)s->n, (long long)s->k, w->name, w->ndim,
+                   (long long)w->shape[0], (long long)(w->ndim > 1 ? w->shape[1] : 0));
     if (s->bias.kind == KA_ARG_WEIGHT && m->weights[s->bias.i].nbytes != s->n * 2)
         return bad(r, "%s: GEMM bias '%s' has %lld bytes, expected n=%lld elements", c->where,
                    m->weights[s->bias.i].name, (long long)m->weights[s->bias.i].nbytes,
@@ -721,8 +687,11 @@ static int parse_gemm(rd *r, json_t *o, const stepctx *c, ka_step *s)
         return bad(r, "%s: a GEMM into the logits must write float rows of the vocabulary "
                       "(%d); got out_f32=%d n=%lld ldy=%lld",
                    c->where, m->vocab, s->out_f32, (long long)s->n, (long long)s->ldy);
-    return check_extent(r, c, s, "y", &s->y, max_rows(m, s, c->prefill), s->ldy, s->n,
-                        s->out_f32 ? 4 : 2);
+    int64_t rows = max_rows(m, s, c->prefill);
+    return check_extent(r, c, s, "x", &s->x, rows, s->ldx, s->k, 2) ||
+                   check_extent(r, c, s, "y", &s->y, rows, s->ldy, s->n, s->out_f32 ? 4 : 2)
+               ? -1
+               : 0;
 }
 
 /* A collective (artifact.h's comment on KA_ALLREDUCE says what it does): operands in buffers,
@@ -816,8 +785,6 @@ static int parse_kernel_step(rd *r, json_t *o, const stepctx *c, ka_step *s)
         if (parse_arg(r, json_array_get(args, (size_t)k), c, what, &s->args[k]) == 0)
             check_arg(r, &s->args[k], c, what);
     }
-    if (!r->bad && has_tmap(s))
-        parse_xw(r, o, c, s);
     return r->bad ? -1 : 0;
 }
 

@@ -11,104 +11,67 @@
 //     KILN_GEMM90_BN(N): 256 where the grid has columns enough, 128 for N <= 4096, where 256
 //     would leave most SMs idle at a few hundred rows: M = 512, N = 4096 makes 64 tiles of
 //     128 x 256 for 132 SMs), with three warpgroups (384 threads): the first only loads (the
-//     producer; one thread of it issues the loads), the other two multiply, each 64 rows x BN
-//     columns: one wgmma m64nBNk16 per 16 elements of K, both operands read by the tensor cores
-//     from shared memory through matrix descriptors, BN / 2 float accumulators a thread. 256
-//     columns is the widest wgmma and makes the shared-memory and L2 reads per MMA the fewest.
-//     One block an SM (193 KiB of shared memory);
-//   - clusters of two CTAs (__cluster_dims__(2, 1, 1) on the wrapper; KILN_GEMM90_CLUSTER): the
-//     two compute the same BN columns for two consecutive tile rows, so they need the same w
-//     tile. Each loads its own x tile and half of the w tile (BN / 2 rows), which TMA multicast
-//     writes into the shared memory of both: per CTA and slice, (BM + BN / 2) rows come from L2
-//     instead of BM + BN (256 instead of 384 rows at BN = 256);
+//     producer), the other two multiply, each 64 rows x BN columns: one wgmma m64nBNk16 per 16
+//     elements of K, both operands read by the tensor cores from shared memory through matrix
+//     descriptors, BN / 2 float accumulators a thread. 256 columns is the widest wgmma and makes
+//     the shared-memory and L2 reads per MMA the fewest. One block an SM (193 KiB of shared
+//     memory);
 //   - K is streamed in slices of BK = 64 elements (128 bytes a row) through a ring of STAGES
 //     slices (4 of 48 KiB for BN = 256, 6 of 32 KiB for 128: the same ~0.5 us of MMA in
-//     flight), loaded by TMA (cp.async.bulk.tensor.2d) from the tensor maps tx (x: M rows of K,
-//     ldx apart, boxes of 128 rows) and tw (w: N rows of K, boxes of BN / 2 rows), both boxes
-//     64 elements wide and 128-byte swizzled, made on the host (runtime/kcuda.h:
-//     kcuda_gemm90_maps, by the runtime at each launch and by kiln-ktest alike). Elements past
-//     M, N or K read as zeros: the tails in all three dimensions cost nothing in the kernel
-//     (K % 8 == 0 only for the maps' 16-byte row pitch). A box wholly past M or N (the second
-//     CTA's rows past M; a w half past N) is loaded from row 0 instead: its results are never
-//     stored;
-//   - the protocol (per stage s, both CTAs alike; the barriers are at the same offsets in both):
-//     full[s] (count 1): the CTA's producer arrives once with expect_tx(STAGE bytes: its x tile
-//     and both w halves), then loads its x box (complete_tx on its own full[s]) and its w half
-//     multicast to both CTAs (complete_tx on full[s] of each): the phase completes when the
-//     producer has arrived and all STAGE bytes have landed, whichever CTA's copy lands first
-//     (a complete_tx before the expect_tx cannot complete the phase: the arrival is pending).
-//     The consumers wait on it, issue the slice's 4 wgmma as one group and keep one group in
-//     flight (wgmma.wait_group 1): when slice kt's group is issued, slice kt-1's has completed,
-//     and one lane of each consumer warp arrives on empty[(kt-1) % STAGES] of both CTAs (mapa +
-//     remote mbarrier.arrive.release.cluster). empty[s] (count 16: 8 consumer warps x 2 CTAs):
-//     the producer waits on its own empty[s] before it refills s, because its loads write stage
-//     s of both CTAs. Neither CTA can run a phase ahead: CTA A's producer refills s for slice
-//     kt only after both CTAs' consumers released kt - STAGES, and B's consumers release a
-//     slice only after B's full barrier saw A's half of it. Slice kt goes to stage kt % STAGES
-//     and waits for empty's phase kt / STAGES - 1 (parity (kt / STAGES & 1) ^ 1: a fresh
-//     barrier passes parity 1 at once). Barrier init is made visible to the other CTA
-//     (fence.mbarrier_init.release.cluster, then a cluster barrier) before any load or remote
-//     arrival, and every thread of both CTAs meets at a last cluster barrier before exiting, so
-//     no remote arrival targets a CTA that has exited. No __syncthreads in the loop; TMA writes
-//     and wgmma reads are both async proxy, ordered by the mbarrier (no proxy fence);
-//   - shared layout: the 128-byte swizzle of wgmma and TMA: a slice is rows of 64 elements
+//     flight). The producer fills a slice with cp.async (16 bytes a copy, (BM + BN) / 16 a
+//     thread a slice; zero fill for rows past M or N and chunks past K, as gemm.cuh) and hands
+//     it over with cp.async.mbarrier.arrive.noinc on the slice's "full" mbarrier (128
+//     arrivals: one per producer thread, each when its own copies have landed). The consumers
+//     wait on "full", issue the slice's 4 wgmma as one group, and keep one group in flight
+//     (wgmma.wait_group 1): when slice kt's group is issued, slice kt-1's has completed, and one
+//     lane of each consumer warp arrives on slice kt-1's "empty" mbarrier (8 arrivals), which
+//     the producer waits on before it refills that stage. So the tensor cores always have the
+//     next slice queued, and the loads run up to STAGES - 1 slices ahead. No __syncthreads in
+//     the loop. (Plain cp.async rather than TMA: TMA needs a tensor map per (pointer, shape)
+//     built on the host, which the runtime's argument packing does not have.) The consumer
+//     fences the generic proxy (cp.async writes) against the async proxy (wgmma reads) after
+//     each wait on "full" (fence.proxy.async);
+//   - shared layout: the 128-byte swizzle of wgmma (and of TMA): a slice is rows of 64 elements
 //     (128 bytes), 16-byte chunk c of row r stored at chunk c ^ (r % 8), 8-row atoms of 1024
-//     bytes starting on a 1024-byte boundary (the x tile, each w half and each stage start on
-//     one). The descriptor: start address >> 4 (bits 0-13), leading byte offset 16 >> 4 (bits
-//     16-29; unused for a swizzled K-major operand), stride byte offset 1024 >> 4 between 8-row
-//     atoms (bits 32-45), base offset 0 (bits 49-51: the atoms are 1024-aligned), swizzle mode
-//     1 = 128 bytes (bits 62-63). The k-th 16-element step inside the slice starts 32k bytes
-//     further (the hardware applies the XOR to the address bits, as TMA does);
+//     bytes starting on a 1024-byte boundary. The descriptor: start address >> 4 (bits 0-13),
+//     leading byte offset 16 >> 4 (bits 16-29; unused for a swizzled K-major operand), stride
+//     byte offset 1024 >> 4 between 8-row atoms (bits 32-45), base offset 0 (bits 49-51: the
+//     atoms are 1024-aligned), swizzle mode 1 = 128 bytes (bits 62-63). The k-th 16-element
+//     step inside the slice starts 32k bytes further (the hardware applies the XOR to the
+//     address bits, as for TMA's layout). The producer's writes: 8 consecutive threads copy the
+//     8 chunks of one row (128 contiguous bytes of x or w), which land in 8 distinct 16-byte
+//     bank groups;
 //   - accumulator fragment (wgmma's m64nNk16 f32 D): warp q of the warpgroup holds rows
 //     16q..16q+15; lane (g = lane / 4, t = lane % 4) holds d[4j + 2h + e] at row 16q + 8h + g,
 //     column 8j + 2t + e (j < N / 8, h, e in {0, 1}): mma.sync's m16n8 C fragment, N / 8 times;
-//   - clusters are mapped to (pair of tile rows, column tile) in groups of 4 pairs (8 tile
-//     rows), as gemm.cuh maps blocks (L2 reuse of x and w).
-// Batch invariance: one tile and cluster configuration for every (DT, N, K), never chosen by M,
-// no split-K: every output is one chain of wgmma over K in the same order (slices 0, 1, ...,
-// and the 4 steps of 16 inside each), accumulating in place in the same registers, whatever M
-// is and wherever the row falls in the tile. Rows past M (zeros, or row 0's copy in a CTA
-// wholly past M) only take part in their own outputs, which are not stored.
+//   - blocks are mapped to tiles in groups of 8 tile rows, as gemm.cuh (L2 reuse of x and w).
+// Batch invariance: one tile configuration for every (DT, N, K), never chosen by M, no split-K:
+// every output is one chain of wgmma over K in the same order (slices 0, 1, ..., and the 4
+// steps of 16 inside each), accumulating in place in the same registers, whatever M is and
+// wherever the row falls in the tile. Zero rows past M only take part in their own outputs.
 // Numerics: fp32 accumulation inside the tensor cores (never rounded to 16 bits), the bias
 // added in float, one rounding to OT (the epilogue is gemm.cuh's).
 //
-// Launch rule (kernels/kiln_gemm.h): the wrapper carries __cluster_dims__(KILN_GEMM90_CLUSTER,
-// 1, 1); grid = (2 * ceil(N / KILN_GEMM90_BN(N)), ceil(M_launch / (2 * KILN_GEMM90_BM))) for any
-// M_launch >= M (x: the two CTAs of a cluster side by side, then the column tiles; y: pairs of
-// tile rows; a cluster whose first tile row is past M returns at once, both CTAs alike, before
-// any barrier), block = KILN_GEMM90_THREADS, dynamic shared memory KILN_GEMM90_SMEM(sizeof(DT),
-// KILN_GEMM90_BN(N)) (above 48 KiB: the launcher sets
-// CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES); tx and tw: kcuda_gemm90_maps's, of the same
-// BN, as `const __grid_constant__ kiln::tmap` parameters (their addresses are what TMA reads).
-// The BN template argument defaults to KILN_GEMM90_BN(N); kiln-ktest instantiates both widths
-// for every shape it tests. Preconditions: x and w 16-byte aligned, ldx % 8 == 0 (the maps'
-// rules); y aligned to two OT and ldy even, as gemm.cuh.
+// Launch rule (kernels/kiln_gemm.h): grid = (ceil(N / KILN_GEMM90_BN(N)), ceil(M_launch /
+// KILN_GEMM90_BM)) for any M_launch >= M, block = KILN_GEMM90_THREADS, dynamic shared memory
+// KILN_GEMM90_SMEM(sizeof(DT), KILN_GEMM90_BN(N)) (above 48 KiB: the launcher sets
+// CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES). The BN template argument defaults to
+// KILN_GEMM90_BN(N); kiln-ktest instantiates both widths for every shape it tests. Preconditions
+// as gemm.cuh: x and w 16-byte aligned, ldx % 8 == 0; y aligned to two OT and ldy even.
 //
-// What it does not do: a persistent grid that would overlap one tile's epilogue with the next
-// tile's MMA, setmaxnreg (the producer keeps the registers it does not need: 384 threads x 168
-// registers fit the register file, and the consumers need ~154), stores staged through shared
-// memory (the epilogue writes pairs straight from the fragments), tensor maps made once at
-// load (the runtime encodes the two on the host at every launch: CPU work, no GPU call).
+// What it does not do: TMA, thread-block clusters (multicast of w), a persistent grid that would
+// overlap one tile's epilogue with the next tile's MMA, setmaxnreg (the producer keeps the
+// registers it does not need: 384 threads x 168 registers fit the register file), stores staged
+// through shared memory (the epilogue writes pairs straight from the fragments).
 #pragma once
 
-#include "gemm.cuh" // gemm_detail::store2; common.cuh, kiln_gemm.h
+#include "gemm.cuh" // gemm_detail::cp16 and store2; common.cuh, kiln_gemm.h
 
 namespace kiln {
-
-// A CUtensorMap (cuda.h, which NVRTC does not see): 128 opaque bytes, 64-byte aligned, made on
-// the host by kcuda_gemm90_maps (runtime/kcuda.c) and passed by value as a __grid_constant__
-// kernel parameter.
-struct alignas(64) tmap {
-    unsigned long long opaque[16];
-};
-
 namespace gemm90_detail {
 
 constexpr int BM = KILN_GEMM90_BM, BK = KILN_GEMM90_BK, THREADS = KILN_GEMM90_THREADS;
 constexpr int GROUP = 8; // tile rows per group of the block-to-tile map
-constexpr int CLUSTER = KILN_GEMM90_CLUSTER;
-static_assert(CLUSTER == 2, "gemm90: clusters of two CTAs (the multicast mask 3, the empty "
-                            "barriers' 16 arrivals, the map of pairs of tile rows)");
 
 static_assert(THREADS == 384 && BM == 128,
               "gemm90: a producer warpgroup and two consumer warpgroups of 64 rows (wgmma m64)");
@@ -123,6 +86,9 @@ constexpr bool HAVE_WGMMA = false;
 #endif
 template <typename T> constexpr bool have_wgmma = HAVE_WGMMA; // dependent: checked when used
 
+// Byte offset of 16-byte chunk c of row r in a slice: the 128-byte swizzle (see the top).
+__device__ __forceinline__ unsigned swz(int r, int c) { return r * 128 + ((c ^ (r & 7)) << 4); }
+
 // wgmma's shared-memory matrix descriptor of a K-major, 128-byte-swizzled operand at `addr`.
 __device__ __forceinline__ unsigned long long desc(unsigned addr)
 {
@@ -130,23 +96,8 @@ __device__ __forceinline__ unsigned long long desc(unsigned addr)
            1ull << 62;
 }
 
-// The cluster: this CTA's rank in it (0 or 1), and a barrier of every thread of both CTAs
-// (release / acquire: shared-memory writes and mbarrier inits before it are visible to the
-// other CTA after it). Not .aligned: the threads need not be converged.
-__device__ __forceinline__ unsigned cluster_rank()
-{
-    unsigned r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-    return r;
-}
-__device__ __forceinline__ void cluster_sync()
-{
-    asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
-}
-
 // mbarriers (shared::cta addresses). wait: until the phase of parity `parity` has completed
-// (a fresh barrier is in phase 0, so waiting on parity 1 passes at once); acquire at cluster
-// scope, since the other CTA's consumers arrive on the empty barriers.
+// (a fresh barrier is in phase 0, so waiting on parity 1 passes at once).
 __device__ __forceinline__ void bar_init(unsigned bar, unsigned count)
 {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
@@ -155,58 +106,23 @@ __device__ __forceinline__ void bar_wait(unsigned bar, unsigned parity)
 {
     unsigned done;
     do {
-        asm volatile("{\n.reg .pred p;\n"
-                     "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
                      "selp.u32 %0, 1, 0, p;\n}\n"
                      : "=r"(done)
                      : "r"(bar), "r"(parity)
                      : "memory");
     } while (!done);
 }
-// The producer's one arrival on a full barrier, which also expects `bytes` more bytes of the
-// phase (the TMA loads' complete_tx, from this CTA and the other, count them down; some may
-// land before this: the phase cannot complete while this arrival is pending).
-__device__ __forceinline__ void bar_expect_tx(unsigned bar, unsigned bytes)
+__device__ __forceinline__ void bar_arrive(unsigned bar)
 {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar),
-                 "r"(bytes)
+    asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(bar)
                  : "memory");
 }
-// One arrival on the barrier at the same offset `bar` in the shared memory of cluster CTA
-// `cta` (this one included): mapa gives its shared::cluster address.
-__device__ __forceinline__ void bar_arrive_cluster(unsigned bar, unsigned cta)
+// One arrival on `bar` when every cp.async this thread has issued so far has landed (.noinc:
+// the arrival is one of the count the barrier was initialised with).
+__device__ __forceinline__ void bar_arrive_cp(unsigned bar)
 {
-    asm volatile("{\n.reg .b32 ra;\nmapa.shared::cluster.u32 ra, %0, %1;\n"
-                 "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [ra];\n}\n" ::"r"(bar),
-                 "r"(cta)
-                 : "memory");
-}
-
-// TMA. The address of a tensor map: a __grid_constant__ kernel parameter (kiln::tmap above),
-// so a generic address of the parameter space, which is where TMA may read a map from.
-__device__ __forceinline__ unsigned long long tmap_addr(const tmap &m)
-{
-    return (unsigned long long)&m;
-}
-// The box at (element c0 of a row, row c1) of map `map` into this CTA's shared memory at `dst`,
-// complete_tx on this CTA's `bar`; out-of-bounds elements are zeros (and count as bytes).
-__device__ __forceinline__ void tma_load(unsigned dst, unsigned long long map, int c0, int c1,
-                                         unsigned bar)
-{
-    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
-                 " [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
-                 "l"(map), "r"(c0), "r"(c1), "r"(bar)
-                 : "memory");
-}
-// The same box into the shared memory of every CTA of the cluster in `mask` at the same offset
-// `dst`, complete_tx on each one's barrier at offset `bar`.
-__device__ __forceinline__ void tma_load_mc(unsigned dst, unsigned long long map, int c0, int c1,
-                                            unsigned bar, unsigned short mask)
-{
-    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
-                 ".multicast::cluster [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
-                 "l"(map), "r"(c0), "r"(c1), "r"(bar), "h"(mask)
-                 : "memory");
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
 }
 
 // d (64 x NN floats of the warpgroup, the fragment at the top) += A (64 x 16) . B (NN x 16)^T,
@@ -324,14 +240,115 @@ __device__ __forceinline__ void fence_acc(float (&d)[R])
         asm volatile("" : "+f"(d[i])::"memory");
 }
 
-// Epilogue (gemm.cuh's): lane (g, t) of warp q holds acc[4j + 2h + e] at row r0 + 16q + 8h + g
-// (r0: the warpgroup's first row), column 8j + 2t + e of the tile; rows >= M are not stored.
-template <typename OT, int N, int BIAS, int BN, typename DT>
-__device__ __forceinline__ void epilogue(const float (&acc)[BN / 2], int M, int r0, int n0,
-                                         int lane, int q, const DT *bias, OT *y, long long ldy)
+} // namespace gemm90_detail
+
+template <typename DT, typename OT, int N, int K, int BIAS, int BN = KILN_GEMM90_BN(N)>
+__device__ __forceinline__ void gemm90(int M, const DT *x, long long ldx, const DT *w,
+                                       const DT *bias, OT *y, long long ldy)
 {
+    KILN_PDL_ENTER();
+    using namespace gemm90_detail;
+    static_assert(have_wgmma<DT>, "gemm90: wgmma needs sm_90a; compiler/lower.c uses this kernel "
+                                  "only when every target is sm_90a (kilnc compile --sm 90a)");
+    static_assert(sizeof(DT) == 2, "gemm90: DT is bf16 or f16");
+    static_assert(N >= 1, "gemm90: N >= 1");
+    static_assert(K >= 8 && K % 8 == 0, "gemm90: K must be a multiple of 8 (16-byte chunks)");
+    static_assert(BN == 128 || BN == 256, "gemm90: tiles of 128 or 256 columns (wgmma n)");
+    constexpr int STAGES = KILN_GEMM90_STAGES(BN);
+    constexpr unsigned STAGE = (BM + BN) * BK * 2; // bytes of one stage (x, then w)
+    static_assert(STAGE % 1024 == 0, "gemm90: every stage starts on a 1024-byte atom");
+    static_assert(STAGES * STAGE + 1024 + 2 * STAGES * 8 == KILN_GEMM90_SMEM(sizeof(DT), BN),
+                  "gemm90: kiln_gemm.h's SMEM");
+    constexpr int KT = (K + BK - 1) / BK; // slices of K
+
+    // Block -> tile, in groups of GROUP tile rows (gemm.cuh's map).
+    const int ntn = gridDim.x, ntm = gridDim.y;
+    const int pid = blockIdx.y * ntn + blockIdx.x, per_group = GROUP * ntn;
+    const int first = pid / per_group * GROUP;
+    const int rows = ntm - first < GROUP ? ntm - first : GROUP;
+    const int m0 = (first + pid % per_group % rows) * BM;
+    const int n0 = pid % per_group / rows * BN;
+    if (m0 >= M || n0 >= N)
+        return; // uniform over the block: no barrier is reached
+
+    // Stages from the first 1024-byte boundary; then the mbarriers: full[s] at bars + 8s,
+    // empty[s] at bars + 8 (STAGES + s).
+    extern __shared__ unsigned char kiln_gemm90_smem[];
+    const unsigned base = ((unsigned)__cvta_generic_to_shared(kiln_gemm90_smem) + 1023u) & ~1023u;
+    const unsigned bars = base + STAGES * STAGE;
+    const int tid = threadIdx.x, wg = tid >> 7;
+    if (tid == 0) {
+        for (int s = 0; s < STAGES; s++) {
+            bar_init(bars + 8 * s, 128);          // full: each producer thread's copies landed
+            bar_init(bars + 8 * (STAGES + s), 8); // empty: each consumer warp done reading
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+
+    if (wg == 0) {
+        // Producer: thread tid copies chunk c = tid % 8 of rows r0 + 16i (r0 = tid / 8) of the
+        // x slice (i < BM / 16) and of the w slice (i < BN / 16); rows r0 + 16i share r0's
+        // swizzle, 2048 bytes apart. Slice kt goes to stage kt % STAGES once the consumers have
+        // released the slice that was there (kt - STAGES): empty's phase kt / STAGES - 1.
+        const int r0 = tid >> 3, c = tid & 7;
+        const unsigned so = swz(r0, c);
+#pragma unroll 1
+        for (int kt = 0; kt < KT; kt++) {
+            const int s = kt % STAGES;
+            bar_wait(bars + 8 * (STAGES + s), (kt / STAGES & 1) ^ 1);
+            const int k = kt * BK + 8 * c;
+            const bool kin = k < K; // the chunk is whole: K % 8 == 0
+            const unsigned a = base + s * STAGE + so, b = a + TILE_A;
+#pragma unroll
+            for (int i = 0; i < BM / 16; i++) {
+                const int m = m0 + r0 + 16 * i;
+                const bool ok = kin && m < M;
+                gemm_detail::cp16(a + 2048 * i, ok ? x + (long long)m * ldx + k : x, ok ? 16 : 0);
+            }
+#pragma unroll
+            for (int i = 0; i < BN / 16; i++) {
+                const int n = n0 + r0 + 16 * i;
+                const bool ok = kin && n < N;
+                gemm_detail::cp16(b + 2048 * i, ok ? w + (long long)n * K + k : w, ok ? 16 : 0);
+            }
+            bar_arrive_cp(bars + 8 * s);
+        }
+        asm volatile("cp.async.wait_all;\n" ::: "memory"); // nothing in flight when it exits
+        return;
+    }
+
+    // Consumers: warpgroup cw multiplies rows 64cw..64cw+63 of the tile by all BN columns.
+    const int cw = wg - 1, lane = tid & 31, q = (tid >> 5) & 3;
+    float acc[BN / 2];
+#pragma unroll
+    for (int i = 0; i < BN / 2; i++)
+        acc[i] = 0.f;
+#pragma unroll 1
+    for (int kt = 0; kt < KT; kt++) {
+        const int s = kt % STAGES;
+        bar_wait(bars + 8 * s, kt / STAGES & 1);
+        __syncwarp(); // the lanes left the wait loop apart: converged for the .aligned wgmma
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); // cp.async -> wgmma
+        const unsigned a = base + s * STAGE + cw * 64 * 128, b = base + s * STAGE + TILE_A;
+        fence_acc(acc);
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < BK / 16; kk++)
+            wgmma(acc, desc(a + 32 * kk), desc(b + 32 * kk), DT());
+        wg_commit();
+        wg_wait<1>(); // slice kt-1's group has completed: its stage may be refilled
+        fence_acc(acc);
+        if (kt > 0 && lane == 0)
+            bar_arrive(bars + 8 * (STAGES + (kt - 1) % STAGES));
+    }
+    wg_wait<0>();
+    fence_acc(acc);
+
+    // Epilogue (gemm.cuh's): lane (g, t) of warp q holds acc[4j + 2h + e] at row
+    // 64cw + 16q + 8h + g, column 8j + 2t + e of the tile.
     const int g = lane >> 2, t = lane & 3;
-    const int mr = r0 + 16 * q + g;
+    const int mr = m0 + 64 * cw + 16 * q + g;
 #pragma unroll
     for (int j = 0; j < BN / 8; j++) {
         const int n = n0 + 8 * j + 2 * t;
@@ -359,119 +376,6 @@ __device__ __forceinline__ void epilogue(const float (&acc)[BN / 2], int M, int 
             }
         }
     }
-}
-
-} // namespace gemm90_detail
-
-template <typename DT, typename OT, int N, int K, int BIAS, int BN = KILN_GEMM90_BN(N)>
-__device__ __forceinline__ void gemm90(int M, const tmap &tx, const tmap &tw,
-                                       const DT *bias, OT *y, long long ldy)
-{
-    KILN_PDL_ENTER();
-    using namespace gemm90_detail;
-    static_assert(have_wgmma<DT>, "gemm90: wgmma needs sm_90a; compiler/lower.c uses this kernel "
-                                  "only when every target is sm_90a (kilnc compile --sm 90a)");
-    static_assert(sizeof(DT) == 2, "gemm90: DT is bf16 or f16");
-    static_assert(N >= 1, "gemm90: N >= 1");
-    static_assert(K >= 8 && K % 8 == 0, "gemm90: K must be a multiple of 8 (16-byte rows)");
-    static_assert(BN == 128 || BN == 256, "gemm90: tiles of 128 or 256 columns (wgmma n)");
-    constexpr int STAGES = KILN_GEMM90_STAGES(BN);
-    constexpr unsigned STAGE = (BM + BN) * BK * 2; // bytes of one stage (x, then w)
-    constexpr unsigned HALF_B = BN / CLUSTER * BK * 2; // bytes of the w rows one CTA loads
-    static_assert(STAGE % 1024 == 0 && HALF_B % 1024 == 0,
-                  "gemm90: every stage and w half starts on a 1024-byte atom");
-    static_assert(STAGES * STAGE + 1024 + 2 * STAGES * 8 == KILN_GEMM90_SMEM(sizeof(DT), BN),
-                  "gemm90: kiln_gemm.h's SMEM");
-    constexpr int KT = (K + BK - 1) / BK; // slices of K
-
-    // Cluster -> pair of tile rows and column tile, in groups of GROUP / CLUSTER pairs
-    // (gemm.cuh's map, over pairs): both CTAs of a cluster (blockIdx.x 2j and 2j + 1, cluster
-    // ranks 0 and 1) get the same pair p and columns n0; CTA `rank` computes tile row 2p + rank.
-    constexpr int GP = GROUP / CLUSTER;
-    const unsigned rank = cluster_rank();
-    const int ntn = gridDim.x / CLUSTER, ntp = gridDim.y;
-    const int pid = blockIdx.y * ntn + blockIdx.x / CLUSTER, per_group = GP * ntn;
-    const int first = pid / per_group * GP;
-    const int prs = ntp - first < GP ? ntp - first : GP;
-    const int p = first + pid % per_group % prs;
-    const int n0 = pid % per_group / prs * BN;
-    if (CLUSTER * p * BM >= M)
-        return; // uniform over the cluster: no barrier is reached, no CTA touches the other
-    const int m0 = (CLUSTER * p + (int)rank) * BM; // may be >= M: computes, stores nothing
-
-    // Stages from the first 1024-byte boundary (the same offset in both CTAs: multicast writes
-    // each w half at its own CTA-relative address in both); then the mbarriers: full[s] at
-    // bars + 8s, empty[s] at bars + 8 (STAGES + s).
-    extern __shared__ unsigned char kiln_gemm90_smem[];
-    const unsigned base = ((unsigned)__cvta_generic_to_shared(kiln_gemm90_smem) + 1023u) & ~1023u;
-    const unsigned bars = base + STAGES * STAGE;
-    const int tid = threadIdx.x, wg = tid >> 7;
-    if (tid == 0) {
-        for (int s = 0; s < STAGES; s++) {
-            bar_init(bars + 8 * s, 1); // full: this CTA's producer (expect_tx), then the bytes
-            bar_init(bars + 8 * (STAGES + s), 16); // empty: the 8 consumer warps of both CTAs
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    }
-    cluster_sync(); // both CTAs' barriers initialised before either loads or arrives remotely
-
-    if (wg == 0) {
-        // Producer: one thread. Slice kt goes to stage kt % STAGES once the consumers of both
-        // CTAs have released the slice that was there (kt - STAGES): empty's phase kt / STAGES -
-        // 1. It expects the stage's bytes on its own full barrier (x and both w halves), loads
-        // its x tile into its own stage, and its half of the w tile (rows rank * BN / 2 ..) into
-        // the stage of both CTAs, whose full barriers each count the bytes that land there.
-        if (tid == 0) {
-            // A box wholly past M or N is one whose outputs nobody stores (this CTA's rows, or
-            // the columns of this w half): it loads row 0 instead, so that every box has a
-            // corner inside the tensor (partial boxes read zeros past the edge).
-            const unsigned long long mx = tmap_addr(tx), mw = tmap_addr(tw);
-            const int xr = m0 < M ? m0 : 0, wr0 = n0 + (int)rank * (BN / CLUSTER);
-            const int wr = wr0 < N ? wr0 : 0;
-#pragma unroll 1
-            for (int kt = 0; kt < KT; kt++) {
-                const int s = kt % STAGES;
-                const unsigned full = bars + 8 * s, a = base + s * STAGE;
-                bar_wait(bars + 8 * (STAGES + s), (kt / STAGES & 1) ^ 1);
-                bar_expect_tx(full, STAGE);
-                tma_load(a, mx, kt * BK, xr, full);
-                tma_load_mc(a + TILE_A + rank * HALF_B, mw, kt * BK, wr, full, 3);
-            }
-        }
-    } else {
-        // Consumers: warpgroup cw multiplies rows 64cw..64cw+63 of the tile by all BN columns.
-        const int cw = wg - 1, lane = tid & 31;
-        float acc[BN / 2];
-#pragma unroll
-        for (int i = 0; i < BN / 2; i++)
-            acc[i] = 0.f;
-#pragma unroll 1
-        for (int kt = 0; kt < KT; kt++) {
-            const int s = kt % STAGES;
-            bar_wait(bars + 8 * s, kt / STAGES & 1);
-            __syncwarp(); // the lanes left the wait loop apart: converged for the .aligned wgmma
-            const unsigned a = base + s * STAGE + cw * 64 * 128, b = base + s * STAGE + TILE_A;
-            fence_acc(acc);
-            wg_fence();
-#pragma unroll
-            for (int kk = 0; kk < BK / 16; kk++)
-                wgmma(acc, desc(a + 32 * kk), desc(b + 32 * kk), DT());
-            wg_commit();
-            wg_wait<1>(); // slice kt-1's group has completed: its stage may be refilled
-            fence_acc(acc);
-            if (kt > 0 && lane == 0) { // on both CTAs' empty barrier: both producers write here
-                const unsigned e = bars + 8 * (STAGES + (kt - 1) % STAGES);
-                bar_arrive_cluster(e, 0);
-                bar_arrive_cluster(e, 1);
-            }
-        }
-        wg_wait<0>();
-        fence_acc(acc);
-        epilogue<OT, N, BIAS, BN>(acc, M, m0 + 64 * cw, n0, lane, (tid >> 5) & 3, bias, y, ldy);
-    }
-    // Neither CTA exits while the other may still arrive on its barriers (its consumers' last
-    // remote arrivals); every multicast write has landed, each CTA's full barriers counted them.
-    cluster_sync();
 }
 
 } // namespace kiln

@@ -86,49 +86,25 @@ static void expect_kiln_gemm(const char *fx, const lowered *l, const ka_step *c,
     assert_int_equal(l->m.kernels[k->kernel].block, h ? KILN_GEMM90_THREADS : KILN_GEMM_THREADS);
     assert_int_equal(l->m.kernels[k->kernel].smem,
                      h ? KILN_GEMM90_SMEM(2, bn) : KILN_GEMM_SMEM(2)); /* bf16 */
+    /* wrapper (M, x, w, bias, y) */
+    assert_int_equal(k->nargs, 5);
+    assert_int_equal(k->args[0].kind, KA_ARG_M);
+    assert_true(same_arg(&k->args[1], &c->x));
+    assert_true(same_arg(&k->args[2], &c->w));
+    assert_true(same_arg(&k->args[3], &c->bias));
+    assert_true(same_arg(&k->args[4], &c->y));
     char want[256];
-    if (h) {
-        /* wrapper (M, x's tensor map, w's, bias, y); the maps' tensors in the step's x, w, n,
-         * k, ldx (the cuBLASLt step's) */
-        assert_int_equal(k->nargs, 5);
-        assert_int_equal(k->args[0].kind, KA_ARG_M);
-        assert_int_equal(k->args[1].kind, KA_ARG_TMAP);
-        assert_int_equal(k->args[1].i, 0);
-        assert_int_equal(k->args[2].kind, KA_ARG_TMAP);
-        assert_int_equal(k->args[2].i, 1);
-        assert_true(same_arg(&k->args[3], &c->bias));
-        assert_true(same_arg(&k->args[4], &c->y));
-        assert_true(same_arg(&k->x, &c->x));
-        assert_true(same_arg(&k->w, &c->w));
-        assert_int_equal(k->n, c->n);
-        assert_int_equal(k->k, c->k);
-        assert_int_equal(k->ldx, c->ldx);
-        snprintf(want, sizeof want, "kiln::gemm90<DT, %s, %lld, %lld, %d>(M, tx, tw, bias, y, %lldLL)",
-                 c->out_f32 ? "float" : "DT", (long long)c->n, (long long)c->k,
-                 c->bias.kind != KA_ARG_NULL, (long long)c->ldy);
-    } else {
-        /* wrapper (M, x, w, bias, y) */
-        assert_int_equal(k->nargs, 5);
-        assert_int_equal(k->args[0].kind, KA_ARG_M);
-        assert_true(same_arg(&k->args[1], &c->x));
-        assert_true(same_arg(&k->args[2], &c->w));
-        assert_true(same_arg(&k->args[3], &c->bias));
-        assert_true(same_arg(&k->args[4], &c->y));
-        snprintf(want, sizeof want,
-                 "kiln::gemm<DT, %s, %lld, %lld, %d>(M, x, %lldLL, w, bias, y, %lldLL)",
-                 c->out_f32 ? "float" : "DT", (long long)c->n, (long long)c->k,
-                 c->bias.kind != KA_ARG_NULL, (long long)c->ldx, (long long)c->ldy);
-    }
+    snprintf(want, sizeof want,
+             "kiln::%s<DT, %s, %lld, %lld, %d>(M, x, %lldLL, w, bias, y, %lldLL)",
+             h ? "gemm90" : "gemm", c->out_f32 ? "float" : "DT", (long long)c->n, (long long)c->k,
+             c->bias.kind != KA_ARG_NULL, (long long)c->ldx, (long long)c->ldy);
     assert_string_equal(l->inst_call[k->kernel], want);
-    /* grid (ceil(N / BN), ceil(M / BM)), gemm90's in clusters of two CTAs side by side along x
-     * covering two tile rows: (2 ceil(N / BN), ceil(M / 2 BM)); M the step's rows, at a few
-     * step sizes */
-    const int cl = h ? KILN_GEMM90_CLUSTER : 1;
-    const long sizes[][2] = {{9, 1}, {64, 4}, {bm + 1, 2}, {3 * bm, 3}, {4 * bm + 1, 5}};
+    /* grid (ceil(N / BN), ceil(M / BM)), M the step's rows, at a few step sizes */
+    const long sizes[][2] = {{9, 1}, {64, 4}, {bm + 1, 2}, {3 * bm, 3}};
     for (size_t i = 0; i < ARRAY_LEN(sizes); i++) {
         long T = sizes[i][0], S = sizes[i][1], M = c->rows == KA_ROWS_S ? S : T;
-        assert_int_equal(grid_at(&k->grid[0], T, S), (c->n + bn - 1) / bn * cl);
-        assert_int_equal(grid_at(&k->grid[1], T, S), (M + cl * bm - 1) / (cl * bm));
+        assert_int_equal(grid_at(&k->grid[0], T, S), (c->n + bn - 1) / bn);
+        assert_int_equal(grid_at(&k->grid[1], T, S), (M + bm - 1) / bm);
         assert_int_equal(grid_at(&k->grid[2], T, S), 1);
     }
 }
@@ -178,11 +154,6 @@ static void test_steps_replace_cublaslt(void **state)
             assert_null(strstr(src_c, "gemm90.cuh"));
             assert_non_null(strstr(src_k, h ? "#include \"gemm90.cuh\"" : "#include \"gemm.cuh\""));
             assert_null(strstr(src_k, h ? "#include \"gemm.cuh\"" : "#include \"gemm90.cuh\""));
-            /* gemm90's wrappers, and only they, run in clusters of two (kernels/kiln_gemm.h) */
-            if (h)
-                assert_non_null(strstr(src_k, "__launch_bounds__(384) __cluster_dims__(2, 1, 1) "));
-            else
-                assert_null(strstr(src_k, "__cluster_dims__"));
             free(src_c);
             free(src_k);
             /* kiln bench's roofline sees the same model */

@@ -16,9 +16,7 @@
  * 256-column tiles exactly (256, 512) and a bit more (264, 520, 1000), K of one chunk (8), one
  * 64-element slice exactly (64), under one 32-element slice and not a multiple of one (144, 200,
  * 4104, 136, 328: 64-element slices and a chunk or more), M of 1, 7, 16, 64, 65, 128, 129, 300,
- * 1030 (partial row tiles, one and several, more than a group of 8 tile rows), gemm90's
- * cluster pairs of tile rows (M of 1, 129, 257, 513: the second CTA of a pair past M) and w
- * tiles split between the pair (N = 72, 100, 200: a half partly or wholly past N), K of 4104 (65
+ * 1030 (partial row tiles, one and several, more than a group of 8 tile rows), K of 4104 (65
  * slices: gemm90's ring of 4 or 6 stages turns 16 or 10 times), row strides ldx = K + 8 and
  * ldy = N + 8, a grid sized for 300 more rows than M, bias, float output, f16, and the Llama
  * 8B/1B linears and the 1B logits at M = 64 and 512 (there only a sample of rows is compared:
@@ -66,8 +64,7 @@ typedef struct gkind {
     const char *name; /* the cases' prefix */
     const char *tmpl; /* the template: kiln::TMPL in templates/TMPL.cuh */
     int bm, bn, threads, smem;
-    int sm90a; /* gemm90: exists on sm_90a only; its BN is a template argument, it runs in
-                * clusters of KILN_GEMM90_CLUSTER CTAs and takes x and w as TMA tensor maps */
+    int sm90a; /* exists on sm_90a only; its BN is a template argument */
 } gkind;
 
 static const gkind kinds[] = {
@@ -86,66 +83,25 @@ static int kind_here(const kt *t, const gkind *g) { return !g->sm90a || kt_sm90a
 static CUmodule gemm_module(kt *t, const gkind *g, const char *name, int f16, int f32, int N,
                             int K, int bias)
 {
-    const char *dt = f16 ? "kiln::f16" : "kiln::bf16", *ot = f32 ? "float" : dt;
-    char src[1024];
+    const char *dt = f16 ? "kiln::f16" : "kiln::bf16";
+    char src[1024], bn[16] = "";
     if (g->sm90a)
-        snprintf(src, sizeof src,
-                 "#include \"gemm90.cuh\"\n"
-                 "extern \"C\" __global__ void __launch_bounds__(%d) __cluster_dims__(%d, 1, 1)\n"
-                 "k_gemm(int M, const __grid_constant__ kiln::tmap tx,\n"
-                 "       const __grid_constant__ kiln::tmap tw, const %s *bias, %s *y,\n"
-                 "       long long ldy)\n"
-                 "{\n"
-                 "    kiln::gemm90<%s, %s, %d, %d, %d, %d>(M, tx, tw, bias, y, ldy);\n"
-                 "}\n",
-                 g->threads, KILN_GEMM90_CLUSTER, dt, ot, dt, ot, N, K, bias, g->bn);
-    else
-        snprintf(src, sizeof src,
-                 "#include \"gemm.cuh\"\n"
-                 "extern \"C\" __global__ void __launch_bounds__(%d)\n"
-                 "k_gemm(int M, const %s *x, long long ldx, const %s *w, const %s *bias, %s *y,\n"
-                 "       long long ldy)\n"
-                 "{\n"
-                 "    kiln::gemm<%s, %s, %d, %d, %d>(M, x, ldx, w, bias, y, ldy);\n"
-                 "}\n",
-                 g->threads, dt, dt, dt, ot, dt, ot, N, K, bias);
+        snprintf(bn, sizeof bn, ", %d", g->bn);
+    snprintf(src, sizeof src,
+             "#include \"%s.cuh\"\n"
+             "extern \"C\" __global__ void __launch_bounds__(%d)\n"
+             "k_gemm(int M, const %s *x, long long ldx, const %s *w, const %s *bias, %s *y,\n"
+             "       long long ldy)\n"
+             "{\n"
+             "    kiln::%s<%s, %s, %d, %d, %d%s>(M, x, ldx, w, bias, y, ldy);\n"
+             "}\n",
+             g->tmpl, g->threads, dt, dt, dt, f32 ? "float" : dt, g->tmpl, dt,
+             f32 ? "float" : dt, N, K, bias, bn);
     return g->sm90a ? kt_module_sm90a(t, name, src) : kt_module(t, name, src);
 }
 
-/* The launch rule's grid: gemm90's in clusters of two CTAs, side by side along x, that share
- * one column tile and cover two tile rows (kernels/kiln_gemm.h). */
-static unsigned grid_x(const gkind *g, int N)
-{
-    return (unsigned)((N + g->bn - 1) / g->bn * (g->sm90a ? KILN_GEMM90_CLUSTER : 1));
-}
-static unsigned grid_y(const gkind *g, int M)
-{
-    const int rows = g->bm * (g->sm90a ? KILN_GEMM90_CLUSTER : 1);
-    return (unsigned)((M + rows - 1) / rows);
-}
-
-/* A launch's kernel arguments, as the runtime packs them: gemm's (M, x, ldx, w, bias, y, ldy),
- * gemm90's (M, x's map, w's map, bias, y, ldy), the maps made as runtime/engine.c makes them
- * (kcuda_gemm90_maps, x of M rows). */
-typedef struct gargs {
-    int M;
-    CUdeviceptr x, w, b, y;
-    long long ldx, ldy;
-    CUtensorMap map[2];
-    void *p[7];
-} gargs;
-
-static int gargs_make(kt *t, const gkind *g, gargs *a, int N, int K, kerr *err)
-{
-    if (!g->sm90a) {
-        void *p[] = {&a->M, &a->x, &a->ldx, &a->w, &a->b, &a->y, &a->ldy};
-        memcpy(a->p, p, sizeof p);
-        return 0;
-    }
-    void *p[] = {&a->M, &a->map[0], &a->map[1], &a->b, &a->y, &a->ldy};
-    memcpy(a->p, p, sizeof p);
-    return kcuda_gemm90_maps(&t->cu, a->map, a->x, a->M, K, a->ldx, a->w, N, g->bn, err);
-}
+static unsigned grid_x(const gkind *g, int N) { return (unsigned)((N + g->bn - 1) / g->bn); }
+static unsigned grid_y(const gkind *g, int M) { return (unsigned)((M + g->bm - 1) / g->bm); }
 
 /* One problem's inputs: host copies rounded through the storage type, and device copies. */
 typedef struct gdata {
@@ -213,15 +169,11 @@ static CUdeviceptr gemm_run(kt *t, const gkind *g, CUfunction f, const char *nam
 {
     CUdeviceptr y = kt_alloc(t, (size_t)yrows * (size_t)ldy * (f32 ? 4 : 2));
     CUdeviceptr x = d->dx + (CUdeviceptr)((size_t)row0 * (size_t)d->ldx * 2);
-    gargs a = {.M = M, .x = x, .w = d->dw, .b = d->db, .y = y, .ldx = d->ldx, .ldy = ldy};
-    kerr e;
-    kerr_clear(&e);
-    if (gargs_make(t, g, &a, d->N, d->K, &e)) { /* as kt_launch's failures: the run stops */
-        fprintf(stderr, "ktest: kernel %s: %s\n", name, kerr_msg(&e));
-        exit(2);
-    }
+    long long ldx = d->ldx;
+    CUdeviceptr w = d->dw, b = d->db;
+    void *args[] = {&M, &x, &ldx, &w, &b, &y, &ldy};
     kt_launch(t, f, name, grid_x(g, d->N), grid_y(g, m_launch), 1, (unsigned)g->threads,
-              (size_t)g->smem, a.p);
+              (size_t)g->smem, args);
     return y;
 }
 
@@ -428,15 +380,6 @@ void ktest_gemm(kt *t)
         {.N = 512, .K = 64, .ms = {1, 64, 65}},
         {.N = 520, .K = 136, .ms = {64, 65, 128, 1030}, .bias = 1, .pad = 1},
         {.N = 1000, .K = 328, .ms = {7, 300}, .bias = 1, .f16 = 1, .f32 = 1},
-        /* gemm90's clusters: two CTAs of one column tile and two tile rows, each loading half
-         * of the w tile for both (TMA multicast; halves of 64 or 128 rows). M of 1, 2, 3 and 5
-         * tile rows (the second CTA of the last pair past M, or partly), and a grid for 300 more
-         * rows (pairs wholly past M); N tails where the second w half is partial (72 of 128
-         * columns; 200: 72 of 128, and of 256) or wholly past N (100 at 256 columns; 8 above),
-         * K tails of 8 and 56 past a slice (72, 120) and under one (8) */
-        {.N = 72, .K = 72, .ms = {1, 129, 257, 513}, .bias = 1},
-        {.N = 200, .K = 120, .ms = {1, 129, 257, 513}, .f32 = 1, .pad = 1},
-        {.N = 100, .K = 8, .ms = {1, 257}, .bias = 1, .f16 = 1},
         /* Llama-3 8B: qkv, o, gate_up, down; 1B: the same and the logits (float) */
         {.N = 6144, .K = 4096, .ms = {64, 512}},
         {.N = 4096, .K = 4096, .ms = {64, 512}, .bias = 1},
@@ -486,15 +429,9 @@ typedef struct gbench {
 static int bench_time(kt *t, gbench *b, CUfunction f, double *ms)
 {
     long long ldx = b->K, ldy = b->N;
-    gargs a = {.M = b->M, .x = b->x, .w = b->w, .y = b->y, .ldx = ldx, .ldy = ldy};
-    if (f) {
-        kerr e;
-        kerr_clear(&e);
-        if (gargs_make(t, b->g, &a, b->N, b->K, &e)) {
-            fprintf(stderr, "bench gemm: %s\n", kerr_msg(&e));
-            return -1;
-        }
-    }
+    CUdeviceptr nob = 0;
+    int M = b->M;
+    void *args[] = {&M, &b->x, &ldx, &b->w, &nob, &b->y, &ldy};
     double best = 0;
     for (int r = -1; r < 3; r++) {
         const int n = r < 0 ? 2 : 10;
@@ -503,7 +440,7 @@ static int bench_time(kt *t, gbench *b, CUfunction f, double *ms)
             if (f) {
                 BCK(cuLaunchKernel(f, grid_x(b->g, b->N), grid_y(b->g, b->M), 1,
                                    (unsigned)b->g->threads, 1, 1, (unsigned)b->g->smem,
-                                   t->stream, a.p, NULL));
+                                   t->stream, args, NULL));
             } else {
                 kerr e;
                 kerr_clear(&e);
