@@ -107,6 +107,24 @@ __device__ __forceinline__ void store2(f16 *p, float a, float b)
     *reinterpret_cast<__half2 *>(p) = __floats2half2_rn(a, b);
 }
 
+// The outputs (m, n) and, when n + 1 < N, (m, n + 1) of y, rounded once to OT: one store for the
+// pair where it is aligned (ldy and n even), else element by element. Both epilogues (gemm and
+// gemm90.cuh's) store through it.
+template <typename OT>
+__device__ __forceinline__ void store_pair(OT *y, long long ldy, int m, int n, int N, float v0,
+                                           float v1)
+{
+    OT *p = y + (long long)m * ldy + n;
+    const bool two = n + 1 < N;
+    if (two && ((ldy | n) & 1) == 0) {
+        store2(p, v0, v1);
+    } else {
+        *p = from_f<OT>(v0);
+        if (two)
+            p[1] = from_f<OT>(v1);
+    }
+}
+
 } // namespace gemm_detail
 
 template <typename DT, typename OT, int N, int K, int BIAS>
@@ -244,17 +262,8 @@ __device__ __forceinline__ void gemm(int M, const DT *x, long long ldx, const DT
 #pragma unroll
             for (int h = 0; h < 2; h++) {
                 const int m = m0 + wm * 64 + 16 * i + 8 * h + g;
-                if (m >= M)
-                    continue;
-                OT *p = y + (long long)m * ldy + n;
-                const float v0 = acc[i][j][2 * h] + b0, v1 = acc[i][j][2 * h + 1] + b1;
-                if (two && ((ldy | n) & 1) == 0)
-                    store2(p, v0, v1);
-                else {
-                    *p = from_f<OT>(v0);
-                    if (two)
-                        p[1] = from_f<OT>(v1);
-                }
+                if (m < M)
+                    store_pair(y, ldy, m, n, N, acc[i][j][2 * h] + b0, acc[i][j][2 * h + 1] + b1);
             }
     }
 }

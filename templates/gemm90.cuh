@@ -65,7 +65,7 @@
 // through shared memory (the epilogue writes pairs straight from the fragments).
 #pragma once
 
-#include "gemm.cuh" // gemm_detail::cp16 and store2; common.cuh, kiln_gemm.h
+#include "gemm.cuh" // gemm_detail::cp16 and store_pair; common.cuh, kiln_gemm.h
 
 namespace kiln {
 namespace gemm90_detail {
@@ -361,20 +361,10 @@ __device__ __forceinline__ void gemm90(int M, const DT *x, long long ldx, const 
             b1 = two ? to_f(bias[n + 1]) : 0.f;
         }
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int m = mr + 8 * h;
-            if (m >= M)
-                continue;
-            OT *p = y + (long long)m * ldy + n;
-            const float v0 = acc[4 * j + 2 * h] + b0, v1 = acc[4 * j + 2 * h + 1] + b1;
-            if (two && ((ldy | n) & 1) == 0)
-                gemm_detail::store2(p, v0, v1);
-            else {
-                *p = from_f<OT>(v0);
-                if (two)
-                    p[1] = from_f<OT>(v1);
-            }
-        }
+        for (int h = 0; h < 2; h++)
+            if (mr + 8 * h < M)
+                gemm_detail::store_pair(y, ldy, mr + 8 * h, n, N, acc[4 * j + 2 * h] + b0,
+                                        acc[4 * j + 2 * h + 1] + b1);
     }
 }
 
