@@ -12,6 +12,7 @@ int cmd_serve(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_chat_template(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_perplexity(int argc, char **argv);
 
 /* What `kiln run` and `kiln serve` load (cmd_backend.c). */
 typedef struct cli_backend_opts {

@@ -36,6 +36,7 @@ static const struct {
     {"tokenize", cmd_tokenize, "encode or decode text with a model's tokenizer.json"},
     {"chat-template", cmd_chat_template, "render a model's chat template for a JSON request"},
     {"bench", cmd_bench, "measure a model's speed against the GPU's rooflines"},
+    {"perplexity", cmd_perplexity, "a model's perplexity on a text (sliding windows)"},
 };
 
 /* PROG: "kiln", or the standalone executable's name. */
