@@ -39,6 +39,10 @@ extern const cli_cpu_backend *const cli_cpu;
  * (config.json): the CPU backend (compiler/backend_ref.h), with a note on stderr. Anything else:
  * NULL and a message saying what DIR should be. */
 kbackend *cli_open_backend(const char *dir, const cli_backend_opts *o, kerr *err);
+/* The end of a command's option loop: an argument no option took. Starting with '-' (but "-"
+ * alone) it is an unknown option; else the first is DIR and a second an error. 0, or 2 with the
+ * usage error printed. */
+int cli_dir_arg(const char *prog, const char *a, const char **dir);
 /* A node other than node 0 (o->node_rank > 0): loads DIR and runs the steps node 0 sends until it
  * ends (km_follow); prints as the command line does. Returns the exit status. */
 int cli_follow(const char *prog, const char *dir, const cli_backend_opts *o);

@@ -132,3 +132,15 @@ kbackend *cli_open_backend(const char *dir, const cli_backend_opts *o, kerr *err
     kerr_add(err, "%s: no model.kiln in this folder, and no config.json (" WANT ")", dir);
     return NULL;
 }
+
+int cli_dir_arg(const char *prog, const char *a, const char **dir)
+{
+    if (a[0] == '-' && a[1])
+        return util_usage_error(prog, "unknown option '%s'", a);
+    if (*dir)
+        return util_usage_error(prog, "unexpected argument '%s' (one DIR expected, already have "
+                                      "'%s')",
+                                a, *dir);
+    *dir = a;
+    return 0;
+}

@@ -357,14 +357,8 @@ static int parse_opts(int argc, char **argv, opts *o, const char **dir)
             if (util_parse_i64(a, v, 1, KA_MAX_TP, &x, &err))
                 return util_usage_error(PROG, "%s", kerr_msg(&err));
             o->tp = (int)x;
-        } else if (a[0] == '-' && a[1]) {
-            return util_usage_error(PROG, "unknown option '%s'", a);
-        } else if (!*dir) {
-            *dir = a;
-        } else {
-            return util_usage_error(PROG, "unexpected argument '%s' (one DIR expected, already "
-                                          "have '%s')",
-                                    a, *dir);
+        } else if (cli_dir_arg(PROG, a, dir)) {
+            return 2;
         }
     }
     if (!*dir)

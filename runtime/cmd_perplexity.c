@@ -140,14 +140,8 @@ int cmd_perplexity(int argc, char **argv)
             int64_t *dst = a[2] == 'm' ? &max_tokens : a[2] == 'w' ? &window : &stride;
             if (util_parse_i64(a, v, a[2] == 'm' ? 2 : 1, INT32_MAX, dst, &err))
                 return util_usage_error(PROG, "%s", kerr_msg(&err));
-        } else if (a[0] == '-' && a[1]) {
-            return util_usage_error(PROG, "unknown option '%s'", a);
-        } else if (!dir) {
-            dir = a;
-        } else {
-            return util_usage_error(PROG, "unexpected argument '%s' (one DIR expected, already "
-                                          "have '%s')",
-                                    a, dir);
+        } else if (cli_dir_arg(PROG, a, &dir)) {
+            return 2;
         }
     }
     if (!dir)

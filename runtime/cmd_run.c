@@ -417,14 +417,8 @@ int cmd_run(int argc, char **argv)
                        : !strcmp(a, "--max-seq-len") ? &bo.max_seq_len
                                                      : &bo.kv_blocks;
             *dst = (int)x;
-        } else if (a[0] == '-' && a[1]) {
-            return util_usage_error(PROG, "unknown option '%s'", a);
-        } else if (!dir) {
-            dir = a;
-        } else {
-            return util_usage_error(PROG, "unexpected argument '%s' (one DIR expected, already "
-                                          "have '%s')",
-                                    a, dir);
+        } else if (cli_dir_arg(PROG, a, &dir)) {
+            return 2;
         }
     }
     if (!dir)
