@@ -9,13 +9,13 @@
  * checkpoint folder on the CPU backend). The text is encoded with the model's tokenizer.json,
  * special tokens added as `kiln run --prompt` adds them (HF's tokenizer(text)); --max-tokens keeps
  * the first N tokens. Windows of W tokens start every S tokens (begin = 0, S, 2S, ...; the last
- * ends at the text's end); each is one scoring request to the scheduler (max_new 0, its raw
- * logits at every position: ks_params.prompt_logits, the path of `kiln run --dump`), run one at a
- * time so that only one window's [W, vocab] logits are held. A window scores the tokens at
- * positions max(end of the previous window, begin + 1) .. end - 1, the earlier ones its context:
- * every token but the text's first is scored once when S < W; at S == W a window's first token
- * has no context and is not scored (as in HF's guide). The NLL of a token is logsumexp(row) -
- * row[token] of the float logits of the position before it, accumulated in double.
+ * ends at the text's end); each is one scoring request to the scheduler (max_new 0 and
+ * ks_params.prompt_logprobs 0: the scheduler turns the float logits of every position into the
+ * log-probability of the next prompt token with kb_logprobs, the path of the server's echo with
+ * logprobs), run one at a time. A window scores the tokens at positions max(end of the previous
+ * window, begin + 1) .. end - 1, the earlier ones its context: every token but the text's first
+ * is scored once when S < W; at S == W a window's first token has no context and is not scored
+ * (as in HF's guide). The NLLs (minus those log-probabilities) are summed in double.
  *
  * Prints the tokens scored, the mean NLL, the perplexity exp(mean NLL), the windows and the
  * seconds the scoring took (load excluded); --json writes the same as one JSON object.
@@ -42,7 +42,7 @@ static void usage(FILE *f)
             "fp32), as for 'kiln run'. The text is encoded with the model's tokenizer.json,\n"
             "special tokens added as 'kiln run --prompt' adds them (a BOS where the tokenizer\n"
             "adds one); its first token is never scored.\n\n"
-            "  --text FILE        the text (UTF-8)\n"
+            "  --text FILE        the text (UTF-8; invalid bytes become U+FFFD, as for kiln run)\n"
             "  --max-tokens N     use the text's first N tokens only (at least 2)\n"
             "  --window W         tokens per window (default: the model's max sequence length;\n"
             "                     at most that: kiln inspect shows it)\n"
@@ -55,21 +55,11 @@ static void usage(FILE *f)
             "seconds the scoring took (loading the model excluded).\n");
 }
 
-/* The NLL of token `tok` under one position's logits [vocab]: logsumexp - logit, in double. */
-static double nll_of(const float *row, int vocab, int32_t tok)
-{
-    double mx = row[0];
-    for (int v = 1; v < vocab; v++)
-        if (row[v] > mx)
-            mx = row[v];
-    double sum = 0;
-    for (int v = 0; v < vocab; v++)
-        sum += exp((double)row[v] - mx);
-    return mx + log(sum) - (double)row[tok];
-}
-
-/* One scoring request's end (its last event). */
+/* One window's scoring request: the NLL of its prompt positions >= from, and its end. */
 typedef struct pending {
+    int from;
+    double nll;
+    int64_t scored;
     int done;
     ks_finish finish;
     char *error;
@@ -78,6 +68,10 @@ typedef struct pending {
 static void on_event(const ks_event *ev)
 {
     pending *p = ev->user;
+    if (ev->prompt_pos >= p->from) {
+        p->nll -= ev->logprob;
+        p->scored++;
+    }
     if (ev->finish == KS_RUNNING)
         return;
     p->done = 1;
@@ -86,13 +80,14 @@ static void on_event(const ks_event *ev)
         p->error = xstrdup(ev->error ? ev->error : "the backend failed");
 }
 
-/* Runs one window of n tokens through the scheduler, its logits into out [n, vocab]. 0, or -1
- * with err set. */
-static int score_window(ksched *s, const int32_t *ids, int n, float *out, kerr *err)
+/* Runs one window of n tokens through the scheduler and adds the NLL of its tokens from position
+ * `from` on (1 <= from < n) to *nll and their count to *scored. 0, or -1 with err set. */
+static int score_window(ksched *s, const int32_t *ids, int n, int from, double *nll,
+                        int64_t *scored, kerr *err)
 {
-    pending p = {0};
+    pending p = {.from = from};
     ks_params kp = {.prompt = ids, .n_prompt = n, .max_new = 0, .logprobs = -1,
-                    .prompt_logprobs = -1, .prompt_logits = out, .cb = on_event, .user = &p};
+                    .prompt_logprobs = 0, .cb = on_event, .user = &p};
     uint64_t id;
     if (ks_submit(s, &kp, &id, err) != KS_OK)
         return -1;
@@ -108,6 +103,8 @@ static int score_window(ksched *s, const int32_t *ids, int n, float *out, kerr *
         free(p.error);
         return -1;
     }
+    *nll += p.nll;
+    *scored += p.scored;
     return 0;
 }
 
@@ -157,7 +154,6 @@ int cmd_perplexity(int argc, char **argv)
     char *text = NULL, *tokpath = util_path_join(dir, "tokenizer.json");
     tokenizer *tok = NULL;
     int32_t *ids = NULL;
-    float *logits = NULL;
     kbackend *b = NULL;
     ksched *s = NULL;
     size_t len, nn;
@@ -221,30 +217,18 @@ int cmd_perplexity(int argc, char **argv)
         rc = util_usage_error(PROG, "--stride %d is outside 1 to the window %d", S, W);
         goto out;
     }
-    int rows = n < W ? n : W;
-    uint64_t cells;
-    if (!util_mul_ok((uint64_t)rows, (uint64_t)in->vocab * sizeof(float), &cells) ||
-        cells > SIZE_MAX || !(logits = malloc((size_t)cells))) {
-        kerr_add(&err, "cannot allocate the logits of a window (%d positions x vocabulary %d)",
-                 rows, in->vocab);
-        goto out;
-    }
     s = ks_new(b, &(ks_opts){.max_waiting = 1});
     double nll = 0, t0 = util_now();
     int64_t scored = 0;
     int windows = 0;
     for (int begin = 0, prev_end = 0;; begin += S) {
         int end = begin + W < n ? begin + W : n;
-        if (score_window(s, ids + begin, end - begin, logits, &err)) {
+        int from = prev_end > begin + 1 ? prev_end - begin : 1; /* local: the first new token */
+        if (score_window(s, ids + begin, end - begin, from, &nll, &scored, &err)) {
             kerr_add(&err, "(scoring window %d: tokens %d to %d)", windows + 1, begin, end - 1);
             goto out;
         }
         windows++;
-        /* position j is predicted by the row of j - 1, local j - 1 - begin */
-        for (int j = prev_end > begin + 1 ? prev_end : begin + 1; j < end; j++) {
-            nll += nll_of(logits + (size_t)(j - 1 - begin) * (size_t)in->vocab, in->vocab, ids[j]);
-            scored++;
-        }
         prev_end = end;
         if (end == n)
             break;
@@ -274,7 +258,6 @@ out:
     if (b)
         b->free(b);
     tok_free(tok);
-    free(logits);
     free(ids);
     free(text);
     free(tokpath);
