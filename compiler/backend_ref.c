@@ -187,12 +187,6 @@ static void kbr_free(kbackend *b)
     free(k);
 }
 
-const ka_gen *kbr_generation(const kbackend *b)
-{
-    assert(b->step == kbr_step);
-    return &((const kbr *)b)->gen;
-}
-
 /* ---------------------------------------------------------------- opening */
 
 /* An option against its range; "what" says where the bound comes from. */
@@ -308,6 +302,7 @@ kbackend *kbr_open(const char *model_dir, const kbr_opts *o, kerr *err)
     m.output_pool = k->info.embed;
     int rc = ovr_generation(k->c.model_dir, k->c.cfg, NULL, &m, NULL, NULL, err);
     k->gen = m.gen;
+    k->info.gen = &k->gen;
     k->eos = xcalloc((size_t)(m.n_eos ? m.n_eos : 1), sizeof(int32_t));
     for (int i = 0; i < m.n_eos; i++)
         k->eos[i] = m.eos[i];

@@ -34,8 +34,4 @@ typedef struct kbr_opts {
  * (--max-batch, --max-tokens, --max-seq-len, --kv-blocks), with expected vs got. */
 kbackend *kbr_open(const char *model_dir, const kbr_opts *o, kerr *err);
 
-/* The sampling defaults of generation_config.json (checked as kilnc compile checks them), for a
- * backend from kbr_open: what the manifest's `gen` is for a compiled model. */
-const ka_gen *kbr_generation(const kbackend *b);
-
 #endif

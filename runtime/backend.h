@@ -33,6 +33,8 @@
 #include "util.h"
 #include "../kernels/kiln_step.h"
 
+struct ka_gen; /* artifact.h */
+
 #define KB_MAX_LOGPROBS 5
 
 typedef struct kb_info {
@@ -55,6 +57,8 @@ typedef struct kb_info {
                              * decodes and the chunks it plans together as two steps */
     int n_eos;
     const int32_t *eos;     /* end-of-sequence ids */
+    const struct ka_gen *gen; /* generation_config.json's sampling defaults (artifact.h), as the
+                               * manifest or the checkpoint has them */
 } kb_info;
 
 typedef struct kb_item {

@@ -31,7 +31,6 @@ typedef struct cli_backend_opts {
  * model only and links no compiler (no NVRTC, no archspecs), so it is NULL there. */
 typedef struct cli_cpu_backend {
     kbackend *(*open)(const char *dir, const kbr_opts *o, kerr *err);
-    const ka_gen *(*generation)(const kbackend *b);
 } cli_cpu_backend;
 extern const cli_cpu_backend *const cli_cpu;
 

@@ -452,7 +452,7 @@ int cmd_run(int argc, char **argv)
             goto out;
         load_s = util_now() - t;
         const kb_info *in = b->info;
-        lim = (limits){in->vocab, in->max_seq_len, in->max_tokens, in->embed, cli_cpu->generation(b)};
+        lim = (limits){in->vocab, in->max_seq_len, in->max_tokens, in->embed, in->gen};
     }
     const ka_gen *ge = lim.gen;
     if (!set_temperature && ge->has_temperature)

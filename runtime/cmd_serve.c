@@ -307,20 +307,7 @@ int cmd_serve(int argc, char **argv)
         free(name);
         return 1;
     }
-    /* generation_config.json's defaults: a compiled model's manifest, or the CPU backend's */
-    ka_file *af = NULL;
-    const ka_gen *gen = NULL;
-    char *mk = util_path_join(o.dir, "model.kiln");
-    if (util_is_file(mk)) {
-        kerr ge;
-        kerr_clear(&ge);
-        if ((af = ka_read(mk, &ge)))
-            gen = &af->m.gen;
-    } else {
-        gen = cli_cpu->generation(b);
-    }
-    free(mk);
-    oa_model model = {name, ks_info(ks), tok, have_ct ? &ct : NULL, ct_error, gen};
+    oa_model model = {name, ks_info(ks), tok, have_ct ? &ct : NULL, ct_error, ks_info(ks)->gen};
     if (!have_ct && !ks_info(ks)->embed)
         fprintf(stderr, PROG ": note: /v1/chat/completions is off: %s\n", ct_error);
 
@@ -353,8 +340,6 @@ int cmd_serve(int argc, char **argv)
         ct_model_free(&ct);
     free(ct_error);
     free(name);
-    if (af)
-        ka_file_free(af);
     if (eng.rc) {
         kerr_print(PROG, &eng.err);
         return 1;

@@ -1827,6 +1827,7 @@ static void init_backend(kmodel *m)
     in->eos = (const int32_t *)man->eos;
     in->rope_switch = man->rope_switch;
     in->batch_invariant = man->batch_invariant;
+    in->gen = &man->gen;
     m->kb.info = in;
     m->kb.step = engine_step;
     m->kb.describe = engine_describe;

@@ -21,7 +21,7 @@
 #include "standalone.h"
 const cli_cpu_backend *const cli_cpu = NULL;
 #else
-static const cli_cpu_backend cpu = {kbr_open, kbr_generation};
+static const cli_cpu_backend cpu = {kbr_open};
 const cli_cpu_backend *const cli_cpu = &cpu;
 #endif
 
