@@ -1,35 +1,64 @@
 /* ktest_gemv — kernel tests of templates/gemv.cuh (see ktest.h) against a CPU reference, and
  * `kiln-ktest --bench gemv`: the weight bandwidth of the GEMV on the Llama-3 8B and 1B shapes.
  *
- * Inputs are drawn in float and rounded through the storage type (bf16, or f16 in some cases), so
- * the reference (double accumulation) sees exactly the kernel's inputs. x ~ U[-1, 1),
- * w ~ U[-1, 1) * 2/sqrt(K), bias ~ U[-0.5, 0.5): every output has an rms of about 0.67, a
- * useful range for the activations of the gated cases. Every case launches the grid of the
- * template's launch rule with the block size lower.c picks (lower_gemv_threads) unless it names
- * one: the cases cover every M of 1..8 (and 9..16 with MMAX = 16), gated and not, bias, float
- * output, N that is not a multiple of the 16-row tile, K shorter than one 128-element step, K
- * not a multiple of it, K = 14336, and split-K over 1 to 16 warps.
+ * gemv (16-bit weight). Inputs are drawn in float and rounded through the storage type (bf16,
+ * or f16 in some cases), so the reference (double accumulation) sees exactly the kernel's
+ * inputs. x ~ U[-1, 1), w ~ U[-1, 1) * 2/sqrt(K), bias ~ U[-0.5, 0.5): every output has an rms
+ * of about 0.67, a useful range for the activations of the gated cases. Every case launches the
+ * grid of the template's launch rule with the block size lower.c picks (lower_gemv_threads)
+ * unless it names one: the cases cover every M of 1..8 (and 9..16 with MMAX = 16), gated and
+ * not, bias, float output, N that is not a multiple of the 16-row tile, K shorter than one
+ * 128-element step, K not a multiple of it, K = 14336, and split-K over 1 to 16 warps.
  *
- * Tolerances (relative L2 over the whole output):
+ * gemv_fp8 (e4m3 weight bytes in the kernel's order k, k+2, k+1, k+3 per four elements, float
+ * scales [N, ceil(K / SBC)]): the same shapes of case with SBC == K (a scale per row, applied
+ * in the epilogue) and SBC = 64 or 128 with K not a multiple of it (block scales, applied to
+ * each 64-element group's chain), K shorter than one 256-element step and not a multiple of
+ * it, K = 14336, split-K over 1 to 16 warps, bf16 and f16. The weights are either realistic
+ * (the U[-1, 1) * 2/sqrt(K) matrix quantised with fp8_e4m3_from_f32 at a scale of absmax/448
+ * per row and K block, as kilnc --quant fp8 does) or bytes drawn uniformly over the 254
+ * non-NaN e4m3 values (zeros of both signs, subnormals, +-448) with scales ~ s * U[0.5, 1) for
+ * s = 1, 1e-6 and 1e3 (no bias there: it would hide the tiny outputs; no f16 output at s = 1e3
+ * or in the gated uniform cases, whose outputs exceed f16's 65504). The reference is
+ * sum_k x[m, k] * e4m3(q[n, k]) * scale[n, k / SBC] in double (each K block's sum of exact
+ * products times its scale), plus the bias.
+ *
+ * Tolerances (relative L2 over the whole output), the same for both kernels:
  *   - stored in bf16: 1e-2. One rounding of the output is a relative error of at most 2^-9
  *     (rms about 2^-9/sqrt(3) = 1.1e-3); the float accumulation adds ~1e-7. 1e-2 is ~9x the
  *     expected error and far below what an indexing bug gives (~1).
  *   - stored in f16: the same 1e-2 (f16 rounding is 8x finer).
  *   - stored in float (OUT_F32, the logits): 1e-5. The products of two 16-bit values are exact
- *     in float (8 + 8 or 11 + 11 significant bits), so the error is the summation's: inside one
- *     128-element step the tensor cores add with truncation (at most 8 chained mma, each a
- *     relative error of ~2^-23 of that step's partial sum), then the steps and the warps'
- *     partials are added in float with rounding. The steps' partial sums have independent signs,
- *     so their truncation errors do not add up in one direction: ~1e-7 relative for K = 4096,
- *     as with the float FMAs the kernel had before. 1e-5 leaves a wide margin and still catches
- *     a dropped group of 32 (~1e-2) or a bf16-rounded output (~1e-3). The gated f32 case adds
- *     the fast-math silu (__expf and a fast division: a few ulp, ~1e-6).
+ *     in float (8 + 8 or 11 + 11 significant bits), and so are those of a 16-bit x and an e4m3
+ *     weight (8 + 4 or 11 + 4 bits: gemv_fp8 turns each byte into the DT number of the same
+ *     value, exactly), so the error is the summation's: inside one step (gemv: 128 elements,
+ *     at most 8 chained mma; gemv_fp8: one 64-element group, 4 chained mma) the tensor cores
+ *     add with truncation (each a relative error of ~2^-23 of that chain's partial sum), then
+ *     the chains (gemv_fp8 with block scales: each times its scale, one float rounding), the
+ *     steps and the warps' partials are added in float with rounding, and gemv_fp8 with a scale
+ *     per row multiplies the sum once. The partial sums have independent signs, so their
+ *     errors do not add up in one direction: ~1e-7 relative for K = 4096, as with the float
+ *     FMAs the kernel had before. 1e-5 leaves a wide margin and still catches a dropped group
+ *     of 32 (~1e-2) or a bf16-rounded output (~1e-3). The gated f32 case adds the fast-math
+ *     silu (__expf and a fast division: a few ulp, ~1e-6).
  * Each case also checks that the rows of y past M (a buffer sized for MMAX rows) are untouched.
  * gemv_invariance checks batch invariance: row 0 of a launch with M rows equals, bit for bit,
  * a launch with that row alone (the split-K order depends on N, K and the block, never on M).
  * gemv_groups checks the row groups (M > MMAX, kilnc --batch-invariant's decode GEMV): at M = 1,
  * 7, 8, 9, 17, 64 and 200 every row equals, bit for bit, the same row launched alone (M = 1 on
- * that row's x and y), nothing past row M is written, and the rows match the reference.
+ * that row's x and y), nothing past row M is written, and the rows match the reference. Both
+ * run for gemv and gemv_fp8.
+ * gemv_fp8/exact proves the byte conversion bit for bit, subnormals included: float output, x
+ * rows one-hot (row m = e_k for 16 chosen k covering every k mod 4, every K block and the last
+ * partial step), and every weight column k holding all 254 non-NaN byte values down its rows
+ * (neighbouring columns differ, so a wrong byte permutation reads a wrong value). Each output
+ * is then one product q * 1 in the tensor cores (exact) times its scale in float (one
+ * rounding), so it must equal fp8_e4m3_to_f32(q) * scale computed in float, for power-of-two
+ * scales and for others; zeros compare equal whatever their sign (the kernel's sums start at
+ * +0, and +0 + -0 = +0).
+ * dequant_fp8 is checked bit for bit against util_f32_to_bf16 / util_f32_to_f16 (both round to
+ * nearest even, as the device conversions do) of fp8_e4m3_to_f32(q) * scale in float, and for
+ * nothing written past N * K elements.
  */
 #include <math.h>
 #include <stdio.h>
@@ -39,6 +68,7 @@
 #include "ktest.h"
 #include "util.h"
 #include "lower.h"
+#include "quant.h"
 #include "../../kernels/kiln_step.h"
 
 
@@ -48,6 +78,9 @@ typedef struct gcase {
     int bias, gated, act, f32;
     int threads; /* 0: lower.c's block size for the shape */
     int f16;     /* storage type f16 instead of bf16 */
+    int sbc;     /* 0: gemv; else gemv_fp8 with this SBC (K: a scale per row) */
+    float wsc;   /* gemv_fp8: 0 quantises U[-1, 1) * 2/sqrt(K) (scales absmax/448); else uniform
+                  * non-NaN bytes with scales ~ wsc * U[0.5, 1) */
 } gcase;
 
 /* Rounds through the storage type and returns the 16-bit copy to upload. */
@@ -61,22 +94,169 @@ static uint16_t *to_dt(float *x, size_t n, int f16)
     return o;
 }
 
-/* The case's kernel: an extern "C" wrapper k_gemv of one gemv instance (prefix: source put
- * before it, or NULL). */
+/* A weight on the host (the values the kernel multiplies) and on the device. */
+typedef struct gweights {
+    int N, K, sbc, kb; /* sbc 0: a 16-bit weight (gemv); else gemv_fp8's, kb scales per row */
+    float *w;          /* [N, K] the elements' values: bf16/f16, or e4m3 */
+    float *scale;      /* [N, kb] gemv_fp8's scales, else NULL */
+    CUdeviceptr dw, ds;
+} gweights;
+
+/* A byte drawn uniformly over the 254 non-NaN e4m3 values (all but 0x7f and 0xff). */
+static uint8_t fp8_rand(kt *t)
+{
+    for (;;) {
+        int b = (int)((kt_randf(t) + 1.0f) * 128.0f) & 255;
+        if ((b & 0x7f) != 0x7f)
+            return (uint8_t)b;
+    }
+}
+
+/* q ([N, K] e4m3 bytes in natural order) and g->scale uploaded in gemv_fp8's layout (each
+ * aligned group of four elements k..k+3 stored as k, k+2, k+1, k+3); g->w gets q's values. */
+static void fp8_upload(kt *t, gweights *g, const uint8_t *q)
+{
+    const size_t n = (size_t)g->N * g->K;
+    uint8_t *p = xmalloc(n);
+    for (size_t i = 0; i < n; i += 4) {
+        p[i] = q[i];
+        p[i + 1] = q[i + 2];
+        p[i + 2] = q[i + 1];
+        p[i + 3] = q[i + 3];
+    }
+    for (size_t i = 0; i < n; i++)
+        g->w[i] = fp8_e4m3_to_f32(q[i]);
+    g->dw = kt_upload(t, p, n);
+    g->ds = kt_upload(t, g->scale, sizeof(float) * (size_t)g->N * g->kb);
+    free(p);
+}
+
+/* A fresh weight [N, K]: U[-1, 1) * 2/sqrt(K) in the storage type (sbc 0), or gemv_fp8's with
+ * SBC = sbc, quantised from that matrix (wsc 0) or uniform bytes with scales ~ wsc. */
+static void gweights_make(kt *t, gweights *g, int N, int K, int f16, int sbc, float wsc)
+{
+    const size_t n = (size_t)N * K;
+    memset(g, 0, sizeof *g);
+    g->N = N;
+    g->K = K;
+    g->sbc = sbc;
+    g->w = xmalloc(sizeof(float) * n);
+    if (!sbc) {
+        kt_fill(t, g->w, n, 2.0f / sqrtf((float)K));
+        uint16_t *h = to_dt(g->w, n, f16);
+        g->dw = kt_upload(t, h, sizeof(uint16_t) * n);
+        free(h);
+        return;
+    }
+    g->kb = (K + sbc - 1) / sbc;
+    g->scale = xmalloc(sizeof(float) * (size_t)N * g->kb);
+    uint8_t *q = xmalloc(n);
+    if (wsc) {
+        for (size_t i = 0; i < n; i++)
+            q[i] = fp8_rand(t);
+        for (size_t i = 0; i < (size_t)N * g->kb; i++)
+            g->scale[i] = wsc * (0.75f + 0.25f * kt_randf(t));
+    } else {
+        kt_fill(t, g->w, n, 2.0f / sqrtf((float)K));
+        for (int r = 0; r < N; r++)
+            for (int b = 0; b < g->kb; b++) {
+                const float *wr = g->w + (size_t)r * K;
+                const int k0 = b * sbc, k1 = k0 + sbc < K ? k0 + sbc : K;
+                float amax = 0;
+                for (int k = k0; k < k1; k++)
+                    amax = fabsf(wr[k]) > amax ? fabsf(wr[k]) : amax;
+                const float s = amax > 0 ? amax / FP8_E4M3_MAX : 1.0f;
+                g->scale[(size_t)r * g->kb + b] = s;
+                for (int k = k0; k < k1; k++)
+                    q[(size_t)r * K + k] = fp8_e4m3_from_f32(wr[k] / s);
+            }
+    }
+    fp8_upload(t, g, q);
+    free(q);
+}
+
+static void gweights_free(kt *t, gweights *g)
+{
+    kt_free(t, g->dw);
+    if (g->sbc)
+        kt_free(t, g->ds);
+    free(g->w);
+    free(g->scale);
+}
+
+/* The double-precision GEMV of M rows of x: want[m, o] = sum_k x[m, k] * w[n, k] (times
+ * scale[n, k / sbc] for gemv_fp8) + b[n] (b may be NULL); gated: act(gate) * up. */
+static void gemv_ref(const float *x, const gweights *g, const float *b, int M, int gated, int act,
+                     float *want)
+{
+    const int N = g->N, K = g->K, NOUT = gated ? N / 2 : N;
+    for (int m = 0; m < M; m++) {
+        const float *xm = x + (size_t)m * K;
+        for (int o = 0; o < NOUT; o++) {
+            double acc[2] = {0, 0};
+            for (int r = 0; r < (gated ? 2 : 1); r++) {
+                const int n = o + r * NOUT;
+                const float *wn = g->w + (size_t)n * K;
+                double s = 0;
+                if (g->sbc) { /* each K block's sum times its scale */
+                    const float *sn = g->scale + (size_t)n * g->kb;
+                    for (int kb = 0; kb < g->kb; kb++) {
+                        const int k1 = (kb + 1) * g->sbc < K ? (kb + 1) * g->sbc : K;
+                        double sb = 0;
+                        for (int k = kb * g->sbc; k < k1; k++)
+                            sb += (double)xm[k] * wn[k];
+                        s += sb * sn[kb];
+                    }
+                } else {
+                    for (int k = 0; k < K; k++)
+                        s += (double)xm[k] * wn[k];
+                }
+                acc[r] = s + (b ? b[n] : 0.0);
+            }
+            want[(size_t)m * NOUT + o] = (float)(gated ? kt_act(act, acc[0]) * acc[1] : acc[0]);
+        }
+    }
+}
+
+/* The kernel's arguments into args: gemv's (st, x, w, bias, y, M), or gemv_fp8's (st, x, w,
+ * scale, bias, y, M). */
+static void gemv_args(void *args[7], kiln_step *st, CUdeviceptr *x, gweights *g, CUdeviceptr *b,
+                      CUdeviceptr *y, int *m)
+{
+    int i = 0;
+    args[i++] = st;
+    args[i++] = x;
+    args[i++] = &g->dw;
+    if (g->sbc)
+        args[i++] = &g->ds;
+    args[i++] = b;
+    args[i++] = y;
+    args[i] = m;
+}
+
+/* The case's kernel: an extern "C" wrapper k_gemv of one instance of template fn (prefix:
+ * source put before it, or NULL): gemv's signature, or with sbc gemv_fp8's (SBC = sbc). */
 static CUmodule gemv_module(kt *t, const char *name, const char *prefix, const char *fn,
                             const char *dt, int N, int K, int mmax, int bias, int gated, int act,
-                            int f32, int threads)
+                            int f32, int threads, int sbc)
 {
-    char src[1024];
+    char src[1024], wt[64], sp[32] = "", sa[16] = "", st[16] = "";
+    snprintf(wt, sizeof wt, "%s", sbc ? "unsigned char" : dt);
+    if (sbc) {
+        snprintf(sp, sizeof sp, " const float *scale,");
+        snprintf(sa, sizeof sa, " scale,");
+        snprintf(st, sizeof st, ", %d", sbc);
+    }
     snprintf(src, sizeof src,
              "#include \"gemv.cuh\"\n"
              "extern \"C\" __global__ void __launch_bounds__(%d)\n"
-             "k_gemv(const kiln_step st, const %s *x, const %s *w, const %s *bias, void *y, int M)\n"
+             "k_gemv(const kiln_step st, const %s *x, const %s *w,%s const %s *bias, void *y, "
+             "int M)\n"
              "{\n"
-             "    kiln::%s<%s, %d, %d, %d, %s, %s, %d, %s, %d>(st, x, w, bias, y, M);\n"
+             "    kiln::%s<%s, %d, %d, %d, %s, %s, %d, %s, %d%s>(st, x, w,%s bias, y, M);\n"
              "}\n",
-             threads, dt, dt, dt, fn, dt, N, K, mmax, bias ? "true" : "false",
-             gated ? "true" : "false", act, f32 ? "true" : "false", threads);
+             threads, dt, wt, sp, dt, fn, dt, N, K, mmax, bias ? "true" : "false",
+             gated ? "true" : "false", act, f32 ? "true" : "false", threads, st, sa);
     if (!prefix)
         return kt_module(t, name, src);
     char *all = xasprintf("%s\n%s", prefix, src);
@@ -97,23 +277,23 @@ static unsigned gemv_groups(int M, int mmax) { return (unsigned)((M + mmax - 1) 
 /* One launch of a case's kernel f with M rows, checked against the reference. */
 static void gemv_check(kt *t, const gcase *c, CUfunction f, int TH, int M, const char *name)
 {
+    if (t->compile_only)
+        return; /* gemv_case compiled the kernel; the inputs and the reference would be unused */
     const int N = c->N, K = c->K, MMAX = c->mmax;
     const int NOUT = c->gated ? N / 2 : N;
     float *x = xmalloc(sizeof(float) * (size_t)M * K);
-    float *w = xmalloc(sizeof(float) * (size_t)N * K);
     float *b = xmalloc(sizeof(float) * (size_t)N);
+    gweights g;
     kt_fill(t, x, (size_t)M * K, 1.0f);
-    kt_fill(t, w, (size_t)N * K, 2.0f / sqrtf((float)K));
+    gweights_make(t, &g, N, K, c->f16, c->sbc, c->wsc);
     kt_fill(t, b, (size_t)N, 0.5f);
     uint16_t *x16 = to_dt(x, (size_t)M * K, c->f16);
-    uint16_t *w16 = to_dt(w, (size_t)N * K, c->f16);
     uint16_t *b16 = to_dt(b, (size_t)N, c->f16);
 
     /* y is sized for MMAX rows so that a write to a row >= M shows (it stays poisoned). */
     const size_t esz = c->f32 ? 4 : 2;
     const size_t ybytes = (size_t)MMAX * NOUT * esz, used = (size_t)M * NOUT * esz;
     CUdeviceptr dx = kt_upload(t, x16, sizeof(uint16_t) * (size_t)M * K);
-    CUdeviceptr dw = kt_upload(t, w16, sizeof(uint16_t) * (size_t)N * K);
     CUdeviceptr db = c->bias ? kt_upload(t, b16, sizeof(uint16_t) * (size_t)N) : 0;
     CUdeviceptr dy = kt_alloc(t, ybytes);
     kiln_step st;
@@ -121,7 +301,8 @@ static void gemv_check(kt *t, const gcase *c, CUfunction f, int TH, int M, const
     st.T = M;
     st.n_seqs = M;
     int m_arg = M;
-    void *args[] = {&st, &dx, &dw, &db, &dy, &m_arg};
+    void *args[7];
+    gemv_args(args, &st, &dx, &g, &db, &dy, &m_arg);
     kt_launch(t, f, name, gemv_groups(M, MMAX), gemv_blocks(N, c->gated), 1, (unsigned)TH, 0,
               args);
     unsigned char *ybuf = xmalloc(ybytes);
@@ -139,23 +320,7 @@ static void gemv_check(kt *t, const gcase *c, CUfunction f, int TH, int M, const
     }
 
     float *want = xmalloc(sizeof(float) * (size_t)M * NOUT);
-    for (int m = 0; m < M; m++) {
-        const float *xm = x + (size_t)m * K;
-        for (int o = 0; o < NOUT; o++) {
-            double acc[2] = {0, 0};
-            int nrow = c->gated ? 2 : 1;
-            for (int r = 0; r < nrow; r++) {
-                const int n = o + r * NOUT;
-                const float *wn = w + (size_t)n * K;
-                double s = 0;
-                for (int k = 0; k < K; k++)
-                    s += (double)xm[k] * wn[k];
-                acc[r] = s + (c->bias ? b[n] : 0.0);
-            }
-            want[(size_t)m * NOUT + o] =
-                (float)(c->gated ? kt_act(c->act, acc[0]) * acc[1] : acc[0]);
-        }
-    }
+    gemv_ref(x, &g, c->bias ? b : NULL, M, c->gated, c->act, want);
 
     /* rows M..MMAX-1 of y must still hold the poison (all bytes 0xFF) */
     size_t touched = 0, first = 0;
@@ -172,26 +337,37 @@ static void gemv_check(kt *t, const gcase *c, CUfunction f, int TH, int M, const
     }
 
     kt_free(t, dx);
-    kt_free(t, dw);
     if (db)
         kt_free(t, db);
     kt_free(t, dy);
+    gweights_free(t, &g);
     free(x);
-    free(w);
     free(b);
     free(x16);
-    free(w16);
     free(b16);
     free(ybuf);
     free(got);
     free(want);
 }
 
+/* The template a case instantiates, and " SBC=..." for gemv_fp8 (empty for gemv). */
+static const char *gemv_fn(int sbc) { return sbc ? "gemv_fp8" : "gemv"; }
+
+static void sbc_label(char *out, size_t n, int sbc, int K)
+{
+    if (!sbc)
+        out[0] = 0;
+    else if (sbc == K)
+        snprintf(out, n, " SBC=K");
+    else
+        snprintf(out, n, " SBC=%d", sbc);
+}
+
 /* A case: its kernel compiled once, run for each M of c->ms. */
 static void gemv_case(kt *t, const gcase *c)
 {
     const int TH = c->threads ? c->threads : lower_gemv_threads(c->N, c->K, c->gated);
-    char opts[120];
+    char opts[160];
     int at = 0;
     opts[0] = 0;
     if (c->mmax != 8)
@@ -204,17 +380,25 @@ static void gemv_case(kt *t, const gcase *c)
         at += snprintf(opts + at, sizeof opts - at, " f32");
     if (c->f16)
         at += snprintf(opts + at, sizeof opts - at, " f16");
+    if (c->sbc) {
+        char sl[32];
+        sbc_label(sl, sizeof sl, c->sbc, c->K);
+        at += snprintf(opts + at, sizeof opts - at, "%s", sl);
+        if (c->wsc)
+            at += snprintf(opts + at, sizeof opts - at, " bytes scale~%g", c->wsc);
+    }
     snprintf(opts + at, sizeof opts - at, " threads=%d", TH);
     CUmodule mod = NULL;
     int compiled = 0;
     for (int i = 0; i < 16 && c->ms[i]; i++) {
-        char name[200];
-        snprintf(name, sizeof name, "gemv/N=%d K=%d M=%d%s", c->N, c->K, c->ms[i], opts);
+        char name[240];
+        snprintf(name, sizeof name, "%s/N=%d K=%d M=%d%s", gemv_fn(c->sbc), c->N, c->K, c->ms[i],
+                 opts);
         if (!kt_want(t, name))
             continue;
         if (!compiled) {
-            mod = gemv_module(t, name, NULL, "gemv", c->f16 ? "kiln::f16" : "kiln::bf16", c->N,
-                              c->K, c->mmax, c->bias, c->gated, c->act, c->f32, TH);
+            mod = gemv_module(t, name, NULL, gemv_fn(c->sbc), c->f16 ? "kiln::f16" : "kiln::bf16",
+                              c->N, c->K, c->mmax, c->bias, c->gated, c->act, c->f32, TH, c->sbc);
             compiled = 1;
         }
         if (!mod && !t->compile_only)
@@ -224,26 +408,28 @@ static void gemv_case(kt *t, const gcase *c)
 }
 
 /* Batch invariance: the first row of y from a launch with M rows of x equals, bit for bit, the
- * one from a launch with that row alone (same kernel, float output, split-K on). */
-static void gemv_invariance(kt *t, int N, int K, int M, int mmax)
+ * one from a launch with that row alone (same kernel, float output, split-K on). sbc: gemv_fp8
+ * with that SBC (realistic weights), 0 gemv. */
+static void gemv_invariance(kt *t, int N, int K, int M, int mmax, int sbc)
 {
     const int TH = lower_gemv_threads(N, K, 0);
-    char name[160];
-    snprintf(name, sizeof name, "gemv/invariance N=%d K=%d M=%d vs 1 MMAX=%d threads=%d", N, K,
-             M, mmax, TH);
+    char name[200], sl[32];
+    sbc_label(sl, sizeof sl, sbc, K);
+    snprintf(name, sizeof name, "%s/invariance N=%d K=%d M=%d vs 1 MMAX=%d%s threads=%d",
+             gemv_fn(sbc), N, K, M, mmax, sl, TH);
     if (!kt_want(t, name))
         return;
-    CUmodule mod = gemv_module(t, name, NULL, "gemv", "kiln::bf16", N, K, mmax, 0, 0, 0, 1, TH);
+    CUmodule mod =
+        gemv_module(t, name, NULL, gemv_fn(sbc), "kiln::bf16", N, K, mmax, 0, 0, 0, 1, TH, sbc);
     if (!mod && !t->compile_only)
         return;
     CUfunction f = kt_func(t, mod, "k_gemv");
     float *x = xmalloc(sizeof(float) * (size_t)M * K);
-    float *w = xmalloc(sizeof(float) * (size_t)N * K);
+    gweights g;
     kt_fill(t, x, (size_t)M * K, 1.0f);
-    kt_fill(t, w, (size_t)N * K, 2.0f / sqrtf((float)K));
-    uint16_t *x16 = to_dt(x, (size_t)M * K, 0), *w16 = to_dt(w, (size_t)N * K, 0);
+    gweights_make(t, &g, N, K, 0, sbc, 0);
+    uint16_t *x16 = to_dt(x, (size_t)M * K, 0);
     CUdeviceptr dx = kt_upload(t, x16, sizeof(uint16_t) * (size_t)M * K);
-    CUdeviceptr dw = kt_upload(t, w16, sizeof(uint16_t) * (size_t)N * K);
     CUdeviceptr db = 0, dy = kt_alloc(t, (size_t)mmax * N * 4);
     kiln_step st;
     memset(&st, 0, sizeof st);
@@ -251,7 +437,8 @@ static void gemv_invariance(kt *t, int N, int K, int M, int mmax)
     for (int i = 0; i < 2; i++) {
         int m_arg = i == 0 ? M : 1;
         st.T = st.n_seqs = m_arg;
-        void *args[] = {&st, &dx, &dw, &db, &dy, &m_arg};
+        void *args[7];
+        gemv_args(args, &st, &dx, &g, &db, &dy, &m_arg);
         kt_launch(t, f, name, gemv_groups(m_arg, mmax), gemv_blocks(N, 0), 1, (unsigned)TH, 0,
                   args);
         y[i] = xmalloc(sizeof(float) * (size_t)N);
@@ -269,44 +456,44 @@ static void gemv_invariance(kt *t, int N, int K, int M, int mmax)
         snprintf(d, sizeof d, "row 0 identical with M=%d and alone (%d columns)", M, N);
     kt_result(t, name, differ < 0, d);
     kt_free(t, dx);
-    kt_free(t, dw);
     kt_free(t, dy);
+    gweights_free(t, &g);
     free(x);
-    free(w);
     free(x16);
-    free(w16);
     free(y[0]);
     free(y[1]);
 }
 
 /* Row groups: one kernel launched at each M of ms (up to MG rows, grid x = ceil(M / mmax)); every
  * row of y equals, bit for bit, that row launched alone (M = 1, x and y offset to the row), rows
- * past M keep the poison, and the rows at the largest M match the double reference. */
+ * past M keep the poison, and the rows at the largest M match the double reference. sbc:
+ * gemv_fp8 with that SBC (realistic weights), 0 gemv. */
 enum { MG = 200 };
-static void gemv_groups_case(kt *t, int N, int K, int mmax, int gated, int bias, int f32,
+static void gemv_groups_case(kt *t, int N, int K, int mmax, int gated, int bias, int f32, int sbc,
                              const int *ms, int nms)
 {
     const int TH = lower_gemv_threads(N, K, gated), NOUT = gated ? N / 2 : N;
     const size_t esz = f32 ? 4 : 2, row = (size_t)NOUT * esz;
-    char base[160];
-    snprintf(base, sizeof base, "gemv/groups N=%d K=%d MMAX=%d%s%s%s threads=%d", N, K, mmax,
-             gated ? " gated silu" : "", bias ? " bias" : "", f32 ? " f32" : "", TH);
+    char base[200], sl[32];
+    sbc_label(sl, sizeof sl, sbc, K);
+    snprintf(base, sizeof base, "%s/groups N=%d K=%d MMAX=%d%s%s%s%s threads=%d", gemv_fn(sbc), N,
+             K, mmax, gated ? " gated silu" : "", bias ? " bias" : "", f32 ? " f32" : "", sl, TH);
     if (!kt_want(t, base))
         return;
-    CUmodule mod = gemv_module(t, base, NULL, "gemv", "kiln::bf16", N, K, mmax, bias, gated,
-                               ACT_SILU, f32, TH);
+    CUmodule mod = gemv_module(t, base, NULL, gemv_fn(sbc), "kiln::bf16", N, K, mmax, bias, gated,
+                               ACT_SILU, f32, TH, sbc);
     if (!mod && !t->compile_only)
         return;
     CUfunction f = kt_func(t, mod, "k_gemv");
-    float *x = xmalloc(sizeof(float) * (size_t)MG * K), *w = xmalloc(sizeof(float) * (size_t)N * K);
+    float *x = xmalloc(sizeof(float) * (size_t)MG * K);
     float *b = xmalloc(sizeof(float) * (size_t)N);
+    gweights g;
     kt_fill(t, x, (size_t)MG * K, 1.0f);
-    kt_fill(t, w, (size_t)N * K, 2.0f / sqrtf((float)K));
+    gweights_make(t, &g, N, K, 0, sbc, 0);
     kt_fill(t, b, (size_t)N, 0.5f);
-    uint16_t *x16 = to_dt(x, (size_t)MG * K, 0), *w16 = to_dt(w, (size_t)N * K, 0);
+    uint16_t *x16 = to_dt(x, (size_t)MG * K, 0);
     uint16_t *b16 = to_dt(b, (size_t)N, 0);
     CUdeviceptr dx = kt_upload(t, x16, sizeof(uint16_t) * (size_t)MG * K);
-    CUdeviceptr dw = kt_upload(t, w16, sizeof(uint16_t) * (size_t)N * K);
     CUdeviceptr db = bias ? kt_upload(t, b16, sizeof(uint16_t) * (size_t)N) : 0;
     /* y has MG + 8 rows, so that a write past row M shows at every M */
     const size_t ybytes = (MG + 8) * row;
@@ -318,14 +505,15 @@ static void gemv_groups_case(kt *t, int N, int K, int mmax, int gated, int bias,
         CUdeviceptr xr = dx + (CUdeviceptr)r * K * 2, yr = dalone + (CUdeviceptr)r * row;
         int one = 1;
         st.T = st.n_seqs = 1;
-        void *args[] = {&st, &xr, &dw, &db, &yr, &one};
+        void *args[7];
+        gemv_args(args, &st, &xr, &g, &db, &yr, &one);
         kt_launch(t, f, base, 1, gemv_blocks(N, gated), 1, (unsigned)TH, 0, args);
     }
     unsigned char *alone = xmalloc(ybytes), *got = xmalloc(ybytes);
     kt_download(t, alone, dalone, ybytes);
     for (int i = 0; i < nms; i++) {
         const int M = ms[i];
-        char name[200], d[240];
+        char name[240], d[240];
         snprintf(name, sizeof name, "%s M=%d vs M=1", base, M);
         if (!t->compile_only) { /* back to the poison */
             CUresult rc = t->cu.cuMemsetD8(dy, 0xFF, ybytes);
@@ -336,7 +524,8 @@ static void gemv_groups_case(kt *t, int N, int K, int mmax, int gated, int bias,
         }
         st.T = st.n_seqs = M;
         int m_arg = M;
-        void *args[] = {&st, &dx, &dw, &db, &dy, &m_arg};
+        void *args[7];
+        gemv_args(args, &st, &dx, &g, &db, &dy, &m_arg);
         kt_launch(t, f, name, gemv_groups(M, mmax), gemv_blocks(N, gated), 1, (unsigned)TH, 0,
                   args);
         kt_download(t, got, dy, ybytes);
@@ -368,38 +557,188 @@ static void gemv_groups_case(kt *t, int N, int K, int mmax, int gated, int bias,
             gf[k] = util_bf16_to_f32(h);
         }
     }
-    for (int m = 0; m < MG; m++)
-        for (int o = 0; o < NOUT; o++) {
-            double acc[2] = {0, 0};
-            for (int r = 0; r < (gated ? 2 : 1); r++) {
-                const int n = o + r * NOUT;
-                double sum = 0;
-                for (int k = 0; k < K; k++)
-                    sum += (double)x[(size_t)m * K + k] * w[(size_t)n * K + k];
-                acc[r] = sum + (bias ? b[n] : 0.0);
-            }
-            want[(size_t)m * NOUT + o] =
-                (float)(gated ? kt_act(ACT_SILU, acc[0]) * acc[1] : acc[0]);
-        }
-    char name[200];
+    if (!t->compile_only)
+        gemv_ref(x, &g, bias ? b : NULL, MG, gated, ACT_SILU, want);
+    char name[240];
     snprintf(name, sizeof name, "%s rows 0..%d alone vs reference", base, MG - 1);
     kt_check(t, name, gf, want, (size_t)MG * NOUT, f32 ? 1e-5 : 1e-2);
     kt_free(t, dx);
-    kt_free(t, dw);
     if (db)
         kt_free(t, db);
     kt_free(t, dy);
     kt_free(t, dalone);
+    gweights_free(t, &g);
     free(x);
-    free(w);
     free(b);
     free(x16);
-    free(w16);
     free(b16);
     free(alone);
     free(got);
     free(gf);
     free(want);
+}
+
+/* gemv_fp8/exact (see the top of the file): x rows one-hot at 16 columns ks, every column of w
+ * holding all 254 non-NaN bytes down its rows, float output compared bit for bit with
+ * fp8_e4m3_to_f32(q) * scale (a zero equal to either zero), with power-of-two scales and then
+ * others (one launch each). */
+static void gemv_fp8_exact(kt *t, int f16, int sbc)
+{
+    enum { N = 264, K = 336, M = 16 };
+    /* every k mod 4, every 64-element block, and the last, partial step (k >= 256) */
+    static const int ks[M] = {0, 1, 2, 3, 17, 46, 63, 64, 129, 130, 191, 254, 257, 300, 334, 335};
+    const int TH = lower_gemv_threads(N, K, 0);
+    char base[200], sl[32];
+    sbc_label(sl, sizeof sl, sbc, K);
+    snprintf(base, sizeof base, "gemv_fp8/exact N=%d K=%d M=%d MMAX=16 f32%s%s threads=%d", N, K,
+             M, f16 ? " f16" : "", sl, TH);
+    if (!kt_want(t, base))
+        return;
+    CUmodule mod = gemv_module(t, base, NULL, "gemv_fp8", f16 ? "kiln::f16" : "kiln::bf16", N, K,
+                               16, 0, 0, 0, 1, TH, sbc);
+    if (!mod && !t->compile_only)
+        return;
+    CUfunction f = kt_func(t, mod, "k_gemv");
+    uint8_t vals[254];
+    int nv = 0;
+    for (int v = 0; v < 256; v++)
+        if ((v & 0x7f) != 0x7f)
+            vals[nv++] = (uint8_t)v;
+    /* column k holds vals[(n + 37k) % 254] at row n: all of them in rows 0..253, and a value
+     * other than its neighbours' */
+    uint8_t *q = xmalloc((size_t)N * K);
+    for (int n = 0; n < N; n++)
+        for (int k = 0; k < K; k++)
+            q[(size_t)n * K + k] = vals[(n + 37 * k) % 254];
+    uint16_t *x16 = xcalloc((size_t)M * K, sizeof(uint16_t));
+    for (int m = 0; m < M; m++)
+        x16[(size_t)m * K + ks[m]] = f16 ? 0x3c00 : 0x3f80; /* 1.0 */
+    gweights g;
+    memset(&g, 0, sizeof g);
+    g.N = N;
+    g.K = K;
+    g.sbc = sbc;
+    g.kb = (K + sbc - 1) / sbc;
+    g.w = xmalloc(sizeof(float) * (size_t)N * K);
+    g.scale = xmalloc(sizeof(float) * (size_t)N * g.kb);
+    CUdeviceptr dx = kt_upload(t, x16, sizeof(uint16_t) * (size_t)M * K), db = 0;
+    CUdeviceptr dy = kt_alloc(t, sizeof(float) * (size_t)M * N);
+    float *y = xmalloc(sizeof(float) * (size_t)M * N);
+    kiln_step st;
+    memset(&st, 0, sizeof st);
+    st.T = st.n_seqs = M;
+    for (int p = 0; p < 2; p++) {
+        /* 2^-6 .. 2^6, then [1.01, 1.99) times those (never a power of two) */
+        for (int i = 0; i < N * g.kb; i++)
+            g.scale[i] = ldexpf(p == 0 ? 1.0f : 1.5f + 0.49f * kt_randf(t), i % 13 - 6);
+        fp8_upload(t, &g, q);
+        int m_arg = M;
+        void *args[7];
+        char name[240], d[240];
+        snprintf(name, sizeof name, "%s scales %s", base, p == 0 ? "pow2" : "non-pow2");
+        gemv_args(args, &st, &dx, &g, &db, &dy, &m_arg);
+        kt_launch(t, f, name, 1, gemv_blocks(N, 0), 1, (unsigned)TH, 0, args);
+        kt_download(t, y, dy, sizeof(float) * (size_t)M * N);
+        size_t bad = 0, first = 0;
+        float fw = 0;
+        for (int m = 0; m < M && !t->compile_only; m++)
+            for (int n = 0; n < N; n++) {
+                const size_t i = (size_t)m * N + n;
+                const float want = g.w[(size_t)n * K + ks[m]] * g.scale[n * g.kb + ks[m] / sbc];
+                if (memcmp(&y[i], &want, sizeof want) != 0 && !(y[i] == 0 && want == 0) &&
+                    bad++ == 0) {
+                    first = i;
+                    fw = want;
+                }
+            }
+        if (bad) {
+            const int m = (int)(first / N), n = (int)(first % N);
+            snprintf(d, sizeof d,
+                     "%zu of %d outputs not exact; first [m=%d (k=%d), n=%d]: byte 0x%02x "
+                     "scale %a: got %a want %a",
+                     bad, M * N, m, ks[m], n, q[(size_t)n * K + ks[m]],
+                     g.scale[n * g.kb + ks[m] / sbc], y[first], fw);
+        } else {
+            snprintf(d, sizeof d, "%d outputs exact (254 byte values at each of %d columns)",
+                     M * N, M);
+        }
+        kt_result(t, name, bad == 0, d);
+        kt_free(t, g.dw);
+        kt_free(t, g.ds);
+    }
+    kt_free(t, dx);
+    kt_free(t, dy);
+    free(g.w);
+    free(g.scale);
+    free(q);
+    free(x16);
+    free(y);
+}
+
+/* dequant_fp8 of a weight [N, K] (realistic for wsc 0, else uniform bytes with scales ~ wsc):
+ * every element bit for bit the CPU's conversion of fp8_e4m3_to_f32(q) * scale, and nothing
+ * written in the 64 elements past the end. */
+static void dequant_case(kt *t, int N, int K, int sbc, int f16, int TH, float wsc)
+{
+    enum { PAD = 64 };
+    const char *dt = f16 ? "kiln::f16" : "kiln::bf16";
+    char name[200], sl[32], kind[40], src[512];
+    sbc_label(sl, sizeof sl, sbc, K);
+    if (wsc)
+        snprintf(kind, sizeof kind, " bytes scale~%g", wsc);
+    else
+        snprintf(kind, sizeof kind, " quantised");
+    snprintf(name, sizeof name, "dequant_fp8/N=%d K=%d%s%s%s threads=%d", N, K, sl,
+             f16 ? " f16" : "", kind, TH);
+    if (!kt_want(t, name))
+        return;
+    snprintf(src, sizeof src,
+             "#include \"gemv.cuh\"\n"
+             "extern \"C\" __global__ void __launch_bounds__(%d)\n"
+             "k_dequant(const kiln_step st, const unsigned char *w, const float *scale, %s *out)\n"
+             "{\n"
+             "    kiln::dequant_fp8<%s, %d, %d, %d, %d>(st, w, scale, out);\n"
+             "}\n",
+             TH, dt, dt, N, K, sbc, TH);
+    CUmodule mod = kt_module(t, name, src);
+    if (!mod && !t->compile_only)
+        return;
+    CUfunction f = kt_func(t, mod, "k_dequant");
+    gweights g;
+    gweights_make(t, &g, N, K, f16, sbc, wsc);
+    const size_t n = (size_t)N * K;
+    CUdeviceptr dy = kt_alloc(t, sizeof(uint16_t) * (n + PAD));
+    kiln_step st;
+    memset(&st, 0, sizeof st);
+    void *args[] = {&st, &g.dw, &g.ds, &dy};
+    kt_launch(t, f, name, (unsigned)((n / 16 + TH - 1) / TH), 1, 1, (unsigned)TH, 0, args);
+    uint16_t *y = xmalloc(sizeof(uint16_t) * (n + PAD));
+    kt_download(t, y, dy, sizeof(uint16_t) * (n + PAD));
+    size_t bad = 0, first = 0, touched = 0;
+    for (size_t i = 0; i < n && !t->compile_only; i++) {
+        const float v = g.w[i] * g.scale[i / K * g.kb + i % K / sbc];
+        const uint16_t want = f16 ? util_f32_to_f16(v) : util_f32_to_bf16(v);
+        if (y[i] != want && bad++ == 0)
+            first = i;
+    }
+    for (size_t i = n; i < n + PAD && !t->compile_only; i++)
+        touched += y[i] != 0xFFFF;
+    char d[240];
+    if (bad) {
+        const float v = g.w[first] * g.scale[first / K * g.kb + first % K / sbc];
+        snprintf(d, sizeof d,
+                 "%zu of %zu elements differ; first [%zu, %zu]: got 0x%04x want 0x%04x (%a)", bad,
+                 n, first / K, first % K, y[first], f16 ? util_f32_to_f16(v) : util_f32_to_bf16(v),
+                 v);
+    } else if (touched) {
+        snprintf(d, sizeof d, "wrote %zu elements past N*K", touched);
+    } else {
+        snprintf(d, sizeof d, "%zu elements exact", n);
+    }
+    kt_result(t, name, !bad && !touched, d);
+    kt_free(t, dy);
+    gweights_free(t, &g);
+    free(y);
 }
 
 void ktest_gemv(kt *t)
@@ -446,24 +785,96 @@ void ktest_gemv(kt *t)
         {.N = 32000, .K = 1024, .mmax = 8, .ms = {8}, .f32 = 1},
         {.N = 151936, .K = 512, .mmax = 1, .ms = {1}, .f32 = 1},
         {.N = 151936, .K = 512, .mmax = 4, .ms = {3}, .f32 = 1, .threads = 128},
+        /* gemv_fp8: every M, gated and not, a scale per row (SBC = K) and block scales; K = 336
+         * is one whole 256-element step and a partial one (21 chunks of 16), 5.25 blocks of 64 */
+        {.N = 1000, .K = 336, .mmax = 8, .ms = M1_8, .bias = 1, .sbc = 336},
+        {.N = 1998, .K = 336, .mmax = 8, .ms = M1_8, .gated = 1, .act = ACT_SILU, .sbc = 64},
+        {.N = 1000, .K = 336, .mmax = 8, .ms = {2, 5}, .sbc = 128},
+        {.N = 4096, .K = 4096, .mmax = 8, .ms = {1, 8}, .sbc = 4096},
+        {.N = 4096, .K = 4096, .mmax = 8, .ms = {8}, .sbc = 128},
+        /* MMAX = 16: every M of 9..16; K = 4160 = 4096 + 64 (32.5 blocks of 128) */
+        {.N = 1000, .K = 4160, .mmax = 16, .ms = {9, 10, 11, 12, 13, 14, 15, 16}, .bias = 1,
+         .sbc = 128},
+        {.N = 1998, .K = 528, .mmax = 16, .ms = {5, 16}, .gated = 1, .act = ACT_GELU, .sbc = 528},
+        /* tails: N not a multiple of the tile, fewer outputs than one tile; K of one 16-byte
+         * chunk, of one 64-element group, and shorter than one step */
+        {.N = 1001, .K = 64, .mmax = 8, .ms = {3}, .bias = 1, .sbc = 64},
+        {.N = 3, .K = 16, .mmax = 8, .ms = {2}, .sbc = 16},
+        {.N = 37, .K = 192, .mmax = 8, .ms = {8}, .bias = 1, .sbc = 64},
+        {.N = 40, .K = 208, .mmax = 8, .ms = {5}, .sbc = 128},
+        /* split-K over 1, 2, 4, 8 and 16 warps; the 8B down projection's K */
+        {.N = 1000, .K = 1024, .mmax = 8, .ms = {3}, .threads = 32, .sbc = 128},
+        {.N = 1000, .K = 528, .mmax = 8, .ms = {7}, .bias = 1, .threads = 64, .sbc = 528},
+        {.N = 1000, .K = 4096, .mmax = 8, .ms = {8}, .threads = 128, .sbc = 64},
+        {.N = 1000, .K = 4160, .mmax = 8, .ms = {5}, .threads = 256, .sbc = 4160},
+        {.N = 1000, .K = 4096, .mmax = 8, .ms = {8}, .threads = 512, .sbc = 128},
+        {.N = 256, .K = 14336, .mmax = 8, .ms = {1, 8}, .bias = 1, .sbc = 14336},
+        {.N = 200, .K = 14336, .mmax = 8, .ms = {5}, .threads = 32, .sbc = 128},
+        {.N = 256, .K = 14336, .mmax = 16, .ms = {16}, .threads = 512, .sbc = 128},
+        /* gated */
+        {.N = 8192, .K = 4096, .mmax = 8, .ms = {3}, .gated = 1, .act = ACT_SILU, .sbc = 128},
+        {.N = 512, .K = 256, .mmax = 8, .ms = {2}, .gated = 1, .act = ACT_SILU, .f32 = 1,
+         .sbc = 256},
+        /* f16 */
+        {.N = 1000, .K = 336, .mmax = 8, .ms = {1, 3, 8}, .bias = 1, .f16 = 1, .sbc = 336},
+        {.N = 1998, .K = 4160, .mmax = 8, .ms = {5}, .gated = 1, .act = ACT_SILU, .f16 = 1,
+         .sbc = 128},
+        {.N = 1000, .K = 528, .mmax = 16, .ms = {11}, .f16 = 1, .sbc = 64},
+        /* logits: float output */
+        {.N = 32000, .K = 1024, .mmax = 8, .ms = {1, 8}, .f32 = 1, .sbc = 1024},
+        {.N = 32000, .K = 1024, .mmax = 8, .ms = {8}, .f32 = 1, .sbc = 128},
+        /* bytes over the whole e4m3 range (zeros, subnormals, +-448), scales ~1, ~1e-6, ~1e3 */
+        {.N = 1000, .K = 336, .mmax = 8, .ms = {1, 8}, .f32 = 1, .sbc = 336, .wsc = 1},
+        {.N = 1000, .K = 336, .mmax = 8, .ms = {3}, .f32 = 1, .sbc = 64, .wsc = 1},
+        {.N = 1000, .K = 4160, .mmax = 16, .ms = {13}, .sbc = 128, .wsc = 1},
+        {.N = 1000, .K = 528, .mmax = 8, .ms = {4}, .f16 = 1, .sbc = 528, .wsc = 1},
+        {.N = 1998, .K = 336, .mmax = 8, .ms = {6}, .gated = 1, .act = ACT_SILU, .sbc = 64,
+         .wsc = 1},
+        {.N = 1000, .K = 336, .mmax = 8, .ms = {2}, .sbc = 64, .wsc = 1e-6f},
+        {.N = 1000, .K = 4096, .mmax = 8, .ms = {8}, .f16 = 1, .sbc = 4096, .wsc = 1e-6f},
+        {.N = 1000, .K = 528, .mmax = 8, .ms = {5}, .f32 = 1, .sbc = 128, .wsc = 1e-6f},
+        {.N = 1000, .K = 336, .mmax = 8, .ms = {7}, .sbc = 336, .wsc = 1e3f},
+        {.N = 1000, .K = 4160, .mmax = 8, .ms = {1}, .f32 = 1, .sbc = 64, .wsc = 1e3f},
+        {.N = 1998, .K = 528, .mmax = 8, .ms = {3}, .gated = 1, .act = ACT_SILU, .sbc = 128,
+         .wsc = 1e3f},
     };
 #undef M1_8
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         gemv_case(t, &cases[i]);
-    gemv_invariance(t, 2048, 2048, 8, 8);
-    gemv_invariance(t, 1000, 14336, 7, 16);
+    gemv_invariance(t, 2048, 2048, 8, 8, 0);
+    gemv_invariance(t, 1000, 14336, 7, 16, 0);
+    gemv_invariance(t, 2048, 2048, 8, 8, 2048);
+    gemv_invariance(t, 1000, 14336, 7, 16, 128);
     static const int ms[] = {1, 7, 8, 9, 17, 64, 200};
     const int nms = (int)(sizeof ms / sizeof ms[0]);
     /* the logits' shape (float), a gated MLP with bias (bf16, K ending in a partial step), a
      * plain linear at lower.c's 16 warps; and at MMAX = 16, the groups of a --batch-invariant
      * decode schedule (LOWER_GEMV_GROUP_INVARIANT): float logits, gated, 16 warps */
-    gemv_groups_case(t, 1000, 520, 8, 0, 0, 1, ms, nms);
-    gemv_groups_case(t, 1998, 520, 8, 1, 1, 0, ms, nms);
-    gemv_groups_case(t, 2048, 2048, 8, 0, 0, 0, ms, nms);
-    gemv_groups_case(t, 1000, 512, LOWER_GEMV_GROUP_INVARIANT, 0, 1, 1, ms, nms);
-    gemv_groups_case(t, 1998, 520, LOWER_GEMV_GROUP_INVARIANT, 1, 1, 0, ms, nms);
-    gemv_groups_case(t, 2048, 2048, LOWER_GEMV_GROUP_INVARIANT, 0, 0, 0, ms, nms);
+    gemv_groups_case(t, 1000, 520, 8, 0, 0, 1, 0, ms, nms);
+    gemv_groups_case(t, 1998, 520, 8, 1, 1, 0, 0, ms, nms);
+    gemv_groups_case(t, 2048, 2048, 8, 0, 0, 0, 0, ms, nms);
+    gemv_groups_case(t, 1000, 512, LOWER_GEMV_GROUP_INVARIANT, 0, 1, 1, 0, ms, nms);
+    gemv_groups_case(t, 1998, 520, LOWER_GEMV_GROUP_INVARIANT, 1, 1, 0, 0, ms, nms);
+    gemv_groups_case(t, 2048, 2048, LOWER_GEMV_GROUP_INVARIANT, 0, 0, 0, 0, ms, nms);
+    /* gemv_fp8 at MMAX = 16 (LOWER_GEMV_GROUP_INVARIANT): float logits with block scales, a
+     * gated MLP with bias and a scale per row */
+    gemv_groups_case(t, 1000, 512, LOWER_GEMV_GROUP_INVARIANT, 0, 1, 1, 128, ms, nms);
+    gemv_groups_case(t, 1998, 528, LOWER_GEMV_GROUP_INVARIANT, 1, 1, 0, 528, ms, nms);
+    /* the byte conversion, bit for bit, for each DT and kind of scale */
+    for (int f16 = 0; f16 < 2; f16++) {
+        gemv_fp8_exact(t, f16, 336);
+        gemv_fp8_exact(t, f16, 64);
+        gemv_fp8_exact(t, f16, 128);
+    }
+    /* dequant_fp8: N * K / 16 chunks never a multiple of the block, so the last block is partial */
+    dequant_case(t, 100, 336, 336, 0, 256, 1);
+    dequant_case(t, 37, 4160, 128, 0, 128, 0);
+    dequant_case(t, 100, 336, 128, 1, 256, 1);
+    dequant_case(t, 63, 4160, 4160, 1, 256, 1e-6f);
+    dequant_case(t, 50, 528, 64, 0, 64, 1e3f);
+    dequant_case(t, 37, 4160, 4160, 1, 128, 0);
 }
+
 
 /* ---------------------------------------------------------------- kiln-ktest --bench gemv */
 
@@ -491,9 +902,10 @@ typedef struct bbuf {
 } bbuf;
 
 /* The microseconds per launch of f, as a CUDA graph of 64 launches (as decode runs them: the time
- * includes the gap between two kernels of a graph), the best of 5 replays after a warm-up. */
+ * includes the gap between two kernels of a graph), the best of 5 replays after a warm-up. soff:
+ * 0 for gemv; for gemv_fp8 the offset of the scales in each weight copy. */
 static int bench_one(kt *t, CUfunction f, unsigned gx, unsigned gy, unsigned threads, const bbuf *b,
-                     int M, double *us)
+                     int M, size_t soff, double *us)
 {
     enum { LAUNCHES = 64, REPLAYS = 5 };
     kiln_step st;
@@ -505,8 +917,10 @@ static int bench_one(kt *t, CUfunction f, unsigned gx, unsigned gy, unsigned thr
     CUgraphExec ge;
     BCK(cuStreamBeginCapture(t->stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
     for (int i = 0; i < LAUNCHES; i++) {
-        CUdeviceptr dw = b->w[i % b->copies];
-        void *args[] = {&st, (void *)&b->x, &dw, &db, (void *)&b->y, &m_arg};
+        CUdeviceptr dw = b->w[i % b->copies], ds = dw + soff;
+        void *a16[] = {&st, (void *)&b->x, &dw, &db, (void *)&b->y, &m_arg};
+        void *a8[] = {&st, (void *)&b->x, &dw, &ds, &db, (void *)&b->y, &m_arg};
+        void **args = soff ? a8 : a16;
         BCK(cuLaunchKernel(f, gx, gy, 1, threads, 1, 1, 0, t->stream, args, NULL));
     }
     BCK(cuStreamEndCapture(t->stream, &g));
@@ -554,8 +968,42 @@ static int bench_copy(kt *t, const bbuf *b, double *bw)
     return 0;
 }
 
+/* gemv_fp8 on the same weight copies at lower.c's block size, M = 1 and 8, with a scale per row
+ * and with one per 128 elements of K: each copy's bytes [0, N*K) are the e4m3 weight (0x3c:
+ * 1.5), its float scales follow at the next 256-byte boundary (0x3c3c3c3c: 0.0115; they fit in
+ * the bf16 copy's N*K*2 bytes). GB/s counts the weight and scale bytes. */
+static int bench_fp8(kt *t, const bshape *s, const bbuf *b, double copy_bw)
+{
+    const int rule = lower_gemv_threads(s->N, s->K, s->gated);
+    const size_t soff = ((size_t)s->N * s->K + 255) & ~(size_t)255;
+    for (int v = 0; v < 2; v++) {
+        const int sbc = v == 0 ? s->K : 128, kb = (s->K + sbc - 1) / sbc;
+        const size_t bytes = (size_t)s->N * s->K + (size_t)s->N * kb * 4;
+        char name[160];
+        snprintf(name, sizeof name, "bench %s gemv_fp8 SBC=%d", s->name, sbc);
+        CUmodule m = gemv_module(t, name, NULL, "gemv_fp8", "kiln::bf16", s->N, s->K, 8, 0,
+                                 s->gated, ACT_SILU, s->f32, rule, sbc);
+        if (!m)
+            return -1;
+        CUfunction f = kt_func(t, m, "k_gemv");
+        double us[2];
+        for (int i = 0; i < 2; i++)
+            if (bench_one(t, f, 1, gemv_blocks(s->N, s->gated), (unsigned)rule, b, i ? 8 : 1, soff,
+                          &us[i]))
+                return -1;
+#define GBS(k) (us[k] > 0 ? (double)bytes / (us[k] * 1e-6) / 1e9 : 0.0)
+        printf("  fp8 %-8s M=1 %5.0f GB/s %.2f %5.1f us | M=8 %5.0f GB/s %.2f %5.1f us "
+               "(%.1f MB of weight + scales)\n",
+               v == 0 ? "row" : "blk128", GBS(0), GBS(0) * 1e9 / copy_bw, us[0], GBS(1),
+               GBS(1) * 1e9 / copy_bw, us[1], (double)bytes / 1e6);
+#undef GBS
+    }
+    return 0;
+}
+
 /* One shape: the old kernel (tests/gpu/gemv_v0.cuh, 256 threads) and the new one at lower.c's
- * block size for M = 1..8, the new one at the other block sizes, and MMAX = 16 for M = 1..16. */
+ * block size for M = 1..8, the new one at the other block sizes, and MMAX = 16 for M = 1..16;
+ * then gemv_fp8 (bench_fp8). */
 static int bench_shape(kt *t, const bshape *s, const char *v0_src, bbuf *b, double copy_bw)
 {
     const int nout = s->gated ? s->N / 2 : s->N, rule = lower_gemv_threads(s->N, s->K, s->gated);
@@ -573,7 +1021,7 @@ static int bench_shape(kt *t, const bshape *s, const char *v0_src, bbuf *b, doub
         snprintf(name, sizeof name, "bench %s kernel %d", s->name, k);
         CUmodule m = gemv_module(t, name, k == 0 ? v0_src : NULL, k == 0 ? "gemv_v0" : "gemv",
                                  "kiln::bf16", s->N, s->K, k == 5 ? 16 : 8, 0, s->gated, ACT_SILU,
-                                 s->f32, (int)th[k]);
+                                 s->f32, (int)th[k], 0);
         if (!m)
             return -1;
         f[k] = kt_func(t, m, "k_gemv");
@@ -598,7 +1046,7 @@ static int bench_shape(kt *t, const bshape *s, const char *v0_src, bbuf *b, doub
             us[k] = 0;
             /* the old kernel's grid is its tiles; gemv.cuh's is (row groups: 1, tiles) */
             if ((M <= 8 || k == 5) &&
-                bench_one(t, f[k], k == 0 ? blocks[k] : 1, k == 0 ? 1 : blocks[k], th[k], b, M,
+                bench_one(t, f[k], k == 0 ? blocks[k] : 1, k == 0 ? 1 : blocks[k], th[k], b, M, 0,
                           &us[k]))
                 return -1;
         }
@@ -614,6 +1062,8 @@ static int bench_shape(kt *t, const bshape *s, const char *v0_src, bbuf *b, doub
                    M, GBS(5), GBS(5) * 1e9 / copy_bw);
 #undef GBS
     }
+    if (bench_fp8(t, s, b, copy_bw))
+        return -1;
     for (int i = 0; i < b->copies; i++)
         BCK(cuMemFree(b->w[i]));
     BCK(cuMemFree(b->x));
@@ -652,7 +1102,9 @@ int ktest_gemv_bench(kt *t)
            "the gaps between kernels), and as a ratio of the copy bandwidth %.0f GB/s.\n"
            "old = the FMA kernel of kiln 4ed27e5 (gemv_v0.cuh); new = gemv.cuh at lower.c's "
            "block size (xN = old time / new time), then at 128/256/512 threads; MMAX16 = the "
-           "new kernel instantiated for up to 16 rows (GEMV_MAX 16).\n",
+           "new kernel instantiated for up to 16 rows (GEMV_MAX 16); fp8 = gemv_fp8 (e4m3 weight) "
+           "at lower.c's block size with a scale per row (row) or per 128 elements of K "
+           "(blk128), bytes of weight + scales per second.\n",
            copy_bw / 1e9);
     int rc = 0;
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0] && rc == 0; i++)
