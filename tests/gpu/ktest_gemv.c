@@ -1,5 +1,6 @@
 /* ktest_gemv — kernel tests of templates/gemv.cuh (see ktest.h) against a CPU reference, and
- * `kiln-ktest --bench gemv`: the weight bandwidth of the GEMV on the Llama-3 8B and 1B shapes.
+ * `kiln-ktest --bench gemv`: the weight bandwidth of the GEMV on the Llama-3 8B and 1B shapes,
+ * with a 16-bit weight and with an FP8 one (gemv_fp8, weight + scale bytes).
  *
  * gemv (16-bit weight). Inputs are drawn in float and rounded through the storage type (bf16,
  * or f16 in some cases), so the reference (double accumulation) sees exactly the kernel's
