@@ -199,6 +199,140 @@ __device__ __forceinline__ void mma_group(float d[NT][4], const uint4 &wa, const
     }
 }
 
+// The lane's two weight rows of tile `tile` (row g and row g + 8 of the tile, or for GATED gate
+// row o and its up row NOUT + o); rows past the end read the last row (valid memory) and store
+// nothing.
+template <int N, bool GATED>
+__device__ __forceinline__ void tile_rows(long long tile, int g, long long &ra, long long &rb)
+{
+    constexpr int NOUT = GATED ? N / 2 : N;
+    if constexpr (GATED) {
+        long long o = tile * 8 + g;
+        if (o > NOUT - 1)
+            o = NOUT - 1;
+        ra = o;
+        rb = NOUT + o;
+    } else {
+        ra = tile * 16 + g;
+        rb = ra + 8;
+        if (ra > N - 1)
+            ra = N - 1;
+        if (rb > N - 1)
+            rb = N - 1;
+    }
+}
+
+// After the main loop: the warps' partial tiles added in warp order (split-K: fixed, independent
+// of M), then the epilogue of warp 0. Lane (g, t) holds, for x rows m = 8j + 2t + e (e = 0, 1),
+// acc[j][e] (tile row g) and acc[j][2 + e] (tile row g + 8). rscale: nullptr, or a float per
+// weight row that multiplies its sum before the bias (gemv_fp8's per-row scales).
+template <typename DT, int N, int MMAX, bool BIAS, bool GATED, int ACT, bool OUT_F32, int THREADS>
+__device__ __forceinline__ void finish(float acc[(MMAX + 7) / 8][4], const float *rscale,
+                                       const DT *bias, void *y, long long row0, long long tile,
+                                       int M)
+{
+    constexpr int NOUT = GATED ? N / 2 : N;
+    constexpr int OPB = GATED ? 8 : 16;
+    constexpr int NT = (MMAX + 7) / 8;
+    constexpr int WARPS = THREADS / 32;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, g = lane >> 2, t = lane & 3;
+    if constexpr (WARPS > 1) {
+        __shared__ float part[WARPS][NT * 4][32]; // the warps' partial tiles, [warp][reg][lane]
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                part[warp][4 * j + i][lane] = acc[j][i];
+        __syncthreads();
+        if (warp != 0)
+            return;
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                float v = part[0][4 * j + i][lane];
+#pragma unroll 1
+                for (int q = 1; q < WARPS; q++)
+                    v += part[q][4 * j + i][lane];
+                acc[j][i] = v;
+            }
+    }
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const int m = 8 * j + 2 * t + e;
+            if (m >= M)
+                continue;
+#pragma unroll
+            for (int h = 0; h < (GATED ? 1 : 2); h++) {
+                const long long o = tile * OPB + 8 * h + g;
+                if (o >= NOUT)
+                    continue;
+                float v;
+                if constexpr (GATED) {
+                    float gs = acc[j][e], us = acc[j][2 + e];
+                    if (rscale) {
+                        gs *= rscale[o];
+                        us *= rscale[NOUT + o];
+                    }
+                    if (BIAS) {
+                        gs += to_f(bias[o]);
+                        us += to_f(bias[NOUT + o]);
+                    }
+                    v = act<ACT>(gs) * us;
+                } else {
+                    v = acc[j][2 * h + e];
+                    if (rscale)
+                        v *= rscale[o];
+                    if (BIAS)
+                        v += to_f(bias[o]);
+                }
+                if constexpr (OUT_F32)
+                    static_cast<float *>(y)[(row0 + m) * NOUT + o] = v;
+                else
+                    static_cast<DT *>(y)[(row0 + m) * NOUT + o] = from_f<DT>(v);
+            }
+        }
+}
+
+// Four e4m3 bytes of gemv_fp8's layout (word bytes 0..3 = elements k, k+2, k+1, k+3) to two
+// pairs of DT: lo = (k, k+1), hi = (k+2, k+3), exactly. Each byte's sign goes to bit 15 of its
+// half and its 7 exponent and mantissa bits to the low end of DT's exponent and the top of its
+// mantissa: the DT number that has those bits is the e4m3 value times 2^-120 (bf16: exponent
+// bias 127 for 7) or 2^-8 (f16: 15 for 7), subnormals included (an e4m3 subnormal becomes a DT
+// subnormal with the same mantissa), so one exact multiply by 2^120 or 2^8 gives the value.
+template <typename DT>
+__device__ __forceinline__ void fp8x4(unsigned q, unsigned &lo, unsigned &hi);
+template <>
+__device__ __forceinline__ void fp8x4<bf16>(unsigned q, unsigned &lo, unsigned &hi)
+{
+    const unsigned a = ((q << 8) & 0x80008000u) | ((q << 4) & 0x07F007F0u);
+    const unsigned b = (q & 0x80008000u) | ((q >> 4) & 0x07F007F0u);
+    // x * 2^120 + (-0): exact, and keeps the sign of a zero
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(lo) : "r"(a), "r"(0x7B807B80u), "r"(0x80008000u));
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(hi) : "r"(b), "r"(0x7B807B80u), "r"(0x80008000u));
+}
+template <>
+__device__ __forceinline__ void fp8x4<f16>(unsigned q, unsigned &lo, unsigned &hi)
+{
+    const unsigned a = ((q << 8) & 0x80008000u) | ((q << 7) & 0x3F803F80u);
+    const unsigned b = (q & 0x80008000u) | ((q >> 1) & 0x3F803F80u);
+    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(lo) : "r"(a), "r"(0x5C005C00u), "r"(0x80008000u));
+    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(hi) : "r"(b), "r"(0x5C005C00u), "r"(0x80008000u));
+}
+
+// Sixteen e4m3 bytes (elements 16c .. 16c + 15 of a row) as two 8-element chunks of DT pairs, in
+// the order of a 16-byte load of 8 DT elements (c0: elements 0..7, c1: 8..15).
+template <typename DT>
+__device__ __forceinline__ void fp8x16(const uint4 &v, uint4 &c0, uint4 &c1)
+{
+    fp8x4<DT>(v.x, c0.x, c0.y);
+    fp8x4<DT>(v.y, c0.z, c0.w);
+    fp8x4<DT>(v.z, c1.x, c1.y);
+    fp8x4<DT>(v.w, c1.z, c1.w);
+}
+
 } // namespace gemv_detail
 
 template <typename DT, int N, int K, int MMAX, bool BIAS, bool GATED, int ACT, bool OUT_F32,
@@ -230,23 +364,8 @@ __device__ __forceinline__ void gemv(const kiln_step st, const DT *x, const DT *
     const long long tile = blockIdx.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, g = lane >> 2, t = lane & 3;
 
-    // The lane's two weight rows; rows past the end read the last row (valid memory) and store
-    // nothing. GATED: row g is gate row o, row g+8 its up row.
     long long ra, rb;
-    if constexpr (GATED) {
-        long long o = tile * OPB + g;
-        if (o > NOUT - 1)
-            o = NOUT - 1;
-        ra = o;
-        rb = NOUT + o;
-    } else {
-        ra = tile * OPB + g;
-        rb = ra + 8;
-        if (ra > N - 1)
-            ra = N - 1;
-        if (rb > N - 1)
-            rb = N - 1;
-    }
+    gemv_detail::tile_rows<N, GATED>(tile, g, ra, rb);
     const DT *wa = w + ra * K + 8 * t, *wb = w + rb * K + 8 * t;
     const DT *xr[NT]; // x row 8j+g, or row M-1 past M (its column of the tile is not stored)
 #pragma unroll
@@ -315,63 +434,184 @@ __device__ __forceinline__ void gemv(const kiln_step st, const DT *x, const DT *
             for (int i = 0; i < 4; i++)
                 acc[j][i] += d[j][i];
     }
+    gemv_detail::finish<DT, N, MMAX, BIAS, GATED, ACT, OUT_F32, THREADS>(acc, nullptr, bias, y,
+                                                                        row0, tile, M);
+}
 
-    // Split-K: warp 0 adds the warps' tiles in warp order (fixed: independent of M).
-    if constexpr (WARPS > 1) {
-        __shared__ float part[WARPS][NT * 4][32]; // the warps' partial tiles, [warp][reg][lane]
+// gemv_fp8 — the same GEMV with an FP8 (e4m3) weight: y[m, n] = (x[m] · q[n]) * scale (+ bias[n]),
+// activations and output in DT (weight-only FP8, kilnc's --quant fp8 and published FP8
+// checkpoints; compiler/quant.h). Grid, block, row groups, split-K order, batch invariance and
+// epilogue are gemv's; what differs:
+//   - w is [N, K] bytes, each aligned group of four elements k..k+3 stored in the byte order
+//     k, k+2, k+1, k+3 (compiler/pack.c writes it so), which lets a lane turn 4 bytes into two
+//     DT pairs in the order of x with a few integer operations and one exact multiply
+//     (gemv_detail::fp8x4): the mma are gemv's, on DT values equal to the e4m3 ones;
+//   - a lane loads 16 bytes = 16 elements of rows g and g+8 (two 8-element chunks of x); a step
+//     is U = 4 groups of 64 elements (256 bytes of each of 16 rows: 4 KB per warp in flight, as
+//     gemv's step), and each group is one chain of 4 mma from zero added to float accumulators;
+//   - scale: float [N, KB], KB = ceil(K / SBC): SBC == K is one scale per row, applied to the
+//     row's sum in the epilogue (per-tensor and per-channel checkpoints, --quant fp8); otherwise
+//     (SBC a multiple of 64 below K: a block-scaled checkpoint, its 128x128 blocks expanded to
+//     rows) each group's chain is scaled by its row's scale of its K block before the add.
+// Preconditions: K % 16 == 0; x 16-byte aligned; w 16-byte aligned. Launch rule: gemv's.
+template <typename DT, int N, int K, int MMAX, bool BIAS, bool GATED, int ACT, bool OUT_F32,
+          int THREADS, int SBC>
+__device__ __forceinline__ void gemv_fp8(const kiln_step st, const DT *x, const unsigned char *w,
+                                         const float *scale, const DT *bias, void *y, int M)
+{
+    KILN_PDL_ENTER();
+    static_assert(K % 16 == 0, "gemv_fp8: K must be a multiple of 16");
+    static_assert(SBC == K || (SBC > 0 && SBC % 64 == 0 && SBC < K),
+                  "gemv_fp8: a scale per row (SBC == K) or per K block of a multiple of 64");
+    static_assert(N >= 1 && (!GATED || N % 2 == 0), "gemv_fp8: GATED needs an even N");
+    static_assert(MMAX >= 1 && MMAX <= 16, "gemv_fp8: MMAX is 1..16");
+    static_assert(THREADS % 32 == 0 && THREADS >= 32 && THREADS <= 512,
+                  "gemv_fp8: THREADS must be a multiple of 32, at most 512");
+    (void)st;
+    constexpr bool BLOCKS = SBC != K;
+    constexpr int KB = (K + SBC - 1) / SBC;
+    constexpr int NOUT = GATED ? N / 2 : N;
+    constexpr int OPB = GATED ? 8 : 16;
+    constexpr int NT = (MMAX + 7) / 8;
+    constexpr int WARPS = THREADS / 32;
+    constexpr int U = 4;      // 64-element groups per step
+    constexpr int KC = K / 16; // 16-byte chunks per row
+    constexpr int STEPS = (KC + 4 * U - 1) / (4 * U);
+    static_assert((NOUT + OPB - 1) / OPB <= 65535, "gemv_fp8: more tiles than grid y allows");
+    const long long row0 = (long long)blockIdx.x * MMAX;
+    if (M - row0 < 1)
+        return;
+    M = M - row0 > MMAX ? MMAX : (int)(M - row0);
+    x += row0 * K;
+    const long long tile = blockIdx.y;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, g = lane >> 2, t = lane & 3;
+
+    long long ra, rb;
+    gemv_detail::tile_rows<N, GATED>(tile, g, ra, rb);
+    const unsigned char *wa = w + ra * K + 16 * t, *wb = w + rb * K + 16 * t;
+    const DT *xr[NT];
 #pragma unroll
-        for (int j = 0; j < NT; j++)
-#pragma unroll
-            for (int i = 0; i < 4; i++)
-                part[warp][4 * j + i][lane] = acc[j][i];
-        __syncthreads();
-        if (warp != 0)
-            return;
-#pragma unroll
-        for (int j = 0; j < NT; j++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                float v = part[0][4 * j + i][lane];
-#pragma unroll 1
-                for (int q = 1; q < WARPS; q++)
-                    v += part[q][4 * j + i][lane];
-                acc[j][i] = v;
-            }
+    for (int j = 0; j < NT; j++) {
+        const int m = 8 * j + g < M ? 8 * j + g : M - 1;
+        xr[j] = x + (long long)m * K + 16 * t;
     }
 
-    // Epilogue: lane (g, t) holds, for x rows m = 8j + 2t + e (e = 0, 1), acc[j][e] (tile row g)
-    // and acc[j][2 + e] (tile row g + 8).
+    float acc[NT][4];
 #pragma unroll
     for (int j = 0; j < NT; j++)
 #pragma unroll
-        for (int e = 0; e < 2; e++) {
-            const int m = 8 * j + 2 * t + e;
-            if (m >= M)
-                continue;
+        for (int i = 0; i < 4; i++)
+            acc[j][i] = 0.f;
+    // Step s covers chunks [16s, 16s + 16) of every row: group u is chunks 16s + 4u + 0..3 (64
+    // elements), the lane's is 16s + 4u + t.
+#pragma unroll 1
+    for (int s = warp; s < STEPS; s += WARPS) {
+        const int c0 = s * 4 * U;
+        uint4 va[U], vb[U], vx[U][2][NT];
+        const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+        if (c0 + 4 * U <= KC) {
 #pragma unroll
-            for (int h = 0; h < (GATED ? 1 : 2); h++) {
-                const long long o = tile * OPB + 8 * h + g;
-                if (o >= NOUT)
-                    continue;
-                float v;
-                if constexpr (GATED) {
-                    float gs = acc[j][e], us = acc[j][2 + e];
-                    if (BIAS) {
-                        gs += to_f(bias[o]);
-                        us += to_f(bias[NOUT + o]);
-                    }
-                    v = act<ACT>(gs) * us;
-                } else {
-                    v = acc[j][2 * h + e];
-                    if (BIAS)
-                        v += to_f(bias[o]);
-                }
-                if constexpr (OUT_F32)
-                    static_cast<float *>(y)[(row0 + m) * NOUT + o] = v;
-                else
-                    static_cast<DT *>(y)[(row0 + m) * NOUT + o] = from_f<DT>(v);
+            for (int u = 0; u < U; u++) {
+                va[u] = gemv_detail::ld_stream(wa + (c0 + 4 * u) * 16);
+                vb[u] = gemv_detail::ld_stream(wb + (c0 + 4 * u) * 16);
+            }
+#pragma unroll
+            for (int u = 0; u < U; u++)
+#pragma unroll
+                for (int j = 0; j < NT; j++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++)
+                        vx[u][h][j] = 8 * j < M ? *reinterpret_cast<const uint4 *>(
+                                                      xr[j] + (c0 + 4 * u) * 16 + 8 * h)
+                                                : zero;
+        } else { // the last step of a K that is not a multiple of 256: zeros past K
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const int c = c0 + 4 * u + t;
+                const bool in = c < KC;
+                const int off = ((in ? c : KC - 1) - t) * 16;
+                va[u] = gemv_detail::ld_stream(wa + off);
+                vb[u] = gemv_detail::ld_stream(wb + off);
+                if (!in)
+                    va[u] = vb[u] = zero;
+#pragma unroll
+                for (int j = 0; j < NT; j++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++)
+                        vx[u][h][j] = in && 8 * j < M
+                                          ? *reinterpret_cast<const uint4 *>(xr[j] + off + 8 * h)
+                                          : zero;
             }
         }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            uint4 a0, a1, b0, b1;
+            gemv_detail::fp8x16<DT>(va[u], a0, a1);
+            gemv_detail::fp8x16<DT>(vb[u], b0, b1);
+            float d[NT][4];
+#pragma unroll
+            for (int j = 0; j < NT; j++)
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+                    d[j][i] = 0.f;
+            gemv_detail::mma_group<DT, NT>(d, a0, b0, vx[u][0], M);
+            gemv_detail::mma_group<DT, NT>(d, a1, b1, vx[u][1], M);
+            float sa = 1.f, sb = 1.f;
+            if constexpr (BLOCKS) {
+                const int kb = (c0 + 4 * u) * 16 / SBC; // past K: d is zero
+                sa = scale[ra * KB + (kb < KB ? kb : KB - 1)];
+                sb = scale[rb * KB + (kb < KB ? kb : KB - 1)];
+            }
+#pragma unroll
+            for (int j = 0; j < NT; j++) {
+                acc[j][0] += d[j][0] * sa;
+                acc[j][1] += d[j][1] * sa;
+                acc[j][2] += d[j][2] * sb;
+                acc[j][3] += d[j][3] * sb;
+            }
+        }
+    }
+    gemv_detail::finish<DT, N, MMAX, BIAS, GATED, ACT, OUT_F32, THREADS>(
+        acc, BLOCKS ? nullptr : scale, bias, y, row0, tile, M);
+}
+
+// dequant_fp8 — gemv_fp8's weight (bytes in its order, float scales [N, KB]) as a DT [N, K]
+// matrix in natural order: out[n, k] = DT(float(q[n, k]) * scale[n, k / SBC]), the same
+// rounding as a weight dequantised at compile time (compiler/quant.c: the fp32 product, then
+// the pack's conversion to DT). The prefill schedule runs it before a GEMM of more rows than
+// the GEMV takes, into scratch.
+// Launch rule: grid (ceil(N * K / 16 / THREADS)), block THREADS; a thread converts one 16-byte
+// chunk. Preconditions: K % 16 == 0; SBC == K or a multiple of 64; w and out 16-byte aligned.
+template <typename DT, int N, int K, int SBC, int THREADS>
+__device__ __forceinline__ void dequant_fp8(const kiln_step st, const unsigned char *w,
+                                            const float *scale, DT *out)
+{
+    KILN_PDL_ENTER();
+    static_assert(K % 16 == 0 && (SBC == K || (SBC > 0 && SBC % 64 == 0)),
+                  "dequant_fp8: K % 16 == 0 and a scale per row or per K block of 64k");
+    (void)st;
+    constexpr int KB = (K + SBC - 1) / SBC;
+    const long long c = (long long)blockIdx.x * THREADS + threadIdx.x;
+    if (c >= (long long)N * K / 16)
+        return;
+    const long long n = c / (K / 16);
+    const int k = (int)(c % (K / 16)) * 16;
+    const float s = scale[n * KB + k / SBC];
+    uint4 h[2];
+    gemv_detail::fp8x16<DT>(gemv_detail::ld_stream(w + c * 16), h[0], h[1]);
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        float f[8];
+        const unsigned u[4] = {h[i].x, h[i].y, h[i].z, h[i].w};
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            DT v;
+            *reinterpret_cast<unsigned short *>(&v) =
+                (unsigned short)(e & 1 ? u[e / 2] >> 16 : u[e / 2] & 0xffffu);
+            f[e] = to_f(v) * s;
+        }
+        store8(out + n * K + k + 8 * i, f);
+    }
 }
 
 } // namespace kiln
