@@ -42,6 +42,8 @@ typedef struct quant_state {
     qexcl *excl;
     int n_excl;
     st_tensor **owned;
+    float **scale;    /* per owned tensor: its FP8 scales per row [rows, ceil(cols / sbc)], or NULL */
+    int64_t *sbc;     /* per owned tensor: the K block of its scales (0: one scale per row) */
     int n, cap;
     int n_companions; /* scale, zero and index tensors read; input scales skipped (FP8) */
 } quant_state;
@@ -50,12 +52,19 @@ static int is_int(const quant_state *s) { return s->scheme >= QS_AWQ; }
 
 /* ---------------------------------------------------------------- e4m3 */
 
+/* Both by the bits (no libm: the packer converts every weight of a model). */
 float fp8_e4m3_to_f32(uint8_t b)
 {
-    int e = (b >> 3) & 15, m = b & 7;
-    float v = e == 15 && m == 7 ? NAN
-              : e == 0          ? ldexpf((float)m, -9)
-                                : ldexpf((float)(8 + m), e - 10);
+    uint32_t e = (b >> 3) & 15u, m = b & 7u, u;
+    float v;
+    if (e == 15 && m == 7) {
+        v = NAN;
+    } else if (e == 0) {
+        v = (float)m * 0x1p-9f; /* subnormal: m/8 * 2^-6 */
+    } else {
+        u = (e + 120u) << 23 | m << 20; /* exponent e - 7 (bias 127), mantissa m/8 */
+        memcpy(&v, &u, sizeof v);
+    }
     return b & 0x80 ? -v : v;
 }
 
@@ -66,18 +75,18 @@ uint8_t fp8_e4m3_from_f32(float x)
     float a = fabsf(x);
     if (a >= FP8_E4M3_MAX)
         return s | 0x7e;
-    if (a < 0x1p-6f) /* subnormals step 2^-9; rintf ties to even; 8 << -9 is the first normal */
-        return s | (uint8_t)rintf(a * 512.0f);
-    int e;
-    frexpf(a, &e); /* a = f * 2^e, f in [0.5, 1): exponent e - 1, mantissa in [8, 16) eighths */
-    int E = e - 1, m = (int)rintf(ldexpf(a, 4 - e));
-    if (m == 16) {
-        m = 8;
-        E++;
+    if (a < 0x1p-6f) { /* subnormals step 2^-9: a * 512 rounded to an integer, ties to even */
+        float big = a * 512.0f + 0x1p23f; /* the float addition rounds (to even) */
+        return s | (uint8_t)(big - 0x1p23f);
     }
-    if (E > 8 || (E == 8 && m > 14)) /* above 448 after rounding: saturate */
+    uint32_t u;
+    memcpy(&u, &a, sizeof u);
+    /* keep 3 of the 23 mantissa bits, rounding to nearest even; a carry moves the exponent */
+    u += 0x7ffffu + ((u >> 20) & 1u);
+    int E = (int)(u >> 23) - 127, m = (int)((u >> 20) & 7u);
+    if (E > 8 || (E == 8 && m > 6)) /* above 448 after rounding: saturate */
         return s | 0x7e;
-    return s | (uint8_t)((E + 7) << 3) | (uint8_t)(m - 8);
+    return s | (uint8_t)((E + 7) << 3 | m);
 }
 
 /* ---------------------------------------------------------------- quantization_config */
@@ -450,7 +459,11 @@ static st_tensor *own(kc *c, const st_tensor *like, const char *name)
     if (s->n == s->cap) {
         s->cap = s->cap ? 2 * s->cap : 64;
         s->owned = xrealloc(s->owned, sizeof *s->owned * (size_t)s->cap);
+        s->scale = xrealloc(s->scale, sizeof *s->scale * (size_t)s->cap);
+        s->sbc = xrealloc(s->sbc, sizeof *s->sbc * (size_t)s->cap);
     }
+    s->scale[s->n] = NULL;
+    s->sbc[s->n] = 0;
     size_t nl = name ? strlen(name) + 1 : 0;
     st_tensor *t = xmalloc(sizeof *t + nl);
     *t = *like;
@@ -559,10 +572,16 @@ const st_tensor *quant_dequant_fp8(kc *c, const st_tensor *t, unsigned char *use
     float *d = (float *)o->data;
     int64_t brr = sr == 1 ? rows : (s->scheme == QS_CT_BLOCK || s->scheme == QS_BLOCK ? s->br : 1);
     int64_t bcc = scl == 1 ? cols : s->bc;
+    /* the scales per row (a block's scale repeated over its rows), kept for the packer */
+    float *rs = xmalloc(sizeof(float) * (size_t)(rows * scl));
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t b = 0; b < scl; b++)
+            rs[r * scl + b] = scalar_at(sc, (uint64_t)((r / brr) * scl + b));
+    s->scale[s->n - 1] = rs;
+    s->sbc[s->n - 1] = scl == 1 ? 0 : bcc;
     for (int64_t r = 0; r < rows; r++)
         for (int64_t k = 0; k < cols; k++)
-            d[r * cols + k] = fp8_e4m3_to_f32(q[r * cols + k]) *
-                              scalar_at(sc, (uint64_t)((r / brr) * scl + k / bcc));
+            d[r * cols + k] = fp8_e4m3_to_f32(q[r * cols + k]) * rs[r * scl + k / bcc];
     return o;
 }
 
@@ -877,7 +896,8 @@ const st_tensor *quant_fp8_rows(kc *c, const st_tensor *t)
     assert(t->ndim == 2);
     int64_t rows = t->shape[0], cols = t->shape[1];
     st_tensor *o = own(c, t, NULL);
-    float *d = (float *)o->data;
+    float *d = (float *)o->data, *rs = xmalloc(sizeof(float) * (size_t)(rows ? rows : 1));
+    int all_finite = 1;
     for (int64_t r = 0; r < rows; r++) {
         float *row = d + r * cols, amax = 0;
         int finite = 1;
@@ -887,15 +907,34 @@ const st_tensor *quant_fp8_rows(kc *c, const st_tensor *t)
             if (fabsf(row[k]) > amax)
                 amax = fabsf(row[k]);
         }
-        if (!finite) /* kept as it is: finite.c reports the row (or --allow-nonfinite) */
+        rs[r] = 1.0f;
+        if (!finite) { /* kept as it is: finite.c reports the row (or --allow-nonfinite) */
+            all_finite = 0;
             continue;
+        }
         float scale = amax / FP8_E4M3_MAX;
         if (!(scale > 0)) /* an all-zero row, or one too small for its scale to be a float */
             scale = 1.0f;
+        rs[r] = scale;
         for (int64_t k = 0; k < cols; k++)
             row[k] = fp8_e4m3_to_f32(fp8_e4m3_from_f32(row[k] / scale)) * scale;
     }
+    if (all_finite) /* else the packer stores the weight in the compute dtype */
+        c->quant->scale[c->quant->n - 1] = rs;
+    else
+        free(rs);
     return o;
+}
+
+const float *quant_fp8_scales(const kc *c, const st_tensor *t, int64_t *sbc)
+{
+    const quant_state *s = c->quant;
+    for (int i = 0; s && i < s->n; i++)
+        if (s->owned[i] == t) {
+            *sbc = s->sbc[i];
+            return s->scale[i];
+        }
+    return NULL;
 }
 
 const char *quant_describe(const kc *c, char *buf, size_t cap)
@@ -948,8 +987,11 @@ void quant_free(kc *c)
     for (int i = 0; i < s->n; i++) {
         free((void *)s->owned[i]->data);
         free(s->owned[i]);
+        free(s->scale[i]);
     }
     free(s->owned);
+    free(s->scale);
+    free(s->sbc);
     for (int i = 0; i < s->n_excl; i++) {
         free(s->excl[i].text);
         pcre2_code_free(s->excl[i].re);

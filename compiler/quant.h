@@ -2,13 +2,15 @@
  * pack-quantized) checkpoints read, and bf16/fp32 ones quantised to FP8 at compile time
  * (--quant fp8).
  *
- * What kiln computes with today: every FP8 weight is turned back into fp32 at bind_weights,
- * exactly (e4m3 value * its scale, one fp32 multiply), and from there the graph is the
- * unquantised one: `kilnc ref` runs those fp32 values, and `kilnc compile` packs them in the
- * compute dtype (bf16/f16) like any weight. So `kilnc ref` of an FP8 checkpoint equals the
- * forward of its dequantised fp32 copy, and `--quant fp8` gives the numbers an FP8 weight-only
- * model computes. The FP8 decode GEMV that reads e4m3 bytes (templates/gemv.cuh, GEMV_FP8) is
- * not yet fed by the packer: see README "Quantised weights".
+ * What kiln computes with: every quantised weight is turned back into fp32 at bind_weights,
+ * exactly (e4m3 value * its scale, one fp32 multiply), so `kilnc ref` of an FP8 checkpoint equals
+ * the forward of its dequantised fp32 copy, and `--quant fp8` gives the numbers an FP8
+ * weight-only model computes. quant keeps the scales of each FP8 weight (quant_fp8_scales), and
+ * `kilnc compile` packs a linear's FP8 weight as e4m3 bytes and float scales per row (pack.h's
+ * pack_fp8_block says when it can), which the decode GEMV reads as they are
+ * (templates/gemv.cuh's gemv_fp8) and a prefill GEMM after dequant_fp8 into scratch. Integer
+ * weights, FP8 weights of other ops (MoE experts, the LM head) and ones the packer cannot keep
+ * whole (a K cut off a block edge) are packed in the compute dtype (bf16/f16).
  *
  * Formats (config.json's quantization_config), for a weight `X.weight` stored as F8_E4M3:
  *   compressed-tensors (quant_method "compressed-tensors", format "float-quantized" or
@@ -80,6 +82,12 @@ int quant_dequant_packed(kc *c, const char *name, unsigned char *used, const st_
 /* --quant fp8: the fp32 tensor of t ([out, in], F32/F16/BF16) rounded to e4m3 with one scale
  * per output row (absmax / 448), dequantised again: the values an FP8 weight holds. */
 const st_tensor *quant_fp8_rows(kc *c, const st_tensor *t);
+/* The e4m3 form of t when quant made it (quant_dequant_fp8, quant_fp8_rows): t's values are
+ * exactly fp8_e4m3_to_f32(q) * scale[r * kb + k / sbc] (one fp32 multiply) for e4m3 bytes q,
+ * with kb = ceil(cols / sbc), or one scale per row (kb 1) when *sbc is set to 0. The scales
+ * [rows, kb] are owned by c. NULL for any other tensor (a checkpoint's, an integer weight's,
+ * or a --quant fp8 one with NaN or Inf, which stays in the compute dtype). */
+const float *quant_fp8_scales(const kc *c, const st_tensor *t, int64_t *sbc);
 /* After bind_weights: what was quantised, for kilnc check ("14 weights F8_E4M3 with
  * compressed-tensors per-channel scales, dequantised to fp32", "14 weights AWQ 4-bit (gemm),
  * group size 32 (42 tensors read), dequantised to fp32"), or NULL when nothing was. */
