@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pack.h"
 #include "passes/passes.h"
 #include "posenc.h"
 #include "../kernels/kiln_gemm.h"
@@ -33,6 +34,7 @@ typedef struct lw {
     int64_t scratch0;    /* scratch bytes every node keeps clear: attn_decode's counters */
     int attn_heads;      /* the most query heads of an attention node (sizes the counters) */
     int *wmap;           /* node -> weight index, -1 */
+    int *wmap8;          /* node -> index of its e4m3 weight (its scales the next), -1 */
     int cpre, cdec, cw, cc;
     kerr *err;
 } lw;
@@ -152,6 +154,49 @@ static int wid(lw *w, int id)
 }
 
 static ka_arg AW(lw *w, int id) { return A(KA_ARG_WEIGHT, wid(w, id)); }
+
+/* The K block of the scales with which const node `id` ([N, K], a linear's weight) is packed
+ * as FP8 (pack.h: the same on every rank; 0 for one scale per row), or -1: packed in the
+ * compute dtype. gemv_fp8 needs K % 16 == 0 and blocks of a multiple of 64 elements. */
+static int64_t fp8_block(lw *w, int id, int64_t K)
+{
+    int64_t b = pack_fp8_block(w->c, id, 0);
+    for (int r = 1; r < w->g->tp && b >= 0; r++)
+        if (pack_fp8_block(w->c, id, r) != b)
+            b = -1;
+    if (b >= K)
+        b = 0;
+    return b < 0 || K % 16 || b % 64 ? -1 : b;
+}
+
+/* The two weights of FP8 const node `id` (fp8_block >= 0): its e4m3 bytes [N, K] (gemv_fp8's
+ * byte order) and its scales [N, KB] float, registered once, next to each other. */
+static void wid_fp8(lw *w, int id, int64_t b, ka_arg *q, ka_arg *scale)
+{
+    if (w->wmap8[id] < 0) {
+        int saved = w->wmap[id];
+        w->wmap[id] = -1;
+        int i = wid(w, id);
+        w->wmap[id] = -1;
+        int j = wid(w, id);
+        w->wmap[id] = saved;
+        ka_weight *kq = &w->m->weights[i], *ks = &w->m->weights[j];
+        int64_t N = kq->shape[0], K = kq->shape[1], kb = b ? (K + b - 1) / b : 1;
+        kq->type = KA_W_E4M3;
+        kq->nbytes = N * K;
+        char *base = kq->name;
+        kq->name = xasprintf("%s.e4m3", base);
+        free(ks->name);
+        ks->name = xasprintf("%s.scale", base);
+        free(base);
+        ks->type = KA_W_F32;
+        ks->shape[1] = kb;
+        ks->nbytes = N * kb * 4;
+        w->wmap8[id] = i;
+    }
+    *q = A(KA_ARG_WEIGHT, w->wmap8[id]);
+    *scale = A(KA_ARG_WEIGHT, w->wmap8[id] + 1);
+}
 
 static int add_const(lw *w, const char *name, const float *v, int n)
 {
@@ -376,11 +421,11 @@ static int low_norm(lw *w, int id)
  * per SM) whatever N is: 4 warps per block for the large N (gate/up, LM head), 8 for 4096 rows, 16
  * for 2048 rows (1B's o and down: 128 tiles). 16 only while the tiles fit one wave of one block
  * per SM (more than 132 blocks of 512 threads would queue a second wave behind a full one), and
- * never more warps than 128-element steps of K, so no warp idles. */
-int lower_gemv_threads(int64_t N, int64_t K, int gated)
+ * never more warps than steps of K (128 elements, 256 for gemv_fp8's bytes), so no warp idles. */
+int lower_gemv_threads(int64_t N, int64_t K, int gated, int fp8)
 {
     int64_t tiles = ((gated ? N / 2 : N) + (gated ? 7 : 15)) / (gated ? 8 : 16);
-    int64_t steps = (K + 127) / 128;
+    int64_t step = fp8 ? 256 : 128, steps = (K + step - 1) / step;
     int warps = 4;
     while (warps < 16 && tiles * warps < 2048)
         warps *= 2;
@@ -391,17 +436,27 @@ int lower_gemv_threads(int64_t N, int64_t K, int gated)
     return 32 * warps;
 }
 
-/* The GEMV step (decode-sized rows). rows: KA_ROWS_T or KA_ROWS_S. */
-static ka_step gemv_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg bias, ka_arg y,
-                         int64_t N, int64_t K, int gated, int act, int out_f32, ka_rows rows)
+/* The GEMV step (decode-sized rows). rows: KA_ROWS_T or KA_ROWS_S. fp8b >= 0: the FP8 GEMV
+ * (gemv_fp8, its scales' K block, 0 for one per row) of weight wt and scales sc. */
+static ka_step gemv_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg sc, int64_t fp8b,
+                         ka_arg bias, ka_arg y, int64_t N, int64_t K, int gated, int act,
+                         int out_f32, ka_rows rows)
 {
-    int th = lower_gemv_threads(N, K, gated);
+    int th = lower_gemv_threads(N, K, gated, fp8b >= 0);
     int mmax = w->c->batch_invariant ? LOWER_GEMV_GROUP_INVARIANT : GEMV_MAX;
-    int k = kern(w, "gemv", th, 0,
-                 "const kiln_step st, const DT *x, const DT *w, const DT *bias, void *y, int M",
-                 "kiln::gemv<DT, %lld, %lld, %d, %s, %s, %d, %s, %d>(st, x, w, bias, y, M)",
-                 (long long)N, (long long)K, mmax, bias.kind == KA_ARG_NULL ? "false" : "true",
-                 gated ? "true" : "false", act < 0 ? 0 : act, out_f32 ? "true" : "false", th);
+    char tail[64] = "";
+    if (fp8b >= 0)
+        snprintf(tail, sizeof tail, ", %lld", (long long)(fp8b ? fp8b : K));
+    int k = kern(w, fp8b >= 0 ? "gemv_fp8" : "gemv", th, 0,
+                 fp8b >= 0 ? "const kiln_step st, const DT *x, const unsigned char *w, "
+                             "const float *scale, const DT *bias, void *y, int M"
+                           : "const kiln_step st, const DT *x, const DT *w, const DT *bias, "
+                             "void *y, int M",
+                 "kiln::%s<DT, %lld, %lld, %d, %s, %s, %d, %s, %d%s>(st, x, w, %sbias, y, M)",
+                 fp8b >= 0 ? "gemv_fp8" : "gemv", (long long)N, (long long)K, mmax,
+                 bias.kind == KA_ARG_NULL ? "false" : "true", gated ? "true" : "false",
+                 act < 0 ? 0 : act, out_f32 ? "true" : "false", th, tail,
+                 fp8b >= 0 ? "scale, " : "");
     /* x: one block per group of mmax rows (one group unless --batch-invariant, whose decode
      * schedule runs the GEMV at every batch); y: one per 16-row tile, 16 outputs or 8 gated */
     int64_t nout = gated ? N / 2 : N, opb = gated ? 8 : 16;
@@ -413,10 +468,33 @@ static ka_step gemv_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg bi
     add_arg(&s, A(KA_ARG_STEP, 0));
     add_arg(&s, x);
     add_arg(&s, wt);
+    if (fp8b >= 0)
+        add_arg(&s, sc);
     add_arg(&s, bias);
     add_arg(&s, y);
     add_arg(&s, A(KA_ARG_M, 0));
     return s;
+}
+
+/* An FP8 weight (e4m3 q, scales sc, K block b) dequantised into scratch [N, K] in the compute
+ * dtype for a prefill GEMM (templates/gemv.cuh's dequant_fp8); returns the scratch argument. */
+#define DEQUANT_THREADS 256
+static ka_arg dequant_step(lw *w, const kg_node *n, ka_arg q, ka_arg sc, int64_t b, int64_t N,
+                           int64_t K)
+{
+    ka_arg out = A(KA_ARG_SCRATCH, scratch_at(w, N * K * w->esize));
+    int k = kern(w, "dequant_fp8", DEQUANT_THREADS, 0,
+                 "const kiln_step st, const unsigned char *w, const float *scale, DT *out",
+                 "kiln::dequant_fp8<DT, %lld, %lld, %lld, %d>(st, w, scale, out)", (long long)N,
+                 (long long)K, (long long)(b ? b : K), DEQUANT_THREADS);
+    ka_step s = kstep(k, n->name, G(0, 0, 0, (int)(N * K / 16), DEQUANT_THREADS), G1(), G1());
+    s.size = KA_SIZE_LARGE;
+    add_arg(&s, A(KA_ARG_STEP, 0));
+    add_arg(&s, q);
+    add_arg(&s, sc);
+    add_arg(&s, out);
+    push_sized(w, PRE, &s);
+    return out;
 }
 
 int lower_gemm90(const kc *c) { return c->gemm_kiln && c->sm90a_only; }
@@ -543,12 +621,13 @@ static int low_linear(lw *w, int id)
     int gated = n->epi_act >= 0;
     if (need8(w, n, K, "the input width"))
         return -1;
-    ka_arg x, y, wt = AW(w, n->in[1]);
+    ka_arg x, y, wt;
     ka_arg bias = n->n_in > 2 && n->in[2] >= 0 ? AW(w, n->in[2]) : ANULL();
     if (dense_arg(w, n->in[0], &x))
         return -1;
 
     if (n->op == KG_LOGITS) { /* float logits; the last row of each sequence unless all */
+        wt = AW(w, n->in[1]);
         /* the head's bias and soft cap: logits_epilogue after the GEMM or GEMV, not in them */
         ka_arg hb = bias;
         bias = ANULL();
@@ -574,7 +653,7 @@ static int low_linear(lw *w, int id)
         s = gemm_step(w, n, last, wt, bias, part, N, K, K, N, 1, KA_ROWS_S);
         s.logits = KA_LOGITS_LAST;
         push_sized(w, PRE, &s);
-        s = gemv_step(w, n, last, wt, bias, part, N, K, 0, -1, 1, KA_ROWS_S);
+        s = gemv_step(w, n, last, wt, ANULL(), -1, bias, part, N, K, 0, -1, 1, KA_ROWS_S);
         s.logits = KA_LOGITS_LAST;
         push_sized(w, PRE, &s);
         logits_epilogue_step(w, n, part, hb, N, PRE, KA_LOGITS_LAST, KA_ROWS_S);
@@ -582,7 +661,7 @@ static int low_linear(lw *w, int id)
         s = gemm_step(w, n, x, wt, bias, part, N, K, K, N, 1, KA_ROWS_T);
         s.logits = KA_LOGITS_ALL;
         push_sized(w, PRE, &s);
-        s = gemv_step(w, n, x, wt, bias, part, N, K, 0, -1, 1, KA_ROWS_T);
+        s = gemv_step(w, n, x, wt, ANULL(), -1, bias, part, N, K, 0, -1, 1, KA_ROWS_T);
         s.logits = KA_LOGITS_ALL;
         push_sized(w, PRE, &s);
         logits_epilogue_step(w, n, part, hb, N, PRE, KA_LOGITS_ALL, KA_ROWS_T);
@@ -590,7 +669,7 @@ static int low_linear(lw *w, int id)
         /* decode: every row is the last of its sequence */
         s = gemm_step(w, n, x, wt, bias, part, N, K, K, N, 1, KA_ROWS_T);
         push_sized(w, DEC, &s);
-        s = gemv_step(w, n, x, wt, bias, part, N, K, 0, -1, 1, KA_ROWS_T);
+        s = gemv_step(w, n, x, wt, ANULL(), -1, bias, part, N, K, 0, -1, 1, KA_ROWS_T);
         push_sized(w, DEC, &s);
         logits_epilogue_step(w, n, part, hb, N, DEC, KA_LOGITS_ANY, KA_ROWS_T);
         gather_steps(w, n, part, all, N, tp, DEC, KA_LOGITS_ANY, KA_ROWS_T);
@@ -600,11 +679,31 @@ static int low_linear(lw *w, int id)
 
     if (dense_arg(w, id, &y))
         return -1;
+    /* An FP8 weight: the GEMV reads its e4m3 bytes in every decode step, whatever the batch
+     * (dequantising the whole model per step would cost more than the GEMV's re-reads of a
+     * weight tile from L2 by its row groups), and in prefill steps of up to GEMV_MAX rows;
+     * longer prefill steps dequantise it into scratch for the GEMM. */
+    int64_t fb = fp8_block(w, n->in[1], K);
+    ka_arg sc = ANULL();
+    int gemm_which = BOTH;
+    if (fb < 0) {
+        wt = AW(w, n->in[1]);
+    } else {
+        wid_fp8(w, n->in[1], fb, &wt, &sc);
+        ka_step s = gemv_step(w, n, x, wt, sc, fb, bias, y, N, K, gated, n->epi_act, 0, KA_ROWS_T);
+        push_sized(w, PRE, &s);
+        s.size = KA_SIZE_ANY;
+        push(w, DEC, &s);
+        gemm_which = PRE;
+        wt = dequant_step(w, n, wt, sc, fb, N, K);
+    }
     if (!gated) {
         ka_step s = gemm_step(w, n, x, wt, bias, y, N, K, K, N, 0, KA_ROWS_T);
-        push_sized(w, BOTH, &s);
-        s = gemv_step(w, n, x, wt, bias, y, N, K, 0, -1, 0, KA_ROWS_T);
-        push_sized(w, BOTH, &s);
+        push_sized(w, gemm_which, &s);
+        if (fb < 0) {
+            s = gemv_step(w, n, x, wt, sc, -1, bias, y, N, K, 0, -1, 0, KA_ROWS_T);
+            push_sized(w, BOTH, &s);
+        }
         return 0;
     }
     /* gated: GEMM into scratch [T, N] then act(gate) * up; or one GEMV with the epilogue */
@@ -613,7 +712,7 @@ static int low_linear(lw *w, int id)
         return -1;
     ka_arg tmp = A(KA_ARG_SCRATCH, scratch_at(w, (int64_t)w->c->max_tokens * N * w->esize));
     ka_step s = gemm_step(w, n, x, wt, bias, tmp, N, K, K, N, 0, KA_ROWS_T);
-    push_sized(w, BOTH, &s);
+    push_sized(w, gemm_which, &s);
     int ka = kern(w, "act_mul", ELEM_THREADS, 0, "const kiln_step st, const DT *gu, DT *out",
                   "kiln::act_mul<DT, %lld, %d, %d>(st, gu, out)", (long long)I, n->epi_act,
                   ELEM_THREADS);
@@ -622,9 +721,11 @@ static int low_linear(lw *w, int id)
     add_arg(&s, A(KA_ARG_STEP, 0));
     add_arg(&s, tmp);
     add_arg(&s, y);
-    push_sized(w, BOTH, &s);
-    s = gemv_step(w, n, x, wt, bias, y, N, K, 1, n->epi_act, 0, KA_ROWS_T);
-    push_sized(w, BOTH, &s);
+    push_sized(w, gemm_which, &s);
+    if (fb < 0) {
+        s = gemv_step(w, n, x, wt, sc, -1, bias, y, N, K, 1, n->epi_act, 0, KA_ROWS_T);
+        push_sized(w, BOTH, &s);
+    }
     return 0;
 }
 
@@ -780,13 +881,13 @@ static int low_moe_shared(lw *w, int id, ka_arg x, ka_arg *sum)
     add_arg(&s, gu_out);
     add_arg(&s, h);
     push_sized(w, BOTH, &s);
-    s = gemv_step(w, n, x, AW(w, gu), ANULL(), h, 2 * I2, H, 1, mo->act, 0, KA_ROWS_T);
+    s = gemv_step(w, n, x, AW(w, gu), ANULL(), -1, ANULL(), h, 2 * I2, H, 1, mo->act, 0, KA_ROWS_T);
     push_sized(w, BOTH, &s);
     /* . Wd */
     ka_arg down = AW(w, n->in[KG_MOE_SH_DOWN]);
     s = gemm_step(w, n, h, down, ANULL(), *sum, H, I2, I2, H, 0, KA_ROWS_T);
     push_sized(w, BOTH, &s);
-    s = gemv_step(w, n, h, down, ANULL(), *sum, H, I2, 0, -1, 0, KA_ROWS_T);
+    s = gemv_step(w, n, h, down, ANULL(), -1, ANULL(), *sum, H, I2, 0, -1, 0, KA_ROWS_T);
     push_sized(w, BOTH, &s);
     if (!mo->shared_gate)
         return 0;
@@ -1345,8 +1446,9 @@ int lower(kc *c, lowered *out, kerr *err)
     w.err = err;
     w.esize = (int64_t)st_dtype_size(c->act_dtype);
     w.wmap = xmalloc(sizeof(int) * (size_t)c->g->n * 2 + sizeof(int));
+    w.wmap8 = xmalloc(sizeof(int) * (size_t)c->g->n * 2 + sizeof(int));
     for (int i = 0; i < c->g->n * 2; i++)
-        w.wmap[i] = -1;
+        w.wmap[i] = w.wmap8[i] = -1;
     ka_manifest *m = w.m;
     m->sample_kernel = -1;
     m->bos = -1;
@@ -1364,6 +1466,7 @@ int lower(kc *c, lowered *out, kerr *err)
         w.scratch = w.scratch0;
         if (low_node(&w, i)) {
             free(w.wmap);
+            free(w.wmap8);
             return -1;
         }
         if (w.scratch > scratch_max)
@@ -1399,6 +1502,7 @@ int lower(kc *c, lowered *out, kerr *err)
     for (int r = 0; r < m->tp; r++)
         m->shards[r].path = xasprintf("shards/rank%d-of-%d.safetensors", r, m->tp);
     free(w.wmap);
+    free(w.wmap8);
     return 0;
 }
 

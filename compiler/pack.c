@@ -15,10 +15,30 @@
 #include <unistd.h>
 
 #include "hash.h"
+#include "quant.h"
 
-static uint16_t conv(float f, st_dtype dt)
+/* f stored as dt (BF16, F16 or F32) at dst. */
+static void put(float f, st_dtype dt, unsigned char *dst)
 {
-    return dt == ST_F16 ? util_f32_to_f16(f) : util_f32_to_bf16(f);
+    if (dt == ST_F32) {
+        memcpy(dst, &f, sizeof f);
+    } else {
+        uint16_t h = dt == ST_F16 ? util_f32_to_f16(f) : util_f32_to_bf16(f);
+        memcpy(dst, &h, sizeof h);
+    }
+}
+
+/* The element at src of dtype dt (BF16, F16 or F32). */
+static float get(const unsigned char *src, st_dtype dt)
+{
+    if (dt == ST_F32) {
+        float f;
+        memcpy(&f, src, sizeof f);
+        return f;
+    }
+    uint16_t h;
+    memcpy(&h, src, sizeof h);
+    return dt == ST_BF16 ? util_bf16_to_f32(h) : util_f16_to_f32(h);
 }
 
 static uint64_t numel(const kg_node *n) { return graph_numel_const(n); }
@@ -36,31 +56,29 @@ static void around(const kg_node *n, int dim, uint64_t *outer, uint64_t *inner)
 }
 
 /* Elements [from, from + count) of checkpoint tensor t, converted to dt. */
-static void convert(const st_tensor *t, uint64_t from, uint64_t count, st_dtype dt, uint16_t *dst)
+static void convert(const st_tensor *t, uint64_t from, uint64_t count, st_dtype dt,
+                    unsigned char *dst)
 {
+    size_t es = st_dtype_size(dt), ts = st_dtype_size(t->dtype);
     if (t->dtype == dt) {
-        memcpy(dst, (const uint16_t *)t->data + from, count * sizeof(uint16_t));
-    } else if (t->dtype == ST_F32) {
-        const float *s = (const float *)t->data + from;
-        for (uint64_t i = 0; i < count; i++)
-            dst[i] = conv(s[i], dt);
-    } else {
-        const uint16_t *s = (const uint16_t *)t->data + from;
-        for (uint64_t i = 0; i < count; i++)
-            dst[i] = conv(t->dtype == ST_BF16 ? util_bf16_to_f32(s[i]) : util_f16_to_f32(s[i]), dt);
+        memcpy(dst, (const unsigned char *)t->data + from * es, count * es);
+        return;
     }
+    for (uint64_t i = 0; i < count; i++)
+        put(get((const unsigned char *)t->data + (from + i) * ts, t->dtype), dt, dst + i * es);
 }
 
-static int fill(const kgraph *g, int id, int rank, st_dtype dt, uint16_t *dst, kerr *err);
+static int fill(const kgraph *g, int id, int rank, st_dtype dt, unsigned char *dst, kerr *err);
 
 /* Elements [start, start + len) along `dim` of constant `src`, evaluated whole first. */
 static int fill_range(const kgraph *g, int src, int rank, st_dtype dt, int dim, uint64_t start,
-                      uint64_t len, uint16_t *dst, kerr *err)
+                      uint64_t len, unsigned char *dst, kerr *err)
 {
     const kg_node *p = &g->nodes[src];
     uint64_t outer, inner, sd = (uint64_t)p->shape[dim];
+    size_t es = st_dtype_size(dt);
     around(p, dim, &outer, &inner);
-    uint16_t *tmp = malloc(sizeof(uint16_t) * (numel(p) ? numel(p) : 1));
+    unsigned char *tmp = malloc(es * (numel(p) ? numel(p) : 1));
     if (!tmp)
         return kerr_add(err, "pack: out of memory for %s", p->name);
     if (fill(g, src, rank, dt, tmp, err)) {
@@ -68,15 +86,15 @@ static int fill_range(const kgraph *g, int src, int rank, st_dtype dt, int dim, 
         return -1;
     }
     for (uint64_t o = 0; o < outer; o++)
-        memcpy(dst + o * len * inner, tmp + (o * sd + start) * inner,
-               sizeof(uint16_t) * len * inner);
+        memcpy(dst + o * len * inner * es, tmp + (o * sd + start) * inner * es, es * len * inner);
     free(tmp);
     return 0;
 }
 
-static int fill(const kgraph *g, int id, int rank, st_dtype dt, uint16_t *dst, kerr *err)
+static int fill(const kgraph *g, int id, int rank, st_dtype dt, unsigned char *dst, kerr *err)
 {
     const kg_node *n = &g->nodes[id];
+    size_t es = st_dtype_size(dt);
     switch (n->op) {
     case KG_WEIGHT: {
         const st_tensor *t = n->bound;
@@ -94,8 +112,9 @@ static int fill(const kgraph *g, int id, int rank, st_dtype dt, uint16_t *dst, k
         assert(rank >= 0 && rank < g->tp && start + len <= sd);
         if (p->op == KG_WEIGHT && p->bound) { /* straight from the checkpoint */
             for (uint64_t o = 0; o < outer; o++) {
-                convert(p->bound, (o * sd + start) * inner, len * inner, dt, dst + o * w * inner);
-                memset(dst + (o * w + len) * inner, 0, sizeof(uint16_t) * pad * inner);
+                convert(p->bound, (o * sd + start) * inner, len * inner, dt,
+                        dst + o * w * inner * es);
+                memset(dst + (o * w + len) * inner * es, 0, es * pad * inner);
             }
             return 0;
         }
@@ -103,8 +122,8 @@ static int fill(const kgraph *g, int id, int rank, st_dtype dt, uint16_t *dst, k
             return -1;
         /* [outer][len][inner] to [outer][w][inner], last block first: each moves up or stays */
         for (uint64_t o = outer; pad && o-- > 0;) {
-            memmove(dst + o * w * inner, dst + o * len * inner, sizeof(uint16_t) * len * inner);
-            memset(dst + (o * w + len) * inner, 0, sizeof(uint16_t) * pad * inner);
+            memmove(dst + o * w * inner * es, dst + o * len * inner * es, es * len * inner);
+            memset(dst + (o * w + len) * inner * es, 0, es * pad * inner);
         }
         return 0;
     }
@@ -116,7 +135,7 @@ static int fill(const kgraph *g, int id, int rank, st_dtype dt, uint16_t *dst, k
         if (outer == 1) { /* the parts follow each other */
             uint64_t at = 0;
             for (int k = 0; k < n->n_in; k++) {
-                if (fill(g, n->in[k], rank, dt, dst + at, err))
+                if (fill(g, n->in[k], rank, dt, dst + at * es, err))
                     return -1;
                 at += numel(&g->nodes[n->in[k]]);
             }
@@ -125,7 +144,7 @@ static int fill(const kgraph *g, int id, int rank, st_dtype dt, uint16_t *dst, k
         uint64_t at = 0, row = (uint64_t)n->shape[n->dim] * inner;
         for (int k = 0; k < n->n_in; k++) {
             const kg_node *p = &g->nodes[n->in[k]];
-            uint16_t *tmp = malloc(sizeof(uint16_t) * (numel(p) ? numel(p) : 1));
+            unsigned char *tmp = malloc(es * (numel(p) ? numel(p) : 1));
             if (!tmp)
                 return kerr_add(err, "pack: out of memory for %s", p->name);
             if (fill(g, n->in[k], rank, dt, tmp, err)) {
@@ -134,7 +153,7 @@ static int fill(const kgraph *g, int id, int rank, st_dtype dt, uint16_t *dst, k
             }
             uint64_t part = (uint64_t)p->shape[n->dim] * inner;
             for (uint64_t o = 0; o < outer; o++)
-                memcpy(dst + o * row + at, tmp + o * part, sizeof(uint16_t) * part);
+                memcpy(dst + (o * row + at) * es, tmp + o * part * es, es * part);
             at += part;
             free(tmp);
         }
@@ -145,7 +164,7 @@ static int fill(const kgraph *g, int id, int rank, st_dtype dt, uint16_t *dst, k
                           dst, err);
     case KG_TRANSPOSE: {
         const kg_node *p = &g->nodes[n->in[0]];
-        uint16_t *tmp = malloc(sizeof(uint16_t) * (numel(p) ? numel(p) : 1));
+        unsigned char *tmp = malloc(es * (numel(p) ? numel(p) : 1));
         if (!tmp)
             return kerr_add(err, "pack: out of memory for %s", p->name);
         if (fill(g, n->in[0], rank, dt, tmp, err)) {
@@ -167,7 +186,7 @@ static int fill(const kgraph *g, int id, int rank, st_dtype dt, uint16_t *dst, k
             uint64_t si = 0;
             for (int i = 0; i < n->ndim; i++)
                 si += (uint64_t)idx[i] * ostride[i];
-            dst[o] = tmp[si];
+            memcpy(dst + o * es, tmp + si * es, es);
             for (int i = n->ndim - 1; i >= 0; i--) {
                 if (++idx[i] < n->shape[i])
                     break;
@@ -181,10 +200,7 @@ static int fill(const kgraph *g, int id, int rank, st_dtype dt, uint16_t *dst, k
         if (fill(g, n->in[0], rank, dt, dst, err))
             return -1;
         for (uint64_t i = 0, e = numel(n); i < e; i++)
-            dst[i] = conv((float)((double)(dt == ST_BF16 ? util_bf16_to_f32(dst[i])
-                                                          : util_f16_to_f32(dst[i])) *
-                                  n->scalar),
-                          dt);
+            put((float)((double)get(dst + i * es, dt) * n->scalar), dt, dst + i * es);
         return 0;
     default:
         return kerr_add(err, "pack: %s (%s) is not a constant expression", n->name,
@@ -195,7 +211,7 @@ static int fill(const kgraph *g, int id, int rank, st_dtype dt, uint16_t *dst, k
 void *pack_const(const kgraph *g, int id, int rank, st_dtype dt, kerr *err)
 {
     uint64_t n = numel(&g->nodes[id]);
-    uint16_t *buf = malloc(sizeof(uint16_t) * (n ? n : 1));
+    unsigned char *buf = malloc(st_dtype_size(dt) * (n ? n : 1));
     if (!buf) {
         kerr_add(err, "pack: out of memory for %s", g->nodes[id].name);
         return NULL;
@@ -207,10 +223,176 @@ void *pack_const(const kgraph *g, int id, int rank, st_dtype dt, kerr *err)
     return buf;
 }
 
+/* ---------------------------------------------------------------- FP8 weights */
+
+/* The K block of the scales of constant `id` when its value is e4m3 numbers times per-row
+ * scales (every weight under it made by quant.h, moved only by ops that keep rows whole or cut
+ * K at block edges): 0 for one scale per row, else the block width; -1 when it is not. */
+int64_t pack_fp8_block(const kc *c, int id, int rank)
+{
+    const kgraph *g = c->g;
+    const kg_node *n = &g->nodes[id];
+    int last = n->ndim - 1;
+    if (n->ndim < 1)
+        return -1;
+    switch (n->op) {
+    case KG_WEIGHT: {
+        int64_t b;
+        if (!n->bound || n->ndim != 2 || !quant_fp8_scales(c, n->bound, &b))
+            return -1;
+        return b >= n->shape[1] ? 0 : b;
+    }
+    case KG_RESHAPE: {
+        const kg_node *p = &g->nodes[n->in[0]];
+        return p->ndim >= 1 && p->shape[p->ndim - 1] == n->shape[last]
+                   ? pack_fp8_block(c, n->in[0], rank)
+                   : -1;
+    }
+    case KG_CONCAT: {
+        if (n->dim == last)
+            return -1;
+        int64_t b = pack_fp8_block(c, n->in[0], rank);
+        for (int k = 1; k < n->n_in && b >= 0; k++)
+            if (pack_fp8_block(c, n->in[k], rank) != b)
+                b = -1;
+        return b;
+    }
+    case KG_SLICE:
+        return n->dim == last ? -1 : pack_fp8_block(c, n->in[0], rank);
+    case KG_SHARD: {
+        int64_t b = pack_fp8_block(c, n->in[0], rank);
+        /* a cut of K: the rank's part must start at a block edge */
+        int64_t len = n->shape[n->dim] - n->pad;
+        if (b > 0 && n->dim == last && (rank * n->parts / g->tp * len) % b != 0)
+            return -1;
+        return b;
+    }
+    default:
+        return -1;
+    }
+}
+
+static float *floats(uint64_t n) { return xmalloc(sizeof(float) * (n + 1)); }
+
+/* Rows of a constant: every dimension but the last. */
+static uint64_t rows_of(const kg_node *n) { return n->ndim ? numel(n) / (uint64_t)n->shape[n->ndim - 1] : 0; }
+
+/* The scales of constant `id` (pack_fp8_block(id) == b >= 0) for rank `rank`: [rows, kb] floats,
+ * kb = b ? ceil(K / b) : 1. Padding (rows or blocks a SHARD adds) gets scale 1 (its values are
+ * zero). */
+static void fill_scales(const kc *c, int id, int rank, int64_t b, float *dst)
+{
+    const kgraph *g = c->g;
+    const kg_node *n = &g->nodes[id];
+    int last = n->ndim - 1;
+    uint64_t K = (uint64_t)n->shape[last], kb = b ? (K + (uint64_t)b - 1) / (uint64_t)b : 1;
+    switch (n->op) {
+    case KG_WEIGHT: {
+        int64_t wb;
+        memcpy(dst, quant_fp8_scales(c, n->bound, &wb), sizeof(float) * rows_of(n) * kb);
+        return;
+    }
+    case KG_RESHAPE:
+        fill_scales(c, n->in[0], rank, b, dst);
+        return;
+    case KG_CONCAT:
+    case KG_SLICE:
+    case KG_SHARD: {
+        /* rows move whole: [outer][dim][inner] rows of kb scales each, as fill's element moves */
+        const kg_node *p = &g->nodes[n->in[0]];
+        uint64_t outer = 1, inner = 1;
+        for (int i = 0; i < last; i++) {
+            if (i < n->dim)
+                outer *= (uint64_t)n->shape[i];
+            else if (i > n->dim)
+                inner *= (uint64_t)n->shape[i];
+        }
+        if (n->op == KG_CONCAT) {
+            uint64_t at = 0, row = (uint64_t)n->shape[n->dim] * inner * kb;
+            for (int k = 0; k < n->n_in; k++) {
+                const kg_node *q = &g->nodes[n->in[k]];
+                uint64_t part = (uint64_t)q->shape[n->dim] * inner * kb;
+                float *tmp = floats(rows_of(q) * kb);
+                fill_scales(c, n->in[k], rank, b, tmp);
+                for (uint64_t o = 0; o < outer; o++)
+                    memcpy(dst + o * row + at, tmp + o * part, sizeof(float) * part);
+                at += part;
+                free(tmp);
+            }
+            return;
+        }
+        uint64_t pkb = b ? ((uint64_t)p->shape[last] + (uint64_t)b - 1) / (uint64_t)b : 1;
+        float *tmp = floats(rows_of(p) * pkb);
+        fill_scales(c, n->in[0], rank, b, tmp);
+        if (n->dim == last) { /* a SHARD of K: the rank's blocks of every row */
+            uint64_t len = (uint64_t)(n->shape[last] - n->pad);
+            uint64_t first = b ? (uint64_t)(rank * n->parts / g->tp) * len / (uint64_t)b : 0;
+            for (uint64_t r = 0; r < rows_of(n); r++)
+                for (uint64_t k = 0; k < kb; k++)
+                    dst[r * kb + k] = first + k < pkb ? tmp[r * pkb + first + k] : 1.0f;
+            free(tmp);
+            return;
+        }
+        uint64_t sd = (uint64_t)p->shape[n->dim], w = (uint64_t)n->shape[n->dim], len = w, start;
+        if (n->op == KG_SLICE) {
+            start = (uint64_t)n->start;
+        } else {
+            len = w - (uint64_t)n->pad;
+            start = (uint64_t)(rank * n->parts / g->tp) * len;
+        }
+        for (uint64_t o = 0; o < outer; o++) {
+            memcpy(dst + o * w * inner * kb, tmp + (o * sd + start) * inner * kb,
+                   sizeof(float) * len * inner * kb);
+            for (uint64_t i = len * inner * kb; i < w * inner * kb; i++)
+                dst[o * w * inner * kb + i] = 1.0f;
+        }
+        free(tmp);
+        return;
+    }
+    default:
+        assert(!"pack_fp8_block accepts no other op");
+    }
+}
+
+/* gemv_fp8's weight (templates/gemv.cuh): the e4m3 bytes of constant `id`, each group of four
+ * elements k..k+3 in the byte order k, k+2, k+1, k+3. The values (the fp32 ones quant.h made)
+ * divided by their scales are e4m3 numbers: each is checked to come back exactly. */
+static int fill_fp8(const kc *c, int id, int rank, int64_t b, unsigned char *dst, kerr *err)
+{
+    const kg_node *n = &c->g->nodes[id];
+    uint64_t rows = rows_of(n), K = (uint64_t)n->shape[n->ndim - 1];
+    uint64_t kb = b ? (K + (uint64_t)b - 1) / (uint64_t)b : 1;
+    float *v = malloc(sizeof(float) * (rows * K + 1)), *sc = floats(rows * kb);
+    int rc = 0;
+    if (!v)
+        rc = kerr_add(err, "pack: out of memory for %s", n->name);
+    else if (fill(c->g, id, rank, ST_F32, (unsigned char *)v, err))
+        rc = -1;
+    if (!rc)
+        fill_scales(c, id, rank, b, sc);
+    for (uint64_t r = 0; r < rows && !rc; r++)
+        for (uint64_t k = 0; k < K; k++) {
+            float s = sc[r * kb + (b ? k / (uint64_t)b : 0)], x = v[r * K + k];
+            uint8_t q = x == 0 ? 0 : fp8_e4m3_from_f32(x / s);
+            if (fp8_e4m3_to_f32(q) * s != x) {
+                rc = kerr_add(err, "pack: %s [%llu, %llu] = %g is not an e4m3 number times its "
+                                   "scale %g (a kilnc bug: please report it)",
+                              n->name, (unsigned long long)r, (unsigned long long)k, (double)x,
+                              (double)s);
+                break;
+            }
+            dst[r * K + (k & ~3ull) + ((k & 3) == 1 ? 2 : (k & 3) == 2 ? 1 : (k & 3))] = q;
+        }
+    free(v);
+    free(sc);
+    return rc;
+}
+
 typedef struct fillctx {
-    const kgraph *g;
+    const kc *c;
     int id, rank;
-    st_dtype dt;
+    st_dtype dt;   /* the compute dtype (KA_W_ACT) */
+    ka_wtype type;
     hash_stream *hs;
 } fillctx;
 
@@ -218,7 +400,11 @@ typedef struct fillctx {
 static int fill_cb(void *ctx, void *buf, uint64_t nbytes, kerr *err)
 {
     fillctx *f = ctx;
-    if (fill(f->g, f->id, f->rank, f->dt, buf, err))
+    int64_t b = f->type == KA_W_ACT ? 0 : pack_fp8_block(f->c, f->id, f->rank);
+    assert(b >= 0); /* lower made it FP8 only so */
+    if (f->type == KA_W_E4M3 ? fill_fp8(f->c, f->id, f->rank, b, buf, err)
+        : f->type == KA_W_F32 ? (fill_scales(f->c, f->id, f->rank, b, buf), 0)
+                              : fill(f->c->g, f->id, f->rank, f->dt, buf, err))
         return -1;
     hash_stream_update(f->hs, buf, (size_t)nbytes);
     return 0;
@@ -323,8 +509,10 @@ static int pack_rank(kc *c, const lowered *l, const char *path, int rank, bar *b
     st_dtype dt = c->act_dtype;
     for (int i = 0; i < l->m.nweights; i++) {
         const ka_weight *kw = &l->m.weights[i];
-        ctx[i] = (fillctx){c->g, l->weight_node[i], rank, dt, hs};
-        st_writer_add_fill(w, kw->name, dt, kw->ndim, kw->shape, fill_cb, &ctx[i]);
+        ctx[i] = (fillctx){c, l->weight_node[i], rank, dt, kw->type, hs};
+        st_writer_add_fill(w, kw->name,
+                           kw->type == KA_W_E4M3 ? ST_F8_E4M3 : kw->type == KA_W_F32 ? ST_F32 : dt,
+                           kw->ndim, kw->shape, fill_cb, &ctx[i]);
     }
     char rk[32];
     snprintf(rk, sizeof rk, "%d of %d", rank, l->m.tp);

@@ -1,5 +1,6 @@
 /* pack — writes the weight shards: every weight the schedule reads, in runtime layout (fused
- * concatenations and interleaved views materialised) and in the compute dtype, one file per rank
+ * concatenations and interleaved views materialised) and in the compute dtype, or as e4m3 bytes
+ * and float scales for an FP8 linear weight (lower.c decides by pack_fp8_block), one file per rank
  * (shards/rank<r>-of-<tp>.safetensors: the same tensor names and shapes on every rank, each with
  * its own parts of the SHARD constants), with a progress bar on stderr. Ranks are packed on
  * parallel threads; each streams one tensor at a time, so memory holds at most one tensor per
@@ -18,6 +19,13 @@
  * m->shard_chunk. */
 int pack_shards(kc *c, const lowered *l, const char *out_dir, int show_progress, ka_manifest *m,
                 kerr *err);
+
+/* Whether constant `id` can be packed for rank `rank` as an FP8 weight (templates/gemv.cuh's
+ * gemv_fp8: e4m3 bytes and float scales per row): its value is e4m3 numbers times the scales
+ * of weights that quant.h made (a published FP8 checkpoint's, --quant fp8's), moved only by ops
+ * that keep rows whole or cut K at block edges. Returns the K block of its scales, 0 for one
+ * scale per row, -1 when it cannot. */
+int64_t pack_fp8_block(const kc *c, int id, int rank);
 
 /* The packed bytes of one constant node for rank `rank` (0..g->tp-1) in dtype dt (BF16 or F16);
  * for tests. NULL on error. */

@@ -18,6 +18,8 @@
 
 #include "../kernels/kiln_step.h"
 
+static const char *const wtype_names[] = {"", "f8_e4m3", "f32"}; /* by ka_wtype */
+
 static const char *arg_names[] = {"step", "buf", "scratch", "weight", "const", "kv_k", "kv_v",
                                   "null", "i32", "f32", "m",    "logits",  "out",  "rank"};
 _Static_assert(ARRAY_LEN(arg_names) == KA_NARGKINDS, "arg kind table out of sync");
@@ -190,6 +192,8 @@ char *ka_manifest_json(const ka_manifest *m)
     for (int i = 0; i < m->nweights; i++) {
         json_t *w = json_object(), *sh = json_array();
         json_object_set_new(w, "name", json_string(m->weights[i].name));
+        if (m->weights[i].type != KA_W_ACT)
+            json_object_set_new(w, "dtype", json_string(wtype_names[m->weights[i].type]));
         for (int d = 0; d < m->weights[i].ndim; d++)
             json_array_append_new(sh, json_integer(m->weights[i].shape[d]));
         json_object_set_new(w, "shape", sh);
@@ -663,8 +667,10 @@ static int parse_gemm(rd *r, json_t *o, const stepctx *c, ka_step *s)
     if (s->x.kind != KA_ARG_BUF && s->x.kind != KA_ARG_SCRATCH)
         return bad(r, "%s: GEMM x is %s, expected buf or scratch", c->where,
                    ka_arg_kind_name(s->x.kind));
-    if (s->w.kind != KA_ARG_WEIGHT)
-        return bad(r, "%s: GEMM w is %s, expected weight", c->where, ka_arg_kind_name(s->w.kind));
+    /* w: a weight, or an FP8 weight dequantised into scratch by the step before (dequant_fp8) */
+    if (s->w.kind != KA_ARG_WEIGHT && s->w.kind != KA_ARG_SCRATCH)
+        return bad(r, "%s: GEMM w is %s, expected weight or scratch", c->where,
+                   ka_arg_kind_name(s->w.kind));
     if (s->bias.kind != KA_ARG_NULL && s->bias.kind != KA_ARG_WEIGHT)
         return bad(r, "%s: GEMM bias is %s, expected null or weight", c->where,
                    ka_arg_kind_name(s->bias.kind));
@@ -674,11 +680,15 @@ static int parse_gemm(rd *r, json_t *o, const stepctx *c, ka_step *s)
     if (check_arg(r, &s->x, c, "x") || check_arg(r, &s->w, c, "w") ||
         check_arg(r, &s->bias, c, "bias") || check_arg(r, &s->y, c, "y"))
         return -1;
-    const ka_weight *w = &m->weights[s->w.i];
-    if (w->ndim != 2 || w->shape[0] != s->n || w->shape[1] != s->k)
-        return bad(r, "%s: GEMM n=%lld k=%lld, but its weight '%s' has %d dimensions [%lld, %lld]",
-                   c->where, (long long)s->n, (long long)s->k, w->name, w->ndim,
+    const ka_weight *w = s->w.kind == KA_ARG_WEIGHT ? &m->weights[s->w.i] : NULL;
+    if (w && (w->type != KA_W_ACT || w->ndim != 2 || w->shape[0] != s->n || w->shape[1] != s->k))
+        return bad(r, "%s: GEMM n=%lld k=%lld, but its weight '%s' is %s with %d dimensions "
+                      "[%lld, %lld]",
+                   c->where, (long long)s->n, (long long)s->k, w->name,
+                   w->type == KA_W_ACT ? m->dtype : wtype_names[w->type], w->ndim,
                    (long long)w->shape[0], (long long)(w->ndim > 1 ? w->shape[1] : 0));
+    if (!w && check_extent(r, c, s, "w", &s->w, s->n, s->k, s->k, 2))
+        return -1;
     if (s->bias.kind == KA_ARG_WEIGHT && m->weights[s->bias.i].nbytes != s->n * 2)
         return bad(r, "%s: GEMM bias '%s' has %lld bytes, expected n=%lld elements", c->where,
                    m->weights[s->bias.i].name, (long long)m->weights[s->bias.i].nbytes,
@@ -969,6 +979,14 @@ static void parse_tables(rd *r, json_t *root, ka_manifest *m)
         m->weights[i].name = jstr(r, w, where, "name", 1);
         snprintf(where, sizeof where, "weight %d (%.80s)", i, m->weights[i].name);
         m->weights[i].nbytes = jint(r, w, where, "nbytes", 1, KA_MAX_BYTES);
+        json_t *wt = json_object_get(w, "dtype");
+        if (wt && !r->bad) {
+            int k = json_is_string(wt) ? is_enum(json_string_value(wt), wtype_names, 3) : -1;
+            if (k <= KA_W_ACT)
+                bad(r, "%s: dtype is not \"f8_e4m3\" or \"f32\"", where);
+            else
+                m->weights[i].type = (ka_wtype)k;
+        }
         json_t *sh = jlist(r, w, where, "shape", 4, &m->weights[i].ndim);
         if (!r->bad && m->weights[i].ndim < 1)
             bad(r, "%s: shape is empty", where);
@@ -979,9 +997,11 @@ static void parse_tables(rd *r, json_t *root, ka_manifest *m)
                         ? KA_MAX_BYTES + 1
                         : numel * m->weights[i].shape[d];
         }
-        if (!r->bad && numel * 2 != m->weights[i].nbytes)
+        int es = m->weights[i].type == KA_W_E4M3 ? 1 : m->weights[i].type == KA_W_F32 ? 4 : 2;
+        if (!r->bad && numel * es != m->weights[i].nbytes)
             bad(r, "%s: %lld bytes for %lld elements of %s", where,
-                (long long)m->weights[i].nbytes, (long long)numel, m->dtype);
+                (long long)m->weights[i].nbytes, (long long)numel,
+                m->weights[i].type == KA_W_ACT ? m->dtype : wtype_names[m->weights[i].type]);
     }
 
     json_t *cs = jlist(r, root, "top level", "consts", KA_MAX_CONSTS, &m->nconsts);
@@ -1346,7 +1366,8 @@ st_set *ka_shard_open_rank(const ka_file *af, const char *dir, int rank, kerr *e
     for (int i = 0; i < m->nweights; i++) {
         const ka_weight *w = &m->weights[i];
         const st_tensor *t = st_find(s, w->name);
-        int same = t && t->dtype == want_dt && t->ndim == w->ndim && (int64_t)t->nbytes == w->nbytes;
+        st_dtype wdt = w->type == KA_W_E4M3 ? ST_F8_E4M3 : w->type == KA_W_F32 ? ST_F32 : want_dt;
+        int same = t && t->dtype == wdt && t->ndim == w->ndim && (int64_t)t->nbytes == w->nbytes;
         for (int d = 0; same && d < w->ndim; d++)
             same = t->shape[d] == w->shape[d];
         if (!same) {
@@ -1354,7 +1375,7 @@ st_set *ka_shard_open_rank(const ka_file *af, const char *dir, int rank, kerr *e
             kerr_add(err, "%s: tensor '%s' is %s; %s expects %s %s (%lld bytes): recompile with "
                           "kilnc compile",
                      path, w->name, t ? "of another dtype or shape" : "missing", af->path,
-                     st_dtype_name(want_dt), st_shape_str(w->ndim, w->shape, ws, sizeof ws),
+                     st_dtype_name(wdt), st_shape_str(w->ndim, w->shape, ws, sizeof ws),
                      (long long)w->nbytes);
             goto fail;
         }

@@ -171,8 +171,14 @@ typedef struct ka_kernel {
     int smem;    /* dynamic shared memory bytes */
 } ka_kernel;
 
+/* A weight's elements: the artifact's dtype (bf16/f16), or the two tensors of an FP8 linear
+ * weight that templates/gemv.cuh's gemv_fp8 and dequant_fp8 read: its e4m3 bytes (in their
+ * byte order) and its float scales. */
+typedef enum { KA_W_ACT, KA_W_E4M3, KA_W_F32 } ka_wtype;
+
 typedef struct ka_weight {
     char *name;   /* tensor name in the shard */
+    ka_wtype type; /* manifest "dtype": absent (KA_W_ACT), "f8_e4m3" or "f32" */
     int ndim;
     int64_t shape[4];
     int64_t nbytes;

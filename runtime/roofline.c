@@ -277,7 +277,7 @@ void kroof_model_of(const ka_manifest *m, kroof_model *r)
             r->weight_bytes += w->nbytes;
             if (use[i] & 4)
                 r->head_params += elements(w);
-            else if (w->ndim >= 2)
+            else if (w->ndim >= 2 && w->type != KA_W_F32) /* not an FP8 weight's scales */
                 r->matrix_params += elements(w);
         } else if (use[i] & 1) {
             r->gather_bytes += w->nbytes;

@@ -32,6 +32,7 @@
 #include "pack.h"
 #include "pipeline.h"
 #include "posenc.h"
+#include "quant.h"
 
 #define FIX "tests/fixtures/"
 
@@ -560,7 +561,7 @@ static void check_tp(const char *name, int tp)
     assert_non_null(strstr(js, "\"collective\": \"all_reduce\""));
     assert_non_null(strstr(js, "\"collective\": \"all_gather\""));
     free(js);
-    int split = 0;
+    int split = 0, fp8 = 0;
     for (int r = 0; r < tp; r++) {
         char path[800];
         snprintf(path, sizeof path, "%s/shards/rank%d-of-%d.safetensors", dir, r, tp);
@@ -569,21 +570,45 @@ static void check_tp(const char *name, int tp)
         if (!s)
             fail_msg("%s", kerr_msg(&err));
         assert_int_equal(s->n, m->nweights);
-        /* the file holds, under every weight's name, what the packer makes of it for rank r */
+        /* the file holds, under every weight's name, what the packer makes of it for rank r:
+         * its bf16 value, or for an FP8 weight e4m3 bytes (in gemv_fp8's order) and scales whose
+         * products, rounded to bf16, are that value */
         for (int i = 0; i < m->nweights; i++) {
             const st_tensor *t = st_find(s, m->weights[i].name);
             assert_non_null(t);
             assert_int_equal((int64_t)t->nbytes, m->weights[i].nbytes);
+            if (m->weights[i].type == KA_W_F32)
+                continue; /* checked with its e4m3 weight, the one before */
             uint16_t *want_w = pack_const(c.g, c.low->weight_node[i], r, ST_BF16, &err);
             assert_non_null(want_w);
-            if (memcmp(t->data, want_w, t->nbytes))
+            if (m->weights[i].type == KA_W_E4M3) {
+                const st_tensor *sc = st_find(s, m->weights[i + 1].name);
+                assert_non_null(sc);
+                int64_t N = m->weights[i].shape[0], K = m->weights[i].shape[1];
+                int64_t kb = sc->shape[1], b = (K + kb - 1) / kb;
+                const uint8_t *q = t->data;
+                const float *f = sc->data;
+                for (int64_t e = 0; e < N * K; e++) {
+                    int64_t k = e % K, at = e - (k & 3) + ((k & 3) == 1 ? 2 : (k & 3) == 2 ? 1 : (k & 3));
+                    float v = fp8_e4m3_to_f32(q[at]) * f[(e / K) * kb + k / b];
+                    if (util_f32_to_bf16(v) != want_w[e])
+                        fail_msg("%s --tp %d rank %d: FP8 %s [%lld, %lld] is %g, its value %g",
+                                 name, tp, r, m->weights[i].name, (long long)(e / K), (long long)k,
+                                 (double)v, (double)util_bf16_to_f32(want_w[e]));
+                }
+                fp8++;
+            } else if (memcmp(t->data, want_w, t->nbytes)) {
                 fail_msg("%s --tp %d rank %d: tensor %s differs from its packed value", name, tp,
                          r, m->weights[i].name);
+            }
             free(want_w);
         }
         st_close(s);
         split = check_shard_nodes(c.g, r);
     }
+    /* an FP8 checkpoint's linears stay FP8 (its 14 linear weights: 8 after qkv and gate/up are
+     * fused, on every rank); no other fixture has any */
+    assert_int_equal(fp8, strstr(name, "fp8") ? 8 * tp : 0);
     /* tp 2 splits weights in halves; tp 1 has shards of one part */
     if (tp > 1)
         assert_true(split > 0);
@@ -604,6 +629,8 @@ static void test_tp_shards(void **state)
     check_tp("phi3", 4);                /* padded shards of slices of gate_up_proj */
     check_tp("llama", 1);
     check_tp("bloom", 1);
+    check_tp("llama_fp8_ct", 1); /* FP8 weights: e4m3 bytes and scales per row */
+    check_tp("llama_fp8_ct", 2); /* o_proj and down_proj cut along K, qkv by heads */
 }
 
 /* A split weight's halves differ between the ranks and concatenate to the whole: llama's

@@ -367,7 +367,8 @@ static void sbc_label(char *out, size_t n, int sbc, int K)
 /* A case: its kernel compiled once, run for each M of c->ms. */
 static void gemv_case(kt *t, const gcase *c)
 {
-    const int TH = c->threads ? c->threads : lower_gemv_threads(c->N, c->K, c->gated);
+    const int TH =
+        c->threads ? c->threads : lower_gemv_threads(c->N, c->K, c->gated, c->sbc != 0);
     char opts[160];
     int at = 0;
     opts[0] = 0;
@@ -413,7 +414,7 @@ static void gemv_case(kt *t, const gcase *c)
  * with that SBC (realistic weights), 0 gemv. */
 static void gemv_invariance(kt *t, int N, int K, int M, int mmax, int sbc)
 {
-    const int TH = lower_gemv_threads(N, K, 0);
+    const int TH = lower_gemv_threads(N, K, 0, sbc != 0);
     char name[200], sl[32];
     sbc_label(sl, sizeof sl, sbc, K);
     snprintf(name, sizeof name, "%s/invariance N=%d K=%d M=%d vs 1 MMAX=%d%s threads=%d",
@@ -473,7 +474,7 @@ enum { MG = 200 };
 static void gemv_groups_case(kt *t, int N, int K, int mmax, int gated, int bias, int f32, int sbc,
                              const int *ms, int nms)
 {
-    const int TH = lower_gemv_threads(N, K, gated), NOUT = gated ? N / 2 : N;
+    const int TH = lower_gemv_threads(N, K, gated, sbc != 0), NOUT = gated ? N / 2 : N;
     const size_t esz = f32 ? 4 : 2, row = (size_t)NOUT * esz;
     char base[200], sl[32];
     sbc_label(sl, sizeof sl, sbc, K);
@@ -588,7 +589,7 @@ static void gemv_fp8_exact(kt *t, int f16, int sbc)
     enum { N = 264, K = 336, M = 16 };
     /* every k mod 4, every 64-element block, and the last, partial step (k >= 256) */
     static const int ks[M] = {0, 1, 2, 3, 17, 46, 63, 64, 129, 130, 191, 254, 257, 300, 334, 335};
-    const int TH = lower_gemv_threads(N, K, 0);
+    const int TH = lower_gemv_threads(N, K, 0, 1);
     char base[200], sl[32];
     sbc_label(sl, sizeof sl, sbc, K);
     snprintf(base, sizeof base, "gemv_fp8/exact N=%d K=%d M=%d MMAX=16 f32%s%s threads=%d", N, K,
@@ -975,7 +976,7 @@ static int bench_copy(kt *t, const bbuf *b, double *bw)
  * the bf16 copy's N*K*2 bytes). GB/s counts the weight and scale bytes. */
 static int bench_fp8(kt *t, const bshape *s, const bbuf *b, double copy_bw)
 {
-    const int rule = lower_gemv_threads(s->N, s->K, s->gated);
+    const int rule = lower_gemv_threads(s->N, s->K, s->gated, 1);
     const size_t soff = ((size_t)s->N * s->K + 255) & ~(size_t)255;
     for (int v = 0; v < 2; v++) {
         const int sbc = v == 0 ? s->K : 128, kb = (s->K + sbc - 1) / sbc;
@@ -1007,7 +1008,7 @@ static int bench_fp8(kt *t, const bshape *s, const bbuf *b, double copy_bw)
  * then gemv_fp8 (bench_fp8). */
 static int bench_shape(kt *t, const bshape *s, const char *v0_src, bbuf *b, double copy_bw)
 {
-    const int nout = s->gated ? s->N / 2 : s->N, rule = lower_gemv_threads(s->N, s->K, s->gated);
+    const int nout = s->gated ? s->N / 2 : s->N, rule = lower_gemv_threads(s->N, s->K, s->gated, 0);
     const size_t wbytes = (size_t)s->N * (size_t)s->K * 2;
     enum { NK = 6 };
     /* kernels: 0 old; 1 new at the rule; 2..4 new at 128, 256, 512 threads; 5 new MMAX = 16 */
