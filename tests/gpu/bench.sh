@@ -23,6 +23,11 @@
 # Each shape is also compiled with --standalone and its process start to first token timed
 # against kiln run's (BENCH_STANDALONE=0 skips it; its folder is deleted after, for the disk).
 #
+# BENCH_QUANT=fp8 likewise compiles each shape with --quant fp8 (weights in e4m3, a scale per row)
+# and benches it: rows marked "--quant fp8", each ratio against that artifact's own roofline (its
+# decode reads the FP8 bytes; prefill dequantises into bf16 for the GEMM, so its ratio is against
+# the bf16 GEMM peak). The compile quantises in one thread (minutes for 8B).
+#
 # BENCH_GEMM=kiln also compiles each shape with kiln's own GEMM (kilnc compile --gemm kiln) and runs
 # kiln bench on it after the cuBLASLt artifact's, in the same run: the table gets its figures that
 # run GEMMs (first token, prefill, decode at batch 32 and 64) as rows marked "--gemm kiln", against
@@ -88,25 +93,33 @@ for SHAPE in $SHAPES; do
     continue
   fi
   cp $ART/bench-compile-s $RES/$SHAPE-compile-s 2>/dev/null
-  # kiln's own GEMM (BENCH_GEMM=kiln): the same checkpoint and limits, --gemm kiln
-  if [ "${BENCH_GEMM:-}" = kiln ]; then
-    KG=$W/art-$SHAPE-kgemm
+  # variants of the same checkpoint and limits, each benched after the default artifact:
+  # kiln's own GEMM (BENCH_GEMM=kiln: --gemm kiln) and FP8 weights (BENCH_QUANT=fp8: --quant fp8)
+  variants=()
+  [ "${BENCH_GEMM:-}" = kiln ] && variants+=("kgemm:--gemm kiln")
+  [ "${BENCH_QUANT:-}" = fp8 ] && variants+=("fp8:--quant fp8")
+  for v in "${variants[@]}"; do
+    VN=${v%%:*} VOPT=${v#*:}
+    KG=$W/art-$SHAPE-$VN
     if [ ! -f $KG/model.kiln ] || [ "$(cat $KG/bench-compile-id 2>/dev/null)" != "$KILNC_ID" ]; then
       rm -rf $KG
+      t0=$(date +%s.%N)
       # shellcheck disable=SC2086
-      $BIN/kilnc compile $HF -o $KG --sm 90a --gemm kiln $COMPILE > $LOG/compile-$SHAPE-kgemm.log 2>&1 &&
-        echo "$KILNC_ID" > $KG/bench-compile-id
+      $BIN/kilnc compile $HF -o $KG --sm 90a $VOPT $COMPILE > $LOG/compile-$SHAPE-$VN.log 2>&1 &&
+        echo "$KILNC_ID" > $KG/bench-compile-id && echo "$(elapsed $t0)" > $KG/bench-compile-s &&
+        say "$SHAPE $VOPT: compiled in $(cat $KG/bench-compile-s) s"
     fi
     # shellcheck disable=SC2086
-    if [ -f $KG/bench-compile-id ] && $BIN/kiln bench $KG ${BENCH_ARGS:-} --json $RES/$SHAPE-kgemm.json \
-         > $LOG/bench-$SHAPE-kgemm.txt 2> $LOG/bench-$SHAPE-kgemm.log; then
-      cat $LOG/bench-$SHAPE-kgemm.txt
+    if [ -f $KG/bench-compile-id ] && $BIN/kiln bench $KG ${BENCH_ARGS:-} --json $RES/$SHAPE-$VN.json \
+         > $LOG/bench-$SHAPE-$VN.txt 2> $LOG/bench-$SHAPE-$VN.log; then
+      cat $LOG/bench-$SHAPE-$VN.txt
+      cp $KG/bench-compile-s $RES/$SHAPE-$VN-compile-s 2>/dev/null
     else
-      say "$SHAPE --gemm kiln: compile or kiln bench FAILED: $(grep -h -m1 error $LOG/compile-$SHAPE-kgemm.log $LOG/bench-$SHAPE-kgemm.log)"
-      rm -f $RES/$SHAPE-kgemm.json
+      say "$SHAPE $VOPT: compile or kiln bench FAILED: $(grep -h -m1 error $LOG/compile-$SHAPE-$VN.log $LOG/bench-$SHAPE-$VN.log)"
+      rm -f $RES/$SHAPE-$VN.json
       fail=1
     fi
-  fi
+  done
   # the standalone executable (issue 16; BENCH_STANDALONE=0 skips): start to first token, process
   # start to exit of `OUT_DIR/NAME run` (a 128-token prompt, one new token) from an empty folder
   # under env -i, twice, and of `kiln run OUT_DIR` alike; OUT_DIR is deleted after (disk)
@@ -211,6 +224,18 @@ for shape in ("8b", "1b"):
         row(f"prefill, {n} tokens", figs.get(("prefill", n)), "tok/s",
             hfp.get(n, {}).get("tok_s"), "HF eager (sdpa):")
     kg = load(f"{res}/{shape}-kgemm.json")  # BENCH_GEMM=kiln
+    fp = load(f"{res}/{shape}-fp8.json")  # BENCH_QUANT=fp8
+    if fp:
+        ff = {(f["figure"], f.get("batch", f.get("tokens"))): f for f in fp["figures"]}
+        for b in (1, 8, 32, 64):
+            row(f"decode, batch {b}, --quant fp8", ff.get(("decode", b)), "tok/s",
+                d1 and d1["tok_s"] if b == 1 else None, "torch.compile loop (bf16):")
+        row("first token, 128-token prompt, --quant fp8", ff.get(("time_to_first_token", 128)), "ms")
+        for n in (512, 2048):
+            row(f"prefill, {n} tokens, --quant fp8", ff.get(("prefill", n)), "tok/s")
+        cs = f"{res}/{shape}-fp8-compile-s"
+        hw.append(f"{shape} --quant fp8: load {fp['load_s']:.2f} s, compile "
+                  f"{open(cs).read().strip() if os.path.exists(cs) else '?'} s")
     if kg:
         kf = {(f["figure"], f.get("batch", f.get("tokens"))): f for f in kg["figures"]}
         row("first token, 128-token prompt, --gemm kiln", kf.get(("time_to_first_token", 128)),
