@@ -354,35 +354,58 @@ static void fill_scales(const kc *c, int id, int rank, int64_t b, float *dst)
     }
 }
 
+typedef struct fp8job {
+    const float *v, *sc;
+    unsigned char *dst;
+    uint64_t K, kb, b;
+    int64_t bad[UTIL_PAR_MAX]; /* per chunk: the first element that does not come back, or -1 */
+} fp8job;
+
+static void fp8_part(void *ctx, int chunk, int64_t lo, int64_t hi)
+{
+    fp8job *j = ctx;
+    for (uint64_t r = (uint64_t)lo; r < (uint64_t)hi; r++)
+        for (uint64_t k = 0; k < j->K; k++) {
+            float s = j->sc[r * j->kb + (j->b ? k / j->b : 0)], x = j->v[r * j->K + k];
+            uint8_t q = x == 0 ? 0 : fp8_e4m3_from_f32(x / s);
+            if (fp8_e4m3_to_f32(q) * s != x) {
+                j->bad[chunk] = (int64_t)(r * j->K + k);
+                return;
+            }
+            j->dst[r * j->K + (k & ~3ull) + ((k & 3) == 1 ? 2 : (k & 3) == 2 ? 1 : (k & 3))] = q;
+        }
+}
+
 /* gemv_fp8's weight (templates/gemv.cuh): the e4m3 bytes of constant `id`, each group of four
  * elements k..k+3 in the byte order k, k+2, k+1, k+3. The values (the fp32 ones quant.h made)
- * divided by their scales are e4m3 numbers: each is checked to come back exactly. */
+ * divided by their scales are e4m3 numbers: each is checked to come back exactly. Rows on every
+ * core. */
 static int fill_fp8(const kc *c, int id, int rank, int64_t b, unsigned char *dst, kerr *err)
 {
     const kg_node *n = &c->g->nodes[id];
     uint64_t rows = rows_of(n), K = (uint64_t)n->shape[n->ndim - 1];
     uint64_t kb = b ? (K + (uint64_t)b - 1) / (uint64_t)b : 1;
     float *v = malloc(sizeof(float) * (rows * K + 1)), *sc = floats(rows * kb);
-    int rc = 0;
-    if (!v)
-        rc = kerr_add(err, "pack: out of memory for %s", n->name);
-    else if (fill(c->g, id, rank, ST_F32, (unsigned char *)v, err))
-        rc = -1;
-    if (!rc)
+    if (!v) {
+        free(sc);
+        return kerr_add(err, "pack: out of memory for %s", n->name);
+    }
+    int rc = fill(c->g, id, rank, ST_F32, (unsigned char *)v, err);
+    if (!rc) {
         fill_scales(c, id, rank, b, sc);
-    for (uint64_t r = 0; r < rows && !rc; r++)
-        for (uint64_t k = 0; k < K; k++) {
-            float s = sc[r * kb + (b ? k / (uint64_t)b : 0)], x = v[r * K + k];
-            uint8_t q = x == 0 ? 0 : fp8_e4m3_from_f32(x / s);
-            if (fp8_e4m3_to_f32(q) * s != x) {
+        fp8job j = {.v = v, .sc = sc, .dst = dst, .K = K, .kb = kb, .b = (uint64_t)b};
+        for (int i = 0; i < UTIL_PAR_MAX; i++)
+            j.bad[i] = -1;
+        util_parallel_for((int64_t)rows, fp8_part, &j);
+        for (int i = 0; i < UTIL_PAR_MAX && !rc; i++)
+            if (j.bad[i] >= 0) {
+                uint64_t e = (uint64_t)j.bad[i], r = e / K, k = e % K;
                 rc = kerr_add(err, "pack: %s [%llu, %llu] = %g is not an e4m3 number times its "
                                    "scale %g (a kilnc bug: please report it)",
-                              n->name, (unsigned long long)r, (unsigned long long)k, (double)x,
-                              (double)s);
-                break;
+                              n->name, (unsigned long long)r, (unsigned long long)k,
+                              (double)v[e], (double)sc[r * kb + (b ? k / (uint64_t)b : 0)]);
             }
-            dst[r * K + (k & ~3ull) + ((k & 3) == 1 ? 2 : (k & 3) == 2 ? 1 : (k & 3))] = q;
-        }
+    }
     free(v);
     free(sc);
     return rc;

@@ -891,38 +891,53 @@ int quant_dequant_packed(kc *c, const char *name, unsigned char *used, const st_
     return *out ? 0 : -1;
 }
 
-const st_tensor *quant_fp8_rows(kc *c, const st_tensor *t)
+typedef struct qrows {
+    const st_tensor *t;
+    float *d, *rs;
+    int64_t cols;
+} qrows;
+
+/* Rows [lo, hi) of quant_fp8_rows; a row with NaN or Inf is kept as it is, its scale NaN. */
+static void qrows_part(void *ctx, int chunk, int64_t lo, int64_t hi)
 {
-    assert(t->ndim == 2);
-    int64_t rows = t->shape[0], cols = t->shape[1];
-    st_tensor *o = own(c, t, NULL);
-    float *d = (float *)o->data, *rs = xmalloc(sizeof(float) * (size_t)(rows ? rows : 1));
-    int all_finite = 1;
-    for (int64_t r = 0; r < rows; r++) {
-        float *row = d + r * cols, amax = 0;
+    qrows *q = ctx;
+    (void)chunk;
+    for (int64_t r = lo; r < hi; r++) {
+        float *row = q->d + r * q->cols, amax = 0;
         int finite = 1;
-        for (int64_t k = 0; k < cols; k++) {
-            row[k] = scalar_at(t, (uint64_t)(r * cols + k));
+        for (int64_t k = 0; k < q->cols; k++) {
+            row[k] = scalar_at(q->t, (uint64_t)(r * q->cols + k));
             finite &= isfinite(row[k]) != 0;
             if (fabsf(row[k]) > amax)
                 amax = fabsf(row[k]);
         }
-        rs[r] = 1.0f;
-        if (!finite) { /* kept as it is: finite.c reports the row (or --allow-nonfinite) */
-            all_finite = 0;
+        if (!finite) { /* finite.c reports the row (or --allow-nonfinite) */
+            q->rs[r] = NAN;
             continue;
         }
         float scale = amax / FP8_E4M3_MAX;
         if (!(scale > 0)) /* an all-zero row, or one too small for its scale to be a float */
             scale = 1.0f;
-        rs[r] = scale;
-        for (int64_t k = 0; k < cols; k++)
+        q->rs[r] = scale;
+        for (int64_t k = 0; k < q->cols; k++)
             row[k] = fp8_e4m3_to_f32(fp8_e4m3_from_f32(row[k] / scale)) * scale;
     }
+}
+
+const st_tensor *quant_fp8_rows(kc *c, const st_tensor *t)
+{
+    assert(t->ndim == 2);
+    int64_t rows = t->shape[0], cols = t->shape[1];
+    st_tensor *o = own(c, t, NULL);
+    qrows q = {t, (float *)o->data, xmalloc(sizeof(float) * (size_t)(rows ? rows : 1)), cols};
+    util_parallel_for(rows, qrows_part, &q); /* rows on every core: an 8B model has 7B weights */
+    int all_finite = 1;
+    for (int64_t r = 0; r < rows; r++)
+        all_finite &= !isnan(q.rs[r]);
     if (all_finite) /* else the packer stores the weight in the compute dtype */
-        c->quant->scale[c->quant->n - 1] = rs;
+        c->quant->scale[c->quant->n - 1] = q.rs;
     else
-        free(rs);
+        free(q.rs);
     return o;
 }
 

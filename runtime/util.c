@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -543,6 +544,42 @@ int util_cpus(int max)
 {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n < 1 ? 1 : n > max ? max : (int)n;
+}
+
+typedef struct par {
+    void (*fn)(void *ctx, int chunk, int64_t lo, int64_t hi);
+    void *ctx;
+    int chunk;
+    int64_t lo, hi;
+} par;
+
+static void *par_main(void *arg)
+{
+    par *p = arg;
+    p->fn(p->ctx, p->chunk, p->lo, p->hi);
+    return NULL;
+}
+
+void util_parallel_for(int64_t n, void (*fn)(void *ctx, int chunk, int64_t lo, int64_t hi),
+                       void *ctx)
+{
+    int k = util_cpus(UTIL_PAR_MAX);
+    if (n < k)
+        k = n < 1 ? 1 : (int)n;
+    par p[UTIL_PAR_MAX];
+    pthread_t th[UTIL_PAR_MAX];
+    int started[UTIL_PAR_MAX] = {0};
+    for (int i = 0; i < k; i++)
+        p[i] = (par){fn, ctx, i, n * i / k, n * (i + 1) / k};
+    for (int i = 1; i < k; i++) /* a chunk whose thread does not start runs on the caller's */
+        started[i] = pthread_create(&th[i], NULL, par_main, &p[i]) == 0;
+    par_main(&p[0]);
+    for (int i = 1; i < k; i++) {
+        if (started[i])
+            pthread_join(th[i], NULL);
+        else
+            par_main(&p[i]);
+    }
 }
 
 char *util_base_name(const char *path)

@@ -117,6 +117,11 @@ int util_parse_ids(const char *what, const char *s, int64_t max, int64_t **out, 
 const char *util_human_count(double n, char *buf, size_t cap);
 /* Online CPUs, at least 1 and at most max (thread pools size themselves by it). */
 int util_cpus(int max);
+/* UTIL_PAR_MAX contiguous chunks of [0, n) (fewer when n is small), one per thread (the
+ * caller's among them), at most one per CPU: fn(ctx, chunk, lo, hi) for each, then returns. */
+#define UTIL_PAR_MAX 32
+void util_parallel_for(int64_t n, void (*fn)(void *ctx, int chunk, int64_t lo, int64_t hi),
+                       void *ctx);
 /* A folder's base name, without trailing slashes ("models/llama/" -> "llama"); malloc'd. */
 char *util_base_name(const char *path);
 const char *util_human_bytes(double n, char *buf, size_t cap);
