@@ -37,6 +37,8 @@ typedef struct kc {
     int gemm_kiln;        /* --gemm kiln: prefill linears on kiln's own GEMM kernel, not cuBLASLt */
     int sm90a_only;       /* every --sm target is sm_90a (Hopper's arch-specific instructions may be
                            * used: kiln's GEMM is then templates/gemm90.cuh, lower.c) */
+    int sm_fp8;           /* every --sm target is sm_89 or newer: FP8 tensor cores (lower.c runs an
+                           * FP8 weight's prefill GEMM on them, cuBLASLt's W8A8) */
     int batch_invariant;  /* --batch-invariant (implies gemm_kiln): lower.c gives every linear one
                            * kernel per schedule, whatever the rows (ka_manifest.batch_invariant) */
     int tp;               /* --tp: ranks the shard pass splits the graph for; 0 = no shard pass

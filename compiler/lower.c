@@ -543,6 +543,7 @@ static ka_step gemm_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg bi
         s.ldy = ldy;
         s.out_f32 = out_f32;
     }
+    s.xs = s.ws = ANULL(); /* the caller's, for an FP8 GEMM */
     s.size = KA_SIZE_LARGE;
     s.rows = rows;
     return s;
@@ -679,26 +680,53 @@ static int low_linear(lw *w, int id)
 
     if (dense_arg(w, id, &y))
         return -1;
-    /* An FP8 weight: the GEMV reads its e4m3 bytes in every decode step, whatever the batch
-     * (dequantising the whole model per step would cost more than the GEMV's re-reads of a
-     * weight tile from L2 by its row groups), and in prefill steps of up to GEMV_MAX rows;
-     * longer prefill steps dequantise it into scratch for the GEMM. */
+    /* An FP8 weight: the GEMV reads its e4m3 bytes for steps of up to GEMV_MAX rows. Longer
+     * steps run cuBLASLt's FP8 GEMM on x quantised per row (W8A8: quant_fp8_rows, then the
+     * GEMM scales by both rows' scales) when every target has FP8 tensor cores and the weight
+     * has one scale per row. Otherwise (block scales, an sm_80 target, kiln's own GEMM) the
+     * decode schedule runs the GEMV at every batch (dequantising the whole model per step
+     * would cost more than the GEMV's re-reads of a weight tile from L2 by its row groups) and
+     * longer prefill steps dequantise the weight into scratch for the GEMM. */
     int64_t fb = fp8_block(w, n->in[1], K);
-    ka_arg sc = ANULL();
+    ka_arg sc = ANULL(), gx = x, xs = ANULL();
     int gemm_which = BOTH;
     if (fb < 0) {
         wt = AW(w, n->in[1]);
     } else {
         wid_fp8(w, n->in[1], fb, &wt, &sc);
         ka_step s = gemv_step(w, n, x, wt, sc, fb, bias, y, N, K, gated, n->epi_act, 0, KA_ROWS_T);
-        push_sized(w, PRE, &s);
-        s.size = KA_SIZE_ANY;
-        push(w, DEC, &s);
-        gemm_which = PRE;
-        wt = dequant_step(w, n, wt, sc, fb, N, K);
+        if (fb == 0 && w->c->sm_fp8 && !w->c->gemm_kiln) {
+            push_sized(w, BOTH, &s);
+            int64_t T = w->c->max_tokens;
+            gx = A(KA_ARG_SCRATCH, scratch_at(w, T * K));
+            xs = A(KA_ARG_SCRATCH, scratch_at(w, T * 4));
+            int th = row_threads(K);
+            int k = kern(w, "quant_fp8_rows", th, 0,
+                         "const kiln_step st, const DT *x, unsigned char *q, float *scale, int M",
+                         "kiln::quant_fp8_rows<DT, %lld, %d>(st, x, q, scale, M)", (long long)K,
+                         th);
+            s = kstep(k, n->name, G(1, 0, 0, 0, 1), G1(), G1());
+            s.size = KA_SIZE_LARGE;
+            s.rows = KA_ROWS_T;
+            add_arg(&s, A(KA_ARG_STEP, 0));
+            add_arg(&s, x);
+            add_arg(&s, gx);
+            add_arg(&s, xs);
+            add_arg(&s, A(KA_ARG_M, 0));
+            push_sized(w, BOTH, &s);
+        } else {
+            push_sized(w, PRE, &s);
+            s.size = KA_SIZE_ANY;
+            push(w, DEC, &s);
+            gemm_which = PRE;
+            wt = dequant_step(w, n, wt, sc, fb, N, K);
+            sc = ANULL();
+        }
     }
     if (!gated) {
-        ka_step s = gemm_step(w, n, x, wt, bias, y, N, K, K, N, 0, KA_ROWS_T);
+        ka_step s = gemm_step(w, n, gx, wt, bias, y, N, K, K, N, 0, KA_ROWS_T);
+        s.xs = xs;
+        s.ws = sc;
         push_sized(w, gemm_which, &s);
         if (fb < 0) {
             s = gemv_step(w, n, x, wt, sc, -1, bias, y, N, K, 0, -1, 0, KA_ROWS_T);
@@ -711,7 +739,9 @@ static int low_linear(lw *w, int id)
     if (need8(w, n, I, "the gated width"))
         return -1;
     ka_arg tmp = A(KA_ARG_SCRATCH, scratch_at(w, (int64_t)w->c->max_tokens * N * w->esize));
-    ka_step s = gemm_step(w, n, x, wt, bias, tmp, N, K, K, N, 0, KA_ROWS_T);
+    ka_step s = gemm_step(w, n, gx, wt, bias, tmp, N, K, K, N, 0, KA_ROWS_T);
+    s.xs = xs;
+    s.ws = sc;
     push_sized(w, gemm_which, &s);
     int ka = kern(w, "act_mul", ELEM_THREADS, 0, "const kiln_step st, const DT *gu, DT *out",
                   "kiln::act_mul<DT, %lld, %d, %d>(st, gu, out)", (long long)I, n->epi_act,

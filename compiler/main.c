@@ -909,8 +909,11 @@ static int cmd_compile(int argc, char **argv)
     ko.max_tokens = o.max_tokens;
     ko.act_dtype = dt;
     ko.sm90a_only = 1; /* Hopper-only artifact: kiln's GEMM on wgmma (lower_gemm90) */
-    for (int i = 0; i < nsm; i++)
+    ko.sm_fp8 = 1;
+    for (int i = 0; i < nsm; i++) {
         ko.sm90a_only &= strcmp(sms[i], "sm_90a") == 0;
+        ko.sm_fp8 &= atoi(sms[i] + 3) >= 89;
+    }
     double t0 = util_now();
     int rc = kc_open(&c, o.model, &ko, &err);
     if (rc == 0) {

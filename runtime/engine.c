@@ -1304,7 +1304,7 @@ static int run_steps(kmodel *m, kdev *d, const ka_step *steps, int n, int T, int
             if (kgemm_run(d->gemm, d->stream, m->f16, s->out_f32, rows, s->n, s->k,
                           ptr_of(m, d, &s->x, logits), s->ldx, ptr_of(m, d, &s->w, logits),
                           ptr_of(m, d, &s->bias, logits), ptr_of(m, d, &s->y, logits), s->ldy,
-                          err))
+                          ptr_of(m, d, &s->xs, logits), ptr_of(m, d, &s->ws, logits), err))
                 return kerr_add(err, "in step %d (%s)", i, s->label);
             continue;
         }

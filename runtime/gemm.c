@@ -32,7 +32,7 @@ typedef struct klt {
 
 typedef struct entry {
     int64_t M, N, K, ldx, ldy;
-    int f16, out_f32, bias, used;
+    int f16, out_f32, bias, fp8, used;
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t a, b, d;
     cublasLtMatmulAlgo_t algo;
@@ -154,13 +154,13 @@ void kgemm_free(kgemm *g)
     free(g);
 }
 
-static entry *plan(kgemm *g, int f16, int out_f32, int bias, int64_t M, int64_t N, int64_t K,
-                   int64_t ldx, int64_t ldy, kerr *err)
+static entry *plan(kgemm *g, int f16, int out_f32, int bias, int fp8, int64_t M, int64_t N,
+                   int64_t K, int64_t ldx, int64_t ldy, kerr *err)
 {
     for (int i = 0; i < g->n; i++) {
         entry *e = &g->cache[i];
         if (e->M == M && e->N == N && e->K == K && e->ldx == ldx && e->ldy == ldy &&
-            e->f16 == f16 && e->out_f32 == out_f32 && e->bias == bias)
+            e->f16 == f16 && e->out_f32 == out_f32 && e->bias == bias && e->fp8 == fp8)
             return e;
     }
     if (g->n == CACHE) { /* full: start over (shapes per model are few; this is a guard) */
@@ -171,8 +171,9 @@ static entry *plan(kgemm *g, int f16, int out_f32, int bias, int64_t M, int64_t 
     entry *e = &g->cache[g->n];
     memset(e, 0, sizeof *e);
     e->M = M, e->N = N, e->K = K, e->ldx = ldx, e->ldy = ldy;
-    e->f16 = f16, e->out_f32 = out_f32, e->bias = bias;
-    cudaDataType ab = f16 ? CUDA_R_16F : CUDA_R_16BF, dt = out_f32 ? CUDA_R_32F : ab;
+    e->f16 = f16, e->out_f32 = out_f32, e->bias = bias, e->fp8 = fp8;
+    cudaDataType ct = f16 ? CUDA_R_16F : CUDA_R_16BF, dt = out_f32 ? CUDA_R_32F : ct;
+    cudaDataType ab = fp8 ? CUDA_R_8F_E4M3 : ct;
     cublasStatus_t st;
     cublasOperation_t tA = CUBLAS_OP_T, tB = CUBLAS_OP_N;
     const klt *lt = &g->lt;
@@ -184,9 +185,20 @@ static entry *plan(kgemm *g, int f16, int out_f32, int bias, int64_t M, int64_t 
         lt_fail(st, "matmul descriptor", err);
         return NULL;
     }
+    if (fp8) { /* a float scale per row of W (A's columns) and per row of X (B's columns) */
+        cublasLtMatmulMatrixScale_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+        if ((st = lt->cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE,
+                                                     &mode, sizeof mode)) ||
+            (st = lt->cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE,
+                                                     &mode, sizeof mode))) {
+            lt_fail(st, "FP8 scale mode (outer vectors)", err);
+            lt->cublasLtMatmulDescDestroy(e->op);
+            return NULL;
+        }
+    }
     if (bias) {
         cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BIAS;
-        cudaDataType bt = ab;
+        cudaDataType bt = ct;
         if ((st = lt->cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep,
                                                      sizeof ep)) ||
             (st = lt->cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
@@ -214,7 +226,8 @@ static entry *plan(kgemm *g, int f16, int out_f32, int bias, int64_t M, int64_t 
     lt->cublasLtMatmulPreferenceDestroy(pref);
     if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
         kerr_add(err, "cuBLASLt has no algorithm for a %lldx%lldx%lld %s GEMM (status %d)",
-                 (long long)M, (long long)N, (long long)K, f16 ? "fp16" : "bf16", (int)st);
+                 (long long)M, (long long)N, (long long)K,
+                 fp8 ? "e4m3 (row-scaled)" : f16 ? "fp16" : "bf16", (int)st);
         drop(lt, e);
         return NULL;
     }
@@ -225,11 +238,21 @@ static entry *plan(kgemm *g, int f16, int out_f32, int bias, int64_t M, int64_t 
 
 int kgemm_run(kgemm *g, CUstream stream, int f16, int out_f32, int64_t M, int64_t N, int64_t K,
               CUdeviceptr x, int64_t ldx, CUdeviceptr w, CUdeviceptr bias, CUdeviceptr y,
-              int64_t ldy, kerr *err)
+              int64_t ldy, CUdeviceptr xs, CUdeviceptr ws, kerr *err)
 {
-    entry *e = plan(g, f16, out_f32, bias != 0, M, N, K, ldx, ldy, err);
+    entry *e = plan(g, f16, out_f32, bias != 0, ws != 0, M, N, K, ldx, ldy, err);
     if (!e)
         return -1;
+    if (ws) {
+        void *ap = (void *)(uintptr_t)ws, *bp = (void *)(uintptr_t)xs;
+        cublasStatus_t st = g->lt.cublasLtMatmulDescSetAttribute(
+            e->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &ap, sizeof ap);
+        if (!st)
+            st = g->lt.cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
+                                                      &bp, sizeof bp);
+        if (st)
+            return lt_fail(st, "FP8 scale pointers", err);
+    }
     if (bias) {
         void *bp = (void *)(uintptr_t)bias;
         cublasStatus_t st = g->lt.cublasLtMatmulDescSetAttribute(

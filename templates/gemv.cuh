@@ -614,4 +614,60 @@ __device__ __forceinline__ void dequant_fp8(const kiln_step st, const unsigned c
     }
 }
 
+// quant_fp8_rows — x [M, K] (rows of K elements) as e4m3 rows for the FP8 GEMM (cuBLASLt's,
+// runtime/gemm.c: W8A8 with a float scale per weight row and per x row): scale[m] = amax / 448
+// (1 for an all-zero row), q[m, k] = e4m3(x[m, k] / scale[m]) rounded to nearest, saturating, in
+// gemv_fp8's byte order (k, k+2, k+1, k+3 in each group of four), the order of the weight's
+// bytes: the GEMM's sum over K runs over the same permutation of both, so it is the plain sum.
+// Launch rule: grid (M), block THREADS (a multiple of 32, at most 1024); K % 16 == 0; x, q 16-byte
+// aligned. sm_89 or newer (cvt to e4m3).
+template <typename DT, int K, int THREADS>
+__device__ __forceinline__ void quant_fp8_rows(const kiln_step st, const DT *x, unsigned char *q,
+                                               float *scale, int M)
+{
+    KILN_PDL_ENTER();
+    static_assert(K % 16 == 0, "quant_fp8_rows: K must be a multiple of 16");
+    (void)st;
+    const long long m = blockIdx.x;
+    if (m >= M)
+        return;
+    x += m * K;
+    q += m * K;
+    __shared__ float red[32];
+    float amax = 0.f;
+    for (int c = threadIdx.x; c < K / 8; c += THREADS) {
+        float f[8];
+        load8(x + 8 * c, f);
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            amax = fmaxf(amax, fabsf(f[i]));
+    }
+    amax = block_max<THREADS>(amax, red);
+    const float s = amax > 0.f ? amax / 448.f : 1.f;
+    if (threadIdx.x == 0)
+        scale[m] = s;
+    for (int c = threadIdx.x; c < K / 8; c += THREADS) {
+        float f[8];
+        load8(x + 8 * c, f);
+        unsigned w[2];
+#pragma unroll
+        for (int g = 0; g < 2; g++) {
+            // bytes (k, k+2) from the low half, (k+1, k+3) from the high half; cvt puts its
+            // first operand in the upper byte
+            unsigned short lo, hi;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+            asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(lo)
+                : "f"(f[4 * g + 2] / s), "f"(f[4 * g] / s));
+            asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(hi)
+                : "f"(f[4 * g + 3] / s), "f"(f[4 * g + 1] / s));
+#else
+            __trap(); // no e4m3 conversion before sm_89: lower.c never launches it there
+            lo = hi = 0;
+#endif
+            w[g] = (unsigned)lo | (unsigned)hi << 16;
+        }
+        *reinterpret_cast<uint2 *>(q + 8 * c) = make_uint2(w[0], w[1]);
+    }
+}
+
 } // namespace kiln

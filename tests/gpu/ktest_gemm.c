@@ -445,7 +445,7 @@ static int bench_time(kt *t, gbench *b, CUfunction f, double *ms)
                 kerr e;
                 kerr_clear(&e);
                 if (kgemm_run(b->lt, t->stream, 0, 0, b->M, b->N, b->K, b->x, ldx, b->w, 0,
-                              b->ylt, ldy, &e)) {
+                              b->ylt, ldy, 0, 0, &e)) {
                     fprintf(stderr, "bench gemm: %s\n", kerr_msg(&e));
                     return -1;
                 }
