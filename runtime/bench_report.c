@@ -22,9 +22,10 @@ void kbench_rooflines(kbench_fig *figs, int nf, const kroof_model *rm, const kro
             t = (new_tokens * (double)rm->weight_bytes + (double)rm->kv_bytes_per_token * ctx) /
                 hw->copy_bw;
         } else {
-            if (hw->gemm_flops <= 0) /* no GEMM peak: no prefill roofline */
+            double peak = rm->fp8_gemm ? hw->gemm_fp8_flops : hw->gemm_flops;
+            if (peak <= 0) /* no GEMM peak: no prefill roofline */
                 continue;
-            t = kroof_prefill_flops(rm, g->n) / hw->gemm_flops;
+            t = kroof_prefill_flops(rm, g->n) / peak;
             if (g->kind == KBENCH_TTFT) /* and every chunk's step reads the weights once */
                 t += (double)((g->n + max_tokens - 1) / max_tokens) * (double)rm->weight_bytes /
                      hw->copy_bw;
@@ -109,6 +110,12 @@ static void print_header(FILE *f, const kbench_run *r)
         else
             fprintf(f, "  GEMM peak    not measured: cuBLASLt cannot be loaded (the message is on "
                        "stderr); the prefill and time-to-first-token ratios are n/a\n");
+        if (hw->gemm_fp8_flops > 0)
+            fprintf(f, "  FP8 peak     %.1f TFLOP/s: the same in e4m3 with a scale per row of "
+                       "each operand%s\n",
+                    hw->gemm_fp8_flops / 1e12,
+                    rm->fp8_gemm ? " (this model's prefill GEMMs are FP8: its prefill roofline)"
+                                 : "");
     }
     fprintf(f, "  load         %.2f s%s\n", r->load_s,
             r->compiled ? " (GPU 0's context already made by the measurements above)" : "");
@@ -203,6 +210,9 @@ int kbench_write_json(const char *path, const kbench_run *r, const kbench_fig *f
                                 "sms", hw->sms, "memory_bytes", hw->memory, "driver",
                                 hw->driver_version, "copy_bytes_per_s", hw->copy_bw,
                                 "gemm_bf16_flops", maybe(hw->gemm_flops, peak));
+        if (hw->gemm_fp8_flops > 0)
+            json_object_set_new(gpu, "gemm_fp8_flops", json_real(hw->gemm_fp8_flops));
+        json_object_set_new(gpu, "prefill_peak", json_string(rm->fp8_gemm ? "fp8" : "bf16"));
         if (!peak)
             json_object_set_new(gpu, "gemm_not_measured", json_string(hw->gemm_missing));
         json_object_set_new(root, "gpu", gpu);

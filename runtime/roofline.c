@@ -20,7 +20,7 @@ typedef struct kroof_gpu {
     CUcontext ctx;
     CUstream stream;
     CUevent ev[2];
-    CUdeviceptr buf[3];
+    CUdeviceptr buf[4];
     kgemm *gemm;
 } kroof_gpu;
 typedef kroof_gpu meas;
@@ -32,7 +32,7 @@ static void free_work(meas *m)
     m->cu.cuCtxSetCurrent(m->ctx);
     kgemm_free(m->gemm);
     m->gemm = NULL;
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 4; i++)
         if (m->buf[i])
             m->cu.cuMemFree(m->buf[i]);
     for (int i = 0; i < 2; i++)
@@ -132,7 +132,7 @@ static int gemm_peak(meas *m, kroof_hw *hw, kerr *err)
         float ms;
         KCU(&m->cu, cuEventRecord(m->ev[0], m->stream), err);
         if (kgemm_run(m->gemm, m->stream, 0, 0, N, N, N, m->buf[0], N, m->buf[1], 0, m->buf[2],
-                      N, err))
+                      N, 0, 0, err))
             return -1;
         KCU(&m->cu, cuEventRecord(m->ev[1], m->stream), err);
         if (elapsed(m, &ms, err))
@@ -145,6 +145,42 @@ static int gemm_peak(meas *m, kroof_hw *hw, kerr *err)
                              "%.3f ms for an %lld^3 GEMM)",
                         best, (long long)N);
     hw->gemm_flops = 2.0 * (double)N * (double)N * (double)N / (best * 1e-3);
+    if (hw->sm_major * 10 + hw->sm_minor < 89)
+        return 0;
+    /* FP8: the same shape in e4m3 with a scale per row of each operand (kgemm_run's W8A8), on
+     * random bytes that are never NaN (bit 3 clear: the exponent's low bit) */
+    uint8_t *q = malloc((size_t)N * (size_t)N);
+    if (!q)
+        return kerr_add(err, "out of host memory for the FP8 GEMM peak's inputs");
+    for (size_t i = 0; i < (size_t)N * (size_t)N; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        q[i] = (uint8_t)(s >> 56) & 0xf7;
+    }
+    rc = m->cu.cuMemcpyHtoD(m->buf[0], q, (size_t)N * (size_t)N);
+    if (rc == CUDA_SUCCESS)
+        rc = m->cu.cuMemcpyHtoD(m->buf[1], q, (size_t)N * (size_t)N);
+    free(q);
+    if (rc == CUDA_SUCCESS)
+        rc = m->cu.cuMemAlloc(&m->buf[3], sizeof(float) * (size_t)N);
+    if (rc == CUDA_SUCCESS)
+        rc = m->cu.cuMemsetD32Async(m->buf[3], 0x3f800000u, (size_t)N, m->stream); /* 1.0f */
+    if (rc != CUDA_SUCCESS)
+        return kcuda_fail(&m->cu, rc, "the FP8 GEMM peak's buffers", __FILE__, __LINE__, err);
+    best = 0;
+    for (int i = 0; i < WARMUPS + KROOF_REPS; i++) {
+        float ms;
+        KCU(&m->cu, cuEventRecord(m->ev[0], m->stream), err);
+        if (kgemm_run(m->gemm, m->stream, 0, 0, N, N, N, m->buf[0], N, m->buf[1], 0, m->buf[2],
+                      N, m->buf[3], m->buf[3], err))
+            return -1;
+        KCU(&m->cu, cuEventRecord(m->ev[1], m->stream), err);
+        if (elapsed(m, &ms, err))
+            return -1;
+        if (i >= WARMUPS && ms > 0 && (best == 0 || ms < best))
+            best = ms;
+    }
+    if (best > 0)
+        hw->gemm_fp8_flops = 2.0 * (double)N * (double)N * (double)N / (best * 1e-3);
     return 0;
 }
 
@@ -264,6 +300,7 @@ void kroof_model_of(const ka_manifest *m, kroof_model *r)
         int64_t k = 0, w = gemm_weight(m, s, &k);
         if (w < 0)
             continue;
+        r->fp8_gemm |= s->kind == KA_GEMM && s->ws.kind == KA_ARG_WEIGHT;
         if (s->logits == KA_LOGITS_LAST)
             use[w] |= 4;
         if (ends_with(s->label, "attn.o") || ends_with(s->label, "attn.o.part")) {

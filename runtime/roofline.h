@@ -51,6 +51,8 @@ typedef struct kroof_hw {
     double gemm_flops;     /* FLOP/s: 2 M N K / time, bf16 in and out, fp32 accumulation; 0:
                               not measured, gemm_missing says why */
     char gemm_missing[1024]; /* kgemm_loadable's message where cuBLASLt cannot be loaded, or "" */
+    double gemm_fp8_flops; /* the same GEMM in e4m3 (row-scaled, bf16 out) on sm_89 and newer; 0:
+                              not measured (an older GPU, or no cuBLASLt) */
 } kroof_hw;
 
 /* Measures GPU 0 into *hw. Returns what must outlive the engine loaded next, or NULL with a
@@ -68,6 +70,8 @@ typedef struct kroof_model {
     int64_t gather_bytes;       /* embedding tables, read one row per token: not counted */
     double matrix_params;       /* elements of the matrices read in full, the LM head excluded */
     double head_params;         /* the LM head's elements (0: an embedding model) */
+    int fp8_gemm;               /* its prefill GEMMs run in e4m3 (FP8 weights, W8A8): the
+                                 * prefill roofline takes the FP8 GEMM peak */
     int64_t kv_bytes_per_token; /* K and V of every layer, per token of context */
     int64_t q_width;            /* query heads x head_dim, summed over the layers */
     int q_width_assumed;        /* no "attn.o" GEMM found: hidden per KV layer assumed */

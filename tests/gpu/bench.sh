@@ -25,8 +25,8 @@
 #
 # BENCH_QUANT=fp8 likewise compiles each shape with --quant fp8 (weights in e4m3, a scale per row)
 # and benches it: rows marked "--quant fp8", each ratio against that artifact's own roofline (its
-# decode reads the FP8 bytes; prefill dequantises into bf16 for the GEMM, so its ratio is against
-# the bf16 GEMM peak). The compile quantises in one thread (minutes for 8B).
+# decode reads the FP8 bytes; its prefill GEMMs are FP8, so kiln bench takes the FP8 GEMM peak it
+# measured). The compile quantises in one thread (minutes for 8B).
 #
 # BENCH_GEMM=kiln also compiles each shape with kiln's own GEMM (kilnc compile --gemm kiln) and runs
 # kiln bench on it after the cuBLASLt artifact's, in the same run: the table gets its figures that
@@ -234,8 +234,11 @@ for shape in ("8b", "1b"):
         for n in (512, 2048):
             row(f"prefill, {n} tokens, --quant fp8", ff.get(("prefill", n)), "tok/s")
         cs = f"{res}/{shape}-fp8-compile-s"
+        fg = fp["gpu"]
         hw.append(f"{shape} --quant fp8: load {fp['load_s']:.2f} s, compile "
-                  f"{open(cs).read().strip() if os.path.exists(cs) else '?'} s")
+                  f"{open(cs).read().strip() if os.path.exists(cs) else '?'} s; FP8 GEMM peak "
+                  f"{fg.get('gemm_fp8_flops', 0) / 1e12:.0f} TFLOP/s (its prefill roofline: "
+                  f"{fg.get('prefill_peak', 'bf16')})")
     if kg:
         kf = {(f["figure"], f.get("batch", f.get("tokens"))): f for f in kg["figures"]}
         row("first token, 128-token prompt, --gemm kiln", kf.get(("time_to_first_token", 128)),
