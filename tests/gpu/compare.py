@@ -165,6 +165,19 @@ def cmd_same(name, base, other):
     return ok
 
 
+def cmd_quant(name, dump, ref_dump, bound):
+    """A quantised artifact's run against kilnc ref on the same prompt: every dumped logit row
+    within rel_l2 `bound`, and the first greedy token equal."""
+    k, r = load_file(dump), load_file(ref_dump)
+    e = rel(k["logits"], r["logits"])
+    first = int(k["tokens"][0]) == int(r["tokens"][0])
+    same = int(np.sum(k["tokens"] == r["tokens"]))
+    ok = e < float(bound) and first
+    print(f"{name:24s} {'ok' if ok else 'FAIL':4s} logits rel_l2 {e:.2e} vs ref (bound {bound}); "
+          f"first token {'= ref' if first else 'DIFFERS'}; {same}/{len(r['tokens'])} tokens = ref")
+    return ok
+
+
 def cmd_tokens(name, dump, printed):
     """Without --dump the last-row logits take another path (gather_last, then the logits GEMV or
     GEMM for n_seqs rows) than with it (all rows): both must give the same tokens."""
@@ -219,6 +232,8 @@ def main():
         return 0 if cmd_classify(*a[1:5]) else 1
     if a[0] == "tokens":
         return 0 if cmd_tokens(*a[1:4]) else 1
+    if a[0] == "quant":
+        return 0 if cmd_quant(*a[1:5]) else 1
     if a[0] == "same":
         return 0 if cmd_same(*a[1:4]) else 1
     if a[0] in ("batch", "batch-exact"):

@@ -418,6 +418,33 @@ if [ -f $ART/llama_kgemm/model.kiln ] && ! skip_late "llama_kgemm batch"; then
   done
 fi
 
+# 3e. FP8 prefill on the FP8 tensor cores (W8A8: quant_fp8_rows, then cuBLASLt's e4m3 GEMM with a
+# scale per weight row and per token). The fixture prompts have 8 tokens, which the GEMV takes, so
+# each FP8 artifact runs a 40-token prompt (its fixture's prompt five times) against kilnc ref on
+# the same prompt (fp32, the dequantised weights, activations unquantised), with the bf16 llama
+# artifact on the same prompt as the control. compare.py quant: the dump's logits (the 40 prefill
+# rows, W8A8, then 8 decode rows on the GEMV) within rel_l2 0.25 of ref's, and the first greedy
+# token ref's. The bound is loose on purpose: e4m3 rounds each activation by up to 2^-4 (rms about
+# 3.6%), so a few percent is what W8A8 costs; a wrong byte order or scale gives about 1.
+if [ -n "$FP8Q" ] && [ -f $ART/llama/model.kiln ]; then
+  ids=$($PY tests/gpu/compare.py ids tests/fixtures/llama)
+  long=$ids,$ids,$ids,$ids,$ids
+  for f in llama llama_fp8_ct llama_fp8q; do
+    skip_late "$f w8a8" && continue
+    [ -f $ART/$f/model.kiln ] || continue
+    src=tests/fixtures/$f q=
+    [ $f = llama_fp8q ] && src=tests/fixtures/llama q="--quant fp8"
+    # shellcheck disable=SC2086
+    $BIN/kilnc ref $src $q --ids $long --max-new 8 --dump $ART/$f.long.ref.st > $LOG/ref_${f}_long.log 2>&1
+    if $BIN/kiln run $ART/$f --ids $long --max-new 8 --ignore-eos --dump $ART/$f.long.kiln.st > $LOG/run_${f}_long.log 2>&1; then
+      $PY tests/gpu/compare.py quant "$f 40-token prefill" $ART/$f.long.kiln.st $ART/$f.long.ref.st 0.25 >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
+    else
+      row "$(printf '%-24s FAIL run: %s' "$f w8a8" "$(grep -m1 -i error $LOG/run_${f}_long.log)")"; fail=1
+    fi
+    shown
+  done
+fi
+
 # 3d. batch invariance (kilnc compile --batch-invariant; RUN_INVARIANT=0 skips): each fixture of
 # $INVAR compiled with --max-batch 64 --max-tokens 96, so that 64 prompts of 1 to 90 tokens (slices
 # of the fixture's prompt) run in one kiln run in steps of at most 96 tokens: prompts are admitted
