@@ -89,6 +89,8 @@ CUmodule kt_module_sm90a(kt *t, const char *name, const char *src)
 
 int kt_sm90a(const kt *t) { return t->compile_only || strcmp(t->arch, "sm_90a") == 0; }
 
+int kt_sm_at_least(const kt *t, int sm) { return t->compile_only || atoi(t->arch + 3) >= sm; }
+
 CUfunction kt_func(kt *t, CUmodule m, const char *name)
 {
     CUfunction f = NULL;

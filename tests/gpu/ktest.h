@@ -44,6 +44,9 @@ CUmodule kt_module(kt *t, const char *name, const char *src);
 CUmodule kt_module_sm90a(kt *t, const char *name, const char *src);
 /* Whether the GPU (or, in compile-only mode, one of the targets) is sm_90a. */
 int kt_sm90a(const kt *t);
+/* Whether the GPU's compute capability is at least sm (89: sm_89); in compile-only mode, 1 (the
+ * case compiles for every target). */
+int kt_sm_at_least(const kt *t, int sm);
 CUfunction kt_func(kt *t, CUmodule m, const char *name);
 CUdeviceptr kt_alloc(kt *t, size_t bytes);          /* poisoned with 0xFF */
 CUdeviceptr kt_upload(kt *t, const void *host, size_t bytes);

@@ -60,6 +60,21 @@
  * dequant_fp8 is checked bit for bit against util_f32_to_bf16 / util_f32_to_f16 (both round to
  * nearest even, as the device conversions do) of fp8_e4m3_to_f32(q) * scale in float, and for
  * nothing written past N * K elements.
+ * quant_fp8_rows (x rows to e4m3 for the W8A8 GEMM; cvt to e4m3 exists on sm_89 and up only,
+ * so below that its cases are not run and a line says so; compile-only builds them for sm_80
+ * too, where the template traps) runs bf16 and f16 x at K = 16, 64, 4096, 4112 (not a multiple
+ * of the block's 8 * THREADS elements) and 14336, with lower.c's block size (row_threads: one
+ * thread per 8 elements, 32 to 256) and at 1024 threads for K = 4112 and 14336, at M = 1, 3 and
+ * 64, launched by its rule (grid M). Row m is, by m % 4: U[-1, 1) with one -3 (the amax is a
+ * negative element), all zeros, one 1000 among +-(1000/448) * 2^[-12, -5) (bytes that are e4m3
+ * subnormals and zeros), U[-1, 1) * 2^-8 .. 2^8. Checks, on the DT-rounded inputs: scale[m]
+ * within 1e-6 relative of amax / 448 in double (the kernel's division is fast-math's, a few
+ * ulp), exactly 1 for the zero row; every byte, un-permuted, equal to fp8_e4m3_from_f32(x /
+ * scale[m]) computed in float with the kernel's own scale, or one code away where that
+ * quotient lies within 1e-5 relative of the midpoint between the two codes (the fast-math
+ * division may round across it; such ties are counted in the case's line); every element of
+ * magnitude amax gives +-448 (0x7e / 0xfe); and the 64 bytes of q and 64 scales past M rows
+ * keep their poison.
  */
 #include <math.h>
 #include <stdio.h>
@@ -743,6 +758,174 @@ static void dequant_case(kt *t, int N, int K, int sbc, int f16, int TH, float ws
     free(y);
 }
 
+/* quant_fp8_rows (see the top of the file). Row m's kind, by m % 4 (M = 1 runs the first): */
+enum { QROW_NEG_AMAX, QROW_ZERO, QROW_HUGE_TINY, QROW_RANDOM };
+
+/* Row r of x ([K] floats, rounded through the storage type by the caller): kind r % 4. */
+static void quant_row(kt *t, float *x, int K, int r)
+{
+    switch (r % 4) {
+    case QROW_NEG_AMAX: /* U[-1, 1) and one -3: the largest magnitude is negative */
+        kt_fill(t, x, (size_t)K, 1.0f);
+        x[(size_t)((kt_randf(t) + 1.0f) * 0.5f * (float)K) % K] = -3.0f;
+        break;
+    case QROW_ZERO:
+        memset(x, 0, sizeof(float) * (size_t)K);
+        break;
+    case QROW_HUGE_TINY: { /* one 1000, the rest +-s * 2^[-12, -5) for s = 1000/448: e4m3
+                            * subnormals (below 2^-6), zeros (below 2^-10) and small normals */
+        const float s = 1000.0f / 448.0f;
+        for (int k = 0; k < K; k++) {
+            const float e = -8.5f + 3.5f * kt_randf(t);
+            x[k] = (kt_randf(t) < 0 ? -s : s) * exp2f(e);
+        }
+        x[(size_t)((kt_randf(t) + 1.0f) * 0.5f * (float)K) % K] = 1000.0f;
+        break;
+    }
+    default: /* U[-1, 1) times 2^-8 .. 2^8 by row */
+        kt_fill(t, x, (size_t)K, exp2f((float)(r * 5 % 17 - 8)));
+        break;
+    }
+}
+
+/* One launch of quant_fp8_rows<DT, K, TH> (f) on M rows of quant_row's kinds: the scales, the
+ * bytes and the poison past M rows (see the top of the file); the detail counts the ties. */
+static void quant_check(kt *t, CUfunction f, int K, int TH, int M, int f16, const char *name)
+{
+    if (t->compile_only)
+        return; /* quant_case compiled the kernel; the reference would be unused */
+    enum { PAD = 64 }; /* bytes of q and floats of scale past M rows that must stay poisoned */
+    const size_t n = (size_t)M * K;
+    float *x = xmalloc(sizeof(float) * n);
+    for (int m = 0; m < M; m++)
+        quant_row(t, x + (size_t)m * K, K, m);
+    uint16_t *x16 = to_dt(x, n, f16);
+    CUdeviceptr dx = kt_upload(t, x16, sizeof(uint16_t) * n);
+    CUdeviceptr dq = kt_alloc(t, n + PAD);
+    CUdeviceptr ds = kt_alloc(t, sizeof(float) * ((size_t)M + PAD));
+    kiln_step st;
+    memset(&st, 0, sizeof st);
+    st.T = M;
+    st.n_seqs = M;
+    int m_arg = M;
+    void *args[] = {&st, &dx, &dq, &ds, &m_arg};
+    kt_launch(t, f, name, (unsigned)M, 1, 1, (unsigned)TH, 0, args);
+    uint8_t *q = xmalloc(n + PAD);
+    float *sc = xmalloc(sizeof(float) * ((size_t)M + PAD));
+    uint32_t *scbits = xmalloc(sizeof(uint32_t) * ((size_t)M + PAD));
+    kt_download(t, q, dq, n + PAD);
+    kt_download(t, scbits, ds, sizeof(float) * ((size_t)M + PAD));
+    memcpy(sc, scbits, sizeof(float) * ((size_t)M + PAD));
+
+    static const int perm[4] = {0, 2, 1, 3}; /* element k + i is byte k + perm[i] */
+    size_t touched = 0, ties = 0, badbytes = 0, bad448 = 0;
+    int badscale = -1;
+    char d[300] = "";
+    for (int m = 0; m < M; m++) {
+        const float *xr = x + (size_t)m * K;
+        const uint8_t *qr = q + (size_t)m * K;
+        float amax = 0;
+        for (int k = 0; k < K; k++)
+            amax = fmaxf(amax, fabsf(xr[k]));
+        const double want = amax > 0 ? amax / 448.0 : 1.0;
+        const float s = sc[m];
+        const int sok = amax > 0 ? isfinite(s) && fabs(s - want) <= 1e-6 * want : s == 1.0f;
+        if (!sok) {
+            if (badscale < 0) {
+                badscale = m;
+                snprintf(d, sizeof d, "row %d: scale %a, want %a (amax %g)", m, s, want, amax);
+            }
+            continue; /* its bytes are judged against a scale that is already wrong */
+        }
+        for (int k = 0; k < K; k++) {
+            const uint8_t got = qr[(k & ~3) + perm[k & 3]];
+            const float v = xr[k] / s;
+            const uint8_t b = fp8_e4m3_from_f32(v);
+            int ok = got == b;
+            if (!ok && !((got ^ b) & 0x80) && abs((got & 0x7f) - (b & 0x7f)) == 1) {
+                /* one code off: allowed where v is at a midpoint within the fast-math
+                 * division's error */
+                const double mid = 0.5 * ((double)fp8_e4m3_to_f32(got) + fp8_e4m3_to_f32(b));
+                ok = fabs(v - mid) <= 1e-5 * fabs(mid);
+                ties += ok;
+            }
+            if (amax > 0 && fabsf(xr[k]) == amax && got != (xr[k] < 0 ? 0xfe : 0x7e)) {
+                ok = 0;
+                bad448++;
+            }
+            if (!ok && badbytes++ == 0 && badscale < 0)
+                snprintf(d, sizeof d,
+                         "row %d element %d: x %a / scale %a = %a: got byte 0x%02x (%g) want "
+                         "0x%02x (%g)",
+                         m, k, xr[k], s, v, got, fp8_e4m3_to_f32(got), b, fp8_e4m3_to_f32(b));
+        }
+    }
+    for (size_t i = n; i < n + PAD; i++)
+        touched += q[i] != 0xFF;
+    for (size_t i = (size_t)M; i < (size_t)M + PAD; i++)
+        touched += scbits[i] != 0xFFFFFFFFu;
+    const int ok = badscale < 0 && !badbytes && !touched;
+    if (ok)
+        snprintf(d, sizeof d, "%d scales, %zu bytes right; %zu ties (one code off at a midpoint)",
+                 M, n, ties);
+    else {
+        char more[120];
+        snprintf(more, sizeof more, "%s%zu bytes wrong (%zu at +-amax not +-448), %zu bytes or "
+                 "scales written past row M=%d", d[0] ? "; " : "", badbytes, bad448, touched, M);
+        strncat(d, more, sizeof d - strlen(d) - 1);
+    }
+    kt_result(t, name, ok, d);
+    kt_free(t, dx);
+    kt_free(t, dq);
+    kt_free(t, ds);
+    free(x);
+    free(x16);
+    free(q);
+    free(sc);
+    free(scbits);
+}
+
+/* lower.c's block size for quant_fp8_rows (row_threads): a thread per 8 elements, 32 to 256. */
+static int quant_threads(int K)
+{
+    const int th = (K / 8 + 31) / 32 * 32;
+    return th < 32 ? 32 : th > 256 ? 256 : th;
+}
+
+/* quant_fp8_rows<DT, K, TH> compiled once, run at M = 1, 3 and 64 (TH 0: quant_threads(K)). */
+static void quant_case(kt *t, int K, int TH, int f16)
+{
+    static const int ms[] = {1, 3, 64};
+    const char *dt = f16 ? "kiln::f16" : "kiln::bf16";
+    if (!TH)
+        TH = quant_threads(K);
+    CUmodule mod = NULL;
+    int compiled = 0;
+    for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++) {
+        char name[160], src[512];
+        snprintf(name, sizeof name, "quant_fp8_rows/K=%d M=%d%s threads=%d", K, ms[i],
+                 f16 ? " f16" : "", TH);
+        if (!kt_want(t, name))
+            continue;
+        if (!compiled) {
+            snprintf(src, sizeof src,
+                     "#include \"gemv.cuh\"\n"
+                     "extern \"C\" __global__ void __launch_bounds__(%d)\n"
+                     "k_quant(const kiln_step st, const %s *x, unsigned char *q, float *scale, "
+                     "int M)\n"
+                     "{\n"
+                     "    kiln::quant_fp8_rows<%s, %d, %d>(st, x, q, scale, M);\n"
+                     "}\n",
+                     TH, dt, dt, K, TH);
+            mod = kt_module(t, name, src);
+            compiled = 1;
+        }
+        if (!mod && !t->compile_only)
+            return; /* the compile failure is recorded with its log */
+        quant_check(t, kt_func(t, mod, "k_quant"), K, TH, ms[i], f16, name);
+    }
+}
+
 void ktest_gemv(kt *t)
 {
 #define M1_8 {1, 2, 3, 4, 5, 6, 7, 8}
@@ -875,6 +1058,22 @@ void ktest_gemv(kt *t)
     dequant_case(t, 63, 4160, 4160, 1, 256, 1e-6f);
     dequant_case(t, 50, 528, 64, 0, 64, 1e3f);
     dequant_case(t, 37, 4160, 4160, 1, 128, 0);
+    /* quant_fp8_rows (cvt to e4m3: sm_89 and up) at lower.c's block size and at 1024 threads;
+     * K = 4112 (514 chunks of 8) ends in a partial pass of the block at both */
+    if (!kt_sm_at_least(t, 89)) {
+        printf("ktest: quant_fp8_rows needs sm_89 (cvt to e4m3), the GPU is %s: its cases are "
+               "not run\n", t->arch);
+        return;
+    }
+    for (int f16 = 0; f16 < 2; f16++) {
+        quant_case(t, 16, 0, f16);
+        quant_case(t, 64, 0, f16);
+        quant_case(t, 4096, 0, f16);
+        quant_case(t, 14336, 0, f16);
+        quant_case(t, 4112, 0, f16);
+        quant_case(t, 4112, 1024, f16);
+        quant_case(t, 14336, 1024, f16);
+    }
 }
 
 
