@@ -543,7 +543,6 @@ static ka_step gemm_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg bi
         s.ldy = ldy;
         s.out_f32 = out_f32;
     }
-    s.xs = s.ws = ANULL(); /* the caller's, for an FP8 GEMM */
     s.size = KA_SIZE_LARGE;
     s.rows = rows;
     return s;
@@ -611,6 +610,57 @@ static void logits_epilogue_step(lw *w, const kg_node *n, ka_arg part, ka_arg bi
     add_arg(&s, AF(n->softcap));
     add_arg(&s, A(KA_ARG_M, 0));
     push(w, which, &s);
+}
+
+/* A linear on an FP8 weight (e4m3 q, a float scale per row in sc) for steps of more rows than the
+ * GEMV takes, in both schedules: x quantised per row to e4m3 (quant_fp8_rows: amax / 448, in the
+ * weight's byte order), cuBLASLt's FP8 GEMM of the two into scratch (their plain product: bf16,
+ * float for an f16 model, whose range e4m3 products outgrow), then fp8_rescale scales by both
+ * rows' scales and adds the bias (act >= 0: a gated weight, act(gate) * up into y). W8A8, as
+ * vLLM runs FP8 checkpoints: cuBLASLt's row-scaled FP8 modes are not available on Hopper (the
+ * heuristic has no algorithm), hence the scaling after the GEMM. */
+static void fp8_gemm_steps(lw *w, const kg_node *n, ka_arg x, ka_arg q, ka_arg sc, ka_arg bias,
+                           ka_arg y, int64_t N, int64_t K, int act)
+{
+    int64_t T = w->c->max_tokens, nout = act >= 0 ? N / 2 : N;
+    int f32 = w->c->act_dtype == ST_F16;
+    ka_arg xq = A(KA_ARG_SCRATCH, scratch_at(w, T * K));
+    ka_arg xs = A(KA_ARG_SCRATCH, scratch_at(w, T * 4));
+    ka_arg d = A(KA_ARG_SCRATCH, scratch_at(w, T * N * (f32 ? 4 : w->esize)));
+    int th = row_threads(K);
+    int k = kern(w, "quant_fp8_rows", th, 0,
+                 "const kiln_step st, const DT *x, unsigned char *q, float *scale, int M",
+                 "kiln::quant_fp8_rows<DT, %lld, %d>(st, x, q, scale, M)", (long long)K, th);
+    ka_step s = kstep(k, n->name, G(1, 0, 0, 0, 1), G1(), G1());
+    s.size = KA_SIZE_LARGE;
+    s.rows = KA_ROWS_T;
+    add_arg(&s, A(KA_ARG_STEP, 0));
+    add_arg(&s, x);
+    add_arg(&s, xq);
+    add_arg(&s, xs);
+    add_arg(&s, A(KA_ARG_M, 0));
+    push_sized(w, BOTH, &s);
+    s = gemm_step(w, n, xq, q, ANULL(), d, N, K, K, N, f32, KA_ROWS_T);
+    push_sized(w, BOTH, &s);
+    const char *dd = f32 ? "float" : "DT";
+    char params[200];
+    snprintf(params, sizeof params,
+             "const kiln_step st, const %s *d, const float *xs, const float *ws, const DT *bias, "
+             "DT *y",
+             dd);
+    k = kern(w, "fp8_rescale", ELEM_THREADS, 0, params,
+             "kiln::fp8_rescale<DT, %s, %lld, %s, %s, %d, %d>(st, d, xs, ws, bias, y)", dd,
+             (long long)N, bias.kind == KA_ARG_NULL ? "false" : "true",
+             act >= 0 ? "true" : "false", act < 0 ? 0 : act, ELEM_THREADS);
+    s = kstep(k, n->name, elems(nout), G1(), G1());
+    s.size = KA_SIZE_LARGE;
+    add_arg(&s, A(KA_ARG_STEP, 0));
+    add_arg(&s, d);
+    add_arg(&s, xs);
+    add_arg(&s, sc);
+    add_arg(&s, bias);
+    add_arg(&s, y);
+    push_sized(w, BOTH, &s);
 }
 
 static int low_linear(lw *w, int id)
@@ -681,55 +731,35 @@ static int low_linear(lw *w, int id)
     if (dense_arg(w, id, &y))
         return -1;
     /* An FP8 weight: the GEMV reads its e4m3 bytes for steps of up to GEMV_MAX rows. Longer
-     * steps run cuBLASLt's FP8 GEMM on x quantised per row (W8A8: quant_fp8_rows, then the
-     * GEMM scales by both rows' scales) when every target has FP8 tensor cores and the weight
-     * has one scale per row. Otherwise (block scales, an sm_80 target, kiln's own GEMM) the
-     * decode schedule runs the GEMV at every batch (dequantising the whole model per step
-     * would cost more than the GEMV's re-reads of a weight tile from L2 by its row groups) and
-     * longer prefill steps dequantise the weight into scratch for the GEMM. */
-    int64_t fb = fp8_block(w, n->in[1], K);
-    ka_arg sc = ANULL(), gx = x, xs = ANULL();
+     * steps run cuBLASLt's FP8 GEMM (fp8_gemm_steps: W8A8) when every target has FP8 tensor
+     * cores and the weight has one scale per row. Otherwise (block scales, an sm_80 target,
+     * kiln's own GEMM) the decode schedule runs the GEMV at every batch (dequantising the whole
+     * model per step would cost more than the GEMV's re-reads of a weight tile from L2 by its
+     * row groups) and longer prefill steps dequantise the weight into scratch for the GEMM. */
+    int64_t fb = fp8_block(w, n->in[1], K), nout = gated ? N / 2 : N;
     int gemm_which = BOTH;
     if (fb < 0) {
         wt = AW(w, n->in[1]);
     } else {
+        ka_arg sc;
         wid_fp8(w, n->in[1], fb, &wt, &sc);
         ka_step s = gemv_step(w, n, x, wt, sc, fb, bias, y, N, K, gated, n->epi_act, 0, KA_ROWS_T);
-        if (fb == 0 && w->c->sm_fp8 && !w->c->gemm_kiln) {
+        if (fb == 0 && w->c->sm_fp8 && !w->c->gemm_kiln && nout % 8 == 0) {
             push_sized(w, BOTH, &s);
-            int64_t T = w->c->max_tokens;
-            gx = A(KA_ARG_SCRATCH, scratch_at(w, T * K));
-            xs = A(KA_ARG_SCRATCH, scratch_at(w, T * 4));
-            int th = row_threads(K);
-            int k = kern(w, "quant_fp8_rows", th, 0,
-                         "const kiln_step st, const DT *x, unsigned char *q, float *scale, int M",
-                         "kiln::quant_fp8_rows<DT, %lld, %d>(st, x, q, scale, M)", (long long)K,
-                         th);
-            s = kstep(k, n->name, G(1, 0, 0, 0, 1), G1(), G1());
-            s.size = KA_SIZE_LARGE;
-            s.rows = KA_ROWS_T;
-            add_arg(&s, A(KA_ARG_STEP, 0));
-            add_arg(&s, x);
-            add_arg(&s, gx);
-            add_arg(&s, xs);
-            add_arg(&s, A(KA_ARG_M, 0));
-            push_sized(w, BOTH, &s);
-        } else {
-            push_sized(w, PRE, &s);
-            s.size = KA_SIZE_ANY;
-            push(w, DEC, &s);
-            gemm_which = PRE;
-            wt = dequant_step(w, n, wt, sc, fb, N, K);
-            sc = ANULL();
+            fp8_gemm_steps(w, n, x, wt, sc, bias, y, N, K, gated ? n->epi_act : -1);
+            return 0;
         }
+        push_sized(w, PRE, &s);
+        s.size = KA_SIZE_ANY;
+        push(w, DEC, &s);
+        gemm_which = PRE;
+        wt = dequant_step(w, n, wt, sc, fb, N, K);
     }
     if (!gated) {
-        ka_step s = gemm_step(w, n, gx, wt, bias, y, N, K, K, N, 0, KA_ROWS_T);
-        s.xs = xs;
-        s.ws = sc;
+        ka_step s = gemm_step(w, n, x, wt, bias, y, N, K, K, N, 0, KA_ROWS_T);
         push_sized(w, gemm_which, &s);
         if (fb < 0) {
-            s = gemv_step(w, n, x, wt, sc, -1, bias, y, N, K, 0, -1, 0, KA_ROWS_T);
+            s = gemv_step(w, n, x, wt, ANULL(), -1, bias, y, N, K, 0, -1, 0, KA_ROWS_T);
             push_sized(w, BOTH, &s);
         }
         return 0;
@@ -739,9 +769,7 @@ static int low_linear(lw *w, int id)
     if (need8(w, n, I, "the gated width"))
         return -1;
     ka_arg tmp = A(KA_ARG_SCRATCH, scratch_at(w, (int64_t)w->c->max_tokens * N * w->esize));
-    ka_step s = gemm_step(w, n, gx, wt, bias, tmp, N, K, K, N, 0, KA_ROWS_T);
-    s.xs = xs;
-    s.ws = sc;
+    ka_step s = gemm_step(w, n, x, wt, bias, tmp, N, K, K, N, 0, KA_ROWS_T);
     push_sized(w, gemm_which, &s);
     int ka = kern(w, "act_mul", ELEM_THREADS, 0, "const kiln_step st, const DT *gu, DT *out",
                   "kiln::act_mul<DT, %lld, %d, %d>(st, gu, out)", (long long)I, n->epi_act,
@@ -753,7 +781,7 @@ static int low_linear(lw *w, int id)
     add_arg(&s, y);
     push_sized(w, gemm_which, &s);
     if (fb < 0) {
-        s = gemv_step(w, n, x, wt, sc, -1, bias, y, N, K, 1, n->epi_act, 0, KA_ROWS_T);
+        s = gemv_step(w, n, x, wt, ANULL(), -1, bias, y, N, K, 1, n->epi_act, 0, KA_ROWS_T);
         push_sized(w, BOTH, &s);
     }
     return 0;

@@ -87,10 +87,6 @@ static json_t *jsteps(const ka_step *st, int n)
             json_object_set_new(o, "gemm", json_true());
             json_object_set_new(o, "x", jarg(&s->x));
             json_object_set_new(o, "w", jarg(&s->w));
-            if (s->ws.kind == KA_ARG_WEIGHT) { /* an FP8 GEMM */
-                json_object_set_new(o, "x_scale", jarg(&s->xs));
-                json_object_set_new(o, "w_scale", jarg(&s->ws));
-            }
             json_object_set_new(o, "bias", jarg(&s->bias));
             json_object_set_new(o, "y", jarg(&s->y));
             json_object_set_new(o, "n", json_integer(s->n));
@@ -686,38 +682,19 @@ static int parse_gemm(rd *r, json_t *o, const stepctx *c, ka_step *s)
         return -1;
     const ka_weight *w = s->w.kind == KA_ARG_WEIGHT ? &m->weights[s->w.i] : NULL;
     int fp8 = w && w->type == KA_W_E4M3;
-    json_t *xs = json_object_get(o, "x_scale"), *ws = json_object_get(o, "w_scale");
-    s->xs = s->ws = (ka_arg){KA_ARG_NULL, 0, 0};
-    if (fp8 != (xs != NULL) || fp8 != (ws != NULL))
-        return bad(r, "%s: a GEMM has x_scale and w_scale exactly when its weight is f8_e4m3",
-                   c->where);
-    if (fp8) {
-        if (parse_arg(r, xs, c, "x_scale", &s->xs) || parse_arg(r, ws, c, "w_scale", &s->ws) ||
-            check_arg(r, &s->xs, c, "x_scale") || check_arg(r, &s->ws, c, "w_scale"))
-            return -1;
-        const ka_weight *sw = s->ws.kind == KA_ARG_WEIGHT ? &m->weights[s->ws.i] : NULL;
-        if (s->xs.kind != KA_ARG_SCRATCH || !sw || sw->type != KA_W_F32 || sw->ndim != 2 ||
-            sw->shape[0] != s->n || sw->shape[1] != 1 || s->x.kind != KA_ARG_SCRATCH ||
-            s->ldx != s->k || s->out_f32)
-            return bad(r, "%s: an FP8 GEMM needs x and x_scale in scratch (x with ldx = k), "
-                          "w_scale an f32 weight [n, 1] and a bf16/f16 y",
-                       c->where);
-        w = NULL; /* its shape checked as an e4m3 weight below */
-        const ka_weight *qw = &m->weights[s->w.i];
-        if (qw->ndim != 2 || qw->shape[0] != s->n || qw->shape[1] != s->k)
-            return bad(r, "%s: FP8 GEMM n=%lld k=%lld, but its weight '%s' is [%lld, %lld]",
-                       c->where, (long long)s->n, (long long)s->k, qw->name,
-                       (long long)qw->shape[0], (long long)(qw->ndim > 1 ? qw->shape[1] : 0));
-        if (check_extent(r, c, s, "x_scale", &s->xs, max_rows(m, s, c->prefill), 1, 1, 4))
-            return -1;
-    }
-    if (w && (w->type != KA_W_ACT || w->ndim != 2 || w->shape[0] != s->n || w->shape[1] != s->k))
+    if (fp8 && (s->x.kind != KA_ARG_SCRATCH || s->ldx != s->k || s->bias.kind != KA_ARG_NULL))
+        return bad(r, "%s: an FP8 GEMM (weight '%s' is f8_e4m3) needs x in scratch with ldx = k "
+                      "and no bias",
+                   c->where, w->name);
+    if (w && w->type == KA_W_F32)
+        return bad(r, "%s: GEMM weight '%s' is f32 (an FP8 weight's scales)", c->where, w->name);
+    if (w && (w->ndim != 2 || w->shape[0] != s->n || w->shape[1] != s->k))
         return bad(r, "%s: GEMM n=%lld k=%lld, but its weight '%s' is %s with %d dimensions "
                       "[%lld, %lld]",
                    c->where, (long long)s->n, (long long)s->k, w->name,
                    w->type == KA_W_ACT ? m->dtype : wtype_names[w->type], w->ndim,
                    (long long)w->shape[0], (long long)(w->ndim > 1 ? w->shape[1] : 0));
-    if (!w && !fp8 && check_extent(r, c, s, "w", &s->w, s->n, s->k, s->k, 2))
+    if (!w && check_extent(r, c, s, "w", &s->w, s->n, s->k, s->k, 2))
         return -1;
     if (s->bias.kind == KA_ARG_WEIGHT && m->weights[s->bias.i].nbytes != s->n * 2)
         return bad(r, "%s: GEMM bias '%s' has %lld bytes, expected n=%lld elements", c->where,

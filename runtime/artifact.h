@@ -160,9 +160,9 @@ typedef struct ka_step {
     /* GEMM: y[M, n] = x[M, k] . w[n, k]^T (+ bias[n]); x, y row-major with leading dims ldx, ldy
      * (elements); y float when out_f32. Collectives use x, y, n, out_f32 and rows (above).
      * FP8 (w a KA_W_E4M3 weight): x is e4m3 rows too (templates/gemv.cuh's quant_fp8_rows, in
-     * the weight's byte order), xs its float scale per row (scratch), ws the weight's per row
-     * (its KA_W_F32 weight [n, 1]): y = (x . w^T) * xs[m] * ws[n] (+ bias). Else both null. */
-    ka_arg x, w, bias, y, xs, ws;
+     * the weight's byte order, in scratch with ldx = k), no bias, and y the plain product of the
+     * e4m3 values (fp8_rescale applies the rows' scales next). */
+    ka_arg x, w, bias, y;
     int64_t n, k, ldx, ldy;
     int out_f32;
     ka_rows rows;

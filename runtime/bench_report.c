@@ -111,8 +111,7 @@ static void print_header(FILE *f, const kbench_run *r)
             fprintf(f, "  GEMM peak    not measured: cuBLASLt cannot be loaded (the message is on "
                        "stderr); the prefill and time-to-first-token ratios are n/a\n");
         if (hw->gemm_fp8_flops > 0)
-            fprintf(f, "  FP8 peak     %.1f TFLOP/s: the same in e4m3 with a scale per row of "
-                       "each operand%s\n",
+            fprintf(f, "  FP8 peak     %.1f TFLOP/s: the same in e4m3 (bf16 out)%s\n",
                     hw->gemm_fp8_flops / 1e12,
                     rm->fp8_gemm ? " (this model's prefill GEMMs are FP8: its prefill roofline)"
                                  : "");

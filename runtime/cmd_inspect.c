@@ -43,7 +43,10 @@ static void print_steps(const ka_manifest *m, const ka_step *s, int n)
     for (int i = 0; i < n; i++) {
         if (s[i].kind == KA_GEMM)
             printf("  %3d %-28s gemm%s n=%lld k=%lld%s\n", i, s[i].label,
-                   s[i].ws.kind == KA_ARG_WEIGHT ? " e4m3" : "", (long long)s[i].n,
+                   s[i].w.kind == KA_ARG_WEIGHT && m->weights[s[i].w.i].type == KA_W_E4M3
+                       ? " e4m3"
+                       : "",
+                   (long long)s[i].n,
                    (long long)s[i].k, s[i].size == KA_SIZE_LARGE ? " [rows > gemv_max]" : "");
         else if (s[i].kind == KA_ALLREDUCE || s[i].kind == KA_ALLGATHER)
             printf("  %3d %-28s %s n=%lld %s rows=%s%s\n", i, s[i].label,

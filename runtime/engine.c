@@ -1301,10 +1301,11 @@ static int run_steps(kmodel *m, kdev *d, const ka_step *steps, int n, int T, int
             (s->size == KA_SIZE_LARGE && rows <= man->gemv_max))
             continue;
         if (s->kind == KA_GEMM) {
-            if (kgemm_run(d->gemm, d->stream, m->f16, s->out_f32, rows, s->n, s->k,
+            int fp8 = s->w.kind == KA_ARG_WEIGHT && man->weights[s->w.i].type == KA_W_E4M3;
+            if (kgemm_run(d->gemm, d->stream, m->f16, s->out_f32, fp8, rows, s->n, s->k,
                           ptr_of(m, d, &s->x, logits), s->ldx, ptr_of(m, d, &s->w, logits),
                           ptr_of(m, d, &s->bias, logits), ptr_of(m, d, &s->y, logits), s->ldy,
-                          ptr_of(m, d, &s->xs, logits), ptr_of(m, d, &s->ws, logits), err))
+                          err))
                 return kerr_add(err, "in step %d (%s)", i, s->label);
             continue;
         }

@@ -185,17 +185,6 @@ static entry *plan(kgemm *g, int f16, int out_f32, int bias, int fp8, int64_t M,
         lt_fail(st, "matmul descriptor", err);
         return NULL;
     }
-    if (fp8) { /* a float scale per row of W (A's columns) and per row of X (B's columns) */
-        cublasLtMatmulMatrixScale_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
-        if ((st = lt->cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE,
-                                                     &mode, sizeof mode)) ||
-            (st = lt->cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE,
-                                                     &mode, sizeof mode))) {
-            lt_fail(st, "FP8 scale mode (outer vectors)", err);
-            lt->cublasLtMatmulDescDestroy(e->op);
-            return NULL;
-        }
-    }
     if (bias) {
         cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BIAS;
         cudaDataType bt = ct;
@@ -227,7 +216,7 @@ static entry *plan(kgemm *g, int f16, int out_f32, int bias, int fp8, int64_t M,
     if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
         kerr_add(err, "cuBLASLt has no algorithm for a %lldx%lldx%lld %s GEMM (status %d)",
                  (long long)M, (long long)N, (long long)K,
-                 fp8 ? "e4m3 (row-scaled)" : f16 ? "fp16" : "bf16", (int)st);
+                 fp8 ? "e4m3" : f16 ? "fp16" : "bf16", (int)st);
         drop(lt, e);
         return NULL;
     }
@@ -236,23 +225,13 @@ static entry *plan(kgemm *g, int f16, int out_f32, int bias, int fp8, int64_t M,
     return e;
 }
 
-int kgemm_run(kgemm *g, CUstream stream, int f16, int out_f32, int64_t M, int64_t N, int64_t K,
-              CUdeviceptr x, int64_t ldx, CUdeviceptr w, CUdeviceptr bias, CUdeviceptr y,
-              int64_t ldy, CUdeviceptr xs, CUdeviceptr ws, kerr *err)
+int kgemm_run(kgemm *g, CUstream stream, int f16, int out_f32, int fp8, int64_t M, int64_t N,
+              int64_t K, CUdeviceptr x, int64_t ldx, CUdeviceptr w, CUdeviceptr bias,
+              CUdeviceptr y, int64_t ldy, kerr *err)
 {
-    entry *e = plan(g, f16, out_f32, bias != 0, ws != 0, M, N, K, ldx, ldy, err);
+    entry *e = plan(g, f16, out_f32, bias != 0, fp8, M, N, K, ldx, ldy, err);
     if (!e)
         return -1;
-    if (ws) {
-        void *ap = (void *)(uintptr_t)ws, *bp = (void *)(uintptr_t)xs;
-        cublasStatus_t st = g->lt.cublasLtMatmulDescSetAttribute(
-            e->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &ap, sizeof ap);
-        if (!st)
-            st = g->lt.cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
-                                                      &bp, sizeof bp);
-        if (st)
-            return lt_fail(st, "FP8 scale pointers", err);
-    }
     if (bias) {
         void *bp = (void *)(uintptr_t)bias;
         cublasStatus_t st = g->lt.cublasLtMatmulDescSetAttribute(

@@ -25,10 +25,10 @@ kgemm *kgemm_new(const kcuda *cu, const char *why, kerr *err);
 int kgemm_loadable(const char *why, kerr *err);
 void kgemm_free(kgemm *g);
 /* y[M, N] = x[M, K] . w[N, K]^T (+ bias[N]), row-major, bf16/f16 (f16) in and out (or float out).
- * With ws: x and w are e4m3 and y = (x . w^T) * xs[m] * ws[n] (+ bias), float scales per row of
- * each (cuBLASLt's outer-vector scaling: FP8 tensor cores, sm_89 or newer). */
-int kgemm_run(kgemm *g, CUstream stream, int f16, int out_f32, int64_t M, int64_t N, int64_t K,
-              CUdeviceptr x, int64_t ldx, CUdeviceptr w, CUdeviceptr bias, CUdeviceptr y,
-              int64_t ldy, CUdeviceptr xs, CUdeviceptr ws, kerr *err);
+ * fp8: x and w are e4m3 (FP8 tensor cores, sm_89 or newer) and y their plain product, unscaled
+ * (the caller applies the rows' scales: templates/gemv.cuh's fp8_rescale). */
+int kgemm_run(kgemm *g, CUstream stream, int f16, int out_f32, int fp8, int64_t M, int64_t N,
+              int64_t K, CUdeviceptr x, int64_t ldx, CUdeviceptr w, CUdeviceptr bias,
+              CUdeviceptr y, int64_t ldy, kerr *err);
 
 #endif

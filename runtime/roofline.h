@@ -51,8 +51,8 @@ typedef struct kroof_hw {
     double gemm_flops;     /* FLOP/s: 2 M N K / time, bf16 in and out, fp32 accumulation; 0:
                               not measured, gemm_missing says why */
     char gemm_missing[1024]; /* kgemm_loadable's message where cuBLASLt cannot be loaded, or "" */
-    double gemm_fp8_flops; /* the same GEMM in e4m3 (row-scaled, bf16 out) on sm_89 and newer; 0:
-                              not measured (an older GPU, or no cuBLASLt) */
+    double gemm_fp8_flops; /* the same GEMM in e4m3 (bf16 out) on sm_89 and newer; 0: not
+                              measured (an older GPU, no cuBLASLt, or cuBLASLt could not) */
 } kroof_hw;
 
 /* Measures GPU 0 into *hw. Returns what must outlive the engine loaded next, or NULL with a

@@ -615,7 +615,7 @@ __device__ __forceinline__ void dequant_fp8(const kiln_step st, const unsigned c
 }
 
 // quant_fp8_rows — x [M, K] (rows of K elements) as e4m3 rows for the FP8 GEMM (cuBLASLt's,
-// runtime/gemm.c: W8A8 with a float scale per weight row and per x row): scale[m] = amax / 448
+// runtime/gemm.c: W8A8; fp8_rescale applies the two rows' scales after): scale[m] = amax / 448
 // (1 for an all-zero row), q[m, k] = e4m3(x[m, k] / scale[m]) rounded to nearest, saturating, in
 // gemv_fp8's byte order (k, k+2, k+1, k+3 in each group of four), the order of the weight's
 // bytes: the GEMM's sum over K runs over the same permutation of both, so it is the plain sum.
@@ -668,6 +668,43 @@ __device__ __forceinline__ void quant_fp8_rows(const kiln_step st, const DT *x, 
         }
         *reinterpret_cast<uint2 *>(q + 8 * c) = make_uint2(w[0], w[1]);
     }
+}
+
+// fp8_rescale — after the FP8 GEMM: d [T, N] (DD: bf16, or float where DT is f16, whose range the
+// e4m3 products outgrow) is the plain product of x's e4m3 rows and the weight's; y[t, n] =
+// d[t, n] * xs[t] * ws[n] (+ bias[n]), xs the rows' scales (quant_fp8_rows), ws the weight's. GATED:
+// the weight rows are [gate (N/2); up (N/2)] and y[t, j] = act(gate_j) * up_j, NOUT = N / 2 (the
+// act_mul of the unquantised path, folded in). Every product and sum in float, one rounding.
+// Launch rule: grid (ceil(T * NOUT / (8 * THREADS))), block THREADS: 8 outputs a thread (NOUT % 8
+// == 0).
+template <typename DT, typename DD, int N, bool BIAS, bool GATED, int ACT, int THREADS>
+__device__ __forceinline__ void fp8_rescale(const kiln_step st, const DD *d, const float *xs,
+                                            const float *ws, const DT *bias, DT *y)
+{
+    KILN_PDL_ENTER();
+    constexpr int NOUT = GATED ? N / 2 : N;
+    static_assert(NOUT % 8 == 0, "fp8_rescale: NOUT must be a multiple of 8");
+    const long long idx = ((long long)blockIdx.x * THREADS + threadIdx.x) * 8;
+    if (idx >= (long long)st.T * NOUT)
+        return;
+    const long long t = idx / NOUT;
+    const int j = (int)(idx % NOUT);
+    const float sx = xs[t];
+    float v[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        float a = to_f(d[t * N + j + i]) * sx * ws[j + i];
+        if (BIAS)
+            a += to_f(bias[j + i]);
+        if constexpr (GATED) {
+            float u = to_f(d[t * N + NOUT + j + i]) * sx * ws[NOUT + j + i];
+            if (BIAS)
+                u += to_f(bias[NOUT + j + i]);
+            a = act<ACT>(a) * u;
+        }
+        v[i] = a;
+    }
+    store8(y + idx, v);
 }
 
 } // namespace kiln

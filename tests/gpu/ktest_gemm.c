@@ -444,8 +444,8 @@ static int bench_time(kt *t, gbench *b, CUfunction f, double *ms)
             } else {
                 kerr e;
                 kerr_clear(&e);
-                if (kgemm_run(b->lt, t->stream, 0, 0, b->M, b->N, b->K, b->x, ldx, b->w, 0,
-                              b->ylt, ldy, 0, 0, &e)) {
+                if (kgemm_run(b->lt, t->stream, 0, 0, 0, b->M, b->N, b->K, b->x, ldx, b->w, 0,
+                              b->ylt, ldy, &e)) {
                     fprintf(stderr, "bench gemm: %s\n", kerr_msg(&e));
                     return -1;
                 }

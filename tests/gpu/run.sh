@@ -427,13 +427,13 @@ fi
 # token ref's. The bound is loose on purpose: e4m3 rounds each activation by up to 2^-4 (rms about
 # 3.6%), so a few percent is what W8A8 costs; a wrong byte order or scale gives about 1.
 if [ -n "$FP8Q" ] && [ -f $ART/llama/model.kiln ]; then
-  ids=$($PY tests/gpu/compare.py ids tests/fixtures/llama)
-  long=$ids,$ids,$ids,$ids,$ids
   for f in llama llama_fp8_ct llama_fp8q; do
     skip_late "$f w8a8" && continue
     [ -f $ART/$f/model.kiln ] || continue
     src=tests/fixtures/$f q=
     [ $f = llama_fp8q ] && src=tests/fixtures/llama q="--quant fp8"
+    ids=$($PY tests/gpu/compare.py ids $src)
+    long=$ids,$ids,$ids,$ids,$ids
     # shellcheck disable=SC2086
     $BIN/kilnc ref $src $q --ids $long --max-new 8 --dump $ART/$f.long.ref.st > $LOG/ref_${f}_long.log 2>&1
     if $BIN/kiln run $ART/$f --ids $long --max-new 8 --ignore-eos --dump $ART/$f.long.kiln.st > $LOG/run_${f}_long.log 2>&1; then
