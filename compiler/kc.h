@@ -39,6 +39,8 @@ typedef struct kc {
                            * used: kiln's GEMM is then templates/gemm90.cuh, lower.c) */
     int sm_fp8;           /* every --sm target is sm_89 or newer: FP8 tensor cores (lower.c runs an
                            * FP8 weight's prefill GEMM on them, cuBLASLt's W8A8) */
+    int fp8_dequant;      /* --fp8-gemm dequant: an FP8 weight's GEMM is bf16 on the weight
+                           * dequantised into scratch (weight-only numerics), never W8A8 */
     int batch_invariant;  /* --batch-invariant (implies gemm_kiln): lower.c gives every linear one
                            * kernel per schedule, whatever the rows (ka_manifest.batch_invariant) */
     int tp;               /* --tp: ranks the shard pass splits the graph for; 0 = no shard pass

@@ -733,7 +733,7 @@ static int low_linear(lw *w, int id)
     /* An FP8 weight: the GEMV reads its e4m3 bytes for steps of up to GEMV_MAX rows. Longer
      * steps run cuBLASLt's FP8 GEMM (fp8_gemm_steps: W8A8) when every target has FP8 tensor
      * cores and the weight has one scale per row. Otherwise (block scales, an sm_80 target,
-     * kiln's own GEMM) the decode schedule runs the GEMV at every batch (dequantising the whole
+     * kiln's own GEMM, --fp8-gemm dequant) the decode schedule runs the GEMV at every batch (dequantising the whole
      * model per step would cost more than the GEMV's re-reads of a weight tile from L2 by its
      * row groups) and longer prefill steps dequantise the weight into scratch for the GEMM. */
     int64_t fb = fp8_block(w, n->in[1], K), nout = gated ? N / 2 : N;
@@ -744,7 +744,7 @@ static int low_linear(lw *w, int id)
         ka_arg sc;
         wid_fp8(w, n->in[1], fb, &wt, &sc);
         ka_step s = gemv_step(w, n, x, wt, sc, fb, bias, y, N, K, gated, n->epi_act, 0, KA_ROWS_T);
-        if (fb == 0 && w->c->sm_fp8 && !w->c->gemm_kiln && nout % 8 == 0) {
+        if (fb == 0 && w->c->sm_fp8 && !w->c->gemm_kiln && !w->c->fp8_dequant && nout % 8 == 0) {
             push_sized(w, BOTH, &s);
             fp8_gemm_steps(w, n, x, wt, sc, bias, y, N, K, gated ? n->epi_act : -1);
             return 0;

@@ -61,6 +61,7 @@ typedef struct opts {
     /* compile */
     const char *out, *sm, *dtype;
     int gemm_kiln; /* --gemm kiln */
+    int fp8_dequant; /* --fp8-gemm dequant */
     int gemm_cublaslt; /* --gemm cublaslt given (refused with --standalone, --batch-invariant) */
     int batch_invariant; /* --batch-invariant */
     int standalone, embed_weights; /* --standalone, --embed-weights */
@@ -131,6 +132,13 @@ static int parse_opts(const char *prog, int argc, char **argv, opts *o, int allo
             o->embed_weights = 1;
         else if (allow_dump == 3 && strcmp(a, "--batch-invariant") == 0)
             o->batch_invariant = 1;
+        else if (allow_dump == 3 && TAKE("--fp8-gemm") && !missing) {
+            if (strcmp(val, "w8a8") && strcmp(val, "dequant"))
+                return util_usage_error(prog, "--fp8-gemm: '%s' is not a mode (expected w8a8 or "
+                                              "dequant)",
+                                        val);
+            o->fp8_dequant = !strcmp(val, "dequant");
+        }
         else if (allow_dump == 3 && TAKE("--gemm") && !missing) {
             if (strcmp(val, "kiln") && strcmp(val, "cublaslt"))
                 return util_usage_error(prog, "--gemm: '%s' is not a GEMM (expected kiln or "
@@ -192,7 +200,7 @@ static kc_opts kopts(const opts *o, int need_weights)
                  .strict = o->strict, .allow_nonfinite = o->allow_nonfinite,
                  .need_weights = need_weights, .ovr = &o->ovr, .tp = o->tp,
                  .quant_fp8 = o->quant_fp8, .gemm_kiln = o->gemm_kiln,
-                 .batch_invariant = o->batch_invariant};
+                 .fp8_dequant = o->fp8_dequant, .batch_invariant = o->batch_invariant};
     return k;
 }
 
@@ -828,6 +836,15 @@ static int cmd_compile(int argc, char **argv)
                 "                     into the artifact like every other kernel (the GPU machine\n"
                 "                     then needs no cuBLASLt; one tile shape at every row count;\n"
                 "                     with --sm 90a alone, Hopper's wgmma kernel, else mma.sync)\n"
+                "  --fp8-gemm w8a8|dequant\n"
+                "                     FP8 weights (a published FP8 checkpoint, --quant fp8) in\n"
+                "                     steps of more than 8 rows: w8a8 (default) quantises the\n"
+                "                     activations per token to e4m3 and runs the FP8 tensor cores\n"
+                "                     (when every --sm target is sm_89 or newer and the scales are\n"
+                "                     per row; else dequant); dequant turns the weight into bf16\n"
+                "                     in scratch for a bf16 GEMM: slower, but weight-only (the\n"
+                "                     numbers of kilnc ref). Steps of up to 8 rows always read the\n"
+                "                     FP8 weight with bf16 activations\n"
                 "  --standalone       also write OUT_DIR/NAME (NAME: MODEL_DIR's name), one "
                 "executable:\n"
                 "                     the runtime (kiln-standalone, beside kilnc) with model.kiln "

@@ -1,8 +1,9 @@
 #!/bin/bash
 # tests/gpu/quant.sh — what quantisation costs in quality, on the GPU machine (issue 17 item 5):
 # the perplexity of a model compiled in bf16 and with --quant fp8 (weights e4m3 with a scale per
-# row; prefill W8A8 on the FP8 tensor cores, decode GEMV on the e4m3 bytes), on the same text, and
-# the relative difference. Prints a table last.
+# row; decode GEMV on the e4m3 bytes), the latter twice: W8A8 steps on the FP8 tensor cores
+# (--fp8-gemm w8a8, the default) and weight-only (--fp8-gemm dequant), on the same text, and the
+# relative differences. Prints a table last.
 #
 #   QUANT_MODELS="examples/tinyfortune"  QUANT_TEXT=FILE  tests/gpu/quant.sh
 #
@@ -10,7 +11,8 @@
 # synthesised (/tmp/kiln-bench/hf-8b) when it is there: random weights, so only the difference
 # means anything. Text: QUANT_TEXT, default the last 60,000 bytes of the example model's training
 # corpus (examples/train/corpus.txt.gz: the model has seen it; the difference is what is measured).
-# Every run: --window 512 --stride 256, at most QUANT_MAX_TOKENS (default 20000) tokens.
+# Every run: --window QUANT_WINDOW (default 256: the example model was trained on 256-token
+# sequences and diverges past them) --stride half of it, at most QUANT_MAX_TOKENS (default 30000).
 # Output in $OUT (or /tmp/kiln-quant/out): quant.txt (the table) and quant-logs.tgz.
 set -u
 cd "$(dirname "$0")/../.." || exit 1
@@ -26,17 +28,18 @@ TEXT=${QUANT_TEXT:-$W/text.txt}
 [ -n "${QUANT_TEXT:-}" ] || zcat examples/train/corpus.txt.gz | tail -c 60000 > "$TEXT"
 MODELS=${QUANT_MODELS:-examples/tinyfortune}
 [ -f /tmp/kiln-bench/hf-8b/config.json ] && MODELS="$MODELS /tmp/kiln-bench/hf-8b"
-PPL="--text $TEXT --window 512 --stride 256 --max-tokens ${QUANT_MAX_TOKENS:-20000}"
+WIN=${QUANT_WINDOW:-256}
+PPL="--text $TEXT --window $WIN --stride $((WIN / 2)) --max-tokens ${QUANT_MAX_TOKENS:-30000}"
 fail=0
 table=$W/table.txt
-echo "| model | bf16 | --quant fp8 | difference |" > $table
+echo "| model | bf16 | --quant fp8 (W8A8 GEMMs) | --quant fp8 --fp8-gemm dequant (weight-only) |" > $table
 echo "|---|---|---|---|" >> $table
 for M in $MODELS; do
   name=$(basename "$M")
-  for v in bf16 fp8; do
-    opt=; [ $v = fp8 ] && opt="--quant fp8"
+  for v in bf16 fp8 fp8dq; do
+    opt=; [ $v = fp8 ] && opt="--quant fp8"; [ $v = fp8dq ] && opt="--quant fp8 --fp8-gemm dequant"
     # shellcheck disable=SC2086
-    if ! $BIN/kilnc compile "$M" -o $W/$name-$v --sm $SM --max-batch 8 --max-seq-len 512 $opt \
+    if ! $BIN/kilnc compile "$M" -o $W/$name-$v --sm $SM --max-batch 8 --max-seq-len $WIN $opt \
          > $LOG/compile-$name-$v.log 2>&1; then
       echo "quant.sh: $name $v: compile FAILED: $(grep -m1 error $LOG/compile-$name-$v.log)"; fail=1; continue
     fi
@@ -46,21 +49,22 @@ for M in $MODELS; do
     fi
     cat $LOG/ppl-$name-$v.txt
   done
-  python3 - "$name" $LOG/ppl-$name-bf16.json $LOG/ppl-$name-fp8.json >> $table <<'EOF'
+  python3 - "$name" $LOG/ppl-$name-bf16.json $LOG/ppl-$name-fp8.json $LOG/ppl-$name-fp8dq.json >> $table <<'EOF'
 import json, sys
-name, a, b = sys.argv[1:4]
+name, a, b, c = sys.argv[1:5]
 try:
-    x, y = json.load(open(a)), json.load(open(b))
+    x, y, z = (json.load(open(p)) for p in (a, b, c))
 except (OSError, ValueError) as e:
     print(f"| {name} | failed: {e} | | |")
     sys.exit(0)
-d = (y["perplexity"] / x["perplexity"] - 1) * 100
-print(f"| {name} ({x['tokens_scored']} tokens scored) | {x['perplexity']:.4f} | {y['perplexity']:.4f} | {d:+.2f}% |")
+def d(v):
+    return f"{v['perplexity']:.4f} ({(v['perplexity'] / x['perplexity'] - 1) * 100:+.2f}%)"
+print(f"| {name} ({x['tokens_scored']} tokens scored) | {x['perplexity']:.4f} | {d(y)} | {d(z)} |")
 EOF
 done
-rm -rf $W/*-bf16 $W/*-fp8
+rm -rf $W/*-bf16 $W/*-fp8 $W/*-fp8dq
 echo
-echo "== quant.sh: perplexity, bf16 against --quant fp8 ($(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), kiln $($BIN/kiln --version))"
+echo "== quant.sh: perplexity at window $WIN, bf16 against --quant fp8 ($(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), kiln $($BIN/kiln --version))"
 cat $table | tee "$OUT/quant.txt"
 tar czf "$OUT/quant-logs.tgz" -C $W logs 2>/dev/null
 exit $fail
