@@ -142,10 +142,22 @@ int cmd_inspect(int argc, char **argv)
         printf("rope         longrope: a sequence longer than %d tokens uses the long factors "
                "(recomputed when it grows past them)\n",
                m->rope_switch);
+    int fp8 = 0, w8a8 = 0;
+    for (int i = 0; i < m->nweights; i++)
+        fp8 += m->weights[i].type == KA_W_E4M3;
+    for (int i = 0; i < m->nprefill; i++)
+        w8a8 |= m->prefill[i].kind == KA_GEMM && m->prefill[i].w.kind == KA_ARG_WEIGHT &&
+                m->weights[m->prefill[i].w.i].type == KA_W_E4M3;
     printf("memory       slab %lld B, scratch %lld B, weights %s in %d tensors%s\n",
            (long long)m->slab_bytes, (long long)m->scratch_bytes,
            util_human_bytes((double)wbytes, wb, sizeof wb), m->nweights,
            m->tp > 1 ? " per rank" : "");
+    if (fp8)
+        printf("fp8          %d linear weights in e4m3 with float scales; steps of more than %d "
+               "rows %s\n",
+               fp8, m->gemv_max,
+               w8a8 ? "run W8A8 on the FP8 tensor cores (kilnc compile --fp8-gemm w8a8)"
+                    : "dequantise them into bf16 for the GEMM (weight-only)");
     printf("gemm         %s: %d cuBLASLt steps%s\n",
            m->gemm_kiln ? "kiln (kilnc compile --gemm kiln)" : "cublaslt", m->cublaslt_steps,
            m->cublaslt_steps ? " (kiln loads libcublasLt)" : " (no cuBLASLt needed)");
