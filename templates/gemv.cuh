@@ -333,6 +333,55 @@ __device__ __forceinline__ void fp8x16(const uint4 &v, uint4 &c0, uint4 &c1)
     fp8x4<DT>(v.w, c1.z, c1.w);
 }
 
+// One step's loads, all before any math: for each of the U groups of step c0 (16-byte chunks
+// c0 + 4u + t of every row), the lane's chunk of weight rows a and b (16 bytes: 8 DT elements of
+// gemv's weight, 16 e4m3 of gemv_fp8's) and of x rows xr[j] (XH 16-byte loads of 8 DT elements:
+// the chunk's elements), zero for the column tiles j with no row of x (8j >= M). wa, wb, xr point
+// at the lane's chunk of step 0 (offset t). In the last step of a K that ends inside it, chunks
+// past K (c >= KC) load the row's last chunk (valid memory, whatever the compiler hoists) and are
+// replaced by zeros, in w and in x.
+template <typename DT, int U, int NT, int XH, int KC>
+__device__ __forceinline__ void step_loads(const unsigned char *wa, const unsigned char *wb,
+                                           const DT *const xr[NT], int c0, int t, int M,
+                                           uint4 va[U], uint4 vb[U], uint4 vx[U][XH][NT])
+{
+    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+    if (c0 + 4 * U <= KC) {
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            va[u] = ld_stream(wa + (c0 + 4 * u) * 16);
+            vb[u] = ld_stream(wb + (c0 + 4 * u) * 16);
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int j = 0; j < NT; j++)
+#pragma unroll
+                for (int h = 0; h < XH; h++)
+                    vx[u][h][j] = 8 * j < M ? *reinterpret_cast<const uint4 *>(
+                                                  xr[j] + (c0 + 4 * u) * 8 * XH + 8 * h)
+                                            : zero;
+        return;
+    }
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        const int c = c0 + 4 * u + t;
+        const bool in = c < KC;
+        const int off = (in ? c : KC - 1) - t; // chunks from the lane's first
+        va[u] = ld_stream(wa + off * 16);
+        vb[u] = ld_stream(wb + off * 16);
+        if (!in)
+            va[u] = vb[u] = zero;
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int h = 0; h < XH; h++)
+                vx[u][h][j] = in && 8 * j < M
+                                  ? *reinterpret_cast<const uint4 *>(xr[j] + off * 8 * XH + 8 * h)
+                                  : zero;
+    }
+}
+
 } // namespace gemv_detail
 
 template <typename DT, int N, int K, int MMAX, bool BIAS, bool GATED, int ACT, bool OUT_F32,
@@ -384,40 +433,10 @@ __device__ __forceinline__ void gemv(const kiln_step st, const DT *x, const DT *
     // lane's is 16s + 4u + t. Warp `warp` takes steps warp, warp + WARPS, ...
 #pragma unroll 1
     for (int s = warp; s < STEPS; s += WARPS) {
-        const int c0 = s * 4 * U;
-        uint4 va[U], vb[U], vx[U][NT];
-        const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
-        if (c0 + 4 * U <= KC) { // a whole step: all loads first
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                va[u] = gemv_detail::ld_stream(wa + (c0 + 4 * u) * 8);
-                vb[u] = gemv_detail::ld_stream(wb + (c0 + 4 * u) * 8);
-            }
-#pragma unroll
-            for (int u = 0; u < U; u++)
-#pragma unroll
-                for (int j = 0; j < NT; j++)
-                    vx[u][j] = 8 * j < M
-                                   ? *reinterpret_cast<const uint4 *>(xr[j] + (c0 + 4 * u) * 8)
-                                   : zero;
-        } else { // the last step of a K that is not a multiple of 128: zeros past K, in w and x
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                // chunks past K load the row's last chunk (valid memory, whatever the compiler
-                // hoists) and are replaced by zeros
-                const int c = c0 + 4 * u + t;
-                const bool in = c < KC;
-                const int off = ((in ? c : KC - 1) - t) * 8;
-                va[u] = gemv_detail::ld_stream(wa + off);
-                vb[u] = gemv_detail::ld_stream(wb + off);
-                if (!in)
-                    va[u] = vb[u] = zero;
-#pragma unroll
-                for (int j = 0; j < NT; j++)
-                    vx[u][j] = in && 8 * j < M ? *reinterpret_cast<const uint4 *>(xr[j] + off)
-                                               : zero;
-            }
-        }
+        uint4 va[U], vb[U], vx[U][1][NT];
+        gemv_detail::step_loads<DT, U, NT, 1, KC>(
+            reinterpret_cast<const unsigned char *>(wa), reinterpret_cast<const unsigned char *>(wb),
+            xr, s * 4 * U, t, M, va, vb, vx);
         // One chain of 2U mma per step from zero, then a float add (see the top of the file).
         float d[NT][4];
 #pragma unroll
@@ -427,7 +446,7 @@ __device__ __forceinline__ void gemv(const kiln_step st, const DT *x, const DT *
                 d[j][i] = 0.f;
 #pragma unroll
         for (int u = 0; u < U; u++)
-            gemv_detail::mma_group<DT, NT>(d, va[u], vb[u], vx[u], M);
+            gemv_detail::mma_group<DT, NT>(d, va[u], vb[u], vx[u][0], M);
 #pragma unroll
         for (int j = 0; j < NT; j++)
 #pragma unroll
@@ -508,41 +527,7 @@ __device__ __forceinline__ void gemv_fp8(const kiln_step st, const DT *x, const 
     for (int s = warp; s < STEPS; s += WARPS) {
         const int c0 = s * 4 * U;
         uint4 va[U], vb[U], vx[U][2][NT];
-        const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
-        if (c0 + 4 * U <= KC) {
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                va[u] = gemv_detail::ld_stream(wa + (c0 + 4 * u) * 16);
-                vb[u] = gemv_detail::ld_stream(wb + (c0 + 4 * u) * 16);
-            }
-#pragma unroll
-            for (int u = 0; u < U; u++)
-#pragma unroll
-                for (int j = 0; j < NT; j++)
-#pragma unroll
-                    for (int h = 0; h < 2; h++)
-                        vx[u][h][j] = 8 * j < M ? *reinterpret_cast<const uint4 *>(
-                                                      xr[j] + (c0 + 4 * u) * 16 + 8 * h)
-                                                : zero;
-        } else { // the last step of a K that is not a multiple of 256: zeros past K
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                const int c = c0 + 4 * u + t;
-                const bool in = c < KC;
-                const int off = ((in ? c : KC - 1) - t) * 16;
-                va[u] = gemv_detail::ld_stream(wa + off);
-                vb[u] = gemv_detail::ld_stream(wb + off);
-                if (!in)
-                    va[u] = vb[u] = zero;
-#pragma unroll
-                for (int j = 0; j < NT; j++)
-#pragma unroll
-                    for (int h = 0; h < 2; h++)
-                        vx[u][h][j] = in && 8 * j < M
-                                          ? *reinterpret_cast<const uint4 *>(xr[j] + off + 8 * h)
-                                          : zero;
-            }
-        }
+        gemv_detail::step_loads<DT, U, NT, 2, KC>(wa, wb, xr, c0, t, M, va, vb, vx);
 #pragma unroll
         for (int u = 0; u < U; u++) {
             uint4 a0, a1, b0, b1;
