@@ -333,13 +333,59 @@ __device__ __forceinline__ void fp8x16(const uint4 &v, uint4 &c0, uint4 &c1)
     fp8x4<DT>(v.w, c1.z, c1.w);
 }
 
+// Eight INT4 elements of gemv_int4's layout (one 32-bit word: element 2j is nibble j, element
+// 2j + 1 nibble j + 4, j = 0..3) as an 8-element chunk of DT pairs in natural order (c.x:
+// elements 0, 1; c.y: 2, 3; ...), each (q - z) * s with one rounding. Pair j is built as the DT
+// numbers B + q (the nibbles put in the mantissa of B: bf16 0x4300 = 128, f16 0x6400 = 1024, whose
+// ulp is 1), then (B + q) - (B + z) (an integer in [-16, 15]: exact) by an fma with -1, then times
+// s by an fma with a -0 addend (one rounding, and the sign of a zero product kept). sz.x is the
+// pair (s, s), sz.y the pair (B + z, B + z). fma.rn.bf16x2 and .f16x2 exist on sm_80 (sub.bf16x2
+// and mul.bf16x2 only on sm_90) and keep subnormals.
+template <typename DT>
+struct int4_pairs;
+template <>
+struct int4_pairs<bf16> {
+    static constexpr unsigned MAGIC = 0x43004300u; // (128, 128)
+    static constexpr unsigned NEG1 = 0xBF80BF80u;  // (-1, -1)
+    static __device__ __forceinline__ unsigned fma(unsigned a, unsigned b, unsigned c)
+    {
+        unsigned d;
+        asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+        return d;
+    }
+};
+template <>
+struct int4_pairs<f16> {
+    static constexpr unsigned MAGIC = 0x64006400u; // (1024, 1024)
+    static constexpr unsigned NEG1 = 0xBC00BC00u;  // (-1, -1)
+    static __device__ __forceinline__ unsigned fma(unsigned a, unsigned b, unsigned c)
+    {
+        unsigned d;
+        asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+        return d;
+    }
+};
+
+template <typename DT>
+__device__ __forceinline__ uint4 int4x8(unsigned q, const uint2 &sz)
+{
+    using P = int4_pairs<DT>;
+    unsigned c[4];
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        const unsigned bq = ((q >> 4 * j) & 0x000F000Fu) | P::MAGIC; // (B + q_2j, B + q_2j+1)
+        c[j] = P::fma(P::fma(sz.y, P::NEG1, bq), sz.x, 0x80008000u);
+    }
+    return make_uint4(c[0], c[1], c[2], c[3]);
+}
+
 // One step's loads, all before any math: for each of the U groups of step c0 (16-byte chunks
 // c0 + 4u + t of every row), the lane's chunk of weight rows a and b (16 bytes: 8 DT elements of
-// gemv's weight, 16 e4m3 of gemv_fp8's) and of x rows xr[j] (XH 16-byte loads of 8 DT elements:
-// the chunk's elements), zero for the column tiles j with no row of x (8j >= M). wa, wb, xr point
-// at the lane's chunk of step 0 (offset t). In the last step of a K that ends inside it, chunks
-// past K (c >= KC) load the row's last chunk (valid memory, whatever the compiler hoists) and are
-// replaced by zeros, in w and in x.
+// gemv's weight, 16 e4m3 of gemv_fp8's, 32 INT4 of gemv_int4's) and of x rows xr[j] (XH 16-byte
+// loads of 8 DT elements: the chunk's elements), zero for the column tiles j with no row of x
+// (8j >= M). wa, wb, xr point at the lane's chunk of step 0 (offset t). In the last step of a K
+// that ends inside it, chunks past K (c >= KC) load the row's last chunk (valid memory, whatever
+// the compiler hoists) and are replaced by zeros, in w and in x.
 template <typename DT, int U, int NT, int XH, int KC>
 __device__ __forceinline__ void step_loads(const unsigned char *wa, const unsigned char *wb,
                                            const DT *const xr[NT], int c0, int t, int M,
@@ -597,6 +643,144 @@ __device__ __forceinline__ void dequant_fp8(const kiln_step st, const unsigned c
         }
         store8(out + n * K + k + 8 * i, f);
     }
+}
+
+// gemv_int4 — the same GEMV with an INT4 weight (weight-only, asymmetric, a scale and a zero point
+// per group of G columns of a row): y[m, n] = x[m] · w[n] (+ bias[n]), activations and output in
+// DT. Grid, block, row groups, split-K order, batch invariance and epilogue are gemv's (tile_rows,
+// finish without a row scale). The weight's layout (the packer writes exactly this):
+//   - w: [N, K/2] bytes. Each aligned group of 8 elements k..k+7 of a row is one little-endian
+//     32-bit word in which element k+2j is nibble j (bits 4j..4j+3) and element k+2j+1 is nibble
+//     j+4 (bits 16+4j..16+4j+3), j = 0..3; nibbles are unsigned q in [0, 15];
+//   - sz: [N, K/G] uint2, one per (row, group of G consecutive columns): .x = the group's scale s
+//     as a pair of DT (both halves s), .y = (B + z) as a pair of DT, B = 128 for bf16, 1024 for
+//     f16, z the zero point, an integer in [0, 16];
+//   - the weight's value: w[n, k] = DT((q - z) * s), one rounding (gemv_detail::int4x8: the
+//     difference is exact, the product rounded once to DT, in registers; dequant_int4 gives the
+//     same bits).
+// What differs from gemv: a lane's 16-byte load is 32 elements (4 words: 4 chunks of 8) of rows g
+// and g+8, and four 16-byte loads of its x row (step_loads with XH = 4); a step is U = 4 groups
+// (512 elements: 256 bytes of each of 16 rows, gemv's bytes in flight), and each 16-byte chunk is
+// one chain of 8 mma (4 chunks x 2) from zero added to the float accumulators. The 32 elements of
+// a lane's load lie in one group (G % 32 == 0), whose sz entry it loads with them.
+// Preconditions: K % 32 == 0, G % 32 == 0, K % G == 0 (G == K: one group per row); x, w
+// 16-byte aligned, sz 8-byte aligned. Launch rule: gemv's.
+template <typename DT, int N, int K, int MMAX, bool BIAS, bool GATED, int ACT, bool OUT_F32,
+          int THREADS, int G>
+__device__ __forceinline__ void gemv_int4(const kiln_step st, const DT *x, const unsigned char *w,
+                                          const uint2 *sz, const DT *bias, void *y, int M)
+{
+    KILN_PDL_ENTER();
+    static_assert(K % 32 == 0, "gemv_int4: K must be a multiple of 32");
+    static_assert(G > 0 && G % 32 == 0 && K % G == 0,
+                  "gemv_int4: G must be a multiple of 32 that divides K");
+    static_assert(N >= 1 && (!GATED || N % 2 == 0), "gemv_int4: GATED needs an even N");
+    static_assert(MMAX >= 1 && MMAX <= 16, "gemv_int4: MMAX is 1..16");
+    static_assert(THREADS % 32 == 0 && THREADS >= 32 && THREADS <= 512,
+                  "gemv_int4: THREADS must be a multiple of 32, at most 512");
+    (void)st;
+    constexpr int KG = K / G; // groups per row
+    constexpr int NOUT = GATED ? N / 2 : N;
+    constexpr int OPB = GATED ? 8 : 16;
+    constexpr int NT = (MMAX + 7) / 8;
+    constexpr int WARPS = THREADS / 32;
+    constexpr int U = 4;       // 128-element groups per step
+    constexpr int KC = K / 32; // 16-byte chunks per row
+    constexpr int STEPS = (KC + 4 * U - 1) / (4 * U);
+    static_assert((NOUT + OPB - 1) / OPB <= 65535, "gemv_int4: more tiles than grid y allows");
+    const long long row0 = (long long)blockIdx.x * MMAX;
+    if (M - row0 < 1)
+        return;
+    M = M - row0 > MMAX ? MMAX : (int)(M - row0);
+    x += row0 * K;
+    const long long tile = blockIdx.y;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, g = lane >> 2, t = lane & 3;
+
+    long long ra, rb;
+    gemv_detail::tile_rows<N, GATED>(tile, g, ra, rb);
+    const unsigned char *wa = w + ra * (K / 2) + 16 * t, *wb = w + rb * (K / 2) + 16 * t;
+    const uint2 *sza = sz + ra * KG, *szb = sz + rb * KG;
+    const DT *xr[NT];
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+        const int m = 8 * j + g < M ? 8 * j + g : M - 1;
+        xr[j] = x + (long long)m * K + 32 * t;
+    }
+
+    float acc[NT][4];
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            acc[j][i] = 0.f;
+    // Step s covers chunks [16s, 16s + 16) of every row: group u is chunks 16s + 4u + 0..3 (128
+    // elements), the lane's is 16s + 4u + t.
+#pragma unroll 1
+    for (int s = warp; s < STEPS; s += WARPS) {
+        const int c0 = s * 4 * U;
+        uint2 sa[U], sb[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int kg = (c0 + 4 * u + t) * 32 / G; // past K: its chunk and x are zeros
+            sa[u] = sza[kg < KG ? kg : KG - 1];
+            sb[u] = szb[kg < KG ? kg : KG - 1];
+        }
+        uint4 va[U], vb[U], vx[U][4][NT];
+        gemv_detail::step_loads<DT, U, NT, 4, KC>(wa, wb, xr, c0, t, M, va, vb, vx);
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const unsigned qa[4] = {va[u].x, va[u].y, va[u].z, va[u].w};
+            const unsigned qb[4] = {vb[u].x, vb[u].y, vb[u].z, vb[u].w};
+            float d[NT][4];
+#pragma unroll
+            for (int j = 0; j < NT; j++)
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+                    d[j][i] = 0.f;
+#pragma unroll
+            for (int h = 0; h < 4; h++)
+                gemv_detail::mma_group<DT, NT>(d, gemv_detail::int4x8<DT>(qa[h], sa[u]),
+                                               gemv_detail::int4x8<DT>(qb[h], sb[u]), vx[u][h], M);
+#pragma unroll
+            for (int j = 0; j < NT; j++)
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+                    acc[j][i] += d[j][i];
+        }
+    }
+    gemv_detail::finish<DT, N, MMAX, BIAS, GATED, ACT, OUT_F32, THREADS>(acc, nullptr, bias, y,
+                                                                        row0, tile, M);
+}
+
+// dequant_int4 — gemv_int4's weight (w [N, K/2] bytes and sz [N, K/G] in its layout) as a DT
+// [N, K] matrix in natural order: out[n, k] = DT((q - z) * s), bit for bit the values the GEMV
+// multiplies (gemv_detail::int4x8). For a GEMM of more rows than the GEMV takes, into scratch.
+// Launch rule: grid (ceil(N * K / 32 / THREADS)), block THREADS; a thread converts one 16-byte
+// chunk (32 elements, 64 bytes of out). Preconditions: gemv_int4's on K and G; w and out 16-byte
+// aligned.
+template <typename DT, int N, int K, int G, int THREADS>
+__device__ __forceinline__ void dequant_int4(const kiln_step st, const unsigned char *w,
+                                             const uint2 *sz, DT *out)
+{
+    KILN_PDL_ENTER();
+    static_assert(K % 32 == 0, "dequant_int4: K must be a multiple of 32");
+    static_assert(G > 0 && G % 32 == 0 && K % G == 0,
+                  "dequant_int4: G must be a multiple of 32 that divides K");
+    static_assert(THREADS % 32 == 0 && THREADS >= 32 && THREADS <= 1024,
+                  "dequant_int4: THREADS must be a multiple of 32, at most 1024");
+    (void)st;
+    const long long c = (long long)blockIdx.x * THREADS + threadIdx.x;
+    if (c >= (long long)N * (K / 32))
+        return;
+    const long long n = c / (K / 32);
+    const int k = (int)(c % (K / 32)) * 32;
+    const uint2 s = sz[n * (K / G) + k / G];
+    const uint4 q = gemv_detail::ld_stream(w + c * 16);
+    const unsigned qw[4] = {q.x, q.y, q.z, q.w};
+    uint4 *o = reinterpret_cast<uint4 *>(out + n * K + k);
+#pragma unroll
+    for (int h = 0; h < 4; h++)
+        o[h] = gemv_detail::int4x8<DT>(qw[h], s);
 }
 
 // quant_fp8_rows — x [M, K] (rows of K elements) as e4m3 rows for the FP8 GEMM (cuBLASLt's,

@@ -1,6 +1,7 @@
 /* ktest_gemv — kernel tests of templates/gemv.cuh (see ktest.h) against a CPU reference, and
  * `kiln-ktest --bench gemv`: the weight bandwidth of the GEMV on the Llama-3 8B and 1B shapes,
- * with a 16-bit weight and with an FP8 one (gemv_fp8, weight + scale bytes).
+ * with a 16-bit weight, an FP8 one (gemv_fp8, weight + scale bytes) and an INT4 one (gemv_int4,
+ * G = 128, weight + sz bytes).
  *
  * gemv (16-bit weight). Inputs are drawn in float and rounded through the storage type (bf16,
  * or f16 in some cases), so the reference (double accumulation) sees exactly the kernel's
@@ -24,7 +25,19 @@
  * sum_k x[m, k] * e4m3(q[n, k]) * scale[n, k / SBC] in double (each K block's sum of exact
  * products times its scale), plus the bias.
  *
- * Tolerances (relative L2 over the whole output), the same for both kernels:
+ * gemv_int4 (nibbles, and per group of G columns of a row a DT scale s and a zero point z, in
+ * the kernel's layout; templates/gemv.cuh): nibbles uniform over 0..15, zero points uniform over
+ * 0..16, scales s * U[0.5, 1) rounded to DT for s = 0.25/sqrt(K) (outputs of rms ~0.7), 1e-3,
+ * 1e-6 (f16: subnormal scales and weights) and 1e3 (bf16 or float output only); G = 32, 128 and
+ * K; every M of 1..8 and 9..16, gated and not, bias, float output, bf16 and f16, N not a
+ * multiple of the tile, K = 32, 64, 96 (shorter than one 512-element step), 640 and 4224 (a
+ * partial step), 4096, 8192 and 14336, split-K over 1 to 16 warps. The reference sums x times
+ * the weight values the kernel builds, computed on the CPU as DT((q - z) * s) (the product of
+ * an integer of at most 5 bits and a DT value is exact in float, so util_f32_to_bf16/f16 is
+ * the one rounding, as in the kernel). The block is lower_gemv_threads with its fp8 flag (steps
+ * of 256 elements) until lower.c's rule takes gemv_int4's 512-element step.
+ *
+ * Tolerances (relative L2 over the whole output), the same for all three kernels:
  *   - stored in bf16: 1e-2. One rounding of the output is a relative error of at most 2^-9
  *     (rms about 2^-9/sqrt(3) = 1.1e-3); the float accumulation adds ~1e-7. 1e-2 is ~9x the
  *     expected error and far below what an indexing bug gives (~1).
@@ -32,8 +45,9 @@
  *   - stored in float (OUT_F32, the logits): 1e-5. The products of two 16-bit values are exact
  *     in float (8 + 8 or 11 + 11 significant bits), and so are those of a 16-bit x and an e4m3
  *     weight (8 + 4 or 11 + 4 bits: gemv_fp8 turns each byte into the DT number of the same
- *     value, exactly), so the error is the summation's: inside one step (gemv: 128 elements,
- *     at most 8 chained mma; gemv_fp8: one 64-element group, 4 chained mma) the tensor cores
+ *     value, exactly) or of a 16-bit x and gemv_int4's DT weight, so the error is the
+ *     summation's: inside one step (gemv: 128 elements, at most 8 chained mma; gemv_fp8: one
+ *     64-element group, 4 chained mma; gemv_int4: one 128-element group, 8) the tensor cores
  *     add with truncation (each a relative error of ~2^-23 of that chain's partial sum), then
  *     the chains (gemv_fp8 with block scales: each times its scale, one float rounding), the
  *     steps and the warps' partials are added in float with rounding, and gemv_fp8 with a scale
@@ -48,7 +62,7 @@
  * gemv_groups checks the row groups (M > MMAX, kilnc --batch-invariant's decode GEMV): at M = 1,
  * 7, 8, 9, 17, 64 and 200 every row equals, bit for bit, the same row launched alone (M = 1 on
  * that row's x and y), nothing past row M is written, and the rows match the reference. Both
- * run for gemv and gemv_fp8.
+ * run for gemv, gemv_fp8 and gemv_int4.
  * gemv_fp8/exact proves the byte conversion bit for bit, subnormals included: float output, x
  * rows one-hot (row m = e_k for 16 chosen k covering every k mod 4, every K block and the last
  * partial step), and every weight column k holding all 254 non-NaN byte values down its rows
@@ -57,6 +71,12 @@
  * rounding), so it must equal fp8_e4m3_to_f32(q) * scale computed in float, for power-of-two
  * scales and for others; zeros compare equal whatever their sign (the kernel's sums start at
  * +0, and +0 + -0 = +0).
+ * gemv_int4/exact does the same for the INT4 conversion: x rows one-hot at 16 columns covering
+ * every k mod 8, every group of 128 and the last, partial step of K = 640; column k holds q =
+ * (n + 7k) % 16 at row n (every nibble value, neighbours differ), row n's zero point in group b
+ * is (3n + b) % 17 (every z), so each output must equal the CPU's DT((q - z) * s) bit for bit,
+ * for power-of-two scales (exact products) and others (rounded products), G = 32, 128 and K.
+ * dequant_int4 is checked bit for bit against those values and for nothing written past N * K.
  * dequant_fp8 is checked bit for bit against util_f32_to_bf16 / util_f32_to_f16 (both round to
  * nearest even, as the device conversions do) of fp8_e4m3_to_f32(q) * scale in float, and for
  * nothing written past N * K elements.
@@ -96,7 +116,9 @@ typedef struct gcase {
     int f16;     /* storage type f16 instead of bf16 */
     int sbc;     /* 0: gemv; else gemv_fp8 with this SBC (K: a scale per row) */
     float wsc;   /* gemv_fp8: 0 quantises U[-1, 1) * 2/sqrt(K) (scales absmax/448); else uniform
-                  * non-NaN bytes with scales ~ wsc * U[0.5, 1) */
+                  * non-NaN bytes with scales ~ wsc * U[0.5, 1). gemv_int4: scales ~ wsc *
+                  * U[0.5, 1), or 0.25/sqrt(K) * U[0.5, 1) for wsc 0 */
+    int g4;      /* 0: gemv or gemv_fp8; else gemv_int4 with G = g4 (K: one group per row) */
 } gcase;
 
 /* Rounds through the storage type and returns the 16-bit copy to upload. */
@@ -113,9 +135,10 @@ static uint16_t *to_dt(float *x, size_t n, int f16)
 /* A weight on the host (the values the kernel multiplies) and on the device. */
 typedef struct gweights {
     int N, K, sbc, kb; /* sbc 0: a 16-bit weight (gemv); else gemv_fp8's, kb scales per row */
-    float *w;          /* [N, K] the elements' values: bf16/f16, or e4m3 */
+    int g4;            /* gemv_int4's group G (sbc 0), else 0 */
+    float *w;          /* [N, K] the elements' values: bf16/f16, e4m3, or INT4's DT((q - z) * s) */
     float *scale;      /* [N, kb] gemv_fp8's scales, else NULL */
-    CUdeviceptr dw, ds;
+    CUdeviceptr dw, ds; /* ds: gemv_fp8's scales or gemv_int4's sz */
 } gweights;
 
 /* A byte drawn uniformly over the 254 non-NaN e4m3 values (all but 0x7f and 0xff). */
@@ -147,16 +170,87 @@ static void fp8_upload(kt *t, gweights *g, const uint8_t *q)
     free(p);
 }
 
+/* A 16-bit DT number to float. */
+static float dt_f32(uint16_t h, int f16) { return f16 ? util_f16_to_f32(h) : util_bf16_to_f32(h); }
+
+/* gemv_int4's weight value DT((q - z) * s), s the DT scale's bits: (q - z) * s is exact in float
+ * (at most 5 + 11 significant bits), so the conversion is the one rounding, as on the GPU. */
+static uint16_t int4_dt(int q, int z, uint16_t s, int f16)
+{
+    const float v = (float)(q - z) * dt_f32(s, f16);
+    return f16 ? util_f32_to_f16(v) : util_f32_to_bf16(v);
+}
+
+/* q ([N, K] nibbles 0..15 in natural order), z ([N, K/G] zero points 0..16) and s ([N, K/G] DT
+ * scale bits) uploaded in gemv_int4's layout: each aligned group of 8 elements k..k+7 one
+ * little-endian word, element k+2j in nibble j and k+2j+1 in nibble j+4; sz[e] = {(s, s),
+ * (B + z, B + z)}, B = 128 (bf16) or 1024 (f16). g->w gets the DT values of int4_dt. */
+static void int4_upload(kt *t, gweights *g, const uint8_t *q, const uint8_t *z, const uint16_t *s,
+                        int f16)
+{
+    const size_t n = (size_t)g->N * g->K, kg = (size_t)(g->K / g->g4), ne = (size_t)g->N * kg;
+    uint8_t *p = xmalloc(n / 2);
+    for (size_t i = 0; i < n; i += 8) {
+        uint32_t wd = 0;
+        for (int j = 0; j < 4; j++)
+            wd |= (uint32_t)q[i + 2 * j] << 4 * j | (uint32_t)q[i + 2 * j + 1] << (16 + 4 * j);
+        for (int b = 0; b < 4; b++)
+            p[i / 2 + b] = (uint8_t)(wd >> 8 * b);
+    }
+    uint32_t *sz = xmalloc(sizeof(uint32_t) * 2 * ne);
+    for (size_t e = 0; e < ne; e++) {
+        const uint16_t bz = f16 ? util_f32_to_f16(1024.0f + z[e]) : util_f32_to_bf16(128.0f + z[e]);
+        sz[2 * e] = s[e] | (uint32_t)s[e] << 16;
+        sz[2 * e + 1] = bz | (uint32_t)bz << 16;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const size_t e = i / (size_t)g->K * kg + i % (size_t)g->K / (size_t)g->g4;
+        g->w[i] = dt_f32(int4_dt(q[i], z[e], s[e], f16), f16);
+    }
+    g->dw = kt_upload(t, p, n / 2);
+    g->ds = kt_upload(t, sz, sizeof(uint32_t) * 2 * ne);
+    free(p);
+    free(sz);
+}
+
+/* An integer drawn uniformly from 0..n-1. */
+static int int_rand(kt *t, int n)
+{
+    const int v = (int)((kt_randf(t) + 1.0f) * 0.5f * (float)n);
+    return v < n ? v : n - 1;
+}
+
 /* A fresh weight [N, K]: U[-1, 1) * 2/sqrt(K) in the storage type (sbc 0), or gemv_fp8's with
- * SBC = sbc, quantised from that matrix (wsc 0) or uniform bytes with scales ~ wsc. */
-static void gweights_make(kt *t, gweights *g, int N, int K, int f16, int sbc, float wsc)
+ * SBC = sbc, quantised from that matrix (wsc 0) or uniform bytes with scales ~ wsc, or (g4)
+ * gemv_int4's with G = g4: nibbles uniform over 0..15, per (row, group) a zero point uniform
+ * over 0..16 and a DT scale ~ (wsc, or 0.25/sqrt(K) for wsc 0) * U[0.5, 1). */
+static void gweights_make(kt *t, gweights *g, int N, int K, int f16, int sbc, float wsc, int g4)
 {
     const size_t n = (size_t)N * K;
     memset(g, 0, sizeof *g);
     g->N = N;
     g->K = K;
     g->sbc = sbc;
+    g->g4 = g4;
     g->w = xmalloc(sizeof(float) * n);
+    if (g4) {
+        const size_t ne = (size_t)N * (K / g4);
+        const float sc = wsc ? wsc : 0.25f / sqrtf((float)K);
+        uint8_t *q = xmalloc(n), *z = xmalloc(ne);
+        uint16_t *s = xmalloc(sizeof(uint16_t) * ne);
+        for (size_t i = 0; i < n; i++)
+            q[i] = (uint8_t)int_rand(t, 16);
+        for (size_t e = 0; e < ne; e++) {
+            const float v = sc * (0.75f + 0.25f * kt_randf(t));
+            z[e] = (uint8_t)int_rand(t, 17);
+            s[e] = f16 ? util_f32_to_f16(v) : util_f32_to_bf16(v);
+        }
+        int4_upload(t, g, q, z, s, f16);
+        free(q);
+        free(z);
+        free(s);
+        return;
+    }
     if (!sbc) {
         kt_fill(t, g->w, n, 2.0f / sqrtf((float)K));
         uint16_t *h = to_dt(g->w, n, f16);
@@ -194,7 +288,7 @@ static void gweights_make(kt *t, gweights *g, int N, int K, int f16, int sbc, fl
 static void gweights_free(kt *t, gweights *g)
 {
     kt_free(t, g->dw);
-    if (g->sbc)
+    if (g->sbc || g->g4)
         kt_free(t, g->ds);
     free(g->w);
     free(g->scale);
@@ -235,7 +329,7 @@ static void gemv_ref(const float *x, const gweights *g, const float *b, int M, i
 }
 
 /* The kernel's arguments into args: gemv's (st, x, w, bias, y, M), or gemv_fp8's (st, x, w,
- * scale, bias, y, M). */
+ * scale, bias, y, M), or gemv_int4's (st, x, w, sz, bias, y, M). */
 static void gemv_args(void *args[7], kiln_step *st, CUdeviceptr *x, gweights *g, CUdeviceptr *b,
                       CUdeviceptr *y, int *m)
 {
@@ -243,7 +337,7 @@ static void gemv_args(void *args[7], kiln_step *st, CUdeviceptr *x, gweights *g,
     args[i++] = st;
     args[i++] = x;
     args[i++] = &g->dw;
-    if (g->sbc)
+    if (g->sbc || g->g4)
         args[i++] = &g->ds;
     args[i++] = b;
     args[i++] = y;
@@ -251,17 +345,22 @@ static void gemv_args(void *args[7], kiln_step *st, CUdeviceptr *x, gweights *g,
 }
 
 /* The case's kernel: an extern "C" wrapper k_gemv of one instance of template fn (prefix:
- * source put before it, or NULL): gemv's signature, or with sbc gemv_fp8's (SBC = sbc). */
+ * source put before it, or NULL): gemv's signature, or with sbc gemv_fp8's (SBC = sbc), or with
+ * g4 gemv_int4's (G = g4). */
 static CUmodule gemv_module(kt *t, const char *name, const char *prefix, const char *fn,
                             const char *dt, int N, int K, int mmax, int bias, int gated, int act,
-                            int f32, int threads, int sbc)
+                            int f32, int threads, int sbc, int g4)
 {
     char src[1024], wt[64], sp[32] = "", sa[16] = "", st[16] = "";
-    snprintf(wt, sizeof wt, "%s", sbc ? "unsigned char" : dt);
+    snprintf(wt, sizeof wt, "%s", sbc || g4 ? "unsigned char" : dt);
     if (sbc) {
         snprintf(sp, sizeof sp, " const float *scale,");
         snprintf(sa, sizeof sa, " scale,");
         snprintf(st, sizeof st, ", %d", sbc);
+    } else if (g4) {
+        snprintf(sp, sizeof sp, " const uint2 *sz,");
+        snprintf(sa, sizeof sa, " sz,");
+        snprintf(st, sizeof st, ", %d", g4);
     }
     snprintf(src, sizeof src,
              "#include \"gemv.cuh\"\n"
@@ -301,7 +400,7 @@ static void gemv_check(kt *t, const gcase *c, CUfunction f, int TH, int M, const
     float *b = xmalloc(sizeof(float) * (size_t)N);
     gweights g;
     kt_fill(t, x, (size_t)M * K, 1.0f);
-    gweights_make(t, &g, N, K, c->f16, c->sbc, c->wsc);
+    gweights_make(t, &g, N, K, c->f16, c->sbc, c->wsc, c->g4);
     kt_fill(t, b, (size_t)N, 0.5f);
     uint16_t *x16 = to_dt(x, (size_t)M * K, c->f16);
     uint16_t *b16 = to_dt(b, (size_t)N, c->f16);
@@ -366,24 +465,39 @@ static void gemv_check(kt *t, const gcase *c, CUfunction f, int TH, int M, const
     free(want);
 }
 
-/* The template a case instantiates, and " SBC=..." for gemv_fp8 (empty for gemv). */
-static const char *gemv_fn(int sbc) { return sbc ? "gemv_fp8" : "gemv"; }
-
-static void sbc_label(char *out, size_t n, int sbc, int K)
+/* The template a case instantiates, and " SBC=..." for gemv_fp8, " G=..." for gemv_int4 (empty
+ * for gemv). */
+static const char *gemv_fn(int sbc, int g4)
 {
-    if (!sbc)
+    return sbc ? "gemv_fp8" : g4 ? "gemv_int4" : "gemv";
+}
+
+static void sbc_label(char *out, size_t n, int sbc, int g4, int K)
+{
+    const char *what = sbc ? "SBC" : "G";
+    const int v = sbc ? sbc : g4;
+    if (!v)
         out[0] = 0;
-    else if (sbc == K)
-        snprintf(out, n, " SBC=K");
+    else if (v == K)
+        snprintf(out, n, " %s=K", what);
     else
-        snprintf(out, n, " SBC=%d", sbc);
+        snprintf(out, n, " %s=%d", what, v);
+}
+
+/* lower.c's block size for a kernel (sbc: gemv_fp8, g4: gemv_int4, neither: gemv), the one place
+ * this file asks for it. lower_gemv_threads counts steps of 128 elements, or 256 with its fp8
+ * flag; gemv_int4's step is 512 elements, which the rule will take as a step-width parameter:
+ * until then gemv_int4 gets the fp8 rule's block, which can hold up to twice as many warps as
+ * gemv_int4 has steps (the extra warps add zeros: correct, and a bench number below the rule's). */
+static int case_threads(int N, int K, int gated, int sbc, int g4)
+{
+    return lower_gemv_threads(N, K, gated, sbc != 0 || g4 != 0);
 }
 
 /* A case: its kernel compiled once, run for each M of c->ms. */
 static void gemv_case(kt *t, const gcase *c)
 {
-    const int TH =
-        c->threads ? c->threads : lower_gemv_threads(c->N, c->K, c->gated, c->sbc != 0);
+    const int TH = c->threads ? c->threads : case_threads(c->N, c->K, c->gated, c->sbc, c->g4);
     char opts[160];
     int at = 0;
     opts[0] = 0;
@@ -397,25 +511,27 @@ static void gemv_case(kt *t, const gcase *c)
         at += snprintf(opts + at, sizeof opts - at, " f32");
     if (c->f16)
         at += snprintf(opts + at, sizeof opts - at, " f16");
-    if (c->sbc) {
+    if (c->sbc || c->g4) {
         char sl[32];
-        sbc_label(sl, sizeof sl, c->sbc, c->K);
+        sbc_label(sl, sizeof sl, c->sbc, c->g4, c->K);
         at += snprintf(opts + at, sizeof opts - at, "%s", sl);
         if (c->wsc)
-            at += snprintf(opts + at, sizeof opts - at, " bytes scale~%g", c->wsc);
+            at += snprintf(opts + at, sizeof opts - at, "%s scale~%g", c->sbc ? " bytes" : "",
+                           c->wsc);
     }
     snprintf(opts + at, sizeof opts - at, " threads=%d", TH);
     CUmodule mod = NULL;
     int compiled = 0;
     for (int i = 0; i < 16 && c->ms[i]; i++) {
         char name[240];
-        snprintf(name, sizeof name, "%s/N=%d K=%d M=%d%s", gemv_fn(c->sbc), c->N, c->K, c->ms[i],
-                 opts);
+        snprintf(name, sizeof name, "%s/N=%d K=%d M=%d%s", gemv_fn(c->sbc, c->g4), c->N, c->K,
+                 c->ms[i], opts);
         if (!kt_want(t, name))
             continue;
         if (!compiled) {
-            mod = gemv_module(t, name, NULL, gemv_fn(c->sbc), c->f16 ? "kiln::f16" : "kiln::bf16",
-                              c->N, c->K, c->mmax, c->bias, c->gated, c->act, c->f32, TH, c->sbc);
+            mod = gemv_module(t, name, NULL, gemv_fn(c->sbc, c->g4),
+                              c->f16 ? "kiln::f16" : "kiln::bf16", c->N, c->K, c->mmax, c->bias,
+                              c->gated, c->act, c->f32, TH, c->sbc, c->g4);
             compiled = 1;
         }
         if (!mod && !t->compile_only)
@@ -426,25 +542,25 @@ static void gemv_case(kt *t, const gcase *c)
 
 /* Batch invariance: the first row of y from a launch with M rows of x equals, bit for bit, the
  * one from a launch with that row alone (same kernel, float output, split-K on). sbc: gemv_fp8
- * with that SBC (realistic weights), 0 gemv. */
-static void gemv_invariance(kt *t, int N, int K, int M, int mmax, int sbc)
+ * with that SBC (realistic weights); g4: gemv_int4 with G = g4; both 0: gemv. */
+static void gemv_invariance(kt *t, int N, int K, int M, int mmax, int sbc, int g4)
 {
-    const int TH = lower_gemv_threads(N, K, 0, sbc != 0);
+    const int TH = case_threads(N, K, 0, sbc, g4);
     char name[200], sl[32];
-    sbc_label(sl, sizeof sl, sbc, K);
+    sbc_label(sl, sizeof sl, sbc, g4, K);
     snprintf(name, sizeof name, "%s/invariance N=%d K=%d M=%d vs 1 MMAX=%d%s threads=%d",
-             gemv_fn(sbc), N, K, M, mmax, sl, TH);
+             gemv_fn(sbc, g4), N, K, M, mmax, sl, TH);
     if (!kt_want(t, name))
         return;
-    CUmodule mod =
-        gemv_module(t, name, NULL, gemv_fn(sbc), "kiln::bf16", N, K, mmax, 0, 0, 0, 1, TH, sbc);
+    CUmodule mod = gemv_module(t, name, NULL, gemv_fn(sbc, g4), "kiln::bf16", N, K, mmax, 0, 0, 0,
+                               1, TH, sbc, g4);
     if (!mod && !t->compile_only)
         return;
     CUfunction f = kt_func(t, mod, "k_gemv");
     float *x = xmalloc(sizeof(float) * (size_t)M * K);
     gweights g;
     kt_fill(t, x, (size_t)M * K, 1.0f);
-    gweights_make(t, &g, N, K, 0, sbc, 0);
+    gweights_make(t, &g, N, K, 0, sbc, 0, g4);
     uint16_t *x16 = to_dt(x, (size_t)M * K, 0);
     CUdeviceptr dx = kt_upload(t, x16, sizeof(uint16_t) * (size_t)M * K);
     CUdeviceptr db = 0, dy = kt_alloc(t, (size_t)mmax * N * 4);
@@ -484,21 +600,22 @@ static void gemv_invariance(kt *t, int N, int K, int M, int mmax, int sbc)
 /* Row groups: one kernel launched at each M of ms (up to MG rows, grid x = ceil(M / mmax)); every
  * row of y equals, bit for bit, that row launched alone (M = 1, x and y offset to the row), rows
  * past M keep the poison, and the rows at the largest M match the double reference. sbc:
- * gemv_fp8 with that SBC (realistic weights), 0 gemv. */
+ * gemv_fp8 with that SBC (realistic weights); g4: gemv_int4 with G = g4; both 0: gemv. */
 enum { MG = 200 };
 static void gemv_groups_case(kt *t, int N, int K, int mmax, int gated, int bias, int f32, int sbc,
-                             const int *ms, int nms)
+                             int g4, const int *ms, int nms)
 {
-    const int TH = lower_gemv_threads(N, K, gated, sbc != 0), NOUT = gated ? N / 2 : N;
+    const int TH = case_threads(N, K, gated, sbc, g4), NOUT = gated ? N / 2 : N;
     const size_t esz = f32 ? 4 : 2, row = (size_t)NOUT * esz;
     char base[200], sl[32];
-    sbc_label(sl, sizeof sl, sbc, K);
-    snprintf(base, sizeof base, "%s/groups N=%d K=%d MMAX=%d%s%s%s%s threads=%d", gemv_fn(sbc), N,
-             K, mmax, gated ? " gated silu" : "", bias ? " bias" : "", f32 ? " f32" : "", sl, TH);
+    sbc_label(sl, sizeof sl, sbc, g4, K);
+    snprintf(base, sizeof base, "%s/groups N=%d K=%d MMAX=%d%s%s%s%s threads=%d",
+             gemv_fn(sbc, g4), N, K, mmax, gated ? " gated silu" : "", bias ? " bias" : "",
+             f32 ? " f32" : "", sl, TH);
     if (!kt_want(t, base))
         return;
-    CUmodule mod = gemv_module(t, base, NULL, gemv_fn(sbc), "kiln::bf16", N, K, mmax, bias, gated,
-                               ACT_SILU, f32, TH, sbc);
+    CUmodule mod = gemv_module(t, base, NULL, gemv_fn(sbc, g4), "kiln::bf16", N, K, mmax, bias,
+                               gated, ACT_SILU, f32, TH, sbc, g4);
     if (!mod && !t->compile_only)
         return;
     CUfunction f = kt_func(t, mod, "k_gemv");
@@ -506,7 +623,7 @@ static void gemv_groups_case(kt *t, int N, int K, int mmax, int gated, int bias,
     float *b = xmalloc(sizeof(float) * (size_t)N);
     gweights g;
     kt_fill(t, x, (size_t)MG * K, 1.0f);
-    gweights_make(t, &g, N, K, 0, sbc, 0);
+    gweights_make(t, &g, N, K, 0, sbc, 0, g4);
     kt_fill(t, b, (size_t)N, 0.5f);
     uint16_t *x16 = to_dt(x, (size_t)MG * K, 0);
     uint16_t *b16 = to_dt(b, (size_t)N, 0);
@@ -604,15 +721,15 @@ static void gemv_fp8_exact(kt *t, int f16, int sbc)
     enum { N = 264, K = 336, M = 16 };
     /* every k mod 4, every 64-element block, and the last, partial step (k >= 256) */
     static const int ks[M] = {0, 1, 2, 3, 17, 46, 63, 64, 129, 130, 191, 254, 257, 300, 334, 335};
-    const int TH = lower_gemv_threads(N, K, 0, 1);
+    const int TH = case_threads(N, K, 0, sbc, 0);
     char base[200], sl[32];
-    sbc_label(sl, sizeof sl, sbc, K);
+    sbc_label(sl, sizeof sl, sbc, 0, K);
     snprintf(base, sizeof base, "gemv_fp8/exact N=%d K=%d M=%d MMAX=16 f32%s%s threads=%d", N, K,
              M, f16 ? " f16" : "", sl, TH);
     if (!kt_want(t, base))
         return;
     CUmodule mod = gemv_module(t, base, NULL, "gemv_fp8", f16 ? "kiln::f16" : "kiln::bf16", N, K,
-                               16, 0, 0, 0, 1, TH, sbc);
+                               16, 0, 0, 0, 1, TH, sbc, 0);
     if (!mod && !t->compile_only)
         return;
     CUfunction f = kt_func(t, mod, "k_gemv");
@@ -700,7 +817,7 @@ static void dequant_case(kt *t, int N, int K, int sbc, int f16, int TH, float ws
     enum { PAD = 64 };
     const char *dt = f16 ? "kiln::f16" : "kiln::bf16";
     char name[200], sl[32], kind[40], src[512];
-    sbc_label(sl, sizeof sl, sbc, K);
+    sbc_label(sl, sizeof sl, sbc, 0, K);
     if (wsc)
         snprintf(kind, sizeof kind, " bytes scale~%g", wsc);
     else
@@ -722,7 +839,7 @@ static void dequant_case(kt *t, int N, int K, int sbc, int f16, int TH, float ws
         return;
     CUfunction f = kt_func(t, mod, "k_dequant");
     gweights g;
-    gweights_make(t, &g, N, K, f16, sbc, wsc);
+    gweights_make(t, &g, N, K, f16, sbc, wsc, 0);
     const size_t n = (size_t)N * K;
     CUdeviceptr dy = kt_alloc(t, sizeof(uint16_t) * (n + PAD));
     kiln_step st;
@@ -747,6 +864,162 @@ static void dequant_case(kt *t, int N, int K, int sbc, int f16, int TH, float ws
                  "%zu of %zu elements differ; first [%zu, %zu]: got 0x%04x want 0x%04x (%a)", bad,
                  n, first / K, first % K, y[first], f16 ? util_f32_to_f16(v) : util_f32_to_bf16(v),
                  v);
+    } else if (touched) {
+        snprintf(d, sizeof d, "wrote %zu elements past N*K", touched);
+    } else {
+        snprintf(d, sizeof d, "%zu elements exact", n);
+    }
+    kt_result(t, name, !bad && !touched, d);
+    kt_free(t, dy);
+    gweights_free(t, &g);
+    free(y);
+}
+
+/* gemv_int4/exact (see the top of the file): x rows one-hot at 16 columns ks, column k of w
+ * holding q = (n + 7k) % 16 at row n (every q in rows 0..15, neighbours differ), zero points
+ * (3n + group) % 17 (every z down a group's rows), float output compared bit for bit with the CPU's
+ * DT((q - z) * s) (a zero equal to either zero), with power-of-two scales and then others. */
+static void gemv_int4_exact(kt *t, int f16, int G)
+{
+    enum { N = 264, K = 640, M = 16 };
+    /* every k mod 8, every group of 128, and the last, partial step (k >= 512) */
+    static const int ks[M] = {0, 1, 2, 3, 4, 5, 6, 7, 45, 130, 263, 300, 407, 513, 600, 639};
+    const int TH = case_threads(N, K, 0, 0, G), kg = K / G;
+    char base[200], sl[32];
+    sbc_label(sl, sizeof sl, 0, G, K);
+    snprintf(base, sizeof base, "gemv_int4/exact N=%d K=%d M=%d MMAX=16 f32%s%s threads=%d", N, K,
+             M, f16 ? " f16" : "", sl, TH);
+    if (!kt_want(t, base))
+        return;
+    CUmodule mod = gemv_module(t, base, NULL, "gemv_int4", f16 ? "kiln::f16" : "kiln::bf16", N, K,
+                               16, 0, 0, 0, 1, TH, 0, G);
+    if (!mod && !t->compile_only)
+        return;
+    CUfunction f = kt_func(t, mod, "k_gemv");
+    uint8_t *q = xmalloc((size_t)N * K), *z = xmalloc((size_t)N * kg);
+    uint16_t *s = xmalloc(sizeof(uint16_t) * (size_t)N * kg);
+    for (int n = 0; n < N; n++) {
+        for (int k = 0; k < K; k++)
+            q[(size_t)n * K + k] = (uint8_t)((n + 7 * k) % 16);
+        for (int b = 0; b < kg; b++)
+            z[(size_t)n * kg + b] = (uint8_t)((3 * n + b) % 17);
+    }
+    uint16_t *x16 = xcalloc((size_t)M * K, sizeof(uint16_t));
+    for (int m = 0; m < M; m++)
+        x16[(size_t)m * K + ks[m]] = f16 ? 0x3c00 : 0x3f80; /* 1.0 */
+    gweights g;
+    memset(&g, 0, sizeof g);
+    g.N = N;
+    g.K = K;
+    g.g4 = G;
+    g.w = xmalloc(sizeof(float) * (size_t)N * K);
+    CUdeviceptr dx = kt_upload(t, x16, sizeof(uint16_t) * (size_t)M * K), db = 0;
+    CUdeviceptr dy = kt_alloc(t, sizeof(float) * (size_t)M * N);
+    float *y = xmalloc(sizeof(float) * (size_t)M * N);
+    kiln_step st;
+    memset(&st, 0, sizeof st);
+    st.T = st.n_seqs = M;
+    for (int p = 0; p < 2; p++) {
+        /* 2^-6 .. 2^6, then [1.01, 1.99) times those (the products then round) */
+        for (int i = 0; i < N * kg; i++) {
+            const float v = ldexpf(p == 0 ? 1.0f : 1.5f + 0.49f * kt_randf(t), i % 13 - 6);
+            s[i] = f16 ? util_f32_to_f16(v) : util_f32_to_bf16(v);
+        }
+        int4_upload(t, &g, q, z, s, f16);
+        int m_arg = M;
+        void *args[7];
+        char name[240], d[240];
+        snprintf(name, sizeof name, "%s scales %s", base, p == 0 ? "pow2" : "non-pow2");
+        gemv_args(args, &st, &dx, &g, &db, &dy, &m_arg);
+        kt_launch(t, f, name, 1, gemv_blocks(N, 0), 1, (unsigned)TH, 0, args);
+        kt_download(t, y, dy, sizeof(float) * (size_t)M * N);
+        size_t bad = 0, first = 0;
+        float fw = 0;
+        for (int m = 0; m < M && !t->compile_only; m++)
+            for (int n = 0; n < N; n++) {
+                const size_t i = (size_t)m * N + n;
+                const float want = g.w[(size_t)n * K + ks[m]];
+                if (memcmp(&y[i], &want, sizeof want) != 0 && !(y[i] == 0 && want == 0) &&
+                    bad++ == 0) {
+                    first = i;
+                    fw = want;
+                }
+            }
+        if (bad) {
+            const int m = (int)(first / N), n = (int)(first % N);
+            const size_t e = (size_t)n * kg + ks[m] / G;
+            snprintf(d, sizeof d,
+                     "%zu of %d outputs not exact; first [m=%d (k=%d), n=%d]: q=%d z=%d scale %a: "
+                     "got %a want %a",
+                     bad, M * N, m, ks[m], n, q[(size_t)n * K + ks[m]], z[e], dt_f32(s[e], f16),
+                     y[first], fw);
+        } else {
+            snprintf(d, sizeof d, "%d outputs exact (16 nibble values at each of %d columns)",
+                     M * N, M);
+        }
+        kt_result(t, name, bad == 0, d);
+        kt_free(t, g.dw);
+        kt_free(t, g.ds);
+    }
+    kt_free(t, dx);
+    kt_free(t, dy);
+    free(g.w);
+    free(q);
+    free(z);
+    free(s);
+    free(x16);
+    free(y);
+}
+
+/* dequant_int4 of a weight [N, K] (gweights_make's INT4 weight with scales ~ wsc): every element
+ * bit for bit the CPU's DT((q - z) * s), and nothing written in the 64 elements past the end. */
+static void dequant_int4_case(kt *t, int N, int K, int G, int f16, int TH, float wsc)
+{
+    enum { PAD = 64 };
+    const char *dt = f16 ? "kiln::f16" : "kiln::bf16";
+    char name[200], sl[32], src[512];
+    sbc_label(sl, sizeof sl, 0, G, K);
+    snprintf(name, sizeof name, "dequant_int4/N=%d K=%d%s%s scale~%g threads=%d", N, K, sl,
+             f16 ? " f16" : "", wsc ? wsc : 0.25 / sqrt((double)K), TH);
+    if (!kt_want(t, name))
+        return;
+    snprintf(src, sizeof src,
+             "#include \"gemv.cuh\"\n"
+             "extern \"C\" __global__ void __launch_bounds__(%d)\n"
+             "k_dequant(const kiln_step st, const unsigned char *w, const uint2 *sz, %s *out)\n"
+             "{\n"
+             "    kiln::dequant_int4<%s, %d, %d, %d, %d>(st, w, sz, out);\n"
+             "}\n",
+             TH, dt, dt, N, K, G, TH);
+    CUmodule mod = kt_module(t, name, src);
+    if (!mod && !t->compile_only)
+        return;
+    CUfunction f = kt_func(t, mod, "k_dequant");
+    gweights g;
+    gweights_make(t, &g, N, K, f16, 0, wsc, G);
+    const size_t n = (size_t)N * K;
+    CUdeviceptr dy = kt_alloc(t, sizeof(uint16_t) * (n + PAD));
+    kiln_step st;
+    memset(&st, 0, sizeof st);
+    void *args[] = {&st, &g.dw, &g.ds, &dy};
+    kt_launch(t, f, name, (unsigned)((n / 32 + TH - 1) / TH), 1, 1, (unsigned)TH, 0, args);
+    uint16_t *y = xmalloc(sizeof(uint16_t) * (n + PAD));
+    kt_download(t, y, dy, sizeof(uint16_t) * (n + PAD));
+    /* g.w holds DT values, so converting them back is exact (signed zeros and subnormals too) */
+    size_t bad = 0, first = 0, touched = 0;
+    for (size_t i = 0; i < n && !t->compile_only; i++) {
+        const uint16_t want = f16 ? util_f32_to_f16(g.w[i]) : util_f32_to_bf16(g.w[i]);
+        if (y[i] != want && bad++ == 0)
+            first = i;
+    }
+    for (size_t i = n; i < n + PAD && !t->compile_only; i++)
+        touched += y[i] != 0xFFFF;
+    char d[240];
+    if (bad) {
+        snprintf(d, sizeof d,
+                 "%zu of %zu elements differ; first [%zu, %zu]: got 0x%04x want 0x%04x (%a)", bad,
+                 n, first / K, first % K, y[first],
+                 f16 ? util_f32_to_f16(g.w[first]) : util_f32_to_bf16(g.w[first]), g.w[first]);
     } else if (touched) {
         snprintf(d, sizeof d, "wrote %zu elements past N*K", touched);
     } else {
@@ -1022,29 +1295,83 @@ void ktest_gemv(kt *t)
         {.N = 1000, .K = 4160, .mmax = 8, .ms = {1}, .f32 = 1, .sbc = 64, .wsc = 1e3f},
         {.N = 1998, .K = 528, .mmax = 8, .ms = {3}, .gated = 1, .act = ACT_SILU, .sbc = 128,
          .wsc = 1e3f},
+        /* gemv_int4: every M, gated and not, bf16 and f16, G = 32, 128 and K; K = 640 is one whole
+         * 512-element step and a partial one (20 chunks of 32) */
+        {.N = 1000, .K = 640, .mmax = 8, .ms = M1_8, .bias = 1, .g4 = 128},
+        {.N = 1998, .K = 640, .mmax = 8, .ms = M1_8, .gated = 1, .act = ACT_SILU, .g4 = 32},
+        {.N = 1000, .K = 640, .mmax = 8, .ms = M1_8, .bias = 1, .f16 = 1, .g4 = 32},
+        {.N = 1000, .K = 640, .mmax = 8, .ms = {2, 5}, .g4 = 640},
+        {.N = 4096, .K = 4096, .mmax = 8, .ms = {1, 8}, .g4 = 128},
+        {.N = 4096, .K = 4096, .mmax = 8, .ms = {8}, .g4 = 4096},
+        /* MMAX = 16: every M of 9..16; K = 4224 = 4096 + 128 (8.25 steps) */
+        {.N = 1000, .K = 4224, .mmax = 16, .ms = {9, 10, 11, 12, 13, 14, 15, 16}, .bias = 1,
+         .g4 = 128},
+        {.N = 1000, .K = 4224, .mmax = 16, .ms = {9, 10, 11, 12, 13, 14, 15, 16}, .f16 = 1,
+         .g4 = 32},
+        {.N = 1998, .K = 640, .mmax = 16, .ms = {5, 16}, .gated = 1, .act = ACT_GELU, .g4 = 640},
+        /* tails: N not a multiple of the tile, fewer outputs than one tile; K of one 16-byte
+         * chunk (32), two (64) and three (96) */
+        {.N = 1001, .K = 64, .mmax = 8, .ms = {3}, .bias = 1, .g4 = 32},
+        {.N = 3, .K = 64, .mmax = 8, .ms = {2}, .g4 = 64},
+        {.N = 37, .K = 96, .mmax = 8, .ms = {8}, .bias = 1, .g4 = 32},
+        {.N = 40, .K = 96, .mmax = 8, .ms = {5}, .g4 = 96},
+        {.N = 40, .K = 32, .mmax = 8, .ms = {4}, .f16 = 1, .g4 = 32},
+        /* split-K over 1, 2, 4, 8 and 16 warps; the 8B down projection's K */
+        {.N = 1000, .K = 1024, .mmax = 8, .ms = {3}, .threads = 32, .g4 = 128},
+        {.N = 1000, .K = 640, .mmax = 8, .ms = {7}, .bias = 1, .threads = 64, .g4 = 640},
+        {.N = 1000, .K = 4096, .mmax = 8, .ms = {8}, .threads = 128, .g4 = 32},
+        {.N = 1000, .K = 4224, .mmax = 8, .ms = {5}, .threads = 256, .g4 = 4224},
+        {.N = 1000, .K = 8192, .mmax = 8, .ms = {8}, .threads = 512, .g4 = 128},
+        {.N = 256, .K = 14336, .mmax = 8, .ms = {1, 8}, .bias = 1, .g4 = 128},
+        {.N = 200, .K = 14336, .mmax = 8, .ms = {5}, .threads = 32, .g4 = 32},
+        {.N = 256, .K = 14336, .mmax = 16, .ms = {16}, .threads = 512, .g4 = 14336},
+        /* gated */
+        {.N = 8192, .K = 4096, .mmax = 8, .ms = {3}, .gated = 1, .act = ACT_SILU, .g4 = 128},
+        {.N = 512, .K = 256, .mmax = 8, .ms = {2}, .gated = 1, .act = ACT_SILU, .f32 = 1,
+         .g4 = 32},
+        {.N = 1998, .K = 4224, .mmax = 8, .ms = {5}, .gated = 1, .act = ACT_SILU, .f16 = 1,
+         .g4 = 128},
+        /* logits: float output */
+        {.N = 32000, .K = 1024, .mmax = 8, .ms = {1, 8}, .f32 = 1, .g4 = 128},
+        {.N = 32000, .K = 1024, .mmax = 8, .ms = {8}, .f32 = 1, .g4 = 1024},
+        /* scales ~1e-3, ~1e-6 (f16: subnormal scales and weights) and ~1e3 (no f16 output: the
+         * sums exceed 65504) */
+        {.N = 1000, .K = 640, .mmax = 8, .ms = {1, 8}, .f32 = 1, .g4 = 32, .wsc = 1e-3f},
+        {.N = 1000, .K = 4096, .mmax = 8, .ms = {8}, .f32 = 1, .f16 = 1, .g4 = 128, .wsc = 1e-6f},
+        {.N = 1000, .K = 640, .mmax = 8, .ms = {3}, .g4 = 128, .wsc = 1e-6f},
+        {.N = 1000, .K = 640, .mmax = 8, .ms = {7}, .g4 = 640, .wsc = 1e3f},
+        {.N = 1998, .K = 640, .mmax = 8, .ms = {3}, .gated = 1, .act = ACT_SILU, .g4 = 32,
+         .wsc = 1e3f},
+        {.N = 1000, .K = 4224, .mmax = 8, .ms = {1}, .f32 = 1, .f16 = 1, .g4 = 4224, .wsc = 1e3f},
     };
 #undef M1_8
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         gemv_case(t, &cases[i]);
-    gemv_invariance(t, 2048, 2048, 8, 8, 0);
-    gemv_invariance(t, 1000, 14336, 7, 16, 0);
-    gemv_invariance(t, 2048, 2048, 8, 8, 2048);
-    gemv_invariance(t, 1000, 14336, 7, 16, 128);
+    gemv_invariance(t, 2048, 2048, 8, 8, 0, 0);
+    gemv_invariance(t, 1000, 14336, 7, 16, 0, 0);
+    gemv_invariance(t, 2048, 2048, 8, 8, 2048, 0);
+    gemv_invariance(t, 1000, 14336, 7, 16, 128, 0);
+    gemv_invariance(t, 2048, 2048, 8, 8, 0, 128);
+    gemv_invariance(t, 1000, 14336, 7, 16, 0, 32);
     static const int ms[] = {1, 7, 8, 9, 17, 64, 200};
     const int nms = (int)(sizeof ms / sizeof ms[0]);
     /* the logits' shape (float), a gated MLP with bias (bf16, K ending in a partial step), a
      * plain linear at lower.c's 16 warps; and at MMAX = 16, the groups of a --batch-invariant
      * decode schedule (LOWER_GEMV_GROUP_INVARIANT): float logits, gated, 16 warps */
-    gemv_groups_case(t, 1000, 520, 8, 0, 0, 1, 0, ms, nms);
-    gemv_groups_case(t, 1998, 520, 8, 1, 1, 0, 0, ms, nms);
-    gemv_groups_case(t, 2048, 2048, 8, 0, 0, 0, 0, ms, nms);
-    gemv_groups_case(t, 1000, 512, LOWER_GEMV_GROUP_INVARIANT, 0, 1, 1, 0, ms, nms);
-    gemv_groups_case(t, 1998, 520, LOWER_GEMV_GROUP_INVARIANT, 1, 1, 0, 0, ms, nms);
-    gemv_groups_case(t, 2048, 2048, LOWER_GEMV_GROUP_INVARIANT, 0, 0, 0, 0, ms, nms);
+    gemv_groups_case(t, 1000, 520, 8, 0, 0, 1, 0, 0, ms, nms);
+    gemv_groups_case(t, 1998, 520, 8, 1, 1, 0, 0, 0, ms, nms);
+    gemv_groups_case(t, 2048, 2048, 8, 0, 0, 0, 0, 0, ms, nms);
+    gemv_groups_case(t, 1000, 512, LOWER_GEMV_GROUP_INVARIANT, 0, 1, 1, 0, 0, ms, nms);
+    gemv_groups_case(t, 1998, 520, LOWER_GEMV_GROUP_INVARIANT, 1, 1, 0, 0, 0, ms, nms);
+    gemv_groups_case(t, 2048, 2048, LOWER_GEMV_GROUP_INVARIANT, 0, 0, 0, 0, 0, ms, nms);
     /* gemv_fp8 at MMAX = 16 (LOWER_GEMV_GROUP_INVARIANT): float logits with block scales, a
      * gated MLP with bias and a scale per row */
-    gemv_groups_case(t, 1000, 512, LOWER_GEMV_GROUP_INVARIANT, 0, 1, 1, 128, ms, nms);
-    gemv_groups_case(t, 1998, 528, LOWER_GEMV_GROUP_INVARIANT, 1, 1, 0, 528, ms, nms);
+    gemv_groups_case(t, 1000, 512, LOWER_GEMV_GROUP_INVARIANT, 0, 1, 1, 128, 0, ms, nms);
+    gemv_groups_case(t, 1998, 528, LOWER_GEMV_GROUP_INVARIANT, 1, 1, 0, 528, 0, ms, nms);
+    /* gemv_int4 at MMAX = 16: float logits with G = 128, a gated MLP with bias and G = 32; K = 640
+     * ends in a partial 512-element step */
+    gemv_groups_case(t, 1000, 640, LOWER_GEMV_GROUP_INVARIANT, 0, 1, 1, 0, 128, ms, nms);
+    gemv_groups_case(t, 1998, 640, LOWER_GEMV_GROUP_INVARIANT, 1, 1, 0, 0, 32, ms, nms);
     /* the byte conversion, bit for bit, for each DT and kind of scale */
     for (int f16 = 0; f16 < 2; f16++) {
         gemv_fp8_exact(t, f16, 336);
@@ -1058,6 +1385,19 @@ void ktest_gemv(kt *t)
     dequant_case(t, 63, 4160, 4160, 1, 256, 1e-6f);
     dequant_case(t, 50, 528, 64, 0, 64, 1e3f);
     dequant_case(t, 37, 4160, 4160, 1, 128, 0);
+    /* gemv_int4's conversion bit for bit, for each DT and G; and dequant_int4 (N * K / 32 chunks
+     * never a multiple of the block) */
+    for (int f16 = 0; f16 < 2; f16++) {
+        gemv_int4_exact(t, f16, 32);
+        gemv_int4_exact(t, f16, 128);
+        gemv_int4_exact(t, f16, 640);
+    }
+    dequant_int4_case(t, 100, 640, 128, 0, 256, 0);
+    dequant_int4_case(t, 37, 4224, 32, 0, 128, 1e3f);
+    dequant_int4_case(t, 100, 640, 640, 1, 256, 0);
+    dequant_int4_case(t, 63, 4224, 4224, 1, 256, 1e-6f);
+    dequant_int4_case(t, 50, 96, 32, 0, 64, 1e-6f);
+    dequant_int4_case(t, 37, 14336, 128, 1, 128, 1e-3f);
     /* quant_fp8_rows (cvt to e4m3: sm_89 and up) at lower.c's block size and at 1024 threads;
      * K = 4112 (514 chunks of 8) ends in a partial pass of the block at both */
     if (!kt_sm_at_least(t, 89)) {
@@ -1104,7 +1444,8 @@ typedef struct bbuf {
 
 /* The microseconds per launch of f, as a CUDA graph of 64 launches (as decode runs them: the time
  * includes the gap between two kernels of a graph), the best of 5 replays after a warm-up. soff:
- * 0 for gemv; for gemv_fp8 the offset of the scales in each weight copy. */
+ * 0 for gemv; for gemv_fp8 the offset of the scales in each weight copy, for gemv_int4 of the
+ * sz entries. */
 static int bench_one(kt *t, CUfunction f, unsigned gx, unsigned gy, unsigned threads, const bbuf *b,
                      int M, size_t soff, double *us)
 {
@@ -1175,7 +1516,7 @@ static int bench_copy(kt *t, const bbuf *b, double *bw)
  * the bf16 copy's N*K*2 bytes). GB/s counts the weight and scale bytes. */
 static int bench_fp8(kt *t, const bshape *s, const bbuf *b, double copy_bw)
 {
-    const int rule = lower_gemv_threads(s->N, s->K, s->gated, 1);
+    const int rule = case_threads(s->N, s->K, s->gated, 1, 0);
     const size_t soff = ((size_t)s->N * s->K + 255) & ~(size_t)255;
     for (int v = 0; v < 2; v++) {
         const int sbc = v == 0 ? s->K : 128, kb = (s->K + sbc - 1) / sbc;
@@ -1183,7 +1524,7 @@ static int bench_fp8(kt *t, const bshape *s, const bbuf *b, double copy_bw)
         char name[160];
         snprintf(name, sizeof name, "bench %s gemv_fp8 SBC=%d", s->name, sbc);
         CUmodule m = gemv_module(t, name, NULL, "gemv_fp8", "kiln::bf16", s->N, s->K, 8, 0,
-                                 s->gated, ACT_SILU, s->f32, rule, sbc);
+                                 s->gated, ACT_SILU, s->f32, rule, sbc, 0);
         if (!m)
             return -1;
         CUfunction f = kt_func(t, m, "k_gemv");
@@ -1202,12 +1543,44 @@ static int bench_fp8(kt *t, const bshape *s, const bbuf *b, double copy_bw)
     return 0;
 }
 
+/* gemv_int4 with G = 128 on the same weight copies at M = 1 and 8: each copy's bytes [0, N*K/2)
+ * are the weight (0x3c: nibbles 12 and 3), its sz entries follow at the next 256-byte boundary
+ * (0x3c3c bf16 pairs: scale 0.0115 and B + z = 0.0115, finite values; they fit in the bf16
+ * copy's N*K*2 bytes). GB/s counts the weight and sz bytes. The block is lower.c's fp8 rule
+ * (256-element steps) until the rule takes gemv_int4's 512-element step. */
+static int bench_int4(kt *t, const bshape *s, const bbuf *b, double copy_bw)
+{
+    enum { G = 128 };
+    const int rule = case_threads(s->N, s->K, s->gated, 0, G);
+    const size_t soff = ((size_t)s->N * s->K / 2 + 255) & ~(size_t)255;
+    const size_t bytes = (size_t)s->N * s->K / 2 + (size_t)s->N * (s->K / G) * 8;
+    char name[160];
+    snprintf(name, sizeof name, "bench %s gemv_int4 G=%d", s->name, G);
+    CUmodule m = gemv_module(t, name, NULL, "gemv_int4", "kiln::bf16", s->N, s->K, 8, 0, s->gated,
+                             ACT_SILU, s->f32, rule, 0, G);
+    if (!m)
+        return -1;
+    CUfunction f = kt_func(t, m, "k_gemv");
+    double us[2];
+    for (int i = 0; i < 2; i++)
+        if (bench_one(t, f, 1, gemv_blocks(s->N, s->gated), (unsigned)rule, b, i ? 8 : 1, soff,
+                      &us[i]))
+            return -1;
+#define GBS(k) (us[k] > 0 ? (double)bytes / (us[k] * 1e-6) / 1e9 : 0.0)
+    printf("  int4 G=%-3d M=1 %5.0f GB/s %.2f %5.1f us | M=8 %5.0f GB/s %.2f %5.1f us "
+           "(%.1f MB of weight + sz)\n",
+           G, GBS(0), GBS(0) * 1e9 / copy_bw, us[0], GBS(1), GBS(1) * 1e9 / copy_bw, us[1],
+           (double)bytes / 1e6);
+#undef GBS
+    return 0;
+}
+
 /* One shape: the old kernel (tests/gpu/gemv_v0.cuh, 256 threads) and the new one at lower.c's
  * block size for M = 1..8, the new one at the other block sizes, and MMAX = 16 for M = 1..16;
- * then gemv_fp8 (bench_fp8). */
+ * then gemv_fp8 (bench_fp8) and gemv_int4 (bench_int4). */
 static int bench_shape(kt *t, const bshape *s, const char *v0_src, bbuf *b, double copy_bw)
 {
-    const int nout = s->gated ? s->N / 2 : s->N, rule = lower_gemv_threads(s->N, s->K, s->gated, 0);
+    const int nout = s->gated ? s->N / 2 : s->N, rule = case_threads(s->N, s->K, s->gated, 0, 0);
     const size_t wbytes = (size_t)s->N * (size_t)s->K * 2;
     enum { NK = 6 };
     /* kernels: 0 old; 1 new at the rule; 2..4 new at 128, 256, 512 threads; 5 new MMAX = 16 */
@@ -1222,7 +1595,7 @@ static int bench_shape(kt *t, const bshape *s, const char *v0_src, bbuf *b, doub
         snprintf(name, sizeof name, "bench %s kernel %d", s->name, k);
         CUmodule m = gemv_module(t, name, k == 0 ? v0_src : NULL, k == 0 ? "gemv_v0" : "gemv",
                                  "kiln::bf16", s->N, s->K, k == 5 ? 16 : 8, 0, s->gated, ACT_SILU,
-                                 s->f32, (int)th[k], 0);
+                                 s->f32, (int)th[k], 0, 0);
         if (!m)
             return -1;
         f[k] = kt_func(t, m, "k_gemv");
@@ -1263,7 +1636,7 @@ static int bench_shape(kt *t, const bshape *s, const char *v0_src, bbuf *b, doub
                    M, GBS(5), GBS(5) * 1e9 / copy_bw);
 #undef GBS
     }
-    if (bench_fp8(t, s, b, copy_bw))
+    if (bench_fp8(t, s, b, copy_bw) || bench_int4(t, s, b, copy_bw))
         return -1;
     for (int i = 0; i < b->copies; i++)
         BCK(cuMemFree(b->w[i]));
@@ -1305,7 +1678,8 @@ int ktest_gemv_bench(kt *t)
            "block size (xN = old time / new time), then at 128/256/512 threads; MMAX16 = the "
            "new kernel instantiated for up to 16 rows (GEMV_MAX 16); fp8 = gemv_fp8 (e4m3 weight) "
            "at lower.c's block size with a scale per row (row) or per 128 elements of K "
-           "(blk128), bytes of weight + scales per second.\n",
+           "(blk128), bytes of weight + scales per second; int4 = gemv_int4 (G = 128), bytes of "
+           "weight + sz per second.\n",
            copy_bw / 1e9);
     int rc = 0;
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0] && rc == 0; i++)
