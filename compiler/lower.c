@@ -156,22 +156,29 @@ static int wid(lw *w, int id)
 static ka_arg AW(lw *w, int id) { return A(KA_ARG_WEIGHT, wid(w, id)); }
 
 /* The K block of the scales with which const node `id` ([N, K], a linear's weight) is packed
- * as FP8 (pack.h: the same on every rank; 0 for one scale per row), or -1: packed in the
- * compute dtype. gemv_fp8 needs K % 16 == 0 and blocks of a multiple of 64 elements. */
-static int64_t fp8_block(lw *w, int id, int64_t K)
+ * quantised (pack.h's pack_qblock, the same on every rank; 0 for one scale per row) and *kind,
+ * or -1: packed in the compute dtype. gemv_fp8 needs K % 16 == 0 and blocks of a multiple of 64
+ * elements; gemv_int4 K % 32 == 0 and groups of a multiple of 32 that divide K. */
+static int64_t quant_block(lw *w, int id, int64_t K, qrows_kind *kind)
 {
-    int64_t b = pack_fp8_block(w->c, id, 0);
-    for (int r = 1; r < w->g->tp && b >= 0; r++)
-        if (pack_fp8_block(w->c, id, r) != b)
+    int64_t b = pack_qblock(w->c, id, 0, kind);
+    for (int r = 1; r < w->g->tp && b >= 0; r++) {
+        qrows_kind k;
+        if (pack_qblock(w->c, id, r, &k) != b || k != *kind)
             b = -1;
+    }
     if (b >= K)
         b = 0;
-    return b < 0 || K % 16 || b % 64 ? -1 : b;
+    int ok = b >= 0 && (*kind == QROWS_E4M3 ? K % 16 == 0 && b % 64 == 0
+                                             : K % 32 == 0 && b % 32 == 0 && (!b || K % b == 0));
+    return ok ? b : -1;
 }
 
-/* The two weights of FP8 const node `id` (fp8_block >= 0): its e4m3 bytes [N, K] (gemv_fp8's
- * byte order) and its scales [N, KB] float, registered once, next to each other. */
-static void wid_fp8(lw *w, int id, int64_t b, ka_arg *q, ka_arg *scale)
+/* The two weights of quantised const node `id` (quant_block >= 0), registered once, next to
+ * each other: FP8, its e4m3 bytes [N, K] (gemv_fp8's byte order) and its scales [N, KB] float;
+ * INT4, its 4-bit values [N, K/2] bytes (gemv_int4's nibble order) and its scales and zero
+ * points [N, KB, 2] (32-bit words of two dt each). */
+static void wid_q(lw *w, int id, qrows_kind kind, int64_t b, ka_arg *q, ka_arg *scale)
 {
     if (w->wmap8[id] < 0) {
         int saved = w->wmap[id];
@@ -182,16 +189,20 @@ static void wid_fp8(lw *w, int id, int64_t b, ka_arg *q, ka_arg *scale)
         w->wmap[id] = saved;
         ka_weight *kq = &w->m->weights[i], *ks = &w->m->weights[j];
         int64_t N = kq->shape[0], K = kq->shape[1], kb = b ? (K + b - 1) / b : 1;
-        kq->type = KA_W_E4M3;
-        kq->nbytes = N * K;
+        int i4 = kind == QROWS_INT4;
         char *base = kq->name;
-        kq->name = xasprintf("%s.e4m3", base);
+        kq->name = xasprintf("%s.%s", base, i4 ? "int4" : "e4m3");
         free(ks->name);
-        ks->name = xasprintf("%s.scale", base);
+        ks->name = xasprintf("%s.%s", base, i4 ? "int4_sz" : "scale");
         free(base);
-        ks->type = KA_W_F32;
+        kq->type = i4 ? KA_W_INT4 : KA_W_E4M3;
+        kq->shape[1] = i4 ? K / 2 : K;
+        kq->nbytes = N * kq->shape[1];
+        ks->type = i4 ? KA_W_INT4SZ : KA_W_F32;
+        ks->ndim = i4 ? 3 : 2;
         ks->shape[1] = kb;
-        ks->nbytes = N * kb * 4;
+        ks->shape[2] = 2;
+        ks->nbytes = N * kb * (i4 ? 8 : 4);
         w->wmap8[id] = i;
     }
     *q = A(KA_ARG_WEIGHT, w->wmap8[id]);
@@ -421,11 +432,12 @@ static int low_norm(lw *w, int id)
  * per SM) whatever N is: 4 warps per block for the large N (gate/up, LM head), 8 for 4096 rows, 16
  * for 2048 rows (1B's o and down: 128 tiles). 16 only while the tiles fit one wave of one block
  * per SM (more than 132 blocks of 512 threads would queue a second wave behind a full one), and
- * never more warps than steps of K (128 elements, 256 for gemv_fp8's bytes), so no warp idles. */
-int lower_gemv_threads(int64_t N, int64_t K, int gated, int fp8)
+ * never more warps than steps of K (`step` elements: 128 for gemv, 256 for gemv_fp8, 512 for
+ * gemv_int4: the same bytes a step), so no warp idles. */
+int lower_gemv_threads(int64_t N, int64_t K, int gated, int step)
 {
     int64_t tiles = ((gated ? N / 2 : N) + (gated ? 7 : 15)) / (gated ? 8 : 16);
-    int64_t step = fp8 ? 256 : 128, steps = (K + step - 1) / step;
+    int64_t steps = (K + step - 1) / step;
     int warps = 4;
     while (warps < 16 && tiles * warps < 2048)
         warps *= 2;
@@ -436,27 +448,32 @@ int lower_gemv_threads(int64_t N, int64_t K, int gated, int fp8)
     return 32 * warps;
 }
 
-/* The GEMV step (decode-sized rows). rows: KA_ROWS_T or KA_ROWS_S. fp8b >= 0: the FP8 GEMV
- * (gemv_fp8, its scales' K block, 0 for one per row) of weight wt and scales sc. */
-static ka_step gemv_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg sc, int64_t fp8b,
-                         ka_arg bias, ka_arg y, int64_t N, int64_t K, int gated, int act,
-                         int out_f32, ka_rows rows)
+/* The GEMV step (decode-sized rows). rows: KA_ROWS_T or KA_ROWS_S. qk: QROWS_NONE (gemv), or
+ * the quantised weight wt with its scales sc and their K block qb (0 for one per row):
+ * gemv_fp8 or gemv_int4. */
+static ka_step gemv_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg sc, qrows_kind qk,
+                         int64_t qb, ka_arg bias, ka_arg y, int64_t N, int64_t K, int gated,
+                         int act, int out_f32, ka_rows rows)
 {
-    int th = lower_gemv_threads(N, K, gated, fp8b >= 0);
+    static const char *const fam[] = {"gemv", "gemv_fp8", "gemv_int4"};
+    static const char *const par[] = {
+        "const kiln_step st, const DT *x, const DT *w, const DT *bias, void *y, int M",
+        "const kiln_step st, const DT *x, const unsigned char *w, const float *scale, "
+        "const DT *bias, void *y, int M",
+        "const kiln_step st, const DT *x, const unsigned char *w, const uint2 *scale, "
+        "const DT *bias, void *y, int M"};
+    static const int step[] = {128, 256, 512};
+    int th = lower_gemv_threads(N, K, gated, step[qk]);
     int mmax = w->c->batch_invariant ? LOWER_GEMV_GROUP_INVARIANT : GEMV_MAX;
     char tail[64] = "";
-    if (fp8b >= 0)
-        snprintf(tail, sizeof tail, ", %lld", (long long)(fp8b ? fp8b : K));
-    int k = kern(w, fp8b >= 0 ? "gemv_fp8" : "gemv", th, 0,
-                 fp8b >= 0 ? "const kiln_step st, const DT *x, const unsigned char *w, "
-                             "const float *scale, const DT *bias, void *y, int M"
-                           : "const kiln_step st, const DT *x, const DT *w, const DT *bias, "
-                             "void *y, int M",
+    if (qk != QROWS_NONE)
+        snprintf(tail, sizeof tail, ", %lld", (long long)(qb ? qb : K));
+    int k = kern(w, fam[qk], th, 0, par[qk],
                  "kiln::%s<DT, %lld, %lld, %d, %s, %s, %d, %s, %d%s>(st, x, w, %sbias, y, M)",
-                 fp8b >= 0 ? "gemv_fp8" : "gemv", (long long)N, (long long)K, mmax,
+                 fam[qk], (long long)N, (long long)K, mmax,
                  bias.kind == KA_ARG_NULL ? "false" : "true", gated ? "true" : "false",
                  act < 0 ? 0 : act, out_f32 ? "true" : "false", th, tail,
-                 fp8b >= 0 ? "scale, " : "");
+                 qk != QROWS_NONE ? "scale, " : "");
     /* x: one block per group of mmax rows (one group unless --batch-invariant, whose decode
      * schedule runs the GEMV at every batch); y: one per 16-row tile, 16 outputs or 8 gated */
     int64_t nout = gated ? N / 2 : N, opb = gated ? 8 : 16;
@@ -468,7 +485,7 @@ static ka_step gemv_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg sc
     add_arg(&s, A(KA_ARG_STEP, 0));
     add_arg(&s, x);
     add_arg(&s, wt);
-    if (fp8b >= 0)
+    if (qk != QROWS_NONE)
         add_arg(&s, sc);
     add_arg(&s, bias);
     add_arg(&s, y);
@@ -476,18 +493,24 @@ static ka_step gemv_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg sc
     return s;
 }
 
-/* An FP8 weight (e4m3 q, scales sc, K block b) dequantised into scratch [N, K] in the compute
- * dtype for a prefill GEMM (templates/gemv.cuh's dequant_fp8); returns the scratch argument. */
+/* A quantised weight (q, scales sc, K block b, kind qk) dequantised into scratch [N, K] in the
+ * compute dtype for a prefill GEMM (templates/gemv.cuh's dequant_fp8 or dequant_int4); returns
+ * the scratch argument. */
 #define DEQUANT_THREADS 256
-static ka_arg dequant_step(lw *w, const kg_node *n, ka_arg q, ka_arg sc, int64_t b, int64_t N,
-                           int64_t K)
+static ka_arg dequant_step(lw *w, const kg_node *n, ka_arg q, ka_arg sc, qrows_kind qk, int64_t b,
+                           int64_t N, int64_t K)
 {
+    int i4 = qk == QROWS_INT4;
     ka_arg out = A(KA_ARG_SCRATCH, scratch_at(w, N * K * w->esize));
-    int k = kern(w, "dequant_fp8", DEQUANT_THREADS, 0,
-                 "const kiln_step st, const unsigned char *w, const float *scale, DT *out",
-                 "kiln::dequant_fp8<DT, %lld, %lld, %lld, %d>(st, w, scale, out)", (long long)N,
-                 (long long)K, (long long)(b ? b : K), DEQUANT_THREADS);
-    ka_step s = kstep(k, n->name, G(0, 0, 0, (int)(N * K / 16), DEQUANT_THREADS), G1(), G1());
+    int k = kern(w, i4 ? "dequant_int4" : "dequant_fp8", DEQUANT_THREADS, 0,
+                 i4 ? "const kiln_step st, const unsigned char *w, const uint2 *scale, DT *out"
+                    : "const kiln_step st, const unsigned char *w, const float *scale, DT *out",
+                 "kiln::%s<DT, %lld, %lld, %lld, %d>(st, w, scale, out)",
+                 i4 ? "dequant_int4" : "dequant_fp8", (long long)N, (long long)K,
+                 (long long)(b ? b : K), DEQUANT_THREADS);
+    /* a thread per 16-byte chunk: 16 e4m3 or 32 INT4 elements */
+    ka_step s = kstep(k, n->name, G(0, 0, 0, (int)(N * K / (i4 ? 32 : 16)), DEQUANT_THREADS), G1(),
+                      G1());
     s.size = KA_SIZE_LARGE;
     add_arg(&s, A(KA_ARG_STEP, 0));
     add_arg(&s, q);
@@ -704,7 +727,7 @@ static int low_linear(lw *w, int id)
         s = gemm_step(w, n, last, wt, bias, part, N, K, K, N, 1, KA_ROWS_S);
         s.logits = KA_LOGITS_LAST;
         push_sized(w, PRE, &s);
-        s = gemv_step(w, n, last, wt, ANULL(), -1, bias, part, N, K, 0, -1, 1, KA_ROWS_S);
+        s = gemv_step(w, n, last, wt, ANULL(), QROWS_NONE, 0, bias, part, N, K, 0, -1, 1, KA_ROWS_S);
         s.logits = KA_LOGITS_LAST;
         push_sized(w, PRE, &s);
         logits_epilogue_step(w, n, part, hb, N, PRE, KA_LOGITS_LAST, KA_ROWS_S);
@@ -712,7 +735,7 @@ static int low_linear(lw *w, int id)
         s = gemm_step(w, n, x, wt, bias, part, N, K, K, N, 1, KA_ROWS_T);
         s.logits = KA_LOGITS_ALL;
         push_sized(w, PRE, &s);
-        s = gemv_step(w, n, x, wt, ANULL(), -1, bias, part, N, K, 0, -1, 1, KA_ROWS_T);
+        s = gemv_step(w, n, x, wt, ANULL(), QROWS_NONE, 0, bias, part, N, K, 0, -1, 1, KA_ROWS_T);
         s.logits = KA_LOGITS_ALL;
         push_sized(w, PRE, &s);
         logits_epilogue_step(w, n, part, hb, N, PRE, KA_LOGITS_ALL, KA_ROWS_T);
@@ -720,7 +743,7 @@ static int low_linear(lw *w, int id)
         /* decode: every row is the last of its sequence */
         s = gemm_step(w, n, x, wt, bias, part, N, K, K, N, 1, KA_ROWS_T);
         push_sized(w, DEC, &s);
-        s = gemv_step(w, n, x, wt, ANULL(), -1, bias, part, N, K, 0, -1, 1, KA_ROWS_T);
+        s = gemv_step(w, n, x, wt, ANULL(), QROWS_NONE, 0, bias, part, N, K, 0, -1, 1, KA_ROWS_T);
         push_sized(w, DEC, &s);
         logits_epilogue_step(w, n, part, hb, N, DEC, KA_LOGITS_ANY, KA_ROWS_T);
         gather_steps(w, n, part, all, N, tp, DEC, KA_LOGITS_ANY, KA_ROWS_T);
@@ -730,21 +753,25 @@ static int low_linear(lw *w, int id)
 
     if (dense_arg(w, id, &y))
         return -1;
-    /* An FP8 weight: the GEMV reads its e4m3 bytes for steps of up to GEMV_MAX rows. Longer
-     * steps run cuBLASLt's FP8 GEMM (fp8_gemm_steps: W8A8) when every target has FP8 tensor
-     * cores and the weight has one scale per row. Otherwise (block scales, an sm_80 target,
-     * kiln's own GEMM, --fp8-gemm dequant) the decode schedule runs the GEMV at every batch (dequantising the whole
-     * model per step would cost more than the GEMV's re-reads of a weight tile from L2 by its
-     * row groups) and longer prefill steps dequantise the weight into scratch for the GEMM. */
-    int64_t fb = fp8_block(w, n->in[1], K), nout = gated ? N / 2 : N;
+    /* A quantised weight (FP8 or INT4): its GEMV reads it as packed for steps of up to
+     * GEMV_MAX rows. Longer steps of an FP8 one run cuBLASLt's FP8 GEMM (fp8_gemm_steps: W8A8)
+     * when every target has FP8 tensor cores and the weight has one scale per row. Otherwise
+     * (INT4, block scales, an sm_80 target, kiln's own GEMM, --fp8-gemm dequant) the decode
+     * schedule runs the GEMV at every batch (dequantising the whole model per step would cost
+     * more than the GEMV's re-reads of a weight tile from L2 by its row groups) and longer
+     * prefill steps dequantise the weight into scratch for the GEMM. */
+    qrows_kind qk;
+    int64_t qb = quant_block(w, n->in[1], K, &qk), nout = gated ? N / 2 : N;
     int gemm_which = BOTH;
-    if (fb < 0) {
+    if (qb < 0) {
         wt = AW(w, n->in[1]);
     } else {
         ka_arg sc;
-        wid_fp8(w, n->in[1], fb, &wt, &sc);
-        ka_step s = gemv_step(w, n, x, wt, sc, fb, bias, y, N, K, gated, n->epi_act, 0, KA_ROWS_T);
-        if (fb == 0 && w->c->sm_fp8 && !w->c->gemm_kiln && !w->c->fp8_dequant && nout % 8 == 0) {
+        wid_q(w, n->in[1], qk, qb, &wt, &sc);
+        ka_step s = gemv_step(w, n, x, wt, sc, qk, qb, bias, y, N, K, gated, n->epi_act, 0,
+                              KA_ROWS_T);
+        if (qk == QROWS_E4M3 && qb == 0 && w->c->sm_fp8 && !w->c->gemm_kiln &&
+            !w->c->fp8_dequant && nout % 8 == 0) {
             push_sized(w, BOTH, &s);
             fp8_gemm_steps(w, n, x, wt, sc, bias, y, N, K, gated ? n->epi_act : -1);
             return 0;
@@ -753,13 +780,13 @@ static int low_linear(lw *w, int id)
         s.size = KA_SIZE_ANY;
         push(w, DEC, &s);
         gemm_which = PRE;
-        wt = dequant_step(w, n, wt, sc, fb, N, K);
+        wt = dequant_step(w, n, wt, sc, qk, qb, N, K);
     }
     if (!gated) {
         ka_step s = gemm_step(w, n, x, wt, bias, y, N, K, K, N, 0, KA_ROWS_T);
         push_sized(w, gemm_which, &s);
-        if (fb < 0) {
-            s = gemv_step(w, n, x, wt, ANULL(), -1, bias, y, N, K, 0, -1, 0, KA_ROWS_T);
+        if (qb < 0) {
+            s = gemv_step(w, n, x, wt, ANULL(), QROWS_NONE, 0, bias, y, N, K, 0, -1, 0, KA_ROWS_T);
             push_sized(w, BOTH, &s);
         }
         return 0;
@@ -780,8 +807,8 @@ static int low_linear(lw *w, int id)
     add_arg(&s, tmp);
     add_arg(&s, y);
     push_sized(w, gemm_which, &s);
-    if (fb < 0) {
-        s = gemv_step(w, n, x, wt, ANULL(), -1, bias, y, N, K, 1, n->epi_act, 0, KA_ROWS_T);
+    if (qb < 0) {
+        s = gemv_step(w, n, x, wt, ANULL(), QROWS_NONE, 0, bias, y, N, K, 1, n->epi_act, 0, KA_ROWS_T);
         push_sized(w, BOTH, &s);
     }
     return 0;
@@ -939,13 +966,13 @@ static int low_moe_shared(lw *w, int id, ka_arg x, ka_arg *sum)
     add_arg(&s, gu_out);
     add_arg(&s, h);
     push_sized(w, BOTH, &s);
-    s = gemv_step(w, n, x, AW(w, gu), ANULL(), -1, ANULL(), h, 2 * I2, H, 1, mo->act, 0, KA_ROWS_T);
+    s = gemv_step(w, n, x, AW(w, gu), ANULL(), QROWS_NONE, 0, ANULL(), h, 2 * I2, H, 1, mo->act, 0, KA_ROWS_T);
     push_sized(w, BOTH, &s);
     /* . Wd */
     ka_arg down = AW(w, n->in[KG_MOE_SH_DOWN]);
     s = gemm_step(w, n, h, down, ANULL(), *sum, H, I2, I2, H, 0, KA_ROWS_T);
     push_sized(w, BOTH, &s);
-    s = gemv_step(w, n, h, down, ANULL(), -1, ANULL(), *sum, H, I2, 0, -1, 0, KA_ROWS_T);
+    s = gemv_step(w, n, h, down, ANULL(), QROWS_NONE, 0, ANULL(), *sum, H, I2, 0, -1, 0, KA_ROWS_T);
     push_sized(w, BOTH, &s);
     if (!mo->shared_gate)
         return 0;

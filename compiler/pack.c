@@ -8,6 +8,7 @@
 #include "pack.h"
 
 #include <assert.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -223,12 +224,11 @@ void *pack_const(const kgraph *g, int id, int rank, st_dtype dt, kerr *err)
     return buf;
 }
 
-/* ---------------------------------------------------------------- FP8 weights */
+/* ---------------------------------------------------------------- quantised weights */
 
-/* The K block of the scales of constant `id` when its value is e4m3 numbers times per-row
- * scales (every weight under it made by quant.h, moved only by ops that keep rows whole or cut
- * K at block edges): 0 for one scale per row, else the block width; -1 when it is not. */
-int64_t pack_fp8_block(const kc *c, int id, int rank)
+/* pack_qblock without the kind check at the top: *kind is the kind of the first leaf seen
+ * (QROWS_NONE before), and a leaf of another kind makes it -1. */
+static int64_t qblock(const kc *c, int id, int rank, qrows_kind *kind)
 {
     const kgraph *g = c->g;
     const kg_node *n = &g->nodes[id];
@@ -237,30 +237,31 @@ int64_t pack_fp8_block(const kc *c, int id, int rank)
         return -1;
     switch (n->op) {
     case KG_WEIGHT: {
-        int64_t b;
-        if (!n->bound || n->ndim != 2 || !quant_fp8_scales(c, n->bound, &b))
+        const qrows *q = n->bound && n->ndim == 2 ? quant_rows(c, n->bound) : NULL;
+        if (!q || (*kind && *kind != q->kind))
             return -1;
-        return b >= n->shape[1] ? 0 : b;
+        *kind = q->kind;
+        return q->block >= n->shape[1] ? 0 : q->block;
     }
     case KG_RESHAPE: {
         const kg_node *p = &g->nodes[n->in[0]];
         return p->ndim >= 1 && p->shape[p->ndim - 1] == n->shape[last]
-                   ? pack_fp8_block(c, n->in[0], rank)
+                   ? qblock(c, n->in[0], rank, kind)
                    : -1;
     }
     case KG_CONCAT: {
         if (n->dim == last)
             return -1;
-        int64_t b = pack_fp8_block(c, n->in[0], rank);
+        int64_t b = qblock(c, n->in[0], rank, kind);
         for (int k = 1; k < n->n_in && b >= 0; k++)
-            if (pack_fp8_block(c, n->in[k], rank) != b)
+            if (qblock(c, n->in[k], rank, kind) != b)
                 b = -1;
         return b;
     }
     case KG_SLICE:
-        return n->dim == last ? -1 : pack_fp8_block(c, n->in[0], rank);
+        return n->dim == last ? -1 : qblock(c, n->in[0], rank, kind);
     case KG_SHARD: {
-        int64_t b = pack_fp8_block(c, n->in[0], rank);
+        int64_t b = qblock(c, n->in[0], rank, kind);
         /* a cut of K: the rank's part must start at a block edge */
         int64_t len = n->shape[n->dim] - n->pad;
         if (b > 0 && n->dim == last && (rank * n->parts / g->tp * len) % b != 0)
@@ -272,15 +273,24 @@ int64_t pack_fp8_block(const kc *c, int id, int rank)
     }
 }
 
+int64_t pack_qblock(const kc *c, int id, int rank, qrows_kind *kind)
+{
+    *kind = QROWS_NONE;
+    int64_t b = qblock(c, id, rank, kind);
+    if (b < 0)
+        *kind = QROWS_NONE;
+    return b;
+}
+
 static float *floats(uint64_t n) { return xmalloc(sizeof(float) * (n + 1)); }
 
 /* Rows of a constant: every dimension but the last. */
 static uint64_t rows_of(const kg_node *n) { return n->ndim ? numel(n) / (uint64_t)n->shape[n->ndim - 1] : 0; }
 
-/* The scales of constant `id` (pack_fp8_block(id) == b >= 0) for rank `rank`: [rows, kb] floats,
- * kb = b ? ceil(K / b) : 1. Padding (rows or blocks a SHARD adds) gets scale 1 (its values are
- * zero). */
-static void fill_scales(const kc *c, int id, int rank, int64_t b, float *dst)
+/* The scales (zero: the zero points) of constant `id` (pack_qblock(id) == b >= 0) for rank
+ * `rank`: [rows, kb] floats, kb = b ? ceil(K / b) : 1. Padding (rows or blocks a SHARD adds)
+ * gets scale 1 and zero point 0 (its values are zero). */
+static void fill_scales(const kc *c, int id, int rank, int64_t b, int zero, float *dst)
 {
     const kgraph *g = c->g;
     const kg_node *n = &g->nodes[id];
@@ -288,12 +298,12 @@ static void fill_scales(const kc *c, int id, int rank, int64_t b, float *dst)
     uint64_t K = (uint64_t)n->shape[last], kb = b ? (K + (uint64_t)b - 1) / (uint64_t)b : 1;
     switch (n->op) {
     case KG_WEIGHT: {
-        int64_t wb;
-        memcpy(dst, quant_fp8_scales(c, n->bound, &wb), sizeof(float) * rows_of(n) * kb);
+        const qrows *q = quant_rows(c, n->bound);
+        memcpy(dst, zero ? q->zero : q->scale, sizeof(float) * rows_of(n) * kb);
         return;
     }
     case KG_RESHAPE:
-        fill_scales(c, n->in[0], rank, b, dst);
+        fill_scales(c, n->in[0], rank, b, zero, dst);
         return;
     case KG_CONCAT:
     case KG_SLICE:
@@ -313,7 +323,7 @@ static void fill_scales(const kc *c, int id, int rank, int64_t b, float *dst)
                 const kg_node *q = &g->nodes[n->in[k]];
                 uint64_t part = (uint64_t)q->shape[n->dim] * inner * kb;
                 float *tmp = floats(rows_of(q) * kb);
-                fill_scales(c, n->in[k], rank, b, tmp);
+                fill_scales(c, n->in[k], rank, b, zero, tmp);
                 for (uint64_t o = 0; o < outer; o++)
                     memcpy(dst + o * row + at, tmp + o * part, sizeof(float) * part);
                 at += part;
@@ -323,13 +333,14 @@ static void fill_scales(const kc *c, int id, int rank, int64_t b, float *dst)
         }
         uint64_t pkb = b ? ((uint64_t)p->shape[last] + (uint64_t)b - 1) / (uint64_t)b : 1;
         float *tmp = floats(rows_of(p) * pkb);
-        fill_scales(c, n->in[0], rank, b, tmp);
+        fill_scales(c, n->in[0], rank, b, zero, tmp);
+        const float pad = zero ? 0.0f : 1.0f;
         if (n->dim == last) { /* a SHARD of K: the rank's blocks of every row */
             uint64_t len = (uint64_t)(n->shape[last] - n->pad);
             uint64_t first = b ? (uint64_t)(rank * n->parts / g->tp) * len / (uint64_t)b : 0;
             for (uint64_t r = 0; r < rows_of(n); r++)
                 for (uint64_t k = 0; k < kb; k++)
-                    dst[r * kb + k] = first + k < pkb ? tmp[r * pkb + first + k] : 1.0f;
+                    dst[r * kb + k] = first + k < pkb ? tmp[r * pkb + first + k] : pad;
             free(tmp);
             return;
         }
@@ -344,13 +355,13 @@ static void fill_scales(const kc *c, int id, int rank, int64_t b, float *dst)
             memcpy(dst + o * w * inner * kb, tmp + (o * sd + start) * inner * kb,
                    sizeof(float) * len * inner * kb);
             for (uint64_t i = len * inner * kb; i < w * inner * kb; i++)
-                dst[o * w * inner * kb + i] = 1.0f;
+                dst[o * w * inner * kb + i] = pad;
         }
         free(tmp);
         return;
     }
     default:
-        assert(!"pack_fp8_block accepts no other op");
+        assert(!"pack_qblock accepts no other op");
     }
 }
 
@@ -392,7 +403,7 @@ static int fill_fp8(const kc *c, int id, int rank, int64_t b, unsigned char *dst
     }
     int rc = fill(c->g, id, rank, ST_F32, (unsigned char *)v, err);
     if (!rc) {
-        fill_scales(c, id, rank, b, sc);
+        fill_scales(c, id, rank, b, 0, sc);
         fp8job j = {.v = v, .sc = sc, .dst = dst, .K = K, .kb = kb, .b = (uint64_t)b};
         for (int i = 0; i < UTIL_PAR_MAX; i++)
             j.bad[i] = -1;
@@ -411,6 +422,90 @@ static int fill_fp8(const kc *c, int id, int rank, int64_t b, unsigned char *dst
     return rc;
 }
 
+typedef struct i4job {
+    const float *v, *sc, *zp;
+    unsigned char *dst;
+    uint64_t K, kb, b;
+    int64_t bad[UTIL_PAR_MAX]; /* per chunk: the first element that does not come back, or -1 */
+} i4job;
+
+static void i4_part(void *ctx, int chunk, int64_t lo, int64_t hi)
+{
+    i4job *j = ctx;
+    for (uint64_t r = (uint64_t)lo; r < (uint64_t)hi; r++)
+        for (uint64_t k0 = 0; k0 < j->K; k0 += 8) {
+            uint32_t word = 0;
+            for (uint64_t e = 0; e < 8; e++) {
+                uint64_t k = k0 + e, at = r * j->kb + (j->b ? k / j->b : 0);
+                float s = j->sc[at], x = j->v[r * j->K + k];
+                int z = (int)j->zp[at], q = s != 0 ? (int)lrintf(x / s) + z : z;
+                if (q < 0 || q > 15 || (float)(q - z) * s != x) {
+                    j->bad[chunk] = (int64_t)(r * j->K + k);
+                    return;
+                }
+                word |= (uint32_t)q << (e & 1 ? 16 + 4 * (e / 2) : 4 * (e / 2));
+            }
+            for (int i = 0; i < 4; i++)
+                j->dst[(r * j->K + k0) / 2 + (uint64_t)i] = (unsigned char)(word >> (8 * i));
+        }
+}
+
+/* gemv_int4's weight (templates/gemv.cuh): the 4-bit q of constant `id`, whose values are
+ * (q - zero) * scale, two a byte: each group of 8 elements k..k+7 one little-endian 32-bit word,
+ * element k+2j in nibble j and k+2j+1 in nibble j+4 (j = 0..3). Each q is checked to give back
+ * its value exactly. Rows on every core. */
+static int fill_int4(const kc *c, int id, int rank, int64_t b, unsigned char *dst, kerr *err)
+{
+    const kg_node *n = &c->g->nodes[id];
+    uint64_t rows = rows_of(n), K = (uint64_t)n->shape[n->ndim - 1];
+    uint64_t kb = b ? (K + (uint64_t)b - 1) / (uint64_t)b : 1;
+    float *v = malloc(sizeof(float) * (rows * K + 1)), *sc = floats(rows * kb), *zp = floats(rows * kb);
+    int rc = v ? 0 : kerr_add(err, "pack: out of memory for %s", n->name);
+    if (!rc && !(rc = fill(c->g, id, rank, ST_F32, (unsigned char *)v, err))) {
+        fill_scales(c, id, rank, b, 0, sc);
+        fill_scales(c, id, rank, b, 1, zp);
+        i4job j = {.v = v, .sc = sc, .zp = zp, .dst = dst, .K = K, .kb = kb, .b = (uint64_t)b};
+        for (int i = 0; i < UTIL_PAR_MAX; i++)
+            j.bad[i] = -1;
+        util_parallel_for((int64_t)rows, i4_part, &j);
+        for (int i = 0; i < UTIL_PAR_MAX && !rc; i++)
+            if (j.bad[i] >= 0) {
+                uint64_t e = (uint64_t)j.bad[i], r = e / K, k = e % K;
+                uint64_t at = r * kb + (b ? k / (uint64_t)b : 0);
+                rc = kerr_add(err, "pack: %s [%llu, %llu] = %g is not (q - %g) * %g for a q of 0 "
+                                   "to 15 (a kilnc bug: please report it)",
+                              n->name, (unsigned long long)r, (unsigned long long)k,
+                              (double)v[e], (double)zp[at], (double)sc[at]);
+            }
+    }
+    free(v);
+    free(sc);
+    free(zp);
+    return rc;
+}
+
+/* gemv_int4's scales and zero points: per row and group, two 32-bit words, the scale as a pair
+ * of dt values and (B + zero) as a pair of dt values, B = 128 for bf16 and 1024 for f16 (the
+ * base of the kernel's nibble-to-dt trick). */
+static void fill_int4sz(const kc *c, int id, int rank, int64_t b, st_dtype dt, uint32_t *dst)
+{
+    const kg_node *n = &c->g->nodes[id];
+    uint64_t rows = rows_of(n), K = (uint64_t)n->shape[n->ndim - 1];
+    uint64_t kb = b ? (K + (uint64_t)b - 1) / (uint64_t)b : 1;
+    float *sc = floats(rows * kb), *zp = floats(rows * kb);
+    fill_scales(c, id, rank, b, 0, sc);
+    fill_scales(c, id, rank, b, 1, zp);
+    float base = dt == ST_F16 ? 1024.0f : 128.0f;
+    for (uint64_t i = 0; i < rows * kb; i++) {
+        uint32_t hs = dt == ST_F16 ? util_f32_to_f16(sc[i]) : util_f32_to_bf16(sc[i]);
+        uint32_t hz = dt == ST_F16 ? util_f32_to_f16(base + zp[i]) : util_f32_to_bf16(base + zp[i]);
+        dst[2 * i] = hs | hs << 16;
+        dst[2 * i + 1] = hz | hz << 16;
+    }
+    free(sc);
+    free(zp);
+}
+
 typedef struct fillctx {
     const kc *c;
     int id, rank;
@@ -423,11 +518,18 @@ typedef struct fillctx {
 static int fill_cb(void *ctx, void *buf, uint64_t nbytes, kerr *err)
 {
     fillctx *f = ctx;
-    int64_t b = f->type == KA_W_ACT ? 0 : pack_fp8_block(f->c, f->id, f->rank);
-    assert(b >= 0); /* lower made it FP8 only so */
-    if (f->type == KA_W_E4M3 ? fill_fp8(f->c, f->id, f->rank, b, buf, err)
-        : f->type == KA_W_F32 ? (fill_scales(f->c, f->id, f->rank, b, buf), 0)
-                              : fill(f->c->g, f->id, f->rank, f->dt, buf, err))
+    qrows_kind kind;
+    int64_t b = f->type == KA_W_ACT ? 0 : pack_qblock(f->c, f->id, f->rank, &kind);
+    assert(b >= 0); /* lower made it quantised only so */
+    int rc = 0;
+    switch (f->type) {
+    case KA_W_E4M3: rc = fill_fp8(f->c, f->id, f->rank, b, buf, err); break;
+    case KA_W_F32: fill_scales(f->c, f->id, f->rank, b, 0, buf); break;
+    case KA_W_INT4: rc = fill_int4(f->c, f->id, f->rank, b, buf, err); break;
+    case KA_W_INT4SZ: fill_int4sz(f->c, f->id, f->rank, b, f->dt, buf); break;
+    default: rc = fill(f->c->g, f->id, f->rank, f->dt, buf, err); break;
+    }
+    if (rc)
         return -1;
     hash_stream_update(f->hs, buf, (size_t)nbytes);
     return 0;
@@ -533,9 +635,10 @@ static int pack_rank(kc *c, const lowered *l, const char *path, int rank, bar *b
     for (int i = 0; i < l->m.nweights; i++) {
         const ka_weight *kw = &l->m.weights[i];
         ctx[i] = (fillctx){c, l->weight_node[i], rank, dt, kw->type, hs};
-        st_writer_add_fill(w, kw->name,
-                           kw->type == KA_W_E4M3 ? ST_F8_E4M3 : kw->type == KA_W_F32 ? ST_F32 : dt,
-                           kw->ndim, kw->shape, fill_cb, &ctx[i]);
+        static const st_dtype wdt[] = {[KA_W_E4M3] = ST_F8_E4M3, [KA_W_F32] = ST_F32,
+                                       [KA_W_INT4] = ST_U8, [KA_W_INT4SZ] = ST_U32};
+        st_writer_add_fill(w, kw->name, kw->type == KA_W_ACT ? dt : wdt[kw->type], kw->ndim,
+                           kw->shape, fill_cb, &ctx[i]);
     }
     char rk[32];
     snprintf(rk, sizeof rk, "%d of %d", rank, l->m.tp);

@@ -42,8 +42,7 @@ typedef struct quant_state {
     qexcl *excl;
     int n_excl;
     st_tensor **owned;
-    float **scale;    /* per owned tensor: its FP8 scales per row [rows, ceil(cols / sbc)], or NULL */
-    int64_t *sbc;     /* per owned tensor: the K block of its scales (0: one scale per row) */
+    qrows *rows;      /* per owned tensor: its quantised form by rows (quant_rows), or kind 0 */
     int n, cap;
     int n_companions; /* scale, zero and index tensors read; input scales skipped (FP8) */
 } quant_state;
@@ -459,11 +458,9 @@ static st_tensor *own(kc *c, const st_tensor *like, const char *name)
     if (s->n == s->cap) {
         s->cap = s->cap ? 2 * s->cap : 64;
         s->owned = xrealloc(s->owned, sizeof *s->owned * (size_t)s->cap);
-        s->scale = xrealloc(s->scale, sizeof *s->scale * (size_t)s->cap);
-        s->sbc = xrealloc(s->sbc, sizeof *s->sbc * (size_t)s->cap);
+        s->rows = xrealloc(s->rows, sizeof *s->rows * (size_t)s->cap);
     }
-    s->scale[s->n] = NULL;
-    s->sbc[s->n] = 0;
+    memset(&s->rows[s->n], 0, sizeof s->rows[s->n]);
     size_t nl = name ? strlen(name) + 1 : 0;
     st_tensor *t = xmalloc(sizeof *t + nl);
     *t = *like;
@@ -577,8 +574,7 @@ const st_tensor *quant_dequant_fp8(kc *c, const st_tensor *t, unsigned char *use
     for (int64_t r = 0; r < rows; r++)
         for (int64_t b = 0; b < scl; b++)
             rs[r * scl + b] = scalar_at(sc, (uint64_t)((r / brr) * scl + b));
-    s->scale[s->n - 1] = rs;
-    s->sbc[s->n - 1] = scl == 1 ? 0 : bcc;
+    s->rows[s->n - 1] = (qrows){QROWS_E4M3, scl == 1 ? 0 : bcc, rs, NULL};
     for (int64_t r = 0; r < rows; r++)
         for (int64_t k = 0; k < cols; k++)
             d[r * cols + k] = fp8_e4m3_to_f32(q[r * cols + k]) * rs[r * scl + k / bcc];
@@ -694,6 +690,26 @@ static int32_t *group_index(ipack *p, const char *sfx, int64_t in, int64_t group
     return g;
 }
 
+/* The INT4 form of the weight just dequantised (out_tensor's, the last owned), for the packer:
+ * its scale and zero point per row and group, sc and zp [out, groups] (taken), of `in` / groups
+ * contiguous columns each. Kept when the format has 4 bits and the columns are in order (gi
+ * NULL, or every entry i / G: act order puts a group's columns apart, and the INT4 kernels read
+ * groups as runs); freed otherwise. */
+static void keep_int4(ipack *p, int64_t in, int64_t groups, const int32_t *gi, float *sc, float *zp)
+{
+    quant_state *s = p->c->quant;
+    int64_t G = in / groups;
+    int ok = s->bits == 4;
+    for (int64_t i = 0; ok && gi && i < in; i++)
+        ok = gi[i] == i / G;
+    if (!ok) {
+        free(sc);
+        free(zp);
+        return;
+    }
+    s->rows[s->n - 1] = (qrows){QROWS_INT4, groups == 1 ? 0 : G, sc, zp};
+}
+
 /* The fp32 [out, in] tensor the weight dequantises into, named as the spec asks for it. */
 static float *out_tensor(ipack *p, const st_tensor *packed, int64_t out, int64_t in,
                          const st_tensor **o)
@@ -721,15 +737,20 @@ static const st_tensor *deq_awq(ipack *p, const st_tensor *qw)
         return NULL;
     const st_tensor *o;
     float *d = out_tensor(p, qw, out, in, &o);
+    float *ks = xmalloc(sizeof(float) * (size_t)(out * G)), *kz = xmalloc(sizeof(float) * (size_t)(out * G));
     for (int64_t i = 0; i < in; i++) {
         int64_t g = i / (in / G);
         for (int64_t c = 0; c < out; c++) {
             int sh = 4 * AWQ_NIBBLE[c & 7];
             int q = (int)(word(qw, (uint64_t)(i * oc + c / 8)) >> sh & 15);
             int z = (int)(word(qz, (uint64_t)(g * oc + c / 8)) >> sh & 15);
-            d[c * in + i] = (float)(q - z) * scalar_at(sc, (uint64_t)(g * out + c));
+            float v = scalar_at(sc, (uint64_t)(g * out + c));
+            d[c * in + i] = (float)(q - z) * v;
+            ks[c * G + g] = v;
+            kz[c * G + g] = (float)z;
         }
     }
+    keep_int4(p, in, G, NULL, ks, kz);
     return o;
 }
 
@@ -757,6 +778,7 @@ static const st_tensor *deq_gptq(ipack *p, const st_tensor *qw)
         return NULL;
     const st_tensor *o;
     float *d = out_tensor(p, qw, out, in, &o);
+    float *ks = xmalloc(sizeof(float) * (size_t)(out * G)), *kz = xmalloc(sizeof(float) * (size_t)(out * G));
     for (int64_t i = 0; i < in; i++) {
         int64_t g = gi[i];
         int sh = bits * (int)(i % pf);
@@ -764,9 +786,13 @@ static const st_tensor *deq_gptq(ipack *p, const st_tensor *qw)
             int q = (int)(word(qw, (uint64_t)((i / pf) * out + c)) >> sh & mask);
             int z = (int)(word(qz, (uint64_t)(g * zc + c / pf)) >> (bits * (int)(c % pf)) & mask) +
                     s->zero_plus1;
-            d[c * in + i] = (float)(q - z) * scalar_at(sc, (uint64_t)(g * out + c));
+            float v = scalar_at(sc, (uint64_t)(g * out + c));
+            d[c * in + i] = (float)(q - z) * v;
+            ks[c * G + g] = v;
+            kz[c * G + g] = (float)z;
         }
     }
+    keep_int4(p, in, G, gi, ks, kz);
     free(gi);
     return o;
 }
@@ -823,13 +849,18 @@ static const st_tensor *deq_ct(ipack *p, const st_tensor *wp)
         return NULL;
     const st_tensor *o;
     float *d = out_tensor(p, wp, out, in, &o);
+    float *ks = xmalloc(sizeof(float) * (size_t)(out * G)), *kz = xmalloc(sizeof(float) * (size_t)(out * G));
     int off = 1 << (bits - 1);
     for (int64_t c = 0; c < out; c++)
         for (int64_t i = 0; i < in; i++) {
             uint32_t v = word(wp, (uint64_t)(c * pc + i / pf)) >> (bits * (int)(i % pf)) & mask;
             int q = (int)v - off;
-            d[c * in + i] = (float)q * scalar_at(sc, (uint64_t)(c * G + gi[i]));
+            float sv = scalar_at(sc, (uint64_t)(c * G + gi[i]));
+            d[c * in + i] = (float)q * sv;
+            ks[c * G + gi[i]] = sv;
+            kz[c * G + gi[i]] = (float)off; /* stored v = q + off: (v - off) * s */
         }
+    keep_int4(p, in, G, gi, ks, kz);
     free(gi);
     return o;
 }
@@ -891,16 +922,16 @@ int quant_dequant_packed(kc *c, const char *name, unsigned char *used, const st_
     return *out ? 0 : -1;
 }
 
-typedef struct qrows {
+typedef struct rowjob {
     const st_tensor *t;
     float *d, *rs;
     int64_t cols;
-} qrows;
+} rowjob;
 
 /* Rows [lo, hi) of quant_fp8_rows; a row with NaN or Inf is kept as it is, its scale NaN. */
 static void qrows_part(void *ctx, int chunk, int64_t lo, int64_t hi)
 {
-    qrows *q = ctx;
+    rowjob *q = ctx;
     (void)chunk;
     for (int64_t r = lo; r < hi; r++) {
         float *row = q->d + r * q->cols, amax = 0;
@@ -929,26 +960,24 @@ const st_tensor *quant_fp8_rows(kc *c, const st_tensor *t)
     assert(t->ndim == 2);
     int64_t rows = t->shape[0], cols = t->shape[1];
     st_tensor *o = own(c, t, NULL);
-    qrows q = {t, (float *)o->data, xmalloc(sizeof(float) * (size_t)(rows ? rows : 1)), cols};
+    rowjob q = {t, (float *)o->data, xmalloc(sizeof(float) * (size_t)(rows ? rows : 1)), cols};
     util_parallel_for(rows, qrows_part, &q); /* rows on every core: an 8B model has 7B weights */
     int all_finite = 1;
     for (int64_t r = 0; r < rows; r++)
         all_finite &= !isnan(q.rs[r]);
     if (all_finite) /* else the packer stores the weight in the compute dtype */
-        c->quant->scale[c->quant->n - 1] = q.rs;
+        c->quant->rows[c->quant->n - 1] = (qrows){QROWS_E4M3, 0, q.rs, NULL};
     else
         free(q.rs);
     return o;
 }
 
-const float *quant_fp8_scales(const kc *c, const st_tensor *t, int64_t *sbc)
+const qrows *quant_rows(const kc *c, const st_tensor *t)
 {
     const quant_state *s = c->quant;
     for (int i = 0; s && i < s->n; i++)
-        if (s->owned[i] == t) {
-            *sbc = s->sbc[i];
-            return s->scale[i];
-        }
+        if (s->owned[i] == t)
+            return s->rows[i].kind ? &s->rows[i] : NULL;
     return NULL;
 }
 
@@ -1002,11 +1031,11 @@ void quant_free(kc *c)
     for (int i = 0; i < s->n; i++) {
         free((void *)s->owned[i]->data);
         free(s->owned[i]);
-        free(s->scale[i]);
+        free(s->rows[i].scale);
+        free(s->rows[i].zero);
     }
     free(s->owned);
-    free(s->scale);
-    free(s->sbc);
+    free(s->rows);
     for (int i = 0; i < s->n_excl; i++) {
         free(s->excl[i].text);
         pcre2_code_free(s->excl[i].re);

@@ -82,12 +82,21 @@ int quant_dequant_packed(kc *c, const char *name, unsigned char *used, const st_
 /* --quant fp8: the fp32 tensor of t ([out, in], F32/F16/BF16) rounded to e4m3 with one scale
  * per output row (absmax / 448), dequantised again: the values an FP8 weight holds. */
 const st_tensor *quant_fp8_rows(kc *c, const st_tensor *t);
-/* The e4m3 form of t when quant made it (quant_dequant_fp8, quant_fp8_rows): t's values are
- * exactly fp8_e4m3_to_f32(q) * scale[r * kb + k / sbc] (one fp32 multiply) for e4m3 bytes q,
- * with kb = ceil(cols / sbc), or one scale per row (kb 1) when *sbc is set to 0. The scales
- * [rows, kb] are owned by c. NULL for any other tensor (a checkpoint's, an integer weight's,
- * or a --quant fp8 one with NaN or Inf, which stays in the compute dtype). */
-const float *quant_fp8_scales(const kc *c, const st_tensor *t, int64_t *sbc);
+/* A weight's quantised form by rows, when quant made it: its values are exactly (one fp32
+ * multiply) fp8_e4m3_to_f32(q) * scale (QROWS_E4M3: a published FP8 checkpoint's, --quant
+ * fp8's) or (q - zero) * scale with q in 0..15 (QROWS_INT4: AWQ, GPTQ 4-bit in column order,
+ * compressed-tensors pack-quantized 4-bit), for scale and zero [rows, kb] (zero NULL for
+ * E4M3), kb = ceil(cols / block) blocks of `block` columns, or one per row when block is 0. */
+typedef enum { QROWS_NONE, QROWS_E4M3, QROWS_INT4 } qrows_kind;
+typedef struct qrows {
+    qrows_kind kind;
+    int64_t block;
+    float *scale, *zero;
+} qrows;
+/* t's quantised form (owned by c), or NULL for any other tensor (a checkpoint's as stored, an
+ * 8-bit or act-order integer weight, a --quant fp8 one with NaN or Inf): those are packed in the
+ * compute dtype. */
+const qrows *quant_rows(const kc *c, const st_tensor *t);
 /* After bind_weights: what was quantised, for kilnc check ("14 weights F8_E4M3 with
  * compressed-tensors per-channel scales, dequantised to fp32", "14 weights AWQ 4-bit (gemm),
  * group size 32 (42 tensors read), dequantised to fp32"), or NULL when nothing was. */

@@ -18,7 +18,8 @@
 
 #include "../kernels/kiln_step.h"
 
-static const char *const wtype_names[] = {"", "f8_e4m3", "f32"}; /* by ka_wtype */
+static const char *const wtype_names[] = {"", "f8_e4m3", "f32", "int4", "int4_sz"}; /* ka_wtype */
+static const int wtype_size[] = {2, 1, 4, 1, 4}; /* bytes per element as stored (int4: two a byte) */
 
 static const char *arg_names[] = {"step", "buf", "scratch", "weight", "const", "kv_k", "kv_v",
                                   "null", "i32", "f32", "m",    "logits",  "out",  "rank"};
@@ -686,8 +687,9 @@ static int parse_gemm(rd *r, json_t *o, const stepctx *c, ka_step *s)
         return bad(r, "%s: an FP8 GEMM (weight '%s' is f8_e4m3) needs x in scratch with ldx = k "
                       "and no bias",
                    c->where, w->name);
-    if (w && w->type == KA_W_F32)
-        return bad(r, "%s: GEMM weight '%s' is f32 (an FP8 weight's scales)", c->where, w->name);
+    if (w && w->type != KA_W_ACT && !fp8)
+        return bad(r, "%s: GEMM weight '%s' is %s: a GEMM reads a %s or an f8_e4m3 weight",
+                   c->where, w->name, wtype_names[w->type], m->dtype);
     if (w && (w->ndim != 2 || w->shape[0] != s->n || w->shape[1] != s->k))
         return bad(r, "%s: GEMM n=%lld k=%lld, but its weight '%s' is %s with %d dimensions "
                       "[%lld, %lld]",
@@ -988,9 +990,9 @@ static void parse_tables(rd *r, json_t *root, ka_manifest *m)
         m->weights[i].nbytes = jint(r, w, where, "nbytes", 1, KA_MAX_BYTES);
         json_t *wt = json_object_get(w, "dtype");
         if (wt && !r->bad) {
-            int k = json_is_string(wt) ? is_enum(json_string_value(wt), wtype_names, 3) : -1;
+            int k = json_is_string(wt) ? is_enum(json_string_value(wt), wtype_names, 5) : -1;
             if (k <= KA_W_ACT)
-                bad(r, "%s: dtype is not \"f8_e4m3\" or \"f32\"", where);
+                bad(r, "%s: dtype is not \"f8_e4m3\", \"f32\", \"int4\" or \"int4_sz\"", where);
             else
                 m->weights[i].type = (ka_wtype)k;
         }
@@ -1004,7 +1006,7 @@ static void parse_tables(rd *r, json_t *root, ka_manifest *m)
                         ? KA_MAX_BYTES + 1
                         : numel * m->weights[i].shape[d];
         }
-        int es = m->weights[i].type == KA_W_E4M3 ? 1 : m->weights[i].type == KA_W_F32 ? 4 : 2;
+        int es = wtype_size[m->weights[i].type];
         if (!r->bad && numel * es != m->weights[i].nbytes)
             bad(r, "%s: %lld bytes for %lld elements of %s", where,
                 (long long)m->weights[i].nbytes, (long long)numel,
@@ -1373,7 +1375,9 @@ st_set *ka_shard_open_rank(const ka_file *af, const char *dir, int rank, kerr *e
     for (int i = 0; i < m->nweights; i++) {
         const ka_weight *w = &m->weights[i];
         const st_tensor *t = st_find(s, w->name);
-        st_dtype wdt = w->type == KA_W_E4M3 ? ST_F8_E4M3 : w->type == KA_W_F32 ? ST_F32 : want_dt;
+        static const st_dtype stored[] = {[KA_W_E4M3] = ST_F8_E4M3, [KA_W_F32] = ST_F32,
+                                          [KA_W_INT4] = ST_U8, [KA_W_INT4SZ] = ST_U32};
+        st_dtype wdt = w->type == KA_W_ACT ? want_dt : stored[w->type];
         int same = t && t->dtype == wdt && t->ndim == w->ndim && (int64_t)t->nbytes == w->nbytes;
         for (int d = 0; same && d < w->ndim; d++)
             same = t->shape[d] == w->shape[d];

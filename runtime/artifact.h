@@ -174,14 +174,15 @@ typedef struct ka_kernel {
     int smem;    /* dynamic shared memory bytes */
 } ka_kernel;
 
-/* A weight's elements: the artifact's dtype (bf16/f16), or the two tensors of an FP8 linear
- * weight that templates/gemv.cuh's gemv_fp8 and dequant_fp8 read: its e4m3 bytes (in their
- * byte order) and its float scales. */
-typedef enum { KA_W_ACT, KA_W_E4M3, KA_W_F32 } ka_wtype;
+/* A weight's elements: the artifact's dtype (bf16/f16); the two tensors of an FP8 linear
+ * weight that templates/gemv.cuh's gemv_fp8 and dequant_fp8 read, its e4m3 bytes (in their
+ * byte order) and its float scales; or the two of an INT4 one (gemv_int4, dequant_int4): its
+ * 4-bit values, two a byte (U8 [N, K/2]), and its scales and zero points (U32 [N, groups, 2]). */
+typedef enum { KA_W_ACT, KA_W_E4M3, KA_W_F32, KA_W_INT4, KA_W_INT4SZ } ka_wtype;
 
 typedef struct ka_weight {
     char *name;   /* tensor name in the shard */
-    ka_wtype type; /* manifest "dtype": absent (KA_W_ACT), "f8_e4m3" or "f32" */
+    ka_wtype type; /* manifest "dtype": absent (KA_W_ACT), "f8_e4m3", "f32", "int4", "int4_sz" */
     int ndim;
     int64_t shape[4];
     int64_t nbytes;

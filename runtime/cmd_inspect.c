@@ -142,9 +142,11 @@ int cmd_inspect(int argc, char **argv)
         printf("rope         longrope: a sequence longer than %d tokens uses the long factors "
                "(recomputed when it grows past them)\n",
                m->rope_switch);
-    int fp8 = 0, w8a8 = 0;
-    for (int i = 0; i < m->nweights; i++)
+    int fp8 = 0, w8a8 = 0, int4 = 0;
+    for (int i = 0; i < m->nweights; i++) {
         fp8 += m->weights[i].type == KA_W_E4M3;
+        int4 += m->weights[i].type == KA_W_INT4;
+    }
     for (int i = 0; i < m->nprefill; i++)
         w8a8 |= m->prefill[i].kind == KA_GEMM && m->prefill[i].w.kind == KA_ARG_WEIGHT &&
                 m->weights[m->prefill[i].w.i].type == KA_W_E4M3;
@@ -158,6 +160,10 @@ int cmd_inspect(int argc, char **argv)
                fp8, m->gemv_max,
                w8a8 ? "run W8A8 on the FP8 tensor cores (kilnc compile --fp8-gemm w8a8)"
                     : "dequantise them into bf16 for the GEMM (weight-only)");
+    if (int4)
+        printf("int4         %d linear weights in 4 bits with scales and zero points per group; "
+               "steps of more than %d rows dequantise them into %s for the GEMM\n",
+               int4, m->gemv_max, m->dtype);
     printf("gemm         %s: %d cuBLASLt steps%s\n",
            m->gemm_kiln ? "kiln (kilnc compile --gemm kiln)" : "cublaslt", m->cublaslt_steps,
            m->cublaslt_steps ? " (kiln loads libcublasLt)" : " (no cuBLASLt needed)");

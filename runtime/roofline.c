@@ -315,8 +315,8 @@ void kroof_model_of(const ka_manifest *m, kroof_model *r)
             r->weight_bytes += w->nbytes;
             if (use[i] & 4)
                 r->head_params += elements(w);
-            else if (w->ndim >= 2 && w->type != KA_W_F32) /* not an FP8 weight's scales */
-                r->matrix_params += elements(w);
+            else if (w->ndim >= 2 && w->type != KA_W_F32 && w->type != KA_W_INT4SZ)
+                r->matrix_params += elements(w) * (w->type == KA_W_INT4 ? 2 : 1); /* [N, K/2] */
         } else if (use[i] & 1) {
             r->gather_bytes += w->nbytes;
         }

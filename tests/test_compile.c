@@ -14,6 +14,7 @@
  *     `kilnc compile --tp 2` and `kiln inspect --verify` check both shards, and a swapped or
  *     missing rank shard is refused naming the rank.
  */
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -561,7 +562,7 @@ static void check_tp(const char *name, int tp)
     assert_non_null(strstr(js, "\"collective\": \"all_reduce\""));
     assert_non_null(strstr(js, "\"collective\": \"all_gather\""));
     free(js);
-    int split = 0, fp8 = 0;
+    int split = 0, fp8 = 0, int4 = 0;
     for (int r = 0; r < tp; r++) {
         char path[800];
         snprintf(path, sizeof path, "%s/shards/rank%d-of-%d.safetensors", dir, r, tp);
@@ -577,8 +578,8 @@ static void check_tp(const char *name, int tp)
             const st_tensor *t = st_find(s, m->weights[i].name);
             assert_non_null(t);
             assert_int_equal((int64_t)t->nbytes, m->weights[i].nbytes);
-            if (m->weights[i].type == KA_W_F32)
-                continue; /* checked with its e4m3 weight, the one before */
+            if (m->weights[i].type == KA_W_F32 || m->weights[i].type == KA_W_INT4SZ)
+                continue; /* checked with its quantised weight, the one before */
             uint16_t *want_w = pack_const(c.g, c.low->weight_node[i], r, ST_BF16, &err);
             assert_non_null(want_w);
             if (m->weights[i].type == KA_W_E4M3) {
@@ -597,6 +598,34 @@ static void check_tp(const char *name, int tp)
                                  (double)v, (double)util_bf16_to_f32(want_w[e]));
                 }
                 fp8++;
+            } else if (m->weights[i].type == KA_W_INT4) {
+                /* the value the kernels build: bf16((q - z) * s) with s, B + z stored in bf16
+                 * (B = 128); against the packed fp32 (q - z) * s rounded to bf16 once: the
+                 * scale's own rounding to bf16 allows a relative 2^-8, a wrong nibble or group
+                 * far more */
+                const st_tensor *sz = st_find(s, m->weights[i + 1].name);
+                assert_non_null(sz);
+                int64_t N = m->weights[i].shape[0], K = 2 * m->weights[i].shape[1];
+                int64_t kb = sz->shape[1], b = K / kb;
+                const uint8_t *q = t->data;
+                const uint32_t *w2 = sz->data;
+                for (int64_t e = 0; e < N * K; e++) {
+                    int64_t n = e / K, k = e % K, j = k & 7;
+                    const uint8_t *word = q + (n * K + (k & ~7LL)) / 2;
+                    uint32_t u = (uint32_t)word[0] | (uint32_t)word[1] << 8 |
+                                 (uint32_t)word[2] << 16 | (uint32_t)word[3] << 24;
+                    int nib = (int)(u >> (j & 1 ? 16 + 4 * (j / 2) : 4 * (j / 2)) & 15);
+                    const uint32_t *g = w2 + 2 * (n * kb + k / b);
+                    float sv = util_bf16_to_f32((uint16_t)g[0]);
+                    float z = util_bf16_to_f32((uint16_t)g[1]) - 128.0f;
+                    float v = util_bf16_to_f32(util_f32_to_bf16((float)(nib - (int)z) * sv));
+                    float wv = util_bf16_to_f32(want_w[e]);
+                    if (fabsf(v - wv) > 0x1p-7f * fabsf(wv))
+                        fail_msg("%s --tp %d rank %d: INT4 %s [%lld, %lld] is %g, its value %g",
+                                 name, tp, r, m->weights[i].name, (long long)n, (long long)k,
+                                 (double)v, (double)wv);
+                }
+                int4++;
             } else if (memcmp(t->data, want_w, t->nbytes)) {
                 fail_msg("%s --tp %d rank %d: tensor %s differs from its packed value", name, tp,
                          r, m->weights[i].name);
@@ -609,6 +638,12 @@ static void check_tp(const char *name, int tp)
     /* an FP8 checkpoint's linears stay FP8 (its 14 linear weights: 8 after qkv and gate/up are
      * fused, on every rank); no other fixture has any */
     assert_int_equal(fp8, strstr(name, "fp8") ? 8 * tp : 0);
+    /* INT4 (group 32): the AWQ fixture leaves layer 1's down_proj plain; at tp 2 layer 0's
+     * down_proj (96 columns) is cut at 48, off a group edge, and stays bf16 too */
+    int want4 = !strcmp(name, "llama_awq") ? (tp == 1 ? 7 : 6 * tp)
+                : !strcmp(name, "llama_int4_ct") ? (tp == 1 ? 7 : 6 * tp)
+                                                 : 0;
+    assert_int_equal(int4, want4);
     /* tp 2 splits weights in halves; tp 1 has shards of one part */
     if (tp > 1)
         assert_true(split > 0);
@@ -631,6 +666,10 @@ static void test_tp_shards(void **state)
     check_tp("bloom", 1);
     check_tp("llama_fp8_ct", 1); /* FP8 weights: e4m3 bytes and scales per row */
     check_tp("llama_fp8_ct", 2); /* o_proj and down_proj cut along K, qkv by heads */
+    check_tp("llama_awq", 1);     /* INT4 weights: nibbles, scales and zero points per group */
+    check_tp("llama_awq", 2);
+    check_tp("llama_int4_ct", 1);
+    check_tp("llama_int4_ct", 2);
 }
 
 /* A split weight's halves differ between the ranks and concatenate to the whole: llama's

@@ -34,8 +34,8 @@
  * partial step), 4096, 8192 and 14336, split-K over 1 to 16 warps. The reference sums x times
  * the weight values the kernel builds, computed on the CPU as DT((q - z) * s) (the product of
  * an integer of at most 5 bits and a DT value is exact in float, so util_f32_to_bf16/f16 is
- * the one rounding, as in the kernel). The block is lower_gemv_threads with its fp8 flag (steps
- * of 256 elements) until lower.c's rule takes gemv_int4's 512-element step.
+ * the one rounding, as in the kernel). The block is lower_gemv_threads at gemv_int4's step of
+ * 512 elements.
  *
  * Tolerances (relative L2 over the whole output), the same for all three kernels:
  *   - stored in bf16: 1e-2. One rounding of the output is a relative error of at most 2^-9
@@ -485,13 +485,11 @@ static void sbc_label(char *out, size_t n, int sbc, int g4, int K)
 }
 
 /* lower.c's block size for a kernel (sbc: gemv_fp8, g4: gemv_int4, neither: gemv), the one place
- * this file asks for it. lower_gemv_threads counts steps of 128 elements, or 256 with its fp8
- * flag; gemv_int4's step is 512 elements, which the rule will take as a step-width parameter:
- * until then gemv_int4 gets the fp8 rule's block, which can hold up to twice as many warps as
- * gemv_int4 has steps (the extra warps add zeros: correct, and a bench number below the rule's). */
+ * this file asks for it: lower_gemv_threads with the kernel's step (128, 256 or 512 elements: the
+ * same bytes of weight a step). */
 static int case_threads(int N, int K, int gated, int sbc, int g4)
 {
-    return lower_gemv_threads(N, K, gated, sbc != 0 || g4 != 0);
+    return lower_gemv_threads(N, K, gated, sbc ? 256 : g4 ? 512 : 128);
 }
 
 /* A case: its kernel compiled once, run for each M of c->ms. */
