@@ -3,14 +3,16 @@
  * (--quant fp8).
  *
  * What kiln computes with: every quantised weight is turned back into fp32 at bind_weights,
- * exactly (e4m3 value * its scale, one fp32 multiply), so `kilnc ref` of an FP8 checkpoint equals
- * the forward of its dequantised fp32 copy, and `--quant fp8` gives the numbers an FP8
- * weight-only model computes. quant keeps the scales of each FP8 weight (quant_fp8_scales), and
- * `kilnc compile` packs a linear's FP8 weight as e4m3 bytes and float scales per row (pack.h's
- * pack_fp8_block says when it can), which the decode GEMV reads as they are
- * (templates/gemv.cuh's gemv_fp8) and a prefill GEMM after dequant_fp8 into scratch. Integer
- * weights, FP8 weights of other ops (MoE experts, the LM head) and ones the packer cannot keep
- * whole (a K cut off a block edge) are packed in the compute dtype (bf16/f16).
+ * exactly (e4m3 value * its scale, or (q - z) * scale: one fp32 multiply), so `kilnc ref` of a
+ * quantised checkpoint equals the forward of its dequantised fp32 copy, and `--quant fp8` gives
+ * the numbers an FP8 weight-only model computes. quant also keeps each weight's quantised form
+ * by rows (quant_rows: FP8 scales; INT4 scales and zero points per group), and `kilnc compile`
+ * packs a linear's weight in it where pack.h's pack_qblock can follow it (FP8: e4m3 bytes and
+ * float scales; INT4: two 4-bit values a byte, scales and zero points as dt pairs): the GEMVs
+ * read them as they are (templates/gemv.cuh's gemv_fp8, gemv_int4), longer steps through the
+ * FP8 GEMM (W8A8) or after dequant_fp8/dequant_int4 into scratch (lower.c). 8-bit integer and
+ * act-order GPTQ weights, quantised weights of other ops (MoE experts, the LM head) and ones the
+ * packer cannot keep whole (a K cut off a group edge) are packed in the compute dtype.
  *
  * Formats (config.json's quantization_config), for a weight `X.weight` stored as F8_E4M3:
  *   compressed-tensors (quant_method "compressed-tensors", format "float-quantized" or
