@@ -365,117 +365,84 @@ static void fill_scales(const kc *c, int id, int rank, int64_t b, int zero, floa
     }
 }
 
-typedef struct fp8job {
-    const float *v, *sc;
+/* Rows [lo, hi) of fill_quant. */
+typedef struct qjob {
+    qrows_kind kind;
+    const float *v, *sc, *zp; /* zp: INT4's zero points */
     unsigned char *dst;
     uint64_t K, kb, b;
     int64_t bad[UTIL_PAR_MAX]; /* per chunk: the first element that does not come back, or -1 */
-} fp8job;
+} qjob;
 
-static void fp8_part(void *ctx, int chunk, int64_t lo, int64_t hi)
+/* The element's quantised value (e4m3 byte or 4-bit q) that gives back x exactly, or -1. */
+static int quantised(const qjob *j, uint64_t r, uint64_t k)
 {
-    fp8job *j = ctx;
+    uint64_t at = r * j->kb + (j->b ? k / j->b : 0);
+    float s = j->sc[at], x = j->v[r * j->K + k];
+    if (j->kind == QROWS_E4M3) {
+        uint8_t q = x == 0 ? 0 : fp8_e4m3_from_f32(x / s);
+        return fp8_e4m3_to_f32(q) * s == x ? q : -1;
+    }
+    int z = (int)j->zp[at], q = s != 0 ? (int)lrintf(x / s) + z : z;
+    return q >= 0 && q <= 15 && (float)(q - z) * s == x ? q : -1;
+}
+
+static void quant_part(void *ctx, int chunk, int64_t lo, int64_t hi)
+{
+    qjob *j = ctx;
     for (uint64_t r = (uint64_t)lo; r < (uint64_t)hi; r++)
-        for (uint64_t k = 0; k < j->K; k++) {
-            float s = j->sc[r * j->kb + (j->b ? k / j->b : 0)], x = j->v[r * j->K + k];
-            uint8_t q = x == 0 ? 0 : fp8_e4m3_from_f32(x / s);
-            if (fp8_e4m3_to_f32(q) * s != x) {
-                j->bad[chunk] = (int64_t)(r * j->K + k);
-                return;
+        for (uint64_t k0 = 0; k0 < j->K; k0 += 8) {
+            uint32_t word = 0; /* INT4: 8 elements */
+            for (uint64_t e = 0; e < 8 && k0 + e < j->K; e++) {
+                uint64_t k = k0 + e;
+                int q = quantised(j, r, k);
+                if (q < 0) {
+                    j->bad[chunk] = (int64_t)(r * j->K + k);
+                    return;
+                }
+                if (j->kind == QROWS_E4M3)
+                    j->dst[r * j->K + (k & ~3ull) + ((k & 3) == 1 ? 2 : (k & 3) == 2 ? 1 : (k & 3))] =
+                        (unsigned char)q;
+                else
+                    word |= (uint32_t)q << (e & 1 ? 16 + 4 * (e / 2) : 4 * (e / 2));
             }
-            j->dst[r * j->K + (k & ~3ull) + ((k & 3) == 1 ? 2 : (k & 3) == 2 ? 1 : (k & 3))] = q;
+            for (int i = 0; j->kind == QROWS_INT4 && i < 4; i++)
+                j->dst[(r * j->K + k0) / 2 + (uint64_t)i] = (unsigned char)(word >> (8 * i));
         }
 }
 
-/* gemv_fp8's weight (templates/gemv.cuh): the e4m3 bytes of constant `id`, each group of four
- * elements k..k+3 in the byte order k, k+2, k+1, k+3. The values (the fp32 ones quant.h made)
- * divided by their scales are e4m3 numbers: each is checked to come back exactly. Rows on every
- * core. */
-static int fill_fp8(const kc *c, int id, int rank, int64_t b, unsigned char *dst, kerr *err)
+/* A quantised weight's values as the kernels read them (templates/gemv.cuh), from the fp32 values
+ * quant.h made and the scales (and zero points) it kept, each checked to give back its value
+ * exactly. E4M3 (gemv_fp8): bytes, each group of four elements k..k+3 in the order k, k+2, k+1,
+ * k+3. INT4 (gemv_int4): two 4-bit q a byte, each group of 8 elements k..k+7 one little-endian
+ * 32-bit word, element k+2j in nibble j and k+2j+1 in nibble j+4 (j = 0..3). Rows on every core. */
+static int fill_quant(const kc *c, int id, int rank, qrows_kind kind, int64_t b,
+                      unsigned char *dst, kerr *err)
 {
     const kg_node *n = &c->g->nodes[id];
     uint64_t rows = rows_of(n), K = (uint64_t)n->shape[n->ndim - 1];
     uint64_t kb = b ? (K + (uint64_t)b - 1) / (uint64_t)b : 1;
     float *v = malloc(sizeof(float) * (rows * K + 1)), *sc = floats(rows * kb);
-    if (!v) {
-        free(sc);
-        return kerr_add(err, "pack: out of memory for %s", n->name);
-    }
-    int rc = fill(c->g, id, rank, ST_F32, (unsigned char *)v, err);
+    float *zp = kind == QROWS_INT4 ? floats(rows * kb) : NULL;
+    int rc = v ? fill(c->g, id, rank, ST_F32, (unsigned char *)v, err)
+               : kerr_add(err, "pack: out of memory for %s", n->name);
     if (!rc) {
         fill_scales(c, id, rank, b, 0, sc);
-        fp8job j = {.v = v, .sc = sc, .dst = dst, .K = K, .kb = kb, .b = (uint64_t)b};
+        if (zp)
+            fill_scales(c, id, rank, b, 1, zp);
+        qjob j = {kind, v, sc, zp, dst, K, kb, (uint64_t)b, {0}};
         for (int i = 0; i < UTIL_PAR_MAX; i++)
             j.bad[i] = -1;
-        util_parallel_for((int64_t)rows, fp8_part, &j);
-        for (int i = 0; i < UTIL_PAR_MAX && !rc; i++)
-            if (j.bad[i] >= 0) {
-                uint64_t e = (uint64_t)j.bad[i], r = e / K, k = e % K;
-                rc = kerr_add(err, "pack: %s [%llu, %llu] = %g is not an e4m3 number times its "
-                                   "scale %g (a kilnc bug: please report it)",
-                              n->name, (unsigned long long)r, (unsigned long long)k,
-                              (double)v[e], (double)sc[r * kb + (b ? k / (uint64_t)b : 0)]);
-            }
-    }
-    free(v);
-    free(sc);
-    return rc;
-}
-
-typedef struct i4job {
-    const float *v, *sc, *zp;
-    unsigned char *dst;
-    uint64_t K, kb, b;
-    int64_t bad[UTIL_PAR_MAX]; /* per chunk: the first element that does not come back, or -1 */
-} i4job;
-
-static void i4_part(void *ctx, int chunk, int64_t lo, int64_t hi)
-{
-    i4job *j = ctx;
-    for (uint64_t r = (uint64_t)lo; r < (uint64_t)hi; r++)
-        for (uint64_t k0 = 0; k0 < j->K; k0 += 8) {
-            uint32_t word = 0;
-            for (uint64_t e = 0; e < 8; e++) {
-                uint64_t k = k0 + e, at = r * j->kb + (j->b ? k / j->b : 0);
-                float s = j->sc[at], x = j->v[r * j->K + k];
-                int z = (int)j->zp[at], q = s != 0 ? (int)lrintf(x / s) + z : z;
-                if (q < 0 || q > 15 || (float)(q - z) * s != x) {
-                    j->bad[chunk] = (int64_t)(r * j->K + k);
-                    return;
-                }
-                word |= (uint32_t)q << (e & 1 ? 16 + 4 * (e / 2) : 4 * (e / 2));
-            }
-            for (int i = 0; i < 4; i++)
-                j->dst[(r * j->K + k0) / 2 + (uint64_t)i] = (unsigned char)(word >> (8 * i));
-        }
-}
-
-/* gemv_int4's weight (templates/gemv.cuh): the 4-bit q of constant `id`, whose values are
- * (q - zero) * scale, two a byte: each group of 8 elements k..k+7 one little-endian 32-bit word,
- * element k+2j in nibble j and k+2j+1 in nibble j+4 (j = 0..3). Each q is checked to give back
- * its value exactly. Rows on every core. */
-static int fill_int4(const kc *c, int id, int rank, int64_t b, unsigned char *dst, kerr *err)
-{
-    const kg_node *n = &c->g->nodes[id];
-    uint64_t rows = rows_of(n), K = (uint64_t)n->shape[n->ndim - 1];
-    uint64_t kb = b ? (K + (uint64_t)b - 1) / (uint64_t)b : 1;
-    float *v = malloc(sizeof(float) * (rows * K + 1)), *sc = floats(rows * kb), *zp = floats(rows * kb);
-    int rc = v ? 0 : kerr_add(err, "pack: out of memory for %s", n->name);
-    if (!rc && !(rc = fill(c->g, id, rank, ST_F32, (unsigned char *)v, err))) {
-        fill_scales(c, id, rank, b, 0, sc);
-        fill_scales(c, id, rank, b, 1, zp);
-        i4job j = {.v = v, .sc = sc, .zp = zp, .dst = dst, .K = K, .kb = kb, .b = (uint64_t)b};
-        for (int i = 0; i < UTIL_PAR_MAX; i++)
-            j.bad[i] = -1;
-        util_parallel_for((int64_t)rows, i4_part, &j);
+        util_parallel_for((int64_t)rows, quant_part, &j);
         for (int i = 0; i < UTIL_PAR_MAX && !rc; i++)
             if (j.bad[i] >= 0) {
                 uint64_t e = (uint64_t)j.bad[i], r = e / K, k = e % K;
                 uint64_t at = r * kb + (b ? k / (uint64_t)b : 0);
-                rc = kerr_add(err, "pack: %s [%llu, %llu] = %g is not (q - %g) * %g for a q of 0 "
-                                   "to 15 (a kilnc bug: please report it)",
-                              n->name, (unsigned long long)r, (unsigned long long)k,
-                              (double)v[e], (double)zp[at], (double)sc[at]);
+                rc = kerr_add(err, "pack: %s [%llu, %llu] = %g is not %s times its scale %g (a "
+                                   "kilnc bug: please report it)",
+                              n->name, (unsigned long long)r, (unsigned long long)k, (double)v[e],
+                              kind == QROWS_E4M3 ? "an e4m3 number" : "(q - zero point)",
+                              (double)sc[at]);
             }
     }
     free(v);
@@ -523,9 +490,9 @@ static int fill_cb(void *ctx, void *buf, uint64_t nbytes, kerr *err)
     assert(b >= 0); /* lower made it quantised only so */
     int rc = 0;
     switch (f->type) {
-    case KA_W_E4M3: rc = fill_fp8(f->c, f->id, f->rank, b, buf, err); break;
+    case KA_W_E4M3:
+    case KA_W_INT4: rc = fill_quant(f->c, f->id, f->rank, kind, b, buf, err); break;
     case KA_W_F32: fill_scales(f->c, f->id, f->rank, b, 0, buf); break;
-    case KA_W_INT4: rc = fill_int4(f->c, f->id, f->rank, b, buf, err); break;
     case KA_W_INT4SZ: fill_int4sz(f->c, f->id, f->rank, b, f->dt, buf); break;
     default: rc = fill(f->c->g, f->id, f->rank, f->dt, buf, err); break;
     }

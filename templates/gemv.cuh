@@ -379,6 +379,31 @@ __device__ __forceinline__ uint4 int4x8(unsigned q, const uint2 &sz)
     return make_uint4(c[0], c[1], c[2], c[3]);
 }
 
+// The start every GEMV shares. This block's row group: rows [row0, row0 + M) of x and y, done as
+// a launch of its own (M cut to at most MMAX); false when the group starts past M (uniform over
+// the block: no barrier is reached). The lane's x rows: xr[j] is x row 8j + g (row M - 1 past M:
+// its column of the tile is not stored), at element xoff (its first chunk). acc zeroed.
+template <typename DT, int K, int MMAX>
+__device__ __forceinline__ bool row_group(const DT *x, int &M, long long &row0, int g,
+                                          long long xoff, const DT *xr[(MMAX + 7) / 8],
+                                          float acc[(MMAX + 7) / 8][4])
+{
+    row0 = (long long)blockIdx.x * MMAX;
+    if (M - row0 < 1)
+        return false;
+    M = M - row0 > MMAX ? MMAX : (int)(M - row0);
+    x += row0 * K;
+#pragma unroll
+    for (int j = 0; j < (MMAX + 7) / 8; j++) {
+        const int m = 8 * j + g < M ? 8 * j + g : M - 1;
+        xr[j] = x + (long long)m * K + xoff;
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            acc[j][i] = 0.f;
+    }
+    return true;
+}
+
 // One step's loads, all before any math: for each of the U groups of step c0 (16-byte chunks
 // c0 + 4u + t of every row), the lane's chunk of weight rows a and b (16 bytes: 8 DT elements of
 // gemv's weight, 16 e4m3 of gemv_fp8's, 32 INT4 of gemv_int4's) and of x rows xr[j] (XH 16-byte
@@ -450,31 +475,17 @@ __device__ __forceinline__ void gemv(const kiln_step st, const DT *x, const DT *
     constexpr int KC = K / 8;                    // 16-byte chunks per row
     constexpr int STEPS = (KC + 4 * U - 1) / (4 * U);
     static_assert((NOUT + OPB - 1) / OPB <= 65535, "gemv: more tiles than grid y allows");
-    // this block's row group: rows [row0, row0 + M) of x and y, as a launch of its own
-    const long long row0 = (long long)blockIdx.x * MMAX;
-    if (M - row0 < 1)
-        return; // uniform over the block: no block barrier is reached
-    M = M - row0 > MMAX ? MMAX : (int)(M - row0);
-    x += row0 * K;
     const long long tile = blockIdx.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, g = lane >> 2, t = lane & 3;
+    long long row0;
+    const DT *xr[NT]; // x row 8j+g, at the lane's first chunk
+    float acc[NT][4];
+    if (!gemv_detail::row_group<DT, K, MMAX>(x, M, row0, g, 8 * t, xr, acc))
+        return;
 
     long long ra, rb;
     gemv_detail::tile_rows<N, GATED>(tile, g, ra, rb);
     const DT *wa = w + ra * K + 8 * t, *wb = w + rb * K + 8 * t;
-    const DT *xr[NT]; // x row 8j+g, or row M-1 past M (its column of the tile is not stored)
-#pragma unroll
-    for (int j = 0; j < NT; j++) {
-        const int m = 8 * j + g < M ? 8 * j + g : M - 1;
-        xr[j] = x + (long long)m * K + 8 * t;
-    }
-
-    float acc[NT][4];
-#pragma unroll
-    for (int j = 0; j < NT; j++)
-#pragma unroll
-        for (int i = 0; i < 4; i++)
-            acc[j][i] = 0.f;
     // Step s covers chunks [16s, 16s + 16) of every row: group u is chunks 16s + 4u + 0..3, the
     // lane's is 16s + 4u + t. Warp `warp` takes steps warp, warp + WARPS, ...
 #pragma unroll 1
@@ -543,30 +554,17 @@ __device__ __forceinline__ void gemv_fp8(const kiln_step st, const DT *x, const 
     constexpr int KC = K / 16; // 16-byte chunks per row
     constexpr int STEPS = (KC + 4 * U - 1) / (4 * U);
     static_assert((NOUT + OPB - 1) / OPB <= 65535, "gemv_fp8: more tiles than grid y allows");
-    const long long row0 = (long long)blockIdx.x * MMAX;
-    if (M - row0 < 1)
-        return;
-    M = M - row0 > MMAX ? MMAX : (int)(M - row0);
-    x += row0 * K;
     const long long tile = blockIdx.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, g = lane >> 2, t = lane & 3;
+    long long row0;
+    const DT *xr[NT]; // x row 8j+g, at the lane's first chunk
+    float acc[NT][4];
+    if (!gemv_detail::row_group<DT, K, MMAX>(x, M, row0, g, 16 * t, xr, acc))
+        return;
 
     long long ra, rb;
     gemv_detail::tile_rows<N, GATED>(tile, g, ra, rb);
     const unsigned char *wa = w + ra * K + 16 * t, *wb = w + rb * K + 16 * t;
-    const DT *xr[NT];
-#pragma unroll
-    for (int j = 0; j < NT; j++) {
-        const int m = 8 * j + g < M ? 8 * j + g : M - 1;
-        xr[j] = x + (long long)m * K + 16 * t;
-    }
-
-    float acc[NT][4];
-#pragma unroll
-    for (int j = 0; j < NT; j++)
-#pragma unroll
-        for (int i = 0; i < 4; i++)
-            acc[j][i] = 0.f;
     // Step s covers chunks [16s, 16s + 16) of every row: group u is chunks 16s + 4u + 0..3 (64
     // elements), the lane's is 16s + 4u + t.
 #pragma unroll 1
@@ -688,31 +686,18 @@ __device__ __forceinline__ void gemv_int4(const kiln_step st, const DT *x, const
     constexpr int KC = K / 32; // 16-byte chunks per row
     constexpr int STEPS = (KC + 4 * U - 1) / (4 * U);
     static_assert((NOUT + OPB - 1) / OPB <= 65535, "gemv_int4: more tiles than grid y allows");
-    const long long row0 = (long long)blockIdx.x * MMAX;
-    if (M - row0 < 1)
-        return;
-    M = M - row0 > MMAX ? MMAX : (int)(M - row0);
-    x += row0 * K;
     const long long tile = blockIdx.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, g = lane >> 2, t = lane & 3;
+    long long row0;
+    const DT *xr[NT]; // x row 8j+g, at the lane's first chunk
+    float acc[NT][4];
+    if (!gemv_detail::row_group<DT, K, MMAX>(x, M, row0, g, 32 * t, xr, acc))
+        return;
 
     long long ra, rb;
     gemv_detail::tile_rows<N, GATED>(tile, g, ra, rb);
     const unsigned char *wa = w + ra * (K / 2) + 16 * t, *wb = w + rb * (K / 2) + 16 * t;
     const uint2 *sza = sz + ra * KG, *szb = sz + rb * KG;
-    const DT *xr[NT];
-#pragma unroll
-    for (int j = 0; j < NT; j++) {
-        const int m = 8 * j + g < M ? 8 * j + g : M - 1;
-        xr[j] = x + (long long)m * K + 32 * t;
-    }
-
-    float acc[NT][4];
-#pragma unroll
-    for (int j = 0; j < NT; j++)
-#pragma unroll
-        for (int i = 0; i < 4; i++)
-            acc[j][i] = 0.f;
     // Step s covers chunks [16s, 16s + 16) of every row: group u is chunks 16s + 4u + 0..3 (128
     // elements), the lane's is 16s + 4u + t.
 #pragma unroll 1
