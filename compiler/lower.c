@@ -34,7 +34,7 @@ typedef struct lw {
     int64_t scratch0;    /* scratch bytes every node keeps clear: attn_decode's counters */
     int attn_heads;      /* the most query heads of an attention node (sizes the counters) */
     int *wmap;           /* node -> weight index, -1 */
-    int *wmap8;          /* node -> index of its e4m3 weight (its scales the next), -1 */
+    int *wmap8;          /* node -> index of its quantised weight (its scales the next), -1 */
     int cpre, cdec, cw, cc;
     kerr *err;
 } lw;
