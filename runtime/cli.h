@@ -38,6 +38,11 @@ extern const cli_cpu_backend *const cli_cpu;
  * (config.json): the CPU backend (compiler/backend_ref.h), with a note on stderr. Anything else:
  * NULL and a message saying what DIR should be. */
 kbackend *cli_open_backend(const char *dir, const cli_backend_opts *o, kerr *err);
+/* The head of a command's option loop: when argv[*i] is one of the n options in `names`, which
+ * take a value, *v is the next argument and *i steps past it; else *v is NULL. 0, or 2 with the
+ * usage error printed when the value is missing. */
+int cli_value_arg(const char *prog, int argc, char **argv, int *i, const char *const *names,
+                  size_t n, const char **v);
 /* The end of a command's option loop: an argument no option took. Starting with '-' (but "-"
  * alone) it is an unknown option; else the first is DIR and a second an error. 0, or 2 with the
  * usage error printed. */

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "cli.h"
 #include "engine.h"
@@ -131,6 +132,20 @@ kbackend *cli_open_backend(const char *dir, const cli_backend_opts *o, kerr *err
     }
     kerr_add(err, "%s: no model.kiln in this folder, and no config.json (" WANT ")", dir);
     return NULL;
+}
+
+int cli_value_arg(const char *prog, int argc, char **argv, int *i, const char *const *names,
+                  size_t n, const char **v)
+{
+    *v = NULL;
+    for (size_t k = 0; k < n; k++)
+        if (!strcmp(argv[*i], names[k])) {
+            if (*i + 1 == argc)
+                return util_usage_error(prog, "%s needs a value", argv[*i]);
+            *v = argv[++*i];
+            return 0;
+        }
+    return 0;
 }
 
 int cli_dir_arg(const char *prog, const char *a, const char **dir)

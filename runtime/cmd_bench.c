@@ -322,13 +322,9 @@ static int parse_opts(int argc, char **argv, opts *o, const char **dir)
     kerr err;
     kerr_clear(&err);
     for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = NULL;
-        for (size_t k = 0; k < ARRAY_LEN(value_opts); k++)
-            if (!strcmp(a, value_opts[k])) {
-                if (i + 1 == argc)
-                    return util_usage_error(PROG, "%s needs a value", a);
-                v = argv[++i];
-            }
+        const char *a = argv[i], *v;
+        if (cli_value_arg(PROG, argc, argv, &i, value_opts, ARRAY_LEN(value_opts), &v))
+            return 2;
         int64_t x;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage(stdout);
