@@ -845,6 +845,13 @@ static void test_cli(void **state)
     tu_run r3 = tu_run_bin(tmp, KILNC, a3);
     EXPECT_CODE(r3, 2);
     assert_contains(r3.err, "--quant: 'int4' is not a format (expected fp8)");
+    const char *a4[] = {"compile", "tests/fixtures/llama_fp8_ct", "-o", tmp, "--fp8-gemm", "w4a4", NULL};
+    tu_run r4 = tu_run_bin(tmp, KILNC, a4);
+    EXPECT_CODE(r4, 2);
+    assert_contains(r4.err, "--fp8-gemm: 'w4a4' is not a mode (expected w8a8 or dequant)");
+    const char *a5[] = {"compile", "tests/fixtures/llama_fp8_ct", "-o", tmp, "--fp8-gemm", NULL};
+    tu_run r5 = tu_run_bin(tmp, KILNC, a5);
+    EXPECT_CODE(r5, 2);
     /* kilnc check says what it dequantised */
     const char *c0[] = {"check", "tests/fixtures/llama_fp8_ct", NULL}, *c1[] = {"check", bl, NULL};
     const char *c2[] = {"check", "tests/fixtures/llama", "--quant", "fp8", NULL};
@@ -886,6 +893,8 @@ static void test_cli(void **state)
     tu_run_free(&r1);
     tu_run_free(&r2);
     tu_run_free(&r3);
+    tu_run_free(&r4);
+    tu_run_free(&r5);
     free(fb);
     free(bl);
     tu_rmrf(tmp);
