@@ -1,0 +1,102 @@
+#!/bin/bash
+# tests/gpu/ab.sh — compile-time variants of one synthesised shape benched side by side, in one
+# run on the GPU machine: the measurement behind a performance step's "predicted / measured" line
+# in tests/gpu/RESULTS.md (issue 12). Not a test: it prints numbers.
+#
+#   AB_VARIANTS="base:KILN_GEMV_PREFETCH=0 pf16:KILN_GEMV_PREFETCH=16" AB_SHAPE=8b tests/gpu/ab.sh
+#
+# Each variant is NAME:ASSIGNMENTS, the assignments (VAR=VALUE, comma-separated, no spaces; none:
+# "NAME:") being the environment of its `kilnc compile`: a compile-time knob (KILN_GEMV_PREFETCH)
+# or KILN_ARCHSPECS pointing at a copy of the tree whose templates the caller changed. Each variant
+# is compiled into its own folder from the same checkpoint (kilnc synth --like, shared with
+# bench.sh's /tmp/kiln-bench/hf-SHAPE), then `kiln bench --batch AB_BATCH --prefill AB_PREFILL`
+# runs every variant in turn, AB_ROUNDS times in rotation (so drift on the machine hits every
+# variant alike). The table gives, per variant and figure, the best round's tok/s (decode,
+# prefill) or ms (first token) and its ratio to the roofline kiln bench measured in that process.
+#
+# Settings: AB_SHAPE (8b; or 1b), AB_VARIANTS (required), AB_BATCH (1,8,64), AB_PREFILL (2048),
+# AB_ROUNDS (2), AB_COMPILE (kilnc compile options, "--max-batch 64 --max-seq-len 2560"), AB_ARGS
+# (more kiln bench options). Output: $OUT/ab-summary.md (the table) and $OUT/ab-logs.tgz.
+set -u
+cd "$(dirname "$0")/../.." || exit 1
+BIN=${KILN_BIN:-out/bin}
+SHAPE=${AB_SHAPE:-8b}
+COMPILE=${AB_COMPILE:---max-batch 64 --max-seq-len 2560}
+PY=${PYTHON:-python3}
+W=/tmp/kiln-bench
+LOG=$W/ab-logs
+OUT=${OUT:-$W/out}
+[ -n "${AB_VARIANTS:-}" ] || { echo "ab.sh: AB_VARIANTS is empty (NAME:VAR=V,... per variant)"; exit 2; }
+case $SHAPE in
+  8b) LIKE=llama3-8b ;;
+  1b) LIKE=llama3.2-1b ;;
+  *) echo "ab.sh: unknown AB_SHAPE '$SHAPE' (expected 8b or 1b)"; exit 2 ;;
+esac
+rm -rf $LOG && mkdir -p $LOG "$OUT"
+export NCCL_NVLS_ENABLE=0
+HF=$W/hf-$SHAPE
+if [ ! -f $HF/config.json ]; then
+  $BIN/kilnc synth --like $LIKE -o $HF --force > $LOG/synth.log 2>&1 ||
+    { echo "ab.sh: synth FAILED: $(tail -1 $LOG/synth.log)"; exit 1; }
+fi
+names=()
+for v in $AB_VARIANTS; do
+  name=${v%%:*} envs=${v#*:}
+  ART=$W/ab-$SHAPE-$name
+  rm -rf $ART
+  t0=$(date +%s)
+  # shellcheck disable=SC2086
+  if env ${envs//,/ } $BIN/kilnc compile $HF -o $ART --sm 90a $COMPILE > $LOG/compile-$name.log 2>&1; then
+    echo "ab.sh: $name ($envs): compiled in $(( $(date +%s) - t0 )) s"
+    names+=("$name")
+  else
+    echo "ab.sh: $name ($envs): compile FAILED: $(grep -m1 -i error $LOG/compile-$name.log)"
+  fi
+done
+for r in $(seq 1 "${AB_ROUNDS:-2}"); do
+  for name in "${names[@]}"; do
+    # shellcheck disable=SC2086
+    $BIN/kiln bench $W/ab-$SHAPE-$name --batch "${AB_BATCH:-1,8,64}" --prefill "${AB_PREFILL:-2048}" \
+      ${AB_ARGS:-} --json $LOG/$name-$r.json > $LOG/bench-$name-$r.txt 2>&1 ||
+      echo "ab.sh: $name round $r: kiln bench FAILED: $(grep -m1 -i error $LOG/bench-$name-$r.txt)"
+  done
+done
+COMMIT=$($BIN/kiln --version 2>/dev/null | sed -n "s/.*commit \([^)]*\)).*/\1/p")
+$PY - "$LOG" "$SHAPE" "$COMMIT" "$AB_VARIANTS" "${names[*]}" > $LOG/ab-summary.md <<'EOF'
+import glob, json, sys
+
+log, shape, commit, spec, names = sys.argv[1:6]
+envs = dict(v.split(":", 1) for v in spec.split())
+best, card, hw = {}, "?", []
+for name in names.split():
+    for p in sorted(glob.glob(f"{log}/{name}-*.json")):
+        j = json.load(open(p))
+        card = j["gpu"]["name"]
+        hw.append(f"{j['gpu']['copy_bytes_per_s'] / 1e12:.2f}")
+        for f in j["figures"]:
+            if "ratio" not in f or f["ratio"] is None:
+                continue
+            key = (f["figure"], f.get("batch", f.get("tokens")))
+            v = f.get("tok_s", f.get("ms"))
+            cur = best.setdefault(name, {}).get(key)
+            better = cur is None or (v < cur[0] if f["figure"] == "time_to_first_token" else v > cur[0])
+            if better:
+                best[name][key] = (v, f["ratio"])
+keys = sorted({k for b in best.values() for k in b}, key=lambda k: (k[0] != "decode", k[0], k[1]))
+print(f"ab.sh {shape} on {card}, commit {commit}; copy bandwidth per process {', '.join(hw)} TB/s; "
+      f"best of the rounds per figure")
+print()
+print("| figure | " + " | ".join(f"{n} ({envs.get(n) or 'default'})" for n in names.split()) + " |")
+print("|---|" + "---|" * len(names.split()))
+for k in keys:
+    unit = "ms" if k[0] == "time_to_first_token" else "tok/s"
+    cells = []
+    for n in names.split():
+        c = best.get(n, {}).get(k)
+        cells.append(f"{c[0]:,.1f} {unit} = {c[1]:.3f}" if c else "-")
+    label = f"{k[0]} {'batch' if k[0] == 'decode' else 'tokens'} {k[1]}"
+    print(f"| {label} | " + " | ".join(cells) + " |")
+EOF
+cat $LOG/ab-summary.md
+cp $LOG/ab-summary.md "$OUT/"
+tar czf "$OUT/ab-logs.tgz" -C $W ab-logs
