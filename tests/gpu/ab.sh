@@ -8,11 +8,12 @@
 # Each variant is NAME:ASSIGNMENTS, the assignments (VAR=VALUE, comma-separated, no spaces; none:
 # "NAME:") being the environment of its `kilnc compile`: a compile-time knob (KILN_GEMV_PREFETCH)
 # or KILN_ARCHSPECS pointing at a copy of the tree whose templates the caller changed. Each variant
-# is compiled into its own folder from the same checkpoint (kilnc synth --like, shared with
-# bench.sh's /tmp/kiln-bench/hf-SHAPE), then `kiln bench --batch AB_BATCH --prefill AB_PREFILL`
-# runs every variant in turn, AB_ROUNDS times in rotation (so drift on the machine hits every
-# variant alike). The table gives, per variant and figure, the best round's tok/s (decode,
-# prefill) or ms (first token) and its ratio to the roofline kiln bench measured in that process.
+# is compiled from the same checkpoint (kilnc synth --like, shared with bench.sh's
+# /tmp/kiln-bench/hf-SHAPE), benched AB_ROUNDS times with `kiln bench --batch AB_BATCH --prefill
+# AB_PREFILL`, and deleted (an 8B artifact is 15 GiB: the disk holds the checkpoint and two; AB_KEEP=NAME
+# keeps that variant's, at /tmp/kiln-bench/ab-SHAPE-NAME). The table gives, per variant and figure,
+# the best round's tok/s (decode, prefill) or ms (first token) and its ratio to the roofline kiln
+# bench measured in that process.
 #
 # Settings: AB_SHAPE (8b; or 1b), AB_VARIANTS (required), AB_BATCH (1,8,64), AB_PREFILL (2048),
 # AB_ROUNDS (2), AB_COMPILE (kilnc compile options, "--max-batch 64 --max-seq-len 2560"), AB_ARGS
@@ -49,17 +50,16 @@ for v in $AB_VARIANTS; do
   if env ${envs//,/ } $BIN/kilnc compile $HF -o $ART --sm 90a $COMPILE > $LOG/compile-$name.log 2>&1; then
     echo "ab.sh: $name ($envs): compiled in $(( $(date +%s) - t0 )) s"
     names+=("$name")
+    for r in $(seq 1 "${AB_ROUNDS:-2}"); do
+      # shellcheck disable=SC2086
+      $BIN/kiln bench $ART --batch "${AB_BATCH:-1,8,64}" --prefill "${AB_PREFILL:-2048}" \
+        ${AB_ARGS:-} --json $LOG/$name-$r.json > $LOG/bench-$name-$r.txt 2>&1 ||
+        echo "ab.sh: $name round $r: kiln bench FAILED: $(grep -m1 -i error $LOG/bench-$name-$r.txt)"
+    done
   else
     echo "ab.sh: $name ($envs): compile FAILED: $(grep -m1 -i error $LOG/compile-$name.log)"
   fi
-done
-for r in $(seq 1 "${AB_ROUNDS:-2}"); do
-  for name in "${names[@]}"; do
-    # shellcheck disable=SC2086
-    $BIN/kiln bench $W/ab-$SHAPE-$name --batch "${AB_BATCH:-1,8,64}" --prefill "${AB_PREFILL:-2048}" \
-      ${AB_ARGS:-} --json $LOG/$name-$r.json > $LOG/bench-$name-$r.txt 2>&1 ||
-      echo "ab.sh: $name round $r: kiln bench FAILED: $(grep -m1 -i error $LOG/bench-$name-$r.txt)"
-  done
+  [ "${AB_KEEP:-}" = "$name" ] || rm -rf $ART
 done
 COMMIT=$($BIN/kiln --version 2>/dev/null | sed -n "s/.*commit \([^)]*\)).*/\1/p")
 $PY - "$LOG" "$SHAPE" "$COMMIT" "$AB_VARIANTS" "${names[*]}" > $LOG/ab-summary.md <<'EOF'
