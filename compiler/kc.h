@@ -43,6 +43,8 @@ typedef struct kc {
                            * dequantised into scratch (weight-only numerics), never W8A8 */
     int batch_invariant;  /* --batch-invariant (implies gemm_kiln): lower.c gives every linear one
                            * kernel per schedule, whatever the rows (ka_manifest.batch_invariant) */
+    int kv_fp8;           /* --kv-dtype fp8: K and V cached as e4m3 with a scale per token and head
+                           * (kernels/kiln_kv8.h; lower.c's kernels, ref.c's rounding) */
     int tp;               /* --tp: ranks the shard pass splits the graph for; 0 = no shard pass
                            * (1 = one rank, with its collectives of one: the TP code path) */
     int64_t slab_bytes;   /* result of plan_memory */

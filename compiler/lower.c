@@ -836,8 +836,14 @@ static int low_linear(lw *w, int id)
 #define DECODE_SPLIT_MIN 32
 #define DECODE_THREADS 128
 
+/* The cache pointers' type in a kernel's parameters, and the KV8 template argument that goes
+ * with it (none for the 16-bit cache: its calls are as they were before --kv-dtype) */
+#define KV_T(w) ((w)->c->kv_fp8 ? "unsigned char" : "DT")
+#define KV8_ARG(w) ((w)->c->kv_fp8 ? ", 1" : "")
+
 /* HD: the head_dim the kernels run at (the model's, or it padded to a multiple of 8: q, the
- * KV cache and out are then rope_kv's padded rows) */
+ * KV cache and out are then rope_kv's padded rows). With --kv-dtype fp8 (kc.kv_fp8) both
+ * kernels read the FP8 cache (KV8: templates/attention.cuh). */
 static int attention_steps(lw *w, const kg_node *n, int HD, ka_arg q, ka_arg out, ka_arg slopes)
 {
     const kg_attn *at = &n->attn;
@@ -851,13 +857,13 @@ static int attention_steps(lw *w, const kg_node *n, int HD, ka_arg q, ka_arg out
     const char *h0_param = h0 ? ", int head0" : "", *h0_add = h0 ? " + head0" : "";
     char params[320], call[320];
     snprintf(params, sizeof params,
-             "const kiln_step st, const DT *q, const DT *k_cache, const DT *v_cache, DT *out, "
+             "const kiln_step st, const DT *q, const %s *k_cache, const %s *v_cache, DT *out, "
              "float scale, float softcap, const float *alibi_slopes%s",
-             h0_param);
+             KV_T(w), KV_T(w), h0_param);
     snprintf(call, sizeof call,
-             "kiln::attn_prefill<DT, %d, %d, %d, %d, %d, %d, %d, %d, %d>(st, q, k_cache, "
+             "kiln::attn_prefill<DT, %d, %d, %d, %d, %d, %d, %d, %d, %d%s>(st, q, k_cache, "
              "v_cache, out, scale, softcap, alibi_slopes%s)",
-             NH, NKV, HD, at->causal, W, at->alibi, softcap, ATTN_BM, bn, h0_add);
+             NH, NKV, HD, at->causal, W, at->alibi, softcap, ATTN_BM, bn, KV8_ARG(w), h0_add);
     int kp = kern(w, "attn_prefill", 2 * ATTN_BM, smem, params, "%s", call);
     /* grid (ceil(T / BM) + n_seqs, NH, 1) */
     ka_step s = kstep(kp, n->name, G(1, ATTN_BM, 0, 0, ATTN_BM), G(0, 0, 0, NH, 1), G1());
@@ -886,15 +892,15 @@ static int attention_steps(lw *w, const kg_node *n, int HD, ka_arg q, ka_arg out
                   scratch_at(w, (int64_t)w->c->max_seqs * NH * DECODE_SPLITS * (HD + 2) * 4));
     assert(NH <= w->attn_heads); /* the counters at scratch offset 0 are [max_seqs, attn_heads] */
     snprintf(params, sizeof params,
-             "const kiln_step st, const DT *q, const DT *k_cache, const DT *v_cache, "
+             "const kiln_step st, const DT *q, const %s *k_cache, const %s *v_cache, "
              "float *ws, unsigned *cnt, DT *out, float scale, float softcap, "
              "const float *alibi_slopes%s",
-             h0_param);
+             KV_T(w), KV_T(w), h0_param);
     snprintf(call, sizeof call,
-             "kiln::attn_decode<DT, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d>(st, q, k_cache, "
-             "v_cache, ws, cnt, out, scale, softcap, alibi_slopes%s)",
+             "kiln::attn_decode<DT, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d%s>(st, q, "
+             "k_cache, v_cache, ws, cnt, out, scale, softcap, alibi_slopes%s)",
              NH, NKV, HD, at->causal, W, at->alibi, softcap, DECODE_SPLITS, hpc, DECODE_THREADS,
-             DECODE_SPLIT_MIN, h0_add);
+             DECODE_SPLIT_MIN, KV8_ARG(w), h0_add);
     int kd = kern(w, "attn_decode", DECODE_THREADS, 0, params, "%s", call);
     s = kstep(kd, n->name, G(0, 0, 0, DECODE_SPLITS, 1), G(0, 0, 0, NH / hpc, 1),
               G(0, 1, 0, 0, 1));
@@ -1155,15 +1161,18 @@ static int low_attention(lw *w, int id)
         dfac = lr ? posenc_rope_scale(r, r->p.original_max_pos + 1) : r->p.factor;
         dmax = lr ? r->p.original_max_pos : r->p.max_pos;
     }
-    int kr_k = kern(w, "rope_kv", ATTN_THREADS, 0,
-                    "const kiln_step st, const DT *q, const DT *k, const DT *v, int q_stride, "
-                    "int k_stride, int v_stride, DT *q_out, DT *k_cache, DT *v_cache, "
-                    "const float *inv_freq, float rope_scale, float dyn_base, float dyn_factor, "
-                    "int dyn_max_pos",
-                    "kiln::rope_kv<DT, %d, %d, %d, %d, %d, %d, %d>(st, q, k, v, q_stride, "
+    char rparams[400];
+    snprintf(rparams, sizeof rparams,
+             "const kiln_step st, const DT *q, const DT *k, const DT *v, int q_stride, "
+             "int k_stride, int v_stride, DT *q_out, %s *k_cache, %s *v_cache, "
+             "const float *inv_freq, float rope_scale, float dyn_base, float dyn_factor, "
+             "int dyn_max_pos",
+             KV_T(w), KV_T(w));
+    int kr_k = kern(w, "rope_kv", ATTN_THREADS, 0, rparams,
+                    "kiln::rope_kv<DT, %d, %d, %d, %d, %d, %d, %d%s>(st, q, k, v, q_stride, "
                     "k_stride, v_stride, q_out, k_cache, v_cache, inv_freq, rope_scale, "
                     "dyn_base, dyn_factor, dyn_max_pos)",
-                    NH, NKV, HD, rot, il, dyn, ATTN_THREADS);
+                    NH, NKV, HD, rot, il, dyn, ATTN_THREADS, KV8_ARG(w));
     ka_step s = kstep(kr_k, n->name, G(1, 0, 0, 0, 1), G1(), G1());
     add_arg(&s, A(KA_ARG_STEP, 0));
     add_arg(&s, aq);
@@ -1239,6 +1248,10 @@ static int low_mla(lw *w, int id)
     const kg_node *qr = &g->nodes[n->in[KG_MLA_Q_PE]], *kr = &g->nodes[n->in[KG_MLA_K_PE]];
     int q_roped = qr->op == KG_ROPE && qr->fused_into == id;
     int k_roped = kr->op == KG_ROPE && kr->fused_into == id;
+    if (w->c->kv_fp8) /* kilnc refuses it before (kv8_refusal); other callers get this */
+        return kerr_add(w->err, "%s: --kv-dtype fp8 is not supported for multi-head latent "
+                                "attention (its cache holds latents, not K and V)",
+                        n->name);
     if (q_roped != k_roped)
         return kerr_add(w->err, "%s: rotary embedding on q_pe but not k_pe (or the reverse) is "
                                 "not supported by the GPU code generator",
@@ -1589,6 +1602,7 @@ int lower(kc *c, lowered *out, kerr *err)
     m->gemv_max = GEMV_MAX;
     m->gemm_kiln = c->gemm_kiln;
     m->batch_invariant = c->batch_invariant;
+    m->kv_e4m3 = c->kv_fp8;
     /* longrope's switch for the scheduler; none when no sequence can pass it (config.c bounds it
      * to INT32_MAX) */
     int64_t rsw = posenc_rope_switch(c->g);

@@ -64,6 +64,7 @@ typedef struct opts {
     int fp8_dequant; /* --fp8-gemm dequant */
     int gemm_cublaslt; /* --gemm cublaslt given (refused with --standalone, --batch-invariant) */
     int batch_invariant; /* --batch-invariant */
+    int kv_fp8; /* --kv-dtype fp8 (ref, compile) */
     int standalone, embed_weights; /* --standalone, --embed-weights */
     int max_seq_len, max_batch, max_tokens;
 } opts;
@@ -132,7 +133,14 @@ static int parse_opts(const char *prog, int argc, char **argv, opts *o, int allo
             o->embed_weights = 1;
         else if (allow_dump == 3 && strcmp(a, "--batch-invariant") == 0)
             o->batch_invariant = 1;
-        else if (allow_dump == 3 && TAKE("--fp8-gemm") && !missing) {
+        else if (allow_dump >= 2 && TAKE("--kv-dtype") && !missing) {
+            if (strcmp(val, "fp8"))
+                return util_usage_error(prog, "--kv-dtype: '%s' is not a KV-cache dtype (expected "
+                                              "fp8; without the option the cache holds the "
+                                              "compute dtype)",
+                                        val);
+            o->kv_fp8 = 1;
+        } else if (allow_dump == 3 && TAKE("--fp8-gemm") && !missing) {
             if (strcmp(val, "w8a8") && strcmp(val, "dequant"))
                 return util_usage_error(prog, "--fp8-gemm: '%s' is not a mode (expected w8a8 or "
                                               "dequant)",
@@ -200,8 +208,36 @@ static kc_opts kopts(const opts *o, int need_weights)
                  .strict = o->strict, .allow_nonfinite = o->allow_nonfinite,
                  .need_weights = need_weights, .ovr = &o->ovr, .tp = o->tp,
                  .quant_fp8 = o->quant_fp8, .gemm_kiln = o->gemm_kiln,
-                 .fp8_dequant = o->fp8_dequant, .batch_invariant = o->batch_invariant};
+                 .fp8_dequant = o->fp8_dequant, .batch_invariant = o->batch_invariant,
+                 .kv_fp8 = o->kv_fp8};
     return k;
+}
+
+/* --kv-dtype fp8 where it does not apply: 0, or the exit status 2 after saying why. A model that
+ * generates (its K and V read again by every later token) takes it, sharded or not; multi-head
+ * latent attention caches latents, not K and V; an embedding or classification model keeps its
+ * cache only within the step that fills it, so FP8 would add rounding and save nothing. The GPU
+ * is not a reason: the cache is storage, converted with integer operations on any SM. */
+static int kv8_refusal(const opts *o, const kgraph *g)
+{
+    if (!o->kv_fp8)
+        return 0;
+    for (int i = 0; i < g->n; i++)
+        if (g->nodes[i].op == KG_MLA)
+            return util_usage_error(o->prog, "--kv-dtype fp8: %s is multi-head latent attention, "
+                                             "whose cache holds latents, not K and V (not "
+                                             "supported); drop --kv-dtype",
+                                    g->nodes[i].name);
+    int out = g->nodes[g->output].op;
+    if (out == KG_POOL || out == KG_SCORE || !g->n_layers)
+        return util_usage_error(o->prog, "--kv-dtype fp8: %s %s; an FP8 cache would only add "
+                                         "rounding: drop --kv-dtype",
+                                o->model,
+                                g->n_layers ? "is an embedding or classification model, whose K "
+                                              "and V are read only within the step that computes "
+                                              "them"
+                                            : "has no attention layer, so no KV cache");
+    return 0;
 }
 
 static const char common_help[] =
@@ -521,6 +557,9 @@ static int cmd_ref(int argc, char **argv)
                 "                      tokens I64 [N]; for embedding models last_hidden_state F32\n"
                 "                      [len, hidden] and embedding F32 [hidden]; for classifiers\n"
                 "                      last_hidden_state and scores F32 [labels]\n"
+                "  --kv-dtype fp8      round each token's K and V as 'kilnc compile --kv-dtype fp8'\n"
+                "                      stores them (e4m3, a scale per token and head), so a GPU run\n"
+                "                      of such an artifact can be checked against this one\n"
                 "  --dump-nodes PAT    also dump the prefill value of every node whose name contains\n"
                 "                      PAT (e.g. mlp_residual: each layer's output; '' for all),\n"
                 "                      named as in 'kilnc graph --dump-after=build' (with --tp:\n"
@@ -597,6 +636,8 @@ static int cmd_ref(int argc, char **argv)
     if (rc)
         goto fail;
     const kgraph *g = c.g;
+    if ((rc = kv8_refusal(&o, g)) != 0)
+        goto done;
     /* classify: the scores of the POOL that SCORE reads; both one forward, no KV growth */
     int classify = g->nodes[g->output].op == KG_SCORE;
     int embed = g->nodes[g->output].op == KG_POOL || classify;
@@ -620,6 +661,7 @@ static int cmd_ref(int argc, char **argv)
     r = ref_new(g, n + (embed ? 0 : o.max_new), &err);
     if (!r)
         goto fail;
+    ref_set_kv_fp8(r, o.kv_fp8);
     int pool_in = embed ? g->nodes[pool].in[0] : -1;
     if (embed)
         ref_keep(r, pool_in);
@@ -857,6 +899,12 @@ static int cmd_compile(int argc, char **argv)
                 "  --embed-weights    with --standalone: append the shards too (page-aligned, "
                 "mapped from\n"
                 "                     the executable itself), so the file alone is the model\n"
+                "  --kv-dtype fp8     the KV cache in FP8: each token's K and V per kv head as e4m3\n"
+                "                     with a float scale (absmax / 448), about half the bytes of\n"
+                "                     bf16, so about twice the tokens in the same GPU memory, at\n"
+                "                     a small rounding error ('kilnc ref --kv-dtype fp8' computes\n"
+                "                     it). Any SM; not for multi-head latent attention (DeepSeek-\n"
+                "                     V2) or embedding and classification models\n"
                 "  --batch-invariant  every request's tokens and logits bit-identical whatever else\n"
                 "                     runs in the same steps (slower): the prefill linears on\n"
                 "                     kiln's GEMM at every row count, the decode linears on the\n"
@@ -933,6 +981,10 @@ static int cmd_compile(int argc, char **argv)
     }
     double t0 = util_now();
     int rc = kc_open(&c, o.model, &ko, &err);
+    if (rc == 0 && kv8_refusal(&o, c.g)) {
+        kc_free(&c);
+        return 2;
+    }
     if (rc == 0) {
         int64_t maxpos = 0, maxlen = 0;
         if (config_int(c.cfg, "max_position_embeddings", 1, 0, &maxpos, &err))

@@ -100,6 +100,7 @@ int kc_open(kc *c, const char *model, const kc_opts *o, kerr *err)
     c->sm_fp8 = o->sm_fp8;
     c->fp8_dequant = o->fp8_dequant;
     c->batch_invariant = o->batch_invariant;
+    c->kv_fp8 = o->kv_fp8;
     assert(!c->batch_invariant || c->gemm_kiln);
     if (!util_is_dir(model))
         return kerr_add(err, "%s: not a folder (expected a Hugging Face model folder with "

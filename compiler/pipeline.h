@@ -26,6 +26,7 @@ typedef struct kc_opts {
     int sm_fp8;            /* every --sm target is sm_89 or newer (kc.h) */
     int fp8_dequant;       /* --fp8-gemm dequant (kc.h) */
     int batch_invariant;   /* --batch-invariant (kc.h; the caller sets gemm_kiln with it) */
+    int kv_fp8;            /* --kv-dtype fp8 (kc.h) */
 } kc_opts;
 
 /* Loads config, checkpoint and spec, and builds the graph. On error kc_free still applies. */

@@ -9,7 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../kernels/kiln_kv8.h"
 #include "posenc.h"
+#include "quant.h"
 
 /* A constant: a weight read in place, or a materialised view. Always contiguous, row-major. */
 typedef struct cval {
@@ -39,6 +41,7 @@ struct ref {
     int len;          /* tokens already in the cache */
     int n;            /* tokens of the current forward */
     int64_t rope_len; /* ref_set_rope_len: longrope's / dynamic NTK's length at least this */
+    int kv_fp8;       /* ref_set_kv_fp8: K and V rounded as the FP8 cache stores them */
     int64_t *pos;     /* [n] positions of the current forward */
     const int64_t *ids, *types;
     int tp;           /* simulated ranks: g->tp */
@@ -396,6 +399,8 @@ void ref_reset(ref *r)
 }
 
 int ref_len(const ref *r) { return r->len; }
+void ref_set_kv_fp8(ref *r, int on) { r->kv_fp8 = on != 0; }
+
 void ref_set_rope_len(ref *r, int64_t len)
 {
     assert(len >= 0);
@@ -612,6 +617,21 @@ static void op_rope(ref *r, const kg_node *n, float *out)
     }
 }
 
+float ref_kv8_head(const float *x, int64_t n, uint8_t *q, float *out)
+{
+    float amax = 0; /* fmaxf skips a NaN, as the kernel's does */
+    for (int64_t i = 0; i < n; i++)
+        amax = fmaxf(amax, fabsf(x[i]));
+    float scale = kiln_kv8_scale(amax);
+    for (int64_t i = 0; i < n; i++) {
+        uint8_t b = kiln_kv8_e4m3(x[i] / scale);
+        if (q)
+            q[i] = b;
+        out[i] = fp8_e4m3_to_f32(b) * scale;
+    }
+    return scale;
+}
+
 /* Scaled dot-product attention over the cache (eager attention in HF, fp32 softmax). */
 static void op_attention(ref *r, const kg_node *n, float *out)
 {
@@ -621,8 +641,13 @@ static void op_attention(ref *r, const kg_node *n, float *out)
     kv *c = &r->cache[a->layer];
     const float *q = r->val[n->in[0]], *k = r->val[n->in[1]], *v = r->val[n->in[2]];
     for (int t = 0; t < r->n; t++) {
-        memcpy(c->k + (r->len + t) * kw, k + t * kw, sizeof(float) * (size_t)kw);
-        memcpy(c->v + (r->len + t) * kw, v + t * kw, sizeof(float) * (size_t)kw);
+        float *ck = c->k + (r->len + t) * kw, *cv = c->v + (r->len + t) * kw;
+        memcpy(ck, k + t * kw, sizeof(float) * (size_t)kw);
+        memcpy(cv, v + t * kw, sizeof(float) * (size_t)kw);
+        for (int h = 0; r->kv_fp8 && h < a->n_kv_heads; h++) { /* --kv-dtype fp8 */
+            ref_kv8_head(ck + h * hd, hd, NULL, ck + h * hd);
+            ref_kv8_head(cv + h * hd, hd, NULL, cv + h * hd);
+        }
     }
     int total = r->len + r->n;
     /* ALiBi: a sharded graph's slopes are those of all alibi_heads heads, of which this

@@ -46,6 +46,14 @@ int ref_len(const ref *r);
  * over it. Both use max(len, tokens so far, this forward's included); 0, the default (and after
  * ref_reset), the tokens alone. Other rope types ignore it. */
 void ref_set_rope_len(ref *r, int64_t len);
+/* on: every K and V the attention caches is rounded per token and kv head as kilnc compile
+ * --kv-dtype fp8's cache stores it (ref_kv8_head), before any query reads it; off (the
+ * default): fp32. Set it before the first forward. */
+void ref_set_kv_fp8(ref *r, int on);
+/* One head's n values as the FP8 KV cache holds them (kernels/kiln_kv8.h: scale = absmax / 448,
+ * or 1 for a zero head; bytes = e4m3(x / scale), to nearest even, saturating): out[i] =
+ * e4m3(q[i]) * scale in fp32 (out may be x). Returns the scale; q (n bytes) may be NULL. */
+float ref_kv8_head(const float *x, int64_t n, uint8_t *q, float *out);
 /* Appends n tokens (token types may be NULL: all 0) and computes the graph for them. */
 int ref_forward(ref *r, const int64_t *ids, const int64_t *types, int n, kerr *err);
 /* The output of the last forward: logits [n, vocab] (generate) or the pooled vector [1, H]. */

@@ -6,6 +6,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "kiln_kv8.h"
 #include "kiln_step.h"
 
 // NVRTC has no <math.h>: the constants kernels use.
@@ -200,6 +201,32 @@ __device__ __forceinline__ const T *kv_row(const T *base, const kiln_step &st, i
     const int *bt = st.block_table + s * st.max_blocks;
     const int blk = bt[p / KILN_BLOCK];
     return base + ((long long)blk * KILN_BLOCK + p % KILN_BLOCK) * row_elems;
+}
+
+// The FP8 KV cache (kilnc compile --kv-dtype fp8; the layout is kernels/kiln_kv8.h's). A
+// template's cache pointers are kv_t<DT, KV8>: DT for the 16-bit cache, bytes for the FP8 one.
+template <typename DT, int KV8> struct kv_elem {
+    typedef DT type;
+};
+template <typename DT> struct kv_elem<DT, 1> {
+    typedef unsigned char type;
+};
+template <typename DT, int KV8> using kv_t = typename kv_elem<DT, KV8>::type;
+
+// The slot (block * KILN_BLOCK + row) of (sequence s, position p).
+__device__ __forceinline__ int kv_slot(const kiln_step &st, int s, int p)
+{
+    return st.block_table[s * st.max_blocks + p / KILN_BLOCK] * KILN_BLOCK + p % KILN_BLOCK;
+}
+
+// Byte offsets, in a layer's FP8 cache of KW-element rows and NKV heads, of slot `slot`'s e4m3
+// row and of its NKV float scales.
+template <int KW, int NKV>
+__device__ __forceinline__ void kv8_at(int slot, long long &row, long long &scales)
+{
+    const long long blk = slot / KILN_BLOCK, r = slot % KILN_BLOCK;
+    row = blk * KILN_KV8_BLOCK_BYTES(KW, NKV) + r * KW;
+    scales = blk * KILN_KV8_BLOCK_BYTES(KW, NKV) + KILN_KV8_SCALES_AT(KW) + r * (NKV * 4);
 }
 
 } // namespace kiln

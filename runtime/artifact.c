@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../kernels/kiln_kv8.h"
 #include "../kernels/kiln_step.h"
 
 static const char *const wtype_names[] = {"", "f8_e4m3", "f32", "int4", "int4_sz"}; /* ka_wtype */
@@ -28,6 +29,15 @@ _Static_assert(ARRAY_LEN(arg_names) == KA_NARGKINDS, "arg kind table out of sync
 const char *ka_arg_kind_name(ka_arg_kind k)
 {
     return (unsigned)k < KA_NARGKINDS ? arg_names[k] : "?";
+}
+
+int64_t ka_kv_block_bytes(const ka_manifest *m, int l, int v)
+{
+    const ka_layer *y = &m->layers[l];
+    int64_t dim = v ? y->v_dim : y->head_dim;
+    if (m->kv_e4m3) /* ka_read checked v_dim == head_dim, a multiple of 8 */
+        return KILN_KV8_BLOCK_BYTES((int64_t)y->n_kv * dim, y->n_kv);
+    return (int64_t)KILN_BLOCK * y->n_kv * dim * 2; /* bf16 or f16 */
 }
 
 /* ---------------------------------------------------------------- writing */
@@ -187,6 +197,8 @@ char *ka_manifest_json(const ka_manifest *m)
     json_object_set_new(r, "gemm", json_string(gemms[m->gemm_kiln]));
     if (m->batch_invariant) /* absent in every other artifact, which stay as they were */
         json_object_set_new(r, "batch_invariant", json_true());
+    if (m->kv_e4m3) /* likewise: absent means the compute dtype */
+        json_object_set_new(r, "kv_dtype", json_string("f8_e4m3"));
     json_object_set_new(r, "prefill", jsteps(m->prefill, m->nprefill));
     json_object_set_new(r, "decode", jsteps(m->decode, m->ndecode));
     json_t *ws = json_array();
@@ -977,6 +989,20 @@ static void parse_tables(rd *r, json_t *root, ka_manifest *m)
         if (!json_is_boolean(bi))
             bad(r, "top level: batch_invariant is not true or false");
         m->batch_invariant = json_is_true(bi);
+    }
+    /* optional: kilnc compile --kv-dtype fp8 (absent: the compute dtype); the FP8 layout needs
+     * K and V rows of the same multiple-of-8 head dim (no MLA layer) */
+    json_t *kd = json_object_get(root, "kv_dtype");
+    if (kd && !r->bad) {
+        if (!json_is_string(kd) || strcmp(json_string_value(kd), "f8_e4m3") != 0)
+            bad(r, "top level: kv_dtype is not \"f8_e4m3\" (the only one stored; absent: the "
+                   "compute dtype)");
+        m->kv_e4m3 = 1;
+        for (int i = 0; i < m->n_layers && !r->bad; i++)
+            if (m->layers[i].v_dim != m->layers[i].head_dim || m->layers[i].head_dim % 8)
+                bad(r, "kv layer %d: head_dim %d, v_dim %d in an artifact with kv_dtype "
+                       "f8_e4m3 (its layout needs equal head dims, multiples of 8)",
+                    i, m->layers[i].head_dim, m->layers[i].v_dim);
     }
 
     json_t *ws = jlist(r, root, "top level", "weights", KA_MAX_WEIGHTS, &m->nweights);

@@ -198,7 +198,9 @@ typedef struct ka_const {
 /* Per rank, a layer's K cache is [blocks][KILN_BLOCK][n_kv][head_dim] and its V cache
  * [blocks][KILN_BLOCK][n_kv][v_dim]. An ordinary attention layer has v_dim == head_dim; a
  * multi-head latent attention layer (templates/mla.cuh) has n_kv 1, head_dim RANK + DR (rows of
- * [latent | k_pe]) and v_dim 0: no V cache, the values are made from the latents. */
+ * [latent | k_pe]) and v_dim 0: no V cache, the values are made from the latents. In an
+ * artifact with kv_e4m3 (kilnc compile --kv-dtype fp8) each block is instead e4m3 rows and a
+ * float scale per row and kv head (kernels/kiln_kv8.h; no MLA layer then): ka_kv_block_bytes. */
 typedef struct ka_layer {
     int n_kv, head_dim, v_dim;
 } ka_layer;
@@ -272,6 +274,12 @@ typedef struct ka_manifest {
                              * it); "batch_invariant": true in the manifest, absent: false */
     int cublaslt_steps;     /* KA_GEMM steps in prefill + decode (0: cuBLASLt is never loaded);
                              * derived by ka_read, not stored */
+    int kv_e4m3;            /* kilnc compile --kv-dtype fp8: the KV cache holds e4m3 bytes and a
+                             * float scale per token and kv head (kernels/kiln_kv8.h), which the
+                             * kernels were compiled for; "kv_dtype": "f8_e4m3" in the manifest,
+                             * absent: the compute dtype. An older kiln ignores the field and runs
+                             * such an artifact correctly with the 16-bit cache's larger blocks
+                             * (the FP8 blocks fit in them), at its smaller capacity */
     ka_shard *shards;       /* tp entries, shards[r] is rank r's */
     uint64_t shard_chunk;   /* the chunk size of every shard's data hash */
     int nconsts;
@@ -311,6 +319,11 @@ void ka_manifest_free(ka_manifest *m);
 const ka_blob *ka_find_blob(const ka_manifest *m, const char *name);
 
 const char *ka_arg_kind_name(ka_arg_kind k);
+
+/* Bytes of one KV block (KILN_BLOCK tokens) of layer l's K cache (v = 0) or V cache (v = 1): the
+ * compute dtype's 2 bytes a value, or with kv_e4m3 the FP8 layout's. The runtime's sizes and
+ * kiln inspect's use it. */
+int64_t ka_kv_block_bytes(const ka_manifest *m, int l, int v);
 
 /* ---- the weight shard; nothing here needs a GPU ---- */
 

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../kernels/kiln_step.h"
 #include "artifact.h"
 #include "cli.h"
 
@@ -164,6 +165,22 @@ int cmd_inspect(int argc, char **argv)
         printf("int4         %d linear weights in 4 bits with scales and zero points per group; "
                "steps of more than %d rows dequantise them into %s for the GEMM\n",
                int4, m->gemv_max, m->dtype);
+    if (m->n_layers) {
+        int64_t per = 0, per16 = 0; /* bytes a token of context takes in every layer's K and V */
+        for (int l = 0; l < m->n_layers; l++) {
+            per += ka_kv_block_bytes(m, l, 0) + ka_kv_block_bytes(m, l, 1);
+            per16 += 2LL * KILN_BLOCK * m->layers[l].n_kv *
+                     (m->layers[l].head_dim + m->layers[l].v_dim);
+        }
+        if (m->kv_e4m3)
+            printf("kv cache     fp8 (kilnc compile --kv-dtype fp8): e4m3 with a float scale per "
+                   "token and kv head, %lld B a token%s (%s: %lld B), so %.2fx the tokens in the "
+                   "same memory\n",
+                   (long long)(per / KILN_BLOCK), m->tp > 1 ? " per rank" : "", m->dtype,
+                   (long long)(per16 / KILN_BLOCK), (double)per16 / (double)per);
+        else
+            printf("kv cache     %s, %lld B a token%s\n", m->dtype, (long long)(per / KILN_BLOCK), m->tp > 1 ? " per rank" : "");
+    }
     printf("gemm         %s: %d cuBLASLt steps%s\n",
            m->gemm_kiln ? "kiln (kilnc compile --gemm kiln)" : "cublaslt", m->cublaslt_steps,
            m->cublaslt_steps ? " (kiln loads libcublasLt)" : " (no cuBLASLt needed)");

@@ -603,9 +603,7 @@ static int alloc_shared(kmodel *m, kerr *err)
     m->kv_k = xcalloc((size_t)(man->n_layers ? man->n_layers : 1), sizeof(size_t));
     m->kv_v = xcalloc((size_t)(man->n_layers ? man->n_layers : 1), sizeof(size_t));
     for (int l = 0; l < man->n_layers; l++)
-        m->kv_per_block += (size_t)KILN_BLOCK * (size_t)man->layers[l].n_kv *
-                           (size_t)(man->layers[l].head_dim + man->layers[l].v_dim) *
-                           (size_t)m->esize;
+        m->kv_per_block += (size_t)(ka_kv_block_bytes(man, l, 0) + ka_kv_block_bytes(man, l, 1));
     return 0;
 }
 
@@ -629,19 +627,19 @@ static int size_kv(kmodel *m, kerr *err)
     return run_all(m, JOB_KV, err);
 }
 
-/* Each layer's K and V in a device's KV cache of m->nblocks blocks. A layer without a V cache
- * (v_dim 0: multi-head latent attention) takes no V bytes; its kv_v is the next layer's start
- * and no kernel of it reads KA_ARG_KV_V. */
+/* Each layer's K and V in a device's KV cache of m->nblocks blocks (ka_kv_block_bytes: 16-bit
+ * values, or --kv-dtype fp8's e4m3 blocks with their scales). A layer without a V cache (v_dim
+ * 0: multi-head latent attention) takes no V bytes; its kv_v is the next layer's start and no
+ * kernel of it reads KA_ARG_KV_V. */
 static void kv_layout(kmodel *m)
 {
     const ka_manifest *man = m->m;
     size_t o = 0;
     for (int l = 0; l < man->n_layers; l++) {
-        size_t row = (size_t)m->nblocks * KILN_BLOCK * (size_t)man->layers[l].n_kv * (size_t)m->esize;
         m->kv_k[l] = o;
-        o += align_up(row * (size_t)man->layers[l].head_dim);
+        o += align_up((size_t)m->nblocks * (size_t)ka_kv_block_bytes(man, l, 0));
         m->kv_v[l] = o;
-        o += align_up(row * (size_t)man->layers[l].v_dim);
+        o += align_up((size_t)m->nblocks * (size_t)ka_kv_block_bytes(man, l, 1));
     }
     m->kv_bytes = o;
 }
@@ -975,12 +973,13 @@ static void describe(kmodel *m)
         wait = m->devs[i].hash_wait_s > wait ? m->devs[i].hash_wait_s : wait;
     }
     const kdev *d0 = &m->devs[0];
-    char kv[96];
+    char kv[128];
     if (m->node_rank > 0)
         snprintf(kv, sizeof kv, "KV cache sized by node 0");
     else
-        snprintf(kv, sizeof kv, "KV cache %d tokens in %d blocks", (m->nblocks - 1) * KILN_BLOCK,
-                 m->nblocks - 1);
+        snprintf(kv, sizeof kv, "KV cache %d tokens in %d blocks%s",
+                 (m->nblocks - 1) * KILN_BLOCK, m->nblocks - 1,
+                 man->kv_e4m3 ? " (fp8: e4m3 with a scale per token and head)" : "");
     if (!m->threaded) {
         snprintf(m->desc, sizeof m->desc,
                  "%s (%s) on %s (sm_%d%d, %s%s): %s of weights (uploaded in %.2f s; their hash, "

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../kernels/kiln_step.h"
 #include "gemm.h"
 #include "kcuda.h"
 
@@ -322,9 +323,9 @@ void kroof_model_of(const ka_manifest *m, kroof_model *r)
         }
     }
     free(use);
-    for (int l = 0; l < m->n_layers; l++)
+    for (int l = 0; l < m->n_layers; l++) /* a block's bytes over its tokens (e4m3 + scales too) */
         r->kv_bytes_per_token +=
-            (int64_t)m->layers[l].n_kv * (m->layers[l].head_dim + m->layers[l].v_dim) * r->elsize;
+            (ka_kv_block_bytes(m, l, 0) + ka_kv_block_bytes(m, l, 1)) / KILN_BLOCK;
     if (n_o == 0 && m->n_layers > 0) {
         r->q_width = (int64_t)m->hidden * m->n_layers;
         r->q_width_assumed = 1;

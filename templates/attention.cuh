@@ -18,6 +18,15 @@
 // q and out are [T, NH*HD] rows in step order; the caches [blocks][KILN_BLOCK][NKV*HD].
 // Pointers must be 16-byte aligned (16-byte vector accesses).
 //
+// KV8 (kilnc compile --kv-dtype fp8): the caches are FP8 (kv_t<DT, 1>: bytes), laid out as
+// kernels/kiln_kv8.h says: per block, KILN_BLOCK rows of NKV*HD e4m3 bytes (natural order), then
+// a float scale per (row, kv head); value = e4m3 * scale. Every read converts a K or V chunk of 8
+// values as it is loaded (gemv_detail::fp8x4: e4m3 to DT exactly, then times the scale in float):
+// attn_prefill's tensor-core path stores the products rounded to DT into its shared tiles (plain
+// loads instead of cp.async, so its V tile no longer overlaps Q.K^T), attn_decode and the
+// CUDA-core fallback use the float products. After the load the math is the same as the 16-bit
+// cache's. KV8 = 0 compiles to the code it was before the option existed.
+//
 // What this file does not do: it never reads a cache row at or beyond kvlen (those rows, and
 // block-table columns past the sequence's last block, may hold anything); it uses no wgmma / TMA
 // (mma.sync runs on sm_80 and sm_90a alike) and does not pipeline K/V tiles beyond overlapping
@@ -26,6 +35,7 @@
 #pragma once
 
 #include "common.cuh"
+#include "gemv.cuh" // gemv_detail::fp8x4: e4m3 bytes to DT, exactly
 
 namespace kiln {
 
@@ -99,6 +109,36 @@ __device__ __forceinline__ void attn_unpack8(const vec8 &v, float f[8])
         *reinterpret_cast<unsigned short *>(&e) = v.u[i];
         f[i] = to_f(e);
     }
+}
+
+// Eight e4m3 bytes of an FP8 cache row (8 consecutive dims, natural order) times their head's
+// scale, as floats: __byte_perm puts each word's bytes in fp8x4's order (k, k+2, k+1, k+3).
+template <typename DT>
+__device__ __forceinline__ void attn_kv8_unpack(const uint2 &b, float sc, float f[8])
+{
+    const unsigned w[2] = {b.x, b.y};
+#pragma unroll
+    for (int g = 0; g < 2; g++) {
+        unsigned p[2]; // DT pairs: dims (4g, 4g+1), (4g+2, 4g+3), the lower in the low half
+        gemv_detail::fp8x4<DT>(__byte_perm(w[g], 0u, 0x3120u), p[0], p[1]);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            DT e;
+            *reinterpret_cast<unsigned short *>(&e) = (unsigned short)(p[i / 2] >> (16 * (i % 2)));
+            f[4 * g + i] = to_f(e) * sc;
+        }
+    }
+}
+
+// Dims [d, d + 8) of kv head kvh of (sequence s, position j) in an FP8 cache of HD-dim heads.
+template <typename DT, int NKV, int HD>
+__device__ __forceinline__ void attn_kv8_load(const unsigned char *cache, const kiln_step &st,
+                                              int s, int j, int kvh, int d, float f[8])
+{
+    long long row, sat;
+    kv8_at<NKV * HD, NKV>(kv_slot(st, s, j), row, sat);
+    attn_kv8_unpack<DT>(*reinterpret_cast<const uint2 *>(cache + row + kvh * HD + d),
+                        *reinterpret_cast<const float *>(cache + sat + 4 * kvh), f);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -178,9 +218,10 @@ __device__ __forceinline__ unsigned attn_ld32(const void *smem)
 // and fed to the MMA straight from the S accumulators (the D layout of two adjacent 8-key
 // n-tiles is the A layout of one 16-key k-step).
 template <typename DT, int NH, int NKV, int HD, int CAUSAL, int WINDOW, int ALIBI, int SOFTCAP,
-          int BM, int BN>
+          int BM, int BN, int KV8>
 __device__ __forceinline__ void attn_prefill_mma(const kiln_step &st, const DT *q,
-                                                 const DT *k_cache, const DT *v_cache, DT *out,
+                                                 const kv_t<DT, KV8> *k_cache,
+                                                 const kv_t<DT, KV8> *v_cache, DT *out,
                                                  float scale, float softcap,
                                                  const float *alibi_slopes)
 {
@@ -249,27 +290,40 @@ __device__ __forceinline__ void attn_prefill_mma(const kiln_step &st, const DT *
     float m[2] = {ATTN_NINF, ATTN_NINF}, l[2] = {0.f, 0.f};
 
     for (int kb = klo >= 0 && klo <= khi ? (klo / BN) * BN : 0; kb <= khi; kb += BN) {
-        // K then V tile (two cp.async groups, so S can start before V has landed)
-        for (int i = tid; i < BN * C8; i += THREADS) {
-            const int r = i / C8, d = (i % C8) * 8, j = kb + r;
-            DT *dst = sK + r * LD + d;
-            if (j < kvlen)
-                attn_cp16(dst, kv_row(k_cache, st, s, j, KW) + kvh * HD + d);
-            else
-                attn_zero16(dst);
+        if constexpr (KV8) {
+            // K and V tiles from the FP8 cache: each chunk converted and stored as DT
+            for (int i = tid; i < 2 * BN * C8; i += THREADS) {
+                const int kv = i / (BN * C8), r = i % (BN * C8) / C8, d = (i % C8) * 8, j = kb + r;
+                float f[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+                if (j < kvlen)
+                    attn_kv8_load<DT, NKV, HD>(kv ? v_cache : k_cache, st, s, j, kvh, d, f);
+                store8((kv ? sV : sK) + r * LD + d, f);
+            }
+            attn_cp_wait<0>(); // Q (first tile) has landed
+            __syncthreads();
+        } else {
+            // K then V tile (two cp.async groups, so S can start before V has landed)
+            for (int i = tid; i < BN * C8; i += THREADS) {
+                const int r = i / C8, d = (i % C8) * 8, j = kb + r;
+                DT *dst = sK + r * LD + d;
+                if (j < kvlen)
+                    attn_cp16(dst, kv_row(k_cache, st, s, j, KW) + kvh * HD + d);
+                else
+                    attn_zero16(dst);
+            }
+            attn_cp_commit();
+            for (int i = tid; i < BN * C8; i += THREADS) {
+                const int r = i / C8, d = (i % C8) * 8, j = kb + r;
+                DT *dst = sV + r * LD + d;
+                if (j < kvlen)
+                    attn_cp16(dst, kv_row(v_cache, st, s, j, KW) + kvh * HD + d);
+                else
+                    attn_zero16(dst);
+            }
+            attn_cp_commit();
+            attn_cp_wait<1>(); // Q (first tile) and K have landed
+            __syncthreads();
         }
-        attn_cp_commit();
-        for (int i = tid; i < BN * C8; i += THREADS) {
-            const int r = i / C8, d = (i % C8) * 8, j = kb + r;
-            DT *dst = sV + r * LD + d;
-            if (j < kvlen)
-                attn_cp16(dst, kv_row(v_cache, st, s, j, KW) + kvh * HD + d);
-            else
-                attn_zero16(dst);
-        }
-        attn_cp_commit();
-        attn_cp_wait<1>(); // Q (first tile) and K have landed
-        __syncthreads();
 
         // S = Q K^T: 16 rows x BN keys per warp
         float sc[BN / 8][4];
@@ -329,7 +383,7 @@ __device__ __forceinline__ void attn_prefill_mma(const kiln_step &st, const DT *
             o[n][3] *= alpha[1];
         }
 
-        attn_cp_wait<0>(); // V has landed
+        attn_cp_wait<0>(); // V has landed (KV8: nothing in flight)
         __syncthreads();
 
         // O += P V: k-step kk covers keys [16kk, 16kk + 16) of the tile = n-tiles 2kk, 2kk + 1
@@ -401,9 +455,19 @@ __device__ __forceinline__ void attn_merge_w(float m, float mo, float &mn, float
     wb = mo == ATTN_NINF ? 0.f : __expf(mo - mn);
 }
 
-template <typename DT, int NKV, int HD, int HPC, int SOFTCAP, int ALIBI>
+// KV8: each lane loads its chunks' 8 bytes (uint2) and the key's two scales instead of 16-byte
+// DT chunks, and unpacks them with attn_kv8_unpack.
+template <int KV8> struct attn_raw {
+    typedef vec8 type; // 8 DT
+};
+template <> struct attn_raw<1> {
+    typedef uint2 type; // 8 e4m3
+};
+
+template <typename DT, int NKV, int HD, int HPC, int SOFTCAP, int ALIBI, int KV8>
 __device__ __forceinline__ void
-attn_warp_keys(const kiln_step &st, int s, const DT *k_cache, const DT *v_cache, int kvh, int k0,
+attn_warp_keys(const kiln_step &st, int s, const kv_t<DT, KV8> *k_cache,
+               const kv_t<DT, KV8> *v_cache, int kvh, int k0,
                int k1, int grp0, int ngrp, const float *qs /* smem [HPC][HD] */, float scale,
                float softcap, const float (&slope)[HPC], int qpos, float (&m)[HPC],
                float (&l)[HPC], float (&o)[HPC][attn_lanes<HD>::CPL * 8])
@@ -421,22 +485,39 @@ attn_warp_keys(const kiln_step &st, int s, const DT *k_cache, const DT *v_cache,
     }
 
     for (int gb = grp0; k0 + gb * LN::KPW < k1; gb += ngrp * U) { // warp-uniform
-        vec8 kr[U][LN::CPL], vr[U][LN::CPL];
+        typename attn_raw<KV8>::type kr[U][LN::CPL], vr[U][LN::CPL];
+        float ks[U], vs[U]; // KV8: the key's K and V scales (0 for a key out of range)
         int jj[U];
         bool ok[U];
 #pragma unroll
         for (int u = 0; u < U; u++) {
             jj[u] = k0 + (gb + u * ngrp) * LN::KPW + slot;
             ok[u] = jj[u] < k1;
-            const DT *kp = k_cache, *vp = v_cache;
+            const kv_t<DT, KV8> *kp = k_cache, *vp = v_cache;
+            ks[u] = vs[u] = 0.f;
             if (ok[u]) { // never touch the block table past the range
-                kp = kv_row(k_cache, st, s, jj[u], KW) + kvh * HD;
-                vp = kv_row(v_cache, st, s, jj[u], KW) + kvh * HD;
+                if constexpr (KV8) {
+                    long long row, sat;
+                    kv8_at<KW, NKV>(kv_slot(st, s, jj[u]), row, sat);
+                    kp = k_cache + row + kvh * HD;
+                    vp = v_cache + row + kvh * HD;
+                    ks[u] = *reinterpret_cast<const float *>(k_cache + sat + 4 * kvh);
+                    vs[u] = *reinterpret_cast<const float *>(v_cache + sat + 4 * kvh);
+                } else {
+                    kp = kv_row(k_cache, st, s, jj[u], KW) + kvh * HD;
+                    vp = kv_row(v_cache, st, s, jj[u], KW) + kvh * HD;
+                }
             }
 #pragma unroll
             for (int cc = 0; cc < LN::CPL; cc++) {
                 const int ch = sub + cc * LN::LPK;
-                if (ok[u] && ch < LN::CH) {
+                if constexpr (KV8) {
+                    kr[u][cc] = vr[u][cc] = make_uint2(0u, 0u);
+                    if (ok[u] && ch < LN::CH) {
+                        kr[u][cc] = *reinterpret_cast<const uint2 *>(kp + ch * 8);
+                        vr[u][cc] = *reinterpret_cast<const uint2 *>(vp + ch * 8);
+                    }
+                } else if (ok[u] && ch < LN::CH) {
                     kr[u][cc] = *reinterpret_cast<const vec8 *>(kp + ch * 8);
                     vr[u][cc] = *reinterpret_cast<const vec8 *>(vp + ch * 8);
                 } else {
@@ -451,8 +532,13 @@ attn_warp_keys(const kiln_step &st, int s, const DT *k_cache, const DT *v_cache,
             float kf[LN::CPL][8], vf[LN::CPL][8];
 #pragma unroll
             for (int cc = 0; cc < LN::CPL; cc++) {
-                attn_unpack8<DT>(kr[u][cc], kf[cc]);
-                attn_unpack8<DT>(vr[u][cc], vf[cc]);
+                if constexpr (KV8) {
+                    attn_kv8_unpack<DT>(kr[u][cc], ks[u], kf[cc]);
+                    attn_kv8_unpack<DT>(vr[u][cc], vs[u], vf[cc]);
+                } else {
+                    attn_unpack8<DT>(kr[u][cc], kf[cc]);
+                    attn_unpack8<DT>(vr[u][cc], vf[cc]);
+                }
             }
 #pragma unroll
             for (int hh = 0; hh < HPC; hh++) {
@@ -512,9 +598,10 @@ attn_warp_keys(const kiln_step &st, int s, const DT *k_cache, const DT *v_cache,
 // attn_prefill, CUDA-core fallback (HD % 16 != 0). Same grid and block as the tensor-core path;
 // warp w of the CTA handles rows w, w + BM/16, ... of the tile, one row at a time, all its keys.
 template <typename DT, int NH, int NKV, int HD, int CAUSAL, int WINDOW, int ALIBI, int SOFTCAP,
-          int BM>
+          int BM, int KV8>
 __device__ __forceinline__ void attn_prefill_rows(const kiln_step &st, const DT *q,
-                                                  const DT *k_cache, const DT *v_cache, DT *out,
+                                                  const kv_t<DT, KV8> *k_cache,
+                                                  const kv_t<DT, KV8> *v_cache, DT *out,
                                                   float scale, float softcap,
                                                   const float *alibi_slopes)
 {
@@ -537,9 +624,9 @@ __device__ __forceinline__ void attn_prefill_rows(const kiln_step &st, const DT 
             qs[warp][d] = to_f(q[(long long)t * QW + h * HD + d]);
         __syncwarp();
         float m[1], l[1], o[1][LN::CPL * 8];
-        attn_warp_keys<DT, NKV, HD, 1, SOFTCAP, ALIBI>(st, s, k_cache, v_cache, kvh, lo, hi + 1,
-                                                       0, 1, &qs[warp][0], scale, softcap, slope,
-                                                       p, m, l, o);
+        attn_warp_keys<DT, NKV, HD, 1, SOFTCAP, ALIBI, KV8>(st, s, k_cache, v_cache, kvh, lo,
+                                                            hi + 1, 0, 1, &qs[warp][0], scale,
+                                                            softcap, slope, p, m, l, o);
         const float inv = l[0] > 0.f ? 1.f / l[0] : 0.f;
         if (lane < LN::LPK) { // slot 0 writes; every slot holds the same merged values
 #pragma unroll
@@ -573,12 +660,14 @@ __device__ __forceinline__ void attn_prefill_rows(const kiln_step &st, const DT 
 //   ALIBI    0/1: + alibi_slopes[h] * (j - p)   SOFTCAP 0/1: softcap * tanh(score / softcap)
 //   BM       query rows per CTA, % 16 == 0 (default 64 -> 128 threads)
 //   BN       keys per tile, % 16 == 0 (default 64, 32 when HD > 128 to bound registers)
+//   KV8      0: the 16-bit cache (DT); 1: the FP8 cache (bytes, kernels/kiln_kv8.h)
 //   scale    the score scale (usually 1/sqrt(HD)); softcap, alibi_slopes [NH] read only when
 //            enabled.
 template <typename DT, int NH, int NKV, int HD, int CAUSAL, int WINDOW, int ALIBI, int SOFTCAP,
-          int BM = 64, int BN = (HD > 128 ? 32 : 64)>
-__device__ __forceinline__ void attn_prefill(const kiln_step st, const DT *q, const DT *k_cache,
-                                             const DT *v_cache, DT *out, float scale,
+          int BM = 64, int BN = (HD > 128 ? 32 : 64), int KV8 = 0>
+__device__ __forceinline__ void attn_prefill(const kiln_step st, const DT *q,
+                                             const kv_t<DT, KV8> *k_cache,
+                                             const kv_t<DT, KV8> *v_cache, DT *out, float scale,
                                              float softcap, const float *alibi_slopes)
 {
     KILN_PDL_ENTER();
@@ -587,10 +676,10 @@ __device__ __forceinline__ void attn_prefill(const kiln_step st, const DT *q, co
     static_assert(BM % 16 == 0 && BM >= 16 && BM <= 256, "attn_prefill: BM must be 16..256, % 16");
     static_assert(BN % 16 == 0 && BN >= 16, "attn_prefill: BN must be a multiple of 16");
     if constexpr (HD % 16 == 0)
-        attn_prefill_mma<DT, NH, NKV, HD, CAUSAL, WINDOW, ALIBI, SOFTCAP, BM, BN>(
+        attn_prefill_mma<DT, NH, NKV, HD, CAUSAL, WINDOW, ALIBI, SOFTCAP, BM, BN, KV8>(
             st, q, k_cache, v_cache, out, scale, softcap, alibi_slopes);
     else
-        attn_prefill_rows<DT, NH, NKV, HD, CAUSAL, WINDOW, ALIBI, SOFTCAP, BM>(
+        attn_prefill_rows<DT, NH, NKV, HD, CAUSAL, WINDOW, ALIBI, SOFTCAP, BM, KV8>(
             st, q, k_cache, v_cache, out, scale, softcap, alibi_slopes);
 }
 
@@ -627,9 +716,11 @@ __device__ __forceinline__ void attn_prefill(const kiln_step st, const DT *q, co
 //   NSPLIT     most key splits per (sequence, head group)   HPC query heads per CTA (1 .. NH/NKV)
 //   SPLIT_MIN  fewest keys a split takes (>= 1)              other parameters as attn_prefill.
 template <typename DT, int NH, int NKV, int HD, int CAUSAL, int WINDOW, int ALIBI, int SOFTCAP,
-          int NSPLIT, int HPC, int THREADS, int SPLIT_MIN>
-__device__ __forceinline__ void attn_decode(const kiln_step st, const DT *q, const DT *k_cache,
-                                            const DT *v_cache, float *ws, unsigned *cnt, DT *out,
+          int NSPLIT, int HPC, int THREADS, int SPLIT_MIN, int KV8 = 0>
+__device__ __forceinline__ void attn_decode(const kiln_step st, const DT *q,
+                                            const kv_t<DT, KV8> *k_cache,
+                                            const kv_t<DT, KV8> *v_cache, float *ws,
+                                            unsigned *cnt, DT *out,
                                             float scale, float softcap,
                                             const float *alibi_slopes)
 {
@@ -674,8 +765,9 @@ __device__ __forceinline__ void attn_decode(const kiln_step st, const DT *q, con
     __syncthreads();
 
     float m[HPC], l[HPC], o[HPC][LN::CPL * 8];
-    attn_warp_keys<DT, NKV, HD, HPC, SOFTCAP, ALIBI>(st, s, k_cache, v_cache, kvh, k0, k1, warp,
-                                                     WARPS, qs, scale, softcap, slope, p, m, l, o);
+    attn_warp_keys<DT, NKV, HD, HPC, SOFTCAP, ALIBI, KV8>(st, s, k_cache, v_cache, kvh, k0, k1,
+                                                          warp, WARPS, qs, scale, softcap, slope,
+                                                          p, m, l, o);
     if (lane < LN::LPK) {
 #pragma unroll
         for (int hh = 0; hh < HPC; hh++)

@@ -235,6 +235,63 @@ __device__ __forceinline__ void layer_norm(const kiln_step st, const DT *x, cons
     }
 }
 
+namespace ew_detail {
+// rope_kv's chunk at element e (a multiple of 8) of a padded q, k or v row (heads of HDP = HD
+// rounded up to 8): the 8 values from `src` (the unpadded row), the first ROT dims of each head
+// rotated when `rot` (cs, sn: each pair's cos and sin, scaled), zeros past HD.
+template <typename DT, int HD, int ROT, int INTERLEAVED>
+__device__ __forceinline__ void rope_chunk(const DT *src, int e, bool rot, const float *cs,
+                                           const float *sn, float o[8])
+{
+    constexpr int HALF = ROT / 2, HDP = (HD + 7) / 8 * 8, VEC = HD % 8 == 0;
+    const int d0 = e % HDP; // dim of xv[0] within its head; the chunk never crosses heads
+    src += e / HDP * HD + d0; // the input row is not padded
+    float xv[8];
+    if (VEC) {
+        load8(src, xv);
+    } else {
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+            xv[j] = d0 + j < HD ? to_f(src[j]) : 0.f;
+    }
+    if (HALF > 0 && rot && d0 < ROT) {
+        // Partner of dim d: d^1 (interleaved, inside the chunk), else d +- HALF.
+        float pv[8];
+        if (INTERLEAVED) {
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+                pv[j] = xv[j ^ 1];
+        } else if (VEC && HALF % 8 == 0) {
+            // the chunk lies wholly in [0, HALF) or in [HALF, ROT): one aligned vector
+            load8(src + (d0 < HALF ? HALF : -HALF), pv);
+        } else {
+            // partial rotary with ROT/2 not a multiple of 8 (e.g. ROT = 20): element loads
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                const int d = d0 + j;
+                pv[j] = d < ROT ? to_f(src[j + (d < HALF ? HALF : -HALF)]) : 0.f;
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const int d = d0 + j;
+            if (d < ROT) {
+                const bool first = INTERLEAVED ? (d & 1) == 0 : d < HALF;
+                const int i = INTERLEAVED ? d >> 1 : (first ? d : d - HALF);
+                const float c = cs[i], s = sn[i];
+                o[j] = first ? xv[j] * c - pv[j] * s : xv[j] * c + pv[j] * s;
+            } else {
+                o[j] = xv[j];
+            }
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+            o[j] = xv[j];
+    }
+}
+} // namespace ew_detail
+
 // ---------------------------------------------------------------------------------------------
 // rope_kv: rotary embedding of q and k fused with the KV-cache write, one token per block.
 // Grid (T) x THREADS.
@@ -268,10 +325,15 @@ __device__ __forceinline__ void layer_norm(const kiln_step st, const DT *x, cons
 // prompt from the first chunk, as transformers' one forward over it; a sequence that grows past
 // the switch is recomputed from position 0, as generate() drops its cache there), so all of one
 // sequence's keys share a table. dyn_base is unused.
-template <typename DT, int NH, int NKV, int HD, int ROT, int INTERLEAVED, int DYNAMIC, int THREADS>
+// KV8 (kilnc compile --kv-dtype fp8): k_cache and v_cache are FP8 caches (kernels/kiln_kv8.h's
+// layout and rounding, rows of NKV*HDP bytes): a warp per (K or V, kv head) of the token computes
+// the head's values in float as above, their absmax, the head's scale and e4m3 bytes (the padded
+// dims' bytes are 0). Not KV8: the 16-bit cache, in DT.
+template <typename DT, int NH, int NKV, int HD, int ROT, int INTERLEAVED, int DYNAMIC, int THREADS,
+          int KV8 = 0>
 __device__ __forceinline__ void rope_kv(const kiln_step st, const DT *q, const DT *k, const DT *v,
                                         int q_stride, int k_stride, int v_stride, DT *q_out,
-                                        DT *k_cache, DT *v_cache,
+                                        kv_t<DT, KV8> *k_cache, kv_t<DT, KV8> *v_cache,
                                         const float *inv_freq, float rope_scale, float dyn_base,
                                         float dyn_factor, int dyn_max_pos)
 {
@@ -282,7 +344,7 @@ __device__ __forceinline__ void rope_kv(const kiln_step st, const DT *q, const D
     static_assert(DYNAMIC != 1 || ROT > 2, "dynamic NTK needs ROT > 2");
     static_assert(THREADS % 32 == 0 && THREADS <= 1024, "THREADS: multiple of 32, <= 1024");
     constexpr int HALF = ROT / 2;
-    constexpr int HDP = (HD + 7) / 8 * 8, VEC = HD % 8 == 0; // VEC: HDP == HD, 16-byte loads
+    constexpr int HDP = (HD + 7) / 8 * 8;
     constexpr int QC = NH * HDP / 8, KC = NKV * HDP / 8; // 8-element chunks of q and of k (= v)
     __shared__ float cs[HALF > 0 ? HALF : 1], sn[HALF > 0 ? HALF : 1];
 
@@ -328,7 +390,8 @@ __device__ __forceinline__ void rope_kv(const kiln_step st, const DT *q, const D
     }
 
     const int slot = st.tok_slot[t];
-    for (int u = threadIdx.x; u < QC + 2 * KC; u += THREADS) {
+    // q's chunks, and the 16-bit cache's, one a thread; the FP8 cache's by heads below
+    for (int u = threadIdx.x; u < (KV8 ? QC : QC + 2 * KC); u += THREADS) {
         const DT *src;
         DT *dst;
         int e;      // element index within the padded q (or k, v) row
@@ -338,65 +401,67 @@ __device__ __forceinline__ void rope_kv(const kiln_step st, const DT *q, const D
             src = q + (long long)t * q_stride;
             dst = q_out + (long long)t * (NH * HDP) + e;
             rot = true;
-        } else if (u < QC + KC) {
+        } else if constexpr (!KV8) {
             if (slot < 0)
                 continue;
-            e = (u - QC) * 8;
-            src = k + (long long)t * k_stride;
-            dst = k_cache + (long long)slot * (NKV * HDP) + e;
-            rot = true;
-        } else {
-            if (slot < 0)
-                continue;
-            e = (u - QC - KC) * 8;
-            src = v + (long long)t * v_stride;
-            dst = v_cache + (long long)slot * (NKV * HDP) + e;
-            rot = false;
-        }
-        const int d0 = e % HDP; // dim of xv[0] within its head; the chunk never crosses heads
-        src += e / HDP * HD + d0; // the input row is not padded
-        float xv[8];
-        if (VEC) {
-            load8(src, xv);
-        } else {
-#pragma unroll
-            for (int j = 0; j < 8; j++)
-                xv[j] = d0 + j < HD ? to_f(src[j]) : 0.f;
-        }
-        if (HALF > 0 && rot && d0 < ROT) {
-            // Partner of dim d: d^1 (interleaved, inside the chunk), else d +- HALF.
-            float pv[8];
-            if (INTERLEAVED) {
-#pragma unroll
-                for (int j = 0; j < 8; j++)
-                    pv[j] = xv[j ^ 1];
-            } else if (VEC && HALF % 8 == 0) {
-                // the chunk lies wholly in [0, HALF) or in [HALF, ROT): one aligned vector
-                load8(src + (d0 < HALF ? HALF : -HALF), pv);
+            if (u < QC + KC) {
+                e = (u - QC) * 8;
+                src = k + (long long)t * k_stride;
+                dst = k_cache + (long long)slot * (NKV * HDP) + e;
+                rot = true;
             } else {
-                // partial rotary with ROT/2 not a multiple of 8 (e.g. ROT = 20): element loads
+                e = (u - QC - KC) * 8;
+                src = v + (long long)t * v_stride;
+                dst = v_cache + (long long)slot * (NKV * HDP) + e;
+                rot = false;
+            }
+        }
+        float o[8];
+        ew_detail::rope_chunk<DT, HD, ROT, INTERLEAVED>(src, e, rot, cs, sn, o);
+        store8(dst, o);
+    }
+    if constexpr (KV8) {
+        // The FP8 cache (kernels/kiln_kv8.h): a warp per (K or V, kv head) holds the head's
+        // chunks, takes their absmax, and writes the e4m3 bytes and the scale.
+        if (slot < 0)
+            return;
+        constexpr int CH = HDP / 8, CPL = (CH + 31) / 32;
+        const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+        long long row, sat;
+        kv8_at<NKV * HDP, NKV>(slot, row, sat);
+        for (int job = warp; job < 2 * NKV; job += THREADS / 32) { // warp-uniform
+            const bool isv = job >= NKV;
+            const int h = isv ? job - NKV : job;
+            const DT *src = isv ? v + (long long)t * v_stride : k + (long long)t * k_stride;
+            unsigned char *cache = isv ? v_cache : k_cache;
+            float o[CPL][8], amax = 0.f;
 #pragma unroll
-                for (int j = 0; j < 8; j++) {
-                    const int d = d0 + j;
-                    pv[j] = d < ROT ? to_f(src[j + (d < HALF ? HALF : -HALF)]) : 0.f;
+            for (int cc = 0; cc < CPL; cc++) {
+                const int c = lane + 32 * cc;
+                if (c < CH) {
+                    ew_detail::rope_chunk<DT, HD, ROT, INTERLEAVED>(src, h * HDP + c * 8, !isv,
+                                                                    cs, sn, o[cc]);
+#pragma unroll
+                    for (int j = 0; j < 8; j++)
+                        amax = fmaxf(amax, fabsf(o[cc][j]));
                 }
             }
-            float o[8];
+            const float sc = kiln_kv8_scale(warp_max(amax));
 #pragma unroll
-            for (int j = 0; j < 8; j++) {
-                const int d = d0 + j;
-                if (d < ROT) {
-                    const bool first = INTERLEAVED ? (d & 1) == 0 : d < HALF;
-                    const int i = INTERLEAVED ? d >> 1 : (first ? d : d - HALF);
-                    const float c = cs[i], s = sn[i];
-                    o[j] = first ? xv[j] * c - pv[j] * s : xv[j] * c + pv[j] * s;
-                } else {
-                    o[j] = xv[j];
+            for (int cc = 0; cc < CPL; cc++) {
+                const int c = lane + 32 * cc;
+                if (c < CH) {
+                    unsigned w[2] = {0u, 0u};
+#pragma unroll
+                    for (int j = 0; j < 8; j++)
+                        w[j / 4] |= (unsigned)kiln_kv8_e4m3(KILN_KV8_DIV(o[cc][j], sc))
+                                    << (8 * (j % 4));
+                    *reinterpret_cast<uint2 *>(cache + row + h * HDP + c * 8) =
+                        make_uint2(w[0], w[1]);
                 }
             }
-            store8(dst, o);
-        } else {
-            store8(dst, xv);
+            if (lane == 0)
+                *reinterpret_cast<float *>(cache + sat + 4 * h) = sc;
         }
     }
 }
