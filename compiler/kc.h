@@ -15,6 +15,13 @@
 
 #define KC_MAX_TP 64 /* --tp range: far above one node's GPUs, low enough to list splits */
 
+/* --quant: how bind_weights quantises the linear weights of a bf16/fp32 checkpoint (quant.h) */
+typedef enum {
+    KC_QUANT_NONE,
+    KC_QUANT_FP8,  /* e4m3, one scale per output row */
+    KC_QUANT_INT4, /* 4 bits, asymmetric, a scale and zero point per group of input columns */
+} kc_quant;
+
 typedef struct kc {
     /* inputs */
     char *model_dir;
@@ -33,7 +40,7 @@ typedef struct kc {
     int max_seqs;         /* sequences per step */
     int max_seq_len;      /* tokens per sequence (prompt + generated) */
     st_dtype act_dtype;   /* compute dtype on the GPU: BF16 or F16 */
-    int quant_fp8;        /* --quant fp8: linear weights rounded to e4m3, a scale per row (quant.h) */
+    kc_quant quant_mode;  /* --quant fp8|int4: linear weights rounded at bind time (quant.h) */
     int gemm_kiln;        /* --gemm kiln: prefill linears on kiln's own GEMM kernel, not cuBLASLt */
     int sm90a_only;       /* every --sm target is sm_90a (Hopper's arch-specific instructions may be
                            * used: kiln's GEMM is then templates/gemm90.cuh, lower.c) */

@@ -52,7 +52,7 @@ typedef struct opts {
     ovr_set ovr; /* --config, --override, --pooling, --normalize, --generation-config */
     int allow_nonfinite;
     int tp; /* --tp N: tensor-parallel ranks (0: unsharded) */
-    int quant_fp8; /* --quant fp8 */
+    kc_quant quant_mode; /* --quant fp8|int4 */
     const char *dump_after;
     int help;
     /* ref */
@@ -116,9 +116,10 @@ static int parse_opts(const char *prog, int argc, char **argv, opts *o, int allo
                 return util_usage_error(prog, "%s", kerr_msg(&err));
             o->tp = (int)v;
         } else if (TAKE("--quant") && !missing) {
-            if (strcmp(val, "fp8"))
-                return util_usage_error(prog, "--quant: '%s' is not a format (expected fp8)", val);
-            o->quant_fp8 = 1;
+            if (!(o->quant_mode = quant_mode_parse(val)))
+                return util_usage_error(prog, "--quant: '%s' is not a format (expected fp8 or "
+                                              "int4)",
+                                        val);
         } else if (allow_dump == 1 && TAKE("--dump-after") && !missing)
             o->dump_after = val;
         else if (allow_dump == 3 && (TAKE("-o") || TAKE("--out")) && !missing)
@@ -207,7 +208,7 @@ static kc_opts kopts(const opts *o, int need_weights)
     kc_opts k = {.spec = o->spec, .spec_path = o->spec_path, .n_spec_path = o->n_spec_path,
                  .strict = o->strict, .allow_nonfinite = o->allow_nonfinite,
                  .need_weights = need_weights, .ovr = &o->ovr, .tp = o->tp,
-                 .quant_fp8 = o->quant_fp8, .gemm_kiln = o->gemm_kiln,
+                 .quant_mode = o->quant_mode, .gemm_kiln = o->gemm_kiln,
                  .fp8_dequant = o->fp8_dequant, .batch_invariant = o->batch_invariant,
                  .kv_fp8 = o->kv_fp8};
     return k;
@@ -258,9 +259,16 @@ static const char common_help[] =
     "                     top-level key, or a value of another JSON type, is an error\n"
     "  --override-new KEY=VALUE\n"
     "                     as --override, for a top-level key the config does not have\n"
-    "  --quant fp8        round the linears' weights to FP8 (e4m3) with one scale per output\n"
-    "                     row (absmax / 448), as 'kilnc compile --quant fp8' does; published\n"
-    "                     FP8 checkpoints (quantization_config) are read without it\n"
+    "  --quant fp8|int4   round the linears' weights of a bf16/fp32 checkpoint as 'kilnc\n"
+    "                     compile --quant' does. fp8: e4m3 with one scale per output row\n"
+    "                     (absmax / 448; kilnc compile needs every --sm to be 89 or newer).\n"
+    "                     int4: 4 bits, round to nearest, asymmetric (AWQ's scheme), a scale\n"
+    "                     and zero point per group of 128 input columns (64 or 32 where 128\n"
+    "                     does not divide the width, else one group per row), each scale\n"
+    "                     rounded to the compute dtype (bf16; kilnc compile --dtype fp16: f16)\n"
+    "                     as the GPU stores it. Embeddings, norms, the LM head and MoE experts\n"
+    "                     stay as they are; published FP8 and INT4 checkpoints\n"
+    "                     (quantization_config) are read without it\n"
     "  --pooling mean|cls|last\n"
     "                     embedding models: pool this way instead of as the archspec does\n"
     "  --normalize yes|no embedding models: L2-normalise the pooled vector, or not\n"
@@ -404,7 +412,7 @@ static int cmd_check(int argc, char **argv)
     count_dtypes(g, dt, sizeof dt);
     printf("parameters    %s in %d tensors (%s)\n",
            util_human_count((double)c.n_params, pc, sizeof pc), c.n_bound, dt);
-    char qd[256];
+    char qd[512];
     if (quant_describe(&c, qd, sizeof qd))
         printf("quantised     %s\n", qd);
     printf("checkpoint    %d tensors in %d file%s: %d used, %d unused%s\n", c.weights->n,
@@ -886,7 +894,9 @@ static int cmd_compile(int argc, char **argv)
                 "                     per row; else dequant); dequant turns the weight into bf16\n"
                 "                     in scratch for a bf16 GEMM: slower, but weight-only (the\n"
                 "                     numbers of kilnc ref). Steps of up to 8 rows always read the\n"
-                "                     FP8 weight with bf16 activations\n"
+                "                     FP8 weight with bf16 activations. INT4 weights (--quant\n"
+                "                     int4, AWQ, GPTQ, pack-quantized) take no flag: their long\n"
+                "                     steps always dequantise them into scratch\n"
                 "  --standalone       also write OUT_DIR/NAME (NAME: MODEL_DIR's name), one "
                 "executable:\n"
                 "                     the runtime (kiln-standalone, beside kilnc) with model.kiln "
@@ -951,7 +961,7 @@ static int cmd_compile(int argc, char **argv)
             if (nsm == 8)
                 return util_usage_error(o.prog, "--sm: at most 8 SMs, got more in '%s'", list);
             snprintf(sms[nsm], sizeof sms[0], "sm_%.*s", (int)tl, t);
-            if (o.quant_fp8 && atoi(sms[nsm] + 3) < 89)
+            if (o.quant_mode == KC_QUANT_FP8 && atoi(sms[nsm] + 3) < 89)
                 return util_usage_error(o.prog, "--quant fp8: %s has no FP8 tensor cores (sm_89 "
                                                 "and newer: Ada, Hopper); pass --sm 89 or --sm 90a "
                                                 "(the default list is 80,90a)",
@@ -1023,6 +1033,9 @@ static int cmd_compile(int argc, char **argv)
     l->m.n_overrides = c.n_overrides;
     c.overrides = NULL;
     c.n_overrides = 0;
+    char qd[512]; /* --quant changed the weights: kiln inspect says how */
+    if (c.quant_mode && quant_describe(&c, qd, sizeof qd))
+        ovr_add_line(&l->m.overrides, &l->m.n_overrides, xstrdup(qd));
     if (ovr_generation(c.model_dir, c.cfg, &o.ovr, &l->m, &l->m.overrides, &l->m.n_overrides,
                        &err)) {
         rc = -1;

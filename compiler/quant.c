@@ -5,6 +5,7 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 
 #include <assert.h>
+#include <float.h>
 #include <jansson.h>
 #include <math.h>
 #include <pcre2.h>
@@ -922,53 +923,141 @@ int quant_dequant_packed(kc *c, const char *name, unsigned char *used, const st_
     return *out ? 0 : -1;
 }
 
+/* ---------------------------------------------------------------- --quant fp8|int4 */
+
+static const char *const MODE_NAMES[] = {[KC_QUANT_FP8] = "fp8", [KC_QUANT_INT4] = "int4"};
+
+kc_quant quant_mode_parse(const char *name)
+{
+    for (int m = KC_QUANT_FP8; m <= KC_QUANT_INT4; m++)
+        if (!strcmp(name, MODE_NAMES[m]))
+            return (kc_quant)m;
+    return KC_QUANT_NONE;
+}
+
+const char *quant_mode_name(kc_quant mode)
+{
+    assert(mode == KC_QUANT_FP8 || mode == KC_QUANT_INT4);
+    return MODE_NAMES[mode];
+}
+
+/* --quant int4's group: the largest of 128, 64, 32 input columns that divides `in` (AWQ's 128
+ * when it can; gemv_int4 reads groups of a multiple of 32), else the whole row. */
+static int64_t int4_group(int64_t in)
+{
+    for (int64_t g = 128; g >= 32; g /= 2)
+        if (in >= g && in % g == 0)
+            return g;
+    return in;
+}
+
+/* One weight being rounded (quant_round): t's values go to d [rows, cols], each row's scales
+ * to sc and INT4's zero points to zp ([rows, kb], kb groups of `group` columns). */
 typedef struct rowjob {
+    kc_quant mode;
+    st_dtype dt; /* INT4: the compute dtype its scales are stored in */
     const st_tensor *t;
-    float *d, *rs;
-    int64_t cols;
+    float *d, *sc, *zp;
+    int64_t cols, group, kb;
 } rowjob;
 
-/* Rows [lo, hi) of quant_fp8_rows; a row with NaN or Inf is kept as it is, its scale NaN. */
-static void qrows_part(void *ctx, int chunk, int64_t lo, int64_t hi)
+/* FP8: the row rounded to e4m3 with one scale, absmax / 448 (1 when that is 0: a zero row, or
+ * one too small for its scale to be a float). */
+static void fp8_row(float *row, int64_t n, float *scale)
+{
+    float amax = 0;
+    for (int64_t k = 0; k < n; k++)
+        amax = fmaxf(amax, fabsf(row[k]));
+    float s = amax / FP8_E4M3_MAX;
+    if (!(s > 0))
+        s = 1.0f;
+    *scale = s;
+    for (int64_t k = 0; k < n; k++)
+        row[k] = fp8_e4m3_to_f32(fp8_e4m3_from_f32(row[k] / s)) * s;
+}
+
+/* x rounded to dt (BF16 or F16), as the GPU stores it. */
+static float to_dt(float x, st_dtype dt)
+{
+    return dt == ST_F16 ? util_f16_to_f32(util_f32_to_f16(x))
+                        : util_bf16_to_f32(util_f32_to_bf16(x));
+}
+
+/* INT4: the row rounded group by group (quant.h gives the rule), its scales and zero points in
+ * sc and zp; -1, the row untouched, when a scale is Inf in dt (f16 weights past 65504 * 15). */
+static int int4_row(const rowjob *q, float *row, float *sc, float *zp)
+{
+    for (int64_t g = 0; g < q->kb; g++) {
+        const float *w = row + g * q->group;
+        float lo = 0, hi = 0;
+        for (int64_t k = 0; k < q->group; k++) {
+            lo = fminf(lo, w[k]);
+            hi = fmaxf(hi, w[k]);
+        }
+        double s0 = ((double)hi - (double)lo) / 15.0; /* in double: hi - lo can pass FLT_MAX */
+        float s = s0 > FLT_MAX ? INFINITY : to_dt((float)s0, q->dt), z;
+        if (isinf(s))
+            return -1;
+        if (s == 0) /* a zero group, or one below dt's smallest scale: its values round to 0 */
+            s = 1.0f;
+        z = rintf(-lo / s);
+        sc[g] = s;
+        zp[g] = z > 15 ? 15.0f : z > 0 ? z : 0.0f;
+    }
+    for (int64_t g = 0; g < q->kb; g++) {
+        float *w = row + g * q->group, s = sc[g], z = zp[g];
+        for (int64_t k = 0; k < q->group; k++) {
+            float v = fminf(fmaxf(rintf(w[k] / s) + z, 0.0f), 15.0f);
+            w[k] = (v - z) * s; /* |q - z| <= 15, s of 8 (bf16) or 11 (f16) bits: exact */
+        }
+    }
+    return 0;
+}
+
+/* Rows [lo, hi) of quant_round; a row with NaN or Inf, or one int4_row refuses, is kept as it
+ * is, its first scale NaN. */
+static void round_part(void *ctx, int chunk, int64_t lo, int64_t hi)
 {
     rowjob *q = ctx;
     (void)chunk;
     for (int64_t r = lo; r < hi; r++) {
-        float *row = q->d + r * q->cols, amax = 0;
+        float *row = q->d + r * q->cols, *sc = q->sc + r * q->kb;
         int finite = 1;
         for (int64_t k = 0; k < q->cols; k++) {
             row[k] = scalar_at(q->t, (uint64_t)(r * q->cols + k));
             finite &= isfinite(row[k]) != 0;
-            if (fabsf(row[k]) > amax)
-                amax = fabsf(row[k]);
         }
-        if (!finite) { /* finite.c reports the row (or --allow-nonfinite) */
-            q->rs[r] = NAN;
-            continue;
-        }
-        float scale = amax / FP8_E4M3_MAX;
-        if (!(scale > 0)) /* an all-zero row, or one too small for its scale to be a float */
-            scale = 1.0f;
-        q->rs[r] = scale;
-        for (int64_t k = 0; k < q->cols; k++)
-            row[k] = fp8_e4m3_to_f32(fp8_e4m3_from_f32(row[k] / scale)) * scale;
+        if (!finite) /* finite.c reports the row (or --allow-nonfinite) */
+            sc[0] = NAN;
+        else if (q->mode == KC_QUANT_FP8)
+            fp8_row(row, q->cols, sc);
+        else if (int4_row(q, row, sc, q->zp + r * q->kb))
+            sc[0] = NAN;
     }
 }
 
-const st_tensor *quant_fp8_rows(kc *c, const st_tensor *t)
+const st_tensor *quant_round(kc *c, const st_tensor *t)
 {
-    assert(t->ndim == 2);
-    int64_t rows = t->shape[0], cols = t->shape[1];
+    assert(t->ndim == 2 && (c->quant_mode == KC_QUANT_FP8 || c->quant_mode == KC_QUANT_INT4));
+    int i4 = c->quant_mode == KC_QUANT_INT4;
+    assert(!i4 || c->act_dtype == ST_BF16 || c->act_dtype == ST_F16);
+    int64_t rows = t->shape[0], cols = t->shape[1], group = i4 ? int4_group(cols) : cols;
+    int64_t kb = group ? cols / group : 1; /* group 0: a weight of no columns */
+    size_t nsc = (size_t)(rows * kb > 0 ? rows * kb : 1);
     st_tensor *o = own(c, t, NULL);
-    rowjob q = {t, (float *)o->data, xmalloc(sizeof(float) * (size_t)(rows ? rows : 1)), cols};
-    util_parallel_for(rows, qrows_part, &q); /* rows on every core: an 8B model has 7B weights */
-    int all_finite = 1;
+    rowjob q = {c->quant_mode, c->act_dtype, t, (float *)o->data, xmalloc(sizeof(float) * nsc),
+                i4 ? xmalloc(sizeof(float) * nsc) : NULL, cols, group, kb};
+    util_parallel_for(rows, round_part, &q); /* rows on every core: an 8B model has 7B weights */
+    int all = 1;
     for (int64_t r = 0; r < rows; r++)
-        all_finite &= !isnan(q.rs[r]);
-    if (all_finite) /* else the packer stores the weight in the compute dtype */
-        c->quant->rows[c->quant->n - 1] = (qrows){QROWS_E4M3, 0, q.rs, NULL};
-    else
-        free(q.rs);
+        all &= !isnan(q.sc[r * kb]);
+    if (all) /* else the packer stores the weight in the compute dtype */
+        c->quant->rows[c->quant->n - 1] =
+            (qrows){i4 ? QROWS_INT4 : QROWS_E4M3, group == cols ? 0 : group, q.sc, q.zp};
+    else {
+        free(q.sc);
+        free(q.zp);
+    }
     return o;
 }
 
@@ -986,10 +1075,40 @@ const char *quant_describe(const kc *c, char *buf, size_t cap)
     const quant_state *s = c->quant;
     if (!s || !s->n)
         return NULL;
-    if (c->quant_fp8) {
+    if (c->quant_mode == KC_QUANT_FP8) {
         snprintf(buf, cap, "--quant fp8: %d linear weight%s rounded to e4m3 with a scale per row "
                            "(computed here in fp32)",
                  s->n, s->n == 1 ? "" : "s");
+        return buf;
+    }
+    if (c->quant_mode == KC_QUANT_INT4) {
+        /* how many weights have each group size (int4_group's: 128, 64, 32 columns, or the
+         * row); a weight with NaN or Inf has no quantised form and is counted apart */
+        int n[4] = {0}, none = 0;
+        for (int i = 0; i < s->n; i++) {
+            int64_t b = s->rows[i].block;
+            if (!s->rows[i].kind)
+                none++;
+            else
+                n[b == 128 ? 0 : b == 64 ? 1 : b == 32 ? 2 : 3]++;
+        }
+        static const char *const what[4] = {"in groups of 128", "in groups of 64",
+                                            "in groups of 32", "with one group per row"};
+        int k = snprintf(buf, cap, "--quant int4: %d linear weight%s rounded to INT4 (round to "
+                                   "nearest, asymmetric, a %s scale and zero point per group "
+                                   "of input columns):",
+                         s->n, s->n == 1 ? "" : "s", c->act_dtype == ST_F16 ? "f16" : "bf16");
+        const char *sep = " ";
+        for (int g = 0; g < 4; g++)
+            if (n[g] && k >= 0 && (size_t)k < cap) {
+                k += snprintf(buf + k, cap - (size_t)k, "%s%d %s", sep, n[g], what[g]);
+                sep = ", ";
+            }
+        if (none && k >= 0 && (size_t)k < cap)
+            k += snprintf(buf + k, cap - (size_t)k, "%s%d with NaN or Inf (not packed as INT4)",
+                          sep, none);
+        if (k >= 0 && (size_t)k < cap)
+            snprintf(buf + k, cap - (size_t)k, " (computed here in fp32)");
         return buf;
     }
     if (is_int(s)) {

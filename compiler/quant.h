@@ -1,18 +1,19 @@
 /* quant — quantised weights: published FP8 (E4M3) and integer (AWQ, GPTQ, compressed-tensors
- * pack-quantized) checkpoints read, and bf16/fp32 ones quantised to FP8 at compile time
- * (--quant fp8).
+ * pack-quantized) checkpoints read, and bf16/fp32 ones quantised to FP8 or INT4 at compile time
+ * (--quant fp8, --quant int4).
  *
  * What kiln computes with: every quantised weight is turned back into fp32 at bind_weights,
  * exactly (e4m3 value * its scale, or (q - z) * scale: one fp32 multiply), so `kilnc ref` of a
- * quantised checkpoint equals the forward of its dequantised fp32 copy, and `--quant fp8` gives
- * the numbers an FP8 weight-only model computes. quant also keeps each weight's quantised form
- * by rows (quant_rows: FP8 scales; INT4 scales and zero points per group), and `kilnc compile`
- * packs a linear's weight in it where pack.h's pack_qblock can follow it (FP8: e4m3 bytes and
- * float scales; INT4: two 4-bit values a byte, scales and zero points as dt pairs): the GEMVs
- * read them as they are (templates/gemv.cuh's gemv_fp8, gemv_int4), longer steps through the
- * FP8 GEMM (W8A8) or after dequant_fp8/dequant_int4 into scratch (lower.c). 8-bit integer and
- * act-order GPTQ weights, quantised weights of other ops (MoE experts, the LM head) and ones the
- * packer cannot keep whole (a K cut off a group edge) are packed in the compute dtype.
+ * quantised checkpoint equals the forward of its dequantised fp32 copy, and `--quant fp8` or
+ * `--quant int4` gives the numbers an FP8 or INT4 weight-only model computes. quant also keeps
+ * each weight's quantised form by rows (quant_rows: FP8 scales; INT4 scales and zero points per
+ * group), and `kilnc compile` packs a linear's weight in it where pack.h's pack_qblock can follow
+ * it (FP8: e4m3 bytes and float scales; INT4: two 4-bit values a byte, scales and zero points as
+ * dt pairs): the GEMVs read them as they are (templates/gemv.cuh's gemv_fp8, gemv_int4), longer
+ * steps through the FP8 GEMM (W8A8) or after dequant_fp8/dequant_int4 into scratch (lower.c).
+ * 8-bit integer and act-order GPTQ weights, quantised weights of other ops (MoE experts, the LM
+ * head) and ones the packer cannot keep whole (a K cut off a group edge) are packed in the
+ * compute dtype.
  *
  * Formats (config.json's quantization_config), for a weight `X.weight` stored as F8_E4M3:
  *   compressed-tensors (quant_method "compressed-tensors", format "float-quantized" or
@@ -81,14 +82,31 @@ const st_tensor *quant_dequant_fp8(kc *c, const st_tensor *t, unsigned char *use
  * tensor or field when it has one that the config does not describe or that is malformed. */
 int quant_dequant_packed(kc *c, const char *name, unsigned char *used, const st_tensor **out,
                          kerr *err);
-/* --quant fp8: the fp32 tensor of t ([out, in], F32/F16/BF16) rounded to e4m3 with one scale
- * per output row (absmax / 448), dequantised again: the values an FP8 weight holds. */
-const st_tensor *quant_fp8_rows(kc *c, const st_tensor *t);
+/* --quant's formats by name: "fp8" and "int4" give their mode, any other name KC_QUANT_NONE;
+ * and a mode's name. */
+kc_quant quant_mode_parse(const char *name);
+const char *quant_mode_name(kc_quant mode);
+/* --quant (c->quant_mode, not KC_QUANT_NONE): the fp32 tensor of t ([out, in], F32/F16/BF16)
+ * rounded row by row, dequantised again: the values the quantised weight holds, its quantised
+ * form kept for quant_rows. The rounding of one row:
+ *   KC_QUANT_FP8: e4m3 with one scale per row, absmax / 448 (1 for a zero row), round to
+ *     nearest even;
+ *   KC_QUANT_INT4: round to nearest, asymmetric (AWQ's scheme), per group of G input columns,
+ *     G the largest of 128, 64, 32 that divides `in`, else the whole row: lo = min(w, 0), hi =
+ *     max(w, 0), scale s = (hi - lo) / 15 rounded to c->act_dtype (bf16 or f16, the dtype the
+ *     GPU stores it in: pack.c's fill_int4sz; 1 when that is 0: a zero group), zero point z =
+ *     rint(-lo / s) in 0..15, q = rint(w / s) + z clamped to 0..15, value (q - z) * s, exact in
+ *     fp32: `kilnc ref` and the GPU compute with the same weights.
+ * A row with NaN or Inf (or an INT4 scale that is Inf in the compute dtype) is left as it is
+ * and the weight keeps no quantised form: the packer stores all of it in the compute dtype
+ * (finite.c reports the NaN or Inf unless --allow-nonfinite). Rows on every core. */
+const st_tensor *quant_round(kc *c, const st_tensor *t);
 /* A weight's quantised form by rows, when quant made it: its values are exactly (one fp32
  * multiply) fp8_e4m3_to_f32(q) * scale (QROWS_E4M3: a published FP8 checkpoint's, --quant
  * fp8's) or (q - zero) * scale with q in 0..15 (QROWS_INT4: AWQ, GPTQ 4-bit in column order,
- * compressed-tensors pack-quantized 4-bit), for scale and zero [rows, kb] (zero NULL for
- * E4M3), kb = ceil(cols / block) blocks of `block` columns, or one per row when block is 0. */
+ * compressed-tensors pack-quantized 4-bit, --quant int4's), for scale and zero [rows, kb] (zero
+ * NULL for E4M3), kb = ceil(cols / block) blocks of `block` columns, or one per row when block
+ * is 0. */
 typedef enum { QROWS_NONE, QROWS_E4M3, QROWS_INT4 } qrows_kind;
 typedef struct qrows {
     qrows_kind kind;
@@ -96,12 +114,13 @@ typedef struct qrows {
     float *scale, *zero;
 } qrows;
 /* t's quantised form (owned by c), or NULL for any other tensor (a checkpoint's as stored, an
- * 8-bit or act-order integer weight, a --quant fp8 one with NaN or Inf): those are packed in the
+ * 8-bit or act-order integer weight, a --quant one with NaN or Inf): those are packed in the
  * compute dtype. */
 const qrows *quant_rows(const kc *c, const st_tensor *t);
-/* After bind_weights: what was quantised, for kilnc check ("14 weights F8_E4M3 with
- * compressed-tensors per-channel scales, dequantised to fp32", "14 weights AWQ 4-bit (gemm),
- * group size 32 (42 tensors read), dequantised to fp32"), or NULL when nothing was. */
+/* After bind_weights: what was quantised, for kilnc check and the manifest ("14 weights F8_E4M3
+ * with compressed-tensors per-channel scales, dequantised to fp32", "14 weights AWQ 4-bit
+ * (gemm), group size 32 (42 tensors read), dequantised to fp32", "--quant int4: 14 linear
+ * weights rounded to INT4 (...)"), or NULL when nothing was. */
 const char *quant_describe(const kc *c, char *buf, size_t cap);
 void quant_free(kc *c);
 

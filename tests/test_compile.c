@@ -482,11 +482,12 @@ static void test_kiln_run_without_gpu(void **state)
 
 /* ---------------------------------------------------------------- tensor parallelism */
 
-static void open_tp(kc *c, const char *name, int tp)
+static void open_tp(kc *c, const char *name, kc_quant quant, int tp)
 {
     char dir[256];
     snprintf(dir, sizeof dir, FIX "%s", name);
-    kc_opts o = {.need_weights = 1, .max_seq_len = 256, .max_seqs = 4, .max_tokens = 256, .tp = tp};
+    kc_opts o = {.need_weights = 1, .max_seq_len = 256, .max_seqs = 4, .max_tokens = 256, .tp = tp,
+                 .quant_mode = quant};
     kerr err;
     kerr_clear(&err);
     if (kc_open(c, dir, &o, &err) || kc_run(c, NULL, NULL, NULL, &err))
@@ -531,15 +532,15 @@ static int check_shard_nodes(const kgraph *g, int r)
     return split;
 }
 
-/* --tp N in process (no NVRTC): the shards, the manifest's tp and collectives, and every rank's
- * tensors against the unsharded packed weights. */
-static void check_tp(const char *name, int tp)
+/* --tp N in process (no NVRTC), with --quant as `quant` says: the shards, the manifest's tp and
+ * collectives, and every rank's tensors against the unsharded packed weights. */
+static void check_tp_q(const char *name, kc_quant quant, int tp)
 {
     kc c;
-    open_tp(&c, name, tp);
+    open_tp(&c, name, quant, tp);
     ka_manifest *m = &c.low->m;
     char dir[600];
-    snprintf(dir, sizeof dir, "%s/tp_%s_%d", tmp, name, tp);
+    snprintf(dir, sizeof dir, "%s/tp_%s%s_%d", tmp, name, quant ? quant_mode_name(quant) : "", tp);
     kerr err;
     kerr_clear(&err);
     if (pack_shards(&c, c.low, dir, 0, m, &err))
@@ -605,6 +606,11 @@ static void check_tp(const char *name, int tp)
                  * far more */
                 const st_tensor *sz = st_find(s, m->weights[i + 1].name);
                 assert_non_null(sz);
+                /* --quant int4 rounded the scales to bf16 first: (q - z) * s is the weight's
+                 * fp32 value exactly */
+                float *want_f = quant == KC_QUANT_INT4
+                                    ? pack_const(c.g, c.low->weight_node[i], r, ST_F32, &err)
+                                    : NULL;
                 int64_t N = m->weights[i].shape[0], K = 2 * m->weights[i].shape[1];
                 int64_t kb = sz->shape[1], b = K / kb;
                 const uint8_t *q = t->data;
@@ -624,7 +630,13 @@ static void check_tp(const char *name, int tp)
                         fail_msg("%s --tp %d rank %d: INT4 %s [%lld, %lld] is %g, its value %g",
                                  name, tp, r, m->weights[i].name, (long long)n, (long long)k,
                                  (double)v, (double)wv);
+                    if (want_f && (float)(nib - (int)z) * sv != want_f[e])
+                        fail_msg("%s --quant int4 --tp %d rank %d: INT4 %s [%lld, %lld] is %g, "
+                                 "its fp32 value %g",
+                                 name, tp, r, m->weights[i].name, (long long)n, (long long)k,
+                                 (double)((float)(nib - (int)z) * sv), (double)want_f[e]);
                 }
+                free(want_f);
                 int4++;
             } else if (memcmp(t->data, want_w, t->nbytes)) {
                 fail_msg("%s --tp %d rank %d: tensor %s differs from its packed value", name, tp,
@@ -639,8 +651,11 @@ static void check_tp(const char *name, int tp)
      * fused, on every rank); no other fixture has any */
     assert_int_equal(fp8, strstr(name, "fp8") ? 8 * tp : 0);
     /* INT4 (group 32): the AWQ fixture leaves layer 1's down_proj plain; at tp 2 layer 0's
-     * down_proj (96 columns) is cut at 48, off a group edge, and stays bf16 too */
-    int want4 = !strcmp(name, "llama_awq") ? (tp == 1 ? 7 : 6 * tp)
+     * down_proj (96 columns) is cut at 48, off a group edge, and stays bf16 too. llama --quant
+     * int4: qkv, gate/up and down_proj (groups of 32) in both layers, o_proj (144 columns, one
+     * group per row) in bf16; at tp 2 down_proj (160 columns) is cut at 80, off a group edge */
+    int want4 = quant == KC_QUANT_INT4           ? (tp == 1 ? 6 : 4 * tp)
+                : !strcmp(name, "llama_awq")     ? (tp == 1 ? 7 : 6 * tp)
                 : !strcmp(name, "llama_int4_ct") ? (tp == 1 ? 7 : 6 * tp)
                                                  : 0;
     assert_int_equal(int4, want4);
@@ -651,6 +666,8 @@ static void check_tp(const char *name, int tp)
         assert_int_equal(split, 0);
     kc_free(&c);
 }
+
+static void check_tp(const char *name, int tp) { check_tp_q(name, KC_QUANT_NONE, tp); }
 
 static void test_tp_shards(void **state)
 {
@@ -670,6 +687,8 @@ static void test_tp_shards(void **state)
     check_tp("llama_awq", 2);
     check_tp("llama_int4_ct", 1);
     check_tp("llama_int4_ct", 2);
+    check_tp_q("llama", KC_QUANT_INT4, 1); /* --quant int4: the same, rounded here */
+    check_tp_q("llama", KC_QUANT_INT4, 2);
 }
 
 /* A split weight's halves differ between the ranks and concatenate to the whole: llama's
@@ -678,7 +697,7 @@ static void test_tp_halves(void **state)
 {
     (void)state;
     kc c;
-    open_tp(&c, "llama", 2);
+    open_tp(&c, "llama", KC_QUANT_NONE, 2);
     const st_tensor *q = st_find(c.weights, "model.layers.0.self_attn.q_proj.weight");
     const st_tensor *o = st_find(c.weights, "model.layers.0.self_attn.o_proj.weight");
     assert_non_null(q);
@@ -726,7 +745,7 @@ static void test_tp_nvrtc(void **state)
     static const char *fx[] = {"bloom", "mixtral", "llama_tied_oldstyle"};
     for (size_t i = 0; i < ARRAY_LEN(fx); i++) {
         kc c;
-        open_tp(&c, fx[i], 2);
+        open_tp(&c, fx[i], KC_QUANT_NONE, 2);
         char *src = codegen_source(c.low, fx[i]);
         assert_non_null(strstr(src, "kiln::gather_ranks<"));
         if (!strcmp(fx[i], "bloom"))

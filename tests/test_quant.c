@@ -9,6 +9,9 @@
  *     errors naming the tensor;
  *   - --quant fp8's per-row quantisation: the absmax element is exact, the rest within e4m3's
  *     half step, a zero row stays zero;
+ *   - --quant int4's rounding on hand-made rows: values on the grid exact, a zero group, lo = 0
+ *     and hi = 0 groups, the clamp at 15, the scale rounded to bf16 or f16 first, the group
+ *     width chosen, a NaN row leaving the weight unpacked;
  *   - integer weights (AWQ, GPTQ, compressed-tensors pack-quantized): small checkpoints packed
  *     here from the published layouts, dequantised exactly as (q - z) * s computed here: AWQ's
  *     nibble order, GPTQ's v1 and v2 zero points, act-order g_idx, 8 bits, pack-quantized with
@@ -21,7 +24,8 @@
  *   - the CLI: FBGEMM and block-scaled variants of the llama_fp8_ct fixture (same e4m3 bytes,
  *     scales renamed) give its tokens, kilnc check describes what it dequantised (also for the
  *     INT4 fixtures, whose every tensor is used), --quant fp8 of a quantised checkpoint and for
- *     sm_80 are refused.
+ *     sm_80 are refused; --quant int4 compiles for sm_80, and kilnc check and kiln inspect say
+ *     what it did.
  */
 #include <math.h>
 #include <setjmp.h>
@@ -38,7 +42,7 @@
 #include "safetensors.h"
 #include "testutil.h"
 
-static const char *KILNC;
+static const char *KILNC, *KILN;
 
 /* ---------------------------------------------------------------- e4m3 */
 
@@ -738,7 +742,8 @@ static void test_quant_rows(void **state)
                    .numel = RR * CC, .data = w, .nbytes = sizeof w};
     kc c;
     memset(&c, 0, sizeof c);
-    const st_tensor *q = quant_fp8_rows(&c, &t);
+    c.quant_mode = KC_QUANT_FP8;
+    const st_tensor *q = quant_round(&c, &t);
     const float *d = q->data;
     assert_true(d[17] == -3.0f);
     for (int r = 0; r < RR; r++) {
@@ -759,6 +764,114 @@ static void test_quant_rows(void **state)
             assert_true(fp8_e4m3_to_f32(fp8_e4m3_from_f32(y / scale)) * scale == y);
         }
     }
+    quant_free(&c);
+}
+
+/* --quant int4 of an F32 tensor `w` [rows, cols] with scales in `dt`: the rounded values, its
+ * quantised form in *qr (which must exist). */
+static const float *int4_of(kc *c, st_dtype dt, float *w, int64_t rows, int64_t cols,
+                            const qrows **qr)
+{
+    st_tensor *t = calloc(1, sizeof *t); /* quant_round keeps a copy of it: freed at the end */
+    *t = (st_tensor){.name = "x.weight", .dtype = ST_F32, .ndim = 2, .shape = {rows, cols},
+                     .numel = (uint64_t)(rows * cols), .data = w,
+                     .nbytes = sizeof(float) * (size_t)(rows * cols)};
+    c->quant_mode = KC_QUANT_INT4;
+    c->act_dtype = dt;
+    const st_tensor *q = quant_round(c, t);
+    *qr = quant_rows(c, q);
+    free(t);
+    assert_int_equal(q->dtype, ST_F32);
+    return q->data;
+}
+
+/* --quant int4's rounding (quant.h) on hand-made rows: values on the grid come back exactly, a
+ * zero group gets scale 1, an all-positive group zero point 0 (lo = 0) and an all-negative one
+ * 15, a value half a step past the top is clamped to 15, the scale is rounded to the compute
+ * dtype before anything is rounded with it, the group is the largest of 128/64/32 dividing the
+ * width (else the row), and a row with NaN leaves the weight without a quantised form. */
+static void test_quant_int4_rows(void **state)
+{
+    (void)state;
+    enum { NR = 3, NK = 256, NG = 128 };
+    static float w[NR * NK];
+    memset(w, 0, sizeof w);
+    for (int k = 0; k < NG; k++) {
+        w[k] = (float)(k % 16 - 6) * 0.25f;           /* row 0, group 0: s 0.25, z 6, exact */
+        /* row 0, group 1: zeros */
+        w[NK + k] = 0.5f * (float)(1 + k % 15);       /* row 1, group 0: 0.5..7.5, lo = 0 */
+        w[NK + NG + k] = -0.5f * (float)(1 + k % 15); /* row 1, group 1: -7.5..-0.5, hi = 0 */
+    }
+    /* row 2, group 0: lo -5.5, hi 9.5: s = 15 / 15 = 1, z = rint(5.5) = 6 (to even), and 9.5
+     * gives rint(9.5) + 6 = 16: clamped to 15, the value 9; -5.5 gives -6 + 6 = 0, the value
+     * -6; 0.3 and 2.7 round to 0 and 3 */
+    float *r2 = w + 2 * NK;
+    r2[0] = -5.5f, r2[1] = 9.5f, r2[2] = 0.3f, r2[3] = 2.7f;
+    /* row 2, group 1: lo 0, hi 3: s = 0.2, not a bf16 number: bf16 0.2001953125 (f16
+     * 0.199951171875); 3 / s = 14.985 (15.004) rounds to 15, 1 / s = 4.995 (5.001) to 5 */
+    r2[NG] = 3.0f, r2[NG + 1] = 1.0f;
+    kc c;
+    memset(&c, 0, sizeof c);
+    const qrows *qr;
+    const float *d = int4_of(&c, ST_BF16, w, NR, NK, &qr);
+    assert_non_null(qr);
+    assert_int_equal(qr->kind, QROWS_INT4);
+    assert_int_equal(qr->block, NG);
+    const float want_s[NR][2] = {{0.25f, 1.0f}, {0.5f, 0.5f}, {1.0f, 0.2001953125f}};
+    const float want_z[NR][2] = {{6, 0}, {0, 15}, {6, 0}};
+    for (int r = 0; r < NR; r++)
+        for (int g = 0; g < 2; g++) {
+            if (qr->scale[r * 2 + g] != want_s[r][g] || qr->zero[r * 2 + g] != want_z[r][g])
+                fail_msg("row %d group %d: scale %g zero %g, expected %g and %g", r, g,
+                         (double)qr->scale[r * 2 + g], (double)qr->zero[r * 2 + g],
+                         (double)want_s[r][g], (double)want_z[r][g]);
+        }
+    for (int k = 0; k < 2 * NK; k++) /* rows 0 and 1: every value on its grid, unchanged */
+        if (d[k] != w[k])
+            fail_msg("row %d col %d: %g came back as %g", k / NK, k % NK, (double)w[k],
+                     (double)d[k]);
+    const float want2[] = {-6.0f, 9.0f, 0.0f, 3.0f};
+    for (int k = 0; k < 4; k++)
+        assert_true(d[2 * NK + k] == want2[k]);
+    assert_true(d[2 * NK + NG] == 15 * 0.2001953125f);
+    assert_true(d[2 * NK + NG + 1] == 5 * 0.2001953125f);
+    for (int k = 4; k < NK; k++) /* zeros stay zero in both groups */
+        if (k != NG && k != NG + 1)
+            assert_true(d[2 * NK + k] == 0.0f);
+    /* the same with f16 scales: only row 2's second group has a scale that rounds */
+    d = int4_of(&c, ST_F16, w, NR, NK, &qr);
+    assert_non_null(qr);
+    assert_true(qr->scale[2 * 2 + 1] == 0.199951171875f);
+    assert_true(d[2 * NK + NG] == 15 * 0.199951171875f);
+    assert_true(d[2 * NK + NG + 1] == 5 * 0.199951171875f);
+    /* groups: 128, 64, 32 columns, else one per row (block 0, also when the group is the row) */
+    static float v[2 * 192];
+    for (int i = 0; i < 2 * 192; i++)
+        v[i] = (float)(i % 7) - 3.0f;
+    const int64_t widths[][2] = {{192, 64}, {96, 32}, {160, 32}, {64, 0}, {48, 0}, {144, 0}};
+    for (int i = 0; i < 6; i++) {
+        int4_of(&c, ST_BF16, v, 2, widths[i][0], &qr);
+        assert_non_null(qr);
+        if (qr->block != widths[i][1])
+            fail_msg("width %lld: group %lld, expected %lld", (long long)widths[i][0],
+                     (long long)qr->block, (long long)widths[i][1]);
+    }
+    /* a row with NaN: the weight keeps no quantised form (packed in the compute dtype), its
+     * NaN stays for finite.c to report, and the other row is rounded all the same */
+    static float x[2 * 32];
+    for (int k = 0; k < 32; k++) {
+        x[k] = 0.1f * (float)k;
+        x[32 + k] = 0.25f * (float)(k % 16); /* 0..3.75: s 0.25, z 0 */
+    }
+    x[5] = NAN;
+    x[32 + 1] = 0.3f; /* rounds to 0.25 */
+    d = int4_of(&c, ST_BF16, x, 2, 32, &qr);
+    assert_null(qr);
+    assert_true(isnan(d[5]));
+    assert_true(d[4] == x[4]);
+    for (int k = 0; k < 32; k++)
+        if (d[32 + k] != (k == 1 ? 0.25f : x[32 + k]))
+            fail_msg("row 1 col %d: %g came back as %g", k, (double)x[32 + k], (double)d[32 + k]);
     quant_free(&c);
 }
 
@@ -841,10 +954,10 @@ static void test_cli(void **state)
     tu_run r2 = tu_run_bin(tmp, KILNC, a2);
     EXPECT_CODE(r2, 2);
     assert_contains(r2.err, "--quant fp8: sm_80 has no FP8 tensor cores");
-    const char *a3[] = {"check", "tests/fixtures/llama", "--quant", "int4", NULL};
+    const char *a3[] = {"check", "tests/fixtures/llama", "--quant", "int8", NULL};
     tu_run r3 = tu_run_bin(tmp, KILNC, a3);
     EXPECT_CODE(r3, 2);
-    assert_contains(r3.err, "--quant: 'int4' is not a format (expected fp8)");
+    assert_contains(r3.err, "--quant: 'int8' is not a format (expected fp8 or int4)");
     const char *a4[] = {"compile", "tests/fixtures/llama_fp8_ct", "-o", tmp, "--fp8-gemm", "w4a4", NULL};
     tu_run r4 = tu_run_bin(tmp, KILNC, a4);
     EXPECT_CODE(r4, 2);
@@ -875,6 +988,35 @@ static void test_cli(void **state)
         {"tests/fixtures/llama_int4_ct", "quantised     13 weights pack-quantized 4-bit (symmetric), "
                                          "group size 32 (39 tensors read), dequantised to fp32\n"},
     };
+    /* --quant int4: refused for a quantised checkpoint; any SM (the INT4 kernels run on sm_80);
+     * kilnc check says what it did, and kiln inspect (the manifest) too */
+    const char *q0[] = {"ref", "tests/fixtures/llama_awq", "--ids", ids, "--quant", "int4", NULL};
+    const char *q1[] = {"check", "tests/fixtures/llama", "--quant", "int4", NULL};
+    char *art = tu_path(tmp, "int4");
+    const char *q2[] = {"compile", "tests/fixtures/llama", "-o", art, "--quant", "int4",
+                        "--sm", "80", NULL};
+    const char *q3[] = {"inspect", art, NULL};
+    tu_run i0 = tu_run_bin(tmp, KILNC, q0), i1 = tu_run_bin(tmp, KILNC, q1);
+    tu_run i2 = tu_run_bin(tmp, KILNC, q2), i3 = tu_run_bin(tmp, KILN, q3);
+    EXPECT_CODE(i0, 1);
+    assert_contains(i0.err, "--quant int4: tests/fixtures/llama_awq is already quantised");
+    EXPECT_CODE(i1, 0);
+    static const char int4_line[] =
+        "--quant int4: 14 linear weights rounded to INT4 (round to nearest, asymmetric, a bf16 "
+        "scale and zero point per group of input columns): 12 in groups of 32, 2 with one group "
+        "per row (computed here in fp32)";
+    assert_contains(i1.out, int4_line);
+    EXPECT_CODE(i2, 0);
+    EXPECT_CODE(i3, 0);
+    assert_contains(i3.out, int4_line);
+    /* qkv and gate/up fused, and down_proj of both layers; o_proj (144 columns, not a multiple
+     * of 32) is rounded per row but packed in bf16 */
+    assert_contains(i3.out, "int4         6 linear weights in 4 bits");
+    tu_run_free(&i0);
+    tu_run_free(&i1);
+    tu_run_free(&i2);
+    tu_run_free(&i3);
+    free(art);
     for (int i = 0; i < 3; i++) {
         const char *a[] = {"ref", int4[i][0], "--ids", ids, "--max-new", "2", "--strict", NULL};
         const char *k[] = {"check", int4[i][0], "--strict", NULL};
@@ -905,6 +1047,9 @@ int main(void)
     KILNC = getenv("KILNC");
     if (!KILNC)
         KILNC = "out/bin/kilnc";
+    KILN = getenv("KILN");
+    if (!KILN)
+        KILN = "out/bin/kiln";
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_e4m3),
         cmocka_unit_test(test_layouts),
@@ -914,6 +1059,7 @@ int main(void)
         cmocka_unit_test(test_ct_int),
         cmocka_unit_test(test_int_errors),
         cmocka_unit_test(test_quant_rows),
+        cmocka_unit_test(test_quant_int4_rows),
         cmocka_unit_test(test_cli),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

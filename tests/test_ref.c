@@ -25,6 +25,7 @@
 
 #include "pipeline.h"
 #include "posenc.h"
+#include "quant.h"
 #include "ref.h"
 #include "safetensors.h"
 #include "testutil.h"
@@ -63,12 +64,12 @@ static const char *generate_fixtures[] = {
 };
 
 
-/* Opens a fixture through the pipeline up to `upto` (with --quant fp8 when quant_fp8 is set). */
-static void open_fixture_q(kc *c, const char *name, int quant_fp8, const char *upto)
+/* Opens a fixture through the pipeline up to `upto` (with --quant fp8 or int4 as `quant` says). */
+static void open_fixture_q(kc *c, const char *name, kc_quant quant, const char *upto)
 {
     char dir[256];
     snprintf(dir, sizeof dir, FIX "%s", name);
-    kc_opts o = {.need_weights = 1, .quant_fp8 = quant_fp8};
+    kc_opts o = {.need_weights = 1, .quant_mode = quant};
     kerr err;
     kerr_clear(&err);
     if (kc_open(c, dir, &o, &err) || kc_run(c, upto, NULL, NULL, &err)) {
@@ -78,7 +79,7 @@ static void open_fixture_q(kc *c, const char *name, int quant_fp8, const char *u
 
 static void open_fixture(kc *c, const char *name, const char *upto)
 {
-    open_fixture_q(c, name, 0, upto);
+    open_fixture_q(c, name, KC_QUANT_NONE, upto);
 }
 
 static st_set *expected(const char *name)
@@ -119,12 +120,12 @@ static int64_t dynamic_ntk_from(const kgraph *g)
 }
 
 /* Prefill logits, greedy tokens, decode-vs-reprefill, for one fixture and one graph stage:
- * the checkpoint of fixture `model` (with --quant fp8 when quant_fp8 is set) against the
- * expected outputs of fixture `name`. */
-static void check_generate_of(const char *name, const char *model, int quant_fp8, const char *upto)
+ * the checkpoint of fixture `model` (with --quant as `quant` says) against the expected outputs
+ * of fixture `name`. */
+static void check_generate_of(const char *name, const char *model, kc_quant quant, const char *upto)
 {
     kc c;
-    open_fixture_q(&c, model, quant_fp8, upto);
+    open_fixture_q(&c, model, quant, upto);
     st_set *ex = expected(name);
     const st_tensor *ti = need(ex, "input_ids"), *tl = need(ex, "logits"), *tt = need(ex, "tokens");
     const st_tensor *tg = need(ex, "gen_logits");
@@ -269,20 +270,17 @@ static void check_generate_of(const char *name, const char *model, int quant_fp8
 
 static void check_generate(const char *name, const char *upto)
 {
-    check_generate_of(name, name, 0, upto);
+    check_generate_of(name, name, KC_QUANT_NONE, upto);
 }
 
-/* kilnc ref --quant fp8 of the llama fixture against HF on its linears quantised the same way
- * (tests/fixtures/make_fp8_fixtures.py: llama_fp8q), unfused and fused; and the quantisation
- * changes the logits (the test would pass unquantised otherwise only if they were equal). */
-static void test_quant_fp8_fixture(void **state)
+/* The relative L2 distance of the llama fixture's prefill logits (on its HF prompt, the
+ * input_ids of llama_fp8q) with --quant `quant` from its unquantised ones, the graph run up to
+ * `upto`. */
+static double quant_distance(kc_quant quant, const char *upto)
 {
-    (void)state;
-    check_generate_of("llama_fp8q", "llama", 1, "bind_weights");
-    check_generate_of("llama_fp8q", "llama", 1, "fuse");
     kc q, p;
-    open_fixture_q(&q, "llama", 1, "bind_weights");
-    open_fixture(&p, "llama", "bind_weights");
+    open_fixture_q(&q, "llama", quant, upto);
+    open_fixture(&p, "llama", upto);
     st_set *ex = expected("llama_fp8q");
     const st_tensor *ti = need(ex, "input_ids");
     int n = (int)ti->numel, rows, cols;
@@ -296,14 +294,52 @@ static void test_quant_fp8_fixture(void **state)
     assert_int_equal(ref_forward(rp, ids, NULL, n, &err), 0);
     const float *lq = ref_output(rq, &rows, &cols), *lp = ref_output(rp, &rows, &cols);
     double d = tu_rel_l2(lq, lp, (size_t)rows * (size_t)cols);
-    if (!(d > 1e-3 && d < 0.2))
-        fail_msg("llama --quant fp8 vs unquantised: relative L2 %.3g (expected FP8's ~1e-2)", d);
+    for (int i = 0; i < rows * cols; i++)
+        if (!isfinite(lq[i]))
+            fail_msg("llama --quant %s: logit %d is %g", quant_mode_name(quant), i, (double)lq[i]);
     ref_free(rq);
     ref_free(rp);
     free(ids);
     st_close(ex);
     kc_free(&q);
     kc_free(&p);
+    return d;
+}
+
+/* kilnc ref --quant fp8 of the llama fixture against HF on its linears quantised the same way
+ * (tests/fixtures/make_fp8_fixtures.py: llama_fp8q), unfused and fused; and the quantisation
+ * changes the logits (the test would pass unquantised otherwise only if they were equal). */
+static void test_quant_fp8_fixture(void **state)
+{
+    (void)state;
+    check_generate_of("llama_fp8q", "llama", KC_QUANT_FP8, "bind_weights");
+    check_generate_of("llama_fp8q", "llama", KC_QUANT_FP8, "fuse");
+    double d = quant_distance(KC_QUANT_FP8, "bind_weights");
+    print_message("llama --quant fp8 vs unquantised: relative L2 %.4g\n", d);
+    if (!(d > 1e-3 && d < 0.2))
+        fail_msg("llama --quant fp8 vs unquantised: relative L2 %.3g (expected FP8's ~1e-2)", d);
+}
+
+/* kilnc ref --quant int4 of the llama fixture: its logits are finite and moved from the
+ * unquantised ones by about what 4 bits in groups of 32 give; fused (qkv, gate/up
+ * concatenated: the same rounded values) as unfused. No HF truth: HF has no INT4 rounding of
+ * its own to compare with (test_quant checks the rounding itself, test_compile the packing).
+ * The bound: 0.344 measured when the test was written. The rounding moves this fixture's
+ * linear weights by 8.1% of their norm (10.2% for o_proj, one group per row of 144), and this
+ * model turns weight errors into logit errors about 4x (--quant fp8: e4m3's ~2.5% gives 0.10
+ * above), so ~0.33 is expected; below 0.15 most weights were not rounded, above 0.6 some were
+ * rounded wrongly (a zero point off by one alone moves every weight of its group by a scale,
+ * about a quarter of their standard deviation: 3x the error of the rounding). */
+static void test_quant_int4_fixture(void **state)
+{
+    (void)state;
+    double d = quant_distance(KC_QUANT_INT4, "bind_weights");
+    double f = quant_distance(KC_QUANT_INT4, "fuse");
+    print_message("llama --quant int4 vs unquantised: relative L2 %.4g (fused %.4g)\n", d, f);
+    if (!(d > 0.15 && d < 0.6))
+        fail_msg("llama --quant int4 vs unquantised: relative L2 %.3g (expected ~0.34)", d);
+    if (fabs(f - d) > 1e-5)
+        fail_msg("llama --quant int4: relative L2 %.6g fused, %.6g unfused", f, d);
 }
 
 static void test_generate_fixtures(void **state)
@@ -649,6 +685,7 @@ int main(void)
         cmocka_unit_test(test_generate_fixtures),
         cmocka_unit_test(test_generate_fixtures_fused),
         cmocka_unit_test(test_quant_fp8_fixture),
+        cmocka_unit_test(test_quant_int4_fixture),
         cmocka_unit_test(test_embed_fixtures),
         cmocka_unit_test(test_classify_fixtures),
         cmocka_unit_test(test_layer_by_layer),

@@ -5,7 +5,7 @@
  * its dtype is one kiln computes with (F32, F16, BF16). Sets each node's dtype to the
  * checkpoint's. FP8 weights (F8_E4M3 with config.json's quantization_config), integer ones
  * (a spec's X.weight stored packed as X.qweight or X.weight_packed, AWQ, GPTQ or
- * pack-quantized) and, with --quant fp8, the linears' weights are bound to their fp32
+ * pack-quantized) and, with --quant fp8 or int4, the linears' weights are bound to their fp32
  * dequantised values (quant.h).
  * Checkpoint tensors that no node uses are listed by name: a warning, or an
  * error with --strict, since an unused tensor usually means the spec skips part of the model.
@@ -107,7 +107,7 @@ static const char *multi_index(const st_tensor *t, uint64_t flat, char *buf, siz
     return buf;
 }
 
-/* --quant fp8 quantises the weights of linears only: a 2-D weight every reader of which takes
+/* --quant quantises the weights of linears only: a 2-D weight every reader of which takes
  * it as a LINEAR's weight (embeddings, norms, biases and the LM head stay as they are). */
 static int linear_only(const kgraph *g, int id)
 {
@@ -167,10 +167,10 @@ int pass_bind_weights(kc *c, kerr *err)
         return kerr_add(err, "%s: no checkpoint to bind weights from", c->model_dir);
     if (quant_config_read(c, err))
         return -1;
-    if (c->quant_fp8 && c->quant)
-        return kerr_add(err, "--quant fp8: %s is already quantised (its config.json has a "
+    if (c->quant_mode && c->quant)
+        return kerr_add(err, "--quant %s: %s is already quantised (its config.json has a "
                              "quantization_config); drop --quant to read it as it is",
-                        c->model_dir);
+                        quant_mode_name(c->quant_mode), c->model_dir);
     unsigned char *used = xcalloc((size_t)(w->n ? w->n : 1), 1);
     for (int i = 0; i < g->n; i++) { /* marked first, for closest() */
         const st_tensor *t = g->nodes[i].op == KG_WEIGHT ? st_find(w, g->nodes[i].weight) : NULL;
@@ -232,8 +232,8 @@ int pass_bind_weights(kc *c, kerr *err)
                           "(and F8_E4M3 ones described by config.json's quantization_config)",
                           w->files[t->file].path, n->weight, st_dtype_name(t->dtype));
             continue;
-        } else if (c->quant_fp8 && linear_only(g, i)) {
-            bt = quant_fp8_rows(c, t);
+        } else if (c->quant_mode && linear_only(g, i)) {
+            bt = quant_round(c, t);
         }
         n->bound = bt;
         n->dtype = bt->dtype;
