@@ -26,7 +26,10 @@
 # BENCH_QUANT=fp8 likewise compiles each shape with --quant fp8 (weights in e4m3, a scale per row)
 # and benches it: rows marked "--quant fp8", each ratio against that artifact's own roofline (its
 # decode reads the FP8 bytes; its prefill GEMMs are FP8, so kiln bench takes the FP8 GEMM peak it
-# measured). The compile quantises in one thread (minutes for 8B).
+# measured). BENCH_QUANT=int4 does the same with --quant int4 (4-bit weights, a bf16 scale and
+# zero point per group of 128 columns: decode reads them, prefill dequantises into scratch for the
+# bf16 GEMM, so its roofline is the bf16 peak); BENCH_QUANT="fp8 int4" benches both. The compile
+# quantises on every core.
 #
 # BENCH_GEMM=kiln also compiles each shape with kiln's own GEMM (kilnc compile --gemm kiln) and runs
 # kiln bench on it after the cuBLASLt artifact's, in the same run: the table gets its figures that
@@ -94,10 +97,16 @@ for SHAPE in $SHAPES; do
   fi
   cp $ART/bench-compile-s $RES/$SHAPE-compile-s 2>/dev/null
   # variants of the same checkpoint and limits, each benched after the default artifact:
-  # kiln's own GEMM (BENCH_GEMM=kiln: --gemm kiln) and FP8 weights (BENCH_QUANT=fp8: --quant fp8)
+  # kiln's own GEMM (BENCH_GEMM=kiln: --gemm kiln) and quantised weights (BENCH_QUANT=fp8, int4 or
+  # both: --quant fp8, --quant int4)
   variants=()
   [ "${BENCH_GEMM:-}" = kiln ] && variants+=("kgemm:--gemm kiln")
-  [ "${BENCH_QUANT:-}" = fp8 ] && variants+=("fp8:--quant fp8")
+  for q in ${BENCH_QUANT:-}; do
+    case $q in
+      fp8|int4) variants+=("$q:--quant $q") ;;
+      *) say "unknown BENCH_QUANT '$q' (expected fp8, int4 or both)"; fail=1 ;;
+    esac
+  done
   for v in "${variants[@]}"; do
     VN=${v%%:*} VOPT=${v#*:}
     KG=$W/art-$SHAPE-$VN
@@ -224,18 +233,20 @@ for shape in ("8b", "1b"):
         row(f"prefill, {n} tokens", figs.get(("prefill", n)), "tok/s",
             hfp.get(n, {}).get("tok_s"), "HF eager (sdpa):")
     kg = load(f"{res}/{shape}-kgemm.json")  # BENCH_GEMM=kiln
-    fp = load(f"{res}/{shape}-fp8.json")  # BENCH_QUANT=fp8
-    if fp:
+    for q in ("fp8", "int4"):  # BENCH_QUANT=fp8, int4
+        fp = load(f"{res}/{shape}-{q}.json")
+        if not fp:
+            continue
         ff = {(f["figure"], f.get("batch", f.get("tokens"))): f for f in fp["figures"]}
         for b in (1, 8, 32, 64):
-            row(f"decode, batch {b}, --quant fp8", ff.get(("decode", b)), "tok/s",
+            row(f"decode, batch {b}, --quant {q}", ff.get(("decode", b)), "tok/s",
                 d1 and d1["tok_s"] if b == 1 else None, "torch.compile loop (bf16):")
-        row("first token, 128-token prompt, --quant fp8", ff.get(("time_to_first_token", 128)), "ms")
+        row(f"first token, 128-token prompt, --quant {q}", ff.get(("time_to_first_token", 128)), "ms")
         for n in (512, 2048):
-            row(f"prefill, {n} tokens, --quant fp8", ff.get(("prefill", n)), "tok/s")
-        cs = f"{res}/{shape}-fp8-compile-s"
+            row(f"prefill, {n} tokens, --quant {q}", ff.get(("prefill", n)), "tok/s")
+        cs = f"{res}/{shape}-{q}-compile-s"
         fg = fp["gpu"]
-        hw.append(f"{shape} --quant fp8: load {fp['load_s']:.2f} s, compile "
+        hw.append(f"{shape} --quant {q}: load {fp['load_s']:.2f} s, compile "
                   f"{open(cs).read().strip() if os.path.exists(cs) else '?'} s; FP8 GEMM peak "
                   f"{fg.get('gemm_fp8_flops', 0) / 1e12:.0f} TFLOP/s (its prefill roofline: "
                   f"{fg.get('prefill_peak', 'bf16')})")

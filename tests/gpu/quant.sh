@@ -2,8 +2,9 @@
 # tests/gpu/quant.sh — what quantisation costs in quality, on the GPU machine (issue 17 item 5):
 # the perplexity of a model compiled in bf16 and with --quant fp8 (weights e4m3 with a scale per
 # row; decode GEMV on the e4m3 bytes), the latter twice: W8A8 steps on the FP8 tensor cores
-# (--fp8-gemm w8a8, the default) and weight-only (--fp8-gemm dequant), on the same text, and the
-# relative differences. Prints a table last.
+# (--fp8-gemm w8a8, the default) and weight-only (--fp8-gemm dequant), and with --quant int4 (4-bit
+# weights, round to nearest, a bf16 scale and zero point per group of 128 columns; weight-only), on
+# the same text, and the relative differences. Prints a table last.
 #
 #   QUANT_MODELS="examples/tinyfortune"  QUANT_TEXT=FILE  tests/gpu/quant.sh
 #
@@ -32,12 +33,13 @@ WIN=${QUANT_WINDOW:-256}
 PPL="--text $TEXT --window $WIN --stride $((WIN / 2)) --max-tokens ${QUANT_MAX_TOKENS:-30000}"
 fail=0
 table=$W/table.txt
-echo "| model | bf16 | --quant fp8 (W8A8 GEMMs) | --quant fp8 --fp8-gemm dequant (weight-only) |" > $table
-echo "|---|---|---|---|" >> $table
+echo "| model | bf16 | --quant fp8 (W8A8 GEMMs) | --quant fp8 --fp8-gemm dequant (weight-only) | --quant int4 (weight-only) |" > $table
+echo "|---|---|---|---|---|" >> $table
 for M in $MODELS; do
   name=$(basename "$M")
-  for v in bf16 fp8 fp8dq; do
+  for v in bf16 fp8 fp8dq int4; do
     opt=; [ $v = fp8 ] && opt="--quant fp8"; [ $v = fp8dq ] && opt="--quant fp8 --fp8-gemm dequant"
+    [ $v = int4 ] && opt="--quant int4"
     # shellcheck disable=SC2086
     if ! $BIN/kilnc compile "$M" -o $W/$name-$v --sm $SM --max-batch 8 --max-seq-len $WIN $opt \
          > $LOG/compile-$name-$v.log 2>&1; then
@@ -49,22 +51,29 @@ for M in $MODELS; do
     fi
     cat $LOG/ppl-$name-$v.txt
   done
-  python3 - "$name" $LOG/ppl-$name-bf16.json $LOG/ppl-$name-fp8.json $LOG/ppl-$name-fp8dq.json >> $table <<'EOF'
+  python3 - "$name" $LOG/ppl-$name-{bf16,fp8,fp8dq,int4}.json >> $table <<'EOF'
 import json, sys
-name, a, b, c = sys.argv[1:5]
-try:
-    x, y, z = (json.load(open(p)) for p in (a, b, c))
-except (OSError, ValueError) as e:
-    print(f"| {name} | failed: {e} | | |")
+name, paths = sys.argv[1], sys.argv[2:]
+def load(p):
+    try:
+        return json.load(open(p))
+    except (OSError, ValueError) as e:
+        return e
+x, *qs = (load(p) for p in paths)
+if isinstance(x, Exception):
+    print(f"| {name} | failed: {x} | | | |")
     sys.exit(0)
 def d(v):
+    if isinstance(v, Exception):
+        return f"failed: {v}"
     return f"{v['perplexity']:.4f} ({(v['perplexity'] / x['perplexity'] - 1) * 100:+.2f}%)"
-print(f"| {name} ({x['tokens_scored']} tokens scored) | {x['perplexity']:.4f} | {d(y)} | {d(z)} |")
+print(f"| {name} ({x['tokens_scored']} tokens scored) | {x['perplexity']:.4f} | "
+      + " | ".join(d(v) for v in qs) + " |")
 EOF
 done
-rm -rf $W/*-bf16 $W/*-fp8 $W/*-fp8dq
+rm -rf $W/*-bf16 $W/*-fp8 $W/*-fp8dq $W/*-int4
 echo
-echo "== quant.sh: perplexity at window $WIN, bf16 against --quant fp8 ($(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), kiln $($BIN/kiln --version))"
+echo "== quant.sh: perplexity at window $WIN, bf16 against --quant fp8 and int4 ($(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), kiln $($BIN/kiln --version))"
 cat $table | tee "$OUT/quant.txt"
 tar czf "$OUT/quant-logs.tgz" -C $W logs 2>/dev/null
 exit $fail
