@@ -21,15 +21,24 @@
  * graph and replayed three times, and each sequence launched alone (its output must not depend
  * on the batch); then that the counters are all zero. The cases' key counts take one split
  * (n <= SPLIT_MIN), two, and all NSPLIT.
+ *
+ * kv8 cases read an FP8 cache (kilnc compile --kv-dtype fp8; kernels/kiln_kv8.h's layout): each
+ * (key, kv head)'s random values are scaled by 2^-3 .. 2^3 (so the scales differ), rounded by
+ * ref_kv8_head (the rule rope_kv writes by) into the cache's bytes and scales, and the reference
+ * attends over the decoded values (e4m3 * scale, in float: what attn_decode computes; attn_prefill
+ * rounds them to DT for its tensor cores, within the same 1e-2). The poison is 0xFF bytes: NaN
+ * e4m3 values and NaN scales.
  */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../kernels/kiln_step.h" /* not on the include path of tests/ */
+#include "../../kernels/kiln_kv8.h" /* not on the include path of tests/ */
+#include "../../kernels/kiln_step.h"
 #include "ktest.h"
 #include "posenc.h"
+#include "ref.h"
 #include "util.h"
 
 #define MAXS 8
@@ -108,7 +117,7 @@ static void ref_row(const acase *c, const float *qrow, int p, int kvlen, const f
     }
 }
 
-static void case_name(const acase *c, int T, char *name, size_t cap)
+static void case_name(const acase *c, int T, int kv8, char *name, size_t cap)
 {
     char opt[128] = "";
     size_t n = 0;
@@ -121,6 +130,8 @@ static void case_name(const acase *c, int T, char *name, size_t cap)
         n += (size_t)snprintf(opt + n, sizeof opt - n, " softcap=%g", c->softcap);
     if (c->f16)
         n += (size_t)snprintf(opt + n, sizeof opt - n, " f16");
+    if (kv8)
+        n += (size_t)snprintf(opt + n, sizeof opt - n, " kv8");
     if (c->decode)
         snprintf(name, cap, "attention/decode HD=%d NH=%d NKV=%d%s seqs=%d%s%s", c->hd, c->nh,
                  c->nkv, opt, c->n_seqs, c->tag ? " " : "", c->tag ? c->tag : "");
@@ -340,7 +351,8 @@ static void decode_counters(kt *t, const decode_ctx *d)
     free(cnt);
 }
 
-static void run_case(kt *t, const acase *c)
+/* kv8: the FP8 cache (KV8 = 1), else the 16-bit one */
+static void run_case(kt *t, const acase *c, int kv8)
 {
     const int nh = c->nh, nkv = c->nkv, hd = c->hd, ns = c->n_seqs, f16 = c->f16;
     const int qw = nh * hd, kw = nkv * hd;
@@ -358,7 +370,7 @@ static void run_case(kt *t, const acase *c)
         seq_start[s + 1] = T;
     }
     char name[200];
-    case_name(c, T, name, sizeof name);
+    case_name(c, T, kv8, name, sizeof name);
     if (!kt_want(t, name))
         return;
 
@@ -398,11 +410,13 @@ static void run_case(kt *t, const acase *c)
             tok_slot[tk] = bt[s * max_blocks + p / KILN_BLOCK] * KILN_BLOCK + p % KILN_BLOCK;
         }
 
-    /* the cache: NaN everywhere but the keys of each sequence */
+    /* the cache: NaN everywhere but the keys of each sequence (kv8: bytes and scales 0xFF) */
     size_t cache_n = (size_t)nblocks * KILN_BLOCK * (size_t)kw;
-    uint16_t *kc = xmalloc(sizeof(uint16_t) * cache_n), *vc = xmalloc(sizeof(uint16_t) * cache_n);
-    for (size_t i = 0; i < cache_n; i++)
-        kc[i] = vc[i] = 0xFFFF;
+    const size_t bb = (size_t)KILN_KV8_BLOCK_BYTES(kw, nkv);
+    const size_t cache_bytes = kv8 ? (size_t)nblocks * bb : sizeof(uint16_t) * cache_n;
+    uint16_t *kc = xmalloc(cache_bytes), *vc = xmalloc(cache_bytes);
+    memset(kc, 0xFF, cache_bytes);
+    memset(vc, 0xFF, cache_bytes);
     float *kref[MAXS], *vref[MAXS];
     int maxkv = 1;
     for (int s = 0; s < ns; s++) {
@@ -413,7 +427,21 @@ static void run_case(kt *t, const acase *c)
         vref[s] = xmalloc(sizeof(float) * n);
         kt_fill(t, kref[s], n, 1.0f);
         kt_fill(t, vref[s], n, 1.0f);
-        for (int j = 0; j < kvlen[s]; j++) {
+        for (int j = 0; kv8 && j < kvlen[s]; j++) {
+            const size_t b = (size_t)bt[s * max_blocks + j / KILN_BLOCK], r = (size_t)(j % KILN_BLOCK);
+            for (int kv = 0; kv < 2; kv++) {
+                unsigned char *base = (unsigned char *)(kv ? vc : kc) + b * bb;
+                for (int h = 0; h < nkv; h++) {
+                    float *x = (kv ? vref[s] : kref[s]) + (size_t)j * kw + (size_t)h * hd;
+                    const float amp = ldexpf(1.0f, (int)lroundf(3.0f * kt_randf(t)));
+                    for (int e = 0; e < hd; e++)
+                        x[e] *= amp;
+                    float sc = ref_kv8_head(x, hd, base + r * kw + (size_t)h * hd, x);
+                    memcpy(base + KILN_KV8_SCALES_AT(kw) + (r * nkv + h) * 4, &sc, 4);
+                }
+            }
+        }
+        for (int j = 0; !kv8 && j < kvlen[s]; j++) {
             size_t row = ((size_t)bt[s * max_blocks + j / KILN_BLOCK] * KILN_BLOCK +
                           (size_t)(j % KILN_BLOCK)) * (size_t)kw;
             for (int e = 0; e < kw; e++) {
@@ -454,10 +482,11 @@ static void run_case(kt *t, const acase *c)
 
     /* the kernels */
     char *src;
+    const char *ct = kv8 ? "unsigned char" : dt; /* the caches' element type */
     if (!c->decode) {
         char tile[64] = "";
-        if (c->bm || c->bn)
-            snprintf(tile, sizeof tile, ", %d, %d", bm, bn);
+        if (c->bm || c->bn || kv8)
+            snprintf(tile, sizeof tile, ", %d, %d%s", bm, bn, kv8 ? ", 1" : "");
         src = xasprintf("#include \"attention.cuh\"\n"
                         "extern \"C\" __global__ void __launch_bounds__(%d)\n"
                         "kt_attn_prefill(const kiln_step st, const %s *q, const %s *k_cache,\n"
@@ -467,7 +496,7 @@ static void run_case(kt *t, const acase *c)
                         "    kiln::attn_prefill<%s, %d, %d, %d, %d, %d, %d, %d%s>(\n"
                         "        st, q, k_cache, v_cache, out, scale, softcap, alibi_slopes);\n"
                         "}\n",
-                        2 * bm, dt, dt, dt, dt, dt, nh, nkv, hd, c->causal, c->window, c->alibi,
+                        2 * bm, dt, ct, ct, dt, dt, nh, nkv, hd, c->causal, c->window, c->alibi,
                         c->softcap > 0, tile);
     } else {
         src = xasprintf("#include \"attention.cuh\"\n"
@@ -476,12 +505,12 @@ static void run_case(kt *t, const acase *c)
                         "               const %s *v_cache, float *ws, unsigned *cnt, %s *out,\n"
                         "               float scale, float softcap, const float *alibi_slopes)\n"
                         "{\n"
-                        "    kiln::attn_decode<%s, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d>(\n"
+                        "    kiln::attn_decode<%s, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d%s>(\n"
                         "        st, q, k_cache, v_cache, ws, cnt, out, scale, softcap,\n"
                         "        alibi_slopes);\n"
                         "}\n",
-                        threads, dt, dt, dt, dt, dt, nh, nkv, hd, c->causal, c->window, c->alibi,
-                        c->softcap > 0, nsplit, hpc, threads, split_min);
+                        threads, dt, ct, ct, dt, dt, nh, nkv, hd, c->causal, c->window, c->alibi,
+                        c->softcap > 0, nsplit, hpc, threads, split_min, kv8 ? ", 1" : "");
     }
     CUmodule mod = kt_module(t, name, src);
     free(src);
@@ -507,8 +536,8 @@ static void run_case(kt *t, const acase *c)
     st.seq_kvlen = d_kvlen;
     st.block_table = d_bt;
     CUdeviceptr d_q = kt_upload(t, qh, sizeof(uint16_t) * qn);
-    CUdeviceptr d_k = kt_upload(t, kc, sizeof(uint16_t) * cache_n);
-    CUdeviceptr d_v = kt_upload(t, vc, sizeof(uint16_t) * cache_n);
+    CUdeviceptr d_k = kt_upload(t, kc, cache_bytes);
+    CUdeviceptr d_v = kt_upload(t, vc, cache_bytes);
     CUdeviceptr d_sl = kt_upload(t, slopes, sizeof slopes);
     CUdeviceptr d_out = kt_alloc(t, sizeof(uint16_t) * qn); /* poisoned: NaN */
     CUdeviceptr d_ws = 0, d_cnt = 0;
@@ -533,7 +562,7 @@ static void run_case(kt *t, const acase *c)
     kt_download(t, oh, d_out, sizeof(uint16_t) * qn);
 
     /* compare the rows the kernel owns; decode: the other rows must still be poison */
-    float *got = xmalloc(sizeof(float) * qn), *ref = xmalloc(sizeof(float) * qn);
+    float *got = xmalloc(sizeof(float) * qn), *wantv = xmalloc(sizeof(float) * qn);
     int *row_of = xmalloc(sizeof(int) * (size_t)T);
     size_t n = 0;
     int nrow = 0, touched = 0;
@@ -548,7 +577,7 @@ static void run_case(kt *t, const acase *c)
         row_of[nrow++] = tk;
         for (int e = 0; e < qw; e++) {
             got[n] = from_dt(oh[(size_t)tk * qw + e], f16);
-            ref[n] = want[(size_t)tk * qw + e];
+            wantv[n] = want[(size_t)tk * qw + e];
             n++;
         }
     }
@@ -557,17 +586,17 @@ static void run_case(kt *t, const acase *c)
         snprintf(detail, sizeof detail, "%d elements written in rows that are not a sequence's last",
                  touched);
         kt_result(t, name, 0, detail);
-    } else if (!kt_check(t, name, got, ref, n, 1e-2)) {
+    } else if (!kt_check(t, name, got, wantv, n, 1e-2)) {
         /* first mismatching (token, head, dim), with kt_check's "far" rule or non-finite */
         for (size_t i = 0; i < n; i++) {
-            double d = fabs((double)got[i] - ref[i]);
-            if (!isfinite(got[i]) || d > 1e-2 + 5e-2 * fabs(ref[i])) {
+            double d = fabs((double)got[i] - wantv[i]);
+            if (!isfinite(got[i]) || d > 1e-2 + 5e-2 * fabs(wantv[i])) {
                 int tk = row_of[i / (size_t)qw], e = (int)(i % (size_t)qw);
                 int s = tok_seq[tk];
                 printf("     first bad: token %d (seq %d, pos %d, kvlen %d) head %d (kv head %d) "
                        "dim %d: got %g want %g\n",
                        tk, s, tok_pos[tk], kvlen[s], e / hd, e / hd / (nh / nkv), e % hd, got[i],
-                       ref[i]);
+                       wantv[i]);
                 break;
             }
         }
@@ -619,7 +648,7 @@ static void run_case(kt *t, const acase *c)
     free(sc);
     free(oh);
     free(got);
-    free(ref);
+    free(wantv);
     free(row_of);
 }
 
@@ -710,10 +739,37 @@ static const acase decode_cases[] = {
     {1, 0, 8, 2, 64, 1, 0, 0, 0, 3, {1, 1, 1}, {1, 33, 1000}, 0, 0, 1, 4, 64, 2, "NSPLIT=1", 0},
 };
 
+/* Cases run with the FP8 cache (kv8). Fields as above. */
+static const acase kv8_cases[] = {
+    /* prefill: the tensor-core path at HD 128 (one long sequence; chunked prefill over cached
+     * blocks), 64 with window, ALiBi and softcap, 256 (BN 32), f16; the CUDA-core fallback at
+     * HD 24 */
+    {0, 0, 8, 2, 128, 1, 0, 0, 0, 1, {200}, {0}, 0, 0, 0, 0, 0, 2, NULL, 0},
+    {0, 0, 8, 2, 128, 1, 0, 0, 0, 4, {16, 40, 1, 70}, {100, 77, 300, 70}, 0, 0, 0, 0, 0, 2,
+     "chunked", 0},
+    {0, 0, 6, 2, 64, 1, 16, 1, 5, 2, {70, 45}, {90, 45}, 0, 0, 0, 0, 0, 8, NULL, 0},
+    {0, 0, 4, 1, 256, 1, 0, 0, 0, 2, {70, 33}, {0}, 0, 0, 0, 0, 0, 2, NULL, 0},
+    {0, 1, 4, 2, 64, 1, 0, 0, 0, 3, {5, 33, 70}, {0, 40, 100}, 0, 0, 0, 0, 0, 2, NULL, 0},
+    {0, 0, 4, 2, 24, 1, 0, 0, 0, 3, {5, 33, 70}, {0, 60, 0}, 0, 0, 0, 0, 0, 2, NULL, 0},
+    /* decode: Llama-3-8B's heads over 1..16 splits, SPLIT_MIN 1, window + ALiBi + softcap,
+     * several rows a sequence, f16, head dims 24 and 256 */
+    {1, 0, 32, 8, 128, 1, 0, 0, 0, 8, {1, 1, 1, 1, 1, 1, 1, 1},
+     {1, 32, 33, 64, 65, 512, 513, 5000}, 0, 0, 16, 4, 128, 2, "splits 1..16", 0},
+    {1, 0, 8, 2, 128, 1, 0, 0, 0, 8, {1, 1, 1, 1, 1, 1, 1, 1}, {1, 2, 15, 16, 17, 100, 1000, 3},
+     0, 0, 16, 4, 128, 2, "SPLIT_MIN=1", 1},
+    {1, 0, 8, 2, 64, 1, 100, 1, 5, 3, {1, 1, 1}, {1000, 5000, 40}, 0, 0, 16, 4, 128, 8, NULL, 0},
+    {1, 0, 8, 2, 128, 1, 0, 0, 0, 3, {4, 1, 7}, {40, 1000, 7}, 0, 0, 16, 4, 128, 2, "rows 4,1,7", 0},
+    {1, 1, 8, 2, 64, 1, 0, 0, 0, 3, {1, 1, 1}, {1, 33, 1000}, 0, 0, 16, 4, 128, 2, NULL, 0},
+    {1, 0, 4, 2, 24, 1, 0, 0, 0, 3, {1, 1, 1}, {1, 33, 1000}, 0, 0, 16, 2, 128, 2, NULL, 0},
+    {1, 0, 4, 1, 256, 1, 0, 0, 0, 3, {1, 1, 1}, {31, 1000, 5000}, 0, 0, 16, 4, 128, 2, NULL, 0},
+};
+
 void ktest_attention(kt *t)
 {
     for (size_t i = 0; i < ARRAY_LEN(prefill_cases); i++)
-        run_case(t, &prefill_cases[i]);
+        run_case(t, &prefill_cases[i], 0);
     for (size_t i = 0; i < ARRAY_LEN(decode_cases); i++)
-        run_case(t, &decode_cases[i]);
+        run_case(t, &decode_cases[i], 0);
+    for (size_t i = 0; i < ARRAY_LEN(kv8_cases); i++)
+        run_case(t, &kv8_cases[i], 1);
 }

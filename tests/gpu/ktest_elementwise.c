@@ -24,7 +24,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../kernels/kiln_kv8.h"
 #include "../../kernels/kiln_step.h"
+#include "quant.h"
+#include "ref.h"
 
 #define TOL_EXACT 0.0
 #define TOL_BF16 5e-3
@@ -484,28 +487,35 @@ static void freqs_ref(double base, int dim, float *out)
 
 /* layout 0: q, k, v are column blocks of one fused row (the three strides (NH + 2 NKV) HD);
  * layout 1: three strides: q and k buffers of their own (dense, NH HD and NKV HD: after per-head
- * q/k norms) and v a column block of a fused qkv row ((NH + 2 NKV) HD, at NH HD + NKV HD). */
+ * q/k norms) and v a column block of a fused qkv row ((NH + 2 NKV) HD, at NH HD + NKV HD).
+ * kv8 (kilnc compile --kv-dtype fp8): the caches are FP8 (kernels/kiln_kv8.h), checked in
+ * t_rope_kv8_cache; q_out is checked as for the 16-bit cache. */
+static void t_rope_kv8_cache(kt *t, const char *name, const kstep *s, CUdeviceptr dkc,
+                             CUdeviceptr dvc, const float *wkp, const float *wvp, int NKV, int HDP);
+
 static void t_rope(kt *t, int NH, int NKV, int HD, int ROT, int INTER, int DYN, int THREADS,
-                   int layout, const seqcfg *c, const char *cname, float rscale)
+                   int layout, const seqcfg *c, const char *cname, float rscale, int kv8)
 {
     char name[200], src[1600];
-    snprintf(name, sizeof name, "elementwise/rope_kv NH=%d NKV=%d HD=%d ROT=%d%s%s %s %s T=%d%s",
+    snprintf(name, sizeof name, "elementwise/rope_kv NH=%d NKV=%d HD=%d ROT=%d%s%s %s %s T=%d%s%s",
              NH, NKV, HD, ROT, INTER ? " interleaved" : "",
              DYN == 1 ? " dynamic" : DYN == 2 ? " longrope" : "",
-             layout ? "strided" : "fused", cname, cfg_T(c), rscale != 1.0f ? " scaled" : "");
+             layout ? "strided" : "fused", cname, cfg_T(c), rscale != 1.0f ? " scaled" : "",
+             kv8 ? " kv8" : "");
     if (!kt_want(t, name))
         return;
+    const char *ct = kv8 ? "unsigned char" : "kiln::bf16";
     snprintf(src, sizeof src,
              "#include \"elementwise.cuh\"\n"
              "extern \"C\" __global__ void __launch_bounds__(%d) k(const kiln_step st, "
              "const kiln::bf16 *q, const kiln::bf16 *k, const kiln::bf16 *v, int q_stride, "
-             "int k_stride, int v_stride, kiln::bf16 *q_out, kiln::bf16 *k_cache, "
-             "kiln::bf16 *v_cache, const float *inv_freq, float rope_scale, float dyn_base, "
+             "int k_stride, int v_stride, kiln::bf16 *q_out, %s *k_cache, "
+             "%s *v_cache, const float *inv_freq, float rope_scale, float dyn_base, "
              "float dyn_factor, int dyn_max_pos)\n"
-             "{ kiln::rope_kv<kiln::bf16, %d, %d, %d, %d, %d, %d, %d>(st, q, k, v, q_stride, "
+             "{ kiln::rope_kv<kiln::bf16, %d, %d, %d, %d, %d, %d, %d%s>(st, q, k, v, q_stride, "
              "k_stride, v_stride, q_out, k_cache, v_cache, inv_freq, rope_scale, dyn_base, "
              "dyn_factor, dyn_max_pos); }\n",
-             THREADS, NH, NKV, HD, ROT, INTER, DYN, THREADS);
+             THREADS, ct, ct, NH, NKV, HD, ROT, INTER, DYN, THREADS, kv8 ? ", 1" : "");
     int skip;
     CUfunction f = kfunc(t, name, src, &skip);
     if (skip)
@@ -528,7 +538,10 @@ static void t_rope(kt *t, int NH, int NKV, int HD, int ROT, int INTER, int DYN, 
     CUdeviceptr dk = layout ? up_bf16(t, bufk, (size_t)T * kst) : dq + 2 * ko;
     CUdeviceptr dvb = layout ? up_bf16(t, bufv, (size_t)T * vst) : dq, dv = dvb + 2 * vo;
     size_t crow = (size_t)s.num_blocks * KILN_BLOCK, cn = crow * KWP;
-    CUdeviceptr dkc = kt_alloc(t, sizeof(uint16_t) * cn), dvc = kt_alloc(t, sizeof(uint16_t) * cn);
+    /* the caches, poisoned (0xFF: NaN bytes and NaN scales in an FP8 cache) */
+    size_t cbytes = kv8 ? (size_t)s.num_blocks * (size_t)KILN_KV8_BLOCK_BYTES(KWP, NKV)
+                        : sizeof(uint16_t) * cn;
+    CUdeviceptr dkc = kt_alloc(t, cbytes), dvc = kt_alloc(t, cbytes);
     CUdeviceptr dqo = kt_alloc(t, sizeof(uint16_t) * (size_t)T * QWP);
     /* longrope (DYN 2): the table is [short; long] (the default one over per-pair factors), the
      * long half and the scale long_scale (in dyn_factor) used by sequences whose seq_ropelen is
@@ -591,8 +604,11 @@ static void t_rope(kt *t, int NH, int NKV, int HD, int ROT, int INTER, int DYN, 
                 for (int i = 0; i < half; i++) {
                     int a = INTER ? 2 * i : i, b = INTER ? 2 * i + 1 : i + half;
                     const float *xh = in + h * HD;
-                    o[h * HD + a] = bf(xh[a] * cs[i] - xh[b] * sn[i]);
-                    o[h * HD + b] = bf(xh[b] * cs[i] + xh[a] * sn[i]);
+                    /* q and the 16-bit cache store bf16; the FP8 cache rounds the float */
+                    const float oa = xh[a] * cs[i] - xh[b] * sn[i];
+                    const float ob = xh[b] * cs[i] + xh[a] * sn[i];
+                    o[h * HD + a] = part == 1 && kv8 ? oa : bf(oa);
+                    o[h * HD + b] = part == 1 && kv8 ? ob : bf(ob);
                 }
         }
     }
@@ -602,6 +618,20 @@ static void t_rope(kt *t, int NH, int NKV, int HD, int ROT, int INTER, int DYN, 
     char cn2[240];
     snprintf(cn2, sizeof cn2, "%s q", name);
     check(t, cn2, gq, wqp, (size_t)T * QWP, (size_t)QWP, TOL_BF16);
+    if (kv8) {
+        t_rope_kv8_cache(t, name, &s, dkc, dvc, wkp, wvp, NKV, HDP);
+        free(bufq);
+        if (layout)
+            free(bufk), free(bufv);
+        free(inv), free(tinv), free(cs), free(sn), free(wq), free(wk), free(wv), free(gq);
+        free(wqp), free(wkp), free(wvp);
+        kt_free(t, dq);
+        if (layout)
+            kt_free(t, dk), kt_free(t, dvb);
+        kt_free(t, dkc), kt_free(t, dvc), kt_free(t, dqo), kt_free(t, dinv);
+        step_free(t, &s);
+        return;
+    }
 
     /* the cache: rows of tokens with a slot hold k / v; every other row stays poisoned */
     uint16_t *hk = xmalloc(sizeof(uint16_t) * cn), *hv = xmalloc(sizeof(uint16_t) * cn);
@@ -660,6 +690,91 @@ static void t_rope(kt *t, int NH, int NKV, int HD, int ROT, int INTER, int DYN, 
         kt_free(t, dk), kt_free(t, dvb);
     kt_free(t, dkc), kt_free(t, dvc), kt_free(t, dqo), kt_free(t, dinv);
     step_free(t, &s);
+}
+
+/* rope_kv's FP8 cache: each written row's bytes and scales decoded (e4m3 * scale) against the
+ * reference's float k and v rows (wkp, wvp: [T][NKV*HDP], padded) rounded per head as
+ * ref_kv8_head rounds them (the kernel's rule, kernels/kiln_kv8.h). v is copied, so its bytes and
+ * scales must be the reference's exactly (TOL_EXACT); k is rotated in float on both sides with
+ * sin/cos from different libraries, so a value within a float ulp of an e4m3 midpoint may round
+ * the other way: TOL_BF16 allows a few such flips in a case, a wrong byte order or scale fails it
+ * by far. Every other row (bytes and scales) must still be poison. */
+static void t_rope_kv8_cache(kt *t, const char *name, const kstep *s, CUdeviceptr dkc,
+                             CUdeviceptr dvc, const float *wkp, const float *wvp, int NKV, int HDP)
+{
+    const int T = s->T, KWP = NKV * HDP;
+    const size_t bb = (size_t)KILN_KV8_BLOCK_BYTES(KWP, NKV), sa = (size_t)KILN_KV8_SCALES_AT(KWP);
+    const size_t cbytes = (size_t)s->num_blocks * bb, crow = (size_t)s->num_blocks * KILN_BLOCK;
+    unsigned char *hc[2] = {xmalloc(cbytes), xmalloc(cbytes)};
+    kt_download(t, hc[0], dkc, cbytes);
+    kt_download(t, hc[1], dvc, cbytes);
+    char *written = xcalloc(crow, 1);
+    float *got[2], *want[2];
+    for (int kv = 0; kv < 2; kv++) {
+        got[kv] = xmalloc(sizeof(float) * (size_t)T * KWP);
+        want[kv] = xmalloc(sizeof(float) * (size_t)T * KWP);
+    }
+    size_t nw = 0;
+    for (int tk = 0; tk < T; tk++) {
+        if (s->slot[tk] < 0)
+            continue;
+        const size_t r = (size_t)s->slot[tk], blk = r / KILN_BLOCK, row = r % KILN_BLOCK;
+        written[r] = 1;
+        for (int kv = 0; kv < 2; kv++) {
+            const unsigned char *bytes = hc[kv] + blk * bb + row * KWP;
+            const unsigned char *sc = hc[kv] + blk * bb + sa + row * NKV * 4;
+            for (int h = 0; h < NKV; h++) {
+                float scale;
+                memcpy(&scale, sc + 4 * h, 4);
+                const float *x = (kv ? wvp : wkp) + (size_t)tk * KWP + h * HDP;
+                ref_kv8_head(x, HDP, NULL, want[kv] + nw * KWP + h * HDP);
+                for (int d = 0; d < HDP; d++)
+                    got[kv][nw * KWP + h * HDP + d] = fp8_e4m3_to_f32(bytes[h * HDP + d]) * scale;
+            }
+        }
+        nw++;
+    }
+    char cn2[240];
+    snprintf(cn2, sizeof cn2, "%s k cache (fp8)", name);
+    check(t, cn2, got[0], want[0], nw * KWP, (size_t)KWP, TOL_BF16);
+    snprintf(cn2, sizeof cn2, "%s v cache (fp8)", name);
+    check(t, cn2, got[1], want[1], nw * KWP, (size_t)KWP, TOL_EXACT);
+    size_t clobbered = 0, first = (size_t)-1;
+    for (size_t r = 0; r < crow; r++) {
+        if (written[r])
+            continue;
+        const size_t blk = r / KILN_BLOCK, row = r % KILN_BLOCK;
+        int bad = 0;
+        for (int kv = 0; kv < 2; kv++) {
+            const unsigned char *bytes = hc[kv] + blk * bb + row * KWP;
+            const unsigned char *sc = hc[kv] + blk * bb + sa + row * NKV * 4;
+            for (int j = 0; j < KWP; j++)
+                bad |= bytes[j] != 0xFF;
+            for (int j = 0; j < NKV * 4; j++)
+                bad |= sc[j] != 0xFF;
+        }
+        if (bad) {
+            if (first == (size_t)-1)
+                first = r;
+            clobbered++;
+        }
+    }
+    char detail[200];
+    if (clobbered)
+        snprintf(detail, sizeof detail,
+                 "%zu unwritten cache rows or their scales changed (first: row %zu = block %zu "
+                 "row %zu)",
+                 clobbered, first, first / KILN_BLOCK, first % KILN_BLOCK);
+    else
+        snprintf(detail, sizeof detail, "%zu rows written, %zu others untouched", nw, crow - nw);
+    snprintf(cn2, sizeof cn2, "%s cache untouched", name);
+    kt_result(t, cn2, t->compile_only || clobbered == 0, detail);
+    for (int kv = 0; kv < 2; kv++) {
+        free(hc[kv]);
+        free(got[kv]);
+        free(want[kv]);
+    }
+    free(written);
 }
 
 /* ---- unpad_heads ---------------------------------------------------------------------------- */
@@ -1093,35 +1208,45 @@ void ktest_elementwise(kt *t)
     t_norm(t, 1, 128, 4, 32, 0, 0, 7, 0);
 
     /* rope_kv: (NH, NKV, HD, ROT, INTERLEAVED, DYNAMIC, THREADS, layout, step, scale) */
-    t_rope(t, 4, 2, 64, 64, 0, 0, 128, 0, &CFG_PREFILL, "prefill", 1.0f);
-    t_rope(t, 4, 2, 64, 64, 0, 0, 128, 0, &CFG_DECODE, "decode", 1.0f);
-    t_rope(t, 4, 2, 64, 64, 0, 0, 128, 0, &CFG_ONE, "one", 1.0f);
-    t_rope(t, 32, 8, 128, 128, 0, 0, 256, 0, &CFG_DECODE, "decode", 1.0f);   /* Llama-3-8B */
-    t_rope(t, 32, 8, 128, 128, 0, 0, 256, 0, &CFG_LONG, "long", 1.0f);
-    t_rope(t, 8, 8, 128, 128, 0, 0, 128, 1, &CFG_PREFILL, "prefill", 1.0f);  /* MHA, strided */
-    t_rope(t, 32, 8, 128, 128, 0, 0, 256, 1, &CFG_PREFILL, "prefill", 1.0f); /* Qwen3-8B: q/k normed */
-    t_rope(t, 16, 8, 256, 256, 0, 0, 256, 1, &CFG_DECODE, "decode", 1.0f);   /* Gemma-3 shape */
-    t_rope(t, 8, 2, 128, 64, 1, 0, 128, 0, &CFG_PREFILL, "prefill", 1.0f);   /* GPT-J style */
-    t_rope(t, 4, 4, 64, 16, 0, 0, 64, 1, &CFG_DECODE, "decode", 1.0f);      /* partial (NeoX) */
-    t_rope(t, 4, 4, 80, 20, 0, 0, 64, 1, &CFG_PREFILL, "prefill", 1.0f);    /* ROT/2 = 10 */
-    t_rope(t, 4, 2, 80, 20, 1, 0, 64, 0, &CFG_DECODE, "decode", 1.0f);      /* straddles a chunk */
-    t_rope(t, 4, 2, 64, 64, 0, 1, 128, 0, &CFG_PREFILL, "prefill", 1.0f);
-    t_rope(t, 4, 2, 64, 64, 0, 1, 128, 0, &CFG_DECODE, "decode", 1.0f);
-    t_rope(t, 8, 4, 128, 128, 0, 1, 128, 0, &CFG_LONG, "long", 1.0f);
-    t_rope(t, 4, 2, 64, 64, 0, 1, 128, 0, &CFG_CHUNK, "chunk", 1.0f);  /* base of the whole prompt */
-    t_rope(t, 32, 8, 128, 128, 0, 1, 256, 1, &CFG_CHUNK, "chunk", 1.0f);
-    t_rope(t, 4, 2, 64, 64, 0, 0, 128, 0, &CFG_PREFILL, "prefill", 1.25f);  /* yarn factor */
-    t_rope(t, 4, 2, 64, 0, 0, 0, 128, 0, &CFG_PREFILL, "prefill", 1.0f);    /* no rotation */
-    t_rope(t, 4, 2, 64, 64, 0, 2, 128, 0, &CFG_PREFILL, "prefill", 1.19f);  /* longrope */
-    t_rope(t, 4, 2, 64, 64, 0, 2, 128, 1, &CFG_DECODE, "decode", 1.19f);
-    t_rope(t, 32, 32, 96, 96, 0, 2, 256, 0, &CFG_DECODE, "decode", 1.19f);  /* Phi-3-mini-128k */
-    t_rope(t, 4, 2, 64, 64, 0, 2, 128, 0, &CFG_CHUNK, "chunk", 1.19f);    /* long from its 1st chunk */
-    t_rope(t, 32, 32, 96, 96, 0, 2, 256, 1, &CFG_CHUNK, "chunk", 1.19f);
+    t_rope(t, 4, 2, 64, 64, 0, 0, 128, 0, &CFG_PREFILL, "prefill", 1.0f, 0);
+    t_rope(t, 4, 2, 64, 64, 0, 0, 128, 0, &CFG_DECODE, "decode", 1.0f, 0);
+    t_rope(t, 4, 2, 64, 64, 0, 0, 128, 0, &CFG_ONE, "one", 1.0f, 0);
+    t_rope(t, 32, 8, 128, 128, 0, 0, 256, 0, &CFG_DECODE, "decode", 1.0f, 0);   /* Llama-3-8B */
+    t_rope(t, 32, 8, 128, 128, 0, 0, 256, 0, &CFG_LONG, "long", 1.0f, 0);
+    t_rope(t, 8, 8, 128, 128, 0, 0, 128, 1, &CFG_PREFILL, "prefill", 1.0f, 0);  /* MHA, strided */
+    t_rope(t, 32, 8, 128, 128, 0, 0, 256, 1, &CFG_PREFILL, "prefill", 1.0f, 0); /* Qwen3-8B: q/k normed */
+    t_rope(t, 16, 8, 256, 256, 0, 0, 256, 1, &CFG_DECODE, "decode", 1.0f, 0);   /* Gemma-3 shape */
+    t_rope(t, 8, 2, 128, 64, 1, 0, 128, 0, &CFG_PREFILL, "prefill", 1.0f, 0);   /* GPT-J style */
+    t_rope(t, 4, 4, 64, 16, 0, 0, 64, 1, &CFG_DECODE, "decode", 1.0f, 0);      /* partial (NeoX) */
+    t_rope(t, 4, 4, 80, 20, 0, 0, 64, 1, &CFG_PREFILL, "prefill", 1.0f, 0);    /* ROT/2 = 10 */
+    t_rope(t, 4, 2, 80, 20, 1, 0, 64, 0, &CFG_DECODE, "decode", 1.0f, 0);      /* straddles a chunk */
+    t_rope(t, 4, 2, 64, 64, 0, 1, 128, 0, &CFG_PREFILL, "prefill", 1.0f, 0);
+    t_rope(t, 4, 2, 64, 64, 0, 1, 128, 0, &CFG_DECODE, "decode", 1.0f, 0);
+    t_rope(t, 8, 4, 128, 128, 0, 1, 128, 0, &CFG_LONG, "long", 1.0f, 0);
+    t_rope(t, 4, 2, 64, 64, 0, 1, 128, 0, &CFG_CHUNK, "chunk", 1.0f, 0);  /* base of the whole prompt */
+    t_rope(t, 32, 8, 128, 128, 0, 1, 256, 1, &CFG_CHUNK, "chunk", 1.0f, 0);
+    t_rope(t, 4, 2, 64, 64, 0, 0, 128, 0, &CFG_PREFILL, "prefill", 1.25f, 0);  /* yarn factor */
+    t_rope(t, 4, 2, 64, 0, 0, 0, 128, 0, &CFG_PREFILL, "prefill", 1.0f, 0);    /* no rotation */
+    t_rope(t, 4, 2, 64, 64, 0, 2, 128, 0, &CFG_PREFILL, "prefill", 1.19f, 0);  /* longrope */
+    t_rope(t, 4, 2, 64, 64, 0, 2, 128, 1, &CFG_DECODE, "decode", 1.19f, 0);
+    t_rope(t, 32, 32, 96, 96, 0, 2, 256, 0, &CFG_DECODE, "decode", 1.19f, 0);  /* Phi-3-mini-128k */
+    t_rope(t, 4, 2, 64, 64, 0, 2, 128, 0, &CFG_CHUNK, "chunk", 1.19f, 0);    /* long from its 1st chunk */
+    t_rope(t, 32, 32, 96, 96, 0, 2, 256, 1, &CFG_CHUNK, "chunk", 1.19f, 0);
+    /* the FP8 cache (kv8): Llama-3-8B's heads, GQA prefill with its padding token, longrope,
+     * no rotation (v-like k), partial interleaved, head dims 256 and 20 (padded to 24) */
+    t_rope(t, 32, 8, 128, 128, 0, 0, 256, 0, &CFG_DECODE, "decode", 1.0f, 1);
+    t_rope(t, 4, 2, 64, 64, 0, 0, 128, 0, &CFG_PREFILL, "prefill", 1.0f, 1);
+    t_rope(t, 8, 8, 128, 128, 0, 0, 128, 1, &CFG_PREFILL, "prefill", 1.0f, 1);
+    t_rope(t, 4, 2, 64, 64, 0, 2, 128, 0, &CFG_CHUNK, "chunk", 1.19f, 1);
+    t_rope(t, 4, 2, 64, 0, 0, 0, 128, 0, &CFG_PREFILL, "prefill", 1.0f, 1);
+    t_rope(t, 8, 2, 128, 64, 1, 0, 128, 0, &CFG_LONG, "long", 1.0f, 1);
+    t_rope(t, 16, 8, 256, 256, 0, 0, 256, 1, &CFG_DECODE, "decode", 1.0f, 1);
+    t_rope(t, 4, 2, 20, 20, 0, 0, 64, 0, &CFG_PREFILL, "prefill", 1.0f, 1);
     /* head_dim not a multiple of 8: q and the cache padded to 24 (or 40), element loads */
-    t_rope(t, 4, 2, 20, 20, 0, 0, 64, 0, &CFG_PREFILL, "prefill", 1.0f);    /* llama_hd20 */
-    t_rope(t, 4, 2, 20, 20, 0, 0, 64, 1, &CFG_DECODE, "decode", 1.0f);
-    t_rope(t, 8, 1, 36, 36, 1, 0, 128, 0, &CFG_LONG, "long", 1.0f);        /* interleaved, MQA */
-    t_rope(t, 4, 4, 36, 8, 0, 0, 64, 1, &CFG_PREFILL, "prefill", 1.0f);    /* partial */
+    t_rope(t, 4, 2, 20, 20, 0, 0, 64, 0, &CFG_PREFILL, "prefill", 1.0f, 0);    /* llama_hd20 */
+    t_rope(t, 4, 2, 20, 20, 0, 0, 64, 1, &CFG_DECODE, "decode", 1.0f, 0);
+    t_rope(t, 8, 1, 36, 36, 1, 0, 128, 0, &CFG_LONG, "long", 1.0f, 0);        /* interleaved, MQA */
+    t_rope(t, 4, 4, 36, 8, 0, 0, 64, 1, &CFG_PREFILL, "prefill", 1.0f, 0);    /* partial */
     /* unpad_heads: (NH, HD, THREADS, T) */
     t_unpad(t, 4, 20, 256, 7);
     t_unpad(t, 32, 36, 256, 65);
