@@ -448,16 +448,6 @@ int lower_gemv_threads(int64_t N, int64_t K, int gated, int step)
     return 32 * warps;
 }
 
-int lower_gemv_prefetch(int64_t N, int64_t row_bytes)
-{
-    int64_t budget = 16 << 20;
-    const char *e = getenv("KILN_GEMV_PREFETCH");
-    if (e && *e)
-        budget = (int64_t)(atof(e) * (1 << 20));
-    int64_t pf = budget / (N > 0 ? N : 1) / 16 * 16;
-    return (int)(pf < 0 ? 0 : pf > row_bytes ? row_bytes / 16 * 16 : pf);
-}
-
 /* The GEMV step (decode-sized rows). rows: KA_ROWS_T or KA_ROWS_S. qk: QROWS_NONE (gemv), or
  * the quantised weight wt with its scales sc and their K block qb (0 for one per row):
  * gemv_fp8 or gemv_int4. */
@@ -475,17 +465,15 @@ static ka_step gemv_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg sc
     static const int step[] = {128, 256, 512};
     int th = lower_gemv_threads(N, K, gated, step[qk]);
     int mmax = w->c->batch_invariant ? LOWER_GEMV_GROUP_INVARIANT : GEMV_MAX;
-    /* a weight row's bytes: bf16/f16 elements (act_dtype), e4m3 bytes, or two INT4 a byte */
-    int64_t row_bytes = qk == QROWS_NONE ? K * 2 : qk == QROWS_E4M3 ? K : K / 2;
     char tail[64] = "";
     if (qk != QROWS_NONE)
         snprintf(tail, sizeof tail, ", %lld", (long long)(qb ? qb : K));
     int k = kern(w, fam[qk], th, 0, par[qk],
-                 "kiln::%s<DT, %lld, %lld, %d, %s, %s, %d, %s, %d%s, %d>(st, x, w, %sbias, y, M)",
+                 "kiln::%s<DT, %lld, %lld, %d, %s, %s, %d, %s, %d%s>(st, x, w, %sbias, y, M)",
                  fam[qk], (long long)N, (long long)K, mmax,
                  bias.kind == KA_ARG_NULL ? "false" : "true", gated ? "true" : "false",
                  act < 0 ? 0 : act, out_f32 ? "true" : "false", th, tail,
-                 lower_gemv_prefetch(N, row_bytes), qk != QROWS_NONE ? "scale, " : "");
+                 qk != QROWS_NONE ? "scale, " : "");
     /* x: one block per group of mmax rows (one group unless --batch-invariant, whose decode
      * schedule runs the GEMV at every batch); y: one per 16-row tile, 16 outputs or 8 gated */
     int64_t nout = gated ? N / 2 : N, opb = gated ? 8 : 16;

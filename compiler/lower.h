@@ -38,10 +38,6 @@ char *codegen_source(const lowered *l, const char *model_name);
 /* The block size of the GEMV of an [N, K] weight (gated: N/2 outputs), as gemv_step launches it;
  * kiln-ktest's cases and benchmark use the same rule. */
 int lower_gemv_threads(int64_t N, int64_t K, int gated, int step);
-/* The bytes of each weight row the GEMV of N rows of row_bytes prefetches into L2 before it waits
- * for its predecessor (templates/gemv.cuh, PF): LOWER_GEMV_PREFETCH bytes over the rows, a
- * multiple of 16, at most a row. KILN_GEMV_PREFETCH (MiB, for measuring) overrides the budget. */
-int lower_gemv_prefetch(int64_t N, int64_t row_bytes);
 /* Rows per group of the GEMV (its MMAX) in a --batch-invariant artifact, whose decode schedule runs
  * it at every batch: 16 (two 8-column tiles per mma chain) reads each weight tile half as often as
  * 8 at batches over 8. The default build's GEMV takes up to 8 rows (gemv_max), one group of 8. */

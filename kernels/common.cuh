@@ -149,34 +149,6 @@ __device__ __forceinline__ float block_max(float x, float *scratch)
     } while (0)
 #endif
 
-// KILN_PDL_ENTER_PREFETCH(p, n): an L2 prefetch of the n bytes at p (n a multiple of 16, p
-// 16-byte aligned; nothing when p is null or n is 0), then KILN_PDL_ENTER(). For a kernel that
-// streams data no kernel writes, the weights of a GEMV: its blocks become resident while the
-// predecessor still runs (PDL), and the prefetch starts their first bytes from memory then,
-// instead of after the wait, filling the memory bus during the predecessor's tail. It is the one
-// access allowed before the wait because it cannot change what any load returns: every global
-// access goes through L2, the point of coherence, so a prefetched line holds what a load after the
-// wait would have read from memory. p must be computed from the parameters and the block and
-// thread indices only (no load). Below sm_90 (no bulk prefetch; no early launch either) it is
-// KILN_PDL_ENTER() alone. tests/test_launch.c accepts it as a template's first statement.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-#define KILN_PDL_ENTER_PREFETCH(p, n)                                                             \
-    do {                                                                                          \
-        const void *kiln_pf_ = (p);                                                               \
-        if (kiln_pf_ && (n) > 0)                                                                  \
-            asm volatile("{\n\t.reg .u64 g;\n\tcvta.to.global.u64 g, %0;\n\t"                      \
-                         "cp.async.bulk.prefetch.L2.global [g], %1;\n\t}" ::"l"(kiln_pf_),            \
-                         "r"((unsigned)(n))                                                       \
-                         : "memory");                                                             \
-        KILN_PDL_ENTER();                                                                         \
-    } while (0)
-#else
-#define KILN_PDL_ENTER_PREFETCH(p, n)                                                             \
-    do {                                                                                          \
-        KILN_PDL_ENTER();                                                                         \
-    } while (0)
-#endif
-
 // Activations, computed in float (the same formulas as compiler/ref.c).
 enum act_kind { ACT_SILU = 0, ACT_GELU = 1, ACT_GELU_TANH = 2, ACT_RELU = 3 };
 

@@ -24,10 +24,6 @@
 //     memory, a fixed order that depends only on (N, K, THREADS), never on M, so the result of a
 //     row of x is the same at every M (batch invariance). lower.c picks THREADS so that the grid
 //     has about 2048 warps (16 per SM of an H100/H200) whatever N is (lower_gemv_threads);
-//   - the first PF bytes of each weight row are prefetched into L2 before the kernel waits for its
-//     predecessor (KILN_PDL_ENTER_PREFETCH, kernels/common.cuh; gemv_detail::prefetch_row), so the
-//     weight stream starts during the predecessor's tail (PDL lets this grid become resident
-//     then); lower.c's lower_gemv_prefetch sizes PF (0: none). No effect on any value;
 //   - each chain of mma is one step (at most 8 mma, 128 products) started from zero and added
 //     to float accumulators: the tensor cores truncate inside a chain, so a short chain keeps
 //     that error at the level of the float sums (see tests/gpu/ktest_gemv.c).
@@ -224,20 +220,6 @@ __device__ __forceinline__ void tile_rows(long long tile, int g, long long &ra, 
         if (rb > N - 1)
             rb = N - 1;
     }
-}
-
-// The weight row a thread prefetches into L2 before its KILN_PDL_ENTER (kernels/common.cuh), the
-// first PF bytes of each: threads 0..15 of a tile's first row group, one of the tile's 16 rows
-// each (tile_rows' ra for threads 0..7, rb for 8..15); nullptr for every other thread and when PF
-// is 0. Computed from the indices only (no load), as the macro requires.
-template <int N, bool GATED, int PF>
-__device__ __forceinline__ const void *prefetch_row(const void *w, long long row_bytes)
-{
-    if (PF == 0 || blockIdx.x != 0 || threadIdx.x >= 16)
-        return nullptr;
-    long long ra, rb;
-    tile_rows<N, GATED>(blockIdx.y, threadIdx.x & 7, ra, rb);
-    return static_cast<const unsigned char *>(w) + (threadIdx.x < 8 ? ra : rb) * row_bytes;
 }
 
 // After the main loop: the warps' partial tiles added in warp order (split-K: fixed, independent
@@ -474,14 +456,12 @@ __device__ __forceinline__ void step_loads(const unsigned char *wa, const unsign
 } // namespace gemv_detail
 
 template <typename DT, int N, int K, int MMAX, bool BIAS, bool GATED, int ACT, bool OUT_F32,
-          int THREADS, int PF>
+          int THREADS>
 __device__ __forceinline__ void gemv(const kiln_step st, const DT *x, const DT *w, const DT *bias,
                                      void *y, int M)
 {
-    KILN_PDL_ENTER_PREFETCH((gemv_detail::prefetch_row<N, GATED, PF>(w, K * (long long)sizeof(DT))), PF);
+    KILN_PDL_ENTER();
     static_assert(K % 8 == 0, "gemv: K must be a multiple of 8");
-    static_assert(PF >= 0 && PF % 16 == 0 && PF <= K * (int)sizeof(DT),
-                  "gemv: PF is 0 .. a row's bytes, a multiple of 16");
     static_assert(N >= 1 && (!GATED || N % 2 == 0), "gemv: GATED needs an even N");
     static_assert(MMAX >= 1 && MMAX <= 16, "gemv: MMAX is 1..16");
     static_assert(THREADS % 32 == 0 && THREADS >= 32 && THREADS <= 512,
@@ -551,13 +531,12 @@ __device__ __forceinline__ void gemv(const kiln_step st, const DT *x, const DT *
 //     rows) each group's chain is scaled by its row's scale of its K block before the add.
 // Preconditions: K % 16 == 0; x 16-byte aligned; w 16-byte aligned. Launch rule: gemv's.
 template <typename DT, int N, int K, int MMAX, bool BIAS, bool GATED, int ACT, bool OUT_F32,
-          int THREADS, int SBC, int PF>
+          int THREADS, int SBC>
 __device__ __forceinline__ void gemv_fp8(const kiln_step st, const DT *x, const unsigned char *w,
                                          const float *scale, const DT *bias, void *y, int M)
 {
-    KILN_PDL_ENTER_PREFETCH((gemv_detail::prefetch_row<N, GATED, PF>(w, K)), PF);
+    KILN_PDL_ENTER();
     static_assert(K % 16 == 0, "gemv_fp8: K must be a multiple of 16");
-    static_assert(PF >= 0 && PF % 16 == 0 && PF <= K, "gemv_fp8: PF is 0..K, a multiple of 16");
     static_assert(SBC == K || (SBC > 0 && SBC % 64 == 0 && SBC < K),
                   "gemv_fp8: a scale per row (SBC == K) or per K block of a multiple of 64");
     static_assert(N >= 1 && (!GATED || N % 2 == 0), "gemv_fp8: GATED needs an even N");
@@ -685,13 +664,12 @@ __device__ __forceinline__ void dequant_fp8(const kiln_step st, const unsigned c
 // Preconditions: K % 32 == 0, G % 32 == 0, K % G == 0 (G == K: one group per row); x, w
 // 16-byte aligned, sz 8-byte aligned. Launch rule: gemv's.
 template <typename DT, int N, int K, int MMAX, bool BIAS, bool GATED, int ACT, bool OUT_F32,
-          int THREADS, int G, int PF>
+          int THREADS, int G>
 __device__ __forceinline__ void gemv_int4(const kiln_step st, const DT *x, const unsigned char *w,
                                           const uint2 *sz, const DT *bias, void *y, int M)
 {
-    KILN_PDL_ENTER_PREFETCH((gemv_detail::prefetch_row<N, GATED, PF>(w, K / 2)), PF);
+    KILN_PDL_ENTER();
     static_assert(K % 32 == 0, "gemv_int4: K must be a multiple of 32");
-    static_assert(PF >= 0 && PF % 16 == 0 && PF <= K / 2, "gemv_int4: PF is 0..K/2, a multiple of 16");
     static_assert(G > 0 && G % 32 == 0 && K % G == 0,
                   "gemv_int4: G must be a multiple of 32 that divides K");
     static_assert(N >= 1 && (!GATED || N % 2 == 0), "gemv_int4: GATED needs an even N");

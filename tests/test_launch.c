@@ -4,9 +4,8 @@
  *     kernel waits for its predecessor before it touches memory: every kernel template in the
  *     .cuh files of templates/ (each function whose first parameter is `const kiln_step st` by
  *     value, as templates/README.md's contract says, and the collective allreduce_p2p) must
- *     begin with KILN_PDL_ENTER() (or KILN_PDL_ENTER_PREFETCH(...), the same after an L2
- *     prefetch that cannot change a value); a template added without it fails here, naming the
- *     file and function;
+ *     begin with KILN_PDL_ENTER(); a template added without it fails here, naming the file and
+ *     function;
  *   - KILN_PDL: on from sm_90, off below it or with KILN_PDL=0, any other value refused by name;
  *   - KILN_WARMUP: anything but 0 or 1 is refused by km_load before it touches anything.
  * tests/gpu/ktest_pdl.c checks on the GPU that a chain of dependent kernels stays exact with PDL.
@@ -56,8 +55,7 @@ static int check_file(const char *path, char *names, size_t cap, int *bad)
         found++;
         size_t nl = strlen(names);
         snprintf(names + nl, cap - nl, " %s", name);
-        if (strncmp(body, "KILN_PDL_ENTER();", 17) != 0 &&
-            strncmp(body, "KILN_PDL_ENTER_PREFETCH(", 24) != 0) {
+        if (strncmp(body, "KILN_PDL_ENTER();", 17) != 0) {
             fprintf(stderr, "%s: kernel template %s does not begin with KILN_PDL_ENTER(); "
                             "(kernels/common.cuh says why it must)\n",
                     path, name);

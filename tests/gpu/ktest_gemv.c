@@ -351,22 +351,17 @@ static CUmodule gemv_module(kt *t, const char *name, const char *prefix, const c
                             const char *dt, int N, int K, int mmax, int bias, int gated, int act,
                             int f32, int threads, int sbc, int g4)
 {
-    char src[1024], wt[64], sp[32] = "", sa[16] = "", st[32] = "";
+    char src[1024], wt[64], sp[32] = "", sa[16] = "", st[16] = "";
     snprintf(wt, sizeof wt, "%s", sbc || g4 ? "unsigned char" : dt);
-    int at = 0;
     if (sbc) {
         snprintf(sp, sizeof sp, " const float *scale,");
         snprintf(sa, sizeof sa, " scale,");
-        at = snprintf(st, sizeof st, ", %d", sbc);
+        snprintf(st, sizeof st, ", %d", sbc);
     } else if (g4) {
         snprintf(sp, sizeof sp, " const uint2 *sz,");
         snprintf(sa, sizeof sa, " sz,");
-        at = snprintf(st, sizeof st, ", %d", g4);
+        snprintf(st, sizeof st, ", %d", g4);
     }
-    /* PF, lower.c's L2 prefetch (the old kernel of the benchmark has none) */
-    if (strcmp(fn, "gemv_v0") != 0)
-        snprintf(st + at, sizeof st - (size_t)at, ", %d",
-                 lower_gemv_prefetch(N, sbc ? K : g4 ? K / 2 : 2LL * K));
     snprintf(src, sizeof src,
              "#include \"gemv.cuh\"\n"
              "extern \"C\" __global__ void __launch_bounds__(%d)\n"
