@@ -26,7 +26,8 @@
 # RUN_KGEMM=0 skips section 3c (fixtures compiled with kiln's own GEMM, kilnc compile --gemm kiln),
 # RUN_KGEMM_FIX replaces its fixture list; RUN_INVARIANT=0 skips section 3d (kilnc compile
 # --batch-invariant: 64 prompts together against each alone, bit for bit), RUN_INVARIANT_FIX
-# replaces its fixture list.
+# replaces its fixture list; RUN_KV8= skips section 3f (kilnc compile --kv-dtype fp8), RUN_KV8=F
+# runs it on fixture F instead of llama.
 set -u
 cd "$(dirname "$0")/../.."
 LOG=/tmp/kiln-gpu-logs
@@ -80,6 +81,7 @@ FP16=${RUN_FP16-"llama llama_tied_oldstyle llama_linear_oldstyle mistral qwen2 q
 FP8Q=${RUN_FP8Q-llama_fp8q}
 KGEMM=; [ "${RUN_KGEMM:-1}" = 1 ] && KGEMM=${RUN_KGEMM_FIX-"llama mixtral bloom deepseek_v2 bert qwen2_cls"}
 INVAR=; [ "${RUN_INVARIANT:-1}" = 1 ] && INVAR=${RUN_INVARIANT_FIX-"llama mixtral"}
+KV8=${RUN_KV8-llama}
 timeout 300 $PY tests/gpu/hf_bf16.py $ART $GEN $CLS $FP8Q > $LOG/hf_bf16.log 2>&1 &
 HF_PID=$!
 { for f in $GEN $EMB $CLS; do
@@ -90,6 +92,10 @@ HF_PID=$!
   done
   for f in $KGEMM; do
     echo "$BIN/kilnc compile tests/fixtures/$f -o $ART/${f}_kgemm --gemm kiln --sm $SM --max-batch 8 > $LOG/compile_${f}_kgemm.log 2>&1 || echo COMPILE_FAIL ${f}_kgemm"
+  done
+  for f in $KV8; do
+    echo "$BIN/kilnc compile tests/fixtures/$f --kv-dtype fp8 -o $ART/${f}_kv8 --sm $SM --max-batch 8 > $LOG/compile_${f}_kv8.log 2>&1 || echo COMPILE_FAIL ${f}_kv8"
+    echo "$BIN/kilnc compile tests/fixtures/$f --kv-dtype fp8 --max-tokens 64 -o $ART/${f}_kv8c --sm $SM --max-batch 8 > $LOG/compile_${f}_kv8c.log 2>&1 || echo COMPILE_FAIL ${f}_kv8c"
   done
   for f in $INVAR; do
     echo "$BIN/kilnc compile tests/fixtures/$f -o $ART/${f}_bi --batch-invariant --sm $SM --max-batch 64 --max-tokens 96 --max-seq-len 128 > $LOG/compile_${f}_bi.log 2>&1 || echo COMPILE_FAIL ${f}_bi"
@@ -449,6 +455,47 @@ if [ -n "$FP8Q" ] && [ -f $ART/llama/model.kiln ]; then
     shown
   done
 fi
+
+# 3f. the FP8 KV cache (kilnc compile --kv-dtype fp8; RUN_KV8= skips): the fixture compiled with it
+# (F_kv8) and again with --max-tokens 64 (F_kv8c: the prompt prefilled in chunks of 64 tokens, each
+# attending the earlier chunks' keys in the FP8 cache), each run on the fixture's prompt eight times
+# over (320 tokens for llama: 10 KV blocks, and its 8 decode steps attend 320+ keys in 11 splits)
+# against kilnc ref --kv-dtype fp8 on the same prompt. compare.py quant: the prompt's logits within
+# rel_l2 0.25 of ref's and the first greedy token ref's. The bound is loose for the reason 3e's is:
+# on the CPU the FP8 cache itself moves llama's logits by 0.13 from fp32 (tests/test_kv8.c), and
+# the GPU's K and V, computed in bf16, land on the other side of an e4m3 midpoint now and then:
+# emulated on the CPU (ref's K and V rounded to bf16 before the FP8 rounding) that alone moves the
+# logits by 0.077, on top of bf16's own 0.03 (3e's control); a wrong byte order, scale or block
+# layout gives about 1. The kernels are checked tightly by their kv8 cases in kiln-ktest. Then the
+# capacity: the bf16 and the FP8 artifact loaded with the same --kv-memory 5e-6 (about 700 KB of an
+# H200, so the memory and not the limits sizes the cache): the FP8 one must hold 1.6 to 1.85 times
+# the tokens (llama's 2 kv heads of 24: 384 bytes a token in bf16, 224 in FP8, 1.71x).
+for f in $KV8; do
+  skip_late "${f}_kv8" && continue
+  ids=$($PY tests/gpu/compare.py ids tests/fixtures/$f)
+  long=$ids,$ids,$ids,$ids,$ids,$ids,$ids,$ids
+  $BIN/kilnc ref tests/fixtures/$f --kv-dtype fp8 --ids $long --max-new 8 --dump $ART/$f.kv8.ref.st > $LOG/ref_${f}_kv8.log 2>&1
+  for g in ${f}_kv8 ${f}_kv8c; do
+    if grep -q "COMPILE_FAIL $g\$" "$LOG/compile_failures.txt"; then
+      row "$(printf '%-24s FAIL compile: %s' $g "$(grep -m1 error $LOG/compile_$g.log)")"; fail=1; continue
+    fi
+    if $BIN/kiln run $ART/$g --ids $long --max-new 8 --ignore-eos --dump $ART/$g.kiln.st > $LOG/run_$g.log 2>&1; then
+      $PY tests/gpu/compare.py quant "$g 8x prompt" $ART/$g.kiln.st $ART/$f.kv8.ref.st 0.25 >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
+      shown
+    else
+      row "$(printf '%-24s FAIL run: %s' $g "$(grep -m1 -i error $LOG/run_$g.log)")"; fail=1
+    fi
+  done
+  if [ -f $ART/$f/model.kiln ] && [ -f $ART/${f}_kv8/model.kiln ]; then
+    $BIN/kiln run $ART/$f --ids 1,2,3 --max-new 1 --kv-memory 5e-6 > $LOG/cap_$f.log 2>&1
+    $BIN/kiln run $ART/${f}_kv8 --ids 1,2,3 --max-new 1 --kv-memory 5e-6 > $LOG/cap_${f}_kv8.log 2>&1
+    a=$(sed -n 's/.*KV cache \([0-9]*\) tokens.*/\1/p' $LOG/cap_$f.log | head -1)
+    b=$(sed -n 's/.*KV cache \([0-9]*\) tokens.*(fp8: e4m3.*/\1/p' $LOG/cap_${f}_kv8.log | head -1)
+    st=$($PY -c "import sys; r = int(sys.argv[2]) / int(sys.argv[1]); print(('ok  ' if 1.6 <= r <= 1.85 else 'FAIL') + f' {r:.2f}x')" "$a" "$b" 2>/dev/null || echo "FAIL no KV line")
+    [ "${st:0:2}" = ok ] || fail=1
+    row "$(printf '%-24s %s: KV cache %s tokens in fp8, %s in bf16 at --kv-memory 5e-6 (expected 1.6..1.85x)' "${f}_kv8 capacity" "$st" "${b:-?}" "${a:-?}")"
+  fi
+done
 
 # 3d. batch invariance (kilnc compile --batch-invariant; RUN_INVARIANT=0 skips): each fixture of
 # $INVAR compiled with --max-batch 64 --max-tokens 96, so that 64 prompts of 1 to 90 tokens (slices
