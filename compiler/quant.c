@@ -1083,10 +1083,11 @@ const char *quant_describe(const kc *c, char *buf, size_t cap)
     }
     if (c->quant_mode == KC_QUANT_INT4) {
         /* how many weights have each group size (int4_group's: 128, 64, 32 columns, or the
-         * row); a weight with NaN or Inf has no quantised form and is counted apart */
+         * row: block 0 is also a group of 128 columns in a row of 128); a weight with NaN or
+         * Inf has no quantised form and is counted apart */
         int n[4] = {0}, none = 0;
         for (int i = 0; i < s->n; i++) {
-            int64_t b = s->rows[i].block;
+            int64_t b = s->rows[i].block ? s->rows[i].block : s->owned[i]->shape[1];
             if (!s->rows[i].kind)
                 none++;
             else

@@ -996,8 +996,10 @@ static void test_cli(void **state)
     const char *q2[] = {"compile", "tests/fixtures/llama", "-o", art, "--quant", "int4",
                         "--sm", "80", NULL};
     const char *q3[] = {"inspect", art, NULL};
+    const char *q4[] = {"check", "tests/fixtures/mixtral", "--quant", "int4", NULL};
     tu_run i0 = tu_run_bin(tmp, KILNC, q0), i1 = tu_run_bin(tmp, KILNC, q1);
     tu_run i2 = tu_run_bin(tmp, KILNC, q2), i3 = tu_run_bin(tmp, KILN, q3);
+    tu_run i4 = tu_run_bin(tmp, KILNC, q4);
     EXPECT_CODE(i0, 1);
     assert_contains(i0.err, "--quant int4: tests/fixtures/llama_awq is already quantised");
     EXPECT_CODE(i1, 0);
@@ -1012,10 +1014,16 @@ static void test_cli(void **state)
     /* qkv and gate/up fused, and down_proj of both layers; o_proj (144 columns, not a multiple
      * of 32) is rounded per row but packed in bf16 */
     assert_contains(i3.out, "int4         6 linear weights in 4 bits");
+    /* a MoE model: the attention's 8 linears (hidden 64: one group a row), not the experts or
+     * the router, as for published INT4 checkpoints */
+    EXPECT_CODE(i4, 0);
+    assert_contains(i4.out, "--quant int4: 8 linear weights rounded to INT4");
+    assert_contains(i4.out, "8 in groups of 64 (computed here in fp32)");
     tu_run_free(&i0);
     tu_run_free(&i1);
     tu_run_free(&i2);
     tu_run_free(&i3);
+    tu_run_free(&i4);
     free(art);
     for (int i = 0; i < 3; i++) {
         const char *a[] = {"ref", int4[i][0], "--ids", ids, "--max-new", "2", "--strict", NULL};
