@@ -472,6 +472,7 @@ __device__ __forceinline__ void gemv(const kiln_step st, const DT *x, const DT *
     constexpr int NT = (MMAX + 7) / 8;           // 8-column tiles of x rows
     constexpr int WARPS = THREADS / 32;          // split-K ways
     constexpr int U = 4;                         // 32-element groups per step
+    static_assert(U % 4 == 0, "gemv: U must be a multiple of 4 (chains of 8 mma)");
     constexpr int KC = K / 8;                    // 16-byte chunks per row
     constexpr int STEPS = (KC + 4 * U - 1) / (4 * U);
     static_assert((NOUT + OPB - 1) / OPB <= 65535, "gemv: more tiles than grid y allows");
@@ -494,21 +495,24 @@ __device__ __forceinline__ void gemv(const kiln_step st, const DT *x, const DT *
         gemv_detail::step_loads<DT, U, NT, 1, KC>(
             reinterpret_cast<const unsigned char *>(wa), reinterpret_cast<const unsigned char *>(wb),
             xr, s * 4 * U, t, M, va, vb, vx);
-        // One chain of 2U mma per step from zero, then a float add (see the top of the file).
-        float d[NT][4];
+        // Chains of 8 mma (4 groups) from zero, each then a float add (see the top of the file).
 #pragma unroll
-        for (int j = 0; j < NT; j++)
+        for (int u0 = 0; u0 < U; u0 += 4) {
+            float d[NT][4];
 #pragma unroll
-            for (int i = 0; i < 4; i++)
-                d[j][i] = 0.f;
+            for (int j = 0; j < NT; j++)
 #pragma unroll
-        for (int u = 0; u < U; u++)
-            gemv_detail::mma_group<DT, NT>(d, va[u], vb[u], vx[u][0], M);
+                for (int i = 0; i < 4; i++)
+                    d[j][i] = 0.f;
 #pragma unroll
-        for (int j = 0; j < NT; j++)
+            for (int u = u0; u < u0 + 4; u++)
+                gemv_detail::mma_group<DT, NT>(d, va[u], vb[u], vx[u][0], M);
 #pragma unroll
-            for (int i = 0; i < 4; i++)
-                acc[j][i] += d[j][i];
+            for (int j = 0; j < NT; j++)
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+                    acc[j][i] += d[j][i];
+        }
     }
     gemv_detail::finish<DT, N, MMAX, BIAS, GATED, ACT, OUT_F32, THREADS>(acc, nullptr, bias, y,
                                                                         row0, tile, M);

@@ -5,9 +5,10 @@
 #
 #   AB_VARIANTS="base:KILN_GEMV_PREFETCH=0 pf16:KILN_GEMV_PREFETCH=16" AB_SHAPE=8b tests/gpu/ab.sh
 #
-# Each variant is NAME:ASSIGNMENTS, the assignments (VAR=VALUE, comma-separated, no spaces; none:
-# "NAME:") being the environment of its `kilnc compile`: a compile-time knob (KILN_GEMV_PREFETCH)
-# or KILN_ARCHSPECS pointing at a copy of the tree whose templates the caller changed. Each variant
+# Each variant is NAME:ASSIGNMENTS[:OPTIONS], the assignments (VAR=VALUE, comma-separated, no
+# spaces; none: "NAME:") being the environment of its `kilnc compile` (a compile-time knob, or
+# KILN_ARCHSPECS pointing at a copy of the tree whose templates the caller changed), and OPTIONS
+# (comma-separated) more kilnc compile options, e.g. "fp8::--quant,fp8". Each variant
 # is compiled from the same checkpoint (kilnc synth --like, shared with bench.sh's
 # /tmp/kiln-bench/hf-SHAPE), benched AB_ROUNDS times with `kiln bench --batch AB_BATCH --prefill
 # AB_PREFILL`, and deleted (an 8B artifact is 15 GiB: the disk holds the checkpoint and two; AB_KEEP=NAME
@@ -42,13 +43,14 @@ if [ ! -f $HF/config.json ]; then
 fi
 names=()
 for v in $AB_VARIANTS; do
-  name=${v%%:*} envs=${v#*:}
+  name=${v%%:*} envs=${v#*:} opts=
+  case $envs in *:*) opts=${envs#*:} envs=${envs%%:*} ;; esac
   ART=$W/ab-$SHAPE-$name
   rm -rf $ART
   t0=$(date +%s)
   # shellcheck disable=SC2086
-  if env ${envs//,/ } $BIN/kilnc compile $HF -o $ART --sm 90a $COMPILE > $LOG/compile-$name.log 2>&1; then
-    echo "ab.sh: $name ($envs): compiled in $(( $(date +%s) - t0 )) s"
+  if env ${envs//,/ } $BIN/kilnc compile $HF -o $ART --sm 90a $COMPILE ${opts//,/ } > $LOG/compile-$name.log 2>&1; then
+    echo "ab.sh: $name ($envs ${opts//,/ }): compiled in $(( $(date +%s) - t0 )) s"
     names+=("$name")
     for r in $(seq 1 "${AB_ROUNDS:-2}"); do
       # shellcheck disable=SC2086
@@ -57,7 +59,7 @@ for v in $AB_VARIANTS; do
         echo "ab.sh: $name round $r: kiln bench FAILED: $(grep -m1 -i error $LOG/bench-$name-$r.txt)"
     done
   else
-    echo "ab.sh: $name ($envs): compile FAILED: $(grep -m1 -i error $LOG/compile-$name.log)"
+    echo "ab.sh: $name ($envs ${opts//,/ }): compile FAILED: $(grep -m1 -i error $LOG/compile-$name.log)"
   fi
   [ "${AB_KEEP:-}" = "$name" ] || rm -rf $ART
 done
