@@ -166,11 +166,13 @@ int cmd_inspect(int argc, char **argv)
                "steps of more than %d rows dequantise them into %s for the GEMM\n",
                int4, m->gemv_max, m->dtype);
     if (m->n_layers) {
-        int64_t per = 0, per16 = 0; /* bytes a token of context takes in every layer's K and V */
+        /* bytes a token of context takes in every layer's K and V; per16: in the compute dtype */
+        ka_manifest m16 = *m;
+        m16.kv_e4m3 = 0;
+        int64_t per = 0, per16 = 0;
         for (int l = 0; l < m->n_layers; l++) {
             per += ka_kv_block_bytes(m, l, 0) + ka_kv_block_bytes(m, l, 1);
-            per16 += 2LL * KILN_BLOCK * m->layers[l].n_kv *
-                     (m->layers[l].head_dim + m->layers[l].v_dim);
+            per16 += ka_kv_block_bytes(&m16, l, 0) + ka_kv_block_bytes(&m16, l, 1);
         }
         if (m->kv_e4m3)
             printf("kv cache     fp8 (kilnc compile --kv-dtype fp8): e4m3 with a float scale per "
@@ -179,7 +181,8 @@ int cmd_inspect(int argc, char **argv)
                    (long long)(per / KILN_BLOCK), m->tp > 1 ? " per rank" : "", m->dtype,
                    (long long)(per16 / KILN_BLOCK), (double)per16 / (double)per);
         else
-            printf("kv cache     %s, %lld B a token%s\n", m->dtype, (long long)(per / KILN_BLOCK), m->tp > 1 ? " per rank" : "");
+            printf("kv cache     %s, %lld B a token%s\n", m->dtype, (long long)(per / KILN_BLOCK),
+                   m->tp > 1 ? " per rank" : "");
     }
     printf("gemm         %s: %d cuBLASLt steps%s\n",
            m->gemm_kiln ? "kiln (kilnc compile --gemm kiln)" : "cublaslt", m->cublaslt_steps,
