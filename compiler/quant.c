@@ -1096,9 +1096,9 @@ const char *quant_describe(const kc *c, char *buf, size_t cap)
         static const char *const what[4] = {"in groups of 128", "in groups of 64",
                                             "in groups of 32", "with one group per row"};
         int k = snprintf(buf, cap, "--quant int4: %d linear weight%s rounded to INT4 (round to "
-                                   "nearest, asymmetric, a %s scale and zero point per group "
+                                   "nearest, asymmetric, %s scale and zero point per group "
                                    "of input columns):",
-                         s->n, s->n == 1 ? "" : "s", c->act_dtype == ST_F16 ? "f16" : "bf16");
+                         s->n, s->n == 1 ? "" : "s", c->act_dtype == ST_F16 ? "an f16" : "a bf16");
         const char *sep = " ";
         for (int g = 0; g < 4; g++)
             if (n[g] && k >= 0 && (size_t)k < cap) {
