@@ -238,10 +238,11 @@ __device__ __forceinline__ void layer_norm(const kiln_step st, const DT *x, cons
 namespace ew_detail {
 // rope_kv's chunk at element e (a multiple of 8) of a padded q, k or v row (heads of HDP = HD
 // rounded up to 8): the 8 values from `src` (the unpadded row), the first ROT dims of each head
-// rotated when `rot` (cs, sn: each pair's cos and sin, scaled), zeros past HD.
-template <typename DT, int HD, int ROT, int INTERLEAVED>
+// rotated when `rot` (cs, sn: each pair's cos and sin, scaled), zeros past HD, handed to
+// sink(const float *v) (a store to DT, or registers for the FP8 cache).
+template <typename DT, int HD, int ROT, int INTERLEAVED, typename SINK>
 __device__ __forceinline__ void rope_chunk(const DT *src, int e, bool rot, const float *cs,
-                                           const float *sn, float o[8])
+                                           const float *sn, SINK sink)
 {
     constexpr int HALF = ROT / 2, HDP = (HD + 7) / 8 * 8, VEC = HD % 8 == 0;
     const int d0 = e % HDP; // dim of xv[0] within its head; the chunk never crosses heads
@@ -272,6 +273,7 @@ __device__ __forceinline__ void rope_chunk(const DT *src, int e, bool rot, const
                 pv[j] = d < ROT ? to_f(src[j + (d < HALF ? HALF : -HALF)]) : 0.f;
             }
         }
+        float o[8];
 #pragma unroll
         for (int j = 0; j < 8; j++) {
             const int d = d0 + j;
@@ -284,10 +286,9 @@ __device__ __forceinline__ void rope_chunk(const DT *src, int e, bool rot, const
                 o[j] = xv[j];
             }
         }
+        sink(o);
     } else {
-#pragma unroll
-        for (int j = 0; j < 8; j++)
-            o[j] = xv[j];
+        sink(xv);
     }
 }
 } // namespace ew_detail
@@ -390,37 +391,41 @@ __device__ __forceinline__ void rope_kv(const kiln_step st, const DT *q, const D
     }
 
     const int slot = st.tok_slot[t];
-    // q's chunks, and the 16-bit cache's, one a thread; the FP8 cache's by heads below
-    for (int u = threadIdx.x; u < (KV8 ? QC : QC + 2 * KC); u += THREADS) {
-        const DT *src;
-        DT *dst;
-        int e;      // element index within the padded q (or k, v) row
-        bool rot;
-        if (u < QC) {
-            e = u * 8;
-            src = q + (long long)t * q_stride;
-            dst = q_out + (long long)t * (NH * HDP) + e;
-            rot = true;
-        } else if constexpr (!KV8) {
-            if (slot < 0)
-                continue;
-            if (u < QC + KC) {
+    if constexpr (!KV8) {
+        for (int u = threadIdx.x; u < QC + 2 * KC; u += THREADS) {
+            const DT *src;
+            DT *dst;
+            int e;      // element index within the padded q (or k, v) row
+            bool rot;
+            if (u < QC) {
+                e = u * 8;
+                src = q + (long long)t * q_stride;
+                dst = q_out + (long long)t * (NH * HDP) + e;
+                rot = true;
+            } else if (u < QC + KC) {
+                if (slot < 0)
+                    continue;
                 e = (u - QC) * 8;
                 src = k + (long long)t * k_stride;
                 dst = k_cache + (long long)slot * (NKV * HDP) + e;
                 rot = true;
             } else {
+                if (slot < 0)
+                    continue;
                 e = (u - QC - KC) * 8;
                 src = v + (long long)t * v_stride;
                 dst = v_cache + (long long)slot * (NKV * HDP) + e;
                 rot = false;
             }
+            ew_detail::rope_chunk<DT, HD, ROT, INTERLEAVED>(src, e, rot, cs, sn,
+                                                            [&](const float *o) { store8(dst, o); });
         }
-        float o[8];
-        ew_detail::rope_chunk<DT, HD, ROT, INTERLEAVED>(src, e, rot, cs, sn, o);
-        store8(dst, o);
-    }
-    if constexpr (KV8) {
+    } else {
+        for (int u = threadIdx.x; u < QC; u += THREADS) // q; the caches by heads below
+            ew_detail::rope_chunk<DT, HD, ROT, INTERLEAVED>(
+                q + (long long)t * q_stride, u * 8, true, cs, sn, [&](const float *o) {
+                    store8(q_out + (long long)t * (NH * HDP) + u * 8, o);
+                });
         // The FP8 cache (kernels/kiln_kv8.h): a warp per (K or V, kv head) holds the head's
         // chunks, takes their absmax, and writes the e4m3 bytes and the scale.
         if (slot < 0)
@@ -439,8 +444,12 @@ __device__ __forceinline__ void rope_kv(const kiln_step st, const DT *q, const D
             for (int cc = 0; cc < CPL; cc++) {
                 const int c = lane + 32 * cc;
                 if (c < CH) {
-                    ew_detail::rope_chunk<DT, HD, ROT, INTERLEAVED>(src, h * HDP + c * 8, !isv,
-                                                                    cs, sn, o[cc]);
+                    ew_detail::rope_chunk<DT, HD, ROT, INTERLEAVED>(
+                        src, h * HDP + c * 8, !isv, cs, sn, [&](const float *x) {
+#pragma unroll
+                            for (int j = 0; j < 8; j++)
+                                o[cc][j] = x[j];
+                        });
 #pragma unroll
                     for (int j = 0; j < 8; j++)
                         amax = fmaxf(amax, fabsf(o[cc][j]));
