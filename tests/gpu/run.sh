@@ -27,7 +27,8 @@
 # RUN_KGEMM_FIX replaces its fixture list; RUN_INVARIANT=0 skips section 3d (kilnc compile
 # --batch-invariant: 64 prompts together against each alone, bit for bit), RUN_INVARIANT_FIX
 # replaces its fixture list; RUN_KV8= skips section 3f (kilnc compile --kv-dtype fp8), RUN_KV8=F
-# runs it on fixture F instead of llama.
+# runs it on fixture F instead of llama; RUN_INT4Q= skips section 3g (kilnc compile --quant int4),
+# RUN_INT4Q=F runs it on fixture F instead of llama.
 set -u
 cd "$(dirname "$0")/../.."
 LOG=/tmp/kiln-gpu-logs
@@ -82,6 +83,7 @@ FP8Q=${RUN_FP8Q-llama_fp8q}
 KGEMM=; [ "${RUN_KGEMM:-1}" = 1 ] && KGEMM=${RUN_KGEMM_FIX-"llama mixtral bloom deepseek_v2 bert qwen2_cls"}
 INVAR=; [ "${RUN_INVARIANT:-1}" = 1 ] && INVAR=${RUN_INVARIANT_FIX-"llama mixtral"}
 KV8=${RUN_KV8-llama}
+INT4Q=${RUN_INT4Q-llama}
 timeout 300 $PY tests/gpu/hf_bf16.py $ART $GEN $CLS $FP8Q > $LOG/hf_bf16.log 2>&1 &
 HF_PID=$!
 { for f in $GEN $EMB $CLS; do
@@ -96,6 +98,9 @@ HF_PID=$!
   for f in $KV8; do
     echo "$BIN/kilnc compile tests/fixtures/$f --kv-dtype fp8 -o $ART/${f}_kv8 --sm $SM --max-batch 8 > $LOG/compile_${f}_kv8.log 2>&1 || echo COMPILE_FAIL ${f}_kv8"
     echo "$BIN/kilnc compile tests/fixtures/$f --kv-dtype fp8 --max-tokens 64 -o $ART/${f}_kv8c --sm $SM --max-batch 8 > $LOG/compile_${f}_kv8c.log 2>&1 || echo COMPILE_FAIL ${f}_kv8c"
+  done
+  for f in $INT4Q; do
+    echo "$BIN/kilnc compile tests/fixtures/$f --quant int4 -o $ART/${f}_int4q --sm $SM --max-batch 8 > $LOG/compile_${f}_int4q.log 2>&1 || echo COMPILE_FAIL ${f}_int4q"
   done
   for f in $INVAR; do
     echo "$BIN/kilnc compile tests/fixtures/$f -o $ART/${f}_bi --batch-invariant --sm $SM --max-batch 64 --max-tokens 96 --max-seq-len 128 > $LOG/compile_${f}_bi.log 2>&1 || echo COMPILE_FAIL ${f}_bi"
@@ -455,6 +460,34 @@ if [ -n "$FP8Q" ] && [ -f $ART/llama/model.kiln ]; then
     shown
   done
 fi
+
+# 3g. --quant int4 (RUN_INT4Q= skips): the fixture's linears rounded to INT4 at compile time, run on
+# the first 6 tokens of its prompt (a prefill of up to 8 rows: gemv_int4) and on the whole prompt
+# (40 tokens for llama: dequant_int4 into scratch, then the bf16 GEMM), 8 decode steps on gemv_int4
+# after each, against kilnc ref --quant int4 on the same prompt. The weights are the same numbers
+# on both sides (the scales rounded to bf16 at compile time; test_compile checks the packed
+# nibbles, scales and zero points give them back exactly), so the difference is bf16 arithmetic,
+# as in 3e's bf16 control (0.03): the bound 0.1 leaves room for that and nothing else; a wrong
+# nibble order, group, scale or zero point moves the logits by about as much as the rounding
+# itself (0.34 from the unquantised logits on the CPU, tests/test_ref.c) or more.
+for f in $INT4Q; do
+  g=${f}_int4q
+  skip_late $g && continue
+  if grep -q "COMPILE_FAIL $g\$" "$LOG/compile_failures.txt"; then
+    row "$(printf '%-24s FAIL compile: %s' $g "$(grep -m1 error $LOG/compile_$g.log)")"; fail=1; continue
+  fi
+  ids=$($PY tests/gpu/compare.py ids tests/fixtures/$f)
+  for n in 6 all; do
+    p=$ids; [ $n = 6 ] && p=$(echo "$ids" | cut -d, -f1-6)
+    $BIN/kilnc ref tests/fixtures/$f --quant int4 --ids $p --max-new 8 --dump $ART/$g.$n.ref.st > $LOG/ref_${g}_$n.log 2>&1
+    if $BIN/kiln run $ART/$g --ids $p --max-new 8 --ignore-eos --dump $ART/$g.$n.kiln.st > $LOG/run_${g}_$n.log 2>&1; then
+      $PY tests/gpu/compare.py quant "$g prompt $n" $ART/$g.$n.kiln.st $ART/$g.$n.ref.st 0.1 >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
+      shown
+    else
+      row "$(printf '%-24s FAIL run: %s' $g "$(grep -m1 -i error $LOG/run_${g}_$n.log)")"; fail=1
+    fi
+  done
+done
 
 # 3f. the FP8 KV cache (kilnc compile --kv-dtype fp8; RUN_KV8= skips): the fixture compiled with it
 # (F_kv8) and again with --max-tokens 64 (F_kv8c: the prompt prefilled in chunks of 64 tokens, each
