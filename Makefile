@@ -53,10 +53,10 @@ RUNTIME_CMD := runtime/cmd_tokenize.c runtime/cmd_run.c runtime/cmd_backend.c ru
                runtime/cmd_serve.c runtime/cmd_bench.c runtime/cmd_perplexity.c runtime/server/http.c
 COMPILER_SRC := compiler/pipeline.c compiler/config.c compiler/graph.c compiler/spec.c compiler/registry.c \
                 compiler/passes/verify.c compiler/passes/bind_weights.c compiler/passes/shard.c compiler/passes/fuse.c compiler/passes/plan_memory.c compiler/passes/finite.c compiler/lower.c compiler/pack.c \
-                compiler/posenc.c compiler/ref.c compiler/knvrtc.c compiler/bundle.c compiler/overrides.c compiler/backend_ref.c compiler/synth.c compiler/quant.c
+                compiler/posenc.c compiler/ref.c compiler/knvrtc.c compiler/bundle.c compiler/overrides.c compiler/backend_ref.c compiler/synth.c compiler/quant.c compiler/gptq.c
 # Runtime tests link libkiln.a only; compiler tests link both libraries.
 RUNTIME_TESTS  := safetensors tokenizer chat_template backend sched tp_runtime launch
-COMPILER_TESTS := config overrides graph spec registry cli ref compile example artifact badinput server run_cpu synth tp bench quant gemm invariant perplexity kv8
+COMPILER_TESTS := config overrides graph spec registry cli ref compile example artifact badinput server run_cpu synth tp bench quant gptq gemm invariant perplexity kv8
 
 RUNTIME_OBJ  := $(RUNTIME_SRC:%.c=$(B)/obj/%.o)
 COMPILER_OBJ := $(COMPILER_SRC:%.c=$(B)/obj/%.o)

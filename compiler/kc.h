@@ -41,6 +41,10 @@ typedef struct kc {
     int max_seq_len;      /* tokens per sequence (prompt + generated) */
     st_dtype act_dtype;   /* compute dtype on the GPU: BF16 or F16 */
     kc_quant quant_mode;  /* --quant fp8|int4: linear weights rounded at bind time (quant.h) */
+    const char *calib_path; /* --calibrate FILE: --quant rounds by GPTQ calibrated on its text
+                             * (gptq.h); NULL: round to nearest */
+    int calib_tokens;     /* --calibrate-tokens (0: GPTQ_TOKENS) */
+    int calib_ran;        /* tokens the calibration ran (bind_weights) */
     int gemm_kiln;        /* --gemm kiln: prefill linears on kiln's own GEMM kernel, not cuBLASLt */
     int sm90a_only;       /* every --sm target is sm_90a (Hopper's arch-specific instructions may be
                            * used: kiln's GEMM is then templates/gemm90.cuh, lower.c) */

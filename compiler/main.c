@@ -21,6 +21,7 @@
 #include "artifact.h"
 #include "bundle.h"
 #include "config.h"
+#include "gptq.h"
 #include "graph.h"
 #include "kc.h"
 #include "knvrtc.h"
@@ -53,6 +54,8 @@ typedef struct opts {
     int allow_nonfinite;
     int tp; /* --tp N: tensor-parallel ranks (0: unsharded) */
     kc_quant quant_mode; /* --quant fp8|int4 */
+    const char *calib; /* --calibrate FILE */
+    int calib_tokens; /* --calibrate-tokens N */
     const char *dump_after;
     int help;
     /* ref */
@@ -120,6 +123,12 @@ static int parse_opts(const char *prog, int argc, char **argv, opts *o, int allo
                 return util_usage_error(prog, "--quant: '%s' is not a format (expected fp8 or "
                                               "int4)",
                                         val);
+        } else if (TAKE("--calibrate") && !missing)
+            o->calib = val;
+        else if (TAKE("--calibrate-tokens") && !missing) {
+            if (util_parse_i64("--calibrate-tokens", val, 2, GPTQ_MAX_TOKENS, &v, &err))
+                return util_usage_error(prog, "%s", kerr_msg(&err));
+            o->calib_tokens = (int)v;
         } else if (allow_dump == 1 && TAKE("--dump-after") && !missing)
             o->dump_after = val;
         else if (allow_dump == 3 && (TAKE("-o") || TAKE("--out")) && !missing)
@@ -200,6 +209,11 @@ static int parse_opts(const char *prog, int argc, char **argv, opts *o, int allo
                                           "already have '%s')",
                                     a, o->model);
     }
+    if (o->calib && !o->quant_mode)
+        return util_usage_error(prog, "--calibrate chooses how --quant rounds: give --quant fp8 "
+                                      "or --quant int4 with it");
+    if (o->calib_tokens && !o->calib)
+        return util_usage_error(prog, "--calibrate-tokens needs --calibrate FILE");
     return 0;
 }
 
@@ -208,7 +222,8 @@ static kc_opts kopts(const opts *o, int need_weights)
     kc_opts k = {.spec = o->spec, .spec_path = o->spec_path, .n_spec_path = o->n_spec_path,
                  .strict = o->strict, .allow_nonfinite = o->allow_nonfinite,
                  .need_weights = need_weights, .ovr = &o->ovr, .tp = o->tp,
-                 .quant_mode = o->quant_mode, .gemm_kiln = o->gemm_kiln,
+                 .quant_mode = o->quant_mode, .calib_path = o->calib,
+                 .calib_tokens = o->calib_tokens, .gemm_kiln = o->gemm_kiln,
                  .fp8_dequant = o->fp8_dequant, .batch_invariant = o->batch_invariant,
                  .kv_fp8 = o->kv_fp8};
     return k;
@@ -269,6 +284,14 @@ static const char common_help[] =
     "                     as the GPU stores it. Embeddings, norms, the LM head and MoE experts\n"
     "                     stay as they are; published FP8 and INT4 checkpoints\n"
     "                     (quantization_config) are read without it\n"
+    "  --calibrate FILE   with --quant: choose each weight's grid value by GPTQ instead of\n"
+    "                     to nearest (the same grid, scales and format), calibrated on the\n"
+    "                     first tokens of FILE (UTF-8 text, encoded with the model's\n"
+    "                     tokenizer.json), run through the CPU reference in sequences of 256\n"
+    "                     tokens (or the model's limit); needs memory for every linear\n"
+    "                     input's Hessian at once (sum of in^2 x 4 bytes: printed)\n"
+    "  --calibrate-tokens N\n"
+    "                     tokens of FILE to calibrate on (default 2048)\n"
     "  --pooling mean|cls|last\n"
     "                     embedding models: pool this way instead of as the archspec does\n"
     "  --normalize yes|no embedding models: L2-normalise the pooled vector, or not\n"

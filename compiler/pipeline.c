@@ -94,6 +94,8 @@ int kc_open(kc *c, const char *model, const kc_opts *o, kerr *err)
     c->max_seq_len = o->max_seq_len ? o->max_seq_len : 2048;
     c->act_dtype = o->act_dtype == ST_F16 ? ST_F16 : ST_BF16;
     c->quant_mode = o->quant_mode;
+    c->calib_path = o->calib_path;
+    c->calib_tokens = o->calib_tokens;
     c->tp = o->tp;
     c->gemm_kiln = o->gemm_kiln;
     c->sm90a_only = o->sm90a_only;

@@ -19,6 +19,8 @@ typedef struct kc_opts {
     int max_tokens, max_seqs, max_seq_len; /* 0: defaults 1024, 16, 2048 */
     st_dtype act_dtype;    /* ST_BF16 (default) or ST_F16 */
     kc_quant quant_mode;   /* --quant fp8|int4 (quant.h) */
+    const char *calib_path;/* --calibrate FILE (with quant_mode; gptq.h) */
+    int calib_tokens;      /* --calibrate-tokens (0: the default) */
     const ovr_set *ovr;    /* --config, --override, --pooling, --normalize (overrides.h); NULL: none */
     int tp;                /* --tp N: the shard pass splits the graph for N ranks; 0: unsharded */
     int gemm_kiln;         /* --gemm kiln (kc.h) */

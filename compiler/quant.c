@@ -1,6 +1,7 @@
 /* quant — see quant.h. The dequantised tensors live in one list owned by the kc (kilnc runs
  * once: they are freed with it by quant_free). */
 #include "quant.h"
+#include "gptq.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 
@@ -46,6 +47,7 @@ typedef struct quant_state {
     qrows *rows;      /* per owned tensor: its quantised form by rows (quant_rows), or kind 0 */
     int n, cap;
     int n_companions; /* scale, zero and index tensors read; input scales skipped (FP8) */
+    int n_gptq;       /* --quant weights rounded by GPTQ (--calibrate) */
 } quant_state;
 
 static int is_int(const quant_state *s) { return s->scheme >= QS_AWQ; }
@@ -952,28 +954,39 @@ static int64_t int4_group(int64_t in)
 }
 
 /* One weight being rounded (quant_round): t's values go to d [rows, cols], each row's scales
- * to sc and INT4's zero points to zp ([rows, kb], kb groups of `group` columns). */
+ * to sc and INT4's zero points to zp ([rows, g.kb]). */
 typedef struct rowjob {
-    kc_quant mode;
-    st_dtype dt; /* INT4: the compute dtype its scales are stored in */
+    quant_grid g;
     const st_tensor *t;
     float *d, *sc, *zp;
-    int64_t cols, group, kb;
+    int64_t cols;
+    int nearest; /* round to nearest here; else the values only (GPTQ rounds them after) */
 } rowjob;
 
-/* FP8: the row rounded to e4m3 with one scale, absmax / 448 (1 when that is 0: a zero row, or
- * one too small for its scale to be a float). */
-static void fp8_row(float *row, int64_t n, float *scale)
+float quant_fp8_scale(const float *row, int64_t n)
 {
     float amax = 0;
     for (int64_t k = 0; k < n; k++)
         amax = fmaxf(amax, fabsf(row[k]));
     float s = amax / FP8_E4M3_MAX;
-    if (!(s > 0))
-        s = 1.0f;
+    return s > 0 ? s : 1.0f; /* a zero row, or one too small for its scale to be a float */
+}
+
+/* A zero is +0 whatever x's sign: the packer stores either zero as byte 0 (pack.c), so kilnc ref
+ * computes with the weights the GPU reads, bit for bit. */
+float quant_fp8_value(float x, float s)
+{
+    float v = fp8_e4m3_to_f32(fp8_e4m3_from_f32(x / s)) * s;
+    return v == 0 ? 0.0f : v;
+}
+
+/* FP8: the row rounded to e4m3 with one scale, absmax / 448. */
+static void fp8_row(float *row, int64_t n, float *scale)
+{
+    float s = quant_fp8_scale(row, n);
     *scale = s;
     for (int64_t k = 0; k < n; k++)
-        row[k] = fp8_e4m3_to_f32(fp8_e4m3_from_f32(row[k] / s)) * s;
+        row[k] = quant_fp8_value(row[k], s);
 }
 
 /* x rounded to dt (BF16 or F16), as the GPU stores it. */
@@ -983,33 +996,42 @@ static float to_dt(float x, st_dtype dt)
                         : util_bf16_to_f32(util_f32_to_bf16(x));
 }
 
+int quant_int4_params(const float *w, int64_t n, st_dtype dt, float *scale, float *zero)
+{
+    float lo = 0, hi = 0;
+    for (int64_t k = 0; k < n; k++) {
+        lo = fminf(lo, w[k]);
+        hi = fmaxf(hi, w[k]);
+    }
+    double s0 = ((double)hi - (double)lo) / 15.0; /* in double: hi - lo can pass FLT_MAX */
+    float s = s0 > FLT_MAX ? INFINITY : to_dt((float)s0, dt), z;
+    if (isinf(s))
+        return -1;
+    if (s == 0) /* a zero group, or one below dt's smallest scale: its values round to 0 */
+        s = 1.0f;
+    z = rintf(-lo / s);
+    *scale = s;
+    *zero = z > 15 ? 15.0f : z > 0 ? z : 0.0f;
+    return 0;
+}
+
+float quant_int4_value(float w, float s, float z)
+{
+    float v = fminf(fmaxf(rintf(w / s) + z, 0.0f), 15.0f);
+    return (v - z) * s; /* |q - z| <= 15, s of 8 (bf16) or 11 (f16) bits: exact */
+}
+
 /* INT4: the row rounded group by group (quant.h gives the rule), its scales and zero points in
  * sc and zp; -1, the row untouched, when a scale is Inf in dt (f16 weights past 65504 * 15). */
-static int int4_row(const rowjob *q, float *row, float *sc, float *zp)
+static int int4_row(const quant_grid *g, float *row, float *sc, float *zp)
 {
-    for (int64_t g = 0; g < q->kb; g++) {
-        const float *w = row + g * q->group;
-        float lo = 0, hi = 0;
-        for (int64_t k = 0; k < q->group; k++) {
-            lo = fminf(lo, w[k]);
-            hi = fmaxf(hi, w[k]);
-        }
-        double s0 = ((double)hi - (double)lo) / 15.0; /* in double: hi - lo can pass FLT_MAX */
-        float s = s0 > FLT_MAX ? INFINITY : to_dt((float)s0, q->dt), z;
-        if (isinf(s))
+    for (int64_t b = 0; b < g->kb; b++)
+        if (quant_int4_params(row + b * g->group, g->group, g->dt, &sc[b], &zp[b]))
             return -1;
-        if (s == 0) /* a zero group, or one below dt's smallest scale: its values round to 0 */
-            s = 1.0f;
-        z = rintf(-lo / s);
-        sc[g] = s;
-        zp[g] = z > 15 ? 15.0f : z > 0 ? z : 0.0f;
-    }
-    for (int64_t g = 0; g < q->kb; g++) {
-        float *w = row + g * q->group, s = sc[g], z = zp[g];
-        for (int64_t k = 0; k < q->group; k++) {
-            float v = fminf(fmaxf(rintf(w[k] / s) + z, 0.0f), 15.0f);
-            w[k] = (v - z) * s; /* |q - z| <= 15, s of 8 (bf16) or 11 (f16) bits: exact */
-        }
+    for (int64_t b = 0; b < g->kb; b++) {
+        float *w = row + b * g->group;
+        for (int64_t k = 0; k < g->group; k++)
+            w[k] = quant_int4_value(w[k], sc[b], zp[b]);
     }
     return 0;
 }
@@ -1021,43 +1043,63 @@ static void round_part(void *ctx, int chunk, int64_t lo, int64_t hi)
     rowjob *q = ctx;
     (void)chunk;
     for (int64_t r = lo; r < hi; r++) {
-        float *row = q->d + r * q->cols, *sc = q->sc + r * q->kb;
+        float *row = q->d + r * q->cols, *sc = q->sc + r * q->g.kb;
         int finite = 1;
         for (int64_t k = 0; k < q->cols; k++) {
             row[k] = scalar_at(q->t, (uint64_t)(r * q->cols + k));
             finite &= isfinite(row[k]) != 0;
         }
+        if (!q->nearest)
+            continue; /* gptq_round reads the values and makes the same checks */
         if (!finite) /* finite.c reports the row (or --allow-nonfinite) */
             sc[0] = NAN;
-        else if (q->mode == KC_QUANT_FP8)
+        else if (q->g.mode == KC_QUANT_FP8)
             fp8_row(row, q->cols, sc);
-        else if (int4_row(q, row, sc, q->zp + r * q->kb))
+        else if (int4_row(&q->g, row, sc, q->zp + r * q->g.kb))
             sc[0] = NAN;
     }
 }
 
-const st_tensor *quant_round(kc *c, const st_tensor *t)
+quant_grid quant_grid_of(const kc *c, int64_t cols)
 {
-    assert(t->ndim == 2 && (c->quant_mode == KC_QUANT_FP8 || c->quant_mode == KC_QUANT_INT4));
     int i4 = c->quant_mode == KC_QUANT_INT4;
     assert(!i4 || c->act_dtype == ST_BF16 || c->act_dtype == ST_F16);
-    int64_t rows = t->shape[0], cols = t->shape[1], group = i4 ? int4_group(cols) : cols;
-    int64_t kb = group ? cols / group : 1; /* group 0: a weight of no columns */
-    size_t nsc = (size_t)(rows * kb > 0 ? rows * kb : 1);
+    int64_t group = i4 ? int4_group(cols) : cols;
+    return (quant_grid){c->quant_mode, c->act_dtype, group, group ? cols / group : 1};
+}
+
+const st_tensor *quant_round(kc *c, const st_tensor *t, const float *hessian, kerr *err)
+{
+    assert(t->ndim == 2 && (c->quant_mode == KC_QUANT_FP8 || c->quant_mode == KC_QUANT_INT4));
+    int64_t rows = t->shape[0], cols = t->shape[1];
+    quant_grid g = quant_grid_of(c, cols); /* group 0, kb 1: a weight of no columns */
+    int i4 = g.mode == KC_QUANT_INT4;
+    size_t nsc = (size_t)(rows * g.kb > 0 ? rows * g.kb : 1);
     st_tensor *o = own(c, t, NULL);
-    rowjob q = {c->quant_mode, c->act_dtype, t, (float *)o->data, xmalloc(sizeof(float) * nsc),
-                i4 ? xmalloc(sizeof(float) * nsc) : NULL, cols, group, kb};
+    rowjob q = {g, t, (float *)o->data, xmalloc(sizeof(float) * nsc),
+                i4 ? xmalloc(sizeof(float) * nsc) : NULL, cols, !hessian};
     util_parallel_for(rows, round_part, &q); /* rows on every core: an 8B model has 7B weights */
+    if (hessian && gptq_round(&g, hessian, q.d, rows, cols, q.sc, q.zp)) {
+        free(q.sc);
+        free(q.zp);
+        return kerr_add(err, "--calibrate: tensor '%s': the Hessian of its input (from the "
+                             "calibration text) is not positive definite even with GPTQ's "
+                             "damping; try more or other text",
+                        t->name),
+               NULL;
+    }
     int all = 1;
     for (int64_t r = 0; r < rows; r++)
-        all &= !isnan(q.sc[r * kb]);
+        all &= !isnan(q.sc[r * g.kb]);
     if (all) /* else the packer stores the weight in the compute dtype */
         c->quant->rows[c->quant->n - 1] =
-            (qrows){i4 ? QROWS_INT4 : QROWS_E4M3, group == cols ? 0 : group, q.sc, q.zp};
+            (qrows){i4 ? QROWS_INT4 : QROWS_E4M3, g.group == cols ? 0 : g.group, q.sc, q.zp};
     else {
         free(q.sc);
         free(q.zp);
     }
+    if (hessian)
+        c->quant->n_gptq++;
     return o;
 }
 
@@ -1070,15 +1112,27 @@ const qrows *quant_rows(const kc *c, const st_tensor *t)
     return NULL;
 }
 
+/* quant_describe's end for --quant: how the values were chosen. */
+static void gptq_note(const kc *c, const quant_state *s, char *buf, size_t cap)
+{
+    if (s->n_gptq)
+        snprintf(buf, cap, " (computed here in fp32; %d by GPTQ calibrated on %d tokens of %s)",
+                 s->n_gptq, c->calib_ran, c->calib_path);
+    else
+        snprintf(buf, cap, " (computed here in fp32)");
+}
+
 const char *quant_describe(const kc *c, char *buf, size_t cap)
 {
     const quant_state *s = c->quant;
     if (!s || !s->n)
         return NULL;
     if (c->quant_mode == KC_QUANT_FP8) {
-        snprintf(buf, cap, "--quant fp8: %d linear weight%s rounded to e4m3 with a scale per row "
-                           "(computed here in fp32)",
-                 s->n, s->n == 1 ? "" : "s");
+        int k = snprintf(buf, cap, "--quant fp8: %d linear weight%s rounded to e4m3 with a scale "
+                                   "per row",
+                         s->n, s->n == 1 ? "" : "s");
+        if (k >= 0 && (size_t)k < cap)
+            gptq_note(c, s, buf + k, cap - (size_t)k);
         return buf;
     }
     if (c->quant_mode == KC_QUANT_INT4) {
@@ -1095,10 +1149,11 @@ const char *quant_describe(const kc *c, char *buf, size_t cap)
         }
         static const char *const what[4] = {"in groups of 128", "in groups of 64",
                                             "in groups of 32", "with one group per row"};
-        int k = snprintf(buf, cap, "--quant int4: %d linear weight%s rounded to INT4 (round to "
-                                   "nearest, asymmetric, %s scale and zero point per group "
-                                   "of input columns):",
-                         s->n, s->n == 1 ? "" : "s", c->act_dtype == ST_F16 ? "an f16" : "a bf16");
+        int k = snprintf(buf, cap, "--quant int4: %d linear weight%s rounded to INT4 (%s, "
+                                   "asymmetric, %s scale and zero point per group of input "
+                                   "columns):",
+                         s->n, s->n == 1 ? "" : "s", s->n_gptq ? "GPTQ" : "round to nearest",
+                         c->act_dtype == ST_F16 ? "an f16" : "a bf16");
         const char *sep = " ";
         for (int g = 0; g < 4; g++)
             if (n[g] && k >= 0 && (size_t)k < cap) {
@@ -1109,7 +1164,7 @@ const char *quant_describe(const kc *c, char *buf, size_t cap)
             k += snprintf(buf + k, cap - (size_t)k, "%s%d with NaN or Inf (not packed as INT4)",
                           sep, none);
         if (k >= 0 && (size_t)k < cap)
-            snprintf(buf + k, cap - (size_t)k, " (computed here in fp32)");
+            gptq_note(c, s, buf + k, cap - (size_t)k);
         return buf;
     }
     if (is_int(s)) {

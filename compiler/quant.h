@@ -86,6 +86,15 @@ int quant_dequant_packed(kc *c, const char *name, unsigned char *used, const st_
  * and a mode's name. */
 kc_quant quant_mode_parse(const char *name);
 const char *quant_mode_name(kc_quant mode);
+/* --quant's grid for a weight of `cols` input columns: the mode, the compute dtype INT4's
+ * scales are rounded to, and the groups (FP8: one of the whole row). */
+typedef struct quant_grid {
+    kc_quant mode;
+    st_dtype dt;   /* INT4: BF16 or F16 */
+    int64_t group; /* columns a scale covers (0 for a weight of no columns) */
+    int64_t kb;    /* scales a row: cols / group, 1 when group is 0 */
+} quant_grid;
+quant_grid quant_grid_of(const kc *c, int64_t cols);
 /* --quant (c->quant_mode, not KC_QUANT_NONE): the fp32 tensor of t ([out, in], F32/F16/BF16)
  * rounded row by row, dequantised again: the values the quantised weight holds, its quantised
  * form kept for quant_rows. The rounding of one row:
@@ -97,10 +106,22 @@ const char *quant_mode_name(kc_quant mode);
  *     GPU stores it in: pack.c's fill_int4sz; 1 when that is 0: a zero group), zero point z =
  *     rint(-lo / s) in 0..15, q = rint(w / s) + z clamped to 0..15, value (q - z) * s, exact in
  *     fp32: `kilnc ref` and the GPU compute with the same weights.
+ * With a `hessian` (H = sum of x x^T over the calibration tokens' inputs x of the linear, [in,
+ * in], from --calibrate: gptq.h), each value is still one of that grid's, but chosen by GPTQ
+ * (gptq_round) instead of to nearest; NULL with an error when H cannot be factored. Without
+ * one (NULL), round to nearest, which never fails.
  * A row with NaN or Inf (or an INT4 scale that is Inf in the compute dtype) is left as it is
  * and the weight keeps no quantised form: the packer stores all of it in the compute dtype
  * (finite.c reports the NaN or Inf unless --allow-nonfinite). Rows on every core. */
-const st_tensor *quant_round(kc *c, const st_tensor *t);
+const st_tensor *quant_round(kc *c, const st_tensor *t, const float *hessian, kerr *err);
+/* The grids' element rules, shared by round to nearest and GPTQ. FP8: a row's scale (absmax /
+ * 448, 1 for a zero row) and x's value on the grid (e4m3(x / s) * s). INT4: a group's scale s
+ * (in dt) and zero point z from its n values as above (-1 when s is Inf in dt), and w's value
+ * (q - z) * s. */
+float quant_fp8_scale(const float *row, int64_t n);
+float quant_fp8_value(float x, float s);
+int quant_int4_params(const float *w, int64_t n, st_dtype dt, float *s, float *z);
+float quant_int4_value(float w, float s, float z);
 /* A weight's quantised form by rows, when quant made it: its values are exactly (one fp32
  * multiply) fp8_e4m3_to_f32(q) * scale (QROWS_E4M3: a published FP8 checkpoint's, --quant
  * fp8's) or (q - zero) * scale with q in 0..15 (QROWS_INT4: AWQ, GPTQ 4-bit in column order,

@@ -12,7 +12,8 @@
  *     rank's part of the unsharded packed weight (a split weight holds 1/parts of it), with
  *     tp and the collective steps in the manifest; their translation units compile under NVRTC;
  *     `kilnc compile --tp 2` and `kiln inspect --verify` check both shards, and a swapped or
- *     missing rank shard is refused naming the rank.
+ *     missing rank shard is refused naming the rank; --quant int4 and fp8 of llama, also
+ *     calibrated (--calibrate, GPTQ), shard and pack as the published INT4 and FP8 ones do.
  */
 #include <math.h>
 #include <setjmp.h>
@@ -34,6 +35,7 @@
 #include "pipeline.h"
 #include "posenc.h"
 #include "quant.h"
+#include "testutil.h"
 
 #define FIX "tests/fixtures/"
 
@@ -482,16 +484,21 @@ static void test_kiln_run_without_gpu(void **state)
 
 /* ---------------------------------------------------------------- tensor parallelism */
 
-static void open_tp(kc *c, const char *name, kc_quant quant, int tp)
+/* The fixture `name` compiled in process for `tp` ranks, its linears rounded as --quant `quant`
+ * says and, with `calib` (a text file), calibrated on it (--calibrate: the fixture with a
+ * character-level tokenizer, tu_fixture_with_chars, since the fixtures have none). */
+static void open_tp(kc *c, const char *name, kc_quant quant, const char *calib, int tp)
 {
     char dir[256];
     snprintf(dir, sizeof dir, FIX "%s", name);
+    char *cdir = calib ? tu_fixture_with_chars(tmp, name) : NULL;
     kc_opts o = {.need_weights = 1, .max_seq_len = 256, .max_seqs = 4, .max_tokens = 256, .tp = tp,
-                 .quant_mode = quant};
+                 .quant_mode = quant, .calib_path = calib, .calib_tokens = 512};
     kerr err;
     kerr_clear(&err);
-    if (kc_open(c, dir, &o, &err) || kc_run(c, NULL, NULL, NULL, &err))
+    if (kc_open(c, cdir ? cdir : dir, &o, &err) || kc_run(c, NULL, NULL, NULL, &err))
         fail_msg("%s --tp %d: %s", name, tp, kerr_msg(&err));
+    free(cdir);
 }
 
 /* Every SHARD const of the graph, for rank r, is rank r's part of its input packed whole:
@@ -532,15 +539,17 @@ static int check_shard_nodes(const kgraph *g, int r)
     return split;
 }
 
-/* --tp N in process (no NVRTC), with --quant as `quant` says: the shards, the manifest's tp and
- * collectives, and every rank's tensors against the unsharded packed weights. */
-static void check_tp_q(const char *name, kc_quant quant, int tp)
+/* --tp N in process (no NVRTC), with --quant as `quant` says (calibrated on `calib` when not
+ * NULL: GPTQ's values are on the same grids): the shards, the manifest's tp and collectives,
+ * and every rank's tensors against the unsharded packed weights. */
+static void check_tp_q(const char *name, kc_quant quant, const char *calib, int tp)
 {
     kc c;
-    open_tp(&c, name, quant, tp);
+    open_tp(&c, name, quant, calib, tp);
     ka_manifest *m = &c.low->m;
     char dir[600];
-    snprintf(dir, sizeof dir, "%s/tp_%s%s_%d", tmp, name, quant ? quant_mode_name(quant) : "", tp);
+    snprintf(dir, sizeof dir, "%s/tp_%s%s%s_%d", tmp, name, quant ? quant_mode_name(quant) : "",
+             calib ? "cal" : "", tp);
     kerr err;
     kerr_clear(&err);
     if (pack_shards(&c, c.low, dir, 0, m, &err))
@@ -648,8 +657,13 @@ static void check_tp_q(const char *name, kc_quant quant, int tp)
         split = check_shard_nodes(c.g, r);
     }
     /* an FP8 checkpoint's linears stay FP8 (its 14 linear weights: 8 after qkv and gate/up are
-     * fused, on every rank); no other fixture has any */
-    assert_int_equal(fp8, strstr(name, "fp8") ? 8 * tp : 0);
+     * fused, on every rank); so do llama's with --quant fp8, but for o_proj and down_proj at tp
+     * 2: cut along K, and a scale per whole row cannot be (pack_qblock); no other fixture has
+     * any */
+    int want8 = strstr(name, "fp8")         ? 8 * tp
+                : quant == KC_QUANT_FP8     ? (tp == 1 ? 8 : 6 * tp)
+                                            : 0;
+    assert_int_equal(fp8, want8);
     /* INT4 (group 32): the AWQ fixture leaves layer 1's down_proj plain; at tp 2 layer 0's
      * down_proj (96 columns) is cut at 48, off a group edge, and stays bf16 too. llama --quant
      * int4: qkv, gate/up and down_proj (groups of 32) in both layers, o_proj (144 columns, one
@@ -667,7 +681,7 @@ static void check_tp_q(const char *name, kc_quant quant, int tp)
     kc_free(&c);
 }
 
-static void check_tp(const char *name, int tp) { check_tp_q(name, KC_QUANT_NONE, tp); }
+static void check_tp(const char *name, int tp) { check_tp_q(name, KC_QUANT_NONE, NULL, tp); }
 
 static void test_tp_shards(void **state)
 {
@@ -687,8 +701,13 @@ static void test_tp_shards(void **state)
     check_tp("llama_awq", 2);
     check_tp("llama_int4_ct", 1);
     check_tp("llama_int4_ct", 2);
-    check_tp_q("llama", KC_QUANT_INT4, 1); /* --quant int4: the same, rounded here */
-    check_tp_q("llama", KC_QUANT_INT4, 2);
+    check_tp_q("llama", KC_QUANT_INT4, NULL, 1); /* --quant int4: the same, rounded here */
+    check_tp_q("llama", KC_QUANT_INT4, NULL, 2);
+    /* --calibrate (GPTQ) on 512 characters of the README: the same grids, so the same packing */
+    check_tp_q("llama", KC_QUANT_INT4, "README.md", 1);
+    check_tp_q("llama", KC_QUANT_INT4, "README.md", 2);
+    check_tp_q("llama", KC_QUANT_FP8, "README.md", 1);
+    check_tp_q("llama", KC_QUANT_FP8, "README.md", 2);
 }
 
 /* A split weight's halves differ between the ranks and concatenate to the whole: llama's
@@ -697,7 +716,7 @@ static void test_tp_halves(void **state)
 {
     (void)state;
     kc c;
-    open_tp(&c, "llama", KC_QUANT_NONE, 2);
+    open_tp(&c, "llama", KC_QUANT_NONE, NULL, 2);
     const st_tensor *q = st_find(c.weights, "model.layers.0.self_attn.q_proj.weight");
     const st_tensor *o = st_find(c.weights, "model.layers.0.self_attn.o_proj.weight");
     assert_non_null(q);
@@ -745,7 +764,7 @@ static void test_tp_nvrtc(void **state)
     static const char *fx[] = {"bloom", "mixtral", "llama_tied_oldstyle"};
     for (size_t i = 0; i < ARRAY_LEN(fx); i++) {
         kc c;
-        open_tp(&c, fx[i], KC_QUANT_NONE, 2);
+        open_tp(&c, fx[i], KC_QUANT_NONE, NULL, 2);
         char *src = codegen_source(c.low, fx[i]);
         assert_non_null(strstr(src, "kiln::gather_ranks<"));
         if (!strcmp(fx[i], "bloom"))

@@ -743,7 +743,7 @@ static void test_quant_rows(void **state)
     kc c;
     memset(&c, 0, sizeof c);
     c.quant_mode = KC_QUANT_FP8;
-    const st_tensor *q = quant_round(&c, &t);
+    const st_tensor *q = quant_round(&c, &t, NULL, NULL);
     const float *d = q->data;
     assert_true(d[17] == -3.0f);
     for (int r = 0; r < RR; r++) {
@@ -778,7 +778,7 @@ static const float *int4_of(kc *c, st_dtype dt, float *w, int64_t rows, int64_t 
                      .nbytes = sizeof(float) * (size_t)(rows * cols)};
     c->quant_mode = KC_QUANT_INT4;
     c->act_dtype = dt;
-    const st_tensor *q = quant_round(c, t);
+    const st_tensor *q = quant_round(c, t, NULL, NULL);
     *qr = quant_rows(c, q);
     free(t);
     assert_int_equal(q->dtype, ST_F32);

@@ -5,6 +5,7 @@
  *
  *   tu_tmpdir / tu_rmrf         a fresh mkdtemp folder under /tmp, removed at the end
  *   tu_write / tu_write_bytes   files with given contents; tu_read reads one back
+ *   tu_fixture_with_chars       a fixture with a character-level tokenizer (for text input)
  *   assert_contains(s, sub)     fails with the whole text printed, so a changed message is
  *                               visible in the test log, not just "assertion failed"
  *   tu_write_llama              a tiny random-weight Llama checkpoint (config.json and
@@ -18,6 +19,7 @@
 #ifndef KILN_TESTUTIL_H
 #define KILN_TESTUTIL_H
 
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -147,6 +149,35 @@ static inline char *tu_write(const char *dir, const char *name, const char *text
 
 /* dir/name (heap). */
 static inline char *tu_path(const char *dir, const char *name) { return util_path_join(dir, name); }
+
+/* dir/NAME: the fixture tests/fixtures/NAME (its config.json and model.safetensors, linked)
+ * with a character-level tokenizer.json (WordLevel: each printable ASCII character its own
+ * token, ids 1..95; anything else <unk>, id 0), for what needs text and the fixtures' lack of a
+ * tokenizer (--calibrate). Returns the folder (heap). */
+static inline char *tu_fixture_with_chars(const char *dir, const char *name)
+{
+    char *d = util_path_join(dir, name), src[PATH_MAX], rel[600];
+    mkdir(d, 0755);
+    static const char *const files[] = {"config.json", "model.safetensors"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(rel, sizeof rel, "tests/fixtures/%s/%s", name, files[i]);
+        char *link = util_path_join(d, files[i]);
+        if (!realpath(rel, src) || (symlink(src, link) && access(link, F_OK)))
+            tu_die("linking", rel);
+        free(link);
+    }
+    char tok[4096];
+    int k = snprintf(tok, sizeof tok, "{\"model\": {\"type\": \"WordLevel\", \"unk_token\": "
+                                      "\"<unk>\", \"vocab\": {\"<unk>\": 0");
+    for (int c = 32; c < 127; c++)
+        k += snprintf(tok + k, sizeof tok - (size_t)k, ", \"%s%c\": %d",
+                      c == '"' || c == '\\' ? "\\" : "", c, c - 31);
+    snprintf(tok + k, sizeof tok - (size_t)k, "}}, \"pre_tokenizer\": {\"type\": \"Split\", "
+                                              "\"pattern\": {\"Regex\": \".\"}, \"behavior\": "
+                                              "\"Isolated\"}}");
+    free(tu_write(d, "tokenizer.json", tok));
+    return d;
+}
 
 static inline char *tu_read(const char *path, size_t *len)
 {

@@ -6,15 +6,19 @@
  * checkpoint's. FP8 weights (F8_E4M3 with config.json's quantization_config), integer ones
  * (a spec's X.weight stored packed as X.qweight or X.weight_packed, AWQ, GPTQ or
  * pack-quantized) and, with --quant fp8 or int4, the linears' weights are bound to their fp32
- * dequantised values (quant.h).
+ * dequantised values (quant.h). With --calibrate those linears are first bound unquantised, the
+ * model run over the calibration text (gptq.h), and then rounded by GPTQ, once every weight is
+ * bound and none has NaN or Inf.
  * Checkpoint tensors that no node uses are listed by name: a warning, or an
  * error with --strict, since an unused tensor usually means the spec skips part of the model.
  * Every bound tensor is scanned for NaN and Inf (finite.c): an error naming the tensor and the
  * first bad element, or a warning with --allow-nonfinite.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "gptq.h"
 #include "passes.h"
 #include "quant.h"
 
@@ -124,6 +128,32 @@ static int linear_only(const kgraph *g, int id)
     return readers > 0;
 }
 
+/* --calibrate: the linear weights of nodes ids[0..n) (bound unquantised) rounded by GPTQ with
+ * the Hessians of a calibration run of the whole graph. */
+static int round_calibrated(kc *c, const int *ids, int n, kerr *err)
+{
+    gptq_calib *cal = gptq_calibrate(c, ids, n, err);
+    if (!cal)
+        return -1;
+    double t0 = util_now();
+    int rc = 0;
+    for (int k = 0; k < n && !rc; k++) {
+        kg_node *nd = &c->g->nodes[ids[k]];
+        const st_tensor *q = quant_round(c, nd->bound, gptq_hessian(cal, ids[k]), err);
+        if (!q) {
+            rc = -1;
+            break;
+        }
+        nd->bound = q;
+        nd->dtype = q->dtype;
+    }
+    gptq_calib_free(cal);
+    if (!rc)
+        fprintf(stderr, "kilnc: --calibrate: GPTQ rounded %d weights in %.1f s\n", n,
+                util_now() - t0);
+    return rc;
+}
+
 /* NaN or Inf in the bound weights: errors, or warnings with --allow-nonfinite. */
 static int check_finite(kc *c, kerr *err)
 {
@@ -178,6 +208,7 @@ int pass_bind_weights(kc *c, kerr *err)
             used[t - w->tensors] = 1;
     }
     int rc = 0, missing = 0;
+    int *calib = xmalloc(sizeof(int) * (size_t)(g->n ? g->n : 1)), n_calib = 0;
     c->n_params = 0;
     c->n_bound = 0;
     for (int i = 0; i < g->n; i++) {
@@ -233,7 +264,10 @@ int pass_bind_weights(kc *c, kerr *err)
                           w->files[t->file].path, n->weight, st_dtype_name(t->dtype));
             continue;
         } else if (c->quant_mode && linear_only(g, i)) {
-            bt = quant_round(c, t);
+            if (c->calib_path) /* bound as it is until every weight is: round_calibrated */
+                calib[n_calib++] = i;
+            else
+                bt = quant_round(c, t, NULL, err);
         }
         n->bound = bt;
         n->dtype = bt->dtype;
@@ -246,6 +280,9 @@ int pass_bind_weights(kc *c, kerr *err)
                  w->origin, missing - MAX_MISSING_SHOWN);
     if (check_finite(c, err))
         rc = -1;
+    if (!rc && n_calib && round_calibrated(c, calib, n_calib, err))
+        rc = -1;
+    free(calib);
 
     /* Unused tensors, minus those the spec declares it ignores. */
     const char **names = xmalloc(sizeof(char *) * (size_t)(w->n ? w->n : 1));

@@ -1,0 +1,496 @@
+/* gptq — see gptq.h. The Hessians, the factor and the rows' scratch are malloc'd and freed
+ * here; gptq_calib is freed by its caller (bind_weights) once the weights are rounded. */
+#include "gptq.h"
+
+#include <assert.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ref.h"
+#include "tokenizer/tokenizer.h"
+
+/* ---------------------------------------------------------------- the factor */
+
+/* Columns of the upper-triangular inverse of V [K, K] (row-major, double) into U (float):
+ * column j of U solves V u = e_j from the bottom up, in j^2 / 2 steps; p in [lo, hi) does
+ * columns p and K-1-p (equal work a pair). */
+typedef struct invjob {
+    const double *V;
+    float *U;
+    int64_t K;
+} invjob;
+
+static void inv_col(const invjob *q, double *u, int64_t j)
+{
+    const double *V = q->V;
+    int64_t K = q->K;
+    u[j] = 1.0 / V[j * K + j];
+    for (int64_t i = j - 1; i >= 0; i--) {
+        double s = 0;
+        for (int64_t k = i + 1; k <= j; k++)
+            s += V[i * K + k] * u[k];
+        u[i] = -s / V[i * K + i];
+    }
+    for (int64_t i = 0; i <= j; i++)
+        q->U[i * K + j] = (float)u[i];
+    for (int64_t i = j + 1; i < K; i++)
+        q->U[i * K + j] = 0;
+}
+
+static void inv_part(void *ctx, int chunk, int64_t lo, int64_t hi)
+{
+    const invjob *q = ctx;
+    double *u = xmalloc(sizeof(double) * (size_t)q->K);
+    (void)chunk;
+    for (int64_t p = lo; p < hi; p++) {
+        inv_col(q, u, p);
+        if (q->K - 1 - p != p)
+            inv_col(q, u, q->K - 1 - p);
+    }
+    free(u);
+}
+
+/* Rows [lo, hi) below the diagonal of column j of the Cholesky factor L (lower, in place in
+ * B's lower triangle). */
+typedef struct choljob {
+    double *B;
+    int64_t K, j;
+} choljob;
+
+static void chol_part(void *ctx, int chunk, int64_t lo, int64_t hi)
+{
+    const choljob *q = ctx;
+    double *B = q->B;
+    int64_t K = q->K, j = q->j;
+    const double *lj = B + j * K;
+    (void)chunk;
+    for (int64_t i = j + 1 + lo; i < j + 1 + hi; i++) {
+        double *li = B + i * K, s = li[j];
+        for (int64_t k = 0; k < j; k++)
+            s -= li[k] * lj[k];
+        li[j] = s / lj[j];
+    }
+}
+
+/* U [K, K] (float, upper; the strict lower triangle 0), U^T U = (H')^-1 for H' = H with dead
+ * inputs set to 1 and 1% of the mean diagonal added, and dead[k] set for the inputs with H_kk
+ * = 0. The upper Cholesky factor of an inverse, without forming the inverse: with P the
+ * reversal of the K indices, P H' P = L L^T (Cholesky), so H' = V V^T with V = P L P upper, and
+ * U = V^-1 (then U^T U = (V V^T)^-1). -1 when H' is not positive definite. */
+static int factor(const float *H, int64_t K, float *U, unsigned char *dead)
+{
+    double *B = xmalloc(sizeof(double) * (size_t)(K * K)), mean = 0;
+    for (int64_t i = 0; i < K; i++) {
+        dead[i] = H[i * K + i] == 0;
+        mean += dead[i] ? 1.0 : (double)H[i * K + i];
+    }
+    double damp = 0.01 * mean / (double)K;
+    /* B = P H' P, lower triangle: B[i][j] = H'[K-1-i][K-1-j], read from H's upper triangle */
+    for (int64_t i = 0; i < K; i++)
+        for (int64_t j = 0; j <= i; j++) {
+            int64_t a = K - 1 - i, b = K - 1 - j; /* a <= b */
+            B[i * K + j] = a == b ? (dead[a] ? 1.0 : (double)H[a * K + a]) + damp
+                                  : (double)H[a * K + b];
+        }
+    for (int64_t j = 0; j < K; j++) {
+        double *lj = B + j * K, d = lj[j];
+        for (int64_t k = 0; k < j; k++)
+            d -= lj[k] * lj[k];
+        if (!(d > 0) || !isfinite(d)) {
+            free(B);
+            return -1;
+        }
+        lj[j] = sqrt(d);
+        choljob cj = {B, K, j};
+        if ((K - j - 1) * j >= 1 << 16) /* enough work for the threads' start */
+            util_parallel_for(K - j - 1, chol_part, &cj);
+        else
+            chol_part(&cj, 0, 0, K - j - 1);
+    }
+    /* V = P L P, upper: V[i][j] = L[K-1-i][K-1-j] for j >= i; written over B's upper part
+     * would alias the lower one still being read, so into a fresh matrix */
+    double *V = xmalloc(sizeof(double) * (size_t)(K * K));
+    for (int64_t i = 0; i < K; i++)
+        for (int64_t j = i; j < K; j++)
+            V[i * K + j] = B[(K - 1 - i) * K + (K - 1 - j)];
+    free(B);
+    invjob ij = {V, U, K};
+    util_parallel_for((K + 1) / 2, inv_part, &ij);
+    free(V);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- the rows */
+
+#define GPTQ_TILE 16 /* rows rounded together: each row of U read once a tile */
+
+typedef struct gjob {
+    const quant_grid *g;
+    const float *U;
+    const unsigned char *dead;
+    float *w, *sc, *zp;
+    int64_t K;
+} gjob;
+
+/* Row r of the tile starting at t0 failed (NaN or Inf, or an INT4 scale Inf): as it was. */
+static void give_up(const gjob *q, int64_t r, const float *orig, unsigned char *ok)
+{
+    memcpy(q->w + r * q->K, orig, sizeof(float) * (size_t)q->K);
+    q->sc[r * q->g->kb] = NAN;
+    *ok = 0;
+}
+
+static void gptq_part(void *ctx, int chunk, int64_t lo, int64_t hi)
+{
+    const gjob *q = ctx;
+    const quant_grid *g = q->g;
+    const float *U = q->U;
+    int64_t K = q->K, kb = g->kb;
+    int i4 = g->mode == KC_QUANT_INT4;
+    float *orig = xmalloc(sizeof(float) * (size_t)(GPTQ_TILE * K));
+    float E[GPTQ_TILE][GPTQ_BLOCK];
+    unsigned char ok[GPTQ_TILE];
+    (void)chunk;
+    for (int64_t t0 = lo; t0 < hi; t0 += GPTQ_TILE) {
+        int nt = (int)(hi - t0 < GPTQ_TILE ? hi - t0 : GPTQ_TILE);
+        for (int r = 0; r < nt; r++) {
+            float *row = q->w + (t0 + r) * K;
+            memcpy(orig + r * K, row, sizeof(float) * (size_t)K);
+            ok[r] = 1;
+            for (int64_t k = 0; k < K && ok[r]; k++)
+                ok[r] = isfinite(row[k]) != 0;
+            if (!ok[r]) { /* finite.c reports the row (or --allow-nonfinite) */
+                q->sc[(t0 + r) * kb] = NAN;
+                continue;
+            }
+            if (!i4)
+                q->sc[t0 + r] = quant_fp8_scale(row, K); /* of the original row */
+            for (int64_t k = 0; k < K; k++)
+                if (q->dead[k])
+                    row[k] = 0;
+        }
+        for (int64_t b0 = 0; b0 < K; b0 += GPTQ_BLOCK) {
+            int64_t b1 = b0 + GPTQ_BLOCK < K ? b0 + GPTQ_BLOCK : K;
+            for (int r = 0; r < nt; r++) {
+                float *row = q->w + (t0 + r) * K, *sc = q->sc + (t0 + r) * kb,
+                      *zp = i4 ? q->zp + (t0 + r) * kb : NULL;
+                for (int64_t i = b0; i < b1 && ok[r]; i++) {
+                    float s, z = 0, v;
+                    if (i4) {
+                        int64_t b = i / g->group;
+                        /* a group within this block (or the whole row, met at column 0):
+                         * every update from the columns before it has landed */
+                        assert(i % g->group || i == 0 || (i - b0) + g->group <= GPTQ_BLOCK);
+                        if (i % g->group == 0 &&
+                            quant_int4_params(row + i, g->group, g->dt, &sc[b], &zp[b])) {
+                            give_up(q, t0 + r, orig + r * K, &ok[r]);
+                            break;
+                        }
+                        s = sc[b];
+                        z = zp[b];
+                        v = quant_int4_value(row[i], s, z);
+                    } else {
+                        v = quant_fp8_value(row[i], sc[0]);
+                    }
+                    float e = (row[i] - v) / U[i * K + i];
+                    const float *u = U + i * K;
+                    row[i] = v;
+                    E[r][i - b0] = e;
+                    if (e != 0)
+                        for (int64_t j = i + 1; j < b1; j++)
+                            row[j] -= e * u[j];
+                }
+            }
+            /* the block's errors onto the columns after it: U's row i read once a tile */
+            for (int64_t i = b0; i < b1 && b1 < K; i++) {
+                const float *u = U + i * K;
+                for (int r = 0; r < nt; r++) {
+                    float e = E[r][i - b0], *row = q->w + (t0 + r) * K;
+                    if (!ok[r] || e == 0)
+                        continue;
+                    for (int64_t j = b1; j < K; j++)
+                        row[j] -= e * u[j];
+                }
+            }
+        }
+    }
+    free(orig);
+}
+
+int gptq_round(const quant_grid *g, const float *H, float *w, int64_t rows, int64_t K, float *sc,
+               float *zp)
+{
+    assert(g->mode == KC_QUANT_FP8 || g->mode == KC_QUANT_INT4);
+    assert(g->mode == KC_QUANT_FP8 ? g->kb == 1 : g->group * g->kb == K);
+    if (K == 0) { /* a weight of no columns: scale 1 (and zero point 0), as to nearest */
+        for (int64_t r = 0; r < rows; r++) {
+            sc[r] = 1.0f;
+            if (zp)
+                zp[r] = 0;
+        }
+        return 0;
+    }
+    float *U = xmalloc(sizeof(float) * (size_t)(K * K));
+    unsigned char *dead = xmalloc((size_t)K);
+    if (factor(H, K, U, dead)) {
+        free(U);
+        free(dead);
+        return -1;
+    }
+    gjob q = {g, U, dead, w, sc, zp, K};
+    util_parallel_for(rows, gptq_part, &q);
+    free(U);
+    free(dead);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- calibration */
+
+struct gptq_calib {
+    const kgraph *g;
+    int n;        /* distinct linear inputs */
+    int *node;    /* [n] their nodes */
+    int64_t *k;   /* [n] their widths */
+    float **H;    /* [n] [k, k], upper triangle filled */
+    float **sums; /* gptq_hessian's sums for weights read from several inputs */
+    int n_sums;
+};
+
+void gptq_calib_free(gptq_calib *cal)
+{
+    if (!cal)
+        return;
+    for (int i = 0; i < cal->n; i++)
+        free(cal->H[i]);
+    for (int i = 0; i < cal->n_sums; i++)
+        free(cal->sums[i]);
+    free(cal->node);
+    free(cal->k);
+    free(cal->H);
+    free(cal->sums);
+    free(cal);
+}
+
+static int input_index(const gptq_calib *cal, int node)
+{
+    for (int i = 0; i < cal->n; i++)
+        if (cal->node[i] == node)
+            return i;
+    return -1;
+}
+
+const float *gptq_hessian(gptq_calib *cal, int weight)
+{
+    const kgraph *g = cal->g;
+    int first = -1, many = 0;
+    for (int i = 0; i < g->n; i++)
+        if (g->nodes[i].op == KG_LINEAR && g->nodes[i].in[1] == weight) {
+            int d = input_index(cal, g->nodes[i].in[0]);
+            assert(d >= 0);
+            if (first < 0)
+                first = d;
+            else if (d != first)
+                many = 1;
+        }
+    assert(first >= 0);
+    if (!many)
+        return cal->H[first];
+    /* a weight shared by linears of different inputs: the GPTQ objective is their sum */
+    int64_t K = cal->k[first];
+    float *s = xcalloc((size_t)(K * K), sizeof(float));
+    unsigned char *seen = xcalloc((size_t)cal->n, 1);
+    for (int i = 0; i < g->n; i++)
+        if (g->nodes[i].op == KG_LINEAR && g->nodes[i].in[1] == weight) {
+            int d = input_index(cal, g->nodes[i].in[0]);
+            if (seen[d]++)
+                continue;
+            for (int64_t e = 0; e < K * K; e++)
+                s[e] += cal->H[d][e];
+        }
+    free(seen);
+    cal->sums = xrealloc(cal->sums, sizeof *cal->sums * (size_t)(cal->n_sums + 1));
+    cal->sums[cal->n_sums++] = s;
+    return s;
+}
+
+/* H += X^T X for one forward's X [n, K] (given transposed: xt [K, n]), upper triangle, each
+ * entry's sum over the forward in double. Rows i and K-1-i go together: equal work a pair. */
+typedef struct hjob {
+    const float *xt;
+    float *H;
+    int64_t K, n;
+} hjob;
+
+static void hess_row(const hjob *q, int64_t i)
+{
+    const float *a = q->xt + i * q->n;
+    for (int64_t j = i; j < q->K; j++) {
+        const float *b = q->xt + j * q->n;
+        double s = 0;
+        for (int64_t t = 0; t < q->n; t++)
+            s += (double)a[t] * b[t];
+        q->H[i * q->K + j] += (float)s;
+    }
+}
+
+static void hess_part(void *ctx, int chunk, int64_t lo, int64_t hi)
+{
+    const hjob *q = ctx;
+    (void)chunk;
+    for (int64_t p = lo; p < hi; p++) {
+        hess_row(q, p);
+        if (q->K - 1 - p != p)
+            hess_row(q, q->K - 1 - p);
+    }
+}
+
+/* Memory the machine has available (MemAvailable), or 0 when unknown. */
+static double mem_available(void)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[256];
+    double kb = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %lf kB", &kb) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return kb * 1024.0;
+}
+
+/* The first `want` tokens of the calibration text (at most 64 bytes a token read), as `kiln
+ * perplexity` encodes its text. */
+static int64_t *calib_ids(kc *c, int want, int *n, kerr *err)
+{
+    size_t len;
+    char *text = util_read_file(c->calib_path, &len, err);
+    if (!text)
+        return kerr_add(err, "--calibrate %s: cannot read the calibration text", c->calib_path),
+               NULL;
+    size_t cap = (size_t)want * 64 < TOK_MAX_TEXT ? (size_t)want * 64 : TOK_MAX_TEXT;
+    if (len > cap) { /* cut at a character boundary */
+        len = cap;
+        while (len > 0 && ((unsigned char)text[len] & 0xC0) == 0x80)
+            len--;
+    }
+    tokenizer *tok = tok_load(c->model_dir, err);
+    int32_t *t32 = NULL;
+    size_t nt = 0;
+    if (!tok || tok_encode(tok, text, len, 1, &t32, &nt, err)) {
+        kerr_add(err, "--calibrate %s: cannot tokenise it with %s's tokenizer", c->calib_path,
+                 c->model_dir);
+        free(text);
+        tok_free(tok);
+        return NULL;
+    }
+    free(text);
+    tok_free(tok);
+    if (nt < 2) {
+        free(t32);
+        return kerr_add(err, "--calibrate %s: the text encodes to %zu token%s; calibration needs "
+                             "at least 2 (give more text)",
+                        c->calib_path, nt, nt == 1 ? "" : "s"),
+               NULL;
+    }
+    *n = nt < (size_t)want ? (int)nt : want;
+    int64_t *ids = xmalloc(sizeof(int64_t) * (size_t)*n);
+    for (int i = 0; i < *n; i++)
+        ids[i] = t32[i];
+    free(t32);
+    return ids;
+}
+
+gptq_calib *gptq_calibrate(kc *c, const int *weights, int n, kerr *err)
+{
+    const kgraph *g = c->g;
+    gptq_calib *cal = xcalloc(1, sizeof *cal);
+    cal->g = g;
+    cal->node = xmalloc(sizeof(int) * (size_t)(g->n ? g->n : 1));
+    cal->k = xmalloc(sizeof(int64_t) * (size_t)(g->n ? g->n : 1));
+    double bytes = 0;
+    for (int w = 0; w < n; w++)
+        for (int i = 0; i < g->n; i++)
+            if (g->nodes[i].op == KG_LINEAR && g->nodes[i].in[1] == weights[w] &&
+                input_index(cal, g->nodes[i].in[0]) < 0) {
+                cal->node[cal->n] = g->nodes[i].in[0];
+                cal->k[cal->n] = g->nodes[weights[w]].shape[1];
+                bytes += (double)cal->k[cal->n] * (double)cal->k[cal->n] * sizeof(float);
+                cal->n++;
+            }
+    cal->H = xcalloc((size_t)(cal->n ? cal->n : 1), sizeof *cal->H); /* filled below */
+    char b1[32], b2[32];
+    double avail = mem_available();
+    if (avail > 0 && bytes > 0.9 * avail) {
+        kerr_add(err, "--calibrate: GPTQ holds the Hessians of all %d linear inputs at once "
+                      "(float [in, in] each): %s, more than the %s this machine has available; "
+                      "drop --calibrate (round to nearest) or run kilnc on a machine with more "
+                      "memory (--calibrate-tokens does not change it)",
+                 cal->n, util_human_bytes(bytes, b1, sizeof b1),
+                 util_human_bytes(avail, b2, sizeof b2));
+        gptq_calib_free(cal);
+        return NULL;
+    }
+    int nt = 0;
+    int64_t *ids = calib_ids(c, c->calib_tokens ? c->calib_tokens : GPTQ_TOKENS, &nt, err);
+    if (!ids) {
+        gptq_calib_free(cal);
+        return NULL;
+    }
+    int64_t maxpos = 0;
+    if (config_int(c->cfg, "max_position_embeddings", 1, 0, &maxpos, err)) {
+        free(ids);
+        gptq_calib_free(cal);
+        return NULL;
+    }
+    int L = maxpos > 0 && maxpos < GPTQ_SEQ ? (int)maxpos : GPTQ_SEQ;
+    fprintf(stderr, "kilnc: --calibrate: %d tokens of %s in %d sequences of up to %d; the "
+                    "Hessians of %d linear inputs: %s (float)\n",
+            nt, c->calib_path, (nt + L - 1) / L, L, cal->n, util_human_bytes(bytes, b1, sizeof b1));
+    double t0 = util_now();
+    for (int d = 0; d < cal->n; d++)
+        cal->H[d] = xcalloc((size_t)(cal->k[d] * cal->k[d]), sizeof(float));
+    ref *r = ref_new(g, L, err);
+    for (int d = 0; r && d < cal->n; d++)
+        ref_keep(r, cal->node[d]);
+    float *xt = NULL;
+    int rc = r ? 0 : -1;
+    for (int off = 0; !rc && off < nt; off += L) {
+        int len = nt - off < L ? nt - off : L;
+        ref_reset(r);
+        if ((rc = ref_forward(r, ids + off, NULL, len, err)))
+            break;
+        for (int d = 0; d < cal->n; d++) {
+            int rows, cols;
+            const float *x = ref_value(r, cal->node[d], &rows, &cols);
+            int64_t K = cal->k[d];
+            assert(x && rows == len && cols == K);
+            xt = xrealloc(xt, sizeof(float) * (size_t)(K * len));
+            for (int t = 0; t < len; t++)
+                for (int64_t k = 0; k < K; k++)
+                    xt[k * len + t] = x[t * K + k];
+            hjob hj = {xt, cal->H[d], K, len};
+            util_parallel_for((K + 1) / 2, hess_part, &hj);
+        }
+    }
+    free(xt);
+    free(ids);
+    ref_free(r);
+    for (int d = 0; !rc && d < cal->n; d++)
+        for (int64_t e = 0; e < cal->k[d] * cal->k[d]; e++)
+            if (!isfinite(cal->H[d][e])) {
+                rc = kerr_add(err, "--calibrate: the calibration forward gave NaN or Inf at '%s' "
+                                   "(a linear's input); GPTQ needs finite activations",
+                              g->nodes[cal->node[d]].name);
+                break;
+            }
+    if (rc) {
+        kerr_add(err, "--calibrate %s: the calibration forward failed", c->calib_path);
+        gptq_calib_free(cal);
+        return NULL;
+    }
+    c->calib_ran = nt;
+    fprintf(stderr, "kilnc: --calibrate: forward and Hessians in %.1f s\n", util_now() - t0);
+    return cal;
+}

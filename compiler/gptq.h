@@ -1,0 +1,68 @@
+/* gptq — calibrated rounding for --quant fp8|int4 (kilnc --calibrate FILE): GPTQ (Frantar et
+ * al. 2022, "GPTQ: Accurate Post-Training Quantization for Generative Pre-trained
+ * Transformers"), without act order.
+ *
+ * It changes only WHICH grid value each weight takes: the result is exactly e4m3 x the row's
+ * scale, or (q - z) x s per group with q in 0..15, as --quant's round to nearest gives (quant.h),
+ * so quant_rows, the packer and the GPU kernels take it as they are.
+ *
+ * Two parts:
+ *   gptq_calibrate: runs the CPU reference (ref.h) over the calibration text, the model's
+ *     linears still unquantised, and sums H = sum over tokens of x x^T (float [K, K], each
+ *     forward's sum in double) for every distinct input x of the linears to be rounded; linears
+ *     reading one input (q/k/v, gate/up) share its H. One forward over all layers at once: every
+ *     H is held together (sum of K^2 x 4 bytes over the inputs; printed, and refused when it
+ *     exceeds the memory the machine has available). The rows run are the first `tokens` of the
+ *     text (tokenised as `kiln perplexity` does: the model's tokenizer.json, special tokens
+ *     added) in sequences of GPTQ_SEQ tokens, or the model's max_position_embeddings when
+ *     smaller, each one a fresh sequence.
+ *   gptq_round: one weight [rows, K] and its H -> its values rounded on the grid, column by
+ *     column in order, each column's rounding error pushed onto the columns not yet rounded
+ *     through the upper Cholesky factor U of the damped H^-1:
+ *       q_i = grid(w_i); e = (w_i - q_i) / U_ii; w_j -= e * U_ij for j > i,
+ *     lazily in blocks of GPTQ_BLOCK columns (the paper's; equal to doing it column by column
+ *     up to float rounding). As the reference implementation (gptq.py's fasterquant): inputs
+ *     with H_ii = 0 (dead) get H_ii = 1 and their weight column is zeroed; damping adds 1% of
+ *     the mean diagonal to the diagonal. FP8's row scale comes from the original row (absmax /
+ *     448, as round to nearest); INT4's scale and zero point of a group from its current
+ *     (error-updated) columns when the loop reaches its first column (static_groups=False: a
+ *     group never straddles a block, so every update from the columns before it has landed;
+ *     gptq.py's groups of 32 or 64 see their block's start instead). The arithmetic: H's
+ *     factorisation in double, U and the updates in float (as gptq.py).
+ */
+#ifndef KILN_GPTQ_H
+#define KILN_GPTQ_H
+
+#include <stdint.h>
+
+#include "kc.h"
+#include "quant.h"
+
+#define GPTQ_BLOCK 128        /* columns a lazy update covers (a multiple of every INT4 group) */
+#define GPTQ_SEQ 256          /* calibration sequence length (the model's limit when smaller) */
+#define GPTQ_TOKENS 2048      /* --calibrate-tokens' default */
+#define GPTQ_MAX_TOKENS (1 << 24)
+
+/* Rounds w [rows, K] in place on grid g (quant_grid_of) by GPTQ with H [K, K] (symmetric; its
+ * upper triangle is read), the scales to sc and INT4's zero points to zp ([rows, g->kb]). A
+ * row with NaN or Inf, or an INT4 group whose scale is Inf in g->dt, is left as it was, its
+ * first scale NaN (quant_round's rule). With H the identity (or any diagonal H) it gives
+ * exactly round to nearest. -1 when the damped H is not positive definite (H with NaN). Rows on
+ * every core. */
+int gptq_round(const quant_grid *g, const float *H, float *w, int64_t rows, int64_t K, float *sc,
+               float *zp);
+
+/* The Hessians of the calibration run (gptq_calibrate), freed by gptq_calib_free. */
+typedef struct gptq_calib gptq_calib;
+/* Runs c->g (bound; `weights`' nodes still unquantised) over the first c->calib_tokens tokens of
+ * c->calib_path, collecting H for the inputs of the LINEARs reading each weight node in
+ * `weights`. Sets c->calib_ran to the tokens run. NULL with an error naming the file, the
+ * tokenizer or the memory it would need. Prints a line on stderr: tokens, sequences, the
+ * Hessians' memory and the time. */
+gptq_calib *gptq_calibrate(kc *c, const int *weights, int n, kerr *err);
+/* The H of weight node `weight` (one of gptq_calibrate's): its input's, or the sum over its
+ * LINEAR readers' inputs when they differ. Owned by cal. */
+const float *gptq_hessian(gptq_calib *cal, int weight);
+void gptq_calib_free(gptq_calib *cal);
+
+#endif
