@@ -786,7 +786,7 @@ int graph_pool(kgraph *g, int x, int mode, int normalize, const char *name, kerr
         return -1;
     if (g->nodes[x].ndim != 2)
         return fail(err, "pool", "the input must be [T, hidden]");
-    if (mode < KG_POOL_MEAN || mode > KG_POOL_LAST)
+    if (mode < KILN_POOL_MEAN || mode > KILN_POOL_LAST)
         return fail(err, "pool", "unknown mode %d", mode);
     if (g->output >= 0)
         return fail(err, "pool", "the graph already has an output (%s)",

@@ -19,6 +19,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "../kernels/kiln_enums.h"
 #include "config.h"
 #include "safetensors.h"
 #include "util.h"
@@ -73,8 +74,8 @@ typedef enum {
 } kg_op;
 
 typedef enum { KG_IN_IDS, KG_IN_POSITIONS, KG_IN_TOKEN_TYPES, KG_NINPUTS } kg_input_kind;
-typedef enum { KG_POOL_MEAN, KG_POOL_CLS, KG_POOL_LAST } kg_pool_mode;
-typedef enum { KG_ACT_SILU, KG_ACT_GELU, KG_ACT_GELU_TANH, KG_ACT_RELU } kg_act;
+typedef enum kiln_pool kg_pool_mode; /* kernels/kiln_enums.h: the kernels take the same values */
+typedef enum kiln_act kg_act;
 
 typedef struct kg_attn {
     int n_heads, n_kv_heads, head_dim;

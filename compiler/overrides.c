@@ -52,7 +52,7 @@ int ovr_flag(ovr_set *o, const char *flag, const char *val, kerr *err)
     }
     if (strcmp(flag, "--pooling") == 0) {
         static const char *modes[] = {"mean", "cls", "last"};
-        _Static_assert(KG_POOL_MEAN == 0 && KG_POOL_CLS == 1 && KG_POOL_LAST == 2, "pool modes");
+        _Static_assert(KILN_POOL_MEAN == 0 && KILN_POOL_CLS == 1 && KILN_POOL_LAST == 2, "pool modes");
         for (int i = 0; i < 3; i++)
             if (strcmp(val, modes[i]) == 0) {
                 o->pooling = i;

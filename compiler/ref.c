@@ -764,9 +764,9 @@ static void op_mla(ref *r, const kg_node *n, float *out)
 static float act(int which, float x)
 {
     switch (which) {
-    case KG_ACT_SILU: return x / (1.0f + expf(-x));
-    case KG_ACT_GELU: return 0.5f * x * (1.0f + erff(x * (float)M_SQRT1_2));
-    case KG_ACT_GELU_TANH:
+    case KILN_ACT_SILU: return x / (1.0f + expf(-x));
+    case KILN_ACT_GELU: return 0.5f * x * (1.0f + erff(x * (float)M_SQRT1_2));
+    case KILN_ACT_GELU_TANH:
         return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
     default: return x > 0 ? x : 0;
     }
@@ -774,9 +774,9 @@ static float act(int which, float x)
 
 static void op_unary(ref *r, const kg_node *n, float *out)
 {
-    int which = n->op == KG_SILU ? KG_ACT_SILU : n->op == KG_GELU ? KG_ACT_GELU
-                : n->op == KG_GELU_TANH                          ? KG_ACT_GELU_TANH
-                                                                 : KG_ACT_RELU;
+    int which = n->op == KG_SILU ? KILN_ACT_SILU : n->op == KG_GELU ? KILN_ACT_GELU
+                : n->op == KG_GELU_TANH                          ? KILN_ACT_GELU_TANH
+                                                                 : KILN_ACT_RELU;
     const float *x = r->val[n->in[0]];
     int64_t m = r->n * row_width(n);
     for (int64_t i = 0; i < m; i++)
@@ -927,14 +927,14 @@ static void op_pool(ref *r, const kg_node *n, float *out)
     int64_t H = n->shape[1];
     for (int64_t j = 0; j < H; j++)
         out[j] = 0;
-    if (n->pool_mode == KG_POOL_MEAN) {
+    if (n->pool_mode == KILN_POOL_MEAN) {
         for (int t = 0; t < r->n; t++)
             for (int64_t j = 0; j < H; j++)
                 out[j] += x[t * H + j];
         for (int64_t j = 0; j < H; j++)
             out[j] /= (float)r->n;
     } else {
-        int t = n->pool_mode == KG_POOL_CLS ? 0 : r->n - 1;
+        int t = n->pool_mode == KILN_POOL_CLS ? 0 : r->n - 1;
         memcpy(out, x + t * H, sizeof(float) * (size_t)H);
     }
     if (n->pool_normalize) { /* F.normalize(p=2, eps=1e-12) */

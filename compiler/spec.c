@@ -958,7 +958,7 @@ static int g_moe(lua_State *L)
     kg_moe m = {0};
     m.top_k = (int)req_field_int(L, 3, "top_k", "moe");
     m.renormalize = opt_field_bool(L, 3, "renormalize", 1);
-    m.act = opt_field_choice(L, 3, "moe", "act", acts, KG_ACT_SILU);
+    m.act = opt_field_choice(L, 3, "moe", "act", acts, KILN_ACT_SILU);
     m.routing = opt_field_choice(L, 3, "moe", "routing", routings, KG_ROUTE_SOFTMAX);
     lua_getfield(L, 3, "jitter_eps");
     int has_eps = !lua_isnil(L, -1);
@@ -995,14 +995,14 @@ static int g_moe(lua_State *L)
 static int g_pool(lua_State *L)
 {
     static const opt_decl opts[] = {{"mode", OT_STR}, {"normalize", OT_BOOL}};
-    /* the order of KG_POOL_MEAN, _CLS, _LAST */
+    /* the order of KILN_POOL_MEAN, _CLS, _LAST */
     static const char *const modes[] = {"mean", "cls", "last", NULL};
     luaL_checkudata(L, 1, MT_GRAPH);
     int x = check_tensor(L, 2);
-    int mode = KG_POOL_MEAN, norm = 0;
+    int mode = KILN_POOL_MEAN, norm = 0;
     if (!lua_isnoneornil(L, 3)) {
         check_opts(L, 3, "pool", opts, (int)ARRAY_LEN(opts), 0);
-        mode = opt_field_choice(L, 3, "pool", "mode", modes, KG_POOL_MEAN);
+        mode = opt_field_choice(L, 3, "pool", "mode", modes, KILN_POOL_MEAN);
         norm = opt_field_bool(L, 3, "normalize", 0);
     }
     builder *b = begin(L);

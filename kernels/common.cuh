@@ -6,6 +6,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "kiln_enums.h"
 #include "kiln_kv8.h"
 #include "kiln_step.h"
 
@@ -149,17 +150,16 @@ __device__ __forceinline__ float block_max(float x, float *scratch)
     } while (0)
 #endif
 
-// Activations, computed in float (the same formulas as compiler/ref.c).
-enum act_kind { ACT_SILU = 0, ACT_GELU = 1, ACT_GELU_TANH = 2, ACT_RELU = 3 };
+// Activations (kiln_enums.h's kiln_act), computed in float (the same formulas as compiler/ref.c).
 
 template <int ACT>
 __device__ __forceinline__ float act(float x)
 {
-    if (ACT == ACT_SILU)
+    if (ACT == KILN_ACT_SILU)
         return x / (1.f + __expf(-x));
-    if (ACT == ACT_GELU)
+    if (ACT == KILN_ACT_GELU)
         return 0.5f * x * (1.f + erff(x * 0.70710678118654752f));
-    if (ACT == ACT_GELU_TANH)
+    if (ACT == KILN_ACT_GELU_TANH)
         return 0.5f * x * (1.f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
     return fmaxf(x, 0.f);
 }

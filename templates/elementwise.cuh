@@ -644,16 +644,17 @@ __device__ __forceinline__ void logits_epilogue(const kiln_step st, float *logit
     }
 }
 
-// pool: out[s] (float, [n_seqs, H]) = MODE 0: the mean of the sequence's rows
-// [seq_start[s], seq_start[s+1]) (summed in float in row order), 1: its first row, 2: its last
-// row; NORMALIZE: out[s] /= max(||out[s]||_2, 1e-12) (F.normalize). Every sequence has at least
+// pool: out[s] (float, [n_seqs, H]) = MODE (kiln_enums.h) KILN_POOL_MEAN: the mean of the
+// sequence's rows [seq_start[s], seq_start[s+1]) (summed in float in row order), KILN_POOL_CLS:
+// its first row, KILN_POOL_LAST: its last row; NORMALIZE: out[s] /= max(||out[s]||_2, 1e-12) (F.normalize). Every sequence has at least
 // one token. Grid (n_seqs) x THREADS.
 template <typename DT, int H, int MODE, int NORMALIZE, int THREADS>
 __device__ __forceinline__ void pool(const kiln_step st, const DT *x, float *out)
 {
     KILN_PDL_ENTER();
     typedef ew_detail::row_chunks<H, THREADS> RC;
-    static_assert(MODE >= 0 && MODE <= 2, "MODE: 0 mean, 1 first, 2 last");
+    static_assert(MODE == KILN_POOL_MEAN || MODE == KILN_POOL_CLS || MODE == KILN_POOL_LAST,
+                  "MODE: kiln_enums.h's kiln_pool");
     __shared__ float scratch[32];
     const int s = blockIdx.x;
     if (s >= st.n_seqs)
@@ -665,8 +666,8 @@ __device__ __forceinline__ void pool(const kiln_step st, const DT *x, float *out
 #pragma unroll
         for (int i = 0; i < 8; i++)
             a[k][i] = 0.f;
-    const int r0 = MODE == 0 ? lo : MODE == 1 ? lo : hi - 1;
-    const int r1 = MODE == 0 ? hi : r0 + 1;
+    const int r0 = MODE == KILN_POOL_LAST ? hi - 1 : lo;
+    const int r1 = MODE == KILN_POOL_MEAN ? hi : r0 + 1;
     for (int r = r0; r < r1; r++) {
 #pragma unroll
         for (int k = 0; k < RC::NCH; k++) {
@@ -680,7 +681,7 @@ __device__ __forceinline__ void pool(const kiln_step st, const DT *x, float *out
             }
         }
     }
-    if (MODE == 0) {
+    if (MODE == KILN_POOL_MEAN) {
         const float n = (float)(hi - lo > 0 ? hi - lo : 1);
 #pragma unroll
         for (int k = 0; k < RC::NCH; k++)

@@ -620,11 +620,11 @@ static void test_pool(void **state)
     (void)state;
     int x = act("x", 8);
     EXPECT_ERR(graph_pool(G, x, 7, 0, NULL, &E), "pool", "unknown mode 7");
-    int p = ok(graph_pool(G, x, KG_POOL_MEAN, 1, "pooled", &E));
+    int p = ok(graph_pool(G, x, KILN_POOL_MEAN, 1, "pooled", &E));
     assert_shape(p, "[S, 8]");
     assert_int_equal(G->output, p);
     assert_int_equal(G->nodes[p].pool_normalize, 1);
-    EXPECT_ERR(graph_pool(G, x, KG_POOL_CLS, 0, NULL, &E), "pool",
+    EXPECT_ERR(graph_pool(G, x, KILN_POOL_CLS, 0, NULL, &E), "pool",
                "the graph already has an output (pooled)");
     EXPECT_ERR(graph_logits(G, x, W2("head", 5, 8), -1, NULL, &E), "logits",
                "the graph already has an output (pooled)");
@@ -645,7 +645,7 @@ static void test_logits(void **state)
     assert_int_equal(G->output, l);
     EXPECT_ERR(graph_logits(G, x, head, -1, NULL, &E), "logits",
                "the graph already has an output (logits)");
-    EXPECT_ERR(graph_pool(G, x, KG_POOL_MEAN, 0, NULL, &E), "pool",
+    EXPECT_ERR(graph_pool(G, x, KILN_POOL_MEAN, 0, NULL, &E), "pool",
                "the graph already has an output (logits)");
 }
 
@@ -898,9 +898,9 @@ static void test_print_pool_and_moe(void **state)
     (void)state;
     int ins[9];
     moe_inputs(ins);
-    kg_moe m = {.n_experts = 4, .top_k = 2, .renormalize = 1, .act = KG_ACT_SILU};
+    kg_moe m = {.n_experts = 4, .top_k = 2, .renormalize = 1, .act = KILN_ACT_SILU};
     int y = ok(graph_moe(G, ins, &m, "moe", &E));
-    ok(graph_pool(G, y, KG_POOL_CLS, 1, "pool", &E));
+    ok(graph_pool(G, y, KILN_POOL_CLS, 1, "pool", &E));
     char *text = print_graph();
     assert_contains(text, " moe = moe(%2, %3, %4, %5, %6; experts=4 top_k=2 renormalize act=silu) "
                           "[T, 8] F32\n");

@@ -1518,7 +1518,7 @@ static void test_options_value_types(void **state)
             seen++;
         } else if (n->op == KG_MOE) {
             assert_int_equal(n->moe.renormalize, 0);
-            assert_int_equal(n->moe.act, KG_ACT_GELU);
+            assert_int_equal(n->moe.act, KILN_ACT_GELU);
             assert_int_equal(n->moe.shared_gate, 1);
             seen++;
         } else if (n->op == KG_RMS_NORM) {

@@ -40,9 +40,9 @@ static int is_act(kg_op op)
 
 static int act_kind(kg_op op)
 {
-    return op == KG_SILU ? KG_ACT_SILU : op == KG_GELU ? KG_ACT_GELU
-           : op == KG_GELU_TANH                        ? KG_ACT_GELU_TANH
-                                                       : KG_ACT_RELU;
+    return op == KG_SILU ? KILN_ACT_SILU : op == KG_GELU ? KILN_ACT_GELU
+           : op == KG_GELU_TANH                        ? KILN_ACT_GELU_TANH
+                                                       : KILN_ACT_RELU;
 }
 
 static int has_bias(const kg_node *n) { return n->n_in > 2 && n->in[2] >= 0; }

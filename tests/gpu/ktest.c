@@ -257,9 +257,9 @@ int kt_check(kt *t, const char *name, const float *got, const float *want, size_
 double kt_act(int which, double x)
 {
     switch (which) {
-    case ACT_SILU: return x / (1.0 + exp(-x));
-    case ACT_GELU: return 0.5 * x * (1.0 + erf(x * M_SQRT1_2));
-    case ACT_GELU_TANH:
+    case KILN_ACT_SILU: return x / (1.0 + exp(-x));
+    case KILN_ACT_GELU: return 0.5 * x * (1.0 + erf(x * M_SQRT1_2));
+    case KILN_ACT_GELU_TANH:
         return 0.5 * x * (1.0 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
     default: return x > 0 ? x : 0;
     }

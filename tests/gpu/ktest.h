@@ -17,6 +17,7 @@
 #include <stdint.h>
 
 #include "kcuda.h"
+#include "../../kernels/kiln_enums.h"
 
 typedef struct kt {
     kcuda cu;
@@ -74,9 +75,8 @@ void kt_result(kt *t, const char *case_name, int ok, const char *detail);
 /* Whether a case should run (KTEST_FILTER). */
 int kt_want(kt *t, const char *case_name);
 
-/* Activation kinds, numbered as kernels/common.cuh's act_kind, their reference in double, and
- * their names for case labels. */
-enum { ACT_SILU, ACT_GELU, ACT_GELU_TANH, ACT_RELU };
+/* Activation kinds (kernels/kiln_enums.h's kiln_act), their reference in double, and their names
+ * for case labels. */
 double kt_act(int which, double x);
 const char *kt_act_name(int which);
 

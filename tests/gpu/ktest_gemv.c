@@ -613,7 +613,7 @@ static void gemv_groups_case(kt *t, int N, int K, int mmax, int gated, int bias,
     if (!kt_want(t, base))
         return;
     CUmodule mod = gemv_module(t, base, NULL, gemv_fn(sbc, g4), "kiln::bf16", N, K, mmax, bias,
-                               gated, ACT_SILU, f32, TH, sbc, g4);
+                               gated, KILN_ACT_SILU, f32, TH, sbc, g4);
     if (!mod && !t->compile_only)
         return;
     CUfunction f = kt_func(t, mod, "k_gemv");
@@ -690,7 +690,7 @@ static void gemv_groups_case(kt *t, int N, int K, int mmax, int gated, int bias,
         }
     }
     if (!t->compile_only)
-        gemv_ref(x, &g, bias ? b : NULL, MG, gated, ACT_SILU, want);
+        gemv_ref(x, &g, bias ? b : NULL, MG, gated, KILN_ACT_SILU, want);
     char name[240];
     snprintf(name, sizeof name, "%s rows 0..%d alone vs reference", base, MG - 1);
     kt_check(t, name, gf, want, (size_t)MG * NOUT, f32 ? 1e-5 : 1e-2);
@@ -1204,7 +1204,7 @@ void ktest_gemv(kt *t)
         /* every M of the decode GEMV, gated and not; K = 520 ends in a partial step (65 chunks
          * of 8, not a multiple of 16) */
         {.N = 1000, .K = 520, .mmax = 8, .ms = M1_8, .bias = 1},
-        {.N = 1998, .K = 520, .mmax = 8, .ms = M1_8, .gated = 1, .act = ACT_SILU},
+        {.N = 1998, .K = 520, .mmax = 8, .ms = M1_8, .gated = 1, .act = KILN_ACT_SILU},
         {.N = 64, .K = 64, .mmax = 8, .ms = {1, 3, 8}},
         {.N = 96, .K = 24 * 8, .mmax = 8, .ms = {1, 3, 8}},
         {.N = 4096, .K = 4096, .mmax = 8, .ms = {1, 3, 8}},
@@ -1224,17 +1224,17 @@ void ktest_gemv(kt *t)
         {.N = 200, .K = 14336, .mmax = 8, .ms = {5}, .threads = 32},
         /* MMAX = 16: two column tiles (M over 8), and one (M up to 8) */
         {.N = 1000, .K = 520, .mmax = 16, .ms = {5, 9, 16}, .bias = 1},
-        {.N = 1998, .K = 512, .mmax = 16, .ms = {13}, .gated = 1, .act = ACT_GELU},
+        {.N = 1998, .K = 512, .mmax = 16, .ms = {13}, .gated = 1, .act = KILN_ACT_GELU},
         /* gated: w = [gate; up], N/2 outputs */
-        {.N = 4096, .K = 4096, .mmax = 8, .ms = {3}, .gated = 1, .act = ACT_SILU},
-        {.N = 1998, .K = 512, .mmax = 8, .ms = {8}, .bias = 1, .gated = 1, .act = ACT_GELU_TANH},
-        {.N = 128, .K = 64, .mmax = 8, .ms = {1}, .gated = 1, .act = ACT_SILU},
-        {.N = 256, .K = 128, .mmax = 8, .ms = {3}, .gated = 1, .act = ACT_GELU, .threads = 128},
-        {.N = 512, .K = 256, .mmax = 8, .ms = {2}, .gated = 1, .act = ACT_SILU, .f32 = 1},
-        {.N = 2 * 8192, .K = 2048, .mmax = 8, .ms = {8}, .gated = 1, .act = ACT_SILU},
+        {.N = 4096, .K = 4096, .mmax = 8, .ms = {3}, .gated = 1, .act = KILN_ACT_SILU},
+        {.N = 1998, .K = 512, .mmax = 8, .ms = {8}, .bias = 1, .gated = 1, .act = KILN_ACT_GELU_TANH},
+        {.N = 128, .K = 64, .mmax = 8, .ms = {1}, .gated = 1, .act = KILN_ACT_SILU},
+        {.N = 256, .K = 128, .mmax = 8, .ms = {3}, .gated = 1, .act = KILN_ACT_GELU, .threads = 128},
+        {.N = 512, .K = 256, .mmax = 8, .ms = {2}, .gated = 1, .act = KILN_ACT_SILU, .f32 = 1},
+        {.N = 2 * 8192, .K = 2048, .mmax = 8, .ms = {8}, .gated = 1, .act = KILN_ACT_SILU},
         /* f16 storage */
         {.N = 1000, .K = 512, .mmax = 8, .ms = {3}, .bias = 1, .f16 = 1},
-        {.N = 1998, .K = 520, .mmax = 8, .ms = {8}, .gated = 1, .act = ACT_RELU, .f16 = 1},
+        {.N = 1998, .K = 520, .mmax = 8, .ms = {8}, .gated = 1, .act = KILN_ACT_RELU, .f16 = 1},
         {.N = 1000, .K = 512, .mmax = 16, .ms = {11}, .f16 = 1},
         /* logits: float output, large N */
         {.N = 32000, .K = 2048, .mmax = 8, .ms = {1}, .f32 = 1},
@@ -1244,14 +1244,14 @@ void ktest_gemv(kt *t)
         /* gemv_fp8: every M, gated and not, a scale per row (SBC = K) and block scales; K = 336
          * is one whole 256-element step and a partial one (21 chunks of 16), 5.25 blocks of 64 */
         {.N = 1000, .K = 336, .mmax = 8, .ms = M1_8, .bias = 1, .sbc = 336},
-        {.N = 1998, .K = 336, .mmax = 8, .ms = M1_8, .gated = 1, .act = ACT_SILU, .sbc = 64},
+        {.N = 1998, .K = 336, .mmax = 8, .ms = M1_8, .gated = 1, .act = KILN_ACT_SILU, .sbc = 64},
         {.N = 1000, .K = 336, .mmax = 8, .ms = {2, 5}, .sbc = 128},
         {.N = 4096, .K = 4096, .mmax = 8, .ms = {1, 8}, .sbc = 4096},
         {.N = 4096, .K = 4096, .mmax = 8, .ms = {8}, .sbc = 128},
         /* MMAX = 16: every M of 9..16; K = 4160 = 4096 + 64 (32.5 blocks of 128) */
         {.N = 1000, .K = 4160, .mmax = 16, .ms = {9, 10, 11, 12, 13, 14, 15, 16}, .bias = 1,
          .sbc = 128},
-        {.N = 1998, .K = 528, .mmax = 16, .ms = {5, 16}, .gated = 1, .act = ACT_GELU, .sbc = 528},
+        {.N = 1998, .K = 528, .mmax = 16, .ms = {5, 16}, .gated = 1, .act = KILN_ACT_GELU, .sbc = 528},
         /* tails: N not a multiple of the tile, fewer outputs than one tile; K of one 16-byte
          * chunk, of one 64-element group, and shorter than one step */
         {.N = 1001, .K = 64, .mmax = 8, .ms = {3}, .bias = 1, .sbc = 64},
@@ -1268,12 +1268,12 @@ void ktest_gemv(kt *t)
         {.N = 200, .K = 14336, .mmax = 8, .ms = {5}, .threads = 32, .sbc = 128},
         {.N = 256, .K = 14336, .mmax = 16, .ms = {16}, .threads = 512, .sbc = 128},
         /* gated */
-        {.N = 8192, .K = 4096, .mmax = 8, .ms = {3}, .gated = 1, .act = ACT_SILU, .sbc = 128},
-        {.N = 512, .K = 256, .mmax = 8, .ms = {2}, .gated = 1, .act = ACT_SILU, .f32 = 1,
+        {.N = 8192, .K = 4096, .mmax = 8, .ms = {3}, .gated = 1, .act = KILN_ACT_SILU, .sbc = 128},
+        {.N = 512, .K = 256, .mmax = 8, .ms = {2}, .gated = 1, .act = KILN_ACT_SILU, .f32 = 1,
          .sbc = 256},
         /* f16 */
         {.N = 1000, .K = 336, .mmax = 8, .ms = {1, 3, 8}, .bias = 1, .f16 = 1, .sbc = 336},
-        {.N = 1998, .K = 4160, .mmax = 8, .ms = {5}, .gated = 1, .act = ACT_SILU, .f16 = 1,
+        {.N = 1998, .K = 4160, .mmax = 8, .ms = {5}, .gated = 1, .act = KILN_ACT_SILU, .f16 = 1,
          .sbc = 128},
         {.N = 1000, .K = 528, .mmax = 16, .ms = {11}, .f16 = 1, .sbc = 64},
         /* logits: float output */
@@ -1284,19 +1284,19 @@ void ktest_gemv(kt *t)
         {.N = 1000, .K = 336, .mmax = 8, .ms = {3}, .f32 = 1, .sbc = 64, .wsc = 1},
         {.N = 1000, .K = 4160, .mmax = 16, .ms = {13}, .sbc = 128, .wsc = 1},
         {.N = 1000, .K = 528, .mmax = 8, .ms = {4}, .f16 = 1, .sbc = 528, .wsc = 1},
-        {.N = 1998, .K = 336, .mmax = 8, .ms = {6}, .gated = 1, .act = ACT_SILU, .sbc = 64,
+        {.N = 1998, .K = 336, .mmax = 8, .ms = {6}, .gated = 1, .act = KILN_ACT_SILU, .sbc = 64,
          .wsc = 1},
         {.N = 1000, .K = 336, .mmax = 8, .ms = {2}, .sbc = 64, .wsc = 1e-6f},
         {.N = 1000, .K = 4096, .mmax = 8, .ms = {8}, .f16 = 1, .sbc = 4096, .wsc = 1e-6f},
         {.N = 1000, .K = 528, .mmax = 8, .ms = {5}, .f32 = 1, .sbc = 128, .wsc = 1e-6f},
         {.N = 1000, .K = 336, .mmax = 8, .ms = {7}, .sbc = 336, .wsc = 1e3f},
         {.N = 1000, .K = 4160, .mmax = 8, .ms = {1}, .f32 = 1, .sbc = 64, .wsc = 1e3f},
-        {.N = 1998, .K = 528, .mmax = 8, .ms = {3}, .gated = 1, .act = ACT_SILU, .sbc = 128,
+        {.N = 1998, .K = 528, .mmax = 8, .ms = {3}, .gated = 1, .act = KILN_ACT_SILU, .sbc = 128,
          .wsc = 1e3f},
         /* gemv_int4: every M, gated and not, bf16 and f16, G = 32, 128 and K; K = 640 is one whole
          * 512-element step and a partial one (20 chunks of 32) */
         {.N = 1000, .K = 640, .mmax = 8, .ms = M1_8, .bias = 1, .g4 = 128},
-        {.N = 1998, .K = 640, .mmax = 8, .ms = M1_8, .gated = 1, .act = ACT_SILU, .g4 = 32},
+        {.N = 1998, .K = 640, .mmax = 8, .ms = M1_8, .gated = 1, .act = KILN_ACT_SILU, .g4 = 32},
         {.N = 1000, .K = 640, .mmax = 8, .ms = M1_8, .bias = 1, .f16 = 1, .g4 = 32},
         {.N = 1000, .K = 640, .mmax = 8, .ms = {2, 5}, .g4 = 640},
         {.N = 4096, .K = 4096, .mmax = 8, .ms = {1, 8}, .g4 = 128},
@@ -1306,7 +1306,7 @@ void ktest_gemv(kt *t)
          .g4 = 128},
         {.N = 1000, .K = 4224, .mmax = 16, .ms = {9, 10, 11, 12, 13, 14, 15, 16}, .f16 = 1,
          .g4 = 32},
-        {.N = 1998, .K = 640, .mmax = 16, .ms = {5, 16}, .gated = 1, .act = ACT_GELU, .g4 = 640},
+        {.N = 1998, .K = 640, .mmax = 16, .ms = {5, 16}, .gated = 1, .act = KILN_ACT_GELU, .g4 = 640},
         /* tails: N not a multiple of the tile, fewer outputs than one tile; K of one 16-byte
          * chunk (32), two (64) and three (96) */
         {.N = 1001, .K = 64, .mmax = 8, .ms = {3}, .bias = 1, .g4 = 32},
@@ -1324,10 +1324,10 @@ void ktest_gemv(kt *t)
         {.N = 200, .K = 14336, .mmax = 8, .ms = {5}, .threads = 32, .g4 = 32},
         {.N = 256, .K = 14336, .mmax = 16, .ms = {16}, .threads = 512, .g4 = 14336},
         /* gated */
-        {.N = 8192, .K = 4096, .mmax = 8, .ms = {3}, .gated = 1, .act = ACT_SILU, .g4 = 128},
-        {.N = 512, .K = 256, .mmax = 8, .ms = {2}, .gated = 1, .act = ACT_SILU, .f32 = 1,
+        {.N = 8192, .K = 4096, .mmax = 8, .ms = {3}, .gated = 1, .act = KILN_ACT_SILU, .g4 = 128},
+        {.N = 512, .K = 256, .mmax = 8, .ms = {2}, .gated = 1, .act = KILN_ACT_SILU, .f32 = 1,
          .g4 = 32},
-        {.N = 1998, .K = 4224, .mmax = 8, .ms = {5}, .gated = 1, .act = ACT_SILU, .f16 = 1,
+        {.N = 1998, .K = 4224, .mmax = 8, .ms = {5}, .gated = 1, .act = KILN_ACT_SILU, .f16 = 1,
          .g4 = 128},
         /* logits: float output */
         {.N = 32000, .K = 1024, .mmax = 8, .ms = {1, 8}, .f32 = 1, .g4 = 128},
@@ -1338,7 +1338,7 @@ void ktest_gemv(kt *t)
         {.N = 1000, .K = 4096, .mmax = 8, .ms = {8}, .f32 = 1, .f16 = 1, .g4 = 128, .wsc = 1e-6f},
         {.N = 1000, .K = 640, .mmax = 8, .ms = {3}, .g4 = 128, .wsc = 1e-6f},
         {.N = 1000, .K = 640, .mmax = 8, .ms = {7}, .g4 = 640, .wsc = 1e3f},
-        {.N = 1998, .K = 640, .mmax = 8, .ms = {3}, .gated = 1, .act = ACT_SILU, .g4 = 32,
+        {.N = 1998, .K = 640, .mmax = 8, .ms = {3}, .gated = 1, .act = KILN_ACT_SILU, .g4 = 32,
          .wsc = 1e3f},
         {.N = 1000, .K = 4224, .mmax = 8, .ms = {1}, .f32 = 1, .f16 = 1, .g4 = 4224, .wsc = 1e3f},
     };
@@ -1522,7 +1522,7 @@ static int bench_fp8(kt *t, const bshape *s, const bbuf *b, double copy_bw)
         char name[160];
         snprintf(name, sizeof name, "bench %s gemv_fp8 SBC=%d", s->name, sbc);
         CUmodule m = gemv_module(t, name, NULL, "gemv_fp8", "kiln::bf16", s->N, s->K, 8, 0,
-                                 s->gated, ACT_SILU, s->f32, rule, sbc, 0);
+                                 s->gated, KILN_ACT_SILU, s->f32, rule, sbc, 0);
         if (!m)
             return -1;
         CUfunction f = kt_func(t, m, "k_gemv");
@@ -1555,7 +1555,7 @@ static int bench_int4(kt *t, const bshape *s, const bbuf *b, double copy_bw)
     char name[160];
     snprintf(name, sizeof name, "bench %s gemv_int4 G=%d", s->name, G);
     CUmodule m = gemv_module(t, name, NULL, "gemv_int4", "kiln::bf16", s->N, s->K, 8, 0, s->gated,
-                             ACT_SILU, s->f32, rule, 0, G);
+                             KILN_ACT_SILU, s->f32, rule, 0, G);
     if (!m)
         return -1;
     CUfunction f = kt_func(t, m, "k_gemv");
@@ -1592,7 +1592,7 @@ static int bench_shape(kt *t, const bshape *s, const char *v0_src, bbuf *b, doub
         blocks[k] = k == 0 ? (unsigned)((nout + v0_rpb - 1) / v0_rpb) : gemv_blocks(s->N, s->gated);
         snprintf(name, sizeof name, "bench %s kernel %d", s->name, k);
         CUmodule m = gemv_module(t, name, k == 0 ? v0_src : NULL, k == 0 ? "gemv_v0" : "gemv",
-                                 "kiln::bf16", s->N, s->K, k == 5 ? 16 : 8, 0, s->gated, ACT_SILU,
+                                 "kiln::bf16", s->N, s->K, k == 5 ? 16 : 8, 0, s->gated, KILN_ACT_SILU,
                                  s->f32, (int)th[k], 0, 0);
         if (!m)
             return -1;

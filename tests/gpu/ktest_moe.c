@@ -569,26 +569,26 @@ void ktest_moe(kt *t)
 {
     static const mcase cases[] = {
         /* Mixtral-like: renormalised top-2 of 8; H and I not multiples of a block's rows */
-        {.E = 8, .H = 264, .I = 200, .TOPK = 2, .renorm = 1, .act = ACT_SILU, .threads = 256,
+        {.E = 8, .H = 264, .I = 200, .TOPK = 2, .renorm = 1, .act = KILN_ACT_SILU, .threads = 256,
          .add = 1, .det = 1, .Ts = {1, 5, 64, 300}},
-        {.E = 4, .H = 128, .I = 96, .TOPK = 1, .renorm = 0, .act = ACT_GELU_TANH, .threads = 128,
+        {.E = 4, .H = 128, .I = 96, .TOPK = 1, .renorm = 0, .act = KILN_ACT_GELU_TANH, .threads = 128,
          .Ts = {1, 5, 64}},
-        {.E = 16, .H = 512, .I = 320, .TOPK = 4, .renorm = 0, .act = ACT_SILU, .threads = 256,
+        {.E = 16, .H = 512, .I = 320, .TOPK = 4, .renorm = 0, .act = KILN_ACT_SILU, .threads = 256,
          .add = 1, .det = 1, .Ts = {1, 5, 64}},
         /* the tie rule: identical router rows tie exactly */
-        {.E = 8, .H = 128, .I = 64, .TOPK = 2, .renorm = 1, .act = ACT_SILU, .threads = 256,
+        {.E = 8, .H = 128, .I = 64, .TOPK = 2, .renorm = 1, .act = KILN_ACT_SILU, .threads = 256,
          .ties = 1, .Ts = {64}},
         /* Qwen1.5-MoE-like: 60 experts (not a multiple of 32), top-4, shared output added in place */
-        {.E = 60, .H = 256, .I = 64, .TOPK = 4, .renorm = 0, .act = ACT_SILU, .threads = 256,
+        {.E = 60, .H = 256, .I = 64, .TOPK = 4, .renorm = 0, .act = KILN_ACT_SILU, .threads = 256,
          .add = 2, .Ts = {5, 64}},
         /* the shared expert as low_moe runs it: Qwen2-MoE's gated (sigmoid(x . gate_w) scales it
          * in place, then moe_down adds it), DeepSeek-V2's added as is */
-        {.E = 60, .H = 256, .I = 64, .TOPK = 4, .renorm = 0, .act = ACT_SILU, .threads = 256,
+        {.E = 60, .H = 256, .I = 64, .TOPK = 4, .renorm = 0, .act = KILN_ACT_SILU, .threads = 256,
          .add = 1, .shared = 2, .Ts = {1, 5, 64}},
-        {.E = 64, .H = 128, .I = 32, .TOPK = 6, .renorm = 0, .act = ACT_SILU, .threads = 128,
+        {.E = 64, .H = 128, .I = 32, .TOPK = 6, .renorm = 0, .act = KILN_ACT_SILU, .threads = 128,
          .add = 1, .shared = 1, .Ts = {1, 7}},
         /* Qwen3-MoE-like: 128 experts, top-8 */
-        {.E = 128, .H = 128, .I = 32, .TOPK = 8, .renorm = 1, .act = ACT_SILU, .threads = 256,
+        {.E = 128, .H = 128, .I = 32, .TOPK = 8, .renorm = 1, .act = KILN_ACT_SILU, .threads = 256,
          .Ts = {5}},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
