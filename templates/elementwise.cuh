@@ -646,8 +646,8 @@ __device__ __forceinline__ void logits_epilogue(const kiln_step st, float *logit
 
 // pool: out[s] (float, [n_seqs, H]) = MODE (kiln_enums.h) KILN_POOL_MEAN: the mean of the
 // sequence's rows [seq_start[s], seq_start[s+1]) (summed in float in row order), KILN_POOL_CLS:
-// its first row, KILN_POOL_LAST: its last row; NORMALIZE: out[s] /= max(||out[s]||_2, 1e-12) (F.normalize). Every sequence has at least
-// one token. Grid (n_seqs) x THREADS.
+// its first row, KILN_POOL_LAST: its last row; NORMALIZE: out[s] /= max(||out[s]||_2, 1e-12)
+// (F.normalize). Every sequence has at least one token. Grid (n_seqs) x THREADS.
 template <typename DT, int H, int MODE, int NORMALIZE, int THREADS>
 __device__ __forceinline__ void pool(const kiln_step st, const DT *x, float *out)
 {
