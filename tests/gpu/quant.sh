@@ -4,7 +4,8 @@
 # row; decode GEMV on the e4m3 bytes), the latter twice: W8A8 steps on the FP8 tensor cores
 # (--fp8-gemm w8a8, the default) and weight-only (--fp8-gemm dequant), and with --quant int4 (4-bit
 # weights, round to nearest, a bf16 scale and zero point per group of 128 columns; weight-only), on
-# the same text, and the relative differences. Prints a table last.
+# the same text, and the relative differences; then the same three --quant variants calibrated
+# (--calibrate: GPTQ picks the values on the same grids). Prints a table last.
 #
 #   QUANT_MODELS="examples/tinyfortune"  QUANT_TEXT=FILE  tests/gpu/quant.sh
 #
@@ -12,6 +13,11 @@
 # synthesised (/tmp/kiln-bench/hf-8b) when it is there: random weights, so only the difference
 # means anything. Text: QUANT_TEXT, default the last 60,000 bytes of the example model's training
 # corpus (examples/train/corpus.txt.gz: the model has seen it; the difference is what is measured).
+# Calibration (the GPTQ columns): only the models in QUANT_CALIB_MODELS (default the example model:
+# kilnc runs the calibration forward on the CPU reference, hours for an 8B), on QUANT_CALIB_TEXT,
+# default the FIRST 300,000 bytes of the same corpus (kilnc reads at most 64 bytes a token of it:
+# 131,072 bytes for its default 2048 tokens; the evaluation text is the last 60,000 of its
+# 2,470,621 bytes, so they do not overlap). Other models' GPTQ cells say "not run".
 # Every run: --window QUANT_WINDOW (default 256: the example model was trained on 256-token
 # sequences and diverges past them) --stride half of it, at most QUANT_MAX_TOKENS (default 30000).
 # Output in $OUT (or /tmp/kiln-quant/out): quant.txt (the table) and quant-logs.tgz.
@@ -27,19 +33,30 @@ mkdir -p $LOG "$OUT"
 SM=${KILN_SM:-90a}
 TEXT=${QUANT_TEXT:-$W/text.txt}
 [ -n "${QUANT_TEXT:-}" ] || zcat examples/train/corpus.txt.gz | tail -c 60000 > "$TEXT"
+CALIB_TEXT=${QUANT_CALIB_TEXT:-$W/calib.txt}
+[ -n "${QUANT_CALIB_TEXT:-}" ] || zcat examples/train/corpus.txt.gz | head -c 300000 > "$CALIB_TEXT"
+CALIB_MODELS=${QUANT_CALIB_MODELS:-examples/tinyfortune}
 MODELS=${QUANT_MODELS:-examples/tinyfortune}
 [ -f /tmp/kiln-bench/hf-8b/config.json ] && MODELS="$MODELS /tmp/kiln-bench/hf-8b"
 WIN=${QUANT_WINDOW:-256}
 PPL="--text $TEXT --window $WIN --stride $((WIN / 2)) --max-tokens ${QUANT_MAX_TOKENS:-30000}"
 fail=0
 table=$W/table.txt
-echo "| model | bf16 | --quant fp8 (W8A8 GEMMs) | --quant fp8 --fp8-gemm dequant (weight-only) | --quant int4 (weight-only) |" > $table
-echo "|---|---|---|---|---|" >> $table
+echo "| model | bf16 | --quant fp8 (W8A8 GEMMs) | --quant fp8 --fp8-gemm dequant (weight-only) | --quant int4 (weight-only) | fp8 GPTQ (W8A8) | fp8 GPTQ dequant | int4 GPTQ |" > $table
+echo "|---|---|---|---|---|---|---|---|" >> $table
 for M in $MODELS; do
   name=$(basename "$M")
-  for v in bf16 fp8 fp8dq int4; do
+  calib=0
+  for C in $CALIB_MODELS; do [ "$C" = "$M" ] && calib=1; done
+  for v in bf16 fp8 fp8dq int4 fp8g fp8dqg int4g; do
     opt=; [ $v = fp8 ] && opt="--quant fp8"; [ $v = fp8dq ] && opt="--quant fp8 --fp8-gemm dequant"
     [ $v = int4 ] && opt="--quant int4"
+    [ $v = fp8g ] && opt="--quant fp8 --calibrate $CALIB_TEXT"
+    [ $v = fp8dqg ] && opt="--quant fp8 --fp8-gemm dequant --calibrate $CALIB_TEXT"
+    [ $v = int4g ] && opt="--quant int4 --calibrate $CALIB_TEXT"
+    if [ "${v%g}" != "$v" ] && [ $calib = 0 ]; then
+      echo '{"not_run": true}' > $LOG/ppl-$name-$v.json; continue
+    fi
     # shellcheck disable=SC2086
     if ! $BIN/kilnc compile "$M" -o $W/$name-$v --sm $SM --max-batch 8 --max-seq-len $WIN $opt \
          > $LOG/compile-$name-$v.log 2>&1; then
@@ -51,7 +68,7 @@ for M in $MODELS; do
     fi
     cat $LOG/ppl-$name-$v.txt
   done
-  python3 - "$name" $LOG/ppl-$name-{bf16,fp8,fp8dq,int4}.json >> $table <<'EOF'
+  python3 - "$name" $LOG/ppl-$name-{bf16,fp8,fp8dq,int4,fp8g,fp8dqg,int4g}.json >> $table <<'EOF'
 import json, sys
 name, paths = sys.argv[1], sys.argv[2:]
 def load(p):
@@ -61,19 +78,21 @@ def load(p):
         return e
 x, *qs = (load(p) for p in paths)
 if isinstance(x, Exception):
-    print(f"| {name} | failed: {x} | | | |")
+    print(f"| {name} | failed: {x} | | | | | | |")
     sys.exit(0)
 def d(v):
     if isinstance(v, Exception):
         return f"failed: {v}"
+    if v.get("not_run"):
+        return "not run"
     return f"{v['perplexity']:.4f} ({(v['perplexity'] / x['perplexity'] - 1) * 100:+.2f}%)"
 print(f"| {name} ({x['tokens_scored']} tokens scored) | {x['perplexity']:.4f} | "
       + " | ".join(d(v) for v in qs) + " |")
 EOF
 done
-rm -rf $W/*-bf16 $W/*-fp8 $W/*-fp8dq $W/*-int4
+rm -rf $W/*-bf16 $W/*-fp8 $W/*-fp8dq $W/*-int4 $W/*-fp8g $W/*-fp8dqg $W/*-int4g
 echo
-echo "== quant.sh: perplexity at window $WIN, bf16 against --quant fp8 and int4 ($(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), kiln $($BIN/kiln --version))"
+echo "== quant.sh: perplexity at window $WIN, bf16 against --quant fp8 and int4, to nearest and GPTQ-calibrated ($(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), kiln $($BIN/kiln --version))"
 cat $table | tee "$OUT/quant.txt"
 tar czf "$OUT/quant-logs.tgz" -C $W logs 2>/dev/null
 exit $fail
