@@ -56,7 +56,7 @@ COMPILER_SRC := compiler/pipeline.c compiler/config.c compiler/graph.c compiler/
                 compiler/posenc.c compiler/ref.c compiler/knvrtc.c compiler/bundle.c compiler/overrides.c compiler/backend_ref.c compiler/synth.c compiler/quant.c compiler/gptq.c
 # Runtime tests link libkiln.a only; compiler tests link both libraries.
 RUNTIME_TESTS  := safetensors tokenizer chat_template backend sched tp_runtime launch
-COMPILER_TESTS := config overrides graph spec registry cli ref compile example artifact badinput server run_cpu synth tp bench quant gptq gemm invariant perplexity kv8
+COMPILER_TESTS := config overrides graph spec registry cli ref compile example artifact badinput server run_cpu synth tp bench quant gptq gemm invariant perplexity kv8 lower
 
 RUNTIME_OBJ  := $(RUNTIME_SRC:%.c=$(B)/obj/%.o)
 COMPILER_OBJ := $(COMPILER_SRC:%.c=$(B)/obj/%.o)

@@ -1550,6 +1550,49 @@ static int low_node(lw *w, int id)
     }
 }
 
+int lower_check_args(const char *params, const ka_step *s, kerr *err)
+{
+    int np = 0;
+    for (const char *p = params; p && *p;) {
+        while (*p == ' ')
+            p++;
+        const char *e = strchr(p, ',');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        char ty[160];
+        snprintf(ty, sizeof ty, "%.*s", (int)len, p);
+        p = e ? e + 1 : p + len;
+        if (np >= s->nargs) {
+            np++;
+            continue; /* counted below */
+        }
+        ka_arg_kind k = s->args[np].kind;
+        int ok;
+        if (strstr(ty, "kiln_step"))
+            ok = k == KA_ARG_STEP && !strchr(ty, '*');
+        else if (strchr(ty, '*'))
+            ok = k == KA_ARG_BUF || k == KA_ARG_SCRATCH || k == KA_ARG_WEIGHT ||
+                 k == KA_ARG_CONST || k == KA_ARG_KV_K || k == KA_ARG_KV_V || k == KA_ARG_NULL ||
+                 k == KA_ARG_LOGITS || k == KA_ARG_OUT;
+        else if (strstr(ty, "float"))
+            ok = k == KA_ARG_F32;
+        else if (strstr(ty, "int"))
+            ok = k == KA_ARG_I32 || k == KA_ARG_M || k == KA_ARG_RANK;
+        else
+            ok = 0;
+        if (!ok)
+            return kerr_add(err, "step '%s': argument %d is %s, which does not make parameter "
+                                 "'%s' of its kernel (internal error: lower.c's add_arg and "
+                                 "kern disagree)",
+                            s->label ? s->label : "", np, ka_arg_kind_name(k), ty);
+        np++;
+    }
+    if (np != s->nargs)
+        return kerr_add(err, "step '%s': %d arguments for a kernel of %d parameters (internal "
+                             "error: lower.c's add_arg and kern disagree)",
+                        s->label ? s->label : "", s->nargs, np);
+    return 0;
+}
+
 int lower(kc *c, lowered *out, kerr *err)
 {
     memset(out, 0, sizeof *out);
@@ -1623,6 +1666,12 @@ int lower(kc *c, lowered *out, kerr *err)
         m->shards[r].path = xasprintf("shards/rank%d-of-%d.safetensors", r, m->tp);
     free(w.wmap);
     free(w.wmap8);
+    for (int pass = 0; pass < 2; pass++) {
+        const ka_step *st = pass ? m->decode : m->prefill;
+        for (int i = 0, n = pass ? m->ndecode : m->nprefill; i < n; i++)
+            if (st[i].kind == KA_KERNEL && lower_check_args(out->inst_params[st[i].kernel], &st[i], err))
+                return -1;
+    }
     return 0;
 }
 

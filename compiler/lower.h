@@ -32,6 +32,16 @@ typedef struct lowered {
 int lower(kc *c, lowered *out, kerr *err);
 void lowered_free(lowered *l);
 
+/* Whether a kernel step's arguments fit its kernel's parameters (`params`, the wrapper's
+ * parameter list as kern() records it, e.g. "const kiln_step st, const DT *x, int M"): as many
+ * arguments as parameters, and each of a kind that makes that parameter's C type when the runtime
+ * packs it (runtime/engine.c: the kiln_step by value; a device pointer for every pointer type; an
+ * int for I32, M and RANK; a float for F32). A step's arguments and its kernel's parameters are
+ * written in two places in lower.c (add_arg, kern); lower() checks every step with this, so a
+ * mismatch fails the compile instead of launching a kernel on misread arguments. -1 and an error
+ * naming the argument otherwise. */
+int lower_check_args(const char *params, const ka_step *s, kerr *err);
+
 /* The generated CUDA translation unit (banner, includes, one wrapper per kernel). */
 char *codegen_source(const lowered *l, const char *model_name);
 
