@@ -402,6 +402,44 @@ static int64_t *calib_ids(kc *c, int want, int *n, kerr *err)
     return ids;
 }
 
+/* The calibration's forwards, sequences seq0 + [lo, hi) of L tokens, each on refs[p] (one per
+ * thread: refs share only the graph and the read-only weights, as backend_ref's slots do). */
+typedef struct fwdjob {
+    ref **refs;
+    const int64_t *ids;
+    int nt, L, seq0;
+    int *rc;
+    kerr *errs;
+} fwdjob;
+
+static void fwd_part(void *ctx, int chunk, int64_t lo, int64_t hi)
+{
+    const fwdjob *q = ctx;
+    (void)chunk;
+    for (int64_t p = lo; p < hi; p++) {
+        int off = (q->seq0 + (int)p) * q->L, len = q->nt - off < q->L ? q->nt - off : q->L;
+        ref_reset(q->refs[p]);
+        q->rc[p] = ref_forward(q->refs[p], q->ids + off, NULL, len, &q->errs[p]);
+    }
+}
+
+/* H += X^T X for every input, from one forward's kept values (xt: scratch). */
+static void accumulate(gptq_calib *cal, const ref *r, int len, float **xt)
+{
+    for (int d = 0; d < cal->n; d++) {
+        int rows, cols;
+        const float *x = ref_value(r, cal->node[d], &rows, &cols);
+        int64_t K = cal->k[d];
+        assert(x && rows == len && cols == K);
+        *xt = xrealloc(*xt, sizeof(float) * (size_t)(K * len));
+        for (int t = 0; t < len; t++)
+            for (int64_t k = 0; k < K; k++)
+                (*xt)[k * len + t] = x[t * K + k];
+        hjob hj = {*xt, cal->H[d], K, len};
+        util_parallel_for((K + 1) / 2, hess_part, &hj);
+    }
+}
+
 gptq_calib *gptq_calibrate(kc *c, const int *weights, int n, kerr *err)
 {
     const kgraph *g = c->g;
@@ -409,7 +447,7 @@ gptq_calib *gptq_calibrate(kc *c, const int *weights, int n, kerr *err)
     cal->g = g;
     cal->node = xmalloc(sizeof(int) * (size_t)(g->n ? g->n : 1));
     cal->k = xmalloc(sizeof(int64_t) * (size_t)(g->n ? g->n : 1));
-    double bytes = 0;
+    double bytes = 0, kmax = 0, ksum = 0;
     for (int w = 0; w < n; w++)
         for (int i = 0; i < g->n; i++)
             if (g->nodes[i].op == KG_LINEAR && g->nodes[i].in[1] == weights[w] &&
@@ -417,17 +455,30 @@ gptq_calib *gptq_calibrate(kc *c, const int *weights, int n, kerr *err)
                 cal->node[cal->n] = g->nodes[i].in[0];
                 cal->k[cal->n] = g->nodes[weights[w]].shape[1];
                 bytes += (double)cal->k[cal->n] * (double)cal->k[cal->n] * sizeof(float);
+                kmax = cal->k[cal->n] > kmax ? (double)cal->k[cal->n] : kmax;
+                ksum += (double)cal->k[cal->n];
                 cal->n++;
             }
     cal->H = xcalloc((size_t)(cal->n ? cal->n : 1), sizeof *cal->H); /* filled below */
+    int64_t maxpos = 0;
+    if (config_int(c->cfg, "max_position_embeddings", 1, 0, &maxpos, err)) {
+        gptq_calib_free(cal);
+        return NULL;
+    }
+    int L = maxpos > 0 && maxpos < GPTQ_SEQ ? (int)maxpos : GPTQ_SEQ;
+    int P = util_cpus(UTIL_PAR_MAX); /* forwards at once */
+    /* at most: the Hessians, each forward's kept inputs, and while a weight is rounded its
+     * factor (two double [K, K] and U, float) */
+    double peak = bytes + (double)P * L * ksum * sizeof(float) + 20.0 * kmax * kmax;
     char b1[32], b2[32];
     double avail = mem_available();
-    if (avail > 0 && bytes > 0.9 * avail) {
+    if (avail > 0 && peak > 0.9 * avail) {
         kerr_add(err, "--calibrate: GPTQ holds the Hessians of all %d linear inputs at once "
-                      "(float [in, in] each): %s, more than the %s this machine has available; "
+                      "(float [in, in] each), the inputs of %d forwards and one factor (20 bytes "
+                      "x in^2 for the widest): %s, more than the %s this machine has available; "
                       "drop --calibrate (round to nearest) or run kilnc on a machine with more "
                       "memory (--calibrate-tokens does not change it)",
-                 cal->n, util_human_bytes(bytes, b1, sizeof b1),
+                 cal->n, P, util_human_bytes(peak, b1, sizeof b1),
                  util_human_bytes(avail, b2, sizeof b2));
         gptq_calib_free(cal);
         return NULL;
@@ -438,45 +489,49 @@ gptq_calib *gptq_calibrate(kc *c, const int *weights, int n, kerr *err)
         gptq_calib_free(cal);
         return NULL;
     }
-    int64_t maxpos = 0;
-    if (config_int(c->cfg, "max_position_embeddings", 1, 0, &maxpos, err)) {
-        free(ids);
-        gptq_calib_free(cal);
-        return NULL;
-    }
-    int L = maxpos > 0 && maxpos < GPTQ_SEQ ? (int)maxpos : GPTQ_SEQ;
-    fprintf(stderr, "kilnc: --calibrate: %d tokens of %s in %d sequences of up to %d; the "
-                    "Hessians of %d linear inputs: %s (float)\n",
-            nt, c->calib_path, (nt + L - 1) / L, L, cal->n, util_human_bytes(bytes, b1, sizeof b1));
+    int nseq = (nt + L - 1) / L;
+    P = P < nseq ? P : nseq;
+    fprintf(stderr, "kilnc: --calibrate: %d tokens of %s in %d sequences of up to %d, %d at once; "
+                    "the Hessians of %d linear inputs: %s (float; %s at most)\n",
+            nt, c->calib_path, nseq, L, P, cal->n, util_human_bytes(bytes, b1, sizeof b1),
+            util_human_bytes(peak, b2, sizeof b2));
     double t0 = util_now();
     for (int d = 0; d < cal->n; d++)
         cal->H[d] = xcalloc((size_t)(cal->k[d] * cal->k[d]), sizeof(float));
-    ref *r = ref_new(g, L, err);
-    for (int d = 0; r && d < cal->n; d++)
-        ref_keep(r, cal->node[d]);
+    ref **refs = xcalloc((size_t)P, sizeof *refs);
+    kerr *errs = xmalloc(sizeof *errs * (size_t)P);
+    int *rcs = xcalloc((size_t)P, sizeof *rcs), rc = 0;
+    for (int p = 0; p < P && !rc; p++) {
+        if (!(refs[p] = ref_new(g, L, err)))
+            rc = -1;
+        for (int d = 0; refs[p] && d < cal->n; d++)
+            ref_keep(refs[p], cal->node[d]);
+    }
     float *xt = NULL;
-    int rc = r ? 0 : -1;
-    for (int off = 0; !rc && off < nt; off += L) {
-        int len = nt - off < L ? nt - off : L;
-        ref_reset(r);
-        if ((rc = ref_forward(r, ids + off, NULL, len, err)))
-            break;
-        for (int d = 0; d < cal->n; d++) {
-            int rows, cols;
-            const float *x = ref_value(r, cal->node[d], &rows, &cols);
-            int64_t K = cal->k[d];
-            assert(x && rows == len && cols == K);
-            xt = xrealloc(xt, sizeof(float) * (size_t)(K * len));
-            for (int t = 0; t < len; t++)
-                for (int64_t k = 0; k < K; k++)
-                    xt[k * len + t] = x[t * K + k];
-            hjob hj = {xt, cal->H[d], K, len};
-            util_parallel_for((K + 1) / 2, hess_part, &hj);
+    /* P forwards at once, then their inputs added in sequence order: the sums do not depend
+     * on P */
+    for (int s0 = 0; !rc && s0 < nseq; s0 += P) {
+        int np = nseq - s0 < P ? nseq - s0 : P;
+        for (int p = 0; p < np; p++)
+            kerr_clear(&errs[p]);
+        fwdjob fj = {refs, ids, nt, L, s0, rcs, errs};
+        util_parallel_for(np, fwd_part, &fj);
+        for (int p = 0; p < np && !rc; p++) {
+            if (rcs[p]) {
+                rc = kerr_add(err, "%s", kerr_msg(&errs[p]));
+                break;
+            }
+            int off = (s0 + p) * L;
+            accumulate(cal, refs[p], nt - off < L ? nt - off : L, &xt);
         }
     }
     free(xt);
     free(ids);
-    ref_free(r);
+    for (int p = 0; p < P; p++)
+        ref_free(refs[p]);
+    free(refs);
+    free(errs);
+    free(rcs);
     for (int d = 0; !rc && d < cal->n; d++)
         for (int64_t e = 0; e < cal->k[d] * cal->k[d]; e++)
             if (!isfinite(cal->H[d][e])) {
@@ -491,6 +546,6 @@ gptq_calib *gptq_calibrate(kc *c, const int *weights, int n, kerr *err)
         return NULL;
     }
     c->calib_ran = nt;
-    fprintf(stderr, "kilnc: --calibrate: forward and Hessians in %.1f s\n", util_now() - t0);
+    fprintf(stderr, "kilnc: --calibrate: forwards and Hessians in %.1f s\n", util_now() - t0);
     return cal;
 }
