@@ -22,10 +22,6 @@
 
 #define GEMV_MAX 8       /* rows up to which linears use the GEMV kernel (its MMAX: rows per group;
                           * LOWER_GEMV_GROUP_INVARIANT with --batch-invariant) */
-#define GEMV_MAX_QUANT 16 /* decode rows up to which a quantised weight that has no FP8 GEMM runs
-                           * its GEMV (in groups of GEMV_MAX); past them it is dequantised into
-                           * scratch for the GEMM (measured on an H200: the INT4 GEMV re-does its
-                           * unpacking for every group, 3,588 tok/s at batch 64 for 8B) */
 #define ATTN_THREADS 128
 
 typedef struct lw {
@@ -501,20 +497,6 @@ static ka_step gemv_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg sc
  * compute dtype for a prefill GEMM (templates/gemv.cuh's dequant_fp8 or dequant_int4); returns
  * the scratch argument. */
 #define DEQUANT_THREADS 256
-/* A step of a linear's GEMM path (size KA_SIZE_LARGE: the GEMM, the act_mul after it). deq: the
- * GEMM reads a quantised weight dequantised into scratch (dequant_step), which in decode pays
- * only past GEMV_MAX_QUANT rows (KA_SIZE_QLARGE; --batch-invariant: never, its decode runs the
- * GEMV at every batch); otherwise both schedules past GEMV_MAX rows (push_sized). */
-static void push_gemm_path(lw *w, int deq, ka_step *s)
-{
-    ka_step d = *s;
-    push_sized(w, deq ? PRE : BOTH, s);
-    if (deq && !w->c->batch_invariant) {
-        d.size = KA_SIZE_QLARGE;
-        push(w, DEC, &d);
-    }
-}
-
 static ka_arg dequant_step(lw *w, const kg_node *n, ka_arg q, ka_arg sc, qrows_kind qk, int64_t b,
                            int64_t N, int64_t K)
 {
@@ -534,7 +516,7 @@ static ka_arg dequant_step(lw *w, const kg_node *n, ka_arg q, ka_arg sc, qrows_k
     add_arg(&s, q);
     add_arg(&s, sc);
     add_arg(&s, out);
-    push_gemm_path(w, 1, &s);
+    push_sized(w, PRE, &s);
     return out;
 }
 
@@ -774,13 +756,13 @@ static int low_linear(lw *w, int id)
     /* A quantised weight (FP8 or INT4): its GEMV reads it as packed for steps of up to
      * GEMV_MAX rows. Longer steps of an FP8 one run cuBLASLt's FP8 GEMM (fp8_gemm_steps: W8A8)
      * when every target has FP8 tensor cores and the weight has one scale per row. Otherwise
-     * (INT4, block scales, an sm_80 target, kiln's own GEMM, --fp8-gemm dequant) decode steps
-     * of up to GEMV_MAX_QUANT rows run the GEMV (row groups of GEMV_MAX re-read the weight tile
-     * from L2), and longer steps of both schedules dequantise the weight into scratch for the
-     * GEMM (push_gemm_path); --batch-invariant keeps the GEMV at every decode batch. */
+     * (INT4, block scales, an sm_80 target, kiln's own GEMM, --fp8-gemm dequant) the decode
+     * schedule runs the GEMV at every batch (dequantising the whole model per step would cost
+     * more than the GEMV's re-reads of a weight tile from L2 by its row groups) and longer
+     * prefill steps dequantise the weight into scratch for the GEMM. */
     qrows_kind qk;
     int64_t qb = quant_block(w, n->in[1], K, &qk), nout = gated ? N / 2 : N;
-    int deq = 0; /* the GEMM reads the weight dequantised into scratch */
+    int gemm_which = BOTH;
     if (qb < 0) {
         wt = AW(w, n->in[1]);
     } else {
@@ -795,14 +777,14 @@ static int low_linear(lw *w, int id)
             return 0;
         }
         push_sized(w, PRE, &s);
-        s.size = w->c->batch_invariant ? KA_SIZE_ANY : KA_SIZE_QSMALL;
+        s.size = KA_SIZE_ANY;
         push(w, DEC, &s);
-        deq = 1;
+        gemm_which = PRE;
         wt = dequant_step(w, n, wt, sc, qk, qb, N, K);
     }
     if (!gated) {
         ka_step s = gemm_step(w, n, x, wt, bias, y, N, K, K, N, 0, KA_ROWS_T);
-        push_gemm_path(w, deq, &s);
+        push_sized(w, gemm_which, &s);
         if (qb < 0) {
             s = gemv_step(w, n, x, wt, ANULL(), QROWS_NONE, 0, bias, y, N, K, 0, -1, 0, KA_ROWS_T);
             push_sized(w, BOTH, &s);
@@ -815,7 +797,7 @@ static int low_linear(lw *w, int id)
         return -1;
     ka_arg tmp = A(KA_ARG_SCRATCH, scratch_at(w, (int64_t)w->c->max_tokens * N * w->esize));
     ka_step s = gemm_step(w, n, x, wt, bias, tmp, N, K, K, N, 0, KA_ROWS_T);
-    push_gemm_path(w, deq, &s);
+    push_sized(w, gemm_which, &s);
     int ka = kern(w, "act_mul", ELEM_THREADS, 0, "const kiln_step st, const DT *gu, DT *out",
                   "kiln::act_mul<DT, %lld, %d, %d>(st, gu, out)", (long long)I, n->epi_act,
                   ELEM_THREADS);
@@ -824,7 +806,7 @@ static int low_linear(lw *w, int id)
     add_arg(&s, A(KA_ARG_STEP, 0));
     add_arg(&s, tmp);
     add_arg(&s, y);
-    push_gemm_path(w, deq, &s);
+    push_sized(w, gemm_which, &s);
     if (qb < 0) {
         s = gemv_step(w, n, x, wt, ANULL(), QROWS_NONE, 0, bias, y, N, K, 1, n->epi_act, 0, KA_ROWS_T);
         push_sized(w, BOTH, &s);
@@ -1649,9 +1631,6 @@ int lower(kc *c, lowered *out, kerr *err)
     m->max_seqs = c->max_seqs;
     m->max_seq_len = c->max_seq_len;
     m->gemv_max = GEMV_MAX;
-    for (int i = 0; i < m->ndecode; i++) /* the limit only where a step uses it */
-        if (m->decode[i].size == KA_SIZE_QSMALL)
-            m->gemv_max_quant = GEMV_MAX_QUANT;
     m->gemm_kiln = c->gemm_kiln;
     m->batch_invariant = c->batch_invariant;
     m->kv_e4m3 = c->kv_fp8;
@@ -1742,8 +1721,7 @@ static void print_arg(const ka_arg *a, FILE *f)
 
 static void print_steps(const lowered *l, const ka_step *st, int n, FILE *f)
 {
-    static const char *sz[] = {"", " [rows<=gemv_max]", " [rows>gemv_max]",
-                               " [rows<=gemv_max_quant]", " [rows>gemv_max_quant]"};
+    static const char *sz[] = {"", " [rows<=gemv_max]", " [rows>gemv_max]"};
     static const char *lg[] = {"", " [last rows]", " [all rows]"};
     for (int i = 0; i < n; i++) {
         const ka_step *s = &st[i];

@@ -144,8 +144,6 @@ char *ka_manifest_json(const ka_manifest *m)
     json_object_set_new(lim, "max_seqs", json_integer(m->max_seqs));
     json_object_set_new(lim, "max_seq_len", json_integer(m->max_seq_len));
     json_object_set_new(lim, "gemv_max", json_integer(m->gemv_max));
-    if (m->gemv_max_quant)
-        json_object_set_new(lim, "gemv_max_quant", json_integer(m->gemv_max_quant));
     if (m->rope_switch)
         json_object_set_new(lim, "rope_switch", json_integer(m->rope_switch));
     json_object_set_new(lim, "slab_bytes", json_integer(m->slab_bytes));
@@ -838,7 +836,7 @@ static int parse_steps(rd *r, json_t *root, const char *which, ka_step **out, in
             return bad(r, "%s is not an object", c.where);
         s->label = jstr(r, o, c.where, "label", 0);
         snprintf(c.where, sizeof c.where, "%s step %d (%.80s)", which, i, s->label);
-        s->size = (ka_size)jint(r, o, c.where, "size", KA_SIZE_ANY, KA_SIZE_QLARGE);
+        s->size = (ka_size)jint(r, o, c.where, "size", KA_SIZE_ANY, KA_SIZE_LARGE);
         s->logits = (ka_logits)jint(r, o, c.where, "logits", KA_LOGITS_ANY, KA_LOGITS_ALL);
         s->rows = (ka_rows)jint(r, o, c.where, "rows", KA_ROWS_T, KA_ROWS_S);
         if (r->bad)
@@ -893,8 +891,6 @@ static void parse_limits(rd *r, json_t *root, ka_manifest *m)
     m->max_seqs = (int)jint(r, lim, w, "max_seqs", 1, KA_MAX_SEQS);
     m->max_seq_len = (int)jint(r, lim, w, "max_seq_len", 1, KA_MAX_SEQ_LEN);
     m->gemv_max = (int)jint(r, lim, w, "gemv_max", 0, KA_MAX_TOKENS);
-    if (lim && json_object_get(lim, "gemv_max_quant")) /* optional: absent without QSMALL steps */
-        m->gemv_max_quant = (int)jint(r, lim, w, "gemv_max_quant", 1, KA_MAX_TOKENS);
     if (lim && json_object_get(lim, "rope_switch")) /* optional: absent in artifacts without longrope */
         m->rope_switch = (int)jint(r, lim, w, "rope_switch", 1, KA_MAX_SEQ_LEN);
     m->slab_bytes = jint(r, lim, w, "slab_bytes", 0, KA_MAX_BYTES);
@@ -1158,16 +1154,6 @@ static int parse_manifest(rd *r, const char *text, size_t len, ka_manifest *m)
             m->cublaslt_steps);
     if (!r->bad && m->batch_invariant)
         check_invariant(r, m);
-    for (int pass = 0; pass < 2 && !r->bad && !m->gemv_max_quant; pass++) {
-        const ka_step *st = pass ? m->decode : m->prefill;
-        for (int i = 0, n = pass ? m->ndecode : m->nprefill; i < n; i++)
-            if (st[i].size == KA_SIZE_QSMALL || st[i].size == KA_SIZE_QLARGE) {
-                bad(r, "%s step %d (%.80s): size %d needs limits.gemv_max_quant, which the "
-                       "manifest does not give",
-                    pass ? "decode" : "prefill", i, st[i].label, (int)st[i].size);
-                break;
-            }
-    }
     json_decref(root);
     return r->bad ? -1 : 0;
 }

@@ -143,15 +143,7 @@ typedef struct ka_grid {
  * rank alike: the conditions depend only on T, n_seqs and the all-logits flag, which all ranks
  * share). w, bias, k, ldx, ldy, kernel, grid and args are unused (zero). */
 typedef enum { KA_KERNEL, KA_GEMM, KA_ALLREDUCE, KA_ALLGATHER } ka_step_kind;
-/* T <= gemv_max or not; QSMALL / QLARGE: T <= gemv_max_quant or not (a quantised weight's decode
- * steps: its GEMV, or the weight dequantised into scratch for the GEMM) */
-typedef enum {
-    KA_SIZE_ANY,
-    KA_SIZE_SMALL,
-    KA_SIZE_LARGE,
-    KA_SIZE_QSMALL,
-    KA_SIZE_QLARGE
-} ka_size;
+typedef enum { KA_SIZE_ANY, KA_SIZE_SMALL, KA_SIZE_LARGE } ka_size;     /* T <= gemv_max or not */
 typedef enum { KA_LOGITS_ANY, KA_LOGITS_LAST, KA_LOGITS_ALL } ka_logits; /* last rows or all */
 typedef enum { KA_ROWS_T, KA_ROWS_S } ka_rows;                          /* GEMM rows */
 
@@ -248,7 +240,6 @@ typedef struct ka_manifest {
     int vocab, hidden, n_layers;
     int type_vocab;         /* rows of the token-type table (BERT-style models), 0: none */
     int max_tokens, max_seqs, max_seq_len, gemv_max;
-    int gemv_max_quant; /* the rows of KA_SIZE_QSMALL / QLARGE (0: the artifact has no such step) */
     int rope_switch;        /* longrope: a sequence longer than this rotates with the long factors
                                (kb_info.rope_switch); 0 none (limits.rope_switch, optional) */
     int64_t slab_bytes, scratch_bytes;

@@ -39,14 +39,6 @@ static int verify(const ka_file *f, const char *dir, int rank, kerr *err)
     return rc;
 }
 
-/* When a step runs, by its rows (ka_size) */
-static const char *size_label(ka_size z)
-{
-    static const char *const l[] = {"", " [rows <= gemv_max]", " [rows > gemv_max]",
-                                    " [rows <= gemv_max_quant]", " [rows > gemv_max_quant]"};
-    return l[z];
-}
-
 static void print_steps(const ka_manifest *m, const ka_step *s, int n)
 {
     for (int i = 0; i < n; i++) {
@@ -56,7 +48,7 @@ static void print_steps(const ka_manifest *m, const ka_step *s, int n)
                        ? " e4m3"
                        : "",
                    (long long)s[i].n,
-                   (long long)s[i].k, size_label(s[i].size));
+                   (long long)s[i].k, s[i].size == KA_SIZE_LARGE ? " [rows > gemv_max]" : "");
         else if (s[i].kind == KA_ALLREDUCE || s[i].kind == KA_ALLGATHER)
             printf("  %3d %-28s %s n=%lld %s rows=%s%s\n", i, s[i].label,
                    s[i].kind == KA_ALLREDUCE ? "all_reduce" : "all_gather", (long long)s[i].n,
@@ -66,7 +58,9 @@ static void print_steps(const ka_manifest *m, const ka_step *s, int n)
                                                   : "");
         else
             printf("  %3d %-28s %s%s%s\n", i, s[i].label, m->kernels[s[i].kernel].name,
-                   size_label(s[i].size),
+                   s[i].size == KA_SIZE_SMALL ? " [rows <= gemv_max]"
+                   : s[i].size == KA_SIZE_LARGE ? " [rows > gemv_max]"
+                                                : "",
                    s[i].logits == KA_LOGITS_LAST ? " [last rows]"
                    : s[i].logits == KA_LOGITS_ALL ? " [all rows]"
                                                   : "");
@@ -161,26 +155,16 @@ int cmd_inspect(int argc, char **argv)
            (long long)m->slab_bytes, (long long)m->scratch_bytes,
            util_human_bytes((double)wbytes, wb, sizeof wb), m->nweights,
            m->tp > 1 ? " per rank" : "");
-    /* which steps dequantise a quantised weight for the GEMM: prefill past gemv_max rows, decode
-     * past gemv_max_quant (at every batch the GEMV when there is no such limit: --batch-invariant) */
-    char past[96];
-    if (m->gemv_max_quant)
-        snprintf(past, sizeof past, "prefill steps of more than %d rows and decode steps of more "
-                 "than %d", m->gemv_max, m->gemv_max_quant);
-    else
-        snprintf(past, sizeof past, "prefill steps of more than %d rows", m->gemv_max);
-    if (fp8 && w8a8)
+    if (fp8)
         printf("fp8          %d linear weights in e4m3 with float scales; steps of more than %d "
-               "rows run W8A8 on the FP8 tensor cores (kilnc compile --fp8-gemm w8a8)\n",
-               fp8, m->gemv_max);
-    else if (fp8)
-        printf("fp8          %d linear weights in e4m3 with float scales; %s dequantise them into "
-               "%s for the GEMM (weight-only)\n",
-               fp8, past, m->dtype);
+               "rows %s\n",
+               fp8, m->gemv_max,
+               w8a8 ? "run W8A8 on the FP8 tensor cores (kilnc compile --fp8-gemm w8a8)"
+                    : "dequantise them into bf16 for the GEMM (weight-only)");
     if (int4)
         printf("int4         %d linear weights in 4 bits with scales and zero points per group; "
-               "%s dequantise them into %s for the GEMM\n",
-               int4, past, m->dtype);
+               "steps of more than %d rows dequantise them into %s for the GEMM\n",
+               int4, m->gemv_max, m->dtype);
     if (m->n_layers) {
         /* bytes a token of context takes in every layer's K and V; per16: in the compute dtype */
         ka_manifest m16 = *m;

@@ -1297,9 +1297,7 @@ static int run_steps(kmodel *m, kdev *d, const ka_step *steps, int n, int T, int
             continue;
         int rows = s->rows == KA_ROWS_S ? S : T;
         if ((s->size == KA_SIZE_SMALL && rows > man->gemv_max) ||
-            (s->size == KA_SIZE_LARGE && rows <= man->gemv_max) ||
-            (s->size == KA_SIZE_QSMALL && rows > man->gemv_max_quant) ||
-            (s->size == KA_SIZE_QLARGE && rows <= man->gemv_max_quant))
+            (s->size == KA_SIZE_LARGE && rows <= man->gemv_max))
             continue;
         if (s->kind == KA_GEMM) {
             int fp8 = s->w.kind == KA_ARG_WEIGHT && man->weights[s->w.i].type == KA_W_E4M3;

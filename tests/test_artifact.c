@@ -512,7 +512,7 @@ static void e_gemm_k0(json_t *r) { set_int(find_step(r, "decode", NULL, NULL), "
 static void e_size(json_t *r)
 {
     size_t k;
-    set_int(find_step(r, "decode", "step", &k), "size", 5);
+    set_int(find_step(r, "decode", "step", &k), "size", 3);
 }
 static void e_wbytes(json_t *r)
 {
@@ -656,7 +656,7 @@ static void test_bad_fields_resigned(void **state)
         {"gemm extent", e_gemm_x_extent, {"GEMM x needs ", "bytes at 64 rows", "left in the activation slab"}},
         {"gemm w", e_gemm_w_kind, {"GEMM w is buf, expected weight"}},
         {"gemm k", e_gemm_k0, {"decode step ", "k is 0, expected 1.."}},
-        {"size", e_size, {"size is 5, expected 0..4"}},
+        {"size", e_size, {"size is 3, expected 0..2"}},
         {"weight bytes", e_wbytes, {"weight 3 (", "bytes for ", "elements of bf16"}},
         {"weight shape", e_wshape, {"weight 0 (", "a dimension is -512"}},
         {"eos", e_eos, {"token ids: eos id 1 is 512, expected 0..511"}},
@@ -996,58 +996,6 @@ static void test_batch_invariant_field(void **state)
     json_decref(base);
 }
 
-/* limits.gemv_max_quant: the rows of the steps of size KA_SIZE_QSMALL / QLARGE (a quantised
- * weight's decode GEMV, or its dequant + GEMM); optional, and needed by any such step. */
-static void q_sized(json_t *r)
-{
-    json_t *st = json_array_get(json_object_get(r, "decode"), 3);
-    json_object_set_new(st, "size", json_integer(KA_SIZE_QSMALL));
-}
-static void q_limit(json_t *r)
-{
-    json_object_set_new(json_object_get(r, "limits"), "gemv_max_quant", json_integer(16));
-}
-static void q_limit0(json_t *r)
-{
-    json_object_set_new(json_object_get(r, "limits"), "gemv_max_quant", json_integer(0));
-}
-static void q_size5(json_t *r)
-{
-    q_limit(r);
-    json_t *st = json_array_get(json_object_get(r, "decode"), 3);
-    json_object_set_new(st, "size", json_integer(KA_SIZE_QLARGE + 1));
-}
-
-static void test_gemv_max_quant_field(void **state)
-{
-    (void)state;
-    json_t *base = fixture_manifest("llama", 0);
-    assert_null(json_object_get(json_object_get(base, "limits"), "gemv_max_quant"));
-    json_t *q = json_deep_copy(base);
-    q_limit(q);
-    q_sized(q);
-    char *js = json_dumps(q, JSON_COMPACT);
-    size_t n;
-    unsigned char *d = ka_wrap_manifest(js, strlen(js), &n);
-    kerr err;
-    kerr_clear(&err);
-    ka_file *f = ka_read_mem("art/model.kiln", d, n, &err);
-    if (!f)
-        fail_msg("%s", kerr_msg(&err));
-    assert_int_equal(f->m.gemv_max_quant, 16);
-    assert_int_equal(f->m.decode[3].size, KA_SIZE_QSMALL);
-    ka_file_free(f);
-    free(d);
-    free(js);
-    json_decref(q);
-    const bad_case cases[] = {
-        {"quantised size without the limit", q_sized, {"decode step 3 (", "): size 3 needs limits.gemv_max_quant"}},
-        {"gemv_max_quant 0", q_limit0, {"gemv_max_quant"}},
-        {"size past QLARGE", q_size5, {"decode step 3 (", "size is 5, expected 0..4"}},
-    };
-    expect_refused(base, cases, ARRAY_LEN(cases));
-}
-
 /* ---------------------------------------------------------------- the shard */
 
 static void copy_art(const char *to)
@@ -1253,7 +1201,6 @@ int main(void)
         cmocka_unit_test(test_labels_fields),
         cmocka_unit_test(test_gemm_field),
         cmocka_unit_test(test_batch_invariant_field),
-        cmocka_unit_test(test_gemv_max_quant_field),
         cmocka_unit_test(test_shard_pristine),
         cmocka_unit_test(test_shard_of_another_model),
         cmocka_unit_test(test_shard_truncated_or_modified),

@@ -36,21 +36,16 @@ static const char *KILNC, *KILN;
 static const char *fixtures[] = {"llama", "bloom", "gemma", "mixtral", "qwen2_moe",
                                  "deepseek_v2"};
 
-static void lower_quant(kc *c, const char *name, int invariant, kc_quant quant)
+static void lower_with(kc *c, const char *name, int invariant)
 {
     char dir[256];
     snprintf(dir, sizeof dir, FIX "%s", name);
     kc_opts o = {.need_weights = 1, .max_seq_len = 128, .max_seqs = MAX_SEQS, .max_tokens = 96,
-                 .gemm_kiln = 1, .batch_invariant = invariant, .quant_mode = quant};
+                 .gemm_kiln = 1, .batch_invariant = invariant};
     kerr err;
     kerr_clear(&err);
     if (kc_open(c, dir, &o, &err) || kc_run(c, NULL, NULL, NULL, &err))
         fail_msg("%s: %s", name, kerr_msg(&err));
-}
-
-static void lower_with(kc *c, const char *name, int invariant)
-{
-    lower_quant(c, name, invariant, KC_QUANT_NONE);
 }
 
 /* The grid dimension at T tokens of S sequences, as the runtime computes it (artifact.h). */
@@ -176,44 +171,6 @@ static void test_schedules(void **state)
     }
 }
 
-/* A quantised weight without an FP8 GEMM (--quant int4) in the decode schedule: its GEMV up to
- * gemv_max_quant rows (KA_SIZE_QSMALL), past them dequant_int4, the GEMM and act_mul
- * (KA_SIZE_QLARGE), and the limit in the manifest; with --batch-invariant the GEMV at every batch
- * and no limit. The prefill schedule is the default's (GEMV up to gemv_max, dequant past it). */
-static void test_quant_decode(void **state)
-{
-    (void)state;
-    for (int bi = 0; bi < 2; bi++) {
-        kc c;
-        lower_quant(&c, "llama", bi, KC_QUANT_INT4);
-        const lowered *l = c.low;
-        int gemv = 0, deq = 0, gemm = 0;
-        for (int i = 0; i < l->m.ndecode; i++) {
-            const ka_step *s = &l->m.decode[i];
-            int q4 = is_kernel(l, s, "_gemv_int4"), dq = is_kernel(l, s, "_dequant_int4");
-            gemv += q4;
-            deq += dq;
-            gemm += s->size == KA_SIZE_QLARGE && (s->kind == KA_GEMM || is_kernel(l, s, "_gemm"));
-            if (q4 && s->size != (bi ? KA_SIZE_ANY : KA_SIZE_QSMALL))
-                fail_msg("bi %d: decode step %d (%s) gemv_int4 of size %d", bi, i, s->label,
-                         (int)s->size);
-            if (dq && s->size != KA_SIZE_QLARGE)
-                fail_msg("bi %d: decode step %d (%s) dequant_int4 of size %d", bi, i, s->label,
-                         (int)s->size);
-        }
-        for (int i = 0; i < l->m.nprefill; i++)
-            if (l->m.prefill[i].size == KA_SIZE_QSMALL || l->m.prefill[i].size == KA_SIZE_QLARGE)
-                fail_msg("bi %d: prefill step %d (%s) has a decode size %d", bi, i,
-                         l->m.prefill[i].label, (int)l->m.prefill[i].size);
-        if (gemv == 0)
-            fail_msg("bi %d: no gemv_int4 in decode (the test proves nothing)", bi);
-        assert_int_equal(deq, bi ? 0 : gemv);
-        assert_int_equal(gemm, bi ? 0 : gemv);
-        assert_int_equal(l->m.gemv_max_quant, bi ? 0 : 16);
-        kc_free(&c);
-    }
-}
-
 static void test_cli(void **state)
 {
     (void)state;
@@ -318,7 +275,6 @@ int main(void)
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_schedules),
-        cmocka_unit_test(test_quant_decode),
         cmocka_unit_test(test_cli),
         cmocka_unit_test(test_cli_refusals),
     };
