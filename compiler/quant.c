@@ -14,6 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../kernels/kiln_kv8.h"
+
 typedef enum {
     QS_CT_TENSOR,  /* compressed-tensors, one scale per tensor */
     QS_CT_CHANNEL, /* compressed-tensors, one scale per output row */
@@ -73,22 +75,7 @@ float fp8_e4m3_to_f32(uint8_t b)
 uint8_t fp8_e4m3_from_f32(float x)
 {
     assert(!isnan(x));
-    uint8_t s = signbit(x) ? 0x80 : 0;
-    float a = fabsf(x);
-    if (a >= FP8_E4M3_MAX)
-        return s | 0x7e;
-    if (a < 0x1p-6f) { /* subnormals step 2^-9: a * 512 rounded to an integer, ties to even */
-        float big = a * 512.0f + 0x1p23f; /* the float addition rounds (to even) */
-        return s | (uint8_t)(big - 0x1p23f);
-    }
-    uint32_t u;
-    memcpy(&u, &a, sizeof u);
-    /* keep 3 of the 23 mantissa bits, rounding to nearest even; a carry moves the exponent */
-    u += 0x7ffffu + ((u >> 20) & 1u);
-    int E = (int)(u >> 23) - 127, m = (int)((u >> 20) & 7u);
-    if (E > 8 || (E == 8 && m > 6)) /* above 448 after rounding: saturate */
-        return s | 0x7e;
-    return s | (uint8_t)((E + 7) << 3 | m);
+    return kiln_kv8_e4m3(x); /* the kernels' encoder (integer operations): one rounding rule */
 }
 
 /* ---------------------------------------------------------------- quantization_config */

@@ -1,7 +1,8 @@
 /* kiln_kv8.h — the FP8 KV cache (kilnc compile --kv-dtype fp8): its layout and its rounding, one
- * definition for the runtime (block sizes), the CPU side (compiler/ref.c's rounding is checked
- * against kiln_kv8_e4m3 by tests/test_quant.c) and the kernels (templates/elementwise.cuh's
- * rope_kv writes the cache, templates/attention.cuh reads it). C and CUDA both include it.
+ * definition for the runtime (block sizes), the CPU side (compiler/ref.c's rounding of the cache,
+ * and every e4m3 byte the compiler writes: quant.c's fp8_e4m3_from_f32 is kiln_kv8_e4m3) and the
+ * kernels (templates/elementwise.cuh's rope_kv writes the cache, templates/attention.cuh reads
+ * it). C and CUDA both include it.
  *
  * Layout. A layer's K cache, and its V cache alike, is `blocks` blocks of
  * KILN_KV8_BLOCK_BYTES(KW, NKV) bytes, KW = NKV * HD elements in a token's row (HD: the head dim
@@ -64,8 +65,8 @@ KILN_KV8_FN float kiln_kv8_scale(float amax)
 
 /* x as the nearest e4m3 byte, ties to even, saturating at +-448 (Inf too); NaN gives 0x7f (with
  * its sign). Integer operations only, so the GPU (any SM: no cvt to e4m3 before sm_89) and the CPU
- * compute the same byte; equal to compiler/quant.c's fp8_e4m3_from_f32 for every non-NaN x
- * (tests/test_quant.c). */
+ * (compiler/quant.c's fp8_e4m3_from_f32 calls it) compute the same byte; tests/test_kv8.c checks
+ * it against a search for the nearest value. */
 KILN_KV8_FN unsigned char kiln_kv8_e4m3(float x)
 {
     const unsigned u = KILN_KV8_BITS(x), s = (u >> 24) & 0x80u, a = u & 0x7fffffffu;
