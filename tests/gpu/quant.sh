@@ -11,7 +11,7 @@
 #
 # Models: QUANT_MODELS (checkpoint folders; default the example model), plus the 8B shape bench.sh
 # synthesised (/tmp/kiln-bench/hf-8b) when it is there: random weights, so only the difference
-# means anything. Text: QUANT_TEXT, default the last 60,000 bytes of the example model's training
+# means anything (it has no tokenizer: the example model's encodes the text for it). Text: QUANT_TEXT, default the last 60,000 bytes of the example model's training
 # corpus (examples/train/corpus.txt.gz: the model has seen it; the difference is what is measured).
 # Calibration (the GPTQ columns): only the models in QUANT_CALIB_MODELS (default the example model:
 # kilnc runs the calibration forward on the CPU reference, hours for an 8B), on QUANT_CALIB_TEXT,
@@ -46,6 +46,14 @@ echo "| model | bf16 | --quant fp8 (W8A8 GEMMs) | --quant fp8 --fp8-gemm dequant
 echo "|---|---|---|---|---|---|---|---|" >> $table
 for M in $MODELS; do
   name=$(basename "$M")
+  if [ ! -f "$M/tokenizer.json" ]; then
+    # a synthesised checkpoint has no tokenizer: the example model's (4,096 ids, all inside any
+    # Llama vocabulary) encodes the text, in a folder of links to the checkpoint's files
+    T=$W/tok-$name
+    rm -rf "$T" && mkdir -p "$T" && ln -s "$(cd "$M" && pwd)"/* "$T"/ &&
+      cp --remove-destination examples/tinyfortune/tokenizer.json examples/tinyfortune/tokenizer_config.json "$T"/
+    M=$T
+  fi
   calib=0
   for C in $CALIB_MODELS; do [ "$C" = "$M" ] && calib=1; done
   for v in bf16 fp8 fp8dq int4 fp8g fp8dqg int4g; do
