@@ -3,12 +3,13 @@
 # run on the GPU machine: the measurement behind a performance step's "predicted / measured" line
 # in tests/gpu/RESULTS.md (issue 12). Not a test: it prints numbers.
 #
-#   AB_VARIANTS="base:KILN_GEMV_PREFETCH=0 pf16:KILN_GEMV_PREFETCH=16" AB_SHAPE=8b tests/gpu/ab.sh
+#   cp -r archspecs templates kernels /tmp/try/   # then change /tmp/try/templates/...
+#   AB_VARIANTS="base: try:KILN_ARCHSPECS=/tmp/try/archspecs fp8::--quant,fp8" tests/gpu/ab.sh
 #
 # Each variant is NAME:ASSIGNMENTS[:OPTIONS], the assignments (VAR=VALUE, comma-separated, no
-# spaces; none: "NAME:") being the environment of its `kilnc compile` (a compile-time knob, or
-# KILN_ARCHSPECS pointing at a copy of the tree whose templates the caller changed), and OPTIONS
-# (comma-separated) more kilnc compile options, e.g. "fp8::--quant,fp8". Each variant
+# spaces; none: "NAME:") being the environment of its `kilnc compile` (KILN_ARCHSPECS pointing at
+# a copy of the tree whose templates the caller changed: kilnc takes templates/ and kernels/ beside
+# it), and OPTIONS (comma-separated) more kilnc compile options. Each variant
 # is compiled from the same checkpoint (kilnc synth --like, shared with bench.sh's
 # /tmp/kiln-bench/hf-SHAPE), benched AB_ROUNDS times with `kiln bench --batch AB_BATCH --prefill
 # AB_PREFILL`, and deleted (an 8B artifact is 15 GiB: the disk holds the checkpoint and two; AB_KEEP=NAME
