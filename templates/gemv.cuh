@@ -199,6 +199,23 @@ __device__ __forceinline__ void mma_group(float d[NT][4], const uint4 &wa, const
     }
 }
 
+// The launch shape gemv, gemv_fp8 and gemv_int4 share (the launch rule at the top of the file):
+// the checks on their common template arguments, and what follows from them. NOUT output columns
+// (the row stride of y), OPB outputs a block (one 16-row tile: 16 rows, or 8 gate rows and their
+// 8 up rows), NT 8-column tiles of x rows, WARPS split-K ways.
+template <int N, bool GATED, int MMAX, int THREADS>
+struct shape {
+    static_assert(N >= 1 && (!GATED || N % 2 == 0), "GEMV: GATED needs an even N");
+    static_assert(MMAX >= 1 && MMAX <= 16, "GEMV: MMAX is 1..16");
+    static_assert(THREADS % 32 == 0 && THREADS >= 32 && THREADS <= 512,
+                  "GEMV: THREADS must be a multiple of 32, at most 512");
+    static constexpr int NOUT = GATED ? N / 2 : N;
+    static constexpr int OPB = GATED ? 8 : 16;
+    static constexpr int NT = (MMAX + 7) / 8;
+    static constexpr int WARPS = THREADS / 32;
+    static_assert((NOUT + OPB - 1) / OPB <= 65535, "GEMV: more tiles than grid y allows");
+};
+
 // The lane's two weight rows of tile `tile` (row g and row g + 8 of the tile, or for GATED gate
 // row o and its up row NOUT + o); rows past the end read the last row (valid memory) and store
 // nothing.
@@ -231,10 +248,8 @@ __device__ __forceinline__ void finish(float acc[(MMAX + 7) / 8][4], const float
                                        const DT *bias, void *y, long long row0, long long tile,
                                        int M)
 {
-    constexpr int NOUT = GATED ? N / 2 : N;
-    constexpr int OPB = GATED ? 8 : 16;
-    constexpr int NT = (MMAX + 7) / 8;
-    constexpr int WARPS = THREADS / 32;
+    using S = shape<N, GATED, MMAX, THREADS>;
+    constexpr int NOUT = S::NOUT, OPB = S::OPB, NT = S::NT, WARPS = S::WARPS;
     const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, g = lane >> 2, t = lane & 3;
     if constexpr (WARPS > 1) {
         __shared__ float part[WARPS][NT * 4][32]; // the warps' partial tiles, [warp][reg][lane]
@@ -462,20 +477,13 @@ __device__ __forceinline__ void gemv(const kiln_step st, const DT *x, const DT *
 {
     KILN_PDL_ENTER();
     static_assert(K % 8 == 0, "gemv: K must be a multiple of 8");
-    static_assert(N >= 1 && (!GATED || N % 2 == 0), "gemv: GATED needs an even N");
-    static_assert(MMAX >= 1 && MMAX <= 16, "gemv: MMAX is 1..16");
-    static_assert(THREADS % 32 == 0 && THREADS >= 32 && THREADS <= 512,
-                  "gemv: THREADS must be a multiple of 32, at most 512");
     (void)st;
-    constexpr int NOUT = GATED ? N / 2 : N;
-    constexpr int OPB = GATED ? 8 : 16;          // outputs per block (one 16-row tile)
-    constexpr int NT = (MMAX + 7) / 8;           // 8-column tiles of x rows
-    constexpr int WARPS = THREADS / 32;          // split-K ways
+    using S = gemv_detail::shape<N, GATED, MMAX, THREADS>;
+    constexpr int NT = S::NT, WARPS = S::WARPS;
     constexpr int U = 4;                         // 32-element groups per step
     static_assert(U % 4 == 0, "gemv: U must be a multiple of 4 (chains of 8 mma)");
     constexpr int KC = K / 8;                    // 16-byte chunks per row
     constexpr int STEPS = (KC + 4 * U - 1) / (4 * U);
-    static_assert((NOUT + OPB - 1) / OPB <= 65535, "gemv: more tiles than grid y allows");
     const long long tile = blockIdx.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, g = lane >> 2, t = lane & 3;
     long long row0;
@@ -543,21 +551,14 @@ __device__ __forceinline__ void gemv_fp8(const kiln_step st, const DT *x, const 
     static_assert(K % 16 == 0, "gemv_fp8: K must be a multiple of 16");
     static_assert(SBC == K || (SBC > 0 && SBC % 64 == 0 && SBC < K),
                   "gemv_fp8: a scale per row (SBC == K) or per K block of a multiple of 64");
-    static_assert(N >= 1 && (!GATED || N % 2 == 0), "gemv_fp8: GATED needs an even N");
-    static_assert(MMAX >= 1 && MMAX <= 16, "gemv_fp8: MMAX is 1..16");
-    static_assert(THREADS % 32 == 0 && THREADS >= 32 && THREADS <= 512,
-                  "gemv_fp8: THREADS must be a multiple of 32, at most 512");
     (void)st;
+    using S = gemv_detail::shape<N, GATED, MMAX, THREADS>;
+    constexpr int NT = S::NT, WARPS = S::WARPS;
     constexpr bool BLOCKS = SBC != K;
     constexpr int KB = (K + SBC - 1) / SBC;
-    constexpr int NOUT = GATED ? N / 2 : N;
-    constexpr int OPB = GATED ? 8 : 16;
-    constexpr int NT = (MMAX + 7) / 8;
-    constexpr int WARPS = THREADS / 32;
     constexpr int U = 4;      // 64-element groups per step
     constexpr int KC = K / 16; // 16-byte chunks per row
     constexpr int STEPS = (KC + 4 * U - 1) / (4 * U);
-    static_assert((NOUT + OPB - 1) / OPB <= 65535, "gemv_fp8: more tiles than grid y allows");
     const long long tile = blockIdx.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, g = lane >> 2, t = lane & 3;
     long long row0;
@@ -676,20 +677,13 @@ __device__ __forceinline__ void gemv_int4(const kiln_step st, const DT *x, const
     static_assert(K % 32 == 0, "gemv_int4: K must be a multiple of 32");
     static_assert(G > 0 && G % 32 == 0 && K % G == 0,
                   "gemv_int4: G must be a multiple of 32 that divides K");
-    static_assert(N >= 1 && (!GATED || N % 2 == 0), "gemv_int4: GATED needs an even N");
-    static_assert(MMAX >= 1 && MMAX <= 16, "gemv_int4: MMAX is 1..16");
-    static_assert(THREADS % 32 == 0 && THREADS >= 32 && THREADS <= 512,
-                  "gemv_int4: THREADS must be a multiple of 32, at most 512");
     (void)st;
+    using S = gemv_detail::shape<N, GATED, MMAX, THREADS>;
+    constexpr int NT = S::NT, WARPS = S::WARPS;
     constexpr int KG = K / G; // groups per row
-    constexpr int NOUT = GATED ? N / 2 : N;
-    constexpr int OPB = GATED ? 8 : 16;
-    constexpr int NT = (MMAX + 7) / 8;
-    constexpr int WARPS = THREADS / 32;
     constexpr int U = 4;       // 128-element groups per step
     constexpr int KC = K / 32; // 16-byte chunks per row
     constexpr int STEPS = (KC + 4 * U - 1) / (4 * U);
-    static_assert((NOUT + OPB - 1) / OPB <= 65535, "gemv_int4: more tiles than grid y allows");
     const long long tile = blockIdx.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, g = lane >> 2, t = lane & 3;
     long long row0;
