@@ -770,14 +770,8 @@ static int teardown(void **state)
 
 int main(void)
 {
-    KILNC = getenv("KILNC");
-    KILN = getenv("KILN");
-    if (!KILNC || !*KILNC || !KILN || !*KILN || access(KILNC, X_OK) || access(KILN, X_OK)) {
-        fprintf(stderr, "test_badinput: KILNC and KILN must name the binaries: run it through "
-                        "`make check`, or as\n  KILNC=out/bin/kilnc KILN=out/bin/kiln "
-                        "out/tests/test_badinput\n");
-        return 1;
-    }
+    KILNC = tu_binary("KILNC", "test_badinput");
+    KILN = tu_binary("KILN", "test_badinput");
     /* the children see only the built-in archspecs unless a row sets KILN_SPEC_PATH */
     unsetenv("KILN_SPEC_PATH");
     unsetenv("KILN_ARCHSPECS");

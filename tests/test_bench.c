@@ -423,12 +423,8 @@ static void test_cost_model(void **state)
 
 int main(void)
 {
-    KILNC = getenv("KILNC");
-    KILN = getenv("KILN");
-    if (!KILNC || !KILN) {
-        fprintf(stderr, "test_bench: set KILNC and KILN to the binaries under test\n");
-        return 1;
-    }
+    KILNC = tu_binary("KILNC", "test_bench");
+    KILN = tu_binary("KILN", "test_bench");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_help, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_options, setup, teardown),

@@ -921,23 +921,8 @@ static void test_graph_without_weights(void **state)
 
 int main(void)
 {
-    KILNC = getenv("KILNC");
-    if (!KILNC || !*KILNC) {
-        fprintf(stderr, "test_cli: KILNC is not set: run it through `make check`, or as\n"
-                        "  KILNC=out/bin/kilnc out/tests/test_cli\n");
-        return 1;
-    }
-    if (access(KILNC, X_OK) != 0) {
-        fprintf(stderr, "test_cli: KILNC=%s is not an executable\n", KILNC);
-        return 1;
-    }
-    KILN = getenv("KILN");
-    if (!KILN || access(KILN, X_OK) != 0) {
-        fprintf(stderr, "test_cli: KILN (the kiln binary) is not set or not an executable: run it "
-                        "through `make check`, or as\n"
-                        "  KILNC=out/bin/kilnc KILN=out/bin/kiln out/tests/test_cli\n");
-        return 1;
-    }
+    KILNC = tu_binary("KILNC", "test_cli");
+    KILN = tu_binary("KILN", "test_cli");
     /* the child sees only the built-in specs */
     unsetenv("KILN_SPEC_PATH");
     unsetenv("KILN_ARCHSPECS");

@@ -286,14 +286,8 @@ static void test_cli_refuses_bad_values(void **state)
 
 int main(void)
 {
-    KILNC = getenv("KILNC");
-    KILN = getenv("KILN");
-    if (!KILNC || access(KILNC, X_OK) != 0 || !KILN || access(KILN, X_OK) != 0) {
-        fprintf(stderr, "test_gemm: KILNC and KILN must name the kilnc and kiln binaries: run it "
-                        "through `make check`, or as\n"
-                        "  KILNC=out/bin/kilnc KILN=out/bin/kiln out/tests/test_gemm\n");
-        return 1;
-    }
+    KILNC = tu_binary("KILNC", "test_gemm");
+    KILN = tu_binary("KILN", "test_gemm");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_steps_replace_cublaslt),
         cmocka_unit_test(test_cli_compile_inspect),

@@ -291,9 +291,7 @@ static void test_cli(void **state)
 
 int main(void)
 {
-    KILNC = getenv("KILNC");
-    if (!KILNC)
-        KILNC = "out/bin/kilnc";
+    KILNC = tu_binary("KILNC", "test_gptq");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_identity_is_nearest),
         cmocka_unit_test(test_better_than_nearest),

@@ -265,14 +265,8 @@ static void test_cli_refusals(void **state)
 
 int main(void)
 {
-    KILNC = getenv("KILNC");
-    KILN = getenv("KILN");
-    if (!KILNC || access(KILNC, X_OK) != 0 || !KILN || access(KILN, X_OK) != 0) {
-        fprintf(stderr, "test_invariant: KILNC and KILN must name the kilnc and kiln binaries: "
-                        "run it through `make check`, or as\n"
-                        "  KILNC=out/bin/kilnc KILN=out/bin/kiln out/tests/test_invariant\n");
-        return 1;
-    }
+    KILNC = tu_binary("KILNC", "test_invariant");
+    KILN = tu_binary("KILN", "test_invariant");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_schedules),
         cmocka_unit_test(test_cli),

@@ -336,12 +336,8 @@ static void test_refusals(void **state)
 
 int main(void)
 {
-    KILNC = getenv("KILNC");
-    if (!KILNC)
-        KILNC = "out/bin/kilnc";
-    KILN = getenv("KILN");
-    if (!KILN)
-        KILN = "out/bin/kiln";
+    KILNC = tu_binary("KILNC", "test_kv8");
+    KILN = tu_binary("KILN", "test_kv8");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_e4m3_same), cmocka_unit_test(test_head),
         cmocka_unit_test(test_ref_logits), cmocka_unit_test(test_compile),

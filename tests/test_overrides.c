@@ -450,14 +450,8 @@ static void test_help_documents_flags(void **state)
 
 int main(void)
 {
-    KILNC = getenv("KILNC");
-    KILN = getenv("KILN");
-    if (!KILNC || !KILN || access(KILNC, X_OK) || access(KILN, X_OK)) {
-        fprintf(stderr, "test_overrides: KILNC and KILN must name the binaries: run it through "
-                        "`make check`, or as\n"
-                        "  KILNC=out/bin/kilnc KILN=out/bin/kiln out/tests/test_overrides\n");
-        return 1;
-    }
+    KILNC = tu_binary("KILNC", "test_overrides");
+    KILN = tu_binary("KILN", "test_overrides");
     /* the child sees only the built-in specs */
     unsetenv("KILN_SPEC_PATH");
     unsetenv("KILN_ARCHSPECS");

@@ -1052,12 +1052,8 @@ static void test_cli(void **state)
 
 int main(void)
 {
-    KILNC = getenv("KILNC");
-    if (!KILNC)
-        KILNC = "out/bin/kilnc";
-    KILN = getenv("KILN");
-    if (!KILN)
-        KILN = "out/bin/kiln";
+    KILNC = tu_binary("KILNC", "test_quant");
+    KILN = tu_binary("KILN", "test_quant");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_e4m3),
         cmocka_unit_test(test_layouts),

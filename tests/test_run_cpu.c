@@ -461,14 +461,8 @@ static void test_cpu_option_errors(void **state)
 
 int main(void)
 {
-    KILNC = getenv("KILNC");
-    KILN = getenv("KILN");
-    if (!KILNC || !KILN || access(KILNC, X_OK) || access(KILN, X_OK)) {
-        fprintf(stderr, "test_run_cpu: KILNC and KILN must name the binaries: run it through "
-                        "`make check`, or as\n"
-                        "  KILNC=out/bin/kilnc KILN=out/bin/kiln out/tests/test_run_cpu\n");
-        return 1;
-    }
+    KILNC = tu_binary("KILNC", "test_run_cpu");
+    KILN = tu_binary("KILN", "test_run_cpu");
     unsetenv("KILN_SPEC_PATH");
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
     const struct CMUnitTest tests[] = {

@@ -267,13 +267,7 @@ static void test_bad_options(void **state)
 
 int main(void)
 {
-    KILNC = getenv("KILNC");
-    if (!KILNC || access(KILNC, X_OK) != 0) {
-        fprintf(stderr, "test_synth: KILNC (the kilnc binary) is not set or not an executable: run "
-                        "it through `make check`, or as\n"
-                        "  KILNC=out/bin/kilnc out/tests/test_synth\n");
-        return 1;
-    }
+    KILNC = tu_binary("KILNC", "test_synth");
     unsetenv("KILN_SPEC_PATH");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tiny_llama),        cmocka_unit_test(test_tiny_mixtral),

@@ -910,13 +910,7 @@ static void test_cli(void **state)
 
 int main(void)
 {
-    KILNC = getenv("KILNC");
-    if (!KILNC || access(KILNC, X_OK) != 0) {
-        fprintf(stderr, "test_tp: KILNC (the kilnc binary) is not set or not an executable: run "
-                        "it through `make check`, or as\n"
-                        "  KILNC=out/bin/kilnc out/tests/test_tp\n");
-        return 1;
-    }
+    KILNC = tu_binary("KILNC", "test_tp");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tiny_collectives),
         cmocka_unit_test(test_fixtures),

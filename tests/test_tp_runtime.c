@@ -408,12 +408,8 @@ static void test_allreduce_env(void **state)
 static int setup(void **state)
 {
     (void)state;
-    KILNC = getenv("KILNC");
-    KILN = getenv("KILN");
-    if (!KILNC || !KILN) {
-        fprintf(stderr, "KILNC and KILN must name the binaries (run through make check)\n");
-        return -1;
-    }
+    KILNC = tu_binary("KILNC", "test_tp_runtime");
+    KILN = tu_binary("KILN", "test_tp_runtime");
     tmp = tu_tmpdir();
     snprintf(tp2, sizeof tp2, "%s/tp2", tmp);
     snprintf(tp1, sizeof tp1, "%s/tp1", tmp);

@@ -10,6 +10,8 @@
  *                               visible in the test log, not just "assertion failed"
  *   tu_write_llama              a tiny random-weight Llama checkpoint (config.json and
  *                               model.safetensors), with knobs for the bad variants
+ *   tu_binary                   the kilnc or kiln binary under test, from KILNC / KILN as `make
+ *                               check` sets them (else says how to run the test, and exits 1)
  *   tu_run_argv                 runs a binary (kiln, kilnc), capturing its exit status, stdout
  *                               and stderr, and fails on any sanitizer report; tu_run_bin the
  *                               same for a binary and a NULL-terminated argument list
@@ -105,6 +107,20 @@ static inline void tu_die(const char *what, const char *path)
 {
     fprintf(stderr, "test scaffolding: %s %s failed\n", what, path);
     abort();
+}
+
+/* The binary under test that environment variable var ("KILNC" or "KILN") names, as `make check`
+ * sets it. When it is unset, empty or not an executable, says how to run `test` (its name, e.g.
+ * "test_quant") and exits 1: a test of the binaries cannot run without them. */
+static inline const char *tu_binary(const char *var, const char *test)
+{
+    const char *p = getenv(var);
+    if (p && *p && access(p, X_OK) == 0)
+        return p;
+    fprintf(stderr, "%s: %s must name the %s binary (got %s): run it through `make check`, or as\n"
+                    "  KILNC=out/bin/kilnc KILN=out/bin/kiln out/tests/%s\n",
+            test, var, strcmp(var, "KILN") ? "kilnc" : "kiln", p ? p : "nothing", test);
+    exit(1);
 }
 
 /* A new empty folder /tmp/kiln-test-XXXXXX (heap string). */
