@@ -348,14 +348,14 @@ __device__ __forceinline__ void fp8x16(const uint4 &v, uint4 &c0, uint4 &c1)
     fp8x4<DT>(v.w, c1.z, c1.w);
 }
 
-// Eight INT4 elements of gemv_int4's layout (one 32-bit word: element 2j is nibble j, element
-// 2j + 1 nibble j + 4, j = 0..3) as an 8-element chunk of DT pairs in natural order (c.x:
-// elements 0, 1; c.y: 2, 3; ...), each (q - z) * s with one rounding. Pair j is built as the DT
-// numbers B + q (the nibbles put in the mantissa of B: bf16 0x4300 = 128, f16 0x6400 = 1024, whose
-// ulp is 1), then (B + q) - (B + z) (an integer in [-16, 15]: exact) by an fma with -1, then times
-// s by an fma with a -0 addend (one rounding, and the sign of a zero product kept). sz.x is the
-// pair (s, s), sz.y the pair (B + z, B + z). fma.rn.bf16x2 and .f16x2 exist on sm_80 (sub.bf16x2
-// and mul.bf16x2 only on sm_90) and keep subnormals.
+// INT4 elements of gemv_int4's layout (one 32-bit word: element 2j is nibble j, element 2j + 1
+// nibble j + 4, j = 0..3) as DT pairs. Pair j is built as the DT numbers B + q (the nibbles put in
+// the mantissa of B: bf16 0x4300 = 128, f16 0x6400 = 1024, whose ulp is 1) by one lop3 on the
+// word shifted right by 4j (int4_bq), then (B + q) - (B + z) (an integer in [-16, 15]: exact) by
+// an fma with -1 (int4_diff). sz.x is the pair (s, s), sz.y the pair (B + z, B + z). The shift
+// is a multiply-high, which runs on the FMA pipe: the lop3 keep the ALU pipe (half the rate of
+// the FMA pipe on sm_80 and sm_90) busy enough. fma.rn.bf16x2 and .f16x2 exist on sm_80
+// (sub.bf16x2 and mul.bf16x2 only on sm_90) and keep subnormals.
 template <typename DT>
 struct int4_pairs;
 template <>
@@ -368,6 +368,8 @@ struct int4_pairs<bf16> {
         asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
         return d;
     }
+    // the low half of a pair, to float (exact)
+    static __device__ __forceinline__ float lo_f(unsigned p) { return __uint_as_float(p << 16); }
 };
 template <>
 struct int4_pairs<f16> {
@@ -379,19 +381,48 @@ struct int4_pairs<f16> {
         asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
         return d;
     }
+    static __device__ __forceinline__ float lo_f(unsigned p)
+    {
+        return __half2float(__ushort_as_half((unsigned short)(p & 0xffffu)));
+    }
 };
 
+// Pair j of word q: (B + q_2j, B + q_2j+1). One lop3 ((w & 0x000F000F) | MAGIC: written as
+// asm because C's & and | become two LOP3 with an immediate each), after q >> 4j for j > 0.
 template <typename DT>
-__device__ __forceinline__ uint4 int4x8(unsigned q, const uint2 &sz)
+__device__ __forceinline__ unsigned int4_bq(unsigned q, int j)
+{
+    const unsigned w = j ? __umulhi(q, 1u << (32 - 4 * j)) : q;
+    unsigned d;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" // (a & b) | c
+        : "=r"(d)
+        : "r"(w), "n"(0x000F000F), "n"(int4_pairs<DT>::MAGIC));
+    return d;
+}
+
+// Eight elements (word q) as an 8-element chunk of DT pairs in natural order (c.x: elements 0,
+// 1; c.y: 2, 3; ...), each q - z, exact (gemv_int4's factored path multiplies by s after the
+// sum).
+template <typename DT>
+__device__ __forceinline__ uint4 int4_diff(unsigned q, unsigned bz)
 {
     using P = int4_pairs<DT>;
     unsigned c[4];
 #pragma unroll
-    for (int j = 0; j < 4; j++) {
-        const unsigned bq = ((q >> 4 * j) & 0x000F000Fu) | P::MAGIC; // (B + q_2j, B + q_2j+1)
-        c[j] = P::fma(P::fma(sz.y, P::NEG1, bq), sz.x, 0x80008000u);
-    }
+    for (int j = 0; j < 4; j++)
+        c[j] = P::fma(bz, P::NEG1, int4_bq<DT>(q, j));
     return make_uint4(c[0], c[1], c[2], c[3]);
+}
+
+// The same chunk, each (q - z) * s with one rounding to DT: then times s by an fma with a -0
+// addend (the sign of a zero product kept). gemv_int4's general path and dequant_int4.
+template <typename DT>
+__device__ __forceinline__ uint4 int4x8(unsigned q, const uint2 &sz)
+{
+    using P = int4_pairs<DT>;
+    const uint4 d = int4_diff<DT>(q, sz.y);
+    return make_uint4(P::fma(d.x, sz.x, 0x80008000u), P::fma(d.y, sz.x, 0x80008000u),
+                      P::fma(d.z, sz.x, 0x80008000u), P::fma(d.w, sz.x, 0x80008000u));
 }
 
 // The start every GEMV shares. This block's row group: rows [row0, row0 + M) of x and y, done as
@@ -657,15 +688,20 @@ __device__ __forceinline__ void dequant_fp8(const kiln_step st, const unsigned c
 //     j+4 (bits 16+4j..16+4j+3), j = 0..3; nibbles are unsigned q in [0, 15];
 //   - sz: [N, K/G] uint2, one per (row, group of G consecutive columns): .x = the group's scale s
 //     as a pair of DT (both halves s), .y = (B + z) as a pair of DT, B = 128 for bf16, 1024 for
-//     f16, z the zero point, an integer in [0, 16];
-//   - the weight's value: w[n, k] = DT((q - z) * s), one rounding (gemv_detail::int4x8: the
-//     difference is exact, the product rounded once to DT, in registers; dequant_int4 gives the
-//     same bits).
+//     f16, z the zero point, an integer in [0, 16].
 // What differs from gemv: a lane's 16-byte load is 32 elements (4 words: 4 chunks of 8) of rows g
 // and g+8, and four 16-byte loads of its x row (step_loads with XH = 4); a step is U = 4 groups
-// (512 elements: 256 bytes of each of 16 rows, gemv's bytes in flight), and each 16-byte chunk is
-// one chain of 8 mma (4 chunks x 2) from zero added to the float accumulators. The 32 elements of
-// a lane's load lie in one group (G % 32 == 0), whose sz entry it loads with them.
+// of 128 elements (256 bytes of each of 16 rows, gemv's bytes in flight), and each group is one
+// chain of 8 mma (4 chunks x 2) from zero added to the float accumulators. The weight's value
+// depends on G, by one rule (G % 128 == 0 or not):
+//   - G % 128 == 0 (the factored path: AWQ's and GPTQ's 128, --quant int4's whenever K allows):
+//     the 128 elements of a chain lie in one group, so the chain runs on the exact integers q - z
+//     (int4_diff: one lop3 and one fma per pair) and its float sum is multiplied by s, one FMA
+//     per accumulator: the weight is (q - z) * s exactly, as kilnc ref computes it (quant.h),
+//     and a pair costs one fma less than in the general path;
+//   - otherwise (G = 32 or 64, a whole row of another size): the chain's 128 elements span
+//     several groups, so each pair is scaled before the mma: the weight is DT((q - z) * s), one
+//     rounding (int4x8; dequant_int4 gives the same bits).
 // Preconditions: K % 32 == 0, G % 32 == 0, K % G == 0 (G == K: one group per row); x, w
 // 16-byte aligned, sz 8-byte aligned. Launch rule: gemv's.
 template <typename DT, int N, int K, int MMAX, bool BIAS, bool GATED, int ACT, bool OUT_F32,
@@ -679,10 +715,12 @@ __device__ __forceinline__ void gemv_int4(const kiln_step st, const DT *x, const
                   "gemv_int4: G must be a multiple of 32 that divides K");
     (void)st;
     using S = gemv_detail::shape<N, GATED, MMAX, THREADS>;
+    using P = gemv_detail::int4_pairs<DT>;
     constexpr int NT = S::NT, WARPS = S::WARPS;
-    constexpr int KG = K / G; // groups per row
-    constexpr int U = 4;       // 128-element groups per step
-    constexpr int KC = K / 32; // 16-byte chunks per row
+    constexpr int KG = K / G;                // groups per row
+    constexpr bool FACTORED = G % 128 == 0; // a chain's 128 elements in one group
+    constexpr int U = 4;                     // 128-element groups per step
+    constexpr int KC = K / 32;               // 16-byte chunks per row
     constexpr int STEPS = (KC + 4 * U - 1) / (4 * U);
     const long long tile = blockIdx.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, g = lane >> 2, t = lane & 3;
@@ -720,15 +758,32 @@ __device__ __forceinline__ void gemv_int4(const kiln_step st, const DT *x, const
 #pragma unroll
                 for (int i = 0; i < 4; i++)
                     d[j][i] = 0.f;
+            if constexpr (FACTORED) {
 #pragma unroll
-            for (int h = 0; h < 4; h++)
-                gemv_detail::mma_group<DT, NT>(d, gemv_detail::int4x8<DT>(qa[h], sa[u]),
-                                               gemv_detail::int4x8<DT>(qb[h], sb[u]), vx[u][h], M);
+                for (int h = 0; h < 4; h++)
+                    gemv_detail::mma_group<DT, NT>(d, gemv_detail::int4_diff<DT>(qa[h], sa[u].y),
+                                                   gemv_detail::int4_diff<DT>(qb[h], sb[u].y),
+                                                   vx[u][h], M);
+                const float fa = P::lo_f(sa[u].x), fb = P::lo_f(sb[u].x);
 #pragma unroll
-            for (int j = 0; j < NT; j++)
+                for (int j = 0; j < NT; j++) {
+                    acc[j][0] = fmaf(d[j][0], fa, acc[j][0]);
+                    acc[j][1] = fmaf(d[j][1], fa, acc[j][1]);
+                    acc[j][2] = fmaf(d[j][2], fb, acc[j][2]);
+                    acc[j][3] = fmaf(d[j][3], fb, acc[j][3]);
+                }
+            } else {
 #pragma unroll
-                for (int i = 0; i < 4; i++)
-                    acc[j][i] += d[j][i];
+                for (int h = 0; h < 4; h++)
+                    gemv_detail::mma_group<DT, NT>(d, gemv_detail::int4x8<DT>(qa[h], sa[u]),
+                                                   gemv_detail::int4x8<DT>(qb[h], sb[u]),
+                                                   vx[u][h], M);
+#pragma unroll
+                for (int j = 0; j < NT; j++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++)
+                        acc[j][i] += d[j][i];
+            }
         }
     }
     gemv_detail::finish<DT, N, MMAX, BIAS, GATED, ACT, OUT_F32, THREADS>(acc, nullptr, bias, y,
@@ -736,8 +791,9 @@ __device__ __forceinline__ void gemv_int4(const kiln_step st, const DT *x, const
 }
 
 // dequant_int4 — gemv_int4's weight (w [N, K/2] bytes and sz [N, K/G] in its layout) as a DT
-// [N, K] matrix in natural order: out[n, k] = DT((q - z) * s), bit for bit the values the GEMV
-// multiplies (gemv_detail::int4x8). For a GEMM of more rows than the GEMV takes, into scratch.
+// [N, K] matrix in natural order: out[n, k] = DT((q - z) * s), one rounding (gemv_detail::int4x8:
+// bit for bit the values gemv_int4's general path multiplies; its factored path, G % 128 == 0,
+// multiplies the exact (q - z) * s). For a GEMM of more rows than the GEMV takes, into scratch.
 // Launch rule: grid (ceil(N * K / 32 / THREADS)), block THREADS; a thread converts one 16-byte
 // chunk (32 elements, 64 bytes of out). Preconditions: gemv_int4's on K and G; w and out 16-byte
 // aligned.

@@ -28,14 +28,14 @@
  * gemv_int4 (nibbles, and per group of G columns of a row a DT scale s and a zero point z, in
  * the kernel's layout; templates/gemv.cuh): nibbles uniform over 0..15, zero points uniform over
  * 0..16, scales s * U[0.5, 1) rounded to DT for s = 0.25/sqrt(K) (outputs of rms ~0.7), 1e-3,
- * 1e-6 (f16: subnormal scales and weights) and 1e3 (bf16 or float output only); G = 32, 128 and
- * K; every M of 1..8 and 9..16, gated and not, bias, float output, bf16 and f16, N not a
+ * 1e-6 (f16: subnormal scales and weights) and 1e3 (bf16 or float output only); G = 32, 64, 128,
+ * 256 and K; every M of 1..8 and 9..16, gated and not, bias, float output, bf16 and f16, N not a
  * multiple of the tile, K = 32, 64, 96 (shorter than one 512-element step), 640 and 4224 (a
  * partial step), 4096, 8192 and 14336, split-K over 1 to 16 warps. The reference sums x times
- * the weight values the kernel builds, computed on the CPU as DT((q - z) * s) (the product of
- * an integer of at most 5 bits and a DT value is exact in float, so util_f32_to_bf16/f16 is
- * the one rounding, as in the kernel). The block is lower_gemv_threads at gemv_int4's step of
- * 512 elements.
+ * the weight values the kernel multiplies, by gemv_int4's rule: (q - z) * s for G % 128 == 0 (its
+ * factored path: the exact float product of an integer of at most 5 bits and a DT value), else
+ * DT((q - z) * s) (util_f32_to_bf16/f16 of that product is the one rounding, as in the kernel).
+ * The block is lower_gemv_threads at gemv_int4's step of 512 elements.
  *
  * Tolerances (relative L2 over the whole output), the same for all three kernels:
  *   - stored in bf16: 1e-2. One rounding of the output is a relative error of at most 2^-9
@@ -74,8 +74,10 @@
  * gemv_int4/exact does the same for the INT4 conversion: x rows one-hot at 16 columns covering
  * every k mod 8, every group of 128 and the last, partial step of K = 640; column k holds q =
  * (n + 7k) % 16 at row n (every nibble value, neighbours differ), row n's zero point in group b
- * is (3n + b) % 17 (every z), so each output must equal the CPU's DT((q - z) * s) bit for bit,
- * for power-of-two scales (exact products) and others (rounded products), G = 32, 128 and K.
+ * is (3n + b) % 17 (every z), so each output must equal the CPU's int4_value bit for bit: for
+ * G = 128 and K (the factored path) the exact (q - z) * s (the chain's sum q - z is exact, then
+ * one float product), for G = 32 and 64 DT((q - z) * s), each for power-of-two scales and for
+ * others (whose products the general path rounds to DT).
  * dequant_int4 is checked bit for bit against those values and for nothing written past N * K.
  * dequant_fp8 is checked bit for bit against util_f32_to_bf16 / util_f32_to_f16 (both round to
  * nearest even, as the device conversions do) of fp8_e4m3_to_f32(q) * scale in float, and for
@@ -136,7 +138,7 @@ static uint16_t *to_dt(float *x, size_t n, int f16)
 typedef struct gweights {
     int N, K, sbc, kb; /* sbc 0: a 16-bit weight (gemv); else gemv_fp8's, kb scales per row */
     int g4;            /* gemv_int4's group G (sbc 0), else 0 */
-    float *w;          /* [N, K] the elements' values: bf16/f16, e4m3, or INT4's DT((q - z) * s) */
+    float *w;          /* [N, K] the elements' values: bf16/f16, e4m3, or INT4's int4_value */
     float *scale;      /* [N, kb] gemv_fp8's scales, else NULL */
     CUdeviceptr dw, ds; /* ds: gemv_fp8's scales or gemv_int4's sz */
 } gweights;
@@ -173,18 +175,22 @@ static void fp8_upload(kt *t, gweights *g, const uint8_t *q)
 /* A 16-bit DT number to float. */
 static float dt_f32(uint16_t h, int f16) { return f16 ? util_f16_to_f32(h) : util_bf16_to_f32(h); }
 
-/* gemv_int4's weight value DT((q - z) * s), s the DT scale's bits: (q - z) * s is exact in float
- * (at most 5 + 11 significant bits), so the conversion is the one rounding, as on the GPU. */
-static uint16_t int4_dt(int q, int z, uint16_t s, int f16)
+/* The value gemv_int4 multiplies for nibble q, zero point z and DT scale bits s in groups of G
+ * (templates/gemv.cuh): (q - z) * s, exact in float (at most 5 + 11 significant bits), for
+ * G % 128 == 0 (its factored path); else DT((q - z) * s), the conversion the one rounding, as on
+ * the GPU. */
+static float int4_value(int q, int z, uint16_t s, int f16, int G)
 {
     const float v = (float)(q - z) * dt_f32(s, f16);
-    return f16 ? util_f32_to_f16(v) : util_f32_to_bf16(v);
+    if (G % 128 == 0)
+        return v;
+    return dt_f32(f16 ? util_f32_to_f16(v) : util_f32_to_bf16(v), f16);
 }
 
 /* q ([N, K] nibbles 0..15 in natural order), z ([N, K/G] zero points 0..16) and s ([N, K/G] DT
  * scale bits) uploaded in gemv_int4's layout: each aligned group of 8 elements k..k+7 one
  * little-endian word, element k+2j in nibble j and k+2j+1 in nibble j+4; sz[e] = {(s, s),
- * (B + z, B + z)}, B = 128 (bf16) or 1024 (f16). g->w gets the DT values of int4_dt. */
+ * (B + z, B + z)}, B = 128 (bf16) or 1024 (f16). g->w gets the values of int4_value. */
 static void int4_upload(kt *t, gweights *g, const uint8_t *q, const uint8_t *z, const uint16_t *s,
                         int f16)
 {
@@ -205,7 +211,7 @@ static void int4_upload(kt *t, gweights *g, const uint8_t *q, const uint8_t *z, 
     }
     for (size_t i = 0; i < n; i++) {
         const size_t e = i / (size_t)g->K * kg + i % (size_t)g->K / (size_t)g->g4;
-        g->w[i] = dt_f32(int4_dt(q[i], z[e], s[e], f16), f16);
+        g->w[i] = int4_value(q[i], z[e], s[e], f16, g->g4);
     }
     g->dw = kt_upload(t, p, n / 2);
     g->ds = kt_upload(t, sz, sizeof(uint32_t) * 2 * ne);
@@ -876,7 +882,8 @@ static void dequant_case(kt *t, int N, int K, int sbc, int f16, int TH, float ws
 /* gemv_int4/exact (see the top of the file): x rows one-hot at 16 columns ks, column k of w
  * holding q = (n + 7k) % 16 at row n (every q in rows 0..15, neighbours differ), zero points
  * (3n + group) % 17 (every z down a group's rows), float output compared bit for bit with the CPU's
- * DT((q - z) * s) (a zero equal to either zero), with power-of-two scales and then others. */
+ * int4_value (a zero equal to either zero): the exact (q - z) * s for G % 128 == 0, else
+ * DT((q - z) * s), with power-of-two scales and then others. */
 static void gemv_int4_exact(kt *t, int f16, int G)
 {
     enum { N = 264, K = 640, M = 16 };
@@ -970,7 +977,8 @@ static void gemv_int4_exact(kt *t, int f16, int G)
 }
 
 /* dequant_int4 of a weight [N, K] (gweights_make's INT4 weight with scales ~ wsc): every element
- * bit for bit the CPU's DT((q - z) * s), and nothing written in the 64 elements past the end. */
+ * bit for bit the CPU's DT((q - z) * s) (g.w's int4_value, exact or already DT, rounded to DT),
+ * and nothing written in the 64 elements past the end. */
 static void dequant_int4_case(kt *t, int N, int K, int G, int f16, int TH, float wsc)
 {
     enum { PAD = 64 };
@@ -1003,7 +1011,8 @@ static void dequant_int4_case(kt *t, int N, int K, int G, int f16, int TH, float
     kt_launch(t, f, name, (unsigned)((n / 32 + TH - 1) / TH), 1, 1, (unsigned)TH, 0, args);
     uint16_t *y = xmalloc(sizeof(uint16_t) * (n + PAD));
     kt_download(t, y, dy, sizeof(uint16_t) * (n + PAD));
-    /* g.w holds DT values, so converting them back is exact (signed zeros and subnormals too) */
+    /* g.w holds (q - z) * s, exact in float or already rounded to DT: its conversion to DT is
+     * the kernel's one rounding either way (signed zeros and subnormals too) */
     size_t bad = 0, first = 0, touched = 0;
     for (size_t i = 0; i < n && !t->compile_only; i++) {
         const uint16_t want = f16 ? util_f32_to_f16(g.w[i]) : util_f32_to_bf16(g.w[i]);
@@ -1301,6 +1310,10 @@ void ktest_gemv(kt *t)
         {.N = 1000, .K = 640, .mmax = 8, .ms = {2, 5}, .g4 = 640},
         {.N = 4096, .K = 4096, .mmax = 8, .ms = {1, 8}, .g4 = 128},
         {.N = 4096, .K = 4096, .mmax = 8, .ms = {8}, .g4 = 4096},
+        /* G = 256 (factored: a group spans two 128-element chains) and G = 64 (the general path,
+         * at MMAX = 16 and f16) */
+        {.N = 1000, .K = 4096, .mmax = 8, .ms = {1, 8}, .f32 = 1, .g4 = 256},
+        {.N = 1000, .K = 4224, .mmax = 16, .ms = {9, 16}, .f16 = 1, .g4 = 64},
         /* MMAX = 16: every M of 9..16; K = 4224 = 4096 + 128 (8.25 steps) */
         {.N = 1000, .K = 4224, .mmax = 16, .ms = {9, 10, 11, 12, 13, 14, 15, 16}, .bias = 1,
          .g4 = 128},
@@ -1387,6 +1400,7 @@ void ktest_gemv(kt *t)
      * never a multiple of the block) */
     for (int f16 = 0; f16 < 2; f16++) {
         gemv_int4_exact(t, f16, 32);
+        gemv_int4_exact(t, f16, 64);
         gemv_int4_exact(t, f16, 128);
         gemv_int4_exact(t, f16, 640);
     }
