@@ -12,6 +12,7 @@
 #include "pack.h"
 #include "passes/passes.h"
 #include "posenc.h"
+#include "../kernels/kiln_attn.h"
 #include "../kernels/kiln_gemm.h"
 #include "../kernels/kiln_p2p.h"
 #include "../kernels/kiln_step.h"
@@ -819,7 +820,6 @@ static int low_linear(lw *w, int id)
  * here). A split takes DECODE_SPLIT_MIN keys at least, so a context of up to that many keys is
  * one CTA per head group that writes its output with no merge; longer ones take up to
  * DECODE_SPLITS CTAs. Both numbers are a first choice, not tuned on a GPU. */
-#define ATTN_BM 64
 #define DECODE_SPLITS 16
 #define DECODE_SPLIT_MIN 32
 #define DECODE_THREADS 128
@@ -837,8 +837,9 @@ static int attention_steps(lw *w, const kg_node *n, int HD, ka_arg q, ka_arg out
     const kg_attn *at = &n->attn;
     int NH = at->n_heads, NKV = at->n_kv_heads;
     int W = at->window, softcap = at->softcap > 0;
-    int bn = HD > 128 ? 32 : 64;
-    int smem = (ATTN_BM + 2 * bn) * (HD + 8) * (int)w->esize;
+    int bn = KILN_ATTN_BN(HD);
+    int kv8_staged = w->c->kv_fp8 && HD % 16 == 0; /* the tensor-core path's FP8 staging */
+    int smem = (int)KILN_ATTN_PREFILL_SMEM(KILN_ATTN_BM, bn, HD, (int)w->esize, kv8_staged);
     /* ALiBi of a sharded graph: the table holds every head's slope and the rank's heads start
      * at head0 = rank * NH, a launch argument (the kernels are the same on every rank) */
     int h0 = at->alibi && at->alibi_heads > 0;
@@ -851,10 +852,11 @@ static int attention_steps(lw *w, const kg_node *n, int HD, ka_arg q, ka_arg out
     snprintf(call, sizeof call,
              "kiln::attn_prefill<DT, %d, %d, %d, %d, %d, %d, %d, %d, %d%s>(st, q, k_cache, "
              "v_cache, out, scale, softcap, alibi_slopes%s)",
-             NH, NKV, HD, at->causal, W, at->alibi, softcap, ATTN_BM, bn, KV8_ARG(w), h0_add);
-    int kp = kern(w, "attn_prefill", 2 * ATTN_BM, smem, params, "%s", call);
+             NH, NKV, HD, at->causal, W, at->alibi, softcap, KILN_ATTN_BM, bn, KV8_ARG(w), h0_add);
+    int kp = kern(w, "attn_prefill", 2 * KILN_ATTN_BM, smem, params, "%s", call);
     /* grid (ceil(T / BM) + n_seqs, NH, 1) */
-    ka_step s = kstep(kp, n->name, G(1, ATTN_BM, 0, 0, ATTN_BM), G(0, 0, 0, NH, 1), G1());
+    ka_step s =
+        kstep(kp, n->name, G(1, KILN_ATTN_BM, 0, 0, KILN_ATTN_BM), G(0, 0, 0, NH, 1), G1());
     add_arg(&s, A(KA_ARG_STEP, 0));
     add_arg(&s, q);
     add_arg(&s, A(KA_ARG_KV_K, at->layer));

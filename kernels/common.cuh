@@ -6,6 +6,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "kiln_attn.h"
 #include "kiln_enums.h"
 #include "kiln_kv8.h"
 #include "kiln_step.h"

@@ -22,9 +22,10 @@
 // kernels/kiln_kv8.h says: per block, KILN_BLOCK rows of NKV*HD e4m3 bytes (natural order), then
 // a float scale per (row, kv head); value = e4m3 * scale. Every read converts a K or V chunk of 8
 // values as it is loaded (gemv_detail::fp8x4: e4m3 to DT exactly, then times the scale in float):
-// attn_prefill's tensor-core path stores the products rounded to DT into its shared tiles (plain
-// loads instead of cp.async, so its V tile no longer overlaps Q.K^T), attn_decode and the
-// CUDA-core fallback use the float products. After the load the math is the same as the 16-bit
+// attn_prefill's tensor-core path copies each tile's raw bytes and scales into a staging area
+// with cp.async (K and V as two groups, so V still lands while Q.K^T runs) and stores the
+// products rounded to DT into its shared tiles; attn_decode and the CUDA-core fallback use the
+// float products. After the load the math is the same as the 16-bit
 // cache's. KV8 = 0 compiles to the code it was before the option existed.
 //
 // What this file does not do: it never reads a cache row at or beyond kvlen (those rows, and
@@ -130,17 +131,6 @@ __device__ __forceinline__ void attn_kv8_unpack(const uint2 &b, float sc, float 
     }
 }
 
-// Dims [d, d + 8) of kv head kvh of (sequence s, position j) in an FP8 cache of HD-dim heads.
-template <typename DT, int NKV, int HD>
-__device__ __forceinline__ void attn_kv8_load(const unsigned char *cache, const kiln_step &st,
-                                              int s, int j, int kvh, int d, float f[8])
-{
-    long long row, sat;
-    kv8_at<NKV * HD, NKV>(kv_slot(st, s, j), row, sat);
-    attn_kv8_unpack<DT>(*reinterpret_cast<const uint2 *>(cache + row + kvh * HD + d),
-                        *reinterpret_cast<const float *>(cache + sat + 4 * kvh), f);
-}
-
 // ---------------------------------------------------------------------------------------------
 // Tensor-core pieces (sm_80+): cp.async copies, the m16n8k16 MMA, packing two floats.
 
@@ -158,6 +148,53 @@ __device__ __forceinline__ void attn_cp_wait()
 __device__ __forceinline__ void attn_zero16(void *smem)
 {
     *reinterpret_cast<uint4 *>(smem) = make_uint4(0u, 0u, 0u, 0u);
+}
+
+__device__ __forceinline__ void attn_cp4(void *smem, const void *gmem)
+{
+    const unsigned a = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(a), "l"(gmem) : "memory");
+}
+
+// attn_prefill's FP8 tiles (KV8, HD % 16 == 0): the keys [kb, kb + BN) of kv head kvh of
+// sequence s, from a cache in kernels/kiln_kv8.h's layout, as raw bytes into raw [BN][HD] (16
+// bytes a copy) and their scales into sc [BN], by cp.async, one commit group; keys at or past
+// kvlen get zero bytes and a zero scale.
+template <int NKV, int HD, int BN, int THREADS>
+__device__ __forceinline__ void attn_kv8_stage(const kiln_step &st, int s, int kb, int kvlen,
+                                               int kvh, const unsigned char *cache,
+                                               unsigned char *raw, float *sc)
+{
+    constexpr int C16 = HD / 16;
+    for (int i = threadIdx.x; i < BN * C16; i += THREADS) {
+        const int r = i / C16, d = (i % C16) * 16, j = kb + r;
+        if (j < kvlen) {
+            long long row, sat;
+            kv8_at<NKV * HD, NKV>(kv_slot(st, s, j), row, sat);
+            attn_cp16(raw + r * HD + d, cache + row + kvh * HD + d);
+            if (d == 0)
+                attn_cp4(sc + r, cache + sat + 4 * kvh);
+        } else {
+            attn_zero16(raw + r * HD + d);
+            if (d == 0)
+                sc[r] = 0.f;
+        }
+    }
+    attn_cp_commit();
+}
+
+// The staged tile converted into the DT tile t [BN][LD]: 8 values at a time, e4m3 x scale
+// rounded to DT (attn_kv8_unpack, the products attn_decode computes in float).
+template <typename DT, int HD, int LD, int BN, int THREADS>
+__device__ __forceinline__ void attn_kv8_convert(const unsigned char *raw, const float *sc, DT *t)
+{
+    constexpr int C8 = HD / 8;
+    for (int i = threadIdx.x; i < BN * C8; i += THREADS) {
+        const int r = i / C8, d = (i % C8) * 8;
+        float f[8];
+        attn_kv8_unpack<DT>(*reinterpret_cast<const uint2 *>(raw + r * HD + d), sc[r], f);
+        store8(t + r * LD + d, f);
+    }
 }
 
 // D = A(16x16, row) * B(16x8, col) + D. Fragments (g = lane / 4, c = lane % 4; a register holds
@@ -230,6 +267,10 @@ __device__ __forceinline__ void attn_prefill_mma(const kiln_step &st, const DT *
     DT *sQ = reinterpret_cast<DT *>(attn_smem_); // [BM][LD]
     DT *sK = sQ + BM * LD;                         // [BN][LD]
     DT *sV = sK + BN * LD;                         // [BN][LD]
+    // KV8: the staging area after the tiles (kernels/kiln_attn.h): raw K, V bytes [BN][HD], then
+    // their scales [BN] each
+    unsigned char *rK = reinterpret_cast<unsigned char *>(sV + BN * LD), *rV = rK + BN * HD;
+    float *rKs = reinterpret_cast<float *>(rV + BN * HD), *rVs = rKs + BN;
     __shared__ int s_klo, s_khi;
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -291,15 +332,14 @@ __device__ __forceinline__ void attn_prefill_mma(const kiln_step &st, const DT *
 
     for (int kb = klo >= 0 && klo <= khi ? (klo / BN) * BN : 0; kb <= khi; kb += BN) {
         if constexpr (KV8) {
-            // K and V tiles from the FP8 cache: each chunk converted and stored as DT
-            for (int i = tid; i < 2 * BN * C8; i += THREADS) {
-                const int kv = i / (BN * C8), r = i % (BN * C8) / C8, d = (i % C8) * 8, j = kb + r;
-                float f[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-                if (j < kvlen)
-                    attn_kv8_load<DT, NKV, HD>(kv ? v_cache : k_cache, st, s, j, kvh, d, f);
-                store8((kv ? sV : sK) + r * LD + d, f);
-            }
-            attn_cp_wait<0>(); // Q (first tile) has landed
+            // the tile's raw K then V bytes and scales into the staging area (two cp.async
+            // groups, as the 16-bit tiles), then K converted into sK; V is converted once it
+            // has landed, after Q.K^T
+            attn_kv8_stage<NKV, HD, BN, THREADS>(st, s, kb, kvlen, kvh, k_cache, rK, rKs);
+            attn_kv8_stage<NKV, HD, BN, THREADS>(st, s, kb, kvlen, kvh, v_cache, rV, rVs);
+            attn_cp_wait<1>(); // Q (first tile) and K have landed
+            __syncthreads();
+            attn_kv8_convert<DT, HD, LD, BN, THREADS>(rK, rKs, sK);
             __syncthreads();
         } else {
             // K then V tile (two cp.async groups, so S can start before V has landed)
@@ -383,8 +423,12 @@ __device__ __forceinline__ void attn_prefill_mma(const kiln_step &st, const DT *
             o[n][3] *= alpha[1];
         }
 
-        attn_cp_wait<0>(); // V has landed (KV8: nothing in flight)
+        attn_cp_wait<0>(); // V has landed
         __syncthreads();
+        if constexpr (KV8) {
+            attn_kv8_convert<DT, HD, LD, BN, THREADS>(rV, rVs, sV);
+            __syncthreads();
+        }
 
         // O += P V: k-step kk covers keys [16kk, 16kk + 16) of the tile = n-tiles 2kk, 2kk + 1
 #pragma unroll
@@ -650,21 +694,22 @@ __device__ __forceinline__ void attn_prefill_rows(const kiln_step &st, const DT 
 //
 //   grid  (ceil(T / BM) + n_seqs, NH, 1)     x: query tiles of all sequences (surplus CTAs exit)
 //   block 2 * BM threads                      (BM / 16 warps)
-//   dynamic shared memory (BM + 2 * BN) * (HD + 8) * sizeof(DT) bytes (the same formula for
-//         both paths; the HD % 16 != 0 fallback uses none of it and (BM/16)*HD*4 bytes static).
-//         Over 48 KB needs CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES raised first.
+//   dynamic shared memory KILN_ATTN_PREFILL_SMEM(BM, BN, HD, sizeof(DT), KV8) bytes
+//         (kernels/kiln_attn.h; KV8 only when HD % 16 == 0: the HD % 16 != 0 fallback uses none
+//         of it and (BM/16)*HD*4 bytes static). Over 48 KB needs
+//         CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES raised first.
 //
 //   DT       bf16 or f16            NH, NKV  query / kv heads (NH % NKV == 0)
 //   HD       head dim, % 8 == 0 and <= 256; % 16 == 0 takes the tensor-core path
 //   CAUSAL   0/1                    WINDOW   0 = none, else keys [p - WINDOW + 1, p] at most
 //   ALIBI    0/1: + alibi_slopes[h] * (j - p)   SOFTCAP 0/1: softcap * tanh(score / softcap)
-//   BM       query rows per CTA, % 16 == 0 (default 64 -> 128 threads)
-//   BN       keys per tile, % 16 == 0 (default 64, 32 when HD > 128 to bound registers)
+//   BM       query rows per CTA, % 16 == 0 (default KILN_ATTN_BM = 64 -> 128 threads)
+//   BN       keys per tile, % 16 == 0 (default KILN_ATTN_BN(HD): 64, 32 when HD > 128)
 //   KV8      0: the 16-bit cache (DT); 1: the FP8 cache (bytes, kernels/kiln_kv8.h)
 //   scale    the score scale (usually 1/sqrt(HD)); softcap, alibi_slopes [NH] read only when
 //            enabled.
 template <typename DT, int NH, int NKV, int HD, int CAUSAL, int WINDOW, int ALIBI, int SOFTCAP,
-          int BM = 64, int BN = (HD > 128 ? 32 : 64), int KV8 = 0>
+          int BM = KILN_ATTN_BM, int BN = KILN_ATTN_BN(HD), int KV8 = 0>
 __device__ __forceinline__ void attn_prefill(const kiln_step st, const DT *q,
                                              const kv_t<DT, KV8> *k_cache,
                                              const kv_t<DT, KV8> *v_cache, DT *out, float scale,

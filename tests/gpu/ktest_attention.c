@@ -34,7 +34,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../kernels/kiln_kv8.h" /* not on the include path of tests/ */
+#include "../../kernels/kiln_attn.h" /* not on the include path of tests/ */
+#include "../../kernels/kiln_kv8.h"
 #include "../../kernels/kiln_step.h"
 #include "ktest.h"
 #include "posenc.h"
@@ -375,7 +376,7 @@ static void run_case(kt *t, const acase *c, int kv8)
         return;
 
     /* tile / split parameters, as the launch rules in attention.cuh state them */
-    const int bm = c->bm ? c->bm : 64, bn = c->bn ? c->bn : (hd > 128 ? 32 : 64);
+    const int bm = c->bm ? c->bm : KILN_ATTN_BM, bn = c->bn ? c->bn : KILN_ATTN_BN(hd);
     const int nsplit = c->nsplit ? c->nsplit : 16, hpc = c->hpc ? c->hpc : 1;
     const int threads = c->threads ? c->threads : 128;
     const int split_min = c->split_min ? c->split_min : 32;
@@ -544,7 +545,7 @@ static void run_case(kt *t, const acase *c, int kv8)
     CUfunction f_dec = NULL;
     if (!c->decode) {
         CUfunction f = kt_func(t, mod, "kt_attn_prefill");
-        size_t smem = (size_t)(bm + 2 * bn) * (size_t)(hd + 8) * 2;
+        size_t smem = (size_t)KILN_ATTN_PREFILL_SMEM(bm, bn, hd, 2, kv8 && hd % 16 == 0);
         void *args[] = {&st, &d_q, &d_k, &d_v, &d_out, &scale_f, &softcap, &d_sl};
         kt_launch(t, f, "attn_prefill", (unsigned)((T + bm - 1) / bm + ns), (unsigned)nh, 1,
                   (unsigned)(2 * bm), smem, args);
