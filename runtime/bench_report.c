@@ -7,7 +7,7 @@
 #define PROG "kiln bench"
 
 void kbench_rooflines(kbench_fig *figs, int nf, const kroof_model *rm, const kroof_hw *hw,
-                      int max_tokens, int new_tokens)
+                      int max_tokens, int new_tokens, int context)
 {
     for (int i = 0; i < nf; i++) {
         kbench_fig *g = &figs[i];
@@ -15,10 +15,10 @@ void kbench_rooflines(kbench_fig *figs, int nf, const kroof_model *rm, const kro
             continue;
         double t; /* the roofline's seconds */
         if (g->kind == KBENCH_DECODE) {
-            /* step j reads the weights and, per sequence, the KV of DECODE_PROMPT + j + 1 tokens */
+            /* step j reads the weights and, per sequence, the KV of context + j + 1 tokens */
             double ctx = 0;
             for (int j = 0; j < new_tokens; j++)
-                ctx += (double)g->n * (KBENCH_DECODE_PROMPT + j + 1);
+                ctx += (double)g->n * (context + j + 1);
             t = (new_tokens * (double)rm->weight_bytes + (double)rm->kv_bytes_per_token * ctx) /
                 hw->copy_bw;
         } else {
@@ -38,15 +38,15 @@ void kbench_rooflines(kbench_fig *figs, int nf, const kroof_model *rm, const kro
     }
 }
 
-static const char *fig_name(const kbench_fig *g, int new_tokens, char *buf, size_t cap)
+static const char *fig_name(const kbench_fig *g, const kbench_run *r, char *buf, size_t cap)
 {
     if (g->kind == KBENCH_TTFT)
         snprintf(buf, cap, "time to first token, %d tokens", g->n);
     else if (g->kind == KBENCH_PREFILL)
         snprintf(buf, cap, "prefill, %d tokens", g->n);
     else
-        snprintf(buf, cap, "decode, batch %d (context %d-%d)", g->n, KBENCH_DECODE_PROMPT + 1,
-                 KBENCH_DECODE_PROMPT + new_tokens);
+        snprintf(buf, cap, "decode, batch %d (context %d-%d)", g->n, r->context + 1,
+                 r->context + r->new_tokens);
     return buf;
 }
 
@@ -71,7 +71,7 @@ static void print_table(FILE *f, const kbench_run *r, const kbench_fig *figs, in
     fprintf(f, "\n%-40s %16s %16s %7s\n", "figure", "measured", "roofline", "ratio");
     for (int i = 0; i < nf; i++) {
         const kbench_fig *g = &figs[i];
-        fig_name(g, r->new_tokens, name, sizeof name);
+        fig_name(g, r, name, sizeof name);
         if (g->skip) {
             fprintf(f, "%-40s skipped: %s\n", name, g->skip);
             continue;
@@ -199,7 +199,7 @@ int kbench_write_json(const char *path, const kbench_run *r, const kbench_fig *f
     json_object_set_new(root, "describe", json_string(r->describe));
     json_object_set_new(root, "load_s", json_real(r->load_s));
     json_object_set_new(root, "reps", json_integer(r->reps));
-    json_object_set_new(root, "decode_prompt", json_integer(KBENCH_DECODE_PROMPT));
+    json_object_set_new(root, "decode_prompt", json_integer(r->context));
     json_object_set_new(root, "new", json_integer(r->new_tokens));
     if (r->compiled) {
         char *d = how_decode(), *p = how_prefill(rm), *t = how_ttft();

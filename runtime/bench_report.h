@@ -13,7 +13,7 @@
 #include "backend.h"
 #include "roofline.h"
 
-#define KBENCH_DECODE_PROMPT 32 /* prompt tokens of each decode sequence: one KV block */
+#define KBENCH_CONTEXT 32 /* --context's default: prompt tokens of each decode sequence */
 
 enum { KBENCH_TTFT, KBENCH_PREFILL, KBENCH_DECODE };
 
@@ -34,7 +34,7 @@ typedef struct kbench_fig {
  * model kilnc compiled, on the GPU; otherwise a checkpoint on the CPU backend, no roofline). */
 typedef struct kbench_run {
     const char *dir, *model, *describe;
-    int compiled, reps, new_tokens;
+    int compiled, reps, new_tokens, context; /* context: each decode sequence's prompt */
     double load_s;
     const kroof_hw *hw;
     const kroof_model *rm;
@@ -43,7 +43,7 @@ typedef struct kbench_run {
 /* The rooflines of the measured figures (seconds and first > 0), from the hardware and the cost
  * model; a prefill or time-to-first-token figure gets none where hw->gemm_flops is 0. */
 void kbench_rooflines(kbench_fig *figs, int nf, const kroof_model *rm, const kroof_hw *hw,
-                      int max_tokens, int new_tokens);
+                      int max_tokens, int new_tokens, int context);
 /* The header, the table and the rooflines' definitions. */
 void kbench_print(FILE *f, const kbench_run *r, const kbench_fig *figs, int nf);
 int kbench_write_json(const char *path, const kbench_run *r, const kbench_fig *figs, int nf,

@@ -2,7 +2,7 @@
  * allows.
  *
  *   kiln bench out/llama [--batch 1,8,32,64] [--prompt N] [--prefill 512,2048] [--new N]
- *                        [--reps N] [--json FILE]
+ *                        [--context N] [--reps N] [--json FILE]
  *
  * In one process, in this order: the GPU's copy bandwidth and bf16 GEMM peak (roofline.h),
  * measured before the model is loaded; the load (its seconds); then every figure, each after
@@ -16,9 +16,11 @@
  *     first request without it). The GPU measurements before the load start the CUDA runtime
  *     and cuBLASLt in the same context, which only shortens the load, not that first request;
  *   - prefill tok/s at each --prefill length, the same way;
- *   - decode tok/s at each --batch B: B sequences with a KBENCH_DECODE_PROMPT-token prompt are
- *     prefilled (untimed), then --new steps of B one-token items are timed, each token the
- *     greedy sampler's choice fed back (end-of-sequence ignored).
+ *   - decode tok/s at each --batch B: B sequences with a --context-token prompt are prefilled
+ *     (untimed), then --new steps of B one-token items are timed, each token the greedy
+ *     sampler's choice fed back (end-of-sequence ignored). The default context, 32 tokens
+ *     (KBENCH_CONTEXT), makes the weights nearly all a step reads; a long one measures the KV
+ *     cache's reads too (the roofline counts them).
  * The bench drives the step interface (backend.h) directly, with no scheduler: one sequence per
  * slot, KV blocks handed out in order. Each figure is given absolute and as the ratio of its
  * roofline time to its measured time (1 would be the hardware limit), the rooflines computed
@@ -51,8 +53,8 @@
 
 typedef struct opts {
     int64_t batch[MAX_LIST], prefill[MAX_LIST];
-    int nbatch, nprefill, prompt, new_tokens, reps, tp;
-    int set_batch, set_prefill, set_prompt, set_new;
+    int nbatch, nprefill, prompt, new_tokens, context, reps, tp;
+    int set_batch, set_prefill, set_prompt, set_new, set_context;
     const char *json;
 } opts;
 
@@ -64,8 +66,8 @@ typedef struct limits {
 typedef struct bench {
     kbackend *b;
     const kb_info *in;
-    int reps;
-    int32_t *ids;    /* prompt ids; sequence s reads from ids + s */
+    int reps, context; /* context: each decode sequence's prompt tokens */
+    int32_t *ids;      /* prompt ids; sequence s reads from ids + s */
     int32_t *blocks; /* 1, 2, 3, ...: sequence s holds a contiguous run of them */
     kb_item *items;  /* [max_seqs] */
     int32_t *tok;    /* [max_seqs] each sequence's last sampled token */
@@ -92,14 +94,17 @@ static void usage(FILE *f)
             "                   model's compiled batch are skipped)\n"
             "  --prompt N       prompt tokens for the time to first token (default 128)\n"
             "  --prefill LIST   prompt lengths for prefill tok/s (default 512,2048)\n"
-            "  --new N          decode steps per batch, after a %d-token prompt (default 128)\n"
+            "  --new N          decode steps per batch (default 128)\n"
+            "  --context N      prompt tokens of each decode sequence, before its --new steps\n"
+            "                   (default %d: the weights are nearly all a step reads; a long\n"
+            "                   context measures the KV cache's reads too)\n"
             "  --reps N         timed runs of each figure, the best kept (default 3, at most %d)\n"
             "  --json FILE      also write the figures as JSON\n"
             "  --tp N           the GPUs a tensor-parallel artifact is split over: must be what\n"
             "                   kilnc compile --tp made it for (default: the artifact's). Its\n"
             "                   rooflines are one rank's bytes and FLOPs over one GPU's rates\n"
             "  -h, --help       this help\n",
-            KBENCH_DECODE_PROMPT, MAX_REPS);
+            KBENCH_CONTEXT, MAX_REPS);
 }
 
 static int blocks_for(int64_t tokens)
@@ -144,11 +149,17 @@ static int plan(const opts *o, const limits *lim, kbench_fig **figs, int *nf)
             g->skip = xasprintf("longer than the model's max_seq_len %d (%s)", lim->max_seq_len,
                                 len_fix);
     }
-    int new_tokens = o->new_tokens, room = lim->max_seq_len - KBENCH_DECODE_PROMPT;
-    if (new_tokens > room && o->set_new)
-        return util_usage_error(PROG, "--new %d: %d prompt tokens + %d exceed the model's "
-                                      "max_seq_len %d (use --new %d or less)",
-                                new_tokens, KBENCH_DECODE_PROMPT, new_tokens, lim->max_seq_len,
+    if (o->context >= lim->max_seq_len && o->set_context)
+        return util_usage_error(PROG, "--context %d: the model's max_seq_len is %d, and each "
+                                      "sequence needs room for --new tokens after it (use "
+                                      "less than %d; %s)",
+                                o->context, lim->max_seq_len, lim->max_seq_len, len_fix);
+    int new_tokens = o->new_tokens, room = lim->max_seq_len - o->context;
+    if (new_tokens > room && (o->set_new || o->set_context))
+        return util_usage_error(PROG, "--new %d: --context %d + %d tokens exceed the model's "
+                                      "max_seq_len %d (use --new %d or less, or a shorter "
+                                      "--context)",
+                                new_tokens, o->context, new_tokens, lim->max_seq_len,
                                 room > 0 ? room : 0);
     int cap = lim->max_seqs < lim->max_tokens ? lim->max_seqs : lim->max_tokens;
     for (int i = 0; i < o->nbatch; i++) {
@@ -166,7 +177,7 @@ static int plan(const opts *o, const limits *lim, kbench_fig **figs, int *nf)
                                 lim->compiled ? " (kilnc compile --max-batch)" : "");
         else if (new_tokens > room)
             g->skip = xasprintf("%d prompt tokens + --new %d exceed the model's max_seq_len %d",
-                                KBENCH_DECODE_PROMPT, new_tokens, lim->max_seq_len);
+                                o->context, new_tokens, lim->max_seq_len);
     }
     return 0;
 }
@@ -206,25 +217,26 @@ static int run_prefill(bench *B, int tokens, double *sec, kerr *err)
     return 0;
 }
 
-/* nseq sequences of KBENCH_DECODE_PROMPT tokens, prefilled together (untimed), then `steps` decode
+/* nseq sequences of B->context tokens, prefilled together (untimed), then `steps` decode
  * steps of nseq items (timed). Sequence s holds blocks [s*per, (s+1)*per). */
 static int run_decode(bench *B, int nseq, int steps, double *sec, kerr *err)
 {
     const kb_info *in = B->in;
-    int per = blocks_for(KBENCH_DECODE_PROMPT + steps), left = nseq;
+    const int ctx = B->context;
+    int per = blocks_for(ctx + steps), left = nseq;
     for (int s = 0; s < nseq; s++)
         B->pos[s] = 0;
     while (left > 0) { /* each step takes one chunk of every sequence it has room for */
         int n_items = 0, n_tok = 0;
         for (int s = 0; s < nseq && n_items < in->max_seqs && n_tok < in->max_tokens; s++) {
-            if (B->pos[s] == KBENCH_DECODE_PROMPT)
+            if (B->pos[s] == ctx)
                 continue;
-            int n = KBENCH_DECODE_PROMPT - B->pos[s];
+            int n = ctx - B->pos[s];
             if (n > in->max_tokens - n_tok)
                 n = in->max_tokens - n_tok;
             B->items[n_items++] = item(s, B->pos[s], n, B->ids + s + B->pos[s],
                                        B->blocks + (size_t)s * per,
-                                       B->pos[s] + n == KBENCH_DECODE_PROMPT, 0);
+                                       B->pos[s] + n == ctx, 0);
             B->items[n_items - 1].prefill = 1;
             n_tok += n;
         }
@@ -242,7 +254,7 @@ static int run_decode(bench *B, int nseq, int steps, double *sec, kerr *err)
     double t0 = util_now();
     for (int j = 0; j < steps; j++) {
         for (int s = 0; s < nseq; s++)
-            B->items[s] = item(s, KBENCH_DECODE_PROMPT + j, 1, &B->tok[s],
+            B->items[s] = item(s, ctx + j, 1, &B->tok[s],
                                B->blocks + (size_t)s * per, 1, j + 1);
         if (B->b->step(B->b, B->items, nseq, err))
             return -1;
@@ -258,7 +270,7 @@ static int run_decode(bench *B, int nseq, int steps, double *sec, kerr *err)
 static int measure(bench *B, kbench_fig *g, int new_tokens, kerr *err)
 {
     int64_t need = g->kind == KBENCH_DECODE
-                       ? (int64_t)g->n * blocks_for(KBENCH_DECODE_PROMPT + new_tokens)
+                       ? (int64_t)g->n * blocks_for(B->context + new_tokens)
                        : blocks_for(g->n);
     if (need > B->in->kv_blocks) {
         g->skip = xasprintf("needs %lld KV blocks of %d tokens; the backend has %d",
@@ -318,7 +330,7 @@ static int parse_list(const char *what, const char *v, int64_t max, int64_t *out
 static int parse_opts(int argc, char **argv, opts *o, const char **dir)
 {
     static const char *const value_opts[] = {"--batch", "--prompt", "--prefill", "--new",
-                                             "--reps",  "--json",   "--tp"};
+                                             "--context", "--reps", "--json", "--tp"};
     kerr err;
     kerr_clear(&err);
     for (int i = 1; i < argc; i++) {
@@ -337,7 +349,8 @@ static int parse_opts(int argc, char **argv, opts *o, const char **dir)
             if (parse_list(a, v, KA_MAX_SEQ_LEN, o->prefill, &o->nprefill))
                 return 2;
             o->set_prefill = 1;
-        } else if (!strcmp(a, "--prompt") || !strcmp(a, "--new") || !strcmp(a, "--reps")) {
+        } else if (!strcmp(a, "--prompt") || !strcmp(a, "--new") || !strcmp(a, "--context") ||
+                   !strcmp(a, "--reps")) {
             int64_t max = !strcmp(a, "--reps") ? MAX_REPS : KA_MAX_SEQ_LEN;
             if (util_parse_i64(a, v, 1, max, &x, &err))
                 return util_usage_error(PROG, "%s", kerr_msg(&err));
@@ -345,6 +358,8 @@ static int parse_opts(int argc, char **argv, opts *o, const char **dir)
                 o->prompt = (int)x, o->set_prompt = 1;
             else if (!strcmp(a, "--new"))
                 o->new_tokens = (int)x, o->set_new = 1;
+            else if (!strcmp(a, "--context"))
+                o->context = (int)x, o->set_context = 1;
             else
                 o->reps = (int)x;
         } else if (!strcmp(a, "--json")) {
@@ -367,15 +382,15 @@ static int parse_opts(int argc, char **argv, opts *o, const char **dir)
 static int run_figures(kbackend *b, const opts *o, kbench_fig *figs, int nf, kerr *err)
 {
     const kb_info *in = b->info;
-    bench B = {b, in, o->reps, NULL, NULL, NULL, NULL, NULL};
+    bench B = {b, in, o->reps, o->context, NULL, NULL, NULL, NULL, NULL};
     int64_t ids = 0, blocks = 0; /* what the figures that fit need */
     for (int i = 0; i < nf; i++) {
         const kbench_fig *g = &figs[i];
         if (g->skip)
             continue;
-        int64_t t = g->kind == KBENCH_DECODE ? (int64_t)g->n + KBENCH_DECODE_PROMPT : g->n;
+        int64_t t = g->kind == KBENCH_DECODE ? (int64_t)g->n + o->context : g->n;
         int64_t k = g->kind == KBENCH_DECODE
-                        ? (int64_t)g->n * blocks_for(KBENCH_DECODE_PROMPT + o->new_tokens)
+                        ? (int64_t)g->n * blocks_for(o->context + o->new_tokens)
                         : blocks_for(g->n);
         ids = t > ids ? t : ids;
         blocks = k > blocks && k <= in->kv_blocks ? k : blocks;
@@ -407,7 +422,7 @@ static int run_figures(kbackend *b, const opts *o, kbench_fig *figs, int nf, ker
 int cmd_bench(int argc, char **argv)
 {
     opts o = {.batch = {1, 8, 32, 64}, .nbatch = 4, .prefill = {512, 2048}, .nprefill = 2,
-              .prompt = 128, .new_tokens = 128, .reps = 3};
+              .prompt = 128, .new_tokens = 128, .context = KBENCH_CONTEXT, .reps = 3};
     const char *dir = NULL;
     int r = parse_opts(argc, argv, &o, &dir);
     if (r)
@@ -487,8 +502,9 @@ int cmd_bench(int argc, char **argv)
     if (run_figures(b, &o, figs, nf, &err))
         goto out;
     if (compiled)
-        kbench_rooflines(figs, nf, &rm, &hw, in->max_tokens, o.new_tokens);
-    kbench_run run = {dir, in->model, describe, compiled, o.reps, o.new_tokens, load_s, &hw, &rm};
+        kbench_rooflines(figs, nf, &rm, &hw, in->max_tokens, o.new_tokens, o.context);
+    kbench_run run = {dir,    in->model, describe, compiled, o.reps, o.new_tokens,
+                      o.context, load_s, &hw,     &rm};
     kbench_print(stdout, &run, figs, nf);
     if (o.json && kbench_write_json(o.json, &run, figs, nf, &err))
         goto out;

@@ -106,8 +106,14 @@ static void test_bad_options(void **state)
                  "--prompt 513: the model's max_seq_len is 512");
     EXPECT_USAGE(BENCH(LLAMA, "--prefill", "64,600"),
                  "--prefill: 600 tokens exceed the model's max_seq_len 512");
-    EXPECT_USAGE(BENCH(LLAMA, "--new", "481"), "--new 481: 32 prompt tokens + 481 exceed the "
-                                               "model's max_seq_len 512 (use --new 480 or less)");
+    EXPECT_USAGE(BENCH(LLAMA, "--new", "481"), "--new 481: --context 32 + 481 tokens exceed the "
+                                               "model's max_seq_len 512 (use --new 480 or less, "
+                                               "or a shorter --context)");
+    EXPECT_USAGE(BENCH(LLAMA, "--context", "400"), "--new 128: --context 400 + 128 tokens exceed "
+                                                   "the model's max_seq_len 512 (use --new 112 or "
+                                                   "less");
+    EXPECT_USAGE(BENCH(LLAMA, "--context", "512"), "--context 512: the model's max_seq_len is 512");
+    EXPECT_USAGE(BENCH(LLAMA, "--context", "0"), "--context: '0' is out of range");
     EXPECT_USAGE(BENCH(LLAMA, "--batch", "1,300"),
                  "--batch: 300 sequences exceed the 256 the model runs per step");
 }
@@ -223,7 +229,14 @@ static void test_defaults_skipped(void **state)
     assert_contains(r.out, "skipped: 32 prompt tokens + --new 128 exceed the model's max_seq_len "
                            "128");
     tu_run_free(&r);
-    EXPECT_USAGE(BENCH(model, "--new", "97"), "--new 97: 32 prompt tokens + 97 exceed");
+    EXPECT_USAGE(BENCH(model, "--new", "97"), "--new 97: --context 32 + 97 tokens exceed");
+    /* --context: each decode sequence's prompt */
+    r = BENCH(model, "--batch", "2", "--prompt", "8", "--prefill", "8", "--new", "3", "--context",
+              "100", "--reps", "1");
+    EXPECT_CODE(r, 0);
+    assert_contains(r.out, "decode, batch 2 (context 101-103)");
+    assert_not_contains(r.out, "skipped");
+    tu_run_free(&r);
     free(model);
 }
 
@@ -264,10 +277,19 @@ static void test_report_no_gemm_peak(void **state)
         {.kind = KBENCH_DECODE, .n = 64, .skip = "above the 8 sequences the model runs per step"},
     };
     const int nf = 4;
-    kbench_rooflines(figs, nf, &rm, &hw, 256, 4);
+    kbench_rooflines(figs, nf, &rm, &hw, 256, 4, KBENCH_CONTEXT);
     assert_true(figs[0].roof == 0 && figs[1].roof == 0);
     assert_true(figs[2].roof > 0 && figs[2].ratio > 0 && isfinite(figs[2].ratio));
-    kbench_run br = {"out/test", "test", "gpu backend", 1, 3, 4, 1.5, &hw, &rm};
+    /* the decode roofline: 4 steps, each reading the weights and the KV of 33, 34, 35, 36 tokens */
+    double t = (4.0 * rm.weight_bytes + 4096.0 * (33 + 34 + 35 + 36)) / hw.copy_bw;
+    assert_true(fabs(figs[2].roof - 4 / t) <= 1e-9 * figs[2].roof);
+    /* --context 1000, batch 2: the KV of 1001..1004 tokens per sequence */
+    kbench_fig lg = {.kind = KBENCH_DECODE, .n = 2, .seconds = 0.5, .value = 16};
+    kbench_rooflines(&lg, 1, &rm, &hw, 256, 4, 1000);
+    t = (4.0 * rm.weight_bytes + 4096.0 * 2 * (1001 + 1002 + 1003 + 1004)) / hw.copy_bw;
+    assert_true(fabs(lg.roof - 8 / t) <= 1e-9 * lg.roof);
+    assert_true(fabs(lg.ratio - t / 0.5) <= 1e-9 * lg.ratio);
+    kbench_run br = {"out/test", "test", "gpu backend", 1, 3, 4, KBENCH_CONTEXT, 1.5, &hw, &rm};
     char *text = report_text(&br, figs, nf);
     char line[256];
     assert_contains(text, "  GEMM peak    not measured: cuBLASLt cannot be loaded");
@@ -318,7 +340,7 @@ static void test_report_no_gemm_peak(void **state)
     /* with a peak: every figure has its ratio, and nothing is n/a */
     hw.gemm_flops = 8e14;
     hw.gemm_missing[0] = 0;
-    kbench_rooflines(figs, nf, &rm, &hw, 256, 4);
+    kbench_rooflines(figs, nf, &rm, &hw, 256, 4, KBENCH_CONTEXT);
     assert_true(figs[0].roof > 0 && figs[0].ratio > 0 && figs[0].first_ratio > 0);
     assert_true(figs[1].roof > 0 && figs[1].ratio > 0);
     text = report_text(&br, figs, nf);
