@@ -870,11 +870,11 @@ static int attention_steps(lw *w, const kg_node *n, int HD, ka_arg q, ka_arg out
     push(w, PRE, &s);
 
     /* decode: query heads per CTA sharing one kv head, as many as fit 48 KB (attn_decode's
-     * shared memory) */
+     * shared memory: kernels/kiln_attn.h, which also says when it runs on the tensor cores) */
     int G_ = NH / NKV, hpc = 1;
     for (int h = G_; h >= 1; h--)
-        if (G_ % h == 0 && (h * HD + (DECODE_THREADS / 32) * h * (HD + 2) +
-                            h * (DECODE_SPLITS + 1)) * 4 <= 48 * 1024) {
+        if (G_ % h == 0 && KILN_ATTN_DECODE_SMEM(HD, h, DECODE_THREADS / 32, DECODE_SPLITS,
+                                                 (int)w->esize) <= 48 * 1024) {
             hpc = h;
             break;
         }

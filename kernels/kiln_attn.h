@@ -23,4 +23,24 @@
 #define KILN_ATTN_PREFILL_SMEM(bm, bn, hd, esz, kv8)                                               \
     ((long long)((bm) + 2 * (bn)) * ((hd) + 8) * (esz) + ((kv8) ? KILN_ATTN_KV8_STAGE(bn, hd) : 0))
 
+/* attn_decode. A CTA handles hpc query heads of one kv head; with KILN_ATTN_DECODE_MMA(hd, hpc)
+ * its warps run the tensor-core path (the hpc heads as the rows of m16n8k16 tiles, KILN_ATTN_DECODE_KT
+ * keys a warp at a time through its own K and V tiles in shared memory), else the CUDA-core path
+ * (attn_warp_keys). Static shared memory, at most 48 KiB (lower.c chooses hpc by it):
+ *   the CUDA-core path's q in float (hpc * hd), the warps' partial outputs (warps * hpc * hd
+ *   floats; on the tensor-core path they share their bytes with the warps' K and V tiles, rows of
+ *   hd + 8 elements, used one after the other), the warps' m and l (warps * hpc * 2 floats) and
+ *   the split merge's weights and 1 / sum (hpc * (nsplit + 1) floats). */
+#define KILN_ATTN_DECODE_KT 16
+#define KILN_ATTN_DECODE_MMA(hd, hpc) ((hd) % 16 == 0 && (hd) <= 128 && (hpc) <= 16)
+#define KILN_ATTN_DECODE_TILES(hd, hpc, warps, esz)                                                \
+    (KILN_ATTN_DECODE_MMA(hd, hpc) ? (warps) * 2 * KILN_ATTN_DECODE_KT * ((hd) + 8) * (esz) : 0)
+#define KILN_ATTN_DECODE_PARTS(hd, hpc, warps, esz)                                                \
+    ((warps) * (hpc) * (hd) * 4 > KILN_ATTN_DECODE_TILES(hd, hpc, warps, esz)                      \
+         ? (warps) * (hpc) * (hd) * 4                                                              \
+         : KILN_ATTN_DECODE_TILES(hd, hpc, warps, esz))
+#define KILN_ATTN_DECODE_SMEM(hd, hpc, warps, nsplit, esz)                                         \
+    ((KILN_ATTN_DECODE_MMA(hd, hpc) ? 0 : (hpc) * (hd) * 4) +                                     \
+     KILN_ATTN_DECODE_PARTS(hd, hpc, warps, esz) + (warps) * (hpc) * 8 + (hpc) * ((nsplit) + 1) * 4)
+
 #endif

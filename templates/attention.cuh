@@ -729,12 +729,173 @@ __device__ __forceinline__ void attn_prefill(const kiln_step st, const DT *q,
 }
 
 // ---------------------------------------------------------------------------------------------
+// attn_decode's tensor-core path (KILN_ATTN_DECODE_MMA): one warp attends the HPC query heads of
+// row t (heads hq0 .. hq0 + HPC - 1, all of kv head kvh) over its tiles of KT keys: tiles
+// k0 + (i * WARPS + warp) * KT for i = 0, 1, ... below k1. The heads are the rows of m16n8k16
+// tiles (row r = head hq0 + r; rows r >= HPC are zero queries, computed on and never written), so
+// S = Q K^T and O += P V are attn_prefill_mma's, with the rows being heads instead of tokens:
+// Q's fragments are loaded once from q (DT), each K and V tile is staged in the warp's own
+// shared rows (sK, sV [KT][HD + 8]: cp.async for the 16-bit cache; the FP8 cache's chunks are
+// converted on the way, e4m3 x scale rounded to DT, as attn_prefill does), keys at or past k1 are
+// zero rows and masked. P is rounded to DT before P.V, as in attn_prefill. Returns the warp's
+// state per row i of the lane (rows g and g + 8): m[i] (-inf if the warp had no key), l[i]
+// (summed over the quad) and o[n][2i + e] (unnormalised, dims 8n + 2c + e). q is row t of the
+// step's queries (its NH heads of HD).
+template <typename DT, int NKV, int HD, int HPC, int SOFTCAP, int ALIBI, int KV8, int WARPS>
+__device__ __forceinline__ void
+attn_decode_warp_mma(const kiln_step &st, int s, int p, const DT *q,
+                     const kv_t<DT, KV8> *k_cache, const kv_t<DT, KV8> *v_cache, int kvh,
+                     int hq0, int k0, int k1, float scale, float softcap,
+                     const float *alibi_slopes, DT *sK, DT *sV, float (&m)[2], float (&l)[2],
+                     float (&o)[HD / 8][4])
+{
+    constexpr int KT = KILN_ATTN_DECODE_KT, LD = HD + 8, C8 = HD / 8, KW = NKV * HD;
+    static_assert(KT == 16, "attn_decode_warp_mma: one k-step of P.V a tile");
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+
+    // Q fragments (A: rows g, g + 8; k = dims), zero for rows past HPC
+    unsigned qa[HD / 16][4];
+    const DT *qr[2] = {g < HPC ? q + (long long)(hq0 + g) * HD : nullptr,
+                       g + 8 < HPC ? q + (long long)(hq0 + g + 8) * HD : nullptr};
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++)
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+                qa[kk][2 * h + i] =
+                    qr[i] ? *reinterpret_cast<const unsigned *>(qr[i] + kk * 16 + 8 * h + 2 * c)
+                          : 0u;
+    float slope[2];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+        slope[i] = ALIBI && g + 8 * i < HPC ? alibi_slopes[hq0 + g + 8 * i] : 0.f;
+
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        m[i] = ATTN_NINF;
+        l[i] = 0.f;
+    }
+#pragma unroll
+    for (int n = 0; n < HD / 8; n++)
+        o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+
+    for (int kt = k0 + warp * KT; kt < k1; kt += WARPS * KT) { // warp-uniform
+        // the tile's K and V rows into sK, sV (rows past k1: zeros)
+        for (int i = lane; i < KT * C8; i += 32) {
+            const int r = i / C8, d = (i % C8) * 8, j = kt + r;
+            if constexpr (KV8) {
+                float fk[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+                float fv[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+                if (j < k1) {
+                    long long row, sat;
+                    kv8_at<KW, NKV>(kv_slot(st, s, j), row, sat);
+                    attn_kv8_unpack<DT>(
+                        *reinterpret_cast<const uint2 *>(k_cache + row + kvh * HD + d),
+                        *reinterpret_cast<const float *>(k_cache + sat + 4 * kvh), fk);
+                    attn_kv8_unpack<DT>(
+                        *reinterpret_cast<const uint2 *>(v_cache + row + kvh * HD + d),
+                        *reinterpret_cast<const float *>(v_cache + sat + 4 * kvh), fv);
+                }
+                store8(sK + r * LD + d, fk);
+                store8(sV + r * LD + d, fv);
+            } else if (j < k1) {
+                attn_cp16(sK + r * LD + d, kv_row(k_cache, st, s, j, KW) + kvh * HD + d);
+                attn_cp16(sV + r * LD + d, kv_row(v_cache, st, s, j, KW) + kvh * HD + d);
+            } else {
+                attn_zero16(sK + r * LD + d);
+                attn_zero16(sV + r * LD + d);
+            }
+        }
+        if constexpr (!KV8) {
+            attn_cp_commit();
+            attn_cp_wait<0>();
+        }
+        __syncwarp();
+
+        // S = Q K^T: the HPC heads x KT keys (two n-tiles of 8 keys)
+        float sc[KT / 8][4];
+#pragma unroll
+        for (int n = 0; n < KT / 8; n++)
+            sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; kk++)
+#pragma unroll
+            for (int n = 0; n < KT / 8; n++) {
+                const DT *kp = sK + (n * 8 + g) * LD + kk * 16 + 2 * c; // B[k=d][n=key]
+                attn_mma<DT>(sc[n], qa[kk], attn_ld32(kp), attn_ld32(kp + 8));
+            }
+
+        // scores and the online softmax (element e of n-tile n: row e / 2, key
+        // kt + 8n + 2c + (e & 1)); row reductions over the quad
+        float mx[2] = {ATTN_NINF, ATTN_NINF};
+#pragma unroll
+        for (int n = 0; n < KT / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int i = e / 2, j = kt + n * 8 + 2 * c + (e & 1);
+                sc[n][e] = j < k1 ? attn_score<SOFTCAP, ALIBI>(sc[n][e], scale, softcap, slope[i],
+                                                                j, p)
+                                  : ATTN_NINF;
+                mx[i] = fmaxf(mx[i], sc[n][e]);
+            }
+        float alpha[2], mu[2], ls[2] = {0.f, 0.f};
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+            const float mn = fmaxf(m[i], mx[i]);
+            mu[i] = mn == ATTN_NINF ? 0.f : mn;
+            alpha[i] = __expf(m[i] - mu[i]);
+            m[i] = mn;
+        }
+#pragma unroll
+        for (int n = 0; n < KT / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                sc[n][e] = __expf(sc[n][e] - mu[e / 2]);
+                ls[e / 2] += sc[n][e];
+            }
+#pragma unroll
+        for (int i = 0; i < 2; i++)
+            l[i] = l[i] * alpha[i] + ls[i];
+#pragma unroll
+        for (int n = 0; n < HD / 8; n++) {
+            o[n][0] *= alpha[0];
+            o[n][1] *= alpha[0];
+            o[n][2] *= alpha[1];
+            o[n][3] *= alpha[1];
+        }
+
+        // O += P V: the tile's 16 keys are one k-step
+        const unsigned a[4] = {attn_pack2<DT>(sc[0][0], sc[0][1]),
+                               attn_pack2<DT>(sc[0][2], sc[0][3]),
+                               attn_pack2<DT>(sc[1][0], sc[1][1]),
+                               attn_pack2<DT>(sc[1][2], sc[1][3])};
+        const unsigned short *vp = reinterpret_cast<const unsigned short *>(sV + 2 * c * LD + g);
+#pragma unroll
+        for (int n = 0; n < HD / 8; n++) {
+            const unsigned short *v0 = vp + n * 8;
+            const unsigned b0 = (unsigned)v0[0] | ((unsigned)v0[LD] << 16);
+            const unsigned b1 = (unsigned)v0[8 * LD] | ((unsigned)v0[9 * LD] << 16);
+            attn_mma<DT>(o[n], a, b0, b1);
+        }
+        __syncwarp(); // every lane is done with sK / sV before the next tile lands
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // attn_decode — the last query row t = seq_start[s+1] - 1 of each sequence, keys split over
 // CTAs (flash-decoding) and the splits merged in the same launch.
 //
 //   grid  (NSPLIT, NH / HPC, n_seqs)   block THREADS (multiple of 32)   static shared memory
-//         (HPC*HD + (THREADS/32)*HPC*(HD+2) + HPC*(NSPLIT+1)) * 4 bytes (<= 48 KB, checked;
-//         compiler/lower.c sizes HPC by the same sum)
+//         KILN_ATTN_DECODE_SMEM(HD, HPC, THREADS / 32, NSPLIT, sizeof(DT)) bytes (<= 48 KB,
+//         checked; compiler/lower.c sizes HPC by the same sum: kernels/kiln_attn.h)
 //   ws    partials: n_seqs * NH * NSPLIT * (HD + 2) floats; record (s, h, split) at
 //         ((s * NH + h) * NSPLIT + split) * (HD + 2) holds o[HD] (unnormalised), m, l. Only
 //         read within the launch that writes it (a per-step temporary).
@@ -748,7 +909,11 @@ __device__ __forceinline__ void attn_prefill(const kiln_step st, const DT *q,
 // (same rules as attn_prefill), n keys, is cut into pieces of chunk = max(SPLIT_MIN,
 // ceil(n / NSPLIT)) keys: used = ceil(n / chunk) <= NSPLIT splits, the CTAs with split >= used
 // exit at once. The boundaries depend only on the sequence's own n, never on the batch. The
-// warps of a CTA interleave over its piece and merge in shared memory (warp 0 .. WARPS-1).
+// warps of a CTA interleave over its piece and merge in shared memory (warp 0 .. WARPS-1). A
+// warp's keys: with KILN_ATTN_DECODE_MMA(HD, HPC) (HD % 16 == 0, HD <= 128, HPC <= 16) on the
+// tensor cores, the HPC heads as the rows of m16n8k16 tiles (attn_decode_warp_mma: its P is
+// rounded to DT before P.V, as attn_prefill's); otherwise on the CUDA cores, in float
+// (attn_warp_keys).
 //   used == 1 (n <= SPLIT_MIN: short contexts): the CTA normalises and writes out itself.
 //   used > 1: each CTA writes its record, fences, and counts itself in with atomicInc on its
 //     group's counter (which wraps to 0 at the used-th arrival: the reset for the next launch);
@@ -778,10 +943,14 @@ __device__ __forceinline__ void attn_decode(const kiln_step st, const DT *q,
     static_assert(THREADS % 32 == 0 && THREADS >= 32 && THREADS <= 1024, "attn_decode: THREADS");
     static_assert(NSPLIT >= 1 && SPLIT_MIN >= 1, "attn_decode: NSPLIT and SPLIT_MIN >= 1");
     static_assert(HPC <= THREADS, "attn_decode: a thread per head computes the merge weights");
-    static_assert((HPC * HD + WARPS * HPC * (HD + 2) + HPC * (NSPLIT + 1)) * 4 <= 48 * 1024,
+    static_assert(KILN_ATTN_DECODE_SMEM(HD, HPC, WARPS, NSPLIT, (int)sizeof(DT)) <= 48 * 1024,
                   "attn_decode: HPC * HD * THREADS too large for 48 KB of shared memory");
-    __shared__ __align__(16) float qs[HPC * HD];
-    __shared__ __align__(16) float po[WARPS][HPC][HD];
+    constexpr bool MMA = KILN_ATTN_DECODE_MMA(HD, HPC);
+    // the warps' partial outputs po [WARPS][HPC][HD]; on the tensor-core path the same bytes
+    // hold the warps' K and V tiles first (kernels/kiln_attn.h)
+    constexpr int PARTS = KILN_ATTN_DECODE_PARTS(HD, HPC, WARPS, (int)sizeof(DT));
+    __shared__ __align__(16) unsigned char parts[PARTS];
+    float(*po)[HPC][HD] = reinterpret_cast<float(*)[HPC][HD]>(parts);
     __shared__ float pm[WARPS][HPC], pl[WARPS][HPC];
     __shared__ float sw[HPC][NSPLIT], sinv[HPC]; // the merge's split weights and 1 / sum
     __shared__ int s_last;
@@ -801,35 +970,61 @@ __device__ __forceinline__ void attn_decode(const kiln_step st, const DT *q,
         return; // uniform over the CTA
     const int k0 = lo + sp * chunk, k1 = min(hi + 1, k0 + chunk);
 
-    for (int i = threadIdx.x; i < HPC * HD; i += THREADS) // heads hq0.. are contiguous in q
-        qs[i] = to_f(q[(long long)t * QW + hq0 * HD + i]);
-    float slope[HPC];
+    if constexpr (MMA) {
+        DT *sK = reinterpret_cast<DT *>(parts) + warp * 2 * KILN_ATTN_DECODE_KT * (HD + 8);
+        float m[2], l[2], o[HD / 8][4];
+        attn_decode_warp_mma<DT, NKV, HD, HPC, SOFTCAP, ALIBI, KV8, WARPS>(
+            st, s, p, q + (long long)t * QW, k_cache, v_cache, kvh, hq0, k0, k1, scale, softcap,
+            alibi_slopes, sK, sK + KILN_ATTN_DECODE_KT * (HD + 8), m, l, o);
+        __syncthreads(); // every warp is done with its tiles: po takes their bytes
+        const int g = lane / 4, c = lane % 4;
 #pragma unroll
-    for (int hh = 0; hh < HPC; hh++)
-        slope[hh] = ALIBI ? alibi_slopes[hq0 + hh] : 0.f;
-    __syncthreads();
-
-    float m[HPC], l[HPC], o[HPC][LN::CPL * 8];
-    attn_warp_keys<DT, NKV, HD, HPC, SOFTCAP, ALIBI, KV8>(st, s, k_cache, v_cache, kvh, k0, k1,
-                                                          warp, WARPS, qs, scale, softcap, slope,
-                                                          p, m, l, o);
-    if (lane < LN::LPK) {
+        for (int i = 0; i < 2; i++) {
+            const int r = g + 8 * i;
+            if (r < HPC) {
+#pragma unroll
+                for (int n = 0; n < HD / 8; n++) {
+                    po[warp][r][8 * n + 2 * c] = o[n][2 * i];
+                    po[warp][r][8 * n + 2 * c + 1] = o[n][2 * i + 1];
+                }
+                if (c == 0) {
+                    pm[warp][r] = m[i];
+                    pl[warp][r] = l[i];
+                }
+            }
+        }
+    } else {
+        __shared__ __align__(16) float qs[HPC * HD];
+        for (int i = threadIdx.x; i < HPC * HD; i += THREADS) // heads hq0.. are contiguous in q
+            qs[i] = to_f(q[(long long)t * QW + hq0 * HD + i]);
+        float slope[HPC];
 #pragma unroll
         for (int hh = 0; hh < HPC; hh++)
+            slope[hh] = ALIBI ? alibi_slopes[hq0 + hh] : 0.f;
+        __syncthreads();
+
+        float m[HPC], l[HPC], o[HPC][LN::CPL * 8];
+        attn_warp_keys<DT, NKV, HD, HPC, SOFTCAP, ALIBI, KV8>(st, s, k_cache, v_cache, kvh, k0,
+                                                              k1, warp, WARPS, qs, scale, softcap,
+                                                              slope, p, m, l, o);
+        if (lane < LN::LPK) {
 #pragma unroll
-            for (int cc = 0; cc < LN::CPL; cc++) {
-                const int ch = lane + cc * LN::LPK;
-                if (ch < LN::CH)
+            for (int hh = 0; hh < HPC; hh++)
 #pragma unroll
-                    for (int i = 0; i < 8; i++)
-                        po[warp][hh][ch * 8 + i] = o[hh][cc * 8 + i];
-            }
-        if (lane == 0)
+                for (int cc = 0; cc < LN::CPL; cc++) {
+                    const int ch = lane + cc * LN::LPK;
+                    if (ch < LN::CH)
 #pragma unroll
-            for (int hh = 0; hh < HPC; hh++) {
-                pm[warp][hh] = m[hh];
-                pl[warp][hh] = l[hh];
-            }
+                        for (int i = 0; i < 8; i++)
+                            po[warp][hh][ch * 8 + i] = o[hh][cc * 8 + i];
+                }
+            if (lane == 0)
+#pragma unroll
+                for (int hh = 0; hh < HPC; hh++) {
+                    pm[warp][hh] = m[hh];
+                    pl[warp][hh] = l[hh];
+                }
+        }
     }
     __syncthreads();
 
