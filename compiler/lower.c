@@ -874,7 +874,7 @@ static int attention_steps(lw *w, const kg_node *n, int HD, ka_arg q, ka_arg out
     int G_ = NH / NKV, hpc = 1;
     for (int h = G_; h >= 1; h--)
         if (G_ % h == 0 && KILN_ATTN_DECODE_SMEM(HD, h, DECODE_THREADS / 32, DECODE_SPLITS,
-                                                 (int)w->esize) <= 48 * 1024) {
+                                                 (int)w->esize, w->c->kv_fp8) <= 48 * 1024) {
             hpc = h;
             break;
         }

@@ -24,23 +24,28 @@
     ((long long)((bm) + 2 * (bn)) * ((hd) + 8) * (esz) + ((kv8) ? KILN_ATTN_KV8_STAGE(bn, hd) : 0))
 
 /* attn_decode. A CTA handles hpc query heads of one kv head; with KILN_ATTN_DECODE_MMA(hd, hpc)
- * its warps run the tensor-core path (the hpc heads as the rows of m16n8k16 tiles, KILN_ATTN_DECODE_KT
- * keys a warp at a time through its own K and V tiles in shared memory), else the CUDA-core path
- * (attn_warp_keys). Static shared memory, at most 48 KiB (lower.c chooses hpc by it):
- *   the CUDA-core path's q in float (hpc * hd), the warps' partial outputs (warps * hpc * hd
- *   floats; on the tensor-core path they share their bytes with the warps' K and V tiles, rows of
- *   hd + 8 elements, used one after the other), the warps' m and l (warps * hpc * 2 floats) and
- *   the split merge's weights and 1 / sum (hpc * (nsplit + 1) floats). */
+ * its warps run the tensor-core path (the hpc heads as the rows of m16n8k16 tiles, KT keys a warp
+ * at a time through its own K and V tile in shared memory: KILN_ATTN_DECODE_WARP_TILE bytes, DT
+ * rows of hd + 8 elements, or with the FP8 cache (kv8) raw rows of hd + 16 bytes and the keys' K
+ * and V scales), else the CUDA-core path (attn_warp_keys). Static shared memory, at most 48 KiB
+ * (lower.c chooses hpc by it): the CUDA-core path's q in float (hpc * hd), the warps' partial
+ * outputs (warps * hpc * hd floats; on the tensor-core path they share their bytes with the
+ * warps' tiles, used one after the other), the warps' m and l (warps * hpc * 2 floats) and the
+ * split merge's weights and 1 / sum (hpc * (nsplit + 1) floats). */
 #define KILN_ATTN_DECODE_KT 16
 #define KILN_ATTN_DECODE_MMA(hd, hpc) ((hd) % 16 == 0 && (hd) <= 128 && (hpc) <= 16)
-#define KILN_ATTN_DECODE_TILES(hd, hpc, warps, esz)                                                \
-    (KILN_ATTN_DECODE_MMA(hd, hpc) ? (warps) * 2 * KILN_ATTN_DECODE_KT * ((hd) + 8) * (esz) : 0)
-#define KILN_ATTN_DECODE_PARTS(hd, hpc, warps, esz)                                                \
-    ((warps) * (hpc) * (hd) * 4 > KILN_ATTN_DECODE_TILES(hd, hpc, warps, esz)                      \
+#define KILN_ATTN_DECODE_WARP_TILE(hd, esz, kv8)                                                   \
+    ((kv8) ? 2 * KILN_ATTN_DECODE_KT * ((hd) + 16) + 8 * KILN_ATTN_DECODE_KT                       \
+           : 2 * KILN_ATTN_DECODE_KT * ((hd) + 8) * (esz))
+#define KILN_ATTN_DECODE_TILES(hd, hpc, warps, esz, kv8)                                           \
+    (KILN_ATTN_DECODE_MMA(hd, hpc) ? (warps) * KILN_ATTN_DECODE_WARP_TILE(hd, esz, kv8) : 0)
+#define KILN_ATTN_DECODE_PARTS(hd, hpc, warps, esz, kv8)                                           \
+    ((warps) * (hpc) * (hd) * 4 > KILN_ATTN_DECODE_TILES(hd, hpc, warps, esz, kv8)                 \
          ? (warps) * (hpc) * (hd) * 4                                                              \
-         : KILN_ATTN_DECODE_TILES(hd, hpc, warps, esz))
-#define KILN_ATTN_DECODE_SMEM(hd, hpc, warps, nsplit, esz)                                         \
+         : KILN_ATTN_DECODE_TILES(hd, hpc, warps, esz, kv8))
+#define KILN_ATTN_DECODE_SMEM(hd, hpc, warps, nsplit, esz, kv8)                                    \
     ((KILN_ATTN_DECODE_MMA(hd, hpc) ? 0 : (hpc) * (hd) * 4) +                                     \
-     KILN_ATTN_DECODE_PARTS(hd, hpc, warps, esz) + (warps) * (hpc) * 8 + (hpc) * ((nsplit) + 1) * 4)
+     KILN_ATTN_DECODE_PARTS(hd, hpc, warps, esz, kv8) + (warps) * (hpc) * 8 +                      \
+     (hpc) * ((nsplit) + 1) * 4)
 
 #endif

@@ -733,27 +733,39 @@ __device__ __forceinline__ void attn_prefill(const kiln_step st, const DT *q,
 // row t (heads hq0 .. hq0 + HPC - 1, all of kv head kvh) over its tiles of KT keys: tiles
 // k0 + (i * WARPS + warp) * KT for i = 0, 1, ... below k1. The heads are the rows of m16n8k16
 // tiles (row r = head hq0 + r; rows r >= HPC are zero queries, computed on and never written), so
-// S = Q K^T and O += P V are attn_prefill_mma's, with the rows being heads instead of tokens:
-// Q's fragments are loaded once from q (DT), each K and V tile is staged in the warp's own
-// shared rows (sK, sV [KT][HD + 8]: cp.async for the 16-bit cache; the FP8 cache's chunks are
-// converted on the way, e4m3 x scale rounded to DT, as attn_prefill does), keys at or past k1 are
-// zero rows and masked. P is rounded to DT before P.V, as in attn_prefill. Returns the warp's
-// state per row i of the lane (rows g and g + 8): m[i] (-inf if the warp had no key), l[i]
-// (summed over the quad) and o[n][2i + e] (unnormalised, dims 8n + 2c + e). q is row t of the
-// step's queries (its NH heads of HD).
+// S = Q K^T and O += P V are attn_prefill_mma's, with the rows being heads instead of tokens.
+// Q's fragments are loaded once from q (row t of the step's queries); each K and V tile lands in
+// the warp's own shared rows (`tile`, kernels/kiln_attn.h) by cp.async, keys at or past k1 as
+// zero rows, masked. P is rounded to DT before P.V, as in attn_prefill.
+//   16-bit cache: DT rows of HD + 8 elements, read as attn_prefill_mma reads its tiles.
+//   FP8 cache: the raw bytes (rows of HD + 16 bytes: conflict-free 32-bit reads) and each key's
+//     K and V scales. A K fragment is one 32-bit read of 4 consecutive dims turned into two DT
+//     pairs exactly (gemv_detail::fp8x4); the dot product does not care which dims an mma k
+//     index stands for, so Q's fragments take the same order (k 2c, 2c + 1 = dims 4c, 4c + 1;
+//     k 2c + 8, 2c + 9 = dims 4c + 2, 4c + 3). The K scale multiplies the key's score and the V
+//     scale its probability before the rounding to DT (l sums the unscaled probabilities), so
+//     the cache's e4m3 values enter the tensor cores unrounded.
+// Returns the warp's state per row i of the lane (rows g and g + 8): m[i] (-inf if the warp had
+// no key), l[i] (summed over the quad) and o[n][2i + e] (unnormalised, dims 8n + 2c + e).
 template <typename DT, int NKV, int HD, int HPC, int SOFTCAP, int ALIBI, int KV8, int WARPS>
 __device__ __forceinline__ void
 attn_decode_warp_mma(const kiln_step &st, int s, int p, const DT *q,
                      const kv_t<DT, KV8> *k_cache, const kv_t<DT, KV8> *v_cache, int kvh,
                      int hq0, int k0, int k1, float scale, float softcap,
-                     const float *alibi_slopes, DT *sK, DT *sV, float (&m)[2], float (&l)[2],
+                     const float *alibi_slopes, unsigned char *tile, float (&m)[2], float (&l)[2],
                      float (&o)[HD / 8][4])
 {
-    constexpr int KT = KILN_ATTN_DECODE_KT, LD = HD + 8, C8 = HD / 8, KW = NKV * HD;
+    constexpr int KT = KILN_ATTN_DECODE_KT, KW = NKV * HD;
+    constexpr int LD = HD + 8;  // 16-bit tiles: elements a row
+    constexpr int RB = HD + 16; // FP8 tiles: bytes a row
     static_assert(KT == 16, "attn_decode_warp_mma: one k-step of P.V a tile");
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+    DT *sK = reinterpret_cast<DT *>(tile), *sV = sK + KT * LD;
+    unsigned char *rK = tile, *rV = tile + KT * RB;
+    float *ks = reinterpret_cast<float *>(tile + 2 * KT * RB), *vs = ks + KT;
 
-    // Q fragments (A: rows g, g + 8; k = dims), zero for rows past HPC
+    // Q fragments (A: rows g, g + 8), zero for rows past HPC; a[2h + i] holds row g + 8i at the
+    // dims of k 2c + 8h (the FP8 path: dims 4c + 2h, see above)
     unsigned qa[HD / 16][4];
     const DT *qr[2] = {g < HPC ? q + (long long)(hq0 + g) * HD : nullptr,
                        g + 8 < HPC ? q + (long long)(hq0 + g + 8) * HD : nullptr};
@@ -762,10 +774,10 @@ attn_decode_warp_mma(const kiln_step &st, int s, int p, const DT *q,
 #pragma unroll
         for (int h = 0; h < 2; h++)
 #pragma unroll
-            for (int i = 0; i < 2; i++)
-                qa[kk][2 * h + i] =
-                    qr[i] ? *reinterpret_cast<const unsigned *>(qr[i] + kk * 16 + 8 * h + 2 * c)
-                          : 0u;
+            for (int i = 0; i < 2; i++) {
+                const int d = kk * 16 + (KV8 ? 4 * c + 2 * h : 2 * c + 8 * h);
+                qa[kk][2 * h + i] = qr[i] ? *reinterpret_cast<const unsigned *>(qr[i] + d) : 0u;
+            }
     float slope[2];
 #pragma unroll
     for (int i = 0; i < 2; i++)
@@ -781,36 +793,36 @@ attn_decode_warp_mma(const kiln_step &st, int s, int p, const DT *q,
         o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
 
     for (int kt = k0 + warp * KT; kt < k1; kt += WARPS * KT) { // warp-uniform
-        // the tile's K and V rows into sK, sV (rows past k1: zeros)
-        for (int i = lane; i < KT * C8; i += 32) {
-            const int r = i / C8, d = (i % C8) * 8, j = kt + r;
+        // the tile's K and V rows (rows past k1: zeros), 16 bytes a copy
+        constexpr int CPR = KV8 ? HD / 16 : HD / 8; // copies a row
+        for (int i = lane; i < KT * CPR; i += 32) {
+            const int r = i / CPR, cb = (i % CPR) * 16, j = kt + r; // cb: the copy's first byte
             if constexpr (KV8) {
-                float fk[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-                float fv[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
                 if (j < k1) {
                     long long row, sat;
                     kv8_at<KW, NKV>(kv_slot(st, s, j), row, sat);
-                    attn_kv8_unpack<DT>(
-                        *reinterpret_cast<const uint2 *>(k_cache + row + kvh * HD + d),
-                        *reinterpret_cast<const float *>(k_cache + sat + 4 * kvh), fk);
-                    attn_kv8_unpack<DT>(
-                        *reinterpret_cast<const uint2 *>(v_cache + row + kvh * HD + d),
-                        *reinterpret_cast<const float *>(v_cache + sat + 4 * kvh), fv);
+                    attn_cp16(rK + r * RB + cb, k_cache + row + kvh * HD + cb);
+                    attn_cp16(rV + r * RB + cb, v_cache + row + kvh * HD + cb);
+                    if (cb == 0) {
+                        attn_cp4(ks + r, k_cache + sat + 4 * kvh);
+                        attn_cp4(vs + r, v_cache + sat + 4 * kvh);
+                    }
+                } else {
+                    attn_zero16(rK + r * RB + cb);
+                    attn_zero16(rV + r * RB + cb);
+                    if (cb == 0)
+                        ks[r] = vs[r] = 0.f;
                 }
-                store8(sK + r * LD + d, fk);
-                store8(sV + r * LD + d, fv);
             } else if (j < k1) {
-                attn_cp16(sK + r * LD + d, kv_row(k_cache, st, s, j, KW) + kvh * HD + d);
-                attn_cp16(sV + r * LD + d, kv_row(v_cache, st, s, j, KW) + kvh * HD + d);
+                attn_cp16(sK + r * LD + cb / 2, kv_row(k_cache, st, s, j, KW) + kvh * HD + cb / 2);
+                attn_cp16(sV + r * LD + cb / 2, kv_row(v_cache, st, s, j, KW) + kvh * HD + cb / 2);
             } else {
-                attn_zero16(sK + r * LD + d);
-                attn_zero16(sV + r * LD + d);
+                attn_zero16(sK + r * LD + cb / 2);
+                attn_zero16(sV + r * LD + cb / 2);
             }
         }
-        if constexpr (!KV8) {
-            attn_cp_commit();
-            attn_cp_wait<0>();
-        }
+        attn_cp_commit();
+        attn_cp_wait<0>();
         __syncwarp();
 
         // S = Q K^T: the HPC heads x KT keys (two n-tiles of 8 keys)
@@ -822,8 +834,16 @@ attn_decode_warp_mma(const kiln_step &st, int s, int p, const DT *q,
         for (int kk = 0; kk < HD / 16; kk++)
 #pragma unroll
             for (int n = 0; n < KT / 8; n++) {
-                const DT *kp = sK + (n * 8 + g) * LD + kk * 16 + 2 * c; // B[k=d][n=key]
-                attn_mma<DT>(sc[n], qa[kk], attn_ld32(kp), attn_ld32(kp + 8));
+                unsigned b0, b1; // B[k][n = key n * 8 + g]
+                if constexpr (KV8) {
+                    const unsigned w4 = attn_ld32(rK + (n * 8 + g) * RB + kk * 16 + 4 * c);
+                    gemv_detail::fp8x4<DT>(__byte_perm(w4, 0u, 0x3120u), b0, b1);
+                } else {
+                    const DT *kp = sK + (n * 8 + g) * LD + kk * 16 + 2 * c;
+                    b0 = attn_ld32(kp);
+                    b1 = attn_ld32(kp + 8);
+                }
+                attn_mma<DT>(sc[n], qa[kk], b0, b1);
             }
 
         // scores and the online softmax (element e of n-tile n: row e / 2, key
@@ -833,9 +853,9 @@ attn_decode_warp_mma(const kiln_step &st, int s, int p, const DT *q,
         for (int n = 0; n < KT / 8; n++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                const int i = e / 2, j = kt + n * 8 + 2 * c + (e & 1);
-                sc[n][e] = j < k1 ? attn_score<SOFTCAP, ALIBI>(sc[n][e], scale, softcap, slope[i],
-                                                                j, p)
+                const int i = e / 2, r = n * 8 + 2 * c + (e & 1), j = kt + r;
+                const float dot = KV8 ? sc[n][e] * ks[r] : sc[n][e];
+                sc[n][e] = j < k1 ? attn_score<SOFTCAP, ALIBI>(dot, scale, softcap, slope[i], j, p)
                                   : ATTN_NINF;
                 mx[i] = fmaxf(mx[i], sc[n][e]);
             }
@@ -855,6 +875,8 @@ attn_decode_warp_mma(const kiln_step &st, int s, int p, const DT *q,
             for (int e = 0; e < 4; e++) {
                 sc[n][e] = __expf(sc[n][e] - mu[e / 2]);
                 ls[e / 2] += sc[n][e];
+                if constexpr (KV8) // the V scale, after the sum (masked keys: scale 0, p 0)
+                    sc[n][e] *= vs[n * 8 + 2 * c + (e & 1)];
             }
 #pragma unroll
         for (int i = 0; i < 2; i++)
@@ -867,20 +889,30 @@ attn_decode_warp_mma(const kiln_step &st, int s, int p, const DT *q,
             o[n][3] *= alpha[1];
         }
 
-        // O += P V: the tile's 16 keys are one k-step
+        // O += P V: the tile's 16 keys are one k-step; B[k = key][n = dim 8n + g]: b0 = keys
+        // 2c, 2c + 1, b1 = keys 2c + 8, 2c + 9
         const unsigned a[4] = {attn_pack2<DT>(sc[0][0], sc[0][1]),
                                attn_pack2<DT>(sc[0][2], sc[0][3]),
                                attn_pack2<DT>(sc[1][0], sc[1][1]),
                                attn_pack2<DT>(sc[1][2], sc[1][3])};
-        const unsigned short *vp = reinterpret_cast<const unsigned short *>(sV + 2 * c * LD + g);
 #pragma unroll
         for (int n = 0; n < HD / 8; n++) {
-            const unsigned short *v0 = vp + n * 8;
-            const unsigned b0 = (unsigned)v0[0] | ((unsigned)v0[LD] << 16);
-            const unsigned b1 = (unsigned)v0[8 * LD] | ((unsigned)v0[9 * LD] << 16);
+            unsigned b0, b1;
+            if constexpr (KV8) {
+                const unsigned char *v0 = rV + 2 * c * RB + n * 8 + g;
+                // bytes in fp8x4's order: keys 2c, 2c + 8, 2c + 1, 2c + 9
+                const unsigned w4 = (unsigned)v0[0] | ((unsigned)v0[8 * RB] << 8) |
+                                    ((unsigned)v0[RB] << 16) | ((unsigned)v0[9 * RB] << 24);
+                gemv_detail::fp8x4<DT>(w4, b0, b1);
+            } else {
+                const unsigned short *v0 =
+                    reinterpret_cast<const unsigned short *>(sV + 2 * c * LD + g) + n * 8;
+                b0 = (unsigned)v0[0] | ((unsigned)v0[LD] << 16);
+                b1 = (unsigned)v0[8 * LD] | ((unsigned)v0[9 * LD] << 16);
+            }
             attn_mma<DT>(o[n], a, b0, b1);
         }
-        __syncwarp(); // every lane is done with sK / sV before the next tile lands
+        __syncwarp(); // every lane is done with the tile before the next one lands
     }
 #pragma unroll
     for (int i = 0; i < 2; i++) {
@@ -943,12 +975,12 @@ __device__ __forceinline__ void attn_decode(const kiln_step st, const DT *q,
     static_assert(THREADS % 32 == 0 && THREADS >= 32 && THREADS <= 1024, "attn_decode: THREADS");
     static_assert(NSPLIT >= 1 && SPLIT_MIN >= 1, "attn_decode: NSPLIT and SPLIT_MIN >= 1");
     static_assert(HPC <= THREADS, "attn_decode: a thread per head computes the merge weights");
-    static_assert(KILN_ATTN_DECODE_SMEM(HD, HPC, WARPS, NSPLIT, (int)sizeof(DT)) <= 48 * 1024,
+    static_assert(KILN_ATTN_DECODE_SMEM(HD, HPC, WARPS, NSPLIT, (int)sizeof(DT), KV8) <= 48 * 1024,
                   "attn_decode: HPC * HD * THREADS too large for 48 KB of shared memory");
     constexpr bool MMA = KILN_ATTN_DECODE_MMA(HD, HPC);
     // the warps' partial outputs po [WARPS][HPC][HD]; on the tensor-core path the same bytes
     // hold the warps' K and V tiles first (kernels/kiln_attn.h)
-    constexpr int PARTS = KILN_ATTN_DECODE_PARTS(HD, HPC, WARPS, (int)sizeof(DT));
+    constexpr int PARTS = KILN_ATTN_DECODE_PARTS(HD, HPC, WARPS, (int)sizeof(DT), KV8);
     __shared__ __align__(16) unsigned char parts[PARTS];
     float(*po)[HPC][HD] = reinterpret_cast<float(*)[HPC][HD]>(parts);
     __shared__ float pm[WARPS][HPC], pl[WARPS][HPC];
@@ -971,11 +1003,11 @@ __device__ __forceinline__ void attn_decode(const kiln_step st, const DT *q,
     const int k0 = lo + sp * chunk, k1 = min(hi + 1, k0 + chunk);
 
     if constexpr (MMA) {
-        DT *sK = reinterpret_cast<DT *>(parts) + warp * 2 * KILN_ATTN_DECODE_KT * (HD + 8);
         float m[2], l[2], o[HD / 8][4];
         attn_decode_warp_mma<DT, NKV, HD, HPC, SOFTCAP, ALIBI, KV8, WARPS>(
             st, s, p, q + (long long)t * QW, k_cache, v_cache, kvh, hq0, k0, k1, scale, softcap,
-            alibi_slopes, sK, sK + KILN_ATTN_DECODE_KT * (HD + 8), m, l, o);
+            alibi_slopes, parts + warp * KILN_ATTN_DECODE_WARP_TILE(HD, (int)sizeof(DT), KV8), m,
+            l, o);
         __syncthreads(); // every warp is done with its tiles: po takes their bytes
         const int g = lane / 4, c = lane % 4;
 #pragma unroll
