@@ -20,13 +20,14 @@
 //
 // KV8 (kilnc compile --kv-dtype fp8): the caches are FP8 (kv_t<DT, 1>: bytes), laid out as
 // kernels/kiln_kv8.h says: per block, KILN_BLOCK rows of NKV*HD e4m3 bytes (natural order), then
-// a float scale per (row, kv head); value = e4m3 * scale. Every read converts a K or V chunk of 8
-// values as it is loaded (gemv_detail::fp8x4: e4m3 to DT exactly, then times the scale in float):
-// attn_prefill's tensor-core path copies each tile's raw bytes and scales into a staging area
-// with cp.async (K and V as two groups, so V still lands while Q.K^T runs) and stores the
-// products rounded to DT into its shared tiles; attn_decode and the CUDA-core fallback use the
-// float products. After the load the math is the same as the 16-bit
-// cache's. KV8 = 0 compiles to the code it was before the option existed.
+// a float scale per (row, kv head); value = e4m3 * scale. The e4m3 bytes become DT exactly
+// (gemv_detail::fp8x4), and the scale is applied in float: attn_prefill's tensor-core path copies
+// each tile's raw bytes and scales into a staging area with cp.async (K and V as two groups, so V
+// still lands while Q.K^T runs) and stores the products rounded to DT into its shared tiles;
+// attn_decode's tensor-core path feeds the exact e4m3 values to the MMA and scales each key's
+// score and probability instead (attn_decode_warp_mma); the CUDA-core paths use the float
+// products. Otherwise the math is the 16-bit cache's. KV8 = 0 compiles to the code of the 16-bit
+// cache alone.
 //
 // What this file does not do: it never reads a cache row at or beyond kvlen (those rows, and
 // block-table columns past the sequence's last block, may hold anything); it uses no wgmma / TMA
