@@ -242,6 +242,76 @@ __device__ __forceinline__ unsigned attn_ld32(const void *smem)
     return *reinterpret_cast<const unsigned *>(smem);
 }
 
+// One key tile's online-softmax step on the m16n8k16 S accumulators of a lane (rows g and g + 8,
+// i = e / 2 of element e): sc holds the tile's scores, masked ones -inf; m, l, o are the rows'
+// running max, sum (this lane's columns; summed over the quad at the end) and output. The 4
+// lanes of a quad share rows, so the row max is reduced over the quad (xor 1, 2). On return sc
+// holds the tile's probabilities exp(score - max) (0 where masked).
+template <int NT, int NO>
+__device__ __forceinline__ void attn_softmax_tile(float (&sc)[NT][4], float (&m)[2], float (&l)[2],
+                                                  float (&o)[NO][4])
+{
+    float mx[2] = {ATTN_NINF, ATTN_NINF};
+#pragma unroll
+    for (int n = 0; n < NT; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            mx[e / 2] = fmaxf(mx[e / 2], sc[n][e]);
+    float alpha[2], mu[2], ls[2] = {0.f, 0.f};
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+        const float mn = fmaxf(m[i], mx[i]);
+        mu[i] = mn == ATTN_NINF ? 0.f : mn; // no key yet: keep exp() away from -inf - -inf
+        alpha[i] = __expf(m[i] - mu[i]);     // 0 while m was -inf
+        m[i] = mn;
+    }
+#pragma unroll
+    for (int n = 0; n < NT; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            sc[n][e] = __expf(sc[n][e] - mu[e / 2]); // masked: exp(-inf) = 0
+            ls[e / 2] += sc[n][e];
+        }
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+        l[i] = l[i] * alpha[i] + ls[i];
+#pragma unroll
+    for (int n = 0; n < NO; n++) {
+        o[n][0] *= alpha[0];
+        o[n][1] *= alpha[0];
+        o[n][2] *= alpha[1];
+        o[n][3] *= alpha[1];
+    }
+}
+
+// O += P V over a tile of NT * 8 keys in a DT tile sV [keys][LD]: k-step kk covers keys
+// [16kk, 16kk + 16) = the n-tiles 2kk, 2kk + 1 of P (the D layout of two adjacent 8-key n-tiles
+// is the A layout of one 16-key k-step); B[k = key][n = dim 8n + g]: b0 = keys 16kk + 2c, + 1,
+// b1 = the same + 8.
+template <typename DT, int NT, int HD, int LD>
+__device__ __forceinline__ void attn_pv_tile(const float (&sc)[NT][4], const DT *sV, int g, int c,
+                                             float (&o)[HD / 8][4])
+{
+#pragma unroll
+    for (int kk = 0; kk < NT / 2; kk++) {
+        const unsigned a[4] = {attn_pack2<DT>(sc[2 * kk][0], sc[2 * kk][1]),
+                               attn_pack2<DT>(sc[2 * kk][2], sc[2 * kk][3]),
+                               attn_pack2<DT>(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
+                               attn_pack2<DT>(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
+        const unsigned short *vp =
+            reinterpret_cast<const unsigned short *>(sV + (kk * 16 + 2 * c) * LD + g);
+#pragma unroll
+        for (int n = 0; n < HD / 8; n++) {
+            const unsigned short *v0 = vp + n * 8;
+            const unsigned b0 = (unsigned)v0[0] | ((unsigned)v0[LD] << 16);
+            const unsigned b1 = (unsigned)v0[8 * LD] | ((unsigned)v0[9 * LD] << 16);
+            attn_mma<DT>(o[n], a, b0, b1);
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // attn_prefill, tensor-core path (HD % 16 == 0).
 //
@@ -383,10 +453,8 @@ __device__ __forceinline__ void attn_prefill_mma(const kiln_step &st, const DT *
             }
         }
 
-        // scores, mask, online softmax (element e of n-tile n: row i = e / 2, key
-        // kb + 8n + 2c + (e & 1)); the 4 threads of a quad share rows, so row reductions are
-        // over the quad (xor 1, 2)
-        float mx[2] = {ATTN_NINF, ATTN_NINF};
+        // scores and mask (element e of n-tile n: row i = e / 2, key kb + 8n + 2c + (e & 1)),
+        // then the online softmax
 #pragma unroll
         for (int n = 0; n < BN / 8; n++)
 #pragma unroll
@@ -394,35 +462,8 @@ __device__ __forceinline__ void attn_prefill_mma(const kiln_step &st, const DT *
                 const int i = e / 2, j = kb + n * 8 + 2 * c + (e & 1);
                 const float x = attn_score<SOFTCAP, ALIBI>(sc[n][e], scale, softcap, slope, j, qp[i]);
                 sc[n][e] = j >= qlo[i] && j <= qhi[i] ? x : ATTN_NINF;
-                mx[i] = fmaxf(mx[i], sc[n][e]);
             }
-        float alpha[2], mu[2], ls[2] = {0.f, 0.f};
-#pragma unroll
-        for (int i = 0; i < 2; i++) {
-            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-            const float mn = fmaxf(m[i], mx[i]);
-            mu[i] = mn == ATTN_NINF ? 0.f : mn; // no key yet: keep exp() away from -inf - -inf
-            alpha[i] = __expf(m[i] - mu[i]);     // 0 while m was -inf
-            m[i] = mn;
-        }
-#pragma unroll
-        for (int n = 0; n < BN / 8; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                sc[n][e] = __expf(sc[n][e] - mu[e / 2]); // masked: exp(-inf) = 0
-                ls[e / 2] += sc[n][e];
-            }
-#pragma unroll
-        for (int i = 0; i < 2; i++)
-            l[i] = l[i] * alpha[i] + ls[i]; // this thread's columns; summed over the quad at the end
-#pragma unroll
-        for (int n = 0; n < HD / 8; n++) {
-            o[n][0] *= alpha[0];
-            o[n][1] *= alpha[0];
-            o[n][2] *= alpha[1];
-            o[n][3] *= alpha[1];
-        }
+        attn_softmax_tile<BN / 8, HD / 8>(sc, m, l, o);
 
         attn_cp_wait<0>(); // V has landed
         __syncthreads();
@@ -431,24 +472,7 @@ __device__ __forceinline__ void attn_prefill_mma(const kiln_step &st, const DT *
             __syncthreads();
         }
 
-        // O += P V: k-step kk covers keys [16kk, 16kk + 16) of the tile = n-tiles 2kk, 2kk + 1
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; kk++) {
-            const unsigned a[4] = {attn_pack2<DT>(sc[2 * kk][0], sc[2 * kk][1]),
-                                   attn_pack2<DT>(sc[2 * kk][2], sc[2 * kk][3]),
-                                   attn_pack2<DT>(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
-                                   attn_pack2<DT>(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
-            // B[k=key][n=dim] = V[key][dim]: b0 = V[16kk + 2c, +1][8n + g], b1 = keys + 8
-            const unsigned short *vp =
-                reinterpret_cast<const unsigned short *>(sV + (kk * 16 + 2 * c) * LD + g);
-#pragma unroll
-            for (int n = 0; n < HD / 8; n++) {
-                const unsigned short *v0 = vp + n * 8;
-                const unsigned b0 = (unsigned)v0[0] | ((unsigned)v0[LD] << 16);
-                const unsigned b1 = (unsigned)v0[8 * LD] | ((unsigned)v0[9 * LD] << 16);
-                attn_mma<DT>(o[n], a, b0, b1);
-            }
-        }
+        attn_pv_tile<DT, BN / 8, HD, LD>(sc, sV, g, c, o);
         __syncthreads(); // every warp is done with sK / sV before the next tile lands
     }
     attn_cp_wait<0>(); // no key tile at all (cannot happen for valid input): Q's group
@@ -847,71 +871,46 @@ attn_decode_warp_mma(const kiln_step &st, int s, int p, const DT *q,
                 attn_mma<DT>(sc[n], qa[kk], b0, b1);
             }
 
-        // scores and the online softmax (element e of n-tile n: row e / 2, key
-        // kt + 8n + 2c + (e & 1)); row reductions over the quad
-        float mx[2] = {ATTN_NINF, ATTN_NINF};
+        // scores and mask (element e of n-tile n: row e / 2, key kt + 8n + 2c + (e & 1)), then
+        // the online softmax
 #pragma unroll
         for (int n = 0; n < KT / 8; n++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                const int i = e / 2, r = n * 8 + 2 * c + (e & 1), j = kt + r;
+                const int r = n * 8 + 2 * c + (e & 1), j = kt + r;
                 const float dot = KV8 ? sc[n][e] * ks[r] : sc[n][e];
-                sc[n][e] = j < k1 ? attn_score<SOFTCAP, ALIBI>(dot, scale, softcap, slope[i], j, p)
+                sc[n][e] = j < k1 ? attn_score<SOFTCAP, ALIBI>(dot, scale, softcap, slope[e / 2],
+                                                                j, p)
                                   : ATTN_NINF;
-                mx[i] = fmaxf(mx[i], sc[n][e]);
             }
-        float alpha[2], mu[2], ls[2] = {0.f, 0.f};
-#pragma unroll
-        for (int i = 0; i < 2; i++) {
-            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-            const float mn = fmaxf(m[i], mx[i]);
-            mu[i] = mn == ATTN_NINF ? 0.f : mn;
-            alpha[i] = __expf(m[i] - mu[i]);
-            m[i] = mn;
-        }
-#pragma unroll
-        for (int n = 0; n < KT / 8; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                sc[n][e] = __expf(sc[n][e] - mu[e / 2]);
-                ls[e / 2] += sc[n][e];
-                if constexpr (KV8) // the V scale, after the sum (masked keys: scale 0, p 0)
-                    sc[n][e] *= vs[n * 8 + 2 * c + (e & 1)];
-            }
-#pragma unroll
-        for (int i = 0; i < 2; i++)
-            l[i] = l[i] * alpha[i] + ls[i];
-#pragma unroll
-        for (int n = 0; n < HD / 8; n++) {
-            o[n][0] *= alpha[0];
-            o[n][1] *= alpha[0];
-            o[n][2] *= alpha[1];
-            o[n][3] *= alpha[1];
-        }
+        attn_softmax_tile<KT / 8, HD / 8>(sc, m, l, o);
 
-        // O += P V: the tile's 16 keys are one k-step; B[k = key][n = dim 8n + g]: b0 = keys
-        // 2c, 2c + 1, b1 = keys 2c + 8, 2c + 9
-        const unsigned a[4] = {attn_pack2<DT>(sc[0][0], sc[0][1]),
-                               attn_pack2<DT>(sc[0][2], sc[0][3]),
-                               attn_pack2<DT>(sc[1][0], sc[1][1]),
-                               attn_pack2<DT>(sc[1][2], sc[1][3])};
+        // O += P V: the tile's 16 keys are one k-step
+        if constexpr (KV8) {
+            // the V scale times each probability (l has summed them unscaled; masked keys have
+            // scale 0 and p 0); B[k = key][n = dim 8n + g]: b0 = keys 2c, 2c + 1, b1 = keys
+            // 2c + 8, 2c + 9
 #pragma unroll
-        for (int n = 0; n < HD / 8; n++) {
-            unsigned b0, b1;
-            if constexpr (KV8) {
+            for (int n = 0; n < KT / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    sc[n][e] *= vs[n * 8 + 2 * c + (e & 1)];
+            const unsigned a[4] = {attn_pack2<DT>(sc[0][0], sc[0][1]),
+                                   attn_pack2<DT>(sc[0][2], sc[0][3]),
+                                   attn_pack2<DT>(sc[1][0], sc[1][1]),
+                                   attn_pack2<DT>(sc[1][2], sc[1][3])};
+#pragma unroll
+            for (int n = 0; n < HD / 8; n++) {
                 const unsigned char *v0 = rV + 2 * c * RB + n * 8 + g;
                 // bytes in fp8x4's order: keys 2c, 2c + 8, 2c + 1, 2c + 9
                 const unsigned w4 = (unsigned)v0[0] | ((unsigned)v0[8 * RB] << 8) |
                                     ((unsigned)v0[RB] << 16) | ((unsigned)v0[9 * RB] << 24);
+                unsigned b0, b1;
                 gemv_detail::fp8x4<DT>(w4, b0, b1);
-            } else {
-                const unsigned short *v0 =
-                    reinterpret_cast<const unsigned short *>(sV + 2 * c * LD + g) + n * 8;
-                b0 = (unsigned)v0[0] | ((unsigned)v0[LD] << 16);
-                b1 = (unsigned)v0[8 * LD] | ((unsigned)v0[9 * LD] << 16);
+                attn_mma<DT>(o[n], a, b0, b1);
             }
-            attn_mma<DT>(o[n], a, b0, b1);
+        } else {
+            attn_pv_tile<DT, KT / 8, HD, LD>(sc, sV, g, c, o);
         }
         __syncwarp(); // every lane is done with the tile before the next one lands
     }
