@@ -433,8 +433,10 @@ static int low_norm(lw *w, int id)
  * per SM) whatever N is: 4 warps per block for the large N (gate/up, LM head), 8 for 4096 rows, 16
  * for 2048 rows (1B's o and down: 128 tiles). 16 only while the tiles fit one wave of one block
  * per SM (more than 132 blocks of 512 threads would queue a second wave behind a full one), and
- * never more warps than steps of K (`step` elements: 128 for gemv, 256 for gemv_fp8, 512 for
- * gemv_int4: the same bytes a step), so no warp idles. */
+ * never for gemv_int4 (its weights pass through 4 KB of static shared memory a warp: 8 warps and
+ * the split-K partials fill 40 of the 48 KB); and never more warps than steps of K (`step`
+ * elements: 128 for gemv, 256 for gemv_fp8, 512 for gemv_int4: the same bytes a step), so no
+ * warp idles. */
 int lower_gemv_threads(int64_t N, int64_t K, int gated, int step)
 {
     int64_t tiles = ((gated ? N / 2 : N) + (gated ? 7 : 15)) / (gated ? 8 : 16);
@@ -442,7 +444,7 @@ int lower_gemv_threads(int64_t N, int64_t K, int gated, int step)
     int warps = 4;
     while (warps < 16 && tiles * warps < 2048)
         warps *= 2;
-    if (warps == 16 && tiles > 132)
+    if (warps == 16 && (tiles > 132 || step == 512))
         warps = 8;
     while (warps > 1 && warps > steps)
         warps /= 2;

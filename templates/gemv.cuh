@@ -425,6 +425,21 @@ __device__ __forceinline__ uint4 int4x8(unsigned q, const uint2 &sz)
                       P::fma(d.z, sz.x, 0x80008000u), P::fma(d.w, sz.x, 0x80008000u));
 }
 
+// cp.async (sm_80+): 16 bytes from global to shared memory, cached in L2 only (gemv_int4's
+// weights, streamed once); cp_wait_all: this thread's copies issued so far have landed.
+__device__ __forceinline__ void cp16(void *smem, const void *gmem)
+{
+    const unsigned a = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(a), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+// The line of p brought to L1 without waiting or holding a register (gemv_int4's x and sz, loaded
+// at their use: without it each group's first use would wait a round trip to L2 or memory).
+__device__ __forceinline__ void prefetch_l1(const void *p)
+{
+    asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
+}
+
 // The start every GEMV shares. This block's row group: rows [row0, row0 + M) of x and y, done as
 // a launch of its own (M cut to at most MMAX); false when the group starts past M (uniform over
 // the block: no barrier is reached). The lane's x rows: xr[j] is x row 8j + g (row M - 1 past M:
@@ -452,8 +467,8 @@ __device__ __forceinline__ bool row_group(const DT *x, int &M, long long &row0, 
 
 // One step's loads, all before any math: for each of the U groups of step c0 (16-byte chunks
 // c0 + 4u + t of every row), the lane's chunk of weight rows a and b (16 bytes: 8 DT elements of
-// gemv's weight, 16 e4m3 of gemv_fp8's, 32 INT4 of gemv_int4's) and of x rows xr[j] (XH 16-byte
-// loads of 8 DT elements: the chunk's elements), zero for the column tiles j with no row of x
+// gemv's weight, 16 e4m3 of gemv_fp8's) and of x rows xr[j] (XH 16-byte loads of 8 DT elements:
+// the chunk's elements), zero for the column tiles j with no row of x
 // (8j >= M). wa, wb, xr point at the lane's chunk of step 0 (offset t). In the last step of a K
 // that ends inside it, chunks past K (c >= KC) load the row's last chunk (valid memory, whatever
 // the compiler hoists) and are replaced by zeros, in w and in x.
@@ -689,11 +704,15 @@ __device__ __forceinline__ void dequant_fp8(const kiln_step st, const unsigned c
 //   - sz: [N, K/G] uint2, one per (row, group of G consecutive columns): .x = the group's scale s
 //     as a pair of DT (both halves s), .y = (B + z) as a pair of DT, B = 128 for bf16, 1024 for
 //     f16, z the zero point, an integer in [0, 16].
-// What differs from gemv: a lane's 16-byte load is 32 elements (4 words: 4 chunks of 8) of rows g
-// and g+8, and four 16-byte loads of its x row (step_loads with XH = 4); a step is U = 4 groups
-// of 128 elements (256 bytes of each of 16 rows, gemv's bytes in flight), and each group is one
-// chain of 8 mma (4 chunks x 2) from zero added to the float accumulators. The weight's value
-// depends on G, by one rule (G % 128 == 0 or not):
+// What differs from gemv: a lane's 16-byte chunk is 32 elements (4 words: 4 chunks of 8) of rows g
+// and g+8, against four 16-byte loads of its x row; a step is U = 4 groups of 128 elements (256
+// bytes of each of 16 rows, gemv's bytes in flight), and each group is one chain of 8 mma (4
+// chunks x 2) from zero added to the float accumulators. The step's weight chunks go to shared
+// memory by cp.async (4 KB a warp), all issued before the wait that precedes the math: they are
+// in flight together without holding registers (loaded into registers, ptxas sinks each load
+// next to its use, one round trip to memory per group, or holds 128 registers a thread); the
+// lines of x and sz the step reads are prefetched to L1 with them, and loaded at their use. The
+// weight's value depends on G, by one rule (G % 128 == 0 or not):
 //   - G % 128 == 0 (the factored path: AWQ's and GPTQ's 128, --quant int4's whenever K allows):
 //     the 128 elements of a chain lie in one group, so the chain runs on the exact integers q - z
 //     (int4_diff: one lop3 and one fma per pair) and its float sum is multiplied by s, one FMA
@@ -703,7 +722,9 @@ __device__ __forceinline__ void dequant_fp8(const kiln_step st, const unsigned c
 //     several groups, so each pair is scaled before the mma: the weight is DT((q - z) * s), one
 //     rounding (int4x8; dequant_int4 gives the same bits).
 // Preconditions: K % 32 == 0, G % 32 == 0, K % G == 0 (G == K: one group per row); x, w
-// 16-byte aligned, sz 8-byte aligned. Launch rule: gemv's.
+// 16-byte aligned, sz 8-byte aligned. Launch rule: gemv's, with at most 8 warps (THREADS <= 256:
+// lower_gemv_threads), whose 32 KB of weight buffers and the split-K partials fit the 48 KB of
+// static shared memory.
 template <typename DT, int N, int K, int MMAX, bool BIAS, bool GATED, int ACT, bool OUT_F32,
           int THREADS, int G>
 __device__ __forceinline__ void gemv_int4(const kiln_step st, const DT *x, const unsigned char *w,
@@ -717,6 +738,7 @@ __device__ __forceinline__ void gemv_int4(const kiln_step st, const DT *x, const
     using S = gemv_detail::shape<N, GATED, MMAX, THREADS>;
     using P = gemv_detail::int4_pairs<DT>;
     constexpr int NT = S::NT, WARPS = S::WARPS;
+    static_assert(WARPS <= 8, "gemv_int4: at most 8 warps (4 KB of shared memory a warp)");
     constexpr int KG = K / G;                // groups per row
     constexpr bool FACTORED = G % 128 == 0; // a chain's 128 elements in one group
     constexpr int U = 4;                     // 128-element groups per step
@@ -729,60 +751,77 @@ __device__ __forceinline__ void gemv_int4(const kiln_step st, const DT *x, const
     float acc[NT][4];
     if (!gemv_detail::row_group<DT, K, MMAX>(x, M, row0, g, 32 * t, xr, acc))
         return;
+    __builtin_assume(M >= 1); // column tile 0 always has a row: its loads and mma take no branch
 
     long long ra, rb;
     gemv_detail::tile_rows<N, GATED>(tile, g, ra, rb);
     const unsigned char *wa = w + ra * (K / 2) + 16 * t, *wb = w + rb * (K / 2) + 16 * t;
     const uint2 *sza = sz + ra * KG, *szb = sz + rb * KG;
+    __shared__ uint4 wbuf[WARPS][U][2][32]; // the warps' weight chunks of a step: [u][row a, b][lane]
     // Step s covers chunks [16s, 16s + 16) of every row: group u is chunks 16s + 4u + 0..3 (128
-    // elements), the lane's is 16s + 4u + t.
+    // elements), the lane's is 16s + 4u + t. In the last step of a K that ends inside it, a chunk
+    // past K (c >= KC) copies the row's last chunk (valid memory) and its x is zeros, so its
+    // products are zeros whatever its weight.
 #pragma unroll 1
     for (int s = warp; s < STEPS; s += WARPS) {
         const int c0 = s * 4 * U;
-        uint2 sa[U], sb[U];
+        int off[U]; // the lane's chunk of group u, in chunks from its first
+        int kg[U];  // its group
+        bool in[U]; // that chunk is inside K
 #pragma unroll
         for (int u = 0; u < U; u++) {
-            const int kg = (c0 + 4 * u + t) * 32 / G; // past K: its chunk and x are zeros
-            sa[u] = sza[kg < KG ? kg : KG - 1];
-            sb[u] = szb[kg < KG ? kg : KG - 1];
+            const int c = c0 + 4 * u + t;
+            in[u] = KC % (4 * U) == 0 || c < KC;
+            off[u] = (in[u] ? c : KC - 1) - t;
+            kg[u] = (off[u] + t) * 32 / G;
+            gemv_detail::cp16(&wbuf[warp][u][0][lane], wa + off[u] * 16);
+            gemv_detail::cp16(&wbuf[warp][u][1][lane], wb + off[u] * 16);
+            if (u == 0 || !FACTORED) { // factored: the step's four sz of a row share a sector
+                gemv_detail::prefetch_l1(sza + kg[u]);
+                gemv_detail::prefetch_l1(szb + kg[u]);
+            }
+#pragma unroll
+            for (int j = 0; j < NT; j++)
+                if (8 * j < M)
+                    gemv_detail::prefetch_l1(xr[j] + off[u] * 32);
         }
-        uint4 va[U], vb[U], vx[U][4][NT];
-        gemv_detail::step_loads<DT, U, NT, 4, KC>(wa, wb, xr, c0, t, M, va, vb, vx);
+        gemv_detail::cp_wait_all();
 #pragma unroll
         for (int u = 0; u < U; u++) {
-            const unsigned qa[4] = {va[u].x, va[u].y, va[u].z, va[u].w};
-            const unsigned qb[4] = {vb[u].x, vb[u].y, vb[u].z, vb[u].w};
+            const uint2 sa = sza[kg[u]], sb = szb[kg[u]];
+            const uint4 va = wbuf[warp][u][0][lane], vb = wbuf[warp][u][1][lane];
+            const unsigned qa[4] = {va.x, va.y, va.z, va.w};
+            const unsigned qb[4] = {vb.x, vb.y, vb.z, vb.w};
             float d[NT][4];
 #pragma unroll
             for (int j = 0; j < NT; j++)
 #pragma unroll
                 for (int i = 0; i < 4; i++)
                     d[j][i] = 0.f;
-            if constexpr (FACTORED) {
 #pragma unroll
-                for (int h = 0; h < 4; h++)
-                    gemv_detail::mma_group<DT, NT>(d, gemv_detail::int4_diff<DT>(qa[h], sa[u].y),
-                                                   gemv_detail::int4_diff<DT>(qb[h], sb[u].y),
-                                                   vx[u][h], M);
-                const float fa = P::lo_f(sa[u].x), fb = P::lo_f(sb[u].x);
-#pragma unroll
-                for (int j = 0; j < NT; j++) {
-                    acc[j][0] = fmaf(d[j][0], fa, acc[j][0]);
-                    acc[j][1] = fmaf(d[j][1], fa, acc[j][1]);
-                    acc[j][2] = fmaf(d[j][2], fb, acc[j][2]);
-                    acc[j][3] = fmaf(d[j][3], fb, acc[j][3]);
-                }
-            } else {
-#pragma unroll
-                for (int h = 0; h < 4; h++)
-                    gemv_detail::mma_group<DT, NT>(d, gemv_detail::int4x8<DT>(qa[h], sa[u]),
-                                                   gemv_detail::int4x8<DT>(qb[h], sb[u]),
-                                                   vx[u][h], M);
+            for (int h = 0; h < 4; h++) {
+                uint4 vx[NT]; // x of chunk h (elements 8h..8h+7 of the lane's 32), each column tile
 #pragma unroll
                 for (int j = 0; j < NT; j++)
+                    vx[j] = in[u] && 8 * j < M ? *reinterpret_cast<const uint4 *>(
+                                                     xr[j] + off[u] * 32 + 8 * h)
+                                               : make_uint4(0u, 0u, 0u, 0u);
+                gemv_detail::mma_group<DT, NT>(
+                    d, FACTORED ? gemv_detail::int4_diff<DT>(qa[h], sa.y)
+                                : gemv_detail::int4x8<DT>(qa[h], sa),
+                    FACTORED ? gemv_detail::int4_diff<DT>(qb[h], sb.y)
+                             : gemv_detail::int4x8<DT>(qb[h], sb),
+                    vx, M);
+            }
+            // the chain's sum times s (factored), or as it is (times 1: the fma is the add)
+            const float fa = FACTORED ? P::lo_f(sa.x) : 1.f;
+            const float fb = FACTORED ? P::lo_f(sb.x) : 1.f;
 #pragma unroll
-                    for (int i = 0; i < 4; i++)
-                        acc[j][i] += d[j][i];
+            for (int j = 0; j < NT; j++) {
+                acc[j][0] = fmaf(d[j][0], fa, acc[j][0]);
+                acc[j][1] = fmaf(d[j][1], fa, acc[j][1]);
+                acc[j][2] = fmaf(d[j][2], fb, acc[j][2]);
+                acc[j][3] = fmaf(d[j][3], fb, acc[j][3]);
             }
         }
     }

@@ -31,7 +31,7 @@
  * 1e-6 (f16: subnormal scales and weights) and 1e3 (bf16 or float output only); G = 32, 64, 128,
  * 256 and K; every M of 1..8 and 9..16, gated and not, bias, float output, bf16 and f16, N not a
  * multiple of the tile, K = 32, 64, 96 (shorter than one 512-element step), 640 and 4224 (a
- * partial step), 4096, 8192 and 14336, split-K over 1 to 16 warps. The reference sums x times
+ * partial step), 4096, 8192 and 14336, split-K over 1 to 8 warps. The reference sums x times
  * the weight values the kernel multiplies, by gemv_int4's rule: (q - z) * s for G % 128 == 0 (its
  * factored path: the exact float product of an integer of at most 5 bits and a DT value), else
  * DT((q - z) * s) (util_f32_to_bf16/f16 of that product is the one rounding, as in the kernel).
@@ -1327,15 +1327,17 @@ void ktest_gemv(kt *t)
         {.N = 37, .K = 96, .mmax = 8, .ms = {8}, .bias = 1, .g4 = 32},
         {.N = 40, .K = 96, .mmax = 8, .ms = {5}, .g4 = 96},
         {.N = 40, .K = 32, .mmax = 8, .ms = {4}, .f16 = 1, .g4 = 32},
-        /* split-K over 1, 2, 4, 8 and 16 warps; the 8B down projection's K */
+        /* split-K over 1, 2, 4 and 8 warps (gemv_int4's most: lower_gemv_threads); the 8B down
+         * projection's K; 1B down's shape, where the rule takes 8 warps, not gemv's 16 */
         {.N = 1000, .K = 1024, .mmax = 8, .ms = {3}, .threads = 32, .g4 = 128},
         {.N = 1000, .K = 640, .mmax = 8, .ms = {7}, .bias = 1, .threads = 64, .g4 = 640},
         {.N = 1000, .K = 4096, .mmax = 8, .ms = {8}, .threads = 128, .g4 = 32},
         {.N = 1000, .K = 4224, .mmax = 8, .ms = {5}, .threads = 256, .g4 = 4224},
-        {.N = 1000, .K = 8192, .mmax = 8, .ms = {8}, .threads = 512, .g4 = 128},
+        {.N = 1000, .K = 8192, .mmax = 8, .ms = {8}, .threads = 256, .g4 = 128},
         {.N = 256, .K = 14336, .mmax = 8, .ms = {1, 8}, .bias = 1, .g4 = 128},
         {.N = 200, .K = 14336, .mmax = 8, .ms = {5}, .threads = 32, .g4 = 32},
-        {.N = 256, .K = 14336, .mmax = 16, .ms = {16}, .threads = 512, .g4 = 14336},
+        {.N = 256, .K = 14336, .mmax = 16, .ms = {16}, .threads = 256, .g4 = 14336},
+        {.N = 2048, .K = 8192, .mmax = 8, .ms = {1, 7}, .g4 = 128},
         /* gated */
         {.N = 8192, .K = 4096, .mmax = 8, .ms = {3}, .gated = 1, .act = KILN_ACT_SILU, .g4 = 128},
         {.N = 512, .K = 256, .mmax = 8, .ms = {2}, .gated = 1, .act = KILN_ACT_SILU, .f32 = 1,
