@@ -451,12 +451,12 @@ int lower_gemv_threads(int64_t N, int64_t K, int gated, int step)
     return 32 * warps;
 }
 
-/* The GEMV step (decode-sized rows). rows: KA_ROWS_T or KA_ROWS_S. qk: QROWS_NONE (gemv), or
- * the quantised weight wt with its scales sc and their K block qb (0 for one per row):
- * gemv_fp8 or gemv_int4. */
-static ka_step gemv_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg sc, qrows_kind qk,
-                         int64_t qb, ka_arg bias, ka_arg y, int64_t N, int64_t K, int gated,
-                         int act, int out_f32, ka_rows rows)
+/* The GEMV step (decode-sized rows) in row groups of mmax rows (the template's MMAX).
+ * rows: KA_ROWS_T or KA_ROWS_S. qk: QROWS_NONE (gemv), or the quantised weight wt with its scales
+ * sc and their K block qb (0 for one per row): gemv_fp8 or gemv_int4. */
+static ka_step gemv_step_grouped(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg sc,
+                                 qrows_kind qk, int64_t qb, ka_arg bias, ka_arg y, int64_t N,
+                                 int64_t K, int gated, int act, int out_f32, ka_rows rows, int mmax)
 {
     static const char *const fam[] = {"gemv", "gemv_fp8", "gemv_int4"};
     static const char *const par[] = {
@@ -467,7 +467,6 @@ static ka_step gemv_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg sc
         "const DT *bias, void *y, int M"};
     static const int step[] = {128, 256, 512};
     int th = lower_gemv_threads(N, K, gated, step[qk]);
-    int mmax = w->c->batch_invariant ? LOWER_GEMV_GROUP_INVARIANT : GEMV_MAX;
     char tail[64] = "";
     if (qk != QROWS_NONE)
         snprintf(tail, sizeof tail, ", %lld", (long long)(qb ? qb : K));
@@ -477,8 +476,9 @@ static ka_step gemv_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg sc
                  bias.kind == KA_ARG_NULL ? "false" : "true", gated ? "true" : "false",
                  act < 0 ? 0 : act, out_f32 ? "true" : "false", th, tail,
                  qk != QROWS_NONE ? "scale, " : "");
-    /* x: one block per group of mmax rows (one group unless --batch-invariant, whose decode
-     * schedule runs the GEMV at every batch); y: one per 16-row tile, 16 outputs or 8 gated */
+    /* x: one block per group of mmax rows (one group up to GEMV_MAX rows; more with
+     * --batch-invariant and for a quantised weight, whose decode schedules run the GEMV at every
+     * batch); y: one per 16-row tile, 16 outputs or 8 gated */
     int64_t nout = gated ? N / 2 : N, opb = gated ? 8 : 16;
     ka_step s = kstep(k, n->name,
                       rows == KA_ROWS_S ? G(0, 1, 0, 0, mmax) : G(1, 0, 0, 0, mmax),
@@ -494,6 +494,16 @@ static ka_step gemv_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg sc
     add_arg(&s, y);
     add_arg(&s, A(KA_ARG_M, 0));
     return s;
+}
+
+/* The GEMV step in row groups of GEMV_MAX rows, or LOWER_GEMV_GROUP_INVARIANT with
+ * --batch-invariant. */
+static ka_step gemv_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg sc, qrows_kind qk,
+                         int64_t qb, ka_arg bias, ka_arg y, int64_t N, int64_t K, int gated,
+                         int act, int out_f32, ka_rows rows)
+{
+    return gemv_step_grouped(w, n, x, wt, sc, qk, qb, bias, y, N, K, gated, act, out_f32, rows,
+                             w->c->batch_invariant ? LOWER_GEMV_GROUP_INVARIANT : GEMV_MAX);
 }
 
 /* A quantised weight (q, scales sc, K block b, kind qk) dequantised into scratch [N, K] in the
@@ -762,7 +772,11 @@ static int low_linear(lw *w, int id)
      * (INT4, block scales, an sm_80 target, kiln's own GEMM, --fp8-gemm dequant) the decode
      * schedule runs the GEMV at every batch (dequantising the whole model per step would cost
      * more than the GEMV's re-reads of a weight tile from L2 by its row groups) and longer
-     * prefill steps dequantise the weight into scratch for the GEMM. */
+     * prefill steps dequantise the weight into scratch for the GEMM. INT4's decode steps of more
+     * than GEMV_MAX rows take the GEMV in groups of LOWER_GEMV_GROUP_INVARIANT rows: each group
+     * converts its whole weight tile (a lop3 and one or two fma per pair of weights, the most of
+     * its instructions), so groups of 16 halve that work at every batch over 8 (the
+     * batch-invariant build's groups already are 16). */
     qrows_kind qk;
     int64_t qb = quant_block(w, n->in[1], K, &qk), nout = gated ? N / 2 : N;
     int gemm_which = BOTH;
@@ -780,7 +794,14 @@ static int low_linear(lw *w, int id)
             return 0;
         }
         push_sized(w, PRE, &s);
-        s.size = KA_SIZE_ANY;
+        if (qk == QROWS_INT4 && !w->c->batch_invariant) {
+            push(w, DEC, &s);
+            s = gemv_step_grouped(w, n, x, wt, sc, qk, qb, bias, y, N, K, gated, n->epi_act, 0,
+                                  KA_ROWS_T, LOWER_GEMV_GROUP_INVARIANT);
+            s.size = KA_SIZE_LARGE;
+        } else {
+            s.size = KA_SIZE_ANY;
+        }
         push(w, DEC, &s);
         gemm_which = PRE;
         wt = dequant_step(w, n, wt, sc, qk, qb, N, K);
