@@ -1557,33 +1557,42 @@ static int bench_fp8(kt *t, const bshape *s, const bbuf *b, double copy_bw)
     return 0;
 }
 
-/* gemv_int4 with G = 128 on the same weight copies at M = 1 and 8: each copy's bytes [0, N*K/2)
- * are the weight (0x3c: nibbles 12 and 3), its sz entries follow at the next 256-byte boundary
- * (0x3c3c bf16 pairs: scale 0.0115 and B + z = 0.0115, finite values; they fit in the bf16
- * copy's N*K*2 bytes). GB/s counts the weight and sz bytes. The block is lower.c's fp8 rule
- * (256-element steps) until the rule takes gemv_int4's 512-element step. */
+/* gemv_int4 with G = 128 on the same weight copies at lower.c's block size: MMAX 8 at M = 1 and
+ * 8, and MMAX 16 (lower.c's decode steps of more than 8 rows) at M = 16 and 64 (4 row groups,
+ * each converting the whole weight). Each copy's bytes [0, N*K/2) are the weight (0x3c: nibbles
+ * 12 and 3), its sz entries follow at the next 256-byte boundary (0x3c3c bf16 pairs: scale
+ * 0.0115 and B + z = 0.0115, finite values; they fit in the bf16 copy's N*K*2 bytes). GB/s
+ * counts the weight and sz bytes (once per launch, whatever M). */
 static int bench_int4(kt *t, const bshape *s, const bbuf *b, double copy_bw)
 {
     enum { G = 128 };
+    static const int ms[4] = {1, 8, 16, 64};
     const int rule = case_threads(s->N, s->K, s->gated, 0, G);
     const size_t soff = ((size_t)s->N * s->K / 2 + 255) & ~(size_t)255;
     const size_t bytes = (size_t)s->N * s->K / 2 + (size_t)s->N * (s->K / G) * 8;
-    char name[160];
-    snprintf(name, sizeof name, "bench %s gemv_int4 G=%d", s->name, G);
-    CUmodule m = gemv_module(t, name, NULL, "gemv_int4", "kiln::bf16", s->N, s->K, 8, 0, s->gated,
-                             KILN_ACT_SILU, s->f32, rule, 0, G);
-    if (!m)
-        return -1;
-    CUfunction f = kt_func(t, m, "k_gemv");
-    double us[2];
-    for (int i = 0; i < 2; i++)
-        if (bench_one(t, f, 1, gemv_blocks(s->N, s->gated), (unsigned)rule, b, i ? 8 : 1, soff,
-                      &us[i]))
+    CUfunction f[2];
+    for (int v = 0; v < 2; v++) {
+        char name[160];
+        snprintf(name, sizeof name, "bench %s gemv_int4 G=%d MMAX=%d", s->name, G, 8 << v);
+        CUmodule m = gemv_module(t, name, NULL, "gemv_int4", "kiln::bf16", s->N, s->K, 8 << v, 0,
+                                 s->gated, KILN_ACT_SILU, s->f32, rule, 0, G);
+        if (!m)
             return -1;
+        f[v] = kt_func(t, m, "k_gemv");
+    }
+    double us[4];
+    for (int i = 0; i < 4; i++) {
+        const int mmax = i < 2 ? 8 : 16;
+        if (bench_one(t, f[i / 2], (unsigned)gemv_groups(ms[i], mmax),
+                      gemv_blocks(s->N, s->gated), (unsigned)rule, b, ms[i], soff, &us[i]))
+            return -1;
+    }
 #define GBS(k) (us[k] > 0 ? (double)bytes / (us[k] * 1e-6) / 1e9 : 0.0)
-    printf("  int4 G=%-3d M=1 %5.0f GB/s %.2f %5.1f us | M=8 %5.0f GB/s %.2f %5.1f us "
+    printf("  int4 G=%-3d M=1 %5.0f GB/s %.2f %5.1f us | M=8 %5.0f GB/s %.2f %5.1f us | MMAX16 "
+           "M=16 %5.0f GB/s %.2f %5.1f us | M=64 %5.0f GB/s %.2f %5.1f us "
            "(%.1f MB of weight + sz)\n",
            G, GBS(0), GBS(0) * 1e9 / copy_bw, us[0], GBS(1), GBS(1) * 1e9 / copy_bw, us[1],
+           GBS(2), GBS(2) * 1e9 / copy_bw, us[2], GBS(3), GBS(3) * 1e9 / copy_bw, us[3],
            (double)bytes / 1e6);
 #undef GBS
     return 0;
@@ -1623,9 +1632,10 @@ static int bench_shape(kt *t, const bshape *s, const char *v0_src, bbuf *b, doub
         BCK(cuMemAlloc(&b->w[i], wbytes));
         BCK(cuMemsetD8(b->w[i], 0x3c, wbytes)); /* bf16 0x3c3c = 0.0115 */
     }
-    BCK(cuMemAlloc(&b->x, (size_t)16 * s->K * 2));
-    BCK(cuMemsetD8(b->x, 0x3c, (size_t)16 * s->K * 2));
-    BCK(cuMemAlloc(&b->y, (size_t)16 * nout * 4));
+    /* x and y: 64 rows (bench_int4's largest M) */
+    BCK(cuMemAlloc(&b->x, (size_t)64 * s->K * 2));
+    BCK(cuMemsetD8(b->x, 0x3c, (size_t)64 * s->K * 2));
+    BCK(cuMemAlloc(&b->y, (size_t)64 * nout * 4));
     printf("%-10s %6d x %-6d %s threads %-3d (%d copies of the weights)\n", s->name, s->N, s->K,
            s->gated ? "gated" : s->f32 ? "f32  " : "     ", rule, b->copies);
     for (int M = 1; M <= 16; M++) {
@@ -1693,7 +1703,7 @@ int ktest_gemv_bench(kt *t)
            "new kernel instantiated for up to 16 rows (GEMV_MAX 16); fp8 = gemv_fp8 (e4m3 weight) "
            "at lower.c's block size with a scale per row (row) or per 128 elements of K "
            "(blk128), bytes of weight + scales per second; int4 = gemv_int4 (G = 128), bytes of "
-           "weight + sz per second.\n",
+           "weight + sz per second (MMAX 8 at M = 1 and 8, MMAX 16 at M = 16 and 64).\n",
            copy_bw / 1e9);
     int rc = 0;
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0] && rc == 0; i++)
