@@ -31,6 +31,34 @@ template <> __device__ __forceinline__ float from_f<float>(float x) { return x; 
 template <> __device__ __forceinline__ bf16 from_f<bf16>(float x) { return __float2bfloat16(x); }
 template <> __device__ __forceinline__ f16 from_f<f16>(float x) { return __float2half(x); }
 
+// cp.async (sm_80+), global -> shared without a register: 16 bytes cached in L2 only (.cg:
+// streamed data), or 4 bytes (.ca: the only form for fewer than 16); a commit closes this
+// thread's group of copies; cp_async_wait<N> waits until at most N of its groups are in flight,
+// cp_async_wait_all until none is. Other threads' copies are visible after a barrier.
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem)
+{
+    const unsigned a = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(a), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async4(void *smem, const void *gmem)
+{
+    const unsigned a = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(a), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit()
+{
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait()
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all()
+{
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+}
+
 // Eight 16-bit elements in one 16-byte load or store.
 struct alignas(16) vec8 {
     unsigned short u[8];

@@ -133,28 +133,11 @@ __device__ __forceinline__ void attn_kv8_unpack(const uint2 &b, float sc, float 
 }
 
 // ---------------------------------------------------------------------------------------------
-// Tensor-core pieces (sm_80+): cp.async copies, the m16n8k16 MMA, packing two floats.
+// Tensor-core pieces (sm_80+): the m16n8k16 MMA, packing two floats (cp.async: common.cuh).
 
-__device__ __forceinline__ void attn_cp16(void *smem, const void *gmem)
-{
-    const unsigned a = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(a), "l"(gmem) : "memory");
-}
-__device__ __forceinline__ void attn_cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void attn_cp_wait()
-{
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
 __device__ __forceinline__ void attn_zero16(void *smem)
 {
     *reinterpret_cast<uint4 *>(smem) = make_uint4(0u, 0u, 0u, 0u);
-}
-
-__device__ __forceinline__ void attn_cp4(void *smem, const void *gmem)
-{
-    const unsigned a = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(a), "l"(gmem) : "memory");
 }
 
 // attn_prefill's FP8 tiles (KV8, HD % 16 == 0): the keys [kb, kb + BN) of kv head kvh of
@@ -172,16 +155,16 @@ __device__ __forceinline__ void attn_kv8_stage(const kiln_step &st, int s, int k
         if (j < kvlen) {
             long long row, sat;
             kv8_at<NKV * HD, NKV>(kv_slot(st, s, j), row, sat);
-            attn_cp16(raw + r * HD + d, cache + row + kvh * HD + d);
+            cp_async16(raw + r * HD + d, cache + row + kvh * HD + d);
             if (d == 0)
-                attn_cp4(sc + r, cache + sat + 4 * kvh);
+                cp_async4(sc + r, cache + sat + 4 * kvh);
         } else {
             attn_zero16(raw + r * HD + d);
             if (d == 0)
                 sc[r] = 0.f;
         }
     }
-    attn_cp_commit();
+    cp_async_commit();
 }
 
 // The staged tile converted into the DT tile t [BN][LD]: 8 values at a time, e4m3 x scale
@@ -357,11 +340,11 @@ __device__ __forceinline__ void attn_prefill_mma(const kiln_step &st, const DT *
         const int r = i / C8, d = (i % C8) * 8;
         DT *dst = sQ + r * LD + d;
         if (r < nrows)
-            attn_cp16(dst, q + (long long)(row0 + r) * QW + h * HD + d);
+            cp_async16(dst, q + (long long)(row0 + r) * QW + h * HD + d);
         else
             attn_zero16(dst);
     }
-    attn_cp_commit();
+    cp_async_commit();
 
     // the keys any row of the tile sees: [klo, khi]
     if (tid == 0) {
@@ -408,7 +391,7 @@ __device__ __forceinline__ void attn_prefill_mma(const kiln_step &st, const DT *
             // has landed, after Q.K^T
             attn_kv8_stage<NKV, HD, BN, THREADS>(st, s, kb, kvlen, kvh, k_cache, rK, rKs);
             attn_kv8_stage<NKV, HD, BN, THREADS>(st, s, kb, kvlen, kvh, v_cache, rV, rVs);
-            attn_cp_wait<1>(); // Q (first tile) and K have landed
+            cp_async_wait<1>(); // Q (first tile) and K have landed
             __syncthreads();
             attn_kv8_convert<DT, HD, LD, BN, THREADS>(rK, rKs, sK);
             __syncthreads();
@@ -418,21 +401,21 @@ __device__ __forceinline__ void attn_prefill_mma(const kiln_step &st, const DT *
                 const int r = i / C8, d = (i % C8) * 8, j = kb + r;
                 DT *dst = sK + r * LD + d;
                 if (j < kvlen)
-                    attn_cp16(dst, kv_row(k_cache, st, s, j, KW) + kvh * HD + d);
+                    cp_async16(dst, kv_row(k_cache, st, s, j, KW) + kvh * HD + d);
                 else
                     attn_zero16(dst);
             }
-            attn_cp_commit();
+            cp_async_commit();
             for (int i = tid; i < BN * C8; i += THREADS) {
                 const int r = i / C8, d = (i % C8) * 8, j = kb + r;
                 DT *dst = sV + r * LD + d;
                 if (j < kvlen)
-                    attn_cp16(dst, kv_row(v_cache, st, s, j, KW) + kvh * HD + d);
+                    cp_async16(dst, kv_row(v_cache, st, s, j, KW) + kvh * HD + d);
                 else
                     attn_zero16(dst);
             }
-            attn_cp_commit();
-            attn_cp_wait<1>(); // Q (first tile) and K have landed
+            cp_async_commit();
+            cp_async_wait<1>(); // Q (first tile) and K have landed
             __syncthreads();
         }
 
@@ -465,7 +448,7 @@ __device__ __forceinline__ void attn_prefill_mma(const kiln_step &st, const DT *
             }
         attn_softmax_tile<BN / 8, HD / 8>(sc, m, l, o);
 
-        attn_cp_wait<0>(); // V has landed
+        cp_async_wait<0>(); // V has landed
         __syncthreads();
         if constexpr (KV8) {
             attn_kv8_convert<DT, HD, LD, BN, THREADS>(rV, rVs, sV);
@@ -475,7 +458,7 @@ __device__ __forceinline__ void attn_prefill_mma(const kiln_step &st, const DT *
         attn_pv_tile<DT, BN / 8, HD, LD>(sc, sV, g, c, o);
         __syncthreads(); // every warp is done with sK / sV before the next tile lands
     }
-    attn_cp_wait<0>(); // no key tile at all (cannot happen for valid input): Q's group
+    cp_async_wait<0>(); // no key tile at all (cannot happen for valid input): Q's group
 
     // normalise and write this thread's two rows (pairs of dims, 4-byte stores)
 #pragma unroll
@@ -826,11 +809,11 @@ attn_decode_warp_mma(const kiln_step &st, int s, int p, const DT *q,
                 if (j < k1) {
                     long long row, sat;
                     kv8_at<KW, NKV>(kv_slot(st, s, j), row, sat);
-                    attn_cp16(rK + r * RB + cb, k_cache + row + kvh * HD + cb);
-                    attn_cp16(rV + r * RB + cb, v_cache + row + kvh * HD + cb);
+                    cp_async16(rK + r * RB + cb, k_cache + row + kvh * HD + cb);
+                    cp_async16(rV + r * RB + cb, v_cache + row + kvh * HD + cb);
                     if (cb == 0) {
-                        attn_cp4(ks + r, k_cache + sat + 4 * kvh);
-                        attn_cp4(vs + r, v_cache + sat + 4 * kvh);
+                        cp_async4(ks + r, k_cache + sat + 4 * kvh);
+                        cp_async4(vs + r, v_cache + sat + 4 * kvh);
                     }
                 } else {
                     attn_zero16(rK + r * RB + cb);
@@ -839,15 +822,15 @@ attn_decode_warp_mma(const kiln_step &st, int s, int p, const DT *q,
                         ks[r] = vs[r] = 0.f;
                 }
             } else if (j < k1) {
-                attn_cp16(sK + r * LD + cb / 2, kv_row(k_cache, st, s, j, KW) + kvh * HD + cb / 2);
-                attn_cp16(sV + r * LD + cb / 2, kv_row(v_cache, st, s, j, KW) + kvh * HD + cb / 2);
+                cp_async16(sK + r * LD + cb / 2, kv_row(k_cache, st, s, j, KW) + kvh * HD + cb / 2);
+                cp_async16(sV + r * LD + cb / 2, kv_row(v_cache, st, s, j, KW) + kvh * HD + cb / 2);
             } else {
                 attn_zero16(sK + r * LD + cb / 2);
                 attn_zero16(sV + r * LD + cb / 2);
             }
         }
-        attn_cp_commit();
-        attn_cp_wait<0>();
+        cp_async_commit();
+        cp_async_wait<0>();
         __syncwarp();
 
         // S = Q K^T: the HPC heads x KT keys (two n-tiles of 8 keys)

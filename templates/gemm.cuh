@@ -77,12 +77,6 @@ __device__ __forceinline__ void cp16(unsigned dst, const void *src, int bytes)
                  "r"(bytes)
                  : "memory");
 }
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int PENDING>
-__device__ __forceinline__ void cp_wait()
-{
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING) : "memory");
-}
 
 // Four 8x8 matrices of 16-bit elements: lanes 8i..8i+7 give the row addresses of matrix i; r[i]
 // is the lane's part of matrix i (row lane/4, columns 2(lane%4), +1).
@@ -201,16 +195,16 @@ __device__ __forceinline__ void gemm(int M, const DT *x, long long ldx, const DT
     for (int s = 0; s < STAGES - 1; s++) {
         if (s < KT)
             load(s, s);
-        cp_commit();
+        cp_async_commit();
     }
 #pragma unroll 1
     for (int kt = 0; kt < KT; kt++) {
-        cp_wait<STAGES - 2>();
+        cp_async_wait<STAGES - 2>();
         __syncthreads();
         const int nk = kt + STAGES - 1;
         if (nk < KT)
             load(nk % STAGES, nk);
-        cp_commit();
+        cp_async_commit();
         const unsigned a_s = smem + (kt % STAGES) * STAGE, b_s = a_s + SLICE_A;
 #pragma unroll
         for (int kk = 0; kk < BK / 16; kk++) {
@@ -241,7 +235,7 @@ __device__ __forceinline__ void gemm(int M, const DT *x, long long ldx, const DT
                                               b[j][0], b[j][1]);
         }
     }
-    cp_wait<0>(); // only empty groups are left; nothing may be in flight when the block exits
+    cp_async_wait<0>(); // only empty groups are left; nothing may be in flight when the block exits
 
     // Epilogue: lane (g, t) holds acc[i][j][0..1] at row 16i + g, columns 8j + 2t, +1 of the warp
     // tile, and acc[i][j][2..3] at row + 8.

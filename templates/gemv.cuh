@@ -425,14 +425,6 @@ __device__ __forceinline__ uint4 int4x8(unsigned q, const uint2 &sz)
                       P::fma(d.z, sz.x, 0x80008000u), P::fma(d.w, sz.x, 0x80008000u));
 }
 
-// cp.async (sm_80+): 16 bytes from global to shared memory, cached in L2 only (gemv_int4's
-// weights, streamed once); cp_wait_all: this thread's copies issued so far have landed.
-__device__ __forceinline__ void cp16(void *smem, const void *gmem)
-{
-    const unsigned a = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(a), "l"(gmem) : "memory");
-}
-__device__ __forceinline__ void cp_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
 // The line of p brought to L1 without waiting or holding a register (gemv_int4's x and sz, loaded
 // at their use: without it each group's first use would wait a round trip to L2 or memory).
 __device__ __forceinline__ void prefetch_l1(const void *p)
@@ -774,8 +766,8 @@ __device__ __forceinline__ void gemv_int4(const kiln_step st, const DT *x, const
             in[u] = KC % (4 * U) == 0 || c < KC;
             off[u] = (in[u] ? c : KC - 1) - t;
             kg[u] = (off[u] + t) * 32 / G;
-            gemv_detail::cp16(&wbuf[warp][u][0][lane], wa + off[u] * 16);
-            gemv_detail::cp16(&wbuf[warp][u][1][lane], wb + off[u] * 16);
+            cp_async16(&wbuf[warp][u][0][lane], wa + off[u] * 16);
+            cp_async16(&wbuf[warp][u][1][lane], wb + off[u] * 16);
             if (u == 0 || !FACTORED) { // factored: the step's four sz of a row share a sector
                 gemv_detail::prefetch_l1(sza + kg[u]);
                 gemv_detail::prefetch_l1(szb + kg[u]);
@@ -785,7 +777,7 @@ __device__ __forceinline__ void gemv_int4(const kiln_step st, const DT *x, const
                 if (8 * j < M)
                     gemv_detail::prefetch_l1(xr[j] + off[u] * 32);
         }
-        gemv_detail::cp_wait_all();
+        cp_async_wait_all();
 #pragma unroll
         for (int u = 0; u < U; u++) {
             const uint2 sa = sza[kg[u]], sb = szb[kg[u]];
