@@ -983,13 +983,16 @@ static float to_dt(float x, st_dtype dt)
                         : util_bf16_to_f32(util_f32_to_bf16(x));
 }
 
-int quant_int4_params(const float *w, int64_t n, st_dtype dt, float *scale, float *zero)
+float quant_int4_value(float w, float s, float z)
 {
-    float lo = 0, hi = 0;
-    for (int64_t k = 0; k < n; k++) {
-        lo = fminf(lo, w[k]);
-        hi = fmaxf(hi, w[k]);
-    }
+    float v = fminf(fmaxf(rintf(w / s) + z, 0.0f), 15.0f);
+    return (v - z) * s; /* |q - z| <= 15, s of 8 (bf16) or 11 (f16) bits: exact */
+}
+
+/* The grid of the range [lo, hi] (lo <= 0 <= hi): s = (hi - lo) / 15 in dt, z = rint(-lo / s)
+ * in 0..15; -1 when s is Inf in dt. */
+static int int4_range(float lo, float hi, st_dtype dt, float *scale, float *zero)
+{
     double s0 = ((double)hi - (double)lo) / 15.0; /* in double: hi - lo can pass FLT_MAX */
     float s = s0 > FLT_MAX ? INFINITY : to_dt((float)s0, dt), z;
     if (isinf(s))
@@ -1002,10 +1005,63 @@ int quant_int4_params(const float *w, int64_t n, st_dtype dt, float *scale, floa
     return 0;
 }
 
-float quant_int4_value(float w, float s, float z)
+/* The smallest and largest of w [n] and 0. */
+static void int4_span(const float *w, int64_t n, float *lo, float *hi)
 {
-    float v = fminf(fmaxf(rintf(w / s) + z, 0.0f), 15.0f);
-    return (v - z) * s; /* |q - z| <= 15, s of 8 (bf16) or 11 (f16) bits: exact */
+    *lo = *hi = 0;
+    for (int64_t k = 0; k < n; k++) {
+        *lo = fminf(*lo, w[k]);
+        *hi = fmaxf(*hi, w[k]);
+    }
+}
+
+int quant_int4_params(const float *w, int64_t n, st_dtype dt, float *scale, float *zero)
+{
+    float lo, hi;
+    int4_span(w, n, &lo, &hi);
+    return int4_range(lo, hi, dt, scale, zero);
+}
+
+/* The squared error of w [n] on the grid s, z. */
+static double int4_err(const float *w, int64_t n, float s, float z)
+{
+    double e = 0;
+    for (int64_t k = 0; k < n; k++) {
+        double d = (double)w[k] - (double)quant_int4_value(w[k], s, z);
+        e += d * d;
+    }
+    return e;
+}
+
+/* Round to nearest's grid of a group (quant.h): the clipping search of GPTQ's reference
+ * (quant.py with mse=True: grid 100, maxshrink 0.8; AWQ searches the same way), with the
+ * squared error where quant.py sums |error|^2.4. The range [lo, hi] shrunk by p = 1 - i / 100
+ * for i < INT4_SHRINKS, both ends alike, each candidate's scale rounded to dt before it is
+ * measured; the grid of least squared error, the widest on a tie (so a group already on its
+ * min/max grid keeps it). On the example model it takes --quant int4's perplexity from +12.4%
+ * to +9.0% of bf16 (README). GPTQ keeps the min/max grid: this search measured worse inside it
+ * (gptq.h). Its cost: 80 passes over each group's values. */
+#define INT4_SHRINKS 80
+static int int4_search(const float *w, int64_t n, st_dtype dt, float *scale, float *zero)
+{
+    float lo, hi;
+    int4_span(w, n, &lo, &hi);
+    if (int4_range(lo, hi, dt, scale, zero))
+        return -1;
+    double best = int4_err(w, n, *scale, *zero);
+    for (int i = 1; i < INT4_SHRINKS && best > 0; i++) {
+        float p = 1.0f - (float)i / 100.0f, s, z;
+        int inf = int4_range(p * lo, p * hi, dt, &s, &z);
+        assert(!inf); /* a narrower range than one whose scale was finite */
+        (void)inf;
+        double e = int4_err(w, n, s, z);
+        if (e < best) {
+            best = e;
+            *scale = s;
+            *zero = z;
+        }
+    }
+    return 0;
 }
 
 /* INT4: the row rounded group by group (quant.h gives the rule), its scales and zero points in
@@ -1013,7 +1069,7 @@ float quant_int4_value(float w, float s, float z)
 static int int4_row(const quant_grid *g, float *row, float *sc, float *zp)
 {
     for (int64_t b = 0; b < g->kb; b++)
-        if (quant_int4_params(row + b * g->group, g->group, g->dt, &sc[b], &zp[b]))
+        if (int4_search(row + b * g->group, g->group, g->dt, &sc[b], &zp[b]))
             return -1;
     for (int64_t b = 0; b < g->kb; b++) {
         float *w = row + b * g->group;

@@ -102,22 +102,25 @@ quant_grid quant_grid_of(const kc *c, int64_t cols);
  *     nearest even;
  *   KC_QUANT_INT4: round to nearest, asymmetric (AWQ's scheme), per group of G input columns,
  *     G the largest of 128, 64, 32 that divides `in`, else the whole row: lo = min(w, 0), hi =
- *     max(w, 0), scale s = (hi - lo) / 15 rounded to c->act_dtype (bf16 or f16, the dtype the
- *     GPU stores it in: pack.c's fill_int4sz; 1 when that is 0: a zero group), zero point z =
- *     rint(-lo / s) in 0..15, q = rint(w / s) + z clamped to 0..15, value (q - z) * s, exact in
- *     fp32: `kilnc ref` and the GPU compute with the same weights.
+ *     max(w, 0) shrunk by a factor p (below), scale s = p (hi - lo) / 15 rounded to
+ *     c->act_dtype (bf16 or f16, the dtype the GPU stores it in: pack.c's fill_int4sz; 1 when
+ *     that is 0: a zero group), zero point z = rint(-p lo / s) in 0..15, q = rint(w / s) + z
+ *     clamped to 0..15, value (q - z) * s, exact in fp32: `kilnc ref` and the GPU compute with
+ *     the same weights. p is the first of 1, 0.99, ..., 0.21 whose grid gives the group the
+ *     least squared error (the clipping search of GPTQ's reference, quant.py with mse=True).
  * With a `hessian` (H = sum of x x^T over the calibration tokens' inputs x of the linear, [in,
- * in], from --calibrate: gptq.h), each value is still one of that grid's, but chosen by GPTQ
- * (gptq_round) instead of to nearest; NULL with an error when H cannot be factored. Without
- * one (NULL), round to nearest, which never fails.
+ * in], from --calibrate: gptq.h), the values are chosen by GPTQ (gptq_round) instead of to
+ * nearest, on each group's grid of p = 1 (quant_int4_params: the search measured worse inside
+ * GPTQ, gptq.h); NULL with an error when H cannot be factored. Without one (NULL), round to
+ * nearest, which never fails.
  * A row with NaN or Inf (or an INT4 scale that is Inf in the compute dtype) is left as it is
  * and the weight keeps no quantised form: the packer stores all of it in the compute dtype
  * (finite.c reports the NaN or Inf unless --allow-nonfinite). Rows on every core. */
 const st_tensor *quant_round(kc *c, const st_tensor *t, const float *hessian, kerr *err);
 /* The grids' element rules, shared by round to nearest and GPTQ. FP8: a row's scale (absmax /
  * 448, 1 for a zero row) and x's value on the grid (e4m3(x / s) * s). INT4: a group's scale s
- * (in dt) and zero point z from its n values as above (-1 when s is Inf in dt), and w's value
- * (q - z) * s. */
+ * (in dt) and zero point z from its n values as above with p = 1 (GPTQ's grid; -1 when s is Inf
+ * in dt), and w's value (q - z) * s. */
 float quant_fp8_scale(const float *row, int64_t n);
 float quant_fp8_value(float x, float s);
 int quant_int4_params(const float *w, int64_t n, st_dtype dt, float *s, float *z);

@@ -1,7 +1,8 @@
 /* test_gptq — calibrated rounding for --quant fp8|int4 (compiler/gptq.c, --calibrate):
  *
- *   - with H the identity (uncorrelated inputs: U diagonal, so no error moves) GPTQ gives
- *     exactly --quant's round to nearest, values, scales and zero points, for FP8 and INT4 with
+ *   - with H diagonal (uncorrelated inputs: U diagonal, so no error moves) GPTQ gives exactly
+ *     round to nearest on its grid, values, scales and zero points: FP8's as --quant's, INT4's
+ *     on each group's min/max grid (GPTQ's; --quant's own searches the range, test_quant), with
  *     bf16 and f16 scales, through gptq_round and through quant_round's driver;
  *   - on inputs with correlated columns (X = Z A) GPTQ's output error ||X W^T - X Q^T|| is
  *     clearly below round to nearest's, for FP8 and INT4, and every value it picks is on its
@@ -67,44 +68,60 @@ static const float *round_with(kc *c, kc_quant mode, st_dtype dt, const float *w
     return q->data;
 }
 
-/* With H = I, GPTQ is round to nearest exactly: damping makes H 1.01 I, U = I / sqrt(1.01) has
- * no entry off the diagonal, so no rounding error moves, and every element is rounded by the
- * same helpers with the same scales. */
+/* With H diagonal, GPTQ is round to nearest on its grid exactly: damping adds to the diagonal,
+ * U is diagonal too, so no rounding error moves, and every element is rounded by the same
+ * helpers with the same scales: FP8's as quant_round's without H; INT4's on each group's
+ * min/max grid (quant_int4_params; quant_round's own round to nearest searches shrunk ranges:
+ * test_quant). Both H = I and a diagonal of distinct entries. */
 static void test_identity_is_nearest(void **state)
 {
     (void)state;
     enum { N = 24, K = 256 };
-    static float w[N * K], H[K * K], g[N * K];
+    static float w[N * K], H[K * K], g[N * K], want[N * K];
     uint32_t seed = 11;
     for (int i = 0; i < N * K; i++)
         w[i] = normal(&seed) * 0.05f;
     w[5] = 1.5f; /* an outlier: a row and a group with a large scale */
-    memset(H, 0, sizeof H);
-    for (int i = 0; i < K; i++)
-        H[i * K + i] = 1.0f;
     static const struct { kc_quant m; st_dtype dt; } cases[] = {
         {KC_QUANT_FP8, ST_BF16}, {KC_QUANT_INT4, ST_BF16}, {KC_QUANT_INT4, ST_F16}};
-    for (int c = 0; c < 3; c++) {
+    for (int c = 0; c < 6; c++) {
+        kc_quant mode = cases[c % 3].m;
+        st_dtype dt = cases[c % 3].dt;
+        memset(H, 0, sizeof H);
+        for (int i = 0; i < K; i++)
+            H[i * K + i] = c < 3 ? 1.0f : 1.0f + (float)(i * 37 % K) / K;
         kc k;
         memset(&k, 0, sizeof k);
         const qrows *rn, *rg;
-        const float *near = round_with(&k, cases[c].m, cases[c].dt, w, N, K, NULL, &rn);
-        const float *viaq = round_with(&k, cases[c].m, cases[c].dt, w, N, K, H, &rg);
-        quant_grid gr = grid(cases[c].m, cases[c].dt, K);
-        float sc[N * 2], zp[N * 2];
+        const float *near = round_with(&k, mode, dt, w, N, K, NULL, &rn);
+        const float *viaq = round_with(&k, mode, dt, w, N, K, H, &rg);
+        quant_grid gr = grid(mode, dt, K);
+        float sc[N * 2], zp[N * 2], wsc[N * 2], wzp[N * 2];
+        for (int i = 0; i < N * gr.kb; i++) {
+            if (mode == KC_QUANT_FP8) {
+                wsc[i] = rn->scale[i];
+                continue;
+            }
+            assert_int_equal(quant_int4_params(w + i * gr.group, gr.group, dt, &wsc[i], &wzp[i]),
+                             0);
+        }
+        for (int i = 0; i < N * K; i++) {
+            int64_t b = i / gr.group;
+            want[i] = mode == KC_QUANT_FP8 ? near[i] : quant_int4_value(w[i], wsc[b], wzp[b]);
+        }
         memcpy(g, w, sizeof g);
-        assert_int_equal(gptq_round(&gr, H, g, N, K, sc, cases[c].m == KC_QUANT_INT4 ? zp : NULL), 0);
+        assert_int_equal(gptq_round(&gr, H, g, N, K, sc, mode == KC_QUANT_INT4 ? zp : NULL), 0);
         for (int i = 0; i < N * K; i++)
-            if (!(g[i] == near[i] && viaq[i] == near[i]))
-                fail_msg("case %d [%d, %d]: GPTQ with H = I gives %g (through quant_round %g), "
-                         "round to nearest %g",
-                         c, i / K, i % K, (double)g[i], (double)viaq[i], (double)near[i]);
+            if (!(g[i] == want[i] && viaq[i] == want[i]))
+                fail_msg("case %d [%d, %d]: GPTQ with H diagonal gives %g (through quant_round "
+                         "%g), round to nearest %g",
+                         c, i / K, i % K, (double)g[i], (double)viaq[i], (double)want[i]);
         assert_int_equal(rg->kind, rn->kind);
         assert_int_equal(rg->block, rn->block);
         for (int i = 0; i < N * gr.kb; i++) {
-            assert_true(sc[i] == rn->scale[i] && rg->scale[i] == rn->scale[i]);
-            if (rn->zero)
-                assert_true(zp[i] == rn->zero[i] && rg->zero[i] == rn->zero[i]);
+            assert_true(sc[i] == wsc[i] && rg->scale[i] == wsc[i]);
+            if (mode == KC_QUANT_INT4)
+                assert_true(zp[i] == wzp[i] && rg->zero[i] == wzp[i]);
         }
         quant_free(&k);
     }
@@ -154,10 +171,12 @@ static double out_err(const float *X, const float *W, const float *Q, int T, int
 /* GPTQ against round to nearest on inputs with correlated columns: X = Z A, Z [T, K] and A
  * [K, K] standard normal, W [N, K] normal (std 0.05; one row with an outlier). Column 3 of X is
  * zero (a dead input): its weights come out zero. Measured (seed 5, T 512, N 32, K 256): GPTQ's
- * output error is 0.647 of round to nearest's for FP8 and 0.629 for INT4 (groups of 128);
- * asserted under 0.8. Broken propagations measured on the same data: the update's sign flipped
- * 1.62 (FP8), the error multiplied by U_ii instead of divided 1.000, and no update at all (U's
- * lower triangle, which is zero, read for its upper one) is round to nearest: 1 exactly. */
+ * output error is 0.647 of round to nearest's for FP8 and 0.667 for INT4 (groups of 128; 0.629
+ * against round to nearest on the min/max grid, before its clipping search); asserted under
+ * 0.8. Broken propagations measured on the same data: the update's sign flipped 1.62 (FP8),
+ * the error multiplied by U_ii instead of divided 1.000, and no update at all (U's lower
+ * triangle, which is zero, read for its upper one) is round to nearest: 1 exactly (FP8; INT4
+ * then differs from round to nearest only by its grid). */
 static void test_better_than_nearest(void **state)
 {
     (void)state;
