@@ -24,8 +24,8 @@
  *     lazily in blocks of GPTQ_BLOCK columns (the paper's; equal to doing it column by column
  *     up to float rounding). As the reference implementation (gptq.py's fasterquant): inputs
  *     with H_ii = 0 (dead) get H_ii = 1 and their weight column is zeroed; damping adds 1% of
- *     the mean diagonal to the diagonal. FP8's row scale comes from the original row (absmax /
- *     448, as round to nearest); INT4's scale and zero point of a group from its current
+ *     the mean diagonal to the diagonal. FP8's row scale comes from the original row
+ *     (quant_fp8_scale's search, as round to nearest); INT4's scale and zero point of a group from its current
  *     (error-updated) columns when the loop reaches its first column (static_groups=False: a
  *     group never straddles a block, so every update from the columns before it has landed;
  *     gptq.py's groups of 32 or 64 see their block's start instead), by min and max

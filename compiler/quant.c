@@ -950,13 +950,48 @@ typedef struct rowjob {
     int nearest; /* round to nearest here; else the values only (GPTQ rounds them after) */
 } rowjob;
 
+/* The clipping searches' candidates (FP8's row scale, INT4's group grid): the range shrunk by
+ * p = 1 - i / 100 for i < SHRINKS, as GPTQ's reference searches (quant.py with mse=True: grid
+ * 100, maxshrink 0.8; AWQ searches so too), with the squared error where quant.py sums
+ * |error|^2.4; the candidate of least squared error, the widest on a tie. */
+#define SHRINKS 80
+static float shrink(int i) { return 1.0f - (float)i / 100.0f; }
+
+/* The squared error of row [n] on e4m3 x s. */
+static double fp8_err(const float *row, int64_t n, float s)
+{
+    double e = 0;
+    for (int64_t k = 0; k < n; k++) {
+        double d = (double)row[k] - (double)quant_fp8_value(row[k], s);
+        e += d * d;
+    }
+    return e;
+}
+
+/* absmax x p / 448 for the p of the search above: values past 448 x s saturate. e4m3 keeps 3
+ * mantissa bits down to 2^-6 of its range and fewer below, so a smaller scale rounds a row's
+ * small values finer at the cost of its largest; on the example model the search takes --quant
+ * fp8's perplexity from +1.32% of bf16 to +0.04% (README). */
 float quant_fp8_scale(const float *row, int64_t n)
 {
     float amax = 0;
     for (int64_t k = 0; k < n; k++)
         amax = fmaxf(amax, fabsf(row[k]));
     float s = amax / FP8_E4M3_MAX;
-    return s > 0 ? s : 1.0f; /* a zero row, or one too small for its scale to be a float */
+    if (!(s > 0))
+        return 1.0f; /* a zero row, or one too small for its scale to be a float */
+    double best = fp8_err(row, n, s);
+    for (int i = 1; i < SHRINKS && best > 0; i++) {
+        float si = shrink(i) * amax / FP8_E4M3_MAX;
+        if (!(si > 0))
+            break; /* below the smallest float */
+        double e = fp8_err(row, n, si);
+        if (e < best) {
+            best = e;
+            s = si;
+        }
+    }
+    return s;
 }
 
 /* A zero is +0 whatever x's sign: the packer stores either zero as byte 0 (pack.c), so kilnc ref
@@ -967,7 +1002,7 @@ float quant_fp8_value(float x, float s)
     return v == 0 ? 0.0f : v;
 }
 
-/* FP8: the row rounded to e4m3 with one scale, absmax / 448. */
+/* FP8: the row rounded to e4m3 with one scale (quant_fp8_scale). */
 static void fp8_row(float *row, int64_t n, float *scale)
 {
     float s = quant_fp8_scale(row, n);
@@ -1033,15 +1068,11 @@ static double int4_err(const float *w, int64_t n, float s, float z)
     return e;
 }
 
-/* Round to nearest's grid of a group (quant.h): the clipping search of GPTQ's reference
- * (quant.py with mse=True: grid 100, maxshrink 0.8; AWQ searches the same way), with the
- * squared error where quant.py sums |error|^2.4. The range [lo, hi] shrunk by p = 1 - i / 100
- * for i < INT4_SHRINKS, both ends alike, each candidate's scale rounded to dt before it is
- * measured; the grid of least squared error, the widest on a tie (so a group already on its
- * min/max grid keeps it). On the example model it takes --quant int4's perplexity from +12.4%
- * to +9.0% of bf16 (README). GPTQ keeps the min/max grid: this search measured worse inside it
- * (gptq.h). Its cost: 80 passes over each group's values. */
-#define INT4_SHRINKS 80
+/* Round to nearest's grid of a group (quant.h): the clipping search (above) of [lo, hi], both
+ * ends shrunk alike, each candidate's scale rounded to dt before it is measured (so a group
+ * already on its min/max grid keeps it). On the example model it takes --quant int4's
+ * perplexity from +12.4% to +9.0% of bf16 (README). GPTQ keeps the min/max grid: this search
+ * measured worse inside it (gptq.h). Its cost: 80 passes over each group's values. */
 static int int4_search(const float *w, int64_t n, st_dtype dt, float *scale, float *zero)
 {
     float lo, hi;
@@ -1049,8 +1080,8 @@ static int int4_search(const float *w, int64_t n, st_dtype dt, float *scale, flo
     if (int4_range(lo, hi, dt, scale, zero))
         return -1;
     double best = int4_err(w, n, *scale, *zero);
-    for (int i = 1; i < INT4_SHRINKS && best > 0; i++) {
-        float p = 1.0f - (float)i / 100.0f, s, z;
+    for (int i = 1; i < SHRINKS && best > 0; i++) {
+        float p = shrink(i), s, z;
         int inf = int4_range(p * lo, p * hi, dt, &s, &z);
         assert(!inf); /* a narrower range than one whose scale was finite */
         (void)inf;

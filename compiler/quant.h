@@ -98,8 +98,9 @@ quant_grid quant_grid_of(const kc *c, int64_t cols);
 /* --quant (c->quant_mode, not KC_QUANT_NONE): the fp32 tensor of t ([out, in], F32/F16/BF16)
  * rounded row by row, dequantised again: the values the quantised weight holds, its quantised
  * form kept for quant_rows. The rounding of one row:
- *   KC_QUANT_FP8: e4m3 with one scale per row, absmax / 448 (1 for a zero row), round to
- *     nearest even;
+ *   KC_QUANT_FP8: e4m3 with one scale per row, absmax x p / 448 (1 for a zero row), round to
+ *     nearest even, saturating at +-448 x scale; p as for INT4 below, the first of 1, 0.99,
+ *     ..., 0.21 whose scale gives the row the least squared error;
  *   KC_QUANT_INT4: round to nearest, asymmetric (AWQ's scheme), per group of G input columns,
  *     G the largest of 128, 64, 32 that divides `in`, else the whole row: lo = min(w, 0), hi =
  *     max(w, 0) shrunk by a factor p (below), scale s = p (hi - lo) / 15 rounded to
@@ -117,8 +118,8 @@ quant_grid quant_grid_of(const kc *c, int64_t cols);
  * and the weight keeps no quantised form: the packer stores all of it in the compute dtype
  * (finite.c reports the NaN or Inf unless --allow-nonfinite). Rows on every core. */
 const st_tensor *quant_round(kc *c, const st_tensor *t, const float *hessian, kerr *err);
-/* The grids' element rules, shared by round to nearest and GPTQ. FP8: a row's scale (absmax /
- * 448, 1 for a zero row) and x's value on the grid (e4m3(x / s) * s). INT4: a group's scale s
+/* The grids' element rules, shared by round to nearest and GPTQ. FP8: a row's scale (as above,
+ * searched; 1 for a zero row) and x's value on the grid (e4m3(x / s) * s). INT4: a group's scale s
  * (in dt) and zero point z from its n values as above with p = 1 (GPTQ's grid; -1 when s is Inf
  * in dt), and w's value (q - z) * s. */
 float quant_fp8_scale(const float *row, int64_t n);

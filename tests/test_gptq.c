@@ -171,9 +171,8 @@ static double out_err(const float *X, const float *W, const float *Q, int T, int
 /* GPTQ against round to nearest on inputs with correlated columns: X = Z A, Z [T, K] and A
  * [K, K] standard normal, W [N, K] normal (std 0.05; one row with an outlier). Column 3 of X is
  * zero (a dead input): its weights come out zero. Measured (seed 5, T 512, N 32, K 256): GPTQ's
- * output error is 0.647 of round to nearest's for FP8 and 0.667 for INT4 (groups of 128; 0.629
- * against round to nearest on the min/max grid, before its clipping search); asserted under
- * 0.8. Broken propagations measured on the same data: the update's sign flipped 1.62 (FP8),
+ * output error is 0.672 of round to nearest's for FP8 and 0.667 for INT4 (groups of 128; 0.647
+ * and 0.629 before the clipping searches); asserted under 0.8. Broken propagations measured on the same data: the update's sign flipped 1.62 (FP8),
  * the error multiplied by U_ii instead of divided 1.000, and no update at all (U's lower
  * triangle, which is zero, read for its upper one) is round to nearest: 1 exactly (FP8; INT4
  * then differs from round to nearest only by its grid). */
