@@ -957,11 +957,13 @@ typedef struct rowjob {
 #define SHRINKS 80
 static float shrink(int i) { return 1.0f - (float)i / 100.0f; }
 
-/* The squared error of row [n] on e4m3 x s. */
-static double fp8_err(const float *row, int64_t n, float s)
+/* The squared error of row [n] on e4m3 x s, or any value >= bound once the sum reaches it (a
+ * candidate no better than the best so far is dropped there: the searches' cost, 80 passes over
+ * the weights, is mostly of the candidates that lose early). */
+static double fp8_err(const float *row, int64_t n, float s, double bound)
 {
     double e = 0;
-    for (int64_t k = 0; k < n; k++) {
+    for (int64_t k = 0; k < n && e < bound; k++) {
         double d = (double)row[k] - (double)quant_fp8_value(row[k], s);
         e += d * d;
     }
@@ -980,12 +982,12 @@ float quant_fp8_scale(const float *row, int64_t n)
     float s = amax / FP8_E4M3_MAX;
     if (!(s > 0))
         return 1.0f; /* a zero row, or one too small for its scale to be a float */
-    double best = fp8_err(row, n, s);
+    double best = fp8_err(row, n, s, INFINITY);
     for (int i = 1; i < SHRINKS && best > 0; i++) {
         float si = shrink(i) * amax / FP8_E4M3_MAX;
         if (!(si > 0))
             break; /* below the smallest float */
-        double e = fp8_err(row, n, si);
+        double e = fp8_err(row, n, si, best);
         if (e < best) {
             best = e;
             s = si;
@@ -1057,11 +1059,12 @@ int quant_int4_params(const float *w, int64_t n, st_dtype dt, float *scale, floa
     return int4_range(lo, hi, dt, scale, zero);
 }
 
-/* The squared error of w [n] on the grid s, z. */
-static double int4_err(const float *w, int64_t n, float s, float z)
+/* The squared error of w [n] on the grid s, z, or any value >= bound once the sum reaches it
+ * (as fp8_err). */
+static double int4_err(const float *w, int64_t n, float s, float z, double bound)
 {
     double e = 0;
-    for (int64_t k = 0; k < n; k++) {
+    for (int64_t k = 0; k < n && e < bound; k++) {
         double d = (double)w[k] - (double)quant_int4_value(w[k], s, z);
         e += d * d;
     }
@@ -1079,13 +1082,13 @@ static int int4_search(const float *w, int64_t n, st_dtype dt, float *scale, flo
     int4_span(w, n, &lo, &hi);
     if (int4_range(lo, hi, dt, scale, zero))
         return -1;
-    double best = int4_err(w, n, *scale, *zero);
+    double best = int4_err(w, n, *scale, *zero, INFINITY);
     for (int i = 1; i < SHRINKS && best > 0; i++) {
         float p = shrink(i), s, z;
         int inf = int4_range(p * lo, p * hi, dt, &s, &z);
         assert(!inf); /* a narrower range than one whose scale was finite */
         (void)inf;
-        double e = int4_err(w, n, s, z);
+        double e = int4_err(w, n, s, z, best);
         if (e < best) {
             best = e;
             *scale = s;
