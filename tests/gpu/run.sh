@@ -146,9 +146,9 @@ for f in $FP16; do
   shown
 done
 # --quant fp8: the llama fixture quantised at compile time, against HF on the same rounding
-# (llama_fp8q, tests/fixtures/make_fp8_fixtures.py) and kilnc ref --quant fp8. Its 12-token prompt
-# is longer than the GEMV's 8 rows, so it is compiled --fp8-gemm dequant: weight-only, the numbers
-# HF computes (the W8A8 default is checked in 3e)
+# (llama_fp8q, tests/fixtures/make_fp8_fixtures.py) and kilnc ref --quant fp8, compiled --fp8-gemm
+# dequant: weight-only, the numbers HF computes (the W8A8 default is checked in 3e). Its prompt is
+# 8 tokens since the clipping search (12 before: then longer than the GEMV's 8 rows)
 f=llama_fp8q
 if [ -z "$FP8Q" ]; then :
 elif skip_late $f; then :
