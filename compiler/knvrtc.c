@@ -111,6 +111,11 @@ int nvrtc_compile(const char *src, const char *name, const char *target,
     opts[no++] = "-default-device";
     opts[no++] = "--use_fast_math";
     opts[no++] = "-lineinfo";
+    /* headers only from the include dirs: without this NVRTC also searches the directory of the
+     * unit's name, a bare "model.cu", so the working directory's own attention.cuh or common.cuh
+     * would be compiled in place of kiln's (and the cache, keyed by the include dirs, would not
+     * know) */
+    opts[no++] = "--no-source-include";
     for (int i = 0; include_dirs && include_dirs[i] && no < 60; i++) {
         owned[nown++] = xasprintf("-I%s", include_dirs[i]);
         opts[no++] = owned[nown - 1];

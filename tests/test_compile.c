@@ -452,6 +452,38 @@ static void test_loader_rejects(void **state)
     assert_non_null(strstr(m, "another compile"));
 }
 
+/* kilnc compile run from a folder that holds files named as kiln's headers: NVRTC must take
+ * only kiln's (the include dirs), never the working directory's. With the cache off, so that an
+ * earlier compile's unit cannot hide it. */
+static void test_cwd_headers_ignored(void **state)
+{
+    (void)state;
+    char *cwd = getcwd(NULL, 0), *kilnc = realpath(getenv("KILNC"), NULL);
+    assert_non_null(cwd);
+    assert_non_null(kilnc);
+    char dir[1024], path[1200], cmd[4096], out[8192];
+    snprintf(dir, sizeof dir, "%s/planted", tmp);
+    assert_int_equal(mkdir(dir, 0755), 0);
+    static const char *const names[] = {"common.cuh", "attention.cuh", "gemv.cuh",
+                                        "elementwise.cuh", "kiln_step.h"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        FILE *f = fopen(path, "w");
+        assert_non_null(f);
+        fputs("#error this is the working directory's header, not kiln's\n", f);
+        fclose(f);
+    }
+    snprintf(cmd, sizeof cmd,
+             "cd %s && KILN_CACHE=off %s compile %s/" FIX "llama -o %s/cwdart "
+             "--sm 80 --max-seq-len 64 2>&1",
+             dir, kilnc, cwd, tmp);
+    int rc = run(cmd, out, sizeof out);
+    if (rc != 0 || strstr(out, "working directory's header"))
+        fail_msg("kilnc compile from a folder with planted headers failed:\n%s", out);
+    free(cwd);
+    free(kilnc);
+}
+
 static void test_kiln_run_without_gpu(void **state)
 {
     (void)state;
@@ -849,6 +881,7 @@ int main(void)
         cmocka_unit_test(test_pack_bloom_interleaved),
         cmocka_unit_test(test_artifact_roundtrip),
         cmocka_unit_test(test_loader_rejects),
+        cmocka_unit_test(test_cwd_headers_ignored),
         cmocka_unit_test(test_kiln_run_without_gpu),
         cmocka_unit_test(test_tp_shards),
         cmocka_unit_test(test_tp_halves),
