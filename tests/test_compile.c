@@ -36,6 +36,7 @@
 #include "posenc.h"
 #include "quant.h"
 #include "testutil.h"
+#include "util.h"
 
 #define FIX "tests/fixtures/"
 
@@ -303,6 +304,15 @@ static void compile_llama(void)
     if (run(cmd, out, sizeof out) != 0)
         fail_msg("kilnc compile failed:\n%s", out);
     assert_non_null(strstr(out, "wrote"));
+    /* the size it says is the shard's, as written */
+    char path[1100], sz[32], want[64];
+    snprintf(path, sizeof path, "%s/shards/rank0-of-1.safetensors", art);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    snprintf(want, sizeof want, ".safetensors (%s)",
+             util_human_bytes((double)st.st_size, sz, sizeof sz));
+    if (!strstr(out, want))
+        fail_msg("kilnc compile's summary does not say the shard's size '%s':\n%s", want, out);
 }
 
 static void test_artifact_roundtrip(void **state)
