@@ -861,8 +861,7 @@ static int attention_steps(lw *w, const kg_node *n, int HD, ka_arg q, ka_arg out
     int NH = at->n_heads, NKV = at->n_kv_heads;
     int W = at->window, softcap = at->softcap > 0;
     int bn = KILN_ATTN_BN(HD);
-    int kv8_staged = w->c->kv_fp8 && HD % 16 == 0; /* the tensor-core path's FP8 staging */
-    int smem = (int)KILN_ATTN_PREFILL_SMEM(KILN_ATTN_BM, bn, HD, (int)w->esize, kv8_staged);
+    int smem = (int)KILN_ATTN_PREFILL_SMEM(KILN_ATTN_BM, bn, HD, (int)w->esize, w->c->kv_fp8);
     /* ALiBi of a sharded graph: the table holds every head's slope and the rank's heads start
      * at head0 = rank * NH, a launch argument (the kernels are the same on every rank) */
     int h0 = at->alibi && at->alibi_heads > 0;

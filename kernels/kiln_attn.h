@@ -5,9 +5,10 @@
  *   grid (ceil(T / bm) + n_seqs, NH, 1), block 2 * bm threads,
  *   dynamic shared memory KILN_ATTN_PREFILL_SMEM(bm, bn, hd, esz, kv8) bytes: the Q tile (bm rows)
  *   and the K and V tiles (bn rows each) in DT, rows of hd + 8 elements (the padding keeps the
- *   fragment loads free of bank conflicts); with the FP8 cache (kv8) also the staging area the
- *   tile's raw K and V bytes (bn rows of hd) and their scales (bn floats each) land in before they
- *   are converted into the DT tiles. Above 48 KiB the launcher raises the function's limit.
+ *   fragment loads free of bank conflicts); with the FP8 cache (kv8) on the tensor-core path
+ *   (hd % 16 == 0; the CUDA-core fallback uses none of this) also the staging area the tile's raw
+ *   K and V bytes (bn rows of hd) and their scales (bn floats each) land in before they are
+ *   converted into the DT tiles. Above 48 KiB the launcher raises the function's limit.
  */
 #ifndef KILN_ATTN_H_
 #define KILN_ATTN_H_
@@ -21,7 +22,8 @@
 #define KILN_ATTN_KV8_STAGE(bn, hd) (2LL * (bn) * (hd) + 8LL * (bn))
 
 #define KILN_ATTN_PREFILL_SMEM(bm, bn, hd, esz, kv8)                                               \
-    ((long long)((bm) + 2 * (bn)) * ((hd) + 8) * (esz) + ((kv8) ? KILN_ATTN_KV8_STAGE(bn, hd) : 0))
+    ((long long)((bm) + 2 * (bn)) * ((hd) + 8) * (esz) +                                           \
+     ((kv8) && (hd) % 16 == 0 ? KILN_ATTN_KV8_STAGE(bn, hd) : 0))
 
 /* attn_decode. A CTA handles hpc query heads of one kv head; with KILN_ATTN_DECODE_MMA(hd, hpc)
  * its warps run the tensor-core path (the hpc heads as the rows of m16n8k16 tiles, KT keys a warp

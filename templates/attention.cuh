@@ -703,8 +703,8 @@ __device__ __forceinline__ void attn_prefill_rows(const kiln_step &st, const DT 
 //   grid  (ceil(T / BM) + n_seqs, NH, 1)     x: query tiles of all sequences (surplus CTAs exit)
 //   block 2 * BM threads                      (BM / 16 warps)
 //   dynamic shared memory KILN_ATTN_PREFILL_SMEM(BM, BN, HD, sizeof(DT), KV8) bytes
-//         (kernels/kiln_attn.h; KV8 only when HD % 16 == 0: the HD % 16 != 0 fallback uses none
-//         of it and (BM/16)*HD*4 bytes static). Over 48 KB needs
+//         (kernels/kiln_attn.h; the HD % 16 != 0 fallback uses none of it and (BM/16)*HD*4
+//         bytes static). Over 48 KB needs
 //         CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES raised first.
 //
 //   DT       bf16 or f16            NH, NKV  query / kv heads (NH % NKV == 0)

@@ -545,7 +545,7 @@ static void run_case(kt *t, const acase *c, int kv8)
     CUfunction f_dec = NULL;
     if (!c->decode) {
         CUfunction f = kt_func(t, mod, "kt_attn_prefill");
-        size_t smem = (size_t)KILN_ATTN_PREFILL_SMEM(bm, bn, hd, 2, kv8 && hd % 16 == 0);
+        size_t smem = (size_t)KILN_ATTN_PREFILL_SMEM(bm, bn, hd, 2, kv8);
         void *args[] = {&st, &d_q, &d_k, &d_v, &d_out, &scale_f, &softcap, &d_sl};
         kt_launch(t, f, "attn_prefill", (unsigned)((T + bm - 1) / bm + ns), (unsigned)nh, 1,
                   (unsigned)(2 * bm), smem, args);
