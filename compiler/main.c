@@ -1165,12 +1165,13 @@ static int cmd_compile(int argc, char **argv)
         fprintf(stderr, "%s: wrote %s (%s kernels for", o.prog, artifact, "compiled");
         for (int i = 0; i < nsm; i++)
             fprintf(stderr, " %s", sms[i]);
-        double wb = 0; /* what one shard holds: the packed weights, quantised ones as packed */
-        for (int i = 0; i < m->nweights; i++)
-            wb += (double)m->weights[i].nbytes;
-        struct stat sst; /* one shard: the file as written */
+        double wb = 0; /* one shard's bytes: the file as written, or a rank's packed weights */
+        struct stat sst;
         if (m->tp == 1 && stat(shard, &sst) == 0)
             wb = (double)sst.st_size;
+        else
+            for (int i = 0; i < m->nweights; i++)
+                wb += (double)m->weights[i].nbytes;
         fprintf(stderr, " + %s), %s (%s%s)%s in %.1f s\n", targets[0], shard,
                 util_human_bytes(wb, sz, sizeof sz),
                 m->tp == 1 ? "" : " each", copied ? ", tokenizer" : ", no tokenizer.json (ids only)",
