@@ -451,6 +451,22 @@ int lower_gemv_threads(int64_t N, int64_t K, int gated, int step)
     return 32 * warps;
 }
 
+/* Eight tiles a block (128 weight rows share each slice of x), and K split in two until the grid
+ * would pass about two blocks per SM of a 132-SM H100/H200 (two fit an SM) or a part would have
+ * fewer than 4 slices: o and down of the 8B shape in 8 parts, qkv in 4, gate_up and the LM head
+ * in 1. */
+void lower_skinny_shape(int64_t N, int64_t K, int gated, int *warps, int *splits)
+{
+    int64_t tiles = gated ? (N / 2 + 7) / 8 : (N + 15) / 16;
+    int64_t slices = (K + KILN_SKINNY_KC - 1) / KILN_SKINNY_KC;
+    int wp = 8, s = 1;
+    int64_t groups = (tiles + wp - 1) / wp;
+    while (groups * s * 2 <= 2 * 132 && slices / (s * 2) >= 4)
+        s *= 2;
+    *warps = wp;
+    *splits = s;
+}
+
 /* The GEMV step (decode-sized rows) in row groups of mmax rows (the template's MMAX).
  * rows: KA_ROWS_T or KA_ROWS_S. qk: QROWS_NONE (gemv), or the quantised weight wt with its scales
  * sc and their K block qb (0 for one per row): gemv_fp8 or gemv_int4. */

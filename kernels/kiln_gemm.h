@@ -44,4 +44,22 @@
     (KILN_GEMM90_STAGES(bn) * (KILN_GEMM90_BM + (bn)) * KILN_GEMM90_BK * (esz) + 1024 +         \
      2 * KILN_GEMM90_STAGES(bn) * 8)
 
+/* The skinny GEMM (templates/gemv.cuh's gemm_skinny): every 16-bit linear of a step of more than
+ * gemv_max and at most KILN_SKINNY_MAX rows (decode batches of 9 to 64 sequences, short prefill
+ * chunks), where the product is still bound by the bytes of the weight, which it streams once.
+ *   grid = (ceil(TILES / WARPS), SPLITS), block = 32 * WARPS threads, static shared memory only:
+ *   TILES = ceil(NOUT / OPB) weight tiles of 16 rows (OPB = 16 outputs, or 8 for GATED), WARPS
+ *   tiles a block (one a warp, sharing the block's x slices), K in SPLITS parts (split-K across
+ *   blocks); WARPS and SPLITS come from lower_skinny_shape (compiler/lower.h).
+ *   part: float [KILN_SKINNY_PART(SPLITS, TILES, MMAX)] scratch (none for SPLITS 1); count:
+ *   unsigned [TILES], zero before the first launch, and every launch leaves it zero.
+ * x is streamed through shared memory in slices of KILN_SKINNY_KC elements of every row, two
+ * slices in flight, each row padded by KILN_SKINNY_PAD elements (its stride 320 bytes: the 16-byte
+ * reads of rows g and g + 1 fall in different banks). */
+#define KILN_SKINNY_MAX 64
+#define KILN_SKINNY_KC 128
+#define KILN_SKINNY_PAD 32
+#define KILN_SKINNY_PART(splits, tiles, mmax)                                                     \
+    ((splits) > 1 ? (long long)(splits) * (long long)(tiles) * (mmax) * 16 : 0LL)
+
 #endif
