@@ -34,6 +34,8 @@ typedef struct lw {
     int64_t scratch;     /* scratch bytes the current node uses */
     int64_t scratch0;    /* scratch bytes every node keeps clear: attn_decode's counters */
     int attn_heads;      /* the most query heads of an attention node (sizes the counters) */
+    int skinny;          /* linears get a gemm_skinny step for gemv_max < rows <= skinny_max */
+    int64_t skinny_count; /* scratch offset of gemm_skinny's arrival counters (in scratch0) */
     int *wmap;           /* node -> weight index, -1 */
     int *wmap8;          /* node -> index of its quantised weight (its scales the next), -1 */
     int cpre, cdec, cw, cc;
@@ -104,6 +106,14 @@ static void push_sized(lw *w, int which, ka_step *s)
     }
     if (which)
         push(w, which, s);
+}
+
+/* A GEMM-path step of a linear that has a skinny step: it runs past skinny_max rows only. */
+static ka_step *huge(lw *w, ka_step *s)
+{
+    if (w->skinny)
+        s->size = KA_SIZE_HUGE;
+    return s;
 }
 
 static ka_grid G(int t, int s, int q, int add, int div) { return (ka_grid){t, s, q, add, div}; }
@@ -522,6 +532,42 @@ static ka_step gemv_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg sc
                              w->c->batch_invariant ? LOWER_GEMV_GROUP_INVARIANT : GEMV_MAX);
 }
 
+/* The skinny GEMM step (templates/gemv.cuh's gemm_skinny) for gemv_max < rows <= skinny_max,
+ * pushed to `which`: its partials in this node's scratch, its arrival counters the shared ones
+ * at w->skinny_count (every launch leaves them zero). */
+static void skinny_push(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg bias, ka_arg y,
+                        int64_t N, int64_t K, int gated, int act, int out_f32, ka_rows rows,
+                        int which, ka_logits logits)
+{
+    int warps, splits;
+    lower_skinny_shape(N, K, gated, &warps, &splits);
+    int64_t tiles = gated ? (N / 2 + 7) / 8 : (N + 15) / 16;
+    int64_t pf = KILN_SKINNY_PART(splits, tiles, KILN_SKINNY_MAX);
+    ka_arg part = pf ? A(KA_ARG_SCRATCH, scratch_at(w, pf * 4)) : ANULL();
+    int k = kern(w, "gemm_skinny", 32 * warps, 0,
+                 "const kiln_step st, const DT *x, const DT *w, const DT *bias, void *y, "
+                 "float *part, unsigned *count, int M",
+                 "kiln::gemm_skinny<DT, %lld, %lld, %d, %s, %s, %d, %s, %d, %d>(st, x, w, bias, "
+                 "y, part, count, M)",
+                 (long long)N, (long long)K, KILN_SKINNY_MAX,
+                 bias.kind == KA_ARG_NULL ? "false" : "true", gated ? "true" : "false",
+                 act < 0 ? 0 : act, out_f32 ? "true" : "false", warps, splits);
+    /* x: ceil(tiles / warps) blocks of warps tiles; y: the K parts */
+    ka_step s = kstep(k, n->name, G(0, 0, 0, (int)tiles, warps), G(0, 0, 0, splits, 1), G1());
+    s.size = KA_SIZE_MID;
+    s.rows = rows;
+    s.logits = logits;
+    add_arg(&s, A(KA_ARG_STEP, 0));
+    add_arg(&s, x);
+    add_arg(&s, wt);
+    add_arg(&s, bias);
+    add_arg(&s, y);
+    add_arg(&s, part);
+    add_arg(&s, A(KA_ARG_SCRATCH, w->skinny_count));
+    add_arg(&s, A(KA_ARG_M, 0));
+    push(w, which, &s);
+}
+
 /* A quantised weight (q, scales sc, K block b, kind qk) dequantised into scratch [N, K] in the
  * compute dtype for a prefill GEMM (templates/gemv.cuh's dequant_fp8 or dequant_int4); returns
  * the scratch argument. */
@@ -755,25 +801,32 @@ static int low_linear(lw *w, int id)
         push(w, PRE, &s);
         s = gemm_step(w, n, last, wt, bias, part, N, K, K, N, 1, KA_ROWS_S);
         s.logits = KA_LOGITS_LAST;
-        push_sized(w, PRE, &s);
+        push_sized(w, PRE, huge(w, &s));
         s = gemv_step(w, n, last, wt, ANULL(), QROWS_NONE, 0, bias, part, N, K, 0, -1, 1, KA_ROWS_S);
         s.logits = KA_LOGITS_LAST;
         push_sized(w, PRE, &s);
+        if (w->skinny)
+            skinny_push(w, n, last, wt, bias, part, N, K, 0, -1, 1, KA_ROWS_S, PRE,
+                        KA_LOGITS_LAST);
         logits_epilogue_step(w, n, part, hb, N, PRE, KA_LOGITS_LAST, KA_ROWS_S);
         gather_steps(w, n, part, all, N, tp, PRE, KA_LOGITS_LAST, KA_ROWS_S);
         s = gemm_step(w, n, x, wt, bias, part, N, K, K, N, 1, KA_ROWS_T);
         s.logits = KA_LOGITS_ALL;
-        push_sized(w, PRE, &s);
+        push_sized(w, PRE, huge(w, &s));
         s = gemv_step(w, n, x, wt, ANULL(), QROWS_NONE, 0, bias, part, N, K, 0, -1, 1, KA_ROWS_T);
         s.logits = KA_LOGITS_ALL;
         push_sized(w, PRE, &s);
+        if (w->skinny)
+            skinny_push(w, n, x, wt, bias, part, N, K, 0, -1, 1, KA_ROWS_T, PRE, KA_LOGITS_ALL);
         logits_epilogue_step(w, n, part, hb, N, PRE, KA_LOGITS_ALL, KA_ROWS_T);
         gather_steps(w, n, part, all, N, tp, PRE, KA_LOGITS_ALL, KA_ROWS_T);
         /* decode: every row is the last of its sequence */
         s = gemm_step(w, n, x, wt, bias, part, N, K, K, N, 1, KA_ROWS_T);
-        push_sized(w, DEC, &s);
+        push_sized(w, DEC, huge(w, &s));
         s = gemv_step(w, n, x, wt, ANULL(), QROWS_NONE, 0, bias, part, N, K, 0, -1, 1, KA_ROWS_T);
         push_sized(w, DEC, &s);
+        if (w->skinny)
+            skinny_push(w, n, x, wt, bias, part, N, K, 0, -1, 1, KA_ROWS_T, DEC, KA_LOGITS_ANY);
         logits_epilogue_step(w, n, part, hb, N, DEC, KA_LOGITS_ANY, KA_ROWS_T);
         gather_steps(w, n, part, all, N, tp, DEC, KA_LOGITS_ANY, KA_ROWS_T);
         w->m->vocab = (int)(N * tp);
@@ -822,13 +875,18 @@ static int low_linear(lw *w, int id)
         gemm_which = PRE;
         wt = dequant_step(w, n, wt, sc, qk, qb, N, K);
     }
+    /* a 16-bit weight: the GEMV up to gemv_max rows, the skinny GEMM up to skinny_max, the GEMM
+     * past it */
+    int skinny = qb < 0 && w->skinny;
     if (!gated) {
         ka_step s = gemm_step(w, n, x, wt, bias, y, N, K, K, N, 0, KA_ROWS_T);
-        push_sized(w, gemm_which, &s);
+        push_sized(w, gemm_which, skinny ? huge(w, &s) : &s);
         if (qb < 0) {
             s = gemv_step(w, n, x, wt, ANULL(), QROWS_NONE, 0, bias, y, N, K, 0, -1, 0, KA_ROWS_T);
             push_sized(w, BOTH, &s);
         }
+        if (skinny)
+            skinny_push(w, n, x, wt, bias, y, N, K, 0, -1, 0, KA_ROWS_T, BOTH, KA_LOGITS_ANY);
         return 0;
     }
     /* gated: GEMM into scratch [T, N] then act(gate) * up; or one GEMV with the epilogue */
@@ -837,7 +895,7 @@ static int low_linear(lw *w, int id)
         return -1;
     ka_arg tmp = A(KA_ARG_SCRATCH, scratch_at(w, (int64_t)w->c->max_tokens * N * w->esize));
     ka_step s = gemm_step(w, n, x, wt, bias, tmp, N, K, K, N, 0, KA_ROWS_T);
-    push_sized(w, gemm_which, &s);
+    push_sized(w, gemm_which, skinny ? huge(w, &s) : &s);
     int ka = kern(w, "act_mul", ELEM_THREADS, 0, "const kiln_step st, const DT *gu, DT *out",
                   "kiln::act_mul<DT, %lld, %d, %d>(st, gu, out)", (long long)I, n->epi_act,
                   ELEM_THREADS);
@@ -846,11 +904,13 @@ static int low_linear(lw *w, int id)
     add_arg(&s, A(KA_ARG_STEP, 0));
     add_arg(&s, tmp);
     add_arg(&s, y);
-    push_sized(w, gemm_which, &s);
+    push_sized(w, gemm_which, skinny ? huge(w, &s) : &s);
     if (qb < 0) {
         s = gemv_step(w, n, x, wt, ANULL(), QROWS_NONE, 0, bias, y, N, K, 1, n->epi_act, 0, KA_ROWS_T);
         push_sized(w, BOTH, &s);
     }
+    if (skinny)
+        skinny_push(w, n, x, wt, bias, y, N, K, 1, n->epi_act, 0, KA_ROWS_T, BOTH, KA_LOGITS_ANY);
     return 0;
 }
 
@@ -1641,6 +1701,23 @@ int lower(kc *c, lowered *out, kerr *err)
             w.attn_heads = c->g->nodes[i].attn.n_heads;
     w.scratch0 = (int64_t)c->max_seqs * w.attn_heads * 4;
     w.scratch0 = (w.scratch0 + 255) / 256 * 256;
+    /* gemm_skinny's arrival counters, [most tiles of a linear] unsigned, likewise after them (its
+     * steps run when a step may have more than GEMV_MAX rows; not with --batch-invariant, whose
+     * decode runs the GEMV in fixed groups at every batch) */
+    w.skinny = !c->batch_invariant && c->max_tokens > GEMV_MAX;
+    if (w.skinny) {
+        int64_t tiles = 1;
+        for (int i = 0; i < c->g->n; i++) {
+            const kg_node *n = &c->g->nodes[i];
+            if (n->op == KG_LINEAR || n->op == KG_LOGITS) {
+                int64_t t = (c->g->nodes[n->in[1]].shape[0] + 15) / 16;
+                tiles = t > tiles ? t : tiles;
+            }
+        }
+        w.skinny_count = w.scratch0;
+        w.scratch0 += (tiles * 4 + 255) / 256 * 256;
+        m->skinny_max = KILN_SKINNY_MAX;
+    }
     int64_t scratch_max = w.scratch0;
     int n0 = c->g->n; /* low_moe may append constant nodes */
     for (int i = 0; i < n0; i++) {
@@ -1761,7 +1838,6 @@ static void print_arg(const ka_arg *a, FILE *f)
 
 static void print_steps(const lowered *l, const ka_step *st, int n, FILE *f)
 {
-    static const char *sz[] = {"", " [rows<=gemv_max]", " [rows>gemv_max]"};
     static const char *lg[] = {"", " [last rows]", " [all rows]"};
     for (int i = 0; i < n; i++) {
         const ka_step *s = &st[i];
@@ -1790,7 +1866,7 @@ static void print_steps(const lowered *l, const ka_step *st, int n, FILE *f)
             }
             fprintf(f, ")");
         }
-        fprintf(f, "%s%s\n", sz[s->size], lg[s->logits]);
+        fprintf(f, "%s%s\n", ka_size_label(s->size), lg[s->logits]);
     }
 }
 

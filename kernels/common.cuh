@@ -40,6 +40,13 @@ __device__ __forceinline__ void cp_async16(void *smem, const void *gmem)
     const unsigned a = (unsigned)__cvta_generic_to_shared(smem);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(a), "l"(gmem) : "memory");
 }
+// The 16-byte copy of src-size `bytes` (0 or 16): 0 writes 16 zero bytes and reads nothing.
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int bytes)
+{
+    const unsigned a = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(gmem), "r"(bytes)
+                 : "memory");
+}
 __device__ __forceinline__ void cp_async4(void *smem, const void *gmem)
 {
     const unsigned a = (unsigned)__cvta_generic_to_shared(smem);

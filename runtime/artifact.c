@@ -31,6 +31,25 @@ const char *ka_arg_kind_name(ka_arg_kind k)
     return (unsigned)k < KA_NARGKINDS ? arg_names[k] : "?";
 }
 
+int ka_size_runs(const ka_manifest *m, ka_size size, int64_t rows)
+{
+    int mid = m->skinny_max > 0;
+    switch (size) {
+    case KA_SIZE_SMALL: return rows <= m->gemv_max;
+    case KA_SIZE_LARGE: return rows > m->gemv_max;
+    case KA_SIZE_MID: return mid && rows > m->gemv_max && rows <= m->skinny_max;
+    case KA_SIZE_HUGE: return rows > (mid ? m->skinny_max : m->gemv_max);
+    default: return 1;
+    }
+}
+
+const char *ka_size_label(ka_size size)
+{
+    static const char *const l[] = {"", " [rows <= gemv_max]", " [rows > gemv_max]",
+                                    " [gemv_max < rows <= skinny_max]", " [rows > skinny_max]"};
+    return (unsigned)size < ARRAY_LEN(l) ? l[size] : " [?]";
+}
+
 int64_t ka_kv_block_bytes(const ka_manifest *m, int l, int v)
 {
     const ka_layer *y = &m->layers[l];
@@ -144,6 +163,7 @@ char *ka_manifest_json(const ka_manifest *m)
     json_object_set_new(lim, "max_seqs", json_integer(m->max_seqs));
     json_object_set_new(lim, "max_seq_len", json_integer(m->max_seq_len));
     json_object_set_new(lim, "gemv_max", json_integer(m->gemv_max));
+    json_object_set_new(lim, "skinny_max", json_integer(m->skinny_max));
     if (m->rope_switch)
         json_object_set_new(lim, "rope_switch", json_integer(m->rope_switch));
     json_object_set_new(lim, "slab_bytes", json_integer(m->slab_bytes));
@@ -836,11 +856,14 @@ static int parse_steps(rd *r, json_t *root, const char *which, ka_step **out, in
             return bad(r, "%s is not an object", c.where);
         s->label = jstr(r, o, c.where, "label", 0);
         snprintf(c.where, sizeof c.where, "%s step %d (%.80s)", which, i, s->label);
-        s->size = (ka_size)jint(r, o, c.where, "size", KA_SIZE_ANY, KA_SIZE_LARGE);
+        s->size = (ka_size)jint(r, o, c.where, "size", KA_SIZE_ANY, KA_SIZE_HUGE);
         s->logits = (ka_logits)jint(r, o, c.where, "logits", KA_LOGITS_ANY, KA_LOGITS_ALL);
         s->rows = (ka_rows)jint(r, o, c.where, "rows", KA_ROWS_T, KA_ROWS_S);
         if (r->bad)
             return -1;
+        if (s->size == KA_SIZE_MID && !r->m->skinny_max)
+            return bad(r, "%s: size mid (%d) needs limits.skinny_max, which is 0", c.where,
+                       (int)KA_SIZE_MID);
         if (json_object_get(o, "gemm")) {
             parse_gemm(r, o, &c, s);
             r->m->cublaslt_steps++;
@@ -891,6 +914,7 @@ static void parse_limits(rd *r, json_t *root, ka_manifest *m)
     m->max_seqs = (int)jint(r, lim, w, "max_seqs", 1, KA_MAX_SEQS);
     m->max_seq_len = (int)jint(r, lim, w, "max_seq_len", 1, KA_MAX_SEQ_LEN);
     m->gemv_max = (int)jint(r, lim, w, "gemv_max", 0, KA_MAX_TOKENS);
+    m->skinny_max = (int)jint(r, lim, w, "skinny_max", 0, KA_MAX_TOKENS);
     if (lim && json_object_get(lim, "rope_switch")) /* optional: absent in artifacts without longrope */
         m->rope_switch = (int)jint(r, lim, w, "rope_switch", 1, KA_MAX_SEQ_LEN);
     m->slab_bytes = jint(r, lim, w, "slab_bytes", 0, KA_MAX_BYTES);
@@ -904,6 +928,10 @@ static void parse_limits(rd *r, json_t *root, ka_manifest *m)
                "overflow activation buffers sized for max_tokens (kilnc compile --max-tokens must "
                "be at least --max-batch)",
             m->max_tokens, m->max_seqs);
+    else if (m->skinny_max && m->skinny_max <= m->gemv_max)
+        bad(r, "limits: skinny_max %d is not above gemv_max %d (expected 0, or the rows up to "
+               "which steps of size mid run, above gemv_max)",
+            m->skinny_max, m->gemv_max);
     else if ((int64_t)m->max_seqs * ((m->max_seq_len + KILN_BLOCK - 1) / KILN_BLOCK + 1) *
                  KILN_BLOCK >
              INT32_MAX)

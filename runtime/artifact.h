@@ -57,10 +57,11 @@
 #include "util.h"
 
 #define KA_MAGIC "KILNART"
-#define KA_VERSION 6 /* 3: overrides and generation defaults (kilnc compile's issue-18 flags);
+#define KA_VERSION 7 /* 3: overrides and generation defaults (kilnc compile's issue-18 flags);
                       * 4: the sampler draws from (seed, index) and takes no step counter;
                       * 5: tensor parallelism: tp, a shard per rank, collective steps, rank args;
-                      * 6: kv_layers are [n_kv, head_dim, v_dim] (v_dim 0: no V cache, MLA) */
+                      * 6: kv_layers are [n_kv, head_dim, v_dim] (v_dim 0: no V cache, MLA);
+                      * 7: steps of skinny_max rows and fewer (sizes mid and huge) */
 #define KA_HEADER 40     /* bytes before the first section */
 #define KA_ALIGN 256     /* sections start on this boundary */
 #define KA_MAX_ARGS 20
@@ -143,7 +144,10 @@ typedef struct ka_grid {
  * rank alike: the conditions depend only on T, n_seqs and the all-logits flag, which all ranks
  * share). w, bias, k, ldx, ldy, kernel, grid and args are unused (zero). */
 typedef enum { KA_KERNEL, KA_GEMM, KA_ALLREDUCE, KA_ALLGATHER } ka_step_kind;
-typedef enum { KA_SIZE_ANY, KA_SIZE_SMALL, KA_SIZE_LARGE } ka_size;     /* T <= gemv_max or not */
+/* The rows a step runs at (ka_size_runs): any; small: at most gemv_max; large: more; mid: more
+ * than gemv_max and at most skinny_max (the skinny GEMM); huge: more than skinny_max (the GEMM of
+ * a linear that has a mid step; with skinny_max 0, more than gemv_max). */
+typedef enum { KA_SIZE_ANY, KA_SIZE_SMALL, KA_SIZE_LARGE, KA_SIZE_MID, KA_SIZE_HUGE } ka_size;
 typedef enum { KA_LOGITS_ANY, KA_LOGITS_LAST, KA_LOGITS_ALL } ka_logits; /* last rows or all */
 typedef enum { KA_ROWS_T, KA_ROWS_S } ka_rows;                          /* GEMM rows */
 
@@ -240,6 +244,7 @@ typedef struct ka_manifest {
     int vocab, hidden, n_layers;
     int type_vocab;         /* rows of the token-type table (BERT-style models), 0: none */
     int max_tokens, max_seqs, max_seq_len, gemv_max;
+    int skinny_max;         /* rows up to which mid steps run (above gemv_max), 0: no mid steps */
     int rope_switch;        /* longrope: a sequence longer than this rotates with the long factors
                                (kb_info.rope_switch); 0 none (limits.rope_switch, optional) */
     int64_t slab_bytes, scratch_bytes;
@@ -319,6 +324,10 @@ void ka_manifest_free(ka_manifest *m);
 const ka_blob *ka_find_blob(const ka_manifest *m, const char *name);
 
 const char *ka_arg_kind_name(ka_arg_kind k);
+/* Whether a step of size `size` runs at `rows` rows (ka_size); its label for kiln inspect
+ * (" [rows <= gemv_max]", ..., "" for any). */
+int ka_size_runs(const ka_manifest *m, ka_size size, int64_t rows);
+const char *ka_size_label(ka_size size);
 
 /* Bytes of one KV block (KILN_BLOCK tokens) of layer l's K cache (v = 0) or V cache (v = 1): the
  * compute dtype's 2 bytes a value, or with kv_e4m3 the FP8 layout's. The runtime's sizes and

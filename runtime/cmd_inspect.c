@@ -48,7 +48,7 @@ static void print_steps(const ka_manifest *m, const ka_step *s, int n)
                        ? " e4m3"
                        : "",
                    (long long)s[i].n,
-                   (long long)s[i].k, s[i].size == KA_SIZE_LARGE ? " [rows > gemv_max]" : "");
+                   (long long)s[i].k, ka_size_label(s[i].size));
         else if (s[i].kind == KA_ALLREDUCE || s[i].kind == KA_ALLGATHER)
             printf("  %3d %-28s %s n=%lld %s rows=%s%s\n", i, s[i].label,
                    s[i].kind == KA_ALLREDUCE ? "all_reduce" : "all_gather", (long long)s[i].n,
@@ -58,9 +58,7 @@ static void print_steps(const ka_manifest *m, const ka_step *s, int n)
                                                   : "");
         else
             printf("  %3d %-28s %s%s%s\n", i, s[i].label, m->kernels[s[i].kernel].name,
-                   s[i].size == KA_SIZE_SMALL ? " [rows <= gemv_max]"
-                   : s[i].size == KA_SIZE_LARGE ? " [rows > gemv_max]"
-                                                : "",
+                   ka_size_label(s[i].size),
                    s[i].logits == KA_LOGITS_LAST ? " [last rows]"
                    : s[i].logits == KA_LOGITS_ALL ? " [all rows]"
                                                   : "");
@@ -137,8 +135,11 @@ int cmd_inspect(int argc, char **argv)
         printf("\n");
     }
     printf("limits       %d tokens per sequence, %d sequences per step, %d tokens per prefill "
-           "step, GEMV up to %d rows\n",
+           "step, GEMV up to %d rows",
            m->max_seq_len, m->max_seqs, m->max_tokens, m->gemv_max);
+    if (m->skinny_max)
+        printf(", skinny GEMM up to %d", m->skinny_max);
+    printf("\n");
     if (m->rope_switch)
         printf("rope         longrope: a sequence longer than %d tokens uses the long factors "
                "(recomputed when it grows past them)\n",

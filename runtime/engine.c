@@ -1296,8 +1296,7 @@ static int run_steps(kmodel *m, kdev *d, const ka_step *steps, int n, int T, int
         if ((s->logits == KA_LOGITS_LAST && all_logits) || (s->logits == KA_LOGITS_ALL && !all_logits))
             continue;
         int rows = s->rows == KA_ROWS_S ? S : T;
-        if ((s->size == KA_SIZE_SMALL && rows > man->gemv_max) ||
-            (s->size == KA_SIZE_LARGE && rows <= man->gemv_max))
+        if (!ka_size_runs(man, s->size, rows))
             continue;
         if (s->kind == KA_GEMM) {
             int fp8 = s->w.kind == KA_ARG_WEIGHT && man->weights[s->w.i].type == KA_W_E4M3;

@@ -50,6 +50,9 @@
 // last group of the grid are not computed); st is unused (M is explicit); sm_80 or newer
 // (mma.sync with bf16).
 //
+// Steps of 9 to 64 rows take gemm_skinny (below): this product with x shared through shared
+// memory by the tiles of a block, and K split across blocks.
+//
 // What it does not do: split-K across blocks (a tile's K is split over the warps of its block
 // only; with 16 warps that is enough for the 1B/8B shapes, whose smallest N gives 128 tiles),
 // share x between groups (a group of MMAX rows streams the weights as if alone: at many rows the
@@ -57,6 +60,7 @@
 #pragma once
 
 #include "common.cuh"
+#include "kiln_gemm.h"
 
 namespace kiln {
 namespace gemv_detail {
@@ -239,39 +243,17 @@ __device__ __forceinline__ void tile_rows(long long tile, int g, long long &ra, 
     }
 }
 
-// After the main loop: the warps' partial tiles added in warp order (split-K: fixed, independent
-// of M), then the epilogue of warp 0. Lane (g, t) holds, for x rows m = 8j + 2t + e (e = 0, 1),
-// acc[j][e] (tile row g) and acc[j][2 + e] (tile row g + 8). rscale: nullptr, or a float per
-// weight row that multiplies its sum before the bias (gemv_fp8's per-row scales).
-template <typename DT, int N, int MMAX, bool BIAS, bool GATED, int ACT, bool OUT_F32, int THREADS>
-__device__ __forceinline__ void finish(float acc[(MMAX + 7) / 8][4], const float *rscale,
-                                       const DT *bias, void *y, long long row0, long long tile,
-                                       int M)
+// The epilogue of one tile's sums, written by the lane that holds them: lane (g, t) has, for x
+// rows m = 8j + 2t + e (e = 0, 1), acc[j][e] (tile row g) and acc[j][2 + e] (tile row g + 8);
+// rows m >= M are not stored, nor outputs past NOUT. rscale: nullptr, or a float per weight row
+// that multiplies its sum before the bias (gemv_fp8's per-row scales). y's row row0 + m.
+template <typename DT, int N, int NT, bool BIAS, bool GATED, int ACT, bool OUT_F32>
+__device__ __forceinline__ void store_tile(const float acc[NT][4], const float *rscale,
+                                           const DT *bias, void *y, long long row0,
+                                           long long tile, int M)
 {
-    using S = shape<N, GATED, MMAX, THREADS>;
-    constexpr int NOUT = S::NOUT, OPB = S::OPB, NT = S::NT, WARPS = S::WARPS;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, g = lane >> 2, t = lane & 3;
-    if constexpr (WARPS > 1) {
-        __shared__ float part[WARPS][NT * 4][32]; // the warps' partial tiles, [warp][reg][lane]
-#pragma unroll
-        for (int j = 0; j < NT; j++)
-#pragma unroll
-            for (int i = 0; i < 4; i++)
-                part[warp][4 * j + i][lane] = acc[j][i];
-        __syncthreads();
-        if (warp != 0)
-            return;
-#pragma unroll
-        for (int j = 0; j < NT; j++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                float v = part[0][4 * j + i][lane];
-#pragma unroll 1
-                for (int q = 1; q < WARPS; q++)
-                    v += part[q][4 * j + i][lane];
-                acc[j][i] = v;
-            }
-    }
+    constexpr int NOUT = GATED ? N / 2 : N, OPB = GATED ? 8 : 16;
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
     for (int j = 0; j < NT; j++)
 #pragma unroll
@@ -309,6 +291,40 @@ __device__ __forceinline__ void finish(float acc[(MMAX + 7) / 8][4], const float
                     static_cast<DT *>(y)[(row0 + m) * NOUT + o] = from_f<DT>(v);
             }
         }
+}
+
+// After the main loop: the warps' partial tiles added in warp order (split-K: fixed, independent
+// of M), then warp 0 stores the tile (store_tile).
+template <typename DT, int N, int MMAX, bool BIAS, bool GATED, int ACT, bool OUT_F32, int THREADS>
+__device__ __forceinline__ void finish(float acc[(MMAX + 7) / 8][4], const float *rscale,
+                                       const DT *bias, void *y, long long row0, long long tile,
+                                       int M)
+{
+    using S = shape<N, GATED, MMAX, THREADS>;
+    constexpr int NT = S::NT, WARPS = S::WARPS;
+    if constexpr (WARPS > 1) {
+        const int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
+        __shared__ float part[WARPS][NT * 4][32]; // the warps' partial tiles, [warp][reg][lane]
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                part[warp][4 * j + i][lane] = acc[j][i];
+        __syncthreads();
+        if (warp != 0)
+            return;
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                float v = part[0][4 * j + i][lane];
+#pragma unroll 1
+                for (int q = 1; q < WARPS; q++)
+                    v += part[q][4 * j + i][lane];
+                acc[j][i] = v;
+            }
+    }
+    store_tile<DT, N, NT, BIAS, GATED, ACT, OUT_F32>(acc, rscale, bias, y, row0, tile, M);
 }
 
 // Four e4m3 bytes of gemv_fp8's layout (word bytes 0..3 = elements k, k+2, k+1, k+3) to two
@@ -562,6 +578,196 @@ __device__ __forceinline__ void gemv(const kiln_step st, const DT *x, const DT *
     }
     gemv_detail::finish<DT, N, MMAX, BIAS, GATED, ACT, OUT_F32, THREADS>(acc, nullptr, bias, y,
                                                                         row0, tile, M);
+}
+
+// gemm_skinny — the product of gemv for steps of more rows than the GEMV takes and at most
+// KILN_SKINNY_MAX (64): decode batches of 9 to 64 sequences and short prefill chunks, where a GEMM
+// is still bound by the bytes of its weight (8B shape at 64 rows: 3.6 ms of weight reads, 1.3 ms
+// of tensor-core work at the bf16 peak). The GEMV's row groups would stream each weight tile
+// once per 8 or 16 rows, and a tile GEMM (cuBLASLt, gemm.cuh) sizes its tiles for compute.
+// Design: gemv's warp-level product, x shared through shared memory, K split across blocks:
+//   - a warp computes one 16-row tile of w against the MMAX rows of x exactly as gemv does
+//     (mma.sync m16n8k16, the lane's 16-byte chunks of weight rows g and g+8, the same
+//     permutation of K in A and B, chains of 8 mma from zero added to float accumulators), with
+//     NT = MMAX / 8 column tiles, of which those past M are skipped;
+//   - the WARPS warps of a block take WARPS consecutive tiles and share x: the block stages
+//     slices of KILN_SKINNY_KC (128) elements of every row of x in shared memory by cp.async,
+//     two slices in flight (the next loads while the current is multiplied); rows M..roundup8(M)
+//     and elements past K are zero. A lane reads its x chunk (16 bytes, row 8j + g, elements 8t..
+//     of the 32-element group) from shared memory; the row stride is KILN_SKINNY_KC +
+//     KILN_SKINNY_PAD elements (320 bytes), so the 8 lanes of one phase (rows g, g+1; t = 0..3)
+//     hit 8 distinct 16-byte bank groups;
+//   - the weights go straight from global memory to registers (ld.global.nc, no L1 allocation),
+//     one slice ahead: the next slice's 8 loads a lane are issued before the current slice's mma;
+//   - split-K across blocks: block (group, p) takes slices [p * S / SPLITS, (p + 1) * S / SPLITS)
+//     of the S slices of K (a part may have none). With SPLITS > 1 each warp writes its float
+//     partial tile to part (in fragment order, [p][tile][reg][lane], bypassing L1), fences, and
+//     counts its arrival on count[tile]; the warp that arrives last adds the SPLITS partials in
+//     part order 0, 1, ... (the same order whichever block is last: the result does not depend
+//     on scheduling), resets count[tile] to zero for the next launch and stores the tile.
+// Numerics: gemv's (float sums of chains of at most 8 mma; one rounding of the output). A row's
+// result depends only on its own x row: each of its outputs is one mma column, and the order of
+// the sums is fixed by (N, K, WARPS, SPLITS), never by M.
+// Launch rule (kernels/kiln_gemm.h; WARPS and SPLITS from compiler/lower.c's lower_skinny_shape):
+//   TILES = ceil(NOUT / OPB) (NOUT, OPB as gemv's); grid = (ceil(TILES / WARPS), SPLITS), block =
+//   32 * WARPS, static shared memory only (2 * MMAX * 160 * 2 bytes: 40 KiB at MMAX 64);
+//   part: float [KILN_SKINNY_PART(SPLITS, TILES, MMAX)] (unused, may be null, for SPLITS 1);
+//   count: unsigned [TILES], zero before the first launch, left zero by every launch.
+// Layouts: gemv's (x [M, K] contiguous, w [N, K], bias, y [M, NOUT]). Preconditions: K % 8 == 0;
+// MMAX a multiple of 8 up to KILN_SKINNY_MAX; 1 <= M (rows past MMAX are not computed); x and w
+// 16-byte aligned; st unused.
+template <typename DT, int N, int K, int MMAX, bool BIAS, bool GATED, int ACT, bool OUT_F32,
+          int WARPS, int SPLITS>
+__device__ __forceinline__ void gemm_skinny(const kiln_step st, const DT *x, const DT *w,
+                                            const DT *bias, void *y, float *part,
+                                            unsigned *count, int M)
+{
+    KILN_PDL_ENTER();
+    static_assert(K % 8 == 0, "gemm_skinny: K must be a multiple of 8");
+    static_assert(MMAX % 8 == 0 && MMAX >= 8 && MMAX <= KILN_SKINNY_MAX,
+                  "gemm_skinny: MMAX is a multiple of 8 up to KILN_SKINNY_MAX");
+    static_assert(WARPS >= 1 && WARPS <= 16 && SPLITS >= 1, "gemm_skinny: 1..16 warps, SPLITS >= 1");
+    static_assert(N >= 1 && (!GATED || N % 2 == 0), "gemm_skinny: GATED needs an even N");
+    (void)st;
+    constexpr int NOUT = GATED ? N / 2 : N, OPB = GATED ? 8 : 16, NT = MMAX / 8;
+    constexpr int TILES = (NOUT + OPB - 1) / OPB;
+    constexpr int KC = KILN_SKINNY_KC, XS = KILN_SKINNY_KC + KILN_SKINNY_PAD;
+    constexpr int CPS = KC / 8;                  // 16-byte chunks of a row in a slice
+    constexpr int CH = K / 8;                    // 16-byte chunks of a row
+    constexpr int SLICES = (K + KC - 1) / KC;
+    static_assert(KC == 128 && (XS * 2) % 128 == 64,
+                  "gemm_skinny: a slice is one 4-group step; rows g, g+1 in distinct bank groups");
+    __shared__ __align__(16) DT xs[2][MMAX][XS];
+
+    const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, g = lane >> 2, t = lane & 3;
+    if (M > MMAX)
+        M = MMAX;
+    const int MR = (M + 7) & ~7; // rows of x staged: those past M are zeros
+    const long long tile = (long long)blockIdx.x * WARPS + warp;
+    const bool active = tile < TILES; // warp-uniform: a tile past the end computes nothing
+    const int p = blockIdx.y;
+    const int s0 = (int)((long long)p * SLICES / SPLITS);
+    const int s1 = (int)((long long)(p + 1) * SLICES / SPLITS);
+    long long ra, rb;
+    gemv_detail::tile_rows<N, GATED>(active ? tile : TILES - 1, g, ra, rb);
+    const DT *wa = w + ra * K, *wb = w + rb * K;
+    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+
+    // slice s of x rows 0..MR-1 into buffer b, as one cp.async group of this thread
+    auto load_x = [&](int s, int b) {
+        for (int i = threadIdx.x; i < MR * CPS; i += 32 * WARPS) {
+            const int r = i / CPS, c = i % CPS, gc = s * CPS + c;
+            const bool ok = r < M && gc < CH;
+            cp_async16(&xs[b][r][8 * c], ok ? x + (long long)r * K + 8 * gc : x, ok ? 16 : 0);
+        }
+        cp_async_commit();
+    };
+    // the lane's weight chunks of slice s: group u is chunks 4u..4u+3 of the slice, the lane's
+    // is 4u + t; chunks past K read the row's last chunk (valid memory) and become zeros
+    auto load_w = [&](int s, uint4 va[4], uint4 vb[4]) {
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            const int c = s * CPS + 4 * u + t;
+            const long long off = 8LL * (c < CH ? c : CH - 1);
+            va[u] = gemv_detail::ld_stream(wa + off);
+            vb[u] = gemv_detail::ld_stream(wb + off);
+            if (c >= CH)
+                va[u] = vb[u] = zero;
+        }
+    };
+
+    float acc[NT][4];
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            acc[j][i] = 0.f;
+    if (s0 < s1) {
+        uint4 va[4], vb[4];
+        load_x(s0, 0);
+        if (active)
+            load_w(s0, va, vb);
+#pragma unroll 1
+        for (int s = s0; s < s1; s++) {
+            const int b = (s - s0) & 1;
+            const bool more = s + 1 < s1;
+            if (more) {
+                load_x(s + 1, b ^ 1); // the buffer the previous slice used: freed by its barrier
+                cp_async_wait<1>();
+            } else {
+                cp_async_wait<0>();
+            }
+            __syncthreads(); // slice s is in shared memory
+            if (active) {
+                uint4 na[4], nb[4];
+                if (more)
+                    load_w(s + 1, na, nb);
+                float d[NT][4];
+#pragma unroll
+                for (int j = 0; j < NT; j++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++)
+                        d[j][i] = 0.f;
+#pragma unroll
+                for (int u = 0; u < 4; u++) {
+                    uint4 xb[NT];
+#pragma unroll
+                    for (int j = 0; j < NT; j++)
+                        xb[j] = 8 * j < M ? *reinterpret_cast<const uint4 *>(
+                                                &xs[b][8 * j + g][32 * u + 8 * t])
+                                          : zero;
+                    gemv_detail::mma_group<DT, NT>(d, va[u], vb[u], xb, M);
+                }
+#pragma unroll
+                for (int j = 0; j < NT; j++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++)
+                        acc[j][i] += d[j][i];
+                if (more)
+#pragma unroll
+                    for (int u = 0; u < 4; u++) {
+                        va[u] = na[u];
+                        vb[u] = nb[u];
+                    }
+            }
+            __syncthreads(); // every warp is done with buffer b before it is refilled
+        }
+    }
+    if (!active)
+        return;
+    if constexpr (SPLITS > 1) {
+        constexpr long long PT = MMAX * 16; // floats of one partial tile: [NT * 4 regs][32 lanes]
+        float *mine = part + ((long long)p * TILES + tile) * PT;
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+            if (8 * j < M)
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+                    __stcg(&mine[(4 * j + i) * 32 + lane], acc[j][i]);
+        __threadfence(); // the partial is visible before the arrival is counted
+        unsigned last = 0;
+        if (lane == 0)
+            last = atomicAdd(&count[tile], 1u) == SPLITS - 1;
+        if (!__shfl_sync(0xffffffffu, last, 0))
+            return;
+        __threadfence(); // every other part's partial is visible to the reads below
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+            if (8 * j < M)
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const float *q = part + tile * PT + (4 * j + i) * 32 + lane;
+                    float v = __ldcg(q);
+#pragma unroll 1
+                    for (int r = 1; r < SPLITS; r++)
+                        v += __ldcg(q + (long long)r * TILES * PT);
+                    acc[j][i] = v;
+                }
+        if (lane == 0)
+            count[tile] = 0;
+    }
+    gemv_detail::store_tile<DT, N, NT, BIAS, GATED, ACT, OUT_F32>(acc, nullptr, bias, y, 0, tile,
+                                                                 M);
 }
 
 // gemv_fp8 — the same GEMV with an FP8 (e4m3) weight: y[m, n] = (x[m] · q[n]) * scale (+ bias[n]),

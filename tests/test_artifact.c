@@ -230,6 +230,7 @@ static void test_every_fixture_round_trips(void **state)
         assert_int_equal(r->max_tokens, m->max_tokens);
         assert_int_equal(r->max_seqs, m->max_seqs);
         assert_int_equal(r->gemv_max, m->gemv_max);
+        assert_int_equal(r->skinny_max, m->skinny_max);
         assert_int_equal(m->rope_switch, strcmp(fx[i], "phi3_longrope") ? 0 : 12);
         assert_int_equal(r->rope_switch, m->rope_switch);
         assert_int_equal(r->slab_bytes, m->slab_bytes);
@@ -512,7 +513,14 @@ static void e_gemm_k0(json_t *r) { set_int(find_step(r, "decode", NULL, NULL), "
 static void e_size(json_t *r)
 {
     size_t k;
-    set_int(find_step(r, "decode", "step", &k), "size", 3);
+    set_int(find_step(r, "decode", "step", &k), "size", 5);
+}
+static void e_skinny_max(json_t *r) { set_int(limits(r), "skinny_max", lim(r, "gemv_max")); }
+static void e_size_mid(json_t *r)
+{
+    size_t k;
+    set_int(limits(r), "skinny_max", 0);
+    set_int(find_step(r, "decode", "step", &k), "size", KA_SIZE_MID);
 }
 static void e_wbytes(json_t *r)
 {
@@ -656,7 +664,8 @@ static void test_bad_fields_resigned(void **state)
         {"gemm extent", e_gemm_x_extent, {"GEMM x needs ", "bytes at 64 rows", "left in the activation slab"}},
         {"gemm w", e_gemm_w_kind, {"GEMM w is buf, expected weight"}},
         {"gemm k", e_gemm_k0, {"decode step ", "k is 0, expected 1.."}},
-        {"size", e_size, {"size is 3, expected 0..2"}},
+        {"size", e_size, {"size is 5, expected 0..4"}},
+        {"size mid", e_size_mid, {"size mid (3) needs limits.skinny_max, which is 0"}},
         {"weight bytes", e_wbytes, {"weight 3 (", "bytes for ", "elements of bf16"}},
         {"weight shape", e_wshape, {"weight 0 (", "a dimension is -512"}},
         {"eos", e_eos, {"token ids: eos id 1 is 512, expected 0..511"}},
@@ -667,6 +676,7 @@ static void test_bad_fields_resigned(void **state)
         {"max_seqs x max_seq_len", e_kv_slots, {"limits: max_seqs 65536 x max_seq_len 65536 KV slots do not fit a 32-bit index"}},
         {"max_seq_len", e_max_seq_len, {"limits: max_seq_len is -1"}},
         {"gemv_max", e_gemv_max, {"limits: gemv_max is -1"}},
+        {"skinny_max", e_skinny_max, {"limits: skinny_max 8 is not above gemv_max 8"}},
         {"rope_switch", e_rope_switch, {"limits: rope_switch is 0, expected 1..16777216"}},
         {"slab", e_slab, {"limits: slab_bytes is 1125899906842624"}},
         {"tokens < seqs", e_tok_seqs, {"max_tokens 64 < max_seqs 65"}},
@@ -677,7 +687,7 @@ static void test_bad_fields_resigned(void **state)
         {"kv layer without V", e_layer_no_v, {"the V cache of KV layer 0, which has none (v_dim 0)"}},
         {"kv layer size", e_layer_area, {"kv layer 0: n_kv 1024 x head_dim 8 (v_dim 2048) is over 1048576"}},
         {"missing", e_no_limits, {"field 'limits' is missing, expected an object"}},
-        {"format", e_format, {"format is 1, expected 6..6"}},
+        {"format", e_format, {"format is 1, expected 7..7"}},
         {"temperature", e_gen_temp, {"generation: temperature is out of range, expected a number from 0 and at most 100"}},
         {"temperature type", e_gen_temp_type, {"generation: temperature is not a number"}},
         {"top_p", e_gen_top_p, {"generation: top_p is out of range, expected a number above 0 and at most 1"}},
@@ -1189,6 +1199,40 @@ static int teardown(void **state)
     return system(cmd) == 0 ? 0 : -1;
 }
 
+/* Which steps run at which rows: the GEMV's (small) up to gemv_max, the skinny GEMM's (mid) above
+ * it up to skinny_max, and the GEMM of a linear with a skinny step (huge) past that; without
+ * skinny_max, huge is large and mid never runs. */
+static void test_size_rows(void **state)
+{
+    (void)state;
+    ka_manifest m;
+    memset(&m, 0, sizeof m);
+    m.gemv_max = 8;
+    m.skinny_max = 64;
+    static const struct {
+        ka_size z;
+        int rows, runs, runs_no_skinny;
+    } c[] = {
+        {KA_SIZE_ANY, 1, 1, 1},    {KA_SIZE_ANY, 4096, 1, 1},  {KA_SIZE_SMALL, 8, 1, 1},
+        {KA_SIZE_SMALL, 9, 0, 0},  {KA_SIZE_LARGE, 8, 0, 0},   {KA_SIZE_LARGE, 9, 1, 1},
+        {KA_SIZE_LARGE, 65, 1, 1}, {KA_SIZE_MID, 8, 0, 0},     {KA_SIZE_MID, 9, 1, 0},
+        {KA_SIZE_MID, 64, 1, 0},   {KA_SIZE_MID, 65, 0, 0},    {KA_SIZE_HUGE, 8, 0, 0},
+        {KA_SIZE_HUGE, 9, 0, 1},   {KA_SIZE_HUGE, 64, 0, 1},   {KA_SIZE_HUGE, 65, 1, 1},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(c); i++) {
+        m.skinny_max = 64;
+        if (ka_size_runs(&m, c[i].z, c[i].rows) != c[i].runs)
+            fail_msg("size %d at %d rows (skinny_max 64): expected %d", (int)c[i].z, c[i].rows,
+                     c[i].runs);
+        m.skinny_max = 0;
+        if (ka_size_runs(&m, c[i].z, c[i].rows) != c[i].runs_no_skinny)
+            fail_msg("size %d at %d rows (skinny_max 0): expected %d", (int)c[i].z, c[i].rows,
+                     c[i].runs_no_skinny);
+    }
+    assert_string_equal(ka_size_label(KA_SIZE_MID), " [gemv_max < rows <= skinny_max]");
+    assert_string_equal(ka_size_label(KA_SIZE_ANY), "");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1200,6 +1244,7 @@ int main(void)
         cmocka_unit_test(test_tp_fields),
         cmocka_unit_test(test_labels_fields),
         cmocka_unit_test(test_gemm_field),
+        cmocka_unit_test(test_size_rows),
         cmocka_unit_test(test_batch_invariant_field),
         cmocka_unit_test(test_shard_pristine),
         cmocka_unit_test(test_shard_of_another_model),
