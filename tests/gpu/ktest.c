@@ -5,7 +5,9 @@
  * NVRTC for sm_80 and sm_90a, so CI proves the templates instantiate; the device calls then do
  * nothing and no comparison is made. `kiln-ktest --bench gemv` runs no cases: it prints the GEMV's
  * weight bandwidth on the Llama-3 shapes, old kernel against new (tests/gpu/ktest_gemv.c);
- * `kiln-ktest --bench gemm` prints kiln's GEMM against cuBLASLt (tests/gpu/ktest_gemm.c). */
+ * `kiln-ktest --bench gemm` prints kiln's GEMM against cuBLASLt (tests/gpu/ktest_gemm.c);
+ * `kiln-ktest --bench skinny` the skinny GEMM (9 to 64 rows) against cuBLASLt
+ * (tests/gpu/ktest_skinny.c). */
 #include "ktest.h"
 
 #include <math.h>
@@ -158,6 +160,99 @@ void kt_launch(kt *t, CUfunction f, const char *name, unsigned gx, unsigned gy, 
     }
 }
 
+void kt_cu(kt *t, CUresult rc, const char *call, const char *file, int line)
+{
+    if (rc == CUDA_SUCCESS)
+        return;
+    kerr e;
+    kerr_clear(&e);
+    kcuda_fail(&t->cu, rc, call, file, line, &e);
+    die(t, "%s", kerr_msg(&e));
+}
+
+double kt_rel_l2_bf16(kt *t, CUdeviceptr got, CUdeviceptr want, size_t n)
+{
+    uint16_t *a = xmalloc(2 * n), *b = xmalloc(2 * n);
+    CK(cuStreamSynchronize(t->stream));
+    CK(cuMemcpyDtoH(a, got, 2 * n));
+    CK(cuMemcpyDtoH(b, want, 2 * n));
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        const double u = util_bf16_to_f32(a[i]), v = util_bf16_to_f32(b[i]);
+        num += (u - v) * (u - v);
+        den += v * v;
+    }
+    free(a);
+    free(b);
+    return sqrt(num / (den > 0 ? den : 1));
+}
+
+kgemm *kt_cublaslt(kt *t, const char *why)
+{
+    kerr e;
+    kerr_clear(&e);
+    kgemm *g = kgemm_new(&t->cu, why, &e);
+    if (!g)
+        fprintf(stderr, "%s: %s\n", why, kerr_msg(&e));
+    return g;
+}
+
+/* Milliseconds of what enqueue(t, ctx) puts on t->stream: the best of `reps` after a warm-up. */
+static double best_ms(kt *t, int reps, void (*enqueue)(kt *t, void *ctx), void *ctx)
+{
+    CUevent ev[2];
+    CK(cuEventCreate(&ev[0], 0));
+    CK(cuEventCreate(&ev[1], 0));
+    float best = 0;
+    for (int r = 0; r <= reps; r++) { /* r = 0: the warm-up */
+        float ms = 0;
+        CK(cuEventRecord(ev[0], t->stream));
+        enqueue(t, ctx);
+        CK(cuEventRecord(ev[1], t->stream));
+        CK(cuEventSynchronize(ev[1]));
+        CK(cuEventElapsedTime(&ms, ev[0], ev[1]));
+        if (r > 0 && (best == 0 || ms < best))
+            best = ms;
+    }
+    CK(cuEventDestroy(ev[0]));
+    CK(cuEventDestroy(ev[1]));
+    return best;
+}
+
+typedef struct copy_job {
+    CUdeviceptr dst, src;
+    size_t n;
+} copy_job;
+
+static void enqueue_copy(kt *t, void *ctx)
+{
+    const copy_job *c = ctx;
+    CK(cuMemcpyDtoDAsync(c->dst, c->src, c->n, t->stream));
+}
+
+double kt_copy_bw(kt *t)
+{
+    copy_job c = {.n = (size_t)1 << 30};
+    CK(cuMemAlloc(&c.src, c.n));
+    CK(cuMemAlloc(&c.dst, c.n));
+    CK(cuMemsetD8(c.src, 1, c.n));
+    const double ms = best_ms(t, 5, enqueue_copy, &c);
+    CK(cuMemFree(c.src));
+    CK(cuMemFree(c.dst));
+    return ms > 0 ? 2.0 * (double)c.n / (ms * 1e-3) : 0;
+}
+
+static void enqueue_graph(kt *t, void *ctx) { CK(cuGraphLaunch(*(CUgraphExec *)ctx, t->stream)); }
+
+double kt_graph_ms(kt *t, CUgraph g, int replays)
+{
+    CUgraphExec ge;
+    CK(cuGraphInstantiateWithFlags(&ge, g, 0));
+    const double ms = best_ms(t, replays, enqueue_graph, &ge);
+    CK(cuGraphExecDestroy(ge));
+    return ms;
+}
+
 float kt_randf(kt *t)
 {
     /* xorshift64*: reproducible from the seed printed at start */
@@ -194,6 +289,16 @@ void kt_round_bf16(float *x, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         x[i] = util_bf16_to_f32(util_f32_to_bf16(x[i]));
+}
+
+uint16_t *kt_to_dt(float *x, size_t n, int f16)
+{
+    uint16_t *o = xmalloc(sizeof(uint16_t) * (n ? n : 1));
+    for (size_t i = 0; i < n; i++) {
+        o[i] = f16 ? util_f32_to_f16(x[i]) : util_f32_to_bf16(x[i]);
+        x[i] = f16 ? util_f16_to_f32(o[i]) : util_bf16_to_f32(o[i]);
+    }
+    return o;
 }
 
 static void add_row(kt *t, const char *fmt, ...)
@@ -277,6 +382,7 @@ static void run_all(kt *t)
 {
     ktest_elementwise(t);
     ktest_gemv(t);
+    ktest_skinny(t);
     ktest_gemm(t);
     ktest_attention(t);
     ktest_mla(t);
@@ -295,12 +401,20 @@ int main(int argc, char **argv)
         t->compile_only = 1;
         ai++;
     }
-    /* --bench gemv|gemm: tests/gpu/ktest_<family>.c's benchmark instead of the cases */
+    /* --bench gemv|gemm|skinny: tests/gpu/ktest_<family>.c's benchmark instead of the cases */
+    static const struct {
+        const char *family;
+        int (*run)(kt *);
+    } benches[] = {{"gemv", ktest_gemv_bench}, {"gemm", ktest_gemm_bench},
+                   {"skinny", ktest_skinny_bench}};
     const char *bench = NULL;
+    int (*bench_run)(kt *) = NULL;
     if (argc > ai && strcmp(argv[ai], "--bench") == 0) {
-        if (argc <= ai + 1 ||
-            (strcmp(argv[ai + 1], "gemv") != 0 && strcmp(argv[ai + 1], "gemm") != 0))
-            die(t, "--bench: expected the family to benchmark, gemv or gemm; got %s",
+        for (size_t i = 0; argc > ai + 1 && i < sizeof benches / sizeof benches[0]; i++)
+            if (strcmp(argv[ai + 1], benches[i].family) == 0)
+                bench_run = benches[i].run;
+        if (!bench_run)
+            die(t, "--bench: expected the family to benchmark, gemv, gemm or skinny; got %s",
                 argc > ai + 1 ? argv[ai + 1] : "nothing");
         bench = argv[ai + 1];
         ai += 2;
@@ -348,7 +462,7 @@ int main(int argc, char **argv)
            "launch %s (KILN_PDL)\n",
            name, t->arch, nvrtc_version_str(), s0, t->pdl ? "on" : "off");
     if (bench)
-        return (strcmp(bench, "gemv") == 0 ? ktest_gemv_bench(t) : ktest_gemm_bench(t)) ? 1 : 0;
+        return bench_run(t) ? 1 : 0;
     run_all(t);
     printf("\n%-48s %-4s %s\n%s", "KERNEL CASE", "", "RESULT", t->summary ? t->summary : "");
     printf("ktest: %d cases, %d failed (%s, seed %llu)\n", t->cases, t->failures, name, s0);

@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "gemm.h"
 #include "kcuda.h"
 #include "../../kernels/kiln_enums.h"
 
@@ -58,6 +59,25 @@ void kt_free(kt *t, CUdeviceptr d);
 void kt_launch(kt *t, CUfunction f, const char *name, unsigned gx, unsigned gy, unsigned gz,
                unsigned bx, size_t smem, void **args);
 
+/* A driver call whose failure ends the run (exit 2), naming the call, its error and file:line:
+ * KT_CU(t, cuMemAlloc(&d, n)). For the benchmarks, where nothing can go on after one. */
+void kt_cu(kt *t, CUresult rc, const char *call, const char *file, int line);
+#define KT_CU(t, call) kt_cu((t), (t)->cu.call, #call, __FILE__, __LINE__)
+/* Relative L2 difference of two bf16 device arrays of n elements (got against want), after the
+ * stream's work: the benchmarks' check of an output against cuBLASLt's. */
+double kt_rel_l2_bf16(kt *t, CUdeviceptr got, CUdeviceptr want, size_t n);
+/* cuBLASLt (runtime/gemm.c's kgemm_new) for a benchmark's comparison, or NULL after saying on
+ * stderr why it could not load (`why` names the benchmark). */
+kgemm *kt_cublaslt(kt *t, const char *why);
+/* The device-to-device copy bandwidth (bytes read + written per second) of a 1 GiB copy, best of
+ * 5 after a warm-up, as kiln bench measures it (runtime/roofline.c): the benchmarks' roofline.
+ * A failed driver call ends the run. */
+double kt_copy_bw(kt *t);
+
+/* Milliseconds of one replay of graph g (instantiated here), the best of `replays` after a
+ * warm-up replay. A failed driver call ends the run. */
+double kt_graph_ms(kt *t, CUgraph g, int replays);
+
 /* Uniform in [-1, 1). */
 float kt_randf(kt *t);
 void kt_fill(kt *t, float *x, size_t n, float scale);
@@ -66,6 +86,9 @@ uint16_t *kt_to_bf16(const float *x, size_t n);
 float *kt_from_bf16(const uint16_t *x, size_t n);
 /* Rounds x through bf16, so the CPU reference sees exactly the kernel's inputs. */
 void kt_round_bf16(float *x, size_t n);
+/* Rounds x through the storage type (bf16, or f16) in place and returns the 16-bit copy to
+ * upload. */
+uint16_t *kt_to_dt(float *x, size_t n, int f16);
 
 /* Compares and records a summary row; returns 1 when it passes. */
 int kt_check(kt *t, const char *case_name, const float *got, const float *want, size_t n,
@@ -80,11 +103,34 @@ int kt_want(kt *t, const char *case_name);
 double kt_act(int which, double x);
 const char *kt_act_name(int which);
 
+/* ktest_gemv.c's weights and CPU reference, shared with ktest_skinny.c (the same semantics). */
+/* A weight on the host (the values the kernel multiplies) and on the device. */
+typedef struct gweights {
+    int N, K, sbc, kb; /* sbc 0: a 16-bit weight (gemv); else gemv_fp8's, kb scales per row */
+    int g4;            /* gemv_int4's group G (sbc 0), else 0 */
+    float *w;          /* [N, K] the elements' values: bf16/f16, e4m3, or INT4's int4_value */
+    float *scale;      /* [N, kb] gemv_fp8's scales, else NULL */
+    CUdeviceptr dw, ds; /* ds: gemv_fp8's scales or gemv_int4's sz */
+} gweights;
+/* A fresh weight [N, K]: U[-1, 1) * 2/sqrt(K) in the storage type (sbc = g4 = 0, wsc unused),
+ * or gemv_fp8's (sbc) or gemv_int4's (g4) quantised weight; see ktest_gemv.c. */
+void gweights_make(kt *t, gweights *g, int N, int K, int f16, int sbc, float wsc, int g4);
+void gweights_free(kt *t, gweights *g);
+/* The double-precision reference of M rows of x [M, K]: want[m, o] = x[m] . w[n] (+ b[n]; b may
+ * be NULL), gated (w = [gate; up]): act(gate) * up; want is [M, NOUT]. */
+void gemv_ref(const float *x, const gweights *g, const float *b, int M, int gated, int act,
+              float *want);
+
 /* The families; each file tests/gpu/ktest_<family>.c defines one. */
 void ktest_elementwise(kt *t);
 void ktest_gemv(kt *t);
 /* `kiln-ktest --bench gemv`: prints the GEMV's weight bandwidth per shape and M; -1 on a failure. */
 int ktest_gemv_bench(kt *t);
+void ktest_skinny(kt *t);
+/* `kiln-ktest --bench skinny`: gemm_skinny's weight bandwidth at lower_skinny_shape's warps and
+ * splits and around them, against cuBLASLt, on the Llama-3 shapes at 16 to 64 rows; -1 on a
+ * failure. */
+int ktest_skinny_bench(kt *t);
 void ktest_gemm(kt *t);
 /* `kiln-ktest --bench gemm`: kiln's GEMM against cuBLASLt in TFLOP/s per shape and M; -1 on a
  * failure (a launch, or an output that differs from cuBLASLt's). */

@@ -462,26 +462,6 @@ static int bench_time(kt *t, gbench *b, CUfunction f, double *ms)
     return 0;
 }
 
-/* Relative L2 difference of kiln's output and cuBLASLt's (bf16), the sanity check of a row. */
-static int bench_diff(kt *t, gbench *b, double *rel)
-{
-    const size_t n = (size_t)b->M * b->N;
-    uint16_t *a = xmalloc(2 * n), *c = xmalloc(2 * n);
-    BCK(cuStreamSynchronize(t->stream));
-    BCK(cuMemcpyDtoH(a, b->y, 2 * n));
-    BCK(cuMemcpyDtoH(c, b->ylt, 2 * n));
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        const double u = util_bf16_to_f32(a[i]), v = util_bf16_to_f32(c[i]);
-        num += (u - v) * (u - v);
-        den += v * v;
-    }
-    free(a);
-    free(c);
-    *rel = sqrt(num / (den > 0 ? den : 1));
-    return 0;
-}
-
 /* bf16 of U[-1, 1) * scale, n elements, uploaded to d. */
 static int bench_fill(kt *t, CUdeviceptr d, size_t n, float scale)
 {
@@ -515,12 +495,8 @@ int ktest_gemm_bench(kt *t)
     const int h = kt_sm90a(t), k0 = h ? 1 : 0, nk = h ? 2 : 1;
     gbench b;
     memset(&b, 0, sizeof b);
-    kerr e;
-    kerr_clear(&e);
-    if (!(b.lt = kgemm_new(&t->cu, "kiln-ktest --bench gemm", &e))) {
-        fprintf(stderr, "bench gemm: %s\n", kerr_msg(&e));
+    if (!(b.lt = kt_cublaslt(t, "kiln-ktest --bench gemm")))
         return -1;
-    }
     BCK(cuEventCreate(&b.ev[0], 0));
     BCK(cuEventCreate(&b.ev[1], 0));
     printf("bench gemm: bf16 in and out, no bias; each time the best of 3 x 10 back-to-back "
@@ -571,8 +547,10 @@ int ktest_gemm_bench(kt *t)
             }
             for (int k = 0; k < nk && rc == 0; k++) {
                 b.g = &kinds[k0 + k];
-                if (bench_time(t, &b, f[k], &tk[k]) || bench_diff(t, &b, &diff[k]))
+                if (bench_time(t, &b, f[k], &tk[k]))
                     rc = -1;
+                else /* kiln's output against cuBLASLt's, the sanity check of a row */
+                    diff[k] = kt_rel_l2_bf16(t, b.y, b.ylt, (size_t)b.M * N);
             }
             if (rc)
                 break;

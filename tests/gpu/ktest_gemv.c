@@ -123,26 +123,6 @@ typedef struct gcase {
     int g4;      /* 0: gemv or gemv_fp8; else gemv_int4 with G = g4 (K: one group per row) */
 } gcase;
 
-/* Rounds through the storage type and returns the 16-bit copy to upload. */
-static uint16_t *to_dt(float *x, size_t n, int f16)
-{
-    uint16_t *o = xmalloc(sizeof(uint16_t) * (n ? n : 1));
-    for (size_t i = 0; i < n; i++) {
-        o[i] = f16 ? util_f32_to_f16(x[i]) : util_f32_to_bf16(x[i]);
-        x[i] = f16 ? util_f16_to_f32(o[i]) : util_bf16_to_f32(o[i]);
-    }
-    return o;
-}
-
-/* A weight on the host (the values the kernel multiplies) and on the device. */
-typedef struct gweights {
-    int N, K, sbc, kb; /* sbc 0: a 16-bit weight (gemv); else gemv_fp8's, kb scales per row */
-    int g4;            /* gemv_int4's group G (sbc 0), else 0 */
-    float *w;          /* [N, K] the elements' values: bf16/f16, e4m3, or INT4's int4_value */
-    float *scale;      /* [N, kb] gemv_fp8's scales, else NULL */
-    CUdeviceptr dw, ds; /* ds: gemv_fp8's scales or gemv_int4's sz */
-} gweights;
-
 /* A byte drawn uniformly over the 254 non-NaN e4m3 values (all but 0x7f and 0xff). */
 static uint8_t fp8_rand(kt *t)
 {
@@ -230,7 +210,7 @@ static int int_rand(kt *t, int n)
  * SBC = sbc, quantised from that matrix (wsc 0) or uniform bytes with scales ~ wsc, or (g4)
  * gemv_int4's with G = g4: nibbles uniform over 0..15, per (row, group) a zero point uniform
  * over 0..16 and a DT scale ~ (wsc, or 0.25/sqrt(K) for wsc 0) * U[0.5, 1). */
-static void gweights_make(kt *t, gweights *g, int N, int K, int f16, int sbc, float wsc, int g4)
+void gweights_make(kt *t, gweights *g, int N, int K, int f16, int sbc, float wsc, int g4)
 {
     const size_t n = (size_t)N * K;
     memset(g, 0, sizeof *g);
@@ -259,7 +239,7 @@ static void gweights_make(kt *t, gweights *g, int N, int K, int f16, int sbc, fl
     }
     if (!sbc) {
         kt_fill(t, g->w, n, 2.0f / sqrtf((float)K));
-        uint16_t *h = to_dt(g->w, n, f16);
+        uint16_t *h = kt_to_dt(g->w, n, f16);
         g->dw = kt_upload(t, h, sizeof(uint16_t) * n);
         free(h);
         return;
@@ -291,7 +271,7 @@ static void gweights_make(kt *t, gweights *g, int N, int K, int f16, int sbc, fl
     free(q);
 }
 
-static void gweights_free(kt *t, gweights *g)
+void gweights_free(kt *t, gweights *g)
 {
     kt_free(t, g->dw);
     if (g->sbc || g->g4)
@@ -302,8 +282,8 @@ static void gweights_free(kt *t, gweights *g)
 
 /* The double-precision GEMV of M rows of x: want[m, o] = sum_k x[m, k] * w[n, k] (times
  * scale[n, k / sbc] for gemv_fp8) + b[n] (b may be NULL); gated: act(gate) * up. */
-static void gemv_ref(const float *x, const gweights *g, const float *b, int M, int gated, int act,
-                     float *want)
+void gemv_ref(const float *x, const gweights *g, const float *b, int M, int gated, int act,
+              float *want)
 {
     const int N = g->N, K = g->K, NOUT = gated ? N / 2 : N;
     for (int m = 0; m < M; m++) {
@@ -408,8 +388,8 @@ static void gemv_check(kt *t, const gcase *c, CUfunction f, int TH, int M, const
     kt_fill(t, x, (size_t)M * K, 1.0f);
     gweights_make(t, &g, N, K, c->f16, c->sbc, c->wsc, c->g4);
     kt_fill(t, b, (size_t)N, 0.5f);
-    uint16_t *x16 = to_dt(x, (size_t)M * K, c->f16);
-    uint16_t *b16 = to_dt(b, (size_t)N, c->f16);
+    uint16_t *x16 = kt_to_dt(x, (size_t)M * K, c->f16);
+    uint16_t *b16 = kt_to_dt(b, (size_t)N, c->f16);
 
     /* y is sized for MMAX rows so that a write to a row >= M shows (it stays poisoned). */
     const size_t esz = c->f32 ? 4 : 2;
@@ -565,7 +545,7 @@ static void gemv_invariance(kt *t, int N, int K, int M, int mmax, int sbc, int g
     gweights g;
     kt_fill(t, x, (size_t)M * K, 1.0f);
     gweights_make(t, &g, N, K, 0, sbc, 0, g4);
-    uint16_t *x16 = to_dt(x, (size_t)M * K, 0);
+    uint16_t *x16 = kt_to_dt(x, (size_t)M * K, 0);
     CUdeviceptr dx = kt_upload(t, x16, sizeof(uint16_t) * (size_t)M * K);
     CUdeviceptr db = 0, dy = kt_alloc(t, (size_t)mmax * N * 4);
     kiln_step st;
@@ -629,8 +609,8 @@ static void gemv_groups_case(kt *t, int N, int K, int mmax, int gated, int bias,
     kt_fill(t, x, (size_t)MG * K, 1.0f);
     gweights_make(t, &g, N, K, 0, sbc, 0, g4);
     kt_fill(t, b, (size_t)N, 0.5f);
-    uint16_t *x16 = to_dt(x, (size_t)MG * K, 0);
-    uint16_t *b16 = to_dt(b, (size_t)N, 0);
+    uint16_t *x16 = kt_to_dt(x, (size_t)MG * K, 0);
+    uint16_t *b16 = kt_to_dt(b, (size_t)N, 0);
     CUdeviceptr dx = kt_upload(t, x16, sizeof(uint16_t) * (size_t)MG * K);
     CUdeviceptr db = bias ? kt_upload(t, b16, sizeof(uint16_t) * (size_t)N) : 0;
     /* y has MG + 8 rows, so that a write past row M shows at every M */
@@ -1079,7 +1059,7 @@ static void quant_check(kt *t, CUfunction f, int K, int TH, int M, int f16, cons
     float *x = xmalloc(sizeof(float) * n);
     for (int m = 0; m < M; m++)
         quant_row(t, x + (size_t)m * K, K, m);
-    uint16_t *x16 = to_dt(x, n, f16);
+    uint16_t *x16 = kt_to_dt(x, n, f16);
     CUdeviceptr dx = kt_upload(t, x16, sizeof(uint16_t) * n);
     CUdeviceptr dq = kt_alloc(t, n + PAD);
     CUdeviceptr ds = kt_alloc(t, sizeof(float) * ((size_t)M + PAD));
@@ -1453,7 +1433,6 @@ typedef struct bshape {
 typedef struct bbuf {
     CUdeviceptr x, y, w[64]; /* w: copies, cycled so that every launch reads its weights from HBM */
     int copies;
-    CUevent ev[2];
 } bbuf;
 
 /* The microseconds per launch of f, as a CUDA graph of 64 launches (as decode runs them: the time
@@ -1470,7 +1449,6 @@ static int bench_one(kt *t, CUfunction f, unsigned gx, unsigned gy, unsigned thr
     CUdeviceptr db = 0;
     int m_arg = M;
     CUgraph g;
-    CUgraphExec ge;
     BCK(cuStreamBeginCapture(t->stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
     for (int i = 0; i < LAUNCHES; i++) {
         CUdeviceptr dw = b->w[i % b->copies], ds = dw + soff;
@@ -1480,47 +1458,9 @@ static int bench_one(kt *t, CUfunction f, unsigned gx, unsigned gy, unsigned thr
         BCK(cuLaunchKernel(f, gx, gy, 1, threads, 1, 1, 0, t->stream, args, NULL));
     }
     BCK(cuStreamEndCapture(t->stream, &g));
-    BCK(cuGraphInstantiateWithFlags(&ge, g, 0));
-    double best = 0;
-    for (int r = 0; r <= REPLAYS; r++) {
-        float ms = 0;
-        BCK(cuEventRecord(b->ev[0], t->stream));
-        BCK(cuGraphLaunch(ge, t->stream));
-        BCK(cuEventRecord(b->ev[1], t->stream));
-        BCK(cuEventSynchronize(b->ev[1]));
-        BCK(cuEventElapsedTime(&ms, b->ev[0], b->ev[1]));
-        if (r > 0 && (best == 0 || ms < best))
-            best = ms;
-    }
-    BCK(cuGraphExecDestroy(ge));
+    const double best = kt_graph_ms(t, g, REPLAYS);
     BCK(cuGraphDestroy(g));
     *us = best * 1e3 / LAUNCHES;
-    return 0;
-}
-
-/* The device-to-device copy bandwidth (bytes read + written per second) of a 1 GiB copy, best of
- * 5, as kiln bench measures it (runtime/roofline.c). */
-static int bench_copy(kt *t, const bbuf *b, double *bw)
-{
-    const size_t n = (size_t)1 << 30;
-    CUdeviceptr s, d;
-    BCK(cuMemAlloc(&s, n));
-    BCK(cuMemAlloc(&d, n));
-    BCK(cuMemsetD8(s, 1, n));
-    float best = 0;
-    for (int r = 0; r < 6; r++) {
-        float ms = 0;
-        BCK(cuEventRecord(b->ev[0], t->stream));
-        BCK(cuMemcpyDtoDAsync(d, s, n, t->stream));
-        BCK(cuEventRecord(b->ev[1], t->stream));
-        BCK(cuEventSynchronize(b->ev[1]));
-        BCK(cuEventElapsedTime(&ms, b->ev[0], b->ev[1]));
-        if (r > 0 && (best == 0 || ms < best))
-            best = ms;
-    }
-    BCK(cuMemFree(s));
-    BCK(cuMemFree(d));
-    *bw = best > 0 ? 2.0 * (double)n / (best * 1e-3) : 0;
     return 0;
 }
 
@@ -1691,11 +1631,7 @@ int ktest_gemv_bench(kt *t)
     free(path);
     bbuf b;
     memset(&b, 0, sizeof b);
-    BCK(cuEventCreate(&b.ev[0], 0));
-    BCK(cuEventCreate(&b.ev[1], 0));
-    double copy_bw = 0;
-    if (bench_copy(t, &b, &copy_bw) || copy_bw <= 0)
-        return -1;
+    const double copy_bw = kt_copy_bw(t);
     printf("bench gemv: weight bytes per second of each launch (in a CUDA graph of 64, so with "
            "the gaps between kernels), and as a ratio of the copy bandwidth %.0f GB/s.\n"
            "old = the FMA kernel of kiln 4ed27e5 (gemv_v0.cuh); new = gemv.cuh at lower.c's "

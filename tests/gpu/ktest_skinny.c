@@ -1,0 +1,648 @@
+/* ktest_skinny — kernel tests of templates/gemv.cuh's gemm_skinny (the GEMM of steps of 9 to 64
+ * rows: one warp per 16-row weight tile as in gemv, x staged in shared memory for the block's
+ * WARPS tiles, K split across SPLITS blocks whose partials the last-arriving block adds in a fixed
+ * order) against the CPU reference of ktest_gemv.c (gemv_ref, the same semantics), and
+ * `kiln-ktest --bench skinny`: its weight bandwidth against cuBLASLt on the Llama-3 shapes.
+ *
+ * Inputs as ktest_gemv.c's (x ~ U[-1, 1), w ~ U[-1, 1) * 2/sqrt(K), bias ~ U[-0.5, 0.5), rounded
+ * through the storage type, so the double reference sees the kernel's inputs), and its
+ * tolerances for the same reasons (the kernel's numerics are gemv's: float sums of chains of at
+ * most 8 mma, one rounding of the output): relative L2 1e-2 for a bf16/f16 output, 1e-5 for a
+ * float one. Every case launches the launch rule of kernels/kiln_gemm.h (grid (ceil(TILES /
+ * WARPS), SPLITS), block 32 * WARPS) with the wrapper written as lower.c writes a kernel
+ * (__launch_bounds__(32 * WARPS)), WARPS and SPLITS those of lower_skinny_shape unless the case
+ * names them. The cases cover M = 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64 at MMAX 64 (and
+ * MMAX 16 and 32), gated and not, bias, float output, bf16 and f16, N not a multiple of the
+ * 16-row tile (gated: N/2 not a multiple of 8), K not a multiple of the 128-element slice (520,
+ * 1000), shorter than one (64, 8), 4096 and 14336, SPLITS 1, 2, 4, 8 and 16 (and more parts
+ * than slices, parts without a slice: K = 256 in 4 parts, K = 64 in 2, K = 520 in 8), WARPS 1, 4
+ * and 8 with TILES not a multiple of WARPS (N = 1000: 63 tiles; gated N = 1998: 125; N = 37: 3
+ * tiles, 5 warps of the block without one), and the Llama 8B/1B linears at M = 16 and 64 at
+ * lower_skinny_shape's pick. There the double reference of every row would take minutes: only
+ * rows 0, 1, M/2 and M - 1 are compared (all rows are in the checks below).
+ *
+ * Each launch of a case also checks, beyond the reference:
+ *   - y is a buffer of MMAX rows, poisoned: rows M..MMAX-1 must keep the poison;
+ *   - part (SPLITS > 1) starts poisoned too (the kernel must write before it reads), and is null
+ *     for SPLITS 1; count starts zero and must be all zero after the launch (the contract: every
+ *     launch leaves it so, which CUDA graphs replaying the launch rely on);
+ *   - a second launch on the same inputs into a freshly poisoned y gives the same bytes, bit for
+ *     bit (the split-K sum's order does not depend on which block arrives last), and leaves count
+ *     zero again.
+ * skinny/invariance checks batch invariance bit for bit (float output): rows 0, 7, 8, 37 and 63
+ * of a launch with M = 64 equal the same row launched alone (M = 1, x pointing at that row);
+ * the kernel's per-row result must depend only on that row, never on M.
+ *
+ * The benchmark: gemm_skinny (bf16, no bias, MMAX 64) at lower_skinny_shape's WARPS/SPLITS, at 4
+ * and 8 warps with those splits, and at half and twice the splits, on the 8B and 1B linears at
+ * M = 16, 32 and 64, each launch in a CUDA graph of back-to-back launches (with PDL where the
+ * runtime uses it: kcuda_launch with t->pdl) cycling over copies of the weight (so that it
+ * comes from HBM, not L2), the best of 3 replays; reported as weight bytes per second and as a
+ * ratio of the device-to-device copy bandwidth, beside cuBLASLt's time (runtime/gemm.c's
+ * kgemm_run in the same kind of graph, on the same copies) at the same M, N, K (for gated shapes
+ * the plain [M, N] product: cuBLASLt has no gated epilogue), and the throughput ratio
+ * skinny/cuBLASLt. Non-gated shapes also compare skinny's output with cuBLASLt's (relative L2).
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ktest.h"
+#include "lower.h"
+#include "util.h"
+#include "../../kernels/kiln_gemm.h"
+#include "../../kernels/kiln_step.h"
+
+typedef struct scase {
+    int N, K, mmax;
+    int ms[13]; /* the rows M to run (one kernel for all), 0-terminated */
+    int bias, gated, act, f32, f16;
+    int warps, splits; /* 0: lower_skinny_shape's */
+} scase;
+
+/* One kernel instance: the shape, the template arguments and its launch geometry. */
+typedef struct skern {
+    int N, K, mmax, bias, gated, act, f32, f16, warps, splits;
+    int nout, tiles;
+    CUfunction f;
+} skern;
+
+/* lower_skinny_shape's WARPS and SPLITS where k has none, then the launch rule's numbers. */
+static void skern_shape(skern *k)
+{
+    int w = 0, s = 0;
+    lower_skinny_shape(k->N, k->K, k->gated, &w, &s);
+    if (!k->warps)
+        k->warps = w;
+    if (!k->splits)
+        k->splits = s;
+    k->nout = k->gated ? k->N / 2 : k->N;
+    k->tiles = k->gated ? (k->nout + 7) / 8 : (k->nout + 15) / 16;
+}
+
+/* The kernel's wrapper k_skinny, as lower.c writes a kernel: extern "C", __launch_bounds__ of
+ * the block, the template's own parameter list; compiled and loaded into k->f. 0, or -1 when it
+ * did not compile (the failure is recorded with its log). */
+static int skern_build(kt *t, skern *k, const char *name)
+{
+    const char *dt = k->f16 ? "kiln::f16" : "kiln::bf16";
+    char src[1024];
+    snprintf(src, sizeof src,
+             "#include \"gemv.cuh\"\n"
+             "extern \"C\" __global__ void __launch_bounds__(%d)\n"
+             "k_skinny(const kiln_step st, const %s *x, const %s *w, const %s *bias, void *y, "
+             "float *part, unsigned *count, int M)\n"
+             "{\n"
+             "    kiln::gemm_skinny<%s, %d, %d, %d, %s, %s, %d, %s, %d, %d>(st, x, w, bias, y, "
+             "part, count, M);\n"
+             "}\n",
+             32 * k->warps, dt, dt, dt, dt, k->N, k->K, k->mmax, k->bias ? "true" : "false",
+             k->gated ? "true" : "false", k->act, k->f32 ? "true" : "false", k->warps, k->splits);
+    CUmodule m = kt_module(t, name, src);
+    if (!m && !t->compile_only)
+        return -1;
+    k->f = kt_func(t, m, "k_skinny");
+    return 0;
+}
+
+/* A launch's buffers: x, w (the caller's), bias (or 0), part ([KILN_SKINNY_PART] floats,
+ * poisoned, so the kernel must write what it reads; 0 for SPLITS 1) and count ([TILES], zero). */
+typedef struct sbufs {
+    CUdeviceptr x, w, b, part, count;
+} sbufs;
+
+/* A launch's inputs: x [M, K] (f16: in f16, else bf16) and bias [N] on the host, rounded through
+ * the storage type (the reference's inputs), a fresh weight, and the device buffers. */
+typedef struct sinputs {
+    float *x, *b;
+    gweights g;
+    sbufs d;
+} sinputs;
+
+static void sinputs_make(kt *t, const skern *k, int M, sinputs *in)
+{
+    const size_t nx = (size_t)M * k->K, nb = (size_t)k->N;
+    in->x = xmalloc(sizeof(float) * nx);
+    in->b = xmalloc(sizeof(float) * nb);
+    kt_fill(t, in->x, nx, 1.0f);
+    kt_fill(t, in->b, nb, 0.5f);
+    gweights_make(t, &in->g, k->N, k->K, k->f16, 0, 0, 0);
+    uint16_t *h = kt_to_dt(in->x, nx, k->f16);
+    in->d.x = kt_upload(t, h, sizeof(uint16_t) * nx);
+    free(h);
+    h = kt_to_dt(in->b, nb, k->f16);
+    in->d.b = k->bias ? kt_upload(t, h, sizeof(uint16_t) * nb) : 0;
+    free(h);
+    in->d.w = in->g.dw;
+    const long long pf = KILN_SKINNY_PART(k->splits, k->tiles, k->mmax);
+    in->d.part = pf ? kt_alloc(t, sizeof(float) * (size_t)pf) : 0;
+    unsigned *zero = xcalloc((size_t)k->tiles, sizeof(unsigned));
+    in->d.count = kt_upload(t, zero, sizeof(unsigned) * (size_t)k->tiles);
+    free(zero);
+}
+
+static void sinputs_free(kt *t, sinputs *in)
+{
+    kt_free(t, in->d.x);
+    if (in->d.b)
+        kt_free(t, in->d.b);
+    if (in->d.part)
+        kt_free(t, in->d.part);
+    kt_free(t, in->d.count);
+    gweights_free(t, &in->g);
+    free(in->x);
+    free(in->b);
+}
+
+/* Bytes of one row of y. */
+static size_t y_row(const skern *k) { return (size_t)k->nout * (k->f32 ? 4 : 2); }
+
+/* Output i of y's bytes as float. */
+static float y_value(const skern *k, const unsigned char *y, size_t i)
+{
+    if (k->f32) {
+        float v;
+        memcpy(&v, y + 4 * i, 4);
+        return v;
+    }
+    uint16_t h;
+    memcpy(&h, y + 2 * i, 2);
+    return k->f16 ? util_f16_to_f32(h) : util_bf16_to_f32(h);
+}
+
+/* One launch of k by the launch rule on M rows of x (at x) into y; returns how many of the
+ * TILES counters are not zero afterwards (the contract: none). */
+static int skern_run(kt *t, const skern *k, const char *name, const sbufs *d, CUdeviceptr x,
+                     CUdeviceptr y, int M)
+{
+    kiln_step st;
+    memset(&st, 0, sizeof st);
+    st.T = st.n_seqs = M;
+    int m_arg = M;
+    CUdeviceptr xa = x, wa = d->w, ba = d->b, ya = y, pa = d->part, ca = d->count;
+    void *args[] = {&st, &xa, &wa, &ba, &ya, &pa, &ca, &m_arg};
+    kt_launch(t, k->f, name, (unsigned)((k->tiles + k->warps - 1) / k->warps),
+              (unsigned)k->splits, 1, 32u * (unsigned)k->warps, 0, args);
+    unsigned *c = xmalloc(sizeof(unsigned) * (size_t)k->tiles);
+    kt_download(t, c, d->count, sizeof(unsigned) * (size_t)k->tiles);
+    int nz = 0;
+    for (int i = 0; i < k->tiles; i++)
+        nz += c[i] != 0;
+    free(c);
+    return nz;
+}
+
+/* The rows of an M-row launch compared with the double reference: all of them, or where that
+ * would take long (the Llama shapes), rows 0, 1, M/2 and M - 1. Returns how many, into rows. */
+static int ref_rows(int M, const skern *k, int rows[KILN_SKINNY_MAX])
+{
+    if ((double)M * k->N * k->K <= (double)(1 << 28)) {
+        for (int r = 0; r < M; r++)
+            rows[r] = r;
+        return M;
+    }
+    const int pick[4] = {0, 1, M / 2, M - 1};
+    int n = 0;
+    for (int i = 0; i < 4; i++)
+        if (pick[i] < M && (n == 0 || pick[i] > rows[n - 1]))
+            rows[n++] = pick[i];
+    return n;
+}
+
+/* One M of a case: fresh inputs, two launches (each into a freshly poisoned y), then in order:
+ * the counters left zero, nothing written past row M, the two launches' bytes identical, and
+ * the rows against the reference. */
+static void skinny_check(kt *t, const skern *k, int M, const char *name)
+{
+    if (t->compile_only)
+        return; /* the kernel is compiled; the inputs and the reference would be unused */
+    const int K = k->K, NOUT = k->nout;
+    sinputs in;
+    sinputs_make(t, k, M, &in);
+    const float *bias = k->bias ? in.b : NULL;
+    const size_t row = y_row(k), ybytes = (size_t)k->mmax * row, used = (size_t)M * row;
+    unsigned char *yb[2];
+    int nz[2];
+    for (int i = 0; i < 2; i++) {
+        CUdeviceptr dy = kt_alloc(t, ybytes);
+        nz[i] = skern_run(t, k, name, &in.d, in.d.x, dy, M);
+        yb[i] = xmalloc(ybytes);
+        kt_download(t, yb[i], dy, ybytes);
+        kt_free(t, dy);
+    }
+    size_t touched = 0, first = 0, differ = (size_t)-1;
+    for (size_t i = used; i < ybytes; i++)
+        if (yb[0][i] != 0xFF && touched++ == 0)
+            first = i;
+    for (size_t i = 0; i < ybytes && differ == (size_t)-1; i++)
+        if (yb[0][i] != yb[1][i])
+            differ = i;
+    char msg[240];
+    if (nz[0] || nz[1]) {
+        snprintf(msg, sizeof msg, "count not all zero after launch %d: %d of %d tile counters "
+                 "(the next launch would add the wrong parts)", nz[0] ? 1 : 2,
+                 nz[0] ? nz[0] : nz[1], k->tiles);
+        kt_result(t, name, 0, msg);
+    } else if (touched) {
+        snprintf(msg, sizeof msg,
+                 "wrote %zu bytes past row M=%d (first at output row %zu, col %zu)", touched, M,
+                 first / row, first % row / (k->f32 ? 4 : 2));
+        kt_result(t, name, 0, msg);
+    } else if (differ != (size_t)-1) {
+        snprintf(msg, sizeof msg, "NOT DETERMINISTIC: a second launch on the same inputs differs "
+                 "at row %zu col %zu (%.9g, then %.9g)", differ / row,
+                 differ % row / (k->f32 ? 4 : 2), y_value(k, yb[0], differ / (k->f32 ? 4 : 2)),
+                 y_value(k, yb[1], differ / (k->f32 ? 4 : 2)));
+        kt_result(t, name, 0, msg);
+    } else {
+        int rows[KILN_SKINNY_MAX];
+        const int nr = ref_rows(M, k, rows);
+        float *got = xmalloc(sizeof(float) * (size_t)nr * NOUT);
+        float *want = xmalloc(sizeof(float) * (size_t)nr * NOUT);
+        if (nr == M)
+            gemv_ref(in.x, &in.g, bias, M, k->gated, k->act, want);
+        for (int i = 0; i < nr; i++) {
+            if (nr != M)
+                gemv_ref(in.x + (size_t)rows[i] * K, &in.g, bias, 1, k->gated, k->act,
+                         want + (size_t)i * NOUT);
+            for (int o = 0; o < NOUT; o++)
+                got[(size_t)i * NOUT + o] = y_value(k, yb[0], (size_t)rows[i] * NOUT + o);
+        }
+        kt_check(t, name, got, want, (size_t)nr * NOUT, k->f32 ? 1e-5 : 1e-2);
+        free(got);
+        free(want);
+    }
+    sinputs_free(t, &in);
+    free(yb[0]);
+    free(yb[1]);
+}
+
+/* A case's label after "skinny/N=.. K=.. M=..": MMAX, gated and its activation, bias, f32, f16,
+ * warps and splits. */
+static void skern_label(const skern *k, char *out, size_t n)
+{
+    snprintf(out, n, " MMAX=%d%s%s%s%s%s warps=%d splits=%d", k->mmax, k->gated ? " gated " : "",
+             k->gated ? kt_act_name(k->act) : "", k->bias ? " bias" : "", k->f32 ? " f32" : "",
+             k->f16 ? " f16" : "", k->warps, k->splits);
+}
+
+/* A case: its kernel compiled once, run for each M of c->ms. */
+static void skinny_case(kt *t, const scase *c)
+{
+    skern k = {.N = c->N, .K = c->K, .mmax = c->mmax, .bias = c->bias, .gated = c->gated,
+               .act = c->act, .f32 = c->f32, .f16 = c->f16, .warps = c->warps,
+               .splits = c->splits};
+    skern_shape(&k);
+    char opts[160];
+    skern_label(&k, opts, sizeof opts);
+    int compiled = 0;
+    for (int i = 0; i < 13 && c->ms[i]; i++) {
+        char name[240];
+        snprintf(name, sizeof name, "skinny/N=%d K=%d M=%d%s", c->N, c->K, c->ms[i], opts);
+        if (!kt_want(t, name))
+            continue;
+        if (!compiled && skern_build(t, &k, name))
+            return; /* the compile failure is recorded with its log */
+        compiled = 1;
+        skinny_check(t, &k, c->ms[i], name);
+    }
+}
+
+/* Batch invariance, bit for bit (float output): rows 0, 7, 8, 37 and 63 of a launch with M = 64
+ * against the same row launched alone (M = 1, x and y at that row). */
+static void skinny_invariance(kt *t, int N, int K, int gated, int warps, int splits)
+{
+    enum { M = 64 };
+    static const int rows[] = {0, 7, 8, 37, 63};
+    skern k = {.N = N, .K = K, .mmax = M, .gated = gated, .act = KILN_ACT_SILU, .f32 = 1,
+               .warps = warps, .splits = splits};
+    skern_shape(&k);
+    char name[240], opts[160];
+    skern_label(&k, opts, sizeof opts);
+    snprintf(name, sizeof name, "skinny/invariance N=%d K=%d M=%d vs 1%s", N, K, M, opts);
+    if (!kt_want(t, name) || skern_build(t, &k, name) || t->compile_only)
+        return;
+    sinputs in;
+    sinputs_make(t, &k, M, &in);
+    const size_t row = y_row(&k), ybytes = (size_t)M * row;
+    CUdeviceptr dall = kt_alloc(t, ybytes), dalone = kt_alloc(t, ybytes);
+    int nz = skern_run(t, &k, name, &in.d, in.d.x, dall, M);
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
+        nz += skern_run(t, &k, name, &in.d, in.d.x + (CUdeviceptr)rows[i] * K * 2,
+                        dalone + (CUdeviceptr)rows[i] * row, 1);
+    unsigned char *all = xmalloc(ybytes), *alone = xmalloc(ybytes);
+    kt_download(t, all, dall, ybytes);
+    kt_download(t, alone, dalone, ybytes);
+    char msg[300];
+    int ok = nz == 0;
+    if (!ok)
+        snprintf(msg, sizeof msg, "count not all zero after a launch (%d tile counters)", nz);
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0] && ok; i++) {
+        const size_t r0 = (size_t)rows[i] * row;
+        for (int o = 0; o < k.nout && ok; o++) /* the poison is NaN: both unwritten is no pass */
+            if (!isfinite(y_value(&k, all, (size_t)rows[i] * k.nout + o))) {
+                snprintf(msg, sizeof msg, "row %d col %d of the M=%d launch not written (NaN)",
+                         rows[i], o, M);
+                ok = 0;
+            }
+        for (size_t b = 0; b < row && ok; b++)
+            if (all[r0 + b] != alone[r0 + b]) {
+                const size_t col = b / 4;
+                snprintf(msg, sizeof msg,
+                         "BATCH INVARIANCE BROKEN: row %d of the M=%d launch differs from that "
+                         "row launched alone (M=1) at column %zu: %.9g vs %.9g alone",
+                         rows[i], M, col, y_value(&k, all, (size_t)rows[i] * k.nout + col),
+                         y_value(&k, alone, (size_t)rows[i] * k.nout + col));
+                ok = 0;
+            }
+    }
+    if (ok)
+        snprintf(msg, sizeof msg, "rows 0, 7, 8, 37, 63 at M=%d identical to each alone (%d cols)",
+                 M, k.nout);
+    kt_result(t, name, ok, msg);
+    kt_free(t, dall);
+    kt_free(t, dalone);
+    sinputs_free(t, &in);
+    free(all);
+    free(alone);
+}
+
+/* The Llama-3 8B and 1B linears (w [N, K]; gated: gate_up, [gate; up]), the cases' and the
+ * benchmark's. */
+static const struct {
+    const char *name;
+    int N, K, gated;
+} llama[] = {
+    {"8B qkv", 6144, 4096, 0},     {"8B o", 4096, 4096, 0},  {"8B gate_up", 28672, 4096, 1},
+    {"8B down", 4096, 14336, 0},   {"1B qkv", 3072, 2048, 0}, {"1B o", 2048, 2048, 0},
+    {"1B gate_up", 16384, 2048, 1}, {"1B down", 2048, 8192, 0},
+};
+enum { NLLAMA = sizeof llama / sizeof llama[0] };
+
+void ktest_skinny(kt *t)
+{
+#define M12 {1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64}
+    static const scase cases[] = {
+        /* every M at MMAX 64: N = 1000 is 63 tiles (not a multiple of 16 rows, nor of 8 warps),
+         * K = 520 four slices and a partial one (lower: 1 split); gated N = 1998 is 999
+         * outputs (125 tiles of 8, the last partial), K = 1000 (lower: 2 splits) */
+        {.N = 1000, .K = 520, .mmax = 64, .ms = M12, .bias = 1},
+        {.N = 1998, .K = 1000, .mmax = 64, .ms = M12, .gated = 1, .act = KILN_ACT_SILU},
+        /* MMAX 16 and 32 */
+        {.N = 1000, .K = 520, .mmax = 16, .ms = {1, 9, 16}, .bias = 1},
+        {.N = 1000, .K = 1000, .mmax = 32, .ms = {5, 17, 32}, .f16 = 1},
+        {.N = 1998, .K = 520, .mmax = 32, .ms = {8, 31}, .bias = 1, .gated = 1,
+         .act = KILN_ACT_GELU},
+        /* float output */
+        {.N = 1000, .K = 1000, .mmax = 64, .ms = {9, 64}, .bias = 1, .f32 = 1},
+        {.N = 1998, .K = 520, .mmax = 64, .ms = {33}, .gated = 1, .act = KILN_ACT_SILU,
+         .f32 = 1},
+        /* f16 storage */
+        {.N = 1000, .K = 520, .mmax = 64, .ms = {16, 63}, .bias = 1, .f16 = 1},
+        {.N = 1998, .K = 1000, .mmax = 64, .ms = {17, 64}, .gated = 1, .act = KILN_ACT_RELU,
+         .f16 = 1},
+        /* K shorter than one 128-element slice */
+        {.N = 200, .K = 64, .mmax = 64, .ms = {1, 17, 64}},
+        {.N = 37, .K = 8, .mmax = 64, .ms = {9, 64}, .bias = 1},
+        {.N = 128, .K = 64, .mmax = 64, .ms = {15}, .gated = 1, .act = KILN_ACT_GELU_TANH},
+        /* long K (lower: 8 and 16 splits), and one warp a block in 8 parts */
+        {.N = 512, .K = 4096, .mmax = 64, .ms = {16, 64}},
+        {.N = 256, .K = 14336, .mmax = 64, .ms = {9, 64}, .bias = 1},
+        {.N = 200, .K = 14336, .mmax = 64, .ms = {33}, .warps = 1, .splits = 8},
+        /* split-K 1, 2 and 8 over 8, 4 and 1 warps (63 tiles: a partial last block) */
+        {.N = 1000, .K = 4096, .mmax = 64, .ms = {7, 64}, .warps = 8, .splits = 1},
+        {.N = 1000, .K = 4096, .mmax = 64, .ms = {17, 64}, .bias = 1, .warps = 4, .splits = 2},
+        {.N = 1000, .K = 4096, .mmax = 64, .ms = {1, 32, 64}, .warps = 1, .splits = 8},
+        {.N = 1998, .K = 4096, .mmax = 64, .ms = {16, 63}, .gated = 1, .act = KILN_ACT_SILU,
+         .warps = 4, .splits = 8},
+        /* more parts than slices: parts with no slice add zeros (K = 256: 2 slices in 4 parts;
+         * K = 64: 1 in 2; K = 520: 5 in 8) */
+        {.N = 1000, .K = 256, .mmax = 64, .ms = {1, 33, 64}, .warps = 4, .splits = 4},
+        {.N = 200, .K = 64, .mmax = 64, .ms = {64}, .f32 = 1, .warps = 8, .splits = 2},
+        {.N = 1000, .K = 520, .mmax = 64, .ms = {64}, .warps = 8, .splits = 8},
+    };
+#undef M12
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        skinny_case(t, &cases[i]);
+    /* the Llama linears at lower_skinny_shape's pick, as the runtime runs them */
+    for (int i = 0; i < NLLAMA; i++) {
+        scase c = {.N = llama[i].N, .K = llama[i].K, .mmax = KILN_SKINNY_MAX, .ms = {16, 64},
+                   .gated = llama[i].gated, .act = KILN_ACT_SILU};
+        skinny_case(t, &c);
+    }
+    skinny_invariance(t, 1000, 1000, 0, 0, 0);
+    skinny_invariance(t, 1000, 520, 0, 4, 8);
+    skinny_invariance(t, 4096, 4096, 0, 0, 0);
+    skinny_invariance(t, 4096, 14336, 0, 0, 0);
+    skinny_invariance(t, 16384, 2048, 1, 0, 0);
+}
+
+/* ---------------------------------------------------------------- kiln-ktest --bench skinny */
+
+/* One shape's buffers: x [64, K], y [64, NOUT] (skinny) and ylt [64, N] (cuBLASLt), bf16; part
+ * for the most splits measured, count [TILES] (zero, and every launch leaves it so); copies of
+ * the weight, cycled so that every launch reads its weight from HBM (H200's L2: 50 MB). */
+typedef struct sbench {
+    kgemm *lt;
+    CUdeviceptr x, y, ylt, part, count, w[64];
+    int copies;
+} sbench;
+
+enum { BENCH_LAUNCHES = 32, BENCH_REPLAYS = 3 };
+
+/* Microseconds per launch: BENCH_LAUNCHES launches captured back to back in a CUDA graph,
+ * launch i reading weight copy i % copies, the best of BENCH_REPLAYS replays after a warm-up.
+ * k: gemm_skinny (kcuda_launch, with PDL where the runtime uses it), or NULL: cuBLASLt's plain
+ * [M, N] product. -1 when a launch fails (said on stderr). */
+static int bench_graph(kt *t, sbench *b, const skern *k, int M, int N, int K, double *us)
+{
+    kiln_step st;
+    memset(&st, 0, sizeof st);
+    st.T = st.n_seqs = M;
+    int m_arg = M;
+    CUdeviceptr nob = 0;
+    kerr e;
+    kerr_clear(&e);
+    /* cuBLASLt's first call for a shape picks its algorithm (host work): outside the graph */
+    int rc = k ? 0 : kgemm_run(b->lt, t->stream, 0, 0, 0, M, N, K, b->x, K, b->w[0], 0, b->ylt,
+                               N, &e);
+    CUgraph g = NULL;
+    if (rc == 0)
+        KT_CU(t, cuStreamBeginCapture(t->stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
+    for (int i = 0; i < BENCH_LAUNCHES && rc == 0; i++) {
+        CUdeviceptr w = b->w[i % b->copies];
+        if (k) {
+            void *args[] = {&st, &b->x, &w, &nob, &b->y, &b->part, &b->count, &m_arg};
+            rc = kcuda_launch(&t->cu, k->f, (unsigned)((k->tiles + k->warps - 1) / k->warps),
+                              (unsigned)k->splits, 1, 32u * (unsigned)k->warps, 0, t->stream,
+                              args, t->pdl, &e);
+        } else {
+            rc = kgemm_run(b->lt, t->stream, 0, 0, 0, M, N, K, b->x, K, w, 0, b->ylt, N, &e);
+        }
+        if (rc && t->cu.cuStreamEndCapture(t->stream, &g) == CUDA_SUCCESS && g)
+            t->cu.cuGraphDestroy(g); /* the failed capture ends, and its graph with it */
+    }
+    if (rc) {
+        fprintf(stderr, "bench skinny: %s\n", kerr_msg(&e));
+        return -1;
+    }
+    KT_CU(t, cuStreamEndCapture(t->stream, &g));
+    *us = kt_graph_ms(t, g, BENCH_REPLAYS) * 1e3 / BENCH_LAUNCHES;
+    KT_CU(t, cuGraphDestroy(g));
+    return 0;
+}
+
+/* A fresh device array of n bf16 elements U[-1, 1) * scale. */
+static CUdeviceptr bench_rand(kt *t, size_t n, float scale)
+{
+    float *f = xmalloc(sizeof(float) * n);
+    kt_fill(t, f, n, scale);
+    uint16_t *h = kt_to_bf16(f, n);
+    CUdeviceptr d = kt_upload(t, h, 2 * n);
+    free(f);
+    free(h);
+    return d;
+}
+
+/* The columns of the table: lower_skinny_shape's pick, then 4 and 8 warps at its splits, then
+ * its warps at half (none below 1) and twice its splits. */
+enum { BENCH_COLS = 5 };
+
+/* Shape s's kernels, one per column (columns of the same warps and splits share one; a column
+ * without a kernel has f NULL): 0, or -1 when one did not compile. */
+static int bench_kernels(kt *t, int s, skern k[BENCH_COLS])
+{
+    skern base = {.N = llama[s].N, .K = llama[s].K, .mmax = KILN_SKINNY_MAX,
+                  .gated = llama[s].gated, .act = KILN_ACT_SILU};
+    skern_shape(&base);
+    const int W = base.warps, S = base.splits;
+    const int cw[BENCH_COLS] = {W, 4, 8, W, W}, cs[BENCH_COLS] = {S, S, S, S / 2, 2 * S};
+    for (int c = 0; c < BENCH_COLS; c++) {
+        k[c] = base;
+        k[c].warps = cw[c];
+        k[c].splits = cs[c];
+        k[c].f = NULL;
+        for (int p = 0; p < c && cs[c] > 0; p++)
+            if (cw[p] == cw[c] && cs[p] == cs[c])
+                k[c].f = k[p].f;
+        if (k[c].f || cs[c] == 0)
+            continue;
+        char name[160];
+        snprintf(name, sizeof name, "bench skinny %s warps=%d splits=%d", llama[s].name, cw[c],
+                 cs[c]);
+        if (skern_build(t, &k[c], name))
+            return -1;
+    }
+    return 0;
+}
+
+/* One shape: its kernels, its buffers, and a row of the table per M. sum64, n64: the sum and
+ * count of the ratios skinny/cuBLASLt at M = 64 of the 8B shapes. */
+static int bench_shape(kt *t, sbench *b, int s, double copy_bw, double *sum64, int *n64)
+{
+    static const int ms[] = {16, 32, 64};
+    const int N = llama[s].N, K = llama[s].K;
+    skern k[BENCH_COLS];
+    if (bench_kernels(t, s, k))
+        return -1;
+    const int tiles = k[0].tiles;
+    const size_t wbytes = (size_t)N * K * 2;
+    b->copies = (int)((((size_t)512 << 20) + wbytes - 1) / wbytes);
+    b->copies = b->copies > 64 ? 64 : b->copies < 2 ? 2 : b->copies;
+    b->w[0] = bench_rand(t, (size_t)N * K, 2.0f / sqrtf((float)K));
+    for (int i = 1; i < b->copies; i++) {
+        KT_CU(t, cuMemAlloc(&b->w[i], wbytes));
+        KT_CU(t, cuMemcpyDtoD(b->w[i], b->w[0], wbytes));
+    }
+    b->x = bench_rand(t, (size_t)KILN_SKINNY_MAX * K, 1.0f);
+    b->y = kt_alloc(t, (size_t)KILN_SKINNY_MAX * k[0].nout * 2);
+    b->ylt = kt_alloc(t, (size_t)KILN_SKINNY_MAX * N * 2);
+    b->part = kt_alloc(t, sizeof(float) * (size_t)KILN_SKINNY_PART(k[4].splits, tiles,
+                                                                    KILN_SKINNY_MAX));
+    unsigned *cnt = xcalloc((size_t)tiles, sizeof(unsigned));
+    b->count = kt_upload(t, cnt, sizeof(unsigned) * (size_t)tiles);
+    int rc = 0;
+    for (size_t mi = 0; mi < sizeof ms / sizeof ms[0] && rc == 0; mi++) {
+        const int M = ms[mi];
+        double us[BENCH_COLS] = {0}, ult = 0, diff = 0;
+        rc = bench_graph(t, b, NULL, M, N, K, &ult);
+        for (int c = BENCH_COLS - 1; c >= 0 && rc == 0; c--) /* the pick last: its y compared */
+            if (k[c].f)
+                rc = bench_graph(t, b, &k[c], M, N, K, &us[c]);
+        if (rc)
+            break;
+        if (!llama[s].gated)
+            diff = kt_rel_l2_bf16(t, b->y, b->ylt, (size_t)M * N);
+#define GBS(u) ((u) > 0 ? (double)wbytes / ((u) * 1e-6) / 1e9 : 0.0)
+        char half[16] = "     -";
+        if (k[3].f)
+            snprintf(half, sizeof half, "%6.0f", GBS(us[3]));
+        printf("%-10s %5d %5d %2d | %2d/%-2d %5.0f %4.2f %6.1f | %5.0f %5.0f %s %5.0f | %6.1f "
+               "%5.0f | %5.2f | ",
+               llama[s].name, N, K, M, k[0].warps, k[0].splits, GBS(us[0]),
+               GBS(us[0]) * 1e9 / copy_bw, us[0], GBS(us[1]), GBS(us[2]), half, GBS(us[4]), ult,
+               GBS(ult), ult / us[0]);
+#undef GBS
+        /* both round a float sum to bf16 once: about one bf16 ulp apart in a few outputs (rel
+         * ~1e-3 at most); a wrong kernel differs by ~1 */
+        if (llama[s].gated)
+            printf("(gated: not comparable)\n");
+        else
+            printf("%.1e %s\n", diff, diff <= 1e-2 ? "ok" : "MISMATCH (skinny's output is wrong)");
+        if (!(diff <= 1e-2))
+            rc = -1;
+        if (M == 64 && strncmp(llama[s].name, "8B", 2) == 0) {
+            *sum64 += ult / us[0];
+            (*n64)++;
+        }
+        fflush(stdout);
+    }
+    kt_download(t, cnt, b->count, sizeof(unsigned) * (size_t)tiles);
+    for (int i = 0; i < tiles && rc == 0; i++)
+        if (cnt[i]) {
+            fprintf(stderr, "bench skinny: %s: count[%d] = %u after the launches (must be 0)\n",
+                    llama[s].name, i, cnt[i]);
+            rc = -1;
+        }
+    free(cnt);
+    for (int i = 0; i < b->copies; i++)
+        kt_free(t, b->w[i]);
+    kt_free(t, b->x);
+    kt_free(t, b->y);
+    kt_free(t, b->ylt);
+    kt_free(t, b->part);
+    kt_free(t, b->count);
+    return rc;
+}
+
+int ktest_skinny_bench(kt *t)
+{
+    sbench b;
+    memset(&b, 0, sizeof b);
+    if (!(b.lt = kt_cublaslt(t, "kiln-ktest --bench skinny")))
+        return -1;
+    const double copy_bw = kt_copy_bw(t);
+    printf("bench skinny: templates/gemv.cuh's gemm_skinny, bf16, no bias, MMAX %d; each time per "
+           "launch in a CUDA graph of %d back-to-back launches (PDL %s) cycling over copies of "
+           "the weight, the best of %d replays. W/S GB/s xcpy us = at lower_skinny_shape's "
+           "warps/splits: weight bytes per second, that over the copy bandwidth %.0f GB/s, "
+           "microseconds; W4, W8 = GB/s at 4 and 8 warps with its splits; S/2, 2S = GB/s at its "
+           "warps with half and twice its splits; lt_us, lt_GB = cuBLASLt (kgemm_run, the plain "
+           "[M, N] product) in the same kind of graph; ratio = skinny's throughput (W/S) over "
+           "cuBLASLt's; diff = relative L2 of skinny's y against cuBLASLt's.\n",
+           KILN_SKINNY_MAX, BENCH_LAUNCHES, t->pdl ? "on" : "off", BENCH_REPLAYS, copy_bw / 1e9);
+    printf("%-10s %5s %5s %2s | %5s %5s %4s %6s | %5s %5s %6s %5s | %6s %5s | %5s | %s\n",
+           "shape", "N", "K", "M", "W/S", "GB/s", "xcpy", "us", "W4", "W8", "S/2", "2S", "lt_us",
+           "lt_GB", "ratio", "diff");
+    double sum64 = 0;
+    int n64 = 0, rc = 0;
+    for (int s = 0; s < NLLAMA && rc == 0; s++)
+        rc = bench_shape(t, &b, s, copy_bw, &sum64, &n64);
+    if (n64)
+        printf("bench skinny: mean ratio skinny/cuBLASLt over the 8B shapes at M = 64: %.2f "
+               "(%d shapes)%s\n",
+               sum64 / n64, n64, rc ? "; FAILED (see above)" : "");
+    kgemm_free(b.lt);
+    return rc;
+}
