@@ -461,20 +461,30 @@ int lower_gemv_threads(int64_t N, int64_t K, int gated, int step)
     return 32 * warps;
 }
 
-/* Eight tiles a block (128 weight rows share each slice of x), and K split in two until the grid
- * would pass about two blocks per SM of a 132-SM H100/H200 (two fit an SM) or a part would have
- * fewer than 4 slices: o and down of the 8B shape in 8 parts, qkv in 4, gate_up and the LM head
- * in 1. */
+/* The tiles a block (8, else 4: how many weight rows share each slice of x; one block an SM, by
+ * its shared memory) and the power of two of K parts that fill the waves of a 132-SM H100/H200
+ * best (blocks / (132 * waves)), each part at least 4 slices and the partials' floats at most an
+ * quarter of the weight's bytes at 64 rows (parts <= K / 512); 8 tiles and the fewer parts unless
+ * the fill gains 5%. The 8B shape: qkv 8 x 8 parts (384 blocks, 97% of 3 waves), o and down 8 x
+ * 4 (128), gate_up 8 x 4 (896), LM head 8 x 1 (1,002, 95%). */
 void lower_skinny_shape(int64_t N, int64_t K, int gated, int *warps, int *splits)
 {
+    const int sms = 132;
     int64_t tiles = gated ? (N / 2 + 7) / 8 : (N + 15) / 16;
     int64_t slices = (K + KILN_SKINNY_KC - 1) / KILN_SKINNY_KC;
-    int wp = 8, s = 1;
-    int64_t groups = (tiles + wp - 1) / wp;
-    while (groups * s * 2 <= 2 * 132 && slices / (s * 2) >= 4)
-        s *= 2;
-    *warps = wp;
-    *splits = s;
+    double best_fill = 0;
+    *warps = 8;
+    *splits = 1;
+    for (int wp = 8; wp >= 4; wp /= 2)
+        for (int s = 1; s == 1 || (s <= 64 && slices / s >= 4 && s <= K / 512); s *= 2) {
+            int64_t blocks = (tiles + wp - 1) / wp * s, waves = (blocks + sms - 1) / sms;
+            double fill = (double)blocks / (double)(sms * waves);
+            if (fill > best_fill + 0.05) {
+                *warps = wp;
+                *splits = s;
+                best_fill = fill;
+            }
+        }
 }
 
 /* The GEMV step (decode-sized rows) in row groups of mmax rows (the template's MMAX).
@@ -544,7 +554,7 @@ static void skinny_push(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg bia
     int64_t tiles = gated ? (N / 2 + 7) / 8 : (N + 15) / 16;
     int64_t pf = KILN_SKINNY_PART(splits, tiles, KILN_SKINNY_MAX);
     ka_arg part = pf ? A(KA_ARG_SCRATCH, scratch_at(w, pf * 4)) : ANULL();
-    int k = kern(w, "gemm_skinny", 32 * warps, 0,
+    int k = kern(w, "gemm_skinny", 32 * warps, KILN_SKINNY_SMEM(KILN_SKINNY_MAX, warps),
                  "const kiln_step st, const DT *x, const DT *w, const DT *bias, void *y, "
                  "float *part, unsigned *count, int M",
                  "kiln::gemm_skinny<DT, %lld, %lld, %d, %s, %s, %d, %s, %d, %d>(st, x, w, bias, "

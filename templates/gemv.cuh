@@ -585,20 +585,20 @@ __device__ __forceinline__ void gemv(const kiln_step st, const DT *x, const DT *
 // is still bound by the bytes of its weight (8B shape at 64 rows: 3.6 ms of weight reads, 1.3 ms
 // of tensor-core work at the bf16 peak). The GEMV's row groups would stream each weight tile
 // once per 8 or 16 rows, and a tile GEMM (cuBLASLt, gemm.cuh) sizes its tiles for compute.
-// Design: gemv's warp-level product, x shared through shared memory, K split across blocks:
+// Design: gemv's warp-level product, x shared through shared memory, a deep cp.async ring:
 //   - a warp computes one 16-row tile of w against the MMAX rows of x exactly as gemv does
-//     (mma.sync m16n8k16, the lane's 16-byte chunks of weight rows g and g+8, the same
+//     (mma.sync m16n8k16 on the lane's 16-byte chunks of weight rows g and g+8, the same
 //     permutation of K in A and B, chains of 8 mma from zero added to float accumulators), with
 //     NT = MMAX / 8 column tiles, of which those past M are skipped;
-//   - the WARPS warps of a block take WARPS consecutive tiles and share x: the block stages
-//     slices of KILN_SKINNY_KC (128) elements of every row of x in shared memory by cp.async,
-//     two slices in flight (the next loads while the current is multiplied); rows M..roundup8(M)
-//     and elements past K are zero. A lane reads its x chunk (16 bytes, row 8j + g, elements 8t..
-//     of the 32-element group) from shared memory; the row stride is KILN_SKINNY_KC +
-//     KILN_SKINNY_PAD elements (320 bytes), so the 8 lanes of one phase (rows g, g+1; t = 0..3)
-//     hit 8 distinct 16-byte bank groups;
-//   - the weights go straight from global memory to registers (ld.global.nc, no L1 allocation),
-//     one slice ahead: the next slice's 8 loads a lane are issued before the current slice's mma;
+//   - the WARPS warps of a block take WARPS consecutive tiles. K is streamed in slices of
+//     KILN_SKINNY_KC (128) elements through a ring of KILN_SKINNY_STAGES (4) slices in dynamic
+//     shared memory, STAGES - 1 in flight while one is multiplied (one barrier a slice): a slice
+//     holds every row of x (the block's threads copy it; rows M..roundup8(M) and elements past K
+//     are zeros), read by every warp, and each warp's weight chunks, which each lane copies for
+//     itself (cp.async, 8 x 16 bytes a lane a slice) and reads back in the same place, so the
+//     weight stream needs no registers while in flight: 3 slices x 4 KiB a warp, 96 KiB an SM;
+//   - x rows are KILN_SKINNY_KC + KILN_SKINNY_PAD elements apart (320 bytes): the 8 lanes of one
+//     phase (rows g, g+1; t = 0..3) read 8 distinct 16-byte bank groups;
 //   - split-K across blocks: block (group, p) takes slices [p * S / SPLITS, (p + 1) * S / SPLITS)
 //     of the S slices of K (a part may have none). With SPLITS > 1 each warp writes its float
 //     partial tile to part (in fragment order, [p][tile][reg][lane], bypassing L1), fences, and
@@ -610,7 +610,7 @@ __device__ __forceinline__ void gemv(const kiln_step st, const DT *x, const DT *
 // the sums is fixed by (N, K, WARPS, SPLITS), never by M.
 // Launch rule (kernels/kiln_gemm.h; WARPS and SPLITS from compiler/lower.c's lower_skinny_shape):
 //   TILES = ceil(NOUT / OPB) (NOUT, OPB as gemv's); grid = (ceil(TILES / WARPS), SPLITS), block =
-//   32 * WARPS, static shared memory only (2 * MMAX * 160 * 2 bytes: 40 KiB at MMAX 64);
+//   32 * WARPS, dynamic shared memory KILN_SKINNY_SMEM(MMAX, WARPS) (208 KiB at 64 and 8);
 //   part: float [KILN_SKINNY_PART(SPLITS, TILES, MMAX)] (unused, may be null, for SPLITS 1);
 //   count: unsigned [TILES], zero before the first launch, left zero by every launch.
 // Layouts: gemv's (x [M, K] contiguous, w [N, K], bias, y [M, NOUT]). Preconditions: K % 8 == 0;
@@ -631,13 +631,21 @@ __device__ __forceinline__ void gemm_skinny(const kiln_step st, const DT *x, con
     (void)st;
     constexpr int NOUT = GATED ? N / 2 : N, OPB = GATED ? 8 : 16, NT = MMAX / 8;
     constexpr int TILES = (NOUT + OPB - 1) / OPB;
-    constexpr int KC = KILN_SKINNY_KC, XS = KILN_SKINNY_KC + KILN_SKINNY_PAD;
+    constexpr int KC = KILN_SKINNY_KC, XS = KILN_SKINNY_KC + KILN_SKINNY_PAD, P = KILN_SKINNY_STAGES;
     constexpr int CPS = KC / 8;                  // 16-byte chunks of a row in a slice
     constexpr int CH = K / 8;                    // 16-byte chunks of a row
     constexpr int SLICES = (K + KC - 1) / KC;
-    static_assert(KC == 128 && (XS * 2) % 128 == 64,
+    static_assert(KC == 128 && (XS * 2) % 128 == 64 && P >= 2,
                   "gemm_skinny: a slice is one 4-group step; rows g, g+1 in distinct bank groups");
-    __shared__ __align__(16) DT xs[2][MMAX][XS];
+    // the ring: P slices of x [MMAX][XS], then P slices of the warps' weight chunks, [stage][warp]
+    // [group u][row a, b][lane] 16 bytes (a lane's own copies, read back by the same lane)
+    extern __shared__ __align__(16) unsigned char skinny_smem[];
+    DT(*const xs)[MMAX][XS] = reinterpret_cast<DT(*)[MMAX][XS]>(skinny_smem);
+    uint4(*const ws)[WARPS][4][2][32] = reinterpret_cast<uint4(*)[WARPS][4][2][32]>(
+        skinny_smem + (long long)P * MMAX * XS * sizeof(DT));
+    static_assert(KILN_SKINNY_SMEM(MMAX, WARPS) ==
+                      P * (MMAX * XS * sizeof(DT) + WARPS * 4 * 2 * 32 * 16),
+                  "gemm_skinny: kiln_gemm.h's KILN_SKINNY_SMEM is this ring");
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, g = lane >> 2, t = lane & 3;
     if (M > MMAX)
@@ -653,27 +661,26 @@ __device__ __forceinline__ void gemm_skinny(const kiln_step st, const DT *x, con
     const DT *wa = w + ra * K, *wb = w + rb * K;
     const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
 
-    // slice s of x rows 0..MR-1 into buffer b, as one cp.async group of this thread
-    auto load_x = [&](int s, int b) {
-        for (int i = threadIdx.x; i < MR * CPS; i += 32 * WARPS) {
-            const int r = i / CPS, c = i % CPS, gc = s * CPS + c;
-            const bool ok = r < M && gc < CH;
-            cp_async16(&xs[b][r][8 * c], ok ? x + (long long)r * K + 8 * gc : x, ok ? 16 : 0);
+    // Slice s into ring stage b, as one cp.async group of this thread (empty past s1: the group
+    // count stays one a slice). x: rows 0..MR-1, copied by the block's threads. w: the lane's
+    // chunks of group u, 4u + t of the slice, rows a and b; chunks past K are zeros.
+    auto load = [&](int s, int b) {
+        if (s < s1) {
+            for (int i = threadIdx.x; i < MR * CPS; i += 32 * WARPS) {
+                const int r = i / CPS, c = i % CPS, gc = s * CPS + c;
+                const bool ok = r < M && gc < CH;
+                cp_async16(&xs[b][r][8 * c], ok ? x + (long long)r * K + 8 * gc : x, ok ? 16 : 0);
+            }
+            if (active)
+#pragma unroll
+                for (int u = 0; u < 4; u++) {
+                    const int c = s * CPS + 4 * u + t;
+                    const bool ok = c < CH;
+                    cp_async16(&ws[b][warp][u][0][lane], ok ? wa + 8LL * c : w, ok ? 16 : 0);
+                    cp_async16(&ws[b][warp][u][1][lane], ok ? wb + 8LL * c : w, ok ? 16 : 0);
+                }
         }
         cp_async_commit();
-    };
-    // the lane's weight chunks of slice s: group u is chunks 4u..4u+3 of the slice, the lane's
-    // is 4u + t; chunks past K read the row's last chunk (valid memory) and become zeros
-    auto load_w = [&](int s, uint4 va[4], uint4 vb[4]) {
-#pragma unroll
-        for (int u = 0; u < 4; u++) {
-            const int c = s * CPS + 4 * u + t;
-            const long long off = 8LL * (c < CH ? c : CH - 1);
-            va[u] = gemv_detail::ld_stream(wa + off);
-            vb[u] = gemv_detail::ld_stream(wb + off);
-            if (c >= CH)
-                va[u] = vb[u] = zero;
-        }
     };
 
     float acc[NT][4];
@@ -682,57 +689,41 @@ __device__ __forceinline__ void gemm_skinny(const kiln_step st, const DT *x, con
 #pragma unroll
         for (int i = 0; i < 4; i++)
             acc[j][i] = 0.f;
-    if (s0 < s1) {
-        uint4 va[4], vb[4];
-        load_x(s0, 0);
-        if (active)
-            load_w(s0, va, vb);
+#pragma unroll
+    for (int i = 0; i < P - 1; i++)
+        load(s0 + i, i);
 #pragma unroll 1
-        for (int s = s0; s < s1; s++) {
-            const int b = (s - s0) & 1;
-            const bool more = s + 1 < s1;
-            if (more) {
-                load_x(s + 1, b ^ 1); // the buffer the previous slice used: freed by its barrier
-                cp_async_wait<1>();
-            } else {
-                cp_async_wait<0>();
-            }
-            __syncthreads(); // slice s is in shared memory
-            if (active) {
-                uint4 na[4], nb[4];
-                if (more)
-                    load_w(s + 1, na, nb);
-                float d[NT][4];
+    for (int s = s0; s < s1; s++) {
+        const int b = (s - s0) % P;
+        cp_async_wait<P - 2>(); // this thread's copies of slice s have landed
+        __syncthreads();        // everyone's have; and every warp is done with slice s - 1
+        load(s + P - 1, (s - s0 + P - 1) % P); // into slice s - 1's stage
+        if (!active)
+            continue;
+        float d[NT][4];
 #pragma unroll
-                for (int j = 0; j < NT; j++)
+        for (int j = 0; j < NT; j++)
 #pragma unroll
-                    for (int i = 0; i < 4; i++)
-                        d[j][i] = 0.f;
+            for (int i = 0; i < 4; i++)
+                d[j][i] = 0.f;
 #pragma unroll
-                for (int u = 0; u < 4; u++) {
-                    uint4 xb[NT];
+        for (int u = 0; u < 4; u++) {
+            uint4 xb[NT];
 #pragma unroll
-                    for (int j = 0; j < NT; j++)
-                        xb[j] = 8 * j < M ? *reinterpret_cast<const uint4 *>(
-                                                &xs[b][8 * j + g][32 * u + 8 * t])
-                                          : zero;
-                    gemv_detail::mma_group<DT, NT>(d, va[u], vb[u], xb, M);
-                }
-#pragma unroll
-                for (int j = 0; j < NT; j++)
-#pragma unroll
-                    for (int i = 0; i < 4; i++)
-                        acc[j][i] += d[j][i];
-                if (more)
-#pragma unroll
-                    for (int u = 0; u < 4; u++) {
-                        va[u] = na[u];
-                        vb[u] = nb[u];
-                    }
-            }
-            __syncthreads(); // every warp is done with buffer b before it is refilled
+            for (int j = 0; j < NT; j++)
+                xb[j] = 8 * j < M
+                            ? *reinterpret_cast<const uint4 *>(&xs[b][8 * j + g][32 * u + 8 * t])
+                            : zero;
+            gemv_detail::mma_group<DT, NT>(d, ws[b][warp][u][0][lane], ws[b][warp][u][1][lane], xb,
+                                           M);
         }
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                acc[j][i] += d[j][i];
     }
+    cp_async_wait_all(); // no copy outlives the block (the empty tail groups, or a part of none)
     if (!active)
         return;
     if constexpr (SPLITS > 1) {
