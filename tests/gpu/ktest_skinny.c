@@ -547,6 +547,8 @@ static int bench_shape(kt *t, sbench *b, int s, double copy_bw, double *sum64, i
     if (bench_kernels(t, s, k))
         return -1;
     const int tiles = k[0].tiles;
+    int regs = 0; /* of the pick: 2 blocks of 8 warps an SM need at most 128 */
+    KT_CU(t, cuFuncGetAttribute(&regs, CU_FUNC_ATTRIBUTE_NUM_REGS, k[0].f));
     const size_t wbytes = (size_t)N * K * 2;
     b->copies = (int)((((size_t)512 << 20) + wbytes - 1) / wbytes);
     b->copies = b->copies > 64 ? 64 : b->copies < 2 ? 2 : b->copies;
@@ -578,9 +580,9 @@ static int bench_shape(kt *t, sbench *b, int s, double copy_bw, double *sum64, i
         char half[16] = "     -";
         if (k[3].f)
             snprintf(half, sizeof half, "%6.0f", GBS(us[3]));
-        printf("%-10s %5d %5d %2d | %2d/%-2d %5.0f %4.2f %6.1f | %5.0f %5.0f %s %5.0f | %6.1f "
-               "%5.0f | %5.2f | ",
-               llama[s].name, N, K, M, k[0].warps, k[0].splits, GBS(us[0]),
+        printf("%-10s %5d %5d %2d | %2d/%-2d %4d %5.0f %4.2f %6.1f | %5.0f %5.0f %s %5.0f | "
+               "%6.1f %5.0f | %5.2f | ",
+               llama[s].name, N, K, M, k[0].warps, k[0].splits, regs, GBS(us[0]),
                GBS(us[0]) * 1e9 / copy_bw, us[0], GBS(us[1]), GBS(us[2]), half, GBS(us[4]), ult,
                GBS(ult), ult / us[0]);
 #undef GBS
@@ -625,16 +627,16 @@ int ktest_skinny_bench(kt *t)
     const double copy_bw = kt_copy_bw(t);
     printf("bench skinny: templates/gemv.cuh's gemm_skinny, bf16, no bias, MMAX %d; each time per "
            "launch in a CUDA graph of %d back-to-back launches (PDL %s) cycling over copies of "
-           "the weight, the best of %d replays. W/S GB/s xcpy us = at lower_skinny_shape's "
-           "warps/splits: weight bytes per second, that over the copy bandwidth %.0f GB/s, "
+           "the weight, the best of %d replays. W/S regs GB/s xcpy us = at lower_skinny_shape's "
+           "warps/splits: registers a thread, weight bytes per second, that over the copy bandwidth %.0f GB/s, "
            "microseconds; W4, W8 = GB/s at 4 and 8 warps with its splits; S/2, 2S = GB/s at its "
            "warps with half and twice its splits; lt_us, lt_GB = cuBLASLt (kgemm_run, the plain "
            "[M, N] product) in the same kind of graph; ratio = skinny's throughput (W/S) over "
            "cuBLASLt's; diff = relative L2 of skinny's y against cuBLASLt's.\n",
            KILN_SKINNY_MAX, BENCH_LAUNCHES, t->pdl ? "on" : "off", BENCH_REPLAYS, copy_bw / 1e9);
-    printf("%-10s %5s %5s %2s | %5s %5s %4s %6s | %5s %5s %6s %5s | %6s %5s | %5s | %s\n",
-           "shape", "N", "K", "M", "W/S", "GB/s", "xcpy", "us", "W4", "W8", "S/2", "2S", "lt_us",
-           "lt_GB", "ratio", "diff");
+    printf("%-10s %5s %5s %2s | %5s %4s %5s %4s %6s | %5s %5s %6s %5s | %6s %5s | %5s | %s\n",
+           "shape", "N", "K", "M", "W/S", "regs", "GB/s", "xcpy", "us", "W4", "W8", "S/2", "2S",
+           "lt_us", "lt_GB", "ratio", "diff");
     double sum64 = 0;
     int n64 = 0, rc = 0;
     for (int s = 0; s < NLLAMA && rc == 0; s++)
