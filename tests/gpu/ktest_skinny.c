@@ -9,7 +9,8 @@
  * tolerances for the same reasons (the kernel's numerics are gemv's: float sums of chains of at
  * most 8 mma, one rounding of the output): relative L2 1e-2 for a bf16/f16 output, 1e-5 for a
  * float one. Every case launches the launch rule of kernels/kiln_gemm.h (grid (ceil(TILES /
- * WARPS), SPLITS), block 32 * WARPS) with the wrapper written as lower.c writes a kernel
+ * WARPS), SPLITS), block 32 * WARPS, KILN_SKINNY_SMEM(MMAX, WARPS) bytes of dynamic shared
+ * memory) with the wrapper written as lower.c writes a kernel
  * (__launch_bounds__(32 * WARPS)), WARPS and SPLITS those of lower_skinny_shape unless the case
  * names them. The cases cover M = 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64 at MMAX 64 (and
  * MMAX 16 and 32), gated and not, bias, float output, bf16 and f16, N not a multiple of the
@@ -64,11 +65,12 @@ typedef struct scase {
 /* One kernel instance: the shape, the template arguments and its launch geometry. */
 typedef struct skern {
     int N, K, mmax, bias, gated, act, f32, f16, warps, splits;
-    int nout, tiles;
+    int nout, tiles, smem; /* smem: the dynamic shared memory bytes of a block */
     CUfunction f;
 } skern;
 
-/* lower_skinny_shape's WARPS and SPLITS where k has none, then the launch rule's numbers. */
+/* lower_skinny_shape's WARPS and SPLITS where k has none, then the launch rule's numbers
+ * (kernels/kiln_gemm.h). */
 static void skern_shape(skern *k)
 {
     int w = 0, s = 0;
@@ -79,6 +81,7 @@ static void skern_shape(skern *k)
         k->splits = s;
     k->nout = k->gated ? k->N / 2 : k->N;
     k->tiles = k->gated ? (k->nout + 7) / 8 : (k->nout + 15) / 16;
+    k->smem = KILN_SKINNY_SMEM(k->mmax, k->warps);
 }
 
 /* The kernel's wrapper k_skinny, as lower.c writes a kernel: extern "C", __launch_bounds__ of
@@ -183,7 +186,7 @@ static int skern_run(kt *t, const skern *k, const char *name, const sbufs *d, CU
     CUdeviceptr xa = x, wa = d->w, ba = d->b, ya = y, pa = d->part, ca = d->count;
     void *args[] = {&st, &xa, &wa, &ba, &ya, &pa, &ca, &m_arg};
     kt_launch(t, k->f, name, (unsigned)((k->tiles + k->warps - 1) / k->warps),
-              (unsigned)k->splits, 1, 32u * (unsigned)k->warps, 0, args);
+              (unsigned)k->splits, 1, 32u * (unsigned)k->warps, (size_t)k->smem, args);
     unsigned *c = xmalloc(sizeof(unsigned) * (size_t)k->tiles);
     kt_download(t, c, d->count, sizeof(unsigned) * (size_t)k->tiles);
     int nz = 0;
@@ -384,11 +387,13 @@ void ktest_skinny(kt *t)
 {
 #define M12 {1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64}
     static const scase cases[] = {
-        /* every M at MMAX 64: N = 1000 is 63 tiles (not a multiple of 16 rows, nor of 8 warps),
-         * K = 520 four slices and a partial one (lower: 1 split); gated N = 1998 is 999
-         * outputs (125 tiles of 8, the last partial), K = 1000 (lower: 2 splits) */
+        /* every M at MMAX 64: N = 1000 is 63 tiles (not a multiple of 16 rows, nor of 4 or 8
+         * warps), K = 520 four slices and a partial one, at lower's pick; gated N = 1998 is 999
+         * outputs (125 tiles of 8, the last partial), K = 1000 in 2 parts; K = 1000 in 4 */
         {.N = 1000, .K = 520, .mmax = 64, .ms = M12, .bias = 1},
-        {.N = 1998, .K = 1000, .mmax = 64, .ms = M12, .gated = 1, .act = KILN_ACT_SILU},
+        {.N = 1998, .K = 1000, .mmax = 64, .ms = M12, .gated = 1, .act = KILN_ACT_SILU,
+         .warps = 8, .splits = 2},
+        {.N = 1000, .K = 1000, .mmax = 64, .ms = {1, 9, 33, 64}, .warps = 8, .splits = 4},
         /* MMAX 16 and 32 */
         {.N = 1000, .K = 520, .mmax = 16, .ms = {1, 9, 16}, .bias = 1},
         {.N = 1000, .K = 1000, .mmax = 32, .ms = {5, 17, 32}, .f16 = 1},
@@ -406,7 +411,7 @@ void ktest_skinny(kt *t)
         {.N = 200, .K = 64, .mmax = 64, .ms = {1, 17, 64}},
         {.N = 37, .K = 8, .mmax = 64, .ms = {9, 64}, .bias = 1},
         {.N = 128, .K = 64, .mmax = 64, .ms = {15}, .gated = 1, .act = KILN_ACT_GELU_TANH},
-        /* long K (lower: 8 and 16 splits), and one warp a block in 8 parts */
+        /* long K at lower's pick (split-K), and one warp a block in 8 parts */
         {.N = 512, .K = 4096, .mmax = 64, .ms = {16, 64}},
         {.N = 256, .K = 14336, .mmax = 64, .ms = {9, 64}, .bias = 1},
         {.N = 200, .K = 14336, .mmax = 64, .ms = {33}, .warps = 1, .splits = 8},
@@ -475,8 +480,8 @@ static int bench_graph(kt *t, sbench *b, const skern *k, int M, int N, int K, do
         if (k) {
             void *args[] = {&st, &b->x, &w, &nob, &b->y, &b->part, &b->count, &m_arg};
             rc = kcuda_launch(&t->cu, k->f, (unsigned)((k->tiles + k->warps - 1) / k->warps),
-                              (unsigned)k->splits, 1, 32u * (unsigned)k->warps, 0, t->stream,
-                              args, t->pdl, &e);
+                              (unsigned)k->splits, 1, 32u * (unsigned)k->warps,
+                              (unsigned)k->smem, t->stream, args, t->pdl, &e);
         } else {
             rc = kgemm_run(b->lt, t->stream, 0, 0, 0, M, N, K, b->x, K, w, 0, b->ylt, N, &e);
         }
@@ -533,6 +538,8 @@ static int bench_kernels(kt *t, int s, skern k[BENCH_COLS])
                  cs[c]);
         if (skern_build(t, &k[c], name))
             return -1;
+        KT_CU(t, cuFuncSetAttribute(k[c].f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                    k[c].smem));
     }
     return 0;
 }
@@ -547,7 +554,7 @@ static int bench_shape(kt *t, sbench *b, int s, double copy_bw, double *sum64, i
     if (bench_kernels(t, s, k))
         return -1;
     const int tiles = k[0].tiles;
-    int regs = 0; /* of the pick: 2 blocks of 8 warps an SM need at most 128 */
+    int regs = 0; /* registers a thread of the pick */
     KT_CU(t, cuFuncGetAttribute(&regs, CU_FUNC_ATTRIBUTE_NUM_REGS, k[0].f));
     const size_t wbytes = (size_t)N * K * 2;
     b->copies = (int)((((size_t)512 << 20) + wbytes - 1) / wbytes);
