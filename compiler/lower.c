@@ -462,12 +462,14 @@ int lower_gemv_threads(int64_t N, int64_t K, int gated, int step)
 }
 
 /* The tiles a block (8, else 4: how many weight rows share each slice of x; one block an SM, by
- * its shared memory) and the power of two of K parts that fill the waves of a 132-SM H100/H200
- * best (blocks / (132 * waves)), each part at least 4 slices and the partials' floats at most an
- * quarter of the weight's bytes at 64 rows (parts <= K / 512); 8 tiles and the fewer parts unless
- * the fill gains 5%. The 8B shape: qkv 8 x 8 parts (384 blocks, 97% of 3 waves), o and down 8 x
- * 4 (128), gate_up 8 x 4 (896), LM head 8 x 1 (1,002, 95%). */
-void lower_skinny_shape(int64_t N, int64_t K, int gated, int *warps, int *splits)
+ * its shared memory), the ring's slices (4, or the most that fit smem_block bytes: 3 on an A100)
+ * and the power of two of K parts that fill the waves of a 132-SM H100/H200 best (blocks / (132
+ * * waves)), each part at least 4 slices and the partials' floats at most a quarter of the
+ * weight's bytes at 64 rows (parts <= K / 512); 8 tiles and the fewer parts unless the fill gains
+ * 5%. The 8B shape: qkv 8 x 8 parts (384 blocks, 97% of 3 waves), o and down 8 x 4 (128),
+ * gate_up 8 x 4 (896), LM head 8 x 1 (1,002, 95%). 0 stages: no configuration fits. */
+void lower_skinny_shape(int64_t N, int64_t K, int gated, int smem_block, int *warps, int *splits,
+                        int *stages)
 {
     const int sms = 132;
     int64_t tiles = gated ? (N / 2 + 7) / 8 : (N + 15) / 16;
@@ -475,16 +477,24 @@ void lower_skinny_shape(int64_t N, int64_t K, int gated, int *warps, int *splits
     double best_fill = 0;
     *warps = 8;
     *splits = 1;
-    for (int wp = 8; wp >= 4; wp /= 2)
+    *stages = 0;
+    for (int wp = 8; wp >= 4; wp /= 2) {
+        int st = 4;
+        while (st >= 2 && KILN_SKINNY_SMEM(KILN_SKINNY_MAX, wp, st) > smem_block)
+            st--;
+        if (st < 2)
+            continue;
         for (int s = 1; s == 1 || (s <= 64 && slices / s >= 4 && s <= K / 512); s *= 2) {
             int64_t blocks = (tiles + wp - 1) / wp * s, waves = (blocks + sms - 1) / sms;
             double fill = (double)blocks / (double)(sms * waves);
-            if (fill > best_fill + 0.05) {
+            if (fill > best_fill + 0.05 || !*stages) {
                 *warps = wp;
                 *splits = s;
+                *stages = st;
                 best_fill = fill;
             }
         }
+    }
 }
 
 /* The GEMV step (decode-sized rows) in row groups of mmax rows (the template's MMAX).
@@ -542,6 +552,9 @@ static ka_step gemv_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg sc
                              w->c->batch_invariant ? LOWER_GEMV_GROUP_INVARIANT : GEMV_MAX);
 }
 
+/* The shared memory a block of the artifact may have (kc.smem_block; sm_80's when unknown). */
+static int skinny_smem(const lw *w) { return w->c->smem_block ? w->c->smem_block : 163 * 1024; }
+
 /* The skinny GEMM step (templates/gemv.cuh's gemm_skinny) for gemv_max < rows <= skinny_max,
  * pushed to `which`: its partials in this node's scratch, its arrival counters the shared ones
  * at w->skinny_count (every launch leaves them zero). */
@@ -549,19 +562,19 @@ static void skinny_push(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg bia
                         int64_t N, int64_t K, int gated, int act, int out_f32, ka_rows rows,
                         int which, ka_logits logits)
 {
-    int warps, splits;
-    lower_skinny_shape(N, K, gated, &warps, &splits);
+    int warps, splits, stages;
+    lower_skinny_shape(N, K, gated, skinny_smem(w), &warps, &splits, &stages);
     int64_t tiles = gated ? (N / 2 + 7) / 8 : (N + 15) / 16;
     int64_t pf = KILN_SKINNY_PART(splits, tiles, KILN_SKINNY_MAX);
     ka_arg part = pf ? A(KA_ARG_SCRATCH, scratch_at(w, pf * 4)) : ANULL();
-    int k = kern(w, "gemm_skinny", 32 * warps, KILN_SKINNY_SMEM(KILN_SKINNY_MAX, warps),
+    int k = kern(w, "gemm_skinny", 32 * warps, KILN_SKINNY_SMEM(KILN_SKINNY_MAX, warps, stages),
                  "const kiln_step st, const DT *x, const DT *w, const DT *bias, void *y, "
                  "float *part, unsigned *count, int M",
-                 "kiln::gemm_skinny<DT, %lld, %lld, %d, %s, %s, %d, %s, %d, %d>(st, x, w, bias, "
-                 "y, part, count, M)",
+                 "kiln::gemm_skinny<DT, %lld, %lld, %d, %s, %s, %d, %s, %d, %d, %d>(st, x, w, "
+                 "bias, y, part, count, M)",
                  (long long)N, (long long)K, KILN_SKINNY_MAX,
                  bias.kind == KA_ARG_NULL ? "false" : "true", gated ? "true" : "false",
-                 act < 0 ? 0 : act, out_f32 ? "true" : "false", warps, splits);
+                 act < 0 ? 0 : act, out_f32 ? "true" : "false", warps, splits, stages);
     /* x: ceil(tiles / warps) blocks of warps tiles; y: the K parts */
     ka_step s = kstep(k, n->name, G(0, 0, 0, (int)tiles, warps), G(0, 0, 0, splits, 1), G1());
     s.size = KA_SIZE_MID;
@@ -1714,7 +1727,9 @@ int lower(kc *c, lowered *out, kerr *err)
     /* gemm_skinny's arrival counters, [most tiles of a linear] unsigned, likewise after them (its
      * steps run when a step may have more than GEMV_MAX rows; not with --batch-invariant, whose
      * decode runs the GEMV in fixed groups at every batch) */
-    w.skinny = !c->batch_invariant && c->max_tokens > GEMV_MAX;
+    int sw, ss, sst;
+    lower_skinny_shape(4096, 4096, 0, skinny_smem(&w), &sw, &ss, &sst);
+    w.skinny = !c->batch_invariant && c->max_tokens > GEMV_MAX && sst > 0;
     if (w.skinny) {
         int64_t tiles = 1;
         for (int i = 0; i < c->g->n; i++) {

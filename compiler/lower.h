@@ -54,9 +54,11 @@ int lower_gemv_threads(int64_t N, int64_t K, int gated, int step);
  * except an INT4 weight's in decode steps of more rows: groups of 16 (lower.c's low_linear). */
 #define LOWER_GEMV_GROUP_INVARIANT 16
 
-/* The skinny GEMM's tiles a block (*warps) and K parts (*splits) for an [N, K] weight (gated: N/2
- * outputs), as lower.c launches it (kernels/kiln_gemm.h); kiln-ktest uses the same rule. */
-void lower_skinny_shape(int64_t N, int64_t K, int gated, int *warps, int *splits);
+/* The skinny GEMM's tiles a block (*warps), K parts (*splits) and ring slices (*stages; 0: none
+ * fits) for an [N, K] weight (gated: N/2 outputs) in blocks of at most smem_block bytes of shared
+ * memory, as lower.c launches it (kernels/kiln_gemm.h); kiln-ktest uses the same rule. */
+void lower_skinny_shape(int64_t N, int64_t K, int gated, int smem_block, int *warps, int *splits,
+                        int *stages);
 
 /* Whether kiln's GEMM is the Hopper kernel (templates/gemm90.cuh, sm_90a only): with --gemm kiln
  * when every target is sm_90a. kilnc compile then keeps PTX for compute_90a, not compute_90. */

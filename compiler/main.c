@@ -234,6 +234,17 @@ static kc_opts kopts(const opts *o, int need_weights)
  * latent attention caches latents, not K and V; an embedding or classification model keeps its
  * cache only within the step that fills it, so FP8 would add rounding and save nothing. The GPU
  * is not a reason: the cache is storage, converted with integer operations on any SM. */
+/* The shared memory one block may opt in to on sm_XY (CUDA's per-architecture limit): 227 KiB on
+ * Hopper and Blackwell's data-center parts, 163 KiB on the A100, 99 KiB on the others. */
+static int smem_optin(int sm)
+{
+    if (sm == 80 || sm == 87)
+        return 163 * 1024;
+    if (sm == 90 || sm == 100 || sm == 103)
+        return 227 * 1024;
+    return 99 * 1024;
+}
+
 static int kv8_refusal(const opts *o, const kgraph *g)
 {
     if (!o->kv_fp8)
@@ -1014,6 +1025,8 @@ static int cmd_compile(int argc, char **argv)
     for (int i = 0; i < nsm; i++) {
         ko.sm90a_only &= strcmp(sms[i], "sm_90a") == 0;
         ko.sm_fp8 &= atoi(sms[i] + 3) >= 89;
+        int sb = smem_optin(atoi(sms[i] + 3));
+        ko.smem_block = i == 0 || sb < ko.smem_block ? sb : ko.smem_block;
     }
     double t0 = util_now();
     int rc = kc_open(&c, o.model, &ko, &err);

@@ -40,11 +40,12 @@ __device__ __forceinline__ void cp_async16(void *smem, const void *gmem)
     const unsigned a = (unsigned)__cvta_generic_to_shared(smem);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(a), "l"(gmem) : "memory");
 }
-// The 16-byte copy of src-size `bytes` (0 or 16): 0 writes 16 zero bytes and reads nothing.
-__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int bytes)
+// The 16-byte copy to shared address `dst` of src-size `bytes` (0 or 16): 0 writes 16 zero
+// bytes and reads nothing.
+__device__ __forceinline__ void cp_async16(unsigned dst, const void *gmem, int bytes)
 {
-    const unsigned a = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(gmem), "r"(bytes)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
+                 "r"(bytes)
                  : "memory");
 }
 __device__ __forceinline__ void cp_async4(void *smem, const void *gmem)
@@ -64,6 +65,15 @@ __device__ __forceinline__ void cp_async_wait()
 __device__ __forceinline__ void cp_async_wait_all()
 {
     asm volatile("cp.async.wait_all;\n" ::: "memory");
+}
+
+// Four 8x8 matrices of 16-bit elements: lanes 8i..8i+7 give the row addresses of matrix i; r[i]
+// is the lane's part of matrix i (row lane/4, columns 2(lane%4), +1).
+__device__ __forceinline__ void ldsm4(unsigned r[4], unsigned addr)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
 }
 
 // Eight 16-bit elements in one 16-byte load or store.

@@ -48,24 +48,22 @@
  * gemv_max and at most KILN_SKINNY_MAX rows (decode batches of 9 to 64 sequences, short prefill
  * chunks), where the product is still bound by the bytes of the weight, which it streams once.
  *   grid = (ceil(TILES / WARPS), SPLITS), block = 32 * WARPS threads, dynamic shared memory
- *   KILN_SKINNY_SMEM(MMAX, WARPS) (above 48 KiB: the launcher sets the attribute; one block an
- *   SM): TILES = ceil(NOUT / OPB) weight tiles of 16 rows (OPB = 16 outputs, or 8 for GATED),
- *   WARPS tiles a block (one a warp, sharing the block's x slices), K in SPLITS parts (split-K
- *   across blocks); WARPS and SPLITS come from lower_skinny_shape (compiler/lower.h).
+ *   KILN_SKINNY_SMEM(MMAX, WARPS, STAGES) (above 48 KiB: the launcher sets the attribute; one
+ *   block an SM): TILES = ceil(NOUT / OPB) weight tiles of 16 rows (OPB = 16 outputs, or 8 for
+ *   GATED), WARPS tiles a block (one a warp, sharing the block's x slices), K in SPLITS parts
+ *   (split-K across blocks), a ring of STAGES slices; all three from lower_skinny_shape
+ *   (compiler/lower.h), which fits the ring to every target's shared memory.
  *   part: float [KILN_SKINNY_PART(SPLITS, TILES, MMAX)] scratch (none for SPLITS 1); count:
  *   unsigned [TILES], zero before the first launch, and every launch leaves it zero.
- * K is streamed in slices of KILN_SKINNY_KC elements through a ring of KILN_SKINNY_STAGES slices
- * (cp.async; STAGES - 1 in flight while one is multiplied): each slice holds every row of x (the
- * row padded by KILN_SKINNY_PAD elements: a stride of 320 bytes puts the 16-byte reads of rows g
- * and g + 1 in different banks) and each warp's 16 weight rows (4 KiB a warp, in the order its
- * lanes read them). */
+ * K is streamed in slices of KILN_SKINNY_KC elements (cp.async; STAGES - 1 in flight while one
+ * is multiplied): each slice holds the MMAX rows of x and each warp's 16 weight rows, every row
+ * padded by KILN_SKINNY_PAD elements (272 bytes apart: the 8 row addresses of an ldmatrix phase
+ * fall in 8 distinct bank groups). */
 #define KILN_SKINNY_MAX 64
 #define KILN_SKINNY_KC 128
-#define KILN_SKINNY_PAD 32
-#define KILN_SKINNY_STAGES 4
-#define KILN_SKINNY_SMEM(mmax, warps)                                                             \
-    (KILN_SKINNY_STAGES *                                                                         \
-     ((mmax) * (KILN_SKINNY_KC + KILN_SKINNY_PAD) * 2 + (warps) * 16 * KILN_SKINNY_KC * 2))
+#define KILN_SKINNY_PAD 8
+#define KILN_SKINNY_SMEM(mmax, warps, stages)                                                     \
+    ((stages) * ((mmax) + (warps) * 16) * (KILN_SKINNY_KC + KILN_SKINNY_PAD) * 2)
 #define KILN_SKINNY_PART(splits, tiles, mmax)                                                     \
     ((splits) > 1 ? (long long)(splits) * (long long)(tiles) * (mmax) * 16 : 0LL)
 

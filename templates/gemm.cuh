@@ -78,15 +78,6 @@ __device__ __forceinline__ void cp16(unsigned dst, const void *src, int bytes)
                  : "memory");
 }
 
-// Four 8x8 matrices of 16-bit elements: lanes 8i..8i+7 give the row addresses of matrix i; r[i]
-// is the lane's part of matrix i (row lane/4, columns 2(lane%4), +1).
-__device__ __forceinline__ void ldsm4(unsigned r[4], unsigned addr)
-{
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-
 // Two adjacent outputs, one store (the pair is 4 or 8 bytes aligned: see the preconditions).
 __device__ __forceinline__ void store2(float *p, float a, float b)
 {

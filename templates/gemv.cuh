@@ -203,6 +203,12 @@ __device__ __forceinline__ void mma_group(float d[NT][4], const uint4 &wa, const
     }
 }
 
+// A compile-time int as a value (a generic lambda's template argument).
+template <int V>
+struct int_tag {
+    static constexpr int value = V;
+};
+
 // The launch shape gemv, gemv_fp8 and gemv_int4 share (the launch rule at the top of the file):
 // the checks on their common template arguments, and what follows from them. NOUT output columns
 // (the row stride of y), OPB outputs a block (one 16-row tile: 16 rows, or 8 gate rows and their
@@ -580,185 +586,264 @@ __device__ __forceinline__ void gemv(const kiln_step st, const DT *x, const DT *
                                                                         row0, tile, M);
 }
 
-// gemm_skinny — the product of gemv for steps of more rows than the GEMV takes and at most
-// KILN_SKINNY_MAX (64): decode batches of 9 to 64 sequences and short prefill chunks, where a GEMM
-// is still bound by the bytes of its weight (8B shape at 64 rows: 3.6 ms of weight reads, 1.3 ms
-// of tensor-core work at the bf16 peak). The GEMV's row groups would stream each weight tile
-// once per 8 or 16 rows, and a tile GEMM (cuBLASLt, gemm.cuh) sizes its tiles for compute.
-// Design: gemv's warp-level product, x shared through shared memory, a deep cp.async ring:
-//   - a warp computes one 16-row tile of w against the MMAX rows of x exactly as gemv does
-//     (mma.sync m16n8k16 on the lane's 16-byte chunks of weight rows g and g+8, the same
-//     permutation of K in A and B, chains of 8 mma from zero added to float accumulators), with
-//     NT = MMAX / 8 column tiles, of which those past M are skipped;
-//   - the WARPS warps of a block take WARPS consecutive tiles. K is streamed in slices of
-//     KILN_SKINNY_KC (128) elements through a ring of KILN_SKINNY_STAGES (4) slices in dynamic
-//     shared memory, STAGES - 1 in flight while one is multiplied (one barrier a slice): a slice
-//     holds every row of x (the block's threads copy it; rows M..roundup8(M) and elements past K
-//     are zeros), read by every warp, and each warp's weight chunks, which each lane copies for
-//     itself (cp.async, 8 x 16 bytes a lane a slice) and reads back in the same place, so the
-//     weight stream needs no registers while in flight: 3 slices x 4 KiB a warp, 96 KiB an SM;
-//   - x rows are KILN_SKINNY_KC + KILN_SKINNY_PAD elements apart (320 bytes): the 8 lanes of one
-//     phase (rows g, g+1; t = 0..3) read 8 distinct 16-byte bank groups;
+// gemm_skinny — y[m, n] = x[m] · w[n] (+ bias[n]) for steps of more rows than the GEMV takes and
+// at most KILN_SKINNY_MAX (64): decode batches of 9 to 64 sequences and short prefill chunks,
+// where a GEMM is still bound by the bytes of its weight (8B shape at 64 rows: 3.6 ms of weight
+// reads, 1.3 ms of tensor-core work at the bf16 peak). The GEMV's row groups would stream each
+// weight tile once per 8 or 16 rows, and a tile GEMM (cuBLASLt, gemm.cuh) sizes its tiles for
+// compute. Design:
+//   - a warp owns one tile of 16 weight rows (gemv's tiles: 16 outputs, or 8 gate rows and their
+//     8 up rows) and computes y^T-free D[x rows, its 16 rows] = x · w_tile^T with mma.sync
+//     m16n8k16: x is the A operand (m-tiles of 16 rows), the tile's two 8-row halves the B
+//     operand (n-tiles), both read from shared memory by ldmatrix.x4 in the standard fragment
+//     layout. A lane ends with, for x rows 16i + g and 16i + g + 8, the outputs 2t, 2t + 1 of each
+//     half: for GATED a gate sum and its up sum in the same lane;
+//   - the WARPS warps of a block take WARPS consecutive tiles and share x. K is streamed in
+//     slices of KILN_SKINNY_KC (128) elements through a ring of STAGES slices in dynamic shared
+//     memory, STAGES - 1 in flight while one is multiplied, one barrier a slice (cp.async: the
+//     block copies the x rows, each warp its own 16 weight rows, 8 x 16 bytes a lane). Rows are
+//     KILN_SKINNY_KC + KILN_SKINNY_PAD elements apart (272 bytes): the 8 row addresses of one
+//     ldmatrix phase fall in 8 distinct 16-byte bank groups. x rows from M up to the last m-tile
+//     computed and elements past K are zeros; m-tiles past M are not computed (E of them, the
+//     fewest powers of two that hold M: one code path each, no test in the loop);
+//   - chains of 8 mma (one slice) from zero added to float accumulators (gemv's numerics: the
+//     tensor cores truncate inside a chain);
 //   - split-K across blocks: block (group, p) takes slices [p * S / SPLITS, (p + 1) * S / SPLITS)
 //     of the S slices of K (a part may have none). With SPLITS > 1 each warp writes its float
-//     partial tile to part (in fragment order, [p][tile][reg][lane], bypassing L1), fences, and
-//     counts its arrival on count[tile]; the warp that arrives last adds the SPLITS partials in
-//     part order 0, 1, ... (the same order whichever block is last: the result does not depend
-//     on scheduling), resets count[tile] to zero for the next launch and stores the tile.
-// Numerics: gemv's (float sums of chains of at most 8 mma; one rounding of the output). A row's
-// result depends only on its own x row: each of its outputs is one mma column, and the order of
-// the sums is fixed by (N, K, WARPS, SPLITS), never by M.
-// Launch rule (kernels/kiln_gemm.h; WARPS and SPLITS from compiler/lower.c's lower_skinny_shape):
-//   TILES = ceil(NOUT / OPB) (NOUT, OPB as gemv's); grid = (ceil(TILES / WARPS), SPLITS), block =
-//   32 * WARPS, dynamic shared memory KILN_SKINNY_SMEM(MMAX, WARPS) (208 KiB at 64 and 8);
-//   part: float [KILN_SKINNY_PART(SPLITS, TILES, MMAX)] (unused, may be null, for SPLITS 1);
-//   count: unsigned [TILES], zero before the first launch, left zero by every launch.
+//     partial tile to part (in fragment order, bypassing L1), fences, and counts its arrival on
+//     count[tile]; the warp that arrives last adds the SPLITS partials in part order 0, 1, ...
+//     (the same order whichever block is last: the result does not depend on scheduling),
+//     resets count[tile] to zero for the next launch and stores the tile.
+// A row's result depends only on its own x row (each output is one mma row; the order of the
+// sums is fixed by N, K, WARPS and SPLITS), never on M.
+// Launch rule (kernels/kiln_gemm.h; WARPS, SPLITS and STAGES from compiler/lower.c's
+//   lower_skinny_shape): TILES = ceil(NOUT / OPB) (gemv's NOUT, OPB); grid = (ceil(TILES /
+//   WARPS), SPLITS), block = 32 * WARPS, dynamic shared memory KILN_SKINNY_SMEM(MMAX, WARPS,
+//   STAGES); part: float [KILN_SKINNY_PART(SPLITS, TILES, MMAX)] (unused, may be null, for
+//   SPLITS 1); count: unsigned [TILES], zero before the first launch, left zero by every launch.
 // Layouts: gemv's (x [M, K] contiguous, w [N, K], bias, y [M, NOUT]). Preconditions: K % 8 == 0;
-// MMAX a multiple of 8 up to KILN_SKINNY_MAX; 1 <= M (rows past MMAX are not computed); x and w
-// 16-byte aligned; st unused.
+// MMAX a multiple of 16 up to KILN_SKINNY_MAX; 1 <= M (rows past MMAX are not computed); x and w
+// 16-byte aligned, y aligned to two elements (NOUT even, or one element stores); st unused.
 template <typename DT, int N, int K, int MMAX, bool BIAS, bool GATED, int ACT, bool OUT_F32,
-          int WARPS, int SPLITS>
+          int WARPS, int SPLITS, int STAGES>
 __device__ __forceinline__ void gemm_skinny(const kiln_step st, const DT *x, const DT *w,
                                             const DT *bias, void *y, float *part,
                                             unsigned *count, int M)
 {
     KILN_PDL_ENTER();
     static_assert(K % 8 == 0, "gemm_skinny: K must be a multiple of 8");
-    static_assert(MMAX % 8 == 0 && MMAX >= 8 && MMAX <= KILN_SKINNY_MAX,
-                  "gemm_skinny: MMAX is a multiple of 8 up to KILN_SKINNY_MAX");
-    static_assert(WARPS >= 1 && WARPS <= 16 && SPLITS >= 1, "gemm_skinny: 1..16 warps, SPLITS >= 1");
+    static_assert(MMAX % 16 == 0 && MMAX >= 16 && MMAX <= KILN_SKINNY_MAX,
+                  "gemm_skinny: MMAX is a multiple of 16 up to KILN_SKINNY_MAX");
+    static_assert(WARPS >= 1 && WARPS <= 16 && SPLITS >= 1 && STAGES >= 2,
+                  "gemm_skinny: 1..16 warps, SPLITS >= 1, STAGES >= 2");
     static_assert(N >= 1 && (!GATED || N % 2 == 0), "gemm_skinny: GATED needs an even N");
     (void)st;
-    constexpr int NOUT = GATED ? N / 2 : N, OPB = GATED ? 8 : 16, NT = MMAX / 8;
+    constexpr int NOUT = GATED ? N / 2 : N, OPB = GATED ? 8 : 16, MT = MMAX / 16;
     constexpr int TILES = (NOUT + OPB - 1) / OPB;
-    constexpr int KC = KILN_SKINNY_KC, XS = KILN_SKINNY_KC + KILN_SKINNY_PAD, P = KILN_SKINNY_STAGES;
+    constexpr int KC = KILN_SKINNY_KC, XS = KILN_SKINNY_KC + KILN_SKINNY_PAD, P = STAGES;
+    constexpr int THREADS = 32 * WARPS;
     constexpr int CPS = KC / 8;                  // 16-byte chunks of a row in a slice
     constexpr int CH = K / 8;                    // 16-byte chunks of a row
     constexpr int SLICES = (K + KC - 1) / KC;
-    static_assert(KC == 128 && (XS * 2) % 128 == 64 && P >= 2,
-                  "gemm_skinny: a slice is one 4-group step; rows g, g+1 in distinct bank groups");
-    // the ring: P slices of x [MMAX][XS], then P slices of the warps' weight chunks, [stage][warp]
-    // [group u][row a, b][lane] 16 bytes (a lane's own copies, read back by the same lane)
-    extern __shared__ __align__(16) unsigned char skinny_smem[];
-    DT(*const xs)[MMAX][XS] = reinterpret_cast<DT(*)[MMAX][XS]>(skinny_smem);
-    uint4(*const ws)[WARPS][4][2][32] = reinterpret_cast<uint4(*)[WARPS][4][2][32]>(
-        skinny_smem + (long long)P * MMAX * XS * sizeof(DT));
-    static_assert(KILN_SKINNY_SMEM(MMAX, WARPS) ==
-                      P * (MMAX * XS * sizeof(DT) + WARPS * 4 * 2 * 32 * 16),
+    constexpr bool TAIL = K % KC != 0;           // the last slice ends inside it
+    constexpr int RSTEP = THREADS / CPS;         // x rows between a thread's copies
+    constexpr int ROW = XS * 2;                  // bytes of a staged row
+    static_assert(sizeof(DT) == 2 && KC == 128 && ROW % 128 == 16,
+                  "gemm_skinny: 16-bit DT; 8 consecutive staged rows in 8 distinct bank groups");
+    static_assert(THREADS % CPS == 0 && MMAX % RSTEP == 0,
+                  "gemm_skinny: the threads copy whole rows of an x slice, the same number each");
+    constexpr int XSTAGE = MMAX * ROW;           // bytes of one x slice
+    constexpr int WSTAGE = WARPS * 16 * ROW;     // bytes of the warps' weight rows of a slice
+    static_assert(KILN_SKINNY_SMEM(MMAX, WARPS, STAGES) == P * (XSTAGE + WSTAGE),
                   "gemm_skinny: kiln_gemm.h's KILN_SKINNY_SMEM is this ring");
+    // the ring: P x slices [MMAX][XS], then P slices of the warps' rows, [stage][warp][16][XS]
+    extern __shared__ __align__(16) unsigned char skinny_smem[];
+    const unsigned sbase = (unsigned)__cvta_generic_to_shared(skinny_smem);
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, g = lane >> 2, t = lane & 3;
     if (M > MMAX)
         M = MMAX;
-    const int MR = (M + 7) & ~7; // rows of x staged: those past M are zeros
     const long long tile = (long long)blockIdx.x * WARPS + warp;
     const bool active = tile < TILES; // warp-uniform: a tile past the end computes nothing
     const int p = blockIdx.y;
     const int s0 = (int)((long long)p * SLICES / SPLITS);
     const int s1 = (int)((long long)(p + 1) * SLICES / SPLITS);
+    // copies: the thread's x rows xr0 + k * RSTEP, chunk xc of each slice; the lane's weight row
+    // wr = lane / 2 of the tile (its tile_rows pair: row g of the first half, g + 8 the second),
+    // chunks (lane % 2) * 8 .. + 7 of each slice
+    const int xr0 = threadIdx.x / CPS, xc = threadIdx.x % CPS;
+    const DT *xsrc = x + (long long)xr0 * K + 8 * xc;
+    const unsigned xdst = sbase + (unsigned)(xr0 * ROW + 16 * xc);
+    const int wr = lane >> 1, wc0 = (lane & 1) * 8;
     long long ra, rb;
-    gemv_detail::tile_rows<N, GATED>(active ? tile : TILES - 1, g, ra, rb);
-    const DT *wa = w + ra * K, *wb = w + rb * K;
-    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+    gemv_detail::tile_rows<N, GATED>(active ? tile : TILES - 1, wr & 7, ra, rb);
+    const DT *wsrc = w + (wr < 8 ? ra : rb) * K + 8 * wc0;
+    const unsigned wdst = sbase + (unsigned)(P * XSTAGE + (warp * 16 + wr) * ROW + 16 * wc0);
+    // ldmatrix row addresses: A (x, m-tile i): row 16i + (lane & 15), chunk (lane >> 4) of the
+    // k16 step; B (the warp's 16 rows): row (lane & 7) + ((lane >> 4) << 3), chunk (lane >> 3) & 1
+    const unsigned xa = sbase + (unsigned)((lane & 15) * ROW + (lane >> 4) * 16);
+    const unsigned wa = sbase + (unsigned)(P * XSTAGE + (warp * 16 + (lane & 7) + ((lane >> 4) << 3)) *
+                                               ROW + ((lane >> 3) & 1) * 16);
 
-    // Slice s into ring stage b, as one cp.async group of this thread (empty past s1: the group
-    // count stays one a slice). x: rows 0..MR-1, copied by the block's threads. w: the lane's
-    // chunks of group u, 4u + t of the slice, rows a and b; chunks past K are zeros.
-    auto load = [&](int s, int b) {
-        if (s < s1) {
-            for (int i = threadIdx.x; i < MR * CPS; i += 32 * WARPS) {
-                const int r = i / CPS, c = i % CPS, gc = s * CPS + c;
-                const bool ok = r < M && gc < CH;
-                cp_async16(&xs[b][r][8 * c], ok ? x + (long long)r * K + 8 * gc : x, ok ? 16 : 0);
+    // The rest at E m-tiles of 16 rows, the fewest powers of two that hold M (or MT).
+    auto run = [&](auto mtiles) {
+        constexpr int E = decltype(mtiles)::value;
+        // slice s into ring stage b, as one cp.async group of this thread (empty past s1: the
+        // group count stays one a slice); chunks past K are zeros, and so are the x rows from M
+        // to 16E (rows past 16E are not copied)
+        auto load = [&](int s, int b) {
+            if (s < s1) {
+                const bool xin = !TAIL || s * CPS + xc < CH;
+#pragma unroll
+                for (int k = 0; k < MMAX / RSTEP; k++) {
+                    const int r = xr0 + k * RSTEP;
+                    const bool ok = xin && r < M;
+                    if (r < 16 * E)
+                        cp_async16(xdst + b * XSTAGE + k * RSTEP * ROW,
+                                   ok ? xsrc + (long long)k * RSTEP * K + (long long)s * KC : x,
+                                   ok ? 16 : 0);
+                }
+                if (active)
+#pragma unroll
+                    for (int c = 0; c < 8; c++) {
+                        const bool ok = !TAIL || s * CPS + wc0 + c < CH;
+                        cp_async16(wdst + b * WSTAGE + 16 * c,
+                                   ok ? wsrc + (long long)s * KC + 8 * c : w, ok ? 16 : 0);
+                    }
             }
-            if (active)
-#pragma unroll
-                for (int u = 0; u < 4; u++) {
-                    const int c = s * CPS + 4 * u + t;
-                    const bool ok = c < CH;
-                    cp_async16(&ws[b][warp][u][0][lane], ok ? wa + 8LL * c : w, ok ? 16 : 0);
-                    cp_async16(&ws[b][warp][u][1][lane], ok ? wb + 8LL * c : w, ok ? 16 : 0);
-                }
-        }
-        cp_async_commit();
-    };
+            cp_async_commit();
+        };
 
-    float acc[NT][4];
+        float acc[E][2][4];
 #pragma unroll
-    for (int j = 0; j < NT; j++)
+        for (int i = 0; i < E; i++)
 #pragma unroll
-        for (int i = 0; i < 4; i++)
-            acc[j][i] = 0.f;
+            for (int h = 0; h < 2; h++)
 #pragma unroll
-    for (int i = 0; i < P - 1; i++)
-        load(s0 + i, i);
+                for (int e = 0; e < 4; e++)
+                    acc[i][h][e] = 0.f;
+#pragma unroll
+        for (int i = 0; i < P - 1; i++)
+            load(s0 + i, i);
+        int b = 0; // the stage of slice s
 #pragma unroll 1
-    for (int s = s0; s < s1; s++) {
-        const int b = (s - s0) % P;
-        cp_async_wait<P - 2>(); // this thread's copies of slice s have landed
-        __syncthreads();        // everyone's have; and every warp is done with slice s - 1
-        load(s + P - 1, (s - s0 + P - 1) % P); // into slice s - 1's stage
-        if (!active)
-            continue;
-        float d[NT][4];
+        for (int s = s0; s < s1; s++) {
+            cp_async_wait<P - 2>(); // this thread's copies of slice s have landed
+            __syncthreads();        // everyone's have; and every warp is done with slice s - 1
+            load(s + P - 1, b == 0 ? P - 1 : b - 1); // into slice s - 1's stage
+            if (active) {
+                float d[E][2][4];
 #pragma unroll
-        for (int j = 0; j < NT; j++)
+                for (int i = 0; i < E; i++)
 #pragma unroll
-            for (int i = 0; i < 4; i++)
-                d[j][i] = 0.f;
+                    for (int h = 0; h < 2; h++)
 #pragma unroll
-        for (int u = 0; u < 4; u++) {
-            uint4 xb[NT];
+                        for (int e = 0; e < 4; e++)
+                            d[i][h][e] = 0.f;
 #pragma unroll
-            for (int j = 0; j < NT; j++)
-                xb[j] = 8 * j < M
-                            ? *reinterpret_cast<const uint4 *>(&xs[b][8 * j + g][32 * u + 8 * t])
-                            : zero;
-            gemv_detail::mma_group<DT, NT>(d, ws[b][warp][u][0][lane], ws[b][warp][u][1][lane], xb,
-                                           M);
-        }
+                for (int kk = 0; kk < KC / 16; kk++) {
+                    unsigned bw[4]; // b0, b1 of the first half, then of the second
+                    ldsm4(bw, wa + b * WSTAGE + kk * 32);
 #pragma unroll
-        for (int j = 0; j < NT; j++)
-#pragma unroll
-            for (int i = 0; i < 4; i++)
-                acc[j][i] += d[j][i];
-    }
-    cp_async_wait_all(); // no copy outlives the block (the empty tail groups, or a part of none)
-    if (!active)
-        return;
-    if constexpr (SPLITS > 1) {
-        constexpr long long PT = MMAX * 16; // floats of one partial tile: [NT * 4 regs][32 lanes]
-        float *mine = part + ((long long)p * TILES + tile) * PT;
-#pragma unroll
-        for (int j = 0; j < NT; j++)
-            if (8 * j < M)
-#pragma unroll
-                for (int i = 0; i < 4; i++)
-                    __stcg(&mine[(4 * j + i) * 32 + lane], acc[j][i]);
-        __threadfence(); // the partial is visible before the arrival is counted
-        unsigned last = 0;
-        if (lane == 0)
-            last = atomicAdd(&count[tile], 1u) == SPLITS - 1;
-        if (!__shfl_sync(0xffffffffu, last, 0))
-            return;
-        __threadfence(); // every other part's partial is visible to the reads below
-#pragma unroll
-        for (int j = 0; j < NT; j++)
-            if (8 * j < M)
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    const float *q = part + tile * PT + (4 * j + i) * 32 + lane;
-                    float v = __ldcg(q);
-#pragma unroll 1
-                    for (int r = 1; r < SPLITS; r++)
-                        v += __ldcg(q + (long long)r * TILES * PT);
-                    acc[j][i] = v;
+                    for (int i = 0; i < E; i++) {
+                        unsigned a[4];
+                        ldsm4(a, xa + b * XSTAGE + i * 16 * ROW + kk * 32);
+                        gemv_detail::mma16816<DT>(d[i][0], a[0], a[1], a[2], a[3], bw[0], bw[1]);
+                        gemv_detail::mma16816<DT>(d[i][1], a[0], a[1], a[2], a[3], bw[2], bw[3]);
+                    }
                 }
-        if (lane == 0)
-            count[tile] = 0;
-    }
-    gemv_detail::store_tile<DT, N, NT, BIAS, GATED, ACT, OUT_F32>(acc, nullptr, bias, y, 0, tile,
-                                                                 M);
+#pragma unroll
+                for (int i = 0; i < E; i++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++)
+                            acc[i][h][e] += d[i][h][e];
+            }
+            b = b == P - 1 ? 0 : b + 1;
+        }
+        cp_async_wait_all(); // no copy outlives the block (the empty tail groups, a part of none)
+        if (!active)
+            return;
+        if constexpr (SPLITS > 1) {
+            constexpr long long PT = MMAX * 16; // floats of a partial tile: [MT][2][4][32 lanes]
+            float *mine = part + ((long long)p * TILES + tile) * PT;
+#pragma unroll
+            for (int i = 0; i < E; i++)
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++)
+                        __stcg(&mine[((i * 2 + h) * 4 + e) * 32 + lane], acc[i][h][e]);
+            __threadfence(); // the partial is visible before the arrival is counted
+            __syncwarp();    // every lane's fence is done before lane 0 counts the warp's
+            unsigned last = 0;
+            if (lane == 0)
+                last = atomicAdd(&count[tile], 1u) == SPLITS - 1;
+            if (!__shfl_sync(0xffffffffu, last, 0))
+                return;
+            __threadfence(); // every other part's partial is visible to the reads below
+#pragma unroll
+            for (int i = 0; i < E; i++)
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const float *q = part + tile * PT + ((i * 2 + h) * 4 + e) * 32 + lane;
+                        float v = __ldcg(q);
+#pragma unroll 1
+                        for (int r = 1; r < SPLITS; r++)
+                            v += __ldcg(q + (long long)r * TILES * PT);
+                        acc[i][h][e] = v;
+                    }
+            if (lane == 0)
+                count[tile] = 0;
+        }
+        // The epilogue: lane (g, t) holds, for x rows m = 16i + g + 8r (r = 0, 1), acc[i][h][2r]
+        // and acc[i][h][2r + 1] of the tile's weight rows 8h + 2t and 8h + 2t + 1 (GATED: h = 0
+        // the gate rows of outputs 2t, 2t + 1, h = 1 their up rows)
+#pragma unroll
+        for (int i = 0; i < E; i++)
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                const int m = 16 * i + g + 8 * r;
+                if (m >= M)
+                    continue;
+#pragma unroll
+                for (int h = 0; h < (GATED ? 1 : 2); h++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        const long long o = tile * OPB + 8 * h + 2 * t + e;
+                        if (o >= NOUT)
+                            continue;
+                        float v;
+                        if constexpr (GATED) {
+                            float gs = acc[i][0][2 * r + e], us = acc[i][1][2 * r + e];
+                            if (BIAS) {
+                                gs += to_f(bias[o]);
+                                us += to_f(bias[NOUT + o]);
+                            }
+                            v = act<ACT>(gs) * us;
+                        } else {
+                            v = acc[i][h][2 * r + e];
+                            if (BIAS)
+                                v += to_f(bias[o]);
+                        }
+                        if constexpr (OUT_F32)
+                            static_cast<float *>(y)[(long long)m * NOUT + o] = v;
+                        else
+                            static_cast<DT *>(y)[(long long)m * NOUT + o] = from_f<DT>(v);
+                    }
+            }
+    };
+    const int need = (M + 15) / 16;
+    if constexpr (MT >= 2)
+        if (need <= 1)
+            return run(gemv_detail::int_tag<1>());
+    if constexpr (MT >= 4)
+        if (need <= 2)
+            return run(gemv_detail::int_tag<2>());
+    run(gemv_detail::int_tag<MT>());
 }
 
 // gemv_fp8 — the same GEMV with an FP8 (e4m3) weight: y[m, n] = (x[m] · q[n]) * scale (+ bias[n]),

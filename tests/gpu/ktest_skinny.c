@@ -9,16 +9,16 @@
  * tolerances for the same reasons (the kernel's numerics are gemv's: float sums of chains of at
  * most 8 mma, one rounding of the output): relative L2 1e-2 for a bf16/f16 output, 1e-5 for a
  * float one. Every case launches the launch rule of kernels/kiln_gemm.h (grid (ceil(TILES /
- * WARPS), SPLITS), block 32 * WARPS, KILN_SKINNY_SMEM(MMAX, WARPS) bytes of dynamic shared
- * memory) with the wrapper written as lower.c writes a kernel
- * (__launch_bounds__(32 * WARPS)), WARPS and SPLITS those of lower_skinny_shape unless the case
- * names them. The cases cover M = 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64 at MMAX 64 (and
+ * WARPS), SPLITS), block 32 * WARPS, KILN_SKINNY_SMEM(MMAX, WARPS, STAGES) bytes of dynamic shared
+ * memory) with the wrapper written as lower.c writes a kernel (__launch_bounds__(32 * WARPS)),
+ * WARPS, SPLITS and STAGES those of lower_skinny_shape (for this GPU's shared memory) unless the
+ * case names them. The cases cover M = 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64 at MMAX 64 (and
  * MMAX 16 and 32), gated and not, bias, float output, bf16 and f16, N not a multiple of the
  * 16-row tile (gated: N/2 not a multiple of 8), K not a multiple of the 128-element slice (520,
  * 1000), shorter than one (64, 8), 4096 and 14336, SPLITS 1, 2, 4, 8 and 16 (and more parts
  * than slices, parts without a slice: K = 256 in 4 parts, K = 64 in 2, K = 520 in 8), WARPS 1, 4
  * and 8 with TILES not a multiple of WARPS (N = 1000: 63 tiles; gated N = 1998: 125; N = 37: 3
- * tiles, 5 warps of the block without one), and the Llama 8B/1B linears at M = 16 and 64 at
+ * tiles, 5 warps of the block without one), rings of 2 and 3 slices, and the Llama 8B/1B linears at M = 16 and 64 at
  * lower_skinny_shape's pick. There the double reference of every row would take minutes: only
  * rows 0, 1, M/2 and M - 1 are compared (all rows are in the checks below).
  *
@@ -59,29 +59,45 @@ typedef struct scase {
     int N, K, mmax;
     int ms[13]; /* the rows M to run (one kernel for all), 0-terminated */
     int bias, gated, act, f32, f16;
-    int warps, splits; /* 0: lower_skinny_shape's */
+    int warps, splits, stages; /* 0: lower_skinny_shape's */
 } scase;
 
 /* One kernel instance: the shape, the template arguments and its launch geometry. */
 typedef struct skern {
-    int N, K, mmax, bias, gated, act, f32, f16, warps, splits;
+    int N, K, mmax, bias, gated, act, f32, f16, warps, splits, stages;
     int nout, tiles, smem; /* smem: the dynamic shared memory bytes of a block */
     CUfunction f;
 } skern;
 
-/* lower_skinny_shape's WARPS and SPLITS where k has none, then the launch rule's numbers
+/* The shared memory a block may opt in to on this GPU (lower_skinny_shape's budget, as kilnc
+ * compile --sm gives it for this GPU alone); sm_80's without a GPU. */
+static int smem_block = 163 * 1024;
+
+static void smem_block_of(kt *t)
+{
+    if (t->compile_only)
+        return;
+    CUdevice dev;
+    KT_CU(t, cuDeviceGet(&dev, 0)); /* kiln-ktest runs on device 0 */
+    KT_CU(t, cuDeviceGetAttribute(&smem_block,
+                                  CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, dev));
+}
+
+/* lower_skinny_shape's WARPS, SPLITS and STAGES where k has none, then the launch rule's numbers
  * (kernels/kiln_gemm.h). */
 static void skern_shape(skern *k)
 {
-    int w = 0, s = 0;
-    lower_skinny_shape(k->N, k->K, k->gated, &w, &s);
+    int w = 0, s = 0, st = 0;
+    lower_skinny_shape(k->N, k->K, k->gated, smem_block, &w, &s, &st);
     if (!k->warps)
         k->warps = w;
     if (!k->splits)
         k->splits = s;
+    if (!k->stages)
+        k->stages = st;
     k->nout = k->gated ? k->N / 2 : k->N;
     k->tiles = k->gated ? (k->nout + 7) / 8 : (k->nout + 15) / 16;
-    k->smem = KILN_SKINNY_SMEM(k->mmax, k->warps);
+    k->smem = KILN_SKINNY_SMEM(k->mmax, k->warps, k->stages);
 }
 
 /* The kernel's wrapper k_skinny, as lower.c writes a kernel: extern "C", __launch_bounds__ of
@@ -97,11 +113,12 @@ static int skern_build(kt *t, skern *k, const char *name)
              "k_skinny(const kiln_step st, const %s *x, const %s *w, const %s *bias, void *y, "
              "float *part, unsigned *count, int M)\n"
              "{\n"
-             "    kiln::gemm_skinny<%s, %d, %d, %d, %s, %s, %d, %s, %d, %d>(st, x, w, bias, y, "
-             "part, count, M);\n"
+             "    kiln::gemm_skinny<%s, %d, %d, %d, %s, %s, %d, %s, %d, %d, %d>(st, x, w, bias, "
+             "y, part, count, M);\n"
              "}\n",
              32 * k->warps, dt, dt, dt, dt, k->N, k->K, k->mmax, k->bias ? "true" : "false",
-             k->gated ? "true" : "false", k->act, k->f32 ? "true" : "false", k->warps, k->splits);
+             k->gated ? "true" : "false", k->act, k->f32 ? "true" : "false", k->warps, k->splits,
+             k->stages);
     CUmodule m = kt_module(t, name, src);
     if (!m && !t->compile_only)
         return -1;
@@ -282,12 +299,12 @@ static void skinny_check(kt *t, const skern *k, int M, const char *name)
 }
 
 /* A case's label after "skinny/N=.. K=.. M=..": MMAX, gated and its activation, bias, f32, f16,
- * warps and splits. */
+ * warps, splits and stages. */
 static void skern_label(const skern *k, char *out, size_t n)
 {
-    snprintf(out, n, " MMAX=%d%s%s%s%s%s warps=%d splits=%d", k->mmax, k->gated ? " gated " : "",
-             k->gated ? kt_act_name(k->act) : "", k->bias ? " bias" : "", k->f32 ? " f32" : "",
-             k->f16 ? " f16" : "", k->warps, k->splits);
+    snprintf(out, n, " MMAX=%d%s%s%s%s%s warps=%d splits=%d stages=%d", k->mmax,
+             k->gated ? " gated " : "", k->gated ? kt_act_name(k->act) : "", k->bias ? " bias" : "",
+             k->f32 ? " f32" : "", k->f16 ? " f16" : "", k->warps, k->splits, k->stages);
 }
 
 /* A case: its kernel compiled once, run for each M of c->ms. */
@@ -295,7 +312,7 @@ static void skinny_case(kt *t, const scase *c)
 {
     skern k = {.N = c->N, .K = c->K, .mmax = c->mmax, .bias = c->bias, .gated = c->gated,
                .act = c->act, .f32 = c->f32, .f16 = c->f16, .warps = c->warps,
-               .splits = c->splits};
+               .splits = c->splits, .stages = c->stages};
     skern_shape(&k);
     char opts[160];
     skern_label(&k, opts, sizeof opts);
@@ -385,6 +402,7 @@ enum { NLLAMA = sizeof llama / sizeof llama[0] };
 
 void ktest_skinny(kt *t)
 {
+    smem_block_of(t);
 #define M12 {1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64}
     static const scase cases[] = {
         /* every M at MMAX 64: N = 1000 is 63 tiles (not a multiple of 16 rows, nor of 4 or 8
@@ -426,6 +444,11 @@ void ktest_skinny(kt *t)
         {.N = 1000, .K = 256, .mmax = 64, .ms = {1, 33, 64}, .warps = 4, .splits = 4},
         {.N = 200, .K = 64, .mmax = 64, .ms = {64}, .f32 = 1, .warps = 8, .splits = 2},
         {.N = 1000, .K = 520, .mmax = 64, .ms = {64}, .warps = 8, .splits = 8},
+        /* rings of 2 and 3 slices (the shared memory of 99 KiB and 163 KiB targets) */
+        {.N = 1000, .K = 1000, .mmax = 64, .ms = {9, 40, 64}, .bias = 1, .warps = 4,
+         .splits = 2, .stages = 2},
+        {.N = 1998, .K = 4096, .mmax = 64, .ms = {16, 64}, .gated = 1, .act = KILN_ACT_SILU,
+         .warps = 8, .splits = 4, .stages = 3},
     };
 #undef M12
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
@@ -522,20 +545,24 @@ static int bench_kernels(kt *t, int s, skern k[BENCH_COLS])
                   .gated = llama[s].gated, .act = KILN_ACT_SILU};
     skern_shape(&base);
     const int W = base.warps, S = base.splits;
-    const int cw[BENCH_COLS] = {W, 4, 8, W, W}, cs[BENCH_COLS] = {S, S, S, S / 2, 2 * S};
+    const int P = base.stages;
+    const int cw[BENCH_COLS] = {W, 4, W, W, W}, cs[BENCH_COLS] = {S, S, S, S / 2, 2 * S};
+    const int cp[BENCH_COLS] = {P, P, P > 3 ? 3 : 2, P, P};
     for (int c = 0; c < BENCH_COLS; c++) {
         k[c] = base;
         k[c].warps = cw[c];
         k[c].splits = cs[c];
+        k[c].stages = cp[c];
+        k[c].smem = KILN_SKINNY_SMEM(k[c].mmax, cw[c], cp[c]);
         k[c].f = NULL;
         for (int p = 0; p < c && cs[c] > 0; p++)
-            if (cw[p] == cw[c] && cs[p] == cs[c])
+            if (cw[p] == cw[c] && cs[p] == cs[c] && cp[p] == cp[c])
                 k[c].f = k[p].f;
         if (k[c].f || cs[c] == 0)
             continue;
         char name[160];
-        snprintf(name, sizeof name, "bench skinny %s warps=%d splits=%d", llama[s].name, cw[c],
-                 cs[c]);
+        snprintf(name, sizeof name, "bench skinny %s warps=%d splits=%d stages=%d", llama[s].name,
+                 cw[c], cs[c], cp[c]);
         if (skern_build(t, &k[c], name))
             return -1;
         KT_CU(t, cuFuncSetAttribute(k[c].f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -631,18 +658,19 @@ int ktest_skinny_bench(kt *t)
     memset(&b, 0, sizeof b);
     if (!(b.lt = kt_cublaslt(t, "kiln-ktest --bench skinny")))
         return -1;
+    smem_block_of(t);
     const double copy_bw = kt_copy_bw(t);
     printf("bench skinny: templates/gemv.cuh's gemm_skinny, bf16, no bias, MMAX %d; each time per "
            "launch in a CUDA graph of %d back-to-back launches (PDL %s) cycling over copies of "
            "the weight, the best of %d replays. W/S regs GB/s xcpy us = at lower_skinny_shape's "
            "warps/splits: registers a thread, weight bytes per second, that over the copy bandwidth %.0f GB/s, "
-           "microseconds; W4, W8 = GB/s at 4 and 8 warps with its splits; S/2, 2S = GB/s at its "
+           "microseconds; W4 = GB/s at 4 warps with its splits, P-1 = with one slice fewer in its ring (3, or 2 where it has 3); S/2, 2S = GB/s at its "
            "warps with half and twice its splits; lt_us, lt_GB = cuBLASLt (kgemm_run, the plain "
            "[M, N] product) in the same kind of graph; ratio = skinny's throughput (W/S) over "
            "cuBLASLt's; diff = relative L2 of skinny's y against cuBLASLt's.\n",
            KILN_SKINNY_MAX, BENCH_LAUNCHES, t->pdl ? "on" : "off", BENCH_REPLAYS, copy_bw / 1e9);
     printf("%-10s %5s %5s %2s | %5s %4s %5s %4s %6s | %5s %5s %6s %5s | %6s %5s | %5s | %s\n",
-           "shape", "N", "K", "M", "W/S", "regs", "GB/s", "xcpy", "us", "W4", "W8", "S/2", "2S",
+           "shape", "N", "K", "M", "W/S", "regs", "GB/s", "xcpy", "us", "W4", "P-1", "S/2", "2S",
            "lt_us", "lt_GB", "ratio", "diff");
     double sum64 = 0;
     int n64 = 0, rc = 0;
