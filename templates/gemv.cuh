@@ -790,11 +790,15 @@ __device__ __forceinline__ void gemm_skinny(const kiln_step st, const DT *x, con
 #pragma unroll
                     for (int e = 0; e < 4; e++) {
                         const float *q = part + tile * PT + ((i * 2 + h) * 4 + e) * 32 + lane;
-                        float v = __ldcg(q);
-#pragma unroll 1
+                        float v[SPLITS]; // every part's load in flight at once, then the sum
+#pragma unroll
+                        for (int r = 0; r < SPLITS; r++)
+                            v[r] = __ldcg(q + (long long)r * TILES * PT);
+                        float sum = v[0];
+#pragma unroll
                         for (int r = 1; r < SPLITS; r++)
-                            v += __ldcg(q + (long long)r * TILES * PT);
-                        acc[i][h][e] = v;
+                            sum += v[r];
+                        acc[i][h][e] = sum;
                     }
             if (lane == 0)
                 count[tile] = 0;

@@ -533,8 +533,9 @@ static CUdeviceptr bench_rand(kt *t, size_t n, float scale)
     return d;
 }
 
-/* The columns of the table: lower_skinny_shape's pick, then 4 and 8 warps at its splits, then
- * its warps at half (none below 1) and twice its splits. */
+/* The columns of the table: lower_skinny_shape's pick; 4 warps and a ring of 3 slices (two blocks
+ * an SM) at its splits and at half of them; its warps and ring at half and a quarter of its
+ * splits (at least 1). */
 enum { BENCH_COLS = 5 };
 
 /* Shape s's kernels, one per column (columns of the same warps and splits share one; a column
@@ -546,8 +547,9 @@ static int bench_kernels(kt *t, int s, skern k[BENCH_COLS])
     skern_shape(&base);
     const int W = base.warps, S = base.splits;
     const int P = base.stages;
-    const int cw[BENCH_COLS] = {W, 4, W, W, W}, cs[BENCH_COLS] = {S, S, S, S / 2, 2 * S};
-    const int cp[BENCH_COLS] = {P, P, P > 3 ? 3 : 2, P, P};
+    const int S2 = S / 2 ? S / 2 : 1, S4 = S / 4 ? S / 4 : 1;
+    const int cw[BENCH_COLS] = {W, 4, 4, W, W}, cs[BENCH_COLS] = {S, S, S2, S2, S4};
+    const int cp[BENCH_COLS] = {P, 3, 3, P, P};
     for (int c = 0; c < BENCH_COLS; c++) {
         k[c] = base;
         k[c].warps = cw[c];
@@ -594,7 +596,7 @@ static int bench_shape(kt *t, sbench *b, int s, double copy_bw, double *sum64, i
     b->x = bench_rand(t, (size_t)KILN_SKINNY_MAX * K, 1.0f);
     b->y = kt_alloc(t, (size_t)KILN_SKINNY_MAX * k[0].nout * 2);
     b->ylt = kt_alloc(t, (size_t)KILN_SKINNY_MAX * N * 2);
-    b->part = kt_alloc(t, sizeof(float) * (size_t)KILN_SKINNY_PART(k[4].splits, tiles,
+    b->part = kt_alloc(t, sizeof(float) * (size_t)KILN_SKINNY_PART(k[0].splits, tiles,
                                                                     KILN_SKINNY_MAX));
     unsigned *cnt = xcalloc((size_t)tiles, sizeof(unsigned));
     b->count = kt_upload(t, cnt, sizeof(unsigned) * (size_t)tiles);
@@ -664,13 +666,13 @@ int ktest_skinny_bench(kt *t)
            "launch in a CUDA graph of %d back-to-back launches (PDL %s) cycling over copies of "
            "the weight, the best of %d replays. W/S regs GB/s xcpy us = at lower_skinny_shape's "
            "warps/splits: registers a thread, weight bytes per second, that over the copy bandwidth %.0f GB/s, "
-           "microseconds; W4 = GB/s at 4 warps with its splits, P-1 = with one slice fewer in its ring (3, or 2 where it has 3); S/2, 2S = GB/s at its "
+           "microseconds; 4/S, 4/S2 = GB/s at 4 warps and a ring of 3 slices (two blocks an SM) with its splits and half of them; S/2, S/4 = at its warps and ring with half and a quarter of its splits (at least 1); S/2, 2S = GB/s at its "
            "warps with half and twice its splits; lt_us, lt_GB = cuBLASLt (kgemm_run, the plain "
            "[M, N] product) in the same kind of graph; ratio = skinny's throughput (W/S) over "
            "cuBLASLt's; diff = relative L2 of skinny's y against cuBLASLt's.\n",
            KILN_SKINNY_MAX, BENCH_LAUNCHES, t->pdl ? "on" : "off", BENCH_REPLAYS, copy_bw / 1e9);
     printf("%-10s %5s %5s %2s | %5s %4s %5s %4s %6s | %5s %5s %6s %5s | %6s %5s | %5s | %s\n",
-           "shape", "N", "K", "M", "W/S", "regs", "GB/s", "xcpy", "us", "W4", "P-1", "S/2", "2S",
+           "shape", "N", "K", "M", "W/S", "regs", "GB/s", "xcpy", "us", "4/S", "4/S2", "S/2", "S/4",
            "lt_us", "lt_GB", "ratio", "diff");
     double sum64 = 0;
     int n64 = 0, rc = 0;
