@@ -601,7 +601,9 @@ __device__ __forceinline__ void gemv(const kiln_step st, const DT *x, const DT *
 //   - the WARPS warps of a block take WARPS consecutive tiles and share x. K is streamed in
 //     slices of KILN_SKINNY_KC (128) elements through a ring of STAGES slices in dynamic shared
 //     memory, STAGES - 1 in flight while one is multiplied, one barrier a slice (cp.async: the
-//     block copies the x rows, each warp its own 16 weight rows, 8 x 16 bytes a lane). Rows are
+//     block copies the x rows, each warp its own 16 weight rows, 8 x 16 bytes a lane; 16 lanes
+//     copy one row's 256 contiguous bytes, whole 32-byte sectors: lanes that each copied half of
+//     a sector made the L2 read every weight sector twice, on an H200). Rows are
 //     KILN_SKINNY_KC + KILN_SKINNY_PAD elements apart (272 bytes): the 8 row addresses of one
 //     ldmatrix phase fall in 8 distinct 16-byte bank groups. x rows from M up to the last m-tile
 //     computed and elements past K are zeros; m-tiles past M are not computed (E of them, the
@@ -668,17 +670,22 @@ __device__ __forceinline__ void gemm_skinny(const kiln_step st, const DT *x, con
     const int p = blockIdx.y;
     const int s0 = (int)((long long)p * SLICES / SPLITS);
     const int s1 = (int)((long long)(p + 1) * SLICES / SPLITS);
-    // copies: the thread's x rows xr0 + k * RSTEP, chunk xc of each slice; the lane's weight row
-    // wr = lane / 2 of the tile (its tile_rows pair: row g of the first half, g + 8 the second),
-    // chunks (lane % 2) * 8 .. + 7 of each slice
+    // copies (each 16 consecutive threads one row's 256 contiguous bytes of a slice, whole
+    // sectors): the thread's x rows xr0 + k * RSTEP, chunk xc of each slice; the lane's rows
+    // 2c + lane / 16 (c < 8) of the warp's tile, chunk lane % 16 (tile row r is gemv's row g = r
+    // of its first half for r < 8, of its second for r >= 8: tile_rows)
     const int xr0 = threadIdx.x / CPS, xc = threadIdx.x % CPS;
     const DT *xsrc = x + (long long)xr0 * K + 8 * xc;
     const unsigned xdst = sbase + (unsigned)(xr0 * ROW + 16 * xc);
-    const int wr = lane >> 1, wc0 = (lane & 1) * 8;
-    long long ra, rb;
-    gemv_detail::tile_rows<N, GATED>(active ? tile : TILES - 1, wr & 7, ra, rb);
-    const DT *wsrc = w + (wr < 8 ? ra : rb) * K + 8 * wc0;
-    const unsigned wdst = sbase + (unsigned)(P * XSTAGE + (warp * 16 + wr) * ROW + 16 * wc0);
+    const int wc = lane & 15, whi = lane >> 4;
+    const DT *wsrc[8];
+#pragma unroll
+    for (int c = 0; c < 8; c++) {
+        long long ra, rb;
+        gemv_detail::tile_rows<N, GATED>(active ? tile : TILES - 1, 2 * (c & 3) + whi, ra, rb);
+        wsrc[c] = w + (c < 4 ? ra : rb) * K + 8 * wc;
+    }
+    const unsigned wdst = sbase + (unsigned)(P * XSTAGE + (warp * 16 + whi) * ROW + 16 * wc);
     // ldmatrix row addresses: A (x, m-tile i): row 16i + (lane & 15), chunk (lane >> 4) of the
     // k16 step; B (the warp's 16 rows): row (lane & 7) + ((lane >> 4) << 3), chunk (lane >> 3) & 1
     const unsigned xa = sbase + (unsigned)((lane & 15) * ROW + (lane >> 4) * 16);
@@ -706,9 +713,9 @@ __device__ __forceinline__ void gemm_skinny(const kiln_step st, const DT *x, con
                 if (active)
 #pragma unroll
                     for (int c = 0; c < 8; c++) {
-                        const bool ok = !TAIL || s * CPS + wc0 + c < CH;
-                        cp_async16(wdst + b * WSTAGE + 16 * c,
-                                   ok ? wsrc + (long long)s * KC + 8 * c : w, ok ? 16 : 0);
+                        const bool ok = !TAIL || s * CPS + wc < CH;
+                        cp_async16(wdst + b * WSTAGE + 2 * c * ROW,
+                                   ok ? wsrc[c] + (long long)s * KC : w, ok ? 16 : 0);
                     }
             }
             cp_async_commit();
