@@ -108,12 +108,17 @@ static void push_sized(lw *w, int which, ka_step *s)
         push(w, which, s);
 }
 
-/* A GEMM-path step of a linear that has a skinny step: it runs past skinny_max rows only. */
-static ka_step *huge(lw *w, ka_step *s)
+/* A GEMM-path step (size large) of a linear pushed to `which`: where the decode schedule gives the
+ * linear a skinny step (`skinny`), its decode copy runs past skinny_max rows only. */
+static void push_gemm(lw *w, int which, ka_step *s, int skinny)
 {
-    if (w->skinny)
-        s->size = KA_SIZE_HUGE;
-    return s;
+    if (!skinny) {
+        push_sized(w, which, s);
+        return;
+    }
+    push_sized(w, which & PRE, s);
+    s->size = KA_SIZE_HUGE;
+    push_sized(w, which & DEC, s);
 }
 
 static ka_grid G(int t, int s, int q, int add, int div) { return (ka_grid){t, s, q, add, div}; }
@@ -463,36 +468,36 @@ int lower_gemv_threads(int64_t N, int64_t K, int gated, int step)
 
 /* The tiles a block (8, else 4: how many weight rows share each slice of x; one block an SM, by
  * its shared memory), the ring's slices (4, or the most that fit smem_block bytes: 3 on an A100)
- * and the power of two of K parts that fill the waves of a 132-SM H100/H200 best (blocks / (132
- * * waves)), each part at least 4 slices and the partials' floats at most a quarter of the
- * weight's bytes at 64 rows (parts <= K / 512); 8 tiles and the fewer parts unless the fill gains
- * 5%. The 8B shape: qkv 8 x 8 parts (384 blocks, 97% of 3 waves), o and down 8 x 4 (128),
- * gate_up 8 x 4 (896), LM head 8 x 1 (1,002, 95%). 0 stages: no configuration fits. */
+ * and the fewest K parts (a power of two, each part at least 4 slices) that make 96 blocks, about
+ * three quarters of a 132-SM H100/H200: on an H200 (tests/gpu/RESULTS.md, tenth session) fewer,
+ * longer blocks streamed faster as long as most SMs had one, and 4 tiles a block only where 8
+ * cannot reach 96 blocks. The 8B shape: qkv 8 x 2 parts (96 blocks), o and down 8 x 4 (128),
+ * gate_up and the LM head 8 x 1 (224, 1,002). 0 stages: no configuration fits. */
 void lower_skinny_shape(int64_t N, int64_t K, int gated, int smem_block, int *warps, int *splits,
                         int *stages)
 {
-    const int sms = 132;
+    const int64_t want = 96;
     int64_t tiles = gated ? (N / 2 + 7) / 8 : (N + 15) / 16;
-    int64_t slices = (K + KILN_SKINNY_KC - 1) / KILN_SKINNY_KC;
-    double best_fill = 0;
+    int64_t slices = (K + KILN_SKINNY_KC - 1) / KILN_SKINNY_KC, best = 0;
     *warps = 8;
     *splits = 1;
     *stages = 0;
-    for (int wp = 8; wp >= 4; wp /= 2) {
+    for (int wp = 8; wp >= 4 && best < want; wp /= 2) {
         int st = 4;
         while (st >= 2 && KILN_SKINNY_SMEM(KILN_SKINNY_MAX, wp, st) > smem_block)
             st--;
         if (st < 2)
             continue;
-        for (int s = 1; s == 1 || (s <= 64 && slices / s >= 4 && s <= K / 512); s *= 2) {
-            int64_t blocks = (tiles + wp - 1) / wp * s, waves = (blocks + sms - 1) / sms;
-            double fill = (double)blocks / (double)(sms * waves);
-            if (fill > best_fill + 0.05 || !*stages) {
+        for (int s = 1; s == 1 || (s <= 64 && slices / s >= 4); s *= 2) {
+            int64_t blocks = (tiles + wp - 1) / wp * s;
+            if (blocks > best) {
                 *warps = wp;
                 *splits = s;
                 *stages = st;
-                best_fill = fill;
+                best = blocks;
             }
+            if (blocks >= want)
+                break;
         }
     }
 }
@@ -824,28 +829,23 @@ static int low_linear(lw *w, int id)
         push(w, PRE, &s);
         s = gemm_step(w, n, last, wt, bias, part, N, K, K, N, 1, KA_ROWS_S);
         s.logits = KA_LOGITS_LAST;
-        push_sized(w, PRE, huge(w, &s));
+        push_sized(w, PRE, &s);
         s = gemv_step(w, n, last, wt, ANULL(), QROWS_NONE, 0, bias, part, N, K, 0, -1, 1, KA_ROWS_S);
         s.logits = KA_LOGITS_LAST;
         push_sized(w, PRE, &s);
-        if (w->skinny)
-            skinny_push(w, n, last, wt, bias, part, N, K, 0, -1, 1, KA_ROWS_S, PRE,
-                        KA_LOGITS_LAST);
         logits_epilogue_step(w, n, part, hb, N, PRE, KA_LOGITS_LAST, KA_ROWS_S);
         gather_steps(w, n, part, all, N, tp, PRE, KA_LOGITS_LAST, KA_ROWS_S);
         s = gemm_step(w, n, x, wt, bias, part, N, K, K, N, 1, KA_ROWS_T);
         s.logits = KA_LOGITS_ALL;
-        push_sized(w, PRE, huge(w, &s));
+        push_sized(w, PRE, &s);
         s = gemv_step(w, n, x, wt, ANULL(), QROWS_NONE, 0, bias, part, N, K, 0, -1, 1, KA_ROWS_T);
         s.logits = KA_LOGITS_ALL;
         push_sized(w, PRE, &s);
-        if (w->skinny)
-            skinny_push(w, n, x, wt, bias, part, N, K, 0, -1, 1, KA_ROWS_T, PRE, KA_LOGITS_ALL);
         logits_epilogue_step(w, n, part, hb, N, PRE, KA_LOGITS_ALL, KA_ROWS_T);
         gather_steps(w, n, part, all, N, tp, PRE, KA_LOGITS_ALL, KA_ROWS_T);
         /* decode: every row is the last of its sequence */
         s = gemm_step(w, n, x, wt, bias, part, N, K, K, N, 1, KA_ROWS_T);
-        push_sized(w, DEC, huge(w, &s));
+        push_gemm(w, DEC, &s, w->skinny);
         s = gemv_step(w, n, x, wt, ANULL(), QROWS_NONE, 0, bias, part, N, K, 0, -1, 1, KA_ROWS_T);
         push_sized(w, DEC, &s);
         if (w->skinny)
@@ -898,18 +898,20 @@ static int low_linear(lw *w, int id)
         gemm_which = PRE;
         wt = dequant_step(w, n, wt, sc, qk, qb, N, K);
     }
-    /* a 16-bit weight: the GEMV up to gemv_max rows, the skinny GEMM up to skinny_max, the GEMM
-     * past it */
+    /* a 16-bit weight: the GEMV up to gemv_max rows; with the skinny GEMM (--gemm kiln), the
+     * decode schedule's steps of up to skinny_max rows take it and its GEMM runs past them only
+     * (prefill keeps kiln's GEMM from gemv_max + 1 rows: its result for a row depends on no
+     * other row, so a prompt prefilled in a batch equals it alone, bit for bit) */
     int skinny = qb < 0 && w->skinny;
     if (!gated) {
         ka_step s = gemm_step(w, n, x, wt, bias, y, N, K, K, N, 0, KA_ROWS_T);
-        push_sized(w, gemm_which, skinny ? huge(w, &s) : &s);
+        push_gemm(w, gemm_which, &s, skinny);
         if (qb < 0) {
             s = gemv_step(w, n, x, wt, ANULL(), QROWS_NONE, 0, bias, y, N, K, 0, -1, 0, KA_ROWS_T);
             push_sized(w, BOTH, &s);
         }
         if (skinny)
-            skinny_push(w, n, x, wt, bias, y, N, K, 0, -1, 0, KA_ROWS_T, BOTH, KA_LOGITS_ANY);
+            skinny_push(w, n, x, wt, bias, y, N, K, 0, -1, 0, KA_ROWS_T, DEC, KA_LOGITS_ANY);
         return 0;
     }
     /* gated: GEMM into scratch [T, N] then act(gate) * up; or one GEMV with the epilogue */
@@ -918,7 +920,7 @@ static int low_linear(lw *w, int id)
         return -1;
     ka_arg tmp = A(KA_ARG_SCRATCH, scratch_at(w, (int64_t)w->c->max_tokens * N * w->esize));
     ka_step s = gemm_step(w, n, x, wt, bias, tmp, N, K, K, N, 0, KA_ROWS_T);
-    push_sized(w, gemm_which, skinny ? huge(w, &s) : &s);
+    push_gemm(w, gemm_which, &s, skinny);
     int ka = kern(w, "act_mul", ELEM_THREADS, 0, "const kiln_step st, const DT *gu, DT *out",
                   "kiln::act_mul<DT, %lld, %d, %d>(st, gu, out)", (long long)I, n->epi_act,
                   ELEM_THREADS);
@@ -927,13 +929,13 @@ static int low_linear(lw *w, int id)
     add_arg(&s, A(KA_ARG_STEP, 0));
     add_arg(&s, tmp);
     add_arg(&s, y);
-    push_sized(w, gemm_which, skinny ? huge(w, &s) : &s);
+    push_gemm(w, gemm_which, &s, skinny);
     if (qb < 0) {
         s = gemv_step(w, n, x, wt, ANULL(), QROWS_NONE, 0, bias, y, N, K, 1, n->epi_act, 0, KA_ROWS_T);
         push_sized(w, BOTH, &s);
     }
     if (skinny)
-        skinny_push(w, n, x, wt, bias, y, N, K, 1, n->epi_act, 0, KA_ROWS_T, BOTH, KA_LOGITS_ANY);
+        skinny_push(w, n, x, wt, bias, y, N, K, 1, n->epi_act, 0, KA_ROWS_T, DEC, KA_LOGITS_ANY);
     return 0;
 }
 
@@ -1724,12 +1726,14 @@ int lower(kc *c, lowered *out, kerr *err)
             w.attn_heads = c->g->nodes[i].attn.n_heads;
     w.scratch0 = (int64_t)c->max_seqs * w.attn_heads * 4;
     w.scratch0 = (w.scratch0 + 255) / 256 * 256;
-    /* gemm_skinny's arrival counters, [most tiles of a linear] unsigned, likewise after them (its
-     * steps run when a step may have more than GEMV_MAX rows; not with --batch-invariant, whose
-     * decode runs the GEMV in fixed groups at every batch) */
+    /* gemm_skinny's arrival counters, [most tiles of a linear] unsigned, likewise after them. Its
+     * steps are kiln's GEMM for decode steps of 9 to 64 rows (--gemm kiln, where the alternative
+     * is a 128-row tile); cuBLASLt's kernels stream the weight faster there (tests/gpu/RESULTS.md,
+     * tenth session). Not with --batch-invariant, whose decode runs the GEMV in fixed groups at
+     * every batch. */
     int sw, ss, sst;
     lower_skinny_shape(4096, 4096, 0, skinny_smem(&w), &sw, &ss, &sst);
-    w.skinny = !c->batch_invariant && c->max_tokens > GEMV_MAX && sst > 0;
+    w.skinny = c->gemm_kiln && !c->batch_invariant && c->max_tokens > GEMV_MAX && sst > 0;
     if (w.skinny) {
         int64_t tiles = 1;
         for (int i = 0; i < c->g->n; i++) {

@@ -44,9 +44,10 @@
     (KILN_GEMM90_STAGES(bn) * (KILN_GEMM90_BM + (bn)) * KILN_GEMM90_BK * (esz) + 1024 +         \
      2 * KILN_GEMM90_STAGES(bn) * 8)
 
-/* The skinny GEMM (templates/gemv.cuh's gemm_skinny): every 16-bit linear of a step of more than
- * gemv_max and at most KILN_SKINNY_MAX rows (decode batches of 9 to 64 sequences, short prefill
- * chunks), where the product is still bound by the bytes of the weight, which it streams once.
+/* The skinny GEMM (templates/gemv.cuh's gemm_skinny): with kilnc compile --gemm kiln, every 16-bit
+ * linear of a decode step of more than gemv_max and at most KILN_SKINNY_MAX rows (batches of 9 to
+ * 64 sequences), where the product is still bound by the bytes of the weight, which it streams
+ * once.
  *   grid = (ceil(TILES / WARPS), SPLITS), block = 32 * WARPS threads, dynamic shared memory
  *   KILN_SKINNY_SMEM(MMAX, WARPS, STAGES) (above 48 KiB: the launcher sets the attribute; one
  *   block an SM): TILES = ceil(NOUT / OPB) weight tiles of 16 rows (OPB = 16 outputs, or 8 for

@@ -50,8 +50,8 @@
 // last group of the grid are not computed); st is unused (M is explicit); sm_80 or newer
 // (mma.sync with bf16).
 //
-// Steps of 9 to 64 rows take gemm_skinny (below): this product with x shared through shared
-// memory by the tiles of a block, and K split across blocks.
+// With --gemm kiln, decode steps of 9 to 64 rows take gemm_skinny (below): the same product on
+// fragments from shared memory, x shared by the tiles of a block, and K split across blocks.
 //
 // What it does not do: split-K across blocks (a tile's K is split over the warps of its block
 // only; with 16 warps that is enough for the 1B/8B shapes, whose smallest N gives 128 tiles),
@@ -587,7 +587,7 @@ __device__ __forceinline__ void gemv(const kiln_step st, const DT *x, const DT *
 }
 
 // gemm_skinny — y[m, n] = x[m] · w[n] (+ bias[n]) for steps of more rows than the GEMV takes and
-// at most KILN_SKINNY_MAX (64): decode batches of 9 to 64 sequences and short prefill chunks,
+// at most KILN_SKINNY_MAX (64): kilnc compile --gemm kiln's decode batches of 9 to 64 sequences,
 // where a GEMM is still bound by the bytes of its weight (8B shape at 64 rows: 3.6 ms of weight
 // reads, 1.3 ms of tensor-core work at the bf16 peak). The GEMV's row groups would stream each
 // weight tile once per 8 or 16 rows, and a tile GEMM (cuBLASLt, gemm.cuh) sizes its tiles for

@@ -60,6 +60,19 @@ static int same_arg(const ka_arg *a, const ka_arg *b)
     return a->kind == b->kind && a->i == b->i && a->f == b->f;
 }
 
+/* The same argument in kiln's schedule (a) as in cuBLASLt's (b): a scratch offset the same (the
+ * counters at its start) or moved by the one shift of kiln's temporaries (*shift, set by the first
+ * that moves: the skinny GEMM's counters come before every node's temporaries, 256-byte blocks
+ * of them). */
+static int same_shifted(const ka_arg *a, const ka_arg *b, long long *shift)
+{
+    if (a->kind != KA_ARG_SCRATCH || b->kind != KA_ARG_SCRATCH || a->i == b->i)
+        return same_arg(a, b);
+    if (*shift < 0)
+        *shift = a->i - b->i;
+    return *shift > 0 && *shift % 256 == 0 && a->i - b->i == *shift;
+}
+
 /* The grid dimension at T tokens of S sequences, as the runtime computes it (artifact.h). */
 static long grid_at(const ka_grid *g, long T, long S)
 {
@@ -70,7 +83,7 @@ static long grid_at(const ka_grid *g, long T, long S)
 /* Step `k` (kiln) is kiln's GEMM doing what cuBLASLt step `c` does: gemm.cuh's, or gemm90.cuh's
  * when `h`. */
 static void expect_kiln_gemm(const char *fx, const lowered *l, const ka_step *c, const ka_step *k,
-                             int h)
+                             long long *shift, int h)
 {
     const int bm = h ? KILN_GEMM90_BM : KILN_GEMM_BM,
               bn = h ? KILN_GEMM90_BN(c->n) : KILN_GEMM_BN;
@@ -79,9 +92,9 @@ static void expect_kiln_gemm(const char *fx, const lowered *l, const ka_step *c,
         fail_msg("%s: step %s is %s, expected kiln's GEMM", fx, c->label,
                  k->kind == KA_KERNEL ? name : "not a kernel");
     assert_string_equal(k->label, c->label);
-    /* past gemv_max rows, or past skinny_max where the linear has a skinny step */
+    /* past gemv_max rows; past skinny_max where kiln's schedule gives the linear a skinny step */
+    assert_int_equal(c->size, KA_SIZE_LARGE);
     assert_true(k->size == KA_SIZE_LARGE || k->size == KA_SIZE_HUGE);
-    assert_int_equal(k->size, c->size);
     assert_int_equal(k->rows, c->rows);
     assert_int_equal(k->logits, c->logits);
     assert_int_equal(l->m.kernels[k->kernel].block, h ? KILN_GEMM90_THREADS : KILN_GEMM_THREADS);
@@ -90,10 +103,10 @@ static void expect_kiln_gemm(const char *fx, const lowered *l, const ka_step *c,
     /* wrapper (M, x, w, bias, y) */
     assert_int_equal(k->nargs, 5);
     assert_int_equal(k->args[0].kind, KA_ARG_M);
-    assert_true(same_arg(&k->args[1], &c->x));
+    assert_true(same_shifted(&k->args[1], &c->x, shift));
     assert_true(same_arg(&k->args[2], &c->w));
     assert_true(same_arg(&k->args[3], &c->bias));
-    assert_true(same_arg(&k->args[4], &c->y));
+    assert_true(same_shifted(&k->args[4], &c->y, shift));
     char want[256];
     snprintf(want, sizeof want,
              "kiln::%s<DT, %s, %lld, %lld, %d>(M, x, %lldLL, w, bias, y, %lldLL)",
@@ -110,24 +123,44 @@ static void expect_kiln_gemm(const char *fx, const lowered *l, const ka_step *c,
     }
 }
 
+/* kiln's schedule k is cuBLASLt's c with each GEMM step replaced by kiln's GEMM, and with the
+ * skinny GEMM steps (size mid: kiln's GEMM for 9 to 64 rows) added after their linear's GEMV;
+ * *nskinny counts those. */
 static void compare_schedules(const char *fx, const char *which, const lowered *lc,
                               const ka_step *c, int nc, const lowered *lk, const ka_step *k,
-                              int nk, int h, int *ngemm)
+                              int nk, int h, long long *shift, int *ngemm, int *nskinny)
 {
-    if (nc != nk)
-        fail_msg("%s %s: %d steps with cuBLASLt, %d with kiln's GEMM", fx, which, nc, nk);
-    for (int i = 0; i < nc; i++) {
-        assert_int_not_equal(k[i].kind, KA_GEMM);
+    int j = 0;
+    for (int i = 0; i < nc; i++, j++) {
+        for (; j < nk && k[j].size == KA_SIZE_MID; j++) {
+            if (k[j].kind != KA_KERNEL || !strstr(lk->m.kernels[k[j].kernel].name, "_gemm_skinny"))
+                fail_msg("%s %s step %d (%s): size mid, not the skinny GEMM", fx, which, j,
+                         k[j].label);
+            assert_string_equal(k[j].label, c[i - 1].label);
+            ++*nskinny;
+        }
+        if (j == nk)
+            fail_msg("%s %s: kiln's schedule ends at step %d, cuBLASLt's has %d", fx, which, j,
+                     nc);
+        assert_int_not_equal(k[j].kind, KA_GEMM);
         if (c[i].kind == KA_GEMM) {
-            expect_kiln_gemm(fx, lk, &c[i], &k[i], h);
+            expect_kiln_gemm(fx, lk, &c[i], &k[j], shift, h);
             ++*ngemm;
             continue;
         }
-        assert_int_equal(k[i].kind, c[i].kind);
-        assert_string_equal(k[i].label, c[i].label);
-        if (c[i].kind == KA_KERNEL)
-            assert_string_equal(lk->inst_call[k[i].kernel], lc->inst_call[c[i].kernel]);
+        assert_int_equal(k[j].kind, c[i].kind);
+        assert_string_equal(k[j].label, c[i].label);
+        if (c[i].kind == KA_KERNEL) {
+            assert_string_equal(lk->inst_call[k[j].kernel], lc->inst_call[c[i].kernel]);
+            for (int a = 0; a < c[i].nargs; a++)
+                assert_true(same_shifted(&k[j].args[a], &c[i].args[a], shift));
+        }
     }
+    for (; j < nk && k[j].size == KA_SIZE_MID; j++)
+        ++*nskinny;
+    if (j != nk)
+        fail_msg("%s %s: %d steps with cuBLASLt, %d with kiln's GEMM beyond its skinny steps", fx,
+                 which, nc, nk);
 }
 
 static void test_steps_replace_cublaslt(void **state)
@@ -142,13 +175,19 @@ static void test_steps_replace_cublaslt(void **state)
             assert_int_equal(lc->m.gemm_kiln, 0);
             assert_int_equal(lk->m.gemm_kiln, 1);
             assert_int_equal(lower_gemm90(&ck), h);
-            int n = 0;
+            int n = 0, nsk = 0;
+            long long shift = -1;
             compare_schedules(fixtures[f], "prefill", lc, lc->m.prefill, lc->m.nprefill, lk,
-                              lk->m.prefill, lk->m.nprefill, h, &n);
+                              lk->m.prefill, lk->m.nprefill, h, &shift, &n, &nsk);
             compare_schedules(fixtures[f], "decode", lc, lc->m.decode, lc->m.ndecode, lk,
-                              lk->m.decode, lk->m.ndecode, h, &n);
+                              lk->m.decode, lk->m.ndecode, h, &shift, &n, &nsk);
             if (n == 0)
                 fail_msg("%s: no cuBLASLt step to replace (the test proves nothing)", fixtures[f]);
+            /* kiln's GEMM covers 9 to 64 rows with the skinny GEMM; cuBLASLt's builds do not */
+            assert_int_equal(lc->m.skinny_max, 0);
+            assert_int_equal(lk->m.skinny_max, KILN_SKINNY_MAX);
+            if (nsk == 0)
+                fail_msg("%s: kiln's GEMM schedule has no skinny GEMM step", fixtures[f]);
             /* the unit includes the GEMM's header only where its kernel is instantiated */
             char *src_c = codegen_source(lc, fixtures[f]), *src_k = codegen_source(lk, fixtures[f]);
             assert_null(strstr(src_c, "gemm.cuh"));

@@ -314,23 +314,35 @@ if [ -f $ART/llama/model.kiln ] && ! skip_late "llama seeded"; then
     row "$(printf '%-24s FAIL compile --max-batch 6' llama)"; fail=1
   fi
   shown
-  # Batches of 20 and 40 (decode steps of 32 and 64 rows, prefills of more than 64 tokens): the
-  # skinny GEMM's rows (gemv_max < rows <= skinny_max) and cuBLASLt's past them, against the six
-  # prompts alone (the b6 singles above: their GEMV and skinny steps)
-  if [ ${#singles[@]} = 6 ] && $BIN/kilnc compile tests/fixtures/llama -o $ART/llama_b64 --sm $SM --max-batch 64 > $LOG/compile_llama_b64.log 2>&1; then
-    for n in 20 40; do
-      rep=(); args=()
-      for i in $(seq 0 $((n - 1))); do rep+=(${singles[$((i % 6))]}); args+=(--ids ${ps[$((i % 6))]}); done
-      if $BIN/kiln run $ART/llama_b64 "${args[@]}" --max-new 12 --ignore-eos --dump $ART/llama_b64.batch$n.st > $LOG/b64_llama.$n.log 2>&1; then
-        $PY tests/gpu/compare.py batch "llama batch of $n" "${rep[@]}" -- $ART/llama_b64.batch$n.st >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
-      else
-        row "$(printf '%-24s FAIL batch run: %s' "llama batch of $n" "$(grep -m1 -i error $LOG/b64_llama.$n.log)")"; fail=1
-      fi
-      shown
-    done
-  else
-    row "$(printf '%-24s FAIL compile --max-batch 64 (or the b6 singles are missing)' llama)"; fail=1
-  fi
+  # Batches of 20 and 40 (decode steps of 32 and 64 rows, prefills of more than 64 tokens) against
+  # the six prompts alone: with cuBLASLt (its GEMM past gemv_max rows), and with --gemm kiln
+  # (decode steps of 9 to 64 rows on the skinny GEMM, templates/gemv.cuh's gemm_skinny; its own
+  # singles)
+  for gm in "" kiln; do
+    a=$ART/llama_b64${gm:+_$gm}; opt=${gm:+--gemm $gm}
+    # shellcheck disable=SC2086
+    if [ ${#ps[@]} = 6 ] && $BIN/kilnc compile tests/fixtures/llama -o $a --sm $SM --max-batch 64 $opt > $LOG/compile_$(basename $a).log 2>&1; then
+      one=()
+      for i in 0 1 2 3 4 5; do
+        if [ -z "$gm" ]; then one+=(${singles[$i]}); continue; fi
+        $BIN/kiln run $a --ids ${ps[$i]} --max-new 12 --ignore-eos --dump $a.single$i.st > $LOG/$(basename $a).$i.log 2>&1
+        one+=($a.single$i.st)
+      done
+      for n in 20 40; do
+        rep=(); args=()
+        for i in $(seq 0 $((n - 1))); do rep+=(${one[$((i % 6))]}); args+=(--ids ${ps[$((i % 6))]}); done
+        name="llama${gm:+_$gm} batch of $n"
+        if $BIN/kiln run $a "${args[@]}" --max-new 12 --ignore-eos --dump $a.batch$n.st > $LOG/$(basename $a).b$n.log 2>&1; then
+          $PY tests/gpu/compare.py batch "$name" "${rep[@]}" -- $a.batch$n.st >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
+        else
+          row "$(printf '%-24s FAIL batch run: %s' "$name" "$(grep -m1 -i error $LOG/$(basename $a).b$n.log)")"; fail=1
+        fi
+        shown
+      done
+    else
+      row "$(printf '%-24s FAIL compile --max-batch 64 %s' llama "$opt")"; fail=1
+    fi
+  done
 fi
 
 # 5. standalone executables (issue 16; RUN_STANDALONE=0 skips): llama (generate, weights beside it)
