@@ -468,37 +468,36 @@ int lower_gemv_threads(int64_t N, int64_t K, int gated, int step)
 
 /* The tiles a block (8, else 4: how many weight rows share each slice of x; one block an SM, by
  * its shared memory), the ring's slices (4, or the most that fit smem_block bytes: 3 on an A100)
- * and the power of two of K parts whose work units fill the persistent blocks of a 132-SM
- * H100/H200 best (units / (132 * rounds)), each part at least 4 slices and the partials' floats
- * at most a quarter of the weight's bytes at 64 rows (parts <= K / 512); 8 tiles and the fewer
- * parts unless the fill gains 5%. The 8B shape: qkv 8 x 8 parts (384 units, 97% of 3 rounds), o
- * and down 8 x 4 (128), gate_up 8 x 4 (896, 97% of 7), LM head 8 x 1 (1,002, 95%). 0 stages: no
- * configuration fits. */
+ * and the fewest K parts (a power of two, each part at least 4 slices) that make 96 blocks, about
+ * three quarters of a 132-SM H100/H200: on an H200 (tests/gpu/RESULTS.md, tenth session) fewer,
+ * longer blocks streamed faster as long as most SMs had one, and 4 tiles a block only where 8
+ * cannot reach 96 blocks. The 8B shape: qkv 8 x 2 parts (96 blocks), o and down 8 x 4 (128),
+ * gate_up and the LM head 8 x 1 (224, 1,002). 0 stages: no configuration fits. */
 void lower_skinny_shape(int64_t N, int64_t K, int gated, int smem_block, int *warps, int *splits,
                         int *stages)
 {
-    const int sms = 132;
+    const int64_t want = 96;
     int64_t tiles = gated ? (N / 2 + 7) / 8 : (N + 15) / 16;
-    int64_t slices = (K + KILN_SKINNY_KC - 1) / KILN_SKINNY_KC;
-    double best = 0;
+    int64_t slices = (K + KILN_SKINNY_KC - 1) / KILN_SKINNY_KC, best = 0;
     *warps = 8;
     *splits = 1;
     *stages = 0;
-    for (int wp = 8; wp >= 4; wp /= 2) {
+    for (int wp = 8; wp >= 4 && best < want; wp /= 2) {
         int st = 4;
         while (st >= 2 && KILN_SKINNY_SMEM(KILN_SKINNY_MAX, wp, st) > smem_block)
             st--;
         if (st < 2)
             continue;
-        for (int s = 1; s == 1 || (s <= 64 && slices / s >= 4 && s <= K / 512); s *= 2) {
-            int64_t units = (tiles + wp - 1) / wp * s, rounds = (units + sms - 1) / sms;
-            double fill = (double)units / (double)(sms * rounds);
-            if (fill > best + 0.05 || !*stages) {
+        for (int s = 1; s == 1 || (s <= 64 && slices / s >= 4); s *= 2) {
+            int64_t blocks = (tiles + wp - 1) / wp * s;
+            if (blocks > best) {
                 *warps = wp;
                 *splits = s;
                 *stages = st;
-                best = fill;
+                best = blocks;
             }
+            if (blocks >= want)
+                break;
         }
     }
 }
@@ -581,9 +580,8 @@ static void skinny_push(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg bia
                  (long long)N, (long long)K, KILN_SKINNY_MAX,
                  bias.kind == KA_ARG_NULL ? "false" : "true", gated ? "true" : "false",
                  act < 0 ? 0 : act, out_f32 ? "true" : "false", warps, splits, stages);
-    /* persistent blocks over the work units (warps tiles by one K part) */
-    int64_t units = (tiles + warps - 1) / warps * splits;
-    ka_step s = kstep(k, n->name, G(0, 0, 0, (int)KILN_SKINNY_GRID(units), 1), G1(), G1());
+    /* x: ceil(tiles / warps) blocks of warps tiles; y: the K parts */
+    ka_step s = kstep(k, n->name, G(0, 0, 0, (int)tiles, warps), G(0, 0, 0, splits, 1), G1());
     s.size = KA_SIZE_MID;
     s.rows = rows;
     s.logits = logits;

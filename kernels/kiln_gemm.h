@@ -48,8 +48,7 @@
  * linear of a decode step of more than gemv_max and at most KILN_SKINNY_MAX rows (batches of 9 to
  * 64 sequences), where the product is still bound by the bytes of the weight, which it streams
  * once.
- *   grid = KILN_SKINNY_GRID(ceil(TILES / WARPS) * SPLITS) blocks (persistent: each takes work
- *   units of WARPS tiles and one K part in turn), block = 32 * WARPS threads, dynamic shared memory
+ *   grid = (ceil(TILES / WARPS), SPLITS), block = 32 * WARPS threads, dynamic shared memory
  *   KILN_SKINNY_SMEM(MMAX, WARPS, STAGES) (above 48 KiB: the launcher sets the attribute; one
  *   block an SM): TILES = ceil(NOUT / OPB) weight tiles of 16 rows (OPB = 16 outputs, or 8 for
  *   GATED), WARPS tiles a block (one a warp, sharing the block's x slices), K in SPLITS parts
@@ -66,9 +65,6 @@
 #define KILN_SKINNY_PAD 8
 #define KILN_SKINNY_SMEM(mmax, warps, stages)                                                     \
     ((stages) * ((mmax) + (warps) * 16) * (KILN_SKINNY_KC + KILN_SKINNY_PAD) * 2)
-/* Blocks of a launch of `units` = ceil(TILES / WARPS) * SPLITS work units: one an SM of a 132-SM
- * H100/H200 at most, each taking units blockIdx.x, + gridDim.x, ... (any grid is correct). */
-#define KILN_SKINNY_GRID(units) ((units) < 132 ? (units) : 132)
 #define KILN_SKINNY_PART(splits, tiles, mmax)                                                     \
     ((splits) > 1 ? (long long)(splits) * (long long)(tiles) * (mmax) * 16 : 0LL)
 

@@ -665,16 +665,11 @@ __device__ __forceinline__ void gemm_skinny(const kiln_step st, const DT *x, con
     const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, g = lane >> 2, t = lane & 3;
     if (M > MMAX)
         M = MMAX;
-    // Work units: u = (group u / SPLITS, part u % SPLITS), a group being WARPS consecutive tiles
-    // (one a warp; a tile past the end computes nothing) and a part slices [p * S / SPLITS,
-    // (p + 1) * S / SPLITS) of the S slices of K (possibly none). Block b takes units b, b +
-    // gridDim.x, ...: the ring runs on across their boundaries, so a block fills it once.
-    constexpr int GROUPS = (TILES + WARPS - 1) / WARPS, UNITS = GROUPS * SPLITS;
-    auto part_of = [](int u, int &a, int &e) {
-        const int q = u % SPLITS;
-        a = (int)((long long)q * SLICES / SPLITS);
-        e = (int)((long long)(q + 1) * SLICES / SPLITS);
-    };
+    const long long tile = (long long)blockIdx.x * WARPS + warp;
+    const bool active = tile < TILES; // warp-uniform: a tile past the end computes nothing
+    const int p = blockIdx.y;
+    const int s0 = (int)((long long)p * SLICES / SPLITS);
+    const int s1 = (int)((long long)(p + 1) * SLICES / SPLITS);
     // copies (each 16 consecutive threads one row's 256 contiguous bytes of a slice, whole
     // sectors): the thread's x rows xr0 + k * RSTEP, chunk xc of each slice; the lane's rows
     // 2c + lane / 16 (c < 8) of the warp's tile, chunk lane % 16 (tile row r is gemv's row g = r
@@ -683,6 +678,13 @@ __device__ __forceinline__ void gemm_skinny(const kiln_step st, const DT *x, con
     const DT *xsrc = x + (long long)xr0 * K + 8 * xc;
     const unsigned xdst = sbase + (unsigned)(xr0 * ROW + 16 * xc);
     const int wc = lane & 15, whi = lane >> 4;
+    const DT *wsrc[8];
+#pragma unroll
+    for (int c = 0; c < 8; c++) {
+        long long ra, rb;
+        gemv_detail::tile_rows<N, GATED>(active ? tile : TILES - 1, 2 * (c & 3) + whi, ra, rb);
+        wsrc[c] = w + (c < 4 ? ra : rb) * K + 8 * wc;
+    }
     const unsigned wdst = sbase + (unsigned)(P * XSTAGE + (warp * 16 + whi) * ROW + 16 * wc);
     // ldmatrix row addresses: A (x, m-tile i): row 16i + (lane & 15), chunk (lane >> 4) of the
     // k16 step; B (the warp's 16 rows): row (lane & 7) + ((lane >> 4) << 3), chunk (lane >> 3) & 1
@@ -693,33 +695,11 @@ __device__ __forceinline__ void gemm_skinny(const kiln_step st, const DT *x, con
     // The rest at E m-tiles of 16 rows, the fewest powers of two that hold M (or MT).
     auto run = [&](auto mtiles) {
         constexpr int E = decltype(mtiles)::value;
-        // The loader: the next slice to copy, ls of unit lu (ends at le), its tile's rows.
-        int lu = blockIdx.x, ls = 0, le = 0;
-        bool lact = false;
-        const DT *wsrc[8];
-        auto enter = [&](int u) { // the loader's unit becomes u
-            lu = u;
-            if (u >= UNITS)
-                return;
-            part_of(u, ls, le);
-            const long long tile = (long long)(u / SPLITS) * WARPS + warp;
-            lact = tile < TILES;
-#pragma unroll
-            for (int c = 0; c < 8; c++) {
-                long long ra, rb;
-                gemv_detail::tile_rows<N, GATED>(lact ? tile : TILES - 1, 2 * (c & 3) + whi, ra,
-                                                 rb);
-                wsrc[c] = w + (c < 4 ? ra : rb) * K + 8 * wc;
-            }
-        };
-        // The loader's next slice into ring stage b, as one cp.async group of this thread (an
-        // empty one past the block's last unit: the group count stays one a slice); chunks past
-        // K are zeros, and so are the x rows from M to 16E (rows past 16E are not copied).
-        auto load = [&](int b) {
-            while (lu < UNITS && ls >= le)
-                enter(lu + (int)gridDim.x);
-            if (lu < UNITS) {
-                const int s = ls++;
+        // slice s into ring stage b, as one cp.async group of this thread (empty past s1: the
+        // group count stays one a slice); chunks past K are zeros, and so are the x rows from M
+        // to 16E (rows past 16E are not copied)
+        auto load = [&](int s, int b) {
+            if (s < s1) {
                 const bool xin = !TAIL || s * CPS + xc < CH;
 #pragma unroll
                 for (int k = 0; k < MMAX / RSTEP; k++) {
@@ -730,7 +710,7 @@ __device__ __forceinline__ void gemm_skinny(const kiln_step st, const DT *x, con
                                    ok ? xsrc + (long long)k * RSTEP * K + (long long)s * KC : x,
                                    ok ? 16 : 0);
                 }
-                if (lact)
+                if (active)
 #pragma unroll
                     for (int c = 0; c < 8; c++) {
                         const bool ok = !TAIL || s * CPS + wc < CH;
@@ -741,147 +721,131 @@ __device__ __forceinline__ void gemm_skinny(const kiln_step st, const DT *x, con
             cp_async_commit();
         };
 
-        // A unit's end, for an active warp: with SPLITS > 1 its partial, and the tile's sum when it
-        // arrives last; then the tile's outputs.
-        auto finish_unit = [&](float (&acc)[E][2][4], long long tile, int p) {
-            if constexpr (SPLITS > 1) {
-                constexpr long long PT = MMAX * 16; // floats of a partial: [MT][2][4][32 lanes]
-                float *mine = part + ((long long)p * TILES + tile) * PT;
+        float acc[E][2][4];
+#pragma unroll
+        for (int i = 0; i < E; i++)
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    acc[i][h][e] = 0.f;
+#pragma unroll
+        for (int i = 0; i < P - 1; i++)
+            load(s0 + i, i);
+        int b = 0; // the stage of slice s
+#pragma unroll 1
+        for (int s = s0; s < s1; s++) {
+            cp_async_wait<P - 2>(); // this thread's copies of slice s have landed
+            __syncthreads();        // everyone's have; and every warp is done with slice s - 1
+            load(s + P - 1, b == 0 ? P - 1 : b - 1); // into slice s - 1's stage
+            if (active) {
+                float d[E][2][4];
 #pragma unroll
                 for (int i = 0; i < E; i++)
 #pragma unroll
                     for (int h = 0; h < 2; h++)
 #pragma unroll
                         for (int e = 0; e < 4; e++)
-                            __stcg(&mine[((i * 2 + h) * 4 + e) * 32 + lane], acc[i][h][e]);
-                __threadfence(); // the partial is visible before the arrival is counted
-                __syncwarp();    // every lane's fence is done before lane 0 counts the warp's
-                unsigned last = 0;
-                if (lane == 0)
-                    last = atomicAdd(&count[tile], 1u) == SPLITS - 1;
-                if (!__shfl_sync(0xffffffffu, last, 0))
-                    return;
-                __threadfence(); // every other part's partial is visible to the reads below
+                            d[i][h][e] = 0.f;
+#pragma unroll
+                for (int kk = 0; kk < KC / 16; kk++) {
+                    unsigned bw[4]; // b0, b1 of the first half, then of the second
+                    ldsm4(bw, wa + b * WSTAGE + kk * 32);
+#pragma unroll
+                    for (int i = 0; i < E; i++) {
+                        unsigned a[4];
+                        ldsm4(a, xa + b * XSTAGE + i * 16 * ROW + kk * 32);
+                        gemv_detail::mma16816<DT>(d[i][0], a[0], a[1], a[2], a[3], bw[0], bw[1]);
+                        gemv_detail::mma16816<DT>(d[i][1], a[0], a[1], a[2], a[3], bw[2], bw[3]);
+                    }
+                }
 #pragma unroll
                 for (int i = 0; i < E; i++)
 #pragma unroll
                     for (int h = 0; h < 2; h++)
 #pragma unroll
-                        for (int e = 0; e < 4; e++) {
-                            const float *q = part + tile * PT + ((i * 2 + h) * 4 + e) * 32 + lane;
-                            float v[SPLITS]; // every part's load in flight at once, then the sum
-#pragma unroll
-                            for (int r = 0; r < SPLITS; r++)
-                                v[r] = __ldcg(q + (long long)r * TILES * PT);
-                            float sum = v[0];
-#pragma unroll
-                            for (int r = 1; r < SPLITS; r++)
-                                sum += v[r];
-                            acc[i][h][e] = sum;
-                        }
-                if (lane == 0)
-                    count[tile] = 0;
+                        for (int e = 0; e < 4; e++)
+                            acc[i][h][e] += d[i][h][e];
             }
-            // The epilogue: lane (g, t) holds, for x rows m = 16i + g + 8r (r = 0, 1), acc[i][h][2r]
-            // and acc[i][h][2r + 1] of the tile's weight rows 8h + 2t and 8h + 2t + 1 (GATED: h = 0
-            // the gate rows of outputs 2t, 2t + 1, h = 1 their up rows)
-#pragma unroll
-            for (int i = 0; i < E; i++)
-#pragma unroll
-                for (int r = 0; r < 2; r++) {
-                    const int m = 16 * i + g + 8 * r;
-                    if (m >= M)
-                        continue;
-#pragma unroll
-                    for (int h = 0; h < (GATED ? 1 : 2); h++)
-#pragma unroll
-                        for (int e = 0; e < 2; e++) {
-                            const long long o = tile * OPB + 8 * h + 2 * t + e;
-                            if (o >= NOUT)
-                                continue;
-                            float v;
-                            if constexpr (GATED) {
-                                float gs = acc[i][0][2 * r + e], us = acc[i][1][2 * r + e];
-                                if (BIAS) {
-                                    gs += to_f(bias[o]);
-                                    us += to_f(bias[NOUT + o]);
-                                }
-                                v = act<ACT>(gs) * us;
-                            } else {
-                                v = acc[i][h][2 * r + e];
-                                if (BIAS)
-                                    v += to_f(bias[o]);
-                            }
-                            if constexpr (OUT_F32)
-                                static_cast<float *>(y)[(long long)m * NOUT + o] = v;
-                            else
-                                static_cast<DT *>(y)[(long long)m * NOUT + o] = from_f<DT>(v);
-                        }
-                }
-        };
-
-        enter(blockIdx.x);
-#pragma unroll
-        for (int i = 0; i < P - 1; i++)
-            load(i);
-        int b = 0; // the stage of the slice multiplied next
-#pragma unroll 1
-        for (int u = blockIdx.x; u < UNITS; u += gridDim.x) {
-            const long long tile = (long long)(u / SPLITS) * WARPS + warp;
-            const bool active = tile < TILES; // warp-uniform
-            const int p = u % SPLITS;
-            int s0, s1;
-            part_of(u, s0, s1);
-            float acc[E][2][4];
+            b = b == P - 1 ? 0 : b + 1;
+        }
+        cp_async_wait_all(); // no copy outlives the block (the empty tail groups, a part of none)
+        if (!active)
+            return;
+        if constexpr (SPLITS > 1) {
+            constexpr long long PT = MMAX * 16; // floats of a partial tile: [MT][2][4][32 lanes]
+            float *mine = part + ((long long)p * TILES + tile) * PT;
 #pragma unroll
             for (int i = 0; i < E; i++)
 #pragma unroll
                 for (int h = 0; h < 2; h++)
 #pragma unroll
                     for (int e = 0; e < 4; e++)
-                        acc[i][h][e] = 0.f;
-#pragma unroll 1
-            for (int s = s0; s < s1; s++) {
-                cp_async_wait<P - 2>(); // this thread's copies of slice s have landed
-                __syncthreads();        // everyone's have; every warp is done with the last slice
-                load(b == 0 ? P - 1 : b - 1); // into the last slice's stage
-                if (active) {
-                    float d[E][2][4];
+                        __stcg(&mine[((i * 2 + h) * 4 + e) * 32 + lane], acc[i][h][e]);
+            __threadfence(); // the partial is visible before the arrival is counted
+            __syncwarp();    // every lane's fence is done before lane 0 counts the warp's
+            unsigned last = 0;
+            if (lane == 0)
+                last = atomicAdd(&count[tile], 1u) == SPLITS - 1;
+            if (!__shfl_sync(0xffffffffu, last, 0))
+                return;
+            __threadfence(); // every other part's partial is visible to the reads below
 #pragma unroll
-                    for (int i = 0; i < E; i++)
+            for (int i = 0; i < E; i++)
 #pragma unroll
-                        for (int h = 0; h < 2; h++)
+                for (int h = 0; h < 2; h++)
 #pragma unroll
-                            for (int e = 0; e < 4; e++)
-                                d[i][h][e] = 0.f;
+                    for (int e = 0; e < 4; e++) {
+                        const float *q = part + tile * PT + ((i * 2 + h) * 4 + e) * 32 + lane;
+                        float v[SPLITS]; // every part's load in flight at once, then the sum
 #pragma unroll
-                    for (int kk = 0; kk < KC / 16; kk++) {
-                        unsigned bw[4]; // b0, b1 of the first half, then of the second
-                        ldsm4(bw, wa + b * WSTAGE + kk * 32);
+                        for (int r = 0; r < SPLITS; r++)
+                            v[r] = __ldcg(q + (long long)r * TILES * PT);
+                        float sum = v[0];
 #pragma unroll
-                        for (int i = 0; i < E; i++) {
-                            unsigned a[4];
-                            ldsm4(a, xa + b * XSTAGE + i * 16 * ROW + kk * 32);
-                            gemv_detail::mma16816<DT>(d[i][0], a[0], a[1], a[2], a[3], bw[0],
-                                                      bw[1]);
-                            gemv_detail::mma16816<DT>(d[i][1], a[0], a[1], a[2], a[3], bw[2],
-                                                      bw[3]);
-                        }
+                        for (int r = 1; r < SPLITS; r++)
+                            sum += v[r];
+                        acc[i][h][e] = sum;
                     }
-#pragma unroll
-                    for (int i = 0; i < E; i++)
-#pragma unroll
-                        for (int h = 0; h < 2; h++)
-#pragma unroll
-                            for (int e = 0; e < 4; e++)
-                                acc[i][h][e] += d[i][h][e];
-                }
-                b = b == P - 1 ? 0 : b + 1;
-            }
-            if (active)
-                finish_unit(acc, tile, p);
+            if (lane == 0)
+                count[tile] = 0;
         }
-        cp_async_wait_all(); // no copy outlives the block (the empty tail groups)
+        // The epilogue: lane (g, t) holds, for x rows m = 16i + g + 8r (r = 0, 1), acc[i][h][2r]
+        // and acc[i][h][2r + 1] of the tile's weight rows 8h + 2t and 8h + 2t + 1 (GATED: h = 0
+        // the gate rows of outputs 2t, 2t + 1, h = 1 their up rows)
+#pragma unroll
+        for (int i = 0; i < E; i++)
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                const int m = 16 * i + g + 8 * r;
+                if (m >= M)
+                    continue;
+#pragma unroll
+                for (int h = 0; h < (GATED ? 1 : 2); h++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        const long long o = tile * OPB + 8 * h + 2 * t + e;
+                        if (o >= NOUT)
+                            continue;
+                        float v;
+                        if constexpr (GATED) {
+                            float gs = acc[i][0][2 * r + e], us = acc[i][1][2 * r + e];
+                            if (BIAS) {
+                                gs += to_f(bias[o]);
+                                us += to_f(bias[NOUT + o]);
+                            }
+                            v = act<ACT>(gs) * us;
+                        } else {
+                            v = acc[i][h][2 * r + e];
+                            if (BIAS)
+                                v += to_f(bias[o]);
+                        }
+                        if constexpr (OUT_F32)
+                            static_cast<float *>(y)[(long long)m * NOUT + o] = v;
+                        else
+                            static_cast<DT *>(y)[(long long)m * NOUT + o] = from_f<DT>(v);
+                    }
+            }
     };
     const int need = (M + 15) / 16;
     if constexpr (MT >= 2)

@@ -8,9 +8,9 @@
  * through the storage type, so the double reference sees the kernel's inputs), and its
  * tolerances for the same reasons (the kernel's numerics are gemv's: float sums of chains of at
  * most 8 mma, one rounding of the output): relative L2 1e-2 for a bf16/f16 output, 1e-5 for a
- * float one. Every case launches the launch rule of kernels/kiln_gemm.h (KILN_SKINNY_GRID(ceil(
- * TILES / WARPS) * SPLITS) persistent blocks, or fewer where the case names them, block 32 *
- * WARPS, KILN_SKINNY_SMEM(MMAX, WARPS, STAGES) bytes of dynamic shared memory) with the wrapper written as lower.c writes a kernel (__launch_bounds__(32 * WARPS)),
+ * float one. Every case launches the launch rule of kernels/kiln_gemm.h (grid (ceil(TILES /
+ * WARPS), SPLITS), block 32 * WARPS, KILN_SKINNY_SMEM(MMAX, WARPS, STAGES) bytes of dynamic shared
+ * memory) with the wrapper written as lower.c writes a kernel (__launch_bounds__(32 * WARPS)),
  * WARPS, SPLITS and STAGES those of lower_skinny_shape (for this GPU's shared memory) unless the
  * case names them. The cases cover M = 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64 at MMAX 64 (and
  * MMAX 16 and 32), gated and not, bias, float output, bf16 and f16, N not a multiple of the
@@ -60,12 +60,11 @@ typedef struct scase {
     int ms[13]; /* the rows M to run (one kernel for all), 0-terminated */
     int bias, gated, act, f32, f16;
     int warps, splits, stages; /* 0: lower_skinny_shape's */
-    int grid;                  /* blocks; 0: the launch rule's (KILN_SKINNY_GRID) */
 } scase;
 
 /* One kernel instance: the shape, the template arguments and its launch geometry. */
 typedef struct skern {
-    int N, K, mmax, bias, gated, act, f32, f16, warps, splits, stages, grid;
+    int N, K, mmax, bias, gated, act, f32, f16, warps, splits, stages;
     int nout, tiles, smem; /* smem: the dynamic shared memory bytes of a block */
     CUfunction f;
 } skern;
@@ -99,8 +98,6 @@ static void skern_shape(skern *k)
     k->nout = k->gated ? k->N / 2 : k->N;
     k->tiles = k->gated ? (k->nout + 7) / 8 : (k->nout + 15) / 16;
     k->smem = KILN_SKINNY_SMEM(k->mmax, k->warps, k->stages);
-    if (!k->grid)
-        k->grid = KILN_SKINNY_GRID((k->tiles + k->warps - 1) / k->warps * k->splits);
 }
 
 /* The kernel's wrapper k_skinny, as lower.c writes a kernel: extern "C", __launch_bounds__ of
@@ -205,8 +202,8 @@ static int skern_run(kt *t, const skern *k, const char *name, const sbufs *d, CU
     int m_arg = M;
     CUdeviceptr xa = x, wa = d->w, ba = d->b, ya = y, pa = d->part, ca = d->count;
     void *args[] = {&st, &xa, &wa, &ba, &ya, &pa, &ca, &m_arg};
-    kt_launch(t, k->f, name, (unsigned)k->grid, 1, 1, 32u * (unsigned)k->warps, (size_t)k->smem,
-              args);
+    kt_launch(t, k->f, name, (unsigned)((k->tiles + k->warps - 1) / k->warps),
+              (unsigned)k->splits, 1, 32u * (unsigned)k->warps, (size_t)k->smem, args);
     unsigned *c = xmalloc(sizeof(unsigned) * (size_t)k->tiles);
     kt_download(t, c, d->count, sizeof(unsigned) * (size_t)k->tiles);
     int nz = 0;
@@ -315,7 +312,7 @@ static void skinny_case(kt *t, const scase *c)
 {
     skern k = {.N = c->N, .K = c->K, .mmax = c->mmax, .bias = c->bias, .gated = c->gated,
                .act = c->act, .f32 = c->f32, .f16 = c->f16, .warps = c->warps,
-               .splits = c->splits, .stages = c->stages, .grid = c->grid};
+               .splits = c->splits, .stages = c->stages};
     skern_shape(&k);
     char opts[160];
     skern_label(&k, opts, sizeof opts);
@@ -447,14 +444,6 @@ void ktest_skinny(kt *t)
         {.N = 1000, .K = 256, .mmax = 64, .ms = {1, 33, 64}, .warps = 4, .splits = 4},
         {.N = 200, .K = 64, .mmax = 64, .ms = {64}, .f32 = 1, .warps = 8, .splits = 2},
         {.N = 1000, .K = 520, .mmax = 64, .ms = {64}, .warps = 8, .splits = 8},
-        /* persistent blocks taking many units each: 63 tiles of 8 warps in 4 parts (32 units)
-         * over 3 blocks, 125 gated tiles of 4 warps in 8 parts over 5, parts without a slice
-         * over 2 */
-        {.N = 1000, .K = 1000, .mmax = 64, .ms = {1, 17, 64}, .bias = 1, .warps = 8, .splits = 4,
-         .grid = 3},
-        {.N = 1998, .K = 4096, .mmax = 64, .ms = {9, 64}, .gated = 1, .act = KILN_ACT_SILU,
-         .warps = 4, .splits = 8, .grid = 5},
-        {.N = 1000, .K = 256, .mmax = 64, .ms = {33}, .warps = 4, .splits = 4, .grid = 2},
         /* rings of 2 and 3 slices (the shared memory of 99 KiB and 163 KiB targets) */
         {.N = 1000, .K = 1000, .mmax = 64, .ms = {9, 40, 64}, .bias = 1, .warps = 4,
          .splits = 2, .stages = 2},
@@ -513,7 +502,8 @@ static int bench_graph(kt *t, sbench *b, const skern *k, int M, int N, int K, do
         CUdeviceptr w = b->w[i % b->copies];
         if (k) {
             void *args[] = {&st, &b->x, &w, &nob, &b->y, &b->part, &b->count, &m_arg};
-            rc = kcuda_launch(&t->cu, k->f, (unsigned)k->grid, 1, 1, 32u * (unsigned)k->warps,
+            rc = kcuda_launch(&t->cu, k->f, (unsigned)((k->tiles + k->warps - 1) / k->warps),
+                              (unsigned)k->splits, 1, 32u * (unsigned)k->warps,
                               (unsigned)k->smem, t->stream, args, t->pdl, &e);
         } else {
             rc = kgemm_run(b->lt, t->stream, 0, 0, 0, M, N, K, b->x, K, w, 0, b->ylt, N, &e);
@@ -566,7 +556,6 @@ static int bench_kernels(kt *t, int s, skern k[BENCH_COLS])
         k[c].splits = cs[c];
         k[c].stages = cp[c];
         k[c].smem = KILN_SKINNY_SMEM(k[c].mmax, cw[c], cp[c]);
-        k[c].grid = KILN_SKINNY_GRID((k[c].tiles + cw[c] - 1) / cw[c] * cs[c]);
         k[c].f = NULL;
         for (int p = 0; p < c && cs[c] > 0; p++)
             if (cw[p] == cw[c] && cs[p] == cs[c] && cp[p] == cp[c])
