@@ -249,10 +249,43 @@ __device__ __forceinline__ void tile_rows(long long tile, int g, long long &ra, 
     }
 }
 
+// Output o of row m of y: a is its sum (GATED: the gate row's, and u the up row's), times the
+// rows' scales where rscale is given (gemv_fp8's per-row scales), plus the bias, and for GATED
+// act(gate) * up; stored as float (OUT_F32) or DT, one rounding.
+template <typename DT, int N, bool BIAS, bool GATED, int ACT, bool OUT_F32>
+__device__ __forceinline__ void store_out(void *y, const DT *bias, const float *rscale,
+                                          long long m, long long o, float a, float u)
+{
+    constexpr int NOUT = GATED ? N / 2 : N;
+    float v;
+    if constexpr (GATED) {
+        if (rscale) {
+            a *= rscale[o];
+            u *= rscale[NOUT + o];
+        }
+        if (BIAS) {
+            a += to_f(bias[o]);
+            u += to_f(bias[NOUT + o]);
+        }
+        v = act<ACT>(a) * u;
+    } else {
+        (void)u;
+        v = a;
+        if (rscale)
+            v *= rscale[o];
+        if (BIAS)
+            v += to_f(bias[o]);
+    }
+    if constexpr (OUT_F32)
+        static_cast<float *>(y)[m * NOUT + o] = v;
+    else
+        static_cast<DT *>(y)[m * NOUT + o] = from_f<DT>(v);
+}
+
 // The epilogue of one tile's sums, written by the lane that holds them: lane (g, t) has, for x
 // rows m = 8j + 2t + e (e = 0, 1), acc[j][e] (tile row g) and acc[j][2 + e] (tile row g + 8);
 // rows m >= M are not stored, nor outputs past NOUT. rscale: nullptr, or a float per weight row
-// that multiplies its sum before the bias (gemv_fp8's per-row scales). y's row row0 + m.
+// (store_out). y's row row0 + m.
 template <typename DT, int N, int NT, bool BIAS, bool GATED, int ACT, bool OUT_F32>
 __device__ __forceinline__ void store_tile(const float acc[NT][4], const float *rscale,
                                            const DT *bias, void *y, long long row0,
@@ -270,33 +303,25 @@ __device__ __forceinline__ void store_tile(const float acc[NT][4], const float *
 #pragma unroll
             for (int h = 0; h < (GATED ? 1 : 2); h++) {
                 const long long o = tile * OPB + 8 * h + g;
-                if (o >= NOUT)
-                    continue;
-                float v;
-                if constexpr (GATED) {
-                    float gs = acc[j][e], us = acc[j][2 + e];
-                    if (rscale) {
-                        gs *= rscale[o];
-                        us *= rscale[NOUT + o];
-                    }
-                    if (BIAS) {
-                        gs += to_f(bias[o]);
-                        us += to_f(bias[NOUT + o]);
-                    }
-                    v = act<ACT>(gs) * us;
-                } else {
-                    v = acc[j][2 * h + e];
-                    if (rscale)
-                        v *= rscale[o];
-                    if (BIAS)
-                        v += to_f(bias[o]);
-                }
-                if constexpr (OUT_F32)
-                    static_cast<float *>(y)[(row0 + m) * NOUT + o] = v;
-                else
-                    static_cast<DT *>(y)[(row0 + m) * NOUT + o] = from_f<DT>(v);
+                if (o < NOUT)
+                    store_out<DT, N, BIAS, GATED, ACT, OUT_F32>(
+                        y, bias, rscale, row0 + m, o, GATED ? acc[j][e] : acc[j][2 * h + e],
+                        acc[j][2 + e]);
             }
         }
+}
+
+// Zeros the float fragments of E m-tiles by two 8-row halves (gemm_skinny's accumulators).
+template <int E>
+__device__ __forceinline__ void zero_frags(float (&a)[E][2][4])
+{
+#pragma unroll
+    for (int i = 0; i < E; i++)
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                a[i][h][e] = 0.f;
 }
 
 // After the main loop: the warps' partial tiles added in warp order (split-K: fixed, independent
@@ -722,13 +747,7 @@ __device__ __forceinline__ void gemm_skinny(const kiln_step st, const DT *x, con
         };
 
         float acc[E][2][4];
-#pragma unroll
-        for (int i = 0; i < E; i++)
-#pragma unroll
-            for (int h = 0; h < 2; h++)
-#pragma unroll
-                for (int e = 0; e < 4; e++)
-                    acc[i][h][e] = 0.f;
+        gemv_detail::zero_frags<E>(acc);
 #pragma unroll
         for (int i = 0; i < P - 1; i++)
             load(s0 + i, i);
@@ -740,13 +759,7 @@ __device__ __forceinline__ void gemm_skinny(const kiln_step st, const DT *x, con
             load(s + P - 1, b == 0 ? P - 1 : b - 1); // into slice s - 1's stage
             if (active) {
                 float d[E][2][4];
-#pragma unroll
-                for (int i = 0; i < E; i++)
-#pragma unroll
-                    for (int h = 0; h < 2; h++)
-#pragma unroll
-                        for (int e = 0; e < 4; e++)
-                            d[i][h][e] = 0.f;
+                gemv_detail::zero_frags<E>(d);
 #pragma unroll
                 for (int kk = 0; kk < KC / 16; kk++) {
                     unsigned bw[4]; // b0, b1 of the first half, then of the second
@@ -825,25 +838,10 @@ __device__ __forceinline__ void gemm_skinny(const kiln_step st, const DT *x, con
 #pragma unroll
                     for (int e = 0; e < 2; e++) {
                         const long long o = tile * OPB + 8 * h + 2 * t + e;
-                        if (o >= NOUT)
-                            continue;
-                        float v;
-                        if constexpr (GATED) {
-                            float gs = acc[i][0][2 * r + e], us = acc[i][1][2 * r + e];
-                            if (BIAS) {
-                                gs += to_f(bias[o]);
-                                us += to_f(bias[NOUT + o]);
-                            }
-                            v = act<ACT>(gs) * us;
-                        } else {
-                            v = acc[i][h][2 * r + e];
-                            if (BIAS)
-                                v += to_f(bias[o]);
-                        }
-                        if constexpr (OUT_F32)
-                            static_cast<float *>(y)[(long long)m * NOUT + o] = v;
-                        else
-                            static_cast<DT *>(y)[(long long)m * NOUT + o] = from_f<DT>(v);
+                        if (o < NOUT)
+                            gemv_detail::store_out<DT, N, BIAS, GATED, ACT, OUT_F32>(
+                                y, bias, nullptr, m, o, acc[i][h][2 * r + e],
+                                acc[i][1][2 * r + e]);
                     }
             }
     };
