@@ -454,7 +454,7 @@ static int low_norm(lw *w, int id)
  * warp idles. */
 int lower_gemv_threads(int64_t N, int64_t K, int gated, int step)
 {
-    int64_t tiles = ((gated ? N / 2 : N) + (gated ? 7 : 15)) / (gated ? 8 : 16);
+    int64_t tiles = KILN_GEMV_TILES(N, gated);
     int64_t steps = (K + step - 1) / step;
     int warps = 4;
     while (warps < 16 && tiles * warps < 2048)
@@ -477,7 +477,7 @@ void lower_skinny_shape(int64_t N, int64_t K, int gated, int smem_block, int *wa
                         int *stages)
 {
     const int64_t want = 96;
-    int64_t tiles = gated ? (N / 2 + 7) / 8 : (N + 15) / 16;
+    int64_t tiles = KILN_GEMV_TILES(N, gated);
     int64_t slices = (K + KILN_SKINNY_KC - 1) / KILN_SKINNY_KC, best = 0;
     *warps = 8;
     *splits = 1;
@@ -560,16 +560,15 @@ static ka_step gemv_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg sc
 /* The shared memory a block of the artifact may have (kc.smem_block; sm_80's when unknown). */
 static int skinny_smem(const lw *w) { return w->c->smem_block ? w->c->smem_block : 163 * 1024; }
 
-/* The skinny GEMM step (templates/gemv.cuh's gemm_skinny) for gemv_max < rows <= skinny_max,
- * pushed to `which`: its partials in this node's scratch, its arrival counters the shared ones
+/* The skinny GEMM step (templates/gemv.cuh's gemm_skinny) of the decode schedule, for gemv_max <
+ * rows <= skinny_max: its partials in this node's scratch, its arrival counters the shared ones
  * at w->skinny_count (every launch leaves them zero). */
 static void skinny_push(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg bias, ka_arg y,
-                        int64_t N, int64_t K, int gated, int act, int out_f32, ka_rows rows,
-                        int which, ka_logits logits)
+                        int64_t N, int64_t K, int gated, int act, int out_f32)
 {
     int warps, splits, stages;
     lower_skinny_shape(N, K, gated, skinny_smem(w), &warps, &splits, &stages);
-    int64_t tiles = gated ? (N / 2 + 7) / 8 : (N + 15) / 16;
+    int64_t tiles = KILN_GEMV_TILES(N, gated);
     int64_t pf = KILN_SKINNY_PART(splits, tiles, KILN_SKINNY_MAX);
     ka_arg part = pf ? A(KA_ARG_SCRATCH, scratch_at(w, pf * 4)) : ANULL();
     int k = kern(w, "gemm_skinny", 32 * warps, KILN_SKINNY_SMEM(KILN_SKINNY_MAX, warps, stages),
@@ -583,8 +582,6 @@ static void skinny_push(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg bia
     /* x: ceil(tiles / warps) blocks of warps tiles; y: the K parts */
     ka_step s = kstep(k, n->name, G(0, 0, 0, (int)tiles, warps), G(0, 0, 0, splits, 1), G1());
     s.size = KA_SIZE_MID;
-    s.rows = rows;
-    s.logits = logits;
     add_arg(&s, A(KA_ARG_STEP, 0));
     add_arg(&s, x);
     add_arg(&s, wt);
@@ -593,7 +590,7 @@ static void skinny_push(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg bia
     add_arg(&s, part);
     add_arg(&s, A(KA_ARG_SCRATCH, w->skinny_count));
     add_arg(&s, A(KA_ARG_M, 0));
-    push(w, which, &s);
+    push(w, DEC, &s);
 }
 
 /* A quantised weight (q, scales sc, K block b, kind qk) dequantised into scratch [N, K] in the
@@ -849,7 +846,7 @@ static int low_linear(lw *w, int id)
         s = gemv_step(w, n, x, wt, ANULL(), QROWS_NONE, 0, bias, part, N, K, 0, -1, 1, KA_ROWS_T);
         push_sized(w, DEC, &s);
         if (w->skinny)
-            skinny_push(w, n, x, wt, bias, part, N, K, 0, -1, 1, KA_ROWS_T, DEC, KA_LOGITS_ANY);
+            skinny_push(w, n, x, wt, bias, part, N, K, 0, -1, 1);
         logits_epilogue_step(w, n, part, hb, N, DEC, KA_LOGITS_ANY, KA_ROWS_T);
         gather_steps(w, n, part, all, N, tp, DEC, KA_LOGITS_ANY, KA_ROWS_T);
         w->m->vocab = (int)(N * tp);
@@ -911,7 +908,7 @@ static int low_linear(lw *w, int id)
             push_sized(w, BOTH, &s);
         }
         if (skinny)
-            skinny_push(w, n, x, wt, bias, y, N, K, 0, -1, 0, KA_ROWS_T, DEC, KA_LOGITS_ANY);
+            skinny_push(w, n, x, wt, bias, y, N, K, 0, -1, 0);
         return 0;
     }
     /* gated: GEMM into scratch [T, N] then act(gate) * up; or one GEMV with the epilogue */
@@ -935,7 +932,7 @@ static int low_linear(lw *w, int id)
         push_sized(w, BOTH, &s);
     }
     if (skinny)
-        skinny_push(w, n, x, wt, bias, y, N, K, 1, n->epi_act, 0, KA_ROWS_T, DEC, KA_LOGITS_ANY);
+        skinny_push(w, n, x, wt, bias, y, N, K, 1, n->epi_act, 0);
     return 0;
 }
 
@@ -1730,16 +1727,15 @@ int lower(kc *c, lowered *out, kerr *err)
      * steps are kiln's GEMM for decode steps of 9 to 64 rows (--gemm kiln, where the alternative
      * is a 128-row tile); cuBLASLt's kernels stream the weight faster there (tests/gpu/RESULTS.md,
      * tenth session). Not with --batch-invariant, whose decode runs the GEMV in fixed groups at
-     * every batch. */
-    int sw, ss, sst;
-    lower_skinny_shape(4096, 4096, 0, skinny_smem(&w), &sw, &ss, &sst);
-    w.skinny = c->gemm_kiln && !c->batch_invariant && c->max_tokens > GEMV_MAX && sst > 0;
+     * every batch; and only where its smallest ring (4 tiles a block, 2 slices) fits a block. */
+    w.skinny = c->gemm_kiln && !c->batch_invariant && c->max_tokens > GEMV_MAX &&
+               KILN_SKINNY_SMEM(KILN_SKINNY_MAX, 4, 2) <= skinny_smem(&w);
     if (w.skinny) {
         int64_t tiles = 1;
         for (int i = 0; i < c->g->n; i++) {
             const kg_node *n = &c->g->nodes[i];
             if (n->op == KG_LINEAR || n->op == KG_LOGITS) {
-                int64_t t = (c->g->nodes[n->in[1]].shape[0] + 15) / 16;
+                int64_t t = KILN_GEMV_TILES(c->g->nodes[n->in[1]].shape[0], 0);
                 tiles = t > tiles ? t : tiles;
             }
         }

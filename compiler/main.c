@@ -229,11 +229,6 @@ static kc_opts kopts(const opts *o, int need_weights)
     return k;
 }
 
-/* --kv-dtype fp8 where it does not apply: 0, or the exit status 2 after saying why. A model that
- * generates (its K and V read again by every later token) takes it, sharded or not; multi-head
- * latent attention caches latents, not K and V; an embedding or classification model keeps its
- * cache only within the step that fills it, so FP8 would add rounding and save nothing. The GPU
- * is not a reason: the cache is storage, converted with integer operations on any SM. */
 /* The shared memory one block may opt in to on sm_XY (CUDA's per-architecture limit): 227 KiB on
  * Hopper and Blackwell's data-center parts, 163 KiB on the A100, 99 KiB on the others. */
 static int smem_optin(int sm)
@@ -245,6 +240,11 @@ static int smem_optin(int sm)
     return 99 * 1024;
 }
 
+/* --kv-dtype fp8 where it does not apply: 0, or the exit status 2 after saying why. A model that
+ * generates (its K and V read again by every later token) takes it, sharded or not; multi-head
+ * latent attention caches latents, not K and V; an embedding or classification model keeps its
+ * cache only within the step that fills it, so FP8 would add rounding and save nothing. The GPU
+ * is not a reason: the cache is storage, converted with integer operations on any SM. */
 static int kv8_refusal(const opts *o, const kgraph *g)
 {
     if (!o->kv_fp8)

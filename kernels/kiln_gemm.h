@@ -61,6 +61,9 @@
  * padded by KILN_SKINNY_PAD elements (272 bytes apart: the 8 row addresses of an ldmatrix phase
  * fall in 8 distinct bank groups). */
 #define KILN_SKINNY_MAX 64
+/* TILES: the weight tiles of an [n, K] weight in templates/gemv.cuh's kernels (the GEMV's and the
+ * skinny GEMM's): 16 rows, or for a gated weight 8 gate rows and their 8 up rows. */
+#define KILN_GEMV_TILES(n, gated) ((gated) ? ((n) / 2 + 7) / 8 : ((n) + 15) / 16)
 #define KILN_SKINNY_KC 128
 #define KILN_SKINNY_PAD 8
 #define KILN_SKINNY_SMEM(mmax, warps, stages)                                                     \

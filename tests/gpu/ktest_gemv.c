@@ -107,6 +107,7 @@
 #include "util.h"
 #include "lower.h"
 #include "quant.h"
+#include "../../kernels/kiln_gemm.h"
 #include "../../kernels/kiln_step.h"
 
 
@@ -370,7 +371,7 @@ static CUmodule gemv_module(kt *t, const char *name, const char *prefix, const c
  * group (grid x: gemv_groups). */
 static unsigned gemv_blocks(int N, int gated)
 {
-    return gated ? (unsigned)((N / 2 + 7) / 8) : (unsigned)((N + 15) / 16);
+    return (unsigned)KILN_GEMV_TILES(N, gated);
 }
 
 static unsigned gemv_groups(int M, int mmax) { return (unsigned)((M + mmax - 1) / mmax); }

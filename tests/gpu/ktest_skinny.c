@@ -96,7 +96,7 @@ static void skern_shape(skern *k)
     if (!k->stages)
         k->stages = st;
     k->nout = k->gated ? k->N / 2 : k->N;
-    k->tiles = k->gated ? (k->nout + 7) / 8 : (k->nout + 15) / 16;
+    k->tiles = (int)KILN_GEMV_TILES(k->N, k->gated);
     k->smem = KILN_SKINNY_SMEM(k->mmax, k->warps, k->stages);
 }
 
@@ -538,8 +538,8 @@ static CUdeviceptr bench_rand(kt *t, size_t n, float scale)
  * splits (at least 1). */
 enum { BENCH_COLS = 5 };
 
-/* Shape s's kernels, one per column (columns of the same warps and splits share one; a column
- * without a kernel has f NULL): 0, or -1 when one did not compile. */
+/* Shape s's kernels, one per column (columns of the same warps, splits and ring share one): 0, or
+ * -1 when one did not compile. */
 static int bench_kernels(kt *t, int s, skern k[BENCH_COLS])
 {
     skern base = {.N = llama[s].N, .K = llama[s].K, .mmax = KILN_SKINNY_MAX,
@@ -557,10 +557,10 @@ static int bench_kernels(kt *t, int s, skern k[BENCH_COLS])
         k[c].stages = cp[c];
         k[c].smem = KILN_SKINNY_SMEM(k[c].mmax, cw[c], cp[c]);
         k[c].f = NULL;
-        for (int p = 0; p < c && cs[c] > 0; p++)
+        for (int p = 0; p < c; p++)
             if (cw[p] == cw[c] && cs[p] == cs[c] && cp[p] == cp[c])
                 k[c].f = k[p].f;
-        if (k[c].f || cs[c] == 0)
+        if (k[c].f)
             continue;
         char name[160];
         snprintf(name, sizeof name, "bench skinny %s warps=%d splits=%d stages=%d", llama[s].name,
@@ -613,14 +613,11 @@ static int bench_shape(kt *t, sbench *b, int s, double copy_bw, double *sum64, i
         if (!llama[s].gated)
             diff = kt_rel_l2_bf16(t, b->y, b->ylt, (size_t)M * N);
 #define GBS(u) ((u) > 0 ? (double)wbytes / ((u) * 1e-6) / 1e9 : 0.0)
-        char half[16] = "     -";
-        if (k[3].f)
-            snprintf(half, sizeof half, "%6.0f", GBS(us[3]));
-        printf("%-10s %5d %5d %2d | %2d/%-2d %4d %5.0f %4.2f %6.1f | %5.0f %5.0f %s %5.0f | "
+        printf("%-10s %5d %5d %2d | %2d/%-2d %4d %5.0f %4.2f %6.1f | %5.0f %5.0f %6.0f %5.0f | "
                "%6.1f %5.0f | %5.2f | ",
                llama[s].name, N, K, M, k[0].warps, k[0].splits, regs, GBS(us[0]),
-               GBS(us[0]) * 1e9 / copy_bw, us[0], GBS(us[1]), GBS(us[2]), half, GBS(us[4]), ult,
-               GBS(ult), ult / us[0]);
+               GBS(us[0]) * 1e9 / copy_bw, us[0], GBS(us[1]), GBS(us[2]), GBS(us[3]), GBS(us[4]),
+               ult, GBS(ult), ult / us[0]);
 #undef GBS
         /* both round a float sum to bf16 once: about one bf16 ulp apart in a few outputs (rel
          * ~1e-3 at most); a wrong kernel differs by ~1 */
@@ -665,9 +662,11 @@ int ktest_skinny_bench(kt *t)
     printf("bench skinny: templates/gemv.cuh's gemm_skinny, bf16, no bias, MMAX %d; each time per "
            "launch in a CUDA graph of %d back-to-back launches (PDL %s) cycling over copies of "
            "the weight, the best of %d replays. W/S regs GB/s xcpy us = at lower_skinny_shape's "
-           "warps/splits: registers a thread, weight bytes per second, that over the copy bandwidth %.0f GB/s, "
-           "microseconds; 4/S, 4/S2 = GB/s at 4 warps and a ring of 3 slices (two blocks an SM) with its splits and half of them; S/2, S/4 = at its warps and ring with half and a quarter of its splits (at least 1); S/2, 2S = GB/s at its "
-           "warps with half and twice its splits; lt_us, lt_GB = cuBLASLt (kgemm_run, the plain "
+           "warps/splits: registers a thread, weight bytes per second, that over the copy "
+           "bandwidth %.0f GB/s, microseconds; 4/S, 4/S2 = GB/s at 4 warps and a ring of 3 slices "
+           "(two blocks an SM) with its splits and half of them; S/2, S/4 = at its warps and ring "
+           "with half and a quarter of its splits (at least 1); lt_us, lt_GB = cuBLASLt "
+           "(kgemm_run, the plain "
            "[M, N] product) in the same kind of graph; ratio = skinny's throughput (W/S) over "
            "cuBLASLt's; diff = relative L2 of skinny's y against cuBLASLt's.\n",
            KILN_SKINNY_MAX, BENCH_LAUNCHES, t->pdl ? "on" : "off", BENCH_REPLAYS, copy_bw / 1e9);
