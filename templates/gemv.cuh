@@ -714,8 +714,9 @@ __device__ __forceinline__ void gemm_skinny(const kiln_step st, const DT *x, con
     // ldmatrix row addresses: A (x, m-tile i): row 16i + (lane & 15), chunk (lane >> 4) of the
     // k16 step; B (the warp's 16 rows): row (lane & 7) + ((lane >> 4) << 3), chunk (lane >> 3) & 1
     const unsigned xa = sbase + (unsigned)((lane & 15) * ROW + (lane >> 4) * 16);
-    const unsigned wa = sbase + (unsigned)(P * XSTAGE + (warp * 16 + (lane & 7) + ((lane >> 4) << 3)) *
-                                               ROW + ((lane >> 3) & 1) * 16);
+    const unsigned wa =
+        sbase + (unsigned)(P * XSTAGE + (warp * 16 + (lane & 7) + ((lane >> 4) << 3)) * ROW +
+                           ((lane >> 3) & 1) * 16);
 
     // The rest at E m-tiles of 16 rows, the fewest powers of two that hold M (or MT).
     auto run = [&](auto mtiles) {

@@ -516,6 +516,8 @@ static void e_size(json_t *r)
     set_int(find_step(r, "decode", "step", &k), "size", 5);
 }
 static void e_skinny_max(json_t *r) { set_int(limits(r), "skinny_max", lim(r, "gemv_max")); }
+static void e_skinny_neg(json_t *r) { set_int(limits(r), "skinny_max", -1); }
+static void e_skinny_huge(json_t *r) { set_int(limits(r), "skinny_max", (json_int_t)1 << 40); }
 static void e_size_mid(json_t *r)
 {
     size_t k;
@@ -677,6 +679,8 @@ static void test_bad_fields_resigned(void **state)
         {"max_seq_len", e_max_seq_len, {"limits: max_seq_len is -1"}},
         {"gemv_max", e_gemv_max, {"limits: gemv_max is -1"}},
         {"skinny_max", e_skinny_max, {"limits: skinny_max 8 is not above gemv_max 8"}},
+        {"skinny_max negative", e_skinny_neg, {"limits: skinny_max is -1"}},
+        {"skinny_max huge", e_skinny_huge, {"limits: skinny_max is 1099511627776"}},
         {"rope_switch", e_rope_switch, {"limits: rope_switch is 0, expected 1..16777216"}},
         {"slab", e_slab, {"limits: slab_bytes is 1125899906842624"}},
         {"tokens < seqs", e_tok_seqs, {"max_tokens 64 < max_seqs 65"}},
