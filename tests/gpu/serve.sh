@@ -31,7 +31,8 @@
 # its target.
 #
 # Other settings: SERVE_COMPILE="--max-batch 128 --max-seq-len 2560" (kilnc compile's limits; the
-# artifact is rebuilt when they change), KILN_SM (kilnc compile --sm, default 90a, as run.sh), SWEEP_RATES, SWEEP_SECONDS, SOAK_SECONDS, SERVE_STREAMS
+# artifact is rebuilt when they change), SERVE_ART (an artifact compiled elsewhere, served as it is:
+# tp.sh's 70B shape at TP 8, SERVE_SHAPE=70b naming it; every phase but det), KILN_SM (kilnc compile --sm, default 90a, as run.sh), SWEEP_RATES, SWEEP_SECONDS, SOAK_SECONDS, SERVE_STREAMS
 # (the c1000 phase's streams, 1000).
 # A dry run of this script without a GPU: SERVE_MODEL=examples/tinyfortune SERVE_SMALL=1 serves that
 # folder (kiln's CPU backend for a checkpoint) instead of a synthesised model, with every size
@@ -85,6 +86,12 @@ if [ -n "${SERVE_MODEL:-}" ]; then
   ART=$SERVE_MODEL
   ART_BI=$ART   # a checkpoint folder runs on the CPU backend, which is batch-invariant
   SHAPE=$(basename "$ART")
+elif [ -n "${SERVE_ART:-}" ]; then
+  ART=$SERVE_ART
+  [ -f "$ART/model.kiln" ] || { row "SERVE_ART=$ART: no model.kiln there (a kilnc compile output)"; exit 1; }
+  case " $PHASES " in *" det "*)
+    row "SERVE_ART: the det phase needs a --batch-invariant build of the model too; run it without SERVE_ART"; exit 1 ;;
+  esac
 else
   ART=$W/art-$SHAPE
   ART_BI=$ART-bi

@@ -2,9 +2,10 @@
 # tests/gpu/tp.sh — tensor parallelism on a machine with several GPUs (issue 15), one call per
 # phase, table last.
 #
-#   TP_PHASES="fix speed nccl servefix serve" tests/gpu/tp.sh   (TP_SIZES="2 4 8", TP_GEN, TP_EMB,
-#                                                                 TP_CLS: the fixture lists; an
-#                                                                 empty one runs none)
+#   TP_PHASES="fix speed speed70 nccl servefix serve" tests/gpu/tp.sh
+#
+# Settings: TP_SIZES ("2 4 8": those the machine has GPUs for run), TP_GEN, TP_EMB, TP_CLS (the
+# fixture lists; an empty one runs none), TP_STREAMS (serve's, 256), TP_DEADLINE (fix's, 540 s).
 #
 #   fix    every fixture family compiled without --tp, with --tp 1 (the NCCL path on one rank) and
 #          with --tp N for each N in TP_SIZES that the machine has GPUs for and the shapes allow
@@ -16,13 +17,22 @@
 #          SKIP; split TP_GEN over two calls when the whole list does not fit
 #   speed  the Llama-3-8B shape (kilnc synth) at TP 1 (unsharded) and each N: `kiln bench` batch 1
 #          and 64 decode and prefill of 2,048 tokens, and at each N again with KILN_ALLREDUCE=nccl
-#          (NCCL's all-reduce instead of kiln's peer-to-peer kernel); with 8 GPUs the 70B shape at TP 8
+#          (NCCL's all-reduce instead of kiln's peer-to-peer kernel)
+#   speed70  with 8 GPUs, the 70B shape (80 layers, hidden 8192, 64 heads, 8 KV heads, FFN 28672)
+#          at TP 8: the same bench. Its checkpoint and its shards are 141 GB each, more than the
+#          8-GPU machine's 235 GB disk holds together, so the checkpoint is synthesised in /dev/shm
+#          when that has room (the machine has 560 GiB of memory) and deleted once compiled; the
+#          artifact (--max-batch 128 --max-seq-len 2560: serve.sh's limits) is kept for serve
 #   nccl   all-reduce bus bandwidth between the GPUs (nccl_bw.py, PyTorch's NCCL: the link, not
 #          kiln; its small-message times are Python's launch loop)
 #   servefix  `kiln serve` of the llama fixture at the largest N: 64 streams of loadgen.py through
 #          the scheduler (8 at a time), all complete, 8 greedy re-runs alone compared
-#   serve  `kiln serve` of the 8B shape at the largest N under TP_STREAMS (256) concurrent
-#          streams through serve.sh's c1000 phase: all complete, 0 lost, 0 errors
+#   serve  `kiln serve --tp N` at the largest N under TP_STREAMS (256) concurrent streams through
+#          serve.sh's c1000 phase: all complete, 0 lost, 0 errors. With 8 GPUs the model is the 70B
+#          shape (speed70's artifact, compiled here if that phase did not run), else the 8B shape
+#
+# On a machine with 8 GPUs each phase fits one 10-minute call: fix, speed, speed70 (with nccl),
+# servefix, serve.
 #
 # NCCL_NVLS_ENABLE=0 in every run (NVLink multicast stays off on the shared machines). Output:
 # $OUT/tp-summary.txt (the table, also printed last), $OUT/tp-logs.tgz. Exit status 1 on a failure.
@@ -32,7 +42,7 @@ export NCCL_NVLS_ENABLE=0
 BIN=${KILN_BIN:-out/bin}
 SM=${KILN_SM:-90a}
 PY=${PYTHON:-python3}
-PHASES=${TP_PHASES:-fix speed nccl servefix serve}
+PHASES=${TP_PHASES:-fix speed speed70 nccl servefix serve}
 DEADLINE=$(( $(date +%s) + ${TP_DEADLINE:-540} ))
 W=/tmp/kiln-tp
 LOG=$W/logs
@@ -161,13 +171,39 @@ phase_speed() {
       KILN_ALLREDUCE=nccl bench_one 8b-tp$n-nccl $a --batch 1 --prefill 2048 --new 64 --reps 2
     rm -rf $a/shards   # disk: 16 GB per artifact
   done
-  if [ "$NGPU" -ge 8 ]; then
-    local M70=$W/llama3-70b
-    [ -f $M70/config.json ] || $BIN/kilnc synth --like llama3-70b -o $M70 > $LOG/synth-70b.log 2>&1 || { row "FAIL synth 70b"; fail=1; return; }
-    $BIN/kilnc compile $M70 -o $W/art-70b-tp8 --sm $SM --max-batch 64 --max-seq-len 4096 --tp 8 > $LOG/compile-70b.log 2>&1 \
-      && bench_one 70b-tp8 $W/art-70b-tp8 --batch 1,64 --prefill 2048 --new 64 --reps 2 \
-      || { row "FAIL compile 70b tp8: $(grep -m1 error $LOG/compile-70b.log)"; fail=1; }
+}
+
+# The 70B shape compiled at TP 8 into $A70, once per machine (speed70 and serve share it). The
+# checkpoint goes to /dev/shm when it has GB70 of room, else to the disk, which must then hold
+# it and the shards together; it is deleted once compiled. 1 (and a row saying why) on failure.
+A70=$W/art-70b-tp8
+GB70=150
+art70() {
+  [ -f $A70/model.kiln ] && return 0
+  local t0 dir shm disk need
+  t0=$(date +%s)
+  shm=$(df --output=avail -BG /dev/shm 2>/dev/null | tail -1 | tr -dc 0-9)
+  disk=$(df --output=avail -BG $W | tail -1 | tr -dc 0-9)
+  if [ "${shm:-0}" -ge $GB70 ]; then dir=/dev/shm/kiln-tp need=$GB70; else dir=$W need=$((2 * GB70)); fi
+  if [ "${disk:-0}" -lt $need ]; then
+    row "FAIL 70b: room: its checkpoint and its TP 8 shards are 141 GB each; /dev/shm has ${shm:-0} GB free, the disk ${disk:-0} GB (needs $need)"
+    fail=1; return 1
   fi
+  mkdir -p $dir
+  local M70=$dir/llama3-70b
+  rm -rf $A70
+  $BIN/kilnc synth --like llama3-70b -o $M70 --force > $LOG/synth-70b.log 2>&1 ||
+    { row "FAIL synth 70b: $(tail -1 $LOG/synth-70b.log)"; rm -rf $M70; fail=1; return 1; }
+  $BIN/kilnc compile $M70 -o $A70 --sm $SM --max-batch 128 --max-seq-len 2560 --tp 8 > $LOG/compile-70b.log 2>&1 ||
+    { row "FAIL compile 70b tp8: $(grep -m1 error $LOG/compile-70b.log)"; rm -rf $M70 $A70; fail=1; return 1; }
+  rm -rf $M70
+  row "70b: synthesised in $dir and compiled at TP 8 in $(( $(date +%s) - t0 )) s"
+}
+
+phase_speed70() {
+  [ "$NGPU" -ge 8 ] || { row "speed70: skip ($NGPU GPUs: the 70B shape runs at TP 8)"; return; }
+  art70 || return
+  bench_one 70b-tp8 $A70 --batch 1,64 --prefill 2048 --new 64 --reps 2
 }
 
 phase_nccl() {
@@ -212,8 +248,14 @@ EOF
 phase_serve() {
   local n=${SIZES##* }
   [ -n "$n" ] || { row "serve: skip (one GPU)"; return; }
-  SERVE_SHAPE=8b SERVE_PHASES=c1000 SERVE_STREAMS=${TP_STREAMS:-256} \
-    SERVE_COMPILE="--max-batch 128 --max-seq-len 2560 --tp $n" OUT=$W/serve bash tests/gpu/serve.sh > $LOG/serve.out 2>&1 || fail=1
+  if [ "$n" = 8 ]; then
+    art70 || return
+    SERVE_ART=$A70 SERVE_SHAPE=70b SERVE_PHASES=c1000 SERVE_STREAMS=${TP_STREAMS:-256} \
+      OUT=$W/serve bash tests/gpu/serve.sh > $LOG/serve.out 2>&1 || fail=1
+  else
+    SERVE_SHAPE=8b SERVE_PHASES=c1000 SERVE_STREAMS=${TP_STREAMS:-256} \
+      SERVE_COMPILE="--max-batch 128 --max-seq-len 2560 --tp $n" OUT=$W/serve bash tests/gpu/serve.sh > $LOG/serve.out 2>&1 || fail=1
+  fi
   while read -r line; do row "serve tp$n  $line"; done < $W/serve/serve-summary.txt
 }
 
