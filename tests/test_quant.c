@@ -29,6 +29,7 @@
  *     sm_80 are refused; --quant int4 compiles for sm_80, and kilnc check and kiln inspect say
  *     what it did.
  */
+#include <float.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -157,6 +158,79 @@ static void expect_values(const st_tensor *t, int br, int bc, int sc)
     "{\"quantization_config\": {\"quant_method\": \"compressed-tensors\", \"format\": "          \
     "\"float-quantized\", \"config_groups\": {\"g\": {\"targets\": [\"Linear\"], \"weights\": " \
     "{\"num_bits\": 8, \"type\": \"float\", \"strategy\": \"" strategy "\"" extra "}}}}}"
+
+/* quant_fp8_value (the clipping search's rounding, computed in float without the byte) is the
+ * value of the byte the packer writes, decoded, times the scale: for every non-NaN float on a
+ * stride through all 2^32 bit patterns, and around every midpoint between e4m3 values, every
+ * boundary (2^-6, 448, the saturation at 464) and zero, in both signs; zeros +0. The same for
+ * quant_int4_value against the libm form of its clamp, NaN included. */
+static float fp8_by_byte(float x, float s)
+{
+    float v = fp8_e4m3_to_f32(fp8_e4m3_from_f32(x / s)) * s;
+    return v == 0 ? 0.0f : v;
+}
+
+static void fp8_same(float x, float s)
+{
+    float want = fp8_by_byte(x, s), got = quant_fp8_value(x, s);
+    if (memcmp(&want, &got, sizeof want) != 0)
+        fail_msg("quant_fp8_value(%a, %a) = %a, the byte's value %a", (double)x, (double)s,
+                 (double)got, (double)want);
+}
+
+static void test_fp8_value(void **state)
+{
+    (void)state;
+    for (uint64_t u = 0; u < (1ull << 32); u += 4099) {
+        uint32_t b = (uint32_t)u;
+        float x;
+        memcpy(&x, &b, sizeof x);
+        if (!isnan(x)) {
+            fp8_same(x, 1.0f);
+            fp8_same(x, 0.0123f);
+        }
+    }
+    float edge[] = {0.0f, 0x1p-6f, 0x1p-9f, 0x1p-10f, 448.0f, 464.0f, 480.0f};
+    for (int b = 0; b < 0x7e; b++) { /* 0x7e is 448, 0x7f NaN */
+        float lo = fp8_e4m3_to_f32((uint8_t)b), hi = fp8_e4m3_to_f32((uint8_t)(b + 1));
+        float pts[] = {(lo + hi) / 2, lo};
+        for (int p = 0; p < 2; p++)
+            for (int sg = 0; sg < 2; sg++) {
+                float x = sg ? -pts[p] : pts[p];
+                for (int i = 0; i < 16; i++, x = nextafterf(x, INFINITY))
+                    fp8_same(x, 1.0f);
+                x = sg ? -pts[p] : pts[p];
+                for (int i = 0; i < 16; i++, x = nextafterf(x, -INFINITY))
+                    fp8_same(x, 1.0f);
+            }
+    }
+    for (size_t i = 0; i < sizeof edge / sizeof edge[0]; i++)
+        for (int sg = 0; sg < 2; sg++) {
+            float x = sg ? -edge[i] : edge[i];
+            for (int k = 0; k < 16; k++, x = nextafterf(x, INFINITY))
+                fp8_same(x, 1.0f);
+            x = sg ? -edge[i] : edge[i];
+            for (int k = 0; k < 16; k++, x = nextafterf(x, -INFINITY))
+                fp8_same(x, 1.0f);
+        }
+    fp8_same(INFINITY, 1.0f);
+    fp8_same(-INFINITY, 1.0f);
+    fp8_same(FLT_MAX, 1e-30f); /* x / s overflows to Inf: saturates */
+    float zs[] = {0.0f, 1.0f, 7.0f, 15.0f}, ss[] = {0.01f, 1.0f, 3e-5f};
+    for (uint64_t u = 0; u < (1ull << 32); u += 65537) {
+        uint32_t b = (uint32_t)u;
+        float w;
+        memcpy(&w, &b, sizeof w);
+        for (int i = 0; i < 4; i++)
+            for (int j = 0; j < 3; j++) {
+                float v = fminf(fmaxf(rintf(w / ss[j]) + zs[i], 0.0f), 15.0f);
+                float want = (v - zs[i]) * ss[j], got = quant_int4_value(w, ss[j], zs[i]);
+                if (memcmp(&want, &got, sizeof want) != 0 && !(isnan(want) && isnan(got)))
+                    fail_msg("quant_int4_value(%a, %a, %g) = %a, want %a", (double)w,
+                             (double)ss[j], (double)zs[i], (double)got, (double)want);
+            }
+    }
+}
 
 static void test_layouts(void **state)
 {
@@ -1161,6 +1235,7 @@ int main(void)
     KILN = tu_binary("KILN", "test_quant");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_e4m3),
+        cmocka_unit_test(test_fp8_value),
         cmocka_unit_test(test_layouts),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_awq),
