@@ -528,16 +528,7 @@ static void progress(void *ctx, uint64_t done, uint64_t total)
     uint64_t sum = 0, all = total * (uint64_t)b->tp;
     for (int r = 0; r < b->tp; r++)
         sum += b->done[r];
-    char d[32], t[32];
-    int pct = all ? (int)(100.0 * (double)sum / (double)all) : 100;
-    int fillw = pct * 30 / 100;
-    double el = util_now() - b->t0;
-    fprintf(stderr, "\rkilnc: packing weights %3d%% [%.*s%*s] %s / %s  %.1f s", pct, fillw,
-            "==============================", 30 - fillw, "",
-            util_human_bytes((double)sum, d, sizeof d), util_human_bytes((double)all, t, sizeof t),
-            el);
-    if (sum == all)
-        fputc('\n', stderr);
+    util_progress_line("packing weights", sum, all, util_now() - b->t0);
     pthread_mutex_unlock(&b->mu);
 }
 

@@ -540,6 +540,20 @@ const char *util_human_bytes(double n, char *buf, size_t cap)
     return buf;
 }
 
+void util_progress_line(const char *what, uint64_t done, uint64_t total, double seconds)
+{
+    char d[32], t[32];
+    int pct = total ? (int)(100.0 * (double)done / (double)total) : 100;
+    int fillw = pct * 30 / 100;
+    fprintf(stderr, "\rkilnc: %s %3d%% [%.*s%*s] %s / %s  %.1f s", what, pct, fillw,
+            "==============================", 30 - fillw, "",
+            util_human_bytes((double)done, d, sizeof d), util_human_bytes((double)total, t, sizeof t),
+            seconds);
+    if (done == total)
+        fputc('\n', stderr);
+    fflush(stderr);
+}
+
 int util_cpus(int max)
 {
     long n = sysconf(_SC_NPROCESSORS_ONLN);

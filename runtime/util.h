@@ -125,6 +125,10 @@ void util_parallel_for(int64_t n, void (*fn)(void *ctx, int chunk, int64_t lo, i
 /* A folder's base name, without trailing slashes ("models/llama/" -> "llama"); malloc'd. */
 char *util_base_name(const char *path);
 const char *util_human_bytes(double n, char *buf, size_t cap);
+/* One progress line on stderr, drawn over the last ("\r"): "kilnc: WHAT  PCT% [====      ] DONE /
+ * TOTAL  T s" (bytes, human-readable; T the seconds since the work began), a newline once done ==
+ * total. Whether to draw it at all (a terminal) is the caller's. */
+void util_progress_line(const char *what, uint64_t done, uint64_t total, double seconds);
 
 /* Monotonic seconds. */
 double util_now(void);

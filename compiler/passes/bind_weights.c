@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "gptq.h"
 #include "passes.h"
@@ -128,6 +129,38 @@ static int linear_only(const kgraph *g, int id)
     return readers > 0;
 }
 
+/* The progress bar of --quant's rounding (most of a big model's compile): bytes of the linears'
+ * checkpoint weights rounded so far, on a terminal only and once the work has taken a second (a
+ * small model prints nothing). */
+typedef struct qbar {
+    double t0, last;
+    uint64_t done, total;
+    int shown;
+    char what[64];
+} qbar;
+
+static void qbar_init(qbar *q, const kc *c, uint64_t total)
+{
+    memset(q, 0, sizeof *q);
+    q->t0 = util_now();
+    q->total = total;
+    if (c->quant_mode) /* else nothing is rounded and the bar is never drawn */
+        snprintf(q->what, sizeof q->what, "%s weights to %s",
+                 c->calib_path ? "GPTQ rounding" : "rounding", quant_mode_name(c->quant_mode));
+}
+
+static void qbar_add(qbar *q, const st_tensor *t)
+{
+    q->done += t->nbytes;
+    double now = util_now();
+    int last = q->done >= q->total;
+    if (!isatty(2) || (last ? !q->shown : now - q->t0 < 1.0 || now - q->last < 0.2))
+        return;
+    q->last = now;
+    q->shown = 1;
+    util_progress_line(q->what, last ? q->total : q->done, q->total, now - q->t0);
+}
+
 /* --calibrate: the linear weights of nodes ids[0..n) (bound unquantised) rounded by GPTQ with
  * the Hessians of a calibration run of the whole graph. */
 static int round_calibrated(kc *c, const int *ids, int n, kerr *err)
@@ -137,6 +170,11 @@ static int round_calibrated(kc *c, const int *ids, int n, kerr *err)
         return -1;
     double t0 = util_now();
     int rc = 0;
+    uint64_t total = 0;
+    for (int k = 0; k < n; k++)
+        total += c->g->nodes[ids[k]].bound->nbytes;
+    qbar bar;
+    qbar_init(&bar, c, total);
     for (int k = 0; k < n && !rc; k++) {
         kg_node *nd = &c->g->nodes[ids[k]];
         const st_tensor *q = quant_round(c, nd->bound, gptq_hessian(cal, ids[k]), err);
@@ -144,6 +182,7 @@ static int round_calibrated(kc *c, const int *ids, int n, kerr *err)
             rc = -1;
             break;
         }
+        qbar_add(&bar, nd->bound);
         nd->bound = q;
         nd->dtype = q->dtype;
     }
@@ -202,11 +241,17 @@ int pass_bind_weights(kc *c, kerr *err)
                              "quantization_config); drop --quant to read it as it is",
                         quant_mode_name(c->quant_mode), c->model_dir);
     unsigned char *used = xcalloc((size_t)(w->n ? w->n : 1), 1);
+    uint64_t to_round = 0; /* --quant without --calibrate: the bytes rounded below */
     for (int i = 0; i < g->n; i++) { /* marked first, for closest() */
         const st_tensor *t = g->nodes[i].op == KG_WEIGHT ? st_find(w, g->nodes[i].weight) : NULL;
         if (t)
             used[t - w->tensors] = 1;
+        if (t && c->quant_mode && !c->calib_path && linear_only(g, i) &&
+            (t->dtype == ST_F32 || t->dtype == ST_F16 || t->dtype == ST_BF16))
+            to_round += t->nbytes;
     }
+    qbar bar;
+    qbar_init(&bar, c, to_round);
     int rc = 0, missing = 0;
     int *calib = xmalloc(sizeof(int) * (size_t)(g->n ? g->n : 1)), n_calib = 0;
     c->n_params = 0;
@@ -264,10 +309,12 @@ int pass_bind_weights(kc *c, kerr *err)
                           w->files[t->file].path, n->weight, st_dtype_name(t->dtype));
             continue;
         } else if (c->quant_mode && linear_only(g, i)) {
-            if (c->calib_path) /* bound as it is until every weight is: round_calibrated */
+            if (c->calib_path) { /* bound as it is until every weight is: round_calibrated */
                 calib[n_calib++] = i;
-            else
+            } else {
                 bt = quant_round(c, t, NULL, err);
+                qbar_add(&bar, t);
+            }
         }
         n->bound = bt;
         n->dtype = bt->dtype;
