@@ -178,6 +178,17 @@ static void fp8_same(float x, float s)
                  (double)got, (double)want);
 }
 
+/* fp8_same on the 16 floats on each side of x and of -x. */
+static void fp8_around(float x)
+{
+    for (int sg = 0; sg < 2; sg++)
+        for (int dir = 0; dir < 2; dir++) {
+            float y = sg ? -x : x;
+            for (int i = 0; i < 16; i++, y = nextafterf(y, dir ? -INFINITY : INFINITY))
+                fp8_same(y, 1.0f);
+        }
+}
+
 static void test_fp8_value(void **state)
 {
     (void)state;
@@ -190,29 +201,14 @@ static void test_fp8_value(void **state)
             fp8_same(x, 0.0123f);
         }
     }
-    float edge[] = {0.0f, 0x1p-6f, 0x1p-9f, 0x1p-10f, 448.0f, 464.0f, 480.0f};
     for (int b = 0; b < 0x7e; b++) { /* 0x7e is 448, 0x7f NaN */
         float lo = fp8_e4m3_to_f32((uint8_t)b), hi = fp8_e4m3_to_f32((uint8_t)(b + 1));
-        float pts[] = {(lo + hi) / 2, lo};
-        for (int p = 0; p < 2; p++)
-            for (int sg = 0; sg < 2; sg++) {
-                float x = sg ? -pts[p] : pts[p];
-                for (int i = 0; i < 16; i++, x = nextafterf(x, INFINITY))
-                    fp8_same(x, 1.0f);
-                x = sg ? -pts[p] : pts[p];
-                for (int i = 0; i < 16; i++, x = nextafterf(x, -INFINITY))
-                    fp8_same(x, 1.0f);
-            }
+        fp8_around((lo + hi) / 2);
+        fp8_around(lo);
     }
+    float edge[] = {0.0f, 0x1p-6f, 0x1p-9f, 0x1p-10f, 448.0f, 464.0f, 480.0f};
     for (size_t i = 0; i < sizeof edge / sizeof edge[0]; i++)
-        for (int sg = 0; sg < 2; sg++) {
-            float x = sg ? -edge[i] : edge[i];
-            for (int k = 0; k < 16; k++, x = nextafterf(x, INFINITY))
-                fp8_same(x, 1.0f);
-            x = sg ? -edge[i] : edge[i];
-            for (int k = 0; k < 16; k++, x = nextafterf(x, -INFINITY))
-                fp8_same(x, 1.0f);
-        }
+        fp8_around(edge[i]);
     fp8_same(INFINITY, 1.0f);
     fp8_same(-INFINITY, 1.0f);
     fp8_same(FLT_MAX, 1e-30f); /* x / s overflows to Inf: saturates */
