@@ -786,6 +786,22 @@ static void fp8_gemm_steps(lw *w, const kg_node *n, ka_arg x, ka_arg q, ka_arg s
     push_sized(w, BOTH, &s);
 }
 
+/* One prefill variant of the LM head (lg: the last row of each sequence, x = gather_last's rows;
+ * or all rows): its GEMM (more rows than the GEMV takes) or GEMV into the float block part, the
+ * head's bias and soft cap hb, and the vocabulary gather. */
+static void logits_prefill(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg hb, ka_arg part,
+                           ka_arg all, int64_t N, int64_t K, int tp, ka_logits lg, ka_rows rows)
+{
+    ka_step s = gemm_step(w, n, x, wt, ANULL(), part, N, K, K, N, 1, rows);
+    s.logits = lg;
+    push_sized(w, PRE, &s);
+    s = gemv_step(w, n, x, wt, ANULL(), QROWS_NONE, 0, ANULL(), part, N, K, 0, -1, 1, rows);
+    s.logits = lg;
+    push_sized(w, PRE, &s);
+    logits_epilogue_step(w, n, part, hb, N, PRE, lg, rows);
+    gather_steps(w, n, part, all, N, tp, PRE, lg, rows);
+}
+
 static int low_linear(lw *w, int id)
 {
     const kgraph *g = w->g;
@@ -824,22 +840,8 @@ static int low_linear(lw *w, int id)
         add_arg(&s, x);
         add_arg(&s, last);
         push(w, PRE, &s);
-        s = gemm_step(w, n, last, wt, bias, part, N, K, K, N, 1, KA_ROWS_S);
-        s.logits = KA_LOGITS_LAST;
-        push_sized(w, PRE, &s);
-        s = gemv_step(w, n, last, wt, ANULL(), QROWS_NONE, 0, bias, part, N, K, 0, -1, 1, KA_ROWS_S);
-        s.logits = KA_LOGITS_LAST;
-        push_sized(w, PRE, &s);
-        logits_epilogue_step(w, n, part, hb, N, PRE, KA_LOGITS_LAST, KA_ROWS_S);
-        gather_steps(w, n, part, all, N, tp, PRE, KA_LOGITS_LAST, KA_ROWS_S);
-        s = gemm_step(w, n, x, wt, bias, part, N, K, K, N, 1, KA_ROWS_T);
-        s.logits = KA_LOGITS_ALL;
-        push_sized(w, PRE, &s);
-        s = gemv_step(w, n, x, wt, ANULL(), QROWS_NONE, 0, bias, part, N, K, 0, -1, 1, KA_ROWS_T);
-        s.logits = KA_LOGITS_ALL;
-        push_sized(w, PRE, &s);
-        logits_epilogue_step(w, n, part, hb, N, PRE, KA_LOGITS_ALL, KA_ROWS_T);
-        gather_steps(w, n, part, all, N, tp, PRE, KA_LOGITS_ALL, KA_ROWS_T);
+        logits_prefill(w, n, last, wt, hb, part, all, N, K, tp, KA_LOGITS_LAST, KA_ROWS_S);
+        logits_prefill(w, n, x, wt, hb, part, all, N, K, tp, KA_LOGITS_ALL, KA_ROWS_T);
         /* decode: every row is the last of its sequence */
         s = gemm_step(w, n, x, wt, bias, part, N, K, K, N, 1, KA_ROWS_T);
         push_gemm(w, DEC, &s, w->skinny);
