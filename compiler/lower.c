@@ -557,8 +557,20 @@ static ka_step gemv_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg sc
                              w->c->batch_invariant ? LOWER_GEMV_GROUP_INVARIANT : GEMV_MAX);
 }
 
+int lower_smem_optin(int sm)
+{
+    if (sm == 80 || sm == 87)
+        return 163 * 1024;
+    if (sm == 90 || sm == 100 || sm == 103)
+        return 227 * 1024;
+    return 99 * 1024;
+}
+
 /* The shared memory a block of the artifact may have (kc.smem_block; sm_80's when unknown). */
-static int skinny_smem(const lw *w) { return w->c->smem_block ? w->c->smem_block : 163 * 1024; }
+static int skinny_smem(const lw *w)
+{
+    return w->c->smem_block ? w->c->smem_block : lower_smem_optin(80);
+}
 
 /* The skinny GEMM step (templates/gemv.cuh's gemm_skinny) of the decode schedule, for gemv_max <
  * rows <= skinny_max: its partials in this node's scratch, its arrival counters the shared ones

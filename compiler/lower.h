@@ -54,6 +54,11 @@ int lower_gemv_threads(int64_t N, int64_t K, int gated, int step);
  * except an INT4 weight's in decode steps of more rows: groups of 16 (lower.c's low_linear). */
 #define LOWER_GEMV_GROUP_INVARIANT 16
 
+/* The shared memory one block may opt in to on sm_XY (CUDA's per-architecture limit): 227 KiB on
+ * Hopper and Blackwell's data-center parts, 163 KiB on the A100, 99 KiB on the others. kilnc
+ * compile keeps the least over its --sm targets (kc.smem_block). */
+int lower_smem_optin(int sm);
+
 /* The skinny GEMM's tiles a block (*warps), K parts (*splits) and ring slices (*stages; 0: none
  * fits) for an [N, K] weight (gated: N/2 outputs) in blocks of at most smem_block bytes of shared
  * memory, as lower.c launches it (kernels/kiln_gemm.h); kiln-ktest uses the same rule. */

@@ -229,17 +229,6 @@ static kc_opts kopts(const opts *o, int need_weights)
     return k;
 }
 
-/* The shared memory one block may opt in to on sm_XY (CUDA's per-architecture limit): 227 KiB on
- * Hopper and Blackwell's data-center parts, 163 KiB on the A100, 99 KiB on the others. */
-static int smem_optin(int sm)
-{
-    if (sm == 80 || sm == 87)
-        return 163 * 1024;
-    if (sm == 90 || sm == 100 || sm == 103)
-        return 227 * 1024;
-    return 99 * 1024;
-}
-
 /* --kv-dtype fp8 where it does not apply: 0, or the exit status 2 after saying why. A model that
  * generates (its K and V read again by every later token) takes it, sharded or not; multi-head
  * latent attention caches latents, not K and V; an embedding or classification model keeps its
@@ -1027,7 +1016,7 @@ static int cmd_compile(int argc, char **argv)
     for (int i = 0; i < nsm; i++) {
         ko.sm90a_only &= strcmp(sms[i], "sm_90a") == 0;
         ko.sm_fp8 &= atoi(sms[i] + 3) >= 89;
-        int sb = smem_optin(atoi(sms[i] + 3));
+        int sb = lower_smem_optin(atoi(sms[i] + 3));
         ko.smem_block = i == 0 || sb < ko.smem_block ? sb : ko.smem_block;
     }
     double t0 = util_now();
