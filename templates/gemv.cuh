@@ -311,7 +311,8 @@ __device__ __forceinline__ void store_tile(const float acc[NT][4], const float *
         }
 }
 
-// Zeros the float fragments of E m-tiles by two 8-row halves (gemm_skinny's accumulators).
+// The float fragments of E m-tiles by two 8-row halves (gemm_skinny's accumulators): zeroed, or
+// a chain's sums d added to them.
 template <int E>
 __device__ __forceinline__ void zero_frags(float (&a)[E][2][4])
 {
@@ -322,6 +323,17 @@ __device__ __forceinline__ void zero_frags(float (&a)[E][2][4])
 #pragma unroll
             for (int e = 0; e < 4; e++)
                 a[i][h][e] = 0.f;
+}
+template <int E>
+__device__ __forceinline__ void add_frags(float (&a)[E][2][4], const float (&d)[E][2][4])
+{
+#pragma unroll
+    for (int i = 0; i < E; i++)
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                a[i][h][e] += d[i][h][e];
 }
 
 // After the main loop: the warps' partial tiles added in warp order (split-K: fixed, independent
@@ -773,13 +785,7 @@ __device__ __forceinline__ void gemm_skinny(const kiln_step st, const DT *x, con
                         gemv_detail::mma16816<DT>(d[i][1], a[0], a[1], a[2], a[3], bw[2], bw[3]);
                     }
                 }
-#pragma unroll
-                for (int i = 0; i < E; i++)
-#pragma unroll
-                    for (int h = 0; h < 2; h++)
-#pragma unroll
-                        for (int e = 0; e < 4; e++)
-                            acc[i][h][e] += d[i][h][e];
+                gemv_detail::add_frags<E>(acc, d);
             }
             b = b == P - 1 ? 0 : b + 1;
         }
