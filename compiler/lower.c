@@ -35,6 +35,7 @@ typedef struct lw {
     int64_t scratch0;    /* scratch bytes every node keeps clear: attn_decode's counters */
     int attn_heads;      /* the most query heads of an attention node (sizes the counters) */
     int skinny;          /* linears get a gemm_skinny step for gemv_max < rows <= skinny_max */
+    int skinny4;         /* INT4 linears get a gemm_skinny_int4 step likewise */
     int64_t skinny_count; /* scratch offset of gemm_skinny's arrival counters (in scratch0) */
     int *wmap;           /* node -> weight index, -1 */
     int *wmap8;          /* node -> index of its quantised weight (its scales the next), -1 */
@@ -188,6 +189,20 @@ static int64_t quant_block(lw *w, int id, int64_t K, qrows_kind *kind)
     int ok = b >= 0 && (*kind == QROWS_E4M3 ? K % 16 == 0 && b % 64 == 0
                                              : K % 32 == 0 && b % 32 == 0 && (!b || K % b == 0));
     return ok ? b : -1;
+}
+
+/* Whether a linear of the graph has an INT4 weight (quant_block's kind). */
+static int has_int4(lw *w)
+{
+    for (int i = 0; i < w->g->n; i++) {
+        const kg_node *n = &w->g->nodes[i];
+        qrows_kind k;
+        if (n->op == KG_LINEAR &&
+            quant_block(w, n->in[1], w->g->nodes[n->in[1]].shape[1], &k) >= 0 &&
+            k == QROWS_INT4)
+            return 1;
+    }
+    return 0;
 }
 
 /* The two weights of quantised const node `id` (quant_block >= 0), registered once, next to
@@ -466,30 +481,34 @@ int lower_gemv_threads(int64_t N, int64_t K, int gated, int step)
     return 32 * warps;
 }
 
-/* The tiles a block (8, else 4: how many weight rows share each slice of x; one block an SM, by
+/* The units a block (8, else 4: how many weight tiles share each slice of x; one block an SM, by
  * its shared memory), the ring's slices (4, or the most that fit smem_block bytes: 3 on an A100)
  * and the fewest K parts (a power of two, each part at least 4 slices) that make 96 blocks, about
  * three quarters of a 132-SM H100/H200: on an H200 (tests/gpu/RESULTS.md, tenth session) fewer,
- * longer blocks streamed faster as long as most SMs had one, and 4 tiles a block only where 8
- * cannot reach 96 blocks. The 8B shape: qkv 8 x 2 parts (96 blocks), o and down 8 x 4 (128),
- * gate_up and the LM head 8 x 1 (224, 1,002). 0 stages: no configuration fits. */
-void lower_skinny_shape(int64_t N, int64_t K, int gated, int smem_block, int *warps, int *splits,
-                        int *stages)
+ * longer blocks streamed faster as long as most SMs had one, and 4 units a block only where 8
+ * cannot reach 96 blocks. A unit is a warp's: one tile of gemm_skinny, KILN_SKINNY4_RT of
+ * gemm_skinny_int4 (g4, its group size G; 0 for gemm_skinny). gemm_skinny on the 8B shape: qkv
+ * 8 x 2 parts (96 blocks), o and down 8 x 4 (128), gate_up and the LM head 8 x 1 (224, 1,002).
+ * 0 stages: no configuration fits. */
+void lower_skinny_shape(int64_t N, int64_t K, int gated, int g4, int smem_block, int *warps,
+                        int *splits, int *stages)
 {
     const int64_t want = 96;
     int64_t tiles = KILN_GEMV_TILES(N, gated);
+    int64_t units = g4 ? (tiles + KILN_SKINNY4_RT - 1) / KILN_SKINNY4_RT : tiles;
     int64_t slices = (K + KILN_SKINNY_KC - 1) / KILN_SKINNY_KC, best = 0;
     *warps = 8;
     *splits = 1;
     *stages = 0;
     for (int wp = 8; wp >= 4 && best < want; wp /= 2) {
         int st = 4;
-        while (st >= 2 && KILN_SKINNY_SMEM(KILN_SKINNY_MAX, wp, st) > smem_block)
+        while (st >= 2 && (g4 ? KILN_SKINNY4_SMEM(KILN_SKINNY_MAX, wp, st, g4)
+                              : KILN_SKINNY_SMEM(KILN_SKINNY_MAX, wp, st)) > smem_block)
             st--;
         if (st < 2)
             continue;
         for (int s = 1; s == 1 || (s <= 64 && slices / s >= 4); s *= 2) {
-            int64_t blocks = (tiles + wp - 1) / wp * s;
+            int64_t blocks = (units + wp - 1) / wp * s;
             if (blocks > best) {
                 *warps = wp;
                 *splits = s;
@@ -572,31 +591,45 @@ static int skinny_smem(const lw *w)
     return w->c->smem_block ? w->c->smem_block : lower_smem_optin(80);
 }
 
-/* The skinny GEMM step (templates/gemv.cuh's gemm_skinny) of the decode schedule, for gemv_max <
- * rows <= skinny_max: its partials in this node's scratch, its arrival counters the shared ones
- * at w->skinny_count (every launch leaves them zero). */
-static void skinny_push(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg bias, ka_arg y,
-                        int64_t N, int64_t K, int gated, int act, int out_f32)
+/* The skinny GEMM step of the decode schedule, for gemv_max < rows <= skinny_max: templates/
+ * gemv.cuh's gemm_skinny for a 16-bit weight (g4 0), or gemm_skinny_int4 for an INT4 weight wt of
+ * group size g4 with its scales and zero points sc. Its partials in this node's scratch, its
+ * arrival counters the shared ones at w->skinny_count (every launch leaves them zero). */
+static void skinny_push(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg sc, int64_t g4,
+                        ka_arg bias, ka_arg y, int64_t N, int64_t K, int gated, int act,
+                        int out_f32)
 {
     int warps, splits, stages;
-    lower_skinny_shape(N, K, gated, skinny_smem(w), &warps, &splits, &stages);
+    lower_skinny_shape(N, K, gated, (int)g4, skinny_smem(w), &warps, &splits, &stages);
+    assert(stages > 0); /* w->skinny and w->skinny4 hold only where the smallest ring fits */
     int64_t tiles = KILN_GEMV_TILES(N, gated);
-    int64_t pf = KILN_SKINNY_PART(splits, tiles, KILN_SKINNY_MAX);
+    int64_t units = g4 ? (tiles + KILN_SKINNY4_RT - 1) / KILN_SKINNY4_RT : tiles;
+    int64_t pf = KILN_SKINNY_PART(splits, g4 ? units * KILN_SKINNY4_RT : tiles, KILN_SKINNY_MAX);
     ka_arg part = pf ? A(KA_ARG_SCRATCH, scratch_at(w, pf * 4)) : ANULL();
-    int k = kern(w, "gemm_skinny", 32 * warps, KILN_SKINNY_SMEM(KILN_SKINNY_MAX, warps, stages),
-                 "const kiln_step st, const DT *x, const DT *w, const DT *bias, void *y, "
-                 "float *part, unsigned *count, int M",
-                 "kiln::gemm_skinny<DT, %lld, %lld, %d, %s, %s, %d, %s, %d, %d, %d>(st, x, w, "
-                 "bias, y, part, count, M)",
-                 (long long)N, (long long)K, KILN_SKINNY_MAX,
-                 bias.kind == KA_ARG_NULL ? "false" : "true", gated ? "true" : "false",
-                 act < 0 ? 0 : act, out_f32 ? "true" : "false", warps, splits, stages);
-    /* x: ceil(tiles / warps) blocks of warps tiles; y: the K parts */
-    ka_step s = kstep(k, n->name, G(0, 0, 0, (int)tiles, warps), G(0, 0, 0, splits, 1), G1());
+    char tail[32] = "";
+    if (g4)
+        snprintf(tail, sizeof tail, ", %lld", (long long)g4);
+    int k = kern(w, g4 ? "gemm_skinny_int4" : "gemm_skinny", 32 * warps,
+                 g4 ? KILN_SKINNY4_SMEM(KILN_SKINNY_MAX, warps, stages, (int)g4)
+                    : KILN_SKINNY_SMEM(KILN_SKINNY_MAX, warps, stages),
+                 g4 ? "const kiln_step st, const DT *x, const unsigned char *w, const uint2 *sz, "
+                      "const DT *bias, void *y, float *part, unsigned *count, int M"
+                    : "const kiln_step st, const DT *x, const DT *w, const DT *bias, void *y, "
+                      "float *part, unsigned *count, int M",
+                 "kiln::%s<DT, %lld, %lld, %d, %s, %s, %d, %s, %d, %d, %d%s>(st, x, w, %sbias, "
+                 "y, part, count, M)",
+                 g4 ? "gemm_skinny_int4" : "gemm_skinny", (long long)N, (long long)K,
+                 KILN_SKINNY_MAX, bias.kind == KA_ARG_NULL ? "false" : "true",
+                 gated ? "true" : "false", act < 0 ? 0 : act, out_f32 ? "true" : "false", warps,
+                 splits, stages, tail, g4 ? "sz, " : "");
+    /* x: ceil(units / warps) blocks of warps units; y: the K parts */
+    ka_step s = kstep(k, n->name, G(0, 0, 0, (int)units, warps), G(0, 0, 0, splits, 1), G1());
     s.size = KA_SIZE_MID;
     add_arg(&s, A(KA_ARG_STEP, 0));
     add_arg(&s, x);
     add_arg(&s, wt);
+    if (g4)
+        add_arg(&s, sc);
     add_arg(&s, bias);
     add_arg(&s, y);
     add_arg(&s, part);
@@ -860,7 +893,7 @@ static int low_linear(lw *w, int id)
         s = gemv_step(w, n, x, wt, ANULL(), QROWS_NONE, 0, bias, part, N, K, 0, -1, 1, KA_ROWS_T);
         push_sized(w, DEC, &s);
         if (w->skinny)
-            skinny_push(w, n, x, wt, bias, part, N, K, 0, -1, 1);
+            skinny_push(w, n, x, wt, ANULL(), 0, bias, part, N, K, 0, -1, 1);
         logits_epilogue_step(w, n, part, hb, N, DEC, KA_LOGITS_ANY, KA_ROWS_T);
         gather_steps(w, n, part, all, N, tp, DEC, KA_LOGITS_ANY, KA_ROWS_T);
         w->m->vocab = (int)(N * tp);
@@ -876,10 +909,11 @@ static int low_linear(lw *w, int id)
      * schedule runs the GEMV at every batch (dequantising the whole model per step would cost
      * more than the GEMV's re-reads of a weight tile from L2 by its row groups) and longer
      * prefill steps dequantise the weight into scratch for the GEMM. INT4's decode steps of more
-     * than GEMV_MAX rows take the GEMV in groups of LOWER_GEMV_GROUP_INVARIANT rows: each group
-     * converts its whole weight tile (a lop3 and one or two fma per pair of weights, the most of
-     * its instructions), so groups of 16 halve that work at every batch over 8 (the
-     * batch-invariant build's groups already are 16). */
+     * than GEMV_MAX rows take gemm_skinny_int4 up to skinny_max rows (the weight read and
+     * converted once for all of them; w->skinny4), and past it the GEMV in groups of
+     * LOWER_GEMV_GROUP_INVARIANT rows: each group converts its whole weight tile (a lop3 and one
+     * or two fma per pair of weights, the most of its instructions), so groups of 16 halve that
+     * work against 8 (the batch-invariant build's groups already are 16). */
     qrows_kind qk;
     int64_t qb = quant_block(w, n->in[1], K, &qk), nout = gated ? N / 2 : N;
     int gemm_which = BOTH;
@@ -899,9 +933,11 @@ static int low_linear(lw *w, int id)
         push_sized(w, PRE, &s);
         if (qk == QROWS_INT4 && !w->c->batch_invariant) {
             push(w, DEC, &s);
+            if (w->skinny4)
+                skinny_push(w, n, x, wt, sc, qb ? qb : K, bias, y, N, K, gated, n->epi_act, 0);
             s = gemv_step_grouped(w, n, x, wt, sc, qk, qb, bias, y, N, K, gated, n->epi_act, 0,
                                   KA_ROWS_T, LOWER_GEMV_GROUP_INVARIANT);
-            s.size = KA_SIZE_LARGE;
+            s.size = w->skinny4 ? KA_SIZE_HUGE : KA_SIZE_LARGE;
         } else {
             s.size = KA_SIZE_ANY;
         }
@@ -922,7 +958,7 @@ static int low_linear(lw *w, int id)
             push_sized(w, BOTH, &s);
         }
         if (skinny)
-            skinny_push(w, n, x, wt, bias, y, N, K, 0, -1, 0);
+            skinny_push(w, n, x, wt, ANULL(), 0, bias, y, N, K, 0, -1, 0);
         return 0;
     }
     /* gated: GEMM into scratch [T, N] then act(gate) * up; or one GEMV with the epilogue */
@@ -946,7 +982,7 @@ static int low_linear(lw *w, int id)
         push_sized(w, BOTH, &s);
     }
     if (skinny)
-        skinny_push(w, n, x, wt, bias, y, N, K, 1, n->epi_act, 0);
+        skinny_push(w, n, x, wt, ANULL(), 0, bias, y, N, K, 1, n->epi_act, 0);
     return 0;
 }
 
@@ -1737,14 +1773,19 @@ int lower(kc *c, lowered *out, kerr *err)
             w.attn_heads = c->g->nodes[i].attn.n_heads;
     w.scratch0 = (int64_t)c->max_seqs * w.attn_heads * 4;
     w.scratch0 = (w.scratch0 + 255) / 256 * 256;
-    /* gemm_skinny's arrival counters, [most tiles of a linear] unsigned, likewise after them. Its
-     * steps are kiln's GEMM for decode steps of 9 to 64 rows (--gemm kiln, where the alternative
-     * is a 128-row tile); cuBLASLt's kernels stream the weight faster there (tests/gpu/RESULTS.md,
-     * tenth session). Not with --batch-invariant, whose decode runs the GEMV in fixed groups at
-     * every batch; and only where its smallest ring (4 tiles a block, 2 slices) fits a block. */
+    /* gemm_skinny's and gemm_skinny_int4's arrival counters, [most tiles of a linear] unsigned,
+     * likewise after them. gemm_skinny's steps are kiln's GEMM for decode steps of 9 to 64 rows
+     * (--gemm kiln, where the alternative is a 128-row tile); cuBLASLt's kernels stream the
+     * weight faster there (tests/gpu/RESULTS.md, tenth session). Not with --batch-invariant,
+     * whose decode runs the GEMV in fixed groups at every batch; and only where its smallest ring
+     * (4 tiles a block, 2 slices) fits a block. */
     w.skinny = c->gemm_kiln && !c->batch_invariant && c->max_tokens > GEMV_MAX &&
                KILN_SKINNY_SMEM(KILN_SKINNY_MAX, 4, 2) <= skinny_smem(&w);
-    if (w.skinny) {
+    /* gemm_skinny_int4 for the INT4 linears in every build (no library GEMM reads INT4), likewise
+     * where the smallest ring of the largest sz slices (G = 32) fits */
+    w.skinny4 = !c->batch_invariant && c->max_tokens > GEMV_MAX && has_int4(&w) &&
+                KILN_SKINNY4_SMEM(KILN_SKINNY_MAX, 4, 2, 32) <= skinny_smem(&w);
+    if (w.skinny || w.skinny4) {
         int64_t tiles = 1;
         for (int i = 0; i < c->g->n; i++) {
             const kg_node *n = &c->g->nodes[i];

@@ -59,11 +59,12 @@ int lower_gemv_threads(int64_t N, int64_t K, int gated, int step);
  * compile keeps the least over its --sm targets (kc.smem_block). */
 int lower_smem_optin(int sm);
 
-/* The skinny GEMM's tiles a block (*warps), K parts (*splits) and ring slices (*stages; 0: none
- * fits) for an [N, K] weight (gated: N/2 outputs) in blocks of at most smem_block bytes of shared
- * memory, as lower.c launches it (kernels/kiln_gemm.h); kiln-ktest uses the same rule. */
-void lower_skinny_shape(int64_t N, int64_t K, int gated, int smem_block, int *warps, int *splits,
-                        int *stages);
+/* The skinny GEMM's units (warps) a block (*warps), K parts (*splits) and ring slices (*stages;
+ * 0: none fits) for an [N, K] weight (gated: N/2 outputs), 16-bit (g4 0: gemm_skinny) or INT4 of
+ * group size g4 (gemm_skinny_int4), in blocks of at most smem_block bytes of shared memory, as
+ * lower.c launches it (kernels/kiln_gemm.h); kiln-ktest uses the same rule. */
+void lower_skinny_shape(int64_t N, int64_t K, int gated, int g4, int smem_block, int *warps,
+                        int *splits, int *stages);
 
 /* Whether kiln's GEMM is the Hopper kernel (templates/gemm90.cuh, sm_90a only): with --gemm kiln
  * when every target is sm_90a. kilnc compile then keeps PTX for compute_90a, not compute_90. */

@@ -48,6 +48,14 @@ __device__ __forceinline__ void cp_async16(unsigned dst, const void *gmem, int b
                  "r"(bytes)
                  : "memory");
 }
+// The 8-byte copy (.ca) to shared address `dst` of src-size `bytes` (0 or 8): 0 writes 8 zero
+// bytes and reads nothing.
+__device__ __forceinline__ void cp_async8(unsigned dst, const void *gmem, int bytes)
+{
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(dst), "l"(gmem),
+                 "r"(bytes)
+                 : "memory");
+}
 __device__ __forceinline__ void cp_async4(void *smem, const void *gmem)
 {
     const unsigned a = (unsigned)__cvta_generic_to_shared(smem);

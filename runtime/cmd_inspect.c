@@ -162,10 +162,22 @@ int cmd_inspect(int argc, char **argv)
                fp8, m->gemv_max,
                w8a8 ? "run W8A8 on the FP8 tensor cores (kilnc compile --fp8-gemm w8a8)"
                     : "dequantise them into bf16 for the GEMM (weight-only)");
-    if (int4)
+    if (int4) {
+        int sk4 = 0; /* decode steps of gemv_max < rows <= skinny_max on gemm_skinny_int4 */
+        for (int i = 0; i < m->ndecode && !sk4; i++) {
+            const char *k = m->decode[i].kind == KA_KERNEL
+                                ? strstr(m->kernels[m->decode[i].kernel].name, "_gemm_skinny_int4")
+                                : NULL;
+            sk4 = k && k[strlen("_gemm_skinny_int4")] == '\0';
+        }
         printf("int4         %d linear weights in 4 bits with scales and zero points per group; "
-               "steps of more than %d rows dequantise them into %s for the GEMM\n",
+               "prefill steps of more than %d rows dequantise them into %s for the GEMM",
                int4, m->gemv_max, m->dtype);
+        if (sk4)
+            printf("; decode steps of %d to %d rows read them on the skinny INT4 GEMM",
+                   m->gemv_max + 1, m->skinny_max);
+        printf("\n");
+    }
     if (m->n_layers) {
         /* bytes a token of context takes in every layer's K and V; per16: in the compute dtype */
         ka_manifest m16 = *m;

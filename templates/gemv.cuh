@@ -336,6 +336,48 @@ __device__ __forceinline__ void add_frags(float (&a)[E][2][4], const float (&d)[
                 a[i][h][e] += d[i][h][e];
 }
 
+// After the main loop of gemm_skinny and gemm_skinny_int4 with SPLITS > 1 (split-K across
+// blocks): the warp's float partial (NREG registers a lane, acc, in the kernel's fragment order)
+// goes to part (its K part p, its unit: a tile or a tile pair, PT floats each; part is [SPLITS]
+// [UNITS][PT]) bypassing L1, then a fence and its arrival counted on count[unit]. The warp that
+// arrives last adds the SPLITS partials in part order 0, 1, ... (the same order whichever block is
+// last: the result does not depend on scheduling) into acc, resets count[unit] to zero for the
+// next launch and returns true; the others return false.
+template <int SPLITS, int UNITS, long long PT, int NREG>
+__device__ __forceinline__ bool split_sum(float *acc, float *part, unsigned *count,
+                                          long long unit, int p)
+{
+    const int lane = threadIdx.x & 31;
+    float *mine = part + ((long long)p * UNITS + unit) * PT;
+#pragma unroll
+    for (int r = 0; r < NREG; r++)
+        __stcg(&mine[r * 32 + lane], acc[r]);
+    __threadfence(); // the partial is visible before the arrival is counted
+    __syncwarp();    // every lane's fence is done before lane 0 counts the warp's
+    unsigned last = 0;
+    if (lane == 0)
+        last = atomicAdd(&count[unit], 1u) == SPLITS - 1;
+    if (!__shfl_sync(0xffffffffu, last, 0))
+        return false;
+    __threadfence(); // every other part's partial is visible to the reads below
+#pragma unroll
+    for (int r = 0; r < NREG; r++) {
+        const float *q = part + unit * PT + r * 32 + lane;
+        float v[SPLITS]; // every part's load in flight at once, then the sum
+#pragma unroll
+        for (int i = 0; i < SPLITS; i++)
+            v[i] = __ldcg(q + (long long)i * UNITS * PT);
+        float sum = v[0];
+#pragma unroll
+        for (int i = 1; i < SPLITS; i++)
+            sum += v[i];
+        acc[r] = sum;
+    }
+    if (lane == 0)
+        count[unit] = 0;
+    return true;
+}
+
 // After the main loop: the warps' partial tiles added in warp order (split-K: fixed, independent
 // of M), then warp 0 stores the tile (store_tile).
 template <typename DT, int N, int MMAX, bool BIAS, bool GATED, int ACT, bool OUT_F32, int THREADS>
@@ -792,44 +834,11 @@ __device__ __forceinline__ void gemm_skinny(const kiln_step st, const DT *x, con
         cp_async_wait_all(); // no copy outlives the block (the empty tail groups, a part of none)
         if (!active)
             return;
-        if constexpr (SPLITS > 1) {
-            constexpr long long PT = MMAX * 16; // floats of a partial tile: [MT][2][4][32 lanes]
-            float *mine = part + ((long long)p * TILES + tile) * PT;
-#pragma unroll
-            for (int i = 0; i < E; i++)
-#pragma unroll
-                for (int h = 0; h < 2; h++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++)
-                        __stcg(&mine[((i * 2 + h) * 4 + e) * 32 + lane], acc[i][h][e]);
-            __threadfence(); // the partial is visible before the arrival is counted
-            __syncwarp();    // every lane's fence is done before lane 0 counts the warp's
-            unsigned last = 0;
-            if (lane == 0)
-                last = atomicAdd(&count[tile], 1u) == SPLITS - 1;
-            if (!__shfl_sync(0xffffffffu, last, 0))
+        // a partial tile: [MT][2][4][32 lanes] floats
+        if constexpr (SPLITS > 1)
+            if (!gemv_detail::split_sum<SPLITS, TILES, (long long)MMAX * 16, E * 8>(
+                    &acc[0][0][0], part, count, tile, p))
                 return;
-            __threadfence(); // every other part's partial is visible to the reads below
-#pragma unroll
-            for (int i = 0; i < E; i++)
-#pragma unroll
-                for (int h = 0; h < 2; h++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        const float *q = part + tile * PT + ((i * 2 + h) * 4 + e) * 32 + lane;
-                        float v[SPLITS]; // every part's load in flight at once, then the sum
-#pragma unroll
-                        for (int r = 0; r < SPLITS; r++)
-                            v[r] = __ldcg(q + (long long)r * TILES * PT);
-                        float sum = v[0];
-#pragma unroll
-                        for (int r = 1; r < SPLITS; r++)
-                            sum += v[r];
-                        acc[i][h][e] = sum;
-                    }
-            if (lane == 0)
-                count[tile] = 0;
-        }
         // The epilogue: lane (g, t) holds, for x rows m = 16i + g + 8r (r = 0, 1), acc[i][h][2r]
         // and acc[i][h][2r + 1] of the tile's weight rows 8h + 2t and 8h + 2t + 1 (GATED: h = 0
         // the gate rows of outputs 2t, 2t + 1, h = 1 their up rows)
@@ -1117,6 +1126,268 @@ __device__ __forceinline__ void gemv_int4(const kiln_step st, const DT *x, const
     }
     gemv_detail::finish<DT, N, MMAX, BIAS, GATED, ACT, OUT_F32, THREADS>(acc, nullptr, bias, y,
                                                                         row0, tile, M);
+}
+
+// gemm_skinny_int4 — gemm_skinny's job on gemv_int4's weight: y[m, n] = x[m] · w[n] (+ bias[n])
+// for decode steps of more rows than the GEMV takes and at most MMAX (KILN_SKINNY_MAX), the
+// weight read once whatever the rows (the GEMV's row groups would read each tile once a group, and
+// convert it once a group). Every build's INT4 linears take it for decode steps of 9 to 64 rows.
+// Layouts and preconditions on w, sz and G are gemv_int4's; x, bias, y gemm_skinny's. Design:
+//   - gemv_int4's mma: the weight is the A operand (a tile of 16 rows, or 8 gate rows and their
+//     8 up rows) and x the B operand (column tiles of 8 rows of x), with the same permutation of
+//     K: in each 32-element chunk of a slice, lane (g, t) takes elements 32t + 8h .. 32t + 8h + 7
+//     of weight rows g and g + 8 (word h of its 16-byte chunk, converted in registers by
+//     int4_diff or int4x8) and of x row 8j + g, for h = 0..3; a tile's chain is the slice's 128
+//     elements, 8 mma, as gemv_int4's is (FACTORED when G % 128 == 0: the chain on q - z, its
+//     float sum times s; otherwise each pair scaled before the mma);
+//   - a warp owns RT = KILN_SKINNY4_RT consecutive tiles (a unit), so each x fragment it reads
+//     from shared memory feeds RT tiles: an INT4 weight streams 4 elements a byte where gemm_skinny's
+//     streams half of one, and x's reads from shared memory would otherwise be the limit;
+//   - gemm_skinny's ring and split-K: WARPS units a block share the x slices; K in slices of
+//     KILN_SKINNY_KC (128) elements through STAGES slices of dynamic shared memory (cp.async,
+//     STAGES - 1 in flight, one barrier a slice), each holding the MMAX x rows (256 bytes each,
+//     16-byte unit u of row r at unit u ^ (u & 8 ? 2 : 0) ^ (r & 1): the 8 lanes of a 16-byte load
+//     phase, x rows r, r + 1 at units 4t + h, t = 0..3, fall in 8 distinct bank groups), the
+//     warps' weight rows (64 bytes each: 4 lanes copy a row's two sectors) and their sz entries of
+//     the slice (KILN_SKINNY4_SZS(G) a row); K split over SPLITS blocks whose partials the last
+//     warp to arrive adds in part order (split_sum); x rows from M up to the last column tile
+//     computed, weight chunks past K and their x are zeros; E column tiles, the fewest powers of
+//     two that hold M.
+// A row's result depends only on its own x row (an output is one mma column; the order of the
+// sums is fixed by N, K, G, WARPS and SPLITS), never on M.
+// Launch rule: kernels/kiln_gemm.h (KILN_SKINNY4_*; WARPS, SPLITS, STAGES from lower.c's
+// lower_skinny_shape). Preconditions: K % 32 == 0, G % 32 == 0, K % G == 0; MMAX a multiple of
+// 16 up to KILN_SKINNY_MAX; 1 <= M (rows past MMAX are not computed); x, w 16-byte aligned, sz
+// 8-byte aligned; st unused.
+template <typename DT, int N, int K, int MMAX, bool BIAS, bool GATED, int ACT, bool OUT_F32,
+          int WARPS, int SPLITS, int STAGES, int G>
+__device__ __forceinline__ void gemm_skinny_int4(const kiln_step st, const DT *x,
+                                                 const unsigned char *w, const uint2 *sz,
+                                                 const DT *bias, void *y, float *part,
+                                                 unsigned *count, int M)
+{
+    KILN_PDL_ENTER();
+    static_assert(K % 32 == 0, "gemm_skinny_int4: K must be a multiple of 32");
+    static_assert(G > 0 && G % 32 == 0 && K % G == 0,
+                  "gemm_skinny_int4: G must be a multiple of 32 that divides K");
+    static_assert(MMAX % 16 == 0 && MMAX >= 16 && MMAX <= KILN_SKINNY_MAX,
+                  "gemm_skinny_int4: MMAX is a multiple of 16 up to KILN_SKINNY_MAX");
+    static_assert(WARPS >= 1 && WARPS <= 16 && SPLITS >= 1 && STAGES >= 2,
+                  "gemm_skinny_int4: 1..16 warps, SPLITS >= 1, STAGES >= 2");
+    static_assert(N >= 1 && (!GATED || N % 2 == 0), "gemm_skinny_int4: GATED needs an even N");
+    static_assert(sizeof(DT) == 2, "gemm_skinny_int4: 16-bit DT");
+    (void)st;
+    using P = gemv_detail::int4_pairs<DT>;
+    constexpr int NOUT = GATED ? N / 2 : N, OPB = GATED ? 8 : 16, NT = MMAX / 8;
+    constexpr int TILES = (NOUT + OPB - 1) / OPB, RT = KILN_SKINNY4_RT;
+    constexpr int UNITS = (TILES + RT - 1) / RT;
+    constexpr int KC = KILN_SKINNY_KC, KG = K / G;
+    constexpr bool FACTORED = G % 128 == 0; // a slice lies in one group
+    constexpr int SZS = KILN_SKINNY4_SZS(G);
+    constexpr int SLICES = (K + KC - 1) / KC;
+    constexpr bool TAIL = K % KC != 0;   // the last slice ends inside it
+    constexpr int XCH = K / 8, WCH = K / 32; // 16-byte chunks of an x row, of a weight row
+    constexpr int THREADS = 32 * WARPS;
+    constexpr int RSTEP = THREADS / 16;  // x rows between a thread's copies
+    static_assert(KC == 128 && MMAX % RSTEP == 0,
+                  "gemm_skinny_int4: the threads copy whole rows of an x slice, the same number each");
+    constexpr int XSTAGE = MMAX * 256;            // bytes of one x slice
+    constexpr int WROWS = WARPS * RT * 16;        // weight rows of a slice
+    constexpr int WSTAGE = WROWS * 64;            // their bytes
+    constexpr int ZSTAGE = WROWS * SZS * 8;       // their sz entries' bytes
+    static_assert(KILN_SKINNY4_SMEM(MMAX, WARPS, STAGES, G) == STAGES * (XSTAGE + WSTAGE + ZSTAGE),
+                  "gemm_skinny_int4: kiln_gemm.h's KILN_SKINNY4_SMEM is this ring");
+    // the ring: STAGES x slices [MMAX][256 B], then STAGES weight slices [warp][RT * 16][64 B],
+    // then STAGES sz slices [warp][RT * 16][SZS]
+    extern __shared__ __align__(16) unsigned char skinny_smem[];
+    const unsigned sbase = (unsigned)__cvta_generic_to_shared(skinny_smem);
+    const unsigned wbase = sbase + STAGES * XSTAGE, zbase = wbase + STAGES * WSTAGE;
+
+    const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, g = lane >> 2, t = lane & 3;
+    if (M > MMAX)
+        M = MMAX;
+    const long long unit = (long long)blockIdx.x * WARPS + warp;
+    const bool active = unit < UNITS; // warp-uniform: a unit past the end computes nothing
+    const int p = blockIdx.y;
+    const int s0 = (int)((long long)p * SLICES / SPLITS);
+    const int s1 = (int)((long long)(p + 1) * SLICES / SPLITS);
+    // The weight row behind staged row r (0..RT*16-1) of the warp: tile RT*unit + r/16, its row r
+    // % 16 (gemv's row g = r % 8 of the tile's first half, or of its second), a valid row for
+    // tiles past the end (their sums are not stored).
+    auto wrow = [&](int r) {
+        long long tl = active ? unit * RT + r / 16 : TILES - 1, ra, rb;
+        if (tl > TILES - 1)
+            tl = TILES - 1;
+        gemv_detail::tile_rows<N, GATED>(tl, r % 8, ra, rb);
+        return r % 16 < 8 ? ra : rb;
+    };
+    // copies: x as gemm_skinny's (16 threads a row, the thread's rows xr0 + k * RSTEP, all of the
+    // parity of xr0: RSTEP is even), into the swizzled unit; the lane's weight rows (lane >> 2) +
+    // 8c (c < 4), chunk lane & 3 of the slice; its sz row `lane` (SZS entries)
+    const int xr0 = threadIdx.x / 16, xc = threadIdx.x % 16;
+    const DT *xsrc = x + (long long)xr0 * K + 8 * xc;
+    const unsigned xdst = sbase + (unsigned)(xr0 * 256 + 16 * (xc ^ (xc & 8 ? 2 : 0) ^ (xr0 & 1)));
+    static_assert(RT * 16 == 32, "gemm_skinny_int4: a lane copies the sz of one staged row");
+    const unsigned char *wsrc[4];
+#pragma unroll
+    for (int c = 0; c < 4; c++)
+        wsrc[c] = w + wrow((lane >> 2) + 8 * c) * (K / 2) + 16 * (lane & 3);
+    const uint2 *zsrc = sz + wrow(lane) * KG;
+    const unsigned wdst = wbase + (unsigned)((warp * RT * 16 + (lane >> 2)) * 64 + 16 * (lane & 3));
+    const unsigned zdst = zbase + (unsigned)((warp * RT * 16 + lane) * SZS * 8);
+    // reads: the lane's x unit of chunk h in row 8j + g (+ j * 2048), its weight rows g, g + 8 of
+    // tile i (+ i * 1024), their sz
+    int xrd[4];
+#pragma unroll
+    for (int h = 0; h < 4; h++)
+        xrd[h] = g * 256 + 16 * (4 * t + (h ^ (t & 2) ^ (g & 1)));
+    const unsigned char *wrd =
+        skinny_smem + STAGES * XSTAGE + (warp * RT * 16 + g) * 64 + 16 * t;
+    const unsigned char *zrd =
+        skinny_smem + STAGES * (XSTAGE + WSTAGE) + (warp * RT * 16 + g) * SZS * 8;
+
+    // The rest at E column tiles of 8 rows, the fewest powers of two that hold M (or NT).
+    auto run = [&](auto ntiles) {
+        constexpr int E = decltype(ntiles)::value;
+        // slice s into ring stage b, as one cp.async group of this thread (empty past s1)
+        auto load = [&](int s, int b) {
+            if (s < s1) {
+                const bool xin = !TAIL || s * 16 + xc < XCH;
+#pragma unroll
+                for (int k = 0; k < MMAX / RSTEP; k++) {
+                    const int r = xr0 + k * RSTEP;
+                    const bool ok = xin && r < M;
+                    if (r < 8 * E)
+                        cp_async16(xdst + b * XSTAGE + k * RSTEP * 256,
+                                   ok ? xsrc + (long long)k * RSTEP * K + (long long)s * KC : x,
+                                   ok ? 16 : 0);
+                }
+                if (active) {
+                    const bool ok = !TAIL || s * 4 + (lane & 3) < WCH;
+#pragma unroll
+                    for (int c = 0; c < 4; c++)
+                        cp_async16(wdst + b * WSTAGE + c * 8 * 64,
+                                   ok ? wsrc[c] + (long long)s * 64 : w, ok ? 16 : 0);
+                    const int e0 = s * KC / G; // the slice's first group
+#pragma unroll
+                    for (int e = 0; e < SZS; e++) {
+                        const bool zin = e0 + e < KG;
+                        cp_async8(zdst + b * ZSTAGE + e * 8, zin ? zsrc + e0 + e : sz,
+                                  zin ? 8 : 0);
+                    }
+                }
+            }
+            cp_async_commit();
+        };
+
+        float acc[RT][E][4];
+#pragma unroll
+        for (int i = 0; i < RT; i++)
+#pragma unroll
+            for (int j = 0; j < E; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    acc[i][j][e] = 0.f;
+#pragma unroll
+        for (int i = 0; i < STAGES - 1; i++)
+            load(s0 + i, i);
+        int b = 0; // the stage of slice s
+#pragma unroll 1
+        for (int s = s0; s < s1; s++) {
+            cp_async_wait<STAGES - 2>(); // this thread's copies of slice s have landed
+            __syncthreads();             // everyone's have; and every warp is done with s - 1
+            load(s + STAGES - 1, b == 0 ? STAGES - 1 : b - 1); // into slice s - 1's stage
+            if (active) {
+                // the lane's chunk of 32 elements of each of its rows: words h = 0..3, and the
+                // sz of its group (FACTORED: the slice's one)
+                uint4 q[RT][2];
+                uint2 z[RT][2];
+                const int ze = FACTORED ? 0 : (s * KC + 32 * t) / G - s * KC / G;
+#pragma unroll
+                for (int i = 0; i < RT; i++)
+#pragma unroll
+                    for (int r = 0; r < 2; r++) {
+                        q[i][r] = *reinterpret_cast<const uint4 *>(
+                            wrd + b * WSTAGE + (i * 16 + 8 * r) * 64);
+                        z[i][r] = *reinterpret_cast<const uint2 *>(
+                            zrd + b * ZSTAGE + ((i * 16 + 8 * r) * SZS + ze) * 8);
+                    }
+                float d[RT][E][4];
+#pragma unroll
+                for (int i = 0; i < RT; i++)
+#pragma unroll
+                    for (int j = 0; j < E; j++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++)
+                            d[i][j][e] = 0.f;
+#pragma unroll
+                for (int h = 0; h < 4; h++) {
+                    uint4 a[RT][2]; // word h of each row as 4 DT pairs
+#pragma unroll
+                    for (int i = 0; i < RT; i++)
+#pragma unroll
+                        for (int r = 0; r < 2; r++) {
+                            const unsigned qw = h == 0   ? q[i][r].x
+                                                : h == 1 ? q[i][r].y
+                                                : h == 2 ? q[i][r].z
+                                                         : q[i][r].w;
+                            a[i][r] = FACTORED ? gemv_detail::int4_diff<DT>(qw, z[i][r].y)
+                                               : gemv_detail::int4x8<DT>(qw, z[i][r]);
+                        }
+#pragma unroll
+                    for (int j = 0; j < E; j++) {
+                        const uint4 xb = *reinterpret_cast<const uint4 *>(
+                            skinny_smem + xrd[h] + b * XSTAGE + j * 2048);
+#pragma unroll
+                        for (int i = 0; i < RT; i++) {
+                            gemv_detail::mma16816<DT>(d[i][j], a[i][0].x, a[i][1].x, a[i][0].y,
+                                                      a[i][1].y, xb.x, xb.y);
+                            gemv_detail::mma16816<DT>(d[i][j], a[i][0].z, a[i][1].z, a[i][0].w,
+                                                      a[i][1].w, xb.z, xb.w);
+                        }
+                    }
+                }
+                // the chains' sums times s (FACTORED), or as they are
+#pragma unroll
+                for (int i = 0; i < RT; i++) {
+                    const float fa = FACTORED ? P::lo_f(z[i][0].x) : 1.f;
+                    const float fb = FACTORED ? P::lo_f(z[i][1].x) : 1.f;
+#pragma unroll
+                    for (int j = 0; j < E; j++) {
+                        acc[i][j][0] = fmaf(d[i][j][0], fa, acc[i][j][0]);
+                        acc[i][j][1] = fmaf(d[i][j][1], fa, acc[i][j][1]);
+                        acc[i][j][2] = fmaf(d[i][j][2], fb, acc[i][j][2]);
+                        acc[i][j][3] = fmaf(d[i][j][3], fb, acc[i][j][3]);
+                    }
+                }
+            }
+            b = b == STAGES - 1 ? 0 : b + 1;
+        }
+        cp_async_wait_all(); // no copy outlives the block (the empty tail groups, a part of none)
+        if (!active)
+            return;
+        // a partial unit: [RT][E of NT][4][32 lanes] floats
+        if constexpr (SPLITS > 1)
+            if (!gemv_detail::split_sum<SPLITS, UNITS, (long long)RT * NT * 128, RT * E * 4>(
+                    &acc[0][0][0], part, count, unit, p))
+                return;
+        // the epilogue: gemv's tile layout (lane (g, t) holds rows g and g + 8 of the tile, x rows
+        // 8j + 2t, 8j + 2t + 1)
+#pragma unroll
+        for (int i = 0; i < RT; i++)
+            if (unit * RT + i < TILES)
+                gemv_detail::store_tile<DT, N, E, BIAS, GATED, ACT, OUT_F32>(
+                    acc[i], nullptr, bias, y, 0, unit * RT + i, M);
+    };
+    const int need = (M + 7) / 8;
+    if (need <= 1)
+        return run(gemv_detail::int_tag<1>());
+    if (need <= 2)
+        return run(gemv_detail::int_tag<2>());
+    if constexpr (NT >= 8)
+        if (need <= 4)
+            return run(gemv_detail::int_tag<4>());
+    run(gemv_detail::int_tag<NT>());
 }
 
 // dequant_int4 — gemv_int4's weight (w [N, K/2] bytes and sz [N, K/G] in its layout) as a DT

@@ -9,6 +9,10 @@
  *     every target is sm_90a, the same holds of the Hopper kernel (templates/gemm90.cuh) and
  *     its own block, shared memory and grid;
  *   - the roofline (kiln bench) reads the same model from both;
+ *   - an INT4 linear (--quant int4, an AWQ checkpoint) has, in the decode schedule of the default
+ *     build and of --gemm kiln, gemm_skinny_int4 between its GEMV (up to gemv_max rows) and its
+ *     GEMV of 16-row groups (past skinny_max), with lower_skinny_shape's launch; none with
+ *     --batch-invariant or when no step has more than gemv_max rows;
  *   - `kilnc compile --gemm kiln` of those fixtures compiles for sm_80 and sm_90a (the default
  *     --sm) and `kiln inspect` says kiln and 0 cuBLASLt steps, the default says cublaslt and
  *     counts them; --gemm with another value, or none, is refused naming the flag; with
@@ -43,16 +47,21 @@ static const char *fixtures[] = {"llama", "mixtral", "bloom", "bert", "qwen2_cls
  * wait for the kernel to take an N that is not a multiple of 8 */
 static const char *compiled[] = {"llama", "mixtral", "bloom", "bert", "qwen2_cls", "deepseek_v2"};
 
-static void lower_with(kc *c, const char *name, int gemm_kiln, int sm90a_only)
+static void lower_opts(kc *c, const char *name, const kc_opts *o)
 {
     char dir[256];
     snprintf(dir, sizeof dir, FIX "%s", name);
-    kc_opts o = {.need_weights = 1, .max_seq_len = 128, .max_seqs = 4, .max_tokens = 64,
-                 .gemm_kiln = gemm_kiln, .sm90a_only = sm90a_only};
     kerr err;
     kerr_clear(&err);
-    if (kc_open(c, dir, &o, &err) || kc_run(c, NULL, NULL, NULL, &err))
+    if (kc_open(c, dir, o, &err) || kc_run(c, NULL, NULL, NULL, &err))
         fail_msg("%s: %s", name, kerr_msg(&err));
+}
+
+static void lower_with(kc *c, const char *name, int gemm_kiln, int sm90a_only)
+{
+    kc_opts o = {.need_weights = 1, .max_seq_len = 128, .max_seqs = 4, .max_tokens = 64,
+                 .gemm_kiln = gemm_kiln, .sm90a_only = sm90a_only};
+    lower_opts(c, name, &o);
 }
 
 static int same_arg(const ka_arg *a, const ka_arg *b)
@@ -210,6 +219,117 @@ static void test_steps_replace_cublaslt(void **state)
         }
 }
 
+/* Whether kernel name `name` (k<i>_<op>) is op's. */
+static int is_op(const char *name, const char *op)
+{
+    const char *u = strchr(name, '_');
+    return u && strcmp(u + 1, op) == 0;
+}
+
+/* An INT4 linear's decode steps (kilnc compile --quant int4, and a published AWQ checkpoint), in
+ * the default build and with --gemm kiln: its GEMV of up to gemv_max rows (size small), then
+ * gemm_skinny_int4 for gemv_max < rows <= skinny_max (size mid; the same weight, sz and shape, G
+ * the GEMV's; warps, splits and ring lower_skinny_shape's for the targets' shared memory; block,
+ * shared memory and grid kernels/kiln_gemm.h's), then the GEMV in groups of 16 past skinny_max
+ * (size huge). With --batch-invariant, or when no step has more than gemv_max rows, none. */
+static void test_int4_skinny_steps(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *fx;
+        kc_quant q;
+    } cases[] = {{"llama", KC_QUANT_INT4}, {"llama_awq", KC_QUANT_NONE}};
+    for (size_t f = 0; f < ARRAY_LEN(cases); f++)
+        for (int mode = 0; mode < 4; mode++) { /* default, --gemm kiln, invariant, 8 tokens */
+            kc c;
+            kc_opts o = {.need_weights = 1, .max_seq_len = 128, .max_seqs = 4, .max_tokens = 64,
+                         .quant_mode = cases[f].q, .gemm_kiln = mode == 1 || mode == 2,
+                         .batch_invariant = mode == 2};
+            if (mode == 3)
+                o.max_tokens = o.max_seqs = 8;
+            lower_opts(&c, cases[f].fx, &o);
+            const lowered *l = c.low;
+            const ka_step *d = l->m.decode;
+            int n4 = 0, nsk = 0;
+            for (int i = 0; i < l->m.ndecode; i++) {
+                if (d[i].kind != KA_KERNEL)
+                    continue;
+                if (is_op(l->m.kernels[d[i].kernel].name, "gemm_skinny_int4"))
+                    nsk++;
+                if (!is_op(l->m.kernels[d[i].kernel].name, "gemv_int4") ||
+                    d[i].size != (mode == 2 ? KA_SIZE_ANY : KA_SIZE_SMALL))
+                    continue;
+                n4++;
+                if (mode >= 2)
+                    continue;
+                if (i + 2 >= l->m.ndecode)
+                    fail_msg("%s: decode step %d (%s) ends the schedule", cases[f].fx, i,
+                             d[i].label);
+                const ka_step *k = &d[i + 1], *h = &d[i + 2];
+                if (k->kind != KA_KERNEL ||
+                    !is_op(l->m.kernels[k->kernel].name, "gemm_skinny_int4") ||
+                    k->size != KA_SIZE_MID || strcmp(k->label, d[i].label) != 0)
+                    fail_msg("%s mode %d: after %s's GEMV, not its gemm_skinny_int4 (size mid)",
+                             cases[f].fx, mode, d[i].label);
+                if (h->kind != KA_KERNEL || !is_op(l->m.kernels[h->kernel].name, "gemv_int4") ||
+                    h->size != KA_SIZE_HUGE || strcmp(h->label, d[i].label) != 0 ||
+                    !strstr(l->inst_call[h->kernel], ", 16, "))
+                    fail_msg("%s mode %d: after %s's skinny step, not its GEMV of 16-row groups "
+                             "(size huge): %s",
+                             cases[f].fx, mode, d[i].label, l->inst_call[h->kernel]);
+                long long N, K, G, N2, K2, G2;
+                int mmax, act, thr, warps, splits, stages;
+                char gated[8], gated2[8];
+                assert_int_equal(sscanf(l->inst_call[d[i].kernel],
+                                        "kiln::gemv_int4<DT, %lld, %lld, %d, %*[a-z], %7[a-z], %d, "
+                                        "%*[a-z], %d, %lld>",
+                                        &N, &K, &mmax, gated, &act, &thr, &G),
+                                 7);
+                assert_int_equal(sscanf(l->inst_call[k->kernel],
+                                        "kiln::gemm_skinny_int4<DT, %lld, %lld, %d, %*[a-z], "
+                                        "%7[a-z], %d, %*[a-z], %d, %d, %d, %lld>",
+                                        &N2, &K2, &mmax, gated2, &act, &warps, &splits, &stages,
+                                        &G2),
+                                 9);
+                assert_true(N2 == N && K2 == K && G2 == G);
+                assert_string_equal(gated2, gated);
+                assert_int_equal(mmax, KILN_SKINNY_MAX);
+                const int gt = strcmp(gated, "true") == 0;
+                int w = 0, sp = 0, st = 0;
+                lower_skinny_shape(N, K, gt, (int)G,
+                                   c.smem_block ? c.smem_block : lower_smem_optin(80), &w, &sp,
+                                   &st);
+                assert_true(w == warps && sp == splits && st == stages && st >= 2);
+                assert_int_equal(l->m.kernels[k->kernel].block, 32 * warps);
+                assert_int_equal(l->m.kernels[k->kernel].smem,
+                                 KILN_SKINNY4_SMEM(KILN_SKINNY_MAX, warps, stages, (int)G));
+                const long units =
+                    (KILN_GEMV_TILES(N, gt) + KILN_SKINNY4_RT - 1) / KILN_SKINNY4_RT;
+                for (long T = 9; T <= 64; T += 55) {
+                    assert_int_equal(grid_at(&k->grid[0], T, T), (units + warps - 1) / warps);
+                    assert_int_equal(grid_at(&k->grid[1], T, T), splits);
+                }
+                /* (st, x, w, sz, bias, y, part, count, M): the GEMV's x, weight, sz, bias, y */
+                assert_int_equal(k->nargs, 9);
+                for (int a = 1; a <= 5; a++)
+                    assert_true(same_arg(&k->args[a], &d[i].args[a]));
+                assert_int_equal(k->args[8].kind, KA_ARG_M);
+                assert_int_equal(k->args[7].kind, KA_ARG_SCRATCH);
+                assert_int_equal(k->args[6].kind, splits > 1 ? KA_ARG_SCRATCH : KA_ARG_NULL);
+            }
+            if (n4 == 0)
+                fail_msg("%s mode %d: no INT4 GEMV (the test proves nothing)", cases[f].fx, mode);
+            if (mode < 2 && nsk != n4)
+                fail_msg("%s mode %d: %d skinny INT4 steps for %d INT4 linears", cases[f].fx,
+                         mode, nsk, n4);
+            if (mode >= 2 && nsk)
+                fail_msg("%s mode %d: %d skinny INT4 steps where none may run", cases[f].fx,
+                         mode, nsk);
+            assert_int_equal(l->m.skinny_max, mode < 2 ? KILN_SKINNY_MAX : 0);
+            kc_free(&c);
+        }
+}
+
 static void test_cli_compile_inspect(void **state)
 {
     (void)state;
@@ -331,6 +451,7 @@ int main(void)
     KILN = tu_binary("KILN", "test_gemm");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_steps_replace_cublaslt),
+        cmocka_unit_test(test_int4_skinny_steps),
         cmocka_unit_test(test_cli_compile_inspect),
         cmocka_unit_test(test_cli_refuses_bad_values),
     };

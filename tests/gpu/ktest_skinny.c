@@ -60,12 +60,14 @@ typedef struct scase {
     int ms[13]; /* the rows M to run (one kernel for all), 0-terminated */
     int bias, gated, act, f32, f16;
     int warps, splits, stages; /* 0: lower_skinny_shape's */
+    int g4;                    /* 0: gemm_skinny; else gemm_skinny_int4 with G = g4 */
 } scase;
 
 /* One kernel instance: the shape, the template arguments and its launch geometry. */
 typedef struct skern {
-    int N, K, mmax, bias, gated, act, f32, f16, warps, splits, stages;
-    int nout, tiles, smem; /* smem: the dynamic shared memory bytes of a block */
+    int N, K, mmax, bias, gated, act, f32, f16, warps, splits, stages, g4;
+    int nout, tiles, units, smem; /* units: the counters (tiles, or INT4's tile pairs); smem:
+                                   * the dynamic shared memory bytes of a block */
     CUfunction f;
 } skern;
 
@@ -88,7 +90,7 @@ static void smem_block_of(kt *t)
 static void skern_shape(skern *k)
 {
     int w = 0, s = 0, st = 0;
-    lower_skinny_shape(k->N, k->K, k->gated, smem_block, &w, &s, &st);
+    lower_skinny_shape(k->N, k->K, k->gated, k->g4, smem_block, &w, &s, &st);
     if (!k->warps)
         k->warps = w;
     if (!k->splits)
@@ -97,7 +99,15 @@ static void skern_shape(skern *k)
         k->stages = st;
     k->nout = k->gated ? k->N / 2 : k->N;
     k->tiles = (int)KILN_GEMV_TILES(k->N, k->gated);
-    k->smem = KILN_SKINNY_SMEM(k->mmax, k->warps, k->stages);
+    k->units = k->g4 ? (k->tiles + KILN_SKINNY4_RT - 1) / KILN_SKINNY4_RT : k->tiles;
+    k->smem = k->g4 ? KILN_SKINNY4_SMEM(k->mmax, k->warps, k->stages, k->g4)
+                    : KILN_SKINNY_SMEM(k->mmax, k->warps, k->stages);
+}
+
+/* Floats of k's part scratch (0 for SPLITS 1). */
+static long long skern_part(const skern *k)
+{
+    return KILN_SKINNY_PART(k->splits, k->g4 ? k->units * KILN_SKINNY4_RT : k->tiles, k->mmax);
 }
 
 /* The kernel's wrapper k_skinny, as lower.c writes a kernel: extern "C", __launch_bounds__ of
@@ -106,19 +116,22 @@ static void skern_shape(skern *k)
 static int skern_build(kt *t, skern *k, const char *name)
 {
     const char *dt = k->f16 ? "kiln::f16" : "kiln::bf16";
-    char src[1024];
+    char src[1024], g4[32] = "";
+    if (k->g4)
+        snprintf(g4, sizeof g4, ", %d", k->g4);
     snprintf(src, sizeof src,
              "#include \"gemv.cuh\"\n"
              "extern \"C\" __global__ void __launch_bounds__(%d)\n"
-             "k_skinny(const kiln_step st, const %s *x, const %s *w, const %s *bias, void *y, "
+             "k_skinny(const kiln_step st, const %s *x, const %s *w, %sconst %s *bias, void *y, "
              "float *part, unsigned *count, int M)\n"
              "{\n"
-             "    kiln::gemm_skinny<%s, %d, %d, %d, %s, %s, %d, %s, %d, %d, %d>(st, x, w, bias, "
+             "    kiln::%s<%s, %d, %d, %d, %s, %s, %d, %s, %d, %d, %d%s>(st, x, w, %sbias, "
              "y, part, count, M);\n"
              "}\n",
-             32 * k->warps, dt, dt, dt, dt, k->N, k->K, k->mmax, k->bias ? "true" : "false",
-             k->gated ? "true" : "false", k->act, k->f32 ? "true" : "false", k->warps, k->splits,
-             k->stages);
+             32 * k->warps, dt, k->g4 ? "unsigned char" : dt, k->g4 ? "const uint2 *sz, " : "",
+             dt, k->g4 ? "gemm_skinny_int4" : "gemm_skinny", dt, k->N, k->K, k->mmax,
+             k->bias ? "true" : "false", k->gated ? "true" : "false", k->act,
+             k->f32 ? "true" : "false", k->warps, k->splits, k->stages, g4, k->g4 ? "sz, " : "");
     CUmodule m = kt_module(t, name, src);
     if (!m && !t->compile_only)
         return -1;
@@ -126,10 +139,11 @@ static int skern_build(kt *t, skern *k, const char *name)
     return 0;
 }
 
-/* A launch's buffers: x, w (the caller's), bias (or 0), part ([KILN_SKINNY_PART] floats,
- * poisoned, so the kernel must write what it reads; 0 for SPLITS 1) and count ([TILES], zero). */
+/* A launch's buffers: x, w and sz (the caller's; sz INT4's only), bias (or 0), part
+ * (skern_part floats, poisoned, so the kernel must write what it reads; 0 for SPLITS 1) and count
+ * ([units], zero). */
 typedef struct sbufs {
-    CUdeviceptr x, w, b, part, count;
+    CUdeviceptr x, w, sz, b, part, count;
 } sbufs;
 
 /* A launch's inputs: x [M, K] (f16: in f16, else bf16) and bias [N] on the host, rounded through
@@ -147,7 +161,7 @@ static void sinputs_make(kt *t, const skern *k, int M, sinputs *in)
     in->b = xmalloc(sizeof(float) * nb);
     kt_fill(t, in->x, nx, 1.0f);
     kt_fill(t, in->b, nb, 0.5f);
-    gweights_make(t, &in->g, k->N, k->K, k->f16, 0, 0, 0);
+    gweights_make(t, &in->g, k->N, k->K, k->f16, 0, 0, k->g4);
     uint16_t *h = kt_to_dt(in->x, nx, k->f16);
     in->d.x = kt_upload(t, h, sizeof(uint16_t) * nx);
     free(h);
@@ -155,10 +169,11 @@ static void sinputs_make(kt *t, const skern *k, int M, sinputs *in)
     in->d.b = k->bias ? kt_upload(t, h, sizeof(uint16_t) * nb) : 0;
     free(h);
     in->d.w = in->g.dw;
-    const long long pf = KILN_SKINNY_PART(k->splits, k->tiles, k->mmax);
+    in->d.sz = in->g.ds;
+    const long long pf = skern_part(k);
     in->d.part = pf ? kt_alloc(t, sizeof(float) * (size_t)pf) : 0;
-    unsigned *zero = xcalloc((size_t)k->tiles, sizeof(unsigned));
-    in->d.count = kt_upload(t, zero, sizeof(unsigned) * (size_t)k->tiles);
+    unsigned *zero = xcalloc((size_t)k->units, sizeof(unsigned));
+    in->d.count = kt_upload(t, zero, sizeof(unsigned) * (size_t)k->units);
     free(zero);
 }
 
@@ -192,7 +207,7 @@ static float y_value(const skern *k, const unsigned char *y, size_t i)
 }
 
 /* One launch of k by the launch rule on M rows of x (at x) into y; returns how many of the
- * TILES counters are not zero afterwards (the contract: none). */
+ * counters (one a unit) are not zero afterwards (the contract: none). */
 static int skern_run(kt *t, const skern *k, const char *name, const sbufs *d, CUdeviceptr x,
                      CUdeviceptr y, int M)
 {
@@ -200,14 +215,16 @@ static int skern_run(kt *t, const skern *k, const char *name, const sbufs *d, CU
     memset(&st, 0, sizeof st);
     st.T = st.n_seqs = M;
     int m_arg = M;
-    CUdeviceptr xa = x, wa = d->w, ba = d->b, ya = y, pa = d->part, ca = d->count;
-    void *args[] = {&st, &xa, &wa, &ba, &ya, &pa, &ca, &m_arg};
-    kt_launch(t, k->f, name, (unsigned)((k->tiles + k->warps - 1) / k->warps),
-              (unsigned)k->splits, 1, 32u * (unsigned)k->warps, (size_t)k->smem, args);
-    unsigned *c = xmalloc(sizeof(unsigned) * (size_t)k->tiles);
-    kt_download(t, c, d->count, sizeof(unsigned) * (size_t)k->tiles);
+    CUdeviceptr xa = x, wa = d->w, sa = d->sz, ba = d->b, ya = y, pa = d->part, ca = d->count;
+    void *args8[] = {&st, &xa, &wa, &ba, &ya, &pa, &ca, &m_arg};
+    void *args9[] = {&st, &xa, &wa, &sa, &ba, &ya, &pa, &ca, &m_arg};
+    kt_launch(t, k->f, name, (unsigned)((k->units + k->warps - 1) / k->warps),
+              (unsigned)k->splits, 1, 32u * (unsigned)k->warps, (size_t)k->smem,
+              k->g4 ? args9 : args8);
+    unsigned *c = xmalloc(sizeof(unsigned) * (size_t)k->units);
+    kt_download(t, c, d->count, sizeof(unsigned) * (size_t)k->units);
     int nz = 0;
-    for (int i = 0; i < k->tiles; i++)
+    for (int i = 0; i < k->units; i++)
         nz += c[i] != 0;
     free(c);
     return nz;
@@ -260,9 +277,9 @@ static void skinny_check(kt *t, const skern *k, int M, const char *name)
             differ = i;
     char msg[240];
     if (nz[0] || nz[1]) {
-        snprintf(msg, sizeof msg, "count not all zero after launch %d: %d of %d tile counters "
+        snprintf(msg, sizeof msg, "count not all zero after launch %d: %d of %d counters "
                  "(the next launch would add the wrong parts)", nz[0] ? 1 : 2,
-                 nz[0] ? nz[0] : nz[1], k->tiles);
+                 nz[0] ? nz[0] : nz[1], k->units);
         kt_result(t, name, 0, msg);
     } else if (touched) {
         snprintf(msg, sizeof msg,
@@ -302,24 +319,31 @@ static void skinny_check(kt *t, const skern *k, int M, const char *name)
  * warps, splits and stages. */
 static void skern_label(const skern *k, char *out, size_t n)
 {
-    snprintf(out, n, " MMAX=%d%s%s%s%s%s warps=%d splits=%d stages=%d", k->mmax,
+    char g4[16] = "";
+    if (k->g4)
+        snprintf(g4, sizeof g4, " G=%d", k->g4);
+    snprintf(out, n, " MMAX=%d%s%s%s%s%s%s warps=%d splits=%d stages=%d", k->mmax,
              k->gated ? " gated " : "", k->gated ? kt_act_name(k->act) : "", k->bias ? " bias" : "",
-             k->f32 ? " f32" : "", k->f16 ? " f16" : "", k->warps, k->splits, k->stages);
+             k->f32 ? " f32" : "", k->f16 ? " f16" : "", g4, k->warps, k->splits, k->stages);
 }
+
+/* The family of k's cases: "skinny" (gemm_skinny) or "skinny_int4". */
+static const char *skern_fam(const skern *k) { return k->g4 ? "skinny_int4" : "skinny"; }
 
 /* A case: its kernel compiled once, run for each M of c->ms. */
 static void skinny_case(kt *t, const scase *c)
 {
     skern k = {.N = c->N, .K = c->K, .mmax = c->mmax, .bias = c->bias, .gated = c->gated,
                .act = c->act, .f32 = c->f32, .f16 = c->f16, .warps = c->warps,
-               .splits = c->splits, .stages = c->stages};
+               .splits = c->splits, .stages = c->stages, .g4 = c->g4};
     skern_shape(&k);
     char opts[160];
     skern_label(&k, opts, sizeof opts);
     int compiled = 0;
     for (int i = 0; i < 13 && c->ms[i]; i++) {
         char name[240];
-        snprintf(name, sizeof name, "skinny/N=%d K=%d M=%d%s", c->N, c->K, c->ms[i], opts);
+        snprintf(name, sizeof name, "%s/N=%d K=%d M=%d%s", skern_fam(&k), c->N, c->K, c->ms[i],
+                 opts);
         if (!kt_want(t, name))
             continue;
         if (!compiled && skern_build(t, &k, name))
@@ -331,16 +355,17 @@ static void skinny_case(kt *t, const scase *c)
 
 /* Batch invariance, bit for bit (float output): rows 0, 7, 8, 37 and 63 of a launch with M = 64
  * against the same row launched alone (M = 1, x and y at that row). */
-static void skinny_invariance(kt *t, int N, int K, int gated, int warps, int splits)
+static void skinny_invariance(kt *t, int N, int K, int gated, int warps, int splits, int g4)
 {
     enum { M = 64 };
     static const int rows[] = {0, 7, 8, 37, 63};
     skern k = {.N = N, .K = K, .mmax = M, .gated = gated, .act = KILN_ACT_SILU, .f32 = 1,
-               .warps = warps, .splits = splits};
+               .warps = warps, .splits = splits, .g4 = g4};
     skern_shape(&k);
     char name[240], opts[160];
     skern_label(&k, opts, sizeof opts);
-    snprintf(name, sizeof name, "skinny/invariance N=%d K=%d M=%d vs 1%s", N, K, M, opts);
+    snprintf(name, sizeof name, "%s/invariance N=%d K=%d M=%d vs 1%s", skern_fam(&k), N, K, M,
+             opts);
     if (!kt_want(t, name) || skern_build(t, &k, name) || t->compile_only)
         return;
     sinputs in;
@@ -459,11 +484,51 @@ void ktest_skinny(kt *t)
                    .gated = llama[i].gated, .act = KILN_ACT_SILU};
         skinny_case(t, &c);
     }
-    skinny_invariance(t, 1000, 1000, 0, 0, 0);
-    skinny_invariance(t, 1000, 520, 0, 4, 8);
-    skinny_invariance(t, 4096, 4096, 0, 0, 0);
-    skinny_invariance(t, 4096, 14336, 0, 0, 0);
-    skinny_invariance(t, 16384, 2048, 1, 0, 0);
+    skinny_invariance(t, 1000, 1000, 0, 0, 0, 0);
+    skinny_invariance(t, 1000, 520, 0, 4, 8, 0);
+    skinny_invariance(t, 4096, 4096, 0, 0, 0, 0);
+    skinny_invariance(t, 4096, 14336, 0, 0, 0, 0);
+    skinny_invariance(t, 16384, 2048, 1, 0, 0, 0);
+
+    /* gemm_skinny_int4: the same checks with gemv_int4's weight (the reference multiplies
+     * int4_value, the values the kernel's conversion must give). N = 1000 is 63 tiles, 32 tile
+     * pairs (the last one tile); gated N = 1998: 125 tiles. G = 128 and 256 (the factored path:
+     * a slice in one group), 32 and 64 (groups inside a slice), 96 (a slice across 2 groups), a
+     * whole row of K = 544 and of 4224 (not multiples of 128: a last, partial slice). */
+#define M12 {1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64}
+    static const scase c4[] = {
+        {.N = 1000, .K = 640, .mmax = 64, .ms = M12, .bias = 1, .g4 = 128},
+        {.N = 1998, .K = 1024, .mmax = 64, .ms = M12, .gated = 1, .act = KILN_ACT_SILU,
+         .warps = 8, .splits = 2, .g4 = 32},
+        {.N = 1000, .K = 544, .mmax = 64, .ms = {1, 9, 33, 64}, .warps = 8, .splits = 4,
+         .g4 = 544},
+        {.N = 1000, .K = 1056, .mmax = 64, .ms = {9, 40}, .bias = 1, .g4 = 96},
+        {.N = 1000, .K = 4224, .mmax = 64, .ms = {16, 64}, .f32 = 1, .g4 = 4224},
+        {.N = 1000, .K = 4096, .mmax = 64, .ms = {17, 64}, .f32 = 1, .g4 = 256},
+        {.N = 1000, .K = 640, .mmax = 16, .ms = {1, 9, 16}, .bias = 1, .g4 = 64},
+        {.N = 1000, .K = 1024, .mmax = 32, .ms = {5, 17, 32}, .f16 = 1, .g4 = 128},
+        {.N = 1998, .K = 640, .mmax = 64, .ms = {17, 64}, .gated = 1, .act = KILN_ACT_RELU,
+         .f16 = 1, .g4 = 32},
+        {.N = 37, .K = 64, .mmax = 64, .ms = {9, 64}, .bias = 1, .g4 = 32},
+        {.N = 256, .K = 14336, .mmax = 64, .ms = {9, 64}, .bias = 1, .g4 = 128},
+        {.N = 200, .K = 14336, .mmax = 64, .ms = {33}, .warps = 1, .splits = 8, .g4 = 128},
+        {.N = 1000, .K = 256, .mmax = 64, .ms = {1, 33, 64}, .warps = 4, .splits = 4, .g4 = 128},
+        {.N = 1000, .K = 1024, .mmax = 64, .ms = {9, 40, 64}, .bias = 1, .warps = 4,
+         .splits = 2, .stages = 2, .g4 = 128},
+        {.N = 1998, .K = 4096, .mmax = 64, .ms = {16, 64}, .gated = 1, .act = KILN_ACT_SILU,
+         .warps = 8, .splits = 4, .stages = 3, .g4 = 128},
+    };
+#undef M12
+    for (size_t i = 0; i < sizeof c4 / sizeof c4[0]; i++)
+        skinny_case(t, &c4[i]);
+    for (int i = 0; i < NLLAMA; i++) {
+        scase c = {.N = llama[i].N, .K = llama[i].K, .mmax = KILN_SKINNY_MAX, .ms = {16, 64},
+                   .gated = llama[i].gated, .act = KILN_ACT_SILU, .g4 = 128};
+        skinny_case(t, &c);
+    }
+    skinny_invariance(t, 1000, 1024, 0, 0, 0, 128);
+    skinny_invariance(t, 1000, 640, 0, 4, 8, 32);
+    skinny_invariance(t, 16384, 2048, 1, 0, 0, 128);
 }
 
 /* ---------------------------------------------------------------- kiln-ktest --bench skinny */

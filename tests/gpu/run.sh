@@ -314,12 +314,13 @@ if [ -f $ART/llama/model.kiln ] && ! skip_late "llama seeded"; then
     row "$(printf '%-24s FAIL compile --max-batch 6' llama)"; fail=1
   fi
   shown
-  # Batches of 20 and 40 (decode steps of 32 and 64 rows, prefills of more than 64 tokens) against
-  # the six prompts alone: with cuBLASLt (its GEMM past gemv_max rows), and with --gemm kiln
-  # (decode steps of 9 to 64 rows on the skinny GEMM, templates/gemv.cuh's gemm_skinny; its own
-  # singles)
-  for gm in "" kiln; do
-    a=$ART/llama_b64${gm:+_$gm}; opt=${gm:+--gemm $gm}
+  # Batches of 20 and 40 (decode steps of 20 and 40 rows, prefills of more than 64 tokens) against
+  # the six prompts alone: with cuBLASLt (its GEMM past gemv_max rows), with --gemm kiln (decode
+  # steps of 9 to 64 rows on the skinny GEMM, templates/gemv.cuh's gemm_skinny; its own singles),
+  # and with --quant int4 (those steps on gemm_skinny_int4, the singles' on gemv_int4; its own)
+  for gm in "" kiln int4; do
+    a=$ART/llama_b64${gm:+_$gm}
+    case $gm in kiln) opt="--gemm kiln" ;; int4) opt="--quant int4" ;; *) opt= ;; esac
     # shellcheck disable=SC2086
     if [ ${#ps[@]} = 6 ] && $BIN/kilnc compile tests/fixtures/llama -o $a --sm $SM --max-batch 64 $opt > $LOG/compile_$(basename $a).log 2>&1; then
       one=()
