@@ -489,19 +489,22 @@ int lower_gemv_threads(int64_t N, int64_t K, int gated, int step)
  * cannot reach 96 blocks. A unit is a warp's: one tile of gemm_skinny, KILN_SKINNY4_RT of
  * gemm_skinny_int4 (g4, its group size G; 0 for gemm_skinny). gemm_skinny on the 8B shape: qkv
  * 8 x 2 parts (96 blocks), o and down 8 x 4 (128), gate_up and the LM head 8 x 1 (224, 1,002).
- * 0 stages: no configuration fits. */
+ * gemm_skinny_int4 holds about 255 registers a thread, and its warps mostly wait on their own
+ * mma chains: blocks of 4 warps and a ring of 3 run two an SM, each with its own barriers, which
+ * streamed 5-15% faster than one block of 8 (twelfth session), so it takes 4 units a block and
+ * parts for 192 blocks. 0 stages: no configuration fits. */
 void lower_skinny_shape(int64_t N, int64_t K, int gated, int g4, int smem_block, int *warps,
                         int *splits, int *stages)
 {
-    const int64_t want = 96;
+    const int64_t want = g4 ? 192 : 96;
     int64_t tiles = KILN_GEMV_TILES(N, gated);
     int64_t units = g4 ? (tiles + KILN_SKINNY4_RT - 1) / KILN_SKINNY4_RT : tiles;
     int64_t slices = (K + KILN_SKINNY_KC - 1) / KILN_SKINNY_KC, best = 0;
     *warps = 8;
     *splits = 1;
     *stages = 0;
-    for (int wp = 8; wp >= 4 && best < want; wp /= 2) {
-        int st = 4;
+    for (int wp = g4 ? 4 : 8; wp >= 4 && best < want; wp /= 2) {
+        int st = g4 ? 3 : 4;
         while (st >= 2 && (g4 ? KILN_SKINNY4_SMEM(KILN_SKINNY_MAX, wp, st, g4)
                               : KILN_SKINNY_SMEM(KILN_SKINNY_MAX, wp, st)) > smem_block)
             st--;

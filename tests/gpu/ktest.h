@@ -131,6 +131,8 @@ void ktest_skinny(kt *t);
  * splits and around them, against cuBLASLt, on the Llama-3 shapes at 16 to 64 rows; -1 on a
  * failure. */
 int ktest_skinny_bench(kt *t);
+/* `kiln-ktest --bench skinny_int4`: gemm_skinny_int4's INT4 bandwidth on the same shapes. */
+int ktest_skinny_int4_bench(kt *t);
 void ktest_gemm(kt *t);
 /* `kiln-ktest --bench gemm`: kiln's GEMM against cuBLASLt in TFLOP/s per shape and M; -1 on a
  * failure (a launch, or an output that differs from cuBLASLt's). */

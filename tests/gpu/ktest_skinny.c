@@ -33,6 +33,10 @@
  * skinny/invariance checks batch invariance bit for bit (float output): rows 0, 7, 8, 37 and 63
  * of a launch with M = 64 equal the same row launched alone (M = 1, x pointing at that row);
  * the kernel's per-row result must depend only on that row, never on M.
+ * skinny_int4/ runs the same checks on gemm_skinny_int4 (gemv_int4's weight, G 32, 64, 96, 128,
+ * 256 and a whole row of K = 544 and 4224: a last, partial slice; the reference multiplies
+ * ktest_gemv.c's int4_value, the values the kernel's conversion must give), with its own
+ * invariance cases.
  *
  * The benchmark: gemm_skinny (bf16, no bias, MMAX 64) at lower_skinny_shape's WARPS/SPLITS, at 4
  * and 8 warps with those splits, and at half and twice the splits, on the 8B and 1B linears at
@@ -43,6 +47,9 @@
  * kgemm_run in the same kind of graph, on the same copies) at the same M, N, K (for gated shapes
  * the plain [M, N] product: cuBLASLt has no gated epilogue), and the throughput ratio
  * skinny/cuBLASLt. Non-gated shapes also compare skinny's output with cuBLASLt's (relative L2).
+ * `kiln-ktest --bench skinny_int4`: gemm_skinny_int4 (G 128) on the same shapes and M, at
+ * lower_skinny_shape's pick and four other launch shapes, as INT4 bytes (weight and sz) per
+ * second over the copy bandwidth, and as the 16-bit weight's rate at the same time.
  */
 #include <math.h>
 #include <stdio.h>
@@ -538,7 +545,7 @@ void ktest_skinny(kt *t)
  * the weight, cycled so that every launch reads its weight from HBM (H200's L2: 50 MB). */
 typedef struct sbench {
     kgemm *lt;
-    CUdeviceptr x, y, ylt, part, count, w[64];
+    CUdeviceptr x, y, ylt, part, count, w[64], sz[64]; /* sz: INT4's, beside each weight copy */
     int copies;
 } sbench;
 
@@ -564,12 +571,13 @@ static int bench_graph(kt *t, sbench *b, const skern *k, int M, int N, int K, do
     if (rc == 0)
         KT_CU(t, cuStreamBeginCapture(t->stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
     for (int i = 0; i < BENCH_LAUNCHES && rc == 0; i++) {
-        CUdeviceptr w = b->w[i % b->copies];
+        CUdeviceptr w = b->w[i % b->copies], sz = b->sz[i % b->copies];
         if (k) {
-            void *args[] = {&st, &b->x, &w, &nob, &b->y, &b->part, &b->count, &m_arg};
-            rc = kcuda_launch(&t->cu, k->f, (unsigned)((k->tiles + k->warps - 1) / k->warps),
+            void *args8[] = {&st, &b->x, &w, &nob, &b->y, &b->part, &b->count, &m_arg};
+            void *args9[] = {&st, &b->x, &w, &sz, &nob, &b->y, &b->part, &b->count, &m_arg};
+            rc = kcuda_launch(&t->cu, k->f, (unsigned)((k->units + k->warps - 1) / k->warps),
                               (unsigned)k->splits, 1, 32u * (unsigned)k->warps,
-                              (unsigned)k->smem, t->stream, args, t->pdl, &e);
+                              (unsigned)k->smem, t->stream, k->g4 ? args9 : args8, t->pdl, &e);
         } else {
             rc = kgemm_run(b->lt, t->stream, 0, 0, 0, M, N, K, b->x, K, w, 0, b->ylt, N, &e);
         }
@@ -716,6 +724,111 @@ static int bench_shape(kt *t, sbench *b, int s, double copy_bw, double *sum64, i
     return rc;
 }
 
+/* INT4's columns: lower_skinny_shape's pick (G 128: 4 warps, two blocks an SM); a ring of 4
+ * slices; twice and half its splits; 8 warps (one block an SM) with a ring of 4 and its splits. */
+enum { BENCH4_COLS = 5 };
+
+/* gemm_skinny_int4 on shape s (G 128, MMAX 64) at M = 16, 32 and 64, each column's time in the
+ * same kind of graph as gemm_skinny's, cycling over copies of the weight and its sz. One row per
+ * M: INT4 bytes (weight and sz) per second and that over the copy bandwidth at the pick, the
+ * same for the other columns, and the speed against the 16-bit weight's copy (bf16 GB/s: N * K *
+ * 2 bytes over the pick's time). No reference here: the cases above check the values. */
+static int bench_int4_shape(kt *t, sbench *b, int s, double copy_bw)
+{
+    static const int ms[] = {16, 32, 64};
+    const int N = llama[s].N, K = llama[s].K, G = 128;
+    skern base = {.N = N, .K = K, .mmax = KILN_SKINNY_MAX, .gated = llama[s].gated,
+                  .act = KILN_ACT_SILU, .g4 = G};
+    skern_shape(&base);
+    const int W = base.warps, S = base.splits, P = base.stages, S2 = S / 2 ? S / 2 : 1;
+    const int cw[BENCH4_COLS] = {W, W, W, W, 8}, cs[BENCH4_COLS] = {S, S, 2 * S, S2, S};
+    const int cp[BENCH4_COLS] = {P, 4, P, P, 4};
+    skern k[BENCH4_COLS];
+    for (int c = 0; c < BENCH4_COLS; c++) {
+        k[c] = base;
+        k[c].warps = cw[c];
+        k[c].splits = cs[c];
+        k[c].stages = cp[c];
+        k[c].smem = KILN_SKINNY4_SMEM(k[c].mmax, cw[c], cp[c], G);
+        k[c].f = NULL;
+        for (int p = 0; p < c; p++)
+            if (cw[p] == cw[c] && cs[p] == cs[c] && cp[p] == cp[c])
+                k[c].f = k[p].f;
+        if (k[c].f)
+            continue;
+        char name[160];
+        snprintf(name, sizeof name, "bench skinny_int4 %s warps=%d splits=%d stages=%d",
+                 llama[s].name, cw[c], cs[c], cp[c]);
+        if (skern_build(t, &k[c], name))
+            return -1;
+        KT_CU(t, cuFuncSetAttribute(k[c].f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                    k[c].smem));
+    }
+    int regs = 0;
+    KT_CU(t, cuFuncGetAttribute(&regs, CU_FUNC_ATTRIBUTE_NUM_REGS, k[0].f));
+    const size_t wbytes = (size_t)N * K / 2, zbytes = (size_t)N * (K / G) * 8;
+    b->copies = (int)((((size_t)512 << 20) + wbytes - 1) / wbytes);
+    b->copies = b->copies > 64 ? 64 : b->copies < 2 ? 2 : b->copies;
+    /* nibbles uniform; every group's scale 2^-7 and zero point 8: bf16 pairs (s, s), (B+z, B+z) */
+    unsigned char *hw = xmalloc(wbytes);
+    for (size_t i = 0; i < wbytes; i++)
+        hw[i] = (unsigned char)(int)((kt_randf(t) + 1.0f) * 128.0f);
+    uint32_t *hz = xmalloc(zbytes);
+    for (size_t i = 0; i < zbytes / 4; i += 2) {
+        hz[i] = 0x3C003C00u;     /* bf16 2^-7, twice */
+        hz[i + 1] = 0x43084308u; /* bf16 136 = 128 + 8, twice */
+    }
+    for (int i = 0; i < b->copies; i++) {
+        b->w[i] = kt_upload(t, hw, wbytes);
+        b->sz[i] = kt_upload(t, hz, zbytes);
+    }
+    free(hw);
+    free(hz);
+    b->x = bench_rand(t, (size_t)KILN_SKINNY_MAX * K, 1.0f);
+    b->y = kt_alloc(t, (size_t)KILN_SKINNY_MAX * k[0].nout * 2);
+    long long pmax = 0;
+    for (int c = 0; c < BENCH4_COLS; c++)
+        pmax = skern_part(&k[c]) > pmax ? skern_part(&k[c]) : pmax;
+    b->part = kt_alloc(t, sizeof(float) * (size_t)(pmax ? pmax : 1));
+    unsigned *cnt = xcalloc((size_t)base.units, sizeof(unsigned));
+    b->count = kt_upload(t, cnt, sizeof(unsigned) * (size_t)base.units);
+    int rc = 0;
+    for (size_t mi = 0; mi < sizeof ms / sizeof ms[0] && rc == 0; mi++) {
+        const int M = ms[mi];
+        double us[BENCH4_COLS] = {0};
+        for (int c = 0; c < BENCH4_COLS && rc == 0; c++)
+            rc = bench_graph(t, b, &k[c], M, N, K, &us[c]);
+        if (rc)
+            break;
+#define GBS(u) ((u) > 0 ? (double)(wbytes + zbytes) / ((u) * 1e-6) / 1e9 : 0.0)
+        printf("%-10s %5d %5d %2d | %2d/%-2d/%d %4d %5.0f %4.2f %6.1f | %5.0f %5.0f %5.0f %5.0f | "
+               "%6.0f\n",
+               llama[s].name, N, K, M, W, S, P, regs, GBS(us[0]), GBS(us[0]) * 1e9 / copy_bw,
+               us[0], GBS(us[1]), GBS(us[2]), GBS(us[3]), GBS(us[4]),
+               (double)N * K * 2 / (us[0] * 1e-6) / 1e9);
+#undef GBS
+        fflush(stdout);
+    }
+    kt_download(t, cnt, b->count, sizeof(unsigned) * (size_t)base.units);
+    for (int i = 0; i < base.units && rc == 0; i++)
+        if (cnt[i]) {
+            fprintf(stderr, "bench skinny_int4: %s: count[%d] = %u after the launches\n",
+                    llama[s].name, i, cnt[i]);
+            rc = -1;
+        }
+    free(cnt);
+    for (int i = 0; i < b->copies; i++) {
+        kt_free(t, b->w[i]);
+        kt_free(t, b->sz[i]);
+        b->sz[i] = 0;
+    }
+    kt_free(t, b->x);
+    kt_free(t, b->y);
+    kt_free(t, b->part);
+    kt_free(t, b->count);
+    return rc;
+}
+
 int ktest_skinny_bench(kt *t)
 {
     sbench b;
@@ -747,5 +860,26 @@ int ktest_skinny_bench(kt *t)
                "(%d shapes)%s\n",
                sum64 / n64, n64, rc ? "; FAILED (see above)" : "");
     kgemm_free(b.lt);
+    return rc;
+}
+
+int ktest_skinny_int4_bench(kt *t)
+{
+    sbench b;
+    memset(&b, 0, sizeof b);
+    smem_block_of(t);
+    const double copy_bw = kt_copy_bw(t);
+    int rc = 0;
+    printf("bench skinny_int4: gemm_skinny_int4, bf16 x, G 128, no bias, MMAX %d, as above. "
+           "W/S/P = lower_skinny_shape's warps/splits/ring; GB/s = INT4 bytes (weight and sz) "
+           "per second, xcpy that over the copy bandwidth; P4 = a ring of 4 slices, 2S and S/2 = "
+           "twice and half the splits, 8w = 8 warps, a ring of 4 and the same splits (one block "
+           "an SM), each in GB/s; bf16eq = N * K * 2 bytes over the pick's time (the 16-bit "
+           "weight's rate).\n",
+           KILN_SKINNY_MAX);
+    printf("%-10s %5s %5s %2s | %8s %4s %5s %4s %6s | %5s %5s %5s %5s | %6s\n", "shape", "N",
+           "K", "M", "W/S/P", "regs", "GB/s", "xcpy", "us", "P4", "2S", "S/2", "8w", "bf16eq");
+    for (int s = 0; s < NLLAMA && rc == 0; s++)
+        rc = bench_int4_shape(t, &b, s, copy_bw);
     return rc;
 }
