@@ -588,16 +588,23 @@ int lower_smem_optin(int sm)
     return 99 * 1024;
 }
 
+/* The most row groups of a gemm_skinny_int4 launch: a decode step has at most max_seqs rows. */
+static int64_t skinny4_groups(const lw *w)
+{
+    return (w->c->max_seqs + KILN_SKINNY_MAX - 1) / KILN_SKINNY_MAX;
+}
+
 /* The shared memory a block of the artifact may have (kc.smem_block; sm_80's when unknown). */
 static int skinny_smem(const lw *w)
 {
     return w->c->smem_block ? w->c->smem_block : lower_smem_optin(80);
 }
 
-/* The skinny GEMM step of the decode schedule, for gemv_max < rows <= skinny_max: templates/
- * gemv.cuh's gemm_skinny for a 16-bit weight (g4 0), or gemm_skinny_int4 for an INT4 weight wt of
- * group size g4 with its scales and zero points sc. Its partials in this node's scratch, its
- * arrival counters the shared ones at w->skinny_count (every launch leaves them zero). */
+/* The skinny GEMM step of the decode schedule: templates/gemv.cuh's gemm_skinny for a 16-bit
+ * weight (g4 0), for gemv_max < rows <= skinny_max; or gemm_skinny_int4 for an INT4 weight wt of
+ * group size g4 with its scales and zero points sc, for rows > gemv_max (row groups of
+ * KILN_SKINNY_MAX: skinny4_groups). Its partials in this node's scratch, its arrival counters the
+ * shared ones at w->skinny_count (every launch leaves them zero). */
 static void skinny_push(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg sc, int64_t g4,
                         ka_arg bias, ka_arg y, int64_t N, int64_t K, int gated, int act,
                         int out_f32)
@@ -607,7 +614,8 @@ static void skinny_push(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg sc,
     assert(stages > 0); /* w->skinny and w->skinny4 hold only where the smallest ring fits */
     int64_t tiles = KILN_GEMV_TILES(N, gated);
     int64_t units = g4 ? (tiles + KILN_SKINNY4_RT - 1) / KILN_SKINNY4_RT : tiles;
-    int64_t pf = KILN_SKINNY_PART(splits, g4 ? units * KILN_SKINNY4_RT : tiles, KILN_SKINNY_MAX);
+    int64_t pf = KILN_SKINNY_PART(splits, g4 ? units * KILN_SKINNY4_RT : tiles, KILN_SKINNY_MAX) *
+                 (g4 ? skinny4_groups(w) : 1);
     ka_arg part = pf ? A(KA_ARG_SCRATCH, scratch_at(w, pf * 4)) : ANULL();
     char tail[32] = "";
     if (g4)
@@ -625,9 +633,12 @@ static void skinny_push(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg sc,
                  KILN_SKINNY_MAX, bias.kind == KA_ARG_NULL ? "false" : "true",
                  gated ? "true" : "false", act < 0 ? 0 : act, out_f32 ? "true" : "false", warps,
                  splits, stages, tail, g4 ? "sz, " : "");
-    /* x: ceil(units / warps) blocks of warps units; y: the K parts */
-    ka_step s = kstep(k, n->name, G(0, 0, 0, (int)units, warps), G(0, 0, 0, splits, 1), G1());
-    s.size = KA_SIZE_MID;
+    /* gemm_skinny: x ceil(units / warps) blocks of warps units, y the K parts; gemm_skinny_int4:
+     * the same as y and z, x the row groups */
+    ka_grid ub = G(0, 0, 0, (int)units, warps), kp = G(0, 0, 0, splits, 1);
+    ka_step s = g4 ? kstep(k, n->name, G(1, 0, 0, 0, KILN_SKINNY_MAX), ub, kp)
+                   : kstep(k, n->name, ub, kp, G1());
+    s.size = g4 ? KA_SIZE_LARGE : KA_SIZE_MID;
     add_arg(&s, A(KA_ARG_STEP, 0));
     add_arg(&s, x);
     add_arg(&s, wt);
@@ -912,8 +923,8 @@ static int low_linear(lw *w, int id)
      * schedule runs the GEMV at every batch (dequantising the whole model per step would cost
      * more than the GEMV's re-reads of a weight tile from L2 by its row groups) and longer
      * prefill steps dequantise the weight into scratch for the GEMM. INT4's decode steps of more
-     * than GEMV_MAX rows take gemm_skinny_int4 up to skinny_max rows (the weight read and
-     * converted once for all of them; w->skinny4), and past it the GEMV in groups of
+     * than GEMV_MAX rows take gemm_skinny_int4 (the weight read and converted once for every 64
+     * rows; w->skinny4), or where its ring cannot fit, the GEMV in groups of
      * LOWER_GEMV_GROUP_INVARIANT rows: each group converts its whole weight tile (a lop3 and one
      * or two fma per pair of weights, the most of its instructions), so groups of 16 halve that
      * work against 8 (the batch-invariant build's groups already are 16). */
@@ -934,17 +945,19 @@ static int low_linear(lw *w, int id)
             return 0;
         }
         push_sized(w, PRE, &s);
-        if (qk == QROWS_INT4 && !w->c->batch_invariant) {
+        if (qk == QROWS_INT4 && w->skinny4) {
             push(w, DEC, &s);
-            if (w->skinny4)
-                skinny_push(w, n, x, wt, sc, qb ? qb : K, bias, y, N, K, gated, n->epi_act, 0);
+            skinny_push(w, n, x, wt, sc, qb ? qb : K, bias, y, N, K, gated, n->epi_act, 0);
+        } else if (qk == QROWS_INT4 && !w->c->batch_invariant) {
+            push(w, DEC, &s);
             s = gemv_step_grouped(w, n, x, wt, sc, qk, qb, bias, y, N, K, gated, n->epi_act, 0,
                                   KA_ROWS_T, LOWER_GEMV_GROUP_INVARIANT);
-            s.size = w->skinny4 ? KA_SIZE_HUGE : KA_SIZE_LARGE;
+            s.size = KA_SIZE_LARGE;
+            push(w, DEC, &s);
         } else {
             s.size = KA_SIZE_ANY;
+            push(w, DEC, &s);
         }
-        push(w, DEC, &s);
         gemm_which = PRE;
         wt = dequant_step(w, n, wt, sc, qk, qb, N, K);
     }
@@ -1784,9 +1797,10 @@ int lower(kc *c, lowered *out, kerr *err)
      * (4 tiles a block, 2 slices) fits a block. */
     w.skinny = c->gemm_kiln && !c->batch_invariant && c->max_tokens > GEMV_MAX &&
                KILN_SKINNY_SMEM(KILN_SKINNY_MAX, 4, 2) <= skinny_smem(&w);
-    /* gemm_skinny_int4 for the INT4 linears in every build (no library GEMM reads INT4), likewise
-     * where the smallest ring of the largest sz slices (G = 32) fits */
-    w.skinny4 = !c->batch_invariant && c->max_tokens > GEMV_MAX && has_int4(&w) &&
+    /* gemm_skinny_int4 for the INT4 linears in every build (no library GEMM reads INT4), where a
+     * decode step can have more than GEMV_MAX rows and the smallest ring of the largest sz slices
+     * (G = 32) fits */
+    w.skinny4 = !c->batch_invariant && c->max_seqs > GEMV_MAX && has_int4(&w) &&
                 KILN_SKINNY4_SMEM(KILN_SKINNY_MAX, 4, 2, 32) <= skinny_smem(&w);
     if (w.skinny || w.skinny4) {
         int64_t tiles = 1;
@@ -1797,10 +1811,13 @@ int lower(kc *c, lowered *out, kerr *err)
                 tiles = t > tiles ? t : tiles;
             }
         }
+        if (w.skinny4) /* a set of counters per row group */
+            tiles *= skinny4_groups(&w);
         w.skinny_count = w.scratch0;
         w.scratch0 += (tiles * 4 + 255) / 256 * 256;
-        m->skinny_max = KILN_SKINNY_MAX;
     }
+    if (w.skinny) /* gemm_skinny's steps (size mid); gemm_skinny_int4's are large */
+        m->skinny_max = KILN_SKINNY_MAX;
     int64_t scratch_max = w.scratch0;
     int n0 = c->g->n; /* low_moe may append constant nodes */
     for (int i = 0; i < n0; i++) {

@@ -69,15 +69,17 @@
 #define KILN_SKINNY_SMEM(mmax, warps, stages)                                                     \
     ((stages) * ((mmax) + (warps) * 16) * (KILN_SKINNY_KC + KILN_SKINNY_PAD) * 2)
 /* The skinny GEMM of an INT4 weight (templates/gemv.cuh's gemm_skinny_int4: gemv_int4's layout,
- * group size G): in every build, every INT4 linear of a decode step of more than gemv_max and at
- * most KILN_SKINNY_MAX rows. A warp owns KILN_SKINNY4_RT tiles (x read from shared memory once for
- * both); a slice of the ring holds the MMAX rows of x (256 bytes each, unpadded: the kernel swizzles
- * them), each warp's RT * 16 weight rows (64 bytes each) and their KILN_SKINNY4_SZS(G) scale/zero
- * entries a row (8 bytes each: one when G % 128 == 0, else the most groups a slice can touch).
- *   grid = (ceil(UNITS / WARPS), SPLITS), UNITS = ceil(TILES / KILN_SKINNY4_RT), block = 32 *
- *   WARPS, dynamic shared memory KILN_SKINNY4_SMEM(MMAX, WARPS, STAGES, G); part: float
- *   [KILN_SKINNY_PART(SPLITS, UNITS * KILN_SKINNY4_RT, MMAX)]; count: unsigned [UNITS], zero
- *   before the first launch, and every launch leaves it zero. */
+ * group size G): in every build, every INT4 linear of a decode step of more than gemv_max rows, in
+ * row groups of MMAX (KILN_SKINNY_MAX). A warp owns KILN_SKINNY4_RT tiles (x read from shared
+ * memory once for both); a slice of the ring holds the MMAX rows of x (256 bytes each, unpadded:
+ * the kernel swizzles them), each warp's RT * 16 weight rows (64 bytes each) and their
+ * KILN_SKINNY4_SZS(G) scale/zero entries a row (8 bytes each: one when G % 128 == 0, else the most
+ * groups a slice can touch).
+ *   grid = (ceil(M / MMAX), ceil(UNITS / WARPS), SPLITS), UNITS = ceil(TILES /
+ *   KILN_SKINNY4_RT), block = 32 * WARPS, dynamic shared memory KILN_SKINNY4_SMEM(MMAX, WARPS,
+ *   STAGES, G); part: float [groups * KILN_SKINNY_PART(SPLITS, UNITS * KILN_SKINNY4_RT, MMAX)];
+ *   count: unsigned [groups * UNITS], zero before the first launch, and every launch leaves it
+ *   zero (groups: the most row groups a launch has). */
 #define KILN_SKINNY4_RT 2
 #define KILN_SKINNY4_SZS(g) ((g) % 128 == 0 ? 1 : 127 / (g) + 2)
 #define KILN_SKINNY4_SMEM(mmax, warps, stages, g)                                                 \

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../kernels/kiln_gemm.h"
 #include "../kernels/kiln_step.h"
 #include "artifact.h"
 #include "cli.h"
@@ -163,7 +164,7 @@ int cmd_inspect(int argc, char **argv)
                w8a8 ? "run W8A8 on the FP8 tensor cores (kilnc compile --fp8-gemm w8a8)"
                     : "dequantise them into bf16 for the GEMM (weight-only)");
     if (int4) {
-        int sk4 = 0; /* decode steps of gemv_max < rows <= skinny_max on gemm_skinny_int4 */
+        int sk4 = 0; /* decode steps of more than gemv_max rows on gemm_skinny_int4 */
         for (int i = 0; i < m->ndecode && !sk4; i++) {
             const char *k = m->decode[i].kind == KA_KERNEL
                                 ? strstr(m->kernels[m->decode[i].kernel].name, "_gemm_skinny_int4")
@@ -174,8 +175,9 @@ int cmd_inspect(int argc, char **argv)
                "prefill steps of more than %d rows dequantise them into %s for the GEMM",
                int4, m->gemv_max, m->dtype);
         if (sk4)
-            printf("; decode steps of %d to %d rows read them on the skinny INT4 GEMM",
-                   m->gemv_max + 1, m->skinny_max);
+            printf("; decode steps of more than %d rows read them on the skinny INT4 GEMM, once "
+                   "for every %d rows",
+                   m->gemv_max, KILN_SKINNY_MAX);
         printf("\n");
     }
     if (m->n_layers) {

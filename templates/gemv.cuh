@@ -1129,9 +1129,9 @@ __device__ __forceinline__ void gemv_int4(const kiln_step st, const DT *x, const
 }
 
 // gemm_skinny_int4 — gemm_skinny's job on gemv_int4's weight: y[m, n] = x[m] · w[n] (+ bias[n])
-// for decode steps of more rows than the GEMV takes and at most MMAX (KILN_SKINNY_MAX), the
-// weight read once whatever the rows (the GEMV's row groups would read each tile once a group, and
-// convert it once a group). Every build's INT4 linears take it for decode steps of 9 to 64 rows.
+// for decode steps of more rows than the GEMV takes, in row groups of MMAX (KILN_SKINNY_MAX), the
+// weight read once a group (the GEMV's groups of 8 or 16 rows would read and convert each tile
+// once each). Every build's INT4 linears take it for decode steps of more than 8 rows.
 // Layouts and preconditions on w, sz and G are gemv_int4's; x, bias, y gemm_skinny's. Design:
 //   - gemv_int4's mma: the weight is the A operand (a tile of 16 rows, or 8 gate rows and their
 //     8 up rows) and x the B operand (column tiles of 8 rows of x), with the same permutation of
@@ -1141,8 +1141,9 @@ __device__ __forceinline__ void gemv_int4(const kiln_step st, const DT *x, const
 //     elements, 8 mma, as gemv_int4's is (FACTORED when G % 128 == 0: the chain on q - z, its
 //     float sum times s; otherwise each pair scaled before the mma);
 //   - a warp owns RT = KILN_SKINNY4_RT consecutive tiles (a unit), so each x fragment it reads
-//     from shared memory feeds RT tiles: an INT4 weight streams 4 elements a byte where gemm_skinny's
-//     streams half of one, and x's reads from shared memory would otherwise be the limit;
+//     from shared memory feeds RT tiles: an INT4 weight streams 2 elements a byte where
+//     gemm_skinny's streams half of one, and x's reads from shared memory would otherwise be the
+//     limit;
 //   - gemm_skinny's ring and split-K: WARPS units a block share the x slices; K in slices of
 //     KILN_SKINNY_KC (128) elements through STAGES slices of dynamic shared memory (cp.async,
 //     STAGES - 1 in flight, one barrier a slice), each holding the MMAX x rows (256 bytes each,
@@ -1152,13 +1153,17 @@ __device__ __forceinline__ void gemv_int4(const kiln_step st, const DT *x, const
 //     the slice (KILN_SKINNY4_SZS(G) a row); K split over SPLITS blocks whose partials the last
 //     warp to arrive adds in part order (split_sum); x rows from M up to the last column tile
 //     computed, weight chunks past K and their x are zeros; E column tiles, the fewest powers of
-//     two that hold M.
+//     two that hold M;
+//   - row groups: block (group, b, p) computes rows [group * MMAX, group * MMAX + MMAX) of x and
+//     y as a launch of its own on those rows would (with its group's counters and partials); the
+//     group is the fastest grid dimension, so the blocks that read one weight slice run side by
+//     side and all but the first find it in L2.
 // A row's result depends only on its own x row (an output is one mma column; the order of the
-// sums is fixed by N, K, G, WARPS and SPLITS), never on M.
+// sums is fixed by N, K, G, WARPS and SPLITS), never on M nor on its group.
 // Launch rule: kernels/kiln_gemm.h (KILN_SKINNY4_*; WARPS, SPLITS, STAGES from lower.c's
 // lower_skinny_shape). Preconditions: K % 32 == 0, G % 32 == 0, K % G == 0; MMAX a multiple of
-// 16 up to KILN_SKINNY_MAX; 1 <= M (rows past MMAX are not computed); x, w 16-byte aligned, sz
-// 8-byte aligned; st unused.
+// 16 up to KILN_SKINNY_MAX; 1 <= M rows, of which the grid's groups cover ceil(M / MMAX); x, w
+// 16-byte aligned, sz 8-byte aligned; st unused.
 template <typename DT, int N, int K, int MMAX, bool BIAS, bool GATED, int ACT, bool OUT_F32,
           int WARPS, int SPLITS, int STAGES, int G>
 __device__ __forceinline__ void gemm_skinny_int4(const kiln_step st, const DT *x,
@@ -1189,8 +1194,8 @@ __device__ __forceinline__ void gemm_skinny_int4(const kiln_step st, const DT *x
     constexpr int XCH = K / 8, WCH = K / 32; // 16-byte chunks of an x row, of a weight row
     constexpr int THREADS = 32 * WARPS;
     constexpr int RSTEP = THREADS / 16;  // x rows between a thread's copies
-    static_assert(KC == 128 && MMAX % RSTEP == 0,
-                  "gemm_skinny_int4: the threads copy whole rows of an x slice, the same number each");
+    static_assert(KC == 128 && MMAX % RSTEP == 0, "gemm_skinny_int4: the threads copy whole "
+                                                  "rows of an x slice, the same number each");
     constexpr int XSTAGE = MMAX * 256;            // bytes of one x slice
     constexpr int WROWS = WARPS * RT * 16;        // weight rows of a slice
     constexpr int WSTAGE = WROWS * 64;            // their bytes
@@ -1204,11 +1209,18 @@ __device__ __forceinline__ void gemm_skinny_int4(const kiln_step st, const DT *x
     const unsigned wbase = sbase + STAGES * XSTAGE, zbase = wbase + STAGES * WSTAGE;
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, g = lane >> 2, t = lane & 3;
-    if (M > MMAX)
-        M = MMAX;
-    const long long unit = (long long)blockIdx.x * WARPS + warp;
+    // this block's row group (uniform over the block: no barrier is reached past M)
+    const long long row0 = (long long)blockIdx.x * MMAX;
+    if (M - row0 < 1)
+        return;
+    M = M - row0 > MMAX ? MMAX : (int)(M - row0);
+    x += row0 * K;
+    count += (long long)blockIdx.x * UNITS;
+    if constexpr (SPLITS > 1)
+        part += (long long)blockIdx.x * SPLITS * UNITS * (RT * NT * 128);
+    const long long unit = (long long)blockIdx.y * WARPS + warp;
     const bool active = unit < UNITS; // warp-uniform: a unit past the end computes nothing
-    const int p = blockIdx.y;
+    const int p = blockIdx.z;
     const int s0 = (int)((long long)p * SLICES / SPLITS);
     const int s1 = (int)((long long)(p + 1) * SLICES / SPLITS);
     // The weight row behind staged row r (0..RT*16-1) of the warp: tile RT*unit + r/16, its row r
@@ -1377,7 +1389,7 @@ __device__ __forceinline__ void gemm_skinny_int4(const kiln_step st, const DT *x
         for (int i = 0; i < RT; i++)
             if (unit * RT + i < TILES)
                 gemv_detail::store_tile<DT, N, E, BIAS, GATED, ACT, OUT_F32>(
-                    acc[i], nullptr, bias, y, 0, unit * RT + i, M);
+                    acc[i], nullptr, bias, y, row0, unit * RT + i, M);
     };
     const int need = (M + 7) / 8;
     if (need <= 1)

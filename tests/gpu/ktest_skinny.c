@@ -23,7 +23,8 @@
  * rows 0, 1, M/2 and M - 1 are compared (all rows are in the checks below).
  *
  * Each launch of a case also checks, beyond the reference:
- *   - y is a buffer of MMAX rows, poisoned: rows M..MMAX-1 must keep the poison;
+ *   - y is a buffer of MMAX rows (gemm_skinny_int4: whole row groups of MMAX), poisoned: the
+ *     rows from M on must keep the poison;
  *   - part (SPLITS > 1) starts poisoned too (the kernel must write before it reads), and is null
  *     for SPLITS 1; count starts zero and must be all zero after the launch (the contract: every
  *     launch leaves it so, which CUDA graphs replaying the launch rely on);
@@ -47,7 +48,7 @@
  * kgemm_run in the same kind of graph, on the same copies) at the same M, N, K (for gated shapes
  * the plain [M, N] product: cuBLASLt has no gated epilogue), and the throughput ratio
  * skinny/cuBLASLt. Non-gated shapes also compare skinny's output with cuBLASLt's (relative L2).
- * `kiln-ktest --bench skinny_int4`: gemm_skinny_int4 (G 128) on the same shapes and M, at
+ * `kiln-ktest --bench skinny_int4`: gemm_skinny_int4 (G 128) on the same shapes, M 16 to 128, at
  * lower_skinny_shape's pick and four other launch shapes, as INT4 bytes (weight and sz) per
  * second over the copy bandwidth, and as the 16-bit weight's rate at the same time.
  */
@@ -111,11 +112,31 @@ static void skern_shape(skern *k)
                     : KILN_SKINNY_SMEM(k->mmax, k->warps, k->stages);
 }
 
-/* Floats of k's part scratch (0 for SPLITS 1). */
-static long long skern_part(const skern *k)
+/* The row groups of an M-row launch: gemm_skinny_int4's ceil(M / MMAX); gemm_skinny computes
+ * at most MMAX rows, in one. */
+static int skern_groups(const skern *k, int M) { return k->g4 ? (M + k->mmax - 1) / k->mmax : 1; }
+
+/* Floats of k's part scratch for M rows (0 for SPLITS 1). */
+static long long skern_part(const skern *k, int M)
 {
-    return KILN_SKINNY_PART(k->splits, k->g4 ? k->units * KILN_SKINNY4_RT : k->tiles, k->mmax);
+    return KILN_SKINNY_PART(k->splits, k->g4 ? k->units * KILN_SKINNY4_RT : k->tiles, k->mmax) *
+           skern_groups(k, M);
 }
+
+/* The launch grid at M rows: gemm_skinny (ceil(UNITS / WARPS), SPLITS, 1); gemm_skinny_int4 (row
+ * groups, ceil(UNITS / WARPS), SPLITS). */
+static void skern_grid(const skern *k, int M, unsigned grid[3])
+{
+    const unsigned ub = (unsigned)((k->units + k->warps - 1) / k->warps);
+    grid[0] = k->g4 ? (unsigned)skern_groups(k, M) : ub;
+    grid[1] = k->g4 ? ub : (unsigned)k->splits;
+    grid[2] = k->g4 ? (unsigned)k->splits : 1u;
+}
+
+/* Rows a case may launch (gemm_skinny_int4's groups), and the y buffer's rows at M: whole groups
+ * of MMAX, so that the rows past M are there to stay poisoned. */
+enum { SKINNY_ROWS_MAX = 256 };
+static int y_rows(const skern *k, int M) { return skern_groups(k, M) * k->mmax; }
 
 /* The kernel's wrapper k_skinny, as lower.c writes a kernel: extern "C", __launch_bounds__ of
  * the block, the template's own parameter list; compiled and loaded into k->f. 0, or -1 when it
@@ -177,10 +198,11 @@ static void sinputs_make(kt *t, const skern *k, int M, sinputs *in)
     free(h);
     in->d.w = in->g.dw;
     in->d.sz = in->g.ds;
-    const long long pf = skern_part(k);
+    const long long pf = skern_part(k, M);
+    const size_t nc = (size_t)k->units * (size_t)skern_groups(k, M);
     in->d.part = pf ? kt_alloc(t, sizeof(float) * (size_t)pf) : 0;
-    unsigned *zero = xcalloc((size_t)k->units, sizeof(unsigned));
-    in->d.count = kt_upload(t, zero, sizeof(unsigned) * (size_t)k->units);
+    unsigned *zero = xcalloc(nc, sizeof(unsigned));
+    in->d.count = kt_upload(t, zero, sizeof(unsigned) * nc);
     free(zero);
 }
 
@@ -214,7 +236,7 @@ static float y_value(const skern *k, const unsigned char *y, size_t i)
 }
 
 /* One launch of k by the launch rule on M rows of x (at x) into y; returns how many of the
- * counters (one a unit) are not zero afterwards (the contract: none). */
+ * counters (one a unit, a set a row group) are not zero afterwards (the contract: none). */
 static int skern_run(kt *t, const skern *k, const char *name, const sbufs *d, CUdeviceptr x,
                      CUdeviceptr y, int M)
 {
@@ -225,13 +247,15 @@ static int skern_run(kt *t, const skern *k, const char *name, const sbufs *d, CU
     CUdeviceptr xa = x, wa = d->w, sa = d->sz, ba = d->b, ya = y, pa = d->part, ca = d->count;
     void *args8[] = {&st, &xa, &wa, &ba, &ya, &pa, &ca, &m_arg};
     void *args9[] = {&st, &xa, &wa, &sa, &ba, &ya, &pa, &ca, &m_arg};
-    kt_launch(t, k->f, name, (unsigned)((k->units + k->warps - 1) / k->warps),
-              (unsigned)k->splits, 1, 32u * (unsigned)k->warps, (size_t)k->smem,
+    unsigned grid[3];
+    skern_grid(k, M, grid);
+    kt_launch(t, k->f, name, grid[0], grid[1], grid[2], 32u * (unsigned)k->warps, (size_t)k->smem,
               k->g4 ? args9 : args8);
-    unsigned *c = xmalloc(sizeof(unsigned) * (size_t)k->units);
-    kt_download(t, c, d->count, sizeof(unsigned) * (size_t)k->units);
+    const size_t nc = (size_t)k->units * (size_t)skern_groups(k, M);
+    unsigned *c = xmalloc(sizeof(unsigned) * nc);
+    kt_download(t, c, d->count, sizeof(unsigned) * nc);
     int nz = 0;
-    for (int i = 0; i < k->units; i++)
+    for (size_t i = 0; i < nc; i++)
         nz += c[i] != 0;
     free(c);
     return nz;
@@ -239,7 +263,7 @@ static int skern_run(kt *t, const skern *k, const char *name, const sbufs *d, CU
 
 /* The rows of an M-row launch compared with the double reference: all of them, or where that
  * would take long (the Llama shapes), rows 0, 1, M/2 and M - 1. Returns how many, into rows. */
-static int ref_rows(int M, const skern *k, int rows[KILN_SKINNY_MAX])
+static int ref_rows(int M, const skern *k, int rows[SKINNY_ROWS_MAX])
 {
     if ((double)M * k->N * k->K <= (double)(1 << 28)) {
         for (int r = 0; r < M; r++)
@@ -265,7 +289,7 @@ static void skinny_check(kt *t, const skern *k, int M, const char *name)
     sinputs in;
     sinputs_make(t, k, M, &in);
     const float *bias = k->bias ? in.b : NULL;
-    const size_t row = y_row(k), ybytes = (size_t)k->mmax * row, used = (size_t)M * row;
+    const size_t row = y_row(k), ybytes = (size_t)y_rows(k, M) * row, used = (size_t)M * row;
     unsigned char *yb[2];
     int nz[2];
     for (int i = 0; i < 2; i++) {
@@ -300,7 +324,7 @@ static void skinny_check(kt *t, const skern *k, int M, const char *name)
                  y_value(k, yb[1], differ / (k->f32 ? 4 : 2)));
         kt_result(t, name, 0, msg);
     } else {
-        int rows[KILN_SKINNY_MAX];
+        int rows[SKINNY_ROWS_MAX];
         const int nr = ref_rows(M, k, rows);
         float *got = xmalloc(sizeof(float) * (size_t)nr * NOUT);
         float *want = xmalloc(sizeof(float) * (size_t)nr * NOUT);
@@ -360,13 +384,15 @@ static void skinny_case(kt *t, const scase *c)
     }
 }
 
-/* Batch invariance, bit for bit (float output): rows 0, 7, 8, 37 and 63 of a launch with M = 64
- * against the same row launched alone (M = 1, x and y at that row). */
-static void skinny_invariance(kt *t, int N, int K, int gated, int warps, int splits, int g4)
+/* Batch invariance, bit for bit (float output): rows 0, 7, 8, 37, 63 (and with M = 200 rows, 64,
+ * 100 and 199: other row groups of gemm_skinny_int4) of a launch with M rows (MMAX 64) against the
+ * same row launched alone (M = 1, x and y at that row). */
+static void skinny_invariance(kt *t, int N, int K, int gated, int warps, int splits, int g4, int M)
 {
-    enum { M = 64 };
-    static const int rows[] = {0, 7, 8, 37, 63};
-    skern k = {.N = N, .K = K, .mmax = M, .gated = gated, .act = KILN_ACT_SILU, .f32 = 1,
+    static const int all_rows[] = {0, 7, 8, 37, 63, 64, 100, 199};
+    const size_t nrows = M > 64 ? 8 : 5;
+    const int *rows = all_rows;
+    skern k = {.N = N, .K = K, .mmax = 64, .gated = gated, .act = KILN_ACT_SILU, .f32 = 1,
                .warps = warps, .splits = splits, .g4 = g4};
     skern_shape(&k);
     char name[240], opts[160];
@@ -380,7 +406,7 @@ static void skinny_invariance(kt *t, int N, int K, int gated, int warps, int spl
     const size_t row = y_row(&k), ybytes = (size_t)M * row;
     CUdeviceptr dall = kt_alloc(t, ybytes), dalone = kt_alloc(t, ybytes);
     int nz = skern_run(t, &k, name, &in.d, in.d.x, dall, M);
-    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
+    for (size_t i = 0; i < nrows; i++)
         nz += skern_run(t, &k, name, &in.d, in.d.x + (CUdeviceptr)rows[i] * K * 2,
                         dalone + (CUdeviceptr)rows[i] * row, 1);
     unsigned char *all = xmalloc(ybytes), *alone = xmalloc(ybytes);
@@ -390,7 +416,7 @@ static void skinny_invariance(kt *t, int N, int K, int gated, int warps, int spl
     int ok = nz == 0;
     if (!ok)
         snprintf(msg, sizeof msg, "count not all zero after a launch (%d tile counters)", nz);
-    for (size_t i = 0; i < sizeof rows / sizeof rows[0] && ok; i++) {
+    for (size_t i = 0; i < nrows && ok; i++) {
         const size_t r0 = (size_t)rows[i] * row;
         for (int o = 0; o < k.nout && ok; o++) /* the poison is NaN: both unwritten is no pass */
             if (!isfinite(y_value(&k, all, (size_t)rows[i] * k.nout + o))) {
@@ -410,8 +436,8 @@ static void skinny_invariance(kt *t, int N, int K, int gated, int warps, int spl
             }
     }
     if (ok)
-        snprintf(msg, sizeof msg, "rows 0, 7, 8, 37, 63 at M=%d identical to each alone (%d cols)",
-                 M, k.nout);
+        snprintf(msg, sizeof msg, "rows 0, 7, 8, 37, 63%s at M=%d identical to each alone (%d "
+                 "cols)", M > 64 ? ", 64, 100, 199" : "", M, k.nout);
     kt_result(t, name, ok, msg);
     kt_free(t, dall);
     kt_free(t, dalone);
@@ -491,11 +517,11 @@ void ktest_skinny(kt *t)
                    .gated = llama[i].gated, .act = KILN_ACT_SILU};
         skinny_case(t, &c);
     }
-    skinny_invariance(t, 1000, 1000, 0, 0, 0, 0);
-    skinny_invariance(t, 1000, 520, 0, 4, 8, 0);
-    skinny_invariance(t, 4096, 4096, 0, 0, 0, 0);
-    skinny_invariance(t, 4096, 14336, 0, 0, 0, 0);
-    skinny_invariance(t, 16384, 2048, 1, 0, 0, 0);
+    skinny_invariance(t, 1000, 1000, 0, 0, 0, 0, 64);
+    skinny_invariance(t, 1000, 520, 0, 4, 8, 0, 64);
+    skinny_invariance(t, 4096, 4096, 0, 0, 0, 0, 64);
+    skinny_invariance(t, 4096, 14336, 0, 0, 0, 0, 64);
+    skinny_invariance(t, 16384, 2048, 1, 0, 0, 0, 64);
 
     /* gemm_skinny_int4: the same checks with gemv_int4's weight (the reference multiplies
      * int4_value, the values the kernel's conversion must give). N = 1000 is 63 tiles, 32 tile
@@ -505,6 +531,12 @@ void ktest_skinny(kt *t)
 #define M12 {1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64}
     static const scase c4[] = {
         {.N = 1000, .K = 640, .mmax = 64, .ms = M12, .bias = 1, .g4 = 128},
+        /* row groups: rows past MMAX in groups of MMAX (a partial last one) */
+        {.N = 1000, .K = 640, .mmax = 64, .ms = {65, 100, 128, 200}, .bias = 1, .g4 = 128},
+        {.N = 1998, .K = 1024, .mmax = 16, .ms = {17, 40, 64}, .gated = 1,
+         .act = KILN_ACT_SILU, .warps = 4, .splits = 2, .g4 = 32},
+        {.N = 1000, .K = 4224, .mmax = 64, .ms = {150}, .f32 = 1, .warps = 4, .splits = 4,
+         .g4 = 4224},
         {.N = 1998, .K = 1024, .mmax = 64, .ms = M12, .gated = 1, .act = KILN_ACT_SILU,
          .warps = 8, .splits = 2, .g4 = 32},
         {.N = 1000, .K = 544, .mmax = 64, .ms = {1, 9, 33, 64}, .warps = 8, .splits = 4,
@@ -529,13 +561,14 @@ void ktest_skinny(kt *t)
     for (size_t i = 0; i < sizeof c4 / sizeof c4[0]; i++)
         skinny_case(t, &c4[i]);
     for (int i = 0; i < NLLAMA; i++) {
-        scase c = {.N = llama[i].N, .K = llama[i].K, .mmax = KILN_SKINNY_MAX, .ms = {16, 64},
-                   .gated = llama[i].gated, .act = KILN_ACT_SILU, .g4 = 128};
+        scase c = {.N = llama[i].N, .K = llama[i].K, .mmax = KILN_SKINNY_MAX,
+                   .ms = {16, 64, 128}, .gated = llama[i].gated, .act = KILN_ACT_SILU,
+                   .g4 = 128};
         skinny_case(t, &c);
     }
-    skinny_invariance(t, 1000, 1024, 0, 0, 0, 128);
-    skinny_invariance(t, 1000, 640, 0, 4, 8, 32);
-    skinny_invariance(t, 16384, 2048, 1, 0, 0, 128);
+    skinny_invariance(t, 1000, 1024, 0, 0, 0, 128, 64);
+    skinny_invariance(t, 1000, 640, 0, 4, 8, 32, 200);
+    skinny_invariance(t, 16384, 2048, 1, 0, 0, 128, 200);
 }
 
 /* ---------------------------------------------------------------- kiln-ktest --bench skinny */
@@ -575,8 +608,9 @@ static int bench_graph(kt *t, sbench *b, const skern *k, int M, int N, int K, do
         if (k) {
             void *args8[] = {&st, &b->x, &w, &nob, &b->y, &b->part, &b->count, &m_arg};
             void *args9[] = {&st, &b->x, &w, &sz, &nob, &b->y, &b->part, &b->count, &m_arg};
-            rc = kcuda_launch(&t->cu, k->f, (unsigned)((k->units + k->warps - 1) / k->warps),
-                              (unsigned)k->splits, 1, 32u * (unsigned)k->warps,
+            unsigned grid[3];
+            skern_grid(k, M, grid);
+            rc = kcuda_launch(&t->cu, k->f, grid[0], grid[1], grid[2], 32u * (unsigned)k->warps,
                               (unsigned)k->smem, t->stream, k->g4 ? args9 : args8, t->pdl, &e);
         } else {
             rc = kgemm_run(b->lt, t->stream, 0, 0, 0, M, N, K, b->x, K, w, 0, b->ylt, N, &e);
@@ -728,14 +762,15 @@ static int bench_shape(kt *t, sbench *b, int s, double copy_bw, double *sum64, i
  * slices; twice and half its splits; 8 warps (one block an SM) with a ring of 4 and its splits. */
 enum { BENCH4_COLS = 5 };
 
-/* gemm_skinny_int4 on shape s (G 128, MMAX 64) at M = 16, 32 and 64, each column's time in the
- * same kind of graph as gemm_skinny's, cycling over copies of the weight and its sz. One row per
- * M: INT4 bytes (weight and sz) per second and that over the copy bandwidth at the pick, the
- * same for the other columns, and the speed against the 16-bit weight's copy (bf16 GB/s: N * K *
- * 2 bytes over the pick's time). No reference here: the cases above check the values. */
+/* gemm_skinny_int4 on shape s (G 128, MMAX 64) at M = 16, 32, 64 and 128 (two row groups), each
+ * column's time in the same kind of graph as gemm_skinny's, cycling over copies of the weight and
+ * its sz. One row per M: INT4 bytes (weight and sz) per second and that over the copy bandwidth at
+ * the pick, the same for the other columns, and the speed against the 16-bit weight's copy (bf16
+ * GB/s: N * K * 2 bytes over the pick's time). No reference here: the cases above check the values. */
 static int bench_int4_shape(kt *t, sbench *b, int s, double copy_bw)
 {
-    static const int ms[] = {16, 32, 64};
+    static const int ms[] = {16, 32, 64, 128}; /* 128: two row groups */
+    enum { MMOST = 128 };
     const int N = llama[s].N, K = llama[s].K, G = 128;
     skern base = {.N = N, .K = K, .mmax = KILN_SKINNY_MAX, .gated = llama[s].gated,
                   .act = KILN_ACT_SILU, .g4 = G};
@@ -784,14 +819,15 @@ static int bench_int4_shape(kt *t, sbench *b, int s, double copy_bw)
     }
     free(hw);
     free(hz);
-    b->x = bench_rand(t, (size_t)KILN_SKINNY_MAX * K, 1.0f);
-    b->y = kt_alloc(t, (size_t)KILN_SKINNY_MAX * k[0].nout * 2);
+    b->x = bench_rand(t, (size_t)MMOST * K, 1.0f);
+    b->y = kt_alloc(t, (size_t)MMOST * k[0].nout * 2);
     long long pmax = 0;
     for (int c = 0; c < BENCH4_COLS; c++)
-        pmax = skern_part(&k[c]) > pmax ? skern_part(&k[c]) : pmax;
+        pmax = skern_part(&k[c], MMOST) > pmax ? skern_part(&k[c], MMOST) : pmax;
     b->part = kt_alloc(t, sizeof(float) * (size_t)(pmax ? pmax : 1));
-    unsigned *cnt = xcalloc((size_t)base.units, sizeof(unsigned));
-    b->count = kt_upload(t, cnt, sizeof(unsigned) * (size_t)base.units);
+    const int ncnt = base.units * skern_groups(&base, MMOST);
+    unsigned *cnt = xcalloc((size_t)ncnt, sizeof(unsigned));
+    b->count = kt_upload(t, cnt, sizeof(unsigned) * (size_t)ncnt);
     int rc = 0;
     for (size_t mi = 0; mi < sizeof ms / sizeof ms[0] && rc == 0; mi++) {
         const int M = ms[mi];
@@ -809,8 +845,8 @@ static int bench_int4_shape(kt *t, sbench *b, int s, double copy_bw)
 #undef GBS
         fflush(stdout);
     }
-    kt_download(t, cnt, b->count, sizeof(unsigned) * (size_t)base.units);
-    for (int i = 0; i < base.units && rc == 0; i++)
+    kt_download(t, cnt, b->count, sizeof(unsigned) * (size_t)ncnt);
+    for (int i = 0; i < ncnt && rc == 0; i++)
         if (cnt[i]) {
             fprintf(stderr, "bench skinny_int4: %s: count[%d] = %u after the launches\n",
                     llama[s].name, i, cnt[i]);
