@@ -311,15 +311,16 @@ __device__ __forceinline__ void store_tile(const float acc[NT][4], const float *
         }
 }
 
-// The float fragments of E m-tiles by two 8-row halves (gemm_skinny's accumulators): zeroed, or
-// a chain's sums d added to them.
-template <int E>
-__device__ __forceinline__ void zero_frags(float (&a)[E][2][4])
+// The float fragments of E m-tiles by two 8-row halves (gemm_skinny's accumulators; H of them:
+// gemm_skinny_int4's E column tiles of each of its H tiles): zeroed, or a chain's sums d added to
+// them.
+template <int E, int H>
+__device__ __forceinline__ void zero_frags(float (&a)[E][H][4])
 {
 #pragma unroll
     for (int i = 0; i < E; i++)
 #pragma unroll
-        for (int h = 0; h < 2; h++)
+        for (int h = 0; h < H; h++)
 #pragma unroll
             for (int e = 0; e < 4; e++)
                 a[i][h][e] = 0.f;
@@ -334,6 +335,29 @@ __device__ __forceinline__ void add_frags(float (&a)[E][2][4], const float (&d)[
 #pragma unroll
             for (int e = 0; e < 4; e++)
                 a[i][h][e] += d[i][h][e];
+}
+
+// The main loop of gemm_skinny and gemm_skinny_int4 over slices [s0, s1) of K through a ring of P
+// stages: load(s, b) issues slice s's copies into stage b as one cp.async group of the thread
+// (an empty group past s1: the count stays one a slice), body(s, b) multiplies the slice in
+// stage b. P - 1 slices are in flight while one is multiplied, one barrier a slice; no copy
+// outlives the loop (the empty tail groups, a part of none).
+template <int P, typename Load, typename Body>
+__device__ __forceinline__ void ring_loop(int s0, int s1, Load &&load, Body &&body)
+{
+#pragma unroll
+    for (int i = 0; i < P - 1; i++)
+        load(s0 + i, i);
+    int b = 0; // the stage of slice s
+#pragma unroll 1
+    for (int s = s0; s < s1; s++) {
+        cp_async_wait<P - 2>(); // this thread's copies of slice s have landed
+        __syncthreads();        // everyone's have; and every warp is done with slice s - 1
+        load(s + P - 1, b == 0 ? P - 1 : b - 1); // into slice s - 1's stage
+        body(s, b);
+        b = b == P - 1 ? 0 : b + 1;
+    }
+    cp_async_wait_all();
 }
 
 // After the main loop of gemm_skinny and gemm_skinny_int4 with SPLITS > 1 (split-K across
@@ -803,15 +827,8 @@ __device__ __forceinline__ void gemm_skinny(const kiln_step st, const DT *x, con
 
         float acc[E][2][4];
         gemv_detail::zero_frags<E>(acc);
-#pragma unroll
-        for (int i = 0; i < P - 1; i++)
-            load(s0 + i, i);
-        int b = 0; // the stage of slice s
-#pragma unroll 1
-        for (int s = s0; s < s1; s++) {
-            cp_async_wait<P - 2>(); // this thread's copies of slice s have landed
-            __syncthreads();        // everyone's have; and every warp is done with slice s - 1
-            load(s + P - 1, b == 0 ? P - 1 : b - 1); // into slice s - 1's stage
+        gemv_detail::ring_loop<P>(s0, s1, load, [&](int s, int b) {
+            (void)s;
             if (active) {
                 float d[E][2][4];
                 gemv_detail::zero_frags<E>(d);
@@ -829,9 +846,7 @@ __device__ __forceinline__ void gemm_skinny(const kiln_step st, const DT *x, con
                 }
                 gemv_detail::add_frags<E>(acc, d);
             }
-            b = b == P - 1 ? 0 : b + 1;
-        }
-        cp_async_wait_all(); // no copy outlives the block (the empty tail groups, a part of none)
+        });
         if (!active)
             return;
         // a partial tile: [MT][2][4][32 lanes] floats
@@ -1293,22 +1308,8 @@ __device__ __forceinline__ void gemm_skinny_int4(const kiln_step st, const DT *x
         };
 
         float acc[RT][E][4];
-#pragma unroll
-        for (int i = 0; i < RT; i++)
-#pragma unroll
-            for (int j = 0; j < E; j++)
-#pragma unroll
-                for (int e = 0; e < 4; e++)
-                    acc[i][j][e] = 0.f;
-#pragma unroll
-        for (int i = 0; i < STAGES - 1; i++)
-            load(s0 + i, i);
-        int b = 0; // the stage of slice s
-#pragma unroll 1
-        for (int s = s0; s < s1; s++) {
-            cp_async_wait<STAGES - 2>(); // this thread's copies of slice s have landed
-            __syncthreads();             // everyone's have; and every warp is done with s - 1
-            load(s + STAGES - 1, b == 0 ? STAGES - 1 : b - 1); // into slice s - 1's stage
+        gemv_detail::zero_frags(acc);
+        gemv_detail::ring_loop<STAGES>(s0, s1, load, [&](int s, int b) {
             if (active) {
                 // the lane's chunk of 32 elements of each of its rows: words h = 0..3, and the
                 // sz of its group (FACTORED: the slice's one)
@@ -1325,13 +1326,7 @@ __device__ __forceinline__ void gemm_skinny_int4(const kiln_step st, const DT *x
                             zrd + b * ZSTAGE + ((i * 16 + 8 * r) * SZS + ze) * 8);
                     }
                 float d[RT][E][4];
-#pragma unroll
-                for (int i = 0; i < RT; i++)
-#pragma unroll
-                    for (int j = 0; j < E; j++)
-#pragma unroll
-                        for (int e = 0; e < 4; e++)
-                            d[i][j][e] = 0.f;
+                gemv_detail::zero_frags(d);
 #pragma unroll
                 for (int h = 0; h < 4; h++) {
                     uint4 a[RT][2]; // word h of each row as 4 DT pairs
@@ -1373,9 +1368,7 @@ __device__ __forceinline__ void gemm_skinny_int4(const kiln_step st, const DT *x
                     }
                 }
             }
-            b = b == STAGES - 1 ? 0 : b + 1;
-        }
-        cp_async_wait_all(); // no copy outlives the block (the empty tail groups, a part of none)
+        });
         if (!active)
             return;
         // a partial unit: [RT][E of NT][4][32 lanes] floats

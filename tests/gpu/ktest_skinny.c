@@ -93,6 +93,13 @@ static void smem_block_of(kt *t)
                                   CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, dev));
 }
 
+/* The dynamic shared memory of a block of k (kernels/kiln_gemm.h). */
+static int skern_smem(const skern *k)
+{
+    return k->g4 ? KILN_SKINNY4_SMEM(k->mmax, k->warps, k->stages, k->g4)
+                 : KILN_SKINNY_SMEM(k->mmax, k->warps, k->stages);
+}
+
 /* lower_skinny_shape's WARPS, SPLITS and STAGES where k has none, then the launch rule's numbers
  * (kernels/kiln_gemm.h). */
 static void skern_shape(skern *k)
@@ -108,8 +115,7 @@ static void skern_shape(skern *k)
     k->nout = k->gated ? k->N / 2 : k->N;
     k->tiles = (int)KILN_GEMV_TILES(k->N, k->gated);
     k->units = k->g4 ? (k->tiles + KILN_SKINNY4_RT - 1) / KILN_SKINNY4_RT : k->tiles;
-    k->smem = k->g4 ? KILN_SKINNY4_SMEM(k->mmax, k->warps, k->stages, k->g4)
-                    : KILN_SKINNY_SMEM(k->mmax, k->warps, k->stages);
+    k->smem = skern_smem(k);
 }
 
 /* The row groups of an M-row launch: gemm_skinny_int4's ceil(M / MMAX); gemm_skinny computes
@@ -628,6 +634,33 @@ static int bench_graph(kt *t, sbench *b, const skern *k, int M, int N, int K, do
     return 0;
 }
 
+/* n arrival counters on the device, zero. */
+static CUdeviceptr bench_counters(kt *t, int n)
+{
+    unsigned *zero = xcalloc((size_t)n, sizeof(unsigned));
+    CUdeviceptr d = kt_upload(t, zero, sizeof(unsigned) * (size_t)n);
+    free(zero);
+    return d;
+}
+
+/* 0 when the n counters at count are all zero after a shape's launches (the contract), else -1
+ * with the first that is not on stderr. */
+static int bench_counters_left_zero(kt *t, const char *fam, const char *shape, CUdeviceptr count,
+                                    int n)
+{
+    unsigned *c = xmalloc(sizeof(unsigned) * (size_t)n);
+    kt_download(t, c, count, sizeof(unsigned) * (size_t)n);
+    int rc = 0;
+    for (int i = 0; i < n && rc == 0; i++)
+        if (c[i]) {
+            fprintf(stderr, "bench %s: %s: count[%d] = %u after the launches (must be 0)\n", fam,
+                    shape, i, c[i]);
+            rc = -1;
+        }
+    free(c);
+    return rc;
+}
+
 /* A fresh device array of n bf16 elements U[-1, 1) * scale. */
 static CUdeviceptr bench_rand(kt *t, size_t n, float scale)
 {
@@ -645,24 +678,25 @@ static CUdeviceptr bench_rand(kt *t, size_t n, float scale)
  * splits (at least 1). */
 enum { BENCH_COLS = 5 };
 
-/* Shape s's kernels, one per column (columns of the same warps, splits and ring share one): 0, or
- * -1 when one did not compile. */
-static int bench_kernels(kt *t, int s, skern k[BENCH_COLS])
+/* Shape s's launch at lower_skinny_shape's pick: gemm_skinny (g4 0) or gemm_skinny_int4. */
+static void bench_base(int s, int g4, skern *base)
 {
-    skern base = {.N = llama[s].N, .K = llama[s].K, .mmax = KILN_SKINNY_MAX,
-                  .gated = llama[s].gated, .act = KILN_ACT_SILU};
-    skern_shape(&base);
-    const int W = base.warps, S = base.splits;
-    const int P = base.stages;
-    const int S2 = S / 2 ? S / 2 : 1, S4 = S / 4 ? S / 4 : 1;
-    const int cw[BENCH_COLS] = {W, 4, 4, W, W}, cs[BENCH_COLS] = {S, S, S2, S2, S4};
-    const int cp[BENCH_COLS] = {P, 3, 3, P, P};
-    for (int c = 0; c < BENCH_COLS; c++) {
-        k[c] = base;
+    *base = (skern){.N = llama[s].N, .K = llama[s].K, .mmax = KILN_SKINNY_MAX,
+                    .gated = llama[s].gated, .act = KILN_ACT_SILU, .g4 = g4};
+    skern_shape(base);
+}
+
+/* The n columns' kernels k: base at warps cw[c], splits cs[c] and a ring of cp[c] (columns of the
+ * same three share one kernel). 0, or -1 when one did not compile. */
+static int bench_columns(kt *t, const skern *base, int s, int n, const int *cw, const int *cs,
+                         const int *cp, skern *k)
+{
+    for (int c = 0; c < n; c++) {
+        k[c] = *base;
         k[c].warps = cw[c];
         k[c].splits = cs[c];
         k[c].stages = cp[c];
-        k[c].smem = KILN_SKINNY_SMEM(k[c].mmax, cw[c], cp[c]);
+        k[c].smem = skern_smem(&k[c]);
         k[c].f = NULL;
         for (int p = 0; p < c; p++)
             if (cw[p] == cw[c] && cs[p] == cs[c] && cp[p] == cp[c])
@@ -670,14 +704,27 @@ static int bench_kernels(kt *t, int s, skern k[BENCH_COLS])
         if (k[c].f)
             continue;
         char name[160];
-        snprintf(name, sizeof name, "bench skinny %s warps=%d splits=%d stages=%d", llama[s].name,
-                 cw[c], cs[c], cp[c]);
+        snprintf(name, sizeof name, "bench %s %s warps=%d splits=%d stages=%d", skern_fam(base),
+                 llama[s].name, cw[c], cs[c], cp[c]);
         if (skern_build(t, &k[c], name))
             return -1;
         KT_CU(t, cuFuncSetAttribute(k[c].f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                                     k[c].smem));
     }
     return 0;
+}
+
+/* Shape s's gemm_skinny kernels, one per column: 0, or -1 when one did not compile. */
+static int bench_kernels(kt *t, int s, skern k[BENCH_COLS])
+{
+    skern base;
+    bench_base(s, 0, &base);
+    const int W = base.warps, S = base.splits;
+    const int P = base.stages;
+    const int S2 = S / 2 ? S / 2 : 1, S4 = S / 4 ? S / 4 : 1;
+    const int cw[BENCH_COLS] = {W, 4, 4, W, W}, cs[BENCH_COLS] = {S, S, S2, S2, S4};
+    const int cp[BENCH_COLS] = {P, 3, 3, P, P};
+    return bench_columns(t, &base, s, BENCH_COLS, cw, cs, cp, k);
 }
 
 /* One shape: its kernels, its buffers, and a row of the table per M. sum64, n64: the sum and
@@ -705,8 +752,7 @@ static int bench_shape(kt *t, sbench *b, int s, double copy_bw, double *sum64, i
     b->ylt = kt_alloc(t, (size_t)KILN_SKINNY_MAX * N * 2);
     b->part = kt_alloc(t, sizeof(float) * (size_t)KILN_SKINNY_PART(k[0].splits, tiles,
                                                                     KILN_SKINNY_MAX));
-    unsigned *cnt = xcalloc((size_t)tiles, sizeof(unsigned));
-    b->count = kt_upload(t, cnt, sizeof(unsigned) * (size_t)tiles);
+    b->count = bench_counters(t, tiles);
     int rc = 0;
     for (size_t mi = 0; mi < sizeof ms / sizeof ms[0] && rc == 0; mi++) {
         const int M = ms[mi];
@@ -740,14 +786,8 @@ static int bench_shape(kt *t, sbench *b, int s, double copy_bw, double *sum64, i
         }
         fflush(stdout);
     }
-    kt_download(t, cnt, b->count, sizeof(unsigned) * (size_t)tiles);
-    for (int i = 0; i < tiles && rc == 0; i++)
-        if (cnt[i]) {
-            fprintf(stderr, "bench skinny: %s: count[%d] = %u after the launches (must be 0)\n",
-                    llama[s].name, i, cnt[i]);
-            rc = -1;
-        }
-    free(cnt);
+    if (rc == 0)
+        rc = bench_counters_left_zero(t, "skinny", llama[s].name, b->count, tiles);
     for (int i = 0; i < b->copies; i++)
         kt_free(t, b->w[i]);
     kt_free(t, b->x);
@@ -772,33 +812,14 @@ static int bench_int4_shape(kt *t, sbench *b, int s, double copy_bw)
     static const int ms[] = {16, 32, 64, 128}; /* 128: two row groups */
     enum { MMOST = 128 };
     const int N = llama[s].N, K = llama[s].K, G = 128;
-    skern base = {.N = N, .K = K, .mmax = KILN_SKINNY_MAX, .gated = llama[s].gated,
-                  .act = KILN_ACT_SILU, .g4 = G};
-    skern_shape(&base);
+    skern base;
+    bench_base(s, G, &base);
     const int W = base.warps, S = base.splits, P = base.stages, S2 = S / 2 ? S / 2 : 1;
     const int cw[BENCH4_COLS] = {W, W, W, W, 8}, cs[BENCH4_COLS] = {S, S, 2 * S, S2, S};
     const int cp[BENCH4_COLS] = {P, 4, P, P, 4};
     skern k[BENCH4_COLS];
-    for (int c = 0; c < BENCH4_COLS; c++) {
-        k[c] = base;
-        k[c].warps = cw[c];
-        k[c].splits = cs[c];
-        k[c].stages = cp[c];
-        k[c].smem = KILN_SKINNY4_SMEM(k[c].mmax, cw[c], cp[c], G);
-        k[c].f = NULL;
-        for (int p = 0; p < c; p++)
-            if (cw[p] == cw[c] && cs[p] == cs[c] && cp[p] == cp[c])
-                k[c].f = k[p].f;
-        if (k[c].f)
-            continue;
-        char name[160];
-        snprintf(name, sizeof name, "bench skinny_int4 %s warps=%d splits=%d stages=%d",
-                 llama[s].name, cw[c], cs[c], cp[c]);
-        if (skern_build(t, &k[c], name))
-            return -1;
-        KT_CU(t, cuFuncSetAttribute(k[c].f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                                    k[c].smem));
-    }
+    if (bench_columns(t, &base, s, BENCH4_COLS, cw, cs, cp, k))
+        return -1;
     int regs = 0;
     KT_CU(t, cuFuncGetAttribute(&regs, CU_FUNC_ATTRIBUTE_NUM_REGS, k[0].f));
     const size_t wbytes = (size_t)N * K / 2, zbytes = (size_t)N * (K / G) * 8;
@@ -826,8 +847,7 @@ static int bench_int4_shape(kt *t, sbench *b, int s, double copy_bw)
         pmax = skern_part(&k[c], MMOST) > pmax ? skern_part(&k[c], MMOST) : pmax;
     b->part = kt_alloc(t, sizeof(float) * (size_t)(pmax ? pmax : 1));
     const int ncnt = base.units * skern_groups(&base, MMOST);
-    unsigned *cnt = xcalloc((size_t)ncnt, sizeof(unsigned));
-    b->count = kt_upload(t, cnt, sizeof(unsigned) * (size_t)ncnt);
+    b->count = bench_counters(t, ncnt);
     int rc = 0;
     for (size_t mi = 0; mi < sizeof ms / sizeof ms[0] && rc == 0; mi++) {
         const int M = ms[mi];
@@ -845,14 +865,8 @@ static int bench_int4_shape(kt *t, sbench *b, int s, double copy_bw)
 #undef GBS
         fflush(stdout);
     }
-    kt_download(t, cnt, b->count, sizeof(unsigned) * (size_t)ncnt);
-    for (int i = 0; i < ncnt && rc == 0; i++)
-        if (cnt[i]) {
-            fprintf(stderr, "bench skinny_int4: %s: count[%d] = %u after the launches\n",
-                    llama[s].name, i, cnt[i]);
-            rc = -1;
-        }
-    free(cnt);
+    if (rc == 0)
+        rc = bench_counters_left_zero(t, "skinny_int4", llama[s].name, b->count, ncnt);
     for (int i = 0; i < b->copies; i++) {
         kt_free(t, b->w[i]);
         kt_free(t, b->sz[i]);
