@@ -9,7 +9,8 @@
 # Each variant is NAME:ASSIGNMENTS[:OPTIONS], the assignments (VAR=VALUE, comma-separated, no
 # spaces; none: "NAME:") being the environment of its `kilnc compile` (KILN_ARCHSPECS pointing at
 # a copy of the tree whose templates the caller changed: kilnc takes templates/ and kernels/ beside
-# it), and OPTIONS (comma-separated) more kilnc compile options. Each variant
+# it; KILNC=PATH, another kilnc binary: a lowering rule of compiler/ changed), and OPTIONS
+# (comma-separated) more kilnc compile options. Each variant
 # is compiled from the same checkpoint (kilnc synth --like, shared with bench.sh's
 # /tmp/kiln-bench/hf-SHAPE), benched AB_ROUNDS times with `kiln bench --batch AB_BATCH --prefill
 # AB_PREFILL`, and deleted (an 8B artifact is 15 GiB: the disk holds the checkpoint and two; AB_KEEP=NAME
@@ -49,8 +50,10 @@ for v in $AB_VARIANTS; do
   ART=$W/ab-$SHAPE-$name
   rm -rf $ART
   t0=$(date +%s)
+  kilnc=$BIN/kilnc
+  for kv in ${envs//,/ }; do case $kv in KILNC=*) kilnc=${kv#KILNC=} ;; esac; done
   # shellcheck disable=SC2086
-  if env ${envs//,/ } $BIN/kilnc compile $HF -o $ART --sm 90a $COMPILE ${opts//,/ } > $LOG/compile-$name.log 2>&1; then
+  if env ${envs//,/ } $kilnc compile $HF -o $ART --sm 90a $COMPILE ${opts//,/ } > $LOG/compile-$name.log 2>&1; then
     echo "ab.sh: $name ($envs ${opts//,/ }): compiled in $(( $(date +%s) - t0 )) s"
     names+=("$name")
     for r in $(seq 1 "${AB_ROUNDS:-2}"); do
