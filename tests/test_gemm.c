@@ -242,8 +242,9 @@ static void test_int4_skinny_steps(void **state)
     for (size_t f = 0; f < ARRAY_LEN(cases); f++)
         for (int mode = 0; mode < 4; mode++) { /* default, --gemm kiln, invariant, 8 tokens */
             kc c;
-            kc_opts o = {.need_weights = 1, .max_seq_len = 128, .max_seqs = 200, .max_tokens = 256,
-                         .quant_mode = cases[f].q, .gemm_kiln = mode == 1 || mode == 2,
+            kc_opts o = {.need_weights = 1, .max_seq_len = 128, .max_seqs = 1000,
+                         .max_tokens = 1024, .quant_mode = cases[f].q,
+                         .gemm_kiln = mode == 1 || mode == 2,
                          .batch_invariant = mode == 2};
             if (mode == 3)
                 o.max_tokens = o.max_seqs = 8;
@@ -302,7 +303,7 @@ static void test_int4_skinny_steps(void **state)
                                  KILN_SKINNY4_SMEM(KILN_SKINNY_MAX, warps, stages, (int)G));
                 const long units =
                     (KILN_GEMV_TILES(N, gt) + KILN_SKINNY4_RT - 1) / KILN_SKINNY4_RT;
-                for (long T = 9; T <= 200; T += 55) { /* 9, 64, 119, 174 rows */
+                for (long T = 9; T <= 1000; T += 55) { /* 9, 64, 119, ..., 999 rows */
                     assert_int_equal(grid_at(&k->grid[0], T, T), (T + 63) / 64);
                     assert_int_equal(grid_at(&k->grid[1], T, T), (units + warps - 1) / warps);
                     assert_int_equal(grid_at(&k->grid[2], T, T), splits);
@@ -314,6 +315,29 @@ static void test_int4_skinny_steps(void **state)
                 assert_int_equal(k->args[8].kind, KA_ARG_M);
                 assert_int_equal(k->args[7].kind, KA_ARG_SCRATCH);
                 assert_int_equal(k->args[6].kind, splits > 1 ? KA_ARG_SCRATCH : KA_ARG_NULL);
+                /* scratch for the most row groups a decode step has (max_seqs 1000: 16): the
+                 * counters, [groups][units], before every node's temporaries (a region sized for
+                 * one group fails here); the partials, [groups] x KILN_SKINNY_PART floats, before
+                 * the node's next temporary (the weight dequantised for its prefill GEMM), where
+                 * K has parts (not in these fixtures: K is one or two slices) */
+                const long long groups = (o.max_seqs + KILN_SKINNY_MAX - 1) / KILN_SKINNY_MAX;
+                const long long cend = k->args[7].i + 4 * groups * units;
+                const ka_step *p = l->m.prefill;
+                long long dq = -1;
+                for (int j = 0; j < l->m.nprefill && dq < 0; j++)
+                    if (p[j].kind == KA_KERNEL && strcmp(p[j].label, d[i].label) == 0 &&
+                        is_op(l->m.kernels[p[j].kernel].name, "dequant_int4"))
+                        dq = p[j].args[3].i;
+                if (dq < 0)
+                    fail_msg("%s: %s has no dequant_int4 step in prefill", cases[f].fx,
+                             d[i].label);
+                assert_true(cend <= dq);
+                if (splits > 1) {
+                    const long long pf =
+                        KILN_SKINNY_PART(splits, units * KILN_SKINNY4_RT, KILN_SKINNY_MAX);
+                    assert_true(k->args[6].i >= cend);
+                    assert_true(k->args[6].i + 4 * groups * pf <= dq);
+                }
             }
             if (n4 == 0)
                 fail_msg("%s mode %d: no INT4 GEMV (the test proves nothing)", cases[f].fx, mode);
