@@ -497,16 +497,14 @@ void lower_skinny_shape(int64_t N, int64_t K, int gated, int g4, int smem_block,
                         int *splits, int *stages)
 {
     const int64_t want = g4 ? 192 : 96;
-    int64_t tiles = KILN_GEMV_TILES(N, gated);
-    int64_t units = g4 ? (tiles + KILN_SKINNY4_RT - 1) / KILN_SKINNY4_RT : tiles;
+    int64_t units = KILN_SKINNY_UNITS(N, gated, g4);
     int64_t slices = (K + KILN_SKINNY_KC - 1) / KILN_SKINNY_KC, best = 0;
     *warps = 8;
     *splits = 1;
     *stages = 0;
     for (int wp = g4 ? 4 : 8; wp >= 4 && best < want; wp /= 2) {
         int st = g4 ? 3 : 4;
-        while (st >= 2 && (g4 ? KILN_SKINNY4_SMEM(KILN_SKINNY_MAX, wp, st, g4)
-                              : KILN_SKINNY_SMEM(KILN_SKINNY_MAX, wp, st)) > smem_block)
+        while (st >= 2 && KILN_SKINNY_RING(KILN_SKINNY_MAX, wp, st, g4) > smem_block)
             st--;
         if (st < 2)
             continue;
@@ -612,17 +610,15 @@ static void skinny_push(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg sc,
     int warps, splits, stages;
     lower_skinny_shape(N, K, gated, (int)g4, skinny_smem(w), &warps, &splits, &stages);
     assert(stages > 0); /* w->skinny and w->skinny4 hold only where the smallest ring fits */
-    int64_t tiles = KILN_GEMV_TILES(N, gated);
-    int64_t units = g4 ? (tiles + KILN_SKINNY4_RT - 1) / KILN_SKINNY4_RT : tiles;
-    int64_t pf = KILN_SKINNY_PART(splits, g4 ? units * KILN_SKINNY4_RT : tiles, KILN_SKINNY_MAX) *
+    int64_t units = KILN_SKINNY_UNITS(N, gated, g4);
+    int64_t pf = KILN_SKINNY_PART(splits, units * (g4 ? KILN_SKINNY4_RT : 1), KILN_SKINNY_MAX) *
                  (g4 ? skinny4_groups(w) : 1);
     ka_arg part = pf ? A(KA_ARG_SCRATCH, scratch_at(w, pf * 4)) : ANULL();
     char tail[32] = "";
     if (g4)
         snprintf(tail, sizeof tail, ", %lld", (long long)g4);
     int k = kern(w, g4 ? "gemm_skinny_int4" : "gemm_skinny", 32 * warps,
-                 g4 ? KILN_SKINNY4_SMEM(KILN_SKINNY_MAX, warps, stages, (int)g4)
-                    : KILN_SKINNY_SMEM(KILN_SKINNY_MAX, warps, stages),
+                 KILN_SKINNY_RING(KILN_SKINNY_MAX, warps, stages, (int)g4),
                  g4 ? "const kiln_step st, const DT *x, const unsigned char *w, const uint2 *sz, "
                       "const DT *bias, void *y, float *part, unsigned *count, int M"
                     : "const kiln_step st, const DT *x, const DT *w, const DT *bias, void *y, "

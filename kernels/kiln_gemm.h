@@ -81,10 +81,18 @@
  *   count: unsigned [groups * UNITS], zero before the first launch, and every launch leaves it
  *   zero (groups: the most row groups a launch has). */
 #define KILN_SKINNY4_RT 2
+/* The units (a warp's tiles) of an [n, K] weight: a tile each in gemm_skinny (g4 0), KILN_SKINNY4_RT
+ * in gemm_skinny_int4 (g4: its group size), the last one partial. */
+#define KILN_SKINNY_UNITS(n, gated, g4)                                                           \
+    ((g4) ? (KILN_GEMV_TILES(n, gated) + KILN_SKINNY4_RT - 1) / KILN_SKINNY4_RT                   \
+          : KILN_GEMV_TILES(n, gated))
 #define KILN_SKINNY4_SZS(g) ((g) % 128 == 0 ? 1 : 127 / (g) + 2)
 #define KILN_SKINNY4_SMEM(mmax, warps, stages, g)                                                 \
     ((stages) * ((mmax) * KILN_SKINNY_KC * 2 +                                                    \
                  (warps) * KILN_SKINNY4_RT * 16 * (KILN_SKINNY_KC / 2 + KILN_SKINNY4_SZS(g) * 8)))
+/* The ring's bytes of gemm_skinny (g4 0) or gemm_skinny_int4 (g4 its group size). */
+#define KILN_SKINNY_RING(mmax, warps, stages, g4)                                                 \
+    ((g4) ? KILN_SKINNY4_SMEM(mmax, warps, stages, g4) : KILN_SKINNY_SMEM(mmax, warps, stages))
 #define KILN_SKINNY_PART(splits, tiles, mmax)                                                     \
     ((splits) > 1 ? (long long)(splits) * (long long)(tiles) * (mmax) * 16 : 0LL)
 

@@ -301,8 +301,7 @@ static void test_int4_skinny_steps(void **state)
                 assert_int_equal(l->m.kernels[k->kernel].block, 32 * warps);
                 assert_int_equal(l->m.kernels[k->kernel].smem,
                                  KILN_SKINNY4_SMEM(KILN_SKINNY_MAX, warps, stages, (int)G));
-                const long units =
-                    (KILN_GEMV_TILES(N, gt) + KILN_SKINNY4_RT - 1) / KILN_SKINNY4_RT;
+                const long units = KILN_SKINNY_UNITS(N, gt, G);
                 for (long T = 9; T <= 1000; T += 55) { /* 9, 64, 119, ..., 999 rows */
                     assert_int_equal(grid_at(&k->grid[0], T, T), (T + 63) / 64);
                     assert_int_equal(grid_at(&k->grid[1], T, T), (units + warps - 1) / warps);

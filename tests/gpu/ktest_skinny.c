@@ -96,8 +96,7 @@ static void smem_block_of(kt *t)
 /* The dynamic shared memory of a block of k (kernels/kiln_gemm.h). */
 static int skern_smem(const skern *k)
 {
-    return k->g4 ? KILN_SKINNY4_SMEM(k->mmax, k->warps, k->stages, k->g4)
-                 : KILN_SKINNY_SMEM(k->mmax, k->warps, k->stages);
+    return KILN_SKINNY_RING(k->mmax, k->warps, k->stages, k->g4);
 }
 
 /* lower_skinny_shape's WARPS, SPLITS and STAGES where k has none, then the launch rule's numbers
@@ -114,7 +113,7 @@ static void skern_shape(skern *k)
         k->stages = st;
     k->nout = k->gated ? k->N / 2 : k->N;
     k->tiles = (int)KILN_GEMV_TILES(k->N, k->gated);
-    k->units = k->g4 ? (k->tiles + KILN_SKINNY4_RT - 1) / KILN_SKINNY4_RT : k->tiles;
+    k->units = KILN_SKINNY_UNITS(k->N, k->gated, k->g4);
     k->smem = skern_smem(k);
 }
 
@@ -125,7 +124,7 @@ static int skern_groups(const skern *k, int M) { return k->g4 ? (M + k->mmax - 1
 /* Floats of k's part scratch for M rows (0 for SPLITS 1). */
 static long long skern_part(const skern *k, int M)
 {
-    return KILN_SKINNY_PART(k->splits, k->g4 ? k->units * KILN_SKINNY4_RT : k->tiles, k->mmax) *
+    return KILN_SKINNY_PART(k->splits, k->units * (k->g4 ? KILN_SKINNY4_RT : 1), k->mmax) *
            skern_groups(k, M);
 }
 
