@@ -920,10 +920,7 @@ static int low_linear(lw *w, int id)
      * more than the GEMV's re-reads of a weight tile from L2 by its row groups) and longer
      * prefill steps dequantise the weight into scratch for the GEMM. INT4's decode steps of more
      * than GEMV_MAX rows take gemm_skinny_int4 (the weight read and converted once for every 64
-     * rows; w->skinny4), or where its ring cannot fit, the GEMV in groups of
-     * LOWER_GEMV_GROUP_INVARIANT rows: each group converts its whole weight tile (a lop3 and one
-     * or two fma per pair of weights, the most of its instructions), so groups of 16 halve that
-     * work against 8 (the batch-invariant build's groups already are 16). */
+     * rows; w->skinny4) but with --batch-invariant, whose GEMV keeps its fixed groups. */
     qrows_kind qk;
     int64_t qb = quant_block(w, n->in[1], K, &qk), nout = gated ? N / 2 : N;
     int gemm_which = BOTH;
@@ -944,12 +941,6 @@ static int low_linear(lw *w, int id)
         if (qk == QROWS_INT4 && w->skinny4) {
             push(w, DEC, &s);
             skinny_push(w, n, x, wt, sc, qb ? qb : K, bias, y, N, K, gated, n->epi_act, 0);
-        } else if (qk == QROWS_INT4 && !w->c->batch_invariant) {
-            push(w, DEC, &s);
-            s = gemv_step_grouped(w, n, x, wt, sc, qk, qb, bias, y, N, K, gated, n->epi_act, 0,
-                                  KA_ROWS_T, LOWER_GEMV_GROUP_INVARIANT);
-            s.size = KA_SIZE_LARGE;
-            push(w, DEC, &s);
         } else {
             s.size = KA_SIZE_ANY;
             push(w, DEC, &s);

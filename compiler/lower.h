@@ -50,8 +50,7 @@ char *codegen_source(const lowered *l, const char *model_name);
 int lower_gemv_threads(int64_t N, int64_t K, int gated, int step);
 /* Rows per group of the GEMV (its MMAX) in a --batch-invariant artifact, whose decode schedule runs
  * it at every batch: 16 (two 8-column tiles per mma chain) reads each weight tile half as often as
- * 8 at batches over 8. The default build's GEMV takes up to 8 rows (gemv_max), one group of 8,
- * except an INT4 weight's in decode steps of more rows: groups of 16 (lower.c's low_linear). */
+ * 8 at batches over 8. The default build's GEMV takes up to 8 rows (gemv_max), one group of 8. */
 #define LOWER_GEMV_GROUP_INVARIANT 16
 
 /* The shared memory one block may opt in to on sm_XY (CUDA's per-architecture limit): 227 KiB on

@@ -231,7 +231,7 @@ static int is_op(const char *name, const char *op)
  * gemm_skinny_int4 past them (size large; the same weight, sz and shape, G the GEMV's; warps,
  * splits and ring lower_skinny_shape's for the targets' shared memory; block, shared memory and
  * grid kernels/kiln_gemm.h's: row groups of 64 rows), and nothing else. With --batch-invariant,
- * or when no step has more than gemv_max rows, none. */
+ * or when no step has more than gemv_max rows, none (the GEMV takes every decode step). */
 static void test_int4_skinny_steps(void **state)
 {
     (void)state;
@@ -258,7 +258,7 @@ static void test_int4_skinny_steps(void **state)
                 if (is_op(l->m.kernels[d[i].kernel].name, "gemm_skinny_int4"))
                     nsk++;
                 if (!is_op(l->m.kernels[d[i].kernel].name, "gemv_int4") ||
-                    d[i].size != (mode == 2 ? KA_SIZE_ANY : KA_SIZE_SMALL))
+                    d[i].size != (mode >= 2 ? KA_SIZE_ANY : KA_SIZE_SMALL))
                     continue;
                 n4++;
                 if (mode >= 2)
