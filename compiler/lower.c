@@ -522,13 +522,15 @@ void lower_skinny_shape(int64_t N, int64_t K, int gated, int g4, int smem_block,
     }
 }
 
-/* The GEMV step (decode-sized rows) in row groups of mmax rows (the template's MMAX).
- * rows: KA_ROWS_T or KA_ROWS_S. qk: QROWS_NONE (gemv), or the quantised weight wt with its scales
- * sc and their K block qb (0 for one per row): gemv_fp8 or gemv_int4. */
-static ka_step gemv_step_grouped(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg sc,
-                                 qrows_kind qk, int64_t qb, ka_arg bias, ka_arg y, int64_t N,
-                                 int64_t K, int gated, int act, int out_f32, ka_rows rows, int mmax)
+/* The GEMV step (decode-sized rows) in row groups of mmax rows (the template's MMAX): GEMV_MAX, or
+ * LOWER_GEMV_GROUP_INVARIANT with --batch-invariant. rows: KA_ROWS_T or KA_ROWS_S. qk: QROWS_NONE
+ * (gemv), or the quantised weight wt with its scales sc and their K block qb (0 for one per row):
+ * gemv_fp8 or gemv_int4. */
+static ka_step gemv_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg sc, qrows_kind qk,
+                         int64_t qb, ka_arg bias, ka_arg y, int64_t N, int64_t K, int gated,
+                         int act, int out_f32, ka_rows rows)
 {
+    const int mmax = w->c->batch_invariant ? LOWER_GEMV_GROUP_INVARIANT : GEMV_MAX;
     static const char *const fam[] = {"gemv", "gemv_fp8", "gemv_int4"};
     static const char *const par[] = {
         "const kiln_step st, const DT *x, const DT *w, const DT *bias, void *y, int M",
@@ -565,16 +567,6 @@ static ka_step gemv_step_grouped(lw *w, const kg_node *n, ka_arg x, ka_arg wt, k
     add_arg(&s, y);
     add_arg(&s, A(KA_ARG_M, 0));
     return s;
-}
-
-/* The GEMV step in row groups of GEMV_MAX rows, or LOWER_GEMV_GROUP_INVARIANT with
- * --batch-invariant. */
-static ka_step gemv_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg sc, qrows_kind qk,
-                         int64_t qb, ka_arg bias, ka_arg y, int64_t N, int64_t K, int gated,
-                         int act, int out_f32, ka_rows rows)
-{
-    return gemv_step_grouped(w, n, x, wt, sc, qk, qb, bias, y, N, K, gated, act, out_f32, rows,
-                             w->c->batch_invariant ? LOWER_GEMV_GROUP_INVARIANT : GEMV_MAX);
 }
 
 int lower_smem_optin(int sm)
