@@ -50,6 +50,16 @@ const char *ka_size_label(ka_size size)
     return (unsigned)size < ARRAY_LEN(l) ? l[size] : " [?]";
 }
 
+int ka_kernel_is(const ka_kernel *k, const char *op)
+{
+    const char *p = k->name;
+    if (*p++ != 'k' || *p < '0' || *p > '9')
+        return 0;
+    while (*p >= '0' && *p <= '9')
+        p++;
+    return *p == '_' && strcmp(p + 1, op) == 0;
+}
+
 int64_t ka_kv_block_bytes(const ka_manifest *m, int l, int v)
 {
     const ka_layer *y = &m->layers[l];

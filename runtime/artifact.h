@@ -328,6 +328,8 @@ const char *ka_arg_kind_name(ka_arg_kind k);
  * (" [rows <= gemv_max]", ..., "" for any). */
 int ka_size_runs(const ka_manifest *m, ka_size size, int64_t rows);
 const char *ka_size_label(ka_size size);
+/* Whether kernel k is an instance of template function `op`: its name is k<i>_<op> (lower.c). */
+int ka_kernel_is(const ka_kernel *k, const char *op);
 
 /* Bytes of one KV block (KILN_BLOCK tokens) of layer l's K cache (v = 0) or V cache (v = 1): the
  * compute dtype's 2 bytes a value, or with kv_e4m3 the FP8 layout's. The runtime's sizes and

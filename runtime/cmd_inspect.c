@@ -165,12 +165,9 @@ int cmd_inspect(int argc, char **argv)
                     : "dequantise them into bf16 for the GEMM (weight-only)");
     if (int4) {
         int sk4 = 0; /* decode steps of more than gemv_max rows on gemm_skinny_int4 */
-        for (int i = 0; i < m->ndecode && !sk4; i++) {
-            const char *k = m->decode[i].kind == KA_KERNEL
-                                ? strstr(m->kernels[m->decode[i].kernel].name, "_gemm_skinny_int4")
-                                : NULL;
-            sk4 = k && k[strlen("_gemm_skinny_int4")] == '\0';
-        }
+        for (int i = 0; i < m->ndecode && !sk4; i++)
+            sk4 = m->decode[i].kind == KA_KERNEL &&
+                  ka_kernel_is(&m->kernels[m->decode[i].kernel], "gemm_skinny_int4");
         printf("int4         %d linear weights in 4 bits with scales and zero points per group; "
                "prefill steps of more than %d rows dequantise them into %s for the GEMM",
                int4, m->gemv_max, m->dtype);

@@ -839,12 +839,9 @@ static int init_p2p(kmodel *m, kerr *err)
     m->p2p_cap = 0;
     if (!m->m->collectives)
         return 0;
-    size_t suf = strlen("_" KILN_P2P_KERNEL);
-    for (int i = 0; i < man->nkernels && m->p2p_kernel < 0; i++) {
-        size_t len = strlen(man->kernels[i].name);
-        if (len > suf && strcmp(man->kernels[i].name + len - suf, "_" KILN_P2P_KERNEL) == 0)
+    for (int i = 0; i < man->nkernels && m->p2p_kernel < 0; i++)
+        if (ka_kernel_is(&man->kernels[i], KILN_P2P_KERNEL))
             m->p2p_kernel = i;
-    }
     if (m->p2p_kernel >= 0 && man->kernels[m->p2p_kernel].block != KILN_P2P_THREADS)
         return kerr_add(err, "%s: kernel %s has %d threads per block, this kiln launches it with "
                              "%d: recompile the model with this kilnc (kilnc compile --tp %d)",

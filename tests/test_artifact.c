@@ -1237,6 +1237,28 @@ static void test_size_rows(void **state)
     assert_string_equal(ka_size_label(KA_SIZE_ANY), "");
 }
 
+/* ka_kernel_is: k<digits>_<op> exactly, whatever op's own underscores; nothing else. */
+static void test_kernel_is(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *name, *op;
+        int is;
+    } c[] = {
+        {"k12_allreduce_p2p", "allreduce_p2p", 1}, {"k0_gemm_skinny_int4", "gemm_skinny_int4", 1},
+        {"k3_gemm_skinny_int4", "gemm_skinny", 0}, {"k3_gemm_skinny", "gemm_skinny_int4", 0},
+        {"k3_gemm_skinny_int4", "skinny_int4", 0}, {"k_allreduce_p2p", "allreduce_p2p", 0},
+        {"kx1_allreduce_p2p", "allreduce_p2p", 0}, {"k1allreduce_p2p", "allreduce_p2p", 0},
+        {"", "allreduce_p2p", 0},                  {"k1_", "", 1},
+        {"x1_allreduce_p2p", "allreduce_p2p", 0},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(c); i++) {
+        ka_kernel k = {.name = (char *)c[i].name};
+        if (ka_kernel_is(&k, c[i].op) != c[i].is)
+            fail_msg("kernel '%s' of op '%s': expected %d", c[i].name, c[i].op, c[i].is);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1249,6 +1271,7 @@ int main(void)
         cmocka_unit_test(test_labels_fields),
         cmocka_unit_test(test_gemm_field),
         cmocka_unit_test(test_size_rows),
+        cmocka_unit_test(test_kernel_is),
         cmocka_unit_test(test_batch_invariant_field),
         cmocka_unit_test(test_shard_pristine),
         cmocka_unit_test(test_shard_of_another_model),
