@@ -142,7 +142,8 @@ static void compare_schedules(const char *fx, const char *which, const lowered *
     int j = 0;
     for (int i = 0; i < nc; i++, j++) {
         for (; j < nk && k[j].size == KA_SIZE_MID; j++) {
-            if (k[j].kind != KA_KERNEL || !strstr(lk->m.kernels[k[j].kernel].name, "_gemm_skinny"))
+            if (k[j].kind != KA_KERNEL ||
+                !ka_kernel_is(&lk->m.kernels[k[j].kernel], "gemm_skinny"))
                 fail_msg("%s %s step %d (%s): size mid, not the skinny GEMM", fx, which, j,
                          k[j].label);
             assert_string_equal(k[j].label, c[i - 1].label);
@@ -219,13 +220,6 @@ static void test_steps_replace_cublaslt(void **state)
         }
 }
 
-/* Whether kernel name `name` (k<i>_<op>) is op's. */
-static int is_op(const char *name, const char *op)
-{
-    const char *u = strchr(name, '_');
-    return u && strcmp(u + 1, op) == 0;
-}
-
 /* An INT4 linear's decode steps (kilnc compile --quant int4, and a published AWQ checkpoint), in
  * the default build and with --gemm kiln: its GEMV of up to gemv_max rows (size small), then
  * gemm_skinny_int4 past them (size large; the same weight, sz and shape, G the GEMV's; warps,
@@ -255,9 +249,9 @@ static void test_int4_skinny_steps(void **state)
             for (int i = 0; i < l->m.ndecode; i++) {
                 if (d[i].kind != KA_KERNEL)
                     continue;
-                if (is_op(l->m.kernels[d[i].kernel].name, "gemm_skinny_int4"))
+                if (ka_kernel_is(&l->m.kernels[d[i].kernel], "gemm_skinny_int4"))
                     nsk++;
-                if (!is_op(l->m.kernels[d[i].kernel].name, "gemv_int4") ||
+                if (!ka_kernel_is(&l->m.kernels[d[i].kernel], "gemv_int4") ||
                     d[i].size != (mode >= 2 ? KA_SIZE_ANY : KA_SIZE_SMALL))
                     continue;
                 n4++;
@@ -268,7 +262,7 @@ static void test_int4_skinny_steps(void **state)
                              d[i].label);
                 const ka_step *k = &d[i + 1];
                 if (k->kind != KA_KERNEL ||
-                    !is_op(l->m.kernels[k->kernel].name, "gemm_skinny_int4") ||
+                    !ka_kernel_is(&l->m.kernels[k->kernel], "gemm_skinny_int4") ||
                     k->size != KA_SIZE_LARGE || strcmp(k->label, d[i].label) != 0)
                     fail_msg("%s mode %d: after %s's GEMV, not its gemm_skinny_int4 (size large)",
                              cases[f].fx, mode, d[i].label);
@@ -325,7 +319,7 @@ static void test_int4_skinny_steps(void **state)
                 long long dq = -1;
                 for (int j = 0; j < l->m.nprefill && dq < 0; j++)
                     if (p[j].kind == KA_KERNEL && strcmp(p[j].label, d[i].label) == 0 &&
-                        is_op(l->m.kernels[p[j].kernel].name, "dequant_int4"))
+                        ka_kernel_is(&l->m.kernels[p[j].kernel], "dequant_int4"))
                         dq = p[j].args[3].i;
                 if (dq < 0)
                     fail_msg("%s: %s has no dequant_int4 step in prefill", cases[f].fx,
