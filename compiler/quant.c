@@ -997,26 +997,46 @@ static inline float e4m3_round(float y)
     return v;
 }
 
-/* The squared error of row [n] on e4m3 x s, or any value >= bound once the sum reaches it (a
- * candidate no better than the best so far is dropped there: the searches' cost, 80 passes over
- * the weights, is mostly of the candidates that lose early). */
-SEARCH_FAST static double fp8_err(const float *row, int64_t n, float s, double bound)
+/* The clamp to 0..15 by comparisons: as fminf(fmaxf(v, 0), 15), NaN included (it gives 0), without
+ * libm's calls (not inlined at -O2), so the search below vectorises. */
+static inline float int4_value(float w, float s, float z)
+{
+    float v = rintf(w / s) + z;
+    v = v > 0.0f ? v : 0.0f;
+    v = v < 15.0f ? v : 15.0f;
+    return (v - z) * s; /* |q - z| <= 15, s of 8 (bf16) or 11 (f16) bits: exact */
+}
+
+/* The squared error of w [n] on a grid, or any value >= bound once the sum reaches it (a candidate
+ * no better than the best so far is dropped there: the searches' cost, 80 passes over the weights,
+ * is mostly of the candidates that lose early): int4, the grid s, z (int4_value); else e4m3 x s.
+ * Inlined into fp8_err and int4_err (each its own clones), where int4 is a constant. */
+static inline __attribute__((always_inline)) double grid_err(const float *w, int64_t n, int int4,
+                                                             float s, float z, double bound)
 {
     double e = 0, d2[SEARCH_CHUNK];
     int64_t k0 = 0;
     for (; k0 + SEARCH_CHUNK <= n && e < bound; k0 += SEARCH_CHUNK) {
         for (int i = 0; i < SEARCH_CHUNK; i++) {
-            double d = (double)row[k0 + i] - (double)(e4m3_round(row[k0 + i] / s) * s);
+            const float v = int4 ? int4_value(w[k0 + i], s, z) : e4m3_round(w[k0 + i] / s) * s;
+            double d = (double)w[k0 + i] - (double)v;
             d2[i] = d * d;
         }
         for (int i = 0; i < SEARCH_CHUNK; i++)
             e += d2[i];
     }
     for (; k0 < n && e < bound; k0++) {
-        double d = (double)row[k0] - (double)(e4m3_round(row[k0] / s) * s);
+        const float v = int4 ? int4_value(w[k0], s, z) : e4m3_round(w[k0] / s) * s;
+        double d = (double)w[k0] - (double)v;
         e += d * d;
     }
     return e;
+}
+
+/* The squared error of row [n] on e4m3 x s (grid_err). */
+SEARCH_FAST static double fp8_err(const float *row, int64_t n, float s, double bound)
+{
+    return grid_err(row, n, 0, s, 0.0f, bound);
 }
 
 /* absmax x p / 448 for the p of the search above: values past 448 x s saturate. e4m3 keeps 3
@@ -1069,16 +1089,6 @@ static float to_dt(float x, st_dtype dt)
                         : util_bf16_to_f32(util_f32_to_bf16(x));
 }
 
-/* The clamp to 0..15 by comparisons: as fminf(fmaxf(v, 0), 15), NaN included (it gives 0), without
- * libm's calls (not inlined at -O2), so the search below vectorises. */
-static inline float int4_value(float w, float s, float z)
-{
-    float v = rintf(w / s) + z;
-    v = v > 0.0f ? v : 0.0f;
-    v = v < 15.0f ? v : 15.0f;
-    return (v - z) * s; /* |q - z| <= 15, s of 8 (bf16) or 11 (f16) bits: exact */
-}
-
 float quant_int4_value(float w, float s, float z) { return int4_value(w, s, z); }
 
 /* The grid of the range [lo, hi] (lo <= 0 <= hi): s = (hi - lo) / 15 in dt, z = rint(-lo / s)
@@ -1116,25 +1126,10 @@ int quant_int4_params(const float *w, int64_t n, st_dtype dt, float *scale, floa
     return int4_range(lo, hi, dt, scale, zero);
 }
 
-/* The squared error of w [n] on the grid s, z, or any value >= bound once the sum reaches it
- * (as fp8_err). */
+/* The squared error of w [n] on the INT4 grid s, z (grid_err). */
 SEARCH_FAST static double int4_err(const float *w, int64_t n, float s, float z, double bound)
 {
-    double e = 0, d2[SEARCH_CHUNK];
-    int64_t k0 = 0;
-    for (; k0 + SEARCH_CHUNK <= n && e < bound; k0 += SEARCH_CHUNK) {
-        for (int i = 0; i < SEARCH_CHUNK; i++) {
-            double d = (double)w[k0 + i] - (double)int4_value(w[k0 + i], s, z);
-            d2[i] = d * d;
-        }
-        for (int i = 0; i < SEARCH_CHUNK; i++)
-            e += d2[i];
-    }
-    for (; k0 < n && e < bound; k0++) {
-        double d = (double)w[k0] - (double)int4_value(w[k0], s, z);
-        e += d * d;
-    }
-    return e;
+    return grid_err(w, n, 1, s, z, bound);
 }
 
 /* Round to nearest's grid of a group (quant.h): the clipping search (above) of [lo, hi], both
