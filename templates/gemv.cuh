@@ -209,6 +209,24 @@ struct int_tag {
     static constexpr int value = V;
 };
 
+// run(int_tag<E>()) for E the fewest of 1, 2, 4 and MAXT (tiles of rows) that hold `need` tiles
+// (need <= MAXT): the skinny kernels' one code path per count of column or row tiles, with no
+// test of M inside their loops.
+template <int MAXT, typename Run>
+__device__ __forceinline__ void by_tiles(int need, Run &&run)
+{
+    if constexpr (MAXT > 1)
+        if (need <= 1)
+            return run(int_tag<1>());
+    if constexpr (MAXT > 2)
+        if (need <= 2)
+            return run(int_tag<2>());
+    if constexpr (MAXT > 4)
+        if (need <= 4)
+            return run(int_tag<4>());
+    run(int_tag<MAXT>());
+}
+
 // The launch shape gemv, gemv_fp8 and gemv_int4 share (the launch rule at the top of the file):
 // the checks on their common template arguments, and what follows from them. NOUT output columns
 // (the row stride of y), OPB outputs a block (one 16-row tile: 16 rows, or 8 gate rows and their
@@ -876,14 +894,7 @@ __device__ __forceinline__ void gemm_skinny(const kiln_step st, const DT *x, con
                     }
             }
     };
-    const int need = (M + 15) / 16;
-    if constexpr (MT >= 2)
-        if (need <= 1)
-            return run(gemv_detail::int_tag<1>());
-    if constexpr (MT >= 4)
-        if (need <= 2)
-            return run(gemv_detail::int_tag<2>());
-    run(gemv_detail::int_tag<MT>());
+    gemv_detail::by_tiles<MT>((M + 15) / 16, run);
 }
 
 // gemv_fp8 — the same GEMV with an FP8 (e4m3) weight: y[m, n] = (x[m] · q[n]) * scale (+ bias[n]),
@@ -1384,15 +1395,7 @@ __device__ __forceinline__ void gemm_skinny_int4(const kiln_step st, const DT *x
                 gemv_detail::store_tile<DT, N, E, BIAS, GATED, ACT, OUT_F32>(
                     acc[i], nullptr, bias, y, row0, unit * RT + i, M);
     };
-    const int need = (M + 7) / 8;
-    if (need <= 1)
-        return run(gemv_detail::int_tag<1>());
-    if (need <= 2)
-        return run(gemv_detail::int_tag<2>());
-    if constexpr (NT >= 8)
-        if (need <= 4)
-            return run(gemv_detail::int_tag<4>());
-    run(gemv_detail::int_tag<NT>());
+    gemv_detail::by_tiles<NT>((M + 7) / 8, run);
 }
 
 // dequant_int4 — gemv_int4's weight (w [N, K/2] bytes and sz [N, K/G] in its layout) as a DT
