@@ -1402,9 +1402,12 @@ __device__ __forceinline__ void gemm_skinny_int4(const kiln_step st, const DT *x
 // [N, K] matrix in natural order: out[n, k] = DT((q - z) * s), one rounding (gemv_detail::int4x8:
 // bit for bit the values gemv_int4's general path multiplies; its factored path, G % 128 == 0,
 // multiplies the exact (q - z) * s). For a GEMM of more rows than the GEMV takes, into scratch.
-// Launch rule: grid (ceil(N * K / 32 / THREADS)), block THREADS; a thread converts one 16-byte
-// chunk (32 elements, 64 bytes of out). Preconditions: gemv_int4's on K and G; w and out 16-byte
-// aligned.
+// A block converts 4 * THREADS consecutive 32-bit words of w (8 elements each, N * K / 8 in all:
+// K % 32 == 0, so a word never straddles rows): thread t words t, t + THREADS, ..., so that each
+// of a warp's loads reads 128 consecutive bytes and each of its stores writes 512, all four
+// loads before the first store.
+// Launch rule: grid (ceil(N * K / 32 / THREADS)), block THREADS. Preconditions: gemv_int4's on K
+// and G; w 4-byte and out 16-byte aligned.
 template <typename DT, int N, int K, int G, int THREADS>
 __device__ __forceinline__ void dequant_int4(const kiln_step st, const unsigned char *w,
                                              const uint2 *sz, DT *out)
@@ -1416,18 +1419,27 @@ __device__ __forceinline__ void dequant_int4(const kiln_step st, const unsigned 
     static_assert(THREADS % 32 == 0 && THREADS >= 32 && THREADS <= 1024,
                   "dequant_int4: THREADS must be a multiple of 32, at most 1024");
     (void)st;
-    const long long c = (long long)blockIdx.x * THREADS + threadIdx.x;
-    if (c >= (long long)N * (K / 32))
-        return;
-    const long long n = c / (K / 32);
-    const int k = (int)(c % (K / 32)) * 32;
-    const uint2 s = sz[n * (K / G) + k / G];
-    const uint4 q = gemv_detail::ld_stream(w + c * 16);
-    const unsigned qw[4] = {q.x, q.y, q.z, q.w};
-    uint4 *o = reinterpret_cast<uint4 *>(out + n * K + k);
+    constexpr long long WORDS = (long long)N * (K / 8);
+    const long long w0 = (long long)blockIdx.x * 4 * THREADS + threadIdx.x;
+    const unsigned *wq = reinterpret_cast<const unsigned *>(w);
+    unsigned q[4];
+    uint2 s[4];
 #pragma unroll
-    for (int h = 0; h < 4; h++)
-        o[h] = gemv_detail::int4x8<DT>(qw[h], s);
+    for (int i = 0; i < 4; i++) {
+        const long long j = w0 + (long long)i * THREADS;
+        if (j < WORDS) {
+            const long long n = j / (K / 8);
+            const int k = (int)(j % (K / 8)) * 8;
+            q[i] = __ldcs(wq + j);
+            s[i] = sz[n * (K / G) + k / G];
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const long long j = w0 + (long long)i * THREADS;
+        if (j < WORDS)
+            reinterpret_cast<uint4 *>(out)[j] = gemv_detail::int4x8<DT>(q[i], s[i]);
+    }
 }
 
 // quant_fp8_rows — x [M, K] (rows of K elements) as e4m3 rows for the FP8 GEMM (cuBLASLt's,
