@@ -36,8 +36,8 @@
  * the kernel's per-row result must depend only on that row, never on M.
  * skinny_int4/ runs the same checks on gemm_skinny_int4 (gemv_int4's weight, G 32, 64, 96, 128,
  * 256 and a whole row of K = 544 and 4224: a last, partial slice; the reference multiplies
- * ktest_gemv.c's int4_value, the values the kernel's conversion must give), with its own
- * invariance cases.
+ * ktest_gemv.c's int4_value, the values the kernel's conversion must give; one split over up to
+ * 16 row groups, the Llama linears at 1,000 rows), with its own invariance cases.
  *
  * The benchmark: gemm_skinny (bf16, no bias, MMAX 64) at lower_skinny_shape's WARPS/SPLITS, at 4
  * and 8 warps with those splits, and at half and twice the splits, on the 8B and 1B linears at
@@ -267,10 +267,11 @@ static int skern_run(kt *t, const skern *k, const char *name, const sbufs *d, CU
 }
 
 /* The rows of an M-row launch compared with the double reference: all of them, or where that
- * would take long (the Llama shapes), rows 0, 1, M/2 and M - 1. Returns how many, into rows. */
+ * would take long (the Llama shapes) or M is more than SKINNY_ROWS_MAX, rows 0, 1, M/2 and
+ * M - 1. Returns how many, into rows. */
 static int ref_rows(int M, const skern *k, int rows[SKINNY_ROWS_MAX])
 {
-    if ((double)M * k->N * k->K <= (double)(1 << 28)) {
+    if (M <= SKINNY_ROWS_MAX && (double)M * k->N * k->K <= (double)(1 << 28)) {
         for (int r = 0; r < M; r++)
             rows[r] = r;
         return M;
@@ -561,6 +562,12 @@ void ktest_skinny(kt *t)
          .splits = 2, .stages = 2, .g4 = 128},
         {.N = 1998, .K = 4096, .mmax = 64, .ms = {16, 64}, .gated = 1, .act = KILN_ACT_SILU,
          .warps = 8, .splits = 4, .stages = 3, .g4 = 128},
+        /* one split (gate_up's at lower_skinny_shape's pick), many row groups (the last partial) */
+        {.N = 1000, .K = 640, .mmax = 64, .ms = {9, 129, 300}, .bias = 1, .splits = 1,
+         .g4 = 128},
+        {.N = 1998, .K = 1024, .mmax = 64, .ms = {257}, .gated = 1, .act = KILN_ACT_SILU,
+         .warps = 8, .splits = 1, .stages = 4, .g4 = 32},
+        {.N = 1000, .K = 4224, .mmax = 64, .ms = {190}, .f32 = 1, .splits = 1, .g4 = 4224},
     };
 #undef M12
     for (size_t i = 0; i < sizeof c4 / sizeof c4[0]; i++)
@@ -570,10 +577,16 @@ void ktest_skinny(kt *t)
                    .ms = {16, 64, 128}, .gated = llama[i].gated, .act = KILN_ACT_SILU,
                    .g4 = 128};
         skinny_case(t, &c);
+        scase p = c; /* one split, up to 16 row groups (a decode step of max_seqs 1000) */
+        p.splits = 1;
+        memcpy(p.ms, (const int[]){9, 1000}, 2 * sizeof(int));
+        p.ms[2] = 0;
+        skinny_case(t, &p);
     }
     skinny_invariance(t, 1000, 1024, 0, 0, 0, 128, 64);
     skinny_invariance(t, 1000, 640, 0, 4, 8, 32, 200);
     skinny_invariance(t, 16384, 2048, 1, 0, 0, 128, 200);
+    skinny_invariance(t, 4096, 4096, 0, 0, 1, 128, 200);
 }
 
 /* ---------------------------------------------------------------- kiln-ktest --bench skinny */
