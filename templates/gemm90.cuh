@@ -65,7 +65,7 @@
 // through shared memory (the epilogue writes pairs straight from the fragments).
 #pragma once
 
-#include "gemm.cuh" // gemm_detail::cp16 and store_pair; common.cuh, kiln_gemm.h
+#include "gemm.cuh" // gemm_detail::cp16 and store_pair; gemv.cuh, common.cuh, kiln_gemm.h
 
 namespace kiln {
 namespace gemm90_detail {
@@ -214,8 +214,45 @@ __device__ __forceinline__ void wgmma(float (&d)[64], unsigned long long da, uns
 {
     KILN_WGMMA_M64N128K16("f16");
 }
+// d (64 x 128 floats, as above) += A (64 x 16, from registers: the warp's 16 rows in
+// mma.sync's m16n8k16 A fragment, a[0..3]) . B (128 x 16)^T, B K-major in shared memory.
+#define KILN_WGMMA_M64N128K16_RS(TY)                                                               \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"                                      \
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " {"                     \
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, "               \
+                 "%15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, "               \
+                 "%28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, "               \
+                 "%41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, "               \
+                 "%54, %55, %56, %57, %58, %59, %60, %61, %62, %63"                                \
+                 "}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"                                  \
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]),                     \
+                   "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]),                     \
+                   "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),                \
+                   "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),                \
+                   "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),                \
+                   "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),                \
+                   "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),                \
+                   "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),                \
+                   "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]),                \
+                   "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]),                \
+                   "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]),                \
+                   "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),                \
+                   "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])                              \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1))
+
+__device__ __forceinline__ void wgmma_rs(float (&d)[64], const unsigned (&a)[4],
+                                         unsigned long long db, bf16)
+{
+    KILN_WGMMA_M64N128K16_RS("bf16");
+}
+__device__ __forceinline__ void wgmma_rs(float (&d)[64], const unsigned (&a)[4],
+                                         unsigned long long db, f16)
+{
+    KILN_WGMMA_M64N128K16_RS("f16");
+}
 #undef KILN_WGMMA_M64N256K16
 #undef KILN_WGMMA_M64N128K16
+#undef KILN_WGMMA_M64N128K16_RS
 
 __device__ __forceinline__ void wg_fence()
 {
@@ -366,6 +403,219 @@ __device__ __forceinline__ void gemm90(int M, const DT *x, long long ldx, const 
                 gemm_detail::store_pair(y, ldy, mr + 8 * h, n, N, acc[4 * j + 2 * h] + b0,
                                         acc[4 * j + 2 * h + 1] + b1);
     }
+}
+
+// gemm90_int4 — the GEMM of an INT4 weight on Hopper (W4A16): y[m, o] = x[m] . w[o] (+ bias[o]),
+// or for GATED act(x[m] . w[o] + b[o]) * (x[m] . w[NOUT + o] + b[NOUT + o]), w gemv_int4's weight
+// (layout, sz, G and their preconditions: templates/gemv.cuh), x and y [M, K] and [M, NOUT] in
+// DT. The prefill schedule's GEMM for INT4 linears (compiler/lower.c): the weight is converted in
+// registers, never written out in 16 bits. Design, gemm90's with the operands' roles swapped:
+//   - the weight is wgmma's A operand, from registers: a block's 128 weight rows (two consumer
+//     warpgroups of 64; gemv's tiles of 16 rows, or of 8 gate rows and their 8 up rows), and x
+//     the B operand from shared memory: 128 rows of x a block (wgmma m64n128k16), so a thread's
+//     64 accumulators are [8 tokens][its 2 weight rows], gemv's tile fragment (store_tile);
+//   - K in slices of 64 elements through a ring of KILN_GEMM90_INT4_STAGES: the producer
+//     warpgroup copies each slice's x rows (128-byte swizzle, gemm90's), weight rows (32 bytes:
+//     the two 16-byte chunks of a row at chunk c ^ ((r / 4) % 2), so the consumers' 16-byte
+//     reads of 8 rows fall in distinct bank groups) and the sz entries of the groups of the
+//     slice's elements 0 and 32 (G % 32 == 0: a 16-element step lies in one group);
+//   - a consumer thread (g, t) of warp q reads its weight rows g and g + 8 of the slice (words
+//     2s and 2s + 1 are elements 16s .. 16s + 15 of step s) and builds wgmma's A fragment: pair
+//     (2t, 2t + 1) of a word is nibbles t and t + 4 (int4_bq on the word shifted right by 4t),
+//     (q - z) exact by an fma, then times s: DT((q - z) * s), one rounding (dequant_int4's
+//     values, and gemv_int4's where G % 128 != 0). A wgmma reads its A registers after it is
+//     issued, and ptxas serialises the wgmma of a loop that writes A registers while a group is
+//     in flight, so each warpgroup waits for its slice's group before it builds the next
+//     slice's fragments: the tensor cores are kept busy by the other consumer warpgroup;
+//   - blocks map to tiles as gemm90 (groups of 8 row tiles).
+// Numerics: fp32 accumulation inside the tensor cores, the bias in float, one rounding to DT.
+// A row's result depends on no other row (one tile configuration for every M, no split-K).
+// Launch rule: kernels/kiln_gemm.h (KILN_GEMM90_INT4_*). Preconditions: gemv_int4's on K, G, w
+// and sz (K % 32 == 0); x 16-byte aligned, K % 8 == 0.
+template <typename DT, int N, int K, bool BIAS, bool GATED, int ACT, int G>
+__device__ __forceinline__ void gemm90_int4(int M, const DT *x, const unsigned char *w,
+                                            const uint2 *sz, const DT *bias, DT *y)
+{
+    KILN_PDL_ENTER();
+    using namespace gemm90_detail;
+    using P = gemv_detail::int4_pairs<DT>;
+    static_assert(have_wgmma<DT>, "gemm90_int4: wgmma needs sm_90a; compiler/lower.c uses this "
+                                  "kernel only when every target is sm_90a");
+    static_assert(sizeof(DT) == 2, "gemm90_int4: DT is bf16 or f16");
+    static_assert(K % 32 == 0, "gemm90_int4: K must be a multiple of 32");
+    static_assert(G > 0 && G % 32 == 0 && K % G == 0,
+                  "gemm90_int4: G must be a multiple of 32 that divides K");
+    static_assert(N >= 1 && (!GATED || N % 2 == 0), "gemm90_int4: GATED needs an even N");
+    constexpr int BT = KILN_GEMM90_INT4_ROWS, STAGES = KILN_GEMM90_INT4_STAGES;
+    constexpr int NOUT = GATED ? N / 2 : N, OUT = KILN_GEMM90_INT4_OUT(GATED);
+    constexpr int TILES = (NOUT + (GATED ? 8 : 16) - 1) / (GATED ? 8 : 16), KG = K / G;
+    constexpr unsigned XST = BT * 128, WST = 128 * 32, ZST = 128 * 16; // bytes a slice
+    static_assert(BT == 128 && OUT * (GATED ? 2 : 1) == 128 && THREADS == 384,
+                  "gemm90_int4: 128 weight rows by 128 rows of x, two consumer warpgroups");
+    static_assert(STAGES * (XST + WST + ZST) + 1024 + 2 * STAGES * 8 == KILN_GEMM90_INT4_SMEM,
+                  "gemm90_int4: kiln_gemm.h's SMEM");
+    constexpr int KT = (K + BK - 1) / BK; // slices of K
+    constexpr int SPW = KILN_GEMM90_INT4_SPW; // slices a consumer multiplies between its waits
+    static_assert(SPW >= 1 && STAGES % SPW == 0 && STAGES >= 2 * SPW,
+                  "gemm90_int4: whole groups of slices in the ring, two groups at least");
+
+    // Block -> tile, gemm90's map: grid x the output tiles, y the row tiles.
+    const int ntn = gridDim.x, ntm = gridDim.y;
+    const int pid = blockIdx.y * ntn + blockIdx.x, per_group = GROUP * ntn;
+    const int first = pid / per_group * GROUP;
+    const int rows = ntm - first < GROUP ? ntm - first : GROUP;
+    const int m0 = (first + pid % per_group % rows) * BT;
+    const int nb = pid % per_group / rows; // output tile of OUT outputs: weight tiles 8nb..8nb+7
+    if (m0 >= M)
+        return; // uniform over the block: no barrier is reached
+
+    // The ring: STAGES x slices, then weight slices, then sz slices, then the mbarriers (full[s]
+    // at bars + 8s, empty[s] at bars + 8 (STAGES + s)).
+    extern __shared__ unsigned char kiln_gemm90_smem[];
+    const unsigned base = ((unsigned)__cvta_generic_to_shared(kiln_gemm90_smem) + 1023u) & ~1023u;
+    const unsigned wbase = base + STAGES * XST, zbase = wbase + STAGES * WST;
+    const unsigned bars = zbase + STAGES * ZST;
+    const int tid = threadIdx.x, wg = tid >> 7;
+    if (tid == 0) {
+        for (int s = 0; s < STAGES; s++) {
+            bar_init(bars + 8 * s, 128);          // full: each producer thread's copies landed
+            bar_init(bars + 8 * (STAGES + s), 8); // empty: each consumer warp done reading
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+
+    if (wg == 0) {
+        // Producer: x as gemm90's (thread tid: chunk tid % 8 of rows tid / 8 + 16i); weight row
+        // r = tid of the block (tile 8nb + r / 16, its row r % 16: gemv's tile rows, the last
+        // row for tiles past the end), its two chunks and two sz entries.
+        const int r0 = tid >> 3, c = tid & 7;
+        const unsigned so = swz(r0, c);
+        long long ta = 8LL * nb + tid / 16, ra, rb;
+        if (ta > TILES - 1)
+            ta = TILES - 1;
+        gemv_detail::tile_rows<N, GATED>(ta, tid % 8, ra, rb);
+        const long long wr = tid % 16 < 8 ? ra : rb;
+        const unsigned char *wsrc = w + wr * (K / 2);
+        const uint2 *zsrc = sz + wr * KG;
+        const unsigned wsw = (unsigned)((tid >> 2) & 1); // the chunk swizzle of row tid
+#pragma unroll 1
+        for (int kt = 0; kt < KT; kt++) {
+            const int s = kt % STAGES;
+            bar_wait(bars + 8 * (STAGES + s), (kt / STAGES & 1) ^ 1);
+            const int k = kt * BK + 8 * c;
+            const bool kin = k < K;
+            const unsigned a = base + s * XST + so;
+#pragma unroll
+            for (int i = 0; i < BT / 16; i++) {
+                const int m = m0 + r0 + 16 * i;
+                const bool ok = kin && m < M;
+                gemm_detail::cp16(a + 2048 * i, ok ? x + (long long)m * K + k : x, ok ? 16 : 0);
+            }
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int kh = kt * BK + 32 * h; // the chunk's first element
+                const bool ok = kh < K;
+                cp_async16(wbase + s * WST + tid * 32 + 16 * (h ^ wsw),
+                           ok ? wsrc + kh / 2 : wsrc, ok ? 16 : 0);
+                cp_async8(zbase + s * ZST + tid * 16 + 8 * h, ok ? zsrc + kh / G : zsrc,
+                          ok ? 8 : 0);
+            }
+            bar_arrive_cp(bars + 8 * s);
+        }
+        asm volatile("cp.async.wait_all;\n" ::: "memory"); // nothing in flight when it exits
+        return;
+    }
+
+    // Consumers: warpgroup cw multiplies weight rows 64cw..64cw+63 of the block (weight tile
+    // 8nb + 4cw + q of warp q; the lane's rows g and g + 8) by the 128 rows of x.
+    const int cw = wg - 1, lane = tid & 31, q = (tid >> 5) & 3, g = lane >> 2, t = lane & 3;
+    const int rA = 64 * cw + 16 * q + g, rB = rA + 8;
+    const unsigned sh = 4u * (unsigned)t; // pair (2t, 2t + 1) of a word: nibbles t and t + 4
+    float acc[64];
+#pragma unroll
+    for (int i = 0; i < 64; i++)
+        acc[i] = 0.f;
+    // Slices kt .. kt + n - 1 (n = SPW, the last group perhaps fewer: a compile-time count, so
+    // that no wgmma sits in a divergent path): wait for each, build its A fragments from the
+    // stage's weight rows and sz, then issue their wgmma as one group, wait for it, and release
+    // the stages.
+    auto group = [&](int kt, auto count) {
+        constexpr int n = decltype(count)::value;
+        unsigned fr[n][4][4]; // A fragments: [slice][step][a0..a3]
+#pragma unroll
+        for (int u = 0; u < n; u++) {
+            const int s = (kt + u) % STAGES;
+            bar_wait(bars + 8 * s, (kt + u) / STAGES & 1);
+            uint4 wv[2][2]; // [row A, B][chunk]
+            uint2 zv[2][2]; // [row A, B][entry]
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                const int row = r ? rB : rA;
+                const unsigned rsw = (unsigned)((row >> 2) & 1);
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                                 : "=r"(wv[r][h].x), "=r"(wv[r][h].y), "=r"(wv[r][h].z),
+                                   "=r"(wv[r][h].w)
+                                 : "r"(wbase + s * WST + row * 32 + 16 * (h ^ rsw)));
+                    asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n"
+                                 : "=r"(zv[r][h].x), "=r"(zv[r][h].y)
+                                 : "r"(zbase + s * ZST + row * 16 + 8 * h));
+                }
+            }
+#pragma unroll
+            for (int st = 0; st < 4; st++)
+#pragma unroll
+                for (int r = 0; r < 2; r++)
+#pragma unroll
+                    for (int hi = 0; hi < 2; hi++) {
+                        // word 2st + hi of the row: chunk st / 2, word (2st + hi) % 4 of it
+                        const uint4 &c4 = wv[r][st >> 1];
+                        const int wi = (2 * st + hi) & 3;
+                        const unsigned word = wi == 0   ? c4.x
+                                              : wi == 1 ? c4.y
+                                              : wi == 2 ? c4.z
+                                                        : c4.w;
+                        const uint2 z = zv[r][st >> 1];
+                        const unsigned bq = gemv_detail::int4_bq<DT>(word >> sh, 0);
+                        fr[u][st][2 * hi + r] =
+                            P::fma(P::fma(z.y, P::NEG1, bq), z.x, 0x80008000u);
+                    }
+        }
+        __syncwarp(); // the lanes left the wait loops apart: converged for the .aligned wgmma
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); // cp.async -> wgmma
+        fence_acc(acc);
+        wg_fence();
+#pragma unroll
+        for (int u = 0; u < n; u++) {
+#pragma unroll
+            for (int st = 0; st < 4; st++)
+                wgmma_rs(acc, fr[u][st], desc(base + (kt + u) % STAGES * XST + 32 * st), DT());
+        }
+        wg_commit();
+        // The group completes before the next one's fragments are built: ptxas serialises
+        // every wgmma of a loop that writes A registers while a group is in flight (C7513), so
+        // the overlap comes from the other consumer warpgroup.
+        wg_wait<0>();
+        fence_acc(acc);
+        if (lane == 0)
+            for (int u = 0; u < n; u++)
+                bar_arrive(bars + 8 * (STAGES + (kt + u) % STAGES));
+    };
+#pragma unroll 1
+    for (int kt = 0; kt + SPW <= KT; kt += SPW)
+        group(kt, gemv_detail::int_tag<SPW>());
+    if constexpr (KT % SPW != 0)
+        group(KT - KT % SPW, gemv_detail::int_tag<KT % SPW>());
+
+    // Epilogue: acc[4j + 2h + e] is x row m0 + 8j + 2t + e of the warp tile's row 8h + g:
+    // gemv's tile fragment, stored by its store_tile.
+    const long long tile = 8LL * nb + 4 * cw + q;
+    if (tile < TILES)
+        gemv_detail::store_tile<DT, N, 16, BIAS, GATED, ACT, false>(
+            reinterpret_cast<const float(&)[16][4]>(acc), nullptr, bias, y, m0, tile,
+            M - m0 < BT ? M - m0 : BT);
 }
 
 } // namespace kiln

@@ -349,6 +349,147 @@ static void gemm_invariance(kt *t, const gkind *g, int N, int K, int bias)
     gdata_free(t, &d);
 }
 
+/* ---------------------------------------------------------------- gemm90_int4 (sm_90a) */
+
+/* A gemm90_int4 case: gemv_int4's weight [N, K] of group G (gweights_make's, the reference
+ * multiplying its int4_value), x [M, K], y [M, NOUT], for each M of ms. */
+typedef struct w4case {
+    int N, K, G, gated, act, bias, f16;
+    int ms[6]; /* 0-terminated */
+} w4case;
+
+static CUmodule w4_module(kt *t, const w4case *c, const char *name)
+{
+    const char *dt = c->f16 ? "kiln::f16" : "kiln::bf16";
+    char src[1024];
+    snprintf(src, sizeof src,
+             "#include \"gemm90.cuh\"\n"
+             "extern \"C\" __global__ void __launch_bounds__(%d)\n"
+             "k_w4(int M, const %s *x, const unsigned char *w, const uint2 *sz, const %s *bias, "
+             "%s *y)\n"
+             "{\n"
+             "    kiln::gemm90_int4<%s, %d, %d, %s, %s, %d, %d>(M, x, w, sz, bias, y);\n"
+             "}\n",
+             KILN_GEMM90_THREADS, dt, dt, dt, dt, c->N, c->K, c->bias ? "true" : "false",
+             c->gated ? "true" : "false", c->act, c->G);
+    return kt_module_sm90a(t, name, src);
+}
+
+/* One launch by kernels/kiln_gemm.h's rule on M rows of x (at x) into y. */
+static void w4_run(kt *t, CUfunction f, const char *name, const w4case *c, CUdeviceptr x,
+                   const gweights *g, CUdeviceptr b, CUdeviceptr y, int M)
+{
+    const int nout = c->gated ? c->N / 2 : c->N, out = KILN_GEMM90_INT4_OUT(c->gated);
+    CUdeviceptr xa = x, wa = g->dw, sa = g->ds, ba = b, ya = y;
+    int m = M;
+    void *args[] = {&m, &xa, &wa, &sa, &ba, &ya};
+    kt_launch(t, f, name, (unsigned)((nout + out - 1) / out),
+              (unsigned)((M + KILN_GEMM90_INT4_ROWS - 1) / KILN_GEMM90_INT4_ROWS), 1,
+              KILN_GEMM90_THREADS, KILN_GEMM90_INT4_SMEM, args);
+}
+
+/* Every M of case c: y (M rows and one poisoned row past them) against the double reference
+ * (every row, or rows 0, 1, M/2 and M - 1 where that would take long) at gemv's tolerance for a
+ * 16-bit output (1e-2: the kernel multiplies DT((q - z) * s), one rounding of the exact
+ * weight), nothing written past row M, a second launch identical bit for bit, and rows 0, M/2
+ * and M - 1 equal to each launched alone (M = 1: a row's result depends on no other row). */
+static void w4_case(kt *t, const w4case *c)
+{
+    const int nout = c->gated ? c->N / 2 : c->N;
+    char opts[96];
+    snprintf(opts, sizeof opts, " G=%d%s%s%s%s", c->G, c->gated ? " gated " : "",
+             c->gated ? kt_act_name(c->act) : "", c->bias ? " bias" : "", c->f16 ? " f16" : "");
+    CUmodule mod = NULL;
+    CUfunction f = NULL;
+    for (int i = 0; i < 6 && c->ms[i]; i++) {
+        const int M = c->ms[i];
+        char name[200];
+        snprintf(name, sizeof name, "gemm90_int4/N=%d K=%d M=%d%s", c->N, c->K, M, opts);
+        if (!kt_want(t, name))
+            continue;
+        if (!mod) {
+            if (!(mod = w4_module(t, c, name)) && !t->compile_only)
+                return;
+            f = kt_func(t, mod, "k_w4");
+        }
+        if (t->compile_only)
+            continue;
+        const size_t nx = (size_t)M * c->K, row = (size_t)nout * 2, ybytes = (M + 1) * row;
+        float *x = xmalloc(sizeof(float) * nx), *b = xmalloc(sizeof(float) * c->N);
+        kt_fill(t, x, nx, 1.0f);
+        kt_fill(t, b, (size_t)c->N, 0.5f);
+        gweights g;
+        gweights_make(t, &g, c->N, c->K, c->f16, 0, 0, c->G);
+        uint16_t *h = kt_to_dt(x, nx, c->f16);
+        CUdeviceptr dx = kt_upload(t, h, 2 * nx);
+        free(h);
+        h = kt_to_dt(b, (size_t)c->N, c->f16);
+        CUdeviceptr db = c->bias ? kt_upload(t, h, 2 * (size_t)c->N) : 0;
+        free(h);
+        unsigned char *y[2], *alone = xmalloc(ybytes);
+        for (int l = 0; l < 2; l++) {
+            CUdeviceptr dy = kt_alloc(t, ybytes);
+            w4_run(t, f, name, c, dx, &g, db, dy, M);
+            y[l] = xmalloc(ybytes);
+            kt_download(t, y[l], dy, ybytes);
+            kt_free(t, dy);
+        }
+        const int pick[3] = {0, M / 2, M - 1};
+        CUdeviceptr dy1 = kt_alloc(t, row);
+        for (int p = 0; p < 3; p++) {
+            w4_run(t, f, name, c, dx + (CUdeviceptr)pick[p] * c->K * 2, &g, db, dy1, 1);
+            kt_download(t, alone + (size_t)pick[p] * row, dy1, row);
+        }
+        kt_free(t, dy1);
+        size_t touched = 0;
+        for (size_t k = (size_t)M * row; k < ybytes; k++)
+            touched += y[0][k] != 0xFF;
+        int differ = memcmp(y[0], y[1], (size_t)M * row) != 0, lone = -1;
+        for (int p = 0; p < 3 && lone < 0; p++)
+            if (memcmp(y[0] + (size_t)pick[p] * row, alone + (size_t)pick[p] * row, row))
+                lone = pick[p];
+        char msg[200];
+        if (touched) {
+            snprintf(msg, sizeof msg, "wrote %zu bytes past row M=%d", touched, M);
+            kt_result(t, name, 0, msg);
+        } else if (differ) {
+            kt_result(t, name, 0, "NOT DETERMINISTIC: a second launch differs");
+        } else if (lone >= 0) {
+            snprintf(msg, sizeof msg, "row %d differs from the same row launched alone (M = 1)",
+                     lone);
+            kt_result(t, name, 0, msg);
+        } else {
+            const int all = (double)M * c->N * c->K <= (double)(1 << 28);
+            const int nr = all ? M : 4, rows4[4] = {0, 1, M / 2, M - 1};
+            float *got = xmalloc(sizeof(float) * (size_t)nr * nout);
+            float *want = xmalloc(sizeof(float) * (size_t)nr * nout);
+            for (int r = 0; r < nr; r++) {
+                const int m = all ? r : rows4[r];
+                gemv_ref(x + (size_t)m * c->K, &g, c->bias ? b : NULL, 1, c->gated, c->act,
+                         want + (size_t)r * nout);
+                for (int o = 0; o < nout; o++) {
+                    uint16_t v;
+                    memcpy(&v, y[0] + (size_t)m * row + 2 * o, 2);
+                    got[(size_t)r * nout + o] =
+                        c->f16 ? util_f16_to_f32(v) : util_bf16_to_f32(v);
+                }
+            }
+            kt_check(t, name, got, want, (size_t)nr * nout, 1e-2);
+            free(got);
+            free(want);
+        }
+        free(y[0]);
+        free(y[1]);
+        free(alone);
+        kt_free(t, dx);
+        if (db)
+            kt_free(t, db);
+        gweights_free(t, &g);
+        free(x);
+        free(b);
+    }
+}
+
 void ktest_gemm(kt *t)
 {
     static const gmcase cases[] = {
@@ -400,6 +541,29 @@ void ktest_gemm(kt *t)
         gemm_invariance(t, &kinds[g], 136, 4104, 1);
         gemm_invariance(t, &kinds[g], 520, 200, 1);
     }
+    /* gemm90_int4: G 128 and 256 (groups of whole slices), 32 and 64 (two groups a slice), 96
+     * (slices across groups), a whole row (K = 544: a last, partial slice of 32 elements);
+     * gated (64 outputs a block) and not (128); N not a multiple of the block (1000: 7.8 blocks;
+     * gated 1998: 999 outputs, 15.6 blocks); M inside one row tile, at its edges and over
+     * several (the last partial), and the Llama-3 8B and 1B linears. */
+    static const w4case c4[] = {
+        {.N = 1000, .K = 640, .G = 128, .ms = {1, 9, 127, 128, 300}, .bias = 1},
+        {.N = 1998, .K = 1024, .G = 32, .gated = 1, .act = KILN_ACT_SILU, .ms = {9, 129, 260}},
+        {.N = 1000, .K = 544, .G = 544, .ms = {9, 200}},
+        {.N = 1000, .K = 1056, .G = 96, .ms = {17, 300}, .bias = 1},
+        {.N = 520, .K = 4096, .G = 256, .ms = {64, 129}, .f16 = 1},
+        {.N = 1998, .K = 640, .G = 64, .gated = 1, .act = KILN_ACT_RELU, .f16 = 1, .ms = {33}},
+        {.N = 37, .K = 64, .G = 32, .bias = 1, .ms = {9, 130}},
+        {.N = 6144, .K = 4096, .G = 128, .ms = {128, 1000}},
+        {.N = 4096, .K = 4096, .G = 128, .ms = {300}},
+        {.N = 28672, .K = 4096, .G = 128, .gated = 1, .act = KILN_ACT_SILU, .ms = {200}},
+        {.N = 4096, .K = 14336, .G = 128, .ms = {129}},
+        {.N = 16384, .K = 2048, .G = 128, .gated = 1, .act = KILN_ACT_SILU, .ms = {512}},
+        {.N = 2048, .K = 8192, .G = 128, .ms = {64}},
+    };
+    if (t->compile_only || kt_sm90a(t))
+        for (size_t i = 0; i < sizeof c4 / sizeof c4[0]; i++)
+            w4_case(t, &c4[i]);
 }
 
 /* ---------------------------------------------------------------- kiln-ktest --bench gemm */

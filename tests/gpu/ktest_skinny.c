@@ -36,8 +36,8 @@
  * the kernel's per-row result must depend only on that row, never on M.
  * skinny_int4/ runs the same checks on gemm_skinny_int4 (gemv_int4's weight, G 32, 64, 96, 128,
  * 256 and a whole row of K = 544 and 4224: a last, partial slice; the reference multiplies
- * ktest_gemv.c's int4_value, the values the kernel's conversion must give; one split over up to
- * 16 row groups, the Llama linears at 1,000 rows), with its own invariance cases.
+ * ktest_gemv.c's int4_value, the values the kernel's conversion must give), with its own
+ * invariance cases.
  *
  * The benchmark: gemm_skinny (bf16, no bias, MMAX 64) at lower_skinny_shape's WARPS/SPLITS, at 4
  * and 8 warps with those splits, and at half and twice the splits, on the 8B and 1B linears at
@@ -943,5 +943,185 @@ int ktest_skinny_int4_bench(kt *t)
            "K", "M", "W/S/P", "regs", "GB/s", "xcpy", "us", "P4", "2S", "S/2", "8w", "bf16eq");
     for (int s = 0; s < NLLAMA && rc == 0; s++)
         rc = bench_int4_shape(t, &b, s, copy_bw);
+    return rc;
+}
+
+/* ------------------------------------------------------------ kiln-ktest --bench int4_prefill */
+
+/* Microseconds per prefill-sized INT4 product at M rows, in the same kind of graph as above
+ * (BENCH_LAUNCHES launches cycling over the weight copies, the best of BENCH_REPLAYS): f,
+ * gemm90_int4 (grid gx, M / 128 rows); or, f NULL, dequant (a dequant_int4 kernel) into the
+ * bf16 scratch wd followed by cuBLASLt's [M, N] product from it (dequant NULL too: cuBLASLt on
+ * the bf16 weight copies wb, the 16-bit model's GEMM). -1 when a launch fails (said on stderr). */
+static int bench_prefill_graph(kt *t, sbench *b, CUfunction f, unsigned gx, CUfunction dequant,
+                               CUdeviceptr wd, const CUdeviceptr *wb, int nwb, int M, int N, int K,
+                               double *us)
+{
+    kiln_step st;
+    memset(&st, 0, sizeof st);
+    st.T = st.n_seqs = M;
+    int m_arg = M;
+    CUdeviceptr nob = 0;
+    kerr e;
+    kerr_clear(&e);
+    int rc = f ? 0 : kgemm_run(b->lt, t->stream, 0, 0, 0, M, N, K, b->x, K, wb ? wb[0] : wd, 0,
+                               b->ylt, N, &e);
+    CUgraph g = NULL;
+    if (rc == 0)
+        KT_CU(t, cuStreamBeginCapture(t->stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
+    for (int i = 0; i < BENCH_LAUNCHES && rc == 0; i++) {
+        CUdeviceptr w = b->w[i % b->copies], sz = b->sz[i % b->copies];
+        if (f) {
+            void *args[] = {&m_arg, &b->x, &w, &sz, &nob, &b->y};
+            rc = kcuda_launch(&t->cu, f, gx,
+                              (unsigned)((M + KILN_GEMM90_INT4_ROWS - 1) / KILN_GEMM90_INT4_ROWS),
+                              1, KILN_GEMM90_THREADS, KILN_GEMM90_INT4_SMEM, t->stream, args,
+                              t->pdl, &e);
+        } else if (dequant) {
+            void *args[] = {&st, &w, &sz, &wd};
+            rc = kcuda_launch(&t->cu, dequant, (unsigned)(((long long)N * K / 32 + 255) / 256), 1,
+                              1, 256, 0, t->stream, args, t->pdl, &e);
+            if (rc == 0)
+                rc = kgemm_run(b->lt, t->stream, 0, 0, 0, M, N, K, b->x, K, wd, 0, b->ylt, N, &e);
+        } else {
+            rc = kgemm_run(b->lt, t->stream, 0, 0, 0, M, N, K, b->x, K, wb[i % nwb], 0, b->ylt,
+                           N, &e);
+        }
+        if (rc && t->cu.cuStreamEndCapture(t->stream, &g) == CUDA_SUCCESS && g)
+            t->cu.cuGraphDestroy(g);
+    }
+    if (rc) {
+        fprintf(stderr, "bench int4_prefill: %s\n", kerr_msg(&e));
+        return -1;
+    }
+    KT_CU(t, cuStreamEndCapture(t->stream, &g));
+    *us = kt_graph_ms(t, g, BENCH_REPLAYS) * 1e3 / BENCH_LAUNCHES;
+    KT_CU(t, cuGraphDestroy(g));
+    return 0;
+}
+
+/* Shape s at M = 16, 128, 512 and 2048: one row each. */
+static int bench_prefill_shape(kt *t, sbench *b, int s)
+{
+    static const int ms[] = {16, 128, 512, 2048};
+    enum { MMOST = 2048 };
+    const int N = llama[s].N, K = llama[s].K, G = 128, gated = llama[s].gated;
+    const int nout = gated ? N / 2 : N;
+    char src[768], name[96];
+    snprintf(name, sizeof name, "bench int4_prefill %s", llama[s].name);
+    snprintf(src, sizeof src,
+             "#include \"gemm90.cuh\"\n"
+             "extern \"C\" __global__ void __launch_bounds__(256)\n"
+             "k_dequant(const kiln_step st, const unsigned char *w, const uint2 *sz, "
+             "kiln::bf16 *out)\n"
+             "{\n"
+             "    kiln::dequant_int4<kiln::bf16, %d, %d, %d, 256>(st, w, sz, out);\n"
+             "}\n"
+             "extern \"C\" __global__ void __launch_bounds__(%d)\n"
+             "k_w4(int M, const kiln::bf16 *x, const unsigned char *w, const uint2 *sz, "
+             "const kiln::bf16 *bias, kiln::bf16 *y)\n"
+             "{\n"
+             "    kiln::gemm90_int4<kiln::bf16, %d, %d, false, %s, %d, %d>(M, x, w, sz, bias, y);\n"
+             "}\n",
+             N, K, G, KILN_GEMM90_THREADS, N, K, gated ? "true" : "false", KILN_ACT_SILU, G);
+    CUmodule mod = kt_module_sm90a(t, name, src);
+    if (!mod)
+        return -1;
+    CUfunction dq = kt_func(t, mod, "k_dequant"), w4 = kt_func(t, mod, "k_w4");
+    KT_CU(t, cuFuncSetAttribute(w4, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                KILN_GEMM90_INT4_SMEM));
+    int regs = 0;
+    KT_CU(t, cuFuncGetAttribute(&regs, CU_FUNC_ATTRIBUTE_NUM_REGS, w4));
+    const unsigned gx = (unsigned)((nout + KILN_GEMM90_INT4_OUT(gated) - 1) /
+                                   KILN_GEMM90_INT4_OUT(gated));
+    const size_t wbytes = (size_t)N * K / 2, zbytes = (size_t)N * (K / G) * 8;
+    b->copies = 4;
+    unsigned char *hw = xmalloc(wbytes);
+    for (size_t i = 0; i < wbytes; i++)
+        hw[i] = (unsigned char)(int)((kt_randf(t) + 1.0f) * 128.0f);
+    uint32_t *hz = xmalloc(zbytes);
+    for (size_t i = 0; i < zbytes / 4; i += 2) {
+        hz[i] = 0x3C003C00u;     /* bf16 2^-7, twice */
+        hz[i + 1] = 0x43084308u; /* bf16 136 = 128 + 8, twice */
+    }
+    for (int i = 0; i < b->copies; i++) {
+        b->w[i] = kt_upload(t, hw, wbytes);
+        b->sz[i] = kt_upload(t, hz, zbytes);
+    }
+    free(hw);
+    free(hz);
+    CUdeviceptr wb[2];
+    wb[0] = bench_rand(t, (size_t)N * K, 2.0f / sqrtf((float)K));
+    KT_CU(t, cuMemAlloc(&wb[1], (size_t)N * K * 2));
+    KT_CU(t, cuMemcpyDtoD(wb[1], wb[0], (size_t)N * K * 2));
+    CUdeviceptr wd = kt_alloc(t, (size_t)N * K * 2);
+    b->x = bench_rand(t, (size_t)MMOST * K, 1.0f);
+    b->y = kt_alloc(t, (size_t)MMOST * nout * 2);
+    b->ylt = kt_alloc(t, (size_t)MMOST * N * 2);
+    int rc = 0;
+    for (size_t mi = 0; mi < sizeof ms / sizeof ms[0] && rc == 0; mi++) {
+        const int M = ms[mi];
+        double ubf = 0, udq = 0, uw4 = 0;
+        rc = bench_prefill_graph(t, b, NULL, 0, NULL, 0, wb, 2, M, N, K, &ubf);
+        if (rc == 0)
+            rc = bench_prefill_graph(t, b, NULL, 0, dq, wd, NULL, 0, M, N, K, &udq);
+        if (rc == 0)
+            rc = bench_prefill_graph(t, b, w4, gx, NULL, 0, NULL, 0, M, N, K, &uw4);
+        if (rc)
+            break;
+        /* the dequantised weight against gemm90_int4's (non-gated shapes: cuBLASLt's product
+         * of the dequantised weight, the same values, another summation order) */
+        const double diff = gated ? 0 : kt_rel_l2_bf16(t, b->y, b->ylt, (size_t)M * N);
+#define TF(u) (2.0 * M * N * K / ((u) * 1e-6) / 1e12)
+        printf("%-10s %5d %5d %4d | %7.1f %5.0f | %7.1f %5.0f | %7.1f %5.0f %3d | %5.2f %5.2f | ",
+               llama[s].name, N, K, M, ubf, TF(ubf), udq, TF(udq), uw4, TF(uw4), regs,
+               udq / uw4, ubf / uw4);
+#undef TF
+        if (gated)
+            printf("(gated: not comparable)\n");
+        else
+            printf("%.1e %s\n", diff, diff <= 1e-2 ? "ok" : "MISMATCH (gemm90_int4 is wrong)");
+        if (!(diff <= 1e-2))
+            rc = -1;
+        fflush(stdout);
+    }
+    for (int i = 0; i < b->copies; i++) {
+        kt_free(t, b->w[i]);
+        kt_free(t, b->sz[i]);
+        b->sz[i] = 0;
+    }
+    kt_free(t, wb[0]);
+    kt_free(t, wb[1]);
+    kt_free(t, wd);
+    kt_free(t, b->x);
+    kt_free(t, b->y);
+    kt_free(t, b->ylt);
+    return rc;
+}
+
+int ktest_int4_prefill_bench(kt *t)
+{
+    if (!kt_sm90a(t)) {
+        fprintf(stderr, "bench int4_prefill: gemm90_int4 needs an sm_90a GPU (H100/H200)\n");
+        return -1;
+    }
+    sbench b;
+    memset(&b, 0, sizeof b);
+    if (!(b.lt = kt_cublaslt(t, "kiln-ktest --bench int4_prefill")))
+        return -1;
+    printf("bench int4_prefill: prefill-sized INT4 products (G 128, bf16 x, no bias), microseconds "
+           "per launch in the graphs above. bf16 = cuBLASLt on a bf16 weight (the 16-bit model); "
+           "dq+lt = dequant_int4 into scratch then cuBLASLt from it (the INT4 prefill of artifacts "
+           "with a target other than sm_90a); w4 = gemm90_int4 (the weight converted in "
+           "registers; gated shapes: with act(gate) * up, the others without), its registers a "
+           "thread, its speed-up over dq+lt and bf16; diff = relative L2 of w4's y against "
+           "dq+lt's.\n");
+    printf("%-10s %5s %5s %4s | %7s %5s | %7s %5s | %7s %5s %3s | %5s %5s | %s\n", "shape", "N",
+           "K", "M", "bf16 us", "TF/s", "dq+lt", "TF/s", "w4 us", "TF/s", "reg", "xdq", "xbf16",
+           "diff");
+    int rc = 0;
+    for (int s = 0; s < NLLAMA && rc == 0; s++)
+        rc = bench_prefill_shape(t, &b, s);
+    kgemm_free(b.lt);
     return rc;
 }
