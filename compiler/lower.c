@@ -669,40 +669,6 @@ static ka_arg dequant_step(lw *w, const kg_node *n, ka_arg q, ka_arg sc, qrows_k
 
 int lower_gemm90(const kc *c) { return c->gemm_kiln && c->sm90a_only; }
 
-int lower_uses_sm90a(const lowered *l)
-{
-    for (int i = 0; i < l->ninst; i++)
-        if (strncmp(l->inst_call[i], "kiln::gemm90", 12) == 0)
-            return 1;
-    return 0;
-}
-
-/* The prefill GEMM of an INT4 linear when every target is sm_90a: templates/gemm90.cuh's
- * gemm90_int4 (W4A16 on wgmma, the weight converted in registers; a gated linear's activation
- * fused), for steps of more than gemv_max rows. Its launch rule is kernels/kiln_gemm.h's
- * KILN_GEMM90_INT4_*; it needs no scratch. */
-static void gemm90_int4_push(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg sc, int64_t g4,
-                             ka_arg bias, ka_arg y, int64_t N, int64_t K, int gated, int act)
-{
-    int k = kern(w, "gemm90_int4", KILN_GEMM90_THREADS, KILN_GEMM90_INT4_SMEM,
-                 "int M, const DT *x, const unsigned char *w, const uint2 *sz, const DT *bias, "
-                 "DT *y",
-                 "kiln::gemm90_int4<DT, %lld, %lld, %s, %s, %d, %lld>(M, x, w, sz, bias, y)",
-                 (long long)N, (long long)K, bias.kind == KA_ARG_NULL ? "false" : "true",
-                 gated ? "true" : "false", act < 0 ? 0 : act, (long long)g4);
-    int64_t nout = gated ? N / 2 : N;
-    ka_step s = kstep(k, n->name, G(0, 0, 0, (int)nout, KILN_GEMM90_INT4_OUT(gated)),
-                      G(1, 0, 0, 0, KILN_GEMM90_INT4_ROWS), G1());
-    s.size = KA_SIZE_LARGE;
-    add_arg(&s, A(KA_ARG_M, 0));
-    add_arg(&s, x);
-    add_arg(&s, wt);
-    add_arg(&s, sc);
-    add_arg(&s, bias);
-    add_arg(&s, y);
-    push_sized(w, PRE, &s);
-}
-
 /* The GEMM step (prefill-sized rows): y[M, N] = x[M, K] . w[N, K]^T (+ bias), M the step's
  * rows (T, or n_seqs for KA_ROWS_S). With kilnc --gemm kiln, kiln's own kernel: one tile
  * configuration per shape whatever M is, so a row's result does not depend on the rows beside
@@ -944,8 +910,7 @@ static int low_linear(lw *w, int id)
      * (INT4, block scales, an sm_80 target, kiln's own GEMM, --fp8-gemm dequant) the decode
      * schedule runs the GEMV at every batch (dequantising the whole model per step would cost
      * more than the GEMV's re-reads of a weight tile from L2 by its row groups) and longer
-     * prefill steps dequantise the weight into scratch for the GEMM, but an INT4 one's when
-     * every target is sm_90a: gemm90_int4 converts it in registers. INT4's decode steps of more
+     * prefill steps dequantise the weight into scratch for the GEMM. INT4's decode steps of more
      * than GEMV_MAX rows take gemm_skinny_int4 (the weight read and converted once for every 64
      * rows; w->skinny4) but with --batch-invariant, whose GEMV keeps its fixed groups. */
     qrows_kind qk;
@@ -971,10 +936,6 @@ static int low_linear(lw *w, int id)
         } else {
             s.size = KA_SIZE_ANY;
             push(w, DEC, &s);
-        }
-        if (qk == QROWS_INT4 && w->c->sm90a_only) {
-            gemm90_int4_push(w, n, x, wt, sc, qb ? qb : K, bias, y, N, K, gated, n->epi_act);
-            return 0;
         }
         gemm_which = PRE;
         wt = dequant_step(w, n, wt, sc, qk, qb, N, K);
@@ -1920,17 +1881,18 @@ char *codegen_source(const lowered *l, const char *model_name)
     OUT("#include \"elementwise.cuh\"\n#include \"gemv.cuh\"\n#include \"attention.cuh\"\n"
         "#include \"moe.cuh\"\n#include \"sample.cuh\"\n#include \"collective.cuh\"\n");
     /* mla.cuh only where a model has multi-head latent attention, gemm.cuh or gemm90.cuh only
-     * with --gemm kiln (gemm90.cuh also for an sm_90a-only artifact's INT4 weights): other units
-     * stay as they were */
-    static const char *const heads[][3] = {{"kiln::mla_", NULL, "mla.cuh"},
-                                           {"kiln::gemm<", NULL, "gemm.cuh"},
-                                           {"kiln::gemm90<", "kiln::gemm90_int4<", "gemm90.cuh"}};
-    for (int h = 0; h < 3; h++)
+     * with --gemm kiln: other units stay as they were */
+    for (int i = 0; i < l->ninst; i++)
+        if (strncmp(l->inst_call[i], "kiln::mla_", 10) == 0) {
+            OUT("#include \"mla.cuh\"\n");
+            break;
+        }
+    static const char *const gemms[][2] = {{"kiln::gemm<", "gemm.cuh"},
+                                           {"kiln::gemm90<", "gemm90.cuh"}};
+    for (int g = 0; g < 2; g++)
         for (int i = 0; i < l->ninst; i++)
-            if (strncmp(l->inst_call[i], heads[h][0], strlen(heads[h][0])) == 0 ||
-                (heads[h][1] &&
-                 strncmp(l->inst_call[i], heads[h][1], strlen(heads[h][1])) == 0)) {
-                OUT("#include \"%s\"\n", heads[h][2]);
+            if (strncmp(l->inst_call[i], gemms[g][0], strlen(gemms[g][0])) == 0) {
+                OUT("#include \"%s\"\n", gemms[g][1]);
                 break;
             }
     OUT("\n");

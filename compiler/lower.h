@@ -66,12 +66,8 @@ void lower_skinny_shape(int64_t N, int64_t K, int gated, int g4, int smem_block,
                         int *splits, int *stages);
 
 /* Whether kiln's GEMM is the Hopper kernel (templates/gemm90.cuh, sm_90a only): with --gemm kiln
- * when every target is sm_90a. */
+ * when every target is sm_90a. kilnc compile then keeps PTX for compute_90a, not compute_90. */
 int lower_gemm90(const kc *c);
-
-/* Whether the lowered kernels use sm_90a's arch-specific instructions (templates/gemm90.cuh's
- * gemm90 or gemm90_int4): kilnc compile then keeps PTX for compute_90a, not compute_90. */
-int lower_uses_sm90a(const lowered *l);
 
 /* Prints the schedules in text (kilnc graph --dump-after=schedule). */
 void lower_print(const lowered *l, FILE *f);

@@ -1082,11 +1082,11 @@ static int cmd_compile(int argc, char **argv)
             l->ninst, l->m.nprefill, l->m.ndecode, l->m.nweights);
     /* lowest SM's PTX first, then a cubin per SM. The PTX is for the plain SM (compute_90 for
      * sm_90a, which newer GPUs can JIT) unless the kernels use the arch-specific instructions
-     * (kiln's Hopper GEMMs): then compute_90a, which only an sm_90 GPU runs */
+     * (kiln's Hopper GEMM): then compute_90a, which only an sm_90 GPU runs */
     const char *targets[9];
     char ptx_target[160];
     snprintf(ptx_target, sizeof ptx_target, "compute_%s", sms[0] + 3);
-    if (ptx_target[strlen(ptx_target) - 1] == 'a' && !lower_uses_sm90a(l))
+    if (ptx_target[strlen(ptx_target) - 1] == 'a' && !lower_gemm90(&c))
         ptx_target[strlen(ptx_target) - 1] = 0;
     targets[0] = ptx_target;
     for (int i = 0; i < nsm; i++)

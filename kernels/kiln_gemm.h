@@ -44,22 +44,6 @@
     (KILN_GEMM90_STAGES(bn) * (KILN_GEMM90_BM + (bn)) * KILN_GEMM90_BK * (esz) + 1024 +         \
      2 * KILN_GEMM90_STAGES(bn) * 8)
 
-/* Hopper's INT4 GEMM (templates/gemm90.cuh's gemm90_int4: W4A16, gemv_int4's weight converted in
- * registers), the prefill schedule's INT4 linears past gemv_max rows when every target is sm_90a:
- *   grid = (ceil(NOUT / KILN_GEMM90_INT4_OUT(gated)), ceil(M_launch / KILN_GEMM90_INT4_ROWS)),
- *   block = KILN_GEMM90_THREADS (a producer warpgroup, two that multiply), dynamic shared memory
- *   KILN_GEMM90_INT4_SMEM: a ring of KILN_GEMM90_INT4_STAGES slices of 64 elements of K, each the
- *   block's 128 x rows (16 KiB, 1024-byte aligned), its 128 weight rows (32 bytes each) and their
- *   two scale/zero entries (16 bytes), then 1 KiB of alignment and the ring's mbarriers.
- * A block's 128 weight rows are 128 outputs, or 64 gated ones (their gate and up rows). */
-#define KILN_GEMM90_INT4_ROWS 128
-#define KILN_GEMM90_INT4_OUT(gated) ((gated) ? 64 : 128)
-#define KILN_GEMM90_INT4_STAGES 6
-#define KILN_GEMM90_INT4_SPW 2 /* slices a consumer warpgroup multiplies between its waits */
-#define KILN_GEMM90_INT4_SMEM                                                                     \
-    (KILN_GEMM90_INT4_STAGES * (KILN_GEMM90_INT4_ROWS * 128 + 128 * 32 + 128 * 16) + 1024 +      \
-     2 * KILN_GEMM90_INT4_STAGES * 8)
-
 /* The skinny GEMM (templates/gemv.cuh's gemm_skinny): with kilnc compile --gemm kiln, every 16-bit
  * linear of a decode step of more than gemv_max and at most KILN_SKINNY_MAX rows (batches of 9 to
  * 64 sequences), where the product is still bound by the bytes of the weight, which it streams

@@ -168,17 +168,9 @@ int cmd_inspect(int argc, char **argv)
         for (int i = 0; i < m->ndecode && !sk4; i++)
             sk4 = m->decode[i].kind == KA_KERNEL &&
                   ka_kernel_is(&m->kernels[m->decode[i].kernel], "gemm_skinny_int4");
-        int w4 = 0; /* prefill steps on gemm90_int4, the weight converted in registers */
-        for (int i = 0; i < m->nprefill && !w4; i++)
-            w4 = m->prefill[i].kind == KA_KERNEL &&
-                 ka_kernel_is(&m->kernels[m->prefill[i].kernel], "gemm90_int4");
         printf("int4         %d linear weights in 4 bits with scales and zero points per group; "
-               "prefill steps of more than %d rows ",
-               int4, m->gemv_max);
-        if (w4)
-            printf("convert them in registers on Hopper's INT4 GEMM (gemm90_int4)");
-        else
-            printf("dequantise them into %s for the GEMM", m->dtype);
+               "prefill steps of more than %d rows dequantise them into %s for the GEMM",
+               int4, m->gemv_max, m->dtype);
         if (sk4)
             printf("; decode steps of more than %d rows read them on the skinny INT4 GEMM, once "
                    "for every %d rows",

@@ -346,89 +346,6 @@ static void test_int4_skinny_steps(void **state)
         }
 }
 
-/* An INT4 linear's prefill steps (the fixtures above): its GEMV of up to gemv_max rows (size
- * small; none with --batch-invariant, whose prefill has one variant), then past them, where every
- * target is sm_90a, gemm90_int4 (size large; any with --batch-invariant): the GEMV's x, weight,
- * sz, bias and y, the weight converted in registers (a gated linear's act(gate) * up fused: no
- * act_mul, no dequantised weight, no scratch), its launch kernels/kiln_gemm.h's, and the unit
- * compiled for compute_90a; for any other target, dequant_int4 into scratch and the GEMM. */
-static void test_int4_prefill_steps(void **state)
-{
-    (void)state;
-    static const struct {
-        const char *fx;
-        kc_quant q;
-    } cases[] = {{"llama", KC_QUANT_INT4}, {"llama_awq", KC_QUANT_NONE}};
-    for (size_t f = 0; f < ARRAY_LEN(cases); f++)
-        for (int mode = 0; mode < 4; mode++) { /* sm_90a: default, --gemm kiln, invariant; 80 */
-            kc c;
-            kc_opts o = {.need_weights = 1, .max_seq_len = 128, .max_seqs = 16,
-                         .max_tokens = 1024, .quant_mode = cases[f].q,
-                         .gemm_kiln = mode == 1 || mode == 2, .batch_invariant = mode == 2,
-                         .sm90a_only = mode < 3};
-            lower_opts(&c, cases[f].fx, &o);
-            const lowered *l = c.low;
-            const ka_step *p = l->m.prefill;
-            int n4 = 0, ndq = 0;
-            for (int i = 0; i < l->m.nprefill; i++) {
-                if (p[i].kind != KA_KERNEL)
-                    continue;
-                const ka_kernel *kk = &l->m.kernels[p[i].kernel];
-                ndq += ka_kernel_is(kk, "dequant_int4");
-                if (!ka_kernel_is(kk, "gemm90_int4"))
-                    continue;
-                n4++;
-                assert_int_equal(p[i].size, mode == 2 ? KA_SIZE_ANY : KA_SIZE_LARGE);
-                long long N, K, G;
-                int act;
-                char bias[8], gated[8];
-                assert_int_equal(sscanf(l->inst_call[p[i].kernel],
-                                        "kiln::gemm90_int4<DT, %lld, %lld, %7[a-z], %7[a-z], %d, "
-                                        "%lld>",
-                                        &N, &K, bias, gated, &act, &G),
-                                 6);
-                const int gt = strcmp(gated, "true") == 0;
-                const long long nout = gt ? N / 2 : N;
-                assert_int_equal(kk->block, KILN_GEMM90_THREADS);
-                assert_int_equal(kk->smem, KILN_GEMM90_INT4_SMEM);
-                for (long T = 9; T <= 1024; T += 61) {
-                    assert_int_equal(grid_at(&p[i].grid[0], T, T),
-                                     (nout + KILN_GEMM90_INT4_OUT(gt) - 1) /
-                                         KILN_GEMM90_INT4_OUT(gt));
-                    assert_int_equal(grid_at(&p[i].grid[1], T, T),
-                                     (T + KILN_GEMM90_INT4_ROWS - 1) / KILN_GEMM90_INT4_ROWS);
-                    assert_int_equal(grid_at(&p[i].grid[2], T, T), 1);
-                }
-                /* (M, x, w, sz, bias, y) */
-                assert_int_equal(p[i].nargs, 6);
-                assert_int_equal(p[i].args[0].kind, KA_ARG_M);
-                assert_int_equal(p[i].args[2].kind, KA_ARG_WEIGHT); /* as packed */
-                assert_int_equal(p[i].args[3].kind, KA_ARG_WEIGHT);
-                if (mode < 2) { /* after the linear's GEMV, with its operands */
-                    if (i == 0 || strcmp(p[i - 1].label, p[i].label) != 0 ||
-                        !ka_kernel_is(&l->m.kernels[p[i - 1].kernel], "gemv_int4") ||
-                        p[i - 1].size != KA_SIZE_SMALL)
-                        fail_msg("%s mode %d: %s's gemm90_int4 not after its GEMV", cases[f].fx,
-                                 mode, p[i].label);
-                    for (int a = 1; a < 6; a++)
-                        assert_true(same_arg(&p[i].args[a], &p[i - 1].args[a]));
-                }
-                int steps = 0; /* nothing else runs for the linear */
-                for (int j = 0; j < l->m.nprefill; j++)
-                    steps += strcmp(p[j].label, p[i].label) == 0;
-                assert_int_equal(steps, mode < 2 ? 2 : 1);
-            }
-            if (mode < 3 && (n4 == 0 || ndq))
-                fail_msg("%s mode %d: %d gemm90_int4 steps, %d dequant_int4", cases[f].fx, mode,
-                         n4, ndq);
-            if (mode == 3 && (n4 || ndq == 0))
-                fail_msg("%s (sm_80): %d gemm90_int4 steps, %d dequant_int4", cases[f].fx, n4,
-                         ndq);
-            assert_int_equal(lower_uses_sm90a(l), mode < 3);
-            kc_free(&c);
-        }
-}
-
 static void test_cli_compile_inspect(void **state)
 {
     (void)state;
@@ -551,7 +468,6 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_steps_replace_cublaslt),
         cmocka_unit_test(test_int4_skinny_steps),
-        cmocka_unit_test(test_int4_prefill_steps),
         cmocka_unit_test(test_cli_compile_inspect),
         cmocka_unit_test(test_cli_refuses_bad_values),
     };

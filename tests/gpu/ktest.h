@@ -133,9 +133,6 @@ void ktest_skinny(kt *t);
 int ktest_skinny_bench(kt *t);
 /* `kiln-ktest --bench skinny_int4`: gemm_skinny_int4's INT4 bandwidth on the same shapes. */
 int ktest_skinny_int4_bench(kt *t);
-/* `kiln-ktest --bench int4_prefill`: templates/gemm90.cuh's gemm90_int4 on prefill-sized rows
- * of the Llama-3 shapes, against dequant_int4 + cuBLASLt and cuBLASLt on a bf16 weight (sm_90a). */
-int ktest_int4_prefill_bench(kt *t);
 void ktest_gemm(kt *t);
 /* `kiln-ktest --bench gemm`: kiln's GEMM against cuBLASLt in TFLOP/s per shape and M; -1 on a
  * failure (a launch, or an output that differs from cuBLASLt's). */

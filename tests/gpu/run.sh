@@ -321,10 +321,8 @@ if [ -f $ART/llama/model.kiln ] && ! skip_late "llama seeded"; then
   # which also runs a batch of 80 (--max-batch 128: decode steps in two row groups of 64). Its
   # 80 prompts (1,250 tokens) are prefilled in one step (--max-tokens 2048): in chunks of 1,024,
   # the first chunk's sequences would take their first decode step beside the second chunk, in the
-  # prefill schedule, whose GEMM (gemm90_int4, or dequant_int4 and the bf16 GEMM) multiplies the
-  # INT4 weights rounded to bf16 where the decode kernels multiply (q - z) * s exactly (a
-  # prefill on gemm_skinny_int4, exact, passed without it: thirteenth session), and this
-  # fixture's INT4 margins are thin
+  # prefill schedule, whose GEMM multiplies the INT4 weights dequantised to bf16 (rounded) where
+  # the decode kernels multiply (q - z) * s exactly, and this fixture's INT4 margins are thin
   # (section 3g: 2 of 8 tokens equal ref's): a token flipped there (measured, twelfth session)
   for gm in "" kiln int4; do
     a=$ART/llama_b64${gm:+_$gm} mb=64 ns="20 40"
@@ -505,9 +503,8 @@ fi
 
 # 3g. --quant int4 (RUN_INT4Q= skips): the fixture's linears rounded to INT4 at compile time, run on
 # the first 6 tokens of its prompt (a prefill of up to 8 rows: gemv_int4) and on the whole prompt
-# (40 tokens for llama: gemm90_int4 on sm_90a, which converts the weight in registers; elsewhere
-# dequant_int4 into scratch, then the bf16 GEMM), 8 decode steps on gemv_int4 after each, against
-# kilnc ref --quant int4 on the same prompt. The weights are the same numbers
+# (40 tokens for llama: dequant_int4 into scratch, then the bf16 GEMM), 8 decode steps on gemv_int4
+# after each, against kilnc ref --quant int4 on the same prompt. The weights are the same numbers
 # on both sides (the scales rounded to bf16 at compile time; test_compile checks the packed
 # nibbles, scales and zero points give them back exactly), so the difference is bf16 arithmetic,
 # as in 3e's bf16 control (0.03): the bound 0.1 leaves room for that and nothing else; a wrong
