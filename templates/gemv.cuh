@@ -984,9 +984,12 @@ __device__ __forceinline__ void gemv_fp8(const kiln_step st, const DT *x, const 
 // matrix in natural order: out[n, k] = DT(float(q[n, k]) * scale[n, k / SBC]), the same
 // rounding as a weight dequantised at compile time (compiler/quant.c: the fp32 product, then
 // the pack's conversion to DT). The prefill schedule runs it before a GEMM of more rows than
-// the GEMV takes, into scratch.
-// Launch rule: grid (ceil(N * K / 16 / THREADS)), block THREADS; a thread converts one 16-byte
-// chunk. Preconditions: K % 16 == 0; SBC == K or a multiple of 64; w and out 16-byte aligned.
+// the GEMV takes, into scratch. A block converts 2 * THREADS consecutive 8-byte units of w (8
+// elements each, N * K / 8 in all: K % 16 == 0, so a unit never straddles rows): thread t units
+// t and t + THREADS, so that each of a warp's loads reads 256 consecutive bytes and each of its
+// stores writes 512, both loads before the first store.
+// Launch rule: grid (ceil(N * K / 16 / THREADS)), block THREADS. Preconditions: K % 16 == 0;
+// SBC == K or a multiple of 64; w 8-byte and out 16-byte aligned.
 template <typename DT, int N, int K, int SBC, int THREADS>
 __device__ __forceinline__ void dequant_fp8(const kiln_step st, const unsigned char *w,
                                             const float *scale, DT *out)
@@ -994,28 +997,42 @@ __device__ __forceinline__ void dequant_fp8(const kiln_step st, const unsigned c
     KILN_PDL_ENTER();
     static_assert(K % 16 == 0 && (SBC == K || (SBC > 0 && SBC % 64 == 0)),
                   "dequant_fp8: K % 16 == 0 and a scale per row or per K block of 64k");
+    static_assert(THREADS % 32 == 0 && THREADS >= 32 && THREADS <= 1024,
+                  "dequant_fp8: THREADS must be a multiple of 32, at most 1024");
     (void)st;
     constexpr int KB = (K + SBC - 1) / SBC;
-    const long long c = (long long)blockIdx.x * THREADS + threadIdx.x;
-    if (c >= (long long)N * K / 16)
-        return;
-    const long long n = c / (K / 16);
-    const int k = (int)(c % (K / 16)) * 16;
-    const float s = scale[n * KB + k / SBC];
-    uint4 h[2];
-    gemv_detail::fp8x16<DT>(gemv_detail::ld_stream(w + c * 16), h[0], h[1]);
+    constexpr long long UNITS = (long long)N * (K / 8);
+    const long long u0 = (long long)blockIdx.x * 2 * THREADS + threadIdx.x;
+    const uint2 *wq = reinterpret_cast<const uint2 *>(w);
+    uint2 q[2];
+    float s[2];
 #pragma unroll
     for (int i = 0; i < 2; i++) {
+        const long long j = u0 + (long long)i * THREADS;
+        if (j < UNITS) {
+            const long long n = j / (K / 8);
+            const int k = (int)(j % (K / 8)) * 8;
+            q[i] = __ldcs(wq + j);
+            s[i] = scale[n * KB + k / SBC];
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const long long j = u0 + (long long)i * THREADS;
+        if (j >= UNITS)
+            continue;
+        unsigned h[4]; // elements 0..7 as DT pairs
+        gemv_detail::fp8x4<DT>(q[i].x, h[0], h[1]);
+        gemv_detail::fp8x4<DT>(q[i].y, h[2], h[3]);
         float f[8];
-        const unsigned u[4] = {h[i].x, h[i].y, h[i].z, h[i].w};
 #pragma unroll
         for (int e = 0; e < 8; e++) {
             DT v;
             *reinterpret_cast<unsigned short *>(&v) =
-                (unsigned short)(e & 1 ? u[e / 2] >> 16 : u[e / 2] & 0xffffu);
-            f[e] = to_f(v) * s;
+                (unsigned short)(e & 1 ? h[e / 2] >> 16 : h[e / 2] & 0xffffu);
+            f[e] = to_f(v) * s[i];
         }
-        store8(out + n * K + k + 8 * i, f);
+        store8(out + j * 8, f);
     }
 }
 
