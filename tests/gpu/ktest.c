@@ -401,13 +401,14 @@ int main(int argc, char **argv)
         t->compile_only = 1;
         ai++;
     }
-    /* --bench gemv|gemm|skinny|skinny_int4: tests/gpu/ktest_<family>.c's benchmark instead of
+    /* --bench gemv|gemm|skinny|skinny_int4|dequant: tests/gpu/ktest_<family>.c's benchmark instead of
      * the cases */
     static const struct {
         const char *family;
         int (*run)(kt *);
     } benches[] = {{"gemv", ktest_gemv_bench}, {"gemm", ktest_gemm_bench},
-                   {"skinny", ktest_skinny_bench}, {"skinny_int4", ktest_skinny_int4_bench}};
+                   {"skinny", ktest_skinny_bench}, {"skinny_int4", ktest_skinny_int4_bench},
+                   {"dequant", ktest_dequant_bench}};
     const char *bench = NULL;
     int (*bench_run)(kt *) = NULL;
     if (argc > ai && strcmp(argv[ai], "--bench") == 0) {
@@ -415,7 +416,8 @@ int main(int argc, char **argv)
             if (strcmp(argv[ai + 1], benches[i].family) == 0)
                 bench_run = benches[i].run;
         if (!bench_run)
-            die(t, "--bench: expected the family to benchmark, gemv, gemm, skinny or skinny_int4; "
+            die(t, "--bench: expected the family to benchmark, gemv, gemm, skinny, skinny_int4 or "
+                   "dequant; "
                    "got %s",
                 argc > ai + 1 ? argv[ai + 1] : "nothing");
         bench = argv[ai + 1];

@@ -126,6 +126,9 @@ void ktest_elementwise(kt *t);
 void ktest_gemv(kt *t);
 /* `kiln-ktest --bench gemv`: prints the GEMV's weight bandwidth per shape and M; -1 on a failure. */
 int ktest_gemv_bench(kt *t);
+/* `kiln-ktest --bench dequant`: dequant_int4's and dequant_fp8's bytes per second on the Llama-3
+ * shapes, over the copy bandwidth. */
+int ktest_dequant_bench(kt *t);
 void ktest_skinny(kt *t);
 /* `kiln-ktest --bench skinny`: gemm_skinny's weight bandwidth at lower_skinny_shape's warps and
  * splits and around them, against cuBLASLt, on the Llama-3 shapes at 16 to 64 rows; -1 on a

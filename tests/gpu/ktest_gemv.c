@@ -1648,3 +1648,102 @@ int ktest_gemv_bench(kt *t)
     free(v0);
     return rc;
 }
+
+/* ---------------------------------------------------------------- kiln-ktest --bench dequant */
+
+/* Microseconds of one launch of f (dequant_int4 or dequant_fp8 at 256 threads, the launch
+ * lower.c's dequant_step makes: grid ceil(N * K / per / 256)): 8 launches captured back to back
+ * in a CUDA graph, the best of 3 replays. */
+static double dequant_us(kt *t, CUfunction f, int N, int K, int per, CUdeviceptr w, CUdeviceptr s,
+                         CUdeviceptr out)
+{
+    enum { LAUNCHES = 8 };
+    kiln_step st;
+    memset(&st, 0, sizeof st);
+    void *args[] = {&st, &w, &s, &out};
+    kerr e;
+    kerr_clear(&e);
+    CUgraph g = NULL;
+    KT_CU(t, cuStreamBeginCapture(t->stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
+    int rc = 0;
+    for (int i = 0; i < LAUNCHES && rc == 0; i++)
+        rc = kcuda_launch(&t->cu, f, (unsigned)(((long long)N * K / per + 255) / 256), 1, 1, 256,
+                          0, t->stream, args, t->pdl, &e);
+    KT_CU(t, cuStreamEndCapture(t->stream, &g));
+    if (rc) {
+        fprintf(stderr, "bench dequant: %s\n", kerr_msg(&e));
+        if (g)
+            KT_CU(t, cuGraphDestroy(g));
+        return -1;
+    }
+    const double ms = kt_graph_ms(t, g, 3);
+    KT_CU(t, cuGraphDestroy(g));
+    return ms * 1e3 / LAUNCHES;
+}
+
+int ktest_dequant_bench(kt *t)
+{
+    static const struct {
+        const char *name;
+        int N, K;
+    } shapes[] = {{"8B qkv", 6144, 4096}, {"8B o", 4096, 4096}, {"8B gate_up", 28672, 4096},
+                  {"8B down", 4096, 14336}, {"1B qkv", 3072, 2048}, {"1B down", 2048, 8192}};
+    const double copy_bw = kt_copy_bw(t);
+    printf("bench dequant: the prefill schedule's dequantising kernels (templates/gemv.cuh, "
+           "bf16 out, 256 threads), bytes read and written per second of one launch (in a graph "
+           "of 8) and that over the copy bandwidth %.0f GB/s (read and written): dequant_int4 "
+           "(G 128: weight, sz, out), dequant_fp8 with a scale per row and per 128 elements of "
+           "K (weight, scales, out).\n",
+           copy_bw / 1e9);
+    printf("%-10s %5s %5s | %8s %5s | %8s %5s | %8s %5s\n", "shape", "N", "K", "int4 us", "xcpy",
+           "fp8 us", "xcpy", "blk us", "xcpy");
+    int rc = 0;
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0] && rc == 0; i++) {
+        const int N = shapes[i].N, K = shapes[i].K;
+        char src[1024], name[96];
+        snprintf(name, sizeof name, "bench dequant %s", shapes[i].name);
+        snprintf(src, sizeof src,
+                 "#include \"gemv.cuh\"\n"
+                 "extern \"C\" __global__ void __launch_bounds__(256)\n"
+                 "k_i4(const kiln_step st, const unsigned char *w, const uint2 *sz, kiln::bf16 *o)"
+                 "\n{\n    kiln::dequant_int4<kiln::bf16, %d, %d, 128, 256>(st, w, sz, o);\n}\n"
+                 "extern \"C\" __global__ void __launch_bounds__(256)\n"
+                 "k_f8(const kiln_step st, const unsigned char *w, const float *s, kiln::bf16 *o)"
+                 "\n{\n    kiln::dequant_fp8<kiln::bf16, %d, %d, %d, 256>(st, w, s, o);\n}\n"
+                 "extern \"C\" __global__ void __launch_bounds__(256)\n"
+                 "k_f8b(const kiln_step st, const unsigned char *w, const float *s, kiln::bf16 *o)"
+                 "\n{\n    kiln::dequant_fp8<kiln::bf16, %d, %d, 128, 256>(st, w, s, o);\n}\n",
+                 N, K, N, K, K, N, K);
+        CUmodule mod = kt_module(t, name, src);
+        if (!mod)
+            return -1;
+        const size_t n = (size_t)N * K;
+        /* e4m3 0x38 = 1.0; sz (s, s) = (1, 1), (B + z, B + z) = (136, 136), read by FP8 as
+         * floats 1.0039 and 136.03: finite values (the speed does not depend on them) */
+        const size_t ns = (size_t)N * (K / 32) * 2;
+        uint32_t *hs = xmalloc(sizeof(uint32_t) * ns);
+        for (size_t k = 0; k < ns; k++)
+            hs[k] = k & 1 ? 0x43084308u : 0x3F803F80u;
+        CUdeviceptr w = kt_alloc(t, n), s = kt_upload(t, hs, sizeof(uint32_t) * ns),
+                    out = kt_alloc(t, 2 * n);
+        free(hs);
+        KT_CU(t, cuMemsetD8(w, 0x38, n));
+        const double ui4 = dequant_us(t, kt_func(t, mod, "k_i4"), N, K, 32, w, s, out);
+        const double uf8 = dequant_us(t, kt_func(t, mod, "k_f8"), N, K, 16, w, s, out);
+        const double ufb = dequant_us(t, kt_func(t, mod, "k_f8b"), N, K, 16, w, s, out);
+        kt_free(t, w);
+        kt_free(t, s);
+        kt_free(t, out);
+        if (ui4 < 0 || uf8 < 0 || ufb < 0) {
+            rc = -1;
+            break;
+        }
+        const double bi4 = n / 2.0 + (double)N * (K / 128) * 8 + 2.0 * n;
+        const double bf8 = n + (double)N * 4 + 2.0 * n, bfb = n + (double)N * (K / 128) * 4 + 2.0 * n;
+        printf("%-10s %5d %5d | %8.1f %5.2f | %8.1f %5.2f | %8.1f %5.2f\n", shapes[i].name, N, K,
+               ui4, bi4 / (ui4 * 1e-6) / copy_bw, uf8, bf8 / (uf8 * 1e-6) / copy_bw, ufb,
+               bfb / (ufb * 1e-6) / copy_bw);
+        fflush(stdout);
+    }
+    return rc;
+}
