@@ -35,7 +35,8 @@ typedef struct lw {
     int64_t scratch0;    /* scratch bytes every node keeps clear: attn_decode's counters */
     int attn_heads;      /* the most query heads of an attention node (sizes the counters) */
     int skinny;          /* linears get a gemm_skinny step for gemv_max < rows <= skinny_max */
-    int skinny4;         /* INT4 linears get a gemm_skinny_int4 step likewise */
+    int skinny4;         /* INT4 linears get a gemm_skinny_int4 decode step past gemv_max rows */
+    int skinny4p;        /* and a prefill one for gemv_max < rows <= skinny_max */
     int64_t skinny_count; /* scratch offset of gemm_skinny's arrival counters (in scratch0) */
     int *wmap;           /* node -> weight index, -1 */
     int *wmap8;          /* node -> index of its quantised weight (its scales the next), -1 */
@@ -593,11 +594,13 @@ static int skinny_smem(const lw *w)
 /* The skinny GEMM step of the decode schedule: templates/gemv.cuh's gemm_skinny for a 16-bit
  * weight (g4 0), for gemv_max < rows <= skinny_max; or gemm_skinny_int4 for an INT4 weight wt of
  * group size g4 with its scales and zero points sc, for rows > gemv_max (row groups of
- * KILN_SKINNY_MAX: skinny4_groups). Its partials in this node's scratch, its arrival counters the
- * shared ones at w->skinny_count (every launch leaves them zero). */
+ * KILN_SKINNY_MAX: skinny4_groups); with `prefill`, gemm_skinny_int4's step of the prefill
+ * schedule, for gemv_max < rows <= skinny_max (one row group). Its partials in this node's
+ * scratch, its arrival counters the shared ones at w->skinny_count (every launch leaves them
+ * zero). */
 static void skinny_push(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg sc, int64_t g4,
                         ka_arg bias, ka_arg y, int64_t N, int64_t K, int gated, int act,
-                        int out_f32)
+                        int out_f32, int prefill)
 {
     int warps, splits, stages;
     lower_skinny_shape(N, K, gated, (int)g4, skinny_smem(w), &warps, &splits, &stages);
@@ -626,7 +629,7 @@ static void skinny_push(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg sc,
     ka_grid ub = G(0, 0, 0, (int)units, warps), kp = G(0, 0, 0, splits, 1);
     ka_step s = g4 ? kstep(k, n->name, G(1, 0, 0, 0, KILN_SKINNY_MAX), ub, kp)
                    : kstep(k, n->name, ub, kp, G1());
-    s.size = g4 ? KA_SIZE_LARGE : KA_SIZE_MID;
+    s.size = g4 && !prefill ? KA_SIZE_LARGE : KA_SIZE_MID;
     add_arg(&s, A(KA_ARG_STEP, 0));
     add_arg(&s, x);
     add_arg(&s, wt);
@@ -637,15 +640,15 @@ static void skinny_push(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg sc,
     add_arg(&s, part);
     add_arg(&s, A(KA_ARG_SCRATCH, w->skinny_count));
     add_arg(&s, A(KA_ARG_M, 0));
-    push(w, DEC, &s);
+    push(w, prefill ? PRE : DEC, &s);
 }
 
 /* A quantised weight (q, scales sc, K block b, kind qk) dequantised into scratch [N, K] in the
- * compute dtype for a prefill GEMM (templates/gemv.cuh's dequant_fp8 or dequant_int4); returns
- * the scratch argument. */
+ * compute dtype for a prefill GEMM (templates/gemv.cuh's dequant_fp8 or dequant_int4), a step of
+ * the prefill schedule of the given size; returns the scratch argument. */
 #define DEQUANT_THREADS 256
 static ka_arg dequant_step(lw *w, const kg_node *n, ka_arg q, ka_arg sc, qrows_kind qk, int64_t b,
-                           int64_t N, int64_t K)
+                           int64_t N, int64_t K, ka_size size)
 {
     int i4 = qk == QROWS_INT4;
     ka_arg out = A(KA_ARG_SCRATCH, scratch_at(w, N * K * w->esize));
@@ -658,7 +661,7 @@ static ka_arg dequant_step(lw *w, const kg_node *n, ka_arg q, ka_arg sc, qrows_k
     /* a thread per 16-byte chunk: 16 e4m3 or 32 INT4 elements */
     ka_step s = kstep(k, n->name, G(0, 0, 0, (int)(N * K / (i4 ? 32 : 16)), DEQUANT_THREADS), G1(),
                       G1());
-    s.size = KA_SIZE_LARGE;
+    s.size = size;
     add_arg(&s, A(KA_ARG_STEP, 0));
     add_arg(&s, q);
     add_arg(&s, sc);
@@ -895,7 +898,7 @@ static int low_linear(lw *w, int id)
         s = gemv_step(w, n, x, wt, ANULL(), QROWS_NONE, 0, bias, part, N, K, 0, -1, 1, KA_ROWS_T);
         push_sized(w, DEC, &s);
         if (w->skinny)
-            skinny_push(w, n, x, wt, ANULL(), 0, bias, part, N, K, 0, -1, 1);
+            skinny_push(w, n, x, wt, ANULL(), 0, bias, part, N, K, 0, -1, 1, 0);
         logits_epilogue_step(w, n, part, hb, N, DEC, KA_LOGITS_ANY, KA_ROWS_T);
         gather_steps(w, n, part, all, N, tp, DEC, KA_LOGITS_ANY, KA_ROWS_T);
         w->m->vocab = (int)(N * tp);
@@ -912,10 +915,13 @@ static int low_linear(lw *w, int id)
      * more than the GEMV's re-reads of a weight tile from L2 by its row groups) and longer
      * prefill steps dequantise the weight into scratch for the GEMM. INT4's decode steps of more
      * than GEMV_MAX rows take gemm_skinny_int4 (the weight read and converted once for every 64
-     * rows; w->skinny4) but with --batch-invariant, whose GEMV keeps its fixed groups. */
+     * rows; w->skinny4), and so do its prefill steps of up to skinny_max rows (w->skinny4p:
+     * where a dequantising pass over the weight would cost more than the product); only longer
+     * ones dequantise. Neither with --batch-invariant, whose GEMV keeps its fixed groups. */
     qrows_kind qk;
     int64_t qb = quant_block(w, n->in[1], K, &qk), nout = gated ? N / 2 : N;
     int gemm_which = BOTH;
+    ka_size gemm_size = KA_SIZE_LARGE; /* a quantised weight's GEMM path: past skinny_max */
     if (qb < 0) {
         wt = AW(w, n->in[1]);
     } else {
@@ -932,13 +938,17 @@ static int low_linear(lw *w, int id)
         push_sized(w, PRE, &s);
         if (qk == QROWS_INT4 && w->skinny4) {
             push(w, DEC, &s);
-            skinny_push(w, n, x, wt, sc, qb ? qb : K, bias, y, N, K, gated, n->epi_act, 0);
+            skinny_push(w, n, x, wt, sc, qb ? qb : K, bias, y, N, K, gated, n->epi_act, 0, 0);
         } else {
             s.size = KA_SIZE_ANY;
             push(w, DEC, &s);
         }
         gemm_which = PRE;
-        wt = dequant_step(w, n, wt, sc, qk, qb, N, K);
+        if (qk == QROWS_INT4 && w->skinny4p) {
+            skinny_push(w, n, x, wt, sc, qb ? qb : K, bias, y, N, K, gated, n->epi_act, 0, 1);
+            gemm_size = KA_SIZE_HUGE;
+        }
+        wt = dequant_step(w, n, wt, sc, qk, qb, N, K, gemm_size);
     }
     /* a 16-bit weight: the GEMV up to gemv_max rows; with the skinny GEMM (--gemm kiln), the
      * decode schedule's steps of up to skinny_max rows take it and its GEMM runs past them only
@@ -947,13 +957,14 @@ static int low_linear(lw *w, int id)
     int skinny = qb < 0 && w->skinny;
     if (!gated) {
         ka_step s = gemm_step(w, n, x, wt, bias, y, N, K, K, N, 0, KA_ROWS_T);
+        s.size = gemm_size;
         push_gemm(w, gemm_which, &s, skinny);
         if (qb < 0) {
             s = gemv_step(w, n, x, wt, ANULL(), QROWS_NONE, 0, bias, y, N, K, 0, -1, 0, KA_ROWS_T);
             push_sized(w, BOTH, &s);
         }
         if (skinny)
-            skinny_push(w, n, x, wt, ANULL(), 0, bias, y, N, K, 0, -1, 0);
+            skinny_push(w, n, x, wt, ANULL(), 0, bias, y, N, K, 0, -1, 0, 0);
         return 0;
     }
     /* gated: GEMM into scratch [T, N] then act(gate) * up; or one GEMV with the epilogue */
@@ -962,12 +973,13 @@ static int low_linear(lw *w, int id)
         return -1;
     ka_arg tmp = A(KA_ARG_SCRATCH, scratch_at(w, (int64_t)w->c->max_tokens * N * w->esize));
     ka_step s = gemm_step(w, n, x, wt, bias, tmp, N, K, K, N, 0, KA_ROWS_T);
+    s.size = gemm_size;
     push_gemm(w, gemm_which, &s, skinny);
     int ka = kern(w, "act_mul", ELEM_THREADS, 0, "const kiln_step st, const DT *gu, DT *out",
                   "kiln::act_mul<DT, %lld, %d, %d>(st, gu, out)", (long long)I, n->epi_act,
                   ELEM_THREADS);
     s = kstep(ka, n->name, elems(I), G1(), G1());
-    s.size = KA_SIZE_LARGE;
+    s.size = gemm_size;
     add_arg(&s, A(KA_ARG_STEP, 0));
     add_arg(&s, tmp);
     add_arg(&s, y);
@@ -977,7 +989,7 @@ static int low_linear(lw *w, int id)
         push_sized(w, BOTH, &s);
     }
     if (skinny)
-        skinny_push(w, n, x, wt, ANULL(), 0, bias, y, N, K, 1, n->epi_act, 0);
+        skinny_push(w, n, x, wt, ANULL(), 0, bias, y, N, K, 1, n->epi_act, 0, 0);
     return 0;
 }
 
@@ -1781,7 +1793,12 @@ int lower(kc *c, lowered *out, kerr *err)
      * (G = 32) fits */
     w.skinny4 = !c->batch_invariant && c->max_seqs > GEMV_MAX && has_int4(&w) &&
                 KILN_SKINNY4_SMEM(KILN_SKINNY_MAX, 4, 2, 32) <= skinny_smem(&w);
-    if (w.skinny || w.skinny4) {
+    /* and for prefill steps of up to skinny_max rows, where a prefill step can have more than
+     * GEMV_MAX rows: the dequantising pass over the weight costs more than the product there
+     * (tests/gpu/RESULTS.md, thirteenth session) */
+    w.skinny4p = !c->batch_invariant && c->max_tokens > GEMV_MAX && has_int4(&w) &&
+                 KILN_SKINNY4_SMEM(KILN_SKINNY_MAX, 4, 2, 32) <= skinny_smem(&w);
+    if (w.skinny || w.skinny4 || w.skinny4p) {
         int64_t tiles = 1;
         for (int i = 0; i < c->g->n; i++) {
             const kg_node *n = &c->g->nodes[i];
@@ -1790,12 +1807,13 @@ int lower(kc *c, lowered *out, kerr *err)
                 tiles = t > tiles ? t : tiles;
             }
         }
-        if (w.skinny4) /* a set of counters per row group */
+        if (w.skinny4) /* a set of counters per row group (a prefill step's: one group) */
             tiles *= skinny4_groups(&w);
         w.skinny_count = w.scratch0;
         w.scratch0 += (tiles * 4 + 255) / 256 * 256;
     }
-    if (w.skinny) /* gemm_skinny's steps (size mid); gemm_skinny_int4's are large */
+    if (w.skinny || w.skinny4p) /* gemm_skinny's steps, gemm_skinny_int4's prefill ones (size
+                                  * mid); gemm_skinny_int4's decode ones are large */
         m->skinny_max = KILN_SKINNY_MAX;
     int64_t scratch_max = w.scratch0;
     int n0 = c->g->n; /* low_moe may append constant nodes */

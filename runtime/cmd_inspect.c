@@ -168,9 +168,19 @@ int cmd_inspect(int argc, char **argv)
         for (int i = 0; i < m->ndecode && !sk4; i++)
             sk4 = m->decode[i].kind == KA_KERNEL &&
                   ka_kernel_is(&m->kernels[m->decode[i].kernel], "gemm_skinny_int4");
-        printf("int4         %d linear weights in 4 bits with scales and zero points per group; "
-               "prefill steps of more than %d rows dequantise them into %s for the GEMM",
-               int4, m->gemv_max, m->dtype);
+        int pk4 = 0; /* prefill steps of up to skinny_max rows on gemm_skinny_int4 */
+        for (int i = 0; i < m->nprefill && !pk4; i++)
+            pk4 = m->prefill[i].kind == KA_KERNEL &&
+                  ka_kernel_is(&m->kernels[m->prefill[i].kernel], "gemm_skinny_int4");
+        printf("int4         %d linear weights in 4 bits with scales and zero points per group; ",
+               int4);
+        if (pk4)
+            printf("prefill steps of %d to %d rows read them on the skinny INT4 GEMM, longer ones "
+                   "dequantise them into %s for the GEMM",
+                   m->gemv_max + 1, m->skinny_max, m->dtype);
+        else
+            printf("prefill steps of more than %d rows dequantise them into %s for the GEMM",
+                   m->gemv_max, m->dtype);
         if (sk4)
             printf("; decode steps of more than %d rows read them on the skinny INT4 GEMM, once "
                    "for every %d rows",

@@ -224,7 +224,8 @@ static void test_steps_replace_cublaslt(void **state)
  * the default build and with --gemm kiln: its GEMV of up to gemv_max rows (size small), then
  * gemm_skinny_int4 past them (size large; the same weight, sz and shape, G the GEMV's; warps,
  * splits and ring lower_skinny_shape's for the targets' shared memory; block, shared memory and
- * grid kernels/kiln_gemm.h's: row groups of 64 rows), and nothing else. With --batch-invariant,
+ * grid kernels/kiln_gemm.h's: row groups of 64 rows), and nothing else; its prefill steps, the
+ * same kernel up to skinny_max rows and the dequantising GEMM past them. With --batch-invariant,
  * or when no step has more than gemv_max rows, none (the GEMV takes every decode step). */
 static void test_int4_skinny_steps(void **state)
 {
@@ -331,6 +332,30 @@ static void test_int4_skinny_steps(void **state)
                     assert_true(k->args[6].i >= cend);
                     assert_true(k->args[6].i + 4 * groups * pf <= dq);
                 }
+                /* the prefill schedule: the same kernel on the same operands and counters for
+                 * gemv_max < rows <= skinny_max (size mid), every other step of the linear but
+                 * its GEMV (dequant_int4, the GEMM, act_mul) past skinny_max (size huge) */
+                int pk = 0;
+                for (int j = 0; j < l->m.nprefill; j++) {
+                    if (strcmp(p[j].label, d[i].label) != 0)
+                        continue;
+                    if (p[j].kind == KA_KERNEL &&
+                        ka_kernel_is(&l->m.kernels[p[j].kernel], "gemv_int4")) {
+                        assert_int_equal(p[j].size, KA_SIZE_SMALL);
+                    } else if (p[j].kind == KA_KERNEL &&
+                               ka_kernel_is(&l->m.kernels[p[j].kernel], "gemm_skinny_int4")) {
+                        pk++;
+                        assert_int_equal(p[j].kernel, k->kernel);
+                        assert_int_equal(p[j].size, KA_SIZE_MID);
+                        for (int a = 1; a <= 5; a++)
+                            assert_true(same_arg(&p[j].args[a], &k->args[a]));
+                        assert_true(same_arg(&p[j].args[7], &k->args[7]));
+                        assert_true(p[j].args[6].kind == KA_ARG_NULL || p[j].args[6].i < dq);
+                    } else {
+                        assert_int_equal(p[j].size, KA_SIZE_HUGE);
+                    }
+                }
+                assert_int_equal(pk, 1);
             }
             if (n4 == 0)
                 fail_msg("%s mode %d: no INT4 GEMV (the test proves nothing)", cases[f].fx, mode);
@@ -340,8 +365,9 @@ static void test_int4_skinny_steps(void **state)
             if (mode >= 2 && nsk)
                 fail_msg("%s mode %d: %d skinny INT4 steps where none may run", cases[f].fx,
                          mode, nsk);
-            /* mid steps (skinny_max) are gemm_skinny's, --gemm kiln's only */
-            assert_int_equal(l->m.skinny_max, mode == 1 ? KILN_SKINNY_MAX : 0);
+            /* mid steps (skinny_max): gemm_skinny's (--gemm kiln) and gemm_skinny_int4's in
+             * prefill, where a prefill step can have more than gemv_max rows */
+            assert_int_equal(l->m.skinny_max, mode < 2 ? KILN_SKINNY_MAX : 0);
             kc_free(&c);
         }
 }
