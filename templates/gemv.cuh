@@ -980,14 +980,40 @@ __device__ __forceinline__ void gemv_fp8(const kiln_step st, const DT *x, const 
         acc, BLOCKS ? nullptr : scale, bias, y, row0, tile, M);
 }
 
+// The shape dequant_fp8 and dequant_int4 share: a block converts U * THREADS consecutive units
+// of w of 8 elements each (units in all; K % 8 == 0, so a unit never straddles rows), thread t
+// units t, t + THREADS, ..., so that each of a warp's loads and stores is consecutive; every
+// unit's load (the unit as a Q, its scale from scale_at(n, k)) before the first conversion,
+// conv(q, s, j) storing unit j of out.
+template <int U, int THREADS, int K, typename Q, typename ScaleAt, typename Conv>
+__device__ __forceinline__ void dequant_units(long long units, const Q *wq, ScaleAt scale_at,
+                                              Conv conv)
+{
+    const long long u0 = (long long)blockIdx.x * U * THREADS + threadIdx.x;
+    Q q[U];
+    decltype(scale_at(0LL, 0)) s[U];
+#pragma unroll
+    for (int i = 0; i < U; i++) {
+        const long long j = u0 + (long long)i * THREADS;
+        if (j < units) {
+            q[i] = __ldcs(wq + j);
+            s[i] = scale_at(j / (K / 8), (int)(j % (K / 8)) * 8);
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < U; i++) {
+        const long long j = u0 + (long long)i * THREADS;
+        if (j < units)
+            conv(q[i], s[i], j);
+    }
+}
+
 // dequant_fp8 — gemv_fp8's weight (bytes in its order, float scales [N, KB]) as a DT [N, K]
 // matrix in natural order: out[n, k] = DT(float(q[n, k]) * scale[n, k / SBC]), the same
 // rounding as a weight dequantised at compile time (compiler/quant.c: the fp32 product, then
 // the pack's conversion to DT). The prefill schedule runs it before a GEMM of more rows than
-// the GEMV takes, into scratch. A block converts 2 * THREADS consecutive 8-byte units of w (8
-// elements each, N * K / 8 in all: K % 16 == 0, so a unit never straddles rows): thread t units
-// t and t + THREADS, so that each of a warp's loads reads 256 consecutive bytes and each of its
-// stores writes 512, both loads before the first store.
+// the GEMV takes, into scratch. dequant_units with 8-byte units, two a thread: each of a warp's
+// loads reads 256 consecutive bytes, each store writes 512.
 // Launch rule: grid (ceil(N * K / 16 / THREADS)), block THREADS. Preconditions: K % 16 == 0;
 // SBC == K or a multiple of 64; w 8-byte and out 16-byte aligned.
 template <typename DT, int N, int K, int SBC, int THREADS>
@@ -1001,39 +1027,23 @@ __device__ __forceinline__ void dequant_fp8(const kiln_step st, const unsigned c
                   "dequant_fp8: THREADS must be a multiple of 32, at most 1024");
     (void)st;
     constexpr int KB = (K + SBC - 1) / SBC;
-    constexpr long long UNITS = (long long)N * (K / 8);
-    const long long u0 = (long long)blockIdx.x * 2 * THREADS + threadIdx.x;
-    const uint2 *wq = reinterpret_cast<const uint2 *>(w);
-    uint2 q[2];
-    float s[2];
+    dequant_units<2, THREADS, K>(
+        (long long)N * (K / 8), reinterpret_cast<const uint2 *>(w),
+        [&](long long n, int k) { return scale[n * KB + k / SBC]; },
+        [&](const uint2 &q, float s, long long j) {
+            unsigned h[4]; // elements 0..7 as DT pairs
+            gemv_detail::fp8x4<DT>(q.x, h[0], h[1]);
+            gemv_detail::fp8x4<DT>(q.y, h[2], h[3]);
+            float f[8];
 #pragma unroll
-    for (int i = 0; i < 2; i++) {
-        const long long j = u0 + (long long)i * THREADS;
-        if (j < UNITS) {
-            const long long n = j / (K / 8);
-            const int k = (int)(j % (K / 8)) * 8;
-            q[i] = __ldcs(wq + j);
-            s[i] = scale[n * KB + k / SBC];
-        }
-    }
-#pragma unroll
-    for (int i = 0; i < 2; i++) {
-        const long long j = u0 + (long long)i * THREADS;
-        if (j >= UNITS)
-            continue;
-        unsigned h[4]; // elements 0..7 as DT pairs
-        gemv_detail::fp8x4<DT>(q[i].x, h[0], h[1]);
-        gemv_detail::fp8x4<DT>(q[i].y, h[2], h[3]);
-        float f[8];
-#pragma unroll
-        for (int e = 0; e < 8; e++) {
-            DT v;
-            *reinterpret_cast<unsigned short *>(&v) =
-                (unsigned short)(e & 1 ? h[e / 2] >> 16 : h[e / 2] & 0xffffu);
-            f[e] = to_f(v) * s[i];
-        }
-        store8(out + j * 8, f);
-    }
+            for (int e = 0; e < 8; e++) {
+                DT v;
+                *reinterpret_cast<unsigned short *>(&v) =
+                    (unsigned short)(e & 1 ? h[e / 2] >> 16 : h[e / 2] & 0xffffu);
+                f[e] = to_f(v) * s;
+            }
+            store8(out + j * 8, f);
+        });
 }
 
 // gemv_int4 — the same GEMV with an INT4 weight (weight-only, asymmetric, a scale and a zero point
@@ -1419,10 +1429,8 @@ __device__ __forceinline__ void gemm_skinny_int4(const kiln_step st, const DT *x
 // [N, K] matrix in natural order: out[n, k] = DT((q - z) * s), one rounding (gemv_detail::int4x8:
 // bit for bit the values gemv_int4's general path multiplies; its factored path, G % 128 == 0,
 // multiplies the exact (q - z) * s). For a GEMM of more rows than the GEMV takes, into scratch.
-// A block converts 4 * THREADS consecutive 32-bit words of w (8 elements each, N * K / 8 in all:
-// K % 32 == 0, so a word never straddles rows): thread t words t, t + THREADS, ..., so that each
-// of a warp's loads reads 128 consecutive bytes and each of its stores writes 512, all four
-// loads before the first store.
+// dequant_units with 32-bit words as units, four a thread: each of a warp's loads reads 128
+// consecutive bytes, each store writes 512.
 // Launch rule: grid (ceil(N * K / 32 / THREADS)), block THREADS. Preconditions: gemv_int4's on K
 // and G; w 4-byte and out 16-byte aligned.
 template <typename DT, int N, int K, int G, int THREADS>
@@ -1436,27 +1444,12 @@ __device__ __forceinline__ void dequant_int4(const kiln_step st, const unsigned 
     static_assert(THREADS % 32 == 0 && THREADS >= 32 && THREADS <= 1024,
                   "dequant_int4: THREADS must be a multiple of 32, at most 1024");
     (void)st;
-    constexpr long long WORDS = (long long)N * (K / 8);
-    const long long w0 = (long long)blockIdx.x * 4 * THREADS + threadIdx.x;
-    const unsigned *wq = reinterpret_cast<const unsigned *>(w);
-    unsigned q[4];
-    uint2 s[4];
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const long long j = w0 + (long long)i * THREADS;
-        if (j < WORDS) {
-            const long long n = j / (K / 8);
-            const int k = (int)(j % (K / 8)) * 8;
-            q[i] = __ldcs(wq + j);
-            s[i] = sz[n * (K / G) + k / G];
-        }
-    }
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const long long j = w0 + (long long)i * THREADS;
-        if (j < WORDS)
-            reinterpret_cast<uint4 *>(out)[j] = gemv_detail::int4x8<DT>(q[i], s[i]);
-    }
+    dequant_units<4, THREADS, K>(
+        (long long)N * (K / 8), reinterpret_cast<const unsigned *>(w),
+        [&](long long n, int k) { return sz[n * (K / G) + k / G]; },
+        [&](unsigned q, const uint2 &s, long long j) {
+            reinterpret_cast<uint4 *>(out)[j] = gemv_detail::int4x8<DT>(q, s);
+        });
 }
 
 // quant_fp8_rows — x [M, K] (rows of K elements) as e4m3 rows for the FP8 GEMM (cuBLASLt's,
