@@ -794,14 +794,31 @@ static void gemv_fp8_exact(kt *t, int f16, int sbc)
     free(y);
 }
 
+/* Appends to src (size n) an extern "C" wrapper `fn` of one dequantising kernel as lower.c
+ * writes it: dequant_int4 (int4) with group blk, else dequant_fp8 with scales per blk columns,
+ * THREADS th, out in f16 or bf16. */
+static void dequant_src(char *src, size_t n, const char *fn, int int4, int f16, int N, int K,
+                        int blk, int th)
+{
+    const char *dt = f16 ? "kiln::f16" : "kiln::bf16";
+    const size_t len = strlen(src);
+    snprintf(src + len, n - len,
+             "extern \"C\" __global__ void __launch_bounds__(%d)\n"
+             "%s(const kiln_step st, const unsigned char *w, const %s *scale, %s *out)\n"
+             "{\n"
+             "    kiln::%s<%s, %d, %d, %d, %d>(st, w, scale, out);\n"
+             "}\n",
+             th, fn, int4 ? "uint2" : "float", dt, int4 ? "dequant_int4" : "dequant_fp8", dt, N,
+             K, blk, th);
+}
+
 /* dequant_fp8 of a weight [N, K] (realistic for wsc 0, else uniform bytes with scales ~ wsc):
  * every element bit for bit the CPU's conversion of fp8_e4m3_to_f32(q) * scale, and nothing
  * written in the 64 elements past the end. */
 static void dequant_case(kt *t, int N, int K, int sbc, int f16, int TH, float wsc)
 {
     enum { PAD = 64 };
-    const char *dt = f16 ? "kiln::f16" : "kiln::bf16";
-    char name[200], sl[32], kind[40], src[512];
+    char name[200], sl[32], kind[40], src[512] = "#include \"gemv.cuh\"\n";
     sbc_label(sl, sizeof sl, sbc, 0, K);
     if (wsc)
         snprintf(kind, sizeof kind, " bytes scale~%g", wsc);
@@ -811,14 +828,7 @@ static void dequant_case(kt *t, int N, int K, int sbc, int f16, int TH, float ws
              f16 ? " f16" : "", kind, TH);
     if (!kt_want(t, name))
         return;
-    snprintf(src, sizeof src,
-             "#include \"gemv.cuh\"\n"
-             "extern \"C\" __global__ void __launch_bounds__(%d)\n"
-             "k_dequant(const kiln_step st, const unsigned char *w, const float *scale, %s *out)\n"
-             "{\n"
-             "    kiln::dequant_fp8<%s, %d, %d, %d, %d>(st, w, scale, out);\n"
-             "}\n",
-             TH, dt, dt, N, K, sbc, TH);
+    dequant_src(src, sizeof src, "k_dequant", 0, f16, N, K, sbc, TH);
     CUmodule mod = kt_module(t, name, src);
     if (!mod && !t->compile_only)
         return;
@@ -963,21 +973,13 @@ static void gemv_int4_exact(kt *t, int f16, int G)
 static void dequant_int4_case(kt *t, int N, int K, int G, int f16, int TH, float wsc)
 {
     enum { PAD = 64 };
-    const char *dt = f16 ? "kiln::f16" : "kiln::bf16";
-    char name[200], sl[32], src[512];
+    char name[200], sl[32], src[512] = "#include \"gemv.cuh\"\n";
     sbc_label(sl, sizeof sl, 0, G, K);
     snprintf(name, sizeof name, "dequant_int4/N=%d K=%d%s%s scale~%g threads=%d", N, K, sl,
              f16 ? " f16" : "", wsc ? wsc : 0.25 / sqrt((double)K), TH);
     if (!kt_want(t, name))
         return;
-    snprintf(src, sizeof src,
-             "#include \"gemv.cuh\"\n"
-             "extern \"C\" __global__ void __launch_bounds__(%d)\n"
-             "k_dequant(const kiln_step st, const unsigned char *w, const uint2 *sz, %s *out)\n"
-             "{\n"
-             "    kiln::dequant_int4<%s, %d, %d, %d, %d>(st, w, sz, out);\n"
-             "}\n",
-             TH, dt, dt, N, K, G, TH);
+    dequant_src(src, sizeof src, "k_dequant", 1, f16, N, K, G, TH);
     CUmodule mod = kt_module(t, name, src);
     if (!mod && !t->compile_only)
         return;
@@ -1700,20 +1702,11 @@ int ktest_dequant_bench(kt *t)
     int rc = 0;
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0] && rc == 0; i++) {
         const int N = shapes[i].N, K = shapes[i].K;
-        char src[1024], name[96];
+        char src[1536] = "#include \"gemv.cuh\"\n", name[96];
         snprintf(name, sizeof name, "bench dequant %s", shapes[i].name);
-        snprintf(src, sizeof src,
-                 "#include \"gemv.cuh\"\n"
-                 "extern \"C\" __global__ void __launch_bounds__(256)\n"
-                 "k_i4(const kiln_step st, const unsigned char *w, const uint2 *sz, kiln::bf16 *o)"
-                 "\n{\n    kiln::dequant_int4<kiln::bf16, %d, %d, 128, 256>(st, w, sz, o);\n}\n"
-                 "extern \"C\" __global__ void __launch_bounds__(256)\n"
-                 "k_f8(const kiln_step st, const unsigned char *w, const float *s, kiln::bf16 *o)"
-                 "\n{\n    kiln::dequant_fp8<kiln::bf16, %d, %d, %d, 256>(st, w, s, o);\n}\n"
-                 "extern \"C\" __global__ void __launch_bounds__(256)\n"
-                 "k_f8b(const kiln_step st, const unsigned char *w, const float *s, kiln::bf16 *o)"
-                 "\n{\n    kiln::dequant_fp8<kiln::bf16, %d, %d, 128, 256>(st, w, s, o);\n}\n",
-                 N, K, N, K, K, N, K);
+        dequant_src(src, sizeof src, "k_i4", 1, 0, N, K, 128, 256);
+        dequant_src(src, sizeof src, "k_f8", 0, 0, N, K, K, 256);
+        dequant_src(src, sizeof src, "k_f8b", 0, 0, N, K, 128, 256);
         CUmodule mod = kt_module(t, name, src);
         if (!mod)
             return -1;
