@@ -6,8 +6,9 @@
  * nothing and no comparison is made. `kiln-ktest --bench gemv` runs no cases: it prints the GEMV's
  * weight bandwidth on the Llama-3 shapes, old kernel against new (tests/gpu/ktest_gemv.c);
  * `kiln-ktest --bench gemm` prints kiln's GEMM against cuBLASLt (tests/gpu/ktest_gemm.c);
- * `kiln-ktest --bench skinny` the skinny GEMM (9 to 64 rows) against cuBLASLt
- * (tests/gpu/ktest_skinny.c). */
+ * `kiln-ktest --bench skinny` the skinny GEMM (9 to 64 rows) against cuBLASLt, `--bench
+ * skinny_int4` its INT4 form (tests/gpu/ktest_skinny.c); `--bench dequant` the prefill's
+ * dequantising kernels (tests/gpu/ktest_gemv.c). `kiln-ktest --help` says so. */
 #include "ktest.h"
 
 #include <math.h>
@@ -396,6 +397,19 @@ int main(int argc, char **argv)
 {
     kt ts, *t = &ts;
     memset(t, 0, sizeof ts);
+    if (argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+        printf("usage: kiln-ktest [--compile-only] [FILTER]\n"
+               "       kiln-ktest --bench gemv|gemm|skinny|skinny_int4|dequant\n\n"
+               "Runs kiln's kernel test cases (templates/*.cuh, each compiled with NVRTC as\n"
+               "kilnc compiles it) on GPU 0 against CPU references, those whose name contains\n"
+               "FILTER (or $KTEST_FILTER) only, and prints a table; exit status 1 on a failure.\n"
+               "Without a GPU, or with --compile-only, it compiles every case for sm_80 and\n"
+               "sm_90a and runs nothing. --bench runs no cases: it measures one kernel family on\n"
+               "the Llama-3 shapes against its ceiling (copy bandwidth, cuBLASLt). KILN_ROOT\n"
+               "names the tree whose templates/ and kernels/ are compiled; KTEST_SEED repeats a\n"
+               "run's inputs; KILN_PDL=0 turns programmatic dependent launch off.\n");
+        return 0;
+    }
     int ai = 1;
     if (argc > 1 && strcmp(argv[1], "--compile-only") == 0) {
         t->compile_only = 1;
