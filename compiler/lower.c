@@ -1788,16 +1788,15 @@ int lower(kc *c, lowered *out, kerr *err)
      * (4 tiles a block, 2 slices) fits a block. */
     w.skinny = c->gemm_kiln && !c->batch_invariant && c->max_tokens > GEMV_MAX &&
                KILN_SKINNY_SMEM(KILN_SKINNY_MAX, 4, 2) <= skinny_smem(&w);
-    /* gemm_skinny_int4 for the INT4 linears in every build (no library GEMM reads INT4), where a
-     * decode step can have more than GEMV_MAX rows and the smallest ring of the largest sz slices
-     * (G = 32) fits */
-    w.skinny4 = !c->batch_invariant && c->max_seqs > GEMV_MAX && has_int4(&w) &&
-                KILN_SKINNY4_SMEM(KILN_SKINNY_MAX, 4, 2, 32) <= skinny_smem(&w);
-    /* and for prefill steps of up to skinny_max rows, where a prefill step can have more than
-     * GEMV_MAX rows: the dequantising pass over the weight costs more than the product there
-     * (tests/gpu/RESULTS.md, thirteenth session) */
-    w.skinny4p = !c->batch_invariant && c->max_tokens > GEMV_MAX && has_int4(&w) &&
-                 KILN_SKINNY4_SMEM(KILN_SKINNY_MAX, 4, 2, 32) <= skinny_smem(&w);
+    /* gemm_skinny_int4 for the INT4 linears in every build (no library GEMM reads INT4), where
+     * the smallest ring of the largest sz slices (G = 32) fits: for decode steps, where one can
+     * have more than GEMV_MAX rows, and for prefill steps of up to skinny_max rows, where one can
+     * have more than GEMV_MAX (a dequantising pass over the weight costs more than the product
+     * there: tests/gpu/RESULTS.md, thirteenth session) */
+    const int int4_skinny = !c->batch_invariant && has_int4(&w) &&
+                            KILN_SKINNY4_SMEM(KILN_SKINNY_MAX, 4, 2, 32) <= skinny_smem(&w);
+    w.skinny4 = int4_skinny && c->max_seqs > GEMV_MAX;
+    w.skinny4p = int4_skinny && c->max_tokens > GEMV_MAX;
     if (w.skinny || w.skinny4 || w.skinny4p) {
         int64_t tiles = 1;
         for (int i = 0; i < c->g->n; i++) {
