@@ -69,8 +69,9 @@
 #define KILN_SKINNY_SMEM(mmax, warps, stages)                                                     \
     ((stages) * ((mmax) + (warps) * 16) * (KILN_SKINNY_KC + KILN_SKINNY_PAD) * 2)
 /* The skinny GEMM of an INT4 weight (templates/gemv.cuh's gemm_skinny_int4: gemv_int4's layout,
- * group size G): in every build, every INT4 linear of a decode step of more than gemv_max rows, in
- * row groups of MMAX (KILN_SKINNY_MAX). A warp owns KILN_SKINNY4_RT tiles (x read from shared
+ * group size G): in every build but --batch-invariant, every INT4 linear of a decode step of more
+ * than gemv_max rows, in row groups of MMAX (KILN_SKINNY_MAX), and of a prefill step of
+ * gemv_max < rows <= MMAX. A warp owns KILN_SKINNY4_RT tiles (x read from shared
  * memory once for both); a slice of the ring holds the MMAX rows of x (256 bytes each, unpadded:
  * the kernel swizzles them), each warp's RT * 16 weight rows (64 bytes each) and their
  * KILN_SKINNY4_SZS(G) scale/zero entries a row (8 bytes each: one when G % 128 == 0, else the most

@@ -1184,7 +1184,8 @@ __device__ __forceinline__ void gemv_int4(const kiln_step st, const DT *x, const
 // gemm_skinny_int4 — gemm_skinny's job on gemv_int4's weight: y[m, n] = x[m] · w[n] (+ bias[n])
 // for decode steps of more rows than the GEMV takes, in row groups of MMAX (KILN_SKINNY_MAX), the
 // weight read once a group (the GEMV's groups of 8 or 16 rows would read and convert each tile
-// once each). Every build's INT4 linears take it for decode steps of more than 8 rows.
+// once each). Every build's INT4 linears but --batch-invariant's take it for decode steps of more
+// than 8 rows, and for prefill steps of 9 to 64 (longer ones dequantise for a library GEMM).
 // Layouts and preconditions on w, sz and G are gemv_int4's; x, bias, y gemm_skinny's. Design:
 //   - gemv_int4's mma: the weight is the A operand (a tile of 16 rows, or 8 gate rows and their
 //     8 up rows) and x the B operand (column tiles of 8 rows of x), with the same permutation of
