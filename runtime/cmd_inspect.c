@@ -66,6 +66,15 @@ static void print_steps(const ka_manifest *m, const ka_step *s, int n)
     }
 }
 
+/* Whether one of the n steps s launches an instance of template function `op`. */
+static int runs_kernel(const ka_manifest *m, const ka_step *s, int n, const char *op)
+{
+    for (int i = 0; i < n; i++)
+        if (s[i].kind == KA_KERNEL && ka_kernel_is(&m->kernels[s[i].kernel], op))
+            return 1;
+    return 0;
+}
+
 int cmd_inspect(int argc, char **argv)
 {
     const char *dir = NULL;
@@ -164,14 +173,9 @@ int cmd_inspect(int argc, char **argv)
                w8a8 ? "run W8A8 on the FP8 tensor cores (kilnc compile --fp8-gemm w8a8)"
                     : "dequantise them into bf16 for the GEMM (weight-only)");
     if (int4) {
-        int sk4 = 0; /* decode steps of more than gemv_max rows on gemm_skinny_int4 */
-        for (int i = 0; i < m->ndecode && !sk4; i++)
-            sk4 = m->decode[i].kind == KA_KERNEL &&
-                  ka_kernel_is(&m->kernels[m->decode[i].kernel], "gemm_skinny_int4");
-        int pk4 = 0; /* prefill steps of up to skinny_max rows on gemm_skinny_int4 */
-        for (int i = 0; i < m->nprefill && !pk4; i++)
-            pk4 = m->prefill[i].kind == KA_KERNEL &&
-                  ka_kernel_is(&m->kernels[m->prefill[i].kernel], "gemm_skinny_int4");
+        /* decode steps of more than gemv_max rows, prefill steps of up to skinny_max rows */
+        const int sk4 = runs_kernel(m, m->decode, m->ndecode, "gemm_skinny_int4");
+        const int pk4 = runs_kernel(m, m->prefill, m->nprefill, "gemm_skinny_int4");
         printf("int4         %d linear weights in 4 bits with scales and zero points per group; ",
                int4);
         if (pk4)

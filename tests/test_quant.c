@@ -1189,6 +1189,11 @@ static void test_cli(void **state)
     /* qkv and gate/up fused, and down_proj of both layers; o_proj (144 columns, not a multiple
      * of 32) is rounded per row but packed in bf16 */
     assert_contains(i3.out, "int4         6 linear weights in 4 bits");
+    /* the default limits: prefill steps of 9 to 64 rows and decode steps of more than 8 on the
+     * skinny INT4 GEMM, longer prefill steps dequantised */
+    assert_contains(i3.out, "prefill steps of 9 to 64 rows read them on the skinny INT4 GEMM, "
+                            "longer ones dequantise them into bf16 for the GEMM; decode steps of "
+                            "more than 8 rows read them on the skinny INT4 GEMM");
     /* a MoE model: the attention's 8 linears (hidden 64: one group a row), not the experts or
      * the router, as for published INT4 checkpoints */
     EXPECT_CODE(i4, 0);
