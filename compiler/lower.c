@@ -921,7 +921,9 @@ static int low_linear(lw *w, int id)
     qrows_kind qk;
     int64_t qb = quant_block(w, n->in[1], K, &qk), nout = gated ? N / 2 : N;
     int gemm_which = BOTH;
-    ka_size gemm_size = KA_SIZE_LARGE; /* a quantised weight's GEMM path: past skinny_max */
+    /* the rows of the GEMM path (its dequant, GEMM and act_mul steps): past gemv_max, or past
+     * skinny_max where an INT4 weight's prefill skinny step takes the rows below */
+    ka_size gemm_size = KA_SIZE_LARGE;
     if (qb < 0) {
         wt = AW(w, n->in[1]);
     } else {
