@@ -192,17 +192,27 @@ __device__ __forceinline__ float block_max(float x, float *scratch)
 // Without the attribute (KILN_PDL=0, before sm_90, library kernels such as cuBLASLt's and NCCL's
 // in between) both instructions are no-ops and the edge is an ordinary full dependency. Below
 // sm_90 the macro is empty. tests/test_pdl.c checks that every template calls it first.
+//
+// KILN_PDL_TRIGGER() and KILN_PDL_WAIT() are its two halves in the other order, for a kernel that
+// streams weights: it lets its dependent launch at once, does work that reads nothing but weights
+// (no kernel writes them) and writes nothing but its own shared memory, then waits before it
+// touches anything else (templates/gemv_stream.cuh; tests/test_launch.c allows it there alone).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-#define KILN_PDL_ENTER()                                                                          \
-    do {                                                                                          \
-        asm volatile("griddepcontrol.wait;\n" ::: "memory");                                      \
-        asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");                         \
-    } while (0)
+#define KILN_PDL_TRIGGER() asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory")
+#define KILN_PDL_WAIT() asm volatile("griddepcontrol.wait;\n" ::: "memory")
 #else
-#define KILN_PDL_ENTER()                                                                          \
+#define KILN_PDL_TRIGGER()                                                                        \
+    do {                                                                                          \
+    } while (0)
+#define KILN_PDL_WAIT()                                                                           \
     do {                                                                                          \
     } while (0)
 #endif
+#define KILN_PDL_ENTER()                                                                          \
+    do {                                                                                          \
+        KILN_PDL_WAIT();                                                                          \
+        KILN_PDL_TRIGGER();                                                                       \
+    } while (0)
 
 // Activations (kiln_enums.h's kiln_act), computed in float (the same formulas as compiler/ref.c).
 
