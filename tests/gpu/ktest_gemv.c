@@ -334,9 +334,9 @@ static void gemv_args(void *args[7], kiln_step *st, CUdeviceptr *x, gweights *g,
 /* The case's kernel: an extern "C" wrapper k_gemv of one instance of template fn (prefix:
  * source put before it, or NULL): gemv's signature, or with sbc gemv_fp8's (SBC = sbc), or with
  * g4 gemv_int4's (G = g4). */
-static CUmodule gemv_module(kt *t, const char *name, const char *prefix, const char *fn,
-                            const char *dt, int N, int K, int mmax, int bias, int gated, int act,
-                            int f32, int threads, int sbc, int g4)
+CUmodule gemv_module(kt *t, const char *name, const char *prefix, const char *fn, const char *dt,
+                     int N, int K, int mmax, int bias, int gated, int act, int f32, int threads,
+                     int sbc, int g4)
 {
     char src[1024], wt[64], sp[32] = "", sa[16] = "", st[16] = "";
     snprintf(wt, sizeof wt, "%s", sbc || g4 ? "unsigned char" : dt);
@@ -369,7 +369,7 @@ static CUmodule gemv_module(kt *t, const char *name, const char *prefix, const c
 
 /* Tiles of the launch rule (templates/gemv.cuh): one block per 16-row tile (grid y) and row
  * group (grid x: gemv_groups). */
-static unsigned gemv_blocks(int N, int gated)
+unsigned gemv_blocks(int N, int gated)
 {
     return (unsigned)KILN_GEMV_TILES(N, gated);
 }
@@ -474,7 +474,7 @@ static void sbc_label(char *out, size_t n, int sbc, int g4, int K)
 /* lower.c's block size for a kernel (sbc: gemv_fp8, g4: gemv_int4, neither: gemv), the one place
  * this file asks for it: lower_gemv_threads with the kernel's step (128, 256 or 512 elements: the
  * same bytes of weight a step). */
-static int case_threads(int N, int K, int gated, int sbc, int g4)
+int gemv_threads(int N, int K, int gated, int sbc, int g4)
 {
     return lower_gemv_threads(N, K, gated, sbc ? 256 : g4 ? 512 : 128);
 }
@@ -482,7 +482,7 @@ static int case_threads(int N, int K, int gated, int sbc, int g4)
 /* A case: its kernel compiled once, run for each M of c->ms. */
 static void gemv_case(kt *t, const gcase *c)
 {
-    const int TH = c->threads ? c->threads : case_threads(c->N, c->K, c->gated, c->sbc, c->g4);
+    const int TH = c->threads ? c->threads : gemv_threads(c->N, c->K, c->gated, c->sbc, c->g4);
     char opts[160];
     int at = 0;
     opts[0] = 0;
@@ -530,7 +530,7 @@ static void gemv_case(kt *t, const gcase *c)
  * with that SBC (realistic weights); g4: gemv_int4 with G = g4; both 0: gemv. */
 static void gemv_invariance(kt *t, int N, int K, int M, int mmax, int sbc, int g4)
 {
-    const int TH = case_threads(N, K, 0, sbc, g4);
+    const int TH = gemv_threads(N, K, 0, sbc, g4);
     char name[200], sl[32];
     sbc_label(sl, sizeof sl, sbc, g4, K);
     snprintf(name, sizeof name, "%s/invariance N=%d K=%d M=%d vs 1 MMAX=%d%s threads=%d",
@@ -590,7 +590,7 @@ enum { MG = 200 };
 static void gemv_groups_case(kt *t, int N, int K, int mmax, int gated, int bias, int f32, int sbc,
                              int g4, const int *ms, int nms)
 {
-    const int TH = case_threads(N, K, gated, sbc, g4), NOUT = gated ? N / 2 : N;
+    const int TH = gemv_threads(N, K, gated, sbc, g4), NOUT = gated ? N / 2 : N;
     const size_t esz = f32 ? 4 : 2, row = (size_t)NOUT * esz;
     char base[200], sl[32];
     sbc_label(sl, sizeof sl, sbc, g4, K);
@@ -706,7 +706,7 @@ static void gemv_fp8_exact(kt *t, int f16, int sbc)
     enum { N = 264, K = 336, M = 16 };
     /* every k mod 4, every 64-element block, and the last, partial step (k >= 256) */
     static const int ks[M] = {0, 1, 2, 3, 17, 46, 63, 64, 129, 130, 191, 254, 257, 300, 334, 335};
-    const int TH = case_threads(N, K, 0, sbc, 0);
+    const int TH = gemv_threads(N, K, 0, sbc, 0);
     char base[200], sl[32];
     sbc_label(sl, sizeof sl, sbc, 0, K);
     snprintf(base, sizeof base, "gemv_fp8/exact N=%d K=%d M=%d MMAX=16 f32%s%s threads=%d", N, K,
@@ -880,7 +880,7 @@ static void gemv_int4_exact(kt *t, int f16, int G)
     enum { N = 264, K = 640, M = 16 };
     /* every k mod 8, every group of 128, and the last, partial step (k >= 512) */
     static const int ks[M] = {0, 1, 2, 3, 4, 5, 6, 7, 45, 130, 263, 300, 407, 513, 600, 639};
-    const int TH = case_threads(N, K, 0, 0, G), kg = K / G;
+    const int TH = gemv_threads(N, K, 0, 0, G), kg = K / G;
     char base[200], sl[32];
     sbc_label(sl, sizeof sl, 0, G, K);
     snprintf(base, sizeof base, "gemv_int4/exact N=%d K=%d M=%d MMAX=16 f32%s%s threads=%d", N, K,
@@ -1473,7 +1473,7 @@ static int bench_one(kt *t, CUfunction f, unsigned gx, unsigned gy, unsigned thr
  * the bf16 copy's N*K*2 bytes). GB/s counts the weight and scale bytes. */
 static int bench_fp8(kt *t, const bshape *s, const bbuf *b, double copy_bw)
 {
-    const int rule = case_threads(s->N, s->K, s->gated, 1, 0);
+    const int rule = gemv_threads(s->N, s->K, s->gated, 1, 0);
     const size_t soff = ((size_t)s->N * s->K + 255) & ~(size_t)255;
     for (int v = 0; v < 2; v++) {
         const int sbc = v == 0 ? s->K : 128, kb = (s->K + sbc - 1) / sbc;
@@ -1510,7 +1510,7 @@ static int bench_int4(kt *t, const bshape *s, const bbuf *b, double copy_bw)
 {
     enum { G = 128 };
     static const int ms[4] = {1, 8, 16, 64};
-    const int rule = case_threads(s->N, s->K, s->gated, 0, G);
+    const int rule = gemv_threads(s->N, s->K, s->gated, 0, G);
     const size_t soff = ((size_t)s->N * s->K / 2 + 255) & ~(size_t)255;
     const size_t bytes = (size_t)s->N * s->K / 2 + (size_t)s->N * (s->K / G) * 8;
     CUfunction f[2];
@@ -1546,7 +1546,7 @@ static int bench_int4(kt *t, const bshape *s, const bbuf *b, double copy_bw)
  * then gemv_fp8 (bench_fp8) and gemv_int4 (bench_int4). */
 static int bench_shape(kt *t, const bshape *s, const char *v0_src, bbuf *b, double copy_bw)
 {
-    const int nout = s->gated ? s->N / 2 : s->N, rule = case_threads(s->N, s->K, s->gated, 0, 0);
+    const int nout = s->gated ? s->N / 2 : s->N, rule = gemv_threads(s->N, s->K, s->gated, 0, 0);
     const size_t wbytes = (size_t)s->N * (size_t)s->K * 2;
     enum { NK = 6 };
     /* kernels: 0 old; 1 new at the rule; 2..4 new at 128, 256, 512 threads; 5 new MMAX = 16 */
