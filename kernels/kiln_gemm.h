@@ -97,4 +97,18 @@
 #define KILN_SKINNY_PART(splits, tiles, mmax)                                                     \
     ((splits) > 1 ? (long long)(splits) * (long long)(tiles) * (mmax) * 16 : 0LL)
 
+/* templates/gemv_stream.cuh, the batch-1 GEMV of sm_90a builds: BLOCKS blocks (one an SM of an
+ * H100 SXM or H200) of WARPS warps, each warp a ring of D units of SEG elements of weight; x
+ * staged whole. Sized so that two blocks fit an SM (its own and the next kernel's, whose weight
+ * loads start before its wait): at most KILN_GEMV_STREAM_KMAX elements of x. SEG: the largest
+ * multiple of 8 that divides K and is at most KILN_GEMV_STREAM_SEGMAX (lower.c's
+ * lower_gemv_stream_seg). */
+#define KILN_GEMV_STREAM_BLOCKS 132
+#define KILN_GEMV_STREAM_WARPS 8
+#define KILN_GEMV_STREAM_D 2
+#define KILN_GEMV_STREAM_KMAX 16384
+#define KILN_GEMV_STREAM_SEGMAX 2048
+#define KILN_GEMV_STREAM_SMEM(warps, d, seg, k, esz)                                              \
+    ((warps) * (d) * (seg) * (esz) + (k) * (esz) + (warps) * (d) * 8)
+
 #endif
