@@ -31,7 +31,7 @@ const char *ka_arg_kind_name(ka_arg_kind k)
     return (unsigned)k < KA_NARGKINDS ? arg_names[k] : "?";
 }
 
-int ka_size_runs(const ka_manifest *m, ka_size size, int64_t rows)
+int ka_size_runs(const ka_manifest *m, ka_size size, int64_t rows, int sm90)
 {
     int mid = m->skinny_max > 0;
     switch (size) {
@@ -39,14 +39,21 @@ int ka_size_runs(const ka_manifest *m, ka_size size, int64_t rows)
     case KA_SIZE_LARGE: return rows > m->gemv_max;
     case KA_SIZE_MID: return mid && rows > m->gemv_max && rows <= m->skinny_max;
     case KA_SIZE_HUGE: return rows > (mid ? m->skinny_max : m->gemv_max);
+    case KA_SIZE_ONE: return sm90 && rows == 1;
+    case KA_SIZE_FEW: return rows <= m->gemv_max && (rows > 1 || !sm90);
     default: return 1;
     }
 }
 
 const char *ka_size_label(ka_size size)
 {
-    static const char *const l[] = {"", " [rows <= gemv_max]", " [rows > gemv_max]",
-                                    " [gemv_max < rows <= skinny_max]", " [rows > skinny_max]"};
+    static const char *const l[] = {"",
+                                    " [rows <= gemv_max]",
+                                    " [rows > gemv_max]",
+                                    " [gemv_max < rows <= skinny_max]",
+                                    " [rows > skinny_max]",
+                                    " [rows == 1 on sm_90+ code]",
+                                    " [rows <= gemv_max, not 1 on sm_90+ code]"};
     return (unsigned)size < ARRAY_LEN(l) ? l[size] : " [?]";
 }
 
@@ -866,7 +873,7 @@ static int parse_steps(rd *r, json_t *root, const char *which, ka_step **out, in
             return bad(r, "%s is not an object", c.where);
         s->label = jstr(r, o, c.where, "label", 0);
         snprintf(c.where, sizeof c.where, "%s step %d (%.80s)", which, i, s->label);
-        s->size = (ka_size)jint(r, o, c.where, "size", KA_SIZE_ANY, KA_SIZE_HUGE);
+        s->size = (ka_size)jint(r, o, c.where, "size", KA_SIZE_ANY, KA_SIZE_FEW);
         s->logits = (ka_logits)jint(r, o, c.where, "logits", KA_LOGITS_ANY, KA_LOGITS_ALL);
         s->rows = (ka_rows)jint(r, o, c.where, "rows", KA_ROWS_T, KA_ROWS_S);
         if (r->bad)

@@ -146,8 +146,19 @@ typedef struct ka_grid {
 typedef enum { KA_KERNEL, KA_GEMM, KA_ALLREDUCE, KA_ALLGATHER } ka_step_kind;
 /* The rows a step runs at (ka_size_runs): any; small: at most gemv_max; large: more; mid: more
  * than gemv_max and at most skinny_max (the skinny GEMM); huge: more than skinny_max (the GEMM of
- * a linear that has a mid step; with skinny_max 0, more than gemv_max). */
-typedef enum { KA_SIZE_ANY, KA_SIZE_SMALL, KA_SIZE_LARGE, KA_SIZE_MID, KA_SIZE_HUGE } ka_size;
+ * a linear that has a mid step; with skinny_max 0, more than gemv_max); one: exactly one, on a
+ * device that runs code built for sm_90 or newer (the batch-1 GEMV, templates/gemv_stream.cuh,
+ * whose older-SM body traps); few: at most gemv_max but not the one's (the GEMV of a linear
+ * that has a one step). */
+typedef enum {
+    KA_SIZE_ANY,
+    KA_SIZE_SMALL,
+    KA_SIZE_LARGE,
+    KA_SIZE_MID,
+    KA_SIZE_HUGE,
+    KA_SIZE_ONE,
+    KA_SIZE_FEW
+} ka_size;
 typedef enum { KA_LOGITS_ANY, KA_LOGITS_LAST, KA_LOGITS_ALL } ka_logits; /* last rows or all */
 typedef enum { KA_ROWS_T, KA_ROWS_S } ka_rows;                          /* GEMM rows */
 
@@ -324,9 +335,10 @@ void ka_manifest_free(ka_manifest *m);
 const ka_blob *ka_find_blob(const ka_manifest *m, const char *name);
 
 const char *ka_arg_kind_name(ka_arg_kind k);
-/* Whether a step of size `size` runs at `rows` rows (ka_size); its label for kiln inspect
- * (" [rows <= gemv_max]", ..., "" for any). */
-int ka_size_runs(const ka_manifest *m, ka_size size, int64_t rows);
+/* Whether a step of size `size` runs at `rows` rows (ka_size) on a device whose code (cubin or
+ * PTX) is for sm_90 or newer (sm90) or older; its label for kiln inspect (" [rows <= gemv_max]",
+ * ..., "" for any). */
+int ka_size_runs(const ka_manifest *m, ka_size size, int64_t rows, int sm90);
 const char *ka_size_label(ka_size size);
 /* Whether kernel k is an instance of template function `op`: its name is k<i>_<op> (lower.c). */
 int ka_kernel_is(const ka_kernel *k, const char *op);

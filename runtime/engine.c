@@ -69,6 +69,7 @@ typedef struct kdev {
     const ka_blob *code;     /* the cubin (or PTX) this device loads */
     int is_ptx;
     int pdl;                 /* kernels launch with programmatic dependent launch (code_pdl) */
+    int sm90;                /* the code is for sm_90 or newer (code_pdl; ka_size_runs) */
     CUmodule mod;
     CUfunction *fn;          /* [nkernels] */
     st_set *shard;           /* shards[rank], mapped */
@@ -408,7 +409,8 @@ static int pick_code(kmodel *m, kdev *d, kerr *err)
 /* Programmatic dependent launch (kcuda_launch) is safe only where the kernels wait for their
  * predecessor (KILN_PDL_ENTER, kernels/common.cuh), which they do when compiled for sm_90 or
  * newer: code built for an older SM (a PTX JIT-compiled here, or an older cubin) launches
- * without it. KILN_PDL=0 turns it off (to measure the difference). */
+ * without it. KILN_PDL=0 turns it off (to measure the difference). Also notes whether the code
+ * is for sm_90 or newer (d->sm90): the steps that run only there (ka_size_runs). */
 static int code_pdl(kdev *d, kerr *err)
 {
     int arch = 0;
@@ -417,7 +419,8 @@ static int code_pdl(kdev *d, kerr *err)
         arch = 0;
     if (kcuda_pdl_wanted(d->cc_major, &d->pdl, err))
         return -1;
-    d->pdl &= arch >= 90;
+    d->sm90 = arch >= 90;
+    d->pdl &= d->sm90;
     return 0;
 }
 
@@ -1293,7 +1296,7 @@ static int run_steps(kmodel *m, kdev *d, const ka_step *steps, int n, int T, int
         if ((s->logits == KA_LOGITS_LAST && all_logits) || (s->logits == KA_LOGITS_ALL && !all_logits))
             continue;
         int rows = s->rows == KA_ROWS_S ? S : T;
-        if (!ka_size_runs(man, s->size, rows))
+        if (!ka_size_runs(man, s->size, rows, d->sm90))
             continue;
         if (s->kind == KA_GEMM) {
             int fp8 = s->w.kind == KA_ARG_WEIGHT && man->weights[s->w.i].type == KA_W_E4M3;

@@ -513,7 +513,7 @@ static void e_gemm_k0(json_t *r) { set_int(find_step(r, "decode", NULL, NULL), "
 static void e_size(json_t *r)
 {
     size_t k;
-    set_int(find_step(r, "decode", "step", &k), "size", 5);
+    set_int(find_step(r, "decode", "step", &k), "size", 7);
 }
 static void e_skinny_max(json_t *r) { set_int(limits(r), "skinny_max", lim(r, "gemv_max")); }
 static void e_skinny_neg(json_t *r) { set_int(limits(r), "skinny_max", -1); }
@@ -666,7 +666,7 @@ static void test_bad_fields_resigned(void **state)
         {"gemm extent", e_gemm_x_extent, {"GEMM x needs ", "bytes at 64 rows", "left in the activation slab"}},
         {"gemm w", e_gemm_w_kind, {"GEMM w is buf, expected weight"}},
         {"gemm k", e_gemm_k0, {"decode step ", "k is 0, expected 1.."}},
-        {"size", e_size, {"size is 5, expected 0..4"}},
+        {"size", e_size, {"size is 7, expected 0..6"}},
         {"size mid", e_size_mid, {"size mid (3) needs limits.skinny_max, which is 0"}},
         {"weight bytes", e_wbytes, {"weight 3 (", "bytes for ", "elements of bf16"}},
         {"weight shape", e_wshape, {"weight 0 (", "a dimension is -512"}},
@@ -1205,7 +1205,8 @@ static int teardown(void **state)
 
 /* Which steps run at which rows: the GEMV's (small) up to gemv_max, the skinny GEMM's (mid) above
  * it up to skinny_max, and the GEMM of a linear with a skinny step (huge) past that; without
- * skinny_max, huge is large and mid never runs. */
+ * skinny_max, huge is large and mid never runs. The batch-1 GEMV (one) runs at one row on sm_90+
+ * code only, and the GEMV beside it (few) at every other row up to gemv_max. */
 static void test_size_rows(void **state)
 {
     (void)state;
@@ -1215,26 +1216,48 @@ static void test_size_rows(void **state)
     m.skinny_max = 64;
     static const struct {
         ka_size z;
-        int rows, runs, runs_no_skinny;
+        int rows, runs, runs_no_skinny, runs_sm80;
     } c[] = {
-        {KA_SIZE_ANY, 1, 1, 1},    {KA_SIZE_ANY, 4096, 1, 1},  {KA_SIZE_SMALL, 8, 1, 1},
-        {KA_SIZE_SMALL, 9, 0, 0},  {KA_SIZE_LARGE, 8, 0, 0},   {KA_SIZE_LARGE, 9, 1, 1},
-        {KA_SIZE_LARGE, 65, 1, 1}, {KA_SIZE_MID, 8, 0, 0},     {KA_SIZE_MID, 9, 1, 0},
-        {KA_SIZE_MID, 64, 1, 0},   {KA_SIZE_MID, 65, 0, 0},    {KA_SIZE_HUGE, 8, 0, 0},
-        {KA_SIZE_HUGE, 9, 0, 1},   {KA_SIZE_HUGE, 64, 0, 1},   {KA_SIZE_HUGE, 65, 1, 1},
+        {KA_SIZE_ANY, 1, 1, 1, 1},
+        {KA_SIZE_ANY, 4096, 1, 1, 1},
+        {KA_SIZE_SMALL, 8, 1, 1, 1},
+        {KA_SIZE_SMALL, 9, 0, 0, 0},
+        {KA_SIZE_LARGE, 8, 0, 0, 0},
+        {KA_SIZE_LARGE, 9, 1, 1, 1},
+        {KA_SIZE_LARGE, 65, 1, 1, 1},
+        {KA_SIZE_MID, 8, 0, 0, 0},
+        {KA_SIZE_MID, 9, 1, 0, 1},
+        {KA_SIZE_MID, 64, 1, 0, 1},
+        {KA_SIZE_MID, 65, 0, 0, 0},
+        {KA_SIZE_HUGE, 8, 0, 0, 0},
+        {KA_SIZE_HUGE, 9, 0, 1, 0},
+        {KA_SIZE_HUGE, 64, 0, 1, 0},
+        {KA_SIZE_HUGE, 65, 1, 1, 1},
+        {KA_SIZE_ONE, 1, 1, 1, 0},
+        {KA_SIZE_ONE, 2, 0, 0, 0},
+        {KA_SIZE_ONE, 9, 0, 0, 0},
+        {KA_SIZE_FEW, 1, 0, 0, 1},
+        {KA_SIZE_FEW, 2, 1, 1, 1},
+        {KA_SIZE_FEW, 8, 1, 1, 1},
+        {KA_SIZE_FEW, 9, 0, 0, 0},
     };
     for (size_t i = 0; i < ARRAY_LEN(c); i++) {
         m.skinny_max = 64;
-        if (ka_size_runs(&m, c[i].z, c[i].rows) != c[i].runs)
+        if (ka_size_runs(&m, c[i].z, c[i].rows, 1) != c[i].runs)
             fail_msg("size %d at %d rows (skinny_max 64): expected %d", (int)c[i].z, c[i].rows,
                      c[i].runs);
+        if (ka_size_runs(&m, c[i].z, c[i].rows, 0) != c[i].runs_sm80)
+            fail_msg("size %d at %d rows (skinny_max 64, sm_80 code): expected %d", (int)c[i].z,
+                     c[i].rows, c[i].runs_sm80);
         m.skinny_max = 0;
-        if (ka_size_runs(&m, c[i].z, c[i].rows) != c[i].runs_no_skinny)
+        if (ka_size_runs(&m, c[i].z, c[i].rows, 1) != c[i].runs_no_skinny)
             fail_msg("size %d at %d rows (skinny_max 0): expected %d", (int)c[i].z, c[i].rows,
                      c[i].runs_no_skinny);
     }
     assert_string_equal(ka_size_label(KA_SIZE_MID), " [gemv_max < rows <= skinny_max]");
     assert_string_equal(ka_size_label(KA_SIZE_ANY), "");
+    assert_string_equal(ka_size_label(KA_SIZE_ONE), " [rows == 1 on sm_90+ code]");
+    assert_string_equal(ka_size_label(KA_SIZE_FEW), " [rows <= gemv_max, not 1 on sm_90+ code]");
 }
 
 /* ka_kernel_is: k<digits>_<op> exactly, whatever op's own underscores; nothing else. */
