@@ -48,6 +48,8 @@ typedef struct kc {
     int gemm_kiln;        /* --gemm kiln: prefill linears on kiln's own GEMM kernel, not cuBLASLt */
     int sm90a_only;       /* every --sm target is sm_90a (Hopper's arch-specific instructions may be
                            * used: kiln's GEMM is then templates/gemm90.cuh, lower.c) */
+    int sm90;             /* some --sm target is sm_90 or newer: lower.c adds the steps that run only
+                           * on such code (templates/gemv_stream.cuh; ka_size_runs) */
     int smem_block;       /* the shared memory a block may have on every --sm target (the least
                            * of their opt-in limits; 0: unknown, lower.c assumes sm_80's) */
     int sm_fp8;           /* every --sm target is sm_89 or newer: FP8 tensor cores (lower.c runs an

@@ -570,6 +570,67 @@ static ka_step gemv_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg sc
     return s;
 }
 
+/* The shared memory a block of the artifact may have (kc.smem_block; sm_80's when unknown). */
+static int block_smem(const kc *c)
+{
+    return c->smem_block ? c->smem_block : lower_smem_optin(80);
+}
+
+int lower_gemv_stream(const kc *c, int64_t N, int64_t K, int gated)
+{
+    return c->sm90 && !c->batch_invariant && K % 8 == 0 && K <= KILN_GEMV_STREAM_KMAX &&
+           (!gated || N % 2 == 0) &&
+           KILN_GEMV_STREAM_SMEM(KILN_GEMV_STREAM_WARPS, KILN_GEMV_STREAM_D,
+                                 lower_gemv_stream_seg(K), (int)K, 2) <= block_smem(c);
+}
+
+int lower_gemv_stream_seg(int64_t K)
+{
+    for (int64_t seg = KILN_GEMV_STREAM_SEGMAX; seg > 8; seg -= 8)
+        if (K % seg == 0)
+            return (int)seg;
+    return 8;
+}
+
+/* A 16-bit weight's GEMV steps (rows up to gemv_max; logits lg) pushed to `which`: gemv.cuh's; or,
+ * where lower_gemv_stream allows it, templates/gemv_stream.cuh's at one row (size one) and
+ * gemv.cuh's at 2 to gemv_max (size few). */
+static void push_gemv16(lw *w, int which, const kg_node *n, ka_arg x, ka_arg wt, ka_arg bias,
+                        ka_arg y, int64_t N, int64_t K, int gated, int act, int out_f32,
+                        ka_rows rows, ka_logits lg)
+{
+    ka_step s = gemv_step(w, n, x, wt, ANULL(), QROWS_NONE, 0, bias, y, N, K, gated, act, out_f32,
+                          rows);
+    s.logits = lg;
+    if (!lower_gemv_stream(w->c, N, K, gated)) {
+        push_sized(w, which, &s);
+        return;
+    }
+    s.size = KA_SIZE_FEW;
+    push(w, which, &s);
+    const int seg = lower_gemv_stream_seg(K), th = 32 * KILN_GEMV_STREAM_WARPS;
+    const int smem = KILN_GEMV_STREAM_SMEM(KILN_GEMV_STREAM_WARPS, KILN_GEMV_STREAM_D, seg, (int)K,
+                                           w->esize);
+    int k = kern(w, "gemv_stream", th, smem,
+                 "const kiln_step st, const DT *x, const DT *w, const DT *bias, void *y, int M",
+                 "kiln::gemv_stream<DT, %lld, %lld, %s, %s, %d, %s, %d, %d, %d, %d>(st, x, w, "
+                 "bias, y, M)",
+                 (long long)N, (long long)K, bias.kind == KA_ARG_NULL ? "false" : "true",
+                 gated ? "true" : "false", act < 0 ? 0 : act, out_f32 ? "true" : "false",
+                 KILN_GEMV_STREAM_WARPS, KILN_GEMV_STREAM_D, seg, KILN_GEMV_STREAM_BLOCKS);
+    ka_step o = kstep(k, n->name, G(0, 0, 0, KILN_GEMV_STREAM_BLOCKS, 1), G1(), G1());
+    o.size = KA_SIZE_ONE;
+    o.rows = rows;
+    o.logits = lg;
+    add_arg(&o, A(KA_ARG_STEP, 0));
+    add_arg(&o, x);
+    add_arg(&o, wt);
+    add_arg(&o, bias);
+    add_arg(&o, y);
+    add_arg(&o, A(KA_ARG_M, 0));
+    push(w, which, &o);
+}
+
 int lower_smem_optin(int sm)
 {
     if (sm == 80 || sm == 87)
@@ -585,12 +646,6 @@ static int64_t skinny4_groups(const lw *w)
     return (w->c->max_seqs + KILN_SKINNY_MAX - 1) / KILN_SKINNY_MAX;
 }
 
-/* The shared memory a block of the artifact may have (kc.smem_block; sm_80's when unknown). */
-static int skinny_smem(const lw *w)
-{
-    return w->c->smem_block ? w->c->smem_block : lower_smem_optin(80);
-}
-
 /* The skinny GEMM step of the decode schedule: templates/gemv.cuh's gemm_skinny for a 16-bit
  * weight (g4 0), for gemv_max < rows <= skinny_max; or gemm_skinny_int4 for an INT4 weight wt of
  * group size g4 with its scales and zero points sc, for rows > gemv_max (row groups of
@@ -603,7 +658,7 @@ static void skinny_push(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg sc,
                         int out_f32, int prefill)
 {
     int warps, splits, stages;
-    lower_skinny_shape(N, K, gated, (int)g4, skinny_smem(w), &warps, &splits, &stages);
+    lower_skinny_shape(N, K, gated, (int)g4, block_smem(w->c), &warps, &splits, &stages);
     assert(stages > 0); /* w->skinny and w->skinny4 hold only where the smallest ring fits */
     int64_t units = KILN_SKINNY_UNITS(N, gated, g4);
     int64_t pf = KILN_SKINNY_PART(splits, units * (g4 ? KILN_SKINNY4_RT : 1), KILN_SKINNY_MAX) *
@@ -845,9 +900,7 @@ static void logits_prefill(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg 
     ka_step s = gemm_step(w, n, x, wt, ANULL(), part, N, K, K, N, 1, rows);
     s.logits = lg;
     push_sized(w, PRE, &s);
-    s = gemv_step(w, n, x, wt, ANULL(), QROWS_NONE, 0, ANULL(), part, N, K, 0, -1, 1, rows);
-    s.logits = lg;
-    push_sized(w, PRE, &s);
+    push_gemv16(w, PRE, n, x, wt, ANULL(), part, N, K, 0, -1, 1, rows, lg);
     logits_epilogue_step(w, n, part, hb, N, PRE, lg, rows);
     gather_steps(w, n, part, all, N, tp, PRE, lg, rows);
 }
@@ -895,8 +948,7 @@ static int low_linear(lw *w, int id)
         /* decode: every row is the last of its sequence */
         s = gemm_step(w, n, x, wt, bias, part, N, K, K, N, 1, KA_ROWS_T);
         push_gemm(w, DEC, &s, w->skinny);
-        s = gemv_step(w, n, x, wt, ANULL(), QROWS_NONE, 0, bias, part, N, K, 0, -1, 1, KA_ROWS_T);
-        push_sized(w, DEC, &s);
+        push_gemv16(w, DEC, n, x, wt, bias, part, N, K, 0, -1, 1, KA_ROWS_T, KA_LOGITS_ANY);
         if (w->skinny)
             skinny_push(w, n, x, wt, ANULL(), 0, bias, part, N, K, 0, -1, 1, 0);
         logits_epilogue_step(w, n, part, hb, N, DEC, KA_LOGITS_ANY, KA_ROWS_T);
@@ -961,10 +1013,8 @@ static int low_linear(lw *w, int id)
         ka_step s = gemm_step(w, n, x, wt, bias, y, N, K, K, N, 0, KA_ROWS_T);
         s.size = gemm_size;
         push_gemm(w, gemm_which, &s, skinny);
-        if (qb < 0) {
-            s = gemv_step(w, n, x, wt, ANULL(), QROWS_NONE, 0, bias, y, N, K, 0, -1, 0, KA_ROWS_T);
-            push_sized(w, BOTH, &s);
-        }
+        if (qb < 0)
+            push_gemv16(w, BOTH, n, x, wt, bias, y, N, K, 0, -1, 0, KA_ROWS_T, KA_LOGITS_ANY);
         if (skinny)
             skinny_push(w, n, x, wt, ANULL(), 0, bias, y, N, K, 0, -1, 0, 0);
         return 0;
@@ -986,10 +1036,8 @@ static int low_linear(lw *w, int id)
     add_arg(&s, tmp);
     add_arg(&s, y);
     push_gemm(w, gemm_which, &s, skinny);
-    if (qb < 0) {
-        s = gemv_step(w, n, x, wt, ANULL(), QROWS_NONE, 0, bias, y, N, K, 1, n->epi_act, 0, KA_ROWS_T);
-        push_sized(w, BOTH, &s);
-    }
+    if (qb < 0)
+        push_gemv16(w, BOTH, n, x, wt, bias, y, N, K, 1, n->epi_act, 0, KA_ROWS_T, KA_LOGITS_ANY);
     if (skinny)
         skinny_push(w, n, x, wt, ANULL(), 0, bias, y, N, K, 1, n->epi_act, 0, 0);
     return 0;
@@ -1153,14 +1201,13 @@ static int low_moe_shared(lw *w, int id, ka_arg x, ka_arg *sum)
     add_arg(&s, gu_out);
     add_arg(&s, h);
     push_sized(w, BOTH, &s);
-    s = gemv_step(w, n, x, AW(w, gu), ANULL(), QROWS_NONE, 0, ANULL(), h, 2 * I2, H, 1, mo->act, 0, KA_ROWS_T);
-    push_sized(w, BOTH, &s);
+    push_gemv16(w, BOTH, n, x, AW(w, gu), ANULL(), h, 2 * I2, H, 1, mo->act, 0, KA_ROWS_T,
+                KA_LOGITS_ANY);
     /* . Wd */
     ka_arg down = AW(w, n->in[KG_MOE_SH_DOWN]);
     s = gemm_step(w, n, h, down, ANULL(), *sum, H, I2, I2, H, 0, KA_ROWS_T);
     push_sized(w, BOTH, &s);
-    s = gemv_step(w, n, h, down, ANULL(), QROWS_NONE, 0, ANULL(), *sum, H, I2, 0, -1, 0, KA_ROWS_T);
-    push_sized(w, BOTH, &s);
+    push_gemv16(w, BOTH, n, h, down, ANULL(), *sum, H, I2, 0, -1, 0, KA_ROWS_T, KA_LOGITS_ANY);
     if (!mo->shared_gate)
         return 0;
     int kg = kern(w, "moe_shared_gate", MOE_THREADS, 0,
@@ -1789,14 +1836,14 @@ int lower(kc *c, lowered *out, kerr *err)
      * whose decode runs the GEMV in fixed groups at every batch; and only where its smallest ring
      * (4 tiles a block, 2 slices) fits a block. */
     w.skinny = c->gemm_kiln && !c->batch_invariant && c->max_tokens > GEMV_MAX &&
-               KILN_SKINNY_SMEM(KILN_SKINNY_MAX, 4, 2) <= skinny_smem(&w);
+               KILN_SKINNY_SMEM(KILN_SKINNY_MAX, 4, 2) <= block_smem(c);
     /* gemm_skinny_int4 for the INT4 linears in every build (no library GEMM reads INT4), where
      * the smallest ring of the largest sz slices (G = 32) fits: for decode steps, where one can
      * have more than GEMV_MAX rows, and for prefill steps of up to skinny_max rows, where one can
      * have more than GEMV_MAX (a dequantising pass over the weight costs more than the product
      * there: tests/gpu/RESULTS.md, thirteenth session) */
     const int int4_skinny = !c->batch_invariant && has_int4(&w) &&
-                            KILN_SKINNY4_SMEM(KILN_SKINNY_MAX, 4, 2, 32) <= skinny_smem(&w);
+                            KILN_SKINNY4_SMEM(KILN_SKINNY_MAX, 4, 2, 32) <= block_smem(c);
     w.skinny4 = int4_skinny && c->max_seqs > GEMV_MAX;
     w.skinny4p = int4_skinny && c->max_tokens > GEMV_MAX;
     if (w.skinny || w.skinny4 || w.skinny4p) {
@@ -1900,15 +1947,16 @@ char *codegen_source(const lowered *l, const char *model_name)
     OUT("#include \"elementwise.cuh\"\n#include \"gemv.cuh\"\n#include \"attention.cuh\"\n"
         "#include \"moe.cuh\"\n#include \"sample.cuh\"\n#include \"collective.cuh\"\n");
     /* mla.cuh only where a model has multi-head latent attention, gemm.cuh or gemm90.cuh only
-     * with --gemm kiln: other units stay as they were */
+     * with --gemm kiln, gemv_stream.cuh only in sm_90a builds: other units stay as they were */
     for (int i = 0; i < l->ninst; i++)
         if (strncmp(l->inst_call[i], "kiln::mla_", 10) == 0) {
             OUT("#include \"mla.cuh\"\n");
             break;
         }
     static const char *const gemms[][2] = {{"kiln::gemm<", "gemm.cuh"},
-                                           {"kiln::gemm90<", "gemm90.cuh"}};
-    for (int g = 0; g < 2; g++)
+                                           {"kiln::gemm90<", "gemm90.cuh"},
+                                           {"kiln::gemv_stream<", "gemv_stream.cuh"}};
+    for (int g = 0; g < 3; g++)
         for (int i = 0; i < l->ninst; i++)
             if (strncmp(l->inst_call[i], gemms[g][0], strlen(gemms[g][0])) == 0) {
                 OUT("#include \"%s\"\n", gemms[g][1]);

@@ -57,6 +57,12 @@ int lower_gemv_threads(int64_t N, int64_t K, int gated, int step);
  * Hopper and Blackwell's data-center parts, 163 KiB on the A100, 99 KiB on the others. kilnc
  * compile keeps the least over its --sm targets (kc.smem_block). */
 int lower_smem_optin(int sm);
+/* Whether a 16-bit [N, K] linear's one-row steps take templates/gemv_stream.cuh on sm_90+ code
+ * (builds with such a target, without --batch-invariant, K up to KILN_GEMV_STREAM_KMAX, its
+ * shared memory within kc.smem_block); and its unit of weight (SEG elements: the largest
+ * multiple of 8 that divides K, at most KILN_GEMV_STREAM_SEGMAX). */
+int lower_gemv_stream(const kc *c, int64_t N, int64_t K, int gated);
+int lower_gemv_stream_seg(int64_t K);
 
 /* The skinny GEMM's units (warps) a block (*warps), K parts (*splits) and ring slices (*stages;
  * 0: none fits) for an [N, K] weight (gated: N/2 outputs), 16-bit (g4 0: gemm_skinny) or INT4 of

@@ -1016,6 +1016,7 @@ static int cmd_compile(int argc, char **argv)
     for (int i = 0; i < nsm; i++) {
         ko.sm90a_only &= strcmp(sms[i], "sm_90a") == 0;
         ko.sm_fp8 &= atoi(sms[i] + 3) >= 89;
+        ko.sm90 |= atoi(sms[i] + 3) >= 90;
         int sb = lower_smem_optin(atoi(sms[i] + 3));
         ko.smem_block = i == 0 || sb < ko.smem_block ? sb : ko.smem_block;
     }

@@ -100,6 +100,7 @@ int kc_open(kc *c, const char *model, const kc_opts *o, kerr *err)
     c->gemm_kiln = o->gemm_kiln;
     c->sm90a_only = o->sm90a_only;
     c->sm_fp8 = o->sm_fp8;
+    c->sm90 = o->sm90;
     c->smem_block = o->smem_block;
     c->fp8_dequant = o->fp8_dequant;
     c->batch_invariant = o->batch_invariant;

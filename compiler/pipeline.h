@@ -26,6 +26,7 @@ typedef struct kc_opts {
     int gemm_kiln;         /* --gemm kiln (kc.h) */
     int sm90a_only;        /* every --sm target is sm_90a (kc.h) */
     int sm_fp8;            /* every --sm target is sm_89 or newer (kc.h) */
+    int sm90;              /* some --sm target is sm_90 or newer (kc.h) */
     int smem_block;        /* shared memory a block may have on every --sm target (kc.h) */
     int fp8_dequant;       /* --fp8-gemm dequant (kc.h) */
     int batch_invariant;   /* --batch-invariant (kc.h; the caller sets gemm_kiln with it) */

@@ -13,6 +13,10 @@
  *     build and of --gemm kiln, gemm_skinny_int4 between its GEMV (up to gemv_max rows) and its
  *     GEMV of 16-row groups (past skinny_max), with lower_skinny_shape's launch; none with
  *     --batch-invariant or when no step has more than gemv_max rows;
+ *   - when a target is sm_90 or newer (the default --sm has sm_90a), each 16-bit GEMV of up to
+ *     gemv_max rows is two steps: templates/gemv_stream.cuh's for one row on sm_90+ code and
+ *     gemv.cuh's for the other rows (the same operands, kernels/kiln_gemm.h's launch); none
+ *     with --sm 80 alone or --batch-invariant;
  *   - `kilnc compile --gemm kiln` of those fixtures compiles for sm_80 and sm_90a (the default
  *     --sm) and `kiln inspect` says kiln and 0 cuBLASLt steps, the default says cublaslt and
  *     counts them; --gemm with another value, or none, is refused naming the flag; with
@@ -218,6 +222,100 @@ static void test_steps_replace_cublaslt(void **state)
             kc_free(&cc);
             kc_free(&ck);
         }
+}
+
+/* The batch-1 GEMV (templates/gemv_stream.cuh): when a target is sm_90 or newer, each 16-bit
+ * linear's GEMV of up to gemv_max rows becomes two steps in both schedules, gemv.cuh's (size
+ * few: every row count up to gemv_max but one on sm_90+ code) and then gemv_stream's (size one),
+ * with the same label, operands, logits and rows, kernels/kiln_gemm.h's block, shared memory and
+ * grid, and the shape in its template arguments; the unit includes gemv_stream.cuh. With sm_80
+ * alone, --batch-invariant, a K past KILN_GEMV_STREAM_KMAX or shared memory past the targets'
+ * limit: none; lower_gemv_stream_seg's units. */
+static void expect_stream_pairs(const char *fx, const lowered *l, const ka_step *st, int n,
+                                int *pairs)
+{
+    for (int i = 0; i < n; i++) {
+        if (st[i].kind != KA_KERNEL || !ka_kernel_is(&l->m.kernels[st[i].kernel], "gemv_stream"))
+            continue;
+        const ka_step *o = &st[i], *g = i > 0 ? &st[i - 1] : NULL;
+        const ka_kernel *k = &l->m.kernels[o->kernel];
+        if (!g || g->kind != KA_KERNEL || !ka_kernel_is(&l->m.kernels[g->kernel], "gemv"))
+            fail_msg("%s step %d (%s): gemv_stream not after its gemv step", fx, i, o->label);
+        assert_string_equal(o->label, g->label);
+        assert_int_equal(o->size, KA_SIZE_ONE);
+        assert_int_equal(g->size, KA_SIZE_FEW);
+        assert_int_equal(o->logits, g->logits);
+        assert_int_equal(o->rows, g->rows);
+        assert_int_equal(o->nargs, g->nargs);
+        for (int a = 0; a < o->nargs; a++)
+            assert_true(same_arg(&o->args[a], &g->args[a]));
+        assert_int_equal(k->block, 32 * KILN_GEMV_STREAM_WARPS);
+        assert_int_equal(grid_at(&o->grid[0], 1, 1), KILN_GEMV_STREAM_BLOCKS);
+        assert_int_equal(grid_at(&o->grid[1], 1, 1), 1);
+        long long N, K;
+        const char *call = l->inst_call[o->kernel];
+        if (sscanf(call, "kiln::gemv_stream<DT, %lld, %lld,", &N, &K) != 2)
+            fail_msg("%s: %s: no shape in the template arguments", fx, call);
+        assert_true(K <= KILN_GEMV_STREAM_KMAX);
+        assert_int_equal(k->smem, KILN_GEMV_STREAM_SMEM(KILN_GEMV_STREAM_WARPS,
+                                                        KILN_GEMV_STREAM_D,
+                                                        lower_gemv_stream_seg(K), K, 2));
+        (*pairs)++;
+    }
+}
+
+static void test_gemv_stream_steps(void **state)
+{
+    (void)state;
+    static const char *const fx[] = {"llama", "mixtral", "bloom"};
+    for (size_t f = 0; f < ARRAY_LEN(fx); f++)
+        for (int v = 0; v < 4; v++) { /* sm_90a; sm_80 and sm_90a; sm_80; --batch-invariant */
+            kc c;
+            kc_opts o = {.need_weights = 1, .max_seq_len = 128, .max_seqs = 4, .max_tokens = 64,
+                         .sm90a_only = v == 0, .sm90 = v != 2, .batch_invariant = v == 3,
+                         .gemm_kiln = v == 3, .smem_block = lower_smem_optin(v == 0 ? 90 : 80)};
+            lower_opts(&c, fx[f], &o);
+            const lowered *l = c.low;
+            int pairs = 0;
+            expect_stream_pairs(fx[f], l, l->m.prefill, l->m.nprefill, &pairs);
+            const int pre = pairs;
+            expect_stream_pairs(fx[f], l, l->m.decode, l->m.ndecode, &pairs);
+            int sized = 0;
+            for (int i = 0; i < l->m.ndecode; i++)
+                sized += l->m.decode[i].size == KA_SIZE_ONE || l->m.decode[i].size == KA_SIZE_FEW;
+            char *src = codegen_source(l, fx[f]);
+            if (v < 2) {
+                if (pre == 0 || pairs == pre)
+                    fail_msg("%s: no gemv_stream step in the prefill (%d) or decode (%d) schedule",
+                             fx[f], pre, pairs - pre);
+                assert_non_null(strstr(src, "#include \"gemv_stream.cuh\""));
+            } else {
+                assert_int_equal(pairs, 0);
+                assert_int_equal(sized, 0);
+                assert_null(strstr(src, "gemv_stream.cuh"));
+            }
+            free(src);
+            kc_free(&c);
+        }
+    kc cc;
+    memset(&cc, 0, sizeof cc);
+    cc.sm90 = 1;
+    assert_true(lower_gemv_stream(&cc, 4096, 14336, 0));
+    assert_true(lower_gemv_stream(&cc, 4096, KILN_GEMV_STREAM_KMAX, 0));
+    assert_false(lower_gemv_stream(&cc, 4096, KILN_GEMV_STREAM_KMAX + 256, 0));
+    assert_false(lower_gemv_stream(&cc, 4095, 4096, 1));
+    assert_false(lower_gemv_stream(&cc, 4096, 4100, 0));
+    cc.smem_block = KILN_GEMV_STREAM_SMEM(KILN_GEMV_STREAM_WARPS, KILN_GEMV_STREAM_D, 2048,
+                                          KILN_GEMV_STREAM_KMAX, 2) - 1;
+    assert_false(lower_gemv_stream(&cc, 4096, KILN_GEMV_STREAM_KMAX, 0));
+    assert_true(lower_gemv_stream(&cc, 4096, 4096, 0));
+    cc.smem_block = 0;
+    assert_int_equal(lower_gemv_stream_seg(14336), 2048);
+    assert_int_equal(lower_gemv_stream_seg(3584), 1792);
+    assert_int_equal(lower_gemv_stream_seg(64), 64);
+    assert_int_equal(lower_gemv_stream_seg(4104), 1368);
+    cc.batch_invariant = 1;
+    assert_false(lower_gemv_stream(&cc, 4096, 4096, 0));
 }
 
 /* An INT4 linear's decode steps (kilnc compile --quant int4, and a published AWQ checkpoint), in
@@ -494,6 +592,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_steps_replace_cublaslt),
         cmocka_unit_test(test_int4_skinny_steps),
+        cmocka_unit_test(test_gemv_stream_steps),
         cmocka_unit_test(test_cli_compile_inspect),
         cmocka_unit_test(test_cli_refuses_bad_values),
     };

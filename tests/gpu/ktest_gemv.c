@@ -98,6 +98,7 @@
  * magnitude amax gives +-448 (0x7e / 0xfe); and the 64 bytes of q and 64 scales past M rows
  * keep their poison.
  */
+#include <assert.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1189,6 +1190,96 @@ static void quant_case(kt *t, int K, int TH, int f16)
     }
 }
 
+/* gemv_stream (templates/gemv_stream.cuh, sm_90a) at lower.c's launch (kernels/kiln_gemm.h's
+ * KILN_GEMV_STREAM_*, lower_gemv_stream_seg's unit) on one row of x, against gemv_ref;
+ * with `chain`, the same launch twice back to back on the stream (PDL on), the second's x the
+ * first's y (NOUT == K), so that the second's early weight loads and its wait on the first are
+ * exercised; y poisoned, every output checked. */
+static void stream_case(kt *t, int N, int K, int gated, int act, int bias, int f32, int f16,
+                        int chain)
+{
+    const int NOUT = gated ? N / 2 : N, W = KILN_GEMV_STREAM_WARPS, D = KILN_GEMV_STREAM_D;
+    const int SEG = lower_gemv_stream_seg(K), blocks = KILN_GEMV_STREAM_BLOCKS;
+    const int smem = KILN_GEMV_STREAM_SMEM(W, D, SEG, K, 2);
+    char name[200], src[1024];
+    snprintf(name, sizeof name, "gemv_stream N=%d K=%d SEG=%d%s%s%s%s%s", N, K, SEG,
+             gated ? " gated" : "", bias ? " bias" : "", f32 ? " f32" : "", f16 ? " f16" : "",
+             chain ? " chained" : "");
+    if (!kt_want(t, name) || (!t->compile_only && !kt_sm90a(t)))
+        return;
+    assert(!chain || NOUT == K);
+    const char *dt = f16 ? "kiln::f16" : "kiln::bf16";
+    snprintf(src, sizeof src,
+             "#include \"gemv_stream.cuh\"\n"
+             "extern \"C\" __global__ void __launch_bounds__(%d)\n"
+             "k_gs(const kiln_step st, const %s *x, const %s *w, const %s *bias, void *y, int M)\n"
+             "{\n    kiln::gemv_stream<%s, %d, %d, %s, %s, %d, %s, %d, %d, %d, %d>(st, x, w, bias, "
+             "y, M);\n}\n",
+             32 * W, dt, dt, dt, dt, N, K, bias ? "true" : "false", gated ? "true" : "false", act,
+             f32 ? "true" : "false", W, D, SEG, blocks);
+    CUmodule m = kt_module_sm90a(t, name, src);
+    if (!m || t->compile_only)
+        return;
+    CUfunction f = kt_func(t, m, "k_gs");
+    KT_CU(t, cuFuncSetAttribute(f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem));
+    float *x = xmalloc(sizeof(float) * (size_t)K), *b = xmalloc(sizeof(float) * (size_t)N);
+    kt_fill(t, x, (size_t)K, 1.0f);
+    kt_fill(t, b, (size_t)N, 0.5f);
+    uint16_t *x16 = kt_to_dt(x, (size_t)K, f16), *b16 = kt_to_dt(b, (size_t)N, f16);
+    gweights g;
+    gweights_make(t, &g, N, K, f16, 0, 0, 0);
+    const size_t esz = f32 ? 4 : 2;
+    CUdeviceptr dx = kt_upload(t, x16, 2 * (size_t)K);
+    CUdeviceptr db = bias ? kt_upload(t, b16, 2 * (size_t)N) : 0;
+    CUdeviceptr dy = kt_alloc(t, (size_t)NOUT * esz);
+    CUdeviceptr dy2 = chain ? kt_alloc(t, (size_t)NOUT * esz) : 0;
+    kiln_step st;
+    memset(&st, 0, sizeof st);
+    st.T = st.n_seqs = 1;
+    int one = 1;
+    void *args[] = {&st, &dx, &g.dw, &db, &dy, &one};
+    void *args2[] = {&st, &dy, &g.dw, &db, &dy2, &one};
+    kerr e;
+    kerr_clear(&e);
+    int rc = kcuda_launch(&t->cu, f, (unsigned)blocks, 1, 1, 32u * W, (unsigned)smem, t->stream,
+                          args, t->pdl, &e);
+    if (rc == 0 && chain)
+        rc = kcuda_launch(&t->cu, f, (unsigned)blocks, 1, 1, 32u * W, (unsigned)smem, t->stream,
+                          args2, t->pdl, &e);
+    if (rc)
+        kt_result(t, name, 0, kerr_msg(&e));
+    KT_CU(t, cuStreamSynchronize(t->stream));
+    float *got = xmalloc(sizeof(float) * (size_t)NOUT);
+    float *want = xmalloc(sizeof(float) * (size_t)NOUT);
+    unsigned char *yb = xmalloc((size_t)NOUT * esz);
+    for (int pass = 0; pass < (chain ? 2 : 1) && rc == 0; pass++) {
+        kt_download(t, yb, pass ? dy2 : dy, (size_t)NOUT * esz);
+        for (int i = 0; i < NOUT; i++) {
+            if (f32) {
+                memcpy(&got[i], yb + 4 * (size_t)i, 4);
+            } else {
+                uint16_t h;
+                memcpy(&h, yb + 2 * (size_t)i, 2);
+                got[i] = f16 ? util_f16_to_f32(h) : util_bf16_to_f32(h);
+            }
+        }
+        gemv_ref(x, &g, bias ? b : NULL, 1, gated, act, want);
+        char pn[220];
+        snprintf(pn, sizeof pn, "%s%s", name, pass ? " (second)" : "");
+        kt_check(t, pn, got, want, (size_t)NOUT, f32 ? 1e-5 : 1e-2);
+        if (chain && pass == 0) /* the second launch's x: the first's y, as it reads it */
+            memcpy(x, got, sizeof(float) * (size_t)K);
+    }
+    kt_free(t, dx);
+    if (db)
+        kt_free(t, db);
+    kt_free(t, dy);
+    if (dy2)
+        kt_free(t, dy2);
+    gweights_free(t, &g);
+    free(x), free(b), free(x16), free(b16), free(got), free(want), free(yb);
+}
+
 void ktest_gemv(kt *t)
 {
 #define M1_8 {1, 2, 3, 4, 5, 6, 7, 8}
@@ -1343,6 +1434,21 @@ void ktest_gemv(kt *t)
 #undef M1_8
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         gemv_case(t, &cases[i]);
+    /* gemv_stream: the Llama-3 1B/8B shapes (SEG 2048, several units a row, more outputs than
+     * warps and fewer), a gated MLP, logits, units of 1792, 768, 1536 and 40 elements (lanes
+     * idle in a unit's last pass), f16 and bias, chained launches */
+    stream_case(t, 3072, 2048, 0, 0, 0, 0, 0, 0);
+    stream_case(t, 4096, 4096, 0, 0, 0, 0, 0, 1);
+    stream_case(t, 2 * 14336, 4096, 1, KILN_ACT_SILU, 0, 0, 0, 0);
+    stream_case(t, 4096, 14336, 0, 0, 1, 0, 0, 0);
+    stream_case(t, 200, 8192, 0, 0, 0, 0, 0, 0);
+    stream_case(t, 32000, 2048, 0, 0, 0, 1, 0, 0);
+    stream_case(t, 6144, 3072, 1, KILN_ACT_GELU_TANH, 1, 0, 0, 1);
+    stream_case(t, 896, 3584, 0, 0, 1, 0, 0, 0);
+    stream_case(t, 1000, 768, 0, 0, 1, 0, 1, 0);
+    stream_case(t, 1998, 1536, 1, KILN_ACT_SILU, 0, 0, 1, 0);
+    stream_case(t, 64, 40, 0, 0, 1, 0, 0, 0);
+    stream_case(t, 128, 64, 1, KILN_ACT_SILU, 0, 0, 0, 1);
     gemv_invariance(t, 2048, 2048, 8, 8, 0, 0);
     gemv_invariance(t, 1000, 14336, 7, 16, 0, 0);
     gemv_invariance(t, 2048, 2048, 8, 8, 2048, 0);
