@@ -1,7 +1,7 @@
 // gemv_stream.cuh — the batch-1 GEMV (one row of x) that streams its weight without a gap at the
-// kernel boundaries: y[n] = x · w[n] (+ bias[n]), w a PyTorch Linear weight [N, K]. lower.c runs
-// it for the decode steps of exactly one row where every target is sm_90a; gemv.cuh takes the
-// others.
+// kernel boundaries: y[n] = x · w[n] (+ bias[n]), w a PyTorch Linear weight [N, K]. lower.c adds
+// it beside a linear's gemv.cuh step where a target is sm_90 or newer; the engine runs it for a
+// step of exactly one row on such code and gemv.cuh for the others (ka_size_runs).
 //
 // Why: a batch-1 decode step is a chain of kernels, each GEMV reading its weight once. A GEMV
 // whose blocks fill the SMs starts its loads only when its predecessor is done, and its last
@@ -27,10 +27,11 @@
 //
 // Launch rule: grid = (BLOCKS), block = 32 * WARPS threads, dynamic shared memory
 // KILN_GEMV_STREAM_SMEM(WARPS, D, SEG, K, sizeof(DT)) (kernels/kiln_gemm.h; SEG lower.c's
-// lower_gemv_stream_seg). Layouts: x [1, K]; w [N, K]; bias [N] (read only when BIAS; GATED: [gate bias (N/2); up bias (N/2)]); y [NOUT],
-// float when OUT_F32 else DT. Float sums, one rounding of the result (gemv_detail::store_out).
-// Preconditions: M == 1 (the step's size class says so: lower.c), SEG % 8 == 0, K % SEG == 0,
-// x and w 16-byte aligned, sm_90 (the sm_80 body traps: lower.c emits it for sm_90a-only builds).
+// lower_gemv_stream_seg). Layouts: x [1, K]; w [N, K]; bias [N] (read only when BIAS; GATED:
+// [gate bias (N/2); up bias (N/2)]); y [NOUT], float when OUT_F32 else DT. Float sums, one
+// rounding of the result (gemv_detail::store_out). Preconditions: M == 1 (the step's size class
+// says so), SEG % 8 == 0, K % SEG == 0, x and w 16-byte aligned, code for sm_90 or newer (the
+// older body traps; the engine never launches it there).
 #pragma once
 
 #include "gemv.cuh"
