@@ -90,9 +90,9 @@ $(B)/bin/kilnc: $(B)/obj/compiler/main.o $(B)/lib/libkilnc.a $(B)/lib/libkiln.a
 
 # The kernel test harness: run on the GPU machine by tests/gpu/run.sh; without a GPU it only
 # compiles every kernel case for sm_80 and sm_90a (make check runs that).
-KTEST_SRC := tests/gpu/ktest.c tests/gpu/ktest_elementwise.c tests/gpu/ktest_gemv.c tests/gpu/ktest_chain.c \
-             tests/gpu/ktest_gemm.c tests/gpu/ktest_skinny.c tests/gpu/ktest_attention.c tests/gpu/ktest_mla.c \
-             tests/gpu/ktest_moe.c tests/gpu/ktest_sample.c tests/gpu/ktest_collective.c tests/gpu/ktest_pdl.c
+KTEST_SRC := tests/gpu/ktest.c tests/gpu/ktest_elementwise.c tests/gpu/ktest_gemv.c tests/gpu/ktest_gemm.c \
+             tests/gpu/ktest_skinny.c tests/gpu/ktest_attention.c tests/gpu/ktest_mla.c tests/gpu/ktest_moe.c \
+             tests/gpu/ktest_sample.c tests/gpu/ktest_collective.c tests/gpu/ktest_pdl.c
 $(B)/bin/kiln-ktest: $(KTEST_SRC:%.c=$(B)/obj/%.o) $(B)/lib/libkilnc.a $(B)/lib/libkiln.a
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $^ $(STATIC) $(CUDALIBS) $(SYSLIBS)

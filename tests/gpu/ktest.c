@@ -8,9 +8,7 @@
  * `kiln-ktest --bench gemm` prints kiln's GEMM against cuBLASLt (tests/gpu/ktest_gemm.c);
  * `kiln-ktest --bench skinny` the skinny GEMM (9 to 64 rows) against cuBLASLt, `--bench
  * skinny_int4` its INT4 form (tests/gpu/ktest_skinny.c); `--bench dequant` the prefill's
- * dequantising kernels (tests/gpu/ktest_gemv.c); `--bench chain` a decode step's GEMVs as one
- * persistent kernel against a graph of launches (tests/gpu/ktest_chain.c). `kiln-ktest --help`
- * says so. */
+ * dequantising kernels (tests/gpu/ktest_gemv.c). `kiln-ktest --help` says so. */
 #include "ktest.h"
 
 #include <math.h>
@@ -401,7 +399,7 @@ int main(int argc, char **argv)
     memset(t, 0, sizeof ts);
     if (argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
         printf("usage: kiln-ktest [--compile-only] [FILTER]\n"
-               "       kiln-ktest --bench gemv|gemm|skinny|skinny_int4|dequant|chain\n\n"
+               "       kiln-ktest --bench gemv|gemm|skinny|skinny_int4|dequant\n\n"
                "Runs kiln's kernel test cases (templates/*.cuh, each compiled with NVRTC as\n"
                "kilnc compiles it) on GPU 0 against CPU references, those whose name contains\n"
                "FILTER (or $KTEST_FILTER) only, and prints a table; exit status 1 on a failure.\n"
@@ -417,14 +415,14 @@ int main(int argc, char **argv)
         t->compile_only = 1;
         ai++;
     }
-    /* --bench gemv|gemm|skinny|skinny_int4|dequant|chain: tests/gpu/ktest_<family>.c's benchmark
+    /* --bench gemv|gemm|skinny|skinny_int4|dequant: tests/gpu/ktest_<family>.c's benchmark
      * instead of the cases */
     static const struct {
         const char *family;
         int (*run)(kt *);
     } benches[] = {{"gemv", ktest_gemv_bench}, {"gemm", ktest_gemm_bench},
                    {"skinny", ktest_skinny_bench}, {"skinny_int4", ktest_skinny_int4_bench},
-                   {"dequant", ktest_dequant_bench}, {"chain", ktest_chain_bench}};
+                   {"dequant", ktest_dequant_bench}};
     const char *bench = NULL;
     int (*bench_run)(kt *) = NULL;
     if (argc > ai && strcmp(argv[ai], "--bench") == 0) {
@@ -432,8 +430,8 @@ int main(int argc, char **argv)
             if (strcmp(argv[ai + 1], benches[i].family) == 0)
                 bench_run = benches[i].run;
         if (!bench_run)
-            die(t, "--bench: expected the family to benchmark, gemv, gemm, skinny, skinny_int4, "
-                   "dequant or chain; got %s",
+            die(t, "--bench: expected the family to benchmark, gemv, gemm, skinny, skinny_int4 "
+                   "or dequant; got %s",
                 argc > ai + 1 ? argv[ai + 1] : "nothing");
         bench = argv[ai + 1];
         ai += 2;

@@ -120,14 +120,6 @@ void gweights_free(kt *t, gweights *g);
  * be NULL), gated (w = [gate; up]): act(gate) * up; want is [M, NOUT]. */
 void gemv_ref(const float *x, const gweights *g, const float *b, int M, int gated, int act,
               float *want);
-/* ktest_gemv.c's kernel builder, shared with ktest_chain.c: a module with an extern "C" wrapper
- * k_gemv of one instance of template fn (gemv, gemv_fp8 with sbc, gemv_int4 with g4; prefix:
- * source put before it, or NULL); lower.c's block size for it; and the launch rule's tiles. */
-CUmodule gemv_module(kt *t, const char *name, const char *prefix, const char *fn, const char *dt,
-                     int N, int K, int mmax, int bias, int gated, int act, int f32, int threads,
-                     int sbc, int g4);
-int gemv_threads(int N, int K, int gated, int sbc, int g4);
-unsigned gemv_blocks(int N, int gated);
 
 /* The families; each file tests/gpu/ktest_<family>.c defines one. */
 void ktest_elementwise(kt *t);
@@ -137,9 +129,6 @@ int ktest_gemv_bench(kt *t);
 /* `kiln-ktest --bench dequant`: dequant_int4's and dequant_fp8's bytes per second on the Llama-3
  * shapes, over the copy bandwidth. */
 int ktest_dequant_bench(kt *t);
-/* `kiln-ktest --bench chain`: a layer chain of batch-1 GEMVs as one persistent kernel against a
- * graph of gemv.cuh launches (tests/gpu/ktest_chain.c); -1 on a failure. */
-int ktest_chain_bench(kt *t);
 void ktest_skinny(kt *t);
 /* `kiln-ktest --bench skinny`: gemm_skinny's weight bandwidth at lower_skinny_shape's warps and
  * splits and around them, against cuBLASLt, on the Llama-3 shapes at 16 to 64 rows; -1 on a

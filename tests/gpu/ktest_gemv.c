@@ -335,9 +335,9 @@ static void gemv_args(void *args[7], kiln_step *st, CUdeviceptr *x, gweights *g,
 /* The case's kernel: an extern "C" wrapper k_gemv of one instance of template fn (prefix:
  * source put before it, or NULL): gemv's signature, or with sbc gemv_fp8's (SBC = sbc), or with
  * g4 gemv_int4's (G = g4). */
-CUmodule gemv_module(kt *t, const char *name, const char *prefix, const char *fn, const char *dt,
-                     int N, int K, int mmax, int bias, int gated, int act, int f32, int threads,
-                     int sbc, int g4)
+static CUmodule gemv_module(kt *t, const char *name, const char *prefix, const char *fn,
+                            const char *dt, int N, int K, int mmax, int bias, int gated, int act,
+                            int f32, int threads, int sbc, int g4)
 {
     char src[1024], wt[64], sp[32] = "", sa[16] = "", st[16] = "";
     snprintf(wt, sizeof wt, "%s", sbc || g4 ? "unsigned char" : dt);
@@ -370,7 +370,7 @@ CUmodule gemv_module(kt *t, const char *name, const char *prefix, const char *fn
 
 /* Tiles of the launch rule (templates/gemv.cuh): one block per 16-row tile (grid y) and row
  * group (grid x: gemv_groups). */
-unsigned gemv_blocks(int N, int gated)
+static unsigned gemv_blocks(int N, int gated)
 {
     return (unsigned)KILN_GEMV_TILES(N, gated);
 }
@@ -475,7 +475,7 @@ static void sbc_label(char *out, size_t n, int sbc, int g4, int K)
 /* lower.c's block size for a kernel (sbc: gemv_fp8, g4: gemv_int4, neither: gemv), the one place
  * this file asks for it: lower_gemv_threads with the kernel's step (128, 256 or 512 elements: the
  * same bytes of weight a step). */
-int gemv_threads(int N, int K, int gated, int sbc, int g4)
+static int gemv_threads(int N, int K, int gated, int sbc, int g4)
 {
     return lower_gemv_threads(N, K, gated, sbc ? 256 : g4 ? 512 : 128);
 }
