@@ -584,6 +584,15 @@ int lower_gemv_stream(const kc *c, int64_t N, int64_t K, int gated)
                                  lower_gemv_stream_seg(K), (int)K, 2) <= block_smem(c);
 }
 
+int lower_gemv_stream_smem(const kc *c, int64_t K, int esize)
+{
+    const int need = KILN_GEMV_STREAM_SMEM(KILN_GEMV_STREAM_WARPS, KILN_GEMV_STREAM_D,
+                                           lower_gemv_stream_seg(K), (int)K, esize);
+    const int sm = KILN_GEMV_STREAM_SMEM_SM < block_smem(c) ? KILN_GEMV_STREAM_SMEM_SM
+                                                            : block_smem(c);
+    return need > sm ? need : sm;
+}
+
 int lower_gemv_stream_seg(int64_t K)
 {
     for (int64_t seg = KILN_GEMV_STREAM_SEGMAX; seg > 8; seg -= 8)
@@ -609,9 +618,7 @@ static void push_gemv16(lw *w, int which, const kg_node *n, ka_arg x, ka_arg wt,
     s.size = KA_SIZE_FEW;
     push(w, which, &s);
     const int seg = lower_gemv_stream_seg(K), th = 32 * KILN_GEMV_STREAM_WARPS;
-    const int smem = KILN_GEMV_STREAM_SMEM(KILN_GEMV_STREAM_WARPS, KILN_GEMV_STREAM_D, seg, (int)K,
-                                           w->esize);
-    int k = kern(w, "gemv_stream", th, smem,
+    int k = kern(w, "gemv_stream", th, lower_gemv_stream_smem(w->c, K, w->esize),
                  "const kiln_step st, const DT *x, const DT *w, const DT *bias, void *y, int M",
                  "kiln::gemv_stream<DT, %lld, %lld, %s, %s, %d, %s, %d, %d, %d, %d>(st, x, w, "
                  "bias, y, M)",

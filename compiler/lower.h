@@ -63,6 +63,10 @@ int lower_smem_optin(int sm);
  * multiple of 8 that divides K, at most KILN_GEMV_STREAM_SEGMAX). */
 int lower_gemv_stream(const kc *c, int64_t N, int64_t K, int gated);
 int lower_gemv_stream_seg(int64_t K);
+/* The shared memory a gemv_stream block of that K asks for: what it uses, raised to
+ * KILN_GEMV_STREAM_SMEM_SM (one block an SM; kernels/kiln_gemm.h) as far as every target allows
+ * (kc.smem_block). */
+int lower_gemv_stream_smem(const kc *c, int64_t K, int esize);
 
 /* The skinny GEMM's units (warps) a block (*warps), K parts (*splits) and ring slices (*stages;
  * 0: none fits) for an [N, K] weight (gated: N/2 outputs), 16-bit (g4 0: gemm_skinny) or INT4 of

@@ -97,12 +97,17 @@
 #define KILN_SKINNY_PART(splits, tiles, mmax)                                                     \
     ((splits) > 1 ? (long long)(splits) * (long long)(tiles) * (mmax) * 16 : 0LL)
 
-/* templates/gemv_stream.cuh, the batch-1 GEMV of sm_90a builds: BLOCKS blocks (one an SM of an
+/* templates/gemv_stream.cuh, the batch-1 GEMV on sm_90+ code: BLOCKS blocks (one an SM of an
  * H100 SXM or H200) of WARPS warps, each warp a ring of D units of SEG elements of weight; x
- * staged whole. Sized so that two blocks fit an SM (its own and the next kernel's, whose weight
- * loads start before its wait): at most KILN_GEMV_STREAM_KMAX elements of x. SEG: the largest
- * multiple of 8 that divides K and is at most KILN_GEMV_STREAM_SEGMAX (lower.c's
- * lower_gemv_stream_seg). */
+ * staged whole, at most KILN_GEMV_STREAM_KMAX elements. SEG: the largest multiple of 8 that
+ * divides K and is at most KILN_GEMV_STREAM_SEGMAX (lower.c's lower_gemv_stream_seg).
+ * KILN_GEMV_STREAM_SMEM is what a block uses; it asks for at least KILN_GEMV_STREAM_SMEM_SM
+ * (lower.c's lower_gemv_stream_smem, where the targets allow it): more than half of a Hopper
+ * SM's 228 KiB, less the 1 KiB each block reserves, so that no two gemv_stream blocks ever share
+ * an SM. The hardware puts a launch's blocks wherever they fit: a GEMV launched while every SM
+ * held one block of the previous (72 KiB) got two blocks on some SMs and none on others, and ran
+ * those SMs' share at half speed (tests/gpu/RESULTS.md, fifteenth session: the Llama-3 8B step
+ * 0.78 -> 0.83 of the roofline). Small kernels' blocks still fit beside one. */
 #define KILN_GEMV_STREAM_BLOCKS 132
 #define KILN_GEMV_STREAM_WARPS 8
 #define KILN_GEMV_STREAM_D 2
@@ -110,5 +115,6 @@
 #define KILN_GEMV_STREAM_SEGMAX 2048
 #define KILN_GEMV_STREAM_SMEM(warps, d, seg, k, esz)                                              \
     ((warps) * (d) * (seg) * (esz) + (k) * (esz) + (warps) * (d) * 8)
+#define KILN_GEMV_STREAM_SMEM_SM (116 * 1024)
 
 #endif

@@ -231,9 +231,10 @@ static void test_steps_replace_cublaslt(void **state)
  * grid, and the shape in its template arguments; the unit includes gemv_stream.cuh. With sm_80
  * alone, --batch-invariant, a K past KILN_GEMV_STREAM_KMAX or shared memory past the targets'
  * limit: none; lower_gemv_stream_seg's units. */
-static void expect_stream_pairs(const char *fx, const lowered *l, const ka_step *st, int n,
+static void expect_stream_pairs(const char *fx, const kc *c, const ka_step *st, int n,
                                 int *pairs)
 {
+    const lowered *l = c->low;
     for (int i = 0; i < n; i++) {
         if (st[i].kind != KA_KERNEL || !ka_kernel_is(&l->m.kernels[st[i].kernel], "gemv_stream"))
             continue;
@@ -257,9 +258,7 @@ static void expect_stream_pairs(const char *fx, const lowered *l, const ka_step 
         if (sscanf(call, "kiln::gemv_stream<DT, %lld, %lld,", &N, &K) != 2)
             fail_msg("%s: %s: no shape in the template arguments", fx, call);
         assert_true(K <= KILN_GEMV_STREAM_KMAX);
-        assert_int_equal(k->smem, KILN_GEMV_STREAM_SMEM(KILN_GEMV_STREAM_WARPS,
-                                                        KILN_GEMV_STREAM_D,
-                                                        lower_gemv_stream_seg(K), K, 2));
+        assert_int_equal(k->smem, lower_gemv_stream_smem(c, K, 2));
         (*pairs)++;
     }
 }
@@ -277,9 +276,9 @@ static void test_gemv_stream_steps(void **state)
             lower_opts(&c, fx[f], &o);
             const lowered *l = c.low;
             int pairs = 0;
-            expect_stream_pairs(fx[f], l, l->m.prefill, l->m.nprefill, &pairs);
+            expect_stream_pairs(fx[f], &c, l->m.prefill, l->m.nprefill, &pairs);
             const int pre = pairs;
-            expect_stream_pairs(fx[f], l, l->m.decode, l->m.ndecode, &pairs);
+            expect_stream_pairs(fx[f], &c, l->m.decode, l->m.ndecode, &pairs);
             int sized = 0;
             for (int i = 0; i < l->m.ndecode; i++)
                 sized += l->m.decode[i].size == KA_SIZE_ONE || l->m.decode[i].size == KA_SIZE_FEW;
@@ -310,6 +309,17 @@ static void test_gemv_stream_steps(void **state)
     assert_false(lower_gemv_stream(&cc, 4096, KILN_GEMV_STREAM_KMAX, 0));
     assert_true(lower_gemv_stream(&cc, 4096, 4096, 0));
     cc.smem_block = 0;
+    /* a block asks for more than half of a Hopper SM (228 KiB, 1 KiB reserved a block): one an
+     * SM; as far as the targets allow */
+    assert_true(2 * (KILN_GEMV_STREAM_SMEM_SM + 1024) > 228 * 1024);
+    assert_true(KILN_GEMV_STREAM_SMEM(KILN_GEMV_STREAM_WARPS, KILN_GEMV_STREAM_D, 2048,
+                                      KILN_GEMV_STREAM_KMAX, 2) <= KILN_GEMV_STREAM_SMEM_SM);
+    cc.smem_block = lower_smem_optin(90);
+    assert_int_equal(lower_gemv_stream_smem(&cc, 4096, 2), KILN_GEMV_STREAM_SMEM_SM);
+    cc.smem_block = lower_smem_optin(80);
+    assert_int_equal(lower_gemv_stream_smem(&cc, 14336, 2), KILN_GEMV_STREAM_SMEM_SM);
+    cc.smem_block = lower_smem_optin(89);
+    assert_int_equal(lower_gemv_stream_smem(&cc, 4096, 2), 99 * 1024);
     assert_int_equal(lower_gemv_stream_seg(14336), 2048);
     assert_int_equal(lower_gemv_stream_seg(3584), 1792);
     assert_int_equal(lower_gemv_stream_seg(64), 64);
