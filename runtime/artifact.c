@@ -41,6 +41,7 @@ int ka_size_runs(const ka_manifest *m, ka_size size, int64_t rows, int sm90)
     case KA_SIZE_HUGE: return rows > (mid ? m->skinny_max : m->gemv_max);
     case KA_SIZE_ONE: return sm90 && rows == 1;
     case KA_SIZE_FEW: return rows <= m->gemv_max && (rows > 1 || !sm90);
+    case KA_SIZE_NOT_ONE: return rows > 1 || !sm90;
     default: return 1;
     }
 }
@@ -53,7 +54,8 @@ const char *ka_size_label(ka_size size)
                                     " [gemv_max < rows <= skinny_max]",
                                     " [rows > skinny_max]",
                                     " [rows == 1 on sm_90+ code]",
-                                    " [rows <= gemv_max, not 1 on sm_90+ code]"};
+                                    " [rows <= gemv_max, not 1 on sm_90+ code]",
+                                    " [not 1 row on sm_90+ code]"};
     return (unsigned)size < ARRAY_LEN(l) ? l[size] : " [?]";
 }
 
@@ -873,7 +875,7 @@ static int parse_steps(rd *r, json_t *root, const char *which, ka_step **out, in
             return bad(r, "%s is not an object", c.where);
         s->label = jstr(r, o, c.where, "label", 0);
         snprintf(c.where, sizeof c.where, "%s step %d (%.80s)", which, i, s->label);
-        s->size = (ka_size)jint(r, o, c.where, "size", KA_SIZE_ANY, KA_SIZE_FEW);
+        s->size = (ka_size)jint(r, o, c.where, "size", KA_SIZE_ANY, KA_SIZE_NOT_ONE);
         s->logits = (ka_logits)jint(r, o, c.where, "logits", KA_LOGITS_ANY, KA_LOGITS_ALL);
         s->rows = (ka_rows)jint(r, o, c.where, "rows", KA_ROWS_T, KA_ROWS_S);
         if (r->bad)

@@ -149,7 +149,7 @@ typedef enum { KA_KERNEL, KA_GEMM, KA_ALLREDUCE, KA_ALLGATHER } ka_step_kind;
  * a linear that has a mid step; with skinny_max 0, more than gemv_max); one: exactly one, on a
  * device that runs code built for sm_90 or newer (the batch-1 GEMV, templates/gemv_stream.cuh,
  * whose older-SM body traps); few: at most gemv_max but not the one's (the GEMV of a linear
- * that has a one step). */
+ * that has a one step); not_one: any but the one's (a norm folded into the one step). */
 typedef enum {
     KA_SIZE_ANY,
     KA_SIZE_SMALL,
@@ -157,7 +157,8 @@ typedef enum {
     KA_SIZE_MID,
     KA_SIZE_HUGE,
     KA_SIZE_ONE,
-    KA_SIZE_FEW
+    KA_SIZE_FEW,
+    KA_SIZE_NOT_ONE
 } ka_size;
 typedef enum { KA_LOGITS_ANY, KA_LOGITS_LAST, KA_LOGITS_ALL } ka_logits; /* last rows or all */
 typedef enum { KA_ROWS_T, KA_ROWS_S } ka_rows;                          /* GEMM rows */

@@ -513,7 +513,7 @@ static void e_gemm_k0(json_t *r) { set_int(find_step(r, "decode", NULL, NULL), "
 static void e_size(json_t *r)
 {
     size_t k;
-    set_int(find_step(r, "decode", "step", &k), "size", 7);
+    set_int(find_step(r, "decode", "step", &k), "size", 8);
 }
 static void e_skinny_max(json_t *r) { set_int(limits(r), "skinny_max", lim(r, "gemv_max")); }
 static void e_skinny_neg(json_t *r) { set_int(limits(r), "skinny_max", -1); }
@@ -666,7 +666,7 @@ static void test_bad_fields_resigned(void **state)
         {"gemm extent", e_gemm_x_extent, {"GEMM x needs ", "bytes at 64 rows", "left in the activation slab"}},
         {"gemm w", e_gemm_w_kind, {"GEMM w is buf, expected weight"}},
         {"gemm k", e_gemm_k0, {"decode step ", "k is 0, expected 1.."}},
-        {"size", e_size, {"size is 7, expected 0..6"}},
+        {"size", e_size, {"size is 8, expected 0..7"}},
         {"size mid", e_size_mid, {"size mid (3) needs limits.skinny_max, which is 0"}},
         {"weight bytes", e_wbytes, {"weight 3 (", "bytes for ", "elements of bf16"}},
         {"weight shape", e_wshape, {"weight 0 (", "a dimension is -512"}},
@@ -1206,7 +1206,8 @@ static int teardown(void **state)
 /* Which steps run at which rows: the GEMV's (small) up to gemv_max, the skinny GEMM's (mid) above
  * it up to skinny_max, and the GEMM of a linear with a skinny step (huge) past that; without
  * skinny_max, huge is large and mid never runs. The batch-1 GEMV (one) runs at one row on sm_90+
- * code only, and the GEMV beside it (few) at every other row up to gemv_max. */
+ * code only, the GEMV beside it (few) at every other row up to gemv_max, and a norm folded into
+ * it (not_one) at every row count but that one. */
 static void test_size_rows(void **state)
 {
     (void)state;
@@ -1240,6 +1241,9 @@ static void test_size_rows(void **state)
         {KA_SIZE_FEW, 2, 1, 1, 1},
         {KA_SIZE_FEW, 8, 1, 1, 1},
         {KA_SIZE_FEW, 9, 0, 0, 0},
+        {KA_SIZE_NOT_ONE, 1, 0, 0, 1},
+        {KA_SIZE_NOT_ONE, 2, 1, 1, 1},
+        {KA_SIZE_NOT_ONE, 4096, 1, 1, 1},
     };
     for (size_t i = 0; i < ARRAY_LEN(c); i++) {
         m.skinny_max = 64;
@@ -1258,6 +1262,7 @@ static void test_size_rows(void **state)
     assert_string_equal(ka_size_label(KA_SIZE_ANY), "");
     assert_string_equal(ka_size_label(KA_SIZE_ONE), " [rows == 1 on sm_90+ code]");
     assert_string_equal(ka_size_label(KA_SIZE_FEW), " [rows <= gemv_max, not 1 on sm_90+ code]");
+    assert_string_equal(ka_size_label(KA_SIZE_NOT_ONE), " [not 1 row on sm_90+ code]");
 }
 
 /* ka_kernel_is: k<digits>_<op> exactly, whatever op's own underscores; nothing else. */
