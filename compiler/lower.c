@@ -40,6 +40,8 @@ typedef struct lw {
     int64_t skinny_count; /* scratch offset of gemm_skinny's arrival counters (in scratch0) */
     int *wmap;           /* node -> weight index, -1 */
     int *wmap8;          /* node -> index of its quantised weight (its scales the next), -1 */
+    int *fold;           /* node -> the linear its norm may fold into (plan_norm_readers), -1 */
+    int nfold;           /* nodes in fold (low_moe may append more) */
     int cpre, cdec, cw, cc;
     kerr *err;
 } lw;
@@ -387,6 +389,23 @@ static int low_embed(lw *w, int id)
     return 0;
 }
 
+/* The linear (node id) an RMS norm's decode steps of one row fold into, or -1: plan_norm_reader's
+ * linear, where its one-row steps take gemv_stream (a 16-bit weight, lower_gemv_stream). The
+ * norm's own step then runs at every other row count (size not_one) and gemv_stream's stages
+ * the normalised x itself (its NORM): one kernel fewer a norm in a batch-1 decode step. */
+static int norm_fold(lw *w, int id)
+{
+    const int l = id < w->nfold ? w->fold[id] : -1;
+    if (l < 0)
+        return -1;
+    const kg_node *n = &w->g->nodes[l], *wn = &w->g->nodes[n->in[1]];
+    qrows_kind qk;
+    if (quant_block(w, n->in[1], wn->shape[1], &qk) >= 0 ||
+        !lower_gemv_stream(w->c, wn->shape[0], wn->shape[1], n->epi_act >= 0))
+        return -1;
+    return l;
+}
+
 static int low_norm(lw *w, int id)
 {
     const kgraph *g = w->g;
@@ -455,6 +474,9 @@ static int low_norm(lw *w, int id)
     add_arg(&s, out);
     add_arg(&s, res_out);
     add_arg(&s, AF(n->eps));
+    /* folded into its linear's one-row step: not run there */
+    if (norm_fold(w, id) >= 0)
+        s.size = KA_SIZE_NOT_ONE;
     push(w, BOTH, &s);
     return 0;
 }
@@ -603,39 +625,62 @@ int lower_gemv_stream_seg(int64_t K)
 
 /* A 16-bit weight's GEMV steps (rows up to gemv_max; logits lg) pushed to `which`: gemv.cuh's; or,
  * where lower_gemv_stream allows it, templates/gemv_stream.cuh's at one row (size one) and
- * gemv.cuh's at 2 to gemv_max (size few). */
-static void push_gemv16(lw *w, int which, const kg_node *n, ka_arg x, ka_arg wt, ka_arg bias,
-                        ka_arg y, int64_t N, int64_t K, int gated, int act, int out_f32,
-                        ka_rows rows, ka_logits lg)
+ * gemv.cuh's at 2 to gemv_max (size few). norm >= 0: the RMS norm whose output x is, folded into
+ * the one-row step (norm_fold): it reads the norm's inputs instead of x. */
+static int push_gemv16(lw *w, int which, const kg_node *n, ka_arg x, ka_arg wt, ka_arg bias,
+                       ka_arg y, int64_t N, int64_t K, int gated, int act, int out_f32,
+                       ka_rows rows, ka_logits lg, int norm)
 {
     ka_step s = gemv_step(w, n, x, wt, ANULL(), QROWS_NONE, 0, bias, y, N, K, gated, act, out_f32,
                           rows);
     s.logits = lg;
     if (!lower_gemv_stream(w->c, N, K, gated)) {
         push_sized(w, which, &s);
-        return;
+        return 0;
     }
     s.size = KA_SIZE_FEW;
     push(w, which, &s);
+    /* the norm's operands (NORM 1: rms_norm(x); 2: of round(x + res), stored to res_out) */
+    ka_arg res = ANULL(), nw = ANULL(), res_out = ANULL(), eps = AF(0.f);
+    int mode = 0, unit_offset = 0;
+    if (norm >= 0) {
+        const kg_node *nn = &w->g->nodes[norm], *a = &w->g->nodes[nn->in[0]];
+        const int residual = a->op == KG_ADD && a->fused_into == norm;
+        if (dense_arg(w, residual ? a->in[0] : nn->in[0], &x) ||
+            (residual && dense_arg(w, a->in[1], &res)) ||
+            (residual && plan_needs_buffer(w->g, nn->in[0]) && dense_arg(w, nn->in[0], &res_out)))
+            return -1;
+        nw = AW(w, nn->in[1]);
+        eps = AF(nn->eps);
+        mode = residual ? 2 : 1;
+        unit_offset = nn->unit_offset;
+    }
     const int seg = lower_gemv_stream_seg(K), th = 32 * KILN_GEMV_STREAM_WARPS;
     int k = kern(w, "gemv_stream", th, lower_gemv_stream_smem(w->c, K, w->esize),
-                 "const kiln_step st, const DT *x, const DT *w, const DT *bias, void *y, int M",
-                 "kiln::gemv_stream<DT, %lld, %lld, %s, %s, %d, %s, %d, %d, %d, %d>(st, x, w, "
-                 "bias, y, M)",
+                 "const kiln_step st, const DT *x, const DT *res, const DT *nw, DT *res_out, "
+                 "float eps, const DT *w, const DT *bias, void *y, int M",
+                 "kiln::gemv_stream<DT, %lld, %lld, %s, %s, %d, %s, %d, %d, %d, %d, %d, %s>(st, "
+                 "x, res, nw, res_out, eps, w, bias, y, M)",
                  (long long)N, (long long)K, bias.kind == KA_ARG_NULL ? "false" : "true",
                  gated ? "true" : "false", act < 0 ? 0 : act, out_f32 ? "true" : "false",
-                 KILN_GEMV_STREAM_WARPS, KILN_GEMV_STREAM_D, seg, KILN_GEMV_STREAM_BLOCKS);
+                 KILN_GEMV_STREAM_WARPS, KILN_GEMV_STREAM_D, seg, KILN_GEMV_STREAM_BLOCKS, mode,
+                 unit_offset ? "true" : "false");
     ka_step o = kstep(k, n->name, G(0, 0, 0, KILN_GEMV_STREAM_BLOCKS, 1), G1(), G1());
     o.size = KA_SIZE_ONE;
     o.rows = rows;
     o.logits = lg;
     add_arg(&o, A(KA_ARG_STEP, 0));
     add_arg(&o, x);
+    add_arg(&o, res);
+    add_arg(&o, nw);
+    add_arg(&o, res_out);
+    add_arg(&o, eps);
     add_arg(&o, wt);
     add_arg(&o, bias);
     add_arg(&o, y);
     add_arg(&o, A(KA_ARG_M, 0));
     push(w, which, &o);
+    return 0;
 }
 
 int lower_smem_optin(int sm)
@@ -907,7 +952,7 @@ static void logits_prefill(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg 
     ka_step s = gemm_step(w, n, x, wt, ANULL(), part, N, K, K, N, 1, rows);
     s.logits = lg;
     push_sized(w, PRE, &s);
-    push_gemv16(w, PRE, n, x, wt, ANULL(), part, N, K, 0, -1, 1, rows, lg);
+    push_gemv16(w, PRE, n, x, wt, ANULL(), part, N, K, 0, -1, 1, rows, lg, -1); /* no norm: 0 */
     logits_epilogue_step(w, n, part, hb, N, PRE, lg, rows);
     gather_steps(w, n, part, all, N, tp, PRE, lg, rows);
 }
@@ -955,7 +1000,9 @@ static int low_linear(lw *w, int id)
         /* decode: every row is the last of its sequence */
         s = gemm_step(w, n, x, wt, bias, part, N, K, K, N, 1, KA_ROWS_T);
         push_gemm(w, DEC, &s, w->skinny);
-        push_gemv16(w, DEC, n, x, wt, bias, part, N, K, 0, -1, 1, KA_ROWS_T, KA_LOGITS_ANY);
+        if (push_gemv16(w, DEC, n, x, wt, bias, part, N, K, 0, -1, 1, KA_ROWS_T, KA_LOGITS_ANY,
+                        -1))
+            return -1;
         if (w->skinny)
             skinny_push(w, n, x, wt, ANULL(), 0, bias, part, N, K, 0, -1, 1, 0);
         logits_epilogue_step(w, n, part, hb, N, DEC, KA_LOGITS_ANY, KA_ROWS_T);
@@ -966,6 +1013,8 @@ static int low_linear(lw *w, int id)
 
     if (dense_arg(w, id, &y))
         return -1;
+    /* the norm before it, folded into its one-row step (norm_fold) */
+    const int fold = norm_fold(w, n->in[0]) == id ? n->in[0] : -1;
     /* A quantised weight (FP8 or INT4): its GEMV reads it as packed for steps of up to
      * GEMV_MAX rows. Longer steps of an FP8 one run cuBLASLt's FP8 GEMM (fp8_gemm_steps: W8A8)
      * when every target has FP8 tensor cores and the weight has one scale per row. Otherwise
@@ -1020,8 +1069,9 @@ static int low_linear(lw *w, int id)
         ka_step s = gemm_step(w, n, x, wt, bias, y, N, K, K, N, 0, KA_ROWS_T);
         s.size = gemm_size;
         push_gemm(w, gemm_which, &s, skinny);
-        if (qb < 0)
-            push_gemv16(w, BOTH, n, x, wt, bias, y, N, K, 0, -1, 0, KA_ROWS_T, KA_LOGITS_ANY);
+        if (qb < 0 && push_gemv16(w, BOTH, n, x, wt, bias, y, N, K, 0, -1, 0, KA_ROWS_T,
+                                  KA_LOGITS_ANY, fold))
+            return -1;
         if (skinny)
             skinny_push(w, n, x, wt, ANULL(), 0, bias, y, N, K, 0, -1, 0, 0);
         return 0;
@@ -1043,8 +1093,9 @@ static int low_linear(lw *w, int id)
     add_arg(&s, tmp);
     add_arg(&s, y);
     push_gemm(w, gemm_which, &s, skinny);
-    if (qb < 0)
-        push_gemv16(w, BOTH, n, x, wt, bias, y, N, K, 1, n->epi_act, 0, KA_ROWS_T, KA_LOGITS_ANY);
+    if (qb < 0 && push_gemv16(w, BOTH, n, x, wt, bias, y, N, K, 1, n->epi_act, 0, KA_ROWS_T,
+                              KA_LOGITS_ANY, fold))
+        return -1;
     if (skinny)
         skinny_push(w, n, x, wt, ANULL(), 0, bias, y, N, K, 1, n->epi_act, 0, 0);
     return 0;
@@ -1208,13 +1259,16 @@ static int low_moe_shared(lw *w, int id, ka_arg x, ka_arg *sum)
     add_arg(&s, gu_out);
     add_arg(&s, h);
     push_sized(w, BOTH, &s);
-    push_gemv16(w, BOTH, n, x, AW(w, gu), ANULL(), h, 2 * I2, H, 1, mo->act, 0, KA_ROWS_T,
-                KA_LOGITS_ANY);
+    if (push_gemv16(w, BOTH, n, x, AW(w, gu), ANULL(), h, 2 * I2, H, 1, mo->act, 0, KA_ROWS_T,
+                    KA_LOGITS_ANY, -1))
+        return -1;
     /* . Wd */
     ka_arg down = AW(w, n->in[KG_MOE_SH_DOWN]);
     s = gemm_step(w, n, h, down, ANULL(), *sum, H, I2, I2, H, 0, KA_ROWS_T);
     push_sized(w, BOTH, &s);
-    push_gemv16(w, BOTH, n, h, down, ANULL(), *sum, H, I2, 0, -1, 0, KA_ROWS_T, KA_LOGITS_ANY);
+    if (push_gemv16(w, BOTH, n, h, down, ANULL(), *sum, H, I2, 0, -1, 0, KA_ROWS_T,
+                    KA_LOGITS_ANY, -1))
+        return -1;
     if (!mo->shared_gate)
         return 0;
     int kg = kern(w, "moe_shared_gate", MOE_THREADS, 0,
@@ -1825,6 +1879,8 @@ int lower(kc *c, lowered *out, kerr *err)
     w.wmap8 = xmalloc(sizeof(int) * (size_t)c->g->n * 2 + sizeof(int));
     for (int i = 0; i < c->g->n * 2; i++)
         w.wmap[i] = w.wmap8[i] = -1;
+    w.fold = plan_norm_readers(c->g);
+    w.nfold = c->g->n;
     ka_manifest *m = w.m;
     m->sample_kernel = -1;
     m->bos = -1;
@@ -1877,6 +1933,7 @@ int lower(kc *c, lowered *out, kerr *err)
         if (low_node(&w, i)) {
             free(w.wmap);
             free(w.wmap8);
+            free(w.fold);
             return -1;
         }
         if (w.scratch > scratch_max)
@@ -1914,6 +1971,7 @@ int lower(kc *c, lowered *out, kerr *err)
         m->shards[r].path = xasprintf("shards/rank%d-of-%d.safetensors", r, m->tp);
     free(w.wmap);
     free(w.wmap8);
+    free(w.fold);
     for (int pass = 0; pass < 2; pass++) {
         const ka_step *st = pass ? m->decode : m->prefill;
         for (int i = 0, n = pass ? m->ndecode : m->nprefill; i < n; i++)

@@ -25,13 +25,23 @@
 // memory), float FMAs, one warp sum per row. A warp's ring has D slots with an mbarrier each;
 // a slot is refilled with the warp's next unit as soon as it has been read.
 //
-// Launch rule: grid = (BLOCKS), block = 32 * WARPS threads, dynamic shared memory
+// NORM folds the RMS norm before the linear into the staging of x, so that the decode step runs
+// no norm kernel (lower.c's norm_fold: the norm's output has no other reader): NORM 1 stages
+// rms_norm(x) (elementwise.cuh's arithmetic: round(s * rsqrt(mean(s^2) + eps) * w), w being
+// 1 + nw with UNIT_OFFSET), NORM 2 the same of s = round(x + res), which block 0 also stores to
+// res_out (when not null) as rms_norm's residual output. Every block computes the norm itself:
+// K elements from L2, against a kernel boundary of several microseconds saved (tests/gpu/
+// RESULTS.md, fifteenth session). res, nw and res_out must not overlap y (plan_memory keeps
+// the norm's inputs live until the linear).
+//
+// Launch rule: grid = (BLOCKS), block = 32 * WARPS threads, dynamic shared memory at least
 // KILN_GEMV_STREAM_SMEM(WARPS, D, SEG, K, sizeof(DT)) (kernels/kiln_gemm.h; SEG lower.c's
-// lower_gemv_stream_seg). Layouts: x [1, K]; w [N, K]; bias [N] (read only when BIAS; GATED:
-// [gate bias (N/2); up bias (N/2)]); y [NOUT], float when OUT_F32 else DT. Float sums, one
-// rounding of the result (gemv_detail::store_out). Preconditions: M == 1 (the step's size class
-// says so), SEG % 8 == 0, K % SEG == 0, x and w 16-byte aligned, code for sm_90 or newer (the
-// older body traps; the engine never launches it there).
+// lower_gemv_stream_seg). Layouts: x [1, K]; res, nw, res_out [K] (NORM only); w [N, K]; bias
+// [N] (read only when BIAS; GATED: [gate bias (N/2); up bias (N/2)]); y [NOUT], float when
+// OUT_F32 else DT. Float sums, one rounding of the result (gemv_detail::store_out).
+// Preconditions: M == 1 (the step's size class says so), SEG % 8 == 0, K % SEG == 0, x, res and
+// w 16-byte aligned, code for sm_90 or newer (the older body traps; the engine never launches
+// it there).
 #pragma once
 
 #include "gemv.cuh"
@@ -82,8 +92,9 @@ __device__ __forceinline__ void bulk_load(unsigned dst, const void *src, unsigne
 } // namespace stream_detail
 
 template <typename DT, int N, int K, bool BIAS, bool GATED, int ACT, bool OUT_F32, int WARPS,
-          int D, int SEG, int BLOCKS>
-__device__ __forceinline__ void gemv_stream(const kiln_step st, const DT *x, const DT *w,
+          int D, int SEG, int BLOCKS, int NORM = 0, bool UNIT_OFFSET = false>
+__device__ __forceinline__ void gemv_stream(const kiln_step st, const DT *x, const DT *res,
+                                            const DT *nw, DT *res_out, float eps, const DT *w,
                                             const DT *bias, void *y, int M)
 {
     KILN_PDL_TRIGGER();
@@ -126,8 +137,49 @@ __device__ __forceinline__ void gemv_stream(const kiln_step st, const DT *x, con
         issue(slot);
 
     KILN_PDL_WAIT();
-    for (int i = threadIdx.x * 8; i < K; i += WARPS * 32 * 8)
-        *reinterpret_cast<uint4 *>(xs + i) = __ldcg(reinterpret_cast<const uint4 *>(x + i));
+    if (NORM == 0) {
+        for (int i = threadIdx.x * 8; i < K; i += WARPS * 32 * 8)
+            *reinterpret_cast<uint4 *>(xs + i) = __ldcg(reinterpret_cast<const uint4 *>(x + i));
+    } else {
+        // rms_norm's arithmetic (templates/elementwise.cuh): s = round(x + res) (NORM 2; block 0
+        // stores it to res_out), then round(s * rsqrt(mean(s^2) + eps) * w) into xs
+        constexpr int CH = (K / 8 + WARPS * 32 - 1) / (WARPS * 32);
+        __shared__ float scratch[32];
+        float v[CH][8], ss = 0.f;
+#pragma unroll
+        for (int k = 0; k < CH; k++) {
+            const int i = (threadIdx.x + k * WARPS * 32) * 8;
+            if (i < K) {
+                gemv_detail::unpack8<DT>(__ldcg(reinterpret_cast<const uint4 *>(x + i)), v[k]);
+                if (NORM == 2) {
+                    float r[8];
+                    gemv_detail::unpack8<DT>(__ldcg(reinterpret_cast<const uint4 *>(res + i)), r);
+#pragma unroll
+                    for (int e = 0; e < 8; e++)
+                        v[k][e] = to_f(from_f<DT>(v[k][e] + r[e]));
+                    if (blockIdx.x == 0 && res_out)
+                        store8(res_out + i, v[k]);
+                }
+#pragma unroll
+                for (int e = 0; e < 8; e++)
+                    ss += v[k][e] * v[k][e];
+            }
+        }
+        ss = block_sum<WARPS * 32>(ss, scratch);
+        const float inv = rsqrtf(ss / (float)K + eps);
+#pragma unroll
+        for (int k = 0; k < CH; k++) {
+            const int i = (threadIdx.x + k * WARPS * 32) * 8;
+            if (i < K) {
+                float g[8], o[8];
+                load8(nw + i, g);
+#pragma unroll
+                for (int e = 0; e < 8; e++)
+                    o[e] = v[k][e] * inv * (UNIT_OFFSET ? 1.f + g[e] : g[e]);
+                store8(xs + i, o);
+            }
+        }
+    }
     __syncthreads();
 
     float ag = 0.f, au = 0.f; // the lane's sums of the output's (gate) row and up row
@@ -168,7 +220,7 @@ __device__ __forceinline__ void gemv_stream(const kiln_step st, const DT *x, con
             }
         }
 #else
-    (void)x, (void)w, (void)bias, (void)y;
+    (void)x, (void)res, (void)nw, (void)res_out, (void)eps, (void)w, (void)bias, (void)y;
     __trap();
 #endif
 }

@@ -227,19 +227,32 @@ static void test_steps_replace_cublaslt(void **state)
 /* The batch-1 GEMV (templates/gemv_stream.cuh): when a target is sm_90 or newer, each 16-bit
  * linear's GEMV of up to gemv_max rows becomes two steps in both schedules, gemv.cuh's (size
  * few: every row count up to gemv_max but one on sm_90+ code) and then gemv_stream's (size one),
- * with the same label, operands, logits and rows, kernels/kiln_gemm.h's block, shared memory and
- * grid, and the shape in its template arguments; the unit includes gemv_stream.cuh. With sm_80
- * alone, --batch-invariant, a K past KILN_GEMV_STREAM_KMAX or shared memory past the targets'
- * limit: none; lower_gemv_stream_seg's units. */
+ * with the same label, weight, bias, output, logits and rows, kernels/kiln_gemm.h's block and
+ * grid, lower_gemv_stream_smem's shared memory, and the shape in its template arguments; the
+ * unit includes gemv_stream.cuh. Where an RMS norm's output is read by that linear alone
+ * (plan_norm_reader), the one-row step folds it (NORM 1, or 2 with a residual): it reads the
+ * norm step's x, residual, weight, residual output and eps, the norm step runs at every other
+ * row count (size not_one), and the GEMV's output does not overlap the norm's inputs (the plan
+ * keeps them live). Otherwise it reads the GEMV's x and nulls. With sm_80 alone,
+ * --batch-invariant, a K past KILN_GEMV_STREAM_KMAX or shared memory past the targets' limit:
+ * none; lower_gemv_stream_seg's units. */
+static int overlap(const ka_arg *a, int64_t an, const ka_arg *b, int64_t bn)
+{
+    return a->kind == KA_ARG_BUF && b->kind == KA_ARG_BUF && a->i < b->i + bn && b->i < a->i + an;
+}
+
 static void expect_stream_pairs(const char *fx, const kc *c, const ka_step *st, int n,
-                                int *pairs)
+                                int *pairs, int *folds)
 {
     const lowered *l = c->low;
+    int not_one = 0;
     for (int i = 0; i < n; i++) {
-        if (st[i].kind != KA_KERNEL || !ka_kernel_is(&l->m.kernels[st[i].kernel], "gemv_stream"))
+        const ka_kernel *k = st[i].kind == KA_KERNEL ? &l->m.kernels[st[i].kernel] : NULL;
+        if (k && ka_kernel_is(k, "rms_norm") && st[i].size == KA_SIZE_NOT_ONE)
+            not_one++;
+        if (!k || !ka_kernel_is(k, "gemv_stream"))
             continue;
         const ka_step *o = &st[i], *g = i > 0 ? &st[i - 1] : NULL;
-        const ka_kernel *k = &l->m.kernels[o->kernel];
         if (!g || g->kind != KA_KERNEL || !ka_kernel_is(&l->m.kernels[g->kernel], "gemv"))
             fail_msg("%s step %d (%s): gemv_stream not after its gemv step", fx, i, o->label);
         assert_string_equal(o->label, g->label);
@@ -247,26 +260,67 @@ static void expect_stream_pairs(const char *fx, const kc *c, const ka_step *st, 
         assert_int_equal(g->size, KA_SIZE_FEW);
         assert_int_equal(o->logits, g->logits);
         assert_int_equal(o->rows, g->rows);
-        assert_int_equal(o->nargs, g->nargs);
-        for (int a = 0; a < o->nargs; a++)
-            assert_true(same_arg(&o->args[a], &g->args[a]));
+        /* (st, x, res, nw, res_out, eps, w, bias, y, M) against gemv's (st, x, w, bias, y, M) */
+        assert_int_equal(o->nargs, 10);
+        assert_int_equal(g->nargs, 6);
+        assert_true(same_arg(&o->args[0], &g->args[0]));
+        for (int a = 2; a < 6; a++)
+            assert_true(same_arg(&o->args[a + 4], &g->args[a]));
         assert_int_equal(k->block, 32 * KILN_GEMV_STREAM_WARPS);
         assert_int_equal(grid_at(&o->grid[0], 1, 1), KILN_GEMV_STREAM_BLOCKS);
         assert_int_equal(grid_at(&o->grid[1], 1, 1), 1);
         long long N, K;
+        int gated, mode;
+        char gt[8];
         const char *call = l->inst_call[o->kernel];
-        if (sscanf(call, "kiln::gemv_stream<DT, %lld, %lld,", &N, &K) != 2)
-            fail_msg("%s: %s: no shape in the template arguments", fx, call);
+        if (sscanf(call, "kiln::gemv_stream<DT, %lld, %lld, %*[a-z], %7[a-z], %*d, %*[a-z], %*d, "
+                         "%*d, %*d, %*d, %d,",
+                   &N, &K, gt, &mode) != 4)
+            fail_msg("%s: %s: no shape or norm in the template arguments", fx, call);
+        gated = !strcmp(gt, "true");
         assert_true(K <= KILN_GEMV_STREAM_KMAX);
         assert_int_equal(k->smem, lower_gemv_stream_smem(c, K, 2));
         (*pairs)++;
+        if (mode == 0) {
+            assert_true(same_arg(&o->args[1], &g->args[1]));
+            for (int a = 2; a < 5; a++)
+                assert_int_equal(o->args[a].kind, KA_ARG_NULL);
+            continue;
+        }
+        /* the folded norm: the step before whose output is the GEMV's x */
+        int r = i - 1;
+        while (r >= 0 && !(st[r].kind == KA_KERNEL &&
+                           ka_kernel_is(&l->m.kernels[st[r].kernel], "rms_norm") &&
+                           same_arg(&st[r].args[4], &g->args[1])))
+            r--;
+        if (r < 0)
+            fail_msg("%s step %d (%s): NORM %d but no norm writes its x", fx, i, o->label, mode);
+        const ka_step *nm = &st[r];
+        assert_int_equal(nm->size, KA_SIZE_NOT_ONE);
+        assert_int_equal(mode, nm->args[2].kind == KA_ARG_NULL ? 1 : 2);
+        assert_true(same_arg(&o->args[1], &nm->args[1]));
+        assert_true(same_arg(&o->args[2], &nm->args[2]));
+        assert_true(same_arg(&o->args[3], &nm->args[3]));
+        assert_true(same_arg(&o->args[4], &nm->args[5]));
+        assert_true(same_arg(&o->args[5], &nm->args[6]));
+        int uo;
+        if (sscanf(l->inst_call[nm->kernel], "kiln::rms_norm<DT, %*d, %*d, %*d, %d,", &uo) != 1)
+            fail_msg("%s: %s: no unit offset", fx, l->inst_call[nm->kernel]);
+        assert_non_null(strstr(call, uo ? ", true>(" : ", false>("));
+        const int64_t xb = (int64_t)c->max_tokens * K * 2;
+        const int64_t yb = (int64_t)c->max_tokens * (gated ? N / 2 : N) * 2;
+        for (int a = 1; a < 3; a++)
+            if (overlap(&o->args[8], yb, &o->args[a], xb))
+                fail_msg("%s step %d (%s): y overlaps the norm's input %d", fx, i, o->label, a);
+        (*folds)++;
     }
+    assert_int_equal(not_one, *folds);
 }
 
 static void test_gemv_stream_steps(void **state)
 {
     (void)state;
-    static const char *const fx[] = {"llama", "mixtral", "bloom"};
+    static const char *const fx[] = {"llama", "mixtral", "bloom", "gemma"};
     for (size_t f = 0; f < ARRAY_LEN(fx); f++)
         for (int v = 0; v < 4; v++) { /* sm_90a; sm_80 and sm_90a; sm_80; --batch-invariant */
             kc c;
@@ -275,10 +329,18 @@ static void test_gemv_stream_steps(void **state)
                          .gemm_kiln = v == 3, .smem_block = lower_smem_optin(v == 0 ? 90 : 80)};
             lower_opts(&c, fx[f], &o);
             const lowered *l = c.low;
-            int pairs = 0;
-            expect_stream_pairs(fx[f], &c, l->m.prefill, l->m.nprefill, &pairs);
+            int pairs = 0, folds = 0, dfolds = 0;
+            expect_stream_pairs(fx[f], &c, l->m.prefill, l->m.nprefill, &pairs, &folds);
             const int pre = pairs;
-            expect_stream_pairs(fx[f], &c, l->m.decode, l->m.ndecode, &pairs);
+            expect_stream_pairs(fx[f], &c, l->m.decode, l->m.ndecode, &pairs, &dfolds);
+            /* llama and gemma fold both norms of a layer, mixtral the one before attention (its
+             * MLP norm feeds the router too), bloom none (layer norms) */
+            const int layers = c.g->n_layers;
+            const int want = v >= 2 || !strcmp(fx[f], "bloom") ? 0
+                             : !strcmp(fx[f], "mixtral")         ? layers
+                                                                 : 2 * layers;
+            assert_int_equal(folds, want);
+            assert_int_equal(dfolds, want);
             int sized = 0;
             for (int i = 0; i < l->m.ndecode; i++)
                 sized += l->m.decode[i].size == KA_SIZE_ONE || l->m.decode[i].size == KA_SIZE_FEW;

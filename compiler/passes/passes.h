@@ -37,5 +37,11 @@ int pass_schedule(kc *c, kerr *err);
 /* Whether a node gets its own slab buffer; the node whose buffer a view reads. */
 int plan_needs_buffer(const kgraph *g, int id);
 int plan_storage_of(const kgraph *g, int id);
+/* For every node, the linear it can be folded into (templates/gemv_stream.cuh's NORM; lower.c
+ * decides whether it is), or -1: for an RMS norm of one row of the linear's K per token, with a
+ * weight [K] and a dense x, whose output that KG_LINEAR alone reads, as its x. One pass over the
+ * graph; the caller frees the array. The plan keeps such a norm's inputs live until its linear,
+ * whose kernel may then read them. */
+int *plan_norm_readers(const kgraph *g);
 
 #endif

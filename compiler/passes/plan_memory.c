@@ -7,6 +7,8 @@
  *   - the k rotation fused into an attention writes the KV cache, not a buffer; the q rotation
  *     is the attention's query buffer;
  *   - an add fused into a norm is stored only if something besides the norm reads it;
+ *   - the inputs of a norm that plan_norm_reader can fold into its linear stay live until that
+ *     linear (which then reads them), so that its output does not take their space;
  *   - pooled outputs and logits live in the runtime's output buffers, not in the slab.
  * Allocation is first fit over intervals [first write, last read] in node order.
  */
@@ -56,6 +58,45 @@ int plan_needs_buffer(const kgraph *g, int id)
     return 1;
 }
 
+/* The node that reads id's storage, recorded in rd (-2: none yet, -1: more than one, or not a
+ * linear reading it as its x). */
+static void note_reader(const kgraph *g, int *rd, int s, int i, int k)
+{
+    const kg_node *r = &g->nodes[i];
+    rd[s] = rd[s] == -2 && r->op == KG_LINEAR && k == 0 && r->in[0] == s ? i : -1;
+}
+
+int *plan_norm_readers(const kgraph *g)
+{
+    int *rd = xmalloc(sizeof(int) * (size_t)(g->n + 1));
+    for (int i = 0; i < g->n; i++)
+        rd[i] = -2;
+    for (int i = 0; i < g->n; i++) {
+        const kg_node *r = &g->nodes[i];
+        for (int k = 0; k < r->n_in; k++)
+            if (r->in[k] >= 0) {
+                const int s = plan_storage_of(g, r->in[k]);
+                note_reader(g, rd, s, i, k);
+                if (s != r->in[k])
+                    note_reader(g, rd, r->in[k], i, k);
+            }
+    }
+    for (int id = 0; id < g->n; id++) {
+        const kg_node *n = &g->nodes[id];
+        const int l = rd[id];
+        rd[id] = -1;
+        if (l < 0 || n->op != KG_RMS_NORM || n->fused_into >= 0 || g->output == id)
+            continue;
+        const int64_t H = n->shape[n->ndim - 1];
+        const kg_node *a = &g->nodes[n->in[0]];
+        if (row_width(n) == H && g->nodes[n->in[1]].ndim == 1 &&
+            g->nodes[g->nodes[l].in[1]].shape[1] == H &&
+            ((a->op == KG_ADD && a->fused_into == id) || plan_storage_of(g, n->in[0]) == n->in[0]))
+            rd[id] = l;
+    }
+    return rd;
+}
+
 typedef struct live {
     int64_t off, size;
     int end;
@@ -86,6 +127,20 @@ int pass_plan_memory(kc *c, kerr *err)
         if (last[i] < when)
             last[i] = when;
     }
+    int *fold = plan_norm_readers(g);
+    for (int i = 0; i < g->n; i++) {
+        const int l = fold[i];
+        if (l < 0)
+            continue;
+        const kg_node *n = &g->nodes[i], *a = &g->nodes[n->in[0]];
+        const int res = a->op == KG_ADD && a->fused_into == i;
+        for (int k = 0; k < (res ? 2 : 1); k++) {
+            const int s = plan_storage_of(g, res ? a->in[k] : n->in[0]);
+            if (last[s] < l)
+                last[s] = l;
+        }
+    }
+    free(fold);
     live *act = NULL;
     int nact = 0;
     int64_t top = 0;

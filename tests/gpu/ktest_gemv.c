@@ -1194,29 +1194,34 @@ static void quant_case(kt *t, int K, int TH, int f16)
  * KILN_GEMV_STREAM_*, lower_gemv_stream_seg's unit) on one row of x, against gemv_ref;
  * with `chain`, the same launch twice back to back on the stream (PDL on), the second's x the
  * first's y (NOUT == K), so that the second's early weight loads and its wait on the first are
- * exercised; y poisoned, every output checked. */
+ * exercised; y poisoned, every output checked. norm 1: the RMS norm folded in (x normalised
+ * with a weight, 1 + it with uo, as rms_norm rounds it, before the product); 2: of round(x +
+ * res), which must also come back exactly in res_out. */
 static void stream_case(kt *t, int N, int K, int gated, int act, int bias, int f32, int f16,
-                        int chain)
+                        int chain, int norm, int uo)
 {
     const int NOUT = gated ? N / 2 : N, W = KILN_GEMV_STREAM_WARPS, D = KILN_GEMV_STREAM_D;
     const int SEG = lower_gemv_stream_seg(K), blocks = KILN_GEMV_STREAM_BLOCKS;
     const int smem = KILN_GEMV_STREAM_SMEM(W, D, SEG, K, 2);
     char name[200], src[1024];
-    snprintf(name, sizeof name, "gemv_stream N=%d K=%d SEG=%d%s%s%s%s%s", N, K, SEG,
+    snprintf(name, sizeof name, "gemv_stream N=%d K=%d SEG=%d%s%s%s%s%s%s%s", N, K, SEG,
              gated ? " gated" : "", bias ? " bias" : "", f32 ? " f32" : "", f16 ? " f16" : "",
-             chain ? " chained" : "");
+             chain ? " chained" : "", norm == 1 ? " norm" : norm == 2 ? " residual norm" : "",
+             uo ? " (1 + w)" : "");
     if (!kt_want(t, name) || (!t->compile_only && !kt_sm90a(t)))
         return;
-    assert(!chain || NOUT == K);
+    assert((!chain || NOUT == K) && !(chain && norm));
     const char *dt = f16 ? "kiln::f16" : "kiln::bf16";
     snprintf(src, sizeof src,
              "#include \"gemv_stream.cuh\"\n"
              "extern \"C\" __global__ void __launch_bounds__(%d)\n"
-             "k_gs(const kiln_step st, const %s *x, const %s *w, const %s *bias, void *y, int M)\n"
-             "{\n    kiln::gemv_stream<%s, %d, %d, %s, %s, %d, %s, %d, %d, %d, %d>(st, x, w, bias, "
-             "y, M);\n}\n",
-             32 * W, dt, dt, dt, dt, N, K, bias ? "true" : "false", gated ? "true" : "false", act,
-             f32 ? "true" : "false", W, D, SEG, blocks);
+             "k_gs(const kiln_step st, const %s *x, const %s *res, const %s *nw, %s *res_out, "
+             "float eps, const %s *w, const %s *bias, void *y, int M)\n"
+             "{\n    kiln::gemv_stream<%s, %d, %d, %s, %s, %d, %s, %d, %d, %d, %d, %d, %s>(st, x, "
+             "res, nw, res_out, eps, w, bias, y, M);\n}\n",
+             32 * W, dt, dt, dt, dt, dt, dt, dt, N, K, bias ? "true" : "false",
+             gated ? "true" : "false", act, f32 ? "true" : "false", W, D, SEG, blocks, norm,
+             uo ? "true" : "false");
     CUmodule m = kt_module_sm90a(t, name, src);
     if (!m || t->compile_only)
         return;
@@ -1226,19 +1231,46 @@ static void stream_case(kt *t, int N, int K, int gated, int act, int bias, int f
     kt_fill(t, x, (size_t)K, 1.0f);
     kt_fill(t, b, (size_t)N, 0.5f);
     uint16_t *x16 = kt_to_dt(x, (size_t)K, f16), *b16 = kt_to_dt(b, (size_t)N, f16);
+    /* the norm's residual and weight, and what the kernel must compute from them: s = round(x +
+     * res) and x' = round(s * rsqrt(mean(s^2) + eps) * w), rms_norm's arithmetic */
+    const float eps = 1e-5f;
+    float *r = xmalloc(sizeof(float) * (size_t)K), *nwf = xmalloc(sizeof(float) * (size_t)K);
+    float *sum = xmalloc(sizeof(float) * (size_t)K);
+    kt_fill(t, r, (size_t)K, 1.0f);
+    kt_fill(t, nwf, (size_t)K, 0.5f);
+    for (int i = 0; i < K && !uo; i++)
+        nwf[i] += 1.0f;
+    uint16_t *r16 = kt_to_dt(r, (size_t)K, f16), *nw16 = kt_to_dt(nwf, (size_t)K, f16);
+    if (norm) {
+        double ss = 0;
+        for (int i = 0; i < K; i++) {
+            sum[i] = norm == 2 ? x[i] + r[i] : x[i];
+            free(kt_to_dt(&sum[i], 1, f16));
+            ss += (double)sum[i] * sum[i];
+        }
+        const float inv = 1.0f / sqrtf((float)(ss / K) + eps);
+        for (int i = 0; i < K; i++) /* the reference's x: the normalised row, rounded */
+            x[i] = sum[i] * inv * (uo ? 1.0f + nwf[i] : nwf[i]);
+        free(kt_to_dt(x, (size_t)K, f16));
+    }
     gweights g;
     gweights_make(t, &g, N, K, f16, 0, 0, 0);
     const size_t esz = f32 ? 4 : 2;
     CUdeviceptr dx = kt_upload(t, x16, 2 * (size_t)K);
     CUdeviceptr db = bias ? kt_upload(t, b16, 2 * (size_t)N) : 0;
+    CUdeviceptr dr = norm == 2 ? kt_upload(t, r16, 2 * (size_t)K) : 0;
+    CUdeviceptr dnw = norm ? kt_upload(t, nw16, 2 * (size_t)K) : 0;
+    CUdeviceptr dro = norm == 2 ? kt_alloc(t, 2 * (size_t)K) : 0;
     CUdeviceptr dy = kt_alloc(t, (size_t)NOUT * esz);
     CUdeviceptr dy2 = chain ? kt_alloc(t, (size_t)NOUT * esz) : 0;
     kiln_step st;
     memset(&st, 0, sizeof st);
     st.T = st.n_seqs = 1;
     int one = 1;
-    void *args[] = {&st, &dx, &g.dw, &db, &dy, &one};
-    void *args2[] = {&st, &dy, &g.dw, &db, &dy2, &one};
+    float e0 = eps;
+    CUdeviceptr none = 0;
+    void *args[] = {&st, &dx, &dr, &dnw, &dro, &e0, &g.dw, &db, &dy, &one};
+    void *args2[] = {&st, &dy, &none, &none, &none, &e0, &g.dw, &db, &dy2, &one};
     kerr e;
     kerr_clear(&e);
     int rc = kcuda_launch(&t->cu, f, (unsigned)blocks, 1, 1, 32u * W, (unsigned)smem, t->stream,
@@ -1270,14 +1302,26 @@ static void stream_case(kt *t, int N, int K, int gated, int act, int bias, int f
         if (chain && pass == 0) /* the second launch's x: the first's y, as it reads it */
             memcpy(x, got, sizeof(float) * (size_t)K);
     }
+    if (rc == 0 && norm == 2) { /* the residual sum, exactly */
+        uint16_t *ro = xmalloc(2 * (size_t)K);
+        kt_download(t, ro, dro, 2 * (size_t)K);
+        float *rof = xmalloc(sizeof(float) * (size_t)K);
+        for (int i = 0; i < K; i++)
+            rof[i] = f16 ? util_f16_to_f32(ro[i]) : util_bf16_to_f32(ro[i]);
+        char rn[220];
+        snprintf(rn, sizeof rn, "%s (res_out)", name);
+        kt_check(t, rn, rof, sum, (size_t)K, 0);
+        free(ro), free(rof);
+    }
     kt_free(t, dx);
-    if (db)
-        kt_free(t, db);
+    CUdeviceptr opt[] = {db, dr, dnw, dro, dy2};
+    for (size_t i = 0; i < sizeof opt / sizeof opt[0]; i++)
+        if (opt[i])
+            kt_free(t, opt[i]);
     kt_free(t, dy);
-    if (dy2)
-        kt_free(t, dy2);
     gweights_free(t, &g);
     free(x), free(b), free(x16), free(b16), free(got), free(want), free(yb);
+    free(r), free(nwf), free(sum), free(r16), free(nw16);
 }
 
 void ktest_gemv(kt *t)
@@ -1437,18 +1481,25 @@ void ktest_gemv(kt *t)
     /* gemv_stream: the Llama-3 1B/8B shapes (SEG 2048, several units a row, more outputs than
      * warps and fewer), a gated MLP, logits, units of 1792, 768, 1536 and 40 elements (lanes
      * idle in a unit's last pass), f16 and bias, chained launches */
-    stream_case(t, 3072, 2048, 0, 0, 0, 0, 0, 0);
-    stream_case(t, 4096, 4096, 0, 0, 0, 0, 0, 1);
-    stream_case(t, 2 * 14336, 4096, 1, KILN_ACT_SILU, 0, 0, 0, 0);
-    stream_case(t, 4096, 14336, 0, 0, 1, 0, 0, 0);
-    stream_case(t, 200, 8192, 0, 0, 0, 0, 0, 0);
-    stream_case(t, 32000, 2048, 0, 0, 0, 1, 0, 0);
-    stream_case(t, 6144, 3072, 1, KILN_ACT_GELU_TANH, 1, 0, 0, 1);
-    stream_case(t, 896, 3584, 0, 0, 1, 0, 0, 0);
-    stream_case(t, 1000, 768, 0, 0, 1, 0, 1, 0);
-    stream_case(t, 1998, 1536, 1, KILN_ACT_SILU, 0, 0, 1, 0);
-    stream_case(t, 64, 40, 0, 0, 1, 0, 0, 0);
-    stream_case(t, 128, 64, 1, KILN_ACT_SILU, 0, 0, 0, 1);
+    stream_case(t, 3072, 2048, 0, 0, 0, 0, 0, 0, 0, 0);
+    stream_case(t, 4096, 4096, 0, 0, 0, 0, 0, 1, 0, 0);
+    stream_case(t, 2 * 14336, 4096, 1, KILN_ACT_SILU, 0, 0, 0, 0, 0, 0);
+    stream_case(t, 4096, 14336, 0, 0, 1, 0, 0, 0, 0, 0);
+    stream_case(t, 200, 8192, 0, 0, 0, 0, 0, 0, 0, 0);
+    stream_case(t, 32000, 2048, 0, 0, 0, 1, 0, 0, 0, 0);
+    stream_case(t, 6144, 3072, 1, KILN_ACT_GELU_TANH, 1, 0, 0, 1, 0, 0);
+    stream_case(t, 896, 3584, 0, 0, 1, 0, 0, 0, 0, 0);
+    stream_case(t, 1000, 768, 0, 0, 1, 0, 1, 0, 0, 0);
+    stream_case(t, 1998, 1536, 1, KILN_ACT_SILU, 0, 0, 1, 0, 0, 0);
+    stream_case(t, 64, 40, 0, 0, 1, 0, 0, 0, 0, 0);
+    stream_case(t, 128, 64, 1, KILN_ACT_SILU, 0, 0, 0, 1, 0, 0);
+    /* the RMS norm folded in: Llama-3 8B's qkv (plain, the first layer's) and gate/up (after a
+     * residual), gemma's 1 + w, f16, a unit of 40 elements */
+    stream_case(t, 6144, 4096, 0, 0, 0, 0, 0, 0, 1, 0);
+    stream_case(t, 2 * 14336, 4096, 1, KILN_ACT_SILU, 0, 0, 0, 0, 2, 0);
+    stream_case(t, 3072, 2048, 0, 0, 1, 0, 0, 0, 2, 1);
+    stream_case(t, 1000, 768, 0, 0, 0, 0, 1, 0, 2, 0);
+    stream_case(t, 64, 40, 0, 0, 1, 0, 0, 0, 2, 1);
     gemv_invariance(t, 2048, 2048, 8, 8, 0, 0);
     gemv_invariance(t, 1000, 14336, 7, 16, 0, 0);
     gemv_invariance(t, 2048, 2048, 8, 8, 2048, 0);
