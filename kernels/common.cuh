@@ -265,4 +265,26 @@ __device__ __forceinline__ void kv8_at(int slot, long long &row, long long &scal
     scales = blk * KILN_KV8_BLOCK_BYTES(KW, NKV) + KILN_KV8_SCALES_AT(KW) + r * (NKV * 4);
 }
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// mbarriers (sm_90; shared::cta addresses), for templates/gemm90.cuh and gemv_stream.cuh. init:
+// `count` arrivals complete a phase. wait: until the phase of parity `parity` has completed (a
+// fresh barrier is in phase 0, so waiting on parity 1 passes at once).
+__device__ __forceinline__ void mbar_init(unsigned bar, unsigned count)
+{
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+
+__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity)
+{
+    unsigned done;
+    do {
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                     "selp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done)
+                     : "r"(bar), "r"(parity)
+                     : "memory");
+    } while (!done);
+}
+#endif
+
 } // namespace kiln

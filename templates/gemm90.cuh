@@ -96,23 +96,7 @@ __device__ __forceinline__ unsigned long long desc(unsigned addr)
            1ull << 62;
 }
 
-// mbarriers (shared::cta addresses). wait: until the phase of parity `parity` has completed
-// (a fresh barrier is in phase 0, so waiting on parity 1 passes at once).
-__device__ __forceinline__ void bar_init(unsigned bar, unsigned count)
-{
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-__device__ __forceinline__ void bar_wait(unsigned bar, unsigned parity)
-{
-    unsigned done;
-    do {
-        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-                     "selp.u32 %0, 1, 0, p;\n}\n"
-                     : "=r"(done)
-                     : "r"(bar), "r"(parity)
-                     : "memory");
-    } while (!done);
-}
+// mbarriers beyond common.cuh's mbar_init and mbar_wait (shared::cta addresses).
 __device__ __forceinline__ void bar_arrive(unsigned bar)
 {
     asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(bar)
@@ -279,8 +263,8 @@ __device__ __forceinline__ void gemm90(int M, const DT *x, long long ldx, const 
     const int tid = threadIdx.x, wg = tid >> 7;
     if (tid == 0) {
         for (int s = 0; s < STAGES; s++) {
-            bar_init(bars + 8 * s, 128);          // full: each producer thread's copies landed
-            bar_init(bars + 8 * (STAGES + s), 8); // empty: each consumer warp done reading
+            mbar_init(bars + 8 * s, 128);          // full: each producer thread's copies landed
+            mbar_init(bars + 8 * (STAGES + s), 8); // empty: each consumer warp done reading
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
@@ -296,7 +280,7 @@ __device__ __forceinline__ void gemm90(int M, const DT *x, long long ldx, const 
 #pragma unroll 1
         for (int kt = 0; kt < KT; kt++) {
             const int s = kt % STAGES;
-            bar_wait(bars + 8 * (STAGES + s), (kt / STAGES & 1) ^ 1);
+            mbar_wait(bars + 8 * (STAGES + s), (kt / STAGES & 1) ^ 1);
             const int k = kt * BK + 8 * c;
             const bool kin = k < K; // the chunk is whole: K % 8 == 0
             const unsigned a = base + s * STAGE + so, b = a + TILE_A;
@@ -327,7 +311,7 @@ __device__ __forceinline__ void gemm90(int M, const DT *x, long long ldx, const 
 #pragma unroll 1
     for (int kt = 0; kt < KT; kt++) {
         const int s = kt % STAGES;
-        bar_wait(bars + 8 * s, kt / STAGES & 1);
+        mbar_wait(bars + 8 * s, kt / STAGES & 1);
         __syncwarp(); // the lanes left the wait loop apart: converged for the .aligned wgmma
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); // cp.async -> wgmma
         const unsigned a = base + s * STAGE + cw * 64 * 128, b = base + s * STAGE + TILE_A;

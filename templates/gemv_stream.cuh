@@ -57,23 +57,6 @@ __device__ __forceinline__ unsigned smem_addr(const void *p)
 }
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-__device__ __forceinline__ void mbar_init(unsigned bar)
-{
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar) : "memory");
-}
-
-__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity)
-{
-    unsigned done;
-    do {
-        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-                     "selp.u32 %0, 1, 0, p;\n}\n"
-                     : "=r"(done)
-                     : "r"(bar), "r"(parity)
-                     : "memory");
-    } while (!done);
-}
-
 // One bulk copy of `bytes` (a multiple of 16) from global src to shared dst, completing on bar
 // (which expects those bytes: one arrival of the count 1 it was initialised with).
 __device__ __forceinline__ void bulk_load(unsigned dst, const void *src, unsigned bytes,
@@ -115,7 +98,7 @@ __device__ __forceinline__ void gemv_stream(const kiln_step st, const DT *x, con
     DT *xs = reinterpret_cast<DT *>(smem + WARPS * D * UB);
     const unsigned bars = smem_addr(smem + WARPS * D * UB + K * (int)sizeof(DT)) + warp * D * 8;
     if (lane < D)
-        mbar_init(bars + lane * 8);
+        mbar_init(bars + lane * 8, 1);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     __syncwarp();
 
