@@ -6,10 +6,12 @@
 // Why: a batch-1 decode step is a chain of kernels, each GEMV reading its weight once. A GEMV
 // whose blocks fill the SMs starts its loads only when its predecessor is done, and its last
 // blocks run alone: ~4 us of fixed cost a matrix (tests/gpu/RESULTS.md, eighth session), the
-// 8B step's GEMVs at 0.83 of the copy bandwidth. This kernel is a grid of BLOCKS blocks (one an
-// SM) that use less than half an SM each, so that the next kernel's blocks are resident beside
-// them, and it overlaps the boundary from both sides:
-//   - it lets its dependent launch at once (griddepcontrol.launch_dependents first), and
+// 8B step's GEMVs at 0.83 of the copy bandwidth. This kernel is a grid of BLOCKS blocks, one an
+// SM (each asks for more than half an SM's shared memory, so that the blocks of two of them never
+// share one: kernels/kiln_gemm.h says why; small kernels' blocks still fit beside it), and it
+// overlaps the boundary from both sides:
+//   - it lets its dependent launch at once (griddepcontrol.launch_dependents first), whose
+//     blocks take each SM as this kernel's block there leaves, and
 //   - before it waits for its predecessor (griddepcontrol.wait) each warp issues the bulk copies
 //     (cp.async.bulk, TMA) of its first D units of weight into its shared-memory ring. Weights
 //     are no kernel's output, so reading them early is safe; x, the bias and y are touched only
