@@ -389,7 +389,7 @@ static int low_embed(lw *w, int id)
     return 0;
 }
 
-/* The linear (node id) an RMS norm's decode steps of one row fold into, or -1: plan_norm_reader's
+/* The linear (node id) an RMS norm's decode steps of one row fold into, or -1: plan_norm_readers'
  * linear, where its one-row steps take gemv_stream (a 16-bit weight, lower_gemv_stream). The
  * norm's own step then runs at every other row count (size not_one) and gemv_stream's stages
  * the normalised x itself (its NORM): one kernel fewer a norm in a batch-1 decode step. */
@@ -406,6 +406,21 @@ static int norm_fold(lw *w, int id)
     return l;
 }
 
+/* A norm's residual operands: x and res, the inputs of the add fused into it (fuse), and res_out,
+ * their sum where something besides the norm reads it (else left null). 1 with such an add, 0
+ * without (the arguments untouched), -1 on an error. */
+static int norm_residual(lw *w, int id, ka_arg *x, ka_arg *res, ka_arg *res_out)
+{
+    const int a = plan_norm_add(w->g, id);
+    if (a < 0)
+        return 0;
+    const kg_node *an = &w->g->nodes[a];
+    if (dense_arg(w, an->in[0], x) || dense_arg(w, an->in[1], res) ||
+        (plan_needs_buffer(w->g, a) && dense_arg(w, a, res_out)))
+        return -1;
+    return 1;
+}
+
 static int low_norm(lw *w, int id)
 {
     const kgraph *g = w->g;
@@ -416,15 +431,10 @@ static int low_norm(lw *w, int id)
         return -1;
     int th = row_threads(H);
     ka_arg x, res = ANULL(), res_out = ANULL(), out;
-    int residual = 0;
     const kg_node *a = &g->nodes[n->in[0]];
-    if (a->op == KG_ADD && a->fused_into == id) {
-        residual = 1;
-        if (dense_arg(w, a->in[0], &x) || dense_arg(w, a->in[1], &res))
-            return -1;
-        if (plan_needs_buffer(g, n->in[0]) && dense_arg(w, n->in[0], &res_out))
-            return -1;
-    }
+    const int residual = norm_residual(w, id, &x, &res, &res_out);
+    if (residual < 0)
+        return -1;
     /* x may be a view: q or k normed per head straight from the fused qkv row (fuse), read
      * with that row's stride (the template's XS) */
     int64_t xs = 0;
@@ -598,18 +608,22 @@ static int block_smem(const kc *c)
     return c->smem_block ? c->smem_block : lower_smem_optin(80);
 }
 
+/* The shared memory a gemv_stream block of that K uses (esize-byte elements). */
+static int gemv_stream_used(int64_t K, int esize)
+{
+    return KILN_GEMV_STREAM_SMEM(KILN_GEMV_STREAM_WARPS, KILN_GEMV_STREAM_D,
+                                 lower_gemv_stream_seg(K), (int)K, esize);
+}
+
 int lower_gemv_stream(const kc *c, int64_t N, int64_t K, int gated)
 {
     return c->sm90 && !c->batch_invariant && K % 8 == 0 && K <= KILN_GEMV_STREAM_KMAX &&
-           (!gated || N % 2 == 0) &&
-           KILN_GEMV_STREAM_SMEM(KILN_GEMV_STREAM_WARPS, KILN_GEMV_STREAM_D,
-                                 lower_gemv_stream_seg(K), (int)K, 2) <= block_smem(c);
+           (!gated || N % 2 == 0) && gemv_stream_used(K, 2) <= block_smem(c);
 }
 
 int lower_gemv_stream_smem(const kc *c, int64_t K, int esize)
 {
-    const int need = KILN_GEMV_STREAM_SMEM(KILN_GEMV_STREAM_WARPS, KILN_GEMV_STREAM_D,
-                                           lower_gemv_stream_seg(K), (int)K, esize);
+    const int need = gemv_stream_used(K, esize);
     const int sm = KILN_GEMV_STREAM_SMEM_SM < block_smem(c) ? KILN_GEMV_STREAM_SMEM_SM
                                                             : block_smem(c);
     return need > sm ? need : sm;
@@ -644,11 +658,9 @@ static int push_gemv16(lw *w, int which, const kg_node *n, ka_arg x, ka_arg wt, 
     ka_arg res = ANULL(), nw = ANULL(), res_out = ANULL(), eps = AF(0.f);
     int mode = 0, unit_offset = 0;
     if (norm >= 0) {
-        const kg_node *nn = &w->g->nodes[norm], *a = &w->g->nodes[nn->in[0]];
-        const int residual = a->op == KG_ADD && a->fused_into == norm;
-        if (dense_arg(w, residual ? a->in[0] : nn->in[0], &x) ||
-            (residual && dense_arg(w, a->in[1], &res)) ||
-            (residual && plan_needs_buffer(w->g, nn->in[0]) && dense_arg(w, nn->in[0], &res_out)))
+        const kg_node *nn = &w->g->nodes[norm];
+        const int residual = norm_residual(w, norm, &x, &res, &res_out);
+        if (residual < 0 || (!residual && dense_arg(w, nn->in[0], &x)))
             return -1;
         nw = AW(w, nn->in[1]);
         eps = AF(nn->eps);
@@ -952,7 +964,8 @@ static void logits_prefill(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg 
     ka_step s = gemm_step(w, n, x, wt, ANULL(), part, N, K, K, N, 1, rows);
     s.logits = lg;
     push_sized(w, PRE, &s);
-    push_gemv16(w, PRE, n, x, wt, ANULL(), part, N, K, 0, -1, 1, rows, lg, -1); /* no norm: 0 */
+    /* no norm folded, so no error to return */
+    push_gemv16(w, PRE, n, x, wt, ANULL(), part, N, K, 0, -1, 1, rows, lg, -1);
     logits_epilogue_step(w, n, part, hb, N, PRE, lg, rows);
     gather_steps(w, n, part, all, N, tp, PRE, lg, rows);
 }
@@ -2012,7 +2025,8 @@ char *codegen_source(const lowered *l, const char *model_name)
     OUT("#include \"elementwise.cuh\"\n#include \"gemv.cuh\"\n#include \"attention.cuh\"\n"
         "#include \"moe.cuh\"\n#include \"sample.cuh\"\n#include \"collective.cuh\"\n");
     /* mla.cuh only where a model has multi-head latent attention, gemm.cuh or gemm90.cuh only
-     * with --gemm kiln, gemv_stream.cuh only in sm_90a builds: other units stay as they were */
+     * with --gemm kiln, gemv_stream.cuh only where a target is sm_90+: other units stay as they
+     * were */
     for (int i = 0; i < l->ninst; i++)
         if (strncmp(l->inst_call[i], "kiln::mla_", 10) == 0) {
             OUT("#include \"mla.cuh\"\n");

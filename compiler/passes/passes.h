@@ -43,5 +43,7 @@ int plan_storage_of(const kgraph *g, int id);
  * graph; the caller frees the array. The plan keeps such a norm's inputs live until its linear,
  * whose kernel may then read them. */
 int *plan_norm_readers(const kgraph *g);
+/* The residual add fused into norm `id` (fuse: the norm reads its sum), or -1. */
+int plan_norm_add(const kgraph *g, int id);
 
 #endif

@@ -7,7 +7,7 @@
  *   - the k rotation fused into an attention writes the KV cache, not a buffer; the q rotation
  *     is the attention's query buffer;
  *   - an add fused into a norm is stored only if something besides the norm reads it;
- *   - the inputs of a norm that plan_norm_reader can fold into its linear stay live until that
+ *   - the inputs of a norm that plan_norm_readers can fold into its linear stay live until that
  *     linear (which then reads them), so that its output does not take their space;
  *   - pooled outputs and logits live in the runtime's output buffers, not in the slab.
  * Allocation is first fit over intervals [first write, last read] in node order.
@@ -58,6 +58,12 @@ int plan_needs_buffer(const kgraph *g, int id)
     return 1;
 }
 
+int plan_norm_add(const kgraph *g, int id)
+{
+    const int a = g->nodes[id].in[0];
+    return a >= 0 && g->nodes[a].op == KG_ADD && g->nodes[a].fused_into == id ? a : -1;
+}
+
 /* The node that reads id's storage, recorded in rd (-2: none yet, -1: more than one, or not a
  * linear reading it as its x). */
 static void note_reader(const kgraph *g, int *rd, int s, int i, int k)
@@ -88,10 +94,9 @@ int *plan_norm_readers(const kgraph *g)
         if (l < 0 || n->op != KG_RMS_NORM || n->fused_into >= 0 || g->output == id)
             continue;
         const int64_t H = n->shape[n->ndim - 1];
-        const kg_node *a = &g->nodes[n->in[0]];
         if (row_width(n) == H && g->nodes[n->in[1]].ndim == 1 &&
             g->nodes[g->nodes[l].in[1]].shape[1] == H &&
-            ((a->op == KG_ADD && a->fused_into == id) || plan_storage_of(g, n->in[0]) == n->in[0]))
+            (plan_norm_add(g, id) >= 0 || plan_storage_of(g, n->in[0]) == n->in[0]))
             rd[id] = l;
     }
     return rd;
@@ -132,10 +137,9 @@ int pass_plan_memory(kc *c, kerr *err)
         const int l = fold[i];
         if (l < 0)
             continue;
-        const kg_node *n = &g->nodes[i], *a = &g->nodes[n->in[0]];
-        const int res = a->op == KG_ADD && a->fused_into == i;
-        for (int k = 0; k < (res ? 2 : 1); k++) {
-            const int s = plan_storage_of(g, res ? a->in[k] : n->in[0]);
+        const int a = plan_norm_add(g, i);
+        for (int k = 0; k < (a >= 0 ? 2 : 1); k++) {
+            const int s = plan_storage_of(g, a >= 0 ? g->nodes[a].in[k] : g->nodes[i].in[0]);
             if (last[s] < l)
                 last[s] = l;
         }
