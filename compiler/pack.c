@@ -17,6 +17,7 @@
 
 #include "hash.h"
 #include "quant.h"
+#include "../kernels/kiln_kv8.h"
 
 /* f stored as dt (BF16, F16 or F32) at dst. */
 static void put(float f, st_dtype dt, unsigned char *dst)
@@ -365,23 +366,44 @@ static void fill_scales(const kc *c, int id, int rank, int64_t b, int zero, floa
     }
 }
 
+/* A rank's fp32 buffer for its quantised weights' values, grown to the largest and kept: one
+ * allocation per tensor would fault fresh pages in each time (as many bytes as the model's
+ * weights in fp32). */
+typedef struct fbuf {
+    float *v;
+    uint64_t n;
+} fbuf;
+
+static float *fbuf_get(fbuf *b, uint64_t n)
+{
+    if (n + 1 > b->n) {
+        free(b->v);
+        b->v = malloc(sizeof(float) * (n + 1));
+        b->n = b->v ? n + 1 : 0;
+    }
+    return b->v;
+}
+
 /* Rows [lo, hi) of fill_quant. */
 typedef struct qjob {
     qrows_kind kind;
     const float *v, *sc, *zp; /* zp: INT4's zero points */
     unsigned char *dst;
     uint64_t K, kb, b;
+    float e4m3[256];           /* E4M3: each byte's value (fp8_e4m3_to_f32) */
     int64_t bad[UTIL_PAR_MAX]; /* per chunk: the first element that does not come back, or -1 */
 } qjob;
 
-/* The element's quantised value (e4m3 byte or 4-bit q) that gives back x exactly, or -1. */
+/* The element's quantised value (e4m3 byte or 4-bit q) that gives back x exactly, or -1. The
+ * e4m3 byte by the kernels' encoder (fp8_e4m3_from_f32 is kiln_kv8_e4m3; x / s is not NaN: the
+ * values and scales are finite, the scales non-zero), inline: the packer converts every weight. */
 static int quantised(const qjob *j, uint64_t r, uint64_t k)
 {
     uint64_t at = r * j->kb + (j->b ? k / j->b : 0);
     float s = j->sc[at], x = j->v[r * j->K + k];
     if (j->kind == QROWS_E4M3) {
-        uint8_t q = x == 0 ? 0 : fp8_e4m3_from_f32(x / s);
-        return fp8_e4m3_to_f32(q) * s == x ? q : -1;
+        uint8_t q = x == 0 ? 0 : kiln_kv8_e4m3(x / s);
+        return j->e4m3[q] * s == x ? q : -1;
     }
     int z = (int)j->zp[at], q = s != 0 ? (int)lrintf(x / s) + z : z;
     return q >= 0 && q <= 15 && (float)(q - z) * s == x ? q : -1;
@@ -416,13 +438,13 @@ static void quant_part(void *ctx, int chunk, int64_t lo, int64_t hi)
  * exactly. E4M3 (gemv_fp8): bytes, each group of four elements k..k+3 in the order k, k+2, k+1,
  * k+3. INT4 (gemv_int4): two 4-bit q a byte, each group of 8 elements k..k+7 one little-endian
  * 32-bit word, element k+2j in nibble j and k+2j+1 in nibble j+4 (j = 0..3). Rows on every core. */
-static int fill_quant(const kc *c, int id, int rank, qrows_kind kind, int64_t b,
+static int fill_quant(const kc *c, int id, int rank, qrows_kind kind, int64_t b, fbuf *fb,
                       unsigned char *dst, kerr *err)
 {
     const kg_node *n = &c->g->nodes[id];
     uint64_t rows = rows_of(n), K = (uint64_t)n->shape[n->ndim - 1];
     uint64_t kb = b ? (K + (uint64_t)b - 1) / (uint64_t)b : 1;
-    float *v = malloc(sizeof(float) * (rows * K + 1)), *sc = floats(rows * kb);
+    float *v = fbuf_get(fb, rows * K), *sc = floats(rows * kb);
     float *zp = kind == QROWS_INT4 ? floats(rows * kb) : NULL;
     int rc = v ? fill(c->g, id, rank, ST_F32, (unsigned char *)v, err)
                : kerr_add(err, "pack: out of memory for %s", n->name);
@@ -430,13 +452,16 @@ static int fill_quant(const kc *c, int id, int rank, qrows_kind kind, int64_t b,
         fill_scales(c, id, rank, b, 0, sc);
         if (zp)
             fill_scales(c, id, rank, b, 1, zp);
-        qjob j = {kind, v, sc, zp, dst, K, kb, (uint64_t)b, {0}};
+        qjob *j = xmalloc(sizeof *j);
+        *j = (qjob){kind, v, sc, zp, dst, K, kb, (uint64_t)b, {0}, {0}};
+        for (int i = 0; i < 256; i++)
+            j->e4m3[i] = fp8_e4m3_to_f32((uint8_t)i);
         for (int i = 0; i < UTIL_PAR_MAX; i++)
-            j.bad[i] = -1;
-        util_parallel_for((int64_t)rows, quant_part, &j);
+            j->bad[i] = -1;
+        util_parallel_for((int64_t)rows, quant_part, j);
         for (int i = 0; i < UTIL_PAR_MAX && !rc; i++)
-            if (j.bad[i] >= 0) {
-                uint64_t e = (uint64_t)j.bad[i], r = e / K, k = e % K;
+            if (j->bad[i] >= 0) {
+                uint64_t e = (uint64_t)j->bad[i], r = e / K, k = e % K;
                 uint64_t at = r * kb + (b ? k / (uint64_t)b : 0);
                 rc = kerr_add(err, "pack: %s [%llu, %llu] = %g is not %s times its scale %g (a "
                                    "kilnc bug: please report it)",
@@ -444,8 +469,8 @@ static int fill_quant(const kc *c, int id, int rank, qrows_kind kind, int64_t b,
                               kind == QROWS_E4M3 ? "an e4m3 number" : "(q - zero point)",
                               (double)sc[at]);
             }
+        free(j);
     }
-    free(v);
     free(sc);
     free(zp);
     return rc;
@@ -479,6 +504,7 @@ typedef struct fillctx {
     st_dtype dt;   /* the compute dtype (KA_W_ACT) */
     ka_wtype type;
     hash_stream *hs;
+    fbuf *fb;      /* the rank's (fill_quant) */
 } fillctx;
 
 /* The writer calls this once per tensor, in file order, so the stream sees the data region. */
@@ -491,7 +517,7 @@ static int fill_cb(void *ctx, void *buf, uint64_t nbytes, kerr *err)
     int rc = 0;
     switch (f->type) {
     case KA_W_E4M3:
-    case KA_W_INT4: rc = fill_quant(f->c, f->id, f->rank, kind, b, buf, err); break;
+    case KA_W_INT4: rc = fill_quant(f->c, f->id, f->rank, kind, b, f->fb, buf, err); break;
     case KA_W_F32: fill_scales(f->c, f->id, f->rank, b, 0, buf); break;
     case KA_W_INT4SZ: fill_int4sz(f->c, f->id, f->rank, b, f->dt, buf); break;
     default: rc = fill(f->c->g, f->id, f->rank, f->dt, buf, err); break;
@@ -590,9 +616,10 @@ static int pack_rank(kc *c, const lowered *l, const char *path, int rank, bar *b
     fillctx *ctx = xcalloc((size_t)(l->m.nweights ? l->m.nweights : 1), sizeof(fillctx));
     hash_stream *hs = hash_stream_new(HASH_CHUNK);
     st_dtype dt = c->act_dtype;
+    fbuf fb = {NULL, 0};
     for (int i = 0; i < l->m.nweights; i++) {
         const ka_weight *kw = &l->m.weights[i];
-        ctx[i] = (fillctx){c, l->weight_node[i], rank, dt, kw->type, hs};
+        ctx[i] = (fillctx){c, l->weight_node[i], rank, dt, kw->type, hs, &fb};
         static const st_dtype wdt[] = {[KA_W_E4M3] = ST_F8_E4M3, [KA_W_F32] = ST_F32,
                                        [KA_W_INT4] = ST_U8, [KA_W_INT4SZ] = ST_U32};
         st_writer_add_fill(w, kw->name, kw->type == KA_W_ACT ? dt : wdt[kw->type], kw->ndim,
@@ -607,6 +634,7 @@ static int pack_rank(kc *c, const lowered *l, const char *path, int rank, bar *b
     int rc = st_writer_write(w, path, progress, &rb, err);
     st_writer_free(w);
     free(ctx);
+    free(fb.v);
     sh->hash = hash_stream_finish(hs);
     return rc ? -1 : finish_header(path, sh, HASH_CHUNK, err);
 }
