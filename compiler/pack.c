@@ -395,13 +395,19 @@ typedef struct qjob {
 } qjob;
 
 /* The element's quantised value (e4m3 byte or 4-bit q) that gives back x exactly, or -1. The
- * e4m3 byte by the kernels' encoder (fp8_e4m3_from_f32 is kiln_kv8_e4m3; x / s is not NaN: the
- * values and scales are finite, the scales non-zero), inline: the packer converts every weight. */
+ * e4m3 byte by the kernels' encoder (fp8_e4m3_from_f32 is kiln_kv8_e4m3), inline: the packer
+ * converts every weight. Non-finite values of a published FP8 checkpoint, let through by
+ * --allow-nonfinite, stay what they were: NaN (a NaN byte, a NaN scale, 0 times an infinite
+ * scale) the NaN byte, a byte times an infinite scale +-1 times it. */
 static int quantised(const qjob *j, uint64_t r, uint64_t k)
 {
     uint64_t at = r * j->kb + (j->b ? k / j->b : 0);
     float s = j->sc[at], x = j->v[r * j->K + k];
     if (j->kind == QROWS_E4M3) {
+        if (isnan(x))
+            return 0x7f;
+        if (isinf(x) && isinf(s))
+            return (x > 0) == (s > 0) ? 0x38 : 0xb8; /* 1.0, -1.0 */
         uint8_t q = x == 0 ? 0 : kiln_kv8_e4m3(x / s);
         return j->e4m3[q] * s == x ? q : -1;
     }
