@@ -458,16 +458,15 @@ static int fill_quant(const kc *c, int id, int rank, qrows_kind kind, int64_t b,
         fill_scales(c, id, rank, b, 0, sc);
         if (zp)
             fill_scales(c, id, rank, b, 1, zp);
-        qjob *j = xmalloc(sizeof *j);
-        *j = (qjob){kind, v, sc, zp, dst, K, kb, (uint64_t)b, {0}, {0}};
-        for (int i = 0; i < 256; i++)
-            j->e4m3[i] = fp8_e4m3_to_f32((uint8_t)i);
+        qjob j = {kind, v, sc, zp, dst, K, kb, (uint64_t)b, {0}, {0}};
+        for (int i = 0; kind == QROWS_E4M3 && i < 256; i++)
+            j.e4m3[i] = fp8_e4m3_to_f32((uint8_t)i);
         for (int i = 0; i < UTIL_PAR_MAX; i++)
-            j->bad[i] = -1;
-        util_parallel_for((int64_t)rows, quant_part, j);
+            j.bad[i] = -1;
+        util_parallel_for((int64_t)rows, quant_part, &j);
         for (int i = 0; i < UTIL_PAR_MAX && !rc; i++)
-            if (j->bad[i] >= 0) {
-                uint64_t e = (uint64_t)j->bad[i], r = e / K, k = e % K;
+            if (j.bad[i] >= 0) {
+                uint64_t e = (uint64_t)j.bad[i], r = e / K, k = e % K;
                 uint64_t at = r * kb + (b ? k / (uint64_t)b : 0);
                 rc = kerr_add(err, "pack: %s [%llu, %llu] = %g is not %s times its scale %g (a "
                                    "kilnc bug: please report it)",
@@ -475,7 +474,6 @@ static int fill_quant(const kc *c, int id, int rank, qrows_kind kind, int64_t b,
                               kind == QROWS_E4M3 ? "an e4m3 number" : "(q - zero point)",
                               (double)sc[at]);
             }
-        free(j);
     }
     free(sc);
     free(zp);
