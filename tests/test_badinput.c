@@ -138,27 +138,33 @@ static size_t tensor_at(const char *path, const char *name, char *dtype, size_t 
 
 #define BAD_TENSOR "model.layers.1.mlp.up_proj.weight"
 
+/* Tensor `t` of the safetensors file `path`, which must be of dtype `dt`, gets the n bytes `v` from
+ * byte `off` of its data. */
+static void tensor_poke(const char *path, const char *t, const char *dt, size_t off,
+                        const void *v, size_t n)
+{
+    char got[16];
+    size_t at = tensor_at(path, t, got, sizeof got), len;
+    if (strcmp(got, dt))
+        tu_die(t, path);
+    char *b = tu_read(path, &len);
+    memcpy(b + at + off, v, n);
+    tu_write_bytes(path, b, len);
+    free(b);
+}
+
 /* A checkpoint copy whose BAD_TENSOR holds the float `bits` (an f32 bit pattern) at element 5. */
 static void weights_poke(const char *name, uint32_t bits)
 {
     char *d = llama_copy(name), *p = tu_path(d, "model.safetensors");
     sh("rm -f '%s' && cp " FIX "/llama/model.safetensors '%s'", p, p);
-    char dt[16];
-    size_t at = tensor_at(p, BAD_TENSOR, dt, sizeof dt);
-    size_t n;
-    char *b = tu_read(p, &n);
-    if (strcmp(dt, "F32"))
-        tu_die("an F32 " BAD_TENSOR " (the fixture is float32) in", p);
-    memcpy(b + at + 5 * 4, &bits, 4);
-    tu_write_bytes(p, b, n);
-    free(b);
+    tensor_poke(p, BAD_TENSOR, "F32", 5 * 4, &bits, 4); /* the fixture is float32 */
     free(p);
     free(d);
 }
 
-/* A copy of the FP8 checkpoint FIX/llama_fp8_ct named `name` whose tensor `t` (of dtype `dt`) has
- * the n bytes `v` from byte `off` of its data: fp8_poke("x", FP8_TENSOR, "F8_E4M3", 5, "\x7f", 1)
- * makes element 5 the e4m3 NaN byte. */
+/* A copy of the FP8 checkpoint FIX/llama_fp8_ct named `name` with tensor_poke's change:
+ * fp8_poke("x", FP8_TENSOR, "F8_E4M3", 5, "\x7f", 1) makes element 5 the e4m3 NaN byte. */
 #define FP8_TENSOR "model.layers.0.mlp.down_proj.weight"
 static void fp8_poke(const char *name, const char *t, const char *dt, size_t off, const char *v,
                      size_t n)
@@ -167,14 +173,7 @@ static void fp8_poke(const char *name, const char *t, const char *dt, size_t off
     sh("mkdir -p '%s' && cp " FIX "/llama_fp8_ct/config.json " FIX
        "/llama_fp8_ct/model.safetensors '%s'/",
        d, d);
-    char got[16];
-    size_t at = tensor_at(p, t, got, sizeof got), len;
-    if (strcmp(got, dt))
-        tu_die(t, p);
-    char *b = tu_read(p, &len);
-    memcpy(b + at + off, v, n);
-    tu_write_bytes(p, b, len);
-    free(b);
+    tensor_poke(p, t, dt, off, v, n);
     free(p);
     free(d);
 }
