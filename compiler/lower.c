@@ -42,6 +42,9 @@ typedef struct lw {
     int *wmap8;          /* node -> index of its quantised weight (its scales the next), -1 */
     int *fold;           /* node -> the linear its norm may fold into (plan_norm_readers), -1 */
     int nfold;           /* nodes in fold (low_moe may append more) */
+    int *rope;           /* attention <-> the qkv linear its rotation folds into (rope_fold), -1 */
+    int nrope;           /* nodes in rope */
+    int64_t rope_q;      /* scratch offset of the folded rotation's q row (in scratch0) */
     int cpre, cdec, cw, cc;
     kerr *err;
 } lw;
@@ -271,22 +274,29 @@ static int64_t row_width(const kg_node *n)
 
 /* A node's activation as a pointer argument, with the row stride (elements) it is read with.
  * Views read their storage in place (a column offset for q/k/v slices). */
+/* The node whose buffer activation id lives in (plan_storage_of), and id's first column in its
+ * rows. */
+static int view_root(const kgraph *g, int id, int64_t *col)
+{
+    *col = 0;
+    for (;;) {
+        const kg_node *n = &g->nodes[id];
+        if (n->view_of >= 0) {
+            *col += n->start;
+            id = n->view_of;
+        } else if (n->op == KG_RESHAPE && !n->is_const) {
+            id = n->in[0];
+        } else {
+            return id;
+        }
+    }
+}
+
 static int act_arg(lw *w, int id, ka_arg *a, int64_t *stride)
 {
     const kgraph *g = w->g;
-    int64_t col = 0;
-    int s = id;
-    for (;;) {
-        const kg_node *n = &g->nodes[s];
-        if (n->view_of >= 0) {
-            col += n->start;
-            s = n->view_of;
-        } else if (n->op == KG_RESHAPE && !n->is_const) {
-            s = n->in[0];
-        } else {
-            break;
-        }
-    }
+    int64_t col;
+    const int s = view_root(g, id, &col);
     const kg_node *sn = &g->nodes[s];
     if (sn->buf < 0)
         return kerr_add(w->err, "lower: %s has no buffer (internal error)", g->nodes[id].name);
@@ -404,6 +414,118 @@ static int norm_fold(lw *w, int id)
         !lower_gemv_stream(w->c, wn->shape[0], wn->shape[1], n->epi_act >= 0))
         return -1;
     return l;
+}
+
+/* The rotation folds (rope_fold): r[A] = L and r[L] = A for an attention node A whose q and k
+ * rotations (fused into it) and v are the column blocks [q | k | v] of one linear L's output rows,
+ * read by nothing else, where L's one-row steps take gemv_stream (an unquantised, ungated weight)
+ * and rope_kv's 16-bit cache and unpadded heads apply (not --kv-dtype fp8, head_dim a multiple
+ * of 8) on one rank. L's decode step of one row then takes gemv_stream_rope, which writes the
+ * rotated q (into the one-row scratch at w->rope_q) and the KV cache's row itself, and A's
+ * rope_kv runs at every other row count: one kernel fewer a layer in a batch-1 decode step. */
+static int *plan_rope_fold(lw *w)
+{
+    const kgraph *g = w->g;
+    int *r = xmalloc(sizeof(int) * (size_t)(g->n + 1)), *readers;
+    for (int i = 0; i < g->n; i++)
+        r[i] = -1;
+    if (!w->c->sm90 || w->c->batch_invariant || w->c->kv_fp8 || g->tp > 1)
+        return r;
+    readers = xcalloc((size_t)g->n + 1, sizeof(int));
+    for (int i = 0; i < g->n; i++) {
+        const kg_node *n = &g->nodes[i];
+        if (n->view_of >= 0 || (n->op == KG_RESHAPE && !n->is_const))
+            continue; /* views read nothing: their readers read their storage */
+        for (int k = 0; k < n->n_in; k++)
+            if (n->in[k] >= 0)
+                readers[plan_storage_of(g, n->in[k])]++;
+    }
+    for (int a = 0; a < g->n; a++) {
+        const kg_node *n = &g->nodes[a];
+        if (n->op != KG_ATTENTION)
+            continue;
+        const kg_attn *at = &n->attn;
+        const kg_node *qr = &g->nodes[n->in[0]], *kr = &g->nodes[n->in[1]];
+        if (qr->op != KG_ROPE || qr->fused_into != a || kr->op != KG_ROPE ||
+            kr->fused_into != a || at->head_dim % 8 != 0)
+            continue;
+        const int64_t QW = (int64_t)at->n_heads * at->head_dim;
+        const int64_t KW = (int64_t)at->n_kv_heads * at->head_dim, N = QW + 2 * KW;
+        int64_t cq, ck, cv;
+        const int l = view_root(g, qr->in[0], &cq);
+        if (view_root(g, kr->in[0], &ck) != l || view_root(g, n->in[2], &cv) != l || cq != 0 ||
+            ck != QW || cv != QW + KW || readers[l] != 3 || g->output == l)
+            continue;
+        const kg_node *ln = &g->nodes[l];
+        if (ln->op != KG_LINEAR || ln->epi_act >= 0 || row_width(ln) != N)
+            continue;
+        const kg_node *wn = &g->nodes[ln->in[1]];
+        qrows_kind qk;
+        if (wn->shape[0] != N || quant_block(w, ln->in[1], wn->shape[1], &qk) >= 0 ||
+            !lower_gemv_stream(w->c, N, wn->shape[1], 0) ||
+            N / 2 > 32LL * KILN_GEMV_STREAM_BLOCKS * KILN_GEMV_STREAM_WARPS)
+            continue;
+        r[a] = l;
+        r[l] = a;
+    }
+    free(readers);
+    return r;
+}
+
+/* rope_kv's rotation parameters, which gemv_stream_rope takes too: the rotated dims, pairs
+ * interleaved or not, DYNAMIC (1 dynamic NTK; 2 longrope, whose table is [short; long] and whose
+ * dyn_factor is the long scale, switched past dyn_max_pos keys), the inv_freq table (a constant)
+ * and the scalars. */
+typedef struct rope_args {
+    int rot, il, dyn;
+    ka_arg inv;
+    double scale, dbase, dfac;
+    int64_t dmax;
+} rope_args;
+
+/* The arguments rope_kv and gemv_stream_rope end with: the layer's K and V caches, inv_freq,
+ * rope_scale, dyn_base, dyn_factor, dyn_max_pos. */
+static void rope_cache_args(ka_step *s, const rope_args *ra, int layer)
+{
+    add_arg(s, A(KA_ARG_KV_K, layer));
+    add_arg(s, A(KA_ARG_KV_V, layer));
+    add_arg(s, ra->inv);
+    add_arg(s, AF(ra->scale));
+    add_arg(s, AF(ra->dbase));
+    add_arg(s, AF(ra->dfac));
+    add_arg(s, A(KA_ARG_I32, ra->dmax));
+}
+
+/* The rotation of attention node n's q and k (KG_ROPE nodes fused into it). */
+static int rope_args_of(lw *w, const kg_node *n, rope_args *ra)
+{
+    const kg_node *qr = &w->g->nodes[n->in[0]], *kr = &w->g->nodes[n->in[1]];
+    const kg_rope *r = &qr->rope;
+    if (memcmp(&qr->rope, &kr->rope, sizeof(kg_rope)) != 0)
+        return kerr_add(w->err, "%s: q and k rotate differently; not supported on the GPU",
+                        n->name);
+    int lr = r->p.type == ROPE_LONGROPE;
+    if (lr && (r->p.original_max_pos < 1 || r->p.original_max_pos > INT32_MAX - 1))
+        return kerr_add(w->err, "%s: longrope's original_max_position_embeddings %lld is out "
+                                "of range for the GPU (1 .. 2^31 - 2)",
+                        n->name, (long long)r->p.original_max_pos);
+    ra->rot = r->rot_dim;
+    ra->il = r->interleaved;
+    ra->dyn = r->p.type == ROPE_DYNAMIC ? 1 : lr ? 2 : 0;
+    int ntab = lr ? ra->rot : ra->rot / 2;
+    float *tab = xmalloc(sizeof(float) * (size_t)(ntab + 1));
+    posenc_rope_inv_freq(r, 0, tab);
+    if (lr)
+        posenc_rope_inv_freq(r, r->p.original_max_pos + 1, tab + ra->rot / 2);
+    char nm[96];
+    snprintf(nm, sizeof nm, "rope.%s.%d", rope_type_name(r->p.type), ra->rot);
+    ra->inv = A(KA_ARG_CONST, add_const(w, nm, tab, ntab));
+    free(tab);
+    ra->scale = posenc_rope_scale(r, 0);
+    ra->dbase = r->p.theta;
+    ra->dfac = lr ? posenc_rope_scale(r, r->p.original_max_pos + 1) : r->p.factor;
+    ra->dmax = lr ? r->p.original_max_pos : r->p.max_pos;
+    return 0;
 }
 
 /* A norm's residual operands: x and res, the inputs of the add fused into it (fuse), and res_out,
@@ -691,7 +813,35 @@ static int push_gemv16(lw *w, int which, const kg_node *n, ka_arg x, ka_arg wt, 
     add_arg(&o, bias);
     add_arg(&o, y);
     add_arg(&o, A(KA_ARG_M, 0));
-    push(w, which, &o);
+    const int id = (int)(n - w->g->nodes);
+    const int att = n->op == KG_LINEAR && id < w->nrope ? w->rope[id] : -1;
+    push(w, att >= 0 ? which & PRE : which, &o);
+    if (att < 0 || !(which & DEC))
+        return 0;
+    /* the decode schedule's one-row step with the attention's rotation folded in (rope_fold) */
+    const kg_node *an = &w->g->nodes[att];
+    const kg_attn *at = &an->attn;
+    rope_args ra;
+    if (rope_args_of(w, an, &ra))
+        return -1;
+    k = kern(w, "gemv_stream_rope", th, lower_gemv_stream_smem(w->c, K, w->esize),
+             "const kiln_step st, const DT *x, const DT *res, const DT *nw, DT *res_out, "
+             "float eps, const DT *w, const DT *bias, DT *q_out, DT *k_cache, DT *v_cache, "
+             "const float *inv_freq, float rope_scale, float dyn_base, float dyn_factor, "
+             "int dyn_max_pos, int M",
+             "kiln::gemv_stream_rope<DT, %d, %d, %d, %d, %d, %d, %lld, %s, %d, %d, %d, %d, %d, "
+             "%s>(st, x, res, nw, res_out, eps, w, bias, q_out, k_cache, v_cache, inv_freq, "
+             "rope_scale, dyn_base, dyn_factor, dyn_max_pos, M)",
+             at->n_heads, at->n_kv_heads, at->head_dim, ra.rot, ra.il, ra.dyn, (long long)K,
+             bias.kind == KA_ARG_NULL ? "false" : "true", KILN_GEMV_STREAM_WARPS,
+             KILN_GEMV_STREAM_D, seg, KILN_GEMV_STREAM_BLOCKS, mode,
+             unit_offset ? "true" : "false");
+    o.kernel = k;
+    o.nargs = 8; /* st, x, res, nw, res_out, eps, w, bias as above */
+    add_arg(&o, A(KA_ARG_SCRATCH, w->rope_q));
+    rope_cache_args(&o, &ra, at->layer);
+    add_arg(&o, A(KA_ARG_M, 0));
+    push(w, DEC, &o);
     return 0;
 }
 
@@ -1131,7 +1281,8 @@ static int low_linear(lw *w, int id)
 /* HD: the head_dim the kernels run at (the model's, or it padded to a multiple of 8: q, the
  * KV cache and out are then rope_kv's padded rows). With --kv-dtype fp8 (kc.kv_fp8) both
  * kernels read the FP8 cache (KV8: templates/attention.cuh). */
-static int attention_steps(lw *w, const kg_node *n, int HD, ka_arg q, ka_arg out, ka_arg slopes)
+static int attention_steps(lw *w, const kg_node *n, int HD, ka_arg q, ka_arg q1, ka_arg out,
+                           ka_arg slopes)
 {
     const kg_attn *at = &n->attn;
     int NH = at->n_heads, NKV = at->n_kv_heads;
@@ -1204,6 +1355,15 @@ static int attention_steps(lw *w, const kg_node *n, int HD, ka_arg q, ka_arg out
     add_arg(&s, slopes);
     if (h0)
         add_arg(&s, A(KA_ARG_RANK, NH));
+    if (q1.kind == KA_ARG_NULL) {
+        push(w, DEC, &s);
+        return 0;
+    }
+    /* the rotation folded into the qkv linear (rope_fold): at one row, q is its one-row scratch */
+    s.size = KA_SIZE_NOT_ONE;
+    push(w, DEC, &s);
+    s.size = KA_SIZE_ONE;
+    s.args[1] = q1;
     push(w, DEC, &s);
     return 0;
 }
@@ -1418,39 +1578,9 @@ static int low_attention(lw *w, int id)
         qout = A(KA_ARG_SCRATCH,
                  scratch_at(w, (int64_t)w->c->max_tokens * NH * HDP * w->esize));
     }
-    int rot = 0, il = 0, dyn = 0;
-    ka_arg inv = ANULL();
-    double scale = 1, dbase = 0, dfac = 0;
-    int64_t dmax = 0;
-    if (q_roped) {
-        const kg_rope *r = &qr->rope;
-        if (memcmp(&qr->rope, &kr->rope, sizeof(kg_rope)) != 0)
-            return kerr_add(w->err, "%s: q and k rotate differently; not supported on the GPU",
-                            n->name);
-        rot = r->rot_dim;
-        il = r->interleaved;
-        /* rope_kv's DYNAMIC: 1 dynamic NTK; 2 longrope, whose table is [short; long] and
-         * whose dyn_factor is the long scale, switched past dyn_max_pos keys */
-        int lr = r->p.type == ROPE_LONGROPE;
-        if (lr && (r->p.original_max_pos < 1 || r->p.original_max_pos > INT32_MAX - 1))
-            return kerr_add(w->err, "%s: longrope's original_max_position_embeddings %lld is out "
-                                    "of range for the GPU (1 .. 2^31 - 2)",
-                            n->name, (long long)r->p.original_max_pos);
-        dyn = r->p.type == ROPE_DYNAMIC ? 1 : lr ? 2 : 0;
-        int ntab = lr ? rot : rot / 2;
-        float *tab = xmalloc(sizeof(float) * (size_t)(ntab + 1));
-        posenc_rope_inv_freq(r, 0, tab);
-        if (lr)
-            posenc_rope_inv_freq(r, r->p.original_max_pos + 1, tab + rot / 2);
-        char nm[96];
-        snprintf(nm, sizeof nm, "rope.%s.%d", rope_type_name(r->p.type), rot);
-        inv = A(KA_ARG_CONST, add_const(w, nm, tab, ntab));
-        free(tab);
-        scale = posenc_rope_scale(r, 0);
-        dbase = r->p.theta;
-        dfac = lr ? posenc_rope_scale(r, r->p.original_max_pos + 1) : r->p.factor;
-        dmax = lr ? r->p.original_max_pos : r->p.max_pos;
-    }
+    rope_args ra = {0, 0, 0, ANULL(), 1, 0, 0, 0};
+    if (q_roped && rope_args_of(w, n, &ra))
+        return -1;
     char rparams[400];
     snprintf(rparams, sizeof rparams,
              "const kiln_step st, const DT *q, const DT *k, const DT *v, int q_stride, "
@@ -1462,7 +1592,7 @@ static int low_attention(lw *w, int id)
                     "kiln::rope_kv<DT, %d, %d, %d, %d, %d, %d, %d%s>(st, q, k, v, q_stride, "
                     "k_stride, v_stride, q_out, k_cache, v_cache, inv_freq, rope_scale, "
                     "dyn_base, dyn_factor, dyn_max_pos)",
-                    NH, NKV, HD, rot, il, dyn, ATTN_THREADS, KV8_ARG(w));
+                    NH, NKV, HD, ra.rot, ra.il, ra.dyn, ATTN_THREADS, KV8_ARG(w));
     ka_step s = kstep(kr_k, n->name, G(1, 0, 0, 0, 1), G1(), G1());
     add_arg(&s, A(KA_ARG_STEP, 0));
     add_arg(&s, aq);
@@ -1472,14 +1602,16 @@ static int low_attention(lw *w, int id)
     add_arg(&s, A(KA_ARG_I32, sk));
     add_arg(&s, A(KA_ARG_I32, sv));
     add_arg(&s, qout);
-    add_arg(&s, A(KA_ARG_KV_K, at->layer));
-    add_arg(&s, A(KA_ARG_KV_V, at->layer));
-    add_arg(&s, inv);
-    add_arg(&s, AF(scale));
-    add_arg(&s, AF(dbase));
-    add_arg(&s, AF(dfac));
-    add_arg(&s, A(KA_ARG_I32, dmax));
-    push(w, BOTH, &s);
+    rope_cache_args(&s, &ra, at->layer);
+    /* folded (rope_fold): a decode step of one row has its qkv linear's gemv_stream_rope do
+     * this, its q into the one-row scratch at w->rope_q, which the attention then reads */
+    const int folded = id < w->nrope && w->rope[id] >= 0;
+    push(w, folded ? PRE : BOTH, &s);
+    if (folded) {
+        s.size = KA_SIZE_NOT_ONE;
+        push(w, DEC, &s);
+    }
+    const ka_arg q1 = folded ? A(KA_ARG_SCRATCH, w->rope_q) : ANULL();
 
     ka_arg out;
     if (dense_arg(w, id, &out))
@@ -1496,10 +1628,10 @@ static int low_attention(lw *w, int id)
     }
     kv_layer(w, at->layer, (ka_layer){NKV, HDP, HDP}); /* the cache holds padded rows */
     if (HDP == HD)
-        return attention_steps(w, n, HD, qout, out, slopes);
+        return attention_steps(w, n, HD, qout, q1, out, slopes);
     ka_arg padded =
         A(KA_ARG_SCRATCH, scratch_at(w, (int64_t)w->c->max_tokens * NH * HDP * w->esize));
-    if (attention_steps(w, n, HDP, qout, padded, slopes))
+    if (attention_steps(w, n, HDP, qout, ANULL(), padded, slopes))
         return -1;
     int ku = kern(w, "unpad_heads", ELEM_THREADS, 0, "const kiln_step st, const DT *x, DT *out",
                   "kiln::unpad_heads<DT, %d, %d, %d, %d>(st, x, out)", NH, HD, HDP, ELEM_THREADS);
@@ -1894,6 +2026,8 @@ int lower(kc *c, lowered *out, kerr *err)
         w.wmap[i] = w.wmap8[i] = -1;
     w.fold = plan_norm_readers(c->g);
     w.nfold = c->g->n;
+    w.rope = plan_rope_fold(&w);
+    w.nrope = c->g->n;
     ka_manifest *m = w.m;
     m->sample_kernel = -1;
     m->bos = -1;
@@ -1905,6 +2039,17 @@ int lower(kc *c, lowered *out, kerr *err)
             w.attn_heads = c->g->nodes[i].attn.n_heads;
     w.scratch0 = (int64_t)c->max_seqs * w.attn_heads * 4;
     w.scratch0 = (w.scratch0 + 255) / 256 * 256;
+    /* the folded rotations' q row (rope_fold): one for every layer, each read by its attention
+     * before the next layer's linear writes it */
+    int64_t qrow = 0;
+    for (int i = 0; i < c->g->n; i++)
+        if (w.rope[i] >= 0 && c->g->nodes[i].op == KG_ATTENTION) {
+            const kg_attn *at = &c->g->nodes[i].attn;
+            if ((int64_t)at->n_heads * at->head_dim > qrow)
+                qrow = (int64_t)at->n_heads * at->head_dim;
+        }
+    w.rope_q = w.scratch0;
+    w.scratch0 += (qrow * w.esize + 255) / 256 * 256;
     /* gemm_skinny's and gemm_skinny_int4's arrival counters, [most tiles of a linear] unsigned,
      * likewise after them. gemm_skinny's steps are kiln's GEMM for decode steps of 9 to 64 rows
      * (--gemm kiln, where the alternative is a 128-row tile); cuBLASLt's kernels stream the
@@ -1947,6 +2092,7 @@ int lower(kc *c, lowered *out, kerr *err)
             free(w.wmap);
             free(w.wmap8);
             free(w.fold);
+            free(w.rope);
             return -1;
         }
         if (w.scratch > scratch_max)
@@ -1985,6 +2131,7 @@ int lower(kc *c, lowered *out, kerr *err)
     free(w.wmap);
     free(w.wmap8);
     free(w.fold);
+    free(w.rope);
     for (int pass = 0; pass < 2; pass++) {
         const ka_step *st = pass ? m->decode : m->prefill;
         for (int i = 0, n = pass ? m->ndecode : m->nprefill; i < n; i++)

@@ -195,8 +195,10 @@ __device__ __forceinline__ float block_max(float x, float *scratch)
 //
 // KILN_PDL_TRIGGER() and KILN_PDL_WAIT() are its two halves in the other order, for a kernel that
 // streams weights: it lets its dependent launch at once, does work that reads nothing but weights
-// (no kernel writes them) and writes nothing but its own shared memory, then waits before it
-// touches anything else (templates/gemv_stream.cuh; tests/test_launch.c allows it there alone).
+// and the step's metadata (no kernel writes either: the host copies kiln_step's arrays before
+// the step's first kernel, which every later launch follows) and writes nothing but its own
+// shared memory and registers, then waits before it touches anything else
+// (templates/gemv_stream.cuh; tests/test_launch.c allows it there alone).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #define KILN_PDL_TRIGGER() asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory")
 #define KILN_PDL_WAIT() asm volatile("griddepcontrol.wait;\n" ::: "memory")

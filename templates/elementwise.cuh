@@ -236,6 +236,48 @@ __device__ __forceinline__ void layer_norm(const kiln_step st, const DT *x, cons
 }
 
 namespace ew_detail {
+// The cos and sin of rotary pair i (i < ROT / 2) of token t, each times the scale: rope_kv's rule
+// (below: the angle pos * inv_freq[i] rounded to float, sincos in double rounded to float; DYNAMIC
+// 1 recomputes inv_freq, 2 picks longrope's table). gemv_stream_rope uses it too, so that both
+// rotate with the same numbers.
+template <int ROT, int DYNAMIC>
+__device__ __forceinline__ void rope_cs(const kiln_step &st, int t, int i, const float *inv_freq,
+                                        float rope_scale, float dyn_base, float dyn_factor,
+                                        int dyn_max_pos, float &c, float &s)
+{
+    constexpr int HALF = ROT / 2;
+    const float pos = (float)st.tok_pos[t];
+    double base = (double)dyn_base;
+    const float *tab = inv_freq;
+    float sc = rope_scale;
+    if (DYNAMIC == 2 && st.seq_ropelen[st.tok_seq[t]] > dyn_max_pos) {
+        tab = inv_freq + HALF;
+        sc = dyn_factor;
+    }
+    float f;
+    if (DYNAMIC == 1) {
+        const int L = st.seq_ropelen[st.tok_seq[t]];
+        if (dyn_max_pos > 0 && L > dyn_max_pos)
+            base = (double)dyn_base *
+                   pow((double)dyn_factor * (double)L / (double)dyn_max_pos -
+                           ((double)dyn_factor - 1.0),
+                       (double)ROT / (double)(ROT - 2));
+        // posenc.c: e = (float)(2i) / (float)ROT; 1.0f / powf((float)base, e). Float division
+        // and pow done in double then rounded: the same float (double rounding is innocuous for
+        // a quotient, and powf is correctly rounded or 1 ulp).
+        const float e = (float)((double)(2 * i) / (double)ROT);
+        const float pw = (float)pow((double)(float)base, (double)e);
+        f = (float)(1.0 / (double)pw);
+    } else {
+        f = tab[i];
+    }
+    const float ang = pos * f; // rounded to float, as the reference does
+    double sd, cd;
+    sincos((double)ang, &sd, &cd);
+    c = (float)cd * sc;
+    s = (float)sd * sc;
+}
+
 // rope_kv's chunk at element e (a multiple of 8) of a padded q, k or v row (heads of HDP = HD
 // rounded up to 8): the 8 values from `src` (the unpadded row), the first ROT dims of each head
 // rotated when `rot` (cs, sn: each pair's cos and sin, scaled), zeros past HD, handed to
@@ -353,40 +395,9 @@ __device__ __forceinline__ void rope_kv(const kiln_step st, const DT *q, const D
     if (t >= st.T)
         return;
     if (HALF > 0) {
-        const float pos = (float)st.tok_pos[t];
-        double base = (double)dyn_base;
-        const float *tab = inv_freq;
-        float sc = rope_scale;
-        if (DYNAMIC == 2 && st.seq_ropelen[st.tok_seq[t]] > dyn_max_pos) {
-            tab = inv_freq + HALF;
-            sc = dyn_factor;
-        }
-        if (DYNAMIC == 1) {
-            const int L = st.seq_ropelen[st.tok_seq[t]];
-            if (dyn_max_pos > 0 && L > dyn_max_pos)
-                base = (double)dyn_base *
-                       pow((double)dyn_factor * (double)L / (double)dyn_max_pos -
-                               ((double)dyn_factor - 1.0),
-                           (double)ROT / (double)(ROT - 2));
-        }
-        for (int i = threadIdx.x; i < HALF; i += THREADS) {
-            float f;
-            if (DYNAMIC == 1) {
-                // posenc.c: e = (float)(2i) / (float)ROT; 1.0f / powf((float)base, e).
-                // Float division and pow done in double then rounded: the same float (double
-                // rounding is innocuous for a quotient, and powf is correctly rounded or 1 ulp).
-                const float e = (float)((double)(2 * i) / (double)ROT);
-                const float pw = (float)pow((double)(float)base, (double)e);
-                f = (float)(1.0 / (double)pw);
-            } else {
-                f = tab[i];
-            }
-            const float ang = pos * f; // rounded to float, as the reference does
-            double sd, cd;
-            sincos((double)ang, &sd, &cd);
-            cs[i] = (float)cd * sc;
-            sn[i] = (float)sd * sc;
-        }
+        for (int i = threadIdx.x; i < HALF; i += THREADS)
+            ew_detail::rope_cs<ROT, DYNAMIC>(st, t, i, inv_freq, rope_scale, dyn_base, dyn_factor,
+                                             dyn_max_pos, cs[i], sn[i]);
         __syncthreads();
     }
 

@@ -46,6 +46,7 @@
 // it there).
 #pragma once
 
+#include "elementwise.cuh" // ew_detail::rope_cs
 #include "gemv.cuh"
 #include "kiln_gemm.h"
 
@@ -74,24 +75,141 @@ __device__ __forceinline__ void bulk_load(unsigned dst, const void *src, unsigne
 }
 #endif
 
-} // namespace stream_detail
+// What the kernel computes, as a type OUT (the body's policy): ITEMS items, each one weight row
+// or (PAIRED) two, whose warp sums go to finish() (called by every lane; the first sum is the first
+// row's). row(p, second): an item's weight row. prepare<TW>(st, gw, lane): per-lane work before
+// griddepcontrol.wait, for the items of warp gw (p = gw, gw + TW, ...), reading nothing a kernel
+// writes.
 
-template <typename DT, int N, int K, bool BIAS, bool GATED, int ACT, bool OUT_F32, int WARPS,
-          int D, int SEG, int BLOCKS, int NORM = 0, bool UNIT_OFFSET = false>
-__device__ __forceinline__ void gemv_stream(const kiln_step st, const DT *x, const DT *res,
-                                            const DT *nw, DT *res_out, float eps, const DT *w,
-                                            const DT *bias, void *y, int M)
+// gemv_stream's: output o the row o (GATED: gate row o and up row NOUT + o), stored by
+// gemv_detail::store_out.
+template <typename DT, int N, bool BIAS, bool GATED, int ACT, bool OUT_F32>
+struct plain_out {
+    static constexpr int ITEMS = GATED ? N / 2 : N;
+    static constexpr bool PAIRED = GATED;
+    const DT *bias;
+    void *y;
+    __device__ __forceinline__ long long row(int p, bool second) const
+    {
+        return second ? (long long)ITEMS + p : p;
+    }
+    template <int TW>
+    __device__ __forceinline__ void prepare(const kiln_step &, int, int)
+    {
+    }
+    __device__ __forceinline__ void finish(const kiln_step &, int lane, int o, int, float g,
+                                           float up) const
+    {
+        if (lane == 0)
+            gemv_detail::store_out<DT, N, BIAS, GATED, ACT, OUT_F32>(y, bias, nullptr, 0, o, g,
+                                                                     up);
+    }
+};
+
+// gemv_stream_rope's: the fused qkv linear of one token (heads of HD rows: NH of q, NKV of k, NKV
+// of v) with rope_kv's work done in the epilogue. An item is two rows of one head: rotary pair j
+// < ROT / 2 (dims j, j + ROT / 2, or 2j, 2j + 1 when INTERLEAVED), then the dims past ROT two by
+// two. Each row's sum (+ bias) is rounded to DT (the linear's output, as rope_kv reads it), q and
+// k pairs rotated as rope_kv does (ew_detail::rope_cs's cos and sin), and rounded again into q_out
+// (q), or the KV cache's row st.tok_slot[0] (k, v; nothing when the slot is < 0).
+template <typename DT, int NH, int NKV, int HD, int ROT, int INTERLEAVED, int DYNAMIC, bool BIAS>
+struct rope_out {
+    static constexpr int N = (NH + 2 * NKV) * HD, ITEMS = N / 2, HALF = ROT / 2;
+    static constexpr bool PAIRED = true;
+    static_assert(HD % 2 == 0 && ROT % 2 == 0 && ROT <= HD, "gemv_stream_rope: even HD and ROT");
+    const DT *bias;
+    DT *q_out, *k_cache, *v_cache;
+    const float *inv_freq;
+    float rope_scale, dyn_base, dyn_factor;
+    int dyn_max_pos;
+    float c, s, b1, b2; // lane k: item k's cos and sin, and its rows' bias (prepare)
+    int slot;           // st.tok_slot[0]
+
+    // the item's head (of the NH + 2 NKV) and its two dims
+    static __device__ __forceinline__ void dims(int p, int &head, int &d1, int &d2)
+    {
+        head = p / (HD / 2);
+        const int j = p % (HD / 2);
+        if (j < HALF) {
+            d1 = INTERLEAVED ? 2 * j : j;
+            d2 = INTERLEAVED ? 2 * j + 1 : j + HALF;
+        } else {
+            d1 = ROT + 2 * (j - HALF);
+            d2 = d1 + 1;
+        }
+    }
+    __device__ __forceinline__ long long row(int p, bool second) const
+    {
+        int head, d1, d2;
+        dims(p, head, d1, d2);
+        return (long long)head * HD + (second ? d2 : d1);
+    }
+    // Lane k: the cos and sin of the warp's item k and its rows' bias, and the cache slot, all
+    // loaded before griddepcontrol.wait (loaded at an item's end, they would stall the warp a
+    // memory round trip each): the step's metadata (st.tok_pos, st.tok_slot, ...) is copied
+    // from the host before the step's first kernel and written by none, inv_freq and the bias
+    // are constants.
+    template <int TW>
+    __device__ __forceinline__ void prepare(const kiln_step &st, int gw, int lane)
+    {
+        static_assert((ITEMS + TW - 1) / TW <= 32, "gemv_stream_rope: at most 32 items a warp");
+        const int p = gw + lane * TW;
+        c = 1.f, s = 0.f, b1 = 0.f, b2 = 0.f;
+        slot = st.tok_slot[0];
+        if (p >= ITEMS)
+            return;
+        int head, d1, d2;
+        dims(p, head, d1, d2);
+        if (BIAS) {
+            b1 = to_f(bias[head * HD + d1]);
+            b2 = to_f(bias[head * HD + d2]);
+        }
+        if (HALF > 0 && head < NH + NKV && p % (HD / 2) < HALF)
+            ew_detail::rope_cs<ROT, DYNAMIC>(st, 0, p % (HD / 2), inv_freq, rope_scale, dyn_base,
+                                             dyn_factor, dyn_max_pos, c, s);
+    }
+    __device__ __forceinline__ void finish(const kiln_step &, int lane, int p, int k, float g,
+                                           float up) const
+    {
+        const float ck = __shfl_sync(0xffffffffu, c, k), sk = __shfl_sync(0xffffffffu, s, k);
+        const float bk1 = __shfl_sync(0xffffffffu, b1, k), bk2 = __shfl_sync(0xffffffffu, b2, k);
+        if (lane != 0)
+            return;
+        int head, d1, d2;
+        dims(p, head, d1, d2);
+        const float x1 = to_f(from_f<DT>(BIAS ? g + bk1 : g));
+        const float x2 = to_f(from_f<DT>(BIAS ? up + bk2 : up));
+        float o1 = x1, o2 = x2;
+        if (head < NH + NKV && d1 < ROT && d2 < ROT) {
+            o1 = x1 * ck - x2 * sk;
+            o2 = x2 * ck + x1 * sk;
+        }
+        DT *dst;
+        if (head < NH) {
+            dst = q_out + (long long)head * HD;
+        } else {
+            if (slot < 0)
+                return;
+            const int h = head < NH + NKV ? head - NH : head - NH - NKV;
+            dst = (head < NH + NKV ? k_cache : v_cache) + (long long)slot * (NKV * HD) +
+                  (long long)h * HD;
+        }
+        dst[d1] = from_f<DT>(o1);
+        dst[d2] = from_f<DT>(o2);
+    }
+};
+
+// The kernel for policy OUT (above), called after KILN_PDL_TRIGGER.
+template <typename DT, int K, int WARPS, int D, int SEG, int BLOCKS, int NORM, bool UNIT_OFFSET,
+          typename OUT>
+__device__ __forceinline__ void body(const kiln_step &st, const DT *x, const DT *res,
+                                     const DT *nw, DT *res_out, float eps, const DT *w, OUT &out)
 {
-    KILN_PDL_TRIGGER();
     static_assert(SEG % 8 == 0 && K % SEG == 0, "gemv_stream: K must be whole units of SEG");
-    static_assert(!GATED || N % 2 == 0, "gemv_stream: GATED needs an even N");
-    (void)st;
-    (void)M;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    using namespace stream_detail;
-    constexpr int NOUT = GATED ? N / 2 : N;
-    constexpr int KS = K / SEG;               // units of one weight row
-    constexpr int UPO = GATED ? 2 * KS : KS;  // units of one output
+    constexpr int NOUT = OUT::ITEMS;
+    constexpr int KS = K / SEG;                    // units of one weight row
+    constexpr int UPO = OUT::PAIRED ? 2 * KS : KS; // units of one item
     constexpr int UB = SEG * (int)sizeof(DT); // bytes of a unit
     constexpr int TW = BLOCKS * WARPS;
     extern __shared__ __align__(128) unsigned char smem[];
@@ -108,8 +226,8 @@ __device__ __forceinline__ void gemv_stream(const kiln_step st, const DT *x, con
     int po = gw, pu = 0; // the next unit to issue
     auto issue = [&](int slot) {
         if (lane == 0) {
-            const long long row = GATED && pu >= KS ? (long long)NOUT + po : po;
-            const int seg = GATED && pu >= KS ? pu - KS : pu;
+            const long long row = out.row(po, OUT::PAIRED && pu >= KS);
+            const int seg = OUT::PAIRED && pu >= KS ? pu - KS : pu;
             bulk_load(smem_addr(ring + slot * UB), w + row * K + (long long)seg * SEG, UB,
                       bars + slot * 8);
         }
@@ -120,6 +238,7 @@ __device__ __forceinline__ void gemv_stream(const kiln_step st, const DT *x, con
     };
     for (int slot = 0; slot < D && po < NOUT; slot++)
         issue(slot);
+    out.template prepare<TW>(st, gw, lane);
 
     KILN_PDL_WAIT();
     if (NORM == 0) {
@@ -167,14 +286,14 @@ __device__ __forceinline__ void gemv_stream(const kiln_step st, const DT *x, con
     }
     __syncthreads();
 
-    float ag = 0.f, au = 0.f; // the lane's sums of the output's (gate) row and up row
-    int consumed = 0;
-    for (int o = gw; o < NOUT; o += TW)
+    float ag = 0.f, au = 0.f; // the lane's sums of the item's first and second row
+    int consumed = 0, k = 0;  // k: the warp's item count
+    for (int o = gw; o < NOUT; o += TW, k++)
         for (int u = 0; u < UPO; u++, consumed++) {
             const int slot = consumed % D;
             mbar_wait(bars + slot * 8, (unsigned)(consumed / D) & 1u);
             const uint4 *wv = reinterpret_cast<const uint4 *>(ring + slot * UB);
-            const int xu = GATED && u >= KS ? u - KS : u;
+            const int xu = OUT::PAIRED && u >= KS ? u - KS : u;
             const uint4 *xv = reinterpret_cast<const uint4 *>(xs + xu * SEG);
             float a = 0.f;
 #pragma unroll
@@ -189,7 +308,7 @@ __device__ __forceinline__ void gemv_stream(const kiln_step st, const DT *x, con
                         a = fmaf(wf[e], xf[e], a);
                 }
             }
-            if (GATED && u >= KS)
+            if (OUT::PAIRED && u >= KS)
                 au += a;
             else
                 ag += a;
@@ -197,17 +316,54 @@ __device__ __forceinline__ void gemv_stream(const kiln_step st, const DT *x, con
             if (po < NOUT)
                 issue(slot);
             if (u == UPO - 1) {
-                const float g = warp_sum(ag), up = GATED ? warp_sum(au) : 0.f;
-                if (lane == 0)
-                    gemv_detail::store_out<DT, N, BIAS, GATED, ACT, OUT_F32>(y, bias, nullptr, 0,
-                                                                             o, g, up);
+                out.finish(st, lane, o, k, warp_sum(ag), OUT::PAIRED ? warp_sum(au) : 0.f);
                 ag = au = 0.f;
             }
         }
 #else
-    (void)x, (void)res, (void)nw, (void)res_out, (void)eps, (void)w, (void)bias, (void)y;
+    (void)st, (void)x, (void)res, (void)nw, (void)res_out, (void)eps, (void)w, (void)out;
     __trap();
 #endif
+}
+
+} // namespace stream_detail
+
+template <typename DT, int N, int K, bool BIAS, bool GATED, int ACT, bool OUT_F32, int WARPS,
+          int D, int SEG, int BLOCKS, int NORM = 0, bool UNIT_OFFSET = false>
+__device__ __forceinline__ void gemv_stream(const kiln_step st, const DT *x, const DT *res,
+                                            const DT *nw, DT *res_out, float eps, const DT *w,
+                                            const DT *bias, void *y, int M)
+{
+    KILN_PDL_TRIGGER();
+    static_assert(!GATED || N % 2 == 0, "gemv_stream: GATED needs an even N");
+    (void)M;
+    stream_detail::plain_out<DT, N, BIAS, GATED, ACT, OUT_F32> out{bias, y};
+    stream_detail::body<DT, K, WARPS, D, SEG, BLOCKS, NORM, UNIT_OFFSET>(st, x, res, nw, res_out,
+                                                                        eps, w, out);
+}
+
+// gemv_stream_rope: gemv_stream of a fused qkv linear [(NH + 2 NKV) * HD, K] for the one token of
+// a decode step, with rope_kv (templates/elementwise.cuh) in its epilogue: rotated q to q_out [NH *
+// HD], rotated k and v to the KV cache's row st.tok_slot[0] (the 16-bit cache, HD a multiple of
+// 8: rope_kv's unpadded case). lower.c uses it where the linear's output is read by that rope_kv
+// alone (rope_fold), and runs rope_kv at every other row count. Parameters as rope_kv's.
+template <typename DT, int NH, int NKV, int HD, int ROT, int INTERLEAVED, int DYNAMIC, int K,
+          bool BIAS, int WARPS, int D, int SEG, int BLOCKS, int NORM = 0,
+          bool UNIT_OFFSET = false>
+__device__ __forceinline__ void gemv_stream_rope(const kiln_step st, const DT *x, const DT *res,
+                                                 const DT *nw, DT *res_out, float eps,
+                                                 const DT *w, const DT *bias, DT *q_out,
+                                                 DT *k_cache, DT *v_cache, const float *inv_freq,
+                                                 float rope_scale, float dyn_base,
+                                                 float dyn_factor, int dyn_max_pos, int M)
+{
+    KILN_PDL_TRIGGER();
+    static_assert(HD % 8 == 0, "gemv_stream_rope: HD a multiple of 8 (rope_kv unpadded)");
+    (void)M;
+    stream_detail::rope_out<DT, NH, NKV, HD, ROT, INTERLEAVED, DYNAMIC, BIAS> out{
+        bias, q_out, k_cache, v_cache, inv_freq, rope_scale, dyn_base, dyn_factor, dyn_max_pos};
+    stream_detail::body<DT, K, WARPS, D, SEG, BLOCKS, NORM, UNIT_OFFSET>(st, x, res, nw, res_out,
+                                                                        eps, w, out);
 }
 
 } // namespace kiln

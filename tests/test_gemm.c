@@ -242,7 +242,7 @@ static int overlap(const ka_arg *a, int64_t an, const ka_arg *b, int64_t bn)
 }
 
 static void expect_stream_pairs(const char *fx, const kc *c, const ka_step *st, int n,
-                                int *pairs, int *folds)
+                                int *pairs, int *folds, int *ropes)
 {
     const lowered *l = c->low;
     int not_one = 0;
@@ -250,7 +250,8 @@ static void expect_stream_pairs(const char *fx, const kc *c, const ka_step *st, 
         const ka_kernel *k = st[i].kind == KA_KERNEL ? &l->m.kernels[st[i].kernel] : NULL;
         if (k && ka_kernel_is(k, "rms_norm") && st[i].size == KA_SIZE_NOT_ONE)
             not_one++;
-        if (!k || !ka_kernel_is(k, "gemv_stream"))
+        const int rope = k && ka_kernel_is(k, "gemv_stream_rope");
+        if (!k || (!rope && !ka_kernel_is(k, "gemv_stream")))
             continue;
         const ka_step *o = &st[i], *g = i > 0 ? &st[i - 1] : NULL;
         if (!g || g->kind != KA_KERNEL || !ka_kernel_is(&l->m.kernels[g->kernel], "gemv"))
@@ -260,24 +261,36 @@ static void expect_stream_pairs(const char *fx, const kc *c, const ka_step *st, 
         assert_int_equal(g->size, KA_SIZE_FEW);
         assert_int_equal(o->logits, g->logits);
         assert_int_equal(o->rows, g->rows);
-        /* (st, x, res, nw, res_out, eps, w, bias, y, M) against gemv's (st, x, w, bias, y, M) */
-        assert_int_equal(o->nargs, 10);
+        /* (st, x, res, nw, res_out, eps, w, bias, y, M) against gemv's (st, x, w, bias, y, M);
+         * gemv_stream_rope's (st, x, res, nw, res_out, eps, w, bias, q_out, k_cache, v_cache,
+         * inv_freq, rope_scale, dyn_base, dyn_factor, dyn_max_pos, M): expect_rope_folds */
+        assert_int_equal(o->nargs, rope ? 17 : 10);
         assert_int_equal(g->nargs, 6);
         assert_true(same_arg(&o->args[0], &g->args[0]));
-        for (int a = 2; a < 6; a++)
+        for (int a = 2; a < (rope ? 4 : 6); a++)
             assert_true(same_arg(&o->args[a + 4], &g->args[a]));
+        assert_true(same_arg(&o->args[o->nargs - 1], &g->args[5]));
         assert_int_equal(k->block, 32 * KILN_GEMV_STREAM_WARPS);
         assert_int_equal(grid_at(&o->grid[0], 1, 1), KILN_GEMV_STREAM_BLOCKS);
         assert_int_equal(grid_at(&o->grid[1], 1, 1), 1);
         long long N, K;
-        int gated, mode;
+        int gated = 0, mode, nh, nkv, hd;
         char gt[8];
         const char *call = l->inst_call[o->kernel];
-        if (sscanf(call, "kiln::gemv_stream<DT, %lld, %lld, %*[a-z], %7[a-z], %*d, %*[a-z], %*d, "
-                         "%*d, %*d, %*d, %d,",
-                   &N, &K, gt, &mode) != 4)
-            fail_msg("%s: %s: no shape or norm in the template arguments", fx, call);
-        gated = !strcmp(gt, "true");
+        if (rope) {
+            if (sscanf(call, "kiln::gemv_stream_rope<DT, %d, %d, %d, %*d, %*d, %*d, %lld, %*[a-z], "
+                             "%*d, %*d, %*d, %*d, %d,",
+                       &nh, &nkv, &hd, &K, &mode) != 5)
+                fail_msg("%s: %s: no shape or norm in the template arguments", fx, call);
+            N = (long long)(nh + 2 * nkv) * hd;
+            (*ropes)++;
+        } else {
+            if (sscanf(call, "kiln::gemv_stream<DT, %lld, %lld, %*[a-z], %7[a-z], %*d, %*[a-z], "
+                             "%*d, %*d, %*d, %*d, %d,",
+                       &N, &K, gt, &mode) != 4)
+                fail_msg("%s: %s: no shape or norm in the template arguments", fx, call);
+            gated = !strcmp(gt, "true");
+        }
         assert_true(K <= KILN_GEMV_STREAM_KMAX);
         assert_int_equal(k->smem, lower_gemv_stream_smem(c, K, 2));
         (*pairs)++;
@@ -309,12 +322,97 @@ static void expect_stream_pairs(const char *fx, const kc *c, const ka_step *st, 
         assert_non_null(strstr(call, uo ? ", true>(" : ", false>("));
         const int64_t xb = (int64_t)c->max_tokens * K * 2;
         const int64_t yb = (int64_t)c->max_tokens * (gated ? N / 2 : N) * 2;
-        for (int a = 1; a < 3; a++)
+        for (int a = 1; a < 3 && !rope; a++)
             if (overlap(&o->args[8], yb, &o->args[a], xb))
                 fail_msg("%s step %d (%s): y overlaps the norm's input %d", fx, i, o->label, a);
         (*folds)++;
     }
     assert_int_equal(not_one, *folds);
+}
+
+/* The rotation folded into the qkv linear (lower.c's plan_rope_fold): each gemv_stream_rope step of
+ * the decode schedule (`ropes` of them) is followed by its layer's rope_kv at size not_one, with
+ * the same cache, inv_freq and scalars, and by two attn_decode steps: size not_one reading
+ * rope_kv's q_out, size one reading the rope step's q (the one-row scratch). The prefill
+ * schedule's rope_kv steps run at every size. */
+static void expect_rope_folds(const char *fx, const kc *c, int ropes)
+{
+    const lowered *l = c->low;
+    const ka_manifest *m = &l->m;
+    int seen = 0;
+    for (int i = 0; i < m->ndecode; i++) {
+        const ka_step *o = &m->decode[i];
+        if (o->kind != KA_KERNEL || !ka_kernel_is(&m->kernels[o->kernel], "gemv_stream_rope"))
+            continue;
+        seen++;
+        assert_int_equal(o->args[8].kind, KA_ARG_SCRATCH);
+        int r = i + 1;
+        while (r < m->ndecode && !(m->decode[r].kind == KA_KERNEL &&
+                                   ka_kernel_is(&m->kernels[m->decode[r].kernel], "rope_kv")))
+            r++;
+        if (r + 2 >= m->ndecode)
+            fail_msg("%s decode step %d (%s): no rope_kv and attention after it", fx, i, o->label);
+        const ka_step *rk = &m->decode[r], *a1 = &m->decode[r + 1], *a2 = &m->decode[r + 2];
+        assert_int_equal(rk->size, KA_SIZE_NOT_ONE);
+        for (int a = 8; a < 15; a++) /* k_cache .. dyn_max_pos */
+            assert_true(same_arg(&rk->args[a], &o->args[a + 1]));
+        assert_true(ka_kernel_is(&m->kernels[a1->kernel], "attn_decode"));
+        assert_int_equal(a1->kernel, a2->kernel);
+        assert_int_equal(a1->size, KA_SIZE_NOT_ONE);
+        assert_int_equal(a2->size, KA_SIZE_ONE);
+        assert_true(same_arg(&a1->args[1], &rk->args[7]));
+        assert_true(same_arg(&a2->args[1], &o->args[8]));
+        for (int a = 2; a < a1->nargs; a++)
+            assert_true(same_arg(&a1->args[a], &a2->args[a]));
+    }
+    assert_int_equal(seen, ropes);
+    for (int i = 0; i < m->nprefill; i++)
+        if (m->prefill[i].kind == KA_KERNEL &&
+            ka_kernel_is(&m->kernels[m->prefill[i].kernel], "rope_kv"))
+            assert_int_equal(m->prefill[i].size, KA_SIZE_ANY);
+}
+
+/* Where the rotation folds (plan_rope_fold), on sm_90a: a layer's fused [q | k | v] linear read by
+ * nothing but its attention's rotations and v, unquantised, the 16-bit cache, head_dim a multiple
+ * of 8, one rank. Qwen2's folds with its bias (the rope step takes the GEMV's); Qwen3's q and k
+ * are normed per head first, and --kv-dtype fp8 writes the cache by rope_kv's per-head scales:
+ * none there, nor with --quant int4 or --tp 2. */
+static void test_rope_fold_where(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *fx;
+        int kv8, quant, tp, folds; /* folds: -1 every layer */
+    } cases[] = {
+        {"llama", 0, 0, 0, -1}, {"qwen2", 0, 0, 0, -1}, {"qwen3", 0, 0, 0, 0},
+        {"llama", 1, 0, 0, 0},  {"llama", 0, 1, 0, 0},  {"llama", 0, 0, 2, 0},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+        kc c;
+        kc_opts o = {.need_weights = 1, .max_seq_len = 128, .max_seqs = 4, .max_tokens = 64,
+                     .sm90a_only = 1, .sm90 = 1, .sm_fp8 = 1, .kv_fp8 = cases[i].kv8,
+                     .quant_mode = cases[i].quant ? KC_QUANT_INT4 : KC_QUANT_NONE,
+                     .tp = cases[i].tp, .smem_block = lower_smem_optin(90)};
+        lower_opts(&c, cases[i].fx, &o);
+        const lowered *l = c.low;
+        int ropes = 0, bias = 0;
+        for (int k = 0; k < l->m.ndecode; k++) {
+            const ka_step *st = &l->m.decode[k];
+            if (st->kind == KA_KERNEL &&
+                ka_kernel_is(&l->m.kernels[st->kernel], "gemv_stream_rope")) {
+                ropes++;
+                bias += st->args[7].kind != KA_ARG_NULL;
+            }
+        }
+        const int want = cases[i].folds < 0 ? c.g->n_layers : cases[i].folds;
+        if (ropes != want)
+            fail_msg("%s (kv8 %d, int4 %d, tp %d): %d folded rotations, expected %d",
+                     cases[i].fx, cases[i].kv8, cases[i].quant, cases[i].tp, ropes, want);
+        assert_int_equal(bias, strcmp(cases[i].fx, "qwen2") ? 0 : ropes);
+        if (ropes)
+            expect_rope_folds(cases[i].fx, &c, ropes);
+        kc_free(&c);
+    }
 }
 
 static void test_gemv_stream_steps(void **state)
@@ -329,10 +427,16 @@ static void test_gemv_stream_steps(void **state)
                          .gemm_kiln = v == 3, .smem_block = lower_smem_optin(v == 0 ? 90 : 80)};
             lower_opts(&c, fx[f], &o);
             const lowered *l = c.low;
-            int pairs = 0, folds = 0, dfolds = 0;
-            expect_stream_pairs(fx[f], &c, l->m.prefill, l->m.nprefill, &pairs, &folds);
+            int pairs = 0, folds = 0, dfolds = 0, pre_ropes = 0, ropes = 0;
+            expect_stream_pairs(fx[f], &c, l->m.prefill, l->m.nprefill, &pairs, &folds,
+                                &pre_ropes);
             const int pre = pairs;
-            expect_stream_pairs(fx[f], &c, l->m.decode, l->m.ndecode, &pairs, &dfolds);
+            expect_stream_pairs(fx[f], &c, l->m.decode, l->m.ndecode, &pairs, &dfolds, &ropes);
+            /* the rotation folds into the qkv linear in the decode schedule alone, where it is
+             * rope_kv's (bloom: ALiBi, no rotation) */
+            assert_int_equal(pre_ropes, 0);
+            assert_int_equal(ropes, v >= 2 || !strcmp(fx[f], "bloom") ? 0 : c.g->n_layers);
+            expect_rope_folds(fx[f], &c, ropes);
             /* llama and gemma fold both norms of a layer, mixtral the one before attention (its
              * MLP norm feeds the router too), bloom none (layer norms) */
             const int layers = c.g->n_layers;
@@ -665,6 +769,7 @@ int main(void)
         cmocka_unit_test(test_steps_replace_cublaslt),
         cmocka_unit_test(test_int4_skinny_steps),
         cmocka_unit_test(test_gemv_stream_steps),
+        cmocka_unit_test(test_rope_fold_where),
         cmocka_unit_test(test_cli_compile_inspect),
         cmocka_unit_test(test_cli_refuses_bad_values),
     };

@@ -5,8 +5,8 @@
  *     .cuh files of templates/ (each function whose first parameter is `const kiln_step st` by
  *     value, as templates/README.md's contract says, and the collective allreduce_p2p) must
  *     begin with KILN_PDL_ENTER(); a template added without it fails here, naming the file and
- *     function (gemv_stream alone begins with KILN_PDL_TRIGGER() and calls KILN_PDL_WAIT() before
- *     it reads x);
+ *     function (gemv_stream and gemv_stream_rope alone begin with KILN_PDL_TRIGGER() and call
+ *     KILN_PDL_WAIT(), in the stream_detail::body they share, before it reads x);
  *   - KILN_PDL: on from sm_90, off below it or with KILN_PDL=0, any other value refused by name;
  *   - KILN_WARMUP: anything but 0 or 1 is refused by km_load before it touches anything.
  * tests/gpu/ktest_pdl.c checks on the GPU that a chain of dependent kernels stays exact with PDL.
@@ -56,10 +56,18 @@ static int check_file(const char *path, char *names, size_t cap, int *bad)
         found++;
         size_t nl = strlen(names);
         snprintf(names + nl, cap - nl, " %s", name);
-        /* gemv_stream alone triggers first and waits later (kernels/common.cuh says when that
-         * is safe); it must still wait before its body's first use of x */
-        int early = !strcmp(name, "gemv_stream") && !strncmp(body, "KILN_PDL_TRIGGER();", 19);
+        /* gemv_stream and gemv_stream_rope alone trigger first and wait later (kernels/common.cuh
+         * says when that is safe); each must still wait, in its body or in the stream_detail::body
+         * it calls, before that body's first use of x */
+        int early = !strncmp(name, "gemv_stream", 11) && !strncmp(body, "KILN_PDL_TRIGGER();", 19);
         char *end = strstr(body, "\n}\n"), *wait = strstr(body, "KILN_PDL_WAIT();");
+        char *call = strstr(body, "stream_detail::body<");
+        char *def = strstr(s, " body(const kiln_step &st, const DT *x");
+        if (early && call && (!end || call < end) && def) {
+            char *dbody = strchr(def, '{'), *dend = dbody ? strstr(dbody, "\n}\n") : NULL;
+            wait = dbody ? strstr(dbody, "KILN_PDL_WAIT();") : NULL;
+            end = dend;
+        }
         if (early && (!wait || (end && wait > end))) {
             fprintf(stderr, "%s: %s triggers first but never calls KILN_PDL_WAIT();\n", path, name);
             (*bad)++;

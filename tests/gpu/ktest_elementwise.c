@@ -19,6 +19,7 @@
  */
 #include "ktest.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,8 +27,10 @@
 
 #include "../../kernels/kiln_kv8.h"
 #include "../../kernels/kiln_step.h"
+#include "lower.h"
 #include "quant.h"
 #include "ref.h"
+#include "../../kernels/kiln_gemm.h"
 
 #define TOL_EXACT 0.0
 #define TOL_BF16 5e-3
@@ -231,6 +234,12 @@ static seqcfg one_seq(int T)
 static const seqcfg CFG_DECODE = {5, {0, 31, 32, 100, 70}, {1, 1, 1, 1, 1}, 2, {0}};
 static const seqcfg CFG_PREFILL = {3, {0, 0, 37}, {29, 7, 28}, 30, {0}}; /* T = 64 */
 static const seqcfg CFG_ONE = {1, {0}, {1}, -1, {0}};
+/* one decode token: at key 100, past 20000, at key 10 (under dynamic NTK's and longrope's 64),
+ * and without a cache slot */
+static const seqcfg CFG_ONE_100 = {1, {99}, {1}, -1, {0}};
+static const seqcfg CFG_ONE_FAR = {1, {20011}, {1}, -1, {0}};
+static const seqcfg CFG_ONE_10 = {1, {9}, {1}, -1, {0}};
+static const seqcfg CFG_ONE_NOSLOT = {1, {5}, {1}, 0, {0}};
 static const seqcfg CFG_LONG = {2, {20011, 5}, {3, 4}, -1, {0}}; /* positions past 20000 */
 static const seqcfg CFG_POOL = {4, {0, 3, 0, 0}, {5, 1, 17, 9}, -1, {0}};
 /* chunks of prompts (longrope's switch and dynamic NTK's max_pos at 64 keys): the first ends at
@@ -689,6 +698,136 @@ static void t_rope(kt *t, int NH, int NKV, int HD, int ROT, int INTER, int DYN, 
     if (layout)
         kt_free(t, dk), kt_free(t, dvb);
     kt_free(t, dkc), kt_free(t, dvc), kt_free(t, dqo), kt_free(t, dinv);
+    step_free(t, &s);
+}
+
+/* gemv_stream_rope (templates/gemv_stream.cuh): the fused qkv linear of one token with rope_kv in
+ * its epilogue, against the two kernels it replaces run on the same inputs: gemv_stream into a
+ * [N] row, then rope_kv (fused layout, 128 threads) from it. Both compute the row's sums in the
+ * same order and rotate with ew_detail::rope_cs's numbers: q and the k row within TOL_BF16 (a
+ * contraction of the rotation into an fma may differ), v exact, every other cache row untouched.
+ * One step of one token (CFG cfg: its position, rope length and slot; pad 0: no slot). */
+static void t_stream_rope(kt *t, int NH, int NKV, int HD, int ROT, int INTER, int DYN, int K,
+                          int bias, const seqcfg *c, const char *cname)
+{
+    const int N = (NH + 2 * NKV) * HD, QW = NH * HD, KW = NKV * HD;
+    const int W = KILN_GEMV_STREAM_WARPS, D = KILN_GEMV_STREAM_D, B = KILN_GEMV_STREAM_BLOCKS;
+    const int SEG = lower_gemv_stream_seg(K), smem = KILN_GEMV_STREAM_SMEM(W, D, SEG, K, 2);
+    char name[200], src[3000];
+    snprintf(name, sizeof name,
+             "elementwise/gemv_stream_rope NH=%d NKV=%d HD=%d ROT=%d K=%d%s%s%s %s", NH, NKV, HD,
+             ROT, K, INTER ? " interleaved" : "",
+             DYN == 1 ? " dynamic" : DYN == 2 ? " longrope" : "", bias ? " bias" : "", cname);
+    if (!kt_want(t, name) || (!t->compile_only && !kt_sm90a(t)))
+        return;
+    const char *tf = bias ? "true" : "false";
+    snprintf(src, sizeof src,
+             "#include \"gemv_stream.cuh\"\n"
+             "extern \"C\" __global__ void __launch_bounds__(%d) k_gs(const kiln_step st, "
+             "const kiln::bf16 *x, const kiln::bf16 *w, const kiln::bf16 *bias, void *y)\n"
+             "{ kiln::gemv_stream<kiln::bf16, %d, %d, %s, false, 0, false, %d, %d, %d, %d>(st, x, "
+             "nullptr, nullptr, nullptr, 0.f, w, bias, y, 1); }\n"
+             "extern \"C\" __global__ void __launch_bounds__(128) k_rk(const kiln_step st, "
+             "const kiln::bf16 *q, const kiln::bf16 *k, const kiln::bf16 *v, int q_stride, "
+             "int k_stride, int v_stride, kiln::bf16 *q_out, kiln::bf16 *k_cache, "
+             "kiln::bf16 *v_cache, const float *inv_freq, float rope_scale, float dyn_base, "
+             "float dyn_factor, int dyn_max_pos)\n"
+             "{ kiln::rope_kv<kiln::bf16, %d, %d, %d, %d, %d, %d, 128>(st, q, k, v, q_stride, "
+             "k_stride, v_stride, q_out, k_cache, v_cache, inv_freq, rope_scale, dyn_base, "
+             "dyn_factor, dyn_max_pos); }\n"
+             "extern \"C\" __global__ void __launch_bounds__(%d) k_gr(const kiln_step st, "
+             "const kiln::bf16 *x, const kiln::bf16 *w, const kiln::bf16 *bias, "
+             "kiln::bf16 *q_out, kiln::bf16 *k_cache, kiln::bf16 *v_cache, const float *inv_freq, "
+             "float rope_scale, float dyn_base, float dyn_factor, int dyn_max_pos)\n"
+             "{ kiln::gemv_stream_rope<kiln::bf16, %d, %d, %d, %d, %d, %d, %d, %s, %d, %d, %d, "
+             "%d>(st, x, nullptr, nullptr, nullptr, 0.f, w, bias, q_out, k_cache, v_cache, "
+             "inv_freq, rope_scale, dyn_base, dyn_factor, dyn_max_pos, 1); }\n",
+             32 * W, N, K, tf, W, D, SEG, B, NH, NKV, HD, ROT, INTER, DYN, 32 * W, NH, NKV, HD, ROT,
+             INTER, DYN, K, tf, W, D, SEG, B);
+    CUmodule m = kt_module_sm90a(t, name, src);
+    if (!m || t->compile_only)
+        return;
+    CUfunction fgs = kt_func(t, m, "k_gs"), frk = kt_func(t, m, "k_rk");
+    CUfunction fgr = kt_func(t, m, "k_gr");
+    kstep s;
+    step_make(t, &s, c, 1000);
+    assert(s.T == 1);
+    float *x = rand_bf16(t, (size_t)K, 1.0f, 0.f), *b = rand_bf16(t, (size_t)N, 0.5f, 0.f);
+    CUdeviceptr dx = up_bf16(t, x, (size_t)K), db = bias ? up_bf16(t, b, (size_t)N) : 0;
+    gweights g;
+    gweights_make(t, &g, N, K, 0, 0, 0, 0);
+    const int ntab = DYN == 2 ? ROT : ROT / 2, max_pos = 64;
+    float *inv = xcalloc((size_t)(ntab ? ntab : 1), sizeof(float));
+    freqs_ref(10000.0, ROT, inv);
+    for (int i = 0; DYN == 2 && i < ROT / 2; i++)
+        inv[ROT / 2 + i] = inv[i] / (1.0f + (float)i);
+    CUdeviceptr dinv = kt_upload(t, inv, sizeof(float) * (size_t)(ntab ? ntab : 1));
+    const size_t crow = (size_t)s.num_blocks * KILN_BLOCK, cn = crow * (size_t)KW;
+    CUdeviceptr dy = kt_alloc(t, 2 * (size_t)N), dq[2], dk[2], dv[2];
+    for (int i = 0; i < 2; i++) {
+        dq[i] = kt_alloc(t, 2 * (size_t)QW);
+        dk[i] = kt_alloc(t, 2 * cn);
+        dv[i] = kt_alloc(t, 2 * cn);
+    }
+    float rs = DYN == 2 ? 1.19f : 1.0f, dbase = 10000.0f, dfac = DYN == 2 ? 1.3f : 2.0f;
+    int dmp = max_pos, stride = N;
+    CUdeviceptr yk = dy + 2 * (size_t)QW, yv = dy + 2 * (size_t)(QW + KW);
+    void *a_gs[] = {&s.st, &dx, &g.dw, &db, &dy};
+    void *a_rk[] = {&s.st, &dy,   &yk, &yv,    &stride, &stride, &stride, &dq[0],
+                    &dk[0], &dv[0], &dinv, &rs, &dbase, &dfac,   &dmp};
+    void *a_gr[] = {&s.st, &dx,  &g.dw, &db,    &dq[1], &dk[1], &dv[1],
+                    &dinv, &rs, &dbase, &dfac, &dmp};
+    kt_launch(t, fgs, name, (unsigned)B, 1, 1, 32u * W, (size_t)smem, a_gs);
+    kt_launch(t, frk, name, 1, 1, 1, 128, 0, a_rk);
+    kt_launch(t, fgr, name, (unsigned)B, 1, 1, 32u * W, (size_t)smem, a_gr);
+
+    char cn2[260];
+    float *q0 = down_bf16(t, dq[0], (size_t)QW), *q1 = down_bf16(t, dq[1], (size_t)QW);
+    snprintf(cn2, sizeof cn2, "%s q", name);
+    check(t, cn2, q1, q0, (size_t)QW, (size_t)QW, TOL_BF16);
+    /* the caches: the slot's row within the tolerances, every other byte the same (poison) */
+    uint16_t *h[2][2];
+    for (int i = 0; i < 2; i++) {
+        h[i][0] = xmalloc(2 * cn);
+        h[i][1] = xmalloc(2 * cn);
+        kt_download(t, h[i][0], dk[i], 2 * cn);
+        kt_download(t, h[i][1], dv[i], 2 * cn);
+    }
+    const int slot = s.slot[0];
+    size_t other = 0;
+    for (size_t r = 0; r < crow; r++)
+        for (int j = 0; j < KW && (long long)r != slot; j++)
+            other += h[0][0][r * KW + j] != h[1][0][r * KW + j] ||
+                     h[0][1][r * KW + j] != h[1][1][r * KW + j];
+    snprintf(cn2, sizeof cn2, "%s other cache rows", name);
+    char detail[120];
+    snprintf(detail, sizeof detail, "%zu elements differ outside the slot's row (slot %d)", other,
+             slot);
+    kt_result(t, cn2, other == 0, detail);
+    if (slot >= 0) {
+        float *kr[2], *vr[2];
+        for (int i = 0; i < 2; i++) {
+            kr[i] = xmalloc(sizeof(float) * (size_t)KW);
+            vr[i] = xmalloc(sizeof(float) * (size_t)KW);
+            for (int j = 0; j < KW; j++) {
+                kr[i][j] = util_bf16_to_f32(h[i][0][(size_t)slot * KW + j]);
+                vr[i][j] = util_bf16_to_f32(h[i][1][(size_t)slot * KW + j]);
+            }
+        }
+        snprintf(cn2, sizeof cn2, "%s k row", name);
+        check(t, cn2, kr[1], kr[0], (size_t)KW, (size_t)KW, TOL_BF16);
+        snprintf(cn2, sizeof cn2, "%s v row", name);
+        check(t, cn2, vr[1], vr[0], (size_t)KW, (size_t)KW, TOL_EXACT);
+        for (int i = 0; i < 2; i++)
+            free(kr[i]), free(vr[i]);
+    }
+    for (int i = 0; i < 2; i++) {
+        free(h[i][0]), free(h[i][1]);
+        kt_free(t, dq[i]), kt_free(t, dk[i]), kt_free(t, dv[i]);
+    }
+    free(x), free(b), free(inv), free(q0), free(q1);
+    kt_free(t, dx), kt_free(t, db), kt_free(t, dinv), kt_free(t, dy);
+    gweights_free(t, &g);
     step_free(t, &s);
 }
 
@@ -1232,6 +1371,20 @@ void ktest_elementwise(kt *t)
     t_rope(t, 32, 32, 96, 96, 0, 2, 256, 0, &CFG_DECODE, "decode", 1.19f, 0);  /* Phi-3-mini-128k */
     t_rope(t, 4, 2, 64, 64, 0, 2, 128, 0, &CFG_CHUNK, "chunk", 1.19f, 0);    /* long from its 1st chunk */
     t_rope(t, 32, 32, 96, 96, 0, 2, 256, 1, &CFG_CHUNK, "chunk", 1.19f, 0);
+    /* gemv_stream_rope (NH, NKV, HD, ROT, INTERLEAVED, DYNAMIC, K, bias): Llama-3-8B, Qwen2-7B
+     * (bias), GPT-J style and NeoX partial rotary, dynamic NTK and longrope on both sides of
+     * their switch, no rotation, no slot */
+    t_stream_rope(t, 32, 8, 128, 128, 0, 0, 4096, 0, &CFG_ONE_100, "key 100");
+    t_stream_rope(t, 32, 8, 128, 128, 0, 0, 4096, 0, &CFG_ONE_FAR, "key 20012");
+    t_stream_rope(t, 28, 4, 128, 128, 0, 0, 3584, 1, &CFG_ONE_100, "key 100");
+    t_stream_rope(t, 8, 2, 128, 64, 1, 0, 1024, 0, &CFG_ONE_100, "key 100");
+    t_stream_rope(t, 4, 4, 80, 32, 0, 0, 640, 1, &CFG_ONE_100, "key 100");
+    t_stream_rope(t, 4, 2, 64, 64, 0, 1, 512, 0, &CFG_ONE_100, "key 100");
+    t_stream_rope(t, 4, 2, 64, 64, 0, 1, 512, 0, &CFG_ONE_10, "key 10");
+    t_stream_rope(t, 32, 32, 96, 96, 0, 2, 3072, 0, &CFG_ONE_100, "key 100");
+    t_stream_rope(t, 4, 2, 64, 64, 0, 2, 512, 0, &CFG_ONE_10, "key 10");
+    t_stream_rope(t, 4, 2, 64, 0, 0, 0, 512, 0, &CFG_ONE_100, "key 100");
+    t_stream_rope(t, 32, 8, 128, 128, 0, 0, 4096, 0, &CFG_ONE_NOSLOT, "no slot");
     /* the FP8 cache (kv8): Llama-3-8B's heads, GQA prefill with its padding token, longrope,
      * no rotation (v-like k), partial interleaved, head dims 256 and 20 (padded to 24) */
     t_rope(t, 32, 8, 128, 128, 0, 0, 256, 0, &CFG_DECODE, "decode", 1.0f, 1);
