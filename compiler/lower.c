@@ -1266,11 +1266,13 @@ static int low_linear(lw *w, int id)
 
 /* Flash attention for prefill; for decode, split-KV attention whose last CTA per (sequence,
  * head group) merges the splits, one launch (templates/attention.cuh gives the launch rules used
- * here). A split takes DECODE_SPLIT_MIN keys at least, so a context of up to that many keys is
- * one CTA per head group that writes its output with no merge; longer ones take up to
- * DECODE_SPLITS CTAs. Both numbers are a first choice, not tuned on a GPU. */
+ * here). A context of up to DECODE_SOLO keys is one CTA per head group that writes its output
+ * with no merge (measured: tests/gpu/RESULTS.md, seventeenth session: the Llama-3 8B batch-1
+ * step 0.886 -> 0.910 of its roofline at 33..160 keys against splits of 32); longer ones take
+ * up to DECODE_SPLITS CTAs of at least DECODE_SPLIT_MIN keys (a first choice, not tuned). */
 #define DECODE_SPLITS 16
 #define DECODE_SPLIT_MIN 32
+#define DECODE_SOLO 256
 #define DECODE_THREADS 128
 
 /* The cache pointers' type in a kernel's parameters, and the KV8 template argument that goes
@@ -1336,10 +1338,10 @@ static int attention_steps(lw *w, const kg_node *n, int HD, ka_arg q, ka_arg q1,
              "const float *alibi_slopes%s",
              KV_T(w), KV_T(w), h0_param);
     snprintf(call, sizeof call,
-             "kiln::attn_decode<DT, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d%s>(st, q, "
+             "kiln::attn_decode<DT, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d%s>(st, q, "
              "k_cache, v_cache, ws, cnt, out, scale, softcap, alibi_slopes%s)",
              NH, NKV, HD, at->causal, W, at->alibi, softcap, DECODE_SPLITS, hpc, DECODE_THREADS,
-             DECODE_SPLIT_MIN, KV8_ARG(w), h0_add);
+             DECODE_SPLIT_MIN, DECODE_SOLO, KV8_ARG(w), h0_add);
     int kd = kern(w, "attn_decode", DECODE_THREADS, 0, params, "%s", call);
     s = kstep(kd, n->name, G(0, 0, 0, DECODE_SPLITS, 1), G(0, 0, 0, NH / hpc, 1),
               G(0, 1, 0, 0, 1));

@@ -921,15 +921,18 @@ attn_decode_warp_mma(const kiln_step &st, int s, int p, const DT *q,
 //
 // CTA (split, y, s) handles query heads [y*HPC, y*HPC + HPC) (HPC divides NH/NKV, so they share
 // one kv head, whose K/V rows are read once for all of them). The query's key range [lo, hi]
-// (same rules as attn_prefill), n keys, is cut into pieces of chunk = max(SPLIT_MIN,
-// ceil(n / NSPLIT)) keys: used = ceil(n / chunk) <= NSPLIT splits, the CTAs with split >= used
-// exit at once. The boundaries depend only on the sequence's own n, never on the batch. The
+// (same rules as attn_prefill), n keys, is one piece when n <= SOLO, else cut into pieces of
+// chunk = max(SPLIT_MIN, ceil(n / NSPLIT)) keys: used = ceil(n / chunk) <= NSPLIT splits, the
+// CTAs with split >= used exit at once. The boundaries depend only on the sequence's own n, never on the batch. The
 // warps of a CTA interleave over its piece and merge in shared memory (warp 0 .. WARPS-1). A
 // warp's keys: with KILN_ATTN_DECODE_MMA(HD, HPC) (HD % 16 == 0, HD <= 128, HPC <= 16) on the
 // tensor cores, the HPC heads as the rows of m16n8k16 tiles (attn_decode_warp_mma: its P is
 // rounded to DT before P.V, as attn_prefill's); otherwise on the CUDA cores, in float
 // (attn_warp_keys).
-//   used == 1 (n <= SPLIT_MIN: short contexts): the CTA normalises and writes out itself.
+//   used == 1 (n <= max(SOLO, SPLIT_MIN): short contexts): the CTA normalises and writes out
+//     itself. A short context's keys on one CTA's warps, a few tiles each, take less time than
+//     the merge's round trips through global memory (a fence, the counter, the records): at batch
+//     1 its latency is the whole kernel's (tests/gpu/RESULTS.md, seventeenth session).
 //   used > 1: each CTA writes its record, fences, and counts itself in with atomicInc on its
 //     group's counter (which wraps to 0 at the used-th arrival: the reset for the next launch);
 //     the last CTA to arrive merges the records of splits 0 .. used-1 in that order (never the
@@ -939,9 +942,10 @@ attn_decode_warp_mma(const kiln_step &st, int s, int p, const DT *q,
 // A sequence with no row in the step is skipped (nothing written, its counters not touched).
 //
 //   NSPLIT     most key splits per (sequence, head group)   HPC query heads per CTA (1 .. NH/NKV)
-//   SPLIT_MIN  fewest keys a split takes (>= 1)              other parameters as attn_prefill.
+//   SPLIT_MIN  fewest keys a split takes (>= 1)              SOLO most keys one CTA takes whole
+//   (>= 0)     other parameters as attn_prefill.
 template <typename DT, int NH, int NKV, int HD, int CAUSAL, int WINDOW, int ALIBI, int SOFTCAP,
-          int NSPLIT, int HPC, int THREADS, int SPLIT_MIN, int KV8 = 0>
+          int NSPLIT, int HPC, int THREADS, int SPLIT_MIN, int SOLO, int KV8 = 0>
 __device__ __forceinline__ void attn_decode(const kiln_step st, const DT *q,
                                             const kv_t<DT, KV8> *k_cache,
                                             const kv_t<DT, KV8> *v_cache, float *ws,
@@ -956,7 +960,8 @@ __device__ __forceinline__ void attn_decode(const kiln_step st, const DT *q,
     static_assert(G % HPC == 0, "attn_decode: HPC must divide NH / NKV");
     static_assert(HD % 8 == 0, "attn_decode: HD must be a multiple of 8");
     static_assert(THREADS % 32 == 0 && THREADS >= 32 && THREADS <= 1024, "attn_decode: THREADS");
-    static_assert(NSPLIT >= 1 && SPLIT_MIN >= 1, "attn_decode: NSPLIT and SPLIT_MIN >= 1");
+    static_assert(NSPLIT >= 1 && SPLIT_MIN >= 1 && SOLO >= 0,
+                  "attn_decode: NSPLIT and SPLIT_MIN >= 1, SOLO >= 0");
     static_assert(HPC <= THREADS, "attn_decode: a thread per head computes the merge weights");
     static_assert(KILN_ATTN_DECODE_SMEM(HD, HPC, WARPS, NSPLIT, (int)sizeof(DT), KV8) <= 48 * 1024,
                   "attn_decode: HPC * HD * THREADS too large for 48 KB of shared memory");
@@ -979,7 +984,7 @@ __device__ __forceinline__ void attn_decode(const kiln_step st, const DT *q,
     int lo, hi;
     attn_key_range<CAUSAL, WINDOW>(p, kvlen, lo, hi);
     const int n = hi >= lo ? hi - lo + 1 : 0;
-    const int chunk = max(SPLIT_MIN, (n + NSPLIT - 1) / NSPLIT);
+    const int chunk = n <= SOLO ? max(n, 1) : max(SPLIT_MIN, (n + NSPLIT - 1) / NSPLIT);
     const int used = n > 0 ? (n + chunk - 1) / chunk : 1; // n = 0 (invalid input): zeros out
     if (sp >= used)
         return; // uniform over the CTA
