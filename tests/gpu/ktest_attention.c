@@ -767,8 +767,8 @@ static const acase kv8_cases[] = {
     {0, 0, 4, 1, 256, 1, 0, 0, 0, 2, {70, 33}, {0}, 0, 0, 0, 0, 0, 2, NULL, 0, 0},
     {0, 1, 4, 2, 64, 1, 0, 0, 0, 3, {5, 33, 70}, {0, 40, 100}, 0, 0, 0, 0, 0, 2, NULL, 0, 0},
     {0, 0, 4, 2, 24, 1, 0, 0, 0, 3, {5, 33, 70}, {0, 60, 0}, 0, 0, 0, 0, 0, 2, NULL, 0, 0},
-    /* decode: Llama-3-8B's heads over 1..16 splits, SPLIT_MIN 1, window + ALiBi + softcap,
-     * several rows a sequence, f16, head dims 24 and 256 */
+    /* decode: Llama-3-8B's heads over 1..16 splits, SPLIT_MIN 1, SOLO 256, window + ALiBi +
+     * softcap, several rows a sequence, f16, head dims 24 and 256 */
     {1, 0, 32, 8, 128, 1, 0, 0, 0, 8, {1, 1, 1, 1, 1, 1, 1, 1},
      {1, 32, 33, 64, 65, 512, 513, 5000}, 0, 0, 16, 4, 128, 2, "splits 1..16", 0, 0},
     {1, 0, 8, 2, 128, 1, 0, 0, 0, 8, {1, 1, 1, 1, 1, 1, 1, 1}, {1, 2, 15, 16, 17, 100, 1000, 3},
