@@ -57,11 +57,22 @@ static void around(const kg_node *n, int dim, uint64_t *outer, uint64_t *inner)
     }
 }
 
-/* Elements [from, from + count) of checkpoint tensor t, converted to dt. */
+/* Elements [from, from + count) of bound tensor t, converted to dt: a checkpoint's, or quant's
+ * fp32 values or codes (U8, decoded by quant_values). */
 static void convert(const st_tensor *t, uint64_t from, uint64_t count, st_dtype dt,
                     unsigned char *dst)
 {
     size_t es = st_dtype_size(dt), ts = st_dtype_size(t->dtype);
+    if (t->dtype == ST_U8) {
+        float v[1024];
+        for (uint64_t i = 0; i < count; i += 1024) {
+            uint64_t n = count - i < 1024 ? count - i : 1024;
+            quant_values(t, from + i, n, dt == ST_F32 ? (float *)(dst + i * es) : v);
+            for (uint64_t e = 0; dt != ST_F32 && e < n; e++)
+                put(v[e], dt, dst + (i + e) * es);
+        }
+        return;
+    }
     if (t->dtype == dt) {
         memcpy(dst, (const unsigned char *)t->data + from * es, count * es);
         return;
@@ -394,25 +405,13 @@ typedef struct qjob {
     int64_t bad[UTIL_PAR_MAX]; /* per chunk: the first element that does not come back, or -1 */
 } qjob;
 
-/* The element's quantised value (e4m3 byte or 4-bit q) that gives back x exactly, or -1. The
- * e4m3 byte by the kernels' encoder (fp8_e4m3_from_f32 is kiln_kv8_e4m3), inline: the packer
- * converts every weight. Non-finite values of a published FP8 checkpoint, let through by
- * --allow-nonfinite, stay what they were: NaN (a NaN byte, a NaN scale, 0 times an infinite
- * scale) the NaN byte, a byte times an infinite scale +-1 times it. */
+/* The element's quantised value (quant_code: e4m3 byte or 4-bit q) that gives back x exactly,
+ * or -1. */
 static int quantised(const qjob *j, uint64_t r, uint64_t k)
 {
     uint64_t at = r * j->kb + (j->b ? k / j->b : 0);
-    float s = j->sc[at], x = j->v[r * j->K + k];
-    if (j->kind == QROWS_E4M3) {
-        if (isnan(x))
-            return 0x7f;
-        if (isinf(x) && isinf(s))
-            return (x > 0) == (s > 0) ? 0x38 : 0xb8; /* 1.0, -1.0 */
-        uint8_t q = x == 0 ? 0 : kiln_kv8_e4m3(x / s);
-        return j->e4m3[q] * s == x ? q : -1;
-    }
-    int z = (int)j->zp[at], q = s != 0 ? (int)lrintf(x / s) + z : z;
-    return q >= 0 && q <= 15 && (float)(q - z) * s == x ? q : -1;
+    return quant_code(j->kind, j->e4m3, j->v[r * j->K + k], j->sc[at],
+                      j->zp ? j->zp[at] : 0.f);
 }
 
 static void quant_part(void *ctx, int chunk, int64_t lo, int64_t hi)
@@ -440,10 +439,11 @@ static void quant_part(void *ctx, int chunk, int64_t lo, int64_t hi)
 }
 
 /* A quantised weight's values as the kernels read them (templates/gemv.cuh), from the fp32 values
- * quant.h made and the scales (and zero points) it kept, each checked to give back its value
- * exactly. E4M3 (gemv_fp8): bytes, each group of four elements k..k+3 in the order k, k+2, k+1,
- * k+3. INT4 (gemv_int4): two 4-bit q a byte, each group of 8 elements k..k+7 one little-endian
- * 32-bit word, element k+2j in nibble j and k+2j+1 in nibble j+4 (j = 0..3). Rows on every core. */
+ * of what quant.h made (its codes decoded, the graph's slices and shards applied) and the scales
+ * (and zero points) it kept, each checked to give back its value exactly. E4M3 (gemv_fp8): bytes,
+ * each group of four elements k..k+3 in the order k, k+2, k+1, k+3. INT4 (gemv_int4): two 4-bit q a
+ * byte, each group of 8 elements k..k+7 one little-endian 32-bit word, element k+2j in nibble j and
+ * k+2j+1 in nibble j+4 (j = 0..3). Rows on every core. */
 static int fill_quant(const kc *c, int id, int rank, qrows_kind kind, int64_t b, fbuf *fb,
                       unsigned char *dst, kerr *err)
 {

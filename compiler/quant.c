@@ -439,6 +439,13 @@ int quant_config_read(kc *c, kerr *err)
 
 /* ---------------------------------------------------------------- tensors */
 
+/* A tensor the quant state owns: the fp32 values of a weight, or once compact() has replaced
+ * them, their codes (dtype U8) with the qrows that decode them (quant_values). */
+typedef struct qowned {
+    st_tensor t; /* first: a bound `const st_tensor *` of dtype U8 is a qowned */
+    qrows q;     /* a copy of its state's rows entry, for quant_values (which has no kc) */
+} qowned;
+
 /* A new fp32 tensor shaped as `like`, owned by the quant state. With `name`, the tensor is
  * called that (a copy, in the same allocation): a weight dequantised from tensors of other
  * names. */
@@ -452,15 +459,113 @@ static st_tensor *own(kc *c, const st_tensor *like, const char *name)
     }
     memset(&s->rows[s->n], 0, sizeof s->rows[s->n]);
     size_t nl = name ? strlen(name) + 1 : 0;
-    st_tensor *t = xmalloc(sizeof *t + nl);
+    qowned *qo = xmalloc(sizeof *qo + nl);
+    memset(&qo->q, 0, sizeof qo->q);
+    st_tensor *t = &qo->t;
     *t = *like;
     if (name)
-        t->name = memcpy(t + 1, name, nl);
+        t->name = memcpy(qo + 1, name, nl);
     t->dtype = ST_F32;
     t->nbytes = t->numel * sizeof(float);
     t->data = xmalloc(t->nbytes ? t->nbytes : 1);
     s->owned[s->n++] = t;
     return t;
+}
+
+int quant_code(qrows_kind kind, const float *e4m3, float x, float s, float z)
+{
+    if (kind == QROWS_E4M3) {
+        if (isnan(x))
+            return 0x7f;
+        if (isinf(x) && isinf(s))
+            return (x > 0) == (s > 0) ? 0x38 : 0xb8; /* 1.0, -1.0 */
+        uint8_t q = x == 0 ? 0 : kiln_kv8_e4m3(x / s);
+        return e4m3[q] * s == x ? q : -1;
+    }
+    int q = s != 0 ? (int)lrintf(x / s) + (int)z : (int)z;
+    return q >= 0 && q <= 15 && (float)(q - (int)z) * s == x ? q : -1;
+}
+
+/* Rows [lo, hi) of compact: each value's code, or the chunk marked failed. */
+typedef struct codejob {
+    const qowned *qo;
+    uint8_t *codes;
+    int64_t cols, kb;
+    float e4m3[256];
+    int failed[UTIL_PAR_MAX];
+} codejob;
+
+static void code_part(void *ctx, int chunk, int64_t lo, int64_t hi)
+{
+    codejob *j = ctx;
+    const qrows *q = &j->qo->q;
+    const float *v = j->qo->t.data;
+    for (int64_t r = lo; r < hi && !j->failed[chunk]; r++)
+        for (int64_t k = 0; k < j->cols; k++) {
+            int64_t at = r * j->kb + (q->block ? k / q->block : 0);
+            float x = v[r * j->cols + k];
+            int c = isfinite(x) ? quant_code(q->kind, j->e4m3, x, q->scale[at],
+                                             q->zero ? q->zero[at] : 0.f)
+                                : -1;
+            if (c < 0) {
+                j->failed[chunk] = 1;
+                break;
+            }
+            j->codes[r * j->cols + k] = (uint8_t)c;
+        }
+}
+
+/* The last owned tensor, when it has a quantised form and every value is finite and its form's
+ * exactly: its fp32 values replaced by their codes, a byte each (a quarter of the memory: an 8B
+ * model's --quant keeps about 7 GB instead of 28). Otherwise (NaN or Inf, which finite.c must see,
+ * or a value off its grid, which the packer reports as a kilnc bug) the values stay. */
+static void compact(quant_state *s)
+{
+    qowned *qo = (qowned *)s->owned[s->n - 1];
+    const qrows *q = &s->rows[s->n - 1];
+    if (!q->kind || qo->t.ndim != 2)
+        return;
+    int64_t rows = qo->t.shape[0], cols = qo->t.shape[1];
+    qo->q = *q;
+    codejob *j = xcalloc(1, sizeof *j);
+    *j = (codejob){qo, xmalloc(qo->t.numel ? qo->t.numel : 1), cols,
+                   q->block ? (cols + q->block - 1) / q->block : 1, {0}, {0}};
+    for (int i = 0; i < 256; i++)
+        j->e4m3[i] = fp8_e4m3_to_f32((uint8_t)i);
+    util_parallel_for(rows, code_part, j);
+    int ok = 1;
+    for (int i = 0; i < UTIL_PAR_MAX; i++)
+        ok &= !j->failed[i];
+    if (ok) {
+        free((void *)qo->t.data);
+        qo->t.data = j->codes;
+        qo->t.dtype = ST_U8;
+        qo->t.nbytes = qo->t.numel;
+    } else {
+        free(j->codes);
+        memset(&qo->q, 0, sizeof qo->q);
+    }
+    free(j);
+}
+
+void quant_values(const st_tensor *t, uint64_t from, uint64_t count, float *dst)
+{
+    if (t->dtype == ST_F32) {
+        memcpy(dst, (const float *)t->data + from, sizeof(float) * count);
+        return;
+    }
+    assert(t->dtype == ST_U8 && t->ndim == 2);
+    const qowned *qo = (const qowned *)t;
+    const qrows *q = &qo->q;
+    const uint8_t *codes = t->data;
+    uint64_t cols = (uint64_t)t->shape[1], b = (uint64_t)q->block;
+    uint64_t kb = b ? (cols + b - 1) / b : 1;
+    for (uint64_t i = 0; i < count; i++) {
+        uint64_t e = from + i, r = e / cols, k = e % cols, at = r * kb + (b ? k / b : 0);
+        dst[i] = q->kind == QROWS_E4M3
+                     ? fp8_e4m3_to_f32(codes[e]) * q->scale[at]
+                     : (float)((int)codes[e] - (int)q->zero[at]) * q->scale[at];
+    }
 }
 
 static float scalar_at(const st_tensor *t, uint64_t i)
@@ -568,6 +673,7 @@ const st_tensor *quant_dequant_fp8(kc *c, const st_tensor *t, unsigned char *use
     for (int64_t r = 0; r < rows; r++)
         for (int64_t k = 0; k < cols; k++)
             d[r * cols + k] = fp8_e4m3_to_f32(q[r * cols + k]) * rs[r * scl + k / bcc];
+    compact(s);
     return o;
 }
 
@@ -909,6 +1015,8 @@ int quant_dequant_packed(kc *c, const char *name, unsigned char *used, const st_
     *out = s->scheme == QS_AWQ    ? deq_awq(&p, pk)
            : s->scheme == QS_GPTQ ? deq_gptq(&p, pk)
                                   : deq_ct(&p, pk);
+    if (*out)
+        compact(s);
     return *out ? 0 : -1;
 }
 
@@ -1238,6 +1346,7 @@ const st_tensor *quant_round(kc *c, const st_tensor *t, const float *hessian, ke
     }
     if (hessian)
         c->quant->n_gptq++;
+    compact(c->quant);
     return o;
 }
 

@@ -2,18 +2,19 @@
  * pack-quantized) checkpoints read, and bf16/fp32 ones quantised to FP8 or INT4 at compile time
  * (--quant fp8, --quant int4).
  *
- * What kiln computes with: every quantised weight is turned back into fp32 at bind_weights,
- * exactly (e4m3 value * its scale, or (q - z) * scale: one fp32 multiply), so `kilnc ref` of a
- * quantised checkpoint equals the forward of its dequantised fp32 copy, and `--quant fp8` or
- * `--quant int4` gives the numbers an FP8 or INT4 weight-only model computes. quant also keeps
+ * What kiln computes with: every quantised weight stands for fp32 values, exactly (e4m3 value * its
+ * scale, or (q - z) * scale: one fp32 multiply), so `kilnc ref` of a quantised checkpoint equals
+ * the forward of its dequantised fp32 copy, and `--quant fp8` or `--quant int4` gives the numbers
+ * an FP8 or INT4 weight-only model computes. bind_weights binds such a weight to a tensor of dtype
+ * U8 holding its codes (a byte a value: a quarter of fp32's memory) that quant_values decodes, for
+ * the packer and `kilnc ref` (a weight with NaN or Inf keeps its fp32 values). quant also keeps
  * each weight's quantised form by rows (quant_rows: FP8 scales; INT4 scales and zero points per
  * group), and `kilnc compile` packs a linear's weight in it where pack.h's pack_qblock can follow
- * it (FP8: e4m3 bytes and float scales; INT4: two 4-bit values a byte, scales and zero points as
- * dt pairs): the GEMVs read them as they are (templates/gemv.cuh's gemv_fp8, gemv_int4), longer
- * steps through the FP8 GEMM (W8A8) or after dequant_fp8/dequant_int4 into scratch (lower.c).
- * 8-bit integer and act-order GPTQ weights, quantised weights of other ops (MoE experts, the LM
- * head) and ones the packer cannot keep whole (a K cut off a group edge) are packed in the
- * compute dtype.
+ * it (FP8: e4m3 bytes and float scales; INT4: two 4-bit values a byte, scales and zero points as dt
+ * pairs): the GEMVs read them as they are (templates/gemv.cuh's gemv_fp8, gemv_int4), longer steps
+ * through the FP8 GEMM (W8A8) or after dequant_fp8/dequant_int4 into scratch (lower.c). 8-bit
+ * integer and act-order GPTQ weights, quantised weights of other ops (MoE experts, the LM head) and
+ * ones the packer cannot keep whole (a K cut off a group edge) are packed in the compute dtype.
  *
  * Formats (config.json's quantization_config), for a weight `X.weight` stored as F8_E4M3:
  *   compressed-tensors (quant_method "compressed-tensors", format "float-quantized" or
@@ -70,16 +71,16 @@ uint8_t fp8_e4m3_from_f32(float x);
 
 /* Reads config.json's quantization_config into c (nothing when absent). Errors name the field. */
 int quant_config_read(kc *c, kerr *err);
-/* A WEIGHT node bound to F8_E4M3 tensor t: the fp32 tensor of its dequantised values (owned by
- * c, freed by quant_free). Marks the scale tensors it reads, and the input scales it skips, in
- * used[] (indexed like c->weights->tensors). NULL with an error naming the tensor when the
- * checkpoint's scales are missing or of the wrong shape or dtype. */
+/* A WEIGHT node bound to F8_E4M3 tensor t: the tensor of its dequantised values (as codes: above;
+ * owned by c, freed by quant_free). Marks the scale tensors it reads, and the input scales it
+ * skips, in used[] (indexed like c->weights->tensors). NULL with an error naming the tensor when
+ * the checkpoint's scales are missing or of the wrong shape or dtype. */
 const st_tensor *quant_dequant_fp8(kc *c, const st_tensor *t, unsigned char *used, kerr *err);
 /* The spec's weight `name` ("X.weight") that the checkpoint holds packed as integers
- * (X.qweight, or X.weight_packed): *out is the fp32 [out, in] tensor of its dequantised values,
- * named `name` (owned by c), and the tensors read are marked in used[]. *out is NULL and 0 is
- * returned when the checkpoint has no packed form of `name`; -1 with an error naming the
- * tensor or field when it has one that the config does not describe or that is malformed. */
+ * (X.qweight, or X.weight_packed): *out is the [out, in] tensor of its dequantised values (codes:
+ * above), named `name` (owned by c), and the tensors read are marked in used[]. *out is NULL and 0
+ * is returned when the checkpoint has no packed form of `name`; -1 with an error naming the tensor
+ * or field when it has one that the config does not describe or that is malformed. */
 int quant_dequant_packed(kc *c, const char *name, unsigned char *used, const st_tensor **out,
                          kerr *err);
 /* --quant's formats by name: "fp8" and "int4" give their mode, any other name KC_QUANT_NONE;
@@ -95,8 +96,8 @@ typedef struct quant_grid {
     int64_t kb;    /* scales a row: cols / group, 1 when group is 0 */
 } quant_grid;
 quant_grid quant_grid_of(const kc *c, int64_t cols);
-/* --quant (c->quant_mode, not KC_QUANT_NONE): the fp32 tensor of t ([out, in], F32/F16/BF16)
- * rounded row by row, dequantised again: the values the quantised weight holds, its quantised
+/* --quant (c->quant_mode, not KC_QUANT_NONE): the tensor of t ([out, in], F32/F16/BF16) rounded row
+ * by row, dequantised again (codes: above): the values the quantised weight holds, its quantised
  * form kept for quant_rows. The rounding of one row:
  *   KC_QUANT_FP8: e4m3 with one scale per row, absmax x p / 448 (1 for a zero row), round to
  *     nearest even, saturating at +-448 x scale; p as for INT4 below, the first of 1, 0.99,
@@ -142,6 +143,15 @@ typedef struct qrows {
  * 8-bit or act-order integer weight, a --quant one with NaN or Inf): those are packed in the
  * compute dtype. */
 const qrows *quant_rows(const kc *c, const st_tensor *t);
+/* The code of value x in a quantised form of `kind` with scale s (and zero point z, INT4): the
+ * e4m3 byte or the q in 0..15 whose value is x exactly, or -1 when none is. e4m3: each byte's
+ * value (fp8_e4m3_to_f32), 256 of them. The byte of a published FP8 checkpoint's non-finite
+ * values (--allow-nonfinite): NaN (a NaN byte, a NaN scale, 0 times an infinite scale) the NaN
+ * byte 0x7f, a byte times an infinite scale +-1 times it. */
+int quant_code(qrows_kind kind, const float *e4m3, float x, float s, float z);
+/* Elements [from, from + count) of a tensor quant made, as fp32: its codes decoded (dtype U8,
+ * which only quant makes: a bound weight of that dtype is one of these), or its F32 values. */
+void quant_values(const st_tensor *t, uint64_t from, uint64_t count, float *dst);
 /* After bind_weights: what was quantised, for kilnc check and the manifest ("14 weights F8_E4M3
  * with compressed-tensors per-channel scales, dequantised to fp32", "14 weights AWQ 4-bit
  * (gemm), group size 32 (42 tensors read), dequantised to fp32", "--quant int4: 14 linear

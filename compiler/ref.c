@@ -197,6 +197,13 @@ static const cval *const_get(ref *r, int id)
     c->numel = graph_numel_const(n);
     switch (n->op) {
     case KG_WEIGHT:
+        if (n->bound->dtype == ST_U8) { /* a quantised weight's codes: their values, once */
+            c->owned = xmalloc(sizeof(float) * (c->numel ? c->numel : 1));
+            quant_values(n->bound, 0, c->numel, c->owned);
+            c->dt = ST_F32;
+            c->data = c->owned;
+            break;
+        }
         c->dt = n->bound->dtype;
         c->data = n->bound->data;
         break;

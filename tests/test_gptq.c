@@ -47,9 +47,10 @@ static quant_grid grid(kc_quant mode, st_dtype dt, int64_t K)
     return quant_grid_of(&c, K);
 }
 
-/* quant_round of w [N, K] (a copy kept by c), with H or to nearest (NULL). */
-static const float *round_with(kc *c, kc_quant mode, st_dtype dt, const float *w, int64_t N,
-                               int64_t K, const float *H, const qrows **qr)
+/* quant_round of w [N, K] (a copy kept by c), with H or to nearest (NULL): the values (decoded
+ * from its codes by quant_values; malloc'd). */
+static float *round_with(kc *c, kc_quant mode, st_dtype dt, const float *w, int64_t N,
+                         int64_t K, const float *H, const qrows **qr)
 {
     st_tensor *t = calloc(1, sizeof *t);
     *t = (st_tensor){.name = "x.weight", .dtype = ST_F32, .ndim = 2, .shape = {N, K},
@@ -65,7 +66,9 @@ static const float *round_with(kc *c, kc_quant mode, st_dtype dt, const float *w
     *qr = quant_rows(c, q);
     assert_non_null(*qr);
     free(t);
-    return q->data;
+    float *d = malloc(sizeof(float) * (size_t)(N * K));
+    quant_values(q, 0, q->numel, d);
+    return d;
 }
 
 /* With H diagonal, GPTQ is round to nearest on its grid exactly: damping adds to the diagonal,
@@ -93,8 +96,8 @@ static void test_identity_is_nearest(void **state)
         kc k;
         memset(&k, 0, sizeof k);
         const qrows *rn, *rg;
-        const float *near = round_with(&k, mode, dt, w, N, K, NULL, &rn);
-        const float *viaq = round_with(&k, mode, dt, w, N, K, H, &rg);
+        float *near = round_with(&k, mode, dt, w, N, K, NULL, &rn);
+        float *viaq = round_with(&k, mode, dt, w, N, K, H, &rg);
         quant_grid gr = grid(mode, dt, K);
         float sc[N * 2], zp[N * 2], wsc[N * 2], wzp[N * 2];
         for (int i = 0; i < N * gr.kb; i++) {
@@ -123,6 +126,8 @@ static void test_identity_is_nearest(void **state)
             if (mode == KC_QUANT_INT4)
                 assert_true(zp[i] == wzp[i] && rg->zero[i] == wzp[i]);
         }
+        free(near);
+        free(viaq);
         quant_free(&k);
     }
 }
@@ -210,7 +215,7 @@ static void test_better_than_nearest(void **state)
         kc k;
         memset(&k, 0, sizeof k);
         const qrows *rn;
-        const float *near = round_with(&k, modes[m], ST_BF16, W, N, K, NULL, &rn);
+        float *near = round_with(&k, modes[m], ST_BF16, W, N, K, NULL, &rn);
         quant_grid g = grid(modes[m], ST_BF16, K);
         float sc[N * 2], zp[N * 2];
         memcpy(Q, W, sizeof(float) * N * K);
@@ -224,6 +229,7 @@ static void test_better_than_nearest(void **state)
         if (!(eg < 0.8 * en))
             fail_msg("%s: GPTQ's output error %g is not below 0.8 x round to nearest's %g",
                      quant_mode_name(modes[m]), eg, en);
+        free(near);
         quant_free(&k);
     }
     free(Z);

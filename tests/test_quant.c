@@ -139,12 +139,21 @@ static const st_tensor *qfix_dequant(qfix *f)
     return quant_dequant_fp8(&f->c, st_find(f->c.weights, "l.weight"), f->used, &f->err);
 }
 
-/* Every element equals e4m3 * scale[(r / br) * sc + k / bc] exactly. */
+/* The fp32 values of tensor t that quant made (its codes decoded: quant_values), malloc'd. */
+static float *values_of(const st_tensor *t)
+{
+    float *d = malloc(sizeof(float) * (t->numel ? t->numel : 1));
+    quant_values(t, 0, t->numel, d);
+    return d;
+}
+
+/* Every element equals e4m3 * scale[(r / br) * sc + k / bc] exactly; t holds them as codes. */
 static void expect_values(const st_tensor *t, int br, int bc, int sc)
 {
     assert_non_null(t);
-    assert_int_equal(t->dtype, ST_F32);
-    const float *d = t->data;
+    assert_int_equal(t->dtype, ST_U8);
+    assert_int_equal(t->nbytes, t->numel);
+    float *d = values_of(t);
     for (int r = 0; r < R; r++)
         for (int k = 0; k < C; k++) {
             float want = fp8_e4m3_to_f32(wbytes(r * C + k)) *
@@ -152,6 +161,7 @@ static void expect_values(const st_tensor *t, int br, int bc, int sc)
             if (d[r * C + k] != want)
                 fail_msg("element [%d, %d]: %g, expected %g", r, k, d[r * C + k], want);
         }
+    free(d);
 }
 
 #define CT(strategy, extra)                                                                      \
@@ -416,12 +426,14 @@ static void expect_int(const st_tensor *t, int64_t out, int64_t in, int bits, in
                        const int *group, int signed_q)
 {
     assert_non_null(t);
-    assert_int_equal(t->dtype, ST_F32);
+    /* codes (a byte a value) where the weight keeps an INT4 form; 8-bit and act-order ones stay
+     * fp32 (quant.h) */
+    assert_true(t->dtype == ST_F32 || (t->dtype == ST_U8 && bits == 4 && t->nbytes == t->numel));
     assert_int_equal(t->ndim, 2);
     assert_int_equal(t->shape[0], out);
     assert_int_equal(t->shape[1], in);
     assert_string_equal(t->name, "l.weight");
-    const float *d = t->data;
+    float *d = values_of(t);
     for (int64_t o = 0; o < out; o++)
         for (int64_t i = 0; i < in; i++) {
             int g = group[i];
@@ -432,6 +444,7 @@ static void expect_int(const st_tensor *t, int64_t out, int64_t in, int bits, in
                 fail_msg("element [%lld, %lld]: %g, expected %g", (long long)o, (long long)i,
                          d[o * in + i], want);
         }
+    free(d);
 }
 
 static void test_awq(void **state)
@@ -623,13 +636,14 @@ static void test_ct_int(void **state)
     ifix_open(&f, CT_INT(4, "channel", ""), t, 2);
     assert_int_equal(ifix_dequant(&f, &o), 0);
     assert_int_equal(o->shape[1], 16);
-    const float *d = o->data;
+    float *d = values_of(o);
     for (int r = 0; r < CO; r++)
         for (int i = 0; i < 16; i++) {
             float want = i < CI ? (float)(qval(i, r, 4) - 8) * sval(0, r) : -8.0f * sval(0, r);
             if (d[r * 16 + i] != want) /* the padding packs as 0, which reads back as -8 */
                 fail_msg("channel [%d, %d]: %g, expected %g", r, i, d[r * 16 + i], want);
         }
+    free(d);
     qfix_close(&f);
 }
 
@@ -828,7 +842,9 @@ static void test_quant_rows(void **state)
     memset(&c, 0, sizeof c);
     c.quant_mode = KC_QUANT_FP8;
     const st_tensor *q = quant_round(&c, &t, NULL, NULL);
-    const float *d = q->data;
+    assert_int_equal(q->dtype, ST_U8); /* kept as codes, a byte a value */
+    assert_int_equal(q->nbytes, RR * CC);
+    float *d = values_of(q);
     const qrows *qr = quant_rows(&c, q);
     assert_non_null(qr);
     assert_int_equal(qr->kind, QROWS_E4M3);
@@ -872,13 +888,14 @@ static void test_quant_rows(void **state)
         fail_msg("fp8: the clipping search's squared error is %.3f of absmax / 448's in sum, "
                  "expected under 0.96",
                  sum_c / sum_m);
+    free(d);
     quant_free(&c);
 }
 
-/* --quant int4 of an F32 tensor `w` [rows, cols] with scales in `dt`: the rounded values, its
- * quantised form in *qr (which must exist). */
-static const float *int4_of(kc *c, st_dtype dt, float *w, int64_t rows, int64_t cols,
-                            const qrows **qr)
+/* --quant int4 of an F32 tensor `w` [rows, cols] with scales in `dt`: the rounded values
+ * (malloc'd: values_of), its quantised form in *qr (which must exist). */
+static float *int4_of(kc *c, st_dtype dt, float *w, int64_t rows, int64_t cols,
+                      const qrows **qr)
 {
     st_tensor *t = calloc(1, sizeof *t); /* quant_round keeps a copy of it: freed at the end */
     *t = (st_tensor){.name = "x.weight", .dtype = ST_F32, .ndim = 2, .shape = {rows, cols},
@@ -889,8 +906,7 @@ static const float *int4_of(kc *c, st_dtype dt, float *w, int64_t rows, int64_t 
     const st_tensor *q = quant_round(c, t, NULL, NULL);
     *qr = quant_rows(c, q);
     free(t);
-    assert_int_equal(q->dtype, ST_F32);
-    return q->data;
+    return values_of(q);
 }
 
 /* --quant int4's rounding (quant.h) on hand-made rows: values on the grid come back exactly, a
@@ -925,7 +941,7 @@ static void test_quant_int4_rows(void **state)
     kc c;
     memset(&c, 0, sizeof c);
     const qrows *qr;
-    const float *d = int4_of(&c, ST_BF16, w, NR, NK, &qr);
+    float *d = int4_of(&c, ST_BF16, w, NR, NK, &qr);
     assert_non_null(qr);
     assert_int_equal(qr->kind, QROWS_INT4);
     assert_int_equal(qr->block, NG);
@@ -951,6 +967,7 @@ static void test_quant_int4_rows(void **state)
         if (k != NG && k != NG + 1)
             assert_true(d[2 * NK + k] == r2[k]);
     /* the same with f16 scales: only row 2's second group has a scale that rounds */
+    free(d);
     d = int4_of(&c, ST_F16, w, NR, NK, &qr);
     assert_non_null(qr);
     assert_true(qr->scale[2 * 2 + 1] == 0.199951171875f);
@@ -962,7 +979,7 @@ static void test_quant_int4_rows(void **state)
         v[i] = (float)(i % 7) - 3.0f;
     const int64_t widths[][2] = {{192, 64}, {96, 32}, {160, 32}, {64, 0}, {48, 0}, {144, 0}};
     for (int i = 0; i < 6; i++) {
-        int4_of(&c, ST_BF16, v, 2, widths[i][0], &qr);
+        free(int4_of(&c, ST_BF16, v, 2, widths[i][0], &qr));
         assert_non_null(qr);
         if (qr->block != widths[i][1])
             fail_msg("width %lld: group %lld, expected %lld", (long long)widths[i][0],
@@ -977,6 +994,7 @@ static void test_quant_int4_rows(void **state)
     }
     x[5] = NAN;
     x[32 + 1] = 0.3f; /* rounds to 0.25 */
+    free(d);
     d = int4_of(&c, ST_BF16, x, 2, 32, &qr);
     assert_null(qr);
     assert_true(isnan(d[5]));
@@ -984,6 +1002,7 @@ static void test_quant_int4_rows(void **state)
     for (int k = 0; k < 32; k++)
         if (d[32 + k] != (k == 1 ? 0.25f : x[32 + k]))
             fail_msg("row 1 col %d: %g came back as %g", k, (double)x[32 + k], (double)d[32 + k]);
+    free(d);
     quant_free(&c);
 }
 
@@ -1021,7 +1040,7 @@ static void test_quant_int4_clip(void **state)
     kc c;
     memset(&c, 0, sizeof c);
     const qrows *qr;
-    const float *d = int4_of(&c, ST_BF16, w, NR, NK, &qr);
+    float *d = int4_of(&c, ST_BF16, w, NR, NK, &qr);
     assert_non_null(qr);
     assert_int_equal(qr->block, G);
     double sum_c = 0, sum_m = 0;
@@ -1046,6 +1065,7 @@ static void test_quant_int4_clip(void **state)
         fail_msg("the clipping search's squared error is %.3f of min/max's in sum, expected "
                  "under 0.97",
                  sum_c / sum_m);
+    free(d);
     quant_free(&c);
     free(w);
 }

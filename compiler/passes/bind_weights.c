@@ -184,7 +184,7 @@ static int round_calibrated(kc *c, const int *ids, int n, kerr *err)
         }
         qbar_add(&bar, nd->bound);
         nd->bound = q;
-        nd->dtype = q->dtype;
+        nd->dtype = ST_F32; /* q's values (its codes when U8: quant.h) */
     }
     gptq_calib_free(cal);
     if (!rc)
@@ -302,7 +302,7 @@ int pass_bind_weights(kc *c, kerr *err)
                 rc = -1;
                 continue;
             }
-        } else if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16) {
+        } else if (!packed && t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16) {
             rc = kerr_add(err,
                           "%s: tensor '%s' has dtype %s; kiln reads F32, F16 and BF16 weights "
                           "(and F8_E4M3 ones described by config.json's quantization_config)",
@@ -317,7 +317,7 @@ int pass_bind_weights(kc *c, kerr *err)
             }
         }
         n->bound = bt;
-        n->dtype = bt->dtype;
+        n->dtype = bt->dtype == ST_U8 ? ST_F32 : bt->dtype; /* U8: quant's codes of fp32 values */
         c->n_params += t->numel;
         c->n_bound++;
     }
