@@ -17,7 +17,6 @@
 
 #include "hash.h"
 #include "quant.h"
-#include "../kernels/kiln_kv8.h"
 
 /* f stored as dt (BF16, F16 or F32) at dst. */
 static void put(float f, st_dtype dt, unsigned char *dst)
@@ -401,7 +400,6 @@ typedef struct qjob {
     const float *v, *sc, *zp; /* zp: INT4's zero points */
     unsigned char *dst;
     uint64_t K, kb, b;
-    float e4m3[256];           /* E4M3: each byte's value (fp8_e4m3_to_f32) */
     int64_t bad[UTIL_PAR_MAX]; /* per chunk: the first element that does not come back, or -1 */
 } qjob;
 
@@ -410,8 +408,7 @@ typedef struct qjob {
 static int quantised(const qjob *j, uint64_t r, uint64_t k)
 {
     uint64_t at = r * j->kb + (j->b ? k / j->b : 0);
-    return quant_code(j->kind, j->e4m3, j->v[r * j->K + k], j->sc[at],
-                      j->zp ? j->zp[at] : 0.f);
+    return quant_code(j->kind, j->v[r * j->K + k], j->sc[at], j->zp ? j->zp[at] : 0.f);
 }
 
 static void quant_part(void *ctx, int chunk, int64_t lo, int64_t hi)
@@ -458,9 +455,7 @@ static int fill_quant(const kc *c, int id, int rank, qrows_kind kind, int64_t b,
         fill_scales(c, id, rank, b, 0, sc);
         if (zp)
             fill_scales(c, id, rank, b, 1, zp);
-        qjob j = {kind, v, sc, zp, dst, K, kb, (uint64_t)b, {0}, {0}};
-        for (int i = 0; kind == QROWS_E4M3 && i < 256; i++)
-            j.e4m3[i] = fp8_e4m3_to_f32((uint8_t)i);
+        qjob j = {kind, v, sc, zp, dst, K, kb, (uint64_t)b, {0}};
         for (int i = 0; i < UTIL_PAR_MAX; i++)
             j.bad[i] = -1;
         util_parallel_for((int64_t)rows, quant_part, &j);

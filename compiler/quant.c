@@ -56,21 +56,20 @@ static int is_int(const quant_state *s) { return s->scheme >= QS_AWQ; }
 
 /* ---------------------------------------------------------------- e4m3 */
 
-/* Both by the bits (no libm: the packer converts every weight of a model). */
-float fp8_e4m3_to_f32(uint8_t b)
-{
-    uint32_t e = (b >> 3) & 15u, m = b & 7u, u;
-    float v;
-    if (e == 15 && m == 7) {
-        v = NAN;
-    } else if (e == 0) {
-        v = (float)m * 0x1p-9f; /* subnormal: m/8 * 2^-6 */
-    } else {
-        u = (e + 120u) << 23 | m << 20; /* exponent e - 7 (bias 127), mantissa m/8 */
-        memcpy(&v, &u, sizeof v);
-    }
-    return b & 0x80 ? -v : v;
-}
+/* Every byte's value, as constant expressions (a table: the packer decodes and checks every
+ * weight of a model): exponent e = bits 6..3, mantissa m = bits 2..0; e 0 the subnormals m/8 *
+ * 2^-6, else (1 + m/8) * 2^(e - 7) = (8 + m) * 2^(e - 10); S.1111.111 NaN. */
+#define E4M3_ABS(b)                                                                               \
+    (((b) & 0x7f) == 0x7f    ? NAN                                                                \
+     : ((b) >> 3 & 15) == 0 ? (float)((b) & 7) * 0x1p-9f                                          \
+                            : (float)((8 + ((b) & 7)) << ((b) >> 3 & 15)) * 0x1p-10f)
+#define E4M3(b) ((b) & 0x80 ? -E4M3_ABS(b) : E4M3_ABS(b))
+#define E4M3_4(b) E4M3(b), E4M3((b) + 1), E4M3((b) + 2), E4M3((b) + 3)
+#define E4M3_16(b) E4M3_4(b), E4M3_4((b) + 4), E4M3_4((b) + 8), E4M3_4((b) + 12)
+#define E4M3_64(b) E4M3_16(b), E4M3_16((b) + 16), E4M3_16((b) + 32), E4M3_16((b) + 48)
+static const float E4M3_VALUE[256] = {E4M3_64(0), E4M3_64(64), E4M3_64(128), E4M3_64(192)};
+
+float fp8_e4m3_to_f32(uint8_t b) { return E4M3_VALUE[b]; }
 
 uint8_t fp8_e4m3_from_f32(float x)
 {
@@ -472,7 +471,7 @@ static st_tensor *own(kc *c, const st_tensor *like, const char *name)
     return t;
 }
 
-int quant_code(qrows_kind kind, const float *e4m3, float x, float s, float z)
+int quant_code(qrows_kind kind, float x, float s, float z)
 {
     if (kind == QROWS_E4M3) {
         if (isnan(x))
@@ -480,7 +479,7 @@ int quant_code(qrows_kind kind, const float *e4m3, float x, float s, float z)
         if (isinf(x) && isinf(s))
             return (x > 0) == (s > 0) ? 0x38 : 0xb8; /* 1.0, -1.0 */
         uint8_t q = x == 0 ? 0 : kiln_kv8_e4m3(x / s);
-        return e4m3[q] * s == x ? q : -1;
+        return E4M3_VALUE[q] * s == x ? q : -1;
     }
     int q = s != 0 ? (int)lrintf(x / s) + (int)z : (int)z;
     return q >= 0 && q <= 15 && (float)(q - (int)z) * s == x ? q : -1;
@@ -491,7 +490,6 @@ typedef struct codejob {
     const qowned *qo;
     uint8_t *codes;
     int64_t cols, kb;
-    float e4m3[256];
     int failed[UTIL_PAR_MAX];
 } codejob;
 
@@ -504,8 +502,7 @@ static void code_part(void *ctx, int chunk, int64_t lo, int64_t hi)
         for (int64_t k = 0; k < j->cols; k++) {
             int64_t at = r * j->kb + (q->block ? k / q->block : 0);
             float x = v[r * j->cols + k];
-            int c = isfinite(x) ? quant_code(q->kind, j->e4m3, x, q->scale[at],
-                                             q->zero ? q->zero[at] : 0.f)
+            int c = isfinite(x) ? quant_code(q->kind, x, q->scale[at], q->zero ? q->zero[at] : 0.f)
                                 : -1;
             if (c < 0) {
                 j->failed[chunk] = 1;
@@ -529,9 +526,7 @@ static void compact(quant_state *s)
     qo->q = *q;
     codejob *j = xcalloc(1, sizeof *j);
     *j = (codejob){qo, xmalloc(qo->t.numel ? qo->t.numel : 1), cols,
-                   q->block ? (cols + q->block - 1) / q->block : 1, {0}, {0}};
-    for (int i = 0; i < 256; i++)
-        j->e4m3[i] = fp8_e4m3_to_f32((uint8_t)i);
+                   q->block ? (cols + q->block - 1) / q->block : 1, {0}};
     util_parallel_for(rows, code_part, j);
     int ok = 1;
     for (int i = 0; i < UTIL_PAR_MAX; i++)

@@ -144,11 +144,11 @@ typedef struct qrows {
  * compute dtype. */
 const qrows *quant_rows(const kc *c, const st_tensor *t);
 /* The code of value x in a quantised form of `kind` with scale s (and zero point z, INT4): the
- * e4m3 byte or the q in 0..15 whose value is x exactly, or -1 when none is. e4m3: each byte's
- * value (fp8_e4m3_to_f32), 256 of them. The byte of a published FP8 checkpoint's non-finite
- * values (--allow-nonfinite): NaN (a NaN byte, a NaN scale, 0 times an infinite scale) the NaN
- * byte 0x7f, a byte times an infinite scale +-1 times it. */
-int quant_code(qrows_kind kind, const float *e4m3, float x, float s, float z);
+ * e4m3 byte or the q in 0..15 whose value is x exactly, or -1 when none is. The byte of a
+ * published FP8 checkpoint's non-finite values (--allow-nonfinite): NaN (a NaN byte, a NaN
+ * scale, 0 times an infinite scale) the NaN byte 0x7f, a byte times an infinite scale +-1 times
+ * it. */
+int quant_code(qrows_kind kind, float x, float s, float z);
 /* Elements [from, from + count) of a tensor quant made, as fp32: its codes decoded (dtype U8,
  * which only quant makes: a bound weight of that dtype is one of these), or its F32 values. */
 void quant_values(const st_tensor *t, uint64_t from, uint64_t count, float *dst);
