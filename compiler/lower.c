@@ -274,29 +274,11 @@ static int64_t row_width(const kg_node *n)
 
 /* A node's activation as a pointer argument, with the row stride (elements) it is read with.
  * Views read their storage in place (a column offset for q/k/v slices). */
-/* The node whose buffer activation id lives in (plan_storage_of), and id's first column in its
- * rows. */
-static int view_root(const kgraph *g, int id, int64_t *col)
-{
-    *col = 0;
-    for (;;) {
-        const kg_node *n = &g->nodes[id];
-        if (n->view_of >= 0) {
-            *col += n->start;
-            id = n->view_of;
-        } else if (n->op == KG_RESHAPE && !n->is_const) {
-            id = n->in[0];
-        } else {
-            return id;
-        }
-    }
-}
-
 static int act_arg(lw *w, int id, ka_arg *a, int64_t *stride)
 {
     const kgraph *g = w->g;
     int64_t col;
-    const int s = view_root(g, id, &col);
+    const int s = plan_storage_at(g, id, &col);
     const kg_node *sn = &g->nodes[s];
     if (sn->buf < 0)
         return kerr_add(w->err, "lower: %s has no buffer (internal error)", g->nodes[id].name);
@@ -452,8 +434,9 @@ static int *plan_rope_fold(lw *w)
         const int64_t QW = (int64_t)at->n_heads * at->head_dim;
         const int64_t KW = (int64_t)at->n_kv_heads * at->head_dim, N = QW + 2 * KW;
         int64_t cq, ck, cv;
-        const int l = view_root(g, qr->in[0], &cq);
-        if (view_root(g, kr->in[0], &ck) != l || view_root(g, n->in[2], &cv) != l || cq != 0 ||
+        const int l = plan_storage_at(g, qr->in[0], &cq);
+        if (plan_storage_at(g, kr->in[0], &ck) != l || plan_storage_at(g, n->in[2], &cv) != l ||
+            cq != 0 ||
             ck != QW || cv != QW + KW || readers[l] != 3 || g->output == l)
             continue;
         const kg_node *ln = &g->nodes[l];

@@ -34,9 +34,11 @@ int pass_fuse(kc *c, kerr *err);
 int pass_plan_memory(kc *c, kerr *err);
 /* The launch schedules for prefill and decode and the kernel instances (lower.c). */
 int pass_schedule(kc *c, kerr *err);
-/* Whether a node gets its own slab buffer; the node whose buffer a view reads. */
+/* Whether a node gets its own slab buffer; the node whose buffer a view reads, and (at) the
+ * view's first column in that node's rows (*col; NULL: not wanted). */
 int plan_needs_buffer(const kgraph *g, int id);
 int plan_storage_of(const kgraph *g, int id);
+int plan_storage_at(const kgraph *g, int id, int64_t *col);
 /* For every node, the linear it can be folded into (templates/gemv_stream.cuh's NORM; lower.c
  * decides whether it is), or -1: for an RMS norm of one row of the linear's K per token, with a
  * weight [K] and a dense x, whose output that KG_LINEAR alone reads, as its x. One pass over the

@@ -27,19 +27,26 @@ static int64_t row_width(const kg_node *n)
     return w;
 }
 
-int plan_storage_of(const kgraph *g, int id)
+int plan_storage_at(const kgraph *g, int id, int64_t *col)
 {
+    int64_t c = 0;
     while (id >= 0) {
         const kg_node *n = &g->nodes[id];
-        if (n->view_of >= 0)
+        if (n->view_of >= 0) {
+            c += n->start;
             id = n->view_of;
-        else if (n->op == KG_RESHAPE && !n->is_const)
+        } else if (n->op == KG_RESHAPE && !n->is_const) {
             id = n->in[0];
-        else
+        } else {
             break;
+        }
     }
+    if (col)
+        *col = c;
     return id;
 }
+
+int plan_storage_of(const kgraph *g, int id) { return plan_storage_at(g, id, NULL); }
 
 int plan_needs_buffer(const kgraph *g, int id)
 {
