@@ -923,8 +923,9 @@ attn_decode_warp_mma(const kiln_step &st, int s, int p, const DT *q,
 // one kv head, whose K/V rows are read once for all of them). The query's key range [lo, hi]
 // (same rules as attn_prefill), n keys, is one piece when n <= SOLO, else cut into pieces of
 // chunk = max(SPLIT_MIN, ceil(n / NSPLIT)) keys: used = ceil(n / chunk) <= NSPLIT splits, the
-// CTAs with split >= used exit at once. The boundaries depend only on the sequence's own n, never on the batch. The
-// warps of a CTA interleave over its piece and merge in shared memory (warp 0 .. WARPS-1). A
+// CTAs with split >= used exit at once. The boundaries depend only on the sequence's own n,
+// never on the batch. The warps of a CTA interleave over its piece and merge in shared memory
+// (warp 0 .. WARPS-1). A
 // warp's keys: with KILN_ATTN_DECODE_MMA(HD, HPC) (HD % 16 == 0, HD <= 128, HPC <= 16) on the
 // tensor cores, the HPC heads as the rows of m16n8k16 tiles (attn_decode_warp_mma: its P is
 // rounded to DT before P.V, as attn_prefill's); otherwise on the CUDA cores, in float
