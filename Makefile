@@ -22,10 +22,13 @@ B       := out
 SANFLAGS :=
 endif
 
+# -gz: debug sections compressed (zlib) in objects and executables, about a fifth of the build's
+# disk (CI machines can be short of it); gdb and the sanitizers' stack traces read them as before.
+DEBUG    := -g -gz
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wno-unused-parameter -Wno-sign-compare
 # -iquote, not -I: kiln's headers are found by #include "x.h" only, so runtime/sched.h does not
 # shadow the system <sched.h> that <pthread.h> includes.
-CFLAGS   := -std=c11 -O2 -g -D_GNU_SOURCE $(WARN) $(SANFLAGS) -MMD -MP \
+CFLAGS   := -std=c11 -O2 $(DEBUG) -D_GNU_SOURCE $(WARN) $(SANFLAGS) -MMD -MP \
             -iquote runtime -iquote compiler -I/usr/include/lua5.4 -I$(CUDA)/include \
             -DKILN_SOURCE_DIR=\"$(CURDIR)\"
 # The commit `kiln --version` and `kilnc --version` print: git describe, "unknown" without git (or
@@ -33,13 +36,15 @@ CFLAGS   := -std=c11 -O2 -g -D_GNU_SOURCE $(WARN) $(SANFLAGS) -MMD -MP \
 # only the two main.o files rebuild when it does.
 KILN_COMMIT ?= $(shell git describe --always --dirty 2>/dev/null || echo unknown)
 CFLAGS   += -I$(B)/gen
-LDFLAGS  := $(SANFLAGS) -L$(CUDA)/lib64 -Wl,-rpath,$(CUDA)/lib64
+LDFLAGS  := $(SANFLAGS) $(DEBUG) -L$(CUDA)/lib64 -Wl,-rpath,$(CUDA)/lib64
 STATIC   := -l:liblua5.4.a -l:libjansson.a -l:libpcre2-8.a -l:libutf8proc.a -l:libxxhash.a
 SYSLIBS  := -lm -ldl -lpthread
 # kiln serve's HTTP library, libmicrohttpd: static (the GPU machine has none), built here from
 # Debian's source package without HTTPS (Debian's libmicrohttpd.a needs GnuTLS, which Debian ships
 # only as a shared library, and kiln serves plain HTTP), so kiln and kiln-standalone need no GnuTLS.
-MHD_DIR  := $(B)/deps/microhttpd
+# One copy for both builds (it is not sanitised); its source and build tree are removed once it is
+# installed, as is apt's download of it (38 MB otherwise, per build).
+MHD_DIR  := out/deps/microhttpd
 HTTPLIBS := $(MHD_DIR)/lib/libmicrohttpd.a
 CUDALIBS := -lnvrtc
 
@@ -119,7 +124,7 @@ $(B)/obj/standalone/main.o: runtime/main.c $(B)/gen/kiln_commit.h
 	$(CC) $(CFLAGS) -DKILN_STANDALONE -c $< -o $@
 $(B)/bin/kiln-standalone: $(B)/obj/standalone/main.o $(RUNTIME_CMD:%.c=$(B)/obj/%.o) $(B)/lib/libkiln.a
 	@mkdir -p $(@D)
-	$(CC) $(SANFLAGS) -o $@ $^ $(STATIC) $(HTTPLIBS) $(SYSLIBS)
+	$(CC) $(SANFLAGS) $(DEBUG) -o $@ $^ $(STATIC) $(HTTPLIBS) $(SYSLIBS)
 
 # libmicrohttpd from Debian's source package (the version Debian 12 ships), configured without
 # HTTPS; apt-get fetches it into $(MHD_DIR) with its own source list (no change to the system's
@@ -139,6 +144,7 @@ $(HTTPLIBS):
 	    --disable-examples --disable-curl --prefix=$(abspath $(MHD_DIR)) && \
 	  $(MAKE) -C src/microhttpd install && $(MAKE) -C src/include install; } > ../build.log 2>&1 || \
 	  { tail -20 ../build.log; echo "libmicrohttpd: the build failed (log: $(MHD_DIR)/build.log)"; exit 1; }
+	@rm -rf $(MHD_DIR)/src $(MHD_DIR)/apt
 	@! nm $@ | grep -q ' U gnutls_' || { echo "$@ still needs GnuTLS"; exit 1; }
 
 $(RUNTIME_TESTS:%=$(B)/tests/test_%): $(B)/tests/test_%: $(B)/obj/tests/test_%.o $(B)/lib/libkiln.a
