@@ -315,34 +315,83 @@ const float *gptq_hessian(gptq_calib *cal, int weight)
     return s;
 }
 
-/* H += X^T X for one forward's X [n, K] (given transposed: xt [K, n]), upper triangle, each
- * entry's sum over the forward in double. Rows i and K-1-i go together: equal work a pair. */
+/* H += X^T X for one forward's X [n, K] (row-major, as the forward kept it), upper triangle:
+ * entry (i, j) gets the sum over the forward's tokens, in token order and in double, of x_ti
+ * x_tj. Tiles of 4 rows by 8 columns keep their 32 sums in registers (each lane of a v4d one
+ * entry's sum, the same sum to the bit as one entry at a time), each token's 8 values of the
+ * tile's columns loaded once for its 4 rows: about 5x faster than an entry at a time. The
+ * entries outside whole tiles (the last K % 4 rows, K % 8 columns) one at a time. A chunk's
+ * tile rows p and T-1-p go together: equal work a pair. */
+#define HT_I 4
+#define HT_J 8
+typedef double v4d __attribute__((vector_size(32)));
+typedef float v4f __attribute__((vector_size(16), aligned(4))); /* a load from any float */
 typedef struct hjob {
-    const float *xt;
+    const float *x;
     float *H;
     int64_t K, n;
 } hjob;
 
-static void hess_row(const hjob *q, int64_t i)
+static void hess_entry(const hjob *q, int64_t i, int64_t j)
 {
-    const float *a = q->xt + i * q->n;
-    for (int64_t j = i; j < q->K; j++) {
-        const float *b = q->xt + j * q->n;
-        double s = 0;
-        for (int64_t t = 0; t < q->n; t++)
-            s += (double)a[t] * b[t];
-        q->H[i * q->K + j] += (float)s;
+    double s = 0;
+    for (int64_t t = 0; t < q->n; t++)
+        s += (double)q->x[t * q->K + i] * q->x[t * q->K + j];
+    q->H[i * q->K + j] += (float)s;
+}
+
+UTIL_AVX2_CLONE static void hess_tile(const hjob *q, int64_t i0, int64_t j0)
+{
+    const float *x = q->x;
+    int64_t K = q->K;
+    v4d a0 = {0}, b0 = {0}, a1 = {0}, b1 = {0}, a2 = {0}, b2 = {0}, a3 = {0}, b3 = {0};
+    for (int64_t t = 0; t < q->n; t++) {
+        const float *row = x + t * K;
+        v4d lo = __builtin_convertvector(*(const v4f *)(row + j0), v4d);
+        v4d hi = __builtin_convertvector(*(const v4f *)(row + j0 + 4), v4d);
+        double x0 = row[i0], x1 = row[i0 + 1], x2 = row[i0 + 2], x3 = row[i0 + 3];
+        a0 += x0 * lo;
+        b0 += x0 * hi;
+        a1 += x1 * lo;
+        b1 += x1 * hi;
+        a2 += x2 * lo;
+        b2 += x2 * hi;
+        a3 += x3 * lo;
+        b3 += x3 * hi;
     }
+    const v4d sums[HT_I][2] = {{a0, b0}, {a1, b1}, {a2, b2}, {a3, b3}};
+    for (int u = 0; u < HT_I; u++)
+        for (int l = 0; l < HT_J; l++)
+            if (j0 + l >= i0 + u)
+                q->H[(i0 + u) * K + j0 + l] += (float)sums[u][l / 4][l % 4];
+}
+
+/* Tile row p: rows [p HT_I, p HT_I + HT_I), or the rows past the whole tiles one at a time. */
+static void hess_rows(const hjob *q, int64_t p)
+{
+    int64_t K = q->K, i0 = p * HT_I, jt = K - K % HT_J; /* columns [jt, K): one at a time */
+    if (i0 + HT_I > K) {
+        for (int64_t i = i0; i < K; i++)
+            for (int64_t j = i; j < K; j++)
+                hess_entry(q, i, j);
+        return;
+    }
+    for (int64_t j0 = i0 - i0 % HT_J; j0 < jt; j0 += HT_J)
+        hess_tile(q, i0, j0);
+    for (int64_t i = i0; i < i0 + HT_I; i++)
+        for (int64_t j = jt > i ? jt : i; j < K; j++)
+            hess_entry(q, i, j);
 }
 
 static void hess_part(void *ctx, int chunk, int64_t lo, int64_t hi)
 {
     const hjob *q = ctx;
+    int64_t T = (q->K + HT_I - 1) / HT_I;
     (void)chunk;
     for (int64_t p = lo; p < hi; p++) {
-        hess_row(q, p);
-        if (q->K - 1 - p != p)
-            hess_row(q, q->K - 1 - p);
+        hess_rows(q, p);
+        if (T - 1 - p != p)
+            hess_rows(q, T - 1 - p);
     }
 }
 
@@ -423,20 +472,16 @@ static void fwd_part(void *ctx, int chunk, int64_t lo, int64_t hi)
     }
 }
 
-/* H += X^T X for every input, from one forward's kept values (xt: scratch). */
-static void accumulate(gptq_calib *cal, const ref *r, int len, float **xt)
+/* H += X^T X for every input, from one forward's kept values. */
+static void accumulate(gptq_calib *cal, const ref *r, int len)
 {
     for (int d = 0; d < cal->n; d++) {
         int rows, cols;
         const float *x = ref_value(r, cal->node[d], &rows, &cols);
         int64_t K = cal->k[d];
         assert(x && rows == len && cols == K);
-        *xt = xrealloc(*xt, sizeof(float) * (size_t)(K * len));
-        for (int t = 0; t < len; t++)
-            for (int64_t k = 0; k < K; k++)
-                (*xt)[k * len + t] = x[t * K + k];
-        hjob hj = {*xt, cal->H[d], K, len};
-        util_parallel_for((K + 1) / 2, hess_part, &hj);
+        hjob hj = {x, cal->H[d], K, len};
+        util_parallel_for((K + 2 * HT_I - 1) / (2 * HT_I), hess_part, &hj);
     }
 }
 
@@ -507,7 +552,6 @@ gptq_calib *gptq_calibrate(kc *c, const int *weights, int n, kerr *err)
         for (int d = 0; refs[p] && d < cal->n; d++)
             ref_keep(refs[p], cal->node[d]);
     }
-    float *xt = NULL;
     /* P forwards at once, then their inputs added in sequence order: the sums do not depend
      * on P */
     for (int s0 = 0; !rc && s0 < nseq; s0 += P) {
@@ -522,10 +566,9 @@ gptq_calib *gptq_calibrate(kc *c, const int *weights, int n, kerr *err)
                 break;
             }
             int off = (s0 + p) * L;
-            accumulate(cal, refs[p], nt - off < L ? nt - off : L, &xt);
+            accumulate(cal, refs[p], nt - off < L ? nt - off : L);
         }
     }
-    free(xt);
     free(ids);
     for (int p = 0; p < P; p++)
         ref_free(refs[p]);

@@ -1061,19 +1061,14 @@ typedef struct rowjob {
 static float shrink(int i) { return 1.0f - (float)i / 100.0f; }
 
 /* The searches' inner loops run 80 candidates over every weight of the model (most of kilnc
- * compile --quant's time): they are written so that the compiler vectorises them (SEARCH_FAST: a
- * clone for AVX2 as well, picked at load time; GCC builds without sanitizers, the ones that ship)
+ * compile --quant's time): they are written so that the compiler vectorises them
+ * (UTIL_AVX2_CLONE: a clone for AVX2 as well, picked at load time where the CPU has it)
  * and give the same sums, bit for bit, as the plain loop they replace: each element's squared
  * error by the same IEEE operations, SEARCH_CHUNK elements at a time, then added in element order;
  * the bound is tested once a chunk instead of once an element, which only lets a losing
  * candidate's sum run a little further past it. 1B shape on 2 cores: --quant int4 94 s to 32 s,
  * fp8 88 s to 29 s, the same shards byte for byte. */
 #define SEARCH_CHUNK 32
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define SEARCH_FAST __attribute__((target_clones("avx2", "default")))
-#else
-#define SEARCH_FAST
-#endif
 
 /* The value of e4m3 byte kiln_kv8_e4m3(y), in float without the byte: saturated at 448; below
  * 2^-6 the subnormal grid of 2^-9 (round to nearest even, as rintf); else the mantissa kept to 3
@@ -1137,7 +1132,7 @@ static inline __attribute__((always_inline)) double grid_err(const float *w, int
 }
 
 /* The squared error of row [n] on e4m3 x s (grid_err). */
-SEARCH_FAST static double fp8_err(const float *row, int64_t n, float s, double bound)
+UTIL_AVX2_CLONE static double fp8_err(const float *row, int64_t n, float s, double bound)
 {
     return grid_err(row, n, 0, s, 0.0f, bound);
 }
@@ -1230,7 +1225,7 @@ int quant_int4_params(const float *w, int64_t n, st_dtype dt, float *scale, floa
 }
 
 /* The squared error of w [n] on the INT4 grid s, z (grid_err). */
-SEARCH_FAST static double int4_err(const float *w, int64_t n, float s, float z, double bound)
+UTIL_AVX2_CLONE static double int4_err(const float *w, int64_t n, float s, float z, double bound)
 {
     return grid_err(w, n, 1, s, z, bound);
 }

@@ -122,6 +122,16 @@ int util_cpus(int max);
 #define UTIL_PAR_MAX 32
 void util_parallel_for(int64_t n, void (*fn)(void *ctx, int chunk, int64_t lo, int64_t hi),
                        void *ctx);
+/* On a function whose loops the compiler vectorises: a clone for AVX2 as well, picked at load
+ * time where the CPU has it (GCC on x86-64, builds without sanitizers: the ones that ship). The
+ * clones compute the same IEEE operations lane by lane (no contraction into FMA in ISO C mode),
+ * so they give the same results to the bit. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) &&                          \
+    !defined(__SANITIZE_ADDRESS__)
+#define UTIL_AVX2_CLONE __attribute__((target_clones("avx2", "default")))
+#else
+#define UTIL_AVX2_CLONE
+#endif
 /* A folder's base name, without trailing slashes ("models/llama/" -> "llama"); malloc'd. */
 char *util_base_name(const char *path);
 const char *util_human_bytes(double n, char *buf, size_t cap);
