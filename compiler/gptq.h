@@ -38,7 +38,9 @@
  * with static groups: columns by decreasing H_ii, a group's grid fixed when its first column
  * comes, from its columns then: +2.4% to +7.5%, mean +5.2%; from the original weights: worse on
  * the two texts tried); groups by their largest H_ii, then columns by H_ii (+4.6% to +9.4%); and
- * 10% damping (worse on the two texts tried). Those perplexities are noisy: the held-out text's
+ * 10% damping (worse on the two texts tried); AWQ's activation-aware scaling folded into the
+ * norms, before round to nearest (better than it on the held-out text, worse on learnt text) or
+ * before GPTQ (no better than GPTQ alone). Those perplexities are noisy: the held-out text's
  * tokens the model never learnt (15% of them, 91% of its loss) move by -5% to +1% of perplexity
  * with any change of rounding, and one text's tokens shifted by 128 move it as much as another
  * text does. Compare roundings on text the model learnt: there GPTQ beats round to nearest on all
