@@ -26,6 +26,7 @@
 #include "kc.h"
 #include "overrides.h"
 #include "pipeline.h"
+#include "quant.h"
 #include "posenc.h"
 #include "ref.h"
 
@@ -278,7 +279,11 @@ kbackend *kbr_open(const char *model_dir, const kbr_opts *o, kerr *err)
     kbr_opts none = {0};
     if (!o)
         o = &none;
-    kc_opts ko = {.need_weights = 1};
+    kc_opts ko = {.need_weights = 1, .calib_path = o->calib_path, .calib_tokens = o->calib_tokens};
+    if (o->quant && !(ko.quant_mode = quant_mode_parse(o->quant))) {
+        kerr_add(err, "--quant %s: expected fp8 or int4", o->quant);
+        goto fail;
+    }
     if (kc_open(&k->c, model_dir, &ko, err) || kc_run(&k->c, "bind_weights", NULL, NULL, err))
         goto fail;
     set_shapes(k);
@@ -316,10 +321,13 @@ kbackend *kbr_open(const char *model_dir, const kbr_opts *o, kerr *err)
             goto fail;
     k->model = util_base_name(model_dir);
     k->threads = util_cpus(KBR_MAX_THREADS);
+    char qd[512];
+    const char *q = quant_describe(&k->c, qd, sizeof qd);
     k->line = xasprintf("%s on the CPU (fp32 reference interpreter, %d thread%s): up to %d "
-                        "sequences of %d tokens, %d tokens a step, %d KV blocks",
+                        "sequences of %d tokens, %d tokens a step, %d KV blocks%s%s",
                         k->model, k->threads, k->threads == 1 ? "" : "s", k->info.max_seqs,
-                        k->info.max_seq_len, k->info.max_tokens, k->info.kv_blocks);
+                        k->info.max_seq_len, k->info.max_tokens, k->info.kv_blocks,
+                        q ? "; " : "", q ? q : "");
     k->info.model = k->model;
     k->info.eos = k->eos;
     k->b.info = &k->info;

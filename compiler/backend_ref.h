@@ -23,6 +23,11 @@ typedef struct kbr_opts {
                        * 2048) */
     int kv_blocks;    /* KV blocks the scheduler may hand out (default: max_batch sequences of
                        * max_seq_len) */
+    /* the linears' weights rounded as kilnc compile --quant rounds them ("fp8" or "int4";
+     * NULL: as the checkpoint has them), by GPTQ on the first calib_tokens tokens of calib_path
+     * when it is set (kilnc --calibrate, --calibrate-tokens; 0: its default) */
+    const char *quant, *calib_path;
+    int calib_tokens;
 } kbr_opts;
 
 /* The defaults' bounds, also the ranges of the command-line options. */

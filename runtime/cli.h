@@ -24,6 +24,10 @@ typedef struct cli_backend_opts {
     int quiet;         /* no notes on stderr */
     /* CPU backend: the limits a compiled artifact has built in (0: defaults) */
     int max_batch, max_tokens, max_seq_len, kv_blocks;
+    /* CPU backend: the weights rounded as kilnc compile --quant Q [--calibrate F
+     * --calibrate-tokens N] rounds them (NULL, 0: as the checkpoint has them) */
+    const char *quant, *calib_path;
+    int calib_tokens;
 } cli_backend_opts;
 
 /* The CPU backend behind a Hugging Face checkpoint folder (compiler/backend_ref.h). kiln links

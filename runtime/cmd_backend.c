@@ -32,20 +32,25 @@ static const char *gpu_option(const cli_backend_opts *o)
 
 static const char *cpu_option(const cli_backend_opts *o)
 {
-    return o->max_batch     ? "--max-batch"
-           : o->max_tokens  ? "--max-tokens"
-           : o->max_seq_len ? "--max-seq-len"
-           : o->kv_blocks   ? "--kv-blocks"
-                            : NULL;
+    return o->max_batch      ? "--max-batch"
+           : o->max_tokens   ? "--max-tokens"
+           : o->max_seq_len  ? "--max-seq-len"
+           : o->kv_blocks    ? "--kv-blocks"
+           : o->quant        ? "--quant"
+           : o->calib_path   ? "--calibrate"
+           : o->calib_tokens ? "--calibrate-tokens"
+                             : NULL;
 }
 
 static kbackend *open_gpu(const char *dir, const cli_backend_opts *o, kerr *err)
 {
     if (cpu_option(o)) {
+        int weights = o->quant || o->calib_path || o->calib_tokens;
         kerr_add(err, "%s: %s applies to a Hugging Face checkpoint folder only; %s is compiled, "
-                      "with its limits built in (kilnc compile --max-batch, --max-tokens, "
-                      "--max-seq-len; kiln inspect shows them)",
-                 dir, cpu_option(o), dir);
+                      "%s built in (kilnc compile %s; kiln inspect shows %s)",
+                 dir, cpu_option(o), dir, weights ? "its weights' rounding" : "with its limits",
+                 weights ? "--quant, --calibrate" : "--max-batch, --max-tokens, --max-seq-len",
+                 weights ? "it" : "them");
         return NULL;
     }
     km_opts ko = {o->kv_memory ? o->kv_memory : 0.9, o->no_graphs, o->quiet, o->tp,
@@ -101,7 +106,8 @@ static kbackend *open_cpu(const char *dir, const cli_backend_opts *o, kerr *err)
                         "reference interpreter (slow; compile it with kilnc compile for the "
                         "GPU)\n",
                 dir);
-    kbr_opts ro = {o->max_batch, o->max_tokens, o->max_seq_len, o->kv_blocks};
+    kbr_opts ro = {o->max_batch,   o->max_tokens, o->max_seq_len, o->kv_blocks,
+                   o->quant,       o->calib_path, o->calib_tokens};
     return cli_cpu->open(dir, &ro, err);
 }
 

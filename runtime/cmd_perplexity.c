@@ -4,18 +4,20 @@
  * compared on the same text.
  *
  *   kiln perplexity DIR --text FILE [--max-tokens N] [--window W] [--stride S] [--json FILE]
+ *                   [--quant fp8|int4 [--calibrate FILE [--calibrate-tokens N]]]
  *
- * DIR is opened as `kiln run` opens it (cli_open_backend: a compiled model on the GPU, a
- * checkpoint folder on the CPU backend). The text is encoded with the model's tokenizer.json,
- * special tokens added as `kiln run --prompt` adds them (HF's tokenizer(text)); --max-tokens keeps
- * the first N tokens. Windows of W tokens start every S tokens (begin = 0, S, 2S, ...; the last
- * ends at the text's end); each is one scoring request to the scheduler (max_new 0 and
- * ks_params.prompt_logprobs 0: the scheduler turns the float logits of every position into the
- * log-probability of the next prompt token with kb_logprobs, the path of the server's echo with
+ * DIR is opened as `kiln run` opens it (cli_open_backend: a compiled model on the GPU, a checkpoint
+ * folder on the CPU backend; --quant rounds the checkpoint's weights there as kilnc compile --quant
+ * would, so what quantising costs is measured without a GPU). The text is encoded with the model's
+ * tokenizer.json, special tokens added as `kiln run --prompt` adds them (HF's tokenizer(text));
+ * --max-tokens keeps the first N tokens. Windows of W tokens start every S tokens (begin = 0, S,
+ * 2S, ...; the last ends at the text's end); each is one scoring request to the scheduler (max_new
+ * 0 and ks_params.prompt_logprobs 0: the scheduler turns the float logits of every position into
+ * the log-probability of the next prompt token with kb_logprobs, the path of the server's echo with
  * logprobs), run one at a time. A window scores the tokens at positions max(end of the previous
- * window, begin + 1) .. end - 1, the earlier ones its context: every token but the text's first
- * is scored once when S < W; at S == W a window's first token has no context and is not scored
- * (as in HF's guide). The NLLs (minus those log-probabilities) are summed in double.
+ * window, begin + 1) .. end - 1, the earlier ones its context: every token but the text's first is
+ * scored once when S < W; at S == W a window's first token has no context and is not scored (as in
+ * HF's guide). The NLLs (minus those log-probabilities) are summed in double.
  *
  * Prints the tokens scored, the mean NLL, the perplexity exp(mean NLL), the windows and the
  * seconds the scoring took (load excluded); --json writes the same as one JSON object.
@@ -50,6 +52,12 @@ static void usage(FILE *f)
             "                     scores the tokens the previous one did not, the earlier ones\n"
             "                     its context; at S = W a window's first token is not scored\n"
             "  --json FILE        also write the results as a JSON object\n"
+            "  --quant fp8|int4   a checkpoint folder only: its linears' weights rounded as\n"
+            "                     'kilnc compile --quant' rounds them, to measure what that\n"
+            "                     costs without a GPU (a compiled model has its own built in)\n"
+            "  --calibrate FILE   with --quant: rounded by GPTQ calibrated on FILE's text, as\n"
+            "                     'kilnc compile --calibrate' does (minutes on the CPU)\n"
+            "  --calibrate-tokens N  with --calibrate: its first N tokens (default 16384)\n"
             "  -h, --help         this help\n\n"
             "Prints the tokens scored, the mean NLL (nats), the perplexity, the windows and the\n"
             "seconds the scoring took (loading the model excluded).\n");
@@ -108,13 +116,15 @@ static int score_window(ksched *s, const int32_t *ids, int n, int from, double *
     return 0;
 }
 
-static const char *const value_opts[] = {"--text", "--max-tokens", "--window", "--stride",
-                                         "--json"};
+static const char *const value_opts[] = {"--text",  "--max-tokens", "--window",
+                                         "--stride", "--json",       "--quant",
+                                         "--calibrate", "--calibrate-tokens"};
 
 int cmd_perplexity(int argc, char **argv)
 {
     const char *dir = NULL, *text_path = NULL, *json = NULL;
-    int64_t max_tokens = 0, window = 0, stride = 0;
+    int64_t max_tokens = 0, window = 0, stride = 0, calib_tokens = 0;
+    cli_backend_opts bo = {0};
     kerr err;
     kerr_clear(&err);
     for (int i = 1; i < argc; i++) {
@@ -128,6 +138,16 @@ int cmd_perplexity(int argc, char **argv)
             text_path = v;
         } else if (!strcmp(a, "--json")) {
             json = v;
+        } else if (!strcmp(a, "--quant")) {
+            if (strcmp(v, "fp8") && strcmp(v, "int4"))
+                return util_usage_error(PROG, "--quant %s: expected fp8 or int4", v);
+            bo.quant = v;
+        } else if (!strcmp(a, "--calibrate")) {
+            bo.calib_path = v;
+        } else if (!strcmp(a, "--calibrate-tokens")) {
+            if (util_parse_i64(a, v, 2, INT32_MAX, &calib_tokens, &err))
+                return util_usage_error(PROG, "%s", kerr_msg(&err));
+            bo.calib_tokens = (int)calib_tokens;
         } else if (!strcmp(a, "--max-tokens") || !strcmp(a, "--window") ||
                    !strcmp(a, "--stride")) {
             int64_t *dst = a[2] == 'm' ? &max_tokens : a[2] == 'w' ? &window : &stride;
@@ -142,6 +162,11 @@ int cmd_perplexity(int argc, char **argv)
                                       "Hugging Face checkpoint folder)");
     if (!text_path)
         return util_usage_error(PROG, "missing --text FILE (the text to score)");
+    if (bo.calib_path && !bo.quant)
+        return util_usage_error(PROG, "--calibrate needs --quant fp8 or int4 (it picks how the "
+                                      "weights are rounded)");
+    if (bo.calib_tokens && !bo.calib_path)
+        return util_usage_error(PROG, "--calibrate-tokens needs --calibrate FILE");
     if (window && stride > window)
         return util_usage_error(PROG, "--stride %lld is outside 1 to --window %lld",
                                 (long long)stride, (long long)window);
@@ -187,7 +212,7 @@ int cmd_perplexity(int argc, char **argv)
     if (max_tokens && max_tokens < n)
         n = (int)max_tokens;
 
-    if (!(b = cli_open_backend(dir, &(cli_backend_opts){0}, &err)))
+    if (!(b = cli_open_backend(dir, &bo, &err)))
         goto out;
     const kb_info *in = b->info;
     fprintf(stderr, "%s: %s\n", PROG, b->describe(b));

@@ -9,6 +9,9 @@
  * at window 64 stride 32, 56.69 at window = stride 48, whose windows' first tokens are not scored).
  * The bad inputs each give their message: an unreadable or empty file, a text of one token, a
  * window past the model's max sequence length, a stride outside 1..W, a model without an LM head.
+ * --quant on the CPU: the weights are rounded (the perplexity moves, and the backend says how
+ * they were rounded), by GPTQ with --calibrate; the misuses of --quant and --calibrate are
+ * usage errors, and --quant on a compiled model names what to do instead.
  */
 #include "testutil.h"
 
@@ -217,6 +220,68 @@ static void test_errors(void **state)
     free(one);
 }
 
+/* kiln perplexity --quant: the checkpoint's linears rounded as kilnc compile --quant rounds them:
+ * the perplexity moves (by more than 1e-4), and by less than a bound. On this 208-token text
+ * (bf16 50.359) FP8 moves it by -2.25% and INT4 to nearest by +15.8% (issue 17's 1% and 5% are
+ * for the README's longer text, INT4's with --calibrate). */
+static void test_quant(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *quant, *says;
+        double bound; /* on |perplexity / bf16's - 1| */
+    } q[] = {
+        {"fp8", "--quant fp8: 42 linear weights rounded to e4m3 with a scale per row", 0.03},
+        {"int4", "--quant int4: 42 linear weights rounded to INT4 (round to nearest", 0.25},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(q); i++) {
+        run r = PPL(TINY, "--text", TEXT, "--quant", q[i].quant);
+        EXPECT_CODE(r, 0);
+        assert_contains(r.err, q[i].says);
+        double d = fabs(field(r.out, "perplexity: ") / REF[0].ppl - 1);
+        if (d < 1e-4 || d > q[i].bound)
+            fail_msg("--quant %s: perplexity %.2e from bf16's, expected 1e-4 to %g", q[i].quant, d,
+                     q[i].bound);
+        tu_run_free(&r);
+    }
+    /* GPTQ on the text's first 64 tokens: a different rounding from round to nearest's */
+    run r = PPL(TINY, "--text", TEXT, "--quant", "int4", "--calibrate", TEXT,
+                "--calibrate-tokens", "64");
+    EXPECT_CODE(r, 0);
+    assert_contains(r.err, "42 by GPTQ calibrated on 64 tokens of " TEXT);
+    tu_run_free(&r);
+    static const struct {
+        const char *args[6];
+        const char *want;
+    } bad[] = {
+        {{"--quant", "int3"}, "--quant int3: expected fp8 or int4"},
+        {{"--calibrate", TEXT}, "--calibrate needs --quant fp8 or int4"},
+        {{"--quant", "fp8", "--calibrate-tokens", "64"},
+         "--calibrate-tokens needs --calibrate FILE"},
+        {{"--quant", "fp8", "--calibrate", TEXT, "--calibrate-tokens", "1"},
+         "--calibrate-tokens: '1' is out of range (expected 2 to"},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
+        const char *argv[12] = {"perplexity", TINY, "--text", TEXT};
+        int n = 4;
+        for (int k = 0; k < 6 && bad[i].args[k]; k++)
+            argv[n++] = bad[i].args[k];
+        r = tu_run_bin(D, KILN, argv);
+        EXPECT_CODE(r, 2);
+        assert_contains(r.err, bad[i].want);
+        tu_run_free(&r);
+    }
+    /* a compiled model (model.kiln: only its presence is looked at before the options are) */
+    char *art = linked("art", (const char *[]){TINY "/tokenizer.json", TINY "/config.json"},
+                       (const char *[]){"tokenizer.json", "model.kiln"}, 2);
+    r = PPL(art, "--text", TEXT, "--quant", "int4");
+    EXPECT_CODE(r, 1);
+    assert_contains(r.err, "--quant applies to a Hugging Face checkpoint folder only");
+    assert_contains(r.err, "its weights' rounding built in (kilnc compile --quant, --calibrate");
+    tu_run_free(&r);
+    free(art);
+}
+
 int main(void)
 {
     KILN = getenv("KILN");
@@ -230,6 +295,7 @@ int main(void)
         T(test_matches_hf),
         T(test_defaults_and_json),
         T(test_errors),
+        T(test_quant),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);
