@@ -319,8 +319,8 @@ const float *gptq_hessian(gptq_calib *cal, int weight)
  * entry (i, j) gets the sum over the forward's tokens, in token order and in double, of x_ti
  * x_tj. Tiles of 4 rows by 8 columns keep their 32 sums in registers (each lane of a v4d one
  * entry's sum, the same sum to the bit as one entry at a time), each token's 8 values of the
- * tile's columns loaded once for its 4 rows: about 5x faster than an entry at a time. The
- * entries outside whole tiles (the last K % 4 rows, K % 8 columns) one at a time. A chunk's
+ * tile's columns loaded once for its 4 rows (with ref.c's tiles, the example model's calibration
+ * went from 76 to 22 s on 2 cores). The entries outside whole tiles (the last K % 4 rows, K % 8 columns) one at a time. A chunk's
  * tile rows p and T-1-p go together: equal work a pair. */
 #define HT_I 4
 #define HT_J 8
@@ -545,12 +545,16 @@ gptq_calib *gptq_calibrate(kc *c, const int *weights, int n, kerr *err)
         cal->H[d] = xcalloc((size_t)(cal->k[d] * cal->k[d]), sizeof(float));
     ref **refs = xcalloc((size_t)P, sizeof *refs);
     kerr *errs = xmalloc(sizeof *errs * (size_t)P);
-    int *rcs = xcalloc((size_t)P, sizeof *rcs), rc = 0;
+    int *rcs = xcalloc((size_t)P, sizeof *rcs), rc = 0, last = 0;
+    for (int d = 0; d < cal->n; d++) /* nothing after the last input is computed: no LM head */
+        last = cal->node[d] > last ? cal->node[d] : last;
     for (int p = 0; p < P && !rc; p++) {
         if (!(refs[p] = ref_new(g, L, err)))
             rc = -1;
         for (int d = 0; refs[p] && d < cal->n; d++)
             ref_keep(refs[p], cal->node[d]);
+        if (refs[p])
+            ref_stop_after(refs[p], last);
     }
     /* P forwards at once, then their inputs added in sequence order: the sums do not depend
      * on P */

@@ -53,6 +53,7 @@ struct ref {
                                a view of one) */
     int *last_use;    /* per node: the last node reading it */
     unsigned char *keep;
+    int stop;         /* forwards compute nodes [0, stop) (ref_stop_after; g->n by default) */
     float *scratch;   /* row conversion buffer */
     size_t scratch_len;
 };
@@ -374,6 +375,7 @@ ref *ref_new(const kgraph *g, int max_seq, kerr *err)
             }
     }
     r->keep[g->output] = 1;
+    r->stop = g->n;
     r->ranks = xcalloc((size_t)r->tp, sizeof(rank_state));
     for (int k = 0; k < r->tp; k++) {
         rank_state *rk = &r->ranks[k];
@@ -457,6 +459,8 @@ void ref_set_rope_len(ref *r, int64_t len)
 }
 int ref_ranks(const ref *r) { return r->tp; }
 void ref_keep(ref *r, int node) { r->keep[node] = 1; }
+
+void ref_stop_after(ref *r, int node) { r->stop = node + 1; }
 
 const float *ref_rank_value(const ref *r, int node, int rank, int *rows, int *cols)
 {
@@ -1136,7 +1140,7 @@ int ref_forward(ref *r, const int64_t *ids, const int64_t *types, int n, kerr *e
 
     /* the ranks in lockstep: each node on every rank before the next node, so a collective
      * finds its input computed on all of them */
-    for (int id = 0; id < g->n; id++) {
+    for (int id = 0; id < r->stop; id++) {
         const kg_node *nd = &g->nodes[id];
         if (nd->is_const || nd->op == KG_INPUT)
             continue;

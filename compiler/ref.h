@@ -60,6 +60,10 @@ int ref_forward(ref *r, const int64_t *ids, const int64_t *types, int n, kerr *e
 const float *ref_output(const ref *r, int *rows, int *cols);
 /* Keep a node's value after forwards (values are otherwise freed after their last use). */
 void ref_keep(ref *r, int node);
+/* Forwards compute the nodes up to `node` (in graph order) and no further: for a caller that reads
+ * only kept values from before it (GPTQ's calibration reads the linears' inputs, not the logits;
+ * ref_output is then NULL). */
+void ref_stop_after(ref *r, int node);
 /* A kept node's value from the last forward on rank 0, [rows, cols]; NULL if not
  * kept/computed. */
 const float *ref_value(const ref *r, int node, int *rows, int *cols);
