@@ -26,8 +26,8 @@
 #include "kc.h"
 #include "overrides.h"
 #include "pipeline.h"
-#include "quant.h"
 #include "posenc.h"
+#include "quant.h"
 #include "ref.h"
 
 #define KBR_MAX_THREADS 64

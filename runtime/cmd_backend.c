@@ -45,7 +45,8 @@ static const char *cpu_option(const cli_backend_opts *o)
 static kbackend *open_gpu(const char *dir, const cli_backend_opts *o, kerr *err)
 {
     if (cpu_option(o)) {
-        int weights = o->quant || o->calib_path || o->calib_tokens;
+        /* the option named is a limit, or (no limit given) one of the weights' rounding */
+        int weights = !o->max_batch && !o->max_tokens && !o->max_seq_len && !o->kv_blocks;
         kerr_add(err, "%s: %s applies to a Hugging Face checkpoint folder only; %s is compiled, "
                       "%s built in (kilnc compile %s; kiln inspect shows %s)",
                  dir, cpu_option(o), dir, weights ? "its weights' rounding" : "with its limits",
