@@ -48,10 +48,18 @@ for M in $MODELS; do
   name=$(basename "$M")
   if [ ! -f "$M/tokenizer.json" ]; then
     # a synthesised checkpoint has no tokenizer: the example model's (4,096 ids, all inside any
-    # Llama vocabulary) encodes the text, in a folder of links to the checkpoint's files
+    # Llama vocabulary) encodes the text, in a folder of links to the checkpoint's files; its
+    # own config.json and generation_config.json there carry the example's special-token ids
+    # (the tokenizer refuses a bos_token_id of 128000, outside its 4,096)
     T=$W/tok-$name
-    rm -rf "$T" && mkdir -p "$T" && ln -s "$(cd "$M" && pwd)"/* "$T"/ &&
-      cp --remove-destination examples/tinyfortune/tokenizer.json examples/tinyfortune/tokenizer_config.json "$T"/
+    rm -rf "$T" && mkdir -p "$T" && ln -s "$(cd "$M" && pwd)"/* "$T"/ && rm "$T/config.json" &&
+      cp --remove-destination examples/tinyfortune/tokenizer.json \
+        examples/tinyfortune/tokenizer_config.json examples/tinyfortune/generation_config.json "$T"/ &&
+      python3 -c 'import json, sys
+c = json.load(open(sys.argv[1]))
+c.update({k: 0 for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in c})
+json.dump(c, open(sys.argv[2], "w"), indent=2)' "$M/config.json" "$T/config.json" ||
+      { echo "quant.sh: $name: cannot make its tokenizer folder $T"; fail=1; continue; }
     M=$T
   fi
   calib=0
