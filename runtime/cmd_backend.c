@@ -30,13 +30,20 @@ static const char *gpu_option(const cli_backend_opts *o)
                            : NULL;
 }
 
-static const char *cpu_option(const cli_backend_opts *o)
+/* The checkpoint's options: the limits a compiled model has built in, and how its weights are
+ * rounded. */
+static const char *limit_option(const cli_backend_opts *o)
 {
-    return o->max_batch      ? "--max-batch"
-           : o->max_tokens   ? "--max-tokens"
-           : o->max_seq_len  ? "--max-seq-len"
-           : o->kv_blocks    ? "--kv-blocks"
-           : o->quant        ? "--quant"
+    return o->max_batch     ? "--max-batch"
+           : o->max_tokens  ? "--max-tokens"
+           : o->max_seq_len ? "--max-seq-len"
+           : o->kv_blocks   ? "--kv-blocks"
+                            : NULL;
+}
+
+static const char *rounding_option(const cli_backend_opts *o)
+{
+    return o->quant          ? "--quant"
            : o->calib_path   ? "--calibrate"
            : o->calib_tokens ? "--calibrate-tokens"
                              : NULL;
@@ -44,14 +51,18 @@ static const char *cpu_option(const cli_backend_opts *o)
 
 static kbackend *open_gpu(const char *dir, const cli_backend_opts *o, kerr *err)
 {
-    if (cpu_option(o)) {
-        /* the option named is a limit, or (no limit given) one of the weights' rounding */
-        int weights = !o->max_batch && !o->max_tokens && !o->max_seq_len && !o->kv_blocks;
+    if (limit_option(o)) {
         kerr_add(err, "%s: %s applies to a Hugging Face checkpoint folder only; %s is compiled, "
-                      "%s built in (kilnc compile %s; kiln inspect shows %s)",
-                 dir, cpu_option(o), dir, weights ? "its weights' rounding" : "with its limits",
-                 weights ? "--quant, --calibrate" : "--max-batch, --max-tokens, --max-seq-len",
-                 weights ? "it" : "them");
+                      "with its limits built in (kilnc compile --max-batch, --max-tokens, "
+                      "--max-seq-len; kiln inspect shows them)",
+                 dir, limit_option(o), dir);
+        return NULL;
+    }
+    if (rounding_option(o)) {
+        kerr_add(err, "%s: %s applies to a Hugging Face checkpoint folder only; %s is compiled, "
+                      "its weights' rounding built in (kilnc compile --quant, --calibrate; kiln "
+                      "inspect shows it)",
+                 dir, rounding_option(o), dir);
         return NULL;
     }
     km_opts ko = {o->kv_memory ? o->kv_memory : 0.9, o->no_graphs, o->quiet, o->tp,
