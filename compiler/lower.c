@@ -436,8 +436,7 @@ static int *plan_rope_fold(lw *w)
         int64_t cq, ck, cv;
         const int l = plan_storage_at(g, qr->in[0], &cq);
         if (plan_storage_at(g, kr->in[0], &ck) != l || plan_storage_at(g, n->in[2], &cv) != l ||
-            cq != 0 ||
-            ck != QW || cv != QW + KW || readers[l] != 3 || g->output == l)
+            cq != 0 || ck != QW || cv != QW + KW || readers[l] != 3 || g->output == l)
             continue;
         const kg_node *ln = &g->nodes[l];
         if (ln->op != KG_LINEAR || ln->epi_act >= 0 || row_width(ln) != N)

@@ -566,9 +566,9 @@ static void op_linear(ref *r, const kg_node *n, float *out)
         int nw = gated ? 2 : (int)(cols - j < DOT_W ? cols - j : DOT_W);
         const float *wr[DOT_W];
         int64_t row[DOT_W];
-        for (int q = 0; q < DOT_W; q++) {
-            row[q] = gated ? j + q * cols : j + (q < nw ? q : 0);
-            wr[q] = crow(w, (uint64_t)(row[q] * k), k, buf + q * k);
+        for (int q = 0; q < DOT_W; q++) { /* past the last row (nw < DOT_W): row j again */
+            row[q] = q < nw ? (gated ? j + q * cols : j + q) : j;
+            wr[q] = q < nw ? crow(w, (uint64_t)(row[q] * k), k, buf + q * k) : wr[0];
         }
         for (int t = 0; t < r->n; t += DOT_T) {
             float d[DOT_T][DOT_W];

@@ -925,11 +925,10 @@ attn_decode_warp_mma(const kiln_step &st, int s, int p, const DT *q,
 // chunk = max(SPLIT_MIN, ceil(n / NSPLIT)) keys: used = ceil(n / chunk) <= NSPLIT splits, the
 // CTAs with split >= used exit at once. The boundaries depend only on the sequence's own n,
 // never on the batch. The warps of a CTA interleave over its piece and merge in shared memory
-// (warp 0 .. WARPS-1). A
-// warp's keys: with KILN_ATTN_DECODE_MMA(HD, HPC) (HD % 16 == 0, HD <= 128, HPC <= 16) on the
-// tensor cores, the HPC heads as the rows of m16n8k16 tiles (attn_decode_warp_mma: its P is
-// rounded to DT before P.V, as attn_prefill's); otherwise on the CUDA cores, in float
-// (attn_warp_keys).
+// (warp 0 .. WARPS-1). A warp's keys: with KILN_ATTN_DECODE_MMA(HD, HPC) (HD % 16 == 0, HD <=
+// 128, HPC <= 16) on the tensor cores, the HPC heads as the rows of m16n8k16 tiles
+// (attn_decode_warp_mma: its P is rounded to DT before P.V, as attn_prefill's); otherwise on the
+// CUDA cores, in float (attn_warp_keys).
 //   used == 1 (n <= max(SOLO, SPLIT_MIN): short contexts): the CTA normalises and writes out
 //     itself. A short context's keys on one CTA's warps, a few tiles each, take less time than
 //     the merge's round trips through global memory (a fence, the counter, the records): at batch
@@ -943,8 +942,8 @@ attn_decode_warp_mma(const kiln_step &st, int s, int p, const DT *q,
 // A sequence with no row in the step is skipped (nothing written, its counters not touched).
 //
 //   NSPLIT     most key splits per (sequence, head group)   HPC query heads per CTA (1 .. NH/NKV)
-//   SPLIT_MIN  fewest keys a split takes (>= 1)              SOLO most keys one CTA takes whole
-//   (>= 0)     other parameters as attn_prefill.
+//   SPLIT_MIN  fewest keys a split takes (>= 1)              SOLO most keys on one CTA (>= 0)
+//   other parameters as attn_prefill.
 template <typename DT, int NH, int NKV, int HD, int CAUSAL, int WINDOW, int ALIBI, int SOFTCAP,
           int NSPLIT, int HPC, int THREADS, int SPLIT_MIN, int SOLO, int KV8 = 0>
 __device__ __forceinline__ void attn_decode(const kiln_step st, const DT *q,
