@@ -712,22 +712,30 @@ static int block_smem(const kc *c)
     return c->smem_block ? c->smem_block : lower_smem_optin(80);
 }
 
-/* The shared memory a gemv_stream block of that K uses (esize-byte elements). */
-static int gemv_stream_used(int64_t K, int esize)
+/* The shared memory a gemv_stream block of that K and ring depth d uses (esize-byte elements). */
+static int gemv_stream_used(int64_t K, int d, int esize)
 {
-    return KILN_GEMV_STREAM_SMEM(KILN_GEMV_STREAM_WARPS, KILN_GEMV_STREAM_D,
-                                 lower_gemv_stream_seg(K), (int)K, esize);
+    return KILN_GEMV_STREAM_SMEM(KILN_GEMV_STREAM_WARPS, d, lower_gemv_stream_seg(K), (int)K,
+                                 esize);
 }
 
 int lower_gemv_stream(const kc *c, int64_t N, int64_t K, int gated)
 {
     return c->sm90 && !c->batch_invariant && K % 8 == 0 && K <= KILN_GEMV_STREAM_KMAX &&
-           (!gated || N % 2 == 0) && gemv_stream_used(K, 2) <= block_smem(c);
+           (!gated || N % 2 == 0) && gemv_stream_used(K, KILN_GEMV_STREAM_DMIN, 2) <= block_smem(c);
+}
+
+int lower_gemv_stream_depth(const kc *c, int64_t K, int esize)
+{
+    int d = KILN_GEMV_STREAM_DMAX;
+    while (d > KILN_GEMV_STREAM_DMIN && gemv_stream_used(K, d, esize) > block_smem(c))
+        d--;
+    return d;
 }
 
 int lower_gemv_stream_smem(const kc *c, int64_t K, int esize)
 {
-    const int need = gemv_stream_used(K, esize);
+    const int need = gemv_stream_used(K, lower_gemv_stream_depth(c, K, esize), esize);
     const int sm = KILN_GEMV_STREAM_SMEM_SM < block_smem(c) ? KILN_GEMV_STREAM_SMEM_SM
                                                             : block_smem(c);
     return need > sm ? need : sm;
@@ -772,6 +780,7 @@ static int push_gemv16(lw *w, int which, const kg_node *n, ka_arg x, ka_arg wt, 
         unit_offset = nn->unit_offset;
     }
     const int seg = lower_gemv_stream_seg(K), th = 32 * KILN_GEMV_STREAM_WARPS;
+    const int d = lower_gemv_stream_depth(w->c, K, w->esize);
     int k = kern(w, "gemv_stream", th, lower_gemv_stream_smem(w->c, K, w->esize),
                  "const kiln_step st, const DT *x, const DT *res, const DT *nw, DT *res_out, "
                  "float eps, const DT *w, const DT *bias, void *y, int M",
@@ -779,7 +788,7 @@ static int push_gemv16(lw *w, int which, const kg_node *n, ka_arg x, ka_arg wt, 
                  "x, res, nw, res_out, eps, w, bias, y, M)",
                  (long long)N, (long long)K, bias.kind == KA_ARG_NULL ? "false" : "true",
                  gated ? "true" : "false", act < 0 ? 0 : act, out_f32 ? "true" : "false",
-                 KILN_GEMV_STREAM_WARPS, KILN_GEMV_STREAM_D, seg, KILN_GEMV_STREAM_BLOCKS, mode,
+                 KILN_GEMV_STREAM_WARPS, d, seg, KILN_GEMV_STREAM_BLOCKS, mode,
                  unit_offset ? "true" : "false");
     ka_step o = kstep(k, n->name, G(0, 0, 0, KILN_GEMV_STREAM_BLOCKS, 1), G1(), G1());
     o.size = KA_SIZE_ONE;
@@ -816,7 +825,7 @@ static int push_gemv16(lw *w, int which, const kg_node *n, ka_arg x, ka_arg wt, 
              "rope_scale, dyn_base, dyn_factor, dyn_max_pos, M)",
              at->n_heads, at->n_kv_heads, at->head_dim, ra.rot, ra.il, ra.dyn, (long long)K,
              bias.kind == KA_ARG_NULL ? "false" : "true", KILN_GEMV_STREAM_WARPS,
-             KILN_GEMV_STREAM_D, seg, KILN_GEMV_STREAM_BLOCKS, mode,
+             d, seg, KILN_GEMV_STREAM_BLOCKS, mode,
              unit_offset ? "true" : "false");
     o.kernel = k;
     o.nargs = 8; /* st, x, res, nw, res_out, eps, w, bias as above */

@@ -59,9 +59,11 @@ int lower_gemv_threads(int64_t N, int64_t K, int gated, int step);
 int lower_smem_optin(int sm);
 /* Whether a 16-bit [N, K] linear's one-row steps take templates/gemv_stream.cuh on sm_90+ code
  * (builds with such a target, without --batch-invariant, K up to KILN_GEMV_STREAM_KMAX, its
- * shared memory within kc.smem_block); and its unit of weight (SEG elements: the largest
- * multiple of 8 that divides K, at most KILN_GEMV_STREAM_SEGMAX). */
+ * shared memory at KILN_GEMV_STREAM_DMIN within kc.smem_block); its ring depth (the deepest
+ * from KILN_GEMV_STREAM_DMAX down whose block fits kc.smem_block); and its unit of weight (SEG
+ * elements: the largest multiple of 8 that divides K, at most KILN_GEMV_STREAM_SEGMAX). */
 int lower_gemv_stream(const kc *c, int64_t N, int64_t K, int gated);
+int lower_gemv_stream_depth(const kc *c, int64_t K, int esize);
 int lower_gemv_stream_seg(int64_t K);
 /* The shared memory a gemv_stream block of that K asks for: what it uses, raised to
  * KILN_GEMV_STREAM_SMEM_SM (one block an SM; kernels/kiln_gemm.h) as far as every target allows

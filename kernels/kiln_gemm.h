@@ -107,10 +107,14 @@
  * an SM. The hardware puts a launch's blocks wherever they fit: a GEMV launched while every SM
  * held one block of the previous (72 KiB) got two blocks on some SMs and none on others, and ran
  * those SMs' share at half speed (tests/gpu/RESULTS.md, fifteenth session: the Llama-3 8B step
- * 0.78 -> 0.83 of the roofline). Small kernels' blocks still fit beside one. */
+ * 0.78 -> 0.83 of the roofline). Small kernels' blocks still fit beside one. D: the deepest of
+ * KILN_GEMV_STREAM_DMAX down to KILN_GEMV_STREAM_DMIN whose block fits every target's limit
+ * (lower.c's lower_gemv_stream_depth); more units in flight a warp keep more of the weight read
+ * in the memory system (tests/gpu/RESULTS.md, nineteenth session). */
 #define KILN_GEMV_STREAM_BLOCKS 132
 #define KILN_GEMV_STREAM_WARPS 8
-#define KILN_GEMV_STREAM_D 2
+#define KILN_GEMV_STREAM_DMIN 2
+#define KILN_GEMV_STREAM_DMAX 4
 #define KILN_GEMV_STREAM_KMAX 16384
 #define KILN_GEMV_STREAM_SEGMAX 2048
 #define KILN_GEMV_STREAM_SMEM(warps, d, seg, k, esz)                                              \

@@ -233,9 +233,9 @@ static void test_steps_replace_cublaslt(void **state)
  * (plan_norm_reader), the one-row step folds it (NORM 1, or 2 with a residual): it reads the
  * norm step's x, residual, weight, residual output and eps, the norm step runs at every other
  * row count (size not_one), and the GEMV's output does not overlap the norm's inputs (the plan
- * keeps them live). Otherwise it reads the GEMV's x and nulls. With sm_80 alone,
- * --batch-invariant, a K past KILN_GEMV_STREAM_KMAX or shared memory past the targets' limit:
- * none; lower_gemv_stream_seg's units. */
+ * keeps them live). Otherwise it reads the GEMV's x and nulls. Ring depth: that of
+ * lower_gemv_stream_depth. With sm_80 alone, --batch-invariant, a K past KILN_GEMV_STREAM_KMAX
+ * or shared memory past the targets' limit: none; lower_gemv_stream_seg's units. */
 static int overlap(const ka_arg *a, int64_t an, const ka_arg *b, int64_t bn)
 {
     return a->kind == KA_ARG_BUF && b->kind == KA_ARG_BUF && a->i < b->i + bn && b->i < a->i + an;
@@ -274,24 +274,25 @@ static void expect_stream_pairs(const char *fx, const kc *c, const ka_step *st, 
         assert_int_equal(grid_at(&o->grid[0], 1, 1), KILN_GEMV_STREAM_BLOCKS);
         assert_int_equal(grid_at(&o->grid[1], 1, 1), 1);
         long long N, K;
-        int gated = 0, mode, nh, nkv, hd;
+        int gated = 0, mode, nh, nkv, hd, d;
         char gt[8];
         const char *call = l->inst_call[o->kernel];
         if (rope) {
             if (sscanf(call, "kiln::gemv_stream_rope<DT, %d, %d, %d, %*d, %*d, %*d, %lld, %*[a-z], "
-                             "%*d, %*d, %*d, %*d, %d,",
-                       &nh, &nkv, &hd, &K, &mode) != 5)
+                             "%*d, %d, %*d, %*d, %d,",
+                       &nh, &nkv, &hd, &K, &d, &mode) != 6)
                 fail_msg("%s: %s: no shape or norm in the template arguments", fx, call);
             N = (long long)(nh + 2 * nkv) * hd;
             (*ropes)++;
         } else {
             if (sscanf(call, "kiln::gemv_stream<DT, %lld, %lld, %*[a-z], %7[a-z], %*d, %*[a-z], "
-                             "%*d, %*d, %*d, %*d, %d,",
-                       &N, &K, gt, &mode) != 4)
+                             "%*d, %d, %*d, %*d, %d,",
+                       &N, &K, gt, &d, &mode) != 5)
                 fail_msg("%s: %s: no shape or norm in the template arguments", fx, call);
             gated = !strcmp(gt, "true");
         }
         assert_true(K <= KILN_GEMV_STREAM_KMAX);
+        assert_int_equal(d, lower_gemv_stream_depth(c, K, 2));
         assert_int_equal(k->smem, lower_gemv_stream_smem(c, K, 2));
         (*pairs)++;
         if (mode == 0) {
@@ -470,22 +471,39 @@ static void test_gemv_stream_steps(void **state)
     assert_false(lower_gemv_stream(&cc, 4096, KILN_GEMV_STREAM_KMAX + 256, 0));
     assert_false(lower_gemv_stream(&cc, 4095, 4096, 1));
     assert_false(lower_gemv_stream(&cc, 4096, 4100, 0));
-    cc.smem_block = KILN_GEMV_STREAM_SMEM(KILN_GEMV_STREAM_WARPS, KILN_GEMV_STREAM_D, 2048,
-                                          KILN_GEMV_STREAM_KMAX, 2) - 1;
+#define SMEM_AT(d, seg, k) KILN_GEMV_STREAM_SMEM(KILN_GEMV_STREAM_WARPS, d, seg, k, 2)
+    /* feasible when the shallowest ring fits; the deepest that fits is taken */
+    cc.smem_block = SMEM_AT(KILN_GEMV_STREAM_DMIN, 2048, KILN_GEMV_STREAM_KMAX) - 1;
     assert_false(lower_gemv_stream(&cc, 4096, KILN_GEMV_STREAM_KMAX, 0));
     assert_true(lower_gemv_stream(&cc, 4096, 4096, 0));
+    cc.smem_block = SMEM_AT(KILN_GEMV_STREAM_DMIN, 2048, KILN_GEMV_STREAM_KMAX);
+    assert_true(lower_gemv_stream(&cc, 4096, KILN_GEMV_STREAM_KMAX, 0));
+    assert_int_equal(lower_gemv_stream_depth(&cc, KILN_GEMV_STREAM_KMAX, 2),
+                     KILN_GEMV_STREAM_DMIN);
+    cc.smem_block = SMEM_AT(3, 2048, 4096);
+    assert_int_equal(lower_gemv_stream_depth(&cc, 4096, 2), 3);
+    cc.smem_block = SMEM_AT(3, 2048, 4096) - 1;
+    assert_int_equal(lower_gemv_stream_depth(&cc, 4096, 2), 2);
     cc.smem_block = 0;
     /* a block asks for more than half of a Hopper SM (228 KiB, 1 KiB reserved a block): one an
-     * SM; as far as the targets allow */
+     * SM; as far as the targets allow; the shallowest ring of the longest K within that */
     assert_true(2 * (KILN_GEMV_STREAM_SMEM_SM + 1024) > 228 * 1024);
-    assert_true(KILN_GEMV_STREAM_SMEM(KILN_GEMV_STREAM_WARPS, KILN_GEMV_STREAM_D, 2048,
-                                      KILN_GEMV_STREAM_KMAX, 2) <= KILN_GEMV_STREAM_SMEM_SM);
+    assert_true(SMEM_AT(KILN_GEMV_STREAM_DMIN, 2048, KILN_GEMV_STREAM_KMAX) <=
+                KILN_GEMV_STREAM_SMEM_SM);
     cc.smem_block = lower_smem_optin(90);
-    assert_int_equal(lower_gemv_stream_smem(&cc, 4096, 2), KILN_GEMV_STREAM_SMEM_SM);
+    assert_true(KILN_GEMV_STREAM_DMAX > KILN_GEMV_STREAM_DMIN);
+    assert_int_equal(lower_gemv_stream_depth(&cc, KILN_GEMV_STREAM_KMAX, 2),
+                     KILN_GEMV_STREAM_DMAX);
+    assert_int_equal(lower_gemv_stream_smem(&cc, 4096, 2),
+                     SMEM_AT(KILN_GEMV_STREAM_DMAX, 2048, 4096));
+    assert_int_equal(lower_gemv_stream_smem(&cc, 1024, 2), KILN_GEMV_STREAM_SMEM_SM);
     cc.smem_block = lower_smem_optin(80);
-    assert_int_equal(lower_gemv_stream_smem(&cc, 14336, 2), KILN_GEMV_STREAM_SMEM_SM);
+    assert_int_equal(lower_gemv_stream_smem(&cc, 14336, 2),
+                     SMEM_AT(KILN_GEMV_STREAM_DMAX, 2048, 14336));
     cc.smem_block = lower_smem_optin(89);
+    assert_int_equal(lower_gemv_stream_depth(&cc, 4096, 2), KILN_GEMV_STREAM_DMIN);
     assert_int_equal(lower_gemv_stream_smem(&cc, 4096, 2), 99 * 1024);
+#undef SMEM_AT
     assert_int_equal(lower_gemv_stream_seg(14336), 2048);
     assert_int_equal(lower_gemv_stream_seg(3584), 1792);
     assert_int_equal(lower_gemv_stream_seg(64), 64);

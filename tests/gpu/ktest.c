@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "knvrtc.h"
+#include "lower.h"
 
 static void die(kt *t, const char *fmt, ...)
 {
@@ -93,6 +94,15 @@ CUmodule kt_module_sm90a(kt *t, const char *name, const char *src)
 int kt_sm90a(const kt *t) { return t->compile_only || strcmp(t->arch, "sm_90a") == 0; }
 
 int kt_sm_at_least(const kt *t, int sm) { return t->compile_only || atoi(t->arch + 3) >= sm; }
+
+int kt_stream_depth(int K)
+{
+    kc c;
+    memset(&c, 0, sizeof c);
+    c.sm90 = 1;
+    c.smem_block = lower_smem_optin(90);
+    return lower_gemv_stream_depth(&c, K, 2);
+}
 
 CUfunction kt_func(kt *t, CUmodule m, const char *name)
 {

@@ -711,7 +711,7 @@ static void t_stream_rope(kt *t, int NH, int NKV, int HD, int ROT, int INTER, in
                           int bias, const seqcfg *c, const char *cname)
 {
     const int N = (NH + 2 * NKV) * HD, QW = NH * HD, KW = NKV * HD;
-    const int W = KILN_GEMV_STREAM_WARPS, D = KILN_GEMV_STREAM_D, B = KILN_GEMV_STREAM_BLOCKS;
+    const int W = KILN_GEMV_STREAM_WARPS, D = kt_stream_depth(K), B = KILN_GEMV_STREAM_BLOCKS;
     const int SEG = lower_gemv_stream_seg(K), smem = KILN_GEMV_STREAM_SMEM(W, D, SEG, K, 2);
     char name[200], src[3000];
     snprintf(name, sizeof name,

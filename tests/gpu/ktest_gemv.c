@@ -1191,20 +1191,22 @@ static void quant_case(kt *t, int K, int TH, int f16)
 }
 
 /* gemv_stream (templates/gemv_stream.cuh, sm_90a) at lower.c's launch (kernels/kiln_gemm.h's
- * KILN_GEMV_STREAM_*, lower_gemv_stream_seg's unit) on one row of x, against gemv_ref;
+ * KILN_GEMV_STREAM_*, lower_gemv_stream_seg's unit, ring depth `depth` or, 0, that of a build
+ * for sm_90 alone: lower_gemv_stream_depth) on one row of x, against gemv_ref;
  * with `chain`, the same launch twice back to back on the stream (PDL on), the second's x the
  * first's y (NOUT == K), so that the second's early weight loads and its wait on the first are
  * exercised; y poisoned, every output checked. norm 1: the RMS norm folded in (x normalised
  * with a weight, 1 + it with uo, as rms_norm rounds it, before the product); 2: of round(x +
  * res), which must also come back exactly in res_out. */
 static void stream_case(kt *t, int N, int K, int gated, int act, int bias, int f32, int f16,
-                        int chain, int norm, int uo)
+                        int chain, int norm, int uo, int depth)
 {
-    const int NOUT = gated ? N / 2 : N, W = KILN_GEMV_STREAM_WARPS, D = KILN_GEMV_STREAM_D;
+    const int NOUT = gated ? N / 2 : N, W = KILN_GEMV_STREAM_WARPS;
+    const int D = depth ? depth : kt_stream_depth(K);
     const int SEG = lower_gemv_stream_seg(K), blocks = KILN_GEMV_STREAM_BLOCKS;
     const int smem = KILN_GEMV_STREAM_SMEM(W, D, SEG, K, 2);
     char name[200], src[1024];
-    snprintf(name, sizeof name, "gemv_stream N=%d K=%d SEG=%d%s%s%s%s%s%s%s", N, K, SEG,
+    snprintf(name, sizeof name, "gemv_stream N=%d K=%d SEG=%d D=%d%s%s%s%s%s%s%s", N, K, SEG, D,
              gated ? " gated" : "", bias ? " bias" : "", f32 ? " f32" : "", f16 ? " f16" : "",
              chain ? " chained" : "", norm == 1 ? " norm" : norm == 2 ? " residual norm" : "",
              uo ? " (1 + w)" : "");
@@ -1481,25 +1483,30 @@ void ktest_gemv(kt *t)
     /* gemv_stream: the Llama-3 1B/8B shapes (SEG 2048, several units a row, more outputs than
      * warps and fewer), a gated MLP, logits, units of 1792, 768, 1536 and 40 elements (lanes
      * idle in a unit's last pass), f16 and bias, chained launches */
-    stream_case(t, 3072, 2048, 0, 0, 0, 0, 0, 0, 0, 0);
-    stream_case(t, 4096, 4096, 0, 0, 0, 0, 0, 1, 0, 0);
-    stream_case(t, 2 * 14336, 4096, 1, KILN_ACT_SILU, 0, 0, 0, 0, 0, 0);
-    stream_case(t, 4096, 14336, 0, 0, 1, 0, 0, 0, 0, 0);
-    stream_case(t, 200, 8192, 0, 0, 0, 0, 0, 0, 0, 0);
-    stream_case(t, 32000, 2048, 0, 0, 0, 1, 0, 0, 0, 0);
-    stream_case(t, 6144, 3072, 1, KILN_ACT_GELU_TANH, 1, 0, 0, 1, 0, 0);
-    stream_case(t, 896, 3584, 0, 0, 1, 0, 0, 0, 0, 0);
-    stream_case(t, 1000, 768, 0, 0, 1, 0, 1, 0, 0, 0);
-    stream_case(t, 1998, 1536, 1, KILN_ACT_SILU, 0, 0, 1, 0, 0, 0);
-    stream_case(t, 64, 40, 0, 0, 1, 0, 0, 0, 0, 0);
-    stream_case(t, 128, 64, 1, KILN_ACT_SILU, 0, 0, 0, 1, 0, 0);
+    stream_case(t, 3072, 2048, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    stream_case(t, 4096, 4096, 0, 0, 0, 0, 0, 1, 0, 0, 0);
+    stream_case(t, 2 * 14336, 4096, 1, KILN_ACT_SILU, 0, 0, 0, 0, 0, 0, 0);
+    stream_case(t, 4096, 14336, 0, 0, 1, 0, 0, 0, 0, 0, 0);
+    stream_case(t, 200, 8192, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    stream_case(t, 32000, 2048, 0, 0, 0, 1, 0, 0, 0, 0, 0);
+    stream_case(t, 6144, 3072, 1, KILN_ACT_GELU_TANH, 1, 0, 0, 1, 0, 0, 0);
+    stream_case(t, 896, 3584, 0, 0, 1, 0, 0, 0, 0, 0, 0);
+    stream_case(t, 1000, 768, 0, 0, 1, 0, 1, 0, 0, 0, 0);
+    stream_case(t, 1998, 1536, 1, KILN_ACT_SILU, 0, 0, 1, 0, 0, 0, 0);
+    stream_case(t, 64, 40, 0, 0, 1, 0, 0, 0, 0, 0, 0);
+    stream_case(t, 128, 64, 1, KILN_ACT_SILU, 0, 0, 0, 1, 0, 0, 0);
     /* the RMS norm folded in: Llama-3 8B's qkv (plain, the first layer's) and gate/up (after a
      * residual), gemma's 1 + w, f16, a unit of 40 elements */
-    stream_case(t, 6144, 4096, 0, 0, 0, 0, 0, 0, 1, 0);
-    stream_case(t, 2 * 14336, 4096, 1, KILN_ACT_SILU, 0, 0, 0, 0, 2, 0);
-    stream_case(t, 3072, 2048, 0, 0, 1, 0, 0, 0, 2, 1);
-    stream_case(t, 1000, 768, 0, 0, 0, 0, 1, 0, 2, 0);
-    stream_case(t, 64, 40, 0, 0, 1, 0, 0, 0, 2, 1);
+    stream_case(t, 6144, 4096, 0, 0, 0, 0, 0, 0, 1, 0, 0);
+    stream_case(t, 2 * 14336, 4096, 1, KILN_ACT_SILU, 0, 0, 0, 0, 2, 0, 0);
+    stream_case(t, 3072, 2048, 0, 0, 1, 0, 0, 0, 2, 1, 0);
+    stream_case(t, 1000, 768, 0, 0, 0, 0, 1, 0, 2, 0, 0);
+    stream_case(t, 64, 40, 0, 0, 1, 0, 0, 0, 2, 1, 0);
+    /* the shallowest and a middle ring, as builds with a target of less shared memory run them
+     * (lower_gemv_stream_depth): chained, wrapping the ring many times, with the norm folded in */
+    stream_case(t, 4096, 4096, 0, 0, 0, 0, 0, 1, 0, 0, KILN_GEMV_STREAM_DMIN);
+    stream_case(t, 4096, 14336, 0, 0, 1, 0, 0, 0, 0, 0, KILN_GEMV_STREAM_DMIN);
+    stream_case(t, 2 * 14336, 4096, 1, KILN_ACT_SILU, 0, 0, 0, 0, 2, 0, 3);
     gemv_invariance(t, 2048, 2048, 8, 8, 0, 0);
     gemv_invariance(t, 1000, 14336, 7, 16, 0, 0);
     gemv_invariance(t, 2048, 2048, 8, 8, 2048, 0);
