@@ -1260,11 +1260,16 @@ static int low_linear(lw *w, int id)
  * here). A context of up to DECODE_SOLO keys is one CTA per head group that writes its output
  * with no merge (measured: tests/gpu/RESULTS.md, seventeenth session: the Llama-3 8B batch-1
  * step 0.886 -> 0.910 of its roofline at 33..160 keys against splits of 32); longer ones take
- * up to DECODE_SPLITS CTAs of at least DECODE_SPLIT_MIN keys (a first choice, not tuned). */
+ * up to DECODE_SPLITS CTAs of at least DECODE_SPLIT_MIN keys (a first choice, not tuned). On
+ * the 16-bit cache a CTA has DECODE_THREADS_WIDE threads where that many warps fit 48 KB with
+ * the head group DECODE_THREADS' take (head dims up to 64: tests/gpu/RESULTS.md, nineteenth
+ * session, the Llama-3.2 1B batch-1 step 0.715 -> 0.723; at 128 even one head does not fit),
+ * else DECODE_THREADS; the FP8 cache keeps DECODE_THREADS (wider not measured). */
 #define DECODE_SPLITS 16
 #define DECODE_SPLIT_MIN 32
 #define DECODE_SOLO 256
 #define DECODE_THREADS 128
+#define DECODE_THREADS_WIDE 256
 
 /* The cache pointers' type in a kernel's parameters, and the KV8 template argument that goes
  * with it (none for the 16-bit cache: its calls are as they were before --kv-dtype) */
@@ -1320,6 +1325,11 @@ static int attention_steps(lw *w, const kg_node *n, int HD, ka_arg q, ka_arg q1,
             hpc = h;
             break;
         }
+    const int threads = !w->c->kv_fp8 && KILN_ATTN_DECODE_SMEM(HD, hpc, DECODE_THREADS_WIDE / 32,
+                                                               DECODE_SPLITS, (int)w->esize,
+                                                               0) <= 48 * 1024
+                            ? DECODE_THREADS_WIDE
+                            : DECODE_THREADS;
     ka_arg ws = A(KA_ARG_SCRATCH,
                   scratch_at(w, (int64_t)w->c->max_seqs * NH * DECODE_SPLITS * (HD + 2) * 4));
     assert(NH <= w->attn_heads); /* the counters at scratch offset 0 are [max_seqs, attn_heads] */
@@ -1331,9 +1341,9 @@ static int attention_steps(lw *w, const kg_node *n, int HD, ka_arg q, ka_arg q1,
     snprintf(call, sizeof call,
              "kiln::attn_decode<DT, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d%s>(st, q, "
              "k_cache, v_cache, ws, cnt, out, scale, softcap, alibi_slopes%s)",
-             NH, NKV, HD, at->causal, W, at->alibi, softcap, DECODE_SPLITS, hpc, DECODE_THREADS,
+             NH, NKV, HD, at->causal, W, at->alibi, softcap, DECODE_SPLITS, hpc, threads,
              DECODE_SPLIT_MIN, DECODE_SOLO, KV8_ARG(w), h0_add);
-    int kd = kern(w, "attn_decode", DECODE_THREADS, 0, params, "%s", call);
+    int kd = kern(w, "attn_decode", threads, 0, params, "%s", call);
     s = kstep(kd, n->name, G(0, 0, 0, DECODE_SPLITS, 1), G(0, 0, 0, NH / hpc, 1),
               G(0, 1, 0, 0, 1));
     add_arg(&s, A(KA_ARG_STEP, 0));

@@ -37,6 +37,7 @@
 #include "quant.h"
 #include "testutil.h"
 #include "util.h"
+#include "../kernels/kiln_attn.h"
 
 #define FIX "tests/fixtures/"
 
@@ -87,8 +88,9 @@ static void test_nvrtc_every_fixture(void **state)
 /* Decode attention is one attn_decode launch per layer (no separate merge kernel), and its
  * arrival counters, the scratch bytes [0, max_seqs * NH * 4) that must stay zero between
  * launches, are its alone: every other scratch argument of both schedules starts past them.
- * llama (GQA), mistral (sliding window), bloom (ALiBi), gemma2 (softcap), llama_hd20 (head_dim
- * padded to 24). */
+ * On the 16-bit cache a CTA has 256 threads where eight warps fit 48 KB of shared memory, else
+ * 128 (lower.c's DECODE_THREADS_WIDE). llama (GQA), mistral (sliding window), bloom (ALiBi),
+ * gemma2 (softcap), llama_hd20 (head_dim padded to 24). */
 static void test_attn_decode_lowering(void **state)
 {
     (void)state;
@@ -105,8 +107,18 @@ static void test_attn_decode_lowering(void **state)
             const char *call = c.low->inst_call[i];
             assert_null(strstr(call, "attn_combine"));
             if (strncmp(call, "kiln::attn_decode<", 18) == 0) {
-                assert_int_equal(sscanf(call, "kiln::attn_decode<DT, %d,", &nh[i]), 1);
+                int nkv, hd, nsplit, hpc, threads;
+                assert_int_equal(sscanf(call, "kiln::attn_decode<DT, %d, %d, %d, %*d, %*d, %*d, "
+                                              "%*d, %d, %d, %d,",
+                                        &nh[i], &nkv, &hd, &nsplit, &hpc, &threads),
+                                 6);
                 assert_true(nh[i] > 0);
+                /* eight warps where they fit 48 KB with the head group four take, else four */
+                const int wide = !c.kv_fp8 && KILN_ATTN_DECODE_SMEM(hd, hpc, 8, nsplit,
+                                                                    (int)st_dtype_size(c.act_dtype),
+                                                                    0) <= 48 * 1024;
+                assert_int_equal(threads, wide ? 256 : 128);
+                assert_int_equal(m->kernels[i].block, threads);
                 if ((int64_t)m->max_seqs * nh[i] * 4 > counters)
                     counters = (int64_t)m->max_seqs * nh[i] * 4;
             }
