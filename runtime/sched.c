@@ -657,28 +657,64 @@ static void finish(ksched *s, kreq *r, ks_event *ev)
     deliver_final(r, ev);
 }
 
+/* The logprob events of prompt rows [lo, hi) of an item (util_parallel_for's chunks). */
+typedef struct lp_rows {
+    const kreq *r;
+    const kb_item *it;
+    int vocab, first;
+    ks_event *ev;
+} lp_rows;
+
+static void lp_rows_fill(void *ctx, int chunk, int64_t lo, int64_t hi)
+{
+    (void)chunk;
+    const lp_rows *j = ctx;
+    for (int64_t e = lo; e < hi; e++) {
+        const int i = j->first + (int)e, q = j->it->pos + i;
+        ks_event *ev = &j->ev[e];
+        ev->prompt_pos = q + 1;
+        ev->token = j->r->toks[q + 1];
+        ev->n_top = j->r->prompt_logprobs;
+        kb_logprobs(j->it->prompt_logits + (size_t)i * (size_t)j->vocab, j->vocab, ev->token,
+                    ev->n_top, &ev->logprob, ev->top_ids, ev->top_logprobs);
+    }
+}
+
 /* Prompt rows of an item: the caller's raw logits, and one logprob event per prompt position
- * p >= 1 (row p-1 scores prompt[p]); rows reported before a preemption are not reported again. */
+ * p >= 1 (row p-1 scores prompt[p]); rows reported before a preemption are not reported again.
+ * The logprobs (a pass over the vocabulary a row: 128K entries for Llama 3) are computed on
+ * every CPU where there are many rows, then delivered in order. */
 static void prompt_rows(ksched *s, kreq *r, const kb_item *it)
 {
-    int vocab = s->info->vocab;
-    for (int i = 0; i < it->n; i++) {
-        int q = it->pos + i;
-        if (q < r->lp_rows || q >= r->n_prompt)
-            continue;
-        const float *row = it->prompt_logits + (size_t)i * (size_t)vocab;
-        if (r->prompt_logits)
-            memcpy(r->prompt_logits + (size_t)q * (size_t)vocab, row, (size_t)vocab * sizeof *row);
-        if (r->prompt_logprobs >= 0 && q + 1 < r->n_prompt) {
-            ks_event ev = event_of(r);
-            ev.prompt_pos = q + 1;
-            ev.token = r->toks[q + 1];
-            ev.n_top = r->prompt_logprobs;
-            kb_logprobs(row, vocab, ev.token, ev.n_top, &ev.logprob, ev.top_ids, ev.top_logprobs);
-            r->cb(&ev);
-        }
-        r->lp_rows = q + 1;
+    const int vocab = s->info->vocab;
+    int first = 0, last = it->n; /* rows not yet reported, and within the prompt */
+    while (first < last && it->pos + first < r->lp_rows)
+        first++;
+    while (last > first && it->pos + last - 1 >= r->n_prompt)
+        last--;
+    if (first == last)
+        return;
+    if (r->prompt_logits)
+        memcpy(r->prompt_logits + (size_t)(it->pos + first) * (size_t)vocab,
+               it->prompt_logits + (size_t)first * (size_t)vocab,
+               (size_t)(last - first) * (size_t)vocab * sizeof(float));
+    /* logprob events for rows whose next prompt token exists */
+    const int nlp = r->prompt_logprobs < 0 ? 0
+                    : it->pos + last < r->n_prompt ? last - first
+                                                   : last - first - 1;
+    if (nlp > 0) {
+        lp_rows j = {r, it, vocab, first, xmalloc(sizeof(ks_event) * (size_t)nlp)};
+        for (int e = 0; e < nlp; e++)
+            j.ev[e] = event_of(r);
+        if ((int64_t)nlp * vocab >= (1 << 22))
+            util_parallel_for(nlp, lp_rows_fill, &j);
+        else
+            lp_rows_fill(&j, 0, 0, nlp);
+        for (int e = 0; e < nlp; e++)
+            r->cb(&j.ev[e]);
+        free(j.ev);
     }
+    r->lp_rows = it->pos + last;
 }
 
 static int is_eos(const kb_info *in, int32_t t)
