@@ -30,6 +30,8 @@ OUT=${OUT:-$W/out}
 LOG=$W/logs
 rm -rf $LOG
 mkdir -p $LOG "$OUT"
+# artifacts a killed run left (each is deleted once scored)
+rm -rf $W/*-bf16 $W/*-fp8 $W/*-fp8dq $W/*-int4 $W/*-fp8g $W/*-fp8dqg $W/*-int4g
 SM=${KILN_SM:-90a}
 TEXT=${QUANT_TEXT:-$W/text.txt}
 [ -n "${QUANT_TEXT:-}" ] || zcat examples/train/corpus.txt.gz | tail -c 60000 > "$TEXT"
@@ -83,6 +85,7 @@ json.dump(c, open(sys.argv[2], "w"), indent=2)' "$M/config.json" "$T/config.json
       echo "quant.sh: $name $v: kiln perplexity FAILED: $(grep -m1 -i error $LOG/ppl-$name-$v.txt)"; fail=1
     fi
     cat $LOG/ppl-$name-$v.txt
+    rm -rf "${W:?}/$name-$v" # an 8B artifact is 8-15 GiB: the disk holds the checkpoint and one
   done
   python3 - "$name" $LOG/ppl-$name-{bf16,fp8,fp8dq,int4,fp8g,fp8dqg,int4g}.json >> $table <<'EOF'
 import json, sys
@@ -106,7 +109,6 @@ print(f"| {name} ({x['tokens_scored']} tokens scored) | {x['perplexity']:.4f} | 
       + " | ".join(d(v) for v in qs) + " |")
 EOF
 done
-rm -rf $W/*-bf16 $W/*-fp8 $W/*-fp8dq $W/*-int4 $W/*-fp8g $W/*-fp8dqg $W/*-int4g
 echo
 echo "== quant.sh: perplexity at window $WIN, bf16 against --quant fp8 and int4, to nearest and GPTQ-calibrated ($(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), kiln $($BIN/kiln --version))"
 cat $table | tee "$OUT/quant.txt"
