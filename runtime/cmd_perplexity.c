@@ -29,6 +29,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "gptq.h"
 #include "sched.h"
 #include "tokenizer/tokenizer.h"
 
@@ -145,7 +146,7 @@ int cmd_perplexity(int argc, char **argv)
         } else if (!strcmp(a, "--calibrate")) {
             bo.calib_path = v;
         } else if (!strcmp(a, "--calibrate-tokens")) {
-            if (util_parse_i64(a, v, 2, INT32_MAX, &calib_tokens, &err))
+            if (util_parse_i64(a, v, 2, GPTQ_MAX_TOKENS, &calib_tokens, &err))
                 return util_usage_error(PROG, "%s", kerr_msg(&err));
             bo.calib_tokens = (int)calib_tokens;
         } else if (!strcmp(a, "--max-tokens") || !strcmp(a, "--window") ||
