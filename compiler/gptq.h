@@ -11,7 +11,7 @@
  *     linears still unquantised, and sums H = sum over tokens of x x^T (float [K, K], each
  *     forward's sum in double) for every distinct input x of the linears to be rounded; linears
  *     reading one input (q/k/v, gate/up) share its H. One forward over all layers at once: every
- *     H is held together (sum of K^2 x 4 bytes over the inputs, plus 20 K^2 bytes for the
+ *     H is held together (sum of K^2 x 4 bytes over the inputs, plus 12 K^2 bytes for the
  *     widest one's factor while its weights are rounded; printed, and refused when it exceeds
  *     90% of the memory the machine has available). The rows run are the first `tokens` of the
  *     text (tokenised as `kiln perplexity` does: the model's tokenizer.json, special tokens
