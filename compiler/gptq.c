@@ -226,7 +226,7 @@ static void give_up(const gjob *q, int64_t r, const float *orig, unsigned char *
     *ok = 0;
 }
 
-static void gptq_part(void *ctx, int chunk, int64_t lo, int64_t hi)
+UTIL_AVX2_CLONE static void gptq_part(void *ctx, int chunk, int64_t lo, int64_t hi)
 {
     const gjob *q = ctx;
     const quant_grid *g = q->g;
@@ -428,7 +428,7 @@ static void hess_entry(const hjob *q, int64_t i, int64_t j)
     q->H[i * q->K + j] += (float)s;
 }
 
-UTIL_AVX2_CLONE static void hess_tile(const hjob *q, int64_t i0, int64_t j0)
+UTIL_FMA_CLONE static void hess_tile(const hjob *q, int64_t i0, int64_t j0)
 {
     const float *x = q->x;
     int64_t K = q->K;
