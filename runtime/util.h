@@ -125,17 +125,12 @@ void util_parallel_for(int64_t n, void (*fn)(void *ctx, int chunk, int64_t lo, i
 /* On a function whose loops the compiler vectorises: a clone for AVX2 as well, picked at load
  * time where the CPU has it (GCC on x86-64, builds without sanitizers: the ones that ship). The
  * clones compute the same IEEE operations lane by lane (no contraction into FMA in ISO C mode),
- * so they give the same results to the bit. UTIL_FMA_CLONE: the same, its clone also fusing
- * a * b + c into one FMA; only for sums of exact products (two floats multiplied in double),
- * where the FMA's one rounding is the add's, so the results are still the same to the bit. */
+ * so they give the same results to the bit. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) &&                          \
     !defined(__SANITIZE_ADDRESS__)
 #define UTIL_AVX2_CLONE __attribute__((target_clones("avx2", "default")))
-#define UTIL_FMA_CLONE                                                                            \
-    __attribute__((target_clones("arch=haswell", "default"), optimize("fp-contract=fast")))
 #else
 #define UTIL_AVX2_CLONE
-#define UTIL_FMA_CLONE
 #endif
 /* A folder's base name, without trailing slashes ("models/llama/" -> "llama"); malloc'd. */
 char *util_base_name(const char *path);
