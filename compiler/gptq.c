@@ -415,20 +415,24 @@ const float *gptq_hessian(gptq_calib *cal, int weight)
  * x_tj. Tiles of 4 rows by 8 columns keep their 32 sums in registers (each lane of a v4d one
  * entry's sum, the same sum to the bit as one entry at a time), each token's 8 values of the
  * tile's columns loaded once for its 4 rows (with ref.c's tiles, the example model's calibration
- * went from 76 to 22 s on 2 cores). The entries outside whole tiles (the last K % 4 rows, K % 8
- * columns) one at a time. A chunk's tile rows p and T-1-p go together: equal work a pair.
- * Measured and not kept: 64-row blocks over 256-column blocks (the columns' values reused from
- * cache) and the values converted to double once a forward: 16.6 -> 15.2 s on an 8B-shaped
- * layer's 512 tokens, the tile's arithmetic (8 multiplies and 8 adds of v4d a token) is what
- * bounds it; the tile in a clone for Haswell with the adds fused into FMAs (exact products: the
- * same sums) by optimize("fp-contract=fast"): the example model's forwards and Hessians 19.5 ->
- * 71.7 s (the attribute's other effects, not looked into). */
+ * went from 76 to 22 s on 2 cores), from a copy of X by panels of 8 columns (hjob.pan) so that a
+ * tile reads contiguous memory: X's rows are K floats apart, a page or more each, and a tile
+ * read one from each of n rows (an 8B-shaped layer's forwards and Hessians over 512 tokens on
+ * 2 cores 19.0 / 17.8 -> 12.9 / 12.4 s, the same sums). The entries outside whole tiles (the
+ * last K % 4 rows, K % 8 columns) one at a time, from X. A chunk's tile rows p and T-1-p go
+ * together: equal work a pair. Measured and not kept: 64-row blocks over 256-column blocks and
+ * the values converted to double once a forward, from X itself (16.6 -> 15.2 s on that layer);
+ * the tile in a clone for Haswell with its adds fused into FMAs (exact products: the same sums)
+ * by optimize("fp-contract=fast"): the example model's forwards and Hessians 19.5 -> 71.7 s (the
+ * attribute's other effects, not looked into). */
 #define HT_I 4
 #define HT_J 8
 typedef double v4d __attribute__((vector_size(32)));
 typedef float v4f __attribute__((vector_size(16), aligned(4))); /* a load from any float */
 typedef struct hjob {
     const float *x;
+    const float *pan; /* x's whole-tile columns by panels of HT_J: pan[(p n + t) HT_J + l] =
+                       * x[t][p HT_J + l], so that a tile reads contiguous memory */
     float *H;
     int64_t K, n;
 } hjob;
@@ -443,14 +447,14 @@ static void hess_entry(const hjob *q, int64_t i, int64_t j)
 
 UTIL_AVX2_CLONE static void hess_tile(const hjob *q, int64_t i0, int64_t j0)
 {
-    const float *x = q->x;
-    int64_t K = q->K;
+    const int64_t K = q->K, n = q->n;
+    const float *pj = q->pan + j0 * n, *pi = q->pan + (i0 - i0 % HT_J) * n + i0 % HT_J;
     v4d a0 = {0}, b0 = {0}, a1 = {0}, b1 = {0}, a2 = {0}, b2 = {0}, a3 = {0}, b3 = {0};
-    for (int64_t t = 0; t < q->n; t++) {
-        const float *row = x + t * K;
-        v4d lo = __builtin_convertvector(*(const v4f *)(row + j0), v4d);
-        v4d hi = __builtin_convertvector(*(const v4f *)(row + j0 + 4), v4d);
-        double x0 = row[i0], x1 = row[i0 + 1], x2 = row[i0 + 2], x3 = row[i0 + 3];
+    for (int64_t t = 0; t < n; t++) {
+        const float *row = pj + t * HT_J, *xi = pi + t * HT_J;
+        v4d lo = __builtin_convertvector(*(const v4f *)row, v4d);
+        v4d hi = __builtin_convertvector(*(const v4f *)(row + 4), v4d);
+        double x0 = xi[0], x1 = xi[1], x2 = xi[2], x3 = xi[3];
         a0 += x0 * lo;
         b0 += x0 * hi;
         a1 += x1 * lo;
@@ -581,8 +585,14 @@ static void accumulate(gptq_calib *cal, const ref *r, int len)
         const float *x = ref_value(r, cal->node[d], &rows, &cols);
         int64_t K = cal->k[d];
         assert(x && rows == len && cols == K);
-        hjob hj = {x, cal->H[d], K, len};
+        const int64_t jt = K - K % HT_J;
+        float *pan = xmalloc(sizeof(float) * (size_t)(jt * len + 1));
+        for (int64_t t = 0; t < len; t++)
+            for (int64_t j = 0; j < jt; j++)
+                pan[(j / HT_J * len + t) * HT_J + j % HT_J] = x[t * K + j];
+        hjob hj = {x, pan, cal->H[d], K, len};
         util_parallel_for((K + 2 * HT_I - 1) / (2 * HT_I), hess_part, &hj);
+        free(pan);
     }
 }
 
