@@ -64,14 +64,17 @@ UTIL_AVX2_CLONE static void sub_abt(int64_t m, int64_t n, int64_t kn, const doub
     }
 }
 
-/* Rows [j1 + lo, j1 + hi) of the Cholesky factor L (lower, in place in B [K, K]) in columns
- * [j0, j1): the update from columns [0, j0), then the solve against the block's diagonal. */
+/* Rows [i0, i1) of the Cholesky factor L (lower, in place in B [K, K]) in columns [j0, j1):
+ * the update from columns [0, j0) (one sub_abt), then each row solved against the rows before
+ * it, and a row of the diagonal block (i < j1) its own diagonal entry too. -1 when that is not
+ * positive: H' is not positive definite. chol_part: the row blocks under the diagonal block,
+ * rows [j1 + lo FB, j1 + hi FB). */
 typedef struct choljob {
     double *B;
     int64_t K, j0, j1;
 } choljob;
 
-static void chol_rows(const choljob *q, int64_t i0, int64_t i1)
+static int chol_rows(const choljob *q, int64_t i0, int64_t i1)
 {
     double *B = q->B;
     const int64_t K = q->K, j0 = q->j0, j1 = q->j1;
@@ -85,7 +88,16 @@ static void chol_rows(const choljob *q, int64_t i0, int64_t i1)
                 s -= li[k] * lj[k];
             li[j] = s / lj[j];
         }
+        if (i < j1) {
+            double d = li[i];
+            for (int64_t k = j0; k < i; k++)
+                d -= li[k] * li[k];
+            if (!(d > 0) || !isfinite(d))
+                return -1;
+            li[i] = sqrt(d);
+        }
     }
+    return 0;
 }
 
 static void chol_part(void *ctx, int chunk, int64_t lo, int64_t hi)
@@ -93,7 +105,7 @@ static void chol_part(void *ctx, int chunk, int64_t lo, int64_t hi)
     const choljob *q = ctx;
     (void)chunk;
     for (int64_t i0 = q->j1 + lo * FB; i0 < q->j1 + hi * FB && i0 < q->K; i0 += FB)
-        chol_rows(q, i0, i0 + FB < q->K ? i0 + FB : q->K);
+        (void)chol_rows(q, i0, i0 + FB < q->K ? i0 + FB : q->K); /* below: no diagonal */
 }
 
 /* X = L^-1 (lower) by column blocks, into U mirrored (U[i][j] = X[K-1-i][K-1-j]: U = P X P).
@@ -175,23 +187,9 @@ static int factor(const float *H, int64_t K, float *U, unsigned char *dead)
     for (int64_t j0 = 0; j0 < K; j0 += FB) {
         const int64_t j1 = j0 + FB < K ? j0 + FB : K;
         choljob cj = {B, K, j0, j1};
-        /* the diagonal block: its update, then its own factor */
-        sub_abt(j1 - j0, j1 - j0, j0, B + j0 * K, K, B + j0 * K, K, B + j0 * K + j0, K);
-        for (int64_t j = j0; j < j1; j++) {
-            double *lj = B + j * K, d = lj[j];
-            for (int64_t k = j0; k < j; k++)
-                d -= lj[k] * lj[k];
-            if (!(d > 0) || !isfinite(d)) {
-                free(B);
-                return -1;
-            }
-            lj[j] = sqrt(d);
-            for (int64_t i = j + 1; i < j1; i++) {
-                double *li = B + i * K, s = li[j];
-                for (int64_t k = j0; k < j; k++)
-                    s -= li[k] * lj[k];
-                li[j] = s / lj[j];
-            }
+        if (chol_rows(&cj, j0, j1)) { /* the diagonal block first */
+            free(B);
+            return -1;
         }
         const int64_t below = (K - j1 + FB - 1) / FB; /* row blocks under it */
         if (below * FB * FB * j0 >= 1 << 22) /* enough work for the threads' start */
