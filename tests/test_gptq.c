@@ -264,6 +264,33 @@ static void test_nonfinite_row(void **state)
     check_on_grid(&g, orig + 2 * K, w + 2 * K, 1, K, sc + 2, zp + 2);
 }
 
+/* An H that is not positive definite (even with the 1% damping: a 2x2 block [[1, 2], [2, 1]],
+ * eigenvalue -1, in an identity) is refused with -1 and the weights left as they were, wherever
+ * the block falls: in the factor's first column block (K = 2), or in a later one (K = 200, the
+ * inputs 10 and 11: the factor reverses the indices, so they meet its third block of 64). */
+static void test_not_positive_definite(void **state)
+{
+    (void)state;
+    enum { N = 3, KMAX = 200 };
+    static float w[N * KMAX], orig[N * KMAX], H[KMAX * KMAX];
+    const int ks[] = {2, KMAX}, at[] = {0, 10};
+    for (int c = 0; c < 2; c++) {
+        const int K = ks[c], a = at[c];
+        uint32_t seed = 5;
+        for (int i = 0; i < N * K; i++)
+            w[i] = normal(&seed);
+        memcpy(orig, w, sizeof(float) * (size_t)(N * K));
+        for (int i = 0; i < K; i++)
+            for (int j = 0; j < K; j++)
+                H[i * K + j] = i == j ? 1.0f : 0.0f;
+        H[a * K + a + 1] = H[(a + 1) * K + a] = 2.0f;
+        float sc[N], zp[N];
+        quant_grid g = grid(KC_QUANT_FP8, ST_BF16, K);
+        assert_int_equal(gptq_round(&g, H, w, N, K, sc, zp), -1);
+        assert_memory_equal(w, orig, sizeof(float) * (size_t)(N * K));
+    }
+}
+
 /* ---------------------------------------------------------------- the command line */
 
 static void test_cli(void **state)
@@ -320,6 +347,7 @@ int main(void)
         cmocka_unit_test(test_identity_is_nearest),
         cmocka_unit_test(test_better_than_nearest),
         cmocka_unit_test(test_nonfinite_row),
+        cmocka_unit_test(test_not_positive_definite),
         cmocka_unit_test(test_cli),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
