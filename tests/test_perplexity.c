@@ -260,6 +260,9 @@ static void test_quant(void **state)
          "--calibrate-tokens needs --calibrate FILE"},
         {{"--quant", "fp8", "--calibrate", TEXT, "--calibrate-tokens", "1"},
          "--calibrate-tokens: '1' is out of range (expected 2 to"},
+        /* kilnc's bound (GPTQ_MAX_TOKENS, 2^24), not int's */
+        {{"--quant", "fp8", "--calibrate", TEXT, "--calibrate-tokens", "16777217"},
+         "--calibrate-tokens: '16777217' is out of range (expected 2 to 16777216)"},
     };
     for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
         const char *argv[12] = {"perplexity", TINY, "--text", TEXT};
