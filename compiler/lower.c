@@ -381,29 +381,39 @@ static int low_embed(lw *w, int id)
     return 0;
 }
 
+/* The bits of a linear's weight (node wid, K columns) as gemv_stream streams it: 16 for a 16-bit
+ * one, 8 for FP8 with one scale per row (gemv_stream_fp8), 0 where no gemv_stream takes it (INT4,
+ * FP8 with block scales) or where lower_gemv_stream does not allow the shape. */
+static int stream_wbits(lw *w, int wid, int64_t K, int gated)
+{
+    qrows_kind qk;
+    const int64_t qb = quant_block(w, wid, K, &qk);
+    const int wbits = qb < 0 ? 16 : qb == 0 && qk == QROWS_E4M3 ? 8 : 0;
+    return wbits && lower_gemv_stream(w->c, w->g->nodes[wid].shape[0], K, gated, wbits) ? wbits
+                                                                                        : 0;
+}
+
 /* The linear (node id) an RMS norm's decode steps of one row fold into, or -1: plan_norm_readers'
- * linear, where its one-row steps take gemv_stream (a 16-bit weight, lower_gemv_stream). The
- * norm's own step then runs at every other row count (size not_one) and gemv_stream's stages
- * the normalised x itself (its NORM): one kernel fewer a norm in a batch-1 decode step. */
+ * linear, where its one-row steps take gemv_stream (a 16-bit or per-row FP8 weight:
+ * stream_wbits). The norm's own step then runs at every other row count (size not_one) and
+ * gemv_stream's stages the normalised x itself (its NORM): one kernel fewer a norm in a batch-1
+ * decode step. */
 static int norm_fold(lw *w, int id)
 {
     const int l = id < w->nfold ? w->fold[id] : -1;
     if (l < 0)
         return -1;
-    const kg_node *n = &w->g->nodes[l], *wn = &w->g->nodes[n->in[1]];
-    qrows_kind qk;
-    if (quant_block(w, n->in[1], wn->shape[1], &qk) >= 0 ||
-        !lower_gemv_stream(w->c, wn->shape[0], wn->shape[1], n->epi_act >= 0))
-        return -1;
-    return l;
+    const kg_node *n = &w->g->nodes[l];
+    return stream_wbits(w, n->in[1], w->g->nodes[n->in[1]].shape[1], n->epi_act >= 0) ? l : -1;
 }
 
 /* The rotation folds (rope_fold): r[A] = L and r[L] = A for an attention node A whose q and k
  * rotations (fused into it) and v are the column blocks [q | k | v] of one linear L's output rows,
- * read by nothing else, where L's one-row steps take gemv_stream (an unquantised, ungated weight)
- * and rope_kv's 16-bit cache and unpadded heads apply (not --kv-dtype fp8, head_dim a multiple
- * of 8) on one rank. L's decode step of one row then takes gemv_stream_rope, which writes the
- * rotated q (into the one-row scratch at w->rope_q) and the KV cache's row itself, and A's
+ * read by nothing else, where L's one-row steps take gemv_stream (an ungated weight, 16-bit or
+ * per-row FP8: stream_wbits) and rope_kv's 16-bit cache and unpadded heads apply (not --kv-dtype
+ * fp8, head_dim a multiple of 8) on one rank. L's decode step of one row then takes
+ * gemv_stream_rope(_fp8), which writes the rotated q (into the one-row scratch at w->rope_q) and
+ * the KV cache's row itself, and A's
  * rope_kv runs at every other row count: one kernel fewer a layer in a batch-1 decode step. */
 static int *plan_rope_fold(lw *w)
 {
@@ -442,9 +452,7 @@ static int *plan_rope_fold(lw *w)
         if (ln->op != KG_LINEAR || ln->epi_act >= 0 || row_width(ln) != N)
             continue;
         const kg_node *wn = &g->nodes[ln->in[1]];
-        qrows_kind qk;
-        if (wn->shape[0] != N || quant_block(w, ln->in[1], wn->shape[1], &qk) >= 0 ||
-            !lower_gemv_stream(w->c, N, wn->shape[1], 0) ||
+        if (wn->shape[0] != N || !stream_wbits(w, ln->in[1], wn->shape[1], 0) ||
             N / 2 > 32LL * KILN_GEMV_STREAM_BLOCKS * KILN_GEMV_STREAM_WARPS)
             continue;
         r[a] = l;
@@ -712,60 +720,57 @@ static int block_smem(const kc *c)
     return c->smem_block ? c->smem_block : lower_smem_optin(80);
 }
 
-/* The shared memory a gemv_stream block of that K and ring depth d uses (esize-byte elements). */
-static int gemv_stream_used(int64_t K, int d, int esize)
+/* The shared memory a gemv_stream block of that K and ring depth d uses (esize-byte elements of
+ * x, wbits-bit ones of the weight). */
+static int gemv_stream_used(int64_t K, int d, int esize, int wbits)
 {
-    return KILN_GEMV_STREAM_SMEM(KILN_GEMV_STREAM_WARPS, d, lower_gemv_stream_seg(K), (int)K,
-                                 esize);
+    return KILN_GEMV_STREAM_SMEM(KILN_GEMV_STREAM_WARPS, d, lower_gemv_stream_seg(K, wbits),
+                                 (int)K, esize, wbits);
 }
 
-int lower_gemv_stream(const kc *c, int64_t N, int64_t K, int gated)
+int lower_gemv_stream(const kc *c, int64_t N, int64_t K, int gated, int wbits)
 {
-    return c->sm90 && !c->batch_invariant && K % 8 == 0 && K <= KILN_GEMV_STREAM_KMAX &&
-           (!gated || N % 2 == 0) && gemv_stream_used(K, KILN_GEMV_STREAM_DMIN, 2) <= block_smem(c);
+    return c->sm90 && !c->batch_invariant && K % (128 / wbits) == 0 &&
+           K <= KILN_GEMV_STREAM_KMAX && (!gated || N % 2 == 0) &&
+           gemv_stream_used(K, KILN_GEMV_STREAM_DMIN, 2, wbits) <= block_smem(c);
 }
 
-int lower_gemv_stream_depth(const kc *c, int64_t K, int esize)
+int lower_gemv_stream_depth(const kc *c, int64_t K, int esize, int wbits)
 {
     int d = KILN_GEMV_STREAM_DMAX;
-    while (d > KILN_GEMV_STREAM_DMIN && gemv_stream_used(K, d, esize) > block_smem(c))
+    while (d > KILN_GEMV_STREAM_DMIN && gemv_stream_used(K, d, esize, wbits) > block_smem(c))
         d--;
     return d;
 }
 
-int lower_gemv_stream_smem(const kc *c, int64_t K, int esize)
+int lower_gemv_stream_smem(const kc *c, int64_t K, int esize, int wbits)
 {
-    const int need = gemv_stream_used(K, lower_gemv_stream_depth(c, K, esize), esize);
+    const int need =
+        gemv_stream_used(K, lower_gemv_stream_depth(c, K, esize, wbits), esize, wbits);
     const int sm = KILN_GEMV_STREAM_SMEM_SM < block_smem(c) ? KILN_GEMV_STREAM_SMEM_SM
                                                             : block_smem(c);
     return need > sm ? need : sm;
 }
 
-int lower_gemv_stream_seg(int64_t K)
+int lower_gemv_stream_seg(int64_t K, int wbits)
 {
-    for (int64_t seg = KILN_GEMV_STREAM_SEGMAX; seg > 8; seg -= 8)
+    const int64_t chunk = 128 / wbits;
+    for (int64_t seg = KILN_GEMV_STREAM_SEGMAX * 16 / wbits; seg > chunk; seg -= chunk)
         if (K % seg == 0)
             return (int)seg;
-    return 8;
+    return (int)chunk;
 }
 
-/* A 16-bit weight's GEMV steps (rows up to gemv_max; logits lg) pushed to `which`: gemv.cuh's; or,
- * where lower_gemv_stream allows it, templates/gemv_stream.cuh's at one row (size one) and
- * gemv.cuh's at 2 to gemv_max (size few). norm >= 0: the RMS norm whose output x is, folded into
- * the one-row step (norm_fold): it reads the norm's inputs instead of x. */
-static int push_gemv16(lw *w, int which, const kg_node *n, ka_arg x, ka_arg wt, ka_arg bias,
-                       ka_arg y, int64_t N, int64_t K, int gated, int act, int out_f32,
-                       ka_rows rows, ka_logits lg, int norm)
+/* A linear's one-row steps on sm_90+ code (size one), pushed to `which`: templates/
+ * gemv_stream.cuh's gemv_stream, or gemv_stream_fp8 for an FP8 weight (wbits 8: its scales sc);
+ * the caller's GEMV step takes the other rows up to gemv_max (size few). norm >= 0: the RMS norm
+ * whose output x is, folded into the step (norm_fold): it reads the norm's inputs instead of x.
+ * Where the linear is the qkv of a rotation fold (rope_fold), the decode schedule's step is
+ * gemv_stream_rope(_fp8) instead, and the plain one goes to the prefill schedule alone. */
+static int push_stream(lw *w, int which, const kg_node *n, ka_arg x, ka_arg wt, ka_arg sc,
+                       int wbits, ka_arg bias, ka_arg y, int64_t N, int64_t K, int gated, int act,
+                       int out_f32, ka_rows rows, ka_logits lg, int norm)
 {
-    ka_step s = gemv_step(w, n, x, wt, ANULL(), QROWS_NONE, 0, bias, y, N, K, gated, act, out_f32,
-                          rows);
-    s.logits = lg;
-    if (!lower_gemv_stream(w->c, N, K, gated)) {
-        push_sized(w, which, &s);
-        return 0;
-    }
-    s.size = KA_SIZE_FEW;
-    push(w, which, &s);
     /* the norm's operands (NORM 1: rms_norm(x); 2: of round(x + res), stored to res_out) */
     ka_arg res = ANULL(), nw = ANULL(), res_out = ANULL(), eps = AF(0.f);
     int mode = 0, unit_offset = 0;
@@ -779,17 +784,24 @@ static int push_gemv16(lw *w, int which, const kg_node *n, ka_arg x, ka_arg wt, 
         mode = residual ? 2 : 1;
         unit_offset = nn->unit_offset;
     }
-    const int seg = lower_gemv_stream_seg(K), th = 32 * KILN_GEMV_STREAM_WARPS;
-    const int d = lower_gemv_stream_depth(w->c, K, w->esize);
-    int k = kern(w, "gemv_stream", th, lower_gemv_stream_smem(w->c, K, w->esize),
-                 "const kiln_step st, const DT *x, const DT *res, const DT *nw, DT *res_out, "
-                 "float eps, const DT *w, const DT *bias, void *y, int M",
-                 "kiln::gemv_stream<DT, %lld, %lld, %s, %s, %d, %s, %d, %d, %d, %d, %d, %s>(st, "
-                 "x, res, nw, res_out, eps, w, bias, y, M)",
-                 (long long)N, (long long)K, bias.kind == KA_ARG_NULL ? "false" : "true",
+    const int fp8 = wbits == 8;
+    const char *sfx = fp8 ? "_fp8" : "", *sarg = fp8 ? "scale, " : "";
+    const char *wpar = fp8 ? "const unsigned char *w, const float *scale" : "const DT *w";
+    const int seg = lower_gemv_stream_seg(K, wbits), th = 32 * KILN_GEMV_STREAM_WARPS;
+    const int d = lower_gemv_stream_depth(w->c, K, w->esize, wbits);
+    const int smem = lower_gemv_stream_smem(w->c, K, w->esize, wbits);
+    char par[512];
+    snprintf(par, sizeof par,
+             "const kiln_step st, const DT *x, const DT *res, const DT *nw, DT *res_out, "
+             "float eps, %s, const DT *bias, void *y, int M",
+             wpar);
+    int k = kern(w, fp8 ? "gemv_stream_fp8" : "gemv_stream", th, smem, par,
+                 "kiln::gemv_stream%s<DT, %lld, %lld, %s, %s, %d, %s, %d, %d, %d, %d, %d, %s>(st, "
+                 "x, res, nw, res_out, eps, w, %sbias, y, M)",
+                 sfx, (long long)N, (long long)K, bias.kind == KA_ARG_NULL ? "false" : "true",
                  gated ? "true" : "false", act < 0 ? 0 : act, out_f32 ? "true" : "false",
                  KILN_GEMV_STREAM_WARPS, d, seg, KILN_GEMV_STREAM_BLOCKS, mode,
-                 unit_offset ? "true" : "false");
+                 unit_offset ? "true" : "false", sarg);
     ka_step o = kstep(k, n->name, G(0, 0, 0, KILN_GEMV_STREAM_BLOCKS, 1), G1(), G1());
     o.size = KA_SIZE_ONE;
     o.rows = rows;
@@ -801,7 +813,10 @@ static int push_gemv16(lw *w, int which, const kg_node *n, ka_arg x, ka_arg wt, 
     add_arg(&o, res_out);
     add_arg(&o, eps);
     add_arg(&o, wt);
+    if (fp8)
+        add_arg(&o, sc);
     add_arg(&o, bias);
+    const int nhead = o.nargs; /* the arguments gemv_stream_rope's call begins with */
     add_arg(&o, y);
     add_arg(&o, A(KA_ARG_M, 0));
     const int id = (int)(n - w->g->nodes);
@@ -815,25 +830,46 @@ static int push_gemv16(lw *w, int which, const kg_node *n, ka_arg x, ka_arg wt, 
     rope_args ra;
     if (rope_args_of(w, an, &ra))
         return -1;
-    k = kern(w, "gemv_stream_rope", th, lower_gemv_stream_smem(w->c, K, w->esize),
+    snprintf(par, sizeof par,
              "const kiln_step st, const DT *x, const DT *res, const DT *nw, DT *res_out, "
-             "float eps, const DT *w, const DT *bias, DT *q_out, DT *k_cache, DT *v_cache, "
+             "float eps, %s, const DT *bias, DT *q_out, DT *k_cache, DT *v_cache, "
              "const float *inv_freq, float rope_scale, float dyn_base, float dyn_factor, "
              "int dyn_max_pos, int M",
-             "kiln::gemv_stream_rope<DT, %d, %d, %d, %d, %d, %d, %lld, %s, %d, %d, %d, %d, %d, "
-             "%s>(st, x, res, nw, res_out, eps, w, bias, q_out, k_cache, v_cache, inv_freq, "
+             wpar);
+    k = kern(w, fp8 ? "gemv_stream_rope_fp8" : "gemv_stream_rope", th, smem, par,
+             "kiln::gemv_stream_rope%s<DT, %d, %d, %d, %d, %d, %d, %lld, %s, %d, %d, %d, %d, %d, "
+             "%s>(st, x, res, nw, res_out, eps, w, %sbias, q_out, k_cache, v_cache, inv_freq, "
              "rope_scale, dyn_base, dyn_factor, dyn_max_pos, M)",
-             at->n_heads, at->n_kv_heads, at->head_dim, ra.rot, ra.il, ra.dyn, (long long)K,
-             bias.kind == KA_ARG_NULL ? "false" : "true", KILN_GEMV_STREAM_WARPS,
-             d, seg, KILN_GEMV_STREAM_BLOCKS, mode,
-             unit_offset ? "true" : "false");
+             sfx, at->n_heads, at->n_kv_heads, at->head_dim, ra.rot, ra.il, ra.dyn, (long long)K,
+             bias.kind == KA_ARG_NULL ? "false" : "true", KILN_GEMV_STREAM_WARPS, d, seg,
+             KILN_GEMV_STREAM_BLOCKS, mode, unit_offset ? "true" : "false", sarg);
     o.kernel = k;
-    o.nargs = 8; /* st, x, res, nw, res_out, eps, w, bias as above */
+    o.nargs = nhead;
     add_arg(&o, A(KA_ARG_SCRATCH, w->rope_q));
     rope_cache_args(&o, &ra, at->layer);
     add_arg(&o, A(KA_ARG_M, 0));
     push(w, DEC, &o);
     return 0;
+}
+
+/* A 16-bit weight's GEMV steps (rows up to gemv_max; logits lg) pushed to `which`: gemv.cuh's; or,
+ * where lower_gemv_stream allows it, gemv.cuh's at 2 to gemv_max (size few) and push_stream's at
+ * one row. norm: push_stream's. */
+static int push_gemv16(lw *w, int which, const kg_node *n, ka_arg x, ka_arg wt, ka_arg bias,
+                       ka_arg y, int64_t N, int64_t K, int gated, int act, int out_f32,
+                       ka_rows rows, ka_logits lg, int norm)
+{
+    ka_step s = gemv_step(w, n, x, wt, ANULL(), QROWS_NONE, 0, bias, y, N, K, gated, act, out_f32,
+                          rows);
+    s.logits = lg;
+    if (!lower_gemv_stream(w->c, N, K, gated, 16)) {
+        push_sized(w, which, &s);
+        return 0;
+    }
+    s.size = KA_SIZE_FEW;
+    push(w, which, &s);
+    return push_stream(w, which, n, x, wt, ANULL(), 16, bias, y, N, K, gated, act, out_f32, rows,
+                       lg, norm);
 }
 
 int lower_smem_optin(int sm)
@@ -1193,19 +1229,30 @@ static int low_linear(lw *w, int id)
         wid_q(w, n->in[1], qk, qb, &wt, &sc);
         ka_step s = gemv_step(w, n, x, wt, sc, qk, qb, bias, y, N, K, gated, n->epi_act, 0,
                               KA_ROWS_T);
-        if (qk == QROWS_E4M3 && qb == 0 && w->c->sm_fp8 && !w->c->gemm_kiln &&
-            !w->c->fp8_dequant && nout % 8 == 0) {
-            push_sized(w, BOTH, &s);
-            fp8_gemm_steps(w, n, x, wt, sc, bias, y, N, K, gated ? n->epi_act : -1);
-            return 0;
+        /* an FP8 weight with a scale per row: gemv_stream_fp8 at one row on sm_90+ code, the
+         * GEMV at the other rows it takes */
+        const int wbits = stream_wbits(w, n->in[1], K, gated);
+        const int fp8_gemm = qk == QROWS_E4M3 && qb == 0 && w->c->sm_fp8 && !w->c->gemm_kiln &&
+                             !w->c->fp8_dequant && nout % 8 == 0;
+        if (wbits) {
+            s.size = KA_SIZE_FEW;
+            push(w, fp8_gemm ? BOTH : PRE, &s);
+        } else {
+            push_sized(w, fp8_gemm ? BOTH : PRE, &s);
         }
-        push_sized(w, PRE, &s);
-        if (qk == QROWS_INT4 && w->skinny4) {
+        if (!fp8_gemm && qk == QROWS_INT4 && w->skinny4) {
             push(w, DEC, &s);
             skinny_push(w, n, x, wt, sc, qb ? qb : K, bias, y, N, K, gated, n->epi_act, 0, 0);
-        } else {
-            s.size = KA_SIZE_ANY;
+        } else if (!fp8_gemm) {
+            s.size = wbits ? KA_SIZE_NOT_ONE : KA_SIZE_ANY;
             push(w, DEC, &s);
+        }
+        if (wbits && push_stream(w, BOTH, n, x, wt, sc, wbits, bias, y, N, K, gated, n->epi_act,
+                                 0, KA_ROWS_T, KA_LOGITS_ANY, fold))
+            return -1;
+        if (fp8_gemm) {
+            fp8_gemm_steps(w, n, x, wt, sc, bias, y, N, K, gated ? n->epi_act : -1);
+            return 0;
         }
         gemm_which = PRE;
         if (qk == QROWS_INT4 && w->skinny4p) {

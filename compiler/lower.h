@@ -57,18 +57,20 @@ int lower_gemv_threads(int64_t N, int64_t K, int gated, int step);
  * Hopper and Blackwell's data-center parts, 163 KiB on the A100, 99 KiB on the others. kilnc
  * compile keeps the least over its --sm targets (kc.smem_block). */
 int lower_smem_optin(int sm);
-/* Whether a 16-bit [N, K] linear's one-row steps take templates/gemv_stream.cuh on sm_90+ code
- * (builds with such a target, without --batch-invariant, K up to KILN_GEMV_STREAM_KMAX, its
- * shared memory at KILN_GEMV_STREAM_DMIN within kc.smem_block); its ring depth (the deepest
- * from KILN_GEMV_STREAM_DMAX down whose block fits kc.smem_block); and its unit of weight (SEG
- * elements: the largest multiple of 8 that divides K, at most KILN_GEMV_STREAM_SEGMAX). */
-int lower_gemv_stream(const kc *c, int64_t N, int64_t K, int gated);
-int lower_gemv_stream_depth(const kc *c, int64_t K, int esize);
-int lower_gemv_stream_seg(int64_t K);
+/* Whether an [N, K] linear's one-row steps take templates/gemv_stream.cuh on sm_90+ code, its
+ * weight of wbits bits an element (16, or 8: FP8 with a scale per row, gemv_stream_fp8): builds
+ * with such a target, without --batch-invariant, K a whole number of 16-byte chunks and up to
+ * KILN_GEMV_STREAM_KMAX, its shared memory at KILN_GEMV_STREAM_DMIN within kc.smem_block; its
+ * ring depth (the deepest from KILN_GEMV_STREAM_DMAX down whose block fits kc.smem_block); and
+ * its unit of weight (SEG elements: the largest multiple of a chunk's 128 / wbits that divides K,
+ * at most KILN_GEMV_STREAM_SEGMAX * 16 / wbits: 4 KiB). esize: the bytes of x's elements. */
+int lower_gemv_stream(const kc *c, int64_t N, int64_t K, int gated, int wbits);
+int lower_gemv_stream_depth(const kc *c, int64_t K, int esize, int wbits);
+int lower_gemv_stream_seg(int64_t K, int wbits);
 /* The shared memory a gemv_stream block of that K asks for: what it uses, raised to
  * KILN_GEMV_STREAM_SMEM_SM (one block an SM; kernels/kiln_gemm.h) as far as every target allows
  * (kc.smem_block). */
-int lower_gemv_stream_smem(const kc *c, int64_t K, int esize);
+int lower_gemv_stream_smem(const kc *c, int64_t K, int esize, int wbits);
 
 /* The skinny GEMM's units (warps) a block (*warps), K parts (*splits) and ring slices (*stages;
  * 0: none fits) for an [N, K] weight (gated: N/2 outputs), 16-bit (g4 0: gemm_skinny) or INT4 of

@@ -97,6 +97,18 @@ __device__ __forceinline__ void unpack8(const uint4 &v, float out[8])
     }
 }
 
+// bf16: each half of a word is the top half of its float (one shift or mask an element).
+template <>
+__device__ __forceinline__ void unpack8<bf16>(const uint4 &v, float out[8])
+{
+    const unsigned w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        out[2 * i] = __uint_as_float(w[i] << 16);
+        out[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
+}
+
 // One chunk (8 elements at element offset `off`) of NR weight rows (already loaded in `wv`)
 // against the first M of MMAX x rows: acc[r][m] += w_r[off..off+7] · x_m[off..off+7].
 template <typename DT, int NR, int MMAX>

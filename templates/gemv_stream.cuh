@@ -27,6 +27,15 @@
 // memory), float FMAs, one warp sum per row. A warp's ring has D slots with an mbarrier each;
 // a slot is refilled with the warp's next unit as soon as it has been read.
 //
+// gemv_stream_fp8 and gemv_stream_rope_fp8 stream an FP8 weight with one scale per row (gemv.cuh's
+// gemv_fp8 layout): a lane's 16-byte chunk is 16 e4m3 elements, turned into floats by the
+// hardware's e4m3-to-f16 conversion (e4m3x4) and multiplied with x staged in x_at's order, in two
+// FMA chains; each row's sum times its scale (lane j holds the scales of the warp's item j,
+// loaded before griddepcontrol.wait). The conversions make a unit cost about twice the
+// instructions of a bf16 unit of the same bytes: written plainly (x's offsets computed per chunk,
+// bf16 widened by two instructions) they were four times as many, and the Llama-3 8B batch-1
+// step ran at 0.54 of its roofline against 0.75 now (tests/gpu/RESULTS.md, twentieth session).
+//
 // NORM folds the RMS norm before the linear into the staging of x, so that the decode step runs
 // no norm kernel (lower.c's norm_fold: the norm's output has no other reader): NORM 1 stages
 // rms_norm(x) (elementwise.cuh's arithmetic: round(s * rsqrt(mean(s^2) + eps) * w), w being
@@ -199,18 +208,59 @@ struct rope_out {
     }
 };
 
-// The kernel for policy OUT (above), called after KILN_PDL_TRIGGER.
-template <typename DT, int K, int WARPS, int D, int SEG, int BLOCKS, int NORM, bool UNIT_OFFSET,
-          typename OUT>
-__device__ __forceinline__ void body(const kiln_step &st, const DT *x, const DT *res,
-                                     const DT *nw, DT *res_out, float eps, const DT *w, OUT &out)
+// Where element i (a multiple of 8) of x is staged: in order for a 16-bit weight; for an FP8 one
+// (a lane's chunk is 16 elements against two 16-byte chunks of x) each unit's SEG elements are
+// [first halves of its chunks | second halves], so that a warp's 16-byte reads of either half
+// are consecutive (in order, a lane's two reads 32 bytes apart would be 2-way bank conflicts)
+// and their addresses a base per unit plus constants.
+template <bool FP8, int SEG>
+__device__ __forceinline__ int x_at(int i)
 {
-    static_assert(SEG % 8 == 0 && K % SEG == 0, "gemv_stream: K must be whole units of SEG");
+    if (!FP8)
+        return i;
+    const int r = i % SEG;
+    return i - r + (r / 8 % 2) * (SEG / 2) + r / 16 * 8;
+}
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// Four e4m3 bytes of gemv_fp8's order (word bytes 0..3 = elements k, k+2, k+1, k+3) as floats
+// e[0..3] = elements k..k+3, exactly: the hardware's e4m3 pair to f16 pair (every e4m3 value,
+// subnormals included, is an f16 normal), then each f16 to float.
+__device__ __forceinline__ void e4m3x4(unsigned q, float e[4])
+{
+    asm("{\n.reg .b16 l, h, a, b, c, d;\n.reg .b32 p, r;\n"
+        "mov.b32 {l, h}, %4;\n"
+        "cvt.rn.f16x2.e4m3x2 p, l;\n"
+        "cvt.rn.f16x2.e4m3x2 r, h;\n"
+        "mov.b32 {a, b}, p;\n"
+        "mov.b32 {c, d}, r;\n"
+        "cvt.f32.f16 %0, a;\n"
+        "cvt.f32.f16 %2, b;\n"
+        "cvt.f32.f16 %1, c;\n"
+        "cvt.f32.f16 %3, d;\n}"
+        : "=f"(e[0]), "=f"(e[1]), "=f"(e[2]), "=f"(e[3])
+        : "r"(q));
+}
+#endif
+
+// The kernel for policy OUT (above), called after KILN_PDL_TRIGGER. WT: DT, or unsigned char for
+// an FP8 (e4m3) weight in gemv_fp8's byte order, with a float scale per weight row in wscale that
+// multiplies the row's sum.
+template <typename DT, typename WT, int K, int WARPS, int D, int SEG, int BLOCKS, int NORM,
+          bool UNIT_OFFSET, typename OUT>
+__device__ __forceinline__ void body(const kiln_step &st, const DT *x, const DT *res,
+                                     const DT *nw, DT *res_out, float eps, const WT *w,
+                                     const float *wscale, OUT &out)
+{
+    constexpr bool FP8 = sizeof(WT) == 1;
+    static_assert(FP8 || sizeof(WT) == sizeof(DT), "gemv_stream: a DT or an FP8 weight");
+    constexpr int EPC = 16 / (int)sizeof(WT); // weight elements of a 16-byte chunk
+    static_assert(SEG % EPC == 0 && K % SEG == 0, "gemv_stream: K must be whole units of SEG");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     constexpr int NOUT = OUT::ITEMS;
     constexpr int KS = K / SEG;                    // units of one weight row
     constexpr int UPO = OUT::PAIRED ? 2 * KS : KS; // units of one item
-    constexpr int UB = SEG * (int)sizeof(DT); // bytes of a unit
+    constexpr int UB = SEG * (int)sizeof(WT);      // bytes of a unit
     constexpr int TW = BLOCKS * WARPS;
     extern __shared__ __align__(128) unsigned char smem[];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gw = blockIdx.x * WARPS + warp;
@@ -239,11 +289,25 @@ __device__ __forceinline__ void body(const kiln_step &st, const DT *x, const DT 
     for (int slot = 0; slot < D && po < NOUT; slot++)
         issue(slot);
     out.template prepare<TW>(st, gw, lane);
+    // FP8: lane j holds the row scales of the warp's item k0 + j (sg; su the second row's),
+    // loaded 32 items at a time (the first before griddepcontrol.wait: they are constants)
+    float sg = 1.f, su = 1.f;
+    auto load_scales = [&](int k0) {
+        const int p = gw + (k0 + lane) * TW;
+        if (p < NOUT) {
+            sg = wscale[out.row(p, false)];
+            if (OUT::PAIRED)
+                su = wscale[out.row(p, true)];
+        }
+    };
+    if (FP8)
+        load_scales(0);
 
     KILN_PDL_WAIT();
     if (NORM == 0) {
         for (int i = threadIdx.x * 8; i < K; i += WARPS * 32 * 8)
-            *reinterpret_cast<uint4 *>(xs + i) = __ldcg(reinterpret_cast<const uint4 *>(x + i));
+            *reinterpret_cast<uint4 *>(xs + x_at<FP8, SEG>(i)) =
+                __ldcg(reinterpret_cast<const uint4 *>(x + i));
     } else {
         // rms_norm's arithmetic (templates/elementwise.cuh): s = round(x + res) (NORM 2; block 0
         // stores it to res_out), then round(s * rsqrt(mean(s^2) + eps) * w) into xs
@@ -280,7 +344,7 @@ __device__ __forceinline__ void body(const kiln_step &st, const DT *x, const DT 
 #pragma unroll
                 for (int e = 0; e < 8; e++)
                     o[e] = v[k][e] * inv * (UNIT_OFFSET ? 1.f + g[e] : g[e]);
-                store8(xs + i, o);
+                store8(xs + x_at<FP8, SEG>(i), o);
             }
         }
     }
@@ -293,21 +357,41 @@ __device__ __forceinline__ void body(const kiln_step &st, const DT *x, const DT 
             const int slot = consumed % D;
             mbar_wait(bars + slot * 8, (unsigned)(consumed / D) & 1u);
             const uint4 *wv = reinterpret_cast<const uint4 *>(ring + slot * UB);
-            const int xu = OUT::PAIRED && u >= KS ? u - KS : u;
-            const uint4 *xv = reinterpret_cast<const uint4 *>(xs + xu * SEG);
-            float a = 0.f;
+            const int xu = (OUT::PAIRED && u >= KS ? u - KS : u) * SEG; // the unit's first element
+            const DT *xl = xs + xu + 8 * lane; // the lane's first chunk of x (FP8: first half)
+            float a = 0.f, a2 = 0.f;           // two chains: half the FMA latency a unit
 #pragma unroll
-            for (int j = 0; j < (SEG / 8 + 31) / 32; j++) {
+            for (int j = 0; j < (UB / 16 + 31) / 32; j++) {
                 const int c = j * 32 + lane; // the lane's 16-byte chunk of the unit
-                if (SEG % 256 == 0 || c < SEG / 8) {
+                if (UB % 512 == 0 || c < UB / 16) {
                     float wf[8], xf[8];
-                    gemv_detail::unpack8<DT>(wv[c], wf);
-                    gemv_detail::unpack8<DT>(xv[c], xf);
+                    if constexpr (FP8) {
+                        const uint4 q = wv[c];
+                        e4m3x4(q.x, wf);
+                        e4m3x4(q.y, wf + 4);
+                        gemv_detail::unpack8<DT>(
+                            *reinterpret_cast<const uint4 *>(xl + 256 * j), xf);
 #pragma unroll
-                    for (int e = 0; e < 8; e++)
-                        a = fmaf(wf[e], xf[e], a);
+                        for (int i = 0; i < 8; i++)
+                            a = fmaf(wf[i], xf[i], a);
+                        e4m3x4(q.z, wf);
+                        e4m3x4(q.w, wf + 4);
+                        gemv_detail::unpack8<DT>(
+                            *reinterpret_cast<const uint4 *>(xl + SEG / 2 + 256 * j), xf);
+#pragma unroll
+                        for (int i = 0; i < 8; i++)
+                            a2 = fmaf(wf[i], xf[i], a2);
+                    } else {
+                        gemv_detail::unpack8<DT>(wv[c], wf);
+                        gemv_detail::unpack8<DT>(*reinterpret_cast<const uint4 *>(xl + 256 * j),
+                                                 xf);
+#pragma unroll
+                        for (int i = 0; i < 8; i++)
+                            a = fmaf(wf[i], xf[i], a);
+                    }
                 }
             }
+            a += a2;
             if (OUT::PAIRED && u >= KS)
                 au += a;
             else
@@ -316,12 +400,20 @@ __device__ __forceinline__ void body(const kiln_step &st, const DT *x, const DT 
             if (po < NOUT)
                 issue(slot);
             if (u == UPO - 1) {
-                out.finish(st, lane, o, k, warp_sum(ag), OUT::PAIRED ? warp_sum(au) : 0.f);
+                float g = warp_sum(ag), up = OUT::PAIRED ? warp_sum(au) : 0.f;
+                if (FP8) {
+                    g *= __shfl_sync(0xffffffffu, sg, k % 32);
+                    up *= __shfl_sync(0xffffffffu, su, k % 32);
+                    if (k % 32 == 31)
+                        load_scales(k + 1);
+                }
+                out.finish(st, lane, o, k, g, up);
                 ag = au = 0.f;
             }
         }
 #else
-    (void)st, (void)x, (void)res, (void)nw, (void)res_out, (void)eps, (void)w, (void)out;
+    (void)st, (void)x, (void)res, (void)nw, (void)res_out, (void)eps, (void)w, (void)wscale,
+        (void)out;
     __trap();
 #endif
 }
@@ -338,8 +430,27 @@ __device__ __forceinline__ void gemv_stream(const kiln_step st, const DT *x, con
     static_assert(!GATED || N % 2 == 0, "gemv_stream: GATED needs an even N");
     (void)M;
     stream_detail::plain_out<DT, N, BIAS, GATED, ACT, OUT_F32> out{bias, y};
-    stream_detail::body<DT, K, WARPS, D, SEG, BLOCKS, NORM, UNIT_OFFSET>(st, x, res, nw, res_out,
-                                                                        eps, w, out);
+    stream_detail::body<DT, DT, K, WARPS, D, SEG, BLOCKS, NORM, UNIT_OFFSET>(
+        st, x, res, nw, res_out, eps, w, nullptr, out);
+}
+
+// gemv_stream_fp8: gemv_stream of an FP8 weight (templates/gemv.cuh's gemv_fp8 with one scale per
+// row: e4m3 bytes [N, K] in its byte order, float scale [N]): y[n] = (x · q[n]) * scale[n]
+// (+ bias[n]), its decode step of one row on sm_90+ code. A lane's chunk is 16 elements; SEG a
+// multiple of 16.
+template <typename DT, int N, int K, bool BIAS, bool GATED, int ACT, bool OUT_F32, int WARPS,
+          int D, int SEG, int BLOCKS, int NORM = 0, bool UNIT_OFFSET = false>
+__device__ __forceinline__ void gemv_stream_fp8(const kiln_step st, const DT *x, const DT *res,
+                                                const DT *nw, DT *res_out, float eps,
+                                                const unsigned char *w, const float *scale,
+                                                const DT *bias, void *y, int M)
+{
+    KILN_PDL_TRIGGER();
+    static_assert(!GATED || N % 2 == 0, "gemv_stream_fp8: GATED needs an even N");
+    (void)M;
+    stream_detail::plain_out<DT, N, BIAS, GATED, ACT, OUT_F32> out{bias, y};
+    stream_detail::body<DT, unsigned char, K, WARPS, D, SEG, BLOCKS, NORM, UNIT_OFFSET>(
+        st, x, res, nw, res_out, eps, w, scale, out);
 }
 
 // gemv_stream_rope: gemv_stream of a fused qkv linear [(NH + 2 NKV) * HD, K] for the one token of
@@ -362,8 +473,28 @@ __device__ __forceinline__ void gemv_stream_rope(const kiln_step st, const DT *x
     (void)M;
     stream_detail::rope_out<DT, NH, NKV, HD, ROT, INTERLEAVED, DYNAMIC, BIAS> out{
         bias, q_out, k_cache, v_cache, inv_freq, rope_scale, dyn_base, dyn_factor, dyn_max_pos};
-    stream_detail::body<DT, K, WARPS, D, SEG, BLOCKS, NORM, UNIT_OFFSET>(st, x, res, nw, res_out,
-                                                                        eps, w, out);
+    stream_detail::body<DT, DT, K, WARPS, D, SEG, BLOCKS, NORM, UNIT_OFFSET>(
+        st, x, res, nw, res_out, eps, w, nullptr, out);
+}
+
+// gemv_stream_rope_fp8: gemv_stream_rope of an FP8 weight with a scale per row (as
+// gemv_stream_fp8's), each row's sum times its scale before the bias and the rotation.
+template <typename DT, int NH, int NKV, int HD, int ROT, int INTERLEAVED, int DYNAMIC, int K,
+          bool BIAS, int WARPS, int D, int SEG, int BLOCKS, int NORM = 0,
+          bool UNIT_OFFSET = false>
+__device__ __forceinline__ void
+gemv_stream_rope_fp8(const kiln_step st, const DT *x, const DT *res, const DT *nw, DT *res_out,
+                     float eps, const unsigned char *w, const float *scale, const DT *bias,
+                     DT *q_out, DT *k_cache, DT *v_cache, const float *inv_freq, float rope_scale,
+                     float dyn_base, float dyn_factor, int dyn_max_pos, int M)
+{
+    KILN_PDL_TRIGGER();
+    static_assert(HD % 8 == 0, "gemv_stream_rope_fp8: HD a multiple of 8 (rope_kv unpadded)");
+    (void)M;
+    stream_detail::rope_out<DT, NH, NKV, HD, ROT, INTERLEAVED, DYNAMIC, BIAS> out{
+        bias, q_out, k_cache, v_cache, inv_freq, rope_scale, dyn_base, dyn_factor, dyn_max_pos};
+    stream_detail::body<DT, unsigned char, K, WARPS, D, SEG, BLOCKS, NORM, UNIT_OFFSET>(
+        st, x, res, nw, res_out, eps, w, scale, out);
 }
 
 } // namespace kiln

@@ -242,7 +242,7 @@ static int overlap(const ka_arg *a, int64_t an, const ka_arg *b, int64_t bn)
 }
 
 static void expect_stream_pairs(const char *fx, const kc *c, const ka_step *st, int n,
-                                int *pairs, int *folds, int *ropes)
+                                int *pairs, int *folds, int *ropes, int *nfp8)
 {
     const lowered *l = c->low;
     int not_one = 0;
@@ -250,50 +250,63 @@ static void expect_stream_pairs(const char *fx, const kc *c, const ka_step *st, 
         const ka_kernel *k = st[i].kind == KA_KERNEL ? &l->m.kernels[st[i].kernel] : NULL;
         if (k && ka_kernel_is(k, "rms_norm") && st[i].size == KA_SIZE_NOT_ONE)
             not_one++;
-        const int rope = k && ka_kernel_is(k, "gemv_stream_rope");
-        if (!k || (!rope && !ka_kernel_is(k, "gemv_stream")))
+        const int fp8 = k && (ka_kernel_is(k, "gemv_stream_fp8") ||
+                              ka_kernel_is(k, "gemv_stream_rope_fp8"));
+        const int rope = k && (ka_kernel_is(k, "gemv_stream_rope") ||
+                               ka_kernel_is(k, "gemv_stream_rope_fp8"));
+        if (!k || (!rope && !fp8 && !ka_kernel_is(k, "gemv_stream")))
             continue;
         const ka_step *o = &st[i], *g = i > 0 ? &st[i - 1] : NULL;
-        if (!g || g->kind != KA_KERNEL || !ka_kernel_is(&l->m.kernels[g->kernel], "gemv"))
+        if (!g || g->kind != KA_KERNEL ||
+            !ka_kernel_is(&l->m.kernels[g->kernel], fp8 ? "gemv_fp8" : "gemv"))
             fail_msg("%s step %d (%s): gemv_stream not after its gemv step", fx, i, o->label);
         assert_string_equal(o->label, g->label);
         assert_int_equal(o->size, KA_SIZE_ONE);
-        assert_int_equal(g->size, KA_SIZE_FEW);
+        /* FP8 in the decode schedule without cuBLASLt's FP8 GEMM: the GEMV at every other row */
+        if (g->size != KA_SIZE_FEW && !(fp8 && g->size == KA_SIZE_NOT_ONE))
+            fail_msg("%s step %d (%s): its gemv step of size %d", fx, i - 1, g->label, g->size);
         assert_int_equal(o->logits, g->logits);
         assert_int_equal(o->rows, g->rows);
         /* (st, x, res, nw, res_out, eps, w, bias, y, M) against gemv's (st, x, w, bias, y, M);
          * gemv_stream_rope's (st, x, res, nw, res_out, eps, w, bias, q_out, k_cache, v_cache,
-         * inv_freq, rope_scale, dyn_base, dyn_factor, dyn_max_pos, M): expect_rope_folds */
-        assert_int_equal(o->nargs, rope ? 17 : 10);
-        assert_int_equal(g->nargs, 6);
+         * inv_freq, rope_scale, dyn_base, dyn_factor, dyn_max_pos, M): expect_rope_folds; FP8:
+         * the scale after w in both */
+        assert_int_equal(o->nargs, (rope ? 17 : 10) + fp8);
+        assert_int_equal(g->nargs, 6 + fp8);
         assert_true(same_arg(&o->args[0], &g->args[0]));
-        for (int a = 2; a < (rope ? 4 : 6); a++)
+        for (int a = 2; a < g->nargs - (rope ? 2 : 0); a++)
             assert_true(same_arg(&o->args[a + 4], &g->args[a]));
-        assert_true(same_arg(&o->args[o->nargs - 1], &g->args[5]));
+        assert_true(same_arg(&o->args[o->nargs - 1], &g->args[g->nargs - 1]));
         assert_int_equal(k->block, 32 * KILN_GEMV_STREAM_WARPS);
         assert_int_equal(grid_at(&o->grid[0], 1, 1), KILN_GEMV_STREAM_BLOCKS);
         assert_int_equal(grid_at(&o->grid[1], 1, 1), 1);
         long long N, K;
         int gated = 0, mode, nh, nkv, hd, d;
         char gt[8];
-        const char *call = l->inst_call[o->kernel];
+        const char *call = l->inst_call[o->kernel], *targs = strchr(call, '<');
+        char want[48];
+        snprintf(want, sizeof want, "kiln::gemv_stream%s%s<", rope ? "_rope" : "",
+                 fp8 ? "_fp8" : "");
+        if (strncmp(call, want, strlen(want)) != 0)
+            fail_msg("%s: %s: not a call of %s>", fx, call, want);
         if (rope) {
-            if (sscanf(call, "kiln::gemv_stream_rope<DT, %d, %d, %d, %*d, %*d, %*d, %lld, %*[a-z], "
+            if (sscanf(targs, "<DT, %d, %d, %d, %*d, %*d, %*d, %lld, %*[a-z], "
                              "%*d, %d, %*d, %*d, %d,",
                        &nh, &nkv, &hd, &K, &d, &mode) != 6)
                 fail_msg("%s: %s: no shape or norm in the template arguments", fx, call);
             N = (long long)(nh + 2 * nkv) * hd;
             (*ropes)++;
         } else {
-            if (sscanf(call, "kiln::gemv_stream<DT, %lld, %lld, %*[a-z], %7[a-z], %*d, %*[a-z], "
+            if (sscanf(targs, "<DT, %lld, %lld, %*[a-z], %7[a-z], %*d, %*[a-z], "
                              "%*d, %d, %*d, %*d, %d,",
                        &N, &K, gt, &d, &mode) != 5)
                 fail_msg("%s: %s: no shape or norm in the template arguments", fx, call);
             gated = !strcmp(gt, "true");
         }
         assert_true(K <= KILN_GEMV_STREAM_KMAX);
-        assert_int_equal(d, lower_gemv_stream_depth(c, K, 2));
-        assert_int_equal(k->smem, lower_gemv_stream_smem(c, K, 2));
+        assert_int_equal(d, lower_gemv_stream_depth(c, K, 2, fp8 ? 8 : 16));
+        assert_int_equal(k->smem, lower_gemv_stream_smem(c, K, 2, fp8 ? 8 : 16));
+        (*nfp8) += fp8;
         (*pairs)++;
         if (mode == 0) {
             assert_true(same_arg(&o->args[1], &g->args[1]));
@@ -324,7 +337,7 @@ static void expect_stream_pairs(const char *fx, const kc *c, const ka_step *st, 
         const int64_t xb = (int64_t)c->max_tokens * K * 2;
         const int64_t yb = (int64_t)c->max_tokens * (gated ? N / 2 : N) * 2;
         for (int a = 1; a < 3 && !rope; a++)
-            if (overlap(&o->args[8], yb, &o->args[a], xb))
+            if (overlap(&o->args[o->nargs - 2], yb, &o->args[a], xb))
                 fail_msg("%s step %d (%s): y overlaps the norm's input %d", fx, i, o->label, a);
         (*folds)++;
     }
@@ -343,10 +356,14 @@ static void expect_rope_folds(const char *fx, const kc *c, int ropes)
     int seen = 0;
     for (int i = 0; i < m->ndecode; i++) {
         const ka_step *o = &m->decode[i];
-        if (o->kind != KA_KERNEL || !ka_kernel_is(&m->kernels[o->kernel], "gemv_stream_rope"))
+        if (o->kind != KA_KERNEL)
+            continue;
+        /* FP8: the weight's scale after it shifts the arguments by one */
+        const int f = ka_kernel_is(&m->kernels[o->kernel], "gemv_stream_rope_fp8");
+        if (!f && !ka_kernel_is(&m->kernels[o->kernel], "gemv_stream_rope"))
             continue;
         seen++;
-        assert_int_equal(o->args[8].kind, KA_ARG_SCRATCH);
+        assert_int_equal(o->args[8 + f].kind, KA_ARG_SCRATCH);
         int r = i + 1;
         while (r < m->ndecode && !(m->decode[r].kind == KA_KERNEL &&
                                    ka_kernel_is(&m->kernels[m->decode[r].kernel], "rope_kv")))
@@ -356,13 +373,13 @@ static void expect_rope_folds(const char *fx, const kc *c, int ropes)
         const ka_step *rk = &m->decode[r], *a1 = &m->decode[r + 1], *a2 = &m->decode[r + 2];
         assert_int_equal(rk->size, KA_SIZE_NOT_ONE);
         for (int a = 8; a < 15; a++) /* k_cache .. dyn_max_pos */
-            assert_true(same_arg(&rk->args[a], &o->args[a + 1]));
+            assert_true(same_arg(&rk->args[a], &o->args[a + 1 + f]));
         assert_true(ka_kernel_is(&m->kernels[a1->kernel], "attn_decode"));
         assert_int_equal(a1->kernel, a2->kernel);
         assert_int_equal(a1->size, KA_SIZE_NOT_ONE);
         assert_int_equal(a2->size, KA_SIZE_ONE);
         assert_true(same_arg(&a1->args[1], &rk->args[7]));
-        assert_true(same_arg(&a2->args[1], &o->args[8]));
+        assert_true(same_arg(&a2->args[1], &o->args[8 + f]));
         for (int a = 2; a < a1->nargs; a++)
             assert_true(same_arg(&a1->args[a], &a2->args[a]));
     }
@@ -377,37 +394,44 @@ static void expect_rope_folds(const char *fx, const kc *c, int ropes)
  * nothing but its attention's rotations and v, unquantised, the 16-bit cache, head_dim a multiple
  * of 8, one rank. Qwen2's folds with its bias (the rope step takes the GEMV's); Qwen3's q and k
  * are normed per head first, and --kv-dtype fp8 writes the cache by rope_kv's per-head scales:
- * none there, nor with --quant int4 or --tp 2. */
+ * none there, nor with --quant int4 or --tp 2. --quant fp8 folds (gemv_stream_rope_fp8). */
 static void test_rope_fold_where(void **state)
 {
     (void)state;
     static const struct {
         const char *fx;
-        int kv8, quant, tp, folds; /* folds: -1 every layer */
+        int kv8;
+        kc_quant quant;
+        int tp, folds; /* folds: -1 every layer */
     } cases[] = {
-        {"llama", 0, 0, 0, -1}, {"qwen2", 0, 0, 0, -1}, {"qwen3", 0, 0, 0, 0},
-        {"llama", 1, 0, 0, 0},  {"llama", 0, 1, 0, 0},  {"llama", 0, 0, 2, 0},
+        {"llama", 0, KC_QUANT_NONE, 0, -1}, {"qwen2", 0, KC_QUANT_NONE, 0, -1},
+        {"qwen3", 0, KC_QUANT_NONE, 0, 0},  {"llama", 1, KC_QUANT_NONE, 0, 0},
+        {"llama", 0, KC_QUANT_INT4, 0, 0},  {"llama", 0, KC_QUANT_NONE, 2, 0},
+        {"llama", 0, KC_QUANT_FP8, 0, -1},  {"qwen2", 0, KC_QUANT_FP8, 0, -1},
     };
     for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
         kc c;
         kc_opts o = {.need_weights = 1, .max_seq_len = 128, .max_seqs = 4, .max_tokens = 64,
                      .sm90a_only = 1, .sm90 = 1, .sm_fp8 = 1, .kv_fp8 = cases[i].kv8,
-                     .quant_mode = cases[i].quant ? KC_QUANT_INT4 : KC_QUANT_NONE,
+                     .quant_mode = cases[i].quant,
                      .tp = cases[i].tp, .smem_block = lower_smem_optin(90)};
         lower_opts(&c, cases[i].fx, &o);
         const lowered *l = c.low;
         int ropes = 0, bias = 0;
         for (int k = 0; k < l->m.ndecode; k++) {
             const ka_step *st = &l->m.decode[k];
-            if (st->kind == KA_KERNEL &&
-                ka_kernel_is(&l->m.kernels[st->kernel], "gemv_stream_rope")) {
+            if (st->kind != KA_KERNEL)
+                continue;
+            const int f = ka_kernel_is(&l->m.kernels[st->kernel], "gemv_stream_rope_fp8");
+            if (f || ka_kernel_is(&l->m.kernels[st->kernel], "gemv_stream_rope")) {
                 ropes++;
-                bias += st->args[7].kind != KA_ARG_NULL;
+                bias += st->args[7 + f].kind != KA_ARG_NULL;
+                assert_int_equal(f, cases[i].quant == KC_QUANT_FP8);
             }
         }
         const int want = cases[i].folds < 0 ? c.g->n_layers : cases[i].folds;
         if (ropes != want)
-            fail_msg("%s (kv8 %d, int4 %d, tp %d): %d folded rotations, expected %d",
+            fail_msg("%s (kv8 %d, quant %d, tp %d): %d folded rotations, expected %d",
                      cases[i].fx, cases[i].kv8, cases[i].quant, cases[i].tp, ropes, want);
         assert_int_equal(bias, strcmp(cases[i].fx, "qwen2") ? 0 : ropes);
         if (ropes)
@@ -421,27 +445,41 @@ static void test_gemv_stream_steps(void **state)
     (void)state;
     static const char *const fx[] = {"llama", "mixtral", "bloom", "gemma"};
     for (size_t f = 0; f < ARRAY_LEN(fx); f++)
-        for (int v = 0; v < 4; v++) { /* sm_90a; sm_80 and sm_90a; sm_80; --batch-invariant */
+        /* sm_90a; sm_80 and sm_90a; sm_80; --batch-invariant; --quant fp8 on sm_90a (cuBLASLt's
+         * FP8 GEMM past the GEMV) and on sm_80 and sm_90a (the GEMV at every decode row) */
+        for (int v = 0; v < 6; v++) {
+            const int sm90a = v == 0 || v == 4;
             kc c;
             kc_opts o = {.need_weights = 1, .max_seq_len = 128, .max_seqs = 4, .max_tokens = 64,
-                         .sm90a_only = v == 0, .sm90 = v != 2, .batch_invariant = v == 3,
-                         .gemm_kiln = v == 3, .smem_block = lower_smem_optin(v == 0 ? 90 : 80)};
+                         .sm90a_only = sm90a, .sm90 = v != 2, .sm_fp8 = sm90a,
+                         .batch_invariant = v == 3, .gemm_kiln = v == 3,
+                         .quant_mode = v >= 4 ? KC_QUANT_FP8 : KC_QUANT_NONE,
+                         .smem_block = lower_smem_optin(sm90a ? 90 : 80)};
             lower_opts(&c, fx[f], &o);
             const lowered *l = c.low;
-            int pairs = 0, folds = 0, dfolds = 0, pre_ropes = 0, ropes = 0;
+            int pairs = 0, folds = 0, dfolds = 0, pre_ropes = 0, ropes = 0, pfp8 = 0, dfp8 = 0;
             expect_stream_pairs(fx[f], &c, l->m.prefill, l->m.nprefill, &pairs, &folds,
-                                &pre_ropes);
+                                &pre_ropes, &pfp8);
             const int pre = pairs;
-            expect_stream_pairs(fx[f], &c, l->m.decode, l->m.ndecode, &pairs, &dfolds, &ropes);
+            expect_stream_pairs(fx[f], &c, l->m.decode, l->m.ndecode, &pairs, &dfolds, &ropes,
+                                &dfp8);
+            /* FP8: every linear but the LM head (llama: qkv, o, gate_up, down) */
+            if (v < 4)
+                assert_int_equal(pfp8 + dfp8, 0);
+            else if (!strcmp(fx[f], "llama"))
+                assert_true(pfp8 == 4 * c.g->n_layers && dfp8 == 4 * c.g->n_layers);
+            else
+                assert_true(pfp8 > 0 && dfp8 == pfp8);
             /* the rotation folds into the qkv linear in the decode schedule alone, where it is
              * rope_kv's (bloom: ALiBi, no rotation) */
             assert_int_equal(pre_ropes, 0);
-            assert_int_equal(ropes, v >= 2 || !strcmp(fx[f], "bloom") ? 0 : c.g->n_layers);
+            const int none = v == 2 || v == 3; /* no gemv_stream at all */
+            assert_int_equal(ropes, none || !strcmp(fx[f], "bloom") ? 0 : c.g->n_layers);
             expect_rope_folds(fx[f], &c, ropes);
             /* llama and gemma fold both norms of a layer, mixtral the one before attention (its
              * MLP norm feeds the router too), bloom none (layer norms) */
             const int layers = c.g->n_layers;
-            const int want = v >= 2 || !strcmp(fx[f], "bloom") ? 0
+            const int want = none || !strcmp(fx[f], "bloom") ? 0
                              : !strcmp(fx[f], "mixtral")         ? layers
                                                                  : 2 * layers;
             assert_int_equal(folds, want);
@@ -450,7 +488,7 @@ static void test_gemv_stream_steps(void **state)
             for (int i = 0; i < l->m.ndecode; i++)
                 sized += l->m.decode[i].size == KA_SIZE_ONE || l->m.decode[i].size == KA_SIZE_FEW;
             char *src = codegen_source(l, fx[f]);
-            if (v < 2) {
+            if (!none) {
                 if (pre == 0 || pairs == pre)
                     fail_msg("%s: no gemv_stream step in the prefill (%d) or decode (%d) schedule",
                              fx[f], pre, pairs - pre);
@@ -466,24 +504,24 @@ static void test_gemv_stream_steps(void **state)
     kc cc;
     memset(&cc, 0, sizeof cc);
     cc.sm90 = 1;
-    assert_true(lower_gemv_stream(&cc, 4096, 14336, 0));
-    assert_true(lower_gemv_stream(&cc, 4096, KILN_GEMV_STREAM_KMAX, 0));
-    assert_false(lower_gemv_stream(&cc, 4096, KILN_GEMV_STREAM_KMAX + 256, 0));
-    assert_false(lower_gemv_stream(&cc, 4095, 4096, 1));
-    assert_false(lower_gemv_stream(&cc, 4096, 4100, 0));
-#define SMEM_AT(d, seg, k) KILN_GEMV_STREAM_SMEM(KILN_GEMV_STREAM_WARPS, d, seg, k, 2)
+    assert_true(lower_gemv_stream(&cc, 4096, 14336, 0, 16));
+    assert_true(lower_gemv_stream(&cc, 4096, KILN_GEMV_STREAM_KMAX, 0, 16));
+    assert_false(lower_gemv_stream(&cc, 4096, KILN_GEMV_STREAM_KMAX + 256, 0, 16));
+    assert_false(lower_gemv_stream(&cc, 4095, 4096, 1, 16));
+    assert_false(lower_gemv_stream(&cc, 4096, 4100, 0, 16));
+#define SMEM_AT(d, seg, k) KILN_GEMV_STREAM_SMEM(KILN_GEMV_STREAM_WARPS, d, seg, k, 2, 16)
     /* feasible when the shallowest ring fits; the deepest that fits is taken */
     cc.smem_block = SMEM_AT(KILN_GEMV_STREAM_DMIN, 2048, KILN_GEMV_STREAM_KMAX) - 1;
-    assert_false(lower_gemv_stream(&cc, 4096, KILN_GEMV_STREAM_KMAX, 0));
-    assert_true(lower_gemv_stream(&cc, 4096, 4096, 0));
+    assert_false(lower_gemv_stream(&cc, 4096, KILN_GEMV_STREAM_KMAX, 0, 16));
+    assert_true(lower_gemv_stream(&cc, 4096, 4096, 0, 16));
     cc.smem_block = SMEM_AT(KILN_GEMV_STREAM_DMIN, 2048, KILN_GEMV_STREAM_KMAX);
-    assert_true(lower_gemv_stream(&cc, 4096, KILN_GEMV_STREAM_KMAX, 0));
-    assert_int_equal(lower_gemv_stream_depth(&cc, KILN_GEMV_STREAM_KMAX, 2),
+    assert_true(lower_gemv_stream(&cc, 4096, KILN_GEMV_STREAM_KMAX, 0, 16));
+    assert_int_equal(lower_gemv_stream_depth(&cc, KILN_GEMV_STREAM_KMAX, 2, 16),
                      KILN_GEMV_STREAM_DMIN);
     cc.smem_block = SMEM_AT(3, 2048, 4096);
-    assert_int_equal(lower_gemv_stream_depth(&cc, 4096, 2), 3);
+    assert_int_equal(lower_gemv_stream_depth(&cc, 4096, 2, 16), 3);
     cc.smem_block = SMEM_AT(3, 2048, 4096) - 1;
-    assert_int_equal(lower_gemv_stream_depth(&cc, 4096, 2), 2);
+    assert_int_equal(lower_gemv_stream_depth(&cc, 4096, 2, 16), 2);
     cc.smem_block = 0;
     /* a block asks for more than half of a Hopper SM (228 KiB, 1 KiB reserved a block): one an
      * SM; as far as the targets allow; the shallowest ring of the longest K within that */
@@ -492,24 +530,39 @@ static void test_gemv_stream_steps(void **state)
                 KILN_GEMV_STREAM_SMEM_SM);
     cc.smem_block = lower_smem_optin(90);
     assert_true(KILN_GEMV_STREAM_DMAX > KILN_GEMV_STREAM_DMIN);
-    assert_int_equal(lower_gemv_stream_depth(&cc, KILN_GEMV_STREAM_KMAX, 2),
+    assert_int_equal(lower_gemv_stream_depth(&cc, KILN_GEMV_STREAM_KMAX, 2, 16),
                      KILN_GEMV_STREAM_DMAX);
-    assert_int_equal(lower_gemv_stream_smem(&cc, 4096, 2),
+    assert_int_equal(lower_gemv_stream_smem(&cc, 4096, 2, 16),
                      SMEM_AT(KILN_GEMV_STREAM_DMAX, 2048, 4096));
-    assert_int_equal(lower_gemv_stream_smem(&cc, 1024, 2), KILN_GEMV_STREAM_SMEM_SM);
+    assert_int_equal(lower_gemv_stream_smem(&cc, 1024, 2, 16), KILN_GEMV_STREAM_SMEM_SM);
     cc.smem_block = lower_smem_optin(80);
-    assert_int_equal(lower_gemv_stream_smem(&cc, 14336, 2),
+    assert_int_equal(lower_gemv_stream_smem(&cc, 14336, 2, 16),
                      SMEM_AT(KILN_GEMV_STREAM_DMAX, 2048, 14336));
     cc.smem_block = lower_smem_optin(89);
-    assert_int_equal(lower_gemv_stream_depth(&cc, 4096, 2), KILN_GEMV_STREAM_DMIN);
-    assert_int_equal(lower_gemv_stream_smem(&cc, 4096, 2), 99 * 1024);
+    assert_int_equal(lower_gemv_stream_depth(&cc, 4096, 2, 16), KILN_GEMV_STREAM_DMIN);
+    assert_int_equal(lower_gemv_stream_smem(&cc, 4096, 2, 16), 99 * 1024);
+    /* FP8 (8 bits): 4 KiB units of 16-element chunks */
+    assert_int_equal(lower_gemv_stream_seg(14336, 8), 3584);
+    assert_int_equal(lower_gemv_stream_seg(4096, 8), 4096);
+    assert_int_equal(lower_gemv_stream_seg(4112, 8), 16);
+    assert_int_equal(lower_gemv_stream_seg(1040, 8), 1040);
+    cc.smem_block = lower_smem_optin(90);
+    assert_true(lower_gemv_stream(&cc, 4096, 4112, 0, 8));
+    assert_false(lower_gemv_stream(&cc, 4096, 4104, 0, 8));
+    assert_true(lower_gemv_stream(&cc, 4096, 4104, 0, 16));
+    assert_int_equal(lower_gemv_stream_smem(&cc, 14336, 2, 8),
+                     KILN_GEMV_STREAM_SMEM(KILN_GEMV_STREAM_WARPS, KILN_GEMV_STREAM_DMAX, 3584,
+                                           14336, 2, 8));
+    assert_int_equal(KILN_GEMV_STREAM_SMEM(8, 4, 3584, 1040, 2, 8),
+                     8 * 4 * 3584 + 1040 * 2 + 8 * 4 * 8);
 #undef SMEM_AT
-    assert_int_equal(lower_gemv_stream_seg(14336), 2048);
-    assert_int_equal(lower_gemv_stream_seg(3584), 1792);
-    assert_int_equal(lower_gemv_stream_seg(64), 64);
-    assert_int_equal(lower_gemv_stream_seg(4104), 1368);
+    assert_int_equal(lower_gemv_stream_seg(14336, 16), 2048);
+    assert_int_equal(lower_gemv_stream_seg(3584, 16), 1792);
+    assert_int_equal(lower_gemv_stream_seg(64, 16), 64);
+    assert_int_equal(lower_gemv_stream_seg(4104, 16), 1368);
     cc.batch_invariant = 1;
-    assert_false(lower_gemv_stream(&cc, 4096, 4096, 0));
+    assert_false(lower_gemv_stream(&cc, 4096, 4096, 0, 16));
+    assert_false(lower_gemv_stream(&cc, 4096, 4096, 0, 8));
 }
 
 /* An INT4 linear's decode steps (kilnc compile --quant int4, and a published AWQ checkpoint), in

@@ -95,13 +95,13 @@ int kt_sm90a(const kt *t) { return t->compile_only || strcmp(t->arch, "sm_90a") 
 
 int kt_sm_at_least(const kt *t, int sm) { return t->compile_only || atoi(t->arch + 3) >= sm; }
 
-int kt_stream_depth(int K)
+int kt_stream_depth(int K, int wbits)
 {
     kc c;
     memset(&c, 0, sizeof c);
     c.sm90 = 1;
     c.smem_block = lower_smem_optin(90);
-    return lower_gemv_stream_depth(&c, K, 2);
+    return lower_gemv_stream_depth(&c, K, 2, wbits);
 }
 
 CUfunction kt_func(kt *t, CUmodule m, const char *name)

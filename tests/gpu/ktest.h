@@ -49,9 +49,9 @@ int kt_sm90a(const kt *t);
 /* Whether the GPU's compute capability is at least sm (89: sm_89); in compile-only mode, 1 (the
  * case compiles for every target). */
 int kt_sm_at_least(const kt *t, int sm);
-/* gemv_stream's ring depth for K (lower_gemv_stream_depth) in a build for sm_90 alone, as kilnc
- * compile builds for an H100 or H200. */
-int kt_stream_depth(int K);
+/* gemv_stream's ring depth for K and a weight of wbits bits (lower_gemv_stream_depth) in a build
+ * for sm_90 alone, as kilnc compile builds for an H100 or H200. */
+int kt_stream_depth(int K, int wbits);
 CUfunction kt_func(kt *t, CUmodule m, const char *name);
 CUdeviceptr kt_alloc(kt *t, size_t bytes);          /* poisoned with 0xFF */
 CUdeviceptr kt_upload(kt *t, const void *host, size_t bytes);

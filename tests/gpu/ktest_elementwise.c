@@ -706,27 +706,32 @@ static void t_rope(kt *t, int NH, int NKV, int HD, int ROT, int INTER, int DYN, 
  * [N] row, then rope_kv (fused layout, 128 threads) from it. Both compute the row's sums in the
  * same order and rotate with ew_detail::rope_cs's numbers: q and the k row within TOL_BF16 (a
  * contraction of the rotation into an fma may differ), v exact, every other cache row untouched.
- * One step of one token (CFG cfg: its position, rope length and slot; pad 0: no slot). */
+ * One step of one token (CFG cfg: its position, rope length and slot; pad 0: no slot). fp8: the
+ * FP8 weight with a scale per row, gemv_stream_rope_fp8 against gemv_stream_fp8. */
 static void t_stream_rope(kt *t, int NH, int NKV, int HD, int ROT, int INTER, int DYN, int K,
-                          int bias, const seqcfg *c, const char *cname)
+                          int bias, int fp8, const seqcfg *c, const char *cname)
 {
-    const int N = (NH + 2 * NKV) * HD, QW = NH * HD, KW = NKV * HD;
-    const int W = KILN_GEMV_STREAM_WARPS, D = kt_stream_depth(K), B = KILN_GEMV_STREAM_BLOCKS;
-    const int SEG = lower_gemv_stream_seg(K), smem = KILN_GEMV_STREAM_SMEM(W, D, SEG, K, 2);
+    const int N = (NH + 2 * NKV) * HD, QW = NH * HD, KW = NKV * HD, wb = fp8 ? 8 : 16;
+    const int W = KILN_GEMV_STREAM_WARPS, B = KILN_GEMV_STREAM_BLOCKS;
+    const int D = kt_stream_depth(K, wb), SEG = lower_gemv_stream_seg(K, wb);
+    const int smem = KILN_GEMV_STREAM_SMEM(W, D, SEG, K, 2, wb);
     char name[200], src[3000];
     snprintf(name, sizeof name,
-             "elementwise/gemv_stream_rope NH=%d NKV=%d HD=%d ROT=%d K=%d%s%s%s %s", NH, NKV, HD,
-             ROT, K, INTER ? " interleaved" : "",
-             DYN == 1 ? " dynamic" : DYN == 2 ? " longrope" : "", bias ? " bias" : "", cname);
+             "elementwise/gemv_stream_rope NH=%d NKV=%d HD=%d ROT=%d K=%d%s%s%s%s %s", NH, NKV,
+             HD, ROT, K, INTER ? " interleaved" : "",
+             DYN == 1 ? " dynamic" : DYN == 2 ? " longrope" : "", bias ? " bias" : "",
+             fp8 ? " fp8" : "", cname);
     if (!kt_want(t, name) || (!t->compile_only && !kt_sm90a(t)))
         return;
-    const char *tf = bias ? "true" : "false";
+    const char *tf = bias ? "true" : "false", *sf = fp8 ? "_fp8" : "";
+    const char *wp = fp8 ? "const unsigned char *w, const float *scale" : "const kiln::bf16 *w";
+    const char *wa = fp8 ? "w, scale" : "w";
     snprintf(src, sizeof src,
              "#include \"gemv_stream.cuh\"\n"
              "extern \"C\" __global__ void __launch_bounds__(%d) k_gs(const kiln_step st, "
-             "const kiln::bf16 *x, const kiln::bf16 *w, const kiln::bf16 *bias, void *y)\n"
-             "{ kiln::gemv_stream<kiln::bf16, %d, %d, %s, false, 0, false, %d, %d, %d, %d>(st, x, "
-             "nullptr, nullptr, nullptr, 0.f, w, bias, y, 1); }\n"
+             "const kiln::bf16 *x, %s, const kiln::bf16 *bias, void *y)\n"
+             "{ kiln::gemv_stream%s<kiln::bf16, %d, %d, %s, false, 0, false, %d, %d, %d, %d>(st, "
+             "x, nullptr, nullptr, nullptr, 0.f, %s, bias, y, 1); }\n"
              "extern \"C\" __global__ void __launch_bounds__(128) k_rk(const kiln_step st, "
              "const kiln::bf16 *q, const kiln::bf16 *k, const kiln::bf16 *v, int q_stride, "
              "int k_stride, int v_stride, kiln::bf16 *q_out, kiln::bf16 *k_cache, "
@@ -736,14 +741,14 @@ static void t_stream_rope(kt *t, int NH, int NKV, int HD, int ROT, int INTER, in
              "k_stride, v_stride, q_out, k_cache, v_cache, inv_freq, rope_scale, dyn_base, "
              "dyn_factor, dyn_max_pos); }\n"
              "extern \"C\" __global__ void __launch_bounds__(%d) k_gr(const kiln_step st, "
-             "const kiln::bf16 *x, const kiln::bf16 *w, const kiln::bf16 *bias, "
+             "const kiln::bf16 *x, %s, const kiln::bf16 *bias, "
              "kiln::bf16 *q_out, kiln::bf16 *k_cache, kiln::bf16 *v_cache, const float *inv_freq, "
              "float rope_scale, float dyn_base, float dyn_factor, int dyn_max_pos)\n"
-             "{ kiln::gemv_stream_rope<kiln::bf16, %d, %d, %d, %d, %d, %d, %d, %s, %d, %d, %d, "
-             "%d>(st, x, nullptr, nullptr, nullptr, 0.f, w, bias, q_out, k_cache, v_cache, "
+             "{ kiln::gemv_stream_rope%s<kiln::bf16, %d, %d, %d, %d, %d, %d, %d, %s, %d, %d, %d, "
+             "%d>(st, x, nullptr, nullptr, nullptr, 0.f, %s, bias, q_out, k_cache, v_cache, "
              "inv_freq, rope_scale, dyn_base, dyn_factor, dyn_max_pos, 1); }\n",
-             32 * W, N, K, tf, W, D, SEG, B, NH, NKV, HD, ROT, INTER, DYN, 32 * W, NH, NKV, HD, ROT,
-             INTER, DYN, K, tf, W, D, SEG, B);
+             32 * W, wp, sf, N, K, tf, W, D, SEG, B, wa, NH, NKV, HD, ROT, INTER, DYN, 32 * W, wp,
+             sf, NH, NKV, HD, ROT, INTER, DYN, K, tf, W, D, SEG, B, wa);
     CUmodule m = kt_module_sm90a(t, name, src);
     if (!m || t->compile_only)
         return;
@@ -755,7 +760,7 @@ static void t_stream_rope(kt *t, int NH, int NKV, int HD, int ROT, int INTER, in
     float *x = rand_bf16(t, (size_t)K, 1.0f, 0.f), *b = rand_bf16(t, (size_t)N, 0.5f, 0.f);
     CUdeviceptr dx = up_bf16(t, x, (size_t)K), db = bias ? up_bf16(t, b, (size_t)N) : 0;
     gweights g;
-    gweights_make(t, &g, N, K, 0, 0, 0, 0);
+    gweights_make(t, &g, N, K, 0, fp8 ? K : 0, 0, 0);
     const int ntab = DYN == 2 ? ROT : ROT / 2, max_pos = 64;
     float *inv = xcalloc((size_t)(ntab ? ntab : 1), sizeof(float));
     freqs_ref(10000.0, ROT, inv);
@@ -772,11 +777,16 @@ static void t_stream_rope(kt *t, int NH, int NKV, int HD, int ROT, int INTER, in
     float rs = DYN == 2 ? 1.19f : 1.0f, dbase = 10000.0f, dfac = DYN == 2 ? 1.3f : 2.0f;
     int dmp = max_pos, stride = N;
     CUdeviceptr yk = dy + 2 * (size_t)QW, yv = dy + 2 * (size_t)(QW + KW);
-    void *a_gs[] = {&s.st, &dx, &g.dw, &db, &dy};
+    void *a_gs[6] = {&s.st, &dx, &g.dw, &db, &dy};
     void *a_rk[] = {&s.st, &dy,   &yk, &yv,    &stride, &stride, &stride, &dq[0],
                     &dk[0], &dv[0], &dinv, &rs, &dbase, &dfac,   &dmp};
-    void *a_gr[] = {&s.st, &dx,  &g.dw, &db,    &dq[1], &dk[1], &dv[1],
-                    &dinv, &rs, &dbase, &dfac, &dmp};
+    void *a_gr[13] = {&s.st, &dx,  &g.dw, &db,    &dq[1], &dk[1], &dv[1],
+                      &dinv, &rs, &dbase, &dfac, &dmp};
+    if (fp8) { /* the scale after w */
+        memmove(&a_gs[4], &a_gs[3], 2 * sizeof(void *));
+        memmove(&a_gr[4], &a_gr[3], 9 * sizeof(void *));
+        a_gs[3] = a_gr[3] = &g.ds;
+    }
     kt_launch(t, fgs, name, (unsigned)B, 1, 1, 32u * W, (size_t)smem, a_gs);
     kt_launch(t, frk, name, 1, 1, 1, 128, 0, a_rk);
     kt_launch(t, fgr, name, (unsigned)B, 1, 1, 32u * W, (size_t)smem, a_gr);
@@ -1374,17 +1384,20 @@ void ktest_elementwise(kt *t)
     /* gemv_stream_rope (NH, NKV, HD, ROT, INTERLEAVED, DYNAMIC, K, bias): Llama-3-8B, Qwen2-7B
      * (bias), GPT-J style and NeoX partial rotary, dynamic NTK and longrope on both sides of
      * their switch, no rotation, no slot */
-    t_stream_rope(t, 32, 8, 128, 128, 0, 0, 4096, 0, &CFG_ONE_100, "key 100");
-    t_stream_rope(t, 32, 8, 128, 128, 0, 0, 4096, 0, &CFG_ONE_FAR, "key 20012");
-    t_stream_rope(t, 28, 4, 128, 128, 0, 0, 3584, 1, &CFG_ONE_100, "key 100");
-    t_stream_rope(t, 8, 2, 128, 64, 1, 0, 1024, 0, &CFG_ONE_100, "key 100");
-    t_stream_rope(t, 4, 4, 80, 32, 0, 0, 640, 1, &CFG_ONE_100, "key 100");
-    t_stream_rope(t, 4, 2, 64, 64, 0, 1, 512, 0, &CFG_ONE_100, "key 100");
-    t_stream_rope(t, 4, 2, 64, 64, 0, 1, 512, 0, &CFG_ONE_10, "key 10");
-    t_stream_rope(t, 32, 32, 96, 96, 0, 2, 3072, 0, &CFG_ONE_100, "key 100");
-    t_stream_rope(t, 4, 2, 64, 64, 0, 2, 512, 0, &CFG_ONE_10, "key 10");
-    t_stream_rope(t, 4, 2, 64, 0, 0, 0, 512, 0, &CFG_ONE_100, "key 100");
-    t_stream_rope(t, 32, 8, 128, 128, 0, 0, 4096, 0, &CFG_ONE_NOSLOT, "no slot");
+    t_stream_rope(t, 32, 8, 128, 128, 0, 0, 4096, 0, 0, &CFG_ONE_100, "key 100");
+    t_stream_rope(t, 32, 8, 128, 128, 0, 0, 4096, 0, 0, &CFG_ONE_FAR, "key 20012");
+    t_stream_rope(t, 28, 4, 128, 128, 0, 0, 3584, 1, 0, &CFG_ONE_100, "key 100");
+    t_stream_rope(t, 8, 2, 128, 64, 1, 0, 1024, 0, 0, &CFG_ONE_100, "key 100");
+    t_stream_rope(t, 4, 4, 80, 32, 0, 0, 640, 1, 0, &CFG_ONE_100, "key 100");
+    t_stream_rope(t, 4, 2, 64, 64, 0, 1, 512, 0, 0, &CFG_ONE_100, "key 100");
+    t_stream_rope(t, 4, 2, 64, 64, 0, 1, 512, 0, 0, &CFG_ONE_10, "key 10");
+    t_stream_rope(t, 32, 32, 96, 96, 0, 2, 3072, 0, 0, &CFG_ONE_100, "key 100");
+    t_stream_rope(t, 4, 2, 64, 64, 0, 2, 512, 0, 0, &CFG_ONE_10, "key 10");
+    t_stream_rope(t, 4, 2, 64, 0, 0, 0, 512, 0, 0, &CFG_ONE_100, "key 100");
+    t_stream_rope(t, 32, 8, 128, 128, 0, 0, 4096, 0, 0, &CFG_ONE_NOSLOT, "no slot");
+    t_stream_rope(t, 32, 8, 128, 128, 0, 0, 4096, 0, 1, &CFG_ONE_100, "key 100");
+    t_stream_rope(t, 28, 4, 128, 128, 0, 0, 3584, 1, 1, &CFG_ONE_100, "key 100");
+    t_stream_rope(t, 4, 4, 80, 32, 0, 0, 640, 1, 1, &CFG_ONE_100, "key 100");
     /* the FP8 cache (kv8): Llama-3-8B's heads, GQA prefill with its padding token, longrope,
      * no rotation (v-like k), partial interleaved, head dims 256 and 20 (padded to 24) */
     t_rope(t, 32, 8, 128, 128, 0, 0, 256, 0, &CFG_DECODE, "decode", 1.0f, 1);

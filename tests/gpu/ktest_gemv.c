@@ -1197,33 +1197,37 @@ static void quant_case(kt *t, int K, int TH, int f16)
  * first's y (NOUT == K), so that the second's early weight loads and its wait on the first are
  * exercised; y poisoned, every output checked. norm 1: the RMS norm folded in (x normalised
  * with a weight, 1 + it with uo, as rms_norm rounds it, before the product); 2: of round(x +
- * res), which must also come back exactly in res_out. */
+ * res), which must also come back exactly in res_out. fp8: gemv_stream_fp8, the weight
+ * quantised to e4m3 with a scale per row (gweights_make's). */
 static void stream_case(kt *t, int N, int K, int gated, int act, int bias, int f32, int f16,
-                        int chain, int norm, int uo, int depth)
+                        int chain, int norm, int uo, int depth, int fp8)
 {
-    const int NOUT = gated ? N / 2 : N, W = KILN_GEMV_STREAM_WARPS;
-    const int D = depth ? depth : kt_stream_depth(K);
-    const int SEG = lower_gemv_stream_seg(K), blocks = KILN_GEMV_STREAM_BLOCKS;
-    const int smem = KILN_GEMV_STREAM_SMEM(W, D, SEG, K, 2);
+    const int NOUT = gated ? N / 2 : N, W = KILN_GEMV_STREAM_WARPS, wb = fp8 ? 8 : 16;
+    const int D = depth ? depth : kt_stream_depth(K, wb);
+    const int SEG = lower_gemv_stream_seg(K, wb), blocks = KILN_GEMV_STREAM_BLOCKS;
+    const int smem = KILN_GEMV_STREAM_SMEM(W, D, SEG, K, 2, wb);
     char name[200], src[1024];
-    snprintf(name, sizeof name, "gemv_stream N=%d K=%d SEG=%d D=%d%s%s%s%s%s%s%s", N, K, SEG, D,
-             gated ? " gated" : "", bias ? " bias" : "", f32 ? " f32" : "", f16 ? " f16" : "",
-             chain ? " chained" : "", norm == 1 ? " norm" : norm == 2 ? " residual norm" : "",
-             uo ? " (1 + w)" : "");
+    snprintf(name, sizeof name, "gemv_stream%s N=%d K=%d SEG=%d D=%d%s%s%s%s%s%s%s",
+             fp8 ? "_fp8" : "", N, K, SEG, D, gated ? " gated" : "", bias ? " bias" : "",
+             f32 ? " f32" : "", f16 ? " f16" : "", chain ? " chained" : "",
+             norm == 1 ? " norm" : norm == 2 ? " residual norm" : "", uo ? " (1 + w)" : "");
     if (!kt_want(t, name) || (!t->compile_only && !kt_sm90a(t)))
         return;
     assert((!chain || NOUT == K) && !(chain && norm));
     const char *dt = f16 ? "kiln::f16" : "kiln::bf16";
+    char wp[64];
+    snprintf(wp, sizeof wp, fp8 ? "const unsigned char *w, const float *scale" : "const %s *w",
+             dt);
     snprintf(src, sizeof src,
              "#include \"gemv_stream.cuh\"\n"
              "extern \"C\" __global__ void __launch_bounds__(%d)\n"
              "k_gs(const kiln_step st, const %s *x, const %s *res, const %s *nw, %s *res_out, "
-             "float eps, const %s *w, const %s *bias, void *y, int M)\n"
-             "{\n    kiln::gemv_stream<%s, %d, %d, %s, %s, %d, %s, %d, %d, %d, %d, %d, %s>(st, x, "
-             "res, nw, res_out, eps, w, bias, y, M);\n}\n",
-             32 * W, dt, dt, dt, dt, dt, dt, dt, N, K, bias ? "true" : "false",
-             gated ? "true" : "false", act, f32 ? "true" : "false", W, D, SEG, blocks, norm,
-             uo ? "true" : "false");
+             "float eps, %s, const %s *bias, void *y, int M)\n"
+             "{\n    kiln::gemv_stream%s<%s, %d, %d, %s, %s, %d, %s, %d, %d, %d, %d, %d, %s>(st, "
+             "x, res, nw, res_out, eps, w, %sbias, y, M);\n}\n",
+             32 * W, dt, dt, dt, dt, wp, dt, fp8 ? "_fp8" : "", dt, N, K,
+             bias ? "true" : "false", gated ? "true" : "false", act, f32 ? "true" : "false", W, D,
+             SEG, blocks, norm, uo ? "true" : "false", fp8 ? "scale, " : "");
     CUmodule m = kt_module_sm90a(t, name, src);
     if (!m || t->compile_only)
         return;
@@ -1256,7 +1260,7 @@ static void stream_case(kt *t, int N, int K, int gated, int act, int bias, int f
         free(kt_to_dt(x, (size_t)K, f16));
     }
     gweights g;
-    gweights_make(t, &g, N, K, f16, 0, 0, 0);
+    gweights_make(t, &g, N, K, f16, fp8 ? K : 0, 0, 0);
     const size_t esz = f32 ? 4 : 2;
     CUdeviceptr dx = kt_upload(t, x16, 2 * (size_t)K);
     CUdeviceptr db = bias ? kt_upload(t, b16, 2 * (size_t)N) : 0;
@@ -1271,8 +1275,13 @@ static void stream_case(kt *t, int N, int K, int gated, int act, int bias, int f
     int one = 1;
     float e0 = eps;
     CUdeviceptr none = 0;
-    void *args[] = {&st, &dx, &dr, &dnw, &dro, &e0, &g.dw, &db, &dy, &one};
-    void *args2[] = {&st, &dy, &none, &none, &none, &e0, &g.dw, &db, &dy2, &one};
+    void *args[11] = {&st, &dx, &dr, &dnw, &dro, &e0, &g.dw, &db, &dy, &one};
+    void *args2[11] = {&st, &dy, &none, &none, &none, &e0, &g.dw, &db, &dy2, &one};
+    if (fp8) { /* the scale after w */
+        memmove(&args[8], &args[7], 3 * sizeof(void *));
+        memmove(&args2[8], &args2[7], 3 * sizeof(void *));
+        args[7] = args2[7] = &g.ds;
+    }
     kerr e;
     kerr_clear(&e);
     int rc = kcuda_launch(&t->cu, f, (unsigned)blocks, 1, 1, 32u * W, (unsigned)smem, t->stream,
@@ -1483,30 +1492,40 @@ void ktest_gemv(kt *t)
     /* gemv_stream: the Llama-3 1B/8B shapes (SEG 2048, several units a row, more outputs than
      * warps and fewer), a gated MLP, logits, units of 1792, 768, 1536 and 40 elements (lanes
      * idle in a unit's last pass), f16 and bias, chained launches */
-    stream_case(t, 3072, 2048, 0, 0, 0, 0, 0, 0, 0, 0, 0);
-    stream_case(t, 4096, 4096, 0, 0, 0, 0, 0, 1, 0, 0, 0);
-    stream_case(t, 2 * 14336, 4096, 1, KILN_ACT_SILU, 0, 0, 0, 0, 0, 0, 0);
-    stream_case(t, 4096, 14336, 0, 0, 1, 0, 0, 0, 0, 0, 0);
-    stream_case(t, 200, 8192, 0, 0, 0, 0, 0, 0, 0, 0, 0);
-    stream_case(t, 32000, 2048, 0, 0, 0, 1, 0, 0, 0, 0, 0);
-    stream_case(t, 6144, 3072, 1, KILN_ACT_GELU_TANH, 1, 0, 0, 1, 0, 0, 0);
-    stream_case(t, 896, 3584, 0, 0, 1, 0, 0, 0, 0, 0, 0);
-    stream_case(t, 1000, 768, 0, 0, 1, 0, 1, 0, 0, 0, 0);
-    stream_case(t, 1998, 1536, 1, KILN_ACT_SILU, 0, 0, 1, 0, 0, 0, 0);
-    stream_case(t, 64, 40, 0, 0, 1, 0, 0, 0, 0, 0, 0);
-    stream_case(t, 128, 64, 1, KILN_ACT_SILU, 0, 0, 0, 1, 0, 0, 0);
+    stream_case(t, 3072, 2048, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    stream_case(t, 4096, 4096, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0);
+    stream_case(t, 2 * 14336, 4096, 1, KILN_ACT_SILU, 0, 0, 0, 0, 0, 0, 0, 0);
+    stream_case(t, 4096, 14336, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0);
+    stream_case(t, 200, 8192, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    stream_case(t, 32000, 2048, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0);
+    stream_case(t, 6144, 3072, 1, KILN_ACT_GELU_TANH, 1, 0, 0, 1, 0, 0, 0, 0);
+    stream_case(t, 896, 3584, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0);
+    stream_case(t, 1000, 768, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0);
+    stream_case(t, 1998, 1536, 1, KILN_ACT_SILU, 0, 0, 1, 0, 0, 0, 0, 0);
+    stream_case(t, 64, 40, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0);
+    stream_case(t, 128, 64, 1, KILN_ACT_SILU, 0, 0, 0, 1, 0, 0, 0, 0);
     /* the RMS norm folded in: Llama-3 8B's qkv (plain, the first layer's) and gate/up (after a
      * residual), gemma's 1 + w, f16, a unit of 40 elements */
-    stream_case(t, 6144, 4096, 0, 0, 0, 0, 0, 0, 1, 0, 0);
-    stream_case(t, 2 * 14336, 4096, 1, KILN_ACT_SILU, 0, 0, 0, 0, 2, 0, 0);
-    stream_case(t, 3072, 2048, 0, 0, 1, 0, 0, 0, 2, 1, 0);
-    stream_case(t, 1000, 768, 0, 0, 0, 0, 1, 0, 2, 0, 0);
-    stream_case(t, 64, 40, 0, 0, 1, 0, 0, 0, 2, 1, 0);
+    stream_case(t, 6144, 4096, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0);
+    stream_case(t, 2 * 14336, 4096, 1, KILN_ACT_SILU, 0, 0, 0, 0, 2, 0, 0, 0);
+    stream_case(t, 3072, 2048, 0, 0, 1, 0, 0, 0, 2, 1, 0, 0);
+    stream_case(t, 1000, 768, 0, 0, 0, 0, 1, 0, 2, 0, 0, 0);
+    stream_case(t, 64, 40, 0, 0, 1, 0, 0, 0, 2, 1, 0, 0);
     /* the shallowest and a middle ring, as builds with a target of less shared memory run them
      * (lower_gemv_stream_depth): chained, wrapping the ring many times, with the norm folded in */
-    stream_case(t, 4096, 4096, 0, 0, 0, 0, 0, 1, 0, 0, KILN_GEMV_STREAM_DMIN);
-    stream_case(t, 4096, 14336, 0, 0, 1, 0, 0, 0, 0, 0, KILN_GEMV_STREAM_DMIN);
-    stream_case(t, 2 * 14336, 4096, 1, KILN_ACT_SILU, 0, 0, 0, 0, 2, 0, 3);
+    stream_case(t, 4096, 4096, 0, 0, 0, 0, 0, 1, 0, 0, KILN_GEMV_STREAM_DMIN, 0);
+    stream_case(t, 4096, 14336, 0, 0, 1, 0, 0, 0, 0, 0, KILN_GEMV_STREAM_DMIN, 0);
+    stream_case(t, 2 * 14336, 4096, 1, KILN_ACT_SILU, 0, 0, 0, 0, 2, 0, 3, 0);
+    /* gemv_stream_fp8: the Llama-3 8B layer (qkv with its norm, o chained, gate/up after a
+     * residual, down in units of 3584), x staged in blocks of 512 past K (1040: units of 65
+     * chunks, lanes idle; 48: one pass of 3 chunks), f16, bias, f32, the shallowest ring */
+    stream_case(t, 6144, 4096, 0, 0, 0, 0, 0, 0, 1, 0, 0, 1);
+    stream_case(t, 4096, 4096, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1);
+    stream_case(t, 2 * 14336, 4096, 1, KILN_ACT_SILU, 0, 0, 0, 0, 2, 0, 0, 1);
+    stream_case(t, 4096, 14336, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1);
+    stream_case(t, 1998, 1040, 1, KILN_ACT_GELU_TANH, 1, 0, 1, 0, 2, 1, 0, 1);
+    stream_case(t, 300, 48, 0, 0, 1, 1, 0, 0, 0, 0, 0, 1);
+    stream_case(t, 4096, 14336, 0, 0, 0, 0, 0, 0, 2, 0, KILN_GEMV_STREAM_DMIN, 1);
     gemv_invariance(t, 2048, 2048, 8, 8, 0, 0);
     gemv_invariance(t, 1000, 14336, 7, 16, 0, 0);
     gemv_invariance(t, 2048, 2048, 8, 8, 2048, 0);
