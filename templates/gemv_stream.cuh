@@ -366,21 +366,18 @@ __device__ __forceinline__ void body(const kiln_step &st, const DT *x, const DT 
                 if (UB % 512 == 0 || c < UB / 16) {
                     float wf[8], xf[8];
                     if constexpr (FP8) {
+                        // the chunk's half h (words w0, w1) against its x at xp, into acc
+                        auto half = [&](unsigned w0, unsigned w1, const DT *xp, float &acc) {
+                            e4m3x4(w0, wf);
+                            e4m3x4(w1, wf + 4);
+                            gemv_detail::unpack8<DT>(*reinterpret_cast<const uint4 *>(xp), xf);
+#pragma unroll
+                            for (int i = 0; i < 8; i++)
+                                acc = fmaf(wf[i], xf[i], acc);
+                        };
                         const uint4 q = wv[c];
-                        e4m3x4(q.x, wf);
-                        e4m3x4(q.y, wf + 4);
-                        gemv_detail::unpack8<DT>(
-                            *reinterpret_cast<const uint4 *>(xl + 256 * j), xf);
-#pragma unroll
-                        for (int i = 0; i < 8; i++)
-                            a = fmaf(wf[i], xf[i], a);
-                        e4m3x4(q.z, wf);
-                        e4m3x4(q.w, wf + 4);
-                        gemv_detail::unpack8<DT>(
-                            *reinterpret_cast<const uint4 *>(xl + SEG / 2 + 256 * j), xf);
-#pragma unroll
-                        for (int i = 0; i < 8; i++)
-                            a2 = fmaf(wf[i], xf[i], a2);
+                        half(q.x, q.y, xl + 256 * j, a);
+                        half(q.z, q.w, xl + SEG / 2 + 256 * j, a2);
                     } else {
                         gemv_detail::unpack8<DT>(wv[c], wf);
                         gemv_detail::unpack8<DT>(*reinterpret_cast<const uint4 *>(xl + 256 * j),
