@@ -46,13 +46,14 @@
 // the norm's inputs live until the linear).
 //
 // Launch rule: grid = (BLOCKS), block = 32 * WARPS threads, dynamic shared memory at least
-// KILN_GEMV_STREAM_SMEM(WARPS, D, SEG, K, sizeof(DT)) (kernels/kiln_gemm.h; SEG lower.c's
-// lower_gemv_stream_seg). Layouts: x [1, K]; res, nw, res_out [K] (NORM only); w [N, K]; bias
-// [N] (read only when BIAS; GATED: [gate bias (N/2); up bias (N/2)]); y [NOUT], float when
-// OUT_F32 else DT. Float sums, one rounding of the result (gemv_detail::store_out).
-// Preconditions: M == 1 (the step's size class says so), SEG % 8 == 0, K % SEG == 0, x, res and
-// w 16-byte aligned, code for sm_90 or newer (the older body traps; the engine never launches
-// it there).
+// KILN_GEMV_STREAM_SMEM(WARPS, D, SEG, K, sizeof(DT), 16 or 8 weight bits) (kernels/
+// kiln_gemm.h; SEG lower.c's lower_gemv_stream_seg). Layouts: x [1, K]; res, nw, res_out [K]
+// (NORM only); w [N, K] (FP8: bytes, and scale [N] float); bias [N] (read only when BIAS; GATED:
+// [gate bias (N/2); up bias (N/2)]); y [NOUT], float when OUT_F32 else DT. Float sums, one
+// rounding of the result (gemv_detail::store_out).
+// Preconditions: M == 1 (the step's size class says so), SEG a multiple of a 16-byte chunk's
+// elements (8, FP8 16), K % SEG == 0, x, res and w 16-byte aligned, code for sm_90 or newer (the
+// older body traps; the engine never launches it there).
 #pragma once
 
 #include "elementwise.cuh" // ew_detail::rope_cs
@@ -366,7 +367,7 @@ __device__ __forceinline__ void body(const kiln_step &st, const DT *x, const DT 
                 if (UB % 512 == 0 || c < UB / 16) {
                     float wf[8], xf[8];
                     if constexpr (FP8) {
-                        // the chunk's half h (words w0, w1) against its x at xp, into acc
+                        // one half of the chunk (its words w0, w1) against its x at xp
                         auto half = [&](unsigned w0, unsigned w1, const DT *xp, float &acc) {
                             e4m3x4(w0, wf);
                             e4m3x4(w1, wf + 4);
