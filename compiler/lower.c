@@ -413,8 +413,8 @@ static int norm_fold(lw *w, int id)
  * per-row FP8: stream_wbits) and rope_kv's 16-bit cache and unpadded heads apply (not --kv-dtype
  * fp8, head_dim a multiple of 8) on one rank. L's decode step of one row then takes
  * gemv_stream_rope(_fp8), which writes the rotated q (into the one-row scratch at w->rope_q) and
- * the KV cache's row itself, and A's
- * rope_kv runs at every other row count: one kernel fewer a layer in a batch-1 decode step. */
+ * the KV cache's row itself, and A's rope_kv runs at every other row count: one kernel fewer a
+ * layer in a batch-1 decode step. */
 static int *plan_rope_fold(lw *w)
 {
     const kgraph *g = w->g;
