@@ -687,12 +687,10 @@ static void lp_rows_fill(void *ctx, int chunk, int64_t lo, int64_t hi)
 static void prompt_rows(ksched *s, kreq *r, const kb_item *it)
 {
     const int vocab = s->info->vocab;
-    int first = 0, last = it->n; /* rows not yet reported, and within the prompt */
-    while (first < last && it->pos + first < r->lp_rows)
-        first++;
-    while (last > first && it->pos + last - 1 >= r->n_prompt)
-        last--;
-    if (first == last)
+    /* rows [first, last): not yet reported, and within the prompt */
+    const int first = r->lp_rows > it->pos ? r->lp_rows - it->pos : 0;
+    const int last = r->n_prompt - it->pos < it->n ? r->n_prompt - it->pos : it->n;
+    if (first >= last)
         return;
     if (r->prompt_logits)
         memcpy(r->prompt_logits + (size_t)(it->pos + first) * (size_t)vocab,
