@@ -852,6 +852,18 @@ static int push_stream(lw *w, int which, const kg_node *n, ka_arg x, ka_arg wt, 
     return 0;
 }
 
+/* A GEMV step s (gemv_step's, rows up to gemv_max) pushed to `which`: at 2 to gemv_max rows
+ * (size few) where the linear has push_stream's one-row step (`stream`), else as it is sized. */
+static void push_gemv_rows(lw *w, int which, ka_step *s, int stream)
+{
+    if (!stream) {
+        push_sized(w, which, s);
+        return;
+    }
+    s->size = KA_SIZE_FEW;
+    push(w, which, s);
+}
+
 /* A 16-bit weight's GEMV steps (rows up to gemv_max; logits lg) pushed to `which`: gemv.cuh's; or,
  * where lower_gemv_stream allows it, gemv.cuh's at 2 to gemv_max (size few) and push_stream's at
  * one row. norm: push_stream's. */
@@ -862,12 +874,10 @@ static int push_gemv16(lw *w, int which, const kg_node *n, ka_arg x, ka_arg wt, 
     ka_step s = gemv_step(w, n, x, wt, ANULL(), QROWS_NONE, 0, bias, y, N, K, gated, act, out_f32,
                           rows);
     s.logits = lg;
-    if (!lower_gemv_stream(w->c, N, K, gated, 16)) {
-        push_sized(w, which, &s);
+    const int stream = lower_gemv_stream(w->c, N, K, gated, 16);
+    push_gemv_rows(w, which, &s, stream);
+    if (!stream)
         return 0;
-    }
-    s.size = KA_SIZE_FEW;
-    push(w, which, &s);
     return push_stream(w, which, n, x, wt, ANULL(), 16, bias, y, N, K, gated, act, out_f32, rows,
                        lg, norm);
 }
@@ -1234,12 +1244,7 @@ static int low_linear(lw *w, int id)
         const int wbits = stream_wbits(w, n->in[1], K, gated);
         const int fp8_gemm = qk == QROWS_E4M3 && qb == 0 && w->c->sm_fp8 && !w->c->gemm_kiln &&
                              !w->c->fp8_dequant && nout % 8 == 0;
-        if (wbits) {
-            s.size = KA_SIZE_FEW;
-            push(w, fp8_gemm ? BOTH : PRE, &s);
-        } else {
-            push_sized(w, fp8_gemm ? BOTH : PRE, &s);
-        }
+        push_gemv_rows(w, fp8_gemm ? BOTH : PRE, &s, wbits != 0);
         if (!fp8_gemm && qk == QROWS_INT4 && w->skinny4) {
             push(w, DEC, &s);
             skinny_push(w, n, x, wt, sc, qb ? qb : K, bias, y, N, K, gated, n->epi_act, 0, 0);

@@ -100,9 +100,9 @@
 /* templates/gemv_stream.cuh, the batch-1 GEMV on sm_90+ code: BLOCKS blocks (one an SM of an
  * H100 SXM or H200) of WARPS warps, each warp a ring of D units of SEG elements of weight (wbits
  * bits each: 16, or 8 for gemv_stream_fp8); x staged whole (FP8: in gemv_stream.cuh's x_at
- * order), at most KILN_GEMV_STREAM_KMAX elements. SEG: the largest multiple of
- * 128 / wbits (a 16-byte chunk) that divides K and is at most KILN_GEMV_STREAM_SEGMAX * 16 / wbits
- * (4 KiB a unit; lower.c's lower_gemv_stream_seg).
+ * order), at most KILN_GEMV_STREAM_KMAX elements. SEG: the largest multiple of 128 / wbits (a
+ * 16-byte chunk) that divides K and is at most KILN_GEMV_STREAM_SEGMAX * 16 / wbits (4 KiB a
+ * unit; lower.c's lower_gemv_stream_seg).
  * KILN_GEMV_STREAM_SMEM is what a block uses; it asks for at least KILN_GEMV_STREAM_SMEM_SM
  * (lower.c's lower_gemv_stream_smem, where the targets allow it): more than half of a Hopper
  * SM's 228 KiB, less the 1 KiB each block reserves, so that no two gemv_stream blocks ever share
