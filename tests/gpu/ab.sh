@@ -6,15 +6,17 @@
 #   cp -r archspecs templates kernels /tmp/try/   # then change /tmp/try/templates/...
 #   AB_VARIANTS="base: try:KILN_ARCHSPECS=/tmp/try/archspecs fp8::--quant,fp8" tests/gpu/ab.sh
 #
-# Each variant is NAME:ASSIGNMENTS[:OPTIONS], the assignments (VAR=VALUE, comma-separated, no
-# spaces; none: "NAME:") being the environment of its `kilnc compile` (KILN_ARCHSPECS pointing at
+# Each variant is NAME:ASSIGNMENTS[:OPTIONS[:RUNENV]], the assignments (VAR=VALUE, comma-separated,
+# no spaces; none: "NAME:") being the environment of its `kilnc compile` (KILN_ARCHSPECS pointing at
 # a copy of the tree whose templates the caller changed: kilnc takes templates/ and kernels/ beside
-# it; KILNC=PATH, another kilnc binary: a lowering rule of compiler/ changed), and OPTIONS
-# (comma-separated) more kilnc compile options. Each variant
+# it; KILNC=PATH, another kilnc binary: a lowering rule of compiler/ changed), OPTIONS
+# (comma-separated) more kilnc compile options, and RUNENV (the same form) the environment of its
+# `kiln bench` (a runtime switch such as KILN_PDL=0; KILN=PATH, another kiln binary). Each variant
 # is compiled from the same checkpoint (kilnc synth --like, shared with bench.sh's
 # /tmp/kiln-bench/hf-SHAPE), benched AB_ROUNDS times with `kiln bench --batch AB_BATCH --prefill
 # AB_PREFILL`, and deleted (an 8B artifact is 15 GiB: the disk holds the checkpoint and two; AB_KEEP=NAME
-# keeps that variant's, at /tmp/kiln-bench/ab-SHAPE-NAME). The table gives, per variant and figure,
+# keeps that variant's, at /tmp/kiln-bench/ab-SHAPE-NAME) unless the next variant compiles the same
+# way (ASSIGNMENTS and OPTIONS equal), which then benches it as it is. The table gives, per variant and figure,
 # the best round's tok/s (decode, prefill) or ms (first token) and its ratio to the roofline kiln
 # bench measured in that process.
 #
@@ -43,30 +45,45 @@ if [ ! -f $HF/config.json ]; then
   $BIN/kilnc synth --like $LIKE -o $HF --force > $LOG/synth.log 2>&1 ||
     { echo "ab.sh: synth FAILED: $(tail -1 $LOG/synth.log)"; exit 1; }
 fi
-names=()
+names=() last_key= last_art=
 for v in $AB_VARIANTS; do
-  name=${v%%:*} envs=${v#*:} opts=
+  name=${v%%:*} envs=${v#*:} opts= renv=
   case $envs in *:*) opts=${envs#*:} envs=${envs%%:*} ;; esac
-  ART=$W/ab-$SHAPE-$name
-  rm -rf $ART
-  t0=$(date +%s)
-  kilnc=$BIN/kilnc
+  case $opts in *:*) renv=${opts#*:} opts=${opts%%:*} ;; esac
+  kilnc=$BIN/kilnc kiln=$BIN/kiln
   for kv in ${envs//,/ }; do case $kv in KILNC=*) kilnc=${kv#KILNC=} ;; esac; done
-  # shellcheck disable=SC2086
-  if env ${envs//,/ } $kilnc compile $HF -o $ART --sm 90a $COMPILE ${opts//,/ } > $LOG/compile-$name.log 2>&1; then
-    echo "ab.sh: $name ($envs ${opts//,/ }): compiled in $(( $(date +%s) - t0 )) s"
-    names+=("$name")
-    for r in $(seq 1 "${AB_ROUNDS:-2}"); do
-      # shellcheck disable=SC2086
-      $BIN/kiln bench $ART --batch "${AB_BATCH:-1,8,64}" --prefill "${AB_PREFILL:-2048}" \
-        ${AB_ARGS:-} --json $LOG/$name-$r.json > $LOG/bench-$name-$r.txt 2>&1 ||
-        echo "ab.sh: $name round $r: kiln bench FAILED: $(grep -m1 -i error $LOG/bench-$name-$r.txt)"
-    done
+  for kv in ${renv//,/ }; do case $kv in KILN=*) kiln=${kv#KILN=} ;; esac; done
+  if [ -n "$last_art" ] && [ "$last_key" = "$envs:$opts" ]; then
+    ART=$last_art
+    echo "ab.sh: $name ($envs ${opts//,/ }; bench: $renv): the previous variant's artifact"
   else
-    echo "ab.sh: $name ($envs ${opts//,/ }): compile FAILED: $(grep -m1 -i error $LOG/compile-$name.log)"
+    [ -n "$last_art" ] && rm -rf $last_art
+    ART=$W/ab-$SHAPE-$name
+    rm -rf $ART
+    t0=$(date +%s)
+    # shellcheck disable=SC2086
+    if ! env ${envs//,/ } $kilnc compile $HF -o $ART --sm 90a $COMPILE ${opts//,/ } > $LOG/compile-$name.log 2>&1; then
+      echo "ab.sh: $name ($envs ${opts//,/ }): compile FAILED: $(grep -m1 -i error $LOG/compile-$name.log)"
+      rm -rf $ART
+      last_art= last_key=
+      continue
+    fi
+    echo "ab.sh: $name ($envs ${opts//,/ }; bench: $renv): compiled in $(( $(date +%s) - t0 )) s"
   fi
-  [ "${AB_KEEP:-}" = "$name" ] || rm -rf $ART
+  names+=("$name")
+  for r in $(seq 1 "${AB_ROUNDS:-2}"); do
+    # shellcheck disable=SC2086
+    env ${renv//,/ } $kiln bench $ART --batch "${AB_BATCH:-1,8,64}" --prefill "${AB_PREFILL:-2048}" \
+      ${AB_ARGS:-} --json $LOG/$name-$r.json > $LOG/bench-$name-$r.txt 2>&1 ||
+      echo "ab.sh: $name round $r: kiln bench FAILED: $(grep -m1 -i error $LOG/bench-$name-$r.txt)"
+  done
+  if [ "${AB_KEEP:-}" = "$name" ]; then
+    last_art= last_key=
+  else
+    last_art=$ART last_key="$envs:$opts"
+  fi
 done
+[ -n "$last_art" ] && rm -rf $last_art
 COMMIT=$($BIN/kiln --version 2>/dev/null | sed -n "s/.*commit \([^)]*\)).*/\1/p")
 $PY - "$LOG" "$SHAPE" "$COMMIT" "$AB_VARIANTS" "${names[*]}" > $LOG/ab-summary.md <<'EOF'
 import glob, json, sys
