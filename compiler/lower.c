@@ -382,19 +382,23 @@ static int low_embed(lw *w, int id)
 }
 
 /* The bits of a linear's weight (node wid, K columns) as gemv_stream streams it: 16 for a 16-bit
- * one, 8 for FP8 with one scale per row (gemv_stream_fp8), 0 where no gemv_stream takes it (INT4,
- * FP8 with block scales) or where lower_gemv_stream does not allow the shape. */
+ * one, 8 for FP8 with one scale per row (gemv_stream_fp8), 4 for INT4 in groups of
+ * KILN_GEMV_STREAM_INT4_G (gemv_stream_int4), 0 where no gemv_stream takes it (FP8 with block
+ * scales, INT4 in other groups) or where lower_gemv_stream does not allow the shape. */
 static int stream_wbits(lw *w, int wid, int64_t K, int gated)
 {
     qrows_kind qk;
     const int64_t qb = quant_block(w, wid, K, &qk);
-    const int wbits = qb < 0 ? 16 : qb == 0 && qk == QROWS_E4M3 ? 8 : 0;
+    const int wbits = qb < 0                                               ? 16
+                      : qb == 0 && qk == QROWS_E4M3                        ? 8
+                      : qb == KILN_GEMV_STREAM_INT4_G && qk == QROWS_INT4 ? 4
+                                                                           : 0;
     return wbits && lower_gemv_stream(w->c, w->g->nodes[wid].shape[0], K, gated, wbits) ? wbits
                                                                                         : 0;
 }
 
 /* The linear (node id) an RMS norm's decode steps of one row fold into, or -1: plan_norm_readers'
- * linear, where its one-row steps take gemv_stream (a 16-bit or per-row FP8 weight:
+ * linear, where its one-row steps take gemv_stream (a 16-bit, per-row FP8 or INT4 weight:
  * stream_wbits). The norm's own step then runs at every other row count (size not_one) and
  * gemv_stream's stages the normalised x itself (its NORM): one kernel fewer a norm in a batch-1
  * decode step. */
@@ -409,12 +413,12 @@ static int norm_fold(lw *w, int id)
 
 /* The rotation folds (rope_fold): r[A] = L and r[L] = A for an attention node A whose q and k
  * rotations (fused into it) and v are the column blocks [q | k | v] of one linear L's output rows,
- * read by nothing else, where L's one-row steps take gemv_stream (an ungated weight, 16-bit or
- * per-row FP8: stream_wbits) and rope_kv's 16-bit cache and unpadded heads apply (not --kv-dtype
- * fp8, head_dim a multiple of 8) on one rank. L's decode step of one row then takes
- * gemv_stream_rope(_fp8), which writes the rotated q (into the one-row scratch at w->rope_q) and
- * the KV cache's row itself, and A's rope_kv runs at every other row count: one kernel fewer a
- * layer in a batch-1 decode step. */
+ * read by nothing else, where L's one-row steps take gemv_stream (an ungated weight, 16-bit,
+ * per-row FP8 or INT4: stream_wbits) and rope_kv's 16-bit cache and unpadded heads apply (not
+ * --kv-dtype fp8, head_dim a multiple of 8) on one rank. L's decode step of one row then takes
+ * gemv_stream_rope(_fp8, _int4), which writes the rotated q (into the one-row scratch at
+ * w->rope_q) and the KV cache's row itself, and A's rope_kv runs at every other row count: one
+ * kernel fewer a layer in a batch-1 decode step. */
 static int *plan_rope_fold(lw *w)
 {
     const kgraph *g = w->g;
@@ -452,8 +456,8 @@ static int *plan_rope_fold(lw *w)
         if (ln->op != KG_LINEAR || ln->epi_act >= 0 || row_width(ln) != N)
             continue;
         const kg_node *wn = &g->nodes[ln->in[1]];
-        if (wn->shape[0] != N || !stream_wbits(w, ln->in[1], wn->shape[1], 0) ||
-            N / 2 > 32LL * KILN_GEMV_STREAM_BLOCKS * KILN_GEMV_STREAM_WARPS)
+        const int wb = wn->shape[0] == N ? stream_wbits(w, ln->in[1], wn->shape[1], 0) : 0;
+        if (!wb || N / 2 > 32LL * KILN_GEMV_STREAM_BLOCKS * KILN_GEMV_STREAM_WARPS(wb))
             continue;
         r[a] = l;
         r[l] = a;
@@ -724,13 +728,13 @@ static int block_smem(const kc *c)
  * x, wbits-bit ones of the weight). */
 static int gemv_stream_used(int64_t K, int d, int esize, int wbits)
 {
-    return KILN_GEMV_STREAM_SMEM(KILN_GEMV_STREAM_WARPS, d, lower_gemv_stream_seg(K, wbits),
+    return KILN_GEMV_STREAM_SMEM(KILN_GEMV_STREAM_WARPS(wbits), d, lower_gemv_stream_seg(K, wbits),
                                  (int)K, esize, wbits);
 }
 
 int lower_gemv_stream(const kc *c, int64_t N, int64_t K, int gated, int wbits)
 {
-    return c->sm90 && !c->batch_invariant && K % (128 / wbits) == 0 &&
+    return c->sm90 && !c->batch_invariant && K % KILN_GEMV_STREAM_CHUNK(wbits) == 0 &&
            K <= KILN_GEMV_STREAM_KMAX && (!gated || N % 2 == 0) &&
            gemv_stream_used(K, KILN_GEMV_STREAM_DMIN, 2, wbits) <= block_smem(c);
 }
@@ -754,7 +758,7 @@ int lower_gemv_stream_smem(const kc *c, int64_t K, int esize, int wbits)
 
 int lower_gemv_stream_seg(int64_t K, int wbits)
 {
-    const int64_t chunk = 128 / wbits;
+    const int64_t chunk = KILN_GEMV_STREAM_CHUNK(wbits);
     for (int64_t seg = KILN_GEMV_STREAM_SEGMAX * 16 / wbits; seg > chunk; seg -= chunk)
         if (K % seg == 0)
             return (int)seg;
@@ -762,11 +766,13 @@ int lower_gemv_stream_seg(int64_t K, int wbits)
 }
 
 /* A linear's one-row steps on sm_90+ code (size one), pushed to `which`: templates/
- * gemv_stream.cuh's gemv_stream, or gemv_stream_fp8 for an FP8 weight (wbits 8: its scales sc);
+ * gemv_stream.cuh's gemv_stream, gemv_stream_fp8 for an FP8 weight (wbits 8: its scales sc) or
+ * gemv_stream_int4 for an INT4 one (wbits 4: its (scale, zero) pairs sc);
  * the caller's GEMV step takes the other rows up to gemv_max (size few). norm >= 0: the RMS norm
  * whose output x is, folded into the step (norm_fold): it reads the norm's inputs instead of x.
  * Where the linear is the qkv of a rotation fold (rope_fold), the decode schedule's step is
- * gemv_stream_rope(_fp8) instead, and the plain one goes to the prefill schedule alone. */
+ * gemv_stream_rope(_fp8, _int4) instead, and the plain one goes to the prefill schedule
+ * alone. */
 static int push_stream(lw *w, int which, const kg_node *n, ka_arg x, ka_arg wt, ka_arg sc,
                        int wbits, ka_arg bias, ka_arg y, int64_t N, int64_t K, int gated, int act,
                        int out_f32, ka_rows rows, ka_logits lg, int norm)
@@ -784,10 +790,14 @@ static int push_stream(lw *w, int which, const kg_node *n, ka_arg x, ka_arg wt, 
         mode = residual ? 2 : 1;
         unit_offset = nn->unit_offset;
     }
-    const int fp8 = wbits == 8;
-    const char *sfx = fp8 ? "_fp8" : "", *sarg = fp8 ? "scale, " : "";
-    const char *wpar = fp8 ? "const unsigned char *w, const float *scale" : "const DT *w";
-    const int seg = lower_gemv_stream_seg(K, wbits), th = 32 * KILN_GEMV_STREAM_WARPS;
+    const int fp8 = wbits == 8, int4 = wbits == 4;
+    const char *sfx = fp8 ? "_fp8" : int4 ? "_int4" : "";
+    const char *sarg = fp8 ? "scale, " : int4 ? "sz, " : "";
+    const char *wpar = fp8    ? "const unsigned char *w, const float *scale"
+                       : int4 ? "const unsigned char *w, const uint2 *sz"
+                              : "const DT *w";
+    const int seg = lower_gemv_stream_seg(K, wbits), warps = KILN_GEMV_STREAM_WARPS(wbits);
+    const int th = 32 * warps;
     const int d = lower_gemv_stream_depth(w->c, K, w->esize, wbits);
     const int smem = lower_gemv_stream_smem(w->c, K, w->esize, wbits);
     char par[512];
@@ -795,12 +805,14 @@ static int push_stream(lw *w, int which, const kg_node *n, ka_arg x, ka_arg wt, 
              "const kiln_step st, const DT *x, const DT *res, const DT *nw, DT *res_out, "
              "float eps, %s, const DT *bias, void *y, int M",
              wpar);
-    int k = kern(w, fp8 ? "gemv_stream_fp8" : "gemv_stream", th, smem, par,
+    char kname[32];
+    snprintf(kname, sizeof kname, "gemv_stream%s", sfx);
+    int k = kern(w, kname, th, smem, par,
                  "kiln::gemv_stream%s<DT, %lld, %lld, %s, %s, %d, %s, %d, %d, %d, %d, %d, %s>(st, "
                  "x, res, nw, res_out, eps, w, %sbias, y, M)",
                  sfx, (long long)N, (long long)K, bias.kind == KA_ARG_NULL ? "false" : "true",
                  gated ? "true" : "false", act < 0 ? 0 : act, out_f32 ? "true" : "false",
-                 KILN_GEMV_STREAM_WARPS, d, seg, KILN_GEMV_STREAM_BLOCKS, mode,
+                 warps, d, seg, KILN_GEMV_STREAM_BLOCKS, mode,
                  unit_offset ? "true" : "false", sarg);
     ka_step o = kstep(k, n->name, G(0, 0, 0, KILN_GEMV_STREAM_BLOCKS, 1), G1(), G1());
     o.size = KA_SIZE_ONE;
@@ -813,7 +825,7 @@ static int push_stream(lw *w, int which, const kg_node *n, ka_arg x, ka_arg wt, 
     add_arg(&o, res_out);
     add_arg(&o, eps);
     add_arg(&o, wt);
-    if (fp8)
+    if (wbits < 16)
         add_arg(&o, sc);
     add_arg(&o, bias);
     const int nhead = o.nargs; /* the arguments gemv_stream_rope's call begins with */
@@ -836,12 +848,13 @@ static int push_stream(lw *w, int which, const kg_node *n, ka_arg x, ka_arg wt, 
              "const float *inv_freq, float rope_scale, float dyn_base, float dyn_factor, "
              "int dyn_max_pos, int M",
              wpar);
-    k = kern(w, fp8 ? "gemv_stream_rope_fp8" : "gemv_stream_rope", th, smem, par,
+    snprintf(kname, sizeof kname, "gemv_stream_rope%s", sfx);
+    k = kern(w, kname, th, smem, par,
              "kiln::gemv_stream_rope%s<DT, %d, %d, %d, %d, %d, %d, %lld, %s, %d, %d, %d, %d, %d, "
              "%s>(st, x, res, nw, res_out, eps, w, %sbias, q_out, k_cache, v_cache, inv_freq, "
              "rope_scale, dyn_base, dyn_factor, dyn_max_pos, M)",
              sfx, at->n_heads, at->n_kv_heads, at->head_dim, ra.rot, ra.il, ra.dyn, (long long)K,
-             bias.kind == KA_ARG_NULL ? "false" : "true", KILN_GEMV_STREAM_WARPS, d, seg,
+             bias.kind == KA_ARG_NULL ? "false" : "true", warps, d, seg,
              KILN_GEMV_STREAM_BLOCKS, mode, unit_offset ? "true" : "false", sarg);
     o.kernel = k;
     o.nargs = nhead;

@@ -99,10 +99,12 @@
 
 /* templates/gemv_stream.cuh, the batch-1 GEMV on sm_90+ code: BLOCKS blocks (one an SM of an
  * H100 SXM or H200) of WARPS warps, each warp a ring of D units of SEG elements of weight (wbits
- * bits each: 16, or 8 for gemv_stream_fp8); x staged whole (FP8: in gemv_stream.cuh's x_at
- * order), at most KILN_GEMV_STREAM_KMAX elements. SEG: the largest multiple of 128 / wbits (a
- * 16-byte chunk) that divides K and is at most KILN_GEMV_STREAM_SEGMAX * 16 / wbits (4 KiB a
- * unit; lower.c's lower_gemv_stream_seg).
+ * bits each: 16, 8 for gemv_stream_fp8, 4 for gemv_stream_int4, whose units also bring their
+ * groups' 8-byte (scale, zero) pairs, groups of KILN_GEMV_STREAM_INT4_G); x staged whole (in
+ * gemv_stream.cuh's x_at order), at most KILN_GEMV_STREAM_KMAX elements. SEG: the largest
+ * multiple of KILN_GEMV_STREAM_CHUNK(wbits) (a 16-byte chunk; INT4: two groups, so that a unit's
+ * pairs are whole 16-byte copies) that divides K and is at most KILN_GEMV_STREAM_SEGMAX * 16 /
+ * wbits (4 KiB of weight a unit; lower.c's lower_gemv_stream_seg).
  * KILN_GEMV_STREAM_SMEM is what a block uses; it asks for at least KILN_GEMV_STREAM_SMEM_SM
  * (lower.c's lower_gemv_stream_smem, where the targets allow it): more than half of a Hopper
  * SM's 228 KiB, less the 1 KiB each block reserves, so that no two gemv_stream blocks ever share
@@ -112,15 +114,22 @@
  * 0.78 -> 0.83 of the roofline). Small kernels' blocks still fit beside one. D: the deepest of
  * KILN_GEMV_STREAM_DMAX down to KILN_GEMV_STREAM_DMIN whose block fits every target's limit
  * (lower.c's lower_gemv_stream_depth); more units in flight a warp keep more of the weight read
- * in the memory system (tests/gpu/RESULTS.md, nineteenth session). */
+ * in the memory system (tests/gpu/RESULTS.md, nineteenth session). WARPS: 8, or 16 for INT4,
+ * whose units cost the most instructions a byte: with 8 each warp was busy most of the time a
+ * unit took to arrive, and 16 took the Llama-3 8B INT4 batch-1 step from 0.449 to 0.487 of its
+ * roofline (tests/gpu/RESULTS.md, twenty-first session; bf16 and FP8 measured within 1-2%). */
 #define KILN_GEMV_STREAM_BLOCKS 132
-#define KILN_GEMV_STREAM_WARPS 8
+#define KILN_GEMV_STREAM_WARPS(wbits) ((wbits) == 4 ? 16 : 8)
 #define KILN_GEMV_STREAM_DMIN 2
 #define KILN_GEMV_STREAM_DMAX 4
 #define KILN_GEMV_STREAM_KMAX 16384
 #define KILN_GEMV_STREAM_SEGMAX 2048
+#define KILN_GEMV_STREAM_INT4_G 128
+#define KILN_GEMV_STREAM_CHUNK(wbits) ((wbits) == 4 ? 2 * KILN_GEMV_STREAM_INT4_G : 128 / (wbits))
+#define KILN_GEMV_STREAM_SLOT(seg, wbits)                                                         \
+    ((seg) * (wbits) / 8 + ((wbits) == 4 ? (seg) / KILN_GEMV_STREAM_INT4_G * 8 : 0))
 #define KILN_GEMV_STREAM_SMEM(warps, d, seg, k, esz, wbits)                                       \
-    ((warps) * (d) * (seg) * (wbits) / 8 + (k) * (esz) + (warps) * (d) * 8)
+    ((warps) * (d) * KILN_GEMV_STREAM_SLOT(seg, wbits) + (k) * (esz) + (warps) * (d) * 8)
 #define KILN_GEMV_STREAM_SMEM_SM (116 * 1024)
 
 #endif

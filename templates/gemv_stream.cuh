@@ -28,13 +28,17 @@
 // a slot is refilled with the warp's next unit as soon as it has been read.
 //
 // gemv_stream_fp8 and gemv_stream_rope_fp8 stream an FP8 weight with one scale per row (gemv.cuh's
-// gemv_fp8 layout): a lane's 16-byte chunk is 16 e4m3 elements, turned into floats by the
-// hardware's e4m3-to-f16 conversion (e4m3x4) and multiplied with x staged in x_at's order, in two
-// FMA chains; each row's sum times its scale (lane j holds the scales of the warp's item j,
-// loaded before griddepcontrol.wait). The conversions make a unit cost about twice the
-// instructions of a bf16 unit of the same bytes: written plainly (x's offsets computed per chunk,
-// bf16 widened by two instructions) they were four times as many, and the Llama-3 8B batch-1
-// step ran at 0.54 of its roofline against 0.75 now (tests/gpu/RESULTS.md, twentieth session).
+// gemv_fp8 layout) and take the products on the tensor cores (unit_dot_fp8): the e4m3 bytes
+// turned into f16 pairs by the hardware's conversion, x staged as f16 (scaled by a power of two
+// into f16's range, exactly), mma.sync with float sums, each row's sum times its scale (lane j
+// holds the scales of the warp's item j, loaded before griddepcontrol.wait) and the power of two.
+// In float FMAs a unit cost 518 instructions, on mma.sync 192: the issue slots went from 48% to
+// 23% busy, and the Llama-3 8B batch-1 step stayed at 0.73-0.76 of its roofline (tests/gpu/
+// RESULTS.md, twentieth and twenty-first sessions): not the arithmetic, then. gemv_stream_int4
+// and gemv_stream_rope_int4 take the same rounds on gemv_int4's weight in groups of 128
+// (unit_dot_int4), each unit's (scale, zero) pairs copied into its ring slot after its weight
+// bytes, with 16 warps a block (kernels/kiln_gemm.h: the 8B INT4 step 0.40 on gemv_int4, 0.45
+// with 8 warps, 0.49 with 16).
 //
 // NORM folds the RMS norm before the linear into the staging of x, so that the decode step runs
 // no norm kernel (lower.c's norm_fold: the norm's output has no other reader): NORM 1 stages
@@ -46,14 +50,16 @@
 // the norm's inputs live until the linear).
 //
 // Launch rule: grid = (BLOCKS), block = 32 * WARPS threads, dynamic shared memory at least
-// KILN_GEMV_STREAM_SMEM(WARPS, D, SEG, K, sizeof(DT), 16 or 8 weight bits) (kernels/
+// KILN_GEMV_STREAM_SMEM(WARPS, D, SEG, K, sizeof(DT), 16, 8 or 4 weight bits) (kernels/
 // kiln_gemm.h; SEG lower.c's lower_gemv_stream_seg). Layouts: x [1, K]; res, nw, res_out [K]
-// (NORM only); w [N, K] (FP8: bytes, and scale [N] float); bias [N] (read only when BIAS; GATED:
-// [gate bias (N/2); up bias (N/2)]); y [NOUT], float when OUT_F32 else DT. Float sums, one
-// rounding of the result (gemv_detail::store_out).
-// Preconditions: M == 1 (the step's size class says so), SEG a multiple of a 16-byte chunk's
-// elements (8, FP8 16), K % SEG == 0, x, res and w 16-byte aligned, code for sm_90 or newer (the
-// older body traps; the engine never launches it there).
+// (NORM only); w [N, K] (FP8: bytes, and scale [N] float; INT4: bytes [N, K/2], and sz
+// [N, K/128] uint2); bias [N] (read only when BIAS; GATED: [gate bias (N/2); up bias (N/2)]); y
+// [NOUT], float when OUT_F32 else DT. Float sums, one rounding of the result
+// (gemv_detail::store_out).
+// Preconditions: M == 1 (the step's size class says so), SEG a multiple of
+// KILN_GEMV_STREAM_CHUNK (a 16-byte chunk's elements: 8, FP8 16; INT4 two groups, 256), K % SEG
+// == 0, x, res, w and sz 16-byte aligned, code for sm_90 or newer (the older body traps; the
+// engine never launches it there).
 #pragma once
 
 #include "elementwise.cuh" // ew_detail::rope_cs
@@ -70,14 +76,18 @@ __device__ __forceinline__ unsigned smem_addr(const void *p)
 }
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-// One bulk copy of `bytes` (a multiple of 16) from global src to shared dst, completing on bar
-// (which expects those bytes: one arrival of the count 1 it was initialised with).
-__device__ __forceinline__ void bulk_load(unsigned dst, const void *src, unsigned bytes,
-                                          unsigned bar)
+// The slot's barrier (initialised with count 1) to expect `bytes` from the bulk copies that follow
+// (one arrival), then one of them: `bytes` (a multiple of 16) from global src (16-byte aligned)
+// to shared dst, completing on bar.
+__device__ __forceinline__ void mbar_expect(unsigned bar, unsigned bytes)
 {
     asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;\n}\n"
                  ::"r"(bar), "r"(bytes)
                  : "memory");
+}
+__device__ __forceinline__ void bulk_copy(unsigned dst, const void *src, unsigned bytes,
+                                          unsigned bar)
+{
     asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], "
                  "%2, [%3];\n" ::"r"(dst),
                  "l"(src), "r"(bytes), "r"(bar)
@@ -209,65 +219,202 @@ struct rope_out {
     }
 };
 
-// Where element i (a multiple of 8) of x is staged: in order for a 16-bit weight; for an FP8 one
-// (a lane's chunk is 16 elements against two 16-byte chunks of x) each unit's SEG elements are
-// [first halves of its chunks | second halves], so that a warp's 16-byte reads of either half
-// are consecutive (in order, a lane's two reads 32 bytes apart would be 2-way bank conflicts)
-// and their addresses a base per unit plus constants.
-template <bool FP8, int SEG>
+// Where element i (a multiple of 8) of x is staged for a weight of WBITS bits: in order for a
+// 16-bit weight; where a lane's 16-byte chunk of weight is P = 16 / WBITS pieces of 8 elements
+// of x (FP8: 2, INT4: 4), each unit's SEG elements are [pieces 0 of its chunks | pieces 1 | ...],
+// so that a warp's 16-byte reads of one piece are consecutive (in order, a lane's reads 16P
+// bytes apart would be P-way bank conflicts) and their addresses a base per unit plus
+// constants. FP8: the 8 elements at x_at(i) are those of i in gemv_fp8's byte order (0, 2, 1, 3,
+// 4, 6, 5, 7), as e4m3x16's pairs are.
+template <int WBITS, int SEG>
 __device__ __forceinline__ int x_at(int i)
 {
-    if (!FP8)
+    constexpr int P = 16 / WBITS;
+    if (P == 1)
         return i;
     const int r = i % SEG;
-    return i - r + (r / 8 % 2) * (SEG / 2) + r / 16 * 8;
+    return i - r + (r / 8 % P) * (SEG / P) + r / (8 * P) * 8;
 }
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-// Four e4m3 bytes of gemv_fp8's order (word bytes 0..3 = elements k, k+2, k+1, k+3) as floats
-// e[0..3] = elements k..k+3, exactly: the hardware's e4m3 pair to f16 pair (every e4m3 value,
-// subnormals included, is an f16 normal), then each f16 to float.
-__device__ __forceinline__ void e4m3x4(unsigned q, float e[4])
+// Sixteen e4m3 bytes of gemv_fp8's order (word j's bytes: elements 4j, 4j+2, 4j+1, 4j+3) as
+// eight f16 pairs, exactly (every e4m3 value, subnormals included, is an f16 normal): h[2j] =
+// (4j, 4j+2), h[2j+1] = (4j+1, 4j+3), one hardware conversion a pair.
+__device__ __forceinline__ void e4m3x16(const uint4 &q, unsigned h[8])
 {
-    asm("{\n.reg .b16 l, h, a, b, c, d;\n.reg .b32 p, r;\n"
-        "mov.b32 {l, h}, %4;\n"
-        "cvt.rn.f16x2.e4m3x2 p, l;\n"
-        "cvt.rn.f16x2.e4m3x2 r, h;\n"
-        "mov.b32 {a, b}, p;\n"
-        "mov.b32 {c, d}, r;\n"
-        "cvt.f32.f16 %0, a;\n"
-        "cvt.f32.f16 %2, b;\n"
-        "cvt.f32.f16 %1, c;\n"
-        "cvt.f32.f16 %3, d;\n}"
-        : "=f"(e[0]), "=f"(e[1]), "=f"(e[2]), "=f"(e[3])
-        : "r"(q));
+    const unsigned w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+        asm("{\n.reg .b16 l, h;\nmov.b32 {l, h}, %2;\n"
+            "cvt.rn.f16x2.e4m3x2 %0, l;\ncvt.rn.f16x2.e4m3x2 %1, h;\n}"
+            : "=r"(h[2 * j]), "=r"(h[2 * j + 1])
+            : "r"(w[j]));
 }
 #endif
 
-// The kernel for policy OUT (above), called after KILN_PDL_TRIGGER. WT: DT, or unsigned char for
-// an FP8 (e4m3) weight in gemv_fp8's byte order, with a float scale per weight row in wscale that
-// multiplies the row's sum.
-template <typename DT, typename WT, int K, int WARPS, int D, int SEG, int BLOCKS, int NORM,
+// A unit of a 16-bit weight (UB bytes) against x staged in order from the unit's first element
+// xu: the lane's 16-byte chunks lane, lane + 32, ... in float FMAs; the lane's share of the sum.
+template <typename DT, int UB>
+__device__ __forceinline__ float unit_dot(const uint4 *wv, const DT *xu, int lane)
+{
+    float a = 0.f;
+#pragma unroll
+    for (int j = 0; j < (UB / 16 + 31) / 32; j++) {
+        const int c = j * 32 + lane;
+        if (UB % 512 == 0 || c < UB / 16) {
+            float wf[8], xf[8];
+            gemv_detail::unpack8<DT>(wv[c], wf);
+            gemv_detail::unpack8<DT>(*reinterpret_cast<const uint4 *>(xu + 8 * c), xf);
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                a = fmaf(wf[i], xf[i], a);
+        }
+    }
+    return a;
+}
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// A unit of an FP8 weight (UB bytes, SEG = UB elements) on the tensor cores, against x staged as
+// f16 from the unit's first element xu in x_at's order. A dot product may split its terms any
+// way, so the unit's 16-byte chunks go in rounds of 64: in round r, lane (g = lane / 4, t =
+// lane % 4) takes chunk 64r + lane as row g of an mma's A (16 x 16) and chunk 64r + 32 + lane as
+// its row g + 8, each chunk's 16 elements four k-groups at the lane's fragment columns {2t, 2t+1,
+// 2t+8, 2t+9} (e4m3x16's pairs, x's staged in the same order), and B's column g is the x of its
+// row g chunk in the first mma, of its row g + 8 chunk in the second. Of each mma's 128 outputs
+// 8 are wanted, D1[g][g] and D2[g + 8][g] (the chunks against their own x), which lane (g, g / 2)
+// holds (c0 + c2 for an even g, c1 + c3 for an odd one); the rest is discarded. 192
+// instructions a 4 KB unit against 518 in float FMAs (tests/gpu/RESULTS.md, twenty-first
+// session). A round's chains of 4 mma start from zero and are added to floats (the tensor cores
+// truncate inside a chain: gemv.cuh). Returns the lane's share of the unit's sum.
+template <int UB, int SEG>
+__device__ __forceinline__ float unit_dot_fp8(const uint4 *wv, const f16 *xu, int lane)
+{
+    constexpr int CH = UB / 16, R = (CH + 63) / 64;
+    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+    float f0 = 0.f, f1 = 0.f;
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const int ca = 64 * r + lane, cb = ca + 32;
+        const bool rows8 = 64 * r + 32 < CH; // the round has chunks for rows 8..15
+        uint4 qa = zero, qb = zero, xa[2] = {zero, zero}, xb[2] = {zero, zero};
+        if (CH % 64 == 0 || ca < CH) {
+            qa = wv[ca];
+            xa[0] = *reinterpret_cast<const uint4 *>(xu + 8 * ca);
+            xa[1] = *reinterpret_cast<const uint4 *>(xu + SEG / 2 + 8 * ca);
+        }
+        if (CH % 64 == 0 || cb < CH) {
+            qb = wv[cb];
+            xb[0] = *reinterpret_cast<const uint4 *>(xu + 8 * cb);
+            xb[1] = *reinterpret_cast<const uint4 *>(xu + SEG / 2 + 8 * cb);
+        }
+        unsigned ha[8], hb[8];
+        e4m3x16(qa, ha);
+        e4m3x16(qb, hb);
+        const unsigned *pa = reinterpret_cast<const unsigned *>(xa);
+        const unsigned *pb = reinterpret_cast<const unsigned *>(xb);
+        float d1[4] = {0.f, 0.f, 0.f, 0.f}, d2[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            gemv_detail::mma16816<f16>(d1, ha[2 * q], hb[2 * q], ha[2 * q + 1], hb[2 * q + 1],
+                                       pa[2 * q], pa[2 * q + 1]);
+            if (rows8)
+                gemv_detail::mma16816<f16>(d2, ha[2 * q], hb[2 * q], ha[2 * q + 1],
+                                           hb[2 * q + 1], pb[2 * q], pb[2 * q + 1]);
+        }
+        f0 += d1[0] + d2[2];
+        f1 += d1[1] + d2[3];
+    }
+    const int g = lane / 4;
+    return lane % 4 == g / 2 ? (g % 2 ? f1 : f0) : 0.f;
+}
+
+// A unit of an INT4 weight (gemv_int4's layout, groups of 128 columns: UB bytes, SEG = 2 UB
+// elements) with its groups' (scale, B + zero) pairs sz (gemv_int4's), against x staged in DT from
+// the unit's first element xu in x_at's order: unit_dot_fp8's rounds, a chunk 32 elements (four
+// words: int4_diff's exact q - z pairs in the weight's DT, for mma with x in DT), a round's row
+// (4 lanes' chunks) the 128 elements of one group, whose sum, a chain of 8 mma from zero, is
+// multiplied by the group's scale (gemv_int4's factored path). Returns the lane's share.
+template <typename DT, int UB, int SEG>
+__device__ __forceinline__ float unit_dot_int4(const uint4 *wv, const uint2 *sz, const DT *xu,
+                                               int lane)
+{
+    using P = gemv_detail::int4_pairs<DT>;
+    constexpr int CH = UB / 16, R = (CH + 63) / 64;
+    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+    const int g = lane / 4, e = g % 2;
+    float f = 0.f;
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const int ca = 64 * r + lane, cb = ca + 32;
+        const bool rows8 = 64 * r + 32 < CH;
+        uint4 qa = zero, qb = zero, xa[4] = {zero, zero, zero, zero};
+        uint4 xb[4] = {zero, zero, zero, zero};
+        uint2 sa = make_uint2(0u, 0u), sb = make_uint2(0u, 0u);
+        if (CH % 64 == 0 || ca < CH) {
+            qa = wv[ca];
+            sa = sz[16 * r + g];
+#pragma unroll
+            for (int h = 0; h < 4; h++)
+                xa[h] = *reinterpret_cast<const uint4 *>(xu + h * (SEG / 4) + 8 * ca);
+        }
+        if (CH % 64 == 0 || cb < CH) {
+            qb = wv[cb];
+            sb = sz[16 * r + 8 + g];
+#pragma unroll
+            for (int h = 0; h < 4; h++)
+                xb[h] = *reinterpret_cast<const uint4 *>(xu + h * (SEG / 4) + 8 * cb);
+        }
+        const unsigned wa[4] = {qa.x, qa.y, qa.z, qa.w}, wb[4] = {qb.x, qb.y, qb.z, qb.w};
+        float d1[4] = {0.f, 0.f, 0.f, 0.f}, d2[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int h = 0; h < 4; h++) {
+            const uint4 a = gemv_detail::int4_diff<DT>(wa[h], sa.y);
+            const uint4 b = gemv_detail::int4_diff<DT>(wb[h], sb.y);
+            gemv_detail::mma16816<DT>(d1, a.x, b.x, a.y, b.y, xa[h].x, xa[h].y);
+            gemv_detail::mma16816<DT>(d1, a.z, b.z, a.w, b.w, xa[h].z, xa[h].w);
+            if (rows8) {
+                gemv_detail::mma16816<DT>(d2, a.x, b.x, a.y, b.y, xb[h].x, xb[h].y);
+                gemv_detail::mma16816<DT>(d2, a.z, b.z, a.w, b.w, xb[h].z, xb[h].w);
+            }
+        }
+        f = fmaf(e ? d1[1] : d1[0], P::lo_f(sa.x), f);
+        f = fmaf(e ? d2[3] : d2[2], P::lo_f(sb.x), f);
+    }
+    return lane % 4 == g / 2 ? f : 0.f;
+}
+#endif
+
+// The kernel for policy OUT (above), called after KILN_PDL_TRIGGER, on a weight w (bytes) of
+// WBITS bits: 16, DT; 8, FP8 (e4m3) in gemv_fp8's byte order, with a float scale per weight row in
+// wscale that multiplies the row's sum; 4, INT4 in gemv_int4's layout with groups of 128 columns
+// (KILN_GEMV_STREAM_INT4_G), whose (scale, B + zero) pairs sz each unit brings into its ring slot
+// after its weight bytes (a second bulk copy on the slot's barrier).
+template <typename DT, int WBITS, int K, int WARPS, int D, int SEG, int BLOCKS, int NORM,
           bool UNIT_OFFSET, typename OUT>
 __device__ __forceinline__ void body(const kiln_step &st, const DT *x, const DT *res,
-                                     const DT *nw, DT *res_out, float eps, const WT *w,
-                                     const float *wscale, OUT &out)
+                                     const DT *nw, DT *res_out, float eps, const unsigned char *w,
+                                     const float *wscale, const uint2 *sz, OUT &out)
 {
-    constexpr bool FP8 = sizeof(WT) == 1;
-    static_assert(FP8 || sizeof(WT) == sizeof(DT), "gemv_stream: a DT or an FP8 weight");
-    constexpr int EPC = 16 / (int)sizeof(WT); // weight elements of a 16-byte chunk
+    constexpr bool FP8 = WBITS == 8, INT4 = WBITS == 4;
+    constexpr int G4 = KILN_GEMV_STREAM_INT4_G;
+    static_assert(WBITS == 16 ? sizeof(DT) == 2 : FP8 || INT4, "gemv_stream: 16, 8 or 4 bits");
+    constexpr int EPC = 128 / WBITS; // weight elements of a 16-byte chunk
     static_assert(SEG % EPC == 0 && K % SEG == 0, "gemv_stream: K must be whole units of SEG");
+    static_assert(!INT4 || SEG % (2 * G4) == 0,
+                  "gemv_stream_int4: units of whole pairs of groups (16-byte sz slices)");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     constexpr int NOUT = OUT::ITEMS;
     constexpr int KS = K / SEG;                    // units of one weight row
     constexpr int UPO = OUT::PAIRED ? 2 * KS : KS; // units of one item
-    constexpr int UB = SEG * (int)sizeof(WT);      // bytes of a unit
+    constexpr int UB = SEG * WBITS / 8;            // weight bytes of a unit
+    constexpr int SZB = INT4 ? SEG / G4 * 8 : 0;   // its sz bytes (INT4)
+    constexpr int SLOT = UB + SZB;
     constexpr int TW = BLOCKS * WARPS;
     extern __shared__ __align__(128) unsigned char smem[];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gw = blockIdx.x * WARPS + warp;
-    unsigned char *ring = smem + warp * D * UB;
-    DT *xs = reinterpret_cast<DT *>(smem + WARPS * D * UB);
-    const unsigned bars = smem_addr(smem + WARPS * D * UB + K * (int)sizeof(DT)) + warp * D * 8;
+    unsigned char *ring = smem + warp * D * SLOT;
+    DT *xs = reinterpret_cast<DT *>(smem + WARPS * D * SLOT);
+    const unsigned bars = smem_addr(smem + WARPS * D * SLOT + K * (int)sizeof(DT)) + warp * D * 8;
     if (lane < D)
         mbar_init(bars + lane * 8, 1);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
@@ -279,8 +426,11 @@ __device__ __forceinline__ void body(const kiln_step &st, const DT *x, const DT 
         if (lane == 0) {
             const long long row = out.row(po, OUT::PAIRED && pu >= KS);
             const int seg = OUT::PAIRED && pu >= KS ? pu - KS : pu;
-            bulk_load(smem_addr(ring + slot * UB), w + row * K + (long long)seg * SEG, UB,
-                      bars + slot * 8);
+            const unsigned dst = smem_addr(ring + slot * SLOT), bar = bars + slot * 8;
+            mbar_expect(bar, SLOT);
+            bulk_copy(dst, w + (row * K + (long long)seg * SEG) * WBITS / 8, UB, bar);
+            if (INT4)
+                bulk_copy(dst + UB, sz + (row * K + (long long)seg * SEG) / G4, SZB, bar);
         }
         if (++pu == UPO) {
             pu = 0;
@@ -305,48 +455,80 @@ __device__ __forceinline__ void body(const kiln_step &st, const DT *x, const DT 
         load_scales(0);
 
     KILN_PDL_WAIT();
-    if (NORM == 0) {
-        for (int i = threadIdx.x * 8; i < K; i += WARPS * 32 * 8)
-            *reinterpret_cast<uint4 *>(xs + x_at<FP8, SEG>(i)) =
-                __ldcg(reinterpret_cast<const uint4 *>(x + i));
-    } else {
-        // rms_norm's arithmetic (templates/elementwise.cuh): s = round(x + res) (NORM 2; block 0
-        // stores it to res_out), then round(s * rsqrt(mean(s^2) + eps) * w) into xs
-        constexpr int CH = (K / 8 + WARPS * 32 - 1) / (WARPS * 32);
-        __shared__ float scratch[32];
-        float v[CH][8], ss = 0.f;
+    // x staged: rms_norm's arithmetic when NORM (templates/elementwise.cuh): s = round(x + res)
+    // (NORM 2; block 0 stores it to res_out), then round(s * rsqrt(mean(s^2) + eps) * w); FP8:
+    // as f16 in x_at's order, times 2^-xe (the sums are multiplied back by 2^xe)
+    constexpr int CH = (K / 8 + WARPS * 32 - 1) / (WARPS * 32); // a thread's 8-element chunks
+    __shared__ float scratch[32];
+    float v[CH][8], ss = 0.f;
 #pragma unroll
-        for (int k = 0; k < CH; k++) {
-            const int i = (threadIdx.x + k * WARPS * 32) * 8;
-            if (i < K) {
-                gemv_detail::unpack8<DT>(__ldcg(reinterpret_cast<const uint4 *>(x + i)), v[k]);
-                if (NORM == 2) {
-                    float r[8];
-                    gemv_detail::unpack8<DT>(__ldcg(reinterpret_cast<const uint4 *>(res + i)), r);
-#pragma unroll
-                    for (int e = 0; e < 8; e++)
-                        v[k][e] = to_f(from_f<DT>(v[k][e] + r[e]));
-                    if (blockIdx.x == 0 && res_out)
-                        store8(res_out + i, v[k]);
-                }
+    for (int k = 0; k < CH; k++) {
+        const int i = (threadIdx.x + k * WARPS * 32) * 8;
+        if (i < K) {
+            gemv_detail::unpack8<DT>(__ldcg(reinterpret_cast<const uint4 *>(x + i)), v[k]);
+            if (NORM == 2) {
+                float r[8];
+                gemv_detail::unpack8<DT>(__ldcg(reinterpret_cast<const uint4 *>(res + i)), r);
 #pragma unroll
                 for (int e = 0; e < 8; e++)
-                    ss += v[k][e] * v[k][e];
+                    v[k][e] = to_f(from_f<DT>(v[k][e] + r[e]));
+                if (blockIdx.x == 0 && res_out)
+                    store8(res_out + i, v[k]);
             }
+#pragma unroll
+            for (int e = 0; e < 8; e++)
+                ss += v[k][e] * v[k][e];
         }
-        ss = block_sum<WARPS * 32>(ss, scratch);
-        const float inv = rsqrtf(ss / (float)K + eps);
+    }
+    if (NORM != 0) {
+        const float inv = rsqrtf(block_sum<WARPS * 32>(ss, scratch) / (float)K + eps);
 #pragma unroll
         for (int k = 0; k < CH; k++) {
             const int i = (threadIdx.x + k * WARPS * 32) * 8;
             if (i < K) {
-                float g[8], o[8];
+                float g[8];
                 load8(nw + i, g);
 #pragma unroll
                 for (int e = 0; e < 8; e++)
-                    o[e] = v[k][e] * inv * (UNIT_OFFSET ? 1.f + g[e] : g[e]);
-                store8(xs + x_at<FP8, SEG>(i), o);
+                    v[k][e] = to_f(from_f<DT>(v[k][e] * inv * (UNIT_OFFSET ? 1.f + g[e] : g[e])));
             }
+        }
+    }
+    float xscale = 1.f; // FP8: 2^xe
+    if constexpr (FP8) {
+        // xe puts the largest |x| in [2^13, 2^14): every DT value of x (bf16: 8 significant
+        // bits) is an f16 there, exactly, down to 2^-28 of the largest (smaller ones, below the
+        // float sums' rounding, may round)
+        float amax = 0.f;
+#pragma unroll
+        for (int k = 0; k < CH; k++)
+#pragma unroll
+            for (int e = 0; e < 8; e++)
+                if ((threadIdx.x + k * WARPS * 32) * 8 < K)
+                    amax = fmaxf(amax, fabsf(v[k][e]));
+        amax = block_max<WARPS * 32>(amax, scratch);
+        int xe = (int)(__float_as_uint(amax) >> 23 & 0xFFu) - 127 - 13;
+        xe = xe < -110 ? -110 : xe > 110 ? 110 : xe;
+        xscale = __uint_as_float((unsigned)(127 + xe) << 23);
+        const float down = __uint_as_float((unsigned)(127 - xe) << 23);
+        auto h2 = [&](float lo, float hi) {
+            const __half2 h = __floats2half2_rn(lo * down, hi * down);
+            return *reinterpret_cast<const unsigned *>(&h);
+        };
+#pragma unroll
+        for (int k = 0; k < CH; k++) {
+            const int i = (threadIdx.x + k * WARPS * 32) * 8;
+            if (i < K)
+                *reinterpret_cast<uint4 *>(xs + x_at<WBITS, SEG>(i)) =
+                    make_uint4(h2(v[k][0], v[k][2]), h2(v[k][1], v[k][3]), h2(v[k][4], v[k][6]),
+                               h2(v[k][5], v[k][7]));
+        }
+    } else {
+#pragma unroll
+        for (int k = 0; k < CH; k++) {
+            const int i = (threadIdx.x + k * WARPS * 32) * 8;
+            if (i < K)
+                store8(xs + x_at<WBITS, SEG>(i), v[k]);
         }
     }
     __syncthreads();
@@ -357,39 +539,16 @@ __device__ __forceinline__ void body(const kiln_step &st, const DT *x, const DT 
         for (int u = 0; u < UPO; u++, consumed++) {
             const int slot = consumed % D;
             mbar_wait(bars + slot * 8, (unsigned)(consumed / D) & 1u);
-            const uint4 *wv = reinterpret_cast<const uint4 *>(ring + slot * UB);
+            const uint4 *wv = reinterpret_cast<const uint4 *>(ring + slot * SLOT);
             const int xu = (OUT::PAIRED && u >= KS ? u - KS : u) * SEG; // the unit's first element
-            const DT *xl = xs + xu + 8 * lane; // the lane's first chunk of x (FP8: first half)
-            float a = 0.f, a2 = 0.f;           // two chains: half the FMA latency a unit
-#pragma unroll
-            for (int j = 0; j < (UB / 16 + 31) / 32; j++) {
-                const int c = j * 32 + lane; // the lane's 16-byte chunk of the unit
-                if (UB % 512 == 0 || c < UB / 16) {
-                    float wf[8], xf[8];
-                    if constexpr (FP8) {
-                        // one half of the chunk (its words w0, w1) against its x at xp
-                        auto half = [&](unsigned w0, unsigned w1, const DT *xp, float &acc) {
-                            e4m3x4(w0, wf);
-                            e4m3x4(w1, wf + 4);
-                            gemv_detail::unpack8<DT>(*reinterpret_cast<const uint4 *>(xp), xf);
-#pragma unroll
-                            for (int i = 0; i < 8; i++)
-                                acc = fmaf(wf[i], xf[i], acc);
-                        };
-                        const uint4 q = wv[c];
-                        half(q.x, q.y, xl + 256 * j, a);
-                        half(q.z, q.w, xl + SEG / 2 + 256 * j, a2);
-                    } else {
-                        gemv_detail::unpack8<DT>(wv[c], wf);
-                        gemv_detail::unpack8<DT>(*reinterpret_cast<const uint4 *>(xl + 256 * j),
-                                                 xf);
-#pragma unroll
-                        for (int i = 0; i < 8; i++)
-                            a = fmaf(wf[i], xf[i], a);
-                    }
-                }
-            }
-            a += a2;
+            float a;
+            if constexpr (FP8)
+                a = unit_dot_fp8<UB, SEG>(wv, reinterpret_cast<const f16 *>(xs) + xu, lane);
+            else if constexpr (INT4)
+                a = unit_dot_int4<DT, UB, SEG>(
+                    wv, reinterpret_cast<const uint2 *>(ring + slot * SLOT + UB), xs + xu, lane);
+            else
+                a = unit_dot<DT, UB>(wv, xs + xu, lane);
             if (OUT::PAIRED && u >= KS)
                 au += a;
             else
@@ -400,8 +559,8 @@ __device__ __forceinline__ void body(const kiln_step &st, const DT *x, const DT 
             if (u == UPO - 1) {
                 float g = warp_sum(ag), up = OUT::PAIRED ? warp_sum(au) : 0.f;
                 if (FP8) {
-                    g *= __shfl_sync(0xffffffffu, sg, k % 32);
-                    up *= __shfl_sync(0xffffffffu, su, k % 32);
+                    g *= __shfl_sync(0xffffffffu, sg, k % 32) * xscale;
+                    up *= __shfl_sync(0xffffffffu, su, k % 32) * xscale;
                     if (k % 32 == 31)
                         load_scales(k + 1);
                 }
@@ -411,7 +570,7 @@ __device__ __forceinline__ void body(const kiln_step &st, const DT *x, const DT 
         }
 #else
     (void)st, (void)x, (void)res, (void)nw, (void)res_out, (void)eps, (void)w, (void)wscale,
-        (void)out;
+        (void)sz, (void)out;
     __trap();
 #endif
 }
@@ -428,8 +587,9 @@ __device__ __forceinline__ void gemv_stream(const kiln_step st, const DT *x, con
     static_assert(!GATED || N % 2 == 0, "gemv_stream: GATED needs an even N");
     (void)M;
     stream_detail::plain_out<DT, N, BIAS, GATED, ACT, OUT_F32> out{bias, y};
-    stream_detail::body<DT, DT, K, WARPS, D, SEG, BLOCKS, NORM, UNIT_OFFSET>(
-        st, x, res, nw, res_out, eps, w, nullptr, out);
+    stream_detail::body<DT, 16, K, WARPS, D, SEG, BLOCKS, NORM, UNIT_OFFSET>(
+        st, x, res, nw, res_out, eps, reinterpret_cast<const unsigned char *>(w), nullptr, nullptr,
+        out);
 }
 
 // gemv_stream_fp8: gemv_stream of an FP8 weight (templates/gemv.cuh's gemv_fp8 with one scale per
@@ -447,8 +607,26 @@ __device__ __forceinline__ void gemv_stream_fp8(const kiln_step st, const DT *x,
     static_assert(!GATED || N % 2 == 0, "gemv_stream_fp8: GATED needs an even N");
     (void)M;
     stream_detail::plain_out<DT, N, BIAS, GATED, ACT, OUT_F32> out{bias, y};
-    stream_detail::body<DT, unsigned char, K, WARPS, D, SEG, BLOCKS, NORM, UNIT_OFFSET>(
-        st, x, res, nw, res_out, eps, w, scale, out);
+    stream_detail::body<DT, 8, K, WARPS, D, SEG, BLOCKS, NORM, UNIT_OFFSET>(
+        st, x, res, nw, res_out, eps, w, scale, nullptr, out);
+}
+
+// gemv_stream_int4: gemv_stream of an INT4 weight (templates/gemv.cuh's gemv_int4 with G = 128:
+// bytes [N, K/2], sz [N, K/128]), its decode step of one row on sm_90+ code. SEG a multiple of
+// 256 (lower.c's lower_gemv_stream_seg).
+template <typename DT, int N, int K, bool BIAS, bool GATED, int ACT, bool OUT_F32, int WARPS,
+          int D, int SEG, int BLOCKS, int NORM = 0, bool UNIT_OFFSET = false>
+__device__ __forceinline__ void gemv_stream_int4(const kiln_step st, const DT *x, const DT *res,
+                                                 const DT *nw, DT *res_out, float eps,
+                                                 const unsigned char *w, const uint2 *sz,
+                                                 const DT *bias, void *y, int M)
+{
+    KILN_PDL_TRIGGER();
+    static_assert(!GATED || N % 2 == 0, "gemv_stream_int4: GATED needs an even N");
+    (void)M;
+    stream_detail::plain_out<DT, N, BIAS, GATED, ACT, OUT_F32> out{bias, y};
+    stream_detail::body<DT, 4, K, WARPS, D, SEG, BLOCKS, NORM, UNIT_OFFSET>(
+        st, x, res, nw, res_out, eps, w, nullptr, sz, out);
 }
 
 // gemv_stream_rope: gemv_stream of a fused qkv linear [(NH + 2 NKV) * HD, K] for the one token of
@@ -471,8 +649,9 @@ __device__ __forceinline__ void gemv_stream_rope(const kiln_step st, const DT *x
     (void)M;
     stream_detail::rope_out<DT, NH, NKV, HD, ROT, INTERLEAVED, DYNAMIC, BIAS> out{
         bias, q_out, k_cache, v_cache, inv_freq, rope_scale, dyn_base, dyn_factor, dyn_max_pos};
-    stream_detail::body<DT, DT, K, WARPS, D, SEG, BLOCKS, NORM, UNIT_OFFSET>(
-        st, x, res, nw, res_out, eps, w, nullptr, out);
+    stream_detail::body<DT, 16, K, WARPS, D, SEG, BLOCKS, NORM, UNIT_OFFSET>(
+        st, x, res, nw, res_out, eps, reinterpret_cast<const unsigned char *>(w), nullptr, nullptr,
+        out);
 }
 
 // gemv_stream_rope_fp8: gemv_stream_rope of an FP8 weight with a scale per row (as
@@ -491,8 +670,27 @@ gemv_stream_rope_fp8(const kiln_step st, const DT *x, const DT *res, const DT *n
     (void)M;
     stream_detail::rope_out<DT, NH, NKV, HD, ROT, INTERLEAVED, DYNAMIC, BIAS> out{
         bias, q_out, k_cache, v_cache, inv_freq, rope_scale, dyn_base, dyn_factor, dyn_max_pos};
-    stream_detail::body<DT, unsigned char, K, WARPS, D, SEG, BLOCKS, NORM, UNIT_OFFSET>(
-        st, x, res, nw, res_out, eps, w, scale, out);
+    stream_detail::body<DT, 8, K, WARPS, D, SEG, BLOCKS, NORM, UNIT_OFFSET>(
+        st, x, res, nw, res_out, eps, w, scale, nullptr, out);
+}
+
+// gemv_stream_rope_int4: gemv_stream_rope of an INT4 weight (as gemv_stream_int4's).
+template <typename DT, int NH, int NKV, int HD, int ROT, int INTERLEAVED, int DYNAMIC, int K,
+          bool BIAS, int WARPS, int D, int SEG, int BLOCKS, int NORM = 0,
+          bool UNIT_OFFSET = false>
+__device__ __forceinline__ void
+gemv_stream_rope_int4(const kiln_step st, const DT *x, const DT *res, const DT *nw, DT *res_out,
+                      float eps, const unsigned char *w, const uint2 *sz, const DT *bias,
+                      DT *q_out, DT *k_cache, DT *v_cache, const float *inv_freq,
+                      float rope_scale, float dyn_base, float dyn_factor, int dyn_max_pos, int M)
+{
+    KILN_PDL_TRIGGER();
+    static_assert(HD % 8 == 0, "gemv_stream_rope_int4: HD a multiple of 8 (rope_kv unpadded)");
+    (void)M;
+    stream_detail::rope_out<DT, NH, NKV, HD, ROT, INTERLEAVED, DYNAMIC, BIAS> out{
+        bias, q_out, k_cache, v_cache, inv_freq, rope_scale, dyn_base, dyn_factor, dyn_max_pos};
+    stream_detail::body<DT, 4, K, WARPS, D, SEG, BLOCKS, NORM, UNIT_OFFSET>(
+        st, x, res, nw, res_out, eps, w, nullptr, sz, out);
 }
 
 } // namespace kiln

@@ -277,7 +277,7 @@ static void expect_stream_pairs(const char *fx, const kc *c, const ka_step *st, 
         for (int a = 2; a < g->nargs - (rope ? 2 : 0); a++)
             assert_true(same_arg(&o->args[a + 4], &g->args[a]));
         assert_true(same_arg(&o->args[o->nargs - 1], &g->args[g->nargs - 1]));
-        assert_int_equal(k->block, 32 * KILN_GEMV_STREAM_WARPS);
+        assert_int_equal(k->block, 32 * KILN_GEMV_STREAM_WARPS(fp8 ? 8 : 16));
         assert_int_equal(grid_at(&o->grid[0], 1, 1), KILN_GEMV_STREAM_BLOCKS);
         assert_int_equal(grid_at(&o->grid[1], 1, 1), 1);
         long long N, K;
@@ -509,7 +509,7 @@ static void test_gemv_stream_steps(void **state)
     assert_false(lower_gemv_stream(&cc, 4096, KILN_GEMV_STREAM_KMAX + 256, 0, 16));
     assert_false(lower_gemv_stream(&cc, 4095, 4096, 1, 16));
     assert_false(lower_gemv_stream(&cc, 4096, 4100, 0, 16));
-#define SMEM_AT(d, seg, k) KILN_GEMV_STREAM_SMEM(KILN_GEMV_STREAM_WARPS, d, seg, k, 2, 16)
+#define SMEM_AT(d, seg, k) KILN_GEMV_STREAM_SMEM(KILN_GEMV_STREAM_WARPS(16), d, seg, k, 2, 16)
     /* feasible when the shallowest ring fits; the deepest that fits is taken */
     cc.smem_block = SMEM_AT(KILN_GEMV_STREAM_DMIN, 2048, KILN_GEMV_STREAM_KMAX) - 1;
     assert_false(lower_gemv_stream(&cc, 4096, KILN_GEMV_STREAM_KMAX, 0, 16));
@@ -551,10 +551,29 @@ static void test_gemv_stream_steps(void **state)
     assert_false(lower_gemv_stream(&cc, 4096, 4104, 0, 8));
     assert_true(lower_gemv_stream(&cc, 4096, 4104, 0, 16));
     assert_int_equal(lower_gemv_stream_smem(&cc, 14336, 2, 8),
-                     KILN_GEMV_STREAM_SMEM(KILN_GEMV_STREAM_WARPS, KILN_GEMV_STREAM_DMAX, 3584,
+                     KILN_GEMV_STREAM_SMEM(KILN_GEMV_STREAM_WARPS(8), KILN_GEMV_STREAM_DMAX, 3584,
                                            14336, 2, 8));
     assert_int_equal(KILN_GEMV_STREAM_SMEM(8, 4, 3584, 1040, 2, 8),
                      8 * 4 * 3584 + 1040 * 2 + 8 * 4 * 8);
+    /* INT4 (4 bits, groups of 128): units of whole pairs of groups, at most 4 KiB of weight, each
+     * with its groups' 8-byte (scale, zero) pairs */
+    assert_int_equal(KILN_GEMV_STREAM_INT4_G, 128);
+    assert_int_equal(lower_gemv_stream_seg(14336, 4), 7168);
+    assert_int_equal(lower_gemv_stream_seg(4096, 4), 4096);
+    assert_int_equal(lower_gemv_stream_seg(16384, 4), 8192);
+    assert_int_equal(lower_gemv_stream_seg(1280, 4), 1280);
+    assert_true(lower_gemv_stream(&cc, 4096, 14336, 1, 4));
+    assert_true(lower_gemv_stream(&cc, 4096, 1280, 0, 4));
+    assert_false(lower_gemv_stream(&cc, 4096, 640, 0, 4));
+    assert_false(lower_gemv_stream(&cc, 4096, 4224, 0, 4));
+    assert_int_equal(KILN_GEMV_STREAM_SMEM(8, 4, 7168, 14336, 2, 4),
+                     8 * 4 * (3584 + 56 * 8) + 14336 * 2 + 8 * 4 * 8);
+    /* 16 warps a block: at K 14336 a ring of 3 fits 227 KiB, at 4096 of 4 */
+    assert_int_equal(KILN_GEMV_STREAM_WARPS(4), 16);
+    assert_int_equal(lower_gemv_stream_depth(&cc, 14336, 2, 4), 3);
+    assert_int_equal(lower_gemv_stream_depth(&cc, 4096, 2, 4), 4);
+    assert_int_equal(lower_gemv_stream_smem(&cc, 14336, 2, 4),
+                     KILN_GEMV_STREAM_SMEM(16, 3, 7168, 14336, 2, 4));
 #undef SMEM_AT
     assert_int_equal(lower_gemv_stream_seg(14336, 16), 2048);
     assert_int_equal(lower_gemv_stream_seg(3584, 16), 1792);
@@ -563,6 +582,7 @@ static void test_gemv_stream_steps(void **state)
     cc.batch_invariant = 1;
     assert_false(lower_gemv_stream(&cc, 4096, 4096, 0, 16));
     assert_false(lower_gemv_stream(&cc, 4096, 4096, 0, 8));
+    assert_false(lower_gemv_stream(&cc, 4096, 4096, 0, 4));
 }
 
 /* An INT4 linear's decode steps (kilnc compile --quant int4, and a published AWQ checkpoint), in

@@ -706,13 +706,14 @@ static void t_rope(kt *t, int NH, int NKV, int HD, int ROT, int INTER, int DYN, 
  * [N] row, then rope_kv (fused layout, 128 threads) from it. Both compute the row's sums in the
  * same order and rotate with ew_detail::rope_cs's numbers: q and the k row within TOL_BF16 (a
  * contraction of the rotation into an fma may differ), v exact, every other cache row untouched.
- * One step of one token (CFG cfg: its position, rope length and slot; pad 0: no slot). fp8: the
- * FP8 weight with a scale per row, gemv_stream_rope_fp8 against gemv_stream_fp8. */
+ * One step of one token (CFG cfg: its position, rope length and slot; pad 0: no slot). wb: the
+ * weight's bits, 16; 8, the FP8 weight with a scale per row, gemv_stream_rope_fp8 against
+ * gemv_stream_fp8; 4, INT4 in groups of 128, gemv_stream_rope_int4 against gemv_stream_int4. */
 static void t_stream_rope(kt *t, int NH, int NKV, int HD, int ROT, int INTER, int DYN, int K,
-                          int bias, int fp8, const seqcfg *c, const char *cname)
+                          int bias, int wb, const seqcfg *c, const char *cname)
 {
-    const int N = (NH + 2 * NKV) * HD, QW = NH * HD, KW = NKV * HD, wb = fp8 ? 8 : 16;
-    const int W = KILN_GEMV_STREAM_WARPS, B = KILN_GEMV_STREAM_BLOCKS;
+    const int N = (NH + 2 * NKV) * HD, QW = NH * HD, KW = NKV * HD;
+    const int W = KILN_GEMV_STREAM_WARPS(wb), B = KILN_GEMV_STREAM_BLOCKS;
     const int D = kt_stream_depth(K, wb), SEG = lower_gemv_stream_seg(K, wb);
     const int smem = KILN_GEMV_STREAM_SMEM(W, D, SEG, K, 2, wb);
     char name[200], src[3000];
@@ -720,12 +721,14 @@ static void t_stream_rope(kt *t, int NH, int NKV, int HD, int ROT, int INTER, in
              "elementwise/gemv_stream_rope NH=%d NKV=%d HD=%d ROT=%d K=%d%s%s%s%s %s", NH, NKV,
              HD, ROT, K, INTER ? " interleaved" : "",
              DYN == 1 ? " dynamic" : DYN == 2 ? " longrope" : "", bias ? " bias" : "",
-             fp8 ? " fp8" : "", cname);
+             wb == 8 ? " fp8" : wb == 4 ? " int4" : "", cname);
     if (!kt_want(t, name) || (!t->compile_only && !kt_sm90a(t)))
         return;
-    const char *tf = bias ? "true" : "false", *sf = fp8 ? "_fp8" : "";
-    const char *wp = fp8 ? "const unsigned char *w, const float *scale" : "const kiln::bf16 *w";
-    const char *wa = fp8 ? "w, scale" : "w";
+    const char *tf = bias ? "true" : "false", *sf = wb == 8 ? "_fp8" : wb == 4 ? "_int4" : "";
+    const char *wp = wb == 8   ? "const unsigned char *w, const float *scale"
+                     : wb == 4 ? "const unsigned char *w, const uint2 *scale"
+                               : "const kiln::bf16 *w";
+    const char *wa = wb < 16 ? "w, scale" : "w";
     snprintf(src, sizeof src,
              "#include \"gemv_stream.cuh\"\n"
              "extern \"C\" __global__ void __launch_bounds__(%d) k_gs(const kiln_step st, "
@@ -760,7 +763,7 @@ static void t_stream_rope(kt *t, int NH, int NKV, int HD, int ROT, int INTER, in
     float *x = rand_bf16(t, (size_t)K, 1.0f, 0.f), *b = rand_bf16(t, (size_t)N, 0.5f, 0.f);
     CUdeviceptr dx = up_bf16(t, x, (size_t)K), db = bias ? up_bf16(t, b, (size_t)N) : 0;
     gweights g;
-    gweights_make(t, &g, N, K, 0, fp8 ? K : 0, 0, 0);
+    gweights_make(t, &g, N, K, 0, wb == 8 ? K : 0, 0, wb == 4 ? KILN_GEMV_STREAM_INT4_G : 0);
     const int ntab = DYN == 2 ? ROT : ROT / 2, max_pos = 64;
     float *inv = xcalloc((size_t)(ntab ? ntab : 1), sizeof(float));
     freqs_ref(10000.0, ROT, inv);
@@ -782,7 +785,7 @@ static void t_stream_rope(kt *t, int NH, int NKV, int HD, int ROT, int INTER, in
                     &dk[0], &dv[0], &dinv, &rs, &dbase, &dfac,   &dmp};
     void *a_gr[13] = {&s.st, &dx,  &g.dw, &db,    &dq[1], &dk[1], &dv[1],
                       &dinv, &rs, &dbase, &dfac, &dmp};
-    if (fp8) { /* the scale after w */
+    if (wb < 16) { /* the scales (INT4: the sz pairs) after w */
         memmove(&a_gs[4], &a_gs[3], 2 * sizeof(void *));
         memmove(&a_gr[4], &a_gr[3], 9 * sizeof(void *));
         a_gs[3] = a_gr[3] = &g.ds;
@@ -1359,7 +1362,7 @@ void ktest_elementwise(kt *t)
     /* rope_kv: (NH, NKV, HD, ROT, INTERLEAVED, DYNAMIC, THREADS, layout, step, scale) */
     t_rope(t, 4, 2, 64, 64, 0, 0, 128, 0, &CFG_PREFILL, "prefill", 1.0f, 0);
     t_rope(t, 4, 2, 64, 64, 0, 0, 128, 0, &CFG_DECODE, "decode", 1.0f, 0);
-    t_rope(t, 4, 2, 64, 64, 0, 0, 128, 0, &CFG_ONE, "one", 1.0f, 0);
+    t_rope(t, 4, 2, 64, 64, 0, 0, 128, 16, &CFG_ONE, "one", 1.0f, 0);
     t_rope(t, 32, 8, 128, 128, 0, 0, 256, 0, &CFG_DECODE, "decode", 1.0f, 0);   /* Llama-3-8B */
     t_rope(t, 32, 8, 128, 128, 0, 0, 256, 0, &CFG_LONG, "long", 1.0f, 0);
     t_rope(t, 8, 8, 128, 128, 0, 0, 128, 1, &CFG_PREFILL, "prefill", 1.0f, 0);  /* MHA, strided */
@@ -1384,20 +1387,23 @@ void ktest_elementwise(kt *t)
     /* gemv_stream_rope (NH, NKV, HD, ROT, INTERLEAVED, DYNAMIC, K, bias): Llama-3-8B, Qwen2-7B
      * (bias), GPT-J style and NeoX partial rotary, dynamic NTK and longrope on both sides of
      * their switch, no rotation, no slot */
-    t_stream_rope(t, 32, 8, 128, 128, 0, 0, 4096, 0, 0, &CFG_ONE_100, "key 100");
-    t_stream_rope(t, 32, 8, 128, 128, 0, 0, 4096, 0, 0, &CFG_ONE_FAR, "key 20012");
-    t_stream_rope(t, 28, 4, 128, 128, 0, 0, 3584, 1, 0, &CFG_ONE_100, "key 100");
-    t_stream_rope(t, 8, 2, 128, 64, 1, 0, 1024, 0, 0, &CFG_ONE_100, "key 100");
-    t_stream_rope(t, 4, 4, 80, 32, 0, 0, 640, 1, 0, &CFG_ONE_100, "key 100");
-    t_stream_rope(t, 4, 2, 64, 64, 0, 1, 512, 0, 0, &CFG_ONE_100, "key 100");
-    t_stream_rope(t, 4, 2, 64, 64, 0, 1, 512, 0, 0, &CFG_ONE_10, "key 10");
-    t_stream_rope(t, 32, 32, 96, 96, 0, 2, 3072, 0, 0, &CFG_ONE_100, "key 100");
-    t_stream_rope(t, 4, 2, 64, 64, 0, 2, 512, 0, 0, &CFG_ONE_10, "key 10");
-    t_stream_rope(t, 4, 2, 64, 0, 0, 0, 512, 0, 0, &CFG_ONE_100, "key 100");
-    t_stream_rope(t, 32, 8, 128, 128, 0, 0, 4096, 0, 0, &CFG_ONE_NOSLOT, "no slot");
-    t_stream_rope(t, 32, 8, 128, 128, 0, 0, 4096, 0, 1, &CFG_ONE_100, "key 100");
-    t_stream_rope(t, 28, 4, 128, 128, 0, 0, 3584, 1, 1, &CFG_ONE_100, "key 100");
-    t_stream_rope(t, 4, 4, 80, 32, 0, 0, 640, 1, 1, &CFG_ONE_100, "key 100");
+    t_stream_rope(t, 32, 8, 128, 128, 0, 0, 4096, 0, 16, &CFG_ONE_100, "key 100");
+    t_stream_rope(t, 32, 8, 128, 128, 0, 0, 4096, 0, 16, &CFG_ONE_FAR, "key 20012");
+    t_stream_rope(t, 28, 4, 128, 128, 0, 0, 3584, 1, 16, &CFG_ONE_100, "key 100");
+    t_stream_rope(t, 8, 2, 128, 64, 1, 0, 1024, 0, 16, &CFG_ONE_100, "key 100");
+    t_stream_rope(t, 4, 4, 80, 32, 0, 0, 640, 1, 16, &CFG_ONE_100, "key 100");
+    t_stream_rope(t, 4, 2, 64, 64, 0, 1, 512, 0, 16, &CFG_ONE_100, "key 100");
+    t_stream_rope(t, 4, 2, 64, 64, 0, 1, 512, 0, 16, &CFG_ONE_10, "key 10");
+    t_stream_rope(t, 32, 32, 96, 96, 0, 2, 3072, 0, 16, &CFG_ONE_100, "key 100");
+    t_stream_rope(t, 4, 2, 64, 64, 0, 2, 512, 0, 16, &CFG_ONE_10, "key 10");
+    t_stream_rope(t, 4, 2, 64, 0, 0, 0, 512, 0, 16, &CFG_ONE_100, "key 100");
+    t_stream_rope(t, 32, 8, 128, 128, 0, 0, 4096, 0, 16, &CFG_ONE_NOSLOT, "no slot");
+    t_stream_rope(t, 32, 8, 128, 128, 0, 0, 4096, 0, 8, &CFG_ONE_100, "key 100");
+    t_stream_rope(t, 28, 4, 128, 128, 0, 0, 3584, 1, 8, &CFG_ONE_100, "key 100");
+    t_stream_rope(t, 4, 4, 80, 32, 0, 0, 640, 1, 8, &CFG_ONE_100, "key 100");
+    t_stream_rope(t, 32, 8, 128, 128, 0, 0, 4096, 0, 4, &CFG_ONE_100, "key 100");
+    t_stream_rope(t, 28, 4, 128, 128, 0, 0, 3584, 1, 4, &CFG_ONE_100, "key 100");
+    t_stream_rope(t, 4, 2, 64, 64, 0, 1, 512, 0, 4, &CFG_ONE_10, "key 10");
     /* the FP8 cache (kv8): Llama-3-8B's heads, GQA prefill with its padding token, longrope,
      * no rotation (v-like k), partial interleaved, head dims 256 and 20 (padded to 24) */
     t_rope(t, 32, 8, 128, 128, 0, 0, 256, 0, &CFG_DECODE, "decode", 1.0f, 1);

@@ -1199,25 +1199,41 @@ static void quant_case(kt *t, int K, int TH, int f16)
  * with a weight, 1 + it with uo, as rms_norm rounds it, before the product); 2: of round(x +
  * res), which must also come back exactly in res_out. fp8: gemv_stream_fp8, the weight
  * quantised to e4m3 with a scale per row (gweights_make's). */
-static void stream_case(kt *t, int N, int K, int gated, int act, int bias, int f32, int f16,
-                        int chain, int norm, int uo, int depth, int fp8)
+typedef struct {
+    int N, K, gated, act, bias, f32, f16, chain, norm, uo, depth, fp8;
+    int int4; /* gemv_stream_int4 (groups of KILN_GEMV_STREAM_INT4_G) */
+    int xexp; /* x times 2^xexp (bf16's range past f16's: gemv_stream_fp8's staging) */
+} stream_spec;
+
+static void stream_case(kt *t, const stream_spec *c)
 {
-    const int NOUT = gated ? N / 2 : N, W = KILN_GEMV_STREAM_WARPS, wb = fp8 ? 8 : 16;
+    const int N = c->N, K = c->K, gated = c->gated, act = c->act, bias = c->bias, f32 = c->f32;
+    const int f16 = c->f16, chain = c->chain, norm = c->norm, uo = c->uo, depth = c->depth;
+    const int fp8 = c->fp8, int4 = c->int4;
+    const int wb = fp8 ? 8 : int4 ? 4 : 16;
+    const int NOUT = gated ? N / 2 : N, W = KILN_GEMV_STREAM_WARPS(wb);
+    const char *form = fp8 ? "_fp8" : int4 ? "_int4" : "";
     const int D = depth ? depth : kt_stream_depth(K, wb);
     const int SEG = lower_gemv_stream_seg(K, wb), blocks = KILN_GEMV_STREAM_BLOCKS;
     const int smem = KILN_GEMV_STREAM_SMEM(W, D, SEG, K, 2, wb);
     char name[200], src[1024];
-    snprintf(name, sizeof name, "gemv_stream%s N=%d K=%d SEG=%d D=%d%s%s%s%s%s%s%s",
-             fp8 ? "_fp8" : "", N, K, SEG, D, gated ? " gated" : "", bias ? " bias" : "",
+    char xs[32] = "";
+    if (c->xexp)
+        snprintf(xs, sizeof xs, " x*2^%d", c->xexp);
+    snprintf(name, sizeof name, "gemv_stream%s N=%d K=%d SEG=%d D=%d%s%s%s%s%s%s%s%s", form, N,
+             K, SEG, D, gated ? " gated" : "", bias ? " bias" : "",
              f32 ? " f32" : "", f16 ? " f16" : "", chain ? " chained" : "",
-             norm == 1 ? " norm" : norm == 2 ? " residual norm" : "", uo ? " (1 + w)" : "");
+             norm == 1 ? " norm" : norm == 2 ? " residual norm" : "", uo ? " (1 + w)" : "", xs);
     if (!kt_want(t, name) || (!t->compile_only && !kt_sm90a(t)))
         return;
     assert((!chain || NOUT == K) && !(chain && norm));
     const char *dt = f16 ? "kiln::f16" : "kiln::bf16";
     char wp[64];
-    snprintf(wp, sizeof wp, fp8 ? "const unsigned char *w, const float *scale" : "const %s *w",
-             dt);
+    if (fp8 || int4)
+        snprintf(wp, sizeof wp, "const unsigned char *w, const %s",
+                 fp8 ? "float *scale" : "uint2 *scale");
+    else
+        snprintf(wp, sizeof wp, "const %s *w", dt);
     snprintf(src, sizeof src,
              "#include \"gemv_stream.cuh\"\n"
              "extern \"C\" __global__ void __launch_bounds__(%d)\n"
@@ -1225,9 +1241,9 @@ static void stream_case(kt *t, int N, int K, int gated, int act, int bias, int f
              "float eps, %s, const %s *bias, void *y, int M)\n"
              "{\n    kiln::gemv_stream%s<%s, %d, %d, %s, %s, %d, %s, %d, %d, %d, %d, %d, %s>(st, "
              "x, res, nw, res_out, eps, w, %sbias, y, M);\n}\n",
-             32 * W, dt, dt, dt, dt, wp, dt, fp8 ? "_fp8" : "", dt, N, K,
+             32 * W, dt, dt, dt, dt, wp, dt, form, dt, N, K,
              bias ? "true" : "false", gated ? "true" : "false", act, f32 ? "true" : "false", W, D,
-             SEG, blocks, norm, uo ? "true" : "false", fp8 ? "scale, " : "");
+             SEG, blocks, norm, uo ? "true" : "false", fp8 || int4 ? "scale, " : "");
     CUmodule m = kt_module_sm90a(t, name, src);
     if (!m || t->compile_only)
         return;
@@ -1235,6 +1251,8 @@ static void stream_case(kt *t, int N, int K, int gated, int act, int bias, int f
     KT_CU(t, cuFuncSetAttribute(f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem));
     float *x = xmalloc(sizeof(float) * (size_t)K), *b = xmalloc(sizeof(float) * (size_t)N);
     kt_fill(t, x, (size_t)K, 1.0f);
+    for (int i = 0; i < K && c->xexp; i++)
+        x[i] = ldexpf(x[i], c->xexp);
     kt_fill(t, b, (size_t)N, 0.5f);
     uint16_t *x16 = kt_to_dt(x, (size_t)K, f16), *b16 = kt_to_dt(b, (size_t)N, f16);
     /* the norm's residual and weight, and what the kernel must compute from them: s = round(x +
@@ -1260,7 +1278,7 @@ static void stream_case(kt *t, int N, int K, int gated, int act, int bias, int f
         free(kt_to_dt(x, (size_t)K, f16));
     }
     gweights g;
-    gweights_make(t, &g, N, K, f16, fp8 ? K : 0, 0, 0);
+    gweights_make(t, &g, N, K, f16, fp8 ? K : 0, 0, int4 ? KILN_GEMV_STREAM_INT4_G : 0);
     const size_t esz = f32 ? 4 : 2;
     CUdeviceptr dx = kt_upload(t, x16, 2 * (size_t)K);
     CUdeviceptr db = bias ? kt_upload(t, b16, 2 * (size_t)N) : 0;
@@ -1277,7 +1295,7 @@ static void stream_case(kt *t, int N, int K, int gated, int act, int bias, int f
     CUdeviceptr none = 0;
     void *args[11] = {&st, &dx, &dr, &dnw, &dro, &e0, &g.dw, &db, &dy, &one};
     void *args2[11] = {&st, &dy, &none, &none, &none, &e0, &g.dw, &db, &dy2, &one};
-    if (fp8) { /* the scale after w */
+    if (fp8 || int4) { /* the scales (INT4: the sz pairs) after w */
         memmove(&args[8], &args[7], 3 * sizeof(void *));
         memmove(&args2[8], &args2[7], 3 * sizeof(void *));
         args[7] = args2[7] = &g.ds;
@@ -1492,40 +1510,65 @@ void ktest_gemv(kt *t)
     /* gemv_stream: the Llama-3 1B/8B shapes (SEG 2048, several units a row, more outputs than
      * warps and fewer), a gated MLP, logits, units of 1792, 768, 1536 and 40 elements (lanes
      * idle in a unit's last pass), f16 and bias, chained launches */
-    stream_case(t, 3072, 2048, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
-    stream_case(t, 4096, 4096, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0);
-    stream_case(t, 2 * 14336, 4096, 1, KILN_ACT_SILU, 0, 0, 0, 0, 0, 0, 0, 0);
-    stream_case(t, 4096, 14336, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0);
-    stream_case(t, 200, 8192, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
-    stream_case(t, 32000, 2048, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0);
-    stream_case(t, 6144, 3072, 1, KILN_ACT_GELU_TANH, 1, 0, 0, 1, 0, 0, 0, 0);
-    stream_case(t, 896, 3584, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0);
-    stream_case(t, 1000, 768, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0);
-    stream_case(t, 1998, 1536, 1, KILN_ACT_SILU, 0, 0, 1, 0, 0, 0, 0, 0);
-    stream_case(t, 64, 40, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0);
-    stream_case(t, 128, 64, 1, KILN_ACT_SILU, 0, 0, 0, 1, 0, 0, 0, 0);
+    stream_case(t, &(stream_spec){.N = 3072, .K = 2048});
+    stream_case(t, &(stream_spec){.N = 4096, .K = 4096, .chain = 1});
+    stream_case(t, &(stream_spec){.N = 2 * 14336, .K = 4096, .gated = 1, .act = KILN_ACT_SILU});
+    stream_case(t, &(stream_spec){.N = 4096, .K = 14336, .bias = 1});
+    stream_case(t, &(stream_spec){.N = 200, .K = 8192});
+    stream_case(t, &(stream_spec){.N = 32000, .K = 2048, .f32 = 1});
+    stream_case(t, &(stream_spec){.N = 6144, .K = 3072, .gated = 1, .act = KILN_ACT_GELU_TANH,
+                                  .bias = 1, .chain = 1});
+    stream_case(t, &(stream_spec){.N = 896, .K = 3584, .bias = 1});
+    stream_case(t, &(stream_spec){.N = 1000, .K = 768, .bias = 1, .f16 = 1});
+    stream_case(t, &(stream_spec){.N = 1998, .K = 1536, .gated = 1, .act = KILN_ACT_SILU,
+                                  .f16 = 1});
+    stream_case(t, &(stream_spec){.N = 64, .K = 40, .bias = 1});
+    stream_case(t, &(stream_spec){.N = 128, .K = 64, .gated = 1, .act = KILN_ACT_SILU, .chain = 1});
     /* the RMS norm folded in: Llama-3 8B's qkv (plain, the first layer's) and gate/up (after a
      * residual), gemma's 1 + w, f16, a unit of 40 elements */
-    stream_case(t, 6144, 4096, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0);
-    stream_case(t, 2 * 14336, 4096, 1, KILN_ACT_SILU, 0, 0, 0, 0, 2, 0, 0, 0);
-    stream_case(t, 3072, 2048, 0, 0, 1, 0, 0, 0, 2, 1, 0, 0);
-    stream_case(t, 1000, 768, 0, 0, 0, 0, 1, 0, 2, 0, 0, 0);
-    stream_case(t, 64, 40, 0, 0, 1, 0, 0, 0, 2, 1, 0, 0);
+    stream_case(t, &(stream_spec){.N = 6144, .K = 4096, .norm = 1});
+    stream_case(t, &(stream_spec){.N = 2 * 14336, .K = 4096, .gated = 1, .act = KILN_ACT_SILU,
+                                  .norm = 2});
+    stream_case(t, &(stream_spec){.N = 3072, .K = 2048, .bias = 1, .norm = 2, .uo = 1});
+    stream_case(t, &(stream_spec){.N = 1000, .K = 768, .f16 = 1, .norm = 2});
+    stream_case(t, &(stream_spec){.N = 64, .K = 40, .bias = 1, .norm = 2, .uo = 1});
     /* the shallowest and a middle ring, as builds with a target of less shared memory run them
      * (lower_gemv_stream_depth): chained, wrapping the ring many times, with the norm folded in */
-    stream_case(t, 4096, 4096, 0, 0, 0, 0, 0, 1, 0, 0, KILN_GEMV_STREAM_DMIN, 0);
-    stream_case(t, 4096, 14336, 0, 0, 1, 0, 0, 0, 0, 0, KILN_GEMV_STREAM_DMIN, 0);
-    stream_case(t, 2 * 14336, 4096, 1, KILN_ACT_SILU, 0, 0, 0, 0, 2, 0, 3, 0);
+    stream_case(t, &(stream_spec){.N = 4096, .K = 4096, .chain = 1,
+                                  .depth = KILN_GEMV_STREAM_DMIN});
+    stream_case(t, &(stream_spec){.N = 4096, .K = 14336, .bias = 1,
+                                  .depth = KILN_GEMV_STREAM_DMIN});
+    stream_case(t, &(stream_spec){.N = 2 * 14336, .K = 4096, .gated = 1, .act = KILN_ACT_SILU,
+                                  .norm = 2, .depth = 3});
     /* gemv_stream_fp8: the Llama-3 8B layer (qkv with its norm, o chained, gate/up after a
      * residual, down in units of 3584), x staged in blocks of 512 past K (1040: units of 65
      * chunks, lanes idle; 48: one pass of 3 chunks), f16, bias, f32, the shallowest ring */
-    stream_case(t, 6144, 4096, 0, 0, 0, 0, 0, 0, 1, 0, 0, 1);
-    stream_case(t, 4096, 4096, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1);
-    stream_case(t, 2 * 14336, 4096, 1, KILN_ACT_SILU, 0, 0, 0, 0, 2, 0, 0, 1);
-    stream_case(t, 4096, 14336, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1);
-    stream_case(t, 1998, 1040, 1, KILN_ACT_GELU_TANH, 1, 0, 1, 0, 2, 1, 0, 1);
-    stream_case(t, 300, 48, 0, 0, 1, 1, 0, 0, 0, 0, 0, 1);
-    stream_case(t, 4096, 14336, 0, 0, 0, 0, 0, 0, 2, 0, KILN_GEMV_STREAM_DMIN, 1);
+    stream_case(t, &(stream_spec){.N = 6144, .K = 4096, .norm = 1, .fp8 = 1});
+    stream_case(t, &(stream_spec){.N = 4096, .K = 4096, .chain = 1, .fp8 = 1});
+    stream_case(t, &(stream_spec){.N = 2 * 14336, .K = 4096, .gated = 1, .act = KILN_ACT_SILU,
+                                  .norm = 2, .fp8 = 1});
+    stream_case(t, &(stream_spec){.N = 4096, .K = 14336, .bias = 1, .fp8 = 1});
+    stream_case(t, &(stream_spec){.N = 1998, .K = 1040, .gated = 1, .act = KILN_ACT_GELU_TANH,
+                                  .bias = 1, .f16 = 1, .norm = 2, .uo = 1, .fp8 = 1});
+    stream_case(t, &(stream_spec){.N = 300, .K = 48, .bias = 1, .f32 = 1, .fp8 = 1});
+    stream_case(t, &(stream_spec){.N = 4096, .K = 14336, .norm = 2, .depth = KILN_GEMV_STREAM_DMIN,
+                                  .fp8 = 1});
+    /* x past f16's range and far below it: the f16 staging's power of two */
+    stream_case(t, &(stream_spec){.N = 4096, .K = 4096, .fp8 = 1, .xexp = 40});
+    stream_case(t, &(stream_spec){.N = 1000, .K = 14336, .f32 = 1, .fp8 = 1, .xexp = -40});
+    /* gemv_stream_int4: the Llama-3 8B layer as above (down in units of 7168), units of 1280
+     * (40 chunks: a round's rows 8..15 partly empty) and 256 (8 chunks), f16, bias, f32, the
+     * shallowest ring */
+    stream_case(t, &(stream_spec){.N = 6144, .K = 4096, .norm = 1, .int4 = 1});
+    stream_case(t, &(stream_spec){.N = 4096, .K = 4096, .chain = 1, .int4 = 1});
+    stream_case(t, &(stream_spec){.N = 2 * 14336, .K = 4096, .gated = 1, .act = KILN_ACT_SILU,
+                                  .norm = 2, .int4 = 1});
+    stream_case(t, &(stream_spec){.N = 4096, .K = 14336, .bias = 1, .int4 = 1});
+    stream_case(t, &(stream_spec){.N = 1998, .K = 1280, .gated = 1, .act = KILN_ACT_GELU_TANH,
+                                  .bias = 1, .f16 = 1, .norm = 2, .uo = 1, .int4 = 1});
+    stream_case(t, &(stream_spec){.N = 300, .K = 256, .bias = 1, .f32 = 1, .int4 = 1});
+    stream_case(t, &(stream_spec){.N = 4096, .K = 14336, .norm = 2, .depth = KILN_GEMV_STREAM_DMIN,
+                                  .int4 = 1});
     gemv_invariance(t, 2048, 2048, 8, 8, 0, 0);
     gemv_invariance(t, 1000, 14336, 7, 16, 0, 0);
     gemv_invariance(t, 2048, 2048, 8, 8, 2048, 0);
