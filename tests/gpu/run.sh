@@ -28,7 +28,8 @@
 # --batch-invariant: 64 prompts together against each alone, bit for bit), RUN_INVARIANT_FIX
 # replaces its fixture list; RUN_KV8= skips section 3f (kilnc compile --kv-dtype fp8), RUN_KV8=F
 # runs it on fixture F instead of llama; RUN_INT4Q= skips section 3g (kilnc compile --quant int4),
-# RUN_INT4Q=F runs it on fixture F instead of llama.
+# RUN_INT4Q=F runs it on fixture F instead of llama; RUN_INT4S= skips section 3h (gemv_stream_int4 on a
+# synthesised shape).
 set -u
 cd "$(dirname "$0")/../.."
 LOG=/tmp/kiln-gpu-logs
@@ -531,6 +532,29 @@ for f in $INT4Q; do
     fi
   done
 done
+
+# 3h. gemv_stream_int4 (RUN_INT4S= skips): an INT4 weight in groups of 128 streams at batch 1 on
+# sm_90+ code, but the fixtures' widths (at most 192) take gemv_int4; a synthesised Llama-3.2 1B
+# of 2 layers (kilnc synth: hidden 2048, FFN 8192) compiled --quant int4 runs its 8 decode steps on
+# gemv_stream_int4 and gemv_stream_rope_int4 (the norms and rotations folded in), against kilnc
+# ref --quant int4 as in 3g (bound 0.1; measured 9.6e-3 at the commit that added it).
+if [ -n "${RUN_INT4S-1}" ] && ! skip_late syn1b_int4; then
+  S=/tmp/kiln-syn1b2 g=syn1b_int4
+  if { [ -f $S/config.json ] || $BIN/kilnc synth --like llama3.2-1b --layers 2 -o $S > $LOG/synth_$g.log 2>&1; } &&
+     $BIN/kilnc compile $S --quant int4 -o $ART/$g --sm $SM --max-batch 8 > $LOG/compile_$g.log 2>&1; then
+    n=$($BIN/kiln inspect $ART/$g --schedule | grep -c "gemv_stream.*_int4")
+    ids=$($PY -c "print(','.join(str(1000 + (i * 7919) % 100000) for i in range(40)))")
+    $BIN/kilnc ref $S --quant int4 --ids $ids --max-new 8 --dump $ART/$g.ref.st > $LOG/ref_$g.log 2>&1
+    if [ "$n" -gt 0 ] && $BIN/kiln run $ART/$g --ids $ids --max-new 8 --ignore-eos --dump $ART/$g.kiln.st > $LOG/run_$g.log 2>&1; then
+      $PY tests/gpu/compare.py quant "$g ($n stream steps)" $ART/$g.kiln.st $ART/$g.ref.st 0.1 >> "$SUMMARY" 2>>"$LOG/compare.log" || fail=1
+      shown
+    else
+      row "$(printf '%-24s FAIL run (%s gemv_stream_int4 steps): %s' $g "$n" "$(grep -m1 -i error $LOG/run_$g.log)")"; fail=1
+    fi
+  else
+    row "$(printf '%-24s FAIL synth or compile: %s' $g "$(grep -m1 -i error $LOG/compile_$g.log $LOG/synth_$g.log)")"; fail=1
+  fi
+fi
 
 # 3f. the FP8 KV cache (kilnc compile --kv-dtype fp8; RUN_KV8= skips): the fixture compiled with it
 # (F_kv8) and again with --max-tokens 64 (F_kv8c: the prompt prefilled in chunks of 64 tokens, each
