@@ -398,17 +398,15 @@ __device__ __forceinline__ void body(const kiln_step &st, const DT *x, const DT 
     constexpr bool FP8 = WBITS == 8, INT4 = WBITS == 4;
     constexpr int G4 = KILN_GEMV_STREAM_INT4_G;
     static_assert(WBITS == 16 ? sizeof(DT) == 2 : FP8 || INT4, "gemv_stream: 16, 8 or 4 bits");
-    constexpr int EPC = 128 / WBITS; // weight elements of a 16-byte chunk
-    static_assert(SEG % EPC == 0 && K % SEG == 0, "gemv_stream: K must be whole units of SEG");
-    static_assert(!INT4 || SEG % (2 * G4) == 0,
-                  "gemv_stream_int4: units of whole pairs of groups (16-byte sz slices)");
+    static_assert(SEG % KILN_GEMV_STREAM_CHUNK(WBITS) == 0 && K % SEG == 0,
+                  "gemv_stream: K must be whole units of SEG, SEG whole chunks (INT4: whole pairs "
+                  "of groups, 16-byte sz slices)");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     constexpr int NOUT = OUT::ITEMS;
     constexpr int KS = K / SEG;                    // units of one weight row
     constexpr int UPO = OUT::PAIRED ? 2 * KS : KS; // units of one item
-    constexpr int UB = SEG * WBITS / 8;            // weight bytes of a unit
-    constexpr int SZB = INT4 ? SEG / G4 * 8 : 0;   // its sz bytes (INT4)
-    constexpr int SLOT = UB + SZB;
+    constexpr int UB = SEG * WBITS / 8;                         // weight bytes of a unit
+    constexpr int SLOT = KILN_GEMV_STREAM_SLOT(SEG, WBITS), SZB = SLOT - UB; // + its sz (INT4)
     constexpr int TW = BLOCKS * WARPS;
     extern __shared__ __align__(128) unsigned char smem[];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gw = blockIdx.x * WARPS + warp;
