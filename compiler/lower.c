@@ -1003,19 +1003,40 @@ static ka_step gemm_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg bi
                          int64_t N, int64_t K, int64_t ldx, int64_t ldy, int out_f32, ka_rows rows)
 {
     ka_step s;
-    if (w->c->gemm_kiln) {
-        int has_bias = bias.kind != KA_ARG_NULL, h = lower_gemm90(w->c);
-        int bm = h ? KILN_GEMM90_BM : KILN_GEMM_BM, bn = h ? KILN_GEMM90_BN(N) : KILN_GEMM_BN;
-        int k = kern(w, "gemm", h ? KILN_GEMM90_THREADS : KILN_GEMM_THREADS,
-                     h ? KILN_GEMM90_SMEM((int)w->esize, bn) : KILN_GEMM_SMEM((int)w->esize),
+    if (w->c->gemm_kiln && lower_gemm90(w->c)) {
+        /* gemm90.cuh: x and w as TMA tensor maps the runtime makes from the step's x, w, n, k
+         * and ldx; KILN_GEMM90_BLOCKS blocks take the tiles in turn (kernels/kiln_gemm.h) */
+        int k = kern(w, "gemm", KILN_GEMM90_THREADS, KILN_GEMM90_SMEM((int)w->esize,
+                                                                      KILN_GEMM90_BN(N)),
+                     out_f32 ? "int M, const __grid_constant__ kiln::tmap tx, "
+                               "const __grid_constant__ kiln::tmap tw, const DT *bias, float *y"
+                             : "int M, const __grid_constant__ kiln::tmap tx, "
+                               "const __grid_constant__ kiln::tmap tw, const DT *bias, DT *y",
+                     "kiln::gemm90<DT, %s, %lld, %lld, %d>(M, tx, tw, bias, y, %lldLL)",
+                     out_f32 ? "float" : "DT", (long long)N, (long long)K,
+                     bias.kind != KA_ARG_NULL, (long long)ldy);
+        s = kstep(k, n->name, G(0, 0, 0, KILN_GEMM90_BLOCKS, 1), G1(), G1());
+        add_arg(&s, A(KA_ARG_M, 0));
+        add_arg(&s, A(KA_ARG_TMAP, 0));
+        add_arg(&s, A(KA_ARG_TMAP, 1));
+        add_arg(&s, bias);
+        add_arg(&s, y);
+        s.x = x;
+        s.w = wt;
+        s.n = N;
+        s.k = K;
+        s.ldx = ldx;
+    } else if (w->c->gemm_kiln) {
+        int k = kern(w, "gemm", KILN_GEMM_THREADS, KILN_GEMM_SMEM((int)w->esize),
                      out_f32 ? "int M, const DT *x, const DT *w, const DT *bias, float *y"
                              : "int M, const DT *x, const DT *w, const DT *bias, DT *y",
-                     "kiln::%s<DT, %s, %lld, %lld, %d>(M, x, %lldLL, w, bias, y, %lldLL)",
-                     h ? "gemm90" : "gemm", out_f32 ? "float" : "DT", (long long)N, (long long)K,
-                     has_bias, (long long)ldx, (long long)ldy);
+                     "kiln::gemm<DT, %s, %lld, %lld, %d>(M, x, %lldLL, w, bias, y, %lldLL)",
+                     out_f32 ? "float" : "DT", (long long)N, (long long)K,
+                     bias.kind != KA_ARG_NULL, (long long)ldx, (long long)ldy);
         /* grid (ceil(N / BN), ceil(M / BM)) */
-        s = kstep(k, n->name, G(0, 0, 0, (int)N, bn),
-                  rows == KA_ROWS_S ? G(0, 1, 0, 0, bm) : G(1, 0, 0, 0, bm), G1());
+        s = kstep(k, n->name, G(0, 0, 0, (int)N, KILN_GEMM_BN),
+                  rows == KA_ROWS_S ? G(0, 1, 0, 0, KILN_GEMM_BM) : G(1, 0, 0, 0, KILN_GEMM_BM),
+                  G1());
         add_arg(&s, A(KA_ARG_M, 0));
         add_arg(&s, x);
         add_arg(&s, wt);
@@ -2053,6 +2074,8 @@ int lower_check_args(const char *params, const ka_step *s, kerr *err)
         int ok;
         if (strstr(ty, "kiln_step"))
             ok = k == KA_ARG_STEP && !strchr(ty, '*');
+        else if (strstr(ty, "kiln::tmap"))
+            ok = k == KA_ARG_TMAP && !strchr(ty, '*');
         else if (strchr(ty, '*'))
             ok = k == KA_ARG_BUF || k == KA_ARG_SCRATCH || k == KA_ARG_WEIGHT ||
                  k == KA_ARG_CONST || k == KA_ARG_KV_K || k == KA_ARG_KV_V || k == KA_ARG_NULL ||
@@ -2305,6 +2328,15 @@ static void print_steps(const lowered *l, const ka_step *st, int n, FILE *f)
                 print_arg(&s->args[k], f);
             }
             fprintf(f, ")");
+            for (int k = 0; k < s->nargs; k++)
+                if (s->args[k].kind == KA_ARG_TMAP) { /* the tensors its maps describe */
+                    fprintf(f, " maps n=%lld k=%lld ldx=%lld x=", (long long)s->n,
+                            (long long)s->k, (long long)s->ldx);
+                    print_arg(&s->x, f);
+                    fprintf(f, " w=");
+                    print_arg(&s->w, f);
+                    break;
+                }
         }
         fprintf(f, "%s%s\n", ka_size_label(s->size), lg[s->logits]);
     }

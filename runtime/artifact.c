@@ -23,7 +23,7 @@ static const char *const wtype_names[] = {"", "f8_e4m3", "f32", "int4", "int4_sz
 static const int wtype_size[] = {2, 1, 4, 1, 4}; /* bytes per element as stored (int4: two a byte) */
 
 static const char *arg_names[] = {"step", "buf", "scratch", "weight", "const", "kv_k", "kv_v",
-                                  "null", "i32", "f32", "m",    "logits",  "out",  "rank"};
+                                  "null", "i32", "f32", "m",    "logits",  "out",  "rank", "tmap"};
 _Static_assert(ARRAY_LEN(arg_names) == KA_NARGKINDS, "arg kind table out of sync");
 
 const char *ka_arg_kind_name(ka_arg_kind k)
@@ -78,6 +78,15 @@ int64_t ka_kv_block_bytes(const ka_manifest *m, int l, int v)
     return (int64_t)KILN_BLOCK * y->n_kv * dim * 2; /* bf16 or f16 */
 }
 
+/* Whether kernel step s takes tensor maps (and so has the GEMM operands x, w, n, k, ldx). */
+static int has_tmap(const ka_step *s)
+{
+    for (int k = 0; k < s->nargs; k++)
+        if (s->args[k].kind == KA_ARG_TMAP)
+            return 1;
+    return 0;
+}
+
 /* ---------------------------------------------------------------- writing */
 
 static json_t *jarg(const ka_arg *a)
@@ -125,6 +134,13 @@ static json_t *jsteps(const ka_step *st, int n)
             for (int k = 0; k < s->nargs; k++)
                 json_array_append_new(args, jarg(&s->args[k]));
             json_object_set_new(o, "args", args);
+            if (has_tmap(s)) {
+                json_object_set_new(o, "x", jarg(&s->x));
+                json_object_set_new(o, "w", jarg(&s->w));
+                json_object_set_new(o, "n", json_integer(s->n));
+                json_object_set_new(o, "k", json_integer(s->k));
+                json_object_set_new(o, "ldx", json_integer(s->ldx));
+            }
         } else if (s->kind == KA_ALLREDUCE || s->kind == KA_ALLGATHER) {
             json_object_set_new(o, "collective",
                                 json_string(coll_names[s->kind - KA_ALLREDUCE]));
@@ -638,6 +654,11 @@ static int check_arg(rd *r, const ka_arg *a, const stepctx *c, const char *what)
                        c->where, what, (long long)a->i, -(INT32_MAX / KA_MAX_TP),
                        INT32_MAX / KA_MAX_TP);
         return 0;
+    case KA_ARG_TMAP:
+        if (a->i != 0 && a->i != 1)
+            return bad(r, "%s: %s (tmap) is %lld, expected 0 (of x) or 1 (of w)", c->where, what,
+                       (long long)a->i);
+        return 0;
     case KA_ARG_LOGITS:
         if (m->output_pool)
             return bad(r, "%s: %s is the logits buffer, which an embedding model does not have",
@@ -693,9 +714,53 @@ static int check_extent(rd *r, const stepctx *c, const ka_step *s, const char *w
     }
     if (bytes > cap)
         return bad(r, "%s: %s %s needs %lld bytes at %lld rows, %lld are left in %s", c->where,
-                   s->kind == KA_GEMM ? "GEMM" : "collective",
+                   s->kind == KA_ALLREDUCE || s->kind == KA_ALLGATHER ? "collective" : "GEMM",
                    what, (long long)bytes, (long long)rows, (long long)cap, in);
     return 0;
+}
+
+/* A GEMM's x, w, n, k and ldx (of a cuBLASLt step, or of a kernel step's tensor maps, `tmap`):
+ * x a buffer whose rows fit it at the largest step; w a 16-bit weight [n, k], or one dequantised
+ * into scratch by the step before (dequant_fp8, dequant_int4), or (cuBLASLt only) an FP8 weight.
+ * Sets *fp8 when w is an FP8 weight (x is then e4m3 rows in scratch, ldx = k). */
+static int parse_xw(rd *r, json_t *o, const stepctx *c, ka_step *s, int tmap, int *fp8)
+{
+    const ka_manifest *m = r->m;
+    *fp8 = 0;
+    if (parse_arg(r, json_object_get(o, "x"), c, "x", &s->x) ||
+        parse_arg(r, json_object_get(o, "w"), c, "w", &s->w))
+        return -1;
+    s->n = jint(r, o, c->where, "n", 1, KA_MAX_DIM);
+    s->k = jint(r, o, c->where, "k", 1, KA_MAX_DIM);
+    s->ldx = jint(r, o, c->where, "ldx", s->k, KA_MAX_DIM);
+    if (r->bad)
+        return -1;
+    if (s->x.kind != KA_ARG_BUF && s->x.kind != KA_ARG_SCRATCH)
+        return bad(r, "%s: GEMM x is %s, expected buf or scratch", c->where,
+                   ka_arg_kind_name(s->x.kind));
+    if (s->w.kind != KA_ARG_WEIGHT && s->w.kind != KA_ARG_SCRATCH)
+        return bad(r, "%s: GEMM w is %s, expected weight or scratch", c->where,
+                   ka_arg_kind_name(s->w.kind));
+    if (check_arg(r, &s->x, c, "x") || check_arg(r, &s->w, c, "w"))
+        return -1;
+    const ka_weight *w = s->w.kind == KA_ARG_WEIGHT ? &m->weights[s->w.i] : NULL;
+    *fp8 = w && w->type == KA_W_E4M3 && !tmap;
+    if (w && w->type != KA_W_ACT && !*fp8)
+        return bad(r, "%s: GEMM weight '%s' is %s: a GEMM reads a %s%s weight", c->where,
+                   w->name, wtype_names[w->type], m->dtype, tmap ? "" : " or an f8_e4m3");
+    if (w && (w->ndim != 2 || w->shape[0] != s->n || w->shape[1] != s->k))
+        return bad(r, "%s: GEMM n=%lld k=%lld, but its weight '%s' is %s with %d dimensions "
+                      "[%lld, %lld]",
+                   c->where, (long long)s->n, (long long)s->k, w->name,
+                   w->type == KA_W_ACT ? m->dtype : wtype_names[w->type], w->ndim,
+                   (long long)w->shape[0], (long long)(w->ndim > 1 ? w->shape[1] : 0));
+    if (!w && check_extent(r, c, s, "w", &s->w, s->n, s->k, s->k, 2))
+        return -1;
+    if (*fp8 && (s->x.kind != KA_ARG_SCRATCH || s->ldx != s->k))
+        return bad(r, "%s: an FP8 GEMM (weight '%s' is f8_e4m3) needs x in scratch with ldx = k",
+                   c->where, w->name);
+    return check_extent(r, c, s, "x", &s->x, max_rows(m, s, c->prefill), s->ldx, s->k,
+                        *fp8 ? 1 : 2);
 }
 
 static int parse_gemm(rd *r, json_t *o, const stepctx *c, ka_step *s)
@@ -704,50 +769,25 @@ static int parse_gemm(rd *r, json_t *o, const stepctx *c, ka_step *s)
     s->kind = KA_GEMM;
     if (!json_is_true(json_object_get(o, "gemm")))
         return bad(r, "%s: field 'gemm' is not true", c->where);
-    if (parse_arg(r, json_object_get(o, "x"), c, "x", &s->x) ||
-        parse_arg(r, json_object_get(o, "w"), c, "w", &s->w) ||
+    int fp8;
+    if (parse_xw(r, o, c, s, 0, &fp8) ||
         parse_arg(r, json_object_get(o, "bias"), c, "bias", &s->bias) ||
         parse_arg(r, json_object_get(o, "y"), c, "y", &s->y))
         return -1;
-    s->n = jint(r, o, c->where, "n", 1, KA_MAX_DIM);
-    s->k = jint(r, o, c->where, "k", 1, KA_MAX_DIM);
-    s->ldx = jint(r, o, c->where, "ldx", s->k, KA_MAX_DIM);
     s->ldy = jint(r, o, c->where, "ldy", s->n, KA_MAX_DIM);
     s->out_f32 = (int)jint(r, o, c->where, "out_f32", 0, 1);
     if (r->bad)
         return -1;
-    if (s->x.kind != KA_ARG_BUF && s->x.kind != KA_ARG_SCRATCH)
-        return bad(r, "%s: GEMM x is %s, expected buf or scratch", c->where,
-                   ka_arg_kind_name(s->x.kind));
-    /* w: a weight, or an FP8 weight dequantised into scratch by the step before (dequant_fp8) */
-    if (s->w.kind != KA_ARG_WEIGHT && s->w.kind != KA_ARG_SCRATCH)
-        return bad(r, "%s: GEMM w is %s, expected weight or scratch", c->where,
-                   ka_arg_kind_name(s->w.kind));
     if (s->bias.kind != KA_ARG_NULL && s->bias.kind != KA_ARG_WEIGHT)
         return bad(r, "%s: GEMM bias is %s, expected null or weight", c->where,
                    ka_arg_kind_name(s->bias.kind));
+    if (fp8 && s->bias.kind != KA_ARG_NULL)
+        return bad(r, "%s: an FP8 GEMM (weight '%s' is f8_e4m3) takes no bias", c->where,
+                   m->weights[s->w.i].name);
     if (s->y.kind != KA_ARG_BUF && s->y.kind != KA_ARG_SCRATCH && s->y.kind != KA_ARG_LOGITS)
         return bad(r, "%s: GEMM y is %s, expected buf, scratch or logits", c->where,
                    ka_arg_kind_name(s->y.kind));
-    if (check_arg(r, &s->x, c, "x") || check_arg(r, &s->w, c, "w") ||
-        check_arg(r, &s->bias, c, "bias") || check_arg(r, &s->y, c, "y"))
-        return -1;
-    const ka_weight *w = s->w.kind == KA_ARG_WEIGHT ? &m->weights[s->w.i] : NULL;
-    int fp8 = w && w->type == KA_W_E4M3;
-    if (fp8 && (s->x.kind != KA_ARG_SCRATCH || s->ldx != s->k || s->bias.kind != KA_ARG_NULL))
-        return bad(r, "%s: an FP8 GEMM (weight '%s' is f8_e4m3) needs x in scratch with ldx = k "
-                      "and no bias",
-                   c->where, w->name);
-    if (w && w->type != KA_W_ACT && !fp8)
-        return bad(r, "%s: GEMM weight '%s' is %s: a GEMM reads a %s or an f8_e4m3 weight",
-                   c->where, w->name, wtype_names[w->type], m->dtype);
-    if (w && (w->ndim != 2 || w->shape[0] != s->n || w->shape[1] != s->k))
-        return bad(r, "%s: GEMM n=%lld k=%lld, but its weight '%s' is %s with %d dimensions "
-                      "[%lld, %lld]",
-                   c->where, (long long)s->n, (long long)s->k, w->name,
-                   w->type == KA_W_ACT ? m->dtype : wtype_names[w->type], w->ndim,
-                   (long long)w->shape[0], (long long)(w->ndim > 1 ? w->shape[1] : 0));
-    if (!w && check_extent(r, c, s, "w", &s->w, s->n, s->k, s->k, 2))
+    if (check_arg(r, &s->bias, c, "bias") || check_arg(r, &s->y, c, "y"))
         return -1;
     if (s->bias.kind == KA_ARG_WEIGHT && m->weights[s->bias.i].nbytes != s->n * 2)
         return bad(r, "%s: GEMM bias '%s' has %lld bytes, expected n=%lld elements", c->where,
@@ -757,11 +797,8 @@ static int parse_gemm(rd *r, json_t *o, const stepctx *c, ka_step *s)
         return bad(r, "%s: a GEMM into the logits must write float rows of the vocabulary "
                       "(%d); got out_f32=%d n=%lld ldy=%lld",
                    c->where, m->vocab, s->out_f32, (long long)s->n, (long long)s->ldy);
-    int64_t rows = max_rows(m, s, c->prefill);
-    return check_extent(r, c, s, "x", &s->x, rows, s->ldx, s->k, fp8 ? 1 : 2) ||
-                   check_extent(r, c, s, "y", &s->y, rows, s->ldy, s->n, s->out_f32 ? 4 : 2)
-               ? -1
-               : 0;
+    return check_extent(r, c, s, "y", &s->y, max_rows(m, s, c->prefill), s->ldy, s->n,
+                        s->out_f32 ? 4 : 2);
 }
 
 /* A collective (artifact.h's comment on KA_ALLREDUCE says what it does): operands in buffers,
@@ -855,6 +892,9 @@ static int parse_kernel_step(rd *r, json_t *o, const stepctx *c, ka_step *s)
         if (parse_arg(r, json_array_get(args, (size_t)k), c, what, &s->args[k]) == 0)
             check_arg(r, &s->args[k], c, what);
     }
+    int fp8;
+    if (!r->bad && has_tmap(s))
+        parse_xw(r, o, c, s, 1, &fp8);
     return r->bad ? -1 : 0;
 }
 

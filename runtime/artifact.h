@@ -109,6 +109,10 @@ typedef enum {
     KA_ARG_RANK,    /* int: i * rank, rank = this device's rank 0..tp-1 (ka_read checks that
                      * |i| <= INT32_MAX / KA_MAX_TP, so the product fits an int); the one kernel
                      * argument whose value differs by rank */
+    KA_ARG_TMAP,    /* a TMA tensor map (a CUtensorMap, 128 bytes, by value) of the step's GEMM
+                     * operands, made by the runtime at each launch (runtime/kcuda.h:
+                     * kcuda_gemm90_maps, x of the step's M rows): i 0 of x, 1 of w. A kernel
+                     * step with one also has x, w, n, k and ldx (ka_step) */
     KA_NARGKINDS
 } ka_arg_kind;
 
@@ -174,7 +178,9 @@ typedef struct ka_step {
     int nargs;
     ka_arg args[KA_MAX_ARGS];
     /* GEMM: y[M, n] = x[M, k] . w[n, k]^T (+ bias[n]); x, y row-major with leading dims ldx, ldy
-     * (elements); y float when out_f32. Collectives use x, y, n, out_f32 and rows (above).
+     * (elements); y float when out_f32. Collectives use x, y, n, out_f32 and rows (above); a
+     * kernel step with KA_ARG_TMAP arguments x, w, n, k and ldx (the tensors its maps describe:
+     * x a buffer, w a weight [n, k]).
      * FP8 (w a KA_W_E4M3 weight): x is e4m3 rows too (templates/gemv.cuh's quant_fp8_rows, in
      * the weight's byte order, in scratch with ldx = k), no bias, and y the plain product of the
      * e4m3 values (fp8_rescale applies the rows' scales next). */

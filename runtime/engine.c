@@ -41,6 +41,7 @@
 
 #include "comm.h"
 #include "gemm.h"
+#include "../kernels/kiln_gemm.h"
 #include "../kernels/kiln_p2p.h"
 #include "hash.h"
 #include "kcuda.h"
@@ -1312,16 +1313,33 @@ static int run_steps(kmodel *m, kdev *d, const ka_step *steps, int n, int T, int
                 return kerr_add(err, "in step %d (%s), %d rows", i, s->label, rows);
             continue;
         }
+        unsigned gx = grid_dim(&s->grid[0], T, S, Q), gy = grid_dim(&s->grid[1], T, S, Q),
+                 gz = grid_dim(&s->grid[2], T, S, Q);
+        if (!gx || !gy || !gz)
+            continue;
         union {
             CUdeviceptr p;
             int i;
             float f;
         } val[KA_MAX_ARGS];
         void *params[KA_MAX_ARGS];
+        CUtensorMap maps[2]; /* made when a step takes them (ka_read: its x, w, n, k, ldx) */
+        int made = 0;
         for (int k = 0; k < s->nargs; k++) {
             const ka_arg *a = &s->args[k];
             switch (a->kind) {
             case KA_ARG_STEP: params[k] = &st; continue;
+            case KA_ARG_TMAP:
+                /* host work only (no GPU call), so a captured graph keeps the maps it was
+                 * launched with: the pointers are fixed after load, and rows is its bucket's */
+                if (!made++ &&
+                    kcuda_gemm90_maps(&m->cu, maps, ptr_of(m, d, &s->x, logits),
+                                      rows > 0 ? rows : 1, s->k,
+                                      s->ldx, ptr_of(m, d, &s->w, logits), s->n,
+                                      KILN_GEMM90_BN(s->n), err))
+                    return kerr_add(err, "in step %d (%s)", i, s->label);
+                params[k] = &maps[a->i];
+                continue;
             case KA_ARG_I32: val[k].i = (int)a->i; break;
             case KA_ARG_F32: val[k].f = (float)a->f; break;
             case KA_ARG_M: val[k].i = rows; break;
@@ -1330,10 +1348,6 @@ static int run_steps(kmodel *m, kdev *d, const ka_step *steps, int n, int T, int
             }
             params[k] = &val[k];
         }
-        unsigned gx = grid_dim(&s->grid[0], T, S, Q), gy = grid_dim(&s->grid[1], T, S, Q),
-                 gz = grid_dim(&s->grid[2], T, S, Q);
-        if (!gx || !gy || !gz)
-            continue;
         const ka_kernel *kk = &man->kernels[s->kernel];
         if (kcuda_launch(&m->cu, d->fn[s->kernel], gx, gy, gz, (unsigned)kk->block,
                          (unsigned)kk->smem, d->stream, params, d->pdl, err))

@@ -1,6 +1,8 @@
 /* kcuda — see kcuda.h. */
 #include "kcuda.h"
 
+#include "../kernels/kiln_gemm.h"
+
 #include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -124,5 +126,33 @@ int kcuda_launch(const kcuda *c, CUfunction f, unsigned gx, unsigned gy, unsigne
         return kerr_add(err, "grid %u,%u,%u of %u threads, %u bytes of shared memory", gx, gy,
                         gz, block, smem);
     }
+    return 0;
+}
+
+/* One 2-D map of 16-bit elements (the copy does not look at them: zeros are zeros in bf16 and
+ * f16 alike): rows x cols, ld elements apart, boxes of box_rows x KILN_GEMM90_BK. */
+static int gemm90_map(const kcuda *c, CUtensorMap *m, CUdeviceptr p, int64_t rows, int64_t cols,
+                      int64_t ld, int box_rows, kerr *err)
+{
+    cuuint64_t dim[2] = {(cuuint64_t)cols, (cuuint64_t)rows}, stride[1] = {(cuuint64_t)ld * 2};
+    cuuint32_t box[2] = {KILN_GEMM90_BK, (cuuint32_t)box_rows}, estride[2] = {1, 1};
+    KCU(c,
+        cuTensorMapEncodeTiled(m, CU_TENSOR_MAP_DATA_TYPE_UINT16, 2, (void *)(uintptr_t)p, dim,
+                               stride, box, estride, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                               CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                               CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
+        err);
+    return 0;
+}
+
+int kcuda_gemm90_maps(const kcuda *c, CUtensorMap maps[2], CUdeviceptr x, int64_t rows,
+                      int64_t k, int64_t ldx, CUdeviceptr w, int64_t n, int bn, kerr *err)
+{
+    _Static_assert(sizeof(CUtensorMap) == 128, "gemm90.cuh's kiln::tmap is 128 bytes");
+    if (gemm90_map(c, &maps[0], x, rows, k, ldx, KILN_GEMM90_BM, err) ||
+        gemm90_map(c, &maps[1], w, n, k, k, bn, err))
+        return kerr_add(err, "gemm90's tensor maps (x %lld x %lld, ld %lld; w %lld x %lld)",
+                        (long long)rows, (long long)k, (long long)ldx, (long long)n,
+                        (long long)k);
     return 0;
 }

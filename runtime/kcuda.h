@@ -29,7 +29,7 @@
     X(cuGraphInstantiateWithFlags) X(cuGraphLaunch) X(cuGraphExecDestroy) X(cuGraphDestroy)     \
     X(cuEventCreate) X(cuEventDestroy) X(cuEventRecord) X(cuEventSynchronize)                   \
     X(cuEventElapsedTime) X(cuGetErrorName) X(cuGetErrorString) X(cuDeviceCanAccessPeer)    \
-    X(cuCtxEnablePeerAccess) X(cuLaunchKernelEx)
+    X(cuCtxEnablePeerAccess) X(cuLaunchKernelEx) X(cuTensorMapEncodeTiled)
 
 typedef struct kcuda {
     void *lib;
@@ -65,6 +65,15 @@ int kcuda_pdl_wanted(int cc_major, int *pdl, kerr *err);
 int kcuda_launch(const kcuda *c, CUfunction f, unsigned gx, unsigned gy, unsigned gz,
                  unsigned block, unsigned smem, CUstream stream, void **params, int pdl,
                  kerr *err);
+
+/* The two TMA tensor maps of a templates/gemm90.cuh launch (kernels/kiln_gemm.h's launch rule),
+ * the one way the runtime and kiln-ktest make them: maps[0] of x (`rows` rows of k 16-bit
+ * elements, ldx apart; boxes of KILN_GEMM90_BM rows), maps[1] of w ([n, k], contiguous; boxes of
+ * bn rows, bn the kernel's tile width). Boxes are KILN_GEMM90_BK elements (128 bytes) wide,
+ * 128-byte swizzled (the kernel's shared layout); elements outside the tensor read as zeros,
+ * which is how the kernel's tails in M, N and K are zero. Host only (no GPU work); rows >= 1. */
+int kcuda_gemm90_maps(const kcuda *c, CUtensorMap maps[2], CUdeviceptr x, int64_t rows,
+                      int64_t k, int64_t ldx, CUdeviceptr w, int64_t n, int bn, kerr *err);
 
 #define KCU(c, call, err)                                                                       \
     do {                                                                                        \

@@ -247,8 +247,9 @@ static int ends_with(const char *s, const char *suffix)
 }
 
 /* The weight of a prefill-sized linear and its input width k: a cuBLASLt step, or kiln's own
- * GEMM kernel (family "gemm", lower.c's gemm_step: its first weight argument is the matrix, the
- * second the bias). -1 for any other step. */
+ * GEMM kernel (family "gemm", lower.c's gemm_step: gemm.cuh's first weight argument is the
+ * matrix, the second the bias; gemm90.cuh reads it through a tensor map of the step's w). -1
+ * for any other step. */
 static int64_t gemm_weight(const ka_manifest *m, const ka_step *s, int64_t *k)
 {
     if (s->kind == KA_GEMM) {
@@ -257,12 +258,17 @@ static int64_t gemm_weight(const ka_manifest *m, const ka_step *s, int64_t *k)
     }
     if (s->kind != KA_KERNEL || strcmp(family(m->kernels[s->kernel].name), "gemm"))
         return -1;
-    for (int a = 0; a < s->nargs; a++)
+    for (int a = 0; a < s->nargs; a++) {
+        if (s->args[a].kind == KA_ARG_TMAP) {
+            *k = s->k;
+            return s->w.i;
+        }
         if (s->args[a].kind == KA_ARG_WEIGHT) {
             const ka_weight *w = &m->weights[s->args[a].i];
             *k = w->shape[w->ndim - 1];
             return s->args[a].i;
         }
+    }
     return -1;
 }
 
@@ -292,9 +298,12 @@ void kroof_model_of(const ka_manifest *m, kroof_model *r)
         if (s->kind != KA_KERNEL) /* a collective reads activations only */
             continue;
         int gather = is_gather(m->kernels[s->kernel].name);
-        for (int a = 0; a < s->nargs; a++)
+        for (int a = 0; a < s->nargs; a++) {
             if (s->args[a].kind == KA_ARG_WEIGHT)
                 use[s->args[a].i] |= gather ? 1 : 2;
+            if (s->args[a].kind == KA_ARG_TMAP && s->args[a].i == 1) /* gemm90's w */
+                use[s->w.i] |= 2;
+        }
     }
     int n_o = 0;
     for (int i = 0; i < m->nprefill; i++) {

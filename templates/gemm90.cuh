@@ -18,29 +18,30 @@
 //     memory);
 //   - K is streamed in slices of BK = 64 elements (128 bytes a row) through a ring of STAGES
 //     slices (4 of 48 KiB for BN = 256, 6 of 32 KiB for 128: the same ~0.5 us of MMA in
-//     flight). The producer fills a slice with cp.async (16 bytes a copy, (BM + BN) / 16 a
-//     thread a slice; zero fill for rows past M or N and chunks past K, as gemm.cuh) and hands
-//     it over with cp.async.mbarrier.arrive.noinc on the slice's "full" mbarrier (128
-//     arrivals: one per producer thread, each when its own copies have landed). The consumers
-//     wait on "full", issue the slice's 4 wgmma as one group, and keep one group in flight
-//     (wgmma.wait_group 1): when slice kt's group is issued, slice kt-1's has completed, and one
-//     lane of each consumer warp arrives on slice kt-1's "empty" mbarrier (8 arrivals), which
-//     the producer waits on before it refills that stage. So the tensor cores always have the
-//     next slice queued, and the loads run up to STAGES - 1 slices ahead. No __syncthreads in
-//     the loop. (Plain cp.async rather than TMA: TMA needs a tensor map per (pointer, shape)
-//     built on the host, which the runtime's argument packing does not have.) The consumer
-//     fences the generic proxy (cp.async writes) against the async proxy (wgmma reads) after
-//     each wait on "full" (fence.proxy.async);
-//   - shared layout: the 128-byte swizzle of wgmma (and of TMA): a slice is rows of 64 elements
+//     flight). One producer thread fills a slice by TMA (cp.async.bulk.tensor.2d: an x box of BM
+//     rows and a w box of BN rows, each 64 elements wide, from the tensor maps tx and tw that
+//     the host makes: runtime/kcuda.c's kcuda_gemm90_maps), arming the slice's "full" mbarrier
+//     with one arrive.expect_tx of the stage's bytes, which the copies count down as they land.
+//     Rows past M or N and elements past K come back as zeros from the maps' bounds. The
+//     consumers wait on "full", issue the slice's 4 wgmma as one group, and keep one group in
+//     flight (wgmma.wait_group 1): when slice kt's group is issued, slice kt-1's has completed,
+//     and one lane of each consumer warp arrives on slice kt-1's "empty" mbarrier (8
+//     arrivals), which the producer waits on before it refills that stage. So the tensor cores
+//     always have the next slice queued, and the loads run up to STAGES - 1 slices ahead. No
+//     __syncthreads in the loop. (cp.async by a producer warpgroup, the first version, kept the
+//     tensor pipe 44-58% busy against TMA's 69-83%: 0.61 of cuBLASLt on the 8B shapes against
+//     0.84; tests/gpu/RESULTS.md, twenty-second session);
+//   - persistent: KILN_GEMM90_BLOCKS blocks, block b taking tiles b, b + gridDim.x, ...; the
+//     ring turns on across a block's tiles (its slices counted from its first tile), so the
+//     next tile's first slices load while the consumers store the last one's outputs;
+//   - shared layout: the 128-byte swizzle of wgmma and of TMA: a slice is rows of 64 elements
 //     (128 bytes), 16-byte chunk c of row r stored at chunk c ^ (r % 8), 8-row atoms of 1024
 //     bytes starting on a 1024-byte boundary. The descriptor: start address >> 4 (bits 0-13),
 //     leading byte offset 16 >> 4 (bits 16-29; unused for a swizzled K-major operand), stride
 //     byte offset 1024 >> 4 between 8-row atoms (bits 32-45), base offset 0 (bits 49-51: the
 //     atoms are 1024-aligned), swizzle mode 1 = 128 bytes (bits 62-63). The k-th 16-element
 //     step inside the slice starts 32k bytes further (the hardware applies the XOR to the
-//     address bits, as for TMA's layout). The producer's writes: 8 consecutive threads copy the
-//     8 chunks of one row (128 contiguous bytes of x or w), which land in 8 distinct 16-byte
-//     bank groups;
+//     address bits, as TMA writes them);
 //   - accumulator fragment (wgmma's m64nNk16 f32 D): warp q of the warpgroup holds rows
 //     16q..16q+15; lane (g = lane / 4, t = lane % 4) holds d[4j + 2h + e] at row 16q + 8h + g,
 //     column 8j + 2t + e (j < N / 8, h, e in {0, 1}): mma.sync's m16n8 C fragment, N / 8 times;
@@ -52,22 +53,32 @@
 // Numerics: fp32 accumulation inside the tensor cores (never rounded to 16 bits), the bias
 // added in float, one rounding to OT (the epilogue is gemm.cuh's).
 //
-// Launch rule (kernels/kiln_gemm.h): grid = (ceil(N / KILN_GEMM90_BN(N)), ceil(M_launch /
-// KILN_GEMM90_BM)) for any M_launch >= M, block = KILN_GEMM90_THREADS, dynamic shared memory
-// KILN_GEMM90_SMEM(sizeof(DT), KILN_GEMM90_BN(N)) (above 48 KiB: the launcher sets
-// CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES). The BN template argument defaults to
-// KILN_GEMM90_BN(N); kiln-ktest instantiates both widths for every shape it tests. Preconditions
-// as gemm.cuh: x and w 16-byte aligned, ldx % 8 == 0; y aligned to two OT and ldy even.
+// Launch rule (kernels/kiln_gemm.h): grid = (KILN_GEMM90_BLOCKS, 1, 1) whatever M is, block =
+// KILN_GEMM90_THREADS, dynamic shared memory KILN_GEMM90_SMEM(sizeof(DT), KILN_GEMM90_BN(N))
+// (above 48 KiB: the launcher sets CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES); tx and tw
+// by kcuda_gemm90_maps (x of M rows of K elements, ldx apart; w [N, K]; the boxes of this BN).
+// The BN template argument defaults to KILN_GEMM90_BN(N); kiln-ktest instantiates both widths
+// for every shape it tests. Preconditions (TMA's): x and w 16-byte aligned, ldx % 8 == 0; y
+// aligned to two OT and ldy even.
 //
-// What it does not do: TMA, thread-block clusters (multicast of w), a persistent grid that would
-// overlap one tile's epilogue with the next tile's MMA, setmaxnreg (the producer keeps the
-// registers it does not need: 384 threads x 168 registers fit the register file), stores staged
-// through shared memory (the epilogue writes pairs straight from the fragments).
+// What it does not do: thread-block clusters (multicast of w; the one attempt, with
+// cp.async-era barriers, measured 0.43), an epilogue overlapped with the next tile's MMA (both
+// consumer warpgroups store at once), setmaxnreg (384 threads x 168 registers fit the register
+// file), stores staged through shared memory (the epilogue writes pairs straight from the
+// fragments).
 #pragma once
 
-#include "gemm.cuh" // gemm_detail::cp16 and store_pair; common.cuh, kiln_gemm.h
+#include "gemm.cuh" // gemm_detail::store_pair; common.cuh, kiln_gemm.h
 
 namespace kiln {
+
+// A CUtensorMap (cuda.h, which NVRTC does not see): 128 opaque bytes, 64-byte aligned, made on
+// the host by kcuda_gemm90_maps (runtime/kcuda.c) and passed by value as a __grid_constant__
+// kernel parameter.
+struct alignas(64) tmap {
+    unsigned long long opaque[16];
+};
+
 namespace gemm90_detail {
 
 constexpr int BM = KILN_GEMM90_BM, BK = KILN_GEMM90_BK, THREADS = KILN_GEMM90_THREADS;
@@ -86,9 +97,6 @@ constexpr bool HAVE_WGMMA = false;
 #endif
 template <typename T> constexpr bool have_wgmma = HAVE_WGMMA; // dependent: checked when used
 
-// Byte offset of 16-byte chunk c of row r in a slice: the 128-byte swizzle (see the top).
-__device__ __forceinline__ unsigned swz(int r, int c) { return r * 128 + ((c ^ (r & 7)) << 4); }
-
 // wgmma's shared-memory matrix descriptor of a K-major, 128-byte-swizzled operand at `addr`.
 __device__ __forceinline__ unsigned long long desc(unsigned addr)
 {
@@ -102,11 +110,26 @@ __device__ __forceinline__ void bar_arrive(unsigned bar)
     asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(bar)
                  : "memory");
 }
-// One arrival on `bar` when every cp.async this thread has issued so far has landed (.noinc:
-// the arrival is one of the count the barrier was initialised with).
-__device__ __forceinline__ void bar_arrive_cp(unsigned bar)
+// The producer's one arrival on a full barrier, which also expects `bytes` more bytes of the
+// phase (the TMA loads' complete_tx count them down; some may land before it: the phase cannot
+// complete while this arrival is pending).
+__device__ __forceinline__ void bar_expect_tx(unsigned bar, unsigned bytes)
 {
-    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar),
+                 "r"(bytes)
+                 : "memory");
+}
+
+// TMA: the box of map `m` at (element c0 of a row, row c1) into shared memory at `dst` (the
+// 128-byte swizzle the map was made with), complete_tx on `bar`; elements outside the tensor are
+// zeros and count as bytes. The map is a __grid_constant__ kernel parameter, so its generic
+// address is in the parameter space, where TMA may read it.
+__device__ __forceinline__ void tma_load(unsigned dst, const tmap &m, int c0, int c1, unsigned bar)
+{
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+                 " [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
+                 "l"((unsigned long long)&m), "r"(c0), "r"(c1), "r"(bar)
+                 : "memory");
 }
 
 // d (64 x NN floats of the warpgroup, the fragment at the top) += A (64 x 16) . B (NN x 16)^T,
@@ -224,11 +247,23 @@ __device__ __forceinline__ void fence_acc(float (&d)[R])
         asm volatile("" : "+f"(d[i])::"memory");
 }
 
+// Tile `tile` of ntm tile rows by NTN tile columns -> its first row and column: tiles are
+// numbered in groups of GROUP tile rows, column by column inside a group, so the blocks working at
+// one time share their x rows and w columns in L2 (gemm.cuh's map).
+template <int BN, int NTN>
+__device__ __forceinline__ void tile_origin(int tile, int ntm, int &m0, int &n0)
+{
+    const int per_group = GROUP * NTN, first = tile / per_group * GROUP;
+    const int rows = ntm - first < GROUP ? ntm - first : GROUP;
+    m0 = (first + tile % per_group % rows) * BM;
+    n0 = tile % per_group / rows * BN;
+}
+
 } // namespace gemm90_detail
 
 template <typename DT, typename OT, int N, int K, int BIAS, int BN = KILN_GEMM90_BN(N)>
-__device__ __forceinline__ void gemm90(int M, const DT *x, long long ldx, const DT *w,
-                                       const DT *bias, OT *y, long long ldy)
+__device__ __forceinline__ void gemm90(int M, const tmap &tx, const tmap &tw, const DT *bias,
+                                       OT *y, long long ldy)
 {
     KILN_PDL_ENTER();
     using namespace gemm90_detail;
@@ -245,14 +280,11 @@ __device__ __forceinline__ void gemm90(int M, const DT *x, long long ldx, const 
                   "gemm90: kiln_gemm.h's SMEM");
     constexpr int KT = (K + BK - 1) / BK; // slices of K
 
-    // Block -> tile, in groups of GROUP tile rows (gemm.cuh's map).
-    const int ntn = gridDim.x, ntm = gridDim.y;
-    const int pid = blockIdx.y * ntn + blockIdx.x, per_group = GROUP * ntn;
-    const int first = pid / per_group * GROUP;
-    const int rows = ntm - first < GROUP ? ntm - first : GROUP;
-    const int m0 = (first + pid % per_group % rows) * BM;
-    const int n0 = pid % per_group / rows * BN;
-    if (m0 >= M || n0 >= N)
+    // Tiles: ntm tile rows of BM by NTN tile columns of BN, numbered in groups of GROUP tile
+    // rows (gemm.cuh's map); block b takes tiles b, b + gridDim.x, b + 2 gridDim.x, ...
+    constexpr int NTN = (N + BN - 1) / BN;
+    const int ntm = (M + BM - 1) / BM, ntiles = NTN * ntm;
+    if ((int)blockIdx.x >= ntiles)
         return; // uniform over the block: no barrier is reached
 
     // Stages from the first 1024-byte boundary; then the mbarriers: full[s] at bars + 8s,
@@ -263,92 +295,95 @@ __device__ __forceinline__ void gemm90(int M, const DT *x, long long ldx, const 
     const int tid = threadIdx.x, wg = tid >> 7;
     if (tid == 0) {
         for (int s = 0; s < STAGES; s++) {
-            mbar_init(bars + 8 * s, 128);          // full: each producer thread's copies landed
+            mbar_init(bars + 8 * s, 1);            // full: the producer's arrival, then the bytes
             mbar_init(bars + 8 * (STAGES + s), 8); // empty: each consumer warp done reading
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     __syncthreads();
 
+    // The ring turns across the block's tiles: its it-th slice (counting from the block's first
+    // tile) goes to stage it % STAGES, in the barriers' phase it / STAGES.
     if (wg == 0) {
-        // Producer: thread tid copies chunk c = tid % 8 of rows r0 + 16i (r0 = tid / 8) of the
-        // x slice (i < BM / 16) and of the w slice (i < BN / 16); rows r0 + 16i share r0's
-        // swizzle, 2048 bytes apart. Slice kt goes to stage kt % STAGES once the consumers have
-        // released the slice that was there (kt - STAGES): empty's phase kt / STAGES - 1.
-        const int r0 = tid >> 3, c = tid & 7;
-        const unsigned so = swz(r0, c);
+        // Producer: one thread. A slice goes to its stage once the consumers have released the
+        // slice that was there (it - STAGES): empty's phase it / STAGES - 1; it arms the stage's
+        // full barrier with the stage's bytes and loads the x box (BM rows) and the w box (BN
+        // rows) by TMA. So the next tile's first slices load while the consumers store the last
+        // one's outputs. Zeros past M, N and K come from the maps' bounds.
+        if (tid != 0)
+            return;
+        unsigned it = 0;
 #pragma unroll 1
-        for (int kt = 0; kt < KT; kt++) {
-            const int s = kt % STAGES;
-            mbar_wait(bars + 8 * (STAGES + s), (kt / STAGES & 1) ^ 1);
-            const int k = kt * BK + 8 * c;
-            const bool kin = k < K; // the chunk is whole: K % 8 == 0
-            const unsigned a = base + s * STAGE + so, b = a + TILE_A;
-#pragma unroll
-            for (int i = 0; i < BM / 16; i++) {
-                const int m = m0 + r0 + 16 * i;
-                const bool ok = kin && m < M;
-                gemm_detail::cp16(a + 2048 * i, ok ? x + (long long)m * ldx + k : x, ok ? 16 : 0);
+        for (int tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
+            int m0, n0;
+            gemm90_detail::tile_origin<BN, NTN>(tile, ntm, m0, n0);
+#pragma unroll 1
+            for (int kt = 0; kt < KT; kt++, it++) {
+                const int s = it % STAGES;
+                const unsigned full = bars + 8 * s, a = base + s * STAGE;
+                mbar_wait(bars + 8 * (STAGES + s), (it / STAGES & 1) ^ 1);
+                bar_expect_tx(full, STAGE);
+                tma_load(a, tx, kt * BK, m0, full);
+                tma_load(a + TILE_A, tw, kt * BK, n0, full);
             }
-#pragma unroll
-            for (int i = 0; i < BN / 16; i++) {
-                const int n = n0 + r0 + 16 * i;
-                const bool ok = kin && n < N;
-                gemm_detail::cp16(b + 2048 * i, ok ? w + (long long)n * K + k : w, ok ? 16 : 0);
-            }
-            bar_arrive_cp(bars + 8 * s);
         }
-        asm volatile("cp.async.wait_all;\n" ::: "memory"); // nothing in flight when it exits
         return;
     }
 
     // Consumers: warpgroup cw multiplies rows 64cw..64cw+63 of the tile by all BN columns.
     const int cw = wg - 1, lane = tid & 31, q = (tid >> 5) & 3;
-    float acc[BN / 2];
-#pragma unroll
-    for (int i = 0; i < BN / 2; i++)
-        acc[i] = 0.f;
-#pragma unroll 1
-    for (int kt = 0; kt < KT; kt++) {
-        const int s = kt % STAGES;
-        mbar_wait(bars + 8 * s, kt / STAGES & 1);
-        __syncwarp(); // the lanes left the wait loop apart: converged for the .aligned wgmma
-        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); // cp.async -> wgmma
-        const unsigned a = base + s * STAGE + cw * 64 * 128, b = base + s * STAGE + TILE_A;
-        fence_acc(acc);
-        wg_fence();
-#pragma unroll
-        for (int kk = 0; kk < BK / 16; kk++)
-            wgmma(acc, desc(a + 32 * kk), desc(b + 32 * kk), DT());
-        wg_commit();
-        wg_wait<1>(); // slice kt-1's group has completed: its stage may be refilled
-        fence_acc(acc);
-        if (kt > 0 && lane == 0)
-            bar_arrive(bars + 8 * (STAGES + (kt - 1) % STAGES));
-    }
-    wg_wait<0>();
-    fence_acc(acc);
-
-    // Epilogue (gemm.cuh's): lane (g, t) of warp q holds acc[4j + 2h + e] at row
-    // 64cw + 16q + 8h + g, column 8j + 2t + e of the tile.
     const int g = lane >> 2, t = lane & 3;
-    const int mr = m0 + 64 * cw + 16 * q + g;
+    float acc[BN / 2];
+    unsigned it = 0;
+#pragma unroll 1
+    for (int tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
+        int m0, n0;
+        gemm90_detail::tile_origin<BN, NTN>(tile, ntm, m0, n0);
 #pragma unroll
-    for (int j = 0; j < BN / 8; j++) {
-        const int n = n0 + 8 * j + 2 * t;
-        if (n >= N)
-            continue;
-        const bool two = n + 1 < N;
-        float b0 = 0.f, b1 = 0.f;
-        if (BIAS) {
-            b0 = to_f(bias[n]);
-            b1 = two ? to_f(bias[n + 1]) : 0.f;
+        for (int i = 0; i < BN / 2; i++)
+            acc[i] = 0.f;
+#pragma unroll 1
+        for (int kt = 0; kt < KT; kt++, it++) {
+            const int s = it % STAGES;
+            mbar_wait(bars + 8 * s, it / STAGES & 1);
+            __syncwarp(); // the lanes left the wait loop apart: converged for the .aligned wgmma
+            const unsigned a = base + s * STAGE + cw * 64 * 128, b = base + s * STAGE + TILE_A;
+            fence_acc(acc);
+            wg_fence();
+#pragma unroll
+            for (int kk = 0; kk < BK / 16; kk++)
+                wgmma(acc, desc(a + 32 * kk), desc(b + 32 * kk), DT());
+            wg_commit();
+            wg_wait<1>(); // slice it-1's group has completed: its stage may be refilled
+            fence_acc(acc);
+            if (kt > 0 && lane == 0)
+                bar_arrive(bars + 8 * (STAGES + (it - 1) % STAGES));
         }
+        wg_wait<0>();
+        fence_acc(acc);
+        if (lane == 0) // the tile's last slice is read: the producer may refill its stage
+            bar_arrive(bars + 8 * (STAGES + (it - 1) % STAGES));
+
+        // Epilogue (gemm.cuh's): lane (g, t) of warp q holds acc[4j + 2h + e] at row
+        // 64cw + 16q + 8h + g, column 8j + 2t + e of the tile.
+        const int mr = m0 + 64 * cw + 16 * q + g;
 #pragma unroll
-        for (int h = 0; h < 2; h++)
-            if (mr + 8 * h < M)
-                gemm_detail::store_pair(y, ldy, mr + 8 * h, n, N, acc[4 * j + 2 * h] + b0,
-                                        acc[4 * j + 2 * h + 1] + b1);
+        for (int j = 0; j < BN / 8; j++) {
+            const int n = n0 + 8 * j + 2 * t;
+            if (n >= N)
+                continue;
+            const bool two = n + 1 < N;
+            float b0 = 0.f, b1 = 0.f;
+            if (BIAS) {
+                b0 = to_f(bias[n]);
+                b1 = two ? to_f(bias[n + 1]) : 0.f;
+            }
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+                if (mr + 8 * h < M)
+                    gemm_detail::store_pair(y, ldy, mr + 8 * h, n, N, acc[4 * j + 2 * h] + b0,
+                                            acc[4 * j + 2 * h + 1] + b1);
+        }
     }
 }
 

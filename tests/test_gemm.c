@@ -113,25 +113,44 @@ static void expect_kiln_gemm(const char *fx, const lowered *l, const ka_step *c,
     assert_int_equal(l->m.kernels[k->kernel].block, h ? KILN_GEMM90_THREADS : KILN_GEMM_THREADS);
     assert_int_equal(l->m.kernels[k->kernel].smem,
                      h ? KILN_GEMM90_SMEM(2, bn) : KILN_GEMM_SMEM(2)); /* bf16 */
-    /* wrapper (M, x, w, bias, y) */
+    /* wrapper: gemm.cuh's (M, x, w, bias, y); gemm90.cuh's (M, x's map, w's map, bias, y), the
+     * step carrying the x, w, n, k and ldx its maps are made of */
+    char want[256];
     assert_int_equal(k->nargs, 5);
     assert_int_equal(k->args[0].kind, KA_ARG_M);
-    assert_true(same_shifted(&k->args[1], &c->x, shift));
-    assert_true(same_arg(&k->args[2], &c->w));
+    if (h) {
+        assert_int_equal(k->args[1].kind, KA_ARG_TMAP);
+        assert_int_equal(k->args[1].i, 0);
+        assert_int_equal(k->args[2].kind, KA_ARG_TMAP);
+        assert_int_equal(k->args[2].i, 1);
+        assert_true(same_shifted(&k->x, &c->x, shift));
+        assert_true(same_arg(&k->w, &c->w));
+        assert_int_equal(k->n, c->n);
+        assert_int_equal(k->k, c->k);
+        assert_int_equal(k->ldx, c->ldx);
+        snprintf(want, sizeof want,
+                 "kiln::gemm90<DT, %s, %lld, %lld, %d>(M, tx, tw, bias, y, %lldLL)",
+                 c->out_f32 ? "float" : "DT", (long long)c->n, (long long)c->k,
+                 c->bias.kind != KA_ARG_NULL, (long long)c->ldy);
+    } else {
+        assert_true(same_shifted(&k->args[1], &c->x, shift));
+        assert_true(same_arg(&k->args[2], &c->w));
+        snprintf(want, sizeof want,
+                 "kiln::gemm<DT, %s, %lld, %lld, %d>(M, x, %lldLL, w, bias, y, %lldLL)",
+                 c->out_f32 ? "float" : "DT", (long long)c->n, (long long)c->k,
+                 c->bias.kind != KA_ARG_NULL, (long long)c->ldx, (long long)c->ldy);
+    }
     assert_true(same_arg(&k->args[3], &c->bias));
     assert_true(same_shifted(&k->args[4], &c->y, shift));
-    char want[256];
-    snprintf(want, sizeof want,
-             "kiln::%s<DT, %s, %lld, %lld, %d>(M, x, %lldLL, w, bias, y, %lldLL)",
-             h ? "gemm90" : "gemm", c->out_f32 ? "float" : "DT", (long long)c->n, (long long)c->k,
-             c->bias.kind != KA_ARG_NULL, (long long)c->ldx, (long long)c->ldy);
     assert_string_equal(l->inst_call[k->kernel], want);
-    /* grid (ceil(N / BN), ceil(M / BM)), M the step's rows, at a few step sizes */
+    /* gemm.cuh: grid (ceil(N / BN), ceil(M / BM)), M the step's rows, at a few step sizes;
+     * gemm90.cuh: KILN_GEMM90_BLOCKS whatever M is */
     const long sizes[][2] = {{9, 1}, {64, 4}, {bm + 1, 2}, {3 * bm, 3}};
     for (size_t i = 0; i < ARRAY_LEN(sizes); i++) {
         long T = sizes[i][0], S = sizes[i][1], M = c->rows == KA_ROWS_S ? S : T;
-        assert_int_equal(grid_at(&k->grid[0], T, S), (c->n + bn - 1) / bn);
-        assert_int_equal(grid_at(&k->grid[1], T, S), (M + bm - 1) / bm);
+        assert_int_equal(grid_at(&k->grid[0], T, S),
+                         h ? KILN_GEMM90_BLOCKS : (c->n + bn - 1) / bn);
+        assert_int_equal(grid_at(&k->grid[1], T, S), h ? 1 : (M + bm - 1) / bm);
         assert_int_equal(grid_at(&k->grid[2], T, S), 1);
     }
 }

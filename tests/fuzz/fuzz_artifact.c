@@ -54,6 +54,7 @@ static void check_arg(const ka_manifest *m, const ka_arg *a, int step, int k)
     case KA_ARG_RANK: /* i * rank fits an int for every rank */
         ok = a->i >= -(INT32_MAX / KA_MAX_TP) && a->i <= INT32_MAX / KA_MAX_TP;
         break;
+    case KA_ARG_TMAP: ok = a->i == 0 || a->i == 1; break;
     default: ok = (unsigned)a->kind < KA_NARGKINDS;
     }
     FZ_CHECK(ok, "step %d: argument %d (%s %lld) out of range", step, k, ka_arg_kind_name(a->kind),
@@ -68,8 +69,19 @@ static void check_steps(const ka_manifest *m, const ka_step *s, int n)
                      i, s[i].kernel, m->nkernels);
             FZ_CHECK(s[i].nargs >= 0 && s[i].nargs <= KA_MAX_ARGS, "step %d: %d args", i,
                      s[i].nargs);
-            for (int k = 0; k < s[i].nargs; k++)
+            int maps = 0;
+            for (int k = 0; k < s[i].nargs; k++) {
                 check_arg(m, &s[i].args[k], i, k);
+                maps |= s[i].args[k].kind == KA_ARG_TMAP;
+            }
+            if (maps) { /* the tensors the maps describe */
+                FZ_CHECK((s[i].x.kind == KA_ARG_BUF || s[i].x.kind == KA_ARG_SCRATCH) &&
+                             (s[i].w.kind == KA_ARG_WEIGHT || s[i].w.kind == KA_ARG_SCRATCH),
+                         "step %d: tensor maps of x %s, w %s", i, ka_arg_kind_name(s[i].x.kind),
+                         ka_arg_kind_name(s[i].w.kind));
+                check_arg(m, &s[i].x, i, -1);
+                check_arg(m, &s[i].w, i, -2);
+            }
         } else if (s[i].kind == KA_ALLREDUCE || s[i].kind == KA_ALLGATHER) {
             const ka_arg *g[2] = {&s[i].x, &s[i].y};
             for (int k = 0; k < 2; k++) {

@@ -17,8 +17,10 @@
  * 64-element slice exactly (64), under one 32-element slice and not a multiple of one (144, 200,
  * 4104, 136, 328: 64-element slices and a chunk or more), M of 1, 7, 16, 64, 65, 128, 129, 300,
  * 1030 (partial row tiles, one and several, more than a group of 8 tile rows), K of 4104 (65
- * slices: gemm90's ring of 4 or 6 stages turns 16 or 10 times), row strides ldx = K + 8 and
- * ldy = N + 8, a grid sized for 300 more rows than M, bias, float output, f16, and the Llama
+ * slices: gemm90's ring of 4 or 6 stages turns 16 or 10 times; 1030 rows: a block of its
+ * persistent grid takes several tiles, the ring turning on across them), row strides ldx = K + 8
+ * (x's tensor map then skips the NaN padding) and ldy = N + 8, gemm.cuh's grid sized for 300
+ * more rows than M, bias, float output, f16, and the Llama
  * 8B/1B linears and the 1B logits at M = 64 and 512 (there only a sample of rows is compared:
  * the double reference of all of them would take minutes).
  *
@@ -64,7 +66,8 @@ typedef struct gkind {
     const char *name; /* the cases' prefix */
     const char *tmpl; /* the template: kiln::TMPL in templates/TMPL.cuh */
     int bm, bn, threads, smem;
-    int sm90a; /* exists on sm_90a only; its BN is a template argument */
+    int sm90a; /* gemm90: exists on sm_90a only; its BN is a template argument, it takes x and w
+                * as TMA tensor maps and runs KILN_GEMM90_BLOCKS blocks */
 } gkind;
 
 static const gkind kinds[] = {
@@ -83,25 +86,65 @@ static int kind_here(const kt *t, const gkind *g) { return !g->sm90a || kt_sm90a
 static CUmodule gemm_module(kt *t, const gkind *g, const char *name, int f16, int f32, int N,
                             int K, int bias)
 {
-    const char *dt = f16 ? "kiln::f16" : "kiln::bf16";
-    char src[1024], bn[16] = "";
+    const char *dt = f16 ? "kiln::f16" : "kiln::bf16", *ot = f32 ? "float" : dt;
+    char src[1024];
     if (g->sm90a)
-        snprintf(bn, sizeof bn, ", %d", g->bn);
-    snprintf(src, sizeof src,
-             "#include \"%s.cuh\"\n"
-             "extern \"C\" __global__ void __launch_bounds__(%d)\n"
-             "k_gemm(int M, const %s *x, long long ldx, const %s *w, const %s *bias, %s *y,\n"
-             "       long long ldy)\n"
-             "{\n"
-             "    kiln::%s<%s, %s, %d, %d, %d%s>(M, x, ldx, w, bias, y, ldy);\n"
-             "}\n",
-             g->tmpl, g->threads, dt, dt, dt, f32 ? "float" : dt, g->tmpl, dt,
-             f32 ? "float" : dt, N, K, bias, bn);
+        snprintf(src, sizeof src,
+                 "#include \"gemm90.cuh\"\n"
+                 "extern \"C\" __global__ void __launch_bounds__(%d)\n"
+                 "k_gemm(int M, const __grid_constant__ kiln::tmap tx,\n"
+                 "       const __grid_constant__ kiln::tmap tw, const %s *bias, %s *y,\n"
+                 "       long long ldy)\n"
+                 "{\n"
+                 "    kiln::gemm90<%s, %s, %d, %d, %d, %d>(M, tx, tw, bias, y, ldy);\n"
+                 "}\n",
+                 g->threads, dt, ot, dt, ot, N, K, bias, g->bn);
+    else
+        snprintf(src, sizeof src,
+                 "#include \"gemm.cuh\"\n"
+                 "extern \"C\" __global__ void __launch_bounds__(%d)\n"
+                 "k_gemm(int M, const %s *x, long long ldx, const %s *w, const %s *bias, %s *y,\n"
+                 "       long long ldy)\n"
+                 "{\n"
+                 "    kiln::gemm<%s, %s, %d, %d, %d>(M, x, ldx, w, bias, y, ldy);\n"
+                 "}\n",
+                 g->threads, dt, dt, dt, ot, dt, ot, N, K, bias);
     return g->sm90a ? kt_module_sm90a(t, name, src) : kt_module(t, name, src);
 }
 
-static unsigned grid_x(const gkind *g, int N) { return (unsigned)((N + g->bn - 1) / g->bn); }
-static unsigned grid_y(const gkind *g, int M) { return (unsigned)((M + g->bm - 1) / g->bm); }
+/* The launch rule: gemm.cuh's grid covers the tiles, gemm90.cuh's is KILN_GEMM90_BLOCKS. */
+static unsigned grid_x(const gkind *g, int N)
+{
+    return g->sm90a ? KILN_GEMM90_BLOCKS : (unsigned)((N + g->bn - 1) / g->bn);
+}
+static unsigned grid_y(const gkind *g, int M)
+{
+    return g->sm90a ? 1 : (unsigned)((M + g->bm - 1) / g->bm);
+}
+
+/* A launch's kernel arguments, as the runtime packs them: gemm's (M, x, ldx, w, bias, y, ldy),
+ * gemm90's (M, x's map, w's map, bias, y, ldy), the maps made as runtime/engine.c makes them
+ * (kcuda_gemm90_maps, x of M rows). */
+typedef struct gargs {
+    int M;
+    CUdeviceptr x, w, b, y;
+    long long ldx, ldy;
+    CUtensorMap map[2];
+    void *p[7];
+} gargs;
+
+static int gargs_make(kt *t, const gkind *g, gargs *a, int N, int K, kerr *err)
+{
+    if (!g->sm90a) {
+        void *p[] = {&a->M, &a->x, &a->ldx, &a->w, &a->b, &a->y, &a->ldy};
+        memcpy(a->p, p, sizeof p);
+        return 0;
+    }
+    void *p[] = {&a->M, &a->map[0], &a->map[1], &a->b, &a->y, &a->ldy};
+    memcpy(a->p, p, sizeof p);
+    return kcuda_gemm90_maps(&t->cu, a->map, a->x, a->M > 0 ? a->M : 1, K, a->ldx, a->w, N,
+                             g->bn, err);
+}
 
 /* One problem's inputs: host copies rounded through the storage type, and device copies. */
 typedef struct gdata {
@@ -167,14 +210,20 @@ static void gdata_free(kt *t, gdata *d)
 static CUdeviceptr gemm_run(kt *t, const gkind *g, CUfunction f, const char *name, const gdata *d,
                             int row0, int M, int m_launch, int yrows, long long ldy, int f32)
 {
-    CUdeviceptr y = kt_alloc(t, (size_t)yrows * (size_t)ldy * (f32 ? 4 : 2));
-    CUdeviceptr x = d->dx + (CUdeviceptr)((size_t)row0 * (size_t)d->ldx * 2);
-    long long ldx = d->ldx;
-    CUdeviceptr w = d->dw, b = d->db;
-    void *args[] = {&M, &x, &ldx, &w, &b, &y, &ldy};
+    gargs a = {.M = M,
+               .x = d->dx + (CUdeviceptr)((size_t)row0 * (size_t)d->ldx * 2),
+               .w = d->dw,
+               .b = d->db,
+               .y = kt_alloc(t, (size_t)yrows * (size_t)ldy * (f32 ? 4 : 2)),
+               .ldx = d->ldx,
+               .ldy = ldy};
+    kerr e;
+    kerr_clear(&e);
+    if (gargs_make(t, g, &a, d->N, d->K, &e))
+        fprintf(stderr, "%s: %s\n", name, kerr_msg(&e)); /* the launch below then fails */
     kt_launch(t, f, name, grid_x(g, d->N), grid_y(g, m_launch), 1, (unsigned)g->threads,
-              (size_t)g->smem, args);
-    return y;
+              (size_t)g->smem, a.p);
+    return a.y;
 }
 
 /* Element i of a downloaded y, as float. */
@@ -428,10 +477,16 @@ typedef struct gbench {
  * f == NULL times cuBLASLt (into ylt), else kiln's kernel f (into y). */
 static int bench_time(kt *t, gbench *b, CUfunction f, double *ms)
 {
+    gargs a = {.M = b->M, .x = b->x, .w = b->w, .b = 0, .y = b->y, .ldx = b->K, .ldy = b->N};
     long long ldx = b->K, ldy = b->N;
-    CUdeviceptr nob = 0;
-    int M = b->M;
-    void *args[] = {&M, &b->x, &ldx, &b->w, &nob, &b->y, &ldy};
+    if (f) {
+        kerr e;
+        kerr_clear(&e);
+        if (gargs_make(t, b->g, &a, b->N, b->K, &e)) {
+            fprintf(stderr, "bench gemm: %s\n", kerr_msg(&e));
+            return -1;
+        }
+    }
     double best = 0;
     for (int r = -1; r < 3; r++) {
         const int n = r < 0 ? 2 : 10;
@@ -440,7 +495,7 @@ static int bench_time(kt *t, gbench *b, CUfunction f, double *ms)
             if (f) {
                 BCK(cuLaunchKernel(f, grid_x(b->g, b->N), grid_y(b->g, b->M), 1,
                                    (unsigned)b->g->threads, 1, 1, (unsigned)b->g->smem,
-                                   t->stream, args, NULL));
+                                   t->stream, a.p, NULL));
             } else {
                 kerr e;
                 kerr_clear(&e);
