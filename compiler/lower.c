@@ -128,8 +128,12 @@ static void push_gemm(lw *w, int which, ka_step *s, int skinny)
     push_sized(w, which & DEC, s);
 }
 
-static ka_grid G(int t, int s, int q, int add, int div) { return (ka_grid){t, s, q, add, div}; }
+static ka_grid G(int t, int s, int q, int add, int div)
+{
+    return (ka_grid){t, s, q, add, div, 0};
+}
 static ka_grid G1(void) { return G(0, 0, 0, 1, 1); }
+static ka_grid GSM(void) { return (ka_grid){0, 0, 0, 0, 1, 1}; } /* one block an SM */
 
 static ka_step kstep(int kernel, const char *label, ka_grid x, ka_grid y, ka_grid z)
 {
@@ -1005,7 +1009,7 @@ static ka_step gemm_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg bi
     ka_step s;
     if (w->c->gemm_kiln && lower_gemm90(w->c)) {
         /* gemm90.cuh: x and w as TMA tensor maps the runtime makes from the step's x, w, n, k
-         * and ldx; KILN_GEMM90_BLOCKS blocks take the tiles in turn (kernels/kiln_gemm.h) */
+         * and ldx; one block an SM, the blocks taking the tiles in turn (kernels/kiln_gemm.h) */
         int k = kern(w, "gemm", KILN_GEMM90_THREADS, KILN_GEMM90_SMEM((int)w->esize,
                                                                       KILN_GEMM90_BN(N)),
                      out_f32 ? "int M, const __grid_constant__ kiln::tmap tx, "
@@ -1015,7 +1019,7 @@ static ka_step gemm_step(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg bi
                      "kiln::gemm90<DT, %s, %lld, %lld, %d>(M, tx, tw, bias, y, %lldLL)",
                      out_f32 ? "float" : "DT", (long long)N, (long long)K,
                      bias.kind != KA_ARG_NULL, (long long)ldy);
-        s = kstep(k, n->name, G(0, 0, 0, KILN_GEMM90_BLOCKS, 1), G1(), G1());
+        s = kstep(k, n->name, GSM(), G1(), G1());
         add_arg(&s, A(KA_ARG_M, 0));
         add_arg(&s, A(KA_ARG_TMAP, 0));
         add_arg(&s, A(KA_ARG_TMAP, 1));

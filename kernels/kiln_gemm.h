@@ -24,22 +24,19 @@
 #define KILN_GEMM_SMEM(esz)                                                                       \
     (KILN_GEMM_STAGES * (KILN_GEMM_BM + KILN_GEMM_BN) * KILN_GEMM_BK * (esz))
 
-/* Hopper's kernel (templates/gemm90.cuh: wgmma, sm_90a only), persistent: grid =
- * (KILN_GEMM90_BLOCKS, 1, 1) whatever M is (block b takes tiles b, b + 132, ... of the
- * ceil(M / BM) x ceil(N / BN) tiles; blocks past the last tile return), block =
- * KILN_GEMM90_THREADS (a producer warpgroup, one thread of which loads by TMA, and two that
- * multiply), dynamic shared
- * memory KILN_GEMM90_SMEM(esz, KILN_GEMM90_BN(N)): STAGES slices of the x and w tiles, 1 KiB so
- * that the slices can start on a 1024-byte boundary (the 128-byte swizzle's atom), and the
- * ring's 2 * STAGES mbarriers; 193 KiB for 16-bit DT, one block an SM (at most 227 KiB a block
- * on sm_90). The tile width is a function of N alone (batch invariance: never of M): 256
- * columns (the widest wgmma, the fewest operand reads per MMA) unless N <= 4096, where a
- * 256-column tile leaves most of the 132 SMs of an H100/H200 idle at a few hundred rows
+/* Hopper's kernel (templates/gemm90.cuh: wgmma, sm_90a only), persistent: grid = (the device's
+ * SM count, 1, 1) whatever M is (a grid rule's sm term: runtime/artifact.h), block b taking tiles
+ * b, b + gridDim.x, ... of the ceil(M / BM) x ceil(N / BN) tiles (any grid computes the product;
+ * one block an SM keeps every SM busy with no second wave; blocks past the last tile return),
+ * block = KILN_GEMM90_THREADS (a producer warpgroup, one thread of which loads by TMA, and two
+ * that multiply), dynamic shared memory KILN_GEMM90_SMEM(esz, KILN_GEMM90_BN(N)): STAGES slices
+ * of the x and w tiles, 1 KiB so that the slices can start on a 1024-byte boundary (the 128-byte
+ * swizzle's atom), and the ring's 2 * STAGES mbarriers; 193 KiB for 16-bit DT, one block an SM
+ * (at most 227 KiB a block on sm_90). The tile width is a function of N alone (batch invariance:
+ * never of M): 256 columns (the widest wgmma, the fewest operand reads per MMA) unless N <= 4096,
+ * where a 256-column tile leaves most of the 132 SMs of an H100/H200 idle at a few hundred rows
  * (N = 4096, M = 512: 64 tiles), 128 there. compiler/lower.c uses it when every target of the
- * artifact is sm_90a, gemm.cuh otherwise. KILN_GEMM90_BLOCKS is the SM count of an H100 SXM or
- * H200 (gemv_stream's KILN_GEMV_STREAM_BLOCKS likewise): a card with fewer SMs runs the blocks
- * past its count as a second wave. */
-#define KILN_GEMM90_BLOCKS 132
+ * artifact is sm_90a, gemm.cuh otherwise. */
 #define KILN_GEMM90_BM 128
 #define KILN_GEMM90_BN(N) ((N) > 4096 ? 256 : 128)
 #define KILN_GEMM90_BK 64

@@ -108,6 +108,8 @@ static json_t *jgrid(const ka_grid *g)
     json_array_append_new(a, json_integer(g->q));
     json_array_append_new(a, json_integer(g->add));
     json_array_append_new(a, json_integer(g->div));
+    if (g->sm)
+        json_array_append_new(a, json_integer(g->sm));
     return a;
 }
 
@@ -862,22 +864,25 @@ static int parse_kernel_step(rd *r, json_t *o, const stepctx *c, ka_step *s)
     /* the largest step the engine can launch: grids grow with T, S and Q */
     int64_t T = c->prefill ? m->max_tokens : m->max_seqs, S = m->max_seqs,
             Q = c->prefill ? (m->max_tokens < m->max_seq_len ? m->max_tokens : m->max_seq_len) : 1;
-    static const char *dims = "xyz", *names[5] = {"t", "s", "q", "add", "div"};
+    static const char *dims = "xyz", *names[6] = {"t", "s", "q", "add", "div", "sm"};
     for (int d = 0; d < 3; d++) {
         json_t *gd = json_array_get(g, (size_t)d);
-        if (!json_is_array(gd) || json_array_size(gd) != 5)
-            return bad(r, "%s: grid rule %c is not a list of 5 integers", c->where, dims[d]);
-        int *f[5] = {&s->grid[d].t, &s->grid[d].s, &s->grid[d].q, &s->grid[d].add,
-                     &s->grid[d].div};
-        for (int k = 0; k < 5; k++) {
+        size_t ne = json_is_array(gd) ? json_array_size(gd) : 0;
+        if (ne != 5 && ne != 6)
+            return bad(r, "%s: grid rule %c is not a list of 5 or 6 integers", c->where, dims[d]);
+        int *f[6] = {&s->grid[d].t,   &s->grid[d].s,   &s->grid[d].q,
+                     &s->grid[d].add, &s->grid[d].div, &s->grid[d].sm};
+        for (size_t k = 0; k < ne; k++) {
             char what[32];
             snprintf(what, sizeof what, "grid %c.%s", dims[d], names[k]);
-            *f[k] = (int)jelem(r, gd, (size_t)k, c->where, what, k == 4 ? 1 : 0, INT32_MAX);
+            *f[k] = (int)jelem(r, gd, k, c->where, what, k == 4 ? 1 : 0,
+                               k == 5 ? KA_MAX_SMS : INT32_MAX);
         }
         if (r->bad)
             return -1;
         const ka_grid *gr = &s->grid[d];
-        int64_t v = gr->t * T + gr->s * S + gr->q * Q + gr->add; /* < 2^58: no overflow */
+        /* < 2^58: no overflow; the sm term at the most SMs a device is taken to have */
+        int64_t v = gr->t * T + gr->s * S + gr->q * Q + gr->add + (int64_t)gr->sm * KA_MAX_SMS;
         int64_t blocks = (v + gr->div - 1) / gr->div, lim = d == 0 ? INT32_MAX : 65535;
         if (blocks > lim)
             return bad(r, "%s: grid %c is %lld blocks at the largest step (T=%lld S=%lld Q=%lld); "

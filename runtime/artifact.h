@@ -122,11 +122,15 @@ typedef struct ka_arg {
     double f;
 } ka_arg;
 
-/* One grid dimension: ceil((t*T + s*n_seqs + q*max_q + add) / div), max_q = the most tokens
- * of one sequence in the step. */
+/* One grid dimension: ceil((t*T + s*n_seqs + q*max_q + add + sm*sms) / div), max_q = the most
+ * tokens of one sequence in the step, sms the SM count of the device it runs on (a persistent
+ * kernel's one block an SM: templates/gemm90.cuh). Written as [t, s, q, add, div], with sm as a
+ * sixth element where it is not 0. */
 typedef struct ka_grid {
-    int t, s, q, add, div;
+    int t, s, q, add, div, sm;
 } ka_grid;
+
+#define KA_MAX_SMS 1024 /* the SM count ka_read bounds a grid's sm term by */
 
 /* KA_ALLREDUCE and KA_ALLGATHER are collectives over the tp ranks (NCCL). Every rank runs the
  * same step at the same place in its schedule, after every step before it on its stream, so the

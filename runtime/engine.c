@@ -66,6 +66,7 @@ typedef struct kdev {
     CUcontext ctx;
     CUstream stream;
     int cc_major, cc_minor;
+    int sms;                 /* its SM count (a grid rule's sm term) */
     char devname[256];
     const ka_blob *code;     /* the cubin (or PTX) this device loads */
     int is_ptx;
@@ -754,6 +755,8 @@ static int open_devices(kmodel *m, kerr *err)
                                              CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, d->dev)) ||
             (rc = m->cu.cuDeviceGetAttribute(&d->cc_minor,
                                              CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, d->dev)) ||
+            (rc = m->cu.cuDeviceGetAttribute(&d->sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+                                             d->dev)) ||
             (rc = m->cu.cuDeviceGetName(d->devname, sizeof d->devname, d->dev))) {
             kcuda_fail(&m->cu, rc, "device query", __FILE__, __LINE__, err);
             return kerr_add(err, "on GPU %d", i);
@@ -1252,9 +1255,9 @@ static CUdeviceptr ptr_of(const kmodel *m, const kdev *d, const ka_arg *a, CUdev
     }
 }
 
-static unsigned grid_dim(const ka_grid *g, int T, int S, int Q)
+static unsigned grid_dim(const ka_grid *g, int T, int S, int Q, int sms)
 {
-    long v = (long)g->t * T + (long)g->s * S + (long)g->q * Q + g->add;
+    long v = (long)g->t * T + (long)g->s * S + (long)g->q * Q + g->add + (long)g->sm * sms;
     return (unsigned)((v + g->div - 1) / g->div);
 }
 
@@ -1313,8 +1316,9 @@ static int run_steps(kmodel *m, kdev *d, const ka_step *steps, int n, int T, int
                 return kerr_add(err, "in step %d (%s), %d rows", i, s->label, rows);
             continue;
         }
-        unsigned gx = grid_dim(&s->grid[0], T, S, Q), gy = grid_dim(&s->grid[1], T, S, Q),
-                 gz = grid_dim(&s->grid[2], T, S, Q);
+        unsigned gx = grid_dim(&s->grid[0], T, S, Q, d->sms),
+                 gy = grid_dim(&s->grid[1], T, S, Q, d->sms),
+                 gz = grid_dim(&s->grid[2], T, S, Q, d->sms);
         if (!gx || !gy || !gz)
             continue;
         union {

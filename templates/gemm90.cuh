@@ -31,7 +31,7 @@
 //     __syncthreads in the loop. (cp.async by a producer warpgroup, the first version, kept the
 //     tensor pipe 44-58% busy against TMA's 69-83%: 0.61 of cuBLASLt on the 8B shapes against
 //     0.84; tests/gpu/RESULTS.md, twenty-second session);
-//   - persistent: KILN_GEMM90_BLOCKS blocks, block b taking tiles b, b + gridDim.x, ...; the
+//   - persistent: one block an SM, block b taking tiles b, b + gridDim.x, ...; the
 //     ring turns on across a block's tiles (its slices counted from its first tile), so the
 //     next tile's first slices load while the consumers store the last one's outputs;
 //   - shared layout: the 128-byte swizzle of wgmma and of TMA: a slice is rows of 64 elements
@@ -53,7 +53,8 @@
 // Numerics: fp32 accumulation inside the tensor cores (never rounded to 16 bits), the bias
 // added in float, one rounding to OT (the epilogue is gemm.cuh's).
 //
-// Launch rule (kernels/kiln_gemm.h): grid = (KILN_GEMM90_BLOCKS, 1, 1) whatever M is, block =
+// Launch rule (kernels/kiln_gemm.h): grid = (SM count, 1, 1) whatever M is (any grid computes
+// the product; the engine's is the device's SM count: a grid rule's sm term), block =
 // KILN_GEMM90_THREADS, dynamic shared memory KILN_GEMM90_SMEM(sizeof(DT), KILN_GEMM90_BN(N))
 // (above 48 KiB: the launcher sets CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES); tx and tw
 // by kcuda_gemm90_maps (x of M rows of K elements, ldx apart; w [N, K]; the boxes of this BN).

@@ -483,6 +483,20 @@ static void e_grid_y(json_t *r)
     json_t *g = json_object_get(find_step(r, "decode", "step", &k), "grid");
     json_array_set_new(json_array_get(g, 1), 3, json_integer(70000)); /* add */
 }
+/* the sixth element, the SM count's multiplier (gemm90's one block an SM), is bounded */
+static void e_grid_sm(json_t *r)
+{
+    size_t k;
+    json_t *g = json_object_get(find_step(r, "decode", "step", &k), "grid");
+    json_array_append_new(json_array_get(g, 0), json_integer(KA_MAX_SMS + 1));
+}
+static void e_grid_len(json_t *r)
+{
+    size_t k;
+    json_t *x = json_array_get(json_object_get(find_step(r, "decode", "step", &k), "grid"), 0);
+    json_array_append_new(x, json_integer(1));
+    json_array_append_new(x, json_integer(1));
+}
 static void e_grid_shape(json_t *r)
 {
     size_t k;
@@ -676,6 +690,8 @@ static void test_bad_fields_resigned(void **state)
         {"grid x", e_grid_x, {"grid x is ", "blocks at the largest step (T=64 S=4 Q=64); the limit is 2147483647"}},
         {"grid y", e_grid_y, {"grid y is ", "the limit is 65535"}},
         {"grid rules", e_grid_shape, {"grid has 2 rules, expected 3"}},
+        {"grid sm", e_grid_sm, {"grid x.sm is 1025, expected 0..1024"}},
+        {"grid rule length", e_grid_len, {"grid rule x is not a list of 5 or 6 integers"}},
         {"gemm n", e_gemm_n, {"prefill step ", "GEMM n=", "but its weight"}},
         {"gemm ldx", e_gemm_ldx, {"ldx is ", "expected "}},
         {"gemm extent", e_gemm_x_extent, {"GEMM x needs ", "bytes at 64 rows", "left in the activation slab"}},

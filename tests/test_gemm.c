@@ -86,10 +86,11 @@ static int same_shifted(const ka_arg *a, const ka_arg *b, long long *shift)
     return *shift > 0 && *shift % 256 == 0 && a->i - b->i == *shift;
 }
 
-/* The grid dimension at T tokens of S sequences, as the runtime computes it (artifact.h). */
+/* The grid dimension at T tokens of S sequences, as the runtime computes it (artifact.h), on a
+ * device of 132 SMs. */
 static long grid_at(const ka_grid *g, long T, long S)
 {
-    long v = g->t * T + g->s * S + g->add;
+    long v = g->t * T + g->s * S + g->add + 132L * g->sm;
     return (v + g->div - 1) / g->div;
 }
 
@@ -144,12 +145,16 @@ static void expect_kiln_gemm(const char *fx, const lowered *l, const ka_step *c,
     assert_true(same_shifted(&k->args[4], &c->y, shift));
     assert_string_equal(l->inst_call[k->kernel], want);
     /* gemm.cuh: grid (ceil(N / BN), ceil(M / BM)), M the step's rows, at a few step sizes;
-     * gemm90.cuh: KILN_GEMM90_BLOCKS whatever M is */
+     * gemm90.cuh: one block an SM whatever M is (the sm term alone) */
     const long sizes[][2] = {{9, 1}, {64, 4}, {bm + 1, 2}, {3 * bm, 3}};
     for (size_t i = 0; i < ARRAY_LEN(sizes); i++) {
         long T = sizes[i][0], S = sizes[i][1], M = c->rows == KA_ROWS_S ? S : T;
-        assert_int_equal(grid_at(&k->grid[0], T, S),
-                         h ? KILN_GEMM90_BLOCKS : (c->n + bn - 1) / bn);
+        if (h) {
+            const ka_grid sm = {0, 0, 0, 0, 1, 1};
+            assert_memory_equal(&k->grid[0], &sm, sizeof sm);
+        } else {
+            assert_int_equal(grid_at(&k->grid[0], T, S), (c->n + bn - 1) / bn);
+        }
         assert_int_equal(grid_at(&k->grid[1], T, S), h ? 1 : (M + bm - 1) / bm);
         assert_int_equal(grid_at(&k->grid[2], T, S), 1);
     }

@@ -475,6 +475,7 @@ int main(int argc, char **argv)
     CK(cuDeviceGet(&dev, 0));
     CK(cuDeviceGetAttribute(&maj, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev));
     CK(cuDeviceGetAttribute(&min, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev));
+    CK(cuDeviceGetAttribute(&t->sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, dev));
     CK(cuDeviceGetName(name, sizeof name, dev));
     CK(cuDevicePrimaryCtxRetain(&t->ctx, dev));
     CK(cuCtxSetCurrent(t->ctx));

@@ -25,6 +25,7 @@ typedef struct kt {
     CUcontext ctx;
     CUstream stream;
     char arch[16];      /* "sm_90a" */
+    int sms;            /* the GPU's SM count (0 with --compile-only) */
     const char *root;   /* repository root (templates/, kernels/) */
     uint64_t rng;
     int cases, failures;

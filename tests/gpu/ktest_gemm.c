@@ -67,7 +67,7 @@ typedef struct gkind {
     const char *tmpl; /* the template: kiln::TMPL in templates/TMPL.cuh */
     int bm, bn, threads, smem;
     int sm90a; /* gemm90: exists on sm_90a only; its BN is a template argument, it takes x and w
-                * as TMA tensor maps and runs KILN_GEMM90_BLOCKS blocks */
+                * as TMA tensor maps and runs one block an SM */
 } gkind;
 
 static const gkind kinds[] = {
@@ -112,10 +112,10 @@ static CUmodule gemm_module(kt *t, const gkind *g, const char *name, int f16, in
     return g->sm90a ? kt_module_sm90a(t, name, src) : kt_module(t, name, src);
 }
 
-/* The launch rule: gemm.cuh's grid covers the tiles, gemm90.cuh's is KILN_GEMM90_BLOCKS. */
-static unsigned grid_x(const gkind *g, int N)
+/* The launch rule: gemm.cuh's grid covers the tiles, gemm90.cuh's is one block an SM. */
+static unsigned grid_x(const kt *t, const gkind *g, int N)
 {
-    return g->sm90a ? KILN_GEMM90_BLOCKS : (unsigned)((N + g->bn - 1) / g->bn);
+    return g->sm90a ? (unsigned)t->sms : (unsigned)((N + g->bn - 1) / g->bn);
 }
 static unsigned grid_y(const gkind *g, int M)
 {
@@ -221,7 +221,7 @@ static CUdeviceptr gemm_run(kt *t, const gkind *g, CUfunction f, const char *nam
     kerr_clear(&e);
     if (gargs_make(t, g, &a, d->N, d->K, &e))
         fprintf(stderr, "%s: %s\n", name, kerr_msg(&e)); /* the launch below then fails */
-    kt_launch(t, f, name, grid_x(g, d->N), grid_y(g, m_launch), 1, (unsigned)g->threads,
+    kt_launch(t, f, name, grid_x(t, g, d->N), grid_y(g, m_launch), 1, (unsigned)g->threads,
               (size_t)g->smem, a.p);
     return a.y;
 }
@@ -493,7 +493,7 @@ static int bench_time(kt *t, gbench *b, CUfunction f, double *ms)
         BCK(cuEventRecord(b->ev[0], t->stream));
         for (int i = 0; i < n; i++) {
             if (f) {
-                BCK(cuLaunchKernel(f, grid_x(b->g, b->N), grid_y(b->g, b->M), 1,
+                BCK(cuLaunchKernel(f, grid_x(t, b->g, b->N), grid_y(b->g, b->M), 1,
                                    (unsigned)b->g->threads, 1, 1, (unsigned)b->g->smem,
                                    t->stream, a.p, NULL));
             } else {
