@@ -110,6 +110,15 @@ __device__ __forceinline__ void store_pair(OT *y, long long ldy, int m, int n, i
     }
 }
 
+// The bias of output columns n and n + 1 in float: 0 without one (BIAS 0) and past N. Both
+// epilogues add it before store_pair.
+template <int BIAS, typename DT>
+__device__ __forceinline__ void bias_pair(const DT *bias, int n, int N, float &b0, float &b1)
+{
+    b0 = BIAS ? to_f(bias[n]) : 0.f;
+    b1 = BIAS && n + 1 < N ? to_f(bias[n + 1]) : 0.f;
+}
+
 } // namespace gemm_detail
 
 template <typename DT, typename OT, int N, int K, int BIAS>
@@ -236,12 +245,8 @@ __device__ __forceinline__ void gemm(int M, const DT *x, long long ldx, const DT
         const int n = n0 + wn * 64 + 8 * j + 2 * t;
         if (n >= N)
             continue;
-        const bool two = n + 1 < N;
-        float b0 = 0.f, b1 = 0.f;
-        if (BIAS) {
-            b0 = to_f(bias[n]);
-            b1 = two ? to_f(bias[n + 1]) : 0.f;
-        }
+        float b0, b1;
+        bias_pair<BIAS>(bias, n, N, b0, b1);
 #pragma unroll
         for (int i = 0; i < 4; i++)
 #pragma unroll

@@ -69,7 +69,7 @@
 // fragments).
 #pragma once
 
-#include "gemm.cuh" // gemm_detail::store_pair; common.cuh, kiln_gemm.h
+#include "gemm.cuh" // gemm_detail::bias_pair and store_pair; common.cuh, kiln_gemm.h
 
 namespace kiln {
 
@@ -373,12 +373,8 @@ __device__ __forceinline__ void gemm90(int M, const tmap &tx, const tmap &tw, co
             const int n = n0 + 8 * j + 2 * t;
             if (n >= N)
                 continue;
-            const bool two = n + 1 < N;
-            float b0 = 0.f, b1 = 0.f;
-            if (BIAS) {
-                b0 = to_f(bias[n]);
-                b1 = two ? to_f(bias[n + 1]) : 0.f;
-            }
+            float b0, b1;
+            gemm_detail::bias_pair<BIAS>(bias, n, N, b0, b1);
 #pragma unroll
             for (int h = 0; h < 2; h++)
                 if (mr + 8 * h < M)
