@@ -259,9 +259,9 @@ static int64_t gemm_weight(const ka_manifest *m, const ka_step *s, int64_t *k)
     if (s->kind != KA_KERNEL || strcmp(family(m->kernels[s->kernel].name), "gemm"))
         return -1;
     for (int a = 0; a < s->nargs; a++) {
-        if (s->args[a].kind == KA_ARG_TMAP) {
+        if (s->args[a].kind == KA_ARG_TMAP) { /* w: a weight, or dequantised into scratch */
             *k = s->k;
-            return s->w.i;
+            return s->w.kind == KA_ARG_WEIGHT ? s->w.i : -1;
         }
         if (s->args[a].kind == KA_ARG_WEIGHT) {
             const ka_weight *w = &m->weights[s->args[a].i];
@@ -301,7 +301,8 @@ void kroof_model_of(const ka_manifest *m, kroof_model *r)
         for (int a = 0; a < s->nargs; a++) {
             if (s->args[a].kind == KA_ARG_WEIGHT)
                 use[s->args[a].i] |= gather ? 1 : 2;
-            if (s->args[a].kind == KA_ARG_TMAP && s->args[a].i == 1) /* gemm90's w */
+            if (s->args[a].kind == KA_ARG_TMAP && s->args[a].i == 1 &&
+                s->w.kind == KA_ARG_WEIGHT) /* gemm90's w */
                 use[s->w.i] |= 2;
         }
     }

@@ -761,6 +761,57 @@ static void test_int4_skinny_steps(void **state)
         }
 }
 
+/* --quant int4 with --gemm kiln on Hopper: a prompt's linears dequantise their INT4 weight into
+ * scratch and run gemm90 on it, so a tensor-map step's w may be scratch. The lowering says so,
+ * kiln bench's roofline counts the INT4 weights and not the scratch (the same model as the
+ * cuBLASLt build's), and ka_read takes the artifact (kiln inspect). */
+static void test_int4_gemm90_scratch_w(void **state)
+{
+    (void)state;
+    kc cc, ck;
+    kc_opts o = {.need_weights = 1, .max_seq_len = 128, .max_seqs = 4, .max_tokens = 256,
+                 .quant_mode = KC_QUANT_INT4, .sm90a_only = 1};
+    lower_opts(&cc, "llama", &o);
+    o.gemm_kiln = 1;
+    lower_opts(&ck, "llama", &o);
+    int nscratch = 0;
+    for (int i = 0; i < ck.low->m.nprefill; i++) {
+        const ka_step *s = &ck.low->m.prefill[i];
+        if (s->kind == KA_KERNEL && s->nargs > 2 && s->args[2].kind == KA_ARG_TMAP &&
+            s->w.kind == KA_ARG_SCRATCH) {
+            assert_true(i > 0 && ka_kernel_is(&ck.low->m.kernels[s[-1].kernel], "dequant_int4"));
+            nscratch++;
+        }
+    }
+    if (nscratch == 0)
+        fail_msg("llama --quant int4 --gemm kiln: no gemm90 step on a dequantised weight (the "
+                 "test proves nothing)");
+    kroof_model rc, rk;
+    kroof_model_of(&cc.low->m, &rc);
+    kroof_model_of(&ck.low->m, &rk);
+    assert_int_equal(rc.weight_bytes, rk.weight_bytes);
+    assert_true(rc.matrix_params == rk.matrix_params);
+    assert_int_equal(rc.q_width, rk.q_width);
+    assert_int_equal(rc.q_width_assumed, rk.q_width_assumed);
+    assert_int_equal(rc.fp8_gemm, rk.fp8_gemm);
+    kc_free(&cc);
+    kc_free(&ck);
+
+    char *tmp = tu_tmpdir(), out[512];
+    snprintf(out, sizeof out, "%s/llama_int4_sm90a", tmp);
+    const char *args[] = {"compile", FIX "llama", "-o", out, "--quant", "int4", "--gemm", "kiln",
+                          "--sm", "90a", "--max-seq-len", "64", NULL};
+    tu_run r = tu_run_bin(tmp, KILNC, args);
+    EXPECT_CODE(r, 0);
+    tu_run_free(&r);
+    const char *ia[] = {"inspect", out, "--schedule", NULL};
+    r = tu_run_bin(tmp, KILN, ia);
+    EXPECT_CODE(r, 0);
+    assert_contains(r.out, "_dequant_int4 [rows > skinny_max]");
+    tu_run_free(&r);
+    tu_rmrf(tmp);
+}
+
 static void test_cli_compile_inspect(void **state)
 {
     (void)state;
@@ -885,6 +936,7 @@ int main(void)
         cmocka_unit_test(test_int4_skinny_steps),
         cmocka_unit_test(test_gemv_stream_steps),
         cmocka_unit_test(test_rope_fold_where),
+        cmocka_unit_test(test_int4_gemm90_scratch_w),
         cmocka_unit_test(test_cli_compile_inspect),
         cmocka_unit_test(test_cli_refuses_bad_values),
     };
