@@ -2332,15 +2332,13 @@ static void print_steps(const lowered *l, const ka_step *st, int n, FILE *f)
                 print_arg(&s->args[k], f);
             }
             fprintf(f, ")");
-            for (int k = 0; k < s->nargs; k++)
-                if (s->args[k].kind == KA_ARG_TMAP) { /* the tensors its maps describe */
-                    fprintf(f, " maps n=%lld k=%lld ldx=%lld x=", (long long)s->n,
-                            (long long)s->k, (long long)s->ldx);
-                    print_arg(&s->x, f);
-                    fprintf(f, " w=");
-                    print_arg(&s->w, f);
-                    break;
-                }
+            if (ka_step_has_tmap(s)) { /* the tensors its maps describe */
+                fprintf(f, " maps n=%lld k=%lld ldx=%lld x=", (long long)s->n, (long long)s->k,
+                        (long long)s->ldx);
+                print_arg(&s->x, f);
+                fprintf(f, " w=");
+                print_arg(&s->w, f);
+            }
         }
         fprintf(f, "%s%s\n", ka_size_label(s->size), lg[s->logits]);
     }

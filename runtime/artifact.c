@@ -78,8 +78,7 @@ int64_t ka_kv_block_bytes(const ka_manifest *m, int l, int v)
     return (int64_t)KILN_BLOCK * y->n_kv * dim * 2; /* bf16 or f16 */
 }
 
-/* Whether kernel step s takes tensor maps (and so has the GEMM operands x, w, n, k, ldx). */
-static int has_tmap(const ka_step *s)
+int ka_step_has_tmap(const ka_step *s)
 {
     for (int k = 0; k < s->nargs; k++)
         if (s->args[k].kind == KA_ARG_TMAP)
@@ -136,7 +135,7 @@ static json_t *jsteps(const ka_step *st, int n)
             for (int k = 0; k < s->nargs; k++)
                 json_array_append_new(args, jarg(&s->args[k]));
             json_object_set_new(o, "args", args);
-            if (has_tmap(s)) {
+            if (ka_step_has_tmap(s)) {
                 json_object_set_new(o, "x", jarg(&s->x));
                 json_object_set_new(o, "w", jarg(&s->w));
                 json_object_set_new(o, "n", json_integer(s->n));
@@ -898,7 +897,7 @@ static int parse_kernel_step(rd *r, json_t *o, const stepctx *c, ka_step *s)
             check_arg(r, &s->args[k], c, what);
     }
     int fp8;
-    if (!r->bad && has_tmap(s))
+    if (!r->bad && ka_step_has_tmap(s))
         parse_xw(r, o, c, s, 1, &fp8);
     return r->bad ? -1 : 0;
 }

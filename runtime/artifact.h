@@ -354,6 +354,10 @@ const char *ka_size_label(ka_size size);
 /* Whether kernel k is an instance of template function `op`: its name is k<i>_<op> (lower.c). */
 int ka_kernel_is(const ka_kernel *k, const char *op);
 
+/* Whether kernel step s takes TMA tensor maps (KA_ARG_TMAP), and so has the GEMM operands x, w,
+ * n, k and ldx they describe. */
+int ka_step_has_tmap(const ka_step *s);
+
 /* Bytes of one KV block (KILN_BLOCK tokens) of layer l's K cache (v = 0) or V cache (v = 1): the
  * compute dtype's 2 bytes a value, or with kv_e4m3 the FP8 layout's. The runtime's sizes and
  * kiln inspect's use it. */

@@ -258,17 +258,16 @@ static int64_t gemm_weight(const ka_manifest *m, const ka_step *s, int64_t *k)
     }
     if (s->kind != KA_KERNEL || strcmp(family(m->kernels[s->kernel].name), "gemm"))
         return -1;
-    for (int a = 0; a < s->nargs; a++) {
-        if (s->args[a].kind == KA_ARG_TMAP) { /* w: a weight, or dequantised into scratch */
-            *k = s->k;
-            return s->w.kind == KA_ARG_WEIGHT ? s->w.i : -1;
-        }
+    if (ka_step_has_tmap(s)) { /* w: a weight, or dequantised into scratch */
+        *k = s->k;
+        return s->w.kind == KA_ARG_WEIGHT ? s->w.i : -1;
+    }
+    for (int a = 0; a < s->nargs; a++)
         if (s->args[a].kind == KA_ARG_WEIGHT) {
             const ka_weight *w = &m->weights[s->args[a].i];
             *k = w->shape[w->ndim - 1];
             return s->args[a].i;
         }
-    }
     return -1;
 }
 
@@ -298,13 +297,11 @@ void kroof_model_of(const ka_manifest *m, kroof_model *r)
         if (s->kind != KA_KERNEL) /* a collective reads activations only */
             continue;
         int gather = is_gather(m->kernels[s->kernel].name);
-        for (int a = 0; a < s->nargs; a++) {
+        for (int a = 0; a < s->nargs; a++)
             if (s->args[a].kind == KA_ARG_WEIGHT)
                 use[s->args[a].i] |= gather ? 1 : 2;
-            if (s->args[a].kind == KA_ARG_TMAP && s->args[a].i == 1 &&
-                s->w.kind == KA_ARG_WEIGHT) /* gemm90's w */
-                use[s->w.i] |= 2;
-        }
+        if (ka_step_has_tmap(s) && s->w.kind == KA_ARG_WEIGHT) /* gemm90's w */
+            use[s->w.i] |= 2;
     }
     int n_o = 0;
     for (int i = 0; i < m->nprefill; i++) {

@@ -69,12 +69,9 @@ static void check_steps(const ka_manifest *m, const ka_step *s, int n)
                      i, s[i].kernel, m->nkernels);
             FZ_CHECK(s[i].nargs >= 0 && s[i].nargs <= KA_MAX_ARGS, "step %d: %d args", i,
                      s[i].nargs);
-            int maps = 0;
-            for (int k = 0; k < s[i].nargs; k++) {
+            for (int k = 0; k < s[i].nargs; k++)
                 check_arg(m, &s[i].args[k], i, k);
-                maps |= s[i].args[k].kind == KA_ARG_TMAP;
-            }
-            if (maps) { /* the tensors the maps describe */
+            if (ka_step_has_tmap(&s[i])) { /* the tensors the maps describe */
                 FZ_CHECK((s[i].x.kind == KA_ARG_BUF || s[i].x.kind == KA_ARG_SCRATCH) &&
                              (s[i].w.kind == KA_ARG_WEIGHT || s[i].w.kind == KA_ARG_SCRATCH),
                          "step %d: tensor maps of x %s, w %s", i, ka_arg_kind_name(s[i].x.kind),
