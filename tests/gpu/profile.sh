@@ -50,7 +50,8 @@ path, shape, prompt, batch = sys.argv[1:5]
 rows = [r for r in csv.reader(l for l in open(path) if l.startswith('"'))]
 head, rows = rows[0], rows[1:]
 ki, vi, ui = head.index("Kernel Name"), head.index("Metric Value"), head.index("Metric Unit")
-scale = {"nsecond": 1e-3, "usecond": 1, "msecond": 1e3, "second": 1e6}
+scale = {"nsecond": 1e-3, "usecond": 1, "msecond": 1e3, "second": 1e6,
+         "ns": 1e-3, "us": 1, "ms": 1e3, "s": 1e6}
 ks = [(r[ki], float(r[vi].replace(",", "")) * scale[r[ui]]) for r in rows]
 first = next((i for i, (n, _) in enumerate(ks) if "sample" in n), len(ks) - 1)
 def short(n):
