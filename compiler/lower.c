@@ -68,8 +68,10 @@ static int kern(lw *w, const char *op, int threads, int smem, const char *params
     int i = L->ninst++;
     L->inst_call = xrealloc(L->inst_call, sizeof(char *) * (size_t)L->ninst);
     L->inst_params = xrealloc(L->inst_params, sizeof(char *) * (size_t)L->ninst);
+    L->inst_min_ctas = xrealloc(L->inst_min_ctas, sizeof(int) * (size_t)L->ninst);
     L->inst_call[i] = xstrdup(call);
     L->inst_params[i] = xstrdup(params);
+    L->inst_min_ctas[i] = 0;
     ka_manifest *m = w->m;
     m->kernels = xrealloc(m->kernels, sizeof(ka_kernel) * (size_t)L->ninst);
     m->kernels[i] = (ka_kernel){xasprintf("k%d_%s", i, op), threads, smem};
@@ -1391,6 +1393,7 @@ static int attention_steps(lw *w, const kg_node *n, int HD, ka_arg q, ka_arg q1,
              "v_cache, out, scale, softcap, alibi_slopes%s)",
              NH, NKV, HD, at->causal, W, at->alibi, softcap, KILN_ATTN_BM, bn, KV8_ARG(w), h0_add);
     int kp = kern(w, "attn_prefill", 2 * KILN_ATTN_BM, smem, params, "%s", call);
+    w->L->inst_min_ctas[kp] = KILN_ATTN_PREFILL_MIN_CTAS(HD);
     /* grid (ceil(T / BM) + n_seqs, NH, 1) */
     ka_step s =
         kstep(kp, n->name, G(1, KILN_ATTN_BM, 0, 0, KILN_ATTN_BM), G(0, 0, 0, NH, 1), G1());
@@ -2244,6 +2247,7 @@ void lowered_free(lowered *l)
     }
     free(l->inst_call);
     free(l->inst_params);
+    free(l->inst_min_ctas);
     free(l->weight_node);
     ka_manifest_free(&l->m);
     memset(l, 0, sizeof *l);
@@ -2285,9 +2289,13 @@ char *codegen_source(const lowered *l, const char *model_name)
             }
     OUT("\n");
     OUT("typedef %s DT;\n\n", strcmp(l->m.dtype, "f16") == 0 ? "kiln::f16" : "kiln::bf16");
-    for (int i = 0; i < l->ninst; i++)
-        OUT("extern \"C\" __global__ void __launch_bounds__(%d) %s(%s)\n{\n    %s;\n}\n\n",
-            l->m.kernels[i].block, l->m.kernels[i].name, l->inst_params[i], l->inst_call[i]);
+    for (int i = 0; i < l->ninst; i++) {
+        char lb[32];
+        snprintf(lb, sizeof lb, l->inst_min_ctas[i] > 1 ? "%d, %d" : "%d", l->m.kernels[i].block,
+                 l->inst_min_ctas[i]);
+        OUT("extern \"C\" __global__ void __launch_bounds__(%s) %s(%s)\n{\n    %s;\n}\n\n", lb,
+            l->m.kernels[i].name, l->inst_params[i], l->inst_call[i]);
+    }
 #undef OUT
     return s;
 }

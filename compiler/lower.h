@@ -25,6 +25,7 @@ typedef struct lowered {
     int ninst;
     char **inst_params; /* per kernel: the C++ parameter list of its wrapper */
     char **inst_call;   /* per kernel: the template call */
+    int *inst_min_ctas; /* per kernel: __launch_bounds__'s minimum CTAs an SM (0: not given) */
     int *weight_node;   /* per weight: the const node whose value it holds */
 } lowered;
 

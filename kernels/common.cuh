@@ -84,6 +84,15 @@ __device__ __forceinline__ void ldsm4(unsigned r[4], unsigned addr)
                  : "r"(addr));
 }
 
+// The same, transposed: r[i] is the lane's part of matrix i's transpose (rows 2(lane%4), +1 of
+// column lane/4), as an mma B fragment of a k x n tile stored k-major.
+__device__ __forceinline__ void ldsm4_t(unsigned r[4], unsigned addr)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
 // Eight 16-bit elements in one 16-byte load or store.
 struct alignas(16) vec8 {
     unsigned short u[8];

@@ -17,6 +17,12 @@
 /* keys per tile: 32 for heads over 128 dims, to bound registers */
 #define KILN_ATTN_BN(hd) ((hd) > 128 ? 32 : 64)
 
+/* The CTAs an SM that attn_prefill's __launch_bounds__ asks the registers for: 4 CTAs of 2 * bm
+ * = 128 threads bound a thread to 128 registers, so that the 4 CTAs the shared memory holds (52
+ * KiB each at hd 128) also fit the register file (unbounded, the compiler takes a few more and 3
+ * fit). Over 128 dims the output accumulators alone need more: no bound. */
+#define KILN_ATTN_PREFILL_MIN_CTAS(hd) ((hd) <= 128 ? 4 : 1)
+
 /* Bytes of the FP8 staging area: raw K and V rows (bn x hd bytes each), then bn K scales and bn
  * V scales (floats). */
 #define KILN_ATTN_KV8_STAGE(bn, hd) (2LL * (bn) * (hd) + 8LL * (bn))

@@ -229,68 +229,78 @@ __device__ __forceinline__ unsigned attn_ld32(const void *smem)
 // i = e / 2 of element e): sc holds the tile's scores, masked ones -inf; m, l, o are the rows'
 // running max, sum (this lane's columns; summed over the quad at the end) and output. The 4
 // lanes of a quad share rows, so the row max is reduced over the quad (xor 1, 2). On return sc
-// holds the tile's probabilities exp(score - max) (0 where masked).
+// holds the tile's probabilities exp(score - max) (0 where masked), each one FFMA and one ex2
+// (exp(x - mu) = 2^(x log2 e - mu log2 e)). A row whose max did not change keeps alpha = 1
+// exactly, and o is rescaled only where some row's max changed (after the first few tiles of a
+// row, rarely): the products it skips are by 1.
 template <int NT, int NO>
 __device__ __forceinline__ void attn_softmax_tile(float (&sc)[NT][4], float (&m)[2], float (&l)[2],
                                                   float (&o)[NO][4])
 {
+    constexpr float LOG2E = 1.4426950408889634f;
     float mx[2] = {ATTN_NINF, ATTN_NINF};
 #pragma unroll
     for (int n = 0; n < NT; n++)
 #pragma unroll
         for (int e = 0; e < 4; e++)
             mx[e / 2] = fmaxf(mx[e / 2], sc[n][e]);
-    float alpha[2], mu[2], ls[2] = {0.f, 0.f};
+    float alpha[2], mul[2], ls[2] = {0.f, 0.f};
 #pragma unroll
     for (int i = 0; i < 2; i++) {
         mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
         mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
         const float mn = fmaxf(m[i], mx[i]);
-        mu[i] = mn == ATTN_NINF ? 0.f : mn; // no key yet: keep exp() away from -inf - -inf
-        alpha[i] = __expf(m[i] - mu[i]);     // 0 while m was -inf
+        // no key yet: keep exp() away from -inf - -inf
+        mul[i] = (mn == ATTN_NINF ? 0.f : mn) * LOG2E;
+        alpha[i] = mn == m[i] ? 1.f : exp2f(fmaf(m[i], LOG2E, -mul[i])); // 0 while m was -inf
         m[i] = mn;
     }
 #pragma unroll
     for (int n = 0; n < NT; n++)
 #pragma unroll
         for (int e = 0; e < 4; e++) {
-            sc[n][e] = __expf(sc[n][e] - mu[e / 2]); // masked: exp(-inf) = 0
+            sc[n][e] = exp2f(fmaf(sc[n][e], LOG2E, -mul[e / 2])); // masked: 2^-inf = 0
             ls[e / 2] += sc[n][e];
         }
 #pragma unroll
     for (int i = 0; i < 2; i++)
         l[i] = l[i] * alpha[i] + ls[i];
+    if (alpha[0] != 1.f || alpha[1] != 1.f) {
 #pragma unroll
-    for (int n = 0; n < NO; n++) {
-        o[n][0] *= alpha[0];
-        o[n][1] *= alpha[0];
-        o[n][2] *= alpha[1];
-        o[n][3] *= alpha[1];
+        for (int n = 0; n < NO; n++) {
+            o[n][0] *= alpha[0];
+            o[n][1] *= alpha[0];
+            o[n][2] *= alpha[1];
+            o[n][3] *= alpha[1];
+        }
     }
 }
 
-// O += P V over a tile of NT * 8 keys in a DT tile sV [keys][LD]: k-step kk covers keys
-// [16kk, 16kk + 16) = the n-tiles 2kk, 2kk + 1 of P (the D layout of two adjacent 8-key n-tiles
-// is the A layout of one 16-key k-step); B[k = key][n = dim 8n + g]: b0 = keys 16kk + 2c, + 1,
-// b1 = the same + 8.
+// O += P V over a tile of NT * 8 keys in a DT tile sV [keys][LD] (LD % 8 == 0, rows 16-byte
+// aligned): k-step kk covers keys [16kk, 16kk + 16) = the n-tiles 2kk, 2kk + 1 of P (the D layout
+// of two adjacent 8-key n-tiles is the A layout of one 16-key k-step); B[k = key][n = dim] comes
+// from sV by ldmatrix.x4.trans, 16 keys x 16 dims at a time: lane L gives the row address of key
+// L & 15, dims + 8 (L >> 4), so the four matrices are b0, b1 of dims [0, 8) and b0, b1 of
+// [8, 16) (no bank conflicts: the 8 rows of a phase are LD * 2 bytes apart, LD = HD + 8).
 template <typename DT, int NT, int HD, int LD>
-__device__ __forceinline__ void attn_pv_tile(const float (&sc)[NT][4], const DT *sV, int g, int c,
+__device__ __forceinline__ void attn_pv_tile(const float (&sc)[NT][4], const DT *sV, int lane,
                                              float (&o)[HD / 8][4])
 {
+    static_assert(HD % 16 == 0 && LD % 8 == 0, "attn_pv_tile: 16-dim steps, 16-byte rows");
+    const unsigned vb =
+        (unsigned)__cvta_generic_to_shared(sV) + (unsigned)(((lane & 15) * LD + (lane >> 4) * 8) * 2);
 #pragma unroll
     for (int kk = 0; kk < NT / 2; kk++) {
         const unsigned a[4] = {attn_pack2<DT>(sc[2 * kk][0], sc[2 * kk][1]),
                                attn_pack2<DT>(sc[2 * kk][2], sc[2 * kk][3]),
                                attn_pack2<DT>(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
                                attn_pack2<DT>(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
-        const unsigned short *vp =
-            reinterpret_cast<const unsigned short *>(sV + (kk * 16 + 2 * c) * LD + g);
 #pragma unroll
-        for (int n = 0; n < HD / 8; n++) {
-            const unsigned short *v0 = vp + n * 8;
-            const unsigned b0 = (unsigned)v0[0] | ((unsigned)v0[LD] << 16);
-            const unsigned b1 = (unsigned)v0[8 * LD] | ((unsigned)v0[9 * LD] << 16);
-            attn_mma<DT>(o[n], a, b0, b1);
+        for (int n = 0; n < HD / 16; n++) {
+            unsigned b[4];
+            ldsm4_t(b, vb + (unsigned)((kk * 16 * LD + n * 16) * 2));
+            attn_mma<DT>(o[2 * n], a, b[0], b[1]);
+            attn_mma<DT>(o[2 * n + 1], a, b[2], b[3]);
         }
     }
 }
@@ -300,7 +310,7 @@ __device__ __forceinline__ void attn_pv_tile(const float (&sc)[NT][4], const DT 
 //
 // CTA = BM query rows of ONE sequence x ONE query head; BM / 16 warps, warp w owns rows
 // [16w, 16w + 16) of the tile. Shared memory (dynamic): Q [BM][HD+8], K [BN][HD+8],
-// V [BN][HD+8] in DT (8 elements of padding per row: the 32-bit fragment loads below are then
+// V [BN][HD+8] in DT (8 elements of padding per row: the ldmatrix fragment loads below are then
 // free of bank conflicts for every HD % 16 == 0). The CTA walks the key tiles [kb, kb + BN)
 // covering the union of its rows' key ranges; each tile row is looked up in the block table
 // on its own (so BN need not relate to KILN_BLOCK), rows >= kvlen are zero-filled.
@@ -325,7 +335,7 @@ __device__ __forceinline__ void attn_prefill_mma(const kiln_step &st, const DT *
     // their scales [BN] each
     unsigned char *rK = reinterpret_cast<unsigned char *>(sV + BN * LD), *rV = rK + BN * HD;
     float *rKs = reinterpret_cast<float *>(rV + BN * HD), *rVs = rKs + BN;
-    __shared__ int s_klo, s_khi;
+    __shared__ int s_klo, s_khi, s_qlo_max, s_qhi_min;
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int g = lane / 4, c = lane % 4;
@@ -346,10 +356,12 @@ __device__ __forceinline__ void attn_prefill_mma(const kiln_step &st, const DT *
     }
     cp_async_commit();
 
-    // the keys any row of the tile sees: [klo, khi]
+    // the keys any row of the tile sees: [klo, khi]; the keys every row sees: [qlo_max, qhi_min]
+    // (rows that see no key make it empty)
     if (tid == 0) {
-        s_klo = 0x7fffffff;
+        s_klo = s_qhi_min = 0x7fffffff;
         s_khi = -1;
+        s_qlo_max = 0;
     }
     __syncthreads();
     for (int r = tid; r < nrows; r += THREADS) {
@@ -359,9 +371,17 @@ __device__ __forceinline__ void attn_prefill_mma(const kiln_step &st, const DT *
             atomicMin(&s_klo, lo);
             atomicMax(&s_khi, hi);
         }
+        atomicMax(&s_qlo_max, lo);
+        atomicMin(&s_qhi_min, hi);
     }
     __syncthreads();
-    const int klo = s_klo, khi = s_khi;
+    const int klo = s_klo, khi = s_khi, qlo_max = s_qlo_max, qhi_min = s_qhi_min;
+    // ldmatrix row addresses (shared space, bytes): Q (A): the warp's row (lane & 15), dims
+    // + 8 (lane >> 4); K (B): key (lane & 7) + 8 (lane >> 4), dims + 8 ((lane >> 3) & 1)
+    const unsigned qa = (unsigned)__cvta_generic_to_shared(sQ) +
+                        (unsigned)(((warp * 16 + (lane & 15)) * LD + (lane >> 4) * 8) * 2);
+    const unsigned ka = (unsigned)__cvta_generic_to_shared(sK) +
+                        (unsigned)((((lane & 7) + (lane >> 4) * 8) * LD + ((lane >> 3) & 1) * 8) * 2);
 
     // this thread's two rows: g and g + 8 of its warp's 16 (i = 0, 1)
     int qp[2], qlo[2], qhi[2];
@@ -419,32 +439,35 @@ __device__ __forceinline__ void attn_prefill_mma(const kiln_step &st, const DT *
             __syncthreads();
         }
 
-        // S = Q K^T: 16 rows x BN keys per warp
+        // S = Q K^T: 16 rows x BN keys per warp; the fragments by ldmatrix.x4 (qa, ka above):
+        // A = the warp's 16 rows x 16 dims, B = 16 keys x 16 dims (b0, b1 of two n-tiles)
         float sc[BN / 8][4];
 #pragma unroll
         for (int n = 0; n < BN / 8; n++)
             sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.f;
 #pragma unroll
         for (int kk = 0; kk < HD / 16; kk++) {
-            const DT *qa = sQ + (warp * 16 + g) * LD + kk * 16 + 2 * c;
-            const unsigned a[4] = {attn_ld32(qa), attn_ld32(qa + 8 * LD), attn_ld32(qa + 8),
-                                   attn_ld32(qa + 8 * LD + 8)};
+            unsigned a[4];
+            ldsm4(a, qa + kk * 32);
 #pragma unroll
-            for (int n = 0; n < BN / 8; n++) {
-                const DT *kp = sK + (n * 8 + g) * LD + kk * 16 + 2 * c; // B[k=d][n=key]
-                attn_mma<DT>(sc[n], a, attn_ld32(kp), attn_ld32(kp + 8));
+            for (int n = 0; n < BN / 16; n++) {
+                unsigned b[4];
+                ldsm4(b, ka + (unsigned)(n * 16 * LD * 2 + kk * 32));
+                attn_mma<DT>(sc[2 * n], a, b[0], b[1]);
+                attn_mma<DT>(sc[2 * n + 1], a, b[2], b[3]);
             }
         }
 
         // scores and mask (element e of n-tile n: row i = e / 2, key kb + 8n + 2c + (e & 1)),
-        // then the online softmax
+        // then the online softmax; a tile inside every real row's key range needs no mask
+        const bool whole = kb >= qlo_max && kb + BN - 1 <= qhi_min;
 #pragma unroll
         for (int n = 0; n < BN / 8; n++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const int i = e / 2, j = kb + n * 8 + 2 * c + (e & 1);
                 const float x = attn_score<SOFTCAP, ALIBI>(sc[n][e], scale, softcap, slope, j, qp[i]);
-                sc[n][e] = j >= qlo[i] && j <= qhi[i] ? x : ATTN_NINF;
+                sc[n][e] = whole || (j >= qlo[i] && j <= qhi[i]) ? x : ATTN_NINF;
             }
         attn_softmax_tile<BN / 8, HD / 8>(sc, m, l, o);
 
@@ -455,7 +478,7 @@ __device__ __forceinline__ void attn_prefill_mma(const kiln_step &st, const DT *
             __syncthreads();
         }
 
-        attn_pv_tile<DT, BN / 8, HD, LD>(sc, sV, g, c, o);
+        attn_pv_tile<DT, BN / 8, HD, LD>(sc, sV, lane, o);
         __syncthreads(); // every warp is done with sK / sV before the next tile lands
     }
     cp_async_wait<0>(); // no key tile at all (cannot happen for valid input): Q's group
@@ -893,7 +916,7 @@ attn_decode_warp_mma(const kiln_step &st, int s, int p, const DT *q,
                 attn_mma<DT>(o[n], a, b0, b1);
             }
         } else {
-            attn_pv_tile<DT, KT / 8, HD, LD>(sc, sV, g, c, o);
+            attn_pv_tile<DT, KT / 8, HD, LD>(sc, sV, lane, o);
         }
         __syncwarp(); // every lane is done with the tile before the next one lands
     }

@@ -490,7 +490,7 @@ static void run_case(kt *t, const acase *c, int kv8)
         if (c->bm || c->bn || kv8)
             snprintf(tile, sizeof tile, ", %d, %d%s", bm, bn, kv8 ? ", 1" : "");
         src = xasprintf("#include \"attention.cuh\"\n"
-                        "extern \"C\" __global__ void __launch_bounds__(%d)\n"
+                        "extern \"C\" __global__ void __launch_bounds__(%d, %d)\n"
                         "kt_attn_prefill(const kiln_step st, const %s *q, const %s *k_cache,\n"
                         "                const %s *v_cache, %s *out, float scale, float softcap,\n"
                         "                const float *alibi_slopes)\n"
@@ -498,7 +498,8 @@ static void run_case(kt *t, const acase *c, int kv8)
                         "    kiln::attn_prefill<%s, %d, %d, %d, %d, %d, %d, %d%s>(\n"
                         "        st, q, k_cache, v_cache, out, scale, softcap, alibi_slopes);\n"
                         "}\n",
-                        2 * bm, dt, ct, ct, dt, dt, nh, nkv, hd, c->causal, c->window, c->alibi,
+                        2 * bm, KILN_ATTN_PREFILL_MIN_CTAS(hd), dt, ct, ct, dt, dt, nh, nkv, hd,
+                        c->causal, c->window, c->alibi,
                         c->softcap > 0, tile);
     } else {
         src = xasprintf("#include \"attention.cuh\"\n"
