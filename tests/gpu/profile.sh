@@ -42,7 +42,8 @@ ids=$($PY -c "import sys; print(','.join(str(1000 + (i * 7919) % 100000) for i i
 args=()
 for b in $(seq 1 $BATCH); do args+=(--ids "$ids"); done
 # the last kernel of the prefill is the sampler's: mark the phase boundary by the first sample kernel
-$NCU --clock-control none --metrics gpu__time_duration.sum --csv \
+# (KILN_WARMUP=0: the load's warm-up runs prefills and samples of its own before the prompt's)
+KILN_WARMUP=0 $NCU --clock-control none --metrics gpu__time_duration.sum --csv \
   $BIN/kiln run $ART "${args[@]}" --max-new $NEW --ignore-eos --no-graphs > $OUT/ncu-$SHAPE.csv 2> $OUT/ncu-$SHAPE.log
 $PY - $OUT/ncu-$SHAPE.csv $SHAPE $PROMPT $BATCH <<'PYEOF' | tee $OUT/profile-$SHAPE.txt
 import csv, re, sys, collections
