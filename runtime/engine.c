@@ -146,6 +146,7 @@ struct kmodel {
     struct {
         kb_item *items;
         int n, T, S, Q, decode, all, any_sample, bucket;
+        int head; /* the prefill schedule's LM head runs: an item samples or wants its logits */
     } j;
 
     kbackend kb; /* the step backend (km_backend) and what it reports */
@@ -284,7 +285,7 @@ typedef struct node_msg {
     int32_t n, T, S, Q;     /* the step's items, tokens, rows, most tokens of one row */
     int32_t decode, all, bucket, graphs_failed, bucket_ready;
     int32_t nblocks;        /* JOB_KV */
-    int32_t pad_;
+    int32_t head;           /* JOB_STEP: kmodel.j.head */
 } node_msg;
 
 /* The used parts of the step arrays for T tokens in S rows (offset, int32 count). */
@@ -307,7 +308,8 @@ static int forward(kmodel *m, job_kind job, kerr *err)
 {
     node_msg h = {(int32_t)job, m->j.n, m->j.T, m->j.S, m->j.Q, m->j.decode, m->j.all,
                   m->j.bucket, m->graphs_failed,
-                  m->j.bucket < MAX_BUCKETS ? m->bucket_ready[m->j.bucket] : 0, m->nblocks, 0};
+                  m->j.bucket < MAX_BUCKETS ? m->bucket_ready[m->j.bucket] : 0, m->nblocks,
+                  m->j.head};
     size_t off[META_PARTS], cnt[META_PARTS];
     int np = job == JOB_STEP ? meta_parts(m, m->j.T, m->j.S, off, cnt) : 0;
     for (int node = 1; node < m->nnodes; node++) {
@@ -1287,9 +1289,12 @@ static int run_collective(kmodel *m, kdev *d, const ka_step *s, int rows, CUdevi
     return 0;
 }
 
-/* Launches the steps of one schedule for T tokens of S sequences (Q: most tokens of one). */
+/* Launches the steps of one schedule for T tokens of S sequences (Q: most tokens of one). The
+ * LM head's steps (those of a logits variant, KA_LOGITS_LAST or _ALL) run only with `head`: a
+ * prompt chunk that is not a prompt's last, with nothing sampled and no prompt logits wanted,
+ * would compute logits no one reads. */
 static int run_steps(kmodel *m, kdev *d, const ka_step *steps, int n, int T, int S, int Q,
-                     int all_logits, CUdeviceptr logits, kerr *err)
+                     int head, int all_logits, CUdeviceptr logits, kerr *err)
 {
     const ka_manifest *man = m->m;
     kiln_step st = d->st;
@@ -1297,7 +1302,8 @@ static int run_steps(kmodel *m, kdev *d, const ka_step *steps, int n, int T, int
     st.n_seqs = S;
     for (int i = 0; i < n; i++) {
         const ka_step *s = &steps[i];
-        if ((s->logits == KA_LOGITS_LAST && all_logits) || (s->logits == KA_LOGITS_ALL && !all_logits))
+        if ((s->logits == KA_LOGITS_LAST && (all_logits || !head)) ||
+            (s->logits == KA_LOGITS_ALL && !all_logits))
             continue;
         int rows = s->rows == KA_ROWS_S ? S : T;
         if (!ka_size_runs(man, s->size, rows, d->sm90))
@@ -1460,7 +1466,8 @@ static int dev_capture(kmodel *m, kdev *d)
     if (!ok)
         kcuda_fail(&m->cu, rc, "cuStreamBeginCapture", __FILE__, __LINE__, &d->err);
     if (ok)
-        ok = run_steps(m, d, man->decode, man->ndecode, rows, rows, 1, 0, d->logits, &d->err) == 0;
+        ok = run_steps(m, d, man->decode, man->ndecode, rows, rows, 1, 1, 0, d->logits,
+                       &d->err) == 0;
     if (rc == CUDA_SUCCESS) {
         CUresult rc2 = m->cu.cuStreamEndCapture(d->stream, &g);
         if (rc2 != CUDA_SUCCESS && ok)
@@ -1561,7 +1568,7 @@ static int dev_prefill(kmodel *m, kdev *d, kerr *err)
     if (all && !d->logits_all) /* [max_tokens, vocab] floats, on first use */
         CU(cuMemAlloc(&d->logits_all, sizeof(float) * (size_t)man->max_tokens * (size_t)man->vocab));
     if (upload_meta(m, d, T, n, err) ||
-        run_steps(m, d, man->prefill, man->nprefill, T, n, m->j.Q, all,
+        run_steps(m, d, man->prefill, man->nprefill, T, n, m->j.Q, m->j.head, all,
                   all ? d->logits_all : d->logits, err))
         return -1;
     if (!all || d->rank != 0)
@@ -1599,7 +1606,7 @@ static int dev_decode(kmodel *m, kdev *d, kerr *err)
         CU(cuGraphLaunch(d->graphs[bi], d->stream));
         return 0;
     }
-    return run_steps(m, d, man->decode, man->ndecode, rows, rows, 1, 0, d->logits, err);
+    return run_steps(m, d, man->decode, man->ndecode, rows, rows, 1, 1, 0, d->logits, err);
 }
 
 /* JOB_STEP: this device's part of the step, then one wait for its stream. */
@@ -1665,6 +1672,7 @@ static int engine_step(kbackend *b, kb_item *items, int n, kerr *err)
     m->j.n = n;
     m->j.all = all;
     m->j.any_sample = any;
+    m->j.head = any || all;
     m->j.decode = decode;
     if (decode) {
         int rows = bucket_rows(m, n);
@@ -1711,7 +1719,8 @@ static int check_msg(const kmodel *m, const node_msg *h, kerr *err)
         ok = h->S >= 1 && h->S <= m->cap_seq && h->T >= h->S && h->T <= m->cap_tok &&
              h->n >= 1 && h->n <= h->S && h->Q >= 1 && h->Q <= h->T && h->bucket >= 0 &&
              h->bucket < (h->job == JOB_CAPTURE ? MAX_BUCKETS : 32) && (unsigned)h->decode <= 1 && (unsigned)h->all <= 1 &&
-             (unsigned)h->graphs_failed <= 1 && (unsigned)h->bucket_ready <= 1;
+             (unsigned)h->graphs_failed <= 1 && (unsigned)h->bucket_ready <= 1 &&
+             (unsigned)h->head <= 1;
     if (!ok)
         return kerr_add(err, "node %d: a malformed message from node 0 (job %d, T %d, S %d, "
                              "blocks %d): the nodes run different kiln builds?",
@@ -1785,6 +1794,7 @@ int km_follow(kmodel *m, kerr *err)
             m->j.decode = h.decode;
             m->j.all = h.all;
             m->j.any_sample = 0;
+            m->j.head = h.head;
             m->j.bucket = h.bucket;
             m->graphs_failed = h.graphs_failed;
             if (h.bucket < MAX_BUCKETS)
