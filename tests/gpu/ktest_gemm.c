@@ -5,8 +5,8 @@
  * "gemm90 bn128/..." and "gemm90 bn256/...", its two tile widths, both for every shape, run where
  * the GPU is sm_90a). On an H100/H200 all run: an artifact compiled for --sm 90a alone uses
  * gemm90 at the width KILN_GEMM90_BN(N), one that also targets an older SM uses gemm
- * (compiler/lower.c). The benchmark measures gemm90 at both widths on sm_90a (the ratio is of
- * lower.c's), gemm elsewhere.
+ * (compiler/lower.c); "gemm90/widths" checks that the two widths give the same bits. The
+ * benchmark measures gemm90 at both widths on sm_90a (the ratio is of lower.c's), gemm elsewhere.
  *
  * Inputs are drawn in float and rounded through the storage type (bf16 or f16), so the reference
  * (double accumulation) sees exactly the kernel's inputs: x ~ U[-1, 1), w ~ U[-1, 1) * 2/sqrt(K),
@@ -398,6 +398,47 @@ static void gemm_invariance(kt *t, const gkind *g, int N, int K, int bias)
     gdata_free(t, &d);
 }
 
+/* gemm90's two tile widths give the same bits: every output is one chain of wgmma over K in the
+ * same order whatever the tile's width (gemm90.cuh's batch invariance), so a width chosen by M
+ * would keep a prompt's results independent of its batch. Both widths on one x of M = 300
+ * rows, float output, compared bit for bit. */
+static void gemm90_widths(kt *t, int N, int K, int bias)
+{
+    char name[160];
+    snprintf(name, sizeof name, "gemm90/widths N=%d K=%d%s f32: bn128 = bn256 bit for bit", N, K,
+             bias ? " bias" : "");
+    if (!kt_sm90a(t) || !kt_want(t, name))
+        return;
+    CUmodule mod[2];
+    for (int i = 0; i < 2; i++)
+        mod[i] = gemm_module(t, &kinds[1 + i], name, 0, 1, N, K, bias);
+    if (t->compile_only || !mod[0] || !mod[1])
+        return; /* compiled (or a failure recorded with the log): nothing to run */
+    enum { M = 300 };
+    gdata d;
+    gdata_make(t, &d, N, K, M, K, 0, bias);
+    const size_t bytes = (size_t)M * (size_t)N * 4;
+    float *y[2] = {xmalloc(bytes), xmalloc(bytes)};
+    for (int i = 0; i < 2; i++) {
+        CUdeviceptr dy = gemm_run(t, &kinds[1 + i], kt_func(t, mod[i], "k_gemm"), name, &d, 0, M,
+                                  M, M, N, 1);
+        kt_download(t, y[i], dy, bytes);
+        kt_free(t, dy);
+    }
+    char msg[200] = "every output identical";
+    int ok = 1;
+    for (size_t e = 0; e < (size_t)M * (size_t)N && ok; e++)
+        if (memcmp(&y[0][e], &y[1][e], 4) != 0) {
+            snprintf(msg, sizeof msg, "row %zu col %zu: %.9g at 128 wide, %.9g at 256", e / N,
+                     e % N, y[0][e], y[1][e]);
+            ok = 0;
+        }
+    kt_result(t, name, ok, msg);
+    free(y[0]);
+    free(y[1]);
+    gdata_free(t, &d);
+}
+
 void ktest_gemm(kt *t)
 {
     static const gmcase cases[] = {
@@ -449,6 +490,8 @@ void ktest_gemm(kt *t)
         gemm_invariance(t, &kinds[g], 136, 4104, 1);
         gemm_invariance(t, &kinds[g], 520, 200, 1);
     }
+    gemm90_widths(t, 4096, 4096, 0);
+    gemm90_widths(t, 520, 4104, 1);
 }
 
 /* ---------------------------------------------------------------- kiln-ktest --bench gemm */
