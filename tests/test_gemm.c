@@ -761,6 +761,19 @@ static void test_int4_skinny_steps(void **state)
         }
 }
 
+/* `kilnc compile` with cargs (exit 0), then `kiln inspect out --schedule` (exit 0): its run, for
+ * the caller's assertions (tu_run_free it). */
+static tu_run compile_schedule(const char *tmp, const char *const *cargs, const char *out)
+{
+    tu_run r = tu_run_bin(tmp, KILNC, cargs);
+    EXPECT_CODE(r, 0);
+    tu_run_free(&r);
+    const char *ia[] = {"inspect", out, "--schedule", NULL};
+    r = tu_run_bin(tmp, KILN, ia);
+    EXPECT_CODE(r, 0);
+    return r;
+}
+
 /* --quant int4 with --gemm kiln on Hopper: a prompt's linears dequantise their INT4 weight into
  * scratch and run gemm90 on it, so a tensor-map step's w may be scratch. The lowering says so,
  * kiln bench's roofline counts the INT4 weights and not the scratch (the same model as the
@@ -777,8 +790,7 @@ static void test_int4_gemm90_scratch_w(void **state)
     int nscratch = 0;
     for (int i = 0; i < ck.low->m.nprefill; i++) {
         const ka_step *s = &ck.low->m.prefill[i];
-        if (s->kind == KA_KERNEL && s->nargs > 2 && s->args[2].kind == KA_ARG_TMAP &&
-            s->w.kind == KA_ARG_SCRATCH) {
+        if (s->kind == KA_KERNEL && ka_step_has_tmap(s) && s->w.kind == KA_ARG_SCRATCH) {
             assert_true(i > 0 && ka_kernel_is(&ck.low->m.kernels[s[-1].kernel], "dequant_int4"));
             nscratch++;
         }
@@ -801,12 +813,7 @@ static void test_int4_gemm90_scratch_w(void **state)
     snprintf(out, sizeof out, "%s/llama_int4_sm90a", tmp);
     const char *args[] = {"compile", FIX "llama", "-o", out, "--quant", "int4", "--gemm", "kiln",
                           "--sm", "90a", "--max-seq-len", "64", NULL};
-    tu_run r = tu_run_bin(tmp, KILNC, args);
-    EXPECT_CODE(r, 0);
-    tu_run_free(&r);
-    const char *ia[] = {"inspect", out, "--schedule", NULL};
-    r = tu_run_bin(tmp, KILN, ia);
-    EXPECT_CODE(r, 0);
+    tu_run r = compile_schedule(tmp, args, out);
     assert_contains(r.out, "_dequant_int4 [rows > skinny_max]");
     tu_run_free(&r);
     tu_rmrf(tmp);
@@ -822,12 +829,7 @@ static void test_cli_compile_inspect(void **state)
         snprintf(out, sizeof out, "%s/%s", tmp, compiled[f]);
         const char *args[] = {"compile", src, "-o", out, "--gemm", "kiln", "--max-seq-len", "64",
                               NULL};
-        tu_run r = tu_run_bin(tmp, KILNC, args);
-        EXPECT_CODE(r, 0);
-        tu_run_free(&r);
-        const char *ia[] = {"inspect", out, "--schedule", NULL};
-        r = tu_run_bin(tmp, KILN, ia);
-        EXPECT_CODE(r, 0);
+        tu_run r = compile_schedule(tmp, args, out);
         assert_contains(r.out, "gemm         kiln (kilnc compile --gemm kiln): 0 cuBLASLt steps "
                                "(no cuBLASLt needed)\n");
         assert_contains(r.out, "_gemm [rows > skinny_max]");
