@@ -34,17 +34,8 @@
 //   - persistent: one block an SM, block b taking tiles b, b + gridDim.x, ...; the
 //     ring turns on across a block's tiles (its slices counted from its first tile), so the
 //     next tile's first slices load while the consumers store the last one's outputs;
-//   - shared layout: the 128-byte swizzle of wgmma and of TMA: a slice is rows of 64 elements
-//     (128 bytes), 16-byte chunk c of row r stored at chunk c ^ (r % 8), 8-row atoms of 1024
-//     bytes starting on a 1024-byte boundary. The descriptor: start address >> 4 (bits 0-13),
-//     leading byte offset 16 >> 4 (bits 16-29; unused for a swizzled K-major operand), stride
-//     byte offset 1024 >> 4 between 8-row atoms (bits 32-45), base offset 0 (bits 49-51: the
-//     atoms are 1024-aligned), swizzle mode 1 = 128 bytes (bits 62-63). The k-th 16-element
-//     step inside the slice starts 32k bytes further (the hardware applies the XOR to the
-//     address bits, as TMA writes them);
-//   - accumulator fragment (wgmma's m64nNk16 f32 D): warp q of the warpgroup holds rows
-//     16q..16q+15; lane (g = lane / 4, t = lane % 4) holds d[4j + 2h + e] at row 16q + 8h + g,
-//     column 8j + 2t + e (j < N / 8, h, e in {0, 1}): mma.sync's m16n8 C fragment, N / 8 times;
+//   - shared layout, descriptors and accumulator fragments: kernels/wgmma.cuh's (a slice is a
+//     K-major panel of BM or BN rows, as TMA's 128-byte swizzle writes it);
 //   - blocks are mapped to tiles in groups of 8 tile rows, as gemm.cuh (L2 reuse of x and w).
 // Batch invariance: one tile configuration for every (DT, N, K), never chosen by M, no split-K:
 // every output is one chain of wgmma over K in the same order (slices 0, 1, ..., and the 4
@@ -69,7 +60,8 @@
 // fragments).
 #pragma once
 
-#include "gemm.cuh" // gemm_detail::bias_pair and store_pair; common.cuh, kiln_gemm.h
+#include "gemm.cuh"  // gemm_detail::bias_pair and store_pair; common.cuh, kiln_gemm.h
+#include "wgmma.cuh" // wg::: descriptors, products, fences
 
 namespace kiln {
 
@@ -91,19 +83,7 @@ static_assert(BK == 64, "gemm90: slice rows of 128 bytes (the 128-byte swizzle, 
 constexpr unsigned TILE_A = BM * BK * 2; // bytes of one x slice
 static_assert(TILE_A % 1024 == 0, "gemm90: every operand tile starts on a 1024-byte atom");
 
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-constexpr bool HAVE_WGMMA = true;
-#else
-constexpr bool HAVE_WGMMA = false;
-#endif
-template <typename T> constexpr bool have_wgmma = HAVE_WGMMA; // dependent: checked when used
-
-// wgmma's shared-memory matrix descriptor of a K-major, 128-byte-swizzled operand at `addr`.
-__device__ __forceinline__ unsigned long long desc(unsigned addr)
-{
-    return (unsigned long long)((addr & 0x3FFFFu) >> 4) | 1ull << 16 | (1024ull >> 4) << 32 |
-           1ull << 62;
-}
+template <typename T> constexpr bool have_wgmma = wg::HAVE; // dependent: checked when used
 
 // mbarriers beyond common.cuh's mbar_init and mbar_wait (shared::cta addresses).
 __device__ __forceinline__ void bar_arrive(unsigned bar)
@@ -131,121 +111,6 @@ __device__ __forceinline__ void tma_load(unsigned dst, const tmap &m, int c0, in
                  " [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
                  "l"((unsigned long long)&m), "r"(c0), "r"(c1), "r"(bar)
                  : "memory");
-}
-
-// d (64 x NN floats of the warpgroup, the fragment at the top) += A (64 x 16) . B (NN x 16)^T,
-// both K-major in shared memory; NN = 2 * the size of d. Scale-d is 1 (accumulate; d starts at
-// zero), A and B unscaled and not transposed.
-#define KILN_WGMMA_M64N256K16(TY)                                                                  \
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"                                     \
-                 "wgmma.mma_async.sync.aligned.m64n256k16.f32." TY "." TY " {"                     \
-                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, "               \
-                 "%15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, "               \
-                 "%28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, "               \
-                 "%41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, "               \
-                 "%54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, "               \
-                 "%67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "               \
-                 "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, "               \
-                 "%93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, "               \
-                 "%105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, "              \
-                 "%116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, "              \
-                 "%127"                                                                            \
-                 "}, %128, %129, p, 1, 1, 0, 0;\n}\n"                                              \
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]),                     \
-                   "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]),                     \
-                   "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),                \
-                   "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),                \
-                   "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),                \
-                   "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),                \
-                   "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),                \
-                   "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),                \
-                   "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]),                \
-                   "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]),                \
-                   "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]),                \
-                   "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),                \
-                   "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]),                \
-                   "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]),                \
-                   "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]),                \
-                   "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),                \
-                   "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]),                \
-                   "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]),                \
-                   "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]),                \
-                   "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]),                \
-                   "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]),           \
-                   "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]),           \
-                   "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]),           \
-                   "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),           \
-                   "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]),           \
-                   "+f"(d[125]), "+f"(d[126]), "+f"(d[127])                                        \
-                 : "l"(da), "l"(db), "r"(1))
-#define KILN_WGMMA_M64N128K16(TY)                                                                  \
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                      \
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " {"                     \
-                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, "               \
-                 "%15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, "               \
-                 "%28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, "               \
-                 "%41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, "               \
-                 "%54, %55, %56, %57, %58, %59, %60, %61, %62, %63"                                \
-                 "}, %64, %65, p, 1, 1, 0, 0;\n}\n"                                                \
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]),                     \
-                   "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]),                     \
-                   "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),                \
-                   "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),                \
-                   "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),                \
-                   "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),                \
-                   "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),                \
-                   "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),                \
-                   "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]),                \
-                   "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]),                \
-                   "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]),                \
-                   "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),                \
-                   "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])                              \
-                 : "l"(da), "l"(db), "r"(1))
-
-__device__ __forceinline__ void wgmma(float (&d)[128], unsigned long long da, unsigned long long db,
-                                      bf16)
-{
-    KILN_WGMMA_M64N256K16("bf16");
-}
-__device__ __forceinline__ void wgmma(float (&d)[128], unsigned long long da, unsigned long long db,
-                                      f16)
-{
-    KILN_WGMMA_M64N256K16("f16");
-}
-__device__ __forceinline__ void wgmma(float (&d)[64], unsigned long long da, unsigned long long db,
-                                      bf16)
-{
-    KILN_WGMMA_M64N128K16("bf16");
-}
-__device__ __forceinline__ void wgmma(float (&d)[64], unsigned long long da, unsigned long long db,
-                                      f16)
-{
-    KILN_WGMMA_M64N128K16("f16");
-}
-#undef KILN_WGMMA_M64N256K16
-#undef KILN_WGMMA_M64N128K16
-
-__device__ __forceinline__ void wg_fence()
-{
-    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ void wg_commit()
-{
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-}
-template <int PENDING>
-__device__ __forceinline__ void wg_wait()
-{
-    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(PENDING) : "memory");
-}
-// Keeps the compiler from moving accesses of the accumulators across the asynchronous wgmma
-// (which read and write them without the compiler seeing when).
-template <int R>
-__device__ __forceinline__ void fence_acc(float (&d)[R])
-{
-#pragma unroll
-    for (int i = 0; i < R; i++)
-        asm volatile("" : "+f"(d[i])::"memory");
 }
 
 // Tile `tile` of ntm tile rows by NTN tile columns -> its first row and column: tiles are
@@ -334,38 +199,38 @@ __device__ __forceinline__ void gemm90(int M, const tmap &tx, const tmap &tw, co
     // Consumers: warpgroup cw multiplies rows 64cw..64cw+63 of the tile by all BN columns.
     const int cw = wg - 1, lane = tid & 31, q = (tid >> 5) & 3;
     const int g = lane >> 2, t = lane & 3;
-    float acc[BN / 2];
+    float acc[BN / 8][4];
     unsigned it = 0;
 #pragma unroll 1
     for (int tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
         int m0, n0;
         gemm90_detail::tile_origin<BN, NTN>(tile, ntm, m0, n0);
 #pragma unroll
-        for (int i = 0; i < BN / 2; i++)
-            acc[i] = 0.f;
+        for (int j = 0; j < BN / 8; j++)
+            acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
 #pragma unroll 1
         for (int kt = 0; kt < KT; kt++, it++) {
             const int s = it % STAGES;
             mbar_wait(bars + 8 * s, it / STAGES & 1);
             __syncwarp(); // the lanes left the wait loop apart: converged for the .aligned wgmma
             const unsigned a = base + s * STAGE + cw * 64 * 128, b = base + s * STAGE + TILE_A;
-            fence_acc(acc);
-            wg_fence();
+            wg::fence_regs(acc);
+            wg::fence();
 #pragma unroll
             for (int kk = 0; kk < BK / 16; kk++)
-                wgmma(acc, desc(a + 32 * kk), desc(b + 32 * kk), DT());
-            wg_commit();
-            wg_wait<1>(); // slice it-1's group has completed: its stage may be refilled
-            fence_acc(acc);
+                wg::mma(acc, wg::desc_k(a + 32 * kk), wg::desc_k(b + 32 * kk), 1, DT());
+            wg::commit();
+            wg::wait<1>(); // slice it-1's group has completed: its stage may be refilled
+            wg::fence_regs(acc);
             if (kt > 0 && lane == 0)
                 bar_arrive(bars + 8 * (STAGES + (it - 1) % STAGES));
         }
-        wg_wait<0>();
-        fence_acc(acc);
+        wg::wait<0>();
+        wg::fence_regs(acc);
         if (lane == 0) // the tile's last slice is read: the producer may refill its stage
             bar_arrive(bars + 8 * (STAGES + (it - 1) % STAGES));
 
-        // Epilogue (gemm.cuh's): lane (g, t) of warp q holds acc[4j + 2h + e] at row
+        // Epilogue (gemm.cuh's): lane (g, t) of warp q holds acc[j][2h + e] at row
         // 64cw + 16q + 8h + g, column 8j + 2t + e of the tile.
         const int mr = m0 + 64 * cw + 16 * q + g;
 #pragma unroll
@@ -378,8 +243,8 @@ __device__ __forceinline__ void gemm90(int M, const tmap &tx, const tmap &tw, co
 #pragma unroll
             for (int h = 0; h < 2; h++)
                 if (mr + 8 * h < M)
-                    gemm_detail::store_pair(y, ldy, mr + 8 * h, n, N, acc[4 * j + 2 * h] + b0,
-                                            acc[4 * j + 2 * h + 1] + b1);
+                    gemm_detail::store_pair(y, ldy, mr + 8 * h, n, N, acc[j][2 * h] + b0,
+                                            acc[j][2 * h + 1] + b1);
         }
     }
 }
