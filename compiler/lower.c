@@ -1393,7 +1393,7 @@ static int attention_steps(lw *w, const kg_node *n, int HD, ka_arg q, ka_arg q1,
              "v_cache, out, scale, softcap, alibi_slopes%s)",
              NH, NKV, HD, at->causal, W, at->alibi, softcap, KILN_ATTN_BM, bn, KV8_ARG(w), h0_add);
     int kp = kern(w, "attn_prefill", 2 * KILN_ATTN_BM, smem, params, "%s", call);
-    w->L->inst_min_ctas[kp] = KILN_ATTN_PREFILL_MIN_CTAS(HD);
+    w->L->inst_min_ctas[kp] = KILN_ATTN_PREFILL_MIN_CTAS(HD, KILN_ATTN_BM);
     /* grid (ceil(T / BM) + n_seqs, NH, 1) */
     ka_step s =
         kstep(kp, n->name, G(1, KILN_ATTN_BM, 0, 0, KILN_ATTN_BM), G(0, 0, 0, NH, 1), G1());

@@ -13,15 +13,23 @@
 #ifndef KILN_ATTN_H_
 #define KILN_ATTN_H_
 
-#define KILN_ATTN_BM 64
+/* query rows a CTA: 128 (256 threads), so that on sm_90a two warpgroups share each key and value
+ * tile (64 rows: 0.738 of the 8B prefill's GEMM peak at 2,048 tokens, 128: 0.753;
+ * tests/gpu/RESULTS.md, twenty-fourth session) */
+#define KILN_ATTN_BM 128
 /* keys per tile: 32 for heads over 128 dims, to bound registers */
 #define KILN_ATTN_BN(hd) ((hd) > 128 ? 32 : 64)
 
-/* The CTAs an SM that attn_prefill's __launch_bounds__ asks the registers for: 4 CTAs of 2 * bm
- * = 128 threads bound a thread to 128 registers, so that the 4 CTAs the shared memory holds (52
- * KiB each at hd 128) also fit the register file (unbounded, the compiler takes a few more and 3
- * fit). Over 128 dims the output accumulators alone need more: no bound. */
-#define KILN_ATTN_PREFILL_MIN_CTAS(hd) ((hd) <= 128 ? 4 : 1)
+/* Keys a tile on attn_prefill's Hopper path (sm_90a, wgmma), whose two stages of K and V tiles
+ * must fit the shared memory above (templates/attention.cuh: attn_prefill_wg). */
+#define KILN_ATTN_WG_BN 32
+
+/* The CTAs an SM that attn_prefill's __launch_bounds__ asks the registers for: CTAs of 2 * bm
+ * threads, as many as bound a thread to 128 registers (4 of 128 threads, 2 of 256), so that the
+ * CTAs the shared memory holds (at hd 128: 4 of 52 KiB at bm 64, 2 of 70 KiB at bm 128) also fit
+ * the register file (unbounded, the mma.sync path takes a few more and one CTA fewer fits). Over
+ * 128 dims the output accumulators alone need more: no bound. */
+#define KILN_ATTN_PREFILL_MIN_CTAS(hd, bm) ((hd) <= 128 && (bm) < 256 ? 256 / (bm) : 1)
 
 /* Bytes of the FP8 staging area: raw K and V rows (bn x hd bytes each), then bn K scales and bn
  * V scales (floats). */

@@ -2,8 +2,9 @@
 //
 // Two kernels:
 //   attn_prefill   every query row of the step; FlashAttention-2 style tiles on the tensor cores
-//                  (mma.sync m16n8k16, bf16/f16 in, float accumulate) when HD % 16 == 0, else a
-//                  plain per-row CUDA-core path (tiny test models: head dims 24, 40 ...).
+//                  (mma.sync m16n8k16, or wgmma on sm_90a for head dims 64 and 128; bf16/f16
+//                  in, float accumulate) when HD % 16 == 0, else a plain per-row CUDA-core path
+//                  (tiny test models: head dims 24, 40 ...).
 //   attn_decode    one query per sequence (the last row of each sequence in the step), the keys
 //                  split over up to NSPLIT CTAs (flash-decoding) whose last CTA to finish merges
 //                  the splits: one launch per layer.
@@ -30,14 +31,17 @@
 // cache alone.
 //
 // What this file does not do: it never reads a cache row at or beyond kvlen (those rows, and
-// block-table columns past the sequence's last block, may hold anything); it uses no wgmma / TMA
-// (mma.sync runs on sm_80 and sm_90a alike) and does not pipeline K/V tiles beyond overlapping
-// the V load with Q.K^T — correctness and clarity first. Softmax probabilities are rounded to DT
-// before the P.V product (as FlashAttention does); the running sums stay in float.
+// block-table columns past the sequence's last block, may hold anything); it uses no TMA, and
+// wgmma only in attn_prefill's Hopper path (sm_90a code, the 16-bit cache, head dims 64 and
+// 128; elsewhere mma.sync, which runs on sm_80 and sm_90a alike); the mma.sync path does not
+// pipeline K/V tiles beyond overlapping the V load with Q.K^T — correctness and clarity first.
+// Softmax probabilities are rounded to DT before the P.V product (as FlashAttention does); the
+// running sums stay in float.
 #pragma once
 
 #include "common.cuh"
-#include "gemv.cuh" // gemv_detail::fp8x4: e4m3 bytes to DT, exactly
+#include "gemv.cuh"  // gemv_detail::fp8x4: e4m3 bytes to DT, exactly
+#include "wgmma.cuh" // attn_prefill's Hopper path
 
 namespace kiln {
 
@@ -228,16 +232,17 @@ __device__ __forceinline__ unsigned attn_ld32(const void *smem)
 // One key tile's online-softmax step on the m16n8k16 S accumulators of a lane (rows g and g + 8,
 // i = e / 2 of element e): sc holds the tile's scores, masked ones -inf; m, l, o are the rows'
 // running max, sum (this lane's columns; summed over the quad at the end) and output. The 4
-// lanes of a quad share rows, so the row max is reduced over the quad (xor 1, 2). On return sc
-// holds the tile's probabilities exp(score - max) (0 where masked), each one FFMA and one ex2
-// (exp(x - mu) = 2^(x log2 e - mu log2 e)). A row whose max did not change keeps alpha = 1
-// exactly, and o is rescaled only where some row's max changed (after the first few tiles of a
-// row, rarely): the products it skips are by 1.
+// lanes of a quad share rows, so the row max is reduced over the quad (xor 1, 2). sc and m are
+// in units of k2 / log2 e: the scores (k2 = log2 e), or unscaled dot products with k2 = scale *
+// log2 e (the scale folded into the exponent). On return sc holds the tile's probabilities
+// exp(score - max) (0 where masked), each one FFMA and one ex2 (exp(x - mu) = 2^(x k2 - mu k2)).
+// A row whose max did not change keeps alpha = 1 exactly, and o is rescaled only where some
+// row's max changed (after the first few tiles of a row, rarely): the products it skips are by 1.
+#define ATTN_LOG2E 1.4426950408889634f
 template <int NT, int NO>
 __device__ __forceinline__ void attn_softmax_tile(float (&sc)[NT][4], float (&m)[2], float (&l)[2],
-                                                  float (&o)[NO][4])
+                                                  float (&o)[NO][4], float k2)
 {
-    constexpr float LOG2E = 1.4426950408889634f;
     float mx[2] = {ATTN_NINF, ATTN_NINF};
 #pragma unroll
     for (int n = 0; n < NT; n++)
@@ -251,15 +256,15 @@ __device__ __forceinline__ void attn_softmax_tile(float (&sc)[NT][4], float (&m)
         mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
         const float mn = fmaxf(m[i], mx[i]);
         // no key yet: keep exp() away from -inf - -inf
-        mul[i] = (mn == ATTN_NINF ? 0.f : mn) * LOG2E;
-        alpha[i] = mn == m[i] ? 1.f : exp2f(fmaf(m[i], LOG2E, -mul[i])); // 0 while m was -inf
+        mul[i] = (mn == ATTN_NINF ? 0.f : mn) * k2;
+        alpha[i] = mn == m[i] ? 1.f : exp2f(fmaf(m[i], k2, -mul[i])); // 0 while m was -inf
         m[i] = mn;
     }
 #pragma unroll
     for (int n = 0; n < NT; n++)
 #pragma unroll
         for (int e = 0; e < 4; e++) {
-            sc[n][e] = exp2f(fmaf(sc[n][e], LOG2E, -mul[e / 2])); // masked: 2^-inf = 0
+            sc[n][e] = exp2f(fmaf(sc[n][e], k2, -mul[e / 2])); // masked: 2^-inf = 0
             ls[e / 2] += sc[n][e];
         }
 #pragma unroll
@@ -305,6 +310,134 @@ __device__ __forceinline__ void attn_pv_tile(const float (&sc)[NT][4], const DT 
     }
 }
 
+// attn_pv_tile on wgmma (attn_prefill's Hopper path): P (the warpgroup's 64 rows x NT * 8 keys,
+// rounded to DT from the S accumulators, the same packing as attn_pv_tile's) from the registers,
+// V from sV's panels ([keys][64 dims] each, ROWS keys, 128-byte swizzle) read MN-major: one
+// m64nHDk16 a 16-key step, 2,048 bytes (16 rows) apart.
+template <typename DT, int NT, int HD, int ROWS>
+__device__ __forceinline__ void attn_pv_tile_wg(const float (&sc)[NT][4], const DT *sV,
+                                                float (&o)[HD / 8][4])
+{
+    unsigned a[NT / 2][4];
+#pragma unroll
+    for (int kk = 0; kk < NT / 2; kk++) {
+        a[kk][0] = attn_pack2<DT>(sc[2 * kk][0], sc[2 * kk][1]);
+        a[kk][1] = attn_pack2<DT>(sc[2 * kk][2], sc[2 * kk][3]);
+        a[kk][2] = attn_pack2<DT>(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+        a[kk][3] = attn_pack2<DT>(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+    }
+    const unsigned vs = (unsigned)__cvta_generic_to_shared(sV);
+    wg::fence_regs(o); // the softmax's rescale of o is done before the products read it
+    wg::fence();
+#pragma unroll
+    for (int kk = 0; kk < NT / 2; kk++)
+        wg::mma_rt(o, a[kk], wg::desc_mn(vs + kk * 2048, ROWS * 128), DT());
+    wg::commit();
+    wg::wait<0>();
+    wg::fence_regs(o);
+#pragma unroll
+    for (int kk = 0; kk < NT / 2; kk++)
+        wg::fence_regs(a[kk]); // the products read a until they complete
+}
+
+// attn_prefill's Hopper path (compiled for sm_90a): a warpgroup a 64 rows of the CTA, S = Q K^T
+// and O += P V on wgmma, the 16-bit cache, head dims of one or two 128-byte panels, and the
+// launch's shared memory (the mma.sync path's, kernels/kiln_attn.h) holding Q and two stages of
+// K and V tiles of KILN_ATTN_WG_BN keys, 1024-aligned.
+template <int HD, int BM, int BN, int KV8>
+constexpr bool attn_prefill_wg =
+    wg::HAVE && !KV8 && BM % 64 == 0 && (HD == 64 || HD == 128) &&
+    (BM + 4 * KILN_ATTN_WG_BN) * HD * 2 + 1023 <= KILN_ATTN_PREFILL_SMEM(BM, BN, HD, 2, KV8);
+
+// Element (r, d) of a Q, K or V tile of ROWS rows in shared memory: rows of LD elements, or with
+// WG wgmma.cuh's panels (HD / 64 of them, ROWS x 64 elements each, 128-byte swizzle).
+template <bool WG, int LD, int ROWS, typename DT>
+__device__ __forceinline__ DT *attn_tile_at(DT *tile, int r, int d)
+{
+    if constexpr (WG)
+        return tile + (d / 64) * ROWS * 64 + wg::swz(r, (d % 64) / 8) / 2 + d % 8;
+    else
+        return tile + r * LD + d;
+}
+
+// The mma.sync path's tiles: the keys [kb, kb + ROWS) of kv head kvh of sequence s, from a 16-bit
+// cache, into ROWS rows of LD elements in shared memory by cp.async, 16 bytes a copy (no commit);
+// keys at or past kvlen get zeros.
+template <int LD, int ROWS, int HD, int KW, int THREADS, typename DT>
+__device__ __forceinline__ void attn_load_rows(DT *tile, const DT *cache, const kiln_step &st,
+                                               int s, int kb, int kvlen, int kvh)
+{
+    constexpr int C8 = HD / 8;
+    for (int i = threadIdx.x; i < ROWS * C8; i += THREADS) {
+        const int r = i / C8, d = (i % C8) * 8, j = kb + r;
+        DT *dst = tile + r * LD + d;
+        if (j < kvlen)
+            cp_async16(dst, kv_row(cache, st, s, j, KW) + kvh * HD + d);
+        else
+            attn_zero16(dst);
+    }
+}
+
+// attn_prefill's Hopper path: the keys [kb, kb + BW) of kv head kvh of sequence s (kb a multiple
+// of BW, which divides KILN_BLOCK: one cache block, one block-table read) from the 16-bit caches,
+// K into the stage's panels at t and V into those BW * HD elements later (wgmma.cuh's layout, BW
+// rows), by cp.async; keys at or past kvlen get zeros. Thread i copies 16-byte chunk i % (HD / 8)
+// of rows i / (HD / 8) + RP p (RP = THREADS / (HD / 8) rows a pass, a multiple of 8): its rows
+// share r % 8, so its destinations are one offset plus 128 RP p bytes and its sources one row
+// plus RP p rows.
+template <int HD, int KW, int BW, int THREADS, typename DT>
+__device__ __forceinline__ void attn_load_kv_wg(DT *t, const DT *k_cache, const DT *v_cache,
+                                                const kiln_step &st, int s, int kb, int kvlen,
+                                                int kvh)
+{
+    constexpr int C8 = HD / 8, RP = THREADS / C8;
+    static_assert(THREADS % C8 == 0 && RP % 8 == 0 && BW % RP == 0 && KILN_BLOCK % BW == 0,
+                  "attn_load_kv_wg: whole passes of 8-row groups, a tile inside one cache block");
+    const int c8 = threadIdx.x % C8, r0 = threadIdx.x / C8;
+    const long long src =
+        ((long long)st.block_table[s * st.max_blocks + kb / KILN_BLOCK] * KILN_BLOCK +
+         kb % KILN_BLOCK + r0) * KW + kvh * HD + c8 * 8;
+    DT *dst = t + (c8 / 8) * BW * 64 + wg::swz(r0, c8 % 8) / 2;
+#pragma unroll
+    for (int p = 0; p < BW / RP; p++) {
+        if (kb + r0 + p * RP < kvlen) {
+            cp_async16(dst + p * RP * 64, k_cache + src + (long long)p * RP * KW);
+            cp_async16(dst + BW * HD + p * RP * 64, v_cache + src + (long long)p * RP * KW);
+        } else {
+            attn_zero16(dst + p * RP * 64);
+            attn_zero16(dst + BW * HD + p * RP * 64);
+        }
+    }
+}
+
+// A key tile's dot products sc (element e of n-tile n: row i = e / 2 of the lane's two, key kb +
+// 8n + 2c + (e & 1)) through softcap and ALiBi (attn_score) and the mask (rows' key ranges [qlo,
+// qhi]; a tile inside every real row's range, `whole`, uniform over the CTA, skips it), then the
+// online softmax step (attn_softmax_tile). Without softcap and ALiBi the scale is folded into the
+// softmax's exponent (m in unscaled units): one multiply an element fewer.
+template <int NT, int NO, int SOFTCAP, int ALIBI>
+__device__ __forceinline__ void attn_tile_softmax(float (&sc)[NT][4], int kb, bool whole, int c,
+                                                  const int (&qp)[2], const int (&qlo)[2],
+                                                  const int (&qhi)[2], float scale, float softcap,
+                                                  float slope, float (&m)[2], float (&l)[2],
+                                                  float (&o)[NO][4])
+{
+    constexpr bool RAW = !SOFTCAP && !ALIBI;
+    if (!RAW || !whole) {
+#pragma unroll
+        for (int n = 0; n < NT; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int i = e / 2, j = kb + n * 8 + 2 * c + (e & 1);
+                const float x = RAW ? sc[n][e]
+                                    : attn_score<SOFTCAP, ALIBI>(sc[n][e], scale, softcap, slope,
+                                                                 j, qp[i]);
+                sc[n][e] = whole || (j >= qlo[i] && j <= qhi[i]) ? x : ATTN_NINF;
+            }
+    }
+    attn_softmax_tile<NT, NO>(sc, m, l, o, RAW ? scale * ATTN_LOG2E : ATTN_LOG2E);
+}
+
 // ---------------------------------------------------------------------------------------------
 // attn_prefill, tensor-core path (HD % 16 == 0).
 //
@@ -318,6 +451,20 @@ __device__ __forceinline__ void attn_pv_tile(const float (&sc)[NT][4], const DT 
 // softmax (running max m and sum l per row, in float), O = O * alpha + P V with P rounded to DT
 // and fed to the MMA straight from the S accumulators (the D layout of two adjacent 8-key
 // n-tiles is the A layout of one 16-key k-step).
+// Hopper (attn_prefill_wg: sm_90a, BM a multiple of 64, HD 64 or 128, the 16-bit cache): the same
+// CTA as BM / 64 warpgroups (warpgroup w: rows 64w..64w+63, warp by warp as above), whose
+// accumulators have the same rows and fragments; the warpgroups share the K and V tiles (two at
+// KILN_ATTN_BM = 128: half the key and value bytes a query row of one). The tiles are wgmma.cuh's
+// swizzled panels (no padding): Q, then two stages of a K and a V tile of KILN_ATTN_WG_BN keys
+// (the launch's shared memory holds them with 1 KiB for alignment), so the next tile's loads are
+// in flight while one is computed (tests/gpu/RESULTS.md, twenty-fourth session: one K and V tile
+// of 64 keys, as the mma.sync path's, measured no faster than mma.sync; two stages, each tile's
+// copies from one block-table read, no mask on whole tiles and the scale in the exponent took the
+// 8B 2,048-token prefill's attention from 7.8 to 4.7 ms). The products are wgmma: S from Q and K
+// in shared memory (both K-major), O += P V with P from the registers and V read MN-major, one
+// instruction a 16-dim (or 16-key) step instead of the warp's ldmatrix and 4 to 16 mma.sync.
+// Tiles written by cp.async or stores are fenced to the async proxy before the barrier that
+// publishes them.
 template <typename DT, int NH, int NKV, int HD, int CAUSAL, int WINDOW, int ALIBI, int SOFTCAP,
           int BM, int BN, int KV8>
 __device__ __forceinline__ void attn_prefill_mma(const kiln_step &st, const DT *q,
@@ -327,10 +474,14 @@ __device__ __forceinline__ void attn_prefill_mma(const kiln_step &st, const DT *
                                                  const float *alibi_slopes)
 {
     constexpr int THREADS = 2 * BM, LD = HD + 8, C8 = HD / 8, QW = NH * HD, KW = NKV * HD;
+    constexpr bool WG = attn_prefill_wg<HD, BM, BN, KV8>;
     extern __shared__ __align__(16) unsigned char attn_smem_[];
-    DT *sQ = reinterpret_cast<DT *>(attn_smem_); // [BM][LD]
-    DT *sK = sQ + BM * LD;                         // [BN][LD]
-    DT *sV = sK + BN * LD;                         // [BN][LD]
+    // WG: the panels from the first 1024-byte boundary
+    const unsigned pad =
+        WG ? (1024u - ((unsigned)__cvta_generic_to_shared(attn_smem_) & 1023u)) & 1023u : 0u;
+    DT *sQ = reinterpret_cast<DT *>(attn_smem_ + pad); // [BM][LD], WG: panels of BM rows
+    DT *sK = sQ + BM * (WG ? HD : LD);                 // [BN][LD]; WG: the stages (K, V panels)
+    DT *sV = sK + BN * LD;                             // [BN][LD]; WG: unused
     // KV8: the staging area after the tiles (kernels/kiln_attn.h): raw K, V bytes [BN][HD], then
     // their scales [BN] each
     unsigned char *rK = reinterpret_cast<unsigned char *>(sV + BN * LD), *rV = rK + BN * HD;
@@ -348,7 +499,7 @@ __device__ __forceinline__ void attn_prefill_mma(const kiln_step &st, const DT *
     // Q tile; rows past the sequence's rows are zeros (computed on, never written)
     for (int i = tid; i < BM * C8; i += THREADS) {
         const int r = i / C8, d = (i % C8) * 8;
-        DT *dst = sQ + r * LD + d;
+        DT *dst = attn_tile_at<WG, LD, BM>(sQ, r, d);
         if (r < nrows)
             cp_async16(dst, q + (long long)(row0 + r) * QW + h * HD + d);
         else
@@ -376,8 +527,9 @@ __device__ __forceinline__ void attn_prefill_mma(const kiln_step &st, const DT *
     }
     __syncthreads();
     const int klo = s_klo, khi = s_khi, qlo_max = s_qlo_max, qhi_min = s_qhi_min;
-    // ldmatrix row addresses (shared space, bytes): Q (A): the warp's row (lane & 15), dims
-    // + 8 (lane >> 4); K (B): key (lane & 7) + 8 (lane >> 4), dims + 8 ((lane >> 3) & 1)
+    // ldmatrix row addresses (the mma.sync path; shared space, bytes): Q (A): the warp's row
+    // (lane & 15), dims + 8 (lane >> 4); K (B): key (lane & 7) + 8 (lane >> 4), dims + 8
+    // ((lane >> 3) & 1)
     const unsigned qa = (unsigned)__cvta_generic_to_shared(sQ) +
                         (unsigned)(((warp * 16 + (lane & 15)) * LD + (lane >> 4) * 8) * 2);
     const unsigned ka = (unsigned)__cvta_generic_to_shared(sK) +
@@ -404,6 +556,49 @@ __device__ __forceinline__ void attn_prefill_mma(const kiln_step &st, const DT *
         o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
     float m[2] = {ATTN_NINF, ATTN_NINF}, l[2] = {0.f, 0.f};
 
+    if constexpr (WG) {
+        // Hopper: tiles of BW keys through a ring of two stages (K then V, BW x HD each, after
+        // Q), the next tile's loads in flight while this one is computed; one cp.async group
+        // a tile (an empty one past the last, so that the waits count the same every time)
+        constexpr int BW = KILN_ATTN_WG_BN;
+        int b = 0, kb = klo >= 0 && klo <= khi ? (klo / BW) * BW : 0;
+        if (kb <= khi)
+            attn_load_kv_wg<HD, KW, BW, THREADS>(sK, k_cache, v_cache, st, s, kb, kvlen, kvh);
+        cp_async_commit();
+        // descriptors: Q's, and each stage's K (its V follows BW * HD elements later); a step
+        // adds its offset >> 4 to the address field (no carry: shared addresses are < 2^18)
+        const unsigned long long dq = wg::desc_k((unsigned)__cvta_generic_to_shared(sQ) +
+                                                 (unsigned)(warp / 4 * 64 * 128)),
+                                 dk0 = wg::desc_k((unsigned)__cvta_generic_to_shared(sK));
+        for (; kb <= khi; kb += BW, b ^= 1) {
+            if (kb + BW <= khi) // the other stage was freed by the last tile's closing barrier
+                attn_load_kv_wg<HD, KW, BW, THREADS>(sK + (b ^ 1) * 2 * BW * HD, k_cache, v_cache,
+                                                     st, s, kb + BW, kvlen, kvh);
+            cp_async_commit();
+            cp_async_wait<1>(); // Q and this tile have landed
+            wg::proxy_fence();  // this thread's copies and zeros, to wgmma's reads
+            __syncthreads();
+
+            // S = Q K^T: one m64nBWk16 a 16-dim step, 32 (kk % 4) bytes into panel kk / 4 (the
+            // warpgroup's 64 rows of Q: 64 x 128 bytes into each panel)
+            float sc[BW / 8][4];
+            const unsigned long long dk = dk0 + (unsigned)(b * 2 * BW * HD * 2 / 16);
+            wg::fence();
+#pragma unroll
+            for (int kk = 0; kk < HD / 16; kk++)
+                wg::mma(sc, dq + ((kk / 4) * BM * 128 + (kk % 4) * 32) / 16,
+                        dk + ((kk / 4) * BW * 128 + (kk % 4) * 32) / 16, kk > 0, DT());
+            wg::commit();
+            wg::wait<0>();
+            wg::fence_regs(sc);
+
+            attn_tile_softmax<BW / 8, HD / 8, SOFTCAP, ALIBI>(
+                sc, kb, kb >= qlo_max && kb + BW - 1 <= qhi_min, c, qp, qlo, qhi, scale, softcap,
+                slope, m, l, o);
+            attn_pv_tile_wg<DT, BW / 8, HD, BW>(sc, sK + b * 2 * BW * HD + BW * HD, o);
+            __syncthreads(); // every warp is done with the stage before it is refilled
+        }
+    } else {
     for (int kb = klo >= 0 && klo <= khi ? (klo / BN) * BN : 0; kb <= khi; kb += BN) {
         if constexpr (KV8) {
             // the tile's raw K then V bytes and scales into the staging area (two cp.async
@@ -417,23 +612,9 @@ __device__ __forceinline__ void attn_prefill_mma(const kiln_step &st, const DT *
             __syncthreads();
         } else {
             // K then V tile (two cp.async groups, so S can start before V has landed)
-            for (int i = tid; i < BN * C8; i += THREADS) {
-                const int r = i / C8, d = (i % C8) * 8, j = kb + r;
-                DT *dst = sK + r * LD + d;
-                if (j < kvlen)
-                    cp_async16(dst, kv_row(k_cache, st, s, j, KW) + kvh * HD + d);
-                else
-                    attn_zero16(dst);
-            }
+            attn_load_rows<LD, BN, HD, KW, THREADS>(sK, k_cache, st, s, kb, kvlen, kvh);
             cp_async_commit();
-            for (int i = tid; i < BN * C8; i += THREADS) {
-                const int r = i / C8, d = (i % C8) * 8, j = kb + r;
-                DT *dst = sV + r * LD + d;
-                if (j < kvlen)
-                    cp_async16(dst, kv_row(v_cache, st, s, j, KW) + kvh * HD + d);
-                else
-                    attn_zero16(dst);
-            }
+            attn_load_rows<LD, BN, HD, KW, THREADS>(sV, v_cache, st, s, kb, kvlen, kvh);
             cp_async_commit();
             cp_async_wait<1>(); // Q (first tile) and K have landed
             __syncthreads();
@@ -457,19 +638,9 @@ __device__ __forceinline__ void attn_prefill_mma(const kiln_step &st, const DT *
                 attn_mma<DT>(sc[2 * n + 1], a, b[2], b[3]);
             }
         }
-
-        // scores and mask (element e of n-tile n: row i = e / 2, key kb + 8n + 2c + (e & 1)),
-        // then the online softmax; a tile inside every real row's key range needs no mask
-        const bool whole = kb >= qlo_max && kb + BN - 1 <= qhi_min;
-#pragma unroll
-        for (int n = 0; n < BN / 8; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int i = e / 2, j = kb + n * 8 + 2 * c + (e & 1);
-                const float x = attn_score<SOFTCAP, ALIBI>(sc[n][e], scale, softcap, slope, j, qp[i]);
-                sc[n][e] = whole || (j >= qlo[i] && j <= qhi[i]) ? x : ATTN_NINF;
-            }
-        attn_softmax_tile<BN / 8, HD / 8>(sc, m, l, o);
+        attn_tile_softmax<BN / 8, HD / 8, SOFTCAP, ALIBI>(
+            sc, kb, kb >= qlo_max && kb + BN - 1 <= qhi_min, c, qp, qlo, qhi, scale, softcap,
+            slope, m, l, o);
 
         cp_async_wait<0>(); // V has landed
         __syncthreads();
@@ -480,6 +651,7 @@ __device__ __forceinline__ void attn_prefill_mma(const kiln_step &st, const DT *
 
         attn_pv_tile<DT, BN / 8, HD, LD>(sc, sV, lane, o);
         __syncthreads(); // every warp is done with sK / sV before the next tile lands
+    }
     }
     cp_async_wait<0>(); // no key tile at all (cannot happen for valid input): Q's group
 
@@ -734,7 +906,7 @@ __device__ __forceinline__ void attn_prefill_rows(const kiln_step &st, const DT 
 //   HD       head dim, % 8 == 0 and <= 256; % 16 == 0 takes the tensor-core path
 //   CAUSAL   0/1                    WINDOW   0 = none, else keys [p - WINDOW + 1, p] at most
 //   ALIBI    0/1: + alibi_slopes[h] * (j - p)   SOFTCAP 0/1: softcap * tanh(score / softcap)
-//   BM       query rows per CTA, % 16 == 0 (default KILN_ATTN_BM = 64 -> 128 threads)
+//   BM       query rows per CTA, % 16 == 0 (default KILN_ATTN_BM = 128 -> 256 threads)
 //   BN       keys per tile, % 16 == 0 (default KILN_ATTN_BN(HD): 64, 32 when HD > 128)
 //   KV8      0: the 16-bit cache (DT); 1: the FP8 cache (bytes, kernels/kiln_kv8.h)
 //   scale    the score scale (usually 1/sqrt(HD)); softcap, alibi_slopes [NH] read only when
@@ -889,7 +1061,7 @@ attn_decode_warp_mma(const kiln_step &st, int s, int p, const DT *q,
                                                                 j, p)
                                   : ATTN_NINF;
             }
-        attn_softmax_tile<KT / 8, HD / 8>(sc, m, l, o);
+        attn_softmax_tile<KT / 8, HD / 8>(sc, m, l, o, ATTN_LOG2E);
 
         // O += P V: the tile's 16 keys are one k-step
         if constexpr (KV8) {

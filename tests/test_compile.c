@@ -77,7 +77,7 @@ static void test_nvrtc_every_fixture(void **state)
                        &hd) != 3)
                 continue;
             char want[128];
-            const int min = KILN_ATTN_PREFILL_MIN_CTAS(hd);
+            const int min = KILN_ATTN_PREFILL_MIN_CTAS(hd, c.low->m.kernels[k].block / 2);
             if (min > 1)
                 snprintf(want, sizeof want, "__launch_bounds__(%d, %d) %s(",
                          c.low->m.kernels[k].block, min, c.low->m.kernels[k].name);

@@ -498,7 +498,7 @@ static void run_case(kt *t, const acase *c, int kv8)
                         "    kiln::attn_prefill<%s, %d, %d, %d, %d, %d, %d, %d%s>(\n"
                         "        st, q, k_cache, v_cache, out, scale, softcap, alibi_slopes);\n"
                         "}\n",
-                        2 * bm, KILN_ATTN_PREFILL_MIN_CTAS(hd), dt, ct, ct, dt, dt, nh, nkv, hd,
+                        2 * bm, KILN_ATTN_PREFILL_MIN_CTAS(hd, bm), dt, ct, ct, dt, dt, nh, nkv, hd,
                         c->causal, c->window, c->alibi,
                         c->softcap > 0, tile);
     } else {
@@ -694,11 +694,27 @@ static const acase prefill_cases[] = {
     {0, 0, 4, 4, 40, 0, 0, 0, 0, 2, {33, 9}, {0}, 0, 0, 0, 0, 0, 2, NULL, 0, 0},
     /* f16 */
     {0, 1, 4, 2, 64, 1, 0, 0, 0, 3, {5, 33, 70}, {0}, 0, 0, 0, 0, 0, 2, NULL, 0, 0},
+    {0, 1, 8, 2, 128, 1, 0, 0, 0, 2, {300, 17}, {400, 17}, 0, 0, 0, 0, 0, 2, "chunked", 0, 0},
+    /* Llama-3-8B's heads over a long prompt: many full key tiles a CTA (sm_90a: wgmma) */
+    {0, 0, 32, 8, 128, 1, 0, 0, 0, 1, {700}, {0}, 0, 0, 0, 0, 0, 2, NULL, 0, 0},
     /* other tiles */
     {0, 0, 4, 2, 64, 1, 0, 0, 0, 3, {5, 33, 70}, {40, 33, 100}, 16, 32, 0, 0, 0, 2,
      "BM=16 BN=32", 0, 0},
     {0, 0, 8, 2, 128, 1, 0, 0, 0, 2, {200, 130}, {0}, 128, 64, 0, 0, 0, 2, "BM=128 BN=64", 0, 0},
     {0, 0, 4, 2, 128, 1, 0, 0, 0, 2, {70, 33}, {0}, 32, 16, 0, 0, 0, 2, "BM=32 BN=16", 0, 0},
+    /* 64 and 128 rows a CTA (on sm_90a one and two warpgroups sharing the key tiles): several
+     * sequences, chunked, f16, a window with ALiBi and softcap */
+    {0, 0, 8, 2, 64, 1, 0, 0, 0, 8, {1, 2, 3, 31, 32, 33, 64, 65},
+     {500, 2, 40, 31, 64, 33, 64, 100}, 64, 64, 0, 0, 0, 2, "BM=64 8 seqs", 0, 0},
+    {0, 0, 8, 2, 64, 1, 0, 0, 0, 8, {1, 2, 3, 31, 32, 33, 64, 65},
+     {500, 2, 40, 31, 64, 33, 64, 100}, 128, 64, 0, 0, 0, 2, "BM=128 8 seqs", 0, 0},
+    {0, 1, 8, 2, 128, 1, 0, 0, 0, 2, {300, 17}, {400, 17}, 64, 64, 0, 0, 0, 2, "BM=64 chunked", 0,
+     0},
+    {0, 1, 8, 2, 128, 1, 0, 0, 0, 2, {300, 17}, {400, 17}, 128, 64, 0, 0, 0, 2, "BM=128 chunked",
+     0, 0},
+    {0, 0, 6, 2, 64, 1, 16, 1, 5, 2, {170, 45}, {0}, 128, 64, 0, 0, 0, 8, "BM=128", 0, 0},
+    {0, 0, 4, 4, 128, 0, 0, 0, 0, 2, {10, 140}, {50, 140}, 128, 64, 0, 0, 0, 2, "BM=128 chunked",
+     0, 0},
     /* many short sequences (a mixed step: decode-like rows among prefill chunks) */
     {0, 0, 8, 2, 64, 1, 0, 0, 0, 8, {1, 2, 3, 31, 32, 33, 64, 65}, {500, 2, 40, 31, 64, 33, 64, 100},
      0, 0, 0, 0, 0, 2, "8 seqs", 0, 0},
