@@ -9,6 +9,7 @@
  */
 #include <math.h>
 
+#include "../kernels/kiln_attn.h"
 #include "../kernels/kiln_kv8.h"
 #include "artifact.h"
 #include "pipeline.h"
@@ -291,7 +292,10 @@ static void test_compile(void **state)
     EXPECT_CODE(ri, 0);
     assert_contains(rs.out, "unsigned char *k_cache, unsigned char *v_cache");
     assert_contains(rs.out, ", 128, 1>(st, q, k, v,");  /* rope_kv<..., THREADS, KV8 = 1> */
-    assert_contains(rs.out, ", 64, 64, 1>(st, q, k_cache"); /* attn_prefill<..., BM, BN, 1> */
+    char bmbn[64]; /* attn_prefill<..., BM, BN, 1> */
+    snprintf(bmbn, sizeof bmbn, ", %d, %d, 1>(st, q, k_cache", KILN_ATTN_BM,
+             KILN_ATTN_BN(24)); /* the llama fixture's head_dim */
+    assert_contains(rs.out, bmbn);
     assert_contains(ri.out, "kv cache     fp8 (kilnc compile --kv-dtype fp8): e4m3 with a float "
                             "scale per token and kv head, 224 B a token (bf16: 384 B)");
     tu_run_free(&rs);
