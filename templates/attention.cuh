@@ -599,59 +599,59 @@ __device__ __forceinline__ void attn_prefill_mma(const kiln_step &st, const DT *
             __syncthreads(); // every warp is done with the stage before it is refilled
         }
     } else {
-    for (int kb = klo >= 0 && klo <= khi ? (klo / BN) * BN : 0; kb <= khi; kb += BN) {
-        if constexpr (KV8) {
-            // the tile's raw K then V bytes and scales into the staging area (two cp.async
-            // groups, as the 16-bit tiles), then K converted into sK; V is converted once it
-            // has landed, after Q.K^T
-            attn_kv8_stage<NKV, HD, BN, THREADS>(st, s, kb, kvlen, kvh, k_cache, rK, rKs);
-            attn_kv8_stage<NKV, HD, BN, THREADS>(st, s, kb, kvlen, kvh, v_cache, rV, rVs);
-            cp_async_wait<1>(); // Q (first tile) and K have landed
-            __syncthreads();
-            attn_kv8_convert<DT, HD, LD, BN, THREADS>(rK, rKs, sK);
-            __syncthreads();
-        } else {
-            // K then V tile (two cp.async groups, so S can start before V has landed)
-            attn_load_rows<LD, BN, HD, KW, THREADS>(sK, k_cache, st, s, kb, kvlen, kvh);
-            cp_async_commit();
-            attn_load_rows<LD, BN, HD, KW, THREADS>(sV, v_cache, st, s, kb, kvlen, kvh);
-            cp_async_commit();
-            cp_async_wait<1>(); // Q (first tile) and K have landed
-            __syncthreads();
-        }
-
-        // S = Q K^T: 16 rows x BN keys per warp; the fragments by ldmatrix.x4 (qa, ka above):
-        // A = the warp's 16 rows x 16 dims, B = 16 keys x 16 dims (b0, b1 of two n-tiles)
-        float sc[BN / 8][4];
-#pragma unroll
-        for (int n = 0; n < BN / 8; n++)
-            sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.f;
-#pragma unroll
-        for (int kk = 0; kk < HD / 16; kk++) {
-            unsigned a[4];
-            ldsm4(a, qa + kk * 32);
-#pragma unroll
-            for (int n = 0; n < BN / 16; n++) {
-                unsigned b[4];
-                ldsm4(b, ka + (unsigned)(n * 16 * LD * 2 + kk * 32));
-                attn_mma<DT>(sc[2 * n], a, b[0], b[1]);
-                attn_mma<DT>(sc[2 * n + 1], a, b[2], b[3]);
+        for (int kb = klo >= 0 && klo <= khi ? (klo / BN) * BN : 0; kb <= khi; kb += BN) {
+            if constexpr (KV8) {
+                // the tile's raw K then V bytes and scales into the staging area (two cp.async
+                // groups, as the 16-bit tiles), then K converted into sK; V is converted once it
+                // has landed, after Q.K^T
+                attn_kv8_stage<NKV, HD, BN, THREADS>(st, s, kb, kvlen, kvh, k_cache, rK, rKs);
+                attn_kv8_stage<NKV, HD, BN, THREADS>(st, s, kb, kvlen, kvh, v_cache, rV, rVs);
+                cp_async_wait<1>(); // Q (first tile) and K have landed
+                __syncthreads();
+                attn_kv8_convert<DT, HD, LD, BN, THREADS>(rK, rKs, sK);
+                __syncthreads();
+            } else {
+                // K then V tile (two cp.async groups, so S can start before V has landed)
+                attn_load_rows<LD, BN, HD, KW, THREADS>(sK, k_cache, st, s, kb, kvlen, kvh);
+                cp_async_commit();
+                attn_load_rows<LD, BN, HD, KW, THREADS>(sV, v_cache, st, s, kb, kvlen, kvh);
+                cp_async_commit();
+                cp_async_wait<1>(); // Q (first tile) and K have landed
+                __syncthreads();
             }
-        }
-        attn_tile_softmax<BN / 8, HD / 8, SOFTCAP, ALIBI>(
-            sc, kb, kb >= qlo_max && kb + BN - 1 <= qhi_min, c, qp, qlo, qhi, scale, softcap,
-            slope, m, l, o);
 
-        cp_async_wait<0>(); // V has landed
-        __syncthreads();
-        if constexpr (KV8) {
-            attn_kv8_convert<DT, HD, LD, BN, THREADS>(rV, rVs, sV);
+            // S = Q K^T: 16 rows x BN keys per warp; the fragments by ldmatrix.x4 (qa, ka above):
+            // A = the warp's 16 rows x 16 dims, B = 16 keys x 16 dims (b0, b1 of two n-tiles)
+            float sc[BN / 8][4];
+    #pragma unroll
+            for (int n = 0; n < BN / 8; n++)
+                sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.f;
+    #pragma unroll
+            for (int kk = 0; kk < HD / 16; kk++) {
+                unsigned a[4];
+                ldsm4(a, qa + kk * 32);
+    #pragma unroll
+                for (int n = 0; n < BN / 16; n++) {
+                    unsigned b[4];
+                    ldsm4(b, ka + (unsigned)(n * 16 * LD * 2 + kk * 32));
+                    attn_mma<DT>(sc[2 * n], a, b[0], b[1]);
+                    attn_mma<DT>(sc[2 * n + 1], a, b[2], b[3]);
+                }
+            }
+            attn_tile_softmax<BN / 8, HD / 8, SOFTCAP, ALIBI>(
+                sc, kb, kb >= qlo_max && kb + BN - 1 <= qhi_min, c, qp, qlo, qhi, scale, softcap,
+                slope, m, l, o);
+
+            cp_async_wait<0>(); // V has landed
             __syncthreads();
-        }
+            if constexpr (KV8) {
+                attn_kv8_convert<DT, HD, LD, BN, THREADS>(rV, rVs, sV);
+                __syncthreads();
+            }
 
-        attn_pv_tile<DT, BN / 8, HD, LD>(sc, sV, lane, o);
-        __syncthreads(); // every warp is done with sK / sV before the next tile lands
-    }
+            attn_pv_tile<DT, BN / 8, HD, LD>(sc, sV, lane, o);
+            __syncthreads(); // every warp is done with sK / sV before the next tile lands
+        }
     }
     cp_async_wait<0>(); // no key tile at all (cannot happen for valid input): Q's group
 
