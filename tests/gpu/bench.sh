@@ -58,7 +58,11 @@ mkdir -p $LOG
 export NCCL_NVLS_ENABLE=0
 fail=0
 COMMIT=$($BIN/kiln --version 2>/dev/null | sed -n "s/.*commit \([^)]*\)).*/\1/p")
-KILNC_ID="$($BIN/kilnc --version 2>/dev/null) $COMPILE"
+# an artifact is reused while kilnc, these options and the sources it compiles from (archspecs,
+# templates, kernels: a dirty tree's changes keep the commit of kilnc --version) are the same;
+# profile.sh makes the same id
+KILNC_ID="$($BIN/kilnc --version 2>/dev/null) $COMPILE $(cat "${KILN_ROOT:-.}"/archspecs/*.lua \
+  "${KILN_ROOT:-.}"/templates/*.cuh "${KILN_ROOT:-.}"/kernels/* 2>/dev/null | sha1sum | cut -c1-12)"
 say() { echo "bench.sh: $*" | tee -a $LOG/bench.txt; }
 elapsed() { $PY -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$(date +%s.%N)"; }
 

@@ -31,7 +31,8 @@ HF=$W/hf-$SHAPE ART=$W/art-$SHAPE
 [ -f $HF/config.json ] || $BIN/kilnc synth --like $LIKE -o $HF --force > /dev/null || exit 1
 # bench.sh's compile options and marker, so its artifact is reused when the machine is warm
 COMPILE="--max-batch 64 --max-seq-len 2560"
-KILNC_ID="$($BIN/kilnc --version 2>/dev/null) $COMPILE"
+KILNC_ID="$($BIN/kilnc --version 2>/dev/null) $COMPILE $(cat "${KILN_ROOT:-.}"/archspecs/*.lua \
+  "${KILN_ROOT:-.}"/templates/*.cuh "${KILN_ROOT:-.}"/kernels/* 2>/dev/null | sha1sum | cut -c1-12)"
 if [ ! -f $ART/model.kiln ] || [ "$(cat $ART/bench-compile-id 2>/dev/null)" != "$KILNC_ID" ]; then
   rm -rf $ART; $BIN/kilnc compile $HF -o $ART --sm 90a $COMPILE > /dev/null || exit 1
   echo "$KILNC_ID" > $ART/bench-compile-id
