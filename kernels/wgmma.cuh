@@ -48,17 +48,14 @@ __device__ __forceinline__ unsigned swz(int r, int c)
     return (unsigned)(r * 128 + ((c ^ (r & 7)) << 4));
 }
 
-__device__ __forceinline__ unsigned long long desc_k(unsigned addr)
-{
-    return (unsigned long long)((addr & 0x3FFFFu) >> 4) | 1ull << 16 | (1024ull >> 4) << 32 |
-           1ull << 62;
-}
-
 __device__ __forceinline__ unsigned long long desc_mn(unsigned addr, unsigned lbo)
 {
     return (unsigned long long)((addr & 0x3FFFFu) >> 4) |
            (unsigned long long)((lbo & 0x3FFFFu) >> 4) << 16 | (1024ull >> 4) << 32 | 1ull << 62;
 }
+
+// (the leading byte offset of a swizzled K-major operand is unused: 16, "assumed 1")
+__device__ __forceinline__ unsigned long long desc_k(unsigned addr) { return desc_mn(addr, 16); }
 
 __device__ __forceinline__ void fence()
 {

@@ -281,6 +281,18 @@ __device__ __forceinline__ void attn_softmax_tile(float (&sc)[NT][4], float (&m)
     }
 }
 
+// P's A fragment for the 16-key k-step kk: the n-tiles 2kk, 2kk + 1 of the S accumulators sc
+// (probabilities) rounded to DT in pairs (the D layout of two adjacent 8-key n-tiles is the A
+// layout of one 16-key k-step, for mma.sync's m16n8k16 and wgmma's register A alike).
+template <typename DT, int NT>
+__device__ __forceinline__ void attn_p_frag(const float (&sc)[NT][4], int kk, unsigned (&a)[4])
+{
+    a[0] = attn_pack2<DT>(sc[2 * kk][0], sc[2 * kk][1]);
+    a[1] = attn_pack2<DT>(sc[2 * kk][2], sc[2 * kk][3]);
+    a[2] = attn_pack2<DT>(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+    a[3] = attn_pack2<DT>(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+}
+
 // O += P V over a tile of NT * 8 keys in a DT tile sV [keys][LD] (LD % 8 == 0, rows 16-byte
 // aligned): k-step kk covers keys [16kk, 16kk + 16) = the n-tiles 2kk, 2kk + 1 of P (the D layout
 // of two adjacent 8-key n-tiles is the A layout of one 16-key k-step); B[k = key][n = dim] comes
@@ -292,14 +304,12 @@ __device__ __forceinline__ void attn_pv_tile(const float (&sc)[NT][4], const DT 
                                              float (&o)[HD / 8][4])
 {
     static_assert(HD % 16 == 0 && LD % 8 == 0, "attn_pv_tile: 16-dim steps, 16-byte rows");
-    const unsigned vb =
-        (unsigned)__cvta_generic_to_shared(sV) + (unsigned)(((lane & 15) * LD + (lane >> 4) * 8) * 2);
+    const unsigned vb = (unsigned)__cvta_generic_to_shared(sV) +
+                        (unsigned)(((lane & 15) * LD + (lane >> 4) * 8) * 2);
 #pragma unroll
     for (int kk = 0; kk < NT / 2; kk++) {
-        const unsigned a[4] = {attn_pack2<DT>(sc[2 * kk][0], sc[2 * kk][1]),
-                               attn_pack2<DT>(sc[2 * kk][2], sc[2 * kk][3]),
-                               attn_pack2<DT>(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
-                               attn_pack2<DT>(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
+        unsigned a[4];
+        attn_p_frag<DT>(sc, kk, a);
 #pragma unroll
         for (int n = 0; n < HD / 16; n++) {
             unsigned b[4];
@@ -311,21 +321,16 @@ __device__ __forceinline__ void attn_pv_tile(const float (&sc)[NT][4], const DT 
 }
 
 // attn_pv_tile on wgmma (attn_prefill's Hopper path): P (the warpgroup's 64 rows x NT * 8 keys,
-// rounded to DT from the S accumulators, the same packing as attn_pv_tile's) from the registers,
-// V from sV's panels ([keys][64 dims] each, ROWS keys, 128-byte swizzle) read MN-major: one
-// m64nHDk16 a 16-key step, 2,048 bytes (16 rows) apart.
+// attn_p_frag's fragments) from the registers, V from sV's panels ([keys][64 dims] each, ROWS
+// keys, 128-byte swizzle) read MN-major: one m64nHDk16 a 16-key step, 2,048 bytes (16 rows) apart.
 template <typename DT, int NT, int HD, int ROWS>
 __device__ __forceinline__ void attn_pv_tile_wg(const float (&sc)[NT][4], const DT *sV,
                                                 float (&o)[HD / 8][4])
 {
     unsigned a[NT / 2][4];
 #pragma unroll
-    for (int kk = 0; kk < NT / 2; kk++) {
-        a[kk][0] = attn_pack2<DT>(sc[2 * kk][0], sc[2 * kk][1]);
-        a[kk][1] = attn_pack2<DT>(sc[2 * kk][2], sc[2 * kk][3]);
-        a[kk][2] = attn_pack2<DT>(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-        a[kk][3] = attn_pack2<DT>(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
-    }
+    for (int kk = 0; kk < NT / 2; kk++)
+        attn_p_frag<DT>(sc, kk, a[kk]);
     const unsigned vs = (unsigned)__cvta_generic_to_shared(sV);
     wg::fence_regs(o); // the softmax's rescale of o is done before the products read it
     wg::fence();
@@ -340,17 +345,17 @@ __device__ __forceinline__ void attn_pv_tile_wg(const float (&sc)[NT][4], const 
         wg::fence_regs(a[kk]); // the products read a until they complete
 }
 
-// attn_prefill's Hopper path (compiled for sm_90a): a warpgroup a 64 rows of the CTA, S = Q K^T
-// and O += P V on wgmma, the 16-bit cache, head dims of one or two 128-byte panels, and the
-// launch's shared memory (the mma.sync path's, kernels/kiln_attn.h) holding Q and two stages of
-// K and V tiles of KILN_ATTN_WG_BN keys, 1024-aligned.
+// attn_prefill's Hopper path (compiled for sm_90a): a warpgroup for each 64 rows of the CTA,
+// S = Q K^T and O += P V on wgmma, the 16-bit cache, head dims of one or two 128-byte panels, and
+// the launch's shared memory (the mma.sync path's, kernels/kiln_attn.h) holding Q and two stages
+// of K and V tiles of KILN_ATTN_WG_BN keys, 1024-aligned.
 template <int HD, int BM, int BN, int KV8>
 constexpr bool attn_prefill_wg =
     wg::HAVE && !KV8 && BM % 64 == 0 && (HD == 64 || HD == 128) &&
     (BM + 4 * KILN_ATTN_WG_BN) * HD * 2 + 1023 <= KILN_ATTN_PREFILL_SMEM(BM, BN, HD, 2, KV8);
 
-// Element (r, d) of a Q, K or V tile of ROWS rows in shared memory: rows of LD elements, or with
-// WG wgmma.cuh's panels (HD / 64 of them, ROWS x 64 elements each, 128-byte swizzle).
+// Element (r, d) of the Q tile of ROWS rows in shared memory: rows of LD elements, or with WG
+// wgmma.cuh's panels (HD / 64 of them, ROWS x 64 elements each, 128-byte swizzle).
 template <bool WG, int LD, int ROWS, typename DT>
 __device__ __forceinline__ DT *attn_tile_at(DT *tile, int r, int d)
 {
@@ -527,13 +532,6 @@ __device__ __forceinline__ void attn_prefill_mma(const kiln_step &st, const DT *
     }
     __syncthreads();
     const int klo = s_klo, khi = s_khi, qlo_max = s_qlo_max, qhi_min = s_qhi_min;
-    // ldmatrix row addresses (the mma.sync path; shared space, bytes): Q (A): the warp's row
-    // (lane & 15), dims + 8 (lane >> 4); K (B): key (lane & 7) + 8 (lane >> 4), dims + 8
-    // ((lane >> 3) & 1)
-    const unsigned qa = (unsigned)__cvta_generic_to_shared(sQ) +
-                        (unsigned)(((warp * 16 + (lane & 15)) * LD + (lane >> 4) * 8) * 2);
-    const unsigned ka = (unsigned)__cvta_generic_to_shared(sK) +
-                        (unsigned)((((lane & 7) + (lane >> 4) * 8) * LD + ((lane >> 3) & 1) * 8) * 2);
 
     // this thread's two rows: g and g + 8 of its warp's 16 (i = 0, 1)
     int qp[2], qlo[2], qhi[2];
@@ -599,6 +597,13 @@ __device__ __forceinline__ void attn_prefill_mma(const kiln_step &st, const DT *
             __syncthreads(); // every warp is done with the stage before it is refilled
         }
     } else {
+        // ldmatrix row addresses (shared space, bytes): Q (A): the warp's row (lane & 15), dims
+        // + 8 (lane >> 4); K (B): key (lane & 7) + 8 (lane >> 4), dims + 8 ((lane >> 3) & 1)
+        const unsigned qa = (unsigned)__cvta_generic_to_shared(sQ) +
+                            (unsigned)(((warp * 16 + (lane & 15)) * LD + (lane >> 4) * 8) * 2);
+        const unsigned ka =
+            (unsigned)__cvta_generic_to_shared(sK) +
+            (unsigned)((((lane & 7) + (lane >> 4) * 8) * LD + ((lane >> 3) & 1) * 8) * 2);
         for (int kb = klo >= 0 && klo <= khi ? (klo / BN) * BN : 0; kb <= khi; kb += BN) {
             if constexpr (KV8) {
                 // the tile's raw K then V bytes and scales into the staging area (two cp.async
@@ -623,14 +628,14 @@ __device__ __forceinline__ void attn_prefill_mma(const kiln_step &st, const DT *
             // S = Q K^T: 16 rows x BN keys per warp; the fragments by ldmatrix.x4 (qa, ka above):
             // A = the warp's 16 rows x 16 dims, B = 16 keys x 16 dims (b0, b1 of two n-tiles)
             float sc[BN / 8][4];
-    #pragma unroll
+#pragma unroll
             for (int n = 0; n < BN / 8; n++)
                 sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.f;
-    #pragma unroll
+#pragma unroll
             for (int kk = 0; kk < HD / 16; kk++) {
                 unsigned a[4];
                 ldsm4(a, qa + kk * 32);
-    #pragma unroll
+#pragma unroll
                 for (int n = 0; n < BN / 16; n++) {
                     unsigned b[4];
                     ldsm4(b, ka + (unsigned)(n * 16 * LD * 2 + kk * 32));
