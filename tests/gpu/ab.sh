@@ -18,7 +18,7 @@
 # keeps that variant's, at /tmp/kiln-bench/ab-SHAPE-NAME) unless the next variant compiles the same
 # way (ASSIGNMENTS and OPTIONS equal), which then benches it as it is. The table gives, per variant and figure,
 # the best round's tok/s (decode, prefill) or ms (first token) and its ratio to the roofline kiln
-# bench measured in that process.
+# bench measured in that process, and the SM clock nvidia-smi saw while the rounds drew over 350 W.
 #
 # Settings: AB_SHAPE (8b; or 1b), AB_VARIANTS (required), AB_BATCH (1,8,64), AB_PREFILL (2048),
 # AB_ROUNDS (2), AB_COMPILE (kilnc compile options, "--max-batch 64 --max-seq-len 2560"), AB_ARGS
@@ -72,10 +72,17 @@ for v in $AB_VARIANTS; do
   fi
   names+=("$name")
   for r in $(seq 1 "${AB_ROUNDS:-2}"); do
+    smi=
+    if command -v nvidia-smi > /dev/null; then   # the clocks and power the round ran at
+      nvidia-smi --query-gpu=clocks.sm,power.draw --format=csv,noheader,nounits -lms 20 \
+        > $LOG/smi-$name-$r.csv 2> /dev/null &
+      smi=$!
+    fi
     # shellcheck disable=SC2086
     env ${renv//,/ } $kiln bench $ART --batch "${AB_BATCH:-1,8,64}" --prefill "${AB_PREFILL:-2048}" \
       ${AB_ARGS:-} --json $LOG/$name-$r.json > $LOG/bench-$name-$r.txt 2>&1 ||
       echo "ab.sh: $name round $r: kiln bench FAILED: $(grep -m1 -i error $LOG/bench-$name-$r.txt)"
+    [ -n "$smi" ] && kill $smi 2> /dev/null && wait $smi 2> /dev/null
   done
   if [ "${AB_KEEP:-}" = "$name" ]; then
     last_art= last_key=
@@ -119,6 +126,27 @@ for k in keys:
         cells.append(f"{c[0]:,.1f} {unit} = {c[1]:.3f}" if c else "-")
     label = f"{k[0]} {'batch' if k[0] == 'decode' else 'tokens'} {k[1]}"
     print(f"| {label} | " + " | ".join(cells) + " |")
+# nvidia-smi's samples (every 20 ms) of the rounds: the SM clock while the GPU drew over half its
+# highest power, i.e. under the GEMMs' load, against the clock when lightly loaded
+lines = []
+for name in names.split():
+    busy, light, top = [], [], 0.0
+    for p in sorted(glob.glob(f"{log}/smi-{name}-*.csv")):
+        for ln in open(p):
+            try:
+                mhz, watts = (float(x) for x in ln.split(","))
+            except ValueError:
+                continue
+            top = max(top, watts)
+            (busy if watts > 350 else light).append(mhz)
+    if busy:
+        busy.sort()
+        lines.append(f"{name}: {len(busy)} samples over 350 W (highest {top:.0f} W): SM clock "
+                     f"min {busy[0]:.0f} / median {busy[len(busy) // 2]:.0f} MHz; below: median "
+                     f"{sorted(light)[len(light) // 2] if light else 0:.0f} MHz")
+if lines:
+    print()
+    print("Clocks under load (nvidia-smi every 20 ms): " + "; ".join(lines))
 EOF
 cat $LOG/ab-summary.md
 cp $LOG/ab-summary.md "$OUT/"
