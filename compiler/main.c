@@ -955,7 +955,7 @@ static int cmd_compile(int argc, char **argv)
                 "  --max-batch N      sequences per step (default 16)\n"
                 "  --max-tokens N     tokens per prefill step; longer prompts are prefilled in "
                 "chunks\n"
-                "                     (default 1024)\n"
+                "                     (default 2048)\n"
                 "  --generation-config none\n"
                 "                     ignore MODEL_DIR/generation_config.json: its eos ids and its\n"
                 "                     sampling defaults (temperature, top_p, top_k, max_new_tokens,\n"

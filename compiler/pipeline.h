@@ -16,7 +16,7 @@ typedef struct kc_opts {
     int strict;
     int allow_nonfinite;   /* --allow-nonfinite: NaN and Inf in weights are warnings */
     int need_weights;      /* a checkpoint must be present (else graph-only) */
-    int max_tokens, max_seqs, max_seq_len; /* 0: defaults 1024, 16, 2048 */
+    int max_tokens, max_seqs, max_seq_len; /* 0: defaults 2048, 16, 2048 */
     st_dtype act_dtype;    /* ST_BF16 (default) or ST_F16 */
     kc_quant quant_mode;   /* --quant fp8|int4 (quant.h) */
     const char *calib_path;/* --calibrate FILE (with quant_mode; gptq.h) */
