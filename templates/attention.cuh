@@ -84,14 +84,22 @@ __device__ __forceinline__ void attn_key_range(int p, int kvlen, int &lo, int &h
         lo = p - WINDOW + 1;
 }
 
-// Prefill grids are flat over the query tiles of all sequences: tile i of the grid is found by
-// walking the sequences (each sequence has ceil(rows / BM) tiles; sum <= ceil(T / BM) + n_seqs).
-// Within a sequence the last tile comes first: under a causal mask it has the most keys, so the
-// long CTAs start early. Returns false for the grid's surplus tiles.
+// Prefill grids are (tiles, heads): the query tiles of all sequences (each sequence has
+// ceil(rows / BM) tiles; sum <= ceil(T / BM) + n_seqs) by the query heads. The CTAs start in
+// the order of their linear index, which this maps head first: every head's first tile, then
+// every head's second, ...; and within a sequence the last tile comes first. Under a causal mask
+// the last tile has the most keys, so the longest CTAs start first and the short ones fill the
+// end: the tail of the launch is short tiles of every head, not one head's long tiles (the 8B
+// 2,048-token prompt in one step: 0.772 -> 0.786 of the GEMM peak, its attention then 3.6 ms of
+// 43.9 ms of kernels; tests/gpu/RESULTS.md, twenty-fifth session). Sets the CTA's head h;
+// returns false for the grid's surplus tiles.
 template <int BM>
-__device__ __forceinline__ bool attn_find_tile(const kiln_step &st, int tile, int &s, int &row0,
+__device__ __forceinline__ bool attn_find_tile(const kiln_step &st, int &h, int &s, int &row0,
                                                int &nrows)
 {
+    const int lin = blockIdx.y * gridDim.x + blockIdx.x;
+    int tile = lin / gridDim.y;
+    h = lin % gridDim.y;
     for (int i = 0; i < st.n_seqs; i++) {
         const int a = st.seq_start[i], b = st.seq_start[i + 1];
         const int nt = b > a ? (b - a + BM - 1) / BM : 0;
@@ -495,10 +503,10 @@ __device__ __forceinline__ void attn_prefill_mma(const kiln_step &st, const DT *
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int g = lane / 4, c = lane % 4;
-    const int h = blockIdx.y, kvh = h / (NH / NKV);
-    int s = 0, row0 = 0, nrows = 0;
-    if (!attn_find_tile<BM>(st, blockIdx.x, s, row0, nrows))
+    int h = 0, s = 0, row0 = 0, nrows = 0;
+    if (!attn_find_tile<BM>(st, h, s, row0, nrows))
         return; // uniform over the CTA
+    const int kvh = h / (NH / NKV);
     const int kvlen = st.seq_kvlen[s];
 
     // Q tile; rows past the sequence's rows are zeros (computed on, never written)
@@ -861,10 +869,10 @@ __device__ __forceinline__ void attn_prefill_rows(const kiln_step &st, const DT 
     constexpr int WARPS = BM / 16, QW = NH * HD;
     __shared__ __align__(16) float qs[WARPS][HD];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int h = blockIdx.y, kvh = h / (NH / NKV);
-    int s = 0, row0 = 0, nrows = 0;
-    if (!attn_find_tile<BM>(st, blockIdx.x, s, row0, nrows))
+    int h = 0, s = 0, row0 = 0, nrows = 0;
+    if (!attn_find_tile<BM>(st, h, s, row0, nrows))
         return;
+    const int kvh = h / (NH / NKV);
     const int kvlen = st.seq_kvlen[s];
     const float slope[1] = {ALIBI ? alibi_slopes[h] : 0.f};
 
