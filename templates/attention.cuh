@@ -238,18 +238,18 @@ __device__ __forceinline__ unsigned attn_ld32(const void *smem)
 }
 
 // One key tile's online-softmax step on the m16n8k16 S accumulators of a lane (rows g and g + 8,
-// i = e / 2 of element e): sc holds the tile's scores, masked ones -inf; m, l, o are the rows'
-// running max, sum (this lane's columns; summed over the quad at the end) and output. The 4
-// lanes of a quad share rows, so the row max is reduced over the quad (xor 1, 2). sc and m are
-// in units of k2 / log2 e: the scores (k2 = log2 e), or unscaled dot products with k2 = scale *
-// log2 e (the scale folded into the exponent). On return sc holds the tile's probabilities
-// exp(score - max) (0 where masked), each one FFMA and one ex2 (exp(x - mu) = 2^(x k2 - mu k2)).
-// A row whose max did not change keeps alpha = 1 exactly, and o is rescaled only where some
-// row's max changed (after the first few tiles of a row, rarely): the products it skips are by 1.
+// i = e / 2 of element e): sc holds the tile's scores, masked ones -inf; m, l are the rows'
+// running max and sum (this lane's columns; summed over the quad at the end). The 4 lanes of a
+// quad share rows, so the row max is reduced over the quad (xor 1, 2). sc and m are in units of
+// k2 / log2 e: the scores (k2 = log2 e), or unscaled dot products with k2 = scale * log2 e (the
+// scale folded into the exponent). On return sc holds the tile's probabilities exp(score - max)
+// (0 where masked), each one FFMA and one ex2 (exp(x - mu) = 2^(x k2 - mu k2)), and alpha the
+// factor the rows' output must be rescaled by (attn_rescale) before this tile's P V is added. A
+// row whose max did not change keeps alpha = 1 exactly.
 #define ATTN_LOG2E 1.4426950408889634f
-template <int NT, int NO>
+template <int NT>
 __device__ __forceinline__ void attn_softmax_tile(float (&sc)[NT][4], float (&m)[2], float (&l)[2],
-                                                  float (&o)[NO][4], float k2)
+                                                  float (&alpha)[2], float k2)
 {
     float mx[2] = {ATTN_NINF, ATTN_NINF};
 #pragma unroll
@@ -257,7 +257,7 @@ __device__ __forceinline__ void attn_softmax_tile(float (&sc)[NT][4], float (&m)
 #pragma unroll
         for (int e = 0; e < 4; e++)
             mx[e / 2] = fmaxf(mx[e / 2], sc[n][e]);
-    float alpha[2], mul[2], ls[2] = {0.f, 0.f};
+    float mul[2], ls[2] = {0.f, 0.f};
 #pragma unroll
     for (int i = 0; i < 2; i++) {
         mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
@@ -278,6 +278,13 @@ __device__ __forceinline__ void attn_softmax_tile(float (&sc)[NT][4], float (&m)
 #pragma unroll
     for (int i = 0; i < 2; i++)
         l[i] = l[i] * alpha[i] + ls[i];
+}
+
+// The output rows' rescale after attn_softmax_tile, only where some row's max changed (after the
+// first few tiles of a row, rarely): the products it skips are by 1.
+template <int NO>
+__device__ __forceinline__ void attn_rescale(float (&o)[NO][4], const float (&alpha)[2])
+{
     if (alpha[0] != 1.f || alpha[1] != 1.f) {
 #pragma unroll
         for (int n = 0; n < NO; n++) {
@@ -328,17 +335,15 @@ __device__ __forceinline__ void attn_pv_tile(const float (&sc)[NT][4], const DT 
     }
 }
 
-// attn_pv_tile on wgmma (attn_prefill's Hopper path): P (the warpgroup's 64 rows x NT * 8 keys,
-// attn_p_frag's fragments) from the registers, V from sV's panels ([keys][64 dims] each, ROWS
-// keys, 128-byte swizzle) read MN-major: one m64nHDk16 a 16-key step, 2,048 bytes (16 rows) apart.
+// attn_pv_tile on wgmma (attn_prefill's Hopper path), issued and committed, not waited for: O +=
+// P V, P (the warpgroup's 64 rows x NT * 8 keys) from the registers a (attn_p_frag's fragments),
+// V from sV's panels ([keys][64 dims] each, ROWS keys, 128-byte swizzle) read MN-major: one
+// m64nHDk16 a 16-key step, 2,048 bytes (16 rows) apart. o and a stay the products' until a
+// wg::wait covers them (then wg::fence_regs on both).
 template <typename DT, int NT, int HD, int ROWS>
-__device__ __forceinline__ void attn_pv_tile_wg(const float (&sc)[NT][4], const DT *sV,
-                                                float (&o)[HD / 8][4])
+__device__ __forceinline__ void attn_pv_issue_wg(const unsigned (&a)[NT / 2][4], const DT *sV,
+                                                 float (&o)[HD / 8][4])
 {
-    unsigned a[NT / 2][4];
-#pragma unroll
-    for (int kk = 0; kk < NT / 2; kk++)
-        attn_p_frag<DT>(sc, kk, a[kk]);
     const unsigned vs = (unsigned)__cvta_generic_to_shared(sV);
     wg::fence_regs(o); // the softmax's rescale of o is done before the products read it
     wg::fence();
@@ -346,11 +351,6 @@ __device__ __forceinline__ void attn_pv_tile_wg(const float (&sc)[NT][4], const 
     for (int kk = 0; kk < NT / 2; kk++)
         wg::mma_rt(o, a[kk], wg::desc_mn(vs + kk * 2048, ROWS * 128), DT());
     wg::commit();
-    wg::wait<0>();
-    wg::fence_regs(o);
-#pragma unroll
-    for (int kk = 0; kk < NT / 2; kk++)
-        wg::fence_regs(a[kk]); // the products read a until they complete
 }
 
 // attn_prefill's Hopper path (compiled for sm_90a): a warpgroup for each 64 rows of the CTA,
@@ -392,48 +392,44 @@ __device__ __forceinline__ void attn_load_rows(DT *tile, const DT *cache, const 
 }
 
 // attn_prefill's Hopper path: the keys [kb, kb + BW) of kv head kvh of sequence s (kb a multiple
-// of BW, which divides KILN_BLOCK: one cache block, one block-table read) from the 16-bit caches,
-// K into the stage's panels at t and V into those BW * HD elements later (wgmma.cuh's layout, BW
-// rows), by cp.async; keys at or past kvlen get zeros. Thread i copies 16-byte chunk i % (HD / 8)
-// of rows i / (HD / 8) + RP p (RP = THREADS / (HD / 8) rows a pass, a multiple of 8): its rows
-// share r % 8, so its destinations are one offset plus 128 RP p bytes and its sources one row
-// plus RP p rows.
+// of BW, which divides KILN_BLOCK: one cache block, one block-table read) from a 16-bit cache
+// into the panels at t (wgmma.cuh's layout, BW rows) by cp.async; keys at or past kvlen get
+// zeros. Thread i copies 16-byte chunk i % (HD / 8) of rows i / (HD / 8) + RP p (RP = THREADS /
+// (HD / 8) rows a pass, a multiple of 8): its rows share r % 8, so its destinations are one
+// offset plus 128 RP p bytes and its sources one row plus RP p rows.
 template <int HD, int KW, int BW, int THREADS, typename DT>
-__device__ __forceinline__ void attn_load_kv_wg(DT *t, const DT *k_cache, const DT *v_cache,
-                                                const kiln_step &st, int s, int kb, int kvlen,
-                                                int kvh)
+__device__ __forceinline__ void attn_load_tile_wg(DT *t, const DT *cache, const kiln_step &st,
+                                                  int s, int kb, int kvlen, int kvh)
 {
     constexpr int C8 = HD / 8, RP = THREADS / C8;
     static_assert(THREADS % C8 == 0 && RP % 8 == 0 && BW % RP == 0 && KILN_BLOCK % BW == 0,
-                  "attn_load_kv_wg: whole passes of 8-row groups, a tile inside one cache block");
+                  "attn_load_tile_wg: whole passes of 8-row groups, a tile inside one cache block");
     const int c8 = threadIdx.x % C8, r0 = threadIdx.x / C8;
-    const long long src =
-        ((long long)st.block_table[s * st.max_blocks + kb / KILN_BLOCK] * KILN_BLOCK +
-         kb % KILN_BLOCK + r0) * KW + kvh * HD + c8 * 8;
+    const DT *src = cache +
+                    ((long long)st.block_table[s * st.max_blocks + kb / KILN_BLOCK] * KILN_BLOCK +
+                     kb % KILN_BLOCK + r0) * KW + kvh * HD + c8 * 8;
     DT *dst = t + (c8 / 8) * BW * 64 + wg::swz(r0, c8 % 8) / 2;
 #pragma unroll
     for (int p = 0; p < BW / RP; p++) {
-        if (kb + r0 + p * RP < kvlen) {
-            cp_async16(dst + p * RP * 64, k_cache + src + (long long)p * RP * KW);
-            cp_async16(dst + BW * HD + p * RP * 64, v_cache + src + (long long)p * RP * KW);
-        } else {
+        if (kb + r0 + p * RP < kvlen)
+            cp_async16(dst + p * RP * 64, src + (long long)p * RP * KW);
+        else
             attn_zero16(dst + p * RP * 64);
-            attn_zero16(dst + BW * HD + p * RP * 64);
-        }
     }
 }
 
 // A key tile's dot products sc (element e of n-tile n: row i = e / 2 of the lane's two, key kb +
 // 8n + 2c + (e & 1)) through softcap and ALiBi (attn_score) and the mask (rows' key ranges [qlo,
 // qhi]; a tile inside every real row's range, `whole`, uniform over the CTA, skips it), then the
-// online softmax step (attn_softmax_tile). Without softcap and ALiBi the scale is folded into the
-// softmax's exponent (m in unscaled units): one multiply an element fewer.
-template <int NT, int NO, int SOFTCAP, int ALIBI>
+// online softmax step (attn_softmax_tile: alpha, the output's rescale). Without softcap and
+// ALiBi the scale is folded into the softmax's exponent (m in unscaled units): one multiply an
+// element fewer.
+template <int NT, int SOFTCAP, int ALIBI>
 __device__ __forceinline__ void attn_tile_softmax(float (&sc)[NT][4], int kb, bool whole, int c,
                                                   const int (&qp)[2], const int (&qlo)[2],
                                                   const int (&qhi)[2], float scale, float softcap,
                                                   float slope, float (&m)[2], float (&l)[2],
-                                                  float (&o)[NO][4])
+                                                  float (&alpha)[2])
 {
     constexpr bool RAW = !SOFTCAP && !ALIBI;
     if (!RAW || !whole) {
@@ -448,7 +444,7 @@ __device__ __forceinline__ void attn_tile_softmax(float (&sc)[NT][4], int kb, bo
                 sc[n][e] = whole || (j >= qlo[i] && j <= qhi[i]) ? x : ATTN_NINF;
             }
     }
-    attn_softmax_tile<NT, NO>(sc, m, l, o, RAW ? scale * ATTN_LOG2E : ATTN_LOG2E);
+    attn_softmax_tile<NT>(sc, m, l, alpha, RAW ? scale * ATTN_LOG2E : ATTN_LOG2E);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -563,46 +559,90 @@ __device__ __forceinline__ void attn_prefill_mma(const kiln_step &st, const DT *
     float m[2] = {ATTN_NINF, ATTN_NINF}, l[2] = {0.f, 0.f};
 
     if constexpr (WG) {
-        // Hopper: tiles of BW keys through a ring of two stages (K then V, BW x HD each, after
-        // Q), the next tile's loads in flight while this one is computed; one cp.async group
-        // a tile (an empty one past the last, so that the waits count the same every time)
-        constexpr int BW = KILN_ATTN_WG_BN;
-        int b = 0, kb = klo >= 0 && klo <= khi ? (klo / BW) * BW : 0;
-        if (kb <= khi)
-            attn_load_kv_wg<HD, KW, BW, THREADS>(sK, k_cache, v_cache, st, s, kb, kvlen, kvh);
+        // Hopper: tiles of BW keys, tile j's K in stage j % 2's K tile and its V in that stage's
+        // V tile (BW x HD each, after Q). Tile j's S = Q K^T is issued, then tile j - 1's O +=
+        // P V, and tile j's softmax runs while that product does (o is rescaled after it). Loads
+        // run a tile ahead: tile j's pass copies K of tile j + 1 and V of tile j, into tiles its
+        // opening barrier freed (K of tile j - 1, V of tile j - 2); one cp.async group a pass.
+        constexpr int BW = KILN_ATTN_WG_BN, ST = 2 * BW * HD; // a stage: K, V (elements)
+        const int kb0 = klo >= 0 && klo <= khi ? (klo / BW) * BW : 0;
+        if (kb0 <= khi)
+            attn_load_tile_wg<HD, KW, BW, THREADS>(sK, k_cache, st, s, kb0, kvlen, kvh);
         cp_async_commit();
-        // descriptors: Q's, and each stage's K (its V follows BW * HD elements later); a step
-        // adds its offset >> 4 to the address field (no carry: shared addresses are < 2^18)
+        // descriptors: Q's, and stage 0's K; a step adds its offset >> 4 to the address field
+        // (no carry: shared addresses are < 2^18)
         const unsigned long long dq = wg::desc_k((unsigned)__cvta_generic_to_shared(sQ) +
                                                  (unsigned)(warp / 4 * 64 * 128)),
                                  dk0 = wg::desc_k((unsigned)__cvta_generic_to_shared(sK));
-        for (; kb <= khi; kb += BW, b ^= 1) {
-            if (kb + BW <= khi) // the other stage was freed by the last tile's closing barrier
-                attn_load_kv_wg<HD, KW, BW, THREADS>(sK + (b ^ 1) * 2 * BW * HD, k_cache, v_cache,
-                                                     st, s, kb + BW, kvlen, kvh);
-            cp_async_commit();
-            cp_async_wait<1>(); // Q and this tile have landed
-            wg::proxy_fence();  // this thread's copies and zeros, to wgmma's reads
+        // a tile's opening: its K and the last tile's V have landed (everyone's copies and
+        // zeros, fenced to wgmma's reads), the last tile's K and the one before's V are free;
+        // the copies of the next tile's K and this tile's V start
+        auto open = [&](int kb, int b) {
+            cp_async_wait<0>();
+            wg::proxy_fence();
             __syncthreads();
-
-            // S = Q K^T: one m64nBWk16 a 16-dim step, 32 (kk % 4) bytes into panel kk / 4 (the
-            // warpgroup's 64 rows of Q: 64 x 128 bytes into each panel)
-            float sc[BW / 8][4];
-            const unsigned long long dk = dk0 + (unsigned)(b * 2 * BW * HD * 2 / 16);
+            if (kb + BW <= khi)
+                attn_load_tile_wg<HD, KW, BW, THREADS>(sK + (b ^ 1) * ST, k_cache, st, s, kb + BW,
+                                                       kvlen, kvh);
+            attn_load_tile_wg<HD, KW, BW, THREADS>(sK + b * ST + BW * HD, v_cache, st, s, kb,
+                                                   kvlen, kvh);
+            cp_async_commit();
+        };
+        // S = Q K^T of the tile in stage b, issued and committed: one m64nBWk16 a 16-dim step,
+        // 32 (kk % 4) bytes into panel kk / 4 (the warpgroup's 64 rows of Q: 64 x 128 bytes
+        // into each panel)
+        auto qk = [&](float (&sc)[BW / 8][4], int b) {
+            const unsigned long long dk = dk0 + (unsigned)(b * ST * 2 / 16);
             wg::fence();
 #pragma unroll
             for (int kk = 0; kk < HD / 16; kk++)
                 wg::mma(sc, dq + ((kk / 4) * BM * 128 + (kk % 4) * 32) / 16,
                         dk + ((kk / 4) * BW * 128 + (kk % 4) * 32) / 16, kk > 0, DT());
             wg::commit();
+        };
+        auto softmax = [&](float (&sc)[BW / 8][4], int kb, float (&alpha)[2]) {
+            attn_tile_softmax<BW / 8, SOFTCAP, ALIBI>(
+                sc, kb, kb >= qlo_max && kb + BW - 1 <= qhi_min, c, qp, qlo, qhi, scale, softcap,
+                slope, m, l, alpha);
+        };
+        if (kb0 <= khi) {
+            unsigned pa[BW / 16][4]; // the last tile's P (attn_p_frag)
+            float sc[BW / 8][4], alpha[2];
+            open(kb0, 0);
+            qk(sc, 0);
             wg::wait<0>();
             wg::fence_regs(sc);
-
-            attn_tile_softmax<BW / 8, HD / 8, SOFTCAP, ALIBI>(
-                sc, kb, kb >= qlo_max && kb + BW - 1 <= qhi_min, c, qp, qlo, qhi, scale, softcap,
-                slope, m, l, o);
-            attn_pv_tile_wg<DT, BW / 8, HD, BW>(sc, sK + b * 2 * BW * HD + BW * HD, o);
-            __syncthreads(); // every warp is done with the stage before it is refilled
+            softmax(sc, kb0, alpha); // o is 0: no rescale
+#pragma unroll
+            for (int kk = 0; kk < BW / 16; kk++)
+                attn_p_frag<DT>(sc, kk, pa[kk]);
+            int b = 1;
+            for (int kb = kb0 + BW; kb <= khi; kb += BW, b ^= 1) {
+                open(kb, b);
+                qk(sc, b);
+                attn_pv_issue_wg<DT, BW / 8, HD, BW>(pa, sK + (b ^ 1) * ST + BW * HD, o);
+                wg::wait<1>(); // S
+                wg::fence_regs(sc);
+                softmax(sc, kb, alpha);
+                wg::wait<0>(); // the last tile's P V
+                wg::fence_regs(o);
+#pragma unroll
+                for (int kk = 0; kk < BW / 16; kk++) {
+                    wg::fence_regs(pa[kk]); // the products read pa until they completed
+                    attn_p_frag<DT>(sc, kk, pa[kk]);
+                }
+                attn_rescale(o, alpha);
+            }
+            // the last tile's P V, once its V has landed
+            cp_async_wait<0>();
+            wg::proxy_fence();
+            __syncthreads();
+            attn_pv_issue_wg<DT, BW / 8, HD, BW>(pa, sK + (b ^ 1) * ST + BW * HD, o);
+            wg::wait<0>();
+            wg::fence_regs(o);
+#pragma unroll
+            for (int kk = 0; kk < BW / 16; kk++)
+                wg::fence_regs(pa[kk]);
         }
     } else {
         // ldmatrix row addresses (shared space, bytes): Q (A): the warp's row (lane & 15), dims
@@ -651,9 +691,11 @@ __device__ __forceinline__ void attn_prefill_mma(const kiln_step &st, const DT *
                     attn_mma<DT>(sc[2 * n + 1], a, b[2], b[3]);
                 }
             }
-            attn_tile_softmax<BN / 8, HD / 8, SOFTCAP, ALIBI>(
+            float alpha[2];
+            attn_tile_softmax<BN / 8, SOFTCAP, ALIBI>(
                 sc, kb, kb >= qlo_max && kb + BN - 1 <= qhi_min, c, qp, qlo, qhi, scale, softcap,
-                slope, m, l, o);
+                slope, m, l, alpha);
+            attn_rescale(o, alpha);
 
             cp_async_wait<0>(); // V has landed
             __syncthreads();
@@ -1074,7 +1116,9 @@ attn_decode_warp_mma(const kiln_step &st, int s, int p, const DT *q,
                                                                 j, p)
                                   : ATTN_NINF;
             }
-        attn_softmax_tile<KT / 8, HD / 8>(sc, m, l, o, ATTN_LOG2E);
+        float alpha[2];
+        attn_softmax_tile<KT / 8>(sc, m, l, alpha, ATTN_LOG2E);
+        attn_rescale(o, alpha);
 
         // O += P V: the tile's 16 keys are one k-step
         if constexpr (KV8) {
