@@ -1356,8 +1356,14 @@ static int low_linear(lw *w, int id)
  * the 16-bit cache a CTA has DECODE_THREADS_WIDE threads where that many warps fit 48 KB with
  * the head group DECODE_THREADS' take (head dims up to 64: tests/gpu/RESULTS.md, nineteenth
  * session, the Llama-3.2 1B batch-1 step 0.715 -> 0.723; at 128 even one head does not fit),
- * else DECODE_THREADS; the FP8 cache keeps DECODE_THREADS (wider not measured). */
+ * else DECODE_THREADS; the FP8 cache keeps DECODE_THREADS (wider not measured). Past gemv_max
+ * rows a step has DECODE_SPLITS_BATCH splits: the batch fills the GPU with CTAs, and a short
+ * context's CTAs past the first exit at once, but each still costs its launch and a read of the
+ * step's arrays (8B batch 64, 33..160 keys: 8,192 CTAs for 512 that work; tests/gpu/RESULTS.md,
+ * twenty-fifth session). A batch-invariant artifact keeps DECODE_SPLITS at every batch: a long
+ * context's result must not depend on the rows beside it. */
 #define DECODE_SPLITS 16
+#define DECODE_SPLITS_BATCH 4
 #define DECODE_SPLIT_MIN 32
 #define DECODE_SOLO 256
 #define DECODE_THREADS 128
@@ -1431,36 +1437,41 @@ static int attention_steps(lw *w, const kg_node *n, int HD, ka_arg q, ka_arg q1,
              "float *ws, unsigned *cnt, DT *out, float scale, float softcap, "
              "const float *alibi_slopes%s",
              KV_T(w), KV_T(w), h0_param);
-    snprintf(call, sizeof call,
-             "kiln::attn_decode<DT, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d%s>(st, q, "
-             "k_cache, v_cache, ws, cnt, out, scale, softcap, alibi_slopes%s)",
-             NH, NKV, HD, at->causal, W, at->alibi, softcap, DECODE_SPLITS, hpc, threads,
-             DECODE_SPLIT_MIN, DECODE_SOLO, KV8_ARG(w), h0_add);
-    int kd = kern(w, "attn_decode", threads, 0, params, "%s", call);
-    s = kstep(kd, n->name, G(0, 0, 0, DECODE_SPLITS, 1), G(0, 0, 0, NH / hpc, 1),
-              G(0, 1, 0, 0, 1));
-    add_arg(&s, A(KA_ARG_STEP, 0));
-    add_arg(&s, q);
-    add_arg(&s, A(KA_ARG_KV_K, at->layer));
-    add_arg(&s, A(KA_ARG_KV_V, at->layer));
-    add_arg(&s, ws);
-    add_arg(&s, A(KA_ARG_SCRATCH, 0));
-    add_arg(&s, out);
-    add_arg(&s, AF(at->scale));
-    add_arg(&s, AF(at->softcap));
-    add_arg(&s, slopes);
-    if (h0)
-        add_arg(&s, A(KA_ARG_RANK, NH));
-    if (q1.kind == KA_ARG_NULL) {
+    /* the steps: by rows, [1 (q1: the rotation folded into the qkv linear, where q is its
+     * one-row scratch)], [up to gemv_max], [past it, DECODE_SPLITS_BATCH splits] */
+    int batch = !w->c->batch_invariant;
+    for (int v = 0; v < 2 + batch; v++) {
+        int nsplit = v == 2 ? DECODE_SPLITS_BATCH : DECODE_SPLITS;
+        ka_size size = v == 2              ? KA_SIZE_LARGE
+                       : v == 1            ? KA_SIZE_ONE
+                       : q1.kind == KA_ARG_NULL ? (batch ? KA_SIZE_SMALL : KA_SIZE_ANY)
+                       : batch             ? KA_SIZE_FEW
+                                           : KA_SIZE_NOT_ONE;
+        if (v == 1 && q1.kind == KA_ARG_NULL)
+            continue;
+        snprintf(call, sizeof call,
+                 "kiln::attn_decode<DT, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d%s>(st, q, "
+                 "k_cache, v_cache, ws, cnt, out, scale, softcap, alibi_slopes%s)",
+                 NH, NKV, HD, at->causal, W, at->alibi, softcap, nsplit, hpc, threads,
+                 DECODE_SPLIT_MIN, DECODE_SOLO, KV8_ARG(w), h0_add);
+        int kd = kern(w, "attn_decode", threads, 0, params, "%s", call);
+        s = kstep(kd, n->name, G(0, 0, 0, nsplit, 1), G(0, 0, 0, NH / hpc, 1),
+                  G(0, 1, 0, 0, 1));
+        s.size = size;
+        add_arg(&s, A(KA_ARG_STEP, 0));
+        add_arg(&s, v == 1 ? q1 : q);
+        add_arg(&s, A(KA_ARG_KV_K, at->layer));
+        add_arg(&s, A(KA_ARG_KV_V, at->layer));
+        add_arg(&s, ws);
+        add_arg(&s, A(KA_ARG_SCRATCH, 0));
+        add_arg(&s, out);
+        add_arg(&s, AF(at->scale));
+        add_arg(&s, AF(at->softcap));
+        add_arg(&s, slopes);
+        if (h0)
+            add_arg(&s, A(KA_ARG_RANK, NH));
         push(w, DEC, &s);
-        return 0;
     }
-    /* the rotation folded into the qkv linear (rope_fold): at one row, q is its one-row scratch */
-    s.size = KA_SIZE_NOT_ONE;
-    push(w, DEC, &s);
-    s.size = KA_SIZE_ONE;
-    s.args[1] = q1;
-    push(w, DEC, &s);
     return 0;
 }
 

@@ -1229,10 +1229,15 @@ __device__ __forceinline__ void attn_decode(const kiln_step st, const DT *q,
 
     const int sp = blockIdx.x, hq0 = blockIdx.y * HPC, s = blockIdx.z, kvh = hq0 / G;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    // a context of at most max(SOLO, SPLIT_MIN) keys is one piece (n <= kvlen): the other splits'
+    // CTAs leave after one read (a batch of short contexts launches many of them)
+    const int kvlen = st.seq_kvlen[s];
+    if (sp > 0 && kvlen <= (SOLO > SPLIT_MIN ? SOLO : SPLIT_MIN))
+        return; // uniform over the CTA
     const int a = st.seq_start[s], b = st.seq_start[s + 1];
     if (b <= a)
         return;
-    const int t = b - 1, p = st.tok_pos[t], kvlen = st.seq_kvlen[s];
+    const int t = b - 1, p = st.tok_pos[t];
     int lo, hi;
     attn_key_range<CAUSAL, WINDOW>(p, kvlen, lo, hi);
     const int n = hi >= lo ? hi - lo + 1 : 0;

@@ -116,9 +116,11 @@ static void test_attn_decode_lowering(void **state)
         kc c;
         open_all(&c, names[f]);
         const ka_manifest *m = &c.low->m;
-        /* nh[i]: the query heads of kernel i when it is an attn_decode (gemma2's windowed and
-         * global layers are two instances), else 0 */
+        /* nh[i], ns[i]: the query heads and key splits of kernel i when it is an attn_decode
+         * (gemma2's windowed and global layers are two instances; each has a step of more
+         * splits up to gemv_max rows and one of fewer past it), else 0 */
         int *nh = calloc((size_t)c.low->ninst, sizeof(int));
+        int *ns = calloc((size_t)c.low->ninst, sizeof(int));
         int64_t counters = 0;
         for (int i = 0; i < c.low->ninst; i++) {
             const char *call = c.low->inst_call[i];
@@ -130,6 +132,7 @@ static void test_attn_decode_lowering(void **state)
                                         &nh[i], &nkv, &hd, &nsplit, &hpc, &threads),
                                  6);
                 assert_true(nh[i] > 0);
+                ns[i] = nsplit;
                 /* eight warps where they fit 48 KB with the head group four take, else four */
                 const int wide = !c.kv_fp8 && KILN_ATTN_DECODE_SMEM(hd, hpc, 8, nsplit,
                                                                     (int)st_dtype_size(c.act_dtype),
@@ -143,13 +146,11 @@ static void test_attn_decode_lowering(void **state)
         assert_true(counters > 0 && m->scratch_bytes >= counters);
         const ka_step *sched[2] = {m->prefill, m->decode};
         const int nsched[2] = {m->nprefill, m->ndecode};
-        int ndec = 0;
         for (int k = 0; k < 2; k++)
             for (int i = 0; i < nsched[k]; i++) {
                 const ka_step *s = &sched[k][i];
                 int own = s->kind == KA_KERNEL && nh[s->kernel] > 0;
                 assert_true(!own || k == 1); /* decode only */
-                ndec += own;
                 for (int a = 0; a < s->nargs; a++) {
                     const ka_arg *x = &s->args[a];
                     if (own && a == 5) /* cnt */
@@ -158,8 +159,33 @@ static void test_attn_decode_lowering(void **state)
                         assert_true(x->i >= counters);
                 }
             }
+        /* at every batch one step a layer runs: the most splits up to gemv_max rows, fewer past
+         * it (a grid x of its splits) */
+        const int64_t rows[] = {1, 2, m->gemv_max, m->gemv_max + 1, m->max_seqs};
+        int small = 0, large = 0;
+        for (size_t r = 0; r < ARRAY_LEN(rows); r++)
+            for (int sm90 = 0; sm90 < 2; sm90++) {
+                int runs = 0, lo = 1 << 30, hi = 0;
+                for (int i = 0; i < m->ndecode; i++) {
+                    const ka_step *s = &m->decode[i];
+                    if (s->kind != KA_KERNEL || !nh[s->kernel] ||
+                        !ka_size_runs(m, s->size, rows[r], sm90))
+                        continue;
+                    runs++;
+                    assert_int_equal(s->grid[0].add, ns[s->kernel]);
+                    lo = ns[s->kernel] < lo ? ns[s->kernel] : lo;
+                    hi = ns[s->kernel] > hi ? ns[s->kernel] : hi;
+                }
+                assert_int_equal(runs, m->n_layers);
+                assert_int_equal(lo, hi);
+                if (rows[r] <= m->gemv_max)
+                    small = lo;
+                else
+                    large = lo;
+            }
+        assert_true(large > 0 && large < small);
         free(nh);
-        assert_int_equal(ndec, m->n_layers);
+        free(ns);
         kc_free(&c);
     }
 }
