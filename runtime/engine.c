@@ -26,6 +26,8 @@
  * KILN_PDL=0 turns it off. The load ends with a warm-up (warm_up: a prefill ladder and one
  * decode step per bucket through the ordinary step, on every rank and node) so that the first
  * request pays no first-call cost; KILN_WARMUP=0 skips it. The load line says both.
+ * KILN_KERNEL_TIMES=1 times every launch of rank 0's steps in the stream (kt_mark) and prints the
+ * totals per kernel when the model is freed.
  */
 #include "engine.h"
 
@@ -81,6 +83,10 @@ typedef struct kdev {
     size_t *woff;            /* [nweights] offsets in warena */
     kiln_step st;            /* the step arrays' device pointers (inside meta) */
     kgemm *gemm;
+    CUevent *kt_ev;          /* KILN_KERNEL_TIMES: an event before each launch of the step, and
+                              * one after its last (kt_mark) */
+    char (*kt_name)[40];     /* what each event's interval ran */
+    int kt_n, kt_cap;
     ncclComm_t comm;         /* NULL without collectives */
     CUdeviceptr p2p_mem;     /* the exchange buffers, flags and epochs (kiln_p2p.h); 0: none */
     kiln_p2p p2p;            /* this rank's view of every rank's, the p2p kernel's argument */
@@ -112,6 +118,17 @@ struct kmodel {
     int warm;                /* KILN_WARMUP: warm up at the end of the load (warm_up) */
     double warm_s;           /* its seconds, part of load_s */
     char warm_desc[160];     /* what it ran, for describe */
+    int kt;                  /* KILN_KERNEL_TIMES=1: 1 once the load is done (kt_mark) */
+    struct kt_row {
+        char name[40];
+        int decode;
+        long count;
+        double ms;
+    } *kt_rows;              /* the totals by schedule and kernel (kt_collect) */
+    int kt_nrows, kt_cap;
+    long kt_steps[2];        /* prefill, decode steps timed */
+    double kt_step_ms[2];    /* their first event to last */
+    double kt_wall_ms[2];    /* their dev_step on the host, its wait included */
 
     ka_file *af;
     ka_manifest *m;
@@ -152,6 +169,8 @@ struct kmodel {
     kbackend kb; /* the step backend (km_backend) and what it reports */
     kb_info info;
 };
+
+static void kt_print(kmodel *m);
 
 const ka_manifest *km_manifest(const kmodel *m) { return m->m; }
 const char *km_describe(const kmodel *m) { return m->desc; }
@@ -1125,6 +1144,17 @@ kmodel *km_load(const char *dir, const km_opts *o, kerr *err)
         return NULL;
     }
     m->warm = !(wu && strcmp(wu, "0") == 0);
+    const char *kt = getenv("KILN_KERNEL_TIMES");
+    if (kt && strcmp(kt, "0") != 0 && strcmp(kt, "1") != 0) {
+        kerr_add(err, "KILN_KERNEL_TIMES=%s: expected 1 (time each kernel in the stream, print "
+                      "the totals at exit) or 0",
+                 kt);
+        km_free(m);
+        return NULL;
+    }
+    int want_kt = kt && strcmp(kt, "1") == 0;
+    if (want_kt) /* the launches are timed one by one, so the decode steps are not graphs */
+        m->o.no_graphs = 1;
     char *path = util_path_join(dir, "model.kiln");
     if (!util_is_dir(dir)) {
         kerr_add(err, "%s: not a folder (expected the output of kilnc compile)", dir);
@@ -1158,6 +1188,7 @@ kmodel *km_load(const char *dir, const km_opts *o, kerr *err)
     if (m->node_rank == 0 && m->warm && warm_up(m, err))
         goto fail;
     m->load_s = util_now() - t0;
+    m->kt = want_kt; /* the warm-up's steps are not counted */
     describe(m);
     free(path);
     return m;
@@ -1175,6 +1206,8 @@ static void free_device(kmodel *m, kdev *d)
             if (d->graphs[i])
                 m->cu.cuGraphExecDestroy(d->graphs[i]);
         kgemm_free(d->gemm);
+        for (int i = 0; i < d->kt_cap; i++)
+            m->cu.cuEventDestroy(d->kt_ev[i]);
         CUdeviceptr bufs[] = {d->warena, d->consts, d->slab,     d->scratch, d->logits,
                               d->logits_all, d->out, d->meta, d->kv, d->d_params, d->d_ids,
                               d->p2p_mem};
@@ -1190,12 +1223,15 @@ static void free_device(kmodel *m, kdev *d)
     st_close(d->shard);
     free(d->fn);
     free(d->woff);
+    free(d->kt_ev);
+    free(d->kt_name);
 }
 
 void km_free(kmodel *m)
 {
     if (!m)
         return;
+    kt_print(m);
     if (m->rdv.fd) { /* node 0 tells the others to end; the others just leave */
         kerr ignored;
         kerr_clear(&ignored);
@@ -1289,6 +1325,109 @@ static int run_collective(kmodel *m, kdev *d, const ka_step *s, int rows, CUdevi
     return 0;
 }
 
+/* ---------------------------------------------------------------- kernel times */
+
+/* KILN_KERNEL_TIMES=1: on rank 0, after the load, each launch of a step run launch by launch
+ * (the decode graphs are off) is preceded by an event named for what it runs (a kernel, or
+ * cuBLASLt's GEMM and its N x K, or a collective), and the step's last launch followed by one
+ * (name NULL). The events keep programmatic dependent launch from overlapping two kernels, so the
+ * totals are the kernels as they run back to back in the stream, launch gaps included, where
+ * Nsight Compute's one-kernel-at-a-time replay (tests/gpu/profile.sh) shows each alone. */
+static int kt_mark(kmodel *m, kdev *d, const char *name, int n, int k, kerr *err)
+{
+    if (!m->kt || d->rank != 0)
+        return 0;
+    if (!d->kt_ev) { /* one event a step of the longer schedule, and the closing one */
+        int cap = (m->m->nprefill > m->m->ndecode ? m->m->nprefill : m->m->ndecode) + 1;
+        d->kt_ev = xcalloc((size_t)cap, sizeof *d->kt_ev);
+        d->kt_name = xcalloc((size_t)cap, sizeof *d->kt_name);
+        for (; d->kt_cap < cap; d->kt_cap++)
+            CU(cuEventCreate(&d->kt_ev[d->kt_cap], CU_EVENT_DEFAULT));
+    }
+    assert(d->kt_n < d->kt_cap);
+    if (!name)
+        d->kt_name[d->kt_n][0] = 0;
+    else if (n > 0)
+        snprintf(d->kt_name[d->kt_n], sizeof d->kt_name[0], "%s %dx%d", name, n, k);
+    else
+        snprintf(d->kt_name[d->kt_n], sizeof d->kt_name[0], "%s", name);
+    CU(cuEventRecord(d->kt_ev[d->kt_n++], d->stream));
+    return 0;
+}
+
+/* After the step's wait: its intervals added to the totals of their names, and the step's
+ * time on the host since dev_step began (t0) to the wait's return. */
+static int kt_collect(kmodel *m, kdev *d, double t0, kerr *err)
+{
+    if (d->kt_n < 2) {
+        d->kt_n = 0;
+        return 0;
+    }
+    int dec = m->j.decode;
+    for (int i = 0; i + 1 < d->kt_n; i++) {
+        float ms;
+        CU(cuEventElapsedTime(&ms, d->kt_ev[i], d->kt_ev[i + 1]));
+        int r = 0;
+        while (r < m->kt_nrows && (m->kt_rows[r].decode != dec ||
+                                   strcmp(m->kt_rows[r].name, d->kt_name[i]) != 0))
+            r++;
+        if (r == m->kt_nrows) {
+            if (m->kt_nrows == m->kt_cap) {
+                m->kt_cap = m->kt_cap ? 2 * m->kt_cap : 64;
+                m->kt_rows = xrealloc(m->kt_rows, (size_t)m->kt_cap * sizeof *m->kt_rows);
+            }
+            memset(&m->kt_rows[r], 0, sizeof m->kt_rows[r]);
+            memcpy(m->kt_rows[r].name, d->kt_name[i], sizeof m->kt_rows[r].name);
+            m->kt_rows[r].decode = dec;
+            m->kt_nrows++;
+        }
+        m->kt_rows[r].count++;
+        m->kt_rows[r].ms += ms;
+    }
+    float all;
+    CU(cuEventElapsedTime(&all, d->kt_ev[0], d->kt_ev[d->kt_n - 1]));
+    m->kt_steps[dec]++;
+    m->kt_step_ms[dec] += all;
+    m->kt_wall_ms[dec] += (util_now() - t0) * 1e3;
+    d->kt_n = 0;
+    return 0;
+}
+
+static int kt_by_ms(const void *a, const void *b)
+{
+    double x = ((const struct kt_row *)a)->ms, y = ((const struct kt_row *)b)->ms;
+    return (x < y) - (x > y);
+}
+
+/* The totals, per schedule, the longest first (stderr). */
+static void kt_print(kmodel *m)
+{
+    if (!m->kt_nrows)
+        return;
+    qsort(m->kt_rows, (size_t)m->kt_nrows, sizeof *m->kt_rows, kt_by_ms);
+    fprintf(stderr, "kiln: KILN_KERNEL_TIMES, rank 0, the steps after the load, each launch "
+                    "timed in the stream (no programmatic overlap)\n");
+    for (int dec = 0; dec < 2; dec++) {
+        if (!m->kt_steps[dec])
+            continue;
+        fprintf(stderr,
+                "  %s: %ld steps, %.3f ms a step from the first launch to the last kernel's "
+                "end, %.3f ms on the host (the step's arrays uploaded, launched, sampled, "
+                "waited for)\n",
+                dec ? "decode" : "prefill", m->kt_steps[dec],
+                m->kt_step_ms[dec] / (double)m->kt_steps[dec],
+                m->kt_wall_ms[dec] / (double)m->kt_steps[dec]);
+        for (int r = 0; r < m->kt_nrows; r++) {
+            const struct kt_row *k = &m->kt_rows[r];
+            if (k->decode == dec)
+                fprintf(stderr, "    %-36s %6.1f a step %9.3f ms a step %6.1f%%\n", k->name,
+                        (double)k->count / (double)m->kt_steps[dec],
+                        k->ms / (double)m->kt_steps[dec],
+                        m->kt_step_ms[dec] > 0 ? 100 * k->ms / m->kt_step_ms[dec] : 0.0);
+        }
+    }
+}
+
 /* Launches the steps of one schedule for T tokens of S sequences (Q: most tokens of one). The
  * LM head's steps (those of a logits variant, KA_LOGITS_LAST or _ALL) run only with `head`: a
  * prompt chunk that is not a prompt's last, with nothing sampled and no prompt logits wanted,
@@ -1310,6 +1449,8 @@ static int run_steps(kmodel *m, kdev *d, const ka_step *steps, int n, int T, int
             continue;
         if (s->kind == KA_GEMM) {
             int fp8 = s->w.kind == KA_ARG_WEIGHT && man->weights[s->w.i].type == KA_W_E4M3;
+            if (kt_mark(m, d, "cuBLASLt GEMM", (int)s->n, (int)s->k, err))
+                return -1;
             if (kgemm_run(d->gemm, d->stream, m->f16, s->out_f32, fp8, rows, s->n, s->k,
                           ptr_of(m, d, &s->x, logits), s->ldx, ptr_of(m, d, &s->w, logits),
                           ptr_of(m, d, &s->bias, logits), ptr_of(m, d, &s->y, logits), s->ldy,
@@ -1318,6 +1459,8 @@ static int run_steps(kmodel *m, kdev *d, const ka_step *steps, int n, int T, int
             continue;
         }
         if (s->kind == KA_ALLREDUCE || s->kind == KA_ALLGATHER) {
+            if (kt_mark(m, d, s->kind == KA_ALLREDUCE ? "all-reduce" : "all-gather", 0, 0, err))
+                return -1;
             if (run_collective(m, d, s, rows, logits, err))
                 return kerr_add(err, "in step %d (%s), %d rows", i, s->label, rows);
             continue;
@@ -1359,11 +1502,13 @@ static int run_steps(kmodel *m, kdev *d, const ka_step *steps, int n, int T, int
             params[k] = &val[k];
         }
         const ka_kernel *kk = &man->kernels[s->kernel];
+        if (kt_mark(m, d, kk->name, 0, 0, err))
+            return -1;
         if (kcuda_launch(&m->cu, d->fn[s->kernel], gx, gy, gz, (unsigned)kk->block,
                          (unsigned)kk->smem, d->stream, params, d->pdl, err))
             return kerr_add(err, "launching %s for step %d (%s)", kk->name, i, s->label);
     }
-    return 0;
+    return kt_mark(m, d, NULL, 0, 0, err);
 }
 
 /* Uploads the used parts of the step arrays. */
@@ -1612,11 +1757,12 @@ static int dev_decode(kmodel *m, kdev *d, kerr *err)
 /* JOB_STEP: this device's part of the step, then one wait for its stream. */
 static int dev_step(kmodel *m, kdev *d, kerr *err)
 {
+    double t0 = util_now();
     if ((m->j.decode ? dev_decode(m, d, err) : dev_prefill(m, d, err)) ||
         (d->rank == 0 && finish_rank0(m, d, err)))
         return -1;
     CU(cuStreamSynchronize(d->stream));
-    return 0;
+    return kt_collect(m, d, t0, err);
 }
 
 static int run_job(kdev *d, job_kind job, kerr *err)
