@@ -1374,6 +1374,27 @@ static int low_linear(lw *w, int id)
 #define KV_T(w) ((w)->c->kv_fp8 ? "unsigned char" : "DT")
 #define KV8_ARG(w) ((w)->c->kv_fp8 ? ", 1" : "")
 
+/* The arguments of attn_prefill (ws NULL) and attn_decode (ws its split records; the arrival
+ * counters at scratch offset 0), as attention_steps' parameter lists declare them. */
+static void attn_args(ka_step *s, const kg_attn *at, ka_arg q, ka_arg ws, ka_arg out,
+                      ka_arg slopes, int h0, int NH)
+{
+    add_arg(s, A(KA_ARG_STEP, 0));
+    add_arg(s, q);
+    add_arg(s, A(KA_ARG_KV_K, at->layer));
+    add_arg(s, A(KA_ARG_KV_V, at->layer));
+    if (ws.kind != KA_ARG_NULL) {
+        add_arg(s, ws);
+        add_arg(s, A(KA_ARG_SCRATCH, 0));
+    }
+    add_arg(s, out);
+    add_arg(s, AF(at->scale));
+    add_arg(s, AF(at->softcap));
+    add_arg(s, slopes);
+    if (h0)
+        add_arg(s, A(KA_ARG_RANK, NH));
+}
+
 /* HD: the head_dim the kernels run at (the model's, or it padded to a multiple of 8: q, the
  * KV cache and out are then rope_kv's padded rows). With --kv-dtype fp8 (kc.kv_fp8) both
  * kernels read the FP8 cache (KV8: templates/attention.cuh). */
@@ -1403,16 +1424,7 @@ static int attention_steps(lw *w, const kg_node *n, int HD, ka_arg q, ka_arg q1,
     /* grid (ceil(T / BM) + n_seqs, NH, 1) */
     ka_step s =
         kstep(kp, n->name, G(1, KILN_ATTN_BM, 0, 0, KILN_ATTN_BM), G(0, 0, 0, NH, 1), G1());
-    add_arg(&s, A(KA_ARG_STEP, 0));
-    add_arg(&s, q);
-    add_arg(&s, A(KA_ARG_KV_K, at->layer));
-    add_arg(&s, A(KA_ARG_KV_V, at->layer));
-    add_arg(&s, out);
-    add_arg(&s, AF(at->scale));
-    add_arg(&s, AF(at->softcap));
-    add_arg(&s, slopes);
-    if (h0)
-        add_arg(&s, A(KA_ARG_RANK, NH));
+    attn_args(&s, at, q, ANULL(), out, slopes, h0, NH);
     push(w, PRE, &s);
 
     /* decode: query heads per CTA sharing one kv head, as many as fit 48 KB (attn_decode's
@@ -1458,18 +1470,7 @@ static int attention_steps(lw *w, const kg_node *n, int HD, ka_arg q, ka_arg q1,
         s = kstep(kd, n->name, G(0, 0, 0, nsplit, 1), G(0, 0, 0, NH / hpc, 1),
                   G(0, 1, 0, 0, 1));
         s.size = size;
-        add_arg(&s, A(KA_ARG_STEP, 0));
-        add_arg(&s, v == 1 ? q1 : q);
-        add_arg(&s, A(KA_ARG_KV_K, at->layer));
-        add_arg(&s, A(KA_ARG_KV_V, at->layer));
-        add_arg(&s, ws);
-        add_arg(&s, A(KA_ARG_SCRATCH, 0));
-        add_arg(&s, out);
-        add_arg(&s, AF(at->scale));
-        add_arg(&s, AF(at->softcap));
-        add_arg(&s, slopes);
-        if (h0)
-            add_arg(&s, A(KA_ARG_RANK, NH));
+        attn_args(&s, at, v == 1 ? q1 : q, ws, out, slopes, h0, NH);
         push(w, DEC, &s);
     }
     return 0;

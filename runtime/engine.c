@@ -1135,24 +1135,15 @@ kmodel *km_load(const char *dir, const km_opts *o, kerr *err)
     m->o = *o;
     if (m->o.kv_memory <= 0 || m->o.kv_memory > 1)
         m->o.kv_memory = 0.9;
-    const char *wu = getenv("KILN_WARMUP");
-    if (wu && strcmp(wu, "0") != 0 && strcmp(wu, "1") != 0) {
-        kerr_add(err, "KILN_WARMUP=%s: expected 1 (warm up at the end of the load, the default) "
-                      "or 0 (leave the first-call costs to the first request)",
-                 wu);
+    int want_kt;
+    if (util_env_switch("KILN_WARMUP", 1, "leave the first-call costs to the first request",
+                        "warm up at the end of the load, the default", &m->warm, err) ||
+        util_env_switch("KILN_KERNEL_TIMES", 0, "the default",
+                        "time each kernel in the stream, print the totals at exit", &want_kt,
+                        err)) {
         km_free(m);
         return NULL;
     }
-    m->warm = !(wu && strcmp(wu, "0") == 0);
-    const char *kt = getenv("KILN_KERNEL_TIMES");
-    if (kt && strcmp(kt, "0") != 0 && strcmp(kt, "1") != 0) {
-        kerr_add(err, "KILN_KERNEL_TIMES=%s: expected 1 (time each kernel in the stream, print "
-                      "the totals at exit) or 0",
-                 kt);
-        km_free(m);
-        return NULL;
-    }
-    int want_kt = kt && strcmp(kt, "1") == 0;
     if (want_kt) /* the launches are timed one by one, so the decode steps are not graphs */
         m->o.no_graphs = 1;
     char *path = util_path_join(dir, "model.kiln");

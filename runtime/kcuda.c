@@ -89,12 +89,12 @@ int kcuda_fail(const kcuda *c, CUresult rc, const char *call, const char *file, 
 
 int kcuda_pdl_wanted(int cc_major, int *pdl, kerr *err)
 {
-    const char *e = getenv("KILN_PDL");
-    if (e && strcmp(e, "0") != 0 && strcmp(e, "1") != 0)
-        return kerr_add(err, "KILN_PDL=%s: expected 0 (launch kernels without programmatic "
-                             "dependent launch) or 1 (with it, on sm_90 and newer; the default)",
-                        e);
-    *pdl = cc_major >= 9 && !(e && strcmp(e, "0") == 0);
+    int on;
+    if (util_env_switch("KILN_PDL", 1,
+                        "launch kernels without programmatic dependent launch",
+                        "with it, on sm_90 and newer; the default", &on, err))
+        return -1;
+    *pdl = cc_major >= 9 && on;
     return 0;
 }
 

@@ -478,6 +478,16 @@ int util_parse_f64(const char *what, const char *text, double min, double max, u
     return 0;
 }
 
+int util_env_switch(const char *name, int dflt, const char *what0, const char *what1, int *on,
+                    kerr *err)
+{
+    const char *e = getenv(name);
+    if (e && strcmp(e, "0") != 0 && strcmp(e, "1") != 0)
+        return kerr_add(err, "%s=%s: expected 0 (%s) or 1 (%s)", name, e, what0, what1);
+    *on = e ? e[0] == '1' : dflt;
+    return 0;
+}
+
 int util_parse_ids(const char *what, const char *s, int64_t max, int64_t **out, kerr *err)
 {
     if (!*s)

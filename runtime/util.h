@@ -104,6 +104,11 @@ uint16_t util_f32_to_f16(float f);
 int util_parse_i64(const char *what, const char *text, int64_t min, int64_t max, int64_t *out,
                    kerr *err);
 int util_parse_u64(const char *what, const char *text, uint64_t max, uint64_t *out, kerr *err);
+/* An environment switch `name` of 0 or 1: *on = dflt when it is unset. Any other value is
+ * refused with a message naming the variable, its value and what 0 (`what0`) and 1 (`what1`)
+ * mean, e.g. "KILN_PDL=yes: expected 0 (...) or 1 (...)". Return 0, or -1 (*on untouched). */
+int util_env_switch(const char *name, int dflt, const char *what0, const char *what1, int *on,
+                    kerr *err);
 #define UTIL_ABOVE_MIN 1u /* util_parse_f64 flag: min itself is refused, (min, max] */
 int util_parse_f64(const char *what, const char *text, double min, double max, unsigned flags,
                    double *out, kerr *err);

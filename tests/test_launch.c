@@ -8,7 +8,8 @@
  *     function (gemv_stream and gemv_stream_rope alone begin with KILN_PDL_TRIGGER() and call
  *     KILN_PDL_WAIT(), in the stream_detail::body they share, before it reads x);
  *   - KILN_PDL: on from sm_90, off below it or with KILN_PDL=0, any other value refused by name;
- *   - KILN_WARMUP: anything but 0 or 1 is refused by km_load before it touches anything.
+ *   - KILN_WARMUP and KILN_KERNEL_TIMES: anything but 0 or 1 is refused by km_load before it
+ *     touches anything.
  * tests/gpu/ktest_pdl.c checks on the GPU that a chain of dependent kernels stays exact with PDL.
  */
 #include "testutil.h"
@@ -145,8 +146,13 @@ static void test_warmup_switch(void **state)
     km_opts o = {0};
     setenv("KILN_WARMUP", "2", 1);
     assert_null(km_load("tests/fixtures/llama", &o, &e));
-    assert_contains(kerr_msg(&e), "KILN_WARMUP=2: expected 1");
+    assert_contains(kerr_msg(&e), "KILN_WARMUP=2: expected 0");
     unsetenv("KILN_WARMUP");
+    kerr_clear(&e);
+    setenv("KILN_KERNEL_TIMES", "on", 1);
+    assert_null(km_load("tests/fixtures/llama", &o, &e));
+    assert_contains(kerr_msg(&e), "KILN_KERNEL_TIMES=on: expected 0");
+    unsetenv("KILN_KERNEL_TIMES");
 }
 
 int main(void)
