@@ -370,9 +370,10 @@ static void expect_stream_pairs(const char *fx, const kc *c, const ka_step *st, 
 
 /* The rotation folded into the qkv linear (lower.c's plan_rope_fold): each gemv_stream_rope step of
  * the decode schedule (`ropes` of them) is followed by its layer's rope_kv at size not_one, with
- * the same cache, inv_freq and scalars, and by two attn_decode steps: size not_one reading
- * rope_kv's q_out, size one reading the rope step's q (the one-row scratch). The prefill
- * schedule's rope_kv steps run at every size. */
+ * the same cache, inv_freq and scalars, and by three attn_decode steps: size few reading
+ * rope_kv's q_out, size one reading the rope step's q (the one-row scratch), both one instance,
+ * and size large reading q_out (the instance of fewer key splits), all else the same. The
+ * prefill schedule's rope_kv steps run at every size. */
 static void expect_rope_folds(const char *fx, const kc *c, int ropes)
 {
     const lowered *l = c->low;
@@ -392,20 +393,27 @@ static void expect_rope_folds(const char *fx, const kc *c, int ropes)
         while (r < m->ndecode && !(m->decode[r].kind == KA_KERNEL &&
                                    ka_kernel_is(&m->kernels[m->decode[r].kernel], "rope_kv")))
             r++;
-        if (r + 2 >= m->ndecode)
+        if (r + 3 >= m->ndecode)
             fail_msg("%s decode step %d (%s): no rope_kv and attention after it", fx, i, o->label);
-        const ka_step *rk = &m->decode[r], *a1 = &m->decode[r + 1], *a2 = &m->decode[r + 2];
+        const ka_step *rk = &m->decode[r], *a1 = &m->decode[r + 1], *a2 = &m->decode[r + 2],
+                      *a3 = &m->decode[r + 3];
         assert_int_equal(rk->size, KA_SIZE_NOT_ONE);
         for (int a = 8; a < 15; a++) /* k_cache .. dyn_max_pos */
             assert_true(same_arg(&rk->args[a], &o->args[a + 1 + f]));
         assert_true(ka_kernel_is(&m->kernels[a1->kernel], "attn_decode"));
+        assert_true(ka_kernel_is(&m->kernels[a3->kernel], "attn_decode"));
         assert_int_equal(a1->kernel, a2->kernel);
-        assert_int_equal(a1->size, KA_SIZE_NOT_ONE);
+        assert_int_not_equal(a1->kernel, a3->kernel);
+        assert_int_equal(a1->size, KA_SIZE_FEW);
         assert_int_equal(a2->size, KA_SIZE_ONE);
+        assert_int_equal(a3->size, KA_SIZE_LARGE);
         assert_true(same_arg(&a1->args[1], &rk->args[7]));
         assert_true(same_arg(&a2->args[1], &o->args[8 + f]));
-        for (int a = 2; a < a1->nargs; a++)
+        assert_true(same_arg(&a3->args[1], &rk->args[7]));
+        for (int a = 2; a < a1->nargs; a++) {
             assert_true(same_arg(&a1->args[a], &a2->args[a]));
+            assert_true(same_arg(&a1->args[a], &a3->args[a]));
+        }
     }
     assert_int_equal(seen, ropes);
     for (int i = 0; i < m->nprefill; i++)
