@@ -1748,7 +1748,7 @@ static int dev_decode(kmodel *m, kdev *d, kerr *err)
 /* JOB_STEP: this device's part of the step, then one wait for its stream. */
 static int dev_step(kmodel *m, kdev *d, kerr *err)
 {
-    double t0 = util_now();
+    double t0 = m->kt ? util_now() : 0; /* KILN_KERNEL_TIMES' host time (kt_collect) */
     if ((m->j.decode ? dev_decode(m, d, err) : dev_prefill(m, d, err)) ||
         (d->rank == 0 && finish_rank0(m, d, err)))
         return -1;
