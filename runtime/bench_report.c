@@ -105,8 +105,9 @@ static void print_header(FILE *f, const kbench_run *r)
                 hw->copy_bw / 1e12, KROOF_COPY_BYTES >> 20, KROOF_REPS);
         if (hw->gemm_flops > 0)
             fprintf(f, "  GEMM peak    %.1f TFLOP/s: cuBLASLt bf16 %d^3 on random data, best of "
-                       "%d; 2 M N K / time\n",
-                    hw->gemm_flops / 1e12, KROOF_GEMM_N, KROOF_REPS);
+                       "%d; 2 M N K / time (%d back to back: %.1f TFLOP/s)\n",
+                    hw->gemm_flops / 1e12, KROOF_GEMM_N, KROOF_REPS, KROOF_SUSTAIN,
+                    hw->gemm_sustained / 1e12);
         else
             fprintf(f, "  GEMM peak    not measured: cuBLASLt cannot be loaded (the message is on "
                        "stderr); the prefill and time-to-first-token ratios are n/a\n");
@@ -209,6 +210,8 @@ int kbench_write_json(const char *path, const kbench_run *r, const kbench_fig *f
                                 "sms", hw->sms, "memory_bytes", hw->memory, "driver",
                                 hw->driver_version, "copy_bytes_per_s", hw->copy_bw,
                                 "gemm_bf16_flops", maybe(hw->gemm_flops, peak));
+        if (hw->gemm_sustained > 0)
+            json_object_set_new(gpu, "gemm_bf16_sustained_flops", json_real(hw->gemm_sustained));
         if (hw->gemm_fp8_flops > 0)
             json_object_set_new(gpu, "gemm_fp8_flops", json_real(hw->gemm_fp8_flops));
         json_object_set_new(gpu, "prefill_peak", json_string(rm->fp8_gemm ? "fp8" : "bf16"));

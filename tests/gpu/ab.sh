@@ -97,12 +97,16 @@ import glob, json, sys
 
 log, shape, commit, spec, names = sys.argv[1:6]
 envs = dict(v.split(":", 1) for v in spec.split())
-best, card, hw = {}, "?", []
+best, card, hw, peaks = {}, "?", [], []
 for name in names.split():
     for p in sorted(glob.glob(f"{log}/{name}-*.json")):
         j = json.load(open(p))
         card = j["gpu"]["name"]
-        hw.append(f"{j['gpu']['copy_bytes_per_s'] / 1e12:.2f}")
+        g = j["gpu"]
+        hw.append(f"{g['copy_bytes_per_s'] / 1e12:.2f}")
+        if g.get("gemm_bf16_flops"):
+            peaks.append(f"{g['gemm_bf16_flops'] / 1e12:.0f}/"
+                         f"{g.get('gemm_bf16_sustained_flops', 0) / 1e12:.0f}")
         for f in j["figures"]:
             if "ratio" not in f or f["ratio"] is None:
                 continue
@@ -114,6 +118,7 @@ for name in names.split():
                 best[name][key] = (v, f["ratio"])
 keys = sorted({k for b in best.values() for k in b}, key=lambda k: (k[0] != "decode", k[0], k[1]))
 print(f"ab.sh {shape} on {card}, commit {commit}; copy bandwidth per process {', '.join(hw)} TB/s; "
+      f"GEMM peak / sustained per process {', '.join(peaks) or 'n/a'} TFLOP/s; "
       f"best of the rounds per figure")
 print()
 print("| figure | " + " | ".join(f"{n} ({envs.get(n) or 'default'})" for n in names.split()) + " |")
