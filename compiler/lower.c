@@ -1361,13 +1361,19 @@ static int low_linear(lw *w, int id)
  * context's CTAs past the first exit at once, but each still costs its launch and a read of the
  * step's arrays (8B batch 64, 33..160 keys: 8,192 CTAs for 512 that work; tests/gpu/RESULTS.md,
  * twenty-fifth session). A batch-invariant artifact keeps DECODE_SPLITS at every batch: a long
- * context's result must not depend on the rows beside it. */
+ * context's result must not depend on the rows beside it. The batch step's instance is compiled
+ * for the registers of DECODE_SM_THREADS an SM (__launch_bounds__' minimum CTAs): the Llama-3 8B
+ * instance took 141 registers, 3 CTAs of 128 threads an SM, 396 slots for batch 64's 512 working
+ * CTAs; held to 128 (48 bytes spilled) they take one wave: batch 64 0.677 -> 0.689
+ * (tests/gpu/RESULTS.md, twenty-sixth session). The one-row and few-row steps keep their
+ * registers: the same bound there cost batch 1 ~1%. */
 #define DECODE_SPLITS 16
 #define DECODE_SPLITS_BATCH 4
 #define DECODE_SPLIT_MIN 32
 #define DECODE_SOLO 256
 #define DECODE_THREADS 128
 #define DECODE_THREADS_WIDE 256
+#define DECODE_SM_THREADS 512
 
 /* The cache pointers' type in a kernel's parameters, and the KV8 template argument that goes
  * with it (none for the 16-bit cache: its calls are as they were before --kv-dtype) */
@@ -1467,6 +1473,8 @@ static int attention_steps(lw *w, const kg_node *n, int HD, ka_arg q, ka_arg q1,
                  NH, NKV, HD, at->causal, W, at->alibi, softcap, nsplit, hpc, threads,
                  DECODE_SPLIT_MIN, DECODE_SOLO, KV8_ARG(w), h0_add);
         int kd = kern(w, "attn_decode", threads, 0, params, "%s", call);
+        if (v == 2) /* past gemv_max rows: DECODE_SM_THREADS' registers an SM (above) */
+            w->L->inst_min_ctas[kd] = DECODE_SM_THREADS / threads;
         s = kstep(kd, n->name, G(0, 0, 0, nsplit, 1), G(0, 0, 0, NH / hpc, 1),
                   G(0, 1, 0, 0, 1));
         s.size = size;

@@ -106,8 +106,9 @@ static void test_nvrtc_every_fixture(void **state)
  * arrival counters, the scratch bytes [0, max_seqs * NH * 4) that must stay zero between
  * launches, are its alone: every other scratch argument of both schedules starts past them.
  * On the 16-bit cache a CTA has 256 threads where eight warps fit 48 KB of shared memory, else
- * 128 (lower.c's DECODE_THREADS_WIDE). llama (GQA), mistral (sliding window), bloom (ALiBi),
- * gemma2 (softcap), llama_hd20 (head_dim padded to 24). */
+ * 128 (lower.c's DECODE_THREADS_WIDE); the batch step's instance asks __launch_bounds__ for the
+ * CTAs of 512 threads an SM (DECODE_SM_THREADS). llama (GQA), mistral (sliding window), bloom
+ * (ALiBi), gemma2 (softcap), llama_hd20 (head_dim padded to 24). */
 static void test_attn_decode_lowering(void **state)
 {
     (void)state;
@@ -173,6 +174,11 @@ static void test_attn_decode_lowering(void **state)
                         continue;
                     runs++;
                     assert_int_equal(s->grid[0].add, ns[s->kernel]);
+                    /* past gemv_max its instance is held to 512 threads' registers an SM
+                     * (__launch_bounds__'s minimum CTAs), the others are not */
+                    assert_int_equal(c.low->inst_min_ctas[s->kernel],
+                                     rows[r] > m->gemv_max ? 512 / m->kernels[s->kernel].block
+                                                           : 0);
                     lo = ns[s->kernel] < lo ? ns[s->kernel] : lo;
                     hi = ns[s->kernel] > hi ? ns[s->kernel] : hi;
                 }
