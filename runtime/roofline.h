@@ -41,8 +41,8 @@
 #define KROOF_COPY_BYTES ((size_t)1 << 30) /* the copy bandwidth's buffer */
 #define KROOF_GEMM_N 8192                  /* the GEMM peak's M = N = K */
 #define KROOF_REPS 10                      /* timed repetitions of each (after warm-ups) */
-#define KROOF_SUSTAIN 300                  /* back-to-back GEMMs of the sustained rate, the last
-                                            * half timed as one */
+#define KROOF_SUSTAIN_MS 400               /* the sustained rate's GEMMs back to back, about (at
+                                            * least 20 runs), the last half timed as one */
 
 typedef struct kroof_hw {
     char gpu[256];         /* cuDeviceGetName */
@@ -53,9 +53,10 @@ typedef struct kroof_hw {
     double gemm_flops;     /* FLOP/s: 2 M N K / time, bf16 in and out, fp32 accumulation; 0:
                               not measured, gemm_missing says why */
     char gemm_missing[1024]; /* kgemm_loadable's message where cuBLASLt cannot be loaded, or "" */
-    double gemm_sustained; /* FLOP/s of the same GEMM run KROOF_SUSTAIN times back to back (the
-                              clocks and power a long prefill runs at; gemm_flops, the best of
-                              short runs, is the ratios' peak) */
+    double gemm_sustained; /* FLOP/s of the same GEMM run back to back for ~KROOF_SUSTAIN_MS
+                              (gemm_sustained_runs times; a long prefill run repeatedly is nearer
+                              this rate; gemm_flops, the best of short runs, is the ratios' peak) */
+    int gemm_sustained_runs;
     double gemm_fp8_flops; /* the same GEMM in e4m3 (bf16 out) on sm_89 and newer; 0: not
                               measured (an older GPU, no cuBLASLt, or cuBLASLt could not) */
 } kroof_hw;

@@ -340,13 +340,14 @@ static void test_report_no_gemm_peak(void **state)
     /* with a peak: every figure has its ratio, and nothing is n/a */
     hw.gemm_flops = 8e14;
     hw.gemm_sustained = 7.2e14;
+    hw.gemm_sustained_runs = 292;
     hw.gemm_missing[0] = 0;
     kbench_rooflines(figs, nf, &rm, &hw, 256, 4, KBENCH_CONTEXT);
     assert_true(figs[0].roof > 0 && figs[0].ratio > 0 && figs[0].first_ratio > 0);
     assert_true(figs[1].roof > 0 && figs[1].ratio > 0);
     text = report_text(&br, figs, nf);
     assert_contains(text, "  GEMM peak    800.0 TFLOP/s");
-    assert_contains(text, "back to back: 720.0 TFLOP/s)");
+    assert_contains(text, "(292 back to back: 720.0 TFLOP/s)");
     assert_not_contains(text, "n/a");
     free(text);
     assert_int_equal(kbench_write_json(json, &br, figs, nf, &err), 0);
@@ -355,6 +356,7 @@ static void test_report_no_gemm_peak(void **state)
     gpu = json_object_get(root, "gpu");
     assert_true(json_real_value(json_object_get(gpu, "gemm_bf16_flops")) == 8e14);
     assert_true(json_real_value(json_object_get(gpu, "gemm_bf16_sustained_flops")) == 7.2e14);
+    assert_int_equal(json_integer_value(json_object_get(gpu, "gemm_bf16_sustained_runs")), 292);
     assert_null(json_object_get(gpu, "gemm_not_measured"));
     f = figure(root, "time_to_first_token", "tokens", 128);
     assert_true(json_real_value(json_object_get(f, "first_request_ratio")) == figs[0].first_ratio);

@@ -201,8 +201,11 @@ for shape in ("8b", "1b"):
     t = load(f"{res}/{shape}-torch.json") or {}
     g = k["gpu"]
     cards.add(g["name"])
+    sus = g.get("gemm_bf16_sustained_flops")
     hw.append(f"{shape}: copy {g['copy_bytes_per_s'] / 1e12:.2f} TB/s, bf16 GEMM peak "
-              f"{g['gemm_bf16_flops'] / 1e12:.0f} TFLOP/s, load {k['load_s']:.2f} s, compile "
+              f"{g['gemm_bf16_flops'] / 1e12:.0f} TFLOP/s"
+              + (f" ({sus / 1e12:.0f} back to back)" if sus else "")
+              + f", load {k['load_s']:.2f} s, compile "
               f"{open(f'{res}/{shape}-compile-s').read().strip()} s")
     figs = {(f["figure"], f.get("batch", f.get("tokens"))): f for f in k["figures"]}
     hfp = {p["tokens"]: p for p in t.get("hf_prefill", [])}
