@@ -574,13 +574,16 @@ __device__ __forceinline__ void attn_prefill_mma(const kiln_step &st, const DT *
         const unsigned long long dq = wg::desc_k((unsigned)__cvta_generic_to_shared(sQ) +
                                                  (unsigned)(warp / 4 * 64 * 128)),
                                  dk0 = wg::desc_k((unsigned)__cvta_generic_to_shared(sK));
-        // a tile's opening: its K and the last tile's V have landed (everyone's copies and
-        // zeros, fenced to wgmma's reads), the last tile's K and the one before's V are free;
-        // the copies of the next tile's K and this tile's V start
-        auto open = [&](int kb, int b) {
+        // every thread's copies and zeros have landed, fenced to wgmma's reads
+        auto land = [&]() {
             cp_async_wait<0>();
             wg::proxy_fence();
             __syncthreads();
+        };
+        // a tile's opening: its K and the last tile's V have landed, the last tile's K and the
+        // one before's V are free; the copies of the next tile's K and this tile's V start
+        auto open = [&](int kb, int b) {
+            land();
             if (kb + BW <= khi)
                 attn_load_tile_wg<HD, KW, BW, THREADS>(sK + (b ^ 1) * ST, k_cache, st, s, kb + BW,
                                                        kvlen, kvh);
@@ -633,10 +636,7 @@ __device__ __forceinline__ void attn_prefill_mma(const kiln_step &st, const DT *
                 }
                 attn_rescale(o, alpha);
             }
-            // the last tile's P V, once its V has landed
-            cp_async_wait<0>();
-            wg::proxy_fence();
-            __syncthreads();
+            land(); // the last tile's P V, once its V has landed
             attn_pv_issue_wg<DT, BW / 8, HD, BW>(pa, sK + (b ^ 1) * ST + BW * HD, o);
             wg::wait<0>();
             wg::fence_regs(o);
@@ -1130,10 +1130,8 @@ attn_decode_warp_mma(const kiln_step &st, int s, int p, const DT *q,
 #pragma unroll
                 for (int e = 0; e < 4; e++)
                     sc[n][e] *= vs[n * 8 + 2 * c + (e & 1)];
-            const unsigned a[4] = {attn_pack2<DT>(sc[0][0], sc[0][1]),
-                                   attn_pack2<DT>(sc[0][2], sc[0][3]),
-                                   attn_pack2<DT>(sc[1][0], sc[1][1]),
-                                   attn_pack2<DT>(sc[1][2], sc[1][3])};
+            unsigned a[4];
+            attn_p_frag<DT>(sc, 0, a);
 #pragma unroll
             for (int n = 0; n < HD / 8; n++) {
                 const unsigned char *v0 = rV + 2 * c * RB + n * 8 + g;
