@@ -1264,6 +1264,7 @@ void km_free(kmodel *m)
     free(m->coff);
     free(m->kv_k);
     free(m->kv_v);
+    free(m->kt_rows);
     free(m);
 }
 
