@@ -79,9 +79,8 @@ typedef struct kdev {
     st_set *shard;           /* shards[rank], mapped */
     hash_job *shard_job;     /* hashing the mapped shard while it is uploaded */
     double up_s, hash_wait_s;
-    CUdeviceptr warena, consts, slab, scratch, logits, logits_all, out, meta, kv, d_params, d_ids;
+    CUdeviceptr warena, consts, slab, scratch, logits, logits_all, out, meta, kv, d_ids;
     size_t *woff;            /* [nweights] offsets in warena */
-    kiln_step st;            /* the step arrays' device pointers (inside meta) */
     kgemm *gemm;
     CUevent *kt_ev;          /* KILN_KERNEL_TIMES: an event before each launch of the step, and
                               * one after its last (kt_mark) */
@@ -140,12 +139,12 @@ struct kmodel {
     size_t kv_bytes, kv_per_block;
     int nblocks, max_blocks; /* KV blocks (block 0: the padding rows' scratch); per sequence */
 
-    /* the step arrays: offsets inside each device's meta, and one pinned host copy that every
-     * device uploads from (pinned memory is visible to every context under unified addressing) */
+    /* the step arrays and sampling parameters (meta_layout): one pinned host copy that every
+     * device uploads from (pinned memory is visible to every context under unified addressing)
+     * into its meta */
     int cap_tok, cap_seq;
     int32_t *h_meta;
-    size_t o_ids, o_pos, o_type, o_seq, o_slot, o_start, o_kvlen, o_bt, o_ropelen, meta_bytes;
-    kiln_sample *h_params;   /* pinned [max_seqs] */
+    size_t meta_bytes;
     int32_t *h_ids;          /* pinned [max_seqs]: rank 0's sampled ids */
     float *h_lp; /* pinned [max_seqs, vocab]: logits rows for logprobs (allocated on first use) */
     int graphs_failed;
@@ -298,7 +297,7 @@ static int run_local(kmodel *m, job_kind job, kerr *err)
 /* ---------------------------------------------------------------- several nodes */
 
 /* What node 0 sends the other nodes for each job after loading; a STEP is followed by the used
- * parts of the step arrays (meta_parts). */
+ * step arrays (meta_layout). */
 typedef struct node_msg {
     int32_t job;            /* job_kind */
     int32_t n, T, S, Q;     /* the step's items, tokens, rows, most tokens of one row */
@@ -307,19 +306,34 @@ typedef struct node_msg {
     int32_t head;           /* JOB_STEP: kmodel.j.head */
 } node_msg;
 
-/* The used parts of the step arrays for T tokens in S rows (offset, int32 count). */
-#define META_PARTS 9
-static int meta_parts(const kmodel *m, int T, int S, size_t off[META_PARTS],
-                      size_t cnt[META_PARTS])
+/* Where the step arrays of T tokens in S rows (kiln_step's) and the rows' sampling parameters
+ * lie in the meta buffers, host and device alike: packed in this order from the start, each part
+ * META_ALIGN-aligned, so that a step's are one span, uploaded with one copy (a decode step used to
+ * wait on ten small ones). A function of (T, S) alone: the decode graph captured for a bucket of
+ * rows finds its arrays in the same places at every step of that bucket. */
+typedef struct meta_at {
+    size_t ids, pos, type, seq, slot, start, kvlen, ropelen, bt, params, bytes;
+} meta_at;
+
+#define META_ALIGN 64
+static meta_at meta_layout(const kmodel *m, int T, int S)
 {
-    const size_t o[META_PARTS] = {m->o_ids,   m->o_pos,   m->o_type, m->o_seq,    m->o_slot,
-                                  m->o_start, m->o_kvlen, m->o_bt,   m->o_ropelen};
-    const size_t c[META_PARTS] = {(size_t)T, (size_t)T,     (size_t)T, (size_t)T,
-                                  (size_t)T, (size_t)S + 1, (size_t)S,
-                                  (size_t)S * (size_t)m->max_blocks, (size_t)S};
-    memcpy(off, o, sizeof o);
-    memcpy(cnt, c, sizeof c);
-    return META_PARTS;
+    meta_at a;
+    size_t o = 0, t = sizeof(int32_t) * (size_t)T, s = sizeof(int32_t) * (size_t)S;
+#define PART(f, n) (a.f = o, o += ((n) + META_ALIGN - 1) / META_ALIGN * META_ALIGN)
+    PART(ids, t);
+    PART(pos, t);
+    PART(type, t);
+    PART(seq, t);
+    PART(slot, t);
+    PART(start, s + sizeof(int32_t));
+    PART(kvlen, s);
+    PART(ropelen, s);
+    PART(bt, s * (size_t)m->max_blocks);
+    PART(params, sizeof(kiln_sample) * (size_t)S);
+#undef PART
+    a.bytes = o;
+    return a;
 }
 
 /* Node 0: the job (and a step's arrays) to every other node. */
@@ -329,15 +343,11 @@ static int forward(kmodel *m, job_kind job, kerr *err)
                   m->j.bucket, m->graphs_failed,
                   m->j.bucket < MAX_BUCKETS ? m->bucket_ready[m->j.bucket] : 0, m->nblocks,
                   m->j.head};
-    size_t off[META_PARTS], cnt[META_PARTS];
-    int np = job == JOB_STEP ? meta_parts(m, m->j.T, m->j.S, off, cnt) : 0;
-    for (int node = 1; node < m->nnodes; node++) {
-        if (krdv_send(&m->rdv, node, &h, sizeof h, err))
+    size_t bytes = job == JOB_STEP ? meta_layout(m, m->j.T, m->j.S).bytes : 0;
+    for (int node = 1; node < m->nnodes; node++)
+        if (krdv_send(&m->rdv, node, &h, sizeof h, err) ||
+            (bytes && krdv_send(&m->rdv, node, m->h_meta, bytes, err)))
             return -1;
-        for (int i = 0; i < np; i++)
-            if (krdv_send(&m->rdv, node, (char *)m->h_meta + off[i], sizeof(int32_t) * cnt[i], err))
-                return -1;
-    }
     return 0;
 }
 
@@ -531,17 +541,6 @@ static int alloc_device(kmodel *m, kdev *d, kerr *err)
     /* the copies' DMA and the memsets run on the legacy stream, which the device's
      * non-blocking stream does not wait for: finish them before any kernel reads these */
     CU(cuStreamSynchronize(NULL));
-    d->st.max_blocks = m->max_blocks;
-    d->st.tok_ids = d->meta + m->o_ids;
-    d->st.tok_pos = d->meta + m->o_pos;
-    d->st.tok_type = d->meta + m->o_type;
-    d->st.tok_seq = d->meta + m->o_seq;
-    d->st.tok_slot = d->meta + m->o_slot;
-    d->st.seq_start = d->meta + m->o_start;
-    d->st.seq_kvlen = d->meta + m->o_kvlen;
-    d->st.block_table = d->meta + m->o_bt;
-    d->st.seq_ropelen = d->meta + m->o_ropelen;
-    CU(cuMemAlloc(&d->d_params, sizeof(kiln_sample) * (size_t)m->cap_seq));
     CU(cuMemAlloc(&d->d_ids, sizeof(int32_t) * (size_t)m->cap_seq));
     if (!man->cublaslt_steps) /* kilnc --gemm kiln: cuBLASLt is never loaded */
         return 0;
@@ -609,22 +608,9 @@ static int alloc_shared(kmodel *m, kerr *err)
     m->cap_tok = man->max_tokens > man->max_seqs ? man->max_tokens : man->max_seqs;
     m->cap_seq = man->max_seqs;
     m->max_blocks = (man->max_seq_len + KILN_BLOCK - 1) / KILN_BLOCK;
-    size_t o = 0;
-#define SLOT(field, n) (m->field = o, o += align_up(sizeof(int32_t) * (size_t)(n)))
-    SLOT(o_ids, m->cap_tok);
-    SLOT(o_pos, m->cap_tok);
-    SLOT(o_type, m->cap_tok);
-    SLOT(o_seq, m->cap_tok);
-    SLOT(o_slot, m->cap_tok);
-    SLOT(o_start, m->cap_seq + 1);
-    SLOT(o_kvlen, m->cap_seq);
-    SLOT(o_bt, (size_t)m->cap_seq * (size_t)m->max_blocks);
-    SLOT(o_ropelen, m->cap_seq);
-#undef SLOT
-    m->meta_bytes = o;
-    CU(cuMemAllocHost((void **)&m->h_meta, o));
-    memset(m->h_meta, 0, o);
-    CU(cuMemAllocHost((void **)&m->h_params, sizeof(kiln_sample) * (size_t)m->cap_seq));
+    m->meta_bytes = meta_layout(m, m->cap_tok, m->cap_seq).bytes; /* the largest step's */
+    CU(cuMemAllocHost((void **)&m->h_meta, m->meta_bytes));
+    memset(m->h_meta, 0, m->meta_bytes);
     CU(cuMemAllocHost((void **)&m->h_ids, sizeof(int32_t) * (size_t)m->cap_seq));
     m->kv_k = xcalloc((size_t)(man->n_layers ? man->n_layers : 1), sizeof(size_t));
     m->kv_v = xcalloc((size_t)(man->n_layers ? man->n_layers : 1), sizeof(size_t));
@@ -1200,7 +1186,7 @@ static void free_device(kmodel *m, kdev *d)
         for (int i = 0; i < d->kt_cap; i++)
             m->cu.cuEventDestroy(d->kt_ev[i]);
         CUdeviceptr bufs[] = {d->warena, d->consts, d->slab,     d->scratch, d->logits,
-                              d->logits_all, d->out, d->meta, d->kv, d->d_params, d->d_ids,
+                              d->logits_all, d->out, d->meta, d->kv, d->d_ids,
                               d->p2p_mem};
         for (size_t i = 0; i < ARRAY_LEN(bufs); i++)
             if (bufs[i])
@@ -1248,7 +1234,7 @@ void km_free(kmodel *m)
     if (m->cu.lib) {
         if (m->ndev && m->devs[0].ctx) { /* the pinned buffers were made in rank 0's context */
             m->cu.cuCtxSetCurrent(m->devs[0].ctx);
-            void *host[] = {m->h_meta, m->h_params, m->h_ids, m->h_lp};
+            void *host[] = {m->h_meta, m->h_ids, m->h_lp};
             for (size_t i = 0; i < ARRAY_LEN(host); i++)
                 if (host[i])
                     m->cu.cuMemFreeHost(host[i]);
@@ -1420,6 +1406,24 @@ static void kt_print(kmodel *m)
     }
 }
 
+/* The kernels' view of this device's step arrays for T tokens in S rows. */
+static kiln_step step_view(const kmodel *m, const kdev *d, int T, int S)
+{
+    const meta_at a = meta_layout(m, T, S);
+    return (kiln_step){.T = T,
+                       .n_seqs = S,
+                       .max_blocks = m->max_blocks,
+                       .tok_ids = d->meta + a.ids,
+                       .tok_pos = d->meta + a.pos,
+                       .tok_type = d->meta + a.type,
+                       .tok_seq = d->meta + a.seq,
+                       .tok_slot = d->meta + a.slot,
+                       .seq_start = d->meta + a.start,
+                       .seq_kvlen = d->meta + a.kvlen,
+                       .block_table = d->meta + a.bt,
+                       .seq_ropelen = d->meta + a.ropelen};
+}
+
 /* Launches the steps of one schedule for T tokens of S sequences (Q: most tokens of one). The
  * LM head's steps (those of a logits variant, KA_LOGITS_LAST or _ALL) run only with `head`: a
  * prompt chunk that is not a prompt's last, with nothing sampled and no prompt logits wanted,
@@ -1428,9 +1432,7 @@ static int run_steps(kmodel *m, kdev *d, const ka_step *steps, int n, int T, int
                      int head, int all_logits, CUdeviceptr logits, kerr *err)
 {
     const ka_manifest *man = m->m;
-    kiln_step st = d->st;
-    st.T = T;
-    st.n_seqs = S;
+    kiln_step st = step_view(m, d, T, S);
     for (int i = 0; i < n; i++) {
         const ka_step *s = &steps[i];
         if ((s->logits == KA_LOGITS_LAST && (all_logits || !head)) ||
@@ -1503,14 +1505,10 @@ static int run_steps(kmodel *m, kdev *d, const ka_step *steps, int n, int T, int
     return kt_mark(m, d, NULL, 0, 0, err);
 }
 
-/* Uploads the used parts of the step arrays. */
+/* Uploads the step's arrays and sampling parameters, one copy. */
 static int upload_meta(kmodel *m, kdev *d, int T, int S, kerr *err)
 {
-    size_t off[META_PARTS], cnt[META_PARTS];
-    int np = meta_parts(m, T, S, off, cnt);
-    for (int i = 0; i < np; i++)
-        CU(cuMemcpyHtoDAsync(d->meta + off[i], (char *)m->h_meta + off[i], sizeof(int32_t) * cnt[i],
-                             d->stream));
+    CU(cuMemcpyHtoDAsync(d->meta, m->h_meta, meta_layout(m, T, S).bytes, d->stream));
     return 0;
 }
 
@@ -1518,19 +1516,18 @@ static int upload_meta(kmodel *m, kdev *d, int T, int S, kerr *err)
 
 /* ---------------------------------------------------------------- the step */
 
-/* Fills the host step arrays from the items: row r holds item r's tokens [start[r], start[r+1]);
- * rows n .. rows-1 are padding (one token each, at position 0, writing the scratch block 0 and
- * reading nothing else). Returns the tokens of the step; *q gets the most tokens of one row. */
-static int fill_step(kmodel *m, const kb_item *items, int n, int rows, int *q)
+/* Fills the host step arrays of T tokens in `rows` rows from the items: row r holds item r's
+ * tokens [start[r], start[r+1]); rows n .. rows-1 are padding (one token each, at position 0,
+ * writing the scratch block 0 and reading nothing else). Returns the most tokens of one row. */
+static int fill_step(kmodel *m, const kb_item *items, int n, int T_all, int rows)
 {
     const ka_manifest *man = m->m;
-    int32_t *ids = H(m->o_ids), *pos = H(m->o_pos), *typ = H(m->o_type), *sq = H(m->o_seq),
-            *slot = H(m->o_slot), *start = H(m->o_start), *kvl = H(m->o_kvlen),
-            *ropel = H(m->o_ropelen);
-    int T = 0;
-    *q = 1;
+    const meta_at a = meta_layout(m, T_all, rows);
+    int32_t *ids = H(a.ids), *pos = H(a.pos), *typ = H(a.type), *sq = H(a.seq), *slot = H(a.slot),
+            *start = H(a.start), *kvl = H(a.kvlen), *ropel = H(a.ropelen);
+    int T = 0, q = 1;
     for (int r = 0; r < rows; r++) {
-        int32_t *bt = H(m->o_bt) + (size_t)r * (size_t)m->max_blocks;
+        int32_t *bt = H(a.bt) + (size_t)r * (size_t)m->max_blocks;
         start[r] = T;
         if (r >= n) { /* padding */
             memset(bt, 0, sizeof(int32_t) * (size_t)m->max_blocks);
@@ -1542,7 +1539,7 @@ static int fill_step(kmodel *m, const kb_item *items, int n, int rows, int *q)
         /* the scheduler checked the items against kb_info: a violation is a kiln bug */
         const kb_item *it = &items[r];
         assert(it->n >= 1 && it->pos >= 0 && it->pos + it->n <= man->max_seq_len);
-        assert(T + it->n <= m->cap_tok);
+        assert(T + it->n <= T_all);
         assert(it->nblocks >= (it->pos + it->n + KILN_BLOCK - 1) / KILN_BLOCK &&
                it->nblocks <= m->max_blocks);
         for (int b = 0; b < m->max_blocks; b++) {
@@ -1563,11 +1560,12 @@ static int fill_step(kmodel *m, const kb_item *items, int n, int rows, int *q)
         /* (sched.c: rope_len; callers without a scheduler leave it 0) */
         assert(it->rope_len <= man->max_seq_len);
         ropel[r] = it->rope_len > kvl[r] ? it->rope_len : kvl[r];
-        if (it->n > *q)
-            *q = it->n;
+        if (it->n > q)
+            q = it->n;
     }
+    assert(T == T_all);
     start[rows] = T;
-    return T;
+    return q;
 }
 
 /* Decode batches run in buckets of 1, 2, 4, ... rows, the last one max_seqs. */
@@ -1666,12 +1664,12 @@ static int finish_rank0(kmodel *m, kdev *d, kerr *err)
     int n = m->j.n;
     if (m->j.any_sample) {
         assert(man->sample_kernel >= 0); /* embedding models sample nothing */
-        CU(cuMemcpyHtoDAsync(d->d_params, m->h_params, sizeof(kiln_sample) * (size_t)n,
-                             d->stream));
-        kiln_step st = d->st;
+        /* the parameters came with the step arrays (meta_layout) */
+        kiln_step st = step_view(m, d, m->j.T, m->j.S);
         st.T = n;
         st.n_seqs = n;
-        CUdeviceptr lg = d->logits, par = d->d_params, ids = d->d_ids;
+        CUdeviceptr lg = d->logits, par = d->meta + meta_layout(m, m->j.T, m->j.S).params,
+                    ids = d->d_ids;
         void *params[] = {&st, &lg, &par, &ids};
         const ka_kernel *kk = &man->kernels[man->sample_kernel];
         if (kcuda_launch(&m->cu, d->fn[man->sample_kernel], (unsigned)n, 1, 1, (unsigned)kk->block,
@@ -1710,7 +1708,7 @@ static int dev_prefill(kmodel *m, kdev *d, kerr *err)
         return -1;
     if (!all || d->rank != 0)
         return 0;
-    const int32_t *start = H(m->o_start);
+    const int32_t *start = H(meta_layout(m, T, n).start);
     size_t row = sizeof(float) * (size_t)man->vocab;
     for (int r = 0; r < n; r++) {
         const kb_item *it = &items[r];
@@ -1783,7 +1781,7 @@ static int engine_step(kbackend *b, kb_item *items, int n, kerr *err)
     kmodel *m = (kmodel *)((char *)b - offsetof(kmodel, kb));
     const ka_manifest *man = m->m;
     assert(n >= 1 && n <= man->max_seqs);
-    int decode = !man->output_pool, all = 0, any = 0, lp = 0, Q;
+    int decode = !man->output_pool, all = 0, any = 0, lp = 0, T = 0;
     for (int r = 0; r < n; r++) {
         /* batch-invariant: a prompt chunk of one token takes the prefill schedule too (its
          * linears are the GEMM there, the GEMV in decode: different roundings), and the
@@ -1794,17 +1792,24 @@ static int engine_step(kbackend *b, kb_item *items, int n, kerr *err)
         all |= items[r].prompt_logits != NULL;
         any |= items[r].sample;
         lp |= items[r].sample && items[r].logprobs > 0;
+        T += items[r].n;
     }
+    /* a decode step runs a bucket of rows, one token each (padding past n) */
+    int S = decode ? bucket_rows(m, n) : n;
+    if (decode)
+        T = S;
+    assert(T <= (decode ? m->cap_tok : man->max_tokens));
     if (lp && !m->h_lp) { /* pinned [max_seqs, vocab], on first use (rank 0's context) */
         kdev *d = &m->devs[0];
         CU(cuCtxSetCurrent(d->ctx));
         CU(cuMemAllocHost((void **)&m->h_lp,
                           sizeof(float) * (size_t)man->vocab * (size_t)man->max_seqs));
     }
+    kiln_sample *par = (kiln_sample *)((char *)m->h_meta + meta_layout(m, T, S).params);
     for (int r = 0; r < n && any; r++) { /* rows not sampled: greedy, one cheap pass */
-        memset(&m->h_params[r], 0, sizeof(kiln_sample));
+        memset(&par[r], 0, sizeof(kiln_sample));
         if (items[r].sample)
-            m->h_params[r] = items[r].sp;
+            par[r] = items[r].sp;
     }
     m->j.items = items;
     m->j.n = n;
@@ -1812,23 +1817,13 @@ static int engine_step(kbackend *b, kb_item *items, int n, kerr *err)
     m->j.any_sample = any;
     m->j.head = any || all;
     m->j.decode = decode;
-    if (decode) {
-        int rows = bucket_rows(m, n);
-        fill_step(m, items, n, rows, &Q);
-        m->j.T = m->j.S = rows;
-        m->j.Q = 1;
-        m->j.bucket = bucket_index(rows);
-        if (!m->o.no_graphs && !m->graphs_failed && m->j.bucket < MAX_BUCKETS &&
-            !m->bucket_ready[m->j.bucket] && capture_all(m, m->j.bucket, err))
-            return -1;
-    } else {
-        int T = fill_step(m, items, n, n, &Q);
-        assert(T <= man->max_tokens);
-        m->j.bucket = 0; /* no graph */
-        m->j.T = T;
-        m->j.S = n;
-        m->j.Q = Q;
-    }
+    m->j.T = T;
+    m->j.S = S;
+    m->j.Q = fill_step(m, items, n, T, S);
+    m->j.bucket = decode ? bucket_index(S) : 0; /* prefill: no graph */
+    if (decode && !m->o.no_graphs && !m->graphs_failed && m->j.bucket < MAX_BUCKETS &&
+        !m->bucket_ready[m->j.bucket] && capture_all(m, m->j.bucket, err))
+        return -1;
     if (run_all(m, JOB_STEP, err))
         return -1;
     size_t V = (size_t)man->vocab;
@@ -1870,9 +1865,10 @@ static int check_msg(const kmodel *m, const node_msg *h, kerr *err)
 static int check_step_arrays(const kmodel *m, int T, int S, kerr *err)
 {
     const ka_manifest *man = m->m;
-    int32_t *ids = H(m->o_ids), *pos = H(m->o_pos), *sq = H(m->o_seq), *slot = H(m->o_slot),
-            *start = H(m->o_start), *kvl = H(m->o_kvlen), *bt = H(m->o_bt), *typ = H(m->o_type),
-            *ropel = H(m->o_ropelen);
+    const meta_at a = meta_layout(m, T, S);
+    int32_t *ids = H(a.ids), *pos = H(a.pos), *sq = H(a.seq), *slot = H(a.slot),
+            *start = H(a.start), *kvl = H(a.kvlen), *bt = H(a.bt), *typ = H(a.type),
+            *ropel = H(a.ropelen);
     int types = man->type_vocab > 0 ? man->type_vocab : 1;
     int ok = start[0] == 0 && start[S] == T;
     for (int r = 0; ok && r < S; r++)
@@ -1937,13 +1933,8 @@ int km_follow(kmodel *m, kerr *err)
             m->graphs_failed = h.graphs_failed;
             if (h.bucket < MAX_BUCKETS)
                 m->bucket_ready[h.bucket] = h.bucket_ready;
-            size_t off[META_PARTS], cnt[META_PARTS];
-            int np = meta_parts(m, h.T, h.S, off, cnt);
-            for (int i = 0; i < np; i++)
-                if (krdv_recv(&m->rdv, 0, (char *)m->h_meta + off[i], sizeof(int32_t) * cnt[i],
-                              err))
-                    return -1;
-            if (check_step_arrays(m, h.T, h.S, err))
+            if (krdv_recv(&m->rdv, 0, m->h_meta, meta_layout(m, h.T, h.S).bytes, err) ||
+                check_step_arrays(m, h.T, h.S, err))
                 return -1;
             rc = run_local(m, JOB_STEP, err);
             break;
