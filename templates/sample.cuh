@@ -49,6 +49,8 @@
 // temperature 45 us, top-k 50: 84 us, top-p 0.9: 120 us, both: 102 us through the shortcut and
 // 630 / 720 / 1280 us on the full-row path; THREADS = 256 is 1.5-2.7x slower. Sequences run in
 // parallel (one block each), so a batch of up to one sequence per SM costs about as much as one.
+// (Measured before the argmax pass took 16-byte loads, which made a greedy 1B decode step ~11 us
+// shorter on an H200: tests/gpu/RESULTS.md, twenty-seventh session.)
 #pragma once
 
 #include "common.cuh"
@@ -60,6 +62,7 @@ typedef unsigned long long u64;
 
 constexpr int CAP = 3072; // candidates the shortcut keeps in shared memory (12 bytes each)
 constexpr int NCUT = 8;   // cuts of the shortcut's counting pass
+constexpr int ARGMAX_LOADS = 4; // 16-byte loads a thread has in flight in the argmax pass
 
 // The cuts on y = (l - m) / T, the log of a token's probability relative to the top token's.
 // Any values are correct (they only decide how often the shortcut applies); these cover the
@@ -252,15 +255,41 @@ __device__ __forceinline__ void sample(const kiln_step st, const float *logits,
 
     // 1. maximum and argmax, ties to the lowest index. A thread scans its tokens in increasing
     //    index (strict >), the merges prefer the lower index on equal values; a thread without
-    //    tokens carries (-inf, INT_MAX), which loses every tie.
+    //    tokens carries (-inf, INT_MAX), which loses every tie. So the answer does not depend on
+    //    which thread reads which token: where rows are 16-byte aligned (V % 4 == 0), a thread
+    //    reads 4 consecutive tokens a load, ARGMAX_LOADS loads in flight (one block reads the
+    //    row: with one 4-byte load at a time it waited ~14 us on a 152k row's latency).
     float best = -INFINITY;
     int bi = 0x7fffffff;
-    for (int i = tid; i < V; i += THREADS) {
-        const float l = sample_clean(row[i]);
+    auto take = [&](float l, int i) {
         if (bi == 0x7fffffff || l > best) {
             best = l;
             bi = i;
         }
+    };
+    if constexpr (V % 4 == 0) {
+        constexpr int V4 = V / 4;
+        const float4 *row4 = reinterpret_cast<const float4 *>(row);
+        for (int i0 = tid; i0 < V4; i0 += ARGMAX_LOADS * THREADS) {
+            float4 q[ARGMAX_LOADS];
+#pragma unroll
+            for (int u = 0; u < ARGMAX_LOADS; u++)
+                if (i0 + u * THREADS < V4)
+                    q[u] = row4[i0 + u * THREADS];
+#pragma unroll
+            for (int u = 0; u < ARGMAX_LOADS; u++) {
+                const int i = 4 * (i0 + u * THREADS);
+                if (i < V) {
+                    take(sample_clean(q[u].x), i);
+                    take(sample_clean(q[u].y), i + 1);
+                    take(sample_clean(q[u].z), i + 2);
+                    take(sample_clean(q[u].w), i + 3);
+                }
+            }
+        }
+    } else {
+        for (int i = tid; i < V; i += THREADS)
+            take(sample_clean(row[i]), i);
     }
     warp_argmax(best, bi);
     if (lane == 0) {

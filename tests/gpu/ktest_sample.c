@@ -562,6 +562,7 @@ void ktest_sample(kt *t)
     t_greedy(t, 8, 32);
     t_greedy(t, 1000, 256);
     t_greedy(t, 32000, 256);
+    t_greedy(t, 50257, 1024); /* V % 4 != 0: the one-token loads */
     t_greedy(t, 151936, 1024);
     t_forced(t, 1000, 128);
     t_forced(t, 128256, 1024);
