@@ -677,6 +677,18 @@ void lower_skinny_shape(int64_t N, int64_t K, int gated, int g4, int smem_block,
     }
 }
 
+/* The most parts that keep a launch within two blocks an SM of a 132-SM H100/H200 (264), with at
+ * least 4 slices a part; 1 where the tiles alone reach that. The 8B shape: qkv 48 tiles x 5
+ * parts, o and down 32 x 8, gate_up 224 x 1. */
+int lower_skinny90_splits(int64_t N, int64_t K, int gated)
+{
+    int64_t tiles = KILN_SKINNY90_TILES(N, gated);
+    int64_t slices = (K + KILN_GEMM90_BK - 1) / KILN_GEMM90_BK, s = 264 / tiles;
+    if (s > slices / 4)
+        s = slices / 4;
+    return s < 1 ? 1 : (int)s;
+}
+
 /* The GEMV step (decode-sized rows) in row groups of mmax rows (the template's MMAX): GEMV_MAX, or
  * LOWER_GEMV_GROUP_INVARIANT with --batch-invariant. rows: KA_ROWS_T or KA_ROWS_S. qk: QROWS_NONE
  * (gemv), or the quantised weight wt with its scales sc and their K block qb (0 for one per row):
@@ -917,7 +929,8 @@ static int64_t skinny4_groups(const lw *w)
 }
 
 /* The skinny GEMM step of the decode schedule: templates/gemv.cuh's gemm_skinny for a 16-bit
- * weight (g4 0), for gemv_max < rows <= skinny_max; or gemm_skinny_int4 for an INT4 weight wt of
+ * weight (g4 0), for gemv_max < rows <= skinny_max (templates/gemm90.cuh's gemm90_skinny where
+ * every target is sm_90a: lower_gemm90); or gemm_skinny_int4 for an INT4 weight wt of
  * group size g4 with its scales and zero points sc, for rows > gemv_max (row groups of
  * KILN_SKINNY_MAX: skinny4_groups); with `prefill`, gemm_skinny_int4's step of the prefill
  * schedule, for gemv_max < rows <= skinny_max (one row group). Its partials in this node's
@@ -927,6 +940,37 @@ static void skinny_push(lw *w, const kg_node *n, ka_arg x, ka_arg wt, ka_arg sc,
                         ka_arg bias, ka_arg y, int64_t N, int64_t K, int gated, int act,
                         int out_f32, int prefill)
 {
+    if (!g4 && lower_gemm90(w->c)) { /* Hopper's: templates/gemm90.cuh's gemm90_skinny */
+        int splits = lower_skinny90_splits(N, K, gated);
+        int64_t tiles = KILN_SKINNY90_TILES(N, gated), pf = KILN_SKINNY90_PART(splits, tiles);
+        ka_arg part = pf ? A(KA_ARG_SCRATCH, scratch_at(w, pf * 4)) : ANULL();
+        int k = kern(w, "gemm90_skinny", KILN_SKINNY90_THREADS, KILN_SKINNY90_SMEM,
+                     "int M, const __grid_constant__ kiln::tmap tx, "
+                     "const __grid_constant__ kiln::tmap tw, const DT *bias, void *y, "
+                     "float *part, unsigned *count",
+                     "kiln::gemm90_skinny<DT, %lld, %lld, %s, %s, %d, %s, %d>(M, tx, tw, bias, "
+                     "y, part, count)",
+                     (long long)N, (long long)K, bias.kind == KA_ARG_NULL ? "false" : "true",
+                     gated ? "true" : "false", act < 0 ? 0 : act, out_f32 ? "true" : "false",
+                     splits);
+        w->L->inst_min_ctas[k] = 2; /* two blocks an SM (kernels/kiln_gemm.h) */
+        ka_step s = kstep(k, n->name, G(0, 0, 0, (int)tiles, 1), G(0, 0, 0, splits, 1), G1());
+        s.size = KA_SIZE_MID;
+        add_arg(&s, A(KA_ARG_M, 0));
+        add_arg(&s, A(KA_ARG_TMAP, 2));
+        add_arg(&s, A(KA_ARG_TMAP, 3));
+        add_arg(&s, bias);
+        add_arg(&s, y);
+        add_arg(&s, part);
+        add_arg(&s, A(KA_ARG_SCRATCH, w->skinny_count));
+        s.x = x;
+        s.w = wt;
+        s.n = N;
+        s.k = K;
+        s.ldx = K;
+        push(w, DEC, &s);
+        return;
+    }
     int warps, splits, stages;
     lower_skinny_shape(N, K, gated, (int)g4, block_smem(w->c), &warps, &splits, &stages);
     assert(stages > 0); /* w->skinny and w->skinny4 hold only where the smallest ring fits */
@@ -2169,9 +2213,10 @@ int lower(kc *c, lowered *out, kerr *err)
     w.rope_q = w.scratch0;
     w.scratch0 += (qrow * w.esize + 255) / 256 * 256;
     /* gemm_skinny's and gemm_skinny_int4's arrival counters, [most tiles of a linear] unsigned,
-     * likewise after them. gemm_skinny's steps are kiln's GEMM for decode steps of 9 to 64 rows
-     * (--gemm kiln, where the alternative is a 128-row tile); cuBLASLt's kernels stream the
-     * weight faster there (tests/gpu/RESULTS.md, tenth session). Not with --batch-invariant,
+     * likewise after them (gemm90_skinny's: a set for each tile's four consumer warps). The skinny
+     * steps are kiln's GEMM for decode steps of 9 to 64 rows (--gemm kiln, where the alternative
+     * is a 128-row tile); cuBLASLt's kernels stream the weight faster there (tests/gpu/RESULTS.md,
+     * tenth and twenty-seventh sessions). Not with --batch-invariant,
      * whose decode runs the GEMV in fixed groups at every batch; and only where its smallest ring
      * (4 tiles a block, 2 slices) fits a block. */
     w.skinny = c->gemm_kiln && !c->batch_invariant && c->max_tokens > GEMV_MAX &&
@@ -2190,7 +2235,9 @@ int lower(kc *c, lowered *out, kerr *err)
         for (int i = 0; i < c->g->n; i++) {
             const kg_node *n = &c->g->nodes[i];
             if (n->op == KG_LINEAR || n->op == KG_LOGITS) {
-                int64_t t = KILN_GEMV_TILES(c->g->nodes[n->in[1]].shape[0], 0);
+                int64_t N = c->g->nodes[n->in[1]].shape[0], t = KILN_GEMV_TILES(N, 0),
+                        t90 = 4 * KILN_SKINNY90_TILES(N, 0); /* gemm90_skinny's: a warp's */
+                t = t90 > t ? t90 : t;
                 tiles = t > tiles ? t : tiles;
             }
         }
@@ -2300,8 +2347,9 @@ char *codegen_source(const lowered *l, const char *model_name)
         }
     static const char *const gemms[][2] = {{"kiln::gemm<", "gemm.cuh"},
                                            {"kiln::gemm90<", "gemm90.cuh"},
+                                           {"kiln::gemm90_skinny<", "gemm90.cuh"},
                                            {"kiln::gemv_stream<", "gemv_stream.cuh"}};
-    for (int g = 0; g < 3; g++)
+    for (int g = 0; g < (int)ARRAY_LEN(gemms); g++)
         for (int i = 0; i < l->ninst; i++)
             if (strncmp(l->inst_call[i], gemms[g][0], strlen(gemms[g][0])) == 0) {
                 OUT("#include \"%s\"\n", gemms[g][1]);

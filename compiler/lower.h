@@ -80,6 +80,10 @@ int lower_gemv_stream_smem(const kc *c, int64_t K, int esize, int wbits);
 void lower_skinny_shape(int64_t N, int64_t K, int gated, int g4, int smem_block, int *warps,
                         int *splits, int *stages);
 
+/* gemm90_skinny's K parts for an [N, K] weight (gated: N/2 outputs), as lower.c launches it
+ * (kernels/kiln_gemm.h); kiln-ktest uses the same rule. */
+int lower_skinny90_splits(int64_t N, int64_t K, int gated);
+
 /* Whether kiln's GEMM is the Hopper kernel (templates/gemm90.cuh, sm_90a only): with --gemm kiln
  * when every target is sm_90a. kilnc compile then keeps PTX for compute_90a, not compute_90. */
 int lower_gemm90(const kc *c);

@@ -46,6 +46,32 @@
     (KILN_GEMM90_STAGES(bn) * (KILN_GEMM90_BM + (bn)) * KILN_GEMM90_BK * (esz) + 1024 +         \
      2 * KILN_GEMM90_STAGES(bn) * 8)
 
+/* Hopper's skinny GEMM (templates/gemm90.cuh's gemm90_skinny, sm_90a only): gemm_skinny's job
+ * (below) on wgmma and TMA. A block is one consumer warpgroup and one producer warp; it owns a tile
+ * of KILN_SKINNY90_ROWS weight rows (gated: half of them gate rows and their up rows) and one of
+ * SPLITS parts of K, streamed through a ring of KILN_SKINNY90_STAGES slices of KILN_GEMM90_BK
+ * elements, each the step's x rows (a box of KILN_SKINNY_MAX rows, zeros past M) and the tile's
+ * rows; two blocks an SM.
+ *   grid = (TILES, SPLITS), TILES = KILN_SKINNY90_TILES(N, gated), SPLITS from compiler/lower.c's
+ *   lower_skinny90_splits; block = KILN_SKINNY90_THREADS; dynamic shared memory
+ *   KILN_SKINNY90_SMEM; tx, tw: TMA maps of x and w with boxes of KILN_SKINNY_MAX and
+ *   KILN_SKINNY90_ROWS / 2 rows (runtime/kcuda.c's kcuda_gemm90_maps); part: float
+ *   [KILN_SKINNY90_PART(SPLITS, TILES)] (none for SPLITS 1); count: unsigned [TILES * 4] (a
+ *   counter a consumer warp of a tile), zero before the first launch, left zero by every
+ *   launch. */
+#define KILN_SKINNY90_ROWS 128
+#define KILN_SKINNY90_THREADS 160
+#define KILN_SKINNY90_STAGES 4
+#define KILN_SKINNY90_TILES(n, gated)                                                             \
+    ((gated) ? ((n) / 2 + KILN_SKINNY90_ROWS / 2 - 1) / (KILN_SKINNY90_ROWS / 2)                  \
+             : ((n) + KILN_SKINNY90_ROWS - 1) / KILN_SKINNY90_ROWS)
+#define KILN_SKINNY90_SMEM                                                                        \
+    (KILN_SKINNY90_STAGES * (KILN_SKINNY_MAX + KILN_SKINNY90_ROWS) * KILN_GEMM90_BK * 2 + 1024 + \
+     2 * KILN_SKINNY90_STAGES * 8)
+/* a partial per (part, tile, consumer warp): 64 floats a lane */
+#define KILN_SKINNY90_PART(splits, tiles)                                                         \
+    ((splits) > 1 ? (long long)(splits) * (long long)(tiles) * 4 * 32 * 64 : 0LL)
+
 /* The skinny GEMM (templates/gemv.cuh's gemm_skinny): with kilnc compile --gemm kiln, every 16-bit
  * linear of a decode step of more than gemv_max and at most KILN_SKINNY_MAX rows (batches of 9 to
  * 64 sequences), where the product is still bound by the bytes of the weight, which it streams

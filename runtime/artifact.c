@@ -656,9 +656,9 @@ static int check_arg(rd *r, const ka_arg *a, const stepctx *c, const char *what)
                        INT32_MAX / KA_MAX_TP);
         return 0;
     case KA_ARG_TMAP:
-        if (a->i != 0 && a->i != 1)
-            return bad(r, "%s: %s (tmap) is %lld, expected 0 (of x) or 1 (of w)", c->where, what,
-                       (long long)a->i);
+        if (a->i < 0 || a->i > 3)
+            return bad(r, "%s: %s (tmap) is %lld, expected 0 or 2 (of x), 1 or 3 (of w)",
+                       c->where, what, (long long)a->i);
         return 0;
     case KA_ARG_LOGITS:
         if (m->output_pool)

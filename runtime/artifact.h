@@ -111,8 +111,9 @@ typedef enum {
                      * argument whose value differs by rank */
     KA_ARG_TMAP,    /* a TMA tensor map (a CUtensorMap, 128 bytes, by value) of the step's GEMM
                      * operands, made by the runtime at each launch (runtime/kcuda.h:
-                     * kcuda_gemm90_maps, x of the step's M rows): i 0 of x, 1 of w. A kernel
-                     * step with one also has x, w, n, k and ldx (ka_step) */
+                     * kcuda_gemm90_maps, x of the step's M rows): i 0 of x, 1 of w, with
+                     * gemm90's boxes; 2 of x, 3 of w, with gemm90_skinny's (kernels/kiln_gemm.h).
+                     * A kernel step with one also has x, w, n, k and ldx (ka_step) */
     KA_NARGKINDS
 } ka_arg_kind;
 

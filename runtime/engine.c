@@ -1478,14 +1478,17 @@ static int run_steps(kmodel *m, kdev *d, const ka_step *steps, int n, int T, int
             case KA_ARG_STEP: params[k] = &st; continue;
             case KA_ARG_TMAP:
                 /* host work only (no GPU call), so a captured graph keeps the maps it was
-                 * launched with: the pointers are fixed after load, and rows is its bucket's */
+                 * launched with: the pointers are fixed after load, and rows is its bucket's.
+                 * i 0 and 1: gemm90's boxes; 2 and 3: gemm90_skinny's */
                 if (!made++ &&
                     kcuda_gemm90_maps(&m->cu, maps, ptr_of(m, d, &s->x, logits),
-                                      rows > 0 ? rows : 1, s->k,
-                                      s->ldx, ptr_of(m, d, &s->w, logits), s->n,
-                                      KILN_GEMM90_BN(s->n), err))
+                                      rows > 0 ? rows : 1, s->k, s->ldx,
+                                      a->i < 2 ? KILN_GEMM90_BM : KILN_SKINNY_MAX,
+                                      ptr_of(m, d, &s->w, logits), s->n,
+                                      a->i < 2 ? KILN_GEMM90_BN(s->n) : KILN_SKINNY90_ROWS / 2,
+                                      err))
                     return kerr_add(err, "in step %d (%s)", i, s->label);
-                params[k] = &maps[a->i];
+                params[k] = &maps[a->i & 1];
                 continue;
             case KA_ARG_I32: val[k].i = (int)a->i; break;
             case KA_ARG_F32: val[k].f = (float)a->f; break;

@@ -146,11 +146,11 @@ static int gemm90_map(const kcuda *c, CUtensorMap *m, CUdeviceptr p, int64_t row
 }
 
 int kcuda_gemm90_maps(const kcuda *c, CUtensorMap maps[2], CUdeviceptr x, int64_t rows,
-                      int64_t k, int64_t ldx, CUdeviceptr w, int64_t n, int bn, kerr *err)
+                      int64_t k, int64_t ldx, int bx, CUdeviceptr w, int64_t n, int bw, kerr *err)
 {
     _Static_assert(sizeof(CUtensorMap) == 128, "gemm90.cuh's kiln::tmap is 128 bytes");
-    if (gemm90_map(c, &maps[0], x, rows, k, ldx, KILN_GEMM90_BM, err) ||
-        gemm90_map(c, &maps[1], w, n, k, k, bn, err))
+    if (gemm90_map(c, &maps[0], x, rows, k, ldx, bx, err) ||
+        gemm90_map(c, &maps[1], w, n, k, k, bw, err))
         return kerr_add(err, "gemm90's tensor maps (x %lld x %lld, ld %lld; w %lld x %lld)",
                         (long long)rows, (long long)k, (long long)ldx, (long long)n,
                         (long long)k);

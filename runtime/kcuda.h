@@ -66,14 +66,15 @@ int kcuda_launch(const kcuda *c, CUfunction f, unsigned gx, unsigned gy, unsigne
                  unsigned block, unsigned smem, CUstream stream, void **params, int pdl,
                  kerr *err);
 
-/* The two TMA tensor maps of a templates/gemm90.cuh launch (kernels/kiln_gemm.h's launch rule),
+/* The two TMA tensor maps of a templates/gemm90.cuh launch (kernels/kiln_gemm.h's launch rules),
  * the one way the runtime and kiln-ktest make them: maps[0] of x (`rows` rows of k 16-bit
- * elements, ldx apart; boxes of KILN_GEMM90_BM rows), maps[1] of w ([n, k], contiguous; boxes of
- * bn rows, bn the kernel's tile width). Boxes are KILN_GEMM90_BK elements (128 bytes) wide,
+ * elements, ldx apart; boxes of bx rows: gemm90's KILN_GEMM90_BM, gemm90_skinny's
+ * KILN_SKINNY_MAX), maps[1] of w ([n, k], contiguous; boxes of bw rows: gemm90's tile width,
+ * gemm90_skinny's KILN_SKINNY90_ROWS / 2). Boxes are KILN_GEMM90_BK elements (128 bytes) wide,
  * 128-byte swizzled (the kernel's shared layout); elements outside the tensor read as zeros,
  * which is how the kernel's tails in M, N and K are zero. Host only (no GPU work); rows >= 1. */
 int kcuda_gemm90_maps(const kcuda *c, CUtensorMap maps[2], CUdeviceptr x, int64_t rows,
-                      int64_t k, int64_t ldx, CUdeviceptr w, int64_t n, int bn, kerr *err);
+                      int64_t k, int64_t ldx, int bx, CUdeviceptr w, int64_t n, int bw, kerr *err);
 
 #define KCU(c, call, err)                                                                       \
     do {                                                                                        \

@@ -249,4 +249,145 @@ __device__ __forceinline__ void gemm90(int M, const tmap &tx, const tmap &tw, co
     }
 }
 
+// gemm90_skinny — gemm_skinny's product (templates/gemv.cuh: y[m, n] = x[m] · w[n] (+ bias[n]),
+// GATED: act(gate) * up; its layouts, numerics contract and arguments but st, with x and w as
+// TMA maps) on Hopper's wgmma, for the decode steps of 9 to KILN_SKINNY_MAX rows, where a product
+// is bound by the bytes of its weight, which it streams once. Launch rule and constants:
+// kernels/kiln_gemm.h (KILN_SKINNY90_*). Design:
+//   - a block is one consumer warpgroup (warps 0-3) and a producer warp (warp 4, one thread of
+//     which loads); it owns a tile of 128 weight rows (GATED: 64 gate rows and their 64 up rows,
+//     64 outputs) and part p of the K slices, [p * KT / SPLITS, (p + 1) * KT / SPLITS);
+//   - a slice (BK = 64 elements of K) is three TMA boxes in one stage of the ring: the step's x
+//     rows (a box of KILN_SKINNY_MAX rows: zeros past M come from the map's bounds) and two boxes
+//     of 64 weight rows, which together are one 128-row K-major panel; STAGES slices in flight,
+//     full/empty mbarriers as in gemm90;
+//   - the products: wgmma m64n128k16, A = the x rows (the m64 side: the step's tokens), B = the
+//     weight panel: D[token][weight row], so for GATED a lane holds a gate sum (columns 0-63) and
+//     its up sum (column + 64) in acc[j] and acc[j + 8]; float accumulation in the tensor cores
+//     over the block's slices, in slice order;
+//   - split-K: each consumer warp is a unit (tile * 4 + warp: its 16 token rows), whose partial
+//     goes through gemv_detail::split_sum (the last-arriving part adds the SPLITS partials in
+//     part order: the result does not depend on scheduling); a warp whose rows are all past M
+//     takes no part in it. Then gemv_detail::store_out writes each output (bias, act, one
+//     rounding);
+//   - two blocks an SM (~97 KiB each), so one block's ramp and epilogue overlap the other's
+//     stream, and the hardware hands the blocks to the SMs as they free up.
+// A row's result depends only on its own x row: rows are the m side of every product, summed in
+// the same order whatever M is.
+// Measured and not kept (tests/gpu/RESULTS.md, twenty-seventh session): a persistent grid of one
+// block an SM with a fixed share of the units each and the first weight boxes loaded before
+// griddepcontrol.wait read the weights faster in kiln-ktest's benchmark (0.88 of cuBLASLt at 64
+// rows against this kernel's 0.71) but ran decode steps of 16 rows 12% slower: in a step a block
+// that starts late (its SM still busy with the kernel before) delays a fixed share.
+template <typename DT, int N, int K, bool BIAS, bool GATED, int ACT, bool OUT_F32, int SPLITS>
+__device__ __forceinline__ void gemm90_skinny(int M, const tmap &tx, const tmap &tw,
+                                              const DT *bias, void *y, float *part,
+                                              unsigned *count)
+{
+    KILN_PDL_ENTER();
+    using namespace gemm90_detail;
+    static_assert(have_wgmma<DT>, "gemm90_skinny: wgmma needs sm_90a; compiler/lower.c uses it "
+                                  "only when every target is sm_90a");
+    static_assert(sizeof(DT) == 2, "gemm90_skinny: DT is bf16 or f16");
+    static_assert(K >= 8 && K % 8 == 0, "gemm90_skinny: K must be a multiple of 8");
+    static_assert(N >= 1 && (!GATED || N % 2 == 0), "gemm90_skinny: GATED needs an even N");
+    constexpr int ROWS = KILN_SKINNY90_ROWS, STAGES = KILN_SKINNY90_STAGES;
+    constexpr int MMAX = KILN_SKINNY_MAX, NOUT = GATED ? N / 2 : N;
+    constexpr int TILES = KILN_SKINNY90_TILES(N, GATED), KT = (K + BK - 1) / BK;
+    static_assert(ROWS == 128 && MMAX == 64 && KILN_SKINNY90_THREADS == 160,
+                  "gemm90_skinny: one warpgroup of m64n128 products and a producer warp");
+    static_assert(SPLITS >= 1 && SPLITS <= KT, "gemm90_skinny: 1..KT parts of K");
+    constexpr unsigned XB = MMAX * BK * 2, WB = ROWS / 2 * BK * 2, STAGE = XB + 2 * WB;
+    static_assert(XB % 1024 == 0 && WB % 1024 == 0, "gemm90_skinny: 1024-byte atoms");
+    static_assert(STAGES * STAGE + 1024 + 2 * STAGES * 8 == KILN_SKINNY90_SMEM,
+                  "gemm90_skinny: kiln_gemm.h's SMEM");
+
+    const int tile = blockIdx.x, p = blockIdx.y;
+    const int k0 = p * KT / SPLITS, k1 = (p + 1) * KT / SPLITS;
+    extern __shared__ unsigned char kiln_skinny90_smem[];
+    const unsigned base = ((unsigned)__cvta_generic_to_shared(kiln_skinny90_smem) + 1023u) & ~1023u;
+    const unsigned bars = base + STAGES * STAGE; // full[s] at bars + 8s, empty[s] + 8 STAGES
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    if (tid == 0) {
+        for (int s = 0; s < STAGES; s++) {
+            mbar_init(bars + 8 * s, 1);
+            mbar_init(bars + 8 * (STAGES + s), 4); // each consumer warp done reading
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+
+    if (warp == 4) {
+        // Producer: slice it of the part into stage it % STAGES once the consumers have released
+        // slice it - STAGES. Weight rows: GATED, gate rows 64 tile.. and their up rows; else
+        // rows 128 tile.. in two boxes.
+        if (lane != 0)
+            return;
+        const int ra = GATED ? tile * (ROWS / 2) : tile * ROWS;
+        const int rb = GATED ? NOUT + ra : ra + ROWS / 2;
+#pragma unroll 1
+        for (int kt = k0; kt < k1; kt++) {
+            const int it = kt - k0, s = it % STAGES;
+            const unsigned full = bars + 8 * s, a = base + s * STAGE;
+            mbar_wait(bars + 8 * (STAGES + s), (it / STAGES & 1) ^ 1);
+            bar_expect_tx(full, STAGE);
+            tma_load(a, tx, kt * BK, 0, full);
+            tma_load(a + XB, tw, kt * BK, ra, full);
+            tma_load(a + XB + WB, tw, kt * BK, rb, full);
+        }
+        return;
+    }
+
+    // Consumers: warp q holds token rows 16q..16q+15 (wgmma.cuh's accumulator layout).
+    float acc[ROWS / 8][4];
+#pragma unroll
+    for (int j = 0; j < ROWS / 8; j++)
+        acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+#pragma unroll 1
+    for (int kt = k0; kt < k1; kt++) {
+        const int it = kt - k0, s = it % STAGES;
+        mbar_wait(bars + 8 * s, it / STAGES & 1);
+        __syncwarp(); // converged for the .aligned wgmma
+        const unsigned a = base + s * STAGE, b = a + XB;
+        wg::fence_regs(acc);
+        wg::fence();
+#pragma unroll
+        for (int kk = 0; kk < BK / 16; kk++)
+            wg::mma(acc, wg::desc_k(a + 32 * kk), wg::desc_k(b + 32 * kk), 1, DT());
+        wg::commit();
+        wg::wait<1>(); // slice it - 1's products are done: its stage may be refilled
+        wg::fence_regs(acc);
+        if (it > 0 && lane == 0)
+            bar_arrive(bars + 8 * (STAGES + (it - 1) % STAGES));
+    }
+    wg::wait<0>();
+    wg::fence_regs(acc);
+
+    if (16 * warp >= M)
+        return; // no row of this warp is real (the same in every part: M is the launch's)
+    if constexpr (SPLITS > 1)
+        if (!gemv_detail::split_sum<SPLITS, TILES * 4, 32 * 4 * ROWS / 8, 4 * ROWS / 8>(
+                &acc[0][0], part, count, (long long)tile * 4 + warp, p))
+            return;
+    // lane (g, t) holds acc[j][2h + e] at token 16 warp + 8h + g, tile column 8j + 2t + e
+    const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int m = 16 * warp + 8 * h + g;
+        if (m >= M)
+            continue;
+#pragma unroll
+        for (int j = 0; j < (GATED ? ROWS / 16 : ROWS / 8); j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int c = 8 * j + 2 * t + e;
+                const long long o = (long long)tile * (GATED ? ROWS / 2 : ROWS) + c;
+                if (o < NOUT)
+                    gemv_detail::store_out<DT, N, BIAS, GATED, ACT, OUT_F32>(
+                        y, bias, nullptr, m, o, acc[j][2 * h + e],
+                        GATED ? acc[j + ROWS / 16][2 * h + e] : 0.f);
+            }
+    }
+}
+
 } // namespace kiln

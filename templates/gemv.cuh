@@ -51,7 +51,9 @@
 // (mma.sync with bf16).
 //
 // With --gemm kiln, decode steps of 9 to 64 rows take gemm_skinny (below): the same product on
-// fragments from shared memory, x shared by the tiles of a block, and K split across blocks.
+// fragments from shared memory, x shared by the tiles of a block, and K split across blocks (where
+// every target is sm_90a, templates/gemm90.cuh's gemm90_skinny instead: the same contract on
+// wgmma and TMA).
 //
 // What it does not do: split-K across blocks (a tile's K is split over the warps of its block
 // only; with 16 warps that is enough for the 1B/8B shapes, whose smallest N gives 128 tiles),

@@ -638,7 +638,7 @@ static void e_tmap_val(json_t *r)
 {
     size_t k;
     json_t *a = json_object_get(find_step(r, "decode", "step", &k), "args");
-    json_array_set_new(a, 0, json_pack("[si]", "tmap", 2));
+    json_array_set_new(a, 0, json_pack("[si]", "tmap", 4));
 }
 static void e_tmap_no_x(json_t *r)
 {
@@ -681,7 +681,7 @@ static void test_bad_fields_resigned(void **state)
         {"buf offset", e_buf, {"offset in the activation slab", "out of range"}},
         {"scratch offset", e_scratch, {"offset in the scratch area -256 out of range"}},
         {"step value", e_i32, {"(step) has the value 5, expected 0"}},
-        {"tmap value", e_tmap_val, {"argument 0 (tmap) is 2, expected 0 (of x) or 1 (of w)"}},
+        {"tmap value", e_tmap_val, {"argument 0 (tmap) is 4, expected 0 or 2 (of x), 1 or 3 (of w)"}},
         {"tmap tensors", e_tmap_no_x, {"decode step ", "x is not a [kind, value] pair"}},
         {"arg kind", e_kind, {"unknown kind 'bogus'"}},
         {"f32 arg", e_f32, {"(f32) is not a finite float"}},

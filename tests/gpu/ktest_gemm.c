@@ -142,8 +142,8 @@ static int gargs_make(kt *t, const gkind *g, gargs *a, int N, int K, kerr *err)
     }
     void *p[] = {&a->M, &a->map[0], &a->map[1], &a->b, &a->y, &a->ldy};
     memcpy(a->p, p, sizeof p);
-    return kcuda_gemm90_maps(&t->cu, a->map, a->x, a->M > 0 ? a->M : 1, K, a->ldx, a->w, N,
-                             g->bn, err);
+    return kcuda_gemm90_maps(&t->cu, a->map, a->x, a->M > 0 ? a->M : 1, K, a->ldx,
+                             KILN_GEMM90_BM, a->w, N, g->bn, err);
 }
 
 /* One problem's inputs: host copies rounded through the storage type, and device copies. */

@@ -2,7 +2,10 @@
  * rows: one warp per 16-row weight tile as in gemv, x staged in shared memory for the block's
  * WARPS tiles, K split across SPLITS blocks whose partials the last-arriving block adds in a fixed
  * order) against the CPU reference of ktest_gemv.c (gemv_ref, the same semantics), and
- * `kiln-ktest --bench skinny`: its weight bandwidth against cuBLASLt on the Llama-3 shapes.
+ * `kiln-ktest --bench skinny`: its weight bandwidth against cuBLASLt on the Llama-3 shapes (on
+ * sm_90a, of templates/gemm90.cuh's gemm90_skinny, the same contract on wgmma and TMA, which the
+ * cases named skinny90/ check the same way where the GPU is sm_90a: N and K tails, gated, bias,
+ * f32, f16, its split rule and 1 to 16 parts, the Llama linears, batch invariance).
  *
  * Inputs as ktest_gemv.c's (x ~ U[-1, 1), w ~ U[-1, 1) * 2/sqrt(K), bias ~ U[-0.5, 0.5), rounded
  * through the storage type, so the double reference sees the kernel's inputs), and its
@@ -69,11 +72,12 @@ typedef struct scase {
     int bias, gated, act, f32, f16;
     int warps, splits, stages; /* 0: lower_skinny_shape's */
     int g4;                    /* 0: gemm_skinny; else gemm_skinny_int4 with G = g4 */
+    int h90;                   /* gemm90_skinny (templates/gemm90.cuh; MMAX 64, its own block) */
 } scase;
 
 /* One kernel instance: the shape, the template arguments and its launch geometry. */
 typedef struct skern {
-    int N, K, mmax, bias, gated, act, f32, f16, warps, splits, stages, g4;
+    int N, K, mmax, bias, gated, act, f32, f16, warps, splits, stages, g4, h90;
     int nout, tiles, units, smem; /* units: the counters (tiles, or INT4's tile pairs); smem:
                                    * the dynamic shared memory bytes of a block */
     CUfunction f;
@@ -96,7 +100,7 @@ static void smem_block_of(kt *t)
 /* The dynamic shared memory of a block of k (kernels/kiln_gemm.h). */
 static int skern_smem(const skern *k)
 {
-    return KILN_SKINNY_RING(k->mmax, k->warps, k->stages, k->g4);
+    return k->h90 ? KILN_SKINNY90_SMEM : KILN_SKINNY_RING(k->mmax, k->warps, k->stages, k->g4);
 }
 
 /* lower_skinny_shape's WARPS, SPLITS and STAGES where k has none, then the launch rule's numbers
@@ -104,7 +108,13 @@ static int skern_smem(const skern *k)
 static void skern_shape(skern *k)
 {
     int w = 0, s = 0, st = 0;
-    lower_skinny_shape(k->N, k->K, k->gated, k->g4, smem_block, &w, &s, &st);
+    if (k->h90) { /* one warpgroup and a producer warp: "warps" sizes the block */
+        w = KILN_SKINNY90_THREADS / 32;
+        s = lower_skinny90_splits(k->N, k->K, k->gated);
+        st = KILN_SKINNY90_STAGES;
+    } else {
+        lower_skinny_shape(k->N, k->K, k->gated, k->g4, smem_block, &w, &s, &st);
+    }
     if (!k->warps)
         k->warps = w;
     if (!k->splits)
@@ -112,8 +122,9 @@ static void skern_shape(skern *k)
     if (!k->stages)
         k->stages = st;
     k->nout = k->gated ? k->N / 2 : k->N;
-    k->tiles = (int)KILN_GEMV_TILES(k->N, k->gated);
-    k->units = KILN_SKINNY_UNITS(k->N, k->gated, k->g4);
+    k->tiles = (int)(k->h90 ? KILN_SKINNY90_TILES(k->N, k->gated)
+                            : KILN_GEMV_TILES(k->N, k->gated));
+    k->units = k->h90 ? 4 * k->tiles : KILN_SKINNY_UNITS(k->N, k->gated, k->g4);
     k->smem = skern_smem(k);
 }
 
@@ -124,6 +135,8 @@ static int skern_groups(const skern *k, int M) { return k->g4 ? (M + k->mmax - 1
 /* Floats of k's part scratch for M rows (0 for SPLITS 1). */
 static long long skern_part(const skern *k, int M)
 {
+    if (k->h90)
+        return KILN_SKINNY90_PART(k->splits, k->tiles);
     return KILN_SKINNY_PART(k->splits, k->units * (k->g4 ? KILN_SKINNY4_RT : 1), k->mmax) *
            skern_groups(k, M);
 }
@@ -132,6 +145,12 @@ static long long skern_part(const skern *k, int M)
  * groups, ceil(UNITS / WARPS), SPLITS). */
 static void skern_grid(const skern *k, int M, unsigned grid[3])
 {
+    if (k->h90) { /* (TILES, SPLITS) */
+        grid[0] = (unsigned)k->tiles;
+        grid[1] = (unsigned)k->splits;
+        grid[2] = 1;
+        return;
+    }
     const unsigned ub = (unsigned)((k->units + k->warps - 1) / k->warps);
     grid[0] = k->g4 ? (unsigned)skern_groups(k, M) : ub;
     grid[1] = k->g4 ? ub : (unsigned)k->splits;
@@ -150,6 +169,25 @@ static int skern_build(kt *t, skern *k, const char *name)
 {
     const char *dt = k->f16 ? "kiln::f16" : "kiln::bf16";
     char src[1024], g4[32] = "";
+    if (k->h90) {
+        snprintf(src, sizeof src,
+                 "#include \"gemm90.cuh\"\n"
+                 "extern \"C\" __global__ void __launch_bounds__(%d, 2)\n"
+                 "k_skinny(int M, const __grid_constant__ kiln::tmap tx, "
+                 "const __grid_constant__ kiln::tmap tw, const %s *bias, void *y, float *part, "
+                 "unsigned *count)\n"
+                 "{\n"
+                 "    kiln::gemm90_skinny<%s, %d, %d, %s, %s, %d, %s, %d>(M, tx, tw, bias, y, "
+                 "part, count);\n"
+                 "}\n",
+                 KILN_SKINNY90_THREADS, dt, dt, k->N, k->K, k->bias ? "true" : "false",
+                 k->gated ? "true" : "false", k->act, k->f32 ? "true" : "false", k->splits);
+        CUmodule m = kt_module_sm90a(t, name, src);
+        if (!m && !t->compile_only)
+            return -1;
+        k->f = kt_func(t, m, "k_skinny");
+        return 0;
+    }
     if (k->g4)
         snprintf(g4, sizeof g4, ", %d", k->g4);
     snprintf(src, sizeof src,
@@ -240,22 +278,50 @@ static float y_value(const skern *k, const unsigned char *y, size_t i)
     return k->f16 ? util_f16_to_f32(h) : util_bf16_to_f32(h);
 }
 
+/* A launch's kernel arguments, as the runtime packs them: gemm_skinny's (st, x, w, bias, y, part,
+ * count, M), gemm_skinny_int4's (sz after w) and gemm90_skinny's (M, x's map, w's map, bias, y,
+ * part, count: the maps made as runtime/engine.c makes them, x of M rows). */
+typedef struct sargs {
+    kiln_step st;
+    int M;
+    CUdeviceptr x, w, sz, b, y, part, count;
+    CUtensorMap map[2];
+    void *p[9];
+} sargs;
+
+static void sargs_make(const kt *t, const skern *k, sargs *a, const char *name)
+{
+    memset(&a->st, 0, sizeof a->st);
+    a->st.T = a->st.n_seqs = a->M;
+    if (k->h90) {
+        kerr e;
+        kerr_clear(&e);
+        if (kcuda_gemm90_maps(&t->cu, a->map, a->x, a->M > 0 ? a->M : 1, k->K, k->K,
+                              KILN_SKINNY_MAX, a->w, k->N, KILN_SKINNY90_ROWS / 2, &e))
+            fprintf(stderr, "%s: %s\n", name, kerr_msg(&e)); /* the launch then fails */
+        void *p[] = {&a->M, &a->map[0], &a->map[1], &a->b, &a->y, &a->part, &a->count};
+        memcpy(a->p, p, sizeof p);
+    } else if (k->g4) {
+        void *p[] = {&a->st, &a->x, &a->w, &a->sz, &a->b, &a->y, &a->part, &a->count, &a->M};
+        memcpy(a->p, p, sizeof p);
+    } else {
+        void *p[] = {&a->st, &a->x, &a->w, &a->b, &a->y, &a->part, &a->count, &a->M};
+        memcpy(a->p, p, sizeof p);
+    }
+}
+
 /* One launch of k by the launch rule on M rows of x (at x) into y; returns how many of the
  * counters (one a unit, a set a row group) are not zero afterwards (the contract: none). */
 static int skern_run(kt *t, const skern *k, const char *name, const sbufs *d, CUdeviceptr x,
                      CUdeviceptr y, int M)
 {
-    kiln_step st;
-    memset(&st, 0, sizeof st);
-    st.T = st.n_seqs = M;
-    int m_arg = M;
-    CUdeviceptr xa = x, wa = d->w, sa = d->sz, ba = d->b, ya = y, pa = d->part, ca = d->count;
-    void *args8[] = {&st, &xa, &wa, &ba, &ya, &pa, &ca, &m_arg};
-    void *args9[] = {&st, &xa, &wa, &sa, &ba, &ya, &pa, &ca, &m_arg};
+    sargs a = {.M = M, .x = x, .w = d->w, .sz = d->sz, .b = d->b, .y = y, .part = d->part,
+               .count = d->count};
+    sargs_make(t, k, &a, name);
     unsigned grid[3];
     skern_grid(k, M, grid);
     kt_launch(t, k->f, name, grid[0], grid[1], grid[2], 32u * (unsigned)k->warps, (size_t)k->smem,
-              k->g4 ? args9 : args8);
+              a.p);
     const size_t nc = (size_t)k->units * (size_t)skern_groups(k, M);
     unsigned *c = xmalloc(sizeof(unsigned) * nc);
     kt_download(t, c, d->count, sizeof(unsigned) * nc);
@@ -359,20 +425,31 @@ static void skern_label(const skern *k, char *out, size_t n)
     char g4[16] = "";
     if (k->g4)
         snprintf(g4, sizeof g4, " G=%d", k->g4);
+    if (k->h90) {
+        snprintf(out, n, "%s%s%s%s%s splits=%d", k->gated ? " gated " : "",
+                 k->gated ? kt_act_name(k->act) : "", k->bias ? " bias" : "",
+                 k->f32 ? " f32" : "", k->f16 ? " f16" : "", k->splits);
+        return;
+    }
     snprintf(out, n, " MMAX=%d%s%s%s%s%s%s warps=%d splits=%d stages=%d", k->mmax,
              k->gated ? " gated " : "", k->gated ? kt_act_name(k->act) : "", k->bias ? " bias" : "",
              k->f32 ? " f32" : "", k->f16 ? " f16" : "", g4, k->warps, k->splits, k->stages);
 }
 
 /* The family of k's cases: "skinny" (gemm_skinny) or "skinny_int4". */
-static const char *skern_fam(const skern *k) { return k->g4 ? "skinny_int4" : "skinny"; }
+static const char *skern_fam(const skern *k)
+{
+    return k->h90 ? "skinny90" : k->g4 ? "skinny_int4" : "skinny";
+}
 
 /* A case: its kernel compiled once, run for each M of c->ms. */
 static void skinny_case(kt *t, const scase *c)
 {
     skern k = {.N = c->N, .K = c->K, .mmax = c->mmax, .bias = c->bias, .gated = c->gated,
                .act = c->act, .f32 = c->f32, .f16 = c->f16, .warps = c->warps,
-               .splits = c->splits, .stages = c->stages, .g4 = c->g4};
+               .splits = c->splits, .stages = c->stages, .g4 = c->g4, .h90 = c->h90};
+    if (k.h90 && !kt_sm90a(t))
+        return; /* sm_90a only (wgmma) */
     skern_shape(&k);
     char opts[160];
     skern_label(&k, opts, sizeof opts);
@@ -393,13 +470,16 @@ static void skinny_case(kt *t, const scase *c)
 /* Batch invariance, bit for bit (float output): rows 0, 7, 8, 37, 63 (and with M = 200 rows, 64,
  * 100 and 199: other row groups of gemm_skinny_int4) of a launch with M rows (MMAX 64) against the
  * same row launched alone (M = 1, x and y at that row). */
-static void skinny_invariance(kt *t, int N, int K, int gated, int warps, int splits, int g4, int M)
+static void skinny_invariance(kt *t, int N, int K, int gated, int warps, int splits, int g4, int M,
+                              int h90)
 {
+    if (h90 && !kt_sm90a(t))
+        return;
     static const int all_rows[] = {0, 7, 8, 37, 63, 64, 100, 199};
     const size_t nrows = M > 64 ? 8 : 5;
     const int *rows = all_rows;
     skern k = {.N = N, .K = K, .mmax = 64, .gated = gated, .act = KILN_ACT_SILU, .f32 = 1,
-               .warps = warps, .splits = splits, .g4 = g4};
+               .warps = warps, .splits = splits, .g4 = g4, .h90 = h90};
     skern_shape(&k);
     char name[240], opts[160];
     skern_label(&k, opts, sizeof opts);
@@ -523,11 +603,51 @@ void ktest_skinny(kt *t)
                    .gated = llama[i].gated, .act = KILN_ACT_SILU};
         skinny_case(t, &c);
     }
-    skinny_invariance(t, 1000, 1000, 0, 0, 0, 0, 64);
-    skinny_invariance(t, 1000, 520, 0, 4, 8, 0, 64);
-    skinny_invariance(t, 4096, 4096, 0, 0, 0, 0, 64);
-    skinny_invariance(t, 4096, 14336, 0, 0, 0, 0, 64);
-    skinny_invariance(t, 16384, 2048, 1, 0, 0, 0, 64);
+    skinny_invariance(t, 1000, 1000, 0, 0, 0, 0, 64, 0);
+    skinny_invariance(t, 1000, 520, 0, 4, 8, 0, 64, 0);
+    skinny_invariance(t, 4096, 4096, 0, 0, 0, 0, 64, 0);
+    skinny_invariance(t, 4096, 14336, 0, 0, 0, 0, 64, 0);
+    skinny_invariance(t, 16384, 2048, 1, 0, 0, 0, 64, 0);
+
+    /* gemm90_skinny (sm_90a): tiles of 128 weight rows (64 gated outputs), MMAX 64. N = 1000 is
+     * 8 tiles (the last partial), gated N = 1998 16 (999 outputs), K = 520 eight 64-element
+     * slices and a partial one, K = 8 and 64 one slice; split-K at lower_skinny90_splits's pick
+     * (K = 14336 over 2 tiles: 56 parts) and at 1, 2, 4, 8 and 16, one slice a part (K = 512 in
+     * 8) */
+#define M12 {1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64}
+    static const scase c90[] = {
+        {.N = 1000, .K = 520, .mmax = 64, .ms = M12, .bias = 1, .h90 = 1},
+        {.N = 1998, .K = 1000, .mmax = 64, .ms = M12, .gated = 1, .act = KILN_ACT_SILU,
+         .splits = 2, .h90 = 1},
+        {.N = 1000, .K = 1000, .mmax = 64, .ms = {1, 9, 33, 64}, .splits = 4, .h90 = 1},
+        {.N = 1000, .K = 1000, .mmax = 64, .ms = {9, 64}, .bias = 1, .f32 = 1, .h90 = 1},
+        {.N = 1998, .K = 520, .mmax = 64, .ms = {33}, .gated = 1, .act = KILN_ACT_SILU,
+         .f32 = 1, .h90 = 1},
+        {.N = 1000, .K = 520, .mmax = 64, .ms = {16, 63}, .bias = 1, .f16 = 1, .h90 = 1},
+        {.N = 1998, .K = 1000, .mmax = 64, .ms = {17, 64}, .gated = 1, .act = KILN_ACT_RELU,
+         .f16 = 1, .h90 = 1},
+        {.N = 200, .K = 64, .mmax = 64, .ms = {1, 17, 64}, .h90 = 1},
+        {.N = 37, .K = 8, .mmax = 64, .ms = {9, 64}, .bias = 1, .h90 = 1},
+        {.N = 128, .K = 64, .mmax = 64, .ms = {15}, .gated = 1, .act = KILN_ACT_GELU_TANH,
+         .h90 = 1},
+        {.N = 256, .K = 14336, .mmax = 64, .ms = {9, 64}, .bias = 1, .h90 = 1},
+        {.N = 1000, .K = 4096, .mmax = 64, .ms = {7, 64}, .splits = 1, .h90 = 1},
+        {.N = 1000, .K = 4096, .mmax = 64, .ms = {1, 32, 64}, .splits = 8, .h90 = 1},
+        {.N = 1998, .K = 4096, .mmax = 64, .ms = {16, 63}, .gated = 1, .act = KILN_ACT_SILU,
+         .splits = 16, .h90 = 1},
+        {.N = 200, .K = 512, .mmax = 64, .ms = {64}, .f32 = 1, .splits = 8, .h90 = 1},
+    };
+#undef M12
+    for (size_t i = 0; i < sizeof c90 / sizeof c90[0]; i++)
+        skinny_case(t, &c90[i]);
+    for (int i = 0; i < NLLAMA; i++) {
+        scase c = {.N = llama[i].N, .K = llama[i].K, .mmax = KILN_SKINNY_MAX, .ms = {16, 64},
+                   .gated = llama[i].gated, .act = KILN_ACT_SILU, .h90 = 1};
+        skinny_case(t, &c);
+    }
+    skinny_invariance(t, 1000, 1000, 0, 0, 0, 0, 64, 1);
+    skinny_invariance(t, 4096, 14336, 0, 0, 0, 0, 64, 1);
+    skinny_invariance(t, 16384, 2048, 1, 0, 0, 0, 64, 1);
 
     /* gemm_skinny_int4: the same checks with gemv_int4's weight (the reference multiplies
      * int4_value, the values the kernel's conversion must give). N = 1000 is 63 tiles, 32 tile
@@ -583,10 +703,10 @@ void ktest_skinny(kt *t)
         p.ms[2] = 0;
         skinny_case(t, &p);
     }
-    skinny_invariance(t, 1000, 1024, 0, 0, 0, 128, 64);
-    skinny_invariance(t, 1000, 640, 0, 4, 8, 32, 200);
-    skinny_invariance(t, 16384, 2048, 1, 0, 0, 128, 200);
-    skinny_invariance(t, 4096, 4096, 0, 0, 1, 128, 200);
+    skinny_invariance(t, 1000, 1024, 0, 0, 0, 128, 64, 0);
+    skinny_invariance(t, 1000, 640, 0, 4, 8, 32, 200, 0);
+    skinny_invariance(t, 16384, 2048, 1, 0, 0, 128, 200, 0);
+    skinny_invariance(t, 4096, 4096, 0, 0, 1, 128, 200, 0);
 }
 
 /* ---------------------------------------------------------------- kiln-ktest --bench skinny */
@@ -608,11 +728,6 @@ enum { BENCH_LAUNCHES = 32, BENCH_REPLAYS = 3 };
  * [M, N] product. -1 when a launch fails (said on stderr). */
 static int bench_graph(kt *t, sbench *b, const skern *k, int M, int N, int K, double *us)
 {
-    kiln_step st;
-    memset(&st, 0, sizeof st);
-    st.T = st.n_seqs = M;
-    int m_arg = M;
-    CUdeviceptr nob = 0;
     kerr e;
     kerr_clear(&e);
     /* cuBLASLt's first call for a shape picks its algorithm (host work): outside the graph */
@@ -624,12 +739,13 @@ static int bench_graph(kt *t, sbench *b, const skern *k, int M, int N, int K, do
     for (int i = 0; i < BENCH_LAUNCHES && rc == 0; i++) {
         CUdeviceptr w = b->w[i % b->copies], sz = b->sz[i % b->copies];
         if (k) {
-            void *args8[] = {&st, &b->x, &w, &nob, &b->y, &b->part, &b->count, &m_arg};
-            void *args9[] = {&st, &b->x, &w, &sz, &nob, &b->y, &b->part, &b->count, &m_arg};
+            sargs a = {.M = M, .x = b->x, .w = w, .sz = sz, .y = b->y, .part = b->part,
+                       .count = b->count};
+            sargs_make(t, k, &a, "bench skinny");
             unsigned grid[3];
             skern_grid(k, M, grid);
             rc = kcuda_launch(&t->cu, k->f, grid[0], grid[1], grid[2], 32u * (unsigned)k->warps,
-                              (unsigned)k->smem, t->stream, k->g4 ? args9 : args8, t->pdl, &e);
+                              (unsigned)k->smem, t->stream, a.p, t->pdl, &e);
         } else {
             rc = kgemm_run(b->lt, t->stream, 0, 0, 0, M, N, K, b->x, K, w, 0, b->ylt, N, &e);
         }
@@ -691,10 +807,10 @@ static CUdeviceptr bench_rand(kt *t, size_t n, float scale)
 enum { BENCH_COLS = 5 };
 
 /* Shape s's launch at lower_skinny_shape's pick: gemm_skinny (g4 0) or gemm_skinny_int4. */
-static void bench_base(int s, int g4, skern *base)
+static void bench_base(int s, int g4, int h90, skern *base)
 {
     *base = (skern){.N = llama[s].N, .K = llama[s].K, .mmax = KILN_SKINNY_MAX,
-                    .gated = llama[s].gated, .act = KILN_ACT_SILU, .g4 = g4};
+                    .gated = llama[s].gated, .act = KILN_ACT_SILU, .g4 = g4, .h90 = h90};
     skern_shape(base);
 }
 
@@ -726,14 +842,22 @@ static int bench_columns(kt *t, const skern *base, int s, int n, const int *cw, 
     return 0;
 }
 
-/* Shape s's gemm_skinny kernels, one per column: 0, or -1 when one did not compile. */
+/* Shape s's kernels, one per column: gemm_skinny's, or on sm_90a gemm90_skinny's (its block and
+ * ring fixed: lower_skinny90_splits's parts S, then 2S (S where K has not the slices), S/2, S/4
+ * and 1). 0, or -1 when one did not compile. */
 static int bench_kernels(kt *t, int s, skern k[BENCH_COLS])
 {
     skern base;
-    bench_base(s, 0, &base);
+    bench_base(s, 0, kt_sm90a(t), &base);
     const int W = base.warps, S = base.splits;
     const int P = base.stages;
     const int S2 = S / 2 ? S / 2 : 1, S4 = S / 4 ? S / 4 : 1;
+    if (base.h90) {
+        const int slices = (base.K + KILN_GEMM90_BK - 1) / KILN_GEMM90_BK;
+        const int cw[BENCH_COLS] = {W, W, W, W, W}, cp[BENCH_COLS] = {P, P, P, P, P};
+        const int cs[BENCH_COLS] = {S, 2 * S <= slices ? 2 * S : S, S2, S4, 1};
+        return bench_columns(t, &base, s, BENCH_COLS, cw, cs, cp, k);
+    }
     const int cw[BENCH_COLS] = {W, 4, 4, W, W}, cs[BENCH_COLS] = {S, S, S2, S2, S4};
     const int cp[BENCH_COLS] = {P, 3, 3, P, P};
     return bench_columns(t, &base, s, BENCH_COLS, cw, cs, cp, k);
@@ -748,7 +872,6 @@ static int bench_shape(kt *t, sbench *b, int s, double copy_bw, double *sum64, i
     skern k[BENCH_COLS];
     if (bench_kernels(t, s, k))
         return -1;
-    const int tiles = k[0].tiles;
     int regs = 0; /* registers a thread of the pick */
     KT_CU(t, cuFuncGetAttribute(&regs, CU_FUNC_ATTRIBUTE_NUM_REGS, k[0].f));
     const size_t wbytes = (size_t)N * K * 2;
@@ -762,9 +885,12 @@ static int bench_shape(kt *t, sbench *b, int s, double copy_bw, double *sum64, i
     b->x = bench_rand(t, (size_t)KILN_SKINNY_MAX * K, 1.0f);
     b->y = kt_alloc(t, (size_t)KILN_SKINNY_MAX * k[0].nout * 2);
     b->ylt = kt_alloc(t, (size_t)KILN_SKINNY_MAX * N * 2);
-    b->part = kt_alloc(t, sizeof(float) * (size_t)KILN_SKINNY_PART(k[0].splits, tiles,
-                                                                    KILN_SKINNY_MAX));
-    b->count = bench_counters(t, tiles);
+    long long pmax = 1;
+    for (int c = 0; c < BENCH_COLS; c++)
+        pmax = skern_part(&k[c], KILN_SKINNY_MAX) > pmax ? skern_part(&k[c], KILN_SKINNY_MAX)
+                                                          : pmax;
+    b->part = kt_alloc(t, sizeof(float) * (size_t)pmax);
+    b->count = bench_counters(t, k[0].units);
     int rc = 0;
     for (size_t mi = 0; mi < sizeof ms / sizeof ms[0] && rc == 0; mi++) {
         const int M = ms[mi];
@@ -799,7 +925,7 @@ static int bench_shape(kt *t, sbench *b, int s, double copy_bw, double *sum64, i
         fflush(stdout);
     }
     if (rc == 0)
-        rc = bench_counters_left_zero(t, "skinny", llama[s].name, b->count, tiles);
+        rc = bench_counters_left_zero(t, "skinny", llama[s].name, b->count, k[0].units);
     for (int i = 0; i < b->copies; i++)
         kt_free(t, b->w[i]);
     kt_free(t, b->x);
@@ -825,7 +951,7 @@ static int bench_int4_shape(kt *t, sbench *b, int s, double copy_bw)
     enum { MMOST = 128 };
     const int N = llama[s].N, K = llama[s].K, G = 128;
     skern base;
-    bench_base(s, G, &base);
+    bench_base(s, G, 0, &base);
     const int W = base.warps, S = base.splits, P = base.stages, S2 = S / 2 ? S / 2 : 1;
     const int cw[BENCH4_COLS] = {W, W, W, W, 8}, cs[BENCH4_COLS] = {S, S, 2 * S, S2, S};
     const int cp[BENCH4_COLS] = {P, 4, P, P, 4};
@@ -910,9 +1036,14 @@ int ktest_skinny_bench(kt *t)
            "[M, N] product) in the same kind of graph; ratio = skinny's throughput (W/S) over "
            "cuBLASLt's; diff = relative L2 of skinny's y against cuBLASLt's.\n",
            KILN_SKINNY_MAX, BENCH_LAUNCHES, t->pdl ? "on" : "off", BENCH_REPLAYS, copy_bw / 1e9);
+    if (kt_sm90a(t))
+        printf("bench skinny: on sm_90a the kernel is templates/gemm90.cuh's gemm90_skinny (what "
+               "--gemm kiln --sm 90a compiles), W/S its block's warps (a warpgroup and the "
+               "producer) and lower_skinny90_splits's parts S; the next columns: 2S, S/2, S/4 "
+               "and 1 parts (the headers below are gemm_skinny's)\n");
     printf("%-10s %5s %5s %2s | %5s %4s %5s %4s %6s | %5s %5s %6s %5s | %6s %5s | %5s | %s\n",
-           "shape", "N", "K", "M", "W/S", "regs", "GB/s", "xcpy", "us", "4/S", "4/S2", "S/2", "S/4",
-           "lt_us", "lt_GB", "ratio", "diff");
+           "shape", "N", "K", "M", "W/S", "regs", "GB/s", "xcpy", "us",
+           "4/S", "4/S2", "S/2", "S/4", "lt_us", "lt_GB", "ratio", "diff");
     double sum64 = 0;
     int n64 = 0, rc = 0;
     for (int s = 0; s < NLLAMA && rc == 0; s++)

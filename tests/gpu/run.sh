@@ -321,7 +321,8 @@ if [ -f $ART/llama/model.kiln ] && ! skip_late "llama seeded"; then
   shown
   # Batches of 20 and 40 (decode steps of 20 and 40 rows, prefills of more than 64 tokens) against
   # the six prompts alone: with cuBLASLt (its GEMM past gemv_max rows), with --gemm kiln (decode
-  # steps of 9 to 64 rows on the skinny GEMM, templates/gemv.cuh's gemm_skinny; its own singles),
+  # steps of 9 to 64 rows on the skinny GEMM: templates/gemm90.cuh's gemm90_skinny at --sm 90a,
+  # templates/gemv.cuh's gemm_skinny elsewhere; its own singles),
   # and with --quant int4 (those steps on gemm_skinny_int4, the singles' on gemv_int4; its own).
   # Its prompts are prefilled in steps of at most 64 tokens (--max-tokens 64), all of them on
   # gemm_skinny_int4, as each prompt alone (15 tokens) is: a row's result on it depends on no
