@@ -125,6 +125,44 @@ __device__ __forceinline__ void tile_origin(int tile, int ntm, int &m0, int &n0)
     n0 = tile % per_group / rows * BN;
 }
 
+// A consumer warpgroup's products of the it-th slice of its ring (stage it % STAGES, from the
+// stage's start `stage`: A at stage + a_off, B at stage + b_off, K-major panels of BK elements):
+// it waits for the stage's full barrier, issues the slice's BK / 16 wgmma as one group and waits
+// until the previous group has completed, whose stage lane 0 then releases (empty barrier: one
+// arrival a consumer warp) where `release` says the previous slice is this chain's; the last
+// slice's stage is released by consume_end.
+template <typename DT, int STAGES, int R>
+__device__ __forceinline__ void consume_slice(float (&acc)[R][4], unsigned base, unsigned stage_bytes,
+                                              unsigned bars, unsigned it, unsigned a_off,
+                                              unsigned b_off, bool release, int lane)
+{
+    const unsigned s = it % STAGES;
+    mbar_wait(bars + 8 * s, it / STAGES & 1);
+    __syncwarp(); // the lanes left the wait loop apart: converged for the .aligned wgmma
+    const unsigned a = base + s * stage_bytes + a_off, b = base + s * stage_bytes + b_off;
+    wg::fence_regs(acc);
+    wg::fence();
+#pragma unroll
+    for (int kk = 0; kk < BK / 16; kk++)
+        wg::mma(acc, wg::desc_k(a + 32 * kk), wg::desc_k(b + 32 * kk), 1, DT());
+    wg::commit();
+    wg::wait<1>(); // slice it-1's group has completed: its stage may be refilled
+    wg::fence_regs(acc);
+    if (release && lane == 0)
+        bar_arrive(bars + 8 * (STAGES + (it - 1) % STAGES));
+}
+
+// After a chain's last slice (it - 1): its products complete, then lane 0 releases its stage.
+template <int STAGES, int R>
+__device__ __forceinline__ void consume_end(float (&acc)[R][4], unsigned bars, unsigned it,
+                                            int lane)
+{
+    wg::wait<0>();
+    wg::fence_regs(acc);
+    if (lane == 0)
+        bar_arrive(bars + 8 * (STAGES + (it - 1) % STAGES));
+}
+
 } // namespace gemm90_detail
 
 template <typename DT, typename OT, int N, int K, int BIAS, int BN = KILN_GEMM90_BN(N)>
@@ -209,26 +247,10 @@ __device__ __forceinline__ void gemm90(int M, const tmap &tx, const tmap &tw, co
         for (int j = 0; j < BN / 8; j++)
             acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
 #pragma unroll 1
-        for (int kt = 0; kt < KT; kt++, it++) {
-            const int s = it % STAGES;
-            mbar_wait(bars + 8 * s, it / STAGES & 1);
-            __syncwarp(); // the lanes left the wait loop apart: converged for the .aligned wgmma
-            const unsigned a = base + s * STAGE + cw * 64 * 128, b = base + s * STAGE + TILE_A;
-            wg::fence_regs(acc);
-            wg::fence();
-#pragma unroll
-            for (int kk = 0; kk < BK / 16; kk++)
-                wg::mma(acc, wg::desc_k(a + 32 * kk), wg::desc_k(b + 32 * kk), 1, DT());
-            wg::commit();
-            wg::wait<1>(); // slice it-1's group has completed: its stage may be refilled
-            wg::fence_regs(acc);
-            if (kt > 0 && lane == 0)
-                bar_arrive(bars + 8 * (STAGES + (it - 1) % STAGES));
-        }
-        wg::wait<0>();
-        wg::fence_regs(acc);
-        if (lane == 0) // the tile's last slice is read: the producer may refill its stage
-            bar_arrive(bars + 8 * (STAGES + (it - 1) % STAGES));
+        for (int kt = 0; kt < KT; kt++, it++)
+            consume_slice<DT, STAGES>(acc, base, STAGE, bars, it, cw * 64 * 128, TILE_A, kt > 0,
+                                      lane);
+        consume_end<STAGES>(acc, bars, it, lane); // the producer may refill the last slice's stage
 
         // Epilogue (gemm.cuh's): lane (g, t) of warp q holds acc[j][2h + e] at row
         // 64cw + 16q + 8h + g, column 8j + 2t + e of the tile.
@@ -344,24 +366,10 @@ __device__ __forceinline__ void gemm90_skinny(int M, const tmap &tx, const tmap 
     for (int j = 0; j < ROWS / 8; j++)
         acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
 #pragma unroll 1
-    for (int kt = k0; kt < k1; kt++) {
-        const int it = kt - k0, s = it % STAGES;
-        mbar_wait(bars + 8 * s, it / STAGES & 1);
-        __syncwarp(); // converged for the .aligned wgmma
-        const unsigned a = base + s * STAGE, b = a + XB;
-        wg::fence_regs(acc);
-        wg::fence();
-#pragma unroll
-        for (int kk = 0; kk < BK / 16; kk++)
-            wg::mma(acc, wg::desc_k(a + 32 * kk), wg::desc_k(b + 32 * kk), 1, DT());
-        wg::commit();
-        wg::wait<1>(); // slice it - 1's products are done: its stage may be refilled
-        wg::fence_regs(acc);
-        if (it > 0 && lane == 0)
-            bar_arrive(bars + 8 * (STAGES + (it - 1) % STAGES));
-    }
-    wg::wait<0>();
-    wg::fence_regs(acc);
+    for (int kt = k0; kt < k1; kt++)
+        consume_slice<DT, STAGES>(acc, base, STAGE, bars, (unsigned)(kt - k0), 0, XB, kt > k0,
+                                  lane);
+    consume_end<STAGES>(acc, bars, (unsigned)(k1 - k0), lane);
 
     if (16 * warp >= M)
         return; // no row of this warp is real (the same in every part: M is the launch's)
