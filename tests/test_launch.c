@@ -3,7 +3,8 @@
  *   - programmatic dependent launch (kernels/common.cuh, runtime/kcuda.c) is safe only if every
  *     kernel waits for its predecessor before it touches memory: every kernel template in the
  *     .cuh files of templates/ (each function whose first parameter is `const kiln_step st` by
- *     value, as templates/README.md's contract says, and the collective allreduce_p2p) must
+ *     value, as templates/README.md's contract says, the GEMM templates, whose first parameter is
+ *     their rows `int M`, and the collective allreduce_p2p) must
  *     begin with KILN_PDL_ENTER(); a template added without it fails here, naming the file and
  *     function (gemv_stream and gemv_stream_rope alone begin with KILN_PDL_TRIGGER() and call
  *     KILN_PDL_WAIT(), in the stream_detail::body they share, before it reads x);
@@ -47,7 +48,9 @@ static int check_file(const char *path, char *names, size_t cap, int *bad)
             args++;
         int by_value = !strncmp(args, "const kiln_step st", 18) &&
                        (args[18] == ',' || args[18] == ')');
-        if (!by_value && strcmp(name, "allreduce_p2p") != 0)
+        /* the GEMM templates take their rows explicitly, first (gemm, gemm90, gemm90_skinny) */
+        int gemm = !strncmp(args, "int M,", 6);
+        if (!by_value && !gemm && strcmp(name, "allreduce_p2p") != 0)
             continue;
         char *body = strchr(open, '{');
         assert_non_null(body);
@@ -107,7 +110,7 @@ static void test_templates_wait_first(void **state)
     static const char *const must[] = {" gemv",         " gemv_stream", " rms_norm",
                                        " rope_kv",      " attn_decode", " attn_prefill",
                                        " moe_route",    " sample",      " allreduce_p2p",
-                                       " embed"};
+                                       " embed",        " gemm90 ",     " gemm90_skinny"};
     for (size_t i = 0; i < ARRAY_LEN(must); i++)
         assert_contains(names, must[i]);
     assert_int_equal(bad, 0);
