@@ -38,6 +38,23 @@ case $SHAPE in
   1b) LIKE=llama3.2-1b ;;
   *) echo "ab.sh: unknown AB_SHAPE '$SHAPE' (expected 8b or 1b)"; exit 2 ;;
 esac
+# NAME:ASSIGNMENTS[:OPTIONS[:RUNENV]] into name, envs, opts, renv
+parse_variant() {
+  name=${1%%:*} envs=${1#*:} opts= renv=
+  case $envs in *:*) opts=${envs#*:} envs=${envs%%:*} ;; esac
+  case $opts in *:*) renv=${opts#*:} opts=${opts%%:*} ;; esac
+}
+# every variant checked before any work: a NAME without its colon, or an assignment that is not
+# VAR=VALUE (one colon too many shifts a field: "v::::X=1" would set nothing), is refused
+FORM="NAME:ASSIGNMENTS[:OPTIONS[:RUNENV]]"
+for v in $AB_VARIANTS; do
+  case $v in *:*) ;; *) echo "ab.sh: variant '$v' has no ':' ($FORM)"; exit 2 ;; esac
+  parse_variant "$v"
+  for kv in ${envs//,/ } ${renv//,/ }; do
+    [[ $kv =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] ||
+      { echo "ab.sh: variant '$v': '$kv' is not VAR=VALUE ($FORM)"; exit 2; }
+  done
+done
 rm -rf $LOG && mkdir -p $LOG "$OUT"
 export NCCL_NVLS_ENABLE=0
 HF=$W/hf-$SHAPE
@@ -47,9 +64,7 @@ if [ ! -f $HF/config.json ]; then
 fi
 names=() last_key= last_art=
 for v in $AB_VARIANTS; do
-  name=${v%%:*} envs=${v#*:} opts= renv=
-  case $envs in *:*) opts=${envs#*:} envs=${envs%%:*} ;; esac
-  case $opts in *:*) renv=${opts#*:} opts=${opts%%:*} ;; esac
+  parse_variant "$v"
   kilnc=$BIN/kilnc kiln=$BIN/kiln
   for kv in ${envs//,/ }; do case $kv in KILNC=*) kilnc=${kv#KILNC=} ;; esac; done
   for kv in ${renv//,/ }; do case $kv in KILN=*) kiln=${kv#KILN=} ;; esac; done
