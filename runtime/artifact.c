@@ -896,6 +896,17 @@ static int parse_kernel_step(rd *r, json_t *o, const stepctx *c, ka_step *s)
         if (parse_arg(r, json_array_get(args, (size_t)k), c, what, &s->args[k]) == 0)
             check_arg(r, &s->args[k], c, what);
     }
+    /* a step's tensor maps are made once, with one kernel's boxes (the engine's run_steps):
+     * gemm90's (0, 1) or gemm90_skinny's (2, 3), never both */
+    for (int k = 0, fam = -1; k < s->nargs && !r->bad; k++)
+        if (s->args[k].kind == KA_ARG_TMAP) {
+            if (fam >= 0 && fam != (s->args[k].i >= 2))
+                return bad(r, "%s: argument %d (tmap) is %lld, another kernel's boxes than the "
+                              "step's earlier tensor map (0 and 1: gemm90's; 2 and 3: "
+                              "gemm90_skinny's)",
+                           c->where, k, (long long)s->args[k].i);
+            fam = s->args[k].i >= 2;
+        }
     int fp8;
     if (!r->bad && ka_step_has_tmap(s))
         parse_xw(r, o, c, s, 1, &fp8);

@@ -646,6 +646,13 @@ static void e_tmap_no_x(json_t *r)
     json_t *a = json_object_get(find_step(r, "decode", "step", &k), "args");
     json_array_set_new(a, 0, json_pack("[si]", "tmap", 1));
 }
+static void e_tmap_mixed(json_t *r)
+{
+    size_t k;
+    json_t *a = json_object_get(find_step(r, "decode", "step", &k), "args");
+    json_array_set_new(a, 0, json_pack("[si]", "tmap", 0));
+    json_array_set_new(a, 1, json_pack("[si]", "tmap", 3));
+}
 static void e_const_val(json_t *r)
 {
     json_t *v = json_object_get(json_array_get(json_object_get(r, "consts"), 0), "values");
@@ -683,6 +690,8 @@ static void test_bad_fields_resigned(void **state)
         {"step value", e_i32, {"(step) has the value 5, expected 0"}},
         {"tmap value", e_tmap_val, {"argument 0 (tmap) is 4, expected 0 or 2 (of x), 1 or 3 (of w)"}},
         {"tmap tensors", e_tmap_no_x, {"decode step ", "x is not a [kind, value] pair"}},
+        {"tmap boxes", e_tmap_mixed,
+         {"argument 1 (tmap) is 3, another kernel's boxes than the step's earlier tensor map"}},
         {"arg kind", e_kind, {"unknown kind 'bogus'"}},
         {"f32 arg", e_f32, {"(f32) is not a finite float"}},
         {"arg count", e_nargs, {"args has 21 entries, at most 20"}},
