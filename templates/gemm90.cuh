@@ -125,16 +125,18 @@ __device__ __forceinline__ void tile_origin(int tile, int ntm, int &m0, int &n0)
     n0 = tile % per_group / rows * BN;
 }
 
-// A consumer warpgroup's products of the it-th slice of its ring (stage it % STAGES, from the
-// stage's start `stage`: A at stage + a_off, B at stage + b_off, K-major panels of BK elements):
+// A consumer warpgroup's products of the it-th slice of its ring (stage s = it % STAGES, which
+// starts at base + s * stage_bytes: A at a_off and B at b_off in it, K-major panels of BK
+// elements):
 // it waits for the stage's full barrier, issues the slice's BK / 16 wgmma as one group and waits
 // until the previous group has completed, whose stage lane 0 then releases (empty barrier: one
 // arrival a consumer warp) where `release` says the previous slice is this chain's; the last
 // slice's stage is released by consume_end.
 template <typename DT, int STAGES, int R>
-__device__ __forceinline__ void consume_slice(float (&acc)[R][4], unsigned base, unsigned stage_bytes,
-                                              unsigned bars, unsigned it, unsigned a_off,
-                                              unsigned b_off, bool release, int lane)
+__device__ __forceinline__ void consume_slice(float (&acc)[R][4], unsigned base,
+                                              unsigned stage_bytes, unsigned bars, unsigned it,
+                                              unsigned a_off, unsigned b_off, bool release,
+                                              int lane)
 {
     const unsigned s = it % STAGES;
     mbar_wait(bars + 8 * s, it / STAGES & 1);
