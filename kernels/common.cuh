@@ -203,11 +203,13 @@ __device__ __forceinline__ float block_max(float x, float *scratch)
 // sm_90 the macro is empty. tests/test_pdl.c checks that every template calls it first.
 //
 // KILN_PDL_TRIGGER() and KILN_PDL_WAIT() are its two halves in the other order, for a kernel that
-// streams weights: it lets its dependent launch at once, does work that reads nothing but weights
-// and the step's metadata (no kernel writes either: the host copies kiln_step's arrays before
-// the step's first kernel, which every later launch follows) and writes nothing but its own
-// shared memory and registers, then waits before it touches anything else
-// (templates/gemv_stream.cuh; tests/test_launch.c allows it there alone).
+// streams weights or cache: it lets its dependent launch at once, does work that reads nothing
+// but weights, the step's metadata (no kernel writes either: the host copies kiln_step's arrays
+// before the step's first kernel, which every later launch follows) and the KV cache rows of
+// positions before the step's own (written by earlier steps, which end before the host starts
+// this one), and writes nothing but its own shared memory and registers, then waits before it
+// touches anything else (templates/gemv_stream.cuh, attn_decode in templates/attention.cuh;
+// tests/test_launch.c allows it there alone).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #define KILN_PDL_TRIGGER() asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory")
 #define KILN_PDL_WAIT() asm volatile("griddepcontrol.wait;\n" ::: "memory")

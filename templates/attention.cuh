@@ -995,6 +995,12 @@ __device__ __forceinline__ void attn_prefill(const kiln_step st, const DT *q,
 // Q's fragments are loaded once from q (row t of the step's queries); each K and V tile lands in
 // the warp's own shared rows (`tile`, kernels/kiln_attn.h) by cp.async, keys at or past k1 as
 // zero rows, masked. P is rounded to DT before P.V, as in attn_prefill.
+//   Before griddepcontrol.wait (the caller has let its dependent launch and waits here): the
+//   warp's first tile is requested except its rows at or past `fresh`, the sequence's first
+//   position in this step. Those rows, like the queries, are written by this step's kernels
+//   (rope_kv or the qkv GEMV's rope fold); the earlier ones by earlier steps, complete before
+//   this step's first kernel (kernels/common.cuh: KILN_PDL_TRIGGER). So the block table's and
+//   the cache's dependent reads overlap the kernel before this one.
 //   16-bit cache: DT rows of HD + 8 elements, read as attn_prefill_mma reads its tiles.
 //   FP8 cache: the raw bytes (rows of HD + 16 bytes: conflict-free 32-bit reads) and each key's
 //     K and V scales. A K fragment is one 32-bit read of 4 consecutive dims turned into two DT
@@ -1007,7 +1013,7 @@ __device__ __forceinline__ void attn_prefill(const kiln_step st, const DT *q,
 // no key), l[i] (summed over the quad) and o[n][2i + e] (unnormalised, dims 8n + 2c + e).
 template <typename DT, int NKV, int HD, int HPC, int SOFTCAP, int ALIBI, int KV8, int WARPS>
 __device__ __forceinline__ void
-attn_decode_warp_mma(const kiln_step &st, int s, int p, const DT *q,
+attn_decode_warp_mma(const kiln_step &st, int s, int p, int fresh, const DT *q,
                      const kv_t<DT, KV8> *k_cache, const kv_t<DT, KV8> *v_cache, int kvh,
                      int hq0, int k0, int k1, float scale, float softcap,
                      const float *alibi_slopes, unsigned char *tile, float (&m)[2], float (&l)[2],
@@ -1021,6 +1027,44 @@ attn_decode_warp_mma(const kiln_step &st, int s, int p, const DT *q,
     DT *sK = reinterpret_cast<DT *>(tile), *sV = sK + KT * LD;
     unsigned char *rK = tile, *rV = tile + KT * RB;
     float *ks = reinterpret_cast<float *>(tile + 2 * KT * RB), *vs = ks + KT;
+
+    // the tile at kt's K and V rows (rows past k1: zeros), 16 bytes a copy; part 0: every row,
+    // 1: the rows before `fresh` and the zeros, 2: the rows at or past `fresh`
+    auto tile_rows = [&](int kt, int part) {
+        constexpr int CPR = KV8 ? HD / 16 : HD / 8; // copies a row
+        for (int i = lane; i < KT * CPR; i += 32) {
+            const int r = i / CPR, cb = (i % CPR) * 16, j = kt + r; // cb: the copy's first byte
+            if (part != 0 && (part == 2) != (j >= fresh && j < k1))
+                continue;
+            if constexpr (KV8) {
+                if (j < k1) {
+                    long long row, sat;
+                    kv8_at<KW, NKV>(kv_slot(st, s, j), row, sat);
+                    cp_async16(rK + r * RB + cb, k_cache + row + kvh * HD + cb);
+                    cp_async16(rV + r * RB + cb, v_cache + row + kvh * HD + cb);
+                    if (cb == 0) {
+                        cp_async4(ks + r, k_cache + sat + 4 * kvh);
+                        cp_async4(vs + r, v_cache + sat + 4 * kvh);
+                    }
+                } else {
+                    attn_zero16(rK + r * RB + cb);
+                    attn_zero16(rV + r * RB + cb);
+                    if (cb == 0)
+                        ks[r] = vs[r] = 0.f;
+                }
+            } else if (j < k1) {
+                cp_async16(sK + r * LD + cb / 2, kv_row(k_cache, st, s, j, KW) + kvh * HD + cb / 2);
+                cp_async16(sV + r * LD + cb / 2, kv_row(v_cache, st, s, j, KW) + kvh * HD + cb / 2);
+            } else {
+                attn_zero16(sK + r * LD + cb / 2);
+                attn_zero16(sV + r * LD + cb / 2);
+            }
+        }
+    };
+    const int kt0 = k0 + warp * KT;
+    if (kt0 < k1)
+        tile_rows(kt0, 1);
+    KILN_PDL_WAIT();
 
     // Q fragments (A: rows g, g + 8), zero for rows past HPC; a[2h + i] holds row g + 8i at the
     // dims of k 2c + 8h (the FP8 path: dims 4c + 2h, see above)
@@ -1050,35 +1094,8 @@ attn_decode_warp_mma(const kiln_step &st, int s, int p, const DT *q,
     for (int n = 0; n < HD / 8; n++)
         o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
 
-    for (int kt = k0 + warp * KT; kt < k1; kt += WARPS * KT) { // warp-uniform
-        // the tile's K and V rows (rows past k1: zeros), 16 bytes a copy
-        constexpr int CPR = KV8 ? HD / 16 : HD / 8; // copies a row
-        for (int i = lane; i < KT * CPR; i += 32) {
-            const int r = i / CPR, cb = (i % CPR) * 16, j = kt + r; // cb: the copy's first byte
-            if constexpr (KV8) {
-                if (j < k1) {
-                    long long row, sat;
-                    kv8_at<KW, NKV>(kv_slot(st, s, j), row, sat);
-                    cp_async16(rK + r * RB + cb, k_cache + row + kvh * HD + cb);
-                    cp_async16(rV + r * RB + cb, v_cache + row + kvh * HD + cb);
-                    if (cb == 0) {
-                        cp_async4(ks + r, k_cache + sat + 4 * kvh);
-                        cp_async4(vs + r, v_cache + sat + 4 * kvh);
-                    }
-                } else {
-                    attn_zero16(rK + r * RB + cb);
-                    attn_zero16(rV + r * RB + cb);
-                    if (cb == 0)
-                        ks[r] = vs[r] = 0.f;
-                }
-            } else if (j < k1) {
-                cp_async16(sK + r * LD + cb / 2, kv_row(k_cache, st, s, j, KW) + kvh * HD + cb / 2);
-                cp_async16(sV + r * LD + cb / 2, kv_row(v_cache, st, s, j, KW) + kvh * HD + cb / 2);
-            } else {
-                attn_zero16(sK + r * LD + cb / 2);
-                attn_zero16(sV + r * LD + cb / 2);
-            }
-        }
+    for (int kt = kt0; kt < k1; kt += WARPS * KT) { // warp-uniform
+        tile_rows(kt, kt == kt0 ? 2 : 0);
         cp_async_commit();
         cp_async_wait<0>();
         __syncwarp();
@@ -1190,6 +1207,10 @@ attn_decode_warp_mma(const kiln_step &st, int s, int p, const DT *q,
 //     waits on another CTA, so any number of CTAs may be resident; PDL is safe because the
 //     next kernel's griddepcontrol.wait covers this whole grid, the merging CTAs included.
 // A sequence with no row in the step is skipped (nothing written, its counters not touched).
+// PDL: the kernel lets its dependent launch first (KILN_PDL_TRIGGER) and reads the step's arrays
+// and, on the tensor-core path, each warp's first cache tile before griddepcontrol.wait
+// (attn_decode_warp_mma: the rows earlier steps wrote); every CTA waits before it reads q,
+// writes or leaves.
 //
 //   NSPLIT     most key splits per (sequence, head group)   HPC query heads per CTA (1 .. NH/NKV)
 //   SPLIT_MIN  fewest keys a split takes (>= 1)              SOLO most keys on one CTA (>= 0)
@@ -1203,7 +1224,7 @@ __device__ __forceinline__ void attn_decode(const kiln_step st, const DT *q,
                                             float scale, float softcap,
                                             const float *alibi_slopes)
 {
-    KILN_PDL_ENTER();
+    KILN_PDL_TRIGGER();
     using LN = attn_lanes<HD>;
     constexpr int WARPS = THREADS / 32, G = NH / NKV, QW = NH * HD, RS = HD + 2;
     static_assert(NH % NKV == 0, "attn_decode: NH must be a multiple of NKV");
@@ -1230,25 +1251,31 @@ __device__ __forceinline__ void attn_decode(const kiln_step st, const DT *q,
     // a context of at most max(SOLO, SPLIT_MIN) keys is one piece (n <= kvlen): the other splits'
     // CTAs leave after one read (a batch of short contexts launches many of them)
     const int kvlen = st.seq_kvlen[s];
-    if (sp > 0 && kvlen <= (SOLO > SPLIT_MIN ? SOLO : SPLIT_MIN))
+    if (sp > 0 && kvlen <= (SOLO > SPLIT_MIN ? SOLO : SPLIT_MIN)) {
+        KILN_PDL_WAIT();
         return; // uniform over the CTA
+    }
     const int a = st.seq_start[s], b = st.seq_start[s + 1];
-    if (b <= a)
+    if (b <= a) {
+        KILN_PDL_WAIT();
         return;
+    }
     const int t = b - 1, p = st.tok_pos[t];
     int lo, hi;
     attn_key_range<CAUSAL, WINDOW>(p, kvlen, lo, hi);
     const int n = hi >= lo ? hi - lo + 1 : 0;
     const int chunk = n <= SOLO ? max(n, 1) : max(SPLIT_MIN, (n + NSPLIT - 1) / NSPLIT);
     const int used = n > 0 ? (n + chunk - 1) / chunk : 1; // n = 0 (invalid input): zeros out
-    if (sp >= used)
+    if (sp >= used) {
+        KILN_PDL_WAIT();
         return; // uniform over the CTA
+    }
     const int k0 = lo + sp * chunk, k1 = min(hi + 1, k0 + chunk);
 
     if constexpr (MMA) {
         float m[2], l[2], o[HD / 8][4];
         attn_decode_warp_mma<DT, NKV, HD, HPC, SOFTCAP, ALIBI, KV8, WARPS>(
-            st, s, p, q + (long long)t * QW, k_cache, v_cache, kvh, hq0, k0, k1, scale, softcap,
+            st, s, p, st.tok_pos[a], q + (long long)t * QW, k_cache, v_cache, kvh, hq0, k0, k1, scale, softcap,
             alibi_slopes, parts + warp * KILN_ATTN_DECODE_WARP_TILE(HD, (int)sizeof(DT), KV8), m,
             l, o);
         __syncthreads(); // every warp is done with its tiles: po takes their bytes
@@ -1269,6 +1296,7 @@ __device__ __forceinline__ void attn_decode(const kiln_step st, const DT *q,
             }
         }
     } else {
+        KILN_PDL_WAIT();
         __shared__ __align__(16) float qs[HPC * HD];
         for (int i = threadIdx.x; i < HPC * HD; i += THREADS) // heads hq0.. are contiguous in q
             qs[i] = to_f(q[(long long)t * QW + hq0 * HD + i]);
