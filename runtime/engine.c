@@ -27,11 +27,15 @@
  * decode step per bucket through the ordinary step, on every rank and node) so that the first
  * request pays no first-call cost; KILN_WARMUP=0 skips it. The load line says both.
  * KILN_KERNEL_TIMES=1 times every launch of rank 0's steps in the stream (kt_mark) and prints the
- * totals per kernel when the model is freed.
+ * totals per kernel when the model is freed. KILN_ABLATE=PART[+PART...] leaves out every launch of
+ * a kernel whose name holds one of the parts ("cublaslt": the cuBLASLt GEMMs), graphs and warm-up
+ * included: what a kernel costs inside the step, timing only (the outputs are wrong, and the load
+ * says so); ablate_parse checks each part against the artifact's kernel names.
  */
 #include "engine.h"
 
 #include <assert.h>
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
@@ -118,6 +122,7 @@ struct kmodel {
     double warm_s;           /* its seconds, part of load_s */
     char warm_desc[160];     /* what it ran, for describe */
     int kt;                  /* KILN_KERNEL_TIMES=1: 1 once the load is done (kt_mark) */
+    char *ablate;            /* KILN_ABLATE's parts, '+'-separated (ablated); NULL: none */
     struct kt_row {
         char name[40];
         int decode;
@@ -1114,6 +1119,77 @@ static int warm_up(kmodel *m, kerr *err)
     return 0;
 }
 
+/* The name KILN_ABLATE's parts are matched against: a kernel step's kernel, "cublaslt" for a
+ * GEMM step; collectives are never left out. */
+static const char *step_name(const kmodel *m, const ka_step *s)
+{
+    return s->kind == KA_KERNEL ? m->m->kernels[s->kernel].name
+           : s->kind == KA_GEMM ? "cublaslt"
+                                : NULL;
+}
+
+/* 1 if one of KILN_ABLATE's parts is in name */
+static int ablate_hit(const char *parts, const char *name)
+{
+    for (const char *p = parts; *p;) {
+        size_t n = strcspn(p, "+");
+        if (memmem(name, strlen(name), p, n))
+            return 1;
+        p += n + (p[n] == '+');
+    }
+    return 0;
+}
+
+static int ablated(const kmodel *m, const ka_step *s)
+{
+    const char *name = m->ablate ? step_name(m, s) : NULL;
+    return name && ablate_hit(m->ablate, name);
+}
+
+/* KILN_ABLATE: parts of [A-Za-z0-9_], '+'-separated, each in some step's name */
+static int ablate_parse(kmodel *m, kerr *err)
+{
+    const char *v = getenv("KILN_ABLATE");
+    if (!v || !*v)
+        return 0;
+    const ka_manifest *man = m->m;
+    size_t len = strlen(v);
+    if (v[0] == '+' || v[len - 1] == '+' || strstr(v, "++"))
+        return kerr_add(err, "KILN_ABLATE=%s: expected kernel-name parts joined by '+' "
+                             "(e.g. rms_norm+act_mul)", v);
+    for (const char *p = v; *p;) {
+        size_t n = strcspn(p, "+");
+        char part[64];
+        if (n >= sizeof part)
+            return kerr_add(err, "KILN_ABLATE=%s: a part of %zu characters (at most %zu)", v, n,
+                            sizeof part - 1);
+        memcpy(part, p, n);
+        part[n] = 0;
+        int found = 0;
+        for (size_t i = 0; i < n; i++)
+            if (!isalnum((unsigned char)part[i]) && part[i] != '_')
+                return kerr_add(err, "KILN_ABLATE=%s: '%s' is not a kernel-name part "
+                                     "([A-Za-z0-9_])", v, part);
+        for (int sch = 0; sch < 2 && !found; sch++) {
+            const ka_step *st = sch ? man->decode : man->prefill;
+            int ns = sch ? man->ndecode : man->nprefill;
+            for (int i = 0; i < ns && !found; i++) {
+                const char *name = step_name(m, &st[i]);
+                found = name && strstr(name, part);
+            }
+        }
+        if (!found)
+            return kerr_add(err, "KILN_ABLATE=%s: no kernel of this model has '%s' in its name "
+                                 "(kiln inspect DIR --schedule lists them; cuBLASLt's GEMMs are "
+                                 "\"cublaslt\")", v, part);
+        p += n + (p[n] == '+');
+    }
+    m->ablate = xstrdup(v);
+    fprintf(stderr, "kiln: KILN_ABLATE=%s: the launches of those kernels are left out; timing "
+                    "only, the outputs are wrong\n", v);
+    return 0;
+}
+
 kmodel *km_load(const char *dir, const km_opts *o, kerr *err)
 {
     double t0 = util_now();
@@ -1141,6 +1217,8 @@ kmodel *km_load(const char *dir, const km_opts *o, kerr *err)
     if (!m->af)
         goto fail;
     m->m = &m->af->m;
+    if (ablate_parse(m, err))
+        goto fail;
     m->esize = 2;
     m->f16 = strcmp(m->m->dtype, "f16") == 0;
     /* everything that can be checked without a GPU is checked first: ka_read has checked every
@@ -1209,6 +1287,7 @@ void km_free(kmodel *m)
     if (!m)
         return;
     kt_print(m);
+    free(m->ablate);
     if (m->rdv.fd) { /* node 0 tells the others to end; the others just leave */
         kerr ignored;
         kerr_clear(&ignored);
@@ -1435,7 +1514,7 @@ static int run_steps(kmodel *m, kdev *d, const ka_step *steps, int n, int T, int
     kiln_step st = step_view(m, d, T, S);
     for (int i = 0; i < n; i++) {
         const ka_step *s = &steps[i];
-        if ((s->logits == KA_LOGITS_LAST && (all_logits || !head)) ||
+        if (ablated(m, s) || (s->logits == KA_LOGITS_LAST && (all_logits || !head)) ||
             (s->logits == KA_LOGITS_ALL && !all_logits))
             continue;
         int rows = s->rows == KA_ROWS_S ? S : T;

@@ -14,7 +14,9 @@
  *   - the shard: a shard of another model with the same names and shapes is refused by its id
  *     (by km_load too, before any GPU work), a truncated shard and a modified header or data
  *     byte are refused naming the shard; the chunked hash does not depend on threads or on how
- *     the data is fed.
+ *     the data is fed;
+ *   - KILN_ABLATE (runtime/engine.c, timing only): a part that is not [A-Za-z0-9_], an empty
+ *     part, or one no kernel's name holds is refused by km_load, before any GPU work.
  *
  * The artifacts are built in-process (lower, pack, ka_write with small stand-in blobs in place
  * of NVRTC output), so the test takes about a second.
@@ -1327,6 +1329,37 @@ static void test_kernel_is(void **state)
     }
 }
 
+/* KILN_ABLATE's parts are checked against the artifact's kernel names before the GPU is looked
+ * for: each refusal names the variable and the part */
+static void test_ablate_refused(void **state)
+{
+    (void)state;
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s/ablate", tmp);
+    copy_art(dir);
+    static const struct {
+        const char *v, *msg;
+    } bad[] = {
+        {"rms_norm+no_such_kernel", "no kernel of this model has 'no_such_kernel' in its name"},
+        {"rms-norm", "'rms-norm' is not a kernel-name part"},
+        {"rms_norm++act_mul", "expected kernel-name parts joined by '+'"},
+        {"+rms_norm", "expected kernel-name parts joined by '+'"},
+        {"rms_norm+", "expected kernel-name parts joined by '+'"},
+    };
+    km_opts o = {.kv_memory = 0.5, .quiet = 1};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        kerr err;
+        kerr_clear(&err);
+        setenv("KILN_ABLATE", bad[i].v, 1);
+        kmodel *km = km_load(dir, &o, &err);
+        unsetenv("KILN_ABLATE");
+        assert_null(km);
+        if (!strstr(kerr_msg(&err), bad[i].msg) || !strstr(kerr_msg(&err), bad[i].v) ||
+            strstr(kerr_msg(&err), "NVIDIA"))
+            fail_msg("KILN_ABLATE=%s: '%s'", bad[i].v, kerr_msg(&err));
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1345,6 +1378,7 @@ int main(void)
         cmocka_unit_test(test_shard_of_another_model),
         cmocka_unit_test(test_shard_truncated_or_modified),
         cmocka_unit_test(test_hash_threads_and_streams),
+        cmocka_unit_test(test_ablate_refused),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

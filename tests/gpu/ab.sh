@@ -11,7 +11,8 @@
 # a copy of the tree whose templates the caller changed: kilnc takes templates/ and kernels/ beside
 # it; KILNC=PATH, another kilnc binary: a lowering rule of compiler/ changed), OPTIONS
 # (comma-separated) more kilnc compile options, and RUNENV (the same form) the environment of its
-# `kiln bench` (a runtime switch such as KILN_PDL=0; KILN=PATH, another kiln binary). Each variant
+# `kiln bench` (a runtime switch such as KILN_PDL=0 or KILN_ABLATE=rms_norm; KILN=PATH, another
+# kiln binary). Each variant
 # is compiled from the same checkpoint (kilnc synth --like, shared with bench.sh's
 # /tmp/kiln-bench/hf-SHAPE), benched AB_ROUNDS times with `kiln bench --batch AB_BATCH --prefill
 # AB_PREFILL`, and deleted (an 8B artifact is 15 GiB: the disk holds the checkpoint and two; AB_KEEP=NAME
