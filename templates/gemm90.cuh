@@ -295,7 +295,11 @@ __device__ __forceinline__ void gemm90(int M, const tmap &tx, const tmap &tw, co
 //     takes no part in it. Then gemv_detail::store_out writes each output (bias, act, one
 //     rounding);
 //   - two blocks an SM (~97 KiB each), so one block's ramp and epilogue overlap the other's
-//     stream, and the hardware hands the blocks to the SMs as they free up.
+//     stream, and the hardware hands the blocks to the SMs as they free up;
+//   - PDL: the kernel lets its dependent launch first, and the producer requests the first
+//     STAGES slices' weight boxes before griddepcontrol.wait (gemv_stream's rule, kernels/
+//     common.cuh), so a block resident early streams weights while the kernel before it ends;
+//     the x boxes, and everything the consumers do, wait.
 // A row's result depends only on its own x row: rows are the m side of every product, summed in
 // the same order whatever M is.
 // Measured and not kept (tests/gpu/RESULTS.md, twenty-seventh session): a persistent grid of one
@@ -308,7 +312,7 @@ __device__ __forceinline__ void gemm90_skinny(int M, const tmap &tx, const tmap 
                                               const DT *bias, void *y, float *part,
                                               unsigned *count)
 {
-    KILN_PDL_ENTER();
+    KILN_PDL_TRIGGER();
     using namespace gemm90_detail;
     static_assert(have_wgmma<DT>, "gemm90_skinny: wgmma needs sm_90a; compiler/lower.c uses it "
                                   "only when every target is sm_90a");
@@ -349,8 +353,20 @@ __device__ __forceinline__ void gemm90_skinny(int M, const tmap &tx, const tmap 
             return;
         const int ra = GATED ? tile * (ROWS / 2) : tile * ROWS;
         const int rb = GATED ? NOUT + ra : ra + ROWS / 2;
+        // the first STAGES slices' weight boxes before griddepcontrol.wait (weights only: no
+        // kernel writes them), their x boxes after it; each stage armed once for all three
+        const int pre = min(STAGES, k1 - k0);
+        for (int it = 0; it < pre; it++) {
+            const unsigned full = bars + 8 * it, a = base + it * STAGE;
+            bar_expect_tx(full, STAGE);
+            tma_load(a + XB, tw, (k0 + it) * BK, ra, full);
+            tma_load(a + XB + WB, tw, (k0 + it) * BK, rb, full);
+        }
+        KILN_PDL_WAIT();
+        for (int it = 0; it < pre; it++)
+            tma_load(base + it * STAGE, tx, (k0 + it) * BK, 0, bars + 8 * it);
 #pragma unroll 1
-        for (int kt = k0; kt < k1; kt++) {
+        for (int kt = k0 + pre; kt < k1; kt++) {
             const int it = kt - k0, s = it % STAGES;
             const unsigned full = bars + 8 * s, a = base + s * STAGE;
             mbar_wait(bars + 8 * (STAGES + s), (it / STAGES & 1) ^ 1);
@@ -363,6 +379,7 @@ __device__ __forceinline__ void gemm90_skinny(int M, const tmap &tx, const tmap 
     }
 
     // Consumers: warp q holds token rows 16q..16q+15 (wgmma.cuh's accumulator layout).
+    KILN_PDL_WAIT();
     float acc[ROWS / 8][4];
 #pragma unroll
     for (int j = 0; j < ROWS / 8; j++)

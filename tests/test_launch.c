@@ -8,7 +8,7 @@
  *     begin with KILN_PDL_ENTER(); a template added without it fails here, naming the file and
  *     function (gemv_stream and gemv_stream_rope begin with KILN_PDL_TRIGGER() and call
  *     KILN_PDL_WAIT(), in the stream_detail::body they share, before it reads x; attn_decode
- *     begins with it too and waits in its body and in attn_decode_warp_mma);
+ *     and gemm90_skinny begin with it too and wait in their bodies);
  *   - KILN_PDL: on from sm_90, off below it or with KILN_PDL=0, any other value refused by name;
  *   - KILN_WARMUP and KILN_KERNEL_TIMES: anything but 0 or 1 is refused by km_load before it
  *     touches anything.
@@ -61,10 +61,11 @@ static int check_file(const char *path, char *names, size_t cap, int *bad)
         found++;
         size_t nl = strlen(names);
         snprintf(names + nl, cap - nl, " %s", name);
-        /* gemv_stream, gemv_stream_rope and attn_decode alone trigger first and wait later
-         * (kernels/common.cuh says when that is safe); each must still wait, in its body or in
-         * the stream_detail::body it calls, before that body's first use of x */
-        int early = (!strncmp(name, "gemv_stream", 11) || !strcmp(name, "attn_decode")) &&
+        /* gemv_stream, gemv_stream_rope, attn_decode and gemm90_skinny alone trigger first and
+         * wait later (kernels/common.cuh says when that is safe); each must still wait, in its
+         * body or in the stream_detail::body it calls, before that body's first use of x */
+        int early = (!strncmp(name, "gemv_stream", 11) || !strcmp(name, "attn_decode") ||
+                     !strcmp(name, "gemm90_skinny")) &&
                     !strncmp(body, "KILN_PDL_TRIGGER();", 19);
         char *end = strstr(body, "\n}\n"), *wait = strstr(body, "KILN_PDL_WAIT();");
         char *call = strstr(body, "stream_detail::body<");
