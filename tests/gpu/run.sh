@@ -38,6 +38,7 @@ mkdir -p "$LOG"
 BIN=out/bin
 ART=/tmp/kiln-art
 mkdir -p $ART
+[ -n "${OUT:-}" ] && mkdir -p "$OUT" # a subfolder of the device call's $OUT is not made for us
 export KILN_ROOT=$PWD
 SM=${KILN_SM:-90a}
 PY=${PYTHON:-python3}
