@@ -11,7 +11,9 @@
 #                                     over the limit with anything carried, so the largest fixtures
 #                                     the GPU scripts do not need by default (FREE below) leave git's
 #                                     index for the call (their files stay; .git/info/exclude hides
-#                                     them). Commit nothing until `restore`.
+#                                     them). Commit nothing until `restore`: a pre-commit hook it
+#                                     installs refuses (a commit made while shrunk records FREE's
+#                                     deletion; the twenty-eighth session made one).
 #   tests/gpu/device.sh restore       after the call: FREE back in the index, the exclusions gone.
 #   tests/gpu/device.sh run CMD...    on the GPU machine (the call's command): unpacks the binaries into
 #                                     out/bin, sets KILN_ROOT and NCCL_NVLS_ENABLE=0, and runs CMD, e.g.
@@ -26,6 +28,7 @@ cd "$(dirname "$0")/../.." || exit 1
 FREE="examples/train/corpus.txt.gz tests/fixtures/bloom6 tests/fixtures/mixtral4 tests/fixtures/qwen3_moe
       tests/fixtures/gemma3_oldstyle"
 BINS="kiln kiln-ktest kiln-standalone kilnc"
+MARK="kiln device.sh shrink: refuses commits until restore"
 
 case ${1:-} in
   pack)
@@ -42,6 +45,11 @@ case ${1:-} in
   shrink)
     [ -s .git/info/exclude ] && grep -q "^tests/fixtures/bloom6$" .git/info/exclude &&
       { echo "device.sh: already shrunk (restore first)"; exit 1; }
+    HOOK=$(git rev-parse --git-path hooks)/pre-commit
+    [ -e "$HOOK" ] && { echo "device.sh: $HOOK exists; shrink installs its own there"; exit 1; }
+    mkdir -p "$(dirname "$HOOK")" && printf '%s\n' '#!/bin/sh' "# $MARK" \
+      'echo "the tree is shrunk for a device call: run tests/gpu/device.sh restore first" >&2' \
+      'exit 1' > "$HOOK" && chmod +x "$HOOK" || exit 1
     for p in $FREE; do
       echo "$p" >> .git/info/exclude
       git rm -r -q --cached "$p" || exit 1
@@ -51,6 +59,8 @@ case ${1:-} in
   restore)
     # shellcheck disable=SC2086
     git reset -q -- $FREE || exit 1
+    HOOK=$(git rev-parse --git-path hooks)/pre-commit
+    grep -qxF "# $MARK" "$HOOK" 2>/dev/null && rm -f "$HOOK"
     for p in $FREE; do
       grep -vxF "$p" .git/info/exclude > .git/info/exclude.new; mv .git/info/exclude.new .git/info/exclude
     done
