@@ -1275,9 +1275,9 @@ __device__ __forceinline__ void attn_decode(const kiln_step st, const DT *q,
     if constexpr (MMA) {
         float m[2], l[2], o[HD / 8][4];
         attn_decode_warp_mma<DT, NKV, HD, HPC, SOFTCAP, ALIBI, KV8, WARPS>(
-            st, s, p, st.tok_pos[a], q + (long long)t * QW, k_cache, v_cache, kvh, hq0, k0, k1, scale, softcap,
-            alibi_slopes, parts + warp * KILN_ATTN_DECODE_WARP_TILE(HD, (int)sizeof(DT), KV8), m,
-            l, o);
+            st, s, p, st.tok_pos[a], q + (long long)t * QW, k_cache, v_cache, kvh, hq0, k0, k1,
+            scale, softcap, alibi_slopes,
+            parts + warp * KILN_ATTN_DECODE_WARP_TILE(HD, (int)sizeof(DT), KV8), m, l, o);
         __syncthreads(); // every warp is done with its tiles: po takes their bytes
         const int g = lane / 4, c = lane % 4;
 #pragma unroll
