@@ -76,6 +76,7 @@ for v in $AB_VARIANTS; do
     [ -n "$last_art" ] && rm -rf $last_art
     ART=$W/ab-$SHAPE-$name
     rm -rf $ART
+    sync # the synth's and the deletions' pending writes flushed first, untimed (bench.sh says why)
     t0=$(date +%s)
     # shellcheck disable=SC2086
     if ! env ${envs//,/ } $kilnc compile $HF -o $ART --sm 90a $COMPILE ${opts//,/ } > $LOG/compile-$name.log 2>&1; then

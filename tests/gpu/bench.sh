@@ -82,6 +82,9 @@ for SHAPE in $SHAPES; do
   fi
   if [ ! -f $ART/model.kiln ] || [ "$(cat $ART/bench-compile-id 2>/dev/null)" != "$KILNC_ID" ]; then
     rm -rf $ART
+    # the synth's and the deletion's pending writes flushed first, untimed: a compile right after
+    # synth wrote 15 GB measured 31 s against 24-26 s otherwise (RESULTS.md, twenty-eighth session)
+    sync
     t0=$(date +%s.%N)
     $BIN/kilnc compile $HF -o $ART --sm 90a $COMPILE > $LOG/compile-$SHAPE.log 2>&1 ||
       { say "$SHAPE: compile FAILED: $(grep -m1 error $LOG/compile-$SHAPE.log)"; fail=1; continue; }
@@ -116,6 +119,7 @@ for SHAPE in $SHAPES; do
     KG=$W/art-$SHAPE-$VN
     if [ ! -f $KG/model.kiln ] || [ "$(cat $KG/bench-compile-id 2>/dev/null)" != "$KILNC_ID" ]; then
       rm -rf $KG
+      sync # as above: pending writes flushed, untimed
       t0=$(date +%s.%N)
       # shellcheck disable=SC2086
       $BIN/kilnc compile $HF -o $KG --sm 90a $VOPT $COMPILE > $LOG/compile-$SHAPE-$VN.log 2>&1 &&
