@@ -35,7 +35,6 @@
 #include "engine.h"
 
 #include <assert.h>
-#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
@@ -1128,22 +1127,26 @@ static const char *step_name(const kmodel *m, const ka_step *s)
                                 : NULL;
 }
 
-/* 1 if one of KILN_ABLATE's parts is in name */
-static int ablate_hit(const char *parts, const char *name)
+/* 1 if the part p[0..n) of KILN_ABLATE is in name (a kernel step's or "cublaslt"; never in
+ * NULL, a collective's) */
+static int part_in(const char *name, const char *p, size_t n)
 {
-    for (const char *p = parts; *p;) {
-        size_t n = strcspn(p, "+");
-        if (memmem(name, strlen(name), p, n))
-            return 1;
-        p += n + (p[n] == '+');
-    }
-    return 0;
+    return name && memmem(name, strlen(name), p, n) != NULL;
 }
 
 static int ablated(const kmodel *m, const ka_step *s)
 {
-    const char *name = m->ablate ? step_name(m, s) : NULL;
-    return name && ablate_hit(m->ablate, name);
+    if (!m->ablate)
+        return 0;
+    const char *name = step_name(m, s);
+    for (const char *p = m->ablate;; p++) { /* ablate_parse: no empty part, no '+' last */
+        size_t n = strcspn(p, "+");
+        if (part_in(name, p, n))
+            return 1;
+        if (!p[n])
+            return 0;
+        p += n;
+    }
 }
 
 /* KILN_ABLATE: parts of [A-Za-z0-9_], '+'-separated, each in some step's name */
@@ -1157,31 +1160,22 @@ static int ablate_parse(kmodel *m, kerr *err)
     if (v[0] == '+' || v[len - 1] == '+' || strstr(v, "++"))
         return kerr_add(err, "KILN_ABLATE=%s: expected kernel-name parts joined by '+' "
                              "(e.g. rms_norm+act_mul)", v);
+    static const char word[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_";
     for (const char *p = v; *p;) {
-        size_t n = strcspn(p, "+");
-        char part[64];
-        if (n >= sizeof part)
-            return kerr_add(err, "KILN_ABLATE=%s: a part of %zu characters (at most %zu)", v, n,
-                            sizeof part - 1);
-        memcpy(part, p, n);
-        part[n] = 0;
-        int found = 0;
-        for (size_t i = 0; i < n; i++)
-            if (!isalnum((unsigned char)part[i]) && part[i] != '_')
-                return kerr_add(err, "KILN_ABLATE=%s: '%s' is not a kernel-name part "
-                                     "([A-Za-z0-9_])", v, part);
+        int n = (int)strcspn(p, "+"), found = 0;
+        if ((int)strspn(p, word) < n)
+            return kerr_add(err, "KILN_ABLATE=%s: '%.*s' is not a kernel-name part "
+                                 "([A-Za-z0-9_])", v, n, p);
         for (int sch = 0; sch < 2 && !found; sch++) {
             const ka_step *st = sch ? man->decode : man->prefill;
             int ns = sch ? man->ndecode : man->nprefill;
-            for (int i = 0; i < ns && !found; i++) {
-                const char *name = step_name(m, &st[i]);
-                found = name && strstr(name, part);
-            }
+            for (int i = 0; i < ns && !found; i++)
+                found = part_in(step_name(m, &st[i]), p, (size_t)n);
         }
         if (!found)
-            return kerr_add(err, "KILN_ABLATE=%s: no kernel of this model has '%s' in its name "
-                                 "(kiln inspect DIR --schedule lists them; cuBLASLt's GEMMs are "
-                                 "\"cublaslt\")", v, part);
+            return kerr_add(err, "KILN_ABLATE=%s: no kernel of this model has '%.*s' in its "
+                                 "name (kiln inspect DIR --schedule lists them; cuBLASLt's GEMMs "
+                                 "are \"cublaslt\")", v, n, p);
         p += n + (p[n] == '+');
     }
     m->ablate = xstrdup(v);
